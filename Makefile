@@ -1,0 +1,17 @@
+# The two commands a new user needs: `make demo` and `make test`.
+.PHONY: demo test install lint bench
+
+install:
+	./scripts/install.sh
+
+demo: install
+	.venv/bin/openmaker demo
+
+test:
+	./scripts/install.sh test
+	.venv/bin/ruff check openmaker tests bench
+	.venv/bin/python -m pytest -q
+
+bench:
+	./scripts/install.sh test
+	.venv/bin/python -m bench

@@ -1,0 +1,37 @@
+"""The errors the SageMaker API answers with, as exceptions carrying the AWS error code."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error a SageMaker client receives: `code` is the AWS error code."""
+
+    code = "InternalFailure"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ValidationException(ServiceError):
+    code = "ValidationException"
+    http_status = 400
+
+
+class ResourceInUse(ServiceError):
+    code = "ResourceInUse"
+    http_status = 400
+
+
+class ResourceNotFound(ServiceError):
+    code = "ResourceNotFound"
+    http_status = 400
+
+
+class ResourceLimitExceeded(ServiceError):
+    code = "ResourceLimitExceeded"
+    http_status = 400
