@@ -1,0 +1,242 @@
+"""The `openmaker` command."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from openmaker.config import load_settings
+from openmaker.jobs.service import TrainingJobs
+from openmaker.requests import TrainFlags, build_request, load_request
+from openmaker.spec import ServiceError
+from openmaker.store import StoreError
+from openmaker.watch import follow, print_logs
+
+app = typer.Typer(no_args_is_help=True, help="SageMaker training jobs on your own machines.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training jobs.")
+app.add_typer(jobs_app, name="jobs")
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {value!r}", param_hint=flag)
+        result[key] = rest
+    return result
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _service() -> TrainingJobs:
+    return TrainingJobs(load_settings())
+
+
+@app.command()
+def train(
+    request_file: Annotated[
+        Path | None, typer.Option("--request", help="A CreateTrainingJob request as JSON.")
+    ] = None,
+    entry_point: Annotated[
+        str | None, typer.Option(help="Script mode: the program to run, e.g. train.py.")
+    ] = None,
+    source_dir: Annotated[
+        Path | None, typer.Option(help="Script mode: the folder holding the code.")
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="A local image folder with an executable 'train'.")
+    ] = None,
+    inputs: Annotated[
+        list[str], typer.Option("--input", help="A channel: NAME=URI (s3://..., or a folder).")
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    hyperparameters: Annotated[
+        list[str], typer.Option("--hyperparameter", help="KEY=VALUE, repeatable.")
+    ] = [],  # noqa: B006
+    environment: Annotated[
+        list[str], typer.Option("--environment", help="KEY=VALUE for the code, repeatable.")
+    ] = [],  # noqa: B006
+    output: Annotated[str | None, typer.Option(help="S3OutputPath (s3://... or a folder).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="CheckpointConfig.S3Uri.")] = None,
+    instance_type: Annotated[str, typer.Option()] = "ml.m5.large",
+    instance_count: Annotated[int, typer.Option()] = 1,
+    max_run: Annotated[int, typer.Option(help="MaxRuntimeInSeconds.")] = 86400,
+    job_name: Annotated[str | None, typer.Option(help="Default: a unique name.")] = None,
+    base_job_name: Annotated[str, typer.Option()] = "openmaker",
+    role: Annotated[str | None, typer.Option(help="RoleArn (recorded, not used).")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
+) -> None:
+    """Run a training job, from a full request or from flags."""
+    settings = load_settings()
+    try:
+        if request_file is not None:
+            request = load_request(request_file)
+        else:
+            flags = TrainFlags(
+                job_name=job_name,
+                base_job_name=base_job_name,
+                image=image,
+                entry_point=entry_point,
+                source_dir=source_dir,
+                inputs=_pairs(inputs, "--input"),
+                hyperparameters=_pairs(hyperparameters, "--hyperparameter"),
+                environment=_pairs(environment, "--environment"),
+                output=output,
+                checkpoint=checkpoint,
+                instance_type=instance_type,
+                instance_count=instance_count,
+                max_run=max_run,
+                role=role,
+            )
+            request = build_request(flags, settings)
+        service = TrainingJobs(settings)
+        arn = service.create(request)["TrainingJobArn"]
+    except ServiceError as exc:
+        raise _fail(str(exc)) from None
+    except (ValueError, OSError, StoreError) as exc:
+        raise _fail(str(exc)) from None
+    name = request["TrainingJobName"]
+    console.print(f"Created training job [bold]{name}[/bold] ({arn})")
+    if not wait:
+        console.print(f"Follow it with: openmaker jobs logs {name} --follow")
+        return
+    _wait_and_report(service, name)
+
+
+def _wait_and_report(service: TrainingJobs, name: str) -> dict[str, Any]:
+    try:
+        description = follow(service, name, console)
+    except KeyboardInterrupt:
+        console.print(f"\nStopped following; the job goes on. Stop it: openmaker jobs stop {name}")
+        raise typer.Exit(130) from None
+    status = description["TrainingJobStatus"]
+    model = description["ModelArtifacts"]["S3ModelArtifacts"]
+    if status == "Completed":
+        console.print(f"[green]Completed.[/green] Model: {model}")
+        local = _local_copy(model)
+        if local:
+            console.print(f"(on this machine: {local})")
+        return description
+    reason = description.get("FailureReason") or description["SecondaryStatus"]
+    raise _fail(f"training job {name} {status.lower()}: {reason}")
+
+
+def _local_copy(uri: str) -> Path | None:
+    """Where an object of the embedded store lives on disk, when that is where it is."""
+    from openmaker.store import s3_endpoint
+
+    settings = load_settings()
+    if uri.startswith("s3://") and s3_endpoint() is None:
+        return settings.embedded_s3_dir / uri.removeprefix("s3://")
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None
+
+
+@app.command()
+def demo() -> None:
+    """Train a scikit-learn classifier on the digits data set, on the embedded default."""
+    from openmaker.demo.run import prepare_demo
+
+    flags = prepare_demo(load_settings())
+    console.print("Demo: logistic regression on scikit-learn's digits, in script mode")
+    service = _service()
+    request = build_request(flags, service.settings)
+    service.create(request)
+    console.print(f"Created training job [bold]{request['TrainingJobName']}[/bold]")
+    _wait_and_report(service, request["TrainingJobName"])
+
+
+@jobs_app.command("list")
+def list_jobs(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    name_contains: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """List training jobs, newest first."""
+    table = Table("Name", "Status", "Created", "Ended")
+    for job in _service().list(status=status, name_contains=name_contains):
+        ended = job.get("TrainingEndTime")
+        table.add_row(
+            job["TrainingJobName"],
+            job["TrainingJobStatus"],
+            _when(job["CreationTime"]),
+            _when(ended) if ended else "",
+        )
+    console.print(table)
+
+
+@jobs_app.command("describe")
+def describe_job(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="The DescribeTrainingJob shape.")] = False,
+) -> None:
+    """Show one training job."""
+    try:
+        description = _service().describe(name)
+    except ServiceError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(description, indent=2, default=_json_default))
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("Name", description["TrainingJobName"])
+    table.add_row(
+        "Status", f"{description['TrainingJobStatus']} ({description['SecondaryStatus']})"
+    )
+    if description.get("FailureReason"):
+        table.add_row("Failure", description["FailureReason"])
+    table.add_row("Image", description["AlgorithmSpecification"]["TrainingImage"])
+    table.add_row("Model", description["ModelArtifacts"]["S3ModelArtifacts"])
+    table.add_row("Created", _when(description["CreationTime"]))
+    if "TrainingTimeInSeconds" in description:
+        table.add_row("Training time", f"{description['TrainingTimeInSeconds']} s")
+    console.print(table)
+    steps = Table("Status", "Started", "Message")
+    for step in description["SecondaryStatusTransitions"]:
+        steps.add_row(step["Status"], _when(step["StartTime"]), step["StatusMessage"])
+    console.print(steps)
+
+
+@jobs_app.command("logs")
+def job_logs(
+    name: str,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Wait for new lines.")] = False,
+) -> None:
+    """Print a job's log lines."""
+    service = _service()
+    try:
+        service.describe(name)
+    except ServiceError as exc:
+        raise _fail(str(exc)) from None
+    print_logs(service, name, console, follow_)
+
+
+@jobs_app.command("stop")
+def stop_job(name: str) -> None:
+    """Stop a job: SIGTERM to its code, then SIGKILL after the grace period."""
+    try:
+        _service().stop(name)
+    except ServiceError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"Stopping {name}")
+
+
+def _when(value: datetime) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)

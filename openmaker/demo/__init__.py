@@ -1,0 +1,1 @@
+"""The job `openmaker demo` runs."""

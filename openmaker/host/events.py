@@ -1,0 +1,34 @@
+"""What a host reports while it runs. A host never writes the database: it emits these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    """A new `SecondaryStatus` with the message SageMaker would show for it."""
+
+    status: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LogLine:
+    host: str
+    timestamp_ms: int
+    message: str
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    """Bytes moved so far in a download or upload phase ("Downloading" or "Uploading")."""
+
+    phase: str
+    done: int
+    total: int
+
+
+Event = StatusChanged | LogLine | TransferProgress
+Emit = Callable[[Event], None]

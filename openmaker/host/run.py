@@ -1,0 +1,101 @@
+"""One host of one job, start to end: prepare the tree and inputs, run the code, report.
+
+Each phase reports through `emit`; the caller (an executor) turns the events into job state.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+from openmaker.host.channels import ChannelError, download_channels
+from openmaker.host.environment import container_environment
+from openmaker.host.events import Emit, StatusChanged
+from openmaker.host.execute import (
+    DEFAULT_GRACE_SECONDS,
+    FAILURE_REASON_LIMIT,
+    StopControl,
+    run_process,
+)
+from openmaker.host.images import ImageError, resolve_image
+from openmaker.host.layout import create_tree
+from openmaker.host.sandbox import plan_launch
+from openmaker.host.source import SourceError, install_source
+from openmaker.host.spec import HostSpec
+
+
+class HostFailed(Exception):
+    """The host could not run the code; `reason` is the job's FailureReason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class HostResult:
+    exit_code: int
+    stopped: str | None
+    # FailureReason when the code failed, from the failure file or the exit status.
+    failure: str | None
+
+
+def prepare(spec: HostSpec, emit: Emit) -> None:
+    create_tree(spec)
+    emit(StatusChanged("Downloading", "Downloading input data"))
+    try:
+        install_source(spec)
+        download_channels(spec, emit)
+    except (ChannelError, SourceError) as exc:
+        raise HostFailed(f"ClientError: {exc}") from None
+
+
+def execute(
+    spec: HostSpec, emit: Emit, stop: StopControl, grace: float = DEFAULT_GRACE_SECONDS
+) -> HostResult:
+    algorithm = spec.request["AlgorithmSpecification"]
+    try:
+        image = resolve_image(algorithm["TrainingImage"], algorithm)
+    except ImageError as exc:
+        raise HostFailed(f"ClientError: {exc}") from None
+    env = container_environment(spec, image)
+    launch = plan_launch(spec, image, image.command(algorithm), env)
+    emit(
+        StatusChanged(
+            "Training",
+            f"Training image download completed. Training in progress. "
+            f"({image.description}; {launch.note})",
+        )
+    )
+    stopping = spec.request.get("StoppingCondition") or {}
+    max_runtime = stopping.get("MaxRuntimeInSeconds")
+    try:
+        result = run_process(launch, spec.host_name, emit, stop, max_runtime, grace)
+    finally:
+        _remove_root_changes(spec)
+    failure = None
+    if result.code != 0 and result.stopped is None:
+        failure = failure_reason(spec, result.code)
+    return HostResult(result.code, result.stopped, failure)
+
+
+def failure_reason(spec: HostSpec, code: int) -> str:
+    failure_file = spec.ml_dir / "output" / "failure"
+    if failure_file.is_file():
+        text = failure_file.read_text(errors="replace")[:FAILURE_REASON_LIMIT]
+        if text.strip():
+            return "AlgorithmError: " + text
+    return f"AlgorithmError: the training program exited with status {_describe_exit(code)}"
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"{code} (killed by signal {-code})"
+    if code > 128:
+        return f"{code} (killed by signal {code - 128})"
+    return str(code)
+
+
+def _remove_root_changes(spec: HostSpec) -> None:
+    """The sandbox's writes to the root filesystem go away with the host."""
+    shutil.rmtree(spec.work_dir / "root", ignore_errors=True)

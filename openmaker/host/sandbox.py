@@ -1,0 +1,209 @@
+"""Starting a host's code in a bubblewrap sandbox, and stopping it as `docker stop` would.
+
+The sandbox shows the host's tree at /opt/ml, a private /tmp, its own hostname and process
+tree, and a copy-on-write view of the machine's root filesystem (overlayfs mounted in a private
+mount namespace, since Debian's bwrap has no --overlay): the code may write anywhere, a
+`pip install` included, and the machine stays untouched. The code runs as PID 1 of its own
+PID namespace, so SIGTERM reaches it only if it handles it, and when it ends every process it
+left behind ends with it — the semantics of a container's entrypoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import IO
+
+from openmaker.host.images import PROGRAM_MOUNT, Image
+from openmaker.host.layout import CONTAINER_ROOT
+from openmaker.host.spec import HostSpec
+
+# Each host gets its own loopback address, so that `algo-2` reaches `algo-1` by name.
+HOST_ADDRESS_BASE = "127.0.1."
+
+_OVERLAY_THEN_EXEC = (
+    'mount -t overlay overlay -o "lowerdir=/,upperdir=$1,workdir=$2" "$3" && shift 3 && exec "$@"'
+)
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    sandboxed: bool
+    note: str
+    # bwrap writes the code's PID (as seen from here) into this pipe: (read end, write end).
+    info_pipe: tuple[int, int] | None = None
+
+
+def sandbox_unavailable_reason() -> str | None:
+    """Why the bubblewrap sandbox cannot be used here, or None when it can."""
+    if shutil.which("bwrap") is None:
+        return "bwrap (Debian package bubblewrap) is not installed"
+    if os.geteuid() != 0:
+        return "the copy-on-write root needs root privileges"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    return None
+
+
+def hosts_file(spec: HostSpec) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{HOST_ADDRESS_BASE}{i + 1}\t{name}" for i, name in enumerate(spec.hosts)]
+    return "\n".join(lines) + "\n"
+
+
+def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str, str]) -> Launch:
+    reason = sandbox_unavailable_reason()
+    if reason is not None:
+        return _plain_launch(spec, image, command, env, reason)
+    work = spec.work_dir / "root"
+    upper, overlay_work, merged = work / "upper", work / "work", work / "merged"
+    for folder in (upper, overlay_work, merged):
+        folder.mkdir(parents=True, exist_ok=True)
+    etc_hosts = spec.work_dir / "hosts"
+    etc_hosts.write_text(hosts_file(spec))
+
+    info_read, info_write = os.pipe()
+    os.set_inheritable(info_write, True)
+    bwrap = [
+        "bwrap",
+        "--bind",
+        str(merged),
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--ro-bind",
+        "/sys",
+        "/sys",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/dev/shm",
+    ]
+    for hidden in spec.hidden_paths:
+        if hidden.exists():
+            bwrap += ["--tmpfs", str(hidden)]
+    bwrap += _outside_root_binds()
+    bwrap += ["--bind", str(spec.ml_dir), CONTAINER_ROOT, "--ro-bind", str(etc_hosts), "/etc/hosts"]
+    if image.program_dir is not None:
+        bwrap += ["--ro-bind", str(image.program_dir), PROGRAM_MOUNT]
+    bwrap += [
+        "--unshare-pid",
+        "--unshare-uts",
+        "--unshare-ipc",
+        "--hostname",
+        spec.host_name,
+        "--as-pid-1",
+        "--die-with-parent",
+        "--info-fd",
+        str(info_write),
+        "--chdir",
+        _workdir(image),
+    ]
+    if spec.request.get("EnableNetworkIsolation"):
+        bwrap.append("--unshare-net")
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
+    argv += [_OVERLAY_THEN_EXEC, "sh", str(upper), str(overlay_work), str(merged)]
+    argv += [*bwrap, "--", *command]
+    note = f"sandboxed with bubblewrap as host {spec.host_name}"
+    return Launch(argv, env, "/", True, note, info_pipe=(info_read, info_write))
+
+
+def _workdir(image: Image) -> str:
+    return PROGRAM_MOUNT if image.program_dir is not None else "/"
+
+
+def _outside_root_binds() -> list[str]:
+    """Python folders that live on another filesystem than `/` do not show through the overlay."""
+    root_dev = os.stat("/").st_dev
+    binds: list[str] = []
+    for prefix in sorted({sys.prefix, sys.base_prefix}):
+        if os.stat(prefix).st_dev != root_dev:
+            binds += ["--ro-bind", prefix, prefix]
+    return binds
+
+
+def _plain_launch(
+    spec: HostSpec, image: Image, command: list[str], env: dict[str, str], reason: str
+) -> Launch:
+    env = dict(env)
+    env["SAGEMAKER_BASE_DIR"] = str(spec.ml_dir)
+    # Without our /etc/hosts the host names do not resolve; the toolkit would wait for them.
+    env["SM_STUDIO_LOCAL_MODE"] = "true"
+    if image.program_dir is not None:
+        env["PATH"] = env["PATH"].replace(PROGRAM_MOUNT, str(image.program_dir))
+    cwd = str(image.program_dir or spec.ml_dir)
+    note = f"running without a sandbox ({reason}); the code sees SAGEMAKER_BASE_DIR, not /opt/ml"
+    return Launch(command, env, cwd, False, note)
+
+
+class Process:
+    """The running code of one host."""
+
+    def __init__(self, launch: Launch) -> None:
+        self.launch = launch
+        pass_fds = (launch.info_pipe[1],) if launch.info_pipe is not None else ()
+        executable = launch.argv[0]
+        if not launch.sandboxed:
+            executable = shutil.which(executable, path=launch.env.get("PATH")) or executable
+        self.popen = subprocess.Popen(
+            [executable, *launch.argv[1:]],
+            env=launch.env,
+            cwd=launch.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=pass_fds,
+        )
+        self.container_pid: int | None = None
+        if launch.info_pipe is not None:
+            os.close(launch.info_pipe[1])
+            self.container_pid = _read_child_pid(launch.info_pipe[0])
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.popen.stdout is not None
+        return self.popen.stdout
+
+    def signal(self, signum: int) -> None:
+        """Deliver to the container's PID 1, or to the plain process group."""
+        try:
+            if self.container_pid is not None:
+                os.kill(self.container_pid, signum)
+            else:
+                os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.container_pid is not None:
+            # bwrap itself is in the process group of the launch.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.popen.wait(timeout)
+
+
+def _read_child_pid(read_fd: int) -> int | None:
+    with os.fdopen(read_fd, "rb") as info:
+        data = info.read()
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError):
+        return None  # bwrap failed before starting the code; its exit status says why

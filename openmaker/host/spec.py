@@ -1,0 +1,43 @@
+"""Everything one host of one job needs to run, as plain data (it may cross to a Ray actor)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openmaker.config import Settings
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    job_name: str
+    job_arn: str
+    request: dict[str, Any]
+    host_name: str
+    hosts: list[str]
+    region: str
+    settings: Settings
+    # The host's own folder: `ml/` is shown as /opt/ml, `root/` holds the sandbox's writes.
+    work_dir: Path
+    # Folders the sandbox must not show (openmaker's own state, other jobs).
+    hidden_paths: list[Path] = field(default_factory=list)
+    # Variables that give the code, and openmaker's own transfers, access to object storage.
+    store_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ml_dir(self) -> Path:
+        return self.work_dir / "ml"
+
+    @property
+    def host_index(self) -> int:
+        return self.hosts.index(self.host_name)
+
+    @property
+    def instance_type(self) -> str:
+        return str(self.request["ResourceConfig"]["InstanceType"])
+
+    def input_mode(self, channel: dict[str, Any]) -> str:
+        """A channel's own InputMode overrides the job's TrainingInputMode."""
+        default = self.request["AlgorithmSpecification"]["TrainingInputMode"]
+        return str(channel.get("InputMode") or default)

@@ -1,0 +1,93 @@
+"""Persistence: training jobs, their log streams and log events, in SQLite by default."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from openmaker.config import Settings
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TrainingJob(Base):
+    __tablename__ = "training_jobs"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    secondary_status: Mapped[str] = mapped_column(String(32))
+    transitions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    model_artifacts: Mapped[str | None] = mapped_column(String(1024))
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_modified_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    training_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    training_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The process running the job, so that a stop request reaches it.
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    stop_requested: Mapped[str | None] = mapped_column(String(32))
+    # The current transfer: {"phase": "Downloading", "done": bytes, "total": bytes}.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class LogStream(Base):
+    __tablename__ = "log_streams"
+
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    group: Mapped[str] = mapped_column(String(512), index=True)
+    job_name: Mapped[str] = mapped_column(ForeignKey("training_jobs.name"), index=True)
+    creation_time: Mapped[int] = mapped_column(BigInteger)
+
+
+class LogEvent(Base):
+    __tablename__ = "log_events"
+    __table_args__ = (Index("ix_log_events_stream_id", "stream", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream: Mapped[str] = mapped_column(ForeignKey("log_streams.name"))
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+    ingestion_time: Mapped[int] = mapped_column(BigInteger)
+    message: Mapped[str] = mapped_column(Text)
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the CLI read while a worker writes; the timeout rides out short write locks.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+@cache
+def engine_for(url: str) -> Engine:
+    engine = create_engine(url)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _tune_sqlite)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def sessions(settings: Settings) -> sessionmaker:  # type: ignore[type-arg]
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return sessionmaker(engine_for(settings.database_url), expire_on_commit=False)

@@ -1,0 +1,92 @@
+"""A stored job in the shapes of DescribeTrainingJob and ListTrainingJobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from openmaker.host.artifacts import model_uri
+from openmaker.jobs.db import TrainingJob
+from openmaker.jobs.state import as_utc
+from openmaker.spec.model import operation_model
+
+# Request members copied into the description because they are set, not computed.
+_COMPUTED = {
+    "TrainingJobName",
+    "TrainingJobArn",
+    "ModelArtifacts",
+    "TrainingJobStatus",
+    "SecondaryStatus",
+    "FailureReason",
+    "CreationTime",
+    "TrainingStartTime",
+    "TrainingEndTime",
+    "LastModifiedTime",
+    "SecondaryStatusTransitions",
+    "FinalMetricDataList",
+    "TrainingTimeInSeconds",
+    "BillableTimeInSeconds",
+    "StoppingCondition",
+}
+
+
+def describe(job: TrainingJob) -> dict[str, Any]:
+    output_members = operation_model("DescribeTrainingJob").output_shape.members
+    request = job.request
+    result: dict[str, Any] = {
+        "TrainingJobName": job.name,
+        "TrainingJobArn": job.arn,
+        "ModelArtifacts": {"S3ModelArtifacts": job.model_artifacts or model_uri(request)},
+        "TrainingJobStatus": job.status,
+        "SecondaryStatus": job.secondary_status,
+        "StoppingCondition": request.get("StoppingCondition") or {"MaxRuntimeInSeconds": 86400},
+        "CreationTime": as_utc(job.creation_time),
+        "LastModifiedTime": as_utc(job.last_modified_time),
+        "SecondaryStatusTransitions": [_transition(t) for t in job.transitions or []],
+    }
+    for member, value in request.items():
+        if member in output_members and member not in _COMPUTED:
+            result[member] = value
+    for flag in (
+        "EnableNetworkIsolation",
+        "EnableInterContainerTrafficEncryption",
+        "EnableManagedSpotTraining",
+    ):
+        result.setdefault(flag, False)
+    if job.failure_reason:
+        result["FailureReason"] = job.failure_reason
+    start, end = as_utc(job.training_start_time), as_utc(job.training_end_time)
+    if start:
+        result["TrainingStartTime"] = start
+    if end:
+        result["TrainingEndTime"] = end
+        if start:
+            seconds = int((end - start).total_seconds())
+            result["TrainingTimeInSeconds"] = max(seconds, 1)
+            count = int(request["ResourceConfig"].get("InstanceCount", 1))
+            result["BillableTimeInSeconds"] = max(seconds, 1) * count
+    return result
+
+
+def summary(job: TrainingJob) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "TrainingJobName": job.name,
+        "TrainingJobArn": job.arn,
+        "CreationTime": as_utc(job.creation_time),
+        "TrainingJobStatus": job.status,
+        "LastModifiedTime": as_utc(job.last_modified_time),
+    }
+    if job.training_end_time:
+        item["TrainingEndTime"] = as_utc(job.training_end_time)
+    return item
+
+
+def _transition(entry: dict[str, str]) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "Status": entry["Status"],
+        "StartTime": datetime.fromisoformat(entry["StartTime"]),
+        "StatusMessage": entry["StatusMessage"],
+    }
+    if entry.get("EndTime"):
+        item["EndTime"] = datetime.fromisoformat(entry["EndTime"])
+    return item

@@ -1,0 +1,10 @@
+"""Log streams in the CloudWatch Logs layout the SageMaker clients read."""
+
+from __future__ import annotations
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+
+
+def stream_name(job_name: str, host: str, started_epoch: int) -> str:
+    """`<job>/algo-1-<epoch seconds>`, as SageMaker names a host's stream."""
+    return f"{job_name}/{host}-{started_epoch}"

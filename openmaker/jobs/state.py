@@ -1,0 +1,75 @@
+"""The training job state machine: statuses, their messages, and the transitions list."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import overload
+
+from openmaker.jobs.db import TrainingJob
+
+IN_PROGRESS, COMPLETED, FAILED, STOPPING, STOPPED = (
+    "InProgress",
+    "Completed",
+    "Failed",
+    "Stopping",
+    "Stopped",
+)
+TERMINAL = frozenset({COMPLETED, FAILED, STOPPED})
+
+# The secondary statuses a job passes through, and the message SageMaker shows for each.
+MESSAGES = {
+    "Starting": "Preparing the instances for training",
+    "Downloading": "Downloading input data",
+    "Training": "Training image download completed. Training in progress.",
+    "Uploading": "Uploading generated training model",
+    "Completed": "Training job completed",
+    "Failed": "Training job failed",
+    "Stopping": "Stopping the training job",
+    "Stopped": "Training job stopped",
+    "MaxRuntimeExceeded": "Training job stopped because it exceeded the maximum allowed runtime",
+}
+# Which primary status each terminal secondary status belongs to.
+PRIMARY_OF = {
+    "Completed": COMPLETED,
+    "Failed": FAILED,
+    "Stopped": STOPPED,
+    "MaxRuntimeExceeded": STOPPED,
+}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time openmaker stores is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def enter(job: TrainingJob, secondary: str, message: str | None = None) -> None:
+    """Close the open transition and open `secondary`; terminal ones close at once."""
+    at = now()
+    transitions = [dict(t) for t in job.transitions or []]
+    if transitions and transitions[-1].get("EndTime") is None:
+        if transitions[-1]["Status"] == secondary:
+            return
+        transitions[-1]["EndTime"] = at.isoformat()
+    entry: dict[str, str] = {
+        "Status": secondary,
+        "StartTime": at.isoformat(),
+        "StatusMessage": message or MESSAGES.get(secondary, secondary),
+    }
+    if secondary in PRIMARY_OF:
+        entry["EndTime"] = at.isoformat()
+        job.status = PRIMARY_OF[secondary]
+    elif secondary == "Stopping":
+        job.status = STOPPING
+    job.transitions = [*transitions, entry]
+    job.secondary_status = secondary
+    job.last_modified_time = at

@@ -1,0 +1,120 @@
+"""CreateTrainingJob: the API model's constraints plus openmaker's own rules.
+
+The model says what AWS accepts member by member. The rules below are the ones it cannot
+state: rules across members that SageMaker enforces (unique channel names, Gzip only with Pipe,
+FastFile only with S3Prefix) and what openmaker can run (a training image, S3 channels, one
+homogeneous cluster). Every such rule lives in this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from openmaker.spec.errors import ValidationException
+from openmaker.spec.validate import error_message, failure, null_failure, validate_input
+
+# SageMaker's default when the request has no StoppingCondition: "The default value is 1 day"
+# (MaxRuntimeInSeconds in the model's documentation; no number in its constraints).
+_DEFAULT_MAX_RUNTIME_SECONDS = 24 * 60 * 60
+
+
+def default_stopping_condition() -> dict[str, int]:
+    return {"MaxRuntimeInSeconds": _DEFAULT_MAX_RUNTIME_SECONDS}
+
+
+def check_create_training_job(request: Mapping[str, Any]) -> None:
+    """Raise ValidationException unless openmaker can run this CreateTrainingJob request."""
+    validate_input("CreateTrainingJob", request)
+    # The model has checked types and required members; the rules below rely on that.
+    problems = [
+        *_algorithm_problems(request),
+        *_resource_problems(request),
+        *_channel_problems(request),
+    ]
+    if problems:
+        raise ValidationException(error_message(problems))
+
+
+def _algorithm_problems(request: Mapping[str, Any]) -> Iterator[str]:
+    spec = request.get("AlgorithmSpecification")
+    if spec is None:
+        yield null_failure("AlgorithmSpecification")
+        return
+    if spec.get("AlgorithmName") is not None:
+        yield failure(
+            spec["AlgorithmName"],
+            "AlgorithmSpecification.AlgorithmName",
+            "AlgorithmName (a marketplace or built-in algorithm) is not supported by openmaker: "
+            "give AlgorithmSpecification.TrainingImage",
+        )
+    elif spec.get("TrainingImage") is None:
+        yield null_failure("AlgorithmSpecification.TrainingImage")
+
+
+def _resource_problems(request: Mapping[str, Any]) -> Iterator[str]:
+    resources = request.get("ResourceConfig")
+    if resources is None:
+        yield null_failure("ResourceConfig")
+        return
+    if resources.get("InstanceGroups"):
+        yield failure(
+            resources["InstanceGroups"],
+            "ResourceConfig.InstanceGroups",
+            "heterogeneous clusters are not supported by openmaker: "
+            "give ResourceConfig.InstanceType and ResourceConfig.InstanceCount",
+        )
+        return
+    # The model lets both go (they are optional next to InstanceGroups) and allows a count of 0.
+    if resources.get("InstanceType") is None:
+        yield null_failure("ResourceConfig.InstanceType")
+    count = resources.get("InstanceCount")
+    if count is None:
+        yield null_failure("ResourceConfig.InstanceCount")
+    elif count < 1:
+        yield failure(
+            count,
+            "ResourceConfig.InstanceCount",
+            "Member must have value greater than or equal to 1",
+        )
+
+
+def _channel_problems(request: Mapping[str, Any]) -> Iterator[str]:
+    job_mode = (request.get("AlgorithmSpecification") or {}).get("TrainingInputMode")
+    seen: set[str] = set()
+    for index, channel in enumerate(request.get("InputDataConfig") or [], 1):
+        at = f"InputDataConfig.{index}.member"
+        name = channel["ChannelName"]
+        if name in seen:
+            yield failure(
+                name, f"{at}.ChannelName", "Channel names must be unique within InputDataConfig"
+            )
+        seen.add(name)
+        yield from _data_source_problems(channel["DataSource"], f"{at}.DataSource")
+        # The channel's InputMode overrides the job's TrainingInputMode.
+        mode = channel.get("InputMode") or job_mode
+        if channel.get("CompressionType") == "Gzip" and mode != "Pipe":
+            yield failure(
+                "Gzip",
+                f"{at}.CompressionType",
+                f"CompressionType Gzip is allowed only with Pipe input mode, not {mode}",
+            )
+        s3_type = (channel["DataSource"].get("S3DataSource") or {}).get("S3DataType")
+        if mode == "FastFile" and s3_type is not None and s3_type != "S3Prefix":
+            yield failure(
+                s3_type,
+                f"{at}.DataSource.S3DataSource.S3DataType",
+                "FastFile input mode is allowed only with S3DataType S3Prefix",
+            )
+
+
+def _data_source_problems(source: Mapping[str, Any], at: str) -> Iterator[str]:
+    others = [name for name, value in source.items() if name != "S3DataSource" and value]
+    for name in others:
+        yield failure(
+            source[name],
+            f"{at}.{name}",
+            f"{name} is not supported by openmaker: give {at}.S3DataSource",
+        )
+    if source.get("S3DataSource") is None and not others:
+        yield null_failure(f"{at}.S3DataSource")

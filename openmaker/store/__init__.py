@@ -1,0 +1,23 @@
+"""Object stores: URIs, listing with S3 semantics, concurrent transfers, manifests."""
+
+from openmaker.store.keys import UnsafeKeyError, relative_to_prefix, safe_destination
+from openmaker.store.listing import ObjectInfo, list_prefix
+from openmaker.store.location import Location, StoreError, resolve, s3_endpoint, split_s3_uri
+from openmaker.store.transfer import Download, download_all, read_object, upload_file
+
+__all__ = [
+    "Download",
+    "Location",
+    "ObjectInfo",
+    "StoreError",
+    "UnsafeKeyError",
+    "download_all",
+    "list_prefix",
+    "read_object",
+    "relative_to_prefix",
+    "resolve",
+    "s3_endpoint",
+    "safe_destination",
+    "split_s3_uri",
+    "upload_file",
+]

