@@ -16,7 +16,8 @@ from sklearn.model_selection import train_test_split
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--C", type=float, default=1.0)
+    # The toolkit passes one-letter hyperparameters with a single dash.
+    parser.add_argument("-C", "--C", type=float, default=1.0)
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
     parser.add_argument(
