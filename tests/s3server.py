@@ -56,11 +56,18 @@ def running_s3_server(root: Path) -> Iterator[S3Server]:
     key, secret = "test" + secrets.token_hex(4), secrets.token_hex(16)
     process = subprocess.Popen(
         [
-            rclone_binary(), "serve", "s3", str(root),
-            "--addr", f"127.0.0.1:{port}",
-            "--auth-key", f"{key},{secret}",
-            "--config", "/dev/null",
-            "--log-level", "ERROR",
+            rclone_binary(),
+            "serve",
+            "s3",
+            str(root),
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--auth-key",
+            f"{key},{secret}",
+            "--config",
+            "/dev/null",
+            "--log-level",
+            "ERROR",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

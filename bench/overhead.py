@@ -1,0 +1,135 @@
+"""The overhead of a no-op training job: CreateTrainingJob → `Completed`, model.tar.gz uploaded."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import obstore
+
+from bench.stats import Timings
+from openmaker.config import load_settings
+from openmaker.jobs.service import TrainingJobs
+from openmaker.store import resolve
+
+TARGET_SECONDS = 1.0
+POLL_SECONDS = 0.01
+JOB_TIMEOUT_SECONDS = 60.0
+TERMINAL = {"Completed", "Failed", "Stopped"}
+# The phases of a job, each named by the secondary status it ends with; "seen" is the caller
+# noticing `Completed` through describe (poll interval and describe cost).
+PHASES = (
+    ("create → Downloading", "Downloading"),
+    ("Downloading → Training", "Training"),
+    ("Training → Uploading", "Uploading"),
+    ("Uploading → Completed", "Completed"),
+)
+
+
+@dataclass(frozen=True)
+class JobRun:
+    seconds: float
+    # Seconds spent in each phase of PHASES, then the time to see `Completed`.
+    phases: list[float]
+
+
+@dataclass(frozen=True)
+class OverheadResult:
+    runs: list[JobRun]
+
+    @property
+    def timings(self) -> Timings:
+        return Timings([r.seconds for r in self.runs])
+
+    def summary(self) -> str:
+        verdict = "ok" if self.timings.median < TARGET_SECONDS else "MISSED"
+        t = self.timings
+        return (
+            f"no-op job overhead: median {t.median:.2f} s (min {t.best:.2f}, max {t.worst:.2f}, "
+            f"n={len(self.runs)}; target < {TARGET_SECONDS:.0f} s: {verdict})"
+        )
+
+    def breakdown(self) -> list[str]:
+        names = [name for name, _ in PHASES] + ["Completed seen by describe"]
+        lines = ["  median breakdown (from SecondaryStatusTransitions StartTimes):"]
+        for index, name in enumerate(names):
+            value = statistics.median(r.phases[index] for r in self.runs)
+            lines.append(f"    {name:<28} {value:.3f} s")
+        return lines
+
+
+def noop_image(folder: Path) -> Path:
+    """A bring-your-own-container image folder whose `train` does nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train = folder / "train"
+    train.write_text("#!/bin/sh\nexit 0\n")
+    train.chmod(0o755)
+    return folder.absolute()
+
+
+def noop_request(name: str, image: Path, output: str) -> dict[str, Any]:
+    return {
+        "TrainingJobName": name,
+        "RoleArn": "arn:aws:iam::000000000000:role/bench",
+        "AlgorithmSpecification": {"TrainingImage": str(image), "TrainingInputMode": "File"},
+        "OutputDataConfig": {"S3OutputPath": output},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+    }
+
+
+def wait_terminal(jobs: TrainingJobs, name: str) -> dict[str, Any]:
+    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        description = jobs.describe(name)
+        if description["TrainingJobStatus"] in TERMINAL:
+            return description
+        time.sleep(POLL_SECONDS)
+    raise RuntimeError(f"job {name} did not finish within {JOB_TIMEOUT_SECONDS:.0f} s")
+
+
+def check_completed(description: dict[str, Any]) -> None:
+    """The job must really have completed and its model archive must exist on the server."""
+    if description["TrainingJobStatus"] != "Completed":
+        reason = description.get("FailureReason", "no reason given")
+        raise RuntimeError(
+            f"{description['TrainingJobName']}: {description['SecondaryStatus']}: {reason}"
+        )
+    uri = description["ModelArtifacts"]["S3ModelArtifacts"]
+    location = resolve(uri, load_settings())
+    obstore.head(location.store, location.key)  # raises FileNotFoundError when missing
+
+
+def phase_seconds(description: dict[str, Any], started: datetime, seen: datetime) -> list[float]:
+    starts = {t["Status"]: t["StartTime"] for t in description["SecondaryStatusTransitions"]}
+    marks = [started] + [starts[status] for _, status in PHASES] + [seen]
+    return [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(marks)]
+
+
+def run_once(jobs: TrainingJobs, image: Path, output: str) -> JobRun:
+    name = f"bench-noop-{secrets.token_hex(4)}"
+    started, clock = datetime.now(UTC), time.perf_counter()
+    jobs.create(noop_request(name, image, output))
+    description = wait_terminal(jobs, name)
+    seconds = time.perf_counter() - clock
+    seen = datetime.now(UTC)
+    check_completed(description)
+    return JobRun(seconds, phase_seconds(description, started, seen))
+
+
+def measure(scratch: Path, output: str, runs: int) -> OverheadResult:
+    """`runs` no-op jobs one after the other; OPENMAKER_HOME and the S3 variables must be set."""
+    image = noop_image(scratch / "noop-image")
+    jobs = TrainingJobs(load_settings())
+    results = []
+    for index in range(runs):
+        run = run_once(jobs, image, output)
+        print(f"  no-op job {index + 1}/{runs}: {run.seconds:.3f} s", flush=True)
+        results.append(run)
+    return OverheadResult(results)

@@ -1,0 +1,88 @@
+"""Building requests, images and data for tests, and waiting for jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import obstore
+
+from openmaker.config import load_settings
+from openmaker.jobs.service import TrainingJobs
+from openmaker.jobs.state import TERMINAL
+from openmaker.store import resolve
+
+
+def make_image(folder: Path, train_script: str) -> Path:
+    """A bring-your-own-container image: a folder with an executable `train`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    program = folder / "train"
+    program.write_text(train_script)
+    program.chmod(0o755)
+    return folder
+
+
+def request(
+    name: str,
+    image: str,
+    output: str,
+    channels: dict[str, str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "TrainingJobName": name,
+        "RoleArn": "arn:aws:iam::123456789012:role/SageMakerRole",
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
+        "OutputDataConfig": {"S3OutputPath": output},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+    }
+    if channels:
+        body["InputDataConfig"] = [
+            {
+                "ChannelName": channel,
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": uri,
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+            }
+            for channel, uri in channels.items()
+        ]
+    body.update(extra)
+    return body
+
+
+def put_objects(objects: dict[str, bytes]) -> None:
+    """Write objects (by full URI) through openmaker's own store resolution."""
+
+    async def put_all() -> None:
+        settings = load_settings()
+        for uri, data in objects.items():
+            location = resolve(uri, settings)
+            await obstore.put_async(location.store, location.key, data)
+
+    asyncio.run(put_all())
+
+
+def get_object(uri: str) -> bytes:
+    location = resolve(uri, load_settings())
+    return bytes(obstore.get(location.store, location.key).bytes())
+
+
+def wait_for(jobs: TrainingJobs, name: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        description = jobs.describe(name)
+        if description["TrainingJobStatus"] in TERMINAL:
+            return description
+        time.sleep(0.1)
+    raise AssertionError(f"job {name} did not end in {timeout} s: {jobs.describe(name)}")
+
+
+def log_text(jobs: TrainingJobs, name: str) -> str:
+    return "\n".join(record.message for record in jobs.iter_log_events(name))

@@ -1,0 +1,421 @@
+"""Training jobs end to end: real worker processes, real sandboxes, a real S3 server."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from openmaker.jobs.service import TrainingJobs
+from openmaker.spec import ResourceInUse, ResourceNotFound, ValidationException
+from tests.helpers import get_object, log_text, make_image, put_objects, request, wait_for
+from tests.s3server import S3Server
+
+# A bring-your-own-container program that, like many real ones, hard-codes /opt/ml.
+PROBE = f"""#!{sys.executable}
+import json, os, pathlib, socket, subprocess
+ml = pathlib.Path("/opt/ml")
+config = ml / "input" / "config"
+seen = {{
+    "hyperparameters": json.loads((config / "hyperparameters.json").read_text()),
+    "inputdataconfig": json.loads((config / "inputdataconfig.json").read_text()),
+    "resourceconfig": json.loads((config / "resourceconfig.json").read_text()),
+    "files": sorted(
+        str(p.relative_to(ml / "input/data")) for p in (ml / "input/data").rglob("*") if p.is_file()
+    ),
+    "train_x": (ml / "input/data/train/x.csv").read_text(),
+    "hostname": socket.gethostname(),
+    "algo_1": socket.gethostbyname("algo-1"),
+    "env": {{k: os.environ.get(k) for k in
+            ["TRAINING_JOB_NAME", "TRAINING_JOB_ARN", "AWS_REGION", "MY_SETTING",
+             "AWS_ENDPOINT_URL_S3", "SAGEMAKER_BASE_DIR"]}},
+    "home_visible": os.path.isdir(os.environ["PROBE_HOME"]) and os.listdir(os.environ["PROBE_HOME"]),
+    "tmp": sorted(os.listdir("/tmp")),
+    "pid": os.getpid(),
+    "cwd": os.getcwd(),
+}}
+pathlib.Path("/usr/local/openmaker-probe").write_text("written inside")
+(ml / "model" / "seen.json").write_text(json.dumps(seen))
+(ml / "model" / "sub").mkdir()
+(ml / "model" / "sub" / "weights.bin").write_bytes(b"\\x00\\x01")
+(ml / "output" / "data" / "extra.txt").write_text("more")
+print("probe finished")
+"""
+
+
+def _model_members(uri: str) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(get_object(uri)), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def _run_probe(tmp_path: Path, home: Path, bucket_uri: str) -> tuple[TrainingJobs, dict, dict]:
+    put_objects(
+        {
+            f"{bucket_uri}/data/train/x.csv": b"1,2,3\n",
+            f"{bucket_uri}/data/train/sub/y.csv": b"4,5,6\n",
+            f"{bucket_uri}/data/train-extra.csv": b"7\n",
+            f"{bucket_uri}/data/validation/v.csv": b"8\n",
+        }
+    )
+    image = make_image(tmp_path / "image", PROBE)
+    (tmp_path / "marker-in-host-tmp").write_text("x")
+    jobs = TrainingJobs()
+    body = request(
+        "probe-job",
+        str(image),
+        f"{bucket_uri}/output",
+        {"train": f"{bucket_uri}/data/train", "validation": f"{bucket_uri}/data/validation/"},
+        HyperParameters={"epochs": "3", "lr": "0.1"},
+        Environment={"MY_SETTING": "on", "PROBE_HOME": str(home)},
+    )
+    body["InputDataConfig"][0]["ContentType"] = "text/csv"
+    jobs.create(body)
+    description = wait_for(jobs, "probe-job")
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+    return jobs, description, members
+
+
+def test_bring_your_own_container_on_s3(tmp_path: Path, home: Path, s3_env: S3Server) -> None:
+    s3_env.make_bucket("byoc")
+    jobs, description, members = _run_probe(tmp_path, home, "s3://byoc")
+    seen = json.loads(members["seen.json"])
+
+    assert seen["hyperparameters"] == {"epochs": "3", "lr": "0.1"}
+    assert seen["inputdataconfig"] == {
+        "train": {
+            "ContentType": "text/csv",
+            "TrainingInputMode": "File",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+        },
+        "validation": {
+            "TrainingInputMode": "File",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+        },
+    }
+    assert seen["resourceconfig"] == {
+        "current_host": "algo-1",
+        "current_instance_type": "ml.m5.large",
+        "current_group_name": "homogeneousCluster",
+        "hosts": ["algo-1"],
+        "instance_groups": [
+            {
+                "instance_group_name": "homogeneousCluster",
+                "instance_type": "ml.m5.large",
+                "hosts": ["algo-1"],
+            }
+        ],
+        "network_interface_name": "eth0",
+    }
+    # Key mapping: the prefix `data/train` keeps `train-extra.csv`, drops its own folder name.
+    assert seen["files"] == [
+        "train/sub/y.csv", "train/train-extra.csv", "train/x.csv", "validation/v.csv",
+    ]  # fmt: skip
+    assert seen["train_x"] == "1,2,3\n"
+    assert seen["env"]["TRAINING_JOB_NAME"] == "probe-job"
+    assert seen["env"]["TRAINING_JOB_ARN"] == description["TrainingJobArn"]
+    assert seen["env"]["AWS_REGION"] == "us-east-1"
+    assert seen["env"]["MY_SETTING"] == "on"
+    assert seen["env"]["AWS_ENDPOINT_URL_S3"] == s3_env.url
+    # The sandbox: own hostname and names, PID 1, private /tmp, openmaker's state hidden.
+    assert seen["hostname"] == "algo-1"
+    assert seen["algo_1"] == "127.0.1.1"
+    assert seen["pid"] == 1
+    assert seen["env"]["SAGEMAKER_BASE_DIR"] is None
+    assert not seen["home_visible"]
+    assert seen["tmp"] == []
+    # Writes to the root filesystem stayed inside the sandbox.
+    assert not Path("/usr/local/openmaker-probe").exists()
+
+    assert members["sub/weights.bin"] == b"\x00\x01"
+    output = get_object("s3://byoc/output/probe-job/output/output.tar.gz")
+    with tarfile.open(fileobj=io.BytesIO(output), mode="r:gz") as tar:
+        assert tar.extractfile("extra.txt").read() == b"more"  # type: ignore[union-attr]
+    assert "probe finished" in log_text(jobs, "probe-job")
+
+
+def test_embedded_default_without_s3_server(tmp_path: Path, home: Path) -> None:
+    _, description, members = _run_probe(tmp_path, home, "s3://local-bucket")
+    model = description["ModelArtifacts"]["S3ModelArtifacts"]
+    assert model == "s3://local-bucket/output/probe-job/output/model.tar.gz"
+    assert (home / "s3/local-bucket/output/probe-job/output/model.tar.gz").is_file()
+    assert json.loads(members["seen.json"])["env"]["AWS_ENDPOINT_URL_S3"] is None
+
+
+def test_status_transitions_and_times(tmp_path: Path, home: Path) -> None:
+    image = make_image(tmp_path / "image", "#!/bin/sh\necho hello\necho world >&2\n")
+    jobs = TrainingJobs()
+    jobs.create(request("steps", str(image), "s3://b/out"))
+    description = wait_for(jobs, "steps")
+    steps = [t["Status"] for t in description["SecondaryStatusTransitions"]]
+    assert steps == ["Starting", "Downloading", "Training", "Uploading", "Completed"]
+    assert description["SecondaryStatus"] == "Completed"
+    transitions = description["SecondaryStatusTransitions"]
+    for earlier, later in itertools.pairwise(transitions):
+        assert earlier["EndTime"] == later["StartTime"]
+    assert description["TrainingStartTime"] <= description["TrainingEndTime"]
+    assert description["TrainingTimeInSeconds"] >= 1
+    assert description["BillableTimeInSeconds"] == description["TrainingTimeInSeconds"]
+    assert log_text(jobs, "steps").splitlines() == ["hello", "world"]
+    [stream] = jobs.log_streams("steps")
+    prefix, _, epoch = stream.rpartition("-")
+    assert prefix == "steps/algo-1" and abs(int(epoch) - time.time()) < 600
+
+
+def test_failure_file_becomes_failure_reason_and_outputs_still_upload(
+    tmp_path: Path, home: Path
+) -> None:
+    script = (
+        "#!/bin/sh\n"
+        "echo partial > /opt/ml/model/partial.txt\n"
+        "printf 'boom: the loss exploded' > /opt/ml/output/failure\n"
+        "exit 3\n"
+    )
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    jobs.create(request("fails", str(image), "s3://b/out"))
+    description = wait_for(jobs, "fails")
+    assert description["TrainingJobStatus"] == "Failed"
+    assert description["SecondaryStatus"] == "Failed"
+    assert description["FailureReason"] == "AlgorithmError: boom: the loss exploded"
+    members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+    assert members == {"partial.txt": b"partial\n"}
+
+
+def test_failure_without_failure_file_names_exit_status(tmp_path: Path, home: Path) -> None:
+    image = make_image(tmp_path / "image", "#!/bin/sh\nexit 7\n")
+    jobs = TrainingJobs()
+    jobs.create(request("exit7", str(image), "s3://b/out"))
+    description = wait_for(jobs, "exit7")
+    assert description["TrainingJobStatus"] == "Failed"
+    assert "exited with status 7" in description["FailureReason"]
+
+
+def test_failure_reason_is_cut_at_1024_characters(tmp_path: Path, home: Path) -> None:
+    script = "#!/bin/sh\nhead -c 5000 /dev/zero | tr '\\0' 'x' > /opt/ml/output/failure\nexit 1\n"
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    jobs.create(request("long-failure", str(image), "s3://b/out"))
+    reason = wait_for(jobs, "long-failure")["FailureReason"]
+    assert reason == "AlgorithmError: " + "x" * 1024
+
+
+def test_manifest_entry_escaping_the_channel_fails_and_writes_nothing(
+    tmp_path: Path, home: Path
+) -> None:
+    manifest = [{"prefix": "s3://data/files/"}, "good.csv", "../../../../escaped.txt"]
+    put_objects(
+        {
+            "s3://data/manifest.json": json.dumps(manifest).encode(),
+            "s3://data/files/good.csv": b"ok",
+            "s3://data/escaped.txt": b"evil",
+        }
+    )
+    image = make_image(tmp_path / "image", "#!/bin/sh\necho should not run\n")
+    jobs = TrainingJobs()
+    body = request("crafted", str(image), "s3://b/out", {"train": "s3://data/manifest.json"})
+    body["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataType"] = "ManifestFile"
+    jobs.create(body)
+    description = wait_for(jobs, "crafted")
+    assert description["TrainingJobStatus"] == "Failed"
+    assert "'train'" in description["FailureReason"]
+    assert "escaped.txt" in description["FailureReason"]
+    written = [p.name for p in (home / "jobs" / "crafted").rglob("*") if p.is_file()]
+    assert "escaped.txt" not in written and "good.csv" not in written
+    assert "should not run" not in log_text(jobs, "crafted")
+
+
+def test_manifest_file_downloads_the_listed_objects(tmp_path: Path, home: Path) -> None:
+    manifest = [{"prefix": "s3://data/files/"}, "a.csv", "deep/b.csv"]
+    put_objects(
+        {
+            "s3://data/m.json": json.dumps(manifest).encode(),
+            "s3://data/files/a.csv": b"a",
+            "s3://data/files/deep/b.csv": b"b",
+            "s3://data/files/unlisted.csv": b"no",
+        }
+    )
+    script = "#!/bin/sh\ncd /opt/ml/input/data/train && find . -type f | sort > /opt/ml/model/l\n"
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    body = request("manifest", str(image), "s3://b/out", {"train": "s3://data/m.json"})
+    body["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataType"] = "ManifestFile"
+    jobs.create(body)
+    description = wait_for(jobs, "manifest")
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+    assert members["l"] == b"./a.csv\n./deep/b.csv\n"
+
+
+def test_local_folders_as_channel_and_output(tmp_path: Path, home: Path) -> None:
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "x.csv").write_text("x")
+    (data / "train-old").mkdir()
+    (data / "train-old" / "stale.csv").write_text("stale")
+    out = tmp_path / "out"
+    script = "#!/bin/sh\nls /opt/ml/input/data/train > /opt/ml/model/listing\n"
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    jobs.create(
+        request("local", image.as_uri(), out.as_uri(), {"train": (data / "train").as_uri()})
+    )
+    description = wait_for(jobs, "local")
+    assert description["TrainingJobStatus"] == "Completed", description
+    archive = out / "local" / "output" / "model.tar.gz"
+    with tarfile.open(archive) as tar:
+        assert tar.extractfile("listing").read() == b"x.csv\n"  # type: ignore[union-attr]
+
+
+def test_uncompressed_model_output(tmp_path: Path, home: Path) -> None:
+    script = "#!/bin/sh\nmkdir /opt/ml/model/d && echo w > /opt/ml/model/d/w.txt\n"
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    body = request("plain-model", str(image), "s3://b/out")
+    body["OutputDataConfig"]["CompressionType"] = "NONE"
+    jobs.create(body)
+    description = wait_for(jobs, "plain-model")
+    assert (
+        description["ModelArtifacts"]["S3ModelArtifacts"] == "s3://b/out/plain-model/output/model/"
+    )
+    assert get_object("s3://b/out/plain-model/output/model/d/w.txt") == b"w\n"
+
+
+def test_stop_sends_sigterm_and_keeps_outputs(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = (
+        "#!/bin/sh\n"
+        "trap 'echo saved > /opt/ml/model/at-stop.txt; echo got SIGTERM; exit 0' TERM\n"
+        "echo ready\n"
+        "while true; do sleep 0.1; done\n"
+    )
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    jobs.create(request("stoppable", str(image), "s3://b/out"))
+    _wait_for_log(jobs, "stoppable", "ready")
+    jobs.stop("stoppable")
+    assert jobs.describe("stoppable")["TrainingJobStatus"] in ("Stopping", "Stopped")
+    description = wait_for(jobs, "stoppable")
+    assert description["TrainingJobStatus"] == "Stopped"
+    assert description["SecondaryStatus"] == "Stopped"
+    assert "got SIGTERM" in log_text(jobs, "stoppable")
+    members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+    assert members == {"at-stop.txt": b"saved\n"}
+    with pytest.raises(ValidationException):
+        jobs.stop("stoppable")
+
+
+def test_max_runtime_kills_code_that_ignores_sigterm(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STOP_GRACE_SECONDS", "1")
+    # As PID 1 without a handler, the shell ignores SIGTERM: only SIGKILL ends it.
+    script = "#!/bin/sh\necho start\nwhile true; do sleep 0.1; done\n"
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    body = request("too-long", str(image), "s3://b/out")
+    body["StoppingCondition"] = {"MaxRuntimeInSeconds": 1}
+    started = time.monotonic()
+    jobs.create(body)
+    description = wait_for(jobs, "too-long", timeout=60)
+    assert description["TrainingJobStatus"] == "Stopped"
+    assert description["SecondaryStatus"] == "MaxRuntimeExceeded"
+    assert time.monotonic() - started < 30
+
+
+def _wait_for_log(jobs: TrainingJobs, name: str, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log_text(jobs, name):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs of {name}"
+        time.sleep(0.1)
+
+
+def test_duplicate_name_is_resource_in_use(tmp_path: Path, home: Path) -> None:
+    image = make_image(tmp_path / "image", "#!/bin/sh\n")
+    jobs = TrainingJobs()
+    jobs.create(request("twice", str(image), "s3://b/out"))
+    with pytest.raises(ResourceInUse):
+        jobs.create(request("twice", str(image), "s3://b/out"))
+    wait_for(jobs, "twice")
+
+
+def test_unknown_job_is_resource_not_found(home: Path) -> None:
+    with pytest.raises(ResourceNotFound):
+        TrainingJobs().describe("no-such-job")
+
+
+@pytest.mark.parametrize(
+    ("image", "member"),
+    [
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/my-algo:latest", "TrainingImage"),
+        ("/no/such/folder", "TrainingImage"),
+    ],
+)
+def test_images_that_cannot_run_are_refused(home: Path, image: str, member: str) -> None:
+    with pytest.raises(ValidationException, match=member):
+        TrainingJobs().create(request("bad-image", image, "s3://b/out"))
+    assert TrainingJobs().list() == []
+
+
+def test_pipe_mode_is_refused_for_now(tmp_path: Path, home: Path) -> None:
+    image = make_image(tmp_path / "image", "#!/bin/sh\n")
+    body = request("piped", str(image), "s3://b/out", {"train": "s3://b/data"})
+    body["InputDataConfig"][0]["InputMode"] = "Pipe"
+    with pytest.raises(ValidationException, match="InputMode"):
+        TrainingJobs().create(body)
+
+
+def test_container_entrypoint_and_arguments(tmp_path: Path, home: Path) -> None:
+    image = make_image(tmp_path / "image", "#!/bin/sh\n")
+    (image / "run.sh").write_text('#!/bin/sh\necho "args: $*" > /opt/ml/model/args\n')
+    (image / "run.sh").chmod(0o755)
+    jobs = TrainingJobs()
+    body = request("entry", str(image), "s3://b/out")
+    body["AlgorithmSpecification"]["ContainerEntrypoint"] = ["/opt/program/run.sh"]
+    body["AlgorithmSpecification"]["ContainerArguments"] = ["--alpha", "1"]
+    jobs.create(body)
+    description = wait_for(jobs, "entry")
+    members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+    assert members["args"] == b"args: --alpha 1\n"
+
+
+def test_list_newest_first_and_filtered(tmp_path: Path, home: Path) -> None:
+    image = make_image(tmp_path / "image", "#!/bin/sh\n")
+    jobs = TrainingJobs()
+    for name in ("list-a", "list-b"):
+        jobs.create(request(name, str(image), "s3://b/out"))
+        wait_for(jobs, name)
+    assert [j["TrainingJobName"] for j in jobs.list()] == ["list-b", "list-a"]
+    assert [j["TrainingJobName"] for j in jobs.list(name_contains="-a")] == ["list-a"]
+    assert jobs.list(status="Failed") == []
+
+
+def test_openmaker_state_is_hidden_from_the_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A home outside /tmp, as ~/.openmaker is: the private /tmp alone would not hide it.
+    home = Path.home() / ".cache" / "openmaker-tests" / tmp_path.name
+    monkeypatch.setenv("OPENMAKER_HOME", str(home))
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    try:
+        script = f"#!/bin/sh\nls -A {home} > /opt/ml/model/home; ls -A /opt/ml > /opt/ml/model/ml\n"
+        image = make_image(tmp_path / "image", script)
+        jobs = TrainingJobs()
+        jobs.create(request("hidden", str(image), "s3://b/out"))
+        description = wait_for(jobs, "hidden")
+        assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+        members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+        assert members["home"] == b""
+        assert members["ml"].split() == [b"code", b"input", b"model", b"output"]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
