@@ -36,7 +36,7 @@ seen = {{
     "env": {{k: os.environ.get(k) for k in
             ["TRAINING_JOB_NAME", "TRAINING_JOB_ARN", "AWS_REGION", "MY_SETTING",
              "AWS_ENDPOINT_URL_S3", "SAGEMAKER_BASE_DIR"]}},
-    "home_visible": os.path.isdir(os.environ["PROBE_HOME"]) and os.listdir(os.environ["PROBE_HOME"]),
+    "home_visible": os.path.isdir(home := os.environ["PROBE_HOME"]) and os.listdir(home),
     "tmp": sorted(os.listdir("/tmp")),
     "pid": os.getpid(),
     "cwd": os.getcwd(),
