@@ -419,3 +419,40 @@ def test_openmaker_state_is_hidden_from_the_code(
         assert members["ml"].split() == [b"code", b"input", b"model", b"output"]
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("local_path", [None, "/opt/ml/checkpoints/run", "/checkpoints"])
+def test_checkpoints_restored_at_start_and_written_back(
+    tmp_path: Path, home: Path, local_path: str | None
+) -> None:
+    put_objects(
+        {
+            "s3://ckpt/job/step.txt": b"5",
+            "s3://ckpt/job/old.txt": b"to be removed",
+            "s3://ckpt/job-other/keep.txt": b"not ours",
+        }
+    )
+    folder = local_path or "/opt/ml/checkpoints"
+    script = (
+        "#!/bin/sh\nset -e\n"
+        f"grep -q '\"LocalPath\": \"{folder}\"' /opt/ml/input/config/checkpointconfig.json\n"
+        f"cd {folder}\n"
+        'echo "restored $(cat step.txt)"\n'
+        "echo 6 > step.txt && rm old.txt && mkdir -p deep && echo n > deep/new.txt\n"
+    )
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    body = request("ckpt", str(image), "s3://b/out")
+    body["CheckpointConfig"] = {"S3Uri": "s3://ckpt/job"}
+    if local_path:
+        body["CheckpointConfig"]["LocalPath"] = local_path
+    jobs.create(body)
+    description = wait_for(jobs, "ckpt")
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert "restored 5" in log_text(jobs, "ckpt")
+    assert get_object("s3://ckpt/job/step.txt") == b"6\n"
+    assert get_object("s3://ckpt/job/deep/new.txt") == b"n\n"
+    assert get_object("s3://ckpt/job-other/keep.txt") == b"not ours"
+    with pytest.raises(FileNotFoundError):
+        get_object("s3://ckpt/job/old.txt")
+    assert not Path("/checkpoints").exists()

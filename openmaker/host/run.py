@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass
 
 from openmaker.host.channels import ChannelError, download_channels
+from openmaker.host.checkpoints import restore_checkpoints
 from openmaker.host.environment import container_environment
 from openmaker.host.events import Emit, StatusChanged
 from openmaker.host.execute import (
@@ -22,6 +23,7 @@ from openmaker.host.layout import create_tree
 from openmaker.host.sandbox import plan_launch
 from openmaker.host.source import SourceError, install_source
 from openmaker.host.spec import HostSpec
+from openmaker.store import StoreError, UnsafeKeyError
 
 
 class HostFailed(Exception):
@@ -45,8 +47,9 @@ def prepare(spec: HostSpec, emit: Emit) -> None:
     emit(StatusChanged("Downloading", "Downloading input data"))
     try:
         install_source(spec)
+        restore_checkpoints(spec, emit)
         download_channels(spec, emit)
-    except (ChannelError, SourceError) as exc:
+    except (ChannelError, SourceError, StoreError, UnsafeKeyError) as exc:
         raise HostFailed(f"ClientError: {exc}") from None
 
 

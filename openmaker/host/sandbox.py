@@ -20,8 +20,9 @@ import sys
 from dataclasses import dataclass
 from typing import IO
 
+from openmaker.host.checkpoints import checkpoint_dir
 from openmaker.host.images import PROGRAM_MOUNT, Image
-from openmaker.host.layout import CONTAINER_ROOT
+from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.spec import HostSpec
 
 # Each host gets its own loopback address, so that `algo-2` reaches `algo-1` by name.
@@ -96,6 +97,9 @@ def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str,
             bwrap += ["--tmpfs", str(hidden)]
     bwrap += _outside_root_binds()
     bwrap += ["--bind", str(spec.ml_dir), CONTAINER_ROOT, "--ro-bind", str(etc_hosts), "/etc/hosts"]
+    checkpoints = checkpoint_dir(spec)
+    if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):
+        bwrap += ["--bind", str(checkpoints), checkpoint_local_path(spec)]
     if image.program_dir is not None:
         bwrap += ["--ro-bind", str(image.program_dir), PROGRAM_MOUNT]
     bwrap += [

@@ -18,6 +18,7 @@ from typing import Any
 
 from openmaker.config import Settings, load_settings
 from openmaker.host.artifacts import upload_artifacts
+from openmaker.host.checkpoints import save_checkpoints
 from openmaker.host.events import Event, LogLine, StatusChanged, TransferProgress
 from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
@@ -196,6 +197,8 @@ def _run(settings: Settings, job_name: str, recorder: JobRecorder, stop: StopCon
 
     emit(StatusChanged("Uploading", state.MESSAGES["Uploading"]))
     try:
+        for spec in specs:
+            save_checkpoints(spec, emit)
         artifacts = upload_artifacts(
             job.request,
             [s.ml_dir / "model" for s in specs],

@@ -3,7 +3,13 @@
 from openmaker.store.keys import UnsafeKeyError, relative_to_prefix, safe_destination
 from openmaker.store.listing import ObjectInfo, list_prefix
 from openmaker.store.location import Location, StoreError, resolve, s3_endpoint, split_s3_uri
-from openmaker.store.transfer import Download, download_all, read_object, upload_file
+from openmaker.store.transfer import (
+    Download,
+    delete_keys,
+    download_all,
+    read_object,
+    upload_file,
+)
 
 __all__ = [
     "Download",
@@ -11,6 +17,7 @@ __all__ = [
     "ObjectInfo",
     "StoreError",
     "UnsafeKeyError",
+    "delete_keys",
     "download_all",
     "list_prefix",
     "read_object",

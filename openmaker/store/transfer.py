@@ -85,3 +85,8 @@ async def _read_chunks(path: Path, on_bytes: OnBytes) -> AsyncIterator[bytes]:
 async def read_object(location: Location) -> bytes:
     result = await obstore.get_async(location.store, location.key)
     return bytes(await result.bytes_async())
+
+
+async def delete_keys(store: ObjectStore, keys: Sequence[str]) -> None:
+    if keys:
+        await obstore.delete_async(store, list(keys))
