@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+import boto3
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,13 @@ class S3Server:
         }
 
     def make_bucket(self, name: str) -> None:
-        (self.root / name).mkdir(parents=True, exist_ok=True)
+        # Through the API: rclone caches its folder listings and misses folders made behind it.
+        client = boto3.client(
+            "s3", endpoint_url=self.url, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+        )  # fmt: skip
+        with suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=name)
 
 
 def rclone_binary() -> str:

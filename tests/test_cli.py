@@ -51,8 +51,8 @@ def run(*args: str, check: bool = True, timeout: float = 180) -> subprocess.Comp
 
 
 def test_script_mode_with_the_toolkit_on_s3(tmp_path: Path, home: Path, s3_env: S3Server) -> None:
-    s3_env.make_bucket("ml")
-    put_objects({"s3://ml/data/train/rows.csv": b"1\n2\n3\n4\n"})
+    s3_env.make_bucket("ml-bucket")
+    put_objects({"s3://ml-bucket/data/train/rows.csv": b"1\n2\n3\n4\n"})
     source = tmp_path / "src"
     source.mkdir()
     (source / "train.py").write_text(TRAIN_PY)
@@ -60,19 +60,21 @@ def test_script_mode_with_the_toolkit_on_s3(tmp_path: Path, home: Path, s3_env: 
 
     result = run(
         "train", "--entry-point", "train.py", "--source-dir", str(source),
-        "--input", "train=s3://ml/data/train", "--hyperparameter", "epochs=3",
-        "--hyperparameter", "learning-rate=0.5", "--output", "s3://ml/output",
+        "--input", "train=s3://ml-bucket/data/train", "--hyperparameter", "epochs=3",
+        "--hyperparameter", "learning-rate=0.5", "--output", "s3://ml-bucket/output",
         "--job-name", "script-mode",
     )  # fmt: skip
     assert "epochs=3 rows=4" in result.stdout
     assert "Completed" in result.stdout
-    assert "s3://ml/output/script-mode/output/model.tar.gz" in result.stdout.replace("\n", "")
+    assert "s3://ml-bucket/output/script-mode/output/model.tar.gz" in result.stdout.replace(
+        "\n", ""
+    )
     with tarfile.open(
-        fileobj=io.BytesIO(get_object("s3://ml/output/script-mode/output/model.tar.gz"))
+        fileobj=io.BytesIO(get_object("s3://ml-bucket/output/script-mode/output/model.tar.gz"))
     ) as tar:
         assert json.loads(tar.extractfile("model.json").read()) == {"rows": 4}  # type: ignore[union-attr]
     # The code travels as the SDK sends it: sourcedir.tar.gz beside the outputs.
-    source_archive = get_object("s3://ml/output/script-mode/source/sourcedir.tar.gz")
+    source_archive = get_object("s3://ml-bucket/output/script-mode/source/sourcedir.tar.gz")
     with tarfile.open(fileobj=io.BytesIO(source_archive)) as tar:
         assert sorted(tar.getnames()) == ["helper.py", "train.py"]
 

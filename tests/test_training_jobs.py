@@ -212,12 +212,12 @@ def test_failure_reason_is_cut_at_1024_characters(tmp_path: Path, home: Path) ->
 def test_manifest_entry_escaping_the_channel_fails_and_writes_nothing(
     tmp_path: Path, home: Path
 ) -> None:
-    manifest = [{"prefix": "s3://data/files/"}, "good.csv", "../../../../escaped.txt"]
+    # Seven levels up from the channel folder is OPENMAKER_HOME itself.
+    manifest = [{"prefix": "s3://data/files/"}, "good.csv", "../" * 7 + "escaped.txt"]
     put_objects(
         {
             "s3://data/manifest.json": json.dumps(manifest).encode(),
             "s3://data/files/good.csv": b"ok",
-            "s3://data/escaped.txt": b"evil",
         }
     )
     image = make_image(tmp_path / "image", "#!/bin/sh\necho should not run\n")
@@ -229,8 +229,7 @@ def test_manifest_entry_escaping_the_channel_fails_and_writes_nothing(
     assert description["TrainingJobStatus"] == "Failed"
     assert "'train'" in description["FailureReason"]
     assert "escaped.txt" in description["FailureReason"]
-    written = [p.name for p in (home / "jobs" / "crafted").rglob("*") if p.is_file()]
-    assert "escaped.txt" not in written and "good.csv" not in written
+    assert not any(p.name == "escaped.txt" for p in home.rglob("*"))
     assert "should not run" not in log_text(jobs, "crafted")
 
 
@@ -435,7 +434,7 @@ def test_checkpoints_restored_at_start_and_written_back(
     folder = local_path or "/opt/ml/checkpoints"
     script = (
         "#!/bin/sh\nset -e\n"
-        f"grep -q '\"LocalPath\": \"{folder}\"' /opt/ml/input/config/checkpointconfig.json\n"
+        f'grep -q \'"LocalPath": "{folder}"\' /opt/ml/input/config/checkpointconfig.json\n'
         f"cd {folder}\n"
         'echo "restored $(cat step.txt)"\n'
         "echo 6 > step.txt && rm old.txt && mkdir -p deep && echo n > deep/new.txt\n"
@@ -456,3 +455,24 @@ def test_checkpoints_restored_at_start_and_written_back(
     with pytest.raises(FileNotFoundError):
         get_object("s3://ckpt/job/old.txt")
     assert not Path("/checkpoints").exists()
+
+
+def test_without_a_sandbox_the_code_runs_as_a_plain_process(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_SANDBOX", "none")
+    script = (
+        "#!/bin/sh\n"
+        'echo "base=$SAGEMAKER_BASE_DIR"\n'
+        'cd "$SAGEMAKER_BASE_DIR" && cat input/config/resourceconfig.json > model/rc.json\n'
+    )
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    jobs.create(request("plain", str(image), "s3://b/out"))
+    description = wait_for(jobs, "plain")
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    training = [t for t in description["SecondaryStatusTransitions"] if t["Status"] == "Training"]
+    assert "without a sandbox" in training[0]["StatusMessage"]
+    assert f"base={home}/jobs/plain/algo-1/ml" in log_text(jobs, "plain")
+    members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+    assert json.loads(members["rc.json"])["current_host"] == "algo-1"

@@ -46,6 +46,8 @@ class Launch:
 
 def sandbox_unavailable_reason() -> str | None:
     """Why the bubblewrap sandbox cannot be used here, or None when it can."""
+    if os.environ.get("OPENMAKER_SANDBOX") == "none":
+        return "OPENMAKER_SANDBOX=none"
     if shutil.which("bwrap") is None:
         return "bwrap (Debian package bubblewrap) is not installed"
     if os.geteuid() != 0:

@@ -166,6 +166,16 @@ def run_job(settings: Settings, job_name: str) -> None:
         recorder.update(lambda job: _finish(job, "Failed", reason))
     finally:
         recorder.close()
+        _remove_host_folders(settings, job_name)
+
+
+def _remove_host_folders(settings: Settings, job_name: str) -> None:
+    """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
+    the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem."""
+    if os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
+        return
+    for folder in (settings.jobs_dir / job_name).glob("algo-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run(settings: Settings, job_name: str, recorder: JobRecorder, stop: StopControl) -> None:
