@@ -1,0 +1,144 @@
+"""Object stores: S3 prefix semantics, safe key mapping, transfers — on a real S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+
+from openmaker.config import load_settings
+from openmaker.store import (
+    Download,
+    StoreError,
+    UnsafeKeyError,
+    download_all,
+    list_prefix,
+    relative_to_prefix,
+    resolve,
+    safe_destination,
+    upload_file,
+)
+from openmaker.store.manifest import parse_manifest
+from openmaker.store.transfer import SINGLE_PUT_LIMIT
+from tests.s3server import S3Server
+
+
+@pytest.mark.parametrize(
+    ("key", "prefix", "local"),
+    [
+        ("data/train/x.csv", "data/train", "x.csv"),
+        ("data/train-a.csv", "data/train", "train-a.csv"),
+        ("data/train2/y.csv", "data/train", "train2/y.csv"),
+        ("data/train/sub/z.csv", "data/train/", "sub/z.csv"),
+        ("data/train/x.csv", "data/train/x.csv", "x.csv"),
+        ("file.csv", "", "file.csv"),
+        ("a/b", "a", "b"),
+    ],
+)
+def test_local_path_of_a_key(key: str, prefix: str, local: str) -> None:
+    assert relative_to_prefix(key, prefix) == local
+
+
+@pytest.mark.parametrize("relative", ["../x", "a/../../x", "/etc/passwd", "", "a/\x00b"])
+def test_paths_leaving_the_folder_are_refused(tmp_path: Path, relative: str) -> None:
+    with pytest.raises(UnsafeKeyError):
+        safe_destination(tmp_path, relative)
+
+
+def test_safe_paths_stay_inside(tmp_path: Path) -> None:
+    assert safe_destination(tmp_path, "a/b/c.csv") == tmp_path / "a" / "b" / "c.csv"
+
+
+def _client(server: S3Server):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3", endpoint_url=server.url, aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+
+
+KEYS = [
+    "data/train/x.csv",
+    "data/train/sub/y.csv",
+    "data/train-a.csv",
+    "data/trainz/q",
+    "data/other",
+]
+
+
+def test_listing_has_s3_prefix_semantics_on_a_server(home: Path, s3_env: S3Server) -> None:
+    s3_env.make_bucket("listing")
+    client = _client(s3_env)
+    for key in KEYS:
+        client.put_object(Bucket="listing", Key=key, Body=key.encode())
+    settings = load_settings()
+
+    def keys(uri: str) -> list[str]:
+        return [o.key for o in asyncio.run(list_prefix(resolve(uri, settings)))]
+
+    assert keys("s3://listing/data/train") == [
+        "data/train-a.csv", "data/train/sub/y.csv", "data/train/x.csv", "data/trainz/q",
+    ]  # fmt: skip
+    assert keys("s3://listing/data/train/") == ["data/train/sub/y.csv", "data/train/x.csv"]
+    assert keys("s3://listing/data/train-") == ["data/train-a.csv"]
+    assert keys("s3://listing/data/nothing") == []
+    assert len(keys("s3://listing")) == len(KEYS)
+
+
+def test_listing_has_the_same_semantics_on_the_embedded_store(home: Path) -> None:
+    for key in KEYS:
+        path = home / "s3" / "emb" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(key)
+    found = asyncio.run(list_prefix(resolve("s3://emb/data/train", load_settings())))
+    assert [o.key for o in found] == [
+        "data/train-a.csv", "data/train/sub/y.csv", "data/train/x.csv", "data/trainz/q",
+    ]  # fmt: skip
+
+
+def test_large_upload_and_download_round_trip(tmp_path: Path, home: Path, s3_env: S3Server) -> None:
+    s3_env.make_bucket("big")
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(SINGLE_PUT_LIMIT + 3 * 1024 * 1024))  # multipart
+    settings = load_settings()
+    location = resolve("s3://big/blobs/one.bin", settings)
+    sent: list[int] = []
+    asyncio.run(upload_file(source, location, sent.append))
+    assert sum(sent) == source.stat().st_size
+    target = tmp_path / "out" / "one.bin"
+    received: list[int] = []
+    size = source.stat().st_size
+    asyncio.run(
+        download_all([Download(location.store, location.key, size, target)], received.append)
+    )
+    assert sum(received) == size
+    assert (
+        hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
+    )
+
+
+def test_unsupported_uris_are_clear_errors(home: Path) -> None:
+    with pytest.raises(StoreError, match="unsupported URI"):
+        resolve("ftp://host/x", load_settings())
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not json", "not valid JSON"),
+        (b'["a"]', "must be a JSON array starting with"),
+        (b'[{"prefix": "s3://b/p/"}, 3]', "every entry"),
+        (b"{}", "must be a JSON array"),
+    ],
+)
+def test_bad_manifests_are_clear_errors(data: bytes, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        parse_manifest(data, "s3://b/m.json")
+
+
+def test_manifest_keeps_its_order() -> None:
+    prefix, entries = parse_manifest(b'[{"prefix": "s3://b/p/"}, "z", "a/b"]', "s3://b/m")
+    assert prefix == "s3://b/p/" and entries == ["z", "a/b"]
