@@ -476,3 +476,41 @@ def test_without_a_sandbox_the_code_runs_as_a_plain_process(
     assert f"base={home}/jobs/plain/algo-1/ml" in log_text(jobs, "plain")
     members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
     assert json.loads(members["rc.json"])["current_host"] == "algo-1"
+
+
+def test_links_the_code_leaves_never_carry_host_files_out(tmp_path: Path, home: Path) -> None:
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("host only")
+    script = (
+        "#!/bin/sh\n"
+        f"ln -s {secret} /opt/ml/model/leak\n"
+        "ln -s / /opt/ml/model/root\n"
+        f"ln -s {secret} /opt/ml/checkpoints/leak\n"
+        "echo real > /opt/ml/model/real.txt\n"
+    )
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    body = request("links", str(image), "s3://b/out")
+    body["OutputDataConfig"]["CompressionType"] = "NONE"
+    body["CheckpointConfig"] = {"S3Uri": "s3://b/ckpt"}
+    jobs.create(body)
+    description = wait_for(jobs, "links")
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    uploaded = sorted(
+        p.relative_to(home / "s3" / "b").as_posix()
+        for p in (home / "s3" / "b").rglob("*")
+        if p.is_file()
+    )
+    assert uploaded == ["out/links/output/model/real.txt", "out/links/output/output.tar.gz"]
+
+
+def test_archived_links_stay_links(tmp_path: Path, home: Path) -> None:
+    script = "#!/bin/sh\nln -s /etc/hostname /opt/ml/model/link\n"
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    jobs.create(request("tar-links", str(image), "s3://b/out"))
+    description = wait_for(jobs, "tar-links")
+    data = get_object(description["ModelArtifacts"]["S3ModelArtifacts"])
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        member = tar.getmember("link")
+        assert member.issym() and member.linkname == "/etc/hostname"

@@ -16,6 +16,7 @@ from typing import Any
 
 from openmaker.config import Settings
 from openmaker.host.events import Emit
+from openmaker.host.files import regular_files
 from openmaker.host.progress import ProgressMeter
 from openmaker.store import Location, resolve, upload_file
 
@@ -70,7 +71,7 @@ def upload_artifacts(
     else:
         model = destination.child("model")
         for folder in model_dirs:
-            uploads += [(f, model.child(str(f.relative_to(folder)))) for f in _files(folder)]
+            uploads += [(f, model.child(name)) for name, f in regular_files(folder).items()]
     pack(output_dirs, staging / "output.tar.gz")
     uploads.append((staging / "output.tar.gz", destination.child("output.tar.gz")))
 
@@ -82,7 +83,3 @@ def upload_artifacts(
     asyncio.run(upload_all())
     meter.finish()
     return Artifacts(model_uri(request), output_uri(request, "output.tar.gz"))
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())

@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path, PurePosixPath
 
 from openmaker.host.events import Emit
+from openmaker.host.files import regular_files
 from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.progress import ProgressMeter
 from openmaker.host.spec import HostSpec
@@ -70,7 +71,7 @@ def save_checkpoints(spec: HostSpec, emit: Emit) -> None:
     remote = _remote(spec)
 
     async def save() -> None:
-        local = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+        local = regular_files(folder)
         stale = [o.key for o in await list_prefix(remote) if o.key[len(remote.key) :] not in local]
         meter = ProgressMeter("Uploading", sum(p.stat().st_size for p in local.values()), emit)
         await asyncio.gather(

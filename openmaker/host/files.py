@@ -1,0 +1,22 @@
+"""Walking folders the code wrote, without following its symbolic links.
+
+The code could leave a link to any file of the machine (`/opt/ml/model/x -> /etc/shadow`);
+openmaker reads these folders outside the sandbox, so it must never follow one.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+def regular_files(folder: Path) -> dict[str, Path]:
+    """Regular files below `folder` by their POSIX path relative to it; links are skipped."""
+    found: dict[str, Path] = {}
+    for directory, _subdirs, names in os.walk(folder, followlinks=False):
+        for name in names:
+            path = Path(directory, name)
+            if stat.S_ISREG(path.lstat().st_mode):
+                found[path.relative_to(folder).as_posix()] = path
+    return dict(sorted(found.items()))
