@@ -15,6 +15,7 @@ import pytest
 
 from openmaker.jobs.service import TrainingJobs
 from openmaker.spec import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.spec.validate import validate_output
 from tests.helpers import get_object, log_text, make_image, put_objects, request, wait_for
 from tests.s3server import S3Server
 
@@ -156,6 +157,8 @@ def test_status_transitions_and_times(tmp_path: Path, home: Path) -> None:
     jobs = TrainingJobs()
     jobs.create(request("steps", str(image), "s3://b/out"))
     description = wait_for(jobs, "steps")
+    assert validate_output("DescribeTrainingJob", description) == []
+    assert validate_output("ListTrainingJobs", {"TrainingJobSummaries": jobs.list()}) == []
     steps = [t["Status"] for t in description["SecondaryStatusTransitions"]]
     assert steps == ["Starting", "Downloading", "Training", "Uploading", "Completed"]
     assert description["SecondaryStatus"] == "Completed"
@@ -187,6 +190,7 @@ def test_failure_file_becomes_failure_reason_and_outputs_still_upload(
     assert description["TrainingJobStatus"] == "Failed"
     assert description["SecondaryStatus"] == "Failed"
     assert description["FailureReason"] == "AlgorithmError: boom: the loss exploded"
+    assert validate_output("DescribeTrainingJob", description) == []
     members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
     assert members == {"partial.txt": b"partial\n"}
 
@@ -304,6 +308,7 @@ def test_stop_sends_sigterm_and_keeps_outputs(
     _wait_for_log(jobs, "stoppable", "ready")
     jobs.stop("stoppable")
     assert jobs.describe("stoppable")["TrainingJobStatus"] in ("Stopping", "Stopped")
+    assert validate_output("DescribeTrainingJob", jobs.describe("stoppable")) == []
     description = wait_for(jobs, "stoppable")
     assert description["TrainingJobStatus"] == "Stopped"
     assert description["SecondaryStatus"] == "Stopped"
