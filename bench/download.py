@@ -200,40 +200,51 @@ TOOLS: dict[str, Downloader] = {"openmaker": openmaker_download, "s5cmd": s5cmd_
 # --- the measurement --------------------------------------------------------------------------
 
 
-def upload(data: DataSet, scratch: Path, bucket: str, store_env: dict[str, str]) -> Expected:
+def upload(data: DataSet, folder: Path, bucket: str, store_env: dict[str, str]) -> Expected:
     """Create the objects once, through S3 (rclone does not see files written under its root)."""
-    source = scratch / "source" / data.label
+    source = folder / "source"
     make_local(data, source)
-    expected = expectation(source)
     s5cmd(store_env, "cp", f"{source}/*", f"s3://{bucket}/{data.prefix}")
-    shutil.rmtree(source)
-    return expected
+    return expectation(source)
 
 
 def timed_download(
-    tool: str, uri: str, scratch: Path, store_env: dict[str, str], expected: Expected
-) -> float:
-    work_dir = scratch / f"dest-{tool}"
-    shutil.rmtree(work_dir, ignore_errors=True)
+    tool: str, uri: str, work_dir: Path, store_env: dict[str, str]
+) -> tuple[float, Path]:
     work_dir.mkdir(parents=True)  # a fresh destination each run
+    # Dirty pages of earlier runs are written back now, not during this run.
+    os.sync()
     folder: list[Path] = []
     seconds = timed(lambda: folder.append(TOOLS[tool](uri, work_dir, store_env)))
-    verify(tool, folder[0], expected)
-    shutil.rmtree(work_dir)
-    return seconds
+    return seconds, folder[0]
 
 
 def measure(
     data: DataSet, scratch: Path, bucket: str, store_env: dict[str, str], runs: int
 ) -> DownloadResult:
-    expected = upload(data, scratch, bucket, store_env)
+    # Nothing is deleted until every run is done: ext4 (without a journal, as here) scans past
+    # recently deleted inodes when it creates a file, so 2,000 deletions just before a run make
+    # each file creation of that run slower (seen with perf: `recently_deleted`).
+    folder = scratch / data.label
+    try:
+        return _measure(data, folder, bucket, store_env, runs)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(
+    data: DataSet, folder: Path, bucket: str, store_env: dict[str, str], runs: int
+) -> DownloadResult:
+    expected = upload(data, folder, bucket, store_env)
     uri = f"s3://{bucket}/{data.prefix}"
     seconds: dict[str, list[float]] = {tool: [] for tool in TOOLS}
     for index in range(runs):
         # Alternate which tool goes first, so neither always meets a warmer server.
         order = list(TOOLS) if index % 2 == 0 else list(reversed(TOOLS))
         for tool in order:
-            seconds[tool].append(timed_download(tool, uri, scratch, store_env, expected))
+            taken, landed = timed_download(tool, uri, folder / f"{tool}-{index}", store_env)
+            verify(tool, landed, expected)
+            seconds[tool].append(taken)
         figures = ", ".join(f"{tool} {seconds[tool][-1]:.3f} s" for tool in TOOLS)
         print(f"  {data.label} run {index + 1}/{runs}: {figures}", flush=True)
     return DownloadResult(data, Timings(seconds["openmaker"]), Timings(seconds["s5cmd"]))

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from openmaker.host.checkpoints import checkpoint_dir
@@ -28,9 +29,16 @@ from openmaker.host.spec import HostSpec
 # Each host gets its own loopback address, so that `algo-2` reaches `algo-1` by name.
 HOST_ADDRESS_BASE = "127.0.1."
 
-_OVERLAY_THEN_EXEC = (
-    'mount -t overlay overlay -o "lowerdir=/,upperdir=$1,workdir=$2" "$3" && shift 3 && exec "$@"'
-)
+# Mounts one overlay per group of four arguments (lower, upper, work, merged) up to "--",
+# then runs the rest. It runs in a private mount namespace, so the host never sees the mounts.
+_MOUNT_OVERLAYS_THEN_EXEC = """set -e
+while [ "$1" != "--" ]; do
+    mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4"
+    shift 4
+done
+shift
+exec "$@"
+"""
 
 
 @dataclass(frozen=True)
@@ -67,77 +75,69 @@ def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str,
     reason = sandbox_unavailable_reason()
     if reason is not None:
         return _plain_launch(spec, image, command, env, reason)
-    work = spec.work_dir / "root"
-    upper, overlay_work, merged = work / "upper", work / "work", work / "merged"
-    for folder in (upper, overlay_work, merged):
-        folder.mkdir(parents=True, exist_ok=True)
     etc_hosts = spec.work_dir / "hosts"
     etc_hosts.write_text(hosts_file(spec))
+    # Copy-on-write layers: the root filesystem, then the folders the sandbox would not show
+    # otherwise (the Python that runs script mode may live under /tmp or on another disk).
+    lowers = ["/", *_unseen_python_folders(spec)]
+    layers = [(lower, *_layer_folders(spec, index)) for index, lower in enumerate(lowers)]
+    mounts = [str(part) for layer in layers for part in layer]
 
     info_read, info_write = os.pipe()
     os.set_inheritable(info_write, True)
-    bwrap = [
-        "bwrap",
-        "--bind",
-        str(merged),
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--ro-bind",
-        "/sys",
-        "/sys",
-        "--tmpfs",
-        "/tmp",
-        "--tmpfs",
-        "/dev/shm",
-    ]
+    binds = [("--bind", str(layers[0][3]), "/")]
+    binds += [("--dev", "/dev"), ("--proc", "/proc"), ("--ro-bind", "/sys", "/sys")]
+    binds += [("--tmpfs", "/tmp"), ("--tmpfs", "/dev/shm")]
     for hidden in spec.hidden_paths:
         # Under /tmp it is hidden already, and covering it would show its parents there.
         if hidden.exists() and not hidden.is_relative_to("/tmp"):
-            bwrap += ["--tmpfs", str(hidden)]
-    bwrap += _outside_root_binds()
-    bwrap += ["--bind", str(spec.ml_dir), CONTAINER_ROOT, "--ro-bind", str(etc_hosts), "/etc/hosts"]
+            binds.append(("--tmpfs", str(hidden)))
+    binds += [("--bind", str(merged), lower) for lower, _, _, merged in layers[1:]]
+    binds += [("--bind", str(spec.ml_dir), CONTAINER_ROOT)]
+    binds += [("--ro-bind", str(etc_hosts), "/etc/hosts")]
     checkpoints = checkpoint_dir(spec)
     if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):
-        bwrap += ["--bind", str(checkpoints), checkpoint_local_path(spec)]
+        binds.append(("--bind", str(checkpoints), checkpoint_local_path(spec)))
     if image.program_dir is not None:
-        bwrap += ["--ro-bind", str(image.program_dir), PROGRAM_MOUNT]
-    bwrap += [
-        "--unshare-pid",
-        "--unshare-uts",
-        "--unshare-ipc",
-        "--hostname",
-        spec.host_name,
-        "--as-pid-1",
-        "--die-with-parent",
-        "--info-fd",
-        str(info_write),
-        "--chdir",
-        _workdir(image),
-    ]
+        binds.append(("--ro-bind", str(image.program_dir), PROGRAM_MOUNT))
+    options = [
+        ("--unshare-pid",), ("--unshare-uts",), ("--unshare-ipc",),
+        ("--hostname", spec.host_name), ("--as-pid-1",), ("--die-with-parent",),
+        ("--info-fd", str(info_write)), ("--chdir", _workdir(image)),
+    ]  # fmt: skip
     if spec.request.get("EnableNetworkIsolation"):
-        bwrap.append("--unshare-net")
-    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
-    argv += [_OVERLAY_THEN_EXEC, "sh", str(upper), str(overlay_work), str(merged)]
-    argv += [*bwrap, "--", *command]
+        options.append(("--unshare-net",))
+    bwrap = ["bwrap", *(part for group in [*binds, *options] for part in group)]
+    argv = ["unshare", "--mount", "--propagation", "private", "--"]
+    argv += ["sh", "-c", _MOUNT_OVERLAYS_THEN_EXEC, "sh", *mounts, "--", *bwrap, "--", *command]
     note = f"sandboxed with bubblewrap as host {spec.host_name}"
     return Launch(argv, env, "/", True, note, info_pipe=(info_read, info_write))
 
 
+def _layer_folders(spec: HostSpec, index: int) -> tuple[Path, Path, Path]:
+    """The upper, work and merged folders of one copy-on-write layer of the host."""
+    base = spec.work_dir / "root" / str(index)
+    folders = (base / "upper", base / "work", base / "merged")
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folders
+
+
+def _unseen_python_folders(spec: HostSpec) -> list[str]:
+    """openmaker's Python folders that the root layer would not show: on another filesystem
+    than `/`, or under a folder the sandbox covers (/tmp, openmaker's home)."""
+    root_device = os.stat("/").st_dev
+    covered = [Path("/tmp"), *spec.hidden_paths]
+    unseen = []
+    for prefix in sorted({os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}):
+        path = Path(prefix)
+        if os.stat(path).st_dev != root_device or any(path.is_relative_to(c) for c in covered):
+            unseen.append(prefix)
+    return unseen
+
+
 def _workdir(image: Image) -> str:
     return PROGRAM_MOUNT if image.program_dir is not None else "/"
-
-
-def _outside_root_binds() -> list[str]:
-    """Python folders that live on another filesystem than `/` do not show through the overlay."""
-    root_dev = os.stat("/").st_dev
-    binds: list[str] = []
-    for prefix in sorted({sys.prefix, sys.base_prefix}):
-        if os.stat(prefix).st_dev != root_dev:
-            binds += ["--ro-bind", prefix, prefix]
-    return binds
 
 
 def _plain_launch(
