@@ -13,7 +13,7 @@ from rich.table import Table
 
 from openmaker.config import load_settings
 from openmaker.jobs.service import TrainingJobs
-from openmaker.requests import TrainFlags, build_request, load_request
+from openmaker.request_builder import TrainFlags, build_request, load_request
 from openmaker.spec import ServiceError
 from openmaker.store import StoreError
 from openmaker.watch import follow, print_logs

@@ -39,7 +39,9 @@ class S3Server:
             "s3", endpoint_url=self.url, aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key, region_name="us-east-1",
         )  # fmt: skip
-        with suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        with suppress(
+            client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists
+        ):
             client.create_bucket(Bucket=name)
 
 

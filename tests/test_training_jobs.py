@@ -519,3 +519,24 @@ def test_archived_links_stay_links(tmp_path: Path, home: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         member = tar.getmember("link")
         assert member.issym() and member.linkname == "/etc/hostname"
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("s3://no-such-bucket/data", "cannot read s3://no-such-bucket/data"),
+        ("s3://chan-bucket/empty/prefix", "no objects found under s3://chan-bucket/empty/prefix"),
+    ],
+)
+def test_unreadable_channels_fail_the_job_naming_the_channel(
+    tmp_path: Path, home: Path, s3_env: S3Server, uri: str, message: str
+) -> None:
+    s3_env.make_bucket("chan-bucket")
+    image = make_image(tmp_path / "image", "#!/bin/sh\necho should not run\n")
+    jobs = TrainingJobs()
+    jobs.create(request("unreadable", str(image), "s3://chan-bucket/out", {"training": uri}))
+    description = wait_for(jobs, "unreadable")
+    assert description["TrainingJobStatus"] == "Failed"
+    assert description["FailureReason"].startswith("ClientError: channel 'training'")
+    assert message in description["FailureReason"]
+    assert "should not run" not in log_text(jobs, "unreadable")

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from openmaker.config import Settings
-from openmaker.requests import TrainFlags, default_bucket
+from openmaker.request_builder import TrainFlags, default_bucket
 from openmaker.store import resolve, upload_file
 
 SCRIPT = Path(__file__).with_name("train_digits.py")

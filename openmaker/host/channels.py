@@ -35,9 +35,9 @@ async def plan_channel(spec: HostSpec, channel: dict[str, Any]) -> list[Download
     name = channel["ChannelName"]
     source = channel["DataSource"]["S3DataSource"]
     root = spec.ml_dir / "input" / "data" / name
-    location = resolve(source["S3Uri"], spec.settings, spec.store_env)
     planned: list[Download] = []
     try:
+        location = resolve(source["S3Uri"], spec.settings, spec.store_env)
         if source["S3DataType"] == "ManifestFile":
             prefix_uri, relatives = parse_manifest(await read_object(location), source["S3Uri"])
             prefix = resolve(prefix_uri, spec.settings, spec.store_env)
@@ -50,7 +50,14 @@ async def plan_channel(spec: HostSpec, channel: dict[str, Any]) -> list[Download
                     Download(entry.location.store, entry.location.key, entry.size, target)
                 )
         elif source["S3DataType"] == "S3Prefix":
-            for obj in await list_prefix(location):
+            objects = await list_prefix(location)
+            if not objects:
+                # SageMaker refuses an empty channel too, rather than train on nothing.
+                raise ChannelError(
+                    f"channel {name!r}: no objects found under {source['S3Uri']}; check that "
+                    "the bucket exists and that objects exist under that prefix"
+                )
+            for obj in objects:
                 target = safe_destination(root, relative_to_prefix(obj.key, location.key))
                 planned.append(Download(location.store, obj.key, obj.size, target))
         else:
@@ -59,7 +66,7 @@ async def plan_channel(spec: HostSpec, channel: dict[str, Any]) -> list[Download
             )
     except UnsafeKeyError as exc:
         raise ChannelError(f"channel {name!r}: {exc}") from None
-    except (StoreError, FileNotFoundError, OSError) as exc:
+    except StoreError as exc:
         raise ChannelError(f"channel {name!r}: cannot read {source['S3Uri']}: {exc}") from None
     if source.get("S3DataDistributionType") == "ShardedByS3Key":
         planned = shard(planned, spec.host_index, len(spec.hosts))
@@ -91,7 +98,7 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     meter = ProgressMeter("Downloading", total, emit)
     try:
         await download_all(objects, meter.add)
-    except (FileNotFoundError, OSError, StoreError) as exc:
+    except StoreError as exc:
         raise ChannelError(f"could not download input data: {exc}") from None
     meter.finish()
     return total

@@ -15,6 +15,7 @@ from openmaker.host.spec import HostSpec
 from openmaker.store import (
     Download,
     Location,
+    StoreError,
     delete_keys,
     download_all,
     list_prefix,
@@ -61,7 +62,11 @@ def restore_checkpoints(spec: HostSpec, emit: Emit) -> None:
         await download_all(downloads, meter.add)
         meter.finish()
 
-    asyncio.run(restore())
+    try:
+        asyncio.run(restore())
+    except StoreError as exc:
+        uri = spec.request["CheckpointConfig"]["S3Uri"]
+        raise StoreError(f"cannot restore the checkpoints from {uri}: {exc}") from None
 
 
 def save_checkpoints(spec: HostSpec, emit: Emit) -> None:

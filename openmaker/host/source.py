@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 
 from openmaker.host.spec import HostSpec
-from openmaker.store import read_object, resolve
+from openmaker.store import StoreError, read_object, resolve
 
 SUBMIT_DIRECTORY = "sagemaker_submit_directory"
 
@@ -40,7 +40,7 @@ def install_source(spec: HostSpec) -> None:
     code_dir = spec.ml_dir / "code"
     try:
         data = asyncio.run(read_object(resolve(uri, spec.settings, spec.store_env)))
-    except (OSError, ValueError) as exc:
+    except StoreError as exc:
         raise SourceError(f"cannot read the source code at {uri}: {exc}") from None
     with tempfile.TemporaryFile(dir=spec.work_dir) as archive:
         archive.write(data)

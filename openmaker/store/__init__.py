@@ -1,8 +1,9 @@
 """Object stores: URIs, listing with S3 semantics, concurrent transfers, manifests."""
 
+from openmaker.store.errors import StoreError
 from openmaker.store.keys import UnsafeKeyError, relative_to_prefix, safe_destination
 from openmaker.store.listing import ObjectInfo, list_prefix
-from openmaker.store.location import Location, StoreError, resolve, s3_endpoint, split_s3_uri
+from openmaker.store.location import Location, resolve, s3_endpoint, split_s3_uri
 from openmaker.store.transfer import (
     Download,
     delete_keys,

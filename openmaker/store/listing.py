@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import obstore
 
+from openmaker.store.errors import translate_errors
 from openmaker.store.location import Location
 
 
@@ -21,6 +22,7 @@ class ObjectInfo:
     size: int
 
 
+@translate_errors
 async def list_prefix(location: Location) -> list[ObjectInfo]:
     """Every object whose key starts with `location.key`, sorted by key; folder markers skipped."""
     prefix = location.key

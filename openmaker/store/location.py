@@ -17,10 +17,7 @@ from urllib.parse import unquote, urlparse
 from obstore.store import LocalStore, ObjectStore, S3Store
 
 from openmaker.config import Settings
-
-
-class StoreError(Exception):
-    """An object store could not be reached or a URI does not name one."""
+from openmaker.store.errors import StoreError
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import obstore
 
+from openmaker.store.errors import translate_errors
 from openmaker.store.location import Location, StoreError
 
 
@@ -41,6 +42,7 @@ def parse_manifest(data: bytes, manifest_uri: str) -> tuple[str, list[str]]:
     return items[0]["prefix"], relatives
 
 
+@translate_errors
 async def manifest_entries(prefix: Location, relatives: list[str]) -> list[ManifestEntry]:
     """Look up every entry; a missing object is an error naming it."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import obstore
 from obstore.store import ObjectStore
 
+from openmaker.store.errors import translate_errors
 from openmaker.store.location import Location
 
 OnBytes = Callable[[int], None]
@@ -33,6 +34,7 @@ class Download:
     destination: Path
 
 
+@translate_errors
 async def download_all(
     downloads: Sequence[Download], on_bytes: OnBytes = _ignore, in_flight: int = OBJECTS_IN_FLIGHT
 ) -> None:
@@ -59,6 +61,7 @@ async def download_one(item: Download, on_bytes: OnBytes = _ignore) -> None:
             on_bytes(len(chunk))
 
 
+@translate_errors
 async def upload_file(path: Path, target: Location, on_bytes: OnBytes = _ignore) -> None:
     """Upload `path` to `target.key`; the object appears whole or not at all."""
     size = path.stat().st_size
@@ -82,11 +85,13 @@ async def _read_chunks(path: Path, on_bytes: OnBytes) -> AsyncIterator[bytes]:
             on_bytes(len(chunk))
 
 
+@translate_errors
 async def read_object(location: Location) -> bytes:
     result = await obstore.get_async(location.store, location.key)
     return bytes(await result.bytes_async())
 
 
+@translate_errors
 async def delete_keys(store: ObjectStore, keys: Sequence[str]) -> None:
     if keys:
         await obstore.delete_async(store, list(keys))
