@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
                 lines += run_downloads(plan, scratch, env)
     elapsed = time.perf_counter() - started
     print(f"\nSummary (rclone serve s3 on loopback, MB = 10^6 bytes; {elapsed:.0f} s in all)")
+    # Other work on a 2-core machine moves every figure; say how busy it was.
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"{os.cpu_count()} CPUs, load average at the end {load}")
     print("\n".join(lines))
 
 

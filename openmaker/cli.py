@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from openmaker.config import load_settings
+from openmaker.demo.run import prepare_demo
 from openmaker.jobs.service import TrainingJobs
 from openmaker.request_builder import TrainFlags, build_request, load_request
 from openmaker.spec import ServiceError
-from openmaker.store import StoreError
+from openmaker.store import StoreError, s3_endpoint
 from openmaker.watch import follow, print_logs
 
 app = typer.Typer(no_args_is_help=True, help="SageMaker training jobs on your own machines.")
@@ -100,11 +101,15 @@ def train(
                 role=role,
             )
             request = build_request(flags, settings)
-        service = TrainingJobs(settings)
+    except (ValueError, OSError, StoreError) as exc:
+        raise _fail(str(exc)) from None
+    _submit(TrainingJobs(settings), request, wait)
+
+
+def _submit(service: TrainingJobs, request: dict[str, Any], wait: bool) -> None:
+    try:
         arn = service.create(request)["TrainingJobArn"]
     except ServiceError as exc:
-        raise _fail(str(exc)) from None
-    except (ValueError, OSError, StoreError) as exc:
         raise _fail(str(exc)) from None
     name = request["TrainingJobName"]
     console.print(f"Created training job [bold]{name}[/bold] ({arn})")
@@ -134,8 +139,6 @@ def _wait_and_report(service: TrainingJobs, name: str) -> dict[str, Any]:
 
 def _local_copy(uri: str) -> Path | None:
     """Where an object of the embedded store lives on disk, when that is where it is."""
-    from openmaker.store import s3_endpoint
-
     settings = load_settings()
     if uri.startswith("s3://") and s3_endpoint() is None:
         return settings.embedded_s3_dir / uri.removeprefix("s3://")
@@ -147,15 +150,9 @@ def _local_copy(uri: str) -> Path | None:
 @app.command()
 def demo() -> None:
     """Train a scikit-learn classifier on the digits data set, on the embedded default."""
-    from openmaker.demo.run import prepare_demo
-
-    flags = prepare_demo(load_settings())
+    settings = load_settings()
     console.print("Demo: logistic regression on scikit-learn's digits, in script mode")
-    service = _service()
-    request = build_request(flags, service.settings)
-    service.create(request)
-    console.print(f"Created training job [bold]{request['TrainingJobName']}[/bold]")
-    _wait_and_report(service, request["TrainingJobName"])
+    _submit(TrainingJobs(settings), build_request(prepare_demo(settings), settings), wait=True)
 
 
 @jobs_app.command("list")

@@ -6,9 +6,6 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from sklearn.datasets import load_digits
-
 from openmaker.config import Settings
 from openmaker.request_builder import TrainFlags, default_bucket
 from openmaker.store import resolve, upload_file
@@ -17,6 +14,10 @@ SCRIPT = Path(__file__).with_name("train_digits.py")
 
 
 def prepare_demo(settings: Settings) -> TrainFlags:
+    # Imported here: scikit-learn takes a second to load, which every other command would pay.
+    import numpy as np
+    from sklearn.datasets import load_digits
+
     bucket = default_bucket(settings)
     data_uri = f"s3://{bucket}/demo/digits/train"
     digits = load_digits()
