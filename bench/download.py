@@ -210,13 +210,12 @@ def upload(data: DataSet, folder: Path, bucket: str, store_env: dict[str, str]) 
 
 def timed_download(
     tool: str, uri: str, work_dir: Path, store_env: dict[str, str]
-) -> tuple[float, Path]:
+) -> tuple[Path, float]:
+    """The folder the objects landed in, and the seconds it took."""
     work_dir.mkdir(parents=True)  # a fresh destination each run
     # Dirty pages of earlier runs are written back now, not during this run.
     os.sync()
-    folder: list[Path] = []
-    seconds = timed(lambda: folder.append(TOOLS[tool](uri, work_dir, store_env)))
-    return seconds, folder[0]
+    return timed(lambda: TOOLS[tool](uri, work_dir, store_env))
 
 
 def measure(
@@ -242,7 +241,7 @@ def _measure(
         # Alternate which tool goes first, so neither always meets a warmer server.
         order = list(TOOLS) if index % 2 == 0 else list(reversed(TOOLS))
         for tool in order:
-            taken, landed = timed_download(tool, uri, folder / f"{tool}-{index}", store_env)
+            landed, taken = timed_download(tool, uri, folder / f"{tool}-{index}", store_env)
             verify(tool, landed, expected)
             seconds[tool].append(taken)
         figures = ", ".join(f"{tool} {seconds[tool][-1]:.3f} s" for tool in TOOLS)

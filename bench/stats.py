@@ -6,7 +6,9 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+T = TypeVar("T")
 MB = 1_000_000
 
 
@@ -33,11 +35,11 @@ class Timings:
         )
 
 
-def timed(action: Callable[[], object]) -> float:
-    """Seconds `action` took, on the monotonic clock."""
+def timed(action: Callable[[], T]) -> tuple[T, float]:
+    """What `action` returned, and the seconds it took on the monotonic clock."""
     start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
+    result = action()
+    return result, time.perf_counter() - start
 
 
 def rate(size: int, seconds: float) -> str:

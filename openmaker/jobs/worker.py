@@ -7,25 +7,22 @@ to stop the job; the hosts then get SIGTERM, the grace period and SIGKILL.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import signal
 import sys
-import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from openmaker.config import Settings, load_settings
 from openmaker.host.artifacts import upload_artifacts
 from openmaker.host.checkpoints import save_checkpoints
-from openmaker.host.events import Event, LogLine, StatusChanged, TransferProgress
+from openmaker.host.events import Emit, StatusChanged
 from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
 from openmaker.host.spec import HostSpec
 from openmaker.jobs import state
-from openmaker.jobs.db import LogEvent, LogStream, TrainingJob, sessions
-from openmaker.jobs.logs import LOG_GROUP, stream_name
+from openmaker.jobs.db import TrainingJob
+from openmaker.jobs.recorder import JobRecorder
 from openmaker.store import StoreError, s3_endpoint
 
 STORE_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -41,96 +38,11 @@ def store_environment() -> dict[str, str]:
     return env
 
 
-class JobRecorder:
-    """Turns host events into database rows; one writer thread, commits in small batches."""
-
-    def __init__(self, settings: Settings, job_name: str) -> None:
-        self.sessions = sessions(settings)
-        self.job_name = job_name
-        self.queue: queue.Queue[Event | None] = queue.Queue()
-        self.streams: dict[str, str] = {}
-        self.thread = threading.Thread(target=self._write, daemon=True)
-        self.thread.start()
-
-    def emit(self, event: Event) -> None:
-        self.queue.put(event)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-
-    def update(self, change: Any) -> None:
-        """Apply `change(job)` to the job row now, after the queued events."""
-        self.flush()
-        with self.sessions() as session:
-            job = session.get(TrainingJob, self.job_name)
-            change(job)
-            session.commit()
-
-    def flush(self) -> None:
-        done = threading.Event()
-        self.queue.put(_Flush(done))  # type: ignore[arg-type]
-        done.wait()
-
-    def _write(self) -> None:
-        while True:
-            batch = [self.queue.get()]
-            while not self.queue.empty() and len(batch) < 500:
-                batch.append(self.queue.get_nowait())
-            with self.sessions() as session:
-                job = session.get(TrainingJob, self.job_name)
-                for event in batch:
-                    if event is None or isinstance(event, _Flush):
-                        continue
-                    self._apply(session, job, event)
-                session.commit()
-            for event in batch:
-                if isinstance(event, _Flush):
-                    event.done.set()
-            if batch[-1] is None or None in batch:
-                return
-
-    def _apply(self, session: Any, job: TrainingJob, event: Event) -> None:
-        if isinstance(event, LogLine):
-            name = self.streams.get(event.host)
-            if name is None:
-                name = stream_name(self.job_name, event.host, event.timestamp_ms // 1000)
-                self.streams[event.host] = name
-                session.add(
-                    LogStream(
-                        name=name,
-                        group=LOG_GROUP,
-                        job_name=self.job_name,
-                        creation_time=event.timestamp_ms,
-                    )
-                )
-                session.flush()
-            session.add(
-                LogEvent(
-                    stream=name,
-                    timestamp=event.timestamp_ms,
-                    ingestion_time=event.timestamp_ms,
-                    message=event.message,
-                )
-            )
-        elif isinstance(event, StatusChanged):
-            if job.status == state.IN_PROGRESS:
-                state.enter(job, event.status, event.message)
-                if event.status == "Training" and job.training_start_time is None:
-                    job.training_start_time = state.now()
-        elif isinstance(event, TransferProgress):
-            job.progress = {"phase": event.phase, "done": event.done, "total": event.total}
-
-
-class _Flush:
-    def __init__(self, done: threading.Event) -> None:
-        self.done = done
-
-
 def host_specs(settings: Settings, job: TrainingJob) -> list[HostSpec]:
     count = int(job.request["ResourceConfig"].get("InstanceCount", 1))
     hosts = [f"algo-{i}" for i in range(1, count + 1)]
     job_dir = settings.jobs_dir / job.name
+    store_env = store_environment()
     return [
         HostSpec(
             job_name=job.name,
@@ -142,7 +54,7 @@ def host_specs(settings: Settings, job: TrainingJob) -> list[HostSpec]:
             settings=settings,
             work_dir=job_dir / host,
             hidden_paths=[settings.home],
-            store_env=store_environment(),
+            store_env=store_env,
         )
         for host in hosts
     ]
@@ -184,9 +96,7 @@ def _run(settings: Settings, job_name: str, recorder: JobRecorder, stop: StopCon
         if job.stop_requested:
             stop.request(job.stop_requested)
 
-    recorder.update(claim)
-    with recorder.sessions() as session:
-        job = session.get(TrainingJob, job_name)
+    job = recorder.update(claim)
     specs = host_specs(settings, job)
     emit = recorder.emit
     try:
@@ -237,7 +147,7 @@ def _run(settings: Settings, job_name: str, recorder: JobRecorder, stop: StopCon
     recorder.update(finish)
 
 
-def _execute_all(specs: list[HostSpec], emit: Any, stop: StopControl) -> list[HostResult]:
+def _execute_all(specs: list[HostSpec], emit: Emit, stop: StopControl) -> list[HostResult]:
     grace = grace_seconds()
 
     def one(spec: HostSpec) -> HostResult:

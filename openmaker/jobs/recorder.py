@@ -1,0 +1,104 @@
+"""Turning a job's host events into database rows, from one writer thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
+
+from openmaker.config import Settings
+from openmaker.host.events import Event, LogLine, StatusChanged, TransferProgress
+from openmaker.jobs import state
+from openmaker.jobs.db import LogEvent, LogStream, TrainingJob, sessions
+from openmaker.jobs.logs import LOG_GROUP, stream_name
+
+
+class JobRecorder:
+    """Turns host events into database rows; one writer thread, commits in small batches."""
+
+    def __init__(self, settings: Settings, job_name: str) -> None:
+        self.sessions = sessions(settings)
+        self.job_name = job_name
+        self.queue: queue.Queue[Event | _Flush | None] = queue.Queue()
+        self.streams: dict[str, str] = {}
+        self.thread = threading.Thread(target=self._write, daemon=True)
+        self.thread.start()
+
+    def emit(self, event: Event) -> None:
+        self.queue.put(event)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def update(self, change: Callable[[TrainingJob], None]) -> TrainingJob:
+        """Apply `change(job)` to the job row now, after the queued events; returns the row."""
+        self.flush()
+        with self.sessions() as session:
+            job = session.get(TrainingJob, self.job_name)
+            assert job is not None, f"job {self.job_name} is not in the database"
+            change(job)
+            session.commit()
+        return job
+
+    def flush(self) -> None:
+        done = threading.Event()
+        self.queue.put(_Flush(done))
+        done.wait()
+
+    def _write(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while not self.queue.empty() and len(batch) < 500:
+                batch.append(self.queue.get_nowait())
+            with self.sessions() as session:
+                job = session.get(TrainingJob, self.job_name)
+                for event in batch:
+                    if event is None or isinstance(event, _Flush):
+                        continue
+                    self._apply(session, job, event)
+                session.commit()
+            for event in batch:
+                if isinstance(event, _Flush):
+                    event.done.set()
+            if None in batch:  # closed
+                return
+
+    def _apply(self, session: Session, job: TrainingJob, event: Event) -> None:
+        if isinstance(event, LogLine):
+            name = self.streams.get(event.host)
+            if name is None:
+                name = stream_name(self.job_name, event.host, event.timestamp_ms // 1000)
+                self.streams[event.host] = name
+                session.add(
+                    LogStream(
+                        name=name,
+                        group=LOG_GROUP,
+                        job_name=self.job_name,
+                        creation_time=event.timestamp_ms,
+                    )
+                )
+                session.flush()
+            session.add(
+                LogEvent(
+                    stream=name,
+                    timestamp=event.timestamp_ms,
+                    ingestion_time=int(time.time() * 1000),
+                    message=event.message,
+                )
+            )
+        elif isinstance(event, StatusChanged):
+            if job.status == state.IN_PROGRESS:
+                state.enter(job, event.status, event.message)
+                if event.status == "Training" and job.training_start_time is None:
+                    job.training_start_time = state.now()
+        elif isinstance(event, TransferProgress):
+            job.progress = {"phase": event.phase, "done": event.done, "total": event.total}
+
+
+class _Flush:
+    def __init__(self, done: threading.Event) -> None:
+        self.done = done
