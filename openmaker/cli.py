@@ -22,8 +22,9 @@ from openmaker.watch import follow, print_logs
 app = typer.Typer(no_args_is_help=True, help="SageMaker training jobs on your own machines.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training jobs.")
 app.add_typer(jobs_app, name="jobs")
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+# Soft wrap: a log line piped to a file must stay one line.
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich import filesize
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -17,29 +18,45 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from openmaker.jobs.service import TrainingJobs
+from openmaker.jobs.service import LogRecord, TrainingJobs
 from openmaker.jobs.state import TERMINAL
 
 POLL_SECONDS = 0.2
 
 
 class _Printer:
-    def __init__(self, jobs: TrainingJobs, name: str, console: Console) -> None:
-        self.jobs, self.name, self.console = jobs, name, console
-        self.after = 0
+    """Prints what is new in a job: status transitions and log lines, merged by time."""
 
-    def new_lines(self) -> None:
-        while batch := self.jobs.log_events(self.name, self.after):
-            for record in batch:
-                host = record.stream.split("/", 1)[-1].rsplit("-", 1)[0]
-                self.console.print(f"[dim]{host}[/dim] {escape(record.message)}", highlight=False)
+    def __init__(self, jobs: TrainingJobs, name: str, console: Console, logs: bool) -> None:
+        self.jobs, self.name, self.console, self.logs = jobs, name, console, logs
+        self.after = 0  # the last log record printed
+        self.shown = 0  # the status transitions printed
+
+    def print_new(self, transitions: list[dict[str, Any]]) -> None:
+        lines: list[tuple[float, str]] = [
+            (step["StartTime"].timestamp(), _status_line(step))
+            for step in transitions[self.shown :]
+        ]
+        self.shown = len(transitions)
+        while self.logs and (batch := self.jobs.log_events(self.name, self.after)):
+            lines += [(record.timestamp / 1000, _log_line(record)) for record in batch]
             self.after = batch[-1].id
+        for _, line in sorted(lines, key=lambda item: item[0]):
+            self.console.print(line, highlight=False)
+
+
+def _status_line(step: dict[str, Any]) -> str:
+    return f"[bold]{escape(step['Status'])}[/bold]: {escape(step['StatusMessage'])}"
+
+
+def _log_line(record: LogRecord) -> str:
+    host = record.stream.split("/", 1)[-1].rsplit("-", 1)[0]
+    return f"[dim]{host}[/dim] {escape(record.message)}"
 
 
 def follow(jobs: TrainingJobs, name: str, console: Console, logs: bool = True) -> dict[str, Any]:
     """Print the job's status changes, logs and progress until it ends; returns its description."""
-    printer = _Printer(jobs, name, console)
-    secondary = None
+    printer = _Printer(jobs, name, console, logs)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -48,41 +65,60 @@ def follow(jobs: TrainingJobs, name: str, console: Console, logs: bool = True) -
         TimeRemainingColumn(),
         console=console,
     )
-    bars: dict[str, TaskID] = {}
+    bars = _Bars(progress, console)
     with progress:
         while True:
             description = jobs.describe(name)
-            if logs:
-                printer.new_lines()
-            if description["SecondaryStatus"] != secondary:
-                secondary = description["SecondaryStatus"]
-                message = description["SecondaryStatusTransitions"][-1]["StatusMessage"]
-                console.print(f"[bold]{escape(secondary)}[/bold]: {escape(message)}")
+            transitions = description["SecondaryStatusTransitions"]
             current = jobs.progress(name)
-            if current and current["total"]:
-                task = bars.get(current["phase"])
-                if task is None:
-                    _complete(progress, bars)  # an earlier phase is over
-                    task = bars[current["phase"]] = progress.add_task(current["phase"])
-                progress.update(task, completed=current["done"], total=current["total"])
+            # The last transfer's figures stay in place after its phase; show only a live one.
+            if current and current["total"] and current["phase"] == transitions[-1]["Status"]:
+                bars.show(current["phase"], current["done"], current["total"], current["seconds"])
+            else:
+                bars.close(current)
+            printer.print_new(transitions)
             if description["TrainingJobStatus"] in TERMINAL:
-                _complete(progress, bars)
-                if logs:
-                    printer.new_lines()
                 return description
             time.sleep(POLL_SECONDS)
 
 
-def _complete(progress: Progress, bars: dict[str, TaskID]) -> None:
-    for task in bars.values():
-        progress.update(task, completed=progress.tasks[task].total)
+class _Bars:
+    """One bar for the transfer under way; a finished one leaves a line saying what moved."""
+
+    def __init__(self, progress: Progress, console: Console) -> None:
+        self.progress, self.console = progress, console
+        self.phase: str | None = None
+        self.task: TaskID | None = None
+        self.done = 0
+        self.seconds = 0.0
+
+    def show(self, phase: str, done: int, total: int, seconds: float) -> None:
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.task = self.progress.add_task(phase, total=total)
+        assert self.task is not None
+        self.progress.update(self.task, completed=done, total=total)
+        self.done, self.seconds = done, seconds
+
+    def close(self, final: dict[str, Any] | None = None) -> None:
+        """End the bar; `final` holds the phase's last figures once the phase is over."""
+        if self.task is None:
+            return
+        if final and final["phase"] == self.phase:
+            self.done, self.seconds = final["done"], final["seconds"]
+        self.progress.remove_task(self.task)
+        moved = filesize.decimal(self.done)
+        self.console.print(f"[dim]{self.phase}: {moved} in {self.seconds:.1f} s[/dim]")
+        self.task = self.phase = None
 
 
 def print_logs(jobs: TrainingJobs, name: str, console: Console, follow_: bool) -> None:
-    printer = _Printer(jobs, name, console)
+    printer = _Printer(jobs, name, console, logs=True)
     while True:
-        printer.new_lines()
-        if not follow_ or jobs.describe(name)["TrainingJobStatus"] in TERMINAL:
-            printer.new_lines()
+        # Read the status first: every line written before the job ended is then printed.
+        ended = jobs.describe(name)["TrainingJobStatus"] in TERMINAL
+        printer.print_new([])
+        if ended or not follow_:
             return
         time.sleep(POLL_SECONDS)

@@ -28,6 +28,7 @@ class TransferProgress:
     phase: str
     done: int
     total: int
+    seconds: float
 
 
 Event = StatusChanged | LogLine | TransferProgress

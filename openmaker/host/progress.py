@@ -16,14 +16,16 @@ class ProgressMeter:
         self.phase, self.total, self.emit = phase, total, emit
         self.done = 0
         self.last = 0.0
-        emit(TransferProgress(phase, 0, total))
+        self.started = time.monotonic()
+        emit(TransferProgress(phase, 0, total, 0.0))
 
     def add(self, count: int) -> None:
         self.done += count
         now = time.monotonic()
         if now - self.last >= self.INTERVAL:
             self.last = now
-            self.emit(TransferProgress(self.phase, self.done, self.total))
+            self.emit(TransferProgress(self.phase, self.done, self.total, now - self.started))
 
     def finish(self) -> None:
-        self.emit(TransferProgress(self.phase, self.done, max(self.total, self.done)))
+        seconds = time.monotonic() - self.started
+        self.emit(TransferProgress(self.phase, self.done, max(self.total, self.done), seconds))

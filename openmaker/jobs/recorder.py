@@ -96,7 +96,12 @@ class JobRecorder:
                 if event.status == "Training" and job.training_start_time is None:
                     job.training_start_time = state.now()
         elif isinstance(event, TransferProgress):
-            job.progress = {"phase": event.phase, "done": event.done, "total": event.total}
+            job.progress = {
+                "phase": event.phase,
+                "done": event.done,
+                "total": event.total,
+                "seconds": event.seconds,
+            }
 
 
 class _Flush:

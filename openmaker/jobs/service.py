@@ -107,7 +107,10 @@ class TrainingJobs:
                 os.kill(pid, signal.SIGTERM)
 
     def progress(self, name: str) -> dict[str, Any] | None:
-        return self._get(name).progress
+        """The transfer under way: {"phase", "done", "total"} (bytes), or None."""
+        with self.sessions() as session:
+            query = select(TrainingJob.progress).where(TrainingJob.name == name)
+            return session.scalar(query)
 
     def log_streams(self, name: str) -> list[str]:
         with self.sessions() as session:
