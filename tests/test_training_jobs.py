@@ -541,3 +541,54 @@ def test_unreadable_channels_fail_the_job_naming_the_channel(
     assert description["FailureReason"].startswith("ClientError: channel 'training'")
     assert message in description["FailureReason"]
     assert "should not run" not in log_text(jobs, "unreadable")
+
+
+def test_several_hosts_on_one_machine_share_one_model_archive(tmp_path: Path, home: Path) -> None:
+    put_objects({f"s3://shards/data/part-{i}": str(i).encode() for i in range(5)})
+    script = (
+        "#!/bin/sh\n"
+        "host=$(hostname)\n"
+        "ls /opt/ml/input/data/train > /opt/ml/model/$host.files\n"
+        "getent hosts algo-1 algo-2 | sort > /opt/ml/model/$host.hosts\n"
+    )
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    body = request("two-hosts", str(image), "s3://b/out", {"train": "s3://shards/data/"})
+    body["ResourceConfig"]["InstanceCount"] = 2
+    body["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataDistributionType"] = (
+        "ShardedByS3Key"
+    )
+    jobs.create(body)
+    description = wait_for(jobs, "two-hosts")
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert description["BillableTimeInSeconds"] == 2 * description["TrainingTimeInSeconds"]
+    members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+    first, second = members["algo-1.files"].split(), members["algo-2.files"].split()
+    assert first == [b"part-0", b"part-2", b"part-4"] and second == [b"part-1", b"part-3"]
+    assert members["algo-1.hosts"] == members["algo-2.hosts"]
+    assert members["algo-1.hosts"].split() == [b"127.0.1.1", b"algo-1", b"127.0.1.2", b"algo-2"]
+    assert len(jobs.log_streams("two-hosts")) == 0  # the code printed nothing
+
+
+def test_network_isolation_leaves_only_loopback(
+    tmp_path: Path, home: Path, s3_env: S3Server
+) -> None:
+    port = s3_env.url.rsplit(":", 1)[1]
+    script = (
+        f"#!{sys.executable}\n"
+        "import socket, pathlib\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n"
+        "    result = 'reached'\n"
+        "except OSError as exc:\n"
+        "    result = 'isolated'\n"
+        "pathlib.Path('/opt/ml/model/result').write_text(result)\n"
+    )
+    image = make_image(tmp_path / "image", script)
+    s3_env.make_bucket("isolation")
+    jobs = TrainingJobs()
+    for name, isolate in (("open-net", False), ("closed-net", True)):
+        jobs.create(request(name, str(image), "s3://isolation/out", EnableNetworkIsolation=isolate))
+        description = wait_for(jobs, name)
+        members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+        assert members["result"] == (b"isolated" if isolate else b"reached")
