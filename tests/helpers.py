@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,29 @@ def wait_for(jobs: TrainingJobs, name: str, timeout: float = 120) -> dict[str, A
 
 def log_text(jobs: TrainingJobs, name: str) -> str:
     return "\n".join(record.message for record in jobs.iter_log_events(name))
+
+
+def run_script(
+    tmp_path: Path,
+    name: str,
+    script: str,
+    output: str = "s3://b/out",
+    channels: dict[str, str] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **extra: Any,
+) -> tuple[TrainingJobs, dict[str, Any]]:
+    """Run `script` as a bring-your-own-container job to its end: (the service, its description).
+
+    `edit` changes the request before it is sent, for members deeper than the top level."""
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    body = request(name, str(image), output, channels, **extra)
+    if edit is not None:
+        edit(body)
+    jobs.create(body)
+    return jobs, wait_for(jobs, name)
+
+
+def source_of(body: dict[str, Any], channel: int = 0) -> dict[str, Any]:
+    """The S3DataSource of a channel of a request."""
+    return body["InputDataConfig"][channel]["DataSource"]["S3DataSource"]

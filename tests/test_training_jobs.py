@@ -16,7 +16,16 @@ import pytest
 from openmaker.jobs.service import TrainingJobs
 from openmaker.spec import ResourceInUse, ResourceNotFound, ValidationException
 from openmaker.spec.validate import validate_output
-from tests.helpers import get_object, log_text, make_image, put_objects, request, wait_for
+from tests.helpers import (
+    get_object,
+    log_text,
+    make_image,
+    put_objects,
+    request,
+    run_script,
+    source_of,
+    wait_for,
+)
 from tests.s3server import S3Server
 
 # A bring-your-own-container program that, like many real ones, hard-codes /opt/ml.
@@ -154,10 +163,9 @@ def test_embedded_default_without_s3_server(tmp_path: Path, home: Path) -> None:
 
 
 def test_status_transitions_and_times(tmp_path: Path, home: Path) -> None:
-    image = make_image(tmp_path / "image", "#!/bin/sh\necho hello\necho world >&2\n")
-    jobs = TrainingJobs()
-    jobs.create(request("steps", str(image), "s3://b/out"))
-    description = wait_for(jobs, "steps")
+    jobs, description = run_script(
+        tmp_path, "steps", "#!/bin/sh\necho hello\necho world >&2\n", "s3://b/out"
+    )
     assert validate_output("DescribeTrainingJob", description) == []
     assert validate_output("ListTrainingJobs", {"TrainingJobSummaries": jobs.list()}) == []
     steps = [t["Status"] for t in description["SecondaryStatusTransitions"]]
@@ -184,10 +192,7 @@ def test_failure_file_becomes_failure_reason_and_outputs_still_upload(
         "printf 'boom: the loss exploded' > /opt/ml/output/failure\n"
         "exit 3\n"
     )
-    image = make_image(tmp_path / "image", script)
-    jobs = TrainingJobs()
-    jobs.create(request("fails", str(image), "s3://b/out"))
-    description = wait_for(jobs, "fails")
+    _, description = run_script(tmp_path, "fails", script)
     assert description["TrainingJobStatus"] == "Failed"
     assert description["SecondaryStatus"] == "Failed"
     assert description["FailureReason"] == "AlgorithmError: boom: the loss exploded"
@@ -197,20 +202,15 @@ def test_failure_file_becomes_failure_reason_and_outputs_still_upload(
 
 
 def test_failure_without_failure_file_names_exit_status(tmp_path: Path, home: Path) -> None:
-    image = make_image(tmp_path / "image", "#!/bin/sh\nexit 7\n")
-    jobs = TrainingJobs()
-    jobs.create(request("exit7", str(image), "s3://b/out"))
-    description = wait_for(jobs, "exit7")
+    _, description = run_script(tmp_path, "exit7", "#!/bin/sh\nexit 7\n")
     assert description["TrainingJobStatus"] == "Failed"
     assert "exited with status 7" in description["FailureReason"]
 
 
 def test_failure_reason_is_cut_at_1024_characters(tmp_path: Path, home: Path) -> None:
     script = "#!/bin/sh\nhead -c 5000 /dev/zero | tr '\\0' 'x' > /opt/ml/output/failure\nexit 1\n"
-    image = make_image(tmp_path / "image", script)
-    jobs = TrainingJobs()
-    jobs.create(request("long-failure", str(image), "s3://b/out"))
-    reason = wait_for(jobs, "long-failure")["FailureReason"]
+    _, description = run_script(tmp_path, "long-failure", script)
+    reason = description["FailureReason"]
     assert reason == "AlgorithmError: " + "x" * 1024
 
 
@@ -225,12 +225,18 @@ def test_manifest_entry_escaping_the_channel_fails_and_writes_nothing(
             "s3://data/files/good.csv": b"ok",
         }
     )
-    image = make_image(tmp_path / "image", "#!/bin/sh\necho should not run\n")
-    jobs = TrainingJobs()
-    body = request("crafted", str(image), "s3://b/out", {"train": "s3://data/manifest.json"})
-    body["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataType"] = "ManifestFile"
-    jobs.create(body)
-    description = wait_for(jobs, "crafted")
+
+    def edit(body: dict) -> None:
+        source_of(body)["S3DataType"] = "ManifestFile"
+
+    jobs, description = run_script(
+        tmp_path,
+        "crafted",
+        "#!/bin/sh\necho should not run\n",
+        "s3://b/out",
+        {"train": "s3://data/manifest.json"},
+        edit=edit,
+    )
     assert description["TrainingJobStatus"] == "Failed"
     assert "'train'" in description["FailureReason"]
     assert "escaped.txt" in description["FailureReason"]
@@ -249,12 +255,13 @@ def test_manifest_file_downloads_the_listed_objects(tmp_path: Path, home: Path) 
         }
     )
     script = "#!/bin/sh\ncd /opt/ml/input/data/train && find . -type f | sort > /opt/ml/model/l\n"
-    image = make_image(tmp_path / "image", script)
-    jobs = TrainingJobs()
-    body = request("manifest", str(image), "s3://b/out", {"train": "s3://data/m.json"})
-    body["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataType"] = "ManifestFile"
-    jobs.create(body)
-    description = wait_for(jobs, "manifest")
+
+    def edit(body: dict) -> None:
+        source_of(body)["S3DataType"] = "ManifestFile"
+
+    _, description = run_script(
+        tmp_path, "manifest", script, "s3://b/out", {"train": "s3://data/m.json"}, edit=edit
+    )
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
     assert members["l"] == b"./a.csv\n./deep/b.csv\n"
@@ -282,12 +289,11 @@ def test_local_folders_as_channel_and_output(tmp_path: Path, home: Path) -> None
 
 def test_uncompressed_model_output(tmp_path: Path, home: Path) -> None:
     script = "#!/bin/sh\nmkdir /opt/ml/model/d && echo w > /opt/ml/model/d/w.txt\n"
-    image = make_image(tmp_path / "image", script)
-    jobs = TrainingJobs()
-    body = request("plain-model", str(image), "s3://b/out")
-    body["OutputDataConfig"]["CompressionType"] = "NONE"
-    jobs.create(body)
-    description = wait_for(jobs, "plain-model")
+
+    def edit(body: dict) -> None:
+        body["OutputDataConfig"]["CompressionType"] = "NONE"
+
+    _, description = run_script(tmp_path, "plain-model", script, edit=edit)
     assert (
         description["ModelArtifacts"]["S3ModelArtifacts"] == "s3://b/out/plain-model/output/model/"
     )
@@ -472,10 +478,7 @@ def test_without_a_sandbox_the_code_runs_as_a_plain_process(
         'echo "base=$SAGEMAKER_BASE_DIR"\n'
         'cd "$SAGEMAKER_BASE_DIR" && cat input/config/resourceconfig.json > model/rc.json\n'
     )
-    image = make_image(tmp_path / "image", script)
-    jobs = TrainingJobs()
-    jobs.create(request("plain", str(image), "s3://b/out"))
-    description = wait_for(jobs, "plain")
+    jobs, description = run_script(tmp_path, "plain", script)
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     training = [t for t in description["SecondaryStatusTransitions"] if t["Status"] == "Training"]
     assert "without a sandbox" in training[0]["StatusMessage"]
@@ -494,13 +497,12 @@ def test_links_the_code_leaves_never_carry_host_files_out(tmp_path: Path, home: 
         f"ln -s {secret} /opt/ml/checkpoints/leak\n"
         "echo real > /opt/ml/model/real.txt\n"
     )
-    image = make_image(tmp_path / "image", script)
-    jobs = TrainingJobs()
-    body = request("links", str(image), "s3://b/out")
-    body["OutputDataConfig"]["CompressionType"] = "NONE"
-    body["CheckpointConfig"] = {"S3Uri": "s3://b/ckpt"}
-    jobs.create(body)
-    description = wait_for(jobs, "links")
+
+    def edit(body: dict) -> None:
+        body["OutputDataConfig"]["CompressionType"] = "NONE"
+        body["CheckpointConfig"] = {"S3Uri": "s3://b/ckpt"}
+
+    _, description = run_script(tmp_path, "links", script, edit=edit)
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     uploaded = sorted(
         p.relative_to(home / "s3" / "b").as_posix()
@@ -512,10 +514,7 @@ def test_links_the_code_leaves_never_carry_host_files_out(tmp_path: Path, home: 
 
 def test_archived_links_stay_links(tmp_path: Path, home: Path) -> None:
     script = "#!/bin/sh\nln -s /etc/hostname /opt/ml/model/link\n"
-    image = make_image(tmp_path / "image", script)
-    jobs = TrainingJobs()
-    jobs.create(request("tar-links", str(image), "s3://b/out"))
-    description = wait_for(jobs, "tar-links")
+    _, description = run_script(tmp_path, "tar-links", script)
     data = get_object(description["ModelArtifacts"]["S3ModelArtifacts"])
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         member = tar.getmember("link")
@@ -533,10 +532,13 @@ def test_unreadable_channels_fail_the_job_naming_the_channel(
     tmp_path: Path, home: Path, s3_env: S3Server, uri: str, message: str
 ) -> None:
     s3_env.make_bucket("chan-bucket")
-    image = make_image(tmp_path / "image", "#!/bin/sh\necho should not run\n")
-    jobs = TrainingJobs()
-    jobs.create(request("unreadable", str(image), "s3://chan-bucket/out", {"training": uri}))
-    description = wait_for(jobs, "unreadable")
+    jobs, description = run_script(
+        tmp_path,
+        "unreadable",
+        "#!/bin/sh\necho should not run\n",
+        "s3://chan-bucket/out",
+        {"training": uri},
+    )
     assert description["TrainingJobStatus"] == "Failed"
     assert description["FailureReason"].startswith("ClientError: channel 'training'")
     assert message in description["FailureReason"]
@@ -555,9 +557,7 @@ def test_several_hosts_on_one_machine_share_one_model_archive(tmp_path: Path, ho
     jobs = TrainingJobs()
     body = request("two-hosts", str(image), "s3://b/out", {"train": "s3://shards/data/"})
     body["ResourceConfig"]["InstanceCount"] = 2
-    body["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataDistributionType"] = (
-        "ShardedByS3Key"
-    )
+    source_of(body)["S3DataDistributionType"] = "ShardedByS3Key"
     jobs.create(body)
     description = wait_for(jobs, "two-hosts")
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
