@@ -16,12 +16,12 @@ import obstore
 from bench.stats import Timings
 from openmaker.config import load_settings
 from openmaker.jobs.service import TrainingJobs
+from openmaker.jobs.state import TERMINAL
 from openmaker.store import resolve
 
 TARGET_SECONDS = 1.0
 POLL_SECONDS = 0.01
 JOB_TIMEOUT_SECONDS = 60.0
-TERMINAL = {"Completed", "Failed", "Stopped"}
 # The phases of a job, each named by the secondary status it ends with; "seen" is the caller
 # noticing `Completed` through describe (poll interval and describe cost).
 PHASES = (
@@ -41,6 +41,8 @@ class JobRun:
 
 @dataclass(frozen=True)
 class OverheadResult:
+    # How the worker started: "cold" (a new process per job, as the CLI does) or "warm".
+    kind: str
     runs: list[JobRun]
 
     @property
@@ -51,8 +53,9 @@ class OverheadResult:
         verdict = "ok" if self.timings.median < TARGET_SECONDS else "MISSED"
         t = self.timings
         return (
-            f"no-op job overhead: median {t.median:.2f} s (min {t.best:.2f}, max {t.worst:.2f}, "
-            f"n={len(self.runs)}; target < {TARGET_SECONDS:.0f} s: {verdict})"
+            f"no-op job overhead, {self.kind}: median {t.median:.2f} s "
+            f"(min {t.best:.2f}, max {t.worst:.2f}, n={len(self.runs)}; "
+            f"target < {TARGET_SECONDS:.0f} s: {verdict})"
         )
 
     def breakdown(self) -> list[str]:
@@ -123,13 +126,29 @@ def run_once(jobs: TrainingJobs, image: Path, output: str) -> JobRun:
     return JobRun(seconds, phase_seconds(description, started, seen))
 
 
-def measure(scratch: Path, output: str, runs: int) -> OverheadResult:
-    """`runs` no-op jobs one after the other; OPENMAKER_HOME and the S3 variables must be set."""
+def measure(scratch: Path, output: str, runs: int) -> list[OverheadResult]:
+    """`runs` no-op jobs with a cold worker each, then `runs` with a warm one; OPENMAKER_HOME
+    and the S3 variables must be set."""
     image = noop_image(scratch / "noop-image")
+    # A new service per job: its executor has no worker started ahead, as in a CLI command.
+    cold = [
+        _timed(TrainingJobs(load_settings()), image, output, "cold", i, runs) for i in range(runs)
+    ]
+    # One service for all: after its second job the executor keeps a worker started ahead,
+    # as a long-lived submitter (the API server) does. The first two jobs warm it up.
     jobs = TrainingJobs(load_settings())
-    results = []
-    for index in range(runs):
-        run = run_once(jobs, image, output)
-        print(f"  no-op job {index + 1}/{runs}: {run.seconds:.3f} s", flush=True)
-        results.append(run)
-    return OverheadResult(results)
+    for _ in range(2):
+        run_once(jobs, image, output)
+    warm = [_timed(jobs, image, output, "warm", i, runs) for i in range(runs)]
+    return [
+        OverheadResult("cold worker (a CLI command)", cold),
+        OverheadResult("warm worker (a long-lived submitter)", warm),
+    ]
+
+
+def _timed(
+    jobs: TrainingJobs, image: Path, output: str, kind: str, index: int, runs: int
+) -> JobRun:
+    run = run_once(jobs, image, output)
+    print(f"  no-op job, {kind} worker, {index + 1}/{runs}: {run.seconds:.3f} s", flush=True)
+    return run

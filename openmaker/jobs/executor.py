@@ -1,8 +1,14 @@
-"""Executors start the process that runs a job's hosts. `local`: a detached worker process
-on this machine, so that a job outlives the command (or request) that created it."""
+"""Executors start the process that runs a job's hosts.
+
+`local`: a detached worker process on this machine, so that a job outlives the command (or
+request) that created it. A worker spends most of its start importing openmaker (SQLAlchemy
+above all), so a process that submits jobs again and again keeps one worker started ahead,
+waiting on its standard input for the next job.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,20 +24,31 @@ class Executor(Protocol):
 class LocalExecutor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.submitted = 0
+        self.spare: subprocess.Popen[bytes] | None = None
 
     def submit(self, job_name: str) -> None:
-        job_dir = self.settings.jobs_dir / job_name
-        job_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env["OPENMAKER_HOME"] = str(self.settings.home)
-        # The worker's own output (not the job's logs) goes to a file, for post-mortems.
-        with open(job_dir / "worker.log", "ab") as log:
-            subprocess.Popen(
-                [sys.executable, "-m", "openmaker.jobs.worker", job_name],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
+        (self.settings.jobs_dir / job_name).mkdir(parents=True, exist_ok=True)
+        worker = self.spare or _start_worker()
+        self.spare = None
+        # The job's environment is the submitter's now, not when the worker started.
+        order = {"job": job_name, "home": str(self.settings.home), "env": dict(os.environ)}
+        assert worker.stdin is not None
+        worker.stdin.write(json.dumps(order).encode())
+        worker.stdin.close()
+        self.submitted += 1
+        if self.submitted > 1:
+            self.spare = _start_worker()
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    # Its own session: a job goes on when the submitter is interrupted. A spare whose
+    # submitter ends sees the end of its input and exits.
+    return subprocess.Popen(
+        [sys.executable, "-m", "openmaker.jobs.worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )

@@ -1,11 +1,13 @@
 """The process that runs one job: its hosts, its outputs, its state in the database.
 
-Started detached by the local executor (`python -m openmaker.jobs.worker NAME`). SIGTERM asks it
-to stop the job; the hosts then get SIGTERM, the grace period and SIGKILL.
+Started detached by the local executor (`python -m openmaker.jobs.worker`), which sends it the
+job on its standard input. SIGTERM asks it to stop the job; the hosts then get SIGTERM, the grace
+period and SIGKILL.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -173,7 +175,25 @@ def _finish(job: TrainingJob, secondary: str, reason: str | None) -> None:
 
 
 def main() -> None:
-    run_job(load_settings(), sys.argv[1])
+    """Wait for the job on standard input (see the local executor), then run it."""
+    data = sys.stdin.read()
+    if not data:
+        return  # a spare nobody needed
+    order = json.loads(data)
+    os.environ.clear()
+    os.environ.update(order["env"])
+    os.environ["OPENMAKER_HOME"] = order["home"]
+    settings = load_settings()
+    # The worker's own messages (not the job's logs) go to a file, for post-mortems.
+    log = os.open(
+        settings.jobs_dir / order["job"] / "worker.log",
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+        0o644,
+    )
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    run_job(settings, order["job"])
 
 
 if __name__ == "__main__":
