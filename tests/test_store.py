@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import boto3
@@ -23,6 +25,7 @@ from openmaker.store import (
     upload_file,
 )
 from openmaker.store.manifest import parse_manifest
+from openmaker.store.ranged import PART_SIZE, RANGED_MIN_SIZE, fetch_part, ranged_store
 from openmaker.store.transfer import SINGLE_PUT_LIMIT
 from tests.s3server import S3Server
 
@@ -142,3 +145,51 @@ def test_bad_manifests_are_clear_errors(data: bytes, message: str) -> None:
 def test_manifest_keeps_its_order() -> None:
     prefix, entries = parse_manifest(b'[{"prefix": "s3://b/p/"}, "z", "a/b"]', "s3://b/m")
     assert prefix == "s3://b/p/" and entries == ["z", "a/b"]
+
+
+def test_large_objects_come_in_ranged_parts(tmp_path: Path, home: Path, s3_env: S3Server) -> None:
+    s3_env.make_bucket("ranged")
+    size = RANGED_MIN_SIZE + PART_SIZE // 2 + 12345  # a short last part
+    source = tmp_path / "large.bin"
+    source.write_bytes(os.urandom(size))
+    _client(s3_env).upload_file(str(source), "ranged", "large.bin")
+    location = resolve("s3://ranged/large.bin", load_settings())
+    assert ranged_store(location.store, size) is not None
+    target = tmp_path / "out.bin"
+    received: list[int] = []
+    asyncio.run(
+        download_all([Download(location.store, location.key, size, target)], received.append)
+    )
+    assert len(received) == 2 and sum(received) == size
+    assert (
+        hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
+    )
+
+
+class _WholeBodyHandler(http.server.BaseHTTPRequestHandler):
+    """A server that ignores Range and sends the whole object."""
+
+    def do_GET(self) -> None:
+        body = b"x" * 100
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_part_answered_with_the_whole_object_is_refused(tmp_path: Path) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _WholeBodyHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        fd = os.open(tmp_path / "part", os.O_WRONLY | os.O_CREAT)
+        url = f"http://127.0.0.1:{server.server_port}/b/k?X-Amz-Signature=s"
+        with pytest.raises(OSError, match="answered HTTP 200"):
+            fetch_part(url, fd, 10, 19)
+        os.close(fd)
+        assert (tmp_path / "part").stat().st_size == 0
+    finally:
+        server.shutdown()

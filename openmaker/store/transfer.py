@@ -12,9 +12,12 @@ from obstore.store import ObjectStore
 
 from openmaker.store.errors import translate_errors
 from openmaker.store.location import Location
+from openmaker.store.ranged import download_ranged, ranged_store
 
 OnBytes = Callable[[int], None]
 
+# Objects up to this size are read whole rather than streamed.
+WHOLE_READ_LIMIT = 1024 * 1024
 # Small objects in flight at once; the server, not the client, is the limit past this.
 OBJECTS_IN_FLIGHT = 64
 # Uploads up to this size go in one PUT; larger ones are multipart (still atomic).
@@ -51,11 +54,18 @@ async def download_all(
 
 
 async def download_one(item: Download, on_bytes: OnBytes = _ignore) -> None:
-    # One streaming GET per object, even a large one: `rclone serve s3` answers range requests
-    # with 200 instead of 206, which obstore rightly refuses, and one stream already keeps up
-    # with s5cmd's ranged downloads on loopback (see FIELD-NOTES).
+    if (s3 := ranged_store(item.store, item.size)) is not None:
+        await download_ranged(s3, item.key, item.size, item.destination, on_bytes)
+        return
     result = await obstore.get_async(item.store, item.key)
     with open(item.destination, "wb") as out:
+        if item.size <= WHOLE_READ_LIMIT:
+            # One read and one write: for small objects the streaming machinery costs more
+            # CPU than the bytes themselves.
+            data = await result.bytes_async()
+            out.write(data)
+            on_bytes(len(data))
+            return
         async for chunk in result.stream(min_chunk_size=1024 * 1024):
             out.write(chunk)
             on_bytes(len(chunk))
