@@ -14,7 +14,13 @@ from rich.table import Table
 from openmaker.config import load_settings
 from openmaker.demo.run import prepare_demo
 from openmaker.jobs.service import TrainingJobs
-from openmaker.request_builder import TrainFlags, build_request, load_request
+from openmaker.request_builder import (
+    DEFAULT_INSTANCE_TYPE,
+    DEFAULT_MAX_RUN,
+    TrainFlags,
+    build_request,
+    load_request,
+)
 from openmaker.spec import ServiceError
 from openmaker.store import StoreError, s3_endpoint
 from openmaker.watch import follow, print_logs
@@ -71,9 +77,9 @@ def train(
     ] = [],  # noqa: B006
     output: Annotated[str | None, typer.Option(help="S3OutputPath (s3://... or a folder).")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="CheckpointConfig.S3Uri.")] = None,
-    instance_type: Annotated[str, typer.Option()] = "ml.m5.large",
+    instance_type: Annotated[str, typer.Option()] = DEFAULT_INSTANCE_TYPE,
     instance_count: Annotated[int, typer.Option()] = 1,
-    max_run: Annotated[int, typer.Option(help="MaxRuntimeInSeconds.")] = 86400,
+    max_run: Annotated[int, typer.Option(help="MaxRuntimeInSeconds.")] = DEFAULT_MAX_RUN,
     job_name: Annotated[str | None, typer.Option(help="Default: a unique name.")] = None,
     base_job_name: Annotated[str, typer.Option()] = "openmaker",
     role: Annotated[str | None, typer.Option(help="RoleArn (recorded, not used).")] = None,

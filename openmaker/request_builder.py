@@ -12,10 +12,11 @@ from typing import Any
 from openmaker.config import Settings
 from openmaker.host.artifacts import pack
 from openmaker.host.images import SCRIPT_MODE_IMAGE
-from openmaker.spec import unique_name
+from openmaker.spec import default_stopping_condition, unique_name
 from openmaker.store import resolve, upload_file
 
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"
+DEFAULT_MAX_RUN = default_stopping_condition()["MaxRuntimeInSeconds"]
 
 
 def default_bucket(settings: Settings) -> str:
@@ -44,7 +45,7 @@ class TrainFlags:
     checkpoint: str | None = None
     instance_type: str = DEFAULT_INSTANCE_TYPE
     instance_count: int = 1
-    max_run: int = 86400
+    max_run: int = DEFAULT_MAX_RUN
     role: str | None = None
 
 

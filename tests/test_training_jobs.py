@@ -592,3 +592,11 @@ def test_network_isolation_leaves_only_loopback(
         description = wait_for(jobs, name)
         members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
         assert members["result"] == (b"isolated" if isolate else b"reached")
+
+
+def test_a_request_without_time_limit_gets_sagemakers_default(tmp_path: Path, home: Path) -> None:
+    def edit(body: dict) -> None:
+        del body["StoppingCondition"]
+
+    _, description = run_script(tmp_path, "default-limit", "#!/bin/sh\n", edit=edit)
+    assert description["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}

@@ -32,5 +32,4 @@ def prepare_demo(settings: Settings) -> TrainFlags:
         source_dir=SCRIPT.parent,
         inputs={"train": data_uri},
         hyperparameters={"C": "1.0", "max-iter": "500"},
-        instance_type="ml.m5.large",
     )

@@ -39,7 +39,7 @@ def describe(job: TrainingJob) -> dict[str, Any]:
         "ModelArtifacts": {"S3ModelArtifacts": job.model_artifacts or model_uri(request)},
         "TrainingJobStatus": job.status,
         "SecondaryStatus": job.secondary_status,
-        "StoppingCondition": request.get("StoppingCondition") or {"MaxRuntimeInSeconds": 86400},
+        "StoppingCondition": request["StoppingCondition"],
         "CreationTime": as_utc(job.creation_time),
         "LastModifiedTime": as_utc(job.last_modified_time),
         "SecondaryStatusTransitions": [_transition(t) for t in job.transitions or []],

@@ -28,6 +28,7 @@ from openmaker.spec import (
     ResourceNotFound,
     ValidationException,
     check_create_training_job,
+    default_stopping_condition,
     training_job_arn,
 )
 
@@ -50,6 +51,8 @@ class TrainingJobs:
         check_create_training_job(request)
         _check_supported(request)
         request = copy.deepcopy(request)
+        # SageMaker's default time limit applies when the request names none.
+        request.setdefault("StoppingCondition", default_stopping_condition())
         name = request["TrainingJobName"]
         arn = training_job_arn(name, self.settings.region, self.settings.account_id)
         at = state.now()
