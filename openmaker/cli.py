@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from openmaker.config import load_settings
 from openmaker.demo.run import prepare_demo
@@ -168,8 +168,16 @@ def list_jobs(
     name_contains: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """List training jobs, newest first."""
-    table = Table("Name", "Status", "Created", "Ended")
-    for job in _service().list(status=status, name_contains=name_contains):
+    found = _service().list(status=status, name_contains=name_contains)
+    # Names are what people copy into the next command: never cut one short.
+    longest = max((len(job["TrainingJobName"]) for job in found), default=4)
+    table = Table(
+        Column("Name", no_wrap=True, min_width=longest),
+        Column("Status", no_wrap=True, min_width=10),
+        Column("Created", no_wrap=True, min_width=19),
+        Column("Ended", no_wrap=True, min_width=19),
+    )
+    for job in found:
         ended = job.get("TrainingEndTime")
         table.add_row(
             job["TrainingJobName"],
@@ -193,7 +201,8 @@ def describe_job(
     if as_json:
         print(json.dumps(description, indent=2, default=_json_default))
         return
-    table = Table(show_header=False, box=None)
+    # Values fold rather than end in "…": a model URI is copied whole.
+    table = Table(Column(no_wrap=True), Column(overflow="fold"), show_header=False, box=None)
     table.add_row("Name", description["TrainingJobName"])
     table.add_row(
         "Status", f"{description['TrainingJobStatus']} ({description['SecondaryStatus']})"
