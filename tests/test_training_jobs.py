@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import tarfile
 import time
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.service import TrainingJobs
 from openmaker.spec import ResourceInUse, ResourceNotFound, ValidationException
 from openmaker.spec.validate import validate_output
@@ -600,3 +604,27 @@ def test_a_request_without_time_limit_gets_sagemakers_default(tmp_path: Path, ho
 
     _, description = run_script(tmp_path, "default-limit", "#!/bin/sh\n", edit=edit)
     assert description["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
+
+
+def test_a_worker_killed_from_outside_fails_the_job_and_leaves_no_process(
+    tmp_path: Path, home: Path
+) -> None:
+    image = make_image(
+        tmp_path / "image",
+        f"#!{sys.executable}\nimport time\nprint('ready', flush=True)\ntime.sleep(600)\n",
+    )
+    jobs = TrainingJobs()
+    jobs.create(request("orphan", str(image), "s3://b/out"))
+    _wait_for_log(jobs, "orphan", "ready")
+    with jobs.sessions() as session:
+        pid = session.get(TrainingJob, "orphan").worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    description = wait_for(jobs, "orphan", timeout=30)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert "ended without finishing it" in description["FailureReason"]
+    # The sandbox dies with the worker: nothing of the job goes on running.
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-f", str(image)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the job's code outlived its worker"
+        time.sleep(0.1)

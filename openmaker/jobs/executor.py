@@ -12,13 +12,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Protocol
 
 from openmaker.config import Settings
 
 
 class Executor(Protocol):
-    def submit(self, job_name: str) -> None: ...
+    def submit(self, job_name: str) -> int | None:
+        """Start running the job; the process that runs it, when it runs on this machine."""
+
+    def lost(self, worker_pid: int) -> bool:
+        """Whether the process that ran a job is gone (without saying how the job ended)."""
 
 
 class LocalExecutor:
@@ -27,7 +32,7 @@ class LocalExecutor:
         self.submitted = 0
         self.spare: subprocess.Popen[bytes] | None = None
 
-    def submit(self, job_name: str) -> None:
+    def submit(self, job_name: str) -> int | None:
         (self.settings.jobs_dir / job_name).mkdir(parents=True, exist_ok=True)
         worker = self.spare or _start_worker()
         self.spare = None
@@ -39,13 +44,22 @@ class LocalExecutor:
         self.submitted += 1
         if self.submitted > 1:
             self.spare = _start_worker()
+        return worker.pid
+
+    def lost(self, worker_pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{worker_pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        # A worker that was a child of this process lingers as a zombie until reaped.
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _start_worker() -> subprocess.Popen[bytes]:
     # Its own session: a job goes on when the submitter is interrupted. A spare whose
     # submitter ends sees the end of its input and exits.
     return subprocess.Popen(
-        [sys.executable, "-m", "openmaker.jobs.worker"],
+        [sys.executable, "-m", "openmaker.jobs.worker_process"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

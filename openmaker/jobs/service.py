@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from openmaker.config import Settings, load_settings
@@ -73,7 +73,17 @@ class TrainingJobs:
                 session.commit()
             except IntegrityError:
                 raise ResourceInUse(f"Training job {name} already exists") from None
-        self.executor.submit(name)
+        pid = self.executor.submit(name)
+        with self.sessions() as session:
+            # Recorded here as well as by the worker: a worker that dies while it starts is
+            # then noticed too.
+            session.execute(
+                update(TrainingJob)
+                .where(TrainingJob.name == name, TrainingJob.worker_pid.is_(None))
+                .where(TrainingJob.status.not_in(state.TERMINAL))
+                .values(worker_pid=pid)
+            )
+            session.commit()
         return {"TrainingJobArn": arn}
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -146,8 +156,17 @@ class TrainingJobs:
     def _get(self, name: str) -> TrainingJob:
         with self.sessions() as session:
             job = session.get(TrainingJob, name)
-        if job is None:
-            raise ResourceNotFound(f"Requested resource not found: training job {name}")
+            if job is None:
+                raise ResourceNotFound(f"Requested resource not found: training job {name}")
+            pid = job.worker_pid
+            if job.status not in state.TERMINAL and pid is not None and self.executor.lost(pid):
+                # A job must never stay InProgress with nothing running it.
+                reason = (
+                    f"InternalServerError: the openmaker worker running the job (process {pid}) "
+                    "ended without finishing it"
+                )
+                state.finish(job, "Failed", reason)
+                session.commit()
         return job
 
 

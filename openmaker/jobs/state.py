@@ -73,3 +73,13 @@ def enter(job: TrainingJob, secondary: str, message: str | None = None) -> None:
     job.transitions = [*transitions, entry]
     job.secondary_status = secondary
     job.last_modified_time = at
+
+
+def finish(job: TrainingJob, secondary: str, reason: str | None) -> None:
+    """End the job in a terminal secondary status (Completed, Failed, Stopped, ...)."""
+    if job.training_start_time is not None and job.training_end_time is None:
+        job.training_end_time = now()
+    job.failure_reason = reason
+    job.progress = None
+    job.worker_pid = None
+    enter(job, secondary)

@@ -1,8 +1,8 @@
 """The process that runs one job: its hosts, its outputs, its state in the database.
 
-Started detached by the local executor (`python -m openmaker.jobs.worker`), which sends it the
-job on its standard input. SIGTERM asks it to stop the job; the hosts then get SIGTERM, the grace
-period and SIGKILL.
+Started detached by the local executor (through `openmaker.jobs.worker_process`), which sends
+it the job on its standard input. SIGTERM asks it to stop the job; the hosts then get SIGTERM,
+the grace period and SIGKILL.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,17 +68,19 @@ def grace_seconds() -> float:
     return float(os.environ.get("OPENMAKER_STOP_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
 
 
-def run_job(settings: Settings, job_name: str) -> None:
+def run_job(settings: Settings, job_name: str, stop_before_start: threading.Event) -> None:
     recorder = JobRecorder(settings, job_name)
     stop = StopControl()
     signal.signal(signal.SIGTERM, lambda *_: stop.request("Stopped"))
+    if stop_before_start.is_set():
+        stop.request("Stopped")
     try:
         _run(settings, job_name, recorder, stop)
     except Exception:  # the job must end in a state that says what happened
         detail = traceback.format_exc()
         print(detail, file=sys.stderr)
         reason = "InternalServerError: " + detail.strip().splitlines()[-1]
-        recorder.update(lambda job: _finish(job, "Failed", reason))
+        recorder.update(lambda job: state.finish(job, "Failed", reason))
     finally:
         recorder.close()
         _remove_host_folders(settings, job_name)
@@ -106,10 +109,10 @@ def _run(settings: Settings, job_name: str, recorder: JobRecorder, stop: StopCon
             list(pool.map(lambda s: prepare(s, emit), specs))
     except HostFailed as exc:
         reason = exc.reason
-        recorder.update(lambda j: _finish(j, "Failed", reason))
+        recorder.update(lambda j: state.finish(j, "Failed", reason))
         return
     if stop.requested:
-        recorder.update(lambda j: _finish(j, "Stopped", None))
+        recorder.update(lambda j: state.finish(j, "Stopped", None))
         return
 
     results = _execute_all(specs, emit, stop)
@@ -132,7 +135,7 @@ def _run(settings: Settings, job_name: str, recorder: JobRecorder, stop: StopCon
         )
     except (OSError, StoreError, ValueError) as exc:
         reason = f"InternalServerError: could not upload outputs: {exc}"
-        recorder.update(lambda j: _finish(j, "Failed", reason))
+        recorder.update(lambda j: state.finish(j, "Failed", reason))
         return
     finally:
         shutil.rmtree(settings.jobs_dir / job_name / "artifacts", ignore_errors=True)
@@ -140,11 +143,11 @@ def _run(settings: Settings, job_name: str, recorder: JobRecorder, stop: StopCon
     def finish(j: TrainingJob) -> None:
         j.model_artifacts = artifacts.model_uri
         if stopped:
-            _finish(j, stopped, None)
+            state.finish(j, stopped, None)
         elif failure:
-            _finish(j, "Failed", failure)
+            state.finish(j, "Failed", failure)
         else:
-            _finish(j, "Completed", None)
+            state.finish(j, "Completed", None)
 
     recorder.update(finish)
 
@@ -165,16 +168,7 @@ def _execute_all(specs: list[HostSpec], emit: Emit, stop: StopControl) -> list[H
         return list(pool.map(one, specs))
 
 
-def _finish(job: TrainingJob, secondary: str, reason: str | None) -> None:
-    if job.training_start_time is not None and job.training_end_time is None:
-        job.training_end_time = state.now()
-    job.failure_reason = reason
-    job.progress = None
-    job.worker_pid = None
-    state.enter(job, secondary)
-
-
-def main() -> None:
+def main(stop_before_start: threading.Event) -> None:
     """Wait for the job on standard input (see the local executor), then run it."""
     data = sys.stdin.read()
     if not data:
@@ -193,8 +187,4 @@ def main() -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    run_job(settings, order["job"])
-
-
-if __name__ == "__main__":
-    main()
+    run_job(settings, order["job"], stop_before_start)
