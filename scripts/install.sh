@@ -8,6 +8,9 @@ extra="${1:-}"
 missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v unshare >/dev/null || missing+=(util-linux)
+# Debian's own python3 needs python3-venv (and ensurepip) to make a virtual environment.
+python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
     sudo_cmd=""
