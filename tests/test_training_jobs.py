@@ -628,3 +628,17 @@ def test_a_worker_killed_from_outside_fails_the_job_and_leaves_no_process(
     while subprocess.run(["pgrep", "-f", str(image)], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "the job's code outlived its worker"
         time.sleep(0.1)
+
+
+def test_a_stop_right_after_create_is_never_lost(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STOP_GRACE_SECONDS", "1")
+    image = make_image(tmp_path / "image", "#!/bin/sh\nwhile true; do sleep 0.1; done\n")
+    jobs = TrainingJobs()
+    for name in ("stop-early-1", "stop-early-2", "stop-early-3"):
+        jobs.create(request(name, str(image), "s3://b/out"))
+        jobs.stop(name)  # while the worker is still starting
+    for name in ("stop-early-1", "stop-early-2", "stop-early-3"):
+        description = wait_for(jobs, name, timeout=60)
+        assert description["TrainingJobStatus"] == "Stopped", description.get("FailureReason")

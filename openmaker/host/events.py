@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -12,6 +13,8 @@ class StatusChanged:
 
     status: str
     message: str
+    # When it happened (epoch seconds): events may reach the database later.
+    at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from openmaker.config import Settings
 
@@ -43,8 +43,11 @@ class TrainingJob(Base):
     last_modified_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     training_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     training_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # The process running the job, so that a stop request reaches it.
+    # The process running the job, to notice when it is gone.
     worker_pid: Mapped[int | None] = mapped_column(Integer)
+    # Set once that process handles SIGTERM: a stop request is signalled only from then on,
+    # and read from `stop_requested` by the worker before.
+    worker_ready: Mapped[bool] = mapped_column(default=False)
     stop_requested: Mapped[str | None] = mapped_column(String(32))
     # The current transfer: {"phase": "Downloading", "done": bytes, "total": bytes}.
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -77,6 +80,18 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+    # Transactions are begun by `_begin` below, not by the driver's own guesswork.
+    dbapi_connection.isolation_level = None
+
+
+def _begin(connection: Connection) -> None:
+    # A writer takes the write lock before it reads: two processes changing one job (a worker
+    # recording its progress, a stop request) then never overwrite each other's changes.
+    immediate = connection.get_execution_options().get(_WRITER, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+_WRITER = "openmaker_writer"
 
 
 @cache
@@ -84,10 +99,19 @@ def engine_for(url: str) -> Engine:
     engine = create_engine(url)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _tune_sqlite)
+        event.listen(engine, "begin", _begin)
     Base.metadata.create_all(engine)
     return engine
 
 
-def sessions(settings: Settings) -> sessionmaker:  # type: ignore[type-arg]
+def sessions(settings: Settings) -> sessionmaker[Session]:
+    """Sessions for reading."""
     settings.home.mkdir(parents=True, exist_ok=True)
     return sessionmaker(engine_for(settings.database_url), expire_on_commit=False)
+
+
+def writer_sessions(settings: Settings) -> sessionmaker[Session]:
+    """Sessions for read-modify-write: each transaction holds the write lock from its start."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = engine_for(settings.database_url).execution_options(**{_WRITER: True})
+    return sessionmaker(engine, expire_on_commit=False)

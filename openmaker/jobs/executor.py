@@ -13,13 +13,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from openmaker.config import Settings
 
 
 class Executor(Protocol):
-    def submit(self, job_name: str) -> int | None:
+    def submit(self, arn: str, request: dict[str, Any]) -> int | None:
         """Start running the job; the process that runs it, when it runs on this machine."""
 
     def lost(self, worker_pid: int) -> bool:
@@ -32,12 +32,19 @@ class LocalExecutor:
         self.submitted = 0
         self.spare: subprocess.Popen[bytes] | None = None
 
-    def submit(self, job_name: str) -> int | None:
+    def submit(self, arn: str, request: dict[str, Any]) -> int | None:
+        job_name = request["TrainingJobName"]
         (self.settings.jobs_dir / job_name).mkdir(parents=True, exist_ok=True)
         worker = self.spare or _start_worker()
         self.spare = None
         # The job's environment is the submitter's now, not when the worker started.
-        order = {"job": job_name, "home": str(self.settings.home), "env": dict(os.environ)}
+        order = {
+            "job": job_name,
+            "arn": arn,
+            "request": request,
+            "home": str(self.settings.home),
+            "env": dict(os.environ),
+        }
         assert worker.stdin is not None
         worker.stdin.write(json.dumps(order).encode())
         worker.stdin.close()

@@ -1,4 +1,9 @@
-"""Turning a job's host events into database rows, from one writer thread."""
+"""Turning a job's host events into database rows, from one writer thread.
+
+The database layer (SQLAlchemy) is imported by the writer thread, not at start: it is most of a
+worker's start-up time, and the hosts can prepare and start the code meanwhile. Their events
+wait in the queue with the times they happened.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,26 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-
-from sqlalchemy.orm import Session
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from openmaker.config import Settings
 from openmaker.host.events import Event, LogLine, StatusChanged, TransferProgress
 from openmaker.jobs import state
-from openmaker.jobs.db import LogEvent, LogStream, TrainingJob, sessions
 from openmaker.jobs.logs import LOG_GROUP, stream_name
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from openmaker.jobs.db import TrainingJob
 
 
 class JobRecorder:
     """Turns host events into database rows; one writer thread, commits in small batches."""
 
     def __init__(self, settings: Settings, job_name: str) -> None:
-        self.sessions = sessions(settings)
+        self.settings = settings
+        self.sessions: sessionmaker[Session] | None = None  # set by the writer thread
         self.job_name = job_name
         self.queue: queue.Queue[Event | _Flush | None] = queue.Queue()
         self.streams: dict[str, str] = {}
@@ -36,7 +46,10 @@ class JobRecorder:
 
     def update(self, change: Callable[[TrainingJob], None]) -> TrainingJob:
         """Apply `change(job)` to the job row now, after the queued events; returns the row."""
+        from openmaker.jobs.db import TrainingJob
+
         self.flush()
+        assert self.sessions is not None
         with self.sessions() as session:
             job = session.get(TrainingJob, self.job_name)
             assert job is not None, f"job {self.job_name} is not in the database"
@@ -50,6 +63,9 @@ class JobRecorder:
         done.wait()
 
     def _write(self) -> None:
+        from openmaker.jobs.db import TrainingJob, writer_sessions
+
+        self.sessions = writer_sessions(self.settings)
         while True:
             batch = [self.queue.get()]
             while not self.queue.empty() and len(batch) < 500:
@@ -68,6 +84,8 @@ class JobRecorder:
                 return
 
     def _apply(self, session: Session, job: TrainingJob, event: Event) -> None:
+        from openmaker.jobs.db import LogEvent, LogStream
+
         if isinstance(event, LogLine):
             name = self.streams.get(event.host)
             if name is None:
@@ -92,9 +110,10 @@ class JobRecorder:
             )
         elif isinstance(event, StatusChanged):
             if job.status == state.IN_PROGRESS:
-                state.enter(job, event.status, event.message)
+                at = datetime.fromtimestamp(event.at, UTC)
+                state.enter(job, event.status, event.message, at)
                 if event.status == "Training" and job.training_start_time is None:
-                    job.training_start_time = state.now()
+                    job.training_start_time = at
         elif isinstance(event, TransferProgress):
             job.progress = {
                 "phase": event.phase,

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from openmaker.config import Settings, load_settings
 from openmaker.host.images import ImageError, resolve_image
 from openmaker.jobs import state
-from openmaker.jobs.db import LogEvent, LogStream, TrainingJob, sessions
+from openmaker.jobs.db import LogEvent, LogStream, TrainingJob, sessions, writer_sessions
 from openmaker.jobs.describe import describe, summary
 from openmaker.jobs.executor import Executor, LocalExecutor
 from openmaker.jobs.logs import LOG_GROUP
@@ -45,6 +45,7 @@ class TrainingJobs:
     def __init__(self, settings: Settings | None = None, executor: Executor | None = None) -> None:
         self.settings = settings or load_settings()
         self.sessions = sessions(self.settings)
+        self.writers = writer_sessions(self.settings)
         self.executor = executor or LocalExecutor(self.settings)
 
     def create(self, request: dict[str, Any]) -> dict[str, str]:
@@ -67,14 +68,14 @@ class TrainingJobs:
             last_modified_time=at,
         )
         state.enter(job, "Starting")
-        with self.sessions() as session:
+        with self.writers() as session:
             session.add(job)
             try:
                 session.commit()
             except IntegrityError:
                 raise ResourceInUse(f"Training job {name} already exists") from None
-        pid = self.executor.submit(name)
-        with self.sessions() as session:
+        pid = self.executor.submit(arn, request)
+        with self.writers() as session:
             # Recorded here as well as by the worker: a worker that dies while it starts is
             # then noticed too.
             session.execute(
@@ -101,7 +102,7 @@ class TrainingJobs:
             return [summary(job) for job in session.scalars(query)]
 
     def stop(self, name: str) -> None:
-        with self.sessions() as session:
+        with self.writers() as session:
             job = session.get(TrainingJob, name)
             if job is None:
                 raise ResourceNotFound(f"Requested resource not found: training job {name}")
@@ -113,7 +114,9 @@ class TrainingJobs:
                 return
             job.stop_requested = "Stopped"
             state.enter(job, "Stopping")
-            pid = job.worker_pid
+            # A worker not yet ready reads `stop_requested` when it gets ready: under the write
+            # lock, one of the two always sees the other.
+            pid = job.worker_pid if job.worker_ready else None
             session.commit()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -156,11 +159,19 @@ class TrainingJobs:
     def _get(self, name: str) -> TrainingJob:
         with self.sessions() as session:
             job = session.get(TrainingJob, name)
-            if job is None:
-                raise ResourceNotFound(f"Requested resource not found: training job {name}")
-            pid = job.worker_pid
-            if job.status not in state.TERMINAL and pid is not None and self.executor.lost(pid):
-                # A job must never stay InProgress with nothing running it.
+        if job is None:
+            raise ResourceNotFound(f"Requested resource not found: training job {name}")
+        if (pid := _worker_of(job)) is not None and self.executor.lost(pid):
+            job = self._fail_lost(name)
+        return job
+
+    def _fail_lost(self, name: str) -> TrainingJob:
+        """A job must never stay InProgress with nothing running it."""
+        with self.writers() as session:
+            job = session.get(TrainingJob, name)
+            assert job is not None
+            pid = _worker_of(job)
+            if pid is not None and self.executor.lost(pid):
                 reason = (
                     f"InternalServerError: the openmaker worker running the job (process {pid}) "
                     "ended without finishing it"
@@ -168,6 +179,11 @@ class TrainingJobs:
                 state.finish(job, "Failed", reason)
                 session.commit()
         return job
+
+
+def _worker_of(job: TrainingJob) -> int | None:
+    """The process that is supposed to be running the job, if one is."""
+    return None if job.status in state.TERMINAL else job.worker_pid
 
 
 def _check_supported(request: dict[str, Any]) -> None:

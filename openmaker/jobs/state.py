@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
-from openmaker.jobs.db import TrainingJob
+if TYPE_CHECKING:  # the database layer is heavy to import; a worker loads it in the background
+    from openmaker.jobs.db import TrainingJob
 
 IN_PROGRESS, COMPLETED, FAILED, STOPPING, STOPPED = (
     "InProgress",
@@ -52,9 +53,12 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def enter(job: TrainingJob, secondary: str, message: str | None = None) -> None:
-    """Close the open transition and open `secondary`; terminal ones close at once."""
-    at = now()
+def enter(
+    job: TrainingJob, secondary: str, message: str | None = None, at: datetime | None = None
+) -> None:
+    """Close the open transition and open `secondary` (at `at`, default now); terminal ones
+    close at once."""
+    at = at or now()
     transitions = [dict(t) for t in job.transitions or []]
     if transitions and transitions[-1].get("EndTime") is None:
         if transitions[-1]["Status"] == secondary:
@@ -81,5 +85,5 @@ def finish(job: TrainingJob, secondary: str, reason: str | None) -> None:
         job.training_end_time = now()
     job.failure_reason = reason
     job.progress = None
-    job.worker_pid = None
+    job.worker_pid, job.worker_ready = None, False
     enter(job, secondary)

@@ -7,6 +7,7 @@ the grace period and SIGKILL.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import sys
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from openmaker.config import Settings, load_settings
 from openmaker.host.artifacts import upload_artifacts
@@ -24,7 +26,9 @@ from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
 from openmaker.host.spec import HostSpec
 from openmaker.jobs import state
-from openmaker.jobs.db import TrainingJob
+
+if TYPE_CHECKING:
+    from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.recorder import JobRecorder
 from openmaker.store import StoreError, s3_endpoint
 
@@ -41,16 +45,17 @@ def store_environment() -> dict[str, str]:
     return env
 
 
-def host_specs(settings: Settings, job: TrainingJob) -> list[HostSpec]:
-    count = int(job.request["ResourceConfig"].get("InstanceCount", 1))
+def host_specs(settings: Settings, arn: str, request: dict[str, Any]) -> list[HostSpec]:
+    name = request["TrainingJobName"]
+    count = int(request["ResourceConfig"].get("InstanceCount", 1))
     hosts = [f"algo-{i}" for i in range(1, count + 1)]
-    job_dir = settings.jobs_dir / job.name
+    job_dir = settings.jobs_dir / name
     store_env = store_environment()
     return [
         HostSpec(
-            job_name=job.name,
-            job_arn=job.arn,
-            request=job.request,
+            job_name=name,
+            job_arn=arn,
+            request=request,
             host_name=host,
             hosts=hosts,
             region=settings.region,
@@ -68,14 +73,17 @@ def grace_seconds() -> float:
     return float(os.environ.get("OPENMAKER_STOP_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
 
 
-def run_job(settings: Settings, job_name: str, stop_before_start: threading.Event) -> None:
+def run_job(
+    settings: Settings, arn: str, request: dict[str, Any], stop_before_start: threading.Event
+) -> None:
+    job_name = request["TrainingJobName"]
     recorder = JobRecorder(settings, job_name)
     stop = StopControl()
     signal.signal(signal.SIGTERM, lambda *_: stop.request("Stopped"))
     if stop_before_start.is_set():
         stop.request("Stopped")
     try:
-        _run(settings, job_name, recorder, stop)
+        _run(settings, arn, request, recorder, stop)
     except Exception:  # the job must end in a state that says what happened
         detail = traceback.format_exc()
         print(detail, file=sys.stderr)
@@ -95,14 +103,23 @@ def _remove_host_folders(settings: Settings, job_name: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run(settings: Settings, job_name: str, recorder: JobRecorder, stop: StopControl) -> None:
+def _run(
+    settings: Settings,
+    arn: str,
+    request: dict[str, Any],
+    recorder: JobRecorder,
+    stop: StopControl,
+) -> None:
     def claim(job: TrainingJob) -> None:
-        job.worker_pid = os.getpid()
+        job.worker_pid, job.worker_ready = os.getpid(), True  # SIGTERM is handled from here on
         if job.stop_requested:
             stop.request(job.stop_requested)
 
-    job = recorder.update(claim)
-    specs = host_specs(settings, job)
+    # The hosts start preparing at once; the claim waits for the database layer to load.
+    claimer = threading.Thread(target=recorder.update, args=(claim,))
+    claimer.start()
+    job_name = request["TrainingJobName"]
+    specs = host_specs(settings, arn, request)
     emit = recorder.emit
     try:
         with ThreadPoolExecutor(len(specs)) as pool:
@@ -120,12 +137,13 @@ def _run(settings: Settings, job_name: str, recorder: JobRecorder, stop: StopCon
     stopped = stop.reason if stop.reason in ("Stopped", "MaxRuntimeExceeded") else None
     failure = next((r.failure for r in results if r.failure), None)
 
+    claimer.join()  # long done by now; the job's end must not come before its claim
     emit(StatusChanged("Uploading", state.MESSAGES["Uploading"]))
     try:
         for spec in specs:
             save_checkpoints(spec, emit)
         artifacts = upload_artifacts(
-            job.request,
+            request,
             [s.ml_dir / "model" for s in specs],
             [s.ml_dir / "output" / "data" for s in specs],
             settings.jobs_dir / job_name / "artifacts",
@@ -170,6 +188,8 @@ def _execute_all(specs: list[HostSpec], emit: Emit, stop: StopControl) -> list[H
 
 def main(stop_before_start: threading.Event) -> None:
     """Wait for the job on standard input (see the local executor), then run it."""
+    # The database layer loads meanwhile: a spare worker has it ready when its job comes.
+    threading.Thread(target=importlib.import_module, args=("openmaker.jobs.db",)).start()
     data = sys.stdin.read()
     if not data:
         return  # a spare nobody needed
@@ -187,4 +207,4 @@ def main(stop_before_start: threading.Event) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    run_job(settings, order["job"], stop_before_start)
+    run_job(settings, order["arn"], order["request"], stop_before_start)
