@@ -642,3 +642,32 @@ def test_a_stop_right_after_create_is_never_lost(
     for name in ("stop-early-1", "stop-early-2", "stop-early-3"):
         description = wait_for(jobs, name, timeout=60)
         assert description["TrainingJobStatus"] == "Stopped", description.get("FailureReason")
+
+
+def test_root_in_the_sandbox_cannot_reach_past_it(tmp_path: Path, home: Path) -> None:
+    script = (
+        "#!/bin/sh\n"
+        "cd /opt/ml/model\n"
+        "mknod disk b 254 0 2>/dev/null && echo yes > mknod || echo no > mknod\n"
+        "mount -t tmpfs none /mnt 2>/dev/null && echo yes > mount || echo no > mount\n"
+        "touch /usr/local/probe && echo yes > write || echo no > write\n"
+        "chown nobody /usr/local/probe && echo yes > chown || echo no > chown\n"
+    )
+    _, description = run_script(tmp_path, "capabilities", script)
+    members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
+    assert members == {"mknod": b"no\n", "mount": b"no\n", "write": b"yes\n", "chown": b"yes\n"}
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_a_failure_file_that_is_no_file_is_never_read(
+    tmp_path: Path, home: Path, kind: str
+) -> None:
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("host only")
+    make = f"ln -s {secret} failure" if kind == "link" else "mkfifo failure"
+    script = f"#!/bin/sh\ncd /opt/ml/output && {make}\nexit 2\n"
+    _, description = run_script(tmp_path, f"failure-{kind}", script)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert description["FailureReason"] == (
+        "AlgorithmError: the training program exited with status 2"
+    )

@@ -20,3 +20,19 @@ def regular_files(folder: Path) -> dict[str, Path]:
             if stat.S_ISREG(path.lstat().st_mode):
                 found[path.relative_to(folder).as_posix()] = path
     return dict(sorted(found.items()))
+
+
+def read_text_head(path: Path, limit: int) -> str | None:
+    """The first `limit` characters of a regular file the code wrote, or None.
+
+    Never through a link (it could name any file of the machine) and never from a FIFO or a
+    device (a read could block forever)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        # Up to 4 bytes a character in UTF-8.
+        return stream.read(4 * limit).decode("utf-8", errors="replace")[:limit]

@@ -18,6 +18,7 @@ from openmaker.host.execute import (
     StopControl,
     run_process,
 )
+from openmaker.host.files import read_text_head
 from openmaker.host.images import ImageError, resolve_image
 from openmaker.host.layout import create_tree
 from openmaker.host.sandbox import plan_launch
@@ -83,11 +84,9 @@ def execute(
 
 
 def failure_reason(spec: HostSpec, code: int) -> str:
-    failure_file = spec.ml_dir / "output" / "failure"
-    if failure_file.is_file():
-        text = failure_file.read_text(errors="replace")[:FAILURE_REASON_LIMIT]
-        if text.strip():
-            return "AlgorithmError: " + text
+    text = read_text_head(spec.ml_dir / "output" / "failure", FAILURE_REASON_LIMIT)
+    if text and text.strip():
+        return "AlgorithmError: " + text
     return f"AlgorithmError: the training program exited with status {_describe_exit(code)}"
 
 

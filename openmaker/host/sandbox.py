@@ -29,6 +29,15 @@ from openmaker.host.spec import HostSpec
 # Each host gets its own loopback address, so that `algo-2` reaches `algo-1` by name.
 HOST_ADDRESS_BASE = "127.0.1."
 
+# The code runs as root, but only with Docker's default capabilities, less CAP_MKNOD and
+# CAP_NET_RAW (no device cgroup or network namespace here would contain them): no mounts, no
+# device nodes, no raw sockets on the machine's network — nothing that reaches past the sandbox.
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+)  # fmt: skip
+
 # Mounts one overlay per group of four arguments (lower, upper, work, merged) up to "--",
 # then runs the rest. It runs in a private mount namespace, so the host never sees the mounts.
 _MOUNT_OVERLAYS_THEN_EXEC = """set -e
@@ -105,6 +114,8 @@ def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str,
         ("--hostname", spec.host_name), ("--as-pid-1",), ("--die-with-parent",),
         ("--info-fd", str(info_write)), ("--chdir", _workdir(image)),
     ]  # fmt: skip
+    options.append(("--cap-drop", "ALL"))
+    options += [("--cap-add", capability) for capability in CAPABILITIES]
     if spec.request.get("EnableNetworkIsolation"):
         options.append(("--unshare-net",))
     bwrap = ["bwrap", *(part for group in [*binds, *options] for part in group)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -60,7 +61,10 @@ class JobRecorder:
     def flush(self) -> None:
         done = threading.Event()
         self.queue.put(_Flush(done))
-        done.wait()
+        while not done.wait(0.5):
+            if not self.thread.is_alive():
+                # Never wait forever: the worker then ends, and the job is seen as lost.
+                raise RuntimeError("the job's database writer stopped")
 
     def _write(self) -> None:
         from openmaker.jobs.db import TrainingJob, writer_sessions
@@ -70,13 +74,16 @@ class JobRecorder:
             batch = [self.queue.get()]
             while not self.queue.empty() and len(batch) < 500:
                 batch.append(self.queue.get_nowait())
-            with self.sessions() as session:
-                job = session.get(TrainingJob, self.job_name)
-                for event in batch:
-                    if event is None or isinstance(event, _Flush):
-                        continue
-                    self._apply(session, job, event)
-                session.commit()
+            try:
+                with self.sessions() as session:
+                    job = session.get(TrainingJob, self.job_name)
+                    for event in batch:
+                        if event is None or isinstance(event, _Flush):
+                            continue
+                        self._apply(session, job, event)
+                    session.commit()
+            except Exception:  # a lost batch of events must not stop the job or its end
+                traceback.print_exc()
             for event in batch:
                 if isinstance(event, _Flush):
                     event.done.set()
