@@ -6,6 +6,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# The secondary statuses a job passes through, and the message SageMaker shows for each.
+STATUS_MESSAGES = {
+    "Starting": "Preparing the instances for training",
+    "Downloading": "Downloading input data",
+    "Training": "Training image download completed. Training in progress.",
+    "Uploading": "Uploading generated training model",
+    "Completed": "Training job completed",
+    "Failed": "Training job failed",
+    "Stopping": "Stopping the training job",
+    "Stopped": "Training job stopped",
+    "MaxRuntimeExceeded": "Training job stopped because it exceeded the maximum allowed runtime",
+}
+
 
 @dataclass(frozen=True)
 class StatusChanged:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from openmaker.host.channels import ChannelError, download_channels
 from openmaker.host.checkpoints import restore_checkpoints
 from openmaker.host.environment import container_environment
-from openmaker.host.events import Emit, StatusChanged
+from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
 from openmaker.host.execute import (
     DEFAULT_GRACE_SECONDS,
     FAILURE_REASON_LIMIT,
@@ -45,7 +45,7 @@ class HostResult:
 
 def prepare(spec: HostSpec, emit: Emit) -> None:
     create_tree(spec)
-    emit(StatusChanged("Downloading", "Downloading input data"))
+    emit(StatusChanged("Downloading", STATUS_MESSAGES["Downloading"]))
     try:
         install_source(spec)
         restore_checkpoints(spec, emit)
@@ -67,8 +67,7 @@ def execute(
     emit(
         StatusChanged(
             "Training",
-            f"Training image download completed. Training in progress. "
-            f"({image.description}; {launch.note})",
+            f"{STATUS_MESSAGES['Training']} ({image.description}; {launch.note})",
         )
     )
     stopping = spec.request.get("StoppingCondition") or {}

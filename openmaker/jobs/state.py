@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, overload
 
+from openmaker.host.events import STATUS_MESSAGES
+
 if TYPE_CHECKING:  # the database layer is heavy to import; a worker loads it in the background
     from openmaker.jobs.db import TrainingJob
 
@@ -17,18 +19,6 @@ IN_PROGRESS, COMPLETED, FAILED, STOPPING, STOPPED = (
 )
 TERMINAL = frozenset({COMPLETED, FAILED, STOPPED})
 
-# The secondary statuses a job passes through, and the message SageMaker shows for each.
-MESSAGES = {
-    "Starting": "Preparing the instances for training",
-    "Downloading": "Downloading input data",
-    "Training": "Training image download completed. Training in progress.",
-    "Uploading": "Uploading generated training model",
-    "Completed": "Training job completed",
-    "Failed": "Training job failed",
-    "Stopping": "Stopping the training job",
-    "Stopped": "Training job stopped",
-    "MaxRuntimeExceeded": "Training job stopped because it exceeded the maximum allowed runtime",
-}
 # Which primary status each terminal secondary status belongs to.
 PRIMARY_OF = {
     "Completed": COMPLETED,
@@ -67,7 +57,7 @@ def enter(
     entry: dict[str, str] = {
         "Status": secondary,
         "StartTime": at.isoformat(),
-        "StatusMessage": message or MESSAGES.get(secondary, secondary),
+        "StatusMessage": message or STATUS_MESSAGES.get(secondary, secondary),
     }
     if secondary in PRIMARY_OF:
         entry["EndTime"] = at.isoformat()

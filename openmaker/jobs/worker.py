@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from openmaker.config import Settings, load_settings
 from openmaker.host.artifacts import upload_artifacts
 from openmaker.host.checkpoints import save_checkpoints
-from openmaker.host.events import Emit, StatusChanged
+from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
 from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
 from openmaker.host.spec import HostSpec
@@ -138,7 +138,7 @@ def _run(
     failure = next((r.failure for r in results if r.failure), None)
 
     claimer.join()  # long done by now; the job's end must not come before its claim
-    emit(StatusChanged("Uploading", state.MESSAGES["Uploading"]))
+    emit(StatusChanged("Uploading", STATUS_MESSAGES["Uploading"]))
     try:
         for spec in specs:
             save_checkpoints(spec, emit)
