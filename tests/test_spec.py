@@ -197,6 +197,14 @@ INVALID: dict[str, tuple[Change, str]] = {
         put("InputDataConfig", [channel("train"), channel("train")]),
         "at 'InputDataConfig.2.member.ChannelName'",
     ),
+    "channel-dot-dot": (
+        put("InputDataConfig", [channel("train"), channel("..")]),
+        "at 'InputDataConfig.2.member.ChannelName'",
+    ),
+    "channel-dot": (
+        put("InputDataConfig", [channel(".")]),
+        "at 'InputDataConfig.1.member.ChannelName'",
+    ),
     "algorithm-name": (
         both(
             drop("AlgorithmSpecification.TrainingImage"),

@@ -671,3 +671,11 @@ def test_a_failure_file_that_is_no_file_is_never_read(
     assert description["FailureReason"] == (
         "AlgorithmError: the training program exited with status 2"
     )
+
+
+def test_output_without_line_breaks_is_cut_into_events(tmp_path: Path, home: Path) -> None:
+    script = "#!/bin/sh\nhead -c 600000 /dev/zero | tr '\\0' 'x'\necho\necho after\n"
+    jobs, _ = run_script(tmp_path, "long-line", script)
+    events = [record.message for record in jobs.iter_log_events("long-line")]
+    assert [len(message) for message in events[:3]] == [262144, 262144, 600000 - 2 * 262144]
+    assert events[3:] == ["after"]

@@ -14,6 +14,7 @@ from openmaker.host.sandbox import Launch, Process
 # SageMaker gives a stopped container 120 s between SIGTERM and SIGKILL.
 DEFAULT_GRACE_SECONDS = 120.0
 FAILURE_REASON_LIMIT = 1024
+LOG_LINE_LIMIT = 256 * 1024
 
 
 class StopControl:
@@ -72,6 +73,8 @@ def run_process(
 
 
 def _pump_logs(process: Process, host: str, emit: Emit) -> None:
-    for raw in process.stdout:
+    # A line is cut where CloudWatch Logs cuts an event: output without line breaks must not
+    # pile up in memory.
+    while raw := process.stdout.readline(LOG_LINE_LIMIT):
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         emit(LogLine(host, int(time.time() * 1000), line))

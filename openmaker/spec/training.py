@@ -89,6 +89,9 @@ def _channel_problems(request: Mapping[str, Any]) -> Iterator[str]:
             yield failure(
                 name, f"{at}.ChannelName", "Channel names must be unique within InputDataConfig"
             )
+        if name in (".", ".."):
+            # The pattern admits them, but as folder names they would leave input/data/.
+            yield failure(name, f"{at}.ChannelName", "Member must name a folder, not . or ..")
         seen.add(name)
         yield from _data_source_problems(channel["DataSource"], f"{at}.DataSource")
         # The channel's InputMode overrides the job's TrainingInputMode.
