@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 
 from openmaker.config import load_settings
 from openmaker.demo.run import prepare_demo
@@ -44,7 +46,7 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code)
 
 
@@ -135,10 +137,10 @@ def _wait_and_report(service: TrainingJobs, name: str) -> dict[str, Any]:
     status = description["TrainingJobStatus"]
     model = description["ModelArtifacts"]["S3ModelArtifacts"]
     if status == "Completed":
-        console.print(f"[green]Completed.[/green] Model: {model}")
+        console.print(f"[green]Completed.[/green] Model: {escape(model)}")
         local = _local_copy(model)
         if local:
-            console.print(f"(on this machine: {local})")
+            console.print(f"(on this machine: {escape(str(local))})")
         return description
     reason = description.get("FailureReason") or description["SecondaryStatus"]
     raise _fail(f"training job {name} {status.lower()}: {reason}")
@@ -207,17 +209,18 @@ def describe_job(
     table.add_row(
         "Status", f"{description['TrainingJobStatus']} ({description['SecondaryStatus']})"
     )
+    # Text, not markup: a reason or a URI may hold square brackets.
     if description.get("FailureReason"):
-        table.add_row("Failure", description["FailureReason"])
-    table.add_row("Image", description["AlgorithmSpecification"]["TrainingImage"])
-    table.add_row("Model", description["ModelArtifacts"]["S3ModelArtifacts"])
+        table.add_row("Failure", Text(description["FailureReason"]))
+    table.add_row("Image", Text(description["AlgorithmSpecification"]["TrainingImage"]))
+    table.add_row("Model", Text(description["ModelArtifacts"]["S3ModelArtifacts"]))
     table.add_row("Created", _when(description["CreationTime"]))
     if "TrainingTimeInSeconds" in description:
         table.add_row("Training time", f"{description['TrainingTimeInSeconds']} s")
     console.print(table)
     steps = Table("Status", "Started", "Message")
     for step in description["SecondaryStatusTransitions"]:
-        steps.add_row(step["Status"], _when(step["StartTime"]), step["StatusMessage"])
+        steps.add_row(step["Status"], _when(step["StartTime"]), Text(step["StatusMessage"]))
     console.print(steps)
 
 

@@ -149,3 +149,13 @@ def test_embedded_demo(home: Path) -> None:
     [archive] = (home / "s3").rglob("model.tar.gz")
     with tarfile.open(archive) as tar:
         assert "model.joblib" in tar.getnames()
+
+
+def test_brackets_in_reasons_are_printed_as_they_are(tmp_path: Path, home: Path) -> None:
+    reason = "bad [/x] value [red]"
+    image = make_image(
+        tmp_path / "image", f"#!/bin/sh\nprintf '{reason}' > /opt/ml/output/failure\nexit 1\n"
+    )
+    result = run("train", "--image", str(image), "--job-name", "brackets", check=False)
+    assert f"AlgorithmError: {reason}" in result.stderr
+    assert reason in run("jobs", "describe", "brackets").stdout
