@@ -16,8 +16,8 @@ import obstore
 from bench.stats import Timings
 from openmaker.config import load_settings
 from openmaker.jobs.service import TrainingJobs
-from openmaker.jobs.state import TERMINAL
 from openmaker.store import resolve
+from tests.helpers import make_image, request, wait_for
 
 TARGET_SECONDS = 1.0
 POLL_SECONDS = 0.01
@@ -67,36 +67,6 @@ class OverheadResult:
         return lines
 
 
-def noop_image(folder: Path) -> Path:
-    """A bring-your-own-container image folder whose `train` does nothing."""
-    folder.mkdir(parents=True, exist_ok=True)
-    train = folder / "train"
-    train.write_text("#!/bin/sh\nexit 0\n")
-    train.chmod(0o755)
-    return folder.absolute()
-
-
-def noop_request(name: str, image: Path, output: str) -> dict[str, Any]:
-    return {
-        "TrainingJobName": name,
-        "RoleArn": "arn:aws:iam::000000000000:role/bench",
-        "AlgorithmSpecification": {"TrainingImage": str(image), "TrainingInputMode": "File"},
-        "OutputDataConfig": {"S3OutputPath": output},
-        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
-    }
-
-
-def wait_terminal(jobs: TrainingJobs, name: str) -> dict[str, Any]:
-    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        description = jobs.describe(name)
-        if description["TrainingJobStatus"] in TERMINAL:
-            return description
-        time.sleep(POLL_SECONDS)
-    raise RuntimeError(f"job {name} did not finish within {JOB_TIMEOUT_SECONDS:.0f} s")
-
-
 def check_completed(description: dict[str, Any]) -> None:
     """The job must really have completed and its model archive must exist on the server."""
     if description["TrainingJobStatus"] != "Completed":
@@ -118,8 +88,8 @@ def phase_seconds(description: dict[str, Any], started: datetime, seen: datetime
 def run_once(jobs: TrainingJobs, image: Path, output: str) -> JobRun:
     name = f"bench-noop-{secrets.token_hex(4)}"
     started, clock = datetime.now(UTC), time.perf_counter()
-    jobs.create(noop_request(name, image, output))
-    description = wait_terminal(jobs, name)
+    jobs.create(request(name, str(image), output))
+    description = wait_for(jobs, name, JOB_TIMEOUT_SECONDS, POLL_SECONDS)
     seconds = time.perf_counter() - clock
     seen = datetime.now(UTC)
     check_completed(description)
@@ -129,7 +99,7 @@ def run_once(jobs: TrainingJobs, image: Path, output: str) -> JobRun:
 def measure(scratch: Path, output: str, runs: int) -> list[OverheadResult]:
     """`runs` no-op jobs with a cold worker each, then `runs` with a warm one; OPENMAKER_HOME
     and the S3 variables must be set."""
-    image = noop_image(scratch / "noop-image")
+    image = make_image(scratch / "noop-image", "#!/bin/sh\nexit 0\n")
     # A new service per job: its executor has no worker started ahead, as in a CLI command.
     cold = [
         _timed(TrainingJobs(load_settings()), image, output, "cold", i, runs) for i in range(runs)

@@ -75,13 +75,15 @@ def get_object(uri: str) -> bytes:
     return bytes(obstore.get(location.store, location.key).bytes())
 
 
-def wait_for(jobs: TrainingJobs, name: str, timeout: float = 120) -> dict[str, Any]:
+def wait_for(
+    jobs: TrainingJobs, name: str, timeout: float = 120, poll: float = 0.1
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         description = jobs.describe(name)
         if description["TrainingJobStatus"] in TERMINAL:
             return description
-        time.sleep(0.1)
+        time.sleep(poll)
     raise AssertionError(f"job {name} did not end in {timeout} s: {jobs.describe(name)}")
 
 

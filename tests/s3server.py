@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -33,12 +34,16 @@ class S3Server:
             "AWS_REGION": "us-east-1",
         }
 
-    def make_bucket(self, name: str) -> None:
-        # Through the API: rclone caches its folder listings and misses folders made behind it.
-        client = boto3.client(
+    def client(self) -> Any:
+        """A boto3 S3 client for this server."""
+        return boto3.client(
             "s3", endpoint_url=self.url, aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key, region_name="us-east-1",
         )  # fmt: skip
+
+    def make_bucket(self, name: str) -> None:
+        # Through the API: rclone caches its folder listings and misses folders made behind it.
+        client = self.client()
         with suppress(
             client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists
         ):

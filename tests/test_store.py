@@ -9,7 +9,6 @@ import os
 import threading
 from pathlib import Path
 
-import boto3
 import pytest
 
 from openmaker.config import load_settings
@@ -56,13 +55,6 @@ def test_safe_paths_stay_inside(tmp_path: Path) -> None:
     assert safe_destination(tmp_path, "a/b/c.csv") == tmp_path / "a" / "b" / "c.csv"
 
 
-def _client(server: S3Server):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3", endpoint_url=server.url, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-    )  # fmt: skip
-
-
 KEYS = [
     "data/train/x.csv",
     "data/train/sub/y.csv",
@@ -74,7 +66,7 @@ KEYS = [
 
 def test_listing_has_s3_prefix_semantics_on_a_server(home: Path, s3_env: S3Server) -> None:
     s3_env.make_bucket("listing")
-    client = _client(s3_env)
+    client = s3_env.client()
     for key in KEYS:
         client.put_object(Bucket="listing", Key=key, Body=key.encode())
     settings = load_settings()
@@ -152,7 +144,7 @@ def test_large_objects_come_in_ranged_parts(tmp_path: Path, home: Path, s3_env: 
     size = RANGED_MIN_SIZE + PART_SIZE // 2 + 12345  # a short last part
     source = tmp_path / "large.bin"
     source.write_bytes(os.urandom(size))
-    _client(s3_env).upload_file(str(source), "ranged", "large.bin")
+    s3_env.client().upload_file(str(source), "ranged", "large.bin")
     location = resolve("s3://ranged/large.bin", load_settings())
     assert ranged_store(location.store, size) is not None
     target = tmp_path / "out.bin"

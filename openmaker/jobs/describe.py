@@ -10,7 +10,8 @@ from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.state import as_utc
 from openmaker.spec.model import operation_model
 
-# Request members copied into the description because they are set, not computed.
+# Members computed from the job's state; every other member of the output shape that the
+# request holds (StoppingCondition included, with its default) is copied from the request.
 _COMPUTED = {
     "TrainingJobName",
     "TrainingJobArn",
@@ -26,7 +27,6 @@ _COMPUTED = {
     "FinalMetricDataList",
     "TrainingTimeInSeconds",
     "BillableTimeInSeconds",
-    "StoppingCondition",
 }
 
 
@@ -39,7 +39,6 @@ def describe(job: TrainingJob) -> dict[str, Any]:
         "ModelArtifacts": {"S3ModelArtifacts": job.model_artifacts or model_uri(request)},
         "TrainingJobStatus": job.status,
         "SecondaryStatus": job.secondary_status,
-        "StoppingCondition": request["StoppingCondition"],
         "CreationTime": as_utc(job.creation_time),
         "LastModifiedTime": as_utc(job.last_modified_time),
         "SecondaryStatusTransitions": [_transition(t) for t in job.transitions or []],
