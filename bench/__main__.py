@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only overhead|download]` from the repository root."""
+"""`python -m bench [--quick] [--only overhead|download|pipe|fastfile]` from the repository root."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import download, overhead
+from bench import checkpoints, download, fastfile, overhead, pipe
 from bench.download import DataSet, KiB, MiB, s5cmd
 from tests.s3server import S3Server, running_s3_server
 
@@ -21,16 +21,25 @@ class Plan:
     job_runs: int
     download_runs: int
     data_sets: tuple[DataSet, ...]
+    fastfile: fastfile.FastFilePlan
 
 
-DEFAULT = Plan(7, 5, (DataSet(2000, 64 * KiB), DataSet(1, 512 * MiB)))
-QUICK = Plan(3, 2, (DataSet(200, 64 * KiB), DataSet(1, 64 * MiB)))
+DEFAULT = Plan(
+    7, 5, (DataSet(2000, 64 * KiB), DataSet(1, 512 * MiB)), fastfile.FastFilePlan(64, 64 * MiB, 3)
+)
+QUICK = Plan(
+    3, 2, (DataSet(200, 64 * KiB), DataSet(1, 64 * MiB)), fastfile.FastFilePlan(8, 32 * MiB, 1)
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, smaller runs (smoke check)")
-    parser.add_argument("--only", choices=["overhead", "download"], help="run one part only")
+    parser.add_argument(
+        "--only",
+        choices=["overhead", "download", "pipe", "fastfile", "checkpoints"],
+        help="run one part only",
+    )
     return parser.parse_args(argv)
 
 
@@ -64,6 +73,19 @@ def run_downloads(plan: Plan, scratch: Path, env: dict[str, str]) -> list[str]:
     return lines
 
 
+def run_pipes(plan: Plan, scratch: Path, env: dict[str, str]) -> list[str]:
+    lines = []
+    for data in plan.data_sets:
+        print(f"Pipe-mode stream of {data.label} ({plan.download_runs} runs)", flush=True)
+        result = pipe.measure(data, scratch, BUCKET, env, plan.download_runs)
+        lines += [
+            result.summary(),
+            f"  openmaker {result.openmaker.describe()}",
+            f"  s5cmd cat {result.s5cmd.describe()}",
+        ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     plan = QUICK if args.quick else DEFAULT
@@ -78,6 +100,12 @@ def main(argv: list[str] | None = None) -> None:
                 lines += run_overhead(plan, scratch)
             if args.only in (None, "download"):
                 lines += run_downloads(plan, scratch, env)
+            if args.only in (None, "pipe"):
+                lines += run_pipes(plan, scratch, env)
+            if args.only in (None, "fastfile"):
+                lines += fastfile.run(plan.fastfile, scratch, BUCKET, env)
+            if args.only in (None, "checkpoints"):
+                lines += checkpoints.run(args.quick, scratch, BUCKET)
     elapsed = time.perf_counter() - started
     print(f"\nSummary (rclone serve s3 on loopback, MB = 10^6 bytes; {elapsed:.0f} s in all)")
     # Other work on a 2-core machine moves every figure; say how busy it was.

@@ -20,6 +20,9 @@ from openmaker.tools import find_tool
 
 KiB, MiB = 1024, 1024 * 1024
 TARGET_RATIO = 1.0
+# Many small objects are where a client's own overhead shows: the target there is higher.
+SMALL_OBJECT_TARGET_RATIO = 1.2
+SMALL_OBJECT_SIZE = MiB
 # Files larger than this are fingerprinted by SAMPLE_SLICES slices, not read whole.
 WHOLE_FILE_LIMIT = 4 * MiB
 SAMPLE_SLICES = 16
@@ -64,13 +67,17 @@ class DownloadResult:
     def ratio(self) -> float:
         return self.s5cmd.median / self.openmaker.median
 
+    @property
+    def target(self) -> float:
+        return SMALL_OBJECT_TARGET_RATIO if self.data.size < SMALL_OBJECT_SIZE else TARGET_RATIO
+
     def summary(self) -> str:
-        verdict = "ok" if self.ratio >= TARGET_RATIO else "MISSED"
+        verdict = "ok" if self.ratio >= self.target else "MISSED"
         om, s5 = self.openmaker.median, self.s5cmd.median
         return (
             f"File {self.data.label}: openmaker {om:.2f} s ({rate(self.data.total, om)}), "
             f"s5cmd {s5:.2f} s ({rate(self.data.total, s5)}), ratio {self.ratio:.2f} "
-            f"(target >= {TARGET_RATIO:.1f}: {verdict})"
+            f"(target >= {self.target:.1f}: {verdict})"
         )
 
 
@@ -144,7 +151,7 @@ def s5cmd(store_env: Mapping[str, str], *arguments: str) -> None:
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def channel_request(uri: str) -> dict[str, Any]:
+def channel_request(uri: str, mode: str = "File") -> dict[str, Any]:
     channel = {
         "ChannelName": "train",
         "DataSource": {
@@ -157,7 +164,7 @@ def channel_request(uri: str) -> dict[str, Any]:
     }
     return {
         "TrainingJobName": "bench-download",
-        "AlgorithmSpecification": {"TrainingImage": "/unused", "TrainingInputMode": "File"},
+        "AlgorithmSpecification": {"TrainingImage": "/unused", "TrainingInputMode": mode},
         "InputDataConfig": [channel],
         "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
     }
@@ -167,13 +174,13 @@ def ignore_event(_: Event) -> None:
     pass
 
 
-def openmaker_download(uri: str, work_dir: Path, store_env: dict[str, str]) -> Path:
-    """Download the channel with openmaker; returns the folder the objects landed in."""
+def bench_spec(uri: str, work_dir: Path, store_env: dict[str, str], mode: str) -> HostSpec:
+    """One host whose only channel, `train`, is `uri` in input mode `mode`."""
     settings = load_settings()
-    spec = HostSpec(
+    return HostSpec(
         job_name="bench-download",
         job_arn="arn:aws:sagemaker:us-east-1:000000000000:training-job/bench-download",
-        request=channel_request(uri),
+        request=channel_request(uri, mode),
         host_name="algo-1",
         hosts=["algo-1"],
         region=settings.region,
@@ -181,6 +188,11 @@ def openmaker_download(uri: str, work_dir: Path, store_env: dict[str, str]) -> P
         work_dir=work_dir,
         store_env=store_env,
     )
+
+
+def openmaker_download(uri: str, work_dir: Path, store_env: dict[str, str]) -> Path:
+    """Download the channel with openmaker; returns the folder the objects landed in."""
+    spec = bench_spec(uri, work_dir, store_env, "File")
     download_channels(spec, ignore_event)
     return spec.ml_dir / "input" / "data" / "train"
 

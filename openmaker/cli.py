@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +15,15 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from openmaker.config import load_settings
+from openmaker.connection import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_S3_PORT,
+    ServerRecord,
+    client_environment,
+    read_record,
+    server_configured,
+)
 from openmaker.demo.run import prepare_demo
 from openmaker.jobs.service import TrainingJobs
 from openmaker.request_builder import (
@@ -26,6 +36,9 @@ from openmaker.request_builder import (
 from openmaker.spec import ServiceError
 from openmaker.store import StoreError, s3_endpoint
 from openmaker.watch import follow, print_logs
+
+if TYPE_CHECKING:
+    from openmaker.remote import RemoteJobs
 
 app = typer.Typer(no_args_is_help=True, help="SageMaker training jobs on your own machines.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training jobs.")
@@ -50,7 +63,12 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _service() -> TrainingJobs:
+def _service() -> TrainingJobs | RemoteJobs:
+    """Through the server when AWS_ENDPOINT_URL_SAGEMAKER names one, else in this process."""
+    if server_configured():
+        from openmaker.remote import RemoteJobs  # boto3 loads only when it is used
+
+        return RemoteJobs()
     return TrainingJobs(load_settings())
 
 
@@ -112,10 +130,10 @@ def train(
             request = build_request(flags, settings)
     except (ValueError, OSError, StoreError) as exc:
         raise _fail(str(exc)) from None
-    _submit(TrainingJobs(settings), request, wait)
+    _submit(_service(), request, wait)
 
 
-def _submit(service: TrainingJobs, request: dict[str, Any], wait: bool) -> None:
+def _submit(service: TrainingJobs | RemoteJobs, request: dict[str, Any], wait: bool) -> None:
     try:
         arn = service.create(request)["TrainingJobArn"]
     except ServiceError as exc:
@@ -128,7 +146,7 @@ def _submit(service: TrainingJobs, request: dict[str, Any], wait: bool) -> None:
     _wait_and_report(service, name)
 
 
-def _wait_and_report(service: TrainingJobs, name: str) -> dict[str, Any]:
+def _wait_and_report(service: TrainingJobs | RemoteJobs, name: str) -> dict[str, Any]:
     try:
         description = follow(service, name, console)
     except KeyboardInterrupt:
@@ -161,7 +179,7 @@ def demo() -> None:
     """Train a scikit-learn classifier on the digits data set, on the embedded default."""
     settings = load_settings()
     console.print("Demo: logistic regression on scikit-learn's digits, in script mode")
-    _submit(TrainingJobs(settings), build_request(prepare_demo(settings), settings), wait=True)
+    _submit(_service(), build_request(prepare_demo(settings), settings), wait=True)
 
 
 @jobs_app.command("list")
@@ -246,6 +264,48 @@ def stop_job(name: str) -> None:
     except ServiceError as exc:
         raise _fail(str(exc)) from None
     console.print(f"Stopping {name}")
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="The SageMaker and Logs API port.")] = DEFAULT_PORT,
+    s3_port: Annotated[
+        int, typer.Option(help="The embedded store's S3 endpoint port.")
+    ] = DEFAULT_S3_PORT,
+) -> None:
+    """Serve the SageMaker API, CloudWatch Logs and the embedded store's S3 endpoint."""
+    from openmaker.api.server import serve  # the HTTP stack loads only for this command
+
+    def announce(record: ServerRecord) -> None:
+        console.print(f"SageMaker and CloudWatch Logs API: {record.api_url}")
+        if record.s3_url:
+            console.print(f"S3 endpoint of the embedded store: {record.s3_url}")
+        console.print("Point AWS clients here with: eval \"$(openmaker env)\"")
+
+    try:
+        serve(load_settings(), host, port, s3_port, announce)
+    except (OSError, RuntimeError) as exc:
+        raise _fail(f"the server could not start: {exc}") from None
+
+
+@app.command("env")
+def env_command() -> None:
+    """Print the export lines that point boto3, the aws CLI and the sagemaker SDK at the
+    running server: eval "$(openmaker env)"."""
+    from openmaker.api.credentials import server_credentials
+
+    settings = load_settings()
+    record = read_record(settings)
+    if record is None:
+        raise _fail("no openmaker server is running for this OPENMAKER_HOME; start one with "
+                    "'openmaker server'")
+    credentials = server_credentials(settings)
+    variables = client_environment(
+        record, credentials.access_key_id, credentials.secret_access_key, settings.region
+    )
+    for name, value in variables.items():
+        print(f"export {name}={shlex.quote(value)}")
 
 
 def _when(value: datetime) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 
 @dataclass(frozen=True)
@@ -12,6 +13,13 @@ class Settings:
     home: Path
     region: str
     account_id: str
+    # How jobs share this machine (see openmaker/jobs/capacity.py): "shared" or "strict".
+    capacity: str = "shared"
+    # What the machine offers to jobs, when it must not be detected (tests, a machine shared
+    # with other work): logical CPUs, memory in GiB, GPUs.
+    cpus: int | None = None
+    memory_gib: float | None = None
+    gpus: int | None = None
 
     @property
     def database_url(self) -> str:
@@ -32,4 +40,35 @@ def load_settings() -> Settings:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     # SageMaker ARNs need a 12-digit account; openmaker has none, so it uses a fixed one.
     account_id = os.environ.get("OPENMAKER_ACCOUNT_ID", "000000000000")
-    return Settings(home=home, region=region, account_id=account_id)
+    return Settings(
+        home=home,
+        region=region,
+        account_id=account_id,
+        capacity=_choice("OPENMAKER_CAPACITY", ("shared", "strict")),
+        cpus=_number("OPENMAKER_CPUS", int),
+        memory_gib=_number("OPENMAKER_MEMORY_GIB", float),
+        gpus=_number("OPENMAKER_GPUS", int),
+    )
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _number(name: str, kind: type[_N]) -> _N | None:
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {text!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, not {text!r}")
+    return value

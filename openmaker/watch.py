@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from rich import filesize
 from rich.console import Console
@@ -18,16 +18,24 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from openmaker.jobs.service import LogRecord, TrainingJobs
+from openmaker.jobs.service import LogRecord
 from openmaker.jobs.state import TERMINAL
 
 POLL_SECONDS = 0.2
 
 
+class JobsClient(Protocol):
+    """What following a job needs: `TrainingJobs` in-process, `RemoteJobs` through a server."""
+
+    def describe(self, name: str) -> dict[str, Any]: ...
+    def progress(self, name: str) -> dict[str, Any] | None: ...
+    def log_events(self, name: str, after_id: int = 0, limit: int = 1000) -> list[LogRecord]: ...
+
+
 class _Printer:
     """Prints what is new in a job: status transitions and log lines, merged by time."""
 
-    def __init__(self, jobs: TrainingJobs, name: str, console: Console, logs: bool) -> None:
+    def __init__(self, jobs: JobsClient, name: str, console: Console, logs: bool) -> None:
         self.jobs, self.name, self.console, self.logs = jobs, name, console, logs
         self.after = 0  # the last log record printed
         self.shown = 0  # the status transitions printed
@@ -54,7 +62,7 @@ def _log_line(record: LogRecord) -> str:
     return f"[dim]{host}[/dim] {escape(record.message)}"
 
 
-def follow(jobs: TrainingJobs, name: str, console: Console, logs: bool = True) -> dict[str, Any]:
+def follow(jobs: JobsClient, name: str, console: Console, logs: bool = True) -> dict[str, Any]:
     """Print the job's status changes, logs and progress until it ends; returns its description."""
     printer = _Printer(jobs, name, console, logs)
     progress = Progress(
@@ -113,7 +121,7 @@ class _Bars:
         self.task = self.phase = None
 
 
-def print_logs(jobs: TrainingJobs, name: str, console: Console, follow_: bool) -> None:
+def print_logs(jobs: JobsClient, name: str, console: Console, follow_: bool) -> None:
     printer = _Printer(jobs, name, console, logs=True)
     while True:
         # Read the status first: every line written before the job ended is then printed.

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.apiserver import ApiServer, running_api_server
 from tests.s3server import S3Server, running_s3_server
 
 
@@ -30,3 +31,10 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """One `openmaker server` for the session, over its own home and embedded store."""
+    with running_api_server(tmp_path_factory.mktemp("api") / "home") as server:
+        yield server

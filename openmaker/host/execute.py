@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from openmaker.host.events import Emit, LogLine
 from openmaker.host.sandbox import Launch, Process
@@ -15,6 +17,8 @@ from openmaker.host.sandbox import Launch, Process
 DEFAULT_GRACE_SECONDS = 120.0
 FAILURE_REASON_LIMIT = 1024
 LOG_LINE_LIMIT = 256 * 1024
+# Marks every process of an unsandboxed host (see run_process).
+TAG_VARIABLE = "OPENMAKER_PROCESS_TAG"
 
 
 class StopControl:
@@ -52,6 +56,12 @@ def run_process(
     max_runtime: float | None,
     grace: float = DEFAULT_GRACE_SECONDS,
 ) -> Exit:
+    tag = None
+    if not launch.sandboxed:
+        # Without a PID namespace, what the code leaves behind (a daemon in a session of its
+        # own) is found by this variable, which every process it starts inherits.
+        tag = process_tag(launch.env.get("TRAINING_JOB_NAME", ""), host)
+        launch = replace(launch, env={**launch.env, TAG_VARIABLE: tag})
     process = Process(launch)
     reader = threading.Thread(target=_pump_logs, args=(process, host, emit), daemon=True)
     reader.start()
@@ -68,8 +78,45 @@ def run_process(
         if process.popen.poll() is None:
             process.kill()
     code = process.wait()
+    if tag is not None:
+        # Sandboxed, the kernel ends the PID namespace with its first process; here, openmaker
+        # ends the rest itself, before waiting for the end of the output they may hold open.
+        kill_tagged(tag)
     reader.join()
     return Exit(code, stop.reason if stop.requested else None)
+
+
+def process_tag(job_name: str, host: str) -> str:
+    """The mark of an unsandboxed host's processes: known from the job alone, so that whoever
+    cleans up after a worker that was killed can end what it left (`kill_tagged`)."""
+    return f"{job_name}/{host}"
+
+
+def kill_tagged(tag: str) -> None:
+    """SIGKILL every process that carries `tag`, again until none is left (they may fork)."""
+    marker = f"{TAG_VARIABLE}={tag}".encode()
+    for _ in range(100):
+        found = [pid for pid in _pids() if marker in _environment(pid)]
+        if not found:
+            return
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _pids() -> list[int]:
+    own = os.getpid()
+    return [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != own]
+
+
+def _environment(pid: int) -> list[bytes]:
+    """The variables a process started with (empty for a zombie, or one not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            return environ.read().split(b"\0")
+    except OSError:
+        return []
 
 
 def _pump_logs(process: Process, host: str, emit: Emit) -> None:

@@ -1,14 +1,20 @@
 """What a `TrainingImage` names, and the command a host starts for it.
 
-Two kinds run today: a local folder holding an executable `train` ("bring your own container":
-the folder is shown at /opt/program, the host's root filesystem is the operating system), and
-the built-in script-mode image, which runs the `sagemaker-training` toolkit with openmaker's own
-Python. Registry images are refused until they can be pulled.
+Three kinds run today: a local folder holding an executable `train` ("bring your own
+container": the folder is shown at /opt/program, the host's root filesystem is the operating
+system); the built-in script-mode image, which runs the `sagemaker-training` toolkit with
+openmaker's own Python; and SageMaker's framework images (scikit-learn, PyTorch, TensorFlow,
+XGBoost, Hugging Face, MXNet), for which script mode stands in, as the `sagemaker` SDK runs
+them with an entry point. Other registry images are refused until they can be pulled.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +30,28 @@ class ImageError(ValueError):
     """The image cannot be run here; the message says why, for a person."""
 
 
+# The Python distribution behind each framework, to say which version stands in for the image.
+_DISTRIBUTIONS = {
+    "scikit-learn": "scikit-learn",
+    "PyTorch": "torch",
+    "TensorFlow": "tensorflow",
+    "XGBoost": "xgboost",
+    "Hugging Face": "transformers",
+    "MXNet": "mxnet",
+}
+_ECR_IMAGE = re.compile(
+    r"(?P<account>\d{12})\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/"
+    r"(?P<repository>[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+))?(?:@sha256:[0-9a-f]{64})?"
+)
+
+
 @dataclass(frozen=True)
 class Image:
     reference: str
-    # A bring-your-own folder, shown at /opt/program; None for the script-mode image.
+    # A bring-your-own folder, shown at /opt/program; None for script mode.
     program_dir: Path | None
+    # The framework of a SageMaker framework image that script mode stands in for.
+    framework: str | None = None
 
     @property
     def path_entries(self) -> list[str]:
@@ -42,7 +65,14 @@ class Image:
     def description(self) -> str:
         if self.program_dir is not None:
             return f"local image {self.program_dir}"
-        return f"script mode with the sagemaker-training toolkit on Python {sys.version.split()[0]}"
+        python = sys.version.split()[0]
+        toolkit = f"script mode with the sagemaker-training toolkit on Python {python}"
+        if self.framework is None:
+            return toolkit
+        return (
+            f"{self.framework} image {self.reference} stood in for by {toolkit} "
+            f"({_local_version(self.framework)})"
+        )
 
     def command(self, algorithm: dict[str, Any]) -> list[str]:
         """`ContainerEntrypoint` + `ContainerArguments` when given, else `train`, as SageMaker."""
@@ -51,18 +81,57 @@ class Image:
         return (entrypoint or [DEFAULT_COMMAND]) + arguments
 
 
-def resolve_image(reference: str, algorithm: dict[str, Any] | None = None) -> Image:
+def resolve_image(
+    reference: str,
+    algorithm: dict[str, Any] | None = None,
+    hyperparameters: dict[str, str] | None = None,
+) -> Image:
     if reference == SCRIPT_MODE_IMAGE:
         return Image(reference, None)
     parsed = urlparse(reference)
     if parsed.scheme == "file" or reference.startswith("/"):
         folder = Path(unquote(parsed.path) if parsed.scheme == "file" else reference)
         return _local_folder(reference, folder, algorithm or {})
+    framework = framework_of(reference)
+    if framework is not None:
+        if "sagemaker_program" not in (hyperparameters or {}):
+            raise ImageError(
+                f"image {reference!r} is SageMaker's {framework} image, which openmaker runs "
+                "in script mode only: give an entry point (the sagemaker_program and "
+                "sagemaker_submit_directory hyperparameters, as the sagemaker SDK sets them)"
+            )
+        return Image(reference, None, framework)
     raise ImageError(
         f"image {reference!r} is a registry image, which openmaker cannot run yet: use a local "
-        f"folder holding an executable 'train' (an absolute path or file:// URI), or "
-        f"{SCRIPT_MODE_IMAGE!r} for script mode"
+        f"folder holding an executable 'train' (an absolute path or file:// URI), a SageMaker "
+        f"framework image with an entry point, or {SCRIPT_MODE_IMAGE!r} for script mode"
     )
+
+
+def framework_of(reference: str) -> str | None:
+    """The framework of a SageMaker framework training image URI, as the sagemaker SDK makes
+    them (its registry accounts and repositories; see scripts/framework_images.py)."""
+    found = _ECR_IMAGE.fullmatch(reference)
+    if found is None:
+        return None
+    known = _framework_images()
+    if found["account"] not in known["accounts"]:
+        return None
+    return known["repositories"].get(found["repository"])
+
+
+@functools.cache
+def _framework_images() -> dict[str, Any]:
+    data = json.loads((Path(__file__).parent / "framework_images.json").read_text())
+    return {"accounts": frozenset(data["accounts"]), "repositories": data["repositories"]}
+
+
+def _local_version(framework: str) -> str:
+    distribution = _DISTRIBUTIONS[framework]
+    try:
+        return f"{distribution} {importlib.metadata.version(distribution)} installed here"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{distribution} is not installed here"
 
 
 def _local_folder(reference: str, folder: Path, algorithm: dict[str, Any]) -> Image:

@@ -9,7 +9,9 @@ import shutil
 from dataclasses import dataclass
 
 from openmaker.host.channels import ChannelError, download_channels
+from openmaker.host.checkpoint_sync import CheckpointSync
 from openmaker.host.checkpoints import restore_checkpoints
+from openmaker.host.disk import disk_full_reason
 from openmaker.host.environment import container_environment
 from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
 from openmaker.host.execute import (
@@ -20,7 +22,9 @@ from openmaker.host.execute import (
 )
 from openmaker.host.files import read_text_head
 from openmaker.host.images import ImageError, resolve_image
+from openmaker.host.inputs import on_input_failure, start_inputs, stop_inputs
 from openmaker.host.layout import create_tree
+from openmaker.host.metrics import metric_emitter
 from openmaker.host.sandbox import plan_launch
 from openmaker.host.source import SourceError, install_source
 from openmaker.host.spec import HostSpec
@@ -50,8 +54,10 @@ def prepare(spec: HostSpec, emit: Emit) -> None:
         install_source(spec)
         restore_checkpoints(spec, emit)
         download_channels(spec, emit)
+        start_inputs(spec, emit)  # Pipe streamers and FastFile mounts, stopped by execute
     except (ChannelError, SourceError, StoreError, UnsafeKeyError) as exc:
-        raise HostFailed(f"ClientError: {exc}") from None
+        full = disk_full_reason(exc, "downloading input data", spec.work_dir)
+        raise HostFailed(full or f"ClientError: {exc}") from None
 
 
 def execute(
@@ -59,8 +65,11 @@ def execute(
 ) -> HostResult:
     algorithm = spec.request["AlgorithmSpecification"]
     try:
-        image = resolve_image(algorithm["TrainingImage"], algorithm)
+        image = resolve_image(
+            algorithm["TrainingImage"], algorithm, spec.request.get("HyperParameters")
+        )
     except ImageError as exc:
+        stop_inputs(spec)
         raise HostFailed(f"ClientError: {exc}") from None
     env = container_environment(spec, image)
     launch = plan_launch(spec, image, image.command(algorithm), env)
@@ -72,12 +81,18 @@ def execute(
     )
     stopping = spec.request.get("StoppingCondition") or {}
     max_runtime = stopping.get("MaxRuntimeInSeconds")
+    sync = CheckpointSync.start_for(spec, emit)
+    on_input_failure(spec, lambda _: stop.request("Failed"))
+    logs = metric_emitter(algorithm.get("MetricDefinitions"), emit)
     try:
-        result = run_process(launch, spec.host_name, emit, stop, max_runtime, grace)
+        result = run_process(launch, spec.host_name, logs, stop, max_runtime, grace)
     finally:
+        input_failure = stop_inputs(spec)  # Pipe streamers stopped, FastFile unmounted
+        if sync is not None:
+            sync.stop()  # the last checkpoints, those of a SIGTERM handler included
         _remove_root_changes(spec)
-    failure = None
-    if result.code != 0 and result.stopped is None:
+    failure = f"ClientError: {input_failure}" if input_failure else None
+    if failure is None and result.code != 0 and result.stopped is None:
         failure = failure_reason(spec, result.code)
     return HostResult(result.code, result.stopped, failure)
 

@@ -17,13 +17,15 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
 from openmaker.host.checkpoints import checkpoint_dir
+from openmaker.host.fastfile import sandbox_binds
 from openmaker.host.images import PROGRAM_MOUNT, Image
 from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
+from openmaker.host.limits import confine
 from openmaker.host.spec import HostSpec
 
 # Each host gets its own loopback address, so that `algo-2` reaches `algo-1` by name.
@@ -81,6 +83,21 @@ def hosts_file(spec: HostSpec) -> str:
 
 
 def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str, str]) -> Launch:
+    """How to start the host's code: sandboxed, held to its share of the machine."""
+    launch = _plan_launch(spec, image, command, env)
+    confinement = confine(spec)
+    if not confinement.prefix and not confinement.env:
+        return launch
+    note = f"{launch.note}; {confinement.note}" if confinement.note else launch.note
+    return replace(
+        launch,
+        argv=[*confinement.prefix, *launch.argv],
+        env={**launch.env, **confinement.env},
+        note=note,
+    )
+
+
+def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str, str]) -> Launch:
     reason = sandbox_unavailable_reason()
     if reason is not None:
         return _plain_launch(spec, image, command, env, reason)
@@ -103,6 +120,7 @@ def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str,
             binds.append(("--tmpfs", str(hidden)))
     binds += [("--bind", str(merged), lower) for lower, _, _, merged in layers[1:]]
     binds += [("--bind", str(spec.ml_dir), CONTAINER_ROOT)]
+    binds += [("--ro-bind", source, target) for source, target in sandbox_binds(spec)]
     binds += [("--ro-bind", str(etc_hosts), "/etc/hosts")]
     checkpoints = checkpoint_dir(spec)
     if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):

@@ -10,6 +10,15 @@ from openmaker.config import Settings
 
 
 @dataclass(frozen=True)
+class HostResources:
+    """The share of the machine one host gets (see openmaker/jobs/capacity.py)."""
+
+    cpus: tuple[int, ...]  # the CPUs it may run on
+    memory: int | None  # bytes; None: no limit
+    gpus: tuple[str, ...]  # CUDA_VISIBLE_DEVICES
+
+
+@dataclass(frozen=True)
 class HostSpec:
     job_name: str
     job_arn: str
@@ -24,6 +33,8 @@ class HostSpec:
     hidden_paths: list[Path] = field(default_factory=list)
     # Variables that give the code, and openmaker's own transfers, access to object storage.
     store_env: dict[str, str] = field(default_factory=dict)
+    # None: the whole machine, unconfined.
+    resources: HostResources | None = None
 
     @property
     def ml_dir(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -43,8 +44,14 @@ class TrainingJob(Base):
     last_modified_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     training_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     training_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # The process running the job, to notice when it is gone.
+    # The process running the job (or starting it), to notice when it is gone; with its start
+    # time (/proc/<pid>/stat field 22), since a PID is reused by other processes.
     worker_pid: Mapped[int | None] = mapped_column(Integer)
+    worker_started: Mapped[int | None] = mapped_column(BigInteger)
+    # Attempts begun (RetryStrategy restarts the job after an infrastructure failure).
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    # The share of the machine its hosts hold while it runs (openmaker/jobs/capacity.py).
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set once that process handles SIGTERM: a stop request is signalled only from then on,
     # and read from `stop_requested` by the worker before.
     worker_ready: Mapped[bool] = mapped_column(default=False)
@@ -73,12 +80,41 @@ class LogEvent(Base):
     message: Mapped[str] = mapped_column(Text)
 
 
+class Tag(Base):
+    """A tag of any resource, by ARN (AddTags, ListTags, DeleteTags, and `Tags` at creation)."""
+
+    __tablename__ = "tags"
+
+    resource_arn: Mapped[str] = mapped_column(String(256), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class MetricValue(Base):
+    """One value of a `MetricDefinitions` metric, found in a log line at `timestamp` (ms)."""
+
+    __tablename__ = "metric_values"
+    __table_args__ = (Index("ix_metric_values_job_name", "job_name", "name", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_name: Mapped[str] = mapped_column(ForeignKey("training_jobs.name"))
+    name: Mapped[str] = mapped_column(String(255))
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[float]
+
+
+def busy_seconds() -> float:
+    """How long a statement waits for another process's write lock before it gives up (the API
+    then answers ThrottlingException, which clients retry)."""
+    return float(os.environ.get("OPENMAKER_DB_BUSY_SECONDS", "30"))
+
+
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the CLI read while a worker writes; the timeout rides out short write locks.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds() * 1000)}")
     cursor.close()
     # Transactions are begun by `_begin` below, not by the driver's own guesswork.
     dbapi_connection.isolation_level = None

@@ -73,6 +73,7 @@ def summary(job: TrainingJob) -> dict[str, Any]:
         "TrainingJobArn": job.arn,
         "CreationTime": as_utc(job.creation_time),
         "TrainingJobStatus": job.status,
+        "SecondaryStatus": job.secondary_status,
         "LastModifiedTime": as_utc(job.last_modified_time),
     }
     if job.training_end_time:

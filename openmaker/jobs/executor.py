@@ -9,20 +9,35 @@ waiting on its standard input for the next job.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from openmaker.config import Settings
 
 
-class Executor(Protocol):
-    def submit(self, arn: str, request: dict[str, Any]) -> int | None:
-        """Start running the job; the process that runs it, when it runs on this machine."""
+@dataclass(frozen=True)
+class Worker:
+    pid: int
+    # Its start time (clock ticks after boot): with the PID, it names the process for good.
+    started: int | None
 
-    def lost(self, worker_pid: int) -> bool:
+
+class Executor(Protocol):
+    def submit(
+        self,
+        arn: str,
+        request: dict[str, Any],
+        env: dict[str, str],
+        placement: dict[str, Any] | None = None,
+        attempt: int = 1,
+    ) -> Worker | None:
+        """Start attempt `attempt` at the job with the submitter's environment `env` and the
+        share of the machine `placement`; the process that runs it, when on this machine."""
+
+    def lost(self, worker_pid: int, started: int | None = None) -> bool:
         """Whether the process that ran a job is gone (without saying how the job ended)."""
 
 
@@ -32,18 +47,26 @@ class LocalExecutor:
         self.submitted = 0
         self.spare: subprocess.Popen[bytes] | None = None
 
-    def submit(self, arn: str, request: dict[str, Any]) -> int | None:
+    def submit(
+        self,
+        arn: str,
+        request: dict[str, Any],
+        env: dict[str, str],
+        placement: dict[str, Any] | None = None,
+        attempt: int = 1,
+    ) -> Worker | None:
         job_name = request["TrainingJobName"]
         (self.settings.jobs_dir / job_name).mkdir(parents=True, exist_ok=True)
         worker = self.spare or _start_worker()
         self.spare = None
-        # The job's environment is the submitter's now, not when the worker started.
         order = {
             "job": job_name,
             "arn": arn,
             "request": request,
             "home": str(self.settings.home),
-            "env": dict(os.environ),
+            "env": env,
+            "placement": placement,
+            "attempt": attempt,
         }
         assert worker.stdin is not None
         worker.stdin.write(json.dumps(order).encode())
@@ -51,15 +74,34 @@ class LocalExecutor:
         self.submitted += 1
         if self.submitted > 1:
             self.spare = _start_worker()
-        return worker.pid
+        return Worker(worker.pid, process_start_time(worker.pid))
 
-    def lost(self, worker_pid: int) -> bool:
-        try:
-            stat = Path(f"/proc/{worker_pid}/stat").read_text()
-        except FileNotFoundError:
-            return True
-        # A worker that was a child of this process lingers as a zombie until reaped.
-        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    def lost(self, worker_pid: int, started: int | None = None) -> bool:
+        return process_lost(worker_pid, started)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks after boot."""
+    stat = _stat_fields(pid)
+    return None if stat is None else int(stat[19])
+
+
+def process_lost(pid: int, started: int | None = None) -> bool:
+    """Whether process `pid` (started at `started`, when known) has ended."""
+    stat = _stat_fields(pid)
+    # A worker that was a child of this process lingers as a zombie until reaped; a PID that
+    # started at another time belongs to another process now.
+    return stat is None or stat[0] == "Z" or (started is not None and int(stat[19]) != started)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    return stat.rsplit(")", 1)[1].split()
 
 
 def _start_worker() -> subprocess.Popen[bytes]:

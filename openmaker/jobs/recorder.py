@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from openmaker.config import Settings
-from openmaker.host.events import Event, LogLine, StatusChanged, TransferProgress
+from openmaker.host.events import Event, LogLine, MetricSample, StatusChanged, TransferProgress
 from openmaker.jobs import state
 from openmaker.jobs.logs import LOG_GROUP, stream_name
 
@@ -91,7 +91,7 @@ class JobRecorder:
                 return
 
     def _apply(self, session: Session, job: TrainingJob, event: Event) -> None:
-        from openmaker.jobs.db import LogEvent, LogStream
+        from openmaker.jobs.db import LogEvent, LogStream, MetricValue
 
         if isinstance(event, LogLine):
             name = self.streams.get(event.host)
@@ -121,6 +121,15 @@ class JobRecorder:
                 state.enter(job, event.status, event.message, at)
                 if event.status == "Training" and job.training_start_time is None:
                     job.training_start_time = at
+        elif isinstance(event, MetricSample):
+            session.add(
+                MetricValue(
+                    job_name=self.job_name,
+                    name=event.name,
+                    timestamp=event.timestamp_ms,
+                    value=event.value,
+                )
+            )
         elif isinstance(event, TransferProgress):
             job.progress = {
                 "phase": event.phase,

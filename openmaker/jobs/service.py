@@ -7,22 +7,33 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from openmaker.config import Settings, load_settings
 from openmaker.host.images import ImageError, resolve_image
-from openmaker.jobs import state
-from openmaker.jobs.db import LogEvent, LogStream, TrainingJob, sessions, writer_sessions
+from openmaker.jobs import capacity, queue, recovery, state
+from openmaker.jobs.db import (
+    LogEvent,
+    LogStream,
+    MetricValue,
+    TrainingJob,
+    sessions,
+    writer_sessions,
+)
 from openmaker.jobs.describe import describe, summary
 from openmaker.jobs.executor import Executor, LocalExecutor
 from openmaker.jobs.logs import LOG_GROUP
+from openmaker.jobs.query import JobQuery
+from openmaker.jobs.tags import put as put_tags
 from openmaker.spec import (
     ResourceInUse,
     ResourceNotFound,
@@ -47,10 +58,13 @@ class TrainingJobs:
         self.sessions = sessions(self.settings)
         self.writers = writer_sessions(self.settings)
         self.executor = executor or LocalExecutor(self.settings)
+        # Cheap, and the only way a job whose worker died with nobody watching moves on.
+        recovery.sweep(self.settings, self.executor)
 
     def create(self, request: dict[str, Any]) -> dict[str, str]:
         check_create_training_job(request)
         _check_supported(request)
+        capacity.check_can_fit(request, capacity.machine(self.settings))
         request = copy.deepcopy(request)
         # SageMaker's default time limit applies when the request names none.
         request.setdefault("StoppingCondition", default_stopping_condition())
@@ -71,35 +85,69 @@ class TrainingJobs:
         with self.writers() as session:
             session.add(job)
             try:
+                session.flush()
+                put_tags(session, arn, request.get("Tags") or [])
                 session.commit()
             except IntegrityError:
                 raise ResourceInUse(f"Training job {name} already exists") from None
-        pid = self.executor.submit(arn, request)
-        with self.writers() as session:
-            # Recorded here as well as by the worker: a worker that dies while it starts is
-            # then noticed too.
-            session.execute(
-                update(TrainingJob)
-                .where(TrainingJob.name == name, TrainingJob.worker_pid.is_(None))
-                .where(TrainingJob.status.not_in(state.TERMINAL))
-                .values(worker_pid=pid)
-            )
-            session.commit()
+        queue.save_launch(self.settings, name, dict(os.environ))
+        queue.start_ready(self.settings, self.executor)  # now, or when capacity frees
         return {"TrainingJobArn": arn}
 
     def describe(self, name: str) -> dict[str, Any]:
-        return describe(self._get(name))
+        result = describe(self._get(name))
+        if metrics := self.final_metrics(name):
+            result["FinalMetricDataList"] = metrics
+        return result
+
+    def final_metrics(self, name: str) -> list[dict[str, Any]]:
+        """The last value of each metric the job's MetricDefinitions found, by name."""
+        last = (
+            select(func.max(MetricValue.id))
+            .where(MetricValue.job_name == name)
+            .group_by(MetricValue.name)
+        )
+        query = select(MetricValue).where(MetricValue.id.in_(last)).order_by(MetricValue.name)
+        with self.sessions() as session:
+            return [
+                {
+                    "MetricName": m.name,
+                    "Value": m.value,
+                    "Timestamp": datetime.fromtimestamp(m.timestamp / 1000, UTC),
+                }
+                for m in session.scalars(query)
+            ]
+
+    def metric_values(self, name: str) -> list[tuple[str, int, float]]:
+        """Every value the job's metrics took, as (name, epoch ms, value), oldest first."""
+        query = (
+            select(MetricValue.name, MetricValue.timestamp, MetricValue.value)
+            .where(MetricValue.job_name == name)
+            .order_by(MetricValue.id)
+        )
+        with self.sessions() as session:
+            return [(n, t, v) for n, t, v in session.execute(query)]
+
+    def search(self, query: JobQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ListTrainingJobs: the summaries and the NextToken, if more remain."""
+        with self.sessions() as session:
+            rows = list(session.scalars(query.select()))
+        page = rows[: query.limit]
+        token = query.token_after(page[-1]) if len(rows) > query.limit else None
+        return [summary(job) for job in page], token
 
     def list(
         self, status: str | None = None, name_contains: str | None = None
     ) -> list[dict[str, Any]]:
-        query = select(TrainingJob).order_by(TrainingJob.creation_time.desc())
-        if status:
-            query = query.where(TrainingJob.status == status)
-        if name_contains:
-            query = query.where(TrainingJob.name.contains(name_contains))
-        with self.sessions() as session:
-            return [summary(job) for job in session.scalars(query)]
+        """Every job matching, newest first."""
+        found: list[dict[str, Any]] = []
+        query = JobQuery(status=status, name_contains=name_contains, descending=True, limit=1000)
+        while True:
+            page, token = self.search(query)
+            found += page
+            if token is None:
+                return found
+            query = dataclasses.replace(query, token=token)
 
     def stop(self, name: str) -> None:
         with self.writers() as session:
@@ -113,6 +161,11 @@ class TrainingJobs:
             if job.status == state.STOPPING:
                 return
             job.stop_requested = "Stopped"
+            if state.waiting(job):  # Pending or Restarting: no worker to stop
+                state.finish(job, "Stopped", None)
+                session.commit()
+                queue.start_ready(self.settings, self.executor)  # the jobs behind it may fit
+                return
             state.enter(job, "Stopping")
             # A worker not yet ready reads `stop_requested` when it gets ready: under the write
             # lock, one of the two always sees the other.
@@ -161,36 +214,20 @@ class TrainingJobs:
             job = session.get(TrainingJob, name)
         if job is None:
             raise ResourceNotFound(f"Requested resource not found: training job {name}")
-        if (pid := _worker_of(job)) is not None and self.executor.lost(pid):
-            job = self._fail_lost(name)
-        return job
-
-    def _fail_lost(self, name: str) -> TrainingJob:
-        """A job must never stay InProgress with nothing running it."""
-        with self.writers() as session:
-            job = session.get(TrainingJob, name)
+        if job.status not in state.TERMINAL:
+            # A job must never stay InProgress with nothing running it.
+            recovery.check(self.settings, self.executor, name)
+            with self.sessions() as session:
+                job = session.get(TrainingJob, name)
             assert job is not None
-            pid = _worker_of(job)
-            if pid is not None and self.executor.lost(pid):
-                reason = (
-                    f"InternalServerError: the openmaker worker running the job (process {pid}) "
-                    "ended without finishing it"
-                )
-                state.finish(job, "Failed", reason)
-                session.commit()
         return job
-
-
-def _worker_of(job: TrainingJob) -> int | None:
-    """The process that is supposed to be running the job, if one is."""
-    return None if job.status in state.TERMINAL else job.worker_pid
 
 
 def _check_supported(request: dict[str, Any]) -> None:
     """What SageMaker accepts but openmaker cannot run yet, refused before anything starts."""
     algorithm = request["AlgorithmSpecification"]
     try:
-        resolve_image(algorithm["TrainingImage"], algorithm)
+        resolve_image(algorithm["TrainingImage"], algorithm, request.get("HyperParameters"))
     except ImageError as exc:
         raise ValidationException(f"AlgorithmSpecification.TrainingImage: {exc}") from None
     default_mode = algorithm["TrainingInputMode"]

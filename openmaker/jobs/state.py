@@ -29,7 +29,10 @@ PRIMARY_OF = {
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    """Now, to the millisecond: the precision the API's timestamps carry, so that a time a
+    client read back (e.g. a CreationTimeAfter filter) compares equal to the stored one."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 @overload
@@ -75,5 +78,16 @@ def finish(job: TrainingJob, secondary: str, reason: str | None) -> None:
         job.training_end_time = now()
     job.failure_reason = reason
     job.progress = None
-    job.worker_pid, job.worker_ready = None, False
+    release(job)
     enter(job, secondary)
+
+
+def release(job: TrainingJob) -> None:
+    """The job no longer has a process running it, nor a share of the machine."""
+    job.worker_pid, job.worker_started, job.worker_ready = None, None, False
+    job.placement = None
+
+
+def waiting(job: TrainingJob) -> bool:
+    """Whether the job waits for a process to start it (new, Pending or Restarting)."""
+    return job.status == IN_PROGRESS and job.worker_pid is None

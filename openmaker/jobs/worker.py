@@ -15,17 +15,22 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from openmaker.config import Settings, load_settings
 from openmaker.host.artifacts import upload_artifacts
 from openmaker.host.checkpoints import save_checkpoints
+from openmaker.host.disk import disk_full_reason
 from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
 from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
+from openmaker.host.limits import oom_killed, release
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
-from openmaker.host.spec import HostSpec
-from openmaker.jobs import state
+from openmaker.host.spec import HostResources, HostSpec
+from openmaker.jobs import capacity, state
+from openmaker.jobs.executor import process_start_time
+from openmaker.jobs.retry import restart_or_fail
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
@@ -45,12 +50,15 @@ def store_environment() -> dict[str, str]:
     return env
 
 
-def host_specs(settings: Settings, arn: str, request: dict[str, Any]) -> list[HostSpec]:
+def host_specs(
+    settings: Settings, arn: str, request: dict[str, Any], placement: dict[str, Any] | None = None
+) -> list[HostSpec]:
     name = request["TrainingJobName"]
     count = int(request["ResourceConfig"].get("InstanceCount", 1))
     hosts = [f"algo-{i}" for i in range(1, count + 1)]
     job_dir = settings.jobs_dir / name
     store_env = store_environment()
+    shares = _host_resources(settings, placement, count)
     return [
         HostSpec(
             job_name=name,
@@ -63,8 +71,26 @@ def host_specs(settings: Settings, arn: str, request: dict[str, Any]) -> list[Ho
             work_dir=job_dir / host,
             hidden_paths=[settings.home],
             store_env=store_env,
+            resources=share,
         )
-        for host in hosts
+        for host, share in zip(hosts, shares, strict=True)
+    ]
+
+
+def _host_resources(
+    settings: Settings, placement: dict[str, Any] | None, count: int
+) -> list[HostResources | None]:
+    """Each host's share of the machine, from the placement the queue gave the job."""
+    if placement is None:
+        return [None] * count
+    machine = capacity.machine(settings)
+    return [
+        HostResources(
+            cpus=tuple(machine.cpu_of(slot) for slot in host["cpus"]),
+            memory=host["memory"],
+            gpus=tuple(host["gpus"]),
+        )
+        for host in placement["hosts"]
     ]
 
 
@@ -74,70 +100,125 @@ def grace_seconds() -> float:
 
 
 def run_job(
-    settings: Settings, arn: str, request: dict[str, Any], stop_before_start: threading.Event
+    settings: Settings,
+    arn: str,
+    request: dict[str, Any],
+    stop_before_start: threading.Event,
+    placement: dict[str, Any] | None = None,
+    attempt: int = 1,
 ) -> None:
     job_name = request["TrainingJobName"]
+    # What an earlier attempt left (its worker killed) must not leak into this one.
+    _remove_host_folders(settings, job_name, keep_allowed=False)
     recorder = JobRecorder(settings, job_name)
     stop = StopControl()
     signal.signal(signal.SIGTERM, lambda *_: stop.request("Stopped"))
     if stop_before_start.is_set():
         stop.request("Stopped")
+    specs = host_specs(settings, arn, request, placement)
+    mine = _Attempt(attempt, stop)
     try:
-        _run(settings, arn, request, recorder, stop)
+        end = _run(settings, request, specs, recorder, stop, mine)
     except Exception:  # the job must end in a state that says what happened
         detail = traceback.format_exc()
         print(detail, file=sys.stderr)
         reason = "InternalServerError: " + detail.strip().splitlines()[-1]
-        recorder.update(lambda job: state.finish(job, "Failed", reason))
+
+        def end(job: TrainingJob) -> None:
+            state.finish(job, "Failed", reason)
+
+    # The job's leftovers go before its end is recorded: whoever sees the job ended (or the
+    # next job given its share of the machine) finds them gone.
+    try:
+        for spec in specs:
+            release(spec)
+        _remove_host_folders(settings, job_name)
+        recorder.update(mine.only(end))
     finally:
         recorder.close()
-        _remove_host_folders(settings, job_name)
+        _start_waiting_jobs(settings)  # this job's share of the machine is free now
 
 
-def _remove_host_folders(settings: Settings, job_name: str) -> None:
+class _Attempt:
+    """This worker's attempt at the job: it changes the job only while the job is still at
+    that attempt (a worker thought lost, whose job was restarted or ended, changes nothing)."""
+
+    def __init__(self, number: int, stop: StopControl) -> None:
+        self.number, self.stop = number, stop
+
+    def current(self, job: TrainingJob) -> bool:
+        return (job.attempts or 1) == self.number and job.status not in state.TERMINAL
+
+    def only(self, change: Callable[[TrainingJob], object]) -> Callable[[TrainingJob], None]:
+        def guarded(job: TrainingJob) -> None:
+            if self.current(job):
+                change(job)
+
+        return guarded
+
+    def claim(self, job: TrainingJob) -> None:
+        if not self.current(job):
+            self.stop.request("Stopped")
+            return
+        pid = os.getpid()
+        # SIGTERM is handled from here on.
+        job.worker_pid, job.worker_started, job.worker_ready = pid, process_start_time(pid), True
+        if job.stop_requested:
+            self.stop.request(job.stop_requested)
+
+
+def _remove_host_folders(settings: Settings, job_name: str, keep_allowed: bool = True) -> None:
     """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
     the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem."""
-    if os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
+    if keep_allowed and os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
         return
     for folder in (settings.jobs_dir / job_name).glob("algo-*"):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _start_waiting_jobs(settings: Settings) -> None:
+    try:
+        from openmaker.jobs.executor import LocalExecutor
+        from openmaker.jobs.queue import start_ready
+
+        start_ready(settings, LocalExecutor(settings))
+    except Exception:  # never a reason for this job to end otherwise; the next sweep retries
+        traceback.print_exc()
+
+
 def _run(
     settings: Settings,
-    arn: str,
     request: dict[str, Any],
+    specs: list[HostSpec],
     recorder: JobRecorder,
     stop: StopControl,
-) -> None:
-    def claim(job: TrainingJob) -> None:
-        job.worker_pid, job.worker_ready = os.getpid(), True  # SIGTERM is handled from here on
-        if job.stop_requested:
-            stop.request(job.stop_requested)
-
+    mine: _Attempt,
+) -> Callable[[TrainingJob], object]:
+    """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
     # The hosts start preparing at once; the claim waits for the database layer to load.
-    claimer = threading.Thread(target=recorder.update, args=(claim,))
+    claimer = threading.Thread(target=recorder.update, args=(mine.claim,))
     claimer.start()
     job_name = request["TrainingJobName"]
-    specs = host_specs(settings, arn, request)
     emit = recorder.emit
     try:
         with ThreadPoolExecutor(len(specs)) as pool:
             list(pool.map(lambda s: prepare(s, emit), specs))
     except HostFailed as exc:
         reason = exc.reason
-        recorder.update(lambda j: state.finish(j, "Failed", reason))
-        return
+        claimer.join()
+        return lambda j: state.finish(j, "Failed", reason)
     if stop.requested:
-        recorder.update(lambda j: state.finish(j, "Stopped", None))
-        return
+        claimer.join()
+        return lambda j: state.finish(j, stop.reason or "Stopped", None)
 
     results = _execute_all(specs, emit, stop)
     # A stop asked for from outside wins; a host's failure (which stops the other hosts) fails.
     stopped = stop.reason if stop.reason in ("Stopped", "MaxRuntimeExceeded") else None
-    failure = next((r.failure for r in results if r.failure), None)
+    failure, outside = _failures(specs, results)
 
     claimer.join()  # long done by now; the job's end must not come before its claim
+    if not stopped and failure is None and outside is not None:
+        return _after_infrastructure_failure(specs, recorder, outside)
     emit(StatusChanged("Uploading", STATUS_MESSAGES["Uploading"]))
     try:
         for spec in specs:
@@ -152,9 +233,11 @@ def _run(
             emit,
         )
     except (OSError, StoreError, ValueError) as exc:
-        reason = f"InternalServerError: could not upload outputs: {exc}"
-        recorder.update(lambda j: state.finish(j, "Failed", reason))
-        return
+        # A local OSError is the job's disk (the archives are built there), not the store's.
+        disk = settings.jobs_dir / job_name
+        full = not isinstance(exc, StoreError) and disk_full_reason(exc, "packing outputs", disk)
+        reason = full or f"InternalServerError: could not upload outputs: {exc}"
+        return lambda j: state.finish(j, "Failed", reason)
     finally:
         shutil.rmtree(settings.jobs_dir / job_name / "artifacts", ignore_errors=True)
 
@@ -167,7 +250,52 @@ def _run(
         else:
             state.finish(j, "Completed", None)
 
-    recorder.update(finish)
+    return finish
+
+
+def _failures(specs: list[HostSpec], results: list[HostResult]) -> tuple[str | None, str | None]:
+    """(the FailureReason of the code's own failure, what killed a host from outside)."""
+    failure = outside = None
+    for spec, result in zip(specs, results, strict=True):
+        if result.failure is None:
+            continue
+        if oom_killed(spec):
+            failure = failure or _out_of_memory(spec)
+        elif result.stopped is None and result.exit_code in KILLED_EXIT_CODES:
+            outside = outside or (
+                f"the training program of host {spec.host_name} was killed (SIGKILL) from "
+                "outside the job, as when an instance fails"
+            )
+        else:
+            failure = failure or result.failure
+    return failure, outside
+
+
+# SIGKILL as a plain process reports it, and as the sandbox (bwrap) reports its code's. The
+# code cannot get it from inside its sandbox, where it is PID 1: it came from outside. (bwrap
+# reports a code that exits with status 137 by itself the same way: taken for a kill too.)
+KILLED_EXIT_CODES = (-signal.SIGKILL, 128 + signal.SIGKILL)
+
+
+def _out_of_memory(spec: HostSpec) -> str:
+    limit = spec.resources.memory if spec.resources and spec.resources.memory else 0
+    return (
+        f"AlgorithmError: the training program of host {spec.host_name} ran out of memory: it "
+        f"was killed at its limit of {limit / 1024**3:.3g} GiB ({spec.instance_type}; a larger "
+        "instance type gives it more)"
+    )
+
+
+def _after_infrastructure_failure(
+    specs: list[HostSpec], recorder: JobRecorder, what: str
+) -> Callable[[TrainingJob], object]:
+    """Keep the checkpoints, then restart the job under its RetryStrategy, or fail it."""
+    for spec in specs:
+        try:
+            save_checkpoints(spec, recorder.emit)
+        except (OSError, StoreError) as exc:
+            print(f"checkpoints of {spec.host_name} not saved: {exc}", file=sys.stderr)
+    return lambda j: restart_or_fail(j, what)
 
 
 def _execute_all(specs: list[HostSpec], emit: Emit, stop: StopControl) -> list[HostResult]:
@@ -207,4 +335,11 @@ def main(stop_before_start: threading.Event) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    run_job(settings, order["arn"], order["request"], stop_before_start)
+    run_job(
+        settings,
+        order["arn"],
+        order["request"],
+        stop_before_start,
+        order.get("placement"),
+        order.get("attempt", 1),
+    )

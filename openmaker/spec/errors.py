@@ -35,3 +35,33 @@ class ResourceNotFound(ServiceError):
 class ResourceLimitExceeded(ServiceError):
     code = "ResourceLimitExceeded"
     http_status = 400
+
+
+class ThrottlingException(ServiceError):
+    """The service is busy (here: the database stayed locked); clients retry these."""
+
+    code = "ThrottlingException"
+    http_status = 400
+
+
+class UnknownOperation(ServiceError):
+    code = "UnknownOperationException"
+    http_status = 400
+
+
+class SerializationError(ServiceError):
+    """The request body is not the JSON document the protocol expects."""
+
+    code = "SerializationException"
+    http_status = 400
+
+
+# CloudWatch Logs names its errors differently from SageMaker.
+class LogsResourceNotFound(ServiceError):
+    code = "ResourceNotFoundException"
+    http_status = 400
+
+
+class InvalidParameter(ServiceError):
+    code = "InvalidParameterException"
+    http_status = 400

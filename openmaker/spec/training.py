@@ -8,6 +8,7 @@ homogeneous cluster). Every such rule lives in this module.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -50,6 +51,15 @@ def _algorithm_problems(request: Mapping[str, Any]) -> Iterator[str]:
         )
     elif spec.get("TrainingImage") is None:
         yield null_failure("AlgorithmSpecification.TrainingImage")
+    for index, definition in enumerate(spec.get("MetricDefinitions") or [], start=1):
+        try:
+            re.compile(definition["Regex"])
+        except re.error as exc:
+            yield failure(
+                definition["Regex"],
+                f"AlgorithmSpecification.MetricDefinitions.{index}.member.Regex",
+                f"Member must be a valid regular expression ({exc})",
+            )
 
 
 def _resource_problems(request: Mapping[str, Any]) -> Iterator[str]:
@@ -102,13 +112,37 @@ def _channel_problems(request: Mapping[str, Any]) -> Iterator[str]:
                 f"{at}.CompressionType",
                 f"CompressionType Gzip is allowed only with Pipe input mode, not {mode}",
             )
-        s3_type = (channel["DataSource"].get("S3DataSource") or {}).get("S3DataType")
-        if mode == "FastFile" and s3_type is not None and s3_type != "S3Prefix":
-            yield failure(
-                s3_type,
-                f"{at}.DataSource.S3DataSource.S3DataType",
-                "FastFile input mode is allowed only with S3DataType S3Prefix",
-            )
+        s3_source = channel["DataSource"].get("S3DataSource") or {}
+        yield from _input_mode_problems(channel, s3_source, mode, at)
+
+
+def _input_mode_problems(
+    channel: Mapping[str, Any], s3_source: Mapping[str, Any], mode: str, at: str
+) -> Iterator[str]:
+    """The combinations of input mode and data that SageMaker refuses (Channel, S3DataSource)."""
+    s3_type = s3_source.get("S3DataType")
+    source_at = f"{at}.DataSource.S3DataSource"
+    if mode == "FastFile" and s3_type is not None and s3_type != "S3Prefix":
+        yield failure(
+            s3_type,
+            f"{source_at}.S3DataType",
+            "FastFile input mode is allowed only with S3DataType S3Prefix",
+        )
+    elif s3_type == "AugmentedManifestFile" and mode != "Pipe":
+        yield failure(
+            s3_type,
+            f"{source_at}.S3DataType",
+            f"AugmentedManifestFile can only be used with Pipe input mode, not {mode}",
+        )
+    if s3_type == "AugmentedManifestFile" and not s3_source.get("AttributeNames"):
+        yield null_failure(f"{source_at}.AttributeNames")
+    if channel.get("RecordWrapperType") == "RecordIO" and mode != "Pipe":
+        # "In File mode, leave this field unset or set it to None" (Channel); FastFile too.
+        yield failure(
+            "RecordIO",
+            f"{at}.RecordWrapperType",
+            f"RecordWrapperType RecordIO is allowed only with Pipe input mode, not {mode}",
+        )
 
 
 def _data_source_problems(source: Mapping[str, Any], at: str) -> Iterator[str]:

@@ -160,7 +160,11 @@ def scalar_failures(shape: Shape, value: Any) -> list[str]:
     metadata = shape.metadata
     if kind == "string":
         failures = _bound_failures(shape, len(value), "length")
-        if "enum" in metadata and value not in metadata["enum"]:
+        if (
+            "enum" in metadata
+            and value not in metadata["enum"]
+            and not _openmaker_extension(shape, value)
+        ):
             failures.append(f"Member must satisfy enum value set: [{', '.join(metadata['enum'])}]")
         pattern = metadata.get("pattern")
         if (
@@ -177,12 +181,17 @@ def scalar_failures(shape: Shape, value: Any) -> list[str]:
     return []
 
 
-# openmaker's one widening of the model: where SageMaker takes an S3 URI, a local folder given as
-# a file:// URI works too (the same requests then run on data that never left the machine).
+# openmaker's widenings of the model: where SageMaker takes an S3 URI, a local folder given as
+# a file:// URI works too (the same requests then run on data that never left the machine);
+# the instance type `ml.local` (or `local`, as the SageMaker SDK's local mode says) is this
+# whole machine.
 _LOCAL_URI = re.compile(r"file:///[^\x00]*")
+LOCAL_INSTANCE_TYPES = frozenset({"local", "ml.local"})
 
 
 def _openmaker_extension(shape: Shape, value: str) -> bool:
+    if shape.name == "TrainingInstanceType":
+        return value in LOCAL_INSTANCE_TYPES
     return shape.name == "S3Uri" and _LOCAL_URI.fullmatch(value) is not None
 
 

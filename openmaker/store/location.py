@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -18,6 +19,9 @@ from obstore.store import LocalStore, ObjectStore, S3Store
 
 from openmaker.config import Settings
 from openmaker.store.errors import StoreError
+
+# obstore's default is 3 minutes; a dead server should fail a job sooner than that.
+DEFAULT_RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def resolve(uri: str, settings: Settings, env: Mapping[str, str] | None = None) 
         endpoint = s3_endpoint(env)
         if endpoint is None:
             return Location(_embedded_bucket(settings.embedded_s3_dir, bucket), key, uri)
-        return Location(_s3_store(endpoint, bucket), key, uri)
+        return Location(_s3_store(endpoint, bucket, retry_seconds()), key, uri)
     if parsed.scheme == "file" or (parsed.scheme == "" and uri.startswith("/")):
         path = Path(unquote(parsed.path)).absolute()
         return _local_location(path, uri)
@@ -110,7 +114,7 @@ def _embedded_bucket(root: Path, bucket: str) -> LocalStore:
 
 
 @cache
-def _s3_store(endpoint: S3Endpoint, bucket: str) -> S3Store:
+def _s3_store(endpoint: S3Endpoint, bucket: str, retry_seconds: float) -> S3Store:
     config: dict[str, object] = {
         "endpoint": endpoint.url,
         "region": endpoint.region,
@@ -125,4 +129,27 @@ def _s3_store(endpoint: S3Endpoint, bucket: str) -> S3Store:
     else:
         config["skip_signature"] = True
     client_options = {"allow_http": endpoint.url.startswith("http://"), "timeout": "300s"}
-    return S3Store(bucket, config=config, client_options=client_options)  # type: ignore[arg-type]
+    return S3Store(
+        bucket,
+        config=config,  # type: ignore[arg-type]
+        client_options=client_options,  # type: ignore[arg-type]
+        retry_config=retry_config(retry_seconds),  # type: ignore[arg-type]
+    )
+
+
+def retry_seconds() -> float:
+    """How long a transient error (5xx, dropped connection) is retried before it is an error."""
+    return float(os.environ.get("OPENMAKER_STORE_RETRY_SECONDS", DEFAULT_RETRY_SECONDS))
+
+
+def retry_config(seconds: float) -> dict[str, object]:
+    """obstore's RetryConfig: exponential backoff with jitter, retried for `seconds`."""
+    return {
+        "max_retries": 10 if seconds > 0 else 0,
+        "retry_timeout": timedelta(seconds=seconds),
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=100),
+            "max_backoff": timedelta(seconds=max(0.1, min(15.0, seconds / 4))),
+            "base": 2.0,
+        },
+    }

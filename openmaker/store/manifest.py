@@ -55,3 +55,49 @@ async def manifest_entries(prefix: Location, relatives: list[str]) -> list[Manif
         return ManifestEntry(location, relative, meta["size"])
 
     return list(await asyncio.gather(*(one(r) for r in relatives)))
+
+
+# One value of an augmented manifest line: the URI of an object (a `*-ref` attribute), or the
+# bytes of any other attribute's value.
+AttributeValue = tuple[str, str] | bytes
+
+
+def parse_augmented_manifest(
+    data: bytes, manifest_uri: str, attribute_names: list[str]
+) -> list[list[AttributeValue]]:
+    """For every line (blank lines skipped), the values of `attribute_names` in that order.
+
+    A `*-ref` attribute gives ("ref", uri); any other gives its text: a string as it is, any
+    other JSON value as JSON.
+    """
+    lines: list[list[AttributeValue]] = []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise StoreError(f"augmented manifest {manifest_uri} line {number}: {exc}") from None
+        if not isinstance(item, dict):
+            raise StoreError(
+                f"augmented manifest {manifest_uri} line {number} is not a JSON object"
+            )
+        values: list[AttributeValue] = []
+        for name in attribute_names:
+            if name not in item:
+                raise StoreError(
+                    f"augmented manifest {manifest_uri} line {number} has no attribute {name!r}"
+                )
+            value = item[name]
+            if name.endswith("-ref"):
+                if not isinstance(value, str) or not value.startswith("s3://"):
+                    raise StoreError(
+                        f"augmented manifest {manifest_uri} line {number}: {name!r} must be "
+                        "an s3:// URI"
+                    )
+                values.append(("ref", value))
+            else:
+                text = value if isinstance(value, str) else json.dumps(value)
+                values.append(text.encode())
+        lines.append(values)
+    return lines

@@ -20,6 +20,8 @@ from pathlib import Path
 import obstore
 from obstore.store import ObjectStore, S3Store
 
+from openmaker.store.retry import Backoff
+
 # Objects from this size up are fetched in parts; the part size keeps the number of requests
 # (each a new connection) low while leaving room for several at once.
 RANGED_MIN_SIZE = 64 * 1024 * 1024
@@ -56,6 +58,22 @@ async def download_ranged(
 
 
 def fetch_part(url: str, fd: int, start: int, end: int) -> int:
+    """Write bytes `start`..`end` at their place in `fd`; a part that breaks off is asked for
+    again from the byte it reached (store/retry.py's backoff and time limit)."""
+    cursor = [start]  # the next byte to write, kept across attempts
+    backoff = Backoff()
+    while True:
+        try:
+            _write_range(url, fd, cursor, end)
+            return end + 1 - start
+        except Exception as exc:
+            backoff.pause_blocking(exc)
+
+
+def open_range(
+    url: str, start: int, end: int
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """A GET of bytes `start`..`end` whose answer is checked to be exactly that range."""
     parts = urllib.parse.urlsplit(url)
     connection_type = (
         http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -70,19 +88,28 @@ def fetch_part(url: str, fd: int, start: int, end: int) -> int:
         if response.status not in (200, 206) or not content_range.startswith(
             f"bytes {start}-{end}/"
         ):
-            raise OSError(
+            error = FileNotFoundError if response.status == 404 else OSError
+            raise error(
                 f"ranged GET of bytes {start}-{end} answered HTTP {response.status} "
                 f"({content_range or 'no Content-Range'})"
             )
+    except BaseException:
+        connection.close()
+        raise
+    return connection, response
+
+
+def _write_range(url: str, fd: int, cursor: list[int], end: int) -> None:
+    """Write what arrives of bytes `cursor[0]`..`end`, moving the cursor as bytes land."""
+    start = cursor[0]
+    connection, response = open_range(url, start, end)
+    try:
         buffer = bytearray(_READ_SIZE)
         view = memoryview(buffer)
-        position = start
         while count := response.readinto(buffer):
-            os.pwrite(fd, view[:count], position)
-            position += count
-        if position != end + 1:
-            got = position - start
-            raise OSError(f"ranged GET of bytes {start}-{end} ended after {got} bytes")
-        return end + 1 - start
+            os.pwrite(fd, view[:count], cursor[0])
+            cursor[0] += count
+        if cursor[0] != end + 1:
+            raise EOFError(f"ranged GET of bytes {start}-{end} ended after {cursor[0] - start}")
     finally:
         connection.close()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import obstore
+from obstore.exceptions import BaseError
 from obstore.store import ObjectStore
 
-from openmaker.store.errors import translate_errors
+from openmaker.store.errors import StoreError, short_message, translate_errors
 from openmaker.store.location import Location
 from openmaker.store.ranged import download_ranged, ranged_store
 
@@ -48,7 +50,11 @@ async def download_all(
 
     async def one(item: Download) -> None:
         async with gate:
-            await download_one(item, on_bytes)
+            try:
+                await download_one(item, on_bytes)
+            except (BaseError, OSError) as exc:
+                # The object's name, for a FailureReason that says which one could not be read.
+                raise StoreError(f"cannot download {item.key!r}: {short_message(exc)}") from exc
 
     await asyncio.gather(*(one(d) for d in downloads))
 
@@ -58,17 +64,26 @@ async def download_one(item: Download, on_bytes: OnBytes = _ignore) -> None:
         await download_ranged(s3, item.key, item.size, item.destination, on_bytes)
         return
     result = await obstore.get_async(item.store, item.key)
+    if item.size <= WHOLE_READ_LIMIT:
+        # One read and one unbuffered write: for small objects the streaming machinery (and a
+        # buffered file object) costs more CPU than the bytes themselves.
+        data = await result.bytes_async()
+        _write_whole(item.destination, memoryview(data))
+        on_bytes(len(data))
+        return
     with open(item.destination, "wb") as out:
-        if item.size <= WHOLE_READ_LIMIT:
-            # One read and one write: for small objects the streaming machinery costs more
-            # CPU than the bytes themselves.
-            data = await result.bytes_async()
-            out.write(data)
-            on_bytes(len(data))
-            return
         async for chunk in result.stream(min_chunk_size=1024 * 1024):
             out.write(chunk)
             on_bytes(len(chunk))
+
+
+def _write_whole(path: Path, data: memoryview) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
 
 
 @translate_errors

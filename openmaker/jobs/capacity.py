@@ -1,0 +1,220 @@
+"""What an instance type asks for, what this machine offers, and where a job's hosts go.
+
+Two policies (`OPENMAKER_CAPACITY`):
+- `shared` (the default, for a laptop or a workstation): every instance type runs, scaled down
+  to the machine — a host gets at most the machine's CPUs and memory, and jobs share them, as
+  containers without limits would. GPUs are whole devices and never shared: a job waits
+  (`Pending`) until enough of them are free.
+- `strict` (a machine run as a small cluster): a host gets exactly its instance type's vCPUs,
+  memory and GPUs, reserved for it; a job waits until they are free and starts in creation
+  order; a job that needs more than the machine has is refused (`ResourceLimitExceeded`).
+
+`ml.local` (or `local`) means the whole machine, in both policies. Placements are plain data
+(they are stored with the job): `{"hosts": [{"cpus": [slot, ...], "gpus": [id, ...],
+"memory": bytes}, ...]}`; slot `i` is the machine's `i`-th CPU (modulo the real ones, when
+settings offer more CPUs than exist).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from openmaker.config import Settings
+
+GIB = 1024**3
+LOCAL_TYPES = frozenset({"local", "ml.local"})
+# Memory kept back for openmaker itself and the machine: SageMaker's own agents use part of an
+# instance's memory too, and a job that takes all of it takes the machine down with it.
+MIN_RESERVED_MEMORY = 1 * GIB
+RESERVED_MEMORY_FRACTION = 0.1
+
+Placement = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: int
+    memory: int  # bytes
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine offers to jobs."""
+
+    cpu_ids: tuple[int, ...]  # the real CPUs jobs may run on
+    slots: int  # how many CPUs jobs may use (settings may say more or fewer than cpu_ids)
+    memory: int  # bytes, after the reserve
+    gpu_ids: tuple[str, ...]
+    policy: str
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(self.slots, self.memory, len(self.gpu_ids))
+
+    def cpu_of(self, slot: int) -> int:
+        return self.cpu_ids[slot % len(self.cpu_ids)]
+
+
+@cache
+def catalog() -> dict[str, Resources]:
+    """The instance types of the data file shipped with openmaker."""
+    text = resources.files("openmaker.jobs").joinpath("instance_types.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {
+        row["instance_type"]: Resources(
+            int(row["vcpus"]), int(float(row["memory_gib"]) * GIB), int(row["gpus"])
+        )
+        for row in rows
+    }
+
+
+def machine(settings: Settings) -> Machine:
+    cpu_ids = tuple(sorted(os.sched_getaffinity(0)))
+    slots = settings.cpus if settings.cpus is not None else len(cpu_ids)
+    if settings.memory_gib is not None:
+        memory = int(settings.memory_gib * GIB)  # what jobs may use: the reserve is the user's
+    else:
+        total = _memory_total()
+        memory = total - max(MIN_RESERVED_MEMORY, int(total * RESERVED_MEMORY_FRACTION))
+    gpu_ids = detect_gpus()
+    if settings.gpus is not None:
+        gpu_ids = (gpu_ids + tuple(str(i) for i in range(len(gpu_ids), settings.gpus)))[
+            : settings.gpus
+        ]
+    return Machine(cpu_ids, slots, max(memory, 0), gpu_ids, settings.capacity)
+
+
+def _memory_total() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def detect_gpus() -> tuple[str, ...]:
+    """The indexes of the NVIDIA GPUs `nvidia-smi` lists (none without it)."""
+    if shutil.which("nvidia-smi") is None:
+        return ()
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(line.strip() for line in out.splitlines() if line.strip())
+
+
+def instance_count(request: dict[str, Any]) -> int:
+    return int(request["ResourceConfig"].get("InstanceCount", 1))
+
+
+def per_host(instance_type: str, machine: Machine) -> Resources:
+    """What one host of `instance_type` asks for. `ml.local` and types missing from the catalog
+    ask for the whole machine."""
+    known = catalog().get(instance_type)
+    if instance_type in LOCAL_TYPES or known is None:
+        return machine.resources
+    return known
+
+
+def describe(amount: Resources) -> str:
+    return f"{amount.cpus} vCPUs, {amount.memory / GIB:.4g} GiB memory and {amount.gpus} GPUs"
+
+
+def check_can_fit(request: dict[str, Any], machine: Machine) -> None:
+    """Refuse, under the strict policy, a job this machine could never run."""
+    # Imported here: a worker uses this module too, and needs no API model.
+    from openmaker.spec import ResourceLimitExceeded
+
+    if machine.policy != "strict":
+        return
+    instance_type = request["ResourceConfig"]["InstanceType"]
+    need, count = per_host(instance_type, machine), instance_count(request)
+    has = machine.resources
+    if need.cpus * count > has.cpus or need.memory * count > has.memory or need.gpus * count > (
+        has.gpus
+    ):
+        raise ResourceLimitExceeded(
+            f"ResourceConfig: {count} × {instance_type} needs {count} × ({describe(need)}); "
+            f"this machine offers {describe(has)} to jobs (OPENMAKER_CAPACITY=strict; with "
+            "OPENMAKER_CAPACITY=shared it would run scaled down to this machine)"
+        )
+
+
+def place(request: dict[str, Any], machine: Machine, used: Iterable[Placement]) -> Placement | None:
+    """Where the job's hosts run now, given the placements of the jobs running; None when it
+    must wait."""
+    used = list(used)
+    need = per_host(request["ResourceConfig"]["InstanceType"], machine)
+    cpu_load = Counter(slot for p in used for host in p["hosts"] for slot in host["cpus"])
+    busy_gpus = {gpu for p in used for host in p["hosts"] for gpu in host["gpus"]}
+    free_memory = machine.memory - sum(host["memory"] for p in used for host in p["hosts"])
+    strict = machine.policy == "strict"
+    hosts = []
+    gpus_each = gpus_per_host(request, machine)
+    for _ in range(instance_count(request)):
+        gpus = [g for g in machine.gpu_ids if g not in busy_gpus][:gpus_each]
+        if len(gpus) < gpus_each:
+            return None
+        if strict:
+            cpus = [s for s in range(machine.slots) if cpu_load[s] == 0][: need.cpus]
+            if len(cpus) < need.cpus or need.memory > free_memory:
+                return None
+            memory = need.memory
+            free_memory -= memory
+        else:
+            # The least loaded CPUs: jobs sharing the machine spread over it.
+            by_load = sorted(range(machine.slots), key=lambda s: (cpu_load[s], s))
+            cpus = sorted(by_load[: max(1, min(need.cpus, machine.slots))])
+            memory = min(need.memory, machine.memory)
+        cpu_load.update(cpus)
+        busy_gpus.update(gpus)
+        hosts.append({"cpus": cpus, "gpus": gpus, "memory": memory})
+    return {"hosts": hosts}
+
+
+def gpus_per_host(request: dict[str, Any], machine: Machine) -> int:
+    """Strict: the instance type's GPUs. Shared: as many of them as the machine can give every
+    host of the job at once (none when it has fewer GPUs than the job has hosts)."""
+    need = per_host(request["ResourceConfig"]["InstanceType"], machine).gpus
+    if machine.policy == "strict":
+        return need
+    return min(need, len(machine.gpu_ids) // instance_count(request))
+
+
+def waiting_message(request: dict[str, Any], machine: Machine, used: Iterable[Placement]) -> str:
+    used = list(used)
+    instance_type = request["ResourceConfig"]["InstanceType"]
+    need = per_host(instance_type, machine)
+    if machine.policy == "strict":
+        busy = {slot for p in used for host in p["hosts"] for slot in host["cpus"]}
+        taken = sum(host["memory"] for p in used for host in p["hosts"])
+        free = Resources(
+            machine.slots - len(busy),
+            machine.memory - taken,
+            len(machine.gpu_ids) - sum(len(h["gpus"]) for p in used for h in p["hosts"]),
+        )
+        wants = f"{instance_count(request)} × ({describe(need)})"
+    else:
+        free_gpus = len(machine.gpu_ids) - sum(len(h["gpus"]) for p in used for h in p["hosts"])
+        free = Resources(machine.slots, machine.memory, free_gpus)
+        wants = f"{instance_count(request)} × {gpus_per_host(request, machine)} GPUs"
+    return (
+        f"Waiting for capacity on this machine: {instance_type} needs {wants}; "
+        f"free now: {describe(free)}"
+    )

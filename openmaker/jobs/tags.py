@@ -1,0 +1,70 @@
+"""Tags on resources, by ARN: AddTags, ListTags, DeleteTags, and `Tags` given at creation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from openmaker.jobs.db import Tag, TrainingJob
+from openmaker.spec.errors import ResourceNotFound, ValidationException
+
+# SageMaker's limit per resource.
+MAX_TAGS = 50
+
+
+class Tags:
+    def __init__(
+        self, sessions: sessionmaker[Session], writers: sessionmaker[Session]
+    ) -> None:
+        self.sessions, self.writers = sessions, writers
+
+    def add(self, arn: str, tags: list[dict[str, str]]) -> list[dict[str, str]]:
+        with self.writers() as session:
+            self._check_resource(session, arn)
+            put(session, arn, tags)
+            session.commit()
+        return tags
+
+    def list(self, arn: str, limit: int = 50, token: str | None = None) -> dict[str, Any]:
+        with self.sessions() as session:
+            self._check_resource(session, arn)
+            query = select(Tag).where(Tag.resource_arn == arn).order_by(Tag.key)
+            if token:
+                query = query.where(Tag.key > token)
+            rows = list(session.scalars(query.limit(limit + 1)))
+        result: dict[str, Any] = {"Tags": [{"Key": t.key, "Value": t.value} for t in rows[:limit]]}
+        if len(rows) > limit:
+            result["NextToken"] = rows[limit - 1].key
+        return result
+
+    def delete(self, arn: str, keys: list[str]) -> None:
+        with self.writers() as session:
+            self._check_resource(session, arn)
+            session.execute(delete(Tag).where(Tag.resource_arn == arn, Tag.key.in_(keys)))
+            session.commit()
+
+    def _check_resource(self, session: Session, arn: str) -> None:
+        if session.scalar(select(TrainingJob.name).where(TrainingJob.arn == arn)) is None:
+            raise ResourceNotFound(f"Resource {arn} not found")
+
+
+def put(session: Session, arn: str, tags: list[dict[str, str]]) -> None:
+    """Set `tags` on `arn` (replacing the values of keys it has), within the caller's
+    transaction; refuses reserved keys and more than MAX_TAGS in all."""
+    for index, tag in enumerate(tags, start=1):
+        if tag["Key"].lower().startswith("aws:"):
+            raise ValidationException(
+                f"Tags.{index}.member.Key: tag keys starting with 'aws:' are reserved for AWS use"
+            )
+    existing = set(session.scalars(select(Tag.key).where(Tag.resource_arn == arn)))
+    added = {tag["Key"] for tag in tags} - existing
+    if len(existing) + len(added) > MAX_TAGS:
+        raise ValidationException(
+            f"Tags: a resource can have at most {MAX_TAGS} tags; {arn} would have "
+            f"{len(existing) + len(added)}"
+        )
+    for tag in tags:
+        session.merge(Tag(resource_arn=arn, key=tag["Key"], value=tag.get("Value", "")))
+

@@ -1,0 +1,145 @@
+"""Reading one object as a stream of chunks, resumed from the byte reached when it breaks off.
+
+Memory stays bounded by the chunk size whatever the object's size. The first attempt is an
+ordinary GET through obstore; a resumed one asks for the rest with a Range header (for S3
+through a presigned URL, since rclone answers ranges with 200 and obstore refuses that, see
+store/ranged.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+
+import obstore
+from obstore.store import ObjectStore, S3Store
+
+from openmaker.store.errors import StoreError, short_message
+from openmaker.store.ranged import RANGED_MIN_SIZE, open_range
+from openmaker.store.retry import Backoff
+
+CHUNK_SIZE = 1024 * 1024
+# A large object comes as PARTS_AHEAD ranged GETs at once: one GET stream is bound by what
+# one server core sends (see store/ranged.py). Memory: PARTS_AHEAD parts per object.
+PART_SIZE = 8 * 1024 * 1024
+PARTS_AHEAD = 4
+_URL_LIFETIME = timedelta(hours=1)
+
+
+async def object_size(store: ObjectStore, key: str) -> int:
+    try:
+        meta = await obstore.head_async(store, key)
+    except FileNotFoundError:
+        raise StoreError(f"object {key!r} does not exist") from None
+    return int(meta["size"])
+
+
+async def stream_object(store: ObjectStore, key: str, size: int) -> AsyncIterator[bytes]:
+    """Every byte of the object `key` (of `size` bytes), in chunks of about CHUNK_SIZE (parts
+    of PART_SIZE for a large object on an S3 server)."""
+    if isinstance(store, S3Store) and size >= RANGED_MIN_SIZE:
+        try:
+            async for part in _parallel_parts(store, key, size):
+                yield part
+        except Exception as exc:
+            raise StoreError(f"cannot read {key!r}: {short_message(exc)}") from exc
+        return
+    offset = 0
+    backoff = Backoff()
+    while True:
+        try:
+            async for chunk in _attempt(store, key, offset, size):
+                offset += len(chunk)
+                yield chunk
+            if offset != size:
+                raise EOFError(f"the object ended after {offset} of {size} bytes")
+            return
+        except StoreError:
+            raise
+        except Exception as exc:
+            try:
+                await backoff.pause(exc)
+            except Exception:
+                raise StoreError(f"cannot read {key!r}: {short_message(exc)}") from exc
+
+
+async def _attempt(store: ObjectStore, key: str, offset: int, size: int) -> AsyncIterator[bytes]:
+    if offset == 0:
+        result = await obstore.get_async(store, key)
+        async for chunk in result.stream(min_chunk_size=CHUNK_SIZE):
+            yield bytes(chunk)
+    elif isinstance(store, S3Store):
+        url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
+        parts = await asyncio.to_thread(_ranged_chunks, url, offset, size - 1)
+        try:
+            while chunk := await asyncio.to_thread(next, parts, b""):
+                yield chunk
+        finally:
+            parts.close()
+    else:
+        result = await obstore.get_async(store, key, options={"range": (offset, size)})
+        async for chunk in result.stream(min_chunk_size=CHUNK_SIZE):
+            yield bytes(chunk)
+
+
+def _ranged_chunks(url: str, start: int, end: int) -> Iterator[bytes]:
+    connection, response = open_range(url, start, end)
+    return _read_chunks(connection, response)
+
+
+def _read_chunks(
+    connection: http.client.HTTPConnection, response: http.client.HTTPResponse
+) -> Iterator[bytes]:
+    try:
+        while chunk := response.read(CHUNK_SIZE):
+            yield chunk
+    finally:
+        connection.close()
+
+
+async def _parallel_parts(store: S3Store, key: str, size: int) -> AsyncIterator[bytearray]:
+    """The object's parts in order, with PARTS_AHEAD of them being fetched at any time."""
+    url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
+    starts = iter(range(0, size, PART_SIZE))
+    pending: deque[asyncio.Task[bytearray]] = deque()
+
+    def launch() -> None:
+        start = next(starts, None)
+        if start is not None:
+            end = min(size, start + PART_SIZE) - 1
+            pending.append(asyncio.create_task(asyncio.to_thread(_read_range, url, start, end)))
+
+    for _ in range(PARTS_AHEAD):
+        launch()
+    try:
+        while pending:
+            part = await pending.popleft()
+            launch()
+            yield part
+    finally:
+        for task in pending:
+            task.cancel()
+
+
+def _read_range(url: str, start: int, end: int) -> bytearray:
+    """Bytes `start`..`end`; a GET that breaks off is asked for again from the byte reached."""
+    buffer = bytearray(end + 1 - start)
+    view = memoryview(buffer)
+    got = 0
+    backoff = Backoff()
+    while got < len(buffer):
+        try:
+            connection, response = open_range(url, start + got, end)
+            try:
+                while got < len(buffer) and (count := response.readinto(view[got:])):
+                    got += count
+            finally:
+                connection.close()
+            if got < len(buffer):
+                raise EOFError(f"ranged GET of bytes {start}-{end} ended after {got} bytes")
+        except Exception as exc:
+            backoff.pause_blocking(exc)
+    return buffer

@@ -1,0 +1,73 @@
+"""Finding and killing the real processes of a job: its worker, its code, what it left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from openmaker.jobs.db import TrainingJob
+from openmaker.jobs.service import TrainingJobs
+
+
+def job_processes(job_name: str) -> list[int]:
+    """Every process whose environment says it belongs to the job (its sandbox and code)."""
+    marker = f"TRAINING_JOB_NAME={job_name}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def code_process(job_name: str, program: str = "/opt/program/train") -> int | None:
+    """The job's own training program (not the sandbox around it)."""
+    for pid in job_processes(job_name):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if program.encode() in argv[:2]:
+            return pid
+    return None
+
+
+def worker_pid(jobs: TrainingJobs, job_name: str) -> int | None:
+    with jobs.sessions() as session:
+        job = session.get(TrainingJob, job_name)
+        return None if job is None else job.worker_pid
+
+
+def wait_until(condition: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
+def wait_for_no_processes(job_name: str, timeout: float = 15) -> None:
+    wait_until(lambda: not job_processes(job_name), f"the processes of {job_name} to end", timeout)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line holds `text` (e.g. a test's own folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -1,0 +1,322 @@
+"""The SageMaker and CloudWatch Logs APIs on the wire, through boto3 and raw signed requests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError, WaiterError
+
+from openmaker.jobs.logs import LOG_GROUP
+from openmaker.spec import validate_output
+from tests.apiserver import ApiServer, raw_post, running_api_server, signed_post
+from tests.helpers import make_image, request
+
+NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"})
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def image(tmp_path: Path, script: str) -> str:
+    return str(make_image(tmp_path / unique("image"), script))
+
+
+def bucket(server: ApiServer) -> str:
+    name = unique("bkt")
+    server.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def output(api_server: ApiServer) -> str:
+    """An S3OutputPath in a bucket that exists."""
+    return f"s3://{bucket(api_server)}/out"
+
+
+def wait_done(sagemaker: Any, name: str) -> dict[str, Any]:
+    waiter = sagemaker.get_waiter("training_job_completed_or_stopped")
+    # The waiter raises on Failed: the description then says why.
+    with contextlib.suppress(WaiterError):
+        waiter.wait(TrainingJobName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    return sagemaker.describe_training_job(TrainingJobName=name)
+
+
+def check_output(operation: str, response: dict[str, Any], service: str = "sagemaker") -> None:
+    body = {k: v for k, v in response.items() if k != "ResponseMetadata"}
+    assert validate_output(operation, body, service) == []
+
+
+def test_a_job_through_boto3_from_create_to_logs_and_metrics(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    sagemaker, logs = api_server.client("sagemaker"), api_server.client("logs")
+    name = unique("boto")
+    script = (
+        "#!/bin/sh\n"
+        + "".join(f'echo "step {i} loss={1 / (i + 1):.4f}"\n' for i in range(30))
+        + "echo weights > /opt/ml/model/w.txt\n"
+    )
+    body = request(name, image(tmp_path, script), f"s3://{bucket(api_server)}/out")
+    body["AlgorithmSpecification"]["MetricDefinitions"] = [
+        {"Name": "train:loss", "Regex": r"loss=([0-9.]+)"},
+        {"Name": "train:step", "Regex": r"step (\d+)"},
+    ]
+    body["Tags"] = [{"Key": "team", "Value": "vision"}]
+    created = sagemaker.create_training_job(**body)
+    check_output("CreateTrainingJob", created)
+
+    described = wait_done(sagemaker, name)
+    check_output("DescribeTrainingJob", described)
+    assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    metrics = {m["MetricName"]: m["Value"] for m in described["FinalMetricDataList"]}
+    assert metrics == {"train:loss": pytest.approx(1 / 30, abs=1e-4), "train:step": 29}
+
+    model = described["ModelArtifacts"]["S3ModelArtifacts"]
+    assert model == f"{body['OutputDataConfig']['S3OutputPath']}/{name}/output/model.tar.gz"
+    s3_bucket, key = model.removeprefix("s3://").split("/", 1)
+    assert api_server.client("s3").head_object(Bucket=s3_bucket, Key=key)["ContentLength"] > 0
+
+    streams = logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{name}/")
+    check_output("DescribeLogStreams", streams, "logs")
+    [stream] = streams["logStreams"]
+    assert stream["logStreamName"].startswith(f"{name}/algo-1-")
+    # Read back line by line, two at a time, the way a poller follows a stream.
+    lines, token = [], None
+    while True:
+        extra = {"nextToken": token} if token else {}
+        page = logs.get_log_events(
+            logGroupName=LOG_GROUP,
+            logStreamName=stream["logStreamName"],
+            startFromHead=True,
+            limit=2,
+            **extra,
+        )
+        check_output("GetLogEvents", page, "logs")
+        lines += [e["message"] for e in page["events"]]
+        if page["nextForwardToken"] == token:
+            break
+        token = page["nextForwardToken"]
+    assert lines == [f"step {i} loss={1 / (i + 1):.4f}" for i in range(30)]
+
+    tags = sagemaker.list_tags(ResourceArn=created["TrainingJobArn"])
+    assert tags["Tags"] == [{"Key": "team", "Value": "vision"}]
+
+
+def test_log_events_backwards_and_filtered(
+    api_server: ApiServer, tmp_path: Path, output: str
+) -> None:
+    sagemaker, logs = api_server.client("sagemaker"), api_server.client("logs")
+    name = unique("logs")
+    script = '#!/bin/sh\nfor i in 1 2 3 4 5 6 7 8 9 10; do echo "line $i"; done\necho ERROR x\n'
+    sagemaker.create_training_job(**request(name, image(tmp_path, script), output))
+    wait_done(sagemaker, name)
+    stream = logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{name}/")[
+        "logStreams"
+    ][0]["logStreamName"]
+    # Without a token and not from the head: the newest events, then older ones going back.
+    last = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream, limit=3)
+    assert [e["message"] for e in last["events"]] == ["line 9", "line 10", "ERROR x"]
+    before = logs.get_log_events(
+        logGroupName=LOG_GROUP, logStreamName=stream, limit=3, nextToken=last["nextBackwardToken"]
+    )
+    assert [e["message"] for e in before["events"]] == ["line 6", "line 7", "line 8"]
+
+    found = logs.filter_log_events(
+        logGroupName=LOG_GROUP, logStreamNamePrefix=f"{name}/", filterPattern="ERROR"
+    )
+    check_output("FilterLogEvents", found, "logs")
+    assert [e["message"] for e in found["events"]] == ["ERROR x"]
+    paged = logs.get_paginator("filter_log_events").paginate(
+        logGroupName=LOG_GROUP,
+        logStreamNames=[stream],
+        filterPattern='"line 1"',
+        PaginationConfig={"PageSize": 1},
+    )
+    assert [e["message"] for p in paged for e in p["events"]] == ["line 1", "line 10"]
+
+    with pytest.raises(ClientError) as missing:
+        logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=f"{name}/algo-9-1")
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_list_filters_sorts_and_pages(api_server: ApiServer, tmp_path: Path, output: str) -> None:
+    sagemaker = api_server.client("sagemaker")
+    tag = uuid.uuid4().hex[:6]
+    names = [f"list-{tag}-{i}" for i in range(5)]
+    script = image(tmp_path, "#!/bin/sh\nexit 0\n")
+    for name in names:
+        sagemaker.create_training_job(**request(name, script, output))
+    for name in names:
+        wait_done(sagemaker, name)
+
+    pages = list(
+        sagemaker.get_paginator("list_training_jobs").paginate(
+            NameContains=tag.upper(), PaginationConfig={"PageSize": 2}
+        )
+    )
+    assert len(pages) == 3
+    for page in pages:
+        check_output("ListTrainingJobs", page)
+    listed = [s["TrainingJobName"] for p in pages for s in p["TrainingJobSummaries"]]
+    assert listed == names  # creation order, ascending by default, each once
+
+    newest_first = sagemaker.list_training_jobs(
+        NameContains=tag, SortBy="Name", SortOrder="Descending", MaxResults=100
+    )
+    assert [s["TrainingJobName"] for s in newest_first["TrainingJobSummaries"]] == names[::-1]
+
+    failed = sagemaker.list_training_jobs(NameContains=tag, StatusEquals="Failed")
+    assert failed["TrainingJobSummaries"] == []
+    third = sagemaker.describe_training_job(TrainingJobName=names[2])["CreationTime"]
+    later = sagemaker.list_training_jobs(NameContains=tag, CreationTimeAfter=third)
+    assert [s["TrainingJobName"] for s in later["TrainingJobSummaries"]] == names[3:]
+
+    with pytest.raises(ClientError) as bad:
+        sagemaker.list_training_jobs(NextToken="not-a-token")
+    assert bad.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_stop_through_the_api(api_server: ApiServer, tmp_path: Path, output: str) -> None:
+    sagemaker = api_server.client("sagemaker")
+    name = unique("stop")
+    script = (
+        "#!/bin/sh\ntrap 'echo got TERM; echo saved > /opt/ml/model/m; exit 0' TERM\n"
+        "echo started\nwhile true; do sleep 0.1; done\n"
+    )
+    sagemaker.create_training_job(**request(name, image(tmp_path, script), output))
+    deadline = time.monotonic() + 60
+    while sagemaker.describe_training_job(TrainingJobName=name)["SecondaryStatus"] != "Training":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(0.5)
+    sagemaker.stop_training_job(TrainingJobName=name)
+    described = wait_done(sagemaker, name)
+    assert described["TrainingJobStatus"] == "Stopped"
+    steps = [t["Status"] for t in described["SecondaryStatusTransitions"]]
+    assert steps[-2:] == ["Stopping", "Stopped"]
+    with pytest.raises(ClientError) as again:
+        sagemaker.stop_training_job(TrainingJobName=name)
+    assert again.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_tags(api_server: ApiServer, tmp_path: Path, output: str) -> None:
+    sagemaker = api_server.client("sagemaker")
+    name = unique("tags")
+    arn = sagemaker.create_training_job(**request(name, image(tmp_path, "#!/bin/sh\n"), output))[
+        "TrainingJobArn"
+    ]
+    added = sagemaker.add_tags(
+        ResourceArn=arn, Tags=[{"Key": f"k{i:02d}", "Value": str(i)} for i in range(7)]
+    )
+    check_output("AddTags", added)
+    sagemaker.delete_tags(ResourceArn=arn, TagKeys=["k03"])
+    # 50 is both the smallest page and the most tags a resource may have: one page.
+    listed = sagemaker.list_tags(ResourceArn=arn, MaxResults=50)
+    check_output("ListTags", listed)
+    keys = [t["Key"] for t in listed["Tags"]]
+    assert keys == ["k00", "k01", "k02", "k04", "k05", "k06"]
+    with pytest.raises(ClientError) as reserved:
+        sagemaker.add_tags(ResourceArn=arn, Tags=[{"Key": "aws:x", "Value": "1"}])
+    assert reserved.value.response["Error"]["Code"] == "ValidationException"
+    with pytest.raises(ClientError) as unknown:
+        sagemaker.list_tags(ResourceArn=arn.replace(name, "nothing-here"))
+    assert unknown.value.response["Error"]["Code"] == "ResourceNotFound"
+
+
+def test_errors_carry_the_aws_codes(api_server: ApiServer, tmp_path: Path, output: str) -> None:
+    sagemaker = api_server.client("sagemaker", config=NO_RETRIES)
+    body = request(unique("dup"), image(tmp_path, "#!/bin/sh\n"), output)
+    sagemaker.create_training_job(**body)
+
+    def code_of(call: Any, **kwargs: Any) -> tuple[str, str, int]:
+        with pytest.raises(ClientError) as caught:
+            call(**kwargs)
+        error = caught.value.response
+        return (
+            error["Error"]["Code"],
+            error["Error"]["Message"],
+            error["ResponseMetadata"]["HTTPStatusCode"],
+        )
+
+    code, _, status = code_of(sagemaker.create_training_job, **body)
+    assert (code, status) == ("ResourceInUse", 400)
+    code, message, _ = code_of(sagemaker.describe_training_job, TrainingJobName="no-such-job")
+    assert code == "ResourceNotFound" and "no-such-job" in message
+    bad = dict(body, TrainingJobName="bad_name!")
+    code, message, _ = code_of(sagemaker.create_training_job, **bad)
+    assert code == "ValidationException" and "trainingJobName" in message.replace("T", "t", 1)
+    code, _, _ = code_of(sagemaker.list_endpoints)
+    assert code == "UnknownOperationException"
+
+    status_code, answer = signed_post(api_server, "SageMaker.NoSuchThing", b"{}")
+    assert (status_code, answer["__type"]) == (400, "UnknownOperationException")
+    status_code, answer = signed_post(api_server, "SageMaker.DescribeTrainingJob", b"{not json")
+    assert (status_code, answer["__type"]) == (400, "SerializationException")
+    status_code, answer = signed_post(
+        api_server, "SageMaker.ListTrainingJobs", json.dumps({"MaxResults": "ten"}).encode()
+    )
+    assert (status_code, answer["__type"]) == (400, "ValidationException")
+    assert "MaxResults" in answer["message"]
+
+
+def test_throttling_when_the_database_stays_locked(tmp_path: Path) -> None:
+    with running_api_server(tmp_path / "home", OPENMAKER_DB_BUSY_SECONDS="0.5") as server:
+        sagemaker = server.client("sagemaker", config=NO_RETRIES)
+        body = request(unique("busy"), image(tmp_path, "#!/bin/sh\n"), "s3://bkt/out")
+        holder = sqlite3.connect(server.home / "openmaker.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            with pytest.raises(ClientError) as caught:
+                sagemaker.create_training_job(**body)
+            assert caught.value.response["Error"]["Code"] == "ThrottlingException"
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        # Once the lock is gone, the same request (which left nothing behind) goes through.
+        sagemaker.create_training_job(**body)
+
+
+def test_signatures_are_checked_before_anything_happens(
+    api_server: ApiServer, tmp_path: Path, output: str
+) -> None:
+    name = unique("auth")
+    body = json.dumps(request(name, image(tmp_path, "#!/bin/sh\n"), output)).encode()
+    target = "SageMaker.CreateTrainingJob"
+    url = api_server.env["AWS_ENDPOINT_URL_SAGEMAKER"] + "/"
+
+    status, answer = raw_post(
+        url, body, {"X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1"}
+    )
+    assert (status, answer["__type"]) == (403, "MissingAuthenticationToken")
+
+    wrong_key = api_server.client("sagemaker", aws_access_key_id="AKIAWRONGWRONGWRONG0")
+    with pytest.raises(ClientError) as caught:
+        wrong_key.describe_training_job(TrainingJobName=name)
+    assert caught.value.response["Error"]["Code"] == "UnrecognizedClientException"
+
+    wrong_secret = api_server.client("sagemaker", aws_secret_access_key="x" * 40, config=NO_RETRIES)
+    with pytest.raises(ClientError) as caught:
+        wrong_secret.create_training_job(**json.loads(body))
+    assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
+
+    # A body changed after signing: the signature no longer matches it.
+    status, answer = signed_post(api_server, target, body, send=body.replace(b"600", b"999"))
+    assert (status, answer["__type"]) == (400, "InvalidSignatureException")
+    # A signature made long ago (a replayed request) has expired.
+    status, answer = signed_post(api_server, target, body, at="20200101T000000Z")
+    assert (status, answer["__type"]) == (400, "InvalidSignatureException")
+    assert "expired" in answer["message"]
+
+    sagemaker = api_server.client("sagemaker")
+    with pytest.raises(ClientError) as caught:
+        sagemaker.describe_training_job(TrainingJobName=name)
+    assert caught.value.response["Error"]["Code"] == "ResourceNotFound"  # nothing was created

@@ -1,0 +1,192 @@
+"""The official clients, unchanged, against `openmaker server`: the aws CLI, the sagemaker SDK v2
+and openmaker's own CLI, configured only through the variables `openmaker env` prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.apiserver import ApiServer, openmaker_command
+from tests.helpers import make_image, request
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+
+
+def client_env(server: ApiServer) -> dict[str, str]:
+    """A client's environment: the server's variables, no openmaker settings of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OPENMAKER_"))}
+    env.update(server.env)
+    env.update(
+        {
+            "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+            "SAGEMAKER_USER_CONFIG_OVERRIDE": str(
+                Path(__file__).with_name("sagemaker-config.yaml")
+            ),
+            "AWS_CONFIG_FILE": "/dev/null",
+        }
+    )
+    return env
+
+
+def new_bucket(server: ApiServer) -> str:
+    name = f"clients-{uuid.uuid4().hex[:8]}"
+    server.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def aws(server: ApiServer, *args: str) -> dict:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "aws"), *args, "--output", "json"],
+        env=client_env(server),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout or "{}")
+
+
+def test_aws_cli(api_server: ApiServer, tmp_path: Path) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    image = make_image(tmp_path / "image", "#!/bin/sh\necho from the aws cli\n")
+    body = request(name, str(image), f"s3://{new_bucket(api_server)}/out")
+    (tmp_path / "job.json").write_text(json.dumps(body))
+    created = aws(
+        api_server,
+        "sagemaker",
+        "create-training-job",
+        "--cli-input-json",
+        f"file://{tmp_path / 'job.json'}",
+    )
+    assert created["TrainingJobArn"].endswith(f"training-job/{name}")
+    # The CLI that created the job is gone; the job goes on and ends.
+    aws(api_server, "sagemaker", "wait", "training-job-completed-or-stopped",
+        "--training-job-name", name)  # fmt: skip
+    described = aws(api_server, "sagemaker", "describe-training-job", "--training-job-name", name)
+    assert described["TrainingJobStatus"] == "Completed"
+    listed = aws(api_server, "sagemaker", "list-training-jobs", "--name-contains", name)
+    assert [s["TrainingJobName"] for s in listed["TrainingJobSummaries"]] == [name]
+
+
+SDK_SCRIPT = """
+import sys
+
+import sagemaker
+from sagemaker.estimator import Estimator
+from sagemaker.sklearn import SKLearn
+
+session = sagemaker.Session(default_bucket={bucket!r})
+common = dict(role={role!r}, instance_count=1, instance_type="ml.m5.xlarge",
+              sagemaker_session=session)
+
+if sys.argv[1] == "image":
+    estimator = Estimator(image_uri={image!r}, hyperparameters={{"epochs": 3}}, **common)
+    estimator.fit({{"train": {data!r}}}, logs=True)
+else:
+    estimator = SKLearn(entry_point="train.py", source_dir={source!r}, framework_version="1.2-1",
+                        py_version="py3", hyperparameters={{"alpha": 0.5}}, **common)
+    estimator.fit({{"train": {data!r}}}, logs=True)
+print("JOB", estimator.latest_training_job.name)
+print("MODEL", estimator.model_data)
+"""
+
+TRAIN_PY = """
+import argparse, os, pathlib
+parser = argparse.ArgumentParser()
+parser.add_argument("--alpha", type=float)
+args = parser.parse_args()
+rows = (pathlib.Path(os.environ["SM_CHANNEL_TRAIN"]) / "data.csv").read_text().split()
+print(f"script mode read {len(rows)} rows with alpha={args.alpha}")
+(pathlib.Path(os.environ["SM_MODEL_DIR"]) / "model.txt").write_text(str(args.alpha))
+"""
+
+
+@pytest.mark.parametrize("kind", ["image", "sklearn"])
+def test_sagemaker_sdk(api_server: ApiServer, tmp_path: Path, kind: str) -> None:
+    bucket = new_bucket(api_server)
+    s3 = api_server.client("s3")
+    s3.put_object(Bucket=bucket, Key="data/train/data.csv", Body=b"1,2\n3,4\n5,6\n")
+    image = make_image(
+        tmp_path / "image",
+        '#!/bin/sh\necho "bring your own: $(cat /opt/ml/input/config/hyperparameters.json)"\n'
+        "ls /opt/ml/input/data/train\necho model > /opt/ml/model/model.txt\n",
+    )
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(TRAIN_PY)
+    script = tmp_path / "sdk.py"
+    script.write_text(
+        SDK_SCRIPT.format(
+            bucket=bucket,
+            role=ROLE,
+            image=str(image),
+            data=f"s3://{bucket}/data/train",
+            source=str(source),
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), kind],
+        env=client_env(api_server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = done.stdout
+    if kind == "image":
+        assert "bring your own: {" in printed and '"epochs": "3"' in printed
+        assert "data.csv" in printed
+    else:
+        assert "script mode read 3 rows with alpha=0.5" in printed
+    model = next(line.split(" ", 1)[1] for line in printed.splitlines() if line.startswith("MODEL"))
+    job = next(line.split(" ", 1)[1] for line in printed.splitlines() if line.startswith("JOB"))
+    assert model == f"s3://{bucket}/{job}/output/model.tar.gz"
+    key = model.removeprefix(f"s3://{bucket}/")
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
+    described = api_server.client("sagemaker").describe_training_job(TrainingJobName=job)
+    assert described["TrainingJobStatus"] == "Completed"
+    if kind == "sklearn":
+        training = next(
+            t for t in described["SecondaryStatusTransitions"] if t["Status"] == "Training"
+        )
+        assert "scikit-learn image" in training["StatusMessage"]
+
+
+def test_openmaker_cli_through_the_server(api_server: ApiServer, tmp_path: Path) -> None:
+    name = f"omcli-{uuid.uuid4().hex[:8]}"
+    image = make_image(tmp_path / "image", "#!/bin/sh\necho through the server\n")
+    body = request(name, str(image), f"s3://{new_bucket(api_server)}/out")
+    (tmp_path / "job.json").write_text(json.dumps(body))
+    env = client_env(api_server)
+    trained = subprocess.run(
+        [*openmaker_command(), "train", "--request", str(tmp_path / "job.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "through the server" in trained.stdout
+    assert "Completed" in trained.stdout
+    # The job is the server's: the same job, seen by a boto3 client.
+    described = api_server.client("sagemaker").describe_training_job(TrainingJobName=name)
+    assert described["TrainingJobStatus"] == "Completed"
+    listed = subprocess.run(
+        [*openmaker_command(), "jobs", "list", "--name-contains", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert name in listed.stdout
+    logs = subprocess.run(
+        [*openmaker_command(), "jobs", "logs", name], env=env, capture_output=True, text=True
+    )
+    assert "through the server" in logs.stdout

@@ -1,0 +1,251 @@
+"""Channel building blocks: sharding, shuffling, RecordIO, gzip, and reads that resume after a
+real connection breaks off (a proxy in front of the real S3 server cuts responses short)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import obstore
+import pytest
+
+from openmaker.config import load_settings
+from openmaker.host import recordio
+from openmaker.host.pipe import _gunzip
+from openmaker.host.sharding import shard
+from openmaker.host.shuffle import shuffled
+from openmaker.host.sources import for_host
+from openmaker.host.spec import HostSpec
+from openmaker.store import StoreError, resolve, stream
+from openmaker.store.ranged import fetch_part
+from openmaker.store.stream import stream_object
+from tests.s3server import S3Server
+
+KEYS = [f"data/part-{i:03d}" for i in range(23)]
+
+
+@pytest.mark.parametrize("hosts", [1, 2, 3, 7, 30])
+def test_every_object_goes_to_exactly_one_host(hosts: int) -> None:
+    shares = [shard(KEYS, index, hosts, key=str) for index in range(hosts)]
+    assert sorted(k for share in shares for k in share) == sorted(KEYS)
+    assert sum(len(share) for share in shares) == len(KEYS)
+    # Round-robin over sorted keys: shares differ in size by at most one; a host may get none.
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_sharding_is_stable_and_independent_of_the_listing_order() -> None:
+    reversed_keys = list(reversed(KEYS))
+    for index in range(4):
+        first = shard(KEYS, index, 4, key=str)
+        assert first == shard(KEYS, index, 4, key=str)
+        assert sorted(first) == sorted(shard(reversed_keys, index, 4, key=str))
+    assert shard(KEYS, 1, 4, key=str) == KEYS[1::4]
+    with pytest.raises(ValueError):
+        shard(KEYS, 4, 4)
+
+
+def test_shuffle_is_reproducible_and_new_every_epoch() -> None:
+    orders = [shuffled(KEYS, 42, epoch) for epoch in range(5)]
+    assert all(sorted(order) == KEYS for order in orders)
+    assert len({tuple(order) for order in orders}) == 5
+    assert shuffled(KEYS, 42, 3) == orders[3]
+    assert shuffled(KEYS, 43, 0) != orders[0]
+
+
+def test_shuffle_order_does_not_depend_on_the_process() -> None:
+    code = (
+        "from openmaker.host.shuffle import shuffled; "
+        f"print(shuffled({KEYS!r}, 9, 2))"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }  # fmt: skip
+    assert outputs == {str(shuffled(KEYS, 9, 2)) + "\n"}
+
+
+def test_recordio_framing() -> None:
+    for length in (0, 1, 3, 4, 5, 1000):
+        frame = recordio.header(length) + b"x" * length + recordio.padding(length)
+        magic, word = struct.unpack_from("<II", frame)
+        assert magic == 0xCED7230A and word == length
+        assert len(frame) % 4 == 0 and frame[8 + length :] == b"\0" * (len(frame) - 8 - length)
+    with pytest.raises(recordio.RecordTooLarge):
+        recordio.header(1 << 29)
+
+
+def test_gzip_streams_of_several_members_are_decompressed_chunk_by_chunk() -> None:
+    original = os.urandom(300_000) + b"tail"
+    packed = gzip.compress(original[:100_000]) + gzip.compress(original[100_000:])
+
+    async def chunks() -> Any:
+        for start in range(0, len(packed), 4096):
+            yield packed[start : start + 4096]
+
+    async def collect() -> bytes:
+        return b"".join([chunk async for chunk in _gunzip(chunks())])
+
+    assert asyncio.run(collect()) == original
+
+
+class CuttingProxy:
+    """A TCP proxy to the S3 server that cuts the first `cuts` responses after `keep` bytes."""
+
+    def __init__(self, upstream: str, keep: int, cuts: int) -> None:
+        self.upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
+        self.keep, self.cuts = keep, cuts
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            cut = self.connections <= self.cuts
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
+            limit = self.keep if cut else None
+            threading.Thread(target=self._pipe, args=(server, client, limit), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := source.recv(65536):
+                if limit is not None and sent + len(data) > limit:
+                    target.sendall(data[: limit - sent])
+                    break
+                target.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def flaky(s3_server: S3Server, home: Path) -> Iterator[tuple[CuttingProxy, dict[str, str]]]:
+    s3_server.make_bucket("flaky")
+    s3_server.client().put_object(Bucket="flaky", Key="blob", Body=BLOB)
+    proxy = CuttingProxy(s3_server.url, keep=300_000, cuts=2)
+    yield proxy, {**s3_server.env(), "AWS_ENDPOINT_URL_S3": proxy.url}
+    proxy.close()
+
+
+BLOB = os.urandom(3 * 1024 * 1024 + 11)
+
+
+def test_a_stream_cut_short_resumes_from_the_byte_it_reached(
+    flaky: tuple[CuttingProxy, dict[str, str]],
+) -> None:
+    proxy, env = flaky
+    location = resolve("s3://flaky/blob", load_settings(), env)
+
+    async def read() -> bytes:
+        return b"".join([c async for c in stream_object(location.store, location.key, len(BLOB))])
+
+    assert asyncio.run(read()) == BLOB
+    assert proxy.connections >= 3  # two cut short, then one to the end
+
+
+def test_a_ranged_part_cut_short_resumes(
+    flaky: tuple[CuttingProxy, dict[str, str]], tmp_path: Path
+) -> None:
+    proxy, env = flaky
+    location = resolve("s3://flaky/blob", load_settings(), env)
+    url = obstore.sign(location.store, "GET", location.key, timedelta(hours=1))  # type: ignore[arg-type]
+    target = tmp_path / "blob"
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert fetch_part(url, fd, 1000, len(BLOB) - 1) == len(BLOB) - 1000
+    finally:
+        os.close(fd)
+    assert target.read_bytes()[1000:] == BLOB[1000:]
+    assert proxy.connections == 3
+
+
+def test_without_retries_a_broken_stream_fails_naming_the_object(
+    flaky: tuple[CuttingProxy, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "0")
+    _, env = flaky
+    location = resolve("s3://flaky/blob", load_settings(), env)
+
+    async def read() -> None:
+        async for _ in stream_object(location.store, location.key, len(BLOB)):
+            pass
+
+    with pytest.raises(StoreError, match="blob"):
+        asyncio.run(read())
+
+
+def test_a_large_object_streams_in_parallel_parts_that_resume(
+    flaky: tuple[CuttingProxy, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small thresholds, so that a 3 MiB object takes the large-object path in 13 parts.
+    monkeypatch.setattr(stream, "RANGED_MIN_SIZE", 1024 * 1024)
+    monkeypatch.setattr(stream, "PART_SIZE", 256 * 1024)
+    proxy, env = flaky
+    proxy.keep = 100_000  # inside a part
+    location = resolve("s3://flaky/blob", load_settings(), env)
+
+    async def read() -> list[bytes]:
+        return [c async for c in stream_object(location.store, location.key, len(BLOB))]
+
+    parts = asyncio.run(read())
+    assert b"".join(parts) == BLOB
+    assert len(parts) == 13
+    assert proxy.connections >= 15  # 13 parts, two of them cut short and asked for again
+
+
+def host(index: int, count: int) -> HostSpec:
+    names = [f"algo-{i + 1}" for i in range(count)]
+    return HostSpec(
+        job_name="j", job_arn="arn", request={}, host_name=names[index], hosts=names,
+        region="us-east-1", settings=load_settings(), work_dir=Path("/nonexistent"),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+def test_each_epoch_deals_every_object_to_exactly_one_host(seed: int | None) -> None:
+    channel: dict[str, Any] = {
+        "DataSource": {"S3DataSource": {"S3DataDistributionType": "ShardedByS3Key"}}
+    }
+    if seed is not None:
+        channel["ShuffleConfig"] = {"Seed": seed}
+    shares_by_epoch = []
+    for epoch in range(4):
+        shares = [for_host(host(i, 3), channel, KEYS, epoch) for i in range(3)]
+        assert sorted(k for share in shares for k in share) == KEYS
+        assert shares == [for_host(host(i, 3), channel, KEYS, epoch) for i in range(3)]
+        shares_by_epoch.append([sorted(share) for share in shares])
+    if seed is None:
+        # Sorted keys dealt round-robin, the same every epoch.
+        assert all(s == [KEYS[0::3], KEYS[1::3], KEYS[2::3]] for s in shares_by_epoch)
+    else:
+        # As on SageMaker, a shuffled channel's shares change from epoch to epoch.
+        assert len({str(s) for s in shares_by_epoch}) == 4

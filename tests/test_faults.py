@@ -1,0 +1,219 @@
+"""Faults from outside a job: its S3 server going away and coming back, a full disk."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openmaker.jobs.service import TrainingJobs
+from tests.helpers import get_object, log_text, make_image, put_objects, request, wait_for
+from tests.s3server import RestartableS3Server
+
+BUCKET = "faults"
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def flaky_s3(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RestartableS3Server]:
+    """A server of this test's own, which it may stop and start again."""
+    server = RestartableS3Server(tmp_path / "s3root")
+    server.start()
+    for name, value in server.server.env().items():
+        monkeypatch.setenv(name, value)
+    server.server.make_bucket(BUCKET)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def small_disk(home: Path) -> Iterator[Path]:
+    """The jobs folder on a 40 MiB filesystem of its own."""
+    jobs = home / "jobs"
+    jobs.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40m", "openmaker-test-disk", str(jobs)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.strip()}")
+    try:
+        yield jobs
+    finally:
+        subprocess.run(["umount", "--lazy", str(jobs)], check=False)
+
+
+def _status(jobs: TrainingJobs, name: str) -> str:
+    return str(jobs.describe(name)["SecondaryStatus"])
+
+
+def _wait_for_status(jobs: TrainingJobs, name: str, status: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _status(jobs, name) != status:
+        assert time.monotonic() < deadline, f"{name} never reached {status}: {_status(jobs, name)}"
+        time.sleep(0.05)
+
+
+def _wait_for_log(jobs: TrainingJobs, name: str, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log_text(jobs, name):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs of {name}"
+        time.sleep(0.05)
+
+
+def test_a_download_waits_for_the_server_to_come_back(
+    tmp_path: Path, flaky_s3: RestartableS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "60")
+    data = os.urandom(8 * MiB)
+    put_objects({f"s3://{BUCKET}/data/train/x.bin": data})
+    script = (
+        f"#!{sys.executable}\nimport hashlib\n"
+        "print(hashlib.sha256(open('/opt/ml/input/data/train/x.bin', 'rb').read()).hexdigest())\n"
+    )
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    flaky_s3.stop()
+    channels = {"train": f"s3://{BUCKET}/data/train"}
+    body = request("dl-back", str(image), f"s3://{BUCKET}/out", channels)
+    jobs.create(body)
+    _wait_for_status(jobs, "dl-back", "Downloading")
+    time.sleep(0.5)  # the server stays away a while (obstore gives up after 10 tries)
+    assert _status(jobs, "dl-back") == "Downloading"  # waiting for the server, not failed
+    flaky_s3.start()
+    description = wait_for(jobs, "dl-back", timeout=90)
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert hashlib.sha256(data).hexdigest() in log_text(jobs, "dl-back")
+
+
+def test_a_download_from_a_server_that_stays_away_fails_clearly(
+    tmp_path: Path, flaky_s3: RestartableS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "2")
+    put_objects({f"s3://{BUCKET}/data/train/x.bin": b"x"})
+    image = make_image(tmp_path / "image", "#!/bin/sh\necho never\n")
+    jobs = TrainingJobs()
+    flaky_s3.stop()
+    jobs.create(
+        request("dl-gone", str(image), f"s3://{BUCKET}/out", {"train": f"s3://{BUCKET}/data"})
+    )
+    description = wait_for(jobs, "dl-gone", timeout=90)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert description["FailureReason"].startswith("ClientError: ")
+    assert "train" in description["FailureReason"]
+    assert "never" not in log_text(jobs, "dl-gone")
+
+
+# Trains, then waits until its S3 server is gone (the test stops it), then writes its last
+# checkpoint and ends: its outputs and checkpoints are then uploaded to a server that is away.
+UPLOADING_TO_A_GONE_SERVER = f"""#!{sys.executable}
+import os, socket, time, urllib.parse
+open("/opt/ml/model/weights.bin", "wb").write(os.urandom(24 * 1024 * 1024))
+open("/opt/ml/checkpoints/step-1.bin", "wb").write(b"1")
+print("trained", flush=True)
+url = urllib.parse.urlsplit(os.environ["AWS_ENDPOINT_URL_S3"])
+while True:
+    try:
+        socket.create_connection((url.hostname, url.port), timeout=1).close()
+    except OSError:
+        break
+    time.sleep(0.05)
+open("/opt/ml/checkpoints/step-2.bin", "wb").write(b"2")
+"""
+
+
+def _run_until_server_gone(
+    tmp_path: Path, flaky_s3: RestartableS3Server, name: str
+) -> tuple[TrainingJobs, bytes]:
+    image = make_image(tmp_path / "image", UPLOADING_TO_A_GONE_SERVER)
+    jobs = TrainingJobs()
+    body = request(name, str(image), f"s3://{BUCKET}/out")
+    body["CheckpointConfig"] = {"S3Uri": f"s3://{BUCKET}/ckpt/{name}"}
+    jobs.create(body)
+    _wait_for_log(jobs, name, "trained")
+    weights = (Path(os.environ["OPENMAKER_HOME"]) / "jobs" / name / "algo-1/ml/model/weights.bin")
+    written = weights.read_bytes()
+    flaky_s3.stop()
+    return jobs, written
+
+
+def test_outputs_and_checkpoints_wait_for_the_server_to_come_back(
+    tmp_path: Path, flaky_s3: RestartableS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "60")
+    jobs, weights = _run_until_server_gone(tmp_path, flaky_s3, "up-back")
+    _wait_for_status(jobs, "up-back", "Uploading")
+    time.sleep(0.5)  # the server stays away a while (obstore gives up after 10 tries)
+    assert jobs.describe("up-back")["TrainingJobStatus"] == "InProgress"
+    flaky_s3.start()
+    description = wait_for(jobs, "up-back", timeout=120)
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    archive = get_object(description["ModelArtifacts"]["S3ModelArtifacts"])
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        member = tar.extractfile("weights.bin")
+        assert member is not None and member.read() == weights
+    assert get_object(f"s3://{BUCKET}/ckpt/up-back/step-2.bin") == b"2"
+
+
+def test_outputs_for_a_server_that_stays_away_fail_clearly_and_leave_nothing(
+    tmp_path: Path, flaky_s3: RestartableS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "2")
+    jobs, _ = _run_until_server_gone(tmp_path, flaky_s3, "up-gone")
+    description = wait_for(jobs, "up-gone", timeout=120)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert "could not upload" in description["FailureReason"]
+    flaky_s3.start()
+    with pytest.raises(FileNotFoundError):
+        get_object(f"s3://{BUCKET}/out/up-gone/output/model.tar.gz")
+    job_dir = Path(os.environ["OPENMAKER_HOME"]) / "jobs" / "up-gone"
+    assert not (job_dir / "artifacts").exists()
+
+
+def test_a_full_disk_while_downloading_fails_the_job_and_no_other(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    put_objects({"s3://disk/data/big.bin": b"\xff" * (48 * MiB)})
+    image = make_image(tmp_path / "image", "#!/bin/sh\necho trained > /opt/ml/model/m.txt\n")
+    jobs = TrainingJobs()
+    jobs.create(request("too-big", str(image), "s3://disk/out", {"train": "s3://disk/data"}))
+    description = wait_for(jobs, "too-big", timeout=90)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert description["FailureReason"].startswith(
+        "ClientError: no space left on the job's disk ("
+    )
+    assert description["FailureReason"].endswith(") while downloading input data")
+    # The failed job's files went with it: the next job on the same disk runs.
+    jobs.create(request("fits", str(image), "s3://disk/out"))
+    assert wait_for(jobs, "fits")["TrainingJobStatus"] == "Completed"
+
+
+def test_a_model_too_big_to_pack_fails_clearly_and_uploads_nothing(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    script = (
+        f"#!{sys.executable}\nimport os\n"
+        "open('/opt/ml/model/huge.bin', 'wb').write(os.urandom(24 * 1024 * 1024))\n"
+    )
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    jobs.create(request("huge-model", str(image), "s3://disk/out"))
+    description = wait_for(jobs, "huge-model", timeout=90)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert description["FailureReason"].endswith(") while packing outputs")
+    with pytest.raises(FileNotFoundError):
+        get_object("s3://disk/out/huge-model/output/model.tar.gz")
+    assert not (small_disk / "huge-model" / "artifacts").exists()
