@@ -100,6 +100,7 @@ def run(plan: FastFilePlan, scratch: Path, bucket: str, store_env: dict[str, str
             flush=True,
         )
     first = Timings([t.first for t in results["FastFile"]])
+    ff_start = Timings([t.started for t in results["FastFile"]])
     file_start = Timings([t.started for t in results["File"]])
     ff_total = Timings([t.last for t in results["FastFile"]])
     file_total = Timings([t.last for t in results["File"]])
@@ -113,6 +114,7 @@ def run(plan: FastFilePlan, scratch: Path, bucket: str, store_env: dict[str, str
         f"FastFile {data.label}: every byte read {ff_total.median:.2f} s, File mode (download + "
         f"read) {file_total.median:.2f} s, ratio {ratio:.2f} (target <= {TOTAL_TARGET_RATIO}: "
         f"{total_ok})",
+        f"  FastFile code start {ff_start.describe()} (a job's own start-up, data aside)",
         f"  FastFile first byte {first.describe()}",
         f"  FastFile last byte  {ff_total.describe()}",
         f"  File code start     {file_start.describe()}",

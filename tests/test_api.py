@@ -268,8 +268,14 @@ def test_errors_carry_the_aws_codes(api_server: ApiServer, tmp_path: Path, outpu
     assert "MaxResults" in answer["message"]
 
 
-def test_throttling_when_the_database_stays_locked(tmp_path: Path) -> None:
-    with running_api_server(tmp_path / "home", OPENMAKER_DB_BUSY_SECONDS="0.5") as server:
+def test_throttling_and_resource_limits(tmp_path: Path) -> None:
+    """A server of its own: a short database wait, and a strict two-CPU machine."""
+    env = {
+        "OPENMAKER_DB_BUSY_SECONDS": "0.5",
+        "OPENMAKER_CAPACITY": "strict",
+        "OPENMAKER_CPUS": "2",
+    }
+    with running_api_server(tmp_path / "home", **env) as server:
         sagemaker = server.client("sagemaker", config=NO_RETRIES)
         body = request(unique("busy"), image(tmp_path, "#!/bin/sh\n"), "s3://bkt/out")
         holder = sqlite3.connect(server.home / "openmaker.db", isolation_level=None)
@@ -283,6 +289,14 @@ def test_throttling_when_the_database_stays_locked(tmp_path: Path) -> None:
             holder.close()
         # Once the lock is gone, the same request (which left nothing behind) goes through.
         sagemaker.create_training_job(**body)
+
+        too_big = dict(body, TrainingJobName=unique("big"))
+        too_big["ResourceConfig"] = dict(body["ResourceConfig"], InstanceType="ml.m5.4xlarge")
+        with pytest.raises(ClientError) as caught:
+            sagemaker.create_training_job(**too_big)
+        error = caught.value.response["Error"]
+        assert error["Code"] == "ResourceLimitExceeded"
+        assert "ml.m5.4xlarge" in error["Message"]
 
 
 def test_signatures_are_checked_before_anything_happens(

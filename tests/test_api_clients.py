@@ -65,9 +65,11 @@ def test_aws_cli(api_server: ApiServer, tmp_path: Path) -> None:
         f"file://{tmp_path / 'job.json'}",
     )
     assert created["TrainingJobArn"].endswith(f"training-job/{name}")
-    # The CLI that created the job is gone; the job goes on and ends.
-    aws(api_server, "sagemaker", "wait", "training-job-completed-or-stopped",
-        "--training-job-name", name)  # fmt: skip
+    # The CLI that created the job is gone; the job goes on and ends. (`aws sagemaker wait`
+    # polls every 30 s or more: a boto3 waiter with a short delay does the waiting.)
+    api_server.client("sagemaker").get_waiter("training_job_completed_or_stopped").wait(
+        TrainingJobName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+    )
     described = aws(api_server, "sagemaker", "describe-training-job", "--training-job-name", name)
     assert described["TrainingJobStatus"] == "Completed"
     listed = aws(api_server, "sagemaker", "list-training-jobs", "--name-contains", name)

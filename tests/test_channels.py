@@ -28,6 +28,7 @@ from openmaker.host.shuffle import shuffled
 from openmaker.host.sources import for_host
 from openmaker.host.spec import HostSpec
 from openmaker.store import StoreError, resolve, stream
+from openmaker.store.manifest import parse_augmented_manifest
 from openmaker.store.ranged import fetch_part
 from openmaker.store.stream import stream_object
 from tests.s3server import S3Server
@@ -100,6 +101,19 @@ def test_gzip_streams_of_several_members_are_decompressed_chunk_by_chunk() -> No
         return b"".join([chunk async for chunk in _gunzip(chunks())])
 
     assert asyncio.run(collect()) == original
+
+
+def test_a_small_gzip_chunk_never_inflates_past_the_chunk_size() -> None:
+    packed = gzip.compress(b"\0" * (20 * 1024 * 1024))
+
+    async def one_chunk() -> Any:
+        yield packed
+
+    async def sizes() -> list[int]:
+        return [len(chunk) async for chunk in _gunzip(one_chunk())]
+
+    got = asyncio.run(sizes())
+    assert sum(got) == 20 * 1024 * 1024 and max(got) <= 1024 * 1024
 
 
 class CuttingProxy:
@@ -249,3 +263,22 @@ def test_each_epoch_deals_every_object_to_exactly_one_host(seed: int | None) -> 
     else:
         # As on SageMaker, a shuffled channel's shares change from epoch to epoch.
         assert len({str(s) for s in shares_by_epoch}) == 4
+
+
+def test_augmented_manifest_lines_keep_attribute_order_and_name_bad_lines() -> None:
+    data = (
+        b'{"source-ref": "s3://b/a.jpg", "class": 1, "meta": {"x": [1, 2]}}\n'
+        b"\n"
+        b'{"source-ref": "s3://b/b.jpg", "class": "cat", "meta": null}\n'
+    )
+    lines = parse_augmented_manifest(data, "s3://b/m", ["meta", "source-ref", "class"])
+    assert lines == [
+        [b'{"x": [1, 2]}', ("ref", "s3://b/a.jpg"), b"1"],
+        [b"null", ("ref", "s3://b/b.jpg"), b"cat"],
+    ]
+    with pytest.raises(StoreError, match="line 1 has no attribute 'label'"):
+        parse_augmented_manifest(data, "s3://b/m", ["source-ref", "label"])
+    with pytest.raises(StoreError, match="line 1: 'class-ref' must be an s3:// URI"):
+        parse_augmented_manifest(b'{"class-ref": 3}', "s3://b/m", ["class-ref"])
+    with pytest.raises(StoreError, match="line 2"):
+        parse_augmented_manifest(b'{"a": 1}\n{oops\n', "s3://b/m", ["a"])

@@ -17,9 +17,10 @@ from openmaker.host.checkpoint_sync import CheckpointSync
 from openmaker.host.checkpoints import Ledger, save_checkpoints
 from openmaker.host.events import Event, TransferProgress
 from openmaker.host.snapshot_upload import upload_snapshot
+from openmaker.host.spec import HostSpec
 from openmaker.store import Location, resolve
 from openmaker.store.transfer import SINGLE_PUT_LIMIT
-from tests.helpers import get_object, log_text, run_script
+from tests.helpers import get_object, log_text, put_objects, run_script
 from tests.s3server import S3Server
 
 BUCKET = "ckpt-sync"
@@ -46,16 +47,21 @@ def remote(home: Path, s3_env: S3Server, request: pytest.FixtureRequest) -> Loca
 
 
 @pytest.fixture
-def sync_of(tmp_path: Path, remote: Location) -> Iterator[Callable[[], CheckpointSync]]:
+def events() -> list[Event]:
+    return []
+
+
+@pytest.fixture
+def sync_of(
+    tmp_path: Path, remote: Location, events: list[Event]
+) -> Iterator[Callable[[], CheckpointSync]]:
     """Starts a sync of tmp_path/ckpt to `remote` (as execute() does), stopped at the end."""
     started: list[CheckpointSync] = []
-    events: list[Event] = []
 
     def start() -> CheckpointSync:
         folder = tmp_path / "ckpt"
         folder.mkdir(exist_ok=True)
         sync = CheckpointSync(folder, remote, Ledger(tmp_path / "ledger.json", {}), events.append)
-        sync.events = events  # type: ignore[attr-defined]
         sync.thread.start()
         started.append(sync)
         return sync
@@ -66,7 +72,9 @@ def sync_of(tmp_path: Path, remote: Location) -> Iterator[Callable[[], Checkpoin
 
 
 def test_closed_files_go_up_while_open_ones_wait(
-    request: pytest.FixtureRequest, sync_of: Callable[[], CheckpointSync]
+    request: pytest.FixtureRequest,
+    sync_of: Callable[[], CheckpointSync],
+    events: list[Event],
 ) -> None:
     sync = sync_of()
     prefix = request.node.name
@@ -81,10 +89,7 @@ def test_closed_files_go_up_while_open_ones_wait(
     _eventually(
         lambda: _object(f"{prefix}/open.bin") == b"first half, second half", "open.bin upload"
     )
-    assert any(
-        isinstance(e, TransferProgress) and e.phase == "Checkpointing"
-        for e in sync.events  # type: ignore[attr-defined]
-    )
+    assert any(isinstance(e, TransferProgress) and e.phase == "Checkpointing" for e in events)
 
 
 def test_new_folders_moves_and_deletes_follow(
@@ -207,8 +212,6 @@ def test_hosts_of_one_job_never_delete_each_others_checkpoints(
         body["CheckpointConfig"] = {"S3Uri": "s3://ckpt/multi"}
         body["ResourceConfig"]["InstanceCount"] = 2
 
-    from tests.helpers import put_objects
-
     put_objects({"s3://ckpt/multi/shared.txt": b"restored on both"})
     _, description = run_script(tmp_path, "two-hosts", script, edit=edit)
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
@@ -222,8 +225,6 @@ def test_end_of_job_save_after_a_failed_sync_uploads_the_rest(
     tmp_path: Path, remote: Location, request: pytest.FixtureRequest
 ) -> None:
     """The end-of-job save alone (no sync ran): everything differing from the ledger."""
-    from openmaker.host.spec import HostSpec
-
     settings = load_settings()
     spec = HostSpec(
         job_name="j", job_arn="arn", request={"CheckpointConfig": {"S3Uri": remote.uri}},

@@ -91,7 +91,7 @@ def test_a_download_waits_for_the_server_to_come_back(
     body = request("dl-back", str(image), f"s3://{BUCKET}/out", channels)
     jobs.create(body)
     _wait_for_status(jobs, "dl-back", "Downloading")
-    time.sleep(0.5)  # the server stays away a while (obstore gives up after 10 tries)
+    time.sleep(0.2)  # away a little longer (obstore gives up after 10 tries, >= 1 s)
     assert _status(jobs, "dl-back") == "Downloading"  # waiting for the server, not failed
     flaky_s3.start()
     description = wait_for(jobs, "dl-back", timeout=90)
@@ -132,6 +132,7 @@ while True:
         break
     time.sleep(0.05)
 open("/opt/ml/checkpoints/step-2.bin", "wb").write(b"2")
+print("server gone", flush=True)
 """
 
 
@@ -155,8 +156,9 @@ def test_outputs_and_checkpoints_wait_for_the_server_to_come_back(
 ) -> None:
     monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "60")
     jobs, weights = _run_until_server_gone(tmp_path, flaky_s3, "up-back")
-    _wait_for_status(jobs, "up-back", "Uploading")
-    time.sleep(0.5)  # the server stays away a while (obstore gives up after 10 tries)
+    _wait_for_log(jobs, "up-back", "server gone")
+    # Away for seconds: the last checkpoints (then the outputs) wait for the server.
+    time.sleep(3)
     assert jobs.describe("up-back")["TrainingJobStatus"] == "InProgress"
     flaky_s3.start()
     description = wait_for(jobs, "up-back", timeout=120)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from openmaker.host.limits import jobs_with_cgroups
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.executor import process_lost, process_start_time
 from openmaker.jobs.service import TrainingJobs
@@ -226,6 +227,9 @@ def test_a_reused_pid_is_not_taken_for_the_worker(tmp_path: Path, home: Path) ->
         stranger.kill()
         stranger.wait()
     wait_for_no_processes("reused-pid")
+    TrainingJobs()  # the next command removes what the dead worker's hosts left
+    assert "reused-pid" not in jobs_with_cgroups(home)
+    assert not list((home / "jobs" / "reused-pid").glob("algo-*"))
 
 
 def _ready(jobs: TrainingJobs, name: str) -> bool:

@@ -37,6 +37,7 @@ from openmaker.host.progress import ProgressMeter
 from openmaker.host.snapshot_upload import Signature
 from openmaker.host.spec import HostSpec
 from openmaker.store import Location, StoreError
+from openmaker.store.retry import Backoff
 
 # The TransferProgress phase of checkpoint uploads during training.
 PHASE = "Checkpointing"
@@ -46,6 +47,8 @@ QUIET_SECONDS = 1.0
 SCAN_SECONDS = 0.5
 # Events that come together (a checkpoint of many files) go up together.
 GATHER_SECONDS = 0.05
+# Final uploads of files that changed while read, at most (the code has ended by then).
+FLUSH_ROUNDS = 3
 # After a failed transfer, the next try waits this long, doubling up to the maximum.
 RETRY_SECONDS, RETRY_MAX_SECONDS = 1.0, 30.0
 
@@ -284,18 +287,26 @@ class CheckpointSync:
         del changed
 
     def _flush(self, runner: asyncio.Runner) -> bool:
-        """Everything that differs from the ledger, once: the code has ended, nothing is open."""
-        changes = Changes(self.folder, self.ledger, None)
-        if not changes:
-            return True
-        meter = ProgressMeter(PHASE, changes.size, self.emit)
-        try:
-            changed = runner.run(push_changes(changes, self.remote, self.ledger, meter.add))
-        except StoreError as exc:
-            _say(f"final checkpoint upload failed: {exc}")
-            return False
-        meter.finish()
-        return not changed
+        """Everything that differs from the ledger: the code has ended, nothing is open. A
+        server that is away is waited for as long as the store's retry time allows."""
+        backoff = Backoff()
+        rounds = 0
+        while changes := Changes(self.folder, self.ledger, None):
+            if rounds == FLUSH_ROUNDS:  # still being rewritten: by nothing of the job's, surely
+                return False
+            meter = ProgressMeter(PHASE, changes.size, self.emit)
+            try:
+                runner.run(push_changes(changes, self.remote, self.ledger, meter.add))
+            except StoreError as exc:
+                wait = backoff.next_wait(exc.__cause__ or exc)
+                if wait is None:
+                    _say(f"final checkpoint upload failed: {exc}")
+                    return False
+                time.sleep(wait)
+                continue
+            meter.finish()
+            rounds += 1
+        return True
 
 
 

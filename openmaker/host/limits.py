@@ -13,6 +13,7 @@ that the job's status message carries.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,21 +79,29 @@ def release(spec: HostSpec) -> None:
     """Remove the host's cgroup (it must be empty: call once its code has ended)."""
     cgroup = _cgroup_path(spec)
     if cgroup is not None:
-        for folder in (cgroup, cgroup.parent):
+        for folder in (cgroup, cgroup.parent, cgroup.parents[1]):
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
 
-def remove_stale_cgroups(active_jobs: set[str]) -> None:
-    """Remove the empty cgroups of jobs no longer running (their worker was killed)."""
-    root = memory_cgroup_root()
-    if root is None or not root.is_dir():
+def jobs_with_cgroups(home: Path) -> list[str]:
+    """The jobs (of the openmaker home `home`) that have memory cgroups here."""
+    folder = _home_cgroups(home)
+    if folder is None or not folder.is_dir():
+        return []
+    return [job.name for job in folder.iterdir() if job.is_dir()]
+
+
+def remove_job_cgroups(home: Path, job_name: str) -> None:
+    """Remove the cgroups a job left (its worker killed); those still in use stay."""
+    folder = _home_cgroups(home)
+    if folder is None:
         return
-    for job in root.iterdir():
-        if job.is_dir() and job.name not in active_jobs:
-            for folder in [*(h for h in job.iterdir() if h.is_dir()), job]:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+    job = folder / job_name
+    with contextlib.suppress(OSError):
+        for cgroup in [*(host for host in job.iterdir() if host.is_dir()), job, folder]:
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
 
 
 def memory_cgroup_root() -> Path | None:
@@ -101,9 +110,16 @@ def memory_cgroup_root() -> Path | None:
     return None if own is None else own / CGROUP_FOLDER
 
 
-def _cgroup_path(spec: HostSpec) -> Path | None:
+def _home_cgroups(home: Path) -> Path | None:
+    """One folder per openmaker home: a sweep never touches another home's jobs."""
     root = memory_cgroup_root()
-    return None if root is None else root / spec.job_name / spec.host_name
+    key = hashlib.sha256(str(home).encode()).hexdigest()[:12]
+    return None if root is None else root / key
+
+
+def _cgroup_path(spec: HostSpec) -> Path | None:
+    folder = _home_cgroups(spec.settings.home)
+    return None if folder is None else folder / spec.job_name / spec.host_name
 
 
 def _make_cgroup(spec: HostSpec, limit: int) -> Path | None:
@@ -111,8 +127,8 @@ def _make_cgroup(spec: HostSpec, limit: int) -> Path | None:
     if cgroup is None:
         return None
     try:
-        if (cgroup.parent.parent / "cgroup.subtree_control").exists():  # cgroup v2
-            for parent in (cgroup.parent.parent, cgroup.parent):
+        if (cgroup.parents[2] / "cgroup.subtree_control").exists():  # cgroup v2
+            for parent in (cgroup.parents[2], cgroup.parents[1], cgroup.parent):
                 parent.mkdir(exist_ok=True)
                 (parent / "cgroup.subtree_control").write_text("+memory")
             cgroup.mkdir(exist_ok=True)
@@ -120,7 +136,7 @@ def _make_cgroup(spec: HostSpec, limit: int) -> Path | None:
             with contextlib.suppress(OSError):
                 (cgroup / "memory.swap.max").write_text("0")
         else:
-            cgroup.mkdir(parents=True, exist_ok=True)
+            cgroup.mkdir(parents=True, exist_ok=True)  # v1: children inherit nothing to set
             (cgroup / "memory.limit_in_bytes").write_text(str(limit))
             with contextlib.suppress(OSError):  # only where swap accounting is on
                 (cgroup / "memory.memsw.limit_in_bytes").write_text(str(limit))

@@ -44,7 +44,7 @@ READER_POLL_SECONDS = 0.02
 # each may hold. A record counts against MEMORY_BUDGET with what it may hold at once (a large
 # object: its queued chunks and parts in flight, at most RECORD_MEMORY): the bound on the
 # streamer's memory, whatever the objects' sizes.
-RECORDS_AHEAD = 8
+RECORDS_AHEAD = 32
 CHUNKS_PER_RECORD = 4
 RECORD_MEMORY = 64 * 1024 * 1024
 MEMORY_BUDGET = 128 * 1024 * 1024
@@ -228,15 +228,16 @@ class PipeStreamer:
 
 
 async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Decompress a gzip stream of one or more members, chunk by chunk."""
+    """Decompress a gzip stream of one or more members, at most CHUNK_SIZE bytes at a time
+    (a small chunk may inflate to far more)."""
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     async for chunk in chunks:
         data = chunk
         while data:
-            out = await asyncio.to_thread(inflater.decompress, data)
+            out = await asyncio.to_thread(inflater.decompress, data, CHUNK_SIZE)
             if out:
                 yield out
-            data = b""
+            data = inflater.unconsumed_tail
             if inflater.eof:
                 # Another gzip member may follow the first (as `cat a.gz b.gz` makes).
                 data = inflater.unused_data

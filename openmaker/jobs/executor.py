@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,9 +34,12 @@ class Executor(Protocol):
         env: dict[str, str],
         placement: dict[str, Any] | None = None,
         attempt: int = 1,
+        before_start: Callable[[Worker], None] | None = None,
     ) -> Worker | None:
         """Start attempt `attempt` at the job with the submitter's environment `env` and the
-        share of the machine `placement`; the process that runs it, when on this machine."""
+        share of the machine `placement`; the process that runs it, when on this machine.
+        `before_start` learns that process before it gets the job: once recorded, a process
+        killed at any point leaves no job running unseen."""
 
     def lost(self, worker_pid: int, started: int | None = None) -> bool:
         """Whether the process that ran a job is gone (without saying how the job ended)."""
@@ -54,6 +58,7 @@ class LocalExecutor:
         env: dict[str, str],
         placement: dict[str, Any] | None = None,
         attempt: int = 1,
+        before_start: Callable[[Worker], None] | None = None,
     ) -> Worker | None:
         job_name = request["TrainingJobName"]
         (self.settings.jobs_dir / job_name).mkdir(parents=True, exist_ok=True)
@@ -69,12 +74,17 @@ class LocalExecutor:
             "attempt": attempt,
         }
         assert worker.stdin is not None
-        worker.stdin.write(json.dumps(order).encode())
-        worker.stdin.close()
+        started = Worker(worker.pid, process_start_time(worker.pid))
+        try:
+            if before_start is not None:
+                before_start(started)
+            worker.stdin.write(json.dumps(order).encode())
+        finally:
+            worker.stdin.close()  # without an order, the worker ends at once
         self.submitted += 1
         if self.submitted > 1:
             self.spare = _start_worker()
-        return Worker(worker.pid, process_start_time(worker.pid))
+        return started
 
     def lost(self, worker_pid: int, started: int | None = None) -> bool:
         return process_lost(worker_pid, started)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, false, select, tuple_
+from sqlalchemy.orm import load_only
 
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.state import as_utc
@@ -41,7 +42,18 @@ class JobQuery:
     token: str | None = None
 
     def select(self) -> Select[tuple[TrainingJob]]:
-        query = select(TrainingJob)
+        # A summary needs none of the JSON columns (the request, the transitions).
+        query = select(TrainingJob).options(
+            load_only(
+                TrainingJob.name,
+                TrainingJob.arn,
+                TrainingJob.status,
+                TrainingJob.secondary_status,
+                TrainingJob.creation_time,
+                TrainingJob.last_modified_time,
+                TrainingJob.training_end_time,
+            )
+        )
         if self.status:
             query = query.where(TrainingJob.status == self.status)
         if self.name_contains:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from typing import Any
 
 from sqlalchemy import select, update
@@ -21,7 +22,7 @@ from sqlalchemy import select, update
 from openmaker.config import Settings
 from openmaker.jobs import capacity, state
 from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
-from openmaker.jobs.executor import Executor, process_start_time
+from openmaker.jobs.executor import Executor, Worker, process_start_time
 
 LAUNCH_FILE = "launch.json"
 
@@ -77,10 +78,7 @@ def start_ready(settings: Settings, executor: Executor) -> None:
                     else capacity.waiting_message(job.request, machine, used)
                 )
                 blocked_by = blocked_by or job.name
-                if job.secondary_status != "Pending" or job.transitions[-1].get(
-                    "StatusMessage"
-                ) != message:
-                    _reenter(job, "Pending", message)
+                _wait(job, message)
                 continue
             used.append(placement)
             job.placement = placement
@@ -93,15 +91,15 @@ def start_ready(settings: Settings, executor: Executor) -> None:
         _submit(settings, executor, job, placement, me)
 
 
-def _reenter(job: TrainingJob, secondary: str, message: str) -> None:
-    """Enter `secondary`, or update its message when the job is in it already."""
-    if job.secondary_status == secondary:
+def _wait(job: TrainingJob, message: str) -> None:
+    """Enter Pending, or update its message (what the job waits for) when it changed."""
+    if job.secondary_status != "Pending":
+        state.enter(job, "Pending", message)
+    elif job.transitions[-1].get("StatusMessage") != message:
         transitions = [dict(t) for t in job.transitions]
         transitions[-1]["StatusMessage"] = message
         job.transitions = transitions
         job.last_modified_time = state.now()
-    else:
-        state.enter(job, secondary, message)
 
 
 def _submit(
@@ -112,24 +110,27 @@ def _submit(
     owner: int,
 ) -> None:
     sessions = writer_sessions(settings)
-    name, env = job.name, _launch_env(settings, job.name)
+    name = job.name
+
+    def record(worker: Worker) -> None:
+        # The worker becomes the job's owner before it gets the job: a starter killed now or
+        # later leaves either a worker that runs it, or one that is gone and seen as lost.
+        with sessions() as session:
+            session.execute(
+                update(TrainingJob)
+                .where(TrainingJob.name == name, TrainingJob.worker_pid == owner)
+                .where(TrainingJob.status.not_in(state.TERMINAL))
+                .values(worker_pid=worker.pid, worker_started=worker.started)
+            )
+            session.commit()
+
+    env = _launch_env(settings, name)
     try:
-        worker = executor.submit(job.arn, job.request, env, placement, job.attempts)
+        executor.submit(job.arn, job.request, env, placement, job.attempts, record)
     except Exception as exc:  # the job must not wait for a worker that never came
+        traceback.print_exc()
         with sessions() as session:
             row = session.get(TrainingJob, name)
             if row is not None and row.status not in state.TERMINAL:
                 state.finish(row, "Failed", f"InternalServerError: cannot start a worker: {exc}")
                 session.commit()
-        raise
-    if worker is None:
-        return
-    with sessions() as session:
-        # Unless the worker has claimed the job already (then it wrote the same).
-        session.execute(
-            update(TrainingJob)
-            .where(TrainingJob.name == name, TrainingJob.worker_pid == owner)
-            .where(TrainingJob.status.not_in(state.TERMINAL))
-            .values(worker_pid=worker.pid, worker_started=worker.started)
-        )
-        session.commit()

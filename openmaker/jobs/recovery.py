@@ -15,7 +15,7 @@ import shutil
 from sqlalchemy import select
 
 from openmaker.config import Settings
-from openmaker.host.limits import remove_stale_cgroups
+from openmaker.host.limits import jobs_with_cgroups, remove_job_cgroups
 from openmaker.jobs import queue, retry, state
 from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
 from openmaker.jobs.executor import Executor
@@ -30,19 +30,34 @@ def sweep(settings: Settings, executor: Executor) -> None:
     # Read first: the write lock (which workers recording their logs wait for) only when a
     # job needs it.
     with sessions(settings)() as session:
-        if not any(_lost(job, executor) for job in session.scalars(running_query)):
-            queue.start_ready(settings, executor)
-            return
-    with writer_sessions(settings)() as session:
-        active = session.scalars(running_query).all()
-        orphaned = [job.name for job in active if _handle_if_lost(job, executor)]
-        running = {job.name for job in active if job.worker_pid is not None}
-        session.commit()
-    for name in orphaned:
-        remove_host_folders(settings, name)
-    if orphaned:
-        remove_stale_cgroups(running)
+        lost = any(_lost(job, executor) for job in session.scalars(running_query))
+    if lost:
+        with writer_sessions(settings)() as session:
+            active = session.scalars(running_query).all()
+            orphaned = [job.name for job in active if _handle_if_lost(job, executor)]
+            session.commit()
+        for name in orphaned:
+            remove_host_folders(settings, name)
+    _remove_leftover_cgroups(settings)
     queue.start_ready(settings, executor)
+
+
+def _remove_leftover_cgroups(settings: Settings) -> None:
+    """Memory cgroups of jobs that no worker runs (a killed worker's, once its code died)."""
+    names = jobs_with_cgroups(settings.home)
+    if not names:
+        return
+    with sessions(settings)() as session:
+        rows = session.execute(
+            select(TrainingJob.name, TrainingJob.status, TrainingJob.worker_pid).where(
+                TrainingJob.name.in_(names)
+            )
+        ).all()
+    running = {
+        name for name, status, pid in rows if status not in state.TERMINAL and pid is not None
+    }
+    for name in set(names) - running:
+        remove_job_cgroups(settings.home, name)
 
 
 def check(settings: Settings, executor: Executor, name: str) -> None:
