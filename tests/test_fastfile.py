@@ -237,3 +237,17 @@ def test_without_a_sandbox_local_data_is_a_read_only_rclone_mount(
     assert result["write"] in ("EROFS", "EACCES", "EPERM")
     assert sorted(p.name for p in data.iterdir()) == [f"part-{i:02d}.bin" for i in range(4)]
     assert job_mounts(home) == []
+
+
+def test_an_empty_fastfile_prefix_fails_before_the_code_starts(
+    tmp_path: Path, home: Path, s3_env: S3Server
+) -> None:
+    s3_env.make_bucket("ffempty")
+    _, description = run_script(
+        tmp_path, "ff-empty", PROBE, "s3://ffempty/out",
+        {"train": "s3://ffempty/nothing/", "other": "s3://ffempty/none/"}, edit=fastfile,
+    )  # fmt: skip
+    assert description["TrainingJobStatus"] == "Failed"
+    assert "channel 'train'" in description["FailureReason"]
+    assert "s3://ffempty/nothing/" in description["FailureReason"]
+    assert job_mounts(home) == []

@@ -10,24 +10,32 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from openmaker.jobs.service import TrainingJobs
-from tests.helpers import get_object, log_text, make_image, put_objects, request, wait_for
+from tests.helpers import (
+    get_object,
+    log_text,
+    make_image,
+    put_objects,
+    request,
+    wait_for,
+    wait_for_log,
+)
 from tests.s3server import RestartableS3Server
 
 BUCKET = "faults"
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def flaky_s3(
-    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+@contextmanager
+def _own_server(
+    root: Path, monkeypatch: pytest.MonkeyPatch, *options: str
 ) -> Iterator[RestartableS3Server]:
-    """A server of this test's own, which it may stop and start again."""
-    server = RestartableS3Server(tmp_path / "s3root")
+    server = RestartableS3Server(root, options)
     server.start()
     for name, value in server.server.env().items():
         monkeypatch.setenv(name, value)
@@ -36,6 +44,24 @@ def flaky_s3(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def flaky_s3(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RestartableS3Server]:
+    """A server of this test's own, which it may stop and start again."""
+    with _own_server(tmp_path / "s3root", monkeypatch) as server:
+        yield server
+
+
+@pytest.fixture
+def slow_s3(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RestartableS3Server]:
+    """The same, moving 4 MB a second: an upload of tens of MiB is under way for seconds."""
+    with _own_server(tmp_path / "s3root", monkeypatch, "--bwlimit", "4M") as server:
+        yield server
 
 
 @pytest.fixture
@@ -67,11 +93,10 @@ def _wait_for_status(jobs: TrainingJobs, name: str, status: str, timeout: float 
         time.sleep(0.05)
 
 
-def _wait_for_log(jobs: TrainingJobs, name: str, text: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log_text(jobs, name):
-        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs of {name}"
-        time.sleep(0.05)
+SHA256_OF_THE_CHANNEL = (
+    f"#!{sys.executable}\nimport hashlib\n"
+    "print(hashlib.sha256(open('/opt/ml/input/data/train/x.bin', 'rb').read()).hexdigest())\n"
+)
 
 
 def test_a_download_waits_for_the_server_to_come_back(
@@ -80,11 +105,7 @@ def test_a_download_waits_for_the_server_to_come_back(
     monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "60")
     data = os.urandom(8 * MiB)
     put_objects({f"s3://{BUCKET}/data/train/x.bin": data})
-    script = (
-        f"#!{sys.executable}\nimport hashlib\n"
-        "print(hashlib.sha256(open('/opt/ml/input/data/train/x.bin', 'rb').read()).hexdigest())\n"
-    )
-    image = make_image(tmp_path / "image", script)
+    image = make_image(tmp_path / "image", SHA256_OF_THE_CHANNEL)
     jobs = TrainingJobs()
     flaky_s3.stop()
     channels = {"train": f"s3://{BUCKET}/data/train"}
@@ -97,6 +118,30 @@ def test_a_download_waits_for_the_server_to_come_back(
     description = wait_for(jobs, "dl-back", timeout=90)
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     assert hashlib.sha256(data).hexdigest() in log_text(jobs, "dl-back")
+
+
+def test_a_server_lost_in_the_middle_of_a_download_never_feeds_the_code_half_a_file(
+    tmp_path: Path, slow_s3: RestartableS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "10")
+    data = os.urandom(12 * MiB)
+    put_objects({f"s3://{BUCKET}/data/train/x.bin": data})
+    image = make_image(tmp_path / "image", SHA256_OF_THE_CHANNEL)
+    jobs = TrainingJobs()
+    channels = {"train": f"s3://{BUCKET}/data/train"}
+    jobs.create(request("dl-cut", str(image), f"s3://{BUCKET}/out", channels))
+    _wait_for_status(jobs, "dl-cut", "Downloading")
+    time.sleep(1)  # some seconds away from downloaded at 4 MB/s
+    slow_s3.stop()
+    time.sleep(1)
+    slow_s3.start()
+    description = wait_for(jobs, "dl-cut", timeout=120)
+    if description["TrainingJobStatus"] == "Failed":
+        assert description["FailureReason"].startswith("ClientError: ")
+        assert log_text(jobs, "dl-cut") == ""  # the code never ran
+        return
+    assert description["TrainingJobStatus"] == "Completed"
+    assert log_text(jobs, "dl-cut") == hashlib.sha256(data).hexdigest()
 
 
 def test_a_download_from_a_server_that_stays_away_fails_clearly(
@@ -144,7 +189,7 @@ def _run_until_server_gone(
     body = request(name, str(image), f"s3://{BUCKET}/out")
     body["CheckpointConfig"] = {"S3Uri": f"s3://{BUCKET}/ckpt/{name}"}
     jobs.create(body)
-    _wait_for_log(jobs, name, "trained")
+    wait_for_log(jobs, name, "trained")
     weights = (Path(os.environ["OPENMAKER_HOME"]) / "jobs" / name / "algo-1/ml/model/weights.bin")
     written = weights.read_bytes()
     flaky_s3.stop()
@@ -156,7 +201,7 @@ def test_outputs_and_checkpoints_wait_for_the_server_to_come_back(
 ) -> None:
     monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "60")
     jobs, weights = _run_until_server_gone(tmp_path, flaky_s3, "up-back")
-    _wait_for_log(jobs, "up-back", "server gone")
+    wait_for_log(jobs, "up-back", "server gone")
     # Away for seconds: the last checkpoints (then the outputs) wait for the server.
     time.sleep(3)
     assert jobs.describe("up-back")["TrainingJobStatus"] == "InProgress"
@@ -183,6 +228,38 @@ def test_outputs_for_a_server_that_stays_away_fail_clearly_and_leave_nothing(
         get_object(f"s3://{BUCKET}/out/up-gone/output/model.tar.gz")
     job_dir = Path(os.environ["OPENMAKER_HOME"]) / "jobs" / "up-gone"
     assert not (job_dir / "artifacts").exists()
+
+
+def test_a_server_lost_in_the_middle_of_the_model_upload_never_leaves_half_an_archive(
+    tmp_path: Path, slow_s3: RestartableS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "10")
+    script = (
+        f"#!{sys.executable}\nimport os\n"
+        "open('/opt/ml/model/weights.bin', 'wb').write(os.urandom(24 * 1024 * 1024))\n"
+    )
+    image = make_image(tmp_path / "image", script)
+    jobs = TrainingJobs()
+    jobs.create(request("cut-off", str(image), f"s3://{BUCKET}/out"))
+    _wait_for_status(jobs, "cut-off", "Uploading")
+    time.sleep(1.5)  # packed by now, and some seconds away from uploaded at 4 MB/s
+    slow_s3.stop()
+    time.sleep(1)
+    slow_s3.start()
+    description = wait_for(jobs, "cut-off", timeout=120)
+    weights = Path(os.environ["OPENMAKER_HOME"]) / "jobs/cut-off/algo-1/ml/model/weights.bin"
+    assert not weights.exists()  # the job's files are gone; what is uploaded must be whole
+    try:
+        archive = get_object(f"s3://{BUCKET}/out/cut-off/output/model.tar.gz")
+    except FileNotFoundError:
+        # Given up on (the server lost the multipart upload): a failure that says so.
+        assert description["TrainingJobStatus"] == "Failed"
+        assert "could not upload outputs" in description["FailureReason"]
+        return
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        member = tar.extractfile("weights.bin")
+        assert member is not None and len(member.read()) == 24 * MiB
 
 
 def test_a_full_disk_while_downloading_fails_the_job_and_no_other(

@@ -265,3 +265,16 @@ def test_a_sharded_local_channel_streams_each_host_its_share(tmp_path: Path, hom
     for epoch in range(2):
         assert files[f"algo-1-{epoch}"] == b"0" + b"222" + b"44444"
         assert files[f"algo-2-{epoch}"] == b"11" + b"3333"
+
+
+def test_without_a_sandbox_the_fifos_are_under_sagemaker_base_dir(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_SANDBOX", "none")
+    script = reader(("training", 2)).replace('f"/opt/ml', 'os.environ["SAGEMAKER_BASE_DIR"] + f"')
+    _, description = run_script(
+        tmp_path, "pipe-plain", script, f"{bucket}/out",
+        {"training": f"{bucket}/data/train"}, edit=pipe_edit(),
+    )  # fmt: skip
+    files = model_files(description)
+    assert files["training-0"] == files["training-1"] == in_key_order()

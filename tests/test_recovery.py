@@ -117,8 +117,8 @@ def test_a_job_whose_starter_was_killed_is_restarted_or_failed_by_the_next_comma
     jobs = TrainingJobs()  # what any command does first: the recovery sweep
     description = wait_for(jobs, "orphaned-start")
     what = (
-        f"the openmaker process starting the job (process {starter.pid}) ended while the job "
-        "was starting"
+        f"the openmaker process starting the job (process {starter.pid}) ended without "
+        "finishing it"
     )
     if retries:
         assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")

@@ -6,14 +6,13 @@ import io
 import subprocess
 import sys
 import tarfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from openmaker.jobs.service import TrainingJobs
-from tests.helpers import get_object, log_text, make_image, request, wait_for
+from tests.helpers import get_object, log_text, make_image, request, wait_for, wait_for_log
 
 # The code ignores SIGTERM and leaves a daemon behind: double-forked into a session of its own,
 # ignoring SIGTERM too, holding the code's output open. MODE "stop" then waits to be stopped;
@@ -40,13 +39,6 @@ def _survivors(marker: str) -> list[str]:
     return found.stdout.split()
 
 
-def _wait_for_log(jobs: TrainingJobs, name: str, text: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log_text(jobs, name):
-        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs of {name}"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("sandbox", ["bwrap", "none"])
 @pytest.mark.parametrize("mode", ["stop", "exit"])
 def test_nothing_the_code_started_survives_the_job(
@@ -63,7 +55,7 @@ def test_nothing_the_code_started_survives_the_job(
     jobs.create(request(name, str(image), "s3://b/out"))
     try:
         if mode == "stop":
-            _wait_for_log(jobs, name, "daemon started")
+            wait_for_log(jobs, name, "daemon started")
             assert _survivors(marker), "the daemon should be running while the job runs"
             jobs.stop(name)
         description = wait_for(jobs, name, timeout=60)
@@ -100,7 +92,7 @@ def test_checkpoints_written_during_the_grace_period_are_uploaded(
         body["StoppingCondition"] = {"MaxRuntimeInSeconds": 3}
     jobs.create(body)
     if limit == "stop":
-        _wait_for_log(jobs, name, "ready")
+        wait_for_log(jobs, name, "ready")
         jobs.stop(name)
     description = wait_for(jobs, name, timeout=60)
     assert description["TrainingJobStatus"] == "Stopped"

@@ -6,17 +6,21 @@ shape) and returns the output shape's members; the protocol layer does the rest.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from openmaker.config import Settings
+from openmaker.jobs import recovery
 from openmaker.jobs.cloudwatch import GROUPS, LogQueries, Window
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.tags import Tags
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+SWEEP_SECONDS = 5.0
+log = logging.getLogger("openmaker.api")
 
 
 class Backend:
@@ -28,6 +32,24 @@ class Backend:
         self.logs = LogQueries(self.jobs.sessions, settings.region, settings.account_id)
         # The executor keeps one warm worker for the next job: one submission at a time.
         self.create_lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def watch(self, every: float = SWEEP_SECONDS) -> None:
+        """Sweep the jobs now and then in a background thread: a lost worker is noticed, and
+        waiting jobs start, even when no client asks about them."""
+
+        def loop() -> None:
+            while not self._stopped.wait(every):
+                try:
+                    with self.create_lock:
+                        recovery.sweep(self.jobs.settings, self.jobs.executor)
+                except Exception:  # the next sweep tries again; the server goes on
+                    log.exception("sweeping the jobs failed")
+
+        threading.Thread(target=loop, name="openmaker-sweep", daemon=True).start()
+
+    def close(self) -> None:
+        self._stopped.set()
 
     def sagemaker(self) -> dict[str, Handler]:
         return {

@@ -36,7 +36,9 @@ def serve(
     credentials = server_credentials(settings)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with _store_endpoint(settings, credentials, host, s3_port) as s3_url:
-        app = create_app(Backend(settings), credentials)
+        backend = Backend(settings)
+        backend.watch()
+        app = create_app(backend, credentials)
         server = _Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
         )
@@ -44,6 +46,7 @@ def serve(
         try:
             asyncio.run(_serve(server, lambda: _started(settings, record, announce)))
         finally:
+            backend.close()
             remove_record(settings)
 
 

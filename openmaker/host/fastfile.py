@@ -119,13 +119,19 @@ def mount_channels(spec: HostSpec, sandboxed: bool) -> list[Mount]:
     """Mount every FastFile channel that needs it; check that each channel has data."""
     mounts: list[Mount] = []
     try:
+        # Every mount starts before the first is waited for: rclone's start-up overlaps.
+        started = []
         for channel in fastfile_channels(spec):
             folder = channel_folder(spec, channel)
             folder.mkdir(parents=True, exist_ok=True)
             if is_bound(spec, channel, sandboxed):
                 _check_local(spec, channel)
                 continue
-            mounts.append(_mount(spec, channel, folder))
+            mount = _start_mount(spec, channel, folder)
+            mounts.append(mount)
+            started.append((channel, mount))
+        for channel, mount in started:
+            _wait_until_mounted(spec, channel, mount)
     except BaseException:
         for mount in mounts:
             mount.unmount()
@@ -143,7 +149,7 @@ def _check_local(spec: HostSpec, channel: dict[str, Any]) -> None:
         )
 
 
-def _mount(spec: HostSpec, channel: dict[str, Any], folder: Path) -> Mount:
+def _start_mount(spec: HostSpec, channel: dict[str, Any], folder: Path) -> Mount:
     name = channel["ChannelName"]
     uri = source_of(channel)["S3Uri"]
     remote, env = _remote(spec, uri)
@@ -188,16 +194,20 @@ def _mount(spec: HostSpec, channel: dict[str, Any], folder: Path) -> Mount:
         )
     finally:
         os.close(read_end)
-    mount = Mount(folder, guard, control)
+    return Mount(folder, guard, control)
+
+
+def _wait_until_mounted(spec: HostSpec, channel: dict[str, Any], mount: Mount) -> None:
+    name = channel["ChannelName"]
     deadline = time.monotonic() + MOUNT_WAIT_SECONDS
-    while not is_mounted(folder):
-        if guard.poll() is not None or time.monotonic() > deadline:
+    while not is_mounted(mount.mountpoint):
+        if mount.guard.poll() is not None or time.monotonic() > deadline:
             mount.unmount()
             log = _log_tail(spec.work_dir / f"rclone-{name}.log")
+            uri = source_of(channel)["S3Uri"]
             raise ChannelError(f"channel {name!r}: cannot mount {uri} for FastFile: {log}")
-        time.sleep(0.02)
+        time.sleep(0.01)
     _check_not_empty(channel, mount)
-    return mount
 
 
 def _volume_gib(spec: HostSpec) -> int:

@@ -144,6 +144,8 @@ class PipeStreamer:
                     return
                 self._make_fifo(epoch)
         except Exception as exc:  # reported as the job's failure, never lost with the thread
+            if self._stopped.is_set() or not self.folder.exists():
+                return  # the host has ended under the streamer: nothing left to fail
             self.error = f"channel {self.plan.name!r}: {exc}"
             self.emit(LogLine(self.spec.host_name, _now_ms(), f"Pipe input failed: {self.error}"))
             self.on_error(self.error)

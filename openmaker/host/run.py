@@ -81,9 +81,9 @@ def execute(
     )
     stopping = spec.request.get("StoppingCondition") or {}
     max_runtime = stopping.get("MaxRuntimeInSeconds")
-    sync = CheckpointSync.start_for(spec, emit)
     on_input_failure(spec, lambda _: stop.request("Failed"))
     logs = metric_emitter(algorithm.get("MetricDefinitions"), emit)
+    sync = CheckpointSync.start_for(spec, emit)
     try:
         result = run_process(launch, spec.host_name, logs, stop, max_runtime, grace)
     finally:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -137,7 +138,33 @@ def engine_for(url: str) -> Engine:
         event.listen(engine, "connect", _tune_sqlite)
         event.listen(engine, "begin", _begin)
     Base.metadata.create_all(engine)
+    _add_new_columns(engine)
     return engine
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """A database made by an earlier openmaker gets the columns added since (create_all makes
+    missing tables, not missing columns). Every column added after the first release must be
+    nullable or have a plain default, so that existing rows stay valid."""
+    inspector = inspect(engine)
+    missing = [
+        (table, column)
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if column.name not in {c["name"] for c in inspector.get_columns(table.name)}
+    ]
+    if not missing:
+        return
+    with engine.begin() as connection:
+        for table, column in missing:
+            kind = column.type.compile(engine.dialect)
+            default = column.default.arg if column.default is not None else None
+            clause = ""
+            if isinstance(default, bool | int | float):
+                clause = f" DEFAULT {int(default) if isinstance(default, bool) else default}"
+            connection.exec_driver_sql(
+                f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'
+            )
 
 
 def sessions(settings: Settings) -> sessionmaker[Session]:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from typing import Any
+from collections.abc import Iterator
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from openmaker.config import Settings
 from openmaker.jobs import capacity, state
+from openmaker.jobs.capacity import Placement
 from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, Worker, process_start_time
 
@@ -48,39 +50,22 @@ def _launch_env(settings: Settings, job_name: str) -> dict[str, str]:
 
 def start_ready(settings: Settings, executor: Executor) -> None:
     """Start every waiting job that fits now, oldest first."""
-    with sessions(settings)() as session:  # most calls find nothing waiting: no write lock
-        query = select(TrainingJob.name).where(
-            TrainingJob.status == state.IN_PROGRESS, TrainingJob.worker_pid.is_(None)
-        )
-        if session.scalar(query.limit(1)) is None:
+    # Read first: most calls (a command starting, a describe polling a Pending job) change
+    # nothing, and need not wait for the write lock that workers recording their logs hold.
+    with sessions(settings)() as session:
+        jobs = _active(session)
+        if not any(map(state.waiting, jobs)):
+            return
+        machine = capacity.machine(settings)
+        if not any(_changes(_plan(jobs, machine))):
             return
     me, started = os.getpid(), process_start_time(os.getpid())
-    machine = capacity.machine(settings)
-    chosen: list[tuple[TrainingJob, dict[str, Any]]] = []
+    chosen: list[tuple[TrainingJob, Placement]] = []
     with writer_sessions(settings)() as session:
-        active = state.IN_PROGRESS, state.STOPPING
-        jobs = session.scalars(
-            select(TrainingJob)
-            .where(TrainingJob.status.in_(active))
-            .order_by(TrainingJob.creation_time, TrainingJob.name)
-        ).all()
-        waiting = [job for job in jobs if state.waiting(job)]
-        if not waiting:
-            return
-        used = [job.placement for job in jobs if job.placement is not None]
-        blocked_by: str | None = None
-        for job in waiting:
-            placement = None if blocked_by else capacity.place(job.request, machine, used)
+        for job, placement, message in _plan(_active(session), machine):
             if placement is None:
-                message = (
-                    f"Waiting for capacity behind the training job {blocked_by}"
-                    if blocked_by
-                    else capacity.waiting_message(job.request, machine, used)
-                )
-                blocked_by = blocked_by or job.name
                 _wait(job, message)
                 continue
-            used.append(placement)
             job.placement = placement
             job.worker_pid, job.worker_started, job.worker_ready = me, started, False
             if job.secondary_status != "Starting":
@@ -91,11 +76,55 @@ def start_ready(settings: Settings, executor: Executor) -> None:
         _submit(settings, executor, job, placement, me)
 
 
+def _active(session: Session) -> list[TrainingJob]:
+    query = (
+        select(TrainingJob)
+        .where(TrainingJob.status.in_((state.IN_PROGRESS, state.STOPPING)))
+        .order_by(TrainingJob.creation_time, TrainingJob.name)
+    )
+    return list(session.scalars(query))
+
+
+def _plan(
+    jobs: list[TrainingJob], machine: capacity.Machine
+) -> list[tuple[TrainingJob, Placement | None, str]]:
+    """For each waiting job: where it starts now, or (None and) what it waits for."""
+    used = [job.placement for job in jobs if job.placement is not None]
+    blocked_by: str | None = None
+    plan: list[tuple[TrainingJob, Placement | None, str]] = []
+    for job in filter(state.waiting, jobs):
+        placement = None if blocked_by else capacity.place(job.request, machine, used)
+        if placement is not None:
+            used.append(placement)
+            plan.append((job, placement, ""))
+            continue
+        message = (
+            f"Waiting for capacity behind the training job {blocked_by}"
+            if blocked_by
+            else capacity.waiting_message(job.request, machine, used)
+        )
+        blocked_by = blocked_by or job.name
+        plan.append((job, None, message))
+    return plan
+
+
+def _changes(plan: list[tuple[TrainingJob, Placement | None, str]]) -> Iterator[bool]:
+    for job, placement, message in plan:
+        yield placement is not None or (job.secondary_status, _message(job)) != (
+            "Pending",
+            message,
+        )
+
+
+def _message(job: TrainingJob) -> str | None:
+    return job.transitions[-1].get("StatusMessage") if job.transitions else None
+
+
 def _wait(job: TrainingJob, message: str) -> None:
     """Enter Pending, or update its message (what the job waits for) when it changed."""
     if job.secondary_status != "Pending":
         state.enter(job, "Pending", message)
-    elif job.transitions[-1].get("StatusMessage") != message:
+    elif _message(job) != message:
         transitions = [dict(t) for t in job.transitions]
         transitions[-1]["StatusMessage"] = message
         job.transitions = transitions
@@ -106,7 +135,7 @@ def _submit(
     settings: Settings,
     executor: Executor,
     job: TrainingJob,
-    placement: dict[str, Any],
+    placement: Placement,
     owner: int,
 ) -> None:
     sessions = writer_sessions(settings)

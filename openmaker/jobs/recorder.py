@@ -98,15 +98,17 @@ class JobRecorder:
             if name is None:
                 name = stream_name(self.job_name, event.host, event.timestamp_ms // 1000)
                 self.streams[event.host] = name
-                session.add(
-                    LogStream(
-                        name=name,
-                        group=LOG_GROUP,
-                        job_name=self.job_name,
-                        creation_time=event.timestamp_ms,
+                # A restarted job's new attempt may start within the same second: one stream.
+                if session.get(LogStream, name) is None:
+                    session.add(
+                        LogStream(
+                            name=name,
+                            group=LOG_GROUP,
+                            job_name=self.job_name,
+                            creation_time=event.timestamp_ms,
+                        )
                     )
-                )
-                session.flush()
+                    session.flush()
             session.add(
                 LogEvent(
                     stream=name,

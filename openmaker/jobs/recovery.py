@@ -86,8 +86,8 @@ def _handle_if_lost(job: TrainingJob, executor: Executor) -> bool:
         )
     else:  # the process starting it, or its worker before it took the job over
         what = (
-            f"the openmaker process starting the job (process {job.worker_pid}) ended while "
-            "the job was starting"
+            f"the openmaker process starting the job (process {job.worker_pid}) ended without "
+            "finishing it"
         )
     retry.restart_or_fail(job, what)
     return True
@@ -95,7 +95,8 @@ def _handle_if_lost(job: TrainingJob, executor: Executor) -> bool:
 
 def remove_host_folders(settings: Settings, job_name: str) -> None:
     """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
-    the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem."""
+    the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem. (A restarted job's new
+    worker clears what is left of them before it starts, whatever the setting.)"""
     if os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
         return
     for folder in (settings.jobs_dir / job_name).glob("algo-*"):

@@ -67,7 +67,11 @@ async def stream_object(store: ObjectStore, key: str, size: int) -> AsyncIterato
 
 
 async def _attempt(store: ObjectStore, key: str, offset: int, size: int) -> AsyncIterator[bytes]:
-    if offset == 0:
+    if offset == 0 and size <= CHUNK_SIZE:
+        # One read: for a small object the streaming machinery costs more than its bytes.
+        result = await obstore.get_async(store, key)
+        yield bytes(await result.bytes_async())
+    elif offset == 0:
         result = await obstore.get_async(store, key)
         async for chunk in result.stream(min_chunk_size=CHUNK_SIZE):
             yield bytes(chunk)
