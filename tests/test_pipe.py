@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from openmaker.host.shuffle import shuffled
-from openmaker.jobs import service
 from tests.helpers import get_object, put_objects, run_script, source_of
 from tests.s3server import S3Server
 
@@ -39,24 +38,6 @@ for channel, epochs, close_early in PLAN:
             out.write(data)
 """
 )
-
-
-@pytest.fixture(autouse=True)
-def pipe_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """jobs/service.py still refuses Pipe channels (its owner removes that refusal, then this
-    fixture goes); its other checks stay in force."""
-    original = getattr(service, "_check_supported", None)
-    if original is None:
-        return
-
-    def check(request: dict[str, Any]) -> None:
-        copy = json.loads(json.dumps(request))
-        copy["AlgorithmSpecification"]["TrainingInputMode"] = "File"
-        for channel in copy.get("InputDataConfig") or []:
-            channel.pop("InputMode", None)
-        original(copy)
-
-    monkeypatch.setattr(service, "_check_supported", check)
 
 
 def reader(*plan: tuple[Any, ...]) -> str:

@@ -382,14 +382,6 @@ def test_images_that_cannot_run_are_refused(home: Path, image: str, member: str)
     assert TrainingJobs().list() == []
 
 
-def test_pipe_mode_is_refused_for_now(tmp_path: Path, home: Path) -> None:
-    image = make_image(tmp_path / "image", "#!/bin/sh\n")
-    body = request("piped", str(image), "s3://b/out", {"train": "s3://b/data"})
-    body["InputDataConfig"][0]["InputMode"] = "Pipe"
-    with pytest.raises(ValidationException, match="InputMode"):
-        TrainingJobs().create(body)
-
-
 def test_container_entrypoint_and_arguments(tmp_path: Path, home: Path) -> None:
     image = make_image(tmp_path / "image", "#!/bin/sh\n")
     (image / "run.sh").write_text('#!/bin/sh\necho "args: $*" > /opt/ml/model/args\n')

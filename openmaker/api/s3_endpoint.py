@@ -2,8 +2,10 @@
 `$OPENMAKER_HOME/s3`, so that unchanged code uploads and downloads with boto3.
 
 rclone checks each request's SigV4 signature against the server's key pair itself. Its folder
-listings are not cached (`--dir-cache-time 0s`): jobs write outputs into the same folder
-behind its back, and a client must see them at once.
+listings are cached for one second only: whatever is written into the folder behind its back (a
+job run in a CLI's own process) shows within a second. Not zero: with `--dir-cache-time 0s`
+rclone 1.75 deadlocked under a handful of concurrent uploads (its cache cleanup timers fire
+without end and pile up on a folder's lock).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from openmaker.config import Settings
 from openmaker.tools import find_tool
 
 PR_SET_PDEATHSIG = 1
+DIR_CACHE_TIME = "1s"
 
 
 class EndpointError(RuntimeError):
@@ -49,7 +52,7 @@ def embedded_s3(
                 "--config",
                 "/dev/null",
                 "--dir-cache-time",
-                "0s",
+                DIR_CACHE_TIME,
                 "--log-level",
                 "NOTICE",
             ],

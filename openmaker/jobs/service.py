@@ -230,10 +230,3 @@ def _check_supported(request: dict[str, Any]) -> None:
         resolve_image(algorithm["TrainingImage"], algorithm, request.get("HyperParameters"))
     except ImageError as exc:
         raise ValidationException(f"AlgorithmSpecification.TrainingImage: {exc}") from None
-    default_mode = algorithm["TrainingInputMode"]
-    for index, channel in enumerate(request.get("InputDataConfig") or [], start=1):
-        if (channel.get("InputMode") or default_mode) == "Pipe":
-            raise ValidationException(
-                f"InputDataConfig.{index}.member.InputMode: channel {channel['ChannelName']!r} "
-                "uses Pipe mode, which this version of openmaker does not run yet"
-            )

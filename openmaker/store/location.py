@@ -145,7 +145,9 @@ def retry_seconds() -> float:
 def retry_config(seconds: float) -> dict[str, object]:
     """obstore's RetryConfig: exponential backoff with jitter, retried for `seconds`."""
     return {
-        "max_retries": 10 if seconds > 0 else 0,
+        # The time limit, not a count, decides when to give up (10 retries would end within
+        # seconds against a server that is restarting).
+        "max_retries": 1000 if seconds > 0 else 0,
         "retry_timeout": timedelta(seconds=seconds),
         "backoff": {
             "init_backoff": timedelta(milliseconds=100),

@@ -20,7 +20,7 @@ from pathlib import Path
 import obstore
 from obstore.store import ObjectStore, S3Store
 
-from openmaker.store.retry import Backoff
+from openmaker.store.retry import Backoff, RefusedAnswer
 
 # Objects from this size up are fetched in parts; the part size keeps the number of requests
 # (each a new connection) low while leaving room for several at once.
@@ -88,7 +88,10 @@ def open_range(
         if response.status not in (200, 206) or not content_range.startswith(
             f"bytes {start}-{end}/"
         ):
-            error = FileNotFoundError if response.status == 404 else OSError
+            # Only a server error (5xx) may answer differently next time.
+            error: type[OSError] = OSError if response.status >= 500 else RefusedAnswer
+            if response.status == 404:
+                error = FileNotFoundError
             raise error(
                 f"ranged GET of bytes {start}-{end} answered HTTP {response.status} "
                 f"({content_range or 'no Content-Range'})"

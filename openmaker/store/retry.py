@@ -25,8 +25,16 @@ from openmaker.store.location import retry_seconds
 
 _FIRST_WAIT = 0.1
 _LONGEST_WAIT = 15.0
+
+
+class RefusedAnswer(OSError):
+    """An answer another attempt would not change: a 4xx status, or a body other than the one
+    asked for (a server that ignores Range)."""
+
+
 # Errors that another attempt cannot mend.
 _PERMANENT = (
+    RefusedAnswer,
     FileNotFoundError,
     PermissionError,
     NotFoundError,
