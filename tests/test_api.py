@@ -185,6 +185,21 @@ def test_list_filters_sorts_and_pages(api_server: ApiServer, tmp_path: Path, out
     assert bad.value.response["Error"]["Code"] == "ValidationException"
 
 
+def test_concurrent_jobs_upload_through_the_embedded_endpoint(
+    api_server: ApiServer, tmp_path: Path, output: str
+) -> None:
+    """Eight jobs writing their outputs through the S3 endpoint at once (rclone with an
+    uncached folder listing once deadlocked on this)."""
+    sagemaker = api_server.client("sagemaker")
+    script = image(tmp_path, "#!/bin/sh\necho weights > /opt/ml/model/w\n")
+    names = [unique("many") for _ in range(8)]
+    for name in names:
+        sagemaker.create_training_job(**request(name, script, output))
+    for name in names:
+        described = wait_done(sagemaker, name)
+        assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+
+
 def test_stop_through_the_api(api_server: ApiServer, tmp_path: Path, output: str) -> None:
     sagemaker = api_server.client("sagemaker")
     name = unique("stop")
