@@ -6,7 +6,6 @@ work (signature, validation, database) costs on top of boto3 and HTTP."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from bench.stats import Timings, timed
 from openmaker.config import Settings
 from openmaker.jobs.db import TrainingJob, writer_sessions
 from openmaker.spec import training_job_arn
+from openmaker.tools import wait_listening
 from tests.apiserver import ApiServer, running_api_server, signed_post
 from tests.helpers import make_image, request
 from tests.s3server import free_port
@@ -155,15 +155,7 @@ def _floor(scratch: Path, canned: dict[str, Any], like: ApiServer) -> Any:
         [sys.executable, "-m", "bench.floor_server", str(port), str(canned_file)]
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the canned peer server did not start") from None
-                time.sleep(0.05)
+        wait_listening(process, "127.0.0.1", port, "the canned peer server")
         url = f"http://127.0.0.1:{port}"
         yield lambda: boto3.client(
             "sagemaker",

@@ -6,7 +6,6 @@ import os
 import secrets
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 
 import boto3
 
-from openmaker.tools import find_tool
+from openmaker.tools import find_tool, wait_listening
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def running_s3_server(root: Path) -> Iterator[S3Server]:
     key, secret = "test" + secrets.token_hex(4), secrets.token_hex(16)
     process = _start_rclone(root, port, key, secret)
     try:
-        _wait_until_listening(process, port)
+        wait_listening(process, "127.0.0.1", port, "rclone serve s3")
         yield S3Server(f"http://127.0.0.1:{port}", key, secret, root)
     finally:
         process.terminate()
@@ -91,7 +90,7 @@ class RestartableS3Server:
             self.server.secret_key,
             self.options,
         )
-        _wait_until_listening(self.process, self.port)
+        wait_listening(self.process, "127.0.0.1", self.port, "rclone serve s3")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -125,14 +124,3 @@ def _start_rclone(
     )
 
 
-def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("rclone serve s3 did not start") from None
-            time.sleep(0.05)

@@ -13,22 +13,16 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from openmaker.api.credentials import Credentials
 from openmaker.config import Settings
-from openmaker.tools import find_tool
+from openmaker.tools import find_tool, wait_listening
 
 PR_SET_PDEATHSIG = 1
 DIR_CACHE_TIME = "1s"
-
-
-class EndpointError(RuntimeError):
-    pass
 
 
 @contextmanager
@@ -64,7 +58,8 @@ def embedded_s3(
             preexec_fn=die_with_parent,
         )
     try:
-        _wait_listening(process, host, port, log)
+        what = f"the embedded S3 endpoint (rclone serve s3; see {log})"
+        wait_listening(process, host, port, what)
         yield f"http://{_url_host(host)}:{port}"
     finally:
         process.terminate()
@@ -79,22 +74,6 @@ def die_with_parent() -> None:
     """In a child before exec: SIGTERM when the process that started it ends."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _wait_listening(process: subprocess.Popen[bytes], host: str, port: int, log: object) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=0.2).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise EndpointError(
-                    f"the embedded S3 endpoint (rclone serve s3) did not start on {host}:{port}; "
-                    f"see {log}"
-                ) from None
-            time.sleep(0.05)
 
 
 def _url_host(host: str) -> str:
