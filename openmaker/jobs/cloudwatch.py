@@ -7,6 +7,7 @@ client polling with `nextForwardToken` sees every line exactly once, however fas
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +107,7 @@ class LogQueries:
             query = query.where(LogEvent.id > boundary if forward else LogEvent.id < boundary)
         query = query.order_by(LogEvent.id if forward else LogEvent.id.desc()).limit(limit)
         with self.sessions() as session:
-            rows = _within_size(session.scalars(query))
+            rows, _ = _capped(session.scalars(query), limit)
         if not forward:
             rows.reverse()
         events = [
@@ -152,18 +153,9 @@ class LogQueries:
             stamp, row = _filter_token(token)
             query = query.where(tuple_(LogEvent.timestamp, LogEvent.id) > tuple_(stamp, row))
         query = query.order_by(LogEvent.timestamp, LogEvent.id)
-        found: list[LogEvent] = []
-        size = 0
-        more = False
         with self.sessions() as session:
-            for event in session.scalars(query.execution_options(yield_per=1000)):
-                if not match(event.message):
-                    continue
-                size += len(event.message.encode()) + EVENT_OVERHEAD
-                if len(found) >= limit or (found and size > RESPONSE_BYTES):
-                    more = True
-                    break
-                found.append(event)
+            events = session.scalars(query.execution_options(yield_per=1000))
+            found, more = _capped((e for e in events if match(e.message)), limit)
         result: dict[str, Any] = {
             "events": [
                 {
@@ -203,15 +195,17 @@ class LogQueries:
         return item
 
 
-def _within_size(events: Any) -> list[LogEvent]:
+def _capped(events: Iterable[LogEvent], limit: int) -> tuple[list[LogEvent], bool]:
+    """The first `limit` events that fit in a response (about 1 MB, as CloudWatch counts), and
+    whether any event was left out."""
     rows: list[LogEvent] = []
     size = 0
     for event in events:
         size += len(event.message.encode()) + EVENT_OVERHEAD
-        if rows and size > RESPONSE_BYTES:
-            break
+        if len(rows) >= limit or (rows and size > RESPONSE_BYTES):
+            return rows, True
         rows.append(event)
-    return rows
+    return rows, False
 
 
 def _row_token(token: str) -> tuple[str, int]:
