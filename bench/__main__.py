@@ -61,28 +61,23 @@ def run_overhead(plan: Plan, scratch: Path) -> list[str]:
     return lines
 
 
-def run_downloads(plan: Plan, scratch: Path, env: dict[str, str]) -> list[str]:
+def run_against_s5cmd(
+    plan: Plan, scratch: Path, env: dict[str, str], mode: str
+) -> list[str]:
+    """File-mode downloads against `s5cmd cp`, or Pipe streams against `s5cmd cat`, on every
+    data set of the plan."""
+    what, measure, peer = {
+        "download": ("File-mode download", download.measure, "s5cmd    "),
+        "pipe": ("Pipe-mode stream", pipe.measure, "s5cmd cat"),
+    }[mode]
     lines = []
     for data in plan.data_sets:
-        print(f"File-mode download of {data.label} ({plan.download_runs} runs)", flush=True)
-        result = download.measure(data, scratch, BUCKET, env, plan.download_runs)
+        print(f"{what} of {data.label} ({plan.download_runs} runs)", flush=True)
+        result = measure(data, scratch, BUCKET, env, plan.download_runs)
         lines += [
             result.summary(),
             f"  openmaker {result.openmaker.describe()}",
-            f"  s5cmd     {result.s5cmd.describe()}",
-        ]
-    return lines
-
-
-def run_pipes(plan: Plan, scratch: Path, env: dict[str, str]) -> list[str]:
-    lines = []
-    for data in plan.data_sets:
-        print(f"Pipe-mode stream of {data.label} ({plan.download_runs} runs)", flush=True)
-        result = pipe.measure(data, scratch, BUCKET, env, plan.download_runs)
-        lines += [
-            result.summary(),
-            f"  openmaker {result.openmaker.describe()}",
-            f"  s5cmd cat {result.s5cmd.describe()}",
+            f"  {peer} {result.s5cmd.describe()}",
         ]
     return lines
 
@@ -100,9 +95,9 @@ def main(argv: list[str] | None = None) -> None:
             if args.only in (None, "overhead"):
                 lines += run_overhead(plan, scratch)
             if args.only in (None, "download"):
-                lines += run_downloads(plan, scratch, env)
+                lines += run_against_s5cmd(plan, scratch, env, "download")
             if args.only in (None, "pipe"):
-                lines += run_pipes(plan, scratch, env)
+                lines += run_against_s5cmd(plan, scratch, env, "pipe")
             if args.only in (None, "fastfile"):
                 lines += fastfile.run(plan.fastfile, scratch, BUCKET, env)
             if args.only in (None, "checkpoints"):
