@@ -26,7 +26,7 @@ class Plan:
 
 
 DEFAULT = Plan(
-    7, 5, (DataSet(2000, 64 * KiB), DataSet(1, 512 * MiB)), fastfile.FastFilePlan(64, 64 * MiB, 3)
+    7, 5, (DataSet(2000, 64 * KiB), DataSet(1, 512 * MiB)), fastfile.FastFilePlan(64, 64 * MiB, 5)
 )
 QUICK = Plan(
     3, 2, (DataSet(200, 64 * KiB), DataSet(1, 64 * MiB)), fastfile.FastFilePlan(8, 32 * MiB, 1)

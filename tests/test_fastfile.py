@@ -105,6 +105,43 @@ def test_code_reads_one_file_of_a_large_prefix_without_the_rest_being_fetched(
     assert job_mounts(home) == []
 
 
+@pytest.mark.parametrize(
+    ("order", "fetched"),
+    [
+        # In key order: opening part-01 right after part-00 has part-02 fetched ahead.
+        ((0, 1), 3),
+        # Out of order: nothing is fetched that the code does not read.
+        ((5, 2), 2),
+    ],
+)
+def test_the_next_file_is_fetched_ahead_only_for_code_reading_in_key_order(
+    tmp_path: Path,
+    home: Path,
+    s3_env: S3Server,
+    big_prefix: str,
+    order: tuple[int, int],
+    fetched: int,
+) -> None:
+    script = (
+        "#!" + sys.executable + f"""
+import pathlib, time
+data = pathlib.Path("/opt/ml/input/data/train")
+for index in {order!r}:
+    (data / f"part-{{index:02d}}.bin").read_bytes()
+# Time for a file fetched ahead to arrive before the job ends and unmounts.
+time.sleep(3)
+"""
+    )
+    before = server_bytes_sent(s3_env)
+    _, description = run_script(
+        tmp_path, "ff-ahead", script, "s3://fastfile/out", {"train": big_prefix}, edit=fastfile
+    )
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    served = server_bytes_sent(s3_env) - before
+    assert fetched * BIG <= served < (fetched + 1) * BIG, served / BIG
+    assert job_mounts(home) == []
+
+
 def test_local_folders_are_bound_read_only(tmp_path: Path, home: Path) -> None:
     data = tmp_path / "local-data"
     data.mkdir()
