@@ -49,6 +49,21 @@ class S3Server:
             client.create_bucket(Bucket=name)
 
 
+def served_bytes(root: Path) -> int:
+    """Bytes that the `rclone serve` process over `root` has written (its /proc io counter):
+    every response it sent."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and str(root).encode() in argv:
+            for line in (entry / "io").read_text().splitlines():
+                if line.startswith("wchar:"):
+                    return int(line.split()[1])
+    raise AssertionError(f"no rclone serve process over {root}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

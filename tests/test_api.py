@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import sqlite3
+import sys
+import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +22,7 @@ from openmaker.jobs.logs import LOG_GROUP
 from openmaker.spec import validate_output
 from tests.apiserver import ApiServer, raw_post, running_api_server, signed_post
 from tests.helpers import make_image, request
+from tests.s3server import served_bytes
 
 NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"})
 
@@ -349,3 +354,41 @@ def test_signatures_are_checked_before_anything_happens(
     with pytest.raises(ClientError) as caught:
         sagemaker.describe_training_job(TrainingJobName=name)
     assert caught.value.response["Error"]["Code"] == "ResourceNotFound"  # nothing was created
+
+
+def test_server_jobs_use_the_store_folder_and_their_code_the_endpoint(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """openmaker's own transfers for a server's job bypass the embedded S3 endpoint; the code
+    gets the endpoint; the job's artifacts are there through the endpoint once it has ended."""
+    s3, sagemaker = api_server.client("s3"), api_server.client("sagemaker")
+    name, data_bucket = unique("direct"), bucket(api_server)
+    size = 16 * 1024 * 1024
+    s3.put_object(Bucket=data_bucket, Key="train/data.bin", Body=os.urandom(size))
+    s3.put_object(Bucket=data_bucket, Key="small/note.txt", Body=b"through the endpoint")
+    script = (
+        "#!" + sys.executable + f"""
+import os, boto3
+assert os.path.getsize("/opt/ml/input/data/train/data.bin") == {size}
+s3 = boto3.client("s3")  # configured by the job's environment alone
+note = s3.get_object(Bucket="{data_bucket}", Key="small/note.txt")["Body"].read()
+open("/opt/ml/model/note.txt", "wb").write(note)
+open("/opt/ml/model/weights.bin", "wb").write(os.urandom({size}))
+"""
+    )
+    body = request(
+        name, image(tmp_path, script), f"s3://{data_bucket}/out",
+        {"train": f"s3://{data_bucket}/train/"},
+    )  # fmt: skip
+    before = served_bytes(api_server.home / "s3")
+    sagemaker.create_training_job(**body)
+    description = wait_done(sagemaker, name)
+    served = served_bytes(api_server.home / "s3") - before
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    # Neither the 16 MiB download nor the 16 MiB model's upload went through the endpoint.
+    assert served < 2 * 1024 * 1024, served
+    key = description["ModelArtifacts"]["S3ModelArtifacts"].split("/", 3)[3]
+    archive = s3.get_object(Bucket=data_bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        note = tar.extractfile("note.txt")
+        assert note is not None and note.read() == b"through the endpoint"

@@ -18,7 +18,7 @@ from openmaker.host.fastfile import sweep_stale_mounts
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.service import TrainingJobs
 from tests.helpers import get_object, log_text, make_image, put_objects, request, run_script
-from tests.s3server import S3Server
+from tests.s3server import S3Server, served_bytes
 
 BIG = 8 * 1024 * 1024
 COUNT = 16
@@ -59,19 +59,9 @@ def part(i: int) -> bytes:
 
 
 def server_bytes_sent(server: S3Server) -> int:
-    """Bytes the S3 server process has written (its /proc io counter): what it served.
-
-    (Not what it read: it reads whole files to compute the ETags of a listing.)"""
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in argv and str(server.root).encode() in argv:
-            for line in (entry / "io").read_text().splitlines():
-                if line.startswith("wchar:"):
-                    return int(line.split()[1])
-    raise AssertionError("the S3 server's process was not found")
+    """What the S3 server has served. (Not what it read: it reads whole files to compute the
+    ETags of a listing.)"""
+    return served_bytes(server.root)
 
 
 def job_mounts(home: Path) -> list[str]:

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 
 from openmaker.api.credentials import Credentials
 from openmaker.config import Settings
+from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 from openmaker.tools import find_tool, wait_listening
 
 PR_SET_PDEATHSIG = 1
-DIR_CACHE_TIME = "1s"
+DIR_CACHE_TIME = f"{EMBEDDED_ENDPOINT_LISTING_SECONDS}s"
 
 
 @contextmanager

@@ -22,6 +22,11 @@ from openmaker.api.s3_endpoint import embedded_s3
 from openmaker.config import Settings
 from openmaker.connection import ServerRecord, remove_record, write_record
 from openmaker.store import s3_endpoint
+from openmaker.store.location import (
+    EMBEDDED_ENDPOINT_KEY_ID,
+    EMBEDDED_ENDPOINT_SECRET,
+    EMBEDDED_ENDPOINT_URL,
+)
 
 
 def serve(
@@ -89,18 +94,22 @@ def _store_endpoint(
 ) -> Iterator[str | None]:
     """The embedded store as an S3 endpoint, unless an S3 endpoint is configured already.
 
-    Jobs the server runs then reach the store through that endpoint, as their code does: one
-    view of every object for openmaker, the job's code and the user's clients.
+    The code of the jobs the server runs is given that endpoint; openmaker's own transfers for
+    them read and write the store's folder directly, without the endpoint's cost (rclone reads
+    every object whole to give its ETag in a listing).
     """
     if s3_endpoint() is not None:
         yield None
         return
     with embedded_s3(settings, credentials, host, port) as url:
-        os.environ["AWS_ENDPOINT_URL_S3"] = url
-        os.environ["AWS_ACCESS_KEY_ID"] = credentials.access_key_id
-        os.environ["AWS_SECRET_ACCESS_KEY"] = credentials.secret_access_key
+        variables = {
+            EMBEDDED_ENDPOINT_URL: url,
+            EMBEDDED_ENDPOINT_KEY_ID: credentials.access_key_id,
+            EMBEDDED_ENDPOINT_SECRET: credentials.secret_access_key,
+        }
+        os.environ.update(variables)
         try:
             yield url
         finally:
-            for name in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            for name in variables:
                 os.environ.pop(name, None)

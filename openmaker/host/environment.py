@@ -24,6 +24,6 @@ def container_environment(spec: HostSpec, image: Image) -> dict[str, str]:
         # script's output reach the logs line by line.
         env["PYTHONUNBUFFERED"] = "TRUE"
         env["PYTHONDONTWRITEBYTECODE"] = "TRUE"
-    env.update(spec.store_env)
+    env.update(spec.code_env)
     env.update(spec.request.get("Environment") or {})
     return env

@@ -31,8 +31,11 @@ class HostSpec:
     work_dir: Path
     # Folders the sandbox must not show (openmaker's own state, other jobs).
     hidden_paths: list[Path] = field(default_factory=list)
-    # Variables that give the code, and openmaker's own transfers, access to object storage.
+    # Variables that give openmaker's own transfers access to object storage (none: the
+    # embedded store, on this machine's disk).
     store_env: dict[str, str] = field(default_factory=dict)
+    # The same for the code: the embedded store is reached through a server's S3 endpoint.
+    code_env: dict[str, str] = field(default_factory=dict)
     # None: the whole machine, unconfined.
     resources: HostResources | None = None
 

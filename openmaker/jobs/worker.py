@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,19 +36,8 @@ from openmaker.jobs.retry import restart_or_fail
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.recorder import JobRecorder
-from openmaker.store import StoreError, s3_endpoint
-
-STORE_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-
-def store_environment() -> dict[str, str]:
-    """What the code (and the host's transfers) need to reach the object store in use."""
-    endpoint = s3_endpoint()
-    if endpoint is None:
-        return {}
-    env = {"AWS_ENDPOINT_URL_S3": endpoint.url}
-    env.update({k: os.environ[k] for k in STORE_VARIABLES if os.environ.get(k)})
-    return env
+from openmaker.store import StoreError, code_store_environment, store_environment
+from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 
 
 def host_specs(
@@ -58,6 +48,7 @@ def host_specs(
     hosts = [f"algo-{i}" for i in range(1, count + 1)]
     job_dir = settings.jobs_dir / name
     store_env = store_environment()
+    code_env = code_store_environment()
     shares = _host_resources(settings, placement, count)
     return [
         HostSpec(
@@ -71,6 +62,7 @@ def host_specs(
             work_dir=job_dir / host,
             hidden_paths=[settings.home],
             store_env=store_env,
+            code_env=code_env,
             resources=share,
         )
         for host, share in zip(hosts, shares, strict=True)
@@ -240,6 +232,10 @@ def _run(
         return lambda j: state.finish(j, "Failed", reason)
     finally:
         shutil.rmtree(settings.jobs_dir / job_name / "artifacts", ignore_errors=True)
+    if specs[0].code_env and not specs[0].store_env:
+        # Written straight into the embedded store's folder: the job ends once the server's
+        # S3 endpoint lists its artifacts too, so that a client that sees it end finds them.
+        time.sleep(EMBEDDED_ENDPOINT_LISTING_SECONDS)
 
     def finish(j: TrainingJob) -> None:
         j.model_artifacts = artifacts.model_uri

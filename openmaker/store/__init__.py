@@ -3,7 +3,14 @@
 from openmaker.store.errors import StoreError
 from openmaker.store.keys import UnsafeKeyError, relative_to_prefix, safe_destination
 from openmaker.store.listing import ObjectInfo, list_prefix
-from openmaker.store.location import Location, resolve, s3_endpoint, split_s3_uri
+from openmaker.store.location import (
+    Location,
+    code_store_environment,
+    resolve,
+    s3_endpoint,
+    split_s3_uri,
+    store_environment,
+)
 from openmaker.store.transfer import (
     Download,
     delete_keys,
@@ -18,6 +25,7 @@ __all__ = [
     "ObjectInfo",
     "StoreError",
     "UnsafeKeyError",
+    "code_store_environment",
     "delete_keys",
     "download_all",
     "list_prefix",
@@ -27,5 +35,6 @@ __all__ = [
     "s3_endpoint",
     "safe_destination",
     "split_s3_uri",
+    "store_environment",
     "upload_file",
 ]
