@@ -25,7 +25,6 @@ from openmaker.connection import (
     server_configured,
 )
 from openmaker.demo.run import prepare_demo
-from openmaker.jobs.service import TrainingJobs
 from openmaker.request_builder import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN,
@@ -38,6 +37,7 @@ from openmaker.store import StoreError, s3_endpoint
 from openmaker.watch import follow, print_logs
 
 if TYPE_CHECKING:
+    from openmaker.jobs.service import TrainingJobs
     from openmaker.remote import RemoteJobs
 
 app = typer.Typer(no_args_is_help=True, help="SageMaker training jobs on your own machines.")
@@ -69,6 +69,9 @@ def _service() -> TrainingJobs | RemoteJobs:
         from openmaker.remote import RemoteJobs  # boto3 loads only when it is used
 
         return RemoteJobs()
+    # SQLAlchemy and the job machinery load only when jobs run in this process.
+    from openmaker.jobs.service import TrainingJobs
+
     return TrainingJobs(load_settings())
 
 

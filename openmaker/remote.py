@@ -10,8 +10,7 @@ from typing import Any, TypeVar
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from openmaker.jobs.logs import LOG_GROUP
-from openmaker.jobs.service import LogRecord
+from openmaker.jobs.logs import LOG_GROUP, LogRecord
 from openmaker.spec.errors import ServiceError
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from openmaker.jobs.service import LogRecord
+from openmaker.jobs.logs import LogRecord
 from openmaker.jobs.state import TERMINAL
 
 POLL_SECONDS = 0.2

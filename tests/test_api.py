@@ -392,3 +392,29 @@ open("/opt/ml/model/weights.bin", "wb").write(os.urandom({size}))
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         note = tar.extractfile("note.txt")
         assert note is not None and note.read() == b"through the endpoint"
+
+
+def zombie_children(pid: int) -> list[int]:
+    zombies = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            zombies.append(int(entry.name))
+    return zombies
+
+
+def test_the_server_collects_the_workers_of_ended_jobs(
+    api_server: ApiServer, tmp_path: Path, output: str
+) -> None:
+    sagemaker = api_server.client("sagemaker")
+    name = unique("reaped")
+    sagemaker.create_training_job(**request(name, image(tmp_path, "#!/bin/sh\n"), output))
+    assert wait_done(sagemaker, name)["TrainingJobStatus"] == "Completed"
+    # The server's sweep (every 5 s) collects them; nothing else starts a process meanwhile.
+    deadline = time.monotonic() + 15
+    while zombie_children(api_server.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert zombie_children(api_server.process.pid) == []

@@ -44,12 +44,17 @@ class Executor(Protocol):
     def lost(self, worker_pid: int, started: int | None = None) -> bool:
         """Whether the process that ran a job is gone (without saying how the job ended)."""
 
+    def reap(self) -> None:
+        """Collect the workers this executor started that have ended."""
+
 
 class LocalExecutor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.submitted = 0
         self.spare: subprocess.Popen[bytes] | None = None
+        # Workers started here and not yet seen to end.
+        self.children: list[subprocess.Popen[bytes]] = []
 
     def submit(
         self,
@@ -81,6 +86,7 @@ class LocalExecutor:
             worker.stdin.write(json.dumps(order).encode())
         finally:
             worker.stdin.close()  # without an order, the worker ends at once
+        self.children.append(worker)
         self.submitted += 1
         if self.submitted > 1:
             self.spare = _start_worker()
@@ -88,6 +94,11 @@ class LocalExecutor:
 
     def lost(self, worker_pid: int, started: int | None = None) -> bool:
         return process_lost(worker_pid, started)
+
+    def reap(self) -> None:
+        # A worker that has ended stays a zombie until its exit status is read: a long-lived
+        # submitter (`openmaker server`) would collect them.
+        self.children = [child for child in self.children if child.poll() is None]
 
 
 def process_start_time(pid: int) -> int | None:

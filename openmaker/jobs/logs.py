@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 
 
 def stream_name(job_name: str, host: str, started_epoch: int) -> str:
     """`<job>/algo-1-<epoch seconds>`, as SageMaker names a host's stream."""
     return f"{job_name}/{host}-{started_epoch}"
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One log line of a job, as the service and the CLI pass it around."""
+
+    id: int
+    stream: str
+    timestamp: int
+    message: str

@@ -23,6 +23,7 @@ from openmaker.jobs.executor import Executor
 
 def sweep(settings: Settings, executor: Executor) -> None:
     """Act on every job whose worker is gone, then start the jobs that wait and fit."""
+    executor.reap()
     running_query = select(TrainingJob).where(
         TrainingJob.status.in_((state.IN_PROGRESS, state.STOPPING)),
         TrainingJob.worker_pid.is_not(None),

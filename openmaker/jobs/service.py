@@ -11,7 +11,6 @@ import dataclasses
 import os
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +30,7 @@ from openmaker.jobs.db import (
 )
 from openmaker.jobs.describe import describe, summary
 from openmaker.jobs.executor import Executor, LocalExecutor
-from openmaker.jobs.logs import LOG_GROUP
+from openmaker.jobs.logs import LOG_GROUP, LogRecord
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.tags import put as put_tags
 from openmaker.spec import (
@@ -42,14 +41,6 @@ from openmaker.spec import (
     default_stopping_condition,
     training_job_arn,
 )
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    id: int
-    stream: str
-    timestamp: int
-    message: str
 
 
 class TrainingJobs:
