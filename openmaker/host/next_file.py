@@ -24,6 +24,9 @@ from inotify_simple import INotify, flags
 # Files held open ahead of the code: each keeps rclone fetching that file.
 AHEAD = 1
 _POLL_MILLISECONDS = 200
+# A read through the mount can wait on an unreachable server for as long as rclone retries:
+# the host's end waits this long at most, and the thread lets go of its file by itself.
+_STOP_WAIT_SECONDS = 5.0
 
 
 class NextFilePrefetch:
@@ -45,10 +48,9 @@ class NextFilePrefetch:
         """Stop watching and let go of every file held open (before the folder is unmounted)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
-        for fd in self._held.values():
-            os.close(fd)
-        self._held.clear()
+            self._thread.join(_STOP_WAIT_SECONDS)
+        while self._held:
+            os.close(self._held.popitem()[1])
 
     def _run(self) -> None:
         # A broken mount or a folder that cannot be watched only loses the prefetching.
@@ -98,6 +100,9 @@ class NextFilePrefetch:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             os.pread(fd, 1, 0)
         except OSError:
+            os.close(fd)
+            return
+        if self._stop.is_set():
             os.close(fd)
             return
         self._held[key] = fd
