@@ -296,14 +296,20 @@ def server(
 def env_command() -> None:
     """Print the export lines that point boto3, the aws CLI and the sagemaker SDK at the
     running server: eval "$(openmaker env)"."""
-    from openmaker.api.credentials import server_credentials
+    from openmaker.api.credentials import KEY_VARIABLE, SECRET_VARIABLE, configured_credentials
 
     settings = load_settings()
     record = read_record(settings)
     if record is None:
         raise _fail("no openmaker server is running for this OPENMAKER_HOME; start one with "
                     "'openmaker server'")
-    credentials = server_credentials(settings)
+    credentials = configured_credentials(settings)
+    # A server given its pair in the environment stored none: only the same variables tell it.
+    server_key = record.access_key_id
+    if credentials is None or (server_key and credentials.access_key_id != server_key):
+        raise _fail(f"the server checks signatures with access key {server_key or '(unknown)'}, "
+                    f"given to it in {KEY_VARIABLE} and {SECRET_VARIABLE}: set the same two "
+                    "variables for 'openmaker env'")
     variables = client_environment(
         record, credentials.access_key_id, credentials.secret_access_key, settings.region
     )

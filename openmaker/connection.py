@@ -24,6 +24,9 @@ class ServerRecord:
     # None when the server uses an S3 endpoint configured elsewhere (AWS_ENDPOINT_URL_S3).
     s3_url: str | None
     pid: int
+    # The access key ID the server checks signatures against (never the secret), so that
+    # `openmaker env` can tell when it cannot know the pair.
+    access_key_id: str | None = None
 
 
 def record_path(settings: Settings) -> Path:

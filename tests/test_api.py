@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import tarfile
 import time
@@ -20,7 +21,13 @@ from botocore.exceptions import ClientError, WaiterError
 
 from openmaker.jobs.logs import LOG_GROUP
 from openmaker.spec import validate_output
-from tests.apiserver import ApiServer, raw_post, running_api_server, signed_post
+from tests.apiserver import (
+    ApiServer,
+    openmaker_command,
+    raw_post,
+    running_api_server,
+    signed_post,
+)
 from tests.helpers import make_image, request
 from tests.s3server import served_bytes
 
@@ -418,3 +425,23 @@ def test_the_server_collects_the_workers_of_ended_jobs(
     while zombie_children(api_server.process.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert zombie_children(api_server.process.pid) == []
+
+
+def test_env_for_a_server_given_its_key_pair_in_the_environment(tmp_path: Path) -> None:
+    key, secret = "OMKCONFIGUREDKEY0001", "configured-secret-" + uuid.uuid4().hex
+    keys = {"OPENMAKER_ACCESS_KEY_ID": key, "OPENMAKER_SECRET_ACCESS_KEY": secret}
+    home = tmp_path / "home"
+    # The helper reads `openmaker env` with the server's own variables: the pair comes back.
+    with running_api_server(home, **keys) as server:
+        pair = (server.env["AWS_ACCESS_KEY_ID"], server.env["AWS_SECRET_ACCESS_KEY"])
+        assert pair == (key, secret)
+        server.client("sagemaker").list_training_jobs()
+        # Without them `env` cannot know the pair: it says so, and makes no pair of its own.
+        bare = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OPENMAKER_"))}
+        answer = subprocess.run(
+            [*openmaker_command(), "env"], env={**bare, "OPENMAKER_HOME": str(home)},
+            capture_output=True, text=True,
+        )  # fmt: skip
+    assert answer.returncode == 1 and answer.stdout == ""
+    assert key in answer.stderr and "OPENMAKER_ACCESS_KEY_ID" in answer.stderr
+    assert not (home / "credentials.json").exists()

@@ -19,19 +19,26 @@ class Credentials:
     secret_access_key: str
 
 
+def configured_credentials(settings: Settings) -> Credentials | None:
+    """The pair from the environment, else the stored one; None when there is neither yet."""
+    key, secret = os.environ.get(KEY_VARIABLE), os.environ.get(SECRET_VARIABLE)
+    if key and secret:
+        return Credentials(key, secret)
+    try:
+        stored = json.loads((settings.home / "credentials.json").read_text())
+    except FileNotFoundError:
+        return None
+    return Credentials(stored["aws_access_key_id"], stored["aws_secret_access_key"])
+
+
 def server_credentials(settings: Settings) -> Credentials:
     """The pair clients sign with: from the environment when both variables are set, else the
     pair stored in `$OPENMAKER_HOME/credentials.json`, made on first use (readable by its owner
     only)."""
-    key, secret = os.environ.get(KEY_VARIABLE), os.environ.get(SECRET_VARIABLE)
-    if key and secret:
-        return Credentials(key, secret)
+    known = configured_credentials(settings)
+    if known is not None:
+        return known
     path = settings.home / "credentials.json"
-    try:
-        stored = json.loads(path.read_text())
-        return Credentials(stored["aws_access_key_id"], stored["aws_secret_access_key"])
-    except FileNotFoundError:
-        pass
     settings.home.mkdir(parents=True, exist_ok=True)
     # AWS-like shapes: 20 upper-case characters for the key, 40 for the secret.
     made = Credentials("OMK" + secrets.token_hex(16)[:17].upper(), secrets.token_urlsafe(30))

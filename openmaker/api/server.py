@@ -47,7 +47,9 @@ def serve(
         server = _Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
         )
-        record = ServerRecord(f"http://{host}:{port}", s3_url, os.getpid())
+        record = ServerRecord(
+            f"http://{host}:{port}", s3_url, os.getpid(), credentials.access_key_id
+        )
         try:
             asyncio.run(_serve(server, lambda: _started(settings, record, announce)))
         finally:
