@@ -58,7 +58,9 @@ class Expected:
 
 
 @dataclass(frozen=True)
-class DownloadResult:
+class PeerComparison:
+    """openmaker's timings against s5cmd's on one data set; above 1, openmaker is faster."""
+
     data: DataSet
     openmaker: Timings
     s5cmd: Timings
@@ -67,6 +69,9 @@ class DownloadResult:
     def ratio(self) -> float:
         return self.s5cmd.median / self.openmaker.median
 
+
+@dataclass(frozen=True)
+class DownloadResult(PeerComparison):
     @property
     def target(self) -> float:
         return SMALL_OBJECT_TARGET_RATIO if self.data.size < SMALL_OBJECT_SIZE else TARGET_RATIO

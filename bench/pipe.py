@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.download import DataSet, bench_spec, ignore_event, s5cmd, upload
+from bench.download import DataSet, PeerComparison, bench_spec, ignore_event, s5cmd, upload
 from bench.stats import Timings, rate, timed
 from openmaker.host.pipe import PipeStreamer, plan_pipe
 from openmaker.tools import find_tool
@@ -19,15 +19,7 @@ READ_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class PipeResult:
-    data: DataSet
-    openmaker: Timings
-    s5cmd: Timings
-
-    @property
-    def ratio(self) -> float:
-        return self.s5cmd.median / self.openmaker.median
-
+class PipeResult(PeerComparison):
     def summary(self) -> str:
         verdict = "ok" if self.ratio >= TARGET_RATIO else "MISSED"
         om, s5 = self.openmaker.median, self.s5cmd.median

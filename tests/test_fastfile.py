@@ -58,12 +58,6 @@ def part(i: int) -> bytes:
     return bytes([i]) * BIG
 
 
-def server_bytes_sent(server: S3Server) -> int:
-    """What the S3 server has served. (Not what it read: it reads whole files to compute the
-    ETags of a listing.)"""
-    return served_bytes(server.root)
-
-
 def job_mounts(home: Path) -> list[str]:
     jobs = str(home / "jobs")
     with open("/proc/self/mountinfo") as table:
@@ -80,11 +74,12 @@ def big_prefix(home: Path, s3_env: S3Server) -> str:
 def test_code_reads_one_file_of_a_large_prefix_without_the_rest_being_fetched(
     tmp_path: Path, home: Path, s3_env: S3Server, big_prefix: str
 ) -> None:
-    before = server_bytes_sent(s3_env)
+    before = served_bytes(s3_env.root)
     _, description = run_script(
         tmp_path, "ff-one", PROBE, "s3://fastfile/out", {"train": big_prefix}, edit=fastfile
     )
-    served = server_bytes_sent(s3_env) - before
+    # What the server sent, not what it read (it reads whole files for a listing's ETags).
+    served = served_bytes(s3_env.root) - before
     result = seen(description)
     assert result["files"] == [f"part-{i:02d}.bin" for i in range(COUNT)]
     assert result["first"] == part(3)[:16].hex()
@@ -122,12 +117,12 @@ for index in {order!r}:
 time.sleep(3)
 """
     )
-    before = server_bytes_sent(s3_env)
+    before = served_bytes(s3_env.root)
     _, description = run_script(
         tmp_path, "ff-ahead", script, "s3://fastfile/out", {"train": big_prefix}, edit=fastfile
     )
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
-    served = server_bytes_sent(s3_env) - before
+    served = served_bytes(s3_env.root) - before
     assert fetched * BIG <= served < (fetched + 1) * BIG, served / BIG
     assert job_mounts(home) == []
 
