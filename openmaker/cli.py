@@ -234,7 +234,8 @@ def describe_job(
     if description.get("FailureReason"):
         table.add_row("Failure", Text(description["FailureReason"]))
     table.add_row("Image", Text(description["AlgorithmSpecification"]["TrainingImage"]))
-    table.add_row("Model", Text(description["ModelArtifacts"]["S3ModelArtifacts"]))
+    model = description["ModelArtifacts"]["S3ModelArtifacts"]
+    table.add_row("Model", Text(model or "(none written)"))
     table.add_row("Created", _when(description["CreationTime"]))
     if "TrainingTimeInSeconds" in description:
         table.add_row("Training time", f"{description['TrainingTimeInSeconds']} s")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from openmaker.host.artifacts import model_uri
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.state import as_utc
 from openmaker.spec.model import operation_model
@@ -36,7 +35,9 @@ def describe(job: TrainingJob) -> dict[str, Any]:
     result: dict[str, Any] = {
         "TrainingJobName": job.name,
         "TrainingJobArn": job.arn,
-        "ModelArtifacts": {"S3ModelArtifacts": job.model_artifacts or model_uri(request)},
+        # Only artifacts that were written are named (a job stopped or failed before its
+        # outputs were uploaded has none); the member itself is required in the shape.
+        "ModelArtifacts": {"S3ModelArtifacts": job.model_artifacts or ""},
         "TrainingJobStatus": job.status,
         "SecondaryStatus": job.secondary_status,
         "CreationTime": as_utc(job.creation_time),

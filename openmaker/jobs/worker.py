@@ -239,8 +239,10 @@ def _run(
 
     def finish(j: TrainingJob) -> None:
         j.model_artifacts = artifacts.model_uri
-        if stopped:
-            state.finish(j, stopped, None)
+        # A stop that came while the outputs were uploaded still ends the job Stopped.
+        late = stop.reason if stop.reason in ("Stopped", "MaxRuntimeExceeded") else None
+        if stopped or late:
+            state.finish(j, stopped or late or "Stopped", None)
         elif failure:
             state.finish(j, "Failed", failure)
         else:
