@@ -25,6 +25,7 @@ from openmaker.connection import (
     server_configured,
 )
 from openmaker.demo.run import prepare_demo
+from openmaker.home import HomeError
 from openmaker.request_builder import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN,
@@ -289,7 +290,7 @@ def server(
 
     try:
         serve(load_settings(), host, port, s3_port, announce)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, HomeError) as exc:
         raise _fail(f"the server could not start: {exc}") from None
 
 
@@ -328,5 +329,14 @@ def _json_default(value: object) -> str:
     raise TypeError(type(value).__name__)
 
 
+def main() -> None:
+    """The command, with a damaged home (a corrupt database) told in one line."""
+    try:
+        app()
+    except HomeError as exc:
+        errors.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

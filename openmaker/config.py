@@ -20,6 +20,9 @@ class Settings:
     cpus: int | None = None
     memory_gib: float | None = None
     gpus: int | None = None
+    # The folders under which requests through the API may name local paths (file:// URIs,
+    # local image folders): the machine owner's to grant; none by default.
+    file_roots: tuple[Path, ...] = ()
 
     @property
     def database_url(self) -> str:
@@ -48,10 +51,20 @@ def load_settings() -> Settings:
         cpus=_number("OPENMAKER_CPUS", int),
         memory_gib=_number("OPENMAKER_MEMORY_GIB", float),
         gpus=_number("OPENMAKER_GPUS", int),
+        file_roots=_folders("OPENMAKER_FILE_ROOTS"),
     )
 
 
 _N = TypeVar("_N", int, float)
+
+
+def _folders(name: str) -> tuple[Path, ...]:
+    """Absolute folders separated by `:`; empty parts are skipped."""
+    parts = [part for part in os.environ.get(name, "").split(":") if part]
+    relative = [part for part in parts if not part.startswith("/")]
+    if relative:
+        raise ValueError(f"{name} must list absolute folders separated by ':', not {relative[0]!r}")
+    return tuple(Path(part) for part in parts)
 
 
 def _choice(name: str, choices: tuple[str, ...]) -> str:

@@ -36,7 +36,9 @@ def record_path(settings: Settings) -> Path:
 def write_record(settings: Settings, record: ServerRecord) -> None:
     path = record_path(settings)
     temporary = path.with_name(f".server.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(asdict(record)))
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(json.dumps(asdict(record)))
     temporary.replace(path)
 
 

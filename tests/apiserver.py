@@ -54,13 +54,16 @@ def openmaker_command() -> list[str]:
 
 @contextmanager
 def running_api_server(home: Path, **extra_env: str) -> Iterator[ApiServer]:
-    """`openmaker server` on free ports over `home`, with the embedded store as its S3."""
+    """`openmaker server` on free ports over `home`, with the embedded store as its S3; local
+    paths are allowed in requests under the folder holding `home` unless `extra_env` says."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AWS_", "OPENMAKER_")) or k == "OPENMAKER_SANDBOX"
     }
     env.update({"OPENMAKER_HOME": str(home), "OPENMAKER_STOP_GRACE_SECONDS": "3"})
+    # The tests' images and local data sit beside the home (which stays refused).
+    env["OPENMAKER_FILE_ROOTS"] = str(home.parent)
     env.update(extra_env)
     port, s3_port = free_port(), free_port()
     log = open(home.parent / f"{home.name}-server.log", "ab")  # noqa: SIM115 - kept for the run

@@ -37,5 +37,8 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 @pytest.fixture(scope="session")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """One `openmaker server` for the session, over its own home and embedded store."""
-    with running_api_server(tmp_path_factory.mktemp("api") / "home") as server:
+    home = tmp_path_factory.mktemp("api") / "home"
+    # Every test's images and data are under the session's temporary folder.
+    roots = str(tmp_path_factory.getbasetemp())
+    with running_api_server(home, OPENMAKER_FILE_ROOTS=roots) as server:
         yield server

@@ -17,6 +17,7 @@ from openmaker.jobs.cloudwatch import GROUPS, LogQueries, Window
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.tags import Tags
+from openmaker.spec import LocalPaths
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 SWEEP_SECONDS = 5.0
@@ -27,7 +28,9 @@ class Backend:
     """What the handlers work on; one per server process."""
 
     def __init__(self, settings: Settings) -> None:
-        self.jobs = TrainingJobs(settings)
+        # A request through the API names local paths only where the machine's owner allows.
+        local = LocalPaths.under(settings.file_roots, settings.home)
+        self.jobs = TrainingJobs(settings, local=local)
         self.tags = Tags(self.jobs.sessions, self.jobs.writers)
         self.logs = LogQueries(self.jobs.sessions, settings.region, settings.account_id)
         # The executor keeps one warm worker for the next job: one submission at a time.

@@ -27,6 +27,8 @@ from openmaker.store import (
 )
 from openmaker.store.manifest import (
     AttributeValue,
+    check_entry,
+    check_reference,
     manifest_entries,
     parse_augmented_manifest,
     parse_manifest,
@@ -67,10 +69,13 @@ async def list_channel(spec: HostSpec, channel: dict[str, Any]) -> list[ChannelO
         location = resolve(source["S3Uri"], spec.settings, spec.store_env)
         if source["S3DataType"] == "ManifestFile":
             prefix_uri, relatives = parse_manifest(await read_object(location), source["S3Uri"])
-            prefix = resolve(prefix_uri, spec.settings, spec.store_env)
-            # Check every path before looking anything up: a crafted entry writes nothing.
+            # Check every path before looking anything up: a crafted entry reads and writes
+            # nothing.
+            check_reference(source["S3Uri"], prefix_uri)
             for relative in relatives:
+                check_entry(source["S3Uri"], relative)
                 safe_destination(root, relative)
+            prefix = resolve(prefix_uri, spec.settings, spec.store_env)
             return [
                 ChannelObject(e.location.store, e.location.key, e.size, e.relative, e.location.uri)
                 for e in await manifest_entries(prefix, relatives)
@@ -106,7 +111,13 @@ async def augmented_lines(spec: HostSpec, channel: dict[str, Any]) -> list[Augme
     try:
         data = await read_object(resolve(source["S3Uri"], spec.settings, spec.store_env))
         parsed = parse_augmented_manifest(data, source["S3Uri"], source["AttributeNames"])
+        for line in parsed:  # every reference checked before any is read
+            for value in line:
+                if not isinstance(value, bytes):
+                    check_reference(source["S3Uri"], value[1])
         return [[_value(spec, value) for value in line] for line in parsed]
+    except UnsafeKeyError as exc:
+        raise ChannelError(f"channel {name!r}: {exc}") from None
     except StoreError as exc:
         raise ChannelError(f"channel {name!r}: cannot read {source['S3Uri']}: {exc}") from None
 

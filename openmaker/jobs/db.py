@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -21,9 +23,16 @@ from sqlalchemy import (
     inspect,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DatabaseError as SqlDatabaseError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from openmaker.config import Settings
+from openmaker.home import FILE_MODE, HomeError, prepare_home
+
+
+class DatabaseError(HomeError):
+    """The database file cannot be used; the message names it and says what to do."""
 
 
 class Base(DeclarativeBase):
@@ -169,12 +178,55 @@ def _add_new_columns(engine: Engine) -> None:
 
 def sessions(settings: Settings) -> sessionmaker[Session]:
     """Sessions for reading."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return sessionmaker(engine_for(settings.database_url), expire_on_commit=False)
+    return sessionmaker(_database(settings), expire_on_commit=False)
 
 
 def writer_sessions(settings: Settings) -> sessionmaker[Session]:
     """Sessions for read-modify-write: each transaction holds the write lock from its start."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = engine_for(settings.database_url).execution_options(**{_WRITER: True})
+    engine = _database(settings).execution_options(**{_WRITER: True})
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _database(settings: Settings) -> Engine:
+    """The engine of the home's database, made if the file is missing (only then: an empty or
+    unreadable file is a DatabaseError that says what to do)."""
+    prepare_home(settings.home)
+    if not settings.database_url.startswith("sqlite:///"):
+        return engine_for(settings.database_url)
+    path = Path(settings.database_url.removeprefix("sqlite:///"))
+    if not path.exists():
+        _create(path)
+    elif path.stat().st_size == 0:
+        raise DatabaseError(
+            f"the database {path} is empty (0 bytes), so every job it held is lost: restore it "
+            "from a backup, or delete it to start again with no jobs"
+        )
+    try:
+        return engine_for(settings.database_url)
+    except OperationalError:
+        raise  # locked or out of space: not the file's fault
+    except SqlDatabaseError as exc:
+        cause = str(exc.orig).strip() if exc.orig is not None else type(exc).__name__
+        raise DatabaseError(
+            f"the database {path} cannot be read ({cause}): move it aside "
+            f"(mv {path} {path}.broken) to start again with no jobs, or restore it from a backup"
+        ) from None
+
+
+def _create(path: Path) -> None:
+    """A new database, made whole under another name and linked into place: another process
+    never takes a half-made one, so a database file found empty is never a new one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    temporary.unlink(missing_ok=True)
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    try:
+        engine = create_engine(f"sqlite:///{temporary}")
+        try:
+            Base.metadata.create_all(engine)
+        finally:
+            engine.dispose()
+        # Another process may have made it first: theirs is as good.
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ from openmaker.jobs.logs import LOG_GROUP, LogRecord
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.tags import put as put_tags
 from openmaker.spec import (
+    LocalPaths,
     ResourceInUse,
     ResourceNotFound,
     ValidationException,
@@ -44,8 +45,15 @@ from openmaker.spec import (
 
 
 class TrainingJobs:
-    def __init__(self, settings: Settings | None = None, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        executor: Executor | None = None,
+        local: LocalPaths | None = None,
+    ) -> None:
         self.settings = settings or load_settings()
+        # Which local paths requests may name: any for the owner's own process (the CLI).
+        self.local = local or LocalPaths.anywhere()
         self.sessions = sessions(self.settings)
         self.writers = writer_sessions(self.settings)
         self.executor = executor or LocalExecutor(self.settings)
@@ -53,7 +61,7 @@ class TrainingJobs:
         recovery.sweep(self.settings, self.executor)
 
     def create(self, request: dict[str, Any]) -> dict[str, str]:
-        check_create_training_job(request)
+        check_create_training_job(request, self.local)
         _check_supported(request)
         capacity.check_can_fit(request, capacity.machine(self.settings))
         request = copy.deepcopy(request)

@@ -328,7 +328,7 @@ def main(stop_before_start: threading.Event) -> None:
     log = os.open(
         settings.jobs_dir / order["job"] / "worker.log",
         os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-        0o644,
+        0o600,
     )
     os.dup2(log, 1)
     os.dup2(log, 2)

@@ -8,6 +8,7 @@ from openmaker.spec.errors import (
     ServiceError,
     ValidationException,
 )
+from openmaker.spec.locations import LocalPaths
 from openmaker.spec.model import operation_model, service_model, shape
 from openmaker.spec.names import unique_name
 from openmaker.spec.training import check_create_training_job, default_stopping_condition
@@ -20,6 +21,7 @@ from openmaker.spec.validate import (
 )
 
 __all__ = [
+    "LocalPaths",
     "ResourceInUse",
     "ResourceLimitExceeded",
     "ResourceNotFound",

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from openmaker.spec.errors import ValidationException
+from openmaker.spec.locations import LocalPaths, location_problems
 from openmaker.spec.validate import error_message, failure, null_failure, validate_input
 
 # SageMaker's default when the request has no StoppingCondition: "The default value is 1 day"
@@ -24,14 +25,21 @@ def default_stopping_condition() -> dict[str, int]:
     return {"MaxRuntimeInSeconds": _DEFAULT_MAX_RUNTIME_SECONDS}
 
 
-def check_create_training_job(request: Mapping[str, Any]) -> None:
-    """Raise ValidationException unless openmaker can run this CreateTrainingJob request."""
+def check_create_training_job(
+    request: Mapping[str, Any], local: LocalPaths | None = None
+) -> None:
+    """Raise ValidationException unless openmaker can run this CreateTrainingJob request.
+
+    `local` says which local paths the request may name (see openmaker/spec/locations.py);
+    by default any, as for the machine's owner in their own process.
+    """
     validate_input("CreateTrainingJob", request)
     # The model has checked types and required members; the rules below rely on that.
     problems = [
         *_algorithm_problems(request),
         *_resource_problems(request),
         *_channel_problems(request),
+        *location_problems(request, local or LocalPaths.anywhere()),
     ]
     if problems:
         raise ValidationException(error_message(problems))

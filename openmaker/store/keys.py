@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
+
+# Linux's limits on a file name (NAME_MAX) and on a path handed to a system call (PATH_MAX).
+_NAME_MAX = 255
+_PATH_MAX = 4096
 
 
 class UnsafeKeyError(ValueError):
-    """A key would land outside the folder it is downloaded into."""
+    """A key cannot be held as a file: it would land outside the folder it is downloaded into,
+    or no file could have its name."""
 
 
 def relative_to_prefix(key: str, prefix: str) -> str:
@@ -32,4 +38,22 @@ def safe_destination(root: Path, relative: str) -> Path:
     pure = PurePosixPath(relative)
     if not relative or pure.is_absolute() or ".." in pure.parts or "\x00" in relative:
         raise UnsafeKeyError(f"object path {relative!r} would land outside {root}")
-    return root.joinpath(*pure.parts)
+    destination = root.joinpath(*pure.parts)
+    # SageMaker downloads whatever S3 holds; a name Linux cannot hold must fail clearly, not as
+    # an error in the middle of the download.
+    if any(len(os.fsencode(part)) > _NAME_MAX for part in pure.parts):
+        raise UnsafeKeyError(
+            f"object path {_shown(relative)} has a segment longer than {_NAME_MAX} bytes, "
+            "which no file name can be"
+        )
+    if len(os.fsencode(destination)) >= _PATH_MAX:
+        raise UnsafeKeyError(
+            f"object path {_shown(relative)} is too long for a file path "
+            f"({_PATH_MAX} bytes at most)"
+        )
+    return destination
+
+
+def _shown(relative: str, limit: int = 100) -> str:
+    """The path as a FailureReason can hold it: quoted, long ones cut."""
+    return repr(relative) if len(relative) <= limit else repr(relative[:limit]) + "…"

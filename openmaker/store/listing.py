@@ -8,12 +8,19 @@ parent one level deep and descending only into the children that start with it.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 import obstore
+from obstore.exceptions import InvalidPathError
 
 from openmaker.store.errors import translate_errors
+from openmaker.store.keys import UnsafeKeyError
 from openmaker.store.location import Location
+
+# obstore refuses to list a key with a control character or a `.`, `..` or empty segment, and
+# names it only in its message.
+_REFUSED_KEY = re.compile(r'Error parsing Path "(?P<key>.*?)": ', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,23 @@ class ObjectInfo:
 
 @translate_errors
 async def list_prefix(location: Location) -> list[ObjectInfo]:
-    """Every object whose key starts with `location.key`, sorted by key; folder markers skipped."""
+    """Every object whose key starts with `location.key`, sorted by key; folder markers skipped.
+
+    A key the store cannot name as a path (a newline in it, a `..` segment) is an
+    UnsafeKeyError naming it: such an object could not be downloaded either.
+    """
+    try:
+        return await _list_prefix(location)
+    except InvalidPathError as exc:
+        found = _REFUSED_KEY.search(str(exc))
+        what = f"object key {found['key'].lstrip('/')!r}" if found else "an object key"
+        raise UnsafeKeyError(
+            f"{what} under {location.uri} cannot be held as a file: keys with control "
+            "characters, or with empty, . or .. segments, are not supported"
+        ) from None
+
+
+async def _list_prefix(location: Location) -> list[ObjectInfo]:
     prefix = location.key
     parent, _, partial = prefix.rpartition("/")
     if not partial:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
 
 import obstore
 
 from openmaker.store.errors import translate_errors
+from openmaker.store.keys import UnsafeKeyError
 from openmaker.store.location import Location, StoreError
+
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+class ForeignReference(UnsafeKeyError):
+    """A manifest names something outside its own bucket (a local manifest: its own folder)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,39 @@ def parse_manifest(data: bytes, manifest_uri: str) -> tuple[str, list[str]]:
     if not all(isinstance(r, str) and r for r in relatives):
         raise StoreError(f"manifest {manifest_uri}: every entry after the prefix must be a key")
     return items[0]["prefix"], relatives
+
+
+def check_reference(manifest_uri: str, uri: str) -> None:
+    """Refuse `uri` unless it is in the manifest's own store and bucket, without `.` or `..`.
+
+    Whoever can write to a bucket can write a manifest there; it must not reach what its
+    writer could not (another bucket, or this machine's files). A local manifest (the owner's
+    file:// channel) may name only what is in its own folder.
+    """
+    manifest, target = urlparse(manifest_uri), urlparse(uri)
+    if _DOT_SEGMENTS.intersection(target.path.split("/")):
+        raise ForeignReference(f"manifest {manifest_uri} names {uri!r}: . and .. are not allowed")
+    if manifest.scheme == "s3":
+        if target.scheme != "s3" or target.netloc != manifest.netloc:
+            raise ForeignReference(
+                f"manifest {manifest_uri} names {uri!r}, outside its own bucket "
+                f"s3://{manifest.netloc}/"
+            )
+        return
+    folder = os.path.realpath(os.path.dirname(unquote(manifest.path)))
+    path = os.path.realpath(unquote(target.path))
+    if target.scheme != "file" or os.path.commonpath([folder, path]) != folder:
+        raise ForeignReference(
+            f"manifest {manifest_uri} names {uri!r}, outside its own folder file://{folder}/"
+        )
+
+
+def check_entry(manifest_uri: str, relative: str) -> None:
+    """Refuse a manifest entry with a `.` or `..` segment: it would leave the prefix."""
+    if _DOT_SEGMENTS.intersection(relative.split("/")):
+        raise ForeignReference(
+            f"manifest {manifest_uri} names {relative!r}: . and .. are not allowed"
+        )
 
 
 @translate_errors
@@ -90,7 +132,8 @@ def parse_augmented_manifest(
                 )
             value = item[name]
             if name.endswith("-ref"):
-                if not isinstance(value, str) or not value.startswith("s3://"):
+                # Which store and bucket it may name is checked by check_reference.
+                if not isinstance(value, str):
                     raise StoreError(
                         f"augmented manifest {manifest_uri} line {number}: {name!r} must be "
                         "an s3:// URI"
