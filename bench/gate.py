@@ -59,13 +59,18 @@ def run(quick: bool, scratch: Path) -> list[str]:
     lines = []
     with running_api_server(scratch / "gate-home") as server:
         server.client("s3").create_bucket(Bucket=BUCKET)
-        job_env = _job_environment(server)
+        sources = []
         for data in data_sets:
             source = scratch / "gate-source" / data.label
             make_local(data, source)
-            s5cmd(_server_environment(server), "cp", f"{source}/*", f"s3://{BUCKET}/{data.prefix}")
+            destination = f"s3://{BUCKET}/{data.prefix}"
+            s5cmd(_server_environment(server), "cp", f"{source}/*", destination)
+            sources.append(source)
+        # Made once its channel's data is there, as a worker makes it when its job starts.
+        job_env = _job_environment(server)
+        for data, source in zip(data_sets, sources, strict=True):
             lines += _compare(server, job_env, data, source, scratch, runs)
-            shutil.rmtree(source)
+    shutil.rmtree(scratch / "gate-source")
     return lines
 
 
