@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from tests.apiserver import ApiServer, running_api_server
 from tests.helpers import make_image, request
+from tests.s3server import S3Server
 
 NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"})
 
@@ -55,9 +56,10 @@ def wait_ended(sagemaker: Any, name: str, timeout: float = 120) -> dict[str, Any
         time.sleep(0.3)
 
 
-def model_file(server: ApiServer, described: dict[str, Any], member: str) -> bytes:
+def model_file(server: ApiServer | S3Server, described: dict[str, Any], member: str) -> bytes:
     bucket, key = described["ModelArtifacts"]["S3ModelArtifacts"][5:].split("/", 1)
-    archive = server.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3 = server.client() if isinstance(server, S3Server) else server.client("s3")
+    archive = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         extracted = tar.extractfile(member)
         assert extracted is not None
@@ -295,3 +297,40 @@ def mounted_rclone(home: Path) -> bool:
         "fuse.rclone" in line and str(home) in line
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
     )
+
+
+def test_a_server_over_an_s3_server_never_hands_its_own_pair_to_a_job(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """A server whose key pair is also the S3 server's credentials (as `openmaker env` needs for
+    one set of client variables): the job's code gets the S3 server, without the pair."""
+    bucket = unique("ext")
+    s3_server.make_bucket(bucket)
+    with running_api_server(
+        tmp_path / "home", **s3_server.env(),
+        OPENMAKER_ACCESS_KEY_ID=s3_server.access_key,
+        OPENMAKER_SECRET_ACCESS_KEY=s3_server.secret_key,
+    ) as server:  # fmt: skip
+        name = unique("external")
+        code = f"""
+import json, os, boto3
+from botocore.config import Config
+sagemaker = boto3.client("sagemaker", endpoint_url={server.env["AWS_ENDPOINT_URL_SAGEMAKER"]!r},
+                         config=Config(retries={{"max_attempts": 1}}))
+try:
+    sagemaker.describe_training_job(TrainingJobName={name!r})
+    outcome = "ok"
+except Exception as error:
+    outcome = type(error).__name__
+json.dump({{"describe": outcome, "env": {{k: v for k, v in os.environ.items()
+                                         if k.startswith("AWS_")}}}},
+          open("/opt/ml/model/results.json", "w"))
+"""
+        described = run_job(
+            server, tmp_path, code, TrainingJobName=name, output=f"s3://{bucket}/out"
+        )
+        assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+        results = json.loads(model_file(s3_server, described, "results.json"))
+    assert results["describe"] != "ok"
+    assert results["env"]["AWS_ENDPOINT_URL_S3"] == s3_server.url
+    assert s3_server.secret_key not in results["env"].values()

@@ -25,7 +25,7 @@ from openmaker.config import Settings
 from openmaker.connection import ServerRecord, remove_record, write_record
 from openmaker.jobs.executor import process_lost
 from openmaker.store import s3_endpoint
-from openmaker.store.location import EMBEDDED_ENDPOINT_URL
+from openmaker.store.location import CODE_WITHOUT_S3_CREDENTIALS, EMBEDDED_ENDPOINT_URL
 
 # How often keys whose worker was killed (and could not revoke them) are looked for.
 ORPHAN_KEY_SWEEP_SECONDS = 2.0
@@ -103,7 +103,16 @@ def _store_endpoint(
     every object whole to give its ETag in a listing).
     """
     if s3_endpoint() is not None:
-        yield None
+        # The S3 server's credentials reach the jobs' code (README): never when they are the
+        # key pair that signs this server's API.
+        own = os.environ.get("AWS_ACCESS_KEY_ID") == credentials.access_key_id
+        if own:
+            os.environ[CODE_WITHOUT_S3_CREDENTIALS] = "1"
+        try:
+            yield None
+        finally:
+            if own:
+                os.environ.pop(CODE_WITHOUT_S3_CREDENTIALS, None)
         return
     with embedded_s3(settings, credentials, host, port) as url, _orphan_key_sweeper(settings):
         # The jobs' workers inherit the endpoint's address, never the server's key pair: each

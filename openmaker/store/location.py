@@ -70,6 +70,9 @@ def s3_endpoint(env: Mapping[str, str] | None = None) -> S3Endpoint | None:
 # runs: their code reaches the store through it (with a key of the job's own, made by the
 # worker), while openmaker's own transfers use the folder.
 EMBEDDED_ENDPOINT_URL = "OPENMAKER_EMBEDDED_S3_URL"
+# Set by `openmaker server` when the S3 server's credentials are its own key pair (which also
+# signs its API): a job's code then gets the S3 server's address without them.
+CODE_WITHOUT_S3_CREDENTIALS = "OPENMAKER_CODE_WITHOUT_S3_CREDENTIALS"
 # How long that endpoint may keep showing a folder's listing from before a direct write.
 EMBEDDED_ENDPOINT_LISTING_SECONDS = 1
 
@@ -92,7 +95,10 @@ def code_store_environment(env: Mapping[str, str] | None = None) -> dict[str, st
     own is added by its worker, see `openmaker.api.job_access`)."""
     env = os.environ if env is None else env
     if s3_endpoint(env) is not None or not env.get(EMBEDDED_ENDPOINT_URL):
-        return store_environment(env)
+        variables = store_environment(env)
+        if env.get(CODE_WITHOUT_S3_CREDENTIALS) == "1":
+            variables = {k: v for k, v in variables.items() if k not in _CREDENTIALS}
+        return variables
     return {"AWS_ENDPOINT_URL_S3": env[EMBEDDED_ENDPOINT_URL]}
 
 
