@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -334,3 +336,37 @@ json.dump({{"describe": outcome, "env": {{k: v for k, v in os.environ.items()
     assert results["describe"] != "ok"
     assert results["env"]["AWS_ENDPOINT_URL_S3"] == s3_server.url
     assert s3_server.secret_key not in results["env"].values()
+
+
+def test_a_killed_workers_key_dies_within_seconds(api_server: ApiServer, tmp_path: Path) -> None:
+    """The worker that would revoke the key is killed outright: the server revokes it."""
+    s3, sagemaker = api_server.client("s3"), api_server.client("sagemaker")
+    bucket, name = unique("killed"), unique("killed")
+    s3.create_bucket(Bucket=bucket)
+    code = f"""
+import json, os, time, boto3
+key = [os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]]
+boto3.client("s3").put_object(Bucket={bucket!r}, Key="out/{name}/key.json",
+                              Body=json.dumps(key).encode())
+time.sleep(120)
+"""
+    program = make_image(tmp_path / "image", f"#!{sys.executable}\n{code}")
+    sagemaker.create_training_job(**request(name, str(program), f"s3://{bucket}/out"))
+    deadline = time.monotonic() + 60
+    while not listed(s3, bucket, f"out/{name}/key.json"):
+        assert time.monotonic() < deadline, "the job's code did not start"
+        time.sleep(0.2)
+    key_id, secret = json.loads(
+        s3.get_object(Bucket=bucket, Key=f"out/{name}/key.json")["Body"].read()
+    )
+    job = s3_as(api_server, key_id, secret)
+    assert listed(job, bucket, f"out/{name}/") == [f"out/{name}/key.json"]
+    record = json.loads((api_server.home / "gate" / "keys" / f"{key_id}.json").read_text())
+    os.kill(record["worker"][0], signal.SIGKILL)
+    killed = time.monotonic()
+    while listed(job, bucket, f"out/{name}/"):
+        assert time.monotonic() - killed < 5, "the killed job's key still works"
+        time.sleep(0.2)
+    with pytest.raises(ClientError):
+        job.put_object(Bucket=bucket, Key=f"out/{name}/late", Body=b"late")
+    wait_ended(sagemaker, name)
