@@ -74,7 +74,8 @@ def grants_for(request: dict[str, Any], store: Path) -> list[Grant]:
         if parsed.scheme != "s3" or not _safe_name(parsed.netloc):
             continue
         key = parsed.path.lstrip("/")
-        if any(not _safe_name(part) for part in key.split("/")[:-1]):
+        segments = key.removesuffix("/").split("/") if key else []
+        if not all(_safe_name(part) for part in segments):
             continue  # `..` and the like: validation refuses them; never widen a grant by them
         grants.append(Grant(parsed.netloc, _covering_folder(store / parsed.netloc, key, is_folder),
                             write))  # fmt: skip
@@ -82,7 +83,8 @@ def grants_for(request: dict[str, Any], store: Path) -> list[Grant]:
 
 
 def _safe_name(part: str) -> bool:
-    return part not in ("", ".", "..")
+    # rclone's combine names a folder before "=": a folder with one in its name cannot be given.
+    return part not in ("", ".", "..") and "=" not in part
 
 
 def _covering_folder(bucket_dir: Path, key: str, is_folder: bool) -> str:
