@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only overhead|download|pipe|fastfile|checkpoints|api]` from the
-repository root."""
+"""`python -m bench [--quick] [--only overhead|download|pipe|fastfile|checkpoints|api|gate]` from
+the repository root."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, checkpoints, download, fastfile, overhead, pipe
+from bench import api, checkpoints, download, fastfile, gate, overhead, pipe
 from bench.download import DataSet, KiB, MiB, s5cmd
 from tests.s3server import S3Server, running_s3_server
 
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer, smaller runs (smoke check)")
     parser.add_argument(
         "--only",
-        choices=["overhead", "download", "pipe", "fastfile", "checkpoints", "api"],
+        choices=["overhead", "download", "pipe", "fastfile", "checkpoints", "api", "gate"],
         help="run one part only",
     )
     return parser.parse_args(argv)
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                 lines += checkpoints.run(args.quick, scratch, BUCKET)
             if args.only in (None, "api"):
                 lines += api.run(args.quick, scratch)
+            if args.only in (None, "gate"):
+                lines += gate.run(args.quick, scratch)
     elapsed = time.perf_counter() - started
     print(f"\nSummary (rclone serve s3 on loopback, MB = 10^6 bytes; {elapsed:.0f} s in all)")
     # Other work on a 2-core machine moves every figure; say how busy it was.

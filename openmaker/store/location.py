@@ -66,11 +66,13 @@ def s3_endpoint(env: Mapping[str, str] | None = None) -> S3Endpoint | None:
     )
 
 
-# `openmaker server` names its embedded store's S3 endpoint in these variables for the jobs it
-# runs: their code reaches the store through it, while openmaker's own transfers use the folder.
+# `openmaker server` names its embedded store's S3 endpoint in this variable for the jobs it
+# runs: their code reaches the store through it (with a key of the job's own, made by the
+# worker), while openmaker's own transfers use the folder.
 EMBEDDED_ENDPOINT_URL = "OPENMAKER_EMBEDDED_S3_URL"
-EMBEDDED_ENDPOINT_KEY_ID = "OPENMAKER_EMBEDDED_S3_ACCESS_KEY_ID"
-EMBEDDED_ENDPOINT_SECRET = "OPENMAKER_EMBEDDED_S3_SECRET_ACCESS_KEY"
+# Set by `openmaker server` when the S3 server's credentials are its own key pair (which also
+# signs its API): a job's code then gets the S3 server's address without them.
+CODE_WITHOUT_S3_CREDENTIALS = "OPENMAKER_CODE_WITHOUT_S3_CREDENTIALS"
 # How long that endpoint may keep showing a folder's listing from before a direct write.
 EMBEDDED_ENDPOINT_LISTING_SECONDS = 1
 
@@ -89,15 +91,15 @@ def store_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def code_store_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The variables a job's code needs to reach the object store: those of the S3 server in
-    use, or those of the embedded store's endpoint when a server offers one."""
+    use, or the embedded store's endpoint when a server offers one (without a key: the job's
+    own is added by its worker, see `openmaker.api.job_access`)."""
     env = os.environ if env is None else env
     if s3_endpoint(env) is not None or not env.get(EMBEDDED_ENDPOINT_URL):
-        return store_environment(env)
-    return {
-        "AWS_ENDPOINT_URL_S3": env[EMBEDDED_ENDPOINT_URL],
-        "AWS_ACCESS_KEY_ID": env.get(EMBEDDED_ENDPOINT_KEY_ID, ""),
-        "AWS_SECRET_ACCESS_KEY": env.get(EMBEDDED_ENDPOINT_SECRET, ""),
-    }
+        variables = store_environment(env)
+        if env.get(CODE_WITHOUT_S3_CREDENTIALS) == "1":
+            variables = {k: v for k, v in variables.items() if k not in _CREDENTIALS}
+        return variables
+    return {"AWS_ENDPOINT_URL_S3": env[EMBEDDED_ENDPOINT_URL]}
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -1,0 +1,140 @@
+"""The gate's cost: S3 GET and PUT throughput for a job's scoped key (its backend a `combine` of
+its places behind rclone's auth proxy, reads behind a read-only `union`) against the server's own
+key (the whole store, unrestricted) on the same `openmaker server` endpoint, the same objects, in
+the same run, with `s5cmd` as the client. The ratio (unrestricted time / scoped time) must be at
+least 0.9."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.download import DataSet, KiB, MiB, make_local, s5cmd
+from bench.stats import Timings, rate, timed
+from openmaker.api import job_access
+from tests.apiserver import ApiServer, running_api_server
+
+TARGET_RATIO = 0.9
+BUCKET = "gate"
+JOB = "bench-gate"
+
+
+@dataclass(frozen=True)
+class GateComparison:
+    """One direction on one data set: the job's key against the server's; above 1, the job's
+    key is faster."""
+
+    what: str
+    data: DataSet
+    scoped: Timings
+    unrestricted: Timings
+
+    @property
+    def ratio(self) -> float:
+        return self.unrestricted.median / self.scoped.median
+
+    def lines(self) -> list[str]:
+        verdict = "ok" if self.ratio >= TARGET_RATIO else "MISSED"
+        total = self.data.total
+        return [
+            f"S3 {self.what} of {self.data.label} through the gate: job's key "
+            f"{rate(total, self.scoped.median)}, server's key "
+            f"{rate(total, self.unrestricted.median)}, ratio {self.ratio:.2f} "
+            f"(target >= {TARGET_RATIO}: {verdict})",
+            f"  job's key    {self.scoped.describe()}",
+            f"  server's key {self.unrestricted.describe()}",
+        ]
+
+
+def run(quick: bool, scratch: Path) -> list[str]:
+    runs = 2 if quick else 5
+    data_sets = (
+        (DataSet(4, 32 * MiB), DataSet(100, 64 * KiB))
+        if quick
+        else (DataSet(8, 64 * MiB), DataSet(500, 64 * KiB))
+    )
+    print(f"gate: S3 GET and PUT, job's key against the server's ({runs} runs)", flush=True)
+    lines = []
+    with running_api_server(scratch / "gate-home") as server:
+        server.client("s3").create_bucket(Bucket=BUCKET)
+        sources = []
+        for data in data_sets:
+            source = scratch / "gate-source" / data.label
+            make_local(data, source)
+            destination = f"s3://{BUCKET}/{data.prefix}"
+            s5cmd(_server_environment(server), "cp", f"{source}/*", destination)
+            sources.append(source)
+        # Made once its channel's data is there, as a worker makes it when its job starts.
+        job_env = _job_environment(server)
+        for data, source in zip(data_sets, sources, strict=True):
+            lines += _compare(server, job_env, data, source, scratch, runs)
+    shutil.rmtree(scratch / "gate-source")
+    return lines
+
+
+def _job_environment(server: ApiServer) -> dict[str, str]:
+    """A key made as a worker makes one for a job that reads `data/` and writes its output."""
+    request = {
+        "TrainingJobName": JOB,
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "DataSource": {"S3DataSource": {"S3Uri": f"s3://{BUCKET}/data/"}},
+            }
+        ],
+        "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/out"},
+    }
+    key = job_access.mint(server.home, JOB, request)
+    return {
+        "AWS_ENDPOINT_URL_S3": server.env["AWS_ENDPOINT_URL_S3"],
+        "AWS_ACCESS_KEY_ID": key.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": key.secret_access_key,
+        "AWS_REGION": server.env["AWS_REGION"],
+    }
+
+
+def _server_environment(server: ApiServer) -> dict[str, str]:
+    names = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    return {name: server.env[name] for name in names}
+
+
+def _compare(
+    server: ApiServer,
+    job_env: dict[str, str],
+    data: DataSet,
+    source: Path,
+    scratch: Path,
+    runs: int,
+) -> list[str]:
+    keys = {"scoped": job_env, "unrestricted": _server_environment(server)}
+    for env in keys.values():
+        s5cmd(env, "ls", f"s3://{BUCKET}/{data.prefix}")  # the proxy's first answer, untimed
+    gets: dict[str, list[float]] = {name: [] for name in keys}
+    puts: dict[str, list[float]] = {name: [] for name in keys}
+    for number in range(runs):
+        # Alternated, so that the machine's other work falls on both alike.
+        for name, env in keys.items():
+            target = scratch / "gate-get"
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            os.sync()
+            uri = f"s3://{BUCKET}/{data.prefix}*"
+            gets[name].append(_seconds(env, "cp", uri, f"{target}/"))
+            destination = f"s3://{BUCKET}/out/{JOB}/{name}-{number}/"
+            puts[name].append(_seconds(env, "cp", f"{source}/*", destination))
+            # What was put goes at once (behind the endpoint, in its folder): the disk stays free.
+            shutil.rmtree(server.home / "s3" / BUCKET / "out" / JOB / f"{name}-{number}")
+    shutil.rmtree(scratch / "gate-get", ignore_errors=True)
+    lines = []
+    for what, seconds in (("GET", gets), ("PUT", puts)):
+        result = GateComparison(
+            what, data, Timings(seconds["scoped"]), Timings(seconds["unrestricted"])
+        )
+        lines += result.lines()
+    return lines
+
+
+def _seconds(env: dict[str, str], *arguments: str) -> float:
+    return timed(lambda: s5cmd(env, *arguments))[1]

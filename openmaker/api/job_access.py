@@ -1,0 +1,239 @@
+"""A job's own key to the embedded S3 endpoint: made when the job starts, dead when it ends, and
+reaching only the places its request names.
+
+Each key is a record, `$OPENMAKER_HOME/gate/keys/<key id>.json` (0600), that the endpoint's
+auth proxy (`openmaker.api.gate_proxy`) reads to answer with the key's secret and a backend
+that shows only the key's places. The backend reaches each place through a link under
+`gate/views/<key id>` (itself a link to the folder holding them): revoking a key replaces
+`gate/views/<key id>` by a plain file, so a backend rclone still holds in its cache (it asks the
+proxy again only after 5 minutes) finds nothing and can create nothing there from then on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+KEY_PREFIX = "OMJ"
+# rclone asks the proxy again after 5 minutes: a revoked key's tombstone outlives that.
+TOMBSTONE_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A folder of a bucket (`folder` "" is the whole bucket, else it ends with "/")."""
+
+    bucket: str
+    folder: str
+    write: bool
+
+
+@dataclass(frozen=True)
+class JobKey:
+    access_key_id: str
+    secret_access_key: str
+
+
+def gate_dir(home: Path) -> Path:
+    return home / "gate"
+
+
+def record_path(home: Path, key_id: str) -> Path:
+    return gate_dir(home) / "keys" / f"{key_id}.json"
+
+
+def view_path(home: Path, key_id: str) -> Path:
+    return gate_dir(home) / "views" / key_id
+
+
+def grants_for(request: dict[str, Any], store: Path) -> list[Grant]:
+    """What a job's code may reach: each channel's S3Uri (read), `<S3OutputPath>/<job>/` and
+    the checkpoint prefix (read-write). Places outside the embedded store (file://) are not
+    the endpoint's."""
+    wanted: list[tuple[str, bool, bool]] = []  # (uri, is a folder, write)
+    for channel in request.get("InputDataConfig") or []:
+        source = (channel.get("DataSource") or {}).get("S3DataSource") or {}
+        if source.get("S3Uri"):
+            wanted.append((source["S3Uri"], False, False))
+    output = (request.get("OutputDataConfig") or {}).get("S3OutputPath")
+    if output:
+        wanted.append((f"{output.rstrip('/')}/{request['TrainingJobName']}/", True, True))
+    checkpoint = (request.get("CheckpointConfig") or {}).get("S3Uri")
+    if checkpoint:
+        wanted.append((checkpoint, True, True))
+    grants = []
+    for uri, is_folder, write in wanted:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not _safe_name(parsed.netloc):
+            continue
+        key = parsed.path.lstrip("/")
+        segments = key.removesuffix("/").split("/") if key else []
+        if not all(_safe_name(part) for part in segments):
+            continue  # `..` and the like: validation refuses them; never widen a grant by them
+        grants.append(Grant(parsed.netloc, _covering_folder(store / parsed.netloc, key, is_folder),
+                            write))  # fmt: skip
+    return _merged(grants)
+
+
+def _safe_name(part: str) -> bool:
+    # rclone's combine names a folder before "=": a folder with one in its name cannot be given.
+    return part not in ("", ".", "..") and "=" not in part
+
+
+def _covering_folder(bucket_dir: Path, key: str, is_folder: bool) -> str:
+    """The narrowest folder that holds every object under the S3 prefix `key`: the folder it
+    names, or (a prefix like `data/train` that also matches `data/train-a`) its parent."""
+    if key == "" or key.endswith("/"):
+        return key
+    parent, _, last = key.rpartition("/")
+    parent = f"{parent}/" if parent else ""
+    if is_folder:
+        return f"{key}/"
+    try:
+        matching = [e for e in os.scandir(bucket_dir / parent) if e.name.startswith(last)]
+    except OSError:
+        matching = []
+    if [e.name for e in matching] == [last] and matching[0].is_dir(follow_symlinks=False):
+        return f"{key}/"
+    return parent
+
+
+def _merged(grants: list[Grant]) -> list[Grant]:
+    """One grant per folder, none inside another (combine cannot nest them): an outer folder
+    wins; of two grants of one folder, the writable one."""
+    result: list[Grant] = []
+    for grant in sorted(grants, key=lambda g: (g.bucket, g.folder, not g.write)):
+        if any(g.bucket == grant.bucket and grant.folder.startswith(g.folder) for g in result):
+            continue
+        result.append(grant)
+    return result
+
+
+def mint(home: Path, job_name: str, request: dict[str, Any]) -> JobKey:
+    """A new key for the job (run by its worker, whose liveness keeps the key alive)."""
+    store = home / "s3"
+    gate = gate_dir(home)
+    for sub in ("keys", "views"):
+        (gate / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(gate, 0o700)
+    _sweep_tombstones(gate / "views")
+    key = JobKey(KEY_PREFIX + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
+    grants = grants_for(request, store)
+    folder = gate / "views" / f".{key.access_key_id}.d"
+    folder.mkdir(mode=0o700)
+    linked = []
+    for grant in grants:
+        target = store / grant.bucket / grant.folder
+        if grant.write:
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.is_dir():
+            continue  # nothing to read there (the channel fails the job anyway)
+        os.symlink(target, folder / str(len(linked)))
+        linked.append(grant)
+    os.symlink(folder.name, view_path(home, key.access_key_id))
+    record = {
+        "secret_access_key": key.secret_access_key,
+        "job": job_name,
+        "worker": [os.getpid(), _start_time()],
+        "grants": [asdict(g) for g in linked],
+    }
+    _write_private(record_path(home, key.access_key_id), json.dumps(record))
+    return key
+
+
+def revoke(home: Path, key_id: str) -> None:
+    """Refuse the key from now on, also to a backend rclone has cached."""
+    record_path(home, key_id).unlink(missing_ok=True)
+    view = view_path(home, key_id)
+    if not os.path.lexists(view):
+        return
+    tombstone = view.with_name(f".{key_id}.tomb")
+    _write_private(tombstone, "revoked\n")
+    os.replace(tombstone, view)  # a file where the link was: nothing resolves under it
+    _remove_tree(view.with_name(f".{key_id}.d"))
+
+
+def revoke_job(home: Path, job_name: str) -> None:
+    """Revoke every key of the job (those of earlier attempts too)."""
+    for key_id, record in records(home):
+        if record.get("job") == job_name:
+            revoke(home, key_id)
+
+
+def records(home: Path) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted((gate_dir(home) / "keys").glob(f"{KEY_PREFIX}*.json")):
+        try:
+            found.append((path.stem, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def revoke_orphans(home: Path, worker_lost: Callable[[int, int | None], bool]) -> None:
+    """Revoke the keys whose worker is gone (killed before it could revoke them)."""
+    for key_id, record in records(home):
+        pid, started = record.get("worker") or (0, None)
+        if worker_lost(pid, started):
+            revoke(home, key_id)
+
+
+def _start_time() -> int | None:
+    """This process's start (field 22 of /proc/self/stat): a reused PID is not taken for it."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _write_private(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def _remove_tree(folder: Path) -> None:
+    """The view folder holds only links: unlink them, never follow them."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        os.unlink(entry.path)
+    os.rmdir(folder)
+
+
+def _sweep_tombstones(views: Path) -> None:
+    cutoff = time.time() - TOMBSTONE_SECONDS
+    for entry in os.scandir(views):
+        if (
+            entry.name.startswith(KEY_PREFIX)
+            and entry.is_file(follow_symlinks=False)
+            and entry.stat(follow_symlinks=False).st_mtime < cutoff
+        ):
+            os.unlink(entry.path)
+
+
+def code_environment(
+    home: Path, request: dict[str, Any], code_env: dict[str, str], store_env: dict[str, str]
+) -> dict[str, str]:
+    """The code's store variables: for the embedded store's endpoint (a server's job), with a
+    new key of the job's own; otherwise unchanged (an S3 server's own variables, or none)."""
+    if store_env or "AWS_ENDPOINT_URL_S3" not in code_env:
+        return code_env
+    key = mint(home, request["TrainingJobName"], request)
+    return {
+        **code_env,
+        "AWS_ACCESS_KEY_ID": key.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": key.secret_access_key,
+    }
