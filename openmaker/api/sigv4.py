@@ -207,6 +207,8 @@ def _parse_authorization(header: str) -> _Authorization:
         )
     parts: dict[str, str] = {}
     for item in rest.split(","):
+        if not item.strip():
+            continue
         name, equal, value = item.strip().partition("=")
         if not equal:
             raise IncompleteSignature(
