@@ -45,39 +45,53 @@ def parse_document(body: bytes) -> dict[str, Any]:
     return document
 
 
+# Where a value sits, as a chain (parent, step): built for every container, spelled out only
+# for the one a problem is found in.
+_Where = tuple[Any, ...]
+
+
 def _check_values(document: dict[str, Any]) -> None:
-    # Iterative, so that checking a deep document cannot itself run out of stack.
-    pending: list[tuple[Any, str, int]] = [(document, "", 1)]
+    # Iterative, so that checking a deep document cannot itself run out of stack; only
+    # containers are stacked, so that a long flat list costs one pass.
+    pending: list[tuple[dict[str, Any] | list[Any], _Where, int]] = [(document, (), 1)]
     while pending:
-        value, path, depth = pending.pop()
-        if depth > MAX_DEPTH:
-            raise SerializationError(
-                f"The request body nests deeper than {MAX_DEPTH} levels of objects and lists "
-                f"(at '{path[:100]}...')"
-            )
-        if isinstance(value, dict):
-            for key, item in value.items():
-                where = f"{path}.{key}" if path else key
-                if not _is_unicode(key):
+        container, where, depth = pending.pop()
+        is_object = isinstance(container, dict)
+        pairs = container.items() if is_object else enumerate(container, 1)  # type: ignore[union-attr]
+        for step, item in pairs:
+            if is_object and not _is_unicode(step):
+                raise SerializationError(
+                    f"A member name at '{_spelled(where) or '(top level)'}' is not valid "
+                    f"Unicode: {_escaped(step)} holds a lone surrogate"
+                )
+            kind = type(item)
+            if kind is dict or kind is list:
+                if depth == MAX_DEPTH:
                     raise SerializationError(
-                        f"A member name at '{path or '(top level)'}' is not valid Unicode: "
-                        f"{_escaped(key)} holds a lone surrogate"
+                        f"The request body nests deeper than {MAX_DEPTH} levels of objects and "
+                        f"lists (at '{_spelled((where, step))[:100]}')"
                     )
-                pending.append((item, where, depth + 1))
-        elif isinstance(value, list):
-            pending.extend(
-                (item, f"{path}.{i}.member", depth + 1) for i, item in enumerate(value, 1)
-            )
-        elif isinstance(value, str) and not _is_unicode(value):
-            raise SerializationError(
-                f"The value at '{path}' is not valid Unicode: {_escaped(value)} holds a lone "
-                "surrogate"
-            )
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise SerializationError(
-                f"The value at '{path}' is not a finite number (NaN, Infinity and numbers "
-                "beyond about 1.8e308 are refused)"
-            )
+                if item:  # an empty one holds nothing to check
+                    pending.append((item, (where, step), depth + 1))
+            elif kind is str and not _is_unicode(item):
+                raise SerializationError(
+                    f"The value at '{_spelled((where, step))}' is not valid Unicode: "
+                    f"{_escaped(item)} holds a lone surrogate"
+                )
+            elif kind is float and not math.isfinite(item):
+                raise SerializationError(
+                    f"The value at '{_spelled((where, step))}' is not a finite number (NaN, "
+                    "Infinity and numbers beyond about 1.8e308 are refused)"
+                )
+
+
+def _spelled(where: _Where) -> str:
+    """`Tags.1.member.Value`, as validation names members."""
+    steps: list[str] = []
+    while where:
+        where, step = where
+        steps.append(f"{step}.member" if isinstance(step, int) else step)
+    return ".".join(reversed(steps))
 
 
 def _is_unicode(text: str) -> bool:
