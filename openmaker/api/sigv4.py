@@ -86,10 +86,9 @@ def verify(
     credentials: Credentials,
     region: str,
     services: Collection[str],
-    now: datetime | None = None,
 ) -> None:
     """Raise the AWS error a client would get unless `request` is signed by `credentials`, for
-    `region` and one of `services` (signing names), at a time near `now`."""
+    `region` and one of `services` (signing names), close enough to now."""
     header = _first(request.headers, "authorization")
     if header is None:
         raise MissingAuthenticationToken("Missing Authentication Token")
@@ -109,7 +108,7 @@ def verify(
     if not hmac.compare_digest(auth.access_key_id.encode(), credentials.access_key_id.encode()):
         raise UnrecognizedClient("The security token included in the request is invalid.")
     _check_scope(auth.scope, amz_date, region, services)
-    _check_clock(amz_date, when, now or datetime.now(UTC))
+    _check_clock(amz_date, when, datetime.now(UTC))
     if "host" not in auth.signed_headers:
         raise IncompleteSignature("'Host' must be a 'SignedHeader' in the AWS Authorization.")
     canonical = canonical_request(request, auth.signed_headers, payload_hash(request))
