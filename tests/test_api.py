@@ -337,7 +337,7 @@ def test_signatures_are_checked_before_anything_happens(
     status, answer = raw_post(
         url, body, {"X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1"}
     )
-    assert (status, answer["__type"]) == (403, "MissingAuthenticationToken")
+    assert (status, answer["__type"]) == (403, "MissingAuthenticationTokenException")
 
     wrong_key = api_server.client("sagemaker", aws_access_key_id="AKIAWRONGWRONGWRONG0")
     with pytest.raises(ClientError) as caught:

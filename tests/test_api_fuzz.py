@@ -1,9 +1,13 @@
-"""CreateTrainingJob requests generated from the service model: whatever arrives, the server
-answers with an AWS error or a job, never with a 5xx."""
+"""Requests generated from the service model: whatever arrives, the server answers with an AWS
+error or a result, never with a 5xx. CreateTrainingJob is fuzzed on its own (its requests get
+far, to the job store); every operation is also sent bodies with values no client sends spliced
+in anywhere (lone surrogates, nesting deeper than any request, numbers JSON or Python cannot
+hold) and garbled targets."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.model import Shape
@@ -115,3 +119,118 @@ def test_create_training_job_never_answers_5xx(api_server: ApiServer, body: str)
             "ResourceLimitExceeded",
         }, answer
         assert answer["message"]
+
+
+# --- Every operation, with hostile values spliced in -------------------------------------------
+
+OPERATIONS = [
+    ("SageMaker", "sagemaker", name)
+    for name in (
+        "CreateTrainingJob",
+        "DescribeTrainingJob",
+        "ListTrainingJobs",
+        "StopTrainingJob",
+        "AddTags",
+        "ListTags",
+        "DeleteTags",
+    )
+] + [
+    ("Logs_20140328", "logs", name)
+    for name in ("DescribeLogGroups", "DescribeLogStreams", "GetLogEvents", "FilterLogEvents")
+]
+
+
+@dataclass(frozen=True)
+class Raw:
+    """JSON text written into the body as it is: what `json.dumps` will not write."""
+
+    text: str
+
+
+SURROGATE = st.integers(min_value=0xD800, max_value=0xDFFF).map(chr)
+# Each of these makes any request unreadable: the answer must be a 400.
+UNREADABLE = st.one_of(
+    st.tuples(st.text(max_size=4), SURROGATE, st.text(max_size=4)).map("".join),
+    st.integers(min_value=33, max_value=20_000).map(lambda n: Raw("[" * n + "]" * n)),
+    st.integers(min_value=33, max_value=2_000).map(lambda n: Raw('{"a":' * n + "1" + "}" * n)),
+    st.sampled_from(["1e400", "-1e400", "1E999", "NaN", "Infinity", "-Infinity"]).map(Raw),
+    st.integers(min_value=4_301, max_value=6_000).map(lambda n: Raw("9" * n)),
+)
+# Beyond any integer or long member; a double member may still take them.
+HUGE = st.integers(min_value=2**63) | st.integers(max_value=-(2**63) - 1)
+# A target header as a client could garble it (printable ASCII: what HTTP carries).
+TARGETS = st.one_of(
+    st.sampled_from([f"{prefix}.{name}" for prefix, _, name in OPERATIONS]),
+    st.from_regex(r"[ -~]{0,40}", fullmatch=True),
+    st.sampled_from(["", ".", "SageMaker", "SageMaker.", "Logs_20140328.", ".ListTags"]),
+)
+
+
+def splice(body: Any, value: Any, choices: st.DataObject) -> Any:
+    """`body` with `value` put in one of its objects or lists (or as a member name)."""
+    containers: list[Any] = []
+    pending = [body]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict | list):
+            containers.append(item)
+            pending.extend(item.values() if isinstance(item, dict) else item)
+    target = choices.draw(st.sampled_from(containers), label="where")
+    if isinstance(target, list):
+        target.append(value)
+    elif isinstance(value, str) and choices.draw(st.booleans(), label="as a name"):
+        target[value] = 1
+    else:
+        name = choices.draw(st.sampled_from([*target, "Extra"]), label="member")
+        target[name] = value
+    return body
+
+
+def dumps(body: Any) -> bytes:
+    """JSON as a client writes it (escaping lone surrogates), with `Raw` text as it is."""
+    raws: list[str] = []
+
+    def placeholder(value: Any) -> str:
+        if not isinstance(value, Raw):
+            raise TypeError(type(value))
+        raws.append(value.text)
+        return f"@@raw{len(raws) - 1}@@"
+
+    text = json.dumps(body, default=placeholder)
+    for index, raw in enumerate(raws):
+        text = text.replace(f'"@@raw{index}@@"', raw, 1)
+    return text.encode()
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(operation=st.sampled_from(OPERATIONS), choices=st.data())
+def test_hostile_values_in_any_operation_are_refused_with_4xx(
+    api_server: ApiServer, operation: tuple[str, str, str], choices: st.DataObject
+) -> None:
+    prefix, service, name = operation
+    body = choices.draw(strategy(operation_model(name, service).input_shape), label="body")
+    # A CreateTrainingJob the generator made valid would start a job: keep those unreadable.
+    unreadable = name == "CreateTrainingJob" or choices.draw(st.booleans(), label="unreadable")
+    value = choices.draw(UNREADABLE if unreadable else HUGE, label="value")
+    status, answer = signed_post(
+        api_server, f"{prefix}.{name}", dumps(splice(body, value, choices))
+    )
+    event(f"{name} {status} {answer.get('__type', '')}")
+    assert status < 500, answer
+    if unreadable:
+        assert status == 400 and answer["__type"] == "SerializationException", answer
+        assert answer["message"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(target=TARGETS, body=ANY_JSON.map(json.dumps))
+def test_any_target_and_document_never_answer_5xx(
+    api_server: ApiServer, target: str, body: str
+) -> None:
+    status, answer = signed_post(api_server, target, body.encode())
+    event(f"{status} {answer.get('__type', '')}")
+    assert status < 500, answer

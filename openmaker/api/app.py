@@ -24,20 +24,26 @@ from starlette.routing import Route
 from openmaker.api.credentials import Credentials
 from openmaker.api.operations import Backend, Handler
 from openmaker.api.sigv4 import SignedRequest, verify
-from openmaker.api.wire import from_wire, to_wire
+from openmaker.api.wire import from_wire, parse_document, range_problems, to_wire
 from openmaker.spec.errors import (
-    SerializationError,
     ServiceError,
     ThrottlingException,
     UnknownOperation,
+    ValidationException,
 )
 from openmaker.spec.model import operation_model
-from openmaker.spec.validate import validate_input
+from openmaker.spec.validate import error_message, validate_input
 
 JSON_TYPE = "application/x-amz-json-1.1"
-# No SageMaker or Logs request comes near this; a bigger body is refused unread.
-MAX_BODY_BYTES = 16 * 1024 * 1024
+# No SageMaker or Logs request openmaker serves comes near this; a bigger body is refused
+# without being read whole.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 log = logging.getLogger("openmaker.api")
+
+
+class RequestTooLarge(ServiceError):
+    code = "RequestEntityTooLargeException"
+    http_status = 413
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
         "SageMaker": Service("sagemaker", "sagemaker", backend.sagemaker()),
         "Logs_20140328": Service("logs", "logs", backend.logs_operations()),
     }
+    region = backend.jobs.settings.region
+    signing_names = {s.signing_name for s in services.values()}
 
     async def dispatch(request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -61,7 +69,8 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
             prefix, _, operation = target.partition(".")
             service = services.get(prefix)
             # Nothing is looked at before the signature is: not even whether the target exists.
-            verify(_signed(request, body), credentials, service and service.signing_name)
+            scope = {service.signing_name} if service else signing_names
+            verify(_signed(request, body), credentials, region, scope)
             if service is None or not operation:
                 raise UnknownOperation(f"Unknown operation {target or '(no X-Amz-Target)'}")
             handler = service.handlers.get(operation)
@@ -94,13 +103,10 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
 
 def _call(service: Service, operation: str, handler: Handler, body: bytes) -> dict[str, Any]:
     model = operation_model(operation, service.name)
-    try:
-        raw = json.loads(body or b"{}")
-    except ValueError as exc:
-        raise SerializationError(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SerializationError("The request body must be a JSON object")
-    params = from_wire(model.input_shape, raw)
+    params = from_wire(model.input_shape, parse_document(body))
+    too_big = range_problems(model.input_shape, params)
+    if too_big:
+        raise ValidationException(error_message(too_big))
     validate_input(operation, params, service.name)
     try:
         result = handler(params)
@@ -114,12 +120,17 @@ def _call(service: Service, operation: str, handler: Handler, body: bytes) -> di
 async def _body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise SerializationError(f"The request body is larger than {MAX_BODY_BYTES} bytes")
+        raise RequestTooLarge(
+            f"The request body is {int(declared)} bytes; this API takes at most "
+            f"{MAX_BODY_BYTES} bytes"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise SerializationError(f"The request body is larger than {MAX_BODY_BYTES} bytes")
+            raise RequestTooLarge(
+                f"The request body is over {MAX_BODY_BYTES} bytes, the most this API takes"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -138,8 +149,12 @@ def _signed(request: Request, body: bytes) -> SignedRequest:
 
 
 def _error(exc: ServiceError, request_id: str) -> Response:
-    return JSONResponse(
-        {"__type": exc.code, "message": exc.message},
+    # ASCII with escapes: a message quoting what the client sent must not fail to encode.
+    body = json.dumps(
+        {"__type": exc.code, "message": exc.message}, ensure_ascii=True, separators=(",", ":")
+    )
+    return Response(
+        body,
         status_code=exc.http_status,
         media_type=JSON_TYPE,
         headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": exc.code},

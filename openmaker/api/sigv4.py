@@ -1,15 +1,17 @@
-"""Checking AWS Signature Version 4 on incoming requests, as AWS services do.
+"""Checking AWS Signature Version 4 on incoming requests, as AWS's JSON services do.
 
 The canonical request is built the way botocore builds it when it signs (the path quoted once
 more, the query string's pairs sorted as sent), so that every official client's signature can
-be recomputed here from the raw request.
+be recomputed here from the raw request. The payload's hash in it is always computed from the
+body received: a client's `x-amz-content-sha256` header is only a claim, refused unless it
+equals that hash (so `UNSIGNED-PAYLOAD` is refused too, as the JSON services refuse it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -18,12 +20,19 @@ from openmaker.api.credentials import Credentials
 from openmaker.spec.errors import ServiceError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
-# AWS refuses a signature made more than 15 minutes away from its own clock.
+TERMINATOR = "aws4_request"
+# AWS refuses a signature made more than 15 minutes away from its own clock, either way.
 MAX_CLOCK_SKEW = timedelta(minutes=15)
+_STAMP = "%Y%m%dT%H%M%SZ"
+_MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. "
+    "Check your AWS Secret Access Key and signing method. Consult the service "
+    "documentation for details."
+)
 
 
 class MissingAuthenticationToken(ServiceError):
-    code = "MissingAuthenticationToken"
+    code = "MissingAuthenticationTokenException"
     http_status = 403
 
 
@@ -52,72 +61,98 @@ class SignedRequest:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """The credential scope, `date/region/service/aws4_request`."""
+
+    date: str
+    region: str
+    service: str
+    terminator: str
+
+    def __str__(self) -> str:
+        return f"{self.date}/{self.region}/{self.service}/{self.terminator}"
+
+
+@dataclass(frozen=True)
 class _Authorization:
     access_key_id: str
-    scope: str  # date/region/service/aws4_request
+    scope: Scope
     signed_headers: list[str]
     signature: str
 
 
-def verify(request: SignedRequest, credentials: Credentials, service: str | None) -> None:
-    """Raise the AWS error a client would get unless `request` is signed by `credentials`
-    (for `service`, when given)."""
+def verify(
+    request: SignedRequest,
+    credentials: Credentials,
+    region: str,
+    services: Collection[str],
+) -> None:
+    """Raise the AWS error a client would get unless `request` is signed by `credentials`, for
+    `region` and one of `services` (signing names), close enough to now."""
     header = _first(request.headers, "authorization")
     if header is None:
         raise MissingAuthenticationToken("Missing Authentication Token")
     auth = _parse_authorization(header)
-    if not hmac.compare_digest(auth.access_key_id, credentials.access_key_id):
-        raise UnrecognizedClient("The security token included in the request is invalid.")
-    date, _region, scope_service, terminator = auth.scope.split("/")
-    if (service and scope_service != service) or terminator != "aws4_request":
-        raise InvalidSignature(
-            f"Credential should be scoped to correct service: '{service}'."
-        )
     amz_date = _first(request.headers, "x-amz-date")
     if amz_date is None:
-        raise IncompleteSignature("Authorization header requires existence of a 'X-Amz-Date'.")
-    try:
-        when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        raise IncompleteSignature(f"Invalid X-Amz-Date {amz_date!r}") from None
-    if not amz_date.startswith(date):
-        raise InvalidSignature("Date in Credential scope does not match YYYYMMDD from X-Amz-Date")
-    now = datetime.now(UTC)
-    if abs(now - when) > MAX_CLOCK_SKEW:
-        raise InvalidSignature(
-            f"Signature expired: {amz_date} is now earlier than "
-            f"{(now - MAX_CLOCK_SKEW):%Y%m%dT%H%M%SZ} ({now:%Y%m%dT%H%M%SZ} - 15 min.)"
+        raise IncompleteSignature(
+            "Authorization header requires existence of a 'X-Amz-Date' header."
         )
+    try:
+        when = datetime.strptime(amz_date, _STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        raise IncompleteSignature(
+            f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'. "
+            "See http://en.wikipedia.org/wiki/ISO_8601"
+        ) from None
+    if not hmac.compare_digest(auth.access_key_id.encode(), credentials.access_key_id.encode()):
+        raise UnrecognizedClient("The security token included in the request is invalid.")
+    _check_scope(auth.scope, amz_date, region, services)
+    _check_clock(amz_date, when, datetime.now(UTC))
     if "host" not in auth.signed_headers:
-        raise InvalidSignature("'Host' must be a signed header")
-    canonical = canonical_request(request, auth.signed_headers)
+        raise IncompleteSignature("'Host' must be a 'SignedHeader' in the AWS Authorization.")
+    canonical = canonical_request(request, auth.signed_headers, payload_hash(request))
     string_to_sign = "\n".join(
-        [ALGORITHM, amz_date, auth.scope, hashlib.sha256(canonical.encode()).hexdigest()]
+        [ALGORITHM, amz_date, str(auth.scope), hashlib.sha256(canonical.encode()).hexdigest()]
     )
     expected = hmac.new(
         _signing_key(credentials.secret_access_key, auth.scope),
         string_to_sign.encode(),
         hashlib.sha256,
     ).hexdigest()
-    if not hmac.compare_digest(expected, auth.signature):
-        raise InvalidSignature(
-            "The request signature we calculated does not match the signature you provided. "
-            "Check your AWS Secret Access Key and signing method. Consult the service "
-            "documentation for details."
-        )
+    if not hmac.compare_digest(expected.encode(), auth.signature.encode()):
+        raise InvalidSignature(_MISMATCH)
 
 
-def canonical_request(request: SignedRequest, signed_headers: list[str]) -> str:
+def payload_hash(request: SignedRequest) -> str:
+    """The SHA-256 of the body received. A client's `x-amz-content-sha256` must be that very
+    hash: a request signed over one body and sent with another is refused here whatever the
+    header says (and the canonical request never takes the header's word for it)."""
+    computed = hashlib.sha256(request.body).hexdigest()
+    for claimed in request.headers.get("x-amz-content-sha256", []):
+        if claimed == "UNSIGNED-PAYLOAD":
+            raise InvalidSignature(
+                f"{_MISMATCH} This service does not accept 'UNSIGNED-PAYLOAD': "
+                "the body must be signed."
+            )
+        if not hmac.compare_digest(claimed.strip().lower().encode(), computed.encode()):
+            raise InvalidSignature(
+                f"{_MISMATCH} The provided 'x-amz-content-sha256' header does not match "
+                "what was computed."
+            )
+    return computed
+
+
+def canonical_request(request: SignedRequest, signed_headers: list[str], payload: str) -> str:
     headers = []
     for name in signed_headers:
         values = request.headers.get(name)
         if values is None:
-            raise InvalidSignature(f"Signed header {name!r} is missing from the request")
+            raise IncompleteSignature(
+                f"'{name}' is named as a SignedHeader, but it does not exist in the HTTP request."
+            )
         headers.append(f"{name}:{','.join(' '.join(v.split()) for v in values)}")
     pairs = sorted(tuple(p.partition("=")[::2]) for p in request.raw_query.split("&") if p)
-    payload = _first(request.headers, "x-amz-content-sha256") or hashlib.sha256(
-        request.body
-    ).hexdigest()
     return "\n".join(
         [
             request.method.upper(),
@@ -130,28 +165,76 @@ def canonical_request(request: SignedRequest, signed_headers: list[str]) -> str:
     )
 
 
+def _check_scope(scope: Scope, amz_date: str, region: str, services: Collection[str]) -> None:
+    if scope.terminator != TERMINATOR:
+        raise InvalidSignature(
+            f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
+            f"not '{scope.terminator}'."
+        )
+    if scope.date != amz_date[:8]:
+        raise InvalidSignature(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+            f"from HTTP: '{scope.date}' != '{amz_date[:8]}', from '{amz_date}'."
+        )
+    if scope.region != region:
+        raise InvalidSignature(
+            f"Credential should be scoped to a valid region, not '{scope.region}'."
+        )
+    if scope.service not in services:
+        wanted = " or ".join(f"'{s}'" for s in sorted(services))
+        raise InvalidSignature(f"Credential should be scoped to correct service: {wanted}.")
+
+
+def _check_clock(amz_date: str, when: datetime, now: datetime) -> None:
+    if when < now - MAX_CLOCK_SKEW:
+        raise InvalidSignature(
+            f"Signature expired: {amz_date} is now earlier than "
+            f"{now - MAX_CLOCK_SKEW:{_STAMP}} ({now:{_STAMP}} - 15 min.)"
+        )
+    if when > now + MAX_CLOCK_SKEW:
+        raise InvalidSignature(
+            f"Signature not yet current: {amz_date} is still later than "
+            f"{now + MAX_CLOCK_SKEW:{_STAMP}} ({now:{_STAMP}} + 15 min.)"
+        )
+
+
 def _parse_authorization(header: str) -> _Authorization:
     algorithm, _, rest = header.strip().partition(" ")
     if algorithm != ALGORITHM:
-        raise IncompleteSignature(f"Unsupported authorization type {algorithm!r}; use {ALGORITHM}")
+        raise IncompleteSignature(
+            f"Unsupported Authorization Type '{algorithm[:40]}': use {ALGORITHM}."
+        )
     parts: dict[str, str] = {}
     for item in rest.split(","):
-        name, _, value = item.strip().partition("=")
+        if not item.strip():
+            continue
+        name, equal, value = item.strip().partition("=")
+        if not equal:
+            raise IncompleteSignature(
+                f"'{item.strip()[:200]}' not a valid key=value pair (missing equal-sign) in "
+                "Authorization header."
+            )
         parts[name] = value
-    missing = [n for n in ("Credential", "SignedHeaders", "Signature") if not parts.get(n)]
+    missing = [n for n in ("Credential", "Signature", "SignedHeaders") if not parts.get(n)]
     if missing:
         raise IncompleteSignature(
-            f"Authorization header requires {', '.join(repr(m) for m in missing)} parameter(s)"
+            " ".join(f"Authorization header requires '{name}' parameter." for name in missing)
         )
     key, _, scope = parts["Credential"].partition("/")
-    if scope.count("/") != 3:
-        raise IncompleteSignature(f"Malformed credential scope {parts['Credential']!r}")
-    return _Authorization(key, scope, parts["SignedHeaders"].lower().split(";"), parts["Signature"])
+    fields = scope.split("/")
+    if not key or len(fields) != 4:
+        raise IncompleteSignature(
+            f"Credential must have exactly 5 slash-delimited elements, e.g. "
+            f"keyid/date/region/service/{TERMINATOR}, got '{parts['Credential'][:200]}'."
+        )
+    return _Authorization(
+        key, Scope(*fields), parts["SignedHeaders"].lower().split(";"), parts["Signature"]
+    )
 
 
-def _signing_key(secret: str, scope: str) -> bytes:
+def _signing_key(secret: str, scope: Scope) -> bytes:
     key = ("AWS4" + secret).encode()
-    for part in scope.split("/"):
+    for part in (scope.date, scope.region, scope.service, scope.terminator):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     return key
 
