@@ -130,6 +130,23 @@ def test_strict_capacity_refuses_a_job_that_can_never_fit(
         jobs.describe("too-big")
 
 
+@pytest.mark.parametrize("policy", ["shared", "strict"])
+def test_a_job_with_more_hosts_than_the_quota_is_refused_at_once(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    # The model has no maximum: a count of 2**31 - 1 once made placement loop per host.
+    monkeypatch.setenv("OPENMAKER_CAPACITY", policy)
+    jobs = TrainingJobs()
+    body = request("too-many", str(make_image(tmp_path / "image", "#!/bin/sh\n")), "s3://b/out")
+    body["ResourceConfig"]["InstanceCount"] = 2**31 - 1
+    with pytest.raises(ResourceLimitExceeded) as refused:
+        jobs.create(body)
+    assert "request delta of 2147483647 Instances" in refused.value.message
+    assert "ResourceConfig.InstanceCount" in refused.value.message
+    with pytest.raises(ResourceNotFound):
+        jobs.describe("too-many")
+
+
 @pytest.mark.parametrize("instance_type", ["ml.m5.24xlarge", "ml.local", "local"])
 def test_shared_capacity_runs_any_instance_type_within_the_machine(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, instance_type: str

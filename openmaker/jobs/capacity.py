@@ -37,6 +37,9 @@ LOCAL_TYPES = frozenset({"local", "ml.local"})
 MIN_RESERVED_MEMORY = 1 * GIB
 RESERVED_MEMORY_FRACTION = 0.1
 
+# Hosts of one job: each is a sandbox with its own folder, on one machine (or a few).
+MAX_HOSTS_PER_JOB = 64
+
 Placement = dict[str, Any]
 
 
@@ -141,10 +144,18 @@ def check_can_fit(request: dict[str, Any], machine: Machine) -> None:
     # Imported here: a worker uses this module too, and needs no API model.
     from openmaker.spec import ResourceLimitExceeded
 
+    instance_type = request["ResourceConfig"]["InstanceType"]
+    count = instance_count(request)
+    if count > MAX_HOSTS_PER_JOB:
+        # The model sets no maximum; SageMaker's is the account's quota per instance type.
+        raise ResourceLimitExceeded(
+            f"The account-level service limit '{instance_type} for training job usage' is "
+            f"{MAX_HOSTS_PER_JOB} Instances, with current utilization of 0 Instances and a "
+            f"request delta of {count} Instances (ResourceConfig.InstanceCount)."
+        )
     if machine.policy != "strict":
         return
-    instance_type = request["ResourceConfig"]["InstanceType"]
-    need, count = per_host(instance_type, machine), instance_count(request)
+    need = per_host(instance_type, machine)
     has = machine.resources
     if need.cpus * count > has.cpus or need.memory * count > has.memory or need.gpus * count > (
         has.gpus
