@@ -226,13 +226,14 @@ sys.stdout.buffer.write(b"\\n".join(found))
 
 
 @pytest.fixture
-def open_server() -> Iterator[ApiServer]:
+def open_server(tmp_path: Path) -> Iterator[ApiServer]:
     """A server whose home any user may walk into (pytest's own folders are its owner's only):
     what `nobody` finds there is then what the files' own modes let through."""
     base = Path(tempfile.mkdtemp(prefix="openmaker-open-"))
     base.chmod(0o755)
     try:
-        with running_api_server(base / "home") as server:
+        # The test's image sits in its own temporary folder.
+        with running_api_server(base / "home", OPENMAKER_FILE_ROOTS=str(tmp_path)) as server:
             yield server
     finally:
         shutil.rmtree(base, ignore_errors=True)
