@@ -20,7 +20,15 @@ import pytest
 from openmaker.config import load_settings
 from openmaker.host.volume import mount_points_under
 from openmaker.jobs.service import TrainingJobs
-from tests.helpers import get_object, log_text, make_image, request, run_script, wait_for
+from tests.helpers import (
+    get_object,
+    log_text,
+    make_image,
+    put_objects,
+    request,
+    run_script,
+    wait_for,
+)
 from tests.process_helpers import kill, wait_for_no_processes, wait_until, worker_pid
 
 GIB = 1024**3
@@ -71,6 +79,7 @@ seen = {{
     "mounts": read("/proc/self/mounts"),
     "environ": read("/proc/1/environ"),
     "cmdline": read("/proc/1/cmdline"),
+    "channel": read("/opt/ml/input/data/train/x.csv"),
 }}
 pathlib.Path("/opt/ml/model/seen.json").write_text(json.dumps(seen))
 """
@@ -80,9 +89,18 @@ def test_the_code_sees_nothing_private_of_the_machine_and_no_path_of_openmakers(
     tmp_path: Path, home: Path, planted: dict[str, Path]
 ) -> None:
     assert Path("/etc/shadow").read_text()  # the machine has one, with its hashes
-    jobs, description = run_script(tmp_path, "look-around", LOOK_AROUND)
+    # A FastFile channel over the embedded store shows a folder of openmaker's home.
+    put_objects({"s3://look/train/x.csv": b"1,2\n"})
+    _, description = run_script(
+        tmp_path,
+        "look-around",
+        LOOK_AROUND,
+        channels={"train": "s3://look/train"},
+        edit=lambda body: body["InputDataConfig"][0].update(InputMode="FastFile"),
+    )
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     seen = json.loads(_model_members(description)["seen.json"])
+    assert seen["channel"] == "1,2\n"
 
     assert seen["shadow"] == "" and seen["gshadow"] == ""
     assert seen["home"] == []
@@ -109,12 +127,12 @@ USERNS = f"""#!{sys.executable}
 import ctypes, os, subprocess
 CLONE_NEWUSER = 0x10000000
 libc = ctypes.CDLL(None, use_errno=True)
-result = libc.unshare(CLONE_NEWUSER)
-print("unshare(CLONE_NEWUSER):", result, os.strerror(ctypes.get_errno()) if result else "made")
+print("uid", os.getuid(), open("/proc/self/uid_map").read().split())
 for argv in (["unshare", "-U", "true"], ["unshare", "-U", "-r", "true"]):
     code = subprocess.run(argv, capture_output=True).returncode
     print(" ".join(argv), "exit", code)
-print("uid", os.getuid(), open("/proc/self/uid_map").read().split())
+result = libc.unshare(CLONE_NEWUSER)
+print("unshare(CLONE_NEWUSER):", result, os.strerror(ctypes.get_errno()) if result else "made")
 """
 
 
@@ -282,6 +300,9 @@ def test_a_killed_workers_volume_is_unmounted_and_removed(tmp_path: Path, home: 
     assert description["TrainingJobStatus"] == "Failed"
     assert not mount_points_under(jobs_dir)
     assert not list((jobs_dir / "lost-volume").glob("algo-*"))
-    backing = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"],
-                             capture_output=True, text=True).stdout
+    backing = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "BACK-FILE"],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert str(jobs_dir) not in backing

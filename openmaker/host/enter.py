@@ -6,7 +6,8 @@ Run as a program, by path, with the standard library only (it starts in millisec
    own: another job's volume must go away when that job ends, not when this one does.
 2. The copy-on-write root: one overlay per layer, mounted from inside the layer's folder with
    relative paths, so that the mount options the code can read in /proc/self/mountinfo name no
-   folder of openmaker's.
+   folder of openmaker's. Likewise read-only views of openmaker's folders that the sandbox
+   shows (FastFile over the embedded store): a bind would show their path.
 3. A user namespace mapping every user and group to itself, in which no further user namespace
    may be made (`max_user_namespaces` 0, which the code, without CAP_SYS_RESOURCE, cannot
    raise): the code stays root with its few capabilities and cannot get a full set in a
@@ -61,6 +62,20 @@ def mount_overlay(folder: str, lower: str) -> None:
     os.chdir("/")
 
 
+def mount_read_only_view(source: str, view: str, empty: str) -> None:
+    """Mount at `view` a read-only overlay of `source` (over the empty folder `empty`), named
+    in its options by descriptor only."""
+    below = os.open(source, os.O_PATH | os.O_DIRECTORY)
+    nothing = os.open(empty, os.O_PATH | os.O_DIRECTORY)
+    try:
+        # Without an upper layer an overlay needs two lower ones, and is read-only.
+        options = f"lowerdir=/proc/self/fd/{below}:/proc/self/fd/{nothing}".encode()
+        _check(_libc.mount(b"overlay", os.fsencode(view), b"overlay", 0, options), "view")
+    finally:
+        os.close(below)
+        os.close(nothing)
+
+
 def user_namespace_without_nesting() -> None:
     """Enter a new user namespace mapping every id to itself; forbid user namespaces in it."""
     parent = os.getpid()
@@ -97,6 +112,8 @@ def main(argv: list[str]) -> None:
     private_mount_namespace(setup["detach_under"], setup["keep"])
     for folder, lower in setup["layers"]:
         mount_overlay(folder, lower)
+    for source, view in setup["views"]:
+        mount_read_only_view(source, view, setup["empty"])
     if setup["userns"]:
         user_namespace_without_nesting()
     os.execvp(command[0], command)

@@ -128,7 +128,10 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
     binds += [("--tmpfs", str(path)) for path in left_to_cover]
     binds += [("--bind", str(folder / "merged"), lower) for folder, lower in layers[1:]]
     binds += [("--bind", str(spec.ml_dir), CONTAINER_ROOT)]
-    binds += [("--ro-bind", source, target) for source, target in sandbox_binds(spec)]
+    views = _read_only_views(spec)
+    binds += [
+        ("--ro-bind", views.get(source, source), target) for source, target in sandbox_binds(spec)
+    ]
     binds += [("--ro-bind", str(etc_hosts), "/etc/hosts")]
     checkpoints = checkpoint_dir(spec)
     if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):
@@ -150,6 +153,8 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
         "detach_under": str(spec.settings.jobs_dir),
         "keep": str(spec.work_dir),
         "layers": [[str(folder), lower] for folder, lower in layers],
+        "views": list(views.items()),
+        "empty": str(_empty_folder(spec)),
         "userns": True,
     }
     argv = [sys.executable, "-I", "-S", str(_ENTER), json.dumps(setup), "--", *bwrap, "--"]
@@ -158,6 +163,25 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
     return Launch(
         argv, env, "/", True, note, info_pipe=(info_read, info_write), host_folder=spec.work_dir
     )
+
+
+def _read_only_views(spec: HostSpec) -> dict[str, str]:
+    """Folders of openmaker's own home shown read-only (FastFile over the embedded store): each
+    through an overlay mounted by enter.py, whose options do not name it as a bind would."""
+    home = spec.settings.home
+    sources = [source for source, _ in sandbox_binds(spec) if Path(source).is_relative_to(home)]
+    views = {}
+    for index, source in enumerate(dict.fromkeys(sources)):
+        view = spec.work_dir / "views" / str(index)
+        view.mkdir(parents=True, exist_ok=True)
+        views[source] = str(view)
+    return views
+
+
+def _empty_folder(spec: HostSpec) -> Path:
+    empty = spec.work_dir / "views" / "empty"
+    empty.mkdir(parents=True, exist_ok=True)
+    return empty
 
 
 def hidden_paths() -> list[Path]:
