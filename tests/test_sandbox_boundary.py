@@ -300,9 +300,14 @@ def test_a_killed_workers_volume_is_unmounted_and_removed(tmp_path: Path, home: 
     assert description["TrainingJobStatus"] == "Failed"
     assert not mount_points_under(jobs_dir)
     assert not list((jobs_dir / "lost-volume").glob("algo-*"))
-    backing = subprocess.run(
-        ["losetup", "--list", "--noheadings", "--output", "BACK-FILE"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert str(jobs_dir) not in backing
+
+    def image_released() -> bool:
+        backing = subprocess.run(
+            ["losetup", "--list", "--noheadings", "--output", "BACK-FILE"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        return str(jobs_dir) not in backing
+
+    # The loop device goes once the last of the sandbox's processes has let go of the volume.
+    wait_until(image_released, "the volume's loop device to be released", timeout=15)

@@ -175,7 +175,8 @@ def _make_cgroup(spec: HostSpec, controller: str, limits: dict[str, str]) -> Pat
     if cgroup is None:
         return None
     try:
-        if (cgroup.parents[2] / "cgroup.subtree_control").exists():  # cgroup v2
+        # cgroup v2 (asked of openmaker's own cgroup: the folders below may not exist yet)
+        if (cgroup.parents[3] / "cgroup.subtree_control").exists():
             for parent in (cgroup.parents[2], cgroup.parents[1], cgroup.parent):
                 parent.mkdir(exist_ok=True)
                 (parent / "cgroup.subtree_control").write_text(f"+{controller}")
