@@ -1,8 +1,12 @@
-"""Saying so when a job's disk is full, instead of passing on a bare `[Errno 28]`."""
+"""Saying so when a job's disk is full, instead of passing on a bare `[Errno 28]`: its volume
+(see openmaker/host/volume.py), or openmaker's disk when the job has no volume of its own."""
 
 from __future__ import annotations
 
 import errno
+from pathlib import Path
+
+from openmaker.host.volume import no_space_reason, volume_of
 
 # How obstore (Rust) words the same error in its messages.
 _RUST_WORDING = ("No space left on device", "os error 28")
@@ -27,4 +31,7 @@ def disk_full_reason(exc: BaseException, phase: str, folder: object) -> str | No
     when `exc` is something else."""
     if not no_space_left(exc):
         return None
+    volume = volume_of(folder) if isinstance(folder, Path) else None
+    if volume is not None and volume.mounted:
+        return f"{no_space_reason(volume.size_gb)} while {phase}"
     return f"ClientError: no space left on the job's disk ({folder}) while {phase}"

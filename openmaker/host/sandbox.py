@@ -2,19 +2,23 @@
 
 The sandbox shows the host's tree at /opt/ml, a private /tmp, its own hostname and process
 tree, and a copy-on-write view of the machine's root filesystem (overlayfs mounted in a private
-mount namespace, since Debian's bwrap has no --overlay): the code may write anywhere, a
-`pip install` included, and the machine stays untouched. The code runs as PID 1 of its own
-PID namespace, so SIGTERM reaches it only if it handles it, and when it ends every process it
-left behind ends with it — the semantics of a container's entrypoint.
+mount namespace, since Debian's bwrap has no --overlay; see openmaker/host/enter.py): the code
+may write anywhere, a `pip install` included, and the machine stays untouched. What the machine
+keeps private (`/root`, `/home`, `/etc/shadow`, ssh host keys…; `OPENMAKER_SANDBOX_HIDE`) shows
+empty, and openmaker's own folder not at all; the code cannot make user namespaces. It runs as
+PID 1 of its own PID namespace, so SIGTERM reaches it only if it handles it, and when it ends
+every process it left behind ends with it — the semantics of a container's entrypoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -27,6 +31,9 @@ from openmaker.host.images import PROGRAM_MOUNT, Image
 from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.limits import confine
 from openmaker.host.spec import HostSpec
+from openmaker.host.volume import note as volume_note
+from openmaker.host.volume import observe as observe_volume
+from openmaker.host.volume import volume_of
 
 # Each host gets its own loopback address, so that `algo-2` reaches `algo-1` by name.
 HOST_ADDRESS_BASE = "127.0.1."
@@ -40,16 +47,17 @@ CAPABILITIES = (
     "CAP_SETFCAP",
 )  # fmt: skip
 
-# Mounts one overlay per group of four arguments (lower, upper, work, merged) up to "--",
-# then runs the rest. It runs in a private mount namespace, so the host never sees the mounts.
-_MOUNT_OVERLAYS_THEN_EXEC = """set -e
-while [ "$1" != "--" ]; do
-    mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4"
-    shift 4
-done
-shift
-exec "$@"
-"""
+# What the sandbox shows empty (folders) or as an empty file, unless OPENMAKER_SANDBOX_HIDE
+# says otherwise: the machine's secrets and its users' files. Patterns as glob(7).
+DEFAULT_HIDDEN = (
+    "/root", "/home", "/etc/shadow*", "/etc/gshadow*", "/etc/ssh/ssh_host_*_key",
+    "/etc/security/opasswd", "/var/spool/cron", "/var/mail",
+)  # fmt: skip
+HIDE_SETTING = "OPENMAKER_SANDBOX_HIDE"
+# The program that prepares the namespaces, then becomes bwrap.
+_ENTER = Path(__file__).with_name("enter.py")
+# An overlay's mark of a folder that hides the one below it.
+_OPAQUE = "trusted.overlay.opaque"
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class Launch:
     note: str
     # bwrap writes the code's PID (as seen from here) into this pipe: (read end, write end).
     info_pipe: tuple[int, int] | None = None
+    # The host's folder, whose volume is looked at when the code ends.
+    host_folder: Path | None = None
 
 
 def sandbox_unavailable_reason() -> str | None:
@@ -86,9 +96,7 @@ def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str,
     """How to start the host's code: sandboxed, held to its share of the machine."""
     launch = _plan_launch(spec, image, command, env)
     confinement = confine(spec)
-    if not confinement.prefix and not confinement.env:
-        return launch
-    note = f"{launch.note}; {confinement.note}" if confinement.note else launch.note
+    note = "; ".join(part for part in (launch.note, confinement.note, volume_note(spec)) if part)
     return replace(
         launch,
         argv=[*confinement.prefix, *launch.argv],
@@ -103,24 +111,27 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
         return _plain_launch(spec, image, command, env, reason)
     etc_hosts = spec.work_dir / "hosts"
     etc_hosts.write_text(hosts_file(spec))
+    hidden = hidden_paths()
     # Copy-on-write layers: the root filesystem, then the folders the sandbox would not show
     # otherwise (the Python that runs script mode may live under /tmp or on another disk).
-    lowers = ["/", *_unseen_python_folders(spec)]
-    layers = [(lower, *_layer_folders(spec, index)) for index, lower in enumerate(lowers)]
-    mounts = [str(part) for layer in layers for part in layer]
+    lowers = ["/", *_unseen_python_folders(spec, hidden)]
+    layers = [(_layer_folder(spec, index), lower) for index, lower in enumerate(lowers)]
+    left_to_cover: list[Path] = []
+    for folder, lower in layers:
+        left_to_cover += _cover(folder / "upper", lower, hidden, spec.hidden_paths)
 
     info_read, info_write = os.pipe()
     os.set_inheritable(info_write, True)
-    binds = [("--bind", str(layers[0][3]), "/")]
+    binds = [("--bind", str(layers[0][0] / "merged"), "/")]
     binds += [("--dev", "/dev"), ("--proc", "/proc"), ("--ro-bind", "/sys", "/sys")]
-    binds += [("--tmpfs", "/tmp"), ("--tmpfs", "/dev/shm")]
-    for hidden in spec.hidden_paths:
-        # Under /tmp it is hidden already, and covering it would show its parents there.
-        if hidden.exists() and not hidden.is_relative_to("/tmp"):
-            binds.append(("--tmpfs", str(hidden)))
-    binds += [("--bind", str(merged), lower) for lower, _, _, merged in layers[1:]]
+    binds += [_tmp_bind(spec), _shm_mount(spec)]
+    binds += [("--tmpfs", str(path)) for path in left_to_cover]
+    binds += [("--bind", str(folder / "merged"), lower) for folder, lower in layers[1:]]
     binds += [("--bind", str(spec.ml_dir), CONTAINER_ROOT)]
-    binds += [("--ro-bind", source, target) for source, target in sandbox_binds(spec)]
+    views = _read_only_views(spec)
+    binds += [
+        ("--ro-bind", views.get(source, source), target) for source, target in sandbox_binds(spec)
+    ]
     binds += [("--ro-bind", str(etc_hosts), "/etc/hosts")]
     checkpoints = checkpoint_dir(spec)
     if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):
@@ -131,32 +142,145 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
         ("--unshare-pid",), ("--unshare-uts",), ("--unshare-ipc",),
         ("--hostname", spec.host_name), ("--as-pid-1",), ("--die-with-parent",),
         ("--info-fd", str(info_write)), ("--chdir", _workdir(image)),
+        ("--assert-userns-disabled",),
     ]  # fmt: skip
     options.append(("--cap-drop", "ALL"))
     options += [("--cap-add", capability) for capability in CAPABILITIES]
     if spec.request.get("EnableNetworkIsolation"):
         options.append(("--unshare-net",))
     bwrap = ["bwrap", *(part for group in [*binds, *options] for part in group)]
-    argv = ["unshare", "--mount", "--propagation", "private", "--"]
-    argv += ["sh", "-c", _MOUNT_OVERLAYS_THEN_EXEC, "sh", *mounts, "--", *bwrap, "--", *command]
+    setup = {
+        "detach_under": str(spec.settings.jobs_dir),
+        "keep": str(spec.work_dir),
+        "layers": [[str(folder), lower] for folder, lower in layers],
+        "views": list(views.items()),
+        "empty": str(_empty_folder(spec)),
+        "userns": True,
+    }
+    argv = [sys.executable, "-I", "-S", str(_ENTER), json.dumps(setup), "--", *bwrap, "--"]
+    argv += command
     note = f"sandboxed with bubblewrap as host {spec.host_name}"
-    return Launch(argv, env, "/", True, note, info_pipe=(info_read, info_write))
+    return Launch(
+        argv, env, "/", True, note, info_pipe=(info_read, info_write), host_folder=spec.work_dir
+    )
 
 
-def _layer_folders(spec: HostSpec, index: int) -> tuple[Path, Path, Path]:
-    """The upper, work and merged folders of one copy-on-write layer of the host."""
+def _read_only_views(spec: HostSpec) -> dict[str, str]:
+    """Folders of openmaker's own home shown read-only (FastFile over the embedded store): each
+    through an overlay mounted by enter.py, whose options do not name it as a bind would."""
+    home = spec.settings.home
+    sources = [source for source, _ in sandbox_binds(spec) if Path(source).is_relative_to(home)]
+    views = {}
+    for index, source in enumerate(dict.fromkeys(sources)):
+        view = spec.work_dir / "views" / str(index)
+        view.mkdir(parents=True, exist_ok=True)
+        views[source] = str(view)
+    return views
+
+
+def _empty_folder(spec: HostSpec) -> Path:
+    empty = spec.work_dir / "views" / "empty"
+    empty.mkdir(parents=True, exist_ok=True)
+    return empty
+
+
+def hidden_paths() -> list[Path]:
+    """What the sandbox shows empty: OPENMAKER_SANDBOX_HIDE (paths or glob patterns, separated
+    by ":"; a leading "+" adds to the default list), else the default list."""
+    setting = os.environ.get(HIDE_SETTING)
+    patterns = list(DEFAULT_HIDDEN)
+    if setting is not None:
+        extra = setting.startswith("+")
+        given = [p for p in setting.removeprefix("+").split(":") if p]
+        patterns = [*patterns, *given] if extra else given
+    found = {Path(os.path.realpath(match)) for p in patterns for match in glob.glob(p)}
+    return sorted(found)
+
+
+def _cover(upper: Path, lower: str, hidden: list[Path], gone: list[Path]) -> list[Path]:
+    """Prepare the upper layer over `lower` so that the overlay shows each of `hidden` empty
+    (a folder that hides the one below, an empty file) and none of `gone` (openmaker's own
+    folders). Returns the folders it could not cover that way (to cover with a tmpfs)."""
+    device = os.stat(lower).st_dev
+    whiteouts = {Path(os.path.realpath(path)) for path in gone}
+    left = []
+    for path in [*hidden, *whiteouts]:
+        if not path.is_relative_to(lower) or path == Path(lower) or path.is_relative_to("/tmp"):
+            continue
+        try:
+            below = os.lstat(path)
+        except OSError:
+            continue
+        if below.st_dev != device:
+            continue  # another filesystem: the overlay does not show it
+        target = upper / path.relative_to(lower)
+        _copy_parents(upper, Path(lower), target.parent)
+        if target.exists() or target.is_symlink():
+            continue  # a folder above it is covered already
+        if path in whiteouts:
+            os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))  # an overlay whiteout
+        elif stat.S_ISDIR(below.st_mode):
+            target.mkdir()
+            try:
+                os.setxattr(target, _OPAQUE, b"y")
+            except OSError:
+                left.append(path)
+        else:
+            target.touch()
+        if path not in whiteouts:
+            _copy_attributes(below, target)
+    return left
+
+
+def _copy_parents(upper: Path, lower: Path, folder: Path) -> None:
+    """Create `folder` (in the upper layer) and its parents as the overlay would, with the
+    owner and mode of the folders below: the merged view shows the upper ones."""
+    relative = folder.relative_to(upper)
+    for depth in range(1, len(relative.parts) + 1):
+        part = Path(*relative.parts[:depth])
+        target = upper / part
+        if not target.exists():
+            target.mkdir()
+            _copy_attributes(os.lstat(lower / part), target)
+
+
+def _copy_attributes(below: os.stat_result, target: Path) -> None:
+    os.chown(target, below.st_uid, below.st_gid, follow_symlinks=False)
+    os.chmod(target, stat.S_IMODE(below.st_mode))
+    os.utime(target, ns=(below.st_atime_ns, below.st_mtime_ns), follow_symlinks=False)
+
+
+def _tmp_bind(spec: HostSpec) -> tuple[str, ...]:
+    """/tmp: a folder of the host's volume (held to it), else a tmpfs as before volumes."""
+    volume = volume_of(spec.work_dir)
+    if volume is None or not volume.mounted:
+        return ("--perms", "1777", "--tmpfs", "/tmp")
+    tmp = spec.work_dir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    tmp.chmod(0o1777)
+    return ("--bind", str(tmp), "/tmp")
+
+
+def _shm_mount(spec: HostSpec) -> tuple[str, ...]:
+    """/dev/shm: memory, so a tmpfs; held to the host's memory (it counts against it too)."""
+    memory = spec.resources.memory if spec.resources is not None else None
+    size = ("--size", str(memory)) if memory else ()
+    return (*size, "--perms", "1777", "--tmpfs", "/dev/shm")
+
+
+def _layer_folder(spec: HostSpec, index: int) -> Path:
+    """The folder of one copy-on-write layer of the host: its upper, work and merged folders."""
     base = spec.work_dir / "root" / str(index)
-    folders = (base / "upper", base / "work", base / "merged")
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-    return folders
+    for name in ("upper", "work", "merged"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+    return base
 
 
-def _unseen_python_folders(spec: HostSpec) -> list[str]:
+def _unseen_python_folders(spec: HostSpec, hidden: list[Path]) -> list[str]:
     """openmaker's Python folders that the root layer would not show: on another filesystem
-    than `/`, or under a folder the sandbox covers (/tmp, openmaker's home)."""
+    than `/`, or under a folder the sandbox covers (/tmp, openmaker's home, hidden folders)."""
     root_device = os.stat("/").st_dev
-    covered = [Path("/tmp"), *spec.hidden_paths]
+    covered = [Path("/tmp"), *spec.hidden_paths, *hidden]
     unseen = []
     for prefix in sorted({os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}):
         path = Path(prefix)
@@ -180,7 +304,7 @@ def _plain_launch(
         env["PATH"] = env["PATH"].replace(PROGRAM_MOUNT, str(image.program_dir))
     cwd = str(image.program_dir or spec.ml_dir)
     note = f"running without a sandbox ({reason}); the code sees SAGEMAKER_BASE_DIR, not /opt/ml"
-    return Launch(command, env, cwd, False, note)
+    return Launch(command, env, cwd, False, note, host_folder=spec.work_dir)
 
 
 class Process:
@@ -233,7 +357,11 @@ class Process:
                 os.killpg(self.popen.pid, signal.SIGKILL)
 
     def wait(self, timeout: float | None = None) -> int:
-        return self.popen.wait(timeout)
+        code = self.popen.wait(timeout)
+        if self.launch.host_folder is not None:
+            # Now, before anything of the host is cleaned up: was its volume full?
+            observe_volume(self.launch.host_folder)
+        return code
 
 
 def _read_child_pid(read_fd: int) -> int | None:

@@ -4,7 +4,7 @@ A worker can vanish without a word: killed (`kill -9`, the OOM killer), its mach
 or — before it runs — the process starting it killed. Every openmaker process that opens the
 job store (any CLI command, the server) sweeps once; describing a job checks that job. A job
 whose worker is gone is restarted under its RetryStrategy or ends with a FailureReason saying
-what happened; its leftovers (host folders, cgroups) are removed; then waiting jobs start.
+what happened; its leftovers (volumes, host folders, cgroups) are removed; then waiting jobs start.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from openmaker.config import Settings
 from openmaker.host.limits import jobs_with_cgroups, remove_job_cgroups
+from openmaker.host.volume import unmount_under
 from openmaker.jobs import queue, retry, state
 from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
 from openmaker.jobs.executor import Executor
@@ -97,7 +98,9 @@ def _handle_if_lost(job: TrainingJob, executor: Executor) -> bool:
 def remove_host_folders(settings: Settings, job_name: str) -> None:
     """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
     the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem. (A restarted job's new
-    worker clears what is left of them before it starts, whatever the setting.)"""
+    worker clears what is left of them before it starts, whatever the setting.) Their volumes
+    are unmounted first, whatever the setting: a lost worker's guard may not have yet."""
+    unmount_under(settings.jobs_dir / job_name)
     if os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
         return
     for folder in (settings.jobs_dir / job_name).glob("algo-*"):

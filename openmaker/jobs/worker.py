@@ -30,6 +30,10 @@ from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
 from openmaker.host.limits import oom_killed, release
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
 from openmaker.host.spec import HostResources, HostSpec
+from openmaker.host.volume import VolumeError, unmount_under
+from openmaker.host.volume import attach as attach_volume
+from openmaker.host.volume import detach as detach_volume
+from openmaker.host.volume import full_reason as volume_full_reason
 from openmaker.jobs import capacity, state
 from openmaker.jobs.executor import process_start_time
 from openmaker.jobs.retry import restart_or_fail
@@ -127,6 +131,7 @@ def run_job(
         job_access.revoke_job(settings.home, job_name)  # its code's key dies with it
         for spec in specs:
             release(spec)
+            detach_volume(spec)
         _remove_host_folders(settings, job_name)
         recorder.update(mine.only(end))
     finally:
@@ -165,6 +170,7 @@ class _Attempt:
 def _remove_host_folders(settings: Settings, job_name: str, keep_allowed: bool = True) -> None:
     """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
     the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem."""
+    unmount_under(settings.jobs_dir / job_name)  # volumes an earlier attempt left mounted
     if keep_allowed and os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
         return
     for folder in (settings.jobs_dir / job_name).glob("algo-*"):
@@ -197,7 +203,7 @@ def _run(
     emit = recorder.emit
     try:
         with ThreadPoolExecutor(len(specs)) as pool:
-            list(pool.map(lambda s: prepare(s, emit), specs))
+            list(pool.map(lambda s: _prepare(s, emit), specs))
     except HostFailed as exc:
         reason = exc.reason
         claimer.join()
@@ -254,6 +260,15 @@ def _run(
     return finish
 
 
+def _prepare(spec: HostSpec, emit: Emit) -> None:
+    """The host's volume first: everything prepare writes goes on it."""
+    try:
+        attach_volume(spec)
+    except VolumeError as exc:
+        raise HostFailed(exc.reason) from None
+    prepare(spec, emit)
+
+
 def _failures(specs: list[HostSpec], results: list[HostResult]) -> tuple[str | None, str | None]:
     """(the FailureReason of the code's own failure, what killed a host from outside)."""
     failure = outside = None
@@ -262,6 +277,8 @@ def _failures(specs: list[HostSpec], results: list[HostResult]) -> tuple[str | N
             continue
         if oom_killed(spec):
             failure = failure or _out_of_memory(spec)
+        elif full := volume_full_reason(spec):
+            failure = failure or full
         elif result.stopped is None and result.exit_code in KILLED_EXIT_CODES:
             outside = outside or (
                 f"the training program of host {spec.host_name} was killed (SIGKILL) from "
