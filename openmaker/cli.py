@@ -157,7 +157,7 @@ def _wait_and_report(service: TrainingJobs | RemoteJobs, name: str) -> dict[str,
         console.print(f"\nStopped following; the job goes on. Stop it: openmaker jobs stop {name}")
         raise typer.Exit(130) from None
     status = description["TrainingJobStatus"]
-    model = description["ModelArtifacts"]["S3ModelArtifacts"]
+    model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
     if status == "Completed":
         console.print(f"[green]Completed.[/green] Model: {escape(model)}")
         local = _local_copy(model)
@@ -235,7 +235,7 @@ def describe_job(
     if description.get("FailureReason"):
         table.add_row("Failure", Text(description["FailureReason"]))
     table.add_row("Image", Text(description["AlgorithmSpecification"]["TrainingImage"]))
-    model = description["ModelArtifacts"]["S3ModelArtifacts"]
+    model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts")
     table.add_row("Model", Text(model or "(none written)"))
     table.add_row("Created", _when(description["CreationTime"]))
     if "TrainingTimeInSeconds" in description:

@@ -262,37 +262,68 @@ def test_a_server_lost_in_the_middle_of_the_model_upload_never_leaves_half_an_ar
         assert member is not None and len(member.read()) == 24 * MiB
 
 
-def test_a_full_disk_while_downloading_fails_the_job_and_no_other(
+def test_a_disk_without_room_for_a_volume_fails_the_job_before_it_starts(
     tmp_path: Path, small_disk: Path
 ) -> None:
-    put_objects({"s3://disk/data/big.bin": b"\xff" * (48 * MiB)})
     image = make_image(tmp_path / "image", "#!/bin/sh\necho trained > /opt/ml/model/m.txt\n")
     jobs = TrainingJobs()
-    jobs.create(request("too-big", str(image), "s3://disk/out", {"train": "s3://disk/data"}))
-    description = wait_for(jobs, "too-big", timeout=90)
+    jobs.create(request("no-room", str(image), "s3://disk/out"))
+    description = wait_for(jobs, "no-room", timeout=90)
     assert description["TrainingJobStatus"] == "Failed"
-    assert description["FailureReason"].startswith(
-        "ClientError: no space left on the job's disk ("
+    assert description["FailureReason"].startswith("CapacityError: openmaker's disk has no room")
+    assert "ModelArtifacts" not in description
+    assert not [p for p in small_disk.glob("no-room/algo-*")]
+
+
+def test_a_full_volume_while_downloading_fails_the_job_and_no_other(
+    tmp_path: Path, home: Path
+) -> None:
+    # A sparse 1.2 GB object in the embedded store: more than the 1 GB volume holds, at no
+    # cost on this machine's disk until it is downloaded.
+    data = home / "s3" / "disk" / "data"
+    data.mkdir(parents=True)
+    with open(data / "big.bin", "wb") as big:
+        big.truncate(1200 * MiB)
+    image = make_image(tmp_path / "image", "#!/bin/sh\necho trained > /opt/ml/model/m.txt\n")
+    jobs = TrainingJobs()
+    body = request("too-big", str(image), "s3://disk/out", {"train": "s3://disk/data"})
+    body["ResourceConfig"]["VolumeSizeInGB"] = 1
+    jobs.create(body)
+    description = wait_for(jobs, "too-big", timeout=120)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert description["FailureReason"] == (
+        "ClientError: no space left on the job's volume (1 GB) while downloading input data"
     )
-    assert description["FailureReason"].endswith(") while downloading input data")
-    # The failed job's files went with it: the next job on the same disk runs.
-    jobs.create(request("fits", str(image), "s3://disk/out"))
+    # The failed job's volume went with it: the next job runs.
+    body = request("fits", str(image), "s3://disk/out")
+    body["ResourceConfig"]["VolumeSizeInGB"] = 1
+    jobs.create(body)
     assert wait_for(jobs, "fits")["TrainingJobStatus"] == "Completed"
 
 
 def test_a_model_too_big_to_pack_fails_clearly_and_uploads_nothing(
-    tmp_path: Path, small_disk: Path
+    tmp_path: Path, home: Path
 ) -> None:
+    # 160 MiB that do not compress, then the volume filled (without writing) to 40 MiB of free
+    # space: the archive, built on the volume, cannot fit.
     script = (
         f"#!{sys.executable}\nimport os\n"
-        "open('/opt/ml/model/huge.bin', 'wb').write(os.urandom(24 * 1024 * 1024))\n"
+        "open('/opt/ml/model/huge.bin', 'wb').write(os.urandom(160 * 1024 * 1024))\n"
+        "free = os.statvfs('/opt/ml').f_bavail * os.statvfs('/opt/ml').f_frsize\n"
+        "fd = os.open('/opt/ml/output/filler', os.O_WRONLY | os.O_CREAT)\n"
+        "os.posix_fallocate(fd, 0, free - 40 * 1024 * 1024)\n"
     )
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
-    jobs.create(request("huge-model", str(image), "s3://disk/out"))
-    description = wait_for(jobs, "huge-model", timeout=90)
+    body = request("huge-model", str(image), "s3://disk/out")
+    body["ResourceConfig"]["VolumeSizeInGB"] = 1
+    jobs.create(body)
+    description = wait_for(jobs, "huge-model", timeout=120)
     assert description["TrainingJobStatus"] == "Failed"
-    assert description["FailureReason"].endswith(") while packing outputs")
+    assert description["FailureReason"] == (
+        "ClientError: no space left on the job's volume (1 GB) while packing outputs"
+    )
+    assert "ModelArtifacts" not in description
     with pytest.raises(FileNotFoundError):
         get_object("s3://disk/out/huge-model/output/model.tar.gz")
-    assert not (small_disk / "huge-model" / "artifacts").exists()
+    assert not list((home / "jobs" / "huge-model").glob("algo-*"))

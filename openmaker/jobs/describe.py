@@ -35,9 +35,6 @@ def describe(job: TrainingJob) -> dict[str, Any]:
     result: dict[str, Any] = {
         "TrainingJobName": job.name,
         "TrainingJobArn": job.arn,
-        # Only artifacts that were written are named (a job stopped or failed before its
-        # outputs were uploaded has none); the member itself is required in the shape.
-        "ModelArtifacts": {"S3ModelArtifacts": job.model_artifacts or ""},
         "TrainingJobStatus": job.status,
         "SecondaryStatus": job.secondary_status,
         "CreationTime": as_utc(job.creation_time),
@@ -53,6 +50,10 @@ def describe(job: TrainingJob) -> dict[str, Any]:
         "EnableManagedSpotTraining",
     ):
         result.setdefault(flag, False)
+    if job.model_artifacts:
+        # Only artifacts that were written are named: until then (and for a job stopped or
+        # failed before its outputs were uploaded) AWS leaves the member out too.
+        result["ModelArtifacts"] = {"S3ModelArtifacts": job.model_artifacts}
     if job.failure_reason:
         result["FailureReason"] = job.failure_reason
     start, end = as_utc(job.training_start_time), as_utc(job.training_end_time)

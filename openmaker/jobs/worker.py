@@ -199,7 +199,6 @@ def _run(
     # The hosts start preparing at once; the claim waits for the database layer to load.
     claimer = threading.Thread(target=recorder.update, args=(mine.claim,))
     claimer.start()
-    job_name = request["TrainingJobName"]
     emit = recorder.emit
     try:
         with ThreadPoolExecutor(len(specs)) as pool:
@@ -221,6 +220,9 @@ def _run(
     if not stopped and failure is None and outside is not None:
         return _after_infrastructure_failure(specs, recorder, outside)
     emit(StatusChanged("Uploading", STATUS_MESSAGES["Uploading"]))
+    # The archives are built on the first host's volume, as on a SageMaker instance: never on
+    # the disk that holds openmaker's database.
+    staging = specs[0].work_dir / "artifacts"
     try:
         for spec in specs:
             save_checkpoints(spec, emit)
@@ -228,19 +230,19 @@ def _run(
             request,
             [s.ml_dir / "model" for s in specs],
             [s.ml_dir / "output" / "data" for s in specs],
-            settings.jobs_dir / job_name / "artifacts",
+            staging,
             settings,
             specs[0].store_env,
             emit,
         )
     except (OSError, StoreError, ValueError) as exc:
-        # A local OSError is the job's disk (the archives are built there), not the store's.
-        disk = settings.jobs_dir / job_name
-        full = not isinstance(exc, StoreError) and disk_full_reason(exc, "packing outputs", disk)
+        # A local OSError is the job's volume (the archives are built there), not the store's.
+        volume = specs[0].work_dir
+        full = not isinstance(exc, StoreError) and disk_full_reason(exc, "packing outputs", volume)
         reason = full or f"InternalServerError: could not upload outputs: {exc}"
         return lambda j: state.finish(j, "Failed", reason)
     finally:
-        shutil.rmtree(settings.jobs_dir / job_name / "artifacts", ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     if specs[0].code_env and not specs[0].store_env:
         # Written straight into the embedded store's folder: the job ends once the server's
         # S3 endpoint lists its artifacts too, so that a client that sees it end finds them.
