@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from botocore.exceptions import ClientError
 from sqlalchemy import cast, func, select
 from sqlalchemy.types import LargeBinary
 
-from openmaker.config import Settings
+from openmaker.config import Settings, load_settings
 from openmaker.host.events import LogLines
 from openmaker.jobs.db import LogEvent, LogStream, TrainingJob
-from openmaker.jobs.logs import LOG_GROUP
+from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP
 from openmaker.jobs.recorder import JobRecorder
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.state import TERMINAL
@@ -119,27 +120,20 @@ class _Watch:
 
 
 def _stored(jobs: TrainingJobs, name: str) -> tuple[int, int, list[str]]:
-    """(events, bytes of their messages, the last three messages) of a job, from the database."""
-    streams = select(LogStream.name).where(LogStream.job_name == name)
-    rows = LogEvent.stream.in_(streams)
+    """(events, their volume as counted towards the limit, the last three messages) of a job,
+    from the database."""
+    rows = LogEvent.stream.in_(select(LogStream.name).where(LogStream.job_name == name))
+    size = func.coalesce(func.sum(func.length(cast(LogEvent.message, LargeBinary))), 0)
     with jobs.sessions() as session:
-        count, size = session.execute(
-            select(
-                func.count(),
-                func.coalesce(func.sum(func.length(cast(LogEvent.message, LargeBinary))), 0),
-            ).where(rows)
-        ).one()
-        last = list(
-            session.scalars(
-                select(LogEvent.message).where(rows).order_by(LogEvent.id.desc()).limit(3)
-            )
-        )
-    return count, size, last[::-1]
+        count, volume = session.execute(select(func.count(), size).where(rows)).one()
+        newest = select(LogEvent.message).where(rows).order_by(LogEvent.id.desc()).limit(3)
+        last = list(session.scalars(newest))
+    return count, volume + EVENT_OVERHEAD * count, last[::-1]
 
 
-def _marker(limit_mb: int) -> str:
+def _marker(limit_mb: float) -> str:
     return (
-        f"openmaker: this job's logs reached their limit of {limit_mb} MB "
+        f"openmaker: this job's logs reached their limit of {limit_mb:g} MB "
         "(OPENMAKER_LOG_LIMIT_MB); what the job prints from here on is dropped, not stored"
     )
 
@@ -161,7 +155,7 @@ def test_a_flood_of_short_lines_keeps_the_worker_small_and_stops_at_the_log_limi
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     _, size, last = _stored(jobs, "flood")
     marker = _marker(32)
-    assert size <= 32 * MIB + len(marker)
+    assert size <= 32 * MIB + len(marker) + EVENT_OVERHEAD
     assert size > 31 * MIB  # the limit, not a smaller figure, held it
     assert last[-1] == marker
     assert last[-2] == "x" * 99
@@ -177,8 +171,9 @@ def test_one_huge_line_is_cut_into_events_and_capped(
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     count, size, last = _stored(jobs, "huge-line")
     marker = _marker(5)
-    assert size <= 5 * MIB + len(marker)
-    assert count == 5 * MIB // (256 * 1024) + 1  # 256 KiB pieces, then the marker
+    assert size <= 5 * MIB + len(marker) + EVENT_OVERHEAD
+    # As many 256 KiB pieces as fit, then the marker.
+    assert count == 5 * MIB // (256 * 1024 + EVENT_OVERHEAD) + 1
     assert last[-1] == marker
     assert last[-2] == "y" * 256 * 1024
 
@@ -224,6 +219,26 @@ def test_a_stop_during_a_flood_ends_stopped_promptly(
     assert description["TrainingJobStatus"] == "Stopped"
     assert took < 30
     assert watch.peak < RSS_LIMIT
+
+
+def test_the_log_limit_counts_every_host_and_every_attempt(home: Path) -> None:
+    """The hosts of a job share its limit, and a restarted job's new worker (a new recorder)
+    goes on from what its earlier attempts stored."""
+    line, event = "z" * 100, 100 + EVENT_OVERHEAD
+    settings = replace(load_settings(), log_limit_bytes=100 * event)
+    jobs = TrainingJobs()
+    first = JobRecorder(settings, "shared-limit")
+    for host in ("algo-1", "algo-2"):
+        first.emit(LogLines(host, 1000, [line] * 30, 30 * 101))
+    first.close()
+    second = JobRecorder(settings, "shared-limit")
+    for host in ("algo-1", "algo-2", "algo-1"):
+        second.emit(LogLines(host, 2000, [line] * 30, 30 * 101))
+    second.close()
+    count, volume, last = _stored(jobs, "shared-limit")
+    assert count == 100 + 1  # 60 lines, 40 more, then the marker
+    assert last[-2:] == [line, _marker(settings.log_limit_bytes / MIB)]
+    assert volume <= settings.log_limit_bytes + len(last[-1]) + EVENT_OVERHEAD
 
 
 # FilterLogEvents over one large stream, written through the recorder as a job's host writes.

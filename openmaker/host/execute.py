@@ -20,6 +20,8 @@ FAILURE_REASON_LIMIT = 1024
 LOG_LINE_LIMIT = 256 * 1024
 # Output is read in large pieces: a flood of short lines costs few system calls and events.
 READ_SIZE = 1024 * 1024
+# Lines per event at most: what the recorder holds back is then measured finely enough.
+EVENT_LINES = 10_000
 # Marks every process of an unsandboxed host (see run_process).
 TAG_VARIABLE = "OPENMAKER_PROCESS_TAG"
 
@@ -132,8 +134,10 @@ def _pump_logs(process: Process, host: str, emit: Emit) -> None:
     rest = b""
     while chunk := os.read(fd, READ_SIZE):
         messages, rest = split_lines(rest + chunk)
-        if messages:
-            emit(LogLines(host, int(time.time() * 1000), messages, len(chunk)))
+        now = int(time.time() * 1000)
+        for start in range(0, len(messages), EVENT_LINES):
+            part = messages[start : start + EVENT_LINES]
+            emit(LogLines(host, now, part, len(chunk) * len(part) // len(messages)))
     if rest:
         emit(LogLines(host, int(time.time() * 1000), [_text(rest)], len(rest)))
 

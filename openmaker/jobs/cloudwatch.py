@@ -17,12 +17,11 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import LogEvent, LogStream
-from openmaker.jobs.logs import LOG_GROUP
+from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP
 from openmaker.spec.errors import InvalidParameter, LogsResourceNotFound
 
-# GetLogEvents and FilterLogEvents answer at most 1 MB; CloudWatch counts 26 bytes per event.
+# GetLogEvents and FilterLogEvents answer at most 1 MB, counting EVENT_OVERHEAD per event.
 RESPONSE_BYTES = 1_048_576
-EVENT_OVERHEAD = 26
 GROUPS = (LOG_GROUP,)
 # What one FilterLogEvents call examines at most: events, and bytes of their messages.
 SCAN_EVENTS = 100_000

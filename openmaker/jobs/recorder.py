@@ -7,8 +7,8 @@ wait in the queue with the times they happened.
 Log lines and metric values wait in a bounded backlog: a job that prints faster than the
 database takes its lines is held back (its log reader waits, then its writes to the pipe), so
 the worker's memory stays flat and a status change or the job's end waits behind at most one
-backlog. A job stores at most `Settings.log_limit_bytes` of them; the rest is dropped after one
-line that says so.
+backlog. A job stores at most `Settings.log_limit_bytes` of them (counted as CloudWatch counts
+events); the rest is dropped after one line that says so.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from openmaker.host.events import (
     TransferProgress,
 )
 from openmaker.jobs import state
-from openmaker.jobs.logs import LOG_GROUP, stream_name
+from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP, stream_name
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -169,7 +169,7 @@ class JobRecorder:
         if self.limit.announced:
             return
         stream = self._stream(session, host, timestamp)
-        kept = self.limit.fit([len(m.encode()) for m in messages])
+        kept = self.limit.fit([len(m.encode()) + EVENT_OVERHEAD for m in messages])
         ingested = int(time.time() * 1000)
         rows.extend((stream, timestamp, ingested, m) for m in messages[:kept])
         if self.limit.reached:
@@ -220,9 +220,11 @@ def stored_bytes(session: Session, job_name: str) -> int:
 
     from openmaker.jobs.db import LogEvent, LogStream, MetricValue
 
-    lines = select(func.coalesce(func.sum(func.length(cast(LogEvent.message, LargeBinary))), 0))
-    lines = lines.join(LogStream, LogStream.name == LogEvent.stream).where(
-        LogStream.job_name == job_name
+    size = func.length(cast(LogEvent.message, LargeBinary)) + EVENT_OVERHEAD
+    lines = (
+        select(func.coalesce(func.sum(size), 0))
+        .join(LogStream, LogStream.name == LogEvent.stream)
+        .where(LogStream.job_name == job_name)
     )
     metrics = select(
         func.coalesce(func.sum(func.length(MetricValue.name) + METRIC_BYTES), 0)
