@@ -23,6 +23,9 @@ class Settings:
     # The folders under which requests through the API may name local paths (file:// URIs,
     # local image folders): the machine owner's to grant; none by default.
     file_roots: tuple[Path, ...] = ()
+    # The most log bytes (with the metric values found in them) one job may store; later output
+    # is read and dropped. OPENMAKER_LOG_LIMIT_MB, see README "Logs".
+    log_limit_bytes: int = 1024 * 1024 * 1024
 
     @property
     def database_url(self) -> str:
@@ -52,6 +55,7 @@ def load_settings() -> Settings:
         memory_gib=_number("OPENMAKER_MEMORY_GIB", float),
         gpus=_number("OPENMAKER_GPUS", int),
         file_roots=_folders("OPENMAKER_FILE_ROOTS"),
+        log_limit_bytes=_megabytes("OPENMAKER_LOG_LIMIT_MB", 1024),
     )
 
 
@@ -72,6 +76,11 @@ def _choice(name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     return value
+
+
+def _megabytes(name: str, default: float) -> int:
+    value = _number(name, float)
+    return int((default if value is None else value) * 1024 * 1024)
 
 
 def _number(name: str, kind: type[_N]) -> _N | None:

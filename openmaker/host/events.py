@@ -38,6 +38,17 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class LogLines:
+    """The lines of one host read at one time: a flood of output is carried in few events."""
+
+    host: str
+    timestamp_ms: int
+    messages: list[str]
+    # Their size in bytes as read (for the recorder's bounded backlog).
+    size: int
+
+
+@dataclass(frozen=True)
 class TransferProgress:
     """Bytes moved so far in a download or upload phase ("Downloading" or "Uploading")."""
 
@@ -56,5 +67,5 @@ class MetricSample:
     value: float
 
 
-Event = StatusChanged | LogLine | TransferProgress | MetricSample
+Event = StatusChanged | LogLine | LogLines | TransferProgress | MetricSample
 Emit = Callable[[Event], None]

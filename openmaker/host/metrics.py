@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from openmaker.host.events import Emit, Event, LogLine, MetricSample
+from openmaker.host.events import Emit, Event, LogLine, LogLines, MetricSample
 
 Definitions = list[dict[str, Any]] | None
 
@@ -26,8 +26,14 @@ def metric_emitter(definitions: Definitions, emit: Emit) -> Emit:
     def emit_with_metrics(event: Event) -> None:
         emit(event)
         if isinstance(event, LogLine):
+            messages = [event.message]
+        elif isinstance(event, LogLines):
+            messages = event.messages
+        else:
+            return
+        for message in messages:
             for name, regex in compiled:
-                value = _value(regex, event.message)
+                value = _value(regex, message)
                 if value is not None:
                     emit(MetricSample(name, event.timestamp_ms, value))
 

@@ -2,6 +2,8 @@
 
 Events keep the order they were written in (their row id); tokens name a row id, so that a
 client polling with `nextForwardToken` sees every line exactly once, however fast lines come.
+FilterLogEvents examines a bounded number of events per call, as CloudWatch does: a search
+through a large stream takes several calls, each quick, some with no events but a `nextToken`.
 """
 
 from __future__ import annotations
@@ -11,17 +13,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import LogEvent, LogStream
-from openmaker.jobs.logs import LOG_GROUP
+from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP
 from openmaker.spec.errors import InvalidParameter, LogsResourceNotFound
 
-# GetLogEvents and FilterLogEvents answer at most 1 MB; CloudWatch counts 26 bytes per event.
+# GetLogEvents and FilterLogEvents answer at most 1 MB, counting EVENT_OVERHEAD per event.
 RESPONSE_BYTES = 1_048_576
-EVENT_OVERHEAD = 26
 GROUPS = (LOG_GROUP,)
+# What one FilterLogEvents call examines at most: events, and bytes of their messages.
+SCAN_EVENTS = 100_000
+SCAN_BYTES = 16 * 1024 * 1024
+# Events read per query while scanning (a query reads at most this many rows).
+SCAN_STEP = 5_000
+# Tokens name row ids, which SQLite keeps in 64 bits.
+LARGEST_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -54,28 +62,41 @@ class LogQueries:
     ) -> dict[str, Any]:
         self._check_group(group)
         if prefix and order_by == "LastEventTime":
-            raise InvalidParameter(
-                "Cannot order by LastEventTime with a logStreamNamePrefix."
-            )
+            raise InvalidParameter("Cannot order by LastEventTime with a logStreamNamePrefix.")
+        # Each stream's first and last event by its index, not by reading all its events.
+        first, last = (
+            select(LogEvent.id)
+            .where(LogEvent.stream == LogStream.name)
+            .order_by(LogEvent.id.desc() if newest else LogEvent.id)
+            .limit(1)
+            .scalar_subquery()
+            for newest in (False, True)
+        )
         stats = (
             select(
-                LogEvent.stream.label("stream"),
-                func.min(LogEvent.timestamp).label("first"),
-                func.max(LogEvent.timestamp).label("last"),
-                func.max(LogEvent.ingestion_time).label("ingested"),
-                func.sum(func.length(LogEvent.message)).label("bytes"),
+                LogStream.name.label("stream"),
+                first.label("first_id"),
+                last.label("last_id"),
             )
-            .group_by(LogEvent.stream)
+            .where(LogStream.group == group)
             .subquery()
         )
+        head = LogEvent.__table__.alias("head")
+        tail = LogEvent.__table__.alias("tail")
         query = (
-            select(LogStream, stats.c.first, stats.c.last, stats.c.ingested, stats.c.bytes)
-            .outerjoin(stats, stats.c.stream == LogStream.name)
-            .where(LogStream.group == group)
+            select(
+                LogStream,
+                head.c.timestamp.label("first"),
+                tail.c.timestamp.label("last"),
+                tail.c.ingestion_time.label("ingested"),
+            )
+            .join(stats, stats.c.stream == LogStream.name)
+            .outerjoin(head, head.c.id == stats.c.first_id)
+            .outerjoin(tail, tail.c.id == stats.c.last_id)
         )
         if prefix:
             query = query.where(LogStream.name.startswith(prefix, autoescape=True))
-        key = LogStream.name if order_by == "LogStreamName" else func.coalesce(stats.c.last, 0)
+        key = LogStream.name if order_by == "LogStreamName" else func.coalesce(tail.c.timestamp, 0)
         query = query.order_by(key.desc() if descending else key, LogStream.name)
         offset = _offset_token(token)
         with self.sessions() as session:
@@ -136,42 +157,47 @@ class LogQueries:
         limit: int = 10000,
         token: str | None = None,
     ) -> dict[str, Any]:
+        """Matching events in the order they were written, from the token's place on; at most
+        SCAN_EVENTS events or SCAN_BYTES examined, then `nextToken` says where to go on."""
         self._check_group(group)
         if streams and prefix:
-            raise InvalidParameter(
-                "logStreamNames and logStreamNamePrefix are mutually exclusive."
-            )
+            raise InvalidParameter("logStreamNames and logStreamNamePrefix are mutually exclusive.")
         match = _pattern(pattern)
-        query = window.apply(
-            select(LogEvent).join(LogStream, LogStream.name == LogEvent.stream)
-        ).where(LogStream.group == group)
-        if streams:
-            query = query.where(LogEvent.stream.in_(streams))
-        if prefix:
-            query = query.where(LogEvent.stream.startswith(prefix, autoescape=True))
-        if token:
-            stamp, row = _filter_token(token)
-            query = query.where(tuple_(LogEvent.timestamp, LogEvent.id) > tuple_(stamp, row))
-        query = query.order_by(LogEvent.timestamp, LogEvent.id)
+        after = _filter_token(token) if token else 0
         with self.sessions() as session:
-            events = session.scalars(query.execution_options(yield_per=1000))
-            found, more = _capped((e for e in events if match(e.message)), limit)
+            names = self._stream_names(session, group, streams, prefix)
+            scan = _Scan(session, names, window, match, limit)
+            scan.run(after)
+            more = _next_id(session, names, scan.position) is not None
         result: dict[str, Any] = {
             "events": [
                 {
-                    "logStreamName": e.stream,
-                    "timestamp": e.timestamp,
-                    "message": e.message,
-                    "ingestionTime": e.ingestion_time,
-                    "eventId": str(e.id),
+                    "logStreamName": row.stream,
+                    "timestamp": row.timestamp,
+                    "message": row.message,
+                    "ingestionTime": row.ingestion_time,
+                    "eventId": str(row.id),
                 }
-                for e in found
+                for row in scan.found
             ],
             "searchedLogStreams": [],
         }
         if more:
-            result["nextToken"] = f"{found[-1].timestamp}/{found[-1].id}"
+            result["nextToken"] = f"s/{scan.position:020d}"
         return result
+
+    def _stream_names(
+        self, session: Session, group: str, streams: list[str] | None, prefix: str | None
+    ) -> list[str] | None:
+        """The streams searched, or None for all of them (the group is the only one)."""
+        if streams:
+            return streams
+        if prefix:
+            query = select(LogStream.name).where(
+                LogStream.group == group, LogStream.name.startswith(prefix, autoescape=True)
+            )
+            return list(session.scalars(query))
+        return None
 
     def _check_group(self, group: str) -> None:
         if group not in GROUPS:
@@ -195,6 +221,84 @@ class LogQueries:
         return item
 
 
+class _Scan:
+    """One FilterLogEvents call's walk through the events after a row id, within its budget."""
+
+    def __init__(
+        self,
+        session: Session,
+        names: list[str] | None,
+        window: Window,
+        match: Any,
+        limit: int,
+    ) -> None:
+        self.session, self.names, self.window, self.match = session, names, window, match
+        self.connection = session.connection()
+        self.limit = limit
+        self.found: list[Any] = []
+        self.size = 0  # of the response, as CloudWatch counts it
+        self.position = 0  # every event up to this row id is examined
+
+    def run(self, after: int) -> None:
+        self.position = after
+        examined = scanned = 0
+        while examined < SCAN_EVENTS and scanned < SCAN_BYTES:
+            start = _next_id(self.session, self.names, self.position)
+            if start is None:
+                return
+            end = min(start + min(SCAN_STEP, SCAN_EVENTS - examined) - 1, LARGEST_ID)
+            query = self.window.apply(
+                select(
+                    LogEvent.id,
+                    LogEvent.stream,
+                    LogEvent.timestamp,
+                    LogEvent.ingestion_time,
+                    LogEvent.message,
+                ).where(LogEvent.id.between(start, end))
+            )
+            if self.names is not None:
+                query = query.where(LogEvent.stream.in_(self.names))
+            # Core rows, not ORM ones: most of the time of a scan went into building those.
+            rows = self.connection.execute(
+                query.order_by(LogEvent.id).execution_options(yield_per=1000)
+            )
+            match = self.match
+            for row in rows:
+                message = row[4]
+                scanned += len(message)
+                if match(message) and not self._add(row):
+                    self.position = row[0] - 1  # the next call begins with this event
+                    return
+                self.position = row[0]
+                if scanned >= SCAN_BYTES:
+                    return
+            self.position = end
+            examined += end - start + 1
+
+    def _add(self, row: Any) -> bool:
+        """Add a match to the response, or say that the response is full."""
+        size = len(row[4].encode()) + EVENT_OVERHEAD
+        if len(self.found) >= self.limit or (self.found and self.size + size > RESPONSE_BYTES):
+            return False
+        self.found.append(row)
+        self.size += size
+        return True
+
+
+def _next_id(session: Session, names: list[str] | None, after: int) -> int | None:
+    """The first row id after `after` in these streams (all when None), found by index."""
+    if names is None:
+        return session.scalar(select(func.min(LogEvent.id)).where(LogEvent.id > after))
+    first = (
+        select(LogEvent.id)
+        .where(LogEvent.stream == LogStream.name, LogEvent.id > after)
+        .order_by(LogEvent.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return session.scalar(select(func.min(first)).where(LogStream.name.in_(names)))
+
+
 def _capped(events: Iterable[LogEvent], limit: int) -> tuple[list[LogEvent], bool]:
     """The first `limit` events that fit in a response (about 1 MB, as CloudWatch counts), and
     whether any event was left out."""
@@ -210,25 +314,39 @@ def _capped(events: Iterable[LogEvent], limit: int) -> tuple[list[LogEvent], boo
 
 def _row_token(token: str) -> tuple[str, int]:
     direction, _, number = token.partition("/")
-    if direction not in ("f", "b") or not number.isdigit():
-        raise InvalidParameter(f"The specified nextToken is invalid: {token!r}")
-    return direction, int(number)
+    if direction not in ("f", "b"):
+        raise _bad_token(token)
+    return direction, _row_id(number, token)
 
 
-def _filter_token(token: str) -> tuple[int, int]:
-    stamp, _, row = token.partition("/")
-    if not (stamp.lstrip("-").isdigit() and row.isdigit()):
-        raise InvalidParameter(f"The specified nextToken is invalid: {token!r}")
-    return int(stamp), int(row)
+def _filter_token(token: str) -> int:
+    kind, _, number = token.partition("/")
+    if kind != "s":
+        raise _bad_token(token)
+    return _row_id(number, token)
 
 
 def _offset_token(token: str | None) -> int:
     if not token:
         return 0
     kind, _, number = token.partition("/")
-    if kind != "o" or not number.isdigit():
-        raise InvalidParameter(f"The specified nextToken is invalid: {token!r}")
-    return int(number)
+    if kind != "o":
+        raise _bad_token(token)
+    return _row_id(number, token)
+
+
+def _row_id(number: str, token: str) -> int:
+    """A token's number: ASCII digits within what the database holds (no 500 for others)."""
+    if not (number.isascii() and number.isdigit() and len(number) <= 20):
+        raise _bad_token(token)
+    value = int(number)
+    if value > LARGEST_ID:
+        raise _bad_token(token)
+    return value
+
+
+def _bad_token(token: str) -> InvalidParameter:
+    return InvalidParameter(f"The specified nextToken is invalid: {token[:100]!r}")
 
 
 def _pattern(pattern: str | None) -> Any:
@@ -244,6 +362,10 @@ def _pattern(pattern: str | None) -> Any:
     required = [t for t in terms if not t.startswith(("?", "-")) or len(t) == 1]
     optional = [t[1:] for t in terms if t.startswith("?") and len(t) > 1]
     excluded = [t[1:] for t in terms if t.startswith("-") and len(t) > 1]
+
+    if len(required) == 1 and not optional and not excluded:
+        [term] = required
+        return lambda message: term in message  # the common case, at its quickest
 
     def match(message: str) -> bool:
         return (

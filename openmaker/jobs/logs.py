@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+# What CloudWatch Logs counts for an event beyond its message, in responses and quotas alike.
+EVENT_OVERHEAD = 26
 
 
 def stream_name(job_name: str, host: str, started_epoch: int) -> str:

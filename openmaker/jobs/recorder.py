@@ -3,6 +3,12 @@
 The database layer (SQLAlchemy) is imported by the writer thread, not at start: it is most of a
 worker's start-up time, and the hosts can prepare and start the code meanwhile. Their events
 wait in the queue with the times they happened.
+
+Log lines and metric values wait in a bounded backlog: a job that prints faster than the
+database takes its lines is held back (its log reader waits, then its writes to the pipe), so
+the worker's memory stays flat and a status change or the job's end waits behind at most one
+backlog. A job stores at most `Settings.log_limit_bytes` of them (counted as CloudWatch counts
+events); the rest is dropped after one line that says so.
 """
 
 from __future__ import annotations
@@ -13,32 +19,58 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any
 
 from openmaker.config import Settings
-from openmaker.host.events import Event, LogLine, MetricSample, StatusChanged, TransferProgress
+from openmaker.host.events import (
+    Event,
+    LogLine,
+    LogLines,
+    MetricSample,
+    StatusChanged,
+    TransferProgress,
+)
 from openmaker.jobs import state
-from openmaker.jobs.logs import LOG_GROUP, stream_name
+from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP, stream_name
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from openmaker.jobs.db import TrainingJob
 
+# What waits for the writer, at most (the worker's memory for it is a small multiple).
+BACKLOG_BYTES = 8 * 1024 * 1024
+# What a line or a metric value costs beyond its text: a Python string, then a row.
+ROW_COST = 64
+# Rows per transaction: few commits for a flood, yet short enough that a stop request (from
+# another process) gets the database's write lock within a fraction of a second.
+BATCH_ROWS = 20_000
+# What a stored metric value counts towards the job's log limit.
+METRIC_BYTES = 16
+
+INSERT_LINE = (
+    "INSERT INTO log_events (stream, timestamp, ingestion_time, message) VALUES (?, ?, ?, ?)"
+)
+INSERT_METRIC = "INSERT INTO metric_values (job_name, name, timestamp, value) VALUES (?, ?, ?, ?)"
+
 
 class JobRecorder:
-    """Turns host events into database rows; one writer thread, commits in small batches."""
+    """Turns host events into database rows; one writer thread, commits in batches."""
 
     def __init__(self, settings: Settings, job_name: str) -> None:
         self.settings = settings
         self.sessions: sessionmaker[Session] | None = None  # set by the writer thread
         self.job_name = job_name
         self.queue: queue.Queue[Event | _Flush | None] = queue.Queue()
+        self.backlog = _Backlog(BACKLOG_BYTES)
         self.streams: dict[str, str] = {}
+        self.limit = _LogLimit(settings.log_limit_bytes)
         self.thread = threading.Thread(target=self._write, daemon=True)
         self.thread.start()
 
     def emit(self, event: Event) -> None:
+        self.backlog.take(_cost(event), self.thread.is_alive)
         self.queue.put(event)
 
     def close(self) -> None:
@@ -67,78 +99,216 @@ class JobRecorder:
                 raise RuntimeError("the job's database writer stopped")
 
     def _write(self) -> None:
-        from openmaker.jobs.db import TrainingJob, writer_sessions
+        from openmaker.jobs.db import writer_sessions
 
         self.sessions = writer_sessions(self.settings)
+        try:
+            with self.sessions() as session:
+                self.limit.start(stored_bytes(session, self.job_name))
+        except Exception:  # counted from zero then: the limit still holds for this attempt
+            traceback.print_exc()
         while True:
-            batch = [self.queue.get()]
-            while not self.queue.empty() and len(batch) < 500:
-                batch.append(self.queue.get_nowait())
+            batch = self._next_batch()
             try:
-                with self.sessions() as session:
-                    job = session.get(TrainingJob, self.job_name)
-                    for event in batch:
-                        if event is None or isinstance(event, _Flush):
-                            continue
-                        self._apply(session, job, event)
-                    session.commit()
+                self._apply_all(batch)
             except Exception:  # a lost batch of events must not stop the job or its end
                 traceback.print_exc()
+            self.backlog.give(sum(_cost(event) for event in batch if event is not None))
             for event in batch:
                 if isinstance(event, _Flush):
                     event.done.set()
             if None in batch:  # closed
                 return
 
-    def _apply(self, session: Session, job: TrainingJob, event: Event) -> None:
-        from openmaker.jobs.db import LogEvent, LogStream, MetricValue
+    def _next_batch(self) -> list[Event | _Flush | None]:
+        batch = [self.queue.get()]
+        rows = _rows(batch[0])
+        while rows < BATCH_ROWS and batch[-1] is not None:
+            try:
+                batch.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+            rows += _rows(batch[-1])
+        return batch
 
-        if isinstance(event, LogLine):
-            name = self.streams.get(event.host)
-            if name is None:
-                name = stream_name(self.job_name, event.host, event.timestamp_ms // 1000)
-                self.streams[event.host] = name
-                # A restarted job's new attempt may start within the same second: one stream.
-                if session.get(LogStream, name) is None:
-                    session.add(
-                        LogStream(
-                            name=name,
-                            group=LOG_GROUP,
-                            job_name=self.job_name,
-                            creation_time=event.timestamp_ms,
-                        )
+    def _apply_all(self, batch: list[Event | _Flush | None]) -> None:
+        from openmaker.jobs.db import TrainingJob
+
+        assert self.sessions is not None
+        lines: list[tuple[str, int, int, str]] = []
+        metrics: list[tuple[str, str, int, float]] = []
+        with self.sessions() as session:
+            job = session.get(TrainingJob, self.job_name)
+            for event in batch:
+                if isinstance(event, LogLine):
+                    self._lines(session, event.host, event.timestamp_ms, [event.message], lines)
+                elif isinstance(event, LogLines):
+                    self._lines(session, event.host, event.timestamp_ms, event.messages, lines)
+                elif isinstance(event, MetricSample):
+                    if self.limit.admit(METRIC_BYTES + len(event.name)):
+                        metrics.append((self.job_name, event.name, event.timestamp_ms, event.value))
+                elif job is not None and isinstance(event, StatusChanged | TransferProgress):
+                    _apply_status(job, event)
+            connection = session.connection()
+            if lines:
+                connection.exec_driver_sql(INSERT_LINE, lines)
+            if metrics:
+                connection.exec_driver_sql(INSERT_METRIC, metrics)
+            session.commit()
+
+    def _lines(
+        self,
+        session: Session,
+        host: str,
+        timestamp: int,
+        messages: list[str],
+        rows: list[tuple[str, int, int, str]],
+    ) -> None:
+        """Add the rows of the lines that fit under the job's limit, and the line saying that
+        the limit was reached once it is."""
+        if self.limit.announced:
+            return
+        stream = self._stream(session, host, timestamp)
+        kept = self.limit.fit([len(m.encode()) + EVENT_OVERHEAD for m in messages])
+        ingested = int(time.time() * 1000)
+        rows.extend((stream, timestamp, ingested, m) for m in messages[:kept])
+        if self.limit.reached:
+            rows.append((stream, timestamp, ingested, self.limit.marker()))
+            self.limit.announced = True
+
+    def _stream(self, session: Session, host: str, timestamp: int) -> str:
+        from openmaker.jobs.db import LogStream
+
+        name = self.streams.get(host)
+        if name is None:
+            name = stream_name(self.job_name, host, timestamp // 1000)
+            self.streams[host] = name
+            # A restarted job's new attempt may start within the same second: one stream.
+            if session.get(LogStream, name) is None:
+                session.add(
+                    LogStream(
+                        name=name,
+                        group=LOG_GROUP,
+                        job_name=self.job_name,
+                        creation_time=timestamp,
                     )
-                    session.flush()
-            session.add(
-                LogEvent(
-                    stream=name,
-                    timestamp=event.timestamp_ms,
-                    ingestion_time=int(time.time() * 1000),
-                    message=event.message,
                 )
-            )
-        elif isinstance(event, StatusChanged):
-            if job.status == state.IN_PROGRESS:
-                at = datetime.fromtimestamp(event.at, UTC)
-                state.enter(job, event.status, event.message, at)
-                if event.status == "Training" and job.training_start_time is None:
-                    job.training_start_time = at
-        elif isinstance(event, MetricSample):
-            session.add(
-                MetricValue(
-                    job_name=self.job_name,
-                    name=event.name,
-                    timestamp=event.timestamp_ms,
-                    value=event.value,
-                )
-            )
-        elif isinstance(event, TransferProgress):
-            job.progress = {
-                "phase": event.phase,
-                "done": event.done,
-                "total": event.total,
-                "seconds": event.seconds,
-            }
+                session.flush()
+        return name
+
+
+def _apply_status(job: TrainingJob, event: StatusChanged | TransferProgress) -> None:
+    if isinstance(event, StatusChanged):
+        if job.status == state.IN_PROGRESS:
+            at = datetime.fromtimestamp(event.at, UTC)
+            state.enter(job, event.status, event.message, at)
+            if event.status == "Training" and job.training_start_time is None:
+                job.training_start_time = at
+    else:
+        job.progress = {
+            "phase": event.phase,
+            "done": event.done,
+            "total": event.total,
+            "seconds": event.seconds,
+        }
+
+
+def stored_bytes(session: Session, job_name: str) -> int:
+    """What a job's earlier attempts stored, as counted towards its log limit."""
+    from sqlalchemy import cast, func, select
+    from sqlalchemy.types import LargeBinary
+
+    from openmaker.jobs.db import LogEvent, LogStream, MetricValue
+
+    size = func.length(cast(LogEvent.message, LargeBinary)) + EVENT_OVERHEAD
+    lines = (
+        select(func.coalesce(func.sum(size), 0))
+        .join(LogStream, LogStream.name == LogEvent.stream)
+        .where(LogStream.job_name == job_name)
+    )
+    metrics = select(
+        func.coalesce(func.sum(func.length(MetricValue.name) + METRIC_BYTES), 0)
+    ).where(MetricValue.job_name == job_name)
+    return int(session.scalar(lines) or 0) + int(session.scalar(metrics) or 0)
+
+
+class _LogLimit:
+    """The bytes a job may still store (log lines, and metric values found in them)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.stored = limit, 0
+        # Reached: nothing more is stored. Announced: the line saying so is written.
+        self.reached = self.announced = False
+
+    def start(self, stored: int) -> None:
+        # An earlier attempt that reached the limit has said so already.
+        self.stored = stored
+        self.reached = self.announced = stored >= self.limit
+
+    def fit(self, sizes: list[int]) -> int:
+        """How many of these lines fit; from the first that does not, the limit is reached."""
+        if self.reached:
+            return 0
+        if self.stored + sum(sizes) <= self.limit:
+            self.stored += sum(sizes)
+            return len(sizes)
+        room = self.limit - self.stored
+        kept = next(i for i, total in enumerate(accumulate(sizes)) if total > room)
+        self.stored += sum(sizes[:kept])
+        self.reached = True
+        return kept
+
+    def admit(self, size: int) -> bool:
+        if self.reached or self.stored + size > self.limit:
+            self.reached = True
+            return False
+        self.stored += size
+        return True
+
+    def marker(self) -> str:
+        return (
+            f"openmaker: this job's logs reached their limit of {self.limit / 1024**2:g} MB "
+            "(OPENMAKER_LOG_LIMIT_MB); what the job prints from here on is dropped, not stored"
+        )
+
+
+class _Backlog:
+    """The cost of the events queued and not yet written; `take` waits while it is full."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.used = capacity, 0
+        self.changed = threading.Condition()
+
+    def take(self, cost: int, writing: Callable[[], bool]) -> None:
+        if not cost:
+            return
+        with self.changed:
+            # An event larger than the whole backlog still passes, alone.
+            while self.used and self.used + cost > self.capacity:
+                if not writing():
+                    return  # lost with the writer; never wait forever
+                self.changed.wait(0.5)
+            self.used += cost
+
+    def give(self, cost: int) -> None:
+        with self.changed:
+            self.used -= cost
+            self.changed.notify_all()
+
+
+def _cost(event: Any) -> int:
+    """What an event holds of the backlog: status changes, progress and flushes never wait."""
+    if isinstance(event, LogLines):
+        return event.size + ROW_COST * len(event.messages)
+    if isinstance(event, LogLine):
+        return len(event.message) + ROW_COST
+    if isinstance(event, MetricSample):
+        return ROW_COST
+    return 0
+
+
+def _rows(event: Any) -> int:
+    return len(event.messages) if isinstance(event, LogLines) else 1
 
 
 class _Flush:
