@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -14,8 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from openmaker.jobs.service import TrainingJobs
+from tests.apiserver import running_api_server
 from tests.helpers import (
     get_object,
     log_text,
@@ -327,3 +331,39 @@ def test_a_model_too_big_to_pack_fails_clearly_and_uploads_nothing(
     with pytest.raises(FileNotFoundError):
         get_object("s3://disk/out/huge-model/output/model.tar.gz")
     assert not list((home / "jobs" / "huge-model").glob("algo-*"))
+
+
+def test_the_api_says_when_openmakers_own_disk_is_full(tmp_path: Path) -> None:
+    """Whatever fills the disk that holds the database (not a job: jobs write to their volumes),
+    a create is a 503 the client retries, saying why, and reads go on."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "openmaker-test-disk", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.strip()}")
+    try:
+        image = make_image(tmp_path / "image", "#!/bin/sh\necho trained\n")
+        with running_api_server(disk / "home", OPENMAKER_FILE_ROOTS=str(tmp_path)) as server:
+            sagemaker = server.client("sagemaker", config=Config(retries={"max_attempts": 1}))
+            filler = disk / "filler"
+            with open(filler, "wb") as out, contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * MiB)
+                    out.flush()
+            body = request("on-full-disk", str(image), "s3://b/out")
+            with pytest.raises(ClientError) as refused:
+                for number in range(50):  # until the database has used its last free page
+                    sagemaker.create_training_job(**{**body, "TrainingJobName": f"full-{number}"})
+            error = refused.value.response
+            assert error["ResponseMetadata"]["HTTPStatusCode"] == 503
+            assert error["Error"]["Code"] == "ServiceUnavailable"
+            assert "disk is full" in error["Error"]["Message"]
+            assert sagemaker.list_training_jobs()["ResponseMetadata"]["HTTPStatusCode"] == 200
+            filler.unlink()
+            sagemaker.create_training_job(**{**body, "TrainingJobName": "after-the-disk-freed"})
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)

@@ -27,6 +27,7 @@ from openmaker.api.sigv4 import SignedRequest, verify
 from openmaker.api.wire import from_wire, parse_document, range_problems, to_wire
 from openmaker.spec.errors import (
     ServiceError,
+    ServiceUnavailable,
     ThrottlingException,
     UnknownOperation,
     ValidationException,
@@ -113,6 +114,11 @@ def _call(service: Service, operation: str, handler: Handler, body: bytes) -> di
     except OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             raise ThrottlingException("Rate exceeded: the job database is busy") from None
+        if "disk is full" in str(exc) or "disk I/O error" in str(exc):
+            raise ServiceUnavailable(
+                "openmaker's disk is full: the job database cannot record the request; free "
+                "space on the disk that holds OPENMAKER_HOME, then retry"
+            ) from None
         raise
     return to_wire(model.output_shape, result) if model.output_shape is not None else {}
 

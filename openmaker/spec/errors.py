@@ -44,6 +44,13 @@ class ThrottlingException(ServiceError):
     http_status = 400
 
 
+class ServiceUnavailable(ServiceError):
+    """The machine cannot take the request now (its disk is full); clients retry these."""
+
+    code = "ServiceUnavailable"
+    http_status = 503
+
+
 class UnknownOperation(ServiceError):
     code = "UnknownOperationException"
     http_status = 400
