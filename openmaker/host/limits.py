@@ -16,9 +16,11 @@ that the job's status message carries.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +145,27 @@ def remove_job_cgroups(home: Path, job_name: str) -> None:
         job = folder / job_name
         with contextlib.suppress(OSError):
             for cgroup in [*(host for host in job.iterdir() if host.is_dir()), job, folder]:
-                with contextlib.suppress(OSError):
-                    cgroup.rmdir()
+                _remove_when_empty(cgroup)
+
+
+def _remove_when_empty(cgroup: Path) -> None:
+    """rmdir a cgroup that no process is in; the kernel refuses it (EBUSY) for a moment after
+    its last process was killed, until that process is gone for good."""
+    for _ in range(40):
+        try:
+            cgroup.rmdir()
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or _has_processes(cgroup):
+                return
+        time.sleep(0.05)
+
+
+def _has_processes(cgroup: Path) -> bool:
+    try:
+        return bool((cgroup / "cgroup.procs").read_text().strip())
+    except OSError:
+        return False
 
 
 def memory_cgroup_root() -> Path | None:

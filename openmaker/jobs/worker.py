@@ -239,7 +239,9 @@ def _run(
         # A local OSError is the job's volume (the archives are built there), not the store's.
         volume = specs[0].work_dir
         full = not isinstance(exc, StoreError) and disk_full_reason(exc, "packing outputs", volume)
-        reason = full or f"InternalServerError: could not upload outputs: {exc}"
+        print(f"outputs not uploaded: {exc}", file=sys.stderr)
+        # The code's own failure (a full volume, say) is what the job ended with, not its echo.
+        reason = failure or full or f"InternalServerError: could not upload outputs: {exc}"
         return lambda j: state.finish(j, "Failed", reason)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
