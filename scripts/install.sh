@@ -9,6 +9,9 @@ missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v unshare >/dev/null || missing+=(util-linux)
+# Each host's volume: a loop-mounted ext4 image.
+command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+command -v losetup >/dev/null || missing+=(mount)
 # Debian's own python3 needs python3-venv (and ensurepip) to make a virtual environment.
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
