@@ -26,6 +26,7 @@ from openmaker.host.checkpoints import save_checkpoints
 from openmaker.host.disk import disk_full_reason
 from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
 from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
+from openmaker.host.jobtree import let_go
 from openmaker.host.limits import oom_killed, release
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
 from openmaker.host.spec import HostResources, HostSpec
@@ -124,6 +125,7 @@ def run_job(
     try:
         for spec in specs:
             release(spec)
+            let_go(spec)
         _remove_host_folders(settings, job_name)
         recorder.update(mine.only(end))
     finally:
@@ -215,15 +217,7 @@ def _run(
     try:
         for spec in specs:
             save_checkpoints(spec, emit)
-        artifacts = upload_artifacts(
-            request,
-            [s.ml_dir / "model" for s in specs],
-            [s.ml_dir / "output" / "data" for s in specs],
-            settings.jobs_dir / job_name / "artifacts",
-            settings,
-            specs[0].store_env,
-            emit,
-        )
+        artifacts = upload_artifacts(specs, settings.jobs_dir / job_name / "artifacts", emit)
     except (OSError, StoreError, ValueError) as exc:
         # A local OSError is the job's disk (the archives are built there), not the store's.
         disk = settings.jobs_dir / job_name
