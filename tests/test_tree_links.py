@@ -243,3 +243,19 @@ def objects_under(prefix: str) -> dict[str, bytes]:
         o.key[len(location.key) :]: get_object(f"{prefix}{o.key[len(location.key) :]}")
         for o in found
     }
+
+
+def test_a_checkpoint_local_path_climbing_out_of_opt_ml_fails_before_anything_is_written(
+    tmp_path: Path, bucket: str
+) -> None:
+    put_objects({f"{bucket}/ckpt/climb/planted.txt": b"planted by the job's author"})
+    escape = tmp_path / "escape"
+    local = "/opt/ml/" + "../" * 12 + str(escape).lstrip("/")
+
+    def edit(body: dict[str, Any]) -> None:
+        body["CheckpointConfig"] = {"S3Uri": f"{bucket}/ckpt/climb", "LocalPath": local}
+
+    _, description = run_script(tmp_path, "climb", "#!/bin/sh\n", f"{bucket}/out", edit=edit)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert "LocalPath" in description["FailureReason"]
+    assert not escape.exists()

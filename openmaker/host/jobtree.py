@@ -61,8 +61,12 @@ class HostTree:
         self._outside: int | None = None
         if self.checkpoint_path is None and spec.request.get("CheckpointConfig"):
             outside = spec.work_dir / "checkpoints"
-            outside.mkdir(exist_ok=True)
-            self._outside = self.checkpoint_anchor = open_folder(outside)
+            try:
+                outside.mkdir(exist_ok=True)
+                self._outside = self.checkpoint_anchor = open_folder(outside)
+            except BaseException:
+                os.close(self.ml)
+                raise
             self.checkpoint_path = ""
 
     def open(self, relative: str) -> int:
