@@ -18,11 +18,13 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from inotify_simple import INotify, flags
 
+from openmaker.host import jobtree
 from openmaker.host.checkpoints import (
     Changes,
     Ledger,
@@ -32,9 +34,8 @@ from openmaker.host.checkpoints import (
     push_changes,
 )
 from openmaker.host.events import Emit
-from openmaker.host.files import regular_files
 from openmaker.host.progress import ProgressMeter
-from openmaker.host.snapshot_upload import Signature
+from openmaker.host.snapshot_upload import Signature, signature
 from openmaker.host.spec import HostSpec
 from openmaker.store import Location, StoreError
 from openmaker.store.retry import Backoff
@@ -53,7 +54,26 @@ FLUSH_ROUNDS = 3
 RETRY_SECONDS, RETRY_MAX_SECONDS = 1.0, 30.0
 
 _FILE_EVENTS = flags.CLOSE_WRITE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE
-_WATCH_MASK = _FILE_EVENTS | flags.CREATE | flags.DONT_FOLLOW | flags.ONLYDIR
+# Watches are added on a folder already opened (through /proc/self/fd), never by a path the
+# code could redirect: no DONT_FOLLOW, the magic link must be followed.
+_WATCH_MASK = _FILE_EVENTS | flags.CREATE | flags.MOVE_SELF | flags.ONLYDIR
+
+# Opens the checkpoint folder without following links (jobtree.NotAFolder, OSError).
+OpenRoot = Callable[[], int]
+
+
+@contextlib.contextmanager
+def opened_root(open_root: OpenRoot) -> Iterator[int | None]:
+    """The checkpoint folder by handle, or None while it is missing or no folder at all."""
+    try:
+        fd = open_root()
+    except (OSError, ValueError):
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -75,32 +95,42 @@ class Seen:
 class InotifyWatcher:
     """The folder and every folder below it, new ones included."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, open_root: OpenRoot) -> None:
+        self.open_root = open_root
         self.inotify = INotify()
         os.set_inheritable(self.inotify.fileno(), False)  # never into the code's processes
         self.folders: dict[int, str] = {}
         self.root_lost = False
         try:
-            self._watch_tree("")
+            with opened_root(open_root) as root:
+                if root is None:
+                    raise FileNotFoundError("the checkpoint folder is not there")
+                self._watch_tree(root, "")
         except OSError:
             self.close()
             raise
 
-    def _watch_tree(self, relative: str) -> set[str]:
+    def _watch_tree(self, root: int, relative: str) -> set[str]:
         """Watch `relative` and the folders below it; the files already there."""
+        try:
+            top = jobtree.open_below(root, relative)
+        except (OSError, ValueError):
+            return set()  # removed, or swapped for a link, meanwhile
         files: set[str] = set()
-        top = self.folder / relative
-        for directory, subfolders, names in os.walk(top, followlinks=False):
-            here = Path(directory).relative_to(self.folder).as_posix()
-            here = "" if here == "." else here
-            try:
-                self.folders[self.inotify.add_watch(directory, _WATCH_MASK)] = here
-            except FileNotFoundError:
-                subfolders.clear()  # removed meanwhile
-                continue
-            files.update(f"{here}/{name}" if here else name for name in names)
+        try:
+            self._watch(top, relative)
+            prefix = f"{relative}/" if relative else ""
+            for entry in jobtree.walk(top, prefix):
+                if entry.handle is not None:
+                    self._watch(entry.handle, entry.path)
+                else:
+                    files.add(entry.path)
+        finally:
+            os.close(top)
         return files
+
+    def _watch(self, folder: int, relative: str) -> None:
+        self.folders[self.inotify.add_watch(f"/proc/self/fd/{folder}", _WATCH_MASK)] = relative
 
     def read(self, timeout: float) -> Seen:
         seen = Seen()
@@ -108,9 +138,13 @@ class InotifyWatcher:
             if event.mask & flags.Q_OVERFLOW:
                 seen.rescan = True
                 continue
-            if event.mask & flags.IGNORED:
-                # The checkpoint folder itself removed: watched again once it is back.
-                self.root_lost |= self.folders.pop(event.wd, None) == ""
+            if event.mask & (flags.IGNORED | flags.MOVE_SELF):
+                # The checkpoint folder itself removed or moved away: watched again once a
+                # folder is back at its name.
+                if self.folders.get(event.wd) == "":
+                    self._forget_all()
+                elif event.mask & flags.IGNORED:
+                    self.folders.pop(event.wd, None)
                 continue
             base = self.folders.get(event.wd)
             if base is None or not event.name:
@@ -119,16 +153,28 @@ class InotifyWatcher:
             if event.mask & flags.ISDIR:
                 if event.mask & (flags.CREATE | flags.MOVED_TO):
                     # Files may have been written before the watch existed: no close was seen.
-                    seen.quiet |= self._watch_tree(name)
+                    with opened_root(self.open_root) as root:
+                        if root is not None:
+                            seen.quiet |= self._watch_tree(root, name)
                 if event.mask & flags.MOVED_FROM:
                     seen.moved_away.add(name)
             elif event.mask & _FILE_EVENTS:
                 seen.now.add(name)
-        if self.root_lost and self.folder.is_dir():
-            self.root_lost = False
-            seen.quiet |= self._watch_tree("")
-            seen.rescan = True
+        if self.root_lost:
+            with opened_root(self.open_root) as root:
+                if root is not None:
+                    self.root_lost = False
+                    seen.quiet |= self._watch_tree(root, "")
+                    seen.rescan = True
         return seen
+
+    def _forget_all(self) -> None:
+        """Drop every watch: what they see is no longer under the checkpoint folder's name."""
+        for wd in list(self.folders):
+            with contextlib.suppress(OSError):
+                self.inotify.rm_watch(wd)
+        self.folders.clear()
+        self.root_lost = True
 
     def close(self) -> None:
         self.inotify.close()
@@ -151,12 +197,22 @@ class ScanningWatcher:
 class CheckpointSync:
     """Keeps one host's checkpoint folder and its remote prefix in step while the code runs."""
 
-    def __init__(self, folder: Path, remote: Location, ledger: Ledger, emit: Emit) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        remote: Location,
+        ledger: Ledger,
+        emit: Emit,
+        open_root: OpenRoot | None = None,
+    ) -> None:
+        """`folder` names the checkpoint folder in messages; `open_root` opens it (by default
+        by that path, which must then be openmaker's own)."""
         self.folder, self.remote, self.ledger, self.emit = folder, remote, ledger, emit
+        self.open_root = open_root or (lambda: jobtree.open_folder(folder))
         self.stopping = threading.Event()
         self.watcher: InotifyWatcher | ScanningWatcher
         try:
-            self.watcher = InotifyWatcher(folder)
+            self.watcher = InotifyWatcher(self.open_root)
             self.mode = "inotify"
         except OSError as exc:  # no inotify here, or past the watch limit
             self._scan_instead(exc)
@@ -175,8 +231,9 @@ class CheckpointSync:
         if folder is None:
             return None
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            sync = cls(folder, checkpoint_remote(spec), Ledger.of(spec), emit)
+            folder.mkdir(parents=True, exist_ok=True)  # before the code starts: openmaker's
+            opener = jobtree.tree_of(spec).open_checkpoints
+            sync = cls(folder, checkpoint_remote(spec), Ledger.of(spec), emit, opener)
         except (OSError, StoreError, ValueError) as exc:  # the end-of-job save still runs
             _say(f"checkpoint sync of {folder} not started: {exc}")
             return None
@@ -240,15 +297,17 @@ class CheckpointSync:
         now = time.monotonic()
         for folder in seen.moved_away:
             self.due |= {n for n in self.ledger.files if n.startswith(folder + "/")}
-        if seen.rescan:
-            for name, path in regular_files(self.folder).items():
-                if self.ledger.files.get(name) != current_signature(path):
-                    seen.quiet.add(name)
-            files = self.ledger.files
-            self.due |= {n for n in files if current_signature(self.folder / n) is None}
-        for name in seen.quiet - self.due:
-            if name not in self.quiet:
-                self.quiet[name] = (current_signature(self.folder / name), now)
+        # No folder at its name now (removed, or a link): taken as empty.
+        with opened_root(self.open_root) as root:
+            if seen.rescan:
+                local = {} if root is None else jobtree.regular_files(root)
+                for name, status in local.items():
+                    if self.ledger.files.get(name) != signature(status):
+                        seen.quiet.add(name)
+                self.due |= {n for n in self.ledger.files if n not in local}
+            for name in seen.quiet - self.due:
+                if name not in self.quiet:
+                    self.quiet[name] = (_signature(root, name), now)
         for name in seen.now:
             self.due.add(name)
             self.quiet.pop(name, None)
@@ -256,17 +315,22 @@ class CheckpointSync:
     def _ready(self) -> set[str]:
         """The files due now: closed, gone, or unchanged for QUIET_SECONDS."""
         now = time.monotonic()
-        for name, (before, since) in list(self.quiet.items()):
-            current = current_signature(self.folder / name)
-            if current != before:
-                self.quiet[name] = (current, now)
-            elif now - since >= QUIET_SECONDS:
-                del self.quiet[name]
-                self.due.add(name)
+        with opened_root(self.open_root) as root:
+            for name, (before, since) in list(self.quiet.items()):
+                current = _signature(root, name)
+                if current != before:
+                    self.quiet[name] = (current, now)
+                elif now - since >= QUIET_SECONDS:
+                    del self.quiet[name]
+                    self.due.add(name)
         return set(self.due)
 
     def _push(self, runner: asyncio.Runner, names: set[str]) -> None:
-        changes = Changes(self.folder, self.ledger, names)
+        with opened_root(self.open_root) as root:
+            self._push_from(runner, root, names)
+
+    def _push_from(self, runner: asyncio.Runner, root: int | None, names: set[str]) -> None:
+        changes = Changes(root, self.ledger, names)
         self.due -= names
         if not changes:
             return
@@ -289,9 +353,13 @@ class CheckpointSync:
     def _flush(self, runner: asyncio.Runner) -> bool:
         """Everything that differs from the ledger: the code has ended, nothing is open. A
         server that is away is waited for as long as the store's retry time allows."""
+        with opened_root(self.open_root) as root:
+            return self._flush_from(runner, root)
+
+    def _flush_from(self, runner: asyncio.Runner, root: int | None) -> bool:
         backoff = Backoff()
         rounds = 0
-        while changes := Changes(self.folder, self.ledger, None):
+        while changes := Changes(root, self.ledger, None):
             if rounds == FLUSH_ROUNDS:  # still being rewritten: by nothing of the job's, surely
                 return False
             meter = ProgressMeter(PHASE, changes.size, self.emit)
@@ -309,6 +377,8 @@ class CheckpointSync:
         return True
 
 
+def _signature(root: int | None, name: str) -> Signature | None:
+    return None if root is None else current_signature(root, name)
 
 
 def _say(message: str) -> None:

@@ -20,15 +20,23 @@ from pathlib import Path, PurePosixPath
 import obstore
 
 from openmaker.host.events import Emit
-from openmaker.host.files import regular_files
+from openmaker.host.jobtree import (
+    NotAFolder,
+    lstat_below,
+    open_file,
+    regular_files,
+    say_ignored,
+    tree_of,
+)
 from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.progress import ProgressMeter
-from openmaker.host.snapshot_upload import Signature, signature, upload_snapshot
+from openmaker.host.snapshot_upload import Signature, signature, upload_open
 from openmaker.host.spec import HostSpec
 from openmaker.store import (
     Download,
     Location,
     StoreError,
+    UnsafeKeyError,
     delete_keys,
     download_all,
     list_prefix,
@@ -46,6 +54,9 @@ def checkpoint_dir(spec: HostSpec) -> Path | None:
     if not spec.request.get("CheckpointConfig"):
         return None
     local = PurePosixPath(checkpoint_local_path(spec))
+    if ".." in local.parts:
+        # Joined to the host's folder, it would name a folder of the machine.
+        raise UnsafeKeyError(f"CheckpointConfig.LocalPath {local} must not contain '..'")
     if local.is_relative_to(CONTAINER_ROOT):
         return spec.ml_dir.joinpath(*local.relative_to(CONTAINER_ROOT).parts)
     return spec.work_dir / "checkpoints"
@@ -117,22 +128,26 @@ def restore_checkpoints(spec: HostSpec, emit: Emit) -> None:
 
 
 class Changes:
-    """What differs between a folder and its ledger: files to upload, files to delete."""
+    """What differs between a folder (by handle) and its ledger: files to upload, to delete."""
 
-    def __init__(self, folder: Path, ledger: Ledger, names: set[str] | None) -> None:
-        """Among `names` (relative paths), or every file of the folder and the ledger."""
-        local = regular_files(folder) if names is None else _present(folder, names)
+    def __init__(self, folder: int | None, ledger: Ledger, names: set[str] | None) -> None:
+        """Among `names` (relative paths), or every file of the folder and the ledger. A folder
+        that is not there (None) is taken as empty."""
+        local: dict[str, os.stat_result] = {}
+        if folder is not None:
+            local = regular_files(folder) if names is None else _present(folder, names)
+        self.folder = folder
         self.uploads = {
-            name: path
-            for name, path in local.items()
-            if ledger.files.get(name) != current_signature(path)
+            name: status.st_size
+            for name, status in local.items()
+            if ledger.files.get(name) != signature(status)
         }
         known = set(ledger.files) if names is None else names & set(ledger.files)
         self.deletes = sorted(known - set(local))
 
     @property
     def size(self) -> int:
-        return sum(_size(path) for path in self.uploads.values())
+        return sum(self.uploads.values())
 
     def __bool__(self) -> bool:
         return bool(self.uploads or self.deletes)
@@ -147,15 +162,18 @@ async def push_changes(
     gate = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
     changed: set[str] = set()
 
-    async def upload(name: str, path: Path) -> None:
+    async def upload(name: str) -> None:
         async with gate:
-            uploaded = await upload_snapshot(path, remote.child(name), on_bytes)
+            # Opened one name at a time from the folder's handle: a folder on the way swapped
+            # for a link since the listing leaves the file unread.
+            fd = None if changes.folder is None else open_file(changes.folder, name)
+            uploaded = None if fd is None else await upload_open(fd, remote.child(name), on_bytes)
         if uploaded is None:
             changed.add(name)
         else:
             ledger.files[name] = uploaded
 
-    await asyncio.gather(*(upload(name, path) for name, path in changes.uploads.items()))
+    await asyncio.gather(*(upload(name) for name in changes.uploads))
     if changes.deletes:
         await _delete(remote, changes.deletes)
         for name in changes.deletes:
@@ -177,48 +195,55 @@ async def _delete(remote: Location, names: list[str]) -> None:
                 await obstore.delete_async(remote.store, key)
 
 
-def _present(folder: Path, names: set[str]) -> dict[str, Path]:
+def _present(folder: int, names: set[str]) -> dict[str, os.stat_result]:
     """The regular files among `names` that exist now; a link never counts as one."""
     found = {}
     for name in names:
-        path = folder / name
-        if (status := _lstat(path)) is not None and stat.S_ISREG(status.st_mode):
-            found[name] = path
+        if (status := lstat_below(folder, name)) is not None and stat.S_ISREG(status.st_mode):
+            found[name] = status
     return found
 
 
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return path.lstat()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def current_signature(path: Path) -> Signature | None:
-    """The signature of the file at `path` now (never through a link), None when absent."""
-    status = _lstat(path)
+def current_signature(folder: int, name: str) -> Signature | None:
+    """The signature of the file at `name` now (never through a link), None when absent."""
+    status = lstat_below(folder, name)
     return None if status is None else signature(status)
 
 
-def _size(path: Path) -> int:
-    status = _lstat(path)
-    return 0 if status is None else status.st_size
+def open_checkpoint_folder(spec: HostSpec, emit: Emit) -> int | None:
+    """The host's checkpoint folder by handle; None (taken as empty) when missing or not a
+    folder (then said in the job's log: the code replaced it by a link, say)."""
+    try:
+        return tree_of(spec).open_checkpoints()
+    except FileNotFoundError:
+        return None
+    except NotAFolder as exc:
+        # Walked from /opt/ml (LocalPath under it) or from LocalPath itself.
+        tree = tree_of(spec)
+        base = CONTAINER_ROOT if tree.checkpoint_anchor == tree.ml else checkpoint_local_path(spec)
+        relative = tree.checkpoint_path or ""
+        consequence = "it is taken as empty: no checkpoint is uploaded from it"
+        say_ignored(spec, emit, base, relative, exc, consequence)
+        return None
 
 
 def save_checkpoints(spec: HostSpec, emit: Emit) -> None:
     """Write back what the continuous sync has not (all of it when no sync ran)."""
-    folder = checkpoint_dir(spec)
-    if folder is None or not folder.is_dir():
+    if checkpoint_dir(spec) is None:
         return
-    remote = checkpoint_remote(spec)
-    ledger = Ledger.of(spec)
-
-    changes = Changes(folder, ledger, None)
-    if not changes:
-        return
-    meter = ProgressMeter("Uploading", changes.size, emit)
+    folder = open_checkpoint_folder(spec, emit)
     try:
-        asyncio.run(push_changes(changes, remote, ledger, meter.add))
+        remote = checkpoint_remote(spec)
+        ledger = Ledger.of(spec)
+        changes = Changes(folder, ledger, None)
+        if not changes:
+            return
+        meter = ProgressMeter("Uploading", changes.size, emit)
+        try:
+            asyncio.run(push_changes(changes, remote, ledger, meter.add))
+        finally:
+            ledger.save()
+        meter.finish()
     finally:
-        ledger.save()
-    meter.finish()
+        if folder is not None:
+            os.close(folder)

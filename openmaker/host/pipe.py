@@ -1,10 +1,13 @@
 """Pipe channels: the channel's data streamed into FIFOs `<channel>_<epoch>`, epoch after epoch.
 
 The streamer runs in the worker, outside the sandbox, and writes into the FIFOs in the host's
-`ml/input/data` (the code sees them at /opt/ml/input/data). `<channel>_0` exists before the code
-starts; `<channel>_<n+1>` appears once epoch n has been written whole (EOF) or its reader has
-closed it early. Objects are fetched a few ahead of the one being written, each as a bounded
-stream of chunks: memory stays bounded whatever the objects' sizes.
+`ml/input/data` (the code sees them at /opt/ml/input/data), through a handle on that folder taken
+before the code starts: FIFOs are made and opened relative to it, never through a link, and
+written only once the descriptor is seen to be a FIFO (the code may swap anything there).
+`<channel>_0` exists before the code starts; `<channel>_<n+1>` appears once epoch n has been
+written whole (EOF) or its reader has closed it early. Objects are fetched a few ahead of the
+one being written, each as a bounded stream of chunks: memory stays bounded whatever the
+objects' sizes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openmaker.host import recordio
+from openmaker.host import jobtree, recordio
 from openmaker.host.events import Emit, LogLine
 from openmaker.host.sources import (
     AugmentedLine,
@@ -103,6 +107,7 @@ class PipeStreamer:
         self.plan = plan
         self.emit = emit
         self.folder = spec.ml_dir / "input" / "data"
+        self.folder_fd: int | None = None  # the handle on `folder`, from start() on
         self.spool = spec.work_dir / "pipe-spool"
         self.error: str | None = None
         self.on_error: Callable[[str], None] = lambda _: None
@@ -111,61 +116,101 @@ class PipeStreamer:
         self._thread = threading.Thread(target=self._run, name=f"pipe-{plan.name}", daemon=True)
 
     def fifo(self, epoch: int) -> Path:
-        return self.folder / f"{self.plan.name}_{epoch}"
+        """Where a reader finds the FIFO of `epoch` (the streamer itself never uses this path)."""
+        return self.folder / self._name(epoch)
+
+    def _name(self, epoch: int) -> str:
+        return f"{self.plan.name}_{epoch}"
 
     def start(self) -> None:
-        # `_0` exists before the code starts, whatever the thread's timing.
-        self._make_fifo(0)
-        self._thread.start()
+        # Before the code starts, the folder is openmaker's own.
+        self.folder_fd = jobtree.tree_of(self.spec).open("input/data")
+        try:
+            # `_0` exists before the code starts, whatever the thread's timing.
+            self._make_fifo(0)
+            self._thread.start()
+        except BaseException:
+            os.close(self.folder_fd)
+            raise
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopped.set()
         self._thread.join(timeout)
 
     def _make_fifo(self, epoch: int) -> None:
-        path = self.fifo(epoch)
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        os.mkfifo(path, 0o600)
+            os.unlink(self._name(epoch), dir_fd=self.folder_fd)  # a link: the link goes
+        os.mkfifo(self._name(epoch), 0o600, dir_fd=self.folder_fd)
 
     def _run(self) -> None:
-        epoch = 0
+        assert self.folder_fd is not None
         try:
-            while True:
-                fd = self._open_writer(self.fifo(epoch))
-                if fd is None:
-                    return
-                try:
-                    asyncio.run(self._stream_epoch(fd, epoch))
-                finally:
-                    os.close(fd)
-                epoch += 1
-                if self._stopped.is_set():
-                    return
-                self._make_fifo(epoch)
+            self._stream_epochs()
         except Exception as exc:  # reported as the job's failure, never lost with the thread
-            if self._stopped.is_set() or not self.folder.exists():
+            if self._stopped.is_set() or os.fstat(self.folder_fd).st_nlink == 0:
                 return  # the host has ended under the streamer: nothing left to fail
             self.error = f"channel {self.plan.name!r}: {exc}"
             self.emit(LogLine(self.spec.host_name, _now_ms(), f"Pipe input failed: {self.error}"))
             self.on_error(self.error)
+        finally:
+            os.close(self.folder_fd)
 
-    def _open_writer(self, path: Path) -> int | None:
+    def _stream_epochs(self) -> None:
+        epoch = 0
+        while True:
+            fd = self._open_writer(epoch)
+            if fd is None:
+                return
+            try:
+                asyncio.run(self._stream_epoch(fd, epoch))
+            finally:
+                os.close(fd)
+            epoch += 1
+            if self._stopped.is_set():
+                return
+            self._make_fifo(epoch)
+
+    def _open_writer(self, epoch: int) -> int | None:
         """Wait for a reader (or stop()); the FIFO opened for blocking writes, or None."""
+        name, folder = self._name(epoch), self.folder_fd
         while not self._stopped.is_set():
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                # Looked at first: opening a device the code made there could act on it.
+                if not stat.S_ISFIFO(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                    return self._replaced(name)
+                writing = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(name, writing, dir_fd=folder)
             except FileNotFoundError:
                 return None  # the host's folder is gone: the host has ended
             except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EISDIR):  # replaced since it was looked at
+                    return self._replaced(name)
                 if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
                     raise
                 self._stopped.wait(READER_POLL_SECONDS)
                 continue
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.close(fd)
+                return self._replaced(name)
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
             return fd
         return None
+
+    def _replaced(self, name: str) -> None:
+        """The code put something else where the FIFO was: nothing is written there, and the
+        channel ends (its reader is the code's own doing)."""
+        assert self.folder_fd is not None
+        what = jobtree.describe(self.folder_fd, name)
+        self.emit(
+            LogLine(
+                self.spec.host_name,
+                _now_ms(),
+                f"openmaker ignored /opt/ml/input/data/{name}: the training program left {what} "
+                "there in place of its FIFO, and openmaker never writes through a job's links; "
+                f"Pipe channel {self.plan.name!r} streams no further epochs",
+            )
+        )
 
     async def _stream_epoch(self, fd: int, epoch: int) -> None:
         records = epoch_records(self.spec, self.plan, epoch)

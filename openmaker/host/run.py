@@ -20,9 +20,9 @@ from openmaker.host.execute import (
     StopControl,
     run_process,
 )
-from openmaker.host.files import read_text_head
 from openmaker.host.images import ImageError, resolve_image
 from openmaker.host.inputs import on_input_failure, start_inputs, stop_inputs
+from openmaker.host.jobtree import hold, read_text_head, tree_of
 from openmaker.host.layout import create_tree
 from openmaker.host.metrics import metric_emitter
 from openmaker.host.sandbox import plan_launch
@@ -49,6 +49,7 @@ class HostResult:
 
 def prepare(spec: HostSpec, emit: Emit) -> None:
     create_tree(spec)
+    hold(spec)  # handles on the tree, taken before the code can change it; let go by the caller
     emit(StatusChanged("Downloading", STATUS_MESSAGES["Downloading"]))
     try:
         install_source(spec)
@@ -98,7 +99,8 @@ def execute(
 
 
 def failure_reason(spec: HostSpec, code: int) -> str:
-    text = read_text_head(spec.ml_dir / "output" / "failure", FAILURE_REASON_LIMIT)
+    # Through the tree's handle: a link the code left there (to a secret, say) is never read.
+    text = read_text_head(tree_of(spec).ml, "output/failure", FAILURE_REASON_LIMIT)
     if text and text.strip():
         return "AlgorithmError: " + text
     return f"AlgorithmError: the training program exited with status {_describe_exit(code)}"

@@ -42,13 +42,20 @@ async def upload_snapshot(path: Path, target: Location, on_bytes: OnBytes) -> Si
     when it changed, vanished or is no regular file (never followed through a link)."""
     try:
         # O_NONBLOCK: a FIFO the code left there must not block the sync.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError:
         if path.is_symlink():
             return None
         raise
+    return await upload_open(fd, target, on_bytes)
+
+
+@translate_errors
+async def upload_open(fd: int, target: Location, on_bytes: OnBytes) -> Signature | None:
+    """upload_snapshot() of a file already opened (and closed here): None when it is no regular
+    file or changed while read."""
     with os.fdopen(fd, "rb", buffering=0) as source:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):

@@ -27,6 +27,7 @@ from openmaker.host.checkpoints import save_checkpoints
 from openmaker.host.disk import disk_full_reason
 from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
 from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
+from openmaker.host.jobtree import let_go
 from openmaker.host.limits import oom_killed, release
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
 from openmaker.host.spec import HostResources, HostSpec
@@ -131,6 +132,7 @@ def run_job(
         job_access.revoke_job(settings.home, job_name)  # its code's key dies with it
         for spec in specs:
             release(spec)
+            let_go(spec)
             detach_volume(spec)
         _remove_host_folders(settings, job_name)
         recorder.update(mine.only(end))
@@ -226,15 +228,7 @@ def _run(
     try:
         for spec in specs:
             save_checkpoints(spec, emit)
-        artifacts = upload_artifacts(
-            request,
-            [s.ml_dir / "model" for s in specs],
-            [s.ml_dir / "output" / "data" for s in specs],
-            staging,
-            settings,
-            specs[0].store_env,
-            emit,
-        )
+        artifacts = upload_artifacts(specs, staging, emit)
     except (OSError, StoreError, ValueError) as exc:
         # A local OSError is the job's volume (the archives are built there), not the store's.
         volume = specs[0].work_dir

@@ -1,0 +1,261 @@
+"""openmaker never follows the job's links: real jobs in the bwrap sandbox plant links in their
+/opt/ml tree (and swap them in while openmaker works there) toward host files and folders;
+nothing of the host is written, packed, uploaded or read into the job's results."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openmaker.config import load_settings
+from openmaker.host.sandbox import sandbox_unavailable_reason
+from openmaker.store import list_prefix, resolve
+from tests.helpers import get_object, log_text, put_objects, run_script
+from tests.s3server import S3Server
+
+pytestmark = pytest.mark.skipif(
+    sandbox_unavailable_reason() is not None, reason="needs the bwrap sandbox"
+)
+
+SECRET = b"host secret: never in a job's results\n"
+DATA = {f"data/part-{i}.bin": bytes([65 + i]) * 3000 for i in range(4)}
+
+
+@pytest.fixture
+def host_dir(tmp_path: Path) -> Path:
+    """A folder of the machine, out of the job's sight, holding a secret."""
+    folder = tmp_path / "host"
+    folder.mkdir()
+    (folder / "secret.txt").write_bytes(SECRET)
+    return folder
+
+
+@pytest.fixture
+def bucket(home: Path, s3_env: S3Server) -> str:
+    s3_env.make_bucket("links")
+    put_objects({f"s3://links/{key}": data for key, data in DATA.items()})
+    return "s3://links"
+
+
+def python(body: str) -> str:
+    return f"#!{sys.executable}\nimport os, time\n{body}"
+
+
+def pipe(body: dict[str, Any]) -> None:
+    body["AlgorithmSpecification"]["TrainingInputMode"] = "Pipe"
+
+
+def wait_for_path(path: str) -> str:
+    """Job code: wait (up to 10 s) until `path` exists (the streamer makes FIFOs as epochs go)."""
+    return (
+        "deadline = time.monotonic() + 10\n"
+        f"while not os.path.lexists({path!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.005)\n"
+    )
+
+
+def test_a_fifo_swapped_for_a_link_before_the_streamer_opens_it_is_never_written(
+    tmp_path: Path, bucket: str, host_dir: Path
+) -> None:
+    victim = host_dir / "secret.txt"
+    # The streamer polls `train_0` for a reader; the swap lands between two polls.
+    script = python(
+        f"os.unlink('/opt/ml/input/data/train_0')\n"
+        f"os.symlink({str(victim)!r}, '/opt/ml/input/data/train_0')\n"
+        "time.sleep(1)\n"
+    )
+    jobs, description = run_script(
+        tmp_path, "fifo0-link", script, f"{bucket}/out", {"train": f"{bucket}/data"}, edit=pipe
+    )
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert victim.read_bytes() == SECRET
+    assert "openmaker ignored /opt/ml/input/data/train_0" in log_text(jobs, "fifo0-link")
+
+
+def test_the_next_epochs_fifo_swapped_for_a_link_while_the_streamer_waits_is_never_written(
+    tmp_path: Path, bucket: str, host_dir: Path
+) -> None:
+    victim = host_dir / "secret.txt"
+    script = python(
+        "with open('/opt/ml/input/data/train_0', 'rb') as fifo:\n"
+        "    epoch0 = fifo.read()\n"
+        + wait_for_path("/opt/ml/input/data/train_1")
+        + "os.unlink('/opt/ml/input/data/train_1')\n"
+        f"os.symlink({str(victim)!r}, '/opt/ml/input/data/train_1')\n"
+        "open('/opt/ml/model/epoch0', 'wb').write(epoch0)\n"
+        "time.sleep(1)\n"
+    )
+    jobs, description = run_script(
+        tmp_path, "fifo1-link", script, f"{bucket}/out", {"train": f"{bucket}/data"}, edit=pipe
+    )
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert victim.read_bytes() == SECRET
+    assert model_members(description)["epoch0"] == b"".join(DATA[k] for k in sorted(DATA))
+    assert "openmaker ignored /opt/ml/input/data/train_1" in log_text(jobs, "fifo1-link")
+
+
+def test_the_data_folder_swapped_for_a_link_while_epoch_0_is_open_gets_no_fifo(
+    tmp_path: Path, bucket: str, host_dir: Path
+) -> None:
+    (host_dir / "train_1").write_bytes(SECRET)
+    script = python(
+        "fifo = open('/opt/ml/input/data/train_0', 'rb')\n"
+        "os.rename('/opt/ml/input/data', '/opt/ml/input/data.moved')\n"
+        f"os.symlink({str(host_dir)!r}, '/opt/ml/input/data')\n"
+        "fifo.read()\nfifo.close()\n"
+        # The streamer makes the next epoch's FIFO in the folder it made, moved or not.
+        + wait_for_path("/opt/ml/input/data.moved/train_1")
+        + "time.sleep(0.5)\n"
+    )
+    _, description = run_script(
+        tmp_path, "data-link", script, f"{bucket}/out", {"train": f"{bucket}/data"}, edit=pipe
+    )
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert sorted(p.name for p in host_dir.iterdir()) == ["secret.txt", "train_1"]
+    assert (host_dir / "train_1").is_file()  # not a FIFO made over it (reading one would block)
+    assert (host_dir / "train_1").read_bytes() == SECRET
+
+
+@pytest.mark.parametrize("compression", ["GZIP", "NONE"])
+def test_model_output_and_checkpoint_folders_swapped_for_links_are_taken_as_empty(
+    tmp_path: Path, bucket: str, host_dir: Path, compression: str
+) -> None:
+    name = f"folders-{compression.lower()}"
+    links = ["/opt/ml/model", "/opt/ml/output/data", "/opt/ml/checkpoints"]
+    script = python(
+        "import shutil\n"
+        "open('/opt/ml/model/mine.txt', 'w').write('moved away')\n"
+        "open('/opt/ml/checkpoints/early.txt', 'w').write('early')\n"
+        "time.sleep(1.5)\n"  # the sync uploads early.txt, then sees its folder go
+        "os.rename('/opt/ml/model', '/opt/ml/model.moved')\n"
+        f"for folder in {links[1:]!r}:\n"
+        "    shutil.rmtree(folder)\n"
+        f"for folder in {links!r}:\n"
+        f"    os.symlink({str(host_dir)!r}, folder)\n"
+        "time.sleep(1)\n"
+    )
+
+    def edit(body: dict[str, Any]) -> None:
+        body["OutputDataConfig"]["CompressionType"] = compression
+        body["CheckpointConfig"] = {"S3Uri": f"{bucket}/ckpt/{name}"}
+
+    jobs, description = run_script(tmp_path, name, script, f"{bucket}/out", edit=edit)
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    out = f"{bucket}/out/{name}/output"
+    if compression == "GZIP":
+        assert members(get_object(f"{out}/model.tar.gz")) == {}
+    else:
+        assert objects_under(f"{out}/model/") == {}
+    assert members(get_object(f"{out}/output.tar.gz")) == {}
+    # early.txt went up while it was there, and went away with its folder.
+    assert objects_under(f"{bucket}/ckpt/{name}/") == {}
+    log = log_text(jobs, name)
+    for folder in links:
+        assert f"openmaker ignored {folder}: the training program left a symbolic link to" in log
+
+
+def test_a_checkpoint_subfolder_swapped_for_a_link_after_a_close_uploads_nothing_of_the_host(
+    tmp_path: Path, bucket: str, host_dir: Path
+) -> None:
+    # The sync uploads a closed file some 50 ms later; by then its folder is a link to a host
+    # folder holding a file of the same name. The code reads its prefix back as it goes: what
+    # it could have taken away is in its model.
+    script = python(
+        "import boto3\n"
+        "s3, seen = boto3.client('s3'), b''\n"
+        "for attempt in range(5):\n"
+        "    sub = f'/opt/ml/checkpoints/sub{attempt}'\n"
+        "    os.mkdir(sub)\n"
+        "    time.sleep(0.3)\n"  # watched by now: the close below is seen
+        "    open(f'{sub}/secret.txt', 'w').write('mine')\n"
+        "    os.rename(sub, sub + '.moved')\n"
+        f"    os.symlink({str(host_dir)!r}, sub)\n"
+        "    time.sleep(0.3)\n"
+        "    listing = s3.list_objects_v2(Bucket='links', Prefix='ckpt/sub-link/')\n"
+        "    for found in listing.get('Contents', []):\n"
+        "        seen += s3.get_object(Bucket='links', Key=found['Key'])['Body'].read()\n"
+        "open('/opt/ml/model/seen', 'wb').write(seen)\n"
+    )
+
+    def edit(body: dict[str, Any]) -> None:
+        body["CheckpointConfig"] = {"S3Uri": f"{bucket}/ckpt/sub-link"}
+
+    _, description = run_script(tmp_path, "sub-link", script, f"{bucket}/out", edit=edit)
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert SECRET not in model_members(description)["seen"]
+    uploaded = objects_under(f"{bucket}/ckpt/sub-link/")
+    assert uploaded == {f"sub{i}.moved/secret.txt": b"mine" for i in range(5)}
+
+
+def test_the_failure_file_behind_a_linked_output_folder_is_never_read(
+    tmp_path: Path, home: Path, host_dir: Path
+) -> None:
+    (host_dir / "failure").write_bytes(SECRET)
+    script = python(
+        "open('/opt/ml/model/real.txt', 'w').write('mine')\n"
+        f"os.symlink({str(host_dir / 'secret.txt')!r}, '/opt/ml/model/file-link')\n"
+        f"os.symlink({str(host_dir)!r}, '/opt/ml/model/folder-link')\n"
+        "os.rename('/opt/ml/output', '/opt/ml/output.moved')\n"
+        f"os.symlink({str(host_dir)!r}, '/opt/ml/output')\n"
+        "raise SystemExit(3)\n"
+    )
+    jobs, description = run_script(tmp_path, "failure-link", script)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert description["FailureReason"] == (
+        "AlgorithmError: the training program exited with status 3"
+    )
+    # Links inside the model folder are stored as links, as tar stores them; never followed.
+    archive = get_object(description["ModelArtifacts"]["S3ModelArtifacts"])
+    assert SECRET not in archive and SECRET not in gzip.decompress(archive)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        kinds = {m.name: (m.type, m.linkname) for m in tar.getmembers()}
+    assert kinds == {
+        "real.txt": (tarfile.REGTYPE, ""),
+        "file-link": (tarfile.SYMTYPE, str(host_dir / "secret.txt")),
+        "folder-link": (tarfile.SYMTYPE, str(host_dir)),
+    }
+    assert "openmaker ignored /opt/ml/output/data" in log_text(jobs, "failure-link")
+    # Cleanup removed the job's links, not what they name.
+    assert (host_dir / "secret.txt").read_bytes() == SECRET
+
+
+def members(archive: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def model_members(description: dict[str, Any]) -> dict[str, bytes]:
+    return members(get_object(description["ModelArtifacts"]["S3ModelArtifacts"]))
+
+
+def objects_under(prefix: str) -> dict[str, bytes]:
+    """Every object below an s3:// prefix, by key relative to it."""
+    location = resolve(prefix, load_settings())
+    found = asyncio.run(list_prefix(location))
+    return {
+        o.key[len(location.key) :]: get_object(f"{prefix}{o.key[len(location.key) :]}")
+        for o in found
+    }
+
+
+def test_a_checkpoint_local_path_climbing_out_of_opt_ml_fails_before_anything_is_written(
+    tmp_path: Path, bucket: str
+) -> None:
+    put_objects({f"{bucket}/ckpt/climb/planted.txt": b"planted by the job's author"})
+    escape = tmp_path / "escape"
+    local = "/opt/ml/" + "../" * 12 + str(escape).lstrip("/")
+
+    def edit(body: dict[str, Any]) -> None:
+        body["CheckpointConfig"] = {"S3Uri": f"{bucket}/ckpt/climb", "LocalPath": local}
+
+    _, description = run_script(tmp_path, "climb", "#!/bin/sh\n", f"{bucket}/out", edit=edit)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert "LocalPath" in description["FailureReason"]
+    assert not escape.exists()
