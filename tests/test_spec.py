@@ -243,6 +243,18 @@ INVALID: dict[str, tuple[Change, str]] = {
         ),
         "at 'InputDataConfig.1.member.DataSource.S3DataSource.S3DataType'",
     ),
+    "checkpoint-local-path-dot-dot": (
+        put("CheckpointConfig", {"S3Uri": "s3://b/ckpt", "LocalPath": "/opt/ml/../../etc/cron.d"}),
+        "at 'CheckpointConfig.LocalPath'",
+    ),
+    "checkpoint-local-path-relative": (
+        put("CheckpointConfig", {"S3Uri": "s3://b/ckpt", "LocalPath": "checkpoints"}),
+        "at 'CheckpointConfig.LocalPath'",
+    ),
+    "checkpoint-local-path-proc": (
+        put("CheckpointConfig", {"S3Uri": "s3://b/ckpt", "LocalPath": "/proc/self"}),
+        "at 'CheckpointConfig.LocalPath'",
+    ),
     "file-system-source": (
         put(
             "InputDataConfig.0.DataSource",

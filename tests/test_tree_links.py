@@ -16,8 +16,10 @@ import pytest
 
 from openmaker.config import load_settings
 from openmaker.host.sandbox import sandbox_unavailable_reason
+from openmaker.jobs.service import TrainingJobs
+from openmaker.spec import ValidationException
 from openmaker.store import list_prefix, resolve
-from tests.helpers import get_object, log_text, put_objects, run_script
+from tests.helpers import get_object, log_text, make_image, put_objects, request, run_script
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.skipif(
@@ -245,17 +247,15 @@ def objects_under(prefix: str) -> dict[str, bytes]:
     }
 
 
-def test_a_checkpoint_local_path_climbing_out_of_opt_ml_fails_before_anything_is_written(
+def test_a_checkpoint_local_path_climbing_out_of_opt_ml_is_refused_before_anything_is_written(
     tmp_path: Path, bucket: str
 ) -> None:
     put_objects({f"{bucket}/ckpt/climb/planted.txt": b"planted by the job's author"})
     escape = tmp_path / "escape"
     local = "/opt/ml/" + "../" * 12 + str(escape).lstrip("/")
-
-    def edit(body: dict[str, Any]) -> None:
-        body["CheckpointConfig"] = {"S3Uri": f"{bucket}/ckpt/climb", "LocalPath": local}
-
-    _, description = run_script(tmp_path, "climb", "#!/bin/sh\n", f"{bucket}/out", edit=edit)
-    assert description["TrainingJobStatus"] == "Failed"
-    assert "LocalPath" in description["FailureReason"]
+    body = request("climb", str(make_image(tmp_path / "image", "#!/bin/sh\n")), f"{bucket}/out")
+    body["CheckpointConfig"] = {"S3Uri": f"{bucket}/ckpt/climb", "LocalPath": local}
+    with pytest.raises(ValidationException) as refused:
+        TrainingJobs().create(body)
+    assert "at 'CheckpointConfig.LocalPath'" in refused.value.message
     assert not escape.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 from openmaker.spec.errors import ValidationException
@@ -39,6 +40,7 @@ def check_create_training_job(
         *_algorithm_problems(request),
         *_resource_problems(request),
         *_channel_problems(request),
+        *_checkpoint_problems(request),
         *location_problems(request, local or LocalPaths.anywhere()),
     ]
     if problems:
@@ -95,6 +97,22 @@ def _resource_problems(request: Mapping[str, Any]) -> Iterator[str]:
             "ResourceConfig.InstanceCount",
             "Member must have value greater than or equal to 1",
         )
+
+
+# Folders the sandbox makes itself: a checkpoint folder bound over one would hide or break it.
+_SANDBOX_FOLDERS = (PurePosixPath("/proc"), PurePosixPath("/sys"), PurePosixPath("/dev"))
+
+
+def _checkpoint_problems(request: Mapping[str, Any]) -> Iterator[str]:
+    local = (request.get("CheckpointConfig") or {}).get("LocalPath")
+    if local is None:
+        return
+    at = "CheckpointConfig.LocalPath"
+    path = PurePosixPath(local)
+    if not path.is_absolute() or any(part in (".", "..") for part in local.split("/")):
+        yield failure(local, at, "Member must be an absolute path without . or .. segments")
+    elif path == PurePosixPath("/") or any(path.is_relative_to(f) for f in _SANDBOX_FOLDERS):
+        yield failure(local, at, "Member must name a folder of its own, not /, /proc, /sys or /dev")
 
 
 def _channel_problems(request: Mapping[str, Any]) -> Iterator[str]:
