@@ -29,7 +29,7 @@ from tests.helpers import (
     wait_for,
     wait_for_log,
 )
-from tests.s3server import RestartableS3Server
+from tests.s3server import RestartableS3Server, served_bytes
 
 BUCKET = "faults"
 MiB = 1024 * 1024
@@ -367,3 +367,26 @@ def test_the_api_says_when_openmakers_own_disk_is_full(tmp_path: Path) -> None:
             sagemaker.create_training_job(**{**body, "TrainingJobName": "after-the-disk-freed"})
     finally:
         subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def test_a_stop_while_downloading_ends_the_download_and_names_no_artifacts(
+    tmp_path: Path, slow_s3: RestartableS3Server
+) -> None:
+    # 48 MiB at 4 MB/s: twelve seconds of downloading, which the stop must cut short.
+    size = 48 * MiB
+    put_objects({f"s3://{BUCKET}/data/stop/x.bin": os.urandom(size)})
+    before = served_bytes(slow_s3.server.root)
+    image = make_image(tmp_path / "image", "#!/bin/sh\necho never\n")
+    jobs = TrainingJobs()
+    channels = {"train": f"s3://{BUCKET}/data/stop"}
+    jobs.create(request("stop-dl", str(image), f"s3://{BUCKET}/out", channels))
+    _wait_for_status(jobs, "stop-dl", "Downloading")
+    jobs.stop("stop-dl")
+    description = wait_for(jobs, "stop-dl", timeout=60)
+    assert description["TrainingJobStatus"] == "Stopped", description
+    assert "never" not in log_text(jobs, "stop-dl")
+    assert "ModelArtifacts" not in description
+    with pytest.raises(FileNotFoundError):
+        get_object(f"s3://{BUCKET}/out/stop-dl/output/model.tar.gz")
+    # The download was given up, not waited for.
+    assert served_bytes(slow_s3.server.root) - before < size // 2

@@ -5,11 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from openmaker.jobs.service import TrainingJobs
-from tests.helpers import get_object, make_image, put_objects, request, wait_for
-from tests.s3server import S3Server
+from tests.helpers import get_object, make_image, request, wait_for
 
 
 def _wait_secondary(jobs: TrainingJobs, name: str, status: str, timeout: float = 60) -> None:
@@ -38,21 +35,3 @@ def test_a_stop_while_the_outputs_upload_ends_stopped(tmp_path: Path, home: Path
     model = description["ModelArtifacts"]["S3ModelArtifacts"]
     assert model.endswith("/stop-uploading/output/model.tar.gz")
     assert len(get_object(model)) > 160 * 1024 * 1024
-
-
-def test_a_stop_while_downloading_names_no_artifacts(
-    tmp_path: Path, home: Path, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    s3_env.make_bucket("stopdl")
-    put_objects({f"s3://stopdl/data/part-{i}": b"x" * (32 * 1024 * 1024) for i in range(8)})
-    image = make_image(tmp_path / "image", "#!/bin/sh\necho never\n")
-    jobs = TrainingJobs()
-    body = request("stop-downloading", str(image), "s3://stopdl/out", {"train": "s3://stopdl/data"})
-    jobs.create(body)
-    _wait_secondary(jobs, "stop-downloading", "Downloading")
-    jobs.stop("stop-downloading")
-    description = wait_for(jobs, "stop-downloading")
-    assert description["TrainingJobStatus"] == "Stopped", description
-    assert "ModelArtifacts" not in description
-    with pytest.raises(FileNotFoundError):
-        get_object("s3://stopdl/out/stop-downloading/output/model.tar.gz")

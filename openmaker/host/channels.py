@@ -7,6 +7,8 @@ instead; host/inputs.py starts and stops those.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from openmaker.host.events import Emit
@@ -16,7 +18,13 @@ from openmaker.host.spec import HostSpec
 from openmaker.store import Download, StoreError, download_all, safe_destination
 from openmaker.store.transfer import OBJECTS_IN_FLIGHT
 
-__all__ = ["ChannelError", "download_channels", "file_channels", "plan_channel"]
+__all__ = [
+    "ChannelError",
+    "DownloadStopped",
+    "download_channels",
+    "file_channels",
+    "plan_channel",
+]
 
 
 async def plan_channel(spec: HostSpec, channel: dict[str, Any]) -> list[Download]:
@@ -38,9 +46,32 @@ def file_channels(spec: HostSpec) -> list[dict[str, Any]]:
     return [c for c in spec.request.get("InputDataConfig") or [] if spec.input_mode(c) == "File"]
 
 
-def download_channels(spec: HostSpec, emit: Emit) -> int:
-    """Download every File channel; returns the number of bytes."""
-    return asyncio.run(_download_channels(spec, emit))
+class DownloadStopped(Exception):
+    """The job was stopped while its channels downloaded; what was fetched stays unused."""
+
+
+# How often a download looks whether the job was stopped.
+STOP_POLL_SECONDS = 0.1
+
+
+def download_channels(
+    spec: HostSpec, emit: Emit, stopped: Callable[[], bool] = lambda: False
+) -> int:
+    """Download every File channel; returns the number of bytes. Raises DownloadStopped as
+    soon as `stopped()` says so: a stop must not wait for gigabytes to arrive."""
+    return asyncio.run(_until_stopped(_download_channels(spec, emit), stopped))
+
+
+async def _until_stopped(work: Coroutine[Any, Any, int], stopped: Callable[[], bool]) -> int:
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await asyncio.wait({task}, timeout=STOP_POLL_SECONDS)
+        if not task.done() and stopped():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise DownloadStopped
+    return task.result()
 
 
 async def _download_channels(spec: HostSpec, emit: Emit) -> int:

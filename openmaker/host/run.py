@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
-from openmaker.host.channels import ChannelError, download_channels
+from openmaker.host.channels import ChannelError, DownloadStopped, download_channels
 from openmaker.host.checkpoint_sync import CheckpointSync
 from openmaker.host.checkpoints import restore_checkpoints
 from openmaker.host.disk import disk_full_reason
@@ -47,15 +47,19 @@ class HostResult:
     failure: str | None
 
 
-def prepare(spec: HostSpec, emit: Emit) -> None:
+def prepare(spec: HostSpec, emit: Emit, stop: StopControl | None = None) -> None:
+    """Make the host's tree and fetch its inputs; returns early (inputs not started) once
+    `stop` is requested, which the caller then sees."""
     create_tree(spec)
     hold(spec)  # handles on the tree, taken before the code can change it; let go by the caller
     emit(StatusChanged("Downloading", STATUS_MESSAGES["Downloading"]))
     try:
         install_source(spec)
         restore_checkpoints(spec, emit)
-        download_channels(spec, emit)
+        download_channels(spec, emit, lambda: stop is not None and stop.requested)
         start_inputs(spec, emit)  # Pipe streamers and FastFile mounts, stopped by execute
+    except DownloadStopped:
+        return
     except (ChannelError, SourceError, StoreError, UnsafeKeyError) as exc:
         full = disk_full_reason(exc, "downloading input data", spec.work_dir)
         raise HostFailed(full or f"ClientError: {exc}") from None

@@ -204,7 +204,7 @@ def _run(
     emit = recorder.emit
     try:
         with ThreadPoolExecutor(len(specs)) as pool:
-            list(pool.map(lambda s: _prepare(s, emit), specs))
+            list(pool.map(lambda s: _prepare(s, emit, stop), specs))
     except HostFailed as exc:
         reason = exc.reason
         claimer.join()
@@ -258,13 +258,18 @@ def _run(
     return finish
 
 
-def _prepare(spec: HostSpec, emit: Emit) -> None:
-    """The host's volume first: everything prepare writes goes on it."""
+def _prepare(spec: HostSpec, emit: Emit, stop: StopControl) -> None:
+    """The host's volume first: everything prepare writes goes on it. A host that cannot be
+    prepared stops the others' downloads: the job fails anyway."""
     try:
         attach_volume(spec)
+        prepare(spec, emit, stop)
     except VolumeError as exc:
+        stop.request("Failed")
         raise HostFailed(exc.reason) from None
-    prepare(spec, emit)
+    except HostFailed:
+        stop.request("Failed")
+        raise
 
 
 def _failures(specs: list[HostSpec], results: list[HostResult]) -> tuple[str | None, str | None]:
