@@ -27,60 +27,39 @@ from pathlib import Path
 import httptools
 
 from openmaker.api.s3_policy import Policy, Refusal, Request, bad_request
+from openmaker.api.s3_pump import Pump
 
 MAX_HEAD_BYTES = 64 * 1024
-# Large buffers: few wake-ups per megabyte.
-HIGH_WATER = 4 * 1024 * 1024
+RECV_SIZE = 256 * 1024
 SOCKET_BUFFER = 4 * 1024 * 1024
 # After a refusal answered before its body arrived: how long to read and drop what still comes
 # (closing at once could lose the answer to a reset).
 LINGER_SECONDS = 2.0
 
 
-class _Side(asyncio.Protocol):
-    """Flow control shared by both sides: when this side's transport is full, the other stops
-    reading."""
+class Relay:
+    """One client connection and its own connection to rclone."""
 
-    transport: asyncio.Transport | None = None
-    peer: _Side | None = None
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
-
-class Upstream(_Side):
-    """rclone's side: its bytes go to the client unchanged."""
-
-    def __init__(self, client: Client) -> None:
-        self.peer = client
-        self.client = client
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        self.client.send(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.client.close()
-
-
-class Client(_Side):
-    """The client's side: requests parsed, checked, then relayed or answered."""
-
-    def __init__(self, policy: Policy, upstream_path: str) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        policy: Policy,
+        client: socket.socket,
+        upstream: socket.socket,
+    ) -> None:
+        self.loop = loop
         self.policy = policy
-        self.upstream_path = upstream_path
-        self.upstream: Upstream | None = None
+        self.client = client
+        self.upstream = upstream
+        self.requests = Pump(loop, client, upstream, self._client_ended, self.close)
+        self.requests.on_drained = self._resume
+        self.responses = Pump(loop, upstream, client, self._upstream_ended, self.close)
         self.parser = httptools.HttpRequestParser(self)
-        self.closing = False
+        self.parsing = False  # the relay reads the client itself (request heads)
+        self.splicing = False  # the requests pump moves a body
+        self.lingering = False  # answered and closing: what the client still sends is dropped
+        self.client_done = False
+        self.closed = False
         self._reset()
 
     def _reset(self) -> None:
@@ -90,75 +69,97 @@ class Client(_Side):
         self.in_body = False
         self.forwarding = False
         self.chunked = False
+        self.body_left = 0
         self.trailers: list[tuple[bytes, bytes]] = []
         self.refused: Refusal | None = None
         self.method = ""
 
+    def start(self) -> None:
+        self.responses.take(None)
+        self._read_client()
+
     # --- the connection ---------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=HIGH_WATER)
-        _tune(transport)
-        transport.pause_reading()  # until rclone's side is there
-        asyncio.get_running_loop().create_task(self._connect())
+    def _read_client(self) -> None:
+        if not self.parsing and not self.closed:
+            self.loop.add_reader(self.client.fileno(), self._client_readable)
+            self.parsing = True
 
-    async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _pause_client(self) -> None:
+        if self.parsing:
+            self.loop.remove_reader(self.client.fileno())
+            self.parsing = False
+
+    def _client_readable(self) -> None:
         try:
-            _, upstream = await loop.create_unix_connection(
-                lambda: Upstream(self), self.upstream_path
-            )
+            data = self.client.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
         except OSError:
             self.close()
             return
-        if self.closing:
-            if upstream.transport is not None:
-                upstream.transport.close()
+        if not data:
+            self._pause_client()
+            self._client_ended()
             return
-        self.upstream = upstream
-        self.peer = upstream
-        assert upstream.transport is not None
-        _tune(upstream.transport)
-        assert self.transport is not None
-        self.transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.lingering:
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._answer(bad_request("This endpoint does not upgrade connections."), close=True)
         except httptools.HttpParserError:
-            if not self.closing:
+            if not self.lingering:
                 self._answer(bad_request("The request is not well-formed HTTP/1.1."), close=True)
+        if self.closed or self.lingering:
+            return
+        if self.forwarding and not self.chunked and self.body_left > 0:
+            # The rest of this body goes by splice; the next request gets a parser of its own.
+            self._pause_client()
+            self.splicing = True
+            self.parser = httptools.HttpRequestParser(self)
+            self.requests.take(self.body_left, self._body_spliced)
+        elif self.requests.busy:
+            self._pause_client()  # rclone is slower than the client: wait for room
 
-    def eof_received(self) -> bool | None:
-        upstream = self.upstream.transport if self.upstream is not None else None
-        if upstream is not None and upstream.can_write_eof():
-            upstream.write_eof()  # rclone still answers what it has been asked
-            return True
-        return None
+    def _body_spliced(self) -> None:
+        self.splicing = False
+        self._reset()
+        self._resume()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.close()
+    def _resume(self) -> None:
+        if self.client_done:
+            self._client_ended()
+        elif not self.splicing and not self.requests.busy:
+            self._read_client()
 
-    def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+    def _client_ended(self) -> None:
+        """The client sends no more: rclone is told once it has everything sent before."""
+        self.client_done = True
+        if self.lingering:
+            self.close()
+        elif not self.requests.busy and not self.requests.in_pipe:
+            with contextlib.suppress(OSError):
+                self.upstream.shutdown(socket.SHUT_WR)
+
+    def _upstream_ended(self) -> None:
+        if not self.lingering:
+            self.close()
+            return
+        with contextlib.suppress(OSError):
+            self.client.shutdown(socket.SHUT_WR)
+        self._read_client()  # and drop, until the client closes or time is up
+        self.loop.call_later(LINGER_SECONDS, self.close)
 
     def close(self) -> None:
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()  # after what is buffered has gone out
-
-    def _forward(self, data: bytes) -> None:
-        assert self.upstream is not None and self.upstream.transport is not None
-        self.upstream.transport.write(data)
+        if self.closed:
+            return
+        self._pause_client()
+        self.closed = True
+        self.requests.close()
+        self.responses.close()
+        self.client.close()
+        self.upstream.close()
 
     # --- httptools' callbacks ---------------------------------------------------------------
 
@@ -182,6 +183,7 @@ class Client(_Side):
         names = [name.lower() for name, _ in self.headers]
         transfer = [v.strip().lower() for n, v in self.headers if n.lower() == b"transfer-encoding"]
         self.chunked = bool(transfer)
+        self.body_left = self._content_length()
         if transfer and (transfer != [b"chunked"] or b"content-length" in names):
             self.refused = bad_request("Transfer-Encoding must be `chunked` alone.")
         elif names.count(b"content-length") > 1:
@@ -190,42 +192,41 @@ class Client(_Side):
             request = Request(
                 self.method,
                 self.url.decode("utf-8", "surrogateescape"),
-                [
-                    (n.decode("latin-1").lower(), v.decode("utf-8", "surrogateescape"))
-                    for n, v in self.headers
-                ],  # fmt: skip,
-            )
+                [(n.decode("latin-1").lower(), v.decode("utf-8", "surrogateescape"))
+                 for n, v in self.headers],
+            )  # fmt: skip
             self.refused = self.policy.refusal(request)
         if self.refused is None:
             self.forwarding = True
-            self._forward(self._head())
+            self.requests.feed(self._head())
             return
         expects = any(n.lower() == b"expect" for n, _ in self.headers)
-        if expects and (self.chunked or self._content_length() > 0):
+        if expects and (self.chunked or self.body_left > 0):
             # The client waits for a go-ahead that will not come: answer now, then close.
             self._answer(self.refused, close=True)
 
     def on_body(self, body: bytes) -> None:
+        self.body_left -= len(body)
         if not self.forwarding:
             return
         if self.chunked:
-            self._forward(b"%x\r\n%b\r\n" % (len(body), body))
+            self.requests.feed(b"%x\r\n%b\r\n" % (len(body), body))
         else:
-            self._forward(body)
+            self.requests.feed(body)
 
     def on_message_complete(self) -> None:
         if self.forwarding and self.chunked:
             trailers = b"".join(n + b": " + v + b"\r\n" for n, v in self.trailers)
-            self._forward(b"0\r\n" + trailers + b"\r\n")
-        elif self.refused is not None and not self.closing:
+            self.requests.feed(b"0\r\n" + trailers + b"\r\n")
+        elif self.refused is not None and not self.lingering:
             self._answer(self.refused, close=not self.parser.should_keep_alive())
-        self.in_body = False
+        self._reset()
 
     # --- helpers ------------------------------------------------------------------------------
 
     def _head(self) -> bytes:
-        lines = [b"%s %s HTTP/%s" % (self.method.encode(), bytes(self.url),
-                                     self.parser.get_http_version().encode())]  # fmt: skip
+        version = self.parser.get_http_version().encode()
+        lines = [b"%s %s HTTP/%s" % (self.method.encode(), bytes(self.url), version)]
         lines += [name + b": " + value for name, value in self.headers]
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
@@ -242,39 +243,62 @@ class Client(_Side):
             raise httptools.HttpParserError("headers too large")
 
     def _answer(self, refusal: Refusal, close: bool) -> None:
-        assert self.transport is not None
-        self.transport.write(refusal.response(self.method == "HEAD", close))
+        """Answer in order after what rclone has sent; when closing, take nothing more."""
+        self.responses.feed(refusal.response(self.method == "HEAD", close))
         if close:
-            self.closing = True
-            if self.upstream is not None and self.upstream.transport is not None:
-                self.upstream.transport.close()
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
-
-
-def _tune(transport: asyncio.Transport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.lingering = True
+            self.requests.stop()
+            self.responses.finish()
 
 
 async def serve(host: str, port: int, upstream_path: str, home: Path, store: Path) -> None:
     policy = Policy(home, store)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: Client(policy, upstream_path), host, port, reuse_address=True, backlog=1024
-    )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(1024)
+    listener.setblocking(False)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError:
+                return  # out of descriptors, for now: the next accept retries
+            task = loop.create_task(_relay(loop, policy, client, upstream_path))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    loop.add_reader(listener.fileno(), accept)
     stop = asyncio.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set)
-    async with server:
-        await stop.wait()
+    await stop.wait()
+    loop.remove_reader(listener.fileno())
+    listener.close()
+
+
+async def _relay(
+    loop: asyncio.AbstractEventLoop, policy: Policy, client: socket.socket, upstream_path: str
+) -> None:
+    client.setblocking(False)
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    upstream.setblocking(False)
+    with contextlib.suppress(OSError):
+        upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    try:
+        await loop.sock_connect(upstream, upstream_path)
+    except OSError:
+        client.close()
+        upstream.close()
+        return
+    Relay(loop, policy, client, upstream).start()
 
 
 def main() -> None:
