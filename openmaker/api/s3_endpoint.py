@@ -1,12 +1,16 @@
 """The embedded object store served as an S3 endpoint: `rclone serve s3` over
 `$OPENMAKER_HOME/s3`, so that unchanged code uploads and downloads with boto3.
 
+rclone listens on a unix socket in a private folder; the endpoint's address is
+`openmaker.api.s3_front`, which refuses what a job's key may not do and keys no file can hold
+(`openmaker.api.s3_policy`), where rclone would answer `NoSuchBucket` or a 500, and relays the
+rest.
+
 rclone checks each request's SigV4 signature itself, with the secret its auth proxy
 (`openmaker.api.gate_proxy`) gives for the request's access key: the server's key pair sees the
 whole store, a job's key only its own places (see `openmaker.api.job_access`). No secret is on
 a command line: the proxy gets the server's pair in its environment, which only root reads. Its
-folder
-listings are cached for one second only: whatever is written into the folder behind its back (a
+folder listings are cached for one second only: whatever is written into the folder behind its back (a
 job run in a CLI's own process) shows within a second. Not zero: with `--dir-cache-time 0s`
 rclone 1.75 deadlocked under a handful of concurrent uploads (its cache cleanup timers fire
 without end and pile up on a folder's lock).

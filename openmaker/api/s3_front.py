@@ -1,17 +1,19 @@
 """The embedded S3 endpoint's public side: an HTTP/1.1 relay in front of `rclone serve s3`, which
 listens on a unix socket in a folder only openmaker's user enters.
 
-Each request's line and headers are parsed (httptools, llhttp's strict parser) and put to
+Each request's line and headers are parsed (httptools: llhttp's strict parser) and put to
 `openmaker.api.s3_policy`; a refused request is answered here and never reaches rclone. Anything
-else goes on as parsed: the same line and headers, the body as received (re-framed when chunked,
-so that rclone cannot read a request other than the one checked), and rclone's answer comes back
-byte for byte. One rclone connection per client connection keeps keep-alive, `Expect:
-100-continue` and streaming (aws-chunked) uploads as they are; reading stops on either side while
-the other cannot take more.
+else goes on as parsed: the same line and headers, then the body. A body of known length moves
+by `splice(2)` (`openmaker.api.s3_pump`) and so does every byte of rclone's answers, which come
+back unchanged: the relay costs about what the direct connection would. A chunked body is
+re-framed as parsed (rare: S3 wants a length), so rclone never reads a request other than the
+one checked. One rclone connection per client connection keeps keep-alive, `Expect:
+100-continue` and aws-chunked uploads as they are; either side stops being read while the other
+cannot take more.
 
 Run as `python -m openmaker.api.s3_front HOST PORT SOCKET HOME STORE` by
-`openmaker.api.s3_endpoint`: its own process, so that the relay and the API do not share a
-Python interpreter.
+`openmaker.api.s3_endpoint`: a process of its own, so that the relay and the API do not share an
+interpreter. It holds no secret: rclone checks every signature.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import sys
@@ -304,6 +307,9 @@ async def _relay(
 def main() -> None:
     host, port, upstream_path, home, store = sys.argv[1:6]
     os.umask(0o077)
+    # Six descriptors per connection (two sockets, two pipes): as many as the machine allows.
+    _, most = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (most, most))
     asyncio.run(serve(host, int(port), upstream_path, Path(home), Path(store)))
 
 
