@@ -195,6 +195,34 @@ finish()
     assert listed(s3, data, f"out/{name}/late") == []
 
 
+def test_writes_after_the_code_empties_its_output_stay_in_the_store(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """Checkpoint rotation: the code deletes its only object, then writes the next. rclone
+    removes a folder it has emptied; the job's place must not go with it (its next write
+    landed in openmaker's own folder, lost, and revoking the key then failed)."""
+    s3 = api_server.client("s3")
+    bucket, name = unique("rotate"), unique("rotate")
+    s3.create_bucket(Bucket=bucket)
+    code = f"""
+import boto3
+s3 = boto3.client("s3")
+for step in range(3):
+    s3.put_object(Bucket={bucket!r}, Key="checkpoints/{name}/step", Body=str(step).encode())
+    if step < 2:
+        s3.delete_object(Bucket={bucket!r}, Key="checkpoints/{name}/step")
+open("/opt/ml/model/done", "w").write("done")
+"""
+    described = run_job(
+        api_server, tmp_path, code, TrainingJobName=name, output=f"s3://{bucket}/out",
+        CheckpointConfig={"S3Uri": f"s3://{bucket}/checkpoints/{name}"},
+    )  # fmt: skip
+    assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    body = s3.get_object(Bucket=bucket, Key=f"checkpoints/{name}/step")["Body"].read()
+    assert body == b"2"
+    assert not list((api_server.home / "gate" / "views").glob(".OMJ*.d"))  # all revoked
+
+
 def listed(s3: Any, bucket: str, prefix: str = "") -> list[str]:
     try:
         page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
