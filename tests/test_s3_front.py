@@ -65,6 +65,8 @@ attempt("copy out", lambda: s3.copy_object(
     Bucket=data, Key=out + "/stolen", CopySource={{"Bucket": victim, "Key": "model.tar.gz"}}))
 attempt("multipart outside", lambda: s3.create_multipart_upload(Bucket=victim, Key="mpu"))
 attempt("delete bucket", lambda: s3.delete_bucket(Bucket=victim))
+attempt("delete objects", lambda: s3.delete_objects(Bucket=data, Delete={{"Objects": [
+    {{"Key": out + "/mine"}}, {{"Key": "private/secret"}}]}}))
 attempt("create bucket", lambda: s3.create_bucket(Bucket=victim + "-new"))
 # Inside: as through rclone alone.
 big = bytes(range(256)) * (11 * 1024 * 1024 // 256)
@@ -92,6 +94,9 @@ results["sync back"] = cli("sync", f"s3://{{data}}/{{out}}/synced/", "/tmp/back"
 results["synced back"] = sorted(str(p.relative_to("/tmp/back")) for p in
                                 pathlib.Path("/tmp/back").rglob("*.txt"))
 attempt("delete own", lambda: s3.delete_object(Bucket=data, Key=out + "/copied"))
+s3.put_object(Bucket=data, Key=out + "/several/1", Body=b"1")
+attempt("delete own objects", lambda: s3.delete_objects(Bucket=data, Delete={{"Objects": [
+    {{"Key": out + "/several/1"}}, {{"Key": out + "/big"}}]}}))
 finish()
 """
     )
@@ -104,7 +109,7 @@ finish()
     for label in ("get other bucket", "get sibling", "put other bucket", "put file body",
                   "put channel", "put beside output", "delete other bucket", "delete channel",
                   "list other bucket", "list sibling", "copy out", "multipart outside",
-                  "delete bucket", "create bucket"):  # fmt: skip
+                  "delete bucket", "create bucket", "delete objects"):  # fmt: skip
         assert results[label] == "AccessDenied", (label, results[label])
     assert results["head other bucket"] == "403"
     assert results["cp outside"][0] != 0 and "AccessDenied" in results["cp outside"][1]
@@ -120,12 +125,16 @@ finish()
     assert results["ranged"] == "56789"
     assert results["listed"] == ["train/part-0"]
     assert results["copy in"] == "ok" and results["delete own"] == "ok"
+    assert results["delete own objects"] == "ok"
+    assert s3.get_object(Bucket=data, Key="private/secret")["Body"].read() == b"not the job's"
     assert results["sync"][0] == 0, results["sync"]
     assert results["cp"][0] == 0, results["cp"]
     assert results["sync back"][0] == 0, results["sync back"]
     assert results["synced back"] == ["sub/f0.txt", "sub/f1.txt", "sub/f2.txt"]
     synced = s3.list_objects_v2(Bucket=data, Prefix=f"{out}/synced/")["Contents"]
     assert sorted(o["Key"] for o in synced) == [f"{out}/synced/sub/f{n}.txt" for n in range(3)]
+    left = [o["Key"] for o in s3.list_objects_v2(Bucket=data, Prefix=f"{out}/")["Contents"]]
+    assert f"{out}/big" not in left and f"{out}/several/1" not in left
 
 
 def test_keys_no_file_can_hold_are_a_400_and_nothing_is_stored(api_server: ApiServer) -> None:

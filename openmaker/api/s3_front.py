@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httptools
 
-from openmaker.api.s3_policy import Policy, Refusal, Request, bad_request
+from openmaker.api.s3_policy import MAX_HELD_BODY, Hold, Policy, Refusal, Request, bad_request
 from openmaker.api.s3_pump import Pump
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -75,6 +75,8 @@ class Relay:
         self.body_left = 0
         self.trailers: list[tuple[bytes, bytes]] = []
         self.refused: Refusal | None = None
+        self.held: Hold | None = None
+        self.held_body = bytearray()
         self.method = ""
 
     def start(self) -> None:
@@ -198,18 +200,27 @@ class Relay:
                 [(n.decode("latin-1").lower(), v.decode("utf-8", "surrogateescape"))
                  for n, v in self.headers],
             )  # fmt: skip
-            self.refused = self.policy.refusal(request)
+            verdict = self.policy.refusal(request)
+            if isinstance(verdict, Hold):
+                self._hold(verdict)
+                return
+            self.refused = verdict
         if self.refused is None:
             self.forwarding = True
             self.requests.feed(self._head())
             return
-        expects = any(n.lower() == b"expect" for n, _ in self.headers)
-        if expects and (self.chunked or self.body_left > 0):
+        if self._expects() and (self.chunked or self.body_left > 0):
             # The client waits for a go-ahead that will not come: answer now, then close.
             self._answer(self.refused, close=True)
 
     def on_body(self, body: bytes) -> None:
         self.body_left -= len(body)
+        if self.held is not None:
+            self.held_body += body
+            if len(self.held_body) > MAX_HELD_BODY:
+                self.held = None
+                self._answer(bad_request("The request's body is too large."), close=True)
+            return
         if not self.forwarding:
             return
         if self.chunked:
@@ -218,6 +229,10 @@ class Relay:
             self.requests.feed(body)
 
     def on_message_complete(self) -> None:
+        if self.held is not None:
+            self.refused = self.held.decide(bytes(self.held_body))
+            if self.refused is None:
+                self._forward_held()
         if self.forwarding and self.chunked:
             trailers = b"".join(n + b": " + v + b"\r\n" for n, v in self.trailers)
             self.requests.feed(b"0\r\n" + trailers + b"\r\n")
@@ -226,6 +241,27 @@ class Relay:
         self._reset()
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _hold(self, hold: Hold) -> None:
+        """Keep the body until it is all there (a few KiB): its content decides."""
+        if not self.chunked and self.body_left > MAX_HELD_BODY:
+            self.refused = bad_request("The request's body is too large.")
+            if self._expects():
+                self._answer(self.refused, close=True)
+            return
+        self.held = hold
+        if self._expects():
+            self.responses.feed(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _forward_held(self) -> None:
+        self.requests.feed(self._head())
+        body = bytes(self.held_body)
+        if self.chunked:
+            body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+        self.requests.feed(body)
+
+    def _expects(self) -> bool:
+        return any(n.lower() == b"expect" for n, _ in self.headers)
 
     def _head(self) -> bytes:
         version = self.parser.get_http_version().encode()

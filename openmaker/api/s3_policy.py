@@ -18,16 +18,19 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from openmaker.api.job_access import KEY_PREFIX, record_path
 
 MAX_KEY_BYTES = 1024
 MAX_NAME_BYTES = 255  # NAME_MAX: one file or folder name
+MAX_HELD_BODY = 2 * 1024 * 1024  # a DeleteObjects of 1000 keys of 1024 bytes, with its XML
 _V4_CREDENTIAL = re.compile(r"Credential=([^/,\s]*)/")
 _V2_CREDENTIAL = re.compile(r"^AWS ([^:\s]+):")
 
@@ -63,6 +66,13 @@ class Refusal:
         return "\r\n".join(head).encode() + b"\r\n\r\n" + (b"" if head_only else body)
 
 
+@dataclass(frozen=True)
+class Hold:
+    """Decided on the whole body (at most MAX_HELD_BODY bytes): None to forward it."""
+
+    decide: Callable[[bytes], Refusal | None]
+
+
 def bad_request(message: str) -> Refusal:
     return Refusal(400, "InvalidRequest", message, "")
 
@@ -85,8 +95,9 @@ class Policy:
         self.store = store
         self._records: dict[str, tuple[tuple[int, int], list[dict[str, object]]]] = {}
 
-    def refusal(self, request: Request) -> Refusal | None:
-        """None to forward the request unchanged; else what to answer instead."""
+    def refusal(self, request: Request) -> Refusal | Hold | None:
+        """None to forward the request unchanged, a Refusal to answer instead, or a Hold: the
+        decision needs the body."""
         split = urlsplit(request.target)
         path = unquote(split.path, errors="surrogateescape")
         query = parse_qs(split.query, keep_blank_values=True)
@@ -115,7 +126,7 @@ class Policy:
         key: str,
         query: dict[str, list[str]],
         resource: str,
-    ) -> Refusal | None:
+    ) -> Refusal | Hold | None:
         grants = self._grants(key_id)
         if grants is None:
             return Refusal(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does "
@@ -138,14 +149,13 @@ class Policy:
         bucket: str,
         query: dict[str, list[str]],
         denied: Refusal,
-    ) -> Refusal | None:
+    ) -> Refusal | Hold | None:
         mine = [g for g in grants if g["bucket"] == bucket]
         if not mine:
             return denied
         if request.method == "POST" and "delete" in query:
-            # DeleteObjects: the keys are in the body; rclone's view of the key holds only its
-            # places, read-only ones behind a read-only layer.
-            return None if any(g["write"] for g in mine) else denied
+            # DeleteObjects: its keys are in the body, decided once it is there.
+            return Hold(lambda body: _delete_refusal(mine, bucket, body, denied))
         if request.method not in ("GET", "HEAD"):
             return denied  # creating, deleting or configuring a bucket: never a job's
         prefixes = query.get("prefix", [""])
@@ -245,6 +255,19 @@ def _copy_source(source: str) -> tuple[str, str]:
     path = unquote(source.split("?", 1)[0], errors="surrogateescape").removeprefix("/")
     bucket, _, key = path.partition("/")
     return bucket, key
+
+
+def _delete_refusal(
+    grants: list[dict[str, object]], bucket: str, body: bytes, denied: Refusal
+) -> Refusal | None:
+    """A DeleteObjects is the job's only when every key it names is in a writable place."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return Refusal(400, "MalformedXML", "The XML you provided was not well-formed or did "
+                       "not validate against our published schema.", denied.resource)  # fmt: skip
+    keys = [e.text or "" for e in root.iter() if e.tag.rpartition("}")[2] == "Key"]
+    return None if all(_reaches(grants, bucket, key, write=True) for key in keys) else denied
 
 
 def _reaches(grants: list[dict[str, object]], bucket: str, key: str, write: bool) -> bool:
