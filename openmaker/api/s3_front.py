@@ -38,6 +38,7 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 # After a refusal answered before its body arrived: how long to read and drop what still comes
 # (closing at once could lose the answer to a reset).
 LINGER_SECONDS = 2.0
+ACCEPT_PAUSE_SECONDS = 0.1
 
 
 class Relay:
@@ -56,7 +57,11 @@ class Relay:
         self.upstream = upstream
         self.requests = Pump(loop, client, upstream, self._client_ended, self.close)
         self.requests.on_drained = self._resume
-        self.responses = Pump(loop, upstream, client, self._upstream_ended, self.close)
+        try:
+            self.responses = Pump(loop, upstream, client, self._upstream_ended, self.close)
+        except OSError:
+            self.requests.close()
+            raise
         self.parser = httptools.HttpRequestParser(self)
         self.parsing = False  # the relay reads the client itself (request heads)
         self.splicing = False  # the requests pump moves a body
@@ -308,7 +313,10 @@ async def serve(host: str, port: int, upstream_path: str, home: Path, store: Pat
             except BlockingIOError:
                 return
             except OSError:
-                return  # out of descriptors, for now: the next accept retries
+                # Out of descriptors: stop accepting a moment rather than spin on the backlog.
+                loop.remove_reader(listener.fileno())
+                loop.call_later(ACCEPT_PAUSE_SECONDS, loop.add_reader, listener.fileno(), accept)
+                return
             task = loop.create_task(_relay(loop, policy, client, upstream_path))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -337,7 +345,13 @@ async def _relay(
         client.close()
         upstream.close()
         return
-    Relay(loop, policy, client, upstream).start()
+    try:
+        relay = Relay(loop, policy, client, upstream)
+    except OSError:  # out of descriptors for its pipes
+        client.close()
+        upstream.close()
+        return
+    relay.start()
 
 
 def main() -> None:
