@@ -34,6 +34,9 @@ from openmaker.api.s3_pump import Pump
 
 MAX_HEAD_BYTES = 64 * 1024
 RECV_SIZE = 256 * 1024
+# A body with more still to come goes by splice; a small rest is read like the head (switching
+# costs more than copying it).
+SPLICE_FROM = 256 * 1024
 SOCKET_BUFFER = 4 * 1024 * 1024
 # After a refusal answered before its body arrived: how long to read and drop what still comes
 # (closing at once could lose the answer to a reset).
@@ -123,7 +126,7 @@ class Relay:
                 self._answer(bad_request("The request is not well-formed HTTP/1.1."), close=True)
         if self.closed or self.lingering:
             return
-        if self.forwarding and not self.chunked and self.body_left > 0:
+        if self.forwarding and not self.chunked and self.body_left > SPLICE_FROM:
             # The rest of this body goes by splice; the next request gets a parser of its own.
             self._pause_client()
             self.splicing = True

@@ -34,6 +34,7 @@ class Pump:
         self.loop = loop
         self.src = src.fileno()
         self.dst = dst.fileno()
+        self.dst_socket = dst
         self.on_eof = on_eof
         self.on_error = on_error
         self.on_done: Callable[[], None] | None = None
@@ -59,6 +60,18 @@ class Pump:
         self._read_when_room()
 
     def feed(self, data: bytes) -> None:
+        if not self.pending and not self.in_pipe:
+            # Nothing queued: straight to dst, the pipe only for what it cannot take now.
+            try:
+                sent = self.dst_socket.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.on_error()
+                return
+            data = data[sent:]
+            if not data:
+                return
         self.pending += data
         self._fill()
         self._drain()
