@@ -68,22 +68,28 @@ def slow_s3(
         yield server
 
 
-@pytest.fixture
-def small_disk(home: Path) -> Iterator[Path]:
-    """The jobs folder on a 40 MiB filesystem of its own."""
-    jobs = home / "jobs"
-    jobs.mkdir(parents=True)
+@contextmanager
+def _small_filesystem(folder: Path, size: str) -> Iterator[Path]:
+    """`folder` on a tmpfs of `size` of its own (the test is skipped where that cannot be)."""
+    folder.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=40m", "openmaker-test-disk", str(jobs)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "openmaker-test-disk", str(folder)],
         capture_output=True,
         text=True,
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.strip()}")
     try:
-        yield jobs
+        yield folder
     finally:
-        subprocess.run(["umount", "--lazy", str(jobs)], check=False)
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(home: Path) -> Iterator[Path]:
+    """The jobs folder on a 40 MiB filesystem of its own."""
+    with _small_filesystem(home / "jobs", "40m") as jobs:
+        yield jobs
 
 
 def _status(jobs: TrainingJobs, name: str) -> str:
@@ -336,16 +342,7 @@ def test_a_model_too_big_to_pack_fails_clearly_and_uploads_nothing(
 def test_the_api_says_when_openmakers_own_disk_is_full(tmp_path: Path) -> None:
     """Whatever fills the disk that holds the database (not a job: jobs write to their volumes),
     a create is a 503 the client retries, saying why, and reads go on."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "openmaker-test-disk", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.strip()}")
-    try:
+    with _small_filesystem(tmp_path / "disk", "64m") as disk:
         image = make_image(tmp_path / "image", "#!/bin/sh\necho trained\n")
         with running_api_server(disk / "home", OPENMAKER_FILE_ROOTS=str(tmp_path)) as server:
             sagemaker = server.client("sagemaker", config=Config(retries={"max_attempts": 1}))
@@ -365,8 +362,6 @@ def test_the_api_says_when_openmakers_own_disk_is_full(tmp_path: Path) -> None:
             assert sagemaker.list_training_jobs()["ResponseMetadata"]["HTTPStatusCode"] == 200
             filler.unlink()
             sagemaker.create_training_job(**{**body, "TrainingJobName": "after-the-disk-freed"})
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def test_a_stop_while_downloading_ends_the_download_and_names_no_artifacts(
