@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+# Processes and threads per host: room for data loaders and their threads on a large
+# instance, not for a fork bomb.
+DEFAULT_PIDS_LIMIT = 4096
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -26,6 +30,9 @@ class Settings:
     # The most log bytes (with the metric values found in them) one job may store; later output
     # is read and dropped. OPENMAKER_LOG_LIMIT_MB, see README "Logs".
     log_limit_bytes: int = 1024 * 1024 * 1024
+    # The most processes and threads one host may have at once (None: no limit).
+    # OPENMAKER_PIDS_LIMIT, a number or `max`.
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT
 
     @property
     def database_url(self) -> str:
@@ -56,6 +63,7 @@ def load_settings() -> Settings:
         gpus=_number("OPENMAKER_GPUS", int),
         file_roots=_folders("OPENMAKER_FILE_ROOTS"),
         log_limit_bytes=_megabytes("OPENMAKER_LOG_LIMIT_MB", 1024),
+        pids_limit=_limit("OPENMAKER_PIDS_LIMIT", DEFAULT_PIDS_LIMIT),
     )
 
 
@@ -76,6 +84,16 @@ def _choice(name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     return value
+
+
+def _limit(name: str, default: int) -> int | None:
+    """A count of at least 1, or `max` for none."""
+    if os.environ.get(name, "").strip() == "max":
+        return None
+    value = _number(name, int)
+    if value == 0:
+        raise ValueError(f"{name} must be at least 1 (or max), not 0")
+    return default if value is None else value
 
 
 def _megabytes(name: str, default: float) -> int:

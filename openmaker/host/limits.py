@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,10 +30,6 @@ _JOIN_CGROUPS_THEN_EXEC = (
     'set -e; while [ "$1" != "--" ]; do echo $$ > "$1"; shift; done; shift; exec "$@"'
 )
 CGROUP_FOLDER = "openmaker"
-# Processes and threads per host: room for data loaders and their threads on a large
-# instance, not for a fork bomb. OPENMAKER_PIDS_LIMIT changes it ("max": no limit).
-DEFAULT_PIDS_LIMIT = 4096
-PIDS_SETTING = "OPENMAKER_PIDS_LIMIT"
 _CONTROLLERS = ("memory", "pids")
 
 
@@ -61,7 +56,7 @@ def confine(spec: HostSpec) -> Confinement:
             procs.append(str(cgroup / "cgroup.procs"))
             memory_note = f"{resources.memory / 1024**3:.3g} GiB memory"
     pids_note = ""
-    if (pids := pids_limit()) is not None:
+    if (pids := spec.settings.pids_limit) is not None:
         cgroup = _make_cgroup(spec, "pids", {"pids.max": str(pids)})
         if cgroup is None:
             pids_note = "no limit on processes (no writable pids cgroup)"
@@ -84,22 +79,6 @@ def confine(spec: HostSpec) -> Confinement:
     env = {"CUDA_VISIBLE_DEVICES": ",".join(resources.gpus)}
     notes.append(f"GPUs {','.join(resources.gpus)}" if resources.gpus else "no GPU")
     return Confinement(prefix, env, ", ".join(notes))
-
-
-def pids_limit() -> int | None:
-    """The most processes and threads a host may have at once; None: no limit."""
-    text = os.environ.get(PIDS_SETTING, "").strip()
-    if not text:
-        return DEFAULT_PIDS_LIMIT
-    if text == "max":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{PIDS_SETTING} must be a number or max, not {text!r}") from None
-    if value < 1:
-        raise ValueError(f"{PIDS_SETTING} must be at least 1, not {text!r}")
-    return value
 
 
 def oom_killed(spec: HostSpec) -> bool:
