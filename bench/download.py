@@ -69,6 +69,10 @@ class PeerComparison:
     def ratio(self) -> float:
         return self.s5cmd.median / self.openmaker.median
 
+    def summary(self) -> str:
+        """One line: both timings, the ratio and whether it met its target."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class DownloadResult(PeerComparison):

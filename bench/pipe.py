@@ -4,6 +4,7 @@ the same objects into /dev/null."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def measure(
         for tool in order:
             if tool == "openmaker":
                 work = folder / f"run-{index}"
-                count, taken = timed(lambda w=work: openmaker_pipe(uri, w, store_env))  # type: ignore[misc]
+                count, taken = timed(functools.partial(openmaker_pipe, uri, work, store_env))
                 if count != data.total:
                     raise RuntimeError(f"the FIFO gave {count} bytes, expected {data.total}")
             else:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -57,10 +58,13 @@ class RemoteJobs:
         """Transfer figures are not part of the SageMaker API: a remote job shows none."""
         return None
 
-    def log_events(self, name: str, after_id: int = 0, limit: int = 1000) -> list[LogRecord]:
+    # After `list` above, `builtins.list` names the type.
+    def log_events(
+        self, name: str, after_id: int = 0, limit: int = 1000
+    ) -> builtins.list[LogRecord]:
         """The job's log lines this object has not returned yet (`after_id` is not needed:
         each stream's position is kept here, as the sagemaker SDK keeps it)."""
-        records: list[LogRecord] = []
+        records: builtins.list[LogRecord] = []
         for stream in self._streams(name):
             arguments: dict[str, Any] = {
                 "logGroupName": LOG_GROUP,
@@ -83,7 +87,7 @@ class RemoteJobs:
         while batch := self.log_events(name):
             yield from batch
 
-    def _streams(self, name: str) -> list[str]:
+    def _streams(self, name: str) -> builtins.list[str]:
         pages = self.logs.get_paginator("describe_log_streams").paginate(
             logGroupName=LOG_GROUP, logStreamNamePrefix=f"{name}/"
         )

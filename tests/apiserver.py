@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from unittest import mock
 
 import boto3
@@ -32,8 +32,8 @@ class ApiServer:
     env: dict[str, str]  # what `openmaker env` prints, as a mapping
     process: subprocess.Popen[bytes]
 
-    def client(self, service: str, **overrides: Any) -> Any:
-        settings = {
+    def client(self, service: Literal["sagemaker", "logs", "s3"], **overrides: Any) -> Any:
+        settings: dict[str, Any] = {
             "region_name": self.env["AWS_REGION"],
             "aws_access_key_id": self.env["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": self.env["AWS_SECRET_ACCESS_KEY"],

@@ -104,7 +104,7 @@ def test_a_job_through_boto3_from_create_to_logs_and_metrics(
     # Read back line by line, two at a time, the way a poller follows a stream.
     lines, token = [], None
     while True:
-        extra = {"nextToken": token} if token else {}
+        extra: dict[str, str] = {"nextToken": token} if token else {}
         page = logs.get_log_events(
             logGroupName=LOG_GROUP,
             logStreamName=stream["logStreamName"],

@@ -421,6 +421,7 @@ def test_malformed_requests_are_4xx_naming_the_problem(
 def send_partly(server: ApiServer, headers: dict[str, str], chunks: list[bytes]) -> Any:
     """Send the headers and `chunks`, then read the answer without sending the rest."""
     address = urlsplit(url_of(server))
+    assert address.hostname is not None
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
     try:
         connection.putrequest("POST", "/")

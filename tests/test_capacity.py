@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,8 @@ def _needs_memory_cgroup() -> None:
 
 
 def test_catalog_holds_real_instance_types_with_their_published_sizes() -> None:
-    known = set(shape("TrainingInstanceType").enum) | set(
-        shape("ProductionVariantInstanceType").enum
+    known = set(shape("TrainingInstanceType").metadata["enum"]) | set(
+        shape("ProductionVariantInstanceType").metadata["enum"]
     )
     catalog = capacity.catalog()
     assert len(catalog) > 100
@@ -271,7 +272,7 @@ def test_a_host_over_its_memory_limit_fails_as_the_codes_own_error(
     _needs_memory_cgroup()
     monkeypatch.setenv("OPENMAKER_MEMORY_GIB", "0.25")
     script = (
-        f"#!{os.sys.executable}\n"  # type: ignore[attr-defined]
+        f"#!{sys.executable}\n"
         "import time\nblocks = []\n"
         "while True:\n    blocks.append(b'x' * (32 << 20))\n    time.sleep(0.01)\n"
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 import obstore
 import pytest
+from obstore.store import S3Store
 
 from openmaker.config import load_settings
 from openmaker.host import recordio
@@ -30,7 +31,7 @@ from openmaker.host.spec import HostSpec
 from openmaker.store import StoreError, resolve, stream
 from openmaker.store.manifest import parse_augmented_manifest
 from openmaker.store.ranged import fetch_part
-from openmaker.store.stream import stream_object
+from openmaker.store.stream import Chunk, stream_object
 from tests.s3server import S3Server
 
 KEYS = [f"data/part-{i:03d}" for i in range(23)]
@@ -191,7 +192,8 @@ def test_a_ranged_part_cut_short_resumes(
 ) -> None:
     proxy, env = flaky
     location = resolve("s3://flaky/blob", load_settings(), env)
-    url = obstore.sign(location.store, "GET", location.key, timedelta(hours=1))  # type: ignore[arg-type]
+    assert isinstance(location.store, S3Store)
+    url = obstore.sign(location.store, "GET", location.key, timedelta(hours=1))
     target = tmp_path / "blob"
     fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -227,7 +229,7 @@ def test_a_large_object_streams_in_parallel_parts_that_resume(
     proxy.keep = 100_000  # inside a part
     location = resolve("s3://flaky/blob", load_settings(), env)
 
-    async def read() -> list[bytes]:
+    async def read() -> list[Chunk]:
         return [c async for c in stream_object(location.store, location.key, len(BLOB))]
 
     parts = asyncio.run(read())

@@ -197,7 +197,9 @@ def test_a_killed_worker_leaves_no_mount_behind(
         time.sleep(0.1)
     assert job_mounts(home), "the channel is not mounted while the code runs"
     with jobs.sessions() as session:
-        pid = session.get(TrainingJob, "ff-killed").worker_pid
+        job = session.get(TrainingJob, "ff-killed")
+        assert job is not None
+        pid = job.worker_pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 20

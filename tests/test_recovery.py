@@ -210,6 +210,7 @@ def _kill_and_restart_the_server(home: Path, body: dict) -> None:
     (home / "server.json").unlink()
     wait_until(lambda: _worker_in(home, "served") is not None, "the worker to take the job")
     first_worker = _worker_in(home, "served")
+    assert first_worker is not None
     assert job_processes("served"), "the job's worker and code outlive the server"
 
     with running_api_server(home) as server:

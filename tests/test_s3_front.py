@@ -13,6 +13,7 @@ import http.client
 import json
 import socket
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -169,7 +170,7 @@ def test_keys_no_file_can_hold_are_a_400_and_nothing_is_stored(api_server: ApiSe
     )
 
 
-def _error(s3: Any, bucket: str, key: str) -> dict[str, str]:
+def _error(s3: Any, bucket: str, key: str) -> Mapping[str, Any]:
     with pytest.raises(ClientError) as caught:
         s3.put_object(Bucket=bucket, Key=key, Body=b"data")
     return caught.value.response["Error"]

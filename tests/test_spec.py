@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from botocore.model import Shape
+from botocore.model import ListShape, MapShape, Shape, StructureShape
 
 from openmaker.spec import (
     ValidationException,
@@ -336,6 +336,16 @@ def test_channel_input_mode_overrides_the_job_mode() -> None:
         check_create_training_job(changed(file_channel_in_pipe_job))
 
 
+def test_a_request_without_an_input_mode_is_told_only_that() -> None:
+    gzip_without_mode = both(
+        drop("AlgorithmSpecification"), put("InputDataConfig.0.CompressionType", "Gzip")
+    )
+    with pytest.raises(ValidationException) as caught:
+        check_create_training_job(changed(gzip_without_mode))
+    assert "Value null at 'AlgorithmSpecification'" in caught.value.message
+    assert "None" not in caught.value.message
+
+
 def test_fastfile_with_s3_prefix_passes() -> None:
     check_create_training_job(changed(put("InputDataConfig.0.InputMode", "FastFile")))
     with pytest.raises(ValidationException, match="S3DataType"):
@@ -427,17 +437,19 @@ def _reachable_patterns(root: Shape) -> dict[str, str]:
         seen.add(current.name)
         if "pattern" in current.metadata:
             found[current.name] = current.metadata["pattern"]
-        if current.type_name == "structure":
+        if isinstance(current, StructureShape):
             stack.extend(current.members.values())
-        elif current.type_name == "list":
+        elif isinstance(current, ListShape):
             stack.append(current.member)
-        elif current.type_name == "map":
+        elif isinstance(current, MapShape):
             stack.extend((current.key, current.value))
     return found
 
 
 def test_every_pattern_of_create_training_job_compiles() -> None:
-    patterns = _reachable_patterns(operation_model("CreateTrainingJob").input_shape)
+    root = operation_model("CreateTrainingJob").input_shape
+    assert root is not None
+    patterns = _reachable_patterns(root)
     assert len(patterns) > 30
     # Some of these use Java-only syntax (\p{L}, \p{Alnum}): they must be translated, not skipped.
     assert any("\\p{" in pattern for pattern in patterns.values())
@@ -511,7 +523,9 @@ def test_unique_name_keeps_the_base_and_the_time() -> None:
 def test_training_job_arn() -> None:
     arn = training_job_arn("Demo-1", "us-east-1", "123456789012")
     assert arn == "arn:aws:sagemaker:us-east-1:123456789012:training-job/demo-1"
-    arn_shape = operation_model("DescribeTrainingJob").output_shape.members["TrainingJobArn"]
+    output = operation_model("DescribeTrainingJob").output_shape
+    assert output is not None
+    arn_shape = output.members["TrainingJobArn"]
     assert pattern_matches(arn_shape.metadata["pattern"], arn)
     assert resource_arn("endpoint", "My-Ep", "eu-west-1", "000000000000") == (
         "arn:aws:sagemaker:eu-west-1:000000000000:endpoint/my-ep"

@@ -609,7 +609,9 @@ def test_a_worker_killed_from_outside_fails_the_job_and_leaves_no_process(
     jobs.create(request("orphan", str(image), "s3://b/out"))
     _wait_for_log(jobs, "orphan", "ready")
     with jobs.sessions() as session:
-        pid = session.get(TrainingJob, "orphan").worker_pid
+        job = session.get(TrainingJob, "orphan")
+        assert job is not None
+        pid = job.worker_pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     description = wait_for(jobs, "orphan", timeout=30)

@@ -104,6 +104,7 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
 
 def _call(service: Service, operation: str, handler: Handler, body: bytes) -> dict[str, Any]:
     model = operation_model(operation, service.name)
+    assert model.input_shape is not None  # every operation served takes a request
     params = from_wire(model.input_shape, parse_document(body))
     too_big = range_problems(model.input_shape, params)
     if too_big:

@@ -129,7 +129,7 @@ def mint(home: Path, job_name: str, request: dict[str, Any]) -> JobKey:
     grants = grants_for(request, store)
     folder = gate / "views" / f".{key.access_key_id}.d"
     folder.mkdir(mode=0o700)
-    linked = []
+    linked: list[Grant] = []
     for grant in grants:
         target = store / grant.bucket / grant.folder
         if grant.write:

@@ -15,10 +15,11 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.model import Shape
+from botocore.model import ListShape, MapShape, Shape, StructureShape
 
 from openmaker.spec.errors import SerializationError
 from openmaker.spec.validate import failure
@@ -57,7 +58,10 @@ def _check_values(document: dict[str, Any]) -> None:
     while pending:
         container, where, depth = pending.pop()
         is_object = isinstance(container, dict)
-        pairs = container.items() if is_object else enumerate(container, 1)  # type: ignore[union-attr]
+        # A step is a member name (str) in an object, a position (int) in a list.
+        pairs: Iterable[tuple[Any, Any]] = (
+            container.items() if isinstance(container, dict) else enumerate(container, 1)
+        )
         for step, item in pairs:
             if is_object and not _is_unicode(step):
                 raise SerializationError(
@@ -115,26 +119,26 @@ def range_problems(shape: Shape, value: Any, path: str = "") -> list[str]:
     validation's to check."""
     kind = shape.type_name
     prefix = f"{path}." if path else ""
-    if kind == "structure" and isinstance(value, dict):
-        members = shape.members  # type: ignore[attr-defined]
+    if isinstance(shape, StructureShape) and isinstance(value, dict):
+        members = shape.members
         return [
             problem
             for name, item in value.items()
             if name in members
             for problem in range_problems(members[name], item, prefix + name)
         ]
-    if kind == "list" and isinstance(value, list):
-        member = shape.member  # type: ignore[attr-defined]
+    if isinstance(shape, ListShape) and isinstance(value, list):
+        member = shape.member
         return [
             problem
             for index, item in enumerate(value, 1)
             for problem in range_problems(member, item, f"{path}.{index}.member")
         ]
-    if kind == "map" and isinstance(value, dict):
+    if isinstance(shape, MapShape) and isinstance(value, dict):
         return [
             problem
             for key, item in value.items()
-            for problem in range_problems(shape.value, item, f"{path}.{key}")  # type: ignore[attr-defined]
+            for problem in range_problems(shape.value, item, f"{path}.{key}")
         ]
     if not isinstance(value, int) or isinstance(value, bool):
         return []
@@ -154,17 +158,17 @@ def range_problems(shape: Shape, value: Any, path: str = "") -> list[str]:
 
 def to_wire(shape: Shape, value: Any) -> Any:
     kind = shape.type_name
-    if kind == "structure":
-        members = shape.members  # type: ignore[attr-defined]
+    if isinstance(shape, StructureShape):
+        members = shape.members
         return {
             name: to_wire(members[name], item)
             for name, item in value.items()
             if name in members and item is not None
         }
-    if kind == "list":
-        return [to_wire(shape.member, item) for item in value]  # type: ignore[attr-defined]
-    if kind == "map":
-        return {key: to_wire(shape.value, item) for key, item in value.items()}  # type: ignore[attr-defined]
+    if isinstance(shape, ListShape):
+        return [to_wire(shape.member, item) for item in value]
+    if isinstance(shape, MapShape):
+        return {key: to_wire(shape.value, item) for key, item in value.items()}
     if kind == "timestamp" and isinstance(value, datetime):
         stamp = value if value.tzinfo else value.replace(tzinfo=UTC)
         return round(stamp.timestamp(), 3)
@@ -177,16 +181,16 @@ def from_wire(shape: Shape, value: Any) -> Any:
     """Timestamps become datetimes and blobs bytes where they are well formed; anything else
     is left as sent, for validation to report."""
     kind = shape.type_name
-    if kind == "structure" and isinstance(value, dict):
-        members = shape.members  # type: ignore[attr-defined]
+    if isinstance(shape, StructureShape) and isinstance(value, dict):
+        members = shape.members
         return {
             name: from_wire(members[name], item) if name in members else item
             for name, item in value.items()
         }
-    if kind == "list" and isinstance(value, list):
-        return [from_wire(shape.member, item) for item in value]  # type: ignore[attr-defined]
-    if kind == "map" and isinstance(value, dict):
-        return {key: from_wire(shape.value, item) for key, item in value.items()}  # type: ignore[attr-defined]
+    if isinstance(shape, ListShape) and isinstance(value, list):
+        return [from_wire(shape.member, item) for item in value]
+    if isinstance(shape, MapShape) and isinstance(value, dict):
+        return {key: from_wire(shape.value, item) for key, item in value.items()}
     if kind == "timestamp":
         return _timestamp(value)
     if kind == "blob" and isinstance(value, str):

@@ -90,7 +90,7 @@ class Ledger:
             files = {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
         except FileNotFoundError:
             files = {}
-        return cls(path, files)  # type: ignore[arg-type]
+        return cls(path, files)
 
     def save(self) -> None:
         temporary = self.path.with_suffix(".tmp")

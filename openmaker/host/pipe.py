@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from openmaker.host.sources import (
 )
 from openmaker.host.spec import HostSpec
 from openmaker.store import StoreError
-from openmaker.store.stream import CHUNK_SIZE, object_size, stream_object
+from openmaker.store.stream import CHUNK_SIZE, Chunk, object_size, stream_object
 
 # How often the streamer looks for a reader (a FIFO cannot be opened for writing without one).
 READER_POLL_SECONDS = 0.02
@@ -93,10 +93,14 @@ async def plan_pipe(spec: HostSpec, channel: dict[str, Any]) -> PipePlan:
 
 def epoch_records(spec: HostSpec, plan: PipePlan, epoch: int) -> list[Record]:
     """The records of one epoch for this host: objects, or augmented lines' values in order."""
-    mine = for_host(spec, plan.channel, plan.items, epoch)
-    if mine and isinstance(mine[0], list):
-        return [value for line in mine for value in line]  # type: ignore[union-attr]
-    return list(mine)  # type: ignore[arg-type]
+    items: Sequence[ChannelObject | AugmentedLine] = plan.items
+    records: list[Record] = []
+    for item in for_host(spec, plan.channel, items, epoch):
+        if isinstance(item, list):
+            records += item
+        else:
+            records.append(item)
+    return records
 
 
 class PipeStreamer:
@@ -177,21 +181,24 @@ class PipeStreamer:
             try:
                 # Looked at first: opening a device the code made there could act on it.
                 if not stat.S_ISFIFO(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
-                    return self._replaced(name)
+                    self._replaced(name)
+                    return None
                 writing = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
                 fd = os.open(name, writing, dir_fd=folder)
             except FileNotFoundError:
                 return None  # the host's folder is gone: the host has ended
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.EISDIR):  # replaced since it was looked at
-                    return self._replaced(name)
+                    self._replaced(name)
+                    return None
                 if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
                     raise
                 self._stopped.wait(READER_POLL_SECONDS)
                 continue
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
                 os.close(fd)
-                return self._replaced(name)
+                self._replaced(name)
+                return None
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
             return fd
@@ -224,7 +231,7 @@ class PipeStreamer:
         except BrokenPipeError:
             return  # the reader closed this epoch early: on to the next one
 
-    async def _record_bytes(self, record: Record) -> AsyncIterator[bytes]:
+    async def _record_bytes(self, record: Record) -> AsyncIterator[Chunk]:
         """The bytes of one record as they go into the FIFO (decompressed, framed)."""
         if isinstance(record, bytes):
             if self.plan.recordio:
@@ -241,7 +248,7 @@ class PipeStreamer:
         except (zlib.error, recordio.RecordTooLarge) as exc:
             raise ChannelError(f"cannot stream {record.uri}: {exc}") from None
 
-    async def _object_bytes(self, record: ChannelObject) -> AsyncIterator[bytes]:
+    async def _object_bytes(self, record: ChannelObject) -> AsyncIterator[Chunk]:
         size = record.size if record.size >= 0 else await object_size(record.store, record.key)
         chunks = stream_object(record.store, record.key, size)
         if self.plan.gzip:
@@ -261,7 +268,7 @@ class PipeStreamer:
             yield chunk
         yield recordio.padding(size)
 
-    async def _spooled_record(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _spooled_record(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
         self.spool.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=self.spool) as spool:
             async for chunk in chunks:
@@ -274,7 +281,7 @@ class PipeStreamer:
             yield recordio.padding(length)
 
 
-async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _gunzip(chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
     """Decompress a gzip stream of one or more members, at most CHUNK_SIZE bytes at a time
     (a small chunk may inflate to far more)."""
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -294,8 +301,8 @@ async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _ordered(
-    records: list[Record], produce: Callable[[Record], AsyncIterator[bytes]]
-) -> AsyncIterator[bytes]:
+    records: list[Record], produce: Callable[[Record], AsyncIterator[Chunk]]
+) -> AsyncIterator[Chunk]:
     """The bytes of every record in order, with up to RECORDS_AHEAD records fetched at once."""
     done = object()
     slots = asyncio.Semaphore(RECORDS_AHEAD)
@@ -373,7 +380,7 @@ class _Writer:
         self.fd = fd
         self.pending = bytearray()
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         if not self.pending and len(chunk) >= WRITE_SIZE:
             await asyncio.to_thread(_write_all, self.fd, chunk)
             return
@@ -387,7 +394,7 @@ class _Writer:
             await asyncio.to_thread(_write_all, self.fd, data)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: Chunk) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

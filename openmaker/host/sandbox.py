@@ -122,7 +122,7 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
 
     info_read, info_write = os.pipe()
     os.set_inheritable(info_write, True)
-    binds = [("--bind", str(layers[0][0] / "merged"), "/")]
+    binds: list[tuple[str, ...]] = [("--bind", str(layers[0][0] / "merged"), "/")]
     binds += [("--dev", "/dev"), ("--proc", "/proc"), ("--ro-bind", "/sys", "/sys")]
     binds += [_tmp_bind(spec), _shm_mount(spec)]
     binds += [("--tmpfs", str(path)) for path in left_to_cover]

@@ -18,8 +18,8 @@ def shard(
     """
     if not 0 <= index < count:
         raise ValueError(f"host index {index} is not one of {count} hosts")
-    positions = range(len(items))
+    positions: Sequence[int] = range(len(items))
     if key is not None:
-        positions = sorted(positions, key=lambda p: (key(items[p]), p))  # type: ignore[assignment]
+        positions = sorted(positions, key=lambda p: (key(items[p]), p))
     mine = sorted(p for rank, p in enumerate(positions) if rank % count == index)
     return [items[p] for p in mine]

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,7 +261,7 @@ def _size_gb(requested: int, jobs_dir: Path) -> tuple[int, bool]:
 
 
 @contextlib.contextmanager
-def _disk_lock(jobs_dir: Path):  # type: ignore[no-untyped-def]
+def _disk_lock(jobs_dir: Path) -> Iterator[None]:
     fd = os.open(jobs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +31,9 @@ SCAN_STEP = 5_000
 # Tokens name row ids, which SQLite keeps in 64 bits.
 LARGEST_ID = 2**63 - 1
 
+# The columns a query selects, kept through `Window.apply`.
+Columns = TypeVarTuple("Columns")
+
 
 @dataclass(frozen=True)
 class Window:
@@ -39,7 +42,7 @@ class Window:
     start: int | None = None
     end: int | None = None
 
-    def apply(self, query: Select[Any]) -> Select[Any]:
+    def apply(self, query: Select[*Columns]) -> Select[*Columns]:
         if self.start is not None:
             query = query.where(LogEvent.timestamp >= self.start)
         if self.end is not None:

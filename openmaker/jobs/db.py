@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    ColumnDefault,
     DateTime,
     ForeignKey,
     Index,
@@ -167,7 +168,8 @@ def _add_new_columns(engine: Engine) -> None:
     with engine.begin() as connection:
         for table, column in missing:
             kind = column.type.compile(engine.dialect)
-            default = column.default.arg if column.default is not None else None
+            # Sequences and identities are default generators without a value.
+            default = column.default.arg if isinstance(column.default, ColumnDefault) else None
             clause = ""
             if isinstance(default, bool | int | float):
                 clause = f" DEFAULT {int(default) if isinstance(default, bool) else default}"

@@ -30,7 +30,9 @@ _COMPUTED = {
 
 
 def describe(job: TrainingJob) -> dict[str, Any]:
-    output_members = operation_model("DescribeTrainingJob").output_shape.members
+    output = operation_model("DescribeTrainingJob").output_shape
+    assert output is not None  # the model describes the response
+    output_members = output.members
     request = job.request
     result: dict[str, Any] = {
         "TrainingJobName": job.name,

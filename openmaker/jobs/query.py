@@ -41,7 +41,7 @@ class JobQuery:
     limit: int = 10
     token: str | None = None
 
-    def select(self) -> Select[tuple[TrainingJob]]:
+    def select(self) -> Select[TrainingJob]:
         # A summary needs none of the JSON columns (the request, the transitions).
         query = select(TrainingJob).options(
             load_only(

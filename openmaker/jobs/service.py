@@ -5,6 +5,7 @@ This is the one entry point the CLI (in-process) and the API server share.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import dataclasses
@@ -180,14 +181,17 @@ class TrainingJobs:
             query = select(TrainingJob.progress).where(TrainingJob.name == name)
             return session.scalar(query)
 
-    def log_streams(self, name: str) -> list[str]:
+    # After `list` above, `builtins.list` names the type.
+    def log_streams(self, name: str) -> builtins.list[str]:
         with self.sessions() as session:
             query = (
                 select(LogStream.name).where(LogStream.job_name == name).order_by(LogStream.name)
             )
             return list(session.scalars(query))
 
-    def log_events(self, name: str, after_id: int = 0, limit: int = 1000) -> list[LogRecord]:
+    def log_events(
+        self, name: str, after_id: int = 0, limit: int = 1000
+    ) -> builtins.list[LogRecord]:
         """The job's log lines in the order they were written, after the record `after_id`."""
         with self.sessions() as session:
             query = (

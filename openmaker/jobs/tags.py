@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -39,7 +40,8 @@ class Tags:
             result["NextToken"] = rows[limit - 1].key
         return result
 
-    def delete(self, arn: str, keys: list[str]) -> None:
+    # After `list` above, `builtins.list` names the type.
+    def delete(self, arn: str, keys: builtins.list[str]) -> None:
         with self.writers() as session:
             self._check_resource(session, arn)
             session.execute(delete(Tag).where(Tag.resource_arn == arn, Tag.key.in_(keys)))

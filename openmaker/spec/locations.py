@@ -65,6 +65,7 @@ class LocalPaths:
 def location_problems(request: Mapping[str, Any], local: LocalPaths) -> Iterator[str]:
     """Every location member of a CreateTrainingJob request that breaks the rules above."""
     shape = operation_model("CreateTrainingJob").input_shape
+    assert shape is not None  # the model describes the request
     for path, uri in _s3_uri_members(shape, request, ""):
         yield from _uri_problems(uri, path, local)
     image = (request.get("AlgorithmSpecification") or {}).get("TrainingImage")

@@ -132,6 +132,8 @@ def _channel_problems(request: Mapping[str, Any]) -> Iterator[str]:
         yield from _data_source_problems(channel["DataSource"], f"{at}.DataSource")
         # The channel's InputMode overrides the job's TrainingInputMode.
         mode = channel.get("InputMode") or job_mode
+        if mode is None:
+            continue  # no mode at all: the missing TrainingInputMode is the problem to report
         if channel.get("CompressionType") == "Gzip" and mode != "Pipe":
             yield failure(
                 "Gzip",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 from obstore.exceptions import BaseError
 
@@ -23,8 +23,11 @@ def short_message(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def translate_errors(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Raise StoreError for whatever obstore or the local filesystem raises."""
+def translate_errors(
+    function: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Raise StoreError for whatever obstore or the local filesystem raises. The result is a
+    coroutine function still, so that `asyncio.run` takes its calls."""
 
     @functools.wraps(function)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from obstore.store import LocalStore, ObjectStore, S3Store
+
+if TYPE_CHECKING:  # obstore's option types exist in its stubs only
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 from openmaker.config import Settings
 from openmaker.store.errors import StoreError
@@ -151,7 +155,7 @@ def _embedded_bucket(root: Path, bucket: str) -> LocalStore:
 
 @cache
 def _s3_store(endpoint: S3Endpoint, bucket: str, retry_seconds: float) -> S3Store:
-    config: dict[str, object] = {
+    config: S3Config = {
         "endpoint": endpoint.url,
         "region": endpoint.region,
         # S3-compatible servers (rclone, MinIO, Ceph) address buckets by path.
@@ -164,12 +168,15 @@ def _s3_store(endpoint: S3Endpoint, bucket: str, retry_seconds: float) -> S3Stor
             config["session_token"] = endpoint.session_token
     else:
         config["skip_signature"] = True
-    client_options = {"allow_http": endpoint.url.startswith("http://"), "timeout": "300s"}
+    client_options: ClientConfig = {
+        "allow_http": endpoint.url.startswith("http://"),
+        "timeout": "300s",
+    }
     return S3Store(
         bucket,
-        config=config,  # type: ignore[arg-type]
-        client_options=client_options,  # type: ignore[arg-type]
-        retry_config=retry_config(retry_seconds),  # type: ignore[arg-type]
+        config=config,
+        client_options=client_options,
+        retry_config=retry_config(retry_seconds),
     )
 
 
@@ -178,7 +185,7 @@ def retry_seconds() -> float:
     return float(os.environ.get("OPENMAKER_STORE_RETRY_SECONDS", DEFAULT_RETRY_SECONDS))
 
 
-def retry_config(seconds: float) -> dict[str, object]:
+def retry_config(seconds: float) -> RetryConfig:
     """obstore's RetryConfig: exponential backoff with jitter, retried for `seconds`."""
     return {
         # The time limit, not a count, decides when to give up (10 retries would end within

@@ -10,9 +10,9 @@ from urllib.parse import unquote, urlparse
 
 import obstore
 
-from openmaker.store.errors import translate_errors
+from openmaker.store.errors import StoreError, translate_errors
 from openmaker.store.keys import UnsafeKeyError
-from openmaker.store.location import Location, StoreError
+from openmaker.store.location import Location
 
 _DOT_SEGMENTS = frozenset({".", ".."})
 

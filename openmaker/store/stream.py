@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from datetime import timedelta
 
 import obstore
@@ -28,6 +28,10 @@ PART_SIZE = 8 * 1024 * 1024
 PARTS_AHEAD = 4
 _URL_LIFETIME = timedelta(hours=1)
 
+# A large object's parts come as the bytearrays they were read into: copying each into
+# `bytes` would cost a pass over every byte.
+Chunk = bytes | bytearray
+
 
 async def object_size(store: ObjectStore, key: str) -> int:
     try:
@@ -37,7 +41,7 @@ async def object_size(store: ObjectStore, key: str) -> int:
     return int(meta["size"])
 
 
-async def stream_object(store: ObjectStore, key: str, size: int) -> AsyncIterator[bytes]:
+async def stream_object(store: ObjectStore, key: str, size: int) -> AsyncIterator[Chunk]:
     """Every byte of the object `key` (of `size` bytes), in chunks of about CHUNK_SIZE (parts
     of PART_SIZE for a large object on an S3 server)."""
     if isinstance(store, S3Store) and size >= RANGED_MIN_SIZE:
@@ -89,14 +93,14 @@ async def _attempt(store: ObjectStore, key: str, offset: int, size: int) -> Asyn
             yield bytes(chunk)
 
 
-def _ranged_chunks(url: str, start: int, end: int) -> Iterator[bytes]:
+def _ranged_chunks(url: str, start: int, end: int) -> Generator[bytes, None, None]:
     connection, response = open_range(url, start, end)
     return _read_chunks(connection, response)
 
 
 def _read_chunks(
     connection: http.client.HTTPConnection, response: http.client.HTTPResponse
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     try:
         while chunk := response.read(CHUNK_SIZE):
             yield chunk
