@@ -128,8 +128,6 @@ def _start_rclone(
             str(root),
             "--addr",
             f"127.0.0.1:{port}",
-            "--auth-key",
-            f"{key},{secret}",
             "--config",
             "/dev/null",
             "--log-level",
@@ -138,7 +136,12 @@ def _start_rclone(
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+        # The key pair in the environment, as openmaker passes its own: never on a command line.
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+            # A list flag: its value is CSV, so the pair is quoted as one item.
+            "RCLONE_AUTH_KEY": f'"{key},{secret}"',
+        },
     )
 
 
