@@ -9,9 +9,8 @@ store/ranged.py).
 from __future__ import annotations
 
 import asyncio
-import http.client
 from collections import deque
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import obstore
@@ -81,31 +80,17 @@ async def _attempt(store: ObjectStore, key: str, offset: int, size: int) -> Asyn
             yield bytes(chunk)
     elif isinstance(store, S3Store):
         url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
-        parts = await asyncio.to_thread(_ranged_chunks, url, offset, size - 1)
+        connection, response = await asyncio.to_thread(open_range, url, offset, size - 1)
         try:
-            while chunk := await asyncio.to_thread(next, parts, b""):
+            while chunk := await asyncio.to_thread(response.read, CHUNK_SIZE):
                 yield chunk
         finally:
-            parts.close()
+            # Closed however the reading ends, also before its first chunk.
+            connection.close()
     else:
         result = await obstore.get_async(store, key, options={"range": (offset, size)})
         async for chunk in result.stream(min_chunk_size=CHUNK_SIZE):
             yield bytes(chunk)
-
-
-def _ranged_chunks(url: str, start: int, end: int) -> Generator[bytes, None, None]:
-    connection, response = open_range(url, start, end)
-    return _read_chunks(connection, response)
-
-
-def _read_chunks(
-    connection: http.client.HTTPConnection, response: http.client.HTTPResponse
-) -> Generator[bytes, None, None]:
-    try:
-        while chunk := response.read(CHUNK_SIZE):
-            yield chunk
-    finally:
-        connection.close()
 
 
 async def _parallel_parts(store: S3Store, key: str, size: int) -> AsyncIterator[bytearray]:
