@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -400,11 +400,12 @@ finish()
         # The job has ended: its key opens nothing any more, though rclone may still hold its
         # backend (it asks the auth proxy again only after 5 minutes).
         job = s3_as_at(gate, key_id, secret)
-        for call in (
+        calls: list[Callable[[], Any]] = [
             lambda: job.get_object(Bucket=data, Key="train/part-0"),
             lambda: job.put_object(Bucket=data, Key=f"out/{name}/late.txt", Body=b"late"),
             lambda: job.list_objects_v2(Bucket=data, Prefix=f"out/{name}/"),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(ClientError) as refused:
                 call()
             assert refused.value.response["Error"]["Code"] == "InvalidAccessKeyId"
