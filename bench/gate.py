@@ -92,7 +92,9 @@ def run(quick: bool, scratch: Path) -> list[str]:
           "that server reached directly with the user's key", flush=True)  # fmt: skip
     with (
         running_s3_server(scratch / "gate-remote") as remote,
-        running_api_server(scratch / "gate-remote-home", **remote.env()) as server,
+        running_api_server(
+            scratch / "gate-remote-home", **remote.env(), OPENMAKER_S3_GATE="1"
+        ) as server,
     ):
         user_env = {**remote.env(), "AWS_REGION": server.env["AWS_REGION"]}
         remote.make_bucket(BUCKET)

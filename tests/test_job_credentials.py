@@ -330,11 +330,49 @@ def mounted_rclone(home: Path) -> bool:
     )
 
 
+def test_a_server_over_an_s3_server_never_hands_its_own_pair_to_a_job(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """A server whose key pair is also the S3 server's credentials (as `openmaker env` needs for
+    one set of client variables): the job's code gets the S3 server, without the pair."""
+    bucket = unique("ext")
+    s3_server.make_bucket(bucket)
+    with running_api_server(
+        tmp_path / "home", **s3_server.env(),
+        OPENMAKER_ACCESS_KEY_ID=s3_server.access_key,
+        OPENMAKER_SECRET_ACCESS_KEY=s3_server.secret_key,
+    ) as server:  # fmt: skip
+        name = unique("external")
+        code = f"""
+import json, os, boto3
+from botocore.config import Config
+sagemaker = boto3.client("sagemaker", endpoint_url={server.env["AWS_ENDPOINT_URL_SAGEMAKER"]!r},
+                         config=Config(retries={{"max_attempts": 1}}))
+try:
+    sagemaker.describe_training_job(TrainingJobName={name!r})
+    outcome = "ok"
+except Exception as error:
+    outcome = type(error).__name__
+json.dump({{"describe": outcome, "env": {{k: v for k, v in os.environ.items()
+                                         if k.startswith("AWS_")}}}},
+          open("/opt/ml/model/results.json", "w"))
+"""
+        described = run_job(
+            server, tmp_path, code, TrainingJobName=name, output=f"s3://{bucket}/out"
+        )
+        assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+        results = json.loads(model_file(s3_server, described, "results.json"))
+    assert results["describe"] != "ok"
+    assert results["env"]["AWS_ENDPOINT_URL_S3"] == s3_server.url
+    assert s3_server.secret_key not in results["env"].values()
+
+
 @pytest.mark.parametrize("own_pair", [False, True], ids=["server-pair", "s3-pair-as-server"])
 def test_a_server_over_an_s3_server_gives_its_jobs_scoped_keys(
     s3_server: S3Server, tmp_path: Path, own_pair: bool
 ) -> None:
-    """Over the user's own S3 server, the job's code gets the gate and a key of its own, never
+    """Over the user's own S3 server with `OPENMAKER_S3_GATE=1`, the job's code gets the gate
+    and a key of its own, never
     the S3 server's credentials (also when they are the server's key pair, as `openmaker env`
     needs for one set of client variables): it reads its channel and writes its output and
     checkpoints there, and nothing else; its key dies with it."""
@@ -353,7 +391,9 @@ def test_a_server_over_an_s3_server_gives_its_jobs_scoped_keys(
          "OPENMAKER_SECRET_ACCESS_KEY": s3_server.secret_key}
         if own_pair else {}
     )  # fmt: skip
-    with running_api_server(tmp_path / "home", **s3_server.env(), **pair) as server:
+    with running_api_server(
+        tmp_path / "home", **s3_server.env(), **pair, OPENMAKER_S3_GATE="1"
+    ) as server:
         name = unique("external")
         code = (
             ATTEMPTS

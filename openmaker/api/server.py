@@ -25,7 +25,11 @@ from openmaker.config import Settings
 from openmaker.connection import ServerRecord, remove_record, write_record
 from openmaker.jobs.executor import process_lost
 from openmaker.store import s3_endpoint
-from openmaker.store.location import EMBEDDED_ENDPOINT_URL
+from openmaker.store.location import (
+    CODE_WITHOUT_S3_CREDENTIALS,
+    EMBEDDED_ENDPOINT_URL,
+    GATE_OVER_S3_SERVER,
+)
 
 # How often keys whose worker was killed (and could not revoke them) are looked for.
 ORPHAN_KEY_SWEEP_SECONDS = 2.0
@@ -98,12 +102,16 @@ def _store_endpoint(
 ) -> Iterator[str | None]:
     """The S3 gate for the jobs' code; yields the embedded store's endpoint (the gate, which
     also takes the server's key), or None when an S3 server is configured: clients use that
-    server directly, and the gate takes the jobs' keys alone.
+    server directly, and a gate (when asked for) takes the jobs' keys alone.
 
     openmaker's own transfers for the jobs go to the store directly (the embedded store's
     folder, or the S3 server with its credentials), without the gate's cost.
     """
     upstream = s3_endpoint()
+    if upstream is not None and os.environ.get(GATE_OVER_S3_SERVER) != "1":
+        with _s3_server_credentials_to_code(credentials):
+            yield None
+        return
     with (
         embedded_s3(settings, credentials, host, port, upstream) as url,
         _orphan_key_sweeper(settings),
@@ -115,6 +123,20 @@ def _store_endpoint(
             yield url if upstream is None else None
         finally:
             os.environ.pop(EMBEDDED_ENDPOINT_URL, None)
+
+
+@contextlib.contextmanager
+def _s3_server_credentials_to_code(credentials: Credentials) -> Iterator[None]:
+    """Without a gate, the S3 server's credentials reach the jobs' code (README): never when
+    they are the key pair that signs this server's API."""
+    own = os.environ.get("AWS_ACCESS_KEY_ID") == credentials.access_key_id
+    if own:
+        os.environ[CODE_WITHOUT_S3_CREDENTIALS] = "1"
+    try:
+        yield
+    finally:
+        if own:
+            os.environ.pop(CODE_WITHOUT_S3_CREDENTIALS, None)
 
 
 @contextlib.contextmanager
