@@ -43,6 +43,11 @@ from openmaker.tools import find_tool, wait_listening
 
 PR_SET_PDEATHSIG = 1
 DIR_CACHE_TIME = f"{EMBEDDED_ENDPOINT_LISTING_SECONDS}s"
+# Over the user's S3 server nothing writes behind the gate's back but openmaker's checkpoint
+# sync and the user: rclone's own default. rclone 1.75 loses an upload (its temporary object
+# drops out of a listing read again, and its rename into place fails) that outlasts it: one
+# second failed concurrent multipart uploads of 64 MiB.
+REMOTE_DIR_CACHE_TIME = "5m"
 
 
 @contextmanager
@@ -69,7 +74,7 @@ def embedded_s3(
     try:
         with output:
             environment = _proxy_environment(settings, credentials, upstream)
-            processes.append(_start_rclone(environment, socket_path, output))
+            processes.append(_start_rclone(environment, socket_path, output, bool(upstream)))
             _wait_for_socket(processes[0], socket_path, f"rclone serve s3 (see {log})")
             store = "" if upstream else str(settings.embedded_s3_dir)
             processes.append(_start_front(settings, host, port, socket_path, store, output))
@@ -83,7 +88,7 @@ def embedded_s3(
 
 
 def _start_rclone(
-    environment: dict[str, str], socket_path: Path, output: BinaryIO
+    environment: dict[str, str], socket_path: Path, output: BinaryIO, upstream: bool
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
@@ -98,7 +103,7 @@ def _start_rclone(
             "--config",
             "/dev/null",
             "--dir-cache-time",
-            DIR_CACHE_TIME,
+            REMOTE_DIR_CACHE_TIME if upstream else DIR_CACHE_TIME,
             "--log-level",
             "NOTICE",
         ],
