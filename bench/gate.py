@@ -3,7 +3,9 @@ endpoint (the front that checks each request, then rclone with the key's backend
 its places behind rclone's auth proxy, reads behind a read-only `union`) against rclone reached
 directly (`rclone serve s3` over the same store on a TCP port, a plain `--auth-key`, no front)
 and against the server's own key through the front, the same objects, in the same run, with
-`s5cmd` as the client. The ratio (direct time / job's time) must be at least 0.9."""
+`s5cmd` as the client. Then the same over an S3 server of the user's (another `rclone serve s3`):
+the job's key through the gate (whose rclone reaches that server with the user's key) against
+that server reached directly. The ratio (direct time / job's time) must be at least 0.9."""
 
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from bench.download import DataSet, KiB, MiB, make_local, s5cmd
 from bench.stats import Timings, rate, timed
 from openmaker.api import job_access
 from openmaker.api.s3_endpoint import DIR_CACHE_TIME
+from openmaker.store.location import S3Endpoint, s3_endpoint
 from openmaker.tools import find_tool, wait_listening
 from tests.apiserver import ApiServer, running_api_server
-from tests.s3server import free_port
+from tests.s3server import free_port, running_s3_server
 
 TARGET_RATIO = 0.9
 BUCKET = "gate"
@@ -37,8 +40,9 @@ class GateComparison:
     what: str
     data: DataSet
     scoped: Timings
-    unrestricted: Timings
+    unrestricted: Timings | None
     direct: Timings
+    over: str = ""  # "" over the embedded store, else what the S3 server is
 
     @property
     def ratio(self) -> float:
@@ -47,16 +51,18 @@ class GateComparison:
     def lines(self) -> list[str]:
         verdict = "ok" if self.ratio >= TARGET_RATIO else "MISSED"
         total = self.data.total
-        return [
-            f"S3 {self.what} of {self.data.label} through the gate: job's key "
-            f"{rate(total, self.scoped.median)}, rclone direct "
-            f"{rate(total, self.direct.median)}, ratio {self.ratio:.2f} "
-            f"(target >= {TARGET_RATIO}: {verdict}); server's key through the front "
-            f"{rate(total, self.unrestricted.median)}",
-            f"  job's key     {self.scoped.describe()}",
-            f"  rclone direct {self.direct.describe()}",
-            f"  server's key  {self.unrestricted.describe()}",
-        ]
+        where = f" over {self.over}" if self.over else ""
+        first = (
+            f"S3 {self.what} of {self.data.label} through the gate{where}: job's key "
+            f"{rate(total, self.scoped.median)}, direct {rate(total, self.direct.median)}, "
+            f"ratio {self.ratio:.2f} (target >= {TARGET_RATIO}: {verdict})"
+        )
+        lines = [f"  job's key     {self.scoped.describe()}",
+                 f"  direct        {self.direct.describe()}"]  # fmt: skip
+        if self.unrestricted is None:
+            return [first, *lines]
+        first += f"; server's key through the front {rate(total, self.unrestricted.median)}"
+        return [first, *lines, f"  server's key  {self.unrestricted.describe()}"]
 
 
 def run(quick: bool, scratch: Path) -> list[str]:
@@ -78,15 +84,35 @@ def run(quick: bool, scratch: Path) -> list[str]:
             s5cmd(_server_environment(server), "cp", f"{source}/*", destination)
             sources.append(source)
         # Made once its channel's data is there, as a worker makes it when its job starts.
-        job_env = _job_environment(server)
+        job_env = _job_environment(server, server.env["AWS_ENDPOINT_URL_S3"])
+        keys = {"scoped": job_env, "unrestricted": _server_environment(server), "direct": direct}
         for data, source in zip(data_sets, sources, strict=True):
-            lines += _compare(server, job_env, direct, data, source, scratch, runs)
+            lines += _compare(keys, server.home / "s3", data, source, scratch, runs)
+    print("gate: the same over an S3 server of the user's (rclone serve s3), job's key against "
+          "that server reached directly with the user's key", flush=True)  # fmt: skip
+    with (
+        running_s3_server(scratch / "gate-remote") as remote,
+        running_api_server(
+            scratch / "gate-remote-home", **remote.env(), OPENMAKER_S3_GATE="1"
+        ) as server,
+    ):
+        user_env = {**remote.env(), "AWS_REGION": server.env["AWS_REGION"]}
+        remote.make_bucket(BUCKET)
+        for data, source in zip(data_sets, sources, strict=True):
+            s5cmd(user_env, "cp", f"{source}/*", f"s3://{BUCKET}/{data.prefix}")
+        job_env = _job_environment(server, _gate_url(server), s3_endpoint(remote.env()))
+        keys = {"scoped": job_env, "direct": user_env}
+        for data, source in zip(data_sets, sources, strict=True):
+            lines += _compare(keys, remote.root, data, source, scratch, runs, "an S3 server")
     shutil.rmtree(scratch / "gate-source")
     return lines
 
 
-def _job_environment(server: ApiServer) -> dict[str, str]:
-    """A key made as a worker makes one for a job that reads `data/` and writes its output."""
+def _job_environment(
+    server: ApiServer, gate: str, upstream: S3Endpoint | None = None
+) -> dict[str, str]:
+    """A key made as a worker makes one for a job that reads `data/` and writes its output
+    (a key to the user's S3 server `upstream`, if given)."""
     request = {
         "TrainingJobName": JOB,
         "InputDataConfig": [
@@ -97,9 +123,9 @@ def _job_environment(server: ApiServer) -> dict[str, str]:
         ],
         "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/out"},
     }
-    key = job_access.mint(server.home, JOB, request)
+    key = job_access.mint(server.home, JOB, request, upstream)
     return {
-        "AWS_ENDPOINT_URL_S3": server.env["AWS_ENDPOINT_URL_S3"],
+        "AWS_ENDPOINT_URL_S3": gate,
         "AWS_ACCESS_KEY_ID": key.access_key_id,
         "AWS_SECRET_ACCESS_KEY": key.secret_access_key,
         "AWS_REGION": server.env["AWS_REGION"],
@@ -112,15 +138,16 @@ def _server_environment(server: ApiServer) -> dict[str, str]:
 
 
 def _compare(
-    server: ApiServer,
-    job_env: dict[str, str],
-    direct_env: dict[str, str],
+    keys: dict[str, dict[str, str]],
+    store_root: Path,
     data: DataSet,
     source: Path,
     scratch: Path,
     runs: int,
+    over: str = "",
 ) -> list[str]:
-    keys = {"scoped": job_env, "unrestricted": _server_environment(server), "direct": direct_env}
+    """`keys`: the environments compared ("scoped", "direct", maybe "unrestricted");
+    `store_root`: the folder the store keeps its buckets in."""
     for env in keys.values():
         s5cmd(env, "ls", f"s3://{BUCKET}/{data.prefix}")  # the proxy's first answer, untimed
     gets: dict[str, list[float]] = {name: [] for name in keys}
@@ -137,16 +164,18 @@ def _compare(
             destination = f"s3://{BUCKET}/out/{JOB}/{name}-{number}/"
             puts[name].append(_seconds(env, "cp", f"{source}/*", destination))
             # What was put goes at once (behind the endpoint, in its folder): the disk stays free.
-            shutil.rmtree(server.home / "s3" / BUCKET / "out" / JOB / f"{name}-{number}")
+            shutil.rmtree(store_root / BUCKET / "out" / JOB / f"{name}-{number}")
     shutil.rmtree(scratch / "gate-get", ignore_errors=True)
     lines = []
     for what, seconds in (("GET", gets), ("PUT", puts)):
+        unrestricted = seconds.get("unrestricted")
         result = GateComparison(
             what,
             data,
             Timings(seconds["scoped"]),
-            Timings(seconds["unrestricted"]),
+            Timings(unrestricted) if unrestricted else None,
             Timings(seconds["direct"]),
+            over,
         )
         lines += result.lines()
     return lines
@@ -175,6 +204,13 @@ def _direct_rclone(server: ApiServer) -> Iterator[dict[str, str]]:
     finally:
         process.terminate()
         process.wait()
+
+
+def _gate_url(server: ApiServer) -> str:
+    """The gate's address over the user's S3 server: `openmaker env` names that server, and
+    the gate is for the jobs alone (its port is in the server's command line)."""
+    command = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().split(b"\0")
+    return f"http://127.0.0.1:{command[command.index(b'--s3-port') + 1].decode()}"
 
 
 def _seconds(env: dict[str, str], *arguments: str) -> float:

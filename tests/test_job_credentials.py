@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +365,114 @@ json.dump({{"describe": outcome, "env": {{k: v for k, v in os.environ.items()
     assert results["describe"] != "ok"
     assert results["env"]["AWS_ENDPOINT_URL_S3"] == s3_server.url
     assert s3_server.secret_key not in results["env"].values()
+
+
+@pytest.mark.parametrize("own_pair", [False, True], ids=["server-pair", "s3-pair-as-server"])
+def test_a_server_over_an_s3_server_gives_its_jobs_scoped_keys(
+    s3_server: S3Server, tmp_path: Path, own_pair: bool
+) -> None:
+    """Over the user's own S3 server with `OPENMAKER_S3_GATE=1`, the job's code gets the gate
+    and a key of its own, never
+    the S3 server's credentials (also when they are the server's key pair, as `openmaker env`
+    needs for one set of client variables): it reads its channel and writes its output and
+    checkpoints there, and nothing else; its key dies with it."""
+    user = s3_server.client()
+    data, victim, other = unique("data"), unique("victim"), unique("other")
+    for bucket in (data, victim, other):
+        s3_server.make_bucket(bucket)
+    victim_key = "out/earlier-job/output/model.tar.gz"
+    user.put_object(Bucket=victim, Key=victim_key, Body=b"the victim's model")
+    user.put_object(Bucket=data, Key="out/earlier-job/output/model.tar.gz", Body=b"earlier")
+    user.put_object(Bucket=other, Key="private.txt", Body=b"not yours")
+    user.put_object(Bucket=data, Key="train/part-0", Body=b"training data")
+    user.put_object(Bucket=data, Key="train-old/part-0", Body=b"another channel")
+    pair = (
+        {"OPENMAKER_ACCESS_KEY_ID": s3_server.access_key,
+         "OPENMAKER_SECRET_ACCESS_KEY": s3_server.secret_key}
+        if own_pair else {}
+    )  # fmt: skip
+    with running_api_server(
+        tmp_path / "home", **s3_server.env(), **pair, OPENMAKER_S3_GATE="1"
+    ) as server:
+        name = unique("external")
+        code = (
+            ATTEMPTS
+            + f"""
+sagemaker = boto3.client("sagemaker", endpoint_url={server.env["AWS_ENDPOINT_URL_SAGEMAKER"]!r},
+                         config=NO_RETRIES)
+attempt("describe", lambda: sagemaker.describe_training_job(TrainingJobName={name!r}))
+s3 = boto3.client("s3", config=NO_RETRIES)  # configured by the job's environment alone
+attempt("overwrite victim", lambda: s3.put_object(
+    Bucket={victim!r}, Key={victim_key!r}, Body=b"overwritten"))
+attempt("overwrite earlier job", lambda: s3.put_object(
+    Bucket={data!r}, Key="out/earlier-job/output/model.tar.gz", Body=b"overwritten"))
+attempt("read earlier job", lambda: s3.get_object(
+    Bucket={data!r}, Key="out/earlier-job/output/model.tar.gz"))
+attempt("read other", lambda: s3.get_object(Bucket={other!r}, Key="private.txt"))
+attempt("read sibling", lambda: s3.get_object(Bucket={data!r}, Key="train-old/part-0"))
+attempt("write channel", lambda: s3.put_object(Bucket={data!r}, Key="train/x", Body=b"x"))
+attempt("create bucket", lambda: s3.create_bucket(Bucket={unique("made")!r}))
+results["buckets"] = sorted(b["Name"] for b in s3.list_buckets()["Buckets"])
+results["channel"] = s3.get_object(Bucket={data!r}, Key="train/part-0")["Body"].read().decode()
+attempt("write output", lambda: s3.put_object(
+    Bucket={data!r}, Key="out/{name}/extra.txt", Body=b"mine"))
+attempt("write checkpoint", lambda: s3.put_object(
+    Bucket={data!r}, Key="checkpoints/{name}/step-1", Body=b"state"))
+results["listed"] = [o["Key"] for o in s3.list_objects_v2(
+    Bucket={data!r}, Prefix="checkpoints/{name}/").get("Contents", [])]
+results["env"] = dict(os.environ)
+finish()
+"""
+        )
+        described = run_job(
+            server, tmp_path, code, TrainingJobName=name, output=f"s3://{data}/out",
+            channels={"train": f"s3://{data}/train/"},
+            CheckpointConfig={"S3Uri": f"s3://{data}/checkpoints/{name}"},
+        )  # fmt: skip
+        assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+        results = json.loads(model_file(s3_server, described, "results.json"))
+        gate, (key_id, secret) = results["env"]["AWS_ENDPOINT_URL_S3"], results["key"]
+        server_key = s3_as_at(gate, server.env["AWS_ACCESS_KEY_ID"],
+                              server.env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+        with pytest.raises(ClientError) as refused:
+            server_key.list_buckets()  # the server's own key: clients use the S3 server
+        assert refused.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+        # The job has ended: its key opens nothing any more, though rclone may still hold its
+        # backend (it asks the auth proxy again only after 5 minutes).
+        job = s3_as_at(gate, key_id, secret)
+        calls: list[Callable[[], Any]] = [
+            lambda: job.get_object(Bucket=data, Key="train/part-0"),
+            lambda: job.put_object(Bucket=data, Key=f"out/{name}/late.txt", Body=b"late"),
+            lambda: job.list_objects_v2(Bucket=data, Prefix=f"out/{name}/"),
+        ]
+        for call in calls:
+            with pytest.raises(ClientError) as refused:
+                call()
+            assert refused.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+    assert results["describe"] == "UnrecognizedClientException"
+    assert gate != s3_server.url and key_id != s3_server.access_key
+    assert not any(s3_server.secret_key in value for value in results["env"].values())
+    assert not any(server.env["AWS_SECRET_ACCESS_KEY"] in v for v in results["env"].values())
+    for label in ("overwrite victim", "overwrite earlier job", "read earlier job", "read other",
+                  "read sibling", "write channel", "create bucket"):  # fmt: skip
+        assert results[label] == "AccessDenied", (label, results[label])
+    assert user.get_object(Bucket=victim, Key=victim_key)["Body"].read() == b"the victim's model"
+    earlier = user.get_object(Bucket=data, Key="out/earlier-job/output/model.tar.gz")
+    assert earlier["Body"].read() == b"earlier"
+    assert results["buckets"] == [data]
+    assert results["channel"] == "training data"
+    assert results["write output"] == "ok" and results["write checkpoint"] == "ok"
+    assert results["listed"] == [f"checkpoints/{name}/step-1"]
+    # Written through the gate: on the user's S3 server.
+    assert user.get_object(Bucket=data, Key=f"out/{name}/extra.txt")["Body"].read() == b"mine"
+    assert listed(user, data, f"out/{name}/late") == []
+
+
+def s3_as_at(url: str, key_id: str, secret: str) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key_id,
+        aws_secret_access_key=secret, config=NO_RETRIES,
+    )  # fmt: skip
 
 
 def test_a_killed_workers_key_dies_within_seconds(api_server: ApiServer, tmp_path: Path) -> None:

@@ -8,6 +8,9 @@ the key sees. The server's own key sees the whole store; a job's key (see
 folders exist, those it may only read behind a read-only `union`. Anything else answers `{}`,
 which rclone refuses.
 
+Over the user's own S3 server (`REMOTE_VARIABLE`), the places are that server's (`:s3:` backends
+configured by rclone's environment) and the server's own key sees nothing.
+
 It takes what it needs from its environment (set by `openmaker.api.s3_endpoint`): the store's
 folder, openmaker's home, and the server's key pair.
 """
@@ -26,10 +29,14 @@ STORE_VARIABLE = "OPENMAKER_GATE_STORE"
 HOME_VARIABLE = "OPENMAKER_GATE_HOME"
 SERVER_KEY_VARIABLE = "OPENMAKER_GATE_SERVER_KEY_ID"
 SERVER_SECRET_VARIABLE = "OPENMAKER_GATE_SERVER_SECRET"
+# Set when the store is the user's S3 server: a place is then `:s3:bucket/folder`, an S3 backend
+# whose endpoint and credentials rclone takes from its own `RCLONE_S3_*` variables.
+REMOTE_VARIABLE = "OPENMAKER_GATE_REMOTE"
 
 
 def answer(user: str, env: dict[str, str]) -> dict[str, Any]:
-    if user and user == env.get(SERVER_KEY_VARIABLE):
+    remote = env.get(REMOTE_VARIABLE) == "1"
+    if user and user == env.get(SERVER_KEY_VARIABLE) and not remote:
         return {
             "type": "local",
             "_root": env[STORE_VARIABLE],
@@ -45,8 +52,11 @@ def answer(user: str, env: dict[str, str]) -> dict[str, Any]:
     view = view_path(home, user)
     tree: dict[str, Any] = {}
     for number, grant in enumerate(record["grants"]):
-        # The link is to the bucket (see job_access.mint); the place is the folder under it.
-        leaf = str(view / str(number) / grant["folder"]).rstrip("/")
+        if remote:
+            leaf = f":s3:{grant['bucket']}/{grant['folder']}".rstrip("/")
+        else:
+            # The link is to the bucket (see job_access.mint); the place is the folder under it.
+            leaf = str(view / str(number) / grant["folder"]).rstrip("/")
         if not grant["write"]:
             # union refuses a single upstream; an empty read-only memory remote is the second.
             leaf = ":union,upstreams=" + _value(_item(f"{leaf}:ro") + " " + _item(":memory::ro"))

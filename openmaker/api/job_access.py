@@ -1,5 +1,5 @@
-"""A job's own key to the embedded S3 endpoint: made when the job starts, dead when it ends, and
-reaching only the places its request names.
+"""A job's own key to the S3 gate: made when the job starts, dead when it ends, and reaching only
+the places its request names (in the embedded store, or on the user's S3 server).
 
 Each key is a record, `$OPENMAKER_HOME/gate/keys/<key id>.json` (0600), that the endpoint's
 auth proxy (`openmaker.api.gate_proxy`) reads to answer with the key's secret and a backend
@@ -7,6 +7,8 @@ that shows only the key's places. The backend reaches each place through a link 
 under `gate/views/<key id>` (itself a link to the folder holding them): revoking a key replaces
 `gate/views/<key id>` by a plain file, so a backend rclone still holds in its cache (it asks the
 proxy again only after 5 minutes) finds nothing and can create nothing there from then on.
+Over the user's S3 server there is nothing to link: the gate's front refuses every request of a
+key without a record (`openmaker.api.s3_policy`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,17 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from openmaker.store.location import (
+    EMBEDDED_ENDPOINT_URL,
+    S3Endpoint,
+    s3_endpoint,
+    s3_folder_entries,
+)
 
 KEY_PREFIX = "OMJ"
 # rclone asks the proxy again after 5 minutes: a revoked key's tombstone outlives that.
@@ -54,9 +64,26 @@ def view_path(home: Path, key_id: str) -> Path:
     return gate_dir(home) / "views" / key_id
 
 
-def grants_for(request: dict[str, Any], store: Path) -> list[Grant]:
+# The entries directly in a folder of a bucket ("" or ending in "/"): (name, is a folder).
+Lister = Callable[[str, str], list[tuple[str, bool]]]
+
+
+def local_lister(store: Path) -> Lister:
+    """The entries of the embedded store's folders."""
+
+    def entries(bucket: str, folder: str) -> list[tuple[str, bool]]:
+        try:
+            found = list(os.scandir(store / bucket / folder))
+        except OSError:
+            return []
+        return [(e.name, e.is_dir(follow_symlinks=False)) for e in found]
+
+    return entries
+
+
+def grants_for(request: dict[str, Any], lister: Lister) -> list[Grant]:
     """What a job's code may reach: each channel's S3Uri (read), `<S3OutputPath>/<job>/` and
-    the checkpoint prefix (read-write). Places outside the embedded store (file://) are not
+    the checkpoint prefix (read-write). Places outside the object store (file://) are not
     the endpoint's."""
     wanted: list[tuple[str, bool, bool]] = []  # (uri, is a folder, write)
     for channel in request.get("InputDataConfig") or []:
@@ -78,8 +105,8 @@ def grants_for(request: dict[str, Any], store: Path) -> list[Grant]:
         segments = key.removesuffix("/").split("/") if key else []
         if not all(_safe_name(part) for part in segments):
             continue  # `..` and the like: validation refuses them; never widen a grant by them
-        grants.append(Grant(parsed.netloc, _covering_folder(store / parsed.netloc, key, is_folder),
-                            write))  # fmt: skip
+        folder = _covering_folder(lister, parsed.netloc, key, is_folder)
+        grants.append(Grant(parsed.netloc, folder, write))
     return _merged(grants)
 
 
@@ -88,7 +115,7 @@ def _safe_name(part: str) -> bool:
     return part not in ("", ".", "..") and "=" not in part
 
 
-def _covering_folder(bucket_dir: Path, key: str, is_folder: bool) -> str:
+def _covering_folder(lister: Lister, bucket: str, key: str, is_folder: bool) -> str:
     """The narrowest folder that holds every object under the S3 prefix `key`: the folder it
     names, or (a prefix like `data/train` that also matches `data/train-a`) its parent."""
     if key == "" or key.endswith("/"):
@@ -97,11 +124,7 @@ def _covering_folder(bucket_dir: Path, key: str, is_folder: bool) -> str:
     parent = f"{parent}/" if parent else ""
     if is_folder:
         return f"{key}/"
-    try:
-        matching = [e for e in os.scandir(bucket_dir / parent) if e.name.startswith(last)]
-    except OSError:
-        matching = []
-    if [e.name for e in matching] == [last] and matching[0].is_dir(follow_symlinks=False):
+    if [e for e in lister(bucket, parent) if e[0].startswith(last)] == [(last, True)]:
         return f"{key}/"
     return parent
 
@@ -117,8 +140,11 @@ def _merged(grants: list[Grant]) -> list[Grant]:
     return result
 
 
-def mint(home: Path, job_name: str, request: dict[str, Any]) -> JobKey:
-    """A new key for the job (run by its worker, whose liveness keeps the key alive)."""
+def mint(
+    home: Path, job_name: str, request: dict[str, Any], upstream: S3Endpoint | None = None
+) -> JobKey:
+    """A new key for the job (run by its worker, whose liveness keeps the key alive), to the
+    embedded store or to the user's S3 server `upstream`."""
     store = home / "s3"
     gate = gate_dir(home)
     for sub in ("keys", "views"):
@@ -126,7 +152,12 @@ def mint(home: Path, job_name: str, request: dict[str, Any]) -> JobKey:
     os.chmod(gate, 0o700)
     _sweep_tombstones(gate / "views")
     key = JobKey(KEY_PREFIX + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
-    grants = grants_for(request, store)
+    if upstream is not None:
+        # No folders to link: the gate's front refuses the key once its record is gone.
+        grants = grants_for(request, partial(s3_folder_entries, upstream))
+        _write_record(home, key, job_name, grants)
+        return key
+    grants = grants_for(request, local_lister(store))
     folder = gate / "views" / f".{key.access_key_id}.d"
     folder.mkdir(mode=0o700)
     linked: list[Grant] = []
@@ -142,14 +173,18 @@ def mint(home: Path, job_name: str, request: dict[str, Any]) -> JobKey:
         os.symlink(store / grant.bucket, folder / str(len(linked)))
         linked.append(grant)
     os.symlink(folder.name, view_path(home, key.access_key_id))
+    _write_record(home, key, job_name, linked)
+    return key
+
+
+def _write_record(home: Path, key: JobKey, job_name: str, grants: list[Grant]) -> None:
     record = {
         "secret_access_key": key.secret_access_key,
         "job": job_name,
         "worker": [os.getpid(), _start_time()],
-        "grants": [asdict(g) for g in linked],
+        "grants": [asdict(g) for g in grants],
     }
     _write_private(record_path(home, key.access_key_id), json.dumps(record))
-    return key
 
 
 def revoke(home: Path, key_id: str) -> None:
@@ -235,11 +270,14 @@ def _sweep_tombstones(views: Path) -> None:
 def code_environment(
     home: Path, request: dict[str, Any], code_env: dict[str, str], store_env: dict[str, str]
 ) -> dict[str, str]:
-    """The code's store variables: for the embedded store's endpoint (a server's job), with a
-    new key of the job's own; otherwise unchanged (an S3 server's own variables, or none)."""
-    if store_env or "AWS_ENDPOINT_URL_S3" not in code_env:
+    """The code's store variables: for a server's gate (a server's job), with a new key of the
+    job's own; otherwise unchanged (an S3 server's own variables for a job the CLI runs, or
+    none). The gate's keys reach the S3 server in use (`store_env`), else the embedded store."""
+    gate = os.environ.get(EMBEDDED_ENDPOINT_URL)
+    if not gate or code_env.get("AWS_ENDPOINT_URL_S3") != gate:
         return code_env
-    key = mint(home, request["TrainingJobName"], request)
+    upstream = s3_endpoint(store_env) if store_env else None
+    key = mint(home, request["TrainingJobName"], request, upstream)
     return {
         **code_env,
         "AWS_ACCESS_KEY_ID": key.access_key_id,

@@ -298,7 +298,7 @@ class Relay:
             self.responses.finish()
 
 
-async def serve(host: str, port: int, upstream_path: str, home: Path, store: Path) -> None:
+async def serve(host: str, port: int, upstream_path: str, home: Path, store: Path | None) -> None:
     policy = Policy(home, store)
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -363,7 +363,8 @@ def main() -> None:
     # Six descriptors per connection (two sockets, two pipes): as many as the machine allows.
     _, most = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (most, most))
-    asyncio.run(serve(host, int(port), upstream_path, Path(home), Path(store)))
+    # No store: the gate is in front of the user's S3 server.
+    asyncio.run(serve(host, int(port), upstream_path, Path(home), Path(store) if store else None))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""What the embedded S3 endpoint's front (`openmaker.api.s3_front`) refuses before a request
-reaches rclone, decided from the request line and headers alone.
+"""What the S3 gate's front (`openmaker.api.s3_front`) refuses before a request reaches rclone,
+decided from the request line and headers alone.
 
 - A job's key (`openmaker.api.job_access`) outside the places its request names: S3's own
   `AccessDenied`, as an execution role's policy answers. rclone would answer `NoSuchBucket`,
   `NoSuchKey` or a 500 there, since its backend for the key shows only those places.
-- Any key, writing an object that no file can hold (a name between slashes over 255 bytes, a key
-  under an object, an object over a folder): a 400 saying why, where rclone answers 500.
+- Over the user's S3 server, any key but a running job's.
+- Any key, writing to the embedded store an object that no file can hold (a name between
+  slashes over 255 bytes, a key under an object, an object over a folder): a 400 saying why,
+  where rclone answers 500.
 
 The front checks no signature: rclone does, after it. A request claiming a job's key is refused
 here only when that key could not do it anyway, so a forged claim learns nothing but that.
@@ -88,9 +90,12 @@ class Request:
 
 
 class Policy:
-    """The decisions, with each job key's record read when it changes."""
+    """The decisions, with each job key's record read when it changes. `store` is None when the
+    gate is in front of the user's S3 server: only the jobs' keys are served there (the keys
+    S3 takes are that server's to judge), and a key whose record is gone is refused here, as
+    no link can be taken from a backend rclone still holds."""
 
-    def __init__(self, home: Path, store: Path) -> None:
+    def __init__(self, home: Path, store: Path | None) -> None:
         self.home = home
         self.store = store
         self._records: dict[str, tuple[tuple[int, int], list[dict[str, object]]]] = {}
@@ -114,8 +119,12 @@ class Policy:
             outside = self._job_refusal(key_id, request, bucket, key, query, resource)
             if outside is not None:
                 return outside
-        if key and request.method in ("PUT", "POST"):
-            return self._unstorable(bucket, key, resource)
+        elif self.store is None:
+            return Refusal(403, "AccessDenied" if key_id is None else "InvalidAccessKeyId",
+                           "This endpoint serves only the keys of running jobs.",
+                           resource)  # fmt: skip
+        if key and request.method in ("PUT", "POST") and self.store is not None:
+            return self._unstorable(self.store, bucket, key, resource)
         return None
 
     def _job_refusal(
@@ -188,7 +197,7 @@ class Policy:
         self._records[key_id] = (version, grants)
         return grants
 
-    def _unstorable(self, bucket: str, key: str, resource: str) -> Refusal | None:
+    def _unstorable(self, store: Path, bucket: str, key: str, resource: str) -> Refusal | None:
         """Why the store cannot keep `key` as a file, if it cannot."""
         size = len(key.encode("utf-8", "surrogateescape"))
         if size > MAX_KEY_BYTES:
@@ -210,7 +219,7 @@ class Policy:
                 "or a NUL character: this store cannot keep it as a file.",
                 resource,
             )
-        folder = self.store / bucket
+        folder = store / bucket
         for depth, part in enumerate(parts):
             folder = folder / part
             kind = _kind(folder)

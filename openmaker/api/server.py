@@ -1,4 +1,4 @@
-"""`openmaker server`: the API and the embedded S3 endpoint, in one process.
+"""`openmaker server`: the API and the S3 gate (the embedded store's endpoint), in one process.
 
 Jobs run in their own worker processes: they go on when the server stops, and a server started
 again sees them where they are.
@@ -25,7 +25,11 @@ from openmaker.config import Settings
 from openmaker.connection import ServerRecord, remove_record, write_record
 from openmaker.jobs.executor import process_lost
 from openmaker.store import s3_endpoint
-from openmaker.store.location import CODE_WITHOUT_S3_CREDENTIALS, EMBEDDED_ENDPOINT_URL
+from openmaker.store.location import (
+    CODE_WITHOUT_S3_CREDENTIALS,
+    EMBEDDED_ENDPOINT_URL,
+    GATE_OVER_S3_SERVER,
+)
 
 # How often keys whose worker was killed (and could not revoke them) are looked for.
 ORPHAN_KEY_SWEEP_SECONDS = 2.0
@@ -96,32 +100,43 @@ async def _serve(server: uvicorn.Server, started: Callable[[], None]) -> None:
 def _store_endpoint(
     settings: Settings, credentials: Credentials, host: str, port: int
 ) -> Iterator[str | None]:
-    """The embedded store as an S3 endpoint, unless an S3 endpoint is configured already.
+    """The S3 gate for the jobs' code; yields the embedded store's endpoint (the gate, which
+    also takes the server's key), or None when an S3 server is configured: clients use that
+    server directly, and a gate (when asked for) takes the jobs' keys alone.
 
-    The code of the jobs the server runs is given that endpoint; openmaker's own transfers for
-    them read and write the store's folder directly, without the endpoint's cost (rclone reads
-    every object whole to give its ETag in a listing).
+    openmaker's own transfers for the jobs go to the store directly (the embedded store's
+    folder, or the S3 server with its credentials), without the gate's cost.
     """
-    if s3_endpoint() is not None:
-        # The S3 server's credentials reach the jobs' code (README): never when they are the
-        # key pair that signs this server's API.
-        own = os.environ.get("AWS_ACCESS_KEY_ID") == credentials.access_key_id
-        if own:
-            os.environ[CODE_WITHOUT_S3_CREDENTIALS] = "1"
-        try:
+    upstream = s3_endpoint()
+    if upstream is not None and os.environ.get(GATE_OVER_S3_SERVER) != "1":
+        with _s3_server_credentials_to_code(credentials):
             yield None
-        finally:
-            if own:
-                os.environ.pop(CODE_WITHOUT_S3_CREDENTIALS, None)
         return
-    with embedded_s3(settings, credentials, host, port) as url, _orphan_key_sweeper(settings):
-        # The jobs' workers inherit the endpoint's address, never the server's key pair: each
-        # makes a key of its job's own (openmaker.api.job_access).
+    with (
+        embedded_s3(settings, credentials, host, port, upstream) as url,
+        _orphan_key_sweeper(settings),
+    ):
+        # The jobs' workers inherit the gate's address, never a key that reaches more than a
+        # job's places: each makes a key of its job's own (openmaker.api.job_access).
         os.environ[EMBEDDED_ENDPOINT_URL] = url
         try:
-            yield url
+            yield url if upstream is None else None
         finally:
             os.environ.pop(EMBEDDED_ENDPOINT_URL, None)
+
+
+@contextlib.contextmanager
+def _s3_server_credentials_to_code(credentials: Credentials) -> Iterator[None]:
+    """Without a gate, the S3 server's credentials reach the jobs' code (README): never when
+    they are the key pair that signs this server's API."""
+    own = os.environ.get("AWS_ACCESS_KEY_ID") == credentials.access_key_id
+    if own:
+        os.environ[CODE_WITHOUT_S3_CREDENTIALS] = "1"
+    try:
+        yield
+    finally:
+        if own:
+            os.environ.pop(CODE_WITHOUT_S3_CREDENTIALS, None)
 
 
 @contextlib.contextmanager

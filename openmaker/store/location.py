@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+import obstore
 from obstore.store import LocalStore, ObjectStore, S3Store
 
 if TYPE_CHECKING:  # obstore's option types exist in its stubs only
@@ -70,12 +71,15 @@ def s3_endpoint(env: Mapping[str, str] | None = None) -> S3Endpoint | None:
     )
 
 
-# `openmaker server` names its embedded store's S3 endpoint in this variable for the jobs it
-# runs: their code reaches the store through it (with a key of the job's own, made by the
-# worker), while openmaker's own transfers use the folder.
+# `openmaker server` names its S3 gate in this variable for the jobs it runs: their code reaches
+# the object store (the embedded one, or the S3 server in use) through it, with a key of the
+# job's own made by the worker, while openmaker's own transfers go to the store directly.
 EMBEDDED_ENDPOINT_URL = "OPENMAKER_EMBEDDED_S3_URL"
-# Set by `openmaker server` when the S3 server's credentials are its own key pair (which also
-# signs its API): a job's code then gets the S3 server's address without them.
+# "1": `openmaker server` over the user's S3 server puts the jobs' code behind its gate too (a
+# key of each job's own, scoped to its places), at the cost of a hop through rclone.
+GATE_OVER_S3_SERVER = "OPENMAKER_S3_GATE"
+# Set by `openmaker server` without a gate when the S3 server's credentials are its own key
+# pair (which also signs its API): a job's code then gets the S3 server's address without them.
 CODE_WITHOUT_S3_CREDENTIALS = "OPENMAKER_CODE_WITHOUT_S3_CREDENTIALS"
 # How long that endpoint may keep showing a folder's listing from before a direct write.
 EMBEDDED_ENDPOINT_LISTING_SECONDS = 1
@@ -94,16 +98,26 @@ def store_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def code_store_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The variables a job's code needs to reach the object store: those of the S3 server in
-    use, or the embedded store's endpoint when a server offers one (without a key: the job's
-    own is added by its worker, see `openmaker.api.job_access`)."""
+    """The variables a job's code needs to reach the object store: a server's gate when one
+    runs (without a key: the job's own is added by its worker, see
+    `openmaker.api.job_access`), else those of the S3 server in use (a job the CLI runs, or a
+    server's without a gate)."""
     env = os.environ if env is None else env
-    if s3_endpoint(env) is not None or not env.get(EMBEDDED_ENDPOINT_URL):
-        variables = store_environment(env)
-        if env.get(CODE_WITHOUT_S3_CREDENTIALS) == "1":
-            variables = {k: v for k, v in variables.items() if k not in _CREDENTIALS}
-        return variables
-    return {"AWS_ENDPOINT_URL_S3": env[EMBEDDED_ENDPOINT_URL]}
+    if env.get(EMBEDDED_ENDPOINT_URL):
+        return {"AWS_ENDPOINT_URL_S3": env[EMBEDDED_ENDPOINT_URL]}
+    variables = store_environment(env)
+    if env.get(CODE_WITHOUT_S3_CREDENTIALS) == "1":
+        variables = {k: v for k, v in variables.items() if k not in _CREDENTIALS}
+    return variables
+
+
+def s3_folder_entries(endpoint: S3Endpoint, bucket: str, folder: str) -> list[tuple[str, bool]]:
+    """The names directly in `folder` ("" or ending in "/") of a bucket of the S3 server, each
+    with whether it is a folder (a common prefix)."""
+    store = _s3_store(endpoint, bucket, retry_seconds())
+    listed = obstore.list_with_delimiter(store, folder.rstrip("/") or None)
+    entries = [(p.rstrip("/").rpartition("/")[2], True) for p in listed["common_prefixes"]]
+    return entries + [(o["path"].rpartition("/")[2], False) for o in listed["objects"]]
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
