@@ -87,6 +87,16 @@ def wait_for(
     raise AssertionError(f"job {name} did not end in {timeout} s: {jobs.describe(name)}")
 
 
+def wait_for_secondary_status(
+    jobs: TrainingJobs, name: str, status: str, timeout: float = 60
+) -> None:
+    """Wait until the job's SecondaryStatus is `status` (a phase: Downloading, Uploading, …)."""
+    deadline = time.monotonic() + timeout
+    while (now := jobs.describe(name)["SecondaryStatus"]) != status:
+        assert time.monotonic() < deadline, f"{name} never reached {status}: {now}"
+        time.sleep(0.05)
+
+
 def log_text(jobs: TrainingJobs, name: str) -> str:
     return "\n".join(record.message for record in jobs.iter_log_events(name))
 

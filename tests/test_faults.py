@@ -28,6 +28,7 @@ from tests.helpers import (
     request,
     wait_for,
     wait_for_log,
+    wait_for_secondary_status,
 )
 from tests.s3server import RestartableS3Server, served_bytes
 
@@ -92,17 +93,6 @@ def small_disk(home: Path) -> Iterator[Path]:
         yield jobs
 
 
-def _status(jobs: TrainingJobs, name: str) -> str:
-    return str(jobs.describe(name)["SecondaryStatus"])
-
-
-def _wait_for_status(jobs: TrainingJobs, name: str, status: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while _status(jobs, name) != status:
-        assert time.monotonic() < deadline, f"{name} never reached {status}: {_status(jobs, name)}"
-        time.sleep(0.05)
-
-
 SHA256_OF_THE_CHANNEL = (
     f"#!{sys.executable}\nimport hashlib\n"
     "print(hashlib.sha256(open('/opt/ml/input/data/train/x.bin', 'rb').read()).hexdigest())\n"
@@ -121,9 +111,10 @@ def test_a_download_waits_for_the_server_to_come_back(
     channels = {"train": f"s3://{BUCKET}/data/train"}
     body = request("dl-back", str(image), f"s3://{BUCKET}/out", channels)
     jobs.create(body)
-    _wait_for_status(jobs, "dl-back", "Downloading")
+    wait_for_secondary_status(jobs, "dl-back", "Downloading")
     time.sleep(0.2)  # away a little longer: the download must wait, not fail
-    assert _status(jobs, "dl-back") == "Downloading"  # waiting for the server, not failed
+    # Waiting for the server, not failed.
+    assert jobs.describe("dl-back")["SecondaryStatus"] == "Downloading"
     flaky_s3.start()
     description = wait_for(jobs, "dl-back", timeout=90)
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
@@ -140,7 +131,7 @@ def test_a_server_lost_in_the_middle_of_a_download_never_feeds_the_code_half_a_f
     jobs = TrainingJobs()
     channels = {"train": f"s3://{BUCKET}/data/train"}
     jobs.create(request("dl-cut", str(image), f"s3://{BUCKET}/out", channels))
-    _wait_for_status(jobs, "dl-cut", "Downloading")
+    wait_for_secondary_status(jobs, "dl-cut", "Downloading")
     time.sleep(1)  # some seconds away from downloaded at 4 MB/s
     slow_s3.stop()
     time.sleep(1)
@@ -251,7 +242,7 @@ def test_a_server_lost_in_the_middle_of_the_model_upload_never_leaves_half_an_ar
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
     jobs.create(request("cut-off", str(image), f"s3://{BUCKET}/out"))
-    _wait_for_status(jobs, "cut-off", "Uploading")
+    wait_for_secondary_status(jobs, "cut-off", "Uploading")
     time.sleep(1.5)  # packed by now, and some seconds away from uploaded at 4 MB/s
     slow_s3.stop()
     time.sleep(1)
@@ -375,7 +366,7 @@ def test_a_stop_while_downloading_ends_the_download_and_names_no_artifacts(
     jobs = TrainingJobs()
     channels = {"train": f"s3://{BUCKET}/data/stop"}
     jobs.create(request("stop-dl", str(image), f"s3://{BUCKET}/out", channels))
-    _wait_for_status(jobs, "stop-dl", "Downloading")
+    wait_for_secondary_status(jobs, "stop-dl", "Downloading")
     jobs.stop("stop-dl")
     description = wait_for(jobs, "stop-dl", timeout=60)
     assert description["TrainingJobStatus"] == "Stopped", description

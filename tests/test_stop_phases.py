@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from openmaker.jobs.service import TrainingJobs
-from tests.helpers import get_object, make_image, request, wait_for
-
-
-def _wait_secondary(jobs: TrainingJobs, name: str, status: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while jobs.describe(name)["SecondaryStatus"] != status:
-        assert time.monotonic() < deadline, f"{name} never reached {status}"
-        time.sleep(0.02)
+from tests.helpers import get_object, make_image, request, wait_for, wait_for_secondary_status
 
 
 def test_a_stop_while_the_outputs_upload_ends_stopped(tmp_path: Path, home: Path) -> None:
@@ -26,7 +18,7 @@ def test_a_stop_while_the_outputs_upload_ends_stopped(tmp_path: Path, home: Path
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
     jobs.create(request("stop-uploading", str(image), "s3://b/out"))
-    _wait_secondary(jobs, "stop-uploading", "Uploading")
+    wait_for_secondary_status(jobs, "stop-uploading", "Uploading")
     jobs.stop("stop-uploading")
     description = wait_for(jobs, "stop-uploading")
     assert description["TrainingJobStatus"] == "Stopped", description
