@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +22,7 @@ import boto3
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 
 from tests.s3server import free_port
 
@@ -96,6 +97,30 @@ def running_api_server(home: Path, **extra_env: str) -> Iterator[ApiServer]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def stop_all(sagemaker: Any, names: Iterable[str], timeout: float = 120) -> None:
+    """Stop each job of `names` that has not ended (or was never made) and wait for each to end:
+    what a test that starts jobs runs in `finally`, so that none is left looping."""
+    names = list(names)
+    for name in names:
+        try:
+            sagemaker.stop_training_job(TrainingJobName=name)
+        except ClientError as error:  # ended already, or never made
+            code = error.response["Error"]["Code"]
+            assert code in ("ValidationException", "ResourceNotFound"), error
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            try:
+                described = sagemaker.describe_training_job(TrainingJobName=name)
+            except ClientError as error:
+                assert error.response["Error"]["Code"] == "ResourceNotFound", error
+                break
+            if described["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
+                break
+            assert time.monotonic() < deadline, f"{name} did not end once stopped"
+            time.sleep(0.2)
 
 
 def _recorded_pid(record: Path) -> int | None:

@@ -27,6 +27,7 @@ from tests.apiserver import (
     raw_post,
     running_api_server,
     signed_post,
+    stop_all,
 )
 from tests.helpers import make_image, request
 from tests.s3server import served_bytes
@@ -198,18 +199,54 @@ def test_list_filters_sorts_and_pages(api_server: ApiServer, tmp_path: Path, out
 
 
 def test_concurrent_jobs_upload_through_the_embedded_endpoint(
-    api_server: ApiServer, tmp_path: Path, output: str
+    api_server: ApiServer, tmp_path: Path
 ) -> None:
-    """Eight jobs writing their outputs through the S3 endpoint at once (rclone with an
-    uncached folder listing once deadlocked on this)."""
-    sagemaker = api_server.client("sagemaker")
-    script = image(tmp_path, "#!/bin/sh\necho weights > /opt/ml/model/w\n")
+    """Eight jobs whose code writes and lists objects through the S3 endpoint at once, each
+    with its own job key (rclone with an uncached folder listing once deadlocked on this)."""
+    sagemaker, s3 = api_server.client("sagemaker"), api_server.client("s3")
+    data_bucket = bucket(api_server)
+    script = image(
+        tmp_path,
+        f"""#!{sys.executable}
+import os, boto3
+assert os.environ["AWS_ACCESS_KEY_ID"].startswith("OMJ")  # the job's key, not the server's
+name = os.environ["TRAINING_JOB_NAME"]
+s3 = boto3.client("s3")  # configured by the job's environment alone: the endpoint
+for part in range(3):
+    body = f"{{name}} part {{part}}".encode() * 1000
+    s3.put_object(Bucket="{data_bucket}", Key=f"out/{{name}}/code/part-{{part}}", Body=body)
+listed = s3.list_objects_v2(Bucket="{data_bucket}", Prefix=f"out/{{name}}/code/")
+assert [o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]] == ["part-0", "part-1", "part-2"]
+""",
+    )
     names = [unique("many") for _ in range(8)]
-    for name in names:
-        sagemaker.create_training_job(**request(name, script, output))
-    for name in names:
-        described = wait_done(sagemaker, name)
-        assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    try:
+        for name in names:
+            sagemaker.create_training_job(**request(name, script, f"s3://{data_bucket}/out"))
+        for name in names:
+            described = wait_done(sagemaker, name)
+            assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+            for part in range(3):
+                key = f"out/{name}/code/part-{part}"
+                written = s3.get_object(Bucket=data_bucket, Key=key)["Body"].read()
+                assert written == f"{name} part {part}".encode() * 1000
+    finally:
+        stop_all(sagemaker, names)
+
+
+def api_log_text(server: ApiServer, name: str) -> str:
+    """The job's log lines so far, read through the CloudWatch Logs API."""
+    found = server.client("logs").filter_log_events(
+        logGroupName=LOG_GROUP, logStreamNamePrefix=f"{name}/"
+    )
+    return "\n".join(e["message"] for e in found["events"])
+
+
+def wait_for_api_log(server: ApiServer, name: str, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in api_log_text(server, name):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs of {name}"
+        time.sleep(0.1)
 
 
 def test_stop_through_the_api(api_server: ApiServer, tmp_path: Path, output: str) -> None:
@@ -219,17 +256,17 @@ def test_stop_through_the_api(api_server: ApiServer, tmp_path: Path, output: str
         "#!/bin/sh\ntrap 'echo got TERM; echo saved > /opt/ml/model/m; exit 0' TERM\n"
         "echo started\nwhile true; do sleep 0.1; done\n"
     )
-    sagemaker.create_training_job(**request(name, image(tmp_path, script), output))
-    deadline = time.monotonic() + 60
-    while sagemaker.describe_training_job(TrainingJobName=name)["SecondaryStatus"] != "Training":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(0.5)
-    sagemaker.stop_training_job(TrainingJobName=name)
-    described = wait_done(sagemaker, name)
+    try:
+        sagemaker.create_training_job(**request(name, image(tmp_path, script), output))
+        wait_for_api_log(api_server, name, "started")  # the trap is set by then
+        sagemaker.stop_training_job(TrainingJobName=name)
+        described = wait_done(sagemaker, name)
+    finally:
+        stop_all(sagemaker, [name])
     assert described["TrainingJobStatus"] == "Stopped"
     steps = [t["Status"] for t in described["SecondaryStatusTransitions"]]
     assert steps[-2:] == ["Stopping", "Stopped"]
+    assert "got TERM" in api_log_text(api_server, name)
     with pytest.raises(ClientError) as again:
         sagemaker.stop_training_job(TrainingJobName=name)
     assert again.value.response["Error"]["Code"] == "ValidationException"
@@ -374,7 +411,9 @@ def test_server_jobs_use_the_store_folder_and_their_code_the_endpoint(
     s3.put_object(Bucket=data_bucket, Key="train/data.bin", Body=os.urandom(size))
     s3.put_object(Bucket=data_bucket, Key="small/note.txt", Body=b"through the endpoint")
     script = (
-        "#!" + sys.executable + f"""
+        "#!"
+        + sys.executable
+        + f"""
 import os, boto3
 assert os.path.getsize("/opt/ml/input/data/train/data.bin") == {size}
 s3 = boto3.client("s3")  # configured by the job's environment alone

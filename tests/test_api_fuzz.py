@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,14 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from openmaker.spec import operation_model
 from openmaker.spec.validate import compile_pattern
-from tests.apiserver import ApiServer, signed_post
+from tests.apiserver import ApiServer, signed_post, stop_all
 from tests.helpers import make_image, request
 
 # What a member may hold when the generator goes off the model: any JSON value.
@@ -180,22 +178,7 @@ def runnable(api_server: ApiServer, tmp_path_factory: pytest.TempPathFactory) ->
         assert ran["TrainingJobStatus"] == "Completed", ran.get("FailureReason")
         yield found
     finally:
-        _stop_all(sagemaker, found.created)
-
-
-def _stop_all(sagemaker: Any, names: list[str], timeout: float = 120) -> None:
-    for name in names:
-        try:
-            sagemaker.stop_training_job(TrainingJobName=name)
-        except ClientError as error:  # ended already
-            assert error.response["Error"]["Code"] == "ValidationException", error
-    deadline = time.monotonic() + timeout
-    for name in names:
-        while (
-            status := sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
-        ) not in ("Completed", "Failed", "Stopped"):
-            assert time.monotonic() < deadline, f"{name} still {status}"
-            time.sleep(0.2)
+        stop_all(sagemaker, found.created)
 
 
 def names_a_member(message: str, paths: list[Path_]) -> bool:
