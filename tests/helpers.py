@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import obstore
 from openmaker.config import load_settings
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.state import TERMINAL
+from openmaker.spec import ResourceNotFound, ValidationException
 from openmaker.store import resolve
 
 
@@ -85,6 +87,18 @@ def wait_for(
             return description
         time.sleep(poll)
     raise AssertionError(f"job {name} did not end in {timeout} s: {jobs.describe(name)}")
+
+
+def stop_and_wait(jobs: TrainingJobs, names: Iterable[str], timeout: float = 120) -> None:
+    """Stop each job of `names` that has not ended (or was never made) and wait for each to
+    end: what a test that starts jobs runs in `finally`, so that none is left looping."""
+    names = list(names)
+    for name in names:
+        with contextlib.suppress(ValidationException, ResourceNotFound):  # ended, or never made
+            jobs.stop(name)
+    for name in names:
+        with contextlib.suppress(ResourceNotFound):
+            wait_for(jobs, name, timeout)
 
 
 def wait_for_secondary_status(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -38,6 +39,27 @@ def code_process(job_name: str, program: str = "/opt/program/train") -> int | No
         if program.encode() in argv[:2]:
             return pid
     return None
+
+
+def hold(pid: int) -> int:
+    """A pidfd of a live process: it names that process alone, even once its pid is reused."""
+    return os.pidfd_open(pid)
+
+
+def wait_gone(pidfd: int, what: str, timeout: float = 30) -> None:
+    """Wait until the process held by `pidfd` has ended, then close the pidfd."""
+    try:
+        assert select.select([pidfd], [], [], timeout)[0], f"{what} still runs"
+    finally:
+        os.close(pidfd)
+
+
+def wait_for_code(job_name: str, program: str = "/opt/program/train", timeout: float = 60) -> int:
+    """The pid of the job's own training program, once it runs."""
+    wait_until(lambda: code_process(job_name, program), f"the code of {job_name}", timeout)
+    pid = code_process(job_name, program)
+    assert pid is not None
+    return pid
 
 
 def worker_pid(jobs: TrainingJobs, job_name: str) -> int | None:

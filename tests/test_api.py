@@ -252,8 +252,11 @@ def wait_for_api_log(server: ApiServer, name: str, text: str, timeout: float = 6
 def test_stop_through_the_api(api_server: ApiServer, tmp_path: Path, output: str) -> None:
     sagemaker = api_server.client("sagemaker")
     name = unique("stop")
+    # The EXIT trap runs only when the shell ends by its own `exit`, never under SIGKILL (the
+    # server's grace is 3 s: a SIGKILL would end the job as Stopped too).
     script = (
         "#!/bin/sh\ntrap 'echo got TERM; echo saved > /opt/ml/model/m; exit 0' TERM\n"
+        "trap 'echo ended by its own exit' EXIT\n"
         "echo started\nwhile true; do sleep 0.1; done\n"
     )
     try:
@@ -266,7 +269,7 @@ def test_stop_through_the_api(api_server: ApiServer, tmp_path: Path, output: str
     assert described["TrainingJobStatus"] == "Stopped"
     steps = [t["Status"] for t in described["SecondaryStatusTransitions"]]
     assert steps[-2:] == ["Stopping", "Stopped"]
-    assert "got TERM" in api_log_text(api_server, name)
+    assert api_log_text(api_server, name).splitlines()[-2:] == ["got TERM", "ended by its own exit"]
     with pytest.raises(ClientError) as again:
         sagemaker.stop_training_job(TrainingJobName=name)
     assert again.value.response["Error"]["Code"] == "ValidationException"

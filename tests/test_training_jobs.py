@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tarfile
 import time
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.service import TrainingJobs
 from openmaker.spec import ResourceInUse, ResourceNotFound, ValidationException
 from openmaker.spec.validate import validate_output
@@ -28,7 +26,16 @@ from tests.helpers import (
     request,
     run_script,
     source_of,
+    stop_and_wait,
     wait_for,
+    wait_for_log,
+)
+from tests.process_helpers import (
+    hold,
+    wait_for_code,
+    wait_for_no_processes,
+    wait_gone,
+    worker_pid,
 )
 from tests.s3server import S3Server
 
@@ -307,23 +314,28 @@ def test_uncompressed_model_output(tmp_path: Path, home: Path) -> None:
 def test_stop_sends_sigterm_and_keeps_outputs(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The EXIT trap runs only when the shell ends by its own `exit`, never under SIGKILL.
     script = (
         "#!/bin/sh\n"
         "trap 'echo saved > /opt/ml/model/at-stop.txt; echo got SIGTERM; exit 0' TERM\n"
+        "trap 'echo ended by its own exit' EXIT\n"
         "echo ready\n"
         "while true; do sleep 0.1; done\n"
     )
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
     jobs.create(request("stoppable", str(image), "s3://b/out"))
-    _wait_for_log(jobs, "stoppable", "ready")
-    jobs.stop("stoppable")
-    assert jobs.describe("stoppable")["TrainingJobStatus"] in ("Stopping", "Stopped")
-    assert validate_output("DescribeTrainingJob", jobs.describe("stoppable")) == []
-    description = wait_for(jobs, "stoppable")
+    try:
+        wait_for_log(jobs, "stoppable", "ready")
+        jobs.stop("stoppable")
+        assert jobs.describe("stoppable")["TrainingJobStatus"] in ("Stopping", "Stopped")
+        assert validate_output("DescribeTrainingJob", jobs.describe("stoppable")) == []
+        description = wait_for(jobs, "stoppable")
+    finally:
+        stop_and_wait(jobs, ["stoppable"])
     assert description["TrainingJobStatus"] == "Stopped"
     assert description["SecondaryStatus"] == "Stopped"
-    assert "got SIGTERM" in log_text(jobs, "stoppable")
+    assert log_text(jobs, "stoppable").splitlines()[-2:] == ["got SIGTERM", "ended by its own exit"]
     members = _model_members(description["ModelArtifacts"]["S3ModelArtifacts"])
     assert members == {"at-stop.txt": b"saved\n"}
     with pytest.raises(ValidationException):
@@ -334,25 +346,25 @@ def test_max_runtime_kills_code_that_ignores_sigterm(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENMAKER_STOP_GRACE_SECONDS", "1")
-    # As PID 1 without a handler, the shell ignores SIGTERM: only SIGKILL ends it.
-    script = "#!/bin/sh\necho start\nwhile true; do sleep 0.1; done\n"
+    # The code says it got SIGTERM and goes on: only SIGKILL ends it.
+    script = (
+        "#!/bin/sh\ntrap 'echo ignoring SIGTERM' TERM\necho start\nwhile true; do sleep 0.1; done\n"
+    )
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
     body = request("too-long", str(image), "s3://b/out")
     body["StoppingCondition"] = {"MaxRuntimeInSeconds": 1}
-    started = time.monotonic()
     jobs.create(body)
-    description = wait_for(jobs, "too-long", timeout=60)
+    try:
+        code = hold(wait_for_code("too-long"))
+        description = wait_for(jobs, "too-long", timeout=60)
+    finally:
+        stop_and_wait(jobs, ["too-long"])
     assert description["TrainingJobStatus"] == "Stopped"
     assert description["SecondaryStatus"] == "MaxRuntimeExceeded"
-    assert time.monotonic() - started < 30
-
-
-def _wait_for_log(jobs: TrainingJobs, name: str, text: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log_text(jobs, name):
-        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs of {name}"
-        time.sleep(0.1)
+    assert "ignoring SIGTERM" in log_text(jobs, "too-long")
+    wait_gone(code, "the code that ignored SIGTERM")
+    wait_for_no_processes("too-long")
 
 
 def test_duplicate_name_is_resource_in_use(tmp_path: Path, home: Path) -> None:
@@ -607,21 +619,20 @@ def test_a_worker_killed_from_outside_fails_the_job_and_leaves_no_process(
     )
     jobs = TrainingJobs()
     jobs.create(request("orphan", str(image), "s3://b/out"))
-    _wait_for_log(jobs, "orphan", "ready")
-    with jobs.sessions() as session:
-        job = session.get(TrainingJob, "orphan")
-        assert job is not None
-        pid = job.worker_pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    description = wait_for(jobs, "orphan", timeout=30)
+    try:
+        wait_for_log(jobs, "orphan", "ready")
+        code = hold(wait_for_code("orphan"))
+        pid = worker_pid(jobs, "orphan")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        description = wait_for(jobs, "orphan", timeout=30)
+    finally:
+        stop_and_wait(jobs, ["orphan"])
     assert description["TrainingJobStatus"] == "Failed"
     assert "ended without finishing it" in description["FailureReason"]
-    # The sandbox dies with the worker: nothing of the job goes on running.
-    deadline = time.monotonic() + 10
-    while subprocess.run(["pgrep", "-f", str(image)], capture_output=True).returncode == 0:
-        assert time.monotonic() < deadline, "the job's code outlived its worker"
-        time.sleep(0.1)
+    # The sandbox dies with the worker: nothing of the job goes on running, its code least.
+    wait_gone(code, "the job's code, after its worker")
+    wait_for_no_processes("orphan")
 
 
 def test_a_stop_right_after_create_is_never_lost(
