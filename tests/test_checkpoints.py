@@ -162,10 +162,28 @@ def test_without_inotify_a_scan_uploads_files_once_unchanged(
         raise OSError(38, "inotify is not available here")
 
     monkeypatch.setattr(checkpoint_sync, "InotifyWatcher", unavailable)
+    quiet = 2.0
+    monkeypatch.setattr(checkpoint_sync, "QUIET_SECONDS", quiet)
     sync = sync_of()
     assert sync.mode == "scan"
     prefix = request.node.name
     (sync.folder / "sub").mkdir()
+    # A file still being written (appended to far more often than every `quiet` seconds) is
+    # never uploaded; once left alone, it is, whole.
+    growing = sync.folder / "sub" / "growing.bin"
+    last_write = time.monotonic()
+    stalled = False  # this process paused past `quiet`: the file really was unchanged a while
+    for step in range(30):
+        with open(growing, "ab") as out:
+            out.write(b"%d," % step)
+        now = time.monotonic()
+        stalled = stalled or now - last_write >= quiet
+        last_write = now
+        if not stalled:
+            assert _object(f"{prefix}/sub/growing.bin") is None, "uploaded while changing"
+        time.sleep(0.05)  # the pace of the writer, not a wait for the sync
+    whole = growing.read_bytes()
+    _eventually(lambda: _object(f"{prefix}/sub/growing.bin") == whole, "upload once unchanged")
     (sync.folder / "sub" / "x.bin").write_bytes(b"x")
     _eventually(lambda: _object(f"{prefix}/sub/x.bin") == b"x", "scanned upload")
     (sync.folder / "sub" / "x.bin").unlink()
