@@ -417,9 +417,13 @@ def test_default_stopping_condition_is_valid() -> None:
 
 
 def test_training_image_accepts_a_local_folder() -> None:
-    # The model's AlgorithmImage is ".*" up to 255 characters: a local path is fine.
-    assert shape("AlgorithmImage").metadata["pattern"] == ".*"
-    assert pattern_matches(".*", BASE["AlgorithmSpecification"]["TrainingImage"])
+    # The model's AlgorithmImage is ".*" up to 255 characters: a local path is fine, and the
+    # checks of that member still run on it (its length).
+    image = "AlgorithmSpecification.TrainingImage"
+    for folder in ("/opt/images/byoc", "/home/me/my trainer/v2"):
+        check_create_training_job(changed(put(image, folder)))
+    with pytest.raises(ValidationException, match=f"at '{image}'"):
+        check_create_training_job(changed(put(image, "/" + "x" * 255)))
 
 
 # --- patterns --------------------------------------------------------------------------------
