@@ -89,7 +89,12 @@ def running_api_server(home: Path, **extra_env: str) -> Iterator[ApiServer]:
         for line in printed.splitlines():
             name, _, value = line.removeprefix("export ").partition("=")
             variables[name] = shlex.split(value)[0]
-        yield ApiServer(home, variables, process)
+        server = ApiServer(home, variables, process)
+        try:
+            yield server
+        finally:
+            if process.poll() is None:  # what failed tests left running ends with the server
+                stop_all(server.client("sagemaker"), _unended(server.client("sagemaker")))
     finally:
         process.terminate()
         try:
@@ -121,6 +126,16 @@ def stop_all(sagemaker: Any, names: Iterable[str], timeout: float = 120) -> None
                 break
             assert time.monotonic() < deadline, f"{name} did not end once stopped"
             time.sleep(0.2)
+
+
+def _unended(sagemaker: Any) -> list[str]:
+    pages = sagemaker.get_paginator("list_training_jobs").paginate()
+    return [
+        job["TrainingJobName"]
+        for page in pages
+        for job in page["TrainingJobSummaries"]
+        if job["TrainingJobStatus"] in ("InProgress", "Stopping")
+    ]
 
 
 def _recorded_pid(record: Path) -> int | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.apiserver import ApiServer, running_api_server
+from tests.helpers import end_every_job
 from tests.s3server import S3Server, running_s3_server
 
 
@@ -16,14 +17,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh OPENMAKER_HOME, no S3 endpoint unless a test asks for one, and no server (the
-    CLI then runs jobs in its own process)."""
+    CLI then runs jobs in its own process). Every job still running at the end is stopped:
+    a test that fails midway leaves none looping."""
     path = tmp_path / "home"
     monkeypatch.setenv("OPENMAKER_HOME", str(path))
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SAGEMAKER"):
         monkeypatch.delenv(name, raising=False)
-    return path
+    yield path
+    if (path / "openmaker.db").exists():
+        end_every_job()
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import obstore
 
 from openmaker.config import load_settings
+from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.state import TERMINAL
 from openmaker.spec import ResourceNotFound, ValidationException
@@ -99,6 +102,32 @@ def stop_and_wait(jobs: TrainingJobs, names: Iterable[str], timeout: float = 120
     for name in names:
         with contextlib.suppress(ResourceNotFound):
             wait_for(jobs, name, timeout)
+
+
+def end_every_job(grace: float = 15) -> None:
+    """Stop every job of this OPENMAKER_HOME that has not ended, as a fixture's teardown does
+    after a test that failed midway; a job still running `grace` seconds later (its code
+    ignoring SIGTERM through a long grace period) has its worker killed, its sandbox with it."""
+    jobs = TrainingJobs()
+    running = [
+        job["TrainingJobName"] for job in jobs.list() if job["TrainingJobStatus"] not in TERMINAL
+    ]
+    for name in running:
+        with contextlib.suppress(ValidationException, ResourceNotFound):
+            jobs.stop(name)
+    deadline = time.monotonic() + grace
+    for name in running:
+        while jobs.describe(name)["TrainingJobStatus"] not in TERMINAL:
+            if time.monotonic() > deadline:
+                with jobs.sessions() as session:
+                    job = session.get(TrainingJob, name)
+                    pid = None if job is None else job.worker_pid
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                wait_for(jobs, name, timeout=30)
+                break
+            time.sleep(0.1)
 
 
 def wait_for_secondary_status(
