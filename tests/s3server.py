@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -68,7 +70,20 @@ def served_bytes(root: Path) -> int:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free loopback port below the kernel's ephemeral range: released here and bound by a
+    server later (or again, by a server restarted on it), it is never taken meanwhile as the
+    local port of an outgoing connection, as a port from the ephemeral range can be."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a kernel with no room below its ephemeral range
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -100,21 +115,48 @@ class RestartableS3Server:
         self.server = S3Server(f"http://127.0.0.1:{self.port}", key, secret, root)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self.process = _start_rclone(
+    def start(self, timeout: float = 30) -> None:
+        """Start on the port, again while something else holds it a moment. Only this rclone
+        listening counts: a connection may be answered by the port's other holder."""
+        deadline = time.monotonic() + timeout
+        self.process = self._launch()
+        while not _listens(self.process.pid, self.port):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"rclone serve s3 did not start on port {self.port}")
+            if self.process.poll() is not None:  # could not bind: someone else holds the port
+                time.sleep(0.2)
+                self.process = self._launch()
+            time.sleep(0.05)
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        return _start_rclone(
             self.server.root,
             self.port,
             self.server.access_key,
             self.server.secret_key,
             self.options,
         )
-        wait_listening(self.process, "127.0.0.1", self.port, "rclone serve s3")
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on loopback TCP `port`."""
+    listening = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # 127.0.0.1, LISTEN
+            listening.add(f"socket:[{fields[9]}]")
+    try:
+        held = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    except OSError:  # gone
+        return False
+    return bool(listening & held)
 
 
 def _start_rclone(
@@ -143,5 +185,3 @@ def _start_rclone(
             "RCLONE_AUTH_KEY": f'"{key},{secret}"',
         },
     )
-
-
