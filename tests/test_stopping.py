@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
-import subprocess
+import os
+import signal
 import sys
 import tarfile
 import uuid
@@ -12,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from openmaker.jobs.service import TrainingJobs
-from tests.helpers import get_object, log_text, make_image, request, wait_for, wait_for_log
+from tests.helpers import (
+    get_object,
+    log_text,
+    make_image,
+    request,
+    stop_and_wait,
+    wait_for,
+    wait_for_log,
+)
+from tests.process_helpers import processes_mentioning
 
 # The code ignores SIGTERM and leaves a daemon behind: double-forked into a session of its own,
 # ignoring SIGTERM too, holding the code's output open. MODE "stop" then waits to be stopped;
@@ -34,9 +45,9 @@ while "{mode}" == "stop":
 """
 
 
-def _survivors(marker: str) -> list[str]:
-    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
-    return found.stdout.split()
+def _survivors(marker: str) -> list[int]:
+    """The daemon, by the marker in its own argv."""
+    return processes_mentioning(marker)
 
 
 @pytest.mark.parametrize("sandbox", ["bwrap", "none"])
@@ -52,8 +63,8 @@ def test_nothing_the_code_started_survives_the_job(
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
     name = f"daemon-{mode}"
-    jobs.create(request(name, str(image), "s3://b/out"))
     try:
+        jobs.create(request(name, str(image), "s3://b/out"))
         if mode == "stop":
             wait_for_log(jobs, name, "daemon started")
             assert _survivors(marker), "the daemon should be running while the job runs"
@@ -64,7 +75,10 @@ def test_nothing_the_code_started_survives_the_job(
         assert "daemon started" in log_text(jobs, name)
         assert _survivors(marker) == []
     finally:
-        subprocess.run(["pkill", "-KILL", "-f", marker], check=False)
+        stop_and_wait(jobs, [name])
+        for pid in _survivors(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("limit", ["stop", "max-runtime"])
