@@ -69,6 +69,9 @@ def client_environment(
         "AWS_ENDPOINT_URL_SAGEMAKER": record.api_url,
         "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": record.api_url,
         "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": record.api_url,
+        # Metric history: TrainingJobAnalytics, GetMetricStatistics, BatchGetMetrics.
+        "AWS_ENDPOINT_URL_CLOUDWATCH": record.api_url,
+        "AWS_ENDPOINT_URL_SAGEMAKER_METRICS": record.api_url,
     }
     if record.s3_url:
         env["AWS_ENDPOINT_URL_S3"] = record.s3_url

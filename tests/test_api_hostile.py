@@ -172,8 +172,9 @@ def test_the_credential_scope_names_this_region_and_the_service(api_server: ApiS
         ("SageMaker.ListTrainingJobs", "logs", "'sagemaker'"),
         ("Logs_20140328.DescribeLogGroups", "sagemaker", "'logs'"),
         ("SageMaker.ListTrainingJobs", "s3", "'sagemaker'"),
+        ("GraniteServiceVersion20100801.ListMetrics", "sagemaker", "'monitoring'"),
         # An S3 signature says nothing for this API, whatever the target.
-        ("NoSuchService.Anything", "s3", "'logs' or 'sagemaker'"),
+        ("NoSuchService.Anything", "s3", "'logs' or 'monitoring' or 'sagemaker'"),
     ]
     for target, service, wanted in cases:
         status, answer = raw_post(url, body, sign(api_server, target, body, service=service))

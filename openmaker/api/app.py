@@ -1,8 +1,9 @@
-"""The HTTP server's application: AWS JSON 1.1 requests in, AWS JSON responses and errors out.
+"""The HTTP server's application: AWS JSON requests in, AWS JSON responses and errors out.
 
-SageMaker (`X-Amz-Target: SageMaker.<Operation>`) and CloudWatch Logs
-(`Logs_20140328.<Operation>`) share one address; every request must carry a valid SigV4
-signature by the server's key pair before anything else happens.
+SageMaker (`X-Amz-Target: SageMaker.<Operation>`), CloudWatch Logs
+(`Logs_20140328.<Operation>`), CloudWatch's metric reads (`GraniteServiceVersion20100801.`) and
+SageMaker Metrics (rest-json, `POST /BatchGetMetrics`) share one address; every request must
+carry a valid SigV4 signature by the server's key pair before anything else happens.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from openmaker.api import cloudwatch_metrics, sagemaker_metrics
+from openmaker.api.cloudwatch_metrics import CloudWatchMetrics
 from openmaker.api.credentials import Credentials
 from openmaker.api.operations import Backend, Handler
+from openmaker.api.sagemaker_metrics import SageMakerMetrics
 from openmaker.api.sigv4 import SignedRequest, verify
 from openmaker.api.wire import from_wire, parse_document, range_problems, to_wire
 from openmaker.spec.errors import (
@@ -52,44 +57,51 @@ class Service:
     name: str  # the botocore service name
     signing_name: str
     handlers: dict[str, Handler]
+    content_type: str = JSON_TYPE
+    # Checks a request against the model (a service may word its problems its own way).
+    validate: Callable[[str, dict[str, Any], str], None] = validate_input
 
 
 def create_app(backend: Backend, credentials: Credentials) -> Starlette:
+    sessions, settings = backend.jobs.sessions, backend.jobs.settings
     services = {
         "SageMaker": Service("sagemaker", "sagemaker", backend.sagemaker()),
         "Logs_20140328": Service("logs", "logs", backend.logs_operations()),
+        cloudwatch_metrics.TARGET_PREFIX: Service(
+            cloudwatch_metrics.SERVICE,
+            "monitoring",
+            CloudWatchMetrics(sessions, settings.account_id).handlers(),
+            cloudwatch_metrics.CONTENT_TYPE,
+            cloudwatch_metrics.validate,
+        ),
     }
-    region = backend.jobs.settings.region
+    # rest-json services: one operation per path.
+    paths = {
+        sagemaker_metrics.PATH: (
+            Service(
+                sagemaker_metrics.SERVICE,
+                "sagemaker",
+                SageMakerMetrics(sessions).handlers(),
+                sagemaker_metrics.CONTENT_TYPE,
+            ),
+            "BatchGetMetrics",
+        )
+    }
+    region = settings.region
     signing_names = {s.signing_name for s in services.values()}
 
     async def dispatch(request: Request) -> Response:
-        request_id = str(uuid.uuid4())
-        try:
-            body = await _body(request)
-            target = request.headers.get("x-amz-target", "")
-            prefix, _, operation = target.partition(".")
-            service = services.get(prefix)
-            # Nothing is looked at before the signature is: not even whether the target exists.
-            scope = {service.signing_name} if service else signing_names
-            verify(_signed(request, body), credentials, region, scope)
-            if service is None or not operation:
-                raise UnknownOperation(f"Unknown operation {target or '(no X-Amz-Target)'}")
-            handler = service.handlers.get(operation)
-            if handler is None:
-                raise UnknownOperation(
-                    f"openmaker does not implement {service.name} operation {operation}"
-                )
-            result = await run_in_threadpool(_call, service, operation, handler, body)
-        except ServiceError as exc:
-            return _error(exc, request_id)
-        except Exception:
-            log.error("request %s failed:\n%s", request_id, traceback.format_exc())
-            return _error(ServiceError("An internal error occurred."), request_id)
-        return JSONResponse(
-            result,
-            media_type=JSON_TYPE,
-            headers={"x-amzn-RequestId": request_id},
-        )
+        target = request.headers.get("x-amz-target", "")
+        prefix, _, operation = target.partition(".")
+        service = services.get(prefix)
+        if service is None or not operation:
+            unknown = f"Unknown operation {target or '(no X-Amz-Target)'}"
+            return await _serve(request, None, unknown, credentials, region, signing_names)
+        return await _serve(request, service, operation, credentials, region, signing_names)
+
+    async def dispatch_path(request: Request) -> Response:
+        service, operation = paths[request.url.path]
+        return await _serve(request, service, operation, credentials, region, signing_names)
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -97,8 +109,45 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
     return Starlette(
         routes=[
             Route("/", dispatch, methods=["POST"]),
+            *(Route(path, dispatch_path, methods=["POST"]) for path in paths),
             Route("/openmaker/health", health, methods=["GET"]),
         ]
+    )
+
+
+async def _serve(
+    request: Request,
+    service: Service | None,
+    operation: str,
+    credentials: Credentials,
+    region: str,
+    signing_names: set[str],
+) -> Response:
+    """Check the signature, then answer `operation` of `service` (None: `operation` says why
+    the request names nothing served)."""
+    request_id = str(uuid.uuid4())
+    try:
+        body = await _body(request)
+        # Nothing is looked at before the signature is: not even whether the target exists.
+        scope = {service.signing_name} if service else signing_names
+        verify(_signed(request, body), credentials, region, scope)
+        if service is None:
+            raise UnknownOperation(operation)
+        handler = service.handlers.get(operation)
+        if handler is None:
+            raise UnknownOperation(
+                f"openmaker does not implement {service.name} operation {operation}"
+            )
+        result = await run_in_threadpool(_call, service, operation, handler, body)
+    except ServiceError as exc:
+        return _error(exc, request_id)
+    except Exception:
+        log.error("request %s failed:\n%s", request_id, traceback.format_exc())
+        return _error(ServiceError("An internal error occurred."), request_id)
+    return JSONResponse(
+        result,
+        media_type=service.content_type,
+        headers={"x-amzn-RequestId": request_id},
     )
 
 
@@ -109,7 +158,7 @@ def _call(service: Service, operation: str, handler: Handler, body: bytes) -> di
     too_big = range_problems(model.input_shape, params)
     if too_big:
         raise ValidationException(error_message(too_big))
-    validate_input(operation, params, service.name)
+    service.validate(operation, params, service.name)
     try:
         result = handler(params)
     except OperationalError as exc:
@@ -160,9 +209,10 @@ def _error(exc: ServiceError, request_id: str) -> Response:
     body = json.dumps(
         {"__type": exc.code, "message": exc.message}, ensure_ascii=True, separators=(",", ":")
     )
-    return Response(
-        body,
-        status_code=exc.http_status,
-        media_type=JSON_TYPE,
-        headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": exc.code},
-    )
+    headers = {"x-amzn-RequestId": request_id, "x-amzn-ErrorType": exc.code}
+    # A query-compatible service's code as its clients know it (CloudWatch's
+    # "InvalidParameterValue" for the shape InvalidParameterValueException).
+    if query_code := getattr(exc, "query_code", None):
+        fault = "Sender" if exc.http_status < 500 else "Receiver"
+        headers["x-amzn-query-error"] = f"{query_code};{fault}"
+    return Response(body, status_code=exc.http_status, media_type=JSON_TYPE, headers=headers)

@@ -65,7 +65,17 @@ class MetricSample:
     name: str
     timestamp_ms: int
     value: float
+    host: str | None = None  # whose log line it was
 
 
-Event = StatusChanged | LogLine | LogLines | TransferProgress | MetricSample
+@dataclass(frozen=True)
+class SystemMetrics:
+    """One sample of a host's utilization, by metric name (CPUUtilization, ...), in percent."""
+
+    host: str
+    timestamp_ms: int
+    values: dict[str, float]
+
+
+Event = StatusChanged | LogLine | LogLines | TransferProgress | MetricSample | SystemMetrics
 Emit = Callable[[Event], None]

@@ -30,7 +30,8 @@ _JOIN_CGROUPS_THEN_EXEC = (
     'set -e; while [ "$1" != "--" ]; do echo $$ > "$1"; shift; done; shift; exec "$@"'
 )
 CGROUP_FOLDER = "openmaker"
-_CONTROLLERS = ("memory", "pids")
+# cpuacct: a hierarchy of its own only under cgroup v1 (v2's one cgroup counts CPU time too).
+_CONTROLLERS = ("memory", "pids", "cpuacct")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ def confine(spec: HostSpec) -> Confinement:
         else:
             procs.append(str(cgroup / "cgroup.procs"))
             pids_note = f"at most {pids} processes"
+    # The CPU time that the host's CPUUtilization metric is read from (host/system_metrics.py).
+    if (cpu := _make_cgroup(spec, "cpuacct", {})) is not None:
+        procs.append(str(cpu / "cgroup.procs"))
     if procs:
         join = [*dict.fromkeys(procs), "--"]  # one cgroup for both under cgroup v2
         prefix += [shutil.which("sh") or "/bin/sh", "-c", _JOIN_CGROUPS_THEN_EXEC, "sh", *join]
@@ -93,6 +97,12 @@ def oom_killed(spec: HostSpec) -> bool:
                 if key == "oom_kill" and int(value) > 0:
                     return True
     return False
+
+
+def cgroup_of(spec: HostSpec, controller: str) -> Path | None:
+    """The host's cgroup of `controller`, where it has one."""
+    cgroup = _cgroup_path(spec, controller)
+    return cgroup if cgroup is not None and cgroup.is_dir() else None
 
 
 def release(spec: HostSpec) -> None:

@@ -35,7 +35,7 @@ def metric_emitter(definitions: Definitions, emit: Emit) -> Emit:
             for name, regex in compiled:
                 value = _value(regex, message)
                 if value is not None:
-                    emit(MetricSample(name, event.timestamp_ms, value))
+                    emit(MetricSample(name, event.timestamp_ms, value, event.host))
 
     return emit_with_metrics
 

@@ -112,6 +112,25 @@ class MetricValue(Base):
     name: Mapped[str] = mapped_column(String(255))
     timestamp: Mapped[int] = mapped_column(BigInteger)
     value: Mapped[float]
+    # The host whose log line it was ("algo-1"); None in databases made before hosts were kept.
+    host: Mapped[str | None] = mapped_column(String(16))
+
+
+class SystemMetricValue(Base):
+    """One sample of a host's utilization (CPUUtilization, MemoryUtilization, ...), in percent,
+    as SageMaker publishes them for a training job's instances."""
+
+    __tablename__ = "system_metric_values"
+    __table_args__ = (
+        Index("ix_system_metric_values_series", "job_name", "name", "host", "timestamp"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_name: Mapped[str] = mapped_column(ForeignKey("training_jobs.name"))
+    host: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[float]
 
 
 def busy_seconds() -> float:

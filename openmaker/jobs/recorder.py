@@ -29,6 +29,7 @@ from openmaker.host.events import (
     LogLines,
     MetricSample,
     StatusChanged,
+    SystemMetrics,
     TransferProgress,
 )
 from openmaker.jobs import state
@@ -52,7 +53,13 @@ METRIC_BYTES = 16
 INSERT_LINE = (
     "INSERT INTO log_events (stream, timestamp, ingestion_time, message) VALUES (?, ?, ?, ?)"
 )
-INSERT_METRIC = "INSERT INTO metric_values (job_name, name, timestamp, value) VALUES (?, ?, ?, ?)"
+INSERT_METRIC = (
+    "INSERT INTO metric_values (job_name, name, timestamp, value, host) VALUES (?, ?, ?, ?, ?)"
+)
+INSERT_SYSTEM_METRIC = (
+    "INSERT INTO system_metric_values (job_name, host, name, timestamp, value) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
 
 
 class JobRecorder:
@@ -136,7 +143,9 @@ class JobRecorder:
 
         assert self.sessions is not None
         lines: list[tuple[str, int, int, str]] = []
-        metrics: list[tuple[str, str, int, float]] = []
+        metrics: list[tuple[str, str, int, float, str | None]] = []
+        # A host's utilization samples: a few per minute, not counted towards the log limit.
+        system: list[tuple[str, str, str, int, float]] = []
         with self.sessions() as session:
             job = session.get(TrainingJob, self.job_name)
             for event in batch:
@@ -146,7 +155,14 @@ class JobRecorder:
                     self._lines(session, event.host, event.timestamp_ms, event.messages, lines)
                 elif isinstance(event, MetricSample):
                     if self.limit.admit(METRIC_BYTES + len(event.name)):
-                        metrics.append((self.job_name, event.name, event.timestamp_ms, event.value))
+                        metrics.append(
+                            (self.job_name, event.name, event.timestamp_ms, event.value, event.host)
+                        )
+                elif isinstance(event, SystemMetrics):
+                    system.extend(
+                        (self.job_name, event.host, name, event.timestamp_ms, value)
+                        for name, value in event.values.items()
+                    )
                 elif job is not None and isinstance(event, StatusChanged | TransferProgress):
                     _apply_status(job, event)
             connection = session.connection()
@@ -154,6 +170,8 @@ class JobRecorder:
                 connection.exec_driver_sql(INSERT_LINE, lines)
             if metrics:
                 connection.exec_driver_sql(INSERT_METRIC, metrics)
+            if system:
+                connection.exec_driver_sql(INSERT_SYSTEM_METRIC, system)
             session.commit()
 
     def _lines(

@@ -31,6 +31,7 @@ from openmaker.host.jobtree import let_go
 from openmaker.host.limits import oom_killed, release
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
 from openmaker.host.spec import HostResources, HostSpec
+from openmaker.host.system_metrics import sampling
 from openmaker.host.volume import VolumeError, unmount_under
 from openmaker.host.volume import attach as attach_volume
 from openmaker.host.volume import detach as detach_volume
@@ -324,7 +325,8 @@ def _execute_all(specs: list[HostSpec], emit: Emit, stop: StopControl) -> list[H
 
     def one(spec: HostSpec) -> HostResult:
         try:
-            result = execute(spec, emit, stop, grace)
+            with sampling(spec, emit):
+                result = execute(spec, emit, stop, grace)
         except HostFailed as exc:
             result = HostResult(-1, None, exc.reason)
         if result.failure:
