@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from openmaker.api.credentials import Credentials
 from openmaker.api.operations import Backend, Handler
+from openmaker.api.runtime import runtime_routes
 from openmaker.api.sigv4 import SignedRequest, verify
 from openmaker.api.wire import from_wire, parse_document, range_problems, to_wire
 from openmaker.spec.errors import (
@@ -98,6 +99,7 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
         routes=[
             Route("/", dispatch, methods=["POST"]),
             Route("/openmaker/health", health, methods=["GET"]),
+            *runtime_routes(credentials, region, backend.jobs.settings.account_id),
         ]
     )
 
