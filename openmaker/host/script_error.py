@@ -26,7 +26,7 @@ _ERROR_NAME = re.compile(
 # The toolkit's own logger: it logs nothing while the script runs, and its first ERROR line
 # after the script's error is its report of the failure.
 TOOLKIT_LOGGER = "sagemaker-training-toolkit"
-_EMPTY_MESSAGE = re.compile(r'^(\w+Error:\nExitCode -?\d+\n)ErrorMessage ""\n', re.MULTILINE)
+_EMPTY_MESSAGE = re.compile(r'(\w+Error:\nExitCode -?\d+\n)ErrorMessage ""\n')
 # Enough for any FailureReason (1024 characters at most).
 _KEEP_CHARS = 2048
 
