@@ -27,6 +27,7 @@ from openmaker.api import cloudwatch_metrics, sagemaker_metrics
 from openmaker.api.cloudwatch_metrics import CloudWatchMetrics
 from openmaker.api.credentials import Credentials
 from openmaker.api.operations import Backend, Handler
+from openmaker.api.runtime import runtime_routes
 from openmaker.api.sagemaker_metrics import SageMakerMetrics
 from openmaker.api.sigv4 import SignedRequest, verify
 from openmaker.api.wire import from_wire, parse_document, range_problems, to_wire
@@ -111,6 +112,7 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
             Route("/", dispatch, methods=["POST"]),
             *(Route(path, dispatch_path, methods=["POST"]) for path in paths),
             Route("/openmaker/health", health, methods=["GET"]),
+            *runtime_routes(credentials, region, backend.jobs.settings.account_id),
         ]
     )
 

@@ -15,8 +15,10 @@ from openmaker.config import Settings
 from openmaker.jobs import recovery
 from openmaker.jobs.cloudwatch import GROUPS, LogQueries, Window
 from openmaker.jobs.query import JobQuery
+from openmaker.jobs.search import search
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.tags import Tags
+from openmaker.jobs.update import update_training_job
 from openmaker.spec import LocalPaths
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -60,6 +62,10 @@ class Backend:
             "DescribeTrainingJob": lambda p: self.jobs.describe(p["TrainingJobName"]),
             "ListTrainingJobs": self._list_training_jobs,
             "StopTrainingJob": self._stop_training_job,
+            "UpdateTrainingJob": lambda p: {
+                "TrainingJobArn": update_training_job(self.jobs.writers, p)
+            },
+            "Search": lambda p: search(self.jobs.sessions, p),
             "AddTags": lambda p: {"Tags": self.tags.add(p["ResourceArn"], p["Tags"])},
             "ListTags": lambda p: self.tags.list(
                 p["ResourceArn"], p.get("MaxResults", 50), p.get("NextToken")

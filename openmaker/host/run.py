@@ -6,6 +6,7 @@ Each phase reports through `emit`; the caller (an executor) turns the events int
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 
 from openmaker.host.channels import ChannelError, DownloadStopped, download_channels
@@ -13,7 +14,7 @@ from openmaker.host.checkpoint_sync import CheckpointSync
 from openmaker.host.checkpoints import restore_checkpoints
 from openmaker.host.disk import disk_full_reason
 from openmaker.host.environment import container_environment
-from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
+from openmaker.host.events import STATUS_MESSAGES, Emit, LogLines, StatusChanged
 from openmaker.host.execute import (
     DEFAULT_GRACE_SECONDS,
     FAILURE_REASON_LIMIT,
@@ -25,7 +26,9 @@ from openmaker.host.inputs import on_input_failure, start_inputs, stop_inputs
 from openmaker.host.jobtree import hold, read_text_head, tree_of
 from openmaker.host.layout import create_tree
 from openmaker.host.metrics import metric_emitter
+from openmaker.host.notes import opening_lines
 from openmaker.host.sandbox import plan_launch
+from openmaker.host.script_error import ErrorCapture
 from openmaker.host.source import SourceError, install_source
 from openmaker.host.spec import HostSpec
 from openmaker.store import StoreError, UnsafeKeyError
@@ -84,10 +87,15 @@ def execute(
             f"{STATUS_MESSAGES['Training']} ({image.description}; {launch.note})",
         )
     )
+    if notes := opening_lines(spec, image):
+        emit(LogLines(spec.host_name, int(time.time() * 1000), notes, sum(map(len, notes))))
     stopping = spec.request.get("StoppingCondition") or {}
     max_runtime = stopping.get("MaxRuntimeInSeconds")
     on_input_failure(spec, lambda _: stop.request("Failed"))
     logs = metric_emitter(algorithm.get("MetricDefinitions"), emit)
+    script_error = ErrorCapture(logs)
+    if image.program_dir is None:  # script mode: the toolkit's failure file, to fill in
+        logs = script_error
     sync = CheckpointSync.start_for(spec, emit)
     try:
         result = run_process(launch, spec.host_name, logs, stop, max_runtime, grace)
@@ -98,7 +106,7 @@ def execute(
         _remove_root_changes(spec)
     failure = f"ClientError: {input_failure}" if input_failure else None
     if failure is None and result.code != 0 and result.stopped is None:
-        failure = failure_reason(spec, result.code)
+        failure = script_error.fill(failure_reason(spec, result.code), FAILURE_REASON_LIMIT)
     return HostResult(result.code, result.stopped, failure)
 
 

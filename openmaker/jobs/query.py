@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Select, false, select, tuple_
 from sqlalchemy.orm import load_only
 
+from openmaker.jobs import state
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.state import as_utc
 from openmaker.spec.errors import ValidationException
@@ -26,6 +27,9 @@ SORT_COLUMNS = {
 }
 
 
+keep_alive = TrainingJob.request[("ResourceConfig", "KeepAlivePeriodInSeconds")]
+
+
 @dataclass(frozen=True)
 class JobQuery:
     status: str | None = None
@@ -34,7 +38,8 @@ class JobQuery:
     created_before: datetime | None = None
     modified_after: datetime | None = None
     modified_before: datetime | None = None
-    # Jobs of openmaker never keep a warm pool: asking for one matches nothing.
+    # openmaker keeps no warm pool: one asked for is Terminated when its job ends
+    # (openmaker/jobs/describe.py), and no pool is ever in any other status.
     warm_pool_status: str | None = None
     sort_by: str = "CreationTime"
     descending: bool = False
@@ -42,10 +47,11 @@ class JobQuery:
     token: str | None = None
 
     def select(self) -> Select[TrainingJob]:
-        # A summary needs none of the JSON columns (the request, the transitions).
+        # A summary needs the request (whether it asked for a warm pool), not the transitions.
         query = select(TrainingJob).options(
             load_only(
                 TrainingJob.name,
+                TrainingJob.request,
                 TrainingJob.arn,
                 TrainingJob.status,
                 TrainingJob.secondary_status,
@@ -66,7 +72,11 @@ class JobQuery:
             query = query.where(TrainingJob.last_modified_time > _naive(self.modified_after))
         if self.modified_before:
             query = query.where(TrainingJob.last_modified_time < _naive(self.modified_before))
-        if self.warm_pool_status:
+        if self.warm_pool_status == "Terminated":
+            query = query.where(
+                TrainingJob.status.in_(state.TERMINAL), keep_alive.as_integer().is_not(None)
+            )
+        elif self.warm_pool_status:
             query = query.where(false())
         column = SORT_COLUMNS[self.sort_by]
         key = tuple_(column, TrainingJob.name)
