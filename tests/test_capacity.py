@@ -256,7 +256,7 @@ def test_a_host_gets_its_instance_types_share_of_cpus_and_memory(
     _, description = run_script(tmp_path, "share", REPORT, edit=edit)
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     report = _report(description)
-    assert report["memory"] == str(4 * GIB)
+    assert report["memory"] == str(min(4 * GIB, _memory_for_jobs()))  # shared: at most all
     allowed = report["Cpus_allowed_list"].replace("-", ",").split(",")
     assert {int(c) for c in allowed} == set(cpus[:2])  # the first two, or the only one
 
@@ -443,12 +443,13 @@ for controller in memory pids; do
     exit 77;;
   esac
 done
+umount -R /sys/fs/cgroup 2>/dev/null || true  # v1 or v2, maybe read-only: replaced here
 mount -t cgroup2 none /sys/fs/cgroup
 exec "$@"
 """
 
 
-def test_memory_and_pids_limits_and_oom_work_on_cgroup_v2(tmp_path: Path) -> None:
+def test_cgroup_v2_holds_hosts_to_their_memory_and_processes(tmp_path: Path) -> None:
     """The cgroup tests above once more, where only a cgroup2 hierarchy is mounted: each then
     asserts that openmaker used it (most distributions now run on cgroup v2 alone)."""
     if os.environ.get(EXPECT_CGROUP_V2):
