@@ -54,7 +54,7 @@ def use_server(server: S3Server, home: Path) -> dict[str, str]:
 
 
 def run_overhead(plan: Plan, scratch: Path) -> list[str]:
-    print(f"no-op training jobs ({plan.job_runs} runs each, cold and warm)", flush=True)
+    print(f"no-op training jobs ({plan.job_runs} runs each: CLI, cold, warm)", flush=True)
     lines = []
     for result in overhead.measure(scratch, f"s3://{BUCKET}/output", plan.job_runs):
         lines += [result.summary(), *result.breakdown()]

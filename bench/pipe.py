@@ -10,10 +10,17 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.download import DataSet, PeerComparison, bench_spec, ignore_event, s5cmd, upload
+from bench.download import (
+    DataSet,
+    PeerComparison,
+    bench_spec,
+    ignore_event,
+    s5cmd,
+    s5cmd_binary,
+    upload,
+)
 from bench.stats import Timings, rate, timed
 from openmaker.host.pipe import PipeStreamer, plan_pipe
-from openmaker.tools import find_tool
 
 TARGET_RATIO = 0.9
 READ_SIZE = 1024 * 1024
@@ -55,7 +62,7 @@ def openmaker_pipe(uri: str, work_dir: Path, store_env: dict[str, str]) -> int:
 
 
 def s5cmd_cat(uri: str, store_env: dict[str, str]) -> None:
-    command = [find_tool("s5cmd", "s5cmd"), "--endpoint-url", store_env["AWS_ENDPOINT_URL_S3"]]
+    command = [s5cmd_binary(), "--endpoint-url", store_env["AWS_ENDPOINT_URL_S3"]]
     command += ["cat", f"{uri}*"]
     subprocess.run(
         command, env={**os.environ, **store_env}, check=True, stdout=subprocess.DEVNULL

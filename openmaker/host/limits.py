@@ -9,8 +9,13 @@ so every process the code starts inherits it all:
   limits are the host's memory and `OPENMAKER_PIDS_LIMIT` processes and threads (a fork bomb
   stops there);
 - `taskset --cpu-list`: the host's CPUs.
-`CUDA_VISIBLE_DEVICES` names the host's GPUs. What could not be applied is said in the note
-that the job's status message carries.
+`CUDA_VISIBLE_DEVICES` names the host's GPUs (empty: none), and so does
+`NVIDIA_VISIBLE_DEVICES` on a host with GPUs, as on a SageMaker GPU instance. What could not be
+applied is said in the note that the job's status message carries.
+
+cgroup v2 lets a cgroup hand a controller to its children only while no process is in it
+directly: where openmaker's own cgroup has processes (openmaker's, and any others there), they
+move first into a child of it, `openmaker-processes`, which openmaker then takes as its own.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ _JOIN_CGROUPS_THEN_EXEC = (
     'set -e; while [ "$1" != "--" ]; do echo $$ > "$1"; shift; done; shift; exec "$@"'
 )
 CGROUP_FOLDER = "openmaker"
+# cgroup v2: the child of openmaker's own cgroup that the processes in it move to.
+PROCESSES_FOLDER = "openmaker-processes"
 # cpuacct: a hierarchy of its own only under cgroup v1 (v2's one cgroup counts CPU time too).
 _CONTROLLERS = ("memory", "pids", "cpuacct")
 
@@ -80,7 +87,8 @@ def confine(spec: HostSpec) -> Confinement:
     else:
         notes.append("any CPU (taskset, from util-linux, is missing)")
     notes += [pids_note] if pids_note else []
-    env = {"CUDA_VISIBLE_DEVICES": ",".join(resources.gpus)}
+    gpus = ",".join(resources.gpus)
+    env = {"CUDA_VISIBLE_DEVICES": gpus} | ({"NVIDIA_VISIBLE_DEVICES": gpus} if gpus else {})
     notes.append(f"GPUs {','.join(resources.gpus)}" if resources.gpus else "no GPU")
     return Confinement(prefix, env, ", ".join(notes))
 
@@ -187,9 +195,10 @@ def _make_cgroup(spec: HostSpec, controller: str, limits: dict[str, str]) -> Pat
     try:
         # cgroup v2 (asked of openmaker's own cgroup: the folders below may not exist yet)
         if (cgroup.parents[3] / "cgroup.subtree_control").exists():
+            _hand_down(cgroup.parents[3], controller)
             for parent in (cgroup.parents[2], cgroup.parents[1], cgroup.parent):
                 parent.mkdir(exist_ok=True)
-                (parent / "cgroup.subtree_control").write_text(f"+{controller}")
+                _hand_down(parent, controller)
             cgroup.mkdir(exist_ok=True)
             for name, value in limits.items():
                 (cgroup / name).write_text(value)
@@ -206,6 +215,30 @@ def _make_cgroup(spec: HostSpec, controller: str, limits: dict[str, str]) -> Pat
     except OSError:
         return None
     return cgroup
+
+
+def _hand_down(cgroup: Path, controller: str) -> None:
+    """cgroup v2: let `cgroup`'s children have `controller`. The kernel refuses (EBUSY) while
+    processes are in `cgroup` itself: they move to its `openmaker-processes` child first."""
+    control = cgroup / "cgroup.subtree_control"
+    if controller in control.read_text().split():
+        return
+    try:
+        control.write_text(f"+{controller}")
+        return
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+    leaf = cgroup / PROCESSES_FOLDER
+    leaf.mkdir(exist_ok=True)
+    for _ in range(10):  # processes may start while the others move
+        pids = (cgroup / "cgroup.procs").read_text().split()
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                (leaf / "cgroup.procs").write_text(pid)
+    control.write_text(f"+{controller}")
 
 
 # cgroup v1 names of the v2 files.
@@ -235,6 +268,8 @@ def _own_cgroup(controller: str) -> Path | None:
         _, controllers, path = line.split(":", 2)
         if v2_mount and controllers == "":
             folder = Path(v2_mount + path)
+            if folder.name == PROCESSES_FOLDER:  # moved there by _hand_down
+                folder = folder.parent
             controllers_file = folder / "cgroup.controllers"
             with contextlib.suppress(OSError):
                 if controller in controllers_file.read_text().split():

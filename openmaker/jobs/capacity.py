@@ -35,7 +35,7 @@ LOCAL_TYPES = frozenset({"local", "ml.local"})
 # Memory kept back for openmaker itself and the machine: SageMaker's own agents use part of an
 # instance's memory too, and a job that takes all of it takes the machine down with it.
 MIN_RESERVED_MEMORY = 1 * GIB
-RESERVED_MEMORY_FRACTION = 0.1
+RESERVED_MEMORY_PERCENT = 10
 
 # Hosts of one job: each is a sandbox with its own folder, on one machine (or a few).
 MAX_HOSTS_PER_JOB = 64
@@ -88,7 +88,7 @@ def machine(settings: Settings) -> Machine:
         memory = int(settings.memory_gib * GIB)  # what jobs may use: the reserve is the user's
     else:
         total = _memory_total()
-        memory = total - max(MIN_RESERVED_MEMORY, int(total * RESERVED_MEMORY_FRACTION))
+        memory = total - max(MIN_RESERVED_MEMORY, total * RESERVED_MEMORY_PERCENT // 100)
     gpu_ids = detect_gpus()
     if settings.gpus is not None:
         gpu_ids = (gpu_ids + tuple(str(i) for i in range(len(gpu_ids), settings.gpus)))[
