@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from openmaker.request_builder import (
 )
 from openmaker.spec import ServiceError
 from openmaker.store import StoreError, s3_endpoint
+from openmaker.store.location import EMBEDDED_ENDPOINT_URL
 from openmaker.watch import follow, print_logs
 
 if TYPE_CHECKING:
@@ -286,6 +288,13 @@ def server(
         console.print(f"SageMaker and CloudWatch Logs API: {record.api_url}")
         if record.s3_url:
             console.print(f"S3 endpoint of the embedded store: {record.s3_url}")
+        elif (upstream := s3_endpoint()) is not None:
+            # The S3 server in AWS_ENDPOINT_URL_S3 serves clients and transfers directly.
+            gate = os.environ.get(EMBEDDED_ENDPOINT_URL)
+            console.print(
+                f"S3: {upstream.url} (AWS_ENDPOINT_URL_S3); no S3 endpoint of openmaker's own"
+                + (f", but a gate for the jobs' code alone on {gate}" if gate else "")
+            )
         console.print("Point AWS clients here with: eval \"$(openmaker env)\"")
 
     try:
