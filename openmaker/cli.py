@@ -156,8 +156,7 @@ def _wait_and_report(service: TrainingJobs | RemoteJobs, name: str) -> dict[str,
     try:
         description = follow(service, name, console)
     except KeyboardInterrupt:
-        console.print(f"\nStopped following; the job goes on. Stop it: openmaker jobs stop {name}")
-        raise typer.Exit(130) from None
+        raise _stopped_following(name) from None
     status = description["TrainingJobStatus"]
     model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
     if status == "Completed":
@@ -168,6 +167,12 @@ def _wait_and_report(service: TrainingJobs | RemoteJobs, name: str) -> dict[str,
         return description
     reason = description.get("FailureReason") or description["SecondaryStatus"]
     raise _fail(f"training job {name} {status.lower()}: {reason}")
+
+
+def _stopped_following(name: str) -> typer.Exit:
+    """Ctrl-C while following: the job runs in a worker of its own and goes on."""
+    console.print(f"\nStopped following; the job goes on. Stop it: openmaker jobs stop {name}")
+    return typer.Exit(130)
 
 
 def _local_copy(uri: str) -> Path | None:
@@ -260,7 +265,10 @@ def job_logs(
         service.describe(name)
     except ServiceError as exc:
         raise _fail(str(exc)) from None
-    print_logs(service, name, console, follow_)
+    try:
+        print_logs(service, name, console, follow_)
+    except KeyboardInterrupt:
+        raise _stopped_following(name) from None
 
 
 @jobs_app.command("stop")

@@ -80,7 +80,9 @@ def test_ctrl_c_stops_the_following_not_the_job(tmp_path: Path, home: Path) -> N
 
         followed = tmp_path / "logs.out"
         with following(["jobs", "logs", name, "--follow"], followed) as process:
-            interrupt(process, followed, "waiting for the release")
+            status = interrupt(process, followed, "waiting for the release")
+        assert status == 130, followed.read_text()
+        assert "Stopped following; the job goes on" in followed.read_text()
         assert_still_running(jobs, name)
 
         code = code_process(name)
