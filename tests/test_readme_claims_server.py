@@ -201,6 +201,20 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
+ENDPOINT_PROGRAMS = (b"rclone", b"openmaker.api.s3_front", b"openmaker.api.gate_proxy")
+
+
+def endpoint_processes(pid: int) -> list[int]:
+    """The processes of an embedded S3 endpoint (its front, rclone, the auth proxy) under pid."""
+    found = []
+    for process in process_tree(pid):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{process}/cmdline").read_bytes().split(b"\0")
+            if any(program in arg for arg in argv for program in ENDPOINT_PROGRAMS):
+                found.append(process)
+    return found
+
+
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].rstrip("/"))
 
@@ -212,13 +226,14 @@ def test_a_server_over_an_outside_s3_server_starts_no_endpoint_and_says_so(
     embedded = listening_ports(api_server.process.pid)
     assert port_of(api_server.env["AWS_ENDPOINT_URL_SAGEMAKER"]) in embedded
     assert port_of(api_server.env["AWS_ENDPOINT_URL_S3"]) in embedded
+    assert len(endpoint_processes(api_server.process.pid)) >= 2  # the front, rclone, ...
 
     home = tmp_path / "home"
     with running_api_server(home, **s3_server.env()) as server:
         api_port = port_of(server.env["AWS_ENDPOINT_URL_SAGEMAKER"])
         # Only the API listens; no process of an endpoint (front, rclone, auth proxy) runs.
         assert listening_ports(server.process.pid) == {api_port}
-        assert process_tree(server.process.pid) == [server.process.pid]
+        assert endpoint_processes(server.process.pid) == []
         assert "AWS_ENDPOINT_URL_S3" not in server.env
         assert json.loads((home / "server.json").read_text())["s3_url"] is None
         # Clients reach the outside server directly with its own credentials.
