@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from openmaker.request_builder import (
 )
 from openmaker.spec import ServiceError
 from openmaker.store import StoreError, s3_endpoint
+from openmaker.store.location import EMBEDDED_ENDPOINT_URL
 from openmaker.watch import follow, print_logs
 
 if TYPE_CHECKING:
@@ -154,8 +156,7 @@ def _wait_and_report(service: TrainingJobs | RemoteJobs, name: str) -> dict[str,
     try:
         description = follow(service, name, console)
     except KeyboardInterrupt:
-        console.print(f"\nStopped following; the job goes on. Stop it: openmaker jobs stop {name}")
-        raise typer.Exit(130) from None
+        raise _stopped_following(name) from None
     status = description["TrainingJobStatus"]
     model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
     if status == "Completed":
@@ -166,6 +167,12 @@ def _wait_and_report(service: TrainingJobs | RemoteJobs, name: str) -> dict[str,
         return description
     reason = description.get("FailureReason") or description["SecondaryStatus"]
     raise _fail(f"training job {name} {status.lower()}: {reason}")
+
+
+def _stopped_following(name: str) -> typer.Exit:
+    """Ctrl-C while following: the job runs in a worker of its own and goes on."""
+    console.print(f"\nStopped following; the job goes on. Stop it: openmaker jobs stop {name}")
+    return typer.Exit(130)
 
 
 def _local_copy(uri: str) -> Path | None:
@@ -258,7 +265,10 @@ def job_logs(
         service.describe(name)
     except ServiceError as exc:
         raise _fail(str(exc)) from None
-    print_logs(service, name, console, follow_)
+    try:
+        print_logs(service, name, console, follow_)
+    except KeyboardInterrupt:
+        raise _stopped_following(name) from None
 
 
 @jobs_app.command("stop")
@@ -286,6 +296,13 @@ def server(
         console.print(f"SageMaker and CloudWatch Logs API: {record.api_url}")
         if record.s3_url:
             console.print(f"S3 endpoint of the embedded store: {record.s3_url}")
+        elif (upstream := s3_endpoint()) is not None:
+            # The S3 server in AWS_ENDPOINT_URL_S3 serves clients and transfers directly.
+            gate = os.environ.get(EMBEDDED_ENDPOINT_URL)
+            console.print(
+                f"S3: {upstream.url} (AWS_ENDPOINT_URL_S3); no S3 endpoint of openmaker's own"
+                + (f", but a gate for the jobs' code alone on {gate}" if gate else "")
+            )
         console.print("Point AWS clients here with: eval \"$(openmaker env)\"")
 
     try:

@@ -181,6 +181,10 @@ def _start_mount(spec: HostSpec, channel: dict[str, Any], folder: Path) -> Mount
         "--cache-dir", str(spec.work_dir / "fastfile-cache"),
         "--vfs-cache-max-size", f"{_volume_gib(spec)}G",
         "--vfs-cache-min-free-space", "1G",
+        # rclone applies those limits only when it looks (every minute by default): a job
+        # reading 1.5 GiB through a 1 GB volume filled it, rclone's writes failing for lack of
+        # space (and any the code made); looking every second, the cache left room.
+        "--vfs-cache-poll-interval", "1s",
         "--vfs-read-ahead", "512M",
         "--buffer-size", "16M",
         "--vfs-read-chunk-size", "16M",
