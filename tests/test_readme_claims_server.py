@@ -358,3 +358,20 @@ def test_filter_patterns_any_and_not_and_describe_log_groups(
 
 def strip(response: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in response.items() if k != "ResponseMetadata"}
+
+
+def test_a_launch_file_left_wider_by_an_older_openmaker_is_tightened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openmaker.config import load_settings
+    from openmaker.jobs.queue import LAUNCH_FILE, save_launch
+
+    monkeypatch.setenv("OPENMAKER_HOME", str(tmp_path / "home"))
+    settings = load_settings()
+    old = settings.jobs_dir / "old-job" / LAUNCH_FILE
+    old.parent.mkdir(parents=True)
+    old.write_text("{}")
+    old.chmod(0o644)
+    save_launch(settings, "old-job", {"AWS_SECRET_ACCESS_KEY": "secret"})
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    assert json.loads(old.read_text()) == {"env": {"AWS_SECRET_ACCESS_KEY": "secret"}}

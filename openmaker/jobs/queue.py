@@ -35,7 +35,8 @@ def save_launch(settings: Settings, job_name: str, env: dict[str, str]) -> None:
     folder = settings.jobs_dir / job_name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LAUNCH_FILE
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(descriptor, 0o600)  # a file left by an older openmaker may be wider
     with os.fdopen(descriptor, "w") as file:
         json.dump({"env": env}, file)
 
