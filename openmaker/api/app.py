@@ -1,8 +1,9 @@
-"""The HTTP server's application: AWS JSON 1.1 requests in, AWS JSON responses and errors out.
+"""The HTTP server's application: AWS JSON 1.1 and query-protocol requests in, AWS answers out.
 
-SageMaker (`X-Amz-Target: SageMaker.<Operation>`) and CloudWatch Logs
-(`Logs_20140328.<Operation>`) share one address; every request must carry a valid SigV4
-signature by the server's key pair before anything else happens.
+SageMaker (`X-Amz-Target: SageMaker.<Operation>`), CloudWatch Logs
+(`Logs_20140328.<Operation>`) and the query services STS and IAM (form-encoded, told apart by
+the service their signature is scoped to) share one address; every request must carry a valid
+SigV4 signature by the server's key pair before anything else happens.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from openmaker.api import iam, query, sts
 from openmaker.api.credentials import Credentials
 from openmaker.api.operations import Backend, Handler
 from openmaker.api.sigv4 import SignedRequest, verify
@@ -59,11 +61,22 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
         "SageMaker": Service("sagemaker", "sagemaker", backend.sagemaker()),
         "Logs_20140328": Service("logs", "logs", backend.logs_operations()),
     }
+    # The query services, by signing name (the only thing that tells them apart).
+    query_services = {
+        s.signing_name: s
+        for s in (
+            sts.service(backend.jobs.settings.account_id),
+            iam.service(backend.jobs.settings.account_id),
+        )
+    }
     region = backend.jobs.settings.region
     signing_names = {s.signing_name for s in services.values()}
 
     async def dispatch(request: Request) -> Response:
         request_id = str(uuid.uuid4())
+        headers = request.headers
+        if query.is_query_request(headers.get("content-type", ""), headers.get("x-amz-target")):
+            return await query_dispatch(request, request_id)
         try:
             body = await _body(request)
             target = request.headers.get("x-amz-target", "")
@@ -89,6 +102,22 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
             result,
             media_type=JSON_TYPE,
             headers={"x-amzn-RequestId": request_id},
+        )
+
+    async def query_dispatch(request: Request, request_id: str) -> Response:
+        service = None
+        try:
+            body = await _body(request)
+            scope = verify(_signed(request, body), credentials, region, query_services)
+            service = query_services[scope.service]
+            answer = await run_in_threadpool(query.call, service, body, request_id)
+        except ServiceError as exc:
+            return _query_error(service, exc, request_id)
+        except Exception:
+            log.error("request %s failed:\n%s", request_id, traceback.format_exc())
+            return _query_error(service, ServiceError("An internal error occurred."), request_id)
+        return Response(
+            answer, media_type=query.CONTENT_TYPE, headers={"x-amzn-RequestId": request_id}
         )
 
     async def health(_request: Request) -> Response:
@@ -165,4 +194,15 @@ def _error(exc: ServiceError, request_id: str) -> Response:
         status_code=exc.http_status,
         media_type=JSON_TYPE,
         headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": exc.code},
+    )
+
+
+def _query_error(
+    service: query.QueryService | None, exc: ServiceError, request_id: str
+) -> Response:
+    return Response(
+        query.error_body(service, exc, request_id),
+        status_code=query.error_status(exc),
+        media_type=query.CONTENT_TYPE,
+        headers={"x-amzn-RequestId": request_id},
     )
