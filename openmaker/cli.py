@@ -316,6 +316,7 @@ def env_command() -> None:
     """Print the export lines that point boto3, the aws CLI and the sagemaker SDK at the
     running server: eval "$(openmaker env)"."""
     from openmaker.api.credentials import KEY_VARIABLE, SECRET_VARIABLE, configured_credentials
+    from openmaker.sdk_config import write_sdk_config
 
     settings = load_settings()
     record = read_record(settings)
@@ -330,7 +331,11 @@ def env_command() -> None:
                     f"given to it in {KEY_VARIABLE} and {SECRET_VARIABLE}: set the same two "
                     "variables for 'openmaker env'")
     variables = client_environment(
-        record, credentials.access_key_id, credentials.secret_access_key, settings.region
+        record,
+        credentials.access_key_id,
+        credentials.secret_access_key,
+        settings.region,
+        sdk_config=write_sdk_config(settings),
     )
     for name, value in variables.items():
         print(f"export {name}={shlex.quote(value)}")

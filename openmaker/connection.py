@@ -16,6 +16,8 @@ from openmaker.config import Settings
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7070  # the SageMaker, runtime and CloudWatch Logs APIs
 DEFAULT_S3_PORT = 7071  # the embedded store's S3 endpoint
+BOTOCORE_PLUGINS = "BOTOCORE_EXPERIMENTAL__PLUGINS"
+OPENMAKER_PLUGIN = "openmaker=openmaker.botocore_plugin"
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,14 @@ def remove_record(settings: Settings) -> None:
 
 
 def client_environment(
-    record: ServerRecord, access_key_id: str, secret_access_key: str, region: str
+    record: ServerRecord,
+    access_key_id: str,
+    secret_access_key: str,
+    region: str,
+    sdk_config: Path | None = None,
 ) -> dict[str, str]:
-    """The variables that point boto3, the aws CLI and the sagemaker SDK at the server."""
+    """The variables that point boto3, the aws CLI and the sagemaker SDK at the server
+    (`sdk_config`: the sagemaker SDK's configuration file for it, see openmaker/sdk_config.py)."""
     env = {
         "AWS_ENDPOINT_URL_SAGEMAKER": record.api_url,
         "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": record.api_url,
@@ -72,7 +79,13 @@ def client_environment(
         # Metric history: TrainingJobAnalytics, GetMetricStatistics, BatchGetMetrics.
         "AWS_ENDPOINT_URL_CLOUDWATCH": record.api_url,
         "AWS_ENDPOINT_URL_SAGEMAKER_METRICS": record.api_url,
+        "AWS_ENDPOINT_URL_STS": record.api_url,
+        "AWS_ENDPOINT_URL_IAM": record.api_url,
+        # Clients made with an explicit AWS endpoint (the SDKs' STS client) come here too.
+        BOTOCORE_PLUGINS: _with_plugin(os.environ.get(BOTOCORE_PLUGINS, "")),
     }
+    if sdk_config is not None:
+        env["SAGEMAKER_ADMIN_CONFIG_OVERRIDE"] = str(sdk_config)
     if record.s3_url:
         env["AWS_ENDPOINT_URL_S3"] = record.s3_url
     env.update(
@@ -84,6 +97,14 @@ def client_environment(
         }
     )
     return env
+
+
+def _with_plugin(plugins: str) -> str:
+    """botocore's `name=module,...` list with openmaker's plugin in it (once)."""
+    entries = [p for p in plugins.split(",") if p.strip() and p.strip() != "DISABLED"]
+    if OPENMAKER_PLUGIN not in (p.replace(" ", "") for p in entries):
+        entries.append(OPENMAKER_PLUGIN)
+    return ",".join(entries)
 
 
 def server_configured() -> bool:

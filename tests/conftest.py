@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.apiserver import ApiServer, running_api_server
+from tests.egress import Egress
 from tests.helpers import end_every_job
 from tests.s3server import S3Server, running_s3_server
 
@@ -46,3 +47,14 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     roots = str(tmp_path_factory.getbasetemp())
     with running_api_server(home, OPENMAKER_FILE_ROOTS=roots) as server:
         yield server
+
+
+@pytest.fixture
+def no_egress(tmp_path: Path) -> Iterator[Egress]:
+    """Fail the test if it, or a client it runs through `no_egress.command(...)`, reaches (or
+    looks up) any address but this machine's loopback; see tests/egress.py."""
+    guard = Egress(tmp_path / "egress-report.txt")
+    with guard.armed():
+        yield guard
+    if guard.violations():
+        pytest.fail("a client reached beyond this machine:\n" + "\n".join(guard.violations()))

@@ -1,5 +1,6 @@
 """The official clients, unchanged, against `openmaker server`: the aws CLI, the sagemaker SDK v2
-and openmaker's own CLI, configured only through the variables `openmaker env` prints."""
+and openmaker's own CLI, configured only through the variables `openmaker env` prints, and
+never reaching beyond this machine (tests/egress.py)."""
 
 from __future__ import annotations
 
@@ -13,24 +14,24 @@ from pathlib import Path
 import pytest
 
 from tests.apiserver import ApiServer, openmaker_command
+from tests.egress import Egress
 from tests.helpers import make_image, request
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
-def client_env(server: ApiServer) -> dict[str, str]:
-    """A client's environment: the server's variables, no openmaker settings of its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OPENMAKER_"))}
+def client_env(server: ApiServer, home: Path) -> dict[str, str]:
+    """A client's environment: what `openmaker env` prints and nothing else of AWS's, openmaker's
+    or the sagemaker SDK's; a fresh home, so that no file of this machine's user (`~/.aws`,
+    `~/.config/sagemaker`) configures it either."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "OPENMAKER_", "SAGEMAKER_", "BOTOCORE_"))
+    }
     env.update(server.env)
-    env.update(
-        {
-            "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
-            "SAGEMAKER_USER_CONFIG_OVERRIDE": str(
-                Path(__file__).with_name("sagemaker-config.yaml")
-            ),
-            "AWS_CONFIG_FILE": "/dev/null",
-        }
-    )
+    home.mkdir(exist_ok=True)
+    env["HOME"] = str(home)
     return env
 
 
@@ -40,10 +41,10 @@ def new_bucket(server: ApiServer) -> str:
     return name
 
 
-def aws(server: ApiServer, *args: str) -> dict:
+def aws(server: ApiServer, egress: Egress, *args: str) -> dict:
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "aws"), *args, "--output", "json"],
-        env=client_env(server),
+        egress.command([str(Path(sys.executable).parent / "aws"), *args, "--output", "json"]),
+        env=client_env(server, egress.report.with_name("client-home")),
         capture_output=True,
         text=True,
         timeout=120,
@@ -52,13 +53,14 @@ def aws(server: ApiServer, *args: str) -> dict:
     return json.loads(done.stdout or "{}")
 
 
-def test_aws_cli(api_server: ApiServer, tmp_path: Path) -> None:
+def test_aws_cli(api_server: ApiServer, tmp_path: Path, no_egress: Egress) -> None:
     name = f"cli-{uuid.uuid4().hex[:8]}"
     image = make_image(tmp_path / "image", "#!/bin/sh\necho from the aws cli\n")
     body = request(name, str(image), f"s3://{new_bucket(api_server)}/out")
     (tmp_path / "job.json").write_text(json.dumps(body))
     created = aws(
         api_server,
+        no_egress,
         "sagemaker",
         "create-training-job",
         "--cli-input-json",
@@ -70,9 +72,11 @@ def test_aws_cli(api_server: ApiServer, tmp_path: Path) -> None:
     api_server.client("sagemaker").get_waiter("training_job_completed_or_stopped").wait(
         TrainingJobName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
     )
-    described = aws(api_server, "sagemaker", "describe-training-job", "--training-job-name", name)
+    described = aws(
+        api_server, no_egress, "sagemaker", "describe-training-job", "--training-job-name", name)
     assert described["TrainingJobStatus"] == "Completed"
-    listed = aws(api_server, "sagemaker", "list-training-jobs", "--name-contains", name)
+    listed = aws(
+        api_server, no_egress, "sagemaker", "list-training-jobs", "--name-contains", name)
     assert [s["TrainingJobName"] for s in listed["TrainingJobSummaries"]] == [name]
 
 
@@ -110,7 +114,9 @@ print(f"script mode read {len(rows)} rows with alpha={args.alpha}")
 
 
 @pytest.mark.parametrize("kind", ["image", "sklearn"])
-def test_sagemaker_sdk(api_server: ApiServer, tmp_path: Path, kind: str) -> None:
+def test_sagemaker_sdk(
+    api_server: ApiServer, tmp_path: Path, kind: str, no_egress: Egress
+) -> None:
     bucket = new_bucket(api_server)
     s3 = api_server.client("s3")
     s3.put_object(Bucket=bucket, Key="data/train/data.csv", Body=b"1,2\n3,4\n5,6\n")
@@ -133,8 +139,8 @@ def test_sagemaker_sdk(api_server: ApiServer, tmp_path: Path, kind: str) -> None
         )
     )
     done = subprocess.run(
-        [sys.executable, str(script), kind],
-        env=client_env(api_server),
+        no_egress.command([sys.executable, str(script), kind]),
+        env=client_env(api_server, tmp_path / "client-home"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -161,14 +167,16 @@ def test_sagemaker_sdk(api_server: ApiServer, tmp_path: Path, kind: str) -> None
         assert "scikit-learn image" in training["StatusMessage"]
 
 
-def test_openmaker_cli_through_the_server(api_server: ApiServer, tmp_path: Path) -> None:
+def test_openmaker_cli_through_the_server(
+    api_server: ApiServer, tmp_path: Path, no_egress: Egress
+) -> None:
     name = f"omcli-{uuid.uuid4().hex[:8]}"
     image = make_image(tmp_path / "image", "#!/bin/sh\necho through the server\n")
     body = request(name, str(image), f"s3://{new_bucket(api_server)}/out")
     (tmp_path / "job.json").write_text(json.dumps(body))
-    env = client_env(api_server)
+    env = client_env(api_server, tmp_path / "client-home")
     trained = subprocess.run(
-        [*openmaker_command(), "train", "--request", str(tmp_path / "job.json")],
+        no_egress.command([*openmaker_command(), "train", "--request", str(tmp_path / "job.json")]),
         env=env,
         capture_output=True,
         text=True,
@@ -181,7 +189,7 @@ def test_openmaker_cli_through_the_server(api_server: ApiServer, tmp_path: Path)
     described = api_server.client("sagemaker").describe_training_job(TrainingJobName=name)
     assert described["TrainingJobStatus"] == "Completed"
     listed = subprocess.run(
-        [*openmaker_command(), "jobs", "list", "--name-contains", name],
+        no_egress.command([*openmaker_command(), "jobs", "list", "--name-contains", name]),
         env=env,
         capture_output=True,
         text=True,
@@ -189,6 +197,9 @@ def test_openmaker_cli_through_the_server(api_server: ApiServer, tmp_path: Path)
     )
     assert name in listed.stdout
     logs = subprocess.run(
-        [*openmaker_command(), "jobs", "logs", name], env=env, capture_output=True, text=True
+        no_egress.command([*openmaker_command(), "jobs", "logs", name]),
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert "through the server" in logs.stdout

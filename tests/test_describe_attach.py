@@ -13,6 +13,7 @@ from typing import Any
 from openmaker.jobs.capacity import detect_gpus
 from openmaker.spec import validate_output
 from tests.apiserver import ApiServer
+from tests.egress import Egress
 from tests.helpers import make_image
 from tests.test_api_clients import ROLE, client_env, new_bucket
 
@@ -95,7 +96,9 @@ pathlib.Path(os.environ["SM_MODEL_DIR"], "model.txt").write_text("ok")
 """
 
 
-def test_attach_reads_every_member_it_needs(api_server: ApiServer, tmp_path: Path) -> None:
+def test_attach_reads_every_member_it_needs(
+    api_server: ApiServer, tmp_path: Path, no_egress: Egress
+) -> None:
     bucket = new_bucket(api_server)
     image = make_image(tmp_path / "image", "#!/bin/sh\necho model > /opt/ml/model/model.txt\n")
     source = tmp_path / "src"
@@ -106,8 +109,8 @@ def test_attach_reads_every_member_it_needs(api_server: ApiServer, tmp_path: Pat
         SCRIPT.format(bucket=bucket, role=ROLE, image=str(image), source=str(source))
     )
     done = subprocess.run(
-        [sys.executable, str(script)],
-        env=client_env(api_server),
+        no_egress.command([sys.executable, str(script)]),
+        env=client_env(api_server, tmp_path / "client-home"),
         capture_output=True,
         text=True,
         timeout=600,

@@ -22,6 +22,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests.apiserver import ApiServer
+from tests.egress import Egress
 from tests.helpers import make_image, request
 
 NAMESPACE = "/aws/sagemaker/TrainingJobs"
@@ -254,7 +255,10 @@ def test_batch_get_metrics_by_the_jobs_arn(api_server: ApiServer, job: dict[str,
 
 
 def test_training_job_analytics_of_the_sdk(
-    api_server: ApiServer, job: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    api_server: ApiServer,
+    job: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    no_egress: Egress,
 ) -> None:
     from sagemaker.analytics import TrainingJobAnalytics
     from sagemaker.session import Session

@@ -1,9 +1,12 @@
-"""The HTTP server's application: AWS JSON requests in, AWS JSON responses and errors out.
+"""The HTTP server's application: AWS JSON, rest-json and query-protocol requests in, AWS
+answers out.
 
 SageMaker (`X-Amz-Target: SageMaker.<Operation>`), CloudWatch Logs
-(`Logs_20140328.<Operation>`), CloudWatch's metric reads (`GraniteServiceVersion20100801.`) and
-SageMaker Metrics (rest-json, `POST /BatchGetMetrics`) share one address; every request must
-carry a valid SigV4 signature by the server's key pair before anything else happens.
+(`Logs_20140328.<Operation>`), CloudWatch's metric reads (`GraniteServiceVersion20100801.`),
+SageMaker Metrics (rest-json, `POST /BatchGetMetrics`) and the query services STS and IAM
+(form-encoded, told apart by the service their signature is scoped to) share one address; every
+request must carry a valid SigV4 signature by the server's key pair before anything else
+happens.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from openmaker.api import cloudwatch_metrics, sagemaker_metrics
+from openmaker.api import cloudwatch_metrics, iam, query, sagemaker_metrics, sts
 from openmaker.api.cloudwatch_metrics import CloudWatchMetrics
 from openmaker.api.credentials import Credentials
 from openmaker.api.operations import Backend, Handler
@@ -88,10 +91,18 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
             "BatchGetMetrics",
         )
     }
+    # The query services, by signing name (the only thing that tells them apart).
+    query_services = {
+        s.signing_name: s
+        for s in (sts.service(settings.account_id), iam.service(settings.account_id))
+    }
     region = settings.region
     signing_names = {s.signing_name for s in services.values()}
 
     async def dispatch(request: Request) -> Response:
+        headers = request.headers
+        if query.is_query_request(headers.get("content-type", ""), headers.get("x-amz-target")):
+            return await query_dispatch(request, str(uuid.uuid4()))
         target = request.headers.get("x-amz-target", "")
         prefix, _, operation = target.partition(".")
         service = services.get(prefix)
@@ -103,6 +114,22 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
     async def dispatch_path(request: Request) -> Response:
         service, operation = paths[request.url.path]
         return await _serve(request, service, operation, credentials, region, signing_names)
+
+    async def query_dispatch(request: Request, request_id: str) -> Response:
+        service = None
+        try:
+            body = await _body(request)
+            scope = verify(_signed(request, body), credentials, region, query_services)
+            service = query_services[scope.service]
+            answer = await run_in_threadpool(query.call, service, body, request_id)
+        except ServiceError as exc:
+            return _query_error(service, exc, request_id)
+        except Exception:
+            log.error("request %s failed:\n%s", request_id, traceback.format_exc())
+            return _query_error(service, ServiceError("An internal error occurred."), request_id)
+        return Response(
+            answer, media_type=query.CONTENT_TYPE, headers={"x-amzn-RequestId": request_id}
+        )
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -218,3 +245,14 @@ def _error(exc: ServiceError, request_id: str) -> Response:
         fault = "Sender" if exc.http_status < 500 else "Receiver"
         headers["x-amzn-query-error"] = f"{query_code};{fault}"
     return Response(body, status_code=exc.http_status, media_type=JSON_TYPE, headers=headers)
+
+
+def _query_error(
+    service: query.QueryService | None, exc: ServiceError, request_id: str
+) -> Response:
+    return Response(
+        query.error_body(service, exc, request_id),
+        status_code=query.error_status(exc),
+        media_type=query.CONTENT_TYPE,
+        headers={"x-amzn-RequestId": request_id},
+    )

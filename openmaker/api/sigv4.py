@@ -86,9 +86,10 @@ def verify(
     credentials: Credentials,
     region: str,
     services: Collection[str],
-) -> None:
+) -> Scope:
     """Raise the AWS error a client would get unless `request` is signed by `credentials`, for
-    `region` and one of `services` (signing names), close enough to now."""
+    `region` and one of `services` (signing names), close enough to now; else the signature's
+    scope (its `service` says which service the client meant)."""
     header = _first(request.headers, "authorization")
     if header is None:
         raise MissingAuthenticationToken("Missing Authentication Token")
@@ -122,6 +123,7 @@ def verify(
     ).hexdigest()
     if not hmac.compare_digest(expected.encode(), auth.signature.encode()):
         raise InvalidSignature(_MISMATCH)
+    return auth.scope
 
 
 def payload_hash(request: SignedRequest) -> str:
