@@ -260,11 +260,12 @@ def test_training_job_analytics_of_the_sdk(
     monkeypatch: pytest.MonkeyPatch,
     no_egress: Egress,
 ) -> None:
+    # Configured before the import, as a user's shell is: importing the SDK makes a session.
+    for variable, value in api_server.env.items():
+        monkeypatch.setenv(variable, value)
     from sagemaker.analytics import TrainingJobAnalytics
     from sagemaker.session import Session
 
-    for variable, value in api_server.env.items():
-        monkeypatch.setenv(variable, value)
     session = Session(boto_session=boto3.Session())
     analytics = TrainingJobAnalytics(  # type: ignore[no-untyped-call]
         job["TrainingJobName"], sagemaker_session=session
