@@ -4,14 +4,11 @@ real connection breaks off (a proxy in front of the real S3 server cuts response
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import os
-import socket
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +29,7 @@ from openmaker.store import StoreError, resolve, stream
 from openmaker.store.manifest import parse_augmented_manifest
 from openmaker.store.ranged import fetch_part
 from openmaker.store.stream import Chunk, stream_object
+from tests.s3proxy import Fault, S3Proxy, object_get
 from tests.s3server import S3Server
 
 KEYS = [f"data/part-{i:03d}" for i in range(23)]
@@ -66,10 +64,7 @@ def test_shuffle_is_reproducible_and_new_every_epoch() -> None:
 
 
 def test_shuffle_order_does_not_depend_on_the_process() -> None:
-    code = (
-        "from openmaker.host.shuffle import shuffled; "
-        f"print(shuffled({KEYS!r}, 9, 2))"
-    )
+    code = f"from openmaker.host.shuffle import shuffled; print(shuffled({KEYS!r}, 9, 2))"
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -117,65 +112,27 @@ def test_a_small_gzip_chunk_never_inflates_past_the_chunk_size() -> None:
     assert sum(got) == 20 * 1024 * 1024 and max(got) <= 1024 * 1024
 
 
-class CuttingProxy:
-    """A TCP proxy to the S3 server that cuts the first `cuts` responses after `keep` bytes."""
-
-    def __init__(self, upstream: str, keep: int, cuts: int) -> None:
-        self.upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
-        self.keep, self.cuts = keep, cuts
-        self.connections = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            cut = self.connections <= self.cuts
-            server = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
-            limit = self.keep if cut else None
-            threading.Thread(target=self._pipe, args=(server, client, limit), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, target: socket.socket, limit: int | None) -> None:
-        sent = 0
-        try:
-            while data := source.recv(65536):
-                if limit is not None and sent + len(data) > limit:
-                    target.sendall(data[: limit - sent])
-                    break
-                target.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        for end in (source, target):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-            end.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 @pytest.fixture
-def flaky(s3_server: S3Server, home: Path) -> Iterator[tuple[CuttingProxy, dict[str, str]]]:
+def flaky(s3_server: S3Server, home: Path) -> Iterator[tuple[S3Proxy, dict[str, str]]]:
+    """The S3 server behind a proxy that cuts the first two GETs of `blob` short."""
     s3_server.make_bucket("flaky")
     s3_server.client().put_object(Bucket="flaky", Key="blob", Body=BLOB)
-    proxy = CuttingProxy(s3_server.url, keep=300_000, cuts=2)
+    proxy = S3Proxy(s3_server.url)
+    proxy.add(Fault(object_get("blob"), times=2, keep=300_000))
     yield proxy, {**s3_server.env(), "AWS_ENDPOINT_URL_S3": proxy.url}
     proxy.close()
+
+
+def _ranges(proxy: S3Proxy) -> list[tuple[str | None, int]]:
+    """The Range header of each GET of `blob`, with the bytes of the body sent to it."""
+    return [(s.headers.get("range"), s.body_sent) for s in proxy.requests(object_get("blob"))]
 
 
 BLOB = os.urandom(3 * 1024 * 1024 + 11)
 
 
 def test_a_stream_cut_short_resumes_from_the_byte_it_reached(
-    flaky: tuple[CuttingProxy, dict[str, str]],
+    flaky: tuple[S3Proxy, dict[str, str]],
 ) -> None:
     proxy, env = flaky
     location = resolve("s3://flaky/blob", load_settings(), env)
@@ -184,11 +141,17 @@ def test_a_stream_cut_short_resumes_from_the_byte_it_reached(
         return b"".join([c async for c in stream_object(location.store, location.key, len(BLOB))])
 
     assert asyncio.run(read()) == BLOB
-    assert proxy.connections >= 3  # two cut short, then one to the end
+    # Two cut short, each retry asking for the rest from the byte the last one reached.
+    end = len(BLOB) - 1
+    assert _ranges(proxy) == [
+        (None, 300_000),
+        (f"bytes=300000-{end}", 300_000),
+        (f"bytes=600000-{end}", len(BLOB) - 600_000),
+    ]
 
 
 def test_a_ranged_part_cut_short_resumes(
-    flaky: tuple[CuttingProxy, dict[str, str]], tmp_path: Path
+    flaky: tuple[S3Proxy, dict[str, str]], tmp_path: Path
 ) -> None:
     proxy, env = flaky
     location = resolve("s3://flaky/blob", load_settings(), env)
@@ -201,11 +164,16 @@ def test_a_ranged_part_cut_short_resumes(
     finally:
         os.close(fd)
     assert target.read_bytes()[1000:] == BLOB[1000:]
-    assert proxy.connections == 3
+    end = len(BLOB) - 1
+    assert _ranges(proxy) == [
+        (f"bytes=1000-{end}", 300_000),
+        (f"bytes=301000-{end}", 300_000),
+        (f"bytes=601000-{end}", len(BLOB) - 601_000),
+    ]
 
 
 def test_without_retries_a_broken_stream_fails_naming_the_object(
-    flaky: tuple[CuttingProxy, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    flaky: tuple[S3Proxy, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "0")
     _, env = flaky
@@ -220,13 +188,13 @@ def test_without_retries_a_broken_stream_fails_naming_the_object(
 
 
 def test_a_large_object_streams_in_parallel_parts_that_resume(
-    flaky: tuple[CuttingProxy, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    flaky: tuple[S3Proxy, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small thresholds, so that a 3 MiB object takes the large-object path in 13 parts.
     monkeypatch.setattr(stream, "RANGED_MIN_SIZE", 1024 * 1024)
     monkeypatch.setattr(stream, "PART_SIZE", 256 * 1024)
     proxy, env = flaky
-    proxy.keep = 100_000  # inside a part
+    proxy.faults[0].keep = 100_000  # inside a part
     location = resolve("s3://flaky/blob", load_settings(), env)
 
     async def read() -> list[Chunk]:
@@ -235,7 +203,15 @@ def test_a_large_object_streams_in_parallel_parts_that_resume(
     parts = asyncio.run(read())
     assert b"".join(parts) == BLOB
     assert len(parts) == 13
-    assert proxy.connections >= 15  # 13 parts, two of them cut short and asked for again
+    # 13 parts, two of them cut short and asked for again from the byte they reached.
+    gets = _ranges(proxy)
+    assert len(gets) == 15
+    cut = [(r, sent) for r, sent in gets if sent == 100_000]
+    assert len(cut) == 2
+    for range_header, _ in cut:
+        assert range_header is not None
+        start, end = map(int, range_header.removeprefix("bytes=").split("-"))
+        assert (f"bytes={start + 100_000}-{end}", end + 1 - start - 100_000) in gets
 
 
 def host(index: int, count: int) -> HostSpec:

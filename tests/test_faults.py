@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import os
+import random
+import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -19,6 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from openmaker.jobs.service import TrainingJobs
+from openmaker.jobs.state import TERMINAL
 from tests.apiserver import running_api_server
 from tests.helpers import (
     get_object,
@@ -30,6 +35,7 @@ from tests.helpers import (
     wait_for_log,
     wait_for_secondary_status,
 )
+from tests.process_helpers import wait_until
 from tests.s3server import RestartableS3Server, served_bytes
 
 BUCKET = "faults"
@@ -121,27 +127,28 @@ def test_a_download_waits_for_the_server_to_come_back(
     assert hashlib.sha256(data).hexdigest() in log_text(jobs, "dl-back")
 
 
-def test_a_server_lost_in_the_middle_of_a_download_never_feeds_the_code_half_a_file(
+def test_a_server_lost_in_the_middle_of_a_download_comes_back_and_the_code_gets_it_whole(
     tmp_path: Path, slow_s3: RestartableS3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "10")
-    data = os.urandom(12 * MiB)
+    size = 12 * MiB  # about three seconds at 4 MB/s
+    data = os.urandom(size)
     put_objects({f"s3://{BUCKET}/data/train/x.bin": data})
     image = make_image(tmp_path / "image", SHA256_OF_THE_CHANNEL)
     jobs = TrainingJobs()
     channels = {"train": f"s3://{BUCKET}/data/train"}
-    jobs.create(request("dl-cut", str(image), f"s3://{BUCKET}/out", channels))
-    wait_for_secondary_status(jobs, "dl-cut", "Downloading")
-    time.sleep(1)  # some seconds away from downloaded at 4 MB/s
-    slow_s3.stop()
-    time.sleep(1)
-    slow_s3.start()
-    description = wait_for(jobs, "dl-cut", timeout=120)
-    if description["TrainingJobStatus"] == "Failed":
-        assert description["FailureReason"].startswith("ClientError: ")
-        assert log_text(jobs, "dl-cut") == ""  # the code never ran
-        return
-    assert description["TrainingJobStatus"] == "Completed"
+    before = served_bytes(slow_s3.server.root)
+    with _stopped_at_the_end(jobs, "dl-cut"):
+        jobs.create(request("dl-cut", str(image), f"s3://{BUCKET}/out", channels))
+        wait_until(
+            lambda: served_bytes(slow_s3.server.root) - before > MiB, "the download under way"
+        )
+        served = _lose(slow_s3) - before
+        assert MiB < served < size  # cut in the middle of the object
+        time.sleep(1)  # away for a second, well within the retry limit
+        slow_s3.start()
+        description = wait_for(jobs, "dl-cut", timeout=120)
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     assert log_text(jobs, "dl-cut") == hashlib.sha256(data).hexdigest()
 
 
@@ -191,7 +198,7 @@ def _run_until_server_gone(
     body["CheckpointConfig"] = {"S3Uri": f"s3://{BUCKET}/ckpt/{name}"}
     jobs.create(body)
     wait_for_log(jobs, name, "trained")
-    weights = (Path(os.environ["OPENMAKER_HOME"]) / "jobs" / name / "algo-1/ml/model/weights.bin")
+    weights = Path(os.environ["OPENMAKER_HOME"]) / "jobs" / name / "algo-1/ml/model/weights.bin"
     written = weights.read_bytes()
     flaky_s3.stop()
     return jobs, written
@@ -231,36 +238,114 @@ def test_outputs_for_a_server_that_stays_away_fail_clearly_and_leave_nothing(
     assert not (job_dir / "artifacts").exists()
 
 
-def test_a_server_lost_in_the_middle_of_the_model_upload_never_leaves_half_an_archive(
+# Writes a model of 24 MiB that does not compress, the same bytes every time: the archive is
+# uploaded in two parts (store/multipart.py).
+MODEL_SIZE = 24 * MiB
+WRITES_A_KNOWN_MODEL = (
+    f"#!{sys.executable}\nimport random\n"
+    f"open('/opt/ml/model/weights.bin', 'wb').write(random.Random(7).randbytes({MODEL_SIZE}))\n"
+)
+
+
+def _model_upload_cut_in_the_middle(
+    tmp_path: Path, server: RestartableS3Server, jobs: TrainingJobs, name: str
+) -> None:
+    """Start a job and lose its server once part of its model archive is on the server: the
+    archive is not there on the frozen server, so the cut came in the middle of the upload."""
+    image = make_image(tmp_path / "image", WRITES_A_KNOWN_MODEL)
+    jobs.create(request(name, str(image), f"s3://{BUCKET}/out"))
+    key = f"out/{name}/output/model.tar.gz"
+    wait_until(lambda: 0 < _bytes_in_parts(server, key) < MODEL_SIZE, "a part of the archive")
+    _freeze(server)
+    assert not (server.server.root / BUCKET / key).exists(), "the upload ended before the cut"
+    _lose(server)
+
+
+def test_a_server_lost_briefly_in_the_middle_of_the_model_upload_gets_the_whole_archive(
     tmp_path: Path, slow_s3: RestartableS3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The server forgets the multipart upload it had: openmaker begins it again."""
     monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "10")
-    script = (
-        f"#!{sys.executable}\nimport os\n"
-        "open('/opt/ml/model/weights.bin', 'wb').write(os.urandom(24 * 1024 * 1024))\n"
-    )
-    image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
-    jobs.create(request("cut-off", str(image), f"s3://{BUCKET}/out"))
-    wait_for_secondary_status(jobs, "cut-off", "Uploading")
-    time.sleep(1.5)  # packed by now, and some seconds away from uploaded at 4 MB/s
-    slow_s3.stop()
-    time.sleep(1)
-    slow_s3.start()
-    description = wait_for(jobs, "cut-off", timeout=120)
-    weights = Path(os.environ["OPENMAKER_HOME"]) / "jobs/cut-off/algo-1/ml/model/weights.bin"
-    assert not weights.exists()  # the job's files are gone; what is uploaded must be whole
-    try:
-        archive = get_object(f"s3://{BUCKET}/out/cut-off/output/model.tar.gz")
-    except FileNotFoundError:
-        # Given up on (the server lost the multipart upload): a failure that says so.
-        assert description["TrainingJobStatus"] == "Failed"
-        assert "could not upload outputs" in description["FailureReason"]
-        return
+    with _stopped_at_the_end(jobs, "cut-off"):
+        _model_upload_cut_in_the_middle(tmp_path, slow_s3, jobs, "cut-off")
+        time.sleep(1)  # away for a second, well within the retry limit
+        slow_s3.start()
+        description = wait_for(jobs, "cut-off", timeout=120)
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    archive = get_object(f"s3://{BUCKET}/out/cut-off/output/model.tar.gz")
+    gzip.decompress(archive)  # whole: its length and CRC match what was compressed
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        assert tar.getnames() == ["weights.bin"]
         member = tar.extractfile("weights.bin")
-        assert member is not None and len(member.read()) == 24 * MiB
+        assert member is not None
+        assert member.read() == random.Random(7).randbytes(MODEL_SIZE)
+
+
+def test_a_server_lost_for_longer_than_the_retry_limit_mid_upload_fails_clearly(
+    tmp_path: Path, slow_s3: RestartableS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "2")
+    jobs = TrainingJobs()
+    with _stopped_at_the_end(jobs, "cut-long"):
+        _model_upload_cut_in_the_middle(tmp_path, slow_s3, jobs, "cut-long")
+        description = wait_for(jobs, "cut-long", timeout=120)  # the server is still away
+    assert description["TrainingJobStatus"] == "Failed"
+    # Which object, and why, in a line: no request URL (an upload's id), no debug dump.
+    assert re.fullmatch(
+        rf"InternalServerError: could not upload outputs: cannot upload "
+        rf"s3://{BUCKET}/out/cut-long/output/(model|output)\.tar\.gz: the object store at "
+        rf"{re.escape(slow_s3.server.url)} could not be reached \([^()]+; retried for \d+ s\)",
+        description["FailureReason"],
+    ), description["FailureReason"]
+    assert "ModelArtifacts" not in description
+    slow_s3.start()
+    with pytest.raises(FileNotFoundError):
+        get_object(f"s3://{BUCKET}/out/cut-long/output/model.tar.gz")
+    assert not (slow_s3.server.root / BUCKET / "out/cut-long/output/model.tar.gz").exists()
+
+
+def _bytes_in_parts(server: RestartableS3Server, key: str) -> int:
+    """Bytes in the parts the server holds of the multipart uploads of `key`."""
+    client = server.server.client()
+    try:
+        uploads = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    except client.exceptions.NoSuchUpload:  # rclone's answer while there are none
+        return 0
+    return sum(
+        part["Size"]
+        for upload in uploads
+        if upload["Key"] == key
+        for part in client.list_parts(Bucket=BUCKET, Key=key, UploadId=upload["UploadId"]).get(
+            "Parts", []
+        )
+    )
+
+
+def _freeze(server: RestartableS3Server) -> None:
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+
+
+def _lose(server: RestartableS3Server) -> int:
+    """Kill the server, as a machine that goes away; returns the bytes it had sent. It is
+    frozen first, so that it sends none between the count and the kill."""
+    _freeze(server)
+    served = served_bytes(server.server.root)
+    server.stop()
+    return served
+
+
+@contextmanager
+def _stopped_at_the_end(jobs: TrainingJobs, name: str) -> Iterator[None]:
+    """A job that a failed assertion left running is stopped, not left behind."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            if jobs.describe(name)["TrainingJobStatus"] not in TERMINAL:
+                jobs.stop(name)
+                wait_for(jobs, name, timeout=60)
 
 
 def test_a_disk_without_room_for_a_volume_fails_the_job_before_it_starts(

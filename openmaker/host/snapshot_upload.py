@@ -8,17 +8,17 @@ it, hence this variant for files the code still owns (checkpoints).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import obstore
+from obstore.exceptions import BaseError
 
 from openmaker.store import Location
 from openmaker.store.errors import translate_errors
-from openmaker.store.transfer import SINGLE_PUT_LIMIT, UPLOAD_PART_SIZE, OnBytes
+from openmaker.store.multipart import OnBytes, put_in_parts
+from openmaker.store.transfer import SINGLE_PUT_LIMIT, upload_error
 
 # What identifies one version of a file's content: size, mtime (ns), inode.
 Signature = tuple[int, int, int]
@@ -52,10 +52,16 @@ async def upload_snapshot(path: Path, target: Location, on_bytes: OnBytes) -> Si
     return await upload_open(fd, target, on_bytes)
 
 
-@translate_errors
 async def upload_open(fd: int, target: Location, on_bytes: OnBytes) -> Signature | None:
     """upload_snapshot() of a file already opened (and closed here): None when it is no regular
     file or changed while read."""
+    try:
+        return await _upload_open(fd, target, on_bytes)
+    except (BaseError, OSError) as exc:
+        raise upload_error(target, exc) from exc
+
+
+async def _upload_open(fd: int, target: Location, on_bytes: OnBytes) -> Signature | None:
     with os.fdopen(fd, "rb", buffering=0) as source:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
@@ -68,23 +74,14 @@ async def upload_open(fd: int, target: Location, on_bytes: OnBytes) -> Signature
             on_bytes(len(data))
             return signature(before)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            while chunk := await asyncio.to_thread(source.read, UPLOAD_PART_SIZE):
-                yield chunk
-                on_bytes(len(chunk))
+        def unchanged() -> None:
             # Raised before the last part is sent: the multipart upload is never completed.
             if not _same(before, os.fstat(fd)):
                 raise _Changed
 
         try:
-            await obstore.put_async(
-                target.store,
-                target.key,
-                chunks(),
-                chunk_size=UPLOAD_PART_SIZE,
-                # Parts held in memory at once, per file (several files may go up together).
-                max_concurrency=4,
-            )
+            # Parts held in memory at once, per file (several files may go up together).
+            await put_in_parts(target, fd, on_bytes, parts_in_flight=4, before_last_part=unchanged)
         except _Changed:
             return None
         return signature(before)

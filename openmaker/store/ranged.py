@@ -20,6 +20,7 @@ from pathlib import Path
 import obstore
 from obstore.store import ObjectStore, S3Store
 
+from openmaker.store.abort import Abort
 from openmaker.store.retry import Backoff, RefusedAnswer
 
 # Objects from this size up are fetched in parts; the part size keeps the number of requests
@@ -29,6 +30,9 @@ PART_SIZE = 64 * 1024 * 1024
 PARTS_IN_FLIGHT = 4
 _READ_SIZE = 4 * 1024 * 1024
 _URL_LIFETIME = timedelta(hours=1)
+# A connection not made by then is an error (retried); an answer may take longer.
+_CONNECT_SECONDS = 10
+_READ_SECONDS = 300
 
 
 def ranged_store(store: ObjectStore, size: int) -> S3Store | None:
@@ -39,47 +43,70 @@ def ranged_store(store: ObjectStore, size: int) -> S3Store | None:
 async def download_ranged(
     store: S3Store, key: str, size: int, destination: Path, on_bytes: Callable[[int], None]
 ) -> None:
-    """Write the object to `destination`, PARTS_IN_FLIGHT parts at a time."""
+    """Write the object to `destination`, PARTS_IN_FLIGHT parts at a time. However this ends
+    (a part that fails, a cancel), no part's thread is left reading."""
     url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
-    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.ftruncate(fd, size)
-        gate = asyncio.Semaphore(PARTS_IN_FLIGHT)
+    finally:
+        os.close(fd)
+    gate = asyncio.Semaphore(PARTS_IN_FLIGHT)
+    abort = Abort()
 
-        async def part(start: int) -> None:
-            end = min(size, start + PART_SIZE) - 1
-            async with gate:
-                # Progress is reported here, on the event loop's thread, never from a worker.
-                on_bytes(await asyncio.to_thread(fetch_part, url, fd, start, end))
+    async def part(start: int) -> None:
+        end = min(size, start + PART_SIZE) - 1
+        async with gate:
+            # Progress is reported here, on the event loop's thread, never from a worker.
+            on_bytes(await asyncio.to_thread(_fetch_into, url, destination, start, end, abort))
 
+    try:
         await asyncio.gather(*(part(start) for start in range(0, size, PART_SIZE)))
+    finally:
+        abort.abort()
+
+
+def _fetch_into(url: str, destination: Path, start: int, end: int, abort: Abort) -> int:
+    # A descriptor of the part's own: one shared with the others could be closed (and its
+    # number reused) while a part given up on still writes.
+    fd = os.open(destination, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return fetch_part(url, fd, start, end, abort)
     finally:
         os.close(fd)
 
 
-def fetch_part(url: str, fd: int, start: int, end: int) -> int:
+def fetch_part(url: str, fd: int, start: int, end: int, abort: Abort | None = None) -> int:
     """Write bytes `start`..`end` at their place in `fd`; a part that breaks off is asked for
-    again from the byte it reached (store/retry.py's backoff and time limit)."""
+    again from the byte it reached (store/retry.py's backoff and time limit), until `abort`."""
+    abort = abort or Abort()
     cursor = [start]  # the next byte to write, kept across attempts
     backoff = Backoff()
     while True:
         try:
-            _write_range(url, fd, cursor, end)
+            _write_range(url, fd, cursor, end, abort)
             return end + 1 - start
         except Exception as exc:
+            if abort.aborted:
+                raise
             backoff.pause_blocking(exc)
 
 
 def open_range(
-    url: str, start: int, end: int
+    url: str, start: int, end: int, abort: Abort
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """A GET of bytes `start`..`end` whose answer is checked to be exactly that range."""
+    """A GET of bytes `start`..`end` whose answer is checked to be exactly that range. The
+    connection is `abort`'s until closed with close_range()."""
     parts = urllib.parse.urlsplit(url)
     connection_type = (
         http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     )
-    connection = connection_type(parts.hostname or "", parts.port, timeout=300)
+    connection = connection_type(parts.hostname or "", parts.port, timeout=_CONNECT_SECONDS)
     try:
+        connection.connect()
+        if connection.sock is not None:
+            connection.sock.settimeout(_READ_SECONDS)
+        abort.opened(connection)
         connection.request(
             "GET", f"{parts.path}?{parts.query}", headers={"Range": f"bytes={start}-{end}"}
         )
@@ -97,15 +124,20 @@ def open_range(
                 f"({content_range or 'no Content-Range'})"
             )
     except BaseException:
-        connection.close()
+        close_range(connection, abort)
         raise
     return connection, response
 
 
-def _write_range(url: str, fd: int, cursor: list[int], end: int) -> None:
+def close_range(connection: http.client.HTTPConnection, abort: Abort) -> None:
+    abort.closed(connection)
+    connection.close()
+
+
+def _write_range(url: str, fd: int, cursor: list[int], end: int, abort: Abort) -> None:
     """Write what arrives of bytes `cursor[0]`..`end`, moving the cursor as bytes land."""
     start = cursor[0]
-    connection, response = open_range(url, start, end)
+    connection, response = open_range(url, start, end, abort)
     try:
         buffer = bytearray(_READ_SIZE)
         view = memoryview(buffer)
@@ -115,4 +147,4 @@ def _write_range(url: str, fd: int, cursor: list[int], end: int) -> None:
         if cursor[0] != end + 1:
             raise EOFError(f"ranged GET of bytes {start}-{end} ended after {cursor[0] - start}")
     finally:
-        connection.close()
+        close_range(connection, abort)

@@ -16,8 +16,9 @@ from datetime import timedelta
 import obstore
 from obstore.store import ObjectStore, S3Store
 
+from openmaker.store.abort import Abort
 from openmaker.store.errors import StoreError, short_message
-from openmaker.store.ranged import RANGED_MIN_SIZE, open_range
+from openmaker.store.ranged import RANGED_MIN_SIZE, close_range, open_range
 from openmaker.store.retry import Backoff
 
 CHUNK_SIZE = 1024 * 1024
@@ -80,13 +81,17 @@ async def _attempt(store: ObjectStore, key: str, offset: int, size: int) -> Asyn
             yield bytes(chunk)
     elif isinstance(store, S3Store):
         url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
-        connection, response = await asyncio.to_thread(open_range, url, offset, size - 1)
+        abort = Abort()
         try:
-            while chunk := await asyncio.to_thread(response.read, CHUNK_SIZE):
-                yield chunk
+            connection, response = await asyncio.to_thread(open_range, url, offset, size - 1, abort)
+            try:
+                while chunk := await asyncio.to_thread(response.read, CHUNK_SIZE):
+                    yield chunk
+            finally:
+                close_range(connection, abort)
         finally:
-            # Closed however the reading ends, also before its first chunk.
-            connection.close()
+            # However the reading ends (a cancel included), no thread is left waiting on it.
+            abort.abort()
     else:
         result = await obstore.get_async(store, key, options={"range": (offset, size)})
         async for chunk in result.stream(min_chunk_size=CHUNK_SIZE):
@@ -98,12 +103,14 @@ async def _parallel_parts(store: S3Store, key: str, size: int) -> AsyncIterator[
     url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
     starts = iter(range(0, size, PART_SIZE))
     pending: deque[asyncio.Task[bytearray]] = deque()
+    abort = Abort()
 
     def launch() -> None:
         start = next(starts, None)
         if start is not None:
             end = min(size, start + PART_SIZE) - 1
-            pending.append(asyncio.create_task(asyncio.to_thread(_read_range, url, start, end)))
+            read = asyncio.to_thread(_read_range, url, start, end, abort)
+            pending.append(asyncio.create_task(read))
 
     for _ in range(PARTS_AHEAD):
         launch()
@@ -113,11 +120,12 @@ async def _parallel_parts(store: S3Store, key: str, size: int) -> AsyncIterator[
             launch()
             yield part
     finally:
+        abort.abort()  # the parts being read end with their connections
         for task in pending:
             task.cancel()
 
 
-def _read_range(url: str, start: int, end: int) -> bytearray:
+def _read_range(url: str, start: int, end: int, abort: Abort) -> bytearray:
     """Bytes `start`..`end`; a GET that breaks off is asked for again from the byte reached."""
     buffer = bytearray(end + 1 - start)
     view = memoryview(buffer)
@@ -125,14 +133,16 @@ def _read_range(url: str, start: int, end: int) -> bytearray:
     backoff = Backoff()
     while got < len(buffer):
         try:
-            connection, response = open_range(url, start + got, end)
+            connection, response = open_range(url, start + got, end, abort)
             try:
                 while got < len(buffer) and (count := response.readinto(view[got:])):
                     got += count
             finally:
-                connection.close()
+                close_range(connection, abort)
             if got < len(buffer):
                 raise EOFError(f"ranged GET of bytes {start}-{end} ended after {got} bytes")
         except Exception as exc:
+            if abort.aborted:
+                raise
             backoff.pause_blocking(exc)
     return buffer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +14,9 @@ from obstore.store import ObjectStore
 
 from openmaker.store.errors import StoreError, short_message, translate_errors
 from openmaker.store.location import Location
+from openmaker.store.multipart import OnBytes as OnBytes  # named here by the callers
+from openmaker.store.multipart import put_in_parts
 from openmaker.store.ranged import download_ranged, ranged_store
-
-OnBytes = Callable[[int], None]
 
 # Objects up to this size are read whole rather than streamed.
 WHOLE_READ_LIMIT = 1024 * 1024
@@ -24,7 +24,6 @@ WHOLE_READ_LIMIT = 1024 * 1024
 OBJECTS_IN_FLIGHT = 64
 # Uploads up to this size go in one PUT; larger ones are multipart (still atomic).
 SINGLE_PUT_LIMIT = 16 * 1024 * 1024
-UPLOAD_PART_SIZE = 16 * 1024 * 1024
 
 
 def _ignore(_: int) -> None:
@@ -86,28 +85,28 @@ def _write_whole(path: Path, data: memoryview) -> None:
         os.close(fd)
 
 
-@translate_errors
 async def upload_file(path: Path, target: Location, on_bytes: OnBytes = _ignore) -> None:
     """Upload `path` to `target.key`; the object appears whole or not at all."""
-    size = path.stat().st_size
-    if size <= SINGLE_PUT_LIMIT:
-        await obstore.put_async(target.store, target.key, path.read_bytes(), use_multipart=False)
-        on_bytes(size)
-        return
-    await obstore.put_async(
-        target.store,
-        target.key,
-        _read_chunks(path, on_bytes),
-        chunk_size=UPLOAD_PART_SIZE,
-        max_concurrency=8,
-    )
+    try:
+        size = path.stat().st_size
+        if size <= SINGLE_PUT_LIMIT:
+            data = path.read_bytes()
+            await obstore.put_async(target.store, target.key, data, use_multipart=False)
+            on_bytes(size)
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            await put_in_parts(target, fd, on_bytes, parts_in_flight=8)
+        finally:
+            os.close(fd)
+    except (BaseError, OSError) as exc:
+        raise upload_error(target, exc) from exc
 
 
-async def _read_chunks(path: Path, on_bytes: OnBytes) -> AsyncIterator[bytes]:
-    with open(path, "rb") as source:
-        while chunk := await asyncio.to_thread(source.read, UPLOAD_PART_SIZE):
-            yield chunk
-            on_bytes(len(chunk))
+def upload_error(target: Location, exc: BaseException) -> StoreError:
+    """The error of an upload that could not be made, for a FailureReason: which object, and
+    why in a line."""
+    return StoreError(f"cannot upload {target.uri}: {short_message(exc)}")
 
 
 @translate_errors
