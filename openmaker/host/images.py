@@ -4,8 +4,10 @@ Three kinds run today: a local folder holding an executable `train` ("bring your
 container": the folder is shown at /opt/program, the host's root filesystem is the operating
 system); the built-in script-mode image, which runs the `sagemaker-training` toolkit with
 openmaker's own Python; and SageMaker's framework images (scikit-learn, PyTorch, TensorFlow,
-XGBoost, Hugging Face, MXNet), for which script mode stands in, as the `sagemaker` SDK runs
-them with an entry point. Other registry images are refused until they can be pulled.
+XGBoost, Hugging Face, MXNet), for which this machine stands in: script mode when the request
+names an entry point in its hyperparameters (SDK v2), or the request's `ContainerEntrypoint` run
+on this machine's root filesystem (SDK v3's ModelTrainer). Other registry images are refused
+until they can be pulled.
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ class Image:
     reference: str
     # A bring-your-own folder, shown at /opt/program; None for script mode.
     program_dir: Path | None
-    # The framework of a SageMaker framework image that script mode stands in for.
+    # The framework of a SageMaker framework image that this machine stands in for.
     framework: str | None = None
+    # A framework image started by its request's ContainerEntrypoint, not by script mode.
+    entrypoint: bool = False
 
     @property
     def path_entries(self) -> list[str]:
@@ -69,6 +73,8 @@ class Image:
         toolkit = f"script mode with the sagemaker-training toolkit on Python {python}"
         if self.framework is None:
             return toolkit
+        if self.entrypoint:
+            toolkit = f"its ContainerEntrypoint on this machine with Python {python}"
         return (
             f"{self.framework} image {self.reference} stood in for by {toolkit} "
             f"({_local_version(self.framework)})"
@@ -94,11 +100,14 @@ def resolve_image(
         return _local_folder(reference, folder, algorithm or {})
     framework = framework_of(reference)
     if framework is not None:
+        if (algorithm or {}).get("ContainerEntrypoint"):
+            return Image(reference, None, framework, entrypoint=True)
         if "sagemaker_program" not in (hyperparameters or {}):
             raise ImageError(
                 f"image {reference!r} is SageMaker's {framework} image, which openmaker runs "
-                "in script mode only: give an entry point (the sagemaker_program and "
-                "sagemaker_submit_directory hyperparameters, as the sagemaker SDK sets them)"
+                "with an entry point only: give the sagemaker_program and "
+                "sagemaker_submit_directory hyperparameters (as the sagemaker SDK v2 sets them) "
+                "or AlgorithmSpecification.ContainerEntrypoint (as SDK v3's ModelTrainer does)"
             )
         return Image(reference, None, framework)
     raise ImageError(
