@@ -25,16 +25,27 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
+# The tests also drive the sagemaker SDK v3, which cannot share an environment with v2 (the
+# test extra's): a second one, .venv-sdk3, holds openmaker (its botocore plugin, `openmaker env`)
+# and the v3 SDK pinned by the `sdk3` extra, as a user's notebook environment would. The SDK is
+# installed in the background while the main environment is (about 2.5 minutes on a fresh
+# 2-core machine with pip's cache warm; --no-compile saves a third of that: the few modules the
+# tests import are compiled when first imported); openmaker itself joins it afterwards, as two
+# builds of the one source folder at once would share its build files.
+sdk3_pid=""
+if [ "$extra" = test ]; then
+    [ -x .venv-sdk3/bin/python ] || python3 -m venv .venv-sdk3
+    sdk3_requirements=$(python3 -c 'import tomllib; print("\n".join(tomllib.load(open(
+        "pyproject.toml", "rb"))["project"]["optional-dependencies"]["sdk3"]))')
+    # shellcheck disable=SC2086 # one requirement a word
+    .venv-sdk3/bin/python -m pip install -q --no-compile --disable-pip-version-check \
+        $sdk3_requirements &
+    sdk3_pid=$!
+fi
 spec="."
 [ -n "$extra" ] && spec=".[${extra}]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
-
-# The tests also drive the sagemaker SDK v3, which cannot share an environment with v2 (the
-# test extra's): a second one, .venv-sdk3, holds openmaker (its botocore plugin, `openmaker env`)
-# and the v3 SDK pinned by the `sdk3` extra, as a user's notebook environment would. About
-# 2.5 minutes on a fresh 2-core machine with pip's cache warm; --no-compile saves a third of
-# that (the few modules the tests import are compiled when first imported).
-if [ "$extra" = test ]; then
-    [ -x .venv-sdk3/bin/python ] || python3 -m venv .venv-sdk3
+if [ -n "$sdk3_pid" ]; then
+    wait "$sdk3_pid" || { echo "installing the sagemaker SDK v3 into .venv-sdk3 failed" >&2; exit 1; }
     .venv-sdk3/bin/python -m pip install -q --no-compile --disable-pip-version-check -e ".[sdk3]"
 fi
