@@ -12,6 +12,9 @@ command -v unshare >/dev/null || missing+=(util-linux)
 # Each host's volume: a loop-mounted ext4 image.
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 command -v losetup >/dev/null || missing+=(mount)
+# Each host's own network: veth pairs and a bridge per job, its rules (host/network.py).
+command -v ip >/dev/null || missing+=(iproute2)
+command -v nft >/dev/null || missing+=(nftables)
 # Debian's own python3 needs python3-venv (and ensurepip) to make a virtual environment.
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

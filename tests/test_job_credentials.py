@@ -68,6 +68,16 @@ def model_file(server: ApiServer | S3Server, described: dict[str, Any], member: 
         return extracted.read()
 
 
+def assert_cannot_sign(server: ApiServer, key: list[str], name: str) -> None:
+    """The job's key pair signs nothing of the control plane (tried from outside the job)."""
+    sagemaker = server.client(
+        "sagemaker", aws_access_key_id=key[0], aws_secret_access_key=key[1], config=NO_RETRIES
+    )
+    with pytest.raises(ClientError) as refused:
+        sagemaker.describe_training_job(TrainingJobName=name)
+    assert refused.value.response["Error"]["Code"] == "UnrecognizedClientException"
+
+
 def s3_as(server: ApiServer, key_id: str, secret: str) -> Any:
     return boto3.client(
         "s3", endpoint_url=server.env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
@@ -79,7 +89,7 @@ def s3_as(server: ApiServer, key_id: str, secret: str) -> Any:
 ATTEMPTS = """
 import json, os, boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"})
 results = {}
 def attempt(label, call):
@@ -88,6 +98,8 @@ def attempt(label, call):
         results[label] = "ok"
     except ClientError as error:
         results[label] = error.response["Error"]["Code"]
+    except EndpointConnectionError:
+        results[label] = "unreachable"
 def finish():
     results["key"] = [os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")]
     with open("/opt/ml/model/results.json", "w") as handle:
@@ -120,8 +132,9 @@ finish()
                         output=f"s3://{bucket}/out")  # fmt: skip
     assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
     results = json.loads(model_file(api_server, described, "results.json"))
-    assert results["describe"] == "UnrecognizedClientException"
-    assert results["create"] == "UnrecognizedClientException"
+    # The job's own network does not reach the API; nor does its key sign it from anywhere.
+    assert results["describe"] == results["create"] == "unreachable"
+    assert_cannot_sign(api_server, results["key"], name)
     assert api_server.env["AWS_ACCESS_KEY_ID"] not in results["key"]
     assert api_server.env["AWS_SECRET_ACCESS_KEY"] not in results["key"]
     with pytest.raises(ClientError):
@@ -432,6 +445,7 @@ finish()
         assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
         results = json.loads(model_file(s3_server, described, "results.json"))
         gate, (key_id, secret) = results["env"]["AWS_ENDPOINT_URL_S3"], results["key"]
+        assert_cannot_sign(server, results["key"], name)
         server_key = s3_as_at(gate, server.env["AWS_ACCESS_KEY_ID"],
                               server.env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
         with pytest.raises(ClientError) as refused:
@@ -449,7 +463,7 @@ finish()
             with pytest.raises(ClientError) as refused:
                 call()
             assert refused.value.response["Error"]["Code"] == "InvalidAccessKeyId"
-    assert results["describe"] == "UnrecognizedClientException"
+    assert results["describe"] == "unreachable"  # the job's own network does not reach it
     assert gate != s3_server.url and key_id != s3_server.access_key
     assert not any(s3_server.secret_key in value for value in results["env"].values())
     assert not any(server.env["AWS_SECRET_ACCESS_KEY"] in v for v in results["env"].values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from openmaker.host.network import DEFAULT_RANGE
 from openmaker.jobs.service import TrainingJobs
 from openmaker.spec import ResourceInUse, ResourceNotFound, ValidationException
 from openmaker.spec.validate import validate_output
@@ -148,7 +150,9 @@ def test_bring_your_own_container_on_s3(tmp_path: Path, home: Path, s3_env: S3Se
     assert seen["env"]["AWS_ENDPOINT_URL_S3"] == s3_env.url
     # The sandbox: own hostname and names, PID 1, private /tmp, openmaker's state hidden.
     assert seen["hostname"] == "algo-1"
-    assert seen["algo_1"] == "127.0.1.1"
+    # Its own address on its job's bridge: the first after the bridge's (host/network.py).
+    algo_1 = ipaddress.IPv4Address(seen["algo_1"])
+    assert algo_1 in ipaddress.IPv4Network(DEFAULT_RANGE) and int(algo_1) % 256 == 2
     assert seen["pid"] == 1
     assert seen["env"]["SAGEMAKER_BASE_DIR"] is None
     assert not seen["home_visible"]
@@ -575,7 +579,11 @@ def test_several_hosts_on_one_machine_share_one_model_archive(tmp_path: Path, ho
     first, second = members["algo-1.files"].split(), members["algo-2.files"].split()
     assert first == [b"part-0", b"part-2", b"part-4"] and second == [b"part-1", b"part-3"]
     assert members["algo-1.hosts"] == members["algo-2.hosts"]
-    assert members["algo-1.hosts"].split() == [b"127.0.1.1", b"algo-1", b"127.0.1.2", b"algo-2"]
+    first_address, first_name, second_address, second_name = members["algo-1.hosts"].split()
+    assert (first_name, second_name) == (b"algo-1", b"algo-2")
+    addresses = [ipaddress.IPv4Address(a.decode()) for a in (first_address, second_address)]
+    assert [int(a) % 256 for a in addresses] == [2, 3]
+    assert int(addresses[1]) - int(addresses[0]) == 1
     assert len(jobs.log_streams("two-hosts")) == 0  # the code printed nothing
 
 

@@ -12,6 +12,8 @@ Run as a program, by path, with the standard library only (it starts in millisec
    may be made (`max_user_namespaces` 0, which the code, without CAP_SYS_RESOURCE, cannot
    raise): the code stays root with its few capabilities and cannot get a full set in a
    namespace of its own. bwrap's `--disable-userns` would map root alone.
+Before all of them, the host's own network namespace is entered (`netns_fd`, a descriptor made
+by openmaker.host.network), while this process still has every capability to do it.
 Every step happens in this same process, which then becomes bubblewrap: whatever was set on it
 before (its cgroups, its parent-death signal) holds for the sandbox.
 """
@@ -24,6 +26,7 @@ import os
 import sys
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -109,6 +112,9 @@ def user_namespace_without_nesting() -> None:
 def main(argv: list[str]) -> None:
     setup = json.loads(argv[1])
     command = argv[argv.index("--") + 1 :]
+    if setup.get("netns_fd") is not None:
+        _check(_libc.setns(setup["netns_fd"], CLONE_NEWNET), "entering the host's network")
+        os.close(setup["netns_fd"])
     private_mount_namespace(setup["detach_under"], setup["keep"])
     for folder, lower in setup["layers"]:
         mount_overlay(folder, lower)

@@ -26,6 +26,7 @@ from openmaker.host.inputs import on_input_failure, start_inputs, stop_inputs
 from openmaker.host.jobtree import hold, read_text_head, tree_of
 from openmaker.host.layout import create_tree
 from openmaker.host.metrics import metric_emitter
+from openmaker.host.network import NetworkError
 from openmaker.host.notes import opening_lines
 from openmaker.host.sandbox import plan_launch
 from openmaker.host.script_error import ErrorCapture
@@ -80,7 +81,11 @@ def execute(
         stop_inputs(spec)
         raise HostFailed(f"ClientError: {exc}") from None
     env = container_environment(spec, image)
-    launch = plan_launch(spec, image, image.command(algorithm), env)
+    try:
+        launch = plan_launch(spec, image, image.command(algorithm), env)
+    except NetworkError as exc:
+        stop_inputs(spec)
+        raise HostFailed(f"InternalServerError: {exc}") from None
     emit(
         StatusChanged(
             "Training",
@@ -100,6 +105,8 @@ def execute(
     try:
         result = run_process(launch, spec.host_name, logs, stop, max_runtime, grace)
     finally:
+        if launch.namespace is not None:
+            launch.namespace.close()
         input_failure = stop_inputs(spec)  # Pipe streamers stopped, FastFile unmounted
         if sync is not None:
             sync.stop()  # the last checkpoints, those of a SIGTERM handler included

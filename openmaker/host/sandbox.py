@@ -30,17 +30,20 @@ from openmaker.host.fastfile import sandbox_binds
 from openmaker.host.images import PROGRAM_MOUNT, Image
 from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.limits import confine
+from openmaker.host.network import SHARED_ADDRESS_BASE, HostNamespace, enter_host, shared
 from openmaker.host.spec import HostSpec
 from openmaker.host.volume import note as volume_note
 from openmaker.host.volume import observe as observe_volume
 from openmaker.host.volume import volume_of
 
-# Each host gets its own loopback address, so that `algo-2` reaches `algo-1` by name.
-HOST_ADDRESS_BASE = "127.0.1."
+# Without a network of their own, each host gets its own loopback address, so that `algo-2`
+# reaches `algo-1` by name.
+HOST_ADDRESS_BASE = SHARED_ADDRESS_BASE
 
 # The code runs as root, but only with Docker's default capabilities, less CAP_MKNOD and
-# CAP_NET_RAW (no device cgroup or network namespace here would contain them): no mounts, no
-# device nodes, no raw sockets on the machine's network — nothing that reaches past the sandbox.
+# CAP_NET_RAW (no device cgroup would contain the one; the other would reach the machine's
+# network where the host shares it): no mounts, no device nodes, no raw sockets — nothing that
+# reaches past the sandbox.
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
     "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
@@ -71,6 +74,8 @@ class Launch:
     info_pipe: tuple[int, int] | None = None
     # The host's folder, whose volume is looked at when the code ends.
     host_folder: Path | None = None
+    # The host's network namespace, entered by enter.py; closed by the caller once it ends.
+    namespace: HostNamespace | None = None
 
 
 def sandbox_unavailable_reason() -> str | None:
@@ -87,8 +92,9 @@ def sandbox_unavailable_reason() -> str | None:
 
 
 def hosts_file(spec: HostSpec) -> str:
+    network = spec.network or shared(spec.hosts, "")
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    lines += [f"{HOST_ADDRESS_BASE}{i + 1}\t{name}" for i, name in enumerate(spec.hosts)]
+    lines += [f"{network.addresses[name]}\t{name}" for name in spec.hosts]
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +126,9 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
     for folder, lower in layers:
         left_to_cover += _cover(folder / "upper", lower, hidden, spec.hidden_paths)
 
+    namespace = None
+    if not spec.request.get("EnableNetworkIsolation") and spec.network and spec.network.bridge:
+        namespace = enter_host(spec.network, spec.host_name, spec.host_index)
     info_read, info_write = os.pipe()
     os.set_inheritable(info_write, True)
     binds: list[tuple[str, ...]] = [("--bind", str(layers[0][0] / "merged"), "/")]
@@ -147,7 +156,7 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
     options.append(("--cap-drop", "ALL"))
     options += [("--cap-add", capability) for capability in CAPABILITIES]
     if spec.request.get("EnableNetworkIsolation"):
-        options.append(("--unshare-net",))
+        options.append(("--unshare-net",))  # loopback alone
     bwrap = ["bwrap", *(part for group in [*binds, *options] for part in group)]
     setup = {
         "detach_under": str(spec.settings.jobs_dir),
@@ -156,12 +165,24 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
         "views": list(views.items()),
         "empty": str(_empty_folder(spec)),
         "userns": True,
+        "netns_fd": namespace.fd if namespace is not None else None,
     }
     argv = [sys.executable, "-I", "-S", str(_ENTER), json.dumps(setup), "--", *bwrap, "--"]
     argv += command
     note = f"sandboxed with bubblewrap as host {spec.host_name}"
+    if spec.request.get("EnableNetworkIsolation"):
+        note += ", network isolation (loopback only)"
+    elif spec.network is not None:
+        note += f", {spec.network.note}"
     return Launch(
-        argv, env, "/", True, note, info_pipe=(info_read, info_write), host_folder=spec.work_dir
+        argv,
+        env,
+        "/",
+        True,
+        note,
+        info_pipe=(info_read, info_write),
+        host_folder=spec.work_dir,
+        namespace=namespace,
     )
 
 
@@ -304,6 +325,8 @@ def _plain_launch(
         env["PATH"] = env["PATH"].replace(PROGRAM_MOUNT, str(image.program_dir))
     cwd = str(image.program_dir or spec.ml_dir)
     note = f"running without a sandbox ({reason}); the code sees SAGEMAKER_BASE_DIR, not /opt/ml"
+    if spec.network is not None and spec.network.bridge is None:
+        note += f"; {spec.network.note}"
     return Launch(command, env, cwd, False, note, host_folder=spec.work_dir)
 
 
@@ -312,7 +335,9 @@ class Process:
 
     def __init__(self, launch: Launch) -> None:
         self.launch = launch
-        pass_fds = (launch.info_pipe[1],) if launch.info_pipe is not None else ()
+        pass_fds = [launch.info_pipe[1]] if launch.info_pipe is not None else []
+        if launch.namespace is not None:
+            pass_fds.append(launch.namespace.fd)
         executable = launch.argv[0]
         if not launch.sandboxed:
             executable = shutil.which(executable, path=launch.env.get("PATH")) or executable

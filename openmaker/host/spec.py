@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.config import Settings
+from openmaker.host.network import JobNetwork
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class HostSpec:
     code_env: dict[str, str] = field(default_factory=dict)
     # None: the whole machine, unconfined.
     resources: HostResources | None = None
+    # The job's network (None: the machine's, with loopback addresses; see host/network.py).
+    network: JobNetwork | None = None
 
     @property
     def ml_dir(self) -> Path:

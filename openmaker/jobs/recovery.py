@@ -4,7 +4,8 @@ A worker can vanish without a word: killed (`kill -9`, the OOM killer), its mach
 or — before it runs — the process starting it killed. Every openmaker process that opens the
 job store (any CLI command, the server) sweeps once; describing a job checks that job. A job
 whose worker is gone is restarted under its RetryStrategy or ends with a FailureReason saying
-what happened; its leftovers (volumes, host folders, cgroups) are removed; then waiting jobs start.
+what happened; its leftovers (volumes, host folders, cgroups, bridges) are removed; then waiting
+jobs start.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from sqlalchemy import select
 
 from openmaker.config import Settings
 from openmaker.host.limits import jobs_with_cgroups, remove_job_cgroups
+from openmaker.host.network import jobs_with_networks
+from openmaker.host.network import remove as remove_network
 from openmaker.host.volume import unmount_under
 from openmaker.jobs import queue, retry, state
 from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
@@ -41,25 +44,35 @@ def sweep(settings: Settings, executor: Executor) -> None:
         for name in orphaned:
             remove_host_folders(settings, name)
     _remove_leftover_cgroups(settings)
+    _remove_leftover_networks(settings)
     queue.start_ready(settings, executor)
 
 
 def _remove_leftover_cgroups(settings: Settings) -> None:
     """Memory cgroups of jobs that no worker runs (a killed worker's, once its code died)."""
     names = jobs_with_cgroups(settings.home)
+    for name in set(names) - _running(settings, names):
+        remove_job_cgroups(settings.home, name)
+
+
+def _remove_leftover_networks(settings: Settings) -> None:
+    """Bridges and their rules of jobs that no worker runs (a killed worker's)."""
+    names = jobs_with_networks(settings.home)
+    for name in set(names) - _running(settings, names):
+        remove_network(settings.home, name)
+
+
+def _running(settings: Settings, names: list[str]) -> set[str]:
+    """Those of the jobs `names` that a worker runs."""
     if not names:
-        return
+        return set()
     with sessions(settings)() as session:
         rows = session.execute(
             select(TrainingJob.name, TrainingJob.status, TrainingJob.worker_pid).where(
                 TrainingJob.name.in_(names)
             )
         ).all()
-    running = {
-        name for name, status, pid in rows if status not in state.TERMINAL and pid is not None
-    }
-    for name in set(names) - running:
-        remove_job_cgroups(settings.home, name)
+    return {name for name, status, pid in rows if status not in state.TERMINAL and pid is not None}
 
 
 def check(settings: Settings, executor: Executor, name: str) -> None:

@@ -29,7 +29,12 @@ from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
 from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
 from openmaker.host.jobtree import let_go
 from openmaker.host.limits import oom_killed, release
+from openmaker.host.network import JobNetwork
+from openmaker.host.network import create as create_network
+from openmaker.host.network import remove as remove_network
+from openmaker.host.network import shared as shared_network
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
+from openmaker.host.sandbox import sandbox_unavailable_reason
 from openmaker.host.spec import HostResources, HostSpec
 from openmaker.host.system_metrics import sampling
 from openmaker.host.volume import VolumeError, unmount_under
@@ -56,8 +61,12 @@ def host_specs(
     job_dir = settings.jobs_dir / name
     store_env = store_environment()
     code_env = code_store_environment()
+    isolated = bool(request.get("EnableNetworkIsolation"))
+    if isolated:
+        code_env = {}  # no network: no endpoint to offer, no key to mint
     code_env = job_access.code_environment(settings.home, request, code_env, store_env)
     shares = _host_resources(settings, placement, count)
+    network = _job_network(settings, name, hosts, code_env, isolated)
     return [
         HostSpec(
             job_name=name,
@@ -72,9 +81,22 @@ def host_specs(
             store_env=store_env,
             code_env=code_env,
             resources=share,
+            network=network,
         )
         for host, share in zip(hosts, shares, strict=True)
     ]
+
+
+def _job_network(
+    settings: Settings, name: str, hosts: list[str], code_env: dict[str, str], isolated: bool
+) -> JobNetwork:
+    """The job's bridge (host/network.py); none for an isolated job (its hosts have loopback
+    alone) or where the sandbox will not run (its hosts share the machine's network)."""
+    if isolated:
+        return shared_network(hosts, "network isolation")
+    if (reason := sandbox_unavailable_reason()) is not None:
+        return shared_network(hosts, reason)
+    return create_network(settings.home, name, hosts, code_env)
 
 
 def _host_resources(
@@ -135,6 +157,7 @@ def run_job(
             release(spec)
             let_go(spec)
             detach_volume(spec)
+        remove_network(settings.home, job_name)
         _remove_host_folders(settings, job_name)
         recorder.update(mine.only(end))
     finally:
@@ -174,6 +197,7 @@ def _remove_host_folders(settings: Settings, job_name: str, keep_allowed: bool =
     """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
     the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem."""
     unmount_under(settings.jobs_dir / job_name)  # volumes an earlier attempt left mounted
+    remove_network(settings.home, job_name)  # and its bridge
     if keep_allowed and os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
         return
     for folder in (settings.jobs_dir / job_name).glob("algo-*"):
