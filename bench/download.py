@@ -17,7 +17,7 @@ from bench.stats import Timings, rate, timed
 from openmaker.config import load_settings
 from openmaker.host.channels import download_channels
 from openmaker.host.events import Event
-from openmaker.host.spec import HostSpec
+from openmaker.host.spec import HostSettings, HostSpec
 
 KiB, MiB = 1024, 1024 * 1024
 TARGET_RATIO = 1.0
@@ -204,7 +204,7 @@ def bench_spec(uri: str, work_dir: Path, store_env: dict[str, str], mode: str) -
         host_name="algo-1",
         hosts=["algo-1"],
         region=settings.region,
-        settings=settings,
+        settings=HostSettings(home=settings.home, pids_limit=settings.pids_limit),
         work_dir=work_dir,
         store_env=store_env,
     )

@@ -20,6 +20,7 @@ from bench.download import (
     upload,
 )
 from bench.stats import Timings, rate, timed
+from openmaker.host.jobtree import HostTree
 from openmaker.host.pipe import PipeStreamer, plan_pipe
 
 TARGET_RATIO = 0.9
@@ -44,7 +45,8 @@ def openmaker_pipe(uri: str, work_dir: Path, store_env: dict[str, str]) -> int:
     spec = bench_spec(uri, work_dir, store_env, "Pipe")
     (spec.ml_dir / "input" / "data").mkdir(parents=True)
     channel = spec.request["InputDataConfig"][0]
-    streamer = PipeStreamer(spec, asyncio.run(plan_pipe(spec, channel)), ignore_event)
+    tree = HostTree(spec)
+    streamer = PipeStreamer(spec, asyncio.run(plan_pipe(spec, channel)), ignore_event, tree)
     streamer.start()
     count = 0
     try:
@@ -56,6 +58,7 @@ def openmaker_pipe(uri: str, work_dir: Path, store_env: dict[str, str]) -> int:
             os.close(fd)
     finally:
         streamer.stop()
+        tree.close()
     if streamer.error:
         raise RuntimeError(streamer.error)
     return count

@@ -24,7 +24,7 @@ from openmaker.host.pipe import _gunzip
 from openmaker.host.sharding import shard
 from openmaker.host.shuffle import shuffled
 from openmaker.host.sources import for_host
-from openmaker.host.spec import HostSpec
+from openmaker.host.spec import HostSettings, HostSpec
 from openmaker.store import StoreError, resolve, stream
 from openmaker.store.manifest import parse_augmented_manifest
 from openmaker.store.ranged import fetch_part
@@ -218,7 +218,8 @@ def host(index: int, count: int) -> HostSpec:
     names = [f"algo-{i + 1}" for i in range(count)]
     return HostSpec(
         job_name="j", job_arn="arn", request={}, host_name=names[index], hosts=names,
-        region="us-east-1", settings=load_settings(), work_dir=Path("/nonexistent"),
+        region="us-east-1", settings=HostSettings(home=load_settings().home),
+        work_dir=Path("/nonexistent"),
     )  # fmt: skip
 
 

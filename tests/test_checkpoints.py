@@ -16,8 +16,9 @@ from openmaker.config import load_settings
 from openmaker.host.checkpoint_sync import CheckpointSync
 from openmaker.host.checkpoints import Ledger, save_checkpoints
 from openmaker.host.events import Event, TransferProgress
+from openmaker.host.jobtree import HostTree
 from openmaker.host.snapshot_upload import upload_snapshot
-from openmaker.host.spec import HostSpec
+from openmaker.host.spec import HostSettings, HostSpec
 from openmaker.store import Location, resolve
 from openmaker.store.transfer import SINGLE_PUT_LIMIT
 from tests.helpers import get_object, log_text, put_objects, run_script
@@ -246,16 +247,18 @@ def test_end_of_job_save_after_a_failed_sync_uploads_the_rest(
     settings = load_settings()
     spec = HostSpec(
         job_name="j", job_arn="arn", request={"CheckpointConfig": {"S3Uri": remote.uri}},
-        host_name="algo-1", hosts=["algo-1"], region="us-east-1", settings=settings,
+        host_name="algo-1", hosts=["algo-1"], region="us-east-1",
+        settings=HostSettings(home=settings.home),
         work_dir=tmp_path / "host", store_env=dict(os.environ),
     )  # fmt: skip
     folder = spec.ml_dir / "checkpoints"
     folder.mkdir(parents=True)
     (folder / "a.txt").write_text("a")
     events: list[Event] = []
-    save_checkpoints(spec, events.append)
-    assert _object(f"{request.node.name}/a.txt") == b"a"
-    assert events
-    events.clear()
-    save_checkpoints(spec, events.append)  # nothing changed since: nothing to do
+    with HostTree(spec) as tree:
+        save_checkpoints(spec, tree, events.append)
+        assert _object(f"{request.node.name}/a.txt") == b"a"
+        assert events
+        events.clear()
+        save_checkpoints(spec, tree, events.append)  # nothing changed since: nothing to do
     assert events == []

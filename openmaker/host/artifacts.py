@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openmaker.config import Settings
 from openmaker.host import jobtree
 from openmaker.host.events import Emit
 from openmaker.host.layout import CONTAINER_ROOT
@@ -26,6 +25,7 @@ from openmaker.host.progress import ProgressMeter
 from openmaker.host.snapshot_upload import upload_open
 from openmaker.host.spec import HostSpec
 from openmaker.store import Location, resolve, upload_file
+from openmaker.store.location import StoreRoots
 from openmaker.store.transfer import OnBytes
 
 MODEL, OUTPUT_DATA = "model", "output/data"
@@ -52,7 +52,7 @@ def model_uri(request: dict[str, Any]) -> str:
     return output_uri(request, "model.tar.gz")
 
 
-def output_prefix(request: dict[str, Any], settings: Settings, env: dict[str, str]) -> Location:
+def output_prefix(request: dict[str, Any], settings: StoreRoots, env: dict[str, str]) -> Location:
     return resolve(output_uri(request, ""), settings, env)
 
 
@@ -103,11 +103,15 @@ def _add(tar: tarfile.TarFile, entry: jobtree.Entry) -> None:
             tar.addfile(info, stream)
 
 
-def upload_artifacts(specs: Sequence[HostSpec], staging: Path, emit: Emit) -> Artifacts:
-    request = specs[0].request
-    destination = output_prefix(request, specs[0].settings, specs[0].store_env)
+# One host's part of the job's outputs: its spec and the handles on its tree.
+HostPart = tuple[HostSpec, jobtree.HostTree]
+
+
+def upload_artifacts(hosts: Sequence[HostPart], staging: Path, emit: Emit) -> Artifacts:
+    request = hosts[0][0].request
+    destination = output_prefix(request, hosts[0][0].settings, hosts[0][0].store_env)
     compressed = request["OutputDataConfig"].get("CompressionType", "GZIP") != "NONE"
-    with _opened(specs, MODEL, emit) as models, _opened(specs, OUTPUT_DATA, emit) as outputs:
+    with _opened(hosts, MODEL, emit) as models, _opened(hosts, OUTPUT_DATA, emit) as outputs:
         uploads: list[tuple[Path, Location]] = []
         if compressed:
             pack_folders(models, staging / "model.tar.gz")
@@ -123,14 +127,14 @@ def upload_artifacts(specs: Sequence[HostSpec], staging: Path, emit: Emit) -> Ar
 
 
 @contextlib.contextmanager
-def _opened(specs: Sequence[HostSpec], relative: str, emit: Emit) -> Iterator[list[int]]:
+def _opened(hosts: Sequence[HostPart], relative: str, emit: Emit) -> Iterator[list[int]]:
     """The folder of each host, by handle; one the code replaced by a link (or a file) is
     taken as empty, and the job's log says so."""
     handles: list[int] = []
     try:
-        for spec in specs:
+        for spec, tree in hosts:
             try:
-                handles.append(jobtree.tree_of(spec).open(relative))
+                handles.append(tree.open(relative))
             except FileNotFoundError:
                 continue
             except jobtree.NotAFolder as exc:

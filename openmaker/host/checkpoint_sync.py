@@ -225,14 +225,16 @@ class CheckpointSync:
         self.thread = threading.Thread(target=self._run, name="checkpoint-sync", daemon=True)
 
     @classmethod
-    def start_for(cls, spec: HostSpec, emit: Emit) -> CheckpointSync | None:
+    def start_for(
+        cls, spec: HostSpec, tree: jobtree.HostTree, emit: Emit
+    ) -> CheckpointSync | None:
         """Watch the host's checkpoint folder (before the code starts); None without one."""
         folder = checkpoint_dir(spec)
         if folder is None:
             return None
         try:
             folder.mkdir(parents=True, exist_ok=True)  # before the code starts: openmaker's
-            opener = jobtree.tree_of(spec).open_checkpoints
+            opener = tree.open_checkpoints
             sync = cls(folder, checkpoint_remote(spec), Ledger.of(spec), emit, opener)
         except (OSError, StoreError, ValueError) as exc:  # the end-of-job save still runs
             _say(f"checkpoint sync of {folder} not started: {exc}")

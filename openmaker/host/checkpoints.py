@@ -21,12 +21,12 @@ import obstore
 
 from openmaker.host.events import Emit
 from openmaker.host.jobtree import (
+    HostTree,
     NotAFolder,
     lstat_below,
     open_file,
     regular_files,
     say_ignored,
-    tree_of,
 )
 from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.progress import ProgressMeter
@@ -210,16 +210,15 @@ def current_signature(folder: int, name: str) -> Signature | None:
     return None if status is None else signature(status)
 
 
-def open_checkpoint_folder(spec: HostSpec, emit: Emit) -> int | None:
+def open_checkpoint_folder(spec: HostSpec, tree: HostTree, emit: Emit) -> int | None:
     """The host's checkpoint folder by handle; None (taken as empty) when missing or not a
     folder (then said in the job's log: the code replaced it by a link, say)."""
     try:
-        return tree_of(spec).open_checkpoints()
+        return tree.open_checkpoints()
     except FileNotFoundError:
         return None
     except NotAFolder as exc:
         # Walked from /opt/ml (LocalPath under it) or from LocalPath itself.
-        tree = tree_of(spec)
         base = CONTAINER_ROOT if tree.checkpoint_anchor == tree.ml else checkpoint_local_path(spec)
         relative = tree.checkpoint_path or ""
         consequence = "it is taken as empty: no checkpoint is uploaded from it"
@@ -227,11 +226,11 @@ def open_checkpoint_folder(spec: HostSpec, emit: Emit) -> int | None:
         return None
 
 
-def save_checkpoints(spec: HostSpec, emit: Emit) -> None:
+def save_checkpoints(spec: HostSpec, tree: HostTree, emit: Emit) -> None:
     """Write back what the continuous sync has not (all of it when no sync ran)."""
     if checkpoint_dir(spec) is None:
         return
-    folder = open_checkpoint_folder(spec, emit)
+    folder = open_checkpoint_folder(spec, tree, emit)
     try:
         remote = checkpoint_remote(spec)
         ledger = Ledger.of(spec)

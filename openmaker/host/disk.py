@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import errno
-from pathlib import Path
 
-from openmaker.host.volume import no_space_reason, volume_of
+from openmaker.host.volume import Volume, no_space_reason
 
 # How obstore (Rust) words the same error in its messages.
 _RUST_WORDING = ("No space left on device", "os error 28")
@@ -26,12 +25,11 @@ def no_space_left(exc: BaseException) -> bool:
     return False
 
 
-def disk_full_reason(exc: BaseException, phase: str, folder: object) -> str | None:
-    """The FailureReason for a full disk met while `phase` ("downloading input data"), or None
-    when `exc` is something else."""
+def disk_full_reason(exc: BaseException, phase: str, volume: Volume) -> str | None:
+    """The FailureReason for a full disk met while `phase` ("downloading input data") on the
+    host's `volume`, or None when `exc` is something else."""
     if not no_space_left(exc):
         return None
-    volume = volume_of(folder) if isinstance(folder, Path) else None
-    if volume is not None and volume.mounted:
+    if volume.mounted:
         return f"{no_space_reason(volume.size_gb)} while {phase}"
-    return f"ClientError: no space left on the job's disk ({folder}) while {phase}"
+    return f"ClientError: no space left on the job's disk ({volume.folder}) while {phase}"

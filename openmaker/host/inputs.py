@@ -1,9 +1,8 @@
 """The inputs that live while the code runs: Pipe streamers and FastFile mounts of one host.
 
 `start_inputs` (end of prepare) lists the channels, mounts and creates the first FIFOs before
-the code starts; `stop_inputs` (after the code has ended, in a `finally`) stops the streamers
-and unmounts. Between the two the host's inputs are kept here, by host folder, since prepare
-and execute are separate calls.
+the code starts; `HostInputs.stop` (after the code has ended, in a `finally`) stops the
+streamers and unmounts. The host (host/training_host.py) holds them in between.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 from openmaker.host import fastfile
 from openmaker.host.events import Emit
+from openmaker.host.jobtree import HostTree
 from openmaker.host.pipe import PipePlan, PipeStreamer, pipe_channels, plan_pipe
 from openmaker.host.sandbox import sandbox_unavailable_reason
 from openmaker.host.spec import HostSpec
@@ -26,61 +25,50 @@ from openmaker.host.spec import HostSpec
 
 @dataclass
 class HostInputs:
+    work_dir: Path
     streamers: list[PipeStreamer] = field(default_factory=list)
     mounts: list[fastfile.Mount] = field(default_factory=list)
 
+    def on_failure(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` when a Pipe channel fails while the code runs."""
+        for streamer in self.streamers:
+            streamer.on_error = callback
+            if streamer.error:
+                callback(streamer.error)
 
-_active: dict[Path, HostInputs] = {}
-_lock = threading.Lock()
+    def stop(self) -> str | None:
+        """Stop streaming, unmount; the first Pipe failure's reason, if a channel failed."""
+        for streamer in self.streamers:
+            streamer.stop()
+        for mount in self.mounts:
+            # This runs in the host's `finally`: one mount that fails to end must not keep the
+            # others (or the checkpoints' last upload) from happening; the sweep catches it.
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                mount.unmount()
+        error = next((s.error for s in self.streamers if s.error), None)
+        self.streamers, self.mounts = [], []  # stopped once
+        fastfile.sweep_stale_mounts(self.work_dir)
+        return error
 
 
-def start_inputs(spec: HostSpec, emit: Emit) -> None:
+def start_inputs(spec: HostSpec, tree: HostTree, emit: Emit) -> HostInputs:
     """Mount the FastFile channels and start streaming the Pipe channels of this host."""
     fastfile.sweep_stale_mounts(spec.work_dir)
-    inputs = HostInputs()
-    with _lock:
-        _active[spec.work_dir] = inputs
+    inputs = HostInputs(spec.work_dir)
     try:
         sandboxed = sandbox_unavailable_reason() is None
         inputs.mounts.extend(fastfile.mount_channels(spec, sandboxed))
         channels = pipe_channels(spec)
         plans = asyncio.run(_plan_all(spec, channels))
         for plan in plans:
-            streamer = PipeStreamer(spec, plan, emit)
+            streamer = PipeStreamer(spec, plan, emit, tree)
             streamer.start()
             inputs.streamers.append(streamer)
     except BaseException:
-        stop_inputs(spec)
+        inputs.stop()
         raise
+    return inputs
 
 
 async def _plan_all(spec: HostSpec, channels: list[dict[str, Any]]) -> list[PipePlan]:
     return list(await asyncio.gather(*(plan_pipe(spec, c) for c in channels)))
-
-
-def on_input_failure(spec: HostSpec, callback: Callable[[str], None]) -> None:
-    """Call `callback(reason)` when a Pipe channel fails while the code runs."""
-    with _lock:
-        inputs = _active.get(spec.work_dir)
-    for streamer in inputs.streamers if inputs else []:
-        streamer.on_error = callback
-        if streamer.error:
-            callback(streamer.error)
-
-
-def stop_inputs(spec: HostSpec) -> str | None:
-    """Stop streaming, unmount; the first Pipe failure's reason, if a channel failed."""
-    with _lock:
-        inputs = _active.pop(spec.work_dir, None)
-    if inputs is None:
-        fastfile.sweep_stale_mounts(spec.work_dir)
-        return None
-    for streamer in inputs.streamers:
-        streamer.stop()
-    for mount in inputs.mounts:
-        # This runs in the host's `finally`: one mount that fails to end must not keep the
-        # others (or the checkpoints' last upload) from happening; the sweep catches it.
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            mount.unmount()
-    fastfile.sweep_stale_mounts(spec.work_dir)
-    return next((s.error for s in inputs.streamers if s.error), None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,7 +52,8 @@ class Entry:
 class HostTree:
     """Handles on one host's anchors. `ml/` is /opt/ml and an outside checkpoint folder is
     LocalPath: both are mount points in the sandbox, which the code can fill but never rename
-    or replace."""
+    or replace. Opened before the code starts, held by the host (host/training_host.py) until
+    it ends."""
 
     def __init__(self, spec: HostSpec) -> None:
         self.ml = open_folder(spec.ml_dir)
@@ -83,35 +83,11 @@ class HostTree:
             if fd is not None:
                 os.close(fd)
 
+    def __enter__(self) -> HostTree:
+        return self
 
-_trees: dict[Path, HostTree] = {}
-_lock = threading.Lock()
-
-
-def hold(spec: HostSpec) -> HostTree:
-    """Open the host's anchors (before the code starts); kept until let_go()."""
-    tree = HostTree(spec)
-    with _lock:
-        old = _trees.pop(spec.work_dir, None)
-        _trees[spec.work_dir] = tree
-    if old is not None:
-        old.close()
-    return tree
-
-
-def tree_of(spec: HostSpec) -> HostTree:
-    """The handles held for the host; for a host never prepared here (a tool, a test), opened
-    now: its folders are openmaker's own paths either way."""
-    with _lock:
-        tree = _trees.get(spec.work_dir)
-    return tree if tree is not None else hold(spec)
-
-
-def let_go(spec: HostSpec) -> None:
-    with _lock:
-        tree = _trees.pop(spec.work_dir, None)
-    if tree is not None:
-        tree.close()
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def _checkpoint_relative(spec: HostSpec) -> str | None:

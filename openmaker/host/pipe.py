@@ -106,8 +106,11 @@ def epoch_records(spec: HostSpec, plan: PipePlan, epoch: int) -> list[Record]:
 class PipeStreamer:
     """One Pipe channel of one host, streamed epoch after epoch until stop()."""
 
-    def __init__(self, spec: HostSpec, plan: PipePlan, emit: Emit) -> None:
+    def __init__(
+        self, spec: HostSpec, plan: PipePlan, emit: Emit, tree: jobtree.HostTree
+    ) -> None:
         self.spec = spec
+        self.tree = tree  # the host's handles: the FIFOs are made through them
         self.plan = plan
         self.emit = emit
         self.folder = spec.ml_dir / "input" / "data"
@@ -128,7 +131,7 @@ class PipeStreamer:
 
     def start(self) -> None:
         # Before the code starts, the folder is openmaker's own.
-        self.folder_fd = jobtree.tree_of(self.spec).open("input/data")
+        self.folder_fd = self.tree.open("input/data")
         try:
             # `_0` exists before the code starts, whatever the thread's timing.
             self._make_fifo(0)

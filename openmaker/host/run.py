@@ -1,6 +1,7 @@
-"""One host of one job, start to end: prepare the tree and inputs, run the code, report.
+"""One host of one job: fetch its inputs, run the code, report.
 
-Each phase reports through `emit`; the caller (an executor) turns the events into job state.
+The host's own state (its tree's handles, its volume, its live inputs) is given by its owner,
+host/training_host.py. Each phase reports through `emit`; the job turns the events into state.
 """
 
 from __future__ import annotations
@@ -15,23 +16,18 @@ from openmaker.host.checkpoints import restore_checkpoints
 from openmaker.host.disk import disk_full_reason
 from openmaker.host.environment import container_environment
 from openmaker.host.events import STATUS_MESSAGES, Emit, LogLines, StatusChanged
-from openmaker.host.execute import (
-    DEFAULT_GRACE_SECONDS,
-    FAILURE_REASON_LIMIT,
-    StopControl,
-    run_process,
-)
+from openmaker.host.execute import FAILURE_REASON_LIMIT, StopControl, run_process
 from openmaker.host.images import ImageError, resolve_image
-from openmaker.host.inputs import on_input_failure, start_inputs, stop_inputs
-from openmaker.host.jobtree import hold, read_text_head, tree_of
-from openmaker.host.layout import create_tree
+from openmaker.host.inputs import HostInputs, start_inputs
+from openmaker.host.jobtree import HostTree, read_text_head
 from openmaker.host.metrics import metric_emitter
 from openmaker.host.network import NetworkError
 from openmaker.host.notes import opening_lines
 from openmaker.host.sandbox import plan_launch
 from openmaker.host.script_error import ErrorCapture
 from openmaker.host.source import SourceError, install_source
-from openmaker.host.spec import HostSpec
+from openmaker.host.spec import DEFAULT_GRACE_SECONDS, HostSpec
+from openmaker.host.volume import Volume
 from openmaker.store import StoreError, UnsafeKeyError
 
 
@@ -49,28 +45,38 @@ class HostResult:
     stopped: str | None
     # FailureReason when the code failed, from the failure file or the exit status.
     failure: str | None
+    # What killed the host from outside the job, as when an instance fails (then no failure:
+    # the job may be restarted).
+    outside: str | None = None
 
 
-def prepare(spec: HostSpec, emit: Emit, stop: StopControl | None = None) -> None:
-    """Make the host's tree and fetch its inputs; returns early (inputs not started) once
-    `stop` is requested, which the caller then sees."""
-    create_tree(spec)
-    hold(spec)  # handles on the tree, taken before the code can change it; let go by the caller
+def prepare(
+    spec: HostSpec, tree: HostTree, volume: Volume, emit: Emit, stop: StopControl | None = None
+) -> HostInputs | None:
+    """Fetch the host's inputs into its tree; the live ones (Pipe streamers, FastFile mounts)
+    are returned, to be stopped once the code ends. Returns early (None) once `stop` is
+    requested, which the caller then sees."""
     emit(StatusChanged("Downloading", STATUS_MESSAGES["Downloading"]))
     try:
         install_source(spec)
         restore_checkpoints(spec, emit)
         download_channels(spec, emit, lambda: stop is not None and stop.requested)
-        start_inputs(spec, emit)  # Pipe streamers and FastFile mounts, stopped by execute
+        return start_inputs(spec, tree, emit)
     except DownloadStopped:
-        return
+        return None
     except (ChannelError, SourceError, StoreError, UnsafeKeyError) as exc:
-        full = disk_full_reason(exc, "downloading input data", spec.work_dir)
+        full = disk_full_reason(exc, "downloading input data", volume)
         raise HostFailed(full or f"ClientError: {exc}") from None
 
 
 def execute(
-    spec: HostSpec, emit: Emit, stop: StopControl, grace: float = DEFAULT_GRACE_SECONDS
+    spec: HostSpec,
+    tree: HostTree,
+    volume: Volume,
+    inputs: HostInputs,
+    emit: Emit,
+    stop: StopControl,
+    grace: float = DEFAULT_GRACE_SECONDS,
 ) -> HostResult:
     algorithm = spec.request["AlgorithmSpecification"]
     try:
@@ -78,13 +84,13 @@ def execute(
             algorithm["TrainingImage"], algorithm, spec.request.get("HyperParameters")
         )
     except ImageError as exc:
-        stop_inputs(spec)
+        inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
     env = container_environment(spec, image)
     try:
-        launch = plan_launch(spec, image, image.command(algorithm), env)
+        launch = plan_launch(spec, image, image.command(algorithm), env, volume)
     except NetworkError as exc:
-        stop_inputs(spec)
+        inputs.stop()
         raise HostFailed(f"InternalServerError: {exc}") from None
     emit(
         StatusChanged(
@@ -96,30 +102,30 @@ def execute(
         emit(LogLines(spec.host_name, int(time.time() * 1000), notes, sum(map(len, notes))))
     stopping = spec.request.get("StoppingCondition") or {}
     max_runtime = stopping.get("MaxRuntimeInSeconds")
-    on_input_failure(spec, lambda _: stop.request("Failed"))
+    inputs.on_failure(lambda _: stop.request("Failed"))
     logs = metric_emitter(algorithm.get("MetricDefinitions"), emit)
     script_error = ErrorCapture(logs)
     if image.program_dir is None:  # script mode: the toolkit's failure file, to fill in
         logs = script_error
-    sync = CheckpointSync.start_for(spec, emit)
+    sync = CheckpointSync.start_for(spec, tree, emit)
     try:
         result = run_process(launch, spec.host_name, logs, stop, max_runtime, grace)
     finally:
         if launch.namespace is not None:
             launch.namespace.close()
-        input_failure = stop_inputs(spec)  # Pipe streamers stopped, FastFile unmounted
+        input_failure = inputs.stop()  # Pipe streamers stopped, FastFile unmounted
         if sync is not None:
             sync.stop()  # the last checkpoints, those of a SIGTERM handler included
         _remove_root_changes(spec)
     failure = f"ClientError: {input_failure}" if input_failure else None
     if failure is None and result.code != 0 and result.stopped is None:
-        failure = script_error.fill(failure_reason(spec, result.code), FAILURE_REASON_LIMIT)
+        failure = script_error.fill(failure_reason(tree, result.code), FAILURE_REASON_LIMIT)
     return HostResult(result.code, result.stopped, failure)
 
 
-def failure_reason(spec: HostSpec, code: int) -> str:
+def failure_reason(tree: HostTree, code: int) -> str:
     # Through the tree's handle: a link the code left there (to a secret, say) is never read.
-    text = read_text_head(tree_of(spec).ml, "output/failure", FAILURE_REASON_LIMIT)
+    text = read_text_head(tree.ml, "output/failure", FAILURE_REASON_LIMIT)
     if text and text.strip():
         return "AlgorithmError: " + text
     return f"AlgorithmError: the training program exited with status {_describe_exit(code)}"

@@ -32,9 +32,8 @@ from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.limits import confine
 from openmaker.host.network import SHARED_ADDRESS_BASE, HostNamespace, enter_host, shared
 from openmaker.host.spec import HostSpec
-from openmaker.host.volume import note as volume_note
+from openmaker.host.volume import Volume
 from openmaker.host.volume import observe as observe_volume
-from openmaker.host.volume import volume_of
 
 # Without a network of their own, each host gets its own loopback address, so that `algo-2`
 # reaches `algo-1` by name.
@@ -72,8 +71,8 @@ class Launch:
     note: str
     # bwrap writes the code's PID (as seen from here) into this pipe: (read end, write end).
     info_pipe: tuple[int, int] | None = None
-    # The host's folder, whose volume is looked at when the code ends.
-    host_folder: Path | None = None
+    # The host's volume, looked at when the code ends.
+    volume: Volume | None = None
     # The host's network namespace, entered by enter.py; closed by the caller once it ends.
     namespace: HostNamespace | None = None
 
@@ -98,11 +97,19 @@ def hosts_file(spec: HostSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str, str]) -> Launch:
-    """How to start the host's code: sandboxed, held to its share of the machine."""
-    launch = _plan_launch(spec, image, command, env)
+def plan_launch(
+    spec: HostSpec,
+    image: Image,
+    command: list[str],
+    env: dict[str, str],
+    volume: Volume | None = None,
+) -> Launch:
+    """How to start the host's code: sandboxed, held to its share of the machine (and to
+    `volume`, the host's disk, when it has one)."""
+    launch = _plan_launch(spec, image, command, env, volume)
     confinement = confine(spec)
-    note = "; ".join(part for part in (launch.note, confinement.note, volume_note(spec)) if part)
+    volume_note = volume.note if volume is not None else ""
+    note = "; ".join(part for part in (launch.note, confinement.note, volume_note) if part)
     return replace(
         launch,
         argv=[*confinement.prefix, *launch.argv],
@@ -111,10 +118,12 @@ def plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str,
     )
 
 
-def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str, str]) -> Launch:
+def _plan_launch(
+    spec: HostSpec, image: Image, command: list[str], env: dict[str, str], volume: Volume | None
+) -> Launch:
     reason = sandbox_unavailable_reason()
     if reason is not None:
-        return _plain_launch(spec, image, command, env, reason)
+        return _plain_launch(spec, image, command, env, reason, volume)
     etc_hosts = spec.work_dir / "hosts"
     etc_hosts.write_text(hosts_file(spec))
     hidden = hidden_paths()
@@ -133,7 +142,7 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
     os.set_inheritable(info_write, True)
     binds: list[tuple[str, ...]] = [("--bind", str(layers[0][0] / "merged"), "/")]
     binds += [("--dev", "/dev"), ("--proc", "/proc"), ("--ro-bind", "/sys", "/sys")]
-    binds += [_tmp_bind(spec), _shm_mount(spec)]
+    binds += [_tmp_bind(spec, volume), _shm_mount(spec)]
     binds += [("--tmpfs", str(path)) for path in left_to_cover]
     binds += [("--bind", str(folder / "merged"), lower) for folder, lower in layers[1:]]
     binds += [("--bind", str(spec.ml_dir), CONTAINER_ROOT)]
@@ -181,7 +190,7 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
         True,
         note,
         info_pipe=(info_read, info_write),
-        host_folder=spec.work_dir,
+        volume=volume,
         namespace=namespace,
     )
 
@@ -271,9 +280,8 @@ def _copy_attributes(below: os.stat_result, target: Path) -> None:
     os.utime(target, ns=(below.st_atime_ns, below.st_mtime_ns), follow_symlinks=False)
 
 
-def _tmp_bind(spec: HostSpec) -> tuple[str, ...]:
+def _tmp_bind(spec: HostSpec, volume: Volume | None) -> tuple[str, ...]:
     """/tmp: a folder of the host's volume (held to it), else a tmpfs as before volumes."""
-    volume = volume_of(spec.work_dir)
     if volume is None or not volume.mounted:
         return ("--perms", "1777", "--tmpfs", "/tmp")
     tmp = spec.work_dir / "tmp"
@@ -315,7 +323,12 @@ def _workdir(image: Image) -> str:
 
 
 def _plain_launch(
-    spec: HostSpec, image: Image, command: list[str], env: dict[str, str], reason: str
+    spec: HostSpec,
+    image: Image,
+    command: list[str],
+    env: dict[str, str],
+    reason: str,
+    volume: Volume | None,
 ) -> Launch:
     env = dict(env)
     env["SAGEMAKER_BASE_DIR"] = str(spec.ml_dir)
@@ -327,7 +340,7 @@ def _plain_launch(
     note = f"running without a sandbox ({reason}); the code sees SAGEMAKER_BASE_DIR, not /opt/ml"
     if spec.network is not None and spec.network.bridge is None:
         note += f"; {spec.network.note}"
-    return Launch(command, env, cwd, False, note, host_folder=spec.work_dir)
+    return Launch(command, env, cwd, False, note, volume=volume)
 
 
 class Process:
@@ -383,9 +396,9 @@ class Process:
 
     def wait(self, timeout: float | None = None) -> int:
         code = self.popen.wait(timeout)
-        if self.launch.host_folder is not None:
+        if self.launch.volume is not None:
             # Now, before anything of the host is cleaned up: was its volume full?
-            observe_volume(self.launch.host_folder)
+            observe_volume(self.launch.volume)
         return code
 
 

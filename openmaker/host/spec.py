@@ -1,13 +1,43 @@
-"""Everything one host of one job needs to run, as plain data (it may cross to a Ray actor)."""
+"""Everything one host of one job needs to run, as plain data (it may cross to a Ray actor).
+
+A spec holds no database URL and no live handle: it pickles, and `to_json` / `from_json`
+carry it through JSON.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openmaker.config import Settings
 from openmaker.host.network import JobNetwork
+
+# SageMaker gives a stopped container 120 s between SIGTERM and SIGKILL.
+DEFAULT_GRACE_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What a host takes from openmaker's settings: its home (the paths below it), limits,
+    the stop grace period. Nothing else of `Settings` crosses to a host."""
+
+    home: Path
+    # The most processes and threads the host may have at once (None: no limit).
+    pids_limit: int | None = None
+    # Between SIGTERM and SIGKILL when the host's code is stopped.
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    # Keep the host's folder when it ends (OPENMAKER_KEEP_JOB_FILES=1), for a post-mortem.
+    keep_files: bool = False
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def embedded_s3_dir(self) -> Path:
+        """The folder that `s3://bucket/key` maps onto when no S3 endpoint is configured."""
+        return self.home / "s3"
 
 
 @dataclass(frozen=True)
@@ -27,7 +57,7 @@ class HostSpec:
     host_name: str
     hosts: list[str]
     region: str
-    settings: Settings
+    settings: HostSettings
     # The host's own folder: `ml/` is shown as /opt/ml, `root/` holds the sandbox's writes.
     work_dir: Path
     # Folders the sandbox must not show (openmaker's own state, other jobs).
@@ -58,3 +88,35 @@ class HostSpec:
         """A channel's own InputMode overrides the job's TrainingInputMode."""
         default = self.request["AlgorithmSpecification"]["TrainingInputMode"]
         return str(channel.get("InputMode") or default)
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as JSON-ready data (paths as strings, tuples as lists)."""
+        data = dataclasses.asdict(self)
+        data["settings"]["home"] = str(self.settings.home)
+        data["work_dir"] = str(self.work_dir)
+        data["hidden_paths"] = [str(path) for path in self.hidden_paths]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HostSpec:
+        settings = dict(data["settings"], home=Path(data["settings"]["home"]))
+        resources = data.get("resources")
+        network = data.get("network")
+        return cls(
+            **{
+                **data,
+                "settings": HostSettings(**settings),
+                "work_dir": Path(data["work_dir"]),
+                "hidden_paths": [Path(path) for path in data.get("hidden_paths", [])],
+                "resources": None
+                if resources is None
+                else HostResources(
+                    tuple(resources["cpus"]), resources["memory"], tuple(resources["gpus"])
+                ),
+                "network": None
+                if network is None
+                else JobNetwork(
+                    **dict(network, relays=[(port, to) for port, to in network["relays"]])
+                ),
+            }
+        )

@@ -22,7 +22,6 @@ import fcntl
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,33 +66,24 @@ class Volume:
         return self.guard is not None
 
 
-_active: dict[Path, Volume] = {}
-_lock = threading.Lock()
-
-
 def requested_gb(spec: HostSpec) -> int:
     return int(spec.request.get("ResourceConfig", {}).get("VolumeSizeInGB") or DEFAULT_SIZE_GB)
 
 
 def attach(spec: HostSpec) -> Volume:
-    """Make the host's folder its volume (or say why it cannot be one)."""
+    """Make the host's folder its volume (or say why it cannot be one); the caller (the host)
+    keeps it and detaches it when it ends."""
     folder = spec.work_dir
     folder.mkdir(parents=True, exist_ok=True)
     reason = _unavailable_reason()
     if reason is None:
-        volume = _mount(folder, requested_gb(spec), spec.settings.jobs_dir)
-    else:
-        volume = Volume(folder, requested_gb(spec), _unlimited_note(reason))
-    with _lock:
-        _active[folder] = volume
-    return volume
+        return _mount(folder, requested_gb(spec), spec.settings.jobs_dir)
+    return Volume(folder, requested_gb(spec), _unlimited_note(reason))
 
 
-def detach(spec: HostSpec) -> None:
+def detach(volume: Volume) -> None:
     """Unmount the host's volume; its image goes with the host's folder."""
-    with _lock:
-        volume = _active.pop(spec.work_dir, None)
-    if volume is None or not volume.mounted:
+    if not volume.mounted:
         return
     _lazy_unmount(volume.folder)
     if volume.control is not None:
@@ -105,34 +95,23 @@ def detach(spec: HostSpec) -> None:
     except subprocess.TimeoutExpired:
         volume.guard.kill()
         volume.guard.wait()
+    volume.guard = None
 
 
-def volume_of(folder: Path) -> Volume | None:
-    with _lock:
-        return _active.get(folder)
-
-
-def note(spec: HostSpec) -> str:
-    volume = volume_of(spec.work_dir)
-    return "" if volume is None else volume.note
-
-
-def observe(folder: Path) -> None:
-    """Latch whether the volume at `folder` is full now (called as the host's code ends)."""
-    volume = volume_of(folder)
-    if volume is None or not volume.mounted:
+def observe(volume: Volume) -> None:
+    """Latch whether the volume is full now (called as the host's code ends)."""
+    if not volume.mounted:
         return
     with contextlib.suppress(OSError):
-        stat = os.statvfs(folder)
+        stat = os.statvfs(volume.folder)
         if stat.f_bavail * stat.f_frsize < FULL_BELOW_BYTES:
             volume.was_full = True
 
 
-def full_reason(spec: HostSpec) -> str | None:
+def full_reason(volume: Volume) -> str | None:
     """The FailureReason of a host whose code filled its volume, else None."""
-    observe(spec.work_dir)
-    volume = volume_of(spec.work_dir)
-    if volume is None or not volume.was_full:
+    observe(volume)
+    if not volume.was_full:
         return None
     return no_space_reason(volume.size_gb)
 

@@ -16,10 +16,13 @@ import shutil
 from sqlalchemy import select
 
 from openmaker.config import Settings
-from openmaker.host.limits import jobs_with_cgroups, remove_job_cgroups
-from openmaker.host.network import jobs_with_networks
-from openmaker.host.network import remove as remove_network
-from openmaker.host.volume import unmount_under
+from openmaker.host.site import (
+    jobs_with_cgroups,
+    jobs_with_networks,
+    remove_job_cgroups,
+    remove_network,
+    unmount_under,
+)
 from openmaker.jobs import queue, retry, state
 from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
 from openmaker.jobs.executor import Executor

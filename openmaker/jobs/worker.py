@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -22,25 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from openmaker.api import job_access
 from openmaker.config import Settings, load_settings
-from openmaker.host.artifacts import upload_artifacts
-from openmaker.host.checkpoints import save_checkpoints
-from openmaker.host.disk import disk_full_reason
-from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
-from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
-from openmaker.host.jobtree import let_go
-from openmaker.host.limits import oom_killed, release
-from openmaker.host.network import JobNetwork
-from openmaker.host.network import create as create_network
-from openmaker.host.network import remove as remove_network
-from openmaker.host.network import shared as shared_network
-from openmaker.host.run import HostFailed, HostResult, execute, prepare
-from openmaker.host.sandbox import sandbox_unavailable_reason
-from openmaker.host.spec import HostResources, HostSpec
-from openmaker.host.system_metrics import sampling
-from openmaker.host.volume import VolumeError, unmount_under
-from openmaker.host.volume import attach as attach_volume
-from openmaker.host.volume import detach as detach_volume
-from openmaker.host.volume import full_reason as volume_full_reason
+from openmaker.host.events import STATUS_MESSAGES, StatusChanged
+from openmaker.host.site import clear_job, job_network
+from openmaker.host.spec import DEFAULT_GRACE_SECONDS, HostResources, HostSettings, HostSpec
+from openmaker.host.training_host import (
+    HostFailed,
+    HostResult,
+    OutputsFailed,
+    StopControl,
+    TrainingHost,
+    upload_outputs,
+)
 from openmaker.jobs import capacity, state
 from openmaker.jobs.executor import process_start_time
 from openmaker.jobs.retry import restart_or_fail
@@ -48,7 +39,7 @@ from openmaker.jobs.retry import restart_or_fail
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.recorder import JobRecorder
-from openmaker.store import StoreError, code_store_environment, store_environment
+from openmaker.store import code_store_environment, store_environment
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 
 
@@ -66,7 +57,13 @@ def host_specs(
         code_env = {}  # no network: no endpoint to offer, no key to mint
     code_env = job_access.code_environment(settings.home, request, code_env, store_env)
     shares = _host_resources(settings, placement, count)
-    network = _job_network(settings, name, hosts, code_env, isolated)
+    network = job_network(settings.home, name, hosts, code_env, isolated)
+    host_settings = HostSettings(
+        home=settings.home,
+        pids_limit=settings.pids_limit,
+        grace_seconds=grace_seconds(),
+        keep_files=keep_job_files(),
+    )
     return [
         HostSpec(
             job_name=name,
@@ -75,7 +72,7 @@ def host_specs(
             host_name=host,
             hosts=hosts,
             region=settings.region,
-            settings=settings,
+            settings=host_settings,
             work_dir=job_dir / host,
             hidden_paths=[settings.home],
             store_env=store_env,
@@ -85,18 +82,6 @@ def host_specs(
         )
         for host, share in zip(hosts, shares, strict=True)
     ]
-
-
-def _job_network(
-    settings: Settings, name: str, hosts: list[str], code_env: dict[str, str], isolated: bool
-) -> JobNetwork:
-    """The job's bridge (host/network.py); none for an isolated job (its hosts have loopback
-    alone) or where the sandbox will not run (its hosts share the machine's network)."""
-    if isolated:
-        return shared_network(hosts, "network isolation")
-    if (reason := sandbox_unavailable_reason()) is not None:
-        return shared_network(hosts, reason)
-    return create_network(settings.home, name, hosts, code_env)
 
 
 def _host_resources(
@@ -121,6 +106,12 @@ def grace_seconds() -> float:
     return float(os.environ.get("OPENMAKER_STOP_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
 
 
+def keep_job_files() -> bool:
+    """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
+    the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem."""
+    return os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1"
+
+
 def run_job(
     settings: Settings,
     arn: str,
@@ -131,16 +122,17 @@ def run_job(
 ) -> None:
     job_name = request["TrainingJobName"]
     # What an earlier attempt left (its worker killed) must not leak into this one.
-    _remove_host_folders(settings, job_name, keep_allowed=False)
+    clear_job(settings.home, job_name)
     recorder = JobRecorder(settings, job_name)
     stop = StopControl()
     signal.signal(signal.SIGTERM, lambda *_: stop.request("Stopped"))
     if stop_before_start.is_set():
         stop.request("Stopped")
     specs = host_specs(settings, arn, request, placement)
+    hosts = [TrainingHost(spec, recorder.emit) for spec in specs]
     mine = _Attempt(attempt, stop)
     try:
-        end = _run(settings, request, specs, recorder, stop, mine)
+        end = _run(hosts, recorder, stop, mine)
     except Exception:  # the job must end in a state that says what happened
         detail = traceback.format_exc()
         print(detail, file=sys.stderr)
@@ -153,12 +145,9 @@ def run_job(
     # next job given its share of the machine) finds them gone.
     try:
         job_access.revoke_job(settings.home, job_name)  # its code's key dies with it
-        for spec in specs:
-            release(spec)
-            let_go(spec)
-            detach_volume(spec)
-        remove_network(settings.home, job_name)
-        _remove_host_folders(settings, job_name)
+        for host in hosts:
+            host.close()
+        clear_job(settings.home, job_name, keep_job_files())
         recorder.update(mine.only(end))
     finally:
         recorder.close()
@@ -193,17 +182,6 @@ class _Attempt:
             self.stop.request(job.stop_requested)
 
 
-def _remove_host_folders(settings: Settings, job_name: str, keep_allowed: bool = True) -> None:
-    """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
-    the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem."""
-    unmount_under(settings.jobs_dir / job_name)  # volumes an earlier attempt left mounted
-    remove_network(settings.home, job_name)  # and its bridge
-    if keep_allowed and os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
-        return
-    for folder in (settings.jobs_dir / job_name).glob("algo-*"):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _start_waiting_jobs(settings: Settings) -> None:
     try:
         from openmaker.jobs.executor import LocalExecutor
@@ -215,12 +193,7 @@ def _start_waiting_jobs(settings: Settings) -> None:
 
 
 def _run(
-    settings: Settings,
-    request: dict[str, Any],
-    specs: list[HostSpec],
-    recorder: JobRecorder,
-    stop: StopControl,
-    mine: _Attempt,
+    hosts: list[TrainingHost], recorder: JobRecorder, stop: StopControl, mine: _Attempt
 ) -> Callable[[TrainingJob], object]:
     """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
     # The hosts start preparing at once; the claim waits for the database layer to load.
@@ -228,8 +201,8 @@ def _run(
     claimer.start()
     emit = recorder.emit
     try:
-        with ThreadPoolExecutor(len(specs)) as pool:
-            list(pool.map(lambda s: _prepare(s, emit, stop), specs))
+        with ThreadPoolExecutor(len(hosts)) as pool:
+            list(pool.map(lambda host: host.prepare(stop), hosts))
     except HostFailed as exc:
         reason = exc.reason
         claimer.join()
@@ -238,33 +211,28 @@ def _run(
         claimer.join()
         return lambda j: state.finish(j, stop.reason or "Stopped", None)
 
-    results = _execute_all(specs, emit, stop)
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        results = list(pool.map(lambda host: host.run(stop), hosts))
     # A stop asked for from outside wins; a host's failure (which stops the other hosts) fails.
     stopped = stop.reason if stop.reason in ("Stopped", "MaxRuntimeExceeded") else None
-    failure, outside = _failures(specs, results)
+    failure, outside = _failures(results)
 
     claimer.join()  # long done by now; the job's end must not come before its claim
     if not stopped and failure is None and outside is not None:
-        return _after_infrastructure_failure(specs, recorder, outside)
+        return _after_infrastructure_failure(hosts, outside)
     emit(StatusChanged("Uploading", STATUS_MESSAGES["Uploading"]))
-    # The archives are built on the first host's volume, as on a SageMaker instance: never on
-    # the disk that holds openmaker's database.
-    staging = specs[0].work_dir / "artifacts"
     try:
-        for spec in specs:
-            save_checkpoints(spec, emit)
-        artifacts = upload_artifacts(specs, staging, emit)
-    except (OSError, StoreError, ValueError) as exc:
-        # A local OSError is the job's volume (the archives are built there), not the store's.
-        volume = specs[0].work_dir
-        full = not isinstance(exc, StoreError) and disk_full_reason(exc, "packing outputs", volume)
-        print(f"outputs not uploaded: {exc}", file=sys.stderr)
+        for host in hosts:
+            host.finish()
+        # One archive of all the hosts' outputs: the job's, as SageMaker makes it.
+        artifacts = upload_outputs(hosts, emit)
+    except OutputsFailed as exc:
+        print(f"outputs not uploaded: {exc.__cause__ or exc}", file=sys.stderr)
         # The code's own failure (a full volume, say) is what the job ended with, not its echo.
-        reason = failure or full or f"InternalServerError: could not upload outputs: {exc}"
+        reason = failure or exc.reason
         return lambda j: state.finish(j, "Failed", reason)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if specs[0].code_env and not specs[0].store_env:
+    spec = hosts[0].spec
+    if spec.code_env and not spec.store_env:
         # Written straight into the embedded store's folder: the job ends once the server's
         # S3 endpoint lists its artifacts too, so that a client that sees it end finds them.
         time.sleep(EMBEDDED_ENDPOINT_LISTING_SECONDS)
@@ -283,82 +251,23 @@ def _run(
     return finish
 
 
-def _prepare(spec: HostSpec, emit: Emit, stop: StopControl) -> None:
-    """The host's volume first: everything prepare writes goes on it. A host that cannot be
-    prepared stops the others' downloads: the job fails anyway."""
-    try:
-        attach_volume(spec)
-        prepare(spec, emit, stop)
-    except VolumeError as exc:
-        stop.request("Failed")
-        raise HostFailed(exc.reason) from None
-    except HostFailed:
-        stop.request("Failed")
-        raise
-
-
-def _failures(specs: list[HostSpec], results: list[HostResult]) -> tuple[str | None, str | None]:
+def _failures(results: list[HostResult]) -> tuple[str | None, str | None]:
     """(the FailureReason of the code's own failure, what killed a host from outside)."""
-    failure = outside = None
-    for spec, result in zip(specs, results, strict=True):
-        if result.failure is None:
-            continue
-        if oom_killed(spec):
-            failure = failure or _out_of_memory(spec)
-        elif full := volume_full_reason(spec):
-            failure = failure or full
-        elif result.stopped is None and result.exit_code in KILLED_EXIT_CODES:
-            outside = outside or (
-                f"the training program of host {spec.host_name} was killed (SIGKILL) from "
-                "outside the job, as when an instance fails"
-            )
-        else:
-            failure = failure or result.failure
+    failure = next((r.failure for r in results if r.failure), None)
+    outside = next((r.outside for r in results if r.outside), None)
     return failure, outside
 
 
-# SIGKILL as a plain process reports it, and as the sandbox (bwrap) reports its code's. The
-# code cannot get it from inside its sandbox, where it is PID 1: it came from outside. (bwrap
-# reports a code that exits with status 137 by itself the same way: taken for a kill too.)
-KILLED_EXIT_CODES = (-signal.SIGKILL, 128 + signal.SIGKILL)
-
-
-def _out_of_memory(spec: HostSpec) -> str:
-    limit = spec.resources.memory if spec.resources and spec.resources.memory else 0
-    return (
-        f"AlgorithmError: the training program of host {spec.host_name} ran out of memory: it "
-        f"was killed at its limit of {limit / 1024**3:.3g} GiB ({spec.instance_type}; a larger "
-        "instance type gives it more)"
-    )
-
-
 def _after_infrastructure_failure(
-    specs: list[HostSpec], recorder: JobRecorder, what: str
+    hosts: list[TrainingHost], what: str
 ) -> Callable[[TrainingJob], object]:
     """Keep the checkpoints, then restart the job under its RetryStrategy, or fail it."""
-    for spec in specs:
+    for host in hosts:
         try:
-            save_checkpoints(spec, recorder.emit)
-        except (OSError, StoreError) as exc:
-            print(f"checkpoints of {spec.host_name} not saved: {exc}", file=sys.stderr)
+            host.finish()
+        except OutputsFailed as exc:
+            print(f"checkpoints of {host.name} not saved: {exc.__cause__ or exc}", file=sys.stderr)
     return lambda j: restart_or_fail(j, what)
-
-
-def _execute_all(specs: list[HostSpec], emit: Emit, stop: StopControl) -> list[HostResult]:
-    grace = grace_seconds()
-
-    def one(spec: HostSpec) -> HostResult:
-        try:
-            with sampling(spec, emit):
-                result = execute(spec, emit, stop, grace)
-        except HostFailed as exc:
-            result = HostResult(-1, None, exc.reason)
-        if result.failure:
-            stop.request("Failed")  # the other hosts of a failed job are stopped
-        return result
-
-    with ThreadPoolExecutor(len(specs)) as pool:
-        return list(pool.map(one, specs))
 
 
 def main(stop_before_start: threading.Event) -> None:

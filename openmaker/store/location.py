@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlparse
 
 import obstore
@@ -22,8 +22,14 @@ from obstore.store import LocalStore, ObjectStore, S3Store
 if TYPE_CHECKING:  # obstore's option types exist in its stubs only
     from obstore.store import ClientConfig, RetryConfig, S3Config
 
-from openmaker.config import Settings
 from openmaker.store.errors import StoreError
+
+
+class StoreRoots(Protocol):
+    """Where the embedded store keeps its buckets (openmaker's settings, a host's)."""
+
+    @property
+    def embedded_s3_dir(self) -> Path: ...
 
 # obstore's default is 3 minutes; a dead server should fail a job sooner than that.
 DEFAULT_RETRY_SECONDS = 60.0
@@ -128,7 +134,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def resolve(uri: str, settings: Settings, env: Mapping[str, str] | None = None) -> Location:
+def resolve(uri: str, settings: StoreRoots, env: Mapping[str, str] | None = None) -> Location:
     """Resolve `s3://bucket/key`, `file:///path` or an absolute local path."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
