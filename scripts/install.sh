@@ -12,6 +12,10 @@ command -v unshare >/dev/null || missing+=(util-linux)
 # Each host's volume: a loop-mounted ext4 image.
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 command -v losetup >/dev/null || missing+=(mount)
+# Distributed jobs: mpirun (OpenMPI) over ssh between a job's hosts.
+command -v mpirun >/dev/null || missing+=(openmpi-bin)
+command -v ssh >/dev/null || missing+=(openssh-client)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 # Debian's own python3 needs python3-venv (and ensurepip) to make a virtual environment.
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
