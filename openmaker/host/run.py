@@ -21,17 +21,19 @@ from openmaker.host.execute import (
     StopControl,
     run_process,
 )
-from openmaker.host.images import ImageError, resolve_image
+from openmaker.host.images import Image, ImageError, resolve_image
 from openmaker.host.inputs import on_input_failure, start_inputs, stop_inputs
 from openmaker.host.jobtree import hold, read_text_head, tree_of
 from openmaker.host.layout import create_tree
 from openmaker.host.metrics import metric_emitter
 from openmaker.host.network import NetworkError
 from openmaker.host.notes import opening_lines
-from openmaker.host.sandbox import plan_launch
+from openmaker.host.sandbox import plan_launch, sandbox_unavailable_reason
 from openmaker.host.script_error import ErrorCapture
 from openmaker.host.source import SourceError, install_source
 from openmaker.host.spec import HostSpec
+from openmaker.host.ssh import SshError, prepare_ssh
+from openmaker.spec.distribution import MPIRUN, strategy_of
 from openmaker.store import StoreError, UnsafeKeyError
 
 
@@ -80,6 +82,11 @@ def execute(
     except ImageError as exc:
         stop_inputs(spec)
         raise HostFailed(f"ClientError: {exc}") from None
+    try:
+        _prepare_distribution(spec, image)
+    except SshError as exc:
+        stop_inputs(spec)
+        raise HostFailed(f"ClientError: {exc}") from None
     env = container_environment(spec, image)
     try:
         launch = plan_launch(spec, image, image.command(algorithm), env)
@@ -115,6 +122,19 @@ def execute(
     if failure is None and result.code != 0 and result.stopped is None:
         failure = script_error.fill(failure_reason(spec, result.code), FAILURE_REASON_LIMIT)
     return HostResult(result.code, result.stopped, failure)
+
+
+def _prepare_distribution(spec: HostSpec, image: Image) -> None:
+    """What the launcher of the request's `distribution` needs from outside: mpirun reaches
+    the job's other hosts over ssh (see openmaker/host/launcher.py)."""
+    if image.program_dir is not None or len(spec.hosts) == 1:
+        return
+    if strategy_of(spec.request.get("HyperParameters")).launcher != MPIRUN:
+        return
+    reason = sandbox_unavailable_reason()
+    if reason is not None:
+        raise SshError(f"mpirun over several hosts needs openmaker's sandbox ({reason})")
+    prepare_ssh(spec)
 
 
 def failure_reason(spec: HostSpec, code: int) -> str:
