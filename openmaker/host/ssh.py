@@ -68,7 +68,8 @@ def prepare_ssh(spec: HostSpec) -> Path:
     (folder / "authorized_keys").write_text(client_public + "\n")
     (folder / "known_hosts").write_text(
         "".join(
-            f"[{host}]:{port},[{host_address(spec, host)}]:{port} {host_public}\n"
+            f"{_known_name(host, port)},{_known_name(host_address(spec, host), port)} "
+            f"{host_public}\n"
             for host in spec.hosts
         )
     )
@@ -106,6 +107,11 @@ def prepare_ssh(spec: HostSpec) -> Path:
         "LogLevel ERROR\n"
     )
     return folder
+
+
+def _known_name(name: str, port: int) -> str:
+    """A known_hosts name: ssh looks a host on port 22 up by its bare name."""
+    return name if port == 22 else f"[{name}]:{port}"
 
 
 def _job_keys(shared: Path, spec: HostSpec) -> int:
