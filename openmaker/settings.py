@@ -270,7 +270,7 @@ class _Reader:
             return None
         value = self.number(name, int)
         if value == 0:
-            raise SettingsError(f"{name} must be at least 1 (or max), not 0")
+            raise SettingsError(f"{name} must be at least 1 (or max), not {self.text(name)!r}")
         return default if value is None else value
 
     def number_or(self, name: str, default: float) -> float:
@@ -285,7 +285,9 @@ class _Reader:
             value = kind(text)
         except ValueError:
             raise SettingsError(f"{name} must be a number, not {text!r}") from None
-        if not value >= 0:  # also refuses nan
+        if value != value:
+            raise SettingsError(f"{name} must be a number, not {text!r}")
+        if value < 0:
             raise SettingsError(f"{name} must not be negative, not {text!r}")
         return value
 
