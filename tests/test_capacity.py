@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.config import load_settings
 from openmaker.host.limits import cgroup_root
 from openmaker.jobs import capacity
 from openmaker.jobs.service import TrainingJobs
+from openmaker.settings import load_settings
 from openmaker.spec import ResourceLimitExceeded, ResourceNotFound, shape
 from tests.helpers import log_text, make_image, request, run_script, wait_for
 from tests.process_helpers import wait_until

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from openmaker.config import Settings
 from openmaker.jobs import recovery
 from openmaker.jobs.cloudwatch import GROUPS, LogQueries, Window
 from openmaker.jobs.query import JobQuery
@@ -19,6 +18,7 @@ from openmaker.jobs.search import search
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.tags import Tags
 from openmaker.jobs.update import update_training_job
+from openmaker.settings import Settings
 from openmaker.spec import LocalPaths
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]

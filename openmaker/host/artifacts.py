@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openmaker.config import Settings
 from openmaker.host import jobtree
 from openmaker.host.events import Emit
 from openmaker.host.layout import CONTAINER_ROOT
 from openmaker.host.progress import ProgressMeter
 from openmaker.host.snapshot_upload import upload_open
 from openmaker.host.spec import HostSpec
+from openmaker.settings import StoreSettings
 from openmaker.store import Location, resolve, upload_file
 from openmaker.store.transfer import OnBytes
 
@@ -52,8 +52,8 @@ def model_uri(request: dict[str, Any]) -> str:
     return output_uri(request, "model.tar.gz")
 
 
-def output_prefix(request: dict[str, Any], settings: Settings, env: dict[str, str]) -> Location:
-    return resolve(output_uri(request, ""), settings, env)
+def output_prefix(request: dict[str, Any], store: StoreSettings) -> Location:
+    return resolve(output_uri(request, ""), store)
 
 
 def pack(folders: Sequence[Path], archive: Path) -> None:
@@ -105,7 +105,7 @@ def _add(tar: tarfile.TarFile, entry: jobtree.Entry) -> None:
 
 def upload_artifacts(specs: Sequence[HostSpec], staging: Path, emit: Emit) -> Artifacts:
     request = specs[0].request
-    destination = output_prefix(request, specs[0].settings, specs[0].store_env)
+    destination = output_prefix(request, specs[0].store)
     compressed = request["OutputDataConfig"].get("CompressionType", "GZIP") != "NONE"
     with _opened(specs, MODEL, emit) as models, _opened(specs, OUTPUT_DATA, emit) as outputs:
         uploads: list[tuple[Path, Location]] = []

@@ -41,7 +41,7 @@ def start_inputs(spec: HostSpec, emit: Emit) -> None:
     with _lock:
         _active[spec.work_dir] = inputs
     try:
-        sandboxed = sandbox_unavailable_reason() is None
+        sandboxed = sandbox_unavailable_reason(spec.settings) is None
         inputs.mounts.extend(fastfile.mount_channels(spec, sandboxed))
         channels = pipe_channels(spec)
         plans = asyncio.run(_plan_all(spec, channels))

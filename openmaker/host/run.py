@@ -131,7 +131,7 @@ def _prepare_distribution(spec: HostSpec, image: Image) -> None:
         return
     if strategy_of(spec.request.get("HyperParameters")).launcher != MPIRUN:
         return
-    reason = sandbox_unavailable_reason()
+    reason = sandbox_unavailable_reason(spec.settings)
     if reason is not None:
         raise SshError(f"mpirun over several hosts needs openmaker's sandbox ({reason})")
     prepare_ssh(spec)

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openmaker.config import Settings
 from openmaker.host.network import JobNetwork
+from openmaker.settings import Settings, StoreSettings
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,18 @@ class HostSpec:
     work_dir: Path
     # Folders the sandbox must not show (openmaker's own state, other jobs).
     hidden_paths: list[Path] = field(default_factory=list)
-    # Variables that give openmaker's own transfers access to object storage (none: the
-    # embedded store, on this machine's disk).
-    store_env: dict[str, str] = field(default_factory=dict)
-    # The same for the code: the embedded store is reached through a server's S3 endpoint.
+    # The variables that give the code access to object storage (a server's gate with a key of
+    # the job's own, or the S3 server in use; none: the embedded store without a server).
     code_env: dict[str, str] = field(default_factory=dict)
     # None: the whole machine, unconfined.
     resources: HostResources | None = None
     # The job's network (None: the machine's, with loopback addresses; see host/network.py).
     network: JobNetwork | None = None
+
+    @property
+    def store(self) -> StoreSettings:
+        """How openmaker's own transfers reach object storage."""
+        return self.settings.store
 
     @property
     def ml_dir(self) -> Path:

@@ -28,7 +28,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from openmaker.config import Settings
+from openmaker.settings import Settings
 
 GIB = 1024**3
 LOCAL_TYPES = frozenset({"local", "ml.local"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ from sqlalchemy.exc import DatabaseError as SqlDatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from openmaker.config import Settings
 from openmaker.home import FILE_MODE, HomeError, prepare_home
+from openmaker.settings import Settings
 
 
 class DatabaseError(HomeError):
@@ -133,18 +133,14 @@ class SystemMetricValue(Base):
     value: Mapped[float]
 
 
-def busy_seconds() -> float:
-    """How long a statement waits for another process's write lock before it gives up (the API
-    then answers ThrottlingException, which clients retry)."""
-    return float(os.environ.get("OPENMAKER_DB_BUSY_SECONDS", "30"))
-
-
-def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+def _tune_sqlite(busy_seconds: float, dbapi_connection: Any, _record: Any) -> None:
+    """`busy_seconds`: how long a statement waits for another process's write lock before it
+    gives up (the API then answers ThrottlingException, which clients retry)."""
     # WAL lets the CLI read while a worker writes; the timeout rides out short write locks.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds() * 1000)}")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
     cursor.close()
     # Transactions are begun by `_begin` below, not by the driver's own guesswork.
     dbapi_connection.isolation_level = None
@@ -161,10 +157,10 @@ _WRITER = "openmaker_writer"
 
 
 @cache
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, busy_seconds: float) -> Engine:
     engine = create_engine(url)
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", _tune_sqlite)
+        event.listen(engine, "connect", partial(_tune_sqlite, busy_seconds))
         event.listen(engine, "begin", _begin)
     Base.metadata.create_all(engine)
     _add_new_columns(engine)
@@ -213,7 +209,7 @@ def _database(settings: Settings) -> Engine:
     unreadable file is a DatabaseError that says what to do)."""
     prepare_home(settings.home)
     if not settings.database_url.startswith("sqlite:///"):
-        return engine_for(settings.database_url)
+        return engine_for(settings.database_url, settings.db_busy_seconds)
     path = Path(settings.database_url.removeprefix("sqlite:///"))
     if not path.exists():
         _create(path)
@@ -223,7 +219,7 @@ def _database(settings: Settings) -> Engine:
             "from a backup, or delete it to start again with no jobs"
         )
     try:
-        return engine_for(settings.database_url)
+        return engine_for(settings.database_url, settings.db_busy_seconds)
     except OperationalError:
         raise  # locked or out of space: not the file's fault
     except SqlDatabaseError as exc:

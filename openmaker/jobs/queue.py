@@ -20,33 +20,38 @@ from collections.abc import Iterator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from openmaker.config import Settings
 from openmaker.jobs import capacity, state
 from openmaker.jobs.capacity import Placement
 from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, Worker, process_start_time
+from openmaker.settings import Settings, from_json, load_settings, to_json
 
 LAUNCH_FILE = "launch.json"
 
 
-def save_launch(settings: Settings, job_name: str, env: dict[str, str]) -> None:
-    """Keep the submitter's environment (endpoints, credentials, settings) for every start of
-    the job — its restarts too, whoever starts them. Readable by its owner only."""
+def save_launch(settings: Settings, job_name: str) -> None:
+    """Keep the submitter's settings (the store's endpoint and credentials among them) for
+    every start of the job — its restarts too, whoever starts them. Readable by its owner
+    only."""
     folder = settings.jobs_dir / job_name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LAUNCH_FILE
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(descriptor, 0o600)  # a file left by an older openmaker may be wider
     with os.fdopen(descriptor, "w") as file:
-        json.dump({"env": env}, file)
+        json.dump({"settings": to_json(settings.for_jobs())}, file)
 
 
-def _launch_env(settings: Settings, job_name: str) -> dict[str, str]:
+def _launch_settings(settings: Settings, job_name: str) -> Settings:
+    """The settings the job was submitted with; the starter's own when none were kept."""
     try:
         data = json.loads((settings.jobs_dir / job_name / LAUNCH_FILE).read_text())
     except (OSError, ValueError):
-        return dict(os.environ)
-    return dict(data["env"])
+        return settings
+    if "settings" in data:
+        return from_json(data["settings"])
+    # Kept by an older openmaker: the submitter's whole environment.
+    return load_settings({**data["env"], "OPENMAKER_HOME": str(settings.home)})
 
 
 def start_ready(settings: Settings, executor: Executor) -> None:
@@ -154,9 +159,9 @@ def _submit(
             )
             session.commit()
 
-    env = _launch_env(settings, name)
     try:
-        executor.submit(job.arn, job.request, env, placement, job.attempts, record)
+        launch = _launch_settings(settings, name)
+        executor.submit(job.arn, job.request, launch, placement, job.attempts, record)
     except Exception as exc:  # the job must not wait for a worker that never came
         traceback.print_exc()
         with sessions() as session:

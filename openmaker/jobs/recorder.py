@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from openmaker.config import Settings
 from openmaker.host.events import (
     Event,
     LogLine,
@@ -34,6 +33,7 @@ from openmaker.host.events import (
 )
 from openmaker.jobs import state
 from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP, stream_name
+from openmaker.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker

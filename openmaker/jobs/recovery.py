@@ -10,12 +10,10 @@ jobs start.
 
 from __future__ import annotations
 
-import os
 import shutil
 
 from sqlalchemy import select
 
-from openmaker.config import Settings
 from openmaker.host.limits import jobs_with_cgroups, remove_job_cgroups
 from openmaker.host.network import jobs_with_networks
 from openmaker.host.network import remove as remove_network
@@ -23,6 +21,7 @@ from openmaker.host.volume import unmount_under
 from openmaker.jobs import queue, retry, state
 from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
 from openmaker.jobs.executor import Executor
+from openmaker.settings import Settings
 
 
 def sweep(settings: Settings, executor: Executor) -> None:
@@ -114,7 +113,7 @@ def remove_host_folders(settings: Settings, job_name: str) -> None:
     worker clears what is left of them before it starts, whatever the setting.) Their volumes
     are unmounted first, whatever the setting: a lost worker's guard may not have yet."""
     unmount_under(settings.jobs_dir / job_name)
-    if os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
+    if settings.keep_job_files:
         return
     for folder in (settings.jobs_dir / job_name).glob("algo-*"):
         shutil.rmtree(folder, ignore_errors=True)

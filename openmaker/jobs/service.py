@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from openmaker.config import Settings, load_settings
 from openmaker.host.images import ImageError, resolve_image
 from openmaker.jobs import capacity, queue, recovery, state
 from openmaker.jobs.db import (
@@ -34,6 +33,7 @@ from openmaker.jobs.executor import Executor, LocalExecutor
 from openmaker.jobs.logs import LOG_GROUP, LogRecord
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.tags import put as put_tags
+from openmaker.settings import Settings, load_settings
 from openmaker.spec import (
     LocalPaths,
     ResourceInUse,
@@ -90,7 +90,7 @@ class TrainingJobs:
                 session.commit()
             except IntegrityError:
                 raise ResourceInUse(f"Training job {name} already exists") from None
-        queue.save_launch(self.settings, name, dict(os.environ))
+        queue.save_launch(self.settings, name)
         queue.start_ready(self.settings, self.executor)  # now, or when capacity frees
         return {"TrainingJobArn": arn}
 

@@ -21,12 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from openmaker.api import job_access
-from openmaker.config import Settings, load_settings
 from openmaker.host.artifacts import upload_artifacts
 from openmaker.host.checkpoints import save_checkpoints
 from openmaker.host.disk import disk_full_reason
 from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
-from openmaker.host.execute import DEFAULT_GRACE_SECONDS, StopControl
+from openmaker.host.execute import StopControl
 from openmaker.host.jobtree import let_go
 from openmaker.host.limits import oom_killed, release
 from openmaker.host.network import JobNetwork
@@ -44,11 +43,12 @@ from openmaker.host.volume import full_reason as volume_full_reason
 from openmaker.jobs import capacity, state
 from openmaker.jobs.executor import process_start_time
 from openmaker.jobs.retry import restart_or_fail
+from openmaker.settings import Settings, from_json
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.recorder import JobRecorder
-from openmaker.store import StoreError, code_store_environment, store_environment
+from openmaker.store import StoreError
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 
 
@@ -59,12 +59,11 @@ def host_specs(
     count = int(request["ResourceConfig"].get("InstanceCount", 1))
     hosts = [f"algo-{i}" for i in range(1, count + 1)]
     job_dir = settings.jobs_dir / name
-    store_env = store_environment()
-    code_env = code_store_environment()
     isolated = bool(request.get("EnableNetworkIsolation"))
-    if isolated:
-        code_env = {}  # no network: no endpoint to offer, no key to mint
-    code_env = job_access.code_environment(settings.home, request, code_env, store_env)
+    # No network: no endpoint to offer, no key to mint.
+    code_env = (
+        {} if isolated else job_access.code_environment(settings.home, request, settings.store)
+    )
     shares = _host_resources(settings, placement, count)
     network = _job_network(settings, name, hosts, code_env, isolated)
     return [
@@ -78,7 +77,6 @@ def host_specs(
             settings=settings,
             work_dir=job_dir / host,
             hidden_paths=[settings.home],
-            store_env=store_env,
             code_env=code_env,
             resources=share,
             network=network,
@@ -94,9 +92,9 @@ def _job_network(
     alone) or where the sandbox will not run (its hosts share the machine's network)."""
     if isolated:
         return shared_network(hosts, "network isolation")
-    if (reason := sandbox_unavailable_reason()) is not None:
+    if (reason := sandbox_unavailable_reason(settings)) is not None:
         return shared_network(hosts, reason)
-    return create_network(settings.home, name, hosts, code_env)
+    return create_network(settings, name, hosts, code_env)
 
 
 def _host_resources(
@@ -114,11 +112,6 @@ def _host_resources(
         )
         for host in placement["hosts"]
     ]
-
-
-def grace_seconds() -> float:
-    """SageMaker's 120 s; `OPENMAKER_STOP_GRACE_SECONDS` shortens it (tests, impatient users)."""
-    return float(os.environ.get("OPENMAKER_STOP_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
 
 
 def run_job(
@@ -198,7 +191,7 @@ def _remove_host_folders(settings: Settings, job_name: str, keep_allowed: bool =
     the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem."""
     unmount_under(settings.jobs_dir / job_name)  # volumes an earlier attempt left mounted
     remove_network(settings.home, job_name)  # and its bridge
-    if keep_allowed and os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
+    if keep_allowed and settings.keep_job_files:
         return
     for folder in (settings.jobs_dir / job_name).glob("algo-*"):
         shutil.rmtree(folder, ignore_errors=True)
@@ -238,7 +231,7 @@ def _run(
         claimer.join()
         return lambda j: state.finish(j, stop.reason or "Stopped", None)
 
-    results = _execute_all(specs, emit, stop)
+    results = _execute_all(specs, emit, stop, settings.stop_grace_seconds)
     # A stop asked for from outside wins; a host's failure (which stops the other hosts) fails.
     stopped = stop.reason if stop.reason in ("Stopped", "MaxRuntimeExceeded") else None
     failure, outside = _failures(specs, results)
@@ -264,7 +257,7 @@ def _run(
         return lambda j: state.finish(j, "Failed", reason)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if specs[0].code_env and not specs[0].store_env:
+    if specs[0].code_env and specs[0].store.endpoint is None:
         # Written straight into the embedded store's folder: the job ends once the server's
         # S3 endpoint lists its artifacts too, so that a client that sees it end finds them.
         time.sleep(EMBEDDED_ENDPOINT_LISTING_SECONDS)
@@ -344,8 +337,9 @@ def _after_infrastructure_failure(
     return lambda j: restart_or_fail(j, what)
 
 
-def _execute_all(specs: list[HostSpec], emit: Emit, stop: StopControl) -> list[HostResult]:
-    grace = grace_seconds()
+def _execute_all(
+    specs: list[HostSpec], emit: Emit, stop: StopControl, grace: float
+) -> list[HostResult]:
 
     def one(spec: HostSpec) -> HostResult:
         try:
@@ -369,10 +363,7 @@ def main(stop_before_start: threading.Event) -> None:
     if not data:
         return  # a spare nobody needed
     order = json.loads(data)
-    os.environ.clear()
-    os.environ.update(order["env"])
-    os.environ["OPENMAKER_HOME"] = order["home"]
-    settings = load_settings()
+    settings = from_json(order["settings"])
     # The worker's own messages (not the job's logs) go to a file, for post-mortems.
     log = os.open(
         settings.jobs_dir / order["job"] / "worker.log",
