@@ -25,6 +25,7 @@ from openmaker.jobs import capacity, state
 from openmaker.jobs.capacity import Placement
 from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, Worker, process_start_time
+from openmaker.jobs.training import SecondaryStatus
 
 LAUNCH_FILE = "launch.json"
 
@@ -69,8 +70,8 @@ def start_ready(settings: Settings, executor: Executor) -> None:
                 continue
             job.placement = placement
             job.worker_pid, job.worker_started, job.worker_ready = me, started, False
-            if job.secondary_status != "Starting":
-                state.enter(job, "Starting")
+            if job.secondary_status != SecondaryStatus.STARTING:
+                state.enter(job, SecondaryStatus.STARTING)
             chosen.append((job, placement))
         session.commit()
     for job, placement in chosen:
@@ -112,7 +113,7 @@ def _plan(
 def _changes(plan: list[tuple[TrainingJob, Placement | None, str]]) -> Iterator[bool]:
     for job, placement, message in plan:
         yield placement is not None or (job.secondary_status, _message(job)) != (
-            "Pending",
+            SecondaryStatus.PENDING,
             message,
         )
 
@@ -123,8 +124,8 @@ def _message(job: TrainingJob) -> str | None:
 
 def _wait(job: TrainingJob, message: str) -> None:
     """Enter Pending, or update its message (what the job waits for) when it changed."""
-    if job.secondary_status != "Pending":
-        state.enter(job, "Pending", message)
+    if job.secondary_status != SecondaryStatus.PENDING:
+        state.enter(job, SecondaryStatus.PENDING, message)
     elif _message(job) != message:
         transitions = [dict(t) for t in job.transitions]
         transitions[-1]["StatusMessage"] = message
@@ -162,5 +163,6 @@ def _submit(
         with sessions() as session:
             row = session.get(TrainingJob, name)
             if row is not None and row.status not in state.TERMINAL:
-                state.finish(row, "Failed", f"InternalServerError: cannot start a worker: {exc}")
+                reason = f"InternalServerError: cannot start a worker: {exc}"
+                state.finish(row, SecondaryStatus.FAILED, reason)
                 session.commit()

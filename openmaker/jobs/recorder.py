@@ -34,6 +34,7 @@ from openmaker.host.events import (
 )
 from openmaker.jobs import state
 from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP, stream_name
+from openmaker.jobs.training import SecondaryStatus, message_of
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -219,8 +220,8 @@ def _apply_status(job: TrainingJob, event: StatusChanged | TransferProgress) -> 
     if isinstance(event, StatusChanged):
         if job.status == state.IN_PROGRESS:
             at = datetime.fromtimestamp(event.at, UTC)
-            state.enter(job, event.status, event.message, at)
-            if event.status == "Training" and job.training_start_time is None:
+            state.enter(job, event.status, message_of(event.status, event.detail), at)
+            if event.status == SecondaryStatus.TRAINING and job.training_start_time is None:
                 job.training_start_time = at
     else:
         job.progress = {

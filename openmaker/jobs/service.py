@@ -34,6 +34,7 @@ from openmaker.jobs.executor import Executor, LocalExecutor
 from openmaker.jobs.logs import LOG_GROUP, LogRecord
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.training import SecondaryStatus, TrainingJobStatus
 from openmaker.spec import (
     LocalPaths,
     ResourceInUse,
@@ -75,13 +76,13 @@ class TrainingJobs:
             name=name,
             arn=arn,
             request=request,
-            status=state.IN_PROGRESS,
-            secondary_status="Starting",
+            status=TrainingJobStatus.IN_PROGRESS,
+            secondary_status=SecondaryStatus.STARTING,
             transitions=[],
             creation_time=at,
             last_modified_time=at,
         )
-        state.enter(job, "Starting")
+        state.enter(job, SecondaryStatus.STARTING)
         with self.writers() as session:
             session.add(job)
             try:
@@ -160,13 +161,13 @@ class TrainingJobs:
                 )
             if job.status == state.STOPPING:
                 return
-            job.stop_requested = "Stopped"
+            job.stop_requested = SecondaryStatus.STOPPED.value
             if state.waiting(job):  # Pending or Restarting: no worker to stop
-                state.finish(job, "Stopped", None)
+                state.finish(job, SecondaryStatus.STOPPED, None)
                 session.commit()
                 queue.start_ready(self.settings, self.executor)  # the jobs behind it may fit
                 return
-            state.enter(job, "Stopping")
+            state.enter(job, SecondaryStatus.STOPPING)
             # A worker not yet ready reads `stop_requested` when it gets ready: under the write
             # lock, one of the two always sees the other.
             pid = job.worker_pid if job.worker_ready else None
