@@ -17,12 +17,14 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import LogEvent, LogStream
-from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP
+from openmaker.jobs.kinds import log_groups
+from openmaker.jobs.logs import EVENT_OVERHEAD
 from openmaker.spec.errors import InvalidParameter, LogsResourceNotFound
 
 # GetLogEvents and FilterLogEvents answer at most 1 MB, counting EVENT_OVERHEAD per event.
 RESPONSE_BYTES = 1_048_576
-GROUPS = (LOG_GROUP,)
+# One log group per kind of resource.
+GROUPS = log_groups()
 # What one FilterLogEvents call examines at most: events, and bytes of their messages.
 SCAN_EVENTS = 100_000
 SCAN_BYTES = 16 * 1024 * 1024

@@ -33,7 +33,8 @@ from openmaker.host.events import (
     TransferProgress,
 )
 from openmaker.jobs import state
-from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP, stream_name
+from openmaker.jobs.kinds import TRAINING
+from openmaker.jobs.logs import EVENT_OVERHEAD, stream_name
 from openmaker.jobs.training import SecondaryStatus, message_of
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ class JobRecorder:
                 session.add(
                     LogStream(
                         name=name,
-                        group=LOG_GROUP,
+                        group=TRAINING.log_group,
                         job_name=self.job_name,
                         creation_time=timestamp,
                     )

@@ -26,9 +26,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import MetricValue, Tag, TrainingJob
 from openmaker.jobs.describe import search_record
+from openmaker.jobs.kinds import TRAINING
 from openmaker.spec.errors import ValidationException
 
-RESOURCE = "TrainingJob"
+RESOURCE = TRAINING.name
 DEFAULT_SORT = "LastModifiedTime"
 # Properties that are maps in the record: the rest of the name after them is one key, dots
 # and all (`HyperParameters.sagemaker_program`, `Metrics.validation:accuracy`).

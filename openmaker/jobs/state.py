@@ -14,7 +14,7 @@ from openmaker.jobs.training import (
 )
 
 if TYPE_CHECKING:  # the database layer is heavy to import; a worker loads it in the background
-    from openmaker.jobs.db import TrainingJob
+    from openmaker.jobs.db import JobRecord, TrainingJob
 
 IN_PROGRESS = TrainingJobStatus.IN_PROGRESS
 COMPLETED = TrainingJobStatus.COMPLETED
@@ -80,6 +80,22 @@ def finish(job: TrainingJob, secondary: SecondaryStatus | str, reason: str | Non
     job.progress = None
     release(job)
     enter(job, secondary)
+
+
+def wait(job: TrainingJob, message: str) -> None:
+    """Enter Pending, or update its message (what the job waits for) when it changed."""
+    if job.secondary_status != SecondaryStatus.PENDING:
+        enter(job, SecondaryStatus.PENDING, message)
+    elif status_message(job) != message:
+        transitions = [dict(t) for t in job.transitions]
+        transitions[-1]["StatusMessage"] = message
+        job.transitions = transitions
+        job.last_modified_time = now()
+
+
+def status_message(job: JobRecord) -> str | None:
+    """The message of the job's current secondary status."""
+    return job.transitions[-1].get("StatusMessage") if job.transitions else None
 
 
 def release(job: TrainingJob) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from openmaker.jobs.db import Tag, TrainingJob
+from openmaker.jobs import kinds
+from openmaker.jobs.db import Tag
 from openmaker.spec.errors import ResourceNotFound, ValidationException
 
 # SageMaker's limit per resource.
@@ -48,7 +49,10 @@ class Tags:
             session.commit()
 
     def _check_resource(self, session: Session, arn: str) -> None:
-        if session.scalar(select(TrainingJob.name).where(TrainingJob.arn == arn)) is None:
+        """A resource of a kind openmaker keeps (by the ARN's resource type), that exists."""
+        kind = kinds.of_arn(arn)
+        table = kind.table() if kind else None
+        if table is None or session.scalar(select(table.name).where(table.arn == arn)) is None:
             raise ResourceNotFound(f"Resource {arn} not found")
 
 
