@@ -19,6 +19,7 @@ from openmaker.jobs.tags import Tags
 from openmaker.jobs.update import update_training_job
 from openmaker.spec import LocalPaths
 from openmaker.spec.model import operation_model
+from openmaker.spec.paging import paginator
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 SWEEP_SECONDS = 5.0
@@ -86,6 +87,7 @@ class TrainingJobHandlers:
         return self.jobs.describe(params["TrainingJobName"])
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
+        pages = paginator("ListTrainingJobs")
         query = JobQuery(
             status=params.get("StatusEquals"),
             name_contains=params.get("NameContains"),
@@ -96,13 +98,13 @@ class TrainingJobHandlers:
             warm_pool_status=params.get("WarmPoolStatusEquals"),
             sort_by=params.get("SortBy", "CreationTime"),
             descending=params.get("SortOrder", "Ascending") == "Descending",
-            limit=params.get("MaxResults", 10),
-            token=params.get("NextToken"),
+            limit=pages.limit(params, 10),
+            token=pages.token(params),
         )
         summaries, token = self.jobs.search(query)
         result: dict[str, Any] = {"TrainingJobSummaries": summaries}
         if token:
-            result["NextToken"] = token
+            result[pages.output_token] = token
         return result
 
     def stop(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -129,9 +131,8 @@ class TagHandlers:
         return {"Tags": self.tags.add(params["ResourceArn"], params["Tags"])}
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self.tags.list(
-            params["ResourceArn"], params.get("MaxResults", 50), params.get("NextToken")
-        )
+        pages = paginator("ListTags")
+        return self.tags.list(params["ResourceArn"], pages.limit(params, 50), pages.token(params))
 
     def delete(self, params: dict[str, Any]) -> dict[str, Any]:
         self.tags.delete(params["ResourceArn"], params["TagKeys"])
@@ -160,13 +161,14 @@ class LogHandlers:
         return {"logGroups": groups}
 
     def describe_log_streams(self, params: dict[str, Any]) -> dict[str, Any]:
+        pages = paginator("DescribeLogStreams", "logs")
         return self.logs.describe_log_streams(
             _group(params),
             params.get("logStreamNamePrefix"),
             params.get("orderBy", "LogStreamName"),
             params.get("descending", False),
-            params.get("limit", 50),
-            params.get("nextToken"),
+            pages.limit(params, 50),
+            pages.token(params),
         )
 
     def get_log_events(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -180,14 +182,15 @@ class LogHandlers:
         )
 
     def filter_log_events(self, params: dict[str, Any]) -> dict[str, Any]:
+        pages = paginator("FilterLogEvents", "logs")
         return self.logs.filter_log_events(
             _group(params),
             params.get("logStreamNames"),
             params.get("logStreamNamePrefix"),
             Window(params.get("startTime"), params.get("endTime")),
             params.get("filterPattern"),
-            params.get("limit", 10000),
-            params.get("nextToken"),
+            pages.limit(params, 10000),
+            pages.token(params),
         )
 
 

@@ -1,6 +1,38 @@
-"""The errors the SageMaker API answers with, as exceptions carrying the AWS error code."""
+"""The errors the SageMaker API answers with, as exceptions carrying the AWS error code.
+
+An operation answers the errors its model declares (its error shapes) and the errors every AWS
+service may answer (`COMMON_ERRORS`); tests/test_resources.py holds openmaker to that.
+"""
 
 from __future__ import annotations
+
+# What any AWS JSON service may answer, whatever its model declares: a request it cannot
+# parse, sign or serve now. (SageMaker answers ValidationException without declaring it.)
+COMMON_ERRORS = frozenset(
+    {
+        "AccessDeniedException",
+        "IncompleteSignatureException",
+        "InternalFailure",
+        "InvalidSignatureException",
+        "MissingAuthenticationTokenException",
+        "RequestEntityTooLargeException",
+        "SerializationException",
+        "ServiceUnavailable",
+        "ThrottlingException",
+        "UnknownOperationException",
+        "UnrecognizedClientException",
+        "ValidationException",
+    }
+)
+
+
+def declared_errors(operation: str, service: str = "sagemaker") -> frozenset[str]:
+    """The error codes `operation` may answer: its model's error shapes, and the common ones."""
+    # Imported here: raising these errors needs no API model (a worker raises some).
+    from openmaker.spec.model import operation_model
+
+    shapes = operation_model(operation, service).error_shapes
+    return COMMON_ERRORS | {shape.error_code or shape.name for shape in shapes}
 
 
 class ServiceError(Exception):
