@@ -27,12 +27,13 @@ COMMON_ERRORS = frozenset(
 
 
 def declared_errors(operation: str, service: str = "sagemaker") -> frozenset[str]:
-    """The error codes `operation` may answer: its model's error shapes, and the common ones."""
+    """The error codes (`__type`, the shape names) `operation` may answer: its model's error
+    shapes, and the common ones."""
     # Imported here: raising these errors needs no API model (a worker raises some).
     from openmaker.spec.model import operation_model
 
     shapes = operation_model(operation, service).error_shapes
-    return COMMON_ERRORS | {shape.error_code or shape.name for shape in shapes}
+    return COMMON_ERRORS | {shape.name for shape in shapes}
 
 
 class ServiceError(Exception):
