@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs import kinds
 from openmaker.jobs.db import Tag
-from openmaker.spec.errors import ValidationException
+from openmaker.spec.errors import ResourceNotFound, ValidationException
 from openmaker.spec.paging import paginator
 
 # SageMaker's limit per resource.
@@ -54,12 +54,11 @@ class Tags:
             session.commit()
 
     def _check_resource(self, session: Session, arn: str) -> None:
-        """A resource of a kind openmaker keeps (by the ARN's resource type), that exists. The
-        tag operations declare no errors of their own: SageMaker answers ValidationException."""
+        """A resource of a kind openmaker keeps (by the ARN's resource type), that exists."""
         kind = kinds.of_arn(arn)
         table = kind.table() if kind else None
         if table is None or session.scalar(select(table.name).where(table.arn == arn)) is None:
-            raise ValidationException(f"ResourceArn: resource {arn} does not exist")
+            raise ResourceNotFound(f"Resource {arn} not found")
 
 
 def put(session: Session, arn: str, tags: list[dict[str, str]]) -> None:

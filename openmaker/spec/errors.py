@@ -26,6 +26,16 @@ COMMON_ERRORS = frozenset(
 )
 
 
+# Where openmaker answers an error its model does not declare for the operation, on purpose: the
+# tag operations declare none, and a missing resource is ResourceNotFound here (SageMaker itself
+# answers ValidationException; tests/test_api.py::test_tags holds openmaker's answer).
+DEPARTURES = {
+    ("sagemaker", "AddTags"): frozenset({"ResourceNotFound"}),
+    ("sagemaker", "ListTags"): frozenset({"ResourceNotFound"}),
+    ("sagemaker", "DeleteTags"): frozenset({"ResourceNotFound"}),
+}
+
+
 def declared_errors(operation: str, service: str = "sagemaker") -> frozenset[str]:
     """The error codes (`__type`, the shape names) `operation` may answer: its model's error
     shapes, and the common ones."""
@@ -34,6 +44,11 @@ def declared_errors(operation: str, service: str = "sagemaker") -> frozenset[str
 
     shapes = operation_model(operation, service).error_shapes
     return COMMON_ERRORS | {shape.name for shape in shapes}
+
+
+def answered_errors(operation: str, service: str = "sagemaker") -> frozenset[str]:
+    """What openmaker may answer for `operation`: what the model declares, and its departures."""
+    return declared_errors(operation, service) | DEPARTURES.get((service, operation), frozenset())
 
 
 class ServiceError(Exception):
