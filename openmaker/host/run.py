@@ -14,7 +14,7 @@ from openmaker.host.checkpoint_sync import CheckpointSync
 from openmaker.host.checkpoints import restore_checkpoints
 from openmaker.host.disk import disk_full_reason
 from openmaker.host.environment import container_environment
-from openmaker.host.events import STATUS_MESSAGES, Emit, LogLines, StatusChanged
+from openmaker.host.events import Emit, LogLines, StatusChanged
 from openmaker.host.execute import (
     DEFAULT_GRACE_SECONDS,
     FAILURE_REASON_LIMIT,
@@ -58,7 +58,7 @@ def prepare(spec: HostSpec, emit: Emit, stop: StopControl | None = None) -> None
     `stop` is requested, which the caller then sees."""
     create_tree(spec)
     hold(spec)  # handles on the tree, taken before the code can change it; let go by the caller
-    emit(StatusChanged("Downloading", STATUS_MESSAGES["Downloading"]))
+    emit(StatusChanged("Downloading"))
     try:
         install_source(spec)
         restore_checkpoints(spec, emit)
@@ -93,12 +93,7 @@ def execute(
     except NetworkError as exc:
         stop_inputs(spec)
         raise HostFailed(f"InternalServerError: {exc}") from None
-    emit(
-        StatusChanged(
-            "Training",
-            f"{STATUS_MESSAGES['Training']} ({image.description}; {launch.note})",
-        )
-    )
+    emit(StatusChanged("Training", f"{image.description}; {launch.note}"))
     if notes := opening_lines(spec, image):
         emit(LogLines(spec.host_name, int(time.time() * 1000), notes, sum(map(len, notes))))
     stopping = spec.request.get("StoppingCondition") or {}

@@ -24,7 +24,7 @@ from openmaker.api import job_access
 from openmaker.host.artifacts import upload_artifacts
 from openmaker.host.checkpoints import save_checkpoints
 from openmaker.host.disk import disk_full_reason
-from openmaker.host.events import STATUS_MESSAGES, Emit, StatusChanged
+from openmaker.host.events import Emit, StatusChanged
 from openmaker.host.execute import StopControl
 from openmaker.host.jobtree import let_go
 from openmaker.host.limits import oom_killed, release
@@ -43,6 +43,7 @@ from openmaker.host.volume import full_reason as volume_full_reason
 from openmaker.jobs import capacity, state
 from openmaker.jobs.executor import process_start_time
 from openmaker.jobs.retry import restart_or_fail
+from openmaker.jobs.training import STOPPED_BY, SecondaryStatus
 from openmaker.settings import Settings, from_json
 
 if TYPE_CHECKING:
@@ -127,9 +128,9 @@ def run_job(
     _remove_host_folders(settings, job_name, keep_allowed=False)
     recorder = JobRecorder(settings, job_name)
     stop = StopControl()
-    signal.signal(signal.SIGTERM, lambda *_: stop.request("Stopped"))
+    signal.signal(signal.SIGTERM, lambda *_: stop.request(SecondaryStatus.STOPPED))
     if stop_before_start.is_set():
-        stop.request("Stopped")
+        stop.request(SecondaryStatus.STOPPED)
     specs = host_specs(settings, arn, request, placement)
     mine = _Attempt(attempt, stop)
     try:
@@ -140,7 +141,7 @@ def run_job(
         reason = "InternalServerError: " + detail.strip().splitlines()[-1]
 
         def end(job: TrainingJob) -> None:
-            state.finish(job, "Failed", reason)
+            state.finish(job, SecondaryStatus.FAILED, reason)
 
     # The job's leftovers go before its end is recorded: whoever sees the job ended (or the
     # next job given its share of the machine) finds them gone.
@@ -177,7 +178,7 @@ class _Attempt:
 
     def claim(self, job: TrainingJob) -> None:
         if not self.current(job):
-            self.stop.request("Stopped")
+            self.stop.request(SecondaryStatus.STOPPED)
             return
         pid = os.getpid()
         # SIGTERM is handled from here on.
@@ -226,20 +227,20 @@ def _run(
     except HostFailed as exc:
         reason = exc.reason
         claimer.join()
-        return lambda j: state.finish(j, "Failed", reason)
+        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason)
     if stop.requested:
         claimer.join()
-        return lambda j: state.finish(j, stop.reason or "Stopped", None)
+        return lambda j: state.finish(j, stop.reason or SecondaryStatus.STOPPED, None)
 
     results = _execute_all(specs, emit, stop, settings.stop_grace_seconds)
     # A stop asked for from outside wins; a host's failure (which stops the other hosts) fails.
-    stopped = stop.reason if stop.reason in ("Stopped", "MaxRuntimeExceeded") else None
+    stopped = stop.reason if stop.reason in STOPPED_BY else None
     failure, outside = _failures(specs, results)
 
     claimer.join()  # long done by now; the job's end must not come before its claim
     if not stopped and failure is None and outside is not None:
         return _after_infrastructure_failure(specs, recorder, outside)
-    emit(StatusChanged("Uploading", STATUS_MESSAGES["Uploading"]))
+    emit(StatusChanged(SecondaryStatus.UPLOADING))
     # The archives are built on the first host's volume, as on a SageMaker instance: never on
     # the disk that holds openmaker's database.
     staging = specs[0].work_dir / "artifacts"
@@ -254,7 +255,7 @@ def _run(
         print(f"outputs not uploaded: {exc}", file=sys.stderr)
         # The code's own failure (a full volume, say) is what the job ended with, not its echo.
         reason = failure or full or f"InternalServerError: could not upload outputs: {exc}"
-        return lambda j: state.finish(j, "Failed", reason)
+        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if specs[0].code_env and specs[0].store.endpoint is None:
@@ -265,13 +266,13 @@ def _run(
     def finish(j: TrainingJob) -> None:
         j.model_artifacts = artifacts.model_uri
         # A stop that came while the outputs were uploaded still ends the job Stopped.
-        late = stop.reason if stop.reason in ("Stopped", "MaxRuntimeExceeded") else None
+        late = stop.reason if stop.reason in STOPPED_BY else None
         if stopped or late:
-            state.finish(j, stopped or late or "Stopped", None)
+            state.finish(j, stopped or late or SecondaryStatus.STOPPED, None)
         elif failure:
-            state.finish(j, "Failed", failure)
+            state.finish(j, SecondaryStatus.FAILED, failure)
         else:
-            state.finish(j, "Completed", None)
+            state.finish(j, SecondaryStatus.COMPLETED, None)
 
     return finish
 
@@ -283,10 +284,10 @@ def _prepare(spec: HostSpec, emit: Emit, stop: StopControl) -> None:
         attach_volume(spec)
         prepare(spec, emit, stop)
     except VolumeError as exc:
-        stop.request("Failed")
+        stop.request(SecondaryStatus.FAILED)
         raise HostFailed(exc.reason) from None
     except HostFailed:
-        stop.request("Failed")
+        stop.request(SecondaryStatus.FAILED)
         raise
 
 
@@ -348,7 +349,7 @@ def _execute_all(
         except HostFailed as exc:
             result = HostResult(-1, None, exc.reason)
         if result.failure:
-            stop.request("Failed")  # the other hosts of a failed job are stopped
+            stop.request(SecondaryStatus.FAILED)  # the other hosts of a failed job are stopped
         return result
 
     with ThreadPoolExecutor(len(specs)) as pool:
