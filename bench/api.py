@@ -20,8 +20,8 @@ import boto3
 from sqlalchemy import insert
 
 from bench.stats import Timings, timed
-from openmaker.config import Settings
 from openmaker.jobs.db import TrainingJob, writer_sessions
+from openmaker.settings import Settings
 from openmaker.spec import training_job_arn
 from openmaker.tools import wait_listening
 from tests.apiserver import ApiServer, running_api_server, signed_post

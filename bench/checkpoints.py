@@ -26,8 +26,8 @@ from typing import Any
 import obstore
 
 from bench.overhead import check_completed
-from openmaker.config import load_settings
 from openmaker.jobs.service import TrainingJobs
+from openmaker.settings import load_settings
 from openmaker.store import resolve
 from tests.helpers import log_text, make_image, request, wait_for
 
@@ -143,7 +143,7 @@ class Lister:
     """Lists a prefix every LIST_INTERVAL_SECONDS; notes when each key is first listed."""
 
     def __init__(self, uri: str) -> None:
-        self.location = resolve(uri, load_settings())
+        self.location = resolve(uri, load_settings().store)
         self.first_seen: dict[str, float] = {}
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)

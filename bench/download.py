@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import Timings, rate, timed
-from openmaker.config import load_settings
 from openmaker.host.channels import download_channels
 from openmaker.host.events import Event
 from openmaker.host.spec import HostSettings, HostSpec
+from openmaker.settings import load_settings
 
 KiB, MiB = 1024, 1024 * 1024
 TARGET_RATIO = 1.0
@@ -196,7 +196,7 @@ def ignore_event(_: Event) -> None:
 
 def bench_spec(uri: str, work_dir: Path, store_env: dict[str, str], mode: str) -> HostSpec:
     """One host whose only channel, `train`, is `uri` in input mode `mode`."""
-    settings = load_settings()
+    settings = load_settings({**os.environ, **store_env})
     return HostSpec(
         job_name="bench-download",
         job_arn="arn:aws:sagemaker:us-east-1:000000000000:training-job/bench-download",
@@ -204,9 +204,8 @@ def bench_spec(uri: str, work_dir: Path, store_env: dict[str, str], mode: str) -
         host_name="algo-1",
         hosts=["algo-1"],
         region=settings.region,
-        settings=HostSettings(home=settings.home, pids_limit=settings.pids_limit),
+        settings=HostSettings.of(settings),
         work_dir=work_dir,
-        store_env=store_env,
     )
 
 

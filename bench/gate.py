@@ -22,7 +22,8 @@ from bench.download import DataSet, KiB, MiB, make_local, s5cmd
 from bench.stats import Timings, rate, timed
 from openmaker.api import job_access
 from openmaker.api.s3_endpoint import DIR_CACHE_TIME
-from openmaker.store.location import S3Endpoint, s3_endpoint
+from openmaker.settings import load_settings
+from openmaker.store.location import S3Endpoint
 from openmaker.tools import find_tool, wait_listening
 from tests.apiserver import ApiServer, running_api_server
 from tests.s3server import free_port, running_s3_server
@@ -100,7 +101,9 @@ def run(quick: bool, scratch: Path) -> list[str]:
         remote.make_bucket(BUCKET)
         for data, source in zip(data_sets, sources, strict=True):
             s5cmd(user_env, "cp", f"{source}/*", f"s3://{BUCKET}/{data.prefix}")
-        job_env = _job_environment(server, _gate_url(server), s3_endpoint(remote.env()))
+        job_env = _job_environment(
+            server, _gate_url(server), load_settings(remote.env()).s3_endpoint
+        )
         keys = {"scoped": job_env, "direct": user_env}
         for data, source in zip(data_sets, sources, strict=True):
             lines += _compare(keys, remote.root, data, source, scratch, runs, "an S3 server")

@@ -21,8 +21,8 @@ from typing import Any
 import obstore
 
 from bench.stats import Timings
-from openmaker.config import load_settings
 from openmaker.jobs.service import TrainingJobs
+from openmaker.settings import load_settings
 from openmaker.store import resolve
 from tests.helpers import make_image, request, wait_for
 
@@ -93,7 +93,7 @@ def check_completed(description: dict[str, Any]) -> None:
             f"{description['TrainingJobName']}: {description['SecondaryStatus']}: {reason}"
         )
     uri = description["ModelArtifacts"]["S3ModelArtifacts"]
-    location = resolve(uri, load_settings())
+    location = resolve(uri, load_settings().store)
     obstore.head(location.store, location.key)  # raises FileNotFoundError when missing
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +14,6 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from openmaker.config import load_settings
 from openmaker.connection import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -34,9 +32,9 @@ from openmaker.request_builder import (
     build_request,
     load_request,
 )
+from openmaker.settings import Settings, SettingsError, StoreSettings, load_settings
 from openmaker.spec import ServiceError
-from openmaker.store import StoreError, s3_endpoint
-from openmaker.store.location import EMBEDDED_ENDPOINT_URL
+from openmaker.store import StoreError
 from openmaker.watch import follow, print_logs
 
 if TYPE_CHECKING:
@@ -66,16 +64,25 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _service() -> TrainingJobs | RemoteJobs:
+def _settings() -> Settings:
+    """The settings of this command (read once, at its start); a bad one ends it in one line
+    naming the variable."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _service(settings: Settings) -> TrainingJobs | RemoteJobs:
     """Through the server when AWS_ENDPOINT_URL_SAGEMAKER names one, else in this process."""
-    if server_configured():
+    if server_configured(settings):
         from openmaker.remote import RemoteJobs  # boto3 loads only when it is used
 
         return RemoteJobs()
     # SQLAlchemy and the job machinery load only when jobs run in this process.
     from openmaker.jobs.service import TrainingJobs
 
-    return TrainingJobs(load_settings())
+    return TrainingJobs(settings)
 
 
 @app.command()
@@ -112,7 +119,7 @@ def train(
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
 ) -> None:
     """Run a training job, from a full request or from flags."""
-    settings = load_settings()
+    settings = _settings()
     try:
         if request_file is not None:
             request = load_request(request_file)
@@ -136,10 +143,12 @@ def train(
             request = build_request(flags, settings)
     except (ValueError, OSError, StoreError) as exc:
         raise _fail(str(exc)) from None
-    _submit(_service(), request, wait)
+    _submit(_service(settings), request, wait, settings.store)
 
 
-def _submit(service: TrainingJobs | RemoteJobs, request: dict[str, Any], wait: bool) -> None:
+def _submit(
+    service: TrainingJobs | RemoteJobs, request: dict[str, Any], wait: bool, store: StoreSettings
+) -> None:
     try:
         arn = service.create(request)["TrainingJobArn"]
     except ServiceError as exc:
@@ -149,10 +158,12 @@ def _submit(service: TrainingJobs | RemoteJobs, request: dict[str, Any], wait: b
     if not wait:
         console.print(f"Follow it with: openmaker jobs logs {name} --follow")
         return
-    _wait_and_report(service, name)
+    _wait_and_report(service, name, store)
 
 
-def _wait_and_report(service: TrainingJobs | RemoteJobs, name: str) -> dict[str, Any]:
+def _wait_and_report(
+    service: TrainingJobs | RemoteJobs, name: str, store: StoreSettings
+) -> dict[str, Any]:
     try:
         description = follow(service, name, console)
     except KeyboardInterrupt:
@@ -161,7 +172,7 @@ def _wait_and_report(service: TrainingJobs | RemoteJobs, name: str) -> dict[str,
     model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
     if status == "Completed":
         console.print(f"[green]Completed.[/green] Model: {escape(model)}")
-        local = _local_copy(model)
+        local = _local_copy(model, store)
         if local:
             console.print(f"(on this machine: {escape(str(local))})")
         return description
@@ -175,11 +186,10 @@ def _stopped_following(name: str) -> typer.Exit:
     return typer.Exit(130)
 
 
-def _local_copy(uri: str) -> Path | None:
+def _local_copy(uri: str, store: StoreSettings) -> Path | None:
     """Where an object of the embedded store lives on disk, when that is where it is."""
-    settings = load_settings()
-    if uri.startswith("s3://") and s3_endpoint() is None:
-        return settings.embedded_s3_dir / uri.removeprefix("s3://")
+    if uri.startswith("s3://") and store.endpoint is None:
+        return store.embedded_dir / uri.removeprefix("s3://")
     if uri.startswith("file://"):
         return Path(uri.removeprefix("file://"))
     return None
@@ -188,9 +198,10 @@ def _local_copy(uri: str) -> Path | None:
 @app.command()
 def demo() -> None:
     """Train a scikit-learn classifier on the digits data set, on the embedded default."""
-    settings = load_settings()
+    settings = _settings()
     console.print("Demo: logistic regression on scikit-learn's digits, in script mode")
-    _submit(_service(), build_request(prepare_demo(settings), settings), wait=True)
+    request = build_request(prepare_demo(settings), settings)
+    _submit(_service(settings), request, True, settings.store)
 
 
 @jobs_app.command("list")
@@ -199,7 +210,7 @@ def list_jobs(
     name_contains: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """List training jobs, newest first."""
-    found = _service().list(status=status, name_contains=name_contains)
+    found = _service(_settings()).list(status=status, name_contains=name_contains)
     # Names are what people copy into the next command: never cut one short.
     longest = max((len(job["TrainingJobName"]) for job in found), default=4)
     table = Table(
@@ -226,7 +237,7 @@ def describe_job(
 ) -> None:
     """Show one training job."""
     try:
-        description = _service().describe(name)
+        description = _service(_settings()).describe(name)
     except ServiceError as exc:
         raise _fail(str(exc)) from None
     if as_json:
@@ -260,7 +271,7 @@ def job_logs(
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Wait for new lines.")] = False,
 ) -> None:
     """Print a job's log lines."""
-    service = _service()
+    service = _service(_settings())
     try:
         service.describe(name)
     except ServiceError as exc:
@@ -275,7 +286,7 @@ def job_logs(
 def stop_job(name: str) -> None:
     """Stop a job: SIGTERM to its code, then SIGKILL after the grace period."""
     try:
-        _service().stop(name)
+        _service(_settings()).stop(name)
     except ServiceError as exc:
         raise _fail(str(exc)) from None
     console.print(f"Stopping {name}")
@@ -292,13 +303,13 @@ def server(
     """Serve the SageMaker API, CloudWatch Logs and the embedded store's S3 endpoint."""
     from openmaker.api.server import serve  # the HTTP stack loads only for this command
 
-    def announce(record: ServerRecord) -> None:
+    def announce(record: ServerRecord, store: StoreSettings) -> None:
         console.print(f"SageMaker and CloudWatch Logs API: {record.api_url}")
         if record.s3_url:
             console.print(f"S3 endpoint of the embedded store: {record.s3_url}")
-        elif (upstream := s3_endpoint()) is not None:
+        elif (upstream := store.endpoint) is not None:
             # The S3 server in AWS_ENDPOINT_URL_S3 serves clients and transfers directly.
-            gate = os.environ.get(EMBEDDED_ENDPOINT_URL)
+            gate = store.gate_url
             console.print(
                 f"S3: {upstream.url} (AWS_ENDPOINT_URL_S3); no S3 endpoint of openmaker's own"
                 + (f", but a gate for the jobs' code alone on {gate}" if gate else "")
@@ -306,7 +317,7 @@ def server(
         console.print("Point AWS clients here with: eval \"$(openmaker env)\"")
 
     try:
-        serve(load_settings(), host, port, s3_port, announce)
+        serve(_settings(), host, port, s3_port, announce)
     except (OSError, RuntimeError, HomeError) as exc:
         raise _fail(f"the server could not start: {exc}") from None
 
@@ -318,7 +329,7 @@ def env_command() -> None:
     from openmaker.api.credentials import KEY_VARIABLE, SECRET_VARIABLE, configured_credentials
     from openmaker.sdk_config import write_sdk_config
 
-    settings = load_settings()
+    settings = _settings()
     record = read_record(settings)
     if record is None:
         raise _fail("no openmaker server is running for this OPENMAKER_HOME; start one with "

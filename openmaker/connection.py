@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from openmaker.config import Settings
+from openmaker.settings import Settings, client_plugins
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7070  # the SageMaker, runtime and CloudWatch Logs APIs
@@ -82,7 +82,7 @@ def client_environment(
         "AWS_ENDPOINT_URL_STS": record.api_url,
         "AWS_ENDPOINT_URL_IAM": record.api_url,
         # Clients made with an explicit AWS endpoint (the SDKs' STS client) come here too.
-        BOTOCORE_PLUGINS: _with_plugin(os.environ.get(BOTOCORE_PLUGINS, "")),
+        BOTOCORE_PLUGINS: _with_plugin(client_plugins()),
     }
     if sdk_config is not None:
         env["SAGEMAKER_ADMIN_CONFIG_OVERRIDE"] = str(sdk_config)
@@ -107,6 +107,6 @@ def _with_plugin(plugins: str) -> str:
     return ",".join(entries)
 
 
-def server_configured() -> bool:
+def server_configured(settings: Settings) -> bool:
     """Whether this process's AWS clients are pointed at a SageMaker endpoint (a server)."""
-    return bool(os.environ.get("AWS_ENDPOINT_URL_SAGEMAKER"))
+    return settings.sagemaker_endpoint is not None

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openmaker.config import Settings
 from openmaker.host.artifacts import pack
 from openmaker.host.images import SCRIPT_MODE_IMAGE
+from openmaker.settings import Settings
 from openmaker.spec import default_stopping_condition, unique_name
 from openmaker.store import resolve, upload_file
 
@@ -138,7 +138,7 @@ def upload_source(folder: Path, name: str, output: str, settings: Settings) -> s
     with tempfile.TemporaryDirectory() as staging:
         archive = Path(staging) / "sourcedir.tar.gz"
         pack([folder], archive)
-        asyncio.run(upload_file(archive, resolve(uri, settings)))
+        asyncio.run(upload_file(archive, resolve(uri, settings.store)))
     return uri
 
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from openmaker.config import Settings
+from openmaker.settings import Settings
 from openmaker.spec.arn import EXECUTION_ROLE, role_arn
 
 FILE_NAME = "sagemaker-config.yaml"

@@ -15,6 +15,10 @@ command -v losetup >/dev/null || missing+=(mount)
 # Each host's own network: veth pairs and a bridge per job, its rules (host/network.py).
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
+# Distributed jobs: mpirun (OpenMPI) over ssh between a job's hosts.
+command -v mpirun >/dev/null || missing+=(openmpi-bin)
+command -v ssh >/dev/null || missing+=(openssh-client)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 # Debian's own python3 needs python3-venv (and ensurepip) to make a virtual environment.
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

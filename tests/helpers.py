@@ -13,10 +13,10 @@ from typing import Any
 
 import obstore
 
-from openmaker.config import load_settings
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.state import TERMINAL
+from openmaker.settings import load_settings
 from openmaker.spec import ResourceNotFound, ValidationException
 from openmaker.store import resolve
 
@@ -69,14 +69,14 @@ def put_objects(objects: dict[str, bytes]) -> None:
     async def put_all() -> None:
         settings = load_settings()
         for uri, data in objects.items():
-            location = resolve(uri, settings)
+            location = resolve(uri, settings.store)
             await obstore.put_async(location.store, location.key, data)
 
     asyncio.run(put_all())
 
 
 def get_object(uri: str) -> bytes:
-    location = resolve(uri, load_settings())
+    location = resolve(uri, load_settings().store)
     return bytes(obstore.get(location.store, location.key).bytes())
 
 

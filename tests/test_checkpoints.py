@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 import openmaker.host.checkpoint_sync as checkpoint_sync
-from openmaker.config import load_settings
 from openmaker.host.checkpoint_sync import CheckpointSync
 from openmaker.host.checkpoints import Ledger, save_checkpoints
 from openmaker.host.events import Event, TransferProgress
 from openmaker.host.jobtree import HostTree
 from openmaker.host.snapshot_upload import upload_snapshot
 from openmaker.host.spec import HostSettings, HostSpec
+from openmaker.settings import load_settings
 from openmaker.store import Location, resolve
 from openmaker.store.transfer import SINGLE_PUT_LIMIT
 from tests.helpers import get_object, log_text, put_objects, run_script
@@ -44,7 +44,7 @@ def _object(key: str) -> bytes | None:
 @pytest.fixture
 def remote(home: Path, s3_env: S3Server, request: pytest.FixtureRequest) -> Location:
     s3_env.make_bucket(BUCKET)
-    return resolve(f"s3://{BUCKET}/{request.node.name}/", load_settings())
+    return resolve(f"s3://{BUCKET}/{request.node.name}/", load_settings().store)
 
 
 @pytest.fixture
@@ -248,8 +248,7 @@ def test_end_of_job_save_after_a_failed_sync_uploads_the_rest(
     spec = HostSpec(
         job_name="j", job_arn="arn", request={"CheckpointConfig": {"S3Uri": remote.uri}},
         host_name="algo-1", hosts=["algo-1"], region="us-east-1",
-        settings=HostSettings(home=settings.home),
-        work_dir=tmp_path / "host", store_env=dict(os.environ),
+        settings=HostSettings.of(settings), work_dir=tmp_path / "host",
     )  # fmt: skip
     folder = spec.ml_dir / "checkpoints"
     folder.mkdir(parents=True)

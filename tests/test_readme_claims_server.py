@@ -363,15 +363,18 @@ def strip(response: dict[str, Any]) -> dict[str, Any]:
 def test_a_launch_file_left_wider_by_an_older_openmaker_is_tightened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from openmaker.config import load_settings
     from openmaker.jobs.queue import LAUNCH_FILE, save_launch
+    from openmaker.settings import load_settings
 
     monkeypatch.setenv("OPENMAKER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     settings = load_settings()
     old = settings.jobs_dir / "old-job" / LAUNCH_FILE
     old.parent.mkdir(parents=True)
     old.write_text("{}")
     old.chmod(0o644)
-    save_launch(settings, "old-job", {"AWS_SECRET_ACCESS_KEY": "secret"})
+    save_launch(settings, "old-job")
     assert stat.S_IMODE(old.stat().st_mode) == 0o600
-    assert json.loads(old.read_text()) == {"env": {"AWS_SECRET_ACCESS_KEY": "secret"}}
+    assert json.loads(old.read_text())["settings"]["s3_endpoint"]["secret_access_key"] == "secret"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.config import load_settings
 from openmaker.host.limits import jobs_with_cgroups, memory_cgroup_root
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.service import TrainingJobs
+from openmaker.settings import load_settings
 from tests.apiserver import openmaker_command, running_api_server
 from tests.helpers import make_image, request, wait_for
 from tests.process_helpers import (
@@ -86,7 +86,7 @@ def _row_exists(jobs: TrainingJobs, name: str) -> bool:
 # Creates a job whose start never completes: the process is killed while starting it.
 HANGING_STARTER = """
 import json, sys, time
-from openmaker.config import load_settings
+from openmaker.settings import load_settings
 from openmaker.jobs.executor import LocalExecutor
 from openmaker.jobs.service import TrainingJobs
 
@@ -244,7 +244,7 @@ def _worker_in(home: Path, name: str) -> int | None:
     """The worker of a job in another openmaker home, read from its database."""
     script = (
         "import os, sys\n"
-        "from openmaker.config import load_settings\n"
+        "from openmaker.settings import load_settings\n"
         "from openmaker.jobs.db import TrainingJob, sessions\n"
         "with sessions(load_settings())() as s:\n"
         "    job = s.get(TrainingJob, sys.argv[1])\n"

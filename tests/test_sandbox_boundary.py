@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.config import load_settings
 from openmaker.host.volume import mount_points_under
 from openmaker.jobs.service import TrainingJobs
+from openmaker.settings import load_settings
 from tests.helpers import (
     get_object,
     log_text,

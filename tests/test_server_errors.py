@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.config import load_settings
 from openmaker.jobs.executor import process_lost
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.state import TERMINAL
+from openmaker.settings import load_settings
 from openmaker.store import Download, download_all, ranged, resolve, upload_file
 from openmaker.store.stream import stream_object
 from openmaker.store.transfer import SINGLE_PUT_LIMIT
@@ -74,7 +74,7 @@ def test_reads_retry_5xx_answers(
     s3_server.client().put_object(Bucket=BUCKET, Key=how, Body=data)
     proxy.add(Fault(object_get(how), times=2, status=503))
     proxy.add(Fault(object_get(how), times=1, status=500))
-    location = resolve(f"s3://{BUCKET}/{how}", load_settings())
+    location = resolve(f"s3://{BUCKET}/{how}", load_settings().store)
 
     async def read() -> bytes:
         if how == "stream":
@@ -96,7 +96,7 @@ def test_a_single_put_retries_5xx_answers(proxy: S3Proxy, tmp_path: Path) -> Non
     source.write_bytes(os.urandom(MiB))
     proxy.add(Fault(_upload_step("small", "put"), times=2, status=503))
     proxy.add(Fault(_upload_step("small", "put"), times=1, status=500))
-    asyncio.run(upload_file(source, resolve(f"s3://{BUCKET}/small", load_settings())))
+    asyncio.run(upload_file(source, resolve(f"s3://{BUCKET}/small", load_settings().store)))
     assert get_object(f"s3://{BUCKET}/small") == source.read_bytes()
     assert _statuses(proxy, _upload_step("small", "put")) == [503, 503, 500, 200]
 
@@ -108,7 +108,7 @@ def test_a_multipart_upload_retries_5xx_answers_at_every_step(
     source.write_bytes(os.urandom(SINGLE_PUT_LIMIT + MiB))  # two parts
     for step in ("begin", "part", "complete"):
         proxy.add(Fault(_upload_step("large", step), times=2, status=503))
-    asyncio.run(upload_file(source, resolve(f"s3://{BUCKET}/large", load_settings())))
+    asyncio.run(upload_file(source, resolve(f"s3://{BUCKET}/large", load_settings().store)))
     assert get_object(f"s3://{BUCKET}/large") == source.read_bytes()
     assert _statuses(proxy, _upload_step("large", "begin")) == [503, 503, 200]
     assert _statuses(proxy, _upload_step("large", "part")) == [503, 503, 200, 200]

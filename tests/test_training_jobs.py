@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.host.network import DEFAULT_RANGE
 from openmaker.jobs.service import TrainingJobs
+from openmaker.settings import DEFAULT_NETWORK_RANGE
 from openmaker.spec import ResourceInUse, ResourceNotFound, ValidationException
 from openmaker.spec.validate import validate_output
 from tests.helpers import (
@@ -152,7 +152,7 @@ def test_bring_your_own_container_on_s3(tmp_path: Path, home: Path, s3_env: S3Se
     assert seen["hostname"] == "algo-1"
     # Its own address on its job's bridge: the first after the bridge's (host/network.py).
     algo_1 = ipaddress.IPv4Address(seen["algo_1"])
-    assert algo_1 in ipaddress.IPv4Network(DEFAULT_RANGE) and int(algo_1) % 256 == 2
+    assert algo_1 in ipaddress.IPv4Network(DEFAULT_NETWORK_RANGE) and int(algo_1) % 256 == 2
     assert seen["pid"] == 1
     assert seen["env"]["SAGEMAKER_BASE_DIR"] is None
     assert not seen["home_visible"]

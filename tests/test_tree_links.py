@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from openmaker.config import load_settings
 from openmaker.host.fastfile import is_mounted
 from openmaker.host.sandbox import sandbox_unavailable_reason
 from openmaker.jobs.service import TrainingJobs
+from openmaker.settings import load_settings
 from openmaker.spec import ValidationException
 from openmaker.store import list_prefix, resolve
 from openmaker.tools import find_tool
@@ -27,7 +27,7 @@ from tests.process_helpers import wait_until
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.skipif(
-    sandbox_unavailable_reason() is not None, reason="needs the bwrap sandbox"
+    sandbox_unavailable_reason(load_settings()) is not None, reason="needs the bwrap sandbox"
 )
 
 SECRET = b"host secret: never in a job's results\n"
@@ -243,7 +243,7 @@ def model_members(description: dict[str, Any]) -> dict[str, bytes]:
 
 def objects_under(prefix: str) -> dict[str, bytes]:
     """Every object below an s3:// prefix, by key relative to it."""
-    location = resolve(prefix, load_settings())
+    location = resolve(prefix, load_settings().store)
     found = asyncio.run(list_prefix(location))
     return {
         o.key[len(location.key) :]: get_object(f"{prefix}{o.key[len(location.key) :]}")

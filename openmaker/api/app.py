@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -34,13 +33,7 @@ from openmaker.api.runtime import runtime_routes
 from openmaker.api.sagemaker_metrics import SageMakerMetrics
 from openmaker.api.sigv4 import SignedRequest, verify
 from openmaker.api.wire import from_wire, parse_document, range_problems, to_wire
-from openmaker.spec.errors import (
-    ServiceError,
-    ServiceUnavailable,
-    ThrottlingException,
-    UnknownOperation,
-    ValidationException,
-)
+from openmaker.spec.errors import ServiceError, UnknownOperation, ValidationException
 from openmaker.spec.model import operation_model
 from openmaker.spec.validate import error_message, validate_input
 
@@ -67,14 +60,14 @@ class Service:
 
 
 def create_app(backend: Backend, credentials: Credentials) -> Starlette:
-    sessions, settings = backend.jobs.sessions, backend.jobs.settings
+    settings = backend.jobs.settings
     services = {
-        "SageMaker": Service("sagemaker", "sagemaker", backend.sagemaker()),
-        "Logs_20140328": Service("logs", "logs", backend.logs_operations()),
+        "SageMaker": Service("sagemaker", "sagemaker", backend.handlers.of("sagemaker")),
+        "Logs_20140328": Service("logs", "logs", backend.handlers.of("logs")),
         cloudwatch_metrics.TARGET_PREFIX: Service(
             cloudwatch_metrics.SERVICE,
             "monitoring",
-            CloudWatchMetrics(sessions, settings.account_id).handlers(),
+            CloudWatchMetrics(backend.metrics, settings.account_id).handlers(),
             cloudwatch_metrics.CONTENT_TYPE,
             cloudwatch_metrics.validate,
         ),
@@ -85,7 +78,7 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
             Service(
                 sagemaker_metrics.SERVICE,
                 "sagemaker",
-                SageMakerMetrics(sessions).handlers(),
+                SageMakerMetrics(backend.metrics).handlers(),
                 sagemaker_metrics.CONTENT_TYPE,
             ),
             "BatchGetMetrics",
@@ -188,17 +181,9 @@ def _call(service: Service, operation: str, handler: Handler, body: bytes) -> di
     if too_big:
         raise ValidationException(error_message(too_big))
     service.validate(operation, params, service.name)
-    try:
-        result = handler(params)
-    except OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise ThrottlingException("Rate exceeded: the job database is busy") from None
-        if "disk is full" in str(exc) or "disk I/O error" in str(exc):
-            raise ServiceUnavailable(
-                "openmaker's disk is full: the job database cannot record the request; free "
-                "space on the disk that holds OPENMAKER_HOME, then retry"
-            ) from None
-        raise
+    # A busy or full database is a ThrottlingException or ServiceUnavailable by now
+    # (openmaker/jobs/db.py).
+    result = handler(params)
     return to_wire(model.output_shape, result) if model.output_shape is not None else {}
 
 

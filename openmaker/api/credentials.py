@@ -7,8 +7,9 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from openmaker.config import Settings
+from openmaker.settings import Settings
 
+# Where the pair may be given (read by openmaker/settings.py).
 KEY_VARIABLE = "OPENMAKER_ACCESS_KEY_ID"
 SECRET_VARIABLE = "OPENMAKER_SECRET_ACCESS_KEY"
 
@@ -21,9 +22,8 @@ class Credentials:
 
 def configured_credentials(settings: Settings) -> Credentials | None:
     """The pair from the environment, else the stored one; None when there is neither yet."""
-    key, secret = os.environ.get(KEY_VARIABLE), os.environ.get(SECRET_VARIABLE)
-    if key and secret:
-        return Credentials(key, secret)
+    if settings.server_key_pair is not None:
+        return Credentials(*settings.server_key_pair)
     try:
         stored = json.loads((settings.home / "credentials.json").read_text())
     except FileNotFoundError:

@@ -26,9 +26,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from openmaker.store.location import (
-    EMBEDDED_ENDPOINT_URL,
+    DEFAULT_RETRY_SECONDS,
     S3Endpoint,
-    s3_endpoint,
+    StoreSettings,
+    code_store_environment,
     s3_folder_entries,
 )
 
@@ -141,7 +142,11 @@ def _merged(grants: list[Grant]) -> list[Grant]:
 
 
 def mint(
-    home: Path, job_name: str, request: dict[str, Any], upstream: S3Endpoint | None = None
+    home: Path,
+    job_name: str,
+    request: dict[str, Any],
+    upstream: S3Endpoint | None = None,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
 ) -> JobKey:
     """A new key for the job (run by its worker, whose liveness keeps the key alive), to the
     embedded store or to the user's S3 server `upstream`."""
@@ -154,7 +159,7 @@ def mint(
     key = JobKey(KEY_PREFIX + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
     if upstream is not None:
         # No folders to link: the gate's front refuses the key once its record is gone.
-        grants = grants_for(request, partial(s3_folder_entries, upstream))
+        grants = grants_for(request, partial(_s3_entries, upstream, retry_seconds))
         _write_record(home, key, job_name, grants)
         return key
     grants = grants_for(request, local_lister(store))
@@ -267,17 +272,20 @@ def _sweep_tombstones(views: Path) -> None:
             os.unlink(entry.path)
 
 
-def code_environment(
-    home: Path, request: dict[str, Any], code_env: dict[str, str], store_env: dict[str, str]
-) -> dict[str, str]:
+def _s3_entries(
+    upstream: S3Endpoint, retry_seconds: float, bucket: str, folder: str
+) -> list[tuple[str, bool]]:
+    return s3_folder_entries(upstream, bucket, folder, retry_seconds)
+
+
+def code_environment(home: Path, request: dict[str, Any], store: StoreSettings) -> dict[str, str]:
     """The code's store variables: for a server's gate (a server's job), with a new key of the
-    job's own; otherwise unchanged (an S3 server's own variables for a job the CLI runs, or
-    none). The gate's keys reach the S3 server in use (`store_env`), else the embedded store."""
-    gate = os.environ.get(EMBEDDED_ENDPOINT_URL)
-    if not gate or code_env.get("AWS_ENDPOINT_URL_S3") != gate:
+    job's own; otherwise those of the S3 server in use for a job the CLI runs (or none). The
+    gate's keys reach the S3 server in use, else the embedded store."""
+    code_env = code_store_environment(store)
+    if not store.gate_url:
         return code_env
-    upstream = s3_endpoint(store_env) if store_env else None
-    key = mint(home, request["TrainingJobName"], request, upstream)
+    key = mint(home, request["TrainingJobName"], request, store.endpoint, store.retry_seconds)
     return {
         **code_env,
         "AWS_ACCESS_KEY_ID": key.access_key_id,

@@ -1,29 +1,46 @@
 """The operations the server answers, by service: request members in, response members out.
 
 Each handler gets the request as Python values (already checked against the operation's input
-shape) and returns the output shape's members; the protocol layer does the rest.
+shape) and returns the output shape's members; the protocol layer does the rest. Handlers sit in
+a registry keyed by service and operation name, into which each resource registers its own.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
-from openmaker.config import Settings
-from openmaker.jobs import recovery
 from openmaker.jobs.cloudwatch import GROUPS, LogQueries, Window
+from openmaker.jobs.metric_reads import MetricReads
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.search import search
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.tags import Tags
 from openmaker.jobs.update import update_training_job
+from openmaker.settings import Settings
 from openmaker.spec import LocalPaths
+from openmaker.spec.model import operation_model
+from openmaker.spec.paging import paginator
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 SWEEP_SECONDS = 5.0
-log = logging.getLogger("openmaker.api")
+
+
+class Handlers:
+    """The registry: each operation's handler, by service (botocore's name) and operation."""
+
+    def __init__(self) -> None:
+        self._services: dict[str, dict[str, Handler]] = {}
+
+    def register(self, service: str, operation: str, handler: Handler) -> None:
+        operation_model(operation, service)  # one the model does not name is refused here
+        handlers = self._services.setdefault(service, {})
+        if operation in handlers:
+            raise ValueError(f"{service} operation {operation} has a handler already")
+        handlers[operation] = handler
+
+    def of(self, service: str) -> dict[str, Handler]:
+        return dict(self._services.get(service, {}))
 
 
 class Backend:
@@ -33,81 +50,46 @@ class Backend:
         # A request through the API names local paths only where the machine's owner allows.
         local = LocalPaths.under(settings.file_roots, settings.home)
         self.jobs = TrainingJobs(settings, local=local)
-        self.tags = Tags(self.jobs.sessions, self.jobs.writers)
-        self.logs = LogQueries(self.jobs.sessions, settings.region, settings.account_id)
-        # The executor keeps one warm worker for the next job: one submission at a time.
-        self.create_lock = threading.Lock()
-        self._stopped = threading.Event()
+        self.metrics = MetricReads(self.jobs.sessions)
+        self.handlers = Handlers()
+        TrainingJobHandlers(self.jobs).register(self.handlers)
+        TagHandlers(Tags(self.jobs.sessions, self.jobs.writers)).register(self.handlers)
+        LogHandlers(LogQueries(self.jobs.sessions, settings.region, settings.account_id)).register(
+            self.handlers
+        )
 
     def watch(self, every: float = SWEEP_SECONDS) -> None:
-        """Sweep the jobs now and then in a background thread: a lost worker is noticed, and
-        waiting jobs start, even when no client asks about them."""
-
-        def loop() -> None:
-            while not self._stopped.wait(every):
-                try:
-                    with self.create_lock:
-                        recovery.sweep(self.jobs.settings, self.jobs.executor)
-                except Exception:  # the next sweep tries again; the server goes on
-                    log.exception("sweeping the jobs failed")
-
-        threading.Thread(target=loop, name="openmaker-sweep", daemon=True).start()
+        """Sweep the jobs now and then: a lost worker is noticed, and waiting jobs start, even
+        when no client asks about them."""
+        self.jobs.watch(every)
 
     def close(self) -> None:
-        self._stopped.set()
+        self.jobs.close()
 
-    def sagemaker(self) -> dict[str, Handler]:
-        return {
-            "CreateTrainingJob": self._create_training_job,
-            "DescribeTrainingJob": lambda p: self.jobs.describe(p["TrainingJobName"]),
-            "ListTrainingJobs": self._list_training_jobs,
-            "StopTrainingJob": self._stop_training_job,
-            "UpdateTrainingJob": lambda p: {
-                "TrainingJobArn": update_training_job(self.jobs.writers, p)
-            },
-            "Search": lambda p: search(self.jobs.sessions, p),
-            "AddTags": lambda p: {"Tags": self.tags.add(p["ResourceArn"], p["Tags"])},
-            "ListTags": lambda p: self.tags.list(
-                p["ResourceArn"], p.get("MaxResults", 50), p.get("NextToken")
-            ),
-            "DeleteTags": self._delete_tags,
-        }
 
-    def logs_operations(self) -> dict[str, Handler]:
-        return {
-            "DescribeLogGroups": self._describe_log_groups,
-            "DescribeLogStreams": lambda p: self.logs.describe_log_streams(
-                _group(p),
-                p.get("logStreamNamePrefix"),
-                p.get("orderBy", "LogStreamName"),
-                p.get("descending", False),
-                p.get("limit", 50),
-                p.get("nextToken"),
-            ),
-            "GetLogEvents": lambda p: self.logs.get_log_events(
-                _group(p),
-                p["logStreamName"],
-                Window(p.get("startTime"), p.get("endTime")),
-                p.get("limit", 10000),
-                p.get("nextToken"),
-                p.get("startFromHead", False),
-            ),
-            "FilterLogEvents": lambda p: self.logs.filter_log_events(
-                _group(p),
-                p.get("logStreamNames"),
-                p.get("logStreamNamePrefix"),
-                Window(p.get("startTime"), p.get("endTime")),
-                p.get("filterPattern"),
-                p.get("limit", 10000),
-                p.get("nextToken"),
-            ),
-        }
+class TrainingJobHandlers:
+    def __init__(self, jobs: TrainingJobs) -> None:
+        self.jobs = jobs
 
-    def _create_training_job(self, params: dict[str, Any]) -> dict[str, Any]:
-        with self.create_lock:
-            return self.jobs.create(params)
+    def register(self, handlers: Handlers) -> None:
+        for operation, handler in {
+            "CreateTrainingJob": self.create,
+            "DescribeTrainingJob": self.describe,
+            "ListTrainingJobs": self.list,
+            "StopTrainingJob": self.stop,
+            "UpdateTrainingJob": self.update,
+            "Search": self.search,
+        }.items():
+            handlers.register("sagemaker", operation, handler)
 
-    def _list_training_jobs(self, params: dict[str, Any]) -> dict[str, Any]:
+    def create(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.jobs.create(params)
+
+    def describe(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.jobs.describe(params["TrainingJobName"])
+
+    def list(self, params: dict[str, Any]) -> dict[str, Any]:
+        pages = paginator("ListTrainingJobs")
         query = JobQuery(
             status=params.get("StatusEquals"),
             name_contains=params.get("NameContains"),
@@ -118,24 +100,60 @@ class Backend:
             warm_pool_status=params.get("WarmPoolStatusEquals"),
             sort_by=params.get("SortBy", "CreationTime"),
             descending=params.get("SortOrder", "Ascending") == "Descending",
-            limit=params.get("MaxResults", 10),
-            token=params.get("NextToken"),
+            limit=pages.limit(params, 10),
+            token=pages.token(params),
         )
         summaries, token = self.jobs.search(query)
         result: dict[str, Any] = {"TrainingJobSummaries": summaries}
         if token:
-            result["NextToken"] = token
+            result[pages.output_token] = token
         return result
 
-    def _stop_training_job(self, params: dict[str, Any]) -> dict[str, Any]:
+    def stop(self, params: dict[str, Any]) -> dict[str, Any]:
         self.jobs.stop(params["TrainingJobName"])
         return {}
 
-    def _delete_tags(self, params: dict[str, Any]) -> dict[str, Any]:
+    def update(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"TrainingJobArn": update_training_job(self.jobs.writers, params)}
+
+    def search(self, params: dict[str, Any]) -> dict[str, Any]:
+        return search(self.jobs.sessions, params)
+
+
+class TagHandlers:
+    def __init__(self, tags: Tags) -> None:
+        self.tags = tags
+
+    def register(self, handlers: Handlers) -> None:
+        handlers.register("sagemaker", "AddTags", self.add)
+        handlers.register("sagemaker", "ListTags", self.list)
+        handlers.register("sagemaker", "DeleteTags", self.delete)
+
+    def add(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"Tags": self.tags.add(params["ResourceArn"], params["Tags"])}
+
+    def list(self, params: dict[str, Any]) -> dict[str, Any]:
+        pages = paginator("ListTags")
+        return self.tags.list(params["ResourceArn"], pages.limit(params, 50), pages.token(params))
+
+    def delete(self, params: dict[str, Any]) -> dict[str, Any]:
         self.tags.delete(params["ResourceArn"], params["TagKeys"])
         return {}
 
-    def _describe_log_groups(self, params: dict[str, Any]) -> dict[str, Any]:
+
+class LogHandlers:
+    """CloudWatch Logs, as far as the SageMaker clients read a job's logs."""
+
+    def __init__(self, logs: LogQueries) -> None:
+        self.logs = logs
+
+    def register(self, handlers: Handlers) -> None:
+        handlers.register("logs", "DescribeLogGroups", self.describe_log_groups)
+        handlers.register("logs", "DescribeLogStreams", self.describe_log_streams)
+        handlers.register("logs", "GetLogEvents", self.get_log_events)
+        handlers.register("logs", "FilterLogEvents", self.filter_log_events)
+
+    def describe_log_groups(self, params: dict[str, Any]) -> dict[str, Any]:
         prefix = params.get("logGroupNamePrefix") or ""
         groups = [
             {"logGroupName": g, "creationTime": 0, "storedBytes": 0}
@@ -143,6 +161,39 @@ class Backend:
             if g.startswith(prefix)
         ]
         return {"logGroups": groups}
+
+    def describe_log_streams(self, params: dict[str, Any]) -> dict[str, Any]:
+        pages = paginator("DescribeLogStreams", "logs")
+        return self.logs.describe_log_streams(
+            _group(params),
+            params.get("logStreamNamePrefix"),
+            params.get("orderBy", "LogStreamName"),
+            params.get("descending", False),
+            pages.limit(params, 50),
+            pages.token(params),
+        )
+
+    def get_log_events(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.logs.get_log_events(
+            _group(params),
+            params["logStreamName"],
+            Window(params.get("startTime"), params.get("endTime")),
+            params.get("limit", 10000),
+            params.get("nextToken"),
+            params.get("startFromHead", False),
+        )
+
+    def filter_log_events(self, params: dict[str, Any]) -> dict[str, Any]:
+        pages = paginator("FilterLogEvents", "logs")
+        return self.logs.filter_log_events(
+            _group(params),
+            params.get("logStreamNames"),
+            params.get("logStreamNamePrefix"),
+            Window(params.get("startTime"), params.get("endTime")),
+            params.get("filterPattern"),
+            pages.limit(params, 10000),
+            pages.token(params),
+        )
 
 
 def _group(params: dict[str, Any]) -> str:

@@ -36,8 +36,8 @@ from typing import BinaryIO
 
 from openmaker.api import gate_proxy
 from openmaker.api.credentials import Credentials
-from openmaker.config import Settings
 from openmaker.home import prepare_home
+from openmaker.settings import Settings, process_environment
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS, S3Endpoint
 from openmaker.tools import find_tool, wait_listening
 
@@ -111,7 +111,7 @@ def _start_rclone(
         stderr=output,
         # The user's rclone settings must not change what this endpoint serves.
         env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")},
+            **{k: v for k, v in process_environment().items() if not k.startswith("RCLONE_")},
             **environment,
         },
         # The endpoint dies with the server, even when the server is killed outright.

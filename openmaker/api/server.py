@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import uvicorn
 
@@ -21,15 +22,8 @@ from openmaker.api.app import create_app
 from openmaker.api.credentials import Credentials, server_credentials
 from openmaker.api.operations import Backend
 from openmaker.api.s3_endpoint import embedded_s3
-from openmaker.config import Settings
 from openmaker.connection import ServerRecord, remove_record, write_record
-from openmaker.jobs.executor import process_lost
-from openmaker.store import s3_endpoint
-from openmaker.store.location import (
-    CODE_WITHOUT_S3_CREDENTIALS,
-    EMBEDDED_ENDPOINT_URL,
-    GATE_OVER_S3_SERVER,
-)
+from openmaker.settings import Settings, StoreSettings
 
 # How often keys whose worker was killed (and could not revoke them) are looked for.
 ORPHAN_KEY_SWEEP_SECONDS = 2.0
@@ -40,13 +34,14 @@ def serve(
     host: str,
     port: int,
     s3_port: int,
-    announce: Callable[[ServerRecord], None],
+    announce: Callable[[ServerRecord, StoreSettings], None],
 ) -> None:
-    """Run until interrupted (SIGINT or SIGTERM). `announce(record)` is called once both
+    """Run until interrupted (SIGINT or SIGTERM). `announce(record, store)` is called once both
     endpoints listen."""
     credentials = server_credentials(settings)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    with _store_endpoint(settings, credentials, host, s3_port) as s3_url:
+    with _store_endpoint(settings, credentials, host, s3_port) as (s3_url, settings):
+        # The jobs get the store as the server serves it to them (its gate), in their settings.
         backend = Backend(settings)
         backend.watch()
         app = create_app(backend, credentials)
@@ -57,17 +52,20 @@ def serve(
             f"http://{host}:{port}", s3_url, os.getpid(), credentials.access_key_id
         )
         try:
-            asyncio.run(_serve(server, lambda: _started(settings, record, announce)))
+            with _orphan_key_sweeper(settings, backend.jobs.worker_lost):
+                asyncio.run(_serve(server, lambda: _started(settings, record, announce)))
         finally:
             backend.close()
             remove_record(settings)
 
 
 def _started(
-    settings: Settings, record: ServerRecord, announce: Callable[[ServerRecord], None]
+    settings: Settings,
+    record: ServerRecord,
+    announce: Callable[[ServerRecord, StoreSettings], None],
 ) -> None:
     write_record(settings, record)
-    announce(record)
+    announce(record, settings.store)
 
 
 class _Server(uvicorn.Server):
@@ -99,55 +97,45 @@ async def _serve(server: uvicorn.Server, started: Callable[[], None]) -> None:
 @contextlib.contextmanager
 def _store_endpoint(
     settings: Settings, credentials: Credentials, host: str, port: int
-) -> Iterator[str | None]:
+) -> Iterator[tuple[str | None, Settings]]:
     """The S3 gate for the jobs' code; yields the embedded store's endpoint (the gate, which
     also takes the server's key), or None when an S3 server is configured: clients use that
-    server directly, and a gate (when asked for) takes the jobs' keys alone.
+    server directly, and a gate (when asked for) takes the jobs' keys alone. With it, the
+    settings for the server's jobs: the gate their code reaches the store through, or whether
+    the S3 server's credentials are kept from their code.
 
     openmaker's own transfers for the jobs go to the store directly (the embedded store's
     folder, or the S3 server with its credentials), without the gate's cost.
     """
-    upstream = s3_endpoint()
-    if upstream is not None and os.environ.get(GATE_OVER_S3_SERVER) != "1":
-        with _s3_server_credentials_to_code(credentials):
-            yield None
+    upstream = settings.s3_endpoint
+    if upstream is not None and not settings.s3_gate:
+        # Without a gate, the S3 server's credentials reach the jobs' code (README): never
+        # when they are the key pair that signs this server's API.
+        own = upstream.access_key_id == credentials.access_key_id
+        yield None, replace(settings, code_without_s3_credentials=own)
         return
-    with (
-        embedded_s3(settings, credentials, host, port, upstream) as url,
-        _orphan_key_sweeper(settings),
-    ):
-        # The jobs' workers inherit the gate's address, never a key that reaches more than a
+    with embedded_s3(settings, credentials, host, port, upstream) as url:
+        # The jobs' workers get the gate's address, never a key that reaches more than a
         # job's places: each makes a key of its job's own (openmaker.api.job_access).
-        os.environ[EMBEDDED_ENDPOINT_URL] = url
-        try:
-            yield url if upstream is None else None
-        finally:
-            os.environ.pop(EMBEDDED_ENDPOINT_URL, None)
+        yield (url if upstream is None else None), replace(settings, gate_url=url)
 
 
 @contextlib.contextmanager
-def _s3_server_credentials_to_code(credentials: Credentials) -> Iterator[None]:
-    """Without a gate, the S3 server's credentials reach the jobs' code (README): never when
-    they are the key pair that signs this server's API."""
-    own = os.environ.get("AWS_ACCESS_KEY_ID") == credentials.access_key_id
-    if own:
-        os.environ[CODE_WITHOUT_S3_CREDENTIALS] = "1"
-    try:
+def _orphan_key_sweeper(
+    settings: Settings, worker_lost: Callable[[int, int | None], bool]
+) -> Iterator[None]:
+    """Revoke, every few seconds, the keys of jobs whose worker died before revoking them
+    (whether a worker is gone is the jobs layer's `worker_lost`). Keys are minted only for
+    jobs that reach the store through the gate."""
+    if settings.gate_url is None:
         yield
-    finally:
-        if own:
-            os.environ.pop(CODE_WITHOUT_S3_CREDENTIALS, None)
-
-
-@contextlib.contextmanager
-def _orphan_key_sweeper(settings: Settings) -> Iterator[None]:
-    """Revoke, every few seconds, the keys of jobs whose worker died before revoking them."""
+        return
     done = threading.Event()
 
     def sweep() -> None:
         while not done.wait(ORPHAN_KEY_SWEEP_SECONDS):
             try:
-                job_access.revoke_orphans(settings.home, process_lost)
+                job_access.revoke_orphans(settings.home, worker_lost)
             except OSError:
                 logging.getLogger(__name__).exception("sweeping the keys of lost jobs")
 

@@ -6,8 +6,8 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from openmaker.config import Settings
 from openmaker.request_builder import TrainFlags, default_bucket
+from openmaker.settings import Settings
 from openmaker.store import resolve, upload_file
 
 SCRIPT = Path(__file__).with_name("train_digits.py")
@@ -25,7 +25,7 @@ def prepare_demo(settings: Settings) -> TrainFlags:
     with tempfile.TemporaryDirectory() as staging:
         csv = Path(staging) / "digits.csv"
         np.savetxt(csv, table, delimiter=",", fmt="%g")
-        asyncio.run(upload_file(csv, resolve(f"{data_uri}/digits.csv", settings)))
+        asyncio.run(upload_file(csv, resolve(f"{data_uri}/digits.csv", settings.store)))
     return TrainFlags(
         base_job_name="digits",
         entry_point=SCRIPT.name,

@@ -24,8 +24,8 @@ from openmaker.host.layout import CONTAINER_ROOT
 from openmaker.host.progress import ProgressMeter
 from openmaker.host.snapshot_upload import upload_open
 from openmaker.host.spec import HostSpec
+from openmaker.settings import StoreSettings
 from openmaker.store import Location, resolve, upload_file
-from openmaker.store.location import StoreRoots
 from openmaker.store.transfer import OnBytes
 
 MODEL, OUTPUT_DATA = "model", "output/data"
@@ -52,8 +52,8 @@ def model_uri(request: dict[str, Any]) -> str:
     return output_uri(request, "model.tar.gz")
 
 
-def output_prefix(request: dict[str, Any], settings: StoreRoots, env: dict[str, str]) -> Location:
-    return resolve(output_uri(request, ""), settings, env)
+def output_prefix(request: dict[str, Any], store: StoreSettings) -> Location:
+    return resolve(output_uri(request, ""), store)
 
 
 def pack(folders: Sequence[Path], archive: Path) -> None:
@@ -109,7 +109,7 @@ HostPart = tuple[HostSpec, jobtree.HostTree]
 
 def upload_artifacts(hosts: Sequence[HostPart], staging: Path, emit: Emit) -> Artifacts:
     request = hosts[0][0].request
-    destination = output_prefix(request, hosts[0][0].settings, hosts[0][0].store_env)
+    destination = output_prefix(request, hosts[0][0].store)
     compressed = request["OutputDataConfig"].get("CompressionType", "GZIP") != "NONE"
     with _opened(hosts, MODEL, emit) as models, _opened(hosts, OUTPUT_DATA, emit) as outputs:
         uploads: list[tuple[Path, Location]] = []

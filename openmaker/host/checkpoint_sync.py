@@ -38,6 +38,7 @@ from openmaker.host.progress import ProgressMeter
 from openmaker.host.snapshot_upload import Signature, signature
 from openmaker.host.spec import HostSpec
 from openmaker.store import Location, StoreError
+from openmaker.store.location import retry_seconds
 from openmaker.store.retry import Backoff
 
 # The TransferProgress phase of checkpoint uploads during training.
@@ -359,7 +360,7 @@ class CheckpointSync:
             return self._flush_from(runner, root)
 
     def _flush_from(self, runner: asyncio.Runner, root: int | None) -> bool:
-        backoff = Backoff()
+        backoff = Backoff(retry_seconds(self.remote.store))
         rounds = 0
         while changes := Changes(root, self.ledger, None):
             if rounds == FLUSH_ROUNDS:  # still being rewritten: by nothing of the job's, surely

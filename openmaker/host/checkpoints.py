@@ -64,7 +64,7 @@ def checkpoint_dir(spec: HostSpec) -> Path | None:
 
 def checkpoint_remote(spec: HostSpec) -> Location:
     uri = spec.request["CheckpointConfig"]["S3Uri"]
-    location = resolve(uri, spec.settings, spec.store_env)
+    location = resolve(uri, spec.store)
     # A checkpoint URI names a folder: `s3://b/ckpt` must not pick up `s3://b/ckpt-old`.
     key = location.key if not location.key or location.key.endswith("/") else location.key + "/"
     return Location(location.store, key, uri)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from openmaker.host.images import Image
 from openmaker.host.spec import HostSpec
 
+LAUNCHER_MODULE = "openmaker.host.launcher:main"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -24,6 +25,8 @@ def container_environment(spec: HostSpec, image: Image) -> dict[str, str]:
         # script's output reach the logs line by line.
         env["PYTHONUNBUFFERED"] = "TRUE"
         env["PYTHONDONTWRITEBYTECODE"] = "TRUE"
+        # As each framework container names its own: the launcher its `distribution` asks for.
+        env["SAGEMAKER_TRAINING_MODULE"] = LAUNCHER_MODULE
     env.update(spec.code_env)
     env.update(spec.request.get("Environment") or {})
     return env

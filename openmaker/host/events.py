@@ -6,26 +6,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# The secondary statuses a job passes through, and the message SageMaker shows for each.
-STATUS_MESSAGES = {
-    "Starting": "Preparing the instances for training",
-    "Downloading": "Downloading input data",
-    "Training": "Training image download completed. Training in progress.",
-    "Uploading": "Uploading generated training model",
-    "Completed": "Training job completed",
-    "Failed": "Training job failed",
-    "Stopping": "Stopping the training job",
-    "Stopped": "Training job stopped",
-    "MaxRuntimeExceeded": "Training job stopped because it exceeded the maximum allowed runtime",
-}
-
 
 @dataclass(frozen=True)
 class StatusChanged:
-    """A new `SecondaryStatus` with the message SageMaker would show for it."""
+    """A new `SecondaryStatus`. Its message is the job state's (openmaker/jobs/training.py);
+    `detail` is what the host adds to it (which image, how it runs)."""
 
     status: str
-    message: str
+    detail: str | None = None
     # When it happened (epoch seconds): events may reach the database later.
     at: float = field(default_factory=time.time)
 

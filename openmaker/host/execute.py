@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 
 from openmaker.host.events import Emit, LogLines
 from openmaker.host.sandbox import Launch, Process
-from openmaker.host.spec import DEFAULT_GRACE_SECONDS
 
+# SageMaker gives a stopped container 120 s between SIGTERM and SIGKILL.
+DEFAULT_GRACE_SECONDS = 120.0
 FAILURE_REASON_LIMIT = 1024
 LOG_LINE_LIMIT = 256 * 1024
 # Output is read in large pieces: a flood of short lines costs few system calls and events.

@@ -25,7 +25,8 @@ from urllib.parse import unquote, urlparse
 from openmaker.host.next_file import NextFilePrefetch
 from openmaker.host.sources import ChannelError, for_host, list_channel, source_of
 from openmaker.host.spec import HostSpec
-from openmaker.store import StoreError, resolve, s3_endpoint, split_s3_uri
+from openmaker.settings import process_environment
+from openmaker.store import StoreError, resolve, split_s3_uri
 from openmaker.tools import find_tool
 
 CONTAINER_DATA = "/opt/ml/input/data"
@@ -72,7 +73,7 @@ def local_folder(spec: HostSpec, uri: str) -> Path | None:
     """The local folder a channel URI names when its data is on this machine's disk."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        if s3_endpoint(spec.store_env) is not None:
+        if spec.store.endpoint is not None:
             return None
         bucket, key = split_s3_uri(uri)
         return spec.settings.embedded_s3_dir / bucket / key
@@ -216,7 +217,7 @@ def _start_mount(spec: HostSpec, channel: dict[str, Any], folder: Path) -> Mount
             stdin=read_end,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, **env},
+            env={**process_environment(), **env},
             # Its own session: signals meant for the worker's group do not end it early.
             start_new_session=True,
         )
@@ -269,7 +270,7 @@ def _remote(spec: HostSpec, uri: str) -> tuple[str, dict[str, str]]:
     folder = local_folder(spec, uri)
     if folder is not None:
         return str(folder), {}
-    endpoint = s3_endpoint(spec.store_env)
+    endpoint = spec.store.endpoint
     assert endpoint is not None
     bucket, key = split_s3_uri(uri)
     key = key.strip("/")
@@ -298,7 +299,7 @@ def _shard_list(spec: HostSpec, channel: dict[str, Any]) -> Path | None:
         objects = for_host(spec, channel, asyncio.run(list_channel(spec, channel)))
     except StoreError as exc:
         raise ChannelError(f"channel {channel['ChannelName']!r}: {exc}") from None
-    location = resolve(source["S3Uri"], spec.settings, spec.store_env)
+    location = resolve(source["S3Uri"], spec.store)
     folder_key = location.key.strip("/")
     cut = len(folder_key) + 1 if folder_key else 0
     path = spec.work_dir / f"shard-{channel['ChannelName']}.txt"

@@ -56,7 +56,7 @@ def start_inputs(spec: HostSpec, tree: HostTree, emit: Emit) -> HostInputs:
     fastfile.sweep_stale_mounts(spec.work_dir)
     inputs = HostInputs(spec.work_dir)
     try:
-        sandboxed = sandbox_unavailable_reason() is None
+        sandboxed = sandbox_unavailable_reason(spec.settings) is None
         inputs.mounts.extend(fastfile.mount_channels(spec, sandboxed))
         channels = pipe_channels(spec)
         plans = asyncio.run(_plan_all(spec, channels))

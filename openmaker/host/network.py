@@ -41,11 +41,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from openmaker.host.relay import Relay
+from openmaker.settings import Settings
 
-RANGE_SETTING = "OPENMAKER_NETWORK_RANGE"
-DEFAULT_RANGE = "10.213.0.0/16"
-# "shared": every host in the machine's namespace, as before networks of their own.
-MODE_SETTING = "OPENMAKER_NETWORK"
 # Names of every link and table openmaker makes: `omn<id>` (a job's bridge, table),
 # `omn<id>v<n>` (the machine's end of host n's veth pair). Fits IFNAMSIZ (15) for 999 hosts.
 PREFIX = "omn"
@@ -98,9 +95,9 @@ def shared(hosts: list[str], reason: str) -> JobNetwork:
     return JobNetwork(addresses, reason=reason)
 
 
-def unavailable_reason(hosts: list[str]) -> str | None:
-    if os.environ.get(MODE_SETTING) == "shared":
-        return f"{MODE_SETTING}=shared"
+def unavailable_reason(settings: Settings, hosts: list[str]) -> str | None:
+    if settings.shared_network:
+        return "OPENMAKER_NETWORK=shared"
     if os.geteuid() != 0:
         return "openmaker is not root"
     for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
@@ -111,17 +108,21 @@ def unavailable_reason(hosts: list[str]) -> str | None:
     return None
 
 
-def create(home: Path, job_name: str, hosts: list[str], code_env: Mapping[str, str]) -> JobNetwork:
+def create(
+    settings: Settings, job_name: str, hosts: list[str], code_env: Mapping[str, str]
+) -> JobNetwork:
     """The job's bridge and rules; where they cannot be made, the shared network, saying why."""
-    if reason := unavailable_reason(hosts):
+    if reason := unavailable_reason(settings, hosts):
         return shared(hosts, reason)
+    home = settings.home
+    whole = ipaddress.IPv4Network(settings.network_range)
     ident = job_id(home, job_name)
     bridge = PREFIX + ident
     relays, allowed = _endpoints(code_env)
     with _lock():
-        subnet = _free_subnet()
+        subnet = _free_subnet(whole)
         if subnet is None:
-            return shared(hosts, f"no /24 of {_range()} is free of the machine's routes")
+            return shared(hosts, f"no /24 of {whole} is free of the machine's routes")
         gateway = str(subnet.network_address + 1)
         try:
             _ip(
@@ -289,15 +290,7 @@ def _rules(bridge: str, subnet: ipaddress.IPv4Network, allowed: list[tuple[str, 
     )
 
 
-def _range() -> ipaddress.IPv4Network:
-    value = os.environ.get(RANGE_SETTING) or DEFAULT_RANGE
-    try:
-        return ipaddress.IPv4Network(value)
-    except ValueError:
-        raise NetworkError(f"{RANGE_SETTING}={value!r} is not an IPv4 network") from None
-
-
-def _free_subnet() -> ipaddress.IPv4Network | None:
+def _free_subnet(whole: ipaddress.IPv4Network) -> ipaddress.IPv4Network | None:
     """The first /24 of the range that overlaps none of the machine's routes (those of other
     jobs' bridges included)."""
     listed = json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"]) or "[]")
@@ -307,7 +300,6 @@ def _free_subnet() -> ipaddress.IPv4Network | None:
         if destination != "default":
             with contextlib.suppress(ValueError):
                 taken.append(ipaddress.IPv4Network(destination, strict=False))
-    whole = _range()
     if whole.prefixlen > 24:
         return None
     for subnet in whole.subnets(new_prefix=24):

@@ -15,19 +15,26 @@ from openmaker.host.checkpoint_sync import CheckpointSync
 from openmaker.host.checkpoints import restore_checkpoints
 from openmaker.host.disk import disk_full_reason
 from openmaker.host.environment import container_environment
-from openmaker.host.events import STATUS_MESSAGES, Emit, LogLines, StatusChanged
-from openmaker.host.execute import FAILURE_REASON_LIMIT, StopControl, run_process
-from openmaker.host.images import ImageError, resolve_image
+from openmaker.host.events import Emit, LogLines, StatusChanged
+from openmaker.host.execute import (
+    DEFAULT_GRACE_SECONDS,
+    FAILURE_REASON_LIMIT,
+    StopControl,
+    run_process,
+)
+from openmaker.host.images import Image, ImageError, resolve_image
 from openmaker.host.inputs import HostInputs, start_inputs
 from openmaker.host.jobtree import HostTree, read_text_head
 from openmaker.host.metrics import metric_emitter
 from openmaker.host.network import NetworkError
 from openmaker.host.notes import opening_lines
-from openmaker.host.sandbox import plan_launch
+from openmaker.host.sandbox import plan_launch, sandbox_unavailable_reason
 from openmaker.host.script_error import ErrorCapture
 from openmaker.host.source import SourceError, install_source
-from openmaker.host.spec import DEFAULT_GRACE_SECONDS, HostSpec
+from openmaker.host.spec import HostSpec
+from openmaker.host.ssh import SshError, prepare_ssh
 from openmaker.host.volume import Volume
+from openmaker.spec.distribution import MPIRUN, strategy_of
 from openmaker.store import StoreError, UnsafeKeyError
 
 
@@ -56,7 +63,7 @@ def prepare(
     """Fetch the host's inputs into its tree; the live ones (Pipe streamers, FastFile mounts)
     are returned, to be stopped once the code ends. Returns early (None) once `stop` is
     requested, which the caller then sees."""
-    emit(StatusChanged("Downloading", STATUS_MESSAGES["Downloading"]))
+    emit(StatusChanged("Downloading"))
     try:
         install_source(spec)
         restore_checkpoints(spec, emit)
@@ -86,18 +93,18 @@ def execute(
     except ImageError as exc:
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
+    try:
+        _prepare_distribution(spec, image)
+    except SshError as exc:
+        inputs.stop()
+        raise HostFailed(f"ClientError: {exc}") from None
     env = container_environment(spec, image)
     try:
         launch = plan_launch(spec, image, image.command(algorithm), env, volume)
     except NetworkError as exc:
         inputs.stop()
         raise HostFailed(f"InternalServerError: {exc}") from None
-    emit(
-        StatusChanged(
-            "Training",
-            f"{STATUS_MESSAGES['Training']} ({image.description}; {launch.note})",
-        )
-    )
+    emit(StatusChanged("Training", f"{image.description}; {launch.note}"))
     if notes := opening_lines(spec, image):
         emit(LogLines(spec.host_name, int(time.time() * 1000), notes, sum(map(len, notes))))
     stopping = spec.request.get("StoppingCondition") or {}
@@ -121,6 +128,19 @@ def execute(
     if failure is None and result.code != 0 and result.stopped is None:
         failure = script_error.fill(failure_reason(tree, result.code), FAILURE_REASON_LIMIT)
     return HostResult(result.code, result.stopped, failure)
+
+
+def _prepare_distribution(spec: HostSpec, image: Image) -> None:
+    """What the launcher of the request's `distribution` needs from outside: mpirun reaches
+    the job's other hosts over ssh (see openmaker/host/launcher.py)."""
+    if image.program_dir is not None or len(spec.hosts) == 1:
+        return
+    if strategy_of(spec.request.get("HyperParameters")).launcher != MPIRUN:
+        return
+    reason = sandbox_unavailable_reason(spec.settings)
+    if reason is not None:
+        raise SshError(f"mpirun over several hosts needs openmaker's sandbox ({reason})")
+    prepare_ssh(spec)
 
 
 def failure_reason(tree: HostTree, code: int) -> str:

@@ -31,9 +31,11 @@ from openmaker.host.images import PROGRAM_MOUNT, Image
 from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.limits import confine
 from openmaker.host.network import SHARED_ADDRESS_BASE, HostNamespace, enter_host, shared
-from openmaker.host.spec import HostSpec
+from openmaker.host.spec import HostSettings, HostSpec
+from openmaker.host.ssh import SSH_FOLDER
 from openmaker.host.volume import Volume
 from openmaker.host.volume import observe as observe_volume
+from openmaker.settings import Settings
 
 # Without a network of their own, each host gets its own loopback address, so that `algo-2`
 # reaches `algo-1` by name.
@@ -49,13 +51,6 @@ CAPABILITIES = (
     "CAP_SETFCAP",
 )  # fmt: skip
 
-# What the sandbox shows empty (folders) or as an empty file, unless OPENMAKER_SANDBOX_HIDE
-# says otherwise: the machine's secrets and its users' files. Patterns as glob(7).
-DEFAULT_HIDDEN = (
-    "/root", "/home", "/etc/shadow*", "/etc/gshadow*", "/etc/ssh/ssh_host_*_key",
-    "/etc/security/opasswd", "/var/spool/cron", "/var/mail",
-)  # fmt: skip
-HIDE_SETTING = "OPENMAKER_SANDBOX_HIDE"
 # The program that prepares the namespaces, then becomes bwrap.
 _ENTER = Path(__file__).with_name("enter.py")
 # An overlay's mark of a folder that hides the one below it.
@@ -77,9 +72,9 @@ class Launch:
     namespace: HostNamespace | None = None
 
 
-def sandbox_unavailable_reason() -> str | None:
+def sandbox_unavailable_reason(settings: Settings | HostSettings) -> str | None:
     """Why the bubblewrap sandbox cannot be used here, or None when it can."""
-    if os.environ.get("OPENMAKER_SANDBOX") == "none":
+    if not settings.sandbox:
         return "OPENMAKER_SANDBOX=none"
     if shutil.which("bwrap") is None:
         return "bwrap (Debian package bubblewrap) is not installed"
@@ -121,12 +116,12 @@ def plan_launch(
 def _plan_launch(
     spec: HostSpec, image: Image, command: list[str], env: dict[str, str], volume: Volume | None
 ) -> Launch:
-    reason = sandbox_unavailable_reason()
+    reason = sandbox_unavailable_reason(spec.settings)
     if reason is not None:
         return _plain_launch(spec, image, command, env, reason, volume)
     etc_hosts = spec.work_dir / "hosts"
     etc_hosts.write_text(hosts_file(spec))
-    hidden = hidden_paths()
+    hidden = hidden_paths(spec.settings.sandbox_hide)
     # Copy-on-write layers: the root filesystem, then the folders the sandbox would not show
     # otherwise (the Python that runs script mode may live under /tmp or on another disk).
     lowers = ["/", *_unseen_python_folders(spec, hidden)]
@@ -151,6 +146,8 @@ def _plan_launch(
         ("--ro-bind", views.get(source, source), target) for source, target in sandbox_binds(spec)
     ]
     binds += [("--ro-bind", str(etc_hosts), "/etc/hosts")]
+    if (spec.work_dir / "ssh").is_dir():  # the job's ssh keys, when mpirun needs them
+        binds.append(("--ro-bind", str(spec.work_dir / "ssh"), SSH_FOLDER))
     checkpoints = checkpoint_dir(spec)
     if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):
         binds.append(("--bind", str(checkpoints), checkpoint_local_path(spec)))
@@ -214,15 +211,9 @@ def _empty_folder(spec: HostSpec) -> Path:
     return empty
 
 
-def hidden_paths() -> list[Path]:
-    """What the sandbox shows empty: OPENMAKER_SANDBOX_HIDE (paths or glob patterns, separated
-    by ":"; a leading "+" adds to the default list), else the default list."""
-    setting = os.environ.get(HIDE_SETTING)
-    patterns = list(DEFAULT_HIDDEN)
-    if setting is not None:
-        extra = setting.startswith("+")
-        given = [p for p in setting.removeprefix("+").split(":") if p]
-        patterns = [*patterns, *given] if extra else given
+def hidden_paths(patterns: tuple[str, ...]) -> list[Path]:
+    """What the sandbox shows empty: the paths the patterns (OPENMAKER_SANDBOX_HIDE, see
+    openmaker/settings.py) match."""
     found = {Path(os.path.realpath(match)) for p in patterns for match in glob.glob(p)}
     return sorted(found)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
-from pathlib import Path
 
 from openmaker.host.limits import jobs_with_cgroups, remove_job_cgroups
 from openmaker.host.network import JobNetwork, create, jobs_with_networks, shared
 from openmaker.host.network import remove as remove_network
 from openmaker.host.sandbox import sandbox_unavailable_reason
 from openmaker.host.volume import unmount_under
+from openmaker.settings import Settings
 
 __all__ = [
     "JobNetwork",
@@ -30,25 +30,24 @@ __all__ = [
 
 
 def job_network(
-    home: Path, name: str, hosts: list[str], code_env: Mapping[str, str], isolated: bool
+    settings: Settings, name: str, hosts: list[str], code_env: Mapping[str, str], isolated: bool
 ) -> JobNetwork:
     """The job's bridge (host/network.py); none for an isolated job (its hosts have loopback
     alone) or where the sandbox will not run (its hosts share the machine's network)."""
     if isolated:
         return shared(hosts, "network isolation")
-    if (reason := sandbox_unavailable_reason()) is not None:
+    if (reason := sandbox_unavailable_reason(settings)) is not None:
         return shared(hosts, reason)
-    return create(home, name, hosts, code_env)
+    return create(settings, name, hosts, code_env)
 
 
-def clear_job(home: Path, job_name: str, keep_files: bool = False) -> None:
+def clear_job(settings: Settings, job_name: str, keep_files: bool = False) -> None:
     """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
     the job; `keep_files` keeps it for a post-mortem. Volumes (an earlier attempt's) are
     unmounted and the job's bridge removed whatever it says."""
-    jobs_dir = home / "jobs"
-    unmount_under(jobs_dir / job_name)
-    remove_network(home, job_name)
+    unmount_under(settings.jobs_dir / job_name)
+    remove_network(settings.home, job_name)
     if keep_files:
         return
-    for folder in (jobs_dir / job_name).glob("algo-*"):
+    for folder in (settings.jobs_dir / job_name).glob("algo-*"):
         shutil.rmtree(folder, ignore_errors=True)

@@ -39,7 +39,7 @@ def install_source(spec: HostSpec) -> None:
         return
     code_dir = spec.ml_dir / "code"
     try:
-        data = asyncio.run(read_object(resolve(uri, spec.settings, spec.store_env)))
+        data = asyncio.run(read_object(resolve(uri, spec.store)))
     except StoreError as exc:
         raise SourceError(f"cannot read the source code at {uri}: {exc}") from None
     with tempfile.TemporaryFile(dir=spec.work_dir) as archive:

@@ -66,7 +66,7 @@ async def list_channel(spec: HostSpec, channel: dict[str, Any]) -> list[ChannelO
     source = source_of(channel)
     root = spec.ml_dir / "input" / "data" / name
     try:
-        location = resolve(source["S3Uri"], spec.settings, spec.store_env)
+        location = resolve(source["S3Uri"], spec.store)
         if source["S3DataType"] == "ManifestFile":
             prefix_uri, relatives = parse_manifest(await read_object(location), source["S3Uri"])
             # Check every path before looking anything up: a crafted entry reads and writes
@@ -75,7 +75,7 @@ async def list_channel(spec: HostSpec, channel: dict[str, Any]) -> list[ChannelO
             for relative in relatives:
                 check_entry(source["S3Uri"], relative)
                 safe_destination(root, relative)
-            prefix = resolve(prefix_uri, spec.settings, spec.store_env)
+            prefix = resolve(prefix_uri, spec.store)
             return [
                 ChannelObject(e.location.store, e.location.key, e.size, e.relative, e.location.uri)
                 for e in await manifest_entries(prefix, relatives)
@@ -109,7 +109,7 @@ async def augmented_lines(spec: HostSpec, channel: dict[str, Any]) -> list[Augme
     name = channel["ChannelName"]
     source = source_of(channel)
     try:
-        data = await read_object(resolve(source["S3Uri"], spec.settings, spec.store_env))
+        data = await read_object(resolve(source["S3Uri"], spec.store))
         parsed = parse_augmented_manifest(data, source["S3Uri"], source["AttributeNames"])
         for line in parsed:  # every reference checked before any is read
             for value in line:
@@ -125,7 +125,7 @@ async def augmented_lines(spec: HostSpec, channel: dict[str, Any]) -> list[Augme
 def _value(spec: HostSpec, value: AttributeValue) -> ChannelObject | bytes:
     if isinstance(value, bytes):
         return value
-    location = resolve(value[1], spec.settings, spec.store_env)
+    location = resolve(value[1], spec.store)
     return ChannelObject(location.store, location.key, -1, "", value[1])
 
 

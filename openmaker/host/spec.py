@@ -12,23 +12,46 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.host.network import JobNetwork
-
-# SageMaker gives a stopped container 120 s between SIGTERM and SIGKILL.
-DEFAULT_GRACE_SECONDS = 120.0
+from openmaker.settings import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_HIDDEN,
+    DEFAULT_PIDS_LIMIT,
+    S3Endpoint,
+    Settings,
+    StoreSettings,
+)
 
 
 @dataclass(frozen=True)
 class HostSettings:
-    """What a host takes from openmaker's settings: its home (the paths below it), limits,
-    the stop grace period. Nothing else of `Settings` crosses to a host."""
+    """What a host takes from openmaker's settings: its home (the paths below it), how it
+    reaches the store, its limits, its sandbox, the stop grace period. Nothing else of
+    `Settings` (the database's URL, the server's key pair) crosses to a host."""
 
     home: Path
+    store: StoreSettings
     # The most processes and threads the host may have at once (None: no limit).
-    pids_limit: int | None = None
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT
+    # False: the code runs as a plain process (OPENMAKER_SANDBOX=none).
+    sandbox: bool = True
+    # What the sandbox shows empty: paths or glob patterns.
+    sandbox_hide: tuple[str, ...] = DEFAULT_HIDDEN
     # Between SIGTERM and SIGKILL when the host's code is stopped.
     grace_seconds: float = DEFAULT_GRACE_SECONDS
-    # Keep the host's folder when it ends (OPENMAKER_KEEP_JOB_FILES=1), for a post-mortem.
+    # Keep the host's folder when it ends, for a post-mortem.
     keep_files: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> HostSettings:
+        return cls(
+            home=settings.home,
+            store=settings.store,
+            pids_limit=settings.pids_limit,
+            sandbox=settings.sandbox,
+            sandbox_hide=settings.sandbox_hide,
+            grace_seconds=settings.stop_grace_seconds,
+            keep_files=settings.keep_job_files,
+        )
 
     @property
     def jobs_dir(self) -> Path:
@@ -62,15 +85,18 @@ class HostSpec:
     work_dir: Path
     # Folders the sandbox must not show (openmaker's own state, other jobs).
     hidden_paths: list[Path] = field(default_factory=list)
-    # Variables that give openmaker's own transfers access to object storage (none: the
-    # embedded store, on this machine's disk).
-    store_env: dict[str, str] = field(default_factory=dict)
-    # The same for the code: the embedded store is reached through a server's S3 endpoint.
+    # The variables that give the code access to object storage (a server's gate with a key of
+    # the job's own, or the S3 server in use; none: the embedded store without a server).
     code_env: dict[str, str] = field(default_factory=dict)
     # None: the whole machine, unconfined.
     resources: HostResources | None = None
     # The job's network (None: the machine's, with loopback addresses; see host/network.py).
     network: JobNetwork | None = None
+
+    @property
+    def store(self) -> StoreSettings:
+        """How openmaker's own transfers reach object storage."""
+        return self.settings.store
 
     @property
     def ml_dir(self) -> Path:
@@ -90,33 +116,51 @@ class HostSpec:
         return str(channel.get("InputMode") or default)
 
     def to_json(self) -> dict[str, Any]:
-        """The spec as JSON-ready data (paths as strings, tuples as lists)."""
-        data = dataclasses.asdict(self)
-        data["settings"]["home"] = str(self.settings.home)
-        data["work_dir"] = str(self.work_dir)
-        data["hidden_paths"] = [str(path) for path in self.hidden_paths]
-        return data
+        """The spec as JSON values (for a host on another machine)."""
+        plain = _plain(dataclasses.asdict(self))
+        assert isinstance(plain, dict)
+        return plain
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HostSpec:
-        settings = dict(data["settings"], home=Path(data["settings"]["home"]))
-        resources = data.get("resources")
-        network = data.get("network")
+        """The spec `to_json` wrote."""
+        settings, store = data["settings"], data["settings"]["store"]
+        endpoint, resources, network = store["endpoint"], data["resources"], data["network"]
         return cls(
             **{
                 **data,
-                "settings": HostSettings(**settings),
+                "settings": HostSettings(
+                    **{
+                        **settings,
+                        "home": Path(settings["home"]),
+                        "sandbox_hide": tuple(settings["sandbox_hide"]),
+                        "store": StoreSettings(
+                            **{
+                                **store,
+                                "embedded_dir": Path(store["embedded_dir"]),
+                                "endpoint": endpoint and S3Endpoint(**endpoint),
+                            }
+                        ),
+                    }
+                ),
                 "work_dir": Path(data["work_dir"]),
-                "hidden_paths": [Path(path) for path in data.get("hidden_paths", [])],
-                "resources": None
-                if resources is None
-                else HostResources(
+                "hidden_paths": [Path(path) for path in data["hidden_paths"]],
+                "resources": resources
+                and HostResources(
                     tuple(resources["cpus"]), resources["memory"], tuple(resources["gpus"])
                 ),
-                "network": None
-                if network is None
-                else JobNetwork(
-                    **dict(network, relays=[(port, to) for port, to in network["relays"]])
-                ),
+                "network": network
+                and JobNetwork(**{**network, "relays": [tuple(r) for r in network["relays"]]}),
             }
         )
+
+
+def _plain(value: object) -> object:
+    """`value` (dataclasses.asdict's) with paths as strings and tuples as lists."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -17,20 +17,16 @@ settings offer more CPUs than exist).
 
 from __future__ import annotations
 
-import csv
 import os
-import shutil
-import subprocess
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
-from openmaker.config import Settings
+from openmaker.instances import GIB, Resources, catalog, detect_gpus
+from openmaker.jobs.resource import Instances
+from openmaker.settings import Settings
 
-GIB = 1024**3
 LOCAL_TYPES = frozenset({"local", "ml.local"})
 # Memory kept back for openmaker itself and the machine: SageMaker's own agents use part of an
 # instance's memory too, and a job that takes all of it takes the machine down with it.
@@ -41,13 +37,6 @@ RESERVED_MEMORY_PERCENT = 10
 MAX_HOSTS_PER_JOB = 64
 
 Placement = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpus: int
-    memory: int  # bytes
-    gpus: int
 
 
 @dataclass(frozen=True)
@@ -66,19 +55,6 @@ class Machine:
 
     def cpu_of(self, slot: int) -> int:
         return self.cpu_ids[slot % len(self.cpu_ids)]
-
-
-@cache
-def catalog() -> dict[str, Resources]:
-    """The instance types of the data file shipped with openmaker."""
-    text = resources.files("openmaker.jobs").joinpath("instance_types.csv").read_text()
-    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
-    return {
-        row["instance_type"]: Resources(
-            int(row["vcpus"]), int(float(row["memory_gib"]) * GIB), int(row["gpus"])
-        )
-        for row in rows
-    }
 
 
 def machine(settings: Settings) -> Machine:
@@ -105,27 +81,6 @@ def _memory_total() -> int:
     return 0
 
 
-def detect_gpus() -> tuple[str, ...]:
-    """The indexes of the NVIDIA GPUs `nvidia-smi` lists (none without it)."""
-    if shutil.which("nvidia-smi") is None:
-        return ()
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return tuple(line.strip() for line in out.splitlines() if line.strip())
-
-
-def instance_count(request: dict[str, Any]) -> int:
-    return int(request["ResourceConfig"].get("InstanceCount", 1))
-
-
 def per_host(instance_type: str, machine: Machine) -> Resources:
     """What one host of `instance_type` asks for. `ml.local` and types missing from the catalog
     ask for the whole machine."""
@@ -139,19 +94,18 @@ def describe(amount: Resources) -> str:
     return f"{amount.cpus} vCPUs, {amount.memory / GIB:.4g} GiB memory and {amount.gpus} GPUs"
 
 
-def check_can_fit(request: dict[str, Any], machine: Machine) -> None:
-    """Refuse, under the strict policy, a job this machine could never run."""
+def check_can_fit(instances: Instances, machine: Machine, noun: str) -> None:
+    """Refuse, under the strict policy, a job (a `noun`) this machine could never run."""
     # Imported here: a worker uses this module too, and needs no API model.
     from openmaker.spec import ResourceLimitExceeded
 
-    instance_type = request["ResourceConfig"]["InstanceType"]
-    count = instance_count(request)
+    instance_type, count = instances.instance_type, instances.count
     if count > MAX_HOSTS_PER_JOB:
         # The model sets no maximum; SageMaker's is the account's quota per instance type.
         raise ResourceLimitExceeded(
-            f"The account-level service limit '{instance_type} for training job usage' is "
+            f"The account-level service limit '{instance_type} for {noun} usage' is "
             f"{MAX_HOSTS_PER_JOB} Instances, with current utilization of 0 Instances and a "
-            f"request delta of {count} Instances (ResourceConfig.InstanceCount)."
+            f"request delta of {count} Instances ({instances.member}.InstanceCount)."
         )
     if machine.policy != "strict":
         return
@@ -161,24 +115,24 @@ def check_can_fit(request: dict[str, Any], machine: Machine) -> None:
         has.gpus
     ):
         raise ResourceLimitExceeded(
-            f"ResourceConfig: {count} × {instance_type} needs {count} × ({describe(need)}); "
+            f"{instances.member}: {count} × {instance_type} needs {count} × ({describe(need)}); "
             f"this machine offers {describe(has)} to jobs (OPENMAKER_CAPACITY=strict; with "
             "OPENMAKER_CAPACITY=shared it would run scaled down to this machine)"
         )
 
 
-def place(request: dict[str, Any], machine: Machine, used: Iterable[Placement]) -> Placement | None:
+def place(instances: Instances, machine: Machine, used: Iterable[Placement]) -> Placement | None:
     """Where the job's hosts run now, given the placements of the jobs running; None when it
     must wait."""
     used = list(used)
-    need = per_host(request["ResourceConfig"]["InstanceType"], machine)
+    need = per_host(instances.instance_type, machine)
     cpu_load = Counter(slot for p in used for host in p["hosts"] for slot in host["cpus"])
     busy_gpus = {gpu for p in used for host in p["hosts"] for gpu in host["gpus"]}
     free_memory = machine.memory - sum(host["memory"] for p in used for host in p["hosts"])
     strict = machine.policy == "strict"
     hosts = []
-    gpus_each = gpus_per_host(request, machine)
-    for _ in range(instance_count(request)):
+    gpus_each = gpus_per_host(instances, machine)
+    for _ in range(instances.count):
         gpus = [g for g in machine.gpu_ids if g not in busy_gpus][:gpus_each]
         if len(gpus) < gpus_each:
             return None
@@ -199,18 +153,18 @@ def place(request: dict[str, Any], machine: Machine, used: Iterable[Placement]) 
     return {"hosts": hosts}
 
 
-def gpus_per_host(request: dict[str, Any], machine: Machine) -> int:
+def gpus_per_host(instances: Instances, machine: Machine) -> int:
     """Strict: the instance type's GPUs. Shared: as many of them as the machine can give every
     host of the job at once (none when it has fewer GPUs than the job has hosts)."""
-    need = per_host(request["ResourceConfig"]["InstanceType"], machine).gpus
+    need = per_host(instances.instance_type, machine).gpus
     if machine.policy == "strict":
         return need
-    return min(need, len(machine.gpu_ids) // instance_count(request))
+    return min(need, len(machine.gpu_ids) // instances.count)
 
 
-def waiting_message(request: dict[str, Any], machine: Machine, used: Iterable[Placement]) -> str:
+def waiting_message(instances: Instances, machine: Machine, used: Iterable[Placement]) -> str:
     used = list(used)
-    instance_type = request["ResourceConfig"]["InstanceType"]
+    instance_type = instances.instance_type
     need = per_host(instance_type, machine)
     if machine.policy == "strict":
         busy = {slot for p in used for host in p["hosts"] for slot in host["cpus"]}
@@ -220,11 +174,11 @@ def waiting_message(request: dict[str, Any], machine: Machine, used: Iterable[Pl
             machine.memory - taken,
             len(machine.gpu_ids) - sum(len(h["gpus"]) for p in used for h in p["hosts"]),
         )
-        wants = f"{instance_count(request)} × ({describe(need)})"
+        wants = f"{instances.count} × ({describe(need)})"
     else:
         free_gpus = len(machine.gpu_ids) - sum(len(h["gpus"]) for p in used for h in p["hosts"])
         free = Resources(machine.slots, machine.memory, free_gpus)
-        wants = f"{instance_count(request)} × {gpus_per_host(request, machine)} GPUs"
+        wants = f"{instances.count} × {gpus_per_host(instances, machine)} GPUs"
     return (
         f"Waiting for capacity on this machine: {instance_type} needs {wants}; "
         f"free now: {describe(free)}"

@@ -2,6 +2,7 @@
 
 Events keep the order they were written in (their row id); tokens name a row id, so that a
 client polling with `nextForwardToken` sees every line exactly once, however fast lines come.
+Tokens are made and read by openmaker/spec/paging.py, as every operation's are.
 FilterLogEvents examines a bounded number of events per call, as CloudWatch does: a search
 through a large stream takes several calls, each quick, some with no events but a `nextToken`.
 """
@@ -17,12 +18,15 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import LogEvent, LogStream
-from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP
+from openmaker.jobs.kinds import log_groups
+from openmaker.jobs.logs import EVENT_OVERHEAD
 from openmaker.spec.errors import InvalidParameter, LogsResourceNotFound
+from openmaker.spec.paging import decode, encode, invalid_token, paginator, whole_number
 
 # GetLogEvents and FilterLogEvents answer at most 1 MB, counting EVENT_OVERHEAD per event.
 RESPONSE_BYTES = 1_048_576
-GROUPS = (LOG_GROUP,)
+# One log group per kind of resource.
+GROUPS = log_groups()
 # What one FilterLogEvents call examines at most: events, and bytes of their messages.
 SCAN_EVENTS = 100_000
 SCAN_BYTES = 16 * 1024 * 1024
@@ -101,14 +105,16 @@ class LogQueries:
             query = query.where(LogStream.name.startswith(prefix, autoescape=True))
         key = LogStream.name if order_by == "LogStreamName" else func.coalesce(tail.c.timestamp, 0)
         query = query.order_by(key.desc() if descending else key, LogStream.name)
-        offset = _offset_token(token)
+        pages = paginator("DescribeLogStreams", "logs")
+        position = pages.position(token)
+        offset = 0
+        if token and position is not None:
+            offset = whole_number(position, "offset", LARGEST_ID, pages.invalid(token))
         with self.sessions() as session:
             rows = session.execute(query.offset(offset).limit(limit + 1)).all()
         streams = [self._stream(row) for row in rows[:limit]]
-        result: dict[str, Any] = {"logStreams": streams}
-        if len(rows) > limit:
-            result["nextToken"] = f"o/{offset + limit}"
-        return result
+        following = {"offset": offset + limit} if len(rows) > limit else None
+        return pages.next_page({"logStreams": streams}, following)
 
     def get_log_events(
         self,
@@ -125,10 +131,10 @@ class LogQueries:
                 raise LogsResourceNotFound("The specified log stream does not exist.")
         query = window.apply(select(LogEvent).where(LogEvent.stream == stream))
         forward = from_head
+        edge = 0
         if token:
-            direction, boundary = _row_token(token)
-            forward = direction == "f"
-            query = query.where(LogEvent.id > boundary if forward else LogEvent.id < boundary)
+            forward, edge = _event_token(token)
+            query = query.where(LogEvent.id > edge if forward else LogEvent.id < edge)
         query = query.order_by(LogEvent.id if forward else LogEvent.id.desc()).limit(limit)
         with self.sessions() as session:
             rows, _ = _capped(session.scalars(query), limit)
@@ -138,16 +144,13 @@ class LogQueries:
             {"timestamp": e.timestamp, "message": e.message, "ingestionTime": e.ingestion_time}
             for e in rows
         ]
-        if rows:
-            after, before = rows[-1].id, rows[0].id
-        else:
-            # At either end the same token comes back: a poller knows it has seen everything.
-            edge = _row_token(token)[1] if token else 0
-            after = before = edge
+        # At either end the same token comes back: a poller knows it has seen everything.
+        after, before = (rows[-1].id, rows[0].id) if rows else (edge, edge)
+        # GetLogEvents has no paginator in the model: its two tokens are its own.
         return {
             "events": events,
-            "nextForwardToken": f"f/{after:020d}",
-            "nextBackwardToken": f"b/{before:020d}",
+            "nextForwardToken": encode("GetLogEvents", {"after": after}),
+            "nextBackwardToken": encode("GetLogEvents", {"before": before}),
         }
 
     def filter_log_events(
@@ -166,7 +169,11 @@ class LogQueries:
         if streams and prefix:
             raise InvalidParameter("logStreamNames and logStreamNamePrefix are mutually exclusive.")
         match = _pattern(pattern)
-        after = _filter_token(token) if token else 0
+        pages = paginator("FilterLogEvents", "logs")
+        position = pages.position(token)
+        after = 0
+        if token and position is not None:
+            after = whole_number(position, "after", LARGEST_ID, pages.invalid(token))
         with self.sessions() as session:
             names = self._stream_names(session, group, streams, prefix)
             scan = _Scan(session, names, window, match, limit)
@@ -185,9 +192,7 @@ class LogQueries:
             ],
             "searchedLogStreams": [],
         }
-        if more:
-            result["nextToken"] = f"s/{scan.position:020d}"
-        return result
+        return pages.next_page(result, {"after": scan.position} if more else None)
 
     def _stream_names(
         self, session: Session, group: str, streams: list[str] | None, prefix: str | None
@@ -315,41 +320,15 @@ def _capped(events: Iterable[LogEvent], limit: int) -> tuple[list[LogEvent], boo
     return rows, False
 
 
-def _row_token(token: str) -> tuple[str, int]:
-    direction, _, number = token.partition("/")
-    if direction not in ("f", "b"):
-        raise _bad_token(token)
-    return direction, _row_id(number, token)
-
-
-def _filter_token(token: str) -> int:
-    kind, _, number = token.partition("/")
-    if kind != "s":
-        raise _bad_token(token)
-    return _row_id(number, token)
-
-
-def _offset_token(token: str | None) -> int:
-    if not token:
-        return 0
-    kind, _, number = token.partition("/")
-    if kind != "o":
-        raise _bad_token(token)
-    return _row_id(number, token)
-
-
-def _row_id(number: str, token: str) -> int:
-    """A token's number: ASCII digits within what the database holds (no 500 for others)."""
-    if not (number.isascii() and number.isdigit() and len(number) <= 20):
-        raise _bad_token(token)
-    value = int(number)
-    if value > LARGEST_ID:
-        raise _bad_token(token)
-    return value
-
-
-def _bad_token(token: str) -> InvalidParameter:
-    return InvalidParameter(f"The specified nextToken is invalid: {token[:100]!r}")
+def _event_token(token: str) -> tuple[bool, int]:
+    """GetLogEvents' token: (forward, the row id it pages from)."""
+    invalid = invalid_token("logs", "nextToken", token)
+    position = decode("GetLogEvents", token, invalid)
+    if set(position) == {"after"}:
+        return True, whole_number(position, "after", LARGEST_ID, invalid)
+    if set(position) == {"before"}:
+        return False, whole_number(position, "before", LARGEST_ID, invalid)
+    raise invalid
 
 
 def _pattern(pattern: str | None) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,14 @@ from sqlalchemy import (
     event,
     inspect,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import DatabaseError as SqlDatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from openmaker.config import Settings
 from openmaker.home import FILE_MODE, HomeError, prepare_home
+from openmaker.settings import Settings
+from openmaker.spec.errors import ServiceError, ServiceUnavailable, ThrottlingException
 
 
 class DatabaseError(HomeError):
@@ -40,8 +41,9 @@ class Base(DeclarativeBase):
     pass
 
 
-class TrainingJob(Base):
-    __tablename__ = "training_jobs"
+class JobRecord:
+    """The columns every kind of job has: what the queue, capacity and recovery read and write
+    (openmaker/jobs/resource.py). Each kind's table adds its own."""
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     arn: Mapped[str] = mapped_column(String(256))
@@ -50,11 +52,8 @@ class TrainingJob(Base):
     secondary_status: Mapped[str] = mapped_column(String(32))
     transitions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     failure_reason: Mapped[str | None] = mapped_column(Text)
-    model_artifacts: Mapped[str | None] = mapped_column(String(1024))
     creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     last_modified_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    training_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    training_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The process running the job (or starting it), to notice when it is gone; with its start
     # time (/proc/<pid>/stat field 22), since a PID is reused by other processes.
     worker_pid: Mapped[int | None] = mapped_column(Integer)
@@ -69,6 +68,14 @@ class TrainingJob(Base):
     stop_requested: Mapped[str | None] = mapped_column(String(32))
     # The current transfer: {"phase": "Downloading", "done": bytes, "total": bytes}.
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class TrainingJob(JobRecord, Base):
+    __tablename__ = "training_jobs"
+
+    model_artifacts: Mapped[str | None] = mapped_column(String(1024))
+    training_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    training_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class LogStream(Base):
@@ -133,18 +140,31 @@ class SystemMetricValue(Base):
     value: Mapped[float]
 
 
-def busy_seconds() -> float:
-    """How long a statement waits for another process's write lock before it gives up (the API
-    then answers ThrottlingException, which clients retry)."""
-    return float(os.environ.get("OPENMAKER_DB_BUSY_SECONDS", "30"))
+def unavailable(context: ExceptionContext) -> ServiceError | None:
+    """A database that stays locked, or a full disk, as the service answers them (clients retry
+    both): every caller, the API's handlers above all, gets these instead of the driver's error.
+    Other errors pass unchanged."""
+    if not isinstance(context.sqlalchemy_exception, OperationalError):
+        return None
+    text = str(context.original_exception)
+    if "locked" in text or "busy" in text:
+        return ThrottlingException("Rate exceeded: the job database is busy")
+    if "disk is full" in text or "disk I/O error" in text:
+        return ServiceUnavailable(
+            "openmaker's disk is full: the job database cannot record the request; free "
+            "space on the disk that holds OPENMAKER_HOME, then retry"
+        )
+    return None
 
 
-def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+def _tune_sqlite(busy_seconds: float, dbapi_connection: Any, _record: Any) -> None:
+    """`busy_seconds`: how long a statement waits for another process's write lock before it
+    gives up (the API then answers ThrottlingException, which clients retry)."""
     # WAL lets the CLI read while a worker writes; the timeout rides out short write locks.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds() * 1000)}")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
     cursor.close()
     # Transactions are begun by `_begin` below, not by the driver's own guesswork.
     dbapi_connection.isolation_level = None
@@ -161,10 +181,11 @@ _WRITER = "openmaker_writer"
 
 
 @cache
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, busy_seconds: float) -> Engine:
     engine = create_engine(url)
+    event.listen(engine, "handle_error", unavailable)
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", _tune_sqlite)
+        event.listen(engine, "connect", partial(_tune_sqlite, busy_seconds))
         event.listen(engine, "begin", _begin)
     Base.metadata.create_all(engine)
     _add_new_columns(engine)
@@ -213,7 +234,7 @@ def _database(settings: Settings) -> Engine:
     unreadable file is a DatabaseError that says what to do)."""
     prepare_home(settings.home)
     if not settings.database_url.startswith("sqlite:///"):
-        return engine_for(settings.database_url)
+        return engine_for(settings.database_url, settings.db_busy_seconds)
     path = Path(settings.database_url.removeprefix("sqlite:///"))
     if not path.exists():
         _create(path)
@@ -223,8 +244,8 @@ def _database(settings: Settings) -> Engine:
             "from a backup, or delete it to start again with no jobs"
         )
     try:
-        return engine_for(settings.database_url)
-    except OperationalError:
+        return engine_for(settings.database_url, settings.db_busy_seconds)
+    except (OperationalError, ServiceError):
         raise  # locked or out of space: not the file's fault
     except SqlDatabaseError as exc:
         cause = str(exc.orig).strip() if exc.orig is not None else type(exc).__name__

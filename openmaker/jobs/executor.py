@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from openmaker.config import Settings
+from openmaker.settings import Settings, process_environment, to_json
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,13 @@ class Executor(Protocol):
         self,
         arn: str,
         request: dict[str, Any],
-        env: dict[str, str],
+        settings: Settings,
         placement: dict[str, Any] | None = None,
         attempt: int = 1,
         before_start: Callable[[Worker], None] | None = None,
     ) -> Worker | None:
-        """Start attempt `attempt` at the job with the submitter's environment `env` and the
-        share of the machine `placement`; the process that runs it, when on this machine.
+        """Start attempt `attempt` at the job with the submitter's settings and the share of
+        the machine `placement`; the process that runs it, when on this machine.
         `before_start` learns that process before it gets the job: once recorded, a process
         killed at any point leaves no job running unseen."""
 
@@ -60,7 +60,7 @@ class LocalExecutor:
         self,
         arn: str,
         request: dict[str, Any],
-        env: dict[str, str],
+        settings: Settings,
         placement: dict[str, Any] | None = None,
         attempt: int = 1,
         before_start: Callable[[Worker], None] | None = None,
@@ -73,8 +73,9 @@ class LocalExecutor:
             "job": job_name,
             "arn": arn,
             "request": request,
-            "home": str(self.settings.home),
-            "env": env,
+            # On its standard input, never its command line: the settings may hold the S3
+            # server's credentials.
+            "settings": to_json(settings.for_jobs()),
             "placement": placement,
             "attempt": attempt,
         }
@@ -135,4 +136,6 @@ def _start_worker() -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         close_fds=True,
+        # Everything it needs of openmaker's settings comes in its order.
+        env=process_environment(),
     )

@@ -6,8 +6,6 @@ client pages through never make it see a job twice or skip one.
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +16,7 @@ from sqlalchemy.orm import load_only
 from openmaker.jobs import state
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.state import as_utc
-from openmaker.spec.errors import ValidationException
+from openmaker.spec.paging import paginator
 
 SORT_COLUMNS = {
     "CreationTime": TrainingJob.creation_time,
@@ -26,6 +24,8 @@ SORT_COLUMNS = {
     "Status": TrainingJob.status,
 }
 
+
+PAGES = paginator("ListTrainingJobs")
 
 keep_alive = TrainingJob.request[("ResourceConfig", "KeepAlivePeriodInSeconds")]
 
@@ -94,23 +94,20 @@ class JobQuery:
         value: Any = getattr(job, SORT_COLUMNS[self.sort_by].key)
         if isinstance(value, datetime):
             value = as_utc(value).isoformat()
-        raw = json.dumps({"by": self.sort_by, "v": value, "n": job.name})
-        return base64.urlsafe_b64encode(raw.encode()).decode()
+        result = PAGES.next_page({}, {"v": value, "n": job.name}, by=self.sort_by)
+        return str(result[PAGES.output_token])
 
     def _token_key(self) -> tuple[Any, str]:
         assert self.token is not None
+        position = PAGES.position(self.token, by=self.sort_by)
         try:
-            data = json.loads(base64.urlsafe_b64decode(self.token.encode()))
-            if data["by"] != self.sort_by:
-                raise ValueError("sorted differently")
-            value = data["v"]
+            assert position is not None
+            value = position["v"]
             if self.sort_by == "CreationTime":
                 value = _naive(datetime.fromisoformat(value))
-            return value, str(data["n"])
+            return value, str(position["n"])
         except (ValueError, KeyError, TypeError):
-            raise ValidationException(
-                "NextToken: the token is not one this service returned for this query"
-            ) from None
+            raise PAGES.invalid(self.token) from None
 
 
 def _naive(value: datetime) -> datetime:

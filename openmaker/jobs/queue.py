@@ -20,147 +20,143 @@ from collections.abc import Iterator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from openmaker.config import Settings
-from openmaker.jobs import capacity, state
+from openmaker.jobs import capacity
 from openmaker.jobs.capacity import Placement
-from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
+from openmaker.jobs.db import JobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, Worker, process_start_time
+from openmaker.jobs.kinds import KINDS
+from openmaker.jobs.resource import ResourceKind
+from openmaker.jobs.state import as_utc
+from openmaker.settings import Settings, from_json, load_settings, to_json
 
 LAUNCH_FILE = "launch.json"
 
 
-def save_launch(settings: Settings, job_name: str, env: dict[str, str]) -> None:
-    """Keep the submitter's environment (endpoints, credentials, settings) for every start of
-    the job — its restarts too, whoever starts them. Readable by its owner only."""
+def save_launch(settings: Settings, job_name: str) -> None:
+    """Keep the submitter's settings (the store's endpoint and credentials among them) for
+    every start of the job — its restarts too, whoever starts them. Readable by its owner
+    only."""
     folder = settings.jobs_dir / job_name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LAUNCH_FILE
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(descriptor, 0o600)  # a file left by an older openmaker may be wider
     with os.fdopen(descriptor, "w") as file:
-        json.dump({"env": env}, file)
+        json.dump({"settings": to_json(settings.for_jobs())}, file)
 
 
-def _launch_env(settings: Settings, job_name: str) -> dict[str, str]:
+def _launch_settings(settings: Settings, job_name: str) -> Settings:
+    """The settings the job was submitted with; the starter's own when none were kept."""
     try:
         data = json.loads((settings.jobs_dir / job_name / LAUNCH_FILE).read_text())
     except (OSError, ValueError):
-        return dict(os.environ)
-    return dict(data["env"])
+        return settings
+    if "settings" in data:
+        return from_json(data["settings"])
+    # Kept by an older openmaker: the submitter's whole environment.
+    return load_settings({**data["env"], "OPENMAKER_HOME": str(settings.home)})
 
 
 def start_ready(settings: Settings, executor: Executor) -> None:
-    """Start every waiting job that fits now, oldest first."""
+    """Start every waiting job that fits now, of every kind, oldest first."""
     # Read first: most calls (a command starting, a describe polling a Pending job) change
     # nothing, and need not wait for the write lock that workers recording their logs hold.
     with sessions(settings)() as session:
         jobs = _active(session)
-        if not any(map(state.waiting, jobs)):
+        if not any(kind.lifecycle.needs_worker(job) for kind, job in jobs):
             return
         machine = capacity.machine(settings)
         if not any(_changes(_plan(jobs, machine))):
             return
     me, started = os.getpid(), process_start_time(os.getpid())
-    chosen: list[tuple[TrainingJob, Placement]] = []
+    chosen: list[tuple[ResourceKind, JobRecord, Placement]] = []
     with writer_sessions(settings)() as session:
-        for job, placement, message in _plan(_active(session), machine):
+        for kind, job, placement, message in _plan(_active(session), machine):
             if placement is None:
-                _wait(job, message)
+                kind.lifecycle.waiting(job, message)
                 continue
             job.placement = placement
             job.worker_pid, job.worker_started, job.worker_ready = me, started, False
-            if job.secondary_status != "Starting":
-                state.enter(job, "Starting")
-            chosen.append((job, placement))
+            kind.lifecycle.starting(job)
+            chosen.append((kind, job, placement))
         session.commit()
-    for job, placement in chosen:
-        _submit(settings, executor, job, placement, me)
+    for kind, job, placement in chosen:
+        _submit(settings, executor, kind, job, placement, me)
 
 
-def _active(session: Session) -> list[TrainingJob]:
-    query = (
-        select(TrainingJob)
-        .where(TrainingJob.status.in_((state.IN_PROGRESS, state.STOPPING)))
-        .order_by(TrainingJob.creation_time, TrainingJob.name)
-    )
-    return list(session.scalars(query))
+def _active(session: Session) -> list[tuple[ResourceKind, JobRecord]]:
+    """The jobs of every kind with work under way, in creation order."""
+    found: list[tuple[ResourceKind, JobRecord]] = []
+    for kind in KINDS:
+        table = kind.table()
+        query = select(table).where(table.status.in_(kind.active))
+        found += [(kind, job) for job in session.scalars(query)]
+    return sorted(found, key=lambda pair: (as_utc(pair[1].creation_time), pair[1].name))
 
 
-def _plan(
-    jobs: list[TrainingJob], machine: capacity.Machine
-) -> list[tuple[TrainingJob, Placement | None, str]]:
+Plan = list[tuple[ResourceKind, JobRecord, Placement | None, str]]
+
+
+def _plan(jobs: list[tuple[ResourceKind, JobRecord]], machine: capacity.Machine) -> Plan:
     """For each waiting job: where it starts now, or (None and) what it waits for."""
-    used = [job.placement for job in jobs if job.placement is not None]
+    used = [job.placement for _, job in jobs if job.placement is not None]
     blocked_by: str | None = None
-    plan: list[tuple[TrainingJob, Placement | None, str]] = []
-    for job in filter(state.waiting, jobs):
-        placement = None if blocked_by else capacity.place(job.request, machine, used)
+    plan: Plan = []
+    for kind, job in jobs:
+        if not kind.lifecycle.needs_worker(job):
+            continue
+        instances = kind.instances(job.request)
+        placement = None if blocked_by else capacity.place(instances, machine, used)
         if placement is not None:
             used.append(placement)
-            plan.append((job, placement, ""))
+            plan.append((kind, job, placement, ""))
             continue
         message = (
-            f"Waiting for capacity behind the training job {blocked_by}"
+            f"Waiting for capacity behind the {blocked_by}"
             if blocked_by
-            else capacity.waiting_message(job.request, machine, used)
+            else capacity.waiting_message(instances, machine, used)
         )
-        blocked_by = blocked_by or job.name
-        plan.append((job, None, message))
+        blocked_by = blocked_by or f"{kind.noun} {job.name}"
+        plan.append((kind, job, None, message))
     return plan
 
 
-def _changes(plan: list[tuple[TrainingJob, Placement | None, str]]) -> Iterator[bool]:
-    for job, placement, message in plan:
-        yield placement is not None or (job.secondary_status, _message(job)) != (
-            "Pending",
-            message,
-        )
-
-
-def _message(job: TrainingJob) -> str | None:
-    return job.transitions[-1].get("StatusMessage") if job.transitions else None
-
-
-def _wait(job: TrainingJob, message: str) -> None:
-    """Enter Pending, or update its message (what the job waits for) when it changed."""
-    if job.secondary_status != "Pending":
-        state.enter(job, "Pending", message)
-    elif _message(job) != message:
-        transitions = [dict(t) for t in job.transitions]
-        transitions[-1]["StatusMessage"] = message
-        job.transitions = transitions
-        job.last_modified_time = state.now()
+def _changes(plan: Plan) -> Iterator[bool]:
+    for kind, job, placement, message in plan:
+        yield placement is not None or not kind.lifecycle.waits(job, message)
 
 
 def _submit(
     settings: Settings,
     executor: Executor,
-    job: TrainingJob,
+    kind: ResourceKind,
+    job: JobRecord,
     placement: Placement,
     owner: int,
 ) -> None:
     sessions = writer_sessions(settings)
     name = job.name
+    table = kind.table()
 
     def record(worker: Worker) -> None:
         # The worker becomes the job's owner before it gets the job: a starter killed now or
         # later leaves either a worker that runs it, or one that is gone and seen as lost.
         with sessions() as session:
             session.execute(
-                update(TrainingJob)
-                .where(TrainingJob.name == name, TrainingJob.worker_pid == owner)
-                .where(TrainingJob.status.not_in(state.TERMINAL))
+                update(table)
+                .where(table.name == name, table.worker_pid == owner)
+                .where(table.status.not_in(kind.ended))
                 .values(worker_pid=worker.pid, worker_started=worker.started)
             )
             session.commit()
 
-    env = _launch_env(settings, name)
     try:
-        executor.submit(job.arn, job.request, env, placement, job.attempts, record)
+        launch = _launch_settings(settings, name)
+        executor.submit(job.arn, job.request, launch, placement, job.attempts, record)
     except Exception as exc:  # the job must not wait for a worker that never came
         traceback.print_exc()
         with sessions() as session:
-            row = session.get(TrainingJob, name)
-            if row is not None and row.status not in state.TERMINAL:
-                state.finish(row, "Failed", f"InternalServerError: cannot start a worker: {exc}")
+            row = session.get(table, name)
+            if row is not None and row.status not in kind.ended:
+                kind.lifecycle.failed(row, f"InternalServerError: cannot start a worker: {exc}")
                 session.commit()

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from openmaker.config import Settings
 from openmaker.host.events import (
     Event,
     LogLine,
@@ -33,7 +32,10 @@ from openmaker.host.events import (
     TransferProgress,
 )
 from openmaker.jobs import state
-from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP, stream_name
+from openmaker.jobs.kinds import TRAINING
+from openmaker.jobs.logs import EVENT_OVERHEAD, stream_name
+from openmaker.jobs.training import SecondaryStatus, message_of
+from openmaker.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -206,7 +208,7 @@ class JobRecorder:
                 session.add(
                     LogStream(
                         name=name,
-                        group=LOG_GROUP,
+                        group=TRAINING.log_group,
                         job_name=self.job_name,
                         creation_time=timestamp,
                     )
@@ -219,8 +221,8 @@ def _apply_status(job: TrainingJob, event: StatusChanged | TransferProgress) -> 
     if isinstance(event, StatusChanged):
         if job.status == state.IN_PROGRESS:
             at = datetime.fromtimestamp(event.at, UTC)
-            state.enter(job, event.status, event.message, at)
-            if event.status == "Training" and job.training_start_time is None:
+            state.enter(job, event.status, message_of(event.status, event.detail), at)
+            if event.status == SecondaryStatus.TRAINING and job.training_start_time is None:
                 job.training_start_time = at
     else:
         job.progress = {

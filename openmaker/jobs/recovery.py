@@ -10,12 +10,10 @@ jobs start.
 
 from __future__ import annotations
 
-import os
 import shutil
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
-from openmaker.config import Settings
 from openmaker.host.site import (
     jobs_with_cgroups,
     jobs_with_networks,
@@ -23,26 +21,29 @@ from openmaker.host.site import (
     remove_network,
     unmount_under,
 )
-from openmaker.jobs import queue, retry, state
-from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
+from openmaker.jobs import queue
+from openmaker.jobs.db import JobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor
+from openmaker.jobs.kinds import KINDS
+from openmaker.jobs.resource import ResourceKind
+from openmaker.settings import Settings
 
 
 def sweep(settings: Settings, executor: Executor) -> None:
     """Act on every job whose worker is gone, then start the jobs that wait and fit."""
     executor.reap()
-    running_query = select(TrainingJob).where(
-        TrainingJob.status.in_((state.IN_PROGRESS, state.STOPPING)),
-        TrainingJob.worker_pid.is_not(None),
-    )
     # Read first: the write lock (which workers recording their logs wait for) only when a
     # job needs it.
     with sessions(settings)() as session:
-        lost = any(_lost(job, executor) for job in session.scalars(running_query))
+        lost = any(
+            _lost(job, executor) for kind in KINDS for job in session.scalars(_running(kind))
+        )
     if lost:
+        orphaned: list[str] = []
         with writer_sessions(settings)() as session:
-            active = session.scalars(running_query).all()
-            orphaned = [job.name for job in active if _handle_if_lost(job, executor)]
+            for kind in KINDS:
+                active = session.scalars(_running(kind)).all()
+                orphaned += [job.name for job in active if _handle_if_lost(kind, job, executor)]
             session.commit()
         for name in orphaned:
             remove_host_folders(settings, name)
@@ -51,50 +52,60 @@ def sweep(settings: Settings, executor: Executor) -> None:
     queue.start_ready(settings, executor)
 
 
+def _running(kind: ResourceKind) -> Select[JobRecord]:
+    """The jobs of `kind` that a process runs or starts."""
+    table = kind.table()
+    return select(table).where(table.status.in_(kind.active), table.worker_pid.is_not(None))
+
+
 def _remove_leftover_cgroups(settings: Settings) -> None:
     """Memory cgroups of jobs that no worker runs (a killed worker's, once its code died)."""
     names = jobs_with_cgroups(settings.home)
-    for name in set(names) - _running(settings, names):
+    for name in set(names) - _with_workers(settings, names):
         remove_job_cgroups(settings.home, name)
 
 
 def _remove_leftover_networks(settings: Settings) -> None:
     """Bridges and their rules of jobs that no worker runs (a killed worker's)."""
     names = jobs_with_networks(settings.home)
-    for name in set(names) - _running(settings, names):
+    for name in set(names) - _with_workers(settings, names):
         remove_network(settings.home, name)
 
 
-def _running(settings: Settings, names: list[str]) -> set[str]:
+def _with_workers(settings: Settings, names: list[str]) -> set[str]:
     """Those of the jobs `names` that a worker runs."""
     if not names:
         return set()
+    running: set[str] = set()
     with sessions(settings)() as session:
-        rows = session.execute(
-            select(TrainingJob.name, TrainingJob.status, TrainingJob.worker_pid).where(
-                TrainingJob.name.in_(names)
-            )
-        ).all()
-    return {name for name, status, pid in rows if status not in state.TERMINAL and pid is not None}
+        for kind in KINDS:
+            table = kind.table()
+            rows = session.execute(
+                select(table.name, table.status, table.worker_pid).where(table.name.in_(names))
+            ).all()
+            running |= {
+                name for name, status, pid in rows if status not in kind.ended and pid is not None
+            }
+    return running
 
 
-def check(settings: Settings, executor: Executor, name: str) -> None:
+def check(settings: Settings, executor: Executor, kind: ResourceKind, name: str) -> None:
     """The sweep's work for one job, when it needs it (its worker gone, or it waits)."""
     with sessions(settings)() as session:
-        job = session.get(TrainingJob, name)
-        if job is None or job.status in state.TERMINAL:
+        job = session.get(kind.table(), name)
+        if job is None or job.status in kind.ended:
             return
-        if not state.waiting(job) and not _lost(job, executor):
+        if not kind.lifecycle.needs_worker(job) and not _lost(job, executor):
             return
     sweep(settings, executor)
 
 
-def _lost(job: TrainingJob, executor: Executor) -> bool:
+def _lost(job: JobRecord, executor: Executor) -> bool:
     pid = job.worker_pid
     return pid is not None and executor.lost(pid, job.worker_started)
 
 
-def _handle_if_lost(job: TrainingJob, executor: Executor) -> bool:
+def _handle_if_lost(kind: ResourceKind, job: JobRecord, executor: Executor) -> bool:
     if not _lost(job, executor):
         return False
     if job.worker_ready:
@@ -107,7 +118,7 @@ def _handle_if_lost(job: TrainingJob, executor: Executor) -> bool:
             f"the openmaker process starting the job (process {job.worker_pid}) ended without "
             "finishing it"
         )
-    retry.restart_or_fail(job, what)
+    kind.lifecycle.lost(job, what)
     return True
 
 
@@ -117,7 +128,7 @@ def remove_host_folders(settings: Settings, job_name: str) -> None:
     worker clears what is left of them before it starts, whatever the setting.) Their volumes
     are unmounted first, whatever the setting: a lost worker's guard may not have yet."""
     unmount_under(settings.jobs_dir / job_name)
-    if os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1":
+    if settings.keep_job_files:
         return
     for folder in (settings.jobs_dir / job_name).glob("algo-*"):
         shutil.rmtree(folder, ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from openmaker.jobs import state
+from openmaker.jobs.training import SecondaryStatus
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
@@ -26,7 +27,7 @@ def restart_or_fail(job: TrainingJob, what: str) -> bool:
     """After an infrastructure failure (`what` happened): mark the job for a new attempt
     (`Restarting`; the queue starts it) or end it. True when it is to restart."""
     if job.status == state.STOPPING:  # the stop asked for is what happens
-        state.finish(job, job.stop_requested or "Stopped", None)
+        state.finish(job, job.stop_requested or SecondaryStatus.STOPPED, None)
         return False
     allowed = retries_allowed(job.request)
     attempts = job.attempts or 1
@@ -37,10 +38,10 @@ def restart_or_fail(job: TrainingJob, what: str) -> bool:
             f"Restarting the training job after an infrastructure failure: {what} "
             f"(attempt {job.attempts} of {allowed + 1}; checkpoints are restored)"
         )
-        state.enter(job, "Restarting", message)
+        state.enter(job, SecondaryStatus.RESTARTING, message)
         return True
     reason = f"InternalServerError: {what}"
     if allowed:
         reason += f"; the job was retried {allowed} times (RetryStrategy.MaximumRetryAttempts)"
-    state.finish(job, "Failed", reason)
+    state.finish(job, SecondaryStatus.FAILED, reason)
     return False

@@ -13,9 +13,6 @@ sort key and name (a keyset), like ListTrainingJobs.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,15 +23,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import MetricValue, Tag, TrainingJob
 from openmaker.jobs.describe import search_record
+from openmaker.jobs.kinds import TRAINING
 from openmaker.spec.errors import ValidationException
+from openmaker.spec.paging import paginator
 
-RESOURCE = "TrainingJob"
+RESOURCE = TRAINING.name
 DEFAULT_SORT = "LastModifiedTime"
 # Properties that are maps in the record: the rest of the name after them is one key, dots
 # and all (`HyperParameters.sagemaker_program`, `Metrics.validation:accuracy`).
 _MAPS = ("Tags", "HyperParameters", "Environment", "Metrics")
 _NEEDS_NO_VALUE = {"Exists", "NotExists"}
 SortKey = tuple[int, float, str, str]
+PAGES = paginator("Search")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ class SearchQuery:
             expression=params.get("SearchExpression"),
             sort_by=params.get("SortBy") or DEFAULT_SORT,
             descending=params.get("SortOrder", "Descending") == "Descending",
-            limit=params.get("MaxResults", 10),
-            token=params.get("NextToken"),
+            limit=PAGES.limit(params, 10),
+            token=PAGES.token(params),
         )
 
 
@@ -78,9 +78,8 @@ def search(sessions: sessionmaker[Session], params: dict[str, Any]) -> dict[str,
         "Results": [{"TrainingJob": record} for _, record in page],
         "TotalHits": {"Value": len(records), "Relation": "EqualTo"},
     }
-    if len(keyed) > query.limit:
-        result["NextToken"] = _token(query, page[-1][0])
-    return result
+    following = {"k": list(page[-1][0])} if len(keyed) > query.limit else None
+    return PAGES.next_page(result, following, by=query.sort_by, desc=query.descending)
 
 
 def load_records(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
@@ -267,20 +266,12 @@ def sort_key(view: dict[str, Any], by: str) -> SortKey:
     return (2, 0.0, str(value), name)
 
 
-def _token(query: SearchQuery, key: SortKey) -> str:
-    raw = json.dumps({"by": query.sort_by, "desc": query.descending, "k": list(key)})
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
 def _token_key(query: SearchQuery) -> SortKey:
     assert query.token is not None
+    position = PAGES.position(query.token, by=query.sort_by, desc=query.descending)
     try:
-        data = json.loads(base64.urlsafe_b64decode(query.token.encode()))
-        if data["by"] != query.sort_by or data["desc"] != query.descending:
-            raise ValueError("sorted differently")
-        kind, number, text, name = data["k"]
+        assert position is not None
+        kind, number, text, name = position["k"]
         return (int(kind), float(number), str(text), str(name))
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise ValidationException(
-            "NextToken: the token is not one this service returned for this query"
-        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise PAGES.invalid(query.token) from None

@@ -9,8 +9,10 @@ import builtins
 import contextlib
 import copy
 import dataclasses
+import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +20,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from openmaker.config import Settings, load_settings
 from openmaker.host.images import ImageError, resolve_image
 from openmaker.jobs import capacity, queue, recovery, state
 from openmaker.jobs.db import (
@@ -31,9 +32,12 @@ from openmaker.jobs.db import (
 )
 from openmaker.jobs.describe import describe, summary
 from openmaker.jobs.executor import Executor, LocalExecutor
-from openmaker.jobs.logs import LOG_GROUP, LogRecord
+from openmaker.jobs.kinds import TRAINING
+from openmaker.jobs.logs import LogRecord
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.training import SecondaryStatus, TrainingJobStatus
+from openmaker.settings import Settings, load_settings
 from openmaker.spec import (
     LocalPaths,
     ResourceInUse,
@@ -43,6 +47,8 @@ from openmaker.spec import (
     default_stopping_condition,
     training_job_arn,
 )
+
+log = logging.getLogger("openmaker.jobs")
 
 
 class TrainingJobs:
@@ -58,13 +64,48 @@ class TrainingJobs:
         self.sessions = sessions(self.settings)
         self.writers = writer_sessions(self.settings)
         self.executor = executor or LocalExecutor(self.settings)
+        # The executor keeps one warm worker for the next job: what may start a worker (a
+        # create, a stop, a sweep) does so one at a time.
+        self._starting = threading.RLock()
+        self._closed = threading.Event()
         # Cheap, and the only way a job whose worker died with nobody watching moves on.
-        recovery.sweep(self.settings, self.executor)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Act on jobs whose worker is gone, then start the waiting jobs that fit."""
+        with self._starting:
+            recovery.sweep(self.settings, self.executor)
+
+    def watch(self, every: float) -> None:
+        """Sweep every `every` seconds in a background thread until `close`: a lost worker is
+        noticed, and waiting jobs start, even when nobody asks about them (a server)."""
+
+        def loop() -> None:
+            while not self._closed.wait(every):
+                try:
+                    self.sweep()
+                except Exception:  # the next sweep tries again; the process goes on
+                    log.exception("sweeping the jobs failed")
+
+        threading.Thread(target=loop, name="openmaker-sweep", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def worker_lost(self, pid: int, started: int | None) -> bool:
+        """Whether the worker process `pid` (started at `started`, when known) is gone: for
+        what a worker left behind outside the job store (its job's S3 key)."""
+        return self.executor.lost(pid, started)
 
     def create(self, request: dict[str, Any]) -> dict[str, str]:
+        with self._starting:
+            return self._create(request)
+
+    def _create(self, request: dict[str, Any]) -> dict[str, str]:
         check_create_training_job(request, self.local)
         _check_supported(request)
-        capacity.check_can_fit(request, capacity.machine(self.settings))
+        kind = TRAINING
+        capacity.check_can_fit(kind.instances(request), capacity.machine(self.settings), kind.noun)
         request = copy.deepcopy(request)
         # SageMaker's default time limit applies when the request names none.
         request.setdefault("StoppingCondition", default_stopping_condition())
@@ -75,13 +116,13 @@ class TrainingJobs:
             name=name,
             arn=arn,
             request=request,
-            status=state.IN_PROGRESS,
-            secondary_status="Starting",
+            status=TrainingJobStatus.IN_PROGRESS,
+            secondary_status=SecondaryStatus.STARTING,
             transitions=[],
             creation_time=at,
             last_modified_time=at,
         )
-        state.enter(job, "Starting")
+        state.enter(job, SecondaryStatus.STARTING)
         with self.writers() as session:
             session.add(job)
             try:
@@ -90,7 +131,7 @@ class TrainingJobs:
                 session.commit()
             except IntegrityError:
                 raise ResourceInUse(f"Training job {name} already exists") from None
-        queue.save_launch(self.settings, name, dict(os.environ))
+        queue.save_launch(self.settings, name)
         queue.start_ready(self.settings, self.executor)  # now, or when capacity frees
         return {"TrainingJobArn": arn}
 
@@ -160,13 +201,14 @@ class TrainingJobs:
                 )
             if job.status == state.STOPPING:
                 return
-            job.stop_requested = "Stopped"
+            job.stop_requested = SecondaryStatus.STOPPED.value
             if state.waiting(job):  # Pending or Restarting: no worker to stop
-                state.finish(job, "Stopped", None)
+                state.finish(job, SecondaryStatus.STOPPED, None)
                 session.commit()
-                queue.start_ready(self.settings, self.executor)  # the jobs behind it may fit
+                with self._starting:  # the jobs behind it may fit
+                    queue.start_ready(self.settings, self.executor)
                 return
-            state.enter(job, "Stopping")
+            state.enter(job, SecondaryStatus.STOPPING)
             # A worker not yet ready reads `stop_requested` when it gets ready: under the write
             # lock, one of the two always sees the other.
             pid = job.worker_pid if job.worker_ready else None
@@ -197,7 +239,7 @@ class TrainingJobs:
             query = (
                 select(LogEvent)
                 .join(LogStream, LogStream.name == LogEvent.stream)
-                .where(LogStream.job_name == name, LogStream.group == LOG_GROUP)
+                .where(LogStream.job_name == name, LogStream.group == TRAINING.log_group)
                 .where(LogEvent.id > after_id)
                 .order_by(LogEvent.id)
                 .limit(limit)
@@ -219,7 +261,8 @@ class TrainingJobs:
             raise ResourceNotFound(f"Requested resource not found: training job {name}")
         if job.status not in state.TERMINAL:
             # A job must never stay InProgress with nothing running it.
-            recovery.check(self.settings, self.executor, name)
+            with self._starting:
+                recovery.check(self.settings, self.executor, TRAINING, name)
             with self.sessions() as session:
                 job = session.get(TrainingJob, name)
             assert job is not None

@@ -1,31 +1,27 @@
-"""The training job state machine: statuses, their messages, and the transitions list."""
+"""The training job state machine: its status, secondary status and the transitions list."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, overload
 
-from openmaker.host.events import STATUS_MESSAGES
+from openmaker.jobs.training import (
+    ENDED,
+    PRIMARY_OF,
+    SecondaryStatus,
+    TrainingJobStatus,
+    message_of,
+)
 
 if TYPE_CHECKING:  # the database layer is heavy to import; a worker loads it in the background
-    from openmaker.jobs.db import TrainingJob
+    from openmaker.jobs.db import JobRecord, TrainingJob
 
-IN_PROGRESS, COMPLETED, FAILED, STOPPING, STOPPED = (
-    "InProgress",
-    "Completed",
-    "Failed",
-    "Stopping",
-    "Stopped",
-)
-TERMINAL = frozenset({COMPLETED, FAILED, STOPPED})
-
-# Which primary status each terminal secondary status belongs to.
-PRIMARY_OF = {
-    "Completed": COMPLETED,
-    "Failed": FAILED,
-    "Stopped": STOPPED,
-    "MaxRuntimeExceeded": STOPPED,
-}
+IN_PROGRESS = TrainingJobStatus.IN_PROGRESS
+COMPLETED = TrainingJobStatus.COMPLETED
+FAILED = TrainingJobStatus.FAILED
+STOPPING = TrainingJobStatus.STOPPING
+STOPPED = TrainingJobStatus.STOPPED
+TERMINAL = ENDED
 
 
 def now() -> datetime:
@@ -47,32 +43,36 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def enter(
-    job: TrainingJob, secondary: str, message: str | None = None, at: datetime | None = None
+    job: TrainingJob,
+    secondary: SecondaryStatus | str,
+    message: str | None = None,
+    at: datetime | None = None,
 ) -> None:
     """Close the open transition and open `secondary` (at `at`, default now); terminal ones
-    close at once."""
+    close at once. A status the model does not name is a ValueError."""
+    status = SecondaryStatus(secondary)
     at = at or now()
     transitions = [dict(t) for t in job.transitions or []]
     if transitions and transitions[-1].get("EndTime") is None:
-        if transitions[-1]["Status"] == secondary:
+        if transitions[-1]["Status"] == status:
             return
         transitions[-1]["EndTime"] = at.isoformat()
     entry: dict[str, str] = {
-        "Status": secondary,
+        "Status": status.value,
         "StartTime": at.isoformat(),
-        "StatusMessage": message or STATUS_MESSAGES.get(secondary, secondary),
+        "StatusMessage": message or message_of(status),
     }
-    if secondary in PRIMARY_OF:
+    if status in PRIMARY_OF:
         entry["EndTime"] = at.isoformat()
-        job.status = PRIMARY_OF[secondary]
-    elif secondary == "Stopping":
-        job.status = STOPPING
+        job.status = PRIMARY_OF[status].value
+    elif status == SecondaryStatus.STOPPING:
+        job.status = STOPPING.value
     job.transitions = [*transitions, entry]
-    job.secondary_status = secondary
+    job.secondary_status = status.value
     job.last_modified_time = at
 
 
-def finish(job: TrainingJob, secondary: str, reason: str | None) -> None:
+def finish(job: TrainingJob, secondary: SecondaryStatus | str, reason: str | None) -> None:
     """End the job in a terminal secondary status (Completed, Failed, Stopped, ...)."""
     if job.training_start_time is not None and job.training_end_time is None:
         job.training_end_time = now()
@@ -80,6 +80,22 @@ def finish(job: TrainingJob, secondary: str, reason: str | None) -> None:
     job.progress = None
     release(job)
     enter(job, secondary)
+
+
+def wait(job: TrainingJob, message: str) -> None:
+    """Enter Pending, or update its message (what the job waits for) when it changed."""
+    if job.secondary_status != SecondaryStatus.PENDING:
+        enter(job, SecondaryStatus.PENDING, message)
+    elif status_message(job) != message:
+        transitions = [dict(t) for t in job.transitions]
+        transitions[-1]["StatusMessage"] = message
+        job.transitions = transitions
+        job.last_modified_time = now()
+
+
+def status_message(job: JobRecord) -> str | None:
+    """The message of the job's current secondary status."""
+    return job.transitions[-1].get("StatusMessage") if job.transitions else None
 
 
 def release(job: TrainingJob) -> None:

@@ -8,11 +8,14 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from openmaker.jobs.db import Tag, TrainingJob
+from openmaker.jobs import kinds
+from openmaker.jobs.db import Tag
 from openmaker.spec.errors import ResourceNotFound, ValidationException
+from openmaker.spec.paging import paginator
 
 # SageMaker's limit per resource.
 MAX_TAGS = 50
+PAGES = paginator("ListTags")
 
 
 class Tags:
@@ -32,13 +35,16 @@ class Tags:
         with self.sessions() as session:
             self._check_resource(session, arn)
             query = select(Tag).where(Tag.resource_arn == arn).order_by(Tag.key)
-            if token:
-                query = query.where(Tag.key > token)
+            position = PAGES.position(token, arn=arn)
+            if token and position is not None:
+                after = position.get("after")
+                if not isinstance(after, str):
+                    raise PAGES.invalid(token)
+                query = query.where(Tag.key > after)
             rows = list(session.scalars(query.limit(limit + 1)))
         result: dict[str, Any] = {"Tags": [{"Key": t.key, "Value": t.value} for t in rows[:limit]]}
-        if len(rows) > limit:
-            result["NextToken"] = rows[limit - 1].key
-        return result
+        following = {"after": rows[limit - 1].key} if len(rows) > limit else None
+        return PAGES.next_page(result, following, arn=arn)
 
     # After `list` above, `builtins.list` names the type.
     def delete(self, arn: str, keys: builtins.list[str]) -> None:
@@ -48,7 +54,10 @@ class Tags:
             session.commit()
 
     def _check_resource(self, session: Session, arn: str) -> None:
-        if session.scalar(select(TrainingJob.name).where(TrainingJob.arn == arn)) is None:
+        """A resource of a kind openmaker keeps (by the ARN's resource type), that exists."""
+        kind = kinds.of_arn(arn)
+        table = kind.table() if kind else None
+        if table is None or session.scalar(select(table.name).where(table.arn == arn)) is None:
             raise ResourceNotFound(f"Resource {arn} not found")
 
 

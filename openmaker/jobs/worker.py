@@ -20,10 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from openmaker.api import job_access
-from openmaker.config import Settings, load_settings
-from openmaker.host.events import STATUS_MESSAGES, StatusChanged
+from openmaker.host.events import StatusChanged
 from openmaker.host.site import clear_job, job_network
-from openmaker.host.spec import DEFAULT_GRACE_SECONDS, HostResources, HostSettings, HostSpec
+from openmaker.host.spec import HostResources, HostSettings, HostSpec
 from openmaker.host.training_host import (
     HostFailed,
     HostResult,
@@ -35,11 +34,12 @@ from openmaker.host.training_host import (
 from openmaker.jobs import capacity, state
 from openmaker.jobs.executor import process_start_time
 from openmaker.jobs.retry import restart_or_fail
+from openmaker.jobs.training import STOPPED_BY, SecondaryStatus
+from openmaker.settings import Settings, from_json
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.recorder import JobRecorder
-from openmaker.store import code_store_environment, store_environment
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 
 
@@ -50,20 +50,14 @@ def host_specs(
     count = int(request["ResourceConfig"].get("InstanceCount", 1))
     hosts = [f"algo-{i}" for i in range(1, count + 1)]
     job_dir = settings.jobs_dir / name
-    store_env = store_environment()
-    code_env = code_store_environment()
     isolated = bool(request.get("EnableNetworkIsolation"))
-    if isolated:
-        code_env = {}  # no network: no endpoint to offer, no key to mint
-    code_env = job_access.code_environment(settings.home, request, code_env, store_env)
-    shares = _host_resources(settings, placement, count)
-    network = job_network(settings.home, name, hosts, code_env, isolated)
-    host_settings = HostSettings(
-        home=settings.home,
-        pids_limit=settings.pids_limit,
-        grace_seconds=grace_seconds(),
-        keep_files=keep_job_files(),
+    # No network: no endpoint to offer, no key to mint.
+    code_env = (
+        {} if isolated else job_access.code_environment(settings.home, request, settings.store)
     )
+    shares = _host_resources(settings, placement, count)
+    network = job_network(settings, name, hosts, code_env, isolated)
+    host_settings = HostSettings.of(settings)  # what crosses to a host: no database, no keys
     return [
         HostSpec(
             job_name=name,
@@ -75,7 +69,6 @@ def host_specs(
             settings=host_settings,
             work_dir=job_dir / host,
             hidden_paths=[settings.home],
-            store_env=store_env,
             code_env=code_env,
             resources=share,
             network=network,
@@ -101,17 +94,6 @@ def _host_resources(
     ]
 
 
-def grace_seconds() -> float:
-    """SageMaker's 120 s; `OPENMAKER_STOP_GRACE_SECONDS` shortens it (tests, impatient users)."""
-    return float(os.environ.get("OPENMAKER_STOP_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
-
-
-def keep_job_files() -> bool:
-    """Like a SageMaker instance's disk, a host's folder (input data included) goes away with
-    the job; OPENMAKER_KEEP_JOB_FILES=1 keeps it for a post-mortem."""
-    return os.environ.get("OPENMAKER_KEEP_JOB_FILES") == "1"
-
-
 def run_job(
     settings: Settings,
     arn: str,
@@ -122,12 +104,12 @@ def run_job(
 ) -> None:
     job_name = request["TrainingJobName"]
     # What an earlier attempt left (its worker killed) must not leak into this one.
-    clear_job(settings.home, job_name)
+    clear_job(settings, job_name)
     recorder = JobRecorder(settings, job_name)
     stop = StopControl()
-    signal.signal(signal.SIGTERM, lambda *_: stop.request("Stopped"))
+    signal.signal(signal.SIGTERM, lambda *_: stop.request(SecondaryStatus.STOPPED))
     if stop_before_start.is_set():
-        stop.request("Stopped")
+        stop.request(SecondaryStatus.STOPPED)
     specs = host_specs(settings, arn, request, placement)
     hosts = [TrainingHost(spec, recorder.emit) for spec in specs]
     mine = _Attempt(attempt, stop)
@@ -139,7 +121,7 @@ def run_job(
         reason = "InternalServerError: " + detail.strip().splitlines()[-1]
 
         def end(job: TrainingJob) -> None:
-            state.finish(job, "Failed", reason)
+            state.finish(job, SecondaryStatus.FAILED, reason)
 
     # The job's leftovers go before its end is recorded: whoever sees the job ended (or the
     # next job given its share of the machine) finds them gone.
@@ -147,7 +129,7 @@ def run_job(
         job_access.revoke_job(settings.home, job_name)  # its code's key dies with it
         for host in hosts:
             host.close()
-        clear_job(settings.home, job_name, keep_job_files())
+        clear_job(settings, job_name, settings.keep_job_files)
         recorder.update(mine.only(end))
     finally:
         recorder.close()
@@ -173,7 +155,7 @@ class _Attempt:
 
     def claim(self, job: TrainingJob) -> None:
         if not self.current(job):
-            self.stop.request("Stopped")
+            self.stop.request(SecondaryStatus.STOPPED)
             return
         pid = os.getpid()
         # SIGTERM is handled from here on.
@@ -206,21 +188,21 @@ def _run(
     except HostFailed as exc:
         reason = exc.reason
         claimer.join()
-        return lambda j: state.finish(j, "Failed", reason)
+        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason)
     if stop.requested:
         claimer.join()
-        return lambda j: state.finish(j, stop.reason or "Stopped", None)
+        return lambda j: state.finish(j, stop.reason or SecondaryStatus.STOPPED, None)
 
     with ThreadPoolExecutor(len(hosts)) as pool:
         results = list(pool.map(lambda host: host.run(stop), hosts))
     # A stop asked for from outside wins; a host's failure (which stops the other hosts) fails.
-    stopped = stop.reason if stop.reason in ("Stopped", "MaxRuntimeExceeded") else None
+    stopped = stop.reason if stop.reason in STOPPED_BY else None
     failure, outside = _failures(results)
 
     claimer.join()  # long done by now; the job's end must not come before its claim
     if not stopped and failure is None and outside is not None:
         return _after_infrastructure_failure(hosts, outside)
-    emit(StatusChanged("Uploading", STATUS_MESSAGES["Uploading"]))
+    emit(StatusChanged(SecondaryStatus.UPLOADING))
     try:
         for host in hosts:
             host.finish()
@@ -230,9 +212,9 @@ def _run(
         print(f"outputs not uploaded: {exc.__cause__ or exc}", file=sys.stderr)
         # The code's own failure (a full volume, say) is what the job ended with, not its echo.
         reason = failure or exc.reason
-        return lambda j: state.finish(j, "Failed", reason)
+        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason)
     spec = hosts[0].spec
-    if spec.code_env and not spec.store_env:
+    if spec.code_env and spec.store.endpoint is None:
         # Written straight into the embedded store's folder: the job ends once the server's
         # S3 endpoint lists its artifacts too, so that a client that sees it end finds them.
         time.sleep(EMBEDDED_ENDPOINT_LISTING_SECONDS)
@@ -240,13 +222,13 @@ def _run(
     def finish(j: TrainingJob) -> None:
         j.model_artifacts = artifacts.model_uri
         # A stop that came while the outputs were uploaded still ends the job Stopped.
-        late = stop.reason if stop.reason in ("Stopped", "MaxRuntimeExceeded") else None
+        late = stop.reason if stop.reason in STOPPED_BY else None
         if stopped or late:
-            state.finish(j, stopped or late or "Stopped", None)
+            state.finish(j, stopped or late or SecondaryStatus.STOPPED, None)
         elif failure:
-            state.finish(j, "Failed", failure)
+            state.finish(j, SecondaryStatus.FAILED, failure)
         else:
-            state.finish(j, "Completed", None)
+            state.finish(j, SecondaryStatus.COMPLETED, None)
 
     return finish
 
@@ -278,10 +260,7 @@ def main(stop_before_start: threading.Event) -> None:
     if not data:
         return  # a spare nobody needed
     order = json.loads(data)
-    os.environ.clear()
-    os.environ.update(order["env"])
-    os.environ["OPENMAKER_HOME"] = order["home"]
-    settings = load_settings()
+    settings = from_json(order["settings"])
     # The worker's own messages (not the job's logs) go to a file, for post-mortems.
     log = os.open(
         settings.jobs_dir / order["job"] / "worker.log",

@@ -1,6 +1,54 @@
-"""The errors the SageMaker API answers with, as exceptions carrying the AWS error code."""
+"""The errors the SageMaker API answers with, as exceptions carrying the AWS error code.
+
+An operation answers the errors its model declares (its error shapes) and the errors every AWS
+service may answer (`COMMON_ERRORS`); tests/test_resources.py holds openmaker to that.
+"""
 
 from __future__ import annotations
+
+# What any AWS JSON service may answer, whatever its model declares: a request it cannot
+# parse, sign or serve now. (SageMaker answers ValidationException without declaring it.)
+COMMON_ERRORS = frozenset(
+    {
+        "AccessDeniedException",
+        "IncompleteSignatureException",
+        "InternalFailure",
+        "InvalidSignatureException",
+        "MissingAuthenticationTokenException",
+        "RequestEntityTooLargeException",
+        "SerializationException",
+        "ServiceUnavailable",
+        "ThrottlingException",
+        "UnknownOperationException",
+        "UnrecognizedClientException",
+        "ValidationException",
+    }
+)
+
+
+# Where openmaker answers an error its model does not declare for the operation, on purpose: the
+# tag operations declare none, and a missing resource is ResourceNotFound here (SageMaker itself
+# answers ValidationException; tests/test_api.py::test_tags holds openmaker's answer).
+DEPARTURES = {
+    ("sagemaker", "AddTags"): frozenset({"ResourceNotFound"}),
+    ("sagemaker", "ListTags"): frozenset({"ResourceNotFound"}),
+    ("sagemaker", "DeleteTags"): frozenset({"ResourceNotFound"}),
+}
+
+
+def declared_errors(operation: str, service: str = "sagemaker") -> frozenset[str]:
+    """The error codes (`__type`, the shape names) `operation` may answer: its model's error
+    shapes, and the common ones."""
+    # Imported here: raising these errors needs no API model (a worker raises some).
+    from openmaker.spec.model import operation_model
+
+    shapes = operation_model(operation, service).error_shapes
+    return COMMON_ERRORS | {shape.name for shape in shapes}
+
+
+def answered_errors(operation: str, service: str = "sagemaker") -> frozenset[str]:
+    """What openmaker may answer for `operation`: what the model declares, and its departures."""
+    return declared_errors(operation, service) | DEPARTURES.get((service, operation), frozenset())
 
 
 class ServiceError(Exception):

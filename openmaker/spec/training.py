@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
+from openmaker.spec.distribution import distribution_problems
 from openmaker.spec.errors import ValidationException
 from openmaker.spec.locations import LocalPaths, location_problems
 from openmaker.spec.validate import error_message, failure, null_failure, validate_input
@@ -41,6 +42,7 @@ def check_create_training_job(
         *_resource_problems(request),
         *_channel_problems(request),
         *_checkpoint_problems(request),
+        *_distribution_problems(request),
         *location_problems(request, local or LocalPaths.anywhere()),
     ]
     if problems:
@@ -70,6 +72,16 @@ def _algorithm_problems(request: Mapping[str, Any]) -> Iterator[str]:
                 f"AlgorithmSpecification.MetricDefinitions.{index}.member.Regex",
                 f"Member must be a valid regular expression ({exc})",
             )
+
+
+def _distribution_problems(request: Mapping[str, Any]) -> Iterator[str]:
+    hyperparameters = request.get("HyperParameters") or {}
+    for name, why in distribution_problems(request):
+        yield failure(
+            hyperparameters[name],
+            f"HyperParameters.{name}",
+            f"{why}; openmaker cannot run this distribution",
+        )
 
 
 def _resource_problems(request: Mapping[str, Any]) -> Iterator[str]:

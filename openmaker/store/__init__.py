@@ -5,9 +5,9 @@ from openmaker.store.keys import UnsafeKeyError, relative_to_prefix, safe_destin
 from openmaker.store.listing import ObjectInfo, list_prefix
 from openmaker.store.location import (
     Location,
+    StoreSettings,
     code_store_environment,
     resolve,
-    s3_endpoint,
     split_s3_uri,
     store_environment,
 )
@@ -24,6 +24,7 @@ __all__ = [
     "Location",
     "ObjectInfo",
     "StoreError",
+    "StoreSettings",
     "UnsafeKeyError",
     "code_store_environment",
     "delete_keys",
@@ -32,7 +33,6 @@ __all__ = [
     "read_object",
     "relative_to_prefix",
     "resolve",
-    "s3_endpoint",
     "safe_destination",
     "split_s3_uri",
     "store_environment",

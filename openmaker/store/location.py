@@ -1,19 +1,17 @@
 """Object store URIs (`s3://`, `file://`, local paths) resolved to an obstore store and a prefix.
 
-`s3://bucket/key` means the S3-compatible server named by `AWS_ENDPOINT_URL_S3` (or
-`AWS_ENDPOINT_URL`) when one is configured, and otherwise the embedded store: the folder
-`$OPENMAKER_HOME/s3/bucket`.
+`s3://bucket/key` means the S3-compatible server of the store settings (AWS_ENDPOINT_URL_S3 or
+AWS_ENDPOINT_URL, see openmaker/settings.py) when one is configured, and otherwise the embedded
+store: the folder `$OPENMAKER_HOME/s3/bucket`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import obstore
@@ -22,26 +20,10 @@ from obstore.store import LocalStore, ObjectStore, S3Store
 if TYPE_CHECKING:  # obstore's option types exist in its stubs only
     from obstore.store import ClientConfig, RetryConfig, S3Config
 
+from openmaker.settings import DEFAULT_RETRY_SECONDS, S3Endpoint, StoreSettings
 from openmaker.store.errors import StoreError
 
-
-class StoreRoots(Protocol):
-    """Where the embedded store keeps its buckets (openmaker's settings, a host's)."""
-
-    @property
-    def embedded_s3_dir(self) -> Path: ...
-
-# obstore's default is 3 minutes; a dead server should fail a job sooner than that.
-DEFAULT_RETRY_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class S3Endpoint:
-    url: str
-    access_key_id: str | None
-    secret_access_key: str | None
-    session_token: str | None
-    region: str
+__all__ = ["DEFAULT_RETRY_SECONDS", "Location", "S3Endpoint", "StoreSettings"]
 
 
 @dataclass(frozen=True)
@@ -61,66 +43,45 @@ class Location:
         return Location(self.store, key, uri)
 
 
-def s3_endpoint(env: Mapping[str, str] | None = None) -> S3Endpoint | None:
-    """The S3-compatible server configured the way AWS clients configure it, if any."""
-    env = os.environ if env is None else env
-    url = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    if not url:
-        return None
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return S3Endpoint(
-        url=url.rstrip("/"),
-        access_key_id=env.get("AWS_ACCESS_KEY_ID"),
-        secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-        session_token=env.get("AWS_SESSION_TOKEN"),
-        region=region,
-    )
-
-
-# `openmaker server` names its S3 gate in this variable for the jobs it runs: their code reaches
-# the object store (the embedded one, or the S3 server in use) through it, with a key of the
-# job's own made by the worker, while openmaker's own transfers go to the store directly.
-EMBEDDED_ENDPOINT_URL = "OPENMAKER_EMBEDDED_S3_URL"
-# "1": `openmaker server` over the user's S3 server puts the jobs' code behind its gate too (a
-# key of each job's own, scoped to its places), at the cost of a hop through rclone.
-GATE_OVER_S3_SERVER = "OPENMAKER_S3_GATE"
-# Set by `openmaker server` without a gate when the S3 server's credentials are its own key
-# pair (which also signs its API): a job's code then gets the S3 server's address without them.
-CODE_WITHOUT_S3_CREDENTIALS = "OPENMAKER_CODE_WITHOUT_S3_CREDENTIALS"
-# How long that endpoint may keep showing a folder's listing from before a direct write.
+# How long the server's S3 endpoint may keep showing a folder's listing from before a direct
+# write.
 EMBEDDED_ENDPOINT_LISTING_SECONDS = 1
 
 
 _CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def store_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+def store_environment(store: StoreSettings) -> dict[str, str]:
     """The variables that reach the S3 server in use; none for the embedded store."""
-    env = os.environ if env is None else env
-    endpoint = s3_endpoint(env)
+    endpoint = store.endpoint
     if endpoint is None:
         return {}
-    return {"AWS_ENDPOINT_URL_S3": endpoint.url, **{k: env[k] for k in _CREDENTIALS if env.get(k)}}
+    credentials = (endpoint.access_key_id, endpoint.secret_access_key, endpoint.session_token)
+    return {
+        "AWS_ENDPOINT_URL_S3": endpoint.url,
+        **{name: value for name, value in zip(_CREDENTIALS, credentials, strict=True) if value},
+    }
 
 
-def code_store_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+def code_store_environment(store: StoreSettings) -> dict[str, str]:
     """The variables a job's code needs to reach the object store: a server's gate when one
     runs (without a key: the job's own is added by its worker, see
     `openmaker.api.job_access`), else those of the S3 server in use (a job the CLI runs, or a
     server's without a gate)."""
-    env = os.environ if env is None else env
-    if env.get(EMBEDDED_ENDPOINT_URL):
-        return {"AWS_ENDPOINT_URL_S3": env[EMBEDDED_ENDPOINT_URL]}
-    variables = store_environment(env)
-    if env.get(CODE_WITHOUT_S3_CREDENTIALS) == "1":
+    if store.gate_url:
+        return {"AWS_ENDPOINT_URL_S3": store.gate_url}
+    variables = store_environment(store)
+    if store.code_without_credentials:
         variables = {k: v for k, v in variables.items() if k not in _CREDENTIALS}
     return variables
 
 
-def s3_folder_entries(endpoint: S3Endpoint, bucket: str, folder: str) -> list[tuple[str, bool]]:
+def s3_folder_entries(
+    endpoint: S3Endpoint, bucket: str, folder: str, retry: float = DEFAULT_RETRY_SECONDS
+) -> list[tuple[str, bool]]:
     """The names directly in `folder` ("" or ending in "/") of a bucket of the S3 server, each
     with whether it is a folder (a common prefix)."""
-    store = _s3_store(endpoint, bucket, retry_seconds())
+    store = _s3_store(endpoint, bucket, retry)
     listed = obstore.list_with_delimiter(store, folder.rstrip("/") or None)
     entries = [(p.rstrip("/").rpartition("/")[2], True) for p in listed["common_prefixes"]]
     return entries + [(o["path"].rpartition("/")[2], False) for o in listed["objects"]]
@@ -134,15 +95,14 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def resolve(uri: str, settings: StoreRoots, env: Mapping[str, str] | None = None) -> Location:
+def resolve(uri: str, store: StoreSettings) -> Location:
     """Resolve `s3://bucket/key`, `file:///path` or an absolute local path."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         bucket, key = split_s3_uri(uri)
-        endpoint = s3_endpoint(env)
-        if endpoint is None:
-            return Location(_embedded_bucket(settings.embedded_s3_dir, bucket), key, uri)
-        return Location(_s3_store(endpoint, bucket, retry_seconds()), key, uri)
+        if store.endpoint is None:
+            return Location(_embedded_bucket(store.embedded_dir, bucket), key, uri)
+        return Location(_s3_store(store.endpoint, bucket, store.retry_seconds), key, uri)
     if parsed.scheme == "file" or (parsed.scheme == "" and uri.startswith("/")):
         path = Path(unquote(parsed.path)).absolute()
         return _local_location(path, uri)
@@ -200,9 +160,13 @@ def _s3_store(endpoint: S3Endpoint, bucket: str, retry_seconds: float) -> S3Stor
     )
 
 
-def retry_seconds() -> float:
-    """How long a transient error (5xx, dropped connection) is retried before it is an error."""
-    return float(os.environ.get("OPENMAKER_STORE_RETRY_SECONDS", DEFAULT_RETRY_SECONDS))
+def retry_seconds(store: ObjectStore) -> float:
+    """How long a transient error (5xx, dropped connection) of `store` is retried before it is
+    an error: what `resolve` configured an S3 server's store with (the setting), the default
+    for a local folder."""
+    config = store.retry_config if isinstance(store, S3Store) else None
+    timeout = config.get("retry_timeout") if config else None
+    return timeout.total_seconds() if timeout is not None else DEFAULT_RETRY_SECONDS
 
 
 def retry_config(seconds: float) -> RetryConfig:

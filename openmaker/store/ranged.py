@@ -21,6 +21,7 @@ import obstore
 from obstore.store import ObjectStore, S3Store
 
 from openmaker.store.abort import Abort
+from openmaker.store.location import retry_seconds
 from openmaker.store.retry import Backoff, RefusedAnswer
 
 # Objects from this size up are fetched in parts; the part size keeps the number of requests
@@ -46,6 +47,7 @@ async def download_ranged(
     """Write the object to `destination`, PARTS_IN_FLIGHT parts at a time. However this ends
     (a part that fails, a cancel), no part's thread is left reading."""
     url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
+    retry = retry_seconds(store)
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.ftruncate(fd, size)
@@ -58,7 +60,8 @@ async def download_ranged(
         end = min(size, start + PART_SIZE) - 1
         async with gate:
             # Progress is reported here, on the event loop's thread, never from a worker.
-            on_bytes(await asyncio.to_thread(_fetch_into, url, destination, start, end, abort))
+            got = await asyncio.to_thread(_fetch_into, url, destination, start, end, abort, retry)
+            on_bytes(got)
 
     try:
         await asyncio.gather(*(part(start) for start in range(0, size, PART_SIZE)))
@@ -66,22 +69,26 @@ async def download_ranged(
         abort.abort()
 
 
-def _fetch_into(url: str, destination: Path, start: int, end: int, abort: Abort) -> int:
+def _fetch_into(
+    url: str, destination: Path, start: int, end: int, abort: Abort, retry: float
+) -> int:
     # A descriptor of the part's own: one shared with the others could be closed (and its
     # number reused) while a part given up on still writes.
     fd = os.open(destination, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        return fetch_part(url, fd, start, end, abort)
+        return fetch_part(url, fd, start, end, retry, abort)
     finally:
         os.close(fd)
 
 
-def fetch_part(url: str, fd: int, start: int, end: int, abort: Abort | None = None) -> int:
+def fetch_part(
+    url: str, fd: int, start: int, end: int, retry: float, abort: Abort | None = None
+) -> int:
     """Write bytes `start`..`end` at their place in `fd`; a part that breaks off is asked for
     again from the byte it reached (store/retry.py's backoff and time limit), until `abort`."""
     abort = abort or Abort()
     cursor = [start]  # the next byte to write, kept across attempts
-    backoff = Backoff()
+    backoff = Backoff(retry)
     while True:
         try:
             _write_range(url, fd, cursor, end, abort)

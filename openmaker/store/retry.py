@@ -21,8 +21,6 @@ from obstore.exceptions import (
     UnauthenticatedError,
 )
 
-from openmaker.store.location import retry_seconds
-
 _FIRST_WAIT = 0.1
 _LONGEST_WAIT = 15.0
 
@@ -53,10 +51,11 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class Backoff:
-    """Exponential backoff with full jitter, until retry_seconds() have passed."""
+    """Exponential backoff with full jitter, until `seconds` have passed (the store's retry
+    time: see `openmaker.store.location.retry_seconds`)."""
 
-    def __init__(self) -> None:
-        self.deadline = time.monotonic() + retry_seconds()
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
         self.wait = _FIRST_WAIT
 
     def next_wait(self, exc: BaseException) -> float | None:

@@ -18,6 +18,7 @@ from obstore.store import ObjectStore, S3Store
 
 from openmaker.store.abort import Abort
 from openmaker.store.errors import StoreError, short_message
+from openmaker.store.location import retry_seconds
 from openmaker.store.ranged import RANGED_MIN_SIZE, close_range, open_range
 from openmaker.store.retry import Backoff
 
@@ -52,7 +53,7 @@ async def stream_object(store: ObjectStore, key: str, size: int) -> AsyncIterato
             raise StoreError(f"cannot read {key!r}: {short_message(exc)}") from exc
         return
     offset = 0
-    backoff = Backoff()
+    backoff = Backoff(retry_seconds(store))
     while True:
         try:
             async for chunk in _attempt(store, key, offset, size):
@@ -101,6 +102,7 @@ async def _attempt(store: ObjectStore, key: str, offset: int, size: int) -> Asyn
 async def _parallel_parts(store: S3Store, key: str, size: int) -> AsyncIterator[bytearray]:
     """The object's parts in order, with PARTS_AHEAD of them being fetched at any time."""
     url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
+    retry = retry_seconds(store)
     starts = iter(range(0, size, PART_SIZE))
     pending: deque[asyncio.Task[bytearray]] = deque()
     abort = Abort()
@@ -109,7 +111,7 @@ async def _parallel_parts(store: S3Store, key: str, size: int) -> AsyncIterator[
         start = next(starts, None)
         if start is not None:
             end = min(size, start + PART_SIZE) - 1
-            read = asyncio.to_thread(_read_range, url, start, end, abort)
+            read = asyncio.to_thread(_read_range, url, start, end, abort, retry)
             pending.append(asyncio.create_task(read))
 
     for _ in range(PARTS_AHEAD):
@@ -125,12 +127,12 @@ async def _parallel_parts(store: S3Store, key: str, size: int) -> AsyncIterator[
             task.cancel()
 
 
-def _read_range(url: str, start: int, end: int, abort: Abort) -> bytearray:
+def _read_range(url: str, start: int, end: int, abort: Abort, retry: float) -> bytearray:
     """Bytes `start`..`end`; a GET that breaks off is asked for again from the byte reached."""
     buffer = bytearray(end + 1 - start)
     view = memoryview(buffer)
     got = 0
-    backoff = Backoff()
+    backoff = Backoff(retry)
     while got < len(buffer):
         try:
             connection, response = open_range(url, start + got, end, abort)
