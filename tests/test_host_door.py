@@ -1,0 +1,184 @@
+"""The host has one door (openmaker/host/training_host.py), keeps no state between calls in its
+modules, and its spec is plain data that may cross to another machine."""
+
+from __future__ import annotations
+
+import ast
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+from openmaker.host.network import JobNetwork
+from openmaker.host.spec import HostResources, HostSettings, HostSpec
+from openmaker.jobs.worker import host_specs
+from openmaker.settings import S3Endpoint, Settings
+from tests.test_layers import PACKAGE, imports
+
+# What the jobs layer may import of the host package, and why.
+JOBS_MAY_IMPORT = {
+    "openmaker.host.training_host": "the door: TrainingHost, its results and failures",
+    "openmaker.host.spec": "the plain data a host is started with",
+    "openmaker.host.events": "what hosts report, which the recorder turns into rows",
+    "openmaker.host.site": "what a job's hosts share on this machine (its bridge) and the "
+    "sweep of what a lost job left there",
+    "openmaker.host.images": "CreateTrainingJob refuses an image no host could run "
+    "(jobs/service.py); moves to the training plan",
+}
+# The worker itself: the door, the spec, the events, the site.
+WORKER_MAY_IMPORT = {
+    "openmaker.host.training_host",
+    "openmaker.host.spec",
+    "openmaker.host.events",
+    "openmaker.host.site",
+}
+
+
+def _host_imports(path: Path) -> set[str]:
+    """The host modules `path` imports (a name imported from a module counts as the module)."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    found = set()
+    for name in imports(module, path.read_text()):
+        if name == "openmaker.host" or not name.startswith("openmaker.host."):
+            continue
+        parts = name.split(".")
+        # `openmaker.host.spec.HostSpec` is the module `openmaker.host.spec`.
+        found.add(".".join(parts[:3]))
+    return found
+
+
+def test_the_jobs_layer_imports_only_the_hosts_door() -> None:
+    wrong = {
+        f"{path.relative_to(PACKAGE)} imports {name}"
+        for path in sorted((PACKAGE / "jobs").rglob("*.py"))
+        for name in _host_imports(path)
+        if name not in JOBS_MAY_IMPORT
+    }
+    assert not wrong, sorted(wrong)
+    worker = _host_imports(PACKAGE / "jobs" / "worker.py")
+    assert worker <= WORKER_MAY_IMPORT, sorted(worker - WORKER_MAY_IMPORT)
+    assert "openmaker.host.training_host" in worker
+
+
+# Calls that make a mutable container, and the methods that change one.
+_MAKERS = {"dict", "list", "set", "defaultdict", "OrderedDict", "Counter", "deque"}
+_MUTATORS = {
+    "append", "extend", "insert", "remove", "pop", "popitem", "clear", "update", "add",
+    "discard", "setdefault", "appendleft", "popleft",
+}  # fmt: skip
+
+
+def _mutable(value: ast.expr | None) -> bool:
+    if isinstance(value, ast.Dict | ast.List | ast.Set | ast.DictComp | ast.ListComp):
+        return True
+    if isinstance(value, ast.SetComp):
+        return True
+    if isinstance(value, ast.Call):
+        func = value.func
+        name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+        return name in _MAKERS
+    return False
+
+
+def module_state(source: str) -> list[str]:
+    """The module-level containers `source` changes after import (or rebinds with `global`):
+    state kept between calls, which a host object must own instead."""
+    tree = ast.parse(source)
+    containers: set[str] = set()
+    for node in tree.body:
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign) and _mutable(node.value):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign) and _mutable(node.value):
+            targets = [node.target]
+        containers |= {t.id for t in targets if isinstance(t, ast.Name)}
+    found: set[str] = set()
+    for child in ast.walk(tree):
+        if isinstance(child, ast.Global):
+            found.update(f"global {name}" for name in child.names)
+        elif isinstance(child, ast.Subscript) and isinstance(child.ctx, ast.Store | ast.Del):
+            if isinstance(child.value, ast.Name) and child.value.id in containers:
+                found.add(child.value.id)
+        elif isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute):
+            owner, method = child.func.value, child.func.attr
+            if isinstance(owner, ast.Name) and owner.id in containers and method in _MUTATORS:
+                found.add(owner.id)
+    return sorted(found)
+
+
+def test_host_modules_keep_no_state_of_their_own() -> None:
+    kept = {
+        str(path.relative_to(PACKAGE)): state
+        for path in sorted((PACKAGE / "host").rglob("*.py"))
+        if (state := module_state(path.read_text()))
+    }
+    assert kept == {}
+
+
+def test_the_state_scan_sees_what_a_host_used_to_keep() -> None:
+    """The shapes of state removed from host/inputs.py, host/volume.py and host/jobtree.py,
+    and a constant table that is only read."""
+    source = (
+        "_active: dict[str, int] = {}\n"
+        "_trees = dict()\n"
+        "_seen = set()\n"
+        "_count = 0\n"
+        "TABLE = {'a': 1}\n"
+        "def keep(k: str) -> None:\n"
+        "    _active[k] = 1\n"
+        "    _trees.pop(k, None)\n"
+        "    _seen.add(k)\n"
+        "def count() -> None:\n"
+        "    global _count\n"
+        "    _count += 1\n"
+        "def read() -> int:\n"
+        "    return TABLE['a']\n"
+    )
+    assert module_state(source) == ["_active", "_seen", "_trees", "global _count"]
+
+
+def _spec() -> HostSpec:
+    endpoint = S3Endpoint("http://127.0.0.1:9000", "AKID", "secret", None, "us-east-1")
+    settings = Settings(home=Path("/var/openmaker"), s3_endpoint=endpoint)
+    network = JobNetwork(
+        {"algo-1": "10.213.0.2", "algo-2": "10.213.0.3"},
+        "omb1234",
+        "10.213.0.1",
+        [(9000, "127.0.0.1:9000")],
+    )
+    return HostSpec(
+        job_name="j", job_arn="arn:aws:sagemaker:us-east-1:000000000000:training-job/j",
+        request={"TrainingJobName": "j", "HyperParameters": {"a": "1"}},
+        host_name="algo-2", hosts=["algo-1", "algo-2"], region="us-east-1",
+        settings=HostSettings.of(settings), work_dir=Path("/var/openmaker/jobs/j/algo-2"),
+        hidden_paths=[Path("/var/openmaker")], code_env={"AWS_ENDPOINT_URL_S3": "http://x"},
+        resources=HostResources((0, 1), 2 * 1024**3, ("0",)), network=network,
+    )  # fmt: skip
+
+
+def _round_trips(spec: HostSpec) -> None:
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    text = json.dumps(spec.to_json())
+    assert HostSpec.from_json(json.loads(text)) == spec
+    assert "openmaker.db" not in text and "sqlite" not in text
+    assert b"openmaker.db" not in pickle.dumps(spec)
+
+
+def test_a_host_spec_is_plain_data_without_the_database() -> None:
+    spec = _spec()
+    assert not hasattr(spec.settings, "database_url")
+    _round_trips(spec)
+
+
+def test_the_workers_host_specs_round_trip(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    request: dict[str, Any] = {
+        "TrainingJobName": "j",
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 2},
+        "EnableNetworkIsolation": True,  # no bridge, no key: nothing made on the machine
+    }
+    specs = host_specs(settings, "arn", request)
+    assert [spec.host_name for spec in specs] == ["algo-1", "algo-2"]
+    for spec in specs:
+        assert str(settings.database_url) not in json.dumps(spec.to_json())
+        _round_trips(spec)
