@@ -30,6 +30,9 @@ READERS_ALLOWED = {
     "api/gate_proxy.py",
     # A job's code, run in the sandbox: SageMaker's contract is its environment.
     "demo/train_digits.py",
+    # The toolkit's framework module, run in the job's sandbox: it sets the job's own
+    # distribution variables (MASTER_ADDR, TF_CONFIG) as SageMaker's framework containers do.
+    "host/launcher.py",
 }
 
 
