@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openmaker.jobs.capacity import detect_gpus
+from openmaker.instances import detect_gpus
 from openmaker.spec import validate_output
 from tests.apiserver import ApiServer
 from tests.egress import Egress

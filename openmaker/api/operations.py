@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from openmaker.jobs.cloudwatch import GROUPS, LogQueries, Window
+from openmaker.jobs.metric_reads import MetricReads
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.search import search
 from openmaker.jobs.service import TrainingJobs
@@ -49,6 +50,7 @@ class Backend:
         # A request through the API names local paths only where the machine's owner allows.
         local = LocalPaths.under(settings.file_roots, settings.home)
         self.jobs = TrainingJobs(settings, local=local)
+        self.metrics = MetricReads(self.jobs.sessions)
         self.handlers = Handlers()
         TrainingJobHandlers(self.jobs).register(self.handlers)
         TagHandlers(Tags(self.jobs.sessions, self.jobs.writers)).register(self.handlers)

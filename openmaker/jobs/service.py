@@ -92,6 +92,11 @@ class TrainingJobs:
     def close(self) -> None:
         self._closed.set()
 
+    def worker_lost(self, pid: int, started: int | None) -> bool:
+        """Whether the worker process `pid` (started at `started`, when known) is gone: for
+        what a worker left behind outside the job store (its job's S3 key)."""
+        return self.executor.lost(pid, started)
+
     def create(self, request: dict[str, Any]) -> dict[str, str]:
         with self._starting:
             return self._create(request)
