@@ -3,7 +3,6 @@ its grace; a program run to completion with explicit binds; nothing of training 
 
 from __future__ import annotations
 
-import ast
 import os
 import signal
 import socket
@@ -18,10 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import openmaker.runtime
 from openmaker.runtime import Bind, Container, ContainerSpec, unavailable_reason
 
-RUNTIME = Path(openmaker.runtime.__file__).parent
 # What the runtime must never import: the resources that use it.
 FORBIDDEN = ("openmaker.host", "openmaker.jobs", "openmaker.api")
 
@@ -116,16 +113,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
             container.wait()
 
 
-def test_the_runtime_imports_nothing_of_what_uses_it() -> None:
-    for module in RUNTIME.glob("*.py"):
-        for node in ast.walk(ast.parse(module.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                assert not name.startswith(FORBIDDEN), f"{module.name} imports {name}"
+def test_the_runtime_loads_nothing_of_what_uses_it() -> None:
+    """Its imports (tests/test_layers.py reads them) bring in no host, job or API module."""
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, openmaker.runtime; print(*sorted(sys.modules))"],
         capture_output=True,
