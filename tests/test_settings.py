@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import openmaker
-from openmaker.host.sandbox import hidden_paths
 from openmaker.jobs.queue import LAUNCH_FILE, save_launch
+from openmaker.runtime.layers import hidden_paths
 from openmaker.settings import DEFAULT_HIDDEN, from_json, load_settings, to_json
 from openmaker.store import code_store_environment, store_environment
 
