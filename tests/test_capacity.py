@@ -23,7 +23,8 @@ from openmaker.host.limits import cgroup_root
 from openmaker.jobs import capacity
 from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
-from openmaker.spec import ResourceLimitExceeded, ResourceNotFound, shape
+from openmaker.spec.errors import ResourceLimitExceeded, ResourceNotFound
+from openmaker.spec.model import shape
 from tests.helpers import log_text, make_image, request, run_script, wait_for
 from tests.process_helpers import wait_until
 

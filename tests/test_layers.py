@@ -2,7 +2,8 @@
 
 Data flows one way (docs/architecture.md): the API speaks the protocols and reaches jobs
 through the jobs layer's services, never its database or its executor, nor a host; a host
-reports through events and never touches the jobs layer or the API. Every import counts,
+reports through events and never touches the jobs layer or the API; the container runtime
+knows none of them. Every import counts,
 those inside functions and under TYPE_CHECKING included.
 """
 
@@ -19,6 +20,8 @@ PACKAGE = Path(__file__).parent.parent / "openmaker"
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "api": ("sqlalchemy", "openmaker.jobs.db", "openmaker.jobs.executor", "openmaker.host"),
     "host": ("openmaker.jobs", "openmaker.api"),
+    # The container runtime knows nothing of what runs in its containers.
+    "runtime": ("openmaker.host", "openmaker.jobs", "openmaker.api"),
 }
 
 # Imports that break a rule above and are kept for now: (importing module, imported module)

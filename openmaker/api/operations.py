@@ -18,7 +18,7 @@ from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.tags import Tags
 from openmaker.jobs.update import update_training_job
 from openmaker.settings import Settings
-from openmaker.spec import LocalPaths
+from openmaker.spec.locations import LocalPaths
 from openmaker.spec.model import operation_model
 from openmaker.spec.paging import paginator
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping
 
+from openmaker.host.container import sandbox_unavailable_reason
 from openmaker.host.limits import jobs_with_cgroups, remove_job_cgroups
 from openmaker.host.network import JobNetwork, create, jobs_with_networks, shared
 from openmaker.host.network import remove as remove_network
-from openmaker.host.sandbox import sandbox_unavailable_reason
 from openmaker.host.volume import unmount_under
 from openmaker.settings import Settings
 

@@ -97,7 +97,7 @@ def describe(amount: Resources) -> str:
 def check_can_fit(instances: Instances, machine: Machine, noun: str) -> None:
     """Refuse, under the strict policy, a job (a `noun`) this machine could never run."""
     # Imported here: a worker uses this module too, and needs no API model.
-    from openmaker.spec import ResourceLimitExceeded
+    from openmaker.spec.errors import ResourceLimitExceeded
 
     instance_type, count = instances.instance_type, instances.count
     if count > MAX_HOSTS_PER_JOB:
@@ -111,8 +111,10 @@ def check_can_fit(instances: Instances, machine: Machine, noun: str) -> None:
         return
     need = per_host(instance_type, machine)
     has = machine.resources
-    if need.cpus * count > has.cpus or need.memory * count > has.memory or need.gpus * count > (
-        has.gpus
+    if (
+        need.cpus * count > has.cpus
+        or need.memory * count > has.memory
+        or need.gpus * count > (has.gpus)
     ):
         raise ResourceLimitExceeded(
             f"{instances.member}: {count} × {instance_type} needs {count} × ({describe(need)}); "

@@ -38,15 +38,10 @@ from openmaker.jobs.query import JobQuery
 from openmaker.jobs.tags import put as put_tags
 from openmaker.jobs.training import SecondaryStatus, TrainingJobStatus
 from openmaker.settings import Settings, load_settings
-from openmaker.spec import (
-    LocalPaths,
-    ResourceInUse,
-    ResourceNotFound,
-    ValidationException,
-    check_create_training_job,
-    default_stopping_condition,
-    training_job_arn,
-)
+from openmaker.spec.arn import training_job_arn
+from openmaker.spec.errors import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.spec.locations import LocalPaths
+from openmaker.spec.training import check_create_training_job, default_stopping_condition
 
 log = logging.getLogger("openmaker.jobs")
 
