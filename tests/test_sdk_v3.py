@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import tarfile
 import uuid
@@ -116,6 +117,42 @@ dist.destroy_process_group()
 """
 
 
+# SDK v3's MPI driver asks mpirun for `-np <process_count_per_node>` whatever the host count
+# (--host lists each host's slots): the user's own `-np`, after it, asks for every rank.
+MPI_TRAINER = """
+import logging, os, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+from sagemaker.core import image_uris
+from sagemaker.train import ModelTrainer
+from sagemaker.train.configs import Compute, SourceCode
+from sagemaker.train.distributed import MPI
+
+image = image_uris.retrieve(framework="pytorch", region=os.environ["AWS_REGION"], version="2.5",
+                            py_version="py311", instance_type="ml.m5.xlarge",
+                            image_scope="training")
+trainer = ModelTrainer(training_image=image, base_job_name="v3-mpi",
+                       source_code=SourceCode(source_dir=sys.argv[1], entry_script="ranks.py"),
+                       compute=Compute(instance_type="ml.m5.xlarge", instance_count=2),
+                       distributed=MPI(process_count_per_node=2,
+                                       mpi_additional_options=["-np", "4"]))
+trainer.train(wait=True, logs=True)
+print("JOB", trainer._latest_training_job.training_job_name)
+"""
+
+# Each rank says where it runs as the host's environment has it: the ranks on algo-2 have it
+# from the session sshd gives mpirun there (the driver's /etc/environment, as pam_env would).
+RANKS_PY = """
+import os
+from mpi4py import MPI
+
+world = MPI.COMM_WORLD
+hosts = world.allgather(os.environ["SM_CURRENT_HOST"])
+print(f"rank {world.Get_rank()} of {world.Get_size()} on {hosts[world.Get_rank()]}: "
+      f"hosts {','.join(sorted(set(hosts)))}")
+"""
+
+
 def run_sdk3(
     server: ApiServer, egress: Egress, tmp_path: Path, script: str, *args: str
 ) -> str:
@@ -211,6 +248,36 @@ def test_model_trainer_torchrun_on_two_hosts(
     assert "rank 1 of 2 on algo-2: sum 3.0" in output
     (name,) = marked(output, "JOB")
     assert described(api_server, name)["ResourceConfig"]["InstanceCount"] == 2
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mpi4py") is None,
+    reason="the job's Python (openmaker's environment) has no mpi4py, which v3's MPI driver runs",
+)
+def test_model_trainer_mpi_on_two_hosts(
+    api_server: ApiServer, tmp_path: Path, no_egress: Egress
+) -> None:
+    # ~40 s: the driver on algo-2 looks for mpirun's end every 30 s.
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "ranks.py").write_text(RANKS_PY)
+    try:
+        output = run_sdk3(api_server, no_egress, tmp_path, MPI_TRAINER, str(source))
+    finally:
+        stop_all(api_server.client("sagemaker"), _started(api_server, "v3-mpi"))
+    # The driver's own sshd on each host, reached on port 22 by paramiko and ssh with their
+    # defaults; mpirun started the ranks on both hosts, each with its host's environment.
+    assert "Master can connect to all worker nodes." in output
+    assert "mpirun --host algo-1:2,algo-2:2" in output
+    ranks = sorted(re.findall(r"rank (\d+) of (\d+) on ([\w-]+): hosts ([\w,-]+)", output))
+    assert ranks == [
+        ("0", "4", "algo-1", "algo-1,algo-2"),
+        ("1", "4", "algo-1", "algo-1,algo-2"),
+        ("2", "4", "algo-2", "algo-1,algo-2"),
+        ("3", "4", "algo-2", "algo-1,algo-2"),
+    ], output
+    (name,) = marked(output, "JOB")
+    assert described(api_server, name)["TrainingJobStatus"] == "Completed"
 
 
 def test_a_framework_image_runs_its_entrypoint_or_is_refused(

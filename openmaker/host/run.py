@@ -32,7 +32,7 @@ from openmaker.host.sandbox import plan_launch, sandbox_unavailable_reason
 from openmaker.host.script_error import ErrorCapture
 from openmaker.host.source import SourceError, install_source
 from openmaker.host.spec import HostSpec
-from openmaker.host.ssh import SshError, prepare_ssh
+from openmaker.host.ssh import SshError, prepare_ssh, require_port_22, runs_sdk3_mpi_driver
 from openmaker.spec.distribution import MPIRUN, strategy_of
 from openmaker.store import StoreError, UnsafeKeyError
 
@@ -124,7 +124,11 @@ def _prepare_distribution(spec: HostSpec, image: Image) -> None:
     the job's other hosts over ssh (see openmaker/host/launcher.py)."""
     if image.program_dir is not None or len(spec.hosts) == 1:
         return
-    if strategy_of(spec.request.get("HyperParameters")).launcher != MPIRUN:
+    if image.entrypoint:  # SDK v3: its MPI driver, from the `sm_drivers` channel
+        if not runs_sdk3_mpi_driver(spec):
+            return
+        require_port_22(spec)
+    elif strategy_of(spec.request.get("HyperParameters")).launcher != MPIRUN:
         return
     reason = sandbox_unavailable_reason(spec.settings)
     if reason is not None:

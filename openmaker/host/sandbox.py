@@ -32,7 +32,7 @@ from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.limits import confine
 from openmaker.host.network import SHARED_ADDRESS_BASE, HostNamespace, enter_host, shared
 from openmaker.host.spec import HostSpec
-from openmaker.host.ssh import SSH_FOLDER
+from openmaker.host.ssh import ssh_binds
 from openmaker.host.volume import note as volume_note
 from openmaker.host.volume import observe as observe_volume
 from openmaker.host.volume import volume_of
@@ -137,8 +137,7 @@ def _plan_launch(spec: HostSpec, image: Image, command: list[str], env: dict[str
         ("--ro-bind", views.get(source, source), target) for source, target in sandbox_binds(spec)
     ]
     binds += [("--ro-bind", str(etc_hosts), "/etc/hosts")]
-    if (spec.work_dir / "ssh").is_dir():  # the job's ssh keys, when mpirun needs them
-        binds.append(("--ro-bind", str(spec.work_dir / "ssh"), SSH_FOLDER))
+    binds += ssh_binds(spec)  # the job's ssh keys and configuration, when mpirun needs them
     checkpoints = checkpoint_dir(spec)
     if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):
         binds.append(("--bind", str(checkpoints), checkpoint_local_path(spec)))
