@@ -83,6 +83,10 @@ print(f"v3 read {len(rows)} rows with alpha={args.alpha} in {os.getcwd()}")
 (pathlib.Path(os.environ["SM_MODEL_DIR"]) / "model.txt").write_text(str(args.alpha))
 """
 
+# Two jobs at once, each on two hosts: each job's algo-1 has an address of its own, so both
+# torchrun rendezvous on algo-1:7777 without meeting. Both are started before either is waited
+# for, and each takes seconds to start torch: they run at once. (A barrier between them would
+# make sure of it, but a job's credentials reach only its own data.)
 TORCHRUN = """
 import logging, os, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -95,12 +99,19 @@ from sagemaker.train.distributed import Torchrun
 image = image_uris.retrieve(framework="pytorch", region=os.environ["AWS_REGION"], version="2.5",
                             py_version="py311", instance_type="ml.m5.xlarge",
                             image_scope="training")
-trainer = ModelTrainer(training_image=image, base_job_name="v3-torchrun",
-                       source_code=SourceCode(source_dir=sys.argv[1], entry_script="reduce.py"),
-                       compute=Compute(instance_type="ml.m5.xlarge", instance_count=2),
-                       distributed=Torchrun())
-trainer.train(wait=True, logs=True)
-print("JOB", trainer._latest_training_job.training_job_name)
+trainers = [
+    ModelTrainer(training_image=image, base_job_name=f"v3-torchrun-{which}",
+                 source_code=SourceCode(source_dir=sys.argv[1], entry_script="reduce.py"),
+                 compute=Compute(instance_type="ml.m5.xlarge", instance_count=2,
+                                 volume_size_in_gb=2),
+                 distributed=Torchrun())
+    for which in "ab"
+]
+for trainer in trainers:
+    trainer.train(wait=False)
+for trainer in trainers:
+    trainer._latest_training_job.wait(logs=True)
+    print("JOB", trainer._latest_training_job.training_job_name)
 """
 
 REDUCE_PY = """
@@ -133,7 +144,8 @@ image = image_uris.retrieve(framework="pytorch", region=os.environ["AWS_REGION"]
                             image_scope="training")
 trainer = ModelTrainer(training_image=image, base_job_name="v3-mpi",
                        source_code=SourceCode(source_dir=sys.argv[1], entry_script="ranks.py"),
-                       compute=Compute(instance_type="ml.m5.xlarge", instance_count=2),
+                       compute=Compute(instance_type="ml.m5.xlarge", instance_count=2,
+                                       volume_size_in_gb=2),
                        distributed=MPI(process_count_per_node=2,
                                        mpi_additional_options=["-np", "4"]))
 trainer.train(wait=True, logs=True)
@@ -232,7 +244,7 @@ def test_model_trainer_with_a_framework_image_and_source_code(
     importlib.util.find_spec("torch") is None,
     reason="the job's Python (openmaker's environment) has no torch, which torchrun needs",
 )
-def test_model_trainer_torchrun_on_two_hosts(
+def test_two_model_trainers_torchrun_at_once_on_two_hosts_each(
     api_server: ApiServer, tmp_path: Path, no_egress: Egress
 ) -> None:
     source = tmp_path / "src"
@@ -242,12 +254,17 @@ def test_model_trainer_torchrun_on_two_hosts(
         output = run_sdk3(api_server, no_egress, tmp_path, TORCHRUN, str(source))
     finally:
         stop_all(api_server.client("sagemaker"), _started(api_server, "v3-torchrun"))
-    # Each host's driver started torchrun for its rank; the ranks met and agree on the sum.
-    assert "torchrun --nnodes=2 --nproc_per_node=1 --master_addr=algo-1" in output
-    assert "rank 0 of 2 on algo-1: sum 3.0" in output
-    assert "rank 1 of 2 on algo-2: sum 3.0" in output
-    (name,) = marked(output, "JOB")
-    assert described(api_server, name)["ResourceConfig"]["InstanceCount"] == 2
+    # Each host's driver started torchrun for its rank; in each job the ranks met, and only
+    # each other, and agree on the sum.
+    assert output.count("torchrun --nnodes=2 --nproc_per_node=1 --master_addr=algo-1") == 4
+    assert output.count("rank 0 of 2 on algo-1: sum 3.0") == 2
+    assert output.count("rank 1 of 2 on algo-2: sum 3.0") == 2
+    names = [line.split()[1] for line in output.splitlines() if line.startswith("JOB ")]
+    assert len(names) == 2
+    for name in names:
+        job = described(api_server, name)
+        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        assert job["ResourceConfig"]["InstanceCount"] == 2
 
 
 @pytest.mark.skipif(
