@@ -27,13 +27,15 @@ from pathlib import Path
 
 from openmaker.host.jobtree import read_text_head, tree_of
 from openmaker.host.spec import HostSpec
+from openmaker.runtime import Bind
 
 # Inside the sandbox.
 SSH_FOLDER = "/etc/openmaker/ssh"
-_HOST_ADDRESS_BASE = "127.0.1."  # as openmaker/host/sandbox.py gives each host
+_HOST_ADDRESS_BASE = "127.0.1."  # as openmaker/host/network.py gives each host
 _CLIENT_KEY = "id_ed25519"
 _HOST_KEY = "ssh_host_ed25519_key"
 _SHADOW = "shadow"  # in the host's folder, beside `ssh/`: the code may change it
+_PRIVSEP = "sshd-privsep"  # in the host's folder: an empty folder
 # SDK v3's `ModelTrainer` starts its `sm_drivers` channel's script, which names the driver.
 _SDK3_TRAIN_SCRIPT = "input/data/sm_drivers/sm_train.sh"
 _SDK3_MPI_DRIVER = "distributed_drivers/mpi_driver.py"
@@ -73,19 +75,19 @@ def require_port_22(spec: HostSpec) -> None:
         )
 
 
-def ssh_binds(spec: HostSpec) -> list[tuple[str, ...]]:
-    """bwrap options that show the host's ssh folder in the sandbox (none without one)."""
+def ssh_binds(spec: HostSpec) -> list[Bind]:
+    """What shows the host's ssh folder in the sandbox (nothing without one)."""
     folder = spec.work_dir / "ssh"
     if not folder.is_dir():
         return []
     return [
-        ("--ro-bind", str(folder), SSH_FOLDER),
-        ("--ro-bind", str(folder), "/root/.ssh"),
-        ("--ro-bind", str(folder / "sshd_config"), "/etc/ssh/sshd_config"),
-        ("--dir", "/run/sshd"),  # sshd's privilege separation folder
+        Bind(str(folder), SSH_FOLDER),
+        Bind(str(folder), "/root/.ssh"),
+        Bind(str(folder / "sshd_config"), "/etc/ssh/sshd_config"),
+        Bind(str(spec.work_dir / _PRIVSEP), "/run/sshd"),  # empty, root's: sshd's privsep
         # sshd refuses an account it finds locked, and the sandbox hides the machine's
         # /etc/shadow: the host's own, with root (the job's code) let in by key only.
-        ("--bind", str(spec.work_dir / _SHADOW), "/etc/shadow"),
+        Bind(str(spec.work_dir / _SHADOW), "/etc/shadow", read_only=False),
     ]
 
 
@@ -117,6 +119,7 @@ def prepare_ssh(spec: HostSpec) -> Path:
         )
     )
     (folder / "port").write_text(f"{port}\n")
+    (spec.work_dir / _PRIVSEP).mkdir(mode=0o755, exist_ok=True)
     shadow = spec.work_dir / _SHADOW
     shadow.write_text("root:*:0:0:99999:7:::\n")
     shadow.chmod(0o600)
