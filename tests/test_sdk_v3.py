@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import tarfile
 import uuid
@@ -82,6 +83,10 @@ print(f"v3 read {len(rows)} rows with alpha={args.alpha} in {os.getcwd()}")
 (pathlib.Path(os.environ["SM_MODEL_DIR"]) / "model.txt").write_text(str(args.alpha))
 """
 
+# Two jobs at once, each on two hosts: each job's algo-1 has an address of its own, so both
+# torchrun rendezvous on algo-1:7777 without meeting. Both are started before either is waited
+# for, and each takes seconds to start torch: they run at once. (A barrier between them would
+# make sure of it, but a job's credentials reach only its own data.)
 TORCHRUN = """
 import logging, os, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -94,12 +99,19 @@ from sagemaker.train.distributed import Torchrun
 image = image_uris.retrieve(framework="pytorch", region=os.environ["AWS_REGION"], version="2.5",
                             py_version="py311", instance_type="ml.m5.xlarge",
                             image_scope="training")
-trainer = ModelTrainer(training_image=image, base_job_name="v3-torchrun",
-                       source_code=SourceCode(source_dir=sys.argv[1], entry_script="reduce.py"),
-                       compute=Compute(instance_type="ml.m5.xlarge", instance_count=2),
-                       distributed=Torchrun())
-trainer.train(wait=True, logs=True)
-print("JOB", trainer._latest_training_job.training_job_name)
+trainers = [
+    ModelTrainer(training_image=image, base_job_name=f"v3-torchrun-{which}",
+                 source_code=SourceCode(source_dir=sys.argv[1], entry_script="reduce.py"),
+                 compute=Compute(instance_type="ml.m5.xlarge", instance_count=2,
+                                 volume_size_in_gb=2),
+                 distributed=Torchrun())
+    for which in "ab"
+]
+for trainer in trainers:
+    trainer.train(wait=False)
+for trainer in trainers:
+    trainer._latest_training_job.wait(logs=True)
+    print("JOB", trainer._latest_training_job.training_job_name)
 """
 
 REDUCE_PY = """
@@ -113,6 +125,43 @@ dist.all_reduce(total)
 print(f"rank {dist.get_rank()} of {dist.get_world_size()} on {os.environ['SM_CURRENT_HOST']}: "
       f"sum {total.item()}")
 dist.destroy_process_group()
+"""
+
+
+# SDK v3's MPI driver asks mpirun for `-np <process_count_per_node>` whatever the host count
+# (--host lists each host's slots): the user's own `-np`, after it, asks for every rank.
+MPI_TRAINER = """
+import logging, os, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+from sagemaker.core import image_uris
+from sagemaker.train import ModelTrainer
+from sagemaker.train.configs import Compute, SourceCode
+from sagemaker.train.distributed import MPI
+
+image = image_uris.retrieve(framework="pytorch", region=os.environ["AWS_REGION"], version="2.5",
+                            py_version="py311", instance_type="ml.m5.xlarge",
+                            image_scope="training")
+trainer = ModelTrainer(training_image=image, base_job_name="v3-mpi",
+                       source_code=SourceCode(source_dir=sys.argv[1], entry_script="ranks.py"),
+                       compute=Compute(instance_type="ml.m5.xlarge", instance_count=2,
+                                       volume_size_in_gb=2),
+                       distributed=MPI(process_count_per_node=2,
+                                       mpi_additional_options=["-np", "4"]))
+trainer.train(wait=True, logs=True)
+print("JOB", trainer._latest_training_job.training_job_name)
+"""
+
+# Each rank says where it runs as the host's environment has it: the ranks on algo-2 have it
+# from the session sshd gives mpirun there (the driver's /etc/environment, as pam_env would).
+RANKS_PY = """
+import os
+from mpi4py import MPI
+
+world = MPI.COMM_WORLD
+hosts = world.allgather(os.environ["SM_CURRENT_HOST"])
+print(f"rank {world.Get_rank()} of {world.Get_size()} on {hosts[world.Get_rank()]}: "
+      f"hosts {','.join(sorted(set(hosts)))}")
 """
 
 
@@ -195,7 +244,7 @@ def test_model_trainer_with_a_framework_image_and_source_code(
     importlib.util.find_spec("torch") is None,
     reason="the job's Python (openmaker's environment) has no torch, which torchrun needs",
 )
-def test_model_trainer_torchrun_on_two_hosts(
+def test_two_model_trainers_torchrun_at_once_on_two_hosts_each(
     api_server: ApiServer, tmp_path: Path, no_egress: Egress
 ) -> None:
     source = tmp_path / "src"
@@ -205,12 +254,47 @@ def test_model_trainer_torchrun_on_two_hosts(
         output = run_sdk3(api_server, no_egress, tmp_path, TORCHRUN, str(source))
     finally:
         stop_all(api_server.client("sagemaker"), _started(api_server, "v3-torchrun"))
-    # Each host's driver started torchrun for its rank; the ranks met and agree on the sum.
-    assert "torchrun --nnodes=2 --nproc_per_node=1 --master_addr=algo-1" in output
-    assert "rank 0 of 2 on algo-1: sum 3.0" in output
-    assert "rank 1 of 2 on algo-2: sum 3.0" in output
+    # Each host's driver started torchrun for its rank; in each job the ranks met, and only
+    # each other, and agree on the sum.
+    assert output.count("torchrun --nnodes=2 --nproc_per_node=1 --master_addr=algo-1") == 4
+    assert output.count("rank 0 of 2 on algo-1: sum 3.0") == 2
+    assert output.count("rank 1 of 2 on algo-2: sum 3.0") == 2
+    names = [line.split()[1] for line in output.splitlines() if line.startswith("JOB ")]
+    assert len(names) == 2
+    for name in names:
+        job = described(api_server, name)
+        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        assert job["ResourceConfig"]["InstanceCount"] == 2
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mpi4py") is None,
+    reason="the job's Python (openmaker's environment) has no mpi4py, which v3's MPI driver runs",
+)
+def test_model_trainer_mpi_on_two_hosts(
+    api_server: ApiServer, tmp_path: Path, no_egress: Egress
+) -> None:
+    # ~40 s: the driver on algo-2 looks for mpirun's end every 30 s.
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "ranks.py").write_text(RANKS_PY)
+    try:
+        output = run_sdk3(api_server, no_egress, tmp_path, MPI_TRAINER, str(source))
+    finally:
+        stop_all(api_server.client("sagemaker"), _started(api_server, "v3-mpi"))
+    # The driver's own sshd on each host, reached on port 22 by paramiko and ssh with their
+    # defaults; mpirun started the ranks on both hosts, each with its host's environment.
+    assert "Master can connect to all worker nodes." in output
+    assert "mpirun --host algo-1:2,algo-2:2" in output
+    ranks = sorted(re.findall(r"rank (\d+) of (\d+) on ([\w-]+): hosts ([\w,-]+)", output))
+    assert ranks == [
+        ("0", "4", "algo-1", "algo-1,algo-2"),
+        ("1", "4", "algo-1", "algo-1,algo-2"),
+        ("2", "4", "algo-2", "algo-1,algo-2"),
+        ("3", "4", "algo-2", "algo-1,algo-2"),
+    ], output
     (name,) = marked(output, "JOB")
-    assert described(api_server, name)["ResourceConfig"]["InstanceCount"] == 2
+    assert described(api_server, name)["TrainingJobStatus"] == "Completed"
 
 
 def test_a_framework_image_runs_its_entrypoint_or_is_refused(

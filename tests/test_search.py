@@ -80,11 +80,18 @@ def test_search_filters_sorts_and_pages(api_server: ApiServer, tmp_path: Path) -
     }
     assert sorted(_names(_search(api_server, SearchExpression=either))) == [names[0], names[2]]
 
-    # Pages: newest first by default order, every job once.
+    # Pages: newest first, every job once. (By creation: the default order, LastModifiedTime,
+    # moves as the jobs run.)
     paged, token = [], None
     while True:
         extra: dict[str, str] = {"NextToken": token} if token else {}
-        page = _search(api_server, SearchExpression={"Filters": [mine]}, MaxResults=2, **extra)
+        page = _search(
+            api_server,
+            SearchExpression={"Filters": [mine]},
+            SortBy="CreationTime",
+            MaxResults=2,
+            **extra,
+        )
         paged += _names(page)
         token = page.get("NextToken")
         if not token:

@@ -112,6 +112,11 @@ INVALID: dict[str, tuple[Change, str]] = {
         put("OutputDataConfig.S3OutputPath", "ftp://bucket/output"),
         "at 'OutputDataConfig.S3OutputPath'",
     ),
+    # Found by the API fuzz test: a 500 from the URI parser before this was checked.
+    "output-unclosed-ipv6-host": (
+        put("OutputDataConfig.S3OutputPath", "https://0["),
+        "at 'OutputDataConfig.S3OutputPath' failed to satisfy constraint: Member must be a valid",
+    ),
     "hyperparameters-101": (
         put("HyperParameters", {f"p{i}": "1" for i in range(101)}),
         "at 'HyperParameters'",

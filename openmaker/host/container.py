@@ -22,7 +22,7 @@ from openmaker.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.host.limits import host_limits
 from openmaker.host.network import HostNamespace, enter_host, shared
 from openmaker.host.spec import HostSettings, HostSpec
-from openmaker.host.ssh import SSH_FOLDER
+from openmaker.host.ssh import ssh_binds
 from openmaker.host.volume import Volume
 from openmaker.runtime import Bind, Container, ContainerSpec, unavailable_reason
 from openmaker.runtime.layers import hidden_paths
@@ -94,8 +94,7 @@ def _sandboxed(
         Bind(source, target, unnamed=Path(source).is_relative_to(home))
         for source, target in sandbox_binds(spec)
     ]
-    if (spec.work_dir / "ssh").is_dir():  # the job's ssh keys, when mpirun needs them
-        binds.append(Bind(str(spec.work_dir / "ssh"), SSH_FOLDER))
+    binds += ssh_binds(spec)  # the job's ssh keys and configuration, when mpirun needs them
     checkpoints = checkpoint_dir(spec)
     if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):
         binds.append(Bind(str(checkpoints), checkpoint_local_path(spec), read_only=False))

@@ -32,7 +32,7 @@ from openmaker.host.notes import opening_lines
 from openmaker.host.script_error import ErrorCapture
 from openmaker.host.source import SourceError, install_source
 from openmaker.host.spec import HostSpec
-from openmaker.host.ssh import SshError, prepare_ssh
+from openmaker.host.ssh import SshError, prepare_ssh, require_port_22, runs_sdk3_mpi_driver
 from openmaker.host.volume import Volume
 from openmaker.spec.distribution import MPIRUN, strategy_of
 from openmaker.store import StoreError, UnsafeKeyError
@@ -94,7 +94,7 @@ def execute(
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
     try:
-        _prepare_distribution(spec, image)
+        _prepare_distribution(spec, tree, image)
     except SshError as exc:
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
@@ -130,12 +130,16 @@ def execute(
     return HostResult(result.code, result.stopped, failure)
 
 
-def _prepare_distribution(spec: HostSpec, image: Image) -> None:
+def _prepare_distribution(spec: HostSpec, tree: HostTree, image: Image) -> None:
     """What the launcher of the request's `distribution` needs from outside: mpirun reaches
     the job's other hosts over ssh (see openmaker/host/launcher.py)."""
     if image.program_dir is not None or len(spec.hosts) == 1:
         return
-    if strategy_of(spec.request.get("HyperParameters")).launcher != MPIRUN:
+    if image.entrypoint:  # SDK v3: its MPI driver, from the `sm_drivers` channel
+        if not runs_sdk3_mpi_driver(tree):
+            return
+        require_port_22(spec)
+    elif strategy_of(spec.request.get("HyperParameters")).launcher != MPIRUN:
         return
     reason = sandbox_unavailable_reason(spec.settings)
     if reason is not None:

@@ -10,7 +10,11 @@ client key is authorized by this job's hosts only, and each client trusts only t
 key: the key lets the job's code into its own hosts and nowhere else.
 
 Everything lands in the host's folder (`ssh/`), shown read-only at SSH_FOLDER in the sandbox;
-openmaker/host/launcher.py starts sshd and points the ssh client at it there.
+openmaker/host/launcher.py starts sshd and points the ssh client at it there. SDK v3's MPI
+driver instead runs `/usr/sbin/sshd -D` and `ssh`/paramiko with their defaults, as in
+SageMaker's containers: the sandbox also shows the folder as root's `~/.ssh` (key, known_hosts,
+client config) and its sshd_config as /etc/ssh/sshd_config, over the machine's (which the
+sandbox never shows: its host keys are hidden), so those defaults find the job's keys.
 """
 
 from __future__ import annotations
@@ -21,13 +25,20 @@ import socket
 import subprocess
 from pathlib import Path
 
+from openmaker.host.jobtree import HostTree, read_text_head
 from openmaker.host.spec import HostSpec
+from openmaker.runtime import Bind
 
 # Inside the sandbox.
 SSH_FOLDER = "/etc/openmaker/ssh"
 _HOST_ADDRESS_BASE = "127.0.1."  # as openmaker/host/network.py gives each host
 _CLIENT_KEY = "id_ed25519"
 _HOST_KEY = "ssh_host_ed25519_key"
+_SHADOW = "shadow"  # in the host's folder, beside `ssh/`: the code may change it
+_PRIVSEP = "sshd-privsep"  # in the host's folder: an empty folder
+# SDK v3's `ModelTrainer` starts its `sm_drivers` channel's script, which names the driver.
+_SDK3_TRAIN_SCRIPT = "input/data/sm_drivers/sm_train.sh"
+_SDK3_MPI_DRIVER = "distributed_drivers/mpi_driver.py"
 
 
 class SshError(RuntimeError):
@@ -44,6 +55,40 @@ def _own_namespaces(spec: HostSpec) -> bool:
     """Whether each host has a network of its own (host/network.py): then sshd listens on port
     22 of its own address, as in SageMaker's containers."""
     return spec.network is not None and spec.network.bridge is not None
+
+
+def runs_sdk3_mpi_driver(tree: HostTree) -> bool:
+    """Whether the job is SDK v3's `ModelTrainer` with `distributed=MPI()` (read from its
+    `sm_drivers` channel, downloaded by now)."""
+    script = read_text_head(tree.ml, _SDK3_TRAIN_SCRIPT, 64 * 1024)
+    return script is not None and _SDK3_MPI_DRIVER in script
+
+
+def require_port_22(spec: HostSpec) -> None:
+    """SDK v3's MPI driver reaches the other hosts on port 22 whatever ssh's configuration says:
+    that needs each host's network of its own."""
+    if not _own_namespaces(spec):
+        reason = spec.network.note if spec.network is not None else "the machine's network"
+        raise SshError(
+            "SDK v3's MPI driver reaches the job's other hosts on port 22, which needs each "
+            f"host to have a network of its own, and this job's hosts share one ({reason})"
+        )
+
+
+def ssh_binds(spec: HostSpec) -> list[Bind]:
+    """What shows the host's ssh folder in the sandbox (nothing without one)."""
+    folder = spec.work_dir / "ssh"
+    if not folder.is_dir():
+        return []
+    return [
+        Bind(str(folder), SSH_FOLDER),
+        Bind(str(folder), "/root/.ssh"),
+        Bind(str(folder / "sshd_config"), "/etc/ssh/sshd_config"),
+        Bind(str(spec.work_dir / _PRIVSEP), "/run/sshd"),  # empty, root's: sshd's privsep
+        # sshd refuses an account it finds locked, and the sandbox hides the machine's
+        # /etc/shadow: the host's own, with root (the job's code) let in by key only.
+        Bind(str(spec.work_dir / _SHADOW), "/etc/shadow", read_only=False),
+    ]
 
 
 def prepare_ssh(spec: HostSpec) -> Path:
@@ -74,7 +119,11 @@ def prepare_ssh(spec: HostSpec) -> Path:
         )
     )
     (folder / "port").write_text(f"{port}\n")
-    (folder / "ssh_config").write_text(
+    (spec.work_dir / _PRIVSEP).mkdir(mode=0o755, exist_ok=True)
+    shadow = spec.work_dir / _SHADOW
+    shadow.write_text("root:*:0:0:99999:7:::\n")
+    shadow.chmod(0o600)
+    client_config = (
         f"Host {names}\n"
         f"    Port {port}\n"
         "    User root\n"
@@ -84,6 +133,13 @@ def prepare_ssh(spec: HostSpec) -> Path:
         "    StrictHostKeyChecking yes\n"
         "    BatchMode yes\n"
     )
+    # ~/.ssh/config is root's own (the folder is ~/.ssh too); ssh_config is Included.
+    (folder / "ssh_config").write_text(client_config)
+    (folder / "config").write_text(client_config)
+    # What a session sees of the host's environment, as pam_env gives it on SageMaker: SDK v3's
+    # driver writes its variables to /etc/environment for the ranks mpirun starts over ssh.
+    (folder / "environment").unlink(missing_ok=True)
+    (folder / "environment").symlink_to("/etc/environment")
     (folder / "sshd_config").write_text(
         f"ListenAddress {host_address(spec, spec.host_name)}:{port}\n"
         f"HostKey {SSH_FOLDER}/{_HOST_KEY}\n"
@@ -103,7 +159,8 @@ def prepare_ssh(spec: HostSpec) -> Path:
         "AllowAgentForwarding no\n"
         "PermitTunnel no\n"
         "X11Forwarding no\n"
-        "PermitUserEnvironment no\n"
+        # ~/.ssh/environment, the host's /etc/environment (above): no more than root has.
+        "PermitUserEnvironment yes\n"
         "LogLevel ERROR\n"
     )
     return folder

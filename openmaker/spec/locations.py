@@ -90,6 +90,11 @@ def dot_segment(uri: str) -> bool:
 
 
 def _uri_problems(uri: str, at: str, local: LocalPaths) -> Iterator[str]:
+    try:
+        urlparse(uri)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket in the host
+        yield failure(uri, at, f"Member must be a valid URI ({exc})")
+        return
     path = _local_path(uri, relative=False)
     if path is not None:
         yield from _local_problems(uri, path, at, local)
