@@ -164,13 +164,27 @@ def run_script(
     """Run `script` as a bring-your-own-container job to its end: (the service, its description).
 
     `edit` changes the request before it is sent, for members deeper than the top level."""
+    jobs = start_script(tmp_path, name, script, output, channels, edit, **extra)
+    return jobs, wait_for(jobs, name)
+
+
+def start_script(
+    tmp_path: Path,
+    name: str,
+    script: str,
+    output: str = "s3://b/out",
+    channels: dict[str, str] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **extra: Any,
+) -> TrainingJobs:
+    """Start `script` as a job, as run_script does, without waiting for its end."""
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
     body = request(name, str(image), output, channels, **extra)
     if edit is not None:
         edit(body)
     jobs.create(body)
-    return jobs, wait_for(jobs, name)
+    return jobs
 
 
 def source_of(body: dict[str, Any], channel: int = 0) -> dict[str, Any]:
