@@ -33,7 +33,7 @@ from openmaker.request_builder import (
     load_request,
 )
 from openmaker.settings import Settings, SettingsError, StoreSettings, load_settings
-from openmaker.spec import ServiceError
+from openmaker.spec.errors import ServiceError
 from openmaker.store import StoreError
 from openmaker.watch import follow, print_logs
 
@@ -314,7 +314,7 @@ def server(
                 f"S3: {upstream.url} (AWS_ENDPOINT_URL_S3); no S3 endpoint of openmaker's own"
                 + (f", but a gate for the jobs' code alone on {gate}" if gate else "")
             )
-        console.print("Point AWS clients here with: eval \"$(openmaker env)\"")
+        console.print('Point AWS clients here with: eval "$(openmaker env)"')
 
     try:
         serve(_settings(), host, port, s3_port, announce)
@@ -332,15 +332,19 @@ def env_command() -> None:
     settings = _settings()
     record = read_record(settings)
     if record is None:
-        raise _fail("no openmaker server is running for this OPENMAKER_HOME; start one with "
-                    "'openmaker server'")
+        raise _fail(
+            "no openmaker server is running for this OPENMAKER_HOME; start one with "
+            "'openmaker server'"
+        )
     credentials = configured_credentials(settings)
     # A server given its pair in the environment stored none: only the same variables tell it.
     server_key = record.access_key_id
     if credentials is None or (server_key and credentials.access_key_id != server_key):
-        raise _fail(f"the server checks signatures with access key {server_key or '(unknown)'}, "
-                    f"given to it in {KEY_VARIABLE} and {SECRET_VARIABLE}: set the same two "
-                    "variables for 'openmaker env'")
+        raise _fail(
+            f"the server checks signatures with access key {server_key or '(unknown)'}, "
+            f"given to it in {KEY_VARIABLE} and {SECRET_VARIABLE}: set the same two "
+            "variables for 'openmaker env'"
+        )
     variables = client_environment(
         record,
         credentials.access_key_id,

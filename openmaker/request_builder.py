@@ -12,7 +12,8 @@ from typing import Any
 from openmaker.host.artifacts import pack
 from openmaker.host.images import SCRIPT_MODE_IMAGE
 from openmaker.settings import Settings
-from openmaker.spec import default_stopping_condition, unique_name
+from openmaker.spec.names import unique_name
+from openmaker.spec.training import default_stopping_condition
 from openmaker.store import resolve, upload_file
 
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"

@@ -17,7 +17,7 @@ from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.state import TERMINAL
 from openmaker.settings import load_settings
-from openmaker.spec import ResourceNotFound, ValidationException
+from openmaker.spec.errors import ResourceNotFound, ValidationException
 from openmaker.store import resolve
 
 

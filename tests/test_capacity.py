@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from openmaker import instances
 from openmaker.host.limits import cgroup_root
 from openmaker.jobs import capacity
 from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
-from openmaker.spec import ResourceLimitExceeded, ResourceNotFound, shape
+from openmaker.spec.errors import ResourceLimitExceeded, ResourceNotFound
+from openmaker.spec.model import shape
 from tests.helpers import log_text, make_image, request, run_script, wait_for
 from tests.process_helpers import wait_until
 
@@ -150,16 +152,16 @@ def test_catalog_holds_real_instance_types_with_their_published_sizes() -> None:
     known = set(shape("TrainingInstanceType").metadata["enum"]) | set(
         shape("ProductionVariantInstanceType").metadata["enum"]
     )
-    catalog = capacity.catalog()
+    catalog = instances.catalog()
     assert len(catalog) > 100
     assert set(catalog) <= known
     for family in ("m5", "m6i", "m7i", "c5", "c6i", "c7i", "r5", "r6i", "t3", "g4dn", "g5",
                    "g6", "p3", "p4d", "p5", "trn1", "inf2"):  # fmt: skip
         assert any(name.startswith(f"ml.{family}.") for name in catalog), family
-    assert catalog["ml.m5.xlarge"] == capacity.Resources(4, 16 * GIB, 0)
-    assert catalog["ml.c5.large"] == capacity.Resources(2, 4 * GIB, 0)
-    assert catalog["ml.g5.12xlarge"] == capacity.Resources(48, 192 * GIB, 4)
-    assert catalog["ml.p4d.24xlarge"] == capacity.Resources(96, 1152 * GIB, 8)
+    assert catalog["ml.m5.xlarge"] == instances.Resources(4, 16 * GIB, 0)
+    assert catalog["ml.c5.large"] == instances.Resources(2, 4 * GIB, 0)
+    assert catalog["ml.g5.12xlarge"] == instances.Resources(48, 192 * GIB, 4)
+    assert catalog["ml.p4d.24xlarge"] == instances.Resources(96, 1152 * GIB, 8)
 
 
 def test_machine_capacity_is_detected_and_settings_override_it(

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openmaker.jobs.capacity import detect_gpus
-from openmaker.spec import validate_output
+from openmaker.instances import detect_gpus
+from openmaker.spec.validate import validate_output
 from tests.apiserver import ApiServer
 from tests.egress import Egress
 from tests.helpers import make_image
@@ -105,9 +105,7 @@ def test_attach_reads_every_member_it_needs(
     source.mkdir()
     (source / "train.py").write_text(TRAIN_PY)
     script = tmp_path / "attach.py"
-    script.write_text(
-        SCRIPT.format(bucket=bucket, role=ROLE, image=str(image), source=str(source))
-    )
+    script.write_text(SCRIPT.format(bucket=bucket, role=ROLE, image=str(image), source=str(source)))
     done = subprocess.run(
         no_egress.command([sys.executable, str(script)]),
         env=client_env(api_server, tmp_path / "client-home"),

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from openmaker.api.cloudwatch_metrics import CloudWatchMetrics
+from openmaker.jobs.metric_reads import MetricReads
 from openmaker.jobs.service import TrainingJobs
 from tests.test_db_upgrade import FIRST_RELEASE_TABLE
 
@@ -41,7 +42,7 @@ def test_values_stored_before_hosts_were_kept_are_the_jobs(home: Path) -> None:
     old.close()
 
     jobs = TrainingJobs()
-    metrics = CloudWatchMetrics(jobs.sessions, jobs.settings.account_id)
+    metrics = CloudWatchMetrics(MetricReads(jobs.sessions), jobs.settings.account_id)
     query = {
         "Namespace": "/aws/sagemaker/TrainingJobs",
         "MetricName": "loss",

@@ -1,9 +1,8 @@
 """Jobs as resources: statuses as the model names them, the kinds the shared machinery takes,
-an API that knows no database, and errors the model declares."""
+and errors the model declares (the layers: tests/test_layers.py)."""
 
 from __future__ import annotations
 
-import ast
 import json
 import uuid
 from collections.abc import Iterator
@@ -14,20 +13,18 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.model import StringShape
-from openmaker.settings import load_settings
 
 from openmaker.api.operations import Backend
 from openmaker.jobs import kinds, state
 from openmaker.jobs.db import JobRecord, TrainingJob
 from openmaker.jobs.logs import LOG_GROUP
 from openmaker.jobs.training import SecondaryStatus, TrainingJobStatus
+from openmaker.settings import load_settings
 from openmaker.spec import errors
 from openmaker.spec.errors import answered_errors, declared_errors
 from openmaker.spec.model import shape
 from tests.apiserver import ApiServer, stop_all
 from tests.helpers import make_image, request
-
-API = Path(__file__).parent.parent / "openmaker" / "api"
 
 
 def test_statuses_are_the_models_and_carry_their_messages() -> None:
@@ -70,21 +67,6 @@ def test_every_kind_is_a_job_the_shared_machinery_can_handle() -> None:
     assert kinds.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint/e") is None
     assert kinds.of_arn("training-job/a-job") is None
     assert kinds.log_groups() == (LOG_GROUP,)
-
-
-def test_the_api_imports_no_database() -> None:
-    """The API's own modules reach jobs through the service layer: the database (and how a busy
-    one is answered) is the jobs layer's."""
-    for module in ("app.py", "operations.py", "server.py"):
-        tree = ast.parse((API / module).read_text())
-        imported = {
-            alias.name
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Import)
-            for alias in node.names
-        } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-        database = {m for m in imported if m.startswith(("sqlalchemy", "openmaker.jobs.db"))}
-        assert not database, f"api/{module} imports {database}"
 
 
 def _served() -> dict[str, list[str]]:

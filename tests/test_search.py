@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from openmaker.spec import validate_output
+from openmaker.spec.validate import validate_output
 from tests.apiserver import ApiServer
 from tests.helpers import make_image, request
 from tests.test_api_clients import new_bucket
@@ -84,9 +84,7 @@ def test_search_filters_sorts_and_pages(api_server: ApiServer, tmp_path: Path) -
     paged, token = [], None
     while True:
         extra: dict[str, str] = {"NextToken": token} if token else {}
-        page = _search(
-            api_server, SearchExpression={"Filters": [mine]}, MaxResults=2, **extra
-        )
+        page = _search(api_server, SearchExpression={"Filters": [mine]}, MaxResults=2, **extra)
         paged += _names(page)
         token = page.get("NextToken")
         if not token:

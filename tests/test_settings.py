@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import openmaker
-from openmaker.host.sandbox import hidden_paths
 from openmaker.jobs.queue import LAUNCH_FILE, save_launch
+from openmaker.runtime.layers import hidden_paths
 from openmaker.settings import DEFAULT_HIDDEN, from_json, load_settings, to_json
 from openmaker.store import code_store_environment, store_environment
 
@@ -30,6 +30,9 @@ READERS_ALLOWED = {
     "api/gate_proxy.py",
     # A job's code, run in the sandbox: SageMaker's contract is its environment.
     "demo/train_digits.py",
+    # The toolkit's framework module, run in the job's sandbox: it sets the job's own
+    # distribution variables (MASTER_ADDR, TF_CONFIG) as SageMaker's framework containers do.
+    "host/launcher.py",
 }
 
 

@@ -12,23 +12,18 @@ from typing import Any
 import pytest
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
-from openmaker.spec import (
-    ValidationException,
-    check_create_training_job,
+from openmaker.spec.arn import resource_arn, training_job_arn
+from openmaker.spec.errors import ValidationException
+from openmaker.spec.model import _loader, operation_model, service_model, shape
+from openmaker.spec.names import unique_name
+from openmaker.spec.training import check_create_training_job, default_stopping_condition
+from openmaker.spec.validate import (
     compile_pattern,
-    default_stopping_condition,
-    operation_model,
+    java_to_python,
     pattern_matches,
-    resource_arn,
-    service_model,
-    shape,
-    training_job_arn,
-    unique_name,
     validate_input,
     validate_output,
 )
-from openmaker.spec.model import _loader
-from openmaker.spec.validate import java_to_python
 
 # What boto3 sends for a minimal CreateTrainingJob.
 BASE: dict[str, Any] = {

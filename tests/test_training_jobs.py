@@ -18,7 +18,7 @@ import pytest
 
 from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import DEFAULT_NETWORK_RANGE
-from openmaker.spec import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.spec.errors import ResourceInUse, ResourceNotFound, ValidationException
 from openmaker.spec.validate import validate_output
 from tests.helpers import (
     get_object,

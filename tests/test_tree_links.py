@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from openmaker.host.container import sandbox_unavailable_reason
 from openmaker.host.fastfile import is_mounted
-from openmaker.host.sandbox import sandbox_unavailable_reason
 from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
-from openmaker.spec import ValidationException
+from openmaker.spec.errors import ValidationException
 from openmaker.store import list_prefix, resolve
 from openmaker.tools import find_tool
 from tests.helpers import (

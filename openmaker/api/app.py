@@ -60,14 +60,14 @@ class Service:
 
 
 def create_app(backend: Backend, credentials: Credentials) -> Starlette:
-    sessions, settings = backend.jobs.sessions, backend.jobs.settings
+    settings = backend.jobs.settings
     services = {
         "SageMaker": Service("sagemaker", "sagemaker", backend.handlers.of("sagemaker")),
         "Logs_20140328": Service("logs", "logs", backend.handlers.of("logs")),
         cloudwatch_metrics.TARGET_PREFIX: Service(
             cloudwatch_metrics.SERVICE,
             "monitoring",
-            CloudWatchMetrics(sessions, settings.account_id).handlers(),
+            CloudWatchMetrics(backend.metrics, settings.account_id).handlers(),
             cloudwatch_metrics.CONTENT_TYPE,
             cloudwatch_metrics.validate,
         ),
@@ -78,7 +78,7 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
             Service(
                 sagemaker_metrics.SERVICE,
                 "sagemaker",
-                SageMakerMetrics(sessions).handlers(),
+                SageMakerMetrics(backend.metrics).handlers(),
                 sagemaker_metrics.CONTENT_TYPE,
             ),
             "BatchGetMetrics",

@@ -18,16 +18,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from openmaker.api.operations import Handler
+from openmaker.jobs.metric_reads import MetricReads
 from openmaker.jobs.metric_series import (
     BASIC_STATISTICS,
     NAMESPACE,
     Bucket,
     Series,
-    all_series,
-    buckets,
     percentile_of,
     series_of,
 )
@@ -86,8 +83,8 @@ def validate(operation: str, params: dict[str, Any], service: str = SERVICE) -> 
 
 
 class CloudWatchMetrics:
-    def __init__(self, sessions: sessionmaker[Session], account: str) -> None:
-        self.sessions, self.account = sessions, account
+    def __init__(self, reads: MetricReads, account: str) -> None:
+        self.reads, self.account = reads, account
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -188,8 +185,7 @@ class CloudWatchMetrics:
         since = None
         if params.get("RecentlyActive"):
             since = int((datetime.now(UTC) - RECENT).timestamp() * 1000)
-        with self.sessions() as session:
-            found = all_series(session, since)
+        found = self.reads.all_series(since)
         name = params.get("MetricName")
         filters = params.get("Dimensions") or []
         found = [s for s in found if (name is None or s.name == name) and _passes(s, filters)]
@@ -213,8 +209,7 @@ class CloudWatchMetrics:
     ) -> list[Bucket]:
         if series is None or (unit is not None and unit != series.unit):
             return []  # CloudWatch has no data for it: no error either
-        with self.sessions() as session:
-            return buckets(session, series, start, end, period * 1000, percentiles)
+        return self.reads.buckets(series, start, end, period * 1000, percentiles)
 
 
 def _plan(query: dict[str, Any], index: int) -> dict[str, Any]:

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from openmaker.jobs.cloudwatch import GROUPS, LogQueries, Window
+from openmaker.jobs.metric_reads import MetricReads
 from openmaker.jobs.query import JobQuery
 from openmaker.jobs.search import search
 from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.tags import Tags
 from openmaker.jobs.update import update_training_job
 from openmaker.settings import Settings
-from openmaker.spec import LocalPaths
+from openmaker.spec.locations import LocalPaths
 from openmaker.spec.model import operation_model
 from openmaker.spec.paging import paginator
 
@@ -49,6 +50,7 @@ class Backend:
         # A request through the API names local paths only where the machine's owner allows.
         local = LocalPaths.under(settings.file_roots, settings.home)
         self.jobs = TrainingJobs(settings, local=local)
+        self.metrics = MetricReads(self.jobs.sessions)
         self.handlers = Handlers()
         TrainingJobHandlers(self.jobs).register(self.handlers)
         TagHandlers(Tags(self.jobs.sessions, self.jobs.writers)).register(self.handlers)

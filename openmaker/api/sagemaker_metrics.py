@@ -12,12 +12,9 @@ import math
 import statistics
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
-
 from openmaker.api.operations import Handler
-from openmaker.jobs.db import TrainingJob
-from openmaker.jobs.metric_series import JOB_DIMENSION, Series, values
+from openmaker.jobs.metric_reads import MetricReads
+from openmaker.jobs.metric_series import JOB_DIMENSION, Series
 
 SERVICE = "sagemaker-metrics"
 PATH = "/BatchGetMetrics"
@@ -26,20 +23,17 @@ PERIOD_SECONDS = {"OneMinute": 60, "FiveMinute": 300, "OneHour": 3600}
 
 
 class SageMakerMetrics:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self.sessions = sessions
+    def __init__(self, reads: MetricReads) -> None:
+        self.reads = reads
 
     def handlers(self) -> dict[str, Handler]:
         return {"BatchGetMetrics": self.batch_get_metrics}
 
     def batch_get_metrics(self, params: dict[str, Any]) -> dict[str, Any]:
-        with self.sessions() as session:
-            return {"MetricQueryResults": [self._one(session, q) for q in params["MetricQueries"]]}
+        return {"MetricQueryResults": [self._one(q) for q in params["MetricQueries"]]}
 
-    def _one(self, session: Session, query: dict[str, Any]) -> dict[str, Any]:
-        job = session.scalar(
-            select(TrainingJob.name).where(TrainingJob.arn == query["ResourceArn"])
-        )
+    def _one(self, query: dict[str, Any]) -> dict[str, Any]:
+        job = self.reads.job_name(query["ResourceArn"])
         if job is None:
             return _refused(f"No training job {query['ResourceArn']} was found.")
         period, axis = query["Period"], query["XAxisType"]
@@ -47,7 +41,7 @@ class SageMakerMetrics:
             return _refused("An XAxisType of IterationNumber needs a Period of IterationNumber.")
         start = None if query.get("Start") is None else query["Start"] * 1000
         end = None if query.get("End") is None else query["End"] * 1000
-        rows = values(session, Series(query["MetricName"], JOB_DIMENSION, job), start, end)
+        rows = self.reads.values(Series(query["MetricName"], JOB_DIMENSION, job), start, end)
         stat = query["MetricStat"]
         if period == "IterationNumber":
             # Every value is a point of its own: its place in the log, or its time.

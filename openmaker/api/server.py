@@ -23,7 +23,6 @@ from openmaker.api.credentials import Credentials, server_credentials
 from openmaker.api.operations import Backend
 from openmaker.api.s3_endpoint import embedded_s3
 from openmaker.connection import ServerRecord, remove_record, write_record
-from openmaker.jobs.executor import process_lost
 from openmaker.settings import Settings, StoreSettings
 
 # How often keys whose worker was killed (and could not revoke them) are looked for.
@@ -53,7 +52,8 @@ def serve(
             f"http://{host}:{port}", s3_url, os.getpid(), credentials.access_key_id
         )
         try:
-            asyncio.run(_serve(server, lambda: _started(settings, record, announce)))
+            with _orphan_key_sweeper(settings, backend.jobs.worker_lost):
+                asyncio.run(_serve(server, lambda: _started(settings, record, announce)))
         finally:
             backend.close()
             remove_record(settings)
@@ -114,24 +114,28 @@ def _store_endpoint(
         own = upstream.access_key_id == credentials.access_key_id
         yield None, replace(settings, code_without_s3_credentials=own)
         return
-    with (
-        embedded_s3(settings, credentials, host, port, upstream) as url,
-        _orphan_key_sweeper(settings),
-    ):
+    with embedded_s3(settings, credentials, host, port, upstream) as url:
         # The jobs' workers get the gate's address, never a key that reaches more than a
         # job's places: each makes a key of its job's own (openmaker.api.job_access).
         yield (url if upstream is None else None), replace(settings, gate_url=url)
 
 
 @contextlib.contextmanager
-def _orphan_key_sweeper(settings: Settings) -> Iterator[None]:
-    """Revoke, every few seconds, the keys of jobs whose worker died before revoking them."""
+def _orphan_key_sweeper(
+    settings: Settings, worker_lost: Callable[[int, int | None], bool]
+) -> Iterator[None]:
+    """Revoke, every few seconds, the keys of jobs whose worker died before revoking them
+    (whether a worker is gone is the jobs layer's `worker_lost`). Keys are minted only for
+    jobs that reach the store through the gate."""
+    if settings.gate_url is None:
+        yield
+        return
     done = threading.Event()
 
     def sweep() -> None:
         while not done.wait(ORPHAN_KEY_SWEEP_SECONDS):
             try:
-                job_access.revoke_orphans(settings.home, process_lost)
+                job_access.revoke_orphans(settings.home, worker_lost)
             except OSError:
                 logging.getLogger(__name__).exception("sweeping the keys of lost jobs")
 

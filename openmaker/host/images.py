@@ -25,7 +25,8 @@ from urllib.parse import unquote, urlparse
 
 SCRIPT_MODE_IMAGE = "openmaker://script-mode"
 PROGRAM_MOUNT = "/opt/program"
-DEFAULT_COMMAND = "train"
+# The verb a training container is started with.
+TRAIN = "train"
 
 
 class ImageError(ValueError):
@@ -80,11 +81,12 @@ class Image:
             f"({_local_version(self.framework)})"
         )
 
-    def command(self, algorithm: dict[str, Any]) -> list[str]:
-        """`ContainerEntrypoint` + `ContainerArguments` when given, else `train`, as SageMaker."""
+    def command(self, verb: str, algorithm: dict[str, Any]) -> list[str]:
+        """`ContainerEntrypoint` + `ContainerArguments` when given, else `verb` (`train`,
+        `serve`), as SageMaker starts an image."""
         entrypoint = list(algorithm.get("ContainerEntrypoint") or [])
         arguments = list(algorithm.get("ContainerArguments") or [])
-        return (entrypoint or [DEFAULT_COMMAND]) + arguments
+        return (entrypoint or [verb]) + arguments
 
 
 def resolve_image(
@@ -147,10 +149,10 @@ def _local_folder(reference: str, folder: Path, algorithm: dict[str, Any]) -> Im
     if not folder.is_dir():
         raise ImageError(f"image folder {folder} does not exist")
     if not algorithm.get("ContainerEntrypoint"):
-        program = folder / DEFAULT_COMMAND
+        program = folder / TRAIN
         if not (program.is_file() and os.access(program, os.X_OK)):
             raise ImageError(
-                f"image folder {folder} has no executable '{DEFAULT_COMMAND}' program "
+                f"image folder {folder} has no executable '{TRAIN}' program "
                 "(or give AlgorithmSpecification.ContainerEntrypoint)"
             )
     return Image(reference, folder.resolve())

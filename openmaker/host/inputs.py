@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.host import fastfile
+from openmaker.host.container import sandbox_unavailable_reason
 from openmaker.host.events import Emit
 from openmaker.host.pipe import PipePlan, PipeStreamer, pipe_channels, plan_pipe
-from openmaker.host.sandbox import sandbox_unavailable_reason
 from openmaker.host.spec import HostSpec
 
 

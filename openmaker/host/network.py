@@ -16,7 +16,7 @@ that is not a job's, and both are undone when the last job's bridge goes.
 Per host: a thread unshares a network namespace of its own and configures it from inside (the
 `eth0` end of a veth pair whose other end joins the bridge, loopback, a default route through
 the bridge), makes the relay's listeners there (the embedded S3 endpoint keeps its loopback
-URL, see host/relay.py), and leaves a descriptor that the sandbox enters (host/enter.py) before
+URL, see host/relay.py), and leaves a descriptor that the sandbox enters (runtime/enter.py) before
 anything else. Nothing names the namespace: it ends with the code and the worker's descriptor.
 The code, root without CAP_NET_ADMIN or CAP_NET_RAW in a user namespace below the one that owns
 the namespace, cannot change its address, sniff, or forge packets.

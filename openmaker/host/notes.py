@@ -11,7 +11,7 @@ import sys
 
 from openmaker.host.images import Image
 from openmaker.host.spec import HostSpec
-from openmaker.jobs.capacity import catalog, detect_gpus
+from openmaker.instances import catalog, detect_gpus
 
 PREFIX = "[openmaker] "
 # The Python version in a framework image's tag, as the sagemaker SDK writes it: `-py310`.

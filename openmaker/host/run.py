@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from openmaker.host.channels import ChannelError, DownloadStopped, download_channels
 from openmaker.host.checkpoint_sync import CheckpointSync
 from openmaker.host.checkpoints import restore_checkpoints
+from openmaker.host.container import plan_launch, sandbox_unavailable_reason
 from openmaker.host.disk import disk_full_reason
 from openmaker.host.environment import container_environment
 from openmaker.host.events import Emit, LogLines, StatusChanged
@@ -21,14 +22,13 @@ from openmaker.host.execute import (
     StopControl,
     run_process,
 )
-from openmaker.host.images import Image, ImageError, resolve_image
+from openmaker.host.images import TRAIN, Image, ImageError, resolve_image
 from openmaker.host.inputs import on_input_failure, start_inputs, stop_inputs
 from openmaker.host.jobtree import hold, read_text_head, tree_of
 from openmaker.host.layout import create_tree
 from openmaker.host.metrics import metric_emitter
 from openmaker.host.network import NetworkError
 from openmaker.host.notes import opening_lines
-from openmaker.host.sandbox import plan_launch, sandbox_unavailable_reason
 from openmaker.host.script_error import ErrorCapture
 from openmaker.host.source import SourceError, install_source
 from openmaker.host.spec import HostSpec
@@ -89,7 +89,7 @@ def execute(
         raise HostFailed(f"ClientError: {exc}") from None
     env = container_environment(spec, image)
     try:
-        launch = plan_launch(spec, image, image.command(algorithm), env)
+        launch = plan_launch(spec, image, image.command(TRAIN, algorithm), env)
     except NetworkError as exc:
         stop_inputs(spec)
         raise HostFailed(f"InternalServerError: {exc}") from None

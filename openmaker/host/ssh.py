@@ -25,7 +25,7 @@ from openmaker.host.spec import HostSpec
 
 # Inside the sandbox.
 SSH_FOLDER = "/etc/openmaker/ssh"
-_HOST_ADDRESS_BASE = "127.0.1."  # as openmaker/host/sandbox.py gives each host
+_HOST_ADDRESS_BASE = "127.0.1."  # as openmaker/host/network.py gives each host
 _CLIENT_KEY = "id_ed25519"
 _HOST_KEY = "ssh_host_ed25519_key"
 

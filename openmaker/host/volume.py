@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from openmaker.host.enter import unescape
 from openmaker.host.spec import HostSpec
+from openmaker.runtime.enter import unescape
 
 GIB = 1024**3
 IMAGE_NAME = "volume.img"

@@ -17,21 +17,16 @@ settings offer more CPUs than exist).
 
 from __future__ import annotations
 
-import csv
 import os
-import shutil
-import subprocess
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
+from openmaker.instances import GIB, Resources, catalog, detect_gpus
 from openmaker.jobs.resource import Instances
 from openmaker.settings import Settings
 
-GIB = 1024**3
 LOCAL_TYPES = frozenset({"local", "ml.local"})
 # Memory kept back for openmaker itself and the machine: SageMaker's own agents use part of an
 # instance's memory too, and a job that takes all of it takes the machine down with it.
@@ -42,13 +37,6 @@ RESERVED_MEMORY_PERCENT = 10
 MAX_HOSTS_PER_JOB = 64
 
 Placement = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpus: int
-    memory: int  # bytes
-    gpus: int
 
 
 @dataclass(frozen=True)
@@ -67,19 +55,6 @@ class Machine:
 
     def cpu_of(self, slot: int) -> int:
         return self.cpu_ids[slot % len(self.cpu_ids)]
-
-
-@cache
-def catalog() -> dict[str, Resources]:
-    """The instance types of the data file shipped with openmaker."""
-    text = resources.files("openmaker.jobs").joinpath("instance_types.csv").read_text()
-    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
-    return {
-        row["instance_type"]: Resources(
-            int(row["vcpus"]), int(float(row["memory_gib"]) * GIB), int(row["gpus"])
-        )
-        for row in rows
-    }
 
 
 def machine(settings: Settings) -> Machine:
@@ -106,23 +81,6 @@ def _memory_total() -> int:
     return 0
 
 
-def detect_gpus() -> tuple[str, ...]:
-    """The indexes of the NVIDIA GPUs `nvidia-smi` lists (none without it)."""
-    if shutil.which("nvidia-smi") is None:
-        return ()
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return tuple(line.strip() for line in out.splitlines() if line.strip())
-
-
 def per_host(instance_type: str, machine: Machine) -> Resources:
     """What one host of `instance_type` asks for. `ml.local` and types missing from the catalog
     ask for the whole machine."""
@@ -139,7 +97,7 @@ def describe(amount: Resources) -> str:
 def check_can_fit(instances: Instances, machine: Machine, noun: str) -> None:
     """Refuse, under the strict policy, a job (a `noun`) this machine could never run."""
     # Imported here: a worker uses this module too, and needs no API model.
-    from openmaker.spec import ResourceLimitExceeded
+    from openmaker.spec.errors import ResourceLimitExceeded
 
     instance_type, count = instances.instance_type, instances.count
     if count > MAX_HOSTS_PER_JOB:
@@ -153,8 +111,10 @@ def check_can_fit(instances: Instances, machine: Machine, noun: str) -> None:
         return
     need = per_host(instance_type, machine)
     has = machine.resources
-    if need.cpus * count > has.cpus or need.memory * count > has.memory or need.gpus * count > (
-        has.gpus
+    if (
+        need.cpus * count > has.cpus
+        or need.memory * count > has.memory
+        or need.gpus * count > (has.gpus)
     ):
         raise ResourceLimitExceeded(
             f"{instances.member}: {count} × {instance_type} needs {count} × ({describe(need)}); "

@@ -38,15 +38,10 @@ from openmaker.jobs.query import JobQuery
 from openmaker.jobs.tags import put as put_tags
 from openmaker.jobs.training import SecondaryStatus, TrainingJobStatus
 from openmaker.settings import Settings, load_settings
-from openmaker.spec import (
-    LocalPaths,
-    ResourceInUse,
-    ResourceNotFound,
-    ValidationException,
-    check_create_training_job,
-    default_stopping_condition,
-    training_job_arn,
-)
+from openmaker.spec.arn import training_job_arn
+from openmaker.spec.errors import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.spec.locations import LocalPaths
+from openmaker.spec.training import check_create_training_job, default_stopping_condition
 
 log = logging.getLogger("openmaker.jobs")
 
@@ -91,6 +86,11 @@ class TrainingJobs:
 
     def close(self) -> None:
         self._closed.set()
+
+    def worker_lost(self, pid: int, started: int | None) -> bool:
+        """Whether the worker process `pid` (started at `started`, when known) is gone: for
+        what a worker left behind outside the job store (its job's S3 key)."""
+        return self.executor.lost(pid, started)
 
     def create(self, request: dict[str, Any]) -> dict[str, str]:
         with self._starting:

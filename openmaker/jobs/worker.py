@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from openmaker.api import job_access
 from openmaker.host.artifacts import upload_artifacts
 from openmaker.host.checkpoints import save_checkpoints
+from openmaker.host.container import sandbox_unavailable_reason
 from openmaker.host.disk import disk_full_reason
 from openmaker.host.events import Emit, StatusChanged
 from openmaker.host.execute import StopControl
@@ -33,7 +34,6 @@ from openmaker.host.network import create as create_network
 from openmaker.host.network import remove as remove_network
 from openmaker.host.network import shared as shared_network
 from openmaker.host.run import HostFailed, HostResult, execute, prepare
-from openmaker.host.sandbox import sandbox_unavailable_reason
 from openmaker.host.spec import HostResources, HostSpec
 from openmaker.host.system_metrics import sampling
 from openmaker.host.volume import VolumeError, unmount_under

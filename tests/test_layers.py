@@ -1,0 +1,89 @@
+"""The packages' layers, read from the source: what a package must never import.
+
+Data flows one way (docs/architecture.md): the API speaks the protocols and reaches jobs
+through the jobs layer's services, never its database or its executor, nor a host; a host
+reports through events and never touches the jobs layer or the API; the container runtime
+knows none of them. Every import counts,
+those inside functions and under TYPE_CHECKING included.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+PACKAGE = Path(__file__).parent.parent / "openmaker"
+
+# A package (a folder under openmaker/) and the modules it must not import (nor their
+# submodules).
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "api": ("sqlalchemy", "openmaker.jobs.db", "openmaker.jobs.executor", "openmaker.host"),
+    "host": ("openmaker.jobs", "openmaker.api"),
+    # The container runtime knows nothing of what runs in its containers.
+    "runtime": ("openmaker.host", "openmaker.jobs", "openmaker.api"),
+}
+
+# Imports that break a rule above and are kept for now: (importing module, imported module)
+# and why. Each entry must still be needed: one that no longer is fails the test.
+ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def imports(module: str, source: str) -> Iterator[str]:
+    """Every module that `module` (its source `source`) imports, by absolute name: `from a
+    import b` gives both `a` and `a.b` (b may be a module)."""
+    parts = module.split(".")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative to the module's package, `level - 1` up
+                base = ".".join(parts[: len(parts) - node.level])
+                name = f"{base}.{node.module}" if node.module else base
+            else:
+                name = node.module or ""
+            yield name
+            yield from (f"{name}.{alias.name}" for alias in node.names)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def violations() -> set[tuple[str, str]]:
+    """(importing module, imported module) for every import a rule forbids."""
+    found: set[tuple[str, str]] = set()
+    for package, forbidden in FORBIDDEN.items():
+        for path in sorted((PACKAGE / package).rglob("*.py")):
+            module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+            for name in imports(module, path.read_text()):
+                if any(_under(name, prefix) for prefix in forbidden):
+                    found.add((module, _owner(name, forbidden)))
+    return found
+
+
+def _owner(name: str, forbidden: tuple[str, ...]) -> str:
+    """The imported module as a rule names it: `openmaker.jobs.db.TrainingJob` is jobs.db."""
+    return next(p for p in sorted(forbidden, key=len, reverse=True) if _under(name, p))
+
+
+def test_no_package_imports_what_its_layer_forbids() -> None:
+    found = violations()
+    unexplained = sorted(found - set(ALLOWED))
+    assert not unexplained, "\n".join(f"{m} imports {i}" for m, i in unexplained)
+    stale = sorted(set(ALLOWED) - found)
+    assert not stale, f"allowed imports no longer made (remove them from ALLOWED): {stale}"
+
+
+def test_the_scan_sees_every_kind_of_import() -> None:
+    """A plain, a from-, a nested and a relative import are all seen, by absolute name."""
+    source = (
+        "import sqlalchemy.orm\n"
+        "from openmaker.jobs import db\n"
+        "from ..jobs.executor import Worker\n"
+        "def f() -> None:\n"
+        "    from openmaker.host import limits\n"
+    )
+    found = set(imports("openmaker.api.sample", source))
+    assert {"sqlalchemy.orm", "openmaker.jobs.db", "openmaker.jobs.executor"} <= found
+    assert "openmaker.host.limits" in found
