@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from openmaker.jobs.state import TERMINAL
 from openmaker.settings import load_settings
 from openmaker.spec.errors import ResourceNotFound, ValidationException
 from openmaker.store import resolve
+
+
+def unique_name(prefix: str) -> str:
+    """A job name no other test session on the machine uses at the same time: what finds a
+    job's processes by its name (tests/process_helpers.py) finds this job's alone."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def make_image(folder: Path, train_script: str) -> Path:

@@ -27,6 +27,7 @@ from tests.helpers import (
     run_script,
     start_script,
     stop_and_wait,
+    unique_name,
     wait_for,
     wait_for_log,
 )
@@ -136,12 +137,13 @@ print("read", flush=True)
 {AWAIT_RELEASE}
 """
     )
+    name = unique_name("ff-ahead")
     before = served_bytes(s3_env.root)
     jobs = start_script(
-        tmp_path, "ff-ahead", script, "s3://fastfile/out", {"train": big_prefix}, edit=fastfile
+        tmp_path, name, script, "s3://fastfile/out", {"train": big_prefix}, edit=fastfile
     )
     try:
-        wait_for_log(jobs, "ff-ahead", "mounted")
+        wait_for_log(jobs, name, "mounted")
         (mountpoint,) = [m for m in job_mounts(home) if m.endswith("/fastfile/train")]
         with INotify() as inotify:
             # Opens through every mount of the folder are seen: the code's and the prefetcher's.
@@ -152,16 +154,16 @@ print("read", flush=True)
                 seen.update(e.name for e in inotify.read(timeout=0) if not e.mask & flags.ISDIR)
                 return seen
 
-            release("ff-ahead")
+            release(name)
             wait_until(lambda: f"part-{ahead:02d}.bin" in opens(), "the file fetched ahead")
             assert opens() == {f"part-{i:02d}.bin" for i in (*read, *opened, ahead)}
         # The file fetched ahead arrives whole while the code still runs.
         fetched = len(read) + 1
         wait_until(lambda: served_bytes(s3_env.root) - before >= fetched * BIG, "the fetch")
-        release("ff-ahead")
-        description = wait_for(jobs, "ff-ahead")
+        release(name)
+        description = wait_for(jobs, name)
     finally:
-        stop_and_wait(jobs, ["ff-ahead"])
+        stop_and_wait(jobs, [name])
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     served = served_bytes(s3_env.root) - before
     assert served < (fetched + 1) * BIG, served / BIG

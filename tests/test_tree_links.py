@@ -31,6 +31,7 @@ from tests.helpers import (
     run_script,
     start_script,
     stop_and_wait,
+    unique_name,
     wait_for,
     wait_for_log,
 )
@@ -118,13 +119,14 @@ def test_a_fifo_swapped_for_a_link_before_the_streamer_opens_it_is_never_written
         f"os.symlink({str(victim)!r}, '/opt/ml/input/data/train_0')\n" + AWAIT_RELEASE
     )
     # The code runs on until the streamer has met the link (and said so).
+    name = unique_name("fifo0-link")
     jobs, description = run_released(
-        tmp_path, "fifo0-link", script, "openmaker ignored /opt/ml/input/data/train_0",
+        tmp_path, name, script, "openmaker ignored /opt/ml/input/data/train_0",
         output=f"{bucket}/out", channels={"train": f"{bucket}/data"}, edit=pipe,
     )  # fmt: skip
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     assert victim.read_bytes() == SECRET
-    assert "openmaker ignored /opt/ml/input/data/train_0" in log_text(jobs, "fifo0-link")
+    assert "openmaker ignored /opt/ml/input/data/train_0" in log_text(jobs, name)
 
 
 def test_the_next_epochs_fifo_swapped_for_a_link_while_the_streamer_waits_is_never_written(
@@ -139,14 +141,15 @@ def test_the_next_epochs_fifo_swapped_for_a_link_while_the_streamer_waits_is_nev
         f"os.symlink({str(victim)!r}, '/opt/ml/input/data/train_1')\n"
         "open('/opt/ml/model/epoch0', 'wb').write(epoch0)\n" + AWAIT_RELEASE
     )
+    name = unique_name("fifo1-link")
     jobs, description = run_released(
-        tmp_path, "fifo1-link", script, "openmaker ignored /opt/ml/input/data/train_1",
+        tmp_path, name, script, "openmaker ignored /opt/ml/input/data/train_1",
         output=f"{bucket}/out", channels={"train": f"{bucket}/data"}, edit=pipe,
     )  # fmt: skip
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     assert victim.read_bytes() == SECRET
     assert model_members(description)["epoch0"] == b"".join(DATA[k] for k in sorted(DATA))
-    assert "openmaker ignored /opt/ml/input/data/train_1" in log_text(jobs, "fifo1-link")
+    assert "openmaker ignored /opt/ml/input/data/train_1" in log_text(jobs, name)
 
 
 def test_the_data_folder_swapped_for_a_link_while_epoch_0_is_open_gets_no_fifo(
