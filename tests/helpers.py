@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from openmaker.jobs.state import TERMINAL
 from openmaker.settings import load_settings
 from openmaker.spec.errors import ResourceNotFound, ValidationException
 from openmaker.store import resolve
+
+
+def unique_name(prefix: str) -> str:
+    """A job name no other test session on the machine uses at the same time: what finds a
+    job's processes by its name (tests/process_helpers.py) finds this job's alone."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def make_image(folder: Path, train_script: str) -> Path:
@@ -164,13 +171,27 @@ def run_script(
     """Run `script` as a bring-your-own-container job to its end: (the service, its description).
 
     `edit` changes the request before it is sent, for members deeper than the top level."""
+    jobs = start_script(tmp_path, name, script, output, channels, edit, **extra)
+    return jobs, wait_for(jobs, name)
+
+
+def start_script(
+    tmp_path: Path,
+    name: str,
+    script: str,
+    output: str = "s3://b/out",
+    channels: dict[str, str] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **extra: Any,
+) -> TrainingJobs:
+    """Start `script` as a job, as run_script does, without waiting for its end."""
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
     body = request(name, str(image), output, channels, **extra)
     if edit is not None:
         edit(body)
     jobs.create(body)
-    return jobs, wait_for(jobs, name)
+    return jobs
 
 
 def source_of(body: dict[str, Any], channel: int = 0) -> dict[str, Any]:

@@ -62,6 +62,25 @@ def wait_for_code(job_name: str, program: str = "/opt/program/train", timeout: f
     return pid
 
 
+# Job code that waits for the test at chosen points: SIGUSR1 is blocked first, so a release that
+# comes before the code waits stays pending (never kills it); each AWAIT_RELEASE takes one. A
+# stop ends the code at once, waiting or not (it is its sandbox's pid 1, where SIGTERM has no
+# default action; and sigwait goes on waiting through a signal that has a handler).
+HOLD = (
+    "import os, signal\n"
+    "signal.signal(signal.SIGTERM, lambda *_: os._exit(143))\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+)
+AWAIT_RELEASE = (
+    "if signal.sigwait({signal.SIGUSR1, signal.SIGTERM}) == signal.SIGTERM:\n    os._exit(143)\n"
+)
+
+
+def release(job_name: str) -> None:
+    """Let the job's code (see HOLD) go on past the AWAIT_RELEASE it waits in."""
+    os.kill(wait_for_code(job_name), signal.SIGUSR1)
+
+
 def worker_pid(jobs: TrainingJobs, job_name: str) -> int | None:
     with jobs.sessions() as session:
         job = session.get(TrainingJob, job_name)

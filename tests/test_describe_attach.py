@@ -144,7 +144,6 @@ def test_attach_reads_every_member_it_needs(
         assert [m for m in ALWAYS if m not in described] == [], kind
         assert described["OutputDataConfig"]["KmsKeyId"] == ""
         assert described["ResourceConfig"]["VolumeSizeInGB"] == 7
-        assert described["ProfilingStatus"] in ("Enabled", "Disabled")
         assert described["BillableTimeInSeconds"] == described["TrainingTimeInSeconds"]
         assert [t["Status"] for t in described["SecondaryStatusTransitions"]][-1] == "Completed"
         # No profiling without a ProfilerConfig that asks for it.

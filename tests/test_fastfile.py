@@ -13,11 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inotify_simple import INotify, flags
 
 from openmaker.host.fastfile import sweep_stale_mounts
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.service import TrainingJobs
-from tests.helpers import get_object, log_text, make_image, put_objects, request, run_script
+from tests.helpers import (
+    get_object,
+    log_text,
+    make_image,
+    put_objects,
+    request,
+    run_script,
+    start_script,
+    stop_and_wait,
+    unique_name,
+    wait_for,
+    wait_for_log,
+)
+from tests.process_helpers import AWAIT_RELEASE, HOLD, release, wait_until
 from tests.s3server import S3Server, served_bytes
 
 BIG = 8 * 1024 * 1024
@@ -91,12 +105,14 @@ def test_code_reads_one_file_of_a_large_prefix_without_the_rest_being_fetched(
 
 
 @pytest.mark.parametrize(
-    ("order", "fetched"),
+    ("read", "opened", "ahead"),
     [
         # In key order: opening part-01 right after part-00 has part-02 fetched ahead.
-        ((0, 1), 3),
-        # Out of order: nothing is fetched that the code does not read.
-        ((5, 2), 2),
+        ((0, 1), (), 2),
+        # Out of order, nothing is fetched that the code does not read. Then a pair in key order,
+        # opened but never read: its file fetched ahead (part-12) shows the prefetcher has taken
+        # in every open before it, the out-of-order ones too.
+        ((5, 2), (10, 11), 12),
     ],
 )
 def test_the_next_file_is_fetched_ahead_only_for_code_reading_in_key_order(
@@ -104,26 +120,53 @@ def test_the_next_file_is_fetched_ahead_only_for_code_reading_in_key_order(
     home: Path,
     s3_env: S3Server,
     big_prefix: str,
-    order: tuple[int, int],
-    fetched: int,
+    read: tuple[int, ...],
+    opened: tuple[int, ...],
+    ahead: int,
 ) -> None:
     script = (
-        "#!" + sys.executable + f"""
-import pathlib, time
+        "#!" + sys.executable + "\nimport os, pathlib\n" + HOLD + f"""
 data = pathlib.Path("/opt/ml/input/data/train")
-for index in {order!r}:
+print("mounted", flush=True)
+{AWAIT_RELEASE}
+for index in {read!r}:
     (data / f"part-{{index:02d}}.bin").read_bytes()
-# Time for a file fetched ahead to arrive before the job ends and unmounts.
-time.sleep(3)
+for index in {opened!r}:
+    os.close(os.open(data / f"part-{{index:02d}}.bin", os.O_RDONLY))
+print("read", flush=True)
+{AWAIT_RELEASE}
 """
     )
+    name = unique_name("ff-ahead")
     before = served_bytes(s3_env.root)
-    _, description = run_script(
-        tmp_path, "ff-ahead", script, "s3://fastfile/out", {"train": big_prefix}, edit=fastfile
+    jobs = start_script(
+        tmp_path, name, script, "s3://fastfile/out", {"train": big_prefix}, edit=fastfile
     )
+    try:
+        wait_for_log(jobs, name, "mounted")
+        (mountpoint,) = [m for m in job_mounts(home) if m.endswith("/fastfile/train")]
+        with INotify() as inotify:
+            # Opens through every mount of the folder are seen: the code's and the prefetcher's.
+            inotify.add_watch(mountpoint, flags.OPEN)
+            seen: set[str] = set()
+
+            def opens() -> set[str]:
+                seen.update(e.name for e in inotify.read(timeout=0) if not e.mask & flags.ISDIR)
+                return seen
+
+            release(name)
+            wait_until(lambda: f"part-{ahead:02d}.bin" in opens(), "the file fetched ahead")
+            assert opens() == {f"part-{i:02d}.bin" for i in (*read, *opened, ahead)}
+        # The file fetched ahead arrives whole while the code still runs.
+        fetched = len(read) + 1
+        wait_until(lambda: served_bytes(s3_env.root) - before >= fetched * BIG, "the fetch")
+        release(name)
+        description = wait_for(jobs, name)
+    finally:
+        stop_and_wait(jobs, [name])
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     served = served_bytes(s3_env.root) - before
-    assert fetched * BIG <= served < (fetched + 1) * BIG, served / BIG
+    assert served < (fetched + 1) * BIG, served / BIG
     assert job_mounts(home) == []
 
 

@@ -22,8 +22,20 @@ from openmaker.settings import load_settings
 from openmaker.spec.errors import ValidationException
 from openmaker.store import list_prefix, resolve
 from openmaker.tools import find_tool
-from tests.helpers import get_object, log_text, make_image, put_objects, request, run_script
-from tests.process_helpers import wait_until
+from tests.helpers import (
+    get_object,
+    log_text,
+    make_image,
+    put_objects,
+    request,
+    run_script,
+    start_script,
+    stop_and_wait,
+    unique_name,
+    wait_for,
+    wait_for_log,
+)
+from tests.process_helpers import AWAIT_RELEASE, HOLD, release, wait_until
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.skipif(
@@ -51,20 +63,50 @@ def bucket(home: Path, s3_env: S3Server) -> str:
 
 
 def python(body: str) -> str:
-    return f"#!{sys.executable}\nimport os, time\n{body}"
+    return f"#!{sys.executable}\nimport os, time\n{HOLD}{UNTIL}{body}"
 
 
 def pipe(body: dict[str, Any]) -> None:
     body["AlgorithmSpecification"]["TrainingInputMode"] = "Pipe"
 
 
+# Job code: `until(condition, what)` waits for a condition, and fails the job (with `what` in
+# its reason) when it never comes.
+UNTIL = (
+    "def until(condition, what):\n"
+    "    deadline = time.monotonic() + 60\n"
+    "    while not condition():\n"
+    "        if time.monotonic() > deadline:\n"
+    "            raise SystemExit(f'never came: {what}')\n"
+    "        time.sleep(0.01)\n"
+)
+# Job code: `stored(prefix)`, the keys under a prefix of the bucket `links`, read by the job.
+STORED = (
+    "import boto3\n"
+    "s3 = boto3.client('s3')\n"
+    "def stored(prefix):\n"
+    "    listing = s3.list_objects_v2(Bucket='links', Prefix=prefix)\n"
+    "    return [found['Key'] for found in listing.get('Contents', [])]\n"
+)
+
+
 def wait_for_path(path: str) -> str:
-    """Job code: wait (up to 10 s) until `path` exists (the streamer makes FIFOs as epochs go)."""
-    return (
-        "deadline = time.monotonic() + 10\n"
-        f"while not os.path.lexists({path!r}) and time.monotonic() < deadline:\n"
-        "    time.sleep(0.005)\n"
-    )
+    """Job code: wait until `path` exists (the streamer makes FIFOs as epochs go)."""
+    return f"until(lambda: os.path.lexists({path!r}), {path!r})\n"
+
+
+def run_released(
+    tmp_path: Path, name: str, script: str, when: str, **options: Any
+) -> tuple[TrainingJobs, dict[str, Any]]:
+    """Run `script` (which waits in AWAIT_RELEASE) as run_script does, releasing its code once
+    `when` is in the job's logs."""
+    jobs = start_script(tmp_path, name, script, **options)
+    try:
+        wait_for_log(jobs, name, when)
+        release(name)
+        return jobs, wait_for(jobs, name)
+    finally:
+        stop_and_wait(jobs, [name])
 
 
 def test_a_fifo_swapped_for_a_link_before_the_streamer_opens_it_is_never_written(
@@ -74,15 +116,17 @@ def test_a_fifo_swapped_for_a_link_before_the_streamer_opens_it_is_never_written
     # The streamer polls `train_0` for a reader; the swap lands between two polls.
     script = python(
         f"os.unlink('/opt/ml/input/data/train_0')\n"
-        f"os.symlink({str(victim)!r}, '/opt/ml/input/data/train_0')\n"
-        "time.sleep(1)\n"
+        f"os.symlink({str(victim)!r}, '/opt/ml/input/data/train_0')\n" + AWAIT_RELEASE
     )
-    jobs, description = run_script(
-        tmp_path, "fifo0-link", script, f"{bucket}/out", {"train": f"{bucket}/data"}, edit=pipe
-    )
+    # The code runs on until the streamer has met the link (and said so).
+    name = unique_name("fifo0-link")
+    jobs, description = run_released(
+        tmp_path, name, script, "openmaker ignored /opt/ml/input/data/train_0",
+        output=f"{bucket}/out", channels={"train": f"{bucket}/data"}, edit=pipe,
+    )  # fmt: skip
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     assert victim.read_bytes() == SECRET
-    assert "openmaker ignored /opt/ml/input/data/train_0" in log_text(jobs, "fifo0-link")
+    assert "openmaker ignored /opt/ml/input/data/train_0" in log_text(jobs, name)
 
 
 def test_the_next_epochs_fifo_swapped_for_a_link_while_the_streamer_waits_is_never_written(
@@ -95,16 +139,17 @@ def test_the_next_epochs_fifo_swapped_for_a_link_while_the_streamer_waits_is_nev
         + wait_for_path("/opt/ml/input/data/train_1")
         + "os.unlink('/opt/ml/input/data/train_1')\n"
         f"os.symlink({str(victim)!r}, '/opt/ml/input/data/train_1')\n"
-        "open('/opt/ml/model/epoch0', 'wb').write(epoch0)\n"
-        "time.sleep(1)\n"
+        "open('/opt/ml/model/epoch0', 'wb').write(epoch0)\n" + AWAIT_RELEASE
     )
-    jobs, description = run_script(
-        tmp_path, "fifo1-link", script, f"{bucket}/out", {"train": f"{bucket}/data"}, edit=pipe
-    )
+    name = unique_name("fifo1-link")
+    jobs, description = run_released(
+        tmp_path, name, script, "openmaker ignored /opt/ml/input/data/train_1",
+        output=f"{bucket}/out", channels={"train": f"{bucket}/data"}, edit=pipe,
+    )  # fmt: skip
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     assert victim.read_bytes() == SECRET
     assert model_members(description)["epoch0"] == b"".join(DATA[k] for k in sorted(DATA))
-    assert "openmaker ignored /opt/ml/input/data/train_1" in log_text(jobs, "fifo1-link")
+    assert "openmaker ignored /opt/ml/input/data/train_1" in log_text(jobs, name)
 
 
 def test_the_data_folder_swapped_for_a_link_while_epoch_0_is_open_gets_no_fifo(
@@ -118,7 +163,9 @@ def test_the_data_folder_swapped_for_a_link_while_epoch_0_is_open_gets_no_fifo(
         "fifo.read()\nfifo.close()\n"
         # The streamer makes the next epoch's FIFO in the folder it made, moved or not.
         + wait_for_path("/opt/ml/input/data.moved/train_1")
-        + "time.sleep(0.5)\n"
+        # Read whole: epoch 1 went through the FIFO in the moved folder, not the link.
+        + "epoch1 = open('/opt/ml/input/data.moved/train_1', 'rb').read()\n"
+        "open('/opt/ml/model/epoch1', 'wb').write(epoch1)\n"
     )
     _, description = run_script(
         tmp_path, "data-link", script, f"{bucket}/out", {"train": f"{bucket}/data"}, edit=pipe
@@ -127,6 +174,7 @@ def test_the_data_folder_swapped_for_a_link_while_epoch_0_is_open_gets_no_fifo(
     assert sorted(p.name for p in host_dir.iterdir()) == ["secret.txt", "train_1"]
     assert (host_dir / "train_1").is_file()  # not a FIFO made over it (reading one would block)
     assert (host_dir / "train_1").read_bytes() == SECRET
+    assert model_members(description)["epoch1"] == b"".join(DATA[k] for k in sorted(DATA))
 
 
 @pytest.mark.parametrize("compression", ["GZIP", "NONE"])
@@ -135,17 +183,19 @@ def test_model_output_and_checkpoint_folders_swapped_for_links_are_taken_as_empt
 ) -> None:
     name = f"folders-{compression.lower()}"
     links = ["/opt/ml/model", "/opt/ml/output/data", "/opt/ml/checkpoints"]
+    prefix = f"ckpt/{name}/"
     script = python(
-        "import shutil\n"
+        STORED + "import shutil\n"
         "open('/opt/ml/model/mine.txt', 'w').write('moved away')\n"
         "open('/opt/ml/checkpoints/early.txt', 'w').write('early')\n"
-        "time.sleep(1.5)\n"  # the sync uploads early.txt, then sees its folder go
+        f"until(lambda: stored({prefix!r}) == [{prefix + 'early.txt'!r}], 'early.txt uploaded')\n"
         "os.rename('/opt/ml/model', '/opt/ml/model.moved')\n"
         f"for folder in {links[1:]!r}:\n"
         "    shutil.rmtree(folder)\n"
         f"for folder in {links!r}:\n"
         f"    os.symlink({str(host_dir)!r}, folder)\n"
-        "time.sleep(1)\n"
+        # While the code runs, the sync sees the folder go (and not what the link names).
+        f"until(lambda: stored({prefix!r}) == [], 'early.txt deleted')\n"
     )
 
     def edit(body: dict[str, Any]) -> None:
@@ -174,19 +224,22 @@ def test_a_checkpoint_subfolder_swapped_for_a_link_after_a_close_uploads_nothing
     # folder holding a file of the same name. The code reads its prefix back as it goes: what
     # it could have taken away is in its model.
     script = python(
-        "import boto3\n"
-        "s3, seen = boto3.client('s3'), b''\n"
+        STORED + "seen = b''\n"
         "for attempt in range(5):\n"
-        "    sub = f'/opt/ml/checkpoints/sub{attempt}'\n"
+        "    sub, key = f'/opt/ml/checkpoints/sub{attempt}', f'ckpt/sub-link/sub{attempt}'\n"
         "    os.mkdir(sub)\n"
-        "    time.sleep(0.3)\n"  # watched by now: the close below is seen
+        # Uploaded once the sync watches the new folder (a scan of it comes with the watch):
+        # from then on the close below is seen.
+        "    open(f'{sub}/probe', 'w').write('probe')\n"
+        "    until(lambda: f'{key}/probe' in stored(key), 'the probe uploaded')\n"
         "    open(f'{sub}/secret.txt', 'w').write('mine')\n"
         "    os.rename(sub, sub + '.moved')\n"
         f"    os.symlink({str(host_dir)!r}, sub)\n"
-        "    time.sleep(0.3)\n"
-        "    listing = s3.list_objects_v2(Bucket='links', Prefix='ckpt/sub-link/')\n"
-        "    for found in listing.get('Contents', []):\n"
-        "        seen += s3.get_object(Bucket='links', Key=found['Key'])['Body'].read()\n"
+        # The sync takes in the close before the move: once it has acted on the move (deleted
+        # the probe where it was), it has acted on the close.
+        "    until(lambda: f'{key}/probe' not in stored(key), 'the moved probe deleted')\n"
+        "    for found in stored('ckpt/sub-link/'):\n"
+        "        seen += s3.get_object(Bucket='links', Key=found)['Body'].read()\n"
         "open('/opt/ml/model/seen', 'wb').write(seen)\n"
     )
 
@@ -197,7 +250,11 @@ def test_a_checkpoint_subfolder_swapped_for_a_link_after_a_close_uploads_nothing
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     assert SECRET not in model_members(description)["seen"]
     uploaded = objects_under(f"{bucket}/ckpt/sub-link/")
-    assert uploaded == {f"sub{i}.moved/secret.txt": b"mine" for i in range(5)}
+    assert uploaded == {
+        f"sub{i}.moved/{file}": data
+        for i in range(5)
+        for file, data in (("probe", b"probe"), ("secret.txt", b"mine"))
+    }
 
 
 def test_the_failure_file_behind_a_linked_output_folder_is_never_read(
