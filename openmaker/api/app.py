@@ -31,7 +31,8 @@ from openmaker.api.credentials import Credentials
 from openmaker.api.operations import Backend, Handler
 from openmaker.api.runtime import runtime_routes
 from openmaker.api.sagemaker_metrics import SageMakerMetrics
-from openmaker.api.sigv4 import SignedRequest, verify
+from openmaker.api.signed import signed_request
+from openmaker.api.sigv4 import verify
 from openmaker.api.wire import from_wire, parse_document, range_problems, to_wire
 from openmaker.spec.errors import ServiceError, UnknownOperation, ValidationException
 from openmaker.spec.model import operation_model
@@ -112,7 +113,7 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
         service = None
         try:
             body = await _body(request)
-            scope = verify(_signed(request, body), credentials, region, query_services)
+            scope = verify(signed_request(request, body), credentials, region, query_services)
             service = query_services[scope.service]
             answer = await run_in_threadpool(query.call, service, body, request_id)
         except ServiceError as exc:
@@ -152,7 +153,7 @@ async def _serve(
         body = await _body(request)
         # Nothing is looked at before the signature is: not even whether the target exists.
         scope = {service.signing_name} if service else signing_names
-        verify(_signed(request, body), credentials, region, scope)
+        verify(signed_request(request, body), credentials, region, scope)
         if service is None:
             raise UnknownOperation(operation)
         handler = service.handlers.get(operation)
@@ -204,18 +205,6 @@ async def _body(request: Request) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
-
-def _signed(request: Request, body: bytes) -> SignedRequest:
-    headers: dict[str, list[str]] = {}
-    for name, value in request.headers.items():
-        headers.setdefault(name.lower(), []).append(value)
-    return SignedRequest(
-        method=request.method,
-        raw_path=request.scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0],
-        raw_query=request.scope.get("query_string", b"").decode("latin-1"),
-        headers=headers,
-        body=body,
-    )
 
 
 def _error(exc: ServiceError, request_id: str) -> Response:

@@ -15,7 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from openmaker.api.credentials import Credentials
-from openmaker.api.sigv4 import SignedRequest, verify
+from openmaker.api.signed import signed_request
+from openmaker.api.sigv4 import verify
 from openmaker.spec.errors import ServiceError
 
 SIGNING_NAME = "sagemaker"
@@ -41,7 +42,7 @@ def runtime_routes(credentials: Credentials, region: str, account_id: str) -> li
         request_id = str(uuid.uuid4())
         try:
             body = await _body(request)
-            verify(_signed(request, body), credentials, region, {SIGNING_NAME})
+            verify(signed_request(request, body), credentials, region, {SIGNING_NAME})
             name = request.path_params["name"]
             raise ValidationError(f"Endpoint {name} of account {account_id} not found.")
         except ServiceError as exc:
@@ -72,15 +73,3 @@ async def _body(request: Request) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
-
-def _signed(request: Request, body: bytes) -> SignedRequest:
-    headers: dict[str, list[str]] = {}
-    for name, value in request.headers.items():
-        headers.setdefault(name.lower(), []).append(value)
-    return SignedRequest(
-        method=request.method,
-        raw_path=request.scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0],
-        raw_query=request.scope.get("query_string", b"").decode("latin-1"),
-        headers=headers,
-        body=body,
-    )
