@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import openmaker
 from openmaker.host.checkpoints import checkpoint_dir
 from openmaker.host.fastfile import sandbox_binds
 from openmaker.host.images import PROGRAM_MOUNT, Image
@@ -142,11 +143,16 @@ def _tmp_folder(spec: HostSpec, volume: Volume | None) -> Path | None:
 
 def _unseen_python_folders(spec: HostSpec, hidden: list[Path]) -> list[str]:
     """openmaker's Python folders that the root layer would not show: on another filesystem
-    than `/`, or under a folder the sandbox covers (/tmp, openmaker's home, hidden folders)."""
+    than `/`, or under a folder the sandbox covers (/tmp, openmaker's home, hidden folders).
+    openmaker's own package is one of them: the toolkit imports its launcher in the job, and an
+    editable install keeps the package beside its source, outside the environment."""
     root_device = os.stat("/").st_dev
     covered = [Path("/tmp"), *spec.hidden_paths, *hidden]
     unseen = []
-    for prefix in sorted({os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}):
+    package = os.path.realpath(Path(openmaker.__file__).parent)
+    for prefix in sorted(
+        {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), package}
+    ):
         path = Path(prefix)
         if os.stat(path).st_dev != root_device or any(path.is_relative_to(c) for c in covered):
             unseen.append(prefix)
