@@ -141,7 +141,8 @@ class Runnable:
         """The request under a fresh name, up to three of its members replaced: (the request,
         the paths replaced)."""
         paths = list(member_paths(INPUT, self.body))  # type: ignore[arg-type]
-        chosen = st.lists(st.sampled_from(paths), max_size=3, unique_by=lambda p: p[0])
+        # Members of different top-level members: an edit never replaces another one's parent.
+        chosen = st.lists(st.sampled_from(paths), max_size=3, unique_by=lambda p: p[0][0])
 
         def edit(picked: list[tuple[Path_, Shape]]) -> st.SearchStrategy[Any]:
             values = st.tuples(*(strategy(shape, len(path)) for path, shape in picked))
