@@ -76,7 +76,7 @@ def local_folder(spec: HostSpec, uri: str) -> Path | None:
         if spec.store.endpoint is not None:
             return None
         bucket, key = split_s3_uri(uri)
-        return spec.settings.embedded_s3_dir / bucket / key
+        return spec.settings.store.embedded_dir / bucket / key
     return Path(unquote(parsed.path) if parsed.scheme == "file" else uri).absolute()
 
 

@@ -57,11 +57,6 @@ class HostSettings:
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
 
-    @property
-    def embedded_s3_dir(self) -> Path:
-        """The folder that `s3://bucket/key` maps onto when no S3 endpoint is configured."""
-        return self.home / "s3"
-
 
 @dataclass(frozen=True)
 class HostResources:
