@@ -22,7 +22,7 @@ from sqlalchemy import insert
 from bench.stats import Timings, timed
 from openmaker.jobs.db import TrainingJob, writer_sessions
 from openmaker.settings import Settings
-from openmaker.spec.arn import training_job_arn
+from openmaker.shapes.arn import training_job_arn
 from openmaker.tools import wait_listening
 from tests.apiserver import ApiServer, running_api_server, signed_post
 from tests.helpers import make_image, request

@@ -26,9 +26,9 @@ from typing import Any
 import obstore
 
 from bench.overhead import check_completed
-from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
 from openmaker.store import resolve
+from openmaker.training.service import TrainingJobs
 from tests.helpers import log_text, make_image, request, wait_for
 
 LAG_TARGET_SECONDS = 2.0

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import Timings, rate, timed
-from openmaker.host.channels import download_channels
-from openmaker.host.events import Event
-from openmaker.host.spec import HostSettings, HostSpec
 from openmaker.settings import load_settings
+from openmaker.training.host.channels.download import download_channels
+from openmaker.training.host.events import Event
+from openmaker.training.host.spec import HostSettings, HostSpec
 
 KiB, MiB = 1024, 1024 * 1024
 TARGET_RATIO = 1.0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.download import DataSet, s5cmd, upload
 from bench.stats import Timings
-from openmaker.jobs.service import TrainingJobs
+from openmaker.training.service import TrainingJobs
 from tests.helpers import get_object, make_image, request, wait_for
 
 FIRST_BYTE_TARGET_SECONDS = 1.0

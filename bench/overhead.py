@@ -21,9 +21,9 @@ from typing import Any
 import obstore
 
 from bench.stats import Timings
-from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
 from openmaker.store import resolve
+from openmaker.training.service import TrainingJobs
 from tests.helpers import make_image, request, wait_for
 
 TARGET_SECONDS = 1.0

@@ -20,8 +20,8 @@ from bench.download import (
     upload,
 )
 from bench.stats import Timings, rate, timed
-from openmaker.host.jobtree import HostTree
-from openmaker.host.pipe import PipeStreamer, plan_pipe
+from openmaker.training.host.channels.pipe import PipeStreamer, plan_pipe
+from openmaker.training.host.jobtree import HostTree
 
 TARGET_RATIO = 0.9
 READ_SIZE = 1024 * 1024

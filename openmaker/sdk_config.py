@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.settings import Settings
-from openmaker.spec.arn import EXECUTION_ROLE, role_arn
+from openmaker.shapes.arn import EXECUTION_ROLE, role_arn
 
 FILE_NAME = "sagemaker-config.yaml"
 

@@ -1,4 +1,4 @@
-"""Regenerate openmaker/host/framework_images.json from the installed `sagemaker` SDK (v2).
+"""Regenerate openmaker/training/host/framework_images.json from the installed `sagemaker` SDK (v2).
 
 The SDK's image URI config names, per framework, the ECR repositories of its training images
 and the registry account of each region. openmaker keeps only those facts: which repository
@@ -23,7 +23,9 @@ FRAMEWORKS = {
     "huggingface": "Hugging Face",
     "mxnet": "MXNet",
 }
-OUTPUT = Path(__file__).resolve().parent.parent / "openmaker" / "host" / "framework_images.json"
+OUTPUT = (
+    Path(__file__).resolve().parent.parent / "openmaker" / "training" / "host" / "framework_images.json"
+)
 
 
 def _versions(scope: dict[str, Any]) -> list[dict[str, Any]]:

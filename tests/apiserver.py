@@ -50,7 +50,7 @@ class ApiServer:
 
 
 def openmaker_command() -> list[str]:
-    return [sys.executable, "-m", "openmaker.cli"]
+    return [sys.executable, "-m", "openmaker.cli.app"]
 
 
 @contextmanager

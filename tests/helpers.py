@@ -15,11 +15,11 @@ from typing import Any
 import obstore
 
 from openmaker.jobs.db import TrainingJob
-from openmaker.jobs.service import TrainingJobs
-from openmaker.jobs.state import TERMINAL
 from openmaker.settings import load_settings
-from openmaker.spec.errors import ResourceNotFound, ValidationException
+from openmaker.shapes.errors import ResourceNotFound, ValidationException
 from openmaker.store import resolve
+from openmaker.training.service import TrainingJobs
+from openmaker.training.state import TERMINAL
 
 
 def unique_name(prefix: str) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from openmaker.jobs.db import TrainingJob
-from openmaker.jobs.service import TrainingJobs
+from openmaker.training.service import TrainingJobs
 
 
 def job_processes(job_name: str) -> list[int]:

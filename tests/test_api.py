@@ -20,7 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, WaiterError
 
 from openmaker.jobs.logs import LOG_GROUP
-from openmaker.spec.validate import validate_output
+from openmaker.shapes.validate import validate_output
 from tests.apiserver import (
     ApiServer,
     openmaker_command,

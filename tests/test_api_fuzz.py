@@ -22,8 +22,8 @@ from botocore.model import ListShape, MapShape, Shape, StructureShape
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from openmaker.spec.model import operation_model
-from openmaker.spec.validate import compile_pattern
+from openmaker.shapes.model import operation_model
+from openmaker.shapes.validate import compile_pattern
 from tests.apiserver import ApiServer, signed_post, stop_all
 from tests.helpers import make_image, request
 

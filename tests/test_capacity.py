@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from openmaker import instances
-from openmaker.host.limits import cgroup_root
 from openmaker.jobs import capacity
-from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
-from openmaker.spec.errors import ResourceLimitExceeded, ResourceNotFound
-from openmaker.spec.model import shape
+from openmaker.shapes.errors import ResourceLimitExceeded, ResourceNotFound
+from openmaker.shapes.model import shape
+from openmaker.training.host.limits import cgroup_root
+from openmaker.training.service import TrainingJobs
 from tests.helpers import log_text, make_image, request, run_script, wait_for
 from tests.process_helpers import wait_until
 

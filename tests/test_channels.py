@@ -18,17 +18,17 @@ import obstore
 import pytest
 from obstore.store import S3Store
 
-from openmaker.host import recordio
-from openmaker.host.pipe import _gunzip
-from openmaker.host.sharding import shard
-from openmaker.host.shuffle import shuffled
-from openmaker.host.sources import for_host
-from openmaker.host.spec import HostSettings, HostSpec
 from openmaker.settings import load_settings
 from openmaker.store import StoreError, resolve, stream
 from openmaker.store.manifest import parse_augmented_manifest
 from openmaker.store.ranged import fetch_part
 from openmaker.store.stream import Chunk, stream_object
+from openmaker.training.host.channels import recordio
+from openmaker.training.host.channels.objects import for_host
+from openmaker.training.host.channels.pipe import _gunzip
+from openmaker.training.host.channels.sharding import shard
+from openmaker.training.host.channels.shuffle import shuffled
+from openmaker.training.host.spec import HostSettings, HostSpec
 from tests.s3proxy import Fault, S3Proxy, object_get
 from tests.s3server import S3Server
 
@@ -64,7 +64,10 @@ def test_shuffle_is_reproducible_and_new_every_epoch() -> None:
 
 
 def test_shuffle_order_does_not_depend_on_the_process() -> None:
-    code = f"from openmaker.host.shuffle import shuffled; print(shuffled({KEYS!r}, 9, 2))"
+    code = (
+        "from openmaker.training.host.channels.shuffle import shuffled; "
+        f"print(shuffled({KEYS!r}, 9, 2))"
+    )
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-import openmaker.host.checkpoint_sync as checkpoint_sync
-from openmaker.host.checkpoint_sync import CheckpointSync
-from openmaker.host.checkpoints import Ledger, save_checkpoints
-from openmaker.host.events import Event, TransferProgress
-from openmaker.host.jobtree import HostTree
-from openmaker.host.snapshot_upload import upload_snapshot
-from openmaker.host.spec import HostSettings, HostSpec
+import openmaker.training.host.checkpoints.sync as checkpoint_sync
 from openmaker.settings import load_settings
 from openmaker.store import Location, resolve
 from openmaker.store.transfer import SINGLE_PUT_LIMIT
+from openmaker.training.host.checkpoints.snapshot import upload_snapshot
+from openmaker.training.host.checkpoints.sync import CheckpointSync
+from openmaker.training.host.checkpoints.transfer import Ledger, save_checkpoints
+from openmaker.training.host.events import Event, TransferProgress
+from openmaker.training.host.jobtree import HostTree
+from openmaker.training.host.spec import HostSettings, HostSpec
 from tests.helpers import get_object, log_text, put_objects, run_script
 from tests.s3server import S3Server
 

@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import get_object, make_image, put_objects
 from tests.s3server import S3Server
 
-OPENMAKER = [sys.executable, "-m", "openmaker.cli"]
+OPENMAKER = [sys.executable, "-m", "openmaker.cli.app"]
 
 # A script-mode program that checks what the sagemaker-training toolkit hands it.
 TRAIN_PY = """

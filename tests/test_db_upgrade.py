@@ -7,7 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from openmaker.jobs.service import TrainingJobs
+from openmaker.training.service import TrainingJobs
 from tests.helpers import request
 
 # The training_jobs table as the first release (commit 8672001) created it.

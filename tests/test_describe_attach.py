@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.instances import detect_gpus
-from openmaker.spec.validate import validate_output
+from openmaker.shapes.validate import validate_output
 from tests.apiserver import ApiServer
 from tests.egress import Egress
 from tests.helpers import make_image

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from inotify_simple import INotify, flags
 
-from openmaker.host.fastfile import sweep_stale_mounts
 from openmaker.jobs.db import TrainingJob
-from openmaker.jobs.service import TrainingJobs
+from openmaker.training.host.channels.fastfile import sweep_stale_mounts
+from openmaker.training.service import TrainingJobs
 from tests.helpers import (
     get_object,
     log_text,

@@ -22,8 +22,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from openmaker.jobs.service import TrainingJobs
-from openmaker.jobs.state import TERMINAL
+from openmaker.training.service import TrainingJobs
+from openmaker.training.state import TERMINAL
 from tests.apiserver import running_api_server
 from tests.helpers import (
     get_object,

@@ -1,5 +1,5 @@
-"""The host has one door (openmaker/host/training_host.py), keeps no state between calls in its
-modules, and its spec is plain data that may cross to another machine."""
+"""The host has one door (openmaker/training/host/training_host.py), keeps no state between
+calls in its modules, and its spec is plain data that may cross to another machine."""
 
 from __future__ import annotations
 
@@ -9,28 +9,28 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from openmaker.host.network import JobNetwork
-from openmaker.host.spec import HostResources, HostSettings, HostSpec
-from openmaker.jobs.worker import host_specs
 from openmaker.settings import S3Endpoint, Settings
+from openmaker.training.host.network import JobNetwork
+from openmaker.training.host.spec import HostResources, HostSettings, HostSpec
+from openmaker.training.worker import host_specs
 from tests.test_layers import PACKAGE, imports
 
-# What the jobs layer may import of the host package, and why.
+# What the jobs layer and the training resource may import of the host package, and why.
 JOBS_MAY_IMPORT = {
-    "openmaker.host.training_host": "the door: TrainingHost, its results and failures",
-    "openmaker.host.spec": "the plain data a host is started with",
-    "openmaker.host.events": "what hosts report, which the recorder turns into rows",
-    "openmaker.host.site": "what a job's hosts share on this machine (its bridge) and the "
+    "openmaker.training.host.training_host": "the door: TrainingHost, its results and failures",
+    "openmaker.training.host.spec": "the plain data a host is started with",
+    "openmaker.training.host.events": "what hosts report, which the recorder turns into rows",
+    "openmaker.training.host.site": "what a job's hosts share on this machine (its bridge) and the "
     "sweep of what a lost job left there",
-    "openmaker.host.images": "CreateTrainingJob refuses an image no host could run "
-    "(jobs/service.py); moves to the training plan",
+    "openmaker.training.host.images": "CreateTrainingJob refuses an image no host could run "
+    "(training/service.py); moves to the training plan",
 }
 # The worker itself: the door, the spec, the events, the site.
 WORKER_MAY_IMPORT = {
-    "openmaker.host.training_host",
-    "openmaker.host.spec",
-    "openmaker.host.events",
-    "openmaker.host.site",
+    "openmaker.training.host.training_host",
+    "openmaker.training.host.spec",
+    "openmaker.training.host.events",
+    "openmaker.training.host.site",
 }
 
 
@@ -39,25 +39,25 @@ def _host_imports(path: Path) -> set[str]:
     module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     found = set()
     for name in imports(module, path.read_text()):
-        if name == "openmaker.host" or not name.startswith("openmaker.host."):
+        if name == "openmaker.training.host" or not name.startswith("openmaker.training.host."):
             continue
         parts = name.split(".")
-        # `openmaker.host.spec.HostSpec` is the module `openmaker.host.spec`.
-        found.add(".".join(parts[:3]))
+        # `openmaker.training.host.spec.HostSpec` is the module `openmaker.training.host.spec`.
+        found.add(".".join(parts[:4]))
     return found
 
 
 def test_the_jobs_layer_imports_only_the_hosts_door() -> None:
     wrong = {
         f"{path.relative_to(PACKAGE)} imports {name}"
-        for path in sorted((PACKAGE / "jobs").rglob("*.py"))
+        for path in [*(PACKAGE / "jobs").glob("*.py"), *(PACKAGE / "training").glob("*.py")]
         for name in _host_imports(path)
         if name not in JOBS_MAY_IMPORT
     }
     assert not wrong, sorted(wrong)
-    worker = _host_imports(PACKAGE / "jobs" / "worker.py")
+    worker = _host_imports(PACKAGE / "training" / "worker.py")
     assert worker <= WORKER_MAY_IMPORT, sorted(worker - WORKER_MAY_IMPORT)
-    assert "openmaker.host.training_host" in worker
+    assert "openmaker.training.host.training_host" in worker
 
 
 # Calls that make a mutable container, and the methods that change one.
@@ -116,8 +116,8 @@ def test_host_modules_keep_no_state_of_their_own() -> None:
 
 
 def test_the_state_scan_sees_what_a_host_used_to_keep() -> None:
-    """The shapes of state removed from host/inputs.py, host/volume.py and host/jobtree.py,
-    and a constant table that is only read."""
+    """The shapes of state removed from training/host/channels/inputs.py, training/host/volume.py
+    and training/host/jobtree.py, and a constant table that is only read."""
     source = (
         "_active: dict[str, int] = {}\n"
         "_trees = dict()\n"

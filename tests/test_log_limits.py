@@ -21,13 +21,13 @@ from botocore.exceptions import ClientError
 from sqlalchemy import cast, func, select
 from sqlalchemy.types import LargeBinary
 
-from openmaker.host.events import LogLines
 from openmaker.jobs.db import LogEvent, LogStream, TrainingJob
 from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP
 from openmaker.jobs.recorder import JobRecorder
-from openmaker.jobs.service import TrainingJobs
-from openmaker.jobs.state import TERMINAL
 from openmaker.settings import Settings, load_settings
+from openmaker.training.host.events import LogLines
+from openmaker.training.service import TrainingJobs
+from openmaker.training.state import TERMINAL
 from tests.apiserver import ApiServer
 from tests.helpers import make_image, request
 

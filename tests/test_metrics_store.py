@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from openmaker.api.cloudwatch_metrics import CloudWatchMetrics
-from openmaker.jobs.metric_reads import MetricReads
-from openmaker.jobs.service import TrainingJobs
+from openmaker.training.metric_reads import MetricReads
+from openmaker.training.service import TrainingJobs
 from tests.test_db_upgrade import FIRST_RELEASE_TABLE
 
 # metric_values as it was before each value named its host.

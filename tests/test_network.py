@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from openmaker.host.network import PREFIX, job_id
-from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
+from openmaker.training.host.network import PREFIX, job_id
+from openmaker.training.service import TrainingJobs
 from tests.apiserver import ApiServer
 from tests.helpers import get_object, make_image, request, stop_and_wait, wait_for, wait_for_log
 from tests.process_helpers import hold, wait_for_code, wait_gone, worker_pid

@@ -12,8 +12,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from openmaker.jobs.logs import LOG_GROUP
-from openmaker.spec.model import operation_model
-from openmaker.spec.paging import paginator
+from openmaker.shapes.model import operation_model
+from openmaker.shapes.paging import paginator
 from tests.apiserver import ApiServer, stop_all
 from tests.helpers import make_image, request
 
@@ -110,7 +110,7 @@ def test_a_token_is_good_for_its_own_operation_and_query_only(
 
 def test_tokens_do_not_say_how_they_are_made(tmp_path: Path) -> None:
     """Opaque to clients: no row id or offset in plain sight (clients must not build them)."""
-    from openmaker.spec.paging import encode
+    from openmaker.shapes.paging import encode
 
     token = encode("GetLogEvents", {"after": 12345})
     assert "12345" not in token and "/" not in token

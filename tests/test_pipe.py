@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from openmaker.host.shuffle import shuffled
+from openmaker.training.host.channels.shuffle import shuffled
 from tests.helpers import get_object, put_objects, run_script, source_of
 from tests.s3server import S3Server
 

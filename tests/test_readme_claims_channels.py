@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.jobs.service import TrainingJobs
-from openmaker.jobs.state import TERMINAL
+from openmaker.training.service import TrainingJobs
+from openmaker.training.state import TERMINAL
 from tests.helpers import get_object, make_image, request, wait_for, wait_for_log
 from tests.process_helpers import code_process, worker_pid
 from tests.s3server import RestartableS3Server

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.jobs.service import TrainingJobs
-from openmaker.jobs.state import TERMINAL
+from openmaker.training.service import TrainingJobs
+from openmaker.training.state import TERMINAL
 from tests.apiserver import openmaker_command
 from tests.helpers import get_object, make_image, run_script, wait_for
 from tests.process_helpers import code_process, wait_until, worker_pid

@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from openmaker.jobs.logs import LOG_GROUP
-from openmaker.spec.validate import validate_output
+from openmaker.shapes.validate import validate_output
 from tests.apiserver import ApiServer, running_api_server
 from tests.helpers import make_image, request
 from tests.s3server import S3Server

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.host.limits import jobs_with_cgroups, memory_cgroup_root
 from openmaker.jobs.db import TrainingJob
-from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
+from openmaker.training.host.limits import jobs_with_cgroups, memory_cgroup_root
+from openmaker.training.service import TrainingJobs
 from tests.apiserver import openmaker_command, running_api_server
 from tests.helpers import make_image, request, wait_for
 from tests.process_helpers import (
@@ -88,7 +88,7 @@ HANGING_STARTER = """
 import json, sys, time
 from openmaker.settings import load_settings
 from openmaker.jobs.executor import LocalExecutor
-from openmaker.jobs.service import TrainingJobs
+from openmaker.training.service import TrainingJobs
 
 class Hanging(LocalExecutor):
     def submit(self, *args, **kwargs):

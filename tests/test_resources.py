@@ -15,14 +15,15 @@ from botocore.exceptions import ClientError
 from botocore.model import StringShape
 
 from openmaker.api.operations import Backend
-from openmaker.jobs import kinds, state
+from openmaker.jobs import kinds
 from openmaker.jobs.db import JobRecord, TrainingJob
 from openmaker.jobs.logs import LOG_GROUP
-from openmaker.jobs.training import SecondaryStatus, TrainingJobStatus
 from openmaker.settings import load_settings
-from openmaker.spec import errors
-from openmaker.spec.errors import answered_errors, declared_errors
-from openmaker.spec.model import shape
+from openmaker.shapes import errors
+from openmaker.shapes.errors import answered_errors, declared_errors
+from openmaker.shapes.model import shape
+from openmaker.training import state
+from openmaker.training.status import SecondaryStatus, TrainingJobStatus
 from tests.apiserver import ApiServer, stop_all
 from tests.helpers import make_image, request
 
@@ -76,7 +77,7 @@ def _served() -> dict[str, list[str]]:
 
 
 def test_every_error_class_openmaker_defines_is_declared_somewhere(home: Path) -> None:
-    """Each error of openmaker/spec/errors.py is a common AWS error or an error shape that the
+    """Each error of openmaker/shapes/errors.py is a common AWS error or an error shape that the
     sagemaker or logs model declares."""
     declared = set(errors.COMMON_ERRORS)
     for service, operations in _served().items():

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openmaker.host.limits import jobs_with_cgroups
 from openmaker.jobs.db import TrainingJob
 from openmaker.jobs.executor import process_lost, process_start_time
-from openmaker.jobs.service import TrainingJobs
+from openmaker.training.host.limits import jobs_with_cgroups
+from openmaker.training.service import TrainingJobs
 from tests.helpers import get_object, make_image, request, wait_for
 from tests.process_helpers import (
     code_process,

@@ -20,7 +20,7 @@ import pytest
 from openmaker.runtime import Bind, Container, ContainerSpec, unavailable_reason
 
 # What the runtime must never import: the resources that use it.
-FORBIDDEN = ("openmaker.host", "openmaker.jobs", "openmaker.api")
+FORBIDDEN = ("openmaker.training.host", "openmaker.jobs", "openmaker.api")
 
 sandboxed = pytest.mark.skipif(unavailable_reason() is not None, reason="needs the bwrap sandbox")
 

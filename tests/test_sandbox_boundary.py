@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.host.volume import mount_points_under
-from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
+from openmaker.training.host.volume import mount_points_under
+from openmaker.training.service import TrainingJobs
 from tests.helpers import (
     get_object,
     log_text,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from openmaker.spec.validate import validate_output
+from openmaker.shapes.validate import validate_output
 from tests.apiserver import ApiServer
 from tests.helpers import make_image, request
 from tests.test_api_clients import new_bucket

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from openmaker.jobs.executor import process_lost
-from openmaker.jobs.service import TrainingJobs
-from openmaker.jobs.state import TERMINAL
 from openmaker.settings import load_settings
 from openmaker.store import Download, download_all, ranged, resolve, upload_file
 from openmaker.store.stream import stream_object
 from openmaker.store.transfer import SINGLE_PUT_LIMIT
+from openmaker.training.service import TrainingJobs
+from openmaker.training.state import TERMINAL
 from tests.helpers import get_object, log_text, make_image, request, wait_for
 from tests.process_helpers import wait_for_no_processes, wait_until, worker_pid
 from tests.s3proxy import Fault, Matches, S3Proxy, Seen, object_get

@@ -32,7 +32,7 @@ READERS_ALLOWED = {
     "demo/train_digits.py",
     # The toolkit's framework module, run in the job's sandbox: it sets the job's own
     # distribution variables (MASTER_ADDR, TF_CONFIG) as SageMaker's framework containers do.
-    "host/launcher.py",
+    "training/host/launcher.py",
 }
 
 
@@ -85,7 +85,7 @@ BAD_VALUES = [
 def _openmaker(home: Path, variable: str, value: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPENMAKER_HOME": str(home), variable: value}
     return subprocess.run(
-        [sys.executable, "-m", "openmaker.cli", *args],
+        [sys.executable, "-m", "openmaker.cli.app", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""openmaker.spec against the real botocore model: request checks, patterns, ARNs, names."""
+"""openmaker.shapes against the real botocore model: request checks, patterns, ARNs, names."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
-from openmaker.spec.arn import resource_arn, training_job_arn
-from openmaker.spec.errors import ValidationException
-from openmaker.spec.model import _loader, operation_model, service_model, shape
-from openmaker.spec.names import unique_name
-from openmaker.spec.training import check_create_training_job, default_stopping_condition
-from openmaker.spec.validate import (
+from openmaker.shapes.arn import resource_arn, training_job_arn
+from openmaker.shapes.errors import ValidationException
+from openmaker.shapes.model import _loader, operation_model, service_model, shape
+from openmaker.shapes.names import unique_name
+from openmaker.shapes.training import check_create_training_job, default_stopping_condition
+from openmaker.shapes.validate import (
     compile_pattern,
     java_to_python,
     pattern_matches,
@@ -192,7 +192,7 @@ INVALID: dict[str, tuple[Change, str]] = {
         put("AlgorithmSpecification.Bogus", 1),
         "Unknown parameter at 'AlgorithmSpecification.Bogus'",
     ),
-    # openmaker's own rules (openmaker.spec.training)
+    # openmaker's own rules (openmaker.shapes.training)
     "duplicate-channel": (
         put("InputDataConfig", [channel("train"), channel("train")]),
         "at 'InputDataConfig.2.member.ChannelName'",
@@ -493,7 +493,7 @@ def test_java_patterns(pattern: str, value: str, matches: bool) -> None:
 
 
 def test_an_untranslatable_pattern_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="openmaker.spec.validate"):
+    with caplog.at_level(logging.WARNING, logger="openmaker.shapes.validate"):
         assert compile_pattern(r"\p{InGreek}+") is None
     assert "InGreek" in caplog.text
     assert pattern_matches(r"\p{InGreek}+", "anything")  # only that check is dropped

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openmaker.jobs.service import TrainingJobs
+from openmaker.training.service import TrainingJobs
 from tests.helpers import get_object, make_image, request, wait_for, wait_for_secondary_status
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from openmaker.jobs.service import TrainingJobs
+from openmaker.training.service import TrainingJobs
 from tests.helpers import (
     get_object,
     log_text,

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from openmaker.host.container import sandbox_unavailable_reason
-from openmaker.host.fastfile import is_mounted
-from openmaker.jobs.service import TrainingJobs
 from openmaker.settings import load_settings
-from openmaker.spec.errors import ValidationException
+from openmaker.shapes.errors import ValidationException
 from openmaker.store import list_prefix, resolve
 from openmaker.tools import find_tool
+from openmaker.training.host.channels.fastfile import is_mounted
+from openmaker.training.host.container import sandbox_unavailable_reason
+from openmaker.training.service import TrainingJobs
 from tests.helpers import (
     get_object,
     log_text,

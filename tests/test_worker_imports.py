@@ -9,7 +9,7 @@ import sys
 
 # The modules a worker process imports before it has its job (openmaker/jobs/executor.py
 # starts `python -m openmaker.jobs.worker_process`, whose main imports the worker).
-WORKER_MODULES = ("openmaker.jobs.worker_process", "openmaker.jobs.worker")
+WORKER_MODULES = ("openmaker.jobs.worker_process", "openmaker.training.worker")
 HEAVY = ("sqlalchemy", "botocore", "boto3")
 
 
@@ -24,6 +24,6 @@ def test_starting_a_worker_imports_no_sqlalchemy() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     loaded = json.loads(out)
-    assert "openmaker.jobs.worker" in loaded
+    assert "openmaker.training.worker" in loaded
     heavy = [name for name in loaded if name.split(".")[0] in HEAVY]
     assert heavy == [], f"a starting worker imports {heavy[:5]}"

@@ -34,9 +34,9 @@ from openmaker.api.sagemaker_metrics import SageMakerMetrics
 from openmaker.api.signed import signed_request
 from openmaker.api.sigv4 import verify
 from openmaker.api.wire import from_wire, parse_document, range_problems, to_wire
-from openmaker.spec.errors import ServiceError, UnknownOperation, ValidationException
-from openmaker.spec.model import operation_model
-from openmaker.spec.validate import error_message, validate_input
+from openmaker.shapes.errors import ServiceError, UnknownOperation, ValidationException
+from openmaker.shapes.model import operation_model
+from openmaker.shapes.validate import error_message, validate_input
 
 JSON_TYPE = "application/x-amz-json-1.1"
 # No SageMaker or Logs request openmaker serves comes near this; a bigger body is refused

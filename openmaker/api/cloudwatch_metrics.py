@@ -19,8 +19,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from openmaker.api.operations import Handler
-from openmaker.jobs.metric_reads import MetricReads
-from openmaker.jobs.metric_series import (
+from openmaker.shapes.errors import ServiceError
+from openmaker.shapes.model import service_model
+from openmaker.shapes.validate import error_message, shape_problems
+from openmaker.training.metric_reads import MetricReads
+from openmaker.training.metric_series import (
     BASIC_STATISTICS,
     NAMESPACE,
     Bucket,
@@ -28,9 +31,6 @@ from openmaker.jobs.metric_series import (
     percentile_of,
     series_of,
 )
-from openmaker.spec.errors import ServiceError
-from openmaker.spec.model import service_model
-from openmaker.spec.validate import error_message, shape_problems
 
 SERVICE = "cloudwatch"
 TARGET_PREFIX = "GraniteServiceVersion20100801"

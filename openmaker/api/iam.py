@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from openmaker.api.query import QueryService, modeled_error
-from openmaker.spec.arn import role_arn
+from openmaker.shapes.arn import role_arn
 
 # The trust policy SageMaker execution roles carry: the SDKs check it names SageMaker.
 TRUST_POLICY = {

@@ -11,16 +11,16 @@ from collections.abc import Callable
 from typing import Any
 
 from openmaker.jobs.cloudwatch import GROUPS, LogQueries, Window
-from openmaker.jobs.metric_reads import MetricReads
-from openmaker.jobs.query import JobQuery
-from openmaker.jobs.search import search
-from openmaker.jobs.service import TrainingJobs
 from openmaker.jobs.tags import Tags
-from openmaker.jobs.update import update_training_job
 from openmaker.settings import Settings
-from openmaker.spec.locations import LocalPaths
-from openmaker.spec.model import operation_model
-from openmaker.spec.paging import paginator
+from openmaker.shapes.locations import LocalPaths
+from openmaker.shapes.model import operation_model
+from openmaker.shapes.paging import paginator
+from openmaker.training.metric_reads import MetricReads
+from openmaker.training.query import JobQuery
+from openmaker.training.search import search
+from openmaker.training.service import TrainingJobs
+from openmaker.training.update import update_training_job
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 SWEEP_SECONDS = 5.0

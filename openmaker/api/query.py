@@ -19,9 +19,9 @@ from urllib.parse import parse_qsl
 
 from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
 
-from openmaker.spec.errors import ServiceError, ValidationException
-from openmaker.spec.model import operation_model, service_model
-from openmaker.spec.validate import validate_input
+from openmaker.shapes.errors import ServiceError, ValidationException
+from openmaker.shapes.model import operation_model, service_model
+from openmaker.shapes.validate import validate_input
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 CONTENT_TYPE = "text/xml"

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from openmaker.api.credentials import Credentials
 from openmaker.api.signed import signed_request
 from openmaker.api.sigv4 import verify
-from openmaker.spec.errors import ServiceError
+from openmaker.shapes.errors import ServiceError
 
 SIGNING_NAME = "sagemaker"
 # InvokeEndpoint, InvokeEndpointAsync, InvokeEndpointWithResponseStream.

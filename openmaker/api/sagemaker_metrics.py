@@ -13,8 +13,8 @@ import statistics
 from typing import Any
 
 from openmaker.api.operations import Handler
-from openmaker.jobs.metric_reads import MetricReads
-from openmaker.jobs.metric_series import JOB_DIMENSION, Series
+from openmaker.training.metric_reads import MetricReads
+from openmaker.training.metric_series import JOB_DIMENSION, Series
 
 SERVICE = "sagemaker-metrics"
 PATH = "/BatchGetMetrics"

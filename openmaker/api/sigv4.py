@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 from openmaker.api.credentials import Credentials
-from openmaker.spec.errors import ServiceError
+from openmaker.shapes.errors import ServiceError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 TERMINATOR = "aws4_request"

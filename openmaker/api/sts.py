@@ -10,7 +10,7 @@ from typing import Any
 
 from openmaker.api.iam import role_id
 from openmaker.api.query import QueryService
-from openmaker.spec.arn import EXECUTION_ROLE, assumed_role_arn
+from openmaker.shapes.arn import EXECUTION_ROLE, assumed_role_arn
 
 SESSION_NAME = "openmaker"
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
-from openmaker.spec.errors import SerializationError
-from openmaker.spec.validate import failure
+from openmaker.shapes.errors import SerializationError
+from openmaker.shapes.validate import failure
 
 # The deepest request of either service nests 6 levels; this leaves room for later models.
 MAX_DEPTH = 32

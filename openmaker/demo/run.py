@@ -6,7 +6,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from openmaker.request_builder import TrainFlags, default_bucket
+from openmaker.cli.request_builder import TrainFlags, default_bucket
 from openmaker.settings import Settings
 from openmaker.store import resolve, upload_file
 

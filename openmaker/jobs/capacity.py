@@ -97,7 +97,7 @@ def describe(amount: Resources) -> str:
 def check_can_fit(instances: Instances, machine: Machine, noun: str) -> None:
     """Refuse, under the strict policy, a job (a `noun`) this machine could never run."""
     # Imported here: a worker uses this module too, and needs no API model.
-    from openmaker.spec.errors import ResourceLimitExceeded
+    from openmaker.shapes.errors import ResourceLimitExceeded
 
     instance_type, count = instances.instance_type, instances.count
     if count > MAX_HOSTS_PER_JOB:

@@ -2,7 +2,7 @@
 
 Events keep the order they were written in (their row id); tokens name a row id, so that a
 client polling with `nextForwardToken` sees every line exactly once, however fast lines come.
-Tokens are made and read by openmaker/spec/paging.py, as every operation's are.
+Tokens are made and read by openmaker/shapes/paging.py, as every operation's are.
 FilterLogEvents examines a bounded number of events per call, as CloudWatch does: a search
 through a large stream takes several calls, each quick, some with no events but a `nextToken`.
 """
@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from openmaker.jobs.db import LogEvent, LogStream
 from openmaker.jobs.kinds import log_groups
 from openmaker.jobs.logs import EVENT_OVERHEAD
-from openmaker.spec.errors import InvalidParameter, LogsResourceNotFound
-from openmaker.spec.paging import decode, encode, invalid_token, paginator, whole_number
+from openmaker.shapes.errors import InvalidParameter, LogsResourceNotFound
+from openmaker.shapes.paging import decode, encode, invalid_token, paginator, whole_number
 
 # GetLogEvents and FilterLogEvents answer at most 1 MB, counting EVENT_OVERHEAD per event.
 RESPONSE_BYTES = 1_048_576

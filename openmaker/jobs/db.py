@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from openmaker.home import FILE_MODE, HomeError, prepare_home
 from openmaker.settings import Settings
-from openmaker.spec.errors import ServiceError, ServiceUnavailable, ThrottlingException
+from openmaker.shapes.errors import ServiceError, ServiceUnavailable, ThrottlingException
 
 
 class DatabaseError(HomeError):

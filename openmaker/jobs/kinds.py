@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from openmaker.jobs import retry, state
+from openmaker.jobs import retry
 from openmaker.jobs.logs import LOG_GROUP
 from openmaker.jobs.resource import Instances, ResourceKind
-from openmaker.jobs.training import ACTIVE, ENDED, SecondaryStatus
+from openmaker.training import state
+from openmaker.training.status import ACTIVE, ENDED, SecondaryStatus
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import JobRecord, TrainingJob

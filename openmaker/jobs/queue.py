@@ -26,8 +26,8 @@ from openmaker.jobs.db import JobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, Worker, process_start_time
 from openmaker.jobs.kinds import KINDS
 from openmaker.jobs.resource import ResourceKind
-from openmaker.jobs.state import as_utc
 from openmaker.settings import Settings, from_json, load_settings, to_json
+from openmaker.training.state import as_utc
 
 LAUNCH_FILE = "launch.json"
 

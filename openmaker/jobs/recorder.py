@@ -22,7 +22,11 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from openmaker.host.events import (
+from openmaker.jobs.kinds import TRAINING
+from openmaker.jobs.logs import EVENT_OVERHEAD, stream_name
+from openmaker.settings import Settings
+from openmaker.training import state
+from openmaker.training.host.events import (
     Event,
     LogLine,
     LogLines,
@@ -31,11 +35,7 @@ from openmaker.host.events import (
     SystemMetrics,
     TransferProgress,
 )
-from openmaker.jobs import state
-from openmaker.jobs.kinds import TRAINING
-from openmaker.jobs.logs import EVENT_OVERHEAD, stream_name
-from openmaker.jobs.training import SecondaryStatus, message_of
-from openmaker.settings import Settings
+from openmaker.training.status import SecondaryStatus, message_of
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker

@@ -14,19 +14,19 @@ import shutil
 
 from sqlalchemy import Select, select
 
-from openmaker.host.site import (
-    jobs_with_cgroups,
-    jobs_with_networks,
-    remove_job_cgroups,
-    remove_network,
-    unmount_under,
-)
 from openmaker.jobs import queue
 from openmaker.jobs.db import JobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor
 from openmaker.jobs.kinds import KINDS
 from openmaker.jobs.resource import ResourceKind
 from openmaker.settings import Settings
+from openmaker.training.host.site import (
+    jobs_with_cgroups,
+    jobs_with_networks,
+    remove_job_cgroups,
+    remove_network,
+    unmount_under,
+)
 
 
 def sweep(settings: Settings, executor: Executor) -> None:

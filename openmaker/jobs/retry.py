@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from openmaker.jobs import state
-from openmaker.jobs.training import SecondaryStatus
+from openmaker.training import state
+from openmaker.training.status import SecondaryStatus
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs import kinds
 from openmaker.jobs.db import Tag
-from openmaker.spec.errors import ResourceNotFound, ValidationException
-from openmaker.spec.paging import paginator
+from openmaker.shapes.errors import ResourceNotFound, ValidationException
+from openmaker.shapes.paging import paginator
 
 # SageMaker's limit per resource.
 MAX_TAGS = 50

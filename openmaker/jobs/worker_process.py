@@ -12,7 +12,7 @@ signal.signal(signal.SIGTERM, lambda *_: stop_before_start.set())
 
 
 def main() -> None:
-    from openmaker.jobs.worker import main as run_worker
+    from openmaker.training.worker import main as run_worker
 
     run_worker(stop_before_start)
 

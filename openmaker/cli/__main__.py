@@ -1,0 +1,5 @@
+"""`python -m openmaker.cli`."""
+
+from openmaker.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""A host's input channels: File (downloaded), FastFile (mounted), Pipe (streamed into FIFOs)."""

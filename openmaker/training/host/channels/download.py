@@ -1,0 +1,94 @@
+"""Input channels in File mode: every object of the channel on local disk before the code starts.
+
+Pipe channels are streamed (channels/pipe.py) and FastFile channels mounted (channels/fastfile.py)
+instead; channels/inputs.py starts and stops those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from openmaker.store import Download, StoreError, download_all, safe_destination
+from openmaker.store.transfer import OBJECTS_IN_FLIGHT
+from openmaker.training.host.channels.objects import ChannelError, for_host, list_channel, source_of
+from openmaker.training.host.events import Emit
+from openmaker.training.host.progress import ProgressMeter
+from openmaker.training.host.spec import HostSpec
+
+__all__ = [
+    "ChannelError",
+    "DownloadStopped",
+    "download_channels",
+    "file_channels",
+    "plan_channel",
+]
+
+
+async def plan_channel(spec: HostSpec, channel: dict[str, Any]) -> list[Download]:
+    """The objects this host gets for `channel`, each with a destination inside its folder."""
+    name = channel["ChannelName"]
+    if source_of(channel)["S3DataType"] not in ("S3Prefix", "ManifestFile"):
+        raise ChannelError(
+            f"channel {name!r}: S3DataType {source_of(channel)['S3DataType']} is not supported "
+            "in File mode"
+        )
+    root = spec.ml_dir / "input" / "data" / name
+    objects = for_host(spec, channel, await list_channel(spec, channel))
+    return [
+        Download(o.store, o.key, o.size, safe_destination(root, o.relative)) for o in objects
+    ]
+
+
+def file_channels(spec: HostSpec) -> list[dict[str, Any]]:
+    return [c for c in spec.request.get("InputDataConfig") or [] if spec.input_mode(c) == "File"]
+
+
+class DownloadStopped(Exception):
+    """The job was stopped while its channels downloaded; what was fetched stays unused."""
+
+
+# How often a download looks whether the job was stopped.
+STOP_POLL_SECONDS = 0.1
+
+
+def download_channels(
+    spec: HostSpec, emit: Emit, stopped: Callable[[], bool] = lambda: False
+) -> int:
+    """Download every File channel; returns the number of bytes. Raises DownloadStopped as
+    soon as `stopped()` says so: a stop must not wait for gigabytes to arrive."""
+    return asyncio.run(_until_stopped(_download_channels(spec, emit), stopped))
+
+
+async def _until_stopped(work: Coroutine[Any, Any, int], stopped: Callable[[], bool]) -> int:
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await asyncio.wait({task}, timeout=STOP_POLL_SECONDS)
+        if not task.done() and stopped():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise DownloadStopped
+    return task.result()
+
+
+async def _download_channels(spec: HostSpec, emit: Emit) -> int:
+    channels = file_channels(spec)
+    for channel in channels:
+        (spec.ml_dir / "input" / "data" / channel["ChannelName"]).mkdir(parents=True, exist_ok=True)
+    plans = await asyncio.gather(*(plan_channel(spec, c) for c in channels))
+    total = sum(d.size for plan in plans for d in plan)
+    meter = ProgressMeter("Downloading", total, emit)
+    in_flight = max(8, OBJECTS_IN_FLIGHT // max(1, len(channels)))
+
+    async def fetch(channel: dict[str, Any], plan: list[Download]) -> None:
+        try:
+            await download_all(plan, meter.add, in_flight)
+        except StoreError as exc:
+            raise ChannelError(f"channel {channel['ChannelName']!r}: {exc}") from None
+
+    await asyncio.gather(*(fetch(c, p) for c, p in zip(channels, plans, strict=True)))
+    meter.finish()
+    return total

@@ -1,0 +1,1 @@
+"""A host's checkpoints: restored before the code starts, synced while it runs, saved at its end."""

@@ -1,0 +1,370 @@
+"""Each host's own network: a network namespace with an address on a bridge of its job's own.
+
+Per job (made by its worker before its hosts start; removed when it ends, or by the recovery
+sweep after a killed worker): a Linux bridge `omn<id>` with a /24 of `OPENMAKER_NETWORK_RANGE`
+that no route of the machine's overlaps, and an nftables table `inet omn<id>`, which
+- drops whatever the job's hosts send to the machine itself (its services, whatever address
+  they listen on; the host's loopback is out of reach anyway) and to other jobs' bridges;
+- lets nobody outside open a connection to them (the machine itself may: it is not forwarded);
+- drops link-local destinations (a cloud's instance metadata, with the machine's credentials);
+- masquerades the rest, so the code reaches the internet where the machine does.
+Jobs are thus isolated from one another on bridges of their own, which needs no rule per host
+and goes away whole with the job. IPv4 forwarding is switched on for the bridge, and for the
+machine's uplinks only when it was off there; then a table `inet omnguard` drops any forwarding
+that is not a job's, and both are undone when the last job's bridge goes.
+
+Per host: a thread unshares a network namespace of its own and configures it from inside (the
+`eth0` end of a veth pair whose other end joins the bridge, loopback, a default route through
+the bridge), makes the relay's listeners there (the embedded S3 endpoint keeps its loopback
+URL, see relay.py), and leaves a descriptor that the sandbox enters (runtime/enter.py) before
+anything else. Nothing names the namespace: it ends with the code and the worker's descriptor.
+The code, root without CAP_NET_ADMIN or CAP_NET_RAW in a user namespace below the one that owns
+the namespace, cannot change its address, sniff, or forge packets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from openmaker.settings import Settings
+from openmaker.training.host.relay import Relay
+
+# Names of every link and table openmaker makes: `omn<id>` (a job's bridge, table),
+# `omn<id>v<n>` (the machine's end of host n's veth pair). Fits IFNAMSIZ (15) for 999 hosts.
+PREFIX = "omn"
+GUARD_TABLE = "omnguard"
+# The loopback address base of hosts that share the machine's namespace.
+SHARED_ADDRESS_BASE = "127.0.1."
+# Variables of the code's environment whose endpoint, when it is on this machine, the code
+# reaches through the network namespace (never the request's own Environment: a job could name
+# the API's port there).
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_STATE = Path("/run/openmaker-network")
+_SYS_NET = Path("/sys/class/net")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetworkError(OSError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobNetwork:
+    """How a job's hosts reach one another, as plain data: on its bridge (`bridge` set), or
+    sharing the machine's namespace on loopback addresses (`reason` says why)."""
+
+    addresses: dict[str, str]
+    bridge: str | None = None
+    gateway: str | None = None
+    # Endpoints the code reaches on the machine's loopback: (port, address outside).
+    relays: list[tuple[int, str]] = field(default_factory=list)
+    reason: str | None = None
+
+    @property
+    def note(self) -> str:
+        if self.bridge is not None:
+            return f"network {self.gateway}/24 of its own"
+        return f"hosts share the machine's network ({self.reason})"
+
+
+def job_id(home: Path, job_name: str) -> str:
+    return hashlib.sha256(f"{home}\0{job_name}".encode()).hexdigest()[:8]
+
+
+def _home_key(home: Path) -> str:
+    return hashlib.sha256(str(home).encode()).hexdigest()[:12]
+
+
+def shared(hosts: list[str], reason: str) -> JobNetwork:
+    addresses = {name: f"{SHARED_ADDRESS_BASE}{i + 1}" for i, name in enumerate(hosts)}
+    return JobNetwork(addresses, reason=reason)
+
+
+def unavailable_reason(settings: Settings, hosts: list[str]) -> str | None:
+    if settings.shared_network:
+        return "OPENMAKER_NETWORK=shared"
+    if os.geteuid() != 0:
+        return "openmaker is not root"
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
+        if shutil.which(tool) is None:
+            return f"{tool} ({package}) is not installed"
+    if len(hosts) > 253:
+        return "more than 253 hosts"
+    return None
+
+
+def create(
+    settings: Settings, job_name: str, hosts: list[str], code_env: Mapping[str, str]
+) -> JobNetwork:
+    """The job's bridge and rules; where they cannot be made, the shared network, saying why."""
+    if reason := unavailable_reason(settings, hosts):
+        return shared(hosts, reason)
+    home = settings.home
+    whole = ipaddress.IPv4Network(settings.network_range)
+    ident = job_id(home, job_name)
+    bridge = PREFIX + ident
+    relays, allowed = _endpoints(code_env)
+    with _lock():
+        subnet = _free_subnet(whole)
+        if subnet is None:
+            return shared(hosts, f"no /24 of {whole} is free of the machine's routes")
+        gateway = str(subnet.network_address + 1)
+        try:
+            _ip(
+                f"link add {bridge} type bridge\n"
+                f"link set {bridge} alias openmaker:{_home_key(home)}:{job_name}\n"
+                f"addr add {gateway}/24 dev {bridge}\n"
+                f"link set {bridge} up\n"
+            )
+            _write(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6", "1")
+            _write(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding", "1")
+            _nft(_rules(bridge, subnet, allowed))
+            _forward_from_uplinks()
+        except NetworkError as exc:
+            _remove(bridge)
+            return shared(hosts, f"its bridge could not be made: {exc}")
+    addresses = {name: str(subnet.network_address + 2 + i) for i, name in enumerate(hosts)}
+    return JobNetwork(addresses, bridge, gateway, relays)
+
+
+def remove(home: Path, job_name: str) -> None:
+    """Everything of the job's network that is left (its hosts' veth pairs, table, bridge)."""
+    bridge = PREFIX + job_id(home, job_name)
+    if (_SYS_NET / bridge).exists():
+        with _lock():
+            _remove(bridge)
+
+
+def jobs_with_networks(home: Path) -> list[str]:
+    """The jobs (of the openmaker home `home`) that have a bridge here."""
+    mark = f"openmaker:{_home_key(home)}:"
+    names = []
+    for link in _SYS_NET.glob(PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            alias = (link / "ifalias").read_text().strip()
+            if alias.startswith(mark):
+                names.append(alias.removeprefix(mark))
+    return sorted(names)
+
+
+def _remove(bridge: str) -> None:
+    commands = [f"link del {link.name}" for link in _SYS_NET.glob(bridge + "v*")]
+    with contextlib.suppress(NetworkError):
+        _nft(f"delete table inet {bridge}\n")
+    with contextlib.suppress(NetworkError):
+        _ip("".join(f"{c}\n" for c in [*commands, f"link del {bridge}"]), force=True)
+    if not any(_SYS_NET.glob(PREFIX + "*")):
+        _restore_uplinks()
+
+
+class HostNamespace:
+    """One host's network namespace, held open until the host ends."""
+
+    def __init__(self, fd: int, veth: str, relay: Relay) -> None:
+        self.fd, self.veth, self.relay = fd, veth, relay
+
+    def close(self) -> None:
+        self.relay.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if (_SYS_NET / self.veth).exists():  # now, not when the kernel gets to the namespace
+            with contextlib.suppress(NetworkError):
+                _ip(f"link del {self.veth}\n")
+
+
+def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
+    """Make and configure the host's namespace; see the module's description."""
+    assert network.bridge is not None and network.gateway is not None
+    veth = f"{network.bridge}v{index + 1}"
+    relay = Relay()
+    made: dict[str, int] = {}
+    failure: list[BaseException] = []
+
+    def inside() -> None:
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                raise NetworkError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+            made["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            _ip(
+                f"link add eth0 type veth peer name {veth} netns {os.getpid()}\n"
+                "link set lo up\n"
+                f"addr add {network.addresses[host]}/24 dev eth0\n"
+                "link set eth0 up\n"
+                f"route add default via {network.gateway}\n"
+            )
+            # As in a container: any port may be bound, and ping needs no raw socket.
+            _write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+            _write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+            for port, target in network.relays:
+                relay.listen(("127.0.0.1", port), (target, port))
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=inside)  # its namespace ends with it
+    thread.start()
+    thread.join()
+    namespace = HostNamespace(made.get("fd", -1), veth, relay)
+    try:
+        if failure:
+            raise failure[0]
+        _ip(f"link set {veth} master {network.bridge}\nlink set {veth} up\n")
+        _write(f"/proc/sys/net/ipv6/conf/{veth}/disable_ipv6", "1")
+    except (OSError, NetworkError) as exc:
+        namespace.close()
+        raise NetworkError(f"the network of host {host} could not be made: {exc}") from None
+    relay.start()
+    return namespace
+
+
+def _endpoints(code_env: Mapping[str, str]) -> tuple[list[tuple[int, str]], list[tuple[str, int]]]:
+    """(the loopback endpoints to relay, the machine's other addresses to let through) among
+    the endpoints openmaker gives the code."""
+    relays, allowed = [], []
+    for name in ENDPOINT_VARIABLES:
+        if not (url := code_env.get(name)):
+            continue
+        parsed = urlparse(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            address = ipaddress.ip_address(socket.gethostbyname(parsed.hostname or ""))
+        except (OSError, ValueError):
+            continue
+        if address.is_loopback:
+            relays.append((port, str(address)))
+        elif _is_local(str(address)):
+            allowed.append((str(address), port))
+    return list(dict.fromkeys(relays)), list(dict.fromkeys(allowed))
+
+
+def _is_local(address: str) -> bool:
+    """Whether `address` is one of the machine's own (only those can be bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def _rules(bridge: str, subnet: ipaddress.IPv4Network, allowed: list[tuple[str, int]]) -> str:
+    through = "".join(
+        f'    iifname "{bridge}" ip daddr {address} tcp dport {port} accept\n'
+        for address, port in allowed
+    )
+    return (
+        f"table inet {bridge} {{\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy accept;\n"
+        f"{through}"
+        f'    iifname "{bridge}" drop\n'
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        f'    iifname "{bridge}" oifname "{bridge}" accept\n'
+        f'    iifname "{bridge}" oifname "{PREFIX}*" drop\n'
+        f'    iifname "{bridge}" ip daddr 169.254.0.0/16 drop\n'
+        f'    oifname "{bridge}" ct state established,related accept\n'
+        f'    oifname "{bridge}" drop\n'
+        "  }\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    ip saddr {subnet} oifname != "{bridge}" masquerade\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def _free_subnet(whole: ipaddress.IPv4Network) -> ipaddress.IPv4Network | None:
+    """The first /24 of the range that overlaps none of the machine's routes (those of other
+    jobs' bridges included)."""
+    listed = json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"]) or "[]")
+    taken = []
+    for route in listed:
+        destination = route.get("dst", "default")
+        if destination != "default":
+            with contextlib.suppress(ValueError):
+                taken.append(ipaddress.IPv4Network(destination, strict=False))
+    if whole.prefixlen > 24:
+        return None
+    for subnet in whole.subnets(new_prefix=24):
+        if not any(subnet.overlaps(route) for route in taken):
+            return subnet
+    return None
+
+
+def _forward_from_uplinks() -> None:
+    """Replies come back in through the uplinks: they must forward. Where one did not, it does
+    from now on for the jobs' traffic alone (the guard table), until the last bridge goes."""
+    listed = json.loads(_run(["ip", "-j", "-4", "route", "show", "default"]) or "[]")
+    for device in {route["dev"] for route in listed if "dev" in route}:
+        setting = f"/proc/sys/net/ipv4/conf/{device}/forwarding"
+        if Path(setting).read_text().strip() == "1":
+            continue
+        _STATE.mkdir(mode=0o700, exist_ok=True)
+        _nft(
+            f"table inet {GUARD_TABLE} {{\n  chain forward {{\n"
+            "    type filter hook forward priority filter; policy accept;\n"
+            f'    iifname != "{PREFIX}*" oifname != "{PREFIX}*" drop\n  }}\n}}\n'
+        )
+        (_STATE / f"forwarding-{device}").touch()
+        _write(setting, "1")
+
+
+def _restore_uplinks() -> None:
+    marks = list(_STATE.glob("forwarding-*")) if _STATE.is_dir() else []
+    for mark in marks:
+        device = mark.name.removeprefix("forwarding-")
+        with contextlib.suppress(OSError):
+            _write(f"/proc/sys/net/ipv4/conf/{device}/forwarding", "0")
+        mark.unlink()
+    if marks:
+        with contextlib.suppress(NetworkError):
+            _nft(f"delete table inet {GUARD_TABLE}\n")
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    """One job at a time picks its subnet and makes its bridge, on the whole machine."""
+    _STATE.mkdir(mode=0o700, exist_ok=True)
+    with open(_STATE / "lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _ip(commands: str, force: bool = False) -> None:
+    _run(["ip", *(["-force"] if force else []), "-batch", "-"], commands)
+
+
+def _nft(rules: str) -> None:
+    _run(["nft", "-f", "-"], rules)
+
+
+def _run(argv: list[str], given: str | None = None) -> str:
+    try:
+        done = subprocess.run(argv, input=given, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise NetworkError(f"{argv[0]}: {exc}") from None
+    if done.returncode != 0:
+        raise NetworkError(f"{argv[0]}: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as setting:
+        setting.write(value)

@@ -1,0 +1,172 @@
+"""One host of one job: fetch its inputs, run the code, report.
+
+The host's own state (its tree's handles, its volume, its live inputs) is given by its owner,
+training_host.py. Each phase reports through `emit`; the job turns the events into state.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+
+from openmaker.shapes.distribution import MPIRUN, strategy_of
+from openmaker.store import StoreError, UnsafeKeyError
+from openmaker.training.host.channels.download import (
+    ChannelError,
+    DownloadStopped,
+    download_channels,
+)
+from openmaker.training.host.channels.inputs import HostInputs, start_inputs
+from openmaker.training.host.checkpoints.sync import CheckpointSync
+from openmaker.training.host.checkpoints.transfer import restore_checkpoints
+from openmaker.training.host.container import plan_launch, sandbox_unavailable_reason
+from openmaker.training.host.disk import disk_full_reason
+from openmaker.training.host.environment import container_environment
+from openmaker.training.host.events import Emit, LogLines, StatusChanged
+from openmaker.training.host.execute import (
+    DEFAULT_GRACE_SECONDS,
+    FAILURE_REASON_LIMIT,
+    StopControl,
+    run_process,
+)
+from openmaker.training.host.images import TRAIN, Image, ImageError, resolve_image
+from openmaker.training.host.jobtree import HostTree, read_text_head
+from openmaker.training.host.metrics import metric_emitter
+from openmaker.training.host.network import NetworkError
+from openmaker.training.host.notes import opening_lines
+from openmaker.training.host.script_error import ErrorCapture
+from openmaker.training.host.source_code import SourceError, install_source
+from openmaker.training.host.spec import HostSpec
+from openmaker.training.host.ssh import SshError, prepare_ssh, require_port_22, runs_sdk3_mpi_driver
+from openmaker.training.host.volume import Volume
+
+
+class HostFailed(Exception):
+    """The host could not run the code; `reason` is the job's FailureReason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class HostResult:
+    exit_code: int
+    stopped: str | None
+    # FailureReason when the code failed, from the failure file or the exit status.
+    failure: str | None
+    # What killed the host from outside the job, as when an instance fails (then no failure:
+    # the job may be restarted).
+    outside: str | None = None
+
+
+def prepare(
+    spec: HostSpec, tree: HostTree, volume: Volume, emit: Emit, stop: StopControl | None = None
+) -> HostInputs | None:
+    """Fetch the host's inputs into its tree; the live ones (Pipe streamers, FastFile mounts)
+    are returned, to be stopped once the code ends. Returns early (None) once `stop` is
+    requested, which the caller then sees."""
+    emit(StatusChanged("Downloading"))
+    try:
+        install_source(spec)
+        restore_checkpoints(spec, emit)
+        download_channels(spec, emit, lambda: stop is not None and stop.requested)
+        return start_inputs(spec, tree, emit)
+    except DownloadStopped:
+        return None
+    except (ChannelError, SourceError, StoreError, UnsafeKeyError) as exc:
+        full = disk_full_reason(exc, "downloading input data", volume)
+        raise HostFailed(full or f"ClientError: {exc}") from None
+
+
+def execute(
+    spec: HostSpec,
+    tree: HostTree,
+    volume: Volume,
+    inputs: HostInputs,
+    emit: Emit,
+    stop: StopControl,
+    grace: float = DEFAULT_GRACE_SECONDS,
+) -> HostResult:
+    algorithm = spec.request["AlgorithmSpecification"]
+    try:
+        image = resolve_image(
+            algorithm["TrainingImage"], algorithm, spec.request.get("HyperParameters")
+        )
+    except ImageError as exc:
+        inputs.stop()
+        raise HostFailed(f"ClientError: {exc}") from None
+    try:
+        _prepare_distribution(spec, tree, image)
+    except SshError as exc:
+        inputs.stop()
+        raise HostFailed(f"ClientError: {exc}") from None
+    env = container_environment(spec, image)
+    try:
+        launch = plan_launch(spec, image, image.command(TRAIN, algorithm), env, volume)
+    except NetworkError as exc:
+        inputs.stop()
+        raise HostFailed(f"InternalServerError: {exc}") from None
+    emit(StatusChanged("Training", f"{image.description}; {launch.note}"))
+    if notes := opening_lines(spec, image):
+        emit(LogLines(spec.host_name, int(time.time() * 1000), notes, sum(map(len, notes))))
+    stopping = spec.request.get("StoppingCondition") or {}
+    max_runtime = stopping.get("MaxRuntimeInSeconds")
+    inputs.on_failure(lambda _: stop.request("Failed"))
+    logs = metric_emitter(algorithm.get("MetricDefinitions"), emit)
+    script_error = ErrorCapture(logs)
+    if image.program_dir is None:  # script mode: the toolkit's failure file, to fill in
+        logs = script_error
+    sync = CheckpointSync.start_for(spec, tree, emit)
+    try:
+        result = run_process(launch, spec.host_name, logs, stop, max_runtime, grace)
+    finally:
+        if launch.namespace is not None:
+            launch.namespace.close()
+        input_failure = inputs.stop()  # Pipe streamers stopped, FastFile unmounted
+        if sync is not None:
+            sync.stop()  # the last checkpoints, those of a SIGTERM handler included
+        _remove_root_changes(spec)
+    failure = f"ClientError: {input_failure}" if input_failure else None
+    if failure is None and result.code != 0 and result.stopped is None:
+        failure = script_error.fill(failure_reason(tree, result.code), FAILURE_REASON_LIMIT)
+    return HostResult(result.code, result.stopped, failure)
+
+
+def _prepare_distribution(spec: HostSpec, tree: HostTree, image: Image) -> None:
+    """What the launcher of the request's `distribution` needs from outside: mpirun reaches
+    the job's other hosts over ssh (see launcher.py)."""
+    if image.program_dir is not None or len(spec.hosts) == 1:
+        return
+    if image.entrypoint:  # SDK v3: its MPI driver, from the `sm_drivers` channel
+        if not runs_sdk3_mpi_driver(tree):
+            return
+        require_port_22(spec)
+    elif strategy_of(spec.request.get("HyperParameters")).launcher != MPIRUN:
+        return
+    reason = sandbox_unavailable_reason(spec.settings)
+    if reason is not None:
+        raise SshError(f"mpirun over several hosts needs openmaker's sandbox ({reason})")
+    prepare_ssh(spec)
+
+
+def failure_reason(tree: HostTree, code: int) -> str:
+    # Through the tree's handle: a link the code left there (to a secret, say) is never read.
+    text = read_text_head(tree.ml, "output/failure", FAILURE_REASON_LIMIT)
+    if text and text.strip():
+        return "AlgorithmError: " + text
+    return f"AlgorithmError: the training program exited with status {_describe_exit(code)}"
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"{code} (killed by signal {-code})"
+    if code > 128:
+        return f"{code} (killed by signal {code - 128})"
+    return str(code)
+
+
+def _remove_root_changes(spec: HostSpec) -> None:
+    """The sandbox's writes to the root filesystem go away with the host."""
+    shutil.rmtree(spec.work_dir / "root", ignore_errors=True)

@@ -1,0 +1,274 @@
+"""Training jobs as the SageMaker API sees them: create, describe, list, stop, logs.
+
+This is the one entry point the CLI (in-process) and the API server share.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import copy
+import dataclasses
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from openmaker.jobs import capacity, queue, recovery
+from openmaker.jobs.db import (
+    LogEvent,
+    LogStream,
+    MetricValue,
+    TrainingJob,
+    sessions,
+    writer_sessions,
+)
+from openmaker.jobs.executor import Executor, LocalExecutor
+from openmaker.jobs.kinds import TRAINING
+from openmaker.jobs.logs import LogRecord
+from openmaker.jobs.tags import put as put_tags
+from openmaker.settings import Settings, load_settings
+from openmaker.shapes.arn import training_job_arn
+from openmaker.shapes.errors import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.shapes.locations import LocalPaths
+from openmaker.shapes.training import check_create_training_job, default_stopping_condition
+from openmaker.training import state
+from openmaker.training.describe import describe, summary
+from openmaker.training.host.images import ImageError, resolve_image
+from openmaker.training.query import JobQuery
+from openmaker.training.status import SecondaryStatus, TrainingJobStatus
+
+log = logging.getLogger("openmaker.jobs")
+
+
+class TrainingJobs:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        executor: Executor | None = None,
+        local: LocalPaths | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        # Which local paths requests may name: any for the owner's own process (the CLI).
+        self.local = local or LocalPaths.anywhere()
+        self.sessions = sessions(self.settings)
+        self.writers = writer_sessions(self.settings)
+        self.executor = executor or LocalExecutor(self.settings)
+        # The executor keeps one warm worker for the next job: what may start a worker (a
+        # create, a stop, a sweep) does so one at a time.
+        self._starting = threading.RLock()
+        self._closed = threading.Event()
+        # Cheap, and the only way a job whose worker died with nobody watching moves on.
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Act on jobs whose worker is gone, then start the waiting jobs that fit."""
+        with self._starting:
+            recovery.sweep(self.settings, self.executor)
+
+    def watch(self, every: float) -> None:
+        """Sweep every `every` seconds in a background thread until `close`: a lost worker is
+        noticed, and waiting jobs start, even when nobody asks about them (a server)."""
+
+        def loop() -> None:
+            while not self._closed.wait(every):
+                try:
+                    self.sweep()
+                except Exception:  # the next sweep tries again; the process goes on
+                    log.exception("sweeping the jobs failed")
+
+        threading.Thread(target=loop, name="openmaker-sweep", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def worker_lost(self, pid: int, started: int | None) -> bool:
+        """Whether the worker process `pid` (started at `started`, when known) is gone: for
+        what a worker left behind outside the job store (its job's S3 key)."""
+        return self.executor.lost(pid, started)
+
+    def create(self, request: dict[str, Any]) -> dict[str, str]:
+        with self._starting:
+            return self._create(request)
+
+    def _create(self, request: dict[str, Any]) -> dict[str, str]:
+        check_create_training_job(request, self.local)
+        _check_supported(request)
+        kind = TRAINING
+        capacity.check_can_fit(kind.instances(request), capacity.machine(self.settings), kind.noun)
+        request = copy.deepcopy(request)
+        # SageMaker's default time limit applies when the request names none.
+        request.setdefault("StoppingCondition", default_stopping_condition())
+        name = request["TrainingJobName"]
+        arn = training_job_arn(name, self.settings.region, self.settings.account_id)
+        at = state.now()
+        job = TrainingJob(
+            name=name,
+            arn=arn,
+            request=request,
+            status=TrainingJobStatus.IN_PROGRESS,
+            secondary_status=SecondaryStatus.STARTING,
+            transitions=[],
+            creation_time=at,
+            last_modified_time=at,
+        )
+        state.enter(job, SecondaryStatus.STARTING)
+        with self.writers() as session:
+            session.add(job)
+            try:
+                session.flush()
+                put_tags(session, arn, request.get("Tags") or [])
+                session.commit()
+            except IntegrityError:
+                raise ResourceInUse(f"Training job {name} already exists") from None
+        queue.save_launch(self.settings, name)
+        queue.start_ready(self.settings, self.executor)  # now, or when capacity frees
+        return {"TrainingJobArn": arn}
+
+    def describe(self, name: str) -> dict[str, Any]:
+        result = describe(self._get(name))
+        if metrics := self.final_metrics(name):
+            result["FinalMetricDataList"] = metrics
+        return result
+
+    def final_metrics(self, name: str) -> list[dict[str, Any]]:
+        """The last value of each metric the job's MetricDefinitions found, by name."""
+        last = (
+            select(func.max(MetricValue.id))
+            .where(MetricValue.job_name == name)
+            .group_by(MetricValue.name)
+        )
+        query = select(MetricValue).where(MetricValue.id.in_(last)).order_by(MetricValue.name)
+        with self.sessions() as session:
+            return [
+                {
+                    "MetricName": m.name,
+                    "Value": m.value,
+                    "Timestamp": datetime.fromtimestamp(m.timestamp / 1000, UTC),
+                }
+                for m in session.scalars(query)
+            ]
+
+    def metric_values(self, name: str) -> list[tuple[str, int, float]]:
+        """Every value the job's metrics took, as (name, epoch ms, value), oldest first."""
+        query = (
+            select(MetricValue.name, MetricValue.timestamp, MetricValue.value)
+            .where(MetricValue.job_name == name)
+            .order_by(MetricValue.id)
+        )
+        with self.sessions() as session:
+            return [(n, t, v) for n, t, v in session.execute(query)]
+
+    def search(self, query: JobQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ListTrainingJobs: the summaries and the NextToken, if more remain."""
+        with self.sessions() as session:
+            rows = list(session.scalars(query.select()))
+        page = rows[: query.limit]
+        token = query.token_after(page[-1]) if len(rows) > query.limit else None
+        return [summary(job) for job in page], token
+
+    def list(
+        self, status: str | None = None, name_contains: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every job matching, newest first."""
+        found: list[dict[str, Any]] = []
+        query = JobQuery(status=status, name_contains=name_contains, descending=True, limit=1000)
+        while True:
+            page, token = self.search(query)
+            found += page
+            if token is None:
+                return found
+            query = dataclasses.replace(query, token=token)
+
+    def stop(self, name: str) -> None:
+        with self.writers() as session:
+            job = session.get(TrainingJob, name)
+            if job is None:
+                raise ResourceNotFound(f"Requested resource not found: training job {name}")
+            if job.status in state.TERMINAL:
+                raise ValidationException(
+                    f"The request was rejected because the training job is in status {job.status}."
+                )
+            if job.status == state.STOPPING:
+                return
+            job.stop_requested = SecondaryStatus.STOPPED.value
+            if state.waiting(job):  # Pending or Restarting: no worker to stop
+                state.finish(job, SecondaryStatus.STOPPED, None)
+                session.commit()
+                with self._starting:  # the jobs behind it may fit
+                    queue.start_ready(self.settings, self.executor)
+                return
+            state.enter(job, SecondaryStatus.STOPPING)
+            # A worker not yet ready reads `stop_requested` when it gets ready: under the write
+            # lock, one of the two always sees the other.
+            pid = job.worker_pid if job.worker_ready else None
+            session.commit()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def progress(self, name: str) -> dict[str, Any] | None:
+        """The transfer under way: {"phase", "done", "total"} (bytes), or None."""
+        with self.sessions() as session:
+            query = select(TrainingJob.progress).where(TrainingJob.name == name)
+            return session.scalar(query)
+
+    # After `list` above, `builtins.list` names the type.
+    def log_streams(self, name: str) -> builtins.list[str]:
+        with self.sessions() as session:
+            query = (
+                select(LogStream.name).where(LogStream.job_name == name).order_by(LogStream.name)
+            )
+            return list(session.scalars(query))
+
+    def log_events(
+        self, name: str, after_id: int = 0, limit: int = 1000
+    ) -> builtins.list[LogRecord]:
+        """The job's log lines in the order they were written, after the record `after_id`."""
+        with self.sessions() as session:
+            query = (
+                select(LogEvent)
+                .join(LogStream, LogStream.name == LogEvent.stream)
+                .where(LogStream.job_name == name, LogStream.group == TRAINING.log_group)
+                .where(LogEvent.id > after_id)
+                .order_by(LogEvent.id)
+                .limit(limit)
+            )
+            return [
+                LogRecord(e.id, e.stream, e.timestamp, e.message) for e in session.scalars(query)
+            ]
+
+    def iter_log_events(self, name: str) -> Iterator[LogRecord]:
+        after = 0
+        while batch := self.log_events(name, after):
+            yield from batch
+            after = batch[-1].id
+
+    def _get(self, name: str) -> TrainingJob:
+        with self.sessions() as session:
+            job = session.get(TrainingJob, name)
+        if job is None:
+            raise ResourceNotFound(f"Requested resource not found: training job {name}")
+        if job.status not in state.TERMINAL:
+            # A job must never stay InProgress with nothing running it.
+            with self._starting:
+                recovery.check(self.settings, self.executor, TRAINING, name)
+            with self.sessions() as session:
+                job = session.get(TrainingJob, name)
+            assert job is not None
+        return job
+
+
+def _check_supported(request: dict[str, Any]) -> None:
+    """What SageMaker accepts but openmaker cannot run yet, refused before anything starts."""
+    algorithm = request["AlgorithmSpecification"]
+    try:
+        resolve_image(algorithm["TrainingImage"], algorithm, request.get("HyperParameters"))
+    except ImageError as exc:
+        raise ValidationException(f"AlgorithmSpecification.TrainingImage: {exc}") from None

@@ -1,0 +1,281 @@
+"""The process that runs one job: its hosts, its outputs, its state in the database.
+
+Started detached by the local executor (through `openmaker.jobs.worker_process`), which sends
+it the job on its standard input. SIGTERM asks it to stop the job; the hosts then get SIGTERM,
+the grace period and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from openmaker.api import job_access
+from openmaker.jobs import capacity
+from openmaker.jobs.executor import process_start_time
+from openmaker.jobs.retry import restart_or_fail
+from openmaker.settings import Settings, from_json
+from openmaker.training import state
+from openmaker.training.host.events import StatusChanged
+from openmaker.training.host.site import clear_job, job_network
+from openmaker.training.host.spec import HostResources, HostSettings, HostSpec
+from openmaker.training.host.training_host import (
+    HostFailed,
+    HostResult,
+    OutputsFailed,
+    StopControl,
+    TrainingHost,
+    upload_outputs,
+)
+from openmaker.training.status import STOPPED_BY, SecondaryStatus
+
+if TYPE_CHECKING:
+    from openmaker.jobs.db import TrainingJob
+from openmaker.jobs.recorder import JobRecorder
+from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
+
+
+def host_specs(
+    settings: Settings, arn: str, request: dict[str, Any], placement: dict[str, Any] | None = None
+) -> list[HostSpec]:
+    name = request["TrainingJobName"]
+    count = int(request["ResourceConfig"].get("InstanceCount", 1))
+    hosts = [f"algo-{i}" for i in range(1, count + 1)]
+    job_dir = settings.jobs_dir / name
+    isolated = bool(request.get("EnableNetworkIsolation"))
+    # No network: no endpoint to offer, no key to mint.
+    code_env = (
+        {} if isolated else job_access.code_environment(settings.home, request, settings.store)
+    )
+    shares = _host_resources(settings, placement, count)
+    network = job_network(settings, name, hosts, code_env, isolated)
+    host_settings = HostSettings.of(settings)  # what crosses to a host: no database, no keys
+    return [
+        HostSpec(
+            job_name=name,
+            job_arn=arn,
+            request=request,
+            host_name=host,
+            hosts=hosts,
+            region=settings.region,
+            settings=host_settings,
+            work_dir=job_dir / host,
+            hidden_paths=[settings.home],
+            code_env=code_env,
+            resources=share,
+            network=network,
+        )
+        for host, share in zip(hosts, shares, strict=True)
+    ]
+
+
+def _host_resources(
+    settings: Settings, placement: dict[str, Any] | None, count: int
+) -> list[HostResources | None]:
+    """Each host's share of the machine, from the placement the queue gave the job."""
+    if placement is None:
+        return [None] * count
+    machine = capacity.machine(settings)
+    return [
+        HostResources(
+            cpus=tuple(machine.cpu_of(slot) for slot in host["cpus"]),
+            memory=host["memory"],
+            gpus=tuple(host["gpus"]),
+        )
+        for host in placement["hosts"]
+    ]
+
+
+def run_job(
+    settings: Settings,
+    arn: str,
+    request: dict[str, Any],
+    stop_before_start: threading.Event,
+    placement: dict[str, Any] | None = None,
+    attempt: int = 1,
+) -> None:
+    job_name = request["TrainingJobName"]
+    # What an earlier attempt left (its worker killed) must not leak into this one.
+    clear_job(settings, job_name)
+    recorder = JobRecorder(settings, job_name)
+    stop = StopControl()
+    signal.signal(signal.SIGTERM, lambda *_: stop.request(SecondaryStatus.STOPPED))
+    if stop_before_start.is_set():
+        stop.request(SecondaryStatus.STOPPED)
+    specs = host_specs(settings, arn, request, placement)
+    hosts = [TrainingHost(spec, recorder.emit) for spec in specs]
+    mine = _Attempt(attempt, stop)
+    try:
+        end = _run(hosts, recorder, stop, mine)
+    except Exception:  # the job must end in a state that says what happened
+        detail = traceback.format_exc()
+        print(detail, file=sys.stderr)
+        reason = "InternalServerError: " + detail.strip().splitlines()[-1]
+
+        def end(job: TrainingJob) -> None:
+            state.finish(job, SecondaryStatus.FAILED, reason)
+
+    # The job's leftovers go before its end is recorded: whoever sees the job ended (or the
+    # next job given its share of the machine) finds them gone.
+    try:
+        job_access.revoke_job(settings.home, job_name)  # its code's key dies with it
+        for host in hosts:
+            host.close()
+        clear_job(settings, job_name, settings.keep_job_files)
+        recorder.update(mine.only(end))
+    finally:
+        recorder.close()
+        _start_waiting_jobs(settings)  # this job's share of the machine is free now
+
+
+class _Attempt:
+    """This worker's attempt at the job: it changes the job only while the job is still at
+    that attempt (a worker thought lost, whose job was restarted or ended, changes nothing)."""
+
+    def __init__(self, number: int, stop: StopControl) -> None:
+        self.number, self.stop = number, stop
+
+    def current(self, job: TrainingJob) -> bool:
+        return (job.attempts or 1) == self.number and job.status not in state.TERMINAL
+
+    def only(self, change: Callable[[TrainingJob], object]) -> Callable[[TrainingJob], None]:
+        def guarded(job: TrainingJob) -> None:
+            if self.current(job):
+                change(job)
+
+        return guarded
+
+    def claim(self, job: TrainingJob) -> None:
+        if not self.current(job):
+            self.stop.request(SecondaryStatus.STOPPED)
+            return
+        pid = os.getpid()
+        # SIGTERM is handled from here on.
+        job.worker_pid, job.worker_started, job.worker_ready = pid, process_start_time(pid), True
+        if job.stop_requested:
+            self.stop.request(job.stop_requested)
+
+
+def _start_waiting_jobs(settings: Settings) -> None:
+    try:
+        from openmaker.jobs.executor import LocalExecutor
+        from openmaker.jobs.queue import start_ready
+
+        start_ready(settings, LocalExecutor(settings))
+    except Exception:  # never a reason for this job to end otherwise; the next sweep retries
+        traceback.print_exc()
+
+
+def _run(
+    hosts: list[TrainingHost], recorder: JobRecorder, stop: StopControl, mine: _Attempt
+) -> Callable[[TrainingJob], object]:
+    """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
+    # The hosts start preparing at once; the claim waits for the database layer to load.
+    claimer = threading.Thread(target=recorder.update, args=(mine.claim,))
+    claimer.start()
+    emit = recorder.emit
+    try:
+        with ThreadPoolExecutor(len(hosts)) as pool:
+            list(pool.map(lambda host: host.prepare(stop), hosts))
+    except HostFailed as exc:
+        reason = exc.reason
+        claimer.join()
+        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason)
+    if stop.requested:
+        claimer.join()
+        return lambda j: state.finish(j, stop.reason or SecondaryStatus.STOPPED, None)
+
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        results = list(pool.map(lambda host: host.run(stop), hosts))
+    # A stop asked for from outside wins; a host's failure (which stops the other hosts) fails.
+    stopped = stop.reason if stop.reason in STOPPED_BY else None
+    failure, outside = _failures(results)
+
+    claimer.join()  # long done by now; the job's end must not come before its claim
+    if not stopped and failure is None and outside is not None:
+        return _after_infrastructure_failure(hosts, outside)
+    emit(StatusChanged(SecondaryStatus.UPLOADING))
+    try:
+        for host in hosts:
+            host.finish()
+        # One archive of all the hosts' outputs: the job's, as SageMaker makes it.
+        artifacts = upload_outputs(hosts, emit)
+    except OutputsFailed as exc:
+        print(f"outputs not uploaded: {exc.__cause__ or exc}", file=sys.stderr)
+        # The code's own failure (a full volume, say) is what the job ended with, not its echo.
+        reason = failure or exc.reason
+        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason)
+    spec = hosts[0].spec
+    if spec.code_env and spec.store.endpoint is None:
+        # Written straight into the embedded store's folder: the job ends once the server's
+        # S3 endpoint lists its artifacts too, so that a client that sees it end finds them.
+        time.sleep(EMBEDDED_ENDPOINT_LISTING_SECONDS)
+
+    def finish(j: TrainingJob) -> None:
+        j.model_artifacts = artifacts.model_uri
+        # A stop that came while the outputs were uploaded still ends the job Stopped.
+        late = stop.reason if stop.reason in STOPPED_BY else None
+        if stopped or late:
+            state.finish(j, stopped or late or SecondaryStatus.STOPPED, None)
+        elif failure:
+            state.finish(j, SecondaryStatus.FAILED, failure)
+        else:
+            state.finish(j, SecondaryStatus.COMPLETED, None)
+
+    return finish
+
+
+def _failures(results: list[HostResult]) -> tuple[str | None, str | None]:
+    """(the FailureReason of the code's own failure, what killed a host from outside)."""
+    failure = next((r.failure for r in results if r.failure), None)
+    outside = next((r.outside for r in results if r.outside), None)
+    return failure, outside
+
+
+def _after_infrastructure_failure(
+    hosts: list[TrainingHost], what: str
+) -> Callable[[TrainingJob], object]:
+    """Keep the checkpoints, then restart the job under its RetryStrategy, or fail it."""
+    for host in hosts:
+        try:
+            host.finish()
+        except OutputsFailed as exc:
+            print(f"checkpoints of {host.name} not saved: {exc.__cause__ or exc}", file=sys.stderr)
+    return lambda j: restart_or_fail(j, what)
+
+
+def main(stop_before_start: threading.Event) -> None:
+    """Wait for the job on standard input (see the local executor), then run it."""
+    # The database layer loads meanwhile: a spare worker has it ready when its job comes.
+    threading.Thread(target=importlib.import_module, args=("openmaker.jobs.db",)).start()
+    data = sys.stdin.read()
+    if not data:
+        return  # a spare nobody needed
+    order = json.loads(data)
+    settings = from_json(order["settings"])
+    # The worker's own messages (not the job's logs) go to a file, for post-mortems.
+    log = os.open(
+        settings.jobs_dir / order["job"] / "worker.log",
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+        0o600,
+    )
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    run_job(
+        settings,
+        order["arn"],
+        order["request"],
+        stop_before_start,
+        order.get("placement"),
+        order.get("attempt", 1),
+    )
