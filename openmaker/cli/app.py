@@ -36,6 +36,7 @@ from openmaker.home import HomeError
 from openmaker.settings import Settings, SettingsError, StoreSettings, load_settings
 from openmaker.shapes.errors import ServiceError
 from openmaker.store import StoreError
+from openmaker.training.status import TrainingJobStatus
 
 if TYPE_CHECKING:
     from openmaker.cli.remote import RemoteJobs
@@ -170,7 +171,7 @@ def _wait_and_report(
         raise _stopped_following(name) from None
     status = description["TrainingJobStatus"]
     model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
-    if status == "Completed":
+    if status == TrainingJobStatus.COMPLETED:
         console.print(f"[green]Completed.[/green] Model: {escape(model)}")
         local = _local_copy(model, store)
         if local:

@@ -1,14 +1,12 @@
 """The process that runs one job: its hosts, its outputs, its state in the database.
 
-Started detached by the local executor (through `openmaker.jobs.worker_process`), which sends
-it the job on its standard input. SIGTERM asks it to stop the job; the hosts then get SIGTERM,
-the grace period and SIGKILL.
+The runner of the TrainingJob kind: a worker process (`openmaker.jobs.worker_process`, started
+detached by the local executor) hands it its order. SIGTERM asks it to stop the job; the hosts
+then get SIGTERM, the grace period and SIGKILL.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import signal
 import sys
@@ -19,12 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from openmaker.api import job_access
-from openmaker.jobs import capacity
-from openmaker.jobs.executor import process_start_time
-from openmaker.jobs.retry import restart_or_fail
-from openmaker.settings import Settings, from_json
-from openmaker.training import state
+from openmaker.jobs import capacity, gate_keys
+from openmaker.jobs.executor import Order, process_start_time
+from openmaker.settings import Settings
+from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
+from openmaker.training import access, state
 from openmaker.training.host.events import StatusChanged
 from openmaker.training.host.site import clear_job, job_network
 from openmaker.training.host.spec import HostResources, HostSettings, HostSpec
@@ -36,12 +33,12 @@ from openmaker.training.host.training_host import (
     TrainingHost,
     upload_outputs,
 )
+from openmaker.training.recorder import TrainingRecorder
+from openmaker.training.retry import restart_or_fail
 from openmaker.training.status import STOPPED_BY, SecondaryStatus
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
-from openmaker.jobs.recorder import JobRecorder
-from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 
 
 def host_specs(
@@ -53,9 +50,7 @@ def host_specs(
     job_dir = settings.jobs_dir / name
     isolated = bool(request.get("EnableNetworkIsolation"))
     # No network: no endpoint to offer, no key to mint.
-    code_env = (
-        {} if isolated else job_access.code_environment(settings.home, request, settings.store)
-    )
+    code_env = {} if isolated else access.code_environment(settings.home, request, settings.store)
     shares = _host_resources(settings, placement, count)
     network = job_network(settings, name, hosts, code_env, isolated)
     host_settings = HostSettings.of(settings)  # what crosses to a host: no database, no keys
@@ -106,7 +101,7 @@ def run_job(
     job_name = request["TrainingJobName"]
     # What an earlier attempt left (its worker killed) must not leak into this one.
     clear_job(settings, job_name)
-    recorder = JobRecorder(settings, job_name)
+    recorder = TrainingRecorder(settings, job_name)
     stop = StopControl()
     signal.signal(signal.SIGTERM, lambda *_: stop.request(SecondaryStatus.STOPPED))
     if stop_before_start.is_set():
@@ -127,7 +122,7 @@ def run_job(
     # The job's leftovers go before its end is recorded: whoever sees the job ended (or the
     # next job given its share of the machine) finds them gone.
     try:
-        job_access.revoke_job(settings.home, job_name)  # its code's key dies with it
+        gate_keys.revoke_job(settings.home, job_name)  # its code's key dies with it
         for host in hosts:
             host.close()
         clear_job(settings, job_name, settings.keep_job_files)
@@ -169,14 +164,15 @@ def _start_waiting_jobs(settings: Settings) -> None:
     try:
         from openmaker.jobs.executor import LocalExecutor
         from openmaker.jobs.queue import start_ready
+        from openmaker.resources import KINDS
 
-        start_ready(settings, LocalExecutor(settings))
+        start_ready(settings, LocalExecutor(settings), KINDS)
     except Exception:  # never a reason for this job to end otherwise; the next sweep retries
         traceback.print_exc()
 
 
 def _run(
-    hosts: list[TrainingHost], recorder: JobRecorder, stop: StopControl, mine: _Attempt
+    hosts: list[TrainingHost], recorder: TrainingRecorder, stop: StopControl, mine: _Attempt
 ) -> Callable[[TrainingJob], object]:
     """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
     # The hosts start preparing at once; the claim waits for the database layer to load.
@@ -253,29 +249,6 @@ def _after_infrastructure_failure(
     return lambda j: restart_or_fail(j, what)
 
 
-def main(stop_before_start: threading.Event) -> None:
-    """Wait for the job on standard input (see the local executor), then run it."""
-    # The database layer loads meanwhile: a spare worker has it ready when its job comes.
-    threading.Thread(target=importlib.import_module, args=("openmaker.jobs.db",)).start()
-    data = sys.stdin.read()
-    if not data:
-        return  # a spare nobody needed
-    order = json.loads(data)
-    settings = from_json(order["settings"])
-    # The worker's own messages (not the job's logs) go to a file, for post-mortems.
-    log = os.open(
-        settings.jobs_dir / order["job"] / "worker.log",
-        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-        0o600,
-    )
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    run_job(
-        settings,
-        order["arn"],
-        order["request"],
-        stop_before_start,
-        order.get("placement"),
-        order.get("attempt", 1),
-    )
+def run(order: Order, settings: Settings, stop_before_start: threading.Event) -> None:
+    """Run a worker's order (openmaker/jobs/worker_process.py)."""
+    run_job(settings, order.arn, order.request, stop_before_start, order.placement, order.attempt)
