@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from openmaker.runtime.layers import cover, layer_folder
-from openmaker.runtime.spec import ContainerSpec
+from openmaker.runtime.spec import Bind, ContainerSpec, User
+from openmaker.runtime.switch_user import user_command
 
 # The program that prepares the namespaces, then becomes bwrap.
 _ENTER = Path(__file__).with_name("enter.py")
@@ -52,13 +53,19 @@ def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
     binds.append((*shm_size, "--perms", "1777", "--tmpfs", "/dev/shm"))
     binds += [("--tmpfs", str(path)) for path in left_to_cover]
     binds += [("--bind", str(folder / "merged"), lower) for folder, lower in layers[1:]]
-    for bind in spec.binds:
+    argv, user_binds = spec.argv, list[Bind]()
+    if spec.user is not None and spec.user != User(0, 0):
+        user_binds, argv = user_command(spec.user, spec.capabilities, spec.argv)
+    binds += [("--dev-bind", device, device) for device in spec.devices]
+    for bind in [*spec.binds, *user_binds]:
         kind = "--ro-bind" if bind.read_only else "--bind"
         binds.append((kind, views.get(bind.source, bind.source), bind.target))
     if spec.etc_hosts is not None:
         hosts = state / "hosts"
         hosts.write_text(spec.etc_hosts)
         binds.append(("--ro-bind", str(hosts), "/etc/hosts"))
+    if spec.layers[0] != "/":
+        binds.append(("--dir", spec.workdir))  # an image's WORKDIR need not exist (Docker)
     options = [
         ("--unshare-pid",), ("--unshare-uts",), ("--unshare-ipc",),
         *([("--hostname", spec.hostname)] if spec.hostname else []),
@@ -80,8 +87,8 @@ def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
         "userns": True,
         "netns_fd": spec.netns_fd,
     }
-    argv = [sys.executable, "-I", "-S", str(_ENTER), json.dumps(setup), "--", *bwrap, "--"]
-    return [*argv, *spec.argv]
+    enter = [sys.executable, "-I", "-S", str(_ENTER), json.dumps(setup), "--", *bwrap, "--"]
+    return [*enter, *argv]
 
 
 def _unnamed_views(spec: ContainerSpec) -> dict[str, str]:
