@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from openmaker.runtime.layers import cover, layer_folder
+from openmaker.runtime.layers import cover, layer_folder, make_mount_points
 from openmaker.runtime.spec import Bind, ContainerSpec, User
 from openmaker.runtime.switch_user import user_command
 
@@ -64,8 +64,10 @@ def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
         hosts = state / "hosts"
         hosts.write_text(spec.etc_hosts)
         binds.append(("--ro-bind", str(hosts), "/etc/hosts"))
-    if spec.layers[0] != "/":
-        binds.append(("--dir", spec.workdir))  # an image's WORKDIR need not exist (Docker)
+    if spec.layers[0] != "/":  # an image's root: its WORKDIR and mount points may be missing
+        # A bind's own target is made by bwrap (a file or a folder, as its source is).
+        points = [spec.workdir, *(str(Path(b.target).parent) for b in [*spec.binds, *user_binds])]
+        make_mount_points(layers[0][0] / "upper", spec.layers[0], points)
     options = [
         ("--unshare-pid",), ("--unshare-uts",), ("--unshare-ipc",),
         *([("--hostname", spec.hostname)] if spec.hostname else []),
