@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,9 @@ def jobs(home: Path, s3_env: S3Server) -> Iterator[TrainingJobs]:
     yield TrainingJobs()
 
 
-def run_job(jobs: TrainingJobs, tmp_path: Path, name: str, program: str, **extra: object) -> dict:
+def run_job(
+    jobs: TrainingJobs, tmp_path: Path, name: str, program: str, **extra: Any
+) -> dict[str, Any]:
     """Run one job whose code writes /opt/ml/model/seen.json; what it saw."""
     body = request(name, str(make_image(tmp_path / name, program)), "s3://paths/out", **extra)
     jobs.create(body)
@@ -51,7 +54,7 @@ def run_job(jobs: TrainingJobs, tmp_path: Path, name: str, program: str, **extra
     finally:
         stop_and_wait(jobs, [name])
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
-    seen: dict = members(description)["seen.json"]
+    seen: dict[str, Any] = members(description)["seen.json"]
     return seen
 
 

@@ -16,6 +16,7 @@ import selectors
 import socket
 import threading
 import time
+from typing import Any
 
 BUFFER = 256 * 1024
 # Datagrams: the largest one, how long an answer is waited for, and how many questions may wait
@@ -112,7 +113,7 @@ class Relay:
         selector = selectors.DefaultSelector()
         selector.register(listener, selectors.EVENT_READ)
         selector.register(waker.woken, selectors.EVENT_READ)
-        waiting: dict[socket.socket, tuple[object, float]] = {}
+        waiting: dict[socket.socket, tuple[Any, float]] = {}
         try:
             while True:
                 ready = selector.select(timeout=ANSWER_SECONDS)
@@ -147,7 +148,7 @@ class Relay:
         listener: socket.socket,
         target: tuple[str, int],
         selector: selectors.BaseSelector,
-        waiting: dict[socket.socket, tuple[object, float]],
+        waiting: dict[socket.socket, tuple[Any, float]],
     ) -> None:
         try:
             question, sender = listener.recvfrom(DATAGRAM)
