@@ -15,6 +15,10 @@ command -v losetup >/dev/null || missing+=(mount)
 # Each host's own network: veth pairs and a bridge per job, its rules (training/host/network.py).
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
+# The tests of the hosts' networks: iptables' FORWARD dropping by default (as with Docker), a
+# resolver on loopback (tests/test_network_paths.py).
+command -v iptables >/dev/null || missing+=(iptables)
+command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 # Distributed jobs: mpirun (OpenMPI) over ssh between a job's hosts.
 command -v mpirun >/dev/null || missing+=(openmpi-bin)
 command -v ssh >/dev/null || missing+=(openssh-client)
