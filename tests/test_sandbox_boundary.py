@@ -152,7 +152,8 @@ def test_the_code_cannot_make_user_namespaces(tmp_path: Path, home: Path) -> Non
 PROC_WRITES = f"""#!{sys.executable}
 import os
 for path in ("/proc/sys/kernel/core_pattern", "/proc/sys/vm/drop_caches",
-             "/proc/sys/net/ipv4/ip_forward", "/proc/sysrq-trigger", "/proc/irq/default_smp_affinity",
+             "/proc/sys/net/ipv4/ip_forward", "/proc/sysrq-trigger",
+             "/proc/irq/default_smp_affinity",
              "/sys/kernel/uevent_helper"):
     try:
         os.close(os.open(path, os.O_WRONLY))
