@@ -40,8 +40,8 @@ from openmaker.shapes.locations import LocalPaths
 from openmaker.shapes.training import check_create_training_job, default_stopping_condition
 from openmaker.training import state
 from openmaker.training.describe import describe, summary
-from openmaker.training.host.images import ImageError, resolve_image
 from openmaker.training.kind import TRAINING
+from openmaker.training.plan import ImageError, image_of
 from openmaker.training.query import JobQuery
 from openmaker.training.status import SecondaryStatus, TrainingJobStatus
 
@@ -268,8 +268,7 @@ class TrainingJobs:
 
 def _check_supported(request: dict[str, Any]) -> None:
     """What SageMaker accepts but openmaker cannot run yet, refused before anything starts."""
-    algorithm = request["AlgorithmSpecification"]
     try:
-        resolve_image(algorithm["TrainingImage"], algorithm, request.get("HyperParameters"))
+        image_of(request)
     except ImageError as exc:
         raise ValidationException(f"AlgorithmSpecification.TrainingImage: {exc}") from None

@@ -33,9 +33,10 @@ from openmaker.training.host.training_host import (
     TrainingHost,
     upload_outputs,
 )
+from openmaker.training.plan import plan_job
 from openmaker.training.recorder import TrainingRecorder
 from openmaker.training.retry import restart_or_fail
-from openmaker.training.status import STOPPED_BY, SecondaryStatus
+from openmaker.training.status import SecondaryStatus
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
@@ -44,21 +45,20 @@ if TYPE_CHECKING:
 def host_specs(
     settings: Settings, arn: str, request: dict[str, Any], placement: dict[str, Any] | None = None
 ) -> list[HostSpec]:
-    name = request["TrainingJobName"]
-    count = int(request["ResourceConfig"].get("InstanceCount", 1))
-    hosts = [f"algo-{i}" for i in range(1, count + 1)]
+    job = plan_job(request)
+    name, hosts = job.name, list(job.hosts)
     job_dir = settings.jobs_dir / name
-    isolated = bool(request.get("EnableNetworkIsolation"))
+    isolated = job.plan.network_isolation
     # No network: no endpoint to offer, no key to mint.
     code_env = {} if isolated else access.code_environment(settings.home, request, settings.store)
-    shares = _host_resources(settings, placement, count)
+    shares = _host_resources(settings, placement, len(hosts))
     network = job_network(settings, name, hosts, code_env, isolated)
     host_settings = HostSettings.of(settings)  # what crosses to a host: no database, no keys
     return [
         HostSpec(
             job_name=name,
             job_arn=arn,
-            request=request,
+            plan=job.host_plan(host),
             host_name=host,
             hosts=hosts,
             region=settings.region,
@@ -193,7 +193,7 @@ def _run(
     with ThreadPoolExecutor(len(hosts)) as pool:
         results = list(pool.map(lambda host: host.run(stop), hosts))
     # A stop asked for from outside wins; a host's failure (which stops the other hosts) fails.
-    stopped = stop.reason if stop.reason in STOPPED_BY else None
+    stopped = stop.stopped
     failure, outside = _failures(results)
 
     claimer.join()  # long done by now; the job's end must not come before its claim
@@ -219,7 +219,7 @@ def _run(
     def finish(j: TrainingJob) -> None:
         j.model_artifacts = artifacts.model_uri
         # A stop that came while the outputs were uploaded still ends the job Stopped.
-        late = stop.reason if stop.reason in STOPPED_BY else None
+        late = stop.stopped
         if stopped or late:
             state.finish(j, stopped or late or SecondaryStatus.STOPPED, None)
         elif failure:
