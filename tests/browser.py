@@ -3,6 +3,7 @@ websocket): what the console's tests look at pages with. No browser is downloade
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import shutil
@@ -99,9 +100,12 @@ class Page:
         self.send("Network.clearBrowserCookies")
 
     def screenshot(self, path: Path) -> None:
-        import base64
-
-        data = self.send("Page.captureScreenshot", format="png")["data"]
+        # The whole page, not the window alone.
+        size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        data = self.send(
+            "Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True
+        )["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
 

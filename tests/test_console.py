@@ -210,6 +210,8 @@ def test_a_job_in_the_table_and_on_its_page(
 
         fresh.evaluate(f"{row}.querySelector('a').click(); true")
         fresh.wait_for("document.querySelectorAll('#log .line').length >= 6")
+        assert fresh.text("h1") == name
+        assert fresh.text("#problem") == ""
         lines = fresh.evaluate("[...document.querySelectorAll('#log .line')].map(l => l.innerText)")
         assert f"algo-1{XSS}" in [line.replace(" ", "", 1) for line in lines] or any(
             line.endswith(XSS) for line in lines
@@ -224,6 +226,12 @@ def test_a_job_in_the_table_and_on_its_page(
         assert XSS in fresh.text("main")
         assert fresh.evaluate("window.__xss === undefined && !document.querySelector('main img')")
         fresh.screenshot(tmp_path / "job.png")
+        # The model archive downloads through the session, as a gzip file.
+        magic = fresh.evaluate(
+            "fetch(document.querySelector('a.download').href).then(r => r.arrayBuffer())"
+            ".then(b => [...new Uint8Array(b).slice(0, 2)])"
+        )
+        assert magic == [0x1F, 0x8B]
 
         fresh.view("#/machine")
         fresh.wait_for("document.querySelector('.card dl') !== null")

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from openmaker.api.console import pages
+from openmaker.api.console import artifacts, pages
 from openmaker.api.console.auth import COOKIE, CSRF_HEADER, ConsoleAuth, Session, csrf_ok
 from openmaker.api.console.views import ConsoleViews
 from openmaker.api.credentials import Credentials
@@ -142,6 +142,12 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
             q.get("token"),
         )
 
+    async def artifact(request: Request, _session: Session) -> Response:
+        response = await artifacts.download(
+            backend.jobs, name(request), str(request.path_params["kind"])
+        )
+        return pages.secured(response)
+
     api = f"{PREFIX}/api"
     return [
         Route(PREFIX, bare, methods=["GET"]),
@@ -177,6 +183,7 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
             guarded(answering(lambda r: views.stop(name(r))), changes=True),
             methods=["POST"],
         ),
+        Route(f"{api}/jobs/{{name}}/artifacts/{{kind}}", guarded(artifact), methods=["GET"]),
         Route(f"{api}/machine", guarded(answering(lambda _r: views.machine())), methods=["GET"]),
     ]
 

@@ -25,7 +25,7 @@
   }
 
   function append(node, children) {
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       node.appendChild(typeof child === "object" ? child : document.createTextNode(String(child)));
     }
@@ -218,13 +218,21 @@
         t.StatusMessage ? el("div", {}, t.StatusMessage) : null))));
   }
 
+  function ended(job) {
+    return ["Completed", "Failed", "Stopped"].includes(job.TrainingJobStatus);
+  }
+
   function artifacts(job) {
     const model = (job.ModelArtifacts || {}).S3ModelArtifacts;
     const output = (job.OutputDataConfig || {}).S3OutputPath;
     return el("div", {class: "card"}, el("h2", {}, "Artifacts"), kv([
       ["Model", model], ["Output path", output],
       ["Checkpoints", (job.CheckpointConfig || {}).S3Uri],
-    ]), model ? el("p", {class: "muted"}, "Download: aws s3 cp " + model + " .") : null);
+    ]), ended(job) ? el("p", {}, ["model", "output"].filter((k) => k !== "model" ||
+      String(model || "").endsWith(".tar.gz")).map((kind) => el("a", {
+      class: "download", href: API + "/jobs/" + encodeURIComponent(job.TrainingJobName) +
+        "/artifacts/" + kind, download: true}, "Download " + kind + ".tar.gz")))
+      : el("p", {class: "muted"}, "Downloads appear once the job has ended."));
   }
 
   // One SVG line chart: a line per host; drag across it to zoom, double-click to reset.
