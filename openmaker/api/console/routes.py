@@ -41,10 +41,13 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
         found = auth.session(session_id)
         return (session_id, found) if session_id and found else None
 
-    def logged_in(session_id: str) -> Response:
+    def logged_in(request: Request, session_id: str) -> Response:
         # A fresh id on every login: a cookie planted before it is never the session.
         response = RedirectResponse(f"{PREFIX}/", status_code=303)
-        response.set_cookie(COOKIE, session_id, path=PREFIX, httponly=True, samesite="strict")
+        secure = request.url.scheme == "https"  # behind a TLS proxy; plain HTTP on loopback
+        response.set_cookie(
+            COOKIE, session_id, path=PREFIX, httponly=True, samesite="strict", secure=secure
+        )
         return pages.secured(response)
 
     async def root(request: Request) -> Response:
@@ -63,7 +66,7 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
                 "again, or log in with the key pair.",
                 401,
             )
-        return logged_in(session_id)
+        return logged_in(request, session_id)
 
     async def login(request: Request) -> Response:
         if not _same_origin(request):
@@ -75,7 +78,7 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
         )
         if session_id is None:
             return pages.login_page("That is not this server's key pair.", 401)
-        return logged_in(session_id)
+        return logged_in(request, session_id)
 
     async def mint(request: Request) -> Response:
         """A one-time login URL's path, for a request signed with the server's key pair."""

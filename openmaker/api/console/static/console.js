@@ -6,6 +6,9 @@
 (function () {
   const API = "/console/api";
   const POLL_MS = 2000;
+  const LOG_BATCH = 1000;  // what one /logs answer holds at most (views.py)
+  const LOG_BATCHES = 20;
+  const MAX_LINES = 50000;  // what the page keeps (and searches) of a log
   const COLOURS = ["#2459c9", "#d9480f", "#1b7f3a", "#8e44ad", "#b42318", "#0b7285", "#a15c00"];
   const STATUSES = ["InProgress", "Completed", "Failed", "Stopping", "Stopped"];
   let csrf = null;
@@ -340,12 +343,24 @@
       el("h2", {}, "Metrics"), charts, el("h2", {}, "Instance metrics"), system,
       el("h2", {}, "Logs"),
       el("div", {class: "toolbar"}, hostPick, search, el("label", {}, follow, " Follow")), logBox);
+    // The lines after the last one shown: a long log is caught up in batches at once.
+    const readLogs = async () => {
+      const events = [];
+      let last = after;
+      for (let batch = 0; batch < LOG_BATCHES; batch += 1) {
+        const got = await call("/jobs/" + encodeURIComponent(name) + "/logs?after=" + last);
+        events.push(...got.events);
+        last = got.last;
+        if (got.events.length < LOG_BATCH) break;
+      }
+      return {events: events, last: last};
+    };
     let lastState = "";
     let lastValues = "";
     poll(async () => {
       const [data, logs, values] = await Promise.all([
         call("/jobs/" + encodeURIComponent(name)),
-        call("/jobs/" + encodeURIComponent(name) + "/logs?after=" + after),
+        readLogs(),
         call("/jobs/" + encodeURIComponent(name) + "/metrics"),
       ]);
       if (mine !== generation) return;
@@ -378,6 +393,7 @@
       }
       if (logs.events.length) {
         lines.push(...logs.events);
+        if (lines.length > MAX_LINES) lines.splice(0, lines.length - MAX_LINES);
         after = logs.last;
         const fresh = logs.events.filter(visible).map(lineNode);
         append(logBox, fresh);
