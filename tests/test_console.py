@@ -177,6 +177,17 @@ def test_the_login_form(api_server: ApiServer, fresh: Page, tmp_path: Path) -> N
     secret = json.dumps(api_server.env["AWS_SECRET_ACCESS_KEY"])
     fresh.evaluate(fill.format(key=key, secret=secret))
     fresh.wait_for("document.querySelector('#jobs') !== null")
+    # Logging out ends the session on the server, not only in the browser.
+    [cookie] = [c for c in fresh.cookies() if c["name"] == "openmaker-console"]
+    fresh.evaluate("document.querySelector('#logout').click(); true")
+    fresh.wait_for("document.querySelector('form') !== null")
+    status, _, _ = http_call(
+        api_server,
+        "GET",
+        "/console/api/jobs",
+        headers={"Cookie": f"openmaker-console={cookie['value']}"},
+    )
+    assert status == 401
     # A login posted from another site's page is refused.
     status, _, _ = http_call(
         api_server,
@@ -243,7 +254,10 @@ def test_a_job_in_the_table_and_on_its_page(
 def test_stop_needs_the_csrf_token(api_server: ApiServer, fresh: Page, tmp_path: Path) -> None:
     sagemaker = api_server.client("sagemaker")
     name = unique_name("console-stop")
-    script = "#!/bin/sh\necho started\nwhile true; do sleep 0.1; done\n"
+    script = (
+        "#!/bin/sh\necho started\ni=0\n"
+        'while true; do i=$((i + 1)); echo "loss=0.$i"; sleep 0.2; done\n'
+    )
     try:
         sagemaker.create_training_job(**job_with_metrics(tmp_path, api_server, name, script))
         path = f"/console/api/jobs/{name}/stop"
@@ -261,6 +275,13 @@ def test_stop_needs_the_csrf_token(api_server: ApiServer, fresh: Page, tmp_path:
         logged_in(fresh, api_server)
         fresh.view(f"#/job/{name}")
         fresh.wait_for("document.querySelector('#log')?.innerText.includes('started')", 120)
+        # The chart grows as the job logs more values, with the page left open.
+        count = (
+            "(document.querySelector('[data-metric=\"train:loss\"] polyline')"
+            "?.getAttribute('points').split(' ').length ?? 0)"
+        )
+        seen = fresh.wait_for(f"{count} >= 3 && {count}")
+        fresh.wait_for(f"{count} > {seen}")
         # From the page itself, but without the header: refused too.
         refused = fresh.evaluate(
             f"fetch({json.dumps(path)}, {{method: 'POST'}}).then(r => r.status)"
@@ -300,3 +321,15 @@ def test_a_failure_reason_is_shown_as_text(
         fresh.screenshot(tmp_path / "failed.png")
     finally:
         stop_all(sagemaker, [name])
+
+
+def test_console_url_without_a_server(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OPENMAKER_"))}
+    ran = subprocess.run(
+        [*openmaker_command(), "console-url"],
+        env={**env, "OPENMAKER_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 1
+    assert "no openmaker server is running" in ran.stderr
