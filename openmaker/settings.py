@@ -101,6 +101,8 @@ class Settings:
     # their bridges' /24s come from this IPv4 range.
     shared_network: bool = False
     network_range: str = DEFAULT_NETWORK_RANGE
+    # What hosts see as /etc/resolv.conf (OPENMAKER_RESOLV_CONF).
+    resolv_conf: Path = Path("/etc/resolv.conf")
     # How long a statement waits for another process's write lock before it gives up.
     db_busy_seconds: float = 30.0
     # A server over the user's S3 server puts its jobs' code behind its own gate too.
@@ -116,6 +118,11 @@ class Settings:
     server_key_pair: tuple[str, str] | None = field(default=None, repr=False)
     # AWS_ENDPOINT_URL_SAGEMAKER: the CLI then works through that server.
     sagemaker_endpoint: str | None = None
+    # Registries (host[:port]) reached over plain HTTP or without checking their certificate
+    # (OPENMAKER_INSECURE_REGISTRIES, comma-separated), and the Docker auth file whose
+    # credentials pulls use (REGISTRY_AUTH_FILE, else ~/.docker/config.json where it exists).
+    insecure_registries: tuple[str, ...] = ()
+    registry_auth_file: Path | None = None
 
     @property
     def database_url(self) -> str:
@@ -167,13 +174,24 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         keep_job_files=env.flag("OPENMAKER_KEEP_JOB_FILES"),
         shared_network=env.choice("OPENMAKER_NETWORK", ("", "shared")) == "shared",
         network_range=env.ipv4_network("OPENMAKER_NETWORK_RANGE", DEFAULT_NETWORK_RANGE),
+        resolv_conf=Path(env.text("OPENMAKER_RESOLV_CONF") or "/etc/resolv.conf"),
         db_busy_seconds=env.number_or("OPENMAKER_DB_BUSY_SECONDS", 30.0),
         s3_gate=env.flag("OPENMAKER_S3_GATE"),
         s3_endpoint=env.s3_endpoint(region),
         store_retry_seconds=env.number_or("OPENMAKER_STORE_RETRY_SECONDS", DEFAULT_RETRY_SECONDS),
         server_key_pair=env.key_pair("OPENMAKER_ACCESS_KEY_ID", "OPENMAKER_SECRET_ACCESS_KEY"),
         sagemaker_endpoint=env.text("AWS_ENDPOINT_URL_SAGEMAKER") or None,
+        insecure_registries=env.registries("OPENMAKER_INSECURE_REGISTRIES"),
+        registry_auth_file=_auth_file(env.text("REGISTRY_AUTH_FILE")),
     )
+
+
+def _auth_file(setting: str) -> Path | None:
+    """REGISTRY_AUTH_FILE, else Docker's own file when there is one (as skopeo and docker)."""
+    if setting:
+        return Path(setting).absolute()
+    docker = Path.home() / ".docker" / "config.json"
+    return docker if docker.is_file() else None
 
 
 def process_environment() -> dict[str, str]:
@@ -195,6 +213,7 @@ def client_plugins() -> str:
 def to_json(settings: Settings) -> dict[str, Any]:
     """The settings as JSON values, for a job's launch record and its worker's order."""
     endpoint = settings.s3_endpoint
+    auth = settings.registry_auth_file
     return {
         "home": str(settings.home),
         "region": settings.region,
@@ -212,21 +231,29 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "keep_job_files": settings.keep_job_files,
         "shared_network": settings.shared_network,
         "network_range": settings.network_range,
+        "resolv_conf": str(settings.resolv_conf),
         "db_busy_seconds": settings.db_busy_seconds,
         "s3_gate": settings.s3_gate,
         "s3_endpoint": None if endpoint is None else vars(endpoint),
         "store_retry_seconds": settings.store_retry_seconds,
         "gate_url": settings.gate_url,
         "code_without_s3_credentials": settings.code_without_s3_credentials,
+        "insecure_registries": list(settings.insecure_registries),
+        "registry_auth_file": None if auth is None else str(auth),
     }
 
 
 def from_json(data: Mapping[str, Any]) -> Settings:
     """The settings `to_json` wrote."""
-    special = ("home", "file_roots", "sandbox_hide", "s3_endpoint")
+    special: tuple[str, ...] = ("home", "file_roots", "sandbox_hide", "s3_endpoint")
+    special += ("insecure_registries", "registry_auth_file", "resolv_conf")
     endpoint = data.get("s3_endpoint")
+    auth = data.get("registry_auth_file")
     return Settings(
         home=Path(data["home"]),
+        insecure_registries=tuple(data.get("insecure_registries", ())),
+        registry_auth_file=None if auth is None else Path(auth),
+        resolv_conf=Path(data.get("resolv_conf", "/etc/resolv.conf")),
         file_roots=tuple(Path(p) for p in data["file_roots"]),
         sandbox_hide=tuple(data["sandbox_hide"]),
         s3_endpoint=None if endpoint is None else S3Endpoint(**endpoint),
@@ -264,6 +291,15 @@ class _Reader:
             return default
         given = tuple(p for p in setting.removeprefix("+").split(":") if p)
         return (*default, *given) if setting.startswith("+") else given
+
+    def registries(self, name: str) -> tuple[str, ...]:
+        """Registry hosts, each with its port where it has one, separated by commas."""
+        parts = tuple(part.strip() for part in self.text(name).split(",") if part.strip())
+        for part in parts:
+            host, _, port = part.rpartition(":") if ":" in part else (part, "", "0")
+            if not host or "/" in part or not port.isdigit():
+                raise SettingsError(f"{name} must list registries as host[:port], not {part!r}")
+        return parts
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str:
         value = self.text(name) or choices[0]

@@ -15,10 +15,25 @@ command -v losetup >/dev/null || missing+=(mount)
 # Each host's own network: veth pairs and a bridge per job, its rules (training/host/network.py).
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
+# The tests of the hosts' networks: iptables' FORWARD dropping by default (as with Docker), a
+# resolver on loopback (tests/test_network_paths.py).
+command -v iptables >/dev/null || missing+=(iptables)
+command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 # Distributed jobs: mpirun (OpenMPI) over ssh between a job's hosts.
 command -v mpirun >/dev/null || missing+=(openmpi-bin)
 command -v ssh >/dev/null || missing+=(openssh-client)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# Container images without a daemon (openmaker/runtime/images): skopeo pulls, umoci unpacks,
+# zstd decompresses zstd layers; the tests run a docker-registry with htpasswd auth
+# (apache2-utils) and build images from busybox-static.
+command -v skopeo >/dev/null || missing+=(skopeo)
+command -v umoci >/dev/null || missing+=(umoci)
+command -v zstd >/dev/null || missing+=(zstd)
+if [ "$extra" = test ]; then
+    command -v docker-registry >/dev/null || missing+=(docker-registry)
+    command -v htpasswd >/dev/null || missing+=(apache2-utils)
+    dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+fi
 # Debian's own python3 needs python3-venv (and ensurepip) to make a virtual environment.
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 # The web console's tests look at its pages in Debian's headless chromium (tests/browser.py).

@@ -83,3 +83,21 @@ def layer_folder(state_dir: Path, index: int) -> Path:
     for name in ("upper", "work", "merged"):
         (base / name).mkdir(parents=True, exist_ok=True)
     return base
+
+
+def make_mount_points(upper: Path, lower: str, paths: list[str]) -> None:
+    """Create in the upper layer over an image's root the folders of `paths` (mount points,
+    the working folder) that its root lacks, as Docker does: root's, mode 0755 (bwrap would
+    make them 0700, which only root could enter)."""
+    for path in paths:
+        parts = Path(path).relative_to("/").parts
+        for depth in range(1, len(parts) + 1):
+            relative = Path(*parts[:depth])
+            if os.path.lexists(Path(lower) / relative):
+                if not (Path(lower) / relative).is_dir() or (Path(lower) / relative).is_symlink():
+                    break  # a file or a link of the image: bwrap follows it as the code would
+                continue
+            target = upper / relative
+            if not target.exists():
+                target.mkdir(mode=0o755)
+                os.chmod(target, 0o755)

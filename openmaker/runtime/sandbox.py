@@ -18,8 +18,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from openmaker.runtime.layers import cover, layer_folder
-from openmaker.runtime.spec import ContainerSpec
+from openmaker.runtime.layers import cover, layer_folder, make_mount_points
+from openmaker.runtime.spec import Bind, ContainerSpec, User
+from openmaker.runtime.switch_user import user_command
 
 # The program that prepares the namespaces, then becomes bwrap.
 _ENTER = Path(__file__).with_name("enter.py")
@@ -36,6 +37,9 @@ def unavailable_reason() -> str | None:
     return None
 
 
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+
+
 def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
     """enter.py, then bwrap, then the spec's argv; bwrap writes the code's PID (as seen from
     here) to `info_fd`. Prepares the copy-on-write layers and the files shown to the code."""
@@ -47,18 +51,29 @@ def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
     views = _unnamed_views(spec)
     binds: list[tuple[str, ...]] = [("--bind", str(layers[0][0] / "merged"), "/")]
     binds += [("--dev", "/dev"), ("--proc", "/proc"), ("--ro-bind", "/sys", "/sys")]
+    # The code is root: through a writable /proc/sys it could name a program the kernel runs as
+    # the machine's root (kernel.core_pattern). Read-only, as Docker shows them.
+    binds += [("--ro-bind-try", path, path) for path in PROC_READ_ONLY]
     binds.append(_tmp(spec))
     shm_size = ("--size", str(spec.shm_size)) if spec.shm_size else ()
     binds.append((*shm_size, "--perms", "1777", "--tmpfs", "/dev/shm"))
     binds += [("--tmpfs", str(path)) for path in left_to_cover]
     binds += [("--bind", str(folder / "merged"), lower) for folder, lower in layers[1:]]
-    for bind in spec.binds:
+    argv, user_binds = spec.argv, list[Bind]()
+    if spec.user is not None and spec.user != User(0, 0):
+        user_binds, argv = user_command(spec.user, spec.capabilities, spec.argv)
+    binds += [("--dev-bind", device, device) for device in spec.devices]
+    for bind in [*spec.binds, *user_binds]:
         kind = "--ro-bind" if bind.read_only else "--bind"
         binds.append((kind, views.get(bind.source, bind.source), bind.target))
     if spec.etc_hosts is not None:
         hosts = state / "hosts"
         hosts.write_text(spec.etc_hosts)
         binds.append(("--ro-bind", str(hosts), "/etc/hosts"))
+    if spec.layers[0] != "/":  # an image's root: its WORKDIR and mount points may be missing
+        # A bind's own target is made by bwrap (a file or a folder, as its source is).
+        points = [spec.workdir, *(str(Path(b.target).parent) for b in [*spec.binds, *user_binds])]
+        make_mount_points(layers[0][0] / "upper", spec.layers[0], points)
     options = [
         ("--unshare-pid",), ("--unshare-uts",), ("--unshare-ipc",),
         *([("--hostname", spec.hostname)] if spec.hostname else []),
@@ -80,8 +95,8 @@ def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
         "userns": True,
         "netns_fd": spec.netns_fd,
     }
-    argv = [sys.executable, "-I", "-S", str(_ENTER), json.dumps(setup), "--", *bwrap, "--"]
-    return [*argv, *spec.argv]
+    enter = [sys.executable, "-I", "-S", str(_ENTER), json.dumps(setup), "--", *bwrap, "--"]
+    return [*enter, *argv]
 
 
 def _unnamed_views(spec: ContainerSpec) -> dict[str, str]:

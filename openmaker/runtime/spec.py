@@ -44,6 +44,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class User:
+    """Who the container's first process runs as (numbers, as its own files name them)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     argv: list[str]
     env: dict[str, str]
@@ -77,6 +86,11 @@ class ContainerSpec:
     # containers' volumes must go away when those end, not when this one does).
     detach_mounts_under: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    # Sandboxed: the user it runs as (an image's USER); None: root, with `capabilities`. Any
+    # other user has no capabilities at all, as under Docker.
+    user: User | None = None
+    # Device nodes of the machine shown at their own path (GPUs: runtime/images/gpus.py).
+    devices: tuple[str, ...] = ()
     # Unsandboxed: the mark every process of the container carries in its environment, by
     # which what it leaves behind is ended.
     tag: str = ""

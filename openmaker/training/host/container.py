@@ -24,7 +24,7 @@ from openmaker.training.host.checkpoints.transfer import checkpoint_dir
 from openmaker.training.host.images import PROGRAM_MOUNT, Image
 from openmaker.training.host.layout import CONTAINER_ROOT, checkpoint_local_path
 from openmaker.training.host.limits import host_limits
-from openmaker.training.host.network import HostNamespace, enter_host, shared
+from openmaker.training.host.network import HostNamespace, enter_host, resolv_conf_binds, shared
 from openmaker.training.host.spec import HostSettings, HostSpec
 from openmaker.training.host.ssh import ssh_binds
 from openmaker.training.host.volume import Volume
@@ -96,6 +96,7 @@ def _sandboxed(
         for source, target in sandbox_binds(spec)
     ]
     binds += ssh_binds(spec)  # the job's ssh keys and configuration, when mpirun needs them
+    binds += resolv_conf_binds(spec.network, spec.work_dir)
     checkpoints = checkpoint_dir(spec)
     if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):
         binds.append(Bind(str(checkpoints), checkpoint_local_path(spec), read_only=False))

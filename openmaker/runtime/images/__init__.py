@@ -1,0 +1,56 @@
+"""Container images without a daemon: references parsed (reference.py), pulled by digest with
+skopeo into one OCI layout (skopeo.py, layout.py, store.py), unpacked once per digest with
+umoci (zstd layers made plain first: zstd.py), and turned into what a container runs
+(config.py, users.py; GPUs: gpus.py). `image_container` gives the parts of a ContainerSpec
+that come from an image; the caller adds its binds, limits and state folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from openmaker.runtime.images.config import ImageConfig, command
+from openmaker.runtime.images.reference import ImageReference, ReferenceError, parse_reference
+from openmaker.runtime.images.skopeo import OnProgress, PullError, RegistryAccess
+from openmaker.runtime.images.store import Image, ImageStore
+from openmaker.runtime.images.users import UserError, resolve_user
+from openmaker.runtime.spec import User
+from openmaker.settings import Settings
+
+__all__ = [
+    "Image", "ImageConfig", "ImageContainer", "ImageReference", "ImageStore", "OnProgress",
+    "PullError", "ReferenceError", "RegistryAccess", "UserError", "image_container",
+    "image_store", "parse_reference",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageContainer:
+    """The parts of a ContainerSpec an image gives: layers=(rootfs,), argv, env, workdir, user."""
+
+    rootfs: str
+    argv: list[str]
+    env: dict[str, str]
+    workdir: str
+    user: User
+
+
+def image_store(settings: Settings) -> ImageStore:
+    access = RegistryAccess(settings.registry_auth_file, settings.insecure_registries)
+    return ImageStore(settings.home / "images", access)
+
+
+def image_container(
+    image: Image,
+    mode: str,
+    env: dict[str, str],
+    entrypoint: list[str] | None = None,
+    arguments: list[str] | None = None,
+) -> ImageContainer:
+    """How `image` runs in `mode` ("train", "serve") with the caller's `env` and overrides."""
+    run = command(image.config, mode, env, entrypoint, arguments)
+    resolved = resolve_user(image.rootfs, image.config.user)
+    environment = {"HOME": resolved.home, **run.env}
+    if not run.argv:
+        raise UserError("the image has no ENTRYPOINT and none was given")
+    return ImageContainer(str(image.rootfs), run.argv, environment, run.workdir, resolved.user)

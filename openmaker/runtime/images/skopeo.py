@@ -1,0 +1,112 @@
+"""skopeo, run the way every pull needs it: registry credentials from a Docker auth file
+(named by path, never put on a command line), plain HTTP where the registry is listed as
+insecure, its output turned into progress, and its failures into a sentence for a person.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from openmaker.runtime.images.reference import ImageReference
+from openmaker.settings import process_environment
+
+# Receives one line for a person about the pull under way ("layer 2 of 5: sha256:ab12…").
+OnProgress = Callable[[str], None]
+# What skopeo says last when it fails: `time="…" level=fatal msg="…"`.
+_FATAL = re.compile(r'level=fatal msg="(.*)"\s*$')
+_BLOB = re.compile(r"^Copying blob (?:sha256:)?([0-9a-f]{6,64})(.*)$")
+
+
+class PullError(RuntimeError):
+    """An image that could not be pulled; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class RegistryAccess:
+    """How registries are reached: the Docker auth file with their credentials, and the
+    registries spoken to over plain HTTP (or without checking certificates)."""
+
+    auth_file: Path | None = None
+    insecure: tuple[str, ...] = ()
+
+    def options(self, reference: ImageReference, side: str = "") -> list[str]:
+        """skopeo's options for reaching `reference`; `side` is "src-" for a copy's source."""
+        if not reference.is_registry:
+            return []
+        options = []
+        if self.auth_file is not None and self.auth_file.is_file():
+            options.append(f"--{side}authfile={self.auth_file}")
+        if reference.registry in self.insecure:
+            options.append(f"--{side}tls-verify=false")
+        return options
+
+
+def skopeo_missing() -> str | None:
+    """Why images cannot be pulled here, or None."""
+    return None if shutil.which("skopeo") else "skopeo (Debian package skopeo) is not installed"
+
+
+def inspect_raw(reference: ImageReference, access: RegistryAccess) -> bytes:
+    """The manifest (or manifest list) the registry serves for `reference`, byte for byte:
+    its sha256 is the digest the registry knows the image by."""
+    argv = ["skopeo", "inspect", "--raw", *access.options(reference), reference.skopeo_name()]
+    done = subprocess.run(argv, capture_output=True, env=process_environment(), check=False)
+    if done.returncode != 0:
+        raise PullError(explain(reference, done.stderr.decode(errors="replace")))
+    return done.stdout
+
+
+def copy(
+    source: ImageReference,
+    source_name: str,
+    destination: str,
+    access: RegistryAccess,
+    on_progress: OnProgress,
+    layers: int | None,
+) -> None:
+    """`skopeo copy` from `source_name` (skopeo's syntax; `source` for its options and errors)
+    into `destination`, telling `on_progress` of each layer as it starts."""
+    argv = ["skopeo", "copy", *access.options(source, "src-"), source_name, destination]
+    popen = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=process_environment(),
+    )
+    assert popen.stdout is not None and popen.stderr is not None
+    seen = 0
+    for raw in popen.stdout:
+        if match := _BLOB.match(raw.decode(errors="replace").strip()):
+            seen += 1
+            of = f" of {layers}" if layers else ""
+            cached = " (cached)" if "skipped" in match.group(2) else ""
+            on_progress(f"layer {seen}{of}: sha256:{match.group(1)[:12]}{cached}")
+    errors = popen.stderr.read().decode(errors="replace")
+    if popen.wait() != 0:
+        raise PullError(explain(source, errors))
+
+
+def explain(reference: ImageReference, stderr: str) -> str:
+    """skopeo's failure as a sentence naming the image and what the registry said."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    said = lines[-1] if lines else "skopeo failed without a message"
+    if match := _FATAL.search(said):
+        said = match.group(1).replace('\\"', '"')
+    low = said.lower()
+    if "manifest unknown" in low or "name unknown" in low or "not found" in low:
+        why = "the registry has no such image"
+    elif "unauthorized" in low or "denied" in low or "authentication required" in low:
+        why = "the registry refused access (check the credentials in the Docker auth file)"
+    elif "connection refused" in low or "no such host" in low or "dial tcp" in low:
+        why = "the registry could not be reached"
+    elif "http response to https client" in low:
+        why = "the registry speaks plain HTTP (list it in OPENMAKER_INSECURE_REGISTRIES)"
+    else:
+        why = "the pull failed"
+    return f"Cannot pull {reference}: {why}. The registry said: {said[:600]}"

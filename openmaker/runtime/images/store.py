@@ -1,0 +1,139 @@
+"""The images of this machine: pulled by digest into one OCI layout (each layer fetched once,
+shared by every image that has it) and unpacked once per digest into a root filesystem that
+nothing writes (containers see it through an overlay of their own).
+
+`ImageStore(folder, access).prepare(reference, on_progress)` returns an `Image`: its digest,
+its unpacked root and its config. A registry reference is resolved to its digest first (one
+manifest request), so that a tag moved since is pulled anew and an unchanged one costs
+nothing more; files (`oci-archive:`, `docker-archive:`, OCI layouts) are copied once per
+version of the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from openmaker.runtime.images import skopeo
+from openmaker.runtime.images.config import ImageConfig
+from openmaker.runtime.images.layout import Layout
+from openmaker.runtime.images.reference import ImageReference
+from openmaker.runtime.images.skopeo import OnProgress, PullError, RegistryAccess
+from openmaker.runtime.images.zstd import has_zstd_layers, plain_twin
+
+
+@dataclass(frozen=True)
+class Image:
+    reference: ImageReference
+    # The manifest's digest in the layout: what the root filesystem is unpacked by.
+    digest: str
+    # The unpacked root filesystem (never written: shown through overlays).
+    rootfs: Path
+    config: ImageConfig
+
+
+class ImageStore:
+    def __init__(self, folder: Path, access: RegistryAccess) -> None:
+        self.folder = folder
+        self.access = access
+        self.layout = Layout(folder / "oci")
+        self.unpacked = folder / "rootfs"
+
+    def prepare(self, reference: ImageReference, on_progress: OnProgress) -> Image:
+        name = self.pull(reference, on_progress)
+        with self.layout.locked(exclusive=False):
+            digest = self.layout.names()[name]
+            config = ImageConfig.from_json(self.layout.config(name))
+        rootfs = self.unpack(name, digest, on_progress)
+        return Image(reference, digest, rootfs, config)
+
+    def pull(self, reference: ImageReference, on_progress: OnProgress) -> str:
+        """Copy the image into the layout unless it is there; its name in the layout."""
+        if missing := skopeo.skopeo_missing():
+            raise PullError(f"Cannot pull {reference}: {missing}")
+        layers: int | None = None
+        if reference.is_registry:
+            if reference.digest is None:
+                on_progress(f"resolving {reference}")
+                raw = skopeo.inspect_raw(reference, self.access)
+                reference = reference.pinned("sha256:" + hashlib.sha256(raw).hexdigest())
+                layers = _layer_count(raw)
+            name, source = f"r-{reference.digest}".replace(":", "-"), reference.by_digest()
+        else:
+            name, source = _file_name(reference), reference.skopeo_name()
+        if name in self._names():
+            return name
+        with self.layout.locked(exclusive=True):
+            if name in self.layout.names():
+                return name  # another pull brought it while this one waited
+            on_progress(f"pulling {reference}")
+            destination = f"oci:{self.layout.folder}:{name}"
+            skopeo.copy(reference, source, destination, self.access, on_progress, layers)
+        return name
+
+    def unpack(self, name: str, digest: str, on_progress: OnProgress) -> Path:
+        """The root filesystem of the image `name` (manifest `digest`), unpacked once."""
+        bundle = self.unpacked / digest.replace(":", "-")
+        rootfs = bundle / "rootfs"
+        if rootfs.is_dir():
+            return rootfs
+        with _flock(bundle.with_name(bundle.name + ".lock")):
+            if rootfs.is_dir():
+                return rootfs
+            with self.layout.locked(exclusive=True):
+                if has_zstd_layers(self.layout.manifest(name)):
+                    on_progress("decompressing zstd layers")
+                    name = plain_twin(self.layout, name)
+            on_progress("unpacking the image")
+            temporary = bundle.with_name(f".{bundle.name}.{os.getpid()}")
+            shutil.rmtree(temporary, ignore_errors=True)
+            rootless = ["--rootless"] if os.geteuid() != 0 else []
+            argv = ["umoci", "--log", "error", "unpack", *rootless]
+            argv += ["--image", f"{self.layout.folder}:{name}", str(temporary)]
+            with self.layout.locked(exclusive=False):
+                done = subprocess.run(argv, capture_output=True, check=False)
+            if done.returncode != 0:
+                shutil.rmtree(temporary, ignore_errors=True)
+                said = done.stderr.decode(errors="replace").strip()[-600:]
+                raise PullError(f"Cannot unpack image {digest}: {said}")
+            os.replace(temporary, bundle)
+        return rootfs
+
+    def _names(self) -> dict[str, str]:
+        with self.layout.locked(exclusive=False):
+            return self.layout.names()
+
+
+def _layer_count(raw: bytes) -> int | None:
+    manifest = json.loads(raw)
+    layers = manifest.get("layers")
+    return len(layers) if isinstance(layers, list) else None  # a list: its platform's image
+
+
+def _file_name(reference: ImageReference) -> str:
+    """A name for one version of an image file or folder: its path, size and modification."""
+    path = Path(reference.path).absolute()
+    try:
+        status = path.stat()
+    except OSError as error:
+        raise PullError(f"Cannot read image {reference}: {error.strerror}") from None
+    if path.is_dir():
+        status = (path / "index.json").stat() if (path / "index.json").exists() else status
+    key = f"{reference.transport}:{path}:{reference.name}:{status.st_size}:{status.st_mtime_ns}"
+    return "f-" + hashlib.sha256(key.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
