@@ -114,6 +114,8 @@ def test_routes_without_a_session_refuse(api_server: ApiServer) -> None:
         "/console/api/session",
         "/console/api/jobs/anything",
         "/console/api/jobs/anything/logs",
+        "/console/api/jobs/anything/metrics",
+        "/console/api/jobs/anything/artifacts/model",
     ):
         status, _, body = http_call(api_server, "GET", path)
         assert status == 401, path
