@@ -36,6 +36,10 @@ if [ "$extra" = test ]; then
 fi
 # Debian's own python3 needs python3-venv (and ensurepip) to make a virtual environment.
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
+# The web console's tests look at its pages in Debian's headless chromium (tests/browser.py).
+if [ "$extra" = test ] && ! command -v chromium >/dev/null; then
+    missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
     sudo_cmd=""
