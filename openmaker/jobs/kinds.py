@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 from openmaker.jobs import retry
 from openmaker.jobs.logs import LOG_GROUP
 from openmaker.jobs.resource import Instances, ResourceKind
+from openmaker.serving.kind import ENDPOINT
 from openmaker.training import state
 from openmaker.training.status import ACTIVE, ENDED, SecondaryStatus
 
@@ -71,7 +72,7 @@ TRAINING = ResourceKind(
     lifecycle=_TrainingLifecycle(),
 )
 
-KINDS: tuple[ResourceKind, ...] = (TRAINING,)
+KINDS: tuple[ResourceKind, ...] = (TRAINING, ENDPOINT)
 
 
 def of_arn(arn: str) -> ResourceKind | None:

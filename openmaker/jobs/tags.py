@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -20,9 +21,14 @@ PAGES = paginator("ListTags")
 
 class Tags:
     def __init__(
-        self, sessions: sessionmaker[Session], writers: sessionmaker[Session]
+        self,
+        sessions: sessionmaker[Session],
+        writers: sessionmaker[Session],
+        tables: Mapping[str, Any] | None = None,
     ) -> None:
         self.sessions, self.writers = sessions, writers
+        # Tables of resources that are not jobs (models...), by the resource type in their ARN.
+        self.tables = dict(tables or {})
 
     def add(self, arn: str, tags: list[dict[str, str]]) -> list[dict[str, str]]:
         with self.writers() as session:
@@ -56,7 +62,8 @@ class Tags:
     def _check_resource(self, session: Session, arn: str) -> None:
         """A resource of a kind openmaker keeps (by the ARN's resource type), that exists."""
         kind = kinds.of_arn(arn)
-        table = kind.table() if kind else None
+        resource = arn.split(":", 5)[-1].split("/", 1)[0] if arn.count(":") >= 5 else ""
+        table = kind.table() if kind else self.tables.get(resource)
         if table is None or session.scalar(select(table.name).where(table.arn == arn)) is None:
             raise ResourceNotFound(f"Resource {arn} not found")
 
