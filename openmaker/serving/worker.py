@@ -117,6 +117,7 @@ class EndpointWorker:
 
     def _start_all(self) -> None:
         hosts = [instance.plan.id for instance in self.instances]
+        remove_network(self.settings.home, self.name)  # what a killed worker left
         network = job_network(self.settings, self.name, hosts, {}, isolated=False)
         self.network = network
         if network.bridge is None:

@@ -272,6 +272,8 @@ def _rules(bridge: str, subnet: ipaddress.IPv4Network, allowed: list[tuple[str, 
         "  chain input {\n"
         "    type filter hook input priority filter; policy accept;\n"
         f"{through}"
+        # Answers to connections the machine opened (an endpoint's proxy to its instances).
+        f'    iifname "{bridge}" ct state established,related accept\n'
         f'    iifname "{bridge}" drop\n'
         "  }\n"
         "  chain forward {\n"
