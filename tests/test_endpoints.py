@@ -4,10 +4,12 @@ sandboxed container on its own bridge, listening on 8080."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +98,8 @@ class Deployer:
         name = unique_name("model")
         image = make_serve_image(self.tmp_path / name, program)
         bucket = "models"
-        try:
+        with contextlib.suppress(ClientError):
             self.s3.create_bucket(Bucket=bucket)
-        except ClientError:
-            pass
         self.s3.put_object(Bucket=bucket, Key=f"{name}/model.tar.gz", Body=model_archive(members))
         self.sagemaker.create_model(
             ModelName=name,
@@ -154,7 +154,7 @@ class Deployer:
             except ClientError:
                 continue
         for name in self.endpoints:
-            wait_until(lambda n=name: self.gone(n), f"endpoint {name} deleted")
+            wait_until(partial(self.gone, name), f"endpoint {name} deleted")
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
@@ -210,7 +210,7 @@ def test_an_endpoint_serves_its_model_and_goes_with_its_containers(deployer: Dep
     # The container's 4xx is a ModelError with its status and message.
     with pytest.raises(ClientError) as refused:
         deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"fail")
-    error = refused.value.response
+    error: dict[str, Any] = dict(refused.value.response)
     assert error["Error"]["Code"] == "ModelError"
     assert error["OriginalStatusCode"] == 400
     assert error["OriginalMessage"] == "bad input: fail"
@@ -235,9 +235,8 @@ def test_an_endpoint_serves_its_model_and_goes_with_its_containers(deployer: Dep
     wait_until(lambda: deployer.gone(name), "the endpoint to go")
     assert bridges_of(name) == []  # its bridge and the instances' veths went with it
     assert not list(Path("/sys/class/net").glob(f"{bridge}*"))
-    messages = [
-        e["message"] for e in logs.get_log_events(logGroupName=group, logStreamName=stream)["events"]
-    ]
+    events = logs.get_log_events(logGroupName=group, logStreamName=stream)["events"]
+    messages = [e["message"] for e in events]
     assert "got SIGTERM" in messages
 
 
