@@ -306,12 +306,16 @@ def test_bad_requests_name_the_member(deployer: Deployer, tmp_path: Path) -> Non
 def test_models_and_configs_list_page_tag_and_delete(deployer: Deployer) -> None:
     sagemaker = deployer.sagemaker
     names = [deployer.model(SERVE, {"weights.txt": b"w\n"}) for _ in range(3)]
-    first = sagemaker.list_models(MaxResults=2, NameContains="model", SortBy="Name")
-    assert len(first["Models"]) == 2 and "NextToken" in first
-    rest = sagemaker.list_models(
-        MaxResults=2, NameContains="model", SortBy="Name", NextToken=first["NextToken"]
-    )
-    seen = [m["ModelName"] for m in first["Models"] + rest["Models"]]
+    seen: list[str] = []
+    params: dict[str, Any] = {"MaxResults": 2, "NameContains": "model", "SortBy": "Name"}
+    while True:
+        page = sagemaker.list_models(**params)
+        assert len(page["Models"]) <= 2
+        seen += [m["ModelName"] for m in page["Models"]]
+        if "NextToken" not in page:
+            break
+        params["NextToken"] = page["NextToken"]
+    assert seen == sorted(seen, reverse=True)  # Descending unless asked otherwise
     assert set(names) <= set(seen)
     described = sagemaker.describe_model(ModelName=names[0])
     arn = described["ModelArn"]

@@ -183,6 +183,7 @@ class Endpoints:
 
     def _checked(self, name: str) -> EndpointRecord:
         """The endpoint's record; one whose worker vanished has failed, saying so."""
+        self.launcher.reap()
         with self.sessions() as session:
             row = session.get(EndpointRecord, name)
         if row is None:

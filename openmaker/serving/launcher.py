@@ -20,7 +20,7 @@ class Launcher:
     def start(self, endpoint: str, settings: Settings, record: Callable[[Worker], None]) -> None:
         """Start the worker of `endpoint`; `record` learns its process before it gets its
         order, so that a worker killed at any point is seen as lost."""
-        self.children = [child for child in self.children if child.poll() is None]
+        self.reap()
         process = subprocess.Popen(
             [sys.executable, "-m", "openmaker.serving.worker_process"],
             stdin=subprocess.PIPE,
@@ -39,3 +39,7 @@ class Launcher:
         finally:
             process.stdin.close()  # without an order, the worker ends at once
         self.children.append(process)
+
+    def reap(self) -> None:
+        """Collect the workers that have ended (a long-lived server would keep zombies)."""
+        self.children = [child for child in self.children if child.poll() is None]
