@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from openmaker.jobs import resource
 from openmaker.jobs.resource import ResourceKind
+from openmaker.serving.kind import ENDPOINT
 from openmaker.training.kind import TRAINING
 
-KINDS: tuple[ResourceKind, ...] = (TRAINING,)
+KINDS: tuple[ResourceKind, ...] = (TRAINING, ENDPOINT)
 
 
 def of_arn(arn: str) -> ResourceKind | None:

@@ -321,7 +321,7 @@ def test_errors_carry_the_aws_codes(api_server: ApiServer, tmp_path: Path, outpu
     bad = dict(body, TrainingJobName="bad_name!")
     code, message, _ = code_of(sagemaker.create_training_job, **bad)
     assert code == "ValidationException" and "trainingJobName" in message.replace("T", "t", 1)
-    code, _, _ = code_of(sagemaker.list_endpoints)
+    code, _, _ = code_of(sagemaker.list_inference_components)
     assert code == "UnknownOperationException"
 
     status_code, answer = signed_post(api_server, "SageMaker.NoSuchThing", b"{}")

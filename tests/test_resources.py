@@ -18,6 +18,7 @@ from openmaker import resources
 from openmaker.api.operations import Backend
 from openmaker.jobs.db import JobRecord, TrainingJob
 from openmaker.jobs.logs import LOG_GROUP
+from openmaker.serving.kind import ENDPOINT
 from openmaker.settings import load_settings
 from openmaker.shapes import errors
 from openmaker.shapes.errors import answered_errors, declared_errors
@@ -66,9 +67,10 @@ def test_every_kind_is_a_job_the_shared_machinery_can_handle() -> None:
         assert shape(kind.name)  # a resource the model names
     arn = "arn:aws:sagemaker:us-east-1:000000000000:training-job/a-job"
     assert resources.of_arn(arn) is TRAINING
-    assert resources.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint/e") is None
+    assert resources.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint/e") is ENDPOINT
+    assert resources.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint-config/e") is None
     assert resources.of_arn("training-job/a-job") is None
-    assert resources.log_groups() == (LOG_GROUP,)
+    assert resources.log_groups() == (LOG_GROUP, "/aws/sagemaker/Endpoints")
 
 
 def _served() -> dict[str, list[str]]:
@@ -139,6 +141,22 @@ def test_every_error_openmaker_answers_is_one_the_model_declares(
         ("sagemaker", "ListTags", {"ResourceArn": missing_arn}),
         ("sagemaker", "ListTags", {"ResourceArn": arn, "NextToken": "not-a-token"}),
         ("sagemaker", "DeleteTags", {"ResourceArn": missing_arn, "TagKeys": ["k"]}),
+        ("sagemaker", "CreateModel", {"ModelName": "m", "PrimaryContainer": {"Image": "x"}}),
+        ("sagemaker", "DescribeModel", {"ModelName": "no-such-model"}),
+        ("sagemaker", "ListModels", {"NextToken": "not-a-token"}),
+        ("sagemaker", "DeleteModel", {"ModelName": "no-such-model"}),
+        (
+            "sagemaker",
+            "CreateEndpointConfig",
+            {"EndpointConfigName": "c", "ProductionVariants": []},
+        ),
+        ("sagemaker", "DescribeEndpointConfig", {"EndpointConfigName": "no-such-config"}),
+        ("sagemaker", "ListEndpointConfigs", {"NextToken": "not-a-token"}),
+        ("sagemaker", "DeleteEndpointConfig", {"EndpointConfigName": "no-such-config"}),
+        ("sagemaker", "CreateEndpoint", {"EndpointName": "e", "EndpointConfigName": "no-such"}),
+        ("sagemaker", "DescribeEndpoint", {"EndpointName": "no-such-endpoint"}),
+        ("sagemaker", "ListEndpoints", {"NextToken": "not-a-token"}),
+        ("sagemaker", "DeleteEndpoint", {"EndpointName": "no-such-endpoint"}),
         ("logs", "DescribeLogGroups", {"limit": 0}),
         ("logs", "DescribeLogStreams", {"logGroupName": "/no/such/group"}),
         ("logs", "DescribeLogStreams", {**group, "nextToken": "nonsense"}),

@@ -134,7 +134,7 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
             Route("/", dispatch, methods=["POST"]),
             *(Route(path, dispatch_path, methods=["POST"]) for path in paths),
             Route("/openmaker/health", health, methods=["GET"]),
-            *runtime_routes(credentials, region, backend.jobs.settings.account_id),
+            *runtime_routes(credentials, region, backend.jobs.settings.account_id, backend.invoker),
             *console_routes(backend, credentials, region),
         ]
     )

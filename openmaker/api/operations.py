@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from openmaker.api.serving import ServingHandlers
 from openmaker.jobs.cloudwatch import LogQueries, Window
 from openmaker.jobs.tags import Tags
 from openmaker.resources import KINDS, log_groups
+from openmaker.serving.proxy import Invoker
+from openmaker.serving.service import Serving, taggable
 from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 from openmaker.shapes.model import operation_model
@@ -53,8 +56,12 @@ class Backend:
         self.jobs = TrainingJobs(settings, local=local)
         self.metrics = MetricReads(self.jobs.sessions)
         self.handlers = Handlers()
+        self.serving = Serving(settings, local)
+        self.invoker = Invoker(self.serving.endpoints, settings.region, settings.account_id)
         TrainingJobHandlers(self.jobs).register(self.handlers)
-        TagHandlers(Tags(self.jobs.sessions, self.jobs.writers, KINDS)).register(self.handlers)
+        ServingHandlers(self.serving).register(self.handlers)
+        tags = Tags(self.jobs.sessions, self.jobs.writers, KINDS, taggable())
+        TagHandlers(tags).register(self.handlers)
         logs = LogQueries(self.jobs.sessions, settings.region, settings.account_id, log_groups())
         LogHandlers(logs).register(self.handlers)
 

@@ -210,7 +210,8 @@ class LogQueries:
         return None
 
     def _check_group(self, group: str) -> None:
-        if group not in self.groups:
+        # A kind's group, or one below it (an endpoint's: /aws/sagemaker/Endpoints/<name>).
+        if group not in self.groups and not group.startswith(tuple(f"{g}/" for g in self.groups)):
             raise LogsResourceNotFound("The specified log group does not exist.")
 
     def _stream(self, row: Any) -> dict[str, Any]:

@@ -272,3 +272,38 @@ def _create(path: Path) -> None:
             os.link(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+class ModelRecord(Base):
+    """A model (CreateModel): its request, kept as given (Tags aside)."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class EndpointConfigRecord(Base):
+    """An endpoint configuration (CreateEndpointConfig): its request, kept as given."""
+
+    __tablename__ = "endpoint_configs"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class EndpointRecord(JobRecord, Base):
+    """An endpoint: a job whose worker keeps its instances serving until it is deleted."""
+
+    __tablename__ = "endpoints"
+
+    # What it was made from, as they were then (a config or model may be deleted while an
+    # endpoint made from it serves, as on SageMaker).
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    models: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Its instances as its worker reports them: [{"variant", "id", "address", "healthy"}].
+    instances: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -25,9 +25,12 @@ class Tags:
         sessions: sessionmaker[Session],
         writers: sessionmaker[Session],
         kinds: Sequence[ResourceKind],
+        tables: Mapping[str, Any] | None = None,
     ) -> None:
-        """Tags on the resources of `kinds`."""
+        """Tags on the resources of `kinds`, and on those of `tables` (resources that are not
+        jobs, such as models, by the resource type in their ARN)."""
         self.sessions, self.writers, self.kinds = sessions, writers, kinds
+        self.tables = dict(tables or {})
 
     def add(self, arn: str, tags: list[dict[str, str]]) -> list[dict[str, str]]:
         with self.writers() as session:
@@ -61,7 +64,8 @@ class Tags:
     def _check_resource(self, session: Session, arn: str) -> None:
         """A resource of a kind openmaker keeps (by the ARN's resource type), that exists."""
         kind = of_arn(self.kinds, arn)
-        table = kind.table() if kind else None
+        resource = arn.split(":", 5)[-1].split("/", 1)[0] if arn.count(":") >= 5 else ""
+        table = kind.table() if kind else self.tables.get(resource)
         if table is None or session.scalar(select(table.name).where(table.arn == arn)) is None:
             raise ResourceNotFound(f"Resource {arn} not found")
 

@@ -343,6 +343,8 @@ def _rules(
         "  chain input {\n"
         "    type filter hook input priority filter; policy accept;\n"
         f"{through}"
+        # Answers to connections the machine opened (an endpoint's proxy to its instances).
+        f'    iifname "{bridge}" ct state established,related accept\n'
         f'    iifname "{bridge}" drop\n'
         "  }\n"
         "  chain forward {\n"

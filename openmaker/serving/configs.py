@@ -1,0 +1,139 @@
+"""Endpoint configurations: CreateEndpointConfig, Describe, List, Delete.
+
+Each production variant names a model that exists, an instance type (against the capacity
+catalog, openmaker/jobs/capacity.py) and a count. What openmaker cannot serve yet (serverless
+variants, asynchronous inference, data capture, shadow variants, explainers) is refused here.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from openmaker.jobs import capacity
+from openmaker.jobs.db import EndpointConfigRecord, ModelRecord, Tag
+from openmaker.jobs.resource import Instances
+from openmaker.jobs.tags import put as put_tags
+from openmaker.serving.clock import as_utc, now
+from openmaker.serving.listing import page
+from openmaker.settings import Settings
+from openmaker.shapes.arn import resource_arn
+from openmaker.shapes.errors import ValidationException
+
+NOT_YET = (
+    "AsyncInferenceConfig",
+    "DataCaptureConfig",
+    "ShadowProductionVariants",
+    "ExplainerConfig",
+)
+
+
+class EndpointConfigs:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], writers: sessionmaker[Session]
+    ) -> None:
+        self.settings, self.sessions, self.writers = settings, sessions, writers
+
+    def arn(self, name: str) -> str:
+        return resource_arn("endpoint-config", name, self.settings.region, self.settings.account_id)
+
+    def create(self, request: dict[str, Any]) -> dict[str, str]:
+        self._check(request)
+        name = request["EndpointConfigName"]
+        arn = self.arn(name)
+        kept = {k: copy.deepcopy(v) for k, v in request.items() if k != "Tags"}
+        with self.writers() as session:
+            for index, variant in enumerate(request["ProductionVariants"], start=1):
+                if session.get(ModelRecord, variant["ModelName"]) is None:
+                    model_arn = resource_arn(
+                        "model",
+                        variant["ModelName"],
+                        self.settings.region,
+                        self.settings.account_id,
+                    )
+                    raise ValidationException(
+                        f'ProductionVariants.{index}.ModelName: Could not find model "{model_arn}".'
+                    )
+            session.add(EndpointConfigRecord(name=name, arn=arn, request=kept, creation_time=now()))
+            try:
+                session.flush()
+                put_tags(session, arn, request.get("Tags") or [])
+                session.commit()
+            except IntegrityError:
+                raise ValidationException(
+                    f'Cannot create already existing endpoint configuration "{arn}".'
+                ) from None
+        return {"EndpointConfigArn": arn}
+
+    def get(self, name: str) -> EndpointConfigRecord:
+        with self.sessions() as session:
+            config = session.get(EndpointConfigRecord, name)
+        if config is None:
+            raise ValidationException(f'Could not find endpoint configuration "{self.arn(name)}".')
+        return config
+
+    def describe(self, name: str) -> dict[str, Any]:
+        config = self.get(name)
+        return {
+            **config.request,
+            "EndpointConfigArn": config.arn,
+            "CreationTime": as_utc(config.creation_time),
+        }
+
+    def list(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self.sessions() as session:
+            rows = list(session.scalars(select(EndpointConfigRecord)))
+        return page("ListEndpointConfigs", params, rows, _summary, "EndpointConfigs")
+
+    def delete(self, name: str) -> None:
+        with self.writers() as session:
+            config = session.get(EndpointConfigRecord, name)
+            if config is None:
+                raise ValidationException(
+                    f'Could not find endpoint configuration "{self.arn(name)}".'
+                )
+            session.delete(config)
+            session.query(Tag).filter(Tag.resource_arn == config.arn).delete()
+            session.commit()
+
+    def _check(self, request: dict[str, Any]) -> None:
+        for member in NOT_YET:
+            if request.get(member) is not None:
+                raise ValidationException(f"{member}: openmaker does not serve this yet")
+        names: set[str] = set()
+        machine = capacity.machine(self.settings)
+        for index, variant in enumerate(request["ProductionVariants"], start=1):
+            member = f"ProductionVariants.{index}"
+            if variant["VariantName"] in names:
+                raise ValidationException(
+                    f"{member}.VariantName: the variant name {variant['VariantName']!r} is "
+                    "used twice; each variant needs a name of its own"
+                )
+            names.add(variant["VariantName"])
+            if variant.get("ServerlessConfig") is not None:
+                raise ValidationException(
+                    f"{member}.ServerlessConfig: serverless variants are not served by "
+                    "openmaker yet"
+                )
+            for required in ("ModelName", "InstanceType", "InitialInstanceCount"):
+                if variant.get(required) is None:
+                    raise ValidationException(
+                        f"Value null at '{member}.{required}' failed to satisfy constraint: "
+                        "Member must not be null"
+                    )
+            instances = Instances(
+                variant["InstanceType"], int(variant["InitialInstanceCount"]), member
+            )
+            capacity.check_can_fit(instances, machine, "endpoint")
+
+
+def _summary(config: EndpointConfigRecord) -> dict[str, Any]:
+    return {
+        "EndpointConfigName": config.name,
+        "EndpointConfigArn": config.arn,
+        "CreationTime": as_utc(config.creation_time),
+    }

@@ -1,0 +1,150 @@
+"""Models: CreateModel, DescribeModel, ListModels, DeleteModel.
+
+A model is its request, kept: what an endpoint serves is read from it when the endpoint is
+created. What SageMaker accepts but openmaker cannot serve yet is refused here, saying so.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from openmaker.jobs.db import ModelRecord, Tag
+from openmaker.jobs.tags import put as put_tags
+from openmaker.serving.clock import as_utc, now
+from openmaker.serving.image import ImageError, resolve
+from openmaker.serving.listing import page
+from openmaker.shapes.arn import resource_arn
+from openmaker.shapes.errors import ValidationException
+from openmaker.shapes.locations import LocalPaths
+
+
+class Models:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        writers: sessionmaker[Session],
+        region: str,
+        account_id: str,
+        local: LocalPaths,
+    ) -> None:
+        self.sessions, self.writers = sessions, writers
+        self.region, self.account_id, self.local = region, account_id, local
+
+    def arn(self, name: str) -> str:
+        return resource_arn("model", name, self.region, self.account_id)
+
+    def create(self, request: dict[str, Any]) -> dict[str, str]:
+        check_model(request, self.local)
+        name = request["ModelName"]
+        arn = self.arn(name)
+        kept = {k: copy.deepcopy(v) for k, v in request.items() if k != "Tags"}
+        with self.writers() as session:
+            session.add(ModelRecord(name=name, arn=arn, request=kept, creation_time=now()))
+            try:
+                session.flush()
+                put_tags(session, arn, request.get("Tags") or [])
+                session.commit()
+            except IntegrityError:
+                raise ValidationException(
+                    f'Cannot create already existing model "{arn}".'
+                ) from None
+        return {"ModelArn": arn}
+
+    def get(self, name: str) -> ModelRecord:
+        with self.sessions() as session:
+            model = session.get(ModelRecord, name)
+        if model is None:
+            raise ValidationException(f'Could not find model "{self.arn(name)}".')
+        return model
+
+    def describe(self, name: str) -> dict[str, Any]:
+        model = self.get(name)
+        return {**model.request, "ModelArn": model.arn, "CreationTime": as_utc(model.creation_time)}
+
+    def list(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self.sessions() as session:
+            rows = list(session.scalars(select(ModelRecord)))
+        return page("ListModels", params, rows, _summary, "Models")
+
+    def delete(self, name: str) -> None:
+        with self.writers() as session:
+            model = session.get(ModelRecord, name)
+            if model is None:
+                raise ValidationException(f'Could not find model "{self.arn(name)}".')
+            session.delete(model)
+            session.query(Tag).filter(Tag.resource_arn == model.arn).delete()
+            session.commit()
+
+
+def _summary(model: ModelRecord) -> dict[str, Any]:
+    return {
+        "ModelName": model.name,
+        "ModelArn": model.arn,
+        "CreationTime": as_utc(model.creation_time),
+    }
+
+
+def the_container(request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The model's one container, and the member that names it (for messages)."""
+    containers = request.get("Containers") or []
+    if request.get("PrimaryContainer") is not None:
+        return "PrimaryContainer", request["PrimaryContainer"]
+    return "Containers.1", containers[0]
+
+
+def check_model(request: dict[str, Any], local: LocalPaths) -> None:
+    primary, containers = request.get("PrimaryContainer"), request.get("Containers")
+    if (primary is None) == (not containers):
+        raise ValidationException(
+            "Exactly one of PrimaryContainer and Containers must be given"
+            if primary is not None
+            else "Value null at 'PrimaryContainer' failed to satisfy constraint: Member must "
+            "not be null (or give Containers)"
+        )
+    if containers and len(containers) > 1:
+        raise ValidationException(
+            "Containers: inference pipelines (more than one container) are not served by "
+            "openmaker yet; give one container"
+        )
+    member, container = the_container(request)
+    if container.get("Mode", "SingleModel") != "SingleModel":
+        raise ValidationException(
+            f"{member}.Mode: multi-model endpoints are not served by openmaker yet"
+        )
+    if container.get("Image") is None:
+        raise ValidationException(
+            f"Value null at '{member}.Image' failed to satisfy constraint: Member must not be "
+            "null (openmaker serves images, not model packages)"
+        )
+    try:
+        resolve(container["Image"], local)
+    except ImageError as exc:
+        raise ValidationException(f"{member}.Image: {exc}") from None
+    _check_model_data(member, container)
+
+
+def _check_model_data(member: str, container: dict[str, Any]) -> None:
+    url, source = container.get("ModelDataUrl"), container.get("ModelDataSource")
+    if url is not None and source is not None:
+        raise ValidationException(f"{member}: give ModelDataUrl or ModelDataSource, not both")
+    if url is not None and not url.startswith("s3://"):
+        raise ValidationException(
+            f"{member}.ModelDataUrl: openmaker reads model data from s3:// URIs only"
+        )
+    if source is None:
+        return
+    s3 = source.get("S3DataSource")
+    if s3 is None:
+        raise ValidationException(
+            f"{member}.ModelDataSource: only S3DataSource is served by openmaker"
+        )
+    if s3["CompressionType"] == "Gzip" and s3["S3DataType"] != "S3Object":
+        raise ValidationException(
+            f"{member}.ModelDataSource.S3DataSource.CompressionType: Gzip needs S3DataType "
+            "S3Object (one model.tar.gz)"
+        )

@@ -1,0 +1,167 @@
+"""InvokeEndpoint: a request passed to one healthy instance of the endpoint, its answer back.
+
+The variant is chosen by weight (`VariantWeight / sum`), or named by `TargetVariant`; the
+instance at random among the variant's healthy ones. The container's 2xx answer comes back as
+it is (body, Content-Type, Custom-Attributes); any other status is a ModelError carrying the
+container's status and message. Bodies are at most 6 MiB each way.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import time
+from dataclasses import dataclass, field
+
+from openmaker.serving.endpoints import Endpoints, Route, Variant
+from openmaker.serving.kind import log_group
+
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+# SageMaker's: the container must answer an invocation within 60 s.
+INVOCATION_SECONDS = 60.0
+# How long where an endpoint's instances are is taken as known (each request reading the
+# database would cost more than the invocation).
+ROUTE_SECONDS = 1.0
+# OriginalMessage carries at most this much of the container's answer.
+ORIGINAL_MESSAGE_CHARS = 2048
+# Request headers passed to the container (SageMaker's own, and the content negotiation).
+PASSED_HEADERS = (
+    "Content-Type",
+    "Accept",
+    "X-Amzn-SageMaker-Custom-Attributes",
+    "X-Amzn-SageMaker-Target-Model",
+    "X-Amzn-SageMaker-Inference-Id",
+)
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+
+
+class InvocationError(Exception):
+    """Why an invocation was not answered: `code` is the runtime's error code."""
+
+    def __init__(self, code: str, status: int, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message, self.extra = code, status, message, extra
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: bytes
+    content_type: str
+    variant: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Invoker:
+    def __init__(self, endpoints: Endpoints, region: str, account_id: str) -> None:
+        self.endpoints, self.region, self.account_id = endpoints, region, account_id
+        self._routes: dict[str, tuple[float, Route | None]] = {}
+
+    def invoke(
+        self, name: str, body: bytes, headers: dict[str, str], target_variant: str | None
+    ) -> Answer:
+        route = self._route(name)
+        if route is None:
+            raise InvocationError(
+                "ValidationError", 400, f"Endpoint {name} of account {self.account_id} not found."
+            )
+        variant = self._variant(name, route, target_variant)
+        address = random.choice(variant.addresses)
+        stream = variant.streams[variant.addresses.index(address)]
+        return self._forward(name, address, stream, variant.name, body, headers)
+
+    def _route(self, name: str) -> Route | None:
+        now = time.monotonic()
+        known = self._routes.get(name)
+        if known is not None and now - known[0] < ROUTE_SECONDS:
+            return known[1]
+        route = self.endpoints.route(name)
+        self._routes[name] = (now, route)
+        return route
+
+    def _variant(self, name: str, route: Route, target: str | None) -> Variant:
+        if target is not None:
+            named = [v for v in route.variants if v.name == target]
+            if not named:
+                raise InvocationError(
+                    "ValidationError",
+                    400,
+                    f"The variant {target} is not a production variant of endpoint {name}.",
+                )
+            candidates = [v for v in named if v.addresses]
+        else:
+            candidates = [v for v in route.variants if v.addresses and v.weight > 0]
+        if route.status != "InService" and not candidates:
+            raise InvocationError(
+                "ValidationError",
+                400,
+                f"Endpoint {name} of account {self.account_id} is in status {route.status}; "
+                "it takes invocations once InService.",
+            )
+        if not candidates:
+            raise InvocationError(
+                "ServiceUnavailable", 503, f"No instance of endpoint {name} is healthy now."
+            )
+        weights = [max(v.weight, 0.0) for v in candidates]
+        if sum(weights) <= 0:
+            return random.choice(candidates)
+        return random.choices(candidates, weights)[0]
+
+    def _forward(
+        self,
+        name: str,
+        address: str,
+        stream: str,
+        variant: str,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> Answer:
+        host, _, port = address.rpartition(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=INVOCATION_SECONDS)
+        try:
+            sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
+            connection.request("POST", "/invocations", body=body, headers=sent)
+            response = connection.getresponse()
+            data = response.read(MAX_PAYLOAD_BYTES + 1)
+            status = response.status
+            content_type = response.getheader("Content-Type") or "application/octet-stream"
+            attributes = response.getheader(CUSTOM_ATTRIBUTES)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._model_error(
+                name, stream, 500, f"the model container did not answer: {exc}", variant
+            ) from None
+        finally:
+            connection.close()
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise self._model_error(
+                name,
+                stream,
+                500,
+                f"the model container's answer is larger than the {MAX_PAYLOAD_BYTES} bytes "
+                "an endpoint may answer",
+                variant,
+            )
+        if not 200 <= status < 300:
+            text = data.decode("utf-8", "replace")
+            raise self._model_error(name, stream, status, text, variant)
+        extra = {CUSTOM_ATTRIBUTES: attributes} if attributes else {}
+        return Answer(data, content_type, variant, extra)
+
+    def _model_error(
+        self, name: str, stream: str, status: int, text: str, variant: str
+    ) -> InvocationError:
+        kind = "client" if 400 <= status < 500 else "server"
+        group = log_group(name)
+        arn = f"arn:aws:logs:{self.region}:{self.account_id}:log-group:{group}:log-stream:{stream}"
+        message = (
+            f"Received {kind} error ({status}) from {variant} with message "
+            f'"{text[:ORIGINAL_MESSAGE_CHARS]}". See {group} in account {self.account_id} for '
+            "more information."
+        )
+        return InvocationError(
+            "ModelError",
+            424,
+            message,
+            OriginalStatusCode=status,
+            OriginalMessage=text[:ORIGINAL_MESSAGE_CHARS],
+            LogStreamArn=arn,
+        )
