@@ -33,9 +33,8 @@ from openmaker.training.host.training_host import (
     HostResult,
     OutputsFailed,
     StopControl,
-    TrainingHost,
-    upload_outputs,
 )
+from openmaker.training.runners import HostRunner, host_runners, upload_outputs
 from openmaker.training.status import STOPPED_BY, SecondaryStatus
 
 if TYPE_CHECKING:
@@ -112,7 +111,7 @@ def run_job(
     if stop_before_start.is_set():
         stop.request(SecondaryStatus.STOPPED)
     specs = host_specs(settings, arn, request, placement)
-    hosts = [TrainingHost(spec, recorder.emit) for spec in specs]
+    hosts = host_runners(settings, specs, recorder.emit)
     mine = _Attempt(attempt, stop)
     try:
         end = _run(hosts, recorder, stop, mine)
@@ -176,7 +175,7 @@ def _start_waiting_jobs(settings: Settings) -> None:
 
 
 def _run(
-    hosts: list[TrainingHost], recorder: JobRecorder, stop: StopControl, mine: _Attempt
+    hosts: list[HostRunner], recorder: JobRecorder, stop: StopControl, mine: _Attempt
 ) -> Callable[[TrainingJob], object]:
     """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
     # The hosts start preparing at once; the claim waits for the database layer to load.
@@ -242,7 +241,7 @@ def _failures(results: list[HostResult]) -> tuple[str | None, str | None]:
 
 
 def _after_infrastructure_failure(
-    hosts: list[TrainingHost], what: str
+    hosts: list[HostRunner], what: str
 ) -> Callable[[TrainingJob], object]:
     """Keep the checkpoints, then restart the job under its RetryStrategy, or fail it."""
     for host in hosts:
