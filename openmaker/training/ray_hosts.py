@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from openmaker.instances import catalog
 from openmaker.settings import Settings
-from openmaker.training.host.events import Emit, StatusChanged
+from openmaker.training.host.events import Emit, LogLine, StatusChanged
 from openmaker.training.host.outputs import Artifacts
 from openmaker.training.host.spec import HostSpec
 from openmaker.training.host.training_host import (
@@ -117,8 +117,6 @@ class RayHosts:
             if not waiting:
                 waiting = True
                 self.emit(StatusChanged(SecondaryStatus.PENDING, f"on the Ray cluster: {wants}"))
-        if waiting:
-            self.emit(StatusChanged(SecondaryStatus.STARTING))
         remote = ray.remote(HostActor)
         for index, spec in enumerate(self.specs):
             strategy = PlacementGroupSchedulingStrategy(self.group, index)
@@ -136,6 +134,12 @@ class RayHosts:
             node_of.get(str(node), str(node))
             for node in ray.get([actor.node.remote() for actor in self.actors])
         ]
+        if waiting:
+            self.emit(StatusChanged(SecondaryStatus.STARTING))
+        now = int(time.time() * 1000)
+        for spec, node in zip(self.specs, self.nodes, strict=True):
+            line = f"openmaker: host {spec.host_name} runs on node {node} of the Ray cluster"
+            self.emit(LogLine(spec.host_name, now, line))
         return ""
 
     def released(self) -> None:
