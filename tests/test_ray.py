@@ -26,6 +26,7 @@ from tests.helpers import (
     wait_for_log,
 )
 
+ray = pytest.importorskip("ray")
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 TYPE = "ml.m5.large"
@@ -67,6 +68,7 @@ def cluster() -> Iterator[Any]:
         made.wait_for_nodes()
         yield made
     finally:
+        ray.shutdown()  # this process's own connection (openmaker cluster's), if any
         made.shutdown()
         for name, value in saved.items():
             if value is None:
@@ -171,7 +173,7 @@ def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluste
     try:
         wait_for_log(jobs, name, "waiting on algo-1", timeout=240)
         wait_for_log(jobs, name, "waiting on algo-2", timeout=60)
-        victim = next(n for n in cluster.worker_nodes if n.address.startswith("127.0.0.3"))
+        victim = next(n for n in cluster.worker_nodes if n.node_ip_address == "127.0.0.3")
         cluster.remove_node(victim, allow_graceful=False)  # its raylet killed, as in a crash
         description = wait_for(jobs, name, timeout=120)
     finally:

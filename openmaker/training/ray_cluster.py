@@ -73,7 +73,7 @@ def nodes(settings: Settings) -> list[Node]:
     # From the cluster's own tables (the state API would need Ray's dashboard).
     for actor in state.actors(actor_state_name="ALIVE").values():
         name = actor.get("Name") or ""
-        if actor.get("RayNamespace") == "openmaker" and name.startswith("openmaker:"):
+        if name.startswith("openmaker:"):
             _, job, host = name.split(":", 2)
             node = (actor.get("Address") or {}).get("NodeID", "")
             running.setdefault(node, []).append(f"{job}/{host}")
