@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,3 +190,17 @@ def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluste
 
 def _resources(count: int) -> dict[str, Any]:
     return {"InstanceType": TYPE, "InstanceCount": count, "VolumeSizeInGB": 5}
+
+
+def test_openmaker_cluster_shows_the_nodes(on_ray: Path) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "openmaker.cli.app", "cluster"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"COLUMNS": "200"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    for address in ("127.0.0.10", *NODE_ADDRESSES):
+        assert address in shown.stdout
+    assert f"1 × {TYPE}" in shown.stdout  # what the worker nodes stand for
