@@ -22,6 +22,8 @@ JOBS_MAY_IMPORT = {
     "openmaker.training.host.events": "what hosts report, which the recorder turns into rows",
     "openmaker.training.host.site": "what a job's hosts share on this machine (its bridge) and the "
     "sweep of what a lost job left there",
+    "openmaker.training.host.ray_actor": "the same door driven in a Ray actor on another node "
+    "(OPENMAKER_EXECUTOR=ray, training/ray_hosts.py)",
     "openmaker.training.host.images": "CreateTrainingJob refuses an image no host could run "
     "(training/service.py); moves to the training plan",
 }

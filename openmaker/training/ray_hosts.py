@@ -3,7 +3,7 @@
 The job's N hosts are one placement group, `STRICT_SPREAD` (one host per node: an instance is
 a machine), each bundle sized from the instance-type catalog, or one unit of a node's own
 resource named after the type (`ray start --resources '{"ml.m5.xlarge": 1}'`: that node stands
-for one such instance). Each host is a `HostActor` (ray_actor.py) in its bundle; `RayHost` is
+for one such instance). Each host is a `HostActor` (host/ray_actor.py) in its bundle; `RayHost` is
 its stand-in in the worker, with the shape of a `TrainingHost`, so that the worker drives local
 and remote hosts alike. The group is asked for when the first host prepares: while the cluster
 lacks room the job is `Pending` with what it waits for, and fails after
@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from openmaker.instances import catalog
 from openmaker.settings import Settings
 from openmaker.training.host.events import Emit, LogLine, StatusChanged
-from openmaker.training.host.outputs import Artifacts
 from openmaker.training.host.spec import HostSpec
 from openmaker.training.host.training_host import (
+    Artifacts,
     HostFailed,
     HostResult,
     OutputsFailed,
@@ -88,7 +88,7 @@ class RayHosts:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from openmaker.training.ray_actor import HostActor
+        from openmaker.training.host.ray_actor import HostActor
 
         connect(self.settings)
         instance_type = self.specs[0].instance_type

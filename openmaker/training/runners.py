@@ -9,9 +9,8 @@ from typing import Protocol
 
 from openmaker.settings import Settings
 from openmaker.training.host.events import Emit
-from openmaker.training.host.outputs import Artifacts
 from openmaker.training.host.spec import HostSpec
-from openmaker.training.host.training_host import HostResult, StopControl, TrainingHost
+from openmaker.training.host.training_host import Artifacts, HostResult, StopControl, TrainingHost
 from openmaker.training.host.training_host import upload_outputs as upload_local
 
 

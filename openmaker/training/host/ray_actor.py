@@ -186,12 +186,3 @@ class HostActor:
 
 def _part_name(relative: str) -> str:
     return relative.replace("/", "-") + ".tar.gz"
-
-
-def result_of(value: Any) -> HostResult:
-    """A `HostResult` as it came back from the actor."""
-    assert isinstance(value, HostResult)
-    return value
-
-
-__all__ = ["HostActor", "HostFailed", "result_of"]
