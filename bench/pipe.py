@@ -44,7 +44,7 @@ def openmaker_pipe(uri: str, work_dir: Path, store_env: dict[str, str]) -> int:
     """List the channel, stream epoch 0 into its FIFO and read it to EOF: the bytes read."""
     spec = bench_spec(uri, work_dir, store_env, "Pipe")
     (spec.ml_dir / "input" / "data").mkdir(parents=True)
-    channel = spec.request["InputDataConfig"][0]
+    channel = spec.plan.channels[0]
     tree = HostTree(spec)
     streamer = PipeStreamer(spec, asyncio.run(plan_pipe(spec, channel)), ignore_event, tree)
     streamer.start()

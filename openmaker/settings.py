@@ -103,6 +103,8 @@ class Settings:
     # their bridges' /24s come from this IPv4 range.
     shared_network: bool = False
     network_range: str = DEFAULT_NETWORK_RANGE
+    # What hosts see as /etc/resolv.conf (OPENMAKER_RESOLV_CONF).
+    resolv_conf: Path = Path("/etc/resolv.conf")
     # How long a statement waits for another process's write lock before it gives up.
     db_busy_seconds: float = 30.0
     # A server over the user's S3 server puts its jobs' code behind its own gate too.
@@ -181,6 +183,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         keep_job_files=env.flag("OPENMAKER_KEEP_JOB_FILES"),
         shared_network=env.choice("OPENMAKER_NETWORK", ("", "shared")) == "shared",
         network_range=env.ipv4_network("OPENMAKER_NETWORK_RANGE", DEFAULT_NETWORK_RANGE),
+        resolv_conf=Path(env.text("OPENMAKER_RESOLV_CONF") or "/etc/resolv.conf"),
         db_busy_seconds=env.number_or("OPENMAKER_DB_BUSY_SECONDS", 30.0),
         s3_gate=env.flag("OPENMAKER_S3_GATE"),
         s3_endpoint=env.s3_endpoint(region),
@@ -240,6 +243,7 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "keep_job_files": settings.keep_job_files,
         "shared_network": settings.shared_network,
         "network_range": settings.network_range,
+        "resolv_conf": str(settings.resolv_conf),
         "db_busy_seconds": settings.db_busy_seconds,
         "s3_gate": settings.s3_gate,
         "s3_endpoint": None if endpoint is None else vars(endpoint),
@@ -257,13 +261,14 @@ def to_json(settings: Settings) -> dict[str, Any]:
 def from_json(data: Mapping[str, Any]) -> Settings:
     """The settings `to_json` wrote."""
     special: tuple[str, ...] = ("home", "file_roots", "sandbox_hide", "s3_endpoint")
-    special += ("insecure_registries", "registry_auth_file")
+    special += ("insecure_registries", "registry_auth_file", "resolv_conf")
     endpoint = data.get("s3_endpoint")
     auth = data.get("registry_auth_file")
     return Settings(
         home=Path(data["home"]),
         insecure_registries=tuple(data.get("insecure_registries", ())),
         registry_auth_file=None if auth is None else Path(auth),
+        resolv_conf=Path(data.get("resolv_conf", "/etc/resolv.conf")),
         file_roots=tuple(Path(p) for p in data["file_roots"]),
         sandbox_hide=tuple(data["sandbox_hide"]),
         s3_endpoint=None if endpoint is None else S3Endpoint(**endpoint),

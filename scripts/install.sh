@@ -15,6 +15,10 @@ command -v losetup >/dev/null || missing+=(mount)
 # Each host's own network: veth pairs and a bridge per job, its rules (training/host/network.py).
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
+# The tests of the hosts' networks: iptables' FORWARD dropping by default (as with Docker), a
+# resolver on loopback (tests/test_network_paths.py).
+command -v iptables >/dev/null || missing+=(iptables)
+command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 # Distributed jobs: mpirun (OpenMPI) over ssh between a job's hosts.
 command -v mpirun >/dev/null || missing+=(openmpi-bin)
 command -v ssh >/dev/null || missing+=(openssh-client)
@@ -32,6 +36,10 @@ if [ "$extra" = test ]; then
 fi
 # Debian's own python3 needs python3-venv (and ensurepip) to make a virtual environment.
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
+# The web console's tests look at its pages in Debian's headless chromium (tests/browser.py).
+if [ "$extra" = test ] && ! command -v chromium >/dev/null; then
+    missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
     sudo_cmd=""

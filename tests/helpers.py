@@ -8,7 +8,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,18 @@ def stop_and_wait(jobs: TrainingJobs, names: Iterable[str], timeout: float = 120
     for name in names:
         with contextlib.suppress(ResourceNotFound):
             wait_for(jobs, name, timeout)
+
+
+@contextlib.contextmanager
+def stopped_at_the_end(jobs: TrainingJobs, name: str) -> Iterator[None]:
+    """A job that a failed assertion left running is stopped, not left behind."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            if jobs.describe(name)["TrainingJobStatus"] not in TERMINAL:
+                jobs.stop(name)
+                wait_for(jobs, name, timeout=60)
 
 
 def end_every_job(grace: float = 15) -> None:

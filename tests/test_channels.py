@@ -28,6 +28,15 @@ from openmaker.training.host.channels.objects import for_host
 from openmaker.training.host.channels.pipe import _gunzip
 from openmaker.training.host.channels.sharding import shard
 from openmaker.training.host.channels.shuffle import shuffled
+from openmaker.training.host.plan import (
+    ChannelPlan,
+    CommandPlan,
+    DataType,
+    InputMode,
+    LimitsPlan,
+    OutputPlan,
+    TrainingPlan,
+)
 from openmaker.training.host.spec import HostSettings, HostSpec
 from tests.s3proxy import Fault, S3Proxy, object_get
 from tests.s3server import S3Server
@@ -220,7 +229,11 @@ def test_a_large_object_streams_in_parallel_parts_that_resume(
 def host(index: int, count: int) -> HostSpec:
     names = [f"algo-{i + 1}" for i in range(count)]
     return HostSpec(
-        job_name="j", job_arn="arn", request={}, host_name=names[index], hosts=names,
+        job_name="j", job_arn="arn",
+        plan=TrainingPlan(
+            CommandPlan("/unused"), OutputPlan("s3://b/out/"), LimitsPlan("ml.m5.large")
+        ),
+        host_name=names[index], hosts=names,
         region="us-east-1", settings=HostSettings.of(load_settings()),
         work_dir=Path("/nonexistent"),
     )  # fmt: skip
@@ -228,11 +241,9 @@ def host(index: int, count: int) -> HostSpec:
 
 @pytest.mark.parametrize("seed", [None, 5])
 def test_each_epoch_deals_every_object_to_exactly_one_host(seed: int | None) -> None:
-    channel: dict[str, Any] = {
-        "DataSource": {"S3DataSource": {"S3DataDistributionType": "ShardedByS3Key"}}
-    }
-    if seed is not None:
-        channel["ShuffleConfig"] = {"Seed": seed}
+    channel = ChannelPlan(
+        "train", InputMode.FILE, "s3://b/train/", DataType.PREFIX, sharded=True, shuffle_seed=seed
+    )
     shares_by_epoch = []
     for epoch in range(4):
         shares = [for_host(host(i, 3), channel, KEYS, epoch) for i in range(3)]

@@ -20,6 +20,13 @@ from openmaker.training.host.checkpoints.sync import CheckpointSync
 from openmaker.training.host.checkpoints.transfer import Ledger, save_checkpoints
 from openmaker.training.host.events import Event, TransferProgress
 from openmaker.training.host.jobtree import HostTree
+from openmaker.training.host.plan import (
+    CheckpointPlan,
+    CommandPlan,
+    LimitsPlan,
+    OutputPlan,
+    TrainingPlan,
+)
 from openmaker.training.host.spec import HostSettings, HostSpec
 from tests.helpers import get_object, log_text, put_objects, run_script
 from tests.s3server import S3Server
@@ -245,7 +252,11 @@ def test_end_of_job_save_after_a_failed_sync_uploads_the_rest(
     """The end-of-job save alone (no sync ran): everything differing from the ledger."""
     settings = load_settings()
     spec = HostSpec(
-        job_name="j", job_arn="arn", request={"CheckpointConfig": {"S3Uri": remote.uri}},
+        job_name="j", job_arn="arn",
+        plan=TrainingPlan(
+            CommandPlan("/unused"), OutputPlan("s3://b/out/"), LimitsPlan("ml.m5.large"),
+            checkpoint=CheckpointPlan(remote.uri),
+        ),
         host_name="algo-1", hosts=["algo-1"], region="us-east-1",
         settings=HostSettings.of(settings), work_dir=tmp_path / "host",
     )  # fmt: skip

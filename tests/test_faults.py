@@ -23,7 +23,6 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from openmaker.training.service import TrainingJobs
-from openmaker.training.state import TERMINAL
 from tests.apiserver import running_api_server
 from tests.helpers import (
     get_object,
@@ -31,6 +30,7 @@ from tests.helpers import (
     make_image,
     put_objects,
     request,
+    stopped_at_the_end,
     wait_for,
     wait_for_log,
     wait_for_secondary_status,
@@ -138,7 +138,7 @@ def test_a_server_lost_in_the_middle_of_a_download_comes_back_and_the_code_gets_
     jobs = TrainingJobs()
     channels = {"train": f"s3://{BUCKET}/data/train"}
     before = served_bytes(slow_s3.server.root)
-    with _stopped_at_the_end(jobs, "dl-cut"):
+    with stopped_at_the_end(jobs, "dl-cut"):
         jobs.create(request("dl-cut", str(image), f"s3://{BUCKET}/out", channels))
         wait_until(
             lambda: served_bytes(slow_s3.server.root) - before > MiB, "the download under way"
@@ -272,7 +272,7 @@ def test_a_server_lost_briefly_in_the_middle_of_the_model_upload_gets_the_whole_
     """The server forgets the multipart upload it had: openmaker begins it again."""
     monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "10")
     jobs = TrainingJobs()
-    with _stopped_at_the_end(jobs, "cut-off"):
+    with stopped_at_the_end(jobs, "cut-off"):
         _model_upload_cut_in_the_middle(tmp_path, slow_s3, jobs, "cut-off")
         time.sleep(1)  # away for a second, well within the retry limit
         slow_s3.start()
@@ -292,7 +292,7 @@ def test_a_server_lost_for_longer_than_the_retry_limit_mid_upload_fails_clearly(
 ) -> None:
     monkeypatch.setenv("OPENMAKER_STORE_RETRY_SECONDS", "2")
     jobs = TrainingJobs()
-    with _stopped_at_the_end(jobs, "cut-long"):
+    with stopped_at_the_end(jobs, "cut-long"):
         _model_upload_cut_in_the_middle(tmp_path, slow_s3, jobs, "cut-long")
         description = wait_for(jobs, "cut-long", timeout=120)  # the server is still away
     assert description["TrainingJobStatus"] == "Failed"
@@ -340,17 +340,6 @@ def _lose(server: RestartableS3Server) -> int:
     server.stop()
     return served
 
-
-@contextmanager
-def _stopped_at_the_end(jobs: TrainingJobs, name: str) -> Iterator[None]:
-    """A job that a failed assertion left running is stopped, not left behind."""
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            if jobs.describe(name)["TrainingJobStatus"] not in TERMINAL:
-                jobs.stop(name)
-                wait_for(jobs, name, timeout=60)
 
 
 def test_a_disk_without_room_for_a_volume_fails_the_job_before_it_starts(

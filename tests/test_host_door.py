@@ -4,14 +4,22 @@ calls in its modules, and its spec is plain data that may cross to another machi
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from botocore.model import ListShape, MapShape, Shape, StringShape, StructureShape
+
 from openmaker.settings import S3Endpoint, Settings
+from openmaker.shapes.model import operation_model
+from openmaker.shapes.training import check_create_training_job
 from openmaker.training.host.network import JobNetwork
+from openmaker.training.host.plan import CheckpointPlan, DataType, InputMode
 from openmaker.training.host.spec import HostResources, HostSettings, HostSpec
+from openmaker.training.plan import plan_job
 from openmaker.training.worker import host_specs
 from tests.test_layers import PACKAGE, imports
 
@@ -24,8 +32,16 @@ JOBS_MAY_IMPORT = {
     "sweep of what a lost job left there",
     "openmaker.training.host.ray_actor": "the same door driven in a Ray actor on another node "
     "(OPENMAKER_EXECUTOR=ray, training/ray_hosts.py)",
-    "openmaker.training.host.images": "CreateTrainingJob refuses an image no host could run "
-    "(training/service.py); moves to the training plan",
+    "openmaker.training.host.plan": "what a host runs, typed: the training plan builds it "
+    "(training/plan.py)",
+    "openmaker.training.host.images": "the training plan (training/plan.py) resolves the image "
+    "a host would run, so that CreateTrainingJob refuses one no host could",
+}
+# Who may import each of those beyond the worker: the module that needs it, nobody else.
+ONLY_FROM = {
+    "openmaker.training.host.plan": {"plan.py"},
+    "openmaker.training.host.images": {"plan.py"},
+    "openmaker.training.host.ray_actor": {"ray_hosts.py"},
 }
 # The worker itself: the door, the spec, the events, the site.
 WORKER_MAY_IMPORT = {
@@ -57,6 +73,13 @@ def test_the_jobs_layer_imports_only_the_hosts_door() -> None:
         if name not in JOBS_MAY_IMPORT
     }
     assert not wrong, sorted(wrong)
+    elsewhere = {
+        f"training/{path.name} imports {name}"
+        for path in (PACKAGE / "training").glob("*.py")
+        for name in _host_imports(path)
+        if name in ONLY_FROM and path.name not in ONLY_FROM[name]
+    }
+    assert not elsewhere, sorted(elsewhere)
     worker = _host_imports(PACKAGE / "training" / "worker.py")
     assert worker <= WORKER_MAY_IMPORT, sorted(worker - WORKER_MAY_IMPORT)
     assert "openmaker.training.host.training_host" in worker
@@ -111,7 +134,7 @@ def module_state(source: str) -> list[str]:
 def test_host_modules_keep_no_state_of_their_own() -> None:
     kept = {
         str(path.relative_to(PACKAGE)): state
-        for path in sorted((PACKAGE / "host").rglob("*.py"))
+        for path in sorted((PACKAGE / "training" / "host").rglob("*.py"))
         if (state := module_state(path.read_text()))
     }
     assert kept == {}
@@ -139,6 +162,47 @@ def test_the_state_scan_sees_what_a_host_used_to_keep() -> None:
     assert module_state(source) == ["_active", "_seen", "_trees", "global _count"]
 
 
+def _request(**extra: Any) -> dict[str, Any]:
+    """A request with every kind of member a plan types."""
+    source = {"S3DataType": "S3Prefix", "S3Uri": "s3://b/train/"}
+    return {
+        "TrainingJobName": "j",
+        "RoleArn": "arn:aws:iam::000000000000:role/r",
+        "AlgorithmSpecification": {
+            "TrainingImage": "/images/train",
+            "TrainingInputMode": "File",
+            "ContainerArguments": ["--epochs", "2"],
+            "MetricDefinitions": [{"Name": "loss", "Regex": "loss=(\\S+)"}],
+        },
+        "HyperParameters": {"a": "1"},
+        "Environment": {"A": "b"},
+        "InputDataConfig": [
+            {"ChannelName": "train", "DataSource": {"S3DataSource": source}},
+            {
+                "ChannelName": "pipe",
+                "InputMode": "Pipe",
+                "CompressionType": "Gzip",
+                "RecordWrapperType": "RecordIO",
+                "ContentType": "application/x-recordio",
+                "ShuffleConfig": {"Seed": 7},
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "AugmentedManifestFile",
+                        "S3Uri": "s3://b/lines.manifest",
+                        "S3DataDistributionType": "ShardedByS3Key",
+                        "AttributeNames": ["source-ref", "label"],
+                    }
+                },
+            },
+        ],
+        "OutputDataConfig": {"S3OutputPath": "s3://b/out/"},
+        "CheckpointConfig": {"S3Uri": "s3://b/ckpt", "LocalPath": "/ckpt"},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 5},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+        **extra,
+    }
+
+
 def _spec() -> HostSpec:
     endpoint = S3Endpoint("http://127.0.0.1:9000", "AKID", "secret", None, "us-east-1")
     settings = Settings(home=Path("/var/openmaker"), s3_endpoint=endpoint)
@@ -150,7 +214,7 @@ def _spec() -> HostSpec:
     )
     return HostSpec(
         job_name="j", job_arn="arn:aws:sagemaker:us-east-1:000000000000:training-job/j",
-        request={"TrainingJobName": "j", "HyperParameters": {"a": "1"}},
+        plan=plan_job(_request()).host_plan("algo-2"),
         host_name="algo-2", hosts=["algo-1", "algo-2"], region="us-east-1",
         settings=HostSettings.of(settings), work_dir=Path("/var/openmaker/jobs/j/algo-2"),
         hidden_paths=[Path("/var/openmaker")], code_env={"AWS_ENDPOINT_URL_S3": "http://x"},
@@ -174,13 +238,135 @@ def test_a_host_spec_is_plain_data_without_the_database() -> None:
 
 def test_the_workers_host_specs_round_trip(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
-    request: dict[str, Any] = {
-        "TrainingJobName": "j",
-        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 2},
-        "EnableNetworkIsolation": True,  # no bridge, no key: nothing made on the machine
-    }
+    # No bridge, no key: nothing made on the machine.
+    request = _request(EnableNetworkIsolation=True)
+    check_create_training_job(request)
     specs = host_specs(settings, "arn", request)
     assert [spec.host_name for spec in specs] == ["algo-1", "algo-2"]
     for spec in specs:
         assert str(settings.database_url) not in json.dumps(spec.to_json())
         _round_trips(spec)
+
+
+@functools.cache
+def request_member_names() -> frozenset[str]:
+    """Every member name of the CreateTrainingJob request, at any depth (botocore's model)."""
+    names: set[str] = set()
+    seen: set[str] = set()
+
+    def walk(shape: Shape) -> None:
+        if shape.name in seen:
+            return
+        seen.add(shape.name)
+        if isinstance(shape, StructureShape):
+            for name, member in shape.members.items():
+                names.add(name)
+                walk(member)
+        elif isinstance(shape, ListShape):
+            walk(shape.member)
+        elif isinstance(shape, MapShape):
+            walk(shape.key)
+            walk(shape.value)
+
+    input_shape = operation_model("CreateTrainingJob").input_shape
+    assert input_shape is not None
+    walk(input_shape)
+    return frozenset(names)
+
+
+def member_lookups(source: str) -> Iterator[tuple[int, str]]:
+    """(line, name) of each `x["Name"]` and `x.get("Name")` in `source` whose name is a member
+    of the CreateTrainingJob request: the request read directly."""
+    members = request_member_names()
+    for node in ast.walk(ast.parse(source)):
+        key: ast.expr | None = None
+        if not isinstance(node, ast.expr):
+            continue
+        if isinstance(node, ast.Subscript):
+            key = node.slice
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and node.args
+        ):
+            key = node.args[0]
+        if isinstance(key, ast.Constant) and key.value in members:
+            yield node.lineno, key.value
+
+
+def test_no_host_module_reads_a_member_of_the_request() -> None:
+    """The plan (openmaker/training/plan.py) reads the request; a host reads only its plan."""
+    found = [
+        f"{path.relative_to(PACKAGE)}:{line}: {name}"
+        for path in sorted((PACKAGE / "training" / "host").rglob("*.py"))
+        for line, name in member_lookups(path.read_text())
+    ]
+    assert found == []
+
+
+def test_the_member_scan_sees_subscripts_and_gets() -> None:
+    assert {"S3Uri", "ChannelName", "EnableNetworkIsolation", "Seed"} <= request_member_names()
+    source = (
+        "uri = spec.request['CheckpointConfig']['S3Uri']\n"
+        "isolated = request.get('EnableNetworkIsolation')\n"
+        "path = env['PATH']\n"
+        "home = settings.get('home')\n"
+    )
+    assert sorted(member_lookups(source)) == [
+        (1, "CheckpointConfig"), (1, "S3Uri"), (2, "EnableNetworkIsolation")
+    ]
+
+
+def test_the_plan_types_every_value_the_model_allows() -> None:
+    """A value botocore's model adds (a new S3DataType, say) must be typed before a request
+    carrying it reaches a host."""
+    model = operation_model("CreateTrainingJob").service_model
+    for enum, name in ((InputMode, "TrainingInputMode"), (DataType, "S3DataType")):
+        shape = model.shape_for(name)
+        assert isinstance(shape, StringShape)
+        assert {member.value for member in enum} == set(shape.enum)
+
+
+def test_the_plan_types_the_request() -> None:
+    job = plan_job(_request())
+    plan = job.plan
+    assert job.hosts == ("algo-1", "algo-2")
+    train, pipe = plan.channels
+    assert (train.mode, train.data_type, train.sharded) == (
+        InputMode.FILE, DataType.PREFIX, False
+    )  # fmt: skip
+    assert (pipe.mode, pipe.data_type, pipe.attribute_names) == (
+        InputMode.PIPE, DataType.AUGMENTED_MANIFEST, ("source-ref", "label")
+    )  # fmt: skip
+    assert (pipe.sharded, pipe.gzip, pipe.recordio, pipe.shuffle_seed) == (True, True, True, 7)
+    assert plan.checkpoint == CheckpointPlan("s3://b/ckpt", "/ckpt")
+    assert plan.output.model_uri == "s3://b/out/j/output/model.tar.gz"
+    assert plan.command.arguments == ("--epochs", "2")
+    assert [(d.name, d.regex) for d in plan.command.metric_definitions] == [("loss", r"loss=(\S+)")]
+    assert (plan.limits.volume_size_gb, plan.limits.max_runtime_seconds) == (5, 600)
+
+
+def test_the_config_files_are_those_sagemaker_writes() -> None:
+    """/opt/ml/input/config as the container contract has it, each host its own resources."""
+    files = plan_job(_request()).host_plan("algo-2").config_files
+    assert json.loads(files["hyperparameters.json"]) == {"a": "1"}
+    assert json.loads(files["inputdataconfig.json"]) == {
+        "train": {
+            "TrainingInputMode": "File",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+        },
+        "pipe": {
+            "ContentType": "application/x-recordio",
+            "TrainingInputMode": "Pipe",
+            "S3DistributionType": "ShardedByS3Key",
+            "RecordWrapperType": "RecordIO",
+            "CompressionType": "Gzip",
+        },
+    }
+    assert json.loads(files["checkpointconfig.json"]) == {"LocalPath": "/ckpt"}
+    resources = json.loads(files["resourceconfig.json"])
+    assert resources["current_host"] == "algo-2"
+    assert resources["hosts"] == ["algo-1", "algo-2"]
+    assert all(text.endswith("}\n") and "\n  " in text for text in files.values())

@@ -2,8 +2,10 @@
 
 Data flows one way (docs/architecture.md): the API speaks the protocols and reaches jobs
 through the jobs layer's services, never its database or its executor, nor a host; a host
-reports through events and never touches the jobs layer or the API; the container runtime
-knows none of them. Every import counts,
+reports through events and never touches the jobs layer or the API; the jobs layer is
+resource-agnostic (a resource's kind is given to it, openmaker/resources.py lists them); the
+container runtime knows none of them; the API's shapes know no layer that uses them. Every
+import counts,
 those inside functions and under TYPE_CHECKING included.
 """
 
@@ -22,6 +24,10 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "sqlalchemy", "openmaker.jobs.db", "openmaker.jobs.executor", "openmaker.training.host"
     ),
     "training/host": ("openmaker.jobs", "openmaker.api"),
+    # The shared machinery of every kind of job knows no kind, nor who drives it.
+    "jobs": ("openmaker.training", "openmaker.resources", "openmaker.api", "openmaker.cli"),
+    "training": ("openmaker.api", "openmaker.cli"),
+    "shapes": ("openmaker.jobs", "openmaker.training", "openmaker.api", "openmaker.store"),
     # The container runtime knows nothing of what runs in its containers.
     "runtime": ("openmaker.training.host", "openmaker.jobs", "openmaker.api"),
 }

@@ -23,9 +23,9 @@ from sqlalchemy.types import LargeBinary
 
 from openmaker.jobs.db import LogEvent, LogStream, TrainingJob
 from openmaker.jobs.logs import EVENT_OVERHEAD, LOG_GROUP
-from openmaker.jobs.recorder import JobRecorder
 from openmaker.settings import Settings, load_settings
 from openmaker.training.host.events import LogLines
+from openmaker.training.recorder import TrainingRecorder
 from openmaker.training.service import TrainingJobs
 from openmaker.training.state import TERMINAL
 from tests.apiserver import ApiServer
@@ -225,11 +225,11 @@ def test_the_log_limit_counts_every_host_and_every_attempt(home: Path) -> None:
     line, event = "z" * 100, 100 + EVENT_OVERHEAD
     settings = replace(load_settings(), log_limit_bytes=100 * event)
     jobs = TrainingJobs()
-    first = JobRecorder(settings, "shared-limit")
+    first = TrainingRecorder(settings, "shared-limit")
     for host in ("algo-1", "algo-2"):
         first.emit(LogLines(host, 1000, [line] * 30, 30 * 101))
     first.close()
-    second = JobRecorder(settings, "shared-limit")
+    second = TrainingRecorder(settings, "shared-limit")
     for host in ("algo-1", "algo-2", "algo-1"):
         second.emit(LogLines(host, 2000, [line] * 30, 30 * 101))
     second.close()
@@ -257,7 +257,7 @@ def large_stream(api_server: ApiServer, tmp_path_factory: pytest.TempPathFactory
     ):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    recorder = JobRecorder(Settings(api_server.home, "us-east-1", "000000000000"), name)
+    recorder = TrainingRecorder(Settings(api_server.home, "us-east-1", "000000000000"), name)
     now = int(time.time() * 1000)
     for start in range(0, LINES, 10_000):
         lines = [

@@ -14,8 +14,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.model import StringShape
 
+from openmaker import resources
 from openmaker.api.operations import Backend
-from openmaker.jobs import kinds
 from openmaker.jobs.db import JobRecord, TrainingJob
 from openmaker.jobs.logs import LOG_GROUP
 from openmaker.settings import load_settings
@@ -23,6 +23,7 @@ from openmaker.shapes import errors
 from openmaker.shapes.errors import answered_errors, declared_errors
 from openmaker.shapes.model import shape
 from openmaker.training import state
+from openmaker.training.kind import TRAINING
 from openmaker.training.status import SecondaryStatus, TrainingJobStatus
 from tests.apiserver import ApiServer, stop_all
 from tests.helpers import make_image, request
@@ -57,17 +58,17 @@ def test_a_status_the_model_does_not_name_is_refused(home: Path) -> None:
 def test_every_kind_is_a_job_the_shared_machinery_can_handle() -> None:
     shared = set(JobRecord.__annotations__)
     assert {"status", "worker_pid", "placement", "request"} <= shared
-    for kind in kinds.KINDS:
+    for kind in resources.KINDS:
         table = kind.table()
         assert issubclass(table, JobRecord)
         assert shared <= set(table.__table__.columns.keys())  # type: ignore[attr-defined]
         assert kind.active.isdisjoint(kind.ended)
         assert shape(kind.name)  # a resource the model names
     arn = "arn:aws:sagemaker:us-east-1:000000000000:training-job/a-job"
-    assert kinds.of_arn(arn) is kinds.TRAINING
-    assert kinds.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint/e") is None
-    assert kinds.of_arn("training-job/a-job") is None
-    assert kinds.log_groups() == (LOG_GROUP,)
+    assert resources.of_arn(arn) is TRAINING
+    assert resources.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint/e") is None
+    assert resources.of_arn("training-job/a-job") is None
+    assert resources.log_groups() == (LOG_GROUP,)
 
 
 def _served() -> dict[str, list[str]]:

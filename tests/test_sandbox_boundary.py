@@ -147,6 +147,32 @@ def test_the_code_cannot_make_user_namespaces(tmp_path: Path, home: Path) -> Non
     assert "uid 0 ['0', '0', '4294967295']" in logs
 
 
+# The kernel's settings and triggers under /proc: writable, a job's root could have the machine
+# run a program of its choosing as root (kernel.core_pattern) or reboot it (sysrq-trigger).
+PROC_WRITES = f"""#!{sys.executable}
+import os
+for path in ("/proc/sys/kernel/core_pattern", "/proc/sys/vm/drop_caches",
+             "/proc/sys/net/ipv4/ip_forward", "/proc/sysrq-trigger",
+             "/proc/irq/default_smp_affinity",
+             "/sys/kernel/uevent_helper"):
+    try:
+        os.close(os.open(path, os.O_WRONLY))
+        print("WRITABLE", path, flush=True)
+    except OSError as exc:
+        print("refused", path, exc.errno, flush=True)
+print("read", open("/proc/sys/kernel/ostype").read().strip(), flush=True)
+"""
+
+
+def test_the_code_cannot_write_the_kernels_settings(tmp_path: Path, home: Path) -> None:
+    jobs, description = run_script(tmp_path, "procsys", PROC_WRITES)
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    logs = log_text(jobs, "procsys")
+    assert "WRITABLE" not in logs, logs
+    assert logs.count("refused") == 6, logs
+    assert "read Linux" in logs  # still readable, as in a Docker container
+
+
 FORK_BOMB = f"""#!{sys.executable}
 import os, time
 children = 0

@@ -4,7 +4,6 @@ retry the errors and get every byte; a stop ends a job whose download hangs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import os
@@ -21,8 +20,14 @@ from openmaker.store import Download, download_all, ranged, resolve, upload_file
 from openmaker.store.stream import stream_object
 from openmaker.store.transfer import SINGLE_PUT_LIMIT
 from openmaker.training.service import TrainingJobs
-from openmaker.training.state import TERMINAL
-from tests.helpers import get_object, log_text, make_image, request, wait_for
+from tests.helpers import (
+    get_object,
+    log_text,
+    make_image,
+    request,
+    stopped_at_the_end,
+    wait_for,
+)
 from tests.process_helpers import wait_for_no_processes, wait_until, worker_pid
 from tests.s3proxy import Fault, Matches, S3Proxy, Seen, object_get
 from tests.s3server import RestartableS3Server, S3Server
@@ -132,7 +137,7 @@ def test_a_job_gets_its_data_and_writes_its_model_through_5xx_answers(
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
     channels = {"train": f"s3://{BUCKET}/train"}
-    with _stopped_at_the_end(jobs, "job-5xx"):
+    with stopped_at_the_end(jobs, "job-5xx"):
         jobs.create(request("job-5xx", str(image), f"s3://{BUCKET}/out", channels))
         description = wait_for(jobs, "job-5xx")
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
@@ -166,7 +171,7 @@ def test_a_stop_ends_a_job_whose_download_waits_on_a_server_that_never_answers(
         image = make_image(tmp_path / "image", "#!/bin/sh\necho never\n")
         jobs = TrainingJobs()
         channels = {"train": f"s3://{BUCKET}/hang"}
-        with _stopped_at_the_end(jobs, "hang"):
+        with stopped_at_the_end(jobs, "hang"):
             jobs.create(request("hang", str(image), f"s3://{BUCKET}/out", channels))
             wait_until(lambda: silent.requests(object_get("hang/x.bin")), "a GET of the object")
             worker = worker_pid(jobs, "hang")
@@ -182,14 +187,3 @@ def test_a_stop_ends_a_job_whose_download_waits_on_a_server_that_never_answers(
         silent.close()
         server.stop()
 
-
-@contextlib.contextmanager
-def _stopped_at_the_end(jobs: TrainingJobs, name: str) -> Iterator[None]:
-    """A job that a failed assertion left running is stopped, not left behind."""
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            if jobs.describe(name)["TrainingJobStatus"] not in TERMINAL:
-                jobs.stop(name)
-                wait_for(jobs, name, timeout=60)

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from openmaker.api import cloudwatch_metrics, iam, query, sagemaker_metrics, sts
 from openmaker.api.cloudwatch_metrics import CloudWatchMetrics
+from openmaker.api.console.routes import console_routes
 from openmaker.api.credentials import Credentials
 from openmaker.api.operations import Backend, Handler
 from openmaker.api.runtime import runtime_routes
@@ -134,6 +135,7 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
             *(Route(path, dispatch_path, methods=["POST"]) for path in paths),
             Route("/openmaker/health", health, methods=["GET"]),
             *runtime_routes(credentials, region, backend.jobs.settings.account_id),
+            *console_routes(backend, credentials, region),
         ]
     )
 

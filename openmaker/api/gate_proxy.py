@@ -4,7 +4,7 @@ rclone runs it once per access key it has not seen (or every 5 minutes for one i
 `{"user": "<access key id>", ...}` on standard input, and expects on standard output the key's
 secret (`_secret_access_key`; rclone checks the request's signature with it) and the backend
 the key sees. The server's own key sees the whole store; a job's key (see
-`openmaker.api.job_access`) sees a `combine` of just its places, nested so that only the named
+`openmaker.jobs.gate_keys`) sees a `combine` of just its places, nested so that only the named
 folders exist, those it may only read behind a read-only `union`. Anything else answers `{}`,
 which rclone refuses.
 
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openmaker.api.job_access import KEY_PREFIX, record_path, view_path
+from openmaker.jobs.gate_keys import KEY_PREFIX, record_path, view_path
 
 STORE_VARIABLE = "OPENMAKER_GATE_STORE"
 HOME_VARIABLE = "OPENMAKER_GATE_HOME"
@@ -55,7 +55,7 @@ def answer(user: str, env: dict[str, str]) -> dict[str, Any]:
         if remote:
             leaf = f":s3:{grant['bucket']}/{grant['folder']}".rstrip("/")
         else:
-            # The link is to the bucket (see job_access.mint); the place is the folder under it.
+            # The link is to the bucket (see gate_keys.mint); the place is the folder under it.
             leaf = str(view / str(number) / grant["folder"]).rstrip("/")
         if not grant["write"]:
             # union refuses a single upstream; an empty read-only memory remote is the second.

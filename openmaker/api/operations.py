@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from openmaker.jobs.cloudwatch import GROUPS, LogQueries, Window
+from openmaker.jobs.cloudwatch import LogQueries, Window
 from openmaker.jobs.tags import Tags
+from openmaker.resources import KINDS, log_groups
 from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 from openmaker.shapes.model import operation_model
@@ -53,10 +54,9 @@ class Backend:
         self.metrics = MetricReads(self.jobs.sessions)
         self.handlers = Handlers()
         TrainingJobHandlers(self.jobs).register(self.handlers)
-        TagHandlers(Tags(self.jobs.sessions, self.jobs.writers)).register(self.handlers)
-        LogHandlers(LogQueries(self.jobs.sessions, settings.region, settings.account_id)).register(
-            self.handlers
-        )
+        TagHandlers(Tags(self.jobs.sessions, self.jobs.writers, KINDS)).register(self.handlers)
+        logs = LogQueries(self.jobs.sessions, settings.region, settings.account_id, log_groups())
+        LogHandlers(logs).register(self.handlers)
 
     def watch(self, every: float = SWEEP_SECONDS) -> None:
         """Sweep the jobs now and then: a lost worker is noticed, and waiting jobs start, even
@@ -157,7 +157,7 @@ class LogHandlers:
         prefix = params.get("logGroupNamePrefix") or ""
         groups = [
             {"logGroupName": g, "creationTime": 0, "storedBytes": 0}
-            for g in GROUPS
+            for g in self.logs.groups
             if g.startswith(prefix)
         ]
         return {"logGroups": groups}

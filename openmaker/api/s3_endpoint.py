@@ -10,7 +10,7 @@ rest.
 
 rclone checks each request's SigV4 signature itself, with the secret its auth proxy
 (`openmaker.api.gate_proxy`) gives for the request's access key: the server's key pair sees the
-whole store, a job's key only its own places (see `openmaker.api.job_access`). No secret is on
+whole store, a job's key only its own places (see `openmaker.jobs.gate_keys`). No secret is on
 a command line: the proxy gets the server's pair in its environment, which only root reads.
 Its folder listings are cached for one second only: whatever is written into the folder behind
 its back (a job run in a CLI's own process) shows within a second. Not zero: with

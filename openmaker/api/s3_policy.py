@@ -1,7 +1,7 @@
 """What the S3 gate's front (`openmaker.api.s3_front`) refuses before a request reaches rclone,
 decided from the request line and headers alone.
 
-- A job's key (`openmaker.api.job_access`) outside the places its request names: S3's own
+- A job's key (`openmaker.jobs.gate_keys`) outside the places its request names: S3's own
   `AccessDenied`, as an execution role's policy answers. rclone would answer `NoSuchBucket`,
   `NoSuchKey` or a 500 there, since its backend for the key shows only those places.
 - Over the user's S3 server, any key but a running job's.
@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from openmaker.api.job_access import KEY_PREFIX, record_path
+from openmaker.jobs.gate_keys import KEY_PREFIX, record_path
 
 MAX_KEY_BYTES = 1024
 MAX_NAME_BYTES = 255  # NAME_MAX: one file or folder name

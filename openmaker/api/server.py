@@ -17,12 +17,12 @@ from dataclasses import replace
 
 import uvicorn
 
-from openmaker.api import job_access
 from openmaker.api.app import create_app
 from openmaker.api.credentials import Credentials, server_credentials
 from openmaker.api.operations import Backend
 from openmaker.api.s3_endpoint import embedded_s3
 from openmaker.connection import ServerRecord, remove_record, write_record
+from openmaker.jobs import gate_keys
 from openmaker.settings import Settings, StoreSettings
 
 # How often keys whose worker was killed (and could not revoke them) are looked for.
@@ -116,7 +116,7 @@ def _store_endpoint(
         return
     with embedded_s3(settings, credentials, host, port, upstream) as url:
         # The jobs' workers get the gate's address, never a key that reaches more than a
-        # job's places: each makes a key of its job's own (openmaker.api.job_access).
+        # job's places: each makes a key of its job's own (openmaker.jobs.gate_keys).
         yield (url if upstream is None else None), replace(settings, gate_url=url)
 
 
@@ -135,7 +135,7 @@ def _orphan_key_sweeper(
     def sweep() -> None:
         while not done.wait(ORPHAN_KEY_SWEEP_SECONDS):
             try:
-                job_access.revoke_orphans(settings.home, worker_lost)
+                gate_keys.revoke_orphans(settings.home, worker_lost)
             except OSError:
                 logging.getLogger(__name__).exception("sweeping the keys of lost jobs")
 

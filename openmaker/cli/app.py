@@ -36,6 +36,7 @@ from openmaker.home import HomeError
 from openmaker.settings import Settings, SettingsError, StoreSettings, load_settings
 from openmaker.shapes.errors import ServiceError
 from openmaker.store import StoreError
+from openmaker.training.status import TrainingJobStatus
 
 if TYPE_CHECKING:
     from openmaker.cli.remote import RemoteJobs
@@ -170,7 +171,7 @@ def _wait_and_report(
         raise _stopped_following(name) from None
     status = description["TrainingJobStatus"]
     model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
-    if status == "Completed":
+    if status == TrainingJobStatus.COMPLETED:
         console.print(f"[green]Completed.[/green] Model: {escape(model)}")
         local = _local_copy(model, store)
         if local:
@@ -380,6 +381,29 @@ def cluster_command() -> None:
             "\n".join(node.hosts),
         )
     console.print(table)
+
+
+@app.command("console-url")
+def console_url() -> None:
+    """Print a one-time URL that logs a browser into the running server's web console (it
+    works once, within five minutes)."""
+    from openmaker.api.console.login_url import LoginUrlError, login_url
+    from openmaker.api.credentials import configured_credentials
+
+    settings = _settings()
+    record = read_record(settings)
+    if record is None:
+        raise _fail("no openmaker server is running for this OPENMAKER_HOME; start one with "
+                    "'openmaker server'")
+    credentials = configured_credentials(settings)
+    server_key = record.access_key_id
+    if credentials is None or (server_key and credentials.access_key_id != server_key):
+        raise _fail("the server's key pair is unknown here: set OPENMAKER_ACCESS_KEY_ID and "
+                    "OPENMAKER_SECRET_ACCESS_KEY as the server has them")
+    try:
+        print(login_url(record.api_url, credentials, settings.region))
+    except LoginUrlError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _when(value: datetime) -> str:

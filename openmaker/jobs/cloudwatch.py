@@ -18,7 +18,6 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import LogEvent, LogStream
-from openmaker.jobs.kinds import log_groups
 from openmaker.jobs.logs import EVENT_OVERHEAD
 from openmaker.shapes.errors import InvalidParameter, LogsResourceNotFound
 from openmaker.shapes.paging import decode, encode, invalid_token, paginator, whole_number
@@ -26,7 +25,6 @@ from openmaker.shapes.paging import decode, encode, invalid_token, paginator, wh
 # GetLogEvents and FilterLogEvents answer at most 1 MB, counting EVENT_OVERHEAD per event.
 RESPONSE_BYTES = 1_048_576
 # One log group per kind of resource.
-GROUPS = log_groups()
 # What one FilterLogEvents call examines at most: events, and bytes of their messages.
 SCAN_EVENTS = 100_000
 SCAN_BYTES = 16 * 1024 * 1024
@@ -55,8 +53,12 @@ class Window:
 
 
 class LogQueries:
-    def __init__(self, sessions: sessionmaker[Session], region: str, account: str) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], region: str, account: str, groups: tuple[str, ...]
+    ) -> None:
+        """Queries of the log groups `groups` (those of the kinds of job there are)."""
         self.sessions, self.region, self.account = sessions, region, account
+        self.groups = groups
 
     def describe_log_streams(
         self,
@@ -208,7 +210,7 @@ class LogQueries:
         return None
 
     def _check_group(self, group: str) -> None:
-        if group not in GROUPS:
+        if group not in self.groups:
             raise LogsResourceNotFound("The specified log group does not exist.")
 
     def _stream(self, row: Any) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 `local`: a detached worker process on this machine, so that a job outlives the command (or
 request) that created it. A worker spends most of its start importing openmaker (SQLAlchemy
 above all), so a process that submits jobs again and again keeps one worker started ahead,
-waiting on its standard input for the next job.
+waiting on its standard input for the next job. A worker is told the job's kind and the module
+that runs that kind (`ResourceKind.runner`): the executor knows no kind of resource.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,20 +28,44 @@ class Worker:
     started: int | None
 
 
+@dataclass(frozen=True)
+class Order:
+    """A job for a worker: attempt `attempt` at the resource `name` (a `kind`, which the module
+    `runner` runs), with the share of the machine `placement`."""
+
+    kind: str  # ResourceKind.name: "TrainingJob"
+    runner: str  # ResourceKind.runner
+    name: str
+    arn: str
+    request: dict[str, Any]
+    placement: dict[str, Any] | None = None
+    attempt: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Order:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+
+class Runner(Protocol):
+    """A module that runs one kind of job in a worker process (`ResourceKind.runner`)."""
+
+    def run(self, order: Order, settings: Settings, stop_before_start: threading.Event) -> None:
+        """Run `order` to its end; `stop_before_start` is set when a stop came early."""
+
+
 class Executor(Protocol):
     def submit(
         self,
-        arn: str,
-        request: dict[str, Any],
+        order: Order,
         settings: Settings,
-        placement: dict[str, Any] | None = None,
-        attempt: int = 1,
         before_start: Callable[[Worker], None] | None = None,
     ) -> Worker | None:
-        """Start attempt `attempt` at the job with the submitter's settings and the share of
-        the machine `placement`; the process that runs it, when on this machine.
-        `before_start` learns that process before it gets the job: once recorded, a process
-        killed at any point leaves no job running unseen."""
+        """Start `order` with the submitter's settings; the process that runs it, when on this
+        machine. `before_start` learns that process before it gets the job: once recorded, a
+        process killed at any point leaves no job running unseen."""
 
     def lost(self, worker_pid: int, started: int | None = None) -> bool:
         """Whether the process that ran a job is gone (without saying how the job ended)."""
@@ -58,39 +84,29 @@ class LocalExecutor:
 
     def submit(
         self,
-        arn: str,
-        request: dict[str, Any],
+        order: Order,
         settings: Settings,
-        placement: dict[str, Any] | None = None,
-        attempt: int = 1,
         before_start: Callable[[Worker], None] | None = None,
     ) -> Worker | None:
-        job_name = request["TrainingJobName"]
-        (self.settings.jobs_dir / job_name).mkdir(parents=True, exist_ok=True)
-        worker = self.spare or _start_worker()
+        (self.settings.jobs_dir / order.name).mkdir(parents=True, exist_ok=True)
+        worker = self.spare or _start_worker(order.runner)
         self.spare = None
-        order = {
-            "job": job_name,
-            "arn": arn,
-            "request": request,
-            # On its standard input, never its command line: the settings may hold the S3
-            # server's credentials.
-            "settings": to_json(settings.for_jobs()),
-            "placement": placement,
-            "attempt": attempt,
-        }
+        # On its standard input, never its command line: the settings may hold the S3
+        # server's credentials.
+        message = {**order.to_json(), "settings": to_json(settings.for_jobs())}
         assert worker.stdin is not None
         started = Worker(worker.pid, process_start_time(worker.pid))
         try:
             if before_start is not None:
                 before_start(started)
-            worker.stdin.write(json.dumps(order).encode())
+            worker.stdin.write(json.dumps(message).encode())
         finally:
             worker.stdin.close()  # without an order, the worker ends at once
         self.children.append(worker)
         self.submitted += 1
         if self.submitted > 1:
-            self.spare = _start_worker()
+            # Likely the next job is of the same kind: the spare loads its runner meanwhile.
+            self.spare = _start_worker(order.runner)
         return started
 
     def lost(self, worker_pid: int, started: int | None = None) -> bool:
@@ -126,11 +142,12 @@ def _stat_fields(pid: int) -> list[str] | None:
     return stat.rsplit(")", 1)[1].split()
 
 
-def _start_worker() -> subprocess.Popen[bytes]:
+def _start_worker(runner: str) -> subprocess.Popen[bytes]:
+    """A worker that loads `runner` (the module that runs a job of its kind) while it waits."""
     # Its own session: a job goes on when the submitter is interrupted. A spare whose
     # submitter ends sees the end of its input and exits.
     return subprocess.Popen(
-        [sys.executable, "-m", "openmaker.jobs.worker_process"],
+        [sys.executable, "-m", "openmaker.jobs.worker_process", runner],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

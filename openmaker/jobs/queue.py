@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -23,11 +24,9 @@ from sqlalchemy.orm import Session
 from openmaker.jobs import capacity
 from openmaker.jobs.capacity import Placement
 from openmaker.jobs.db import JobRecord, sessions, writer_sessions
-from openmaker.jobs.executor import Executor, Worker, process_start_time
-from openmaker.jobs.kinds import KINDS
+from openmaker.jobs.executor import Executor, Order, Worker, process_start_time
 from openmaker.jobs.resource import ResourceKind
 from openmaker.settings import Settings, from_json, load_settings, to_json
-from openmaker.training.state import as_utc
 
 LAUNCH_FILE = "launch.json"
 
@@ -57,12 +56,13 @@ def _launch_settings(settings: Settings, job_name: str) -> Settings:
     return load_settings({**data["env"], "OPENMAKER_HOME": str(settings.home)})
 
 
-def start_ready(settings: Settings, executor: Executor) -> None:
-    """Start every waiting job that fits now, of every kind, oldest first."""
+def start_ready(settings: Settings, executor: Executor, kinds: Sequence[ResourceKind]) -> None:
+    """Start every waiting job that fits now, of every kind of `kinds` (all those that share
+    the machine), oldest first."""
     # Read first: most calls (a command starting, a describe polling a Pending job) change
     # nothing, and need not wait for the write lock that workers recording their logs hold.
     with sessions(settings)() as session:
-        jobs = _active(session)
+        jobs = _active(session, kinds)
         if not any(kind.lifecycle.needs_worker(job) for kind, job in jobs):
             return
         machine = capacity.machine(settings)
@@ -71,7 +71,7 @@ def start_ready(settings: Settings, executor: Executor) -> None:
     me, started = os.getpid(), process_start_time(os.getpid())
     chosen: list[tuple[ResourceKind, JobRecord, Placement]] = []
     with writer_sessions(settings)() as session:
-        for kind, job, placement, message in _plan(_active(session), machine):
+        for kind, job, placement, message in _plan(_active(session, kinds), machine):
             if placement is None:
                 kind.lifecycle.waiting(job, message)
                 continue
@@ -84,14 +84,21 @@ def start_ready(settings: Settings, executor: Executor) -> None:
         _submit(settings, executor, kind, job, placement, me)
 
 
-def _active(session: Session) -> list[tuple[ResourceKind, JobRecord]]:
+def _active(
+    session: Session, kinds: Sequence[ResourceKind]
+) -> list[tuple[ResourceKind, JobRecord]]:
     """The jobs of every kind with work under way, in creation order."""
     found: list[tuple[ResourceKind, JobRecord]] = []
-    for kind in KINDS:
+    for kind in kinds:
         table = kind.table()
         query = select(table).where(table.status.in_(kind.active))
         found += [(kind, job) for job in session.scalars(query)]
-    return sorted(found, key=lambda pair: (as_utc(pair[1].creation_time), pair[1].name))
+    return sorted(found, key=lambda pair: (_utc(pair[1].creation_time), pair[1].name))
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every time openmaker stores is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 Plan = list[tuple[ResourceKind, JobRecord, Placement | None, str]]
@@ -152,7 +159,8 @@ def _submit(
 
     try:
         launch = _launch_settings(settings, name)
-        executor.submit(job.arn, job.request, launch, placement, job.attempts, record)
+        order = Order(kind.name, kind.runner, name, job.arn, job.request, placement, job.attempts)
+        executor.submit(order, launch, record)
     except Exception as exc:  # the job must not wait for a worker that never came
         traceback.print_exc()
         with sessions() as session:

@@ -1,4 +1,6 @@
-"""Turning a job's host events into database rows, from one writer thread.
+"""Recording what a job's hosts report as database rows, from one writer thread: its log lines,
+metric values and utilization samples, and the changes to the job's row that its kind makes of
+the rest (openmaker/training/recorder.py turns a training host's events into these calls).
 
 The database layer (SQLAlchemy) is imported by the writer thread, not at start: it is most of a
 worker's start-up time, and the hosts can prepare and start the code meanwhile. Their events
@@ -18,29 +20,19 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from openmaker.jobs.kinds import TRAINING
 from openmaker.jobs.logs import EVENT_OVERHEAD, stream_name
 from openmaker.settings import Settings
-from openmaker.training import state
-from openmaker.training.host.events import (
-    Event,
-    LogLine,
-    LogLines,
-    MetricSample,
-    StatusChanged,
-    SystemMetrics,
-    TransferProgress,
-)
-from openmaker.training.status import SecondaryStatus, message_of
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-    from openmaker.jobs.db import TrainingJob
+    from openmaker.jobs.db import JobRecord
+
+Row = TypeVar("Row", bound="JobRecord")
 
 # What waits for the writer, at most (the worker's memory for it is a small multiple).
 BACKLOG_BYTES = 8 * 1024 * 1024
@@ -64,36 +56,59 @@ INSERT_SYSTEM_METRIC = (
 )
 
 
-class JobRecorder:
-    """Turns host events into database rows; one writer thread, commits in batches."""
+class JobRecorder(Generic[Row]):
+    """Records one job's lines, metric values and changes as rows of the database; one writer
+    thread, commits in batches, in the order they came."""
 
-    def __init__(self, settings: Settings, job_name: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        job_name: str,
+        table: Callable[[], type[Row]],
+        log_group: str,
+        apply: Callable[[Row, Any], None],
+    ) -> None:
+        """`table` gives the job's table (once the database layer is loaded); its log streams
+        are in `log_group`; `apply(job, change)` makes a change given to `change`."""
         self.settings = settings
         self.sessions: sessionmaker[Session] | None = None  # set by the writer thread
-        self.job_name = job_name
-        self.queue: queue.Queue[Event | _Flush | None] = queue.Queue()
+        self.job_name, self.table, self.log_group, self.apply = job_name, table, log_group, apply
+        self.queue: queue.Queue[_Item] = queue.Queue()
         self.backlog = _Backlog(BACKLOG_BYTES)
         self.streams: dict[str, str] = {}
         self.limit = _LogLimit(settings.log_limit_bytes)
         self.thread = threading.Thread(target=self._write, daemon=True)
         self.thread.start()
 
-    def emit(self, event: Event) -> None:
-        self.backlog.take(_cost(event), self.thread.is_alive)
-        self.queue.put(event)
+    def lines(self, host: str, timestamp_ms: int, messages: list[str], size: int) -> None:
+        """Log lines of `host` (`size`: their bytes as read); waits while the backlog is full."""
+        self._put(_Lines(host, timestamp_ms, messages, size + ROW_COST * len(messages)))
+
+    def metric(self, name: str, timestamp_ms: int, value: float, host: str | None) -> None:
+        self._put(_Metric(name, timestamp_ms, value, host))
+
+    def samples(self, host: str, timestamp_ms: int, values: dict[str, float]) -> None:
+        """One sample of a host's utilization, by metric name."""
+        self._put(_Samples(host, timestamp_ms, values))
+
+    def change(self, change: object) -> None:
+        """A change to the job's row, made by `apply` after what came before it."""
+        self._put(_Change(change))
+
+    def _put(self, item: _Item) -> None:
+        self.backlog.take(_cost(item), self.thread.is_alive)
+        self.queue.put(item)
 
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
 
-    def update(self, change: Callable[[TrainingJob], None]) -> TrainingJob:
+    def update(self, change: Callable[[Row], None]) -> Row:
         """Apply `change(job)` to the job row now, after the queued events; returns the row."""
-        from openmaker.jobs.db import TrainingJob
-
         self.flush()
         assert self.sessions is not None
         with self.sessions() as session:
-            job = session.get(TrainingJob, self.job_name)
+            job = session.get(self.table(), self.job_name)
             assert job is not None, f"job {self.job_name} is not in the database"
             change(job)
             session.commit()
@@ -129,7 +144,7 @@ class JobRecorder:
             if None in batch:  # closed
                 return
 
-    def _next_batch(self) -> list[Event | _Flush | None]:
+    def _next_batch(self) -> list[_Item]:
         batch = [self.queue.get()]
         rows = _rows(batch[0])
         while rows < BATCH_ROWS and batch[-1] is not None:
@@ -140,33 +155,29 @@ class JobRecorder:
             rows += _rows(batch[-1])
         return batch
 
-    def _apply_all(self, batch: list[Event | _Flush | None]) -> None:
-        from openmaker.jobs.db import TrainingJob
-
+    def _apply_all(self, batch: list[_Item]) -> None:
         assert self.sessions is not None
         lines: list[tuple[str, int, int, str]] = []
         metrics: list[tuple[str, str, int, float, str | None]] = []
         # A host's utilization samples: a few per minute, not counted towards the log limit.
         system: list[tuple[str, str, str, int, float]] = []
         with self.sessions() as session:
-            job = session.get(TrainingJob, self.job_name)
-            for event in batch:
-                if isinstance(event, LogLine):
-                    self._lines(session, event.host, event.timestamp_ms, [event.message], lines)
-                elif isinstance(event, LogLines):
-                    self._lines(session, event.host, event.timestamp_ms, event.messages, lines)
-                elif isinstance(event, MetricSample):
-                    if self.limit.admit(METRIC_BYTES + len(event.name)):
+            job = session.get(self.table(), self.job_name)
+            for item in batch:
+                if isinstance(item, _Lines):
+                    self._lines(session, item.host, item.timestamp_ms, item.messages, lines)
+                elif isinstance(item, _Metric):
+                    if self.limit.admit(METRIC_BYTES + len(item.name)):
                         metrics.append(
-                            (self.job_name, event.name, event.timestamp_ms, event.value, event.host)
+                            (self.job_name, item.name, item.timestamp_ms, item.value, item.host)
                         )
-                elif isinstance(event, SystemMetrics):
+                elif isinstance(item, _Samples):
                     system.extend(
-                        (self.job_name, event.host, name, event.timestamp_ms, value)
-                        for name, value in event.values.items()
+                        (self.job_name, item.host, name, item.timestamp_ms, value)
+                        for name, value in item.values.items()
                     )
-                elif job is not None and isinstance(event, StatusChanged | TransferProgress):
-                    _apply_status(job, event)
+                elif job is not None and isinstance(item, _Change):
+                    self.apply(job, item.change)
             connection = session.connection()
             if lines:
                 connection.exec_driver_sql(INSERT_LINE, lines)
@@ -208,29 +219,13 @@ class JobRecorder:
                 session.add(
                     LogStream(
                         name=name,
-                        group=TRAINING.log_group,
+                        group=self.log_group,
                         job_name=self.job_name,
                         creation_time=timestamp,
                     )
                 )
                 session.flush()
         return name
-
-
-def _apply_status(job: TrainingJob, event: StatusChanged | TransferProgress) -> None:
-    if isinstance(event, StatusChanged):
-        if job.status == state.IN_PROGRESS:
-            at = datetime.fromtimestamp(event.at, UTC)
-            state.enter(job, event.status, message_of(event.status, event.detail), at)
-            if event.status == SecondaryStatus.TRAINING and job.training_start_time is None:
-                job.training_start_time = at
-    else:
-        job.progress = {
-            "phase": event.phase,
-            "done": event.done,
-            "total": event.total,
-            "seconds": event.seconds,
-        }
 
 
 def stored_bytes(session: Session, job_name: str) -> int:
@@ -316,21 +311,51 @@ class _Backlog:
             self.changed.notify_all()
 
 
-def _cost(event: Any) -> int:
-    """What an event holds of the backlog: status changes, progress and flushes never wait."""
-    if isinstance(event, LogLines):
-        return event.size + ROW_COST * len(event.messages)
-    if isinstance(event, LogLine):
-        return len(event.message) + ROW_COST
-    if isinstance(event, MetricSample):
-        return ROW_COST
-    return 0
+@dataclass(frozen=True, slots=True)
+class _Lines:
+    host: str
+    timestamp_ms: int
+    messages: list[str]
+    cost: int  # what they hold of the backlog
 
 
-def _rows(event: Any) -> int:
-    return len(event.messages) if isinstance(event, LogLines) else 1
+@dataclass(frozen=True, slots=True)
+class _Metric:
+    name: str
+    timestamp_ms: int
+    value: float
+    host: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Samples:
+    host: str
+    timestamp_ms: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    change: object
 
 
 class _Flush:
     def __init__(self, done: threading.Event) -> None:
         self.done = done
+
+
+# What waits for the writer; None closes it.
+_Item = _Lines | _Metric | _Samples | _Change | _Flush | None
+
+
+def _cost(item: _Item) -> int:
+    """What an item holds of the backlog: changes and flushes never wait."""
+    if isinstance(item, _Lines):
+        return item.cost
+    if isinstance(item, _Metric):
+        return ROW_COST
+    return 0
+
+
+def _rows(item: _Item) -> int:
+    return len(item.messages) if isinstance(item, _Lines) else 1

@@ -1,19 +1,20 @@
 """What a kind of resource tells the machinery every job shares.
 
 The queue, capacity, recovery, log groups and tags handle every kind alike through a
-`ResourceKind`: training jobs are the first; endpoints, transform and processing jobs plug in
-with a kind of their own (openmaker/jobs/kinds.py holds them), not with copies of that
-machinery.
+`ResourceKind`, and are given the kinds there are: this package imports none. Training jobs are
+the first (openmaker/training/kind.py); endpoints, transform and processing jobs plug in with a
+kind of their own, listed in openmaker/resources.py, not with copies of that machinery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # the database layer is heavy to import; a worker loads it in the background
     from openmaker.jobs.db import JobRecord
+    from openmaker.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,17 @@ class Lifecycle(Protocol):
         """Its worker is gone (`what` says how): restart it (True) or end it."""
 
 
+class Leftovers(Protocol):
+    """What the jobs of a kind leave on this machine when their worker is killed."""
+
+    def remove_lost(self, settings: Settings, name: str) -> None:
+        """Remove what job `name`, whose worker is gone, left (its volumes, its folders)."""
+
+    def remove_stale(self, settings: Settings, running: Callable[[list[str]], set[str]]) -> None:
+        """Remove what jobs that no worker runs hold here (`running(names)`: those of the
+        jobs `names` that a worker runs)."""
+
+
 @dataclass(frozen=True)
 class ResourceKind:
     name: str  # as the model names the resource (Search's `Resource`): "TrainingJob"
@@ -59,3 +71,18 @@ class ResourceKind:
     table: Callable[[], type[JobRecord]]
     instances: Callable[[dict[str, Any]], Instances]
     lifecycle: Lifecycle
+    leftovers: Leftovers
+    # The module whose `run(order, settings, stop_before_start)` runs a job of this kind in a
+    # worker process (openmaker/jobs/worker_process.py).
+    runner: str
+
+
+def of_arn(kinds: Iterable[ResourceKind], arn: str) -> ResourceKind | None:
+    """The kind of the resource `arn` names (`arn:aws:sagemaker:…:training-job/name`)."""
+    resource = arn.split(":", 5)[-1] if arn.count(":") >= 5 else ""
+    return next((k for k in kinds if resource.startswith(f"{k.arn_kind}/")), None)
+
+
+def log_groups(kinds: Iterable[ResourceKind]) -> tuple[str, ...]:
+    """The log groups of `kinds`, each once."""
+    return tuple(dict.fromkeys(kind.log_group for kind in kinds))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from openmaker.jobs import kinds
 from openmaker.jobs.db import Tag
+from openmaker.jobs.resource import ResourceKind, of_arn
 from openmaker.shapes.errors import ResourceNotFound, ValidationException
 from openmaker.shapes.paging import paginator
 
@@ -20,9 +21,13 @@ PAGES = paginator("ListTags")
 
 class Tags:
     def __init__(
-        self, sessions: sessionmaker[Session], writers: sessionmaker[Session]
+        self,
+        sessions: sessionmaker[Session],
+        writers: sessionmaker[Session],
+        kinds: Sequence[ResourceKind],
     ) -> None:
-        self.sessions, self.writers = sessions, writers
+        """Tags on the resources of `kinds`."""
+        self.sessions, self.writers, self.kinds = sessions, writers, kinds
 
     def add(self, arn: str, tags: list[dict[str, str]]) -> list[dict[str, str]]:
         with self.writers() as session:
@@ -55,7 +60,7 @@ class Tags:
 
     def _check_resource(self, session: Session, arn: str) -> None:
         """A resource of a kind openmaker keeps (by the ARN's resource type), that exists."""
-        kind = kinds.of_arn(arn)
+        kind = of_arn(self.kinds, arn)
         table = kind.table() if kind else None
         if table is None or session.scalar(select(table.name).where(table.arn == arn)) is None:
             raise ResourceNotFound(f"Resource {arn} not found")
@@ -78,4 +83,3 @@ def put(session: Session, arn: str, tags: list[dict[str, str]]) -> None:
         )
     for tag in tags:
         session.merge(Tag(resource_arn=arn, key=tag["Key"], value=tag.get("Value", "")))
-

@@ -1,4 +1,8 @@
-"""The entry point of a worker process (`python -m openmaker.jobs.worker_process`).
+"""The entry point of a worker process (`python -m openmaker.jobs.worker_process [RUNNER]`).
+
+It reads its order (openmaker/jobs/executor.py) on its standard input and hands it to the
+module that runs the order's kind of job (`run(order, settings, stop_before_start)`). RUNNER is
+the module it expects to need: a spare worker loads it while it waits for its order.
 
 SIGTERM is caught before anything heavy is imported: a stop asked for while the worker is still
 starting is then never lost, and never kills the worker before it can record the job's end.
@@ -6,15 +10,55 @@ starting is then never lost, and never kills the worker before it can record the
 
 import signal
 import threading
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from openmaker.jobs.executor import Runner
 
 stop_before_start = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop_before_start.set())
 
+# Only openmaker's own modules run orders (the order comes from openmaker's executor).
+RUNNERS_UNDER = "openmaker."
+
 
 def main() -> None:
-    from openmaker.training.worker import main as run_worker
+    import importlib
+    import json
+    import os
+    import sys
 
-    run_worker(stop_before_start)
+    from openmaker.jobs.executor import Order
+    from openmaker.settings import from_json
+
+    for expected in sys.argv[1:2]:
+        _runner(expected)
+    # The database layer loads meanwhile: a spare worker has it ready when its job comes.
+    threading.Thread(target=importlib.import_module, args=("openmaker.jobs.db",)).start()
+    data = sys.stdin.read()
+    if not data:
+        return  # a spare nobody needed
+    message = json.loads(data)
+    order = Order.from_json(message)
+    settings = from_json(message["settings"])
+    # The worker's own messages (not the job's logs) go to a file, for post-mortems.
+    log = os.open(
+        settings.jobs_dir / order.name / "worker.log",
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+        0o600,
+    )
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    _runner(order.runner).run(order, settings, stop_before_start)
+
+
+def _runner(name: str) -> "Runner":
+    import importlib
+
+    if not name.startswith(RUNNERS_UNDER):
+        raise SystemExit(f"not a runner of openmaker's: {name}")
+    return cast("Runner", importlib.import_module(name))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ def unavailable_reason() -> str | None:
     return None
 
 
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+
+
 def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
     """enter.py, then bwrap, then the spec's argv; bwrap writes the code's PID (as seen from
     here) to `info_fd`. Prepares the copy-on-write layers and the files shown to the code."""
@@ -48,6 +51,9 @@ def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
     views = _unnamed_views(spec)
     binds: list[tuple[str, ...]] = [("--bind", str(layers[0][0] / "merged"), "/")]
     binds += [("--dev", "/dev"), ("--proc", "/proc"), ("--ro-bind", "/sys", "/sys")]
+    # The code is root: through a writable /proc/sys it could name a program the kernel runs as
+    # the machine's root (kernel.core_pattern). Read-only, as Docker shows them.
+    binds += [("--ro-bind-try", path, path) for path in PROC_READ_ONLY]
     binds.append(_tmp(spec))
     shm_size = ("--size", str(spec.shm_size)) if spec.shm_size else ()
     binds.append((*shm_size, "--perms", "1777", "--tmpfs", "/dev/shm"))

@@ -66,7 +66,7 @@ def store_environment(store: StoreSettings) -> dict[str, str]:
 def code_store_environment(store: StoreSettings) -> dict[str, str]:
     """The variables a job's code needs to reach the object store: a server's gate when one
     runs (without a key: the job's own is added by its worker, see
-    `openmaker.api.job_access`), else those of the S3 server in use (a job the CLI runs, or a
+    `openmaker.jobs.gate_keys`), else those of the S3 server in use (a job the CLI runs, or a
     server's without a gate)."""
     if store.gate_url:
         return {"AWS_ENDPOINT_URL_S3": store.gate_url}

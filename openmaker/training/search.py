@@ -22,10 +22,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import MetricValue, Tag, TrainingJob
-from openmaker.jobs.kinds import TRAINING
 from openmaker.shapes.errors import ValidationException
 from openmaker.shapes.paging import paginator
 from openmaker.training.describe import search_record
+from openmaker.training.kind import TRAINING
 
 RESOURCE = TRAINING.name
 DEFAULT_SORT = "LastModifiedTime"

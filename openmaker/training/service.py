@@ -30,9 +30,9 @@ from openmaker.jobs.db import (
     writer_sessions,
 )
 from openmaker.jobs.executor import Executor, LocalExecutor
-from openmaker.jobs.kinds import TRAINING
 from openmaker.jobs.logs import LogRecord
 from openmaker.jobs.tags import put as put_tags
+from openmaker.resources import KINDS
 from openmaker.settings import Settings, load_settings
 from openmaker.shapes.arn import training_job_arn
 from openmaker.shapes.errors import ResourceInUse, ResourceNotFound, ValidationException
@@ -40,7 +40,8 @@ from openmaker.shapes.locations import LocalPaths
 from openmaker.shapes.training import check_create_training_job, default_stopping_condition
 from openmaker.training import state
 from openmaker.training.describe import describe, summary
-from openmaker.training.host.images import ImageError, resolve_image
+from openmaker.training.kind import TRAINING
+from openmaker.training.plan import ImageError, image_of
 from openmaker.training.query import JobQuery
 from openmaker.training.status import SecondaryStatus, TrainingJobStatus
 
@@ -70,7 +71,7 @@ class TrainingJobs:
     def sweep(self) -> None:
         """Act on jobs whose worker is gone, then start the waiting jobs that fit."""
         with self._starting:
-            recovery.sweep(self.settings, self.executor)
+            recovery.sweep(self.settings, self.executor, KINDS)
 
     def watch(self, every: float) -> None:
         """Sweep every `every` seconds in a background thread until `close`: a lost worker is
@@ -128,7 +129,7 @@ class TrainingJobs:
             except IntegrityError:
                 raise ResourceInUse(f"Training job {name} already exists") from None
         queue.save_launch(self.settings, name)
-        queue.start_ready(self.settings, self.executor)  # now, or when capacity frees
+        queue.start_ready(self.settings, self.executor, KINDS)  # now, or when capacity frees
         return {"TrainingJobArn": arn}
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -202,7 +203,7 @@ class TrainingJobs:
                 state.finish(job, SecondaryStatus.STOPPED, None)
                 session.commit()
                 with self._starting:  # the jobs behind it may fit
-                    queue.start_ready(self.settings, self.executor)
+                    queue.start_ready(self.settings, self.executor, KINDS)
                 return
             state.enter(job, SecondaryStatus.STOPPING)
             # A worker not yet ready reads `stop_requested` when it gets ready: under the write
@@ -258,7 +259,7 @@ class TrainingJobs:
         if job.status not in state.TERMINAL:
             # A job must never stay InProgress with nothing running it.
             with self._starting:
-                recovery.check(self.settings, self.executor, TRAINING, name)
+                recovery.check(self.settings, self.executor, KINDS, TRAINING, name)
             with self.sessions() as session:
                 job = session.get(TrainingJob, name)
             assert job is not None
@@ -267,8 +268,7 @@ class TrainingJobs:
 
 def _check_supported(request: dict[str, Any]) -> None:
     """What SageMaker accepts but openmaker cannot run yet, refused before anything starts."""
-    algorithm = request["AlgorithmSpecification"]
     try:
-        resolve_image(algorithm["TrainingImage"], algorithm, request.get("HyperParameters"))
+        image_of(request)
     except ImageError as exc:
         raise ValidationException(f"AlgorithmSpecification.TrainingImage: {exc}") from None

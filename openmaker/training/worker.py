@@ -1,14 +1,12 @@
 """The process that runs one job: its hosts, its outputs, its state in the database.
 
-Started detached by the local executor (through `openmaker.jobs.worker_process`), which sends
-it the job on its standard input. SIGTERM asks it to stop the job; the hosts then get SIGTERM,
-the grace period and SIGKILL.
+The runner of the TrainingJob kind: a worker process (`openmaker.jobs.worker_process`, started
+detached by the local executor) hands it its order. SIGTERM asks it to stop the job; the hosts
+then get SIGTERM, the grace period and SIGKILL.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import signal
 import sys
@@ -19,12 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from openmaker.api import job_access
-from openmaker.jobs import capacity
-from openmaker.jobs.executor import process_start_time
-from openmaker.jobs.retry import restart_or_fail
-from openmaker.settings import Settings, from_json
-from openmaker.training import state
+from openmaker.jobs import capacity, gate_keys
+from openmaker.jobs.executor import Order, process_start_time
+from openmaker.settings import Settings
+from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
+from openmaker.training import access, state
 from openmaker.training.host.events import StatusChanged
 from openmaker.training.host.site import clear_job, job_network
 from openmaker.training.host.spec import HostResources, HostSettings, HostSpec
@@ -34,35 +31,33 @@ from openmaker.training.host.training_host import (
     OutputsFailed,
     StopControl,
 )
+from openmaker.training.plan import plan_job
+from openmaker.training.recorder import TrainingRecorder
+from openmaker.training.retry import restart_or_fail
 from openmaker.training.runners import HostRunner, host_runners, upload_outputs
-from openmaker.training.status import STOPPED_BY, SecondaryStatus
+from openmaker.training.status import SecondaryStatus
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
-from openmaker.jobs.recorder import JobRecorder
-from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 
 
 def host_specs(
     settings: Settings, arn: str, request: dict[str, Any], placement: dict[str, Any] | None = None
 ) -> list[HostSpec]:
-    name = request["TrainingJobName"]
-    count = int(request["ResourceConfig"].get("InstanceCount", 1))
-    hosts = [f"algo-{i}" for i in range(1, count + 1)]
+    job = plan_job(request)
+    name, hosts = job.name, list(job.hosts)
     job_dir = settings.jobs_dir / name
-    isolated = bool(request.get("EnableNetworkIsolation"))
+    isolated = job.plan.network_isolation
     # No network: no endpoint to offer, no key to mint.
-    code_env = (
-        {} if isolated else job_access.code_environment(settings.home, request, settings.store)
-    )
-    shares = _host_resources(settings, placement, count)
+    code_env = {} if isolated else access.code_environment(settings.home, request, settings.store)
+    shares = _host_resources(settings, placement, len(hosts))
     network = job_network(settings, name, hosts, code_env, isolated)
     host_settings = HostSettings.of(settings)  # what crosses to a host: no database, no keys
     return [
         HostSpec(
             job_name=name,
             job_arn=arn,
-            request=request,
+            plan=job.host_plan(host),
             host_name=host,
             hosts=hosts,
             region=settings.region,
@@ -105,7 +100,7 @@ def run_job(
     job_name = request["TrainingJobName"]
     # What an earlier attempt left (its worker killed) must not leak into this one.
     clear_job(settings, job_name)
-    recorder = JobRecorder(settings, job_name)
+    recorder = TrainingRecorder(settings, job_name)
     stop = StopControl()
     signal.signal(signal.SIGTERM, lambda *_: stop.request(SecondaryStatus.STOPPED))
     if stop_before_start.is_set():
@@ -126,7 +121,7 @@ def run_job(
     # The job's leftovers go before its end is recorded: whoever sees the job ended (or the
     # next job given its share of the machine) finds them gone.
     try:
-        job_access.revoke_job(settings.home, job_name)  # its code's key dies with it
+        gate_keys.revoke_job(settings.home, job_name)  # its code's key dies with it
         for host in hosts:
             host.close()
         clear_job(settings, job_name, settings.keep_job_files)
@@ -168,14 +163,15 @@ def _start_waiting_jobs(settings: Settings) -> None:
     try:
         from openmaker.jobs.executor import LocalExecutor
         from openmaker.jobs.queue import start_ready
+        from openmaker.resources import KINDS
 
-        start_ready(settings, LocalExecutor(settings))
+        start_ready(settings, LocalExecutor(settings), KINDS)
     except Exception:  # never a reason for this job to end otherwise; the next sweep retries
         traceback.print_exc()
 
 
 def _run(
-    hosts: list[HostRunner], recorder: JobRecorder, stop: StopControl, mine: _Attempt
+    hosts: list[HostRunner], recorder: TrainingRecorder, stop: StopControl, mine: _Attempt
 ) -> Callable[[TrainingJob], object]:
     """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
     # The hosts start preparing at once; the claim waits for the database layer to load.
@@ -196,7 +192,7 @@ def _run(
     with ThreadPoolExecutor(len(hosts)) as pool:
         results = list(pool.map(lambda host: host.run(stop), hosts))
     # A stop asked for from outside wins; a host's failure (which stops the other hosts) fails.
-    stopped = stop.reason if stop.reason in STOPPED_BY else None
+    stopped = stop.stopped
     failure, outside = _failures(results)
 
     claimer.join()  # long done by now; the job's end must not come before its claim
@@ -222,7 +218,7 @@ def _run(
     def finish(j: TrainingJob) -> None:
         j.model_artifacts = artifacts.model_uri
         # A stop that came while the outputs were uploaded still ends the job Stopped.
-        late = stop.reason if stop.reason in STOPPED_BY else None
+        late = stop.stopped
         if stopped or late:
             state.finish(j, stopped or late or SecondaryStatus.STOPPED, None)
         elif failure:
@@ -252,29 +248,6 @@ def _after_infrastructure_failure(
     return lambda j: restart_or_fail(j, what)
 
 
-def main(stop_before_start: threading.Event) -> None:
-    """Wait for the job on standard input (see the local executor), then run it."""
-    # The database layer loads meanwhile: a spare worker has it ready when its job comes.
-    threading.Thread(target=importlib.import_module, args=("openmaker.jobs.db",)).start()
-    data = sys.stdin.read()
-    if not data:
-        return  # a spare nobody needed
-    order = json.loads(data)
-    settings = from_json(order["settings"])
-    # The worker's own messages (not the job's logs) go to a file, for post-mortems.
-    log = os.open(
-        settings.jobs_dir / order["job"] / "worker.log",
-        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-        0o600,
-    )
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    run_job(
-        settings,
-        order["arn"],
-        order["request"],
-        stop_before_start,
-        order.get("placement"),
-        order.get("attempt", 1),
-    )
+def run(order: Order, settings: Settings, stop_before_start: threading.Event) -> None:
+    """Run a worker's order (openmaker/jobs/worker_process.py)."""
+    run_job(settings, order.arn, order.request, stop_before_start, order.placement, order.attempt)

@@ -20,11 +20,11 @@ from openmaker.runtime import Bind, Container, ContainerSpec, unavailable_reason
 from openmaker.runtime.layers import hidden_paths
 from openmaker.settings import Settings
 from openmaker.training.host.channels.fastfile import sandbox_binds
-from openmaker.training.host.checkpoints.transfer import checkpoint_dir
+from openmaker.training.host.checkpoints.transfer import checkpoint_dir, checkpoint_plan
 from openmaker.training.host.images import PROGRAM_MOUNT, Image
-from openmaker.training.host.layout import CONTAINER_ROOT, checkpoint_local_path
+from openmaker.training.host.layout import CONTAINER_ROOT
 from openmaker.training.host.limits import host_limits
-from openmaker.training.host.network import HostNamespace, enter_host, shared
+from openmaker.training.host.network import HostNamespace, enter_host, resolv_conf_binds, shared
 from openmaker.training.host.spec import HostSettings, HostSpec
 from openmaker.training.host.ssh import ssh_binds
 from openmaker.training.host.volume import Volume
@@ -96,12 +96,13 @@ def _sandboxed(
         for source, target in sandbox_binds(spec)
     ]
     binds += ssh_binds(spec)  # the job's ssh keys and configuration, when mpirun needs them
+    binds += resolv_conf_binds(spec.network, spec.work_dir)
     checkpoints = checkpoint_dir(spec)
     if checkpoints is not None and not checkpoints.is_relative_to(spec.ml_dir):
-        binds.append(Bind(str(checkpoints), checkpoint_local_path(spec), read_only=False))
+        binds.append(Bind(str(checkpoints), checkpoint_plan(spec).local_path, read_only=False))
     if image.program_dir is not None:
         binds.append(Bind(str(image.program_dir), PROGRAM_MOUNT))
-    isolated = bool(spec.request.get("EnableNetworkIsolation"))
+    isolated = spec.plan.network_isolation
     namespace = None
     if not isolated and spec.network and spec.network.bridge:
         namespace = enter_host(spec.network, spec.host_name, spec.host_index)

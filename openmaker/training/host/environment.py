@@ -28,5 +28,5 @@ def container_environment(spec: HostSpec, image: Image) -> dict[str, str]:
         # As each framework container names its own: the launcher its `distribution` asks for.
         env["SAGEMAKER_TRAINING_MODULE"] = LAUNCHER_MODULE
     env.update(spec.code_env)
-    env.update(spec.request.get("Environment") or {})
+    env.update(spec.plan.command.environment)
     return env

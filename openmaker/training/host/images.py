@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,28 +82,30 @@ class Image:
             f"({_local_version(self.framework)})"
         )
 
-    def command(self, verb: str, algorithm: dict[str, Any]) -> list[str]:
-        """`ContainerEntrypoint` + `ContainerArguments` when given, else `verb` (`train`,
-        `serve`), as SageMaker starts an image."""
-        entrypoint = list(algorithm.get("ContainerEntrypoint") or [])
-        arguments = list(algorithm.get("ContainerArguments") or [])
-        return (entrypoint or [verb]) + arguments
+    def command(
+        self, verb: str, entrypoint: Sequence[str] = (), arguments: Sequence[str] = ()
+    ) -> list[str]:
+        """The entrypoint and its arguments when given, else `verb` (`train`, `serve`) and
+        them, as SageMaker starts an image."""
+        return (list(entrypoint) or [verb]) + list(arguments)
 
 
 def resolve_image(
     reference: str,
-    algorithm: dict[str, Any] | None = None,
-    hyperparameters: dict[str, str] | None = None,
+    entrypoint: bool = False,
+    hyperparameters: Mapping[str, str] | None = None,
 ) -> Image:
+    """What `reference` names, on this machine. `entrypoint`: the request starts the image
+    with its own ContainerEntrypoint."""
     if reference == SCRIPT_MODE_IMAGE:
         return Image(reference, None)
     parsed = urlparse(reference)
     if parsed.scheme == "file" or reference.startswith("/"):
         folder = Path(unquote(parsed.path) if parsed.scheme == "file" else reference)
-        return _local_folder(reference, folder, algorithm or {})
+        return _local_folder(reference, folder, entrypoint)
     framework = framework_of(reference)
     if framework is not None:
-        if (algorithm or {}).get("ContainerEntrypoint"):
+        if entrypoint:
             return Image(reference, None, framework, entrypoint=True)
         if "sagemaker_program" not in (hyperparameters or {}):
             raise ImageError(
@@ -145,10 +148,10 @@ def _local_version(framework: str) -> str:
         return f"{distribution} is not installed here"
 
 
-def _local_folder(reference: str, folder: Path, algorithm: dict[str, Any]) -> Image:
+def _local_folder(reference: str, folder: Path, entrypoint: bool) -> Image:
     if not folder.is_dir():
         raise ImageError(f"image folder {folder} does not exist")
-    if not algorithm.get("ContainerEntrypoint"):
+    if not entrypoint:
         program = folder / TRAIN
         if not (program.is_file() and os.access(program, os.X_OK)):
             raise ImageError(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from openmaker.training.host.events import Emit, LogLine
-from openmaker.training.host.layout import CONTAINER_ROOT, checkpoint_local_path
+from openmaker.training.host.layout import CONTAINER_ROOT
 from openmaker.training.host.spec import HostSpec
 
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -59,7 +59,7 @@ class HostTree:
         self.ml = open_folder(spec.ml_dir)
         self.checkpoint_anchor, self.checkpoint_path = self.ml, _checkpoint_relative(spec)
         self._outside: int | None = None
-        if self.checkpoint_path is None and spec.request.get("CheckpointConfig"):
+        if self.checkpoint_path is None and spec.plan.checkpoint is not None:
             outside = spec.work_dir / "checkpoints"
             try:
                 outside.mkdir(exist_ok=True)
@@ -92,9 +92,9 @@ class HostTree:
 
 def _checkpoint_relative(spec: HostSpec) -> str | None:
     """LocalPath relative to /opt/ml, or None when it lies outside (or there is none)."""
-    if not spec.request.get("CheckpointConfig"):
+    if spec.plan.checkpoint is None:
         return None
-    local = PurePosixPath(checkpoint_local_path(spec))
+    local = PurePosixPath(spec.plan.checkpoint.local_path)
     if not local.is_relative_to(CONTAINER_ROOT):
         return None
     return local.relative_to(CONTAINER_ROOT).as_posix()

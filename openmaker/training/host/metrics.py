@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from collections.abc import Sequence
 
 from openmaker.training.host.events import Emit, Event, LogLine, LogLines, MetricSample
+from openmaker.training.host.plan import MetricDefinition
 
-Definitions = list[dict[str, Any]] | None
 
-
-def compile_definitions(definitions: Definitions) -> list[tuple[str, re.Pattern[str]]]:
+def compile_definitions(
+    definitions: Sequence[MetricDefinition],
+) -> list[tuple[str, re.Pattern[str]]]:
     """Raises re.error for a regex Python cannot compile (checked when the job is created)."""
-    return [(d["Name"], re.compile(d["Regex"])) for d in definitions or []]
+    return [(d.name, re.compile(d.regex)) for d in definitions]
 
 
-def metric_emitter(definitions: Definitions, emit: Emit) -> Emit:
+def metric_emitter(definitions: Sequence[MetricDefinition], emit: Emit) -> Emit:
     """`emit`, plus a MetricSample after each log line where a definition matches."""
     compiled = compile_definitions(definitions)
     if not compiled:

@@ -11,15 +11,27 @@ that no route of the machine's overlaps, and an nftables table `inet omn<id>`, w
 Jobs are thus isolated from one another on bridges of their own, which needs no rule per host
 and goes away whole with the job. IPv4 forwarding is switched on for the bridge, and for the
 machine's uplinks only when it was off there; then a table `inet omnguard` drops any forwarding
-that is not a job's, and both are undone when the last job's bridge goes.
+that is not a job's, and both are undone when the last job's bridge goes. Where another table's
+forward chain drops by default (iptables' FORWARD on any machine with Docker), a packet dropped
+there is dropped whatever this table says: that chain gets a rule accepting the bridge's
+traffic (named for the bridge, removed with it), as Docker does for its own; this table still
+decides what passes. IPv6 is off on the bridge and on the hosts' `eth0`: the table's rules are
+written for IPv4, and no IPv6 path (link-local ones included) leads anywhere.
+
+The hosts' resolver: the sandbox shows `OPENMAKER_RESOLV_CONF` (the machine's /etc/resolv.conf)
+at /etc/resolv.conf. A nameserver on the machine's loopback (systemd-resolved's 127.0.0.53,
+dnsmasq's 127.0.0.1) is relayed into each host's namespace at the same address, port 53 over
+UDP and TCP, so the file holds as it is; one on another address of the machine's gets its
+port 53 let through. No other port of the machine opens to the job.
 
 Per host: a thread unshares a network namespace of its own and configures it from inside (the
 `eth0` end of a veth pair whose other end joins the bridge, loopback, a default route through
 the bridge), makes the relay's listeners there (the embedded S3 endpoint keeps its loopback
-URL, see relay.py), and leaves a descriptor that the sandbox enters (runtime/enter.py) before
-anything else. Nothing names the namespace: it ends with the code and the worker's descriptor.
-The code, root without CAP_NET_ADMIN or CAP_NET_RAW in a user namespace below the one that owns
-the namespace, cannot change its address, sniff, or forge packets.
+URL, see relay.py; the loopback resolvers), and leaves a descriptor that the sandbox enters
+(runtime/enter.py) before anything else. Nothing names the namespace: it ends with the code
+and the worker's descriptor. The code, root without CAP_NET_ADMIN or CAP_NET_RAW in a user
+namespace below the one that owns the namespace, cannot change its address, sniff, forge
+packets, or turn IPv6 back on.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from openmaker.runtime import Bind
 from openmaker.settings import Settings
 from openmaker.training.host.relay import Relay
 
@@ -53,6 +66,7 @@ SHARED_ADDRESS_BASE = "127.0.1."
 # reaches through the network namespace (never the request's own Environment: a job could name
 # the API's port there).
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+DNS_PORT = 53
 _STATE = Path("/run/openmaker-network")
 _SYS_NET = Path("/sys/class/net")
 CLONE_NEWNET = 0x40000000
@@ -74,6 +88,10 @@ class JobNetwork:
     # Endpoints the code reaches on the machine's loopback: (port, address outside).
     relays: list[tuple[int, str]] = field(default_factory=list)
     reason: str | None = None
+    # What the hosts see as /etc/resolv.conf (None: the root filesystem's), and its nameservers
+    # on the machine's loopback, relayed into each host's namespace.
+    resolv_conf: str | None = None
+    resolvers: list[str] = field(default_factory=list)
 
     @property
     def note(self) -> str:
@@ -90,9 +108,18 @@ def _home_key(home: Path) -> str:
     return hashlib.sha256(str(home).encode()).hexdigest()[:12]
 
 
-def shared(hosts: list[str], reason: str) -> JobNetwork:
+def shared(hosts: list[str], reason: str, resolv_conf: str | None = None) -> JobNetwork:
     addresses = {name: f"{SHARED_ADDRESS_BASE}{i + 1}" for i, name in enumerate(hosts)}
-    return JobNetwork(addresses, reason=reason)
+    return JobNetwork(addresses, reason=reason, resolv_conf=resolv_conf)
+
+
+def resolv_conf_binds(network: JobNetwork | None, work_dir: Path) -> list[Bind]:
+    """What shows the hosts' resolver configuration at /etc/resolv.conf (nothing without one)."""
+    if network is None or network.resolv_conf is None:
+        return []
+    path = work_dir / "resolv.conf"
+    path.write_text(network.resolv_conf)
+    return [Bind(str(path), "/etc/resolv.conf")]
 
 
 def unavailable_reason(settings: Settings, hosts: list[str]) -> str | None:
@@ -112,17 +139,20 @@ def create(
     settings: Settings, job_name: str, hosts: list[str], code_env: Mapping[str, str]
 ) -> JobNetwork:
     """The job's bridge and rules; where they cannot be made, the shared network, saying why."""
+    conf = _read(settings.resolv_conf)
     if reason := unavailable_reason(settings, hosts):
-        return shared(hosts, reason)
+        return shared(hosts, reason, conf)
     home = settings.home
     whole = ipaddress.IPv4Network(settings.network_range)
     ident = job_id(home, job_name)
     bridge = PREFIX + ident
     relays, allowed = _endpoints(code_env)
+    resolvers, local_resolvers = _nameservers(conf or "")
+    allowed += [(address, proto, DNS_PORT) for address in local_resolvers for proto in _BOTH]
     with _lock():
         subnet = _free_subnet(whole)
         if subnet is None:
-            return shared(hosts, f"no /24 of {whole} is free of the machine's routes")
+            return shared(hosts, f"no /24 of {whole} is free of the machine's routes", conf)
         gateway = str(subnet.network_address + 1)
         try:
             _ip(
@@ -135,11 +165,12 @@ def create(
             _write(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding", "1")
             _nft(_rules(bridge, subnet, allowed))
             _forward_from_uplinks()
+            _pass_dropping_forward_chains(bridge)
         except NetworkError as exc:
             _remove(bridge)
-            return shared(hosts, f"its bridge could not be made: {exc}")
+            return shared(hosts, f"its bridge could not be made: {exc}", conf)
     addresses = {name: str(subnet.network_address + 2 + i) for i, name in enumerate(hosts)}
-    return JobNetwork(addresses, bridge, gateway, relays)
+    return JobNetwork(addresses, bridge, gateway, relays, None, conf, resolvers)
 
 
 def remove(home: Path, job_name: str) -> None:
@@ -166,6 +197,7 @@ def _remove(bridge: str) -> None:
     commands = [f"link del {link.name}" for link in _SYS_NET.glob(bridge + "v*")]
     with contextlib.suppress(NetworkError):
         _nft(f"delete table inet {bridge}\n")
+    _unpass_dropping_forward_chains(bridge)
     with contextlib.suppress(NetworkError):
         _ip("".join(f"{c}\n" for c in [*commands, f"link del {bridge}"]), force=True)
     if not any(_SYS_NET.glob(PREFIX + "*")):
@@ -201,6 +233,8 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
             if _libc.unshare(CLONE_NEWNET) != 0:
                 raise NetworkError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
             made["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            # No IPv6 but loopback's: eth0 never gets even a link-local address.
+            _write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
             _ip(
                 f"link add eth0 type veth peer name {veth} netns {os.getpid()}\n"
                 "link set lo up\n"
@@ -211,8 +245,12 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
             # As in a container: any port may be bound, and ping needs no raw socket.
             _write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
             _write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+            _write("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1")
             for port, target in network.relays:
                 relay.listen(("127.0.0.1", port), (target, port))
+            for resolver in network.resolvers:  # at the same address: resolv.conf holds
+                relay.listen((resolver, DNS_PORT), (resolver, DNS_PORT))
+                relay.listen_datagrams((resolver, DNS_PORT), (resolver, DNS_PORT))
         except BaseException as exc:  # handed to the caller's thread
             failure.append(exc)
 
@@ -232,10 +270,13 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
     return namespace
 
 
-def _endpoints(code_env: Mapping[str, str]) -> tuple[list[tuple[int, str]], list[tuple[str, int]]]:
+def _endpoints(
+    code_env: Mapping[str, str],
+) -> tuple[list[tuple[int, str]], list[tuple[str, str, int]]]:
     """(the loopback endpoints to relay, the machine's other addresses to let through) among
     the endpoints openmaker gives the code."""
-    relays, allowed = [], []
+    relays: list[tuple[int, str]] = []
+    allowed: list[tuple[str, str, int]] = []
     for name in ENDPOINT_VARIABLES:
         if not (url := code_env.get(name)):
             continue
@@ -248,8 +289,36 @@ def _endpoints(code_env: Mapping[str, str]) -> tuple[list[tuple[int, str]], list
         if address.is_loopback:
             relays.append((port, str(address)))
         elif _is_local(str(address)):
-            allowed.append((str(address), port))
+            allowed.append((str(address), "tcp", port))
     return list(dict.fromkeys(relays)), list(dict.fromkeys(allowed))
+
+
+_BOTH = ("udp", "tcp")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _nameservers(conf: str) -> tuple[list[str], list[str]]:
+    """(the nameservers on the machine's loopback, those on another of its addresses)."""
+    loopback, local = [], []
+    for line in conf.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "nameserver":
+            continue
+        try:
+            address = ipaddress.ip_address(fields[1])
+        except ValueError:
+            continue  # with a zone (fe80::1%eth0): not the machine's own
+        if address.is_loopback:
+            loopback.append(str(address))
+        elif address.version == 4 and _is_local(str(address)):
+            local.append(str(address))
+    return list(dict.fromkeys(loopback)), list(dict.fromkeys(local))
 
 
 def _is_local(address: str) -> bool:
@@ -262,10 +331,12 @@ def _is_local(address: str) -> bool:
     return True
 
 
-def _rules(bridge: str, subnet: ipaddress.IPv4Network, allowed: list[tuple[str, int]]) -> str:
+def _rules(
+    bridge: str, subnet: ipaddress.IPv4Network, allowed: list[tuple[str, str, int]]
+) -> str:
     through = "".join(
-        f'    iifname "{bridge}" ip daddr {address} tcp dport {port} accept\n'
-        for address, port in allowed
+        f'    iifname "{bridge}" ip daddr {address} {proto} dport {port} accept\n'
+        for address, proto, port in allowed
     )
     return (
         f"table inet {bridge} {{\n"
@@ -324,6 +395,67 @@ def _forward_from_uplinks() -> None:
         )
         (_STATE / f"forwarding-{device}").touch()
         _write(setting, "1")
+
+
+def _pass_dropping_forward_chains(bridge: str) -> None:
+    """In every other table's forward chain whose policy drops (iptables' FORWARD where Docker
+    runs, a firewall's), a rule accepting what comes from or goes to the bridge. Both ends of a
+    job's traffic are the bridge, so the two rules are all a job needs; they carry its name."""
+    comment = f"openmaker {bridge}"
+    for family, table, chain in _dropping_forward_chains():
+        # A bridge family's chain sees the bridge's ports as interfaces.
+        sides = ("ibrname", "obrname") if family == "bridge" else ("iifname", "oifname")
+        _nft(
+            "".join(
+                f'insert rule {family} {table} {chain} {side} "{bridge}" accept '
+                f'comment "{comment}"\n'
+                for side in sides
+            )
+        )
+    tool = _legacy_iptables()
+    if tool is not None and "-P FORWARD DROP" in _run([tool, "-w", "-S", "FORWARD"]).splitlines():
+        for side in ("-i", "-o"):
+            _run([tool, "-w", "-I", "FORWARD", side, bridge, "-j", "ACCEPT"])
+
+
+def _unpass_dropping_forward_chains(bridge: str) -> None:
+    comment = f"openmaker {bridge}"
+    with contextlib.suppress(NetworkError, ValueError):
+        listed = json.loads(_run(["nft", "-j", "-a", "list", "ruleset"]) or "{}")
+        deletions = [
+            f"delete rule {r['family']} {r['table']} {r['chain']} handle {r['handle']}\n"
+            for item in listed.get("nftables", [])
+            if (r := item.get("rule")) and r.get("comment") == comment
+        ]
+        if deletions:
+            _nft("".join(deletions))
+    if (tool := _legacy_iptables()) is not None:
+        for side in ("-i", "-o"):
+            rule = ["FORWARD", side, bridge, "-j", "ACCEPT"]
+            while subprocess.run([tool, "-w", "-D", *rule], capture_output=True).returncode == 0:
+                pass
+
+
+def _dropping_forward_chains() -> list[tuple[str, str, str]]:
+    """The forward chains of nftables (iptables-nft's among them) that drop by default."""
+    listed = json.loads(_run(["nft", "-j", "list", "chains"]) or "{}")
+    return [
+        (chain["family"], chain["table"], chain["name"])
+        for item in listed.get("nftables", [])
+        if (chain := item.get("chain"))
+        and chain.get("hook") == "forward"
+        and chain.get("policy") == "drop"
+        and not chain["table"].startswith(PREFIX)
+    ]
+
+
+def _legacy_iptables() -> str | None:
+    """iptables-legacy, where its filter table is in use (nftables does not see it)."""
+    try:
+        names = Path("/proc/net/ip_tables_names").read_text().split()
+    except OSError:
+        return None
+    return shutil.which("iptables-legacy") if "filter" in names else None
 
 
 def _restore_uplinks() -> None:

@@ -16,9 +16,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from openmaker.settings import StoreSettings
 from openmaker.store import Location, resolve, upload_file
 from openmaker.store.transfer import OnBytes
 from openmaker.training.host import jobtree
@@ -37,23 +35,6 @@ UPLOADS_IN_FLIGHT = 16
 class Artifacts:
     model_uri: str
     output_uri: str
-
-
-def output_uri(request: dict[str, Any], name: str) -> str:
-    """`<S3OutputPath>/<TrainingJobName>/output/<name>`."""
-    base = request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
-    return f"{base}/{request['TrainingJobName']}/output/{name}"
-
-
-def model_uri(request: dict[str, Any]) -> str:
-    """ModelArtifacts.S3ModelArtifacts: the archive, or the folder when uncompressed."""
-    if request["OutputDataConfig"].get("CompressionType") == "NONE":
-        return output_uri(request, "model/")
-    return output_uri(request, "model.tar.gz")
-
-
-def output_prefix(request: dict[str, Any], store: StoreSettings) -> Location:
-    return resolve(output_uri(request, ""), store)
 
 
 def pack(folders: Sequence[Path], archive: Path) -> None:
@@ -108,9 +89,10 @@ HostPart = tuple[HostSpec, jobtree.HostTree]
 
 
 def upload_artifacts(hosts: Sequence[HostPart], staging: Path, emit: Emit) -> Artifacts:
-    request = hosts[0][0].request
-    destination = output_prefix(request, hosts[0][0].store)
-    compressed = request["OutputDataConfig"].get("CompressionType", "GZIP") != "NONE"
+    first = hosts[0][0]
+    output = first.plan.output
+    destination = resolve(output.prefix, first.store)
+    compressed = output.compressed
     with _opened(hosts, MODEL, emit) as models, _opened(hosts, OUTPUT_DATA, emit) as outputs:
         uploads: list[tuple[Path, Location]] = []
         if compressed:
@@ -123,7 +105,7 @@ def upload_artifacts(hosts: Sequence[HostPart], staging: Path, emit: Emit) -> Ar
         meter = ProgressMeter("Uploading", total, emit)
         asyncio.run(_upload_all(uploads, files, meter.add))
     meter.finish()
-    return Artifacts(model_uri(request), output_uri(request, "output.tar.gz"))
+    return Artifacts(output.model_uri, output.uri("output.tar.gz"))
 
 
 @contextlib.contextmanager

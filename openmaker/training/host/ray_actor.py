@@ -177,8 +177,8 @@ class HostActor:
                 tar.extractall(target, filter="tar")
             archive.unlink()
         # No checkpoints of its own: only its output folders are read here.
-        request = {k: v for k, v in spec.request.items() if k != "CheckpointConfig"}
-        copy_spec = dataclasses.replace(spec, request=request, work_dir=work)
+        plan = dataclasses.replace(spec.plan, checkpoint=None)
+        copy_spec = dataclasses.replace(spec, plan=plan, work_dir=work)
         copy = TrainingHost(copy_spec, self._emit)
         copy.tree = HostTree(copy_spec)
         return copy

@@ -4,40 +4,76 @@ A listening socket keeps the namespace it was made in: one made by a thread that
 host's namespace takes connections there (the code's `127.0.0.1:9000`), while this process,
 in the machine's namespace, connects on to the real address (the embedded S3 endpoint). The
 code then sees the same URL it would see on the machine, and nothing else of its loopback.
+Datagrams are carried too, one question and its answer at a time (DNS over UDP to a resolver
+on the machine's loopback, such as systemd-resolved's 127.0.0.53).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import selectors
 import socket
 import threading
+import time
+from typing import Any
 
 BUFFER = 256 * 1024
+# Datagrams: the largest one, how long an answer is waited for, and how many questions may wait
+# at once (more are dropped, as a busy resolver would: the code cannot make this process pile up
+# sockets).
+DATAGRAM = 65535
+ANSWER_SECONDS = 10.0
+WAITING_AT_MOST = 256
 
 
 class Relay:
     def __init__(self) -> None:
         self._listeners: list[tuple[socket.socket, tuple[str, int]]] = []
+        # Each with the pair of sockets that wakes its thread when the relay closes.
+        self._datagrams: list[tuple[socket.socket, tuple[str, int], Waker]] = []
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._closed = False
+        self._closed = self._started = False
 
     def listen(self, address: tuple[str, int], target: tuple[str, int]) -> None:
         """Listen on `address` in the calling thread's network namespace, for `target`."""
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener = socket.socket(_family(address[0]), socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
         listener.listen(64)
         self._listeners.append((listener, target))
 
+    def listen_datagrams(self, address: tuple[str, int], target: tuple[str, int]) -> None:
+        """Take datagrams on `address` in the calling thread's network namespace; each is sent
+        on to `target` from a socket of its own, whose answer goes back to its sender."""
+        listener = socket.socket(_family(address[0]), socket.SOCK_DGRAM)
+        try:
+            listener.bind(address)
+        except OSError:
+            listener.close()
+            raise
+        self._datagrams.append((listener, target, Waker()))
+
     def start(self) -> None:
         for listener, target in self._listeners:
             threading.Thread(target=self._accept, args=(listener, target), daemon=True).start()
+        for listener, target, waker in self._datagrams:
+            threading.Thread(
+                target=self._answer, args=(listener, target, waker), daemon=True
+            ).start()
+        self._started = True
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             sockets = [listener for listener, _ in self._listeners] + list(self._open)
+        for listener, _, waker in self._datagrams:
+            if self._started:
+                waker.wake()  # the thread closes its own sockets
+            else:
+                listener.close()
+                waker.close()
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept or recv
@@ -71,6 +107,82 @@ class Relay:
             self._open.difference_update((inside, outside))
         inside.close()
         outside.close()
+
+    def _answer(self, listener: socket.socket, target: tuple[str, int], waker: Waker) -> None:
+        """Carry each question to `target` and its answer back, until the relay closes."""
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(waker.woken, selectors.EVENT_READ)
+        waiting: dict[socket.socket, tuple[Any, float]] = {}
+        try:
+            while True:
+                ready = selector.select(timeout=ANSWER_SECONDS)
+                for key, _ in ready:
+                    if key.fileobj is waker.woken:
+                        return
+                    if key.fileobj is listener:
+                        self._ask(listener, target, selector, waiting)
+                        continue
+                    upstream = key.fileobj
+                    assert isinstance(upstream, socket.socket)
+                    sender, _ = waiting.pop(upstream)
+                    selector.unregister(upstream)
+                    with contextlib.suppress(OSError):
+                        listener.sendto(upstream.recv(DATAGRAM), sender)
+                    upstream.close()
+                now = time.monotonic()
+                for upstream, (_, deadline) in list(waiting.items()):
+                    if deadline < now:  # unanswered: the asker retries as it would anyway
+                        del waiting[upstream]
+                        selector.unregister(upstream)
+                        upstream.close()
+        finally:
+            for upstream in waiting:
+                upstream.close()
+            selector.close()
+            listener.close()
+            waker.close()
+
+    @staticmethod
+    def _ask(
+        listener: socket.socket,
+        target: tuple[str, int],
+        selector: selectors.BaseSelector,
+        waiting: dict[socket.socket, tuple[Any, float]],
+    ) -> None:
+        try:
+            question, sender = listener.recvfrom(DATAGRAM)
+        except OSError:
+            return
+        if len(waiting) >= WAITING_AT_MOST:
+            return
+        upstream = socket.socket(_family(target[0]), socket.SOCK_DGRAM)
+        try:
+            upstream.connect(target)
+            upstream.send(question)
+        except OSError:
+            upstream.close()
+            return
+        waiting[upstream] = (sender, time.monotonic() + ANSWER_SECONDS)
+        selector.register(upstream, selectors.EVENT_READ)
+
+
+class Waker:
+    """A pair of sockets: the one end is readable once the other is woken (closed)."""
+
+    def __init__(self) -> None:
+        self.woken, self._end = socket.socketpair()
+
+    def wake(self) -> None:
+        self._end.close()
+
+    def close(self) -> None:
+        self._end.close()
+        self.woken.close()
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
 
 
 def _copy(source: socket.socket, sink: socket.socket) -> None:

@@ -1,4 +1,4 @@
-"""One host of one job: fetch its inputs, run the code, report.
+"""One host of one job: fetch its inputs (`prepare_inputs`), run the code (`run_code`), report.
 
 The host's own state (its tree's handles, its volume, its live inputs) is given by its owner,
 training_host.py. Each phase reports through `emit`; the job turns the events into state.
@@ -10,7 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from openmaker.shapes.distribution import MPIRUN, strategy_of
+from openmaker.shapes.distribution import MPIRUN
 from openmaker.store import StoreError, UnsafeKeyError
 from openmaker.training.host.channels.download import (
     ChannelError,
@@ -24,12 +24,6 @@ from openmaker.training.host.container import plan_launch, sandbox_unavailable_r
 from openmaker.training.host.disk import disk_full_reason
 from openmaker.training.host.environment import container_environment
 from openmaker.training.host.events import Emit, LogLines, StatusChanged
-from openmaker.training.host.execute import (
-    DEFAULT_GRACE_SECONDS,
-    FAILURE_REASON_LIMIT,
-    StopControl,
-    run_process,
-)
 from openmaker.training.host.images import TRAIN, Image, ImageError, resolve_image
 from openmaker.training.host.jobtree import HostTree, read_text_head
 from openmaker.training.host.metrics import metric_emitter
@@ -39,6 +33,8 @@ from openmaker.training.host.script_error import ErrorCapture
 from openmaker.training.host.source_code import SourceError, install_source
 from openmaker.training.host.spec import HostSpec
 from openmaker.training.host.ssh import SshError, prepare_ssh, require_port_22, runs_sdk3_mpi_driver
+from openmaker.training.host.stop import StopControl, StopReason
+from openmaker.training.host.supervise import DEFAULT_GRACE_SECONDS, FAILURE_REASON_LIMIT, supervise
 from openmaker.training.host.volume import Volume
 
 
@@ -53,7 +49,7 @@ class HostFailed(Exception):
 @dataclass(frozen=True)
 class HostResult:
     exit_code: int
-    stopped: str | None
+    stopped: StopReason | None
     # FailureReason when the code failed, from the failure file or the exit status.
     failure: str | None
     # What killed the host from outside the job, as when an instance fails (then no failure:
@@ -61,7 +57,7 @@ class HostResult:
     outside: str | None = None
 
 
-def prepare(
+def prepare_inputs(
     spec: HostSpec, tree: HostTree, volume: Volume, emit: Emit, stop: StopControl | None = None
 ) -> HostInputs | None:
     """Fetch the host's inputs into its tree; the live ones (Pipe streamers, FastFile mounts)
@@ -80,7 +76,7 @@ def prepare(
         raise HostFailed(full or f"ClientError: {exc}") from None
 
 
-def execute(
+def run_code(
     spec: HostSpec,
     tree: HostTree,
     volume: Volume,
@@ -89,11 +85,10 @@ def execute(
     stop: StopControl,
     grace: float = DEFAULT_GRACE_SECONDS,
 ) -> HostResult:
-    algorithm = spec.request["AlgorithmSpecification"]
+    command = spec.plan.command
     try:
-        image = resolve_image(
-            algorithm["TrainingImage"], algorithm, spec.request.get("HyperParameters")
-        )
+        # Here, on the host's machine: a local image is a folder of this machine.
+        image = resolve_image(command.image, bool(command.entrypoint), command.hyperparameters)
     except ImageError as exc:
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
@@ -104,23 +99,23 @@ def execute(
         raise HostFailed(f"ClientError: {exc}") from None
     env = container_environment(spec, image)
     try:
-        launch = plan_launch(spec, image, image.command(TRAIN, algorithm), env, volume)
+        argv = image.command(TRAIN, command.entrypoint, command.arguments)
+        launch = plan_launch(spec, image, argv, env, volume)
     except NetworkError as exc:
         inputs.stop()
         raise HostFailed(f"InternalServerError: {exc}") from None
     emit(StatusChanged("Training", f"{image.description}; {launch.note}"))
     if notes := opening_lines(spec, image):
         emit(LogLines(spec.host_name, int(time.time() * 1000), notes, sum(map(len, notes))))
-    stopping = spec.request.get("StoppingCondition") or {}
-    max_runtime = stopping.get("MaxRuntimeInSeconds")
-    inputs.on_failure(lambda _: stop.request("Failed"))
-    logs = metric_emitter(algorithm.get("MetricDefinitions"), emit)
+    max_runtime = spec.plan.limits.max_runtime_seconds
+    inputs.on_failure(lambda _: stop.request(StopReason.FAILED))
+    logs = metric_emitter(command.metric_definitions, emit)
     script_error = ErrorCapture(logs)
     if image.program_dir is None:  # script mode: the toolkit's failure file, to fill in
         logs = script_error
     sync = CheckpointSync.start_for(spec, tree, emit)
     try:
-        result = run_process(launch, spec.host_name, logs, stop, max_runtime, grace)
+        result = supervise(launch, spec.host_name, logs, stop, max_runtime, grace)
     finally:
         if launch.namespace is not None:
             launch.namespace.close()
@@ -143,7 +138,7 @@ def _prepare_distribution(spec: HostSpec, tree: HostTree, image: Image) -> None:
         if not runs_sdk3_mpi_driver(tree):
             return
         require_port_22(spec)
-    elif strategy_of(spec.request.get("HyperParameters")).launcher != MPIRUN:
+    elif spec.plan.command.distribution.launcher != MPIRUN:
         return
     reason = sandbox_unavailable_reason(spec.settings)
     if reason is not None:

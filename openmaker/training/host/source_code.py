@@ -34,7 +34,7 @@ def submit_directory(hyperparameters: dict[str, str]) -> str | None:
 
 
 def install_source(spec: HostSpec) -> None:
-    uri = submit_directory(spec.request.get("HyperParameters") or {})
+    uri = submit_directory(spec.plan.command.hyperparameters)
     if uri is None or uri.startswith("/opt/ml/"):
         return
     code_dir = spec.ml_dir / "code"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from openmaker.settings import (
     StoreSettings,
 )
 from openmaker.training.host.network import JobNetwork
+from openmaker.training.host.plan import TrainingPlan
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class HostResources:
 class HostSpec:
     job_name: str
     job_arn: str
-    request: dict[str, Any]
+    # What the job asks of this host (built from the request by openmaker/training/plan.py).
+    plan: TrainingPlan
     host_name: str
     hosts: list[str]
     region: str
@@ -103,12 +106,7 @@ class HostSpec:
 
     @property
     def instance_type(self) -> str:
-        return str(self.request["ResourceConfig"]["InstanceType"])
-
-    def input_mode(self, channel: dict[str, Any]) -> str:
-        """A channel's own InputMode overrides the job's TrainingInputMode."""
-        default = self.request["AlgorithmSpecification"]["TrainingInputMode"]
-        return str(channel.get("InputMode") or default)
+        return self.plan.limits.instance_type
 
     def to_json(self) -> dict[str, Any]:
         """The spec as JSON values (for a host on another machine)."""
@@ -124,6 +122,7 @@ class HostSpec:
         return cls(
             **{
                 **data,
+                "plan": TrainingPlan.from_json(data["plan"]),
                 "settings": HostSettings(
                     **{
                         **settings,
@@ -151,7 +150,9 @@ class HostSpec:
 
 
 def _plain(value: object) -> object:
-    """`value` (dataclasses.asdict's) with paths as strings and tuples as lists."""
+    """`value` (dataclasses.asdict's) with paths as strings, tuples as lists, enums as values."""
+    if isinstance(value, StrEnum):
+        return value.value
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

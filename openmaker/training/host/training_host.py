@@ -29,13 +29,13 @@ from openmaker.training.host.channels.inputs import HostInputs
 from openmaker.training.host.checkpoints.transfer import save_checkpoints
 from openmaker.training.host.disk import disk_full_reason
 from openmaker.training.host.events import Emit
-from openmaker.training.host.execute import StopControl
 from openmaker.training.host.jobtree import HostTree
 from openmaker.training.host.layout import create_tree
 from openmaker.training.host.limits import oom_killed, release
 from openmaker.training.host.outputs import Artifacts, upload_artifacts
-from openmaker.training.host.run import HostFailed, HostResult, execute, prepare
+from openmaker.training.host.run import HostFailed, HostResult, prepare_inputs, run_code
 from openmaker.training.host.spec import HostSpec
+from openmaker.training.host.stop import StopControl, StopReason
 from openmaker.training.host.system_metrics import sampling
 from openmaker.training.host.volume import Volume, VolumeError, attach, detach, full_reason
 
@@ -45,6 +45,7 @@ __all__ = [
     "HostResult",
     "OutputsFailed",
     "StopControl",
+    "StopReason",
     "TrainingHost",
     "upload_outputs",
 ]
@@ -83,12 +84,12 @@ class TrainingHost:
             create_tree(self.spec)
             # Handles on the tree, taken before the code can change anything in it.
             self.tree = HostTree(self.spec)
-            self.inputs = prepare(self.spec, self.tree, self.volume, self.emit, stop)
+            self.inputs = prepare_inputs(self.spec, self.tree, self.volume, self.emit, stop)
         except VolumeError as exc:
-            stop.request("Failed")
+            stop.request(StopReason.FAILED)
             raise HostFailed(exc.reason) from None
         except HostFailed:
-            stop.request("Failed")
+            stop.request(StopReason.FAILED)
             raise
 
     def run(self, stop: StopControl) -> HostResult:
@@ -98,7 +99,7 @@ class TrainingHost:
         assert self.tree is not None and self.volume is not None and self.inputs is not None
         try:
             with sampling(self.spec, self.emit):
-                result = execute(
+                result = run_code(
                     self.spec,
                     self.tree,
                     self.volume,
@@ -110,7 +111,7 @@ class TrainingHost:
         except HostFailed as exc:
             result = HostResult(-1, None, exc.reason)
         if result.failure:
-            stop.request("Failed")  # the other hosts of a failed job are stopped
+            stop.request(StopReason.FAILED)  # the other hosts of a failed job are stopped
         return self._diagnosed(result)
 
     def finish(self) -> None:

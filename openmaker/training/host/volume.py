@@ -31,7 +31,6 @@ from openmaker.training.host.spec import HostSpec
 
 GIB = 1024**3
 IMAGE_NAME = "volume.img"
-DEFAULT_SIZE_GB = 30
 # Kept free on openmaker's disk for its database, logs and output archives.
 RESERVE_BYTES = GIB
 # A volume with less free than this when its code ends was filled by it.
@@ -66,10 +65,6 @@ class Volume:
         return self.guard is not None
 
 
-def requested_gb(spec: HostSpec) -> int:
-    return int(spec.request.get("ResourceConfig", {}).get("VolumeSizeInGB") or DEFAULT_SIZE_GB)
-
-
 def attach(spec: HostSpec) -> Volume:
     """Make the host's folder its volume (or say why it cannot be one); the caller (the host)
     keeps it and detaches it when it ends."""
@@ -77,8 +72,8 @@ def attach(spec: HostSpec) -> Volume:
     folder.mkdir(parents=True, exist_ok=True)
     reason = _unavailable_reason()
     if reason is None:
-        return _mount(folder, requested_gb(spec), spec.settings.jobs_dir)
-    return Volume(folder, requested_gb(spec), _unlimited_note(reason))
+        return _mount(folder, spec.plan.limits.volume_size_gb, spec.settings.jobs_dir)
+    return Volume(folder, spec.plan.limits.volume_size_gb, _unlimited_note(reason))
 
 
 def detach(volume: Volume) -> None:

@@ -13,8 +13,9 @@ from typing import Any
 
 from openmaker.store import Download, StoreError, download_all, safe_destination
 from openmaker.store.transfer import OBJECTS_IN_FLIGHT
-from openmaker.training.host.channels.objects import ChannelError, for_host, list_channel, source_of
+from openmaker.training.host.channels.objects import ChannelError, for_host, list_channel
 from openmaker.training.host.events import Emit
+from openmaker.training.host.plan import ChannelPlan, DataType, InputMode
 from openmaker.training.host.progress import ProgressMeter
 from openmaker.training.host.spec import HostSpec
 
@@ -27,13 +28,12 @@ __all__ = [
 ]
 
 
-async def plan_channel(spec: HostSpec, channel: dict[str, Any]) -> list[Download]:
+async def plan_channel(spec: HostSpec, channel: ChannelPlan) -> list[Download]:
     """The objects this host gets for `channel`, each with a destination inside its folder."""
-    name = channel["ChannelName"]
-    if source_of(channel)["S3DataType"] not in ("S3Prefix", "ManifestFile"):
+    name = channel.name
+    if channel.data_type not in (DataType.PREFIX, DataType.MANIFEST):
         raise ChannelError(
-            f"channel {name!r}: S3DataType {source_of(channel)['S3DataType']} is not supported "
-            "in File mode"
+            f"channel {name!r}: S3DataType {channel.data_type} is not supported in File mode"
         )
     root = spec.ml_dir / "input" / "data" / name
     objects = for_host(spec, channel, await list_channel(spec, channel))
@@ -42,8 +42,8 @@ async def plan_channel(spec: HostSpec, channel: dict[str, Any]) -> list[Download
     ]
 
 
-def file_channels(spec: HostSpec) -> list[dict[str, Any]]:
-    return [c for c in spec.request.get("InputDataConfig") or [] if spec.input_mode(c) == "File"]
+def file_channels(spec: HostSpec) -> list[ChannelPlan]:
+    return spec.plan.channels_in(InputMode.FILE)
 
 
 class DownloadStopped(Exception):
@@ -77,17 +77,17 @@ async def _until_stopped(work: Coroutine[Any, Any, int], stopped: Callable[[], b
 async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     channels = file_channels(spec)
     for channel in channels:
-        (spec.ml_dir / "input" / "data" / channel["ChannelName"]).mkdir(parents=True, exist_ok=True)
+        (spec.ml_dir / "input" / "data" / channel.name).mkdir(parents=True, exist_ok=True)
     plans = await asyncio.gather(*(plan_channel(spec, c) for c in channels))
     total = sum(d.size for plan in plans for d in plan)
     meter = ProgressMeter("Downloading", total, emit)
     in_flight = max(8, OBJECTS_IN_FLIGHT // max(1, len(channels)))
 
-    async def fetch(channel: dict[str, Any], plan: list[Download]) -> None:
+    async def fetch(channel: ChannelPlan, plan: list[Download]) -> None:
         try:
             await download_all(plan, meter.add, in_flight)
         except StoreError as exc:
-            raise ChannelError(f"channel {channel['ChannelName']!r}: {exc}") from None
+            raise ChannelError(f"channel {channel.name!r}: {exc}") from None
 
     await asyncio.gather(*(fetch(c, p) for c, p in zip(channels, plans, strict=True)))
     meter.finish()

@@ -19,14 +19,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 from openmaker.settings import process_environment
 from openmaker.store import StoreError, resolve, split_s3_uri
 from openmaker.tools import find_tool
 from openmaker.training.host.channels.next_file import NextFilePrefetch
-from openmaker.training.host.channels.objects import ChannelError, for_host, list_channel, source_of
+from openmaker.training.host.channels.objects import ChannelError, for_host, list_channel
+from openmaker.training.host.plan import ChannelPlan, InputMode
 from openmaker.training.host.spec import HostSpec
 
 CONTAINER_DATA = "/opt/ml/input/data"
@@ -50,23 +50,21 @@ exit $status
 """
 
 
-def fastfile_channels(spec: HostSpec) -> list[dict[str, Any]]:
-    return [
-        c for c in spec.request.get("InputDataConfig") or [] if spec.input_mode(c) == "FastFile"
-    ]
+def fastfile_channels(spec: HostSpec) -> list[ChannelPlan]:
+    return spec.plan.channels_in(InputMode.FAST_FILE)
 
 
-def channel_folder(spec: HostSpec, channel: dict[str, Any]) -> Path:
-    return spec.ml_dir / "input" / "data" / channel["ChannelName"]
+def channel_folder(spec: HostSpec, channel: ChannelPlan) -> Path:
+    return spec.ml_dir / "input" / "data" / channel.name
 
 
-def mount_folder(spec: HostSpec, channel: dict[str, Any], sandboxed: bool) -> Path:
+def mount_folder(spec: HostSpec, channel: ChannelPlan, sandboxed: bool) -> Path:
     """Where the channel's rclone mount goes. Sandboxed, outside the tree the code may change
     and bound into it: the mount is later unmounted by this path (by rclone and its guard),
     which must not lead through a link the code planted."""
     if not sandboxed:
         return channel_folder(spec, channel)
-    return spec.work_dir / "fastfile" / channel["ChannelName"]
+    return spec.work_dir / "fastfile" / channel.name
 
 
 def local_folder(spec: HostSpec, uri: str) -> Path | None:
@@ -80,23 +78,18 @@ def local_folder(spec: HostSpec, uri: str) -> Path | None:
     return Path(unquote(parsed.path) if parsed.scheme == "file" else uri).absolute()
 
 
-def is_bound(spec: HostSpec, channel: dict[str, Any], sandboxed: bool) -> bool:
+def is_bound(spec: HostSpec, channel: ChannelPlan, sandboxed: bool) -> bool:
     """Whole local folders are bound into the sandbox; everything else is an rclone mount."""
-    source = source_of(channel)
-    return (
-        sandboxed
-        and source.get("S3DataDistributionType", "FullyReplicated") == "FullyReplicated"
-        and local_folder(spec, source["S3Uri"]) is not None
-    )
+    return sandboxed and not channel.sharded and local_folder(spec, channel.uri) is not None
 
 
 def sandbox_binds(spec: HostSpec, sandboxed: bool = True) -> list[tuple[str, str]]:
     """(host folder, container folder) to bind read-only into the sandbox, after /opt/ml."""
     binds = []
     for channel in fastfile_channels(spec):
-        target = f"{CONTAINER_DATA}/{channel['ChannelName']}"
+        target = f"{CONTAINER_DATA}/{channel.name}"
         if is_bound(spec, channel, sandboxed):
-            folder = local_folder(spec, source_of(channel)["S3Uri"])
+            folder = local_folder(spec, channel.uri)
             binds.append((str(folder), target))
         else:
             binds.append((str(mount_folder(spec, channel, sandboxed)), target))
@@ -156,19 +149,18 @@ def mount_channels(spec: HostSpec, sandboxed: bool) -> list[Mount]:
     return mounts
 
 
-def _check_local(spec: HostSpec, channel: dict[str, Any]) -> None:
-    uri = source_of(channel)["S3Uri"]
+def _check_local(spec: HostSpec, channel: ChannelPlan) -> None:
+    uri = channel.uri
     folder = local_folder(spec, uri)
     if folder is None or not folder.is_dir() or not any(folder.iterdir()):
         raise ChannelError(
-            f"channel {channel['ChannelName']!r}: no objects found under {uri}; FastFile shows "
+            f"channel {channel.name!r}: no objects found under {uri}; FastFile shows "
             "a folder, so the URI must name one that holds data"
         )
 
 
-def _start_mount(spec: HostSpec, channel: dict[str, Any], folder: Path) -> Mount:
-    name = channel["ChannelName"]
-    uri = source_of(channel)["S3Uri"]
+def _start_mount(spec: HostSpec, channel: ChannelPlan, folder: Path) -> Mount:
+    name, uri = channel.name, channel.uri
     remote, env = _remote(spec, uri)
     argv = [
         # mount2 (go-fuse) rather than mount: reading 4 GiB through it took half the CPU time.
@@ -180,7 +172,7 @@ def _start_mount(spec: HostSpec, channel: dict[str, Any], folder: Path) -> Mount
         # without a cache (--vfs-cache-mode off) took more CPU time, not less.
         "--vfs-cache-mode", "full",
         "--cache-dir", str(spec.work_dir / "fastfile-cache"),
-        "--vfs-cache-max-size", f"{_volume_gib(spec)}G",
+        "--vfs-cache-max-size", f"{spec.plan.limits.volume_size_gb}G",
         "--vfs-cache-min-free-space", "1G",
         # rclone applies those limits only when it looks (every minute by default): a job
         # reading 1.5 GiB through a 1 GB volume filled it, rclone's writes failing for lack of
@@ -226,41 +218,36 @@ def _start_mount(spec: HostSpec, channel: dict[str, Any], folder: Path) -> Mount
     return Mount(folder, guard, control)
 
 
-def _wait_until_mounted(spec: HostSpec, channel: dict[str, Any], mount: Mount) -> None:
-    name = channel["ChannelName"]
+def _wait_until_mounted(spec: HostSpec, channel: ChannelPlan, mount: Mount) -> None:
+    name = channel.name
     deadline = time.monotonic() + MOUNT_WAIT_SECONDS
     while not is_mounted(mount.mountpoint):
         if mount.guard.poll() is not None or time.monotonic() > deadline:
             mount.unmount()
             log = _log_tail(spec.work_dir / f"rclone-{name}.log")
-            uri = source_of(channel)["S3Uri"]
-            raise ChannelError(f"channel {name!r}: cannot mount {uri} for FastFile: {log}")
+            raise ChannelError(
+                f"channel {name!r}: cannot mount {channel.uri} for FastFile: {log}"
+            )
         time.sleep(0.01)
     _check_not_empty(channel, mount)
     mount.prefetch = NextFilePrefetch(mount.mountpoint)
     mount.prefetch.start()
 
 
-def _volume_gib(spec: HostSpec) -> int:
-    """The instance's ML storage volume (ResourceConfig.VolumeSizeInGB; 30 when absent)."""
-    return int(spec.request.get("ResourceConfig", {}).get("VolumeSizeInGB") or 30)
-
-
-def _check_not_empty(channel: dict[str, Any], mount: Mount) -> None:
+def _check_not_empty(channel: ChannelPlan, mount: Mount) -> None:
     """SageMaker refuses an empty channel. Listing through the mount fills rclone's directory
     cache, which the code's own listing then reuses."""
-    uri = source_of(channel)["S3Uri"]
+    uri = channel.uri
     try:
         with os.scandir(mount.mountpoint) as entries:
             empty = next(entries, None) is None
     except OSError as exc:
         mount.unmount()
-        name = channel["ChannelName"]
-        raise ChannelError(f"channel {name!r}: cannot read {uri}: {exc}") from None
+        raise ChannelError(f"channel {channel.name!r}: cannot read {uri}: {exc}") from None
     if empty:
         mount.unmount()
         raise ChannelError(
-            f"channel {channel['ChannelName']!r}: no objects found under {uri}; FastFile shows "
+            f"channel {channel.name!r}: no objects found under {uri}; FastFile shows "
             "a folder, so the URI must name one that holds objects"
         )
 
@@ -290,19 +277,18 @@ def _remote(spec: HostSpec, uri: str) -> tuple[str, dict[str, str]]:
     return f"{_REMOTE}:{bucket}/{key}" if key else f"{_REMOTE}:{bucket}", env
 
 
-def _shard_list(spec: HostSpec, channel: dict[str, Any]) -> Path | None:
+def _shard_list(spec: HostSpec, channel: ChannelPlan) -> Path | None:
     """For ShardedByS3Key, a file naming this host's objects (paths in the mounted folder)."""
-    source = source_of(channel)
-    if source.get("S3DataDistributionType") != "ShardedByS3Key":
+    if not channel.sharded:
         return None
     try:
         objects = for_host(spec, channel, asyncio.run(list_channel(spec, channel)))
     except StoreError as exc:
-        raise ChannelError(f"channel {channel['ChannelName']!r}: {exc}") from None
-    location = resolve(source["S3Uri"], spec.store)
+        raise ChannelError(f"channel {channel.name!r}: {exc}") from None
+    location = resolve(channel.uri, spec.store)
     folder_key = location.key.strip("/")
     cut = len(folder_key) + 1 if folder_key else 0
-    path = spec.work_dir / f"shard-{channel['ChannelName']}.txt"
+    path = spec.work_dir / f"shard-{channel.name}.txt"
     path.write_text("".join(o.key[cut:] + "\n" for o in objects if o.key.startswith(folder_key)))
     return path
 

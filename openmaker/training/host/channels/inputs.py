@@ -13,13 +13,13 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from openmaker.training.host.channels import fastfile
 from openmaker.training.host.channels.pipe import PipePlan, PipeStreamer, pipe_channels, plan_pipe
 from openmaker.training.host.container import sandbox_unavailable_reason
 from openmaker.training.host.events import Emit
 from openmaker.training.host.jobtree import HostTree
+from openmaker.training.host.plan import ChannelPlan
 from openmaker.training.host.spec import HostSpec
 
 
@@ -70,5 +70,5 @@ def start_inputs(spec: HostSpec, tree: HostTree, emit: Emit) -> HostInputs:
     return inputs
 
 
-async def _plan_all(spec: HostSpec, channels: list[dict[str, Any]]) -> list[PipePlan]:
+async def _plan_all(spec: HostSpec, channels: list[ChannelPlan]) -> list[PipePlan]:
     return list(await asyncio.gather(*(plan_pipe(spec, c) for c in channels)))

@@ -32,6 +32,7 @@ from openmaker.store.manifest import (
 )
 from openmaker.training.host.channels.sharding import shard
 from openmaker.training.host.channels.shuffle import shuffled
+from openmaker.training.host.plan import ChannelPlan, DataType
 from openmaker.training.host.spec import HostSpec
 
 T = TypeVar("T")
@@ -56,24 +57,19 @@ class ChannelObject:
 AugmentedLine = list[ChannelObject | bytes]
 
 
-def source_of(channel: dict[str, Any]) -> dict[str, Any]:
-    return channel["DataSource"]["S3DataSource"]
-
-
-async def list_channel(spec: HostSpec, channel: dict[str, Any]) -> list[ChannelObject]:
+async def list_channel(spec: HostSpec, channel: ChannelPlan) -> list[ChannelObject]:
     """Every object of an S3Prefix or ManifestFile channel, in the channel's own order."""
-    name = channel["ChannelName"]
-    source = source_of(channel)
+    name, uri = channel.name, channel.uri
     root = spec.ml_dir / "input" / "data" / name
     try:
-        location = resolve(source["S3Uri"], spec.store)
-        if source["S3DataType"] == "ManifestFile":
-            prefix_uri, relatives = parse_manifest(await read_object(location), source["S3Uri"])
+        location = resolve(uri, spec.store)
+        if channel.data_type == DataType.MANIFEST:
+            prefix_uri, relatives = parse_manifest(await read_object(location), uri)
             # Check every path before looking anything up: a crafted entry reads and writes
             # nothing.
-            check_reference(source["S3Uri"], prefix_uri)
+            check_reference(uri, prefix_uri)
             for relative in relatives:
-                check_entry(source["S3Uri"], relative)
+                check_entry(uri, relative)
                 safe_destination(root, relative)
             prefix = resolve(prefix_uri, spec.store)
             return [
@@ -84,11 +80,11 @@ async def list_channel(spec: HostSpec, channel: dict[str, Any]) -> list[ChannelO
         if not objects:
             # SageMaker refuses an empty channel too, rather than train on nothing.
             raise ChannelError(
-                f"channel {name!r}: no objects found under {source['S3Uri']}; check that "
+                f"channel {name!r}: no objects found under {uri}; check that "
                 "the bucket exists and that objects exist under that prefix"
             )
         # A local folder's key ends in "/" where its URI may not.
-        base = source["S3Uri"]
+        base = uri
         if location.key.endswith("/") and not base.endswith("/"):
             base += "/"
         found = []
@@ -101,25 +97,24 @@ async def list_channel(spec: HostSpec, channel: dict[str, Any]) -> list[ChannelO
     except UnsafeKeyError as exc:
         raise ChannelError(f"channel {name!r}: {exc}") from None
     except StoreError as exc:
-        raise ChannelError(f"channel {name!r}: cannot read {source['S3Uri']}: {exc}") from None
+        raise ChannelError(f"channel {name!r}: cannot read {uri}: {exc}") from None
 
 
-async def augmented_lines(spec: HostSpec, channel: dict[str, Any]) -> list[AugmentedLine]:
-    """The lines of an AugmentedManifestFile channel, each as its AttributeNames' values."""
-    name = channel["ChannelName"]
-    source = source_of(channel)
+async def augmented_lines(spec: HostSpec, channel: ChannelPlan) -> list[AugmentedLine]:
+    """The lines of an augmented manifest channel, each as its attributes' values."""
+    name, uri = channel.name, channel.uri
     try:
-        data = await read_object(resolve(source["S3Uri"], spec.store))
-        parsed = parse_augmented_manifest(data, source["S3Uri"], source["AttributeNames"])
+        data = await read_object(resolve(uri, spec.store))
+        parsed = parse_augmented_manifest(data, uri, list(channel.attribute_names))
         for line in parsed:  # every reference checked before any is read
             for value in line:
                 if not isinstance(value, bytes):
-                    check_reference(source["S3Uri"], value[1])
+                    check_reference(uri, value[1])
         return [[_value(spec, value) for value in line] for line in parsed]
     except UnsafeKeyError as exc:
         raise ChannelError(f"channel {name!r}: {exc}") from None
     except StoreError as exc:
-        raise ChannelError(f"channel {name!r}: cannot read {source['S3Uri']}: {exc}") from None
+        raise ChannelError(f"channel {name!r}: cannot read {uri}: {exc}") from None
 
 
 def _value(spec: HostSpec, value: AttributeValue) -> ChannelObject | bytes:
@@ -130,7 +125,7 @@ def _value(spec: HostSpec, value: AttributeValue) -> ChannelObject | bytes:
 
 
 def for_host(
-    spec: HostSpec, channel: dict[str, Any], items: Sequence[T], epoch: int = 0
+    spec: HostSpec, channel: ChannelPlan, items: Sequence[T], epoch: int = 0
 ) -> list[T]:
     """This host's share of `items` (ShardedByS3Key), in this epoch's order (ShuffleConfig).
 
@@ -138,9 +133,9 @@ def for_host(
     as on SageMaker, a host's share changes from epoch to epoch; without one, sorted keys are
     dealt. Either way every item goes to exactly one host in every epoch.
     """
-    seed = (channel.get("ShuffleConfig") or {}).get("Seed")
-    mine = list(items) if seed is None else shuffled(items, int(seed), epoch)
-    if source_of(channel).get("S3DataDistributionType") == "ShardedByS3Key":
+    seed = channel.shuffle_seed
+    mine = list(items) if seed is None else shuffled(items, seed, epoch)
+    if channel.sharded:
         key = _shard_key(mine) if seed is None else None
         mine = shard(mine, spec.host_index, len(spec.hosts), key)
     return mine

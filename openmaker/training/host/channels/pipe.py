@@ -38,9 +38,9 @@ from openmaker.training.host.channels.objects import (
     augmented_lines,
     for_host,
     list_channel,
-    source_of,
 )
 from openmaker.training.host.events import Emit, LogLine
+from openmaker.training.host.plan import ChannelPlan, DataType, InputMode
 from openmaker.training.host.spec import HostSpec
 
 # How often the streamer looks for a reader (a FIFO cannot be opened for writing without one).
@@ -65,30 +65,30 @@ class PipePlan:
     """What one Pipe channel streams, fixed before the code starts."""
 
     name: str
-    channel: dict[str, Any]
+    channel: ChannelPlan
     # Objects (S3Prefix, ManifestFile) or augmented manifest lines, before sharding.
     items: list[ChannelObject] | list[AugmentedLine]
     gzip: bool
     recordio: bool
 
 
-def pipe_channels(spec: HostSpec) -> list[dict[str, Any]]:
-    return [c for c in spec.request.get("InputDataConfig") or [] if spec.input_mode(c) == "Pipe"]
+def pipe_channels(spec: HostSpec) -> list[ChannelPlan]:
+    return spec.plan.channels_in(InputMode.PIPE)
 
 
-async def plan_pipe(spec: HostSpec, channel: dict[str, Any]) -> PipePlan:
+async def plan_pipe(spec: HostSpec, channel: ChannelPlan) -> PipePlan:
     """List the channel now, so that a channel that cannot be read fails before the code runs."""
     items: list[ChannelObject] | list[AugmentedLine]
-    if source_of(channel)["S3DataType"] == "AugmentedManifestFile":
+    if channel.data_type == DataType.AUGMENTED_MANIFEST:
         items = await augmented_lines(spec, channel)
     else:
         items = await list_channel(spec, channel)
     return PipePlan(
-        name=channel["ChannelName"],
+        name=channel.name,
         channel=channel,
         items=items,
-        gzip=channel.get("CompressionType") == "Gzip",
-        recordio=channel.get("RecordWrapperType") == "RecordIO",
+        gzip=channel.gzip,
+        recordio=channel.recordio,
     )
 
 

@@ -41,7 +41,8 @@ from openmaker.training.host.jobtree import (
     regular_files,
     say_ignored,
 )
-from openmaker.training.host.layout import CONTAINER_ROOT, checkpoint_local_path
+from openmaker.training.host.layout import CONTAINER_ROOT
+from openmaker.training.host.plan import CheckpointPlan
 from openmaker.training.host.progress import ProgressMeter
 from openmaker.training.host.spec import HostSpec
 
@@ -51,9 +52,9 @@ UPLOADS_IN_FLIGHT = 8
 
 def checkpoint_dir(spec: HostSpec) -> Path | None:
     """The host folder behind LocalPath: inside the /opt/ml tree when LocalPath is under it."""
-    if not spec.request.get("CheckpointConfig"):
+    if spec.plan.checkpoint is None:
         return None
-    local = PurePosixPath(checkpoint_local_path(spec))
+    local = PurePosixPath(spec.plan.checkpoint.local_path)
     if ".." in local.parts:
         # Joined to the host's folder, it would name a folder of the machine.
         raise UnsafeKeyError(f"CheckpointConfig.LocalPath {local} must not contain '..'")
@@ -62,8 +63,14 @@ def checkpoint_dir(spec: HostSpec) -> Path | None:
     return spec.work_dir / "checkpoints"
 
 
+def checkpoint_plan(spec: HostSpec) -> CheckpointPlan:
+    """The job's checkpoints (of a job that has them)."""
+    assert spec.plan.checkpoint is not None
+    return spec.plan.checkpoint
+
+
 def checkpoint_remote(spec: HostSpec) -> Location:
-    uri = spec.request["CheckpointConfig"]["S3Uri"]
+    uri = checkpoint_plan(spec).uri
     location = resolve(uri, spec.store)
     # A checkpoint URI names a folder: `s3://b/ckpt` must not pick up `s3://b/ckpt-old`.
     key = location.key if not location.key or location.key.endswith("/") else location.key + "/"
@@ -121,7 +128,7 @@ def restore_checkpoints(spec: HostSpec, emit: Emit) -> None:
     try:
         downloads = asyncio.run(restore())
     except StoreError as exc:
-        uri = spec.request["CheckpointConfig"]["S3Uri"]
+        uri = checkpoint_plan(spec).uri
         raise StoreError(f"cannot restore the checkpoints from {uri}: {exc}") from None
     restored = {d.key[len(remote.key) :]: signature(d.destination.lstat()) for d in downloads}
     Ledger(ledger_path(spec), restored).save()
@@ -219,7 +226,8 @@ def open_checkpoint_folder(spec: HostSpec, tree: HostTree, emit: Emit) -> int | 
         return None
     except NotAFolder as exc:
         # Walked from /opt/ml (LocalPath under it) or from LocalPath itself.
-        base = CONTAINER_ROOT if tree.checkpoint_anchor == tree.ml else checkpoint_local_path(spec)
+        outside = tree.checkpoint_anchor != tree.ml
+        base = checkpoint_plan(spec).local_path if outside else CONTAINER_ROOT
         relative = tree.checkpoint_path or ""
         consequence = "it is taken as empty: no checkpoint is uploaded from it"
         say_ignored(spec, emit, base, relative, exc, consequence)

@@ -1,13 +1,14 @@
-"""Running a host's code: logs line by line, the stopping condition, the exit status."""
+"""Supervising a host's running container: logs line by line, the time limit and stop
+requests, the exit status."""
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
 from openmaker.training.host.container import Launch
 from openmaker.training.host.events import Emit, LogLines
+from openmaker.training.host.stop import StopControl, StopReason
 from openmaker.training.host.volume import observe as observe_volume
 
 # SageMaker gives a stopped container 120 s between SIGTERM and SIGKILL.
@@ -15,34 +16,14 @@ DEFAULT_GRACE_SECONDS = 120.0
 FAILURE_REASON_LIMIT = 1024
 
 
-class StopControl:
-    """Set from outside (StopTrainingJob) or by the time limit; read by the running host."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason: str | None = None
-
-    def request(self, reason: str = "Stopped") -> None:
-        if not self._event.is_set():
-            self.reason = reason
-            self._event.set()
-
-    @property
-    def requested(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float) -> bool:
-        return self._event.wait(timeout)
-
-
 @dataclass(frozen=True)
 class Exit:
     code: int
-    # "Stopped" or "MaxRuntimeExceeded" when the code was stopped, else None.
-    stopped: str | None
+    # Why the code was stopped before its end, else None.
+    stopped: StopReason | None
 
 
-def run_process(
+def supervise(
     launch: Launch,
     host: str,
     emit: Emit,
@@ -62,7 +43,7 @@ def run_process(
     deadline = None if max_runtime is None else time.monotonic() + max_runtime
     while container.poll() is None:
         if deadline is not None and time.monotonic() >= deadline:
-            stop.request("MaxRuntimeExceeded")
+            stop.request(StopReason.MAX_RUNTIME_EXCEEDED)
         if stop.wait(0.05):
             break
     if container.poll() is None:

@@ -1,5 +1,7 @@
 """A job's own key to the S3 gate: made when the job starts, dead when it ends, and reaching only
-the places its request names (in the embedded store, or on the user's S3 server).
+the places its request names (in the embedded store, or on the user's S3 server). Which places
+those are is its kind's (openmaker/training/access.py for a training job); the worker mints and
+revokes the key, the API's S3 front checks it.
 
 Each key is a record, `$OPENMAKER_HOME/gate/keys/<key id>.json` (0600), that the endpoint's
 auth proxy (`openmaker.api.gate_proxy`) reads to answer with the key's secret and a backend
@@ -48,6 +50,15 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class Place:
+    """A place a job's request names: an S3 URI, a folder or a prefix, to read or to write."""
+
+    uri: str
+    is_folder: bool
+    write: bool
+
+
+@dataclass(frozen=True)
 class JobKey:
     access_key_id: str
     secret_access_key: str
@@ -82,23 +93,11 @@ def local_lister(store: Path) -> Lister:
     return entries
 
 
-def grants_for(request: dict[str, Any], lister: Lister) -> list[Grant]:
-    """What a job's code may reach: each channel's S3Uri (read), `<S3OutputPath>/<job>/` and
-    the checkpoint prefix (read-write). Places outside the object store (file://) are not
-    the endpoint's."""
-    wanted: list[tuple[str, bool, bool]] = []  # (uri, is a folder, write)
-    for channel in request.get("InputDataConfig") or []:
-        source = (channel.get("DataSource") or {}).get("S3DataSource") or {}
-        if source.get("S3Uri"):
-            wanted.append((source["S3Uri"], False, False))
-    output = (request.get("OutputDataConfig") or {}).get("S3OutputPath")
-    if output:
-        wanted.append((f"{output.rstrip('/')}/{request['TrainingJobName']}/", True, True))
-    checkpoint = (request.get("CheckpointConfig") or {}).get("S3Uri")
-    if checkpoint:
-        wanted.append((checkpoint, True, True))
+def grants_for(places: list[Place], lister: Lister) -> list[Grant]:
+    """What a job's code may reach of `places`. Places outside the object store (file://) are
+    not the endpoint's."""
     grants = []
-    for uri, is_folder, write in wanted:
+    for uri, is_folder, write in ((p.uri, p.is_folder, p.write) for p in places):
         parsed = urlparse(uri)
         if parsed.scheme != "s3" or not _safe_name(parsed.netloc):
             continue
@@ -144,7 +143,7 @@ def _merged(grants: list[Grant]) -> list[Grant]:
 def mint(
     home: Path,
     job_name: str,
-    request: dict[str, Any],
+    places: list[Place],
     upstream: S3Endpoint | None = None,
     retry_seconds: float = DEFAULT_RETRY_SECONDS,
 ) -> JobKey:
@@ -159,10 +158,10 @@ def mint(
     key = JobKey(KEY_PREFIX + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
     if upstream is not None:
         # No folders to link: the gate's front refuses the key once its record is gone.
-        grants = grants_for(request, partial(_s3_entries, upstream, retry_seconds))
+        grants = grants_for(places, partial(_s3_entries, upstream, retry_seconds))
         _write_record(home, key, job_name, grants)
         return key
-    grants = grants_for(request, local_lister(store))
+    grants = grants_for(places, local_lister(store))
     folder = gate / "views" / f".{key.access_key_id}.d"
     folder.mkdir(mode=0o700)
     linked: list[Grant] = []
@@ -278,14 +277,16 @@ def _s3_entries(
     return s3_folder_entries(upstream, bucket, folder, retry_seconds)
 
 
-def code_environment(home: Path, request: dict[str, Any], store: StoreSettings) -> dict[str, str]:
+def code_environment(
+    home: Path, job_name: str, places: list[Place], store: StoreSettings
+) -> dict[str, str]:
     """The code's store variables: for a server's gate (a server's job), with a new key of the
-    job's own; otherwise those of the S3 server in use for a job the CLI runs (or none). The
-    gate's keys reach the S3 server in use, else the embedded store."""
+    job's own to `places`; otherwise those of the S3 server in use for a job the CLI runs (or
+    none). The gate's keys reach the S3 server in use, else the embedded store."""
     code_env = code_store_environment(store)
     if not store.gate_url:
         return code_env
-    key = mint(home, request["TrainingJobName"], request, store.endpoint, store.retry_seconds)
+    key = mint(home, job_name, places, store.endpoint, store.retry_seconds)
     return {
         **code_env,
         "AWS_ACCESS_KEY_ID": key.access_key_id,

@@ -1,0 +1,228 @@
+"""The console's routes under `/console`: its pages, its assets, the login and logout, and a
+JSON view per page. Each JSON view answers a logged-in session alone (401 otherwise), and each
+request that changes something needs the session's CSRF token and a same-origin browser."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from openmaker.api.console import artifacts, pages
+from openmaker.api.console.auth import COOKIE, CSRF_HEADER, ConsoleAuth, Session, csrf_ok
+from openmaker.api.console.views import ConsoleViews
+from openmaker.api.credentials import Credentials
+from openmaker.api.operations import Backend
+from openmaker.api.signed import signed_request
+from openmaker.api.sigv4 import verify
+from openmaker.shapes.errors import ServiceError, ValidationException
+
+PREFIX = "/console"
+# A login form is two short fields; anything bigger is refused unread.
+MAX_FORM_BYTES = 4096
+log = logging.getLogger("openmaker.api.console")
+
+View = Callable[[Request, Session], Awaitable[Response]]
+
+
+def console_routes(backend: Backend, credentials: Credentials, region: str) -> list[Route]:
+    views = ConsoleViews(backend.jobs, backend.metrics)
+    auth = ConsoleAuth(credentials)
+
+    def session_of(request: Request) -> tuple[str, Session] | None:
+        session_id = request.cookies.get(COOKIE)
+        found = auth.session(session_id)
+        return (session_id, found) if session_id and found else None
+
+    def logged_in(request: Request, session_id: str) -> Response:
+        # A fresh id on every login: a cookie planted before it is never the session.
+        response = RedirectResponse(f"{PREFIX}/", status_code=303)
+        secure = request.url.scheme == "https"  # behind a TLS proxy; plain HTTP on loopback
+        response.set_cookie(
+            COOKIE, session_id, path=PREFIX, httponly=True, samesite="strict", secure=secure
+        )
+        return pages.secured(response)
+
+    async def root(request: Request) -> Response:
+        if session_of(request) is None:
+            return pages.secured(RedirectResponse(f"{PREFIX}/login", status_code=303))
+        return pages.shell()
+
+    async def login_form(request: Request) -> Response:
+        token = request.query_params.get("token")
+        if token is None:
+            return pages.login_page()
+        session_id = auth.redeem(token)
+        if session_id is None:
+            return pages.login_page(
+                "This login link was used already or has expired: run 'openmaker console-url' "
+                "again, or log in with the key pair.",
+                401,
+            )
+        return logged_in(request, session_id)
+
+    async def login(request: Request) -> Response:
+        if not _same_origin(request):
+            return pages.login_page("A login must come from this console's own page.", 403)
+        body = await _small_body(request)
+        fields = parse_qs(body.decode("utf-8", "replace")) if body is not None else {}
+        session_id = auth.login(
+            fields.get("access_key_id", [""])[0], fields.get("secret_access_key", [""])[0]
+        )
+        if session_id is None:
+            return pages.login_page("That is not this server's key pair.", 401)
+        return logged_in(request, session_id)
+
+    async def mint(request: Request) -> Response:
+        """A one-time login URL's path, for a request signed with the server's key pair."""
+        try:
+            body = await _small_body(request)
+            if body is None:
+                raise ServiceError("The request body is too large.")
+            verify(signed_request(request, body), credentials, region, {"sagemaker"})
+        except ServiceError as exc:
+            return _error(exc.http_status, exc.code, exc.message)
+        return _json({"path": f"{PREFIX}/login?token={auth.mint_token()}"})
+
+    def guarded(view: View, changes: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            found = session_of(request)
+            if found is None:
+                return _error(401, "Unauthenticated", "Log in to the console first.")
+            if changes and not (
+                _same_origin(request) and csrf_ok(found[1], request.headers.get(CSRF_HEADER))
+            ):
+                return _error(403, "Forbidden", "The request lacks this session's CSRF token.")
+            try:
+                return await view(request, found[1])
+            except ServiceError as exc:
+                return _error(exc.http_status, exc.code, exc.message)
+            except Exception:
+                log.error("console request failed:\n%s", traceback.format_exc())
+                return _error(500, "InternalError", "An internal error occurred.")
+
+        return endpoint
+
+    def answering(read: Callable[[Request], Any]) -> View:
+        async def view(request: Request, _session: Session) -> Response:
+            return _json(await run_in_threadpool(read, request))
+
+        return view
+
+    async def session_view(_request: Request, session: Session) -> Response:
+        return _json({"csrf": session.csrf})
+
+    async def logout(request: Request, _session: Session) -> Response:
+        auth.end(request.cookies.get(COOKIE, ""))
+        response = _json({"loggedOut": True})
+        response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict")
+        return response
+
+    async def static(request: Request) -> Response:
+        return pages.asset(request.path_params["name"])
+
+    async def bare(_request: Request) -> Response:
+        return pages.secured(RedirectResponse(f"{PREFIX}/", status_code=303))
+
+    def name(request: Request) -> str:
+        return str(request.path_params["name"])
+
+    def table(request: Request) -> Any:
+        q = request.query_params
+        return views.job_table(
+            q.get("name"),
+            q.get("status"),
+            q.get("sort", "CreationTime"),
+            q.get("order", "desc") != "asc",
+            _integer(q.get("limit"), 25, "limit"),
+            q.get("token"),
+        )
+
+    async def artifact(request: Request, _session: Session) -> Response:
+        response = await artifacts.download(
+            backend.jobs, name(request), str(request.path_params["kind"])
+        )
+        return pages.secured(response)
+
+    api = f"{PREFIX}/api"
+    return [
+        Route(PREFIX, bare, methods=["GET"]),
+        Route(f"{PREFIX}/", root, methods=["GET"]),
+        Route(f"{PREFIX}/login", login_form, methods=["GET"]),
+        Route(f"{PREFIX}/login", login, methods=["POST"]),
+        Route(f"{PREFIX}/token", mint, methods=["POST"]),
+        Route(f"{PREFIX}/static/{{name}}", static, methods=["GET"]),
+        Route(f"{api}/logout", guarded(logout, changes=True), methods=["POST"]),
+        Route(f"{api}/session", guarded(session_view), methods=["GET"]),
+        Route(f"{api}/jobs", guarded(answering(table)), methods=["GET"]),
+        Route(
+            f"{api}/jobs/{{name}}",
+            guarded(answering(lambda r: views.job(name(r)))),
+            methods=["GET"],
+        ),
+        Route(
+            f"{api}/jobs/{{name}}/logs",
+            guarded(
+                answering(
+                    lambda r: views.logs(name(r), _integer(r.query_params.get("after"), 0, "after"))
+                )
+            ),
+            methods=["GET"],
+        ),
+        Route(
+            f"{api}/jobs/{{name}}/metrics",
+            guarded(answering(lambda r: views.metrics_of(name(r)))),
+            methods=["GET"],
+        ),
+        Route(
+            f"{api}/jobs/{{name}}/stop",
+            guarded(answering(lambda r: views.stop(name(r))), changes=True),
+            methods=["POST"],
+        ),
+        Route(f"{api}/jobs/{{name}}/artifacts/{{kind}}", guarded(artifact), methods=["GET"]),
+        Route(f"{api}/machine", guarded(answering(lambda _r: views.machine())), methods=["GET"]),
+    ]
+
+
+def _same_origin(request: Request) -> bool:
+    """False for a request a browser says comes from another site (Sec-Fetch-Site, else
+    Origin); requests from outside a browser (which sends neither) pass, having no victim's
+    cookie to ride on."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    return origin is None or origin == f"{request.url.scheme}://{request.headers.get('host')}"
+
+
+async def _small_body(request: Request) -> bytes | None:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _integer(value: str | None, default: int, member: str) -> int:
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or len(value) > 18:
+        raise ValidationException(f"{member} must be a whole number, not {value[:40]!r}")
+    return int(value)
+
+
+def _json(data: Any, status_code: int = 200) -> Response:
+    return pages.secured(JSONResponse(data, status_code=status_code))
+
+
+def _error(status_code: int, code: str, message: str) -> Response:
+    return _json({"error": code, "message": message}, status_code)
