@@ -26,6 +26,8 @@ DEFAULT_GRACE_SECONDS = 120.0
 DEFAULT_RETRY_SECONDS = 60.0
 # Where the bridges of hosts' own networks take their addresses (training/host/network.py).
 DEFAULT_NETWORK_RANGE = "10.213.0.0/16"
+# How long a job waits for room on the Ray cluster before it fails.
+DEFAULT_RAY_WAIT_SECONDS = 600.0
 # What the sandbox shows empty (folders) or as an empty file, unless OPENMAKER_SANDBOX_HIDE
 # says otherwise: the machine's secrets and its users' files. Patterns as glob(7).
 DEFAULT_HIDDEN = (
@@ -123,6 +125,13 @@ class Settings:
     # credentials pulls use (REGISTRY_AUTH_FILE, else ~/.docker/config.json where it exists).
     insecure_registries: tuple[str, ...] = ()
     registry_auth_file: Path | None = None
+    # Where a job's hosts run (OPENMAKER_EXECUTOR): "local" (threads of its worker, on this
+    # machine) or "ray" (actors on the Ray cluster at RAY_ADDRESS; see training/ray_hosts.py).
+    executor: str = "local"
+    ray_address: str | None = None
+    # How long a job waits Pending for room on the Ray cluster before it fails
+    # (OPENMAKER_RAY_WAIT_SECONDS).
+    ray_wait_seconds: float = DEFAULT_RAY_WAIT_SECONDS
 
     @property
     def database_url(self) -> str:
@@ -183,6 +192,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sagemaker_endpoint=env.text("AWS_ENDPOINT_URL_SAGEMAKER") or None,
         insecure_registries=env.registries("OPENMAKER_INSECURE_REGISTRIES"),
         registry_auth_file=_auth_file(env.text("REGISTRY_AUTH_FILE")),
+        executor=env.choice("OPENMAKER_EXECUTOR", ("local", "ray")),
+        ray_address=env.text("RAY_ADDRESS") or None,
+        ray_wait_seconds=env.number_or("OPENMAKER_RAY_WAIT_SECONDS", DEFAULT_RAY_WAIT_SECONDS),
     )
 
 
@@ -240,6 +252,9 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "code_without_s3_credentials": settings.code_without_s3_credentials,
         "insecure_registries": list(settings.insecure_registries),
         "registry_auth_file": None if auth is None else str(auth),
+        "executor": settings.executor,
+        "ray_address": settings.ray_address,
+        "ray_wait_seconds": settings.ray_wait_seconds,
     }
 
 

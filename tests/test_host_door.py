@@ -30,6 +30,8 @@ JOBS_MAY_IMPORT = {
     "openmaker.training.host.events": "what hosts report, which the recorder turns into rows",
     "openmaker.training.host.site": "what a job's hosts share on this machine (its bridge) and the "
     "sweep of what a lost job left there",
+    "openmaker.training.host.ray_actor": "the same door driven in a Ray actor on another node "
+    "(OPENMAKER_EXECUTOR=ray, training/ray_hosts.py)",
     "openmaker.training.host.plan": "what a host runs, typed: the training plan builds it "
     "(training/plan.py)",
     "openmaker.training.host.images": "the training plan (training/plan.py) resolves the image "
@@ -39,6 +41,7 @@ JOBS_MAY_IMPORT = {
 ONLY_FROM = {
     "openmaker.training.host.plan": {"plan.py"},
     "openmaker.training.host.images": {"plan.py"},
+    "openmaker.training.host.ray_actor": {"ray_hosts.py"},
 }
 # The worker itself: the door, the spec, the events, the site.
 WORKER_MAY_IMPORT = {

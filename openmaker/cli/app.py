@@ -357,6 +357,32 @@ def env_command() -> None:
         print(f"export {name}={shlex.quote(value)}")
 
 
+@app.command("cluster")
+def cluster_command() -> None:
+    """The nodes of the Ray cluster at RAY_ADDRESS: what each offers, what is free, which
+    hosts of which jobs run there."""
+    settings = _settings()
+    try:
+        from openmaker.training.ray_cluster import describe_bundle, nodes  # loads Ray
+
+        found = nodes(settings)
+    except ImportError:
+        raise _fail("Ray is not installed here (pip install ray)") from None
+    except Exception as exc:  # Ray's own errors: no cluster there, a refused connection
+        where = settings.ray_address or "auto"
+        raise _fail(f"cannot reach the Ray cluster at {where}: {exc}") from None
+    table = Table("Node", "Alive", "Offers", "Free", Column("Hosts", overflow="fold"))
+    for node in found:
+        table.add_row(
+            node.address,
+            "yes" if node.alive else "no",
+            describe_bundle(node.offers).strip("()"),
+            describe_bundle(node.free).strip("()") if node.alive else "",
+            "\n".join(node.hosts),
+        )
+    console.print(table)
+
+
 @app.command("console-url")
 def console_url() -> None:
     """Print a one-time URL that logs a browser into the running server's web console (it

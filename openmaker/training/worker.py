@@ -30,12 +30,11 @@ from openmaker.training.host.training_host import (
     HostResult,
     OutputsFailed,
     StopControl,
-    TrainingHost,
-    upload_outputs,
 )
 from openmaker.training.plan import plan_job
 from openmaker.training.recorder import TrainingRecorder
 from openmaker.training.retry import restart_or_fail
+from openmaker.training.runners import HostRunner, host_runners, upload_outputs
 from openmaker.training.status import SecondaryStatus
 
 if TYPE_CHECKING:
@@ -107,7 +106,7 @@ def run_job(
     if stop_before_start.is_set():
         stop.request(SecondaryStatus.STOPPED)
     specs = host_specs(settings, arn, request, placement)
-    hosts = [TrainingHost(spec, recorder.emit) for spec in specs]
+    hosts = host_runners(settings, specs, recorder.emit)
     mine = _Attempt(attempt, stop)
     try:
         end = _run(hosts, recorder, stop, mine)
@@ -172,7 +171,7 @@ def _start_waiting_jobs(settings: Settings) -> None:
 
 
 def _run(
-    hosts: list[TrainingHost], recorder: TrainingRecorder, stop: StopControl, mine: _Attempt
+    hosts: list[HostRunner], recorder: TrainingRecorder, stop: StopControl, mine: _Attempt
 ) -> Callable[[TrainingJob], object]:
     """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
     # The hosts start preparing at once; the claim waits for the database layer to load.
@@ -238,7 +237,7 @@ def _failures(results: list[HostResult]) -> tuple[str | None, str | None]:
 
 
 def _after_infrastructure_failure(
-    hosts: list[TrainingHost], what: str
+    hosts: list[HostRunner], what: str
 ) -> Callable[[TrainingJob], object]:
     """Keep the checkpoints, then restart the job under its RetryStrategy, or fail it."""
     for host in hosts:

@@ -1,0 +1,99 @@
+"""The Ray cluster openmaker places hosts on (RAY_ADDRESS): connecting, and what its nodes
+offer and run (`openmaker cluster`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from openmaker.instances import GIB
+from openmaker.settings import Settings
+
+# Ray's resources that are no instance's: its own bookkeeping.
+_RAY_OWN = ("node:", "object_store_memory", "accelerator_type:")
+
+
+def connect(settings: Settings) -> None:
+    """Join the cluster as a client process of its own (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=settings.ray_address or "auto",
+        namespace="openmaker",
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        configure_logging=False,
+    )
+
+
+def describe_bundle(bundle: dict[str, float]) -> str:
+    parts = []
+    for name, amount in bundle.items():
+        if name == "memory":
+            parts.append(f"{amount / GIB:.4g} GiB memory")
+        elif name in ("CPU", "GPU"):
+            parts.append(f"{amount:g} {name}{'s' if amount != 1 else ''}")
+        else:
+            parts.append(f"{amount:g} × {name}")
+    return "(" + ", ".join(parts) + ")"
+
+
+def nodes_fitting(bundle: dict[str, float]) -> int:
+    """How many live nodes have `bundle` free now."""
+    from ray._private import state
+
+    free = state.available_resources_per_node()  # type: ignore[no-untyped-call]
+    alive = {node["NodeID"] for node in live_nodes() if node["Alive"]}
+    return sum(
+        1
+        for node, offered in free.items()
+        if node in alive and all(offered.get(k, 0) >= v for k, v in bundle.items())
+    )
+
+
+@dataclass(frozen=True)
+class Node:
+    address: str
+    alive: bool
+    offers: dict[str, float]  # what it has in all
+    free: dict[str, float]
+    # The openmaker hosts running there: "job/algo-N".
+    hosts: list[str]
+
+
+def nodes(settings: Settings) -> list[Node]:
+    from ray._private import state
+
+    connect(settings)
+    free = state.available_resources_per_node()  # type: ignore[no-untyped-call]
+    running: dict[str, list[str]] = {}
+    # From the cluster's own tables (the state API would need Ray's dashboard).
+    for actor in state.actors(actor_state_name="ALIVE").values():
+        name = actor.get("Name") or ""
+        if name.startswith("openmaker:"):
+            _, job, host = name.split(":", 2)
+            node = (actor.get("Address") or {}).get("NodeID", "")
+            running.setdefault(node, []).append(f"{job}/{host}")
+    return [
+        Node(
+            address=node["NodeManagerAddress"],
+            alive=bool(node["Alive"]),
+            offers=_own(node["Resources"]),
+            free=_own(free.get(node["NodeID"], {})),
+            hosts=sorted(running.get(node["NodeID"], [])),
+        )
+        for node in live_nodes()
+    ]
+
+
+def _own(resources: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in resources.items() if not k.startswith(_RAY_OWN)}
+
+
+def live_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return list(ray.nodes())  # type: ignore[no-untyped-call]

@@ -1,0 +1,206 @@
+"""Jobs on a Ray cluster (OPENMAKER_EXECUTOR=ray): a real multi-node cluster on this machine
+(`ray.cluster_utils.Cluster`, nodes on their own loopback addresses), started once for the
+module. Each worker node stands for one ml.m5.large; the head offers none, so a job's hosts
+land on the worker nodes, one per node."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openmaker.settings import load_settings
+from openmaker.training.ray_cluster import nodes
+from tests.helpers import (
+    get_object,
+    log_text,
+    start_script,
+    stop_and_wait,
+    unique_name,
+    wait_for,
+    wait_for_log,
+)
+
+ray = pytest.importorskip("ray")
+ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+TYPE = "ml.m5.large"
+NODE_ADDRESSES = ("127.0.0.2", "127.0.0.3")
+# Lean nodes; a node's death is seen in about a second (13 s with Ray's defaults).
+NODE = {"num_cpus": 1, "object_store_memory": 80_000_000}
+HEALTH = {
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+TWO_HOSTS = """#!/bin/sh
+host=$(hostname)
+echo "hello from $host"
+echo "$host" > /opt/ml/model/$host.txt
+mkdir -p /opt/ml/output/data && echo "data of $host" > /opt/ml/output/data/$host.txt
+"""
+
+WAITS = """#!/bin/sh
+trap 'echo "got SIGTERM on $(hostname)"; exit 0' TERM
+echo "waiting on $(hostname)"
+while true; do sleep 0.2; done
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    saved = {name: os.environ.get(name) for name in HEALTH}
+    os.environ.update(HEALTH)
+    # The head on 127.0.0.10: Ray takes 127.0.0.1 for the machine's own address.
+    made = ray_cluster_utils.Cluster(
+        initialize_head=True,
+        head_node_args={"node_ip_address": "127.0.0.10", "include_dashboard": False, **NODE},
+    )
+    try:
+        for address in NODE_ADDRESSES:
+            made.add_node(node_ip_address=address, resources={TYPE: 1}, **NODE)
+        made.wait_for_nodes()
+        yield made
+    finally:
+        ray.shutdown()  # this process's own connection (openmaker cluster's), if any
+        made.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def on_ray(home: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OPENMAKER_EXECUTOR", "ray")
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    monkeypatch.setenv("OPENMAKER_STOP_GRACE_SECONDS", "5")
+    return home
+
+
+def _members(uri: str) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(get_object(uri))) as tar:
+        return {
+            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+
+
+def _messages(description: dict[str, Any]) -> list[str]:
+    return [t.get("StatusMessage", "") for t in description["SecondaryStatusTransitions"]]
+
+
+def test_two_hosts_land_on_two_nodes_with_their_logs_and_outputs(
+    on_ray: Path, tmp_path: Path
+) -> None:
+    name = unique_name("ray-two")
+    jobs = start_script(tmp_path, name, TWO_HOSTS, ResourceConfig=_resources(2))
+    try:
+        description = wait_for(jobs, name, timeout=300)
+    finally:
+        stop_and_wait(jobs, [name])
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    logs = log_text(jobs, name)
+    # One host per node: each worker node holds one of them.
+    placed = {
+        line.split(" on node ")[1].split()[0]
+        for line in logs.splitlines()
+        if " runs on node " in line
+    }
+    assert placed == set(NODE_ADDRESSES), logs
+    assert "hello from algo-1" in logs and "hello from algo-2" in logs
+    # One archive of both hosts' folders, made across the nodes.
+    model = _members(description["ModelArtifacts"]["S3ModelArtifacts"])
+    assert model == {"algo-1.txt": b"algo-1\n", "algo-2.txt": b"algo-2\n"}
+    output = _members(description["ModelArtifacts"]["S3ModelArtifacts"].replace("model", "output"))
+    assert output == {"algo-1.txt": b"data of algo-1\n", "algo-2.txt": b"data of algo-2\n"}
+
+
+def test_a_job_the_cluster_cannot_hold_waits_pending_then_fails(
+    on_ray: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMAKER_RAY_WAIT_SECONDS", "5")
+    name = unique_name("ray-big")
+    # Three hosts, one per node, on a cluster with two nodes of the type.
+    jobs = start_script(tmp_path, name, TWO_HOSTS, ResourceConfig=_resources(3))
+    try:
+        description = wait_for(jobs, name, timeout=300)
+    finally:
+        stop_and_wait(jobs, [name])
+    pending = [
+        t["StatusMessage"]
+        for t in description["SecondaryStatusTransitions"]
+        if t["Status"] == "Pending"
+    ]
+    assert pending and "3 × ml.m5.large, one per node" in pending[0], pending
+    assert "2 nodes of the Ray cluster have room" in pending[0]
+    assert description["TrainingJobStatus"] == "Failed"
+    reason = description["FailureReason"]
+    assert reason.startswith("CapacityError: the Ray cluster had no room for 3 × ml.m5.large")
+    assert "OPENMAKER_RAY_WAIT_SECONDS" in reason
+
+
+def test_a_stop_reaches_every_host_on_its_node(on_ray: Path, tmp_path: Path) -> None:
+    name = unique_name("ray-stop")
+    jobs = start_script(tmp_path, name, WAITS, ResourceConfig=_resources(2))
+    try:
+        wait_for_log(jobs, name, "waiting on algo-1", timeout=240)
+        wait_for_log(jobs, name, "waiting on algo-2", timeout=60)
+        running = {host for node in nodes(load_settings()) for host in node.hosts}
+        assert running == {f"{name}/algo-1", f"{name}/algo-2"}
+        jobs.stop(name)
+        description = wait_for(jobs, name, timeout=120)
+    finally:
+        stop_and_wait(jobs, [name])
+    assert description["TrainingJobStatus"] == "Stopped"
+    logs = log_text(jobs, name)
+    assert "got SIGTERM on algo-1" in logs and "got SIGTERM on algo-2" in logs
+    # The job's actors and reservation are given back.
+    assert not any(node.hosts for node in nodes(load_settings()))
+
+
+def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluster: Any) -> None:
+    name = unique_name("ray-lost")
+    jobs = start_script(tmp_path, name, WAITS, ResourceConfig=_resources(2))
+    try:
+        wait_for_log(jobs, name, "waiting on algo-1", timeout=240)
+        wait_for_log(jobs, name, "waiting on algo-2", timeout=60)
+        victim = next(n for n in cluster.worker_nodes if n.node_ip_address == "127.0.0.3")
+        cluster.remove_node(victim, allow_graceful=False)  # its raylet killed, as in a crash
+        description = wait_for(jobs, name, timeout=120)
+    finally:
+        stop_and_wait(jobs, [name])
+        cluster.add_node(node_ip_address="127.0.0.3", resources={TYPE: 1}, **NODE)
+    assert description["TrainingJobStatus"] == "Failed"
+    reason = description["FailureReason"]
+    assert "127.0.0.3" in reason, reason
+    # The surviving host was stopped, not left running.
+    assert "got SIGTERM on" in log_text(jobs, name)
+
+
+def _resources(count: int) -> dict[str, Any]:
+    return {"InstanceType": TYPE, "InstanceCount": count, "VolumeSizeInGB": 5}
+
+
+def test_openmaker_cluster_shows_the_nodes(on_ray: Path) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "openmaker.cli.app", "cluster"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"COLUMNS": "200"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    for address in ("127.0.0.10", *NODE_ADDRESSES):
+        assert address in shown.stdout
+    assert f"1 × {TYPE}" in shown.stdout  # what the worker nodes stand for
