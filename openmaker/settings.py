@@ -24,7 +24,7 @@ DEFAULT_PIDS_LIMIT = 4096
 DEFAULT_GRACE_SECONDS = 120.0
 # obstore's default is 3 minutes; a dead server should fail a job sooner than that.
 DEFAULT_RETRY_SECONDS = 60.0
-# Where the bridges of hosts' own networks take their addresses (training/host/network.py).
+# Where the bridges of hosts' own networks take their addresses (runtime/network.py).
 DEFAULT_NETWORK_RANGE = "10.213.0.0/16"
 # How long a job waits for room on the Ray cluster before it fails.
 DEFAULT_RAY_WAIT_SECONDS = 600.0
@@ -98,7 +98,7 @@ class Settings:
     stop_grace_seconds: float = DEFAULT_GRACE_SECONDS
     # Keep a host's folder after its job, for a post-mortem.
     keep_job_files: bool = False
-    # Hosts get networks of their own (training/host/network.py) unless "shared"
+    # Hosts get networks of their own (runtime/network.py) unless "shared"
     # (OPENMAKER_NETWORK);
     # their bridges' /24s come from this IPv4 range.
     shared_network: bool = False

@@ -13,10 +13,10 @@ from typing import Any
 
 from botocore.model import ListShape, MapShape, Shape, StringShape, StructureShape
 
+from openmaker.runtime.network import JobNetwork
 from openmaker.settings import S3Endpoint, Settings
 from openmaker.shapes.model import operation_model
 from openmaker.shapes.training import check_create_training_job
-from openmaker.training.host.network import JobNetwork
 from openmaker.training.host.plan import CheckpointPlan, DataType, InputMode
 from openmaker.training.host.spec import HostResources, HostSettings, HostSpec
 from openmaker.training.plan import plan_job

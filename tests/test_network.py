@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from openmaker.runtime.network import PREFIX, job_id
 from openmaker.settings import load_settings
-from openmaker.training.host.network import PREFIX, job_id
 from openmaker.training.service import TrainingJobs
 from tests.apiserver import ApiServer
 from tests.helpers import get_object, make_image, request, stop_and_wait, wait_for, wait_for_log

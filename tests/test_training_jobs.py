@@ -150,7 +150,7 @@ def test_bring_your_own_container_on_s3(tmp_path: Path, home: Path, s3_env: S3Se
     assert seen["env"]["AWS_ENDPOINT_URL_S3"] == s3_env.url
     # The sandbox: own hostname and names, PID 1, private /tmp, openmaker's state hidden.
     assert seen["hostname"] == "algo-1"
-    # Its own address on its job's bridge: the first after the bridge's (training/host/network.py).
+    # Its own address on its job's bridge: the first after the bridge's (runtime/network.py).
     algo_1 = ipaddress.IPv4Address(seen["algo_1"])
     assert algo_1 in ipaddress.IPv4Network(DEFAULT_NETWORK_RANGE) and int(algo_1) % 256 == 2
     assert seen["pid"] == 1

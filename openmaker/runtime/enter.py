@@ -13,7 +13,7 @@ Run as a program, by path, with the standard library only (it starts in millisec
    raise): the code stays root with its few capabilities and cannot get a full set in a
    namespace of its own. bwrap's `--disable-userns` would map root alone.
 Before all of them, the host's own network namespace is entered (`netns_fd`, a descriptor made
-by openmaker.training.host.network), while this process still has every capability to do it.
+by openmaker.runtime.network), while this process still has every capability to do it.
 Every step happens in this same process, which then becomes bubblewrap: whatever was set on it
 before (its cgroups, its parent-death signal) holds for the sandbox.
 """

@@ -17,10 +17,10 @@ from typing import Any
 from openmaker.runtime import Bind, Container, ContainerSpec
 from openmaker.runtime.layers import hidden_paths
 from openmaker.runtime.logs import OnLines
+from openmaker.runtime.network import HostNamespace, JobNetwork, enter_host
 from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage
 from openmaker.serving.model_data import fetch
 from openmaker.settings import Settings
-from openmaker.training.host.network import HostNamespace, JobNetwork, enter_host
 
 PORT = 8080
 MODEL_DIR = "/opt/ml/model"

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import EndpointRecord, Tag, writer_sessions
+from openmaker.runtime.network import JobNetwork
 from openmaker.serving import status
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
@@ -32,7 +33,6 @@ from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.models import the_container
 from openmaker.settings import Settings, from_json
 from openmaker.shapes.locations import LocalPaths
-from openmaker.training.host.network import JobNetwork
 from openmaker.training.host.site import job_network, remove_network
 
 # How often a serving instance's container is looked at (has it ended?).

@@ -18,13 +18,13 @@ from pathlib import Path
 import openmaker
 from openmaker.runtime import Bind, Container, ContainerSpec, unavailable_reason
 from openmaker.runtime.layers import hidden_paths
+from openmaker.runtime.network import HostNamespace, enter_host, resolv_conf_binds, shared
 from openmaker.settings import Settings
 from openmaker.training.host.channels.fastfile import sandbox_binds
 from openmaker.training.host.checkpoints.transfer import checkpoint_dir, checkpoint_plan
 from openmaker.training.host.images import PROGRAM_MOUNT, Image
 from openmaker.training.host.layout import CONTAINER_ROOT
 from openmaker.training.host.limits import host_limits
-from openmaker.training.host.network import HostNamespace, enter_host, resolv_conf_binds, shared
 from openmaker.training.host.spec import HostSettings, HostSpec
 from openmaker.training.host.ssh import ssh_binds
 from openmaker.training.host.volume import Volume

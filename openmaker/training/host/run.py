@@ -10,6 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from openmaker.runtime.network import NetworkError
 from openmaker.shapes.distribution import MPIRUN
 from openmaker.store import StoreError, UnsafeKeyError
 from openmaker.training.host.channels.download import (
@@ -27,7 +28,6 @@ from openmaker.training.host.events import Emit, LogLines, StatusChanged
 from openmaker.training.host.images import TRAIN, Image, ImageError, resolve_image
 from openmaker.training.host.jobtree import HostTree, read_text_head
 from openmaker.training.host.metrics import metric_emitter
-from openmaker.training.host.network import NetworkError
 from openmaker.training.host.notes import opening_lines
 from openmaker.training.host.script_error import ErrorCapture
 from openmaker.training.host.source_code import SourceError, install_source

@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping
 
+from openmaker.runtime.network import JobNetwork, create, jobs_with_networks, shared
+from openmaker.runtime.network import remove as remove_network
 from openmaker.settings import Settings
 from openmaker.training.host.container import sandbox_unavailable_reason
 from openmaker.training.host.limits import jobs_with_cgroups, remove_job_cgroups
-from openmaker.training.host.network import JobNetwork, create, jobs_with_networks, shared
-from openmaker.training.host.network import remove as remove_network
 from openmaker.training.host.volume import unmount_under
 
 __all__ = [

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from openmaker.runtime.network import JobNetwork
 from openmaker.settings import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_HIDDEN,
@@ -20,7 +21,6 @@ from openmaker.settings import (
     Settings,
     StoreSettings,
 )
-from openmaker.training.host.network import JobNetwork
 from openmaker.training.host.plan import TrainingPlan
 
 

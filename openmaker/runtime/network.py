@@ -53,8 +53,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from openmaker.runtime import Bind
+from openmaker.runtime.relay import Relay
 from openmaker.settings import Settings
-from openmaker.training.host.relay import Relay
 
 # Names of every link and table openmaker makes: `omn<id>` (a job's bridge, table),
 # `omn<id>v<n>` (the machine's end of host n's veth pair). Fits IFNAMSIZ (15) for 999 hosts.
