@@ -93,6 +93,12 @@ class LocalExecutor:
             self.spare = _start_worker()
         return started
 
+    def start_ahead(self) -> None:
+        """Start the worker of the next job now, so that its start (Python, imports) overlaps
+        what the submitter does before it submits (the CLI's own imports, the checks)."""
+        if self.spare is None:
+            self.spare = _start_worker()
+
     def lost(self, worker_pid: int, started: int | None = None) -> bool:
         return process_lost(worker_pid, started)
 
