@@ -9,6 +9,7 @@ equals that hash (so `UNSIGNED-PAYLOAD` is refused too, as the JSON services ref
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Collection, Mapping
@@ -234,6 +235,9 @@ def _parse_authorization(header: str) -> _Authorization:
     )
 
 
+# A client signs every request of a day with the same key: derived once (four HMACs a request
+# otherwise).
+@functools.lru_cache(maxsize=64)
 def _signing_key(secret: str, scope: Scope) -> bytes:
     key = ("AWS4" + secret).encode()
     for part in (scope.date, scope.region, scope.service, scope.terminator):

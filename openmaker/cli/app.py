@@ -31,11 +31,10 @@ from openmaker.connection import (
     read_record,
     server_configured,
 )
-from openmaker.demo.run import prepare_demo
 from openmaker.home import HomeError
 from openmaker.settings import Settings, SettingsError, StoreSettings, load_settings
 from openmaker.shapes.errors import ServiceError
-from openmaker.store import StoreError
+from openmaker.store.errors import StoreError
 from openmaker.training.status import TrainingJobStatus
 
 if TYPE_CHECKING:
@@ -74,16 +73,24 @@ def _settings() -> Settings:
         raise _fail(str(exc)) from None
 
 
-def _service(settings: Settings) -> TrainingJobs | RemoteJobs:
-    """Through the server when AWS_ENDPOINT_URL_SAGEMAKER names one, else in this process."""
+def _service(settings: Settings, submitting: bool = False) -> TrainingJobs | RemoteJobs:
+    """Through the server when AWS_ENDPOINT_URL_SAGEMAKER names one, else in this process
+    (`submitting`: with the job's worker started first, to start while this process goes on)."""
     if server_configured(settings):
         from openmaker.cli.remote import RemoteJobs  # boto3 loads only when it is used
 
         return RemoteJobs()
+    from openmaker.jobs.executor import LocalExecutor
+
+    executor = LocalExecutor(settings)
+    if submitting:
+        from openmaker.training.kind import TRAINING  # light: no SQLAlchemy, no botocore
+
+        executor.start_ahead(TRAINING.runner)
     # SQLAlchemy and the job machinery load only when jobs run in this process.
     from openmaker.training.service import TrainingJobs
 
-    return TrainingJobs(settings)
+    return TrainingJobs(settings, executor)
 
 
 @app.command()
@@ -144,7 +151,7 @@ def train(
             request = build_request(flags, settings)
     except (ValueError, OSError, StoreError) as exc:
         raise _fail(str(exc)) from None
-    _submit(_service(settings), request, wait, settings.store)
+    _submit(_service(settings, submitting=True), request, wait, settings.store)
 
 
 def _submit(
@@ -199,10 +206,12 @@ def _local_copy(uri: str, store: StoreSettings) -> Path | None:
 @app.command()
 def demo() -> None:
     """Train a scikit-learn classifier on the digits data set, on the embedded default."""
+    from openmaker.demo.run import prepare_demo
+
     settings = _settings()
     console.print("Demo: logistic regression on scikit-learn's digits, in script mode")
     request = build_request(prepare_demo(settings), settings)
-    _submit(_service(settings), request, True, settings.store)
+    _submit(_service(settings, submitting=True), request, True, settings.store)
 
 
 @jobs_app.command("list")

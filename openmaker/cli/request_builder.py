@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from openmaker.settings import Settings
-from openmaker.shapes.names import unique_name
 from openmaker.shapes.training import default_stopping_condition
-from openmaker.store import resolve, upload_file
-from openmaker.training.host.images import SCRIPT_MODE_IMAGE
-from openmaker.training.host.outputs import pack
 
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"
 DEFAULT_MAX_RUN = default_stopping_condition()["MaxRuntimeInSeconds"]
@@ -51,6 +45,10 @@ class TrainFlags:
 
 
 def build_request(flags: TrainFlags, settings: Settings) -> dict[str, Any]:
+    # Here, not at the top: `openmaker train --request` (and every other command) needs none.
+    from openmaker.shapes.names import unique_name
+    from openmaker.training.host.images import SCRIPT_MODE_IMAGE
+
     base = flags.base_job_name
     if flags.entry_point and base == "openmaker":
         base = Path(flags.entry_point).stem.replace("_", "-")
@@ -135,6 +133,12 @@ def script_location(entry_point: str, source_dir: Path | None) -> tuple[Path, st
 
 def upload_source(folder: Path, name: str, output: str, settings: Settings) -> str:
     """Pack the source folder as sourcedir.tar.gz beside the job's outputs, as the SDK does."""
+    import asyncio
+    import tempfile
+
+    from openmaker.store import resolve, upload_file
+    from openmaker.training.host.outputs import pack
+
     uri = f"{output.rstrip('/')}/{name}/source/sourcedir.tar.gz"
     with tempfile.TemporaryDirectory() as staging:
         archive = Path(staging) / "sourcedir.tar.gz"

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from rich import filesize
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from openmaker.jobs.logs import LogRecord
 from openmaker.training.state import TERMINAL
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
 POLL_SECONDS = 0.2
+# A short job ends within a second: the first looks come sooner, each later one a bit later,
+# until every POLL_SECONDS.
+FIRST_POLL_SECONDS = 0.02
+POLL_GROWTH = 1.5
 
 
 class JobsClient(Protocol):
@@ -64,6 +61,16 @@ def _log_line(record: LogRecord) -> str:
 
 def follow(jobs: JobsClient, name: str, console: Console, logs: bool = True) -> dict[str, Any]:
     """Print the job's status changes, logs and progress until it ends; returns its description."""
+    # Progress bars load only for a command that follows a job.
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     printer = _Printer(jobs, name, console, logs)
     progress = Progress(
         TextColumn("{task.description}"),
@@ -74,6 +81,7 @@ def follow(jobs: JobsClient, name: str, console: Console, logs: bool = True) -> 
         console=console,
     )
     bars = _Bars(progress, console)
+    wait = FIRST_POLL_SECONDS
     with progress:
         while True:
             description = jobs.describe(name)
@@ -87,7 +95,8 @@ def follow(jobs: JobsClient, name: str, console: Console, logs: bool = True) -> 
             printer.print_new(transitions)
             if description["TrainingJobStatus"] in TERMINAL:
                 return description
-            time.sleep(POLL_SECONDS)
+            time.sleep(wait)
+            wait = min(POLL_SECONDS, wait * POLL_GROWTH)
 
 
 class _Bars:
@@ -115,6 +124,8 @@ class _Bars:
             return
         if final and final["phase"] == self.phase:
             self.done, self.seconds = final["done"], final["seconds"]
+        from rich import filesize
+
         self.progress.remove_task(self.task)
         moved = filesize.decimal(self.done)
         self.console.print(f"[dim]{self.phase}: {moved} in {self.seconds:.1f} s[/dim]")

@@ -109,6 +109,13 @@ class LocalExecutor:
             self.spare = _start_worker(order.runner)
         return started
 
+    def start_ahead(self, runner: str) -> None:
+        """Start the worker of the next job (run by `runner`) now, so that its start (Python,
+        imports) overlaps what the submitter does before it submits (the CLI's own imports,
+        the checks)."""
+        if self.spare is None:
+            self.spare = _start_worker(runner)
+
     def lost(self, worker_pid: int, started: int | None = None) -> bool:
         return process_lost(worker_pid, started)
 

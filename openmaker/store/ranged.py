@@ -5,6 +5,11 @@ whole core on it), so a large object comes faster in parallel parts. obstore's o
 refuse a `200` answer to a range request, which rclone sends (with the right Content-Range and
 only the bytes asked for), so the parts are fetched from a presigned URL with http.client,
 each accepted only when its Content-Range is the range asked for.
+
+A part's body is read straight from its socket, a whole buffer per system call (MSG_WAITALL):
+every call into the kernel gives up the GIL and must win it back, and on a busy machine, with
+several parts' threads and the event loop wanting it, those hand-overs (not the bytes) were
+what made a large object slower than a Go client's.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import socket
+import struct
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,10 +32,11 @@ from openmaker.store.abort import Abort
 from openmaker.store.location import retry_seconds
 from openmaker.store.retry import Backoff, RefusedAnswer
 
-# Objects from this size up are fetched in parts; the part size keeps the number of requests
-# (each a new connection) low while leaving room for several at once.
+# Objects from this size up are fetched in parts. Parts are small enough that the parts in
+# flight end close together (the last of a few large ones ran alone, at one stream's speed),
+# and large enough that a request (a new connection) per part costs little.
 RANGED_MIN_SIZE = 64 * 1024 * 1024
-PART_SIZE = 64 * 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
 PARTS_IN_FLIGHT = 4
 _READ_SIZE = 4 * 1024 * 1024
 _URL_LIFETIME = timedelta(hours=1)
@@ -99,11 +108,41 @@ def fetch_part(
             backoff.pause_blocking(exc)
 
 
-def open_range(
-    url: str, start: int, end: int, abort: Abort
-) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """A GET of bytes `start`..`end` whose answer is checked to be exactly that range. The
-    connection is `abort`'s until closed with close_range()."""
+@dataclass
+class RangeAnswer:
+    """The answer to one ranged GET, its body not read yet. The connection is `abort`'s until
+    closed with close_range()."""
+
+    connection: http.client.HTTPConnection
+    response: http.client.HTTPResponse
+    # The socket to read the body from directly: None where http.client must (TLS, a body
+    # not exactly as long as the range).
+    sock: socket.socket | None
+    remaining: int  # bytes of the body still to read
+    _drained: bool = field(default=False)
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill `view` with the next bytes of the body (up to its end): the count, short only
+        at the body's end or when the server stops sending; 0 at the end."""
+        view = view[: self.remaining]
+        if not view:
+            return 0
+        if self.sock is None:
+            count = self.response.readinto(view)
+        elif not self._drained:
+            # What http.client read past the headers into its buffer comes first.
+            self._drained = True
+            data = self.response.fp.read1(len(view))
+            count = len(data)
+            view[:count] = data
+        else:
+            count = self.sock.recv_into(view, len(view), socket.MSG_WAITALL)
+        self.remaining -= count
+        return count
+
+
+def open_range(url: str, start: int, end: int, abort: Abort) -> RangeAnswer:
+    """A GET of bytes `start`..`end` whose answer is checked to be exactly that range."""
     parts = urllib.parse.urlsplit(url)
     connection_type = (
         http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -111,8 +150,12 @@ def open_range(
     connection = connection_type(parts.hostname or "", parts.port, timeout=_CONNECT_SECONDS)
     try:
         connection.connect()
-        if connection.sock is not None:
-            connection.sock.settimeout(_READ_SECONDS)
+        sock = connection.sock
+        direct = type(sock) is socket.socket  # not TLS: MSG_WAITALL needs the kernel's socket
+        if direct:
+            _block_with_timeout(sock)
+        elif sock is not None:
+            sock.settimeout(_READ_SECONDS)
         abort.opened(connection)
         connection.request(
             "GET", f"{parts.path}?{parts.query}", headers={"Range": f"bytes={start}-{end}"}
@@ -131,27 +174,41 @@ def open_range(
                 f"({content_range or 'no Content-Range'})"
             )
     except BaseException:
-        close_range(connection, abort)
+        abort.closed(connection)
+        connection.close()
         raise
-    return connection, response
+    size = end + 1 - start
+    # Chunked framing, or a length other than the range's, is http.client's to read.
+    plain = direct and not response.chunked and response.length == size
+    return RangeAnswer(connection, response, sock if plain else None, size)
 
 
-def close_range(connection: http.client.HTTPConnection, abort: Abort) -> None:
-    abort.closed(connection)
-    connection.close()
+def _block_with_timeout(sock: socket.socket) -> None:
+    """Blocking reads (MSG_WAITALL waits only on a blocking socket), which the kernel still
+    ends after _READ_SECONDS of silence (an error, retried); abort's shutdown ends them too."""
+    sock.settimeout(None)
+    limit = struct.pack("ll", _READ_SECONDS, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+
+
+def close_range(answer: RangeAnswer, abort: Abort) -> None:
+    abort.closed(answer.connection)
+    answer.response.close()
+    answer.connection.close()
 
 
 def _write_range(url: str, fd: int, cursor: list[int], end: int, abort: Abort) -> None:
     """Write what arrives of bytes `cursor[0]`..`end`, moving the cursor as bytes land."""
     start = cursor[0]
-    connection, response = open_range(url, start, end, abort)
+    answer = open_range(url, start, end, abort)
     try:
-        buffer = bytearray(_READ_SIZE)
+        buffer = bytearray(min(_READ_SIZE, end + 1 - start))
         view = memoryview(buffer)
-        while count := response.readinto(buffer):
+        while count := answer.readinto(view):
             os.pwrite(fd, view[:count], cursor[0])
             cursor[0] += count
         if cursor[0] != end + 1:
             raise EOFError(f"ranged GET of bytes {start}-{end} ended after {cursor[0] - start}")
     finally:
-        close_range(connection, abort)
+        close_range(answer, abort)

@@ -19,7 +19,7 @@ from obstore.store import ObjectStore, S3Store
 from openmaker.store.abort import Abort
 from openmaker.store.errors import StoreError, short_message
 from openmaker.store.location import retry_seconds
-from openmaker.store.ranged import RANGED_MIN_SIZE, close_range, open_range
+from openmaker.store.ranged import RANGED_MIN_SIZE, RangeAnswer, close_range, open_range
 from openmaker.store.retry import Backoff
 
 CHUNK_SIZE = 1024 * 1024
@@ -84,12 +84,12 @@ async def _attempt(store: ObjectStore, key: str, offset: int, size: int) -> Asyn
         url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
         abort = Abort()
         try:
-            connection, response = await asyncio.to_thread(open_range, url, offset, size - 1, abort)
+            answer = await asyncio.to_thread(open_range, url, offset, size - 1, abort)
             try:
-                while chunk := await asyncio.to_thread(response.read, CHUNK_SIZE):
+                while chunk := await asyncio.to_thread(_read_chunk, answer):
                     yield chunk
             finally:
-                close_range(connection, abort)
+                close_range(answer, abort)
         finally:
             # However the reading ends (a cancel included), no thread is left waiting on it.
             abort.abort()
@@ -127,6 +127,12 @@ async def _parallel_parts(store: S3Store, key: str, size: int) -> AsyncIterator[
             task.cancel()
 
 
+def _read_chunk(answer: RangeAnswer) -> bytes:
+    buffer = bytearray(CHUNK_SIZE)
+    count = answer.readinto(memoryview(buffer))
+    return bytes(memoryview(buffer)[:count])
+
+
 def _read_range(url: str, start: int, end: int, abort: Abort, retry: float) -> bytearray:
     """Bytes `start`..`end`; a GET that breaks off is asked for again from the byte reached."""
     buffer = bytearray(end + 1 - start)
@@ -135,12 +141,12 @@ def _read_range(url: str, start: int, end: int, abort: Abort, retry: float) -> b
     backoff = Backoff(retry)
     while got < len(buffer):
         try:
-            connection, response = open_range(url, start + got, end, abort)
+            answer = open_range(url, start + got, end, abort)
             try:
-                while got < len(buffer) and (count := response.readinto(view[got:])):
+                while got < len(buffer) and (count := answer.readinto(view[got:])):
                     got += count
             finally:
-                close_range(connection, abort)
+                close_range(answer, abort)
             if got < len(buffer):
                 raise EOFError(f"ranged GET of bytes {start}-{end} ended after {got} bytes")
         except Exception as exc:

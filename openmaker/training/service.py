@@ -133,8 +133,13 @@ class TrainingJobs:
         return {"TrainingJobArn": arn}
 
     def describe(self, name: str) -> dict[str, Any]:
-        result = describe(self._get(name))
-        if metrics := self.final_metrics(name):
+        job = self._get(name)
+        result = describe(job)
+        # Metric values are found by the job's MetricDefinitions alone: without any, there
+        # are none to look up (a query that was half of a describe's time).
+        if job.request["AlgorithmSpecification"].get("MetricDefinitions") and (
+            metrics := self.final_metrics(name)
+        ):
             result["FinalMetricDataList"] = metrics
         return result
 
