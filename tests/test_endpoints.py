@@ -181,7 +181,8 @@ def bridges_of(endpoint: str) -> list[str]:
             alias = (link / "ifalias").read_text().strip()
         except OSError:
             continue
-        if alias.endswith(f":{endpoint}"):
+        # Keyed apart from a training job of the same name (serving/kind.py).
+        if alias.endswith(f":endpoint:{endpoint}"):
             found.append(link.name)
     return found
 

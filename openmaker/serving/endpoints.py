@@ -22,17 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from openmaker.jobs.db import EndpointRecord, Tag
 from openmaker.jobs.executor import Worker, process_lost
 from openmaker.jobs.tags import put as put_tags
+from openmaker.runtime.network import remove as remove_network
 from openmaker.serving import status
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.configs import EndpointConfigs
-from openmaker.serving.kind import ENDPOINT, fail
+from openmaker.serving.kind import ENDPOINT, fail, network_key
 from openmaker.serving.launcher import Launcher
 from openmaker.serving.listing import page
 from openmaker.serving.models import Models
 from openmaker.settings import Settings
 from openmaker.shapes.arn import resource_arn
 from openmaker.shapes.errors import ValidationException
-from openmaker.training.host.site import remove_network
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class Endpoints:
                 # Nothing runs its instances: it goes now.
                 self._remove(session, row)
                 session.commit()
-                remove_network(self.settings.home, name)
+                remove_network(self.settings.home, network_key(name))
                 return
             if row.status != status.DELETING:
                 row.status, row.last_modified_time = status.DELETING, now()
@@ -202,7 +202,7 @@ class Endpoints:
                         f"{row.worker_pid}) ended without stopping it",
                     )
                     session.commit()
-            remove_network(self.settings.home, name)
+            remove_network(self.settings.home, network_key(name))
         return row
 
     def _remove(self, session: Session, row: EndpointRecord) -> None:

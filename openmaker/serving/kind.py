@@ -57,15 +57,31 @@ class _EndpointLifecycle:
         return False
 
 
+# An endpoint's network is keyed apart from training jobs' (a job and an endpoint may share a
+# name, as `estimator.deploy()` names them): no resource name holds a colon.
+NETWORK_KEY_PREFIX = "endpoint:"
+
+
+def network_key(name: str) -> str:
+    return NETWORK_KEY_PREFIX + name
+
+
 class _Leftovers:
-    """An endpoint's instances leave a bridge and its rules; the sweep of any kind's bridges
-    (training/kind.py) removes those of every job and endpoint that no worker runs."""
+    """An endpoint's instances leave a bridge and its rules."""
 
     def remove_lost(self, settings: Settings, name: str) -> None:
-        pass
+        from openmaker.runtime.network import remove
+
+        remove(settings.home, network_key(name))
 
     def remove_stale(self, settings: Settings, running: Callable[[list[str]], set[str]]) -> None:
-        pass
+        from openmaker.runtime.network import jobs_with_networks, remove
+
+        prefix = NETWORK_KEY_PREFIX
+        keys = jobs_with_networks(settings.home)
+        names = [key.removeprefix(prefix) for key in keys if key.startswith(prefix)]
+        for name in set(names) - running(names):
+            remove(settings.home, prefix + name)
 
 
 def fail(job: JobRecord, reason: str) -> None:

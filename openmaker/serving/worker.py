@@ -23,17 +23,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import EndpointRecord, Tag, writer_sessions
 from openmaker.runtime.network import JobNetwork
+from openmaker.runtime.network import create as create_network
+from openmaker.runtime.network import remove as remove_network
 from openmaker.serving import status
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.instance import DEFAULT_STARTUP_SECONDS, Instance, InstancePlan
-from openmaker.serving.kind import fail, log_group
+from openmaker.serving.kind import fail, log_group, network_key
 from openmaker.serving.logs import EndpointLogs
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.models import the_container
 from openmaker.settings import Settings, from_json
 from openmaker.shapes.locations import LocalPaths
-from openmaker.training.host.site import job_network, remove_network
 
 # How often a serving instance's container is looked at (has it ended?).
 WATCH_SECONDS = 1.0
@@ -117,8 +118,8 @@ class EndpointWorker:
 
     def _start_all(self) -> None:
         hosts = [instance.plan.id for instance in self.instances]
-        remove_network(self.settings.home, self.name)  # what a killed worker left
-        network = job_network(self.settings, self.name, hosts, {}, isolated=False)
+        remove_network(self.settings.home, network_key(self.name))  # what a killed worker left
+        network = create_network(self.settings, network_key(self.name), hosts, {})
         self.network = network
         if network.bridge is None:
             raise EndpointFailed(
@@ -206,7 +207,7 @@ class EndpointWorker:
         grace = self.settings.stop_grace_seconds
         with ThreadPoolExecutor(max(1, len(self.instances))) as pool:
             list(pool.map(lambda i: i.stop(grace), self.instances))
-        remove_network(self.settings.home, self.name)
+        remove_network(self.settings.home, network_key(self.name))
         for instance in self.instances:
             instance.remove()
         self.logs.close()

@@ -88,7 +88,8 @@ class _Leftovers:
         names = jobs_with_cgroups(settings.home)
         for name in set(names) - running(names):
             remove_job_cgroups(settings.home, name)
-        names = jobs_with_networks(settings.home)
+        # Other kinds' networks have keys of their own, with a colon (serving/kind.py).
+        names = [key for key in jobs_with_networks(settings.home) if ":" not in key]
         for name in set(names) - running(names):
             remove_network(settings.home, name)
 
