@@ -39,7 +39,7 @@ async def plan_channel(spec: HostSpec, channel: ChannelPlan) -> list[Download]:
         raise ChannelError(
             f"channel {name!r}: S3DataType {channel.data_type} is not supported in File mode"
         )
-    root = spec.ml_dir / "input" / "data" / name
+    root = spec.ml_dir / channel.folder
     objects = for_host(spec, channel, await list_channel(spec, channel))
     return [
         Download(o.store, o.key, o.size, safe_destination(root, o.relative)) for o in objects
@@ -81,7 +81,7 @@ async def _until_stopped(work: Coroutine[Any, Any, int], stopped: Callable[[], b
 async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     channels = file_channels(spec)
     for channel in channels:
-        (spec.ml_dir / "input" / "data" / channel.name).mkdir(parents=True, exist_ok=True)
+        (spec.ml_dir / channel.folder).mkdir(parents=True, exist_ok=True)
     plans = await asyncio.gather(*(plan_channel(spec, c) for c in channels))
     total = sum(d.size for plan in plans for d in plan)
     meter = ProgressMeter("Downloading", total, emit)
