@@ -167,8 +167,7 @@ class LogHandlers:
         prefix = params.get("logGroupNamePrefix") or ""
         groups = [
             {"logGroupName": g, "creationTime": 0, "storedBytes": 0}
-            for g in self.logs.groups
-            if g.startswith(prefix)
+            for g in self.logs.group_names(prefix)
         ]
         return {"logGroups": groups}
 
