@@ -9,8 +9,9 @@ from openmaker.jobs import resource
 from openmaker.jobs.resource import ResourceKind
 from openmaker.serving.kind import ENDPOINT
 from openmaker.training.kind import TRAINING
+from openmaker.transform.kind import TRANSFORM
 
-KINDS: tuple[ResourceKind, ...] = (TRAINING, ENDPOINT)
+KINDS: tuple[ResourceKind, ...] = (TRAINING, ENDPOINT, TRANSFORM)
 
 
 def of_arn(arn: str) -> ResourceKind | None:

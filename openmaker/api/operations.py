@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from openmaker.api.serving import ServingHandlers
+from openmaker.api.transform import TransformHandlers
 from openmaker.jobs.cloudwatch import LogQueries, Window
 from openmaker.jobs.tags import Tags
 from openmaker.resources import KINDS, log_groups
@@ -25,6 +26,7 @@ from openmaker.training.query import JobQuery
 from openmaker.training.search import search
 from openmaker.training.service import TrainingJobs
 from openmaker.training.update import update_training_job
+from openmaker.transform.service import TransformJobs
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 SWEEP_SECONDS = 5.0
@@ -60,6 +62,8 @@ class Backend:
         self.invoker = Invoker(self.serving.endpoints, settings.region, settings.account_id)
         TrainingJobHandlers(self.jobs).register(self.handlers)
         ServingHandlers(self.serving).register(self.handlers)
+        transforms = TransformJobs(settings, self.serving.models, self.jobs.executor)
+        TransformHandlers(transforms).register(self.handlers)
         tags = Tags(self.jobs.sessions, self.jobs.writers, KINDS, taggable())
         TagHandlers(tags).register(self.handlers)
         logs = LogQueries(self.jobs.sessions, settings.region, settings.account_id, log_groups())

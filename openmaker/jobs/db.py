@@ -307,3 +307,14 @@ class EndpointRecord(JobRecord, Base):
     models: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Its instances as its worker reports them: [{"variant", "id", "address", "healthy"}].
     instances: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class TransformJobRecord(JobRecord, Base):
+    """A batch transform job: its request, with its model's request as it was at creation (a
+    model may be deleted while a job made from it runs, as on SageMaker)."""
+
+    __tablename__ = "transform_jobs"
+
+    model: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    transform_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    transform_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
