@@ -225,9 +225,25 @@ class TransformWorker:
                 transformer.close()
                 invokers[index].close()
 
-        with ThreadPoolExecutor(len(self.instances)) as pool:
-            list(pool.map(one_instance, range(len(self.instances))))
+        done = threading.Event()
+        # A stop ends the containers: requests in flight then end at once, not at their timeout.
+        watcher = threading.Thread(target=self._stop_on_request, args=(done,), daemon=True)
+        watcher.start()
+        try:
+            with ThreadPoolExecutor(len(self.instances)) as pool:
+                list(pool.map(one_instance, range(len(self.instances))))
+        finally:
+            done.set()
+            watcher.join()
         return sorted(failures, key=lambda f: f[0].location.key)
+
+    def _stop_on_request(self, done: threading.Event) -> None:
+        while not done.is_set():
+            if self.stop.wait(0.2):
+                grace = self.settings.stop_grace_seconds
+                for instance in self.instances:
+                    instance.stop(grace)
+                return
 
     def _failure_reason(self, failures: list[tuple[InputObject, str, str]]) -> str:
         named = [f"{item.location.uri} ({why})" for item, why, _ in failures[:NAMED_FAILURES]]
