@@ -10,8 +10,9 @@ from openmaker.jobs.resource import ResourceKind
 from openmaker.processing.kind import PROCESSING
 from openmaker.serving.kind import ENDPOINT
 from openmaker.training.kind import TRAINING
+from openmaker.transform.kind import TRANSFORM
 
-KINDS: tuple[ResourceKind, ...] = (TRAINING, ENDPOINT, PROCESSING)
+KINDS: tuple[ResourceKind, ...] = (TRAINING, ENDPOINT, PROCESSING, TRANSFORM)
 
 
 def of_arn(arn: str) -> ResourceKind | None:

@@ -26,6 +26,7 @@ from openmaker.shapes.model import shape
 from openmaker.training import state
 from openmaker.training.kind import TRAINING
 from openmaker.training.status import SecondaryStatus, TrainingJobStatus
+from openmaker.transform.kind import TRANSFORM
 from tests.apiserver import ApiServer, stop_all
 from tests.helpers import make_image, request
 
@@ -70,10 +71,13 @@ def test_every_kind_is_a_job_the_shared_machinery_can_handle() -> None:
     assert resources.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint/e") is ENDPOINT
     assert resources.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint-config/e") is None
     assert resources.of_arn("training-job/a-job") is None
+    transform = "arn:aws:sagemaker:us-east-1:000000000000:transform-job/t"
+    assert resources.of_arn(transform) is TRANSFORM
     assert resources.log_groups() == (
         LOG_GROUP,
         "/aws/sagemaker/Endpoints",
         "/aws/sagemaker/ProcessingJobs",
+        "/aws/sagemaker/TransformJobs",
     )
 
 
@@ -165,6 +169,22 @@ def test_every_error_openmaker_answers_is_one_the_model_declares(
         ("sagemaker", "DescribeProcessingJob", {"ProcessingJobName": "no-such-job"}),
         ("sagemaker", "ListProcessingJobs", {"NextToken": "not-a-token"}),
         ("sagemaker", "StopProcessingJob", {"ProcessingJobName": "no-such-job"}),
+        (
+            "sagemaker",
+            "CreateTransformJob",
+            {
+                "TransformJobName": "t",
+                "ModelName": "no-such-model",
+                "TransformInput": {
+                    "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/"}}
+                },
+                "TransformOutput": {"S3OutputPath": "s3://b/out"},
+                "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+            },
+        ),
+        ("sagemaker", "DescribeTransformJob", {"TransformJobName": "no-such-job"}),
+        ("sagemaker", "ListTransformJobs", {"NextToken": "not-a-token"}),
+        ("sagemaker", "StopTransformJob", {"TransformJobName": "no-such-job"}),
         ("logs", "DescribeLogGroups", {"limit": 0}),
         ("logs", "DescribeLogStreams", {"logGroupName": "/no/such/group"}),
         ("logs", "DescribeLogStreams", {**group, "nextToken": "nonsense"}),

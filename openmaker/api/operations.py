@@ -12,6 +12,7 @@ from typing import Any
 
 from openmaker.api.processing import ProcessingHandlers
 from openmaker.api.serving import ServingHandlers
+from openmaker.api.transform import TransformHandlers
 from openmaker.jobs.cloudwatch import LogQueries, Window
 from openmaker.jobs.tags import Tags
 from openmaker.processing.service import ProcessingJobs
@@ -27,6 +28,7 @@ from openmaker.training.query import JobQuery
 from openmaker.training.search import search
 from openmaker.training.service import TrainingJobs
 from openmaker.training.update import update_training_job
+from openmaker.transform.service import TransformJobs
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 SWEEP_SECONDS = 5.0
@@ -63,6 +65,8 @@ class Backend:
         TrainingJobHandlers(self.jobs).register(self.handlers)
         ServingHandlers(self.serving).register(self.handlers)
         ProcessingHandlers(ProcessingJobs(settings, local=local)).register(self.handlers)
+        transforms = TransformJobs(settings, self.serving.models, self.jobs.executor)
+        TransformHandlers(transforms).register(self.handlers)
         tags = Tags(self.jobs.sessions, self.jobs.writers, KINDS, taggable())
         TagHandlers(tags).register(self.handlers)
         logs = LogQueries(self.jobs.sessions, settings.region, settings.account_id, log_groups())

@@ -318,3 +318,14 @@ class ProcessingJobRecord(JobRecord, Base):
     processing_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The first 1 KB of /opt/ml/output/message of the first host that left one.
     exit_message: Mapped[str | None] = mapped_column(Text)
+
+
+class TransformJobRecord(JobRecord, Base):
+    """A batch transform job: its request, with its model's request as it was at creation (a
+    model may be deleted while a job made from it runs, as on SageMaker)."""
+
+    __tablename__ = "transform_jobs"
+
+    model: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    transform_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    transform_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -23,8 +23,15 @@ FLUSH_SECONDS = 0.5
 
 
 class EndpointLogs:
-    def __init__(self, writers: sessionmaker[Session], endpoint: str, limit_bytes: int) -> None:
+    def __init__(
+        self,
+        writers: sessionmaker[Session],
+        endpoint: str,
+        limit_bytes: int,
+        group: str | None = None,  # another kind's group (a transform job's instances)
+    ) -> None:
         self.writers, self.endpoint, self.limit = writers, endpoint, limit_bytes
+        self.group = group or log_group(endpoint)
         self._lock = threading.Lock()
         self._pending: list[tuple[str, int, str]] = []
         self._pending_bytes = 0
@@ -81,7 +88,7 @@ class EndpointLogs:
                     session.add(
                         LogStream(
                             name=stream,
-                            group=log_group(self.endpoint),
+                            group=self.group,
                             job_name=self.endpoint,
                             creation_time=now,
                         )

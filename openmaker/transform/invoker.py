@@ -1,0 +1,111 @@
+"""Posting mini-batches to an instance's container (`POST /invocations` on 8080), and asking it
+for its execution parameters (`GET /execution-parameters`).
+
+Each thread keeps its own connection to its instance. `ModelClientConfig` says how long a
+request may take and how often one that failed for want of an answer (no connection, a timeout,
+a 5xx) is tried again; a 4xx is the container refusing the input, never retried.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+# SageMaker's defaults for ModelClientConfig.
+DEFAULT_TIMEOUT_SECONDS = 600
+DEFAULT_RETRIES = 3
+PARAMETERS_SECONDS = 5.0
+_EXCERPT = 300
+
+
+class InvocationError(Exception):
+    """A mini-batch could not be transformed; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    content_type: str | None
+    accept: str | None
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+    retries: int = DEFAULT_RETRIES
+
+
+class Invoker:
+    def __init__(self, address: str, invocation: Invocation) -> None:
+        host, _, port = address.rpartition(":")
+        self.host, self.port, self.invocation = host, int(port), invocation
+        self._local = threading.local()
+
+    def invoke(self, body: bytes, chunked: bool = False) -> bytes:
+        headers = {}
+        if self.invocation.content_type:
+            headers["Content-Type"] = self.invocation.content_type
+        if self.invocation.accept:
+            headers["Accept"] = self.invocation.accept
+        why = ""
+        for _ in range(self.invocation.retries + 1):
+            connection = self._connection()
+            try:
+                if chunked:
+                    chunks = (body[i : i + 1024 * 1024] for i in range(0, len(body), 1024 * 1024))
+                    connection.request("POST", "/invocations", chunks, headers, encode_chunked=True)
+                else:
+                    connection.request("POST", "/invocations", body, headers)
+                response = connection.getresponse()
+                answer = response.read()
+            except TimeoutError:
+                self._drop()
+                why = f"the container did not answer within {self.invocation.timeout:g} seconds"
+                continue
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                why = f"the container could not be reached ({exc or type(exc).__name__})"
+                continue
+            if response.status == 200:
+                return answer
+            why = f"the container answered {response.status}: {_excerpt(answer)}"
+            if response.status < 500:
+                break
+        raise InvocationError(why)
+
+    def execution_parameters(self) -> dict[str, Any]:
+        """What `GET /execution-parameters` answers, or {} when the container offers none."""
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=PARAMETERS_SECONDS)
+        try:
+            connection.request("GET", "/execution-parameters")
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                return {}
+            parsed = json.loads(answer)
+            return parsed if isinstance(parsed, dict) else {}
+        except (OSError, http.client.HTTPException, ValueError):
+            return {}
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self._drop()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = http.client.HTTPConnection(
+                self.host, self.port, timeout=self.invocation.timeout
+            )
+            self._local.connection = connection
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+
+def _excerpt(answer: bytes) -> str:
+    text = answer[:_EXCERPT].decode("utf-8", "replace").strip()
+    return (text + "…" if len(answer) > _EXCERPT else text) or "(no body)"

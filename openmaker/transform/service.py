@@ -1,0 +1,182 @@
+"""Transform jobs as the SageMaker API sees them: CreateTransformJob, DescribeTransformJob,
+ListTransformJobs, StopTransformJob.
+
+A created job waits in the shared queue (openmaker/jobs/queue.py) for the capacity its
+`TransformResources` ask for, then runs in a worker started by the executor
+(openmaker/transform/worker.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import signal
+import threading
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from openmaker.jobs import capacity, queue, recovery
+from openmaker.jobs.db import TransformJobRecord, sessions, writer_sessions
+from openmaker.jobs.executor import Executor, LocalExecutor
+from openmaker.jobs.tags import put as put_tags
+from openmaker.resources import KINDS
+from openmaker.serving.clock import as_utc, now
+from openmaker.serving.listing import page
+from openmaker.serving.models import Models
+from openmaker.settings import Settings
+from openmaker.shapes.arn import resource_arn
+from openmaker.shapes.errors import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.transform import status
+from openmaker.transform.checks import check_create_transform_job
+from openmaker.transform.kind import TRANSFORM, enter, finish
+
+# What DescribeTransformJob returns of the request, as given.
+_DESCRIBED = (
+    "ModelName",
+    "MaxConcurrentTransforms",
+    "ModelClientConfig",
+    "MaxPayloadInMB",
+    "BatchStrategy",
+    "Environment",
+    "TransformInput",
+    "TransformOutput",
+    "DataCaptureConfig",
+    "TransformResources",
+    "DataProcessing",
+    "ExperimentConfig",
+)
+
+
+class TransformJobs:
+    def __init__(
+        self,
+        settings: Settings,
+        models: Models,
+        executor: Executor | None = None,
+        starting: threading.RLock | None = None,
+    ) -> None:
+        self.settings, self.models = settings, models
+        self.sessions, self.writers = sessions(settings), writer_sessions(settings)
+        self.executor = executor or LocalExecutor(settings)
+        # Shared with whatever else starts workers through this executor (one at a time).
+        self._starting = starting or threading.RLock()
+
+    def arn(self, name: str) -> str:
+        return resource_arn("transform-job", name, self.settings.region, self.settings.account_id)
+
+    def create(self, request: dict[str, Any]) -> dict[str, str]:
+        check_create_transform_job(request)
+        model = self.models.get(request["ModelName"]).request
+        kind = TRANSFORM
+        capacity.check_can_fit(kind.instances(request), capacity.machine(self.settings), kind.noun)
+        name = request["TransformJobName"]
+        arn = self.arn(name)
+        at = now()
+        job = TransformJobRecord(
+            name=name,
+            arn=arn,
+            request={k: copy.deepcopy(v) for k, v in request.items() if k != "Tags"},
+            status=status.IN_PROGRESS,
+            secondary_status=status.STARTING,
+            transitions=[],
+            creation_time=at,
+            last_modified_time=at,
+            model=model,
+        )
+        enter(job, status.STARTING)
+        with self.writers() as session:
+            session.add(job)
+            try:
+                session.flush()
+                put_tags(session, arn, request.get("Tags") or [])
+                session.commit()
+            except IntegrityError:
+                raise ResourceInUse(f"Transform job {name} already exists") from None
+        with self._starting:
+            queue.save_launch(self.settings, name)
+            queue.start_ready(self.settings, self.executor, KINDS)
+        return {"TransformJobArn": arn}
+
+    def describe(self, name: str) -> dict[str, Any]:
+        job = self._get(name)
+        result: dict[str, Any] = {
+            "TransformJobName": job.name,
+            "TransformJobArn": job.arn,
+            "TransformJobStatus": job.status,
+            "CreationTime": as_utc(job.creation_time),
+        }
+        result.update({k: job.request[k] for k in _DESCRIBED if k in job.request})
+        if job.failure_reason:
+            result["FailureReason"] = job.failure_reason
+        if job.transform_start_time is not None:
+            result["TransformStartTime"] = as_utc(job.transform_start_time)
+        if job.transform_end_time is not None:
+            result["TransformEndTime"] = as_utc(job.transform_end_time)
+        return result
+
+    def list(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self.sessions() as session:
+            rows = list(session.scalars(select(TransformJobRecord)))
+        return page("ListTransformJobs", params, rows, _summary, "TransformJobSummaries")
+
+    def stop(self, name: str) -> None:
+        with self.writers() as session:
+            job = session.get(TransformJobRecord, name)
+            if job is None:
+                raise self._not_found(name)
+            if job.status in status.ENDED:
+                raise ValidationException(
+                    f"The request was rejected because the transform job is in status {job.status}."
+                )
+            if job.status == status.STOPPING:
+                return
+            job.stop_requested = status.STOPPED
+            if job.worker_pid is None:  # waiting for capacity: no worker to stop
+                finish(job, status.STOPPED, None)
+                session.commit()
+                with self._starting:  # the jobs behind it may fit
+                    queue.start_ready(self.settings, self.executor, KINDS)
+                return
+            job.status = status.STOPPING
+            job.last_modified_time = now()
+            # A worker not yet ready reads `stop_requested` when it gets ready.
+            pid = job.worker_pid if job.worker_ready else None
+            session.commit()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _get(self, name: str) -> TransformJobRecord:
+        with self.sessions() as session:
+            job = session.get(TransformJobRecord, name)
+        if job is None:
+            raise self._not_found(name)
+        if job.status not in status.ENDED:
+            # A job must never stay InProgress with nothing running it.
+            with self._starting:
+                recovery.check(self.settings, self.executor, KINDS, TRANSFORM, name)
+            with self.sessions() as session:
+                job = session.get(TransformJobRecord, name)
+            assert job is not None
+        return job
+
+    def _not_found(self, name: str) -> ResourceNotFound:
+        return ResourceNotFound(f"Could not find requested job with name {name}")
+
+
+def _summary(job: TransformJobRecord) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "TransformJobName": job.name,
+        "TransformJobArn": job.arn,
+        "CreationTime": as_utc(job.creation_time),
+        "LastModifiedTime": as_utc(job.last_modified_time),
+        "TransformJobStatus": job.status,
+    }
+    if job.transform_end_time is not None:
+        summary["TransformEndTime"] = as_utc(job.transform_end_time)
+    if job.failure_reason:
+        summary["FailureReason"] = job.failure_reason
+    return summary
