@@ -40,7 +40,9 @@ from openmaker.training.describe import describe, summary
 from openmaker.training.kind import TRAINING
 from openmaker.training.plan import ImageError, image_of
 from openmaker.training.query import JobQuery
+from openmaker.training.search import search as search_records
 from openmaker.training.status import SecondaryStatus, TrainingJobStatus
+from openmaker.training.update import update_training_job
 
 log = logging.getLogger("openmaker.jobs")
 
@@ -214,6 +216,14 @@ class TrainingJobs:
             session.commit()
         if worker is not None:
             self.executor.stop(worker)
+
+    def update(self, request: dict[str, Any]) -> str:
+        """UpdateTrainingJob: the job's ARN."""
+        return update_training_job(self.writers, request)
+
+    def search_records(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Search (of training jobs): the page of results the request asks for."""
+        return search_records(self.sessions, request)
 
     def progress(self, name: str) -> dict[str, Any] | None:
         """The transfer under way: {"phase", "done", "total"} (bytes), or None."""
