@@ -65,7 +65,9 @@ def _old_job(name: str, status: str, pid: int, started: int | None) -> dict[str,
         "request": json.dumps(request(name, "/nowhere", "s3://bkt/out")),
         "status": status,
         "secondary_status": "Training",
-        "transitions": json.dumps([{"Status": "Training", "StartTime": AT, "StatusMessage": "Training"}]),
+        "transitions": json.dumps(
+            [{"Status": "Training", "StartTime": AT, "StatusMessage": "Training"}]
+        ),
         "creation_time": "2026-11-01 10:00:00.000000",
         "last_modified_time": "2026-11-01 10:05:00.000000",
         "worker_pid": pid,
