@@ -20,6 +20,7 @@ from openmaker.shapes.errors import ResourceNotFound, ValidationException
 from openmaker.store import resolve
 from openmaker.training.service import TrainingJobs
 from openmaker.training.state import TERMINAL
+from tests.process_helpers import pid_of
 
 
 def unique_name(prefix: str) -> str:
@@ -140,7 +141,7 @@ def end_every_job(grace: float = 15) -> None:
             if time.monotonic() > deadline:
                 with jobs.sessions() as session:
                     job = session.get(TrainingJob, name)
-                    pid = None if job is None else job.worker_pid
+                    pid = pid_of(job)
                 if pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)

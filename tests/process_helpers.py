@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from openmaker.jobs.db import TrainingJob
+from openmaker.jobs.db import JobRecord, TrainingJob
+from openmaker.jobs.executor import local_process
 from openmaker.training.service import TrainingJobs
 
 
@@ -84,7 +85,13 @@ def release(job_name: str) -> None:
 def worker_pid(jobs: TrainingJobs, job_name: str) -> int | None:
     with jobs.sessions() as session:
         job = session.get(TrainingJob, job_name)
-        return None if job is None else job.worker_pid
+        return pid_of(job)
+
+
+def pid_of(job: JobRecord | None) -> int | None:
+    """The PID of the local process that runs (or starts) `job`, from its worker reference."""
+    process = None if job is None or job.worker is None else local_process(job.worker)
+    return None if process is None else process[0]
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 60) -> None:

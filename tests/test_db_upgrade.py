@@ -4,9 +4,12 @@ works: the columns added since are added to it, its jobs are described and liste
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 
+from openmaker.jobs.executor import process_start_time
 from openmaker.training.service import TrainingJobs
 from tests.helpers import request
 
@@ -49,4 +52,62 @@ def test_a_first_release_database_is_upgraded_in_place(home: Path) -> None:
     columns = {row[1] for row in sqlite3.connect(home / "openmaker.db").execute(
         "PRAGMA table_info(training_jobs)"
     )}  # fmt: skip
-    assert {"worker_started", "attempts", "placement"} <= columns
+    assert {"worker", "attempts", "placement"} <= columns
+
+
+AT = "2026-11-01T10:00:00+00:00"
+
+
+def _old_job(name: str, status: str, pid: int, started: int | None) -> dict[str, object]:
+    return {
+        "name": name,
+        "arn": f"arn:aws:sagemaker:us-east-1:000000000000:training-job/{name}",
+        "request": json.dumps(request(name, "/nowhere", "s3://bkt/out")),
+        "status": status,
+        "secondary_status": "Training",
+        "transitions": json.dumps(
+            [{"Status": "Training", "StartTime": AT, "StatusMessage": "Training"}]
+        ),
+        "creation_time": "2026-11-01 10:00:00.000000",
+        "last_modified_time": "2026-11-01 10:05:00.000000",
+        "worker_pid": pid,
+        "worker_started": started,
+        "worker_ready": 1,
+    }
+
+
+def test_a_job_whose_worker_an_earlier_release_recorded_by_pid_is_still_watched(
+    home: Path,
+) -> None:
+    """Jobs recorded with `worker_pid` (before workers were named by reference): a worker
+    still running is left running and stopped on request, one that is gone is seen lost."""
+    home.mkdir(parents=True)
+    old = sqlite3.connect(home / "openmaker.db")
+    old.execute(FIRST_RELEASE_TABLE)
+    old.execute("ALTER TABLE training_jobs ADD COLUMN worker_started BIGINT")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    running = subprocess.Popen(["sleep", "600"])
+    try:
+        for job in (
+            _old_job("running", "InProgress", running.pid, process_start_time(running.pid)),
+            _old_job("gone", "InProgress", gone.pid, None),
+        ):
+            columns = ", ".join(job)
+            old.execute(
+                f"INSERT INTO training_jobs ({columns}) VALUES ({', '.join('?' * len(job))})",
+                tuple(job.values()),
+            )
+        old.commit()
+        old.close()
+
+        jobs = TrainingJobs()  # upgrades, then sweeps
+        assert jobs.describe("running")["TrainingJobStatus"] == "InProgress"
+        lost = jobs.describe("gone")
+        assert lost["TrainingJobStatus"] == "Failed"
+        assert f"(process {gone.pid}) ended without finishing it" in lost["FailureReason"]
+        jobs.stop("running")
+        assert running.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        running.kill()
+        running.wait()

@@ -31,7 +31,7 @@ from tests.helpers import (
     wait_for,
     wait_for_log,
 )
-from tests.process_helpers import AWAIT_RELEASE, HOLD, release, wait_until
+from tests.process_helpers import AWAIT_RELEASE, HOLD, pid_of, release, wait_until
 from tests.s3server import S3Server, served_bytes
 
 BIG = 8 * 1024 * 1024
@@ -242,7 +242,7 @@ def test_a_killed_worker_leaves_no_mount_behind(
     with jobs.sessions() as session:
         job = session.get(TrainingJob, "ff-killed")
         assert job is not None
-        pid = job.worker_pid
+        pid = pid_of(job)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 20

@@ -99,3 +99,59 @@ def test_the_scan_sees_every_kind_of_import() -> None:
     found = set(imports("openmaker.api.sample", source))
     assert {"sqlalchemy.orm", "openmaker.jobs.db", "openmaker.jobs.executor"} <= found
     assert "openmaker.training.host.limits" in found
+
+
+# What the API must not reach for: the database's session factories.
+SESSION_NAMES = {"sessionmaker", "sessions", "writers", "writer_sessions"}
+
+
+def _names(source: str) -> Iterator[str]:
+    """Every name and attribute a module's source uses."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name):
+            yield node.id
+        elif isinstance(node, ast.Attribute):
+            yield node.attr
+        elif isinstance(node, ast.alias):
+            yield node.asname or node.name.rsplit(".", 1)[-1]
+
+
+def test_the_api_is_given_services_not_database_sessions() -> None:
+    found = sorted(
+        f"{path.relative_to(PACKAGE)} uses {name}"
+        for path in (PACKAGE / "api").rglob("*.py")
+        for name in set(_names(path.read_text())) & SESSION_NAMES
+    )
+    assert not found, "\n".join(found)
+
+
+def _kills(source: str) -> bool:
+    """Whether the source calls os.kill (a signal to one process by its PID)."""
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "kill"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "os"
+        for node in ast.walk(ast.parse(source))
+    )
+
+
+def test_only_the_executor_signals_a_worker() -> None:
+    """A worker is named by the executor's opaque reference, which only the executor reads:
+    nothing else sends a signal to a process by PID (the container runtime signals the
+    processes it started itself)."""
+    found = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if _kills(path.read_text())
+        and not path.relative_to(PACKAGE).as_posix().startswith(("runtime/", "jobs/executor"))
+    )
+    assert not found, f"os.kill outside the executor: {found}"
+
+
+def test_the_scans_see_sessions_and_kills() -> None:
+    source = "import os\nfrom x import sessionmaker\ndef f(j):\n    os.kill(j.pid, 9)\n"
+    assert "sessionmaker" in set(_names(source))
+    assert "sessions" in set(_names("self.jobs.sessions()"))
+    assert _kills(source) and not _kills("os.killpg(1, 9)")

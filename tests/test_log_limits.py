@@ -30,6 +30,7 @@ from openmaker.training.service import TrainingJobs
 from openmaker.training.state import TERMINAL
 from tests.apiserver import ApiServer
 from tests.helpers import make_image, request
+from tests.process_helpers import pid_of
 
 MIB = 1024 * 1024
 # Short lines, about 1 MiB of them per write; MIBS None floods until the job is stopped.
@@ -64,7 +65,7 @@ def _start(tmp_path: Path, name: str, script: str, **extra: Any) -> TrainingJobs
 def _worker_pid(jobs: TrainingJobs, name: str) -> int | None:
     with jobs.sessions() as session:
         job = session.get(TrainingJob, name)
-        return job.worker_pid if job is not None else None
+        return pid_of(job)
 
 
 def _rss(pid: int) -> int:

@@ -170,7 +170,7 @@ def test_a_worker_killed_with_nobody_watching_is_found_by_the_next_command(
         f"InternalServerError: the openmaker worker running the job (process {pid}) ended "
         "without finishing it"
     )
-    assert lost.placement is None and lost.worker_pid is None
+    assert lost.placement is None and lost.worker is None
     assert not list((load_settings().jobs_dir / "lost").glob("algo-*"))
     if limited:
         assert "lost" not in jobs_with_cgroups(home)
@@ -246,9 +246,10 @@ def _worker_in(home: Path, name: str) -> int | None:
         "import os, sys\n"
         "from openmaker.settings import load_settings\n"
         "from openmaker.jobs.db import TrainingJob, sessions\n"
+        "from openmaker.jobs.executor import local_process\n"
         "with sessions(load_settings())() as s:\n"
         "    job = s.get(TrainingJob, sys.argv[1])\n"
-        "    print(job.worker_pid if job.worker_ready else '')\n"
+        "    print(local_process(job.worker)[0] if job.worker_ready else '')\n"
     )
     env = {**os.environ, "OPENMAKER_HOME": str(home)}
     out = subprocess.run(

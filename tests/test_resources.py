@@ -59,7 +59,7 @@ def test_a_status_the_model_does_not_name_is_refused(home: Path) -> None:
 
 def test_every_kind_is_a_job_the_shared_machinery_can_handle() -> None:
     shared = set(JobRecord.__annotations__)
-    assert {"status", "worker_pid", "placement", "request"} <= shared
+    assert {"status", "worker", "placement", "request"} <= shared
     for kind in resources.KINDS:
         table = kind.table()
         assert issubclass(table, JobRecord)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.jobs.db import TrainingJob
-from openmaker.jobs.executor import process_lost, process_start_time
+from openmaker.jobs.executor import local_process, local_reference, process_lost, process_start_time
 from openmaker.training.host.limits import jobs_with_cgroups
 from openmaker.training.service import TrainingJobs
 from tests.helpers import get_object, make_image, request, wait_for
@@ -213,9 +213,11 @@ def test_a_reused_pid_is_not_taken_for_the_worker(tmp_path: Path, home: Path) ->
         with jobs.writers() as session:
             job = session.get(TrainingJob, "reused-pid")
             assert job is not None
-            assert job.worker_started is not None
-            assert job.worker_started != process_start_time(stranger.pid)
-            job.worker_pid = stranger.pid
+            assert job.worker is not None
+            process = local_process(job.worker)
+            assert process is not None and process[1] is not None
+            assert process[1] != process_start_time(stranger.pid)
+            job.worker = local_reference(stranger.pid, process[1])
             session.commit()
         description = wait_for(jobs, "reused-pid", timeout=30)
         assert description["TrainingJobStatus"] == "Failed"

@@ -25,9 +25,7 @@ from openmaker.shapes.model import operation_model
 from openmaker.shapes.paging import paginator
 from openmaker.training.metric_reads import MetricReads
 from openmaker.training.query import JobQuery
-from openmaker.training.search import search
 from openmaker.training.service import TrainingJobs
-from openmaker.training.update import update_training_job
 from openmaker.transform.service import TransformJobs
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -58,7 +56,7 @@ class Backend:
         # A request through the API names local paths only where the machine's owner allows.
         local = LocalPaths.under(settings.file_roots, settings.home)
         self.jobs = TrainingJobs(settings, local=local)
-        self.metrics = MetricReads(self.jobs.sessions)
+        self.metrics = MetricReads.of(settings)
         self.handlers = Handlers()
         self.serving = Serving(settings, local)
         self.invoker = Invoker(self.serving.endpoints, settings.region, settings.account_id)
@@ -67,9 +65,9 @@ class Backend:
         ProcessingHandlers(ProcessingJobs(settings, local=local)).register(self.handlers)
         transforms = TransformJobs(settings, self.serving.models, self.jobs.executor)
         TransformHandlers(transforms).register(self.handlers)
-        tags = Tags(self.jobs.sessions, self.jobs.writers, KINDS, taggable())
+        tags = Tags.of(settings, KINDS, taggable())
         TagHandlers(tags).register(self.handlers)
-        logs = LogQueries(self.jobs.sessions, settings.region, settings.account_id, log_groups())
+        logs = LogQueries.of(settings, log_groups())
         LogHandlers(logs).register(self.handlers)
 
     def watch(self, every: float = SWEEP_SECONDS) -> None:
@@ -128,10 +126,10 @@ class TrainingJobHandlers:
         return {}
 
     def update(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"TrainingJobArn": update_training_job(self.jobs.writers, params)}
+        return {"TrainingJobArn": self.jobs.update(params)}
 
     def search(self, params: dict[str, Any]) -> dict[str, Any]:
-        return search(self.jobs.sessions, params)
+        return self.jobs.search_records(params)
 
 
 class TagHandlers:

@@ -80,9 +80,9 @@ def _service(settings: Settings, submitting: bool = False) -> TrainingJobs | Rem
         from openmaker.cli.remote import RemoteJobs  # boto3 loads only when it is used
 
         return RemoteJobs()
-    from openmaker.jobs.executor import LocalExecutor
+    from openmaker.jobs.executor import executor_for
 
-    executor = LocalExecutor(settings)
+    executor = executor_for(settings)
     if submitting:
         from openmaker.training.kind import TRAINING  # light: no SQLAlchemy, no botocore
 

@@ -17,8 +17,9 @@ from typing import Any, TypeVarTuple
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from openmaker.jobs.db import LogEvent, LogStream
+from openmaker.jobs.db import LogEvent, LogStream, sessions
 from openmaker.jobs.logs import EVENT_OVERHEAD
+from openmaker.settings import Settings
 from openmaker.shapes.errors import InvalidParameter, LogsResourceNotFound
 from openmaker.shapes.paging import decode, encode, invalid_token, paginator, whole_number
 
@@ -59,6 +60,11 @@ class LogQueries:
         """Queries of the log groups `groups` (those of the kinds of job there are)."""
         self.sessions, self.region, self.account = sessions, region, account
         self.groups = groups
+
+    @classmethod
+    def of(cls, settings: Settings, groups: tuple[str, ...]) -> LogQueries:
+        """Queries of the logs kept in the database of `settings`."""
+        return cls(sessions(settings), settings.region, settings.account_id, groups)
 
     def group_names(self, prefix: str = "") -> list[str]:
         """The log groups that hold streams, in name order: as on AWS, a group exists once

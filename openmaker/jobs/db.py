@@ -22,6 +22,7 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import DatabaseError as SqlDatabaseError
@@ -54,10 +55,9 @@ class JobRecord:
     failure_reason: Mapped[str | None] = mapped_column(Text)
     creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     last_modified_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # The process running the job (or starting it), to notice when it is gone; with its start
-    # time (/proc/<pid>/stat field 22), since a PID is reused by other processes.
-    worker_pid: Mapped[int | None] = mapped_column(Integer)
-    worker_started: Mapped[int | None] = mapped_column(BigInteger)
+    # What runs the job (or starts it), to notice when it is gone and to stop it: a reference
+    # only the executor reads (openmaker/jobs/executor.py).
+    worker: Mapped[str | None] = mapped_column(String(256))
     # Attempts begun (RetryStrategy restarts the job after an infrastructure failure).
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     # The share of the machine its hosts hold while it runs (openmaker/jobs/capacity.py).
@@ -189,6 +189,7 @@ def engine_for(url: str, busy_seconds: float) -> Engine:
         event.listen(engine, "begin", _begin)
     Base.metadata.create_all(engine)
     _add_new_columns(engine)
+    _name_old_workers(engine)
     return engine
 
 
@@ -216,6 +217,35 @@ def _add_new_columns(engine: Engine) -> None:
             connection.exec_driver_sql(
                 f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'
             )
+
+
+def _name_old_workers(engine: Engine) -> None:
+    """A job recorded by an openmaker that kept its worker's PID (`worker_pid`, with its start
+    time `worker_started`) gets that worker's reference instead, so that a job running across
+    the upgrade is still watched (and stopped). The old columns stay, emptied."""
+    from openmaker.jobs.executor import local_reference
+
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        old = {c["name"] for c in inspector.get_columns(table.name)}
+        if "worker" not in table.columns or "worker_pid" not in old:
+            continue
+        started = "worker_started" if "worker_started" in old else "NULL"
+        query = text(
+            f'SELECT name, worker_pid, {started} FROM "{table.name}" WHERE worker_pid IS NOT NULL'
+        )
+        with engine.connect() as connection:  # read first: mostly there is nothing to do
+            if not connection.execute(query).first():
+                continue
+        with engine.execution_options(**{_WRITER: True}).begin() as connection:
+            for name, pid, ticks in connection.execute(query).all():
+                connection.execute(
+                    text(
+                        f'UPDATE "{table.name}" SET worker = :worker, worker_pid = NULL '
+                        "WHERE name = :name"
+                    ),
+                    {"worker": local_reference(pid, ticks), "name": name},
+                )
 
 
 def sessions(settings: Settings) -> sessionmaker[Session]:

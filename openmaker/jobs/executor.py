@@ -1,4 +1,9 @@
-"""Executors start the process that runs a job's hosts.
+"""Executors start the process that runs a job's hosts, and answer for it afterwards.
+
+What runs a job is named by an opaque worker reference, a string only the executor reads
+(stored as is in the job's `worker` column): whether it is gone (`lost`), how to ask it to stop
+(`stop`), how to name it to a person (`describe`). The process that starts a job is named the
+same way while it does (`this_process`), so every executor understands local references.
 
 `local`: a detached worker process on this machine, so that a job outlives the command (or
 request) that created it. A worker spends most of its start importing openmaker (SQLAlchemy
@@ -9,7 +14,11 @@ that runs that kind (`ResourceKind.runner`): the executor knows no kind of resou
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,12 +29,8 @@ from typing import Any, Protocol
 
 from openmaker.settings import Settings, process_environment, to_json
 
-
-@dataclass(frozen=True)
-class Worker:
-    pid: int
-    # Its start time (clock ticks after boot): with the PID, it names the process for good.
-    started: int | None
+# What names the process running (or starting) a job; only executors read one.
+WorkerRef = str
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,9 @@ class Order:
     request: dict[str, Any]
     placement: dict[str, Any] | None = None
     attempt: int = 1
+    # The worker that runs it, as the executor named it (to `before_start`): the worker takes
+    # the job over under that name.
+    worker: WorkerRef | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,17 +69,56 @@ class Executor(Protocol):
         self,
         order: Order,
         settings: Settings,
-        before_start: Callable[[Worker], None] | None = None,
-    ) -> Worker | None:
-        """Start `order` with the submitter's settings; the process that runs it, when on this
-        machine. `before_start` learns that process before it gets the job: once recorded, a
-        process killed at any point leaves no job running unseen."""
+        before_start: Callable[[WorkerRef], None] | None = None,
+    ) -> WorkerRef:
+        """Start `order` with the submitter's settings; the worker that runs it. `before_start`
+        learns that worker before it gets the job: once recorded, a worker killed at any point
+        leaves no job running unseen."""
 
-    def lost(self, worker_pid: int, started: int | None = None) -> bool:
-        """Whether the process that ran a job is gone (without saying how the job ended)."""
+    def start_ahead(self, runner: str) -> None:
+        """Prepare the worker of a next job (run by `runner`) early, where that saves time."""
+
+    def lost(self, worker: WorkerRef) -> bool:
+        """Whether the worker that ran a job is gone (without saying how the job ended)."""
+
+    def stop(self, worker: WorkerRef) -> None:
+        """Ask the worker to stop its job (it records the end); nothing when it is gone."""
+
+    def describe(self, worker: WorkerRef) -> str:
+        """The worker as a person reads it in a message: "process 1234"."""
 
     def reap(self) -> None:
         """Collect the workers this executor started that have ended."""
+
+
+def executor_for(settings: Settings) -> Executor:
+    """The executor `settings` choose. Every worker is a local process for now: with
+    OPENMAKER_EXECUTOR=ray, the local worker runs the job's hosts on Ray (training/runners.py)."""
+    return LocalExecutor(settings)
+
+
+def this_process() -> WorkerRef:
+    """The reference of the calling process (a starter owns the jobs it starts under it)."""
+    return process_reference(os.getpid())
+
+
+def process_reference(pid: int) -> WorkerRef:
+    """Process `pid` as "local:<pid>:<start>": with its start time (clock ticks after boot), a
+    PID names the process for good, since PIDs are reused."""
+    return local_reference(pid, process_start_time(pid))
+
+
+def local_reference(pid: int, started: int | None) -> WorkerRef:
+    return f"local:{pid}" if started is None else f"local:{pid}:{started}"
+
+
+def local_process(worker: WorkerRef) -> tuple[int, int | None] | None:
+    """The PID and start time a local reference names; None for another kind of reference."""
+    scheme, _, rest = worker.partition(":")
+    if scheme != "local" or not rest:
+        return None
+    pid, _, started = rest.partition(":")
+    return int(pid), int(started) if started else None
 
 
 class LocalExecutor:
@@ -86,16 +133,17 @@ class LocalExecutor:
         self,
         order: Order,
         settings: Settings,
-        before_start: Callable[[Worker], None] | None = None,
-    ) -> Worker | None:
+        before_start: Callable[[WorkerRef], None] | None = None,
+    ) -> WorkerRef:
         (self.settings.jobs_dir / order.name).mkdir(parents=True, exist_ok=True)
         worker = self.spare or _start_worker(order.runner)
         self.spare = None
+        assert worker.stdin is not None
+        started = process_reference(worker.pid)
+        order = dataclasses.replace(order, worker=started)
         # On its standard input, never its command line: the settings may hold the S3
         # server's credentials.
         message = {**order.to_json(), "settings": to_json(settings.for_jobs())}
-        assert worker.stdin is not None
-        started = Worker(worker.pid, process_start_time(worker.pid))
         try:
             if before_start is not None:
                 before_start(started)
@@ -116,8 +164,20 @@ class LocalExecutor:
         if self.spare is None:
             self.spare = _start_worker(runner)
 
-    def lost(self, worker_pid: int, started: int | None = None) -> bool:
-        return process_lost(worker_pid, started)
+    def lost(self, worker: WorkerRef) -> bool:
+        process = local_process(worker)
+        return process is None or process_lost(*process)
+
+    def stop(self, worker: WorkerRef) -> None:
+        process = local_process(worker)
+        # A worker that is gone (or a PID another process took since) is left alone.
+        if process is not None and not process_lost(*process):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process[0], signal.SIGTERM)
+
+    def describe(self, worker: WorkerRef) -> str:
+        process = local_process(worker)
+        return worker if process is None else f"process {process[0]}"
 
     def reap(self) -> None:
         # A worker that has ended stays a zombie until its exit status is read: a long-lived

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from openmaker.jobs import capacity
 from openmaker.jobs.capacity import Placement
 from openmaker.jobs.db import JobRecord, sessions, writer_sessions
-from openmaker.jobs.executor import Executor, Order, Worker, process_start_time
+from openmaker.jobs.executor import Executor, Order, WorkerRef, this_process
 from openmaker.jobs.resource import ResourceKind
 from openmaker.settings import Settings, from_json, load_settings, to_json
 
@@ -68,7 +68,7 @@ def start_ready(settings: Settings, executor: Executor, kinds: Sequence[Resource
         machine = capacity.machine(settings)
         if not any(_changes(_plan(jobs, machine))):
             return
-    me, started = os.getpid(), process_start_time(os.getpid())
+    me = this_process()
     chosen: list[tuple[ResourceKind, JobRecord, Placement]] = []
     with writer_sessions(settings)() as session:
         for kind, job, placement, message in _plan(_active(session, kinds), machine):
@@ -76,7 +76,7 @@ def start_ready(settings: Settings, executor: Executor, kinds: Sequence[Resource
                 kind.lifecycle.waiting(job, message)
                 continue
             job.placement = placement
-            job.worker_pid, job.worker_started, job.worker_ready = me, started, False
+            job.worker, job.worker_ready = me, False
             kind.lifecycle.starting(job)
             chosen.append((kind, job, placement))
         session.commit()
@@ -139,21 +139,21 @@ def _submit(
     kind: ResourceKind,
     job: JobRecord,
     placement: Placement,
-    owner: int,
+    owner: WorkerRef,
 ) -> None:
     sessions = writer_sessions(settings)
     name = job.name
     table = kind.table()
 
-    def record(worker: Worker) -> None:
+    def record(worker: WorkerRef) -> None:
         # The worker becomes the job's owner before it gets the job: a starter killed now or
         # later leaves either a worker that runs it, or one that is gone and seen as lost.
         with sessions() as session:
             session.execute(
                 update(table)
-                .where(table.name == name, table.worker_pid == owner)
+                .where(table.name == name, table.worker == owner)
                 .where(table.status.not_in(kind.ended))
-                .values(worker_pid=worker.pid, worker_started=worker.started)
+                .values(worker=worker)
             )
             session.commit()
 

@@ -50,7 +50,7 @@ def sweep(settings: Settings, executor: Executor, kinds: Sequence[ResourceKind])
 def _running(kind: ResourceKind) -> Select[JobRecord]:
     """The jobs of `kind` that a process runs or starts."""
     table = kind.table()
-    return select(table).where(table.status.in_(kind.active), table.worker_pid.is_not(None))
+    return select(table).where(table.status.in_(kind.active), table.worker.is_not(None))
 
 
 def _with_workers(settings: Settings, kinds: Sequence[ResourceKind], names: list[str]) -> set[str]:
@@ -62,10 +62,10 @@ def _with_workers(settings: Settings, kinds: Sequence[ResourceKind], names: list
         for kind in kinds:
             table = kind.table()
             rows = session.execute(
-                select(table.name, table.status, table.worker_pid).where(table.name.in_(names))
+                select(table.name, table.status, table.worker).where(table.name.in_(names))
             ).all()
             running |= {
-                name for name, status, pid in rows if status not in kind.ended and pid is not None
+                name for name, status, worker in rows if status not in kind.ended and worker
             }
     return running
 
@@ -89,22 +89,15 @@ def check(
 
 
 def _lost(job: JobRecord, executor: Executor) -> bool:
-    pid = job.worker_pid
-    return pid is not None and executor.lost(pid, job.worker_started)
+    return job.worker is not None and executor.lost(job.worker)
 
 
 def _handle_if_lost(kind: ResourceKind, job: JobRecord, executor: Executor) -> bool:
-    if not _lost(job, executor):
+    if job.worker is None or not _lost(job, executor):
         return False
-    if job.worker_ready:
-        what = (
-            f"the openmaker worker running the job (process {job.worker_pid}) ended without "
-            "finishing it"
-        )
-    else:  # the process starting it, or its worker before it took the job over
-        what = (
-            f"the openmaker process starting the job (process {job.worker_pid}) ended without "
-            "finishing it"
-        )
+    worker = executor.describe(job.worker)
+    # Else the process starting it, or its worker before it took the job over.
+    who = "worker running" if job.worker_ready else "process starting"
+    what = f"the openmaker {who} the job ({worker}) ended without finishing it"
     kind.lifecycle.lost(job, what)
     return True

@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from openmaker.jobs.db import Tag
+from openmaker.jobs.db import Tag, sessions, writer_sessions
 from openmaker.jobs.resource import ResourceKind, of_arn
+from openmaker.settings import Settings
 from openmaker.shapes.errors import ResourceNotFound, ValidationException
 from openmaker.shapes.paging import paginator
 
@@ -31,6 +32,16 @@ class Tags:
         jobs, such as models, by the resource type in their ARN)."""
         self.sessions, self.writers, self.kinds = sessions, writers, kinds
         self.tables = dict(tables or {})
+
+    @classmethod
+    def of(
+        cls,
+        settings: Settings,
+        kinds: Sequence[ResourceKind],
+        tables: Mapping[str, Any] | None = None,
+    ) -> Tags:
+        """The tags kept in the database of `settings`."""
+        return cls(sessions(settings), writer_sessions(settings), kinds, tables)
 
     def add(self, arn: str, tags: list[dict[str, str]]) -> list[dict[str, str]]:
         with self.writers() as session:

@@ -4,10 +4,7 @@ shared job machinery (openmaker/jobs/), as training jobs do."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-import signal
 import threading
 from typing import Any
 
@@ -15,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from openmaker.jobs import capacity, queue, recovery
 from openmaker.jobs.db import ProcessingJobRecord, sessions, writer_sessions
-from openmaker.jobs.executor import Executor, LocalExecutor
+from openmaker.jobs.executor import Executor, executor_for
 from openmaker.jobs.tags import put as put_tags
 from openmaker.processing import status
 from openmaker.processing.checks import check_create_processing_job
@@ -43,7 +40,7 @@ class ProcessingJobs:
         self.local = local or LocalPaths.anywhere()
         self.sessions = sessions(settings)
         self.writers = writer_sessions(settings)
-        self.executor = executor or LocalExecutor(settings)
+        self.executor = executor or executor_for(settings)
         # What may start a worker does so one at a time (the executor keeps a spare).
         self._starting = threading.RLock()
 
@@ -114,11 +111,10 @@ class ProcessingJobs:
             job.status = ProcessingJobStatus.STOPPING
             status.enter(job, "Stopping")
             # A worker not yet ready reads `stop_requested` when it gets ready.
-            pid = job.worker_pid if job.worker_ready else None
+            worker = job.worker if job.worker_ready else None
             session.commit()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        if worker is not None:
+            self.executor.stop(worker)
 
     def _get(self, name: str) -> Job:
         with self.sessions() as session:

@@ -56,7 +56,7 @@ def finish(
     job.status = status.value
     job.failure_reason = reason
     job.progress = None
-    job.worker_pid, job.worker_started, job.worker_ready = None, None, False
+    job.worker, job.worker_ready = None, False
     job.placement = None
     enter(job, status.value)
     if job.processing_start_time is not None and job.processing_end_time is None:
@@ -65,7 +65,7 @@ def finish(
 
 def waiting(job: JobRecord) -> bool:
     """Whether the job waits for a process to start it."""
-    return job.status == ProcessingJobStatus.IN_PROGRESS and job.worker_pid is None
+    return job.status == ProcessingJobStatus.IN_PROGRESS and job.worker is None
 
 
 def status_message(job: JobRecord) -> str | None:

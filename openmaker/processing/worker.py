@@ -8,7 +8,6 @@ SIGTERM asks it to stop the job; the hosts then get SIGTERM, the grace period an
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -18,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from openmaker.jobs import gate_keys
-from openmaker.jobs.executor import Order, process_start_time
+from openmaker.jobs.executor import Order, WorkerRef, this_process
 from openmaker.jobs.gate_keys import Place
 from openmaker.processing import status
 from openmaker.processing.kind import PROCESSING, key
@@ -98,6 +97,7 @@ def run_job(
     stop_before_start: threading.Event,
     placement: dict[str, Any] | None = None,
     attempt: int = 1,
+    worker: WorkerRef | None = None,
 ) -> None:
     name = request["ProcessingJobName"]
     # What an earlier worker left (killed) must not leak into this one.
@@ -107,7 +107,7 @@ def run_job(
     signal.signal(signal.SIGTERM, lambda *_: stop.request(StopReason.STOPPED))
     if stop_before_start.is_set():
         stop.request(StopReason.STOPPED)
-    mine = _Attempt(attempt, stop)
+    mine = _Attempt(attempt, stop, worker or this_process())
     hosts: list[TrainingHost] = []
     try:
         job = plan_processing(request, arn)
@@ -138,8 +138,9 @@ def run_job(
 class _Attempt:
     """This worker's attempt: it changes the job only while the job is still at it."""
 
-    def __init__(self, number: int, stop: StopControl) -> None:
-        self.number, self.stop = number, stop
+    def __init__(self, number: int, stop: StopControl, worker: WorkerRef) -> None:
+        # `worker` names this worker, as its executor does.
+        self.number, self.stop, self.worker = number, stop, worker
 
     def current(self, job: ProcessingJobRecord) -> bool:
         return (job.attempts or 1) == self.number and job.status not in status.ENDED
@@ -155,8 +156,7 @@ class _Attempt:
         if not self.current(job):
             self.stop.request(StopReason.STOPPED)
             return
-        pid = os.getpid()
-        job.worker_pid, job.worker_started, job.worker_ready = pid, process_start_time(pid), True
+        job.worker, job.worker_ready = self.worker, True
         if job.stop_requested:
             self.stop.request(job.stop_requested)
 
@@ -250,15 +250,23 @@ def _exit_message(hosts: list[TrainingHost]) -> str | None:
 
 def _start_waiting_jobs(settings: Settings) -> None:
     try:
-        from openmaker.jobs.executor import LocalExecutor
+        from openmaker.jobs.executor import executor_for
         from openmaker.jobs.queue import start_ready
         from openmaker.resources import KINDS
 
-        start_ready(settings, LocalExecutor(settings), KINDS)
+        start_ready(settings, executor_for(settings), KINDS)
     except Exception:  # never a reason for this job to end otherwise; the next sweep retries
         traceback.print_exc()
 
 
 def run(order: Order, settings: Settings, stop_before_start: threading.Event) -> None:
     """Run a worker's order (openmaker/jobs/worker_process.py)."""
-    run_job(settings, order.arn, order.request, stop_before_start, order.placement, order.attempt)
+    run_job(
+        settings,
+        order.arn,
+        order.request,
+        stop_before_start,
+        order.placement,
+        order.attempt,
+        order.worker,
+    )

@@ -9,9 +9,6 @@ removes the record once they are gone.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import EndpointRecord, Tag
-from openmaker.jobs.executor import Worker, process_lost
+from openmaker.jobs.executor import WorkerRef, executor_for
 from openmaker.jobs.tags import put as put_tags
 from openmaker.runtime.network import remove as remove_network
 from openmaker.serving import status
@@ -63,6 +60,8 @@ class Endpoints:
         self.settings, self.sessions, self.writers = settings, sessions, writers
         self.models, self.configs = models, configs
         self.launcher = Launcher()
+        # What its workers' references mean: whether one is gone, how to stop it.
+        self.workers = executor_for(settings)
 
     def arn(self, name: str) -> str:
         return resource_arn("endpoint", name, self.settings.region, self.settings.account_id)
@@ -109,11 +108,11 @@ class Endpoints:
                     session.commit()
         return {"EndpointArn": arn}
 
-    def _owned_by(self, name: str, worker: Worker) -> None:
+    def _owned_by(self, name: str, worker: WorkerRef) -> None:
         with self.writers() as session:
             row = session.get(EndpointRecord, name)
             if row is not None:
-                row.worker_pid, row.worker_started = worker.pid, worker.started
+                row.worker = worker
                 session.commit()
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -140,12 +139,11 @@ class Endpoints:
 
     def delete(self, name: str) -> None:
         self._checked(name)
-        pid = None
         with self.writers() as session:
             row = session.get(EndpointRecord, name)
             if row is None:
                 raise self._not_found(name)
-            if row.status in status.ENDED or row.worker_pid is None:
+            if row.status in status.ENDED or row.worker is None:
                 # Nothing runs its instances: it goes now.
                 self._remove(session, row)
                 session.commit()
@@ -154,11 +152,10 @@ class Endpoints:
             if row.status != status.DELETING:
                 row.status, row.last_modified_time = status.DELETING, now()
             row.stop_requested = status.DELETING
-            pid = row.worker_pid if row.worker_ready else None
+            worker = row.worker if row.worker_ready else None
             session.commit()
-        if pid is not None:  # a worker not yet ready reads `stop_requested` when it is
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        if worker is not None:  # a worker not yet ready reads `stop_requested` when it is
+            self.workers.stop(worker)
 
     def route(self, name: str) -> Route | None:
         """Where invocations of `name` go (None: no such endpoint)."""
@@ -188,18 +185,17 @@ class Endpoints:
             row = session.get(EndpointRecord, name)
         if row is None:
             raise self._not_found(name)
-        pid = row.worker_pid
-        lost = pid is not None and process_lost(pid, row.worker_started)
+        lost = row.worker is not None and self.workers.lost(row.worker)
         if row.status in status.ACTIVE and lost:
             with self.writers() as session:
                 row = session.get(EndpointRecord, name)
                 if row is None:  # its worker removed it as it ended
                     raise self._not_found(name)
-                if row.status in status.ACTIVE and row.worker_pid is not None:
+                if row.status in status.ACTIVE and row.worker is not None:
                     ENDPOINT.lifecycle.lost(
                         row,
-                        f"the openmaker worker running the endpoint (process "
-                        f"{row.worker_pid}) ended without stopping it",
+                        f"the openmaker worker running the endpoint "
+                        f"({self.workers.describe(row.worker)}) ended without stopping it",
                     )
                     session.commit()
             remove_network(self.settings.home, network_key(name))

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from openmaker.jobs.executor import Worker, process_start_time
+from openmaker.jobs.executor import WorkerRef, process_reference
 from openmaker.settings import Settings, process_environment, to_json
 
 
@@ -17,7 +17,7 @@ class Launcher:
         # Workers started here and not yet seen to end (reaped, not left as zombies).
         self.children: list[subprocess.Popen[bytes]] = []
 
-    def start(self, endpoint: str, settings: Settings, record: Callable[[Worker], None]) -> None:
+    def start(self, endpoint: str, settings: Settings, record: Callable[[WorkerRef], None]) -> None:
         """Start the worker of `endpoint`; `record` learns its process before it gets its
         order, so that a worker killed at any point is seen as lost."""
         self.reap()
@@ -32,7 +32,7 @@ class Launcher:
         )
         assert process.stdin is not None
         try:
-            record(Worker(process.pid, process_start_time(process.pid)))
+            record(process_reference(process.pid))
             # On its standard input: the settings may hold the store's credentials.
             order = {"endpoint": endpoint, "settings": to_json(settings.for_jobs())}
             process.stdin.write(json.dumps(order).encode())

@@ -219,7 +219,7 @@ class EndpointWorker:
                 session.delete(row)
                 session.query(Tag).filter(Tag.resource_arn == row.arn).delete()
             row.instances = []
-            row.worker_pid = None
+            row.worker = None
             session.commit()
 
 

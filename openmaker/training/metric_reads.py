@@ -11,7 +11,8 @@ from typing import Any, TypeVarTuple
 from sqlalchemy import Select, func, literal, select, union_all
 from sqlalchemy.orm import Session, sessionmaker
 
-from openmaker.jobs.db import MetricValue, SystemMetricValue, TrainingJob
+from openmaker.jobs.db import MetricValue, SystemMetricValue, TrainingJob, sessions
+from openmaker.settings import Settings
 from openmaker.training.metric_series import HOST_DIMENSION, JOB_DIMENSION, Bucket, Series
 
 # The columns a query selects, kept through `_within`.
@@ -21,6 +22,11 @@ Columns = TypeVarTuple("Columns")
 class MetricReads:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+
+    @classmethod
+    def of(cls, settings: Settings) -> MetricReads:
+        """Reads of the metrics kept in the database of `settings`."""
+        return cls(sessions(settings))
 
     def job_name(self, arn: str) -> str | None:
         """The name of the training job `arn` names; None when there is none."""

@@ -6,12 +6,9 @@ This is the one entry point the CLI (in-process) and the API server share.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import copy
 import dataclasses
 import logging
-import os
-import signal
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,7 +26,7 @@ from openmaker.jobs.db import (
     sessions,
     writer_sessions,
 )
-from openmaker.jobs.executor import Executor, LocalExecutor
+from openmaker.jobs.executor import Executor, executor_for, local_reference
 from openmaker.jobs.logs import LogRecord
 from openmaker.jobs.tags import put as put_tags
 from openmaker.resources import KINDS
@@ -43,7 +40,9 @@ from openmaker.training.describe import describe, summary
 from openmaker.training.kind import TRAINING
 from openmaker.training.plan import ImageError, image_of
 from openmaker.training.query import JobQuery
+from openmaker.training.search import search as search_records
 from openmaker.training.status import SecondaryStatus, TrainingJobStatus
+from openmaker.training.update import update_training_job
 
 log = logging.getLogger("openmaker.jobs")
 
@@ -60,7 +59,7 @@ class TrainingJobs:
         self.local = local or LocalPaths.anywhere()
         self.sessions = sessions(self.settings)
         self.writers = writer_sessions(self.settings)
-        self.executor = executor or LocalExecutor(self.settings)
+        self.executor = executor or executor_for(self.settings)
         # The executor keeps one warm worker for the next job: what may start a worker (a
         # create, a stop, a sweep) does so one at a time.
         self._starting = threading.RLock()
@@ -92,7 +91,7 @@ class TrainingJobs:
     def worker_lost(self, pid: int, started: int | None) -> bool:
         """Whether the worker process `pid` (started at `started`, when known) is gone: for
         what a worker left behind outside the job store (its job's S3 key)."""
-        return self.executor.lost(pid, started)
+        return self.executor.lost(local_reference(pid, started))
 
     def create(self, request: dict[str, Any]) -> dict[str, str]:
         with self._starting:
@@ -213,11 +212,18 @@ class TrainingJobs:
             state.enter(job, SecondaryStatus.STOPPING)
             # A worker not yet ready reads `stop_requested` when it gets ready: under the write
             # lock, one of the two always sees the other.
-            pid = job.worker_pid if job.worker_ready else None
+            worker = job.worker if job.worker_ready else None
             session.commit()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        if worker is not None:
+            self.executor.stop(worker)
+
+    def update(self, request: dict[str, Any]) -> str:
+        """UpdateTrainingJob: the job's ARN."""
+        return update_training_job(self.writers, request)
+
+    def search_records(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Search (of training jobs): the page of results the request asks for."""
+        return search_records(self.sessions, request)
 
     def progress(self, name: str) -> dict[str, Any] | None:
         """The transfer under way: {"phase", "done", "total"} (bytes), or None."""

@@ -100,10 +100,10 @@ def status_message(job: JobRecord) -> str | None:
 
 def release(job: TrainingJob) -> None:
     """The job no longer has a process running it, nor a share of the machine."""
-    job.worker_pid, job.worker_started, job.worker_ready = None, None, False
+    job.worker, job.worker_ready = None, False
     job.placement = None
 
 
 def waiting(job: TrainingJob) -> bool:
     """Whether the job waits for a process to start it (new, Pending or Restarting)."""
-    return job.status == IN_PROGRESS and job.worker_pid is None
+    return job.status == IN_PROGRESS and job.worker is None

@@ -7,7 +7,6 @@ then get SIGTERM, the grace period and SIGKILL.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -18,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from openmaker.jobs import capacity, gate_keys
-from openmaker.jobs.executor import Order, process_start_time
+from openmaker.jobs.executor import Order, WorkerRef, this_process
 from openmaker.settings import Settings
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 from openmaker.training import access, state
@@ -96,6 +95,7 @@ def run_job(
     stop_before_start: threading.Event,
     placement: dict[str, Any] | None = None,
     attempt: int = 1,
+    worker: WorkerRef | None = None,
 ) -> None:
     job_name = request["TrainingJobName"]
     # What an earlier attempt left (its worker killed) must not leak into this one.
@@ -107,7 +107,7 @@ def run_job(
         stop.request(SecondaryStatus.STOPPED)
     specs = host_specs(settings, arn, request, placement)
     hosts = host_runners(settings, specs, recorder.emit)
-    mine = _Attempt(attempt, stop)
+    mine = _Attempt(attempt, stop, worker or this_process())
     try:
         end = _run(hosts, recorder, stop, mine)
     except Exception:  # the job must end in a state that says what happened
@@ -133,10 +133,11 @@ def run_job(
 
 class _Attempt:
     """This worker's attempt at the job: it changes the job only while the job is still at
-    that attempt (a worker thought lost, whose job was restarted or ended, changes nothing)."""
+    that attempt (a worker thought lost, whose job was restarted or ended, changes nothing).
+    `worker` names this worker, as its executor does."""
 
-    def __init__(self, number: int, stop: StopControl) -> None:
-        self.number, self.stop = number, stop
+    def __init__(self, number: int, stop: StopControl, worker: WorkerRef) -> None:
+        self.number, self.stop, self.worker = number, stop, worker
 
     def current(self, job: TrainingJob) -> bool:
         return (job.attempts or 1) == self.number and job.status not in state.TERMINAL
@@ -152,20 +153,19 @@ class _Attempt:
         if not self.current(job):
             self.stop.request(SecondaryStatus.STOPPED)
             return
-        pid = os.getpid()
         # SIGTERM is handled from here on.
-        job.worker_pid, job.worker_started, job.worker_ready = pid, process_start_time(pid), True
+        job.worker, job.worker_ready = self.worker, True
         if job.stop_requested:
             self.stop.request(job.stop_requested)
 
 
 def _start_waiting_jobs(settings: Settings) -> None:
     try:
-        from openmaker.jobs.executor import LocalExecutor
+        from openmaker.jobs.executor import executor_for
         from openmaker.jobs.queue import start_ready
         from openmaker.resources import KINDS
 
-        start_ready(settings, LocalExecutor(settings), KINDS)
+        start_ready(settings, executor_for(settings), KINDS)
     except Exception:  # never a reason for this job to end otherwise; the next sweep retries
         traceback.print_exc()
 
@@ -250,4 +250,12 @@ def _after_infrastructure_failure(
 
 def run(order: Order, settings: Settings, stop_before_start: threading.Event) -> None:
     """Run a worker's order (openmaker/jobs/worker_process.py)."""
-    run_job(settings, order.arn, order.request, stop_before_start, order.placement, order.attempt)
+    run_job(
+        settings,
+        order.arn,
+        order.request,
+        stop_before_start,
+        order.placement,
+        order.attempt,
+        order.worker,
+    )

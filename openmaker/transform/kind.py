@@ -56,7 +56,7 @@ def enter(job: JobRecord, secondary: str, message: str = "") -> None:
 def finish(job: JobRecord, final: str, reason: str | None) -> None:
     """End the job in `final` (Completed, Failed, Stopped), releasing its share."""
     job.status, job.failure_reason, job.progress = final, reason, None
-    job.worker_pid, job.worker_started, job.worker_ready = None, None, False
+    job.worker, job.worker_ready = None, False
     job.placement = None
     record = _transform(job)
     if record.transform_start_time is not None and record.transform_end_time is None:
@@ -66,7 +66,7 @@ def finish(job: JobRecord, final: str, reason: str | None) -> None:
 
 class _Lifecycle:
     def needs_worker(self, job: JobRecord) -> bool:
-        return job.status == status.IN_PROGRESS and job.worker_pid is None
+        return job.status == status.IN_PROGRESS and job.worker is None
 
     def starting(self, job: JobRecord) -> None:
         enter(job, status.STARTING)

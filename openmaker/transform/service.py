@@ -8,10 +8,7 @@ A created job waits in the shared queue (openmaker/jobs/queue.py) for the capaci
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-import signal
 import threading
 from typing import Any
 
@@ -20,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from openmaker.jobs import capacity, queue, recovery
 from openmaker.jobs.db import TransformJobRecord, sessions, writer_sessions
-from openmaker.jobs.executor import Executor, LocalExecutor
+from openmaker.jobs.executor import Executor, executor_for
 from openmaker.jobs.tags import put as put_tags
 from openmaker.resources import KINDS
 from openmaker.serving.clock import as_utc, now
@@ -60,7 +57,7 @@ class TransformJobs:
     ) -> None:
         self.settings, self.models = settings, models
         self.sessions, self.writers = sessions(settings), writer_sessions(settings)
-        self.executor = executor or LocalExecutor(settings)
+        self.executor = executor or executor_for(settings)
         # Shared with whatever else starts workers through this executor (one at a time).
         self._starting = starting or threading.RLock()
 
@@ -134,7 +131,7 @@ class TransformJobs:
             if job.status == status.STOPPING:
                 return
             job.stop_requested = status.STOPPED
-            if job.worker_pid is None:  # waiting for capacity: no worker to stop
+            if job.worker is None:  # waiting for capacity: no worker to stop
                 finish(job, status.STOPPED, None)
                 session.commit()
                 with self._starting:  # the jobs behind it may fit
@@ -143,11 +140,10 @@ class TransformJobs:
             job.status = status.STOPPING
             job.last_modified_time = now()
             # A worker not yet ready reads `stop_requested` when it gets ready.
-            pid = job.worker_pid if job.worker_ready else None
+            worker = job.worker if job.worker_ready else None
             session.commit()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        if worker is not None:
+            self.executor.stop(worker)
 
     def _get(self, name: str) -> TransformJobRecord:
         with self.sessions() as session:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs import queue
 from openmaker.jobs.db import TransformJobRecord, writer_sessions
-from openmaker.jobs.executor import LocalExecutor, Order
+from openmaker.jobs.executor import Order, executor_for
 from openmaker.resources import KINDS
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
@@ -91,7 +91,7 @@ class TransformWorker:
             final, reason = status.STOPPED, None
         self._record(final, reason)
         # Its share of the machine is free: the jobs that wait for it may start.
-        queue.start_ready(self.settings, LocalExecutor(self.settings), KINDS)
+        queue.start_ready(self.settings, executor_for(self.settings), KINDS)
 
     def _take_over(self) -> TransformJobRecord | None:
         with self.writers() as session:
