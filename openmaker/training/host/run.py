@@ -25,8 +25,8 @@ from openmaker.training.host.container import plan_launch, sandbox_unavailable_r
 from openmaker.training.host.disk import disk_full_reason
 from openmaker.training.host.environment import container_environment
 from openmaker.training.host.events import Emit, LogLines, StatusChanged
-from openmaker.training.host.images import TRAIN, Image, ImageError, resolve_image
-from openmaker.training.host.jobtree import HostTree, read_text_head
+from openmaker.training.host.images import TRAIN, Image, ImageError, pull_image, resolve_image
+from openmaker.training.host.jobtree import HostTree, give_writable, read_text_head
 from openmaker.training.host.metrics import metric_emitter
 from openmaker.training.host.notes import opening_lines
 from openmaker.training.host.script_error import ErrorCapture
@@ -89,6 +89,7 @@ def run_code(
     try:
         # Here, on the host's machine: a local image is a folder of this machine.
         image = resolve_image(command.image, bool(command.entrypoint), command.hyperparameters)
+        image = _pull(spec, image, emit)
     except ImageError as exc:
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
@@ -97,6 +98,8 @@ def run_code(
     except SshError as exc:
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
+    if image.container is not None and image.container.user.uid != 0:
+        give_writable(tree, image.container.user)  # /opt/ml's writable folders, to its USER
     env = container_environment(spec, image)
     try:
         argv = image.command(TRAIN, command.entrypoint, command.arguments)
@@ -127,6 +130,25 @@ def run_code(
     if failure is None and result.code != 0 and result.stopped is None:
         failure = script_error.fill(failure_reason(tree, result.code), FAILURE_REASON_LIMIT)
     return HostResult(result.code, result.stopped, failure)
+
+
+def _pull(spec: HostSpec, image: Image, emit: Emit) -> Image:
+    """A registry image (or image file) pulled and unpacked, its progress in the status."""
+    if image.pulled is None:
+        return image
+    if reason := sandbox_unavailable_reason(spec.settings):
+        raise ImageError(f"image {image.pulled} runs only in openmaker's sandbox ({reason})")
+    said = f"Downloading the training image {image.pulled}"
+    emit(StatusChanged("Downloading", message=said))
+    pulled = pull_image(
+        image,
+        spec.settings,
+        spec.plan.command.entrypoint,
+        spec.plan.command.arguments,
+        lambda line: emit(StatusChanged("Downloading", message=f"{said}: {line}")),
+    )
+    emit(StatusChanged("Downloading", message=f"{said}: done ({pulled.digest})"))
+    return pulled
 
 
 def _prepare_distribution(spec: HostSpec, tree: HostTree, image: Image) -> None:
