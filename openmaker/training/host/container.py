@@ -19,7 +19,7 @@ from pathlib import Path
 
 import openmaker
 from openmaker.runtime import Bind, Container, ContainerSpec, unavailable_reason
-from openmaker.runtime.images.gpus import plan_gpus
+from openmaker.runtime.images.gpus import GpuPlan, plan_gpus
 from openmaker.runtime.layers import hidden_paths
 from openmaker.runtime.network import HostNamespace, enter_host, resolv_conf_binds, shared
 from openmaker.settings import Settings
@@ -31,6 +31,10 @@ from openmaker.training.host.limits import host_limits
 from openmaker.training.host.spec import HostSettings, HostSpec
 from openmaker.training.host.ssh import ssh_binds
 from openmaker.training.host.volume import Volume
+
+
+class LaunchError(RuntimeError):
+    """The host's container cannot be planned on this machine; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,7 @@ def _sandboxed(
     if image.program_dir is not None:
         binds.append(Bind(str(image.program_dir), PROGRAM_MOUNT))
     devices: tuple[str, ...] = ()
-    if run is not None and spec.resources is not None and spec.resources.gpus:
-        # An image carries no driver: the host's GPUs and the machine's driver libraries.
-        gpus = plan_gpus(spec.resources.gpus)
+    if (gpus := image_gpus(spec, image)) is not None:
         devices, env = gpus.devices, {**env, **gpus.env}
         binds += gpus.binds
     workdir = PROGRAM_MOUNT if image.program_dir is not None else "/"
@@ -146,6 +148,18 @@ def _sandboxed(
     elif spec.network is not None:
         note += f", {spec.network.note}"
     return container, note, namespace
+
+
+def image_gpus(spec: HostSpec, image: Image, dev: Path = Path("/dev")) -> GpuPlan | None:
+    """What a pulled image is shown of the host's GPUs: their device nodes and the machine's
+    driver libraries and tools (an image carries none: they must match the kernel's driver).
+    Other images run on the machine's root, which has them. LaunchError: a GPU is missing."""
+    if image.container is None or spec.resources is None or not spec.resources.gpus:
+        return None
+    try:
+        return plan_gpus(spec.resources.gpus, dev)
+    except RuntimeError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def _tmp_folder(spec: HostSpec, volume: Volume | None) -> Path | None:

@@ -21,7 +21,11 @@ from openmaker.training.host.channels.download import (
 from openmaker.training.host.channels.inputs import HostInputs, start_inputs
 from openmaker.training.host.checkpoints.sync import CheckpointSync
 from openmaker.training.host.checkpoints.transfer import restore_checkpoints
-from openmaker.training.host.container import plan_launch, sandbox_unavailable_reason
+from openmaker.training.host.container import (
+    LaunchError,
+    plan_launch,
+    sandbox_unavailable_reason,
+)
 from openmaker.training.host.disk import disk_full_reason
 from openmaker.training.host.environment import container_environment
 from openmaker.training.host.events import Emit, LogLines, StatusChanged
@@ -104,7 +108,7 @@ def run_code(
     try:
         argv = image.command(TRAIN, command.entrypoint, command.arguments)
         launch = plan_launch(spec, image, argv, env, volume)
-    except NetworkError as exc:
+    except (NetworkError, LaunchError) as exc:
         inputs.stop()
         raise HostFailed(f"InternalServerError: {exc}") from None
     emit(StatusChanged("Training", f"{image.description}; {launch.note}"))
