@@ -62,6 +62,10 @@ class LocalPaths:
         return None
 
 
+# skopeo's transports for images in local files (runtime/images/reference.py).
+IMAGE_FILE_TRANSPORTS = ("oci-archive", "docker-archive", "oci")
+
+
 def location_problems(request: Mapping[str, Any], local: LocalPaths) -> Iterator[str]:
     """Every location member of a CreateTrainingJob request that breaks the rules above."""
     shape = operation_model("CreateTrainingJob").input_shape
@@ -70,7 +74,7 @@ def location_problems(request: Mapping[str, Any], local: LocalPaths) -> Iterator
         yield from _uri_problems(uri, path, local)
     image = (request.get("AlgorithmSpecification") or {}).get("TrainingImage")
     if isinstance(image, str):
-        folder = _local_path(image, relative=False)
+        folder = image_path(image)
         if folder is not None:
             yield from _local_problems(image, folder, "AlgorithmSpecification.TrainingImage", local)
     source = _submit_directory(request.get("HyperParameters") or {})
@@ -106,6 +110,15 @@ def _local_problems(value: str, path: Path, at: str, local: LocalPaths) -> Itera
     reason = local.refusal(path)
     if reason is not None:
         yield failure(value, at, reason)
+
+
+def image_path(value: str) -> Path | None:
+    """The local file or folder an image reference names (an image file, an OCI layout, a
+    bring-your-own folder), or None (a registry image)."""
+    for transport in IMAGE_FILE_TRANSPORTS:
+        if value.startswith(f"{transport}:"):
+            return Path(value.removeprefix(f"{transport}:").partition(":")[0])
+    return _local_path(value, relative=False)
 
 
 def _local_path(value: str, relative: bool) -> Path | None:
