@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only overhead|cli|download|pipe|fastfile|checkpoints|api|gate]`
-from the repository root."""
+"""`python -m bench [--quick] [--only PART]` from the repository root (PART: overhead, cli,
+download, local, pipe, fastfile, checkpoints, api, gate)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, checkpoints, cli, download, fastfile, gate, overhead, pipe
+from bench import api, checkpoints, cli, download, fastfile, gate, local, overhead, pipe
 from bench.download import DataSet, KiB, MiB, s5cmd
 from tests.s3server import S3Server, running_s3_server
 
@@ -38,7 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer, smaller runs (smoke check)")
     parser.add_argument(
         "--only",
-        choices=["overhead", "cli", "download", "pipe", "fastfile", "checkpoints", "api", "gate"],
+        choices=[
+            "overhead", "cli", "download", "local", "pipe", "fastfile", "checkpoints", "api", "gate"
+        ],
         help="run one part only",
     )
     return parser.parse_args(argv)
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
                 lines += cli.run(args.quick)
             if args.only in (None, "download"):
                 lines += run_against_s5cmd(plan, scratch, env, "download")
+            if args.only in (None, "local"):
+                lines += local.run(args.quick, scratch)
             if args.only in (None, "pipe"):
                 lines += run_against_s5cmd(plan, scratch, env, "pipe")
             if args.only in (None, "fastfile"):

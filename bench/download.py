@@ -196,9 +196,15 @@ def ignore_event(_: Event) -> None:
     pass
 
 
-def bench_spec(uri: str, work_dir: Path, store_env: dict[str, str], mode: str) -> HostSpec:
+def bench_spec(
+    uri: str,
+    work_dir: Path,
+    store_env: dict[str, str],
+    mode: str,
+    environ: Mapping[str, str] = os.environ,
+) -> HostSpec:
     """One host whose only channel, `train`, is `uri` in input mode `mode`."""
-    settings = load_settings({**os.environ, **store_env})
+    settings = load_settings({**environ, **store_env})
     return HostSpec(
         job_name="bench-download",
         job_arn="arn:aws:sagemaker:us-east-1:000000000000:training-job/bench-download",
@@ -235,6 +241,9 @@ def upload(data: DataSet, folder: Path, bucket: str, store_env: dict[str, str]) 
     source = folder / "source"
     make_local(data, source)
     s5cmd(store_env, "cp", f"{source}/*", f"s3://{bucket}/{data.prefix}")
+    # rclone hashes an object (its ETag) the first time it lists it: 2 s for 512 MiB on a busy
+    # 2-core machine, which the first tool to run would pay alone. Listed once here.
+    s5cmd(store_env, "ls", f"s3://{bucket}/{data.prefix}*")
     return expectation(source)
 
 

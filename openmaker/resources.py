@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from openmaker.jobs import resource
 from openmaker.jobs.resource import ResourceKind
+from openmaker.processing.kind import PROCESSING
 from openmaker.serving.kind import ENDPOINT
 from openmaker.training.kind import TRAINING
 
-KINDS: tuple[ResourceKind, ...] = (TRAINING, ENDPOINT)
+KINDS: tuple[ResourceKind, ...] = (TRAINING, ENDPOINT, PROCESSING)
 
 
 def of_arn(arn: str) -> ResourceKind | None:

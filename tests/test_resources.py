@@ -70,7 +70,11 @@ def test_every_kind_is_a_job_the_shared_machinery_can_handle() -> None:
     assert resources.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint/e") is ENDPOINT
     assert resources.of_arn("arn:aws:sagemaker:us-east-1:000000000000:endpoint-config/e") is None
     assert resources.of_arn("training-job/a-job") is None
-    assert resources.log_groups() == (LOG_GROUP, "/aws/sagemaker/Endpoints")
+    assert resources.log_groups() == (
+        LOG_GROUP,
+        "/aws/sagemaker/Endpoints",
+        "/aws/sagemaker/ProcessingJobs",
+    )
 
 
 def _served() -> dict[str, list[str]]:
@@ -157,6 +161,10 @@ def test_every_error_openmaker_answers_is_one_the_model_declares(
         ("sagemaker", "DescribeEndpoint", {"EndpointName": "no-such-endpoint"}),
         ("sagemaker", "ListEndpoints", {"NextToken": "not-a-token"}),
         ("sagemaker", "DeleteEndpoint", {"EndpointName": "no-such-endpoint"}),
+        ("sagemaker", "CreateProcessingJob", {"ProcessingJobName": "bad name"}),
+        ("sagemaker", "DescribeProcessingJob", {"ProcessingJobName": "no-such-job"}),
+        ("sagemaker", "ListProcessingJobs", {"NextToken": "not-a-token"}),
+        ("sagemaker", "StopProcessingJob", {"ProcessingJobName": "no-such-job"}),
         ("logs", "DescribeLogGroups", {"limit": 0}),
         ("logs", "DescribeLogStreams", {"logGroupName": "/no/such/group"}),
         ("logs", "DescribeLogStreams", {**group, "nextToken": "nonsense"}),

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from openmaker.api.processing import ProcessingHandlers
 from openmaker.api.serving import ServingHandlers
 from openmaker.jobs.cloudwatch import LogQueries, Window
 from openmaker.jobs.tags import Tags
+from openmaker.processing.service import ProcessingJobs
 from openmaker.resources import KINDS, log_groups
 from openmaker.serving.proxy import Invoker
 from openmaker.serving.service import Serving, taggable
@@ -60,6 +62,7 @@ class Backend:
         self.invoker = Invoker(self.serving.endpoints, settings.region, settings.account_id)
         TrainingJobHandlers(self.jobs).register(self.handlers)
         ServingHandlers(self.serving).register(self.handlers)
+        ProcessingHandlers(ProcessingJobs(settings, local=local)).register(self.handlers)
         tags = Tags(self.jobs.sessions, self.jobs.writers, KINDS, taggable())
         TagHandlers(tags).register(self.handlers)
         logs = LogQueries(self.jobs.sessions, settings.region, settings.account_id, log_groups())
@@ -164,8 +167,7 @@ class LogHandlers:
         prefix = params.get("logGroupNamePrefix") or ""
         groups = [
             {"logGroupName": g, "creationTime": 0, "storedBytes": 0}
-            for g in self.logs.groups
-            if g.startswith(prefix)
+            for g in self.logs.group_names(prefix)
         ]
         return {"logGroups": groups}
 

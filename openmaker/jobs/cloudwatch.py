@@ -60,6 +60,13 @@ class LogQueries:
         self.sessions, self.region, self.account = sessions, region, account
         self.groups = groups
 
+    def group_names(self, prefix: str = "") -> list[str]:
+        """The log groups that hold streams, in name order: as on AWS, a group exists once
+        something is written to it (an endpoint's own group among them)."""
+        with self.sessions() as session:
+            query = select(LogStream.group).distinct().where(LogStream.group.startswith(prefix))
+            return sorted(session.scalars(query).all())
+
     def describe_log_streams(
         self,
         group: str,

@@ -307,3 +307,14 @@ class EndpointRecord(JobRecord, Base):
     models: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Its instances as its worker reports them: [{"variant", "id", "address", "healthy"}].
     instances: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class ProcessingJobRecord(JobRecord, Base):
+    """A processing job (openmaker/processing/): hosts that run a container over S3 inputs."""
+
+    __tablename__ = "processing_jobs"
+
+    processing_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    processing_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The first 1 KB of /opt/ml/output/message of the first host that left one.
+    exit_message: Mapped[str | None] = mapped_column(Text)

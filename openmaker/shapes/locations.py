@@ -64,19 +64,27 @@ class LocalPaths:
 
 # skopeo's transports for images in local files (runtime/images/reference.py).
 IMAGE_FILE_TRANSPORTS = ("oci-archive", "docker-archive", "oci")
+# Where each operation's request names its image.
+_IMAGE_MEMBERS = {
+    "CreateTrainingJob": ("AlgorithmSpecification", "TrainingImage"),
+    "CreateProcessingJob": ("AppSpecification", "ImageUri"),
+}
 
 
-def location_problems(request: Mapping[str, Any], local: LocalPaths) -> Iterator[str]:
-    """Every location member of a CreateTrainingJob request that breaks the rules above."""
-    shape = operation_model("CreateTrainingJob").input_shape
+def location_problems(
+    request: Mapping[str, Any], local: LocalPaths, operation: str = "CreateTrainingJob"
+) -> Iterator[str]:
+    """Every location member of a request of `operation` that breaks the rules above."""
+    shape = operation_model(operation).input_shape
     assert shape is not None  # the model describes the request
     for path, uri in _s3_uri_members(shape, request, ""):
         yield from _uri_problems(uri, path, local)
-    image = (request.get("AlgorithmSpecification") or {}).get("TrainingImage")
+    holder, member = _IMAGE_MEMBERS[operation]
+    image = (request.get(holder) or {}).get(member)
     if isinstance(image, str):
         folder = image_path(image)
         if folder is not None:
-            yield from _local_problems(image, folder, "AlgorithmSpecification.TrainingImage", local)
+            yield from _local_problems(image, folder, f"{holder}.{member}", local)
     source = _submit_directory(request.get("HyperParameters") or {})
     if source is not None and not source.startswith("/opt/ml/"):  # already in the container
         at = f"HyperParameters.{SUBMIT_DIRECTORY}"

@@ -50,7 +50,7 @@ def host_specs(
     isolated = job.plan.network_isolation
     # No network: no endpoint to offer, no key to mint.
     code_env = {} if isolated else access.code_environment(settings.home, request, settings.store)
-    shares = _host_resources(settings, placement, len(hosts))
+    shares = host_resources(settings, placement, len(hosts))
     network = job_network(settings, name, hosts, code_env, isolated)
     host_settings = HostSettings.of(settings)  # what crosses to a host: no database, no keys
     return [
@@ -72,7 +72,7 @@ def host_specs(
     ]
 
 
-def _host_resources(
+def host_resources(
     settings: Settings, placement: dict[str, Any] | None, count: int
 ) -> list[HostResources | None]:
     """Each host's share of the machine, from the placement the queue gave the job."""

@@ -96,11 +96,12 @@ class HostTree:
 WRITABLE = ("model", "output", "input/data")
 
 
-def give_writable(tree: HostTree, user: User) -> None:
-    """Give `user` the folders of the host's tree the code writes, and what they hold, as
-    a SageMaker instance's root-run container has them writable: through the tree's handles,
-    one name at a time, never following a link (links themselves are left as they are)."""
-    anchors = [(tree.ml, relative) for relative in WRITABLE]
+def give_writable(tree: HostTree, user: User, folders: tuple[str, ...] = ()) -> None:
+    """Give `user` the folders of the host's tree the code writes (and `folders`, a processing
+    job's outputs), and what they hold, as a SageMaker instance's root-run container has them
+    writable: through the tree's handles, one name at a time, never following a link (links
+    themselves are left as they are)."""
+    anchors = [(tree.ml, relative) for relative in (*WRITABLE, *folders)]
     if tree.checkpoint_path is not None:
         anchors.append((tree.checkpoint_anchor, tree.checkpoint_path))
     for anchor, relative in anchors:

@@ -12,5 +12,9 @@ def create_tree(spec: HostSpec) -> None:
     for sub in ("input/config", "input/data", "model", "output/data", "code"):
         (ml / sub).mkdir(parents=True, exist_ok=True)
     # Rendered by the plan's builder (openmaker/training/plan.py); the host only writes them.
+    config = ml / spec.plan.config_dir
+    config.mkdir(parents=True, exist_ok=True)
     for name, content in spec.plan.config_files.items():
-        (ml / "input/config" / name).write_text(content)
+        (config / name).write_text(content)
+    for folder in spec.plan.folders:
+        (ml / folder).mkdir(parents=True, exist_ok=True)

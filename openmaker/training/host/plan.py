@@ -52,6 +52,17 @@ class ChannelPlan:
     content_type: str | None = None
     # Reshuffled each epoch from this seed; None: in order.
     shuffle_seed: int | None = None
+    # Where the code finds the data, under /opt/ml (a processing input's LocalPath); None:
+    # /opt/ml/input/data/<name>, a training channel's.
+    local_path: str | None = None
+
+    @property
+    def folder(self) -> str:
+        """The channel's folder relative to /opt/ml (a Pipe channel's FIFOs sit beside it,
+        named after its last part)."""
+        if self.local_path is None:
+            return f"input/data/{self.name}"
+        return self.local_path.removeprefix("/opt/ml/").strip("/")
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,12 @@ class TrainingPlan:
     # The container's files in /opt/ml/input/config (the container contract, CONTRACT.md §1),
     # rendered by the plan's builder: name → content. resourceconfig.json is this host's.
     config_files: dict[str, str] = field(default_factory=dict)
+    # Where those files go, relative to /opt/ml (a processing job's are in config/).
+    config_dir: str = "input/config"
+    # The file whose head becomes the FailureReason, relative to /opt/ml.
+    failure_file: str = "output/failure"
+    # Folders made before the code starts, relative to /opt/ml (a processing job's outputs).
+    folders: tuple[str, ...] = ()
 
     def channels_in(self, mode: InputMode) -> list[ChannelPlan]:
         return [channel for channel in self.channels if channel.mode == mode]
@@ -155,4 +172,7 @@ class TrainingPlan:
             checkpoint=checkpoint and CheckpointPlan(**checkpoint),
             network_isolation=data["network_isolation"],
             config_files=data["config_files"],
+            config_dir=data.get("config_dir", "input/config"),
+            failure_file=data.get("failure_file", "output/failure"),
+            folders=tuple(data.get("folders", ())),
         )

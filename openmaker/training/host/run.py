@@ -103,7 +103,8 @@ def run_code(
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
     if image.container is not None and image.container.user.uid != 0:
-        give_writable(tree, image.container.user)  # /opt/ml's writable folders, to its USER
+        # /opt/ml's writable folders, to its USER.
+        give_writable(tree, image.container.user, spec.plan.folders)
     env = container_environment(spec, image)
     try:
         argv = image.command(TRAIN, command.entrypoint, command.arguments)
@@ -132,7 +133,9 @@ def run_code(
         _remove_root_changes(spec)
     failure = f"ClientError: {input_failure}" if input_failure else None
     if failure is None and result.code != 0 and result.stopped is None:
-        failure = script_error.fill(failure_reason(tree, result.code), FAILURE_REASON_LIMIT)
+        failure = script_error.fill(
+            failure_reason(tree, result.code, spec.plan.failure_file), FAILURE_REASON_LIMIT
+        )
     return HostResult(result.code, result.stopped, failure)
 
 
@@ -172,9 +175,9 @@ def _prepare_distribution(spec: HostSpec, tree: HostTree, image: Image) -> None:
     prepare_ssh(spec)
 
 
-def failure_reason(tree: HostTree, code: int) -> str:
+def failure_reason(tree: HostTree, code: int, failure_file: str = "output/failure") -> str:
     # Through the tree's handle: a link the code left there (to a secret, say) is never read.
-    text = read_text_head(tree.ml, "output/failure", FAILURE_REASON_LIMIT)
+    text = read_text_head(tree.ml, failure_file, FAILURE_REASON_LIMIT)
     if text and text.strip():
         return "AlgorithmError: " + text
     return f"AlgorithmError: the training program exited with status {_describe_exit(code)}"

@@ -1,5 +1,8 @@
 """Input channels in File mode: every object of the channel on local disk before the code starts.
 
+A channel of this machine's own files is shown as a copy-on-write view of them, not copied
+(channels/local_view.py), where a view can hold exactly what a copy would.
+
 Pipe channels are streamed (channels/pipe.py) and FastFile channels mounted (channels/fastfile.py)
 instead; channels/inputs.py starts and stops those.
 """
@@ -13,6 +16,7 @@ from typing import Any
 
 from openmaker.store import Download, StoreError, download_all, safe_destination
 from openmaker.store.transfer import OBJECTS_IN_FLIGHT
+from openmaker.training.host.channels.local_view import show_view, source_folder
 from openmaker.training.host.channels.objects import ChannelError, for_host, list_channel
 from openmaker.training.host.events import Emit
 from openmaker.training.host.plan import ChannelPlan, DataType, InputMode
@@ -35,7 +39,7 @@ async def plan_channel(spec: HostSpec, channel: ChannelPlan) -> list[Download]:
         raise ChannelError(
             f"channel {name!r}: S3DataType {channel.data_type} is not supported in File mode"
         )
-    root = spec.ml_dir / "input" / "data" / name
+    root = spec.ml_dir / channel.folder
     objects = for_host(spec, channel, await list_channel(spec, channel))
     return [
         Download(o.store, o.key, o.size, safe_destination(root, o.relative)) for o in objects
@@ -77,13 +81,17 @@ async def _until_stopped(work: Coroutine[Any, Any, int], stopped: Callable[[], b
 async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     channels = file_channels(spec)
     for channel in channels:
-        (spec.ml_dir / "input" / "data" / channel.name).mkdir(parents=True, exist_ok=True)
+        (spec.ml_dir / channel.folder).mkdir(parents=True, exist_ok=True)
     plans = await asyncio.gather(*(plan_channel(spec, c) for c in channels))
     total = sum(d.size for plan in plans for d in plan)
     meter = ProgressMeter("Downloading", total, emit)
     in_flight = max(8, OBJECTS_IN_FLIGHT // max(1, len(channels)))
 
     async def fetch(channel: ChannelPlan, plan: list[Download]) -> None:
+        shown = bool(plan) and await asyncio.to_thread(_local_view, spec, channel, plan)
+        if shown:
+            meter.add(sum(d.size for d in plan))
+            return
         try:
             await download_all(plan, meter.add, in_flight)
         except StoreError as exc:
@@ -92,3 +100,13 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     await asyncio.gather(*(fetch(c, p) for c, p in zip(channels, plans, strict=True)))
     meter.finish()
     return total
+
+
+def _local_view(spec: HostSpec, channel: ChannelPlan, plan: list[Download]) -> bool:
+    """Show the channel's objects as a view of their folder on this machine, where it can."""
+    root = spec.ml_dir / "input" / "data" / channel.name
+    folder = source_folder(plan, root)
+    if folder is None:
+        return False
+    wanted = {d.destination.relative_to(root).as_posix() for d in plan}
+    return show_view(folder, wanted, root, spec.work_dir / "channel-views" / channel.name)

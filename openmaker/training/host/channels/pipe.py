@@ -114,7 +114,10 @@ class PipeStreamer:
         self.tree = tree  # the host's handles: the FIFOs are made through them
         self.plan = plan
         self.emit = emit
-        self.folder = spec.ml_dir / "input" / "data"
+        # FIFOs `<last part>_<epoch>` beside the channel's folder: input/data/<name>_0 for a
+        # training channel.
+        self.parent, _, self.base = plan.channel.folder.rpartition("/")
+        self.folder = spec.ml_dir / self.parent
         self.folder_fd: int | None = None  # the handle on `folder`, from start() on
         self.spool = spec.work_dir / "pipe-spool"
         self.error: str | None = None
@@ -128,11 +131,12 @@ class PipeStreamer:
         return self.folder / self._name(epoch)
 
     def _name(self, epoch: int) -> str:
-        return f"{self.plan.name}_{epoch}"
+        return f"{self.base}_{epoch}"
 
     def start(self) -> None:
         # Before the code starts, the folder is openmaker's own.
-        self.folder_fd = self.tree.open("input/data")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder_fd = self.tree.open(self.parent)
         try:
             # `_0` exists before the code starts, whatever the thread's timing.
             self._make_fifo(0)
@@ -217,9 +221,9 @@ class PipeStreamer:
             LogLine(
                 self.spec.host_name,
                 _now_ms(),
-                f"openmaker ignored /opt/ml/input/data/{name}: the training program left {what} "
-                "there in place of its FIFO, and openmaker never writes through a job's links; "
-                f"Pipe channel {self.plan.name!r} streams no further epochs",
+                f"openmaker ignored /opt/ml/{self.parent}/{name}: the training program left "
+                f"{what} there in place of its FIFO, and openmaker never writes through a job's "
+                f"links; Pipe channel {self.plan.name!r} streams no further epochs",
             )
         )
 

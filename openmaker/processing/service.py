@@ -1,0 +1,139 @@
+"""Processing jobs as the SageMaker API sees them: create, describe, list, stop. They wait
+for capacity, start, are swept when their worker is lost, keep their tags and logs through the
+shared job machinery (openmaker/jobs/), as training jobs do."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import signal
+import threading
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from openmaker.jobs import capacity, queue, recovery
+from openmaker.jobs.db import ProcessingJobRecord, sessions, writer_sessions
+from openmaker.jobs.executor import Executor, LocalExecutor
+from openmaker.jobs.tags import put as put_tags
+from openmaker.processing import status
+from openmaker.processing.checks import check_create_processing_job
+from openmaker.processing.describe import describe, summary
+from openmaker.processing.kind import PROCESSING
+from openmaker.processing.query import ProcessingQuery
+from openmaker.processing.status import ProcessingJobStatus
+from openmaker.resources import KINDS
+from openmaker.settings import Settings
+from openmaker.shapes.arn import resource_arn
+from openmaker.shapes.errors import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.shapes.locations import LocalPaths
+
+Job = ProcessingJobRecord
+
+
+class ProcessingJobs:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor | None = None,
+        local: LocalPaths | None = None,
+    ) -> None:
+        self.settings = settings
+        self.local = local or LocalPaths.anywhere()
+        self.sessions = sessions(settings)
+        self.writers = writer_sessions(settings)
+        self.executor = executor or LocalExecutor(settings)
+        # What may start a worker does so one at a time (the executor keeps a spare).
+        self._starting = threading.RLock()
+
+    def create(self, request: dict[str, Any]) -> dict[str, str]:
+        check_create_processing_job(request, self.local)
+        capacity.check_can_fit(
+            PROCESSING.instances(request), capacity.machine(self.settings), PROCESSING.noun
+        )
+        request = copy.deepcopy(request)
+        name = request["ProcessingJobName"]
+        settings = self.settings
+        arn = resource_arn("processing-job", name, settings.region, settings.account_id)
+        at = status.now()
+        job = Job(
+            name=name,
+            arn=arn,
+            request=request,
+            status=ProcessingJobStatus.IN_PROGRESS,
+            secondary_status=status.STARTING,
+            transitions=[],
+            creation_time=at,
+            last_modified_time=at,
+        )
+        status.enter(job, status.STARTING, "Preparing the instances for processing")
+        with self._starting:
+            with self.writers() as session:
+                session.add(job)
+                try:
+                    session.flush()
+                    put_tags(session, arn, request.get("Tags") or [])
+                    session.commit()
+                except IntegrityError:
+                    raise ResourceInUse(f"Processing job {name} already exists") from None
+            queue.save_launch(settings, name)
+            queue.start_ready(settings, self.executor, KINDS)
+        return {"ProcessingJobArn": arn}
+
+    def describe(self, name: str) -> dict[str, Any]:
+        return describe(self._get(name))
+
+    def search(self, query: ProcessingQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ListProcessingJobs: the summaries and the NextToken, if more remain."""
+        with self.sessions() as session:
+            rows = list(session.scalars(query.select()))
+        page = rows[: query.limit]
+        token = query.token_after(page[-1]) if len(rows) > query.limit else None
+        return [summary(job) for job in page], token
+
+    def stop(self, name: str) -> None:
+        with self.writers() as session:
+            job = session.get(Job, name)
+            if job is None:
+                raise _not_found(name)
+            if job.status in status.ENDED:
+                raise ValidationException(
+                    f"The request was rejected because the processing job is in status "
+                    f"{job.status}."
+                )
+            if job.status == ProcessingJobStatus.STOPPING:
+                return
+            job.stop_requested = "Stopped"
+            if status.waiting(job):  # no worker to stop
+                status.finish(job, ProcessingJobStatus.STOPPED)
+                session.commit()
+                with self._starting:  # the jobs behind it may fit
+                    queue.start_ready(self.settings, self.executor, KINDS)
+                return
+            job.status = ProcessingJobStatus.STOPPING
+            status.enter(job, "Stopping")
+            # A worker not yet ready reads `stop_requested` when it gets ready.
+            pid = job.worker_pid if job.worker_ready else None
+            session.commit()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _get(self, name: str) -> Job:
+        with self.sessions() as session:
+            job = session.get(Job, name)
+        if job is None:
+            raise _not_found(name)
+        if job.status not in status.ENDED:
+            # A job must never stay InProgress with nothing running it.
+            with self._starting:
+                recovery.check(self.settings, self.executor, KINDS, PROCESSING, name)
+            with self.sessions() as session:
+                job = session.get(Job, name)
+            assert job is not None
+        return job
+
+
+def _not_found(name: str) -> ResourceNotFound:
+    return ResourceNotFound(f"Requested resource not found: processing job {name}")
