@@ -392,7 +392,7 @@ def test_unknown_job_is_resource_not_found(home: Path) -> None:
 @pytest.mark.parametrize(
     ("image", "member"),
     [
-        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/my-algo:latest", "TrainingImage"),
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/My-Algo:latest", "TrainingImage"),
         ("/no/such/folder", "TrainingImage"),
     ],
 )

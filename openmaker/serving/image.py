@@ -1,9 +1,10 @@
 """What a model's `Image` names, for an instance to start with `serve`.
 
-A local folder holding an executable `serve` runs today (an absolute path or a file:// URI, as
-for training's bring-your-own folders): the folder is shown at /opt/program, first on PATH, and
-the instance's root filesystem is the machine's, copy-on-write. Registry images come with image
-pulls (issue 13).
+A local folder holding an executable `serve` (an absolute path or a file:// URI, as for
+training's bring-your-own folders): the folder is shown at /opt/program, first on PATH, and the
+instance's root filesystem is the machine's, copy-on-write. Any other reference — a registry
+image, an `oci-archive:` / `docker-archive:` file, an OCI layout folder — is pulled when the
+instance starts (openmaker/runtime/images/) and run as its own root, its ENTRYPOINT with `serve`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from openmaker.shapes.locations import LocalPaths
+from openmaker.runtime.images import (
+    ImageContainer,
+    ImageReference,
+    PullError,
+    ReferenceError,
+    RegistrySettings,
+    UserError,
+    image_container,
+    image_store,
+    parse_reference,
+)
+from openmaker.shapes.locations import LocalPaths, image_path
 
 PROGRAM_MOUNT = "/opt/program"
 SERVE = "serve"
@@ -26,22 +38,42 @@ class ImageError(ValueError):
 @dataclass(frozen=True)
 class ServingImage:
     reference: str
-    program_dir: Path
+    # A local folder with `serve`, shown at /opt/program; None for a pulled image.
+    program_dir: Path | None
+    # An image to pull and run as its own root filesystem.
+    pulled: ImageReference | None = None
 
 
 def resolve(reference: str, local: LocalPaths) -> ServingImage:
-    parsed = urlparse(reference)
-    if parsed.scheme != "file" and not reference.startswith("/"):
-        raise ImageError(
-            f"image {reference!r} is a registry image, which openmaker cannot serve yet: use a "
-            f"local folder holding an executable '{SERVE}' (an absolute path or file:// URI)"
-        )
-    folder = Path(unquote(parsed.path) if parsed.scheme == "file" else reference)
-    if refusal := local.refusal(folder):
+    path = image_path(reference)
+    if path is not None and (refusal := local.refusal(path)):
         raise ImageError(refusal)
+    parsed = urlparse(reference)
+    folder = Path(unquote(parsed.path) if parsed.scheme == "file" else reference)
+    is_folder = parsed.scheme == "file" or reference.startswith("/")
+    if not is_folder or (folder / "oci-layout").is_file():
+        try:
+            text = str(folder) if is_folder else reference
+            return ServingImage(reference, None, parse_reference(text))
+        except ReferenceError as exc:
+            raise ImageError(str(exc)) from None
     if not folder.is_dir():
         raise ImageError(f"image folder {folder} does not exist")
     program = folder / SERVE
     if not (program.is_file() and os.access(program, os.X_OK)):
         raise ImageError(f"image folder {folder} has no executable '{SERVE}' program")
     return ServingImage(reference, folder.resolve())
+
+
+def pull(image: ServingImage, settings: RegistrySettings) -> ImageContainer | None:
+    """A pulled image's root and what it runs (its ENTRYPOINT with `serve`), pulled into the
+    machine's image store if missing; None for a local folder. ImageError says why not."""
+    if image.pulled is None:
+        return None
+    try:
+        pulled = image_store(settings).prepare(image.pulled, lambda line: None)
+        return image_container(pulled, SERVE, {})
+    except (PullError, UserError) as exc:
+        raise ImageError(str(exc)) from None
+    except RuntimeError as exc:  # a layer umoci cannot take as it is
+        raise ImageError(f"Cannot unpack image {image.pulled}: {exc}") from None

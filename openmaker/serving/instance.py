@@ -12,13 +12,15 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from openmaker.runtime import Bind, Container, ContainerSpec
+from openmaker.runtime.images import ImageContainer
 from openmaker.runtime.layers import hidden_paths
 from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import HostNamespace, JobNetwork, enter_host
-from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage
+from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage, pull
 from openmaker.serving.model_data import fetch
 from openmaker.settings import Settings
 
@@ -51,6 +53,7 @@ class Instance:
         self.container: Container | None = None
         self.namespace: HostNamespace | None = None
         self.address = ""
+        self.image: ImageContainer | None = None  # a pulled image's, once prepared
 
     def prepare(self) -> None:
         """Fetch the model data (ModelDataError says why it cannot be had)."""
@@ -58,6 +61,7 @@ class Instance:
         for folder in (model, self.folder / "scratch", self.folder / "state"):
             folder.mkdir(parents=True, exist_ok=True)
         fetch(self.plan.container, model, self.folder / "scratch", self.settings.store)
+        self.image = pull(self.plan.image, self.settings)  # ImageError
 
     def start(self, network: JobNetwork, on_lines: OnLines) -> None:
         plan = self.plan
@@ -68,23 +72,48 @@ class Instance:
         state.mkdir()
         env = {"PATH": PATH, "AWS_REGION": self.settings.region, "LANG": "C.UTF-8"}
         env.update(plan.container.get("Environment") or {})
-        spec = ContainerSpec(
+        if self.image is not None:
+            spec = self._image_spec(self.image, state)
+        else:
+            spec = self._folder_spec(state, env)
+        self.container = Container(spec)
+        self.container.start(on_lines)
+
+    def _image_spec(self, image: ImageContainer, state: Path) -> ContainerSpec:
+        """A pulled image: its root, ENV (the model's Environment on top), WORKDIR and USER."""
+        assert self.namespace is not None
+        env = {**image.env, "AWS_REGION": self.settings.region}
+        env.update(self.plan.container.get("Environment") or {})
+        return ContainerSpec(
+            argv=image.argv,
+            env=env,
+            state_dir=state,
+            layers=(image.rootfs,),
+            binds=(Bind(str(self.folder / "model"), MODEL_DIR, read_only=True, unnamed=True),),
+            workdir=image.workdir,
+            user=image.user,
+            hostname=self.plan.id,
+            netns_fd=self.namespace.fd,
+            detach_mounts_under=self.settings.home,
+        )
+
+    def _folder_spec(self, state: Path, env: dict[str, str]) -> ContainerSpec:
+        assert self.namespace is not None and self.plan.image.program_dir is not None
+        return ContainerSpec(
             argv=[SERVE],
             env=env,
             state_dir=state,
             binds=(
                 Bind(str(self.folder / "model"), MODEL_DIR, read_only=True, unnamed=True),
-                Bind(str(plan.image.program_dir), PROGRAM_MOUNT),
+                Bind(str(self.plan.image.program_dir), PROGRAM_MOUNT),
             ),
             workdir=PROGRAM_MOUNT,
-            hostname=plan.id,
+            hostname=self.plan.id,
             netns_fd=self.namespace.fd,
             hidden=tuple(hidden_paths(self.settings.sandbox_hide)),
             removed=(self.settings.home,),
             detach_mounts_under=self.settings.home,
         )
-        self.container = Container(spec)
-        self.container.start(on_lines)
 
     def healthy(self) -> bool:
         """Whether `GET /ping` answers 200 within PING_SECONDS."""

@@ -135,6 +135,10 @@ class EndpointWorker:
                     f"Failed to download model data for production variant {plan.variant} "
                     f"(instance {plan.id}): {exc}"
                 ) from None
+            except ImageError as exc:
+                raise EndpointFailed(
+                    f"Failed to pull the image of production variant {plan.variant}: {exc}"
+                ) from None
             if self.stop.is_set():
                 return
             instance.start(network, self.logs.receiver(plan.stream))

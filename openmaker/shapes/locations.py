@@ -62,6 +62,8 @@ class LocalPaths:
         return None
 
 
+# skopeo's transports for images in local files (runtime/images/reference.py).
+IMAGE_FILE_TRANSPORTS = ("oci-archive", "docker-archive", "oci")
 # Where each operation's request names its image.
 _IMAGE_MEMBERS = {
     "CreateTrainingJob": ("AlgorithmSpecification", "TrainingImage"),
@@ -80,7 +82,7 @@ def location_problems(
     holder, member = _IMAGE_MEMBERS[operation]
     image = (request.get(holder) or {}).get(member)
     if isinstance(image, str):
-        folder = _local_path(image, relative=False)
+        folder = image_path(image)
         if folder is not None:
             yield from _local_problems(image, folder, f"{holder}.{member}", local)
     source = _submit_directory(request.get("HyperParameters") or {})
@@ -116,6 +118,15 @@ def _local_problems(value: str, path: Path, at: str, local: LocalPaths) -> Itera
     reason = local.refusal(path)
     if reason is not None:
         yield failure(value, at, reason)
+
+
+def image_path(value: str) -> Path | None:
+    """The local file or folder an image reference names (an image file, an OCI layout, a
+    bring-your-own folder), or None (a registry image)."""
+    for transport in IMAGE_FILE_TRANSPORTS:
+        if value.startswith(f"{transport}:"):
+            return Path(value.removeprefix(f"{transport}:").partition(":")[0])
+    return _local_path(value, relative=False)
 
 
 def _local_path(value: str, relative: bool) -> Path | None:

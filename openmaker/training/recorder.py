@@ -47,7 +47,11 @@ def _apply(job: TrainingJob, event: object) -> None:
     if isinstance(event, StatusChanged):
         if job.status == state.IN_PROGRESS:
             at = datetime.fromtimestamp(event.at, UTC)
-            state.enter(job, event.status, message_of(event.status, event.detail), at)
+            message = event.message or message_of(event.status, event.detail)
+            if event.message and job.secondary_status == event.status:
+                state.retell(job, message, at)
+            else:
+                state.enter(job, event.status, message, at)
             if event.status == SecondaryStatus.TRAINING and job.training_start_time is None:
                 job.training_start_time = at
     elif isinstance(event, TransferProgress):

@@ -72,6 +72,16 @@ def enter(
     job.last_modified_time = at
 
 
+def retell(job: TrainingJob, message: str, at: datetime | None = None) -> None:
+    """A new StatusMessage for the secondary status under way (progress within it)."""
+    transitions = [dict(t) for t in job.transitions or []]
+    if not transitions or transitions[-1].get("EndTime") is not None:
+        return
+    transitions[-1]["StatusMessage"] = message
+    job.transitions = transitions
+    job.last_modified_time = at or now()
+
+
 def finish(job: TrainingJob, secondary: SecondaryStatus | str, reason: str | None) -> None:
     """End the job in a terminal secondary status (Completed, Failed, Stopped, ...)."""
     if job.training_start_time is not None and job.training_end_time is None:

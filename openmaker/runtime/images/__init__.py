@@ -8,6 +8,8 @@ that come from an image; the caller adds its binds, limits and state folder.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from openmaker.runtime.images.config import ImageConfig, command
 from openmaker.runtime.images.reference import ImageReference, ReferenceError, parse_reference
@@ -15,12 +17,11 @@ from openmaker.runtime.images.skopeo import OnProgress, PullError, RegistryAcces
 from openmaker.runtime.images.store import Image, ImageStore
 from openmaker.runtime.images.users import UserError, resolve_user
 from openmaker.runtime.spec import User
-from openmaker.settings import Settings
 
 __all__ = [
     "Image", "ImageConfig", "ImageContainer", "ImageReference", "ImageStore", "OnProgress",
-    "PullError", "ReferenceError", "RegistryAccess", "UserError", "image_container",
-    "image_store", "parse_reference",
+    "PullError", "ReferenceError", "RegistryAccess", "RegistrySettings", "UserError",
+    "image_container", "image_store", "parse_reference",
 ]  # fmt: skip
 
 
@@ -35,7 +36,18 @@ class ImageContainer:
     user: User
 
 
-def image_store(settings: Settings) -> ImageStore:
+class RegistrySettings(Protocol):
+    """What the image store takes from openmaker's settings (Settings, a host's settings)."""
+
+    @property
+    def home(self) -> Path: ...
+    @property
+    def registry_auth_file(self) -> Path | None: ...
+    @property
+    def insecure_registries(self) -> tuple[str, ...]: ...
+
+
+def image_store(settings: RegistrySettings) -> ImageStore:
     access = RegistryAccess(settings.registry_auth_file, settings.insecure_registries)
     return ImageStore(settings.home / "images", access)
 

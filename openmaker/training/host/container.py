@@ -4,8 +4,10 @@ Sandboxed, it shows the host's tree at /opt/ml, the checkpoint folder where the 
 FastFile channels read-only under /opt/ml/input/data, the job's ssh keys when mpirun needs them,
 a bring-your-own image's folder at /opt/program, a private /tmp (on the host's volume), its own
 hostname and /etc/hosts naming every host of the job, and the copy-on-write root of the
-machine. What the machine keeps private (`/root`, `/home`, `/etc/shadow`, ssh host keys…;
-`OPENMAKER_SANDBOX_HIDE`) shows empty, and openmaker's own folder not at all.
+machine — or, for a pulled image, the image's own root (copy-on-write too), run as its USER in
+its WORKDIR, with the host's GPUs passed through. What the machine keeps private (`/root`,
+`/home`, `/etc/shadow`, ssh host keys…; `OPENMAKER_SANDBOX_HIDE`) shows empty, and openmaker's
+own folder not at all.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import openmaker
 from openmaker.runtime import Bind, Container, ContainerSpec, unavailable_reason
+from openmaker.runtime.images.gpus import GpuPlan, plan_gpus
 from openmaker.runtime.layers import hidden_paths
 from openmaker.runtime.network import HostNamespace, enter_host, resolv_conf_binds, shared
 from openmaker.settings import Settings
@@ -28,6 +31,10 @@ from openmaker.training.host.limits import host_limits
 from openmaker.training.host.spec import HostSettings, HostSpec
 from openmaker.training.host.ssh import ssh_binds
 from openmaker.training.host.volume import Volume
+
+
+class LaunchError(RuntimeError):
+    """The host's container cannot be planned on this machine; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,9 @@ def _sandboxed(
     # The folders the sandbox would not show otherwise (the Python that runs script mode may
     # live under /tmp or on another disk) are copy-on-write layers of their own.
     layers = ("/", *_unseen_python_folders(spec, hidden))
+    run = image.container
+    if run is not None:
+        layers = (run.rootfs,)  # the image's root alone: nothing of the machine's
     home = spec.settings.home
     binds = [Bind(str(spec.ml_dir), CONTAINER_ROOT, read_only=False)]
     binds += [
@@ -102,6 +112,11 @@ def _sandboxed(
         binds.append(Bind(str(checkpoints), checkpoint_plan(spec).local_path, read_only=False))
     if image.program_dir is not None:
         binds.append(Bind(str(image.program_dir), PROGRAM_MOUNT))
+    devices: tuple[str, ...] = ()
+    if (gpus := image_gpus(spec, image)) is not None:
+        devices, env = gpus.devices, {**env, **gpus.env}
+        binds += gpus.binds
+    workdir = PROGRAM_MOUNT if image.program_dir is not None else "/"
     isolated = spec.plan.network_isolation
     namespace = None
     if not isolated and spec.network and spec.network.bridge:
@@ -114,15 +129,18 @@ def _sandboxed(
         binds=tuple(binds),
         tmp=_tmp_folder(spec, volume),
         shm_size=spec.resources.memory if spec.resources is not None else None,
-        workdir=PROGRAM_MOUNT if image.program_dir is not None else "/",
+        workdir=run.workdir if run is not None else workdir,
         hostname=spec.host_name,
         etc_hosts=hosts_file(spec),
         netns_fd=namespace.fd if namespace is not None else None,
         isolate_network=isolated,
-        hidden=tuple(hidden),
-        removed=tuple(spec.hidden_paths),
+        # An image's root holds nothing of the machine's to hide.
+        hidden=tuple(hidden) if run is None else (),
+        removed=tuple(spec.hidden_paths) if run is None else (),
         detach_mounts_under=spec.settings.jobs_dir,
         limits=host_limits(spec),
+        user=run.user if run is not None else None,
+        devices=devices,
     )
     note = f"sandboxed with bubblewrap as host {spec.host_name}"
     if isolated:
@@ -130,6 +148,18 @@ def _sandboxed(
     elif spec.network is not None:
         note += f", {spec.network.note}"
     return container, note, namespace
+
+
+def image_gpus(spec: HostSpec, image: Image, dev: Path = Path("/dev")) -> GpuPlan | None:
+    """What a pulled image is shown of the host's GPUs: their device nodes and the machine's
+    driver libraries and tools (an image carries none: they must match the kernel's driver).
+    Other images run on the machine's root, which has them. LaunchError: a GPU is missing."""
+    if image.container is None or spec.resources is None or not spec.resources.gpus:
+        return None
+    try:
+        return plan_gpus(spec.resources.gpus, dev)
+    except RuntimeError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def _tmp_folder(spec: HostSpec, volume: Volume | None) -> Path | None:

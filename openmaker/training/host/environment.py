@@ -10,15 +10,19 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def container_environment(spec: HostSpec, image: Image) -> dict[str, str]:
+    if image.container is not None:
+        # A pulled image: its own ENV (PATH, HOME of its USER…), SageMaker's variables on top.
+        env = {**image.container.env, "HOSTNAME": spec.host_name}
+        env.update(_job_variables(spec))
+        env.update(spec.code_env)
+        env.update(spec.plan.command.environment)
+        return env
     env = {
         "PATH": ":".join([*image.path_entries, SYSTEM_PATH]),
         "HOME": "/root",
         "HOSTNAME": spec.host_name,
         "LANG": "C.UTF-8",
-        "TRAINING_JOB_NAME": spec.job_name,
-        "TRAINING_JOB_ARN": spec.job_arn,
-        "AWS_REGION": spec.region,
-        "AWS_DEFAULT_REGION": spec.region,
+        **_job_variables(spec),
     }
     if image.program_dir is None:
         # SageMaker's framework images set these in their Dockerfiles; they make the
@@ -30,3 +34,12 @@ def container_environment(spec: HostSpec, image: Image) -> dict[str, str]:
     env.update(spec.code_env)
     env.update(spec.plan.command.environment)
     return env
+
+
+def _job_variables(spec: HostSpec) -> dict[str, str]:
+    return {
+        "TRAINING_JOB_NAME": spec.job_name,
+        "TRAINING_JOB_ARN": spec.job_arn,
+        "AWS_REGION": spec.region,
+        "AWS_DEFAULT_REGION": spec.region,
+    }

@@ -16,6 +16,9 @@ class StatusChanged:
     detail: str | None = None
     # When it happened (epoch seconds): events may reach the database later.
     at: float = field(default_factory=time.time)
+    # Said instead of the status's own message; it replaces the message of the status under
+    # way when that is `status` already (an image pull's progress).
+    message: str | None = None
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,14 @@ system); the built-in script-mode image, which runs the `sagemaker-training` too
 openmaker's own Python; and SageMaker's framework images (scikit-learn, PyTorch, TensorFlow,
 XGBoost, Hugging Face, MXNet), for which this machine stands in: script mode when the request
 names an entry point in its hyperparameters (SDK v2), or the request's `ContainerEntrypoint` run
-on this machine's root filesystem (SDK v3's ModelTrainer). Other registry images are refused
-until they can be pulled.
+on this machine's root filesystem (SDK v3's ModelTrainer). Any other reference — a registry
+image, an `oci-archive:` / `docker-archive:` file, an OCI layout folder — is an image pulled
+on the host (openmaker/runtime/images/) and run as its own root filesystem, as Docker would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import json
@@ -23,6 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+from openmaker.runtime.images import (
+    ImageContainer,
+    ImageReference,
+    OnProgress,
+    PullError,
+    ReferenceError,
+    RegistrySettings,
+    UserError,
+    image_container,
+    image_store,
+    parse_reference,
+)
 
 SCRIPT_MODE_IMAGE = "openmaker://script-mode"
 PROGRAM_MOUNT = "/opt/program"
@@ -58,12 +73,20 @@ class Image:
     framework: str | None = None
     # A framework image started by its request's ContainerEntrypoint, not by script mode.
     entrypoint: bool = False
+    # An image pulled (registry, image file, OCI layout) and run as its own root filesystem.
+    pulled: ImageReference | None = None
+    # Once pulled on the host (pull_image): its root filesystem and what it runs, as Docker would.
+    container: ImageContainer | None = None
+    # The pulled image's manifest digest.
+    digest: str | None = None
 
     @property
     def path_entries(self) -> list[str]:
         """Folders put first on the code's PATH, as seen inside the sandbox."""
         if self.program_dir is not None:
             return [PROGRAM_MOUNT]
+        if self.pulled is not None:
+            return []  # the image's own PATH
         # The toolkit's `train` command lives beside openmaker's Python.
         return [str(Path(sys.executable).parent)]
 
@@ -71,6 +94,8 @@ class Image:
     def description(self) -> str:
         if self.program_dir is not None:
             return f"local image {self.program_dir}"
+        if self.pulled is not None:
+            return f"image {self.pulled}" + (f" ({self.digest})" if self.digest else "")
         python = sys.version.split()[0]
         toolkit = f"script mode with the sagemaker-training toolkit on Python {python}"
         if self.framework is None:
@@ -86,7 +111,9 @@ class Image:
         self, verb: str, entrypoint: Sequence[str] = (), arguments: Sequence[str] = ()
     ) -> list[str]:
         """The entrypoint and its arguments when given, else `verb` (`train`, `serve`) and
-        them, as SageMaker starts an image."""
+        them, as SageMaker starts an image. A pulled image's was settled by its pull."""
+        if self.container is not None:
+            return list(self.container.argv)
         return (list(entrypoint) or [verb]) + list(arguments)
 
 
@@ -102,6 +129,8 @@ def resolve_image(
     parsed = urlparse(reference)
     if parsed.scheme == "file" or reference.startswith("/"):
         folder = Path(unquote(parsed.path) if parsed.scheme == "file" else reference)
+        if (folder / "oci-layout").is_file():
+            return Image(reference, None, pulled=parse_reference(f"oci:{folder}"))
         return _local_folder(reference, folder, entrypoint)
     framework = framework_of(reference)
     if framework is not None:
@@ -115,11 +144,38 @@ def resolve_image(
                 "or AlgorithmSpecification.ContainerEntrypoint (as SDK v3's ModelTrainer does)"
             )
         return Image(reference, None, framework)
-    raise ImageError(
-        f"image {reference!r} is a registry image, which openmaker cannot run yet: use a local "
-        f"folder holding an executable 'train' (an absolute path or file:// URI), a SageMaker "
-        f"framework image with an entry point, or {SCRIPT_MODE_IMAGE!r} for script mode"
-    )
+    try:
+        return Image(reference, None, pulled=parse_reference(reference))
+    except ReferenceError as exc:
+        raise ImageError(
+            f"{exc}: give a registry image ([registry/]repository[:tag][@digest]), "
+            "oci-archive:PATH, docker-archive:PATH, an OCI layout or a folder holding an "
+            f"executable '{TRAIN}' (an absolute path or file:// URI), or {SCRIPT_MODE_IMAGE!r}"
+        ) from None
+
+
+def pull_image(
+    image: Image,
+    settings: RegistrySettings,
+    entrypoint: Sequence[str],
+    arguments: Sequence[str],
+    on_progress: OnProgress,
+) -> Image:
+    """`image` pulled into the machine's image store (and unpacked) if it is one to pull, with
+    what its container runs: its ENTRYPOINT with `train`, or the request's overrides. ImageError
+    says why it cannot be had, naming the image and what the registry said."""
+    if image.pulled is None:
+        return image
+    try:
+        pulled = image_store(settings).prepare(image.pulled, on_progress)
+        run = image_container(pulled, TRAIN, {}, list(entrypoint) or None, list(arguments) or None)
+    except PullError as exc:
+        raise ImageError(str(exc)) from None
+    except RuntimeError as exc:  # a layer umoci cannot take as it is (zstd.py)
+        raise ImageError(f"Cannot unpack image {image.pulled}: {exc}") from None
+    except UserError as exc:
+        raise ImageError(f"image {image.pulled} cannot run: {exc}") from None
+    return dataclasses.replace(image, container=run, digest=pulled.digest)
 
 
 def framework_of(reference: str) -> str | None:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from openmaker.runtime.spec import User
 from openmaker.training.host.events import Emit, LogLine
 from openmaker.training.host.layout import CONTAINER_ROOT
 from openmaker.training.host.spec import HostSpec
@@ -88,6 +89,36 @@ class HostTree:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+# What the code writes below /opt/ml (its model, outputs and failure file; the File-mode data
+# it may change in place), given to a non-root image USER.
+WRITABLE = ("model", "output", "input/data")
+
+
+def give_writable(tree: HostTree, user: User, folders: tuple[str, ...] = ()) -> None:
+    """Give `user` the folders of the host's tree the code writes (and `folders`, a processing
+    job's outputs), and what they hold, as a SageMaker instance's root-run container has them
+    writable: through the tree's handles, one name at a time, never following a link (links
+    themselves are left as they are)."""
+    anchors = [(tree.ml, relative) for relative in (*WRITABLE, *folders)]
+    if tree.checkpoint_path is not None:
+        anchors.append((tree.checkpoint_anchor, tree.checkpoint_path))
+    for anchor, relative in anchors:
+        try:
+            folder = open_below(anchor, relative)
+        except (FileNotFoundError, NotAFolder):
+            continue
+        try:
+            os.fchown(folder, user.uid, user.gid)
+            for entry in walk(folder):
+                if entry.handle is not None:
+                    os.fchown(entry.handle, user.uid, user.gid)
+                elif stat.S_ISREG(entry.status.st_mode):
+                    os.chown(entry.name, user.uid, user.gid, dir_fd=entry.parent,
+                             follow_symlinks=False)  # fmt: skip
+        finally:
+            os.close(folder)
 
 
 def _checkpoint_relative(spec: HostSpec) -> str | None:

@@ -22,7 +22,7 @@ def opening_lines(spec: HostSpec, image: Image) -> list[str]:
     lines = []
     if gpu := _gpu_note(spec):
         lines.append(gpu)
-    if image.program_dir is None:
+    if image.program_dir is None and image.pulled is None:
         lines.append(_python_note(image))
     return [PREFIX + line for line in lines]
 

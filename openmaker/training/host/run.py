@@ -21,12 +21,16 @@ from openmaker.training.host.channels.download import (
 from openmaker.training.host.channels.inputs import HostInputs, start_inputs
 from openmaker.training.host.checkpoints.sync import CheckpointSync
 from openmaker.training.host.checkpoints.transfer import restore_checkpoints
-from openmaker.training.host.container import plan_launch, sandbox_unavailable_reason
+from openmaker.training.host.container import (
+    LaunchError,
+    plan_launch,
+    sandbox_unavailable_reason,
+)
 from openmaker.training.host.disk import disk_full_reason
 from openmaker.training.host.environment import container_environment
 from openmaker.training.host.events import Emit, LogLines, StatusChanged
-from openmaker.training.host.images import TRAIN, Image, ImageError, resolve_image
-from openmaker.training.host.jobtree import HostTree, read_text_head
+from openmaker.training.host.images import TRAIN, Image, ImageError, pull_image, resolve_image
+from openmaker.training.host.jobtree import HostTree, give_writable, read_text_head
 from openmaker.training.host.metrics import metric_emitter
 from openmaker.training.host.notes import opening_lines
 from openmaker.training.host.script_error import ErrorCapture
@@ -89,6 +93,7 @@ def run_code(
     try:
         # Here, on the host's machine: a local image is a folder of this machine.
         image = resolve_image(command.image, bool(command.entrypoint), command.hyperparameters)
+        image = _pull(spec, image, emit)
     except ImageError as exc:
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
@@ -97,11 +102,14 @@ def run_code(
     except SshError as exc:
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
+    if image.container is not None and image.container.user.uid != 0:
+        # /opt/ml's writable folders, to its USER.
+        give_writable(tree, image.container.user, spec.plan.folders)
     env = container_environment(spec, image)
     try:
         argv = image.command(TRAIN, command.entrypoint, command.arguments)
         launch = plan_launch(spec, image, argv, env, volume)
-    except NetworkError as exc:
+    except (NetworkError, LaunchError) as exc:
         inputs.stop()
         raise HostFailed(f"InternalServerError: {exc}") from None
     emit(StatusChanged("Training", f"{image.description}; {launch.note}"))
@@ -129,6 +137,25 @@ def run_code(
             failure_reason(tree, result.code, spec.plan.failure_file), FAILURE_REASON_LIMIT
         )
     return HostResult(result.code, result.stopped, failure)
+
+
+def _pull(spec: HostSpec, image: Image, emit: Emit) -> Image:
+    """A registry image (or image file) pulled and unpacked, its progress in the status."""
+    if image.pulled is None:
+        return image
+    if reason := sandbox_unavailable_reason(spec.settings):
+        raise ImageError(f"image {image.pulled} runs only in openmaker's sandbox ({reason})")
+    said = f"Downloading the training image {image.pulled}"
+    emit(StatusChanged("Downloading", message=said))
+    pulled = pull_image(
+        image,
+        spec.settings,
+        spec.plan.command.entrypoint,
+        spec.plan.command.arguments,
+        lambda line: emit(StatusChanged("Downloading", message=f"{said}: {line}")),
+    )
+    emit(StatusChanged("Downloading", message=f"{said}: done ({pulled.digest})"))
+    return pulled
 
 
 def _prepare_distribution(spec: HostSpec, tree: HostTree, image: Image) -> None:

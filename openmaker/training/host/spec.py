@@ -42,6 +42,9 @@ class HostSettings:
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     # Keep the host's folder when it ends, for a post-mortem.
     keep_files: bool = False
+    # How the host reaches registries to pull its image (runtime/images/).
+    registry_auth_file: Path | None = None
+    insecure_registries: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, settings: Settings) -> HostSettings:
@@ -53,6 +56,8 @@ class HostSettings:
             sandbox_hide=settings.sandbox_hide,
             grace_seconds=settings.stop_grace_seconds,
             keep_files=settings.keep_job_files,
+            registry_auth_file=settings.registry_auth_file,
+            insecure_registries=settings.insecure_registries,
         )
 
     @property
@@ -128,6 +133,9 @@ class HostSpec:
                         **settings,
                         "home": Path(settings["home"]),
                         "sandbox_hide": tuple(settings["sandbox_hide"]),
+                        "registry_auth_file": settings["registry_auth_file"]
+                        and Path(settings["registry_auth_file"]),
+                        "insecure_registries": tuple(settings["insecure_registries"]),
                         "store": StoreSettings(
                             **{
                                 **store,
