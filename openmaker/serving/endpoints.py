@@ -1,10 +1,11 @@
 """Endpoints: CreateEndpoint, DescribeEndpoint, ListEndpoints, DeleteEndpoint, and where the
 invocation proxy finds an endpoint's instances.
 
-Creating one records it (`Creating`) with its configuration and models as they are now, then
-starts its worker (serving/worker.py), which starts the instances and reports `InService`, or
-`Failed` with the reason. Deleting one asks its worker to stop them (`Deleting`); the worker
-removes the record once they are gone.
+Creating one records it (`Creating`) with its configuration and models as they are now; the
+queue then starts its worker through the executor (serving/kind.py), which starts the instances
+and reports `InService`, or `Failed` with the reason. An update is written on the record for
+the worker to carry out (serving/updates.py). Deleting one asks its worker to stop them
+(`Deleting`); the worker removes the record once they are gone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +21,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from openmaker.jobs import queue
 from openmaker.jobs.db import EndpointRecord, Tag
-from openmaker.jobs.executor import Worker, process_lost
+from openmaker.jobs.executor import Executor, LocalExecutor, process_lost
 from openmaker.jobs.tags import put as put_tags
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import status
+from openmaker.serving import status, updates
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.configs import EndpointConfigs
 from openmaker.serving.kind import ENDPOINT, fail, network_key
-from openmaker.serving.launcher import Launcher
 from openmaker.serving.listing import page
 from openmaker.serving.models import Models
 from openmaker.settings import Settings
@@ -59,10 +61,13 @@ class Endpoints:
         writers: sessionmaker[Session],
         models: Models,
         configs: EndpointConfigs,
+        executor: Executor | None = None,
     ) -> None:
         self.settings, self.sessions, self.writers = settings, sessions, writers
         self.models, self.configs = models, configs
-        self.launcher = Launcher()
+        self.executor = executor or LocalExecutor(settings)
+        # The executor keeps a warm worker: one start at a time through it.
+        self._starting = threading.Lock()
 
     def arn(self, name: str) -> str:
         return resource_arn("endpoint", name, self.settings.region, self.settings.account_id)
@@ -70,10 +75,7 @@ class Endpoints:
     def create(self, request: dict[str, Any]) -> dict[str, str]:
         name = request["EndpointName"]
         config = self.configs.get(request["EndpointConfigName"])
-        models = {
-            v["ModelName"]: self.models.get(v["ModelName"]).request
-            for v in config.request["ProductionVariants"]
-        }
+        models = self._models_of(config.request)
         arn = self.arn(name)
         at = now()
         record = EndpointRecord(
@@ -100,21 +102,57 @@ class Endpoints:
                     f'Cannot create already existing endpoint "{arn}".'
                 ) from None
         try:
-            self.launcher.start(name, self.settings, lambda worker: self._owned_by(name, worker))
+            self._start_waiting()
         except Exception as exc:  # the endpoint must not stay Creating with nothing behind it
             with self.writers() as session:
                 row = session.get(EndpointRecord, name)
-                if row is not None:
+                if row is not None and ENDPOINT.lifecycle.needs_worker(row):
                     fail(row, f"InternalServerError: cannot start the endpoint's worker: {exc}")
                     session.commit()
         return {"EndpointArn": arn}
 
-    def _owned_by(self, name: str, worker: Worker) -> None:
+    def _models_of(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            v["ModelName"]: self.models.get(v["ModelName"]).request
+            for v in config["ProductionVariants"]
+        }
+
+    def _start_waiting(self) -> None:
+        """Start the workers of the endpoints (and jobs) that wait for one (the queue fails
+        any it cannot start, saying why)."""
+        from openmaker.resources import KINDS  # the kinds list imports this package's kind
+
+        with self._starting:
+            queue.start_ready(self.settings, self.executor, KINDS)
+
+    def update(self, request: dict[str, Any]) -> dict[str, str]:
+        """UpdateEndpoint (serving/updates.py)."""
+        name = request["EndpointName"]
+        config = self.configs.get(request["EndpointConfigName"])
+        models = self._models_of(config.request)
+        self._checked(name)
         with self.writers() as session:
             row = session.get(EndpointRecord, name)
-            if row is not None:
-                row.worker_pid, row.worker_started = worker.pid, worker.started
-                session.commit()
+            if row is None:
+                raise self._not_found(name)
+            updates.check_updatable(row)
+            row.pending_update = updates.pending_update(row, request, config.request, models)
+            row.status, row.last_modified_time = status.UPDATING, now()
+            session.commit()
+        return {"EndpointArn": self.arn(name)}
+
+    def update_weights_and_capacities(self, request: dict[str, Any]) -> dict[str, str]:
+        name = request["EndpointName"]
+        self._checked(name)
+        with self.writers() as session:
+            row = session.get(EndpointRecord, name)
+            if row is None:
+                raise self._not_found(name)
+            updates.check_updatable(row)
+            row.desired_variants = updates.desired_variants(self.settings, row, request)
+            row.status, row.last_modified_time = status.UPDATING, now()
+            session.commit()
+        return {"EndpointArn": self.arn(name)}
 
     def describe(self, name: str) -> dict[str, Any]:
         row = self._checked(name)
@@ -126,11 +164,21 @@ class Endpoints:
             "CreationTime": as_utc(row.creation_time),
             "LastModifiedTime": as_utc(row.last_modified_time),
             "ProductionVariants": [
-                _variant_summary(row, v) for v in row.config["ProductionVariants"]
+                _variant_summary(row, v, row.models) for v in row.config["ProductionVariants"]
             ],
         }
         if row.failure_reason:
             result["FailureReason"] = row.failure_reason
+        if row.pending_update is not None:
+            pending = row.pending_update
+            result["PendingDeploymentSummary"] = {
+                "EndpointConfigName": pending["EndpointConfigName"],
+                "ProductionVariants": [
+                    _variant_summary(row, v, pending["models"], pending=True)
+                    for v in pending["config"]["ProductionVariants"]
+                ],
+                "StartTime": as_utc(row.last_modified_time),
+            }
         return result
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +231,7 @@ class Endpoints:
 
     def _checked(self, name: str) -> EndpointRecord:
         """The endpoint's record; one whose worker vanished has failed, saying so."""
-        self.launcher.reap()
+        self.executor.reap()
         with self.sessions() as session:
             row = session.get(EndpointRecord, name)
         if row is None:
@@ -213,19 +261,29 @@ class Endpoints:
         return ValidationException(f'Could not find endpoint "{self.arn(name)}".')
 
 
-def _variant_summary(row: EndpointRecord, variant: dict[str, Any]) -> dict[str, Any]:
+def _variant_summary(
+    row: EndpointRecord, variant: dict[str, Any], models: dict[str, Any], pending: bool = False
+) -> dict[str, Any]:
+    """A variant as DescribeEndpoint shows it: its weight and count now (the healthy instances
+    in the route), and those an update under way asks for."""
     name = variant["VariantName"]
-    model = row.models.get(variant["ModelName"], {})
+    model = models.get(variant["ModelName"], {})
     container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
     healthy = sum(1 for i in row.instances if i["variant"] == name and i["healthy"])
     weight = float(variant.get("InitialVariantWeight", 1.0))
+    count = int(variant["InitialInstanceCount"])
+    desired = (row.desired_variants or {}).get(name)
     summary: dict[str, Any] = {
         "VariantName": name,
         "CurrentWeight": weight,
-        "DesiredWeight": weight,
-        "CurrentInstanceCount": healthy,
-        "DesiredInstanceCount": int(variant["InitialInstanceCount"]),
+        "DesiredWeight": weight if desired is None else desired["weight"],
+        "CurrentInstanceCount": 0 if pending else healthy,
+        "DesiredInstanceCount": count if desired is None else desired["count"],
     }
+    if pending:  # the shape of a pending variant has no current figures
+        summary = {k: summary[k] for k in ("VariantName", "DesiredWeight")}
+        summary["DesiredInstanceCount"] = count
+        summary["InstanceType"] = variant["InstanceType"]
     if container.get("Image"):
         summary["DeployedImages"] = [
             {"SpecifiedImage": container["Image"], "ResolvedImage": container["Image"]}
