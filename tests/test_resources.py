@@ -185,6 +185,15 @@ def test_every_error_openmaker_answers_is_one_the_model_declares(
         ("sagemaker", "DescribeTransformJob", {"TransformJobName": "no-such-job"}),
         ("sagemaker", "ListTransformJobs", {"NextToken": "not-a-token"}),
         ("sagemaker", "StopTransformJob", {"TransformJobName": "no-such-job"}),
+        ("sagemaker", "UpdateEndpoint", {"EndpointName": "e", "EndpointConfigName": "no-such"}),
+        (
+            "sagemaker",
+            "UpdateEndpointWeightsAndCapacities",
+            {
+                "EndpointName": "no-such-endpoint",
+                "DesiredWeightsAndCapacities": [{"VariantName": "v", "DesiredWeight": 1.0}],
+            },
+        ),
         ("logs", "DescribeLogGroups", {"limit": 0}),
         ("logs", "DescribeLogStreams", {"logGroupName": "/no/such/group"}),
         ("logs", "DescribeLogStreams", {**group, "nextToken": "nonsense"}),

@@ -41,5 +41,7 @@ class ServingHandlers:
             "DescribeEndpoint": lambda p: endpoints.describe(p["EndpointName"]),
             "ListEndpoints": endpoints.list,
             "DeleteEndpoint": deleted(endpoints.delete, "EndpointName"),
+            "UpdateEndpoint": endpoints.update,
+            "UpdateEndpointWeightsAndCapacities": endpoints.update_weights_and_capacities,
         }.items():
             handlers.register("sagemaker", operation, handler)

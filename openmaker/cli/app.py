@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from openmaker.cli.endpoints import endpoints_app
 from openmaker.cli.request_builder import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, help="SageMaker training jobs on your own machines.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training jobs.")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(endpoints_app, name="endpoints")  # openmaker/cli/endpoints.py
 # Soft wrap: a log line piped to a file must stay one line.
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -161,7 +161,8 @@ def gpus_per_host(instances: Instances, machine: Machine) -> int:
     need = per_host(instances.instance_type, machine).gpus
     if machine.policy == "strict":
         return need
-    return min(need, len(machine.gpu_ids) // instances.count)
+    # A kind may ask for no host through the queue (an endpoint places its own).
+    return min(need, len(machine.gpu_ids) // max(1, instances.count))
 
 
 def waiting_message(instances: Instances, machine: Machine, used: Iterable[Placement]) -> str:

@@ -337,6 +337,11 @@ class EndpointRecord(JobRecord, Base):
     models: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Its instances as its worker reports them: [{"variant", "id", "address", "healthy"}].
     instances: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # What an update asks its worker for, until done: UpdateEndpoint's {"EndpointConfigName",
+    # "config", "models"}; UpdateEndpointWeightsAndCapacities' {variant: {"weight",
+    # "count"}} (serving/updates.py).
+    pending_update: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    desired_variants: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class ProcessingJobRecord(JobRecord, Base):

@@ -1,14 +1,16 @@
 """Endpoints: CreateEndpoint, DescribeEndpoint, ListEndpoints, DeleteEndpoint, and where the
 invocation proxy finds an endpoint's instances.
 
-Creating one records it (`Creating`) with its configuration and models as they are now, then
-starts its worker (serving/worker.py), which starts the instances and reports `InService`, or
-`Failed` with the reason. Deleting one asks its worker to stop them (`Deleting`); the worker
-removes the record once they are gone.
+Creating one records it (`Creating`) with its configuration and models as they are now; the
+queue then starts its worker through the executor (serving/kind.py), which starts the instances
+and reports `InService`, or `Failed` with the reason. An update is written on the record for
+the worker to carry out (serving/updates.py). Deleting one asks its worker to stop them
+(`Deleting`); the worker removes the record once they are gone.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,15 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from openmaker.jobs import queue
 from openmaker.jobs.db import EndpointRecord, Tag
-from openmaker.jobs.executor import WorkerRef, executor_for
+from openmaker.jobs.executor import Executor, executor_for
 from openmaker.jobs.tags import put as put_tags
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import status
+from openmaker.serving import status, updates
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.configs import EndpointConfigs
 from openmaker.serving.kind import ENDPOINT, fail, network_key
-from openmaker.serving.launcher import Launcher
 from openmaker.serving.listing import page
 from openmaker.serving.models import Models
 from openmaker.settings import Settings
@@ -56,12 +58,13 @@ class Endpoints:
         writers: sessionmaker[Session],
         models: Models,
         configs: EndpointConfigs,
+        executor: Executor | None = None,
     ) -> None:
         self.settings, self.sessions, self.writers = settings, sessions, writers
         self.models, self.configs = models, configs
-        self.launcher = Launcher()
-        # What its workers' references mean: whether one is gone, how to stop it.
-        self.workers = executor_for(settings)
+        self.executor = executor or executor_for(settings)
+        # The executor keeps a warm worker: one start at a time through it.
+        self._starting = threading.Lock()
 
     def arn(self, name: str) -> str:
         return resource_arn("endpoint", name, self.settings.region, self.settings.account_id)
@@ -69,10 +72,7 @@ class Endpoints:
     def create(self, request: dict[str, Any]) -> dict[str, str]:
         name = request["EndpointName"]
         config = self.configs.get(request["EndpointConfigName"])
-        models = {
-            v["ModelName"]: self.models.get(v["ModelName"]).request
-            for v in config.request["ProductionVariants"]
-        }
+        models = self._models_of(config.request)
         arn = self.arn(name)
         at = now()
         record = EndpointRecord(
@@ -99,21 +99,57 @@ class Endpoints:
                     f'Cannot create already existing endpoint "{arn}".'
                 ) from None
         try:
-            self.launcher.start(name, self.settings, lambda worker: self._owned_by(name, worker))
+            self._start_waiting()
         except Exception as exc:  # the endpoint must not stay Creating with nothing behind it
             with self.writers() as session:
                 row = session.get(EndpointRecord, name)
-                if row is not None:
+                if row is not None and ENDPOINT.lifecycle.needs_worker(row):
                     fail(row, f"InternalServerError: cannot start the endpoint's worker: {exc}")
                     session.commit()
         return {"EndpointArn": arn}
 
-    def _owned_by(self, name: str, worker: WorkerRef) -> None:
+    def _models_of(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            v["ModelName"]: self.models.get(v["ModelName"]).request
+            for v in config["ProductionVariants"]
+        }
+
+    def _start_waiting(self) -> None:
+        """Start the workers of the endpoints (and jobs) that wait for one (the queue fails
+        any it cannot start, saying why)."""
+        from openmaker.resources import KINDS  # the kinds list imports this package's kind
+
+        with self._starting:
+            queue.start_ready(self.settings, self.executor, KINDS)
+
+    def update(self, request: dict[str, Any]) -> dict[str, str]:
+        """UpdateEndpoint (serving/updates.py)."""
+        name = request["EndpointName"]
+        config = self.configs.get(request["EndpointConfigName"])
+        models = self._models_of(config.request)
+        self._checked(name)
         with self.writers() as session:
             row = session.get(EndpointRecord, name)
-            if row is not None:
-                row.worker = worker
-                session.commit()
+            if row is None:
+                raise self._not_found(name)
+            updates.check_updatable(row)
+            row.pending_update = updates.pending_update(row, request, config.request, models)
+            row.status, row.last_modified_time = status.UPDATING, now()
+            session.commit()
+        return {"EndpointArn": self.arn(name)}
+
+    def update_weights_and_capacities(self, request: dict[str, Any]) -> dict[str, str]:
+        name = request["EndpointName"]
+        self._checked(name)
+        with self.writers() as session:
+            row = session.get(EndpointRecord, name)
+            if row is None:
+                raise self._not_found(name)
+            updates.check_updatable(row)
+            row.desired_variants = updates.desired_variants(self.settings, row, request)
+            row.status, row.last_modified_time = status.UPDATING, now()
+            session.commit()
+        return {"EndpointArn": self.arn(name)}
 
     def describe(self, name: str) -> dict[str, Any]:
         row = self._checked(name)
@@ -125,11 +161,21 @@ class Endpoints:
             "CreationTime": as_utc(row.creation_time),
             "LastModifiedTime": as_utc(row.last_modified_time),
             "ProductionVariants": [
-                _variant_summary(row, v) for v in row.config["ProductionVariants"]
+                _variant_summary(row, v, row.models) for v in row.config["ProductionVariants"]
             ],
         }
         if row.failure_reason:
             result["FailureReason"] = row.failure_reason
+        if row.pending_update is not None:
+            pending = row.pending_update
+            result["PendingDeploymentSummary"] = {
+                "EndpointConfigName": pending["EndpointConfigName"],
+                "ProductionVariants": [
+                    _variant_summary(row, v, pending["models"], pending=True)
+                    for v in pending["config"]["ProductionVariants"]
+                ],
+                "StartTime": as_utc(row.last_modified_time),
+            }
         return result
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +201,7 @@ class Endpoints:
             worker = row.worker if row.worker_ready else None
             session.commit()
         if worker is not None:  # a worker not yet ready reads `stop_requested` when it is
-            self.workers.stop(worker)
+            self.executor.stop(worker)
 
     def route(self, name: str) -> Route | None:
         """Where invocations of `name` go (None: no such endpoint)."""
@@ -180,12 +226,12 @@ class Endpoints:
 
     def _checked(self, name: str) -> EndpointRecord:
         """The endpoint's record; one whose worker vanished has failed, saying so."""
-        self.launcher.reap()
+        self.executor.reap()
         with self.sessions() as session:
             row = session.get(EndpointRecord, name)
         if row is None:
             raise self._not_found(name)
-        lost = row.worker is not None and self.workers.lost(row.worker)
+        lost = row.worker is not None and self.executor.lost(row.worker)
         if row.status in status.ACTIVE and lost:
             with self.writers() as session:
                 row = session.get(EndpointRecord, name)
@@ -195,7 +241,7 @@ class Endpoints:
                     ENDPOINT.lifecycle.lost(
                         row,
                         f"the openmaker worker running the endpoint "
-                        f"({self.workers.describe(row.worker)}) ended without stopping it",
+                        f"({self.executor.describe(row.worker)}) ended without stopping it",
                     )
                     session.commit()
             remove_network(self.settings.home, network_key(name))
@@ -209,19 +255,29 @@ class Endpoints:
         return ValidationException(f'Could not find endpoint "{self.arn(name)}".')
 
 
-def _variant_summary(row: EndpointRecord, variant: dict[str, Any]) -> dict[str, Any]:
+def _variant_summary(
+    row: EndpointRecord, variant: dict[str, Any], models: dict[str, Any], pending: bool = False
+) -> dict[str, Any]:
+    """A variant as DescribeEndpoint shows it: its weight and count now (the healthy instances
+    in the route), and those an update under way asks for."""
     name = variant["VariantName"]
-    model = row.models.get(variant["ModelName"], {})
+    model = models.get(variant["ModelName"], {})
     container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
     healthy = sum(1 for i in row.instances if i["variant"] == name and i["healthy"])
     weight = float(variant.get("InitialVariantWeight", 1.0))
+    count = int(variant["InitialInstanceCount"])
+    desired = (row.desired_variants or {}).get(name)
     summary: dict[str, Any] = {
         "VariantName": name,
         "CurrentWeight": weight,
-        "DesiredWeight": weight,
-        "CurrentInstanceCount": healthy,
-        "DesiredInstanceCount": int(variant["InitialInstanceCount"]),
+        "DesiredWeight": weight if desired is None else desired["weight"],
+        "CurrentInstanceCount": 0 if pending else healthy,
+        "DesiredInstanceCount": count if desired is None else desired["count"],
     }
+    if pending:  # the shape of a pending variant has no current figures
+        summary = {k: summary[k] for k in ("VariantName", "DesiredWeight")}
+        summary["DesiredInstanceCount"] = count
+        summary["InstanceType"] = variant["InstanceType"]
     if container.get("Image"):
         summary["DeployedImages"] = [
             {"SpecifiedImage": container["Image"], "ResolvedImage": container["Image"]}

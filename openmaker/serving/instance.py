@@ -3,6 +3,7 @@ own on the endpoint's bridge, listening on 8080 as on SageMaker, and its health.
 
 Its folder (`$OPENMAKER_HOME/endpoints/<endpoint>/<instance>`) holds the model data, shown
 read-only at /opt/ml/model, and the container's copy-on-write state; it goes with the instance.
+The container is held to the instance's share of the machine (serving/limits.py).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from openmaker.runtime.images import ImageContainer
 from openmaker.runtime.layers import hidden_paths
 from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import HostNamespace, JobNetwork, enter_host
+from openmaker.runtime.spec import Limits
+from openmaker.serving import limits
 from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage, pull
 from openmaker.serving.model_data import fetch
+from openmaker.serving.placement import Share
 from openmaker.settings import Settings
 
 PORT = 8080
@@ -40,6 +44,7 @@ class InstancePlan:
     container: dict[str, Any]  # the model's container definition
     image: ServingImage
     startup_seconds: int
+    instance_type: str = "ml.local"
 
     @property
     def stream(self) -> str:
@@ -48,12 +53,15 @@ class InstancePlan:
 
 class Instance:
     def __init__(self, settings: Settings, endpoint: str, plan: InstancePlan) -> None:
-        self.settings, self.plan = settings, plan
+        self.settings, self.endpoint, self.plan = settings, endpoint, plan
         self.folder = settings.home / "endpoints" / endpoint / plan.id
         self.container: Container | None = None
         self.namespace: HostNamespace | None = None
         self.address = ""
         self.image: ImageContainer | None = None  # a pulled image's, once prepared
+        self.share: Share | None = None  # None: not limited (the whole machine)
+        # Whether it answered /ping since its container last started.
+        self.ready = False
 
     def prepare(self) -> None:
         """Fetch the model data (ModelDataError says why it cannot be had)."""
@@ -76,6 +84,7 @@ class Instance:
             spec = self._image_spec(self.image, state)
         else:
             spec = self._folder_spec(state, env)
+        self.ready = False
         self.container = Container(spec)
         self.container.start(on_lines)
 
@@ -95,6 +104,7 @@ class Instance:
             hostname=self.plan.id,
             netns_fd=self.namespace.fd,
             detach_mounts_under=self.settings.home,
+            limits=self._limits(),
         )
 
     def _folder_spec(self, state: Path, env: dict[str, str]) -> ContainerSpec:
@@ -113,7 +123,16 @@ class Instance:
             hidden=tuple(hidden_paths(self.settings.sandbox_hide)),
             removed=(self.settings.home,),
             detach_mounts_under=self.settings.home,
+            limits=self._limits(),
         )
+
+    def _limits(self) -> Limits:
+        if self.share is None:
+            return Limits(pids=self.settings.pids_limit)
+        return limits.instance_limits(self.settings, self.endpoint, self.plan.id, self.share)
+
+    def oom_killed(self) -> bool:
+        return limits.oom_killed(self.settings.home, self.endpoint, self.plan.id)
 
     def healthy(self) -> bool:
         """Whether `GET /ping` answers 200 within PING_SECONDS."""
@@ -136,6 +155,7 @@ class Instance:
             if code is not None:
                 return f"its container exited with status {code} before it answered /ping"
             if self.healthy():
+                self.ready = True
                 return None
             if time.monotonic() >= deadline:
                 return (
@@ -146,9 +166,11 @@ class Instance:
         return "the endpoint was deleted while it started"
 
     def stop(self, grace: float) -> None:
+        self.ready = False
         if self.container is not None:
             self.container.stop(grace)
             self.container = None
+            limits.release(self.settings.home, self.endpoint, self.plan.id)
         if self.namespace is not None:
             self.namespace.close()
             self.namespace = None

@@ -1,8 +1,11 @@
 """Endpoints as a kind of job: what recovery and the log and tag machinery need to know.
 
-An endpoint's worker is started by its service when it is created (serving/launcher.py), never
-by the queue: endpoints do not wait for capacity here. A worker that vanishes fails the
-endpoint, saying so; its bridge and cgroups are then removed by the recovery sweep.
+An endpoint's worker is started through the queue and the executor, as a training job's is
+(openmaker/jobs/queue.py): a new endpoint (`Creating`, no worker yet) needs one. Its request
+asks the queue for no host: the worker reserves its instances' shares of the machine itself
+(serving/placement.py), fleet by fleet, since updates change them while it runs. A worker that
+vanishes fails the endpoint, saying so; its bridge and cgroups are then removed by the recovery
+sweep.
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ def _table() -> type[EndpointRecord]:
 
 
 def _instances(request: dict[str, Any]) -> Instances:
-    # Asked only of kinds whose jobs wait for the queue; an endpoint never does.
+    # No host through the queue: the worker reserves its fleets (serving/placement.py).
     return Instances("ml.local", 0, "ProductionVariants")
 
 
 class _EndpointLifecycle:
     def needs_worker(self, job: JobRecord) -> bool:
-        return False
+        return job.status == status.CREATING and job.worker is None
 
     def starting(self, job: JobRecord) -> None:
         pass
@@ -71,17 +74,23 @@ class _Leftovers:
 
     def remove_lost(self, settings: Settings, name: str) -> None:
         from openmaker.runtime.network import remove
+        from openmaker.serving.limits import remove_endpoint_cgroups
 
         remove(settings.home, network_key(name))
+        remove_endpoint_cgroups(settings.home, name)
 
     def remove_stale(self, settings: Settings, running: Callable[[list[str]], set[str]]) -> None:
         from openmaker.runtime.network import jobs_with_networks, remove
+        from openmaker.serving.limits import endpoints_with_cgroups, remove_endpoint_cgroups
 
         prefix = NETWORK_KEY_PREFIX
         keys = jobs_with_networks(settings.home)
         names = [key.removeprefix(prefix) for key in keys if key.startswith(prefix)]
         for name in set(names) - running(names):
             remove(settings.home, prefix + name)
+        names = endpoints_with_cgroups(settings.home)
+        for name in set(names) - running(names):
+            remove_endpoint_cgroups(settings.home, name)
 
 
 def fail(job: JobRecord, reason: str) -> None:
@@ -100,6 +109,5 @@ ENDPOINT = ResourceKind(
     instances=_instances,
     lifecycle=_EndpointLifecycle(),
     leftovers=_Leftovers(),
-    # Started by its service (serving/launcher.py), never through the executor's orders.
     runner="openmaker.serving.worker",
 )

@@ -1,31 +1,42 @@
 """The process that keeps one endpoint's instances serving, until the endpoint is deleted.
 
-Started detached by the endpoint's service (serving/launcher.py), which sends it the endpoint's
-name and settings on its standard input. It makes the endpoint's bridge, fetches each
-instance's model data, starts each `serve` container in its own network namespace, and
-reports `InService` once every instance answers `GET /ping`, or `Failed` with the instance that
-did not and why. A container that ends while the endpoint serves is started again. SIGTERM
-(DeleteEndpoint) stops the containers (SIGTERM, then SIGKILL after the grace), removes the
-bridge and the instances' folders, and the endpoint's record.
+Started by the queue through the executor (openmaker/jobs/worker_process.py calls `run`). It
+makes the endpoint's bridge, reserves each instance's share of the machine
+(serving/placement.py), fetches its model data, starts its `serve` container in a network
+namespace of its own, and reports `InService` once every instance answers `GET /ping`, or
+`Failed` saying which instance did not and why. While it serves:
+- a container that ends is started again (its instance out of the rotation until it answers
+  /ping again);
+- an update (serving/updates.py) starts a new fleet beside the old one, moves the traffic once
+  every new instance is healthy, then retires the old instances: out of the route first, their
+  invocations under way finished, then stopped. A new fleet that fails is removed and the old
+  one goes on serving, the reason in FailureReason.
+SIGTERM (DeleteEndpoint) stops the containers (SIGTERM, then SIGKILL after the grace), removes
+the bridge, the instances' folders and cgroups, and the endpoint's record.
 """
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import secrets
-import sys
+import socket
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import EndpointRecord, Tag, writer_sessions
+from openmaker.jobs.executor import Order
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import status
+from openmaker.serving import placement, status, updates
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.instance import DEFAULT_STARTUP_SECONDS, Instance, InstancePlan
@@ -33,50 +44,28 @@ from openmaker.serving.kind import fail, log_group, network_key
 from openmaker.serving.logs import EndpointLogs
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.models import the_container
-from openmaker.settings import Settings, from_json
+from openmaker.serving.proxy import INVOCATION_SECONDS, ROUTE_SECONDS
+from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 
-# How often a serving instance's container is looked at (has it ended?).
+# How often the serving instances are looked at (has a container ended? an update come?).
 WATCH_SECONDS = 1.0
+# How often an instance that is starting is pinged.
+PING_EVERY_SECONDS = 0.2
+# Past this, no invocation proxy routes by a route read before traffic moved (each keeps one
+# for ROUTE_SECONDS).
+ROUTE_CHANGE_SECONDS = ROUTE_SECONDS + 0.5
+# A bridge gives its instances addresses .2 to .254.
+MAX_INDEXES = 253
 
 
 class EndpointFailed(Exception):
-    """The endpoint cannot serve; the message is its FailureReason."""
+    """The endpoint (or its update) cannot serve; the message is its FailureReason."""
 
 
-def main(stop: threading.Event) -> None:
-    data = sys.stdin.read()
-    if not data:  # a worker whose starter went away before sending an order
-        return
-    order = json.loads(data)
-    run(from_json(order["settings"]), order["endpoint"], stop)
-
-
-def plans(row: EndpointRecord) -> list[InstancePlan]:
-    found: list[InstancePlan] = []
-    for variant in row.config["ProductionVariants"]:
-        model = row.models[variant["ModelName"]]
-        _, container = the_container(model)
-        try:
-            # The owner's own process: the model was checked against the API's roots already.
-            image = resolve(container["Image"], LocalPaths.anywhere())
-        except ImageError as exc:
-            raise EndpointFailed(
-                f"The image of production variant {variant['VariantName']} cannot be served: {exc}"
-            ) from None
-        startup = variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
-        for _ in range(int(variant["InitialInstanceCount"])):
-            found.append(
-                InstancePlan(
-                    variant=variant["VariantName"],
-                    id=f"i-{secrets.token_hex(8)}{len(found):x}",
-                    index=len(found),
-                    container=container,
-                    image=image,
-                    startup_seconds=int(startup or DEFAULT_STARTUP_SECONDS),
-                )
-            )
-    return found
+def run(order: Order, settings: Settings, stop: threading.Event) -> None:
+    """Run a worker's order (openmaker/jobs/worker_process.py)."""
+    EndpointWorker(settings, order.name, stop).run()
 
 
 class EndpointWorker:
@@ -84,16 +73,20 @@ class EndpointWorker:
         self.settings, self.name, self.stop = settings, name, stop
         self.writers: sessionmaker[Session] = writer_sessions(settings)
         self.logs = EndpointLogs(self.writers, name, settings.log_limit_bytes)
-        self.instances: list[Instance] = []
+        self.live: list[Instance] = []  # in the route (those healthy)
+        self.starting: list[Instance] = []  # a new fleet, not yet in the route
         self.network: JobNetwork | None = None
+        self.indexes: set[int] = set()  # the instances' indexes on the bridge, in use
 
     def run(self) -> None:
         try:
             row = self._take_over()
             if row is None:
                 return
-            self.instances = [Instance(self.settings, self.name, p) for p in plans(row)]
-            self._start_all()
+            self._make_network()
+            fleet = self._fleet(row.config, row.models)
+            self._launch(fleet)
+            self.live, self.starting = fleet, []
             if not self.stop.is_set():
                 self._record(status.IN_SERVICE)
                 self._serve()
@@ -116,17 +109,75 @@ class EndpointWorker:
             session.commit()
         return row
 
-    def _start_all(self) -> None:
-        hosts = [instance.plan.id for instance in self.instances]
+    def _make_network(self) -> None:
         remove_network(self.settings.home, network_key(self.name))  # what a killed worker left
-        network = create_network(self.settings, network_key(self.name), hosts, {})
+        network = create_network(self.settings, network_key(self.name), [], {})
         self.network = network
         if network.bridge is None:
             raise EndpointFailed(
                 "openmaker serves endpoints with a network namespace per instance, which "
                 f"cannot be had here: {network.reason}"
             )
-        for instance in self.instances:
+
+    # -- fleets ---------------------------------------------------------------------------
+
+    def _fleet(
+        self,
+        config: dict[str, Any],
+        models: dict[str, Any],
+        counts: dict[str, int] | None = None,
+    ) -> list[Instance]:
+        """New instances for `config`'s variants (`counts`: how many of each, else the
+        config's)."""
+        found: list[Instance] = []
+        for variant in config["ProductionVariants"]:
+            name = variant["VariantName"]
+            count = int(variant["InitialInstanceCount"]) if counts is None else counts.get(name, 0)
+            if count == 0:
+                continue
+            _, container = the_container(models[variant["ModelName"]])
+            try:
+                # The owner's own process: the model was checked against the API's roots.
+                image = resolve(container["Image"], LocalPaths.anywhere())
+            except ImageError as exc:
+                raise EndpointFailed(
+                    f"The image of production variant {name} cannot be served: {exc}"
+                ) from None
+            startup = variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
+            for _ in range(count):
+                plan = InstancePlan(
+                    variant=name,
+                    id=f"i-{secrets.token_hex(8)}",
+                    index=self._free_index(),
+                    container=container,
+                    image=image,
+                    startup_seconds=int(startup or DEFAULT_STARTUP_SECONDS),
+                    instance_type=variant["InstanceType"],
+                )
+                found.append(Instance(self.settings, self.name, plan))
+        return found
+
+    def _free_index(self) -> int:
+        index = next((i for i in range(MAX_INDEXES) if i not in self.indexes), None)
+        if index is None:
+            raise EndpointFailed(f"an endpoint has at most {MAX_INDEXES} instances at once")
+        self.indexes.add(index)
+        return index
+
+    def _launch(self, fleet: list[Instance]) -> None:
+        """Reserve, prepare and start `fleet`, and wait until each instance answers /ping
+        (the live fleet looked after meanwhile); EndpointFailed says why one did not."""
+        self.starting = fleet
+        wanted = [
+            placement.Wanted(i.plan.id, i.plan.instance_type, f"ProductionVariant {i.plan.variant}")
+            for i in fleet
+        ]
+        try:
+            shares = placement.reserve(self.settings, self.writers, self.name, wanted)
+        except placement.InsufficientCapacity as exc:
+            raise EndpointFailed(str(exc)) from None
+        for instance in fleet:
+            instance.share = shares[instance.plan.id]
             plan = instance.plan
             try:
                 instance.prepare()
@@ -141,14 +192,42 @@ class EndpointWorker:
                 ) from None
             if self.stop.is_set():
                 return
-            instance.start(network, self.logs.receiver(plan.stream))
-        with ThreadPoolExecutor(len(self.instances)) as pool:
-            reasons = list(pool.map(lambda i: i.wait_healthy(self.stop), self.instances))
-        if self.stop.is_set():
-            return
-        for instance, reason in zip(self.instances, reasons, strict=True):
-            if reason is not None:
+            instance.start(self._network_for(instance), self.logs.receiver(plan.stream))
+        reasons = self._wait_healthy(fleet)
+        for instance, reason in zip(fleet, reasons, strict=True):
+            if reason is not None and not self.stop.is_set():
                 raise EndpointFailed(self._ping_failure(instance, reason))
+
+    def _network_for(self, instance: Instance) -> JobNetwork:
+        """The endpoint's network, with the instance's address on it."""
+        network = self.network
+        assert network is not None and network.gateway is not None
+        address = ipaddress.IPv4Address(network.gateway) + 1 + instance.plan.index
+        network = replace(network, addresses={**network.addresses, instance.plan.id: str(address)})
+        self.network = network
+        return network
+
+    def _wait_healthy(self, fleet: list[Instance]) -> list[str | None]:
+        """Each instance's failure to answer /ping in time (None: it did)."""
+        reasons: dict[str, str | None] = {}
+        deadlines = {i.plan.id: time.monotonic() + i.plan.startup_seconds for i in fleet}
+        watched = time.monotonic()
+        while not self.stop.is_set() and len(reasons) < len(fleet):
+            waiting = [i for i in fleet if i.plan.id not in reasons]
+            with ThreadPoolExecutor(len(waiting)) as pool:
+                for instance, reason in zip(waiting, pool.map(_ping_once, waiting), strict=True):
+                    if reason is not None or instance.ready:
+                        reasons[instance.plan.id] = reason
+                    elif time.monotonic() >= deadlines[instance.plan.id]:
+                        reasons[instance.plan.id] = (
+                            "its container did not answer GET /ping with 200 within "
+                            f"{instance.plan.startup_seconds} seconds"
+                        )
+            if time.monotonic() - watched >= WATCH_SECONDS:
+                watched = time.monotonic()
+                self._watch_live()
+            self.stop.wait(PING_EVERY_SECONDS)
+        return [reasons.get(i.plan.id, "the endpoint was deleted while it started") for i in fleet]
 
     def _ping_failure(self, instance: Instance, why: str) -> str:
         plan = instance.plan
@@ -160,60 +239,158 @@ class EndpointWorker:
         self.logs.note(plan.stream, f"[openmaker] {message}")
         return message
 
-    def _serve(self) -> None:
-        """Until deleted: a container that ends is started again (its instance taken out of
-        the rotation until it answers /ping)."""
-        assert self.network is not None
-        while not self.stop.wait(WATCH_SECONDS):
-            for instance in self.instances:
-                container = instance.container
-                code = container.poll() if container is not None else None
-                if code is None:
-                    continue
-                stream = instance.plan.stream
-                self.logs.note(
-                    stream,
-                    f"[openmaker] the container exited with status {code}; starting it again",
-                )
-                self._record(status.IN_SERVICE)  # its instance leaves the rotation
-                instance.stop(self.settings.stop_grace_seconds)
-                instance.start(self.network, self.logs.receiver(stream))
-                reason = instance.wait_healthy(self.stop)
-                if reason is not None and not self.stop.is_set():
-                    self.logs.note(stream, f"[openmaker] after a restart: {reason}")
-                self._record(status.IN_SERVICE)
+    # -- serving --------------------------------------------------------------------------
 
-    def _record(self, new_status: str, reason: str | None = None) -> None:
+    def _serve(self) -> None:
+        """Until deleted: look after the instances, and carry out the updates asked for."""
+        while not self.stop.wait(WATCH_SECONDS):
+            self._watch_live()
+            row = self._read()
+            if row is None or row.status != status.UPDATING:
+                continue
+            if row.pending_update is not None:
+                self._update(row)
+            elif row.desired_variants is not None:
+                self._resize(row)
+
+    def _watch_live(self) -> None:
+        """A container that ended starts again; one starting joins the rotation once it
+        answers /ping."""
+        changed = False
+        for instance in self.live:
+            container = instance.container
+            code = container.poll() if container is not None else None
+            if code is not None:
+                why = " (killed for going over its memory limit)" if instance.oom_killed() else ""
+                self.logs.note(
+                    instance.plan.stream,
+                    f"[openmaker] the container exited with status {code}{why}; starting it again",
+                )
+                instance.stop(self.settings.stop_grace_seconds)
+                receiver = self.logs.receiver(instance.plan.stream)
+                instance.start(self._network_for(instance), receiver)
+                changed = True
+            elif not instance.ready and instance.healthy():
+                instance.ready = changed = True
+        if changed:
+            self._record(None)
+
+    def _update(self, row: EndpointRecord) -> None:
+        """UpdateEndpoint: blue/green, all at once."""
+        asked = row.pending_update or {}
+        try:
+            fleet = self._fleet(asked["config"], asked["models"], updates.counts(asked["config"]))
+            self._launch(fleet)
+        except EndpointFailed as exc:
+            self._abandon(str(exc), "UpdateEndpoint")
+            return
+        if self.stop.is_set():
+            return
+        old, self.live, self.starting = self.live, fleet, []
+
+        def switch(record: EndpointRecord) -> None:
+            record.config, record.models = asked["config"], asked["models"]
+            record.request = {**record.request, "EndpointConfigName": asked["EndpointConfigName"]}
+            record.pending_update = record.desired_variants = None
+            record.failure_reason = None
+
+        self._record(None, change=switch)
+        self._retire(old)
+        self._record(status.IN_SERVICE)
+
+    def _resize(self, row: EndpointRecord) -> None:
+        """UpdateEndpointWeightsAndCapacities: instances added (healthy before the new weights
+        and counts take effect) or retired."""
+        desired: dict[str, dict[str, Any]] = row.desired_variants or {}
+        have: dict[str, list[Instance]] = {}
+        for instance in self.live:
+            have.setdefault(instance.plan.variant, []).append(instance)
+        more = {v: d["count"] - len(have.get(v, [])) for v, d in desired.items()}
+        try:
+            fleet = self._fleet(row.config, row.models, {v: n for v, n in more.items() if n > 0})
+            self._launch(fleet)
+        except EndpointFailed as exc:
+            self._abandon(str(exc), "UpdateEndpointWeightsAndCapacities")
+            return
+        if self.stop.is_set():
+            return
+        surplus = [i for v, n in more.items() if n < 0 for i in have.get(v, [])[n:]]
+        self.live = [i for i in self.live if i not in surplus] + fleet
+        self.starting = []
+
+        def apply(record: EndpointRecord) -> None:
+            record.config = updates.applied(record.config, desired)
+            record.desired_variants = None
+            record.failure_reason = None
+
+        self._record(None, change=apply)
+        self._retire(surplus)
+        self._record(status.IN_SERVICE)
+
+    def _abandon(self, reason: str, operation: str) -> None:
+        """A new fleet that failed goes; the old one goes on serving, the reason kept."""
+        fleet, self.starting = self.starting, []
+        self._stop(fleet)
+        message = f"{operation} failed, the endpoint serves as before: {reason}"
+
+        def back(record: EndpointRecord) -> None:
+            record.pending_update = record.desired_variants = None
+            record.failure_reason = message
+
+        self._record(status.IN_SERVICE, change=back)
+
+    def _retire(self, instances: list[Instance]) -> None:
+        """Stop instances already out of the route once no invocation can reach them."""
+        if not instances:
+            return
+        self.stop.wait(ROUTE_CHANGE_SECONDS)  # the proxies' routes read before are gone
+        deadline = time.monotonic() + INVOCATION_SECONDS
+        while time.monotonic() < deadline and any(_in_use(i.address) for i in instances):
+            self.stop.wait(PING_EVERY_SECONDS)
+        self._stop(instances)
+
+    def _stop(self, instances: list[Instance]) -> None:
+        if not instances:
+            return
+        grace = self.settings.stop_grace_seconds
+        with ThreadPoolExecutor(len(instances)) as pool:
+            list(pool.map(lambda i: i.stop(grace), instances))
+        for instance in instances:
+            instance.remove()
+            self.indexes.discard(instance.plan.index)
+        placement.release(self.writers, self.name, [i.plan.id for i in instances])
+        _start_waiting_jobs(self.settings)  # their share of the machine is free now
+
+    # -- the record -----------------------------------------------------------------------
+
+    def _read(self) -> EndpointRecord | None:
+        with self.writers() as session:
+            return session.get(EndpointRecord, self.name)
+
+    def _record(
+        self,
+        new_status: str | None,
+        reason: str | None = None,
+        change: Callable[[EndpointRecord], None] | None = None,
+    ) -> None:
         with self.writers() as session:
             row = session.get(EndpointRecord, self.name)
             if row is None or row.status == status.DELETING:
                 return
+            if change is not None:
+                change(row)
             if new_status == status.FAILED:
                 fail(row, reason or "")
                 row.instances = []
             else:
-                if row.status != new_status:
+                if new_status is not None and row.status != new_status:
                     row.status, row.last_modified_time = new_status, now()
-                row.instances = [self._report(i) for i in self.instances]
+                row.instances = [_report(i) for i in self.live]
             session.commit()
 
-    def _report(self, instance: Instance) -> dict[str, Any]:
-        container = instance.container
-        alive = container is not None and container.poll() is None
-        return {
-            "variant": instance.plan.variant,
-            "id": instance.plan.id,
-            "address": instance.address,
-            "healthy": alive and instance.healthy(),
-        }
-
     def _close(self) -> None:
-        grace = self.settings.stop_grace_seconds
-        with ThreadPoolExecutor(max(1, len(self.instances))) as pool:
-            list(pool.map(lambda i: i.stop(grace), self.instances))
+        self._stop(self.live + self.starting)
         remove_network(self.settings.home, network_key(self.name))
-        for instance in self.instances:
-            instance.remove()
         self.logs.close()
         with self.writers() as session:
             row = session.get(EndpointRecord, self.name)
@@ -222,10 +399,57 @@ class EndpointWorker:
             if row.status == status.DELETING:
                 session.delete(row)
                 session.query(Tag).filter(Tag.resource_arn == row.arn).delete()
-            row.instances = []
+            else:
+                row.instances, row.placement = [], None
             row.worker = None
             session.commit()
+        _start_waiting_jobs(self.settings)
 
 
-def run(settings: Settings, name: str, stop: threading.Event) -> None:
-    EndpointWorker(settings, name, stop).run()
+def _report(instance: Instance) -> dict[str, Any]:
+    container = instance.container
+    alive = container is not None and container.poll() is None
+    return {
+        "variant": instance.plan.variant,
+        "id": instance.plan.id,
+        "address": instance.address,
+        "healthy": alive and instance.ready,
+    }
+
+
+def _ping_once(instance: Instance) -> str | None:
+    """Why the instance will never answer /ping (its container ended); None otherwise, with
+    `instance.ready` set once it answered."""
+    container = instance.container
+    code = container.poll() if container is not None else -1
+    if code is not None:
+        return f"its container exited with status {code} before it answered /ping"
+    if instance.healthy():
+        instance.ready = True
+    return None
+
+
+def _in_use(address: str) -> bool:
+    """Whether a connection to `address` (host:port, on the endpoint's bridge) is open: an
+    invocation under way."""
+    host, _, port = address.rpartition(":")
+    if not host:
+        return False
+    wanted = f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{int(port):04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    # Fields: sl, local address, remote address, state (01: established).
+    return any(f[2] == wanted and f[3] == "01" for f in (line.split() for line in lines))
+
+
+def _start_waiting_jobs(settings: Settings) -> None:
+    try:
+        from openmaker.jobs.executor import executor_for
+        from openmaker.jobs.queue import start_ready
+        from openmaker.resources import KINDS
+
+        start_ready(settings, executor_for(settings), KINDS)
+    except Exception:  # never a reason for the endpoint to fail; the next sweep retries
+        traceback.print_exc()

@@ -85,7 +85,8 @@ class _Leftovers:
             remove_network,
         )
 
-        names = jobs_with_cgroups(settings.home)
+        # Other kinds' cgroups are keyed with a colon too (serving/limits.py).
+        names = [key for key in jobs_with_cgroups(settings.home) if ":" not in key]
         for name in set(names) - running(names):
             remove_job_cgroups(settings.home, name)
         # Other kinds' networks have keys of their own, with a colon (serving/kind.py).

@@ -1,0 +1,214 @@
+"""`openmaker endpoints list / describe / delete / invoke`: through the server when
+AWS_ENDPOINT_URL_SAGEMAKER names one (boto3's sagemaker and sagemaker-runtime clients), else on
+this machine's own database (an invocation then goes straight to an instance, as the server's
+proxy sends it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Column, Table
+from rich.text import Text
+
+from openmaker.connection import server_configured
+from openmaker.settings import Settings, SettingsError, load_settings
+from openmaker.shapes.errors import ServiceError
+
+endpoints_app = typer.Typer(no_args_is_help=True, help="Look at, call and delete endpoints.")
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Failed(Exception):
+    pass
+
+
+class _Endpoints:
+    """The four operations, remote or local, with one result shape (the API's)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.remote = server_configured(settings)
+
+    def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        if self.remote:
+            import boto3
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            client = boto3.session.Session().client("sagemaker")
+            try:
+                result: dict[str, Any] = getattr(client, operation)(**params)
+            except ClientError as exc:
+                raise _Failed(exc.response["Error"].get("Message", str(exc))) from None
+            except BotoCoreError as exc:
+                raise _Failed(str(exc)) from None
+            result.pop("ResponseMetadata", None)
+            return result
+        from openmaker.serving.service import Serving
+
+        endpoints = Serving(self.settings).endpoints
+        try:
+            if operation == "list_endpoints":
+                return endpoints.list(params)
+            if operation == "describe_endpoint":
+                return endpoints.describe(params["EndpointName"])
+            endpoints.delete(params["EndpointName"])
+            return {}
+        except ServiceError as exc:
+            raise _Failed(str(exc)) from None
+
+    def list(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"MaxResults": 100}
+        while True:
+            page = self._call("list_endpoints", **params)
+            found += page["Endpoints"]
+            if not page.get("NextToken"):
+                return found
+            params["NextToken"] = page["NextToken"]
+
+    def describe(self, name: str) -> dict[str, Any]:
+        return self._call("describe_endpoint", EndpointName=name)
+
+    def delete(self, name: str) -> None:
+        self._call("delete_endpoint", EndpointName=name)
+
+    def invoke(self, name: str, body: bytes, content_type: str, accept: str | None) -> bytes:
+        if self.remote:
+            import boto3
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            runtime = boto3.session.Session().client("sagemaker-runtime")
+            extra = {"Accept": accept} if accept else {}
+            try:
+                answer = runtime.invoke_endpoint(
+                    EndpointName=name, Body=body, ContentType=content_type, **extra
+                )
+            except ClientError as exc:
+                raise _Failed(exc.response["Error"].get("Message", str(exc))) from None
+            except BotoCoreError as exc:
+                raise _Failed(str(exc)) from None
+            data: bytes = answer["Body"].read()
+            return data
+        from openmaker.serving.proxy import InvocationError, Invoker
+        from openmaker.serving.service import Serving
+
+        invoker = Invoker(
+            Serving(self.settings).endpoints, self.settings.region, self.settings.account_id
+        )
+        headers = {"Content-Type": content_type} | ({"Accept": accept} if accept else {})
+        try:
+            return invoker.invoke(name, body, headers, None).body
+        except InvocationError as exc:
+            raise _Failed(exc.message) from None
+
+
+def _service() -> _Endpoints:
+    try:
+        return _Endpoints(load_settings())
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {escape(message)}")
+    return typer.Exit(1)
+
+
+def _when(value: Any) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else ""
+
+
+@endpoints_app.command("list")
+def list_endpoints() -> None:
+    """List endpoints, newest first."""
+    try:
+        found = _service().list()
+    except _Failed as exc:
+        raise _fail(str(exc)) from None
+    longest = max((len(e["EndpointName"]) for e in found), default=4)
+    table = Table(
+        Column("Name", no_wrap=True, min_width=longest),
+        Column("Status", no_wrap=True),
+        Column("Created", no_wrap=True),
+    )
+    for endpoint in found:
+        table.add_row(
+            endpoint["EndpointName"], endpoint["EndpointStatus"], _when(endpoint["CreationTime"])
+        )
+    console.print(table)
+
+
+@endpoints_app.command("describe")
+def describe_endpoint(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="The DescribeEndpoint shape.")] = False,
+) -> None:
+    """Show one endpoint: status, configuration, each variant's weights and instances."""
+    try:
+        found = _service().describe(name)
+    except _Failed as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(found, indent=2, default=lambda v: v.isoformat()))
+        return
+    table = Table(Column(no_wrap=True), Column(overflow="fold"), show_header=False, box=None)
+    table.add_row("Name", found["EndpointName"])
+    table.add_row("Status", found["EndpointStatus"])
+    table.add_row("Config", found["EndpointConfigName"])
+    if found.get("FailureReason"):
+        table.add_row("Failure", Text(found["FailureReason"]))
+    if found.get("PendingDeploymentSummary"):
+        table.add_row("Deploying", found["PendingDeploymentSummary"]["EndpointConfigName"])
+    table.add_row("Created", _when(found["CreationTime"]))
+    console.print(table)
+    variants = Table("Variant", "Weight (now → desired)", "Instances (now → desired)")
+    for v in found.get("ProductionVariants", []):
+        variants.add_row(
+            v["VariantName"],
+            f"{v.get('CurrentWeight', 0):g} → {v.get('DesiredWeight', 0):g}",
+            f"{v.get('CurrentInstanceCount', 0)} → {v.get('DesiredInstanceCount', 0)}",
+        )
+    console.print(variants)
+
+
+@endpoints_app.command("delete")
+def delete_endpoint(name: str) -> None:
+    """Delete an endpoint: its instances stop (SIGTERM, then SIGKILL after the grace)."""
+    try:
+        _service().delete(name)
+    except _Failed as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"Deleting {name}")
+
+
+@endpoints_app.command("invoke")
+def invoke_endpoint(
+    name: str,
+    input_file: Annotated[Path, typer.Argument(help="The request body ('-': standard input).")],
+    output_file: Annotated[
+        Path | None, typer.Argument(help="Where the answer goes (default: standard output).")
+    ] = None,
+    content_type: Annotated[str, typer.Option(help="The body's Content-Type.")] = (
+        "application/octet-stream"
+    ),
+    accept: Annotated[str | None, typer.Option(help="The Accept header.")] = None,
+) -> None:
+    """Invoke an endpoint with a file's content; its answer to a file or standard output."""
+    body = sys.stdin.buffer.read() if str(input_file) == "-" else input_file.read_bytes()
+    try:
+        answer = _service().invoke(name, body, content_type, accept)
+    except _Failed as exc:
+        raise _fail(str(exc)) from None
+    if output_file is None:
+        sys.stdout.buffer.write(answer)
+        sys.stdout.buffer.flush()
+    else:
+        output_file.write_bytes(answer)

@@ -1,0 +1,129 @@
+"""UpdateEndpoint and UpdateEndpointWeightsAndCapacities as asked: checked, then written on the
+endpoint's record for its worker (serving/worker.py), which carries them out and returns the
+endpoint to `InService`.
+
+- UpdateEndpoint: the new configuration and its models as they are now, in `pending_update`.
+  `RetainAllVariantProperties` keeps the weights and counts of the variants the new
+  configuration shares with the old, but those named in `ExcludeRetainedVariantProperties`.
+  The deployment is blue/green, all at once (the only `DeploymentConfig` taken); there is no
+  baking period or alarm to roll back on.
+- UpdateEndpointWeightsAndCapacities: each named variant's desired weight and count, in
+  `desired_variants`; weights and counts take effect together once the added instances are
+  healthy.
+Either is refused unless the endpoint is `InService`, as SageMaker refuses an update of an
+endpoint being created, updated or deleted.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from openmaker.jobs import capacity
+from openmaker.jobs.db import EndpointRecord
+from openmaker.jobs.resource import Instances
+from openmaker.serving import status
+from openmaker.settings import Settings
+from openmaker.shapes.errors import ValidationException
+
+WEIGHT = "InitialVariantWeight"
+COUNT = "InitialInstanceCount"
+
+
+def check_updatable(row: EndpointRecord) -> None:
+    if row.status != status.IN_SERVICE:
+        state = "failed" if row.status == status.FAILED else "in-progress"
+        raise ValidationException(
+            f'Cannot update {state} endpoint "{row.arn}" (it is {row.status}; an endpoint is '
+            "updated only while InService)."
+        )
+
+
+def pending_update(
+    row: EndpointRecord,
+    request: dict[str, Any],
+    config: dict[str, Any],
+    models: dict[str, Any],
+) -> dict[str, Any]:
+    """What the worker is asked to deploy for UpdateEndpoint `request`."""
+    deployment = request.get("DeploymentConfig") or {}
+    if deployment.get("RollingUpdatePolicy") is not None:
+        raise ValidationException(
+            "DeploymentConfig.RollingUpdatePolicy: openmaker updates endpoints blue/green only"
+        )
+    blue_green = deployment.get("BlueGreenUpdatePolicy") or {}
+    routing = (blue_green.get("TrafficRoutingConfiguration") or {}).get("Type", "ALL_AT_ONCE")
+    if routing != "ALL_AT_ONCE":
+        raise ValidationException(
+            "DeploymentConfig.BlueGreenUpdatePolicy.TrafficRoutingConfiguration.Type: openmaker "
+            f"moves traffic ALL_AT_ONCE only, not {routing}"
+        )
+    config = copy.deepcopy(config)
+    if request.get("RetainAllVariantProperties"):
+        excluded = {
+            e["VariantPropertyType"] for e in request.get("ExcludeRetainedVariantProperties") or []
+        }
+        old = {v["VariantName"]: v for v in row.config["ProductionVariants"]}
+        for variant in config["ProductionVariants"]:
+            kept = old.get(variant["VariantName"])
+            if kept is None:
+                continue
+            if "DesiredWeight" not in excluded:
+                variant[WEIGHT] = kept.get(WEIGHT, 1.0)
+            if "DesiredInstanceCount" not in excluded:
+                variant[COUNT] = kept[COUNT]
+    return {
+        "EndpointConfigName": request["EndpointConfigName"],
+        "config": config,
+        "models": models,
+    }
+
+
+def desired_variants(
+    settings: Settings, row: EndpointRecord, request: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """What UpdateEndpointWeightsAndCapacities `request` asks of each variant it names."""
+    variants = {v["VariantName"]: v for v in row.config["ProductionVariants"]}
+    desired: dict[str, dict[str, Any]] = {}
+    machine = capacity.machine(settings)
+    for index, asked in enumerate(request["DesiredWeightsAndCapacities"], start=1):
+        member = f"DesiredWeightsAndCapacities.{index}"
+        name = asked["VariantName"]
+        variant = variants.get(name)
+        if variant is None:
+            raise ValidationException(
+                f"{member}.VariantName: the variant {name} is not a production variant of "
+                f'endpoint "{row.arn}".'
+            )
+        if name in desired:
+            raise ValidationException(f"{member}.VariantName: the variant {name} is named twice")
+        if asked.get("ServerlessUpdateConfig") is not None:
+            raise ValidationException(
+                f"{member}.ServerlessUpdateConfig: serverless variants are not served by openmaker"
+            )
+        count = int(asked.get("DesiredInstanceCount", variant[COUNT]))
+        if count < 1:
+            raise ValidationException(
+                f"{member}.DesiredInstanceCount: a variant keeps at least 1 instance"
+            )
+        instances = Instances(variant["InstanceType"], count, member)
+        capacity.check_can_fit(instances, machine, "endpoint")
+        desired[name] = {
+            "weight": float(asked.get("DesiredWeight", variant.get(WEIGHT, 1.0))),
+            "count": count,
+        }
+    return desired
+
+
+def counts(config: dict[str, Any]) -> dict[str, int]:
+    return {v["VariantName"]: int(v[COUNT]) for v in config["ProductionVariants"]}
+
+
+def applied(config: dict[str, Any], desired: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`config` with the desired weights and counts."""
+    config = copy.deepcopy(config)
+    for variant in config["ProductionVariants"]:
+        wanted = desired.get(variant["VariantName"])
+        if wanted is not None:
+            variant[WEIGHT], variant[COUNT] = wanted["weight"], wanted["count"]
+    return config
