@@ -289,7 +289,7 @@ def test_stop_ends_the_job_stopped_after_a_continuous_upload(
             "AppSpecification.ContainerEntrypoint",
         ),
         (
-            lambda r: r["AppSpecification"].update(ImageUri="example.com/some/image:1"),
+            lambda r: r["AppSpecification"].update(ImageUri="example.com/Some Image:1"),
             "AppSpecification.ImageUri",
         ),
     ],

@@ -104,7 +104,7 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
 
 def _local_view(spec: HostSpec, channel: ChannelPlan, plan: list[Download]) -> bool:
     """Show the channel's objects as a view of their folder on this machine, where it can."""
-    root = spec.ml_dir / "input" / "data" / channel.name
+    root = spec.ml_dir / channel.folder
     folder = source_folder(plan, root)
     if folder is None:
         return False

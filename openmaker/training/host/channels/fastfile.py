@@ -55,7 +55,7 @@ def fastfile_channels(spec: HostSpec) -> list[ChannelPlan]:
 
 
 def channel_folder(spec: HostSpec, channel: ChannelPlan) -> Path:
-    return spec.ml_dir / "input" / "data" / channel.name
+    return spec.ml_dir / channel.folder
 
 
 def mount_folder(spec: HostSpec, channel: ChannelPlan, sandboxed: bool) -> Path:

@@ -60,7 +60,7 @@ AugmentedLine = list[ChannelObject | bytes]
 async def list_channel(spec: HostSpec, channel: ChannelPlan) -> list[ChannelObject]:
     """Every object of an S3Prefix or ManifestFile channel, in the channel's own order."""
     name, uri = channel.name, channel.uri
-    root = spec.ml_dir / "input" / "data" / name
+    root = spec.ml_dir / channel.folder
     try:
         location = resolve(uri, spec.store)
         if channel.data_type == DataType.MANIFEST:
