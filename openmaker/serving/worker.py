@@ -25,7 +25,7 @@ from openmaker.jobs.db import EndpointRecord, Tag, writer_sessions
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import status
+from openmaker.serving import async_queue, async_runner, status
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.instance import DEFAULT_STARTUP_SECONDS, Instance, InstancePlan
@@ -86,6 +86,7 @@ class EndpointWorker:
         self.logs = EndpointLogs(self.writers, name, settings.log_limit_bytes)
         self.instances: list[Instance] = []
         self.network: JobNetwork | None = None
+        self.async_runner: async_runner.AsyncRunner | None = None
 
     def run(self) -> None:
         try:
@@ -96,6 +97,9 @@ class EndpointWorker:
             self._start_all()
             if not self.stop.is_set():
                 self._record(status.IN_SERVICE)
+                self.async_runner = async_runner.start(
+                    self.settings, self.name, row.config, lambda: self.instances, self.logs
+                )
                 self._serve()
         except EndpointFailed as exc:
             self._record(status.FAILED, str(exc))
@@ -204,6 +208,8 @@ class EndpointWorker:
         }
 
     def _close(self) -> None:
+        if self.async_runner is not None:
+            self.async_runner.close()
         grace = self.settings.stop_grace_seconds
         with ThreadPoolExecutor(max(1, len(self.instances))) as pool:
             list(pool.map(lambda i: i.stop(grace), self.instances))
@@ -216,6 +222,7 @@ class EndpointWorker:
             if row is None:
                 return
             if row.status == status.DELETING:
+                async_queue.remove(async_queue.folder(self.settings, self.name))
                 session.delete(row)
                 session.query(Tag).filter(Tag.resource_arn == row.arn).delete()
             row.instances = []
