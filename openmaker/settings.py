@@ -28,6 +28,7 @@ DEFAULT_RETRY_SECONDS = 60.0
 DEFAULT_NETWORK_RANGE = "10.213.0.0/16"
 # How long a job waits for room on the Ray cluster before it fails.
 DEFAULT_RAY_WAIT_SECONDS = 600.0
+DEFAULT_INVOCATION_SECONDS = 60.0
 # What the sandbox shows empty (folders) or as an empty file, unless OPENMAKER_SANDBOX_HIDE
 # says otherwise: the machine's secrets and its users' files. Patterns as glob(7).
 DEFAULT_HIDDEN = (
@@ -132,6 +133,9 @@ class Settings:
     # How long a job waits Pending for room on the Ray cluster before it fails
     # (OPENMAKER_RAY_WAIT_SECONDS).
     ray_wait_seconds: float = DEFAULT_RAY_WAIT_SECONDS
+    # How long an endpoint's container has to answer an invocation, streamed or not
+    # (OPENMAKER_INVOCATION_SECONDS; SageMaker's 60 s by default).
+    invocation_seconds: float = DEFAULT_INVOCATION_SECONDS
 
     @property
     def database_url(self) -> str:
@@ -195,6 +199,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         executor=env.choice("OPENMAKER_EXECUTOR", ("local", "ray")),
         ray_address=env.text("RAY_ADDRESS") or None,
         ray_wait_seconds=env.number_or("OPENMAKER_RAY_WAIT_SECONDS", DEFAULT_RAY_WAIT_SECONDS),
+        invocation_seconds=env.number_or(
+            "OPENMAKER_INVOCATION_SECONDS", DEFAULT_INVOCATION_SECONDS
+        ),
     )
 
 
@@ -255,6 +262,7 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "executor": settings.executor,
         "ray_address": settings.ray_address,
         "ray_wait_seconds": settings.ray_wait_seconds,
+        "invocation_seconds": settings.invocation_seconds,
     }
 
 

@@ -2,7 +2,8 @@
 
 Each production variant names a model that exists, an instance type (against the capacity
 catalog, openmaker/jobs/capacity.py) and a count. What openmaker cannot serve yet (serverless
-variants, asynchronous inference, data capture, shadow variants, explainers) is refused here.
+variants, shadow variants, explainers) is refused here; AsyncInferenceConfig and
+DataCaptureConfig are checked by serving/async_config.py and serving/capture.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from openmaker.jobs import capacity
 from openmaker.jobs.db import EndpointConfigRecord, ModelRecord, Tag
 from openmaker.jobs.resource import Instances
 from openmaker.jobs.tags import put as put_tags
+from openmaker.serving import async_config, capture
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.listing import page
 from openmaker.settings import Settings
@@ -25,8 +27,6 @@ from openmaker.shapes.arn import resource_arn
 from openmaker.shapes.errors import ValidationException
 
 NOT_YET = (
-    "AsyncInferenceConfig",
-    "DataCaptureConfig",
     "ShadowProductionVariants",
     "ExplainerConfig",
 )
@@ -104,6 +104,8 @@ class EndpointConfigs:
         for member in NOT_YET:
             if request.get(member) is not None:
                 raise ValidationException(f"{member}: openmaker does not serve this yet")
+        async_config.check(request.get("AsyncInferenceConfig"))
+        capture.check(request.get("DataCaptureConfig"))
         names: set[str] = set()
         machine = capacity.machine(self.settings)
         for index, variant in enumerate(request["ProductionVariants"], start=1):

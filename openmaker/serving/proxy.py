@@ -13,12 +13,11 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
 from openmaker.serving.kind import log_group
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
-# SageMaker's: the container must answer an invocation within 60 s.
-INVOCATION_SECONDS = 60.0
 # How long where an endpoint's instances are is taken as known (each request reading the
 # database would cost more than the invocation).
 ROUTE_SECONDS = 1.0
@@ -55,10 +54,20 @@ class Invoker:
     def __init__(self, endpoints: Endpoints, region: str, account_id: str) -> None:
         self.endpoints, self.region, self.account_id = endpoints, region, account_id
         self._routes: dict[str, tuple[float, Route | None]] = {}
+        self.capture = Capture(endpoints.sessions, endpoints.settings.store)
+        # SageMaker's: the container must answer an invocation within 60 s.
+        self.invocation_seconds = endpoints.settings.invocation_seconds
 
     def invoke(
         self, name: str, body: bytes, headers: dict[str, str], target_variant: str | None
     ) -> Answer:
+        address, stream, variant = self.pick(name, target_variant)
+        answer = self._forward(name, address, stream, variant, body, headers)
+        self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
+        return answer
+
+    def pick(self, name: str, target_variant: str | None) -> tuple[str, str, str]:
+        """An instance to take an invocation of `name`: its address, log stream, variant."""
         route = self._route(name)
         if route is None:
             raise InvocationError(
@@ -66,8 +75,7 @@ class Invoker:
             )
         variant = self._variant(name, route, target_variant)
         address = random.choice(variant.addresses)
-        stream = variant.streams[variant.addresses.index(address)]
-        return self._forward(name, address, stream, variant.name, body, headers)
+        return address, variant.streams[variant.addresses.index(address)], variant.name
 
     def _route(self, name: str) -> Route | None:
         now = time.monotonic()
@@ -116,7 +124,7 @@ class Invoker:
         headers: dict[str, str],
     ) -> Answer:
         host, _, port = address.rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=INVOCATION_SECONDS)
+        connection = http.client.HTTPConnection(host, int(port), timeout=self.invocation_seconds)
         try:
             sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
             connection.request("POST", "/invocations", body=body, headers=sent)
@@ -126,13 +134,13 @@ class Invoker:
             content_type = response.getheader("Content-Type") or "application/octet-stream"
             attributes = response.getheader(CUSTOM_ATTRIBUTES)
         except (OSError, http.client.HTTPException) as exc:
-            raise self._model_error(
+            raise self.model_error(
                 name, stream, 500, f"the model container did not answer: {exc}", variant
             ) from None
         finally:
             connection.close()
         if len(data) > MAX_PAYLOAD_BYTES:
-            raise self._model_error(
+            raise self.model_error(
                 name,
                 stream,
                 500,
@@ -142,11 +150,11 @@ class Invoker:
             )
         if not 200 <= status < 300:
             text = data.decode("utf-8", "replace")
-            raise self._model_error(name, stream, status, text, variant)
+            raise self.model_error(name, stream, status, text, variant)
         extra = {CUSTOM_ATTRIBUTES: attributes} if attributes else {}
         return Answer(data, content_type, variant, extra)
 
-    def _model_error(
+    def model_error(
         self, name: str, stream: str, status: int, text: str, variant: str
     ) -> InvocationError:
         kind = "client" if 400 <= status < 500 else "server"

@@ -36,7 +36,7 @@ from openmaker.jobs.executor import Order
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import placement, status, updates
+from openmaker.serving import async_queue, async_runner, placement, status, updates
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.instance import DEFAULT_STARTUP_SECONDS, Instance, InstancePlan
@@ -44,7 +44,7 @@ from openmaker.serving.kind import fail, log_group, network_key
 from openmaker.serving.logs import EndpointLogs
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.models import the_container
-from openmaker.serving.proxy import INVOCATION_SECONDS, ROUTE_SECONDS
+from openmaker.serving.proxy import ROUTE_SECONDS
 from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 
@@ -77,6 +77,7 @@ class EndpointWorker:
         self.starting: list[Instance] = []  # a new fleet, not yet in the route
         self.network: JobNetwork | None = None
         self.indexes: set[int] = set()  # the instances' indexes on the bridge, in use
+        self.async_runner: async_runner.AsyncRunner | None = None
 
     def run(self) -> None:
         try:
@@ -89,6 +90,9 @@ class EndpointWorker:
             self.live, self.starting = fleet, []
             if not self.stop.is_set():
                 self._record(status.IN_SERVICE)
+                self.async_runner = async_runner.start(
+                    self.settings, self.name, row.config, lambda: self.live, self.logs
+                )
                 self._serve()
         except EndpointFailed as exc:
             self._record(status.FAILED, str(exc))
@@ -344,7 +348,7 @@ class EndpointWorker:
         if not instances:
             return
         self.stop.wait(ROUTE_CHANGE_SECONDS)  # the proxies' routes read before are gone
-        deadline = time.monotonic() + INVOCATION_SECONDS
+        deadline = time.monotonic() + self.settings.invocation_seconds
         while time.monotonic() < deadline and any(_in_use(i.address) for i in instances):
             self.stop.wait(PING_EVERY_SECONDS)
         self._stop(instances)
@@ -389,6 +393,8 @@ class EndpointWorker:
             session.commit()
 
     def _close(self) -> None:
+        if self.async_runner is not None:
+            self.async_runner.close()
         self._stop(self.live + self.starting)
         remove_network(self.settings.home, network_key(self.name))
         self.logs.close()
@@ -397,6 +403,7 @@ class EndpointWorker:
             if row is None:
                 return
             if row.status == status.DELETING:
+                async_queue.remove(async_queue.folder(self.settings, self.name))
                 session.delete(row)
                 session.query(Tag).filter(Tag.resource_arn == row.arn).delete()
             else:

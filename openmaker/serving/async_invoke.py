@@ -1,0 +1,102 @@
+"""InvokeEndpointAsync on the server's side: the request checked and put in the endpoint's queue
+(serving/async_queue.py); its InferenceId and where its output or failure will be, answered at
+once. The endpoint's worker does the rest (serving/async_runner.py)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from openmaker.jobs.db import EndpointRecord
+from openmaker.serving import async_config, async_queue
+from openmaker.serving.endpoints import Endpoints
+from openmaker.serving.proxy import InvocationError
+from openmaker.store.errors import StoreError
+from openmaker.store.location import split_s3_uri
+
+# SageMaker's bounds and defaults.
+TTL_SECONDS = (60, 21600, 21600)
+TIMEOUT_SECONDS = (1, 3600, 900)
+TAKING = ("InService", "Updating", "SystemUpdating")
+
+
+def accept(endpoints: Endpoints, name: str, headers: dict[str, str]) -> dict[str, Any]:
+    """Queue the request; its InferenceId, OutputLocation and FailureLocation."""
+    with endpoints.sessions() as session:
+        row = session.get(EndpointRecord, name)
+        found = None if row is None else (row.status, row.config.get("AsyncInferenceConfig"))
+    account = endpoints.settings.account_id
+    if found is None:
+        raise _invalid(f"Endpoint {name} of account {account} not found.")
+    status, config = found
+    if config is None:
+        raise _invalid(
+            f"Endpoint {name} of account {account} is not configured for asynchronous "
+            "inference: its endpoint config has no AsyncInferenceConfig."
+        )
+    if status not in TAKING:
+        raise _invalid(
+            f"Endpoint {name} of account {account} is in status {status}; it takes "
+            "invocations once InService."
+        )
+    input_location = headers.get("X-Amzn-SageMaker-InputLocation", "")
+    try:
+        bucket, key = split_s3_uri(input_location)
+    except StoreError:
+        bucket = key = ""
+    if not bucket or not key:
+        raise _invalid(
+            f"1 validation error detected: Value {input_location[:200]!r} at 'inputLocation' "
+            "failed to satisfy constraint: Member must be an S3 URI of an object "
+            "(s3://bucket/key)"
+        )
+    ttl = _bounded(headers, "X-Amzn-SageMaker-RequestTTLSeconds", "requestTTLSeconds", TTL_SECONDS)
+    timeout = _bounded(
+        headers, "X-Amzn-SageMaker-InvocationTimeoutSeconds", "invocationTimeoutSeconds",
+        TIMEOUT_SECONDS,
+    )
+    object_name = str(uuid.uuid4())
+    request = async_queue.AsyncRequest(
+        inference_id=headers.get("X-Amzn-SageMaker-Inference-Id") or str(uuid.uuid4()),
+        input_location=input_location,
+        output_location=async_config.output_location(config, object_name),
+        failure_location=async_config.failure_location(config, object_name),
+        content_type=headers.get("X-Amzn-SageMaker-Content-Type"),
+        accept=headers.get("X-Amzn-SageMaker-Accept"),
+        custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
+        ttl_seconds=ttl,
+        timeout_seconds=timeout,
+        queued_at=time.time(),
+    )
+    async_queue.put(async_queue.folder(endpoints.settings, name), request)
+    answer: dict[str, Any] = {
+        "InferenceId": request.inference_id,
+        "OutputLocation": request.output_location,
+    }
+    if request.failure_location is not None:
+        answer["FailureLocation"] = request.failure_location
+    return answer
+
+
+def _bounded(
+    headers: dict[str, str], header: str, member: str, bounds: tuple[int, int, int]
+) -> int:
+    low, high, default = bounds
+    text = headers.get(header)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise _invalid(
+            f"1 validation error detected: Value {text[:20]!r} at '{member}' failed to satisfy "
+            f"constraint: Member must have value between {low} and {high}"
+        )
+    return value
+
+
+def _invalid(message: str) -> InvocationError:
+    return InvocationError("ValidationError", 400, message)

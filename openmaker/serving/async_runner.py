@@ -1,0 +1,270 @@
+"""The asynchronous invocations of one endpoint, run by its worker.
+
+Requests are taken from the endpoint's queue (serving/async_queue.py) oldest first, each by an
+instance whose container runs and that has fewer than `MaxConcurrentInvocationsPerInstance`
+requests in hand. For each: a request older than its RequestTTLSeconds fails; the input object
+is read from S3 (missing, or over MAX_INPUT_BYTES: a failure); the container's 2xx answer
+(at most MAX_OUTPUT_BYTES, within InvocationTimeoutSeconds) is written to the output location,
+anything else to the failure location. With a NotificationConfig, the notification SageMaker
+would publish to SNS is written to the endpoint's log group, stream NOTIFICATIONS.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import obstore
+
+from openmaker.serving import async_config, async_queue
+from openmaker.serving.async_queue import AsyncRequest
+from openmaker.serving.instance import Instance
+from openmaker.serving.logs import EndpointLogs
+from openmaker.settings import Settings
+from openmaker.store.location import resolve
+
+# SageMaker's: an asynchronous request's payload is at most 1 GB.
+MAX_INPUT_BYTES = 1024**3
+MAX_OUTPUT_BYTES = 1024**3
+# How often the queue is looked at for new requests.
+POLL_SECONDS = 0.2
+NOTIFICATIONS = "AsyncNotifications"
+READ_BYTES = 1024 * 1024
+
+
+class Refused(Exception):
+    """The request failed; the message says why (the failure object's text)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    content_type: str
+    message: str = ""
+
+
+class AsyncRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoint: str,
+        config: dict[str, Any],
+        instances: Callable[[], list[Instance]],
+        logs: EndpointLogs,
+    ) -> None:
+        self.settings, self.endpoint, self.config = settings, endpoint, config
+        self.instances, self.logs = instances, logs
+        self.queue = async_queue.folder(settings, endpoint)
+        self.limit = async_config.concurrency(config)
+        self._busy: dict[str, int] = {}
+        self._taken: set[Path] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self.queue.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            for entry in async_queue.waiting(self.queue):
+                with self._lock:
+                    if entry in self._taken:
+                        continue
+                    instance = self._free()
+                    if instance is None:
+                        break  # the oldest waiting requests go first
+                    self._taken.add(entry)
+                    self._busy[instance.plan.id] = self._busy.get(instance.plan.id, 0) + 1
+                worker = threading.Thread(target=self._run, args=(entry, instance), daemon=True)
+                worker.start()
+
+    def _free(self) -> Instance | None:
+        found = []
+        for instance in self.instances():
+            container = instance.container
+            if container is None or container.poll() is not None or not instance.address:
+                continue
+            busy = self._busy.get(instance.plan.id, 0)
+            if busy < self.limit:
+                found.append((busy, instance))
+        return min(found, key=lambda pair: pair[0])[1] if found else None
+
+    def _run(self, entry: Path, instance: Instance) -> None:
+        try:
+            request = async_queue.read(entry)
+            received = datetime.now(UTC)
+            spool = self.queue / f".{entry.stem}"
+            try:
+                outcome = self._invoke(request, instance, spool)
+            except Refused as exc:
+                outcome = Outcome(False, "text/plain", str(exc))
+            finally:
+                Path(f"{spool}.in").unlink(missing_ok=True)
+            self._answer(request, outcome, Path(f"{spool}.out"), received)
+            Path(f"{spool}.out").unlink(missing_ok=True)
+            async_queue.answered(entry)
+        except Exception as exc:  # one request's trouble must not stop the others
+            print(f"openmaker: async invocation {entry.name} failed: {exc!r}", file=sys.stderr)
+            async_queue.answered(entry)
+        finally:
+            with self._lock:
+                self._taken.discard(entry)
+                self._busy[instance.plan.id] -= 1
+
+    def _invoke(self, request: AsyncRequest, instance: Instance, spool: Path) -> Outcome:
+        waited = time.time() - request.queued_at
+        if waited > request.ttl_seconds:
+            raise Refused(
+                f"The request expired: it waited {waited:.0f} s in the queue, longer than its "
+                f"RequestTTLSeconds ({request.ttl_seconds})."
+            )
+        source = Path(f"{spool}.in")
+        size = self._fetch(request.input_location, source)
+        host, _, port = instance.address.rpartition(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=request.timeout_seconds)
+        headers = {"Content-Length": str(size)}
+        for name, value in (
+            ("Content-Type", request.content_type),
+            ("Accept", request.accept),
+            ("X-Amzn-SageMaker-Custom-Attributes", request.custom_attributes),
+            ("X-Amzn-SageMaker-Inference-Id", request.inference_id),
+        ):
+            if value is not None:
+                headers[name] = value
+        deadline = time.monotonic() + request.timeout_seconds
+        try:
+            with open(source, "rb") as body:
+                connection.request("POST", "/invocations", body=body, headers=headers)
+                response = connection.getresponse()
+                content_type = response.getheader("Content-Type") or "application/octet-stream"
+                status = response.status
+                written = self._save(response, Path(f"{spool}.out"), deadline)
+        except TimeoutError:
+            raise Refused(
+                f"The model container did not answer within the request's "
+                f"InvocationTimeoutSeconds ({request.timeout_seconds})."
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Refused(f"The model container did not answer: {exc}") from None
+        finally:
+            connection.close()
+        if written > MAX_OUTPUT_BYTES:
+            raise Refused(
+                f"The model container's answer is larger than the {MAX_OUTPUT_BYTES} bytes an "
+                "asynchronous invocation may answer."
+            )
+        if not 200 <= status < 300:
+            text = Path(f"{spool}.out").read_bytes()[:2048].decode("utf-8", "replace")
+            return Outcome(False, content_type, f"Received {status} from the model: {text}")
+        return Outcome(True, content_type)
+
+    def _fetch(self, uri: str, target: Path) -> int:
+        try:
+            location = resolve(uri, self.settings.store)
+            size = int(obstore.head(location.store, location.key)["size"])
+        except FileNotFoundError:
+            raise Refused(f"The input object {uri} does not exist.") from None
+        except Exception as exc:  # obstore's errors, for a person
+            raise Refused(f"The input object {uri} could not be read: {exc}") from None
+        if size > MAX_INPUT_BYTES:
+            raise Refused(
+                f"The input object {uri} has {size} bytes, more than the {MAX_INPUT_BYTES} an "
+                "asynchronous invocation takes."
+            )
+        try:
+            with open(target, "wb") as file:
+                for chunk in obstore.get(location.store, location.key).stream():
+                    file.write(chunk)
+        except Exception as exc:
+            raise Refused(f"The input object {uri} could not be read: {exc}") from None
+        return size
+
+    def _save(self, response: http.client.HTTPResponse, target: Path, deadline: float) -> int:
+        written = 0
+        with open(target, "wb") as file:
+            while written <= MAX_OUTPUT_BYTES:
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                data = response.read1(READ_BYTES)
+                if not data:
+                    break
+                file.write(data)
+                written += len(data)
+        return written
+
+    def _answer(
+        self, request: AsyncRequest, outcome: Outcome, output: Path, received: datetime
+    ) -> None:
+        if outcome.ok:
+            location = resolve(request.output_location, self.settings.store)
+            obstore.put(location.store, location.key, output)
+        elif request.failure_location is not None:
+            location = resolve(request.failure_location, self.settings.store)
+            body = outcome.message.encode()
+            obstore.put(location.store, location.key, body)
+        self._notify(request, outcome, received)
+
+    def _notify(self, request: AsyncRequest, outcome: Outcome, received: datetime) -> None:
+        notification = (self.config.get("OutputConfig") or {}).get("NotificationConfig")
+        if notification is None:
+            return
+        response: dict[str, Any] = {"contentType": outcome.content_type}
+        if outcome.ok:
+            response["outputLocation"] = request.output_location
+        elif request.failure_location is not None:
+            response["failureLocation"] = request.failure_location
+        event: dict[str, Any] = {
+            "awsRegion": self.settings.region,
+            "eventTime": _iso(datetime.now(UTC)),
+            "receivedTime": _iso(received),
+            "invocationStatus": "Completed" if outcome.ok else "Failed",
+            "requestParameters": {
+                "contentType": request.content_type or "application/octet-stream",
+                "endpointName": self.endpoint,
+                "inputLocation": request.input_location,
+            },
+            "responseParameters": response,
+            "inferenceId": request.inference_id,
+            "eventVersion": "1.0",
+            "eventSource": "aws:sagemaker",
+            "eventName": "InferenceResult",
+        }
+        if not outcome.ok:
+            event["failureReason"] = outcome.message[:1024]
+        self.logs.note(NOTIFICATIONS, json.dumps(event, separators=(",", ":")))
+
+
+def _iso(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def start(
+    settings: Settings,
+    endpoint: str,
+    config: dict[str, Any],
+    instances: Callable[[], list[Instance]],
+    logs: EndpointLogs,
+) -> AsyncRunner | None:
+    """The hook the endpoint's worker calls once InService: the runner of its asynchronous
+    invocations, when its config asks for them."""
+    async_settings = config.get("AsyncInferenceConfig")
+    if async_settings is None:
+        return None
+    runner = AsyncRunner(settings, endpoint, async_settings, instances, logs)
+    runner.start()
+    return runner

@@ -1,0 +1,121 @@
+"""InvokeEndpointWithResponseStream: the container's answer relayed part by part as it comes.
+
+The container answers `POST /invocations` (chunked, or with a length); every piece read is
+passed on at once as a `PayloadPart` event. A status other than 2xx is a ModelError before
+the stream begins, as for InvokeEndpoint. Once it has begun, a stream that has not ended
+`limit` seconds after the request (60 s, SageMaker's, unless OPENMAKER_INVOCATION_SECONDS says)
+is cut with a `ModelStreamError` (`ModelInvocationTimeExceeded`); one the container breaks off
+ends with a `ModelStreamError` (`StreamBroken`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from openmaker.serving.eventstream import payload_part, stream_error
+from openmaker.serving.proxy import (
+    CUSTOM_ATTRIBUTES,
+    ORIGINAL_MESSAGE_CHARS,
+    PASSED_HEADERS,
+    Invoker,
+)
+
+# Each read passes on at most this much.
+PART_BYTES = 64 * 1024
+
+
+@dataclass
+class Stream:
+    """A container's answer that has begun: where it comes from and its parts, as events."""
+
+    variant: str
+    content_type: str
+    headers: dict[str, str]
+    connection: http.client.HTTPConnection
+    response: http.client.HTTPResponse
+    deadline: float
+
+    def events(self) -> Iterator[bytes]:
+        try:
+            while True:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    yield self._timed_out()
+                    return
+                sock = self.connection.sock
+                if sock is not None:
+                    sock.settimeout(left)
+                try:
+                    data = self.response.read1(PART_BYTES)
+                except TimeoutError:
+                    yield self._timed_out()
+                    return
+                except (OSError, http.client.HTTPException) as exc:
+                    yield stream_error(
+                        "ModelStreamError",
+                        f"The model container broke off its response: {exc}",
+                        "StreamBroken",
+                    )
+                    return
+                if not data:
+                    return
+                yield payload_part(data)
+        finally:
+            self.close()
+
+    def _timed_out(self) -> bytes:
+        return stream_error(
+            "ModelStreamError",
+            f"Your model {self.variant} did not complete sending the inference response in the "
+            "allotted time.",
+            "ModelInvocationTimeExceeded",
+        )
+
+    def close(self) -> None:
+        sock = self.connection.sock
+        if sock is not None:  # a read blocked in another thread ends too
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.connection.close()
+
+
+def open_stream(
+    invoker: Invoker,
+    name: str,
+    body: bytes,
+    headers: dict[str, str],
+    target_variant: str | None,
+    limit: float,
+) -> Stream:
+    """Send the request to an instance and read the answer's head (InvocationError: none to
+    stream)."""
+    address, log_stream, variant = invoker.pick(name, target_variant)
+    deadline = time.monotonic() + limit
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=limit)
+    try:
+        sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
+        connection.request("POST", "/invocations", body=body, headers=sent)
+        response = connection.getresponse()
+    except (OSError, http.client.HTTPException) as exc:
+        connection.close()
+        raise invoker.model_error(
+            name, log_stream, 500, f"the model container did not answer: {exc}", variant
+        ) from None
+    if not 200 <= response.status < 300:
+        try:
+            text = response.read(ORIGINAL_MESSAGE_CHARS * 4).decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            text = ""
+        connection.close()
+        raise invoker.model_error(name, log_stream, response.status, text, variant)
+    content_type = response.getheader("Content-Type") or "application/octet-stream"
+    attributes = response.getheader(CUSTOM_ATTRIBUTES)
+    extra = {CUSTOM_ATTRIBUTES: attributes} if attributes else {}
+    return Stream(variant, content_type, extra, connection, response, deadline)
+

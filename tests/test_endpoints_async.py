@@ -1,0 +1,303 @@
+"""Asynchronous inference and data capture for real: a real `openmaker server`, boto3's clients,
+a model server in a local-folder image; results, failures, notifications and captures read
+back from the embedded store and the endpoint's log group."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from openmaker.runtime import unavailable_reason
+from tests.apiserver import ApiServer, running_api_server
+from tests.helpers import unique_name
+from tests.test_endpoints import Deployer, wait_until
+
+pytestmark = pytest.mark.skipif(
+    unavailable_reason() is not None, reason="endpoints need the bwrap sandbox"
+)
+
+# Answers `<n> <active> <body>`: n counts the invocations it took, active how many it had in
+# hand at once (at most); `fail` is a 500. With `/opt/program/go` missing it holds every answer
+# until the test puts it there (the image folder is /opt/program).
+SERVE = """#!/usr/bin/env python3
+import http.server, os, threading, time
+lock, state = threading.Lock(), {"n": 0, "active": 0, "most": 0}
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with lock:
+            state["n"] += 1
+            state["active"] += 1
+            state["most"] = max(state["most"], state["active"])
+            n = state["n"]
+        while not os.path.exists("/opt/program/go"):
+            time.sleep(0.05)
+        time.sleep(0.05)
+        with lock:
+            most = state["most"]
+            state["active"] -= 1
+        status = 500 if body == b"fail" else 200
+        answer = b"boom" if status == 500 else b"%d %d %s" % (n, most, body)
+        self.send_response(status)
+        self.send_header("Content-Type", "text/csv")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+"""
+BUCKET = "async"
+SNS = "arn:aws:sns:us-east-1:000000000000:"
+
+
+def async_endpoint(deployer: Deployer, model: str, prefix: str) -> str:
+    name = unique_name("async")
+    deployer.sagemaker.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": model,
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
+        ],
+        AsyncInferenceConfig={
+            "OutputConfig": {
+                "S3OutputPath": f"s3://{BUCKET}/{prefix}/out",
+                "S3FailurePath": f"s3://{BUCKET}/{prefix}/fail",
+                "NotificationConfig": {"SuccessTopic": SNS + "ok", "ErrorTopic": SNS + "bad"},
+            },
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1},
+        },
+    )
+    deployer.endpoints.append(name)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+    return name
+
+
+def read_s3(deployer: Deployer, uri: str) -> bytes | None:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        return bytes(deployer.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError:
+        return None
+
+
+def put_input(deployer: Deployer, key: str, body: bytes) -> str:
+    deployer.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    return f"s3://{BUCKET}/{key}"
+
+
+@pytest.fixture
+def deployer(api_server: ApiServer, tmp_path: Path) -> Iterator[Deployer]:
+    deploy = Deployer(api_server, tmp_path)
+    with contextlib.suppress(ClientError):  # made by an earlier test
+        deploy.s3.create_bucket(Bucket=BUCKET)
+    try:
+        yield deploy
+    finally:
+        deploy.delete_all()
+
+
+def test_async_results_failures_and_notifications(deployer: Deployer, tmp_path: Path) -> None:
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    (tmp_path / model / "go").touch()
+    name = async_endpoint(deployer, model, "a")
+    runtime = deployer.runtime
+    invoked = {}
+    for body in (b"one", b"two", b"three", b"fail"):
+        location = put_input(deployer, f"in/{body.decode()}.csv", body)
+        invoked[body] = runtime.invoke_endpoint_async(
+            EndpointName=name, InputLocation=location, ContentType="text/csv",
+            InferenceId=f"id-{body.decode()}",
+        )
+    # A missing input object, and one over the 1 GB an async request may have (sparse, in the
+    # embedded store's folder), fail with the reason.
+    invoked[b"missing"] = runtime.invoke_endpoint_async(
+        EndpointName=name, InputLocation=f"s3://{BUCKET}/in/nothing-here"
+    )
+    huge = deployer.server.home / "s3" / BUCKET / "in" / "huge.bin"
+    with open(huge, "wb") as file:
+        file.truncate(1024**3 + 1)
+    invoked[b"huge"] = runtime.invoke_endpoint_async(
+        EndpointName=name, InputLocation=f"s3://{BUCKET}/in/huge.bin"
+    )
+    for answer in invoked.values():
+        assert answer["OutputLocation"].startswith(f"s3://{BUCKET}/a/out/")
+        assert answer["OutputLocation"].endswith(".out")
+        assert answer["FailureLocation"].startswith(f"s3://{BUCKET}/a/fail/")
+        assert answer["FailureLocation"].endswith("-error.out")
+    assert invoked[b"one"]["InferenceId"] == "id-one"
+
+    def result(body: bytes) -> bytes | None:
+        answer = invoked[body]
+        return read_s3(deployer, answer["OutputLocation"]) or read_s3(
+            deployer, answer["FailureLocation"]
+        )
+
+    wait_until(lambda: all(result(b) is not None for b in invoked), "every async result")
+    # In the order they came, one at a time (MaxConcurrentInvocationsPerInstance 1).
+    assert result(b"one") == b"1 1 one"
+    assert result(b"two") == b"2 1 two"
+    assert result(b"three") == b"3 1 three"
+    assert read_s3(deployer, invoked[b"fail"]["OutputLocation"]) is None
+    assert b"boom" in (result(b"fail") or b"")
+    assert b"does not exist" in (result(b"missing") or b"")
+    assert b"more than the 1073741824" in (result(b"huge") or b"")
+
+    logs = deployer.server.client("logs")
+    group = f"/aws/sagemaker/Endpoints/{name}"
+
+    def notifications() -> list[dict[str, Any]]:
+        try:
+            events = logs.get_log_events(logGroupName=group, logStreamName="AsyncNotifications")
+        except ClientError:
+            return []
+        return [json.loads(e["message"]) for e in events["events"]]
+
+    wait_until(lambda: len(notifications()) == len(invoked), "a notification for each")
+    by_id = {n["inferenceId"]: n for n in notifications()}
+    ok = by_id["id-one"]
+    assert ok["eventName"] == "InferenceResult" and ok["invocationStatus"] == "Completed"
+    assert ok["requestParameters"]["inputLocation"] == f"s3://{BUCKET}/in/one.csv"
+    assert ok["responseParameters"]["outputLocation"] == invoked[b"one"]["OutputLocation"]
+    failed = by_id["id-fail"]
+    assert failed["invocationStatus"] == "Failed"
+    assert failed["responseParameters"]["failureLocation"] == invoked[b"fail"]["FailureLocation"]
+
+    # Refused at once: an input that is no S3 object, an endpoint without AsyncInferenceConfig.
+    with pytest.raises(ClientError) as bad:
+        runtime.invoke_endpoint_async(EndpointName=name, InputLocation="/etc/passwd")
+    assert bad.value.response["Error"]["Code"] == "ValidationError"
+    assert "inputLocation" in bad.value.response["Error"]["Message"]
+
+
+def test_queued_requests_survive_a_server_restart(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with running_api_server(home, OPENMAKER_FILE_ROOTS=str(tmp_path)) as first:
+        deployer = Deployer(first, tmp_path)
+        deployer.s3.create_bucket(Bucket=BUCKET)
+        model = deployer.model(SERVE, {"weights.txt": b"w\n"})  # held until `go` exists
+        name = async_endpoint(deployer, model, "r")
+        invoked = [
+            deployer.runtime.invoke_endpoint_async(
+                EndpointName=name, InputLocation=put_input(deployer, f"in/{i}", b"r%d" % i)
+            )
+            for i in range(3)
+        ]
+    # The server is gone; the endpoint's worker and its queue are not.
+    with running_api_server(home, OPENMAKER_FILE_ROOTS=str(tmp_path)) as second:
+        deployer = Deployer(second, tmp_path)
+        deployer.endpoints.append(name)
+        try:
+            (tmp_path / model / "go").touch()
+            wait_until(
+                lambda: all(read_s3(deployer, i["OutputLocation"]) for i in invoked),
+                "the queued requests' results",
+            )
+            answers = [read_s3(deployer, i["OutputLocation"]) for i in invoked]
+            assert answers == [b"1 1 r0", b"2 1 r1", b"3 1 r2"]
+        finally:
+            deployer.delete_all()
+        assert not (home / "endpoints" / name / "async-queue").exists()
+
+
+def test_data_capture_writes_what_sagemaker_writes(deployer: Deployer, tmp_path: Path) -> None:
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    (tmp_path / model / "go").touch()
+    name = unique_name("capture")
+    deployer.sagemaker.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "blue",
+                "ModelName": model,
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
+        ],
+        DataCaptureConfig={
+            "EnableCapture": True,
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": f"s3://{BUCKET}/capture",
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"]},
+        },
+    )
+    deployer.endpoints.append(name)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    deployer.runtime.invoke_endpoint(
+        EndpointName=name, Body=b"1,2,3", ContentType="text/csv", InferenceId="cap-1"
+    )
+    deployer.runtime.invoke_endpoint(
+        EndpointName=name, Body=b"\x00\xff", ContentType="application/x-bytes"
+    )
+
+    def captured() -> list[dict[str, Any]]:
+        listed = deployer.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"capture/{name}/")
+        lines = []
+        for item in listed.get("Contents", []):
+            body = deployer.s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+            lines += [json.loads(line) for line in body.decode().splitlines()]
+        return lines
+
+    wait_until(lambda: len(captured()) == 2, "both invocations captured")
+    key = deployer.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"capture/{name}/")["Contents"][0]
+    parts = key["Key"].split("/")
+    assert parts[:3] == ["capture", name, "blue"] and len(parts) == 8
+    assert [len(p) for p in parts[3:7]] == [4, 2, 2, 2] and parts[7].endswith(".jsonl")
+    csv_line = next(c for c in captured() if c["eventMetadata"].get("inferenceId") == "cap-1")
+    assert csv_line["captureData"]["endpointInput"] == {
+        "observedContentType": "text/csv", "mode": "INPUT", "data": "1,2,3", "encoding": "CSV",
+    }
+    output = csv_line["captureData"]["endpointOutput"]
+    assert output["mode"] == "OUTPUT" and output["encoding"] == "CSV"
+    assert output["data"].endswith("1,2,3")
+    assert csv_line["eventMetadata"]["eventId"] and csv_line["eventMetadata"]["inferenceTime"]
+    raw = next(c for c in captured() if c is not csv_line and "inferenceId" not in
+               c["eventMetadata"])
+    assert raw["captureData"]["endpointInput"]["encoding"] == "BASE64"
+    assert base64.b64decode(raw["captureData"]["endpointInput"]["data"]) == b"\x00\xff"
+
+
+def test_bad_async_and_capture_configs_name_the_member(deployer: Deployer) -> None:
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    variant = {
+        "VariantName": "v",
+        "ModelName": model,
+        "InstanceType": "ml.m5.large",
+        "InitialInstanceCount": 1,
+    }
+    with pytest.raises(ClientError) as bad_async:
+        deployer.sagemaker.create_endpoint_config(
+            EndpointConfigName=unique_name("bad"),
+            ProductionVariants=[variant],
+            AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "/tmp/out"}},
+        )
+    assert "S3OutputPath" in bad_async.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as bad_capture:
+        deployer.sagemaker.create_endpoint_config(
+            EndpointConfigName=unique_name("bad"),
+            ProductionVariants=[variant],
+            DataCaptureConfig={
+                "InitialSamplingPercentage": 100,
+                "DestinationS3Uri": "file:///etc",
+                "CaptureOptions": [{"CaptureMode": "Input"}],
+            },
+        )
+    assert "DestinationS3Uri" in bad_capture.value.response["Error"]["Message"]
