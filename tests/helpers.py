@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import obstore
 
 from openmaker.jobs.db import TrainingJob
+from openmaker.jobs.executor import process_lost
 from openmaker.settings import load_settings
 from openmaker.shapes.errors import ResourceNotFound, ValidationException
 from openmaker.store import resolve
@@ -122,6 +124,30 @@ def stopped_at_the_end(jobs: TrainingJobs, name: str) -> Iterator[None]:
             if jobs.describe(name)["TrainingJobStatus"] not in TERMINAL:
                 jobs.stop(name)
                 wait_for(jobs, name, timeout=60)
+
+
+# The tables of every kind of job: their rows name the worker that runs each (jobs/executor.py).
+_WORKER_TABLES = ("training_jobs", "endpoints", "processing_jobs", "transform_jobs")
+
+
+def kill_every_worker(home: Path) -> None:
+    """Kill the workers that the jobs of `home` name, of every kind: endpoints' and others'
+    workers outlive the server that started them, by design, and must not outlive a test."""
+    database = home / "openmaker.db"
+    if not database.exists():
+        return
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection:
+        references = [
+            row[0]
+            for table in _WORKER_TABLES
+            for row in connection.execute(f"SELECT worker FROM {table} WHERE worker IS NOT NULL")
+        ]
+    for reference in references:
+        _, pid, *started = reference.split(":")
+        if process_lost(int(pid), int(started[0]) if started else None):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def end_every_job(grace: float = 15) -> None:
