@@ -642,7 +642,7 @@
 
   function variantsCard(endpoint) {
     const variants = endpoint.ProductionVariants || [];
-    return el("div", {class: "card"}, el("h2", {}, "Variants"), el("table", {id: "variants"},
+    return el("div", {class: "card wide"}, el("h2", {}, "Variants"), el("table", {id: "variants"},
       el("thead", {}, el("tr", {}, el("th", {}, "Variant"), el("th", {}, "Instances (now / desired)"),
         el("th", {}, "Weight (now / desired)"), el("th", {}, "Image"))),
       el("tbody", {}, variants.map((v) => el("tr", {"data-variant": v.VariantName},
