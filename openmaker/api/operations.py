@@ -62,13 +62,14 @@ class Backend:
         self.invoker = Invoker(self.serving.endpoints, settings.region, settings.account_id)
         TrainingJobHandlers(self.jobs).register(self.handlers)
         ServingHandlers(self.serving).register(self.handlers)
-        ProcessingHandlers(ProcessingJobs(settings, local=local)).register(self.handlers)
-        transforms = TransformJobs(settings, self.serving.models, self.jobs.executor)
-        TransformHandlers(transforms).register(self.handlers)
+        self.processing = ProcessingJobs(settings, local=local)
+        ProcessingHandlers(self.processing).register(self.handlers)
+        self.transforms = TransformJobs(settings, self.serving.models, self.jobs.executor)
+        TransformHandlers(self.transforms).register(self.handlers)
         tags = Tags.of(settings, KINDS, taggable())
         TagHandlers(tags).register(self.handlers)
-        logs = LogQueries.of(settings, log_groups())
-        LogHandlers(logs).register(self.handlers)
+        self.logs = LogQueries.of(settings, log_groups())
+        LogHandlers(self.logs).register(self.handlers)
 
     def watch(self, every: float = SWEEP_SECONDS) -> None:
         """Sweep the jobs now and then: a lost worker is noticed, and waiting jobs start, even

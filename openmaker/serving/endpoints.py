@@ -10,6 +10,7 @@ the worker to carry out (serving/updates.py). Deleting one asks its worker to st
 
 from __future__ import annotations
 
+import builtins
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -202,6 +203,14 @@ class Endpoints:
             session.commit()
         if worker is not None:  # a worker not yet ready reads `stop_requested` when it is
             self.executor.stop(worker)
+
+    def instances(self, name: str) -> builtins.list[dict[str, Any]]:
+        """The endpoint's instances as its worker last reported them: variant, id, healthy."""
+        row = self._checked(name)
+        return [
+            {"variant": i["variant"], "id": i["id"], "healthy": bool(i["healthy"])}
+            for i in row.instances
+        ]
 
     def route(self, name: str) -> Route | None:
         """Where invocations of `name` go (None: no such endpoint)."""

@@ -4,6 +4,7 @@ request that changes something needs the session's CSRF token and a same-origin 
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
@@ -17,16 +18,21 @@ from starlette.routing import Route
 
 from openmaker.api.console import artifacts, pages
 from openmaker.api.console.auth import COOKIE, CSRF_HEADER, ConsoleAuth, Session, csrf_ok
+from openmaker.api.console.endpoint_views import EndpointViews
+from openmaker.api.console.kind_views import KindViews, processing_kind, transform_kind
 from openmaker.api.console.views import ConsoleViews
 from openmaker.api.credentials import Credentials
 from openmaker.api.operations import Backend
 from openmaker.api.signed import signed_request
 from openmaker.api.sigv4 import verify
-from openmaker.shapes.errors import ServiceError, ValidationException
+from openmaker.shapes.errors import ResourceNotFound, ServiceError, ValidationException
 
 PREFIX = "/console"
 # A login form is two short fields; anything bigger is refused unread.
 MAX_FORM_BYTES = 4096
+# An invocation from the page: a JSON object whose body is at most 1 MiB once decoded
+# (endpoint_views.py), room left for JSON's escapes.
+MAX_INVOKE_BYTES = 4 * 1024 * 1024
 log = logging.getLogger("openmaker.api.console")
 
 View = Callable[[Request, Session], Awaitable[Response]]
@@ -34,6 +40,11 @@ View = Callable[[Request, Session], Awaitable[Response]]
 
 def console_routes(backend: Backend, credentials: Credentials, region: str) -> list[Route]:
     views = ConsoleViews(backend.jobs, backend.metrics)
+    endpoints = EndpointViews(backend.serving, backend.invoker, backend.logs)
+    kinds = {
+        "processing": KindViews(processing_kind(backend.processing), backend.logs),
+        "transform": KindViews(transform_kind(backend.transforms), backend.logs),
+    }
     auth = ConsoleAuth(credentials)
 
     def session_of(request: Request) -> tuple[str, Session] | None:
@@ -135,15 +146,26 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
         return str(request.path_params["name"])
 
     def table(request: Request) -> Any:
-        q = request.query_params
-        return views.job_table(
-            q.get("name"),
-            q.get("status"),
-            q.get("sort", "CreationTime"),
-            q.get("order", "desc") != "asc",
-            _integer(q.get("limit"), 25, "limit"),
-            q.get("token"),
-        )
+        return views.job_table(*_table_query(request))
+
+    def after(request: Request) -> int:
+        return _integer(request.query_params.get("after"), 0, "after")
+
+    def kind_of(request: Request) -> KindViews:
+        found = kinds.get(str(request.path_params["kind"]))
+        if found is None:
+            raise ResourceNotFound(f"no such kind of job: choose one of {sorted(kinds)}")
+        return found
+
+    async def invoke(request: Request, _session: Session) -> Response:
+        body = await _small_body(request, MAX_INVOKE_BYTES)
+        if body is None:
+            raise ValidationException(f"The request is larger than {MAX_INVOKE_BYTES} bytes.")
+        try:
+            asked = json.loads(body)
+        except ValueError:
+            raise ValidationException("The request must be JSON.") from None
+        return _json(await run_in_threadpool(endpoints.invoke, name(request), asked))
 
     async def artifact(request: Request, _session: Session) -> Response:
         response = await artifacts.download(
@@ -169,11 +191,7 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
         ),
         Route(
             f"{api}/jobs/{{name}}/logs",
-            guarded(
-                answering(
-                    lambda r: views.logs(name(r), _integer(r.query_params.get("after"), 0, "after"))
-                )
-            ),
+            guarded(answering(lambda r: views.logs(name(r), after(r)))),
             methods=["GET"],
         ),
         Route(
@@ -188,7 +206,51 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
         ),
         Route(f"{api}/jobs/{{name}}/artifacts/{{kind}}", guarded(artifact), methods=["GET"]),
         Route(f"{api}/machine", guarded(answering(lambda _r: views.machine())), methods=["GET"]),
+        Route(
+            f"{api}/endpoints",
+            guarded(answering(lambda r: endpoints.table(*_table_query(r)))),
+            methods=["GET"],
+        ),
+        Route(
+            f"{api}/endpoints/{{name}}",
+            guarded(answering(lambda r: endpoints.endpoint(name(r)))),
+            methods=["GET"],
+        ),
+        Route(
+            f"{api}/endpoints/{{name}}/logs",
+            guarded(answering(lambda r: endpoints.logs_of(name(r), after(r)))),
+            methods=["GET"],
+        ),
+        Route(f"{api}/endpoints/{{name}}/invoke", guarded(invoke, changes=True), methods=["POST"]),
+        Route(
+            f"{api}/kinds/{{kind}}",
+            guarded(answering(lambda r: kind_of(r).table(*_table_query(r)))),
+            methods=["GET"],
+        ),
+        Route(
+            f"{api}/kinds/{{kind}}/{{name}}",
+            guarded(answering(lambda r: kind_of(r).job(name(r)))),
+            methods=["GET"],
+        ),
+        Route(
+            f"{api}/kinds/{{kind}}/{{name}}/logs",
+            guarded(answering(lambda r: kind_of(r).logs_of(name(r), after(r)))),
+            methods=["GET"],
+        ),
     ]
+
+
+def _table_query(request: Request) -> tuple[str | None, str | None, str, bool, int, str | None]:
+    """A table's filters, sort, page size and page token, from the query string."""
+    q = request.query_params
+    return (
+        q.get("name"),
+        q.get("status"),
+        q.get("sort", "CreationTime"),
+        q.get("order", "desc") != "asc",
+        _integer(q.get("limit"), 25, "limit"),
+        q.get("token"),
+    )
 
 
 def _same_origin(request: Request) -> bool:
@@ -202,11 +264,11 @@ def _same_origin(request: Request) -> bool:
     return origin is None or origin == f"{request.url.scheme}://{request.headers.get('host')}"
 
 
-async def _small_body(request: Request) -> bytes | None:
+async def _small_body(request: Request, limit: int = MAX_FORM_BYTES) -> bytes | None:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_FORM_BYTES:
+        if size > limit:
             return None
         chunks.append(chunk)
     return b"".join(chunks)

@@ -7,9 +7,10 @@ reasons) goes out as data; the page puts it on screen as text.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
+from openmaker.api.console.shown import ms as _ms
+from openmaker.api.console.shown import plain as _plain
 from openmaker.instances import GIB
 from openmaker.jobs.capacity import machine
 from openmaker.shapes.errors import ValidationException
@@ -147,20 +148,3 @@ def _host(stream: str, job: str) -> str:
     rest = stream.removeprefix(f"{job}/")
     head, _, tail = rest.rpartition("-")
     return head if head and tail.isdigit() else rest
-
-
-def _ms(value: Any) -> int | None:
-    if isinstance(value, datetime):
-        return int(value.astimezone(UTC).timestamp() * 1000)
-    return None
-
-
-def _plain(value: Any) -> Any:
-    """`value` with every datetime as epoch ms: what JSON can carry."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, datetime):
-        return _ms(value)
-    return value

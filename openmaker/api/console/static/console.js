@@ -11,6 +11,18 @@
   const MAX_LINES = 50000;  // what the page keeps (and searches) of a log
   const COLOURS = ["#2459c9", "#d9480f", "#1b7f3a", "#8e44ad", "#b42318", "#0b7285", "#a15c00"];
   const STATUSES = ["InProgress", "Completed", "Failed", "Stopping", "Stopped"];
+  const ENDPOINT_STATUSES = ["OutOfService", "Creating", "Updating", "SystemUpdating",
+    "RollingBack", "InService", "Deleting", "Failed", "UpdateRollbackFailed"];
+  // The kinds of job the jobs table shows, each with its own tab, view and JSON route.
+  const KINDS = {
+    training: {title: "Training", path: "/jobs", page: "#/job/", start: "TrainingStartTime",
+      sorts: ["Name", "Status", "CreationTime"], command: "openmaker train …",
+      create: "CreateTrainingJob"},
+    processing: {title: "Processing", path: "/kinds/processing", page: "#/processing/",
+      sorts: ["Name", "Status", "CreationTime"], create: "CreateProcessingJob"},
+    transform: {title: "Batch transform", path: "/kinds/transform", page: "#/transform/",
+      sorts: ["Name", "CreationTime"], create: "CreateTransformJob"},
+  };
   let csrf = null;
   let timer = null;  // the current view's poll
   let generation = 0;  // a view's callbacks stop once another view is drawn
@@ -57,9 +69,12 @@
     return data;
   }
 
-  async function change(path) {
+  async function change(path, json) {
     if (csrf === null) csrf = (await call("/session")).csrf;
-    return call(path, {method: "POST", headers: {"X-CSRF-Token": csrf}});
+    const headers = {"X-CSRF-Token": csrf};
+    if (json === undefined) return call(path, {method: "POST", headers: headers});
+    headers["Content-Type"] = "application/json";
+    return call(path, {method: "POST", headers: headers, body: JSON.stringify(json)});
   }
 
   function when(ms) {
@@ -75,12 +90,12 @@
   }
 
   function badge(status) {
-    const known = STATUSES.includes(status) ? status : "";
+    const known = STATUSES.includes(status) || ENDPOINT_STATUSES.includes(status) ? status : "";
     return el("span", {class: "status " + known}, status);
   }
 
-  function jobLink(name) {
-    return el("a", {href: "#/job/" + encodeURIComponent(name)}, name);
+  function jobLink(name, kind) {
+    return el("a", {href: KINDS[kind || "training"].page + encodeURIComponent(name)}, name);
   }
 
   function empty(...lines) {
@@ -109,9 +124,17 @@
   }
 
   // ---- the jobs table -------------------------------------------------------------------
-  const table = {name: "", status: "", sort: "CreationTime", order: "desc", tokens: [null]};
+  const table = {kind: "training", name: "", status: "", sort: "CreationTime", order: "desc",
+    tokens: [null]};
 
-  function jobsView() {
+  function jobsView(kind) {
+    if (kind !== table.kind) {
+      Object.assign(table, {kind: kind, sort: "CreationTime", order: "desc", tokens: [null]});
+    }
+    const about = KINDS[kind];
+    const tabs = el("nav", {class: "tabs", id: "kinds"}, Object.entries(KINDS).map(([k, v]) =>
+      el("a", {href: "#/jobs" + (k === "training" ? "" : "/" + k), "data-kind": k,
+        class: k === kind ? "current" : null}, v.title)));
     const filter = el("input", {type: "search", placeholder: "Name contains", value: table.name});
     const status = el("select", {}, el("option", {value: ""}, "Any status"),
       STATUSES.map((s) => el("option", {value: s, selected: s === table.status}, s)));
@@ -126,7 +149,7 @@
     filter.addEventListener("change", refilter);
     status.addEventListener("change", refilter);
     const header = (label, key) => {
-      if (!key) return el("th", {}, label);
+      if (!key || !about.sorts.includes(key)) return el("th", {}, label);
       const mark = table.sort === key ? (table.order === "desc" ? " ▼" : " ▲") : "";
       return el("th", {class: "sortable", onclick: () => {
         table.order = table.sort === key && table.order === "desc" ? "asc" : "desc";
@@ -138,9 +161,9 @@
     const draw = () => {
       generation += 1;
       window.clearTimeout(timer);
-      show(el("h1", {}, "Training jobs"),
+      show(el("h1", {}, "Jobs"), tabs,
         el("div", {class: "toolbar"}, filter, status),
-        el("table", {id: "jobs"}, el("thead", {}, el("tr", {},
+        el("table", {id: "jobs", "data-kind": kind}, el("thead", {}, el("tr", {},
           header("Name", "Name"), header("Status", "Status"), el("th", {}, "Secondary status"),
           el("th", {}, "Instances"), el("th", {}, "Duration"), header("Created", "CreationTime"))),
         body),
@@ -151,21 +174,23 @@
         if (table.name) query.set("name", table.name);
         if (table.status) query.set("status", table.status);
         if (page) query.set("token", page);
-        const data = await call("/jobs?" + query.toString());
+        const data = await call(about.path + "?" + query.toString());
         if (mine !== generation) return;
         body.replaceChildren(...data.jobs.map((row) => el("tr", {"data-job": row.name},
-          el("td", {class: "name"}, jobLink(row.name)),
+          el("td", {class: "name"}, jobLink(row.name, kind)),
           el("td", {}, badge(row.status)),
           el("td", {}, row.secondary || ""),
           el("td", {}, (row.instanceType || "") + " × " + (row.instanceCount || 1)),
           el("td", {}, duration(row)),
           el("td", {}, when(row.created)))));
         if (!data.jobs.length) {
+          const noun = about.title.toLowerCase() + " job";
           body.replaceChildren(el("tr", {}, el("td", {colspan: 6}, (table.name || table.status)
-            ? empty("No training job matches these filters.")
-            : empty("No training jobs yet.",
-              "Start one with 'openmaker train …', or CreateTrainingJob from boto3 or the " +
-              "sagemaker SDK after eval \"$(openmaker env)\"."))));
+            ? empty("No " + noun + " matches these filters.")
+            : empty("No " + noun + "s yet.",
+              "Start one with " + (about.command ? "'" + about.command + "', or " : "") +
+              about.create + " from boto3 or the sagemaker SDK after " +
+              "eval \"$(openmaker env)\"."))));
         }
         const back = el("button", {type: "button", disabled: table.tokens.length < 2,
           onclick: () => { table.tokens.pop(); draw(); }}, "Previous");
@@ -417,6 +442,296 @@
     });
   }
 
+  // ---- a log tail (processing and transform jobs, endpoints) -----------------------------
+  // The log box with its host filter and search; `step()` reads the lines after the last
+  // one shown (from `path`, which answers {events, last}) and appends them.
+  function logPanel(path) {
+    const hostPick = el("select", {}, el("option", {value: ""}, "All streams"));
+    const search = el("input", {type: "search", placeholder: "Search the log"});
+    const follow = el("input", {type: "checkbox", checked: true});
+    const logBox = el("pre", {class: "logs", id: "log"});
+    const lines = [];
+    const hosts = new Set();
+    let after = 0;
+    const lineNode = (e) => el("span", {class: "line"}, el("span", {class: "host"}, e.host), e.message);
+    const visible = (e) => (!hostPick.value || e.host === hostPick.value) &&
+      (!search.value || e.message.toLowerCase().includes(search.value.toLowerCase()));
+    const redraw = () => {
+      logBox.replaceChildren(...lines.filter(visible).map(lineNode));
+      if (follow.checked) logBox.scrollTop = logBox.scrollHeight;
+    };
+    hostPick.addEventListener("change", redraw);
+    search.addEventListener("input", redraw);
+    const nodes = [el("h2", {}, "Logs"),
+      el("div", {class: "toolbar"}, hostPick, search, el("label", {}, follow, " Follow")), logBox];
+    const step = async () => {
+      for (let batch = 0; batch < LOG_BATCHES; batch += 1) {
+        const got = await call(path + "?after=" + after);
+        after = got.last;
+        for (const e of got.events) {
+          if (!hosts.has(e.host)) {
+            hosts.add(e.host);
+            hostPick.appendChild(el("option", {value: e.host}, e.host));
+          }
+        }
+        lines.push(...got.events);
+        if (lines.length > MAX_LINES) lines.splice(0, lines.length - MAX_LINES);
+        append(logBox, got.events.filter(visible).map(lineNode));
+        if (got.events.length && follow.checked) logBox.scrollTop = logBox.scrollHeight;
+        if (got.events.length < LOG_BATCH) break;
+      }
+    };
+    return {nodes: nodes, step: step};
+  }
+
+  function failureBox(reason) {
+    return reason
+      ? [el("h2", {}, "Why it failed"), el("div", {class: "failure", id: "failure"}, reason)]
+      : [];
+  }
+
+  function channelsCard(title, rows) {
+    return el("div", {class: "card"}, el("h2", {}, title), rows.length
+      ? el("table", {}, el("tbody", {}, rows.map(([n, where]) =>
+        el("tr", {}, el("td", {}, n), el("td", {class: "mono"}, where)))))
+      : el("p", {class: "muted"}, "None."));
+  }
+
+  // ---- a processing or transform job -----------------------------------------------------
+  function kindRequest(kind, job) {
+    const stop = job.StoppingCondition || {};
+    if (kind === "processing") {
+      const cluster = (job.ProcessingResources || {}).ClusterConfig || {};
+      const app = job.AppSpecification || {};
+      const inputs = (job.ProcessingInputs || []).map((i) => [i.InputName,
+        ((i.S3Input || {}).S3Uri || "") + " → " + ((i.S3Input || {}).LocalPath || "")]);
+      const outputs = ((job.ProcessingOutputConfig || {}).Outputs || []).map((o) => [o.OutputName,
+        ((o.S3Output || {}).LocalPath || "") + " → " + ((o.S3Output || {}).S3Uri || "")]);
+      return [
+        el("div", {class: "card"}, el("h2", {}, "Request"), kv([
+          ["Image", app.ImageUri], ["Entrypoint", app.ContainerEntrypoint],
+          ["Arguments", app.ContainerArguments], ["Instance type", cluster.InstanceType],
+          ["Instance count", cluster.InstanceCount], ["Volume (GB)", cluster.VolumeSizeInGB],
+          ["Max runtime (s)", stop.MaxRuntimeInSeconds], ["Exit message", job.ExitMessage],
+          ["Environment", job.Environment],
+        ])),
+        channelsCard("Inputs", inputs), channelsCard("Outputs", outputs),
+      ];
+    }
+    const resources = job.TransformResources || {};
+    const input = job.TransformInput || {};
+    const source = (input.DataSource || {}).S3DataSource || {};
+    const output = job.TransformOutput || {};
+    return [el("div", {class: "card"}, el("h2", {}, "Request"), kv([
+      ["Model", job.ModelName], ["Instance type", resources.InstanceType],
+      ["Instance count", resources.InstanceCount], ["Input", source.S3Uri],
+      ["Content type", input.ContentType], ["Split", input.SplitType],
+      ["Batch strategy", job.BatchStrategy], ["Max payload (MB)", job.MaxPayloadInMB],
+      ["Concurrent transforms", job.MaxConcurrentTransforms], ["Output", output.S3OutputPath],
+      ["Assemble with", output.AssembleWith], ["Environment", job.Environment],
+    ]))];
+  }
+
+  function kindTimeline(prefix, job) {
+    const status = job[prefix + "JobStatus"];
+    const steps = [["Created", job.CreationTime], ["Started", job[prefix + "StartTime"]],
+      [["Completed", "Failed", "Stopped"].includes(status) ? status : "Ended",
+        job[prefix + "EndTime"]], ["Last modified", job.LastModifiedTime]].filter((s) => s[1]);
+    return el("div", {class: "card"}, el("h2", {}, "Timeline"), el("ol", {class: "timeline"},
+      steps.map(([what, at], i) => el("li", {class: i === steps.length - 1 ? "last" : null},
+        el("strong", {}, what), " ", el("span", {class: "muted"}, when(at))))));
+  }
+
+  function kindJobView(kind, name) {
+    generation += 1;
+    window.clearTimeout(timer);
+    const mine = generation;
+    const prefix = kind === "processing" ? "Processing" : "Transform";
+    const path = KINDS[kind].path + "/" + encodeURIComponent(name);
+    const head = el("div");
+    const failure = el("div");
+    const details = el("div", {class: "grid"});
+    const logs = logPanel(path + "/logs");
+    show(head, failure, details, logs.nodes);
+    let lastState = "";
+    poll(async () => {
+      const [data] = await Promise.all([call(path), logs.step()]);
+      if (mine !== generation) return;
+      const job = data.job;
+      const state = JSON.stringify(job);
+      if (state === lastState) return;
+      lastState = state;
+      head.replaceChildren(el("div", {class: "toolbar"}, el("h1", {}, name),
+        badge(job[prefix + "JobStatus"]), el("span", {class: "muted"}, KINDS[kind].title + " job")),
+      kv([["ARN", job[prefix + "JobArn"]]]));
+      failure.replaceChildren(...failureBox(job.FailureReason));
+      details.replaceChildren(...kindRequest(kind, job), kindTimeline(prefix, job));
+    });
+  }
+
+  // ---- endpoints ---------------------------------------------------------------------------
+  const endpointTable = {name: "", status: "", sort: "CreationTime", order: "desc", tokens: [null]};
+
+  function endpointsView() {
+    const t = endpointTable;
+    const filter = el("input", {type: "search", placeholder: "Name contains", value: t.name});
+    const status = el("select", {}, el("option", {value: ""}, "Any status"),
+      ENDPOINT_STATUSES.map((s) => el("option", {value: s, selected: s === t.status}, s)));
+    const body = el("tbody");
+    const pager = el("div", {class: "pager"});
+    const refilter = () => {
+      t.name = filter.value;
+      t.status = status.value;
+      t.tokens = [null];
+      draw();
+    };
+    filter.addEventListener("change", refilter);
+    status.addEventListener("change", refilter);
+    const header = (label, key) => {
+      if (!key) return el("th", {}, label);
+      const mark = t.sort === key ? (t.order === "desc" ? " ▼" : " ▲") : "";
+      return el("th", {class: "sortable", onclick: () => {
+        t.order = t.sort === key && t.order === "desc" ? "asc" : "desc";
+        t.sort = key;
+        t.tokens = [null];
+        draw();
+      }}, label + mark);
+    };
+    const draw = () => {
+      generation += 1;
+      window.clearTimeout(timer);
+      show(el("h1", {}, "Endpoints"), el("div", {class: "toolbar"}, filter, status),
+        el("table", {id: "endpoints"}, el("thead", {}, el("tr", {},
+          header("Name", "Name"), el("th", {}, "Status"), el("th", {}, "Variants"),
+          el("th", {}, "Instances"), header("Created", "CreationTime"), el("th", {}, "Modified"))),
+        body), pager);
+      poll(async (mine) => {
+        const query = new URLSearchParams({sort: t.sort, order: t.order, limit: "25"});
+        if (t.name) query.set("name", t.name);
+        if (t.status) query.set("status", t.status);
+        const page = t.tokens[t.tokens.length - 1];
+        if (page) query.set("token", page);
+        const data = await call("/endpoints?" + query.toString());
+        if (mine !== generation) return;
+        body.replaceChildren(...data.endpoints.map((row) => el("tr", {"data-endpoint": row.name},
+          el("td", {class: "name"}, el("a", {href: "#/endpoint/" + encodeURIComponent(row.name)},
+            row.name)),
+          el("td", {}, badge(row.status)),
+          el("td", {}, row.variants.join(", ")),
+          el("td", {}, row.instances + " / " + row.desiredInstances),
+          el("td", {}, when(row.created)),
+          el("td", {}, when(row.modified)))));
+        if (!data.endpoints.length) {
+          body.replaceChildren(el("tr", {}, el("td", {colspan: 6}, (t.name || t.status)
+            ? empty("No endpoint matches these filters.")
+            : empty("No endpoints yet.",
+              "Deploy one with CreateModel, CreateEndpointConfig and CreateEndpoint from " +
+              "boto3, or the sagemaker SDK's Model(...).deploy(), after " +
+              "eval \"$(openmaker env)\"."))));
+        }
+        pager.replaceChildren(
+          el("button", {type: "button", disabled: t.tokens.length < 2,
+            onclick: () => { t.tokens.pop(); draw(); }}, "Previous"),
+          el("span", {class: "muted"}, "Page " + t.tokens.length),
+          el("button", {type: "button", disabled: !data.next,
+            onclick: () => { t.tokens.push(data.next); draw(); }}, "Next"));
+      });
+    };
+    draw();
+  }
+
+  function variantsCard(endpoint) {
+    const variants = endpoint.ProductionVariants || [];
+    return el("div", {class: "card wide"}, el("h2", {}, "Variants"), el("table", {id: "variants"},
+      el("thead", {}, el("tr", {}, el("th", {}, "Variant"), el("th", {}, "Instances (now / desired)"),
+        el("th", {}, "Weight (now / desired)"), el("th", {}, "Image"))),
+      el("tbody", {}, variants.map((v) => el("tr", {"data-variant": v.VariantName},
+        el("td", {}, v.VariantName),
+        el("td", {}, (v.CurrentInstanceCount ?? "–") + " / " + (v.DesiredInstanceCount ?? "–")),
+        el("td", {}, (v.CurrentWeight ?? "–") + " / " + (v.DesiredWeight ?? "–")),
+        el("td", {class: "mono"}, ((v.DeployedImages || [])[0] || {}).SpecifiedImage || ""))))));
+  }
+
+  function instancesCard(instances) {
+    return el("div", {class: "card"}, el("h2", {}, "Instances"), instances.length
+      ? el("table", {id: "instances"}, el("thead", {}, el("tr", {}, el("th", {}, "Variant"),
+        el("th", {}, "Instance"), el("th", {}, "Health"))),
+      el("tbody", {}, instances.map((i) => el("tr", {}, el("td", {}, i.variant),
+        el("td", {class: "mono"}, i.id),
+        el("td", {}, el("span", {class: "status " + (i.healthy ? "InService" : "Failed")},
+          i.healthy ? "Healthy" : "Not answering"))))))
+      : el("p", {class: "muted"}, "No instance runs now."));
+  }
+
+  // The invocation form: the answer is put on the page as text, whatever its content type.
+  function invokeCard(name) {
+    const body = el("textarea", {id: "invoke-body", rows: 5, spellcheck: "false"});
+    const type = el("input", {id: "invoke-type", value: "application/json"});
+    const accept = el("input", {id: "invoke-accept", placeholder: "Accept (optional)"});
+    const about = el("p", {class: "muted", id: "answer-about"});
+    const answer = el("pre", {class: "answer", id: "answer"});
+    const send = el("button", {type: "submit", id: "invoke"}, "Invoke");
+    const form = el("form", {class: "invoke", onsubmit: async (event) => {
+      event.preventDefault();
+      send.disabled = true;
+      about.textContent = "Waiting for the answer…";
+      answer.textContent = "";
+      answer.classList.remove("failure");
+      try {
+        const got = await change("/endpoints/" + encodeURIComponent(name) + "/invoke",
+          {body: body.value, contentType: type.value, accept: accept.value});
+        if (got.ok) {
+          about.textContent = got.variant + " answered " + got.bytes + " bytes of " +
+            got.contentType + (got.truncated ? " (the beginning shown)" : "") + ".";
+          answer.textContent = got.body;
+        } else {
+          about.textContent = got.error;
+          answer.textContent = got.message;
+          answer.classList.add("failure");
+        }
+      } catch (error) {
+        about.textContent = "";
+        problem(error.message);
+      } finally {
+        send.disabled = false;
+      }
+    }}, el("label", {}, "Body", body),
+    el("div", {class: "toolbar"}, el("label", {}, "Content type ", type), accept, send));
+    return el("div", {class: "card"}, el("h2", {}, "Invoke"), form, about, answer);
+  }
+
+  function endpointView(name) {
+    generation += 1;
+    window.clearTimeout(timer);
+    const mine = generation;
+    const path = "/endpoints/" + encodeURIComponent(name);
+    const head = el("div");
+    const failure = el("div");
+    const state = el("div", {class: "grid"});
+    const logs = logPanel(path + "/logs");
+    const charts = el("div", {class: "card"}, el("h2", {}, "Invocations and latency"),
+      el("p", {class: "muted", id: "no-metrics"}, "openmaker records no invocation metrics " +
+        "yet: charts of invocations and latency appear here once it does."));
+    show(head, failure, state, el("div", {class: "grid"}, invokeCard(name), charts), logs.nodes);
+    let lastState = "";
+    poll(async () => {
+      const [data] = await Promise.all([call(path), logs.step()]);
+      if (mine !== generation) return;
+      const drawn = JSON.stringify([data.endpoint, data.instances]);
+      if (drawn === lastState) return;
+      lastState = drawn;
+      const e = data.endpoint;
+      head.replaceChildren(el("div", {class: "toolbar"}, el("h1", {}, name),
+        badge(e.EndpointStatus)), kv([["Configuration", e.EndpointConfigName],
+        ["Created", when(e.CreationTime)], ["Modified", when(e.LastModifiedTime)],
+        ["ARN", e.EndpointArn],
+        ["Update under way", e.PendingDeploymentSummary
+          ? e.PendingDeploymentSummary.EndpointConfigName : null]]));
+      failure.replaceChildren(...failureBox(e.FailureReason));
+      state.replaceChildren(variantsCard(e), instancesCard(data.instances));
+    });
+  }
+
   // ---- the machine ----------------------------------------------------------------------
   function jobRows(rows, what) {
     if (!rows.length) return empty(what);
@@ -449,9 +764,16 @@
   function route() {
     problem("");
     const hash = window.location.hash || "#/jobs";
-    if (hash.startsWith("#/job/")) jobView(decodeURIComponent(hash.slice(6)));
+    const after = (prefix) => decodeURIComponent(hash.slice(prefix.length));
+    if (hash.startsWith("#/job/")) jobView(after("#/job/"));
+    else if (hash.startsWith("#/processing/")) kindJobView("processing", after("#/processing/"));
+    else if (hash.startsWith("#/transform/")) kindJobView("transform", after("#/transform/"));
+    else if (hash.startsWith("#/endpoint/")) endpointView(after("#/endpoint/"));
+    else if (hash === "#/endpoints") endpointsView();
     else if (hash === "#/machine") machineView();
-    else jobsView();
+    else if (hash === "#/jobs/processing") jobsView("processing");
+    else if (hash === "#/jobs/transform") jobsView("transform");
+    else jobsView("training");
   }
 
   document.addEventListener("DOMContentLoaded", () => {
