@@ -211,16 +211,15 @@ class LogQueries:
 
     def _stream_names(
         self, session: Session, group: str, streams: list[str] | None, prefix: str | None
-    ) -> list[str] | None:
-        """The streams searched, or None for all of them (the group is the only one)."""
+    ) -> list[str]:
+        """The streams searched: those of `group` only (every kind of job logs in the same
+        tables), named in `streams`, or starting with `prefix`, or all of them."""
+        query = select(LogStream.name).where(LogStream.group == group)
         if streams:
-            return streams
-        if prefix:
-            query = select(LogStream.name).where(
-                LogStream.group == group, LogStream.name.startswith(prefix, autoescape=True)
-            )
-            return list(session.scalars(query))
-        return None
+            query = query.where(LogStream.name.in_(streams))
+        elif prefix:
+            query = query.where(LogStream.name.startswith(prefix, autoescape=True))
+        return list(session.scalars(query))
 
     def _check_group(self, group: str) -> None:
         # A kind's group, or one below it (an endpoint's: /aws/sagemaker/Endpoints/<name>).
