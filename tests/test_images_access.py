@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -80,7 +80,7 @@ def _store(tmp_path: Path, access: RegistryAccess) -> ImageStore:
     return ImageStore(tmp_path / "images", access)
 
 
-def _auth(tmp_path: Path, config: dict[str, object]) -> Path:
+def _auth(tmp_path: Path, config: Mapping[str, object]) -> Path:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     return path
