@@ -126,6 +126,9 @@ class Settings:
     # credentials pulls use (REGISTRY_AUTH_FILE, else ~/.docker/config.json where it exists).
     insecure_registries: tuple[str, ...] = ()
     registry_auth_file: Path | None = None
+    # The containers' registries.conf (mirrors, insecure registries) skopeo reads instead of
+    # /etc/containers/registries.conf (OPENMAKER_REGISTRIES_CONF).
+    registries_conf: Path | None = None
     # Where a job's hosts run (OPENMAKER_EXECUTOR): "local" (threads of its worker, on this
     # machine) or "ray" (actors on the Ray cluster at RAY_ADDRESS; see training/ray_hosts.py).
     executor: str = "local"
@@ -196,6 +199,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sagemaker_endpoint=env.text("AWS_ENDPOINT_URL_SAGEMAKER") or None,
         insecure_registries=env.registries("OPENMAKER_INSECURE_REGISTRIES"),
         registry_auth_file=_auth_file(env.text("REGISTRY_AUTH_FILE")),
+        registries_conf=env.file("OPENMAKER_REGISTRIES_CONF"),
         executor=env.choice("OPENMAKER_EXECUTOR", ("local", "ray")),
         ray_address=env.text("RAY_ADDRESS") or None,
         ray_wait_seconds=env.number_or("OPENMAKER_RAY_WAIT_SECONDS", DEFAULT_RAY_WAIT_SECONDS),
@@ -232,7 +236,7 @@ def client_plugins() -> str:
 def to_json(settings: Settings) -> dict[str, Any]:
     """The settings as JSON values, for a job's launch record and its worker's order."""
     endpoint = settings.s3_endpoint
-    auth = settings.registry_auth_file
+    auth, conf = settings.registry_auth_file, settings.registries_conf
     return {
         "home": str(settings.home),
         "region": settings.region,
@@ -259,6 +263,7 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "code_without_s3_credentials": settings.code_without_s3_credentials,
         "insecure_registries": list(settings.insecure_registries),
         "registry_auth_file": None if auth is None else str(auth),
+        "registries_conf": None if conf is None else str(conf),
         "executor": settings.executor,
         "ray_address": settings.ray_address,
         "ray_wait_seconds": settings.ray_wait_seconds,
@@ -269,11 +274,13 @@ def to_json(settings: Settings) -> dict[str, Any]:
 def from_json(data: Mapping[str, Any]) -> Settings:
     """The settings `to_json` wrote."""
     special: tuple[str, ...] = ("home", "file_roots", "sandbox_hide", "s3_endpoint")
-    special += ("insecure_registries", "registry_auth_file", "resolv_conf")
+    special += ("insecure_registries", "registry_auth_file", "resolv_conf", "registries_conf")
     endpoint = data.get("s3_endpoint")
     auth = data.get("registry_auth_file")
+    conf = data.get("registries_conf")
     return Settings(
         home=Path(data["home"]),
+        registries_conf=None if conf is None else Path(conf),
         insecure_registries=tuple(data.get("insecure_registries", ())),
         registry_auth_file=None if auth is None else Path(auth),
         resolv_conf=Path(data.get("resolv_conf", "/etc/resolv.conf")),
@@ -323,6 +330,15 @@ class _Reader:
             if not host or "/" in part or not port.isdigit():
                 raise SettingsError(f"{name} must list registries as host[:port], not {part!r}")
         return parts
+
+    def file(self, name: str) -> Path | None:
+        """An existing file, made absolute; unset: None."""
+        value = self.text(name)
+        if not value:
+            return None
+        if not Path(value).is_file():
+            raise SettingsError(f"{name} must name a file, and {value!r} is none")
+        return Path(value).absolute()
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str:
         value = self.text(name) or choices[0]

@@ -15,6 +15,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from openmaker.cli.endpoints import endpoints_app
+from openmaker.cli.images import images_app
 from openmaker.cli.request_builder import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN,
@@ -46,6 +47,7 @@ app = typer.Typer(no_args_is_help=True, help="SageMaker training jobs on your ow
 jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training jobs.")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(endpoints_app, name="endpoints")  # openmaker/cli/endpoints.py
+app.add_typer(images_app, name="images")  # openmaker/cli/images.py
 # Soft wrap: a log line piped to a file must stay one line.
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -45,10 +45,14 @@ class RegistrySettings(Protocol):
     def registry_auth_file(self) -> Path | None: ...
     @property
     def insecure_registries(self) -> tuple[str, ...]: ...
+    @property
+    def registries_conf(self) -> Path | None: ...
 
 
 def image_store(settings: RegistrySettings) -> ImageStore:
-    access = RegistryAccess(settings.registry_auth_file, settings.insecure_registries)
+    access = RegistryAccess(
+        settings.registry_auth_file, settings.insecure_registries, settings.registries_conf
+    )
     return ImageStore(settings.home / "images", access)
 
 

@@ -85,6 +85,31 @@ class Layout:
         _write_atomically(index_path, json.dumps({**index, "manifests": entries}).encode())
         return digest
 
+    def remove_names(self, names: set[str]) -> None:
+        """Forget the images `names` (under the exclusive lock); their blobs stay until pruned."""
+        index_path = self.folder / "index.json"
+        index = json.loads(index_path.read_bytes())
+        entries = [
+            entry
+            for entry in index.get("manifests", [])
+            if entry.get("annotations", {}).get(REF_NAME) not in names
+        ]
+        _write_atomically(index_path, json.dumps({**index, "manifests": entries}).encode())
+
+    def reachable(self, digest: str) -> set[str]:
+        """The blobs of the manifest (or index) `digest`: itself, its config and layers."""
+        found = {digest}
+        try:
+            document = self.blob_json(digest)
+        except (OSError, ValueError):
+            return found  # a missing or non-JSON blob holds nothing further
+        if "config" in document:
+            found.add(document["config"]["digest"])
+        found.update(layer["digest"] for layer in document.get("layers", []))
+        for entry in document.get("manifests", []):
+            found |= self.reachable(entry["digest"])
+        return found
+
 
 def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,6 +1,7 @@
 """skopeo, run the way every pull needs it: registry credentials from a Docker auth file
-(named by path, never put on a command line), plain HTTP where the registry is listed as
-insecure, its output turned into progress, and its failures into a sentence for a person.
+(named by path, never put on a command line; its credential helpers are skopeo's to call),
+plain HTTP where the registry is listed as insecure, the containers' registries.conf (mirrors)
+a setting names, its output turned into progress, and its failures into a sentence for a person.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from openmaker.runtime.images.auth import ecr_advice, registry_auth
 from openmaker.runtime.images.reference import ImageReference
 from openmaker.settings import process_environment
 
@@ -33,14 +35,21 @@ class RegistryAccess:
 
     auth_file: Path | None = None
     insecure: tuple[str, ...] = ()
+    # A registries.conf of the user's (mirrors, insecure registries) read instead of the
+    # machine's /etc/containers/registries.conf (its drop-ins are read either way).
+    registries_conf: Path | None = None
 
-    def options(self, reference: ImageReference, side: str = "") -> list[str]:
-        """skopeo's options for reaching `reference`; `side` is "src-" for a copy's source."""
+    def command(self, verb: str) -> list[str]:
+        """`skopeo VERB` with the options every command takes."""
+        conf = [f"--registries-conf={self.registries_conf}"] if self.registries_conf else []
+        return ["skopeo", *conf, verb]
+
+    def options(self, reference: ImageReference, auth: Path | None, side: str = "") -> list[str]:
+        """skopeo's options for reaching `reference` with the auth file `auth`; `side` is
+        "src-" for a copy's source."""
         if not reference.is_registry:
             return []
-        options = []
-        if self.auth_file is not None and self.auth_file.is_file():
-            options.append(f"--{side}authfile={self.auth_file}")
+        options = [f"--{side}authfile={auth}"] if auth is not None else []
         if reference.registry in self.insecure:
             options.append(f"--{side}tls-verify=false")
         return options
@@ -54,10 +63,12 @@ def skopeo_missing() -> str | None:
 def inspect_raw(reference: ImageReference, access: RegistryAccess) -> bytes:
     """The manifest (or manifest list) the registry serves for `reference`, byte for byte:
     its sha256 is the digest the registry knows the image by."""
-    argv = ["skopeo", "inspect", "--raw", *access.options(reference), reference.skopeo_name()]
-    done = subprocess.run(argv, capture_output=True, env=process_environment(), check=False)
+    with registry_auth(access.auth_file, reference) as auth:
+        argv = [*access.command("inspect"), "--raw", *access.options(reference, auth)]
+        argv.append(reference.skopeo_name())
+        done = subprocess.run(argv, capture_output=True, env=process_environment(), check=False)
     if done.returncode != 0:
-        raise PullError(explain(reference, done.stderr.decode(errors="replace")))
+        raise PullError(explain(reference, done.stderr.decode(errors="replace"), access))
     return done.stdout
 
 
@@ -71,28 +82,30 @@ def copy(
 ) -> None:
     """`skopeo copy` from `source_name` (skopeo's syntax; `source` for its options and errors)
     into `destination`, telling `on_progress` of each layer as it starts."""
-    argv = ["skopeo", "copy", *access.options(source, "src-"), source_name, destination]
-    popen = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=process_environment(),
-    )
-    assert popen.stdout is not None and popen.stderr is not None
-    seen = 0
-    for raw in popen.stdout:
-        if match := _BLOB.match(raw.decode(errors="replace").strip()):
-            seen += 1
-            of = f" of {layers}" if layers else ""
-            cached = " (cached)" if "skipped" in match.group(2) else ""
-            on_progress(f"layer {seen}{of}: sha256:{match.group(1)[:12]}{cached}")
-    errors = popen.stderr.read().decode(errors="replace")
-    if popen.wait() != 0:
-        raise PullError(explain(source, errors))
+    with registry_auth(access.auth_file, source) as auth:
+        argv = [*access.command("copy"), *access.options(source, auth, "src-")]
+        popen = subprocess.Popen(
+            [*argv, source_name, destination],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=process_environment(),
+        )
+        assert popen.stdout is not None and popen.stderr is not None
+        seen = 0
+        for raw in popen.stdout:
+            if match := _BLOB.match(raw.decode(errors="replace").strip()):
+                seen += 1
+                of = f" of {layers}" if layers else ""
+                cached = " (cached)" if "skipped" in match.group(2) else ""
+                on_progress(f"layer {seen}{of}: sha256:{match.group(1)[:12]}{cached}")
+        errors = popen.stderr.read().decode(errors="replace")
+        code = popen.wait()
+    if code != 0:
+        raise PullError(explain(source, errors, access))
 
 
-def explain(reference: ImageReference, stderr: str) -> str:
+def explain(reference: ImageReference, stderr: str, access: RegistryAccess | None = None) -> str:
     """skopeo's failure as a sentence naming the image and what the registry said."""
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     said = lines[-1] if lines else "skopeo failed without a message"
@@ -109,4 +122,6 @@ def explain(reference: ImageReference, stderr: str) -> str:
         why = "the registry speaks plain HTTP (list it in OPENMAKER_INSECURE_REGISTRIES)"
     else:
         why = "the pull failed"
+    if access is not None and (advice := ecr_advice(access.auth_file, reference)):
+        why = advice
     return f"Cannot pull {reference}: {why}. The registry said: {said[:600]}"

@@ -7,6 +7,10 @@ its unpacked root and its config. A registry reference is resolved to its digest
 manifest request), so that a tag moved since is pulled anew and an unchanged one costs
 nothing more; files (`oci-archive:`, `docker-archive:`, OCI layouts) are copied once per
 version of the file.
+
+A process that prepares an image holds a shared lock on its root (`<digest>.use`) until it
+exits, so that `prune` (catalog.py), which needs that lock exclusively, never removes a root
+a container may be running on.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from openmaker.runtime.images import skopeo
 from openmaker.runtime.images.config import ImageConfig
 from openmaker.runtime.images.layout import Layout
+from openmaker.runtime.images.records import Records
 from openmaker.runtime.images.reference import ImageReference
 from openmaker.runtime.images.skopeo import OnProgress, PullError, RegistryAccess
 from openmaker.runtime.images.zstd import has_zstd_layers, plain_twin
@@ -46,12 +52,22 @@ class ImageStore:
         self.access = access
         self.layout = Layout(folder / "oci")
         self.unpacked = folder / "rootfs"
+        self.records = Records(folder / "records")
 
-    def prepare(self, reference: ImageReference, on_progress: OnProgress) -> Image:
+    def prepare(
+        self, reference: ImageReference, on_progress: OnProgress, use: bool = True
+    ) -> Image:
+        """The image pulled and unpacked; `use`: for a container of this process (which keeps
+        its root from `prune` until the process ends)."""
         name = self.pull(reference, on_progress)
         with self.layout.locked(exclusive=False):
-            digest = self.layout.names()[name]
+            digest = self.layout.names().get(name)
+            if digest is None:
+                raise PullError(f"Cannot pull {reference}: it was removed while being pulled")
             config = ImageConfig.from_json(self.layout.config(name))
+            if use:
+                _hold(use_lock(self.unpacked, digest))
+        self.records.note(name, digest, str(reference), used=use)
         rootfs = self.unpack(name, digest, on_progress)
         return Image(reference, digest, rootfs, config)
 
@@ -60,6 +76,7 @@ class ImageStore:
         if missing := skopeo.skopeo_missing():
             raise PullError(f"Cannot pull {reference}: {missing}")
         layers: int | None = None
+        given = str(reference)
         if reference.is_registry:
             if reference.digest is None:
                 on_progress(f"resolving {reference}")
@@ -69,14 +86,14 @@ class ImageStore:
             name, source = f"r-{reference.digest}".replace(":", "-"), reference.by_digest()
         else:
             name, source = _file_name(reference), reference.skopeo_name()
-        if name in self._names():
-            return name
-        with self.layout.locked(exclusive=True):
-            if name in self.layout.names():
-                return name  # another pull brought it while this one waited
-            on_progress(f"pulling {reference}")
-            destination = f"oci:{self.layout.folder}:{name}"
-            skopeo.copy(reference, source, destination, self.access, on_progress, layers)
+        if name not in self._names():
+            with self.layout.locked(exclusive=True):
+                if name not in self.layout.names():  # else another pull brought it meanwhile
+                    on_progress(f"pulling {reference}")
+                    destination = f"oci:{self.layout.folder}:{name}"
+                    skopeo.copy(reference, source, destination, self.access, on_progress, layers)
+                digest = self.layout.names()[name]
+                self.records.note(name, digest, given)
         return name
 
     def unpack(self, name: str, digest: str, on_progress: OnProgress) -> Path:
@@ -129,6 +146,24 @@ def _file_name(reference: ImageReference) -> str:
         status = (path / "index.json").stat() if (path / "index.json").exists() else status
     key = f"{reference.transport}:{path}:{reference.name}:{status.st_size}:{status.st_mtime_ns}"
     return "f-" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def use_lock(unpacked: Path, digest: str) -> Path:
+    """The file whose shared lock says the root of `digest` may be in use."""
+    return unpacked / (digest.replace(":", "-") + ".use")
+
+
+# The use locks this process holds (until it exits): path → open file.
+_HELD: dict[Path, IO[str]] = {}
+
+
+def _hold(path: Path) -> None:
+    if path in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "a")  # noqa: SIM115 - held until the process exits
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    _HELD[path] = lock
 
 
 @contextlib.contextmanager

@@ -105,6 +105,7 @@ def run_code(
     if image.container is not None and image.container.user.uid != 0:
         # /opt/ml's writable folders, to its USER.
         give_writable(tree, image.container.user, spec.plan.folders)
+        inputs.give_to(image.container.user)
     env = container_environment(spec, image)
     try:
         argv = image.command(TRAIN, command.entrypoint, command.arguments)

@@ -45,6 +45,7 @@ class HostSettings:
     # How the host reaches registries to pull its image (runtime/images/).
     registry_auth_file: Path | None = None
     insecure_registries: tuple[str, ...] = ()
+    registries_conf: Path | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> HostSettings:
@@ -58,6 +59,7 @@ class HostSettings:
             keep_files=settings.keep_job_files,
             registry_auth_file=settings.registry_auth_file,
             insecure_registries=settings.insecure_registries,
+            registries_conf=settings.registries_conf,
         )
 
     @property
@@ -136,6 +138,8 @@ class HostSpec:
                         "registry_auth_file": settings["registry_auth_file"]
                         and Path(settings["registry_auth_file"]),
                         "insecure_registries": tuple(settings["insecure_registries"]),
+                        "registries_conf": settings.get("registries_conf")
+                        and Path(settings["registries_conf"]),
                         "store": StoreSettings(
                             **{
                                 **store,

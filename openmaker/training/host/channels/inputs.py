@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from openmaker.runtime.spec import User
 from openmaker.training.host.channels import fastfile
 from openmaker.training.host.channels.pipe import PipePlan, PipeStreamer, pipe_channels, plan_pipe
 from openmaker.training.host.container import sandbox_unavailable_reason
@@ -35,6 +36,11 @@ class HostInputs:
             streamer.on_error = callback
             if streamer.error:
                 callback(streamer.error)
+
+    def give_to(self, user: User) -> None:
+        """The Pipe channels' FIFOs to the image's non-root USER."""
+        for streamer in self.streamers:
+            streamer.give_to(user)
 
     def stop(self) -> str | None:
         """Stop streaming, unmount; the first Pipe failure's reason, if a channel failed."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openmaker.runtime.spec import User
 from openmaker.store import StoreError
 from openmaker.store.stream import CHUNK_SIZE, Chunk, object_size, stream_object
 from openmaker.training.host import jobtree
@@ -123,6 +124,11 @@ class PipeStreamer:
         self.error: str | None = None
         self.on_error: Callable[[str], None] = lambda _: None
         self._stopped = threading.Event()
+        # A non-root image USER the FIFOs are given to (give_to), and what keeps a FIFO's
+        # making and giving apart from give_to.
+        self._owner: User | None = None
+        self._owning = threading.Lock()
+        self._epoch = 0
         # Daemon: a write blocked on a reader that never reads must not keep the worker alive.
         self._thread = threading.Thread(target=self._run, name=f"pipe-{plan.name}", daemon=True)
 
@@ -149,10 +155,37 @@ class PipeStreamer:
         self._stopped.set()
         self._thread.join(timeout)
 
+    def give_to(self, user: User) -> None:
+        """Make the FIFOs `user`'s (the image's non-root USER): the one waiting now and those
+        of the epochs to come, so that the code can open them."""
+        with self._owning:
+            self._owner = user
+            self._give(self._epoch)
+
     def _make_fifo(self, epoch: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._name(epoch), dir_fd=self.folder_fd)  # a link: the link goes
-        os.mkfifo(self._name(epoch), 0o600, dir_fd=self.folder_fd)
+        with self._owning:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._name(epoch), dir_fd=self.folder_fd)  # a link: the link goes
+            os.mkfifo(self._name(epoch), 0o600, dir_fd=self.folder_fd)
+            self._epoch = epoch
+            self._give(epoch)
+
+    def _give(self, epoch: int) -> None:
+        """The FIFO of `epoch` to the owner, through a handle on it: whatever the code may have
+        put in its place since (a link, a file) is left as it is."""
+        if self._owner is None or self.folder_fd is None:
+            return
+        try:
+            # A path handle: opening the FIFO itself would count as a reader.
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self._name(epoch), flags, dir_fd=self.folder_fd)
+        except OSError:
+            return  # gone or replaced: the writer finds out and says so
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.chown(f"/proc/self/fd/{fd}", self._owner.uid, self._owner.gid)
+        finally:
+            os.close(fd)
 
     def _run(self) -> None:
         assert self.folder_fd is not None
