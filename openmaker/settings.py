@@ -145,6 +145,13 @@ class Settings:
         return f"sqlite:///{self.home / 'openmaker.db'}"
 
     @property
+    def private_paths(self) -> tuple[Path, ...]:
+        """What no job's sandbox may show: openmaker's home (the database, every job's
+        files) and the registries' credentials (the Docker auth file)."""
+        auth = () if self.registry_auth_file is None else (self.registry_auth_file,)
+        return (self.home, *auth)
+
+    @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
 

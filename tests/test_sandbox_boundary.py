@@ -351,3 +351,37 @@ def test_a_killed_workers_volume_is_unmounted_and_removed(tmp_path: Path, home: 
 
     # The loop device goes once the last of the sandbox's processes has let go of the volume.
     wait_until(image_released, "the volume's loop device to be released", timeout=15)
+
+
+READ_AUTH = f"""#!{sys.executable}
+import os, sys
+path = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("AUTH_PATH", "")
+print("auth visible" if os.path.exists(path) else "auth unseen", flush=True)
+print("folder visible" if os.path.isdir(os.path.dirname(path)) else "folder unseen", flush=True)
+"""
+
+
+def test_the_code_never_sees_the_registries_credentials(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Outside /tmp and the folders hidden by default, where an admin may well keep it.
+    folder = Path("/var/lib") / f"openmaker-test-{secrets.token_hex(4)}"
+    folder.mkdir()
+    try:
+        auth = folder / "auth.json"
+        auth.write_text('{"auths": {"registry.example": {"auth": "c2VjcmV0OnNlY3JldA=="}}}')
+        auth.chmod(0o600)
+        monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+        jobs, description = run_script(
+            tmp_path,
+            "no-auth",
+            READ_AUTH,
+            edit=lambda body: body.update(Environment={"AUTH_PATH": str(auth)}),
+        )
+        assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+        logs = log_text(jobs, "no-auth")
+        assert "auth unseen" in logs and "folder visible" in logs, logs
+    finally:
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()

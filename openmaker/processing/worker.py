@@ -81,7 +81,7 @@ def host_specs(
             region=settings.region,
             settings=host_settings,
             work_dir=settings.jobs_dir / job.name / host,
-            hidden_paths=[settings.home],
+            hidden_paths=list(settings.private_paths),
             code_env=code_env,
             resources=share,
             network=network,

@@ -121,7 +121,7 @@ class Instance:
             hostname=self.plan.id,
             netns_fd=self.namespace.fd,
             hidden=tuple(hidden_paths(self.settings.sandbox_hide)),
-            removed=(self.settings.home,),
+            removed=self.settings.private_paths,
             detach_mounts_under=self.settings.home,
             limits=self._limits(),
         )

@@ -62,7 +62,7 @@ def host_specs(
             region=settings.region,
             settings=host_settings,
             work_dir=job_dir / host,
-            hidden_paths=[settings.home],
+            hidden_paths=list(settings.private_paths),
             code_env=code_env,
             resources=share,
             network=network,
