@@ -27,6 +27,7 @@ from tests.helpers import (
     wait_for,
     wait_for_log,
 )
+from tests.process_helpers import wait_until
 
 ray = pytest.importorskip("ray")
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -51,6 +52,18 @@ mkdir -p /opt/ml/output/data && echo "data of $host" > /opt/ml/output/data/$host
 WAITS = """#!/bin/sh
 trap 'echo "got SIGTERM on $(hostname)"; exit 0' TERM
 echo "waiting on $(hostname)"
+while true; do sleep 0.2; done
+"""
+
+
+# Writes a checkpoint, then waits; a later attempt finds it and ends.
+RESUMES = """#!/bin/sh
+host=$(hostname)
+saved=/opt/ml/checkpoints/$host.txt
+if [ -f "$saved" ]; then echo "resumed on $host from $(cat "$saved")"; exit 0; fi
+echo "attempt 1 of $host" > "$saved"
+echo "checkpointed on $host"
+trap 'exit 0' TERM
 while true; do sleep 0.2; done
 """
 
@@ -186,6 +199,60 @@ def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluste
     assert "127.0.0.3" in reason, reason
     # The surviving host was stopped, not left running.
     assert "got SIGTERM on" in log_text(jobs, name)
+
+
+def test_a_lost_node_restarts_the_job_with_its_checkpoints(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    name = unique_name("ray-retry")
+    checkpoints = f"s3://b/{name}-checkpoints"
+    jobs = start_script(
+        tmp_path,
+        name,
+        RESUMES,
+        ResourceConfig=_resources(2),
+        CheckpointConfig={"S3Uri": checkpoints},
+        RetryStrategy={"MaximumRetryAttempts": 1},
+    )
+    replaced = False
+    try:
+        for host in ("algo-1", "algo-2"):
+            wait_for_log(jobs, name, f"checkpointed on {host}", timeout=240)
+            wait_until(lambda h=host: _exists(f"{checkpoints}/{h}.txt"), f"{host}'s checkpoint")
+        victim = next(n for n in cluster.worker_nodes if n.node_ip_address == "127.0.0.3")
+        cluster.remove_node(victim, allow_graceful=False)
+        # Attempt 2 waits for room (one node of the type is left), then lands on a new node.
+        wait_until(lambda: "Restarting" in _statuses(jobs.describe(name)), "the restart", 60)
+        cluster.add_node(node_ip_address="127.0.0.3", resources={TYPE: 1}, **NODE)
+        replaced = True
+        description = wait_for(jobs, name, timeout=240)
+    finally:
+        stop_and_wait(jobs, [name])
+        if not replaced:
+            cluster.add_node(node_ip_address="127.0.0.3", resources={TYPE: 1}, **NODE)
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    restarting = next(
+        t["StatusMessage"]
+        for t in description["SecondaryStatusTransitions"]
+        if t["Status"] == "Restarting"
+    )
+    assert "127.0.0.3" in restarting and "attempt 2 of 2" in restarting, restarting
+    logs = log_text(jobs, name)
+    # Each host of attempt 2 found the checkpoint its host of attempt 1 wrote.
+    assert "resumed on algo-1 from attempt 1 of algo-1" in logs, logs
+    assert "resumed on algo-2 from attempt 1 of algo-2" in logs, logs
+
+
+def _exists(uri: str) -> bool:
+    try:
+        get_object(uri)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _statuses(description: dict[str, Any]) -> list[str]:
+    return [t["Status"] for t in description["SecondaryStatusTransitions"]]
 
 
 def _resources(count: int) -> dict[str, Any]:
