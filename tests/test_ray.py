@@ -5,6 +5,7 @@ land on the worker nodes, one per node."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -18,16 +19,19 @@ import pytest
 
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
+from tests.apiserver import running_api_server
 from tests.helpers import (
     get_object,
     log_text,
+    make_image,
+    request,
     start_script,
     stop_and_wait,
     unique_name,
     wait_for,
     wait_for_log,
 )
-from tests.process_helpers import wait_until
+from tests.process_helpers import job_processes, kill, processes_mentioning, wait_until
 
 ray = pytest.importorskip("ray")
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -241,6 +245,52 @@ def test_a_lost_node_restarts_the_job_with_its_checkpoints(
     # Each host of attempt 2 found the checkpoint its host of attempt 1 wrote.
     assert "resumed on algo-1 from attempt 1 of algo-1" in logs, logs
     assert "resumed on algo-2 from attempt 1 of algo-2" in logs, logs
+
+
+def test_a_server_killed_and_started_again_finds_its_hosts_running(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    """The job's worker drives its actors and outlives the server (as a local job's does): the
+    new server finds the job running on its nodes, untouched, and stops it there."""
+    home = tmp_path / "served"
+    home.mkdir()
+    image = make_image(tmp_path / "image", WAITS)
+    # Outputs to a folder: the restarted server's embedded store is on another port.
+    body = request("ray-served", str(image), (tmp_path / "out").as_uri())
+    body["ResourceConfig"] = _resources(2)
+    ray_env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": cluster.address}
+    hosts = {"ray-served/algo-1", "ray-served/algo-2"}
+    try:
+        with running_api_server(home, **ray_env) as server:
+            server.client("sagemaker").create_training_job(**body)
+            wait_until(lambda: _hosts_running() == hosts, "both hosts on their nodes", 240)
+            kill(server.process.pid)
+            server.process.wait()
+        (home / "server.json").unlink()  # kill -9 leaves the server's record behind
+        with running_api_server(home, **ray_env) as server:
+            client = server.client("sagemaker")
+            described = client.describe_training_job(TrainingJobName="ray-served")
+            assert (described["TrainingJobStatus"], described["SecondaryStatus"]) == (
+                "InProgress",
+                "Training",
+            )
+            assert _hosts_running() == hosts  # the same actors, on their nodes
+            client.stop_training_job(TrainingJobName="ray-served")
+
+            def stopped() -> bool:
+                described = client.describe_training_job(TrainingJobName="ray-served")
+                return described["TrainingJobStatus"] == "Stopped"
+
+            wait_until(stopped, "the job to stop", 120)
+        wait_until(lambda: not _hosts_running(), "the hosts' actors to end", 60)
+    finally:
+        for pid in job_processes("ray-served") + processes_mentioning(str(home)):
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid)
+
+
+def _hosts_running() -> set[str]:
+    return {host for node in nodes(load_settings()) for host in node.hosts}
 
 
 def _exists(uri: str) -> bool:
