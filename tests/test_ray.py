@@ -6,6 +6,7 @@ land on the worker nodes, one per node."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import subprocess
@@ -223,7 +224,7 @@ def test_a_lost_node_restarts_the_job_with_its_checkpoints(
         for host in ("algo-1", "algo-2"):
             wait_for_log(jobs, name, f"checkpointed on {host}", timeout=240)
             saved = f"{checkpoints}/{host}.txt"
-            wait_until(lambda: _exists(saved), f"{host}'s checkpoint")  # noqa: B023 - waited here
+            wait_until(functools.partial(_exists, saved), f"{host}'s checkpoint")
         victim = next(n for n in cluster.worker_nodes if n.node_ip_address == "127.0.0.3")
         cluster.remove_node(victim, allow_graceful=False)
         # Attempt 2 waits for room (one node of the type is left), then lands on a new node.
