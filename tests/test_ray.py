@@ -73,6 +73,20 @@ while true; do sleep 0.2; done
 """
 
 
+# An address of this machine that no node has: the embedded store's, as the nodes reach it.
+ADVERTISED = "127.0.0.20"
+
+# Reads an object of its channel's place through the store its code is given, with its key.
+REACHES_THE_STORE = f"""#!{sys.executable}
+import os, socket, boto3
+url = os.environ["AWS_ENDPOINT_URL_S3"]
+s3 = boto3.client("s3", region_name="us-east-1")
+body = s3.get_object(Bucket="bkt", Key="shared/greeting.txt")["Body"].read().decode()
+with open(f"/opt/ml/model/{{socket.gethostname()}}.txt", "w") as said:
+    said.write(f"reached {{url}}: {{body}}")
+"""
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     saved = {name: os.environ.get(name) for name in HEALTH}
@@ -289,6 +303,52 @@ def test_a_server_killed_and_started_again_finds_its_hosts_running(
         for pid in job_processes("ray-served") + processes_mentioning(str(home)):
             with contextlib.suppress(ProcessLookupError):
                 kill(pid)
+
+
+def test_hosts_on_their_nodes_reach_the_embedded_store_at_the_advertised_address(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    home = tmp_path / "advertised"
+    home.mkdir()
+    image = make_image(tmp_path / "image", REACHES_THE_STORE)
+    body = request("ray-store", str(image), "s3://bkt/out", {"shared": "s3://bkt/shared/"})
+    body["ResourceConfig"] = _resources(2)
+    env = {
+        "OPENMAKER_EXECUTOR": "ray",
+        "RAY_ADDRESS": cluster.address,
+        "OPENMAKER_ADVERTISE_ADDRESS": ADVERTISED,
+    }
+    try:
+        with running_api_server(home, **env) as server:
+            s3 = server.client("s3")
+            s3.create_bucket(Bucket="bkt")
+            s3.put_object(Bucket="bkt", Key="shared/greeting.txt", Body=b"hello")
+            sagemaker = server.client("sagemaker")
+            sagemaker.create_training_job(**body)
+
+            def ended() -> bool:
+                described = sagemaker.describe_training_job(TrainingJobName="ray-store")
+                return described["TrainingJobStatus"] in ("Completed", "Failed", "Stopped")
+
+            wait_until(ended, "the job to end", 240)
+            described = sagemaker.describe_training_job(TrainingJobName="ray-store")
+            events = server.client("logs").filter_log_events(
+                logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix="ray-store/"
+            )["events"]
+            logs = "\n".join(e["message"] for e in events)
+            assert described["TrainingJobStatus"] == "Completed", logs
+            bucket, key = described["ModelArtifacts"]["S3ModelArtifacts"][5:].split("/", 1)
+            archive = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    finally:
+        for pid in job_processes("ray-store") + processes_mentioning(str(home)):
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        said = {m.name: tar.extractfile(m).read().decode() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    # Each host's code, on its own node, read through the store's advertised address.
+    for host in ("algo-1", "algo-2"):
+        assert said[f"{host}.txt"].startswith(f"reached http://{ADVERTISED}:"), said
+        assert said[f"{host}.txt"].endswith(": hello"), said
 
 
 def _hosts_running() -> set[str]:
