@@ -136,6 +136,10 @@ class Settings:
     # How long a job waits Pending for room on the Ray cluster before it fails
     # (OPENMAKER_RAY_WAIT_SECONDS).
     ray_wait_seconds: float = DEFAULT_RAY_WAIT_SECONDS
+    # The address of this machine that the Ray cluster's nodes reach it by
+    # (OPENMAKER_ADVERTISE_ADDRESS): the server's embedded S3 endpoint listens there and the
+    # jobs' code is given it. None: the server's own address (--host).
+    advertise_address: str | None = None
     # How long an endpoint's container has to answer an invocation, streamed or not
     # (OPENMAKER_INVOCATION_SECONDS; SageMaker's 60 s by default).
     invocation_seconds: float = DEFAULT_INVOCATION_SECONDS
@@ -210,6 +214,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         executor=env.choice("OPENMAKER_EXECUTOR", ("local", "ray")),
         ray_address=env.text("RAY_ADDRESS") or None,
         ray_wait_seconds=env.number_or("OPENMAKER_RAY_WAIT_SECONDS", DEFAULT_RAY_WAIT_SECONDS),
+        advertise_address=env.text("OPENMAKER_ADVERTISE_ADDRESS") or None,
         invocation_seconds=env.number_or(
             "OPENMAKER_INVOCATION_SECONDS", DEFAULT_INVOCATION_SECONDS
         ),
@@ -274,6 +279,7 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "executor": settings.executor,
         "ray_address": settings.ray_address,
         "ray_wait_seconds": settings.ray_wait_seconds,
+        "advertise_address": settings.advertise_address,
         "invocation_seconds": settings.invocation_seconds,
     }
 

@@ -5,6 +5,8 @@ land on the worker nodes, one per node."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import os
 import subprocess
@@ -18,15 +20,19 @@ import pytest
 
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
+from tests.apiserver import running_api_server
 from tests.helpers import (
     get_object,
     log_text,
+    make_image,
+    request,
     start_script,
     stop_and_wait,
     unique_name,
     wait_for,
     wait_for_log,
 )
+from tests.process_helpers import job_processes, kill, processes_mentioning, wait_until
 
 ray = pytest.importorskip("ray")
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -52,6 +58,32 @@ WAITS = """#!/bin/sh
 trap 'echo "got SIGTERM on $(hostname)"; exit 0' TERM
 echo "waiting on $(hostname)"
 while true; do sleep 0.2; done
+"""
+
+
+# Writes a checkpoint, then waits; a later attempt finds it and ends.
+RESUMES = """#!/bin/sh
+host=$(hostname)
+saved=/opt/ml/checkpoints/$host.txt
+if [ -f "$saved" ]; then echo "resumed on $host from $(cat "$saved")"; exit 0; fi
+echo "attempt 1 of $host" > "$saved"
+echo "checkpointed on $host"
+trap 'exit 0' TERM
+while true; do sleep 0.2; done
+"""
+
+
+# An address of this machine that no node has: the embedded store's, as the nodes reach it.
+ADVERTISED = "127.0.0.20"
+
+# Reads an object of its channel's place through the store its code is given, with its key.
+REACHES_THE_STORE = f"""#!{sys.executable}
+import os, socket, boto3
+url = os.environ["AWS_ENDPOINT_URL_S3"]
+s3 = boto3.client("s3", region_name="us-east-1")
+body = s3.get_object(Bucket="bkt", Key="shared/greeting.txt")["Body"].read().decode()
+with open(f"/opt/ml/model/{{socket.gethostname()}}.txt", "w") as said:
+    said.write(f"reached {{url}}: {{body}}")
 """
 
 
@@ -186,6 +218,153 @@ def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluste
     assert "127.0.0.3" in reason, reason
     # The surviving host was stopped, not left running.
     assert "got SIGTERM on" in log_text(jobs, name)
+
+
+def test_a_lost_node_restarts_the_job_with_its_checkpoints(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    name = unique_name("ray-retry")
+    checkpoints = f"s3://b/{name}-checkpoints"
+    jobs = start_script(
+        tmp_path,
+        name,
+        RESUMES,
+        ResourceConfig=_resources(2),
+        CheckpointConfig={"S3Uri": checkpoints},
+        RetryStrategy={"MaximumRetryAttempts": 1},
+    )
+    replaced = False
+    try:
+        for host in ("algo-1", "algo-2"):
+            wait_for_log(jobs, name, f"checkpointed on {host}", timeout=240)
+            saved = f"{checkpoints}/{host}.txt"
+            wait_until(functools.partial(_exists, saved), f"{host}'s checkpoint")
+        victim = next(n for n in cluster.worker_nodes if n.node_ip_address == "127.0.0.3")
+        cluster.remove_node(victim, allow_graceful=False)
+        # Attempt 2 waits for room (one node of the type is left), then lands on a new node.
+        wait_until(lambda: "Restarting" in _statuses(jobs.describe(name)), "the restart", 60)
+        cluster.add_node(node_ip_address="127.0.0.3", resources={TYPE: 1}, **NODE)
+        replaced = True
+        description = wait_for(jobs, name, timeout=240)
+    finally:
+        stop_and_wait(jobs, [name])
+        if not replaced:
+            cluster.add_node(node_ip_address="127.0.0.3", resources={TYPE: 1}, **NODE)
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    restarting = next(
+        t["StatusMessage"]
+        for t in description["SecondaryStatusTransitions"]
+        if t["Status"] == "Restarting"
+    )
+    assert "127.0.0.3" in restarting and "attempt 2 of 2" in restarting, restarting
+    logs = log_text(jobs, name)
+    # Each host of attempt 2 found the checkpoint its host of attempt 1 wrote.
+    assert "resumed on algo-1 from attempt 1 of algo-1" in logs, logs
+    assert "resumed on algo-2 from attempt 1 of algo-2" in logs, logs
+
+
+def test_a_server_killed_and_started_again_finds_its_hosts_running(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    """The job's worker drives its actors and outlives the server (as a local job's does): the
+    new server finds the job running on its nodes, untouched, and stops it there."""
+    home = tmp_path / "served"
+    home.mkdir()
+    image = make_image(tmp_path / "image", WAITS)
+    # Outputs to a folder: the restarted server's embedded store is on another port.
+    body = request("ray-served", str(image), (tmp_path / "out").as_uri())
+    body["ResourceConfig"] = _resources(2)
+    ray_env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": cluster.address}
+    hosts = {"ray-served/algo-1", "ray-served/algo-2"}
+    try:
+        with running_api_server(home, **ray_env) as server:
+            server.client("sagemaker").create_training_job(**body)
+            wait_until(lambda: _hosts_running() == hosts, "both hosts on their nodes", 240)
+            kill(server.process.pid)
+            server.process.wait()
+        (home / "server.json").unlink()  # kill -9 leaves the server's record behind
+        with running_api_server(home, **ray_env) as server:
+            client = server.client("sagemaker")
+            described = client.describe_training_job(TrainingJobName="ray-served")
+            assert (described["TrainingJobStatus"], described["SecondaryStatus"]) == (
+                "InProgress",
+                "Training",
+            )
+            assert _hosts_running() == hosts  # the same actors, on their nodes
+            client.stop_training_job(TrainingJobName="ray-served")
+
+            def stopped() -> bool:
+                described = client.describe_training_job(TrainingJobName="ray-served")
+                return described["TrainingJobStatus"] == "Stopped"
+
+            wait_until(stopped, "the job to stop", 120)
+        wait_until(lambda: not _hosts_running(), "the hosts' actors to end", 60)
+    finally:
+        for pid in job_processes("ray-served") + processes_mentioning(str(home)):
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid)
+
+
+def test_hosts_on_their_nodes_reach_the_embedded_store_at_the_advertised_address(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    home = tmp_path / "advertised"
+    home.mkdir()
+    image = make_image(tmp_path / "image", REACHES_THE_STORE)
+    body = request("ray-store", str(image), "s3://bkt/out", {"shared": "s3://bkt/shared/"})
+    body["ResourceConfig"] = _resources(2)
+    env = {
+        "OPENMAKER_EXECUTOR": "ray",
+        "RAY_ADDRESS": cluster.address,
+        "OPENMAKER_ADVERTISE_ADDRESS": ADVERTISED,
+    }
+    try:
+        with running_api_server(home, **env) as server:
+            s3 = server.client("s3")
+            s3.create_bucket(Bucket="bkt")
+            s3.put_object(Bucket="bkt", Key="shared/greeting.txt", Body=b"hello")
+            sagemaker = server.client("sagemaker")
+            sagemaker.create_training_job(**body)
+
+            def ended() -> bool:
+                described = sagemaker.describe_training_job(TrainingJobName="ray-store")
+                return described["TrainingJobStatus"] in ("Completed", "Failed", "Stopped")
+
+            wait_until(ended, "the job to end", 240)
+            described = sagemaker.describe_training_job(TrainingJobName="ray-store")
+            events = server.client("logs").filter_log_events(
+                logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix="ray-store/"
+            )["events"]
+            logs = "\n".join(e["message"] for e in events)
+            assert described["TrainingJobStatus"] == "Completed", logs
+            bucket, key = described["ModelArtifacts"]["S3ModelArtifacts"][5:].split("/", 1)
+            archive = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    finally:
+        for pid in job_processes("ray-store") + processes_mentioning(str(home)):
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        said = {m.name: tar.extractfile(m).read().decode() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    # Each host's code, on its own node, read through the store's advertised address.
+    for host in ("algo-1", "algo-2"):
+        assert said[f"{host}.txt"].startswith(f"reached http://{ADVERTISED}:"), said
+        assert said[f"{host}.txt"].endswith(": hello"), said
+
+
+def _hosts_running() -> set[str]:
+    return {host for node in nodes(load_settings()) for host in node.hosts}
+
+
+def _exists(uri: str) -> bool:
+    try:
+        get_object(uri)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _statuses(description: dict[str, Any]) -> list[str]:
+    return [t["Status"] for t in description["SecondaryStatusTransitions"]]
 
 
 def _resources(count: int) -> dict[str, Any]:

@@ -40,7 +40,9 @@ def serve(
     endpoints listen."""
     credentials = server_credentials(settings)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    with _store_endpoint(settings, credentials, host, s3_port) as (s3_url, settings):
+    # Where the nodes of a Ray cluster reach the embedded store, when it is not --host.
+    s3_host = settings.advertise_address or host
+    with _store_endpoint(settings, credentials, s3_host, s3_port) as (s3_url, settings):
         # The jobs get the store as the server serves it to them (its gate), in their settings.
         backend = Backend(settings)
         backend.watch()

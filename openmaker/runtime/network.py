@@ -246,8 +246,9 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
             _write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
             _write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
             _write("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1")
+            # At the address the code is given (a loopback address, not always 127.0.0.1).
             for port, target in network.relays:
-                relay.listen(("127.0.0.1", port), (target, port))
+                relay.listen((target, port), (target, port))
             for resolver in network.resolvers:  # at the same address: resolv.conf holds
                 relay.listen((resolver, DNS_PORT), (resolver, DNS_PORT))
                 relay.listen_datagrams((resolver, DNS_PORT), (resolver, DNS_PORT))
