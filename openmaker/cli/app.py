@@ -222,7 +222,14 @@ def list_jobs(
     name_contains: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """List training jobs, newest first."""
-    found = _service(_settings()).list(status=status, name_contains=name_contains)
+    settings = _settings()
+    found = None
+    if not server_configured(settings):
+        from openmaker.training.list_view import ended_jobs  # sqlite3 alone: starts fast
+
+        found = ended_jobs(settings, status=status, name_contains=name_contains)
+    if found is None:
+        found = _service(settings).list(status=status, name_contains=name_contains)
     # Names are what people copy into the next command: never cut one short.
     longest = max((len(job["TrainingJobName"]) for job in found), default=4)
     table = Table(
