@@ -54,7 +54,7 @@ def _shown(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_the_reader_names_the_service_s_table_and_columns() -> None:
-    assert list_view.TABLE == TrainingJob.__tablename__
+    assert TrainingJob.__tablename__ == list_view.TABLE
     assert set(list_view.COLUMNS) <= set(TrainingJob.__table__.columns.keys())
 
 

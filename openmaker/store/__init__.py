@@ -50,7 +50,25 @@ _HOMES = {
     "upload_file": "transfer",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "Download",
+    "Location",
+    "ObjectInfo",
+    "StoreError",
+    "StoreSettings",
+    "UnsafeKeyError",
+    "code_store_environment",
+    "delete_keys",
+    "download_all",
+    "list_prefix",
+    "read_object",
+    "relative_to_prefix",
+    "resolve",
+    "safe_destination",
+    "split_s3_uri",
+    "store_environment",
+    "upload_file",
+]
 
 
 def __getattr__(name: str) -> Any:
