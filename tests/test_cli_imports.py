@@ -16,6 +16,8 @@ LATER = (
     "openmaker.training.service",
     "openmaker.training.host.outputs",  # packing a script's source folder
     "openmaker.demo.run",
+    "botocore",  # the API model: checking a request (openmaker.shapes.training)
+    "openmaker.store.transfer",  # moving objects (asyncio, obstore's stores)
 )
 
 

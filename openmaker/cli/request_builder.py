@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.settings import Settings
-from openmaker.shapes.training import default_stopping_condition
+from openmaker.shapes.defaults import default_stopping_condition
 
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"
 DEFAULT_MAX_RUN = default_stopping_condition()["MaxRuntimeInSeconds"]

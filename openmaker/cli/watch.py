@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
@@ -19,6 +20,10 @@ POLL_SECONDS = 0.2
 # until every POLL_SECONDS.
 FIRST_POLL_SECONDS = 0.02
 POLL_GROWTH = 1.5
+# In-process, a change of the database's file is looked for this often between two looks, and
+# wakes the follower, but no sooner than MIN_POLL_SECONDS after its last look.
+WAKE_SECONDS = 0.005
+MIN_POLL_SECONDS = 0.02
 
 
 class JobsClient(Protocol):
@@ -59,8 +64,11 @@ def _log_line(record: LogRecord) -> str:
     return f"[dim]{host}[/dim] {escape(record.message)}"
 
 
-def follow(jobs: JobsClient, name: str, console: Console, logs: bool = True) -> dict[str, Any]:
-    """Print the job's status changes, logs and progress until it ends; returns its description."""
+def follow(
+    jobs: JobsClient, name: str, console: Console, logs: bool = True, wake: Path | None = None
+) -> dict[str, Any]:
+    """Print the job's status changes, logs and progress until it ends; returns its description.
+    `wake`: a file that changes whenever the job's record may have (see `changes_file`)."""
     # Progress bars load only for a command that follows a job.
     from rich.progress import (
         BarColumn,
@@ -84,6 +92,8 @@ def follow(jobs: JobsClient, name: str, console: Console, logs: bool = True) -> 
     wait = FIRST_POLL_SECONDS
     with progress:
         while True:
+            # Taken before looking: a change made while it looks wakes the next look.
+            seen = _stamp(wake)
             description = jobs.describe(name)
             transitions = description["SecondaryStatusTransitions"]
             current = jobs.progress(name)
@@ -95,8 +105,39 @@ def follow(jobs: JobsClient, name: str, console: Console, logs: bool = True) -> 
             printer.print_new(transitions)
             if description["TrainingJobStatus"] in TERMINAL:
                 return description
-            time.sleep(wait)
+            _sleep(wait, wake, seen)
             wait = min(POLL_SECONDS, wait * POLL_GROWTH)
+
+
+def changes_file(database_url: str) -> Path | None:
+    """SQLite's write-ahead log: every commit of the database (a job's worker's too) changes
+    it. None for another database."""
+    if not database_url.startswith("sqlite:///"):
+        return None
+    return Path(database_url.removeprefix("sqlite:///") + "-wal")
+
+
+def _sleep(seconds: float, wake: Path | None, seen: tuple[int, int]) -> None:
+    """Sleep `seconds`, or less once `wake` differs from `seen`: a job's end is seen within
+    WAKE_SECONDS, not up to POLL_SECONDS later, at the price of a stat() every WAKE_SECONDS."""
+    if wake is None:
+        time.sleep(seconds)
+        return
+    deadline = time.monotonic() + seconds
+    # A chatty job's log lines wake the follower at most this often.
+    time.sleep(min(seconds, MIN_POLL_SECONDS))
+    while (left := deadline - time.monotonic()) > 0 and _stamp(wake) == seen:
+        time.sleep(min(left, WAKE_SECONDS))
+
+
+def _stamp(path: Path | None) -> tuple[int, int]:
+    if path is None:
+        return (0, 0)
+    try:
+        status = path.stat()
+    except OSError:
+        return (0, 0)
+    return (status.st_mtime_ns, status.st_size)
 
 
 class _Bars:

@@ -13,18 +13,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
+from openmaker.shapes.defaults import default_stopping_condition
 from openmaker.shapes.distribution import distribution_problems
 from openmaker.shapes.errors import ValidationException
 from openmaker.shapes.locations import LocalPaths, location_problems
 from openmaker.shapes.validate import error_message, failure, null_failure, validate_input
 
-# SageMaker's default when the request has no StoppingCondition: "The default value is 1 day"
-# (MaxRuntimeInSeconds in the model's documentation; no number in its constraints).
-_DEFAULT_MAX_RUNTIME_SECONDS = 24 * 60 * 60
-
-
-def default_stopping_condition() -> dict[str, int]:
-    return {"MaxRuntimeInSeconds": _DEFAULT_MAX_RUNTIME_SECONDS}
+__all__ = ["check_create_training_job", "default_stopping_condition"]
 
 
 def check_create_training_job(
