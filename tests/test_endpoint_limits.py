@@ -77,7 +77,7 @@ def test_instances_get_their_share_and_what_does_not_fit_is_refused(small: Deplo
     report = small.runtime.invoke_endpoint(EndpointName=first, Body=b"limits")["Body"].read()
     instance, cpus, *cgroups = report.decode().removeprefix("w hello ").splitlines()
     assert cpus.split(":")[1].strip()  # pinned (on this machine, both CPUs are the share)
-    key = instance_cgroup(small.server.home, first, instance)
+    key = instance_cgroup(small.server.home, f"endpoint:{first}", instance)
     memory = cgroup_path(key, "memory")
     pids = cgroup_path(key, "pids")
     assert memory is not None and pids is not None

@@ -48,6 +48,13 @@ class Order:
     # The worker that runs it, as the executor named it (to `before_start`): the worker takes
     # the job over under that name.
     worker: WorkerRef | None = None
+    # The job's key on this machine (ResourceKind.local_key; None: its name, a training job's).
+    key: str | None = None
+
+    @property
+    def folder(self) -> str:
+        """Its folder's name under the jobs folder (launch.json, worker.log, its hosts')."""
+        return self.key or self.name
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +142,7 @@ class LocalExecutor:
         settings: Settings,
         before_start: Callable[[WorkerRef], None] | None = None,
     ) -> WorkerRef:
-        (self.settings.jobs_dir / order.name).mkdir(parents=True, exist_ok=True)
+        (self.settings.jobs_dir / order.folder).mkdir(parents=True, exist_ok=True)
         worker = self.spare or _start_worker(order.runner)
         self.spare = None
         assert worker.stdin is not None

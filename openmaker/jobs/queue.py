@@ -31,11 +31,11 @@ from openmaker.settings import Settings, from_json, load_settings, to_json
 LAUNCH_FILE = "launch.json"
 
 
-def save_launch(settings: Settings, job_name: str) -> None:
+def save_launch(settings: Settings, key: str) -> None:
     """Keep the submitter's settings (the store's endpoint and credentials among them) for
-    every start of the job — its restarts too, whoever starts them. Readable by its owner
-    only."""
-    folder = settings.jobs_dir / job_name
+    every start of the job (its local key `key`: ResourceKind.local_key) — its restarts too,
+    whoever starts them. Readable by its owner only."""
+    folder = settings.jobs_dir / key
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LAUNCH_FILE
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -44,10 +44,11 @@ def save_launch(settings: Settings, job_name: str) -> None:
         json.dump({"settings": to_json(settings.for_jobs())}, file)
 
 
-def _launch_settings(settings: Settings, job_name: str) -> Settings:
-    """The settings the job was submitted with; the starter's own when none were kept."""
+def _launch_settings(settings: Settings, key: str) -> Settings:
+    """The settings the job (its local key `key`) was submitted with; the starter's own when
+    none were kept."""
     try:
-        data = json.loads((settings.jobs_dir / job_name / LAUNCH_FILE).read_text())
+        data = json.loads((settings.jobs_dir / key / LAUNCH_FILE).read_text())
     except (OSError, ValueError):
         return settings
     if "settings" in data:
@@ -158,8 +159,11 @@ def _submit(
             session.commit()
 
     try:
-        launch = _launch_settings(settings, name)
-        order = Order(kind.name, kind.runner, name, job.arn, job.request, placement, job.attempts)
+        key = kind.local_key(name)
+        launch = _launch_settings(settings, key)
+        order = Order(
+            kind.name, kind.runner, name, job.arn, job.request, placement, job.attempts, key=key
+        )
         executor.submit(order, launch, record)
     except Exception as exc:  # the job must not wait for a worker that never came
         traceback.print_exc()

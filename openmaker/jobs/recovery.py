@@ -11,6 +11,7 @@ removed; then waiting jobs start.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from sqlalchemy import Select, select
 
@@ -43,7 +44,9 @@ def sweep(settings: Settings, executor: Executor, kinds: Sequence[ResourceKind])
         for kind, name in orphaned:
             kind.leftovers.remove_lost(settings, name)
     for kind in kinds:
-        kind.leftovers.remove_stale(settings, lambda names: _with_workers(settings, kinds, names))
+        # Each kind's leftovers are keyed apart (ResourceKind.local_key): a job of another kind
+        # of the same name keeps none of them.
+        kind.leftovers.remove_stale(settings, partial(_with_workers, settings, kind))
     queue.start_ready(settings, executor, kinds)
 
 
@@ -53,21 +56,16 @@ def _running(kind: ResourceKind) -> Select[JobRecord]:
     return select(table).where(table.status.in_(kind.active), table.worker.is_not(None))
 
 
-def _with_workers(settings: Settings, kinds: Sequence[ResourceKind], names: list[str]) -> set[str]:
-    """Those of the jobs `names` (of any of `kinds`) that a worker runs."""
+def _with_workers(settings: Settings, kind: ResourceKind, names: list[str]) -> set[str]:
+    """Those of the jobs `names` (of `kind`) that a worker runs."""
     if not names:
         return set()
-    running: set[str] = set()
+    table = kind.table()
     with sessions(settings)() as session:
-        for kind in kinds:
-            table = kind.table()
-            rows = session.execute(
-                select(table.name, table.status, table.worker).where(table.name.in_(names))
-            ).all()
-            running |= {
-                name for name, status, worker in rows if status not in kind.ended and worker
-            }
-    return running
+        rows = session.execute(
+            select(table.name, table.status, table.worker).where(table.name.in_(names))
+        ).all()
+    return {name for name, status, worker in rows if status not in kind.ended and worker}
 
 
 def check(

@@ -56,7 +56,7 @@ class Leftovers(Protocol):
 
     def remove_stale(self, settings: Settings, running: Callable[[list[str]], set[str]]) -> None:
         """Remove what jobs that no worker runs hold here (`running(names)`: those of the
-        jobs `names` that a worker runs)."""
+        jobs `names`, of this kind, that a worker runs)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,29 @@ class ResourceKind:
     # The module whose `run(order, settings, stop_before_start)` runs a job of this kind in a
     # worker process (openmaker/jobs/worker_process.py).
     runner: str
+    # Before a job's name in its key on this machine (`local_key`): "" for training jobs only.
+    key_prefix: str
+
+    def local_key(self, name: str) -> str:
+        """What the job `name` of this kind is called on this machine: its folder under the
+        jobs folder (launch.json, worker.log, its hosts'), its cgroups, its bridge and its key to
+        the S3 gate. Names are unique per kind only (`estimator.deploy()` names an endpoint
+        after its training job), and none holds a colon: "endpoint:<name>" is no training job's.
+        A training job's key is its bare name (`jobs/<name>/algo-1`, as users know it)."""
+        return self.key_prefix + name
+
+    def name_of(self, key: str) -> str | None:
+        """The name of the job of this kind whose local key is `key`; None for another kind's
+        key."""
+        if self.key_prefix:
+            return key.removeprefix(self.key_prefix) if key.startswith(self.key_prefix) else None
+        return None if ":" in key else key
+
+    def stale(self, keys: Iterable[str], running: Callable[[list[str]], set[str]]) -> list[str]:
+        """Those of the local `keys` (of every kind) that are of jobs of this kind that no
+        worker runs (`running(names)`: those of the jobs `names`, of this kind, it runs)."""
+        names = sorted({name for key in keys if (name := self.name_of(key)) is not None})
+        return [self.local_key(name) for name in sorted(set(names) - running(names))]
 
 
 def of_arn(kinds: Iterable[ResourceKind], arn: str) -> ResourceKind | None:

@@ -43,7 +43,7 @@ def main() -> None:
     settings = from_json(message["settings"])
     # The worker's own messages (not the job's logs) go to a file, for post-mortems.
     log = os.open(
-        settings.jobs_dir / order.name / "worker.log",
+        settings.jobs_dir / order.folder / "worker.log",
         os.O_WRONLY | os.O_CREAT | os.O_APPEND,
         0o600,
     )

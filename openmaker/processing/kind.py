@@ -17,13 +17,13 @@ if TYPE_CHECKING:
     from openmaker.settings import Settings
 
 LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
-# A processing job's network and S3 key are keyed apart from a training job's of the same name
-# (the SDK names both after the image): no resource name holds a colon.
+# A processing job's folder, cgroups, network and S3 key are keyed apart from a training job's of
+# the same name (the SDK names both after the image): ResourceKind.local_key.
 KEY_PREFIX = "processing:"
 
 
 def key(name: str) -> str:
-    return KEY_PREFIX + name
+    return PROCESSING.local_key(name)
 
 
 def table() -> type[ProcessingJobRecord]:
@@ -73,28 +73,33 @@ class _Lifecycle:
 
 class _Leftovers:
     """A processing job's hosts leave what a training job's do: volumes and folders, memory
-    cgroups, and a bridge (keyed `processing:<name>`)."""
+    cgroups, and a bridge, all keyed `processing:<name>`."""
 
     def remove_lost(self, settings: Settings, name: str) -> None:
         from openmaker.runtime.network import remove
         from openmaker.training.host.site import remove_job_cgroups, unmount_under
 
-        unmount_under(settings.jobs_dir / name)
+        folder = settings.jobs_dir / key(name)
+        unmount_under(folder)
         remove(settings.home, key(name))
-        remove_job_cgroups(settings.home, name)
+        remove_job_cgroups(settings.home, key(name))
         if not settings.keep_job_files:
-            for folder in (settings.jobs_dir / name).glob("algo-*"):
-                shutil.rmtree(folder, ignore_errors=True)
+            for host in folder.glob("algo-*"):
+                shutil.rmtree(host, ignore_errors=True)
 
     def remove_stale(self, settings: Settings, running: Callable[[list[str]], set[str]]) -> None:
-        """Bridges of processing jobs no worker runs (cgroups: the training kind's sweep
-        removes those of every job no worker runs, whatever its kind)."""
-        from openmaker.runtime.network import jobs_with_networks, remove
+        """Bridges and memory cgroups of processing jobs no worker runs."""
+        from openmaker.training.host.site import (
+            jobs_with_cgroups,
+            jobs_with_networks,
+            remove_job_cgroups,
+            remove_network,
+        )
 
-        keys = jobs_with_networks(settings.home)
-        names = [k.removeprefix(KEY_PREFIX) for k in keys if k.startswith(KEY_PREFIX)]
-        for name in set(names) - running(names):
-            remove(settings.home, key(name))
+        for stale in PROCESSING.stale(jobs_with_cgroups(settings.home), running):
+            remove_job_cgroups(settings.home, stale)
+        for stale in PROCESSING.stale(jobs_with_networks(settings.home), running):
+            remove_network(settings.home, stale)
 
 
 PROCESSING = ResourceKind(
@@ -109,4 +114,5 @@ PROCESSING = ResourceKind(
     lifecycle=_Lifecycle(),
     leftovers=_Leftovers(),
     runner="openmaker.processing.worker",
+    key_prefix=KEY_PREFIX,
 )

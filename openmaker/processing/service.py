@@ -74,7 +74,7 @@ class ProcessingJobs:
                     session.commit()
                 except IntegrityError:
                     raise ResourceInUse(f"Processing job {name} already exists") from None
-            queue.save_launch(settings, name)
+            queue.save_launch(settings, PROCESSING.local_key(name))
             queue.start_ready(settings, self.executor, KINDS)
         return {"ProcessingJobArn": arn}
 

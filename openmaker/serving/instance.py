@@ -52,8 +52,10 @@ class InstancePlan:
 
 
 class Instance:
-    def __init__(self, settings: Settings, endpoint: str, plan: InstancePlan) -> None:
-        self.settings, self.endpoint, self.plan = settings, endpoint, plan
+    def __init__(self, settings: Settings, endpoint: str, plan: InstancePlan, owner: str) -> None:
+        """An instance of the endpoint (or transform job) `endpoint`, whose local key
+        (ResourceKind.local_key) is `owner`: its cgroups go under it."""
+        self.settings, self.endpoint, self.plan, self.owner = settings, endpoint, plan, owner
         self.folder = settings.home / "endpoints" / endpoint / plan.id
         self.container: Container | None = None
         self.namespace: HostNamespace | None = None
@@ -129,10 +131,10 @@ class Instance:
     def _limits(self) -> Limits:
         if self.share is None:
             return Limits(pids=self.settings.pids_limit)
-        return limits.instance_limits(self.settings, self.endpoint, self.plan.id, self.share)
+        return limits.instance_limits(self.settings, self.owner, self.plan.id, self.share)
 
     def oom_killed(self) -> bool:
-        return limits.oom_killed(self.settings.home, self.endpoint, self.plan.id)
+        return limits.oom_killed(self.settings.home, self.owner, self.plan.id)
 
     def healthy(self) -> bool:
         """Whether `GET /ping` answers 200 within PING_SECONDS."""
@@ -170,7 +172,7 @@ class Instance:
         if self.container is not None:
             self.container.stop(grace)
             self.container = None
-            limits.release(self.settings.home, self.endpoint, self.plan.id)
+            limits.release(self.settings.home, self.owner, self.plan.id)
         if self.namespace is not None:
             self.namespace.close()
             self.namespace = None

@@ -60,37 +60,33 @@ class _EndpointLifecycle:
         return False
 
 
-# An endpoint's network is keyed apart from training jobs' (a job and an endpoint may share a
-# name, as `estimator.deploy()` names them): no resource name holds a colon.
+# An endpoint's network, cgroups and folder under the jobs folder are keyed apart from a training
+# job's of the same name, as `estimator.deploy()` names them (ResourceKind.local_key).
 NETWORK_KEY_PREFIX = "endpoint:"
 
 
 def network_key(name: str) -> str:
-    return NETWORK_KEY_PREFIX + name
+    return ENDPOINT.local_key(name)
 
 
 class _Leftovers:
-    """An endpoint's instances leave a bridge and its rules."""
+    """An endpoint's instances leave a bridge and its rules, and cgroups."""
 
     def remove_lost(self, settings: Settings, name: str) -> None:
         from openmaker.runtime.network import remove
-        from openmaker.serving.limits import remove_endpoint_cgroups
+        from openmaker.serving.limits import remove_owner_cgroups
 
-        remove(settings.home, network_key(name))
-        remove_endpoint_cgroups(settings.home, name)
+        remove(settings.home, ENDPOINT.local_key(name))
+        remove_owner_cgroups(settings.home, ENDPOINT.local_key(name))
 
     def remove_stale(self, settings: Settings, running: Callable[[list[str]], set[str]]) -> None:
         from openmaker.runtime.network import jobs_with_networks, remove
-        from openmaker.serving.limits import endpoints_with_cgroups, remove_endpoint_cgroups
+        from openmaker.serving.limits import owners_with_cgroups, remove_owner_cgroups
 
-        prefix = NETWORK_KEY_PREFIX
-        keys = jobs_with_networks(settings.home)
-        names = [key.removeprefix(prefix) for key in keys if key.startswith(prefix)]
-        for name in set(names) - running(names):
-            remove(settings.home, prefix + name)
-        names = endpoints_with_cgroups(settings.home)
-        for name in set(names) - running(names):
-            remove_endpoint_cgroups(settings.home, name)
+        for key in ENDPOINT.stale(jobs_with_networks(settings.home), running):
+            remove(settings.home, key)
+        for key in ENDPOINT.stale(owners_with_cgroups(settings.home), running):
+            remove_owner_cgroups(settings.home, key)
 
 
 def fail(job: JobRecord, reason: str) -> None:
@@ -110,4 +106,5 @@ ENDPOINT = ResourceKind(
     lifecycle=_EndpointLifecycle(),
     leftovers=_Leftovers(),
     runner="openmaker.serving.worker",
+    key_prefix=NETWORK_KEY_PREFIX,
 )

@@ -158,7 +158,7 @@ class EndpointWorker:
                     startup_seconds=int(startup or DEFAULT_STARTUP_SECONDS),
                     instance_type=variant["InstanceType"],
                 )
-                found.append(Instance(self.settings, self.name, plan))
+                found.append(Instance(self.settings, self.name, plan, network_key(self.name)))
         return found
 
     def _free_index(self) -> int:

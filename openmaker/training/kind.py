@@ -85,14 +85,11 @@ class _Leftovers:
             remove_network,
         )
 
-        # Other kinds' cgroups are keyed with a colon too (serving/limits.py).
-        names = [key for key in jobs_with_cgroups(settings.home) if ":" not in key]
-        for name in set(names) - running(names):
-            remove_job_cgroups(settings.home, name)
-        # Other kinds' networks have keys of their own, with a colon (serving/kind.py).
-        names = [key for key in jobs_with_networks(settings.home) if ":" not in key]
-        for name in set(names) - running(names):
-            remove_network(settings.home, name)
+        # Other kinds' keys are their own (ResourceKind.local_key): their sweeps remove them.
+        for key in TRAINING.stale(jobs_with_cgroups(settings.home), running):
+            remove_job_cgroups(settings.home, key)
+        for key in TRAINING.stale(jobs_with_networks(settings.home), running):
+            remove_network(settings.home, key)
 
 
 TRAINING = ResourceKind(
@@ -107,4 +104,5 @@ TRAINING = ResourceKind(
     lifecycle=_Lifecycle(),
     leftovers=_Leftovers(),
     runner="openmaker.training.worker",
+    key_prefix="",  # jobs/<name>/algo-1, as users and scripts know it
 )

@@ -127,7 +127,7 @@ class TrainingJobs:
                 session.commit()
             except IntegrityError:
                 raise ResourceInUse(f"Training job {name} already exists") from None
-        queue.save_launch(self.settings, name)
+        queue.save_launch(self.settings, TRAINING.local_key(name))
         queue.start_ready(self.settings, self.executor, KINDS)  # now, or when capacity frees
         return {"TrainingJobArn": arn}
 

@@ -19,13 +19,13 @@ if TYPE_CHECKING:
     from openmaker.jobs.db import JobRecord, TransformJobRecord
 
 LOG_GROUP = "/aws/sagemaker/TransformJobs"
-# A transform job's network is keyed apart from training jobs' and endpoints' (no resource name
-# holds a colon).
+# A transform job's network, cgroups and folder are keyed apart from training jobs' and
+# endpoints' of the same name (ResourceKind.local_key).
 NETWORK_KEY_PREFIX = "transform:"
 
 
 def network_key(name: str) -> str:
-    return NETWORK_KEY_PREFIX + name
+    return TRANSFORM.local_key(name)
 
 
 def stream_name(job: str, instance_id: str, epoch: int) -> str:
@@ -96,27 +96,29 @@ def _transform(job: JobRecord) -> TransformJobRecord:
 
 
 class _Leftovers:
-    """A transform job's instances leave their folders and a bridge."""
+    """A transform job's instances leave their folders, cgroups and a bridge."""
 
     def remove_lost(self, settings: Settings, name: str) -> None:
         from openmaker.runtime.network import remove
+        from openmaker.serving.limits import remove_owner_cgroups
 
         remove(settings.home, network_key(name))
+        remove_owner_cgroups(settings.home, network_key(name))
         shutil.rmtree(instances_dir(settings, name), ignore_errors=True)
 
     def remove_stale(self, settings: Settings, running: Callable[[list[str]], set[str]]) -> None:
         from openmaker.runtime.network import jobs_with_networks, remove
+        from openmaker.serving.limits import owners_with_cgroups, remove_owner_cgroups
 
-        prefix = NETWORK_KEY_PREFIX
-        keys = jobs_with_networks(settings.home)
-        names = [key.removeprefix(prefix) for key in keys if key.startswith(prefix)]
-        for name in set(names) - running(names):
-            remove(settings.home, prefix + name)
+        for key in TRANSFORM.stale(jobs_with_networks(settings.home), running):
+            remove(settings.home, key)
+        for key in TRANSFORM.stale(owners_with_cgroups(settings.home), running):
+            remove_owner_cgroups(settings.home, key)
 
 
 def instances_dir(settings: Settings, name: str) -> Path:
     """The folder of the job's instances (each its model data and container state)."""
-    return settings.jobs_dir / name / "instances"
+    return settings.jobs_dir / TRANSFORM.local_key(name) / "instances"
 
 
 TRANSFORM = ResourceKind(
@@ -131,4 +133,5 @@ TRANSFORM = ResourceKind(
     lifecycle=_Lifecycle(),
     leftovers=_Leftovers(),
     runner="openmaker.transform.worker",
+    key_prefix=NETWORK_KEY_PREFIX,
 )

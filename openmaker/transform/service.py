@@ -93,7 +93,7 @@ class TransformJobs:
             except IntegrityError:
                 raise ResourceInUse(f"Transform job {name} already exists") from None
         with self._starting:
-            queue.save_launch(self.settings, name)
+            queue.save_launch(self.settings, TRANSFORM.local_key(name))
             queue.start_ready(self.settings, self.executor, KINDS)
         return {"TransformJobArn": arn}
 

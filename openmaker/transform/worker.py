@@ -146,7 +146,7 @@ class TransformWorker:
             )
         epoch = int(time.time())
         for plan in plans:
-            instance = Instance(self.settings, self.name, plan)
+            instance = Instance(self.settings, self.name, plan, key)
             # Under the job's folder, not an endpoint's.
             instance.folder = instances_dir(self.settings, self.name) / plan.id
             self.instances.append(instance)

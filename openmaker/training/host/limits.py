@@ -33,7 +33,7 @@ def host_limits(spec: HostSpec) -> Limits:
 def host_cgroup(spec: HostSpec) -> tuple[str, ...]:
     """Where the host's cgroups go, below openmaker's own: a sweep never touches another home's
     jobs."""
-    return (_home_key(spec.settings.home), spec.job_name, spec.host_name)
+    return (_home_key(spec.settings.home), spec.job_key or spec.job_name, spec.host_name)
 
 
 def oom_killed(spec: HostSpec) -> bool:

@@ -97,6 +97,9 @@ class HostSpec:
     resources: HostResources | None = None
     # The job's network (None: the machine's, with loopback addresses; see network.py).
     network: JobNetwork | None = None
+    # The job's key on this machine (ResourceKind.local_key: its cgroups'); None: its name, as
+    # a training job's is.
+    job_key: str | None = None
 
     @property
     def store(self) -> StoreSettings:
