@@ -149,7 +149,7 @@ def test_every_error_openmaker_answers_is_one_the_model_declares(
         ("sagemaker", "ListTags", {"ResourceArn": missing_arn}),
         ("sagemaker", "ListTags", {"ResourceArn": arn, "NextToken": "not-a-token"}),
         ("sagemaker", "DeleteTags", {"ResourceArn": missing_arn, "TagKeys": ["k"]}),
-        ("sagemaker", "CreateModel", {"ModelName": "m", "PrimaryContainer": {"Image": "Not A Ref"}}),
+        ("sagemaker", "CreateModel", {"ModelName": "m", "PrimaryContainer": {"Image": "No Ref"}}),
         ("sagemaker", "DescribeModel", {"ModelName": "no-such-model"}),
         ("sagemaker", "ListModels", {"NextToken": "not-a-token"}),
         ("sagemaker", "DeleteModel", {"ModelName": "no-such-model"}),
