@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from openmaker.store import Download, StoreError, download_all, safe_destination
@@ -87,10 +90,19 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     meter = ProgressMeter("Downloading", total, emit)
     in_flight = max(8, OBJECTS_IN_FLIGHT // max(1, len(channels)))
 
+    # What a view shows takes no room on the volume; SageMaker would have downloaded it, and a
+    # job whose data cannot fit fails here as it would there.
+    room = [_free_bytes(spec.ml_dir)]
+
     async def fetch(channel: ChannelPlan, plan: list[Download]) -> None:
         shown = bool(plan) and await asyncio.to_thread(_local_view, spec, channel, plan)
         if shown:
-            meter.add(sum(d.size for d in plan))
+            size = sum(d.size for d in plan)
+            room[0] -= size
+            if room[0] < 0:
+                full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise ChannelError(f"channel {channel.name!r} does not fit the volume") from full
+            meter.add(size)
             return
         try:
             await download_all(plan, meter.add, in_flight)
@@ -100,6 +112,11 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     await asyncio.gather(*(fetch(c, p) for c, p in zip(channels, plans, strict=True)))
     meter.finish()
     return total
+
+
+def _free_bytes(folder: Path) -> int:
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize
 
 
 def _local_view(spec: HostSpec, channel: ChannelPlan, plan: list[Download]) -> bool:
