@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from openmaker.jobs import gate_keys
+from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
 from openmaker.jobs.gate_keys import Place
 from openmaker.processing import status
@@ -107,7 +108,9 @@ def run_job(
     signal.signal(signal.SIGTERM, lambda *_: stop.request(StopReason.STOPPED))
     if stop_before_start.is_set():
         stop.request(StopReason.STOPPED)
-    mine = _Attempt(attempt, stop, worker or this_process())
+    mine: Attempt[ProcessingJobRecord] = Attempt(
+        attempt, stop, worker or this_process(), status.ENDED, StopReason.STOPPED
+    )
     hosts: list[TrainingHost] = []
     try:
         job = plan_processing(request, arn)
@@ -135,38 +138,12 @@ def run_job(
         _start_waiting_jobs(settings)
 
 
-class _Attempt:
-    """This worker's attempt: it changes the job only while the job is still at it."""
-
-    def __init__(self, number: int, stop: StopControl, worker: WorkerRef) -> None:
-        # `worker` names this worker, as its executor does.
-        self.number, self.stop, self.worker = number, stop, worker
-
-    def current(self, job: ProcessingJobRecord) -> bool:
-        return (job.attempts or 1) == self.number and job.status not in status.ENDED
-
-    def only(self, change: End) -> End:
-        def guarded(job: ProcessingJobRecord) -> None:
-            if self.current(job):
-                change(job)
-
-        return guarded
-
-    def claim(self, job: ProcessingJobRecord) -> None:
-        if not self.current(job):
-            self.stop.request(StopReason.STOPPED)
-            return
-        job.worker, job.worker_ready = self.worker, True
-        if job.stop_requested:
-            self.stop.request(job.stop_requested)
-
-
 def _run(
     job: ProcessingPlan,
     hosts: list[TrainingHost],
     recorder: ProcessingRecorder,
     stop: StopControl,
-    mine: _Attempt,
+    mine: Attempt[ProcessingJobRecord],
 ) -> End:
     claimer = threading.Thread(target=recorder.update, args=(mine.claim,))
     claimer.start()

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from openmaker.jobs import capacity, gate_keys
+from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
 from openmaker.settings import Settings
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
@@ -107,7 +108,9 @@ def run_job(
         stop.request(SecondaryStatus.STOPPED)
     specs = host_specs(settings, arn, request, placement)
     hosts = host_runners(settings, specs, recorder.emit)
-    mine = _Attempt(attempt, stop, worker or this_process())
+    mine: Attempt[TrainingJob] = Attempt(
+        attempt, stop, worker or this_process(), state.TERMINAL, SecondaryStatus.STOPPED
+    )
     try:
         end = _run(hosts, recorder, stop, mine)
     except Exception:  # the job must end in a state that says what happened
@@ -131,34 +134,6 @@ def run_job(
         _start_waiting_jobs(settings)  # this job's share of the machine is free now
 
 
-class _Attempt:
-    """This worker's attempt at the job: it changes the job only while the job is still at
-    that attempt (a worker thought lost, whose job was restarted or ended, changes nothing).
-    `worker` names this worker, as its executor does."""
-
-    def __init__(self, number: int, stop: StopControl, worker: WorkerRef) -> None:
-        self.number, self.stop, self.worker = number, stop, worker
-
-    def current(self, job: TrainingJob) -> bool:
-        return (job.attempts or 1) == self.number and job.status not in state.TERMINAL
-
-    def only(self, change: Callable[[TrainingJob], object]) -> Callable[[TrainingJob], None]:
-        def guarded(job: TrainingJob) -> None:
-            if self.current(job):
-                change(job)
-
-        return guarded
-
-    def claim(self, job: TrainingJob) -> None:
-        if not self.current(job):
-            self.stop.request(SecondaryStatus.STOPPED)
-            return
-        # SIGTERM is handled from here on.
-        job.worker, job.worker_ready = self.worker, True
-        if job.stop_requested:
-            self.stop.request(job.stop_requested)
-
-
 def _start_waiting_jobs(settings: Settings) -> None:
     try:
         from openmaker.jobs.executor import executor_for
@@ -171,7 +146,10 @@ def _start_waiting_jobs(settings: Settings) -> None:
 
 
 def _run(
-    hosts: list[HostRunner], recorder: TrainingRecorder, stop: StopControl, mine: _Attempt
+    hosts: list[HostRunner],
+    recorder: TrainingRecorder,
+    stop: StopControl,
+    mine: Attempt[TrainingJob],
 ) -> Callable[[TrainingJob], object]:
     """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
     # The hosts start preparing at once; the claim waits for the database layer to load.
