@@ -11,6 +11,7 @@ from typing import Any
 from openmaker.jobs import capacity, queue, recovery
 from openmaker.jobs.db import ProcessingJobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, executor_for
+from openmaker.jobs.listing import search
 from openmaker.jobs.service import Stopping, insert, stop_job
 from openmaker.processing import status
 from openmaker.processing.checks import check_create_processing_job
@@ -74,11 +75,7 @@ class ProcessingJobs:
 
     def search(self, query: ProcessingQuery) -> tuple[list[dict[str, Any]], str | None]:
         """One page of ListProcessingJobs: the summaries and the NextToken, if more remain."""
-        with self.sessions() as session:
-            rows = list(session.scalars(query.select()))
-        page = rows[: query.limit]
-        token = query.token_after(page[-1]) if len(rows) > query.limit else None
-        return [summary(job) for job in page], token
+        return search(self.sessions, query, summary)
 
     def stop(self, name: str) -> None:
         stop_job(self.writers, self.executor, PROCESSING, _STOPPING, name, self._start_waiting)

@@ -26,6 +26,7 @@ from openmaker.jobs.db import (
     writer_sessions,
 )
 from openmaker.jobs.executor import Executor, executor_for, local_reference
+from openmaker.jobs.listing import search
 from openmaker.jobs.logs import LogRecord
 from openmaker.jobs.service import Stopping, insert, stop_job
 from openmaker.resources import KINDS
@@ -164,11 +165,7 @@ class TrainingJobs:
 
     def search(self, query: JobQuery) -> tuple[list[dict[str, Any]], str | None]:
         """One page of ListTrainingJobs: the summaries and the NextToken, if more remain."""
-        with self.sessions() as session:
-            rows = list(session.scalars(query.select()))
-        page = rows[: query.limit]
-        token = query.token_after(page[-1]) if len(rows) > query.limit else None
-        return [summary(job) for job in page], token
+        return search(self.sessions, query, summary)
 
     def list(
         self, status: str | None = None, name_contains: str | None = None
