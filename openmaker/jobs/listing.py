@@ -38,6 +38,7 @@ class JobListQuery(Generic[Job]):
     gives and whose paginator is `pages`."""
 
     pages: ClassVar[Paginator]
+    default_order: ClassVar[str] = "Ascending"  # SortOrder when the request names none
 
     status: str | None = None
     name_contains: str | None = None
@@ -62,7 +63,7 @@ class JobListQuery(Generic[Job]):
             modified_after=params.get("LastModifiedTimeAfter"),
             modified_before=params.get("LastModifiedTimeBefore"),
             sort_by=params.get("SortBy", "CreationTime"),
-            descending=params.get("SortOrder", "Ascending") == "Descending",
+            descending=params.get("SortOrder", cls.default_order) == "Descending",
             limit=pages.limit(params, 10),
             token=pages.token(params),
             **more,

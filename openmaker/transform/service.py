@@ -12,15 +12,13 @@ import copy
 import threading
 from typing import Any
 
-from sqlalchemy import select
-
 from openmaker.jobs import capacity, queue, recovery
 from openmaker.jobs.db import TransformJobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, executor_for
+from openmaker.jobs.listing import search
 from openmaker.jobs.service import Stopping, insert, stop_job
 from openmaker.resources import KINDS
 from openmaker.serving.clock import as_utc, now
-from openmaker.serving.listing import page
 from openmaker.serving.models import Models
 from openmaker.settings import Settings
 from openmaker.shapes.arn import resource_arn
@@ -28,6 +26,7 @@ from openmaker.shapes.errors import ResourceNotFound
 from openmaker.transform import status
 from openmaker.transform.checks import check_create_transform_job
 from openmaker.transform.kind import TRANSFORM, enter, finish
+from openmaker.transform.query import PAGES, TransformQuery
 
 # What DescribeTransformJob returns of the request, as given.
 _DESCRIBED = (
@@ -107,9 +106,11 @@ class TransformJobs:
         return result
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
-        with self.sessions() as session:
-            rows = list(session.scalars(select(TransformJobRecord)))
-        return page("ListTransformJobs", params, rows, _summary, "TransformJobSummaries")
+        summaries, token = search(self.sessions, TransformQuery.of(params), _summary)
+        result: dict[str, Any] = {"TransformJobSummaries": summaries}
+        if token:
+            result[PAGES.output_token] = token
+        return result
 
     def stop(self, name: str) -> None:
         stop_job(self.writers, self.executor, TRANSFORM, _STOPPING, name, self._start_waiting)
