@@ -1,11 +1,11 @@
 """What every kind's service (training, processing, transform jobs) does alike with its jobs'
-rows: add a new job with its tags, and stop one (a job waiting for capacity ends at once; one
-a worker runs is marked Stopping and its worker signalled or, not ready yet, reads the request
-from the row when it gets ready)."""
+rows: add a new job with its tags, read one as it is now, and stop one (a job waiting for
+capacity ends at once; one a worker runs is marked Stopping and its worker signalled or, not
+ready yet, reads the request from the row when it gets ready)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -41,6 +41,28 @@ def insert(
         except IntegrityError:
             noun = kind.noun[:1].upper() + kind.noun[1:]
             raise ResourceInUse(f"{noun} {job.name} already exists") from None
+
+
+def current(
+    sessions: Sessions,
+    table: type[Job],
+    ended: Collection[str],
+    name: str,
+    not_found: Callable[[str], Exception],
+    recheck: Callable[[str], None],
+) -> Job:
+    """Job `name` as it is now: `recheck` first looks at one not ended (`ended`), for a job
+    must never stay InProgress with nothing running it."""
+    with sessions() as session:
+        job = session.get(table, name)
+    if job is None:
+        raise not_found(name)
+    if job.status not in ended:
+        recheck(name)
+        with sessions() as session:
+            job = session.get(table, name)
+        assert job is not None
+    return job
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from openmaker.jobs import capacity, queue, recovery
 from openmaker.jobs.db import ProcessingJobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, executor_for
 from openmaker.jobs.listing import search
-from openmaker.jobs.service import Stopping, insert, stop_job
+from openmaker.jobs.service import Stopping, current, insert, stop_job
 from openmaker.processing import status
 from openmaker.processing.checks import check_create_processing_job
 from openmaker.processing.describe import describe, summary
@@ -85,18 +85,11 @@ class ProcessingJobs:
             queue.start_ready(self.settings, self.executor, KINDS)
 
     def _get(self, name: str) -> Job:
-        with self.sessions() as session:
-            job = session.get(Job, name)
-        if job is None:
-            raise _not_found(name)
-        if job.status not in status.ENDED:
-            # A job must never stay InProgress with nothing running it.
-            with self._starting:
-                recovery.check(self.settings, self.executor, KINDS, PROCESSING, name)
-            with self.sessions() as session:
-                job = session.get(Job, name)
-            assert job is not None
-        return job
+        return current(self.sessions, Job, status.ENDED, name, _not_found, self._recheck)
+
+    def _recheck(self, name: str) -> None:
+        with self._starting:
+            recovery.check(self.settings, self.executor, KINDS, PROCESSING, name)
 
 
 def _not_found(name: str) -> ResourceNotFound:

@@ -28,7 +28,7 @@ from openmaker.jobs.db import (
 from openmaker.jobs.executor import Executor, executor_for, local_reference
 from openmaker.jobs.listing import search
 from openmaker.jobs.logs import LogRecord
-from openmaker.jobs.service import Stopping, insert, stop_job
+from openmaker.jobs.service import Stopping, current, insert, stop_job
 from openmaker.resources import KINDS
 from openmaker.settings import Settings, load_settings
 from openmaker.shapes.arn import training_job_arn
@@ -233,18 +233,11 @@ class TrainingJobs:
             after = batch[-1].id
 
     def _get(self, name: str) -> TrainingJob:
-        with self.sessions() as session:
-            job = session.get(TrainingJob, name)
-        if job is None:
-            raise _not_found(name)
-        if job.status not in state.TERMINAL:
-            # A job must never stay InProgress with nothing running it.
-            with self._starting:
-                recovery.check(self.settings, self.executor, KINDS, TRAINING, name)
-            with self.sessions() as session:
-                job = session.get(TrainingJob, name)
-            assert job is not None
-        return job
+        return current(self.sessions, TrainingJob, state.TERMINAL, name, _not_found, self._recheck)
+
+    def _recheck(self, name: str) -> None:
+        with self._starting:
+            recovery.check(self.settings, self.executor, KINDS, TRAINING, name)
 
 
 def _check_supported(request: dict[str, Any]) -> None:

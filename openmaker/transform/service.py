@@ -16,7 +16,7 @@ from openmaker.jobs import capacity, queue, recovery
 from openmaker.jobs.db import TransformJobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, executor_for
 from openmaker.jobs.listing import search
-from openmaker.jobs.service import Stopping, insert, stop_job
+from openmaker.jobs.service import Stopping, current, insert, stop_job
 from openmaker.resources import KINDS
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.models import Models
@@ -120,18 +120,13 @@ class TransformJobs:
             queue.start_ready(self.settings, self.executor, KINDS)
 
     def _get(self, name: str) -> TransformJobRecord:
-        with self.sessions() as session:
-            job = session.get(TransformJobRecord, name)
-        if job is None:
-            raise _not_found(name)
-        if job.status not in status.ENDED:
-            # A job must never stay InProgress with nothing running it.
-            with self._starting:
-                recovery.check(self.settings, self.executor, KINDS, TRANSFORM, name)
-            with self.sessions() as session:
-                job = session.get(TransformJobRecord, name)
-            assert job is not None
-        return job
+        return current(
+            self.sessions, TransformJobRecord, status.ENDED, name, _not_found, self._recheck
+        )
+
+    def _recheck(self, name: str) -> None:
+        with self._starting:
+            recovery.check(self.settings, self.executor, KINDS, TRANSFORM, name)
 
 
 def _not_found(name: str) -> ResourceNotFound:
