@@ -30,11 +30,10 @@ from openmaker.settings import Settings
 from openmaker.store import StoreError
 from openmaker.training.host.events import StatusChanged
 from openmaker.training.host.jobtree import read_text_head
-from openmaker.training.host.site import job_network
-from openmaker.training.host.spec import HostSettings, HostSpec
+from openmaker.training.host.spec import HostSpec
 from openmaker.training.host.stop import StopReason
 from openmaker.training.host.training_host import HostFailed, HostResult, StopControl, TrainingHost
-from openmaker.training.worker import host_resources
+from openmaker.training.worker import job_host_specs
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import ProcessingJobRecord
@@ -62,33 +61,12 @@ def host_specs(
     job: ProcessingPlan,
     placement: dict[str, Any] | None,
 ) -> list[HostSpec]:
-    hosts = list(job.hosts)
-    isolated = job.plan.network_isolation
     code_env = {}
-    if not isolated:  # no network: no endpoint to offer, no key to mint
+    if not job.plan.network_isolation:  # no network: no endpoint to offer, no key to mint
         code_env = gate_keys.code_environment(
             settings.home, key(job.name), places(request), settings.store
         )
-    network = job_network(settings, key(job.name), hosts, code_env, isolated)
-    shares = host_resources(settings, placement, len(hosts))
-    host_settings = HostSettings.of(settings)
-    return [
-        HostSpec(
-            job_name=job.name,
-            job_arn=job.arn,
-            plan=job.host_plan(host),
-            host_name=host,
-            hosts=hosts,
-            region=settings.region,
-            settings=host_settings,
-            work_dir=settings.jobs_dir / job.name / host,
-            hidden_paths=list(settings.private_paths),
-            code_env=code_env,
-            resources=share,
-            network=network,
-        )
-        for host, share in zip(hosts, shares, strict=True)
-    ]
+    return job_host_specs(settings, job, job.arn, code_env, key(job.name), placement)
 
 
 def run_job(

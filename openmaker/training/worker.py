@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from openmaker.jobs import capacity, gate_keys
 from openmaker.jobs.attempt import Attempt
@@ -39,30 +39,58 @@ from openmaker.training.status import SecondaryStatus
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
+    from openmaker.training.plan import TrainingPlan
 
 
 def host_specs(
     settings: Settings, arn: str, request: dict[str, Any], placement: dict[str, Any] | None = None
 ) -> list[HostSpec]:
     job = plan_job(request)
-    name, hosts = job.name, list(job.hosts)
-    job_dir = settings.jobs_dir / name
     isolated = job.plan.network_isolation
     # No network: no endpoint to offer, no key to mint.
     code_env = {} if isolated else access.code_environment(settings.home, request, settings.store)
+    return job_host_specs(settings, job, arn, code_env, job.name, placement)
+
+
+class HostsPlan(Protocol):
+    """A job's plan for its hosts (a training or a processing job's)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def hosts(self) -> tuple[str, ...]: ...
+
+    @property
+    def plan(self) -> TrainingPlan: ...
+
+    def host_plan(self, host: str) -> TrainingPlan: ...
+
+
+def job_host_specs(
+    settings: Settings,
+    job: HostsPlan,
+    arn: str,
+    code_env: dict[str, str],
+    network_name: str,
+    placement: dict[str, Any] | None,
+) -> list[HostSpec]:
+    """What each of the job's hosts is given: its plan, its share of the machine, the job's
+    network (named `network_name`) and the environment `code_env` its code gets."""
+    hosts = list(job.hosts)
     shares = host_resources(settings, placement, len(hosts))
-    network = job_network(settings, name, hosts, code_env, isolated)
+    network = job_network(settings, network_name, hosts, code_env, job.plan.network_isolation)
     host_settings = HostSettings.of(settings)  # what crosses to a host: no database, no keys
     return [
         HostSpec(
-            job_name=name,
+            job_name=job.name,
             job_arn=arn,
             plan=job.host_plan(host),
             host_name=host,
             hosts=hosts,
             region=settings.region,
             settings=host_settings,
-            work_dir=job_dir / host,
+            work_dir=settings.jobs_dir / job.name / host,
             hidden_paths=list(settings.private_paths),
             code_env=code_env,
             resources=share,
