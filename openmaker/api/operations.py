@@ -103,19 +103,7 @@ class TrainingJobHandlers:
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
         pages = paginator("ListTrainingJobs")
-        query = JobQuery(
-            status=params.get("StatusEquals"),
-            name_contains=params.get("NameContains"),
-            created_after=params.get("CreationTimeAfter"),
-            created_before=params.get("CreationTimeBefore"),
-            modified_after=params.get("LastModifiedTimeAfter"),
-            modified_before=params.get("LastModifiedTimeBefore"),
-            warm_pool_status=params.get("WarmPoolStatusEquals"),
-            sort_by=params.get("SortBy", "CreationTime"),
-            descending=params.get("SortOrder", "Ascending") == "Descending",
-            limit=pages.limit(params, 10),
-            token=pages.token(params),
-        )
+        query = JobQuery.of(params, warm_pool_status=params.get("WarmPoolStatusEquals"))
         summaries, token = self.jobs.search(query)
         result: dict[str, Any] = {"TrainingJobSummaries": summaries}
         if token:

@@ -8,12 +8,11 @@ import copy
 import threading
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from openmaker.jobs import capacity, queue, recovery
 from openmaker.jobs.db import ProcessingJobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, executor_for
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.listing import search
+from openmaker.jobs.service import Stopping, current, insert, stop_job
 from openmaker.processing import status
 from openmaker.processing.checks import check_create_processing_job
 from openmaker.processing.describe import describe, summary
@@ -23,7 +22,7 @@ from openmaker.processing.status import ProcessingJobStatus
 from openmaker.resources import KINDS
 from openmaker.settings import Settings
 from openmaker.shapes.arn import resource_arn
-from openmaker.shapes.errors import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.shapes.errors import ResourceNotFound
 from openmaker.shapes.locations import LocalPaths
 
 Job = ProcessingJobRecord
@@ -66,14 +65,7 @@ class ProcessingJobs:
         )
         status.enter(job, status.STARTING, "Preparing the instances for processing")
         with self._starting:
-            with self.writers() as session:
-                session.add(job)
-                try:
-                    session.flush()
-                    put_tags(session, arn, request.get("Tags") or [])
-                    session.commit()
-                except IntegrityError:
-                    raise ResourceInUse(f"Processing job {name} already exists") from None
+            insert(self.writers, PROCESSING, job, request.get("Tags") or [])
             queue.save_launch(settings, PROCESSING.local_key(name))
             queue.start_ready(settings, self.executor, KINDS)
         return {"ProcessingJobArn": arn}
@@ -83,53 +75,35 @@ class ProcessingJobs:
 
     def search(self, query: ProcessingQuery) -> tuple[list[dict[str, Any]], str | None]:
         """One page of ListProcessingJobs: the summaries and the NextToken, if more remain."""
-        with self.sessions() as session:
-            rows = list(session.scalars(query.select()))
-        page = rows[: query.limit]
-        token = query.token_after(page[-1]) if len(rows) > query.limit else None
-        return [summary(job) for job in page], token
+        return search(self.sessions, query, summary)
 
     def stop(self, name: str) -> None:
-        with self.writers() as session:
-            job = session.get(Job, name)
-            if job is None:
-                raise _not_found(name)
-            if job.status in status.ENDED:
-                raise ValidationException(
-                    f"The request was rejected because the processing job is in status "
-                    f"{job.status}."
-                )
-            if job.status == ProcessingJobStatus.STOPPING:
-                return
-            job.stop_requested = "Stopped"
-            if status.waiting(job):  # no worker to stop
-                status.finish(job, ProcessingJobStatus.STOPPED)
-                session.commit()
-                with self._starting:  # the jobs behind it may fit
-                    queue.start_ready(self.settings, self.executor, KINDS)
-                return
-            job.status = ProcessingJobStatus.STOPPING
-            status.enter(job, "Stopping")
-            # A worker not yet ready reads `stop_requested` when it gets ready.
-            worker = job.worker if job.worker_ready else None
-            session.commit()
-        if worker is not None:
-            self.executor.stop(worker)
+        stop_job(self.writers, self.executor, PROCESSING, _STOPPING, name, self._start_waiting)
+
+    def _start_waiting(self) -> None:
+        with self._starting:  # one at a time
+            queue.start_ready(self.settings, self.executor, KINDS)
 
     def _get(self, name: str) -> Job:
-        with self.sessions() as session:
-            job = session.get(Job, name)
-        if job is None:
-            raise _not_found(name)
-        if job.status not in status.ENDED:
-            # A job must never stay InProgress with nothing running it.
-            with self._starting:
-                recovery.check(self.settings, self.executor, KINDS, PROCESSING, name)
-            with self.sessions() as session:
-                job = session.get(Job, name)
-            assert job is not None
-        return job
+        return current(self.sessions, Job, status.ENDED, name, _not_found, self._recheck)
+
+    def _recheck(self, name: str) -> None:
+        with self._starting:
+            recovery.check(self.settings, self.executor, KINDS, PROCESSING, name)
 
 
 def _not_found(name: str) -> ResourceNotFound:
     return ResourceNotFound(f"Requested resource not found: processing job {name}")
+
+
+def _mark_stopping(job: Job) -> None:
+    job.status = ProcessingJobStatus.STOPPING
+    status.enter(job, "Stopping")
+
+
+_STOPPING: Stopping[Job] = Stopping(
+    waiting=status.waiting,
+    stopped=lambda job: status.finish(job, ProcessingJobStatus.STOPPED),
+    stopping=_mark_stopping,
+    not_found=_not_found,
+)

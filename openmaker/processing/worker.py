@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from openmaker.jobs import gate_keys
+from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
 from openmaker.jobs.gate_keys import Place
 from openmaker.processing import status
@@ -29,11 +30,10 @@ from openmaker.settings import Settings
 from openmaker.store import StoreError
 from openmaker.training.host.events import StatusChanged
 from openmaker.training.host.jobtree import read_text_head
-from openmaker.training.host.site import job_network
-from openmaker.training.host.spec import HostSettings, HostSpec
+from openmaker.training.host.spec import HostSpec
 from openmaker.training.host.stop import StopReason
 from openmaker.training.host.training_host import HostFailed, HostResult, StopControl, TrainingHost
-from openmaker.training.worker import host_resources
+from openmaker.training.worker import job_host_specs
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import ProcessingJobRecord
@@ -61,34 +61,12 @@ def host_specs(
     job: ProcessingPlan,
     placement: dict[str, Any] | None,
 ) -> list[HostSpec]:
-    hosts = list(job.hosts)
-    isolated = job.plan.network_isolation
     code_env = {}
-    if not isolated:  # no network: no endpoint to offer, no key to mint
+    if not job.plan.network_isolation:  # no network: no endpoint to offer, no key to mint
         code_env = gate_keys.code_environment(
             settings.home, key(job.name), places(request), settings.store
         )
-    network = job_network(settings, key(job.name), hosts, code_env, isolated)
-    shares = host_resources(settings, placement, len(hosts))
-    host_settings = HostSettings.of(settings)
-    return [
-        HostSpec(
-            job_name=job.name,
-            job_arn=job.arn,
-            plan=job.host_plan(host),
-            host_name=host,
-            hosts=hosts,
-            region=settings.region,
-            settings=host_settings,
-            work_dir=settings.jobs_dir / key(job.name) / host,
-            job_key=key(job.name),
-            hidden_paths=list(settings.private_paths),
-            code_env=code_env,
-            resources=share,
-            network=network,
-        )
-        for host, share in zip(hosts, shares, strict=True)
-    ]
+    return job_host_specs(settings, job, job.arn, code_env, key(job.name), placement)
 
 
 def run_job(
@@ -108,7 +86,9 @@ def run_job(
     signal.signal(signal.SIGTERM, lambda *_: stop.request(StopReason.STOPPED))
     if stop_before_start.is_set():
         stop.request(StopReason.STOPPED)
-    mine = _Attempt(attempt, stop, worker or this_process())
+    mine: Attempt[ProcessingJobRecord] = Attempt(
+        attempt, stop, worker or this_process(), status.ENDED, StopReason.STOPPED
+    )
     hosts: list[TrainingHost] = []
     try:
         job = plan_processing(request, arn)
@@ -136,38 +116,12 @@ def run_job(
         _start_waiting_jobs(settings)
 
 
-class _Attempt:
-    """This worker's attempt: it changes the job only while the job is still at it."""
-
-    def __init__(self, number: int, stop: StopControl, worker: WorkerRef) -> None:
-        # `worker` names this worker, as its executor does.
-        self.number, self.stop, self.worker = number, stop, worker
-
-    def current(self, job: ProcessingJobRecord) -> bool:
-        return (job.attempts or 1) == self.number and job.status not in status.ENDED
-
-    def only(self, change: End) -> End:
-        def guarded(job: ProcessingJobRecord) -> None:
-            if self.current(job):
-                change(job)
-
-        return guarded
-
-    def claim(self, job: ProcessingJobRecord) -> None:
-        if not self.current(job):
-            self.stop.request(StopReason.STOPPED)
-            return
-        job.worker, job.worker_ready = self.worker, True
-        if job.stop_requested:
-            self.stop.request(job.stop_requested)
-
-
 def _run(
     job: ProcessingPlan,
     hosts: list[TrainingHost],
     recorder: ProcessingRecorder,
     stop: StopControl,
-    mine: _Attempt,
+    mine: Attempt[ProcessingJobRecord],
 ) -> End:
     claimer = threading.Thread(target=recorder.update, args=(mine.claim,))
     claimer.start()

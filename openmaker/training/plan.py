@@ -30,7 +30,7 @@ from openmaker.training.host.plan import (
     TrainingPlan,
 )
 
-__all__ = ["ImageError", "JobPlan", "image_of", "plan_job"]
+__all__ = ["ImageError", "JobPlan", "TrainingPlan", "image_of", "plan_job"]
 
 # resourceconfig.json's one instance group: openmaker runs homogeneous clusters only.
 GROUP_NAME = "homogeneousCluster"

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from openmaker.jobs import capacity, queue, recovery
 from openmaker.jobs.db import (
@@ -27,12 +26,13 @@ from openmaker.jobs.db import (
     writer_sessions,
 )
 from openmaker.jobs.executor import Executor, executor_for, local_reference
+from openmaker.jobs.listing import search
 from openmaker.jobs.logs import LogRecord
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.service import Stopping, current, insert, stop_job
 from openmaker.resources import KINDS
 from openmaker.settings import Settings, load_settings
 from openmaker.shapes.arn import training_job_arn
-from openmaker.shapes.errors import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.shapes.errors import ResourceNotFound, ValidationException
 from openmaker.shapes.locations import LocalPaths
 from openmaker.shapes.training import check_create_training_job, default_stopping_condition
 from openmaker.training import state
@@ -119,14 +119,7 @@ class TrainingJobs:
             last_modified_time=at,
         )
         state.enter(job, SecondaryStatus.STARTING)
-        with self.writers() as session:
-            session.add(job)
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ResourceInUse(f"Training job {name} already exists") from None
+        insert(self.writers, kind, job, request.get("Tags") or [])
         queue.save_launch(self.settings, TRAINING.local_key(name))
         queue.start_ready(self.settings, self.executor, KINDS)  # now, or when capacity frees
         return {"TrainingJobArn": arn}
@@ -172,11 +165,7 @@ class TrainingJobs:
 
     def search(self, query: JobQuery) -> tuple[list[dict[str, Any]], str | None]:
         """One page of ListTrainingJobs: the summaries and the NextToken, if more remain."""
-        with self.sessions() as session:
-            rows = list(session.scalars(query.select()))
-        page = rows[: query.limit]
-        token = query.token_after(page[-1]) if len(rows) > query.limit else None
-        return [summary(job) for job in page], token
+        return search(self.sessions, query, summary)
 
     def list(
         self, status: str | None = None, name_contains: str | None = None
@@ -192,30 +181,11 @@ class TrainingJobs:
             query = dataclasses.replace(query, token=token)
 
     def stop(self, name: str) -> None:
-        with self.writers() as session:
-            job = session.get(TrainingJob, name)
-            if job is None:
-                raise ResourceNotFound(f"Requested resource not found: training job {name}")
-            if job.status in state.TERMINAL:
-                raise ValidationException(
-                    f"The request was rejected because the training job is in status {job.status}."
-                )
-            if job.status == state.STOPPING:
-                return
-            job.stop_requested = SecondaryStatus.STOPPED.value
-            if state.waiting(job):  # Pending or Restarting: no worker to stop
-                state.finish(job, SecondaryStatus.STOPPED, None)
-                session.commit()
-                with self._starting:  # the jobs behind it may fit
-                    queue.start_ready(self.settings, self.executor, KINDS)
-                return
-            state.enter(job, SecondaryStatus.STOPPING)
-            # A worker not yet ready reads `stop_requested` when it gets ready: under the write
-            # lock, one of the two always sees the other.
-            worker = job.worker if job.worker_ready else None
-            session.commit()
-        if worker is not None:
-            self.executor.stop(worker)
+        stop_job(self.writers, self.executor, TRAINING, _STOPPING, name, self._start_waiting)
+
+    def _start_waiting(self) -> None:
+        with self._starting:  # one at a time
+            queue.start_ready(self.settings, self.executor, KINDS)
 
     def update(self, request: dict[str, Any]) -> str:
         """UpdateTrainingJob: the job's ARN."""
@@ -263,18 +233,11 @@ class TrainingJobs:
             after = batch[-1].id
 
     def _get(self, name: str) -> TrainingJob:
-        with self.sessions() as session:
-            job = session.get(TrainingJob, name)
-        if job is None:
-            raise ResourceNotFound(f"Requested resource not found: training job {name}")
-        if job.status not in state.TERMINAL:
-            # A job must never stay InProgress with nothing running it.
-            with self._starting:
-                recovery.check(self.settings, self.executor, KINDS, TRAINING, name)
-            with self.sessions() as session:
-                job = session.get(TrainingJob, name)
-            assert job is not None
-        return job
+        return current(self.sessions, TrainingJob, state.TERMINAL, name, _not_found, self._recheck)
+
+    def _recheck(self, name: str) -> None:
+        with self._starting:
+            recovery.check(self.settings, self.executor, KINDS, TRAINING, name)
 
 
 def _check_supported(request: dict[str, Any]) -> None:
@@ -283,3 +246,15 @@ def _check_supported(request: dict[str, Any]) -> None:
         image_of(request)
     except ImageError as exc:
         raise ValidationException(f"AlgorithmSpecification.TrainingImage: {exc}") from None
+
+
+def _not_found(name: str) -> ResourceNotFound:
+    return ResourceNotFound(f"Requested resource not found: training job {name}")
+
+
+_STOPPING: Stopping[TrainingJob] = Stopping(
+    waiting=state.waiting,  # Pending or Restarting
+    stopped=lambda job: state.finish(job, SecondaryStatus.STOPPED, None),
+    stopping=lambda job: state.enter(job, SecondaryStatus.STOPPING),
+    not_found=_not_found,
+)

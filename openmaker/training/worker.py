@@ -14,9 +14,10 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from openmaker.jobs import capacity, gate_keys
+from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
 from openmaker.settings import Settings
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
@@ -38,30 +39,60 @@ from openmaker.training.status import SecondaryStatus
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import TrainingJob
+    from openmaker.training.plan import TrainingPlan
 
 
 def host_specs(
     settings: Settings, arn: str, request: dict[str, Any], placement: dict[str, Any] | None = None
 ) -> list[HostSpec]:
     job = plan_job(request)
-    name, hosts = job.name, list(job.hosts)
-    job_dir = settings.jobs_dir / name
     isolated = job.plan.network_isolation
     # No network: no endpoint to offer, no key to mint.
     code_env = {} if isolated else access.code_environment(settings.home, request, settings.store)
+    return job_host_specs(settings, job, arn, code_env, job.name, placement)
+
+
+class HostsPlan(Protocol):
+    """A job's plan for its hosts (a training or a processing job's)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def hosts(self) -> tuple[str, ...]: ...
+
+    @property
+    def plan(self) -> TrainingPlan: ...
+
+    def host_plan(self, host: str) -> TrainingPlan: ...
+
+
+def job_host_specs(
+    settings: Settings,
+    job: HostsPlan,
+    arn: str,
+    code_env: dict[str, str],
+    key: str,
+    placement: dict[str, Any] | None,
+) -> list[HostSpec]:
+    """What each of the job's hosts is given: its plan, its share of the machine, the job's
+    network and the environment `code_env` its code gets. `key` is the job's on this machine
+    (its kind's: its folder, cgroups and bridge)."""
+    hosts = list(job.hosts)
     shares = host_resources(settings, placement, len(hosts))
-    network = job_network(settings, name, hosts, code_env, isolated)
+    network = job_network(settings, key, hosts, code_env, job.plan.network_isolation)
     host_settings = HostSettings.of(settings)  # what crosses to a host: no database, no keys
     return [
         HostSpec(
-            job_name=name,
+            job_name=job.name,
             job_arn=arn,
             plan=job.host_plan(host),
             host_name=host,
             hosts=hosts,
             region=settings.region,
             settings=host_settings,
-            work_dir=job_dir / host,
+            work_dir=settings.jobs_dir / key / host,
+            job_key=key,
             hidden_paths=list(settings.private_paths),
             code_env=code_env,
             resources=share,
@@ -107,7 +138,9 @@ def run_job(
         stop.request(SecondaryStatus.STOPPED)
     specs = host_specs(settings, arn, request, placement)
     hosts = host_runners(settings, specs, recorder.emit)
-    mine = _Attempt(attempt, stop, worker or this_process())
+    mine: Attempt[TrainingJob] = Attempt(
+        attempt, stop, worker or this_process(), state.TERMINAL, SecondaryStatus.STOPPED
+    )
     try:
         end = _run(hosts, recorder, stop, mine)
     except Exception:  # the job must end in a state that says what happened
@@ -131,34 +164,6 @@ def run_job(
         _start_waiting_jobs(settings)  # this job's share of the machine is free now
 
 
-class _Attempt:
-    """This worker's attempt at the job: it changes the job only while the job is still at
-    that attempt (a worker thought lost, whose job was restarted or ended, changes nothing).
-    `worker` names this worker, as its executor does."""
-
-    def __init__(self, number: int, stop: StopControl, worker: WorkerRef) -> None:
-        self.number, self.stop, self.worker = number, stop, worker
-
-    def current(self, job: TrainingJob) -> bool:
-        return (job.attempts or 1) == self.number and job.status not in state.TERMINAL
-
-    def only(self, change: Callable[[TrainingJob], object]) -> Callable[[TrainingJob], None]:
-        def guarded(job: TrainingJob) -> None:
-            if self.current(job):
-                change(job)
-
-        return guarded
-
-    def claim(self, job: TrainingJob) -> None:
-        if not self.current(job):
-            self.stop.request(SecondaryStatus.STOPPED)
-            return
-        # SIGTERM is handled from here on.
-        job.worker, job.worker_ready = self.worker, True
-        if job.stop_requested:
-            self.stop.request(job.stop_requested)
-
-
 def _start_waiting_jobs(settings: Settings) -> None:
     try:
         from openmaker.jobs.executor import executor_for
@@ -171,7 +176,10 @@ def _start_waiting_jobs(settings: Settings) -> None:
 
 
 def _run(
-    hosts: list[HostRunner], recorder: TrainingRecorder, stop: StopControl, mine: _Attempt
+    hosts: list[HostRunner],
+    recorder: TrainingRecorder,
+    stop: StopControl,
+    mine: Attempt[TrainingJob],
 ) -> Callable[[TrainingJob], object]:
     """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
     # The hosts start preparing at once; the claim waits for the database layer to load.

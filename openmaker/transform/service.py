@@ -12,23 +12,21 @@ import copy
 import threading
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-
 from openmaker.jobs import capacity, queue, recovery
 from openmaker.jobs.db import TransformJobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor, executor_for
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.listing import search
+from openmaker.jobs.service import Stopping, current, insert, stop_job
 from openmaker.resources import KINDS
 from openmaker.serving.clock import as_utc, now
-from openmaker.serving.listing import page
 from openmaker.serving.models import Models
 from openmaker.settings import Settings
 from openmaker.shapes.arn import resource_arn
-from openmaker.shapes.errors import ResourceInUse, ResourceNotFound, ValidationException
+from openmaker.shapes.errors import ResourceNotFound
 from openmaker.transform import status
 from openmaker.transform.checks import check_create_transform_job
 from openmaker.transform.kind import TRANSFORM, enter, finish
+from openmaker.transform.query import PAGES, TransformQuery
 
 # What DescribeTransformJob returns of the request, as given.
 _DESCRIBED = (
@@ -84,14 +82,7 @@ class TransformJobs:
             model=model,
         )
         enter(job, status.STARTING)
-        with self.writers() as session:
-            session.add(job)
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ResourceInUse(f"Transform job {name} already exists") from None
+        insert(self.writers, kind, job, request.get("Tags") or [])
         with self._starting:
             queue.save_launch(self.settings, TRANSFORM.local_key(name))
             queue.start_ready(self.settings, self.executor, KINDS)
@@ -115,52 +106,44 @@ class TransformJobs:
         return result
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
-        with self.sessions() as session:
-            rows = list(session.scalars(select(TransformJobRecord)))
-        return page("ListTransformJobs", params, rows, _summary, "TransformJobSummaries")
+        summaries, token = search(self.sessions, TransformQuery.of(params), _summary)
+        result: dict[str, Any] = {"TransformJobSummaries": summaries}
+        if token:
+            result[PAGES.output_token] = token
+        return result
 
     def stop(self, name: str) -> None:
-        with self.writers() as session:
-            job = session.get(TransformJobRecord, name)
-            if job is None:
-                raise self._not_found(name)
-            if job.status in status.ENDED:
-                raise ValidationException(
-                    f"The request was rejected because the transform job is in status {job.status}."
-                )
-            if job.status == status.STOPPING:
-                return
-            job.stop_requested = status.STOPPED
-            if job.worker is None:  # waiting for capacity: no worker to stop
-                finish(job, status.STOPPED, None)
-                session.commit()
-                with self._starting:  # the jobs behind it may fit
-                    queue.start_ready(self.settings, self.executor, KINDS)
-                return
-            job.status = status.STOPPING
-            job.last_modified_time = now()
-            # A worker not yet ready reads `stop_requested` when it gets ready.
-            worker = job.worker if job.worker_ready else None
-            session.commit()
-        if worker is not None:
-            self.executor.stop(worker)
+        stop_job(self.writers, self.executor, TRANSFORM, _STOPPING, name, self._start_waiting)
+
+    def _start_waiting(self) -> None:
+        with self._starting:  # one at a time
+            queue.start_ready(self.settings, self.executor, KINDS)
 
     def _get(self, name: str) -> TransformJobRecord:
-        with self.sessions() as session:
-            job = session.get(TransformJobRecord, name)
-        if job is None:
-            raise self._not_found(name)
-        if job.status not in status.ENDED:
-            # A job must never stay InProgress with nothing running it.
-            with self._starting:
-                recovery.check(self.settings, self.executor, KINDS, TRANSFORM, name)
-            with self.sessions() as session:
-                job = session.get(TransformJobRecord, name)
-            assert job is not None
-        return job
+        return current(
+            self.sessions, TransformJobRecord, status.ENDED, name, _not_found, self._recheck
+        )
 
-    def _not_found(self, name: str) -> ResourceNotFound:
-        return ResourceNotFound(f"Could not find requested job with name {name}")
+    def _recheck(self, name: str) -> None:
+        with self._starting:
+            recovery.check(self.settings, self.executor, KINDS, TRANSFORM, name)
+
+
+def _not_found(name: str) -> ResourceNotFound:
+    return ResourceNotFound(f"Could not find requested job with name {name}")
+
+
+def _mark_stopping(job: TransformJobRecord) -> None:
+    job.status = status.STOPPING
+    job.last_modified_time = now()
+
+
+_STOPPING: Stopping[TransformJobRecord] = Stopping(
+    waiting=lambda job: job.worker is None,  # waiting for capacity
+    stopped=lambda job: finish(job, status.STOPPED, None),
+    stopping=_mark_stopping,
+    not_found=_not_found,
+)
 
 
 def _summary(job: TransformJobRecord) -> dict[str, Any]:
