@@ -24,7 +24,6 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from tests.helpers import kill_every_worker
 from tests.s3server import free_port
 
 
@@ -103,7 +102,6 @@ def running_api_server(home: Path, **extra_env: str) -> Iterator[ApiServer]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-        kill_every_worker(home)  # endpoints' workers (and any a failed test left) end too
 
 
 def stop_all(sagemaker: Any, names: Iterable[str], timeout: float = 120) -> None:

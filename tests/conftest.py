@@ -7,7 +7,7 @@ import pytest
 
 from tests.apiserver import ApiServer, running_api_server
 from tests.egress import Egress
-from tests.helpers import end_every_job
+from tests.helpers import end_every_job, kill_every_worker
 from tests.s3server import S3Server, running_s3_server
 
 
@@ -47,6 +47,8 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     roots = str(tmp_path_factory.getbasetemp())
     with running_api_server(home, OPENMAKER_FILE_ROOTS=roots) as server:
         yield server
+    # Workers outlive their server by design (endpoints' among them): not the test session.
+    kill_every_worker(home)
 
 
 @pytest.fixture
