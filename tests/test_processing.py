@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.apiserver import ApiServer
+from tests.process_helpers import wait_until
 
 ENDED = ("Completed", "Failed", "Stopped")
 
@@ -181,10 +182,9 @@ def test_two_hosts_read_two_inputs_and_write_an_output(
     assert described["ProcessingEndTime"] >= described["ProcessingStartTime"]
     assert described["ProcessingInputs"] == request["ProcessingInputs"]
     # Links are never uploaded; each host's folder lands under the output's S3Uri.
-    assert keys(api_server, bucket, "results/") == [
-        "results/reports/algo-1.json",
-        "results/reports/algo-2.json",
-    ]
+    expected = ["results/reports/algo-1.json", "results/reports/algo-2.json"]
+    # Listed through the S3 endpoint, whose view of the store's folder may lag a moment.
+    wait_until(lambda: keys(api_server, bucket, "results/") == expected, "the outputs", 30)
     s3 = api_server.client("s3")
     reports = [
         json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from openmaker.home import prepare_home
 from openmaker.settings import Settings
 from openmaker.training.state import TERMINAL, as_utc
 
@@ -29,6 +30,7 @@ def ended_jobs(
 ) -> list[dict[str, Any]] | None:
     """The jobs matching, newest first, as the members of their ListTrainingJobs summaries
     the CLI shows; None when the service must answer (see above)."""
+    prepare_home(settings.home)  # private, as every command keeps it (openmaker/home.py)
     path = _database_file(settings)
     if path is None:
         return None
