@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -41,6 +41,7 @@ class Variant:
     weight: float
     addresses: tuple[str, ...]  # host:port of its healthy instances
     streams: tuple[str, ...]  # their log streams, by instance
+    model: dict[str, Any] = field(default_factory=dict)  # its model's CreateModel request
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ class Endpoints:
                     float(variant.get("InitialVariantWeight", 1.0)),
                     tuple(i["address"] for i in mine),
                     tuple(f"{variant['VariantName']}/{i['id']}" for i in mine),
+                    row.models.get(variant["ModelName"], {}),
                 )
             )
         return Route(row.status, tuple(variants))

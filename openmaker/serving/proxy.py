@@ -11,8 +11,10 @@ from __future__ import annotations
 import http.client
 import random
 import time
-from dataclasses import dataclass, field
 
+from openmaker.serving import multi_model, pipeline
+from openmaker.serving.answers import Answer
+from openmaker.serving.answers import InvocationError as InvocationError  # re-exported
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
 from openmaker.serving.kind import log_group
@@ -30,24 +32,9 @@ PASSED_HEADERS = (
     "X-Amzn-SageMaker-Custom-Attributes",
     "X-Amzn-SageMaker-Target-Model",
     "X-Amzn-SageMaker-Inference-Id",
+    "X-Amzn-SageMaker-Target-Container-Hostname",
 )
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-
-
-class InvocationError(Exception):
-    """Why an invocation was not answered: `code` is the runtime's error code."""
-
-    def __init__(self, code: str, status: int, message: str, **extra: object) -> None:
-        super().__init__(message)
-        self.code, self.status, self.message, self.extra = code, status, message, extra
-
-
-@dataclass(frozen=True)
-class Answer:
-    body: bytes
-    content_type: str
-    variant: str
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Invoker:
@@ -57,17 +44,24 @@ class Invoker:
         self.capture = Capture(endpoints.sessions, endpoints.settings.store)
         # SageMaker's: the container must answer an invocation within 60 s.
         self.invocation_seconds = endpoints.settings.invocation_seconds
+        self.multi_models = multi_model.MultiModels(
+            endpoints.settings.store, self.invocation_seconds
+        )
 
     def invoke(
         self, name: str, body: bytes, headers: dict[str, str], target_variant: str | None
     ) -> Answer:
-        address, stream, variant = self.pick(name, target_variant)
-        answer = self._forward(name, address, stream, variant, body, headers)
-        self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
+        variant, address, stream = self._choose(name, target_variant)
+        answer = self._dispatch(name, variant, address, stream, body, headers)
+        self.capture.record(name, variant.name, body, headers, answer.body, answer.content_type)
         return answer
 
     def pick(self, name: str, target_variant: str | None) -> tuple[str, str, str]:
         """An instance to take an invocation of `name`: its address, log stream, variant."""
+        variant, address, stream = self._choose(name, target_variant)
+        return address, stream, variant.name
+
+    def _choose(self, name: str, target_variant: str | None) -> tuple[Variant, str, str]:
         route = self._route(name)
         if route is None:
             raise InvocationError(
@@ -75,7 +69,49 @@ class Invoker:
             )
         variant = self._variant(name, route, target_variant)
         address = random.choice(variant.addresses)
-        return address, variant.streams[variant.addresses.index(address)], variant.name
+        return variant, address, variant.streams[variant.addresses.index(address)]
+
+    def _dispatch(
+        self,
+        name: str,
+        variant: Variant,
+        address: str,
+        stream: str,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> Answer:
+        """To the container, a multi-model container's model (serving/multi_model.py), or
+        through an inference pipeline's containers (serving/pipeline.py)."""
+        containers = pipeline.containers(variant.model) or [{}]
+        is_multi = multi_model.is_multi_model(containers[0])
+        chain = pipeline.chosen(variant.model, name, headers.get(pipeline.TARGET_HOSTNAME))
+        target = multi_model.check_target(name, is_multi, headers.get(multi_model.TARGET_MODEL))
+        if target is not None:
+            folder = self.endpoints.settings.home / "endpoints" / name / stream.split("/")[-1]
+            url = multi_model.model_url(containers[0]["ModelDataUrl"], target)
+            return self.multi_models.invoke(
+                multi_model.Target(folder, address, target, url),
+                lambda path: self._forward(
+                    name, address, stream, variant.name, body, headers, path
+                ),
+                lambda status, text: self.model_error(name, stream, status, text, variant.name),
+            )
+        if chain:
+            host = address.rpartition(":")[0]
+            return pipeline.run(
+                chain,
+                lambda member, data, sent: self._forward(
+                    name,
+                    f"{host}:{member.port}",
+                    f"{stream}/{member.hostname}",
+                    variant.name,
+                    data,
+                    sent,
+                ),
+                body,
+                headers,
+            )
+        return self._forward(name, address, stream, variant.name, body, headers)
 
     def _route(self, name: str) -> Route | None:
         now = time.monotonic()
@@ -122,12 +158,13 @@ class Invoker:
         variant: str,
         body: bytes,
         headers: dict[str, str],
+        path: str = "/invocations",
     ) -> Answer:
         host, _, port = address.rpartition(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=self.invocation_seconds)
         try:
             sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
-            connection.request("POST", "/invocations", body=body, headers=sent)
+            connection.request("POST", path, body=body, headers=sent)
             response = connection.getresponse()
             data = response.read(MAX_PAYLOAD_BYTES + 1)
             status = response.status
