@@ -72,7 +72,10 @@ def test_a_serial_pipeline_passes_each_answer_on_and_a_direct_one_targets_a_cont
     direct_model = pipeline_model(deployer, "Direct", hostnames=True)
     direct = deployer.endpoint(direct_model)
     assert deployer.wait(serial)["EndpointStatus"] == "InService"
-    assert deployer.wait(direct)["EndpointStatus"] == "InService"
+    endpoint = deployer.wait(direct)
+    assert endpoint["EndpointStatus"] == "InService"
+    (variant,) = endpoint["ProductionVariants"]
+    assert len(variant["DeployedImages"]) == 2  # one per container
     described = deployer.sagemaker.describe_model(ModelName=direct_model)
     assert described["InferenceExecutionConfig"] == {"Mode": "Direct"}
     assert [c["ContainerHostname"] for c in described["Containers"]] == ["prep", "predict"]

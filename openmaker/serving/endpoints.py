@@ -24,7 +24,7 @@ from openmaker.jobs.db import EndpointRecord, Tag
 from openmaker.jobs.executor import Executor, executor_for
 from openmaker.jobs.tags import put as put_tags
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import status, updates
+from openmaker.serving import pipeline, status, updates
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.configs import EndpointConfigs
 from openmaker.serving.kind import ENDPOINT, fail, network_key
@@ -273,7 +273,6 @@ def _variant_summary(
     in the route), and those an update under way asks for."""
     name = variant["VariantName"]
     model = models.get(variant["ModelName"], {})
-    container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
     healthy = sum(1 for i in row.instances if i["variant"] == name and i["healthy"])
     weight = float(variant.get("InitialVariantWeight", 1.0))
     count = int(variant["InitialInstanceCount"])
@@ -289,10 +288,9 @@ def _variant_summary(
         summary = {k: summary[k] for k in ("VariantName", "DesiredWeight")}
         summary["DesiredInstanceCount"] = count
         summary["InstanceType"] = variant["InstanceType"]
-    if container.get("Image"):
-        summary["DeployedImages"] = [
-            {"SpecifiedImage": container["Image"], "ResolvedImage": container["Image"]}
-        ]
+    images = [c["Image"] for c in pipeline.containers(model) if c.get("Image")]
+    if images:  # one per container (an inference pipeline's each)
+        summary["DeployedImages"] = [{"SpecifiedImage": i, "ResolvedImage": i} for i in images]
     return summary
 
 
