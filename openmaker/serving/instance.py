@@ -63,6 +63,10 @@ class InstancePlan:
         return f"{self.variant}/{self.id}"
 
 
+def instance_folder(settings: Settings, endpoint: str, instance: str) -> Path:
+    return settings.home / "endpoints" / endpoint / instance
+
+
 @dataclass(frozen=True)
 class _Part:
     """One container of an instance: what it runs, and its folder (model/, scratch/, state/)."""
@@ -79,7 +83,7 @@ class Instance:
         """An instance of the endpoint (or transform job) `endpoint`, whose local key
         (ResourceKind.local_key) is `owner`: its cgroups go under it."""
         self.settings, self.endpoint, self.plan, self.owner = settings, endpoint, plan, owner
-        self.folder = settings.home / "endpoints" / endpoint / plan.id
+        self.folder = instance_folder(settings, endpoint, plan.id)
         self.container: Container | ContainerGroup | None = None
         self.namespace: HostNamespace | None = None
         self.address = ""

@@ -3,7 +3,9 @@
 The variant is chosen by weight (`VariantWeight / sum`), or named by `TargetVariant`; the
 instance at random among the variant's healthy ones. The container's 2xx answer comes back as
 it is (body, Content-Type, Custom-Attributes); any other status is a ModelError carrying the
-container's status and message. Bodies are at most 6 MiB each way.
+container's status and message. Bodies are at most 6 MiB each way. A multi-model endpoint's
+request goes to its TargetModel (serving/multi_model.py), an inference pipeline's through its
+containers (serving/pipeline.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from openmaker.serving.answers import Answer
 from openmaker.serving.answers import InvocationError as InvocationError  # re-exported
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
+from openmaker.serving.instance import instance_folder
 from openmaker.serving.kind import log_group
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
@@ -87,7 +90,7 @@ class Invoker:
         chain = pipeline.chosen(variant.model, name, headers.get(pipeline.TARGET_HOSTNAME))
         target = multi_model.check_target(name, is_multi, headers.get(multi_model.TARGET_MODEL))
         if target is not None:
-            folder = self.endpoints.settings.home / "endpoints" / name / stream.split("/")[-1]
+            folder = instance_folder(self.endpoints.settings, name, stream.split("/")[-1])
             url = multi_model.model_url(containers[0]["ModelDataUrl"], target)
             return self.multi_models.invoke(
                 multi_model.Target(folder, address, target, url),
