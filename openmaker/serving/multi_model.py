@@ -27,10 +27,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from openmaker.serving.answers import Answer, InvocationError
 from openmaker.serving.model_data import ModelDataError, fetch
+from openmaker.serving.refused import Refused
 from openmaker.settings import StoreSettings
 
 MODELS_DIR = "/opt/ml/models"
@@ -55,35 +55,40 @@ def model_name(target: str) -> str:
     return "m-" + hashlib.sha256(target.encode()).hexdigest()[:24]
 
 
-def model_url(prefix: str, target: str) -> str:
+def _first(model: dict[str, Any]) -> dict[str, Any]:
+    """The model's container (a multi-model one is its only one)."""
+    return dict(model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0])
+
+
+def url(model: dict[str, Any], target: str) -> str:
+    """Where a TargetModel's archive is: the key under the model's prefix."""
+    prefix = str(_first(model)["ModelDataUrl"])
     return prefix + target if prefix.endswith("/") else f"{prefix}/{target}"
 
 
-def check_target(endpoint: str, multi_model: bool, target: str | None) -> str | None:
-    """The request's TargetModel, checked against the endpoint's kind."""
-    if target is None:
+def target(model: dict[str, Any], endpoint: str, given: str | None) -> str | None:
+    """A request's TargetModel (None: the request has none), checked against the endpoint's
+    model (Refused says why not)."""
+    multi_model = is_multi_model(_first(model))
+    if given is None:
         if multi_model:
-            raise _invalid(
+            raise Refused(
                 f"Endpoint {endpoint} is a multi-model endpoint: TargetModel must name the "
                 "model to invoke"
             )
         return None
     if not multi_model:
-        raise _invalid(
+        raise Refused(
             f"Endpoint {endpoint} is not a multi-model endpoint and does not take a "
             "TargetModel header"
         )
-    parts = target.split("/")
-    if len(target) > TARGET_MODEL_CHARS or target.startswith("/") or ".." in parts or "." in parts:
-        raise _invalid(
-            f"TargetModel {json.dumps(target[:100])} is not a key relative to the endpoint's "
+    parts = given.split("/")
+    if len(given) > TARGET_MODEL_CHARS or given.startswith("/") or ".." in parts or "." in parts:
+        raise Refused(
+            f"TargetModel {json.dumps(given[:100])} is not a key relative to the endpoint's "
             "model prefix"
         )
-    return target
-
-
-def _invalid(message: str) -> InvocationError:
-    return InvocationError("ValidationError", 400, message)
+    return given
 
 
 @dataclass
@@ -109,10 +114,9 @@ class Target:
         return model_name(self.target)
 
 
-# Builds the ModelError for a container's status and message.
-ModelError = Callable[[int, str], InvocationError]
-# Sends the request to a path of the instance's container.
-Forward = Callable[[str], Answer]
+# The ModelError for a container's status and message.
+ModelError = Callable[[int, str], Exception]
+AnswerT = TypeVar("AnswerT")
 
 
 class MultiModels:
@@ -121,19 +125,26 @@ class MultiModels:
         self._lock = threading.Lock()
         self._instances: dict[Path, _Loaded] = {}
 
-    def invoke(self, target: Target, forward: Forward, model_error: ModelError) -> Answer:
-        """The request, once the instance's container has the model loaded."""
+    def invoke(
+        self,
+        target: Target,
+        forward: Callable[[str], AnswerT | None],
+        model_error: ModelError,
+    ) -> AnswerT:
+        """The request, sent by `forward` to a path of the instance's container (None: the
+        container answered 404) once the container has the model loaded."""
         self.ensure(target, model_error)
         path = f"/models/{target.name}/invoke"
-        try:
-            return forward(path)
-        except InvocationError as exc:
-            if exc.extra.get("OriginalStatusCode") != 404:
-                raise
+        answer = forward(path)
+        if answer is not None:
+            return answer
         # The container no longer has it (it started again): load it again, once.
         self.forget(target)
         self.ensure(target, model_error)
-        return forward(path)
+        answer = forward(path)
+        if answer is None:
+            raise model_error(404, f"the container does not have model {target.target} loaded")
+        return answer
 
     def ensure(self, target: Target, model_error: ModelError) -> None:
         loaded = self._of(target.folder)
@@ -181,9 +192,9 @@ class MultiModels:
             shutil.rmtree(partial, ignore_errors=True)
             raise self._download_failed(target, exc) from None
 
-    def _download_failed(self, target: Target, exc: ModelDataError) -> InvocationError:
+    def _download_failed(self, target: Target, exc: ModelDataError) -> Refused:
         bucket, _, key = target.url.removeprefix("s3://").partition("/")
-        return _invalid(
+        return Refused(
             f"Failed to download model data(bucket: {bucket}, key: {key}). Please ensure that "
             "there is an object located at the URL and that the role passed to CreateModel has "
             f"permissions to download the model. ({exc})"

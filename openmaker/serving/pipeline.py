@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from openmaker.serving.answers import Answer, InvocationError
+from openmaker.serving.refused import Refused
 
 FIRST_PORT = 8080
 # Each container's own range of further ports, apart from every container's bind port.
@@ -81,37 +81,45 @@ def chosen(model: dict[str, Any], endpoint: str, hostname: str | None) -> Sequen
     pipeline = members(model)
     direct = bool(pipeline) and mode(model) == DIRECT
     if hostname is not None and not direct:
-        raise InvocationError(
-            "ValidationError",
-            400,
+        raise Refused(
             f"Endpoint {endpoint} is not configured for direct invocation: "
             "TargetContainerHostname cannot be given",
         )
     if not direct:
         return pipeline
     if hostname is None:
-        raise InvocationError(
-            "ValidationError",
-            400,
+        raise Refused(
             f"Endpoint {endpoint} is configured for direct invocation: TargetContainerHostname "
             "must name one of its containers",
         )
     named = [m for m in pipeline if m.hostname == hostname]
     if not named:
-        raise InvocationError(
-            "ValidationError",
-            400,
+        raise Refused(
             f"TargetContainerHostname {hostname} is not a container of endpoint {endpoint}",
         )
     return named
 
 
-Forward = Callable[[Member, bytes, dict[str, str]], Answer]
+class Answered(Protocol):
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def content_type(self) -> str: ...
 
 
-def run(chain: Sequence[Member], forward: Forward, body: bytes, headers: dict[str, str]) -> Answer:
-    """The request through `chain`: each container's answer is the next one's request."""
-    answer: Answer | None = None
+AnswerT = TypeVar("AnswerT", bound=Answered)
+
+
+def run(
+    chain: Sequence[Member],
+    forward: Callable[[Member, bytes, dict[str, str]], AnswerT],
+    body: bytes,
+    headers: dict[str, str],
+) -> AnswerT:
+    """The request through `chain` (`forward` sends it to one container): each container's
+    answer is the next one's request."""
+    answer: AnswerT | None = None
     for member in chain:
         if answer is not None:
             body = answer.body

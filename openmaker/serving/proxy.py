@@ -13,14 +13,14 @@ from __future__ import annotations
 import http.client
 import random
 import time
+from dataclasses import dataclass, field
 
 from openmaker.serving import multi_model, pipeline
-from openmaker.serving.answers import Answer
-from openmaker.serving.answers import InvocationError as InvocationError  # re-exported
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
 from openmaker.serving.instance import instance_folder
 from openmaker.serving.kind import log_group
+from openmaker.serving.refused import Refused
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 # How long where an endpoint's instances are is taken as known (each request reading the
@@ -38,6 +38,22 @@ PASSED_HEADERS = (
     "X-Amzn-SageMaker-Target-Container-Hostname",
 )
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+
+
+class InvocationError(Exception):
+    """Why an invocation was not answered: `code` is the runtime's error code."""
+
+    def __init__(self, code: str, status: int, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message, self.extra = code, status, message, extra
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: bytes
+    content_type: str
+    variant: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Invoker:
@@ -85,36 +101,55 @@ class Invoker:
     ) -> Answer:
         """To the container, a multi-model container's model (serving/multi_model.py), or
         through an inference pipeline's containers (serving/pipeline.py)."""
-        containers = pipeline.containers(variant.model) or [{}]
-        is_multi = multi_model.is_multi_model(containers[0])
-        chain = pipeline.chosen(variant.model, name, headers.get(pipeline.TARGET_HOSTNAME))
-        target = multi_model.check_target(name, is_multi, headers.get(multi_model.TARGET_MODEL))
-        if target is not None:
-            folder = instance_folder(self.endpoints.settings, name, stream.split("/")[-1])
-            url = multi_model.model_url(containers[0]["ModelDataUrl"], target)
-            return self.multi_models.invoke(
-                multi_model.Target(folder, address, target, url),
-                lambda path: self._forward(
-                    name, address, stream, variant.name, body, headers, path
-                ),
-                lambda status, text: self.model_error(name, stream, status, text, variant.name),
-            )
-        if chain:
-            host = address.rpartition(":")[0]
-            return pipeline.run(
-                chain,
-                lambda member, data, sent: self._forward(
-                    name,
-                    f"{host}:{member.port}",
-                    f"{stream}/{member.hostname}",
-                    variant.name,
-                    data,
-                    sent,
-                ),
-                body,
-                headers,
-            )
-        return self._forward(name, address, stream, variant.name, body, headers)
+        model = variant.model
+        try:
+            chain = pipeline.chosen(model, name, headers.get(pipeline.TARGET_HOSTNAME))
+            target = multi_model.target(model, name, headers.get(multi_model.TARGET_MODEL))
+            if target is not None:
+                folder = instance_folder(self.endpoints.settings, name, stream.split("/")[-1])
+                return self.multi_models.invoke(
+                    multi_model.Target(folder, address, target, multi_model.url(model, target)),
+                    lambda path: self._loaded_model(
+                        name, address, stream, variant.name, body, headers, path
+                    ),
+                    lambda status, text: self.model_error(name, stream, status, text, variant.name),
+                )
+        except Refused as exc:
+            raise InvocationError("ValidationError", 400, str(exc)) from None
+        if not chain:
+            return self._forward(name, address, stream, variant.name, body, headers)
+        host = address.rpartition(":")[0]
+        return pipeline.run(
+            chain,
+            lambda member, data, sent: self._forward(
+                name,
+                f"{host}:{member.port}",
+                f"{stream}/{member.hostname}",
+                variant.name,
+                data,
+                sent,
+            ),
+            body,
+            headers,
+        )
+
+    def _loaded_model(
+        self,
+        name: str,
+        address: str,
+        stream: str,
+        variant: str,
+        body: bytes,
+        headers: dict[str, str],
+        path: str,
+    ) -> Answer | None:
+        """A multi-model container's answer; None when it does not have the model (404)."""
+        try:
+            return self._forward(name, address, stream, variant, body, headers, path)
+        except InvocationError as exc:
+            if exc.extra.get("OriginalStatusCode") == 404:
+                return None
+            raise
 
     def _route(self, name: str) -> Route | None:
         now = time.monotonic()
