@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import re
 import shutil
 import threading
 from collections import OrderedDict
@@ -53,6 +54,9 @@ def environment() -> dict[str, str]:
 def model_name(target: str) -> str:
     """The container's name for a TargetModel: opaque, and safe as a folder's name."""
     return "m-" + hashlib.sha256(target.encode()).hexdigest()[:24]
+
+
+NAME = re.compile(r"m-[0-9a-f]{24}")  # what model_name gives
 
 
 def _first(model: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +176,13 @@ class MultiModels:
 
     def _of(self, folder: Path) -> _Loaded:
         with self._lock:
-            return self._instances.setdefault(folder, _Loaded())
+            loaded = self._instances.get(folder)
+            if loaded is None:
+                # A new instance: forget those gone (retired by an update, or deleted).
+                for gone in [f for f in self._instances if not f.is_dir()]:
+                    del self._instances[gone]
+                loaded = self._instances[folder] = _Loaded()
+            return loaded
 
     def _fetch(self, target: Target) -> None:
         """The archive extracted into `models/<name>/model`, unless it is there already."""
@@ -209,14 +219,28 @@ class MultiModels:
             status, text = self._call(target, "POST", "/models", body)
             if 200 <= status < 300 or status == 409:  # 409: loaded already
                 return
-            victim = self._least_recent(loaded, target.name)
-            if status != INSUFFICIENT_STORAGE or victim is None:
+            victim = None
+            if status == INSUFFICIENT_STORAGE:
+                victim = self._least_recent(loaded, target.name) or self._any_loaded(target)
+            if victim is None:
                 raise model_error(status, text)
             self._unload(target, loaded, victim)
 
     def _least_recent(self, loaded: _Loaded, keep: str) -> str | None:
         with loaded.lock:
             return next((name for name in loaded.used if name != keep), None)
+
+    def _any_loaded(self, target: Target) -> str | None:
+        """A model the container has that this server did not load (it loaded them before
+        the server started again), as `GET /models` lists them."""
+        status, text = self._call(target, "GET", "/models", None)
+        try:
+            listed = json.loads(text)["models"] if status == 200 else []
+            names = [str(m["modelName"]) for m in listed]
+        except (ValueError, KeyError, TypeError):
+            return None
+        # Only names this server gives: a container's list is not trusted as a path.
+        return next((n for n in names if n != target.name and NAME.fullmatch(n)), None)
 
     def _unload(self, target: Target, loaded: _Loaded, name: str) -> None:
         with loaded.lock:
