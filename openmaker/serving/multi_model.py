@@ -40,6 +40,8 @@ MULTI_MODEL = "MultiModel"
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 TARGET_MODEL_CHARS = 1024
 INSUFFICIENT_STORAGE = 507
+# Models unloaded for one load at most (a container that answers 507 whatever it unloads).
+MAX_UNLOADS = 100
 
 
 def is_multi_model(container: dict[str, Any]) -> bool:
@@ -215,22 +217,25 @@ class MultiModels:
         body = json.dumps(
             {"model_name": target.name, "url": f"{MODELS_DIR}/{target.name}/model"}
         ).encode()
+        unloaded: set[str] = set()
         while True:
             status, text = self._call(target, "POST", "/models", body)
             if 200 <= status < 300 or status == 409:  # 409: loaded already
                 return
             victim = None
-            if status == INSUFFICIENT_STORAGE:
-                victim = self._least_recent(loaded, target.name) or self._any_loaded(target)
+            if status == INSUFFICIENT_STORAGE and len(unloaded) < MAX_UNLOADS:
+                victim = self._least_recent(loaded, target.name)
+                victim = victim or self._any_loaded(target, unloaded)
             if victim is None:
                 raise model_error(status, text)
+            unloaded.add(victim)
             self._unload(target, loaded, victim)
 
     def _least_recent(self, loaded: _Loaded, keep: str) -> str | None:
         with loaded.lock:
             return next((name for name in loaded.used if name != keep), None)
 
-    def _any_loaded(self, target: Target) -> str | None:
+    def _any_loaded(self, target: Target, unloaded: set[str]) -> str | None:
         """A model the container has that this server did not load (it loaded them before
         the server started again), as `GET /models` lists them."""
         status, text = self._call(target, "GET", "/models", None)
@@ -240,7 +245,10 @@ class MultiModels:
         except (ValueError, KeyError, TypeError):
             return None
         # Only names this server gives: a container's list is not trusted as a path.
-        return next((n for n in names if n != target.name and NAME.fullmatch(n)), None)
+        return next(
+            (n for n in names if n != target.name and n not in unloaded and NAME.fullmatch(n)),
+            None,
+        )
 
     def _unload(self, target: Target, loaded: _Loaded, name: str) -> None:
         with loaded.lock:
