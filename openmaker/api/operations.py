@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from openmaker.algorithms.service import Algorithms
+from openmaker.algorithms.store import Store, taggable_tables
+from openmaker.api.algorithms import AlgorithmHandlers
 from openmaker.api.processing import ProcessingHandlers
 from openmaker.api.serving import ServingHandlers
 from openmaker.api.transform import TransformHandlers
@@ -66,7 +69,9 @@ class Backend:
         ProcessingHandlers(self.processing).register(self.handlers)
         self.transforms = TransformJobs(settings, self.serving.models, self.jobs.executor)
         TransformHandlers(self.transforms).register(self.handlers)
-        tags = Tags.of(settings, KINDS, taggable())
+        self.algorithms = Algorithms(Store.of(settings), local)
+        AlgorithmHandlers(self.algorithms).register(self.handlers)
+        tags = Tags.of(settings, KINDS, {**taggable(), **taggable_tables()})
         TagHandlers(tags).register(self.handlers)
         self.logs = LogQueries.of(settings, log_groups())
         LogHandlers(self.logs).register(self.handlers)
