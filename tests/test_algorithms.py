@@ -18,6 +18,7 @@ from openmaker.runtime import unavailable_reason
 from tests.apiserver import ApiServer
 from tests.helpers import make_image, unique_name
 from tests.test_api import bucket, check_output, wait_done
+from tests.test_endpoints import wait_until
 
 # Prints its hyperparameters and a loss, and keeps them as its model.
 TRAIN = """#!/bin/sh
@@ -278,3 +279,116 @@ def test_a_job_the_algorithm_does_not_support_is_refused(
     )
     with pytest.raises(ClientError, match="not found"):
         sagemaker.describe_training_job(TrainingJobName=name)
+
+
+# Answers each CSV line with its count of values; the training above made its model.
+SERVE = """#!/usr/bin/env python3
+import http.server
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/ping" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_POST(self):
+        lines = self.rfile.read(int(self.headers["Content-Length"])).decode().splitlines()
+        answer = "".join(f"{len(line.split(','))}\\n" for line in lines).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+"""
+
+# Fails when asked for a depth of 7.
+FAILING_TRAIN = """#!/bin/sh
+if grep -q '"depth": *"7"' /opt/ml/input/config/hyperparameters.json; then
+  echo "depth 7 does not converge" > /opt/ml/output/failure
+  exit 1
+fi
+echo ok > /opt/ml/model/ok.txt
+"""
+
+
+def profile(name: str, depth: str, data: str, output: str, transform: bool) -> dict[str, Any]:
+    training = job_request("unused", "unused", data, output, HyperParameters={"depth": depth})
+    definition = {
+        "TrainingInputMode": "File",
+        **{
+            k: training[k]
+            for k in (
+                "HyperParameters",
+                "InputDataConfig",
+                "OutputDataConfig",
+                "ResourceConfig",
+                "StoppingCondition",
+            )
+        },
+    }
+    result: dict[str, Any] = {"ProfileName": name, "TrainingJobDefinition": definition}
+    if transform:
+        result["TransformJobDefinition"] = {
+            "TransformInput": {
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data}},
+                "ContentType": "text/csv",
+                "SplitType": "Line",
+            },
+            "TransformOutput": {"S3OutputPath": f"{output}/transformed"},
+            "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        }
+    return result
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason="validation needs the sandbox")
+def test_validation_runs_each_profile_and_a_failing_one_fails_the_algorithm(
+    api_server: ApiServer, data: tuple[str, str], tmp_path: Path
+) -> None:
+    sagemaker = api_server.client("sagemaker")
+    image = make_image(tmp_path / "image", FAILING_TRAIN)
+    (image / "serve").write_text(SERVE)
+    (image / "serve").chmod(0o755)
+    inference = {
+        "Containers": [{"Image": str(image)}],
+        "SupportedContentTypes": ["text/csv"],
+        "SupportedResponseMIMETypes": ["text/csv"],
+    }
+    role = "arn:aws:iam::123456789012:role/SageMakerRole"
+    good, bad = unique_name("valid"), unique_name("invalid")
+    for name, profiles in (
+        (good, [profile("trained-and-transformed", "3", *data, transform=True)]),
+        (bad, [profile("diverges", "7", *data, transform=False)]),
+    ):
+        sagemaker.create_algorithm(
+            **algorithm_request(name, str(image)),
+            InferenceSpecification=inference,
+            ValidationSpecification={"ValidationRole": role, "ValidationProfiles": profiles},
+        )
+    assert sagemaker.describe_algorithm(AlgorithmName=good)["AlgorithmStatus"] in (
+        "Pending",
+        "InProgress",
+    )
+    ended: dict[str, dict[str, Any]] = {}
+
+    def validated() -> bool:
+        for name in (good, bad):
+            described = sagemaker.describe_algorithm(AlgorithmName=name)
+            if described["AlgorithmStatus"] in ("Completed", "Failed"):
+                ended[name] = described
+        return len(ended) == 2
+
+    wait_until(validated, "both algorithms validated", timeout=240)
+    check_output("DescribeAlgorithm", ended[good])
+    assert ended[good]["AlgorithmStatus"] == "Completed"
+    assert ended[good]["AlgorithmStatusDetails"]["ValidationStatuses"] == [
+        {"Name": "trained-and-transformed", "Status": "Completed"}
+    ]
+    # The transform ran on the model that profile's training made: one answer per CSV line.
+    bucket_name, prefix = data[1].removeprefix("s3://").split("/", 1)
+    answer = api_server.client("s3").get_object(
+        Bucket=bucket_name, Key=f"{prefix}/transformed/a.csv.out"
+    )
+    assert answer["Body"].read().decode().split() == ["2"]
+    assert ended[bad]["AlgorithmStatus"] == "Failed"
+    # The model allows one profile per algorithm.
+    (diverges,) = ended[bad]["AlgorithmStatusDetails"]["ValidationStatuses"]
+    assert diverges["Status"] == "Failed"
+    assert "depth 7 does not converge" in diverges["FailureReason"]

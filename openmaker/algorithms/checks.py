@@ -14,7 +14,11 @@ TRAINING = "TrainingSpecification"
 
 
 def check_algorithm(request: dict[str, Any], local: LocalPaths) -> None:
-    problems = [*_spec_problems(request[TRAINING]), *_image_problems(request, local)]
+    problems = [
+        *_spec_problems(request[TRAINING]),
+        *_image_problems(request, local),
+        *_profile_problems(request),
+    ]
     if problems:
         raise ValidationException(error_message(problems))
 
@@ -49,3 +53,23 @@ def _image_problems(request: dict[str, Any], local: LocalPaths) -> Iterator[str]
         path = image_path(image)
         if path is not None and (why := local.refusal(path)) is not None:
             yield failure(image, at, why)
+
+
+def _profile_problems(request: dict[str, Any]) -> Iterator[str]:
+    """A profile's transform job runs the algorithm's inference container (validation.py)."""
+    profiles = (request.get("ValidationSpecification") or {}).get("ValidationProfiles") or []
+    names: set[str] = set()
+    for index, profile in enumerate(profiles, 1):
+        at = f"ValidationSpecification.ValidationProfiles.{index}.member"
+        if profile["ProfileName"] in names:
+            yield failure(profile["ProfileName"], f"{at}.ProfileName", "Member must be unique")
+        names.add(profile["ProfileName"])
+        containers = (request.get("InferenceSpecification") or {}).get("Containers") or []
+        image = next((c.get("Image") for c in containers[:1]), None)
+        if profile.get("TransformJobDefinition") is not None and not image:
+            yield failure(
+                profile["ProfileName"],
+                f"{at}.TransformJobDefinition",
+                "Member needs InferenceSpecification.Containers.1.Image (the model it "
+                "transforms with)",
+            )

@@ -67,7 +67,11 @@ class Algorithms:
         algorithm = self.get(name_or_arn)
         details: dict[str, Any] = {}
         if algorithm.validation:
-            details["ValidationStatuses"] = algorithm.validation
+            # What validation.py keeps beside each status is its own.
+            details["ValidationStatuses"] = [
+                {k: s[k] for k in ("Name", "Status", "FailureReason") if k in s}
+                for s in algorithm.validation
+            ]
         return {
             **algorithm.request,
             "AlgorithmArn": algorithm.arn,
@@ -89,6 +93,14 @@ class Algorithms:
             session.delete(algorithm)
             session.query(Tag).filter(Tag.resource_arn == algorithm.arn).delete()
             session.commit()
+
+    def validating(self) -> builtins.list[str]:
+        """The algorithms whose validation has not ended."""
+        with self.store.sessions() as session:
+            query = select(AlgorithmRecord.name).where(
+                AlgorithmRecord.status.in_((PENDING, IN_PROGRESS))
+            )
+            return list(session.scalars(query))
 
     def record_validation(
         self, name: str, status: str, statuses: builtins.list[dict[str, Any]]

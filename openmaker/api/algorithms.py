@@ -5,23 +5,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from openmaker.algorithms.service import Algorithms
+from openmaker.algorithms.validation import Validation
 
 if TYPE_CHECKING:
     from openmaker.api.operations import Handlers
 
 
 class AlgorithmHandlers:
-    def __init__(self, algorithms: Algorithms) -> None:
-        self.algorithms = algorithms
+    def __init__(self, algorithms: Algorithms, validation: Validation) -> None:
+        self.algorithms, self.validation = algorithms, validation
 
     def register(self, handlers: Handlers) -> None:
         for operation, handler in {
             "CreateAlgorithm": self.algorithms.create,
-            "DescribeAlgorithm": lambda p: self.algorithms.describe(p["AlgorithmName"]),
+            "DescribeAlgorithm": self.describe,
             "ListAlgorithms": self.algorithms.list,
             "DeleteAlgorithm": self.delete,
         }.items():
             handlers.register("sagemaker", operation, handler)
+
+    def describe(self, params: dict[str, Any]) -> dict[str, Any]:
+        # Its validation moves on when asked about too, not only on the server's sweep.
+        self.validation.advance(params["AlgorithmName"])
+        return self.algorithms.describe(params["AlgorithmName"])
 
     def delete(self, params: dict[str, Any]) -> dict[str, Any]:
         self.algorithms.delete(params["AlgorithmName"])

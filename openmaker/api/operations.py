@@ -12,6 +12,7 @@ from typing import Any
 
 from openmaker.algorithms.service import Algorithms
 from openmaker.algorithms.store import Store, taggable_tables
+from openmaker.algorithms.validation import Validation
 from openmaker.api.algorithms import AlgorithmHandlers
 from openmaker.api.processing import ProcessingHandlers
 from openmaker.api.serving import ServingHandlers
@@ -70,7 +71,10 @@ class Backend:
         self.transforms = TransformJobs(settings, self.serving.models, self.jobs.executor)
         TransformHandlers(self.transforms).register(self.handlers)
         self.algorithms = Algorithms(Store.of(settings), local)
-        AlgorithmHandlers(self.algorithms).register(self.handlers)
+        self.validation = Validation(
+            self.algorithms, self.jobs, self.serving.models, self.transforms
+        )
+        AlgorithmHandlers(self.algorithms, self.validation).register(self.handlers)
         tags = Tags.of(settings, KINDS, {**taggable(), **taggable_tables()})
         TagHandlers(tags).register(self.handlers)
         self.logs = LogQueries.of(settings, log_groups())
@@ -80,9 +84,11 @@ class Backend:
         """Sweep the jobs now and then: a lost worker is noticed, and waiting jobs start, even
         when no client asks about them."""
         self.jobs.watch(every)
+        self.validation.watch(every)
 
     def close(self) -> None:
         self.jobs.close()
+        self.validation.close()
 
 
 class TrainingJobHandlers:
