@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from openmaker.algorithms.packages import ModelPackages
 from openmaker.algorithms.service import Algorithms
 from openmaker.algorithms.validation import Validation
 
@@ -31,4 +32,34 @@ class AlgorithmHandlers:
 
     def delete(self, params: dict[str, Any]) -> dict[str, Any]:
         self.algorithms.delete(params["AlgorithmName"])
+        return {}
+
+
+class ModelPackageHandlers:
+    def __init__(self, packages: ModelPackages) -> None:
+        self.packages = packages
+
+    def register(self, handlers: Handlers) -> None:
+        packages = self.packages
+        for operation, handler in {
+            "CreateModelPackage": packages.create,
+            "DescribeModelPackage": lambda p: packages.describe(p["ModelPackageName"]),
+            "ListModelPackages": packages.list,
+            "DeleteModelPackage": self.delete,
+            "UpdateModelPackage": packages.update,
+            "CreateModelPackageGroup": packages.create_group,
+            "DescribeModelPackageGroup": lambda p: packages.describe_group(
+                p["ModelPackageGroupName"]
+            ),
+            "ListModelPackageGroups": packages.list_groups,
+            "DeleteModelPackageGroup": self.delete_group,
+        }.items():
+            handlers.register("sagemaker", operation, handler)
+
+    def delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.packages.delete(params["ModelPackageName"])
+        return {}
+
+    def delete_group(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.packages.delete_group(params["ModelPackageGroupName"])
         return {}

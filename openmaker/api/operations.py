@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from openmaker.algorithms.packages import ModelPackages
 from openmaker.algorithms.service import Algorithms
 from openmaker.algorithms.store import Store, taggable_tables
 from openmaker.algorithms.validation import Validation
-from openmaker.api.algorithms import AlgorithmHandlers
+from openmaker.api.algorithms import AlgorithmHandlers, ModelPackageHandlers
 from openmaker.api.processing import ProcessingHandlers
 from openmaker.api.serving import ServingHandlers
 from openmaker.api.transform import TransformHandlers
@@ -75,6 +76,9 @@ class Backend:
             self.algorithms, self.jobs, self.serving.models, self.transforms
         )
         AlgorithmHandlers(self.algorithms, self.validation).register(self.handlers)
+        ModelPackageHandlers(ModelPackages(Store.of(settings), self.algorithms)).register(
+            self.handlers
+        )
         tags = Tags.of(settings, KINDS, {**taggable(), **taggable_tables()})
         TagHandlers(tags).register(self.handlers)
         self.logs = LogQueries.of(settings, log_groups())
