@@ -3,6 +3,9 @@ approval, and a package served by an endpoint whose model names it."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +13,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from openmaker.runtime import unavailable_reason
-from tests.apiserver import ApiServer
+from tests.apiserver import ApiServer, openmaker_command
 from tests.helpers import unique_name
+from tests.test_algorithms import algorithm_request
 from tests.test_api import check_output
 from tests.test_endpoints import Deployer, deployer, make_serve_image, model_archive
 
@@ -125,3 +129,42 @@ def test_a_model_that_names_a_package_serves_it(
         EndpointName=endpoint, Body=b"q", ContentType="text/plain"
     )
     assert answer["Body"].read() == b"ranker:q"
+
+
+def test_the_cli_lists_and_describes_algorithms_and_packages(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    sagemaker = api_server.client("sagemaker")
+    algorithm, package = unique_name("cli-algo"), unique_name("cli-pkg")
+    sagemaker.create_algorithm(**algorithm_request(algorithm, str(tmp_path)))
+    sagemaker.create_model_package(
+        ModelPackageName=package, InferenceSpecification=inference(str(tmp_path), "s3://m/m")
+    )
+    remote = {**os.environ, **api_server.env}
+    # The same, read from the server's database by the command itself.
+    local = {k: v for k, v in remote.items() if not k.startswith("AWS_ENDPOINT_URL")} | {
+        "OPENMAKER_HOME": str(api_server.home)
+    }
+
+    def cli(env: dict[str, str], *args: str) -> str:
+        done = subprocess.run(
+            [*openmaker_command(), *args], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    for env in (remote, local):
+        assert algorithm in cli(env, "algorithms", "list")
+        described = json.loads(cli(env, "algorithms", "describe", algorithm, "--json"))
+        assert described["AlgorithmStatus"] == "Completed"
+        assert "depth (Integer, required)" in cli(env, "algorithms", "describe", algorithm)
+        assert package in cli(env, "model-packages", "list")
+        described = json.loads(cli(env, "model-packages", "describe", package, "--json"))
+        assert described["ModelPackageStatus"] == "Completed"
+    missing = subprocess.run(
+        [*openmaker_command(), "algorithms", "describe", "nothing-here"],
+        env=remote,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "no algorithm nothing-here" in missing.stderr

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from openmaker.cli.algorithms import algorithms_app, model_packages_app
 from openmaker.cli.endpoints import endpoints_app
 from openmaker.cli.images import images_app
 from openmaker.cli.request_builder import (
@@ -49,6 +50,8 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training 
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(endpoints_app, name="endpoints")  # openmaker/cli/endpoints.py
 app.add_typer(images_app, name="images")  # openmaker/cli/images.py
+app.add_typer(algorithms_app, name="algorithms")  # openmaker/cli/algorithms.py
+app.add_typer(model_packages_app, name="model-packages")  # openmaker/cli/algorithms.py
 # Soft wrap: a log line piped to a file must stay one line.
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
