@@ -72,7 +72,10 @@ class Validation:
 
     def advance_all(self) -> None:
         for name in self.algorithms.validating():
-            self.advance(name)
+            try:
+                self.advance(name)
+            except ValidationException:  # deleted since it was listed
+                continue
 
     def advance(self, name_or_arn: str) -> None:
         """Move algorithm `name_or_arn`'s validation on as far as its jobs have gone."""
