@@ -1,5 +1,6 @@
 """Model packages through a real `openmaker server` and boto3: groups and their versions,
-approval, and a package served by an endpoint whose model names it."""
+approval, a package validated by a transform job and served by an endpoint whose model names
+it; the CLI's `algorithms` and `model-packages` commands."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.apiserver import ApiServer, openmaker_command
 from tests.helpers import unique_name
 from tests.test_algorithms import algorithm_request
 from tests.test_api import check_output
-from tests.test_endpoints import Deployer, deployer, make_serve_image, model_archive
+from tests.test_endpoints import Deployer, deployer, make_serve_image, model_archive, wait_until
 
 __all__ = ["deployer"]  # the fixture, for the test below
 
@@ -109,13 +110,36 @@ def test_a_model_that_names_a_package_serves_it(
     image = make_serve_image(tmp_path / "image", SERVE)
     s3.create_bucket(Bucket=name)
     s3.put_object(Bucket=name, Key="model.tar.gz", Body=model_archive({"m.txt": b"ranker"}))
+    s3.put_object(Bucket=name, Key="in/a.txt", Body=b"x")
     arn = sagemaker.create_model_package(
         ModelPackageName=name,
         InferenceSpecification=inference(str(image), f"s3://{name}/model.tar.gz"),
-    )["ModelPackageArn"]
-    assert sagemaker.describe_model_package(ModelPackageName=name)["ModelPackageStatus"] == (
-        "Completed"
-    )
+        ValidationSpecification={
+            "ValidationRole": "arn:aws:iam::000000000000:role/openmaker",
+            "ValidationProfiles": [{"ProfileName": "transforms", "TransformJobDefinition": {
+                "TransformInput": {"DataSource": {"S3DataSource": {
+                    "S3DataType": "S3Prefix", "S3Uri": f"s3://{name}/in/"
+                }}},
+                "TransformOutput": {"S3OutputPath": f"s3://{name}/out"},
+                "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+            }}],
+        },
+    )["ModelPackageArn"]  # fmt: skip
+    found: dict[str, Any] = {}
+
+    def validated() -> bool:
+        found.update(sagemaker.describe_model_package(ModelPackageName=name))
+        return found["ModelPackageStatus"] in ("Completed", "Failed")
+
+    wait_until(validated, "the package validated")
+    check_output("DescribeModelPackage", found)
+    assert found["ModelPackageStatus"] == "Completed", found["ModelPackageStatusDetails"]
+    assert found["ModelPackageStatusDetails"]["ValidationStatuses"] == [
+        {"Name": "transforms", "Status": "Completed"}
+    ]
+    # The validation's transform ran the package's container over the package's model.
+    output = s3.get_object(Bucket=name, Key="out/a.txt.out")["Body"].read()
+    assert output == b"ranker:x"
     sagemaker.create_model(
         ModelName=name,
         PrimaryContainer={"ModelPackageName": arn},

@@ -11,6 +11,7 @@ a container) is served by the package's first container (`containers_of`).
 
 from __future__ import annotations
 
+import builtins
 import copy
 from typing import Any
 
@@ -27,7 +28,7 @@ from openmaker.serving.listing import page
 from openmaker.shapes.errors import ValidationException
 from openmaker.shapes.model import operation_model
 
-COMPLETED = "Completed"
+PENDING, IN_PROGRESS, COMPLETED = "Pending", "InProgress", "Completed"
 PENDING_APPROVAL = "PendingManualApproval"
 
 
@@ -39,6 +40,7 @@ class ModelPackages:
         kept = {k: copy.deepcopy(v) for k, v in request.items() if k not in ("Tags", "ClientToken")}
         self._check(kept)
         group_name = kept.pop("ModelPackageGroupName", None)
+        profiles = (kept.get("ValidationSpecification") or {}).get("ValidationProfiles") or []
         at = now()
         with self.store.writers() as session:
             if group_name is not None:
@@ -69,8 +71,11 @@ class ModelPackages:
                     group=group_of,
                     version=version,
                     request=kept,
-                    status=COMPLETED,
+                    status=PENDING if profiles else COMPLETED,
                     approval=approval,
+                    validation=[
+                        {"Name": p["ProfileName"], "Status": "NotStarted"} for p in profiles
+                    ],
                     creation_time=at,
                     last_modified_time=at,
                 )
@@ -91,10 +96,6 @@ class ModelPackages:
             raise ValidationException(
                 "Give ModelPackageName (an unversioned model package) or ModelPackageGroupName "
                 "(a version in a group), one of them"
-            )
-        if request.get("ValidationSpecification") is not None:
-            raise ValidationException(
-                "ValidationSpecification: openmaker does not validate model packages yet"
             )
         source = request.get("SourceAlgorithmSpecification")
         if request.get("InferenceSpecification") is None and source is not None:
@@ -131,7 +132,12 @@ class ModelPackages:
         members = operation_model("DescribeModelPackage").output_shape.members  # type: ignore[union-attr]
         result = {k: v for k, v in package.request.items() if k in members}
         result.update(_identity(package))
-        result["ModelPackageStatusDetails"] = {"ValidationStatuses": []}
+        result["ModelPackageStatusDetails"] = {
+            "ValidationStatuses": [
+                {k: s[k] for k in ("Name", "Status", "FailureReason") if k in s}
+                for s in package.validation or []
+            ]
+        }
         result["LastModifiedTime"] = as_utc(package.last_modified_time)
         return result
 
@@ -181,6 +187,24 @@ class ModelPackages:
             package.request, package.last_modified_time = request, now()
             session.commit()
             return {"ModelPackageArn": package.arn}
+
+    def validating(self) -> builtins.list[str]:
+        """The model packages whose validation has not ended."""
+        with self.store.sessions() as session:
+            query = select(ModelPackageRecord.name).where(
+                ModelPackageRecord.status.in_((PENDING, IN_PROGRESS))
+            )
+            return [str(name) for name in session.scalars(query)]
+
+    def record_validation(
+        self, name: str, status: str, statuses: builtins.list[dict[str, Any]]
+    ) -> None:
+        """The package `name`'s validation has gone this far (validation.py)."""
+        with self.store.writers() as session:
+            package = session.get(ModelPackageRecord, name)
+            if package is not None:
+                package.status, package.validation = status, statuses
+                session.commit()
 
     # The groups.
 

@@ -1,14 +1,17 @@
-"""An algorithm's validation: each of its `ValidationProfiles` runs its `TrainingJobDefinition`
-as a real training job with the algorithm, then (when the profile has one) its
-`TransformJobDefinition` as a batch transform job on the model that job trained, served by the
-algorithm's first inference container.
+"""The validation of algorithms and model packages.
 
-Everything is kept in the database: a profile's step and its jobs' names, which are derived from
-the algorithm (`<algorithm>-v<profile number>-<8 hex digits of its ARN and creation time>`, the
-name of the training job, of the model and of the transform job alike). `advance` moves every
+An algorithm's: each of its `ValidationProfiles` runs its `TrainingJobDefinition` as a real
+training job with the algorithm, then (when the profile has one) its `TransformJobDefinition`
+as a batch transform job on the model that job trained, served by the algorithm's first
+inference container. A model package's: each profile's `TransformJobDefinition` as a batch
+transform job on a model that names the package.
+
+Everything is kept in the database: a profile's step, and its jobs' names, derived from what
+is validated (`<name>-v<profile number>-<8 hex digits of its ARN and creation time>`, the name
+of the training job, of the model and of the transform job alike). `advance` moves every
 profile on as far as its jobs have gone; it is idempotent, so the server's background sweep and
-DescribeAlgorithm may both call it, and after a restart it picks up where it was (a job it was
-about to create and did not is created then).
+Describe may both call it, and after a restart it picks up where it was (a job it was about to
+create and did not is created then).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from openmaker.algorithms import service
+from openmaker.algorithms.packages import ModelPackages
 from openmaker.algorithms.service import Algorithms
-from openmaker.jobs.db import AlgorithmRecord
+from openmaker.jobs.db import AlgorithmRecord, ModelPackageRecord
 from openmaker.shapes.errors import ResourceNotFound, ValidationException
 from openmaker.shapes.validate import validate_input
 
@@ -36,21 +40,30 @@ NOT_STARTED, IN_PROGRESS, COMPLETED, FAILED = "NotStarted", "InProgress", "Compl
 TRAINING, TRANSFORM = "training", "transform"
 
 
-def job_name(algorithm: AlgorithmRecord, index: int) -> str:
+def job_name(subject: AlgorithmRecord | ModelPackageRecord, index: int) -> str:
     """The name of profile `index`'s (from 1) training job, model and transform job."""
-    seed = f"{algorithm.arn} {algorithm.creation_time.isoformat()}".encode()
-    return f"{algorithm.name[:44]}-v{index}-{hashlib.sha256(seed).hexdigest()[:8]}"
+    seed = f"{subject.arn} {subject.creation_time.isoformat()}".encode()
+    name = subject.name.replace("/", "-")  # a package's version: "<group>/<version>"
+    return f"{name[:44]}-v{index}-{hashlib.sha256(seed).hexdigest()[:8]}"
+
+
+def _overall(statuses: list[dict[str, Any]]) -> str:
+    """The status of what the profiles of `statuses` validate."""
+    if not all(s["Status"] in (COMPLETED, FAILED) for s in statuses):
+        return service.IN_PROGRESS
+    return service.FAILED if any(s["Status"] == FAILED for s in statuses) else service.COMPLETED
 
 
 class Validation:
     def __init__(
         self,
         algorithms: Algorithms,
+        packages: ModelPackages,
         jobs: TrainingJobs,
         models: Models,
         transforms: TransformJobs,
     ) -> None:
-        self.algorithms, self.jobs = algorithms, jobs
+        self.algorithms, self.packages, self.jobs = algorithms, packages, jobs
         self.models, self.transforms = models, transforms
         self._lock = threading.Lock()  # one advance at a time: each creates a job once
         self._closed = threading.Event()
@@ -71,11 +84,15 @@ class Validation:
         self._closed.set()
 
     def advance_all(self) -> None:
-        for name in self.algorithms.validating():
-            try:
-                self.advance(name)
-            except ValidationException:  # deleted since it was listed
-                continue
+        for advance, names in (
+            (self.advance, self.algorithms.validating()),
+            (self.advance_package, self.packages.validating()),
+        ):
+            for name in names:
+                try:
+                    advance(name)
+                except ValidationException:  # deleted since it was listed
+                    continue
 
     def advance(self, name_or_arn: str) -> None:
         """Move algorithm `name_or_arn`'s validation on as far as its jobs have gone."""
@@ -88,13 +105,41 @@ class Validation:
             for index, (profile, status) in enumerate(zip(profiles, statuses, strict=True), 1):
                 if status["Status"] in (NOT_STARTED, IN_PROGRESS):
                     self._step(algorithm, index, profile, status)
-            ended = all(s["Status"] in (COMPLETED, FAILED) for s in statuses)
-            failed = any(s["Status"] == FAILED for s in statuses)
-            overall = service.IN_PROGRESS
-            if ended:
-                overall = service.FAILED if failed else service.COMPLETED
+            overall = _overall(statuses)
             if statuses != algorithm.validation or overall != algorithm.status:
                 self.algorithms.record_validation(algorithm.name, overall, statuses)
+
+    def advance_package(self, name_or_arn: str) -> None:
+        """Move model package `name_or_arn`'s validation on: each profile's transform job on
+        a model that names the package."""
+        with self._lock:
+            package = self.packages.get(name_or_arn)
+            if package.status not in (service.PENDING, service.IN_PROGRESS):
+                return
+            specification = package.request["ValidationSpecification"]
+            statuses = [dict(s) for s in package.validation]
+            profiles = specification["ValidationProfiles"]
+            for index, (profile, status) in enumerate(zip(profiles, statuses, strict=True), 1):
+                if status["Status"] not in (NOT_STARTED, IN_PROGRESS):
+                    continue
+                name = job_name(package, index)
+                status.update(Status=IN_PROGRESS)
+                model = {
+                    "ModelName": name,
+                    "PrimaryContainer": {"ModelPackageName": package.arn},
+                    "ExecutionRoleArn": specification["ValidationRole"],
+                }
+                try:
+                    self._model(model)
+                    if self._transform(name, profile):
+                        status.update(Status=COMPLETED)
+                except ProfileFailed as failure:
+                    status.update(Status=FAILED, FailureReason=str(failure))
+                except ValidationException as refused:
+                    status.update(Status=FAILED, FailureReason=f"{name}: {refused.message}")
+            overall = _overall(statuses)
+            if statuses != package.validation or overall != package.status:
+                self.packages.record_validation(package.name, overall, statuses)
 
     def _step(
         self,
@@ -113,7 +158,20 @@ class Validation:
                 if profile.get("TransformJobDefinition") is None:
                     status.update(Status=COMPLETED)
                     return
-                self._model(algorithm, name, artifacts)
+                # The algorithm's first inference container over what the training job made.
+                container = algorithm.request["InferenceSpecification"]["Containers"][0]
+                self._model(
+                    {
+                        "ModelName": name,
+                        "PrimaryContainer": {
+                            **{k: v for k, v in container.items() if k in ("Image", "Environment")},
+                            "ModelDataUrl": artifacts,
+                        },
+                        "ExecutionRoleArn": algorithm.request["ValidationSpecification"][
+                            "ValidationRole"
+                        ],
+                    }
+                )
                 status.update(waits=TRANSFORM)
             if self._transform(name, profile):
                 status.update(Status=COMPLETED)
@@ -149,21 +207,11 @@ class Validation:
             return None
         return str(job["ModelArtifacts"]["S3ModelArtifacts"])
 
-    def _model(self, algorithm: AlgorithmRecord, name: str, artifacts: str) -> None:
-        """The model the profile's transform job runs: the algorithm's first inference
-        container over what the training job made."""
-        container = dict(algorithm.request["InferenceSpecification"]["Containers"][0])
-        request = {
-            "ModelName": name,
-            "PrimaryContainer": {
-                **{k: v for k, v in container.items() if k in ("Image", "Environment")},
-                "ModelDataUrl": artifacts,
-            },
-            "ExecutionRoleArn": algorithm.request["ValidationSpecification"]["ValidationRole"],
-        }
+    def _model(self, request: dict[str, Any]) -> None:
+        """The model a profile's transform job runs, made unless it is there already."""
         validate_input("CreateModel", request)
         try:
-            self.models.get(name)
+            self.models.get(request["ModelName"])
         except ValidationException:
             self.models.create(request)
 

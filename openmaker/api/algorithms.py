@@ -36,14 +36,14 @@ class AlgorithmHandlers:
 
 
 class ModelPackageHandlers:
-    def __init__(self, packages: ModelPackages) -> None:
-        self.packages = packages
+    def __init__(self, packages: ModelPackages, validation: Validation) -> None:
+        self.packages, self.validation = packages, validation
 
     def register(self, handlers: Handlers) -> None:
         packages = self.packages
         for operation, handler in {
             "CreateModelPackage": packages.create,
-            "DescribeModelPackage": lambda p: packages.describe(p["ModelPackageName"]),
+            "DescribeModelPackage": self.describe,
             "ListModelPackages": packages.list,
             "DeleteModelPackage": self.delete,
             "UpdateModelPackage": packages.update,
@@ -55,6 +55,10 @@ class ModelPackageHandlers:
             "DeleteModelPackageGroup": self.delete_group,
         }.items():
             handlers.register("sagemaker", operation, handler)
+
+    def describe(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.validation.advance_package(params["ModelPackageName"])
+        return self.packages.describe(params["ModelPackageName"])
 
     def delete(self, params: dict[str, Any]) -> dict[str, Any]:
         self.packages.delete(params["ModelPackageName"])

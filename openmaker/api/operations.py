@@ -72,13 +72,12 @@ class Backend:
         self.transforms = TransformJobs(settings, self.serving.models, self.jobs.executor)
         TransformHandlers(self.transforms).register(self.handlers)
         self.algorithms = Algorithms(Store.of(settings), local)
+        packages = ModelPackages(Store.of(settings), self.algorithms)
         self.validation = Validation(
-            self.algorithms, self.jobs, self.serving.models, self.transforms
+            self.algorithms, packages, self.jobs, self.serving.models, self.transforms
         )
         AlgorithmHandlers(self.algorithms, self.validation).register(self.handlers)
-        ModelPackageHandlers(ModelPackages(Store.of(settings), self.algorithms)).register(
-            self.handlers
-        )
+        ModelPackageHandlers(packages, self.validation).register(self.handlers)
         tags = Tags.of(settings, KINDS, {**taggable(), **taggable_tables()})
         TagHandlers(tags).register(self.handlers)
         self.logs = LogQueries.of(settings, log_groups())

@@ -405,5 +405,7 @@ class ModelPackageRecord(Base):
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(32))
     approval: Mapped[str | None] = mapped_column(String(32))
+    # ModelPackageStatusDetails.ValidationStatuses (openmaker/algorithms/validation.py).
+    validation: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     last_modified_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
