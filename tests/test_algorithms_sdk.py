@@ -34,7 +34,9 @@ estimator = AlgorithmEstimator(
     algorithm_arn={arn!r}, role={role!r}, instance_count=1, instance_type="ml.m5.large",
     hyperparameters={{"depth": 4}}, sagemaker_session=session,
 )
-estimator.fit({{"training": TrainingInput({data!r}, content_type="text/csv")}}, logs=False)
+# wait=False, then a wait polling every second (the SDK's own polls every 5 s).
+estimator.fit({{"training": TrainingInput({data!r}, content_type="text/csv")}}, wait=False)
+session.wait_for_job(estimator.latest_training_job.name, poll=1)
 described = estimator.latest_training_job.describe()
 print("STATUS", described["TrainingJobStatus"])
 print("HYPERPARAMETERS", sorted(described["HyperParameters"].items()))
