@@ -23,6 +23,7 @@ from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import HostNamespace, JobNetwork, enter_host
 from openmaker.runtime.spec import Limits
 from openmaker.serving import limits
+from openmaker.serving.framework import standin
 from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage, pull
 from openmaker.serving.model_data import fetch
 from openmaker.serving.placement import Share
@@ -71,6 +72,8 @@ class Instance:
         for folder in (model, self.folder / "scratch", self.folder / "state"):
             folder.mkdir(parents=True, exist_ok=True)
         fetch(self.plan.container, model, self.folder / "scratch", self.settings.store)
+        if self.plan.image.framework is not None:
+            standin.fetch_code(self.plan.container, self.folder, self.settings.store)
         self.image = pull(self.plan.image, self.settings)  # ImageError
 
     def start(self, network: JobNetwork, on_lines: OnLines) -> None:
@@ -84,6 +87,12 @@ class Instance:
         env.update(plan.container.get("Environment") or {})
         if self.image is not None:
             spec = self._image_spec(self.image, state)
+        elif plan.image.framework is not None:
+            assert self.namespace is not None
+            spec = standin.container_spec(
+                self.settings, plan.image.framework, self.folder, env, plan.id,
+                self.namespace.fd, self._limits(),
+            )  # fmt: skip
         else:
             spec = self._folder_spec(state, env)
         self.ready = False
