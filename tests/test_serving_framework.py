@@ -52,7 +52,9 @@ session = sagemaker.Session(default_bucket={bucket!r})
 estimator = SKLearn(entry_point="train.py", source_dir={source!r}, framework_version="1.2-1",
                     py_version="py3", hyperparameters={{"scale": 2}}, role={role!r},
                     instance_count=1, instance_type="ml.m5.large", sagemaker_session=session)
-estimator.fit({{"train": {data!r}}})
+estimator.fit({{"train": {data!r}}}, wait=False)
+# A wait polling every second (the SDK's own, with or without logs, every few seconds).
+session.wait_for_job(estimator.latest_training_job.name, poll=1)
 # wait=False, then a wait polling every second (the SDK's own polls every 30 s).
 predictor = estimator.deploy(initial_instance_count=1, instance_type="ml.m5.large", wait=False)
 session.wait_for_endpoint(predictor.endpoint_name, poll=1)
@@ -105,33 +107,30 @@ session = sagemaker.Session(default_bucket={bucket!r})
 common = dict(role={role!r}, sagemaker_session=session)
 
 def up(model):
-    predictor = model.deploy(initial_instance_count=1, instance_type="ml.m5.large", wait=False)
-    session.wait_for_endpoint(predictor.endpoint_name, poll=1)
-    return predictor
+    return model.deploy(initial_instance_count=1, instance_type="ml.m5.large", wait=False)
 
 # The whole handler chain in the user's module; the code stays in S3 (no repack).
-predictor = up(SKLearnModel(model_data={sklearn_data!r}, entry_point="inference.py",
-                            source_dir={sklearn_source!r}, framework_version="1.2-1", **common))
-predictor.serializer, predictor.deserializer = JSONSerializer(), JSONDeserializer()
+sklearn = up(SKLearnModel(model_data={sklearn_data!r}, entry_point="inference.py",
+                          source_dir={sklearn_source!r}, framework_version="1.2-1", **common))
+# PyTorch's default handlers (TorchScript model.pt), the code repacked into the model's code/
+# with its requirements.txt installed.
+torch = up(PyTorchModel(model_data={torch_data!r}, entry_point="inference.py",
+                        source_dir={torch_source!r}, framework_version="2.1",
+                        py_version="py310", **common))
 try:
-    print("SKLEARN", predictor.predict({{"values": [1, 2]}}))
+    for predictor in (sklearn, torch):
+        session.wait_for_endpoint(predictor.endpoint_name, poll=1)
+    sklearn.serializer, sklearn.deserializer = JSONSerializer(), JSONDeserializer()
+    print("SKLEARN", sklearn.predict({{"values": [1, 2]}}))
     try:
-        predictor.predict({{"values": []}})
+        sklearn.predict({{"values": []}})
     except ClientError as error:
         print("MODELERROR", error.response["Error"]["Code"], error.response["OriginalStatusCode"],
               error.response["OriginalMessage"])
+    print("TORCH", torch.predict(np.array([[1.0, 2.0]], dtype="float32")).tolist())
 finally:
-    predictor.delete_endpoint()
-
-# PyTorch's default handlers (TorchScript model.pt), the code repacked into the model's code/
-# with its requirements.txt installed.
-predictor = up(PyTorchModel(model_data={torch_data!r}, entry_point="inference.py",
-                            source_dir={torch_source!r}, framework_version="2.1",
-                            py_version="py310", **common))
-try:
-    print("TORCH", predictor.predict(np.array([[1.0, 2.0]], dtype="float32")).tolist())
-finally:
-    predictor.delete_endpoint()
+    sklearn.delete_endpoint()
+    torch.delete_endpoint()
 """
 
 SKLEARN_INFERENCE = """
