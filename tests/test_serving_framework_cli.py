@@ -77,8 +77,10 @@ def test_deploy_from_a_script_mode_job(deployer: Deployer, tmp_path: Path) -> No
     assert json.loads((tmp_path / "out.json").read_text()) == [21.0]
 
     assert name in run_cli(deployer, "models", "list").stdout
-    described = run_cli(deployer, "models", "describe", name).stdout
-    assert "SAGEMAKER_PROGRAM=train.py" in described and SKLEARN_IMAGE in described
+    assert "Container image" in run_cli(deployer, "models", "describe", name).stdout
+    model = json.loads(run_cli(deployer, "models", "describe", name, "--json").stdout)
+    assert model["PrimaryContainer"]["Image"] == SKLEARN_IMAGE
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "train.py"
     config = json.loads(run_cli(deployer, "endpoint-configs", "describe", name, "--json").stdout)
     assert config["ProductionVariants"][0]["ModelName"] == name
     run_cli(deployer, "endpoints", "delete", name)
