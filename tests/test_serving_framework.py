@@ -263,3 +263,17 @@ def test_sdk_v3_deploys_a_framework_model(
         f"v3-{bucket}",
     )  # fmt: skip
     assert "ANSWER ['2.0,4.0']" in output
+
+
+def test_serving_images_not_stood_in_for_are_refused(api_server: ApiServer) -> None:
+    """TensorFlow's serving image answers through TensorFlow Serving, not these handlers."""
+    from botocore.exceptions import ClientError
+
+    image = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-inference:2.13-cpu"
+    with pytest.raises(ClientError) as refused:
+        api_server.client("sagemaker").create_model(
+            ModelName="tf-model", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": image}
+        )
+    error = refused.value.response["Error"]
+    assert error["Code"] == "ValidationException"
+    assert "TensorFlow serving image, which openmaker does not stand in for" in error["Message"]
