@@ -15,8 +15,15 @@ import pytest
 from openmaker.runtime import unavailable_reason
 from tests.apiserver import ApiServer
 from tests.egress import Egress
+from tests.helpers import unique_name
 from tests.test_api_clients import ROLE, client_env, new_bucket
-from tests.test_endpoints import model_archive
+from tests.test_endpoints import Deployer, deployer, model_archive, wait_until
+
+__all__ = ["deployer"]  # the fixture
+
+SKLEARN_SERVING_IMAGE = (
+    "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+)
 
 pytestmark = pytest.mark.skipif(
     unavailable_reason() is not None, reason="endpoints need the bwrap sandbox"
@@ -277,3 +284,42 @@ def test_serving_images_not_stood_in_for_are_refused(api_server: ApiServer) -> N
     error = refused.value.response["Error"]
     assert error["Code"] == "ValidationException"
     assert "TensorFlow serving image, which openmaker does not stand in for" in error["Message"]
+
+
+def test_requirements_that_cannot_be_installed_fail_the_instance(
+    deployer: Deployer, api_server: ApiServer
+) -> None:
+    """A requirements.txt pip cannot satisfy without a package index (as on a machine
+    offline) ends the stand-in before /ping; its log says which file and why."""
+    bucket = new_bucket(api_server)
+    members = {
+        "code/inference.py": b"def model_fn(model_dir):\n    return None\n",
+        "code/requirements.txt": b"--no-index\nopenmaker-absent-package\n",
+    }
+    deployer.s3.put_object(Bucket=bucket, Key="m.tar.gz", Body=model_archive(members))
+    model = unique_name("reqs")
+    deployer.sagemaker.create_model(
+        ModelName=model,
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={
+            "Image": SKLEARN_SERVING_IMAGE,
+            "ModelDataUrl": f"s3://{bucket}/m.tar.gz",
+            "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
+                            "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
+        },
+    )  # fmt: skip
+    name = deployer.endpoint(model)
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "Failed"
+    assert "exited with status 1 before it answered /ping" in described["FailureReason"]
+    logs = api_server.client("logs")
+    group = f"/aws/sagemaker/Endpoints/{name}"
+
+    def said() -> str:
+        events = logs.filter_log_events(logGroupName=group)["events"]
+        return "\n".join(e["message"] for e in events)
+
+    wait_until(
+        lambda: "/opt/ml/model/code/requirements.txt could not be installed" in said(),
+        "the instance's log to say why",
+    )

@@ -58,7 +58,8 @@ def container_spec(
     python_bin = str(Path(sys.executable).parent)
     env = {**env, "PATH": f"{python_bin}:{env.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
     return ContainerSpec(
-        argv=[sys.executable, "-m", "openmaker.serving.framework.server", framework],
+        # -P: the working folder (the model's) is not put on sys.path before openmaker's.
+        argv=[sys.executable, "-P", "-m", "openmaker.serving.framework.server", framework],
         env=env,
         state_dir=folder / "state",
         layers=layers,
