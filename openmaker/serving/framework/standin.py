@@ -40,21 +40,21 @@ def container_spec(
     settings: Settings,
     framework: str,
     folder: Path,
+    binds: list[Bind],
     env: dict[str, str],
     hostname: str,
     netns_fd: int,
     limits: Limits,
 ) -> ContainerSpec:
-    """The stand-in's container for the instance whose folder is `folder` (model/, code/,
-    state/)."""
+    """The stand-in's container for the instance (or pipeline container) whose folder is
+    `folder` (model/, code/, state/), with `binds` (its model's among them)."""
     hidden = hidden_paths(settings.sandbox_hide)
     covered = [Path("/tmp"), *settings.private_paths, *hidden]
     package = str(Path(openmaker.__file__).parent)
     # openmaker's Python and package may live where the root layer does not show them.
     layers = ("/", *unseen_by_root([sys.prefix, sys.base_prefix, package], covered))
-    binds = [Bind(str(folder / "model"), MODEL_DIR, read_only=True, unnamed=True)]
     if (folder / "code").is_dir():
-        binds.append(Bind(str(folder / "code"), FETCHED_CODE_DIR, unnamed=True))
+        binds = [*binds, Bind(str(folder / "code"), FETCHED_CODE_DIR, unnamed=True)]
     python_bin = str(Path(sys.executable).parent)
     env = {**env, "PATH": f"{python_bin}:{env.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
     return ContainerSpec(
