@@ -1,4 +1,4 @@
-"""`openmaker endpoints deploy` (from a script-mode training job, and from a local model
+"""`openmaker endpoints deploy` (from a training job, and from a local model
 archive with an image) and `openmaker models` / `endpoint-configs` list, describe, delete,
 against a real server."""
 
@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from tests.apiserver import openmaker_command
-from tests.helpers import request, unique_name
+from tests.helpers import make_image, request, unique_name
 from tests.test_endpoints import (
     SERVE,
     Deployer,
@@ -21,7 +21,6 @@ from tests.test_endpoints import (
     pytestmark,
     wait_until,
 )
-from tests.test_serving_framework import TRAIN_AND_SERVE
 
 __all__ = ["deployer", "pytestmark"]  # the fixture, and the skip without a sandbox
 
@@ -37,30 +36,41 @@ def run_cli(deployer: Deployer, *args: str, ok: bool = True) -> subprocess.Compl
     return done
 
 
-def test_deploy_from_a_script_mode_job(deployer: Deployer, tmp_path: Path) -> None:
-    """The job's artifacts, image and code (its sagemaker_program / submit directory
-    hyperparameters) make a model the stand-in serves; models and configs are listed,
-    described and deleted."""
+# The serving half of a script-mode job's code; the job itself (a bring-your-own folder, quick)
+# only writes the model.
+SERVE_PY = """
+import os
+
+class Scaled:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def predict(self, rows):
+        return rows * self.factor + 1
+
+def model_fn(model_dir):
+    return Scaled(float(open(os.path.join(model_dir, "factor.txt")).read()))
+"""
+
+
+def test_deploy_from_a_training_job(deployer: Deployer, tmp_path: Path) -> None:
+    """The job's artifacts and its code (the sagemaker_program / submit directory
+    hyperparameters, as the SDK v2 sets them) make a model the stand-in serves; models and
+    configs are listed, described and deleted."""
     s3 = deployer.s3
     bucket = unique_name("cli-deploy")
     s3.create_bucket(Bucket=bucket)
-    rows = "".join(f"{x},{2 * x + 1}\n" for x in range(5))
-    s3.put_object(Bucket=bucket, Key="train/data.csv", Body=rows.encode())
-    s3.put_object(
-        Bucket=bucket,
-        Key="code/sourcedir.tar.gz",
-        Body=model_archive({"train.py": TRAIN_AND_SERVE.encode()}),
-    )
+    code = model_archive({"serve.py": SERVE_PY.encode()})
+    s3.put_object(Bucket=bucket, Key="code/sourcedir.tar.gz", Body=code)
+    image = make_image(tmp_path / "train", "#!/bin/sh\necho 2 > /opt/ml/model/factor.txt\n")
     job = unique_name("cli-job")
     deployer.sagemaker.create_training_job(
         **request(
             job,
-            SKLEARN_IMAGE,
+            str(image),
             f"s3://{bucket}/out",
-            {"train": f"s3://{bucket}/train"},
             HyperParameters={
-                "scale": "1",
-                "sagemaker_program": json.dumps("train.py"),
+                "sagemaker_program": json.dumps("serve.py"),
                 "sagemaker_submit_directory": json.dumps(f"s3://{bucket}/code/sourcedir.tar.gz"),
             },
         )
@@ -69,18 +79,20 @@ def test_deploy_from_a_script_mode_job(deployer: Deployer, tmp_path: Path) -> No
     waiter.wait(TrainingJobName=job, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
     name = unique_name("cli-ep")
     deployer.endpoints.append(name)
-    deployed = run_cli(deployer, "endpoints", "deploy", name, "--job", job).stdout
+    deployed = run_cli(
+        deployer, "endpoints", "deploy", name, "--job", job, "--image", SKLEARN_IMAGE
+    ).stdout
     assert f"Endpoint {name} is InService" in deployed
     (tmp_path / "in.csv").write_text("10\n")
     run_cli(deployer, "endpoints", "invoke", name, str(tmp_path / "in.csv"),
             str(tmp_path / "out.json"), "--content-type", "text/csv")  # fmt: skip
-    assert json.loads((tmp_path / "out.json").read_text()) == [21.0]
+    assert json.loads((tmp_path / "out.json").read_text()) == [[21.0]]
 
     assert name in run_cli(deployer, "models", "list").stdout
     assert "Container image" in run_cli(deployer, "models", "describe", name).stdout
     model = json.loads(run_cli(deployer, "models", "describe", name, "--json").stdout)
     assert model["PrimaryContainer"]["Image"] == SKLEARN_IMAGE
-    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "train.py"
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "serve.py"
     config = json.loads(run_cli(deployer, "endpoint-configs", "describe", name, "--json").stdout)
     assert config["ProductionVariants"][0]["ModelName"] == name
     run_cli(deployer, "endpoints", "delete", name)
