@@ -6,11 +6,11 @@ At start it installs the code folder's requirements.txt with pip into the contai
 the model is loaded, so /ping answers 200 when invocations can be served. Anything failing at
 start ends the process with the reason in the instance's log. Then:
 - GET /ping: 200.
-- POST /invocations: Content-Type (application/json when absent) and Accept (when absent or
-  `*/*`, SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, else application/json) go to the handlers; one
-  invocation at a time, as one model server worker. A content type the default handlers
-  cannot take is a 415; an exception of a handler a 500 carrying its message (the traceback
-  goes to the log).
+- POST /invocations: Content-Type (application/json when absent) and Accept (the first of
+  several; when absent or `*/*`, SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, else application/json)
+  go to the handlers; one invocation at a time, as one model server worker. A content type
+  the default handlers cannot take is a 415; an exception of a handler a 500 carrying its
+  message (the traceback goes to the log).
 - GET /execution-parameters: what a batch transform may send at once.
 """
 
@@ -95,7 +95,8 @@ class Request(BaseHTTPRequestHandler):
             self._send(404, b"Not Found\n", "text/plain")
             return
         content_type = self.headers.get("Content-Type") or codecs.JSON
-        accept = self.headers.get("Accept") or "*/*"
+        # Of several accepted types, the first is answered in.
+        accept = (self.headers.get("Accept") or "*/*").split(",")[0].strip()
         if accept == "*/*":
             accept = os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or codecs.JSON
         try:
