@@ -24,6 +24,7 @@ from openmaker.cli.request_builder import (
     build_request,
     load_request,
 )
+from openmaker.cli.serving_resources import endpoint_configs_app, models_app
 from openmaker.cli.watch import changes_file, follow, print_logs
 from openmaker.connection import (
     DEFAULT_HOST,
@@ -49,6 +50,8 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training 
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(endpoints_app, name="endpoints")  # openmaker/cli/endpoints.py
 app.add_typer(images_app, name="images")  # openmaker/cli/images.py
+app.add_typer(models_app, name="models")  # openmaker/cli/serving_resources.py
+app.add_typer(endpoint_configs_app, name="endpoint-configs")
 # Soft wrap: a log line piped to a file must stay one line.
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)

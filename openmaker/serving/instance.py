@@ -31,6 +31,7 @@ from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import HostNamespace, JobNetwork, enter_host
 from openmaker.runtime.spec import Limits
 from openmaker.serving import limits, multi_model
+from openmaker.serving.framework import standin
 from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage, pull, resolve
 from openmaker.serving.model_data import fetch
 from openmaker.serving.pipeline import ContainerGroup, Member, members
@@ -115,6 +116,8 @@ class Instance:
                 folder.mkdir(parents=True, exist_ok=True)
             if not self.multi_model:
                 fetch(part.container, model, part.folder / "scratch", self.settings.store)
+            if part.image.framework is not None:
+                standin.fetch_code(part.container, part.folder, self.settings.store)
             self.pulled[part.name] = pull(part.image, self.settings)
 
     def start(
@@ -154,6 +157,14 @@ class Instance:
         pulled = self.pulled.get(part.name)
         if pulled is not None:
             return self._image_spec(part, pulled, state, binds, count)
+        if part.image.framework is not None:
+            assert self.namespace is not None
+            base = {"PATH": PATH, "AWS_REGION": self.settings.region, "LANG": "C.UTF-8"}
+            return standin.container_spec(
+                self.settings, part.image.framework, part.folder, binds,
+                self._environment(part, base), self.plan.id, self.namespace.fd,
+                self._limits(part, count),
+            )  # fmt: skip
         return self._folder_spec(part, state, binds, count)
 
     def _environment(self, part: _Part, base: dict[str, str]) -> dict[str, str]:
