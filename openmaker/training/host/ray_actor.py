@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.instances import catalog
+from openmaker.runtime.overlay import node_network, remove_node_network
 from openmaker.training.host import jobtree
 from openmaker.training.host.events import Event
 from openmaker.training.host.jobtree import HostTree
@@ -59,6 +60,17 @@ class HostActor:
             gpus=tuple(str(int(g)) for g in ray.get_gpu_ids()),
         )
         self.spec = dataclasses.replace(plain, resources=resources)
+        # The job's network across its nodes: this node's part (its bridge for this host).
+        self.unplaced: str | None = None
+        network = self.spec.network
+        if network is not None and network.overlay_vni is not None:
+            try:
+                network = node_network(
+                    network, plain.settings.home, plain.job_name, plain.host_name, plain.code_env
+                )
+                self.spec = dataclasses.replace(self.spec, network=network)
+            except OSError as exc:
+                self.unplaced = f"InternalServerError: {exc}"
         self.stop = StopControl()
         self._events: list[Event] = []
         self._bytes = 0
@@ -89,6 +101,8 @@ class HostActor:
         self.stop.request(reason)
 
     def prepare(self) -> str | None:
+        if self.unplaced is not None:
+            return self.unplaced
         try:
             self.host.prepare(self.stop)
         except HostFailed as exc:
@@ -106,7 +120,14 @@ class HostActor:
         return None
 
     def close(self) -> None:
-        self.host.close()
+        try:
+            self.host.close()
+        finally:
+            network = self.spec.network
+            if network is not None and network.overlay_vni is not None:
+                remove_node_network(
+                    self.spec.settings.home, self.spec.job_name, self.spec.host_name
+                )
 
     def pack_part(self) -> list[str]:
         """Pack this host's `/opt/ml/model` and `/opt/ml/output/data` for the first host, which
