@@ -20,6 +20,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+from openmaker.runtime.overlay import node_networks, remove_node_network
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
 from tests.apiserver import running_api_server
@@ -157,11 +158,14 @@ def cluster() -> Iterator[Any]:
 
 
 @pytest.fixture
-def on_ray(home: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+def on_ray(home: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("OPENMAKER_EXECUTOR", "ray")
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     monkeypatch.setenv("OPENMAKER_STOP_GRACE_SECONDS", "5")
-    return home
+    yield home
+    # A host lost with its node leaves its bridge there (the nodes here share this kernel).
+    for job, host in node_networks(home):
+        remove_node_network(home, job, host)
 
 
 def _members(uri: str) -> dict[str, bytes]:
@@ -303,8 +307,9 @@ def test_a_stop_reaches_every_host_on_its_node(on_ray: Path, tmp_path: Path) -> 
     assert description["TrainingJobStatus"] == "Stopped"
     logs = log_text(jobs, name)
     assert "got SIGTERM on algo-1" in logs and "got SIGTERM on algo-2" in logs
-    # The job's actors and reservation are given back.
+    # The job's actors and reservation are given back, and its hosts' bridges on the nodes.
     assert not any(node.hosts for node in nodes(load_settings()))
+    assert node_networks(on_ray) == []
 
 
 def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluster: Any) -> None:

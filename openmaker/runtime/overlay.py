@@ -66,6 +66,9 @@ def node_network(
 ) -> JobNetwork:
     """On the host's node: its bridge (the way out) added to the job's overlay (NetworkError)."""
     assert given.overlay_range is not None
+    # What an earlier attempt's host left here (its actor lost with the node, which came back):
+    # this host is the only one of the job's of this name now.
+    remove_node_network(home, job_name, host)
     bridge, alias = _node_bridge(home, job_name, host)
     last = given.overlay_port + MAX_HOSTS - 1
     no_overlay = f'    iifname "{bridge}" udp dport {given.overlay_port}-{last} drop\n'
@@ -96,6 +99,21 @@ def remove_node_network(home: Path, job_name: str, host: str) -> None:
     if (Path("/sys/class/net") / bridge).exists():
         with network._lock():
             network._remove(bridge)
+
+
+def node_networks(home: Path) -> list[tuple[str, str]]:
+    """The (job, host) of every host's bridge of the openmaker home `home` on this node."""
+    mark = f"{_NODE_MARK}:{network._home_key(home)}:"
+    found = []
+    for link in Path("/sys/class/net").glob(PREFIX + "*"):
+        try:
+            alias = (link / "ifalias").read_text().strip()
+        except OSError:
+            continue
+        if alias.startswith(mark):
+            job, _, host = alias.removeprefix(mark).rpartition(":")
+            found.append((job, host))
+    return sorted(found)
 
 
 def _node_bridge(home: Path, job_name: str, host: str) -> tuple[str, str]:

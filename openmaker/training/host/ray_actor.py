@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.instances import catalog
-from openmaker.runtime.overlay import node_network, remove_node_network
+from openmaker.runtime.overlay import node_network, node_networks, remove_node_network
 from openmaker.training.host import jobtree
 from openmaker.training.host.events import Event
 from openmaker.training.host.jobtree import HostTree
@@ -64,6 +64,7 @@ class HostActor:
         self.unplaced: str | None = None
         network = self.spec.network
         if network is not None and network.overlay_vni is not None:
+            _sweep_node(plain.settings.home)
             try:
                 network = node_network(
                     network, plain.settings.home, plain.job_name, plain.host_name, plain.code_env
@@ -203,6 +204,20 @@ class HostActor:
         copy = TrainingHost(copy_spec, self._emit)
         copy.tree = HostTree(copy_spec)
         return copy
+
+
+def _sweep_node(home: Path) -> None:
+    """Remove the bridges of hosts whose actor is gone (lost with their node, which came back):
+    no node-side process outlives them to do it."""
+    import ray
+
+    for job, host in node_networks(home):
+        try:
+            ray.get_actor(f"openmaker:{job}:{host}", namespace="openmaker")
+        except ValueError:  # no such actor alive in the cluster
+            remove_node_network(home, job, host)
+        except Exception as exc:  # the cluster cannot tell now: the next host's sweep will
+            print(f"the bridge of {job}/{host} is left for now: {exc}")
 
 
 def _part_name(relative: str) -> str:
