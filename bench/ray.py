@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bench.stats import Timings
 from openmaker.training.service import TrainingJobs
@@ -63,7 +64,7 @@ def _executor(name: str, nodes: int) -> Iterator[None]:
     """The environment the jobs' workers read: the local executor, or a fresh local cluster
     with `nodes` nodes of the type."""
     saved = {k: os.environ.get(k) for k in ("OPENMAKER_EXECUTOR", "RAY_ADDRESS")}
-    cluster = None
+    cluster: Any = None
     try:
         os.environ["OPENMAKER_EXECUTOR"] = name
         if name == "ray":
