@@ -26,23 +26,24 @@ from pathlib import Path
 from openmaker.jobs import gate_keys
 from openmaker.jobs.gate_keys import Place
 from openmaker.settings import Settings
+from openmaker.shapes.locations import submit_directory
 from openmaker.store.location import S3Endpoint, StoreSettings, split_s3_uri
-from openmaker.training.host.plan import DataType, TrainingPlan
-from openmaker.training.host.source_code import submit_directory
 from openmaker.training.host.spec import HostSpec
 
+# A channel whose URI names a manifest (the plan's DataType values), not the data.
+MANIFESTS = ("ManifestFile", "AugmentedManifestFile")
 # The record's holder (gate_keys.mint): the hosts', not the code's.
 HOLDER = "hosts"
 # The hosts' store folder: none (a transfer that still took a folder would find nothing).
 NO_FOLDER = Path("/nonexistent/openmaker-store")
 
 
-def host_places(plan: TrainingPlan) -> list[Place]:
+def host_places(spec: HostSpec) -> list[Place]:
     """What the job's hosts transfer: channels and the source tarball (read), the job's output
     folder and its checkpoints (read-write)."""
-    found = []
+    plan, found = spec.plan, []
     for channel in plan.channels:
-        if channel.data_type in (DataType.MANIFEST, DataType.AUGMENTED_MANIFEST):
+        if channel.data_type in MANIFESTS:
             bucket, _ = split_s3_uri(channel.uri) if channel.uri.startswith("s3://") else ("", "")
             if bucket:
                 found.append(Place(f"s3://{bucket}/", is_folder=True, write=False))
@@ -63,7 +64,7 @@ def through_the_gate(settings: Settings, specs: list[HostSpec]) -> list[HostSpec
     gate = settings.store.gate_url
     if not gate or not specs:
         return specs
-    places = [place for spec in specs for place in host_places(spec.plan)]
+    places = [place for spec in specs for place in host_places(spec)]
     key = gate_keys.mint(
         settings.home,
         specs[0].job_name,
