@@ -10,14 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from openmaker.cli.output import console, fail
 from openmaker.cli.sagemaker_calls import CallFailed, SageMakerCalls
 from openmaker.settings import Settings, SettingsError, load_settings
 
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
 # How often the endpoint's status is read while waiting.
 POLL_SECONDS = 1.0
 # A script-mode job's hyperparameters that say where its code is (SDK v2), and the model
@@ -26,11 +23,6 @@ _SCRIPT_MODE = {
     "sagemaker_program": "SAGEMAKER_PROGRAM",
     "sagemaker_submit_directory": "SAGEMAKER_SUBMIT_DIRECTORY",
 }
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(1)
 
 
 def deploy(
@@ -54,11 +46,11 @@ def deploy(
 ) -> None:
     """Deploy a model to a new endpoint: from a training job, or a model archive and an image."""
     if (job is None) == (model_data is None):
-        raise _fail("give --job or --model-data (with --image)")
+        raise fail("give --job or --model-data (with --image)")
     try:
         settings = load_settings()
     except SettingsError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     calls = SageMakerCalls(settings)
     try:
         container, role = _container(calls, settings, name, job, model_data, image)
@@ -77,7 +69,7 @@ def deploy(
         if wait:
             _follow(calls, name)
     except CallFailed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _container(
@@ -184,6 +176,6 @@ def _pairs(values: list[str]) -> dict[str, str]:
     for value in values:
         key, sep, rest = value.partition("=")
         if not sep or not key:
-            raise _fail(f"--env takes KEY=VALUE, not {value!r}")
+            raise fail(f"--env takes KEY=VALUE, not {value!r}")
         result[key] = rest
     return result

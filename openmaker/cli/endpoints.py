@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
 from openmaker.cli.deploy import deploy
+from openmaker.cli.output import console, fail, when
 from openmaker.cli.sagemaker_calls import CallFailed as _Failed
 from openmaker.cli.sagemaker_calls import SageMakerCalls
 from openmaker.settings import Settings, SettingsError, load_settings
@@ -25,8 +23,6 @@ from openmaker.settings import Settings, SettingsError, load_settings
 endpoints_app = typer.Typer(
     no_args_is_help=True, help="Deploy, look at, call and delete endpoints."
 )
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class _Endpoints:
@@ -80,16 +76,7 @@ def _service() -> _Endpoints:
     try:
         return _Endpoints(load_settings())
     except SettingsError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(1)
-
-
-def _when(value: Any) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else ""
+        raise fail(str(exc)) from None
 
 
 @endpoints_app.command("list")
@@ -98,7 +85,7 @@ def list_endpoints() -> None:
     try:
         found = _service().list()
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     longest = max((len(e["EndpointName"]) for e in found), default=4)
     table = Table(
         Column("Name", no_wrap=True, min_width=longest),
@@ -107,7 +94,7 @@ def list_endpoints() -> None:
     )
     for endpoint in found:
         table.add_row(
-            endpoint["EndpointName"], endpoint["EndpointStatus"], _when(endpoint["CreationTime"])
+            endpoint["EndpointName"], endpoint["EndpointStatus"], when(endpoint["CreationTime"])
         )
     console.print(table)
 
@@ -121,7 +108,7 @@ def describe_endpoint(
     try:
         found = _service().describe(name)
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         print(json.dumps(found, indent=2, default=lambda v: v.isoformat()))
         return
@@ -133,7 +120,7 @@ def describe_endpoint(
         table.add_row("Failure", Text(found["FailureReason"]))
     if found.get("PendingDeploymentSummary"):
         table.add_row("Deploying", found["PendingDeploymentSummary"]["EndpointConfigName"])
-    table.add_row("Created", _when(found["CreationTime"]))
+    table.add_row("Created", when(found["CreationTime"]))
     console.print(table)
     variants = Table("Variant", "Weight (now → desired)", "Instances (now → desired)")
     for v in found.get("ProductionVariants", []):
@@ -151,7 +138,7 @@ def delete_endpoint(name: str) -> None:
     try:
         _service().delete(name)
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"Deleting {name}")
 
 
@@ -172,7 +159,7 @@ def invoke_endpoint(
     try:
         answer = _service().invoke(name, body, content_type, accept)
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if output_file is None:
         sys.stdout.buffer.write(answer)
         sys.stdout.buffer.flush()

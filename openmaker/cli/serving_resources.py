@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from openmaker.cli.output import console, fail, when
 from openmaker.cli.sagemaker_calls import CallFailed, SageMakerCalls
 from openmaker.settings import SettingsError, load_settings
-
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -38,16 +34,7 @@ def _calls() -> SageMakerCalls:
     try:
         return SageMakerCalls(load_settings())
     except SettingsError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(1)
-
-
-def _when(value: Any) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else ""
+        raise fail(str(exc)) from None
 
 
 def _model_rows(found: dict[str, Any]) -> list[tuple[str, str]]:
@@ -91,11 +78,11 @@ def resource_app(kind: Kind) -> typer.Typer:
         try:
             found = _calls().pages(f"List{kind.plural}", kind.plural)
         except CallFailed as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         longest = max((len(item[kind.name_member]) for item in found), default=4)
         table = Table(Column("Name", no_wrap=True, min_width=longest), Column("Created"))
         for item in found:
-            table.add_row(item[kind.name_member], _when(item["CreationTime"]))
+            table.add_row(item[kind.name_member], when(item["CreationTime"]))
         console.print(table)
 
     @app.command("describe", help=f"Show one {kind.noun}.")
@@ -106,7 +93,7 @@ def resource_app(kind: Kind) -> typer.Typer:
         try:
             found = _calls().call(f"Describe{kind.operation}", **{kind.name_member: name})
         except CallFailed as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         if as_json:
             print(json.dumps(found, indent=2, default=lambda v: v.isoformat()))
             return
@@ -115,7 +102,7 @@ def resource_app(kind: Kind) -> typer.Typer:
         rows = _model_rows(found) if kind == MODEL else _config_rows(found)
         for label, value in rows:
             table.add_row(label, escape(value))
-        table.add_row("Created", _when(found["CreationTime"]))
+        table.add_row("Created", when(found["CreationTime"]))
         console.print(table)
 
     @app.command(
@@ -125,7 +112,7 @@ def resource_app(kind: Kind) -> typer.Typer:
         try:
             _calls().call(f"Delete{kind.operation}", **{kind.name_member: name})
         except CallFailed as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         console.print(f"Deleted {name}")
 
     return app
