@@ -174,7 +174,8 @@ def test_gpu_plan_binds_only_the_assigned_gpus(tmp_path: Path) -> None:
     assert not any("libcudart" in t or "libc.so" in t for t in targets)
     assert targets["/usr/local/nvidia/bin/nvidia-smi"] == str(tools / "nvidia-smi")
     assert all(bind.read_only for bind in plan.binds)
-    assert plan.env["NVIDIA_VISIBLE_DEVICES"] == "0,2"
+    # Machine GPUs 0 and 2, alone in the container: its CUDA numbers them 0 and 1.
+    assert plan.visible == ("0", "1") and "CUDA_VISIBLE_DEVICES" not in plan.env
     assert plan_gpus((), dev, (libs,), (tools,)).devices == ()
     with pytest.raises(RuntimeError, match="GPU 5 has no device node"):
         plan_gpus(("5",), dev, (libs,), (tools,))

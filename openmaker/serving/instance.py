@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.runtime import Bind, Container, ContainerSpec
-from openmaker.runtime.images import ImageContainer
+from openmaker.runtime.images import Cancelled, ImageContainer, never
 from openmaker.runtime.layers import hidden_paths
 from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import HostNamespace, JobNetwork, enter_host
@@ -65,13 +65,14 @@ class Instance:
         # Whether it answered /ping since its container last started.
         self.ready = False
 
-    def prepare(self) -> None:
-        """Fetch the model data (ModelDataError says why it cannot be had)."""
+    def prepare(self, cancelled: Cancelled = never) -> None:
+        """Fetch the model data (ModelDataError says why it cannot be had) and the image (its
+        pull interrupted once `cancelled()`)."""
         model = self.folder / "model"
         for folder in (model, self.folder / "scratch", self.folder / "state"):
             folder.mkdir(parents=True, exist_ok=True)
         fetch(self.plan.container, model, self.folder / "scratch", self.settings.store)
-        self.image = pull(self.plan.image, self.settings)  # ImageError
+        self.image = pull(self.plan.image, self.settings, cancelled)  # ImageError
 
     def start(self, network: JobNetwork, on_lines: OnLines) -> None:
         plan = self.plan
@@ -103,6 +104,7 @@ class Instance:
             binds=(Bind(str(self.folder / "model"), MODEL_DIR, read_only=True, unnamed=True),),
             workdir=image.workdir,
             user=image.user,
+            stop_signal=image.stop_signal,
             hostname=self.plan.id,
             netns_fd=self.namespace.fd,
             detach_mounts_under=self.settings.home,

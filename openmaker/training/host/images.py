@@ -27,10 +27,12 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from openmaker.runtime.images import (
+    Cancelled,
     ImageContainer,
     ImageReference,
     OnProgress,
     PullError,
+    PullStopped,
     ReferenceError,
     RegistrySettings,
     UserError,
@@ -160,15 +162,21 @@ def pull_image(
     entrypoint: Sequence[str],
     arguments: Sequence[str],
     on_progress: OnProgress,
+    cancelled: Cancelled,
+    verb: str | None = TRAIN,
 ) -> Image:
     """`image` pulled into the machine's image store (and unpacked) if it is one to pull, with
-    what its container runs: its ENTRYPOINT with `train`, or the request's overrides. ImageError
-    says why it cannot be had, naming the image and what the registry said."""
+    what its container runs: its ENTRYPOINT with `verb` (None: its CMD), or the request's
+    overrides. ImageError
+    says why it cannot be had, naming the image and what the registry said; PullStopped once
+    `cancelled()` (the job stopped) interrupted it."""
     if image.pulled is None:
         return image
     try:
-        pulled = image_store(settings).prepare(image.pulled, on_progress)
-        run = image_container(pulled, TRAIN, {}, list(entrypoint) or None, list(arguments) or None)
+        pulled = image_store(settings).prepare(image.pulled, on_progress, cancelled=cancelled)
+        run = image_container(pulled, verb, {}, list(entrypoint) or None, list(arguments) or None)
+    except PullStopped:
+        raise
     except PullError as exc:
         raise ImageError(str(exc)) from None
     except RuntimeError as exc:  # a layer umoci cannot take as it is (zstd.py)

@@ -10,6 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from openmaker.runtime.images import PullStopped
 from openmaker.runtime.network import NetworkError
 from openmaker.shapes.distribution import MPIRUN
 from openmaker.store import StoreError, UnsafeKeyError
@@ -93,10 +94,13 @@ def run_code(
     try:
         # Here, on the host's machine: a local image is a folder of this machine.
         image = resolve_image(command.image, bool(command.entrypoint), command.hyperparameters)
-        image = _pull(spec, image, emit)
+        image = _pull(spec, image, emit, stop)
     except ImageError as exc:
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
+    except PullStopped:  # stopped while the image was pulled: the code never ran
+        inputs.stop()
+        return HostResult(-1, stop.stopped, None)
     try:
         _prepare_distribution(spec, tree, image)
     except SshError as exc:
@@ -140,7 +144,7 @@ def run_code(
     return HostResult(result.code, result.stopped, failure)
 
 
-def _pull(spec: HostSpec, image: Image, emit: Emit) -> Image:
+def _pull(spec: HostSpec, image: Image, emit: Emit, stop: StopControl) -> Image:
     """A registry image (or image file) pulled and unpacked, its progress in the status."""
     if image.pulled is None:
         return image
@@ -154,6 +158,8 @@ def _pull(spec: HostSpec, image: Image, emit: Emit) -> Image:
         spec.plan.command.entrypoint,
         spec.plan.command.arguments,
         lambda line: emit(StatusChanged("Downloading", message=f"{said}: {line}")),
+        lambda: stop.requested,
+        spec.plan.command.verb,
     )
     emit(StatusChanged("Downloading", message=f"{said}: done ({pulled.digest})"))
     return pulled
