@@ -76,7 +76,7 @@ def _access(tmp_path: Path, registry: Registry, proxy: StallingProxy) -> Registr
     return RegistryAccess(auth, (registry.host, proxy.host))
 
 
-def _skopeo_processes(text: str) -> list[int]:
+def skopeo_processes(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -107,13 +107,13 @@ def test_a_stop_interrupts_a_pull_and_leaves_no_half_written_image(
     puller.start()
     try:
         assert proxy.stalled.wait(60), "the pull never asked for a layer"
-        assert _skopeo_processes(proxy.host)  # skopeo copy, waiting for the layer
+        assert skopeo_processes(proxy.host)  # skopeo copy, waiting for the layer
     finally:
         stop.set()
         puller.join(120)
     assert not puller.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], PullStopped), outcome
-    assert not _skopeo_processes(proxy.host)  # killed with its process group
+    assert not skopeo_processes(proxy.host)  # killed with its process group
     layout = tmp_path / "images" / "oci"
     index_path = layout / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
@@ -150,7 +150,7 @@ def test_stop_training_job_during_a_pull_stops_it(
     finally:
         stop_and_wait(jobs, [name])
     assert description["TrainingJobStatus"] == "Stopped", description.get("FailureReason")
-    assert not _skopeo_processes(proxy.host)
+    assert not skopeo_processes(proxy.host)
 
 
 @sandboxed
