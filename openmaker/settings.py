@@ -144,6 +144,10 @@ class Settings:
     registries_conf: Path | None = None
     # Where registry tokens for ECR images come from (see EcrEndpoint).
     ecr: EcrEndpoint = field(default_factory=EcrEndpoint)
+    # SageMaker's framework images (OPENMAKER_FRAMEWORK_IMAGES): "pull" (run as they are when
+    # they, or a mirror, can be pulled; else this machine's Python stands in) or "local"
+    # (always stood in for, never pulled).
+    framework_images: str = "pull"
     # Where a job's hosts run (OPENMAKER_EXECUTOR): "local" (threads of its worker, on this
     # machine) or "ray" (actors on the Ray cluster at RAY_ADDRESS; see training/ray_hosts.py).
     executor: str = "local"
@@ -227,6 +231,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         registry_auth_file=_auth_file(env.text("REGISTRY_AUTH_FILE")),
         registries_conf=env.file("OPENMAKER_REGISTRIES_CONF"),
         ecr=env.ecr_endpoint(),
+        framework_images=env.choice("OPENMAKER_FRAMEWORK_IMAGES", ("pull", "local")),
         executor=env.choice("OPENMAKER_EXECUTOR", ("local", "ray")),
         ray_address=env.text("RAY_ADDRESS") or None,
         ray_wait_seconds=env.number_or("OPENMAKER_RAY_WAIT_SECONDS", DEFAULT_RAY_WAIT_SECONDS),
@@ -293,6 +298,7 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "registry_auth_file": None if auth is None else str(auth),
         "registries_conf": None if conf is None else str(conf),
         "ecr": asdict(settings.ecr),
+        "framework_images": settings.framework_images,
         "executor": settings.executor,
         "ray_address": settings.ray_address,
         "ray_wait_seconds": settings.ray_wait_seconds,

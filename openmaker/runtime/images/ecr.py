@@ -61,6 +61,7 @@ class EcrTokens:
 
     def _fetch(self, account: str, region: str) -> tuple[str, float]:
         import boto3  # only when a token is needed: most pulls never ask ECR
+        from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
 
         endpoint = self.endpoint
@@ -71,6 +72,8 @@ class EcrTokens:
             aws_access_key_id=endpoint.access_key_id,
             aws_secret_access_key=endpoint.secret_access_key,
             aws_session_token=endpoint.session_token,
+            # An ECR out of reach (no network) is soon said so: a mirror may serve the image.
+            config=Config(connect_timeout=5, read_timeout=30, retries={"total_max_attempts": 2}),
         )
         try:
             answer = client.get_authorization_token(registryIds=[account])

@@ -144,7 +144,8 @@ def explain(
     else:
         why = "the pull failed"
     if ecr_problem is not None:
-        why = ecr_problem
+        # A mirror that lacks the image said so: that stays the first reason.
+        why = f"{why}; {ecr_problem}" if why.endswith("no such image") else ecr_problem
     elif access is not None and access.ecr is None:
         why = ecr_advice(access.auth_file, reference) or why
     return f"Cannot pull {reference}: {why}. The registry said: {said[:600]}"

@@ -48,6 +48,8 @@ class HostSettings:
     insecure_registries: tuple[str, ...] = ()
     registries_conf: Path | None = None
     ecr: EcrEndpoint = field(default_factory=EcrEndpoint)
+    # "pull": a framework image is pulled and run as it is when it can be; "local": never.
+    framework_images: str = "pull"
 
     @classmethod
     def of(cls, settings: Settings) -> HostSettings:
@@ -63,6 +65,7 @@ class HostSettings:
             insecure_registries=settings.insecure_registries,
             registries_conf=settings.registries_conf,
             ecr=settings.ecr,
+            framework_images=settings.framework_images,
         )
 
     @property
