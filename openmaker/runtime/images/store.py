@@ -129,8 +129,11 @@ class ImageStore:
             temporary = bundle.with_name(f".{bundle.name}.{os.getpid()}")
             shutil.rmtree(temporary, ignore_errors=True)
             rootless = ["--rootless"] if os.geteuid() != 0 else []
-            argv = ["umoci", "--log", "error", "unpack", *rootless]
-            argv += ["--image", f"{self.layout.folder}:{name}", str(temporary)]
+            # `raw unpack`: the root filesystem alone, without the mtree manifest `umoci unpack`
+            # writes by hashing every file again (only `umoci repack` would need it).
+            argv = ["umoci", "--log", "error", "raw", "unpack", *rootless]
+            argv += ["--image", f"{self.layout.folder}:{name}", str(temporary / "rootfs")]
+            temporary.mkdir(parents=True)
             try:
                 with self.layout.locked(exclusive=False):
                     done = process.run(argv, cancelled)
