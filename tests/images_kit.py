@@ -315,7 +315,8 @@ class EcrStandIn:
 
 def skopeo_with_hosts(bin_dir: Path, hosts: str) -> None:
     """A `skopeo` in `bin_dir` that runs the real one with `hosts` as its /etc/hosts (in a
-    mount namespace of its own): how an ECR host name reaches a registry on loopback."""
+    mount namespace of its own): how an ECR host name reaches a registry on loopback. Its
+    command lines go to `bin_dir/argv.log`."""
     real = next(
         Path(folder) / "skopeo"
         for folder in os.environ["PATH"].split(":")
@@ -323,9 +324,10 @@ def skopeo_with_hosts(bin_dir: Path, hosts: str) -> None:
     )
     (bin_dir / "hosts").write_text(hosts)
     shim = bin_dir / "skopeo"
+    inner = f'mount --bind {bin_dir}/hosts /etc/hosts && exec {real} "$@"'
     shim.write_text(
-        "#!/bin/sh\nexec unshare --mount sh -c "
-        f'\'mount --bind {bin_dir}/hosts /etc/hosts && exec {real} "$@"\' skopeo "$@"\n'
+        f'#!/bin/sh\necho "$*" >> {bin_dir}/argv.log\n'
+        f"exec unshare --mount sh -c '{inner}' skopeo \"$@\"\n"
     )
     shim.chmod(0o755)
 

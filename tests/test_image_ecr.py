@@ -6,6 +6,7 @@ user AWS) through the /etc/hosts a skopeo shim gives the real skopeo."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -81,6 +82,9 @@ def test_token_is_fetched_once_kept_private_and_refreshed_at_its_end(
     assert first.rootfs.joinpath("bin/busybox").is_file()
     assert second.rootfs.joinpath("two.txt").read_text() == "2"
     assert ecr.calls == 1  # one token for both pulls
+    command_lines = (tmp_path / "bin" / "argv.log").read_text()
+    token = base64.b64encode(f"AWS:{PASSWORD}".encode()).decode()
+    assert "copy" in command_lines and PASSWORD not in command_lines and token not in command_lines
     cached = settings.home / "images" / "ecr" / f"{ECR}.json"
     assert stat.S_IMODE(cached.stat().st_mode) == 0o600
     assert stat.S_IMODE(cached.parent.stat().st_mode) == 0o700
