@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -68,7 +69,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer
         )  # fmt: skip
         push(layout, "server", registry, "team/server:1")
         # An image no other test pulls (the server's store keeps what it pulled by digest).
-        busybox_image(layout, "slow", base="server", files={"srv/slow.txt": "slow"})
+        # Its own layer is larger than what the front lets through before it holds a download.
+        noise = secrets.token_hex(64 * 1024)
+        busybox_image(layout, "slow", base="server", files={"srv/slow.txt": noise})
         push(layout, "slow", registry, "team/slow:1")
         proxy = StallingProxy(registry.host)
         auth = folder / "auth.json"
