@@ -39,8 +39,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         choices=[
-            "overhead", "cli", "download", "local", "pipe", "fastfile", "checkpoints", "api",
-            "gate", "images",
+            "overhead",
+            "cli",
+            "download",
+            "local",
+            "pipe",
+            "fastfile",
+            "checkpoints",
+            "api",
+            "gate",
+            "images",
         ],
         help="run one part only",
     )
@@ -64,9 +72,7 @@ def run_overhead(plan: Plan, scratch: Path) -> list[str]:
     return lines
 
 
-def run_against_s5cmd(
-    plan: Plan, scratch: Path, env: dict[str, str], mode: str
-) -> list[str]:
+def run_against_s5cmd(plan: Plan, scratch: Path, env: dict[str, str], mode: str) -> list[str]:
     """File-mode downloads against `s5cmd cp`, or Pipe streams against `s5cmd cat`, on every
     data set of the plan."""
     what, measure, peer = {

@@ -44,8 +44,7 @@ def _app_problems(app: Mapping[str, Any]) -> Iterator[str]:
     # A registry image (or image file) runs its own ENTRYPOINT and CMD, as SageMaker does.
     if not app.get("ContainerEntrypoint") and resolved.pulled is None:
         yield null_failure("AppSpecification.ContainerEntrypoint") + (
-            " (openmaker starts a local or framework processing image by its "
-            "ContainerEntrypoint)"
+            " (openmaker starts a local or framework processing image by its ContainerEntrypoint)"
         )
 
 
