@@ -36,15 +36,16 @@ def _app_problems(app: Mapping[str, Any]) -> Iterator[str]:
     image = app.get("ImageUri")
     if image is None:
         return
-    if not app.get("ContainerEntrypoint"):
-        yield null_failure("AppSpecification.ContainerEntrypoint") + (
-            " (openmaker starts a processing image by its ContainerEntrypoint)"
-        )
-        return
     try:
-        resolve_image(image, entrypoint=True)
+        resolved = resolve_image(image, entrypoint=True)
     except ImageError as exc:
         yield failure(image, "AppSpecification.ImageUri", str(exc))
+        return
+    # A registry image (or image file) runs its own ENTRYPOINT and CMD, as SageMaker does.
+    if not app.get("ContainerEntrypoint") and resolved.pulled is None:
+        yield null_failure("AppSpecification.ContainerEntrypoint") + (
+            " (openmaker starts a local or framework processing image by its ContainerEntrypoint)"
+        )
 
 
 def _local_path_problems(path: str, at: str) -> Iterator[str]:

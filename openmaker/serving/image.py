@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from openmaker.runtime.images import (
+    Cancelled,
     ImageContainer,
     ImageReference,
     PullError,
@@ -81,13 +82,16 @@ def resolve(reference: str, local: LocalPaths) -> ServingImage:
     return ServingImage(reference, folder.resolve())
 
 
-def pull(image: ServingImage, settings: RegistrySettings) -> ImageContainer | None:
+def pull(
+    image: ServingImage, settings: RegistrySettings, cancelled: Cancelled
+) -> ImageContainer | None:
     """A pulled image's root and what it runs (its ENTRYPOINT with `serve`), pulled into the
-    machine's image store if missing; None for a local folder. ImageError says why not."""
+    machine's image store if missing; None for a local folder. ImageError says why not (or
+    that `cancelled()` interrupted the pull)."""
     if image.pulled is None:
         return None
     try:
-        pulled = image_store(settings).prepare(image.pulled, lambda line: None)
+        pulled = image_store(settings).prepare(image.pulled, lambda line: None, True, cancelled)
         return image_container(pulled, SERVE, {})
     except (PullError, UserError) as exc:
         raise ImageError(str(exc)) from None

@@ -25,7 +25,7 @@ from typing import Any
 
 from openmaker.runtime import Bind, Container, ContainerSpec
 from openmaker.runtime import limits as runtime_limits
-from openmaker.runtime.images import ImageContainer
+from openmaker.runtime.images import Cancelled, ImageContainer, never
 from openmaker.runtime.layers import hidden_paths
 from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import HostNamespace, JobNetwork, enter_host
@@ -105,9 +105,9 @@ class Instance:
             for m, image in plan.pipeline
         ]
 
-    def prepare(self) -> None:
+    def prepare(self, cancelled: Cancelled = never) -> None:
         """Fetch the model data (ModelDataError says why it cannot be had) and pull the images
-        (ImageError)."""
+        (ImageError; a pull interrupted once `cancelled()`)."""
         if self.multi_model:  # its models come as they are asked for
             (self.folder / multi_model.FOLDER).mkdir(parents=True, exist_ok=True)
         for part in self._parts():
@@ -118,7 +118,7 @@ class Instance:
                 fetch(part.container, model, part.folder / "scratch", self.settings.store)
             if part.image.framework is not None:
                 standin.fetch_code(part.container, part.folder, self.settings.store)
-            self.pulled[part.name] = pull(part.image, self.settings)
+            self.pulled[part.name] = pull(part.image, self.settings, cancelled)
 
     def start(
         self,
@@ -183,6 +183,7 @@ class Instance:
             binds=tuple(binds),
             workdir=image.workdir,
             user=image.user,
+            stop_signal=image.stop_signal,
             hostname=self.plan.id,
             netns_fd=self.namespace.fd,
             detach_mounts_under=self.settings.home,

@@ -192,13 +192,15 @@ class EndpointWorker:
             instance.share = shares[instance.plan.id]
             plan = instance.plan
             try:
-                instance.prepare()
+                instance.prepare(self.stop.is_set)
             except ModelDataError as exc:
                 raise EndpointFailed(
                     f"Failed to download model data for production variant {plan.variant} "
                     f"(instance {plan.id}): {exc}"
                 ) from None
             except ImageError as exc:
+                if self.stop.is_set():
+                    return  # deleted while its image was pulled: the pull was interrupted
                 raise EndpointFailed(
                     f"Failed to pull the image of production variant {plan.variant}: {exc}"
                 ) from None

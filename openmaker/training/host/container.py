@@ -12,6 +12,8 @@ own folder not at all.
 
 from __future__ import annotations
 
+import dataclasses
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,9 +114,11 @@ def _sandboxed(
     if image.program_dir is not None:
         binds.append(Bind(str(image.program_dir), PROGRAM_MOUNT))
     devices: tuple[str, ...] = ()
+    limits = host_limits(spec)
     if (gpus := image_gpus(spec, image)) is not None:
         devices, env = gpus.devices, {**env, **gpus.env}
         binds += gpus.binds
+        limits = dataclasses.replace(limits, visible_gpus=gpus.visible)
     workdir = PROGRAM_MOUNT if image.program_dir is not None else "/"
     isolated = spec.plan.network_isolation
     namespace = None
@@ -137,9 +141,10 @@ def _sandboxed(
         hidden=tuple(hidden) if run is None else (),
         removed=tuple(spec.hidden_paths) if run is None else (),
         detach_mounts_under=spec.settings.jobs_dir,
-        limits=host_limits(spec),
+        limits=limits,
         user=run.user if run is not None else None,
         devices=devices,
+        stop_signal=run.stop_signal if run is not None else signal.SIGTERM,
     )
     note = f"sandboxed with bubblewrap as host {spec.host_name}"
     if isolated:
