@@ -3,7 +3,9 @@
 The variant is chosen by weight (`VariantWeight / sum`), or named by `TargetVariant`; the
 instance at random among the variant's healthy ones. The container's 2xx answer comes back as
 it is (body, Content-Type, Custom-Attributes); any other status is a ModelError carrying the
-container's status and message. Bodies are at most 6 MiB each way.
+container's status and message. Bodies are at most 6 MiB each way. Connections to the
+instances are kept alive and reused (serving/pool.py); each invocation is measured for the
+endpoint's CloudWatch metrics (serving/metrics.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
 from openmaker.serving.kind import log_group
+from openmaker.serving.metrics import InvocationMetrics
+from openmaker.serving.pool import ConnectionPool
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 # How long where an endpoint's instances are is taken as known (each request reading the
@@ -40,6 +44,10 @@ class InvocationError(Exception):
     def __init__(self, code: str, status: int, message: str, **extra: object) -> None:
         super().__init__(message)
         self.code, self.status, self.message, self.extra = code, status, message, extra
+        # For the metrics, where a container was sent the invocation: the status it answered
+        # (None: it did not) and how long that took.
+        self.container_status: int | None = None
+        self.model_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class Answer:
     content_type: str
     variant: str
     headers: dict[str, str] = field(default_factory=dict)
+    model_seconds: float = 0.0  # how long the container took
 
 
 class Invoker:
@@ -57,14 +66,44 @@ class Invoker:
         self.capture = Capture(endpoints.sessions, endpoints.settings.store)
         # SageMaker's: the container must answer an invocation within 60 s.
         self.invocation_seconds = endpoints.settings.invocation_seconds
+        self.connections = ConnectionPool(self.invocation_seconds)
+        self.metrics = InvocationMetrics(endpoints.sessions)
 
     def invoke(
-        self, name: str, body: bytes, headers: dict[str, str], target_variant: str | None
+        self,
+        name: str,
+        body: bytes,
+        headers: dict[str, str],
+        target_variant: str | None,
+        received: float | None = None,
     ) -> Answer:
+        """`received`: when the request arrived (time.perf_counter), for OverheadLatency."""
+        received = time.perf_counter() if received is None else received
         address, stream, variant = self.pick(name, target_variant)
-        answer = self._forward(name, address, stream, variant, body, headers)
+        try:
+            answer = self._forward(name, address, stream, variant, body, headers)
+        except InvocationError as exc:
+            self._measured(name, variant, exc.container_status, exc.model_seconds, received)
+            raise
         self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
+        self._measured(name, variant, 200, answer.model_seconds, received)
         return answer
+
+    def _measured(
+        self,
+        name: str,
+        variant: str,
+        status: int | None,
+        model_seconds: float | None,
+        received: float,
+    ) -> None:
+        route = self._routes.get(name)
+        found = route[1] if route is not None else None
+        instances = next(
+            (len(v.addresses) for v in (found.variants if found else ()) if v.name == variant), 1
+        )
+        total = time.perf_counter() - received
+        self.metrics.record(name, variant, instances, status, model_seconds, total)
 
     def pick(self, name: str, target_variant: str | None) -> tuple[str, str, str]:
         """An instance to take an invocation of `name`: its address, log stream, variant."""
@@ -123,24 +162,19 @@ class Invoker:
         body: bytes,
         headers: dict[str, str],
     ) -> Answer:
-        host, _, port = address.rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=self.invocation_seconds)
+        sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
+        started = time.perf_counter()
         try:
-            sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
-            connection.request("POST", "/invocations", body=body, headers=sent)
-            response = connection.getresponse()
-            data = response.read(MAX_PAYLOAD_BYTES + 1)
-            status = response.status
-            content_type = response.getheader("Content-Type") or "application/octet-stream"
-            attributes = response.getheader(CUSTOM_ATTRIBUTES)
+            response, data = self._exchange(address, body, sent)
         except (OSError, http.client.HTTPException) as exc:
-            raise self.model_error(
+            error = self.model_error(
                 name, stream, 500, f"the model container did not answer: {exc}", variant
-            ) from None
-        finally:
-            connection.close()
+            )
+            raise error from None
+        model_seconds = time.perf_counter() - started
+        status = response.status
         if len(data) > MAX_PAYLOAD_BYTES:
-            raise self.model_error(
+            error = self.model_error(
                 name,
                 stream,
                 500,
@@ -148,11 +182,36 @@ class Invoker:
                 "an endpoint may answer",
                 variant,
             )
+            error.container_status, error.model_seconds = status, model_seconds
+            raise error
         if not 200 <= status < 300:
             text = data.decode("utf-8", "replace")
-            raise self.model_error(name, stream, status, text, variant)
+            error = self.model_error(name, stream, status, text, variant)
+            error.container_status, error.model_seconds = status, model_seconds
+            raise error
+        content_type = response.getheader("Content-Type") or "application/octet-stream"
+        attributes = response.getheader(CUSTOM_ATTRIBUTES)
         extra = {CUSTOM_ATTRIBUTES: attributes} if attributes else {}
-        return Answer(data, content_type, variant, extra)
+        return Answer(data, content_type, variant, extra, model_seconds)
+
+    def _exchange(
+        self, address: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """POST /invocations on a kept connection to `address`: the response and its body (at
+        most one byte over the cap)."""
+        connection = self.connections.take(address)
+        try:
+            connection.request("POST", "/invocations", body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read(MAX_PAYLOAD_BYTES + 1)
+        except BaseException:
+            connection.close()
+            raise
+        if response.isclosed() and not response.will_close:
+            self.connections.give_back(address, connection)
+        else:
+            connection.close()  # asked to close, or more than the cap left unread
+        return response, data
 
     def model_error(
         self, name: str, stream: str, status: int, text: str, variant: str
