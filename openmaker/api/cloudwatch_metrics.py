@@ -94,9 +94,10 @@ def validate(operation: str, params: dict[str, Any], service: str = SERVICE) -> 
 
 
 class CloudWatchMetrics:
-    def __init__(self, reads: MetricReads, account: str) -> None:
-        self.reads, self.account = reads, account
-        self.endpoint_reads = EndpointMetricReads(reads.sessions)  # the same database
+    def __init__(
+        self, reads: MetricReads, account: str, endpoint_reads: EndpointMetricReads
+    ) -> None:
+        self.reads, self.account, self.endpoint_reads = reads, account, endpoint_reads
 
     def handlers(self) -> dict[str, Handler]:
         return {

@@ -17,12 +17,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import EndpointMetricValue
+from openmaker.jobs.db import sessions as db_sessions
 from openmaker.serving.metrics import (
     ENDPOINT_DIMENSION,
     NAMESPACE,
     VARIANT_DIMENSION,
     unit_of,
 )
+from openmaker.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ def endpoint_series_of(name: str, dimensions: Sequence[dict[str, str]]) -> Endpo
 class EndpointMetricReads:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+
+    @classmethod
+    def of(cls, settings: Settings) -> EndpointMetricReads:
+        """Reads of the metrics kept in the database of `settings`."""
+        return cls(db_sessions(settings))
 
     def buckets(
         self, series: EndpointSeries, start: int, end: int, period: int
