@@ -87,7 +87,8 @@ def test_invocations_are_counted_timed_and_listed(deployer: Deployer) -> None:
     for body, status in ((b"fail", 400), (b"crash", 500)):
         with pytest.raises(ClientError) as raised:
             invoke(deployer, endpoint, body)
-        assert raised.value.response["OriginalStatusCode"] == status
+        error: dict[str, Any] = dict(raised.value.response)
+        assert error["OriginalStatusCode"] == status
     client = cloudwatch(deployer.server)
 
     def counted() -> bool:
