@@ -71,8 +71,8 @@ def runtime_routes(
         request_id = str(uuid.uuid4())
         try:
             name, body, headers = await _checked(request, credentials, region, account_id)
-            answer = await run_in_threadpool(
-                invoker.invoke, name, body, headers, request.headers.get(TARGET_VARIANT), received
+            answer = await invoker.invoke_async(
+                name, body, headers, request.headers.get(TARGET_VARIANT), received
             )
         except InvocationError as exc:
             return error_response(exc.code, exc.status, exc.message, request_id, exc.extra)

@@ -10,11 +10,13 @@ endpoint's CloudWatch metrics (serving/metrics.py).
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import random
 import time
 from dataclasses import dataclass, field
 
+from openmaker.serving.async_exchange import AsyncConnections, ExchangeError
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
 from openmaker.serving.kind import log_group
@@ -67,6 +69,7 @@ class Invoker:
         # SageMaker's: the container must answer an invocation within 60 s.
         self.invocation_seconds = endpoints.settings.invocation_seconds
         self.connections = ConnectionPool(self.invocation_seconds)
+        self.loop_connections = AsyncConnections(self.invocation_seconds)
         self.metrics = InvocationMetrics(endpoints.sessions)
 
     def invoke(
@@ -88,6 +91,65 @@ class Invoker:
         self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
         self._measured(name, variant, 200, answer.model_seconds, received)
         return answer
+
+    async def invoke_async(
+        self,
+        name: str,
+        body: bytes,
+        headers: dict[str, str],
+        target_variant: str | None,
+        received: float | None = None,
+    ) -> Answer:
+        """`invoke`, from the event loop: the exchange with the container is made on the loop
+        (serving/async_exchange.py); only what may read the database (a route or a capture
+        setting not read in the last second) goes to a thread."""
+        received = time.perf_counter() if received is None else received
+        if self._route_known(name):
+            address, stream, variant = self.pick(name, target_variant)
+        else:
+            address, stream, variant = await asyncio.to_thread(self.pick, name, target_variant)
+        sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
+        started = time.perf_counter()
+        try:
+            try:
+                reply = await self.loop_connections.post(
+                    address, "/invocations", sent, body, MAX_PAYLOAD_BYTES
+                )
+            except ExchangeError as exc:
+                raise self.model_error(
+                    name, stream, 500, f"the model container did not answer: {exc}", variant
+                ) from None
+            answer = self._answered(
+                name,
+                stream,
+                variant,
+                reply.status,
+                reply.body,
+                reply.headers.get("content-type"),
+                reply.headers.get(CUSTOM_ATTRIBUTES.lower()),
+                time.perf_counter() - started,
+            )
+        except InvocationError as exc:
+            self._measured(name, variant, exc.container_status, exc.model_seconds, received)
+            raise
+        if self.capture.known(name):
+            self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
+        else:
+            await asyncio.to_thread(
+                self.capture.record,
+                name,
+                variant,
+                body,
+                headers,
+                answer.body,
+                answer.content_type,
+            )
+        self._measured(name, variant, 200, answer.model_seconds, received)
+        return answer
+
+    def _route_known(self, name: str) -> bool:
+        known = self._routes.get(name)
+        return known is not None and time.monotonic() - known[0] < ROUTE_SECONDS
 
     def _measured(
         self,
@@ -171,8 +233,29 @@ class Invoker:
                 name, stream, 500, f"the model container did not answer: {exc}", variant
             )
             raise error from None
-        model_seconds = time.perf_counter() - started
-        status = response.status
+        return self._answered(
+            name,
+            stream,
+            variant,
+            response.status,
+            data,
+            response.getheader("Content-Type"),
+            response.getheader(CUSTOM_ATTRIBUTES),
+            time.perf_counter() - started,
+        )
+
+    def _answered(
+        self,
+        name: str,
+        stream: str,
+        variant: str,
+        status: int,
+        data: bytes,
+        content_type: str | None,
+        attributes: str | None,
+        model_seconds: float,
+    ) -> Answer:
+        """The container's answer as the runtime gives it back (InvocationError: refused)."""
         if len(data) > MAX_PAYLOAD_BYTES:
             error = self.model_error(
                 name,
@@ -189,9 +272,8 @@ class Invoker:
             error = self.model_error(name, stream, status, text, variant)
             error.container_status, error.model_seconds = status, model_seconds
             raise error
-        content_type = response.getheader("Content-Type") or "application/octet-stream"
-        attributes = response.getheader(CUSTOM_ATTRIBUTES)
         extra = {CUSTOM_ATTRIBUTES: attributes} if attributes else {}
+        content_type = content_type or "application/octet-stream"
         return Answer(data, content_type, variant, extra, model_seconds)
 
     def _exchange(
