@@ -4,8 +4,10 @@ The variant is chosen by weight (`VariantWeight / sum`), or named by `TargetVari
 instance at random among the variant's healthy ones. The container's 2xx answer comes back as
 it is (body, Content-Type, Custom-Attributes); any other status is a ModelError carrying the
 container's status and message. Bodies are at most 6 MiB each way. Connections to the
-instances are kept alive and reused (serving/pool.py); each invocation is measured for the
-endpoint's CloudWatch metrics (serving/metrics.py).
+instances are kept alive and reused: the runtime API's invocations are exchanged on the server's
+event loop (`invoke_async`, serving/async_exchange.py), others (the console's form) from a
+thread (`invoke`, serving/pool.py). Each invocation is measured for the endpoint's CloudWatch
+metrics (serving/metrics.py).
 """
 
 from __future__ import annotations
