@@ -3,11 +3,12 @@
 The variant is chosen by weight (`VariantWeight / sum`), or named by `TargetVariant`; the
 instance at random among the variant's healthy ones. The container's 2xx answer comes back as
 it is (body, Content-Type, Custom-Attributes); any other status is a ModelError carrying the
-container's status and message. Bodies are at most 6 MiB each way. Connections to the
-instances are kept alive and reused: the runtime API's invocations are exchanged on the server's
-event loop (`invoke_async`, serving/async_exchange.py), others (the console's form) from a
-thread (`invoke`, serving/pool.py). Each invocation is measured for the endpoint's CloudWatch
-metrics (serving/metrics.py).
+container's status and message. Bodies are at most 6 MiB each way. A multi-model endpoint's
+request goes to its TargetModel (serving/multi_model.py), an inference pipeline's through its
+containers (serving/pipeline.py). Connections to the instances are kept alive and reused: the
+runtime API's invocations of a single container are exchanged on the server's event loop
+(`invoke_async`, serving/async_exchange.py), others from a thread (`invoke`, serving/pool.py).
+Each invocation is measured for the endpoint's CloudWatch metrics (serving/metrics.py).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from openmaker.serving import multi_model, pipeline
 from openmaker.serving.async_exchange import AsyncConnections, ExchangeError
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
+from openmaker.serving.instance import instance_folder
 from openmaker.serving.kind import log_group
 from openmaker.serving.metrics import InvocationMetrics
 from openmaker.serving.pool import ConnectionPool
+from openmaker.serving.refused import Refused
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 # How long where an endpoint's instances are is taken as known (each request reading the
@@ -38,6 +42,7 @@ PASSED_HEADERS = (
     "X-Amzn-SageMaker-Custom-Attributes",
     "X-Amzn-SageMaker-Target-Model",
     "X-Amzn-SageMaker-Inference-Id",
+    "X-Amzn-SageMaker-Target-Container-Hostname",
 )
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -73,6 +78,9 @@ class Invoker:
         self.connections = ConnectionPool(self.invocation_seconds)
         self.loop_connections = AsyncConnections(self.invocation_seconds)
         self.metrics = InvocationMetrics(endpoints.sessions)
+        self.multi_models = multi_model.MultiModels(
+            endpoints.settings.store, self.invocation_seconds
+        )
 
     def invoke(
         self,
@@ -84,9 +92,10 @@ class Invoker:
     ) -> Answer:
         """`received`: when the request arrived (time.perf_counter), for OverheadLatency."""
         received = time.perf_counter() if received is None else received
-        address, stream, variant = self.pick(name, target_variant)
+        chosen, address, stream = self._choose(name, target_variant)
+        variant = chosen.name
         try:
-            answer = self._forward(name, address, stream, variant, body, headers)
+            answer = self._dispatch(name, chosen, address, stream, body, headers)
         except InvocationError as exc:
             self._measured(name, variant, exc.container_status, exc.model_seconds, received)
             raise
@@ -107,9 +116,16 @@ class Invoker:
         setting not read in the last second) goes to a thread."""
         received = time.perf_counter() if received is None else received
         if self._route_known(name):
-            address, stream, variant = self.pick(name, target_variant)
+            chosen, address, stream = self._choose(name, target_variant)
         else:
-            address, stream, variant = await asyncio.to_thread(self.pick, name, target_variant)
+            chosen, address, stream = await asyncio.to_thread(
+                self._choose, name, target_variant
+            )
+        if not self._single(name, chosen, headers):  # a pipeline, a multi-model endpoint
+            return await asyncio.to_thread(
+                self.invoke, name, body, headers, target_variant, received
+            )
+        variant = chosen.name
         sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
         started = time.perf_counter()
         try:
@@ -149,6 +165,16 @@ class Invoker:
         self._measured(name, variant, 200, answer.model_seconds, received)
         return answer
 
+    def _single(self, name: str, variant: Variant, headers: dict[str, str]) -> bool:
+        """Whether the invocation goes to one container as it is (not through a pipeline nor
+        to a multi-model container's model): the event loop's path takes only those."""
+        try:
+            chain = pipeline.chosen(variant.model, name, headers.get(pipeline.TARGET_HOSTNAME))
+            target = multi_model.target(variant.model, name, headers.get(multi_model.TARGET_MODEL))
+        except Refused:
+            return False  # the thread's path refuses it as it should
+        return not chain and target is None
+
     def _route_known(self, name: str) -> bool:
         known = self._routes.get(name)
         return known is not None and time.monotonic() - known[0] < ROUTE_SECONDS
@@ -171,6 +197,10 @@ class Invoker:
 
     def pick(self, name: str, target_variant: str | None) -> tuple[str, str, str]:
         """An instance to take an invocation of `name`: its address, log stream, variant."""
+        variant, address, stream = self._choose(name, target_variant)
+        return address, stream, variant.name
+
+    def _choose(self, name: str, target_variant: str | None) -> tuple[Variant, str, str]:
         route = self._route(name)
         if route is None:
             raise InvocationError(
@@ -178,7 +208,68 @@ class Invoker:
             )
         variant = self._variant(name, route, target_variant)
         address = random.choice(variant.addresses)
-        return address, variant.streams[variant.addresses.index(address)], variant.name
+        return variant, address, variant.streams[variant.addresses.index(address)]
+
+    def _dispatch(
+        self,
+        name: str,
+        variant: Variant,
+        address: str,
+        stream: str,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> Answer:
+        """To the container, a multi-model container's model (serving/multi_model.py), or
+        through an inference pipeline's containers (serving/pipeline.py)."""
+        model = variant.model
+        try:
+            chain = pipeline.chosen(model, name, headers.get(pipeline.TARGET_HOSTNAME))
+            target = multi_model.target(model, name, headers.get(multi_model.TARGET_MODEL))
+            if target is not None:
+                folder = instance_folder(self.endpoints.settings, name, stream.split("/")[-1])
+                return self.multi_models.invoke(
+                    multi_model.Target(folder, address, target, multi_model.url(model, target)),
+                    lambda path: self._loaded_model(
+                        name, address, stream, variant.name, body, headers, path
+                    ),
+                    lambda status, text: self.model_error(name, stream, status, text, variant.name),
+                )
+        except Refused as exc:
+            raise InvocationError("ValidationError", 400, str(exc)) from None
+        if not chain:
+            return self._forward(name, address, stream, variant.name, body, headers)
+        host = address.rpartition(":")[0]
+        return pipeline.run(
+            chain,
+            lambda member, data, sent: self._forward(
+                name,
+                f"{host}:{member.port}",
+                f"{stream}/{member.hostname}",
+                variant.name,
+                data,
+                sent,
+            ),
+            body,
+            headers,
+        )
+
+    def _loaded_model(
+        self,
+        name: str,
+        address: str,
+        stream: str,
+        variant: str,
+        body: bytes,
+        headers: dict[str, str],
+        path: str,
+    ) -> Answer | None:
+        """A multi-model container's answer; None when it does not have the model (404)."""
+        try:
+            return self._forward(name, address, stream, variant, body, headers, path)
+        except InvocationError as exc:
+            if exc.extra.get("OriginalStatusCode") == 404:
+                return None
+            raise
 
     def _route(self, name: str) -> Route | None:
         now = time.monotonic()
@@ -225,11 +316,12 @@ class Invoker:
         variant: str,
         body: bytes,
         headers: dict[str, str],
+        path: str = "/invocations",
     ) -> Answer:
         sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
         started = time.perf_counter()
         try:
-            response, data = self._exchange(address, body, sent)
+            response, data = self._exchange(address, body, sent, path)
         except (OSError, http.client.HTTPException) as exc:
             error = self.model_error(
                 name, stream, 500, f"the model container did not answer: {exc}", variant
@@ -279,13 +371,13 @@ class Invoker:
         return Answer(data, content_type, variant, extra, model_seconds)
 
     def _exchange(
-        self, address: str, body: bytes, headers: dict[str, str]
+        self, address: str, body: bytes, headers: dict[str, str], path: str
     ) -> tuple[http.client.HTTPResponse, bytes]:
-        """POST /invocations on a kept connection to `address`: the response and its body (at
-        most one byte over the cap)."""
+        """POST `path` on a kept connection to `address`: the response and its body (at most
+        one byte over the cap)."""
         connection = self.connections.take(address)
         try:
-            connection.request("POST", "/invocations", body=body, headers=headers)
+            connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
             data = response.read(MAX_PAYLOAD_BYTES + 1)
         except BaseException:
