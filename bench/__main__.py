@@ -1,5 +1,5 @@
 """`python -m bench [--quick] [--only PART]` from the repository root (PART: overhead, cli,
-download, local, pipe, fastfile, checkpoints, api, gate, ray, images)."""
+download, local, pipe, fastfile, checkpoints, api, gate, ray, images, invoke)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from bench import (
     fastfile,
     gate,
     images,
+    invoke,
     local,
     overhead,
     pipe,
@@ -62,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "gate",
             "ray",
             "images",
+            "invoke",
         ],
         help="run one part only",
     )
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                 lines += ray.run(args.quick, scratch)
             if args.only in (None, "images"):
                 lines += images.run(args.quick, scratch)
+            if args.only in (None, "invoke"):
+                lines += invoke.run(args.quick, scratch)
     elapsed = time.perf_counter() - started
     print(f"\nSummary (rclone serve s3 on loopback, MB = 10^6 bytes; {elapsed:.0f} s in all)")
     # Other work on a 2-core machine moves every figure; say how busy it was.

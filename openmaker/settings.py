@@ -29,6 +29,7 @@ DEFAULT_NETWORK_RANGE = "10.213.0.0/16"
 # How long a job waits for room on the Ray cluster before it fails.
 DEFAULT_RAY_WAIT_SECONDS = 600.0
 DEFAULT_INVOCATION_SECONDS = 60.0
+DEFAULT_HEALTH_CHECK_SECONDS = 5.0
 # What the sandbox shows empty (folders) or as an empty file, unless OPENMAKER_SANDBOX_HIDE
 # says otherwise: the machine's secrets and its users' files. Patterns as glob(7).
 DEFAULT_HIDDEN = (
@@ -162,6 +163,9 @@ class Settings:
     # How long an endpoint's container has to answer an invocation, streamed or not
     # (OPENMAKER_INVOCATION_SECONDS; SageMaker's 60 s by default).
     invocation_seconds: float = DEFAULT_INVOCATION_SECONDS
+    # How often a serving instance is pinged once it has answered its first ping
+    # (OPENMAKER_HEALTH_CHECK_SECONDS; serving/health.py).
+    health_check_seconds: float = DEFAULT_HEALTH_CHECK_SECONDS
 
     @property
     def database_url(self) -> str:
@@ -239,6 +243,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         invocation_seconds=env.number_or(
             "OPENMAKER_INVOCATION_SECONDS", DEFAULT_INVOCATION_SECONDS
         ),
+        health_check_seconds=env.number_or(
+            "OPENMAKER_HEALTH_CHECK_SECONDS", DEFAULT_HEALTH_CHECK_SECONDS
+        ),
     )
 
 
@@ -304,6 +311,7 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "ray_wait_seconds": settings.ray_wait_seconds,
         "advertise_address": settings.advertise_address,
         "invocation_seconds": settings.invocation_seconds,
+        "health_check_seconds": settings.health_check_seconds,
     }
 
 

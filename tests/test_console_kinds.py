@@ -81,7 +81,7 @@ def test_an_endpoint_on_its_page_answers_the_form(
         )
         assert variant[1:3] == ["1 / 1", "1 / 1"]
         assert "Healthy" in fresh.text("#instances")
-        assert "no invocation metrics" in fresh.text("#no-metrics")
+        assert "No invocation in the last 30 minutes" in fresh.text("#no-metrics")
         fresh.wait_for("document.querySelector('#log')?.innerText.includes('model server up')")
 
         fresh.evaluate(

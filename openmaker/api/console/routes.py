@@ -40,7 +40,9 @@ View = Callable[[Request, Session], Awaitable[Response]]
 
 def console_routes(backend: Backend, credentials: Credentials, region: str) -> list[Route]:
     views = ConsoleViews(backend.jobs, backend.metrics)
-    endpoints = EndpointViews(backend.serving, backend.invoker, backend.logs)
+    endpoints = EndpointViews(
+        backend.serving, backend.invoker, backend.logs, backend.endpoint_metrics
+    )
     kinds = {
         "processing": KindViews(processing_kind(backend.processing), backend.logs),
         "transform": KindViews(transform_kind(backend.transforms), backend.logs),

@@ -709,14 +709,25 @@
     const failure = el("div");
     const state = el("div", {class: "grid"});
     const logs = logPanel(path + "/logs");
-    const charts = el("div", {class: "card"}, el("h2", {}, "Invocations and latency"),
-      el("p", {class: "muted", id: "no-metrics"}, "openmaker records no invocation metrics " +
-        "yet: charts of invocations and latency appear here once it does."));
-    show(head, failure, state, el("div", {class: "grid"}, invokeCard(name), charts), logs.nodes);
-    let lastState = "";
+    const charts = el("div", {class: "grid", id: "invocation-charts"});
+    show(head, failure, state, el("div", {class: "grid"}, invokeCard(name)),
+      el("h2", {}, "Invocations and latency"), charts, logs.nodes);
+    let lastState = "", lastCharts = "";
     poll(async () => {
       const [data] = await Promise.all([call(path), logs.step()]);
       if (mine !== generation) return;
+      // Charts are drawn again only when their values changed (a redraw ends a zoom).
+      const metrics = data.invocationMetrics;
+      const charted = JSON.stringify(metrics);
+      if (charted !== lastCharts) {
+        lastCharts = charted;
+        const titles = Object.keys(metrics).filter((t) => Object.keys(metrics[t]).length);
+        charts.replaceChildren(...(titles.length
+          ? titles.map((t) => chart(t, metrics[t]))
+          : [el("p", {class: "muted", id: "no-metrics"}, "No invocation in the last 30 " +
+            "minutes: invoke the endpoint (the form above, boto3's invoke_endpoint or " +
+            "`openmaker endpoints invoke`) to chart its invocations and latency here.")]));
+      }
       const drawn = JSON.stringify([data.endpoint, data.instances]);
       if (drawn === lastState) return;
       lastState = drawn;
