@@ -9,10 +9,12 @@ job's end: `Completed`, `Failed` naming the objects that failed, or `Stopped` (S
 from __future__ import annotations
 
 import secrets
+import shutil
 import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -200,6 +202,7 @@ class TransformWorker:
                 output.get("Accept"),
             ),
             store=self.settings.store,
+            scratch=self._scratch(),
         )
         shares = spread(objects, len(self.instances))
         failures: list[tuple[InputObject, str, str]] = []
@@ -209,18 +212,25 @@ class TransformWorker:
             instance, share = self.instances[index], shares[index]
             stream = self.streams[instance.plan.id]
             transformer = ObjectTransformer(setup, invokers[index], self.stop)
+
+            def one_object(item: InputObject) -> None:
+                if self.stop.is_set():
+                    return
+                try:
+                    why = transformer.transform(item)
+                except Stopped:
+                    return
+                if why is not None:
+                    self.logs.note(stream, f"[openmaker] {item.location.uri}: {why}")
+                    with lock:
+                        failures.append((item, why, stream))
+
             try:
-                for item in share:
-                    if self.stop.is_set():
-                        return
-                    try:
-                        why = transformer.transform(item)
-                    except Stopped:
-                        return
-                    if why is not None:
-                        self.logs.note(stream, f"[openmaker] {item.location.uri}: {why}")
-                        with lock:
-                            failures.append((item, why, stream))
+                # Several objects at once: small objects keep the instance's
+                # MaxConcurrentTransforms requests in flight too (the transformer's pool
+                # bounds them).
+                with ThreadPoolExecutor(parameters.max_concurrent) as objects:
+                    list(objects.map(one_object, share))
             finally:
                 transformer.close()
                 invokers[index].close()
@@ -236,6 +246,12 @@ class TransformWorker:
             done.set()
             watcher.join()
         return sorted(failures, key=lambda f: f[0].location.key)
+
+    def _scratch(self) -> Path:
+        """Where outputs are written until they are whole (removed with the instances)."""
+        folder = instances_dir(self.settings, self.name) / "outputs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def _stop_on_request(self, done: threading.Event) -> None:
         while not done.is_set():
@@ -263,6 +279,7 @@ class TransformWorker:
         remove_network(self.settings.home, network_key(self.name))
         for instance in self.instances:
             instance.remove()
+        shutil.rmtree(instances_dir(self.settings, self.name) / "outputs", ignore_errors=True)
         self.logs.close()
 
     def _record(self, final: str, reason: str | None) -> None:
