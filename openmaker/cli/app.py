@@ -17,6 +17,7 @@ from rich.text import Text
 
 from openmaker.cli.endpoints import endpoints_app
 from openmaker.cli.images import images_app
+from openmaker.cli.process import process_app
 from openmaker.cli.request_builder import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN,
@@ -24,6 +25,7 @@ from openmaker.cli.request_builder import (
     build_request,
     load_request,
 )
+from openmaker.cli.transform import transform_app
 from openmaker.cli.watch import changes_file, follow, print_logs
 from openmaker.connection import (
     DEFAULT_HOST,
@@ -49,6 +51,8 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training 
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(endpoints_app, name="endpoints")  # openmaker/cli/endpoints.py
 app.add_typer(images_app, name="images")  # openmaker/cli/images.py
+app.add_typer(transform_app, name="transform")  # openmaker/cli/transform.py
+app.add_typer(process_app, name="process")  # openmaker/cli/process.py
 # Soft wrap: a log line piped to a file must stay one line.
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
