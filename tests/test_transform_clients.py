@@ -8,6 +8,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from openmaker.runtime import unavailable_reason
 from tests.apiserver import ApiServer, openmaker_command
 from tests.egress import Egress
 from tests.test_api_clients import aws, client_env
-from tests.test_processing import image, processing_request, s3_input, s3_output, stop_all
+from tests.test_processing import image, processing_request, s3_input, s3_output, stop_all, unique
 from tests.test_transform import Transforms, lines, sums
 
 pytestmark = pytest.mark.skipif(
@@ -58,8 +59,9 @@ def test_transform_jobs_through_the_aws_cli_and_openmaker_transform(
     server = transforms.server
     model = transforms.model()
     prefix = transforms.inputs({"a.csv": lines(4), "b.csv": lines(2, 5)})
-    request = {
-        "TransformJobName": "cli-" + prefix,
+    name = "cli-" + prefix
+    request: dict[str, Any] = {
+        "TransformJobName": name,
         "ModelName": model,
         "BatchStrategy": "MultiRecord",
         "TransformInput": {
@@ -72,7 +74,6 @@ def test_transform_jobs_through_the_aws_cli_and_openmaker_transform(
         "TransformOutput": {"S3OutputPath": f"s3://batch/out-cli-{prefix}"},
         "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
     }
-    name = request["TransformJobName"]
     transforms.jobs.append(name)
     (tmp_path / "job.json").write_text(json.dumps(request))
     created = aws(
@@ -119,7 +120,7 @@ def test_processing_jobs_through_the_aws_cli_and_openmaker_process(
     s3.create_bucket(Bucket="proc-clients")
     s3.put_object(Bucket="proc-clients", Key="in/rows.csv", Body=b"1\n2\n3\n")
     uri, entrypoint = image(tmp_path, COUNT_SCRIPT)
-    names = [f"aws-{tmp_path.name[-12:]}", f"om-{tmp_path.name[-12:]}"]
+    names = [unique("aws-proc"), unique("om-proc")]
     try:
         request = processing_request(
             names[0],
