@@ -2,10 +2,11 @@
 real `openmaker server`, against a loop that reads the same object, posts the same mini-batches
 to the same container program run directly on this machine, and writes the answers to a file.
 
-The job's transform is timed by the container itself (from the first request's arrival to the
-last answer's end, as its log lines say), since a job's own start (the sandbox, the instance's
-health check) and end (the instances' stop) are not the transform's work; the loop is timed
-from its first read to its output written. The ratio is the loop's time over the job's."""
+The job's transform is timed from the first request's arrival at the container (as its log line
+says) to the job's TransformEndTime (its output written), since a job's own start (the sandbox,
+the instance's health check) and end (the instances' stop) are not the transform's work; the
+loop is timed from its first read to its output written. The ratio is the loop's time over the
+job's."""
 
 from __future__ import annotations
 
@@ -110,8 +111,8 @@ def _job(server: ApiServer, name: str) -> tuple[str, float]:
     )
     described = sagemaker.describe_transform_job(TransformJobName=name)
     assert described["TransformJobStatus"] == "Completed", described.get("FailureReason")
-    spans = _container_spans(server, name)
-    return name, max(end for _, end in spans) - min(start for start, _ in spans)
+    first = min(start for start, _ in _container_spans(server, name))
+    return name, described["TransformEndTime"].timestamp() - first
 
 
 def _container_spans(server: ApiServer, name: str) -> list[tuple[float, float]]:

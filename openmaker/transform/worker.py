@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,6 +72,9 @@ class TransformWorker:
         self.instances: list[Instance] = []
         self.streams: dict[str, str] = {}
         self.network: JobNetwork | None = None
+        # When the last object was done: the job's TransformEndTime (its instances' stop after
+        # is not the transform's).
+        self.transformed_at: datetime | None = None
 
     def run(self) -> None:
         final, reason = status.COMPLETED, None
@@ -80,6 +84,7 @@ class TransformWorker:
                 return
             self._start_instances(row)
             failures = self._transform(row) if not self.stop.is_set() else []
+            self.transformed_at = now()
             if failures:
                 final, reason = status.FAILED, self._failure_reason(failures)
         except JobFailed as exc:
@@ -287,5 +292,7 @@ class TransformWorker:
             row = session.get(TransformJobRecord, self.name)
             if row is None or row.status in status.ENDED:
                 return
+            if self.transformed_at is not None and row.transform_start_time is not None:
+                row.transform_end_time = self.transformed_at
             finish(row, final, reason)
             session.commit()
