@@ -25,6 +25,7 @@ from openmaker.cli.request_builder import (
     build_request,
     load_request,
 )
+from openmaker.cli.serving_resources import endpoint_configs_app, models_app
 from openmaker.cli.transform import transform_app
 from openmaker.cli.watch import changes_file, follow, print_logs
 from openmaker.connection import (
@@ -51,6 +52,8 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training 
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(endpoints_app, name="endpoints")  # openmaker/cli/endpoints.py
 app.add_typer(images_app, name="images")  # openmaker/cli/images.py
+app.add_typer(models_app, name="models")  # openmaker/cli/serving_resources.py
+app.add_typer(endpoint_configs_app, name="endpoint-configs")
 app.add_typer(transform_app, name="transform")  # openmaker/cli/transform.py
 app.add_typer(process_app, name="process")  # openmaker/cli/process.py
 # Soft wrap: a log line piped to a file must stay one line.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -24,7 +24,7 @@ from openmaker.jobs.db import EndpointRecord, Tag
 from openmaker.jobs.executor import Executor, executor_for
 from openmaker.jobs.tags import put as put_tags
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import status, updates
+from openmaker.serving import pipeline, status, updates
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.configs import EndpointConfigs
 from openmaker.serving.kind import ENDPOINT, fail, network_key
@@ -41,6 +41,7 @@ class Variant:
     weight: float
     addresses: tuple[str, ...]  # host:port of its healthy instances
     streams: tuple[str, ...]  # their log streams, by instance
+    model: dict[str, Any] = field(default_factory=dict)  # its model's CreateModel request
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ class Endpoints:
                     float(variant.get("InitialVariantWeight", 1.0)),
                     tuple(i["address"] for i in mine),
                     tuple(f"{variant['VariantName']}/{i['id']}" for i in mine),
+                    row.models.get(variant["ModelName"], {}),
                 )
             )
         return Route(row.status, tuple(variants))
@@ -271,7 +273,6 @@ def _variant_summary(
     in the route), and those an update under way asks for."""
     name = variant["VariantName"]
     model = models.get(variant["ModelName"], {})
-    container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
     healthy = sum(1 for i in row.instances if i["variant"] == name and i["healthy"])
     weight = float(variant.get("InitialVariantWeight", 1.0))
     count = int(variant["InitialInstanceCount"])
@@ -287,10 +288,9 @@ def _variant_summary(
         summary = {k: summary[k] for k in ("VariantName", "DesiredWeight")}
         summary["DesiredInstanceCount"] = count
         summary["InstanceType"] = variant["InstanceType"]
-    if container.get("Image"):
-        summary["DeployedImages"] = [
-            {"SpecifiedImage": container["Image"], "ResolvedImage": container["Image"]}
-        ]
+    images = [c["Image"] for c in pipeline.containers(model) if c.get("Image")]
+    if images:  # one per container (an inference pipeline's each)
+        summary["DeployedImages"] = [{"SpecifiedImage": i, "ResolvedImage": i} for i in images]
     return summary
 
 

@@ -4,6 +4,12 @@ own on the endpoint's bridge, listening on 8080 as on SageMaker, and its health.
 Its folder (`$OPENMAKER_HOME/endpoints/<endpoint>/<instance>`) holds the model data, shown
 read-only at /opt/ml/model, and the container's copy-on-write state; it goes with the instance.
 The container is held to the instance's share of the machine (serving/limits.py).
+
+An inference pipeline's instance runs each of its containers (serving/pipeline.py) in that
+namespace, each on its own port with its own model data and state (`<folder>/<hostname>/`),
+sharing the instance's memory. A multi-model instance starts with no model: its `models/`
+folder, shown read-only at /opt/ml/models, is filled as models are asked for
+(serving/multi_model.py).
 """
 
 from __future__ import annotations
@@ -12,21 +18,26 @@ import http.client
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from openmaker.runtime import Bind, Container, ContainerSpec
+from openmaker.runtime import limits as runtime_limits
 from openmaker.runtime.images import ImageContainer
 from openmaker.runtime.layers import hidden_paths
 from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import HostNamespace, JobNetwork, enter_host
 from openmaker.runtime.spec import Limits
-from openmaker.serving import limits
-from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage, pull
+from openmaker.serving import limits, multi_model
+from openmaker.serving.framework import standin
+from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage, pull, resolve
 from openmaker.serving.model_data import fetch
+from openmaker.serving.pipeline import ContainerGroup, Member, members
 from openmaker.serving.placement import Share
 from openmaker.settings import Settings
+from openmaker.shapes.locations import LocalPaths
 
 PORT = 8080
 MODEL_DIR = "/opt/ml/model"
@@ -45,10 +56,27 @@ class InstancePlan:
     image: ServingImage
     startup_seconds: int
     instance_type: str = "ml.local"
+    # An inference pipeline's containers (`container` is the first's), each with its image.
+    pipeline: tuple[tuple[Member, ServingImage], ...] = ()
 
     @property
     def stream(self) -> str:
         return f"{self.variant}/{self.id}"
+
+
+def instance_folder(settings: Settings, endpoint: str, instance: str) -> Path:
+    return settings.home / "endpoints" / endpoint / instance
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One container of an instance: what it runs, and its folder (model/, scratch/, state/)."""
+
+    name: str  # "" for an instance's only container; a pipeline container's hostname
+    container: dict[str, Any]
+    image: ServingImage
+    env: dict[str, str]  # what openmaker sets, above the model's Environment
+    folder: Path
 
 
 class Instance:
@@ -56,97 +84,151 @@ class Instance:
         """An instance of the endpoint (or transform job) `endpoint`, whose local key
         (ResourceKind.local_key) is `owner`: its cgroups go under it."""
         self.settings, self.endpoint, self.plan, self.owner = settings, endpoint, plan, owner
-        self.folder = settings.home / "endpoints" / endpoint / plan.id
-        self.container: Container | None = None
+        self.folder = instance_folder(settings, endpoint, plan.id)
+        self.container: Container | ContainerGroup | None = None
         self.namespace: HostNamespace | None = None
         self.address = ""
-        self.image: ImageContainer | None = None  # a pulled image's, once prepared
+        self.pulled: dict[str, ImageContainer | None] = {}  # pulled images, by part, once prepared
         self.share: Share | None = None  # None: not limited (the whole machine)
         # Whether it answered /ping since its container last started.
         self.ready = False
+        self.multi_model = multi_model.is_multi_model(plan.container)
+        self.cgroups: list[tuple[str, ...]] = []  # its containers' (released when they stop)
+
+    def _parts(self) -> list[_Part]:
+        plan = self.plan
+        if not plan.pipeline:
+            env = multi_model.environment() if self.multi_model else {}
+            return [_Part("", plan.container, plan.image, env, self.folder)]
+        return [
+            _Part(m.hostname, m.container, image, m.environment(), self.folder / m.hostname)
+            for m, image in plan.pipeline
+        ]
 
     def prepare(self) -> None:
-        """Fetch the model data (ModelDataError says why it cannot be had)."""
-        model = self.folder / "model"
-        for folder in (model, self.folder / "scratch", self.folder / "state"):
-            folder.mkdir(parents=True, exist_ok=True)
-        fetch(self.plan.container, model, self.folder / "scratch", self.settings.store)
-        self.image = pull(self.plan.image, self.settings)  # ImageError
+        """Fetch the model data (ModelDataError says why it cannot be had) and pull the images
+        (ImageError)."""
+        if self.multi_model:  # its models come as they are asked for
+            (self.folder / multi_model.FOLDER).mkdir(parents=True, exist_ok=True)
+        for part in self._parts():
+            model = part.folder / "model"
+            for folder in (model, part.folder / "scratch", part.folder / "state"):
+                folder.mkdir(parents=True, exist_ok=True)
+            if not self.multi_model:
+                fetch(part.container, model, part.folder / "scratch", self.settings.store)
+            if part.image.framework is not None:
+                standin.fetch_code(part.container, part.folder, self.settings.store)
+            self.pulled[part.name] = pull(part.image, self.settings)
 
-    def start(self, network: JobNetwork, on_lines: OnLines) -> None:
+    def start(
+        self,
+        network: JobNetwork,
+        on_lines: OnLines,
+        receiver: Callable[[str], OnLines] | None = None,
+    ) -> None:
+        """Start its containers; a pipeline container's output goes to `receiver`'s stream
+        `<variant>/<instance>/<hostname>` (to `on_lines` without one)."""
         plan = self.plan
         self.namespace = enter_host(network, plan.id, plan.index)
         self.address = f"{network.addresses[plan.id]}:{PORT}"
-        state = self.folder / "state"
-        shutil.rmtree(state, ignore_errors=True)  # a restart begins from the image again
-        state.mkdir()
-        env = {"PATH": PATH, "AWS_REGION": self.settings.region, "LANG": "C.UTF-8"}
-        env.update(plan.container.get("Environment") or {})
-        if self.image is not None:
-            spec = self._image_spec(self.image, state)
-        else:
-            spec = self._folder_spec(state, env)
         self.ready = False
-        self.container = Container(spec)
-        self.container.start(on_lines)
+        parts = self._parts()
+        started: list[Container] = []
+        for part in parts:
+            state = part.folder / "state"
+            shutil.rmtree(state, ignore_errors=True)  # a restart begins from the image again
+            state.mkdir()
+            spec = self._spec(part, state, len(parts))
+            if spec.limits.cgroup and spec.limits.cgroup not in self.cgroups:
+                self.cgroups.append(spec.limits.cgroup)
+            container = Container(spec)
+            lines = on_lines
+            if part.name and receiver is not None:
+                lines = receiver(f"{plan.stream}/{part.name}")
+            container.start(lines)
+            started.append(container)
+        self.container = started[0] if len(started) == 1 else ContainerGroup(started)
 
-    def _image_spec(self, image: ImageContainer, state: Path) -> ContainerSpec:
+    def _spec(self, part: _Part, state: Path, count: int) -> ContainerSpec:
+        binds = [Bind(str(part.folder / "model"), MODEL_DIR, read_only=True, unnamed=True)]
+        if self.multi_model:
+            # A plain bind: models fetched while the container runs show through.
+            binds.append(Bind(str(self.folder / multi_model.FOLDER), multi_model.MODELS_DIR))
+        pulled = self.pulled.get(part.name)
+        if pulled is not None:
+            return self._image_spec(part, pulled, state, binds, count)
+        if part.image.framework is not None:
+            assert self.namespace is not None
+            base = {"PATH": PATH, "AWS_REGION": self.settings.region, "LANG": "C.UTF-8"}
+            return standin.container_spec(
+                self.settings, part.image.framework, part.folder, binds,
+                self._environment(part, base), self.plan.id, self.namespace.fd,
+                self._limits(part, count),
+            )  # fmt: skip
+        return self._folder_spec(part, state, binds, count)
+
+    def _environment(self, part: _Part, base: dict[str, str]) -> dict[str, str]:
+        return {**base, **(part.container.get("Environment") or {}), **part.env}
+
+    def _image_spec(
+        self, part: _Part, image: ImageContainer, state: Path, binds: list[Bind], count: int
+    ) -> ContainerSpec:
         """A pulled image: its root, ENV (the model's Environment on top), WORKDIR and USER."""
         assert self.namespace is not None
-        env = {**image.env, "AWS_REGION": self.settings.region}
-        env.update(self.plan.container.get("Environment") or {})
         return ContainerSpec(
             argv=image.argv,
-            env=env,
+            env=self._environment(part, {**image.env, "AWS_REGION": self.settings.region}),
             state_dir=state,
             layers=(image.rootfs,),
-            binds=(Bind(str(self.folder / "model"), MODEL_DIR, read_only=True, unnamed=True),),
+            binds=tuple(binds),
             workdir=image.workdir,
             user=image.user,
             hostname=self.plan.id,
             netns_fd=self.namespace.fd,
             detach_mounts_under=self.settings.home,
-            limits=self._limits(),
+            limits=self._limits(part, count),
         )
 
-    def _folder_spec(self, state: Path, env: dict[str, str]) -> ContainerSpec:
-        assert self.namespace is not None and self.plan.image.program_dir is not None
+    def _folder_spec(
+        self, part: _Part, state: Path, binds: list[Bind], count: int
+    ) -> ContainerSpec:
+        assert self.namespace is not None and part.image.program_dir is not None
+        base = {"PATH": PATH, "AWS_REGION": self.settings.region, "LANG": "C.UTF-8"}
         return ContainerSpec(
             argv=[SERVE],
-            env=env,
+            env=self._environment(part, base),
             state_dir=state,
-            binds=(
-                Bind(str(self.folder / "model"), MODEL_DIR, read_only=True, unnamed=True),
-                Bind(str(self.plan.image.program_dir), PROGRAM_MOUNT),
-            ),
+            binds=(*binds, Bind(str(part.image.program_dir), PROGRAM_MOUNT)),
             workdir=PROGRAM_MOUNT,
             hostname=self.plan.id,
             netns_fd=self.namespace.fd,
             hidden=tuple(hidden_paths(self.settings.sandbox_hide)),
             removed=self.settings.private_paths,
             detach_mounts_under=self.settings.home,
-            limits=self._limits(),
+            limits=self._limits(part, count),
         )
 
-    def _limits(self) -> Limits:
+    def _limits(self, part: _Part, count: int) -> Limits:
         if self.share is None:
             return Limits(pids=self.settings.pids_limit)
-        return limits.instance_limits(self.settings, self.owner, self.plan.id, self.share)
+        whole = limits.instance_limits(self.settings, self.owner, self.plan.id, self.share)
+        if not part.name:
+            return whole
+        # A pipeline's containers share the instance's memory; each has a cgroup of its own.
+        memory = None if whole.memory is None else whole.memory // count
+        return replace(whole, memory=memory, cgroup=(*whole.cgroup, part.name))
 
     def oom_killed(self) -> bool:
-        return limits.oom_killed(self.settings.home, self.owner, self.plan.id)
+        return any(runtime_limits.oom_killed(cgroup) for cgroup in self.cgroups)
+
+    def ports(self) -> list[int]:
+        return [m.port for m, _ in self.plan.pipeline] or [PORT]
 
     def healthy(self) -> bool:
-        """Whether `GET /ping` answers 200 within PING_SECONDS."""
-        host, _, port = self.address.rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=PING_SECONDS)
-        try:
-            connection.request("GET", "/ping")
-            return connection.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            connection.close()
+        """Whether `GET /ping` answers 200 within PING_SECONDS (from each of a pipeline's
+        containers)."""
+        host, _, _ = self.address.rpartition(":")
+        return all(_ping(host, port) for port in self.ports())
 
     def wait_healthy(self, stop: threading.Event) -> str | None:
         """None once it answers /ping; else why not, for a FailureReason."""
@@ -172,10 +254,29 @@ class Instance:
         if self.container is not None:
             self.container.stop(grace)
             self.container = None
-            limits.release(self.settings.home, self.owner, self.plan.id)
+            for cgroup in self.cgroups:
+                runtime_limits.release(cgroup)
         if self.namespace is not None:
             self.namespace.close()
             self.namespace = None
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _ping(host: str, port: int) -> bool:
+    connection = http.client.HTTPConnection(host, port, timeout=PING_SECONDS)
+    try:
+        connection.request("GET", "/ping")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def pipeline_images(model: dict[str, Any]) -> tuple[tuple[Member, ServingImage], ...]:
+    """An inference pipeline's containers, each with its image (ImageError: one cannot be
+    served); none for a model of one container."""
+    # The owner's own process: the model was checked against the API's roots.
+    return tuple((m, resolve(m.container["Image"], LocalPaths.anywhere())) for m in members(model))

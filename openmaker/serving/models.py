@@ -1,7 +1,10 @@
 """Models: CreateModel, DescribeModel, ListModels, DeleteModel.
 
 A model is its request, kept: what an endpoint serves is read from it when the endpoint is
-created. What SageMaker accepts but openmaker cannot serve yet is refused here, saying so.
+created: one container (`PrimaryContainer`, or one of `Containers`), a multi-model container
+(`Mode: MultiModel`, serving/multi_model.py) or an inference pipeline (2 to 15 `Containers`,
+serving/pipeline.py). What SageMaker accepts but openmaker cannot serve yet is refused here,
+saying so.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from openmaker.jobs.tags import put as put_tags
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.listing import page
+from openmaker.serving.multi_model import is_multi_model
 from openmaker.shapes.arn import resource_arn
 from openmaker.shapes.errors import ValidationException
 from openmaker.shapes.locations import LocalPaths
+
+MAX_PIPELINE = 15  # containers
 
 
 class Models:
@@ -106,26 +112,63 @@ def check_model(request: dict[str, Any], local: LocalPaths) -> None:
             else "Value null at 'PrimaryContainer' failed to satisfy constraint: Member must "
             "not be null (or give Containers)"
         )
-    if containers and len(containers) > 1:
+    if primary is not None:
+        listed = [("PrimaryContainer", primary)]
+    else:
+        listed = [(f"Containers.{i + 1}", c) for i, c in enumerate(containers or [])]
+    if len(listed) > 1:
+        _check_pipeline(listed)
+    for member, container in listed:
+        if container.get("Image") is None:
+            raise ValidationException(
+                f"Value null at '{member}.Image' failed to satisfy constraint: Member must not "
+                "be null (openmaker serves images, not model packages)"
+            )
+        try:
+            resolve(container["Image"], local)
+        except ImageError as exc:
+            raise ValidationException(f"{member}.Image: {exc}") from None
+        if is_multi_model(container):
+            _check_multi_model(member, container)
+        _check_model_data(member, container)
+
+
+def _check_pipeline(listed: list[tuple[str, dict[str, Any]]]) -> None:
+    """An inference pipeline's containers (serving/pipeline.py)."""
+    if len(listed) > MAX_PIPELINE:
         raise ValidationException(
-            "Containers: inference pipelines (more than one container) are not served by "
-            "openmaker yet; give one container"
+            f"Containers: an inference pipeline has at most {MAX_PIPELINE} containers"
         )
-    member, container = the_container(request)
-    if container.get("Mode", "SingleModel") != "SingleModel":
+    for member, container in listed:
+        if is_multi_model(container):
+            raise ValidationException(
+                f"{member}.Mode: a container of an inference pipeline cannot be MultiModel"
+            )
+    hostnames = [c.get("ContainerHostname") for _, c in listed]
+    if any(hostnames) and not all(hostnames):
+        missing = next(m for m, c in listed if not c.get("ContainerHostname"))
         raise ValidationException(
-            f"{member}.Mode: multi-model endpoints are not served by openmaker yet"
+            f"{missing}.ContainerHostname: give a ContainerHostname to every container of the "
+            "pipeline, or to none"
         )
-    if container.get("Image") is None:
+    if any(hostnames) and len(set(hostnames)) != len(hostnames):
         raise ValidationException(
-            f"Value null at '{member}.Image' failed to satisfy constraint: Member must not be "
-            "null (openmaker serves images, not model packages)"
+            "Containers: each container of the pipeline needs a ContainerHostname of its own"
         )
-    try:
-        resolve(container["Image"], local)
-    except ImageError as exc:
-        raise ValidationException(f"{member}.Image: {exc}") from None
-    _check_model_data(member, container)
+
+
+def _check_multi_model(member: str, container: dict[str, Any]) -> None:
+    """A multi-model container reads its models under one S3 prefix (serving/multi_model.py)."""
+    if container.get("ModelDataSource") is not None:
+        raise ValidationException(
+            f"{member}.ModelDataSource: a MultiModel container takes its models from "
+            "ModelDataUrl, an S3 prefix"
+        )
+    if not container.get("ModelDataUrl"):
+        raise ValidationException(
+            f"Value null at '{member}.ModelDataUrl' failed to satisfy constraint: a MultiModel "
+            "container needs the S3 prefix its models are under"
+        )
 
 
 def _check_model_data(member: str, container: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@
 The variant is chosen by weight (`VariantWeight / sum`), or named by `TargetVariant`; the
 instance at random among the variant's healthy ones. The container's 2xx answer comes back as
 it is (body, Content-Type, Custom-Attributes); any other status is a ModelError carrying the
-container's status and message. Bodies are at most 6 MiB each way.
+container's status and message. Bodies are at most 6 MiB each way. A multi-model endpoint's
+request goes to its TargetModel (serving/multi_model.py), an inference pipeline's through its
+containers (serving/pipeline.py).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from openmaker.serving import multi_model, pipeline
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
+from openmaker.serving.instance import instance_folder
 from openmaker.serving.kind import log_group
+from openmaker.serving.refused import Refused
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 # How long where an endpoint's instances are is taken as known (each request reading the
@@ -30,6 +35,7 @@ PASSED_HEADERS = (
     "X-Amzn-SageMaker-Custom-Attributes",
     "X-Amzn-SageMaker-Target-Model",
     "X-Amzn-SageMaker-Inference-Id",
+    "X-Amzn-SageMaker-Target-Container-Hostname",
 )
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -57,17 +63,24 @@ class Invoker:
         self.capture = Capture(endpoints.sessions, endpoints.settings.store)
         # SageMaker's: the container must answer an invocation within 60 s.
         self.invocation_seconds = endpoints.settings.invocation_seconds
+        self.multi_models = multi_model.MultiModels(
+            endpoints.settings.store, self.invocation_seconds
+        )
 
     def invoke(
         self, name: str, body: bytes, headers: dict[str, str], target_variant: str | None
     ) -> Answer:
-        address, stream, variant = self.pick(name, target_variant)
-        answer = self._forward(name, address, stream, variant, body, headers)
-        self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
+        variant, address, stream = self._choose(name, target_variant)
+        answer = self._dispatch(name, variant, address, stream, body, headers)
+        self.capture.record(name, variant.name, body, headers, answer.body, answer.content_type)
         return answer
 
     def pick(self, name: str, target_variant: str | None) -> tuple[str, str, str]:
         """An instance to take an invocation of `name`: its address, log stream, variant."""
+        variant, address, stream = self._choose(name, target_variant)
+        return address, stream, variant.name
+
+    def _choose(self, name: str, target_variant: str | None) -> tuple[Variant, str, str]:
         route = self._route(name)
         if route is None:
             raise InvocationError(
@@ -75,7 +88,68 @@ class Invoker:
             )
         variant = self._variant(name, route, target_variant)
         address = random.choice(variant.addresses)
-        return address, variant.streams[variant.addresses.index(address)], variant.name
+        return variant, address, variant.streams[variant.addresses.index(address)]
+
+    def _dispatch(
+        self,
+        name: str,
+        variant: Variant,
+        address: str,
+        stream: str,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> Answer:
+        """To the container, a multi-model container's model (serving/multi_model.py), or
+        through an inference pipeline's containers (serving/pipeline.py)."""
+        model = variant.model
+        try:
+            chain = pipeline.chosen(model, name, headers.get(pipeline.TARGET_HOSTNAME))
+            target = multi_model.target(model, name, headers.get(multi_model.TARGET_MODEL))
+            if target is not None:
+                folder = instance_folder(self.endpoints.settings, name, stream.split("/")[-1])
+                return self.multi_models.invoke(
+                    multi_model.Target(folder, address, target, multi_model.url(model, target)),
+                    lambda path: self._loaded_model(
+                        name, address, stream, variant.name, body, headers, path
+                    ),
+                    lambda status, text: self.model_error(name, stream, status, text, variant.name),
+                )
+        except Refused as exc:
+            raise InvocationError("ValidationError", 400, str(exc)) from None
+        if not chain:
+            return self._forward(name, address, stream, variant.name, body, headers)
+        host = address.rpartition(":")[0]
+        return pipeline.run(
+            chain,
+            lambda member, data, sent: self._forward(
+                name,
+                f"{host}:{member.port}",
+                f"{stream}/{member.hostname}",
+                variant.name,
+                data,
+                sent,
+            ),
+            body,
+            headers,
+        )
+
+    def _loaded_model(
+        self,
+        name: str,
+        address: str,
+        stream: str,
+        variant: str,
+        body: bytes,
+        headers: dict[str, str],
+        path: str,
+    ) -> Answer | None:
+        """A multi-model container's answer; None when it does not have the model (404)."""
+        try:
+            return self._forward(name, address, stream, variant, body, headers, path)
+        except InvocationError as exc:
+            if exc.extra.get("OriginalStatusCode") == 404:
+                return None
+            raise
 
     def _route(self, name: str) -> Route | None:
         now = time.monotonic()
@@ -122,12 +196,13 @@ class Invoker:
         variant: str,
         body: bytes,
         headers: dict[str, str],
+        path: str = "/invocations",
     ) -> Answer:
         host, _, port = address.rpartition(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=self.invocation_seconds)
         try:
             sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
-            connection.request("POST", "/invocations", body=body, headers=sent)
+            connection.request("POST", path, body=body, headers=sent)
             response = connection.getresponse()
             data = response.read(MAX_PAYLOAD_BYTES + 1)
             status = response.status

@@ -39,7 +39,12 @@ from openmaker.runtime.network import remove as remove_network
 from openmaker.serving import async_queue, async_runner, placement, status, updates
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
-from openmaker.serving.instance import DEFAULT_STARTUP_SECONDS, Instance, InstancePlan
+from openmaker.serving.instance import (
+    DEFAULT_STARTUP_SECONDS,
+    Instance,
+    InstancePlan,
+    pipeline_images,
+)
 from openmaker.serving.kind import fail, log_group, network_key
 from openmaker.serving.logs import EndpointLogs
 from openmaker.serving.model_data import ModelDataError
@@ -139,10 +144,12 @@ class EndpointWorker:
             count = int(variant["InitialInstanceCount"]) if counts is None else counts.get(name, 0)
             if count == 0:
                 continue
-            _, container = the_container(models[variant["ModelName"]])
+            model = models[variant["ModelName"]]
+            _, container = the_container(model)
             try:
                 # The owner's own process: the model was checked against the API's roots.
                 image = resolve(container["Image"], LocalPaths.anywhere())
+                members = pipeline_images(model)
             except ImageError as exc:
                 raise EndpointFailed(
                     f"The image of production variant {name} cannot be served: {exc}"
@@ -157,6 +164,7 @@ class EndpointWorker:
                     image=image,
                     startup_seconds=int(startup or DEFAULT_STARTUP_SECONDS),
                     instance_type=variant["InstanceType"],
+                    pipeline=members,
                 )
                 found.append(Instance(self.settings, self.name, plan, network_key(self.name)))
         return found
@@ -196,7 +204,8 @@ class EndpointWorker:
                 ) from None
             if self.stop.is_set():
                 return
-            instance.start(self._network_for(instance), self.logs.receiver(plan.stream))
+            receiver = self.logs.receiver
+            instance.start(self._network_for(instance), receiver(plan.stream), receiver)
         reasons = self._wait_healthy(fleet)
         for instance, reason in zip(fleet, reasons, strict=True):
             if reason is not None and not self.stop.is_set():
@@ -271,8 +280,10 @@ class EndpointWorker:
                     f"[openmaker] the container exited with status {code}{why}; starting it again",
                 )
                 instance.stop(self.settings.stop_grace_seconds)
-                receiver = self.logs.receiver(instance.plan.stream)
-                instance.start(self._network_for(instance), receiver)
+                receiver = self.logs.receiver
+                instance.start(
+                    self._network_for(instance), receiver(instance.plan.stream), receiver
+                )
                 changed = True
             elif not instance.ready and instance.healthy():
                 instance.ready = changed = True

@@ -12,7 +12,6 @@ own folder not at all.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import openmaker
 from openmaker.runtime import Bind, Container, ContainerSpec, unavailable_reason
 from openmaker.runtime.images.gpus import GpuPlan, plan_gpus
-from openmaker.runtime.layers import hidden_paths
+from openmaker.runtime.layers import hidden_paths, unseen_by_root
 from openmaker.runtime.network import HostNamespace, enter_host, resolv_conf_binds, shared
 from openmaker.settings import Settings
 from openmaker.training.host.channels.fastfile import sandbox_binds
@@ -177,17 +176,9 @@ def _unseen_python_folders(spec: HostSpec, hidden: list[Path]) -> list[str]:
     than `/`, or under a folder the sandbox covers (/tmp, openmaker's home, hidden folders).
     openmaker's own package is one of them: the toolkit imports its launcher in the job, and an
     editable install keeps the package beside its source, outside the environment."""
-    root_device = os.stat("/").st_dev
     covered = [Path("/tmp"), *spec.hidden_paths, *hidden]
-    unseen = []
-    package = os.path.realpath(Path(openmaker.__file__).parent)
-    for prefix in sorted(
-        {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), package}
-    ):
-        path = Path(prefix)
-        if os.stat(path).st_dev != root_device or any(path.is_relative_to(c) for c in covered):
-            unseen.append(prefix)
-    return unseen
+    package = str(Path(openmaker.__file__).parent)
+    return unseen_by_root([sys.prefix, sys.base_prefix, package], covered)
 
 
 def _plain(spec: HostSpec, image: Image, command: list[str], env: dict[str, str]) -> ContainerSpec:

@@ -14,16 +14,12 @@ on the host (openmaker/runtime/images/) and run as its own root filesystem, as D
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.metadata
-import json
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 from openmaker.runtime.images import (
@@ -38,6 +34,7 @@ from openmaker.runtime.images import (
     image_store,
     parse_reference,
 )
+from openmaker.shapes.framework_images import framework_of
 
 SCRIPT_MODE_IMAGE = "openmaker://script-mode"
 PROGRAM_MOUNT = "/opt/program"
@@ -58,10 +55,6 @@ _DISTRIBUTIONS = {
     "Hugging Face": "transformers",
     "MXNet": "mxnet",
 }
-_ECR_IMAGE = re.compile(
-    r"(?P<account>\d{12})\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/"
-    r"(?P<repository>[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+))?(?:@sha256:[0-9a-f]{64})?"
-)
 
 
 @dataclass(frozen=True)
@@ -176,24 +169,6 @@ def pull_image(
     except UserError as exc:
         raise ImageError(f"image {image.pulled} cannot run: {exc}") from None
     return dataclasses.replace(image, container=run, digest=pulled.digest)
-
-
-def framework_of(reference: str) -> str | None:
-    """The framework of a SageMaker framework training image URI, as the sagemaker SDK makes
-    them (its registry accounts and repositories; see scripts/framework_images.py)."""
-    found = _ECR_IMAGE.fullmatch(reference)
-    if found is None:
-        return None
-    known = _framework_images()
-    if found["account"] not in known["accounts"]:
-        return None
-    return known["repositories"].get(found["repository"])
-
-
-@functools.cache
-def _framework_images() -> dict[str, Any]:
-    data = json.loads((Path(__file__).parent / "framework_images.json").read_text())
-    return {"accounts": frozenset(data["accounts"]), "repositories": data["repositories"]}
 
 
 def _local_version(framework: str) -> str:
