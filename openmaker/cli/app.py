@@ -17,6 +17,7 @@ from rich.text import Text
 from openmaker.cli.endpoints import endpoints_app
 from openmaker.cli.images import images_app
 from openmaker.cli.output import console, errors, fail, when
+from openmaker.cli.process import process_app
 from openmaker.cli.request_builder import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN,
@@ -25,6 +26,7 @@ from openmaker.cli.request_builder import (
     load_request,
 )
 from openmaker.cli.serving_resources import endpoint_configs_app, models_app
+from openmaker.cli.transform import transform_app
 from openmaker.cli.watch import changes_file, follow, print_logs
 from openmaker.connection import (
     DEFAULT_HOST,
@@ -52,6 +54,8 @@ app.add_typer(endpoints_app, name="endpoints")  # openmaker/cli/endpoints.py
 app.add_typer(images_app, name="images")  # openmaker/cli/images.py
 app.add_typer(models_app, name="models")  # openmaker/cli/serving_resources.py
 app.add_typer(endpoint_configs_app, name="endpoint-configs")
+app.add_typer(transform_app, name="transform")  # openmaker/cli/transform.py
+app.add_typer(process_app, name="process")  # openmaker/cli/process.py
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
