@@ -11,22 +11,19 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from openmaker.cli.output import console, fail, json_default, when
 from openmaker.connection import server_configured
 from openmaker.settings import Settings, SettingsError, load_settings
 from openmaker.shapes.errors import ServiceError
 
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
 POLL_SECONDS = 0.5
 ENDED = ("Completed", "Failed", "Stopped")
 
@@ -54,11 +51,6 @@ class Kind:
 
 class Failed(Exception):
     pass
-
-
-def fail(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(1)
 
 
 def settings_or_exit() -> Settings:
@@ -275,7 +267,7 @@ def add_commands(app: typer.Typer, kind: Kind) -> None:
             Column("Created", no_wrap=True, min_width=19),
         )
         for job in found:
-            table.add_row(job[kind.name_key], job[kind.status_key], _when(job["CreationTime"]))
+            table.add_row(job[kind.name_key], job[kind.status_key], when(job["CreationTime"]))
         console.print(table)
 
     @app.command("describe")
@@ -285,13 +277,11 @@ def add_commands(app: typer.Typer, kind: Kind) -> None:
     ) -> None:
         """Show one job."""
         try:
-            described = KindJobs(settings_or_exit(), kind).call(
-                "Describe", **{kind.name_key: name}
-            )
+            described = KindJobs(settings_or_exit(), kind).call("Describe", **{kind.name_key: name})
         except Failed as exc:
             raise fail(str(exc)) from None
         if as_json:
-            print(json.dumps(described, indent=2, default=_json_default))
+            print(json.dumps(described, indent=2, default=json_default))
             return
         table = Table(Column(no_wrap=True), Column(overflow="fold"), show_header=False, box=None)
         table.add_row("Name", described[kind.name_key])
@@ -299,7 +289,7 @@ def add_commands(app: typer.Typer, kind: Kind) -> None:
         for key in ("FailureReason", "ExitMessage"):
             if described.get(key):
                 table.add_row(key, Text(described[key]))
-        table.add_row("Created", _when(described["CreationTime"]))
+        table.add_row("Created", when(described["CreationTime"]))
         table.add_row("", Text(_outputs(described)))
         console.print(table)
 
@@ -329,13 +319,3 @@ def add_commands(app: typer.Typer, kind: Kind) -> None:
                 console.print(f"[dim]{escape(host)}[/dim] {escape(message)}")
         except Failed as exc:
             raise fail(str(exc)) from None
-
-
-def _when(value: datetime) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)

@@ -12,12 +12,12 @@ from openmaker.cli.kind_jobs import (
     Kind,
     KindJobs,
     add_commands,
-    fail,
     load_request,
     settings_or_exit,
     submit,
     unique_name,
 )
+from openmaker.cli.output import fail
 
 PROCESSING = Kind("Processing", "/aws/sagemaker/ProcessingJobs", "processing job", "process")
 process_app = typer.Typer(

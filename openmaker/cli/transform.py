@@ -12,12 +12,12 @@ from openmaker.cli.kind_jobs import (
     Kind,
     KindJobs,
     add_commands,
-    fail,
     load_request,
     settings_or_exit,
     submit,
     unique_name,
 )
+from openmaker.cli.output import fail
 
 TRANSFORM = Kind("Transform", "/aws/sagemaker/TransformJobs", "transform job", "transform")
 transform_app = typer.Typer(
