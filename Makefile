@@ -11,7 +11,7 @@ test:
 	./scripts/install.sh test
 	.venv/bin/ruff check openmaker tests bench
 	.venv/bin/mypy openmaker tests bench
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 3 --dist loadfile --durations=20
 
 bench:
 	./scripts/install.sh test

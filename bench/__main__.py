@@ -1,5 +1,5 @@
 """`python -m bench [--quick] [--only PART]` from the repository root (PART: overhead, cli,
-download, local, pipe, fastfile, checkpoints, api, gate)."""
+download, local, pipe, fastfile, checkpoints, api, gate, ray, images, invoke, transform)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, checkpoints, cli, download, fastfile, gate, local, overhead, pipe
+from bench import (
+    api,
+    checkpoints,
+    cli,
+    download,
+    fastfile,
+    gate,
+    images,
+    invoke,
+    local,
+    overhead,
+    pipe,
+    ray,
+    transform,
+)
 from bench.download import DataSet, KiB, MiB, s5cmd
 from tests.s3server import S3Server, running_s3_server
 
@@ -39,7 +53,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         choices=[
-            "overhead", "cli", "download", "local", "pipe", "fastfile", "checkpoints", "api", "gate"
+            "overhead",
+            "cli",
+            "download",
+            "local",
+            "pipe",
+            "fastfile",
+            "checkpoints",
+            "api",
+            "gate",
+            "ray",
+            "images",
+            "invoke",
+            "transform",
         ],
         help="run one part only",
     )
@@ -63,9 +89,7 @@ def run_overhead(plan: Plan, scratch: Path) -> list[str]:
     return lines
 
 
-def run_against_s5cmd(
-    plan: Plan, scratch: Path, env: dict[str, str], mode: str
-) -> list[str]:
+def run_against_s5cmd(plan: Plan, scratch: Path, env: dict[str, str], mode: str) -> list[str]:
     """File-mode downloads against `s5cmd cp`, or Pipe streams against `s5cmd cat`, on every
     data set of the plan."""
     what, measure, peer = {
@@ -112,6 +136,14 @@ def main(argv: list[str] | None = None) -> None:
                 lines += api.run(args.quick, scratch)
             if args.only in (None, "gate"):
                 lines += gate.run(args.quick, scratch)
+            if args.only in (None, "ray"):
+                lines += ray.run(args.quick, scratch)
+            if args.only in (None, "images"):
+                lines += images.run(args.quick, scratch)
+            if args.only in (None, "invoke"):
+                lines += invoke.run(args.quick, scratch)
+            if args.only in (None, "transform"):
+                lines += transform.run(args.quick, scratch)
     elapsed = time.perf_counter() - started
     print(f"\nSummary (rclone serve s3 on loopback, MB = 10^6 bytes; {elapsed:.0f} s in all)")
     # Other work on a 2-core machine moves every figure; say how busy it was.

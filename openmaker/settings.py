@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ DEFAULT_NETWORK_RANGE = "10.213.0.0/16"
 # How long a job waits for room on the Ray cluster before it fails.
 DEFAULT_RAY_WAIT_SECONDS = 600.0
 DEFAULT_INVOCATION_SECONDS = 60.0
+DEFAULT_HEALTH_CHECK_SECONDS = 5.0
 # What the sandbox shows empty (folders) or as an empty file, unless OPENMAKER_SANDBOX_HIDE
 # says otherwise: the machine's secrets and its users' files. Patterns as glob(7).
 DEFAULT_HIDDEN = (
@@ -50,6 +51,19 @@ class S3Endpoint:
     secret_access_key: str | None
     session_token: str | None
     region: str
+
+
+@dataclass(frozen=True)
+class EcrEndpoint:
+    """How ECR's API is reached for registry tokens (GetAuthorizationToken) when an ECR image's
+    registry has no credentials configured: its address (AWS_ENDPOINT_URL_ECR, else
+    AWS_ENDPOINT_URL; None: AWS's own) and the AWS credentials given in the environment (None:
+    boto3's other sources, such as ~/.aws/credentials)."""
+
+    url: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,12 @@ class Settings:
     # The containers' registries.conf (mirrors, insecure registries) skopeo reads instead of
     # /etc/containers/registries.conf (OPENMAKER_REGISTRIES_CONF).
     registries_conf: Path | None = None
+    # Where registry tokens for ECR images come from (see EcrEndpoint).
+    ecr: EcrEndpoint = field(default_factory=EcrEndpoint)
+    # SageMaker's framework images (OPENMAKER_FRAMEWORK_IMAGES): "pull" (run as they are when
+    # they, or a mirror, can be pulled; else this machine's Python stands in) or "local"
+    # (always stood in for, never pulled).
+    framework_images: str = "pull"
     # Where a job's hosts run (OPENMAKER_EXECUTOR): "local" (threads of its worker, on this
     # machine) or "ray" (actors on the Ray cluster at RAY_ADDRESS; see training/ray_hosts.py).
     executor: str = "local"
@@ -143,6 +163,9 @@ class Settings:
     # How long an endpoint's container has to answer an invocation, streamed or not
     # (OPENMAKER_INVOCATION_SECONDS; SageMaker's 60 s by default).
     invocation_seconds: float = DEFAULT_INVOCATION_SECONDS
+    # How often a serving instance is pinged once it has answered its first ping
+    # (OPENMAKER_HEALTH_CHECK_SECONDS; serving/health.py).
+    health_check_seconds: float = DEFAULT_HEALTH_CHECK_SECONDS
 
     @property
     def database_url(self) -> str:
@@ -211,12 +234,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         insecure_registries=env.registries("OPENMAKER_INSECURE_REGISTRIES"),
         registry_auth_file=_auth_file(env.text("REGISTRY_AUTH_FILE")),
         registries_conf=env.file("OPENMAKER_REGISTRIES_CONF"),
+        ecr=env.ecr_endpoint(),
+        framework_images=env.choice("OPENMAKER_FRAMEWORK_IMAGES", ("pull", "local")),
         executor=env.choice("OPENMAKER_EXECUTOR", ("local", "ray")),
         ray_address=env.text("RAY_ADDRESS") or None,
         ray_wait_seconds=env.number_or("OPENMAKER_RAY_WAIT_SECONDS", DEFAULT_RAY_WAIT_SECONDS),
         advertise_address=env.text("OPENMAKER_ADVERTISE_ADDRESS") or None,
         invocation_seconds=env.number_or(
             "OPENMAKER_INVOCATION_SECONDS", DEFAULT_INVOCATION_SECONDS
+        ),
+        health_check_seconds=env.number_or(
+            "OPENMAKER_HEALTH_CHECK_SECONDS", DEFAULT_HEALTH_CHECK_SECONDS
         ),
     )
 
@@ -276,11 +304,14 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "insecure_registries": list(settings.insecure_registries),
         "registry_auth_file": None if auth is None else str(auth),
         "registries_conf": None if conf is None else str(conf),
+        "ecr": asdict(settings.ecr),
+        "framework_images": settings.framework_images,
         "executor": settings.executor,
         "ray_address": settings.ray_address,
         "ray_wait_seconds": settings.ray_wait_seconds,
         "advertise_address": settings.advertise_address,
         "invocation_seconds": settings.invocation_seconds,
+        "health_check_seconds": settings.health_check_seconds,
     }
 
 
@@ -288,12 +319,14 @@ def from_json(data: Mapping[str, Any]) -> Settings:
     """The settings `to_json` wrote."""
     special: tuple[str, ...] = ("home", "file_roots", "sandbox_hide", "s3_endpoint")
     special += ("insecure_registries", "registry_auth_file", "resolv_conf", "registries_conf")
+    special += ("ecr",)
     endpoint = data.get("s3_endpoint")
     auth = data.get("registry_auth_file")
     conf = data.get("registries_conf")
     return Settings(
         home=Path(data["home"]),
         registries_conf=None if conf is None else Path(conf),
+        ecr=EcrEndpoint(**data.get("ecr", {})),
         insecure_registries=tuple(data.get("insecure_registries", ())),
         registry_auth_file=None if auth is None else Path(auth),
         resolv_conf=Path(data.get("resolv_conf", "/etc/resolv.conf")),
@@ -406,6 +439,19 @@ class _Reader:
         if self.text(key) and self.text(secret):
             return self.text(key), self.text(secret)
         return None
+
+    def ecr_endpoint(self) -> EcrEndpoint:
+        """ECR's API as AWS clients find it: AWS_ENDPOINT_URL_ECR, else AWS_ENDPOINT_URL."""
+        name = "AWS_ENDPOINT_URL_ECR" if self.text("AWS_ENDPOINT_URL_ECR") else "AWS_ENDPOINT_URL"
+        url = self.text(name)
+        if url and not url.startswith(("http://", "https://")):
+            raise SettingsError(f"{name} must be an http:// or https:// address, not {url!r}")
+        return EcrEndpoint(
+            url=url.rstrip("/") or None,
+            access_key_id=self.text("AWS_ACCESS_KEY_ID") or None,
+            secret_access_key=self.text("AWS_SECRET_ACCESS_KEY") or None,
+            session_token=self.text("AWS_SESSION_TOKEN") or None,
+        )
 
     def s3_endpoint(self, region: str) -> S3Endpoint | None:
         """The S3-compatible server configured the way AWS clients configure it, if any."""

@@ -1,8 +1,8 @@
-"""Regenerate openmaker/training/host/framework_images.json from the installed `sagemaker` SDK (v2).
+"""Regenerate openmaker/shapes/framework_images.json from the installed `sagemaker` SDK (v2).
 
-The SDK's image URI config names, per framework, the ECR repositories of its training images
-and the registry account of each region. openmaker keeps only those facts: which repository
-belongs to which framework, and which accounts publish them.
+The SDK's image URI config names, per framework, the ECR repositories of its training and
+inference images and the registry account of each region. openmaker keeps only those facts:
+which repository belongs to which framework, per scope, and which accounts publish them.
 
     .venv/bin/python scripts/framework_images.py
 """
@@ -23,9 +23,8 @@ FRAMEWORKS = {
     "huggingface": "Hugging Face",
     "mxnet": "MXNet",
 }
-OUTPUT = (
-    Path(__file__).resolve().parent.parent / "openmaker" / "training" / "host" / "framework_images.json"
-)
+SCOPES = ("training", "inference")
+OUTPUT = Path(__file__).resolve().parent.parent / "openmaker" / "shapes" / "framework_images.json"
 
 
 def _versions(scope: dict[str, Any]) -> list[dict[str, Any]]:
@@ -40,25 +39,27 @@ def _versions(scope: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     config_dir = Path(sagemaker.__file__).parent / "image_uri_config"
-    repositories: dict[str, str] = {}
+    repositories: dict[str, dict[str, str]] = {scope: {} for scope in SCOPES}
     accounts: set[str] = set()
     for key, framework in FRAMEWORKS.items():
         data = json.loads((config_dir / f"{key}.json").read_text())
-        for entry in _versions(data.get("training", data)):
-            repositories[entry["repository"]] = framework
-            accounts.update(entry.get("registries", {}).values())
+        for scope in SCOPES:
+            for entry in _versions(data.get(scope, {})):
+                repositories[scope][entry["repository"]] = framework
+                accounts.update(entry.get("registries", {}).values())
     OUTPUT.write_text(
         json.dumps(
             {
                 "source": f"sagemaker SDK {sagemaker.__version__} image_uri_config",
-                "repositories": dict(sorted(repositories.items())),
+                "repositories": {s: dict(sorted(r.items())) for s, r in repositories.items()},
                 "accounts": sorted(accounts),
             },
             indent=1,
         )
         + "\n"
     )
-    print(f"{OUTPUT}: {len(repositories)} repositories, {len(accounts)} accounts")
+    counts = ", ".join(f"{len(r)} {s} repositories" for s, r in repositories.items())
+    print(f"{OUTPUT}: {counts}, {len(accounts)} accounts")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def running_api_server(home: Path, **extra_env: str) -> Iterator[ApiServer]:
     )
     try:
         record = home / "server.json"
-        deadline = time.monotonic() + 30
+        # Generous: the suite runs three test processes at once on two cores.
+        deadline = time.monotonic() + 90
         # A record left by a server killed before this one names another process.
         while _recorded_pid(record) != process.pid:
             if process.poll() is not None or time.monotonic() > deadline:

@@ -10,12 +10,16 @@ import base64
 import contextlib
 import gzip
 import hashlib
+import http.server
 import io
 import json
+import os
+import random
 import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -54,25 +58,29 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_registry(folder: Path) -> Iterator[Registry]:
+def running_registry(
+    folder: Path, address: str = "127.0.0.1", port: int | None = None, user: str = USER
+) -> Iterator[Registry]:
+    """The registry on `address`:`port` (a free port when None; `host` leaves out :80),
+    `user` with PASSWORD its one login."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     htpasswd = subprocess.run(
-        ["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True
+        ["htpasswd", "-Bbn", user, PASSWORD], capture_output=True, text=True, check=True
     ).stdout
     (folder / "htpasswd").write_text(htpasswd)
     config = {
         "version": 0.1,
         "log": {"level": "info", "accesslog": {"disabled": False}},
         "storage": {"filesystem": {"rootdirectory": str(folder / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}"},
+        "http": {"addr": f"{address}:{port}"},
         "auth": {"htpasswd": {"realm": "test", "path": str(folder / "htpasswd")}},
     }
     (folder / "config.yml").write_text(json.dumps(config))  # YAML reads JSON
     log = folder / "registry.log"
-    host = f"127.0.0.1:{port}"
+    host = address if port == 80 else f"{address}:{port}"
     auth_file = folder / "auth.json"
-    write_auth_file(auth_file, host, USER, PASSWORD)
+    write_auth_file(auth_file, host, user, PASSWORD)
     with open(log, "wb") as out:
         server = subprocess.Popen(
             ["docker-registry", "serve", str(folder / "config.yml")], stdout=out, stderr=out
@@ -253,3 +261,144 @@ def busybox_layer() -> bytes:
                                                0o755)]  # fmt: skip
     members += [link_member(f"bin/{applet}", "busybox") for applet in APPLETS]
     return tar_layer(members)
+
+
+# Stand-ins for what cannot exist here: ECR's API and its registry's name, a slow registry.
+
+
+class EcrStandIn:
+    """ECR's JSON API on loopback, answering GetAuthorizationToken with `AWS:password` (its
+    end `expires_in` seconds away) or, when `deny` is set, AccessDeniedException; `calls`
+    counts the token requests."""
+
+    def __init__(self, password: str) -> None:
+        self.password = password
+        self.expires_in = 12 * 3600.0
+        self.deny = False
+        self.calls = 0
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                target = self.headers.get("X-Amz-Target", "")
+                status, body = stand_in.answer(target)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, target: str) -> tuple[int, dict[str, object]]:
+        if not target.endswith(".GetAuthorizationToken"):
+            return 400, {"__type": "UnknownOperationException", "message": target}
+        self.calls += 1
+        if self.deny:
+            message = "User is not authorized to perform: ecr:GetAuthorizationToken"
+            return 400, {"__type": "AccessDeniedException", "message": message}
+        token = base64.b64encode(f"AWS:{self.password}".encode()).decode()
+        data = {"authorizationToken": token, "expiresAt": time.time() + self.expires_in}
+        return 200, {"authorizationData": [data]}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def skopeo_with_hosts(bin_dir: Path, hosts: str) -> None:
+    """A `skopeo` in `bin_dir` that runs the real one with `hosts` as its /etc/hosts (in a
+    mount namespace of its own): how an ECR host name reaches a registry on loopback. Its
+    command lines go to `bin_dir/argv.log`."""
+    real = next(
+        Path(folder) / "skopeo"
+        for folder in os.environ["PATH"].split(":")
+        if (Path(folder) / "skopeo").is_file() and Path(folder) != bin_dir
+    )
+    (bin_dir / "hosts").write_text(hosts)
+    shim = bin_dir / "skopeo"
+    inner = f'mount --bind {bin_dir}/hosts /etc/hosts && exec {real} "$@"'
+    shim.write_text(
+        f'#!/bin/sh\necho "$*" >> {bin_dir}/argv.log\n'
+        f"exec unshare --mount sh -c '{inner}' skopeo \"$@\"\n"
+    )
+    shim.chmod(0o755)
+
+
+def loopback_address() -> str:
+    """An address of the loopback network nobody else here is likely to use."""
+    return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+
+
+class StallingProxy:
+    """A registry's front on loopback that passes everything through, except that a layer's
+    download (a blob GET) stops after its first kilobytes: a pull through it lasts until it
+    is stopped, with a blob half-written. `stalled` is set once a download hangs."""
+
+    def __init__(self, upstream: str, passed: int = 4096) -> None:
+        self.upstream = upstream.rsplit(":", 1)
+        self.passed = passed
+        self.stalled = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((self.upstream[0], int(self.upstream[1])))
+            blob = threading.Event()  # a blob was asked for on this connection
+            threading.Thread(
+                target=self._requests, args=(client, server, blob), daemon=True
+            ).start()
+            threading.Thread(target=self._answers, args=(server, client, blob), daemon=True).start()
+
+    def _requests(
+        self, client: socket.socket, server: socket.socket, blob: threading.Event
+    ) -> None:
+        while data := _receive(client):
+            if b"GET /v2/" in data and b"/blobs/sha256:" in data:
+                blob.set()
+            try:
+                server.sendall(data)
+            except OSError:
+                return
+        server.close()
+
+    def _answers(self, server: socket.socket, client: socket.socket, blob: threading.Event) -> None:
+        sent = 0
+        while data := _receive(server):
+            if blob.is_set():
+                data = data[: max(0, self.passed - sent)]
+                sent += len(data)
+            try:
+                client.sendall(data)
+            except OSError:
+                return
+            if blob.is_set() and sent >= self.passed:
+                self.stalled.set()
+                self.closed.wait()  # held: the rest of the blob never comes
+                return
+        client.close()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+
+
+def _receive(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""

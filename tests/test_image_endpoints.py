@@ -1,11 +1,16 @@
 """An endpoint whose model's `PrimaryContainer.Image` is a registry image: a real `openmaker
 server`, a real registry on loopback, boto3. The image's ENTRYPOINT runs with `serve`, as its
-USER, and answers InvokeEndpoint; an image the registry lacks fails the endpoint, saying so."""
+USER, and answers InvokeEndpoint; an image the registry lacks fails the endpoint, saying so;
+DeleteEndpoint during a pull that would never end (a registry front holding every layer
+download) interrupts it."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import secrets
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,8 +19,19 @@ from botocore.exceptions import ClientError
 from openmaker.runtime import unavailable_reason
 from tests.apiserver import ApiServer, running_api_server
 from tests.helpers import unique_name
-from tests.images_kit import Registry, busybox_image, missing_tools, push, running_registry
-from tests.test_endpoints import Deployer, model_archive
+from tests.images_kit import (
+    PASSWORD,
+    USER,
+    Registry,
+    StallingProxy,
+    busybox_image,
+    missing_tools,
+    push,
+    running_registry,
+    write_auth_file,
+)
+from tests.test_endpoints import Deployer, model_archive, wait_until
+from tests.test_image_stops import skopeo_processes
 
 pytestmark = [
     pytest.mark.skipif(bool(missing_tools()), reason=f"needs {missing_tools()}"),
@@ -52,13 +68,28 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer
                     "--config.user=model", "--config.workingdir=/srv"),
         )  # fmt: skip
         push(layout, "server", registry, "team/server:1")
-        with running_api_server(
-            folder / "home",
-            OPENMAKER_FILE_ROOTS=str(folder),
-            REGISTRY_AUTH_FILE=str(registry.auth_file),
-            OPENMAKER_INSECURE_REGISTRIES=registry.host,
-        ) as server:
-            yield server, registry
+        # An image no other test pulls (the server's store keeps what it pulled by digest).
+        # Its own layer is larger than what the front lets through before it holds a download.
+        noise = secrets.token_hex(64 * 1024)
+        busybox_image(layout, "slow", base="server", files={"srv/slow.txt": noise})
+        push(layout, "slow", registry, "team/slow:1")
+        proxy = StallingProxy(registry.host)
+        auth = folder / "auth.json"
+        write_auth_file(auth, proxy.host, USER, PASSWORD)
+        both = json.loads(auth.read_text())
+        both["auths"].update(json.loads(registry.auth_file.read_text())["auths"])
+        auth.write_text(json.dumps(both))
+        try:
+            with running_api_server(
+                folder / "home",
+                OPENMAKER_FILE_ROOTS=str(folder),
+                REGISTRY_AUTH_FILE=str(auth),
+                OPENMAKER_INSECURE_REGISTRIES=f"{registry.host},{proxy.host}",
+            ) as server:
+                registry.proxy = proxy  # type: ignore[attr-defined]
+                yield server, registry
+        finally:
+            proxy.close()
 
 
 @pytest.fixture
@@ -115,3 +146,15 @@ def test_a_malformed_image_is_refused_at_create_model(deployer: Deployer) -> Non
         _model(deployer, "registry.example/Bad:1")
     assert refused.value.response["Error"]["Code"] == "ValidationException"
     assert "PrimaryContainer.Image" in refused.value.response["Error"]["Message"]
+
+
+def test_delete_endpoint_during_a_pull_interrupts_it(
+    deployer: Deployer, served: tuple[ApiServer, Registry]
+) -> None:
+    proxy: StallingProxy = served[1].proxy  # type: ignore[attr-defined]
+    name = deployer.endpoint(_model(deployer, f"{proxy.host}/team/slow:1"))
+    assert proxy.stalled.wait(120), deployer.sagemaker.describe_endpoint(EndpointName=name)
+    assert skopeo_processes(proxy.host)
+    deployer.sagemaker.delete_endpoint(EndpointName=name)
+    wait_until(partial(deployer.gone, name), f"endpoint {name} deleted")
+    wait_until(lambda: not skopeo_processes(proxy.host), "the pull's end")

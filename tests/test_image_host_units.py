@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from openmaker.runtime.images import ImageContainer
-from openmaker.runtime.spec import User
+from openmaker.runtime.limits import confine
+from openmaker.runtime.spec import Limits, User
 from openmaker.settings import load_settings
 from openmaker.training.host.container import LaunchError, image_gpus
 from openmaker.training.host.images import SCRIPT_MODE_IMAGE, ImageError, resolve_image
@@ -73,7 +74,7 @@ def test_gpus_of_a_pulled_image(tmp_path: Path) -> None:
     plan = image_gpus(_spec(tmp_path, ("1",)), ready, dev)
     assert plan is not None
     assert plan.devices == (str(dev / "nvidia1"), str(dev / "nvidiactl"))
-    assert plan.env["NVIDIA_VISIBLE_DEVICES"] == "1"
+    assert plan.visible == ("0",)  # GPU 1 of the machine is the container's device 0
     # The machine's driver (none here), read-only where CUDA images look for it.
     assert all(b.read_only and b.target.startswith("/usr/local/nvidia/") for b in plan.binds)
     assert image_gpus(_spec(tmp_path), ready, dev) is None  # no GPU assigned
@@ -103,3 +104,15 @@ def test_writable_folders_go_to_the_images_user_never_through_a_link(tmp_path: P
     for untouched in (ml, ml / "input/config", secret, secret_folder):
         assert untouched.stat().st_uid == os.getuid(), untouched
     assert os.lstat(ml / "model/to-file").st_uid == os.getuid()  # the link itself too
+
+
+def test_an_image_container_numbers_its_gpus_from_zero() -> None:
+    """As under NVIDIA's toolkit: the container's CUDA sees only its own device nodes, so the
+    machine's GPUs 1 and 3 are its 0 and 1; a container on the machine's root (which sees
+    every node) keeps the machine's numbers."""
+    image = confine(Limits(gpus=("1", "3"), visible_gpus=("0", "1")))
+    assert image.env == {"CUDA_VISIBLE_DEVICES": "0,1", "NVIDIA_VISIBLE_DEVICES": "0,1"}
+    assert "GPUs 1,3" in image.note  # the note names the machine's
+    machine = confine(Limits(gpus=("1", "3")))
+    assert machine.env == {"CUDA_VISIBLE_DEVICES": "1,3", "NVIDIA_VISIBLE_DEVICES": "1,3"}
+    assert confine(Limits(gpus=())).env == {"CUDA_VISIBLE_DEVICES": ""}

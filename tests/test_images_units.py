@@ -5,11 +5,12 @@ passthrough plan over a fake device tree (no GPU here)."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from openmaker.runtime.images.config import DEFAULT_PATH, ImageConfig, command
+from openmaker.runtime.images.config import DEFAULT_PATH, ImageConfig, command, stop_signal
 from openmaker.runtime.images.gpus import LIBRARY_TARGET, plan_gpus
 from openmaker.runtime.images.reference import ReferenceError, parse_reference
 from openmaker.runtime.images.users import UserError, inside, resolve_user
@@ -174,7 +175,8 @@ def test_gpu_plan_binds_only_the_assigned_gpus(tmp_path: Path) -> None:
     assert not any("libcudart" in t or "libc.so" in t for t in targets)
     assert targets["/usr/local/nvidia/bin/nvidia-smi"] == str(tools / "nvidia-smi")
     assert all(bind.read_only for bind in plan.binds)
-    assert plan.env["NVIDIA_VISIBLE_DEVICES"] == "0,2"
+    # Machine GPUs 0 and 2, alone in the container: its CUDA numbers them 0 and 1.
+    assert plan.visible == ("0", "1") and "CUDA_VISIBLE_DEVICES" not in plan.env
     assert plan_gpus((), dev, (libs,), (tools,)).devices == ()
     with pytest.raises(RuntimeError, match="GPU 5 has no device node"):
         plan_gpus(("5",), dev, (libs,), (tools,))
@@ -188,3 +190,20 @@ def test_insecure_registries_setting() -> None:
     auth = load_settings({"REGISTRY_AUTH_FILE": "/etc/auth.json"}).registry_auth_file
     assert auth == Path("/etc/auth.json")
     assert os.sep == "/"
+
+
+def test_stop_signal_names_as_docker_takes_them() -> None:
+    assert stop_signal("") == signal.SIGTERM  # none given
+    assert stop_signal("SIGQUIT") == stop_signal("quit") == stop_signal("3") == signal.SIGQUIT
+    assert stop_signal("SIGRTMIN+3") == signal.SIGRTMIN + 3
+    for bad in ("NOPE", "0", "999", "SIG_IGN"):
+        with pytest.raises(ValueError, match="is not a signal"):
+            stop_signal(bad)
+
+
+def test_without_a_mode_the_images_cmd_stays() -> None:
+    """A processing job's image without ContainerEntrypoint: `docker run IMAGE [ARGS]`."""
+    config = ImageConfig(entrypoint=("/ep",), cmd=("a", "b"))
+    assert command(config, None, {}).argv == ["/ep", "a", "b"]
+    assert command(config, None, {}, arguments=["x"]).argv == ["/ep", "x"]
+    assert command(config, "train", {}).argv == ["/ep", "train"]

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from openmaker.api.cloudwatch_metrics import CloudWatchMetrics
+from openmaker.serving.metric_reads import EndpointMetricReads
 from openmaker.training.metric_reads import MetricReads
 from openmaker.training.service import TrainingJobs
 from tests.test_db_upgrade import FIRST_RELEASE_TABLE
@@ -42,7 +43,9 @@ def test_values_stored_before_hosts_were_kept_are_the_jobs(home: Path) -> None:
     old.close()
 
     jobs = TrainingJobs()
-    metrics = CloudWatchMetrics(MetricReads(jobs.sessions), jobs.settings.account_id)
+    metrics = CloudWatchMetrics(
+        MetricReads(jobs.sessions), jobs.settings.account_id, EndpointMetricReads(jobs.sessions)
+    )
     query = {
         "Namespace": "/aws/sagemaker/TrainingJobs",
         "MetricName": "loss",

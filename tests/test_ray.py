@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.exceptions
 import pytest
 
+from openmaker.runtime.overlay import node_networks, remove_node_network
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
 from tests.apiserver import running_api_server
@@ -25,7 +28,9 @@ from tests.helpers import (
     get_object,
     log_text,
     make_image,
+    put_objects,
     request,
+    source_of,
     start_script,
     stop_and_wait,
     unique_name,
@@ -38,7 +43,11 @@ ray = pytest.importorskip("ray")
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 TYPE = "ml.m5.large"
+# Every node, the head included, also stands for one of these: a 3-host job of it has 3 nodes.
+WIDE_TYPE = "ml.m5.xlarge"
 NODE_ADDRESSES = ("127.0.0.2", "127.0.0.3")
+HEAD_ADDRESS = "127.0.0.10"
+WORKER_RESOURCES = {TYPE: 1, WIDE_TYPE: 1}
 # Lean nodes; a node's death is seen in about a second (13 s with Ray's defaults).
 NODE = {"num_cpus": 1, "object_store_memory": 80_000_000}
 HEALTH = {
@@ -73,6 +82,38 @@ while true; do sleep 0.2; done
 """
 
 
+# Two ranks, one per host, all-reduce over gloo: the hosts reach each other across their nodes.
+# Each shows the interface algo-N resolves on (the job's VXLAN segment) and where it leads.
+ALL_REDUCES = f"""#!{sys.executable}
+import json, socket, subprocess
+import torch
+import torch.distributed as dist
+
+config = json.load(open("/opt/ml/input/config/resourceconfig.json"))
+hosts, me = config["hosts"], config["current_host"]
+dist.init_process_group(
+    "gloo", init_method="tcp://algo-1:29500", rank=hosts.index(me), world_size=len(hosts)
+)
+tensor = torch.tensor([float(hosts.index(me) + 1)])
+dist.all_reduce(tensor)
+print(f"RESULT host={{socket.gethostname()}} sum={{tensor.item()}}", flush=True)
+dist.destroy_process_group()
+peer = socket.gethostbyname(hosts[1 - hosts.index(me)])
+for label, command in (
+    ("link", "ip -d -o link show eth1"),
+    ("fdb", "bridge fdb show dev eth1"),
+    ("route", f"ip -o route get {{peer}}"),
+):
+    shown = subprocess.run(command.split(), capture_output=True, text=True).stdout
+    print(f"SHOWN {{me}} {{label}}: {{' '.join(shown.split())}}", flush=True)
+"""
+
+# Lists the objects of its share of the channel.
+LISTS_ITS_SHARD = """#!/bin/sh
+ls /opt/ml/input/data/train > /opt/ml/model/$(hostname).files
+"""
+
+
 # An address of this machine that no node has: the embedded store's, as the nodes reach it.
 ADVERTISED = "127.0.0.20"
 
@@ -94,11 +135,16 @@ def cluster() -> Iterator[Any]:
     # The head on 127.0.0.10: Ray takes 127.0.0.1 for the machine's own address.
     made = ray_cluster_utils.Cluster(
         initialize_head=True,
-        head_node_args={"node_ip_address": "127.0.0.10", "include_dashboard": False, **NODE},
+        head_node_args={
+            "node_ip_address": HEAD_ADDRESS,
+            "include_dashboard": False,
+            "resources": {WIDE_TYPE: 1},
+            **NODE,
+        },
     )
     try:
         for address in NODE_ADDRESSES:
-            made.add_node(node_ip_address=address, resources={TYPE: 1}, **NODE)
+            made.add_node(node_ip_address=address, resources=WORKER_RESOURCES, **NODE)
         made.wait_for_nodes()
         yield made
     finally:
@@ -112,11 +158,14 @@ def cluster() -> Iterator[Any]:
 
 
 @pytest.fixture
-def on_ray(home: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+def on_ray(home: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("OPENMAKER_EXECUTOR", "ray")
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     monkeypatch.setenv("OPENMAKER_STOP_GRACE_SECONDS", "5")
-    return home
+    yield home
+    # A host lost with its node leaves its bridge there (the nodes here share this kernel).
+    for job, host in node_networks(home):
+        remove_node_network(home, job, host)
 
 
 def _members(uri: str) -> dict[str, bytes]:
@@ -144,18 +193,79 @@ def test_two_hosts_land_on_two_nodes_with_their_logs_and_outputs(
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     logs = log_text(jobs, name)
     # One host per node: each worker node holds one of them.
-    placed = {
-        line.split(" on node ")[1].split()[0]
-        for line in logs.splitlines()
-        if " runs on node " in line
-    }
-    assert placed == set(NODE_ADDRESSES), logs
+    assert _placed(logs) == set(NODE_ADDRESSES), logs
     assert "hello from algo-1" in logs and "hello from algo-2" in logs
     # One archive of both hosts' folders, made across the nodes.
     model = _members(description["ModelArtifacts"]["S3ModelArtifacts"])
     assert model == {"algo-1.txt": b"algo-1\n", "algo-2.txt": b"algo-2\n"}
     output = _members(description["ModelArtifacts"]["S3ModelArtifacts"].replace("model", "output"))
     assert output == {"algo-1.txt": b"data of algo-1\n", "algo-2.txt": b"data of algo-2\n"}
+
+
+def test_torch_distributed_all_reduces_across_two_nodes(on_ray: Path, tmp_path: Path) -> None:
+    name = unique_name("ray-torch")
+    jobs = start_script(tmp_path, name, ALL_REDUCES, ResourceConfig=_resources(2))
+    try:
+        description = wait_for(jobs, name, timeout=300)
+    finally:
+        stop_and_wait(jobs, [name])
+    logs = log_text(jobs, name)
+    assert description["TrainingJobStatus"] == "Completed", logs
+    assert _placed(logs) == set(NODE_ADDRESSES), logs
+    # 1 + 2: each rank's value reached the other's node.
+    assert "RESULT host=algo-1 sum=3.0" in logs, logs
+    assert "RESULT host=algo-2 sum=3.0" in logs, logs
+    # Over the job's segment, whose packets go between the nodes' own addresses: each host's
+    # end is bound to its node and leads to the other's (the hosts share no bridge).
+    shown = dict(
+        line.removeprefix("SHOWN ").split(": ", 1)
+        for line in logs.splitlines()
+        if line.startswith("SHOWN ")
+    )
+    hosts = ("algo-1", "algo-2")
+    vnis = {shown[f"{host} link"].split("vxlan id ")[1].split()[0] for host in hosts}
+    assert len(vnis) == 1, shown
+    ends = {host: shown[f"{host} link"].split(" local ")[1].split()[0] for host in hosts}
+    assert set(ends.values()) == set(NODE_ADDRESSES), shown
+    assert f"dst {ends['algo-2']}" in shown["algo-1 fdb"], shown
+    assert f"dst {ends['algo-1']}" in shown["algo-2 fdb"], shown
+    assert all(" dev eth1 " in shown[f"{host} route"] for host in hosts), shown
+
+
+def test_seven_objects_are_sharded_over_three_hosts_on_three_nodes(
+    on_ray: Path, tmp_path: Path
+) -> None:
+    name = unique_name("ray-shard")
+    put_objects({f"s3://b/{name}/part-{i}": str(i).encode() for i in range(7)})
+
+    def sharded(body: dict[str, Any]) -> None:
+        source_of(body)["S3DataDistributionType"] = "ShardedByS3Key"
+
+    jobs = start_script(
+        tmp_path,
+        name,
+        LISTS_ITS_SHARD,
+        channels={"train": f"s3://b/{name}/"},
+        edit=sharded,
+        ResourceConfig=_resources(3, WIDE_TYPE),
+    )
+    try:
+        description = wait_for(jobs, name, timeout=300)
+    finally:
+        stop_and_wait(jobs, [name])
+    logs = log_text(jobs, name)
+    assert description["TrainingJobStatus"] == "Completed", logs
+    assert _placed(logs) == {HEAD_ADDRESS, *NODE_ADDRESSES}, logs
+    files = {
+        host: listing.split()
+        for host, listing in _members(description["ModelArtifacts"]["S3ModelArtifacts"]).items()
+    }
+    # Object i goes to host i mod 3, as SageMaker shards: each object exactly once.
+    assert files == {
+        "algo-1.files": [b"part-0", b"part-3", b"part-6"],
+        "algo-2.files": [b"part-1", b"part-4"],
+        "algo-3.files": [b"part-2", b"part-5"],
+    }
 
 
 def test_a_job_the_cluster_cannot_hold_waits_pending_then_fails(
@@ -197,8 +307,9 @@ def test_a_stop_reaches_every_host_on_its_node(on_ray: Path, tmp_path: Path) -> 
     assert description["TrainingJobStatus"] == "Stopped"
     logs = log_text(jobs, name)
     assert "got SIGTERM on algo-1" in logs and "got SIGTERM on algo-2" in logs
-    # The job's actors and reservation are given back.
+    # The job's actors and reservation are given back, and its hosts' bridges on the nodes.
     assert not any(node.hosts for node in nodes(load_settings()))
+    assert node_networks(on_ray) == []
 
 
 def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluster: Any) -> None:
@@ -212,7 +323,7 @@ def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluste
         description = wait_for(jobs, name, timeout=120)
     finally:
         stop_and_wait(jobs, [name])
-        cluster.add_node(node_ip_address="127.0.0.3", resources={TYPE: 1}, **NODE)
+        cluster.add_node(node_ip_address="127.0.0.3", resources=WORKER_RESOURCES, **NODE)
     assert description["TrainingJobStatus"] == "Failed"
     reason = description["FailureReason"]
     assert "127.0.0.3" in reason, reason
@@ -243,13 +354,13 @@ def test_a_lost_node_restarts_the_job_with_its_checkpoints(
         cluster.remove_node(victim, allow_graceful=False)
         # Attempt 2 waits for room (one node of the type is left), then lands on a new node.
         wait_until(lambda: "Restarting" in _statuses(jobs.describe(name)), "the restart", 60)
-        cluster.add_node(node_ip_address="127.0.0.3", resources={TYPE: 1}, **NODE)
+        cluster.add_node(node_ip_address="127.0.0.3", resources=WORKER_RESOURCES, **NODE)
         replaced = True
         description = wait_for(jobs, name, timeout=240)
     finally:
         stop_and_wait(jobs, [name])
         if not replaced:
-            cluster.add_node(node_ip_address="127.0.0.3", resources={TYPE: 1}, **NODE)
+            cluster.add_node(node_ip_address="127.0.0.3", resources=WORKER_RESOURCES, **NODE)
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     restarting = next(
         t["StatusMessage"]
@@ -351,6 +462,95 @@ def test_hosts_on_their_nodes_reach_the_embedded_store_at_the_advertised_address
         assert said[f"{host}.txt"].endswith(": hello"), said
 
 
+# Says what its channel holds (fetched by its host through the gate), then waits.
+SAYS_ITS_CHANNEL_AND_WAITS = """#!/bin/sh
+echo "channel says $(cat /opt/ml/input/data/mine/mine.txt)"
+trap 'exit 0' TERM
+while true; do sleep 0.2; done
+"""
+
+
+def test_hosts_reach_the_store_through_the_gate_with_a_key_of_the_jobs_own(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    """A Ray host's transfers use a key of the job's hosts at the server's S3 endpoint (no
+    folder of this machine's): it reaches the job's channel, never another job's data, and
+    dies with the job."""
+    home = tmp_path / "keyed"
+    home.mkdir()
+    image = make_image(tmp_path / "image", SAYS_ITS_CHANNEL_AND_WAITS)
+    body = request("ray-keyed", str(image), "s3://bkt/out", {"mine": "s3://bkt/mine/"})
+    body["ResourceConfig"] = _resources(2)
+    body["CheckpointConfig"] = {"S3Uri": "s3://bkt/keyed-checkpoints/"}
+    env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": cluster.address}
+    try:
+        with running_api_server(home, **env) as server:
+            s3 = server.client("s3")
+            s3.create_bucket(Bucket="bkt")
+            s3.put_object(Bucket="bkt", Key="mine/mine.txt", Body=b"mine")
+            s3.put_object(Bucket="bkt", Key="theirs/secret.txt", Body=b"another job's")
+            sagemaker = server.client("sagemaker")
+            sagemaker.create_training_job(**body)
+            logs = server.client("logs")
+
+            def said() -> str:
+                events = logs.filter_log_events(
+                    logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix="ray-keyed/"
+                )["events"]
+                return "\n".join(e["message"] for e in events)
+
+            wait_until(lambda: said().count("channel says mine") == 2, "both hosts' data", 240)
+            key_id, secret = _hosts_key(home, "ray-keyed")
+            as_hosts = server.client("s3", aws_access_key_id=key_id, aws_secret_access_key=secret)
+            assert as_hosts.get_object(Bucket="bkt", Key="mine/mine.txt")["Body"].read() == b"mine"
+            as_hosts.put_object(Bucket="bkt", Key="keyed-checkpoints/c", Body=b"c")
+            refused: list[tuple[str, dict[str, Any]]] = [
+                ("get_object", {"Key": "theirs/secret.txt"}),
+                ("list_objects_v2", {"Prefix": "theirs/"}),
+                ("put_object", {"Key": "theirs/x", "Body": b"x"}),
+            ]
+            for method, arguments in refused:
+                with pytest.raises(botocore.exceptions.ClientError) as denied:
+                    getattr(as_hosts, method)(Bucket="bkt", **arguments)
+                assert denied.value.response["Error"]["Code"] == "AccessDenied"
+            sagemaker.stop_training_job(TrainingJobName="ray-keyed")
+
+            def stopped() -> bool:
+                described = sagemaker.describe_training_job(TrainingJobName="ray-keyed")
+                return described["TrainingJobStatus"] == "Stopped"
+
+            wait_until(stopped, "the job to stop", 120)
+            # The key died with the job.
+            with pytest.raises(botocore.exceptions.ClientError) as revoked:
+                as_hosts.get_object(Bucket="bkt", Key="mine/mine.txt")
+            assert revoked.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+    finally:
+        for pid in job_processes("ray-keyed") + processes_mentioning(str(home)):
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid)
+
+
+def _hosts_key(home: Path, job: str) -> tuple[str, str]:
+    """The key the job's worker minted for its hosts (its record in the gate's folder)."""
+    found = [
+        (path.stem, record["secret_access_key"])
+        for path in (home / "gate" / "keys").glob("*.json")
+        for record in [json.loads(path.read_text())]
+        if record["job"] == job and record.get("holder") == "hosts"
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _placed(logs: str) -> set[str]:
+    """The nodes the job's hosts ran on, as its log says."""
+    return {
+        line.split(" on node ")[1].split()[0]
+        for line in logs.splitlines()
+        if " runs on node " in line
+    }
+
+
 def _hosts_running() -> set[str]:
     return {host for node in nodes(load_settings()) for host in node.hosts}
 
@@ -367,8 +567,8 @@ def _statuses(description: dict[str, Any]) -> list[str]:
     return [t["Status"] for t in description["SecondaryStatusTransitions"]]
 
 
-def _resources(count: int) -> dict[str, Any]:
-    return {"InstanceType": TYPE, "InstanceCount": count, "VolumeSizeInGB": 5}
+def _resources(count: int, instance_type: str = TYPE) -> dict[str, Any]:
+    return {"InstanceType": instance_type, "InstanceCount": count, "VolumeSizeInGB": 5}
 
 
 def test_openmaker_cluster_shows_the_nodes(on_ray: Path) -> None:

@@ -69,7 +69,9 @@ def create_app(backend: Backend, credentials: Credentials) -> Starlette:
         cloudwatch_metrics.TARGET_PREFIX: Service(
             cloudwatch_metrics.SERVICE,
             "monitoring",
-            CloudWatchMetrics(backend.metrics, settings.account_id).handlers(),
+            CloudWatchMetrics(
+                backend.metrics, settings.account_id, backend.endpoint_metrics
+            ).handlers(),
             cloudwatch_metrics.CONTENT_TYPE,
             cloudwatch_metrics.validate,
         ),

@@ -1,4 +1,6 @@
-"""CloudWatch's metric reads for training jobs: GetMetricStatistics, GetMetricData, ListMetrics.
+"""CloudWatch's metric reads: GetMetricStatistics, GetMetricData, ListMetrics, over training
+jobs' metrics (`/aws/sagemaker/TrainingJobs`) and endpoints' invocation metrics
+(`AWS/SageMaker`, serving/metrics.py).
 
 botocore speaks CloudWatch's JSON protocol (the model lists smithy-rpc-v2-cbor, json and query;
 botocore takes json first): `X-Amz-Target: GraniteServiceVersion20100801.<Operation>`, JSON
@@ -19,6 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from openmaker.api.operations import Handler
+from openmaker.serving import metrics as endpoint_metrics
+from openmaker.serving.metric_reads import (
+    EndpointMetricReads,
+    EndpointSeries,
+    StatisticSet,
+    endpoint_series_of,
+)
 from openmaker.shapes.errors import ServiceError
 from openmaker.shapes.model import service_model
 from openmaker.shapes.validate import error_message, shape_problems
@@ -44,6 +53,8 @@ SHORT_PERIODS = (1, 5, 10, 20, 30)
 RECENT = timedelta(hours=3)  # ListMetrics' RecentlyActive=PT3H
 _ID = re.compile(r"[a-z][a-zA-Z0-9_]*")
 _NULL = re.compile(r"Value null at '([^']*)' failed to satisfy constraint")
+# What a request can name: a training job's series or an endpoint variant's.
+AnySeries = Series | EndpointSeries
 
 
 class CloudWatchError(ServiceError):
@@ -83,8 +94,10 @@ def validate(operation: str, params: dict[str, Any], service: str = SERVICE) -> 
 
 
 class CloudWatchMetrics:
-    def __init__(self, reads: MetricReads, account: str) -> None:
-        self.reads, self.account = reads, account
+    def __init__(
+        self, reads: MetricReads, account: str, endpoint_reads: EndpointMetricReads
+    ) -> None:
+        self.reads, self.account, self.endpoint_reads = reads, account, endpoint_reads
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -115,7 +128,9 @@ class CloudWatchMetrics:
                 f"{MAX_DATAPOINTS:,}. You may reduce the datapoints requested by increasing "
                 "Period, or decreasing the time range."
             )
-        series = series_of(params["Namespace"], params["MetricName"], params.get("Dimensions", []))
+        series = _series_of(
+            params["Namespace"], params["MetricName"], params.get("Dimensions", [])
+        )
         found = self._buckets(series, params.get("Unit"), start, end, period, bool(extended))
         datapoints = []
         for bucket in found:
@@ -180,12 +195,14 @@ class CloudWatchMetrics:
 
     def list_metrics(self, params: dict[str, Any]) -> dict[str, Any]:
         namespace = params.get("Namespace")
-        if namespace is not None and namespace != NAMESPACE:
-            return {"Metrics": []}
         since = None
         if params.get("RecentlyActive"):
             since = int((datetime.now(UTC) - RECENT).timestamp() * 1000)
-        found = self.reads.all_series(since)
+        found: list[AnySeries] = []
+        if namespace in (None, NAMESPACE):
+            found += self.reads.all_series(since)
+        if namespace in (None, endpoint_metrics.NAMESPACE):
+            found += self.endpoint_reads.all_series(since)
         name = params.get("MetricName")
         filters = params.get("Dimensions") or []
         found = [s for s in found if (name is None or s.name == name) and _passes(s, filters)]
@@ -200,16 +217,20 @@ class CloudWatchMetrics:
 
     def _buckets(
         self,
-        series: Series | None,
+        series: AnySeries | None,
         unit: str | None,
         start: int,
         end: int,
         period: int,
         percentiles: bool,
-    ) -> list[Bucket]:
+    ) -> list[Bucket | StatisticSet]:
         if series is None or (unit is not None and unit != series.unit):
             return []  # CloudWatch has no data for it: no error either
-        return self.reads.buckets(series, start, end, period * 1000, percentiles)
+        if isinstance(series, EndpointSeries):
+            if percentiles:
+                return []  # statistic sets keep no values to rank
+            return [*self.endpoint_reads.buckets(series, start, end, period * 1000)]
+        return [*self.reads.buckets(series, start, end, period * 1000, percentiles)]
 
 
 def _plan(query: dict[str, Any], index: int) -> dict[str, Any]:
@@ -246,7 +267,7 @@ def _plan(query: dict[str, Any], index: int) -> dict[str, Any]:
         "Period": _period(stat["Period"], f"{where}.MetricStat.Period"),
         "Stat": stat["Stat"],
         "Unit": stat.get("Unit"),
-        "Series": series_of(namespace, name, metric.get("Dimensions", [])),
+        "Series": _series_of(namespace, name, metric.get("Dimensions", [])),
     }
 
 
@@ -275,9 +296,17 @@ def _aligned(start: int, period: int) -> int:
     return start - start % (step * 1000)
 
 
-def _passes(series: Series, filters: list[dict[str, str]]) -> bool:
+def _series_of(namespace: str, name: str, dimensions: list[dict[str, str]]) -> AnySeries | None:
+    if namespace == endpoint_metrics.NAMESPACE:
+        return endpoint_series_of(name, dimensions)
+    return series_of(namespace, name, dimensions)
+
+
+def _passes(series: AnySeries, filters: list[dict[str, str]]) -> bool:
     """ListMetrics' dimension filters: each names a dimension the metric has (with its value,
     where one is given)."""
+    if isinstance(series, EndpointSeries):
+        return series.passes(filters)
     return all(
         f["Name"] == series.dimension and f.get("Value", series.value) == series.value
         for f in filters
@@ -301,7 +330,7 @@ def _list_token(token: str | None) -> int:
     raise invalid(f"The value {token[:100]} for parameter NextToken is not valid.")
 
 
-def _unit(series: Series | None) -> str:
+def _unit(series: AnySeries | None) -> str:
     return series.unit if series is not None else "None"
 
 

@@ -22,6 +22,7 @@ from openmaker.jobs.cloudwatch import LogQueries, Window
 from openmaker.jobs.tags import Tags
 from openmaker.processing.service import ProcessingJobs
 from openmaker.resources import KINDS, log_groups
+from openmaker.serving.metric_reads import EndpointMetricReads
 from openmaker.serving.proxy import Invoker
 from openmaker.serving.service import Serving, taggable
 from openmaker.settings import Settings
@@ -62,6 +63,7 @@ class Backend:
         local = LocalPaths.under(settings.file_roots, settings.home)
         self.jobs = TrainingJobs(settings, local=local)
         self.metrics = MetricReads.of(settings)
+        self.endpoint_metrics = EndpointMetricReads.of(settings)
         self.handlers = Handlers()
         self.serving = Serving(settings, local)
         self.invoker = Invoker(self.serving.endpoints, settings.region, settings.account_id)

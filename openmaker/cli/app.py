@@ -5,12 +5,10 @@ from __future__ import annotations
 import gc
 import json
 import shlex
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
@@ -18,6 +16,8 @@ from rich.text import Text
 from openmaker.cli.algorithms import algorithms_app, model_packages_app
 from openmaker.cli.endpoints import endpoints_app
 from openmaker.cli.images import images_app
+from openmaker.cli.output import console, errors, fail, json_default, when
+from openmaker.cli.process import process_app
 from openmaker.cli.request_builder import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN,
@@ -25,6 +25,8 @@ from openmaker.cli.request_builder import (
     build_request,
     load_request,
 )
+from openmaker.cli.serving_resources import endpoint_configs_app, models_app
+from openmaker.cli.transform import transform_app
 from openmaker.cli.watch import changes_file, follow, print_logs
 from openmaker.connection import (
     DEFAULT_HOST,
@@ -50,11 +52,12 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Look at and control training 
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(endpoints_app, name="endpoints")  # openmaker/cli/endpoints.py
 app.add_typer(images_app, name="images")  # openmaker/cli/images.py
+app.add_typer(models_app, name="models")  # openmaker/cli/serving_resources.py
+app.add_typer(endpoint_configs_app, name="endpoint-configs")
+app.add_typer(transform_app, name="transform")  # openmaker/cli/transform.py
+app.add_typer(process_app, name="process")  # openmaker/cli/process.py
 app.add_typer(algorithms_app, name="algorithms")  # openmaker/cli/algorithms.py
 app.add_typer(model_packages_app, name="model-packages")  # openmaker/cli/algorithms.py
-# Soft wrap: a log line piped to a file must stay one line.
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -67,18 +70,13 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     return result
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(code)
-
-
 def _settings() -> Settings:
     """The settings of this command (read once, at its start); a bad one ends it in one line
     naming the variable."""
     try:
         return load_settings()
     except SettingsError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _service(settings: Settings, submitting: bool = False) -> TrainingJobs | RemoteJobs:
@@ -158,7 +156,7 @@ def train(
             )
             request = build_request(flags, settings)
     except (ValueError, OSError, StoreError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     _submit(_service(settings, submitting=True), request, wait, settings)
 
 
@@ -168,7 +166,7 @@ def _submit(
     try:
         arn = service.create(request)["TrainingJobArn"]
     except ServiceError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     name = request["TrainingJobName"]
     console.print(f"Created training job [bold]{name}[/bold] ({arn})")
     if not wait:
@@ -195,7 +193,7 @@ def _wait_and_report(
             console.print(f"(on this machine: {escape(str(local))})")
         return description
     reason = description.get("FailureReason") or description["SecondaryStatus"]
-    raise _fail(f"training job {name} {status.lower()}: {reason}")
+    raise fail(f"training job {name} {status.lower()}: {reason}")
 
 
 def _stopped_following(name: str) -> typer.Exit:
@@ -251,8 +249,8 @@ def list_jobs(
         table.add_row(
             job["TrainingJobName"],
             job["TrainingJobStatus"],
-            _when(job["CreationTime"]),
-            _when(ended) if ended else "",
+            when(job["CreationTime"]),
+            when(ended) if ended else "",
         )
     console.print(table)
 
@@ -266,9 +264,9 @@ def describe_job(
     try:
         description = _service(_settings()).describe(name)
     except ServiceError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
-        print(json.dumps(description, indent=2, default=_json_default))
+        print(json.dumps(description, indent=2, default=json_default))
         return
     # Values fold rather than end in "…": a model URI is copied whole.
     table = Table(Column(no_wrap=True), Column(overflow="fold"), show_header=False, box=None)
@@ -282,13 +280,13 @@ def describe_job(
     table.add_row("Image", Text(description["AlgorithmSpecification"]["TrainingImage"]))
     model = description.get("ModelArtifacts", {}).get("S3ModelArtifacts")
     table.add_row("Model", Text(model or "(none written)"))
-    table.add_row("Created", _when(description["CreationTime"]))
+    table.add_row("Created", when(description["CreationTime"]))
     if "TrainingTimeInSeconds" in description:
         table.add_row("Training time", f"{description['TrainingTimeInSeconds']} s")
     console.print(table)
     steps = Table("Status", "Started", "Message")
     for step in description["SecondaryStatusTransitions"]:
-        steps.add_row(step["Status"], _when(step["StartTime"]), Text(step["StatusMessage"]))
+        steps.add_row(step["Status"], when(step["StartTime"]), Text(step["StatusMessage"]))
     console.print(steps)
 
 
@@ -302,7 +300,7 @@ def job_logs(
     try:
         service.describe(name)
     except ServiceError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         print_logs(service, name, console, follow_)
     except KeyboardInterrupt:
@@ -315,7 +313,7 @@ def stop_job(name: str) -> None:
     try:
         _service(_settings()).stop(name)
     except ServiceError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"Stopping {name}")
 
 
@@ -346,7 +344,7 @@ def server(
     try:
         serve(_settings(), host, port, s3_port, announce)
     except (OSError, RuntimeError, HomeError) as exc:
-        raise _fail(f"the server could not start: {exc}") from None
+        raise fail(f"the server could not start: {exc}") from None
 
 
 @app.command("env")
@@ -359,7 +357,7 @@ def env_command() -> None:
     settings = _settings()
     record = read_record(settings)
     if record is None:
-        raise _fail(
+        raise fail(
             "no openmaker server is running for this OPENMAKER_HOME; start one with "
             "'openmaker server'"
         )
@@ -367,7 +365,7 @@ def env_command() -> None:
     # A server given its pair in the environment stored none: only the same variables tell it.
     server_key = record.access_key_id
     if credentials is None or (server_key and credentials.access_key_id != server_key):
-        raise _fail(
+        raise fail(
             f"the server checks signatures with access key {server_key or '(unknown)'}, "
             f"given to it in {KEY_VARIABLE} and {SECRET_VARIABLE}: set the same two "
             "variables for 'openmaker env'"
@@ -393,10 +391,10 @@ def cluster_command() -> None:
 
         found = nodes(settings)
     except ImportError:
-        raise _fail("Ray is not installed here (pip install ray)") from None
+        raise fail("Ray is not installed here (pip install ray)") from None
     except Exception as exc:  # Ray's own errors: no cluster there, a refused connection
         where = settings.ray_address or "auto"
-        raise _fail(f"cannot reach the Ray cluster at {where}: {exc}") from None
+        raise fail(f"cannot reach the Ray cluster at {where}: {exc}") from None
     table = Table("Node", "Alive", "Offers", "Free", Column("Hosts", overflow="fold"))
     for node in found:
         table.add_row(
@@ -419,27 +417,19 @@ def console_url() -> None:
     settings = _settings()
     record = read_record(settings)
     if record is None:
-        raise _fail("no openmaker server is running for this OPENMAKER_HOME; start one with "
+        raise fail("no openmaker server is running for this OPENMAKER_HOME; start one with "
                     "'openmaker server'")
     credentials = configured_credentials(settings)
     server_key = record.access_key_id
     if credentials is None or (server_key and credentials.access_key_id != server_key):
-        raise _fail("the server's key pair is unknown here: set OPENMAKER_ACCESS_KEY_ID and "
+        raise fail("the server's key pair is unknown here: set OPENMAKER_ACCESS_KEY_ID and "
                     "OPENMAKER_SECRET_ACCESS_KEY as the server has them")
     try:
         print(login_url(record.api_url, credentials, settings.region))
     except LoginUrlError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
-def _when(value: datetime) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
 
 
 def main() -> None:

@@ -1,84 +1,46 @@
-"""`openmaker endpoints list / describe / delete / invoke`: through the server when
-AWS_ENDPOINT_URL_SAGEMAKER names one (boto3's sagemaker and sagemaker-runtime clients), else on
-this machine's own database (an invocation then goes straight to an instance, as the server's
-proxy sends it)."""
+"""`openmaker endpoints list / describe / delete / invoke` (`deploy`: cli/deploy.py): through
+the server when AWS_ENDPOINT_URL_SAGEMAKER names one (boto3's sagemaker and sagemaker-runtime
+clients), else on this machine's own database (an invocation then goes straight to an
+instance, as the server's proxy sends it)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from openmaker.connection import server_configured
+from openmaker.cli.deploy import deploy
+from openmaker.cli.output import console, fail, when
+from openmaker.cli.sagemaker_calls import CallFailed as _Failed
+from openmaker.cli.sagemaker_calls import SageMakerCalls
 from openmaker.settings import Settings, SettingsError, load_settings
-from openmaker.shapes.errors import ServiceError
 
-endpoints_app = typer.Typer(no_args_is_help=True, help="Look at, call and delete endpoints.")
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class _Failed(Exception):
-    pass
+endpoints_app = typer.Typer(
+    no_args_is_help=True, help="Deploy, look at, call and delete endpoints."
+)
 
 
 class _Endpoints:
-    """The four operations, remote or local, with one result shape (the API's)."""
+    """The operations, remote or local, with one result shape (the API's)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.remote = server_configured(settings)
-
-    def _call(self, operation: str, **params: Any) -> dict[str, Any]:
-        if self.remote:
-            import boto3
-            from botocore.exceptions import BotoCoreError, ClientError
-
-            client = boto3.session.Session().client("sagemaker")
-            try:
-                result: dict[str, Any] = getattr(client, operation)(**params)
-            except ClientError as exc:
-                raise _Failed(exc.response["Error"].get("Message", str(exc))) from None
-            except BotoCoreError as exc:
-                raise _Failed(str(exc)) from None
-            result.pop("ResponseMetadata", None)
-            return result
-        from openmaker.serving.service import Serving
-
-        endpoints = Serving(self.settings).endpoints
-        try:
-            if operation == "list_endpoints":
-                return endpoints.list(params)
-            if operation == "describe_endpoint":
-                return endpoints.describe(params["EndpointName"])
-            endpoints.delete(params["EndpointName"])
-            return {}
-        except ServiceError as exc:
-            raise _Failed(str(exc)) from None
+        self.calls = SageMakerCalls(settings)
+        self.remote = self.calls.remote
 
     def list(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"MaxResults": 100}
-        while True:
-            page = self._call("list_endpoints", **params)
-            found += page["Endpoints"]
-            if not page.get("NextToken"):
-                return found
-            params["NextToken"] = page["NextToken"]
+        return self.calls.pages("ListEndpoints", "Endpoints")
 
     def describe(self, name: str) -> dict[str, Any]:
-        return self._call("describe_endpoint", EndpointName=name)
+        return self.calls.call("DescribeEndpoint", EndpointName=name)
 
     def delete(self, name: str) -> None:
-        self._call("delete_endpoint", EndpointName=name)
+        self.calls.call("DeleteEndpoint", EndpointName=name)
 
     def invoke(self, name: str, body: bytes, content_type: str, accept: str | None) -> bytes:
         if self.remote:
@@ -114,16 +76,7 @@ def _service() -> _Endpoints:
     try:
         return _Endpoints(load_settings())
     except SettingsError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(1)
-
-
-def _when(value: Any) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else ""
+        raise fail(str(exc)) from None
 
 
 @endpoints_app.command("list")
@@ -132,7 +85,7 @@ def list_endpoints() -> None:
     try:
         found = _service().list()
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     longest = max((len(e["EndpointName"]) for e in found), default=4)
     table = Table(
         Column("Name", no_wrap=True, min_width=longest),
@@ -141,7 +94,7 @@ def list_endpoints() -> None:
     )
     for endpoint in found:
         table.add_row(
-            endpoint["EndpointName"], endpoint["EndpointStatus"], _when(endpoint["CreationTime"])
+            endpoint["EndpointName"], endpoint["EndpointStatus"], when(endpoint["CreationTime"])
         )
     console.print(table)
 
@@ -155,7 +108,7 @@ def describe_endpoint(
     try:
         found = _service().describe(name)
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         print(json.dumps(found, indent=2, default=lambda v: v.isoformat()))
         return
@@ -167,7 +120,7 @@ def describe_endpoint(
         table.add_row("Failure", Text(found["FailureReason"]))
     if found.get("PendingDeploymentSummary"):
         table.add_row("Deploying", found["PendingDeploymentSummary"]["EndpointConfigName"])
-    table.add_row("Created", _when(found["CreationTime"]))
+    table.add_row("Created", when(found["CreationTime"]))
     console.print(table)
     variants = Table("Variant", "Weight (now → desired)", "Instances (now → desired)")
     for v in found.get("ProductionVariants", []):
@@ -185,7 +138,7 @@ def delete_endpoint(name: str) -> None:
     try:
         _service().delete(name)
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"Deleting {name}")
 
 
@@ -206,9 +159,12 @@ def invoke_endpoint(
     try:
         answer = _service().invoke(name, body, content_type, accept)
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if output_file is None:
         sys.stdout.buffer.write(answer)
         sys.stdout.buffer.flush()
     else:
         output_file.write_bytes(answer)
+
+
+endpoints_app.command("deploy")(deploy)  # openmaker/cli/deploy.py

@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from openmaker.cli.output import console, errors, fail
 from openmaker.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -18,13 +18,6 @@ if TYPE_CHECKING:
     from openmaker.runtime.images.catalog import Pruned
 
 images_app = typer.Typer(no_args_is_help=True, help="Pull, list and delete container images.")
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(1)
 
 
 def _store() -> ImageStore:
@@ -33,7 +26,7 @@ def _store() -> ImageStore:
     try:
         return image_store(load_settings())
     except SettingsError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _size(count: int) -> str:
@@ -78,11 +71,11 @@ def pull(reference: str) -> None:
     try:
         parsed = parse_reference(reference)
     except ReferenceError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         image = _store().prepare(parsed, lambda line: errors.print(escape(line)), use=False)
     except (PullError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"{escape(reference)} {image.digest}")
 
 
@@ -101,7 +94,7 @@ def remove(reference: str) -> None:
     store = _store()
     found = find(store, parsed, reference)
     if not found:
-        raise _fail(f"no image on this machine is {reference!r} (see `openmaker images list`)")
+        raise fail(f"no image on this machine is {reference!r} (see `openmaker images list`)")
     for image in found:
         console.print(f"removed {escape(', '.join(image.references))} {image.digest}")
     _report(remove_images(store, found))

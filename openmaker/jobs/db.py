@@ -344,6 +344,27 @@ class EndpointRecord(JobRecord, Base):
     desired_variants: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+class EndpointMetricValue(Base):
+    """What an endpoint variant's invocations measured over a second or so, as a CloudWatch
+    statistic set (serving/metrics.py writes them; kept after the endpoint is deleted, as
+    CloudWatch keeps them)."""
+
+    __tablename__ = "endpoint_metric_values"
+    __table_args__ = (
+        Index("ix_endpoint_metric_values_series", "endpoint", "variant", "name", "timestamp"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(63))
+    variant: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[int] = mapped_column(BigInteger)  # ms: the start of what it sums
+    count: Mapped[int] = mapped_column(Integer)
+    total: Mapped[float]
+    low: Mapped[float]
+    high: Mapped[float]
+
+
 class ProcessingJobRecord(JobRecord, Base):
     """A processing job (openmaker/processing/): hosts that run a container over S3 inputs."""
 

@@ -146,9 +146,12 @@ def mint(
     places: list[Place],
     upstream: S3Endpoint | None = None,
     retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    holder: str = "code",
 ) -> JobKey:
     """A new key for the job (run by its worker, whose liveness keeps the key alive), to the
-    embedded store or to the user's S3 server `upstream`."""
+    embedded store or to the user's S3 server `upstream`. `holder` says whose it is: the job's
+    code's, or its hosts' on a Ray cluster (openmaker/training/ray_store.py); both are revoked
+    with the job."""
     store = home / "s3"
     gate = gate_dir(home)
     for sub in ("keys", "views"):
@@ -159,7 +162,7 @@ def mint(
     if upstream is not None:
         # No folders to link: the gate's front refuses the key once its record is gone.
         grants = grants_for(places, partial(_s3_entries, upstream, retry_seconds))
-        _write_record(home, key, job_name, grants)
+        _write_record(home, key, job_name, grants, holder)
         return key
     grants = grants_for(places, local_lister(store))
     folder = gate / "views" / f".{key.access_key_id}.d"
@@ -177,14 +180,17 @@ def mint(
         os.symlink(store / grant.bucket, folder / str(len(linked)))
         linked.append(grant)
     os.symlink(folder.name, view_path(home, key.access_key_id))
-    _write_record(home, key, job_name, linked)
+    _write_record(home, key, job_name, linked, holder)
     return key
 
 
-def _write_record(home: Path, key: JobKey, job_name: str, grants: list[Grant]) -> None:
+def _write_record(
+    home: Path, key: JobKey, job_name: str, grants: list[Grant], holder: str
+) -> None:
     record = {
         "secret_access_key": key.secret_access_key,
         "job": job_name,
+        "holder": holder,
         "worker": [os.getpid(), _start_time()],
         "grants": [asdict(g) for g in grants],
     }

@@ -36,15 +36,16 @@ def _app_problems(app: Mapping[str, Any]) -> Iterator[str]:
     image = app.get("ImageUri")
     if image is None:
         return
-    if not app.get("ContainerEntrypoint"):
-        yield null_failure("AppSpecification.ContainerEntrypoint") + (
-            " (openmaker starts a processing image by its ContainerEntrypoint)"
-        )
-        return
     try:
-        resolve_image(image, entrypoint=True)
+        resolved = resolve_image(image, entrypoint=True)
     except ImageError as exc:
         yield failure(image, "AppSpecification.ImageUri", str(exc))
+        return
+    # A registry image (or image file) runs its own ENTRYPOINT and CMD, as SageMaker does.
+    if not app.get("ContainerEntrypoint") and resolved.pulled is None:
+        yield null_failure("AppSpecification.ContainerEntrypoint") + (
+            " (openmaker starts a local or framework processing image by its ContainerEntrypoint)"
+        )
 
 
 def _local_path_problems(path: str, at: str) -> Iterator[str]:
@@ -92,9 +93,11 @@ def _input_problems(inputs: list[Mapping[str, Any]]) -> Iterator[str]:
         path = source["LocalPath"]
         found = list(_local_path_problems(path, f"{at}.S3Input.LocalPath"))
         yield from found
-        if not found and (other := _overlap(path, paths)):
+        # One input may lie in another's folder, as SageMaker allows (the SDK's processors put
+        # their code at /opt/ml/processing/input/code, beside data at /opt/ml/processing/input).
+        if not found and (other := paths.get(PurePosixPath(path))):
             yield failure(
-                path, f"{at}.S3Input.LocalPath", f"Member must not overlap the LocalPath of {other}"
+                path, f"{at}.S3Input.LocalPath", f"Member must not be the LocalPath of {other}"
             )
         paths[PurePosixPath(path)] = at
         mode = source.get("S3InputMode") or "File"

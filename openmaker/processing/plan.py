@@ -83,6 +83,7 @@ def plan_processing(request: Mapping[str, Any], arn: str) -> ProcessingPlan:
             entrypoint=tuple(app.get("ContainerEntrypoint") or ()),
             arguments=tuple(app.get("ContainerArguments") or ()),
             environment=dict(request.get("Environment") or {}),
+            verb=None,  # without ContainerEntrypoint: the image's ENTRYPOINT and CMD
         ),
         # A processing job has no model archive: its outputs are its folders (outputs.py).
         output=OutputPlan(prefix=""),

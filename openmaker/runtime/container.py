@@ -124,9 +124,10 @@ class Container:
                 os.killpg(self._started().pid, signal.SIGKILL)
 
     def stop(self, grace: float) -> int:
-        """SIGTERM, then SIGKILL once `grace` seconds pass without an end; the exit status."""
+        """The spec's stop signal (SIGTERM unless an image says otherwise), then SIGKILL once
+        `grace` seconds pass without an end; the exit status."""
         if self.poll() is None:
-            self.signal(signal.SIGTERM)
+            self.signal(self.spec.stop_signal)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._started().wait(grace)
             if self.poll() is None:

@@ -24,6 +24,19 @@ def hidden_paths(patterns: tuple[str, ...]) -> list[Path]:
     return sorted(found)
 
 
+def unseen_by_root(folders: list[str], covered: list[Path]) -> list[str]:
+    """Those of `folders` that a root layer over "/" would not show: on another filesystem
+    than `/`, or under a folder the sandbox covers (`covered`). Each becomes a copy-on-write
+    layer of its own."""
+    root_device = os.stat("/").st_dev
+    unseen = []
+    for prefix in sorted({os.path.realpath(folder) for folder in folders}):
+        path = Path(prefix)
+        if os.stat(path).st_dev != root_device or any(path.is_relative_to(c) for c in covered):
+            unseen.append(prefix)
+    return unseen
+
+
 def cover(upper: Path, lower: str, hidden: list[Path], gone: list[Path]) -> list[Path]:
     """Prepare the upper layer over `lower` so that the overlay shows each of `hidden` empty
     (a folder that hides the one below, an empty file) and none of `gone`. Returns the folders

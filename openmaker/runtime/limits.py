@@ -87,7 +87,8 @@ def confine(limits: Limits) -> Confinement:
     env: dict[str, str] = {}
     if limits.gpus is not None:
         gpus = ",".join(limits.gpus)
-        env = {"CUDA_VISIBLE_DEVICES": gpus} | ({"NVIDIA_VISIBLE_DEVICES": gpus} if gpus else {})
+        shown = gpus if limits.visible_gpus is None else ",".join(limits.visible_gpus)
+        env = {"CUDA_VISIBLE_DEVICES": shown} | ({"NVIDIA_VISIBLE_DEVICES": shown} if gpus else {})
         notes.append(f"GPUs {gpus}" if limits.gpus else "no GPU")
     return Confinement(prefix, env, ", ".join(notes))
 

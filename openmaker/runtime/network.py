@@ -92,9 +92,21 @@ class JobNetwork:
     # on the machine's loopback, relayed into each host's namespace.
     resolv_conf: str | None = None
     resolvers: list[str] = field(default_factory=list)
+    # Hosts on several nodes (a Ray cluster): the job's VXLAN segment (overlay.py). Then
+    # `addresses` are the hosts' overlay addresses (what algo-N resolves to), `bridge` is the
+    # node's bridge of this host alone and `outside` its address there.
+    overlay_vni: int | None = None
+    # Each host's node (its address the other nodes reach), in the order of the hosts.
+    overlay_nodes: list[str] = field(default_factory=list)
+    overlay_port: int = 0
+    # The range the node takes its bridge's /24 from (the server's OPENMAKER_NETWORK_RANGE).
+    overlay_range: str | None = None
+    outside: str | None = None
 
     @property
     def note(self) -> str:
+        if self.overlay_vni is not None:
+            return f"network of its own across the job's nodes (VXLAN {self.overlay_vni})"
         if self.bridge is not None:
             return f"network {self.gateway}/24 of its own"
         return f"hosts share the machine's network ({self.reason})"
@@ -144,26 +156,38 @@ def create(
         return shared(hosts, reason, conf)
     home = settings.home
     whole = ipaddress.IPv4Network(settings.network_range)
-    ident = job_id(home, job_name)
-    bridge = PREFIX + ident
+    alias = f"openmaker:{_home_key(home)}:{job_name}"
+    return _create(PREFIX + job_id(home, job_name), alias, whole, hosts, code_env, conf)
+
+
+def _create(
+    bridge: str,
+    alias: str,
+    whole: ipaddress.IPv4Network,
+    hosts: list[str],
+    code_env: Mapping[str, str],
+    conf: str | None,
+    avoid: ipaddress.IPv4Network | None = None,
+    extra_forward: str = "",
+) -> JobNetwork:
     relays, allowed = _endpoints(code_env)
     resolvers, local_resolvers = _nameservers(conf or "")
     allowed += [(address, proto, DNS_PORT) for address in local_resolvers for proto in _BOTH]
     with _lock():
-        subnet = _free_subnet(whole)
+        subnet = _free_subnet(whole, avoid)
         if subnet is None:
             return shared(hosts, f"no /24 of {whole} is free of the machine's routes", conf)
         gateway = str(subnet.network_address + 1)
         try:
             _ip(
                 f"link add {bridge} type bridge\n"
-                f"link set {bridge} alias openmaker:{_home_key(home)}:{job_name}\n"
+                f"link set {bridge} alias {alias}\n"
                 f"addr add {gateway}/24 dev {bridge}\n"
                 f"link set {bridge} up\n"
             )
             _write(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6", "1")
             _write(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding", "1")
-            _nft(_rules(bridge, subnet, allowed))
+            _nft(_rules(bridge, subnet, allowed, extra_forward))
             _forward_from_uplinks()
             _pass_dropping_forward_chains(bridge)
         except NetworkError as exc:
@@ -221,15 +245,21 @@ class HostNamespace:
 
 
 def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
-    """Make and configure the host's namespace; see the module's description."""
+    """Make and configure the host's namespace; see the module's description (and
+    overlay.py for hosts on several nodes)."""
+    from openmaker.runtime import overlay  # it builds on this module
+
     assert network.bridge is not None and network.gateway is not None
     veth = f"{network.bridge}v{index + 1}"
     relay = Relay()
     made: dict[str, int] = {}
     failure: list[BaseException] = []
+    outside = network.outside or network.addresses[host]
 
     def inside() -> None:
         try:
+            # Opened in the node's namespace: the overlay's UDP socket is made there.
+            made["rtnl"] = overlay.rtnetlink().detach() if network.overlay_vni is not None else -1
             if _libc.unshare(CLONE_NEWNET) != 0:
                 raise NetworkError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
             made["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -238,10 +268,13 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
             _ip(
                 f"link add eth0 type veth peer name {veth} netns {os.getpid()}\n"
                 "link set lo up\n"
-                f"addr add {network.addresses[host]}/24 dev eth0\n"
+                f"addr add {outside}/24 dev eth0\n"
                 "link set eth0 up\n"
                 f"route add default via {network.gateway}\n"
             )
+            if made["rtnl"] >= 0:
+                with socket.socket(fileno=made.pop("rtnl")) as rtnl:
+                    overlay.join(rtnl, network, index, made["fd"])
             # As in a container: any port may be bound, and ping needs no raw socket.
             _write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
             _write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
@@ -258,6 +291,8 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
     thread = threading.Thread(target=inside)  # its namespace ends with it
     thread.start()
     thread.join()
+    if made.get("rtnl", -1) >= 0:  # not used: the namespace could not be made
+        os.close(made["rtnl"])
     namespace = HostNamespace(made.get("fd", -1), veth, relay)
     try:
         if failure:
@@ -333,7 +368,10 @@ def _is_local(address: str) -> bool:
 
 
 def _rules(
-    bridge: str, subnet: ipaddress.IPv4Network, allowed: list[tuple[str, str, int]]
+    bridge: str,
+    subnet: ipaddress.IPv4Network,
+    allowed: list[tuple[str, str, int]],
+    extra_forward: str = "",
 ) -> str:
     through = "".join(
         f'    iifname "{bridge}" ip daddr {address} {proto} dport {port} accept\n'
@@ -351,6 +389,7 @@ def _rules(
         "  chain forward {\n"
         "    type filter hook forward priority filter; policy accept;\n"
         f'    iifname "{bridge}" oifname "{bridge}" accept\n'
+        f"{extra_forward}"
         f'    iifname "{bridge}" oifname "{PREFIX}*" drop\n'
         f'    iifname "{bridge}" ip daddr 169.254.0.0/16 drop\n'
         f'    oifname "{bridge}" ct state established,related accept\n'
@@ -364,9 +403,11 @@ def _rules(
     )
 
 
-def _free_subnet(whole: ipaddress.IPv4Network) -> ipaddress.IPv4Network | None:
+def _free_subnet(
+    whole: ipaddress.IPv4Network, avoid: ipaddress.IPv4Network | None = None
+) -> ipaddress.IPv4Network | None:
     """The first /24 of the range that overlaps none of the machine's routes (those of other
-    jobs' bridges included)."""
+    jobs' bridges included), nor `avoid`."""
     listed = json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"]) or "[]")
     taken = []
     for route in listed:
@@ -374,6 +415,8 @@ def _free_subnet(whole: ipaddress.IPv4Network) -> ipaddress.IPv4Network | None:
         if destination != "default":
             with contextlib.suppress(ValueError):
                 taken.append(ipaddress.IPv4Network(destination, strict=False))
+    if avoid is not None:
+        taken.append(avoid)
     if whole.prefixlen > 24:
         return None
     for subnet in whole.subnets(new_prefix=24):

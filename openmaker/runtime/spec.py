@@ -6,6 +6,7 @@ every folder it binds, every variable it sets, and where its state lives.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,9 @@ class Limits:
     pids: int | None = None  # processes and threads
     cpus: tuple[int, ...] | None = None  # the CPUs it may run on
     gpus: tuple[str, ...] | None = None  # CUDA_VISIBLE_DEVICES; () none
+    # How the container's CUDA numbers those GPUs when it sees their device nodes alone (an
+    # image's container: 0…n-1, see runtime/images/gpus.py); None: as the machine does.
+    visible_gpus: tuple[str, ...] | None = None
     # Where its cgroups go, below openmaker's own cgroup (empty: no cgroup, no CPU accounting).
     cgroup: tuple[str, ...] = ()
 
@@ -91,6 +95,8 @@ class ContainerSpec:
     user: User | None = None
     # Device nodes of the machine shown at their own path (GPUs: runtime/images/gpus.py).
     devices: tuple[str, ...] = ()
+    # What `Container.stop` sends first (an image's STOPSIGNAL, as Docker does).
+    stop_signal: int = signal.SIGTERM
     # Unsandboxed: the mark every process of the container carries in its environment, by
     # which what it leaves behind is ended.
     tag: str = ""

@@ -107,6 +107,12 @@ class Capture:
         self._start()
         self._lines.put(_Line(config["DestinationS3Uri"], endpoint, variant, at, text))
 
+    def known(self, endpoint: str) -> bool:
+        """Whether the endpoint's capture settings were read lately (record reads no
+        database then)."""
+        known = self._configs.get(endpoint)
+        return known is not None and time.monotonic() - known[0] < CONFIG_SECONDS
+
     def _config(self, endpoint: str) -> dict[str, Any] | None:
         now = time.monotonic()
         known = self._configs.get(endpoint)

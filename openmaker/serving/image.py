@@ -5,6 +5,9 @@ training's bring-your-own folders): the folder is shown at /opt/program, first o
 instance's root filesystem is the machine's, copy-on-write. Any other reference — a registry
 image, an `oci-archive:` / `docker-archive:` file, an OCI layout folder — is pulled when the
 instance starts (openmaker/runtime/images/) and run as its own root, its ENTRYPOINT with `serve`.
+SageMaker's framework inference images (scikit-learn, PyTorch, XGBoost, Hugging Face; AWS's
+registries need AWS's credentials) are not pulled: this machine stands in for them
+(serving/framework/), as training does for their training images.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from openmaker.runtime.images import (
+    Cancelled,
     ImageContainer,
     ImageReference,
     PullError,
@@ -25,6 +29,8 @@ from openmaker.runtime.images import (
     image_store,
     parse_reference,
 )
+from openmaker.serving.framework.standin import STOOD_IN
+from openmaker.shapes.framework_images import framework_of
 from openmaker.shapes.locations import LocalPaths, image_path
 
 PROGRAM_MOUNT = "/opt/program"
@@ -42,6 +48,8 @@ class ServingImage:
     program_dir: Path | None
     # An image to pull and run as its own root filesystem.
     pulled: ImageReference | None = None
+    # A SageMaker framework serving image this machine stands in for.
+    framework: str | None = None
 
 
 def resolve(reference: str, local: LocalPaths) -> ServingImage:
@@ -51,6 +59,15 @@ def resolve(reference: str, local: LocalPaths) -> ServingImage:
     parsed = urlparse(reference)
     folder = Path(unquote(parsed.path) if parsed.scheme == "file" else reference)
     is_folder = parsed.scheme == "file" or reference.startswith("/")
+    # A framework's training image serves as well (`openmaker endpoints deploy --job`).
+    framework = framework_of(reference, "inference") or framework_of(reference, "training")
+    if framework is not None:
+        if framework not in STOOD_IN:
+            raise ImageError(
+                f"image {reference!r} is SageMaker's {framework} serving image, which openmaker "
+                f"does not stand in for (it does for {', '.join(STOOD_IN)})"
+            )
+        return ServingImage(reference, None, framework=framework)
     if not is_folder or (folder / "oci-layout").is_file():
         try:
             text = str(folder) if is_folder else reference
@@ -65,13 +82,16 @@ def resolve(reference: str, local: LocalPaths) -> ServingImage:
     return ServingImage(reference, folder.resolve())
 
 
-def pull(image: ServingImage, settings: RegistrySettings) -> ImageContainer | None:
+def pull(
+    image: ServingImage, settings: RegistrySettings, cancelled: Cancelled
+) -> ImageContainer | None:
     """A pulled image's root and what it runs (its ENTRYPOINT with `serve`), pulled into the
-    machine's image store if missing; None for a local folder. ImageError says why not."""
+    machine's image store if missing; None for a local folder. ImageError says why not (or
+    that `cancelled()` interrupted the pull)."""
     if image.pulled is None:
         return None
     try:
-        pulled = image_store(settings).prepare(image.pulled, lambda line: None)
+        pulled = image_store(settings).prepare(image.pulled, lambda line: None, True, cancelled)
         return image_container(pulled, SERVE, {})
     except (PullError, UserError) as exc:
         raise ImageError(str(exc)) from None

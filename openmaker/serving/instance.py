@@ -25,12 +25,13 @@ from typing import Any
 
 from openmaker.runtime import Bind, Container, ContainerSpec
 from openmaker.runtime import limits as runtime_limits
-from openmaker.runtime.images import ImageContainer
+from openmaker.runtime.images import Cancelled, ImageContainer, never
 from openmaker.runtime.layers import hidden_paths
 from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import HostNamespace, JobNetwork, enter_host
 from openmaker.runtime.spec import Limits
 from openmaker.serving import limits, multi_model
+from openmaker.serving.framework import standin
 from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage, pull, resolve
 from openmaker.serving.model_data import fetch
 from openmaker.serving.pipeline import ContainerGroup, Member, members
@@ -104,9 +105,9 @@ class Instance:
             for m, image in plan.pipeline
         ]
 
-    def prepare(self) -> None:
+    def prepare(self, cancelled: Cancelled = never) -> None:
         """Fetch the model data (ModelDataError says why it cannot be had) and pull the images
-        (ImageError)."""
+        (ImageError; a pull interrupted once `cancelled()`)."""
         if self.multi_model:  # its models come as they are asked for
             (self.folder / multi_model.FOLDER).mkdir(parents=True, exist_ok=True)
         for part in self._parts():
@@ -115,7 +116,9 @@ class Instance:
                 folder.mkdir(parents=True, exist_ok=True)
             if not self.multi_model:
                 fetch(part.container, model, part.folder / "scratch", self.settings.store)
-            self.pulled[part.name] = pull(part.image, self.settings)
+            if part.image.framework is not None:
+                standin.fetch_code(part.container, part.folder, self.settings.store)
+            self.pulled[part.name] = pull(part.image, self.settings, cancelled)
 
     def start(
         self,
@@ -154,6 +157,14 @@ class Instance:
         pulled = self.pulled.get(part.name)
         if pulled is not None:
             return self._image_spec(part, pulled, state, binds, count)
+        if part.image.framework is not None:
+            assert self.namespace is not None
+            base = {"PATH": PATH, "AWS_REGION": self.settings.region, "LANG": "C.UTF-8"}
+            return standin.container_spec(
+                self.settings, part.image.framework, part.folder, binds,
+                self._environment(part, base), self.plan.id, self.namespace.fd,
+                self._limits(part, count),
+            )  # fmt: skip
         return self._folder_spec(part, state, binds, count)
 
     def _environment(self, part: _Part, base: dict[str, str]) -> dict[str, str]:
@@ -172,6 +183,7 @@ class Instance:
             binds=tuple(binds),
             workdir=image.workdir,
             user=image.user,
+            stop_signal=image.stop_signal,
             hostname=self.plan.id,
             netns_fd=self.namespace.fd,
             detach_mounts_under=self.settings.home,

@@ -5,21 +5,28 @@ instance at random among the variant's healthy ones. The container's 2xx answer 
 it is (body, Content-Type, Custom-Attributes); any other status is a ModelError carrying the
 container's status and message. Bodies are at most 6 MiB each way. A multi-model endpoint's
 request goes to its TargetModel (serving/multi_model.py), an inference pipeline's through its
-containers (serving/pipeline.py).
+containers (serving/pipeline.py). Connections to the instances are kept alive and reused: the
+runtime API's invocations of a single container are exchanged on the server's event loop
+(`invoke_async`, serving/async_exchange.py), others from a thread (`invoke`, serving/pool.py).
+Each invocation is measured for the endpoint's CloudWatch metrics (serving/metrics.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import random
 import time
 from dataclasses import dataclass, field
 
 from openmaker.serving import multi_model, pipeline
+from openmaker.serving.async_exchange import AsyncConnections, ExchangeError
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
 from openmaker.serving.instance import instance_folder
 from openmaker.serving.kind import log_group
+from openmaker.serving.metrics import InvocationMetrics
+from openmaker.serving.pool import ConnectionPool
 from openmaker.serving.refused import Refused
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
@@ -46,6 +53,10 @@ class InvocationError(Exception):
     def __init__(self, code: str, status: int, message: str, **extra: object) -> None:
         super().__init__(message)
         self.code, self.status, self.message, self.extra = code, status, message, extra
+        # For the metrics, where a container was sent the invocation: the status it answered
+        # (None: it did not) and how long that took.
+        self.container_status: int | None = None
+        self.model_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class Answer:
     content_type: str
     variant: str
     headers: dict[str, str] = field(default_factory=dict)
+    model_seconds: float = 0.0  # how long the container took
 
 
 class Invoker:
@@ -63,17 +75,125 @@ class Invoker:
         self.capture = Capture(endpoints.sessions, endpoints.settings.store)
         # SageMaker's: the container must answer an invocation within 60 s.
         self.invocation_seconds = endpoints.settings.invocation_seconds
+        self.connections = ConnectionPool(self.invocation_seconds)
+        self.loop_connections = AsyncConnections(self.invocation_seconds)
+        self.metrics = InvocationMetrics(endpoints.sessions)
         self.multi_models = multi_model.MultiModels(
             endpoints.settings.store, self.invocation_seconds
         )
 
     def invoke(
-        self, name: str, body: bytes, headers: dict[str, str], target_variant: str | None
+        self,
+        name: str,
+        body: bytes,
+        headers: dict[str, str],
+        target_variant: str | None,
+        received: float | None = None,
     ) -> Answer:
-        variant, address, stream = self._choose(name, target_variant)
-        answer = self._dispatch(name, variant, address, stream, body, headers)
-        self.capture.record(name, variant.name, body, headers, answer.body, answer.content_type)
+        """`received`: when the request arrived (time.perf_counter), for OverheadLatency."""
+        received = time.perf_counter() if received is None else received
+        chosen, address, stream = self._choose(name, target_variant)
+        variant = chosen.name
+        try:
+            answer = self._dispatch(name, chosen, address, stream, body, headers)
+        except InvocationError as exc:
+            self._measured(name, variant, exc.container_status, exc.model_seconds, received)
+            raise
+        self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
+        self._measured(name, variant, 200, answer.model_seconds, received)
         return answer
+
+    async def invoke_async(
+        self,
+        name: str,
+        body: bytes,
+        headers: dict[str, str],
+        target_variant: str | None,
+        received: float | None = None,
+    ) -> Answer:
+        """`invoke`, from the event loop: the exchange with the container is made on the loop
+        (serving/async_exchange.py); only what may read the database (a route or a capture
+        setting not read in the last second) goes to a thread."""
+        received = time.perf_counter() if received is None else received
+        if self._route_known(name):
+            chosen, address, stream = self._choose(name, target_variant)
+        else:
+            chosen, address, stream = await asyncio.to_thread(
+                self._choose, name, target_variant
+            )
+        if not self._single(name, chosen, headers):  # a pipeline, a multi-model endpoint
+            return await asyncio.to_thread(
+                self.invoke, name, body, headers, target_variant, received
+            )
+        variant = chosen.name
+        sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
+        started = time.perf_counter()
+        try:
+            try:
+                reply = await self.loop_connections.post(
+                    address, "/invocations", sent, body, MAX_PAYLOAD_BYTES
+                )
+            except ExchangeError as exc:
+                raise self.model_error(
+                    name, stream, 500, f"the model container did not answer: {exc}", variant
+                ) from None
+            answer = self._answered(
+                name,
+                stream,
+                variant,
+                reply.status,
+                reply.body,
+                reply.headers.get("content-type"),
+                reply.headers.get(CUSTOM_ATTRIBUTES.lower()),
+                time.perf_counter() - started,
+            )
+        except InvocationError as exc:
+            self._measured(name, variant, exc.container_status, exc.model_seconds, received)
+            raise
+        if self.capture.known(name):
+            self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
+        else:
+            await asyncio.to_thread(
+                self.capture.record,
+                name,
+                variant,
+                body,
+                headers,
+                answer.body,
+                answer.content_type,
+            )
+        self._measured(name, variant, 200, answer.model_seconds, received)
+        return answer
+
+    def _single(self, name: str, variant: Variant, headers: dict[str, str]) -> bool:
+        """Whether the invocation goes to one container as it is (not through a pipeline nor
+        to a multi-model container's model): the event loop's path takes only those."""
+        try:
+            chain = pipeline.chosen(variant.model, name, headers.get(pipeline.TARGET_HOSTNAME))
+            target = multi_model.target(variant.model, name, headers.get(multi_model.TARGET_MODEL))
+        except Refused:
+            return False  # the thread's path refuses it as it should
+        return not chain and target is None
+
+    def _route_known(self, name: str) -> bool:
+        known = self._routes.get(name)
+        return known is not None and time.monotonic() - known[0] < ROUTE_SECONDS
+
+    def _measured(
+        self,
+        name: str,
+        variant: str,
+        status: int | None,
+        model_seconds: float | None,
+        received: float,
+    ) -> None:
+        route = self._routes.get(name)
+        found = route[1] if route is not None else None
+        instances = next(
+            (len(v.addresses) for v in (found.variants if found else ()) if v.name == variant), 1
+        )
+        total = time.perf_counter() - received
+        self.metrics.record(name, variant, instances, status, model_seconds, total)
 
     def pick(self, name: str, target_variant: str | None) -> tuple[str, str, str]:
         """An instance to take an invocation of `name`: its address, log stream, variant."""
@@ -198,24 +318,40 @@ class Invoker:
         headers: dict[str, str],
         path: str = "/invocations",
     ) -> Answer:
-        host, _, port = address.rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=self.invocation_seconds)
+        sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
+        started = time.perf_counter()
         try:
-            sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
-            connection.request("POST", path, body=body, headers=sent)
-            response = connection.getresponse()
-            data = response.read(MAX_PAYLOAD_BYTES + 1)
-            status = response.status
-            content_type = response.getheader("Content-Type") or "application/octet-stream"
-            attributes = response.getheader(CUSTOM_ATTRIBUTES)
+            response, data = self._exchange(address, body, sent, path)
         except (OSError, http.client.HTTPException) as exc:
-            raise self.model_error(
+            error = self.model_error(
                 name, stream, 500, f"the model container did not answer: {exc}", variant
-            ) from None
-        finally:
-            connection.close()
+            )
+            raise error from None
+        return self._answered(
+            name,
+            stream,
+            variant,
+            response.status,
+            data,
+            response.getheader("Content-Type"),
+            response.getheader(CUSTOM_ATTRIBUTES),
+            time.perf_counter() - started,
+        )
+
+    def _answered(
+        self,
+        name: str,
+        stream: str,
+        variant: str,
+        status: int,
+        data: bytes,
+        content_type: str | None,
+        attributes: str | None,
+        model_seconds: float,
+    ) -> Answer:
+        """The container's answer as the runtime gives it back (InvocationError: refused)."""
         if len(data) > MAX_PAYLOAD_BYTES:
-            raise self.model_error(
+            error = self.model_error(
                 name,
                 stream,
                 500,
@@ -223,11 +359,35 @@ class Invoker:
                 "an endpoint may answer",
                 variant,
             )
+            error.container_status, error.model_seconds = status, model_seconds
+            raise error
         if not 200 <= status < 300:
             text = data.decode("utf-8", "replace")
-            raise self.model_error(name, stream, status, text, variant)
+            error = self.model_error(name, stream, status, text, variant)
+            error.container_status, error.model_seconds = status, model_seconds
+            raise error
         extra = {CUSTOM_ATTRIBUTES: attributes} if attributes else {}
-        return Answer(data, content_type, variant, extra)
+        content_type = content_type or "application/octet-stream"
+        return Answer(data, content_type, variant, extra, model_seconds)
+
+    def _exchange(
+        self, address: str, body: bytes, headers: dict[str, str], path: str
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """POST `path` on a kept connection to `address`: the response and its body (at most
+        one byte over the cap)."""
+        connection = self.connections.take(address)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read(MAX_PAYLOAD_BYTES + 1)
+        except BaseException:
+            connection.close()
+            raise
+        if response.isclosed() and not response.will_close:
+            self.connections.give_back(address, connection)
+        else:
+            connection.close()  # asked to close, or more than the cap left unread
+        return response, data
 
     def model_error(
         self, name: str, stream: str, status: int, text: str, variant: str

@@ -6,7 +6,7 @@ makes the endpoint's bridge, reserves each instance's share of the machine
 namespace of its own, and reports `InService` once every instance answers `GET /ping`, or
 `Failed` saying which instance did not and why. While it serves:
 - a container that ends is started again (its instance out of the rotation until it answers
-  /ping again);
+  /ping again); so is one that stays alive but fails its periodic pings (serving/health.py);
 - an update (serving/updates.py) starts a new fleet beside the old one, moves the traffic once
   every new instance is healthy, then retires the old instances: out of the route first, their
   invocations under way finished, then stopped. A new fleet that fails is removed and the old
@@ -36,7 +36,7 @@ from openmaker.jobs.executor import Order
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import async_queue, async_runner, placement, status, updates
+from openmaker.serving import async_queue, async_runner, health, placement, status, updates
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.instance import (
@@ -83,6 +83,7 @@ class EndpointWorker:
         self.network: JobNetwork | None = None
         self.indexes: set[int] = set()  # the instances' indexes on the bridge, in use
         self.async_runner: async_runner.AsyncRunner | None = None
+        self.health: health.HealthWatch | None = None
 
     def run(self) -> None:
         try:
@@ -98,6 +99,8 @@ class EndpointWorker:
                 self.async_runner = async_runner.start(
                     self.settings, self.name, row.config, lambda: self.live, self.logs
                 )
+                every = self.settings.health_check_seconds
+                self.health = health.HealthWatch(every, lambda: self.live).start()
                 self._serve()
         except EndpointFailed as exc:
             self._record(status.FAILED, str(exc))
@@ -192,13 +195,15 @@ class EndpointWorker:
             instance.share = shares[instance.plan.id]
             plan = instance.plan
             try:
-                instance.prepare()
+                instance.prepare(self.stop.is_set)
             except ModelDataError as exc:
                 raise EndpointFailed(
                     f"Failed to download model data for production variant {plan.variant} "
                     f"(instance {plan.id}): {exc}"
                 ) from None
             except ImageError as exc:
+                if self.stop.is_set():
+                    return  # deleted while its image was pulled: the pull was interrupted
                 raise EndpointFailed(
                     f"Failed to pull the image of production variant {plan.variant}: {exc}"
                 ) from None
@@ -285,10 +290,28 @@ class EndpointWorker:
                     self._network_for(instance), receiver(instance.plan.stream), receiver
                 )
                 changed = True
+            elif self.health is not None and (hung := self.health.failing(instance)):
+                self._replace_hung(instance, hung)
+                changed = True
             elif not instance.ready and instance.healthy():
                 instance.ready = changed = True
         if changed:
             self._record(None)
+
+    def _replace_hung(self, instance: Instance, why: str) -> None:
+        """Out of the rotation first, then its container replaced by a new one."""
+        self.logs.note(
+            instance.plan.stream,
+            f"[openmaker] instance {instance.plan.id} failed its health check: {why}; taken out "
+            "of the rotation and its container replaced",
+        )
+        instance.ready = False
+        self._record(None)
+        instance.stop(self.settings.stop_grace_seconds)
+        receiver = self.logs.receiver
+        instance.start(self._network_for(instance), receiver(instance.plan.stream), receiver)
+        if self.health is not None:
+            self.health.forget(instance)
 
     def _update(self, row: EndpointRecord) -> None:
         """UpdateEndpoint: blue/green, all at once."""
@@ -404,6 +427,8 @@ class EndpointWorker:
             session.commit()
 
     def _close(self) -> None:
+        if self.health is not None:
+            self.health.close()
         if self.async_runner is not None:
             self.async_runner.close()
         self._stop(self.live + self.starting)

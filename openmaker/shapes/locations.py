@@ -85,7 +85,7 @@ def location_problems(
         folder = image_path(image)
         if folder is not None:
             yield from _local_problems(image, folder, f"{holder}.{member}", local)
-    source = _submit_directory(request.get("HyperParameters") or {})
+    source = submit_directory(request.get("HyperParameters") or {})
     if source is not None and not source.startswith("/opt/ml/"):  # already in the container
         at = f"HyperParameters.{SUBMIT_DIRECTORY}"
         archive = _local_path(source, relative=True)
@@ -139,7 +139,8 @@ def _local_path(value: str, relative: bool) -> Path | None:
     return None
 
 
-def _submit_directory(hyperparameters: Mapping[str, Any]) -> str | None:
+def submit_directory(hyperparameters: Mapping[str, Any]) -> str | None:
+    """The script-mode source tarball a request names (the SDK quotes it as JSON), if any."""
     raw = hyperparameters.get(SUBMIT_DIRECTORY)
     if not isinstance(raw, str):
         return None

@@ -9,12 +9,17 @@ and remote hosts alike. The group is asked for when the first host prepares: whi
 lacks room the job is `Pending` with what it waits for, and fails after
 `OPENMAKER_RAY_WAIT_SECONDS`.
 
+Each host is on its own node: the job's network spans them (runtime/overlay.py). The hosts
+reach the store through the server's S3 gate with a key of the job's hosts
+(ray_store.py), not this machine's folder.
+
 A node lost mid-job (its actor dies) stops the job's other hosts and ends the job as an
 infrastructure failure naming the node: restarted under its RetryStrategy, or failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import traceback
@@ -22,6 +27,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from openmaker.instances import catalog
+from openmaker.runtime.network import remove as remove_network
+from openmaker.runtime.overlay import overlay
 from openmaker.settings import Settings
 from openmaker.training.host.events import Emit, LogLine, StatusChanged
 from openmaker.training.host.spec import HostSpec
@@ -33,6 +40,7 @@ from openmaker.training.host.training_host import (
     StopControl,
 )
 from openmaker.training.ray_cluster import connect, describe_bundle, live_nodes, nodes_fitting
+from openmaker.training.ray_store import through_the_gate
 from openmaker.training.status import SecondaryStatus
 
 if TYPE_CHECKING:
@@ -117,6 +125,8 @@ class RayHosts:
             if not waiting:
                 waiting = True
                 self.emit(StatusChanged(SecondaryStatus.PENDING, f"on the Ray cluster: {wants}"))
+        self.nodes = self._bundle_nodes()
+        self.specs = across_nodes(self.settings, self.specs, self.nodes)
         remote = ray.remote(HostActor)
         for index, spec in enumerate(self.specs):
             strategy = PlacementGroupSchedulingStrategy(self.group, index)
@@ -129,11 +139,6 @@ class RayHosts:
                 namespace="openmaker",
             ).remote(spec.to_json())
             self.actors.append(actor)
-        node_of = {n["NodeID"]: n["NodeManagerAddress"] for n in live_nodes()}
-        self.nodes = [
-            node_of.get(str(node), str(node))
-            for node in ray.get([actor.node.remote() for actor in self.actors])
-        ]
         if waiting:
             self.emit(StatusChanged(SecondaryStatus.STARTING))
         now = int(time.time() * 1000)
@@ -141,6 +146,14 @@ class RayHosts:
             line = f"openmaker: host {spec.host_name} runs on node {node} of the Ray cluster"
             self.emit(LogLine(spec.host_name, now, line))
         return ""
+
+    def _bundle_nodes(self) -> list[str]:
+        """The address of the node each bundle of the (ready) group is on, in order."""
+        from ray.util.placement_group import placement_group_table
+
+        node_of = {n["NodeID"]: n["NodeManagerAddress"] for n in live_nodes()}
+        placed = placement_group_table(self.group)["bundles_to_node_id"]
+        return [node_of.get(placed[index], placed[index]) for index in range(len(self.specs))]
 
     def released(self) -> None:
         """One host closed; the last one gives the group back."""
@@ -156,8 +169,23 @@ class RayHosts:
         remove_placement_group(self.group)
 
 
+def across_nodes(settings: Settings, specs: list[HostSpec], nodes: list[str]) -> list[HostSpec]:
+    """The specs with the job's network across `nodes` (runtime/overlay.py) where the job has
+    one of its own; each node makes its host's part. The bridge made on this machine for the
+    job is not theirs."""
+    given = specs[0].network if specs else None
+    if given is None or given.bridge is None:
+        return specs  # network isolation, or hosts sharing their machine's network
+    remove_network(settings.home, specs[0].job_key or specs[0].job_name)
+    hosts = specs[0].hosts
+    job = overlay(settings.home, specs[0].job_name, hosts, nodes, settings.network_range)
+    job = dataclasses.replace(job, resolv_conf=given.resolv_conf)
+    return [dataclasses.replace(spec, network=job) for spec in specs]
+
+
 def ray_hosts(settings: Settings, specs: list[HostSpec], emit: Emit) -> list[RayHost]:
-    group = RayHosts(settings, specs, emit)
+    # The nodes reach the store through the server's gate, with a key of the job's hosts.
+    group = RayHosts(settings, through_the_gate(settings, specs), emit)
     return [RayHost(group, index) for index in range(len(specs))]
 
 

@@ -1,6 +1,6 @@
 """The console's endpoint pages, as JSON-ready data: the endpoints table, an endpoint (its
-variants, instances and log tail), and an invocation made from the page, through the same
-invoker the runtime API's InvokeEndpoint uses.
+variants, instances, recent invocation metrics and log tail), and an invocation made from the
+page, through the same invoker the runtime API's InvokeEndpoint uses.
 
 A container's answer goes to the page as text (decoded, cut to ANSWER_CHARS): the page shows
 it as a text node, never as markup, whatever its Content-Type says.
@@ -8,12 +8,15 @@ it as a text node, never as markup, whatever its Content-Type says.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from openmaker.api.console import log_tail
 from openmaker.api.console.shown import ms, plain
 from openmaker.jobs.cloudwatch import LogQueries
+from openmaker.serving import metrics
 from openmaker.serving.kind import log_group
+from openmaker.serving.metric_reads import EndpointMetricReads, EndpointSeries
 from openmaker.serving.proxy import InvocationError, Invoker
 from openmaker.serving.service import Serving
 from openmaker.shapes.errors import ValidationException
@@ -34,11 +37,32 @@ STATUSES = (
     "Failed",
     "UpdateRollbackFailed",
 )
+# The charts: the last CHART_MINUTES in periods of CHART_PERIOD_SECONDS; each chart one metric
+# and statistic, a line per variant.
+CHART_MINUTES = 30
+CHART_PERIOD_SECONDS = 10
+CHARTS = (
+    (f"Invocations (per {CHART_PERIOD_SECONDS} s)", (metrics.INVOCATIONS,), "Sum"),
+    (
+        f"Invocation errors, 4XX + 5XX (per {CHART_PERIOD_SECONDS} s)",
+        (metrics.ERRORS_4XX, metrics.ERRORS_5XX),
+        "Sum",
+    ),
+    ("ModelLatency (average, µs)", (metrics.MODEL_LATENCY,), "Average"),
+    ("OverheadLatency (average, µs)", (metrics.OVERHEAD_LATENCY,), "Average"),
+)
 
 
 class EndpointViews:
-    def __init__(self, serving: Serving, invoker: Invoker, logs: LogQueries) -> None:
+    def __init__(
+        self,
+        serving: Serving,
+        invoker: Invoker,
+        logs: LogQueries,
+        metric_reads: EndpointMetricReads,
+    ) -> None:
         self.serving, self.invoker, self.logs = serving, invoker, logs
+        self.metric_reads = metric_reads
 
     def table(
         self,
@@ -91,13 +115,35 @@ class EndpointViews:
     def endpoint(self, name: str) -> dict[str, Any]:
         """DescribeEndpoint's answer (times as epoch ms), its instances, its log streams."""
         described = self.serving.endpoints.describe(name)
+        variants = [v["VariantName"] for v in described.get("ProductionVariants", [])]
         return {
             "endpoint": plain(described),
             "instances": self.serving.endpoints.instances(name),
             "logStreams": log_tail.stream_names(self.logs, log_group(name)),
-            # openmaker keeps no invocation metrics yet: the page says so instead of charting.
-            "invocationMetrics": False,
+            "invocationMetrics": self.charts(name, variants),
         }
+
+    def charts(self, name: str, variants: list[str]) -> dict[str, dict[str, list[list[float]]]]:
+        """{chart title: {variant: [[period start ms, value], ...]}} over the last
+        CHART_MINUTES; a chart with no value yet has no line."""
+        period = CHART_PERIOD_SECONDS * 1000
+        end = int(time.time() * 1000)
+        start = end - CHART_MINUTES * 60_000
+        start -= start % period
+        found: dict[str, dict[str, list[list[float]]]] = {}
+        for title, names, stat in CHARTS:
+            lines: dict[str, list[list[float]]] = {}
+            for variant in variants:
+                summed: dict[int, float] = {}
+                for metric in names:
+                    series = EndpointSeries(metric, name, variant)
+                    for bucket in self.metric_reads.buckets(series, start, end, period):
+                        value = bucket.statistic(stat) or 0.0
+                        summed[bucket.start] = summed.get(bucket.start, 0.0) + value
+                if summed:
+                    lines[variant] = [[t, v] for t, v in sorted(summed.items())]
+            found[title] = lines
+        return found
 
     def logs_of(self, name: str, after: int) -> dict[str, Any]:
         """The lines of the endpoint's log streams after the record `after`."""

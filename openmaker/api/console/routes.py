@@ -40,7 +40,9 @@ View = Callable[[Request, Session], Awaitable[Response]]
 
 def console_routes(backend: Backend, credentials: Credentials, region: str) -> list[Route]:
     views = ConsoleViews(backend.jobs, backend.metrics)
-    endpoints = EndpointViews(backend.serving, backend.invoker, backend.logs)
+    endpoints = EndpointViews(
+        backend.serving, backend.invoker, backend.logs, backend.endpoint_metrics
+    )
     kinds = {
         "processing": KindViews(processing_kind(backend.processing), backend.logs),
         "transform": KindViews(transform_kind(backend.transforms), backend.logs),
@@ -236,6 +238,11 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
             f"{api}/kinds/{{kind}}/{{name}}/logs",
             guarded(answering(lambda r: kind_of(r).logs_of(name(r), after(r)))),
             methods=["GET"],
+        ),
+        Route(
+            f"{api}/kinds/{{kind}}/{{name}}/stop",
+            guarded(answering(lambda r: kind_of(r).stop(name(r))), changes=True),
+            methods=["POST"],
         ),
     ]
 

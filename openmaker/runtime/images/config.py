@@ -6,6 +6,8 @@ image's ENV below the caller's; WORKDIR; USER (resolved in users.py).
 
 from __future__ import annotations
 
+import re
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,18 +51,38 @@ class Command:
 
 def command(
     config: ImageConfig,
-    mode: str,
+    mode: str | None,
     env: dict[str, str],
     entrypoint: list[str] | None = None,
     arguments: list[str] | None = None,
 ) -> Command:
-    """What runs: `mode` ("train", "serve") replaces CMD; `entrypoint` replaces the image's
+    """What runs: `mode` ("train", "serve") replaces CMD (None: CMD stays); `entrypoint`
+    replaces the image's
     (and its CMD, as `docker run --entrypoint` does, so nothing is appended); `arguments`
     replace what would follow the entrypoint. `env` goes on top of the image's."""
     if entrypoint:
         argv = [*entrypoint, *(arguments or [])]
     else:
-        argv = [*config.entrypoint, *(arguments if arguments is not None else [mode])]
+        default = list(config.cmd) if mode is None else [mode]
+        argv = [*config.entrypoint, *(arguments if arguments is not None else default)]
     merged = {"PATH": DEFAULT_PATH, **config.env, **env}
     workdir = config.workdir if config.workdir.startswith("/") else f"/{config.workdir}"
     return Command(argv, merged, workdir)
+
+
+def stop_signal(text: str) -> int:
+    """The signal an image's StopSignal names (`SIGQUIT`, `QUIT`, `3`, `SIGRTMIN+3`), SIGTERM
+    when it names none; ValueError for anything else (Docker refuses such an image too)."""
+    name = text.strip().upper()
+    if not name:
+        return signal.SIGTERM
+    if name.isdigit():
+        number = int(name)
+    elif found := re.fullmatch(r"(?:SIG)?RTM(IN|AX)([+-][0-9]+)?", name):
+        base = signal.SIGRTMIN if found[1] == "IN" else signal.SIGRTMAX
+        number = int(base) + int(found[2] or 0)
+    else:
+        number = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", 0)
+    if not 0 < int(number) < signal.NSIG or name in ("SIG_DFL", "SIG_IGN"):
+        raise ValueError(f"its StopSignal {text!r} is not a signal")
+    return int(number)

@@ -3,6 +3,13 @@ to it, as NVIDIA's container toolkit shows them: the device node of each assigne
 shared control nodes, and the driver's user-space libraries and tools, which an image never
 carries (they must match the machine's kernel module). The libraries go where CUDA images look
 for them (`/usr/local/nvidia/lib64`, on their LD_LIBRARY_PATH), the tools on their PATH.
+
+Numbering: the container sees the device nodes of its own GPUs alone, as under the toolkit
+(`docker run --gpus '"device=2,3"'`), where the image's CUDA and nvidia-smi number what they
+can open from 0. So CUDA_VISIBLE_DEVICES (and NVIDIA_VISIBLE_DEVICES) say `0,…,n-1` inside,
+whichever GPUs of the machine they are: the machine's indices would name devices CUDA does
+not have there (CUDA_VISIBLE_DEVICES=2 with two devices hides them all). A container on the
+machine's own root (script mode, a local folder) sees every node, and keeps the machine's.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ class GpuPlan:
     devices: tuple[str, ...]  # device nodes shown at their own path
     binds: tuple[Bind, ...]  # libraries and tools, read-only
     env: dict[str, str]
+    # The GPUs as the container's CUDA numbers them: 0…n-1 (CUDA_VISIBLE_DEVICES inside).
+    visible: tuple[str, ...] = ()
 
 
 def plan_gpus(
@@ -65,6 +74,6 @@ def plan_gpus(
         found = next((f / name for f in tool_folders if (f / name).is_file()), None)
         if found is not None:
             binds[name] = Bind(str(found), f"{TOOL_TARGET}/{name}")
-    env = {"NVIDIA_VISIBLE_DEVICES": ",".join(gpus)}
-    env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
-    return GpuPlan(tuple(devices), tuple(binds.values()), env)
+    env = {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+    visible = tuple(str(number) for number in range(len(gpus)))
+    return GpuPlan(tuple(devices), tuple(binds.values()), env, visible)

@@ -33,6 +33,22 @@ class Layout:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def restored_if_stopped(self) -> Iterator[None]:
+        """Around a writer that may be killed (under the exclusive lock): then its index.json
+        is put back as it was and its temporary blob files removed, so the layout holds no
+        half-written entry; the blobs it completed stay, to be pruned or reused."""
+        index = self.folder / "index.json"
+        before = index.read_bytes() if index.exists() else None
+        try:
+            yield
+        except BaseException:
+            if before is not None and (not index.exists() or index.read_bytes() != before):
+                _write_atomically(index, before)
+            for leftover in self.folder.glob("oci-put-blob*"):  # skopeo's blob being written
+                leftover.unlink(missing_ok=True)
+            raise
+
     def names(self) -> dict[str, str]:
         """Each image name in the layout → its manifest digest."""
         try:

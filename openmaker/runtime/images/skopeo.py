@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from openmaker.runtime.images import process
 from openmaker.runtime.images.auth import ecr_advice, registry_auth
+from openmaker.runtime.images.ecr import EcrTokens
+from openmaker.runtime.images.process import Cancelled, Interrupted
 from openmaker.runtime.images.reference import ImageReference
-from openmaker.settings import process_environment
 
 # Receives one line for a person about the pull under way ("layer 2 of 5: sha256:ab12…").
 OnProgress = Callable[[str], None]
@@ -28,6 +29,10 @@ class PullError(RuntimeError):
     """An image that could not be pulled; the message names it and says why."""
 
 
+class PullStopped(PullError):
+    """The pull was interrupted because what it was for was stopped."""
+
+
 @dataclass(frozen=True)
 class RegistryAccess:
     """How registries are reached: the Docker auth file with their credentials, and the
@@ -38,6 +43,8 @@ class RegistryAccess:
     # A registries.conf of the user's (mirrors, insecure registries) read instead of the
     # machine's /etc/containers/registries.conf (its drop-ins are read either way).
     registries_conf: Path | None = None
+    # Where tokens come from for ECR registries with no credentials configured (None: nowhere).
+    ecr: EcrTokens | None = None
 
     def command(self, verb: str) -> list[str]:
         """`skopeo VERB` with the options every command takes."""
@@ -60,15 +67,16 @@ def skopeo_missing() -> str | None:
     return None if shutil.which("skopeo") else "skopeo (Debian package skopeo) is not installed"
 
 
-def inspect_raw(reference: ImageReference, access: RegistryAccess) -> bytes:
+def inspect_raw(
+    reference: ImageReference, access: RegistryAccess, cancelled: Cancelled = process.never
+) -> bytes:
     """The manifest (or manifest list) the registry serves for `reference`, byte for byte:
     its sha256 is the digest the registry knows the image by."""
-    with registry_auth(access.auth_file, reference) as auth:
-        argv = [*access.command("inspect"), "--raw", *access.options(reference, auth)]
-        argv.append(reference.skopeo_name())
-        done = subprocess.run(argv, capture_output=True, env=process_environment(), check=False)
-    if done.returncode != 0:
-        raise PullError(explain(reference, done.stderr.decode(errors="replace"), access))
+    with registry_auth(access.auth_file, reference, access.ecr) as auth:
+        argv = [*access.command("inspect"), "--raw", *access.options(reference, auth.file)]
+        done = _run([*argv, reference.skopeo_name()], reference, cancelled)
+    if done.code != 0:
+        raise PullError(explain(reference, done.stderr, access, auth.ecr_problem))
     return done.stdout
 
 
@@ -79,33 +87,46 @@ def copy(
     access: RegistryAccess,
     on_progress: OnProgress,
     layers: int | None,
+    cancelled: Cancelled = process.never,
 ) -> None:
     """`skopeo copy` from `source_name` (skopeo's syntax; `source` for its options and errors)
-    into `destination`, telling `on_progress` of each layer as it starts."""
-    with registry_auth(access.auth_file, source) as auth:
-        argv = [*access.command("copy"), *access.options(source, auth, "src-")]
-        popen = subprocess.Popen(
-            [*argv, source_name, destination],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=process_environment(),
-        )
-        assert popen.stdout is not None and popen.stderr is not None
-        seen = 0
-        for raw in popen.stdout:
-            if match := _BLOB.match(raw.decode(errors="replace").strip()):
-                seen += 1
-                of = f" of {layers}" if layers else ""
-                cached = " (cached)" if "skipped" in match.group(2) else ""
-                on_progress(f"layer {seen}{of}: sha256:{match.group(1)[:12]}{cached}")
-        errors = popen.stderr.read().decode(errors="replace")
-        code = popen.wait()
-    if code != 0:
-        raise PullError(explain(source, errors, access))
+    into `destination`, telling `on_progress` of each layer as it starts. PullStopped once
+    `cancelled()` (the copy killed)."""
+    seen = 0
+
+    def progress(line: str) -> None:
+        nonlocal seen
+        if match := _BLOB.match(line):
+            seen += 1
+            of = f" of {layers}" if layers else ""
+            cached = " (cached)" if "skipped" in match.group(2) else ""
+            on_progress(f"layer {seen}{of}: sha256:{match.group(1)[:12]}{cached}")
+
+    with registry_auth(access.auth_file, source, access.ecr) as auth:
+        argv = [*access.command("copy"), *access.options(source, auth.file, "src-")]
+        done = _run([*argv, source_name, destination], source, cancelled, progress)
+    if done.code != 0:
+        raise PullError(explain(source, done.stderr, access, auth.ecr_problem))
 
 
-def explain(reference: ImageReference, stderr: str, access: RegistryAccess | None = None) -> str:
+def _run(
+    argv: list[str],
+    reference: ImageReference,
+    cancelled: Cancelled,
+    on_line: Callable[[str], None] | None = None,
+) -> process.Finished:
+    try:
+        return process.run(argv, cancelled, on_line)
+    except Interrupted:
+        raise PullStopped(f"The pull of {reference} was stopped") from None
+
+
+def explain(
+    reference: ImageReference,
+    stderr: str,
+    access: RegistryAccess | None = None,
+    ecr_problem: str | None = None,
+) -> str:
     """skopeo's failure as a sentence naming the image and what the registry said."""
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     said = lines[-1] if lines else "skopeo failed without a message"
@@ -122,6 +143,9 @@ def explain(reference: ImageReference, stderr: str, access: RegistryAccess | Non
         why = "the registry speaks plain HTTP (list it in OPENMAKER_INSECURE_REGISTRIES)"
     else:
         why = "the pull failed"
-    if access is not None and (advice := ecr_advice(access.auth_file, reference)):
-        why = advice
+    if ecr_problem is not None:
+        # A mirror that lacks the image said so: that stays the first reason.
+        why = f"{why}; {ecr_problem}" if why.endswith("no such image") else ecr_problem
+    elif access is not None and access.ecr is None:
+        why = ecr_advice(access.auth_file, reference) or why
     return f"Cannot pull {reference}: {why}. The registry said: {said[:600]}"

@@ -21,18 +21,18 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from openmaker.runtime.images import skopeo
+from openmaker.runtime.images import process, skopeo
 from openmaker.runtime.images.config import ImageConfig
 from openmaker.runtime.images.layout import Layout
+from openmaker.runtime.images.process import Cancelled, Interrupted
 from openmaker.runtime.images.records import Records
 from openmaker.runtime.images.reference import ImageReference
-from openmaker.runtime.images.skopeo import OnProgress, PullError, RegistryAccess
+from openmaker.runtime.images.skopeo import OnProgress, PullError, PullStopped, RegistryAccess
 from openmaker.runtime.images.zstd import has_zstd_layers, plain_twin
 
 
@@ -55,11 +55,16 @@ class ImageStore:
         self.records = Records(folder / "records")
 
     def prepare(
-        self, reference: ImageReference, on_progress: OnProgress, use: bool = True
+        self,
+        reference: ImageReference,
+        on_progress: OnProgress,
+        use: bool = True,
+        cancelled: Cancelled = process.never,
     ) -> Image:
         """The image pulled and unpacked; `use`: for a container of this process (which keeps
-        its root from `prune` until the process ends)."""
-        name = self.pull(reference, on_progress)
+        its root from `prune` until the process ends). PullStopped once `cancelled()`: the
+        pull or unpack under way is killed and leaves nothing half-written."""
+        name = self.pull(reference, on_progress, cancelled)
         with self.layout.locked(exclusive=False):
             digest = self.layout.names().get(name)
             if digest is None:
@@ -68,10 +73,15 @@ class ImageStore:
             if use:
                 _hold(use_lock(self.unpacked, digest))
         self.records.note(name, digest, str(reference), used=use)
-        rootfs = self.unpack(name, digest, on_progress)
+        rootfs = self.unpack(name, digest, on_progress, cancelled)
         return Image(reference, digest, rootfs, config)
 
-    def pull(self, reference: ImageReference, on_progress: OnProgress) -> str:
+    def pull(
+        self,
+        reference: ImageReference,
+        on_progress: OnProgress,
+        cancelled: Cancelled = process.never,
+    ) -> str:
         """Copy the image into the layout unless it is there; its name in the layout."""
         if missing := skopeo.skopeo_missing():
             raise PullError(f"Cannot pull {reference}: {missing}")
@@ -80,7 +90,7 @@ class ImageStore:
         if reference.is_registry:
             if reference.digest is None:
                 on_progress(f"resolving {reference}")
-                raw = skopeo.inspect_raw(reference, self.access)
+                raw = skopeo.inspect_raw(reference, self.access, cancelled)
                 reference = reference.pinned("sha256:" + hashlib.sha256(raw).hexdigest())
                 layers = _layer_count(raw)
             name, source = f"r-{reference.digest}".replace(":", "-"), reference.by_digest()
@@ -91,12 +101,18 @@ class ImageStore:
                 if name not in self.layout.names():  # else another pull brought it meanwhile
                     on_progress(f"pulling {reference}")
                     destination = f"oci:{self.layout.folder}:{name}"
-                    skopeo.copy(reference, source, destination, self.access, on_progress, layers)
+                    with self.layout.restored_if_stopped():
+                        skopeo.copy(
+                            reference, source, destination, self.access, on_progress, layers,
+                            cancelled,
+                        )  # fmt: skip
                 digest = self.layout.names()[name]
                 self.records.note(name, digest, given)
         return name
 
-    def unpack(self, name: str, digest: str, on_progress: OnProgress) -> Path:
+    def unpack(
+        self, name: str, digest: str, on_progress: OnProgress, cancelled: Cancelled = process.never
+    ) -> Path:
         """The root filesystem of the image `name` (manifest `digest`), unpacked once."""
         bundle = self.unpacked / digest.replace(":", "-")
         rootfs = bundle / "rootfs"
@@ -113,13 +129,20 @@ class ImageStore:
             temporary = bundle.with_name(f".{bundle.name}.{os.getpid()}")
             shutil.rmtree(temporary, ignore_errors=True)
             rootless = ["--rootless"] if os.geteuid() != 0 else []
-            argv = ["umoci", "--log", "error", "unpack", *rootless]
-            argv += ["--image", f"{self.layout.folder}:{name}", str(temporary)]
-            with self.layout.locked(exclusive=False):
-                done = subprocess.run(argv, capture_output=True, check=False)
-            if done.returncode != 0:
+            # `raw unpack`: the root filesystem alone, without the mtree manifest `umoci unpack`
+            # writes by hashing every file again (only `umoci repack` would need it).
+            argv = ["umoci", "--log", "error", "raw", "unpack", *rootless]
+            argv += ["--image", f"{self.layout.folder}:{name}", str(temporary / "rootfs")]
+            temporary.mkdir(parents=True)
+            try:
+                with self.layout.locked(exclusive=False):
+                    done = process.run(argv, cancelled)
+            except Interrupted:
                 shutil.rmtree(temporary, ignore_errors=True)
-                said = done.stderr.decode(errors="replace").strip()[-600:]
+                raise PullStopped(f"The unpacking of image {digest} was stopped") from None
+            if done.code != 0:
+                shutil.rmtree(temporary, ignore_errors=True)
+                said = done.stderr.strip()[-600:]
                 raise PullError(f"Cannot unpack image {digest}: {said}")
             os.replace(temporary, bundle)
         return rootfs

@@ -12,7 +12,8 @@ own folder not at all.
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import openmaker
 from openmaker.runtime import Bind, Container, ContainerSpec, unavailable_reason
 from openmaker.runtime.images.gpus import GpuPlan, plan_gpus
-from openmaker.runtime.layers import hidden_paths
+from openmaker.runtime.layers import hidden_paths, unseen_by_root
 from openmaker.runtime.network import HostNamespace, enter_host, resolv_conf_binds, shared
 from openmaker.settings import Settings
 from openmaker.training.host.channels.fastfile import sandbox_binds
@@ -113,9 +114,11 @@ def _sandboxed(
     if image.program_dir is not None:
         binds.append(Bind(str(image.program_dir), PROGRAM_MOUNT))
     devices: tuple[str, ...] = ()
+    limits = host_limits(spec)
     if (gpus := image_gpus(spec, image)) is not None:
         devices, env = gpus.devices, {**env, **gpus.env}
         binds += gpus.binds
+        limits = dataclasses.replace(limits, visible_gpus=gpus.visible)
     workdir = PROGRAM_MOUNT if image.program_dir is not None else "/"
     isolated = spec.plan.network_isolation
     namespace = None
@@ -138,9 +141,10 @@ def _sandboxed(
         hidden=tuple(hidden) if run is None else (),
         removed=tuple(spec.hidden_paths) if run is None else (),
         detach_mounts_under=spec.settings.jobs_dir,
-        limits=host_limits(spec),
+        limits=limits,
         user=run.user if run is not None else None,
         devices=devices,
+        stop_signal=run.stop_signal if run is not None else signal.SIGTERM,
     )
     note = f"sandboxed with bubblewrap as host {spec.host_name}"
     if isolated:
@@ -177,17 +181,9 @@ def _unseen_python_folders(spec: HostSpec, hidden: list[Path]) -> list[str]:
     than `/`, or under a folder the sandbox covers (/tmp, openmaker's home, hidden folders).
     openmaker's own package is one of them: the toolkit imports its launcher in the job, and an
     editable install keeps the package beside its source, outside the environment."""
-    root_device = os.stat("/").st_dev
     covered = [Path("/tmp"), *spec.hidden_paths, *hidden]
-    unseen = []
-    package = os.path.realpath(Path(openmaker.__file__).parent)
-    for prefix in sorted(
-        {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), package}
-    ):
-        path = Path(prefix)
-        if os.stat(path).st_dev != root_device or any(path.is_relative_to(c) for c in covered):
-            unseen.append(prefix)
-    return unseen
+    package = str(Path(openmaker.__file__).parent)
+    return unseen_by_root([sys.prefix, sys.base_prefix, package], covered)
 
 
 def _plain(spec: HostSpec, image: Image, command: list[str], env: dict[str, str]) -> ContainerSpec:

@@ -4,7 +4,8 @@ Three kinds run today: a local folder holding an executable `train` ("bring your
 container": the folder is shown at /opt/program, the host's root filesystem is the operating
 system); the built-in script-mode image, which runs the `sagemaker-training` toolkit with
 openmaker's own Python; and SageMaker's framework images (scikit-learn, PyTorch, TensorFlow,
-XGBoost, Hugging Face, MXNet), for which this machine stands in: script mode when the request
+XGBoost, Hugging Face, MXNet), which are pulled and run as they are when they (or a mirror of
+them) can be pulled, and otherwise stood in for by this machine: script mode when the request
 names an entry point in its hyperparameters (SDK v2), or the request's `ContainerEntrypoint` run
 on this machine's root filesystem (SDK v3's ModelTrainer). Any other reference — a registry
 image, an `oci-archive:` / `docker-archive:` file, an OCI layout folder — is an image pulled
@@ -14,23 +15,21 @@ on the host (openmaker/runtime/images/) and run as its own root filesystem, as D
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.metadata
-import json
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 from openmaker.runtime.images import (
+    Cancelled,
     ImageContainer,
     ImageReference,
     OnProgress,
     PullError,
+    PullStopped,
     ReferenceError,
     RegistrySettings,
     UserError,
@@ -38,6 +37,7 @@ from openmaker.runtime.images import (
     image_store,
     parse_reference,
 )
+from openmaker.shapes.framework_images import framework_of
 
 SCRIPT_MODE_IMAGE = "openmaker://script-mode"
 PROGRAM_MOUNT = "/opt/program"
@@ -58,10 +58,6 @@ _DISTRIBUTIONS = {
     "Hugging Face": "transformers",
     "MXNet": "mxnet",
 }
-_ECR_IMAGE = re.compile(
-    r"(?P<account>\d{12})\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/"
-    r"(?P<repository>[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+))?(?:@sha256:[0-9a-f]{64})?"
-)
 
 
 @dataclass(frozen=True)
@@ -79,6 +75,8 @@ class Image:
     container: ImageContainer | None = None
     # The pulled image's manifest digest.
     digest: str | None = None
+    # Why a framework image is stood in for by this machine rather than run as it is.
+    stand_in_reason: str | None = None
 
     @property
     def path_entries(self) -> list[str]:
@@ -95,16 +93,20 @@ class Image:
         if self.program_dir is not None:
             return f"local image {self.program_dir}"
         if self.pulled is not None:
-            return f"image {self.pulled}" + (f" ({self.digest})" if self.digest else "")
+            digest = f" ({self.digest})" if self.digest else ""
+            if self.framework is not None:
+                return f"SageMaker's {self.framework} image {self.pulled}{digest}, run as it is"
+            return f"image {self.pulled}{digest}"
         python = sys.version.split()[0]
         toolkit = f"script mode with the sagemaker-training toolkit on Python {python}"
         if self.framework is None:
             return toolkit
         if self.entrypoint:
             toolkit = f"its ContainerEntrypoint on this machine with Python {python}"
+        why = f"; it could not be pulled: {self.stand_in_reason}" if self.stand_in_reason else ""
         return (
             f"{self.framework} image {self.reference} stood in for by {toolkit} "
-            f"({_local_version(self.framework)})"
+            f"({_local_version(self.framework)}{why})"
         )
 
     def command(
@@ -154,21 +156,46 @@ def resolve_image(
         ) from None
 
 
+def framework_to_pull(image: Image, framework_images: str) -> Image | None:
+    """A framework image to try pulling and running as it is (`framework_images` "pull"), the
+    stand-in `image` being what runs when it cannot be pulled; None: nothing to try."""
+    if image.framework is None or image.pulled is not None or framework_images != "pull":
+        return None
+    try:
+        return dataclasses.replace(image, pulled=parse_reference(image.reference))
+    except ReferenceError:
+        return None
+
+
+def stood_in(image: Image, reason: str) -> Image:
+    """The framework image `image` stood in for by this machine, since `reason`."""
+    # The why of a pull's failure ("Cannot pull REF: WHY. The registry said: …") is enough.
+    why = reason.partition(f"Cannot pull {image.reference}: ")[2] or reason
+    why = why.partition(". The registry said: ")[0]
+    return dataclasses.replace(image, pulled=None, stand_in_reason=why[:300])
+
+
 def pull_image(
     image: Image,
     settings: RegistrySettings,
     entrypoint: Sequence[str],
     arguments: Sequence[str],
     on_progress: OnProgress,
+    cancelled: Cancelled,
+    verb: str | None = TRAIN,
 ) -> Image:
     """`image` pulled into the machine's image store (and unpacked) if it is one to pull, with
-    what its container runs: its ENTRYPOINT with `train`, or the request's overrides. ImageError
-    says why it cannot be had, naming the image and what the registry said."""
+    what its container runs: its ENTRYPOINT with `verb` (None: its CMD), or the request's
+    overrides. ImageError
+    says why it cannot be had, naming the image and what the registry said; PullStopped once
+    `cancelled()` (the job stopped) interrupted it."""
     if image.pulled is None:
         return image
     try:
-        pulled = image_store(settings).prepare(image.pulled, on_progress)
-        run = image_container(pulled, TRAIN, {}, list(entrypoint) or None, list(arguments) or None)
+        pulled = image_store(settings).prepare(image.pulled, on_progress, cancelled=cancelled)
+        run = image_container(pulled, verb, {}, list(entrypoint) or None, list(arguments) or None)
+    except PullStopped:
+        raise
     except PullError as exc:
         raise ImageError(str(exc)) from None
     except RuntimeError as exc:  # a layer umoci cannot take as it is (zstd.py)
@@ -176,24 +203,6 @@ def pull_image(
     except UserError as exc:
         raise ImageError(f"image {image.pulled} cannot run: {exc}") from None
     return dataclasses.replace(image, container=run, digest=pulled.digest)
-
-
-def framework_of(reference: str) -> str | None:
-    """The framework of a SageMaker framework training image URI, as the sagemaker SDK makes
-    them (its registry accounts and repositories; see scripts/framework_images.py)."""
-    found = _ECR_IMAGE.fullmatch(reference)
-    if found is None:
-        return None
-    known = _framework_images()
-    if found["account"] not in known["accounts"]:
-        return None
-    return known["repositories"].get(found["repository"])
-
-
-@functools.cache
-def _framework_images() -> dict[str, Any]:
-    data = json.loads((Path(__file__).parent / "framework_images.json").read_text())
-    return {"accounts": frozenset(data["accounts"]), "repositories": data["repositories"]}
 
 
 def _local_version(framework: str) -> str:

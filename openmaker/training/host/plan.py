@@ -107,6 +107,9 @@ class CommandPlan:
     metric_definitions: tuple[MetricDefinition, ...] = ()
     # The launcher the SDK's `distribution` asks for (script mode).
     distribution: Strategy = field(default_factory=lambda: Strategy(PROCESS))
+    # What a pulled image's ENTRYPOINT gets in its CMD's place when no arguments are given:
+    # `train` (a training job); None: the image's own CMD, as `docker run` (a processing job).
+    verb: str | None = "train"
 
 
 @dataclass(frozen=True)

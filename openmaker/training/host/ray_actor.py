@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.instances import catalog
+from openmaker.runtime.overlay import node_network, node_networks, remove_node_network
 from openmaker.training.host import jobtree
 from openmaker.training.host.events import Event
 from openmaker.training.host.jobtree import HostTree
@@ -59,6 +60,18 @@ class HostActor:
             gpus=tuple(str(int(g)) for g in ray.get_gpu_ids()),
         )
         self.spec = dataclasses.replace(plain, resources=resources)
+        # The job's network across its nodes: this node's part (its bridge for this host).
+        self.unplaced: str | None = None
+        network = self.spec.network
+        if network is not None and network.overlay_vni is not None:
+            _sweep_node(plain.settings.home)
+            try:
+                network = node_network(
+                    network, plain.settings.home, plain.job_name, plain.host_name, plain.code_env
+                )
+                self.spec = dataclasses.replace(self.spec, network=network)
+            except OSError as exc:
+                self.unplaced = f"InternalServerError: {exc}"
         self.stop = StopControl()
         self._events: list[Event] = []
         self._bytes = 0
@@ -89,6 +102,8 @@ class HostActor:
         self.stop.request(reason)
 
     def prepare(self) -> str | None:
+        if self.unplaced is not None:
+            return self.unplaced
         try:
             self.host.prepare(self.stop)
         except HostFailed as exc:
@@ -106,7 +121,14 @@ class HostActor:
         return None
 
     def close(self) -> None:
-        self.host.close()
+        try:
+            self.host.close()
+        finally:
+            network = self.spec.network
+            if network is not None and network.overlay_vni is not None:
+                remove_node_network(
+                    self.spec.settings.home, self.spec.job_name, self.spec.host_name
+                )
 
     def pack_part(self) -> list[str]:
         """Pack this host's `/opt/ml/model` and `/opt/ml/output/data` for the first host, which
@@ -182,6 +204,20 @@ class HostActor:
         copy = TrainingHost(copy_spec, self._emit)
         copy.tree = HostTree(copy_spec)
         return copy
+
+
+def _sweep_node(home: Path) -> None:
+    """Remove the bridges of hosts whose actor is gone (lost with their node, which came back):
+    no node-side process outlives them to do it."""
+    import ray
+
+    for job, host in node_networks(home):
+        try:
+            ray.get_actor(f"openmaker:{job}:{host}", namespace="openmaker")
+        except ValueError:  # no such actor alive in the cluster
+            remove_node_network(home, job, host)
+        except Exception as exc:  # the cluster cannot tell now: the next host's sweep will
+            print(f"the bridge of {job}/{host} is left for now: {exc}")
 
 
 def _part_name(relative: str) -> str:

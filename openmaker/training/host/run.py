@@ -10,6 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from openmaker.runtime.images import PullStopped
 from openmaker.runtime.network import NetworkError
 from openmaker.shapes.distribution import MPIRUN
 from openmaker.store import StoreError, UnsafeKeyError
@@ -29,7 +30,15 @@ from openmaker.training.host.container import (
 from openmaker.training.host.disk import disk_full_reason
 from openmaker.training.host.environment import container_environment
 from openmaker.training.host.events import Emit, LogLines, StatusChanged
-from openmaker.training.host.images import TRAIN, Image, ImageError, pull_image, resolve_image
+from openmaker.training.host.images import (
+    TRAIN,
+    Image,
+    ImageError,
+    framework_to_pull,
+    pull_image,
+    resolve_image,
+    stood_in,
+)
 from openmaker.training.host.jobtree import HostTree, give_writable, read_text_head
 from openmaker.training.host.metrics import metric_emitter
 from openmaker.training.host.notes import opening_lines
@@ -93,10 +102,13 @@ def run_code(
     try:
         # Here, on the host's machine: a local image is a folder of this machine.
         image = resolve_image(command.image, bool(command.entrypoint), command.hyperparameters)
-        image = _pull(spec, image, emit)
+        image = _pull(spec, image, emit, stop)
     except ImageError as exc:
         inputs.stop()
         raise HostFailed(f"ClientError: {exc}") from None
+    except PullStopped:  # stopped while the image was pulled: the code never ran
+        inputs.stop()
+        return HostResult(-1, stop.stopped, None)
     try:
         _prepare_distribution(spec, tree, image)
     except SshError as exc:
@@ -140,21 +152,36 @@ def run_code(
     return HostResult(result.code, result.stopped, failure)
 
 
-def _pull(spec: HostSpec, image: Image, emit: Emit) -> Image:
-    """A registry image (or image file) pulled and unpacked, its progress in the status."""
+def _pull(spec: HostSpec, image: Image, emit: Emit, stop: StopControl) -> Image:
+    """A registry image (or image file) pulled and unpacked, its progress in the status. A
+    framework image is tried as it is; what cannot be pulled is stood in for (the status says
+    which ran)."""
+    stand_in, framework = image, framework_to_pull(image, spec.settings.framework_images)
+    image = framework or image
     if image.pulled is None:
         return image
     if reason := sandbox_unavailable_reason(spec.settings):
+        if framework is not None:
+            return stood_in(stand_in, f"it runs only in openmaker's sandbox ({reason})")
         raise ImageError(f"image {image.pulled} runs only in openmaker's sandbox ({reason})")
     said = f"Downloading the training image {image.pulled}"
     emit(StatusChanged("Downloading", message=said))
-    pulled = pull_image(
-        image,
-        spec.settings,
-        spec.plan.command.entrypoint,
-        spec.plan.command.arguments,
-        lambda line: emit(StatusChanged("Downloading", message=f"{said}: {line}")),
-    )
+    try:
+        pulled = pull_image(
+            image,
+            spec.settings,
+            spec.plan.command.entrypoint,
+            spec.plan.command.arguments,
+            lambda line: emit(StatusChanged("Downloading", message=f"{said}: {line}")),
+            lambda: stop.requested,
+            spec.plan.command.verb,
+        )
+    except ImageError as exc:
+        if framework is None:
+            raise
+        fallback = stood_in(stand_in, str(exc))
+        emit(StatusChanged("Downloading", message=f"{said}: not pulled; {fallback.description}"))
+        return fallback
     emit(StatusChanged("Downloading", message=f"{said}: done ({pulled.digest})"))
     return pulled
 

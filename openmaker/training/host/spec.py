@@ -17,6 +17,7 @@ from openmaker.settings import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_HIDDEN,
     DEFAULT_PIDS_LIMIT,
+    EcrEndpoint,
     S3Endpoint,
     Settings,
     StoreSettings,
@@ -46,6 +47,9 @@ class HostSettings:
     registry_auth_file: Path | None = None
     insecure_registries: tuple[str, ...] = ()
     registries_conf: Path | None = None
+    ecr: EcrEndpoint = field(default_factory=EcrEndpoint)
+    # "pull": a framework image is pulled and run as it is when it can be; "local": never.
+    framework_images: str = "pull"
 
     @classmethod
     def of(cls, settings: Settings) -> HostSettings:
@@ -60,6 +64,8 @@ class HostSettings:
             registry_auth_file=settings.registry_auth_file,
             insecure_registries=settings.insecure_registries,
             registries_conf=settings.registries_conf,
+            ecr=settings.ecr,
+            framework_images=settings.framework_images,
         )
 
     @property
@@ -143,6 +149,7 @@ class HostSpec:
                         "insecure_registries": tuple(settings["insecure_registries"]),
                         "registries_conf": settings.get("registries_conf")
                         and Path(settings["registries_conf"]),
+                        "ecr": EcrEndpoint(**settings.get("ecr", {})),
                         "store": StoreSettings(
                             **{
                                 **store,

@@ -21,7 +21,7 @@
     processing: {title: "Processing", path: "/kinds/processing", page: "#/processing/",
       sorts: ["Name", "Status", "CreationTime"], create: "CreateProcessingJob"},
     transform: {title: "Batch transform", path: "/kinds/transform", page: "#/transform/",
-      sorts: ["Name", "CreationTime"], create: "CreateTransformJob"},
+      sorts: ["Name", "Status", "CreationTime"], create: "CreateTransformJob"},
   };
   let csrf = null;
   let timer = null;  // the current view's poll
@@ -561,8 +561,18 @@
       const state = JSON.stringify(job);
       if (state === lastState) return;
       lastState = state;
+      const noun = kind === "processing" ? "processing job" : "transform job";
+      const stop = el("button", {type: "button", class: "danger", id: "stop",
+        disabled: job[prefix + "JobStatus"] !== "InProgress",
+        onclick: async () => {
+          if (!window.confirm("Stop " + noun + " " + name + "?")) return;
+          stop.disabled = true;
+          try { await change(path + "/stop"); }
+          catch (error) { problem(error.message); stop.disabled = false; }
+        }}, "Stop");
       head.replaceChildren(el("div", {class: "toolbar"}, el("h1", {}, name),
-        badge(job[prefix + "JobStatus"]), el("span", {class: "muted"}, KINDS[kind].title + " job")),
+        badge(job[prefix + "JobStatus"]), el("span", {class: "muted"}, KINDS[kind].title + " job"),
+        stop),
       kv([["ARN", job[prefix + "JobArn"]]]));
       failure.replaceChildren(...failureBox(job.FailureReason));
       details.replaceChildren(...kindRequest(kind, job), kindTimeline(prefix, job));
@@ -709,14 +719,25 @@
     const failure = el("div");
     const state = el("div", {class: "grid"});
     const logs = logPanel(path + "/logs");
-    const charts = el("div", {class: "card"}, el("h2", {}, "Invocations and latency"),
-      el("p", {class: "muted", id: "no-metrics"}, "openmaker records no invocation metrics " +
-        "yet: charts of invocations and latency appear here once it does."));
-    show(head, failure, state, el("div", {class: "grid"}, invokeCard(name), charts), logs.nodes);
-    let lastState = "";
+    const charts = el("div", {class: "grid", id: "invocation-charts"});
+    show(head, failure, state, el("div", {class: "grid"}, invokeCard(name)),
+      el("h2", {}, "Invocations and latency"), charts, logs.nodes);
+    let lastState = "", lastCharts = "";
     poll(async () => {
       const [data] = await Promise.all([call(path), logs.step()]);
       if (mine !== generation) return;
+      // Charts are drawn again only when their values changed (a redraw ends a zoom).
+      const metrics = data.invocationMetrics;
+      const charted = JSON.stringify(metrics);
+      if (charted !== lastCharts) {
+        lastCharts = charted;
+        const titles = Object.keys(metrics).filter((t) => Object.keys(metrics[t]).length);
+        charts.replaceChildren(...(titles.length
+          ? titles.map((t) => chart(t, metrics[t]))
+          : [el("p", {class: "muted", id: "no-metrics"}, "No invocation in the last 30 " +
+            "minutes: invoke the endpoint (the form above, boto3's invoke_endpoint or " +
+            "`openmaker endpoints invoke`) to chart its invocations and latency here.")]));
+      }
       const drawn = JSON.stringify([data.endpoint, data.instances]);
       if (drawn === lastState) return;
       lastState = drawn;

@@ -1,0 +1,195 @@
+"""InvokeEndpoint through openmaker against calling the endpoint's container directly, in the
+same run with the same payloads: the latency openmaker adds (p50, p99; one client, the two
+paths taken in turn) and the throughput with CLIENTS concurrent clients (each path in turn).
+
+Both paths use the same client, a kept-alive http.client connection per client; the requests
+to openmaker are signed (SigV4) before the clock starts, so the figures are the server's own
+cost: the HTTP server, the signature check, the route, the proxy's hop to the container and
+the metrics. The model server speaks HTTP/1.1 and keeps connections alive, as production
+model servers do.
+"""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from openmaker.jobs.db import EndpointRecord, sessions
+from openmaker.settings import load_settings
+from tests.apiserver import ApiServer, running_api_server
+from tests.helpers import kill_every_worker
+from tests.test_endpoints import Deployer
+
+CLIENTS = 8
+# The model server: /ping, and /invocations answering its request body.
+ECHO = """#!/usr/bin/env python3
+import http.server
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # the head and the body are two writes
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+"""
+PAYLOADS = {"100 B": b"x" * 100, "64 KiB": b"y" * 65536}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one path sends its invocations: host, port, path and the headers to send."""
+
+    host: str
+    port: int
+    path: str
+    headers: dict[str, str]
+
+    def call(self, connection: http.client.HTTPConnection, body: bytes) -> None:
+        connection.request("POST", self.path, body=body, headers=self.headers)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=60)
+
+
+def run(quick: bool, scratch: Path) -> list[str]:
+    calls = 300 if quick else 3000
+    seconds = 2.0 if quick else 8.0
+    print(f"InvokeEndpoint: {calls} calls per path and payload, {CLIENTS} clients", flush=True)
+    home = scratch / "invoke-home"
+    lines = []
+    with running_api_server(home, OPENMAKER_FILE_ROOTS=str(scratch)) as server:
+        deployer = Deployer(server, scratch / "invoke-models")
+        try:
+            name = deployer.endpoint(deployer.model(ECHO, {"weights.txt": b"w"}))
+            assert deployer.wait(name)["EndpointStatus"] == "InService"
+            address = _instance_address(home, name)
+            for label, body in PAYLOADS.items():
+                ours, direct = _targets(server, name, address, body)
+                lines += _latency(label, ours, direct, body, calls)
+                lines.append(_throughput(label, ours, direct, body, seconds))
+        finally:
+            deployer.delete_all()
+            kill_every_worker(home)
+    return lines
+
+
+def _instance_address(home: Path, name: str) -> str:
+    with sessions(load_settings({"OPENMAKER_HOME": str(home)}))() as session:
+        row = session.get(EndpointRecord, name)
+        assert row is not None and row.instances
+        return str(row.instances[0]["address"])
+
+
+def _targets(server: ApiServer, name: str, address: str, body: bytes) -> tuple[Target, Target]:
+    """openmaker's runtime API (the request signed once: SigV4 holds for 15 minutes) and the
+    container itself."""
+    url = f"{server.env['AWS_ENDPOINT_URL_SAGEMAKER']}/endpoints/{name}/invocations"
+    request = AWSRequest("POST", url, data=body, headers={"Content-Type": "text/plain"})
+    keys = Credentials(server.env["AWS_ACCESS_KEY_ID"], server.env["AWS_SECRET_ACCESS_KEY"])
+    SigV4Auth(keys, "sagemaker", server.env["AWS_REGION"]).add_auth(request)
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    signed = {k: str(v) for k, v in request.headers.items()}
+    ours = Target(parts.hostname, parts.port, parts.path, signed)
+    host, _, port = address.rpartition(":")
+    direct = Target(host, int(port), "/invocations", {"Content-Type": "text/plain"})
+    # The same request through boto3 works too: the signed one is what a client sends.
+    runtime = boto3.client(
+        "sagemaker-runtime",
+        region_name=server.env["AWS_REGION"],
+        aws_access_key_id=server.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=server.env["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=server.env["AWS_ENDPOINT_URL_SAGEMAKER"],
+    )
+    assert runtime.invoke_endpoint(EndpointName=name, Body=body)["Body"].read() == body
+    return ours, direct
+
+
+def _latency(label: str, ours: Target, direct: Target, body: bytes, calls: int) -> list[str]:
+    """One client; the two paths in turn, call by call, so that load hits both alike."""
+    times: dict[str, list[float]] = {"ours": [], "direct": []}
+    connections = {"ours": ours.connect(), "direct": direct.connect()}
+    targets = {"ours": ours, "direct": direct}
+    for _ in range(min(calls // 10, 100)):  # warm both paths up
+        for key in targets:
+            targets[key].call(connections[key], body)
+    for _ in range(calls):
+        for key in targets:
+            started = time.perf_counter()
+            targets[key].call(connections[key], body)
+            times[key].append(time.perf_counter() - started)
+    p50 = {k: _percentile(v, 50) for k, v in times.items()}
+    p99 = {k: _percentile(v, 99) for k, v in times.items()}
+    return [
+        f"InvokeEndpoint {label}: openmaker adds {(p50['ours'] - p50['direct']) * 1000:.2f} ms "
+        f"at p50 (target < 1), {(p99['ours'] - p99['direct']) * 1000:.2f} ms at p99 "
+        "(target < 5)",
+        f"  through openmaker p50 {p50['ours'] * 1000:.2f} ms, p99 {p99['ours'] * 1000:.2f} ms; "
+        f"direct p50 {p50['direct'] * 1000:.2f} ms, p99 {p99['direct'] * 1000:.2f} ms "
+        f"(n={calls} each)",
+    ]
+
+
+def _throughput(label: str, ours: Target, direct: Target, body: bytes, seconds: float) -> str:
+    direct_rate = _rate(direct, body, seconds)
+    ours_rate = _rate(ours, body, seconds)
+    return (
+        f"InvokeEndpoint {label}, {CLIENTS} clients: openmaker {ours_rate:.0f}/s, direct "
+        f"{direct_rate:.0f}/s; ratio {ours_rate / direct_rate:.2f} (target >= 0.9)"
+    )
+
+
+def _rate(target: Target, body: bytes, seconds: float) -> float:
+    """Invocations per second that CLIENTS threads complete, each on its own connection."""
+    done = [0] * CLIENTS
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        connection = target.connect()
+        while not stop.is_set():
+            target.call(connection, body)
+            done[index] += 1
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    _sleep_until(lambda: time.perf_counter() - started >= seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+def _sleep_until(done: Callable[[], bool]) -> None:
+    while not done():
+        time.sleep(0.05)
+
+
+def _percentile(values: list[float], share: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(share) - 1]

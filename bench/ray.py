@@ -1,0 +1,115 @@
+"""A job's start with its hosts on Ray: from CreateTrainingJob to every host's code running, for
+N = 1, 2 and 4 hosts, with the local executor and with OPENMAKER_EXECUTOR=ray on a local
+cluster (`ray.cluster_utils.Cluster`, one node per host, on loopback addresses) on the same
+machine. Each host's code says when it started; the figure is the last of them. One job of each
+executor runs first, untimed (Ray's workers on each node start once). Target: Ray adds under
+1 s for N = 2."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.stats import Timings
+from openmaker.training.service import TrainingJobs
+from tests.helpers import log_text, make_image, request, wait_for
+
+TARGET_SECONDS = 1.0
+COUNTS = (1, 2, 4)
+TYPE = "ml.m5.large"
+STARTED = '#!/bin/sh\necho "started $(hostname) $(date +%s.%N)"\n'
+TIMEOUT_SECONDS = 300.0
+
+
+def run(quick: bool, scratch: Path) -> list[str]:
+    import ray
+
+    counts = (1, 2) if quick else COUNTS
+    runs = 2 if quick else 5
+    image = make_image(scratch / "ray-image", STARTED)
+    print(f"request → every host's code running, N = {counts}, {runs} runs", flush=True)
+    seconds: dict[tuple[str, int], Timings] = {}
+    for executor in ("local", "ray"):
+        with _executor(executor, max(counts)):
+            _start(image, 1, f"bench-{executor}-warm")
+            for count in counts:
+                taken = [_start(image, count, f"bench-{executor}-{count}-{i}") for i in range(runs)]
+                seconds[executor, count] = Timings(taken)
+                print(f"  {executor} N={count}: {seconds[executor, count].describe()}", flush=True)
+        ray.shutdown()
+    lines = []
+    for count in counts:
+        local, on_ray = seconds["local", count], seconds["ray", count]
+        added = on_ray.median - local.median
+        verdict = ""
+        if count == 2:
+            verdict = (
+                f" (target < {TARGET_SECONDS:g} s: {'ok' if added < TARGET_SECONDS else 'MISSED'})"
+            )
+        lines += [
+            f"request → {count} host(s) running: local {local.median:.2f} s, Ray "
+            f"{on_ray.median:.2f} s, Ray adds {added:.2f} s{verdict}",
+            f"  local {local.describe()}",
+            f"  Ray   {on_ray.describe()}",
+        ]
+    return lines
+
+
+@contextlib.contextmanager
+def _executor(name: str, nodes: int) -> Iterator[None]:
+    """The environment the jobs' workers read: the local executor, or a fresh local cluster
+    with `nodes` nodes of the type."""
+    saved = {k: os.environ.get(k) for k in ("OPENMAKER_EXECUTOR", "RAY_ADDRESS")}
+    cluster: Any = None
+    try:
+        os.environ["OPENMAKER_EXECUTOR"] = name
+        if name == "ray":
+            from ray.cluster_utils import Cluster
+
+            cluster = Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "node_ip_address": "127.0.0.10",
+                    "include_dashboard": False,
+                    "num_cpus": 1,
+                },
+            )
+            for index in range(nodes):
+                cluster.add_node(
+                    node_ip_address=f"127.0.0.{11 + index}", resources={TYPE: 1}, num_cpus=1
+                )
+            cluster.wait_for_nodes()
+            os.environ["RAY_ADDRESS"] = cluster.address
+        yield
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _start(image: Path, count: int, name: str) -> float:
+    """Seconds from the request to the last host's code starting."""
+    jobs = TrainingJobs()
+    body = request(name, str(image), "s3://bench/output")
+    body["ResourceConfig"] = {"InstanceType": TYPE, "InstanceCount": count, "VolumeSizeInGB": 1}
+    began = time.time()
+    jobs.create(body)
+    description = wait_for(jobs, name, timeout=TIMEOUT_SECONDS)
+    if description["TrainingJobStatus"] != "Completed":
+        raise RuntimeError(f"{name}: {description.get('FailureReason')}")
+    started = [
+        float(line.split()[2])
+        for line in log_text(jobs, name).splitlines()
+        if line.startswith("started ")
+    ]
+    if len(started) != count:
+        raise RuntimeError(f"{name}: {len(started)} of {count} hosts said they started")
+    return max(started) - began

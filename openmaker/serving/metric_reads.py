@@ -1,0 +1,143 @@
+"""Reading the endpoints' invocation metrics (serving/metrics.py writes them), for CloudWatch's
+metric reads and the console: the API shapes the answers, this module owns the queries.
+
+A series is one metric of one endpoint variant. The stored rows are statistic sets, so a
+period's statistics are exact for SampleCount, Sum, Average, Minimum and Maximum; percentiles
+are not kept (CloudWatch has none for statistic sets either). Times are epoch milliseconds; a
+range includes its start and excludes its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from openmaker.jobs.db import EndpointMetricValue
+from openmaker.jobs.db import sessions as db_sessions
+from openmaker.serving.metrics import (
+    ENDPOINT_DIMENSION,
+    NAMESPACE,
+    VARIANT_DIMENSION,
+    unit_of,
+)
+from openmaker.settings import Settings
+
+
+@dataclass(frozen=True)
+class StatisticSet:
+    """The values of one period: `start` (ms) and CloudWatch's statistics of them."""
+
+    start: int
+    count: int
+    total: float
+    low: float
+    high: float
+
+    def statistic(self, name: str) -> float | None:
+        """A basic statistic (None: no such statistic, percentiles included)."""
+        return {
+            "SampleCount": float(self.count),
+            "Average": self.total / self.count,
+            "Sum": self.total,
+            "Minimum": self.low,
+            "Maximum": self.high,
+        }.get(name)
+
+
+@dataclass(frozen=True)
+class EndpointSeries:
+    name: str
+    endpoint: str
+    variant: str
+
+    @property
+    def unit(self) -> str:
+        return unit_of(self.name)
+
+    @property
+    def value(self) -> str:  # what series are sorted by
+        return f"{self.endpoint}/{self.variant}"
+
+    def listing(self) -> dict[str, Any]:
+        return {
+            "Namespace": NAMESPACE,
+            "MetricName": self.name,
+            "Dimensions": [
+                {"Name": ENDPOINT_DIMENSION, "Value": self.endpoint},
+                {"Name": VARIANT_DIMENSION, "Value": self.variant},
+            ],
+        }
+
+    def passes(self, filters: Sequence[dict[str, str]]) -> bool:
+        """ListMetrics' dimension filters: each names a dimension it has (and its value, where
+        one is given)."""
+        values = {ENDPOINT_DIMENSION: self.endpoint, VARIANT_DIMENSION: self.variant}
+        return all(
+            f["Name"] in values and f.get("Value", values[f["Name"]]) == values[f["Name"]]
+            for f in filters
+        )
+
+
+def endpoint_series_of(name: str, dimensions: Sequence[dict[str, str]]) -> EndpointSeries | None:
+    """The series `AWS/SageMaker` + `name` + `dimensions` names; None where none is ever
+    published (both dimensions, exactly, as SageMaker publishes them)."""
+    given = {d.get("Name"): d.get("Value", "") for d in dimensions}
+    if len(dimensions) != 2 or set(given) != {ENDPOINT_DIMENSION, VARIANT_DIMENSION}:
+        return None
+    return EndpointSeries(name, given[ENDPOINT_DIMENSION], given[VARIANT_DIMENSION])
+
+
+class EndpointMetricReads:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    @classmethod
+    def of(cls, settings: Settings) -> EndpointMetricReads:
+        """Reads of the metrics kept in the database of `settings`."""
+        return cls(db_sessions(settings))
+
+    def buckets(
+        self, series: EndpointSeries, start: int, end: int, period: int
+    ) -> list[StatisticSet]:
+        """The periods of [start, end) that hold values, oldest first; `period` in ms."""
+        row = EndpointMetricValue
+        index = ((row.timestamp - start) // period).label("bucket")
+        query = (
+            select(
+                index,
+                func.sum(row.count),
+                func.sum(row.total),
+                func.min(row.low),
+                func.max(row.high),
+            )
+            .where(
+                row.endpoint == series.endpoint,
+                row.variant == series.variant,
+                row.name == series.name,
+                row.timestamp >= start,
+                row.timestamp < end,
+            )
+            .group_by(index)
+            .order_by(index)
+        )
+        with self.sessions() as session:
+            return [
+                StatisticSet(start + int(i) * period, int(n), float(s), float(lo), float(hi))
+                for i, n, s, lo, hi in session.execute(query)
+            ]
+
+    def all_series(self, active_since: int | None = None) -> list[EndpointSeries]:
+        """Every series that has values (since `active_since`, ms, where given)."""
+        row = EndpointMetricValue
+        query = select(row.endpoint, row.variant, row.name).group_by(
+            row.endpoint, row.variant, row.name
+        )
+        if active_since is not None:
+            query = query.having(func.max(row.timestamp) >= active_since)
+        with self.sessions() as session:
+            found = [EndpointSeries(n, e, v) for e, v, n in session.execute(query)]
+        return sorted(found, key=lambda s: (s.value, s.name))

@@ -1,0 +1,152 @@
+"""Invocation metrics as SageMaker publishes them: namespace `AWS/SageMaker`, dimensions
+`EndpointName` and `VariantName`.
+
+Each invocation a variant's container was sent adds to:
+- `Invocations` (1), `InvocationsPerInstance` (1 / the variant's instance count);
+- `Invocation4XXErrors`, `Invocation5XXErrors` (1 when the container answered 4xx / 5xx or, for
+  5xx, did not answer at all; else 0);
+- `ModelLatency` (the container's part) and `OverheadLatency` (the rest, from the request's
+  arrival to its answer), in microseconds, for those the container answered.
+
+The proxy only adds to sums in memory (a lock and a few additions); a thread writes what was
+added as one statistic set per series every FLUSH_SECONDS, all in one transaction, and what is
+left when the server stops.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from openmaker.jobs.db import EndpointMetricValue
+from openmaker.shapes.errors import ServiceError
+
+NAMESPACE = "AWS/SageMaker"
+ENDPOINT_DIMENSION = "EndpointName"
+VARIANT_DIMENSION = "VariantName"
+INVOCATIONS = "Invocations"
+PER_INSTANCE = "InvocationsPerInstance"
+ERRORS_4XX = "Invocation4XXErrors"
+ERRORS_5XX = "Invocation5XXErrors"
+MODEL_LATENCY = "ModelLatency"
+OVERHEAD_LATENCY = "OverheadLatency"
+LATENCIES = (MODEL_LATENCY, OVERHEAD_LATENCY)
+METRICS = (INVOCATIONS, PER_INSTANCE, ERRORS_4XX, ERRORS_5XX, *LATENCIES)
+FLUSH_SECONDS = 1.0
+
+
+def unit_of(name: str) -> str:
+    return "Microseconds" if name in LATENCIES else "None"
+
+
+@dataclass
+class _Sums:
+    count: int = 0
+    total: float = 0.0
+    low: float = float("inf")
+    high: float = float("-inf")
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.low = min(self.low, value)
+        self.high = max(self.high, value)
+
+
+Key = tuple[str, str, str]  # endpoint, variant, metric
+
+
+class InvocationMetrics:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self._sums: dict[Key, _Sums] = {}
+        self._since = _now_ms()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+
+    def record(
+        self,
+        endpoint: str,
+        variant: str,
+        instances: int,
+        status: int | None,
+        model_seconds: float | None,
+        total_seconds: float,
+    ) -> None:
+        """One invocation sent to the variant: `status` the container's (None: no answer),
+        `model_seconds` how long the container took (None: it did not answer)."""
+        error_4xx = 1.0 if status is not None and 400 <= status < 500 else 0.0
+        error_5xx = 1.0 if status is None or status >= 500 else 0.0
+        values = [
+            (INVOCATIONS, 1.0),
+            (PER_INSTANCE, 1.0 / max(instances, 1)),
+            (ERRORS_4XX, error_4xx),
+            (ERRORS_5XX, error_5xx),
+        ]
+        if model_seconds is not None:
+            values.append((MODEL_LATENCY, round(model_seconds * 1e6)))
+            values.append((OVERHEAD_LATENCY, round(max(total_seconds - model_seconds, 0) * 1e6)))
+        with self._lock:
+            if not self._sums:  # the first since the last write: its period starts now
+                self._since = _now_ms()
+            for name, value in values:
+                key = (endpoint, variant, name)
+                sums = self._sums.get(key)
+                if sums is None:
+                    sums = self._sums[key] = _Sums()
+                sums.add(value)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="invocation-metrics", daemon=True
+                )
+                self._writer.start()
+                atexit.register(self.close)
+
+    def flush(self) -> None:
+        """Write what was added since the last write."""
+        with self._lock:
+            sums, self._sums = self._sums, {}
+            since, self._since = self._since, _now_ms()
+        if not sums:
+            return
+        rows = [
+            {
+                "endpoint": endpoint,
+                "variant": variant,
+                "name": name,
+                "timestamp": since,
+                "count": s.count,
+                "total": s.total,
+                "low": s.low,
+                "high": s.high,
+            }
+            for (endpoint, variant, name), s in sums.items()
+        ]
+        try:
+            with self.sessions() as session:
+                session.execute(insert(EndpointMetricValue), rows)
+                session.commit()
+        except (SQLAlchemyError, ServiceError) as exc:  # the invocations were answered
+            print(f"openmaker: invocation metrics not recorded: {exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(timeout=10)
+        self.flush()
+
+    def _write_loop(self) -> None:
+        while not self._stop.wait(FLUSH_SECONDS):
+            self.flush()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
