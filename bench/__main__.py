@@ -1,5 +1,5 @@
 """`python -m bench [--quick] [--only PART]` from the repository root (PART: overhead, cli,
-download, local, pipe, fastfile, checkpoints, api, gate)."""
+download, local, pipe, fastfile, checkpoints, api, gate, server)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import api, checkpoints, cli, download, fastfile, gate, local, overhead, pipe
+from bench import (
+    api,
+    checkpoints,
+    cli,
+    download,
+    fastfile,
+    gate,
+    local,
+    overhead,
+    pipe,
+)
+from bench import server as server_jobs
 from bench.download import DataSet, KiB, MiB, s5cmd
 from tests.s3server import S3Server, running_s3_server
 
@@ -39,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         choices=[
-            "overhead", "cli", "download", "local", "pipe", "fastfile", "checkpoints", "api", "gate"
+            "overhead", "cli", "download", "local", "pipe", "fastfile", "checkpoints", "api",
+            "gate", "server",
         ],
         help="run one part only",
     )
@@ -112,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
                 lines += api.run(args.quick, scratch)
             if args.only in (None, "gate"):
                 lines += gate.run(args.quick, scratch)
+            if args.only in (None, "server"):
+                lines += server_jobs.run(args.quick, scratch, f"s3://{BUCKET}/output")
     elapsed = time.perf_counter() - started
     print(f"\nSummary (rclone serve s3 on loopback, MB = 10^6 bytes; {elapsed:.0f} s in all)")
     # Other work on a 2-core machine moves every figure; say how busy it was.
