@@ -54,7 +54,7 @@ def test_a_forked_worker_holds_nothing_of_its_submitter(fork_server: ForkServer)
 
 
 def test_the_fork_server_runs_only_openmakers_own_runners(fork_server: ForkServer) -> None:
-    with pytest.raises(RuntimeError, match="not a runner of openmaker's: json.tool"):
+    with pytest.raises(RuntimeError, match=r"not a runner of openmaker's: json\.tool"):
         fork_server.fork("json.tool")
     pid, order = fork_server.fork(RUNNER)  # it goes on serving
     order.close()
