@@ -1,17 +1,25 @@
 """The fork server (openmaker/jobs/forkserver.py): a worker forked from it is a process of its
 own, in a session of its own, holding nothing of its submitter's (no descriptor but its order's
 pipe and the null device, no setting or key in its environment); without an order it ends; a
-module outside openmaker is refused as a runner."""
+module outside openmaker is refused as a runner. Jobs created at once from many threads (as
+through the server) each get a worker by the time every create has returned."""
 
 from __future__ import annotations
 
 import os
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from openmaker.jobs.executor import ForkServer, process_lost
+from openmaker.jobs.db import TrainingJob
+from openmaker.jobs.executor import ForkServer, process_lost, stop_fork_server, use_fork_server
+from openmaker.training.service import TrainingJobs
+from openmaker.training.state import TERMINAL
+from tests.helpers import make_image, request, stop_and_wait, wait_for
 from tests.process_helpers import wait_until
 
 RUNNER = "openmaker.training.worker"
@@ -59,3 +67,24 @@ def test_the_fork_server_runs_only_openmakers_own_runners(fork_server: ForkServe
     pid, order = fork_server.fork(RUNNER)  # it goes on serving
     order.close()
     wait_until(lambda: process_lost(pid), "the worker without an order to end")
+
+
+def test_creates_at_once_each_get_a_worker(home: Path, tmp_path: Path) -> None:
+    """A create that finds another thread starting jobs leaves its job to that thread, which
+    starts it before it lets go: once every create has returned, no job waits for a start."""
+    use_fork_server([RUNNER])
+    jobs = TrainingJobs()
+    image = make_image(tmp_path / "image", "#!/bin/sh\nexit 0\n")
+    names = [f"at-once-{index}" for index in range(6)]
+    try:
+        with ThreadPoolExecutor(len(names)) as pool:
+            list(pool.map(lambda name: jobs.create(request(name, str(image), "s3://b/out")), names))
+        with jobs.sessions() as session:
+            rows = session.scalars(select(TrainingJob).where(TrainingJob.name.in_(names))).all()
+        assert sorted(row.name for row in rows) == names
+        assert [row.name for row in rows if row.worker is None and row.status not in TERMINAL] == []
+        for name in names:
+            assert wait_for(jobs, name)["TrainingJobStatus"] == "Completed"
+    finally:
+        stop_and_wait(jobs, names)
+        stop_fork_server()

@@ -23,8 +23,6 @@ from openmaker.api.operations import Backend
 from openmaker.api.s3_endpoint import embedded_s3
 from openmaker.connection import ServerRecord, remove_record, write_record
 from openmaker.jobs import gate_keys
-from openmaker.jobs.executor import stop_fork_server, use_fork_server
-from openmaker.resources import KINDS
 from openmaker.settings import Settings, StoreSettings
 
 # How often keys whose worker was killed (and could not revoke them) are looked for.
@@ -40,8 +38,6 @@ def serve(
 ) -> None:
     """Run until interrupted (SIGINT or SIGTERM). `announce(record, store)` is called once both
     endpoints listen."""
-    # Before any thread or listening socket exists: workers are forked from it, not started.
-    use_fork_server(sorted({kind.runner for kind in KINDS}))
     credentials = server_credentials(settings)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Where the nodes of a Ray cluster reach the embedded store, when it is not --host.
@@ -63,7 +59,6 @@ def serve(
         finally:
             backend.close()
             remove_record(settings)
-            stop_fork_server()
 
 
 def _started(

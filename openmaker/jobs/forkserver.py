@@ -91,7 +91,8 @@ def _worker(order_pipe: int, channel: socket.socket) -> int:
         os.setsid()  # a job goes on when its submitter is interrupted
         worker_process.catch_stop()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        gc.unfreeze()
+        # What the fork server loaded stays frozen: the worker's collections never walk (and
+        # so never copy) the pages it shares with it.
         data = _read_all(0)
         if data:  # else the submitter gave it no order
             worker_process.run_message(data.decode())
