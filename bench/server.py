@@ -25,6 +25,8 @@ THREADS = 16
 POLL_SECONDS = 0.01
 TERMINAL = ("Completed", "Failed", "Stopped")
 BUCKET = "bench-server"
+# 1 GB, not the tests' 5: fifty volumes at once must fit a small disk's free space.
+RESOURCES = {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}
 
 
 def run(quick: bool, scratch: Path, output: str) -> list[str]:
@@ -58,7 +60,8 @@ def run(quick: bool, scratch: Path, output: str) -> list[str]:
 def _one_job(sagemaker: Any, image: Path) -> float:
     name = f"bench-one-{secrets.token_hex(4)}"
     started = time.perf_counter()
-    sagemaker.create_training_job(**request(name, str(image), f"s3://{BUCKET}/out"))
+    body = request(name, str(image), f"s3://{BUCKET}/out", ResourceConfig=RESOURCES)
+    sagemaker.create_training_job(**body)
     _wait_ended(sagemaker, name)
     return time.perf_counter() - started
 
@@ -81,7 +84,7 @@ def _many_jobs(server: ApiServer, image: Path) -> tuple[float, float]:
         client.list_training_jobs(MaxResults=1)
 
     def create(index: int) -> None:
-        body = request(names[index], str(image), f"s3://{BUCKET}/many")
+        body = request(names[index], str(image), f"s3://{BUCKET}/many", ResourceConfig=RESOURCES)
         clients[index % THREADS].create_training_job(**body)
 
     def wait(index: int) -> None:
