@@ -326,6 +326,11 @@ def server(
     ] = DEFAULT_S3_PORT,
 ) -> None:
     """Serve the SageMaker API, CloudWatch Logs and the embedded store's S3 endpoint."""
+    from openmaker.jobs.executor import stop_fork_server, use_fork_server
+    from openmaker.resources import KINDS
+
+    # First, while this process has no thread or socket: the jobs' workers are forked from it.
+    use_fork_server(sorted({kind.runner for kind in KINDS}))
     from openmaker.api.server import serve  # the HTTP stack loads only for this command
 
     def announce(record: ServerRecord, store: StoreSettings) -> None:
@@ -345,6 +350,8 @@ def server(
         serve(_settings(), host, port, s3_port, announce)
     except (OSError, RuntimeError, HomeError) as exc:
         raise fail(f"the server could not start: {exc}") from None
+    finally:
+        stop_fork_server()  # the workers go on
 
 
 @app.command("env")

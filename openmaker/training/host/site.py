@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from openmaker.runtime.network import JobNetwork, create, jobs_with_networks, shared
 from openmaker.runtime.network import remove as remove_network
 from openmaker.settings import Settings
-from openmaker.training.host.container import sandbox_unavailable_reason
 from openmaker.training.host.limits import jobs_with_cgroups, remove_job_cgroups
 from openmaker.training.host.volume import unmount_under
 
@@ -34,6 +33,9 @@ def job_network(
 ) -> JobNetwork:
     """The job's bridge (network.py); none for an isolated job (its hosts have loopback
     alone) or where the sandbox will not run (its hosts share the machine's network)."""
+    # Here: the recovery sweep (every command's) needs this module, not the container's.
+    from openmaker.training.host.container import sandbox_unavailable_reason
+
     if isolated:
         return shared(hosts, "network isolation")
     if (reason := sandbox_unavailable_reason(settings)) is not None:
