@@ -228,7 +228,9 @@ class TrainingJobs:
     def log_streams(self, name: str) -> builtins.list[str]:
         with self.sessions() as session:
             query = (
-                select(LogStream.name).where(LogStream.job_name == name).order_by(LogStream.name)
+                select(LogStream.name)
+                .where(LogStream.job_name == name, LogStream.group == TRAINING.log_group)
+                .order_by(LogStream.name)
             )
             return list(session.scalars(query))
 
@@ -238,15 +240,16 @@ class TrainingJobs:
         """The job's log lines in the order they were written, after the record `after_id`."""
         with self.sessions() as session:
             query = (
-                select(LogEvent)
-                .join(LogStream, LogStream.name == LogEvent.stream)
+                select(LogEvent, LogStream.name)
+                .join(LogStream, LogStream.id == LogEvent.stream_id)
                 .where(LogStream.job_name == name, LogStream.group == TRAINING.log_group)
                 .where(LogEvent.id > after_id)
                 .order_by(LogEvent.id)
                 .limit(limit)
             )
             return [
-                LogRecord(e.id, e.stream, e.timestamp, e.message) for e in session.scalars(query)
+                LogRecord(e.id, stream, e.timestamp, e.message)
+                for e, stream in session.execute(query).tuples()
             ]
 
     def iter_log_events(self, name: str) -> Iterator[LogRecord]:

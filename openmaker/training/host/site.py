@@ -8,7 +8,8 @@ worker was lost). Everything of one host while it lives is its own (training_hos
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from openmaker.runtime.network import JobNetwork, create, jobs_with_networks, shared
 from openmaker.runtime.network import remove as remove_network
@@ -24,8 +25,26 @@ __all__ = [
     "jobs_with_networks",
     "remove_job_cgroups",
     "remove_network",
+    "remove_stale_hosts",
     "unmount_under",
 ]
+
+
+class Kind(Protocol):
+    """A kind of job, as far as its stale keys go (openmaker/jobs/resource.py's ResourceKind)."""
+
+    def stale(self, keys: Iterable[str], running: Callable[[list[str]], set[str]]) -> list[str]: ...
+
+
+def remove_stale_hosts(
+    kind: Kind, settings: Settings, running: Callable[[list[str]], set[str]]
+) -> None:
+    """The memory cgroups (a killed worker's, once its code died) and bridges of the jobs of
+    `kind` that no worker runs (`running(names)`); other kinds' keys are left to their sweeps."""
+    for key in kind.stale(jobs_with_cgroups(settings.home), running):
+        remove_job_cgroups(settings.home, key)
+    for key in kind.stale(jobs_with_networks(settings.home), running):
+        remove_network(settings.home, key)
 
 
 def job_network(
