@@ -58,6 +58,8 @@ class InstancePlan:
     instance_type: str = "ml.local"
     # An inference pipeline's containers (`container` is the first's), each with its image.
     pipeline: tuple[tuple[Member, ServingImage], ...] = ()
+    # Its memory in bytes when not its instance type's (a serverless variant's MemorySizeInMB).
+    memory: int | None = None
 
     @property
     def stream(self) -> str:
