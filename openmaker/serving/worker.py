@@ -36,6 +36,7 @@ from openmaker.jobs.executor import Order
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
+from openmaker.runtime.volume import unmount_under
 from openmaker.serving import (
     async_queue,
     async_runner,
@@ -138,6 +139,7 @@ class EndpointWorker:
 
     def _make_network(self) -> None:
         remove_network(self.settings.home, network_key(self.name))  # what a killed worker left
+        unmount_under(self.settings.home / "endpoints" / self.name)
         network = create_network(self.settings, network_key(self.name), [], {})
         self.network = network
         if network.bridge is None:
@@ -184,6 +186,7 @@ class EndpointWorker:
                     instance_type=variant.get("InstanceType", serverless.PLACEMENT_TYPE),
                     pipeline=members,
                     memory=serverless.memory_bytes(variant),
+                    volume_gb=variant.get("VolumeSizeInGB"),
                 )
                 found.append(Instance(self.settings, self.name, plan, network_key(self.name)))
         return found
@@ -557,6 +560,7 @@ class EndpointWorker:
         if self.async_runner is not None:
             self.async_runner.close()
         self._stop(self.live + self.starting)
+        unmount_under(self.settings.home / "endpoints" / self.name)
         remove_network(self.settings.home, network_key(self.name))
         self.logs.close()
         with self.writers() as session:
