@@ -385,3 +385,48 @@ class TransformJobRecord(JobRecord, Base):
     model: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     transform_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     transform_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AlgorithmRecord(Base):
+    """An algorithm (CreateAlgorithm, openmaker/algorithms/): its request, kept as given, and
+    how far the validation of its profiles has gone."""
+
+    __tablename__ = "algorithms"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32))
+    # AlgorithmStatusDetails.ValidationStatuses, as Describe shows them.
+    validation: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ModelPackageGroupRecord(Base):
+    """A model package group (CreateModelPackageGroup): its request, kept as given."""
+
+    __tablename__ = "model_package_groups"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ModelPackageRecord(Base):
+    """A model package (CreateModelPackage): unversioned (`name` is its name), or a version
+    in a group (`name` is "<group>/<version>", as in its ARN)."""
+
+    __tablename__ = "model_packages"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    group: Mapped[str | None] = mapped_column(String(63), index=True)
+    version: Mapped[int | None] = mapped_column(Integer)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32))
+    approval: Mapped[str | None] = mapped_column(String(32))
+    # ModelPackageStatusDetails.ValidationStatuses (openmaker/algorithms/validation.py).
+    validation: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_modified_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -45,6 +45,7 @@ class Models:
         return resource_arn("model", name, self.region, self.account_id)
 
     def create(self, request: dict[str, Any]) -> dict[str, str]:
+        request = self._with_packages(request)
         check_model(request, self.local)
         name = request["ModelName"]
         arn = self.arn(name)
@@ -60,6 +61,16 @@ class Models:
                     f'Cannot create already existing model "{arn}".'
                 ) from None
         return {"ModelArn": arn}
+
+    def _with_packages(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Containers that name a model package, as the package serves them."""
+        containers = [request.get("PrimaryContainer") or {}, *(request.get("Containers") or [])]
+        if not any(c.get("ModelPackageName") for c in containers):
+            return request
+        from openmaker.algorithms.packages import with_packages
+
+        with self.sessions() as session:
+            return with_packages(session, request)
 
     def get(self, name: str) -> ModelRecord:
         with self.sessions() as session:

@@ -98,6 +98,10 @@ class TrainingJobs:
             return self._create(request)
 
     def _create(self, request: dict[str, Any]) -> dict[str, str]:
+        if (request.get("AlgorithmSpecification") or {}).get("AlgorithmName") is not None:
+            from openmaker.algorithms.training import apply_algorithm  # few jobs name one
+
+            request = apply_algorithm(request, self.settings, self.local)
         check_create_training_job(request, self.local)
         _check_supported(request)
         kind = TRAINING

@@ -239,6 +239,11 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
             guarded(answering(lambda r: kind_of(r).logs_of(name(r), after(r)))),
             methods=["GET"],
         ),
+        Route(
+            f"{api}/kinds/{{kind}}/{{name}}/stop",
+            guarded(answering(lambda r: kind_of(r).stop(name(r))), changes=True),
+            methods=["POST"],
+        ),
     ]
 
 

@@ -14,7 +14,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable, Coroutine
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from openmaker.store import Download, StoreError, download_all, safe_destination
@@ -93,9 +93,18 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     # What a view shows takes no room on the volume; SageMaker would have downloaded it, and a
     # job whose data cannot fit fails here as it would there.
     room = [_free_bytes(spec.ml_dir)]
+    # A view mounted over a folder would hide another channel's inside it (a processing job's
+    # inputs may nest): such a channel is copied.
+    holders = {
+        c.name
+        for c in channels
+        for other in channels
+        if other is not c and PurePosixPath(other.folder).is_relative_to(c.folder)
+    }
 
     async def fetch(channel: ChannelPlan, plan: list[Download]) -> None:
-        shown = bool(plan) and await asyncio.to_thread(_local_view, spec, channel, plan)
+        viewable = bool(plan) and channel.name not in holders
+        shown = viewable and await asyncio.to_thread(_local_view, spec, channel, plan)
         if shown:
             size = sum(d.size for d in plan)
             room[0] -= size
