@@ -110,6 +110,24 @@ def test_a_serverless_config_is_checked_as_sagemaker_checks_it(deployer: Deploye
     assert "ProductionVariants.1.InstanceType" in both.value.response["Error"]["Message"]
 
 
+    # InService with no instance; its concurrency changed in place.
+    name = unique_name("ep")
+    deployer.endpoints.append(name)
+    made = serverless_config(deployer, model)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=made)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    deployer.sagemaker.update_endpoint_weights_and_capacities(
+        EndpointName=name,
+        DesiredWeightsAndCapacities=[
+            {"VariantName": "AllTraffic", "ServerlessUpdateConfig": {"MaxConcurrency": 5}}
+        ],
+    )
+    (variant,) = deployer.wait(name, ("InService",))["ProductionVariants"]
+    changed = {"MemorySizeInMB": 1024, "MaxConcurrency": 5}
+    assert variant["CurrentServerlessConfig"] == variant["DesiredServerlessConfig"] == changed
+    assert instances_of(name) == 0
+
+
 def test_an_instance_comes_with_invocations_and_goes_when_idle(idle_deployer: Deployer) -> None:
     deployer = idle_deployer
     model = deployer.model(SERVE, {"weights.txt": b"w1\n"})

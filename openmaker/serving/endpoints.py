@@ -308,7 +308,8 @@ def _variant_summary(
     }
     config = serverless.config_of(variant)
     if config is not None:  # no instance counts: its instances follow its invocations
-        summary["DesiredServerlessConfig"] = config
+        changed = None if desired is None else desired.get("serverless")
+        summary["DesiredServerlessConfig"] = changed or config
         if not pending:
             summary["CurrentServerlessConfig"] = config
     else:

@@ -59,17 +59,33 @@ def check(member: str, variant: dict[str, Any]) -> None:
             f"{member}.{CONFIG}.MemorySizeInMB: {memory} is not a memory size for a serverless "
             f"endpoint; valid values are {', '.join(str(m) for m in MEMORY_SIZES)}"
         )
+    _check_concurrency(f"{member}.{CONFIG}", config)
+
+
+def _check_concurrency(member: str, config: dict[str, Any]) -> None:
     most = config.get("MaxConcurrency")
     if not isinstance(most, int) or not 1 <= most <= MAX_CONCURRENCY:
         raise ValidationException(
-            f"{member}.{CONFIG}.MaxConcurrency: {most} is not between 1 and {MAX_CONCURRENCY}"
+            f"{member}.MaxConcurrency: {most} is not between 1 and {MAX_CONCURRENCY}"
         )
     provisioned = config.get("ProvisionedConcurrency")
     if provisioned is not None and not 1 <= provisioned <= most:
         raise ValidationException(
-            f"{member}.{CONFIG}.ProvisionedConcurrency: {provisioned} must be between 1 and "
+            f"{member}.ProvisionedConcurrency: {provisioned} must be between 1 and "
             f"the variant's MaxConcurrency ({most})"
         )
+
+
+def updated(
+    member: str, variant: dict[str, Any], update: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The variant's ServerlessConfig as UpdateEndpointWeightsAndCapacities' `update`
+    (ServerlessUpdateConfig) changes it, checked; None when it asks for no change."""
+    if not update:
+        return None
+    config = {**(config_of(variant) or {}), **update}
+    _check_concurrency(f"{member}.ServerlessUpdateConfig", config)
+    return config
 
 
 def check_config(request: dict[str, Any]) -> None:

@@ -86,11 +86,6 @@ def desired_variants(
             )
         if name in desired:
             raise ValidationException(f"{member}.VariantName: the variant {name} is named twice")
-        if asked.get("ServerlessUpdateConfig") is not None:
-            raise ValidationException(
-                f"{member}.ServerlessUpdateConfig: openmaker does not change a serverless "
-                "variant's concurrency in place yet; update the endpoint to a new configuration"
-            )
         weight = float(asked.get("DesiredWeight", variant.get(WEIGHT, 1.0)))
         if serverless.config_of(variant) is not None:
             if asked.get("DesiredInstanceCount") is not None:
@@ -98,8 +93,13 @@ def desired_variants(
                     f"{member}.DesiredInstanceCount: the variant {name} is serverless; its "
                     "instances come and go with its invocations"
                 )
-            desired[name] = {"weight": weight, "count": None}
+            changed = serverless.updated(member, variant, asked.get("ServerlessUpdateConfig"))
+            desired[name] = {"weight": weight, "count": None, "serverless": changed}
             continue
+        if asked.get("ServerlessUpdateConfig") is not None:
+            raise ValidationException(
+                f"{member}.ServerlessUpdateConfig: the variant {name} is not serverless"
+            )
         count = int(asked.get("DesiredInstanceCount", variant[COUNT]))
         if count < 1:
             raise ValidationException(
@@ -131,4 +131,6 @@ def applied(config: dict[str, Any], desired: dict[str, dict[str, Any]]) -> dict[
             variant[WEIGHT] = wanted["weight"]
             if wanted["count"] is not None:
                 variant[COUNT] = wanted["count"]
+            if wanted.get("serverless") is not None:
+                variant[serverless.CONFIG] = wanted["serverless"]
     return config

@@ -449,7 +449,11 @@ class EndpointWorker:
             name = variant["VariantName"]
             mine = [i for i in self.live if i.plan.variant == name]
             asked = serverless.last_asked(serverless.demand_file(self.settings, self.name, name))
-            if not mine and asked is not None and asked > self.cold_handled.get(name, 0.0):
+            handled = self.cold_handled.get(name)
+            asked_again = asked is not None and asked > (handled or 0.0)
+            # Provisioned concurrency given by an update: its warm instance, tried once.
+            warm = serverless.warm_count(variant) > 0 and handled is None
+            if not mine and (asked_again or warm):
                 self.cold_handled[name] = time.time()
                 self._cold_start(row, name)
                 continue
