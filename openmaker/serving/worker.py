@@ -340,37 +340,17 @@ class EndpointWorker:
             self.health.forget(instance)
 
     def _update(self, row: EndpointRecord) -> None:
-        """UpdateEndpoint: blue/green, the traffic moved in the deployment's steps."""
+        """UpdateEndpoint: blue/green, the traffic moved in the deployment's steps, or rolling."""
         asked = row.pending_update or {}
         plan = Deployment.from_json(asked.get("deployment"))
         deadline = None if plan.timeout_seconds is None else time.monotonic() + plan.timeout_seconds
-        try:
-            fleet = self._fleet(asked["config"], asked["models"], updates.counts(asked["config"]))
-            self._launch(fleet)
-        except EndpointFailed as exc:
-            self._abandon(str(exc), "UpdateEndpoint")
+        if plan.batch is not None:
+            done = self._roll(row, asked, plan, deadline)
+        else:
+            done = self._blue_green(asked, plan, deadline)
+        if done is None or self.stop.is_set():
             return
-        if self.stop.is_set():
-            return
-        old = self.live
-        baked = True
-        for share in plan.steps[:-1]:  # each step but the last, then its wait
-            self._shift(old, fleet, share)
-            baked = self._bake(plan.wait_seconds, deadline)
-            if not baked:
-                break
-        if self.stop.is_set():
-            return
-        if not baked:  # past MaximumExecutionTimeoutInSeconds: rolled back
-            self.live, self.starting, self.green = old, [], set()
-            self._record(None, change=_no_shift)
-            self._retire(fleet)
-            self._abandon(
-                "the deployment went past its MaximumExecutionTimeoutInSeconds "
-                f"({plan.timeout_seconds:g} s); the traffic went back to the old fleet",
-                "UpdateEndpoint",
-            )
-            return
+        fleet, old = done
         self.live, self.starting, self.green = fleet, [], set()
 
         def switch(record: EndpointRecord) -> None:
@@ -384,6 +364,94 @@ class EndpointWorker:
             self._bake(plan.termination_wait_seconds, None)
         self._retire(old)
         self._record(status.IN_SERVICE)
+
+    def _blue_green(
+        self, asked: dict[str, Any], plan: Deployment, deadline: float | None
+    ) -> tuple[list[Instance], list[Instance]] | None:
+        """The new fleet started, then given the traffic step by step: (new fleet, old fleet)
+        once it has all but the final step, None if it failed (the old fleet serving)."""
+        try:
+            fleet = self._fleet(asked["config"], asked["models"], updates.counts(asked["config"]))
+            self._launch(fleet)
+        except EndpointFailed as exc:
+            self._abandon(str(exc), "UpdateEndpoint")
+            return None
+        if self.stop.is_set():
+            return None
+        old = self.live
+        for share in plan.steps[:-1]:  # each step but the last, then its wait
+            self._shift(old, fleet, share)
+            if not self._bake(plan.wait_seconds, deadline):
+                if self.stop.is_set():
+                    return None
+                self.live, self.starting, self.green = old, [], set()
+                self._record(None, change=_no_shift)
+                self._retire(fleet)
+                self._abandon(_timed_out(plan), "UpdateEndpoint")
+                return None
+        return fleet, old
+
+    def _roll(
+        self,
+        row: EndpointRecord,
+        asked: dict[str, Any],
+        plan: Deployment,
+        deadline: float | None,
+    ) -> tuple[list[Instance], list[Instance]] | None:
+        """A rolling update: a batch of new instances healthy and in the route, then as many
+        old ones retired, and so on: (new fleet, old instances left) once all are new, None
+        if it was rolled back."""
+        assert plan.batch is not None
+        (variant,) = asked["config"]["ProductionVariants"]
+        name, total = variant["VariantName"], int(variant["InitialInstanceCount"])
+        old, fleet = list(self.live), list[Instance]()
+        retired = 0
+        while len(fleet) < total:
+            if fleet and not self._bake(plan.wait_seconds, deadline):
+                if self.stop.is_set():
+                    return None
+                self._roll_back(row, old, fleet, retired, _timed_out(plan))
+                return None
+            size = min(plan.batch, total - len(fleet))
+            try:
+                batch = self._fleet(asked["config"], asked["models"], {name: size})
+                self._launch(batch)
+            except EndpointFailed as exc:
+                self._roll_back(row, old, fleet, retired, str(exc))
+                return None
+            if self.stop.is_set():
+                return None
+            fleet += batch
+            leaving, old = old[:size], old[size:]
+            self._shift(old, fleet, len(fleet) / (len(fleet) + len(old)))
+            self._retire(leaving)
+            retired += len(leaving)
+        return fleet, old
+
+    def _roll_back(
+        self,
+        row: EndpointRecord,
+        old: list[Instance],
+        new: list[Instance],
+        retired: int,
+        reason: str,
+    ) -> None:
+        """A rolling update that failed: the new instances go, and the old configuration's
+        retired ones start again."""
+        failed, self.starting = self.starting, []
+        self._stop([i for i in failed if i not in new])
+        self.live, self.green = old, set()
+        self._record(None, change=_no_shift)
+        self._retire(new)
+        if retired:
+            (variant,) = row.config["ProductionVariants"]
+            try:
+                again = self._fleet(row.config, row.models, {variant["VariantName"]: retired})
+                self._launch(again)
+                self.live, self.starting = self.live + again, []
+            except EndpointFailed as exc:
+                reason += f"; {retired} old instances could not start again: {exc}"
+        self._abandon(reason, "UpdateEndpoint")
 
     def _shift(self, old: list[Instance], new: list[Instance], share: float) -> None:
         """Both fleets in the route, the new one with `share` of the traffic."""
@@ -580,6 +648,13 @@ class EndpointWorker:
             row.worker = None
             session.commit()
         _start_waiting_jobs(self.settings)
+
+
+def _timed_out(plan: Deployment) -> str:
+    return (
+        "the deployment went past its MaximumExecutionTimeoutInSeconds "
+        f"({plan.timeout_seconds:g} s); the traffic went back to the old fleet"
+    )
 
 
 def _no_shift(record: EndpointRecord) -> None:
