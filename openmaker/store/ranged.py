@@ -45,6 +45,7 @@ RANGED_MIN_SIZE = 64 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
 # Parts in flight at once, each on a connection of its own.
 STREAMS = 5
+_TAIL_PART = 1024 * 1024
 _READ_SIZE = 4 * 1024 * 1024
 _URL_LIFETIME = timedelta(hours=1)
 # A connection not made by then is an error (retried); an answer may take longer.
@@ -69,7 +70,8 @@ async def download_ranged(
         os.ftruncate(fd, size)
     finally:
         os.close(fd)
-    parts = _Parts(size)
+    streams = min(STREAMS, -(-size // PART_SIZE))
+    parts = _Parts(size, streams)
     abort = Abort()
     loop = asyncio.get_running_loop()
 
@@ -79,7 +81,6 @@ async def download_ranged(
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(on_bytes, count)
 
-    streams = min(STREAMS, parts.count)
     try:
         await asyncio.gather(
             *(
@@ -92,11 +93,13 @@ async def download_ranged(
 
 
 class _Parts:
-    """The parts of an object, handed out in order to whichever stream asks first."""
+    """The parts of an object, handed out in order to whichever stream asks first. The last
+    parts shrink (to a share of what is left, down to _TAIL_PART), so that the streams end
+    together instead of the last full-size parts running alone."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, streams: int) -> None:
         self.size = size
-        self.count = -(-size // PART_SIZE)
+        self.streams = streams
         self._next = 0
         self._lock = threading.Lock()
 
@@ -104,10 +107,13 @@ class _Parts:
         """The first and last byte of the next part, or None when every part is taken."""
         with self._lock:
             start = self._next
-            if start >= self.size:
+            left = self.size - start
+            if left <= 0:
                 return None
-            self._next = start + PART_SIZE
-        return start, min(self.size, start + PART_SIZE) - 1
+            # A whole number of _TAIL_PART: parts end on page boundaries.
+            share = -(-left // (self.streams * _TAIL_PART)) * _TAIL_PART
+            self._next = start + min(PART_SIZE, share, left)
+            return start, self._next - 1
 
 
 def _stream(
