@@ -47,6 +47,12 @@ PART_SIZE = 16 * 1024 * 1024
 STREAMS = 5
 _TAIL_PART = 1024 * 1024
 _READ_SIZE = 4 * 1024 * 1024
+# What one write puts in the page cache. The kernel sizes the page-cache folios it allocates by
+# the write: a write of megabytes asks for huge ones, which on a machine whose memory is
+# fragmented (a busy one, after a few large downloads) sets it compacting memory, at up to
+# three times the CPU the bytes cost. Writes of 32 KiB (order 3, the largest the allocator
+# treats as cheap) never do.
+_WRITE_SIZE = 32 * 1024
 _URL_LIFETIME = timedelta(hours=1)
 # A connection not made by then is an error (retried); an answer may take longer.
 _CONNECT_SECONDS = 10
@@ -320,11 +326,18 @@ def _write_range(link: KeptConnection, fd: int, cursor: list[int], end: int) -> 
     view = link.buffer()
     try:
         while count := answer.readinto(view):
-            os.pwrite(fd, view[:count], cursor[0])
-            cursor[0] += count
+            _write_at(fd, view[:count], cursor)
         if cursor[0] != end + 1:
             raise EOFError(f"ranged GET of bytes {start}-{end} ended after {cursor[0] - start}")
     except BaseException:
         answer.response.close()
         raise
     link.done(answer)
+
+
+def _write_at(fd: int, data: memoryview, cursor: list[int]) -> None:
+    """Write `data` at `cursor[0]` in pieces of _WRITE_SIZE, moving the cursor."""
+    while data:
+        written = os.pwrite(fd, data[:_WRITE_SIZE], cursor[0])
+        cursor[0] += written
+        data = data[written:]
