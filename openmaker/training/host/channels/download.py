@@ -19,7 +19,7 @@ from typing import Any
 
 from openmaker.store import Download, StoreError, download_all, safe_destination
 from openmaker.store.transfer import OBJECTS_IN_FLIGHT
-from openmaker.training.host.channels.local_view import show_view, source_folder
+from openmaker.training.host.channels.local_view import local_source, show_view
 from openmaker.training.host.channels.objects import ChannelError, for_host, list_channel
 from openmaker.training.host.events import Emit
 from openmaker.training.host.plan import ChannelPlan, DataType, InputMode
@@ -131,8 +131,8 @@ def _free_bytes(folder: Path) -> int:
 def _local_view(spec: HostSpec, channel: ChannelPlan, plan: list[Download]) -> bool:
     """Show the channel's objects as a view of their folder on this machine, where it can."""
     root = spec.ml_dir / channel.folder
-    folder = source_folder(plan, root)
-    if folder is None:
+    source = local_source(plan, root)
+    if source is None:
         return False
-    wanted = {d.destination.relative_to(root).as_posix() for d in plan}
+    folder, wanted = source
     return show_view(folder, wanted, root, spec.work_dir / "channel-views" / channel.name)
