@@ -16,13 +16,12 @@ import copy
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from openmaker.algorithms.service import Algorithms
 from openmaker.algorithms.store import Store, find
 from openmaker.jobs.db import ModelPackageGroupRecord, ModelPackageRecord, Tag
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.service import add_tagged
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.listing import page
 from openmaker.shapes.errors import ValidationException
@@ -64,7 +63,8 @@ class ModelPackages:
                 approval = None
             approval = kept.pop("ModelApprovalStatus", approval)
             arn = self.store.arn("model-package", name)
-            session.add(
+            add_tagged(
+                session,
                 ModelPackageRecord(
                     name=name,
                     arn=arn,
@@ -78,16 +78,11 @@ class ModelPackages:
                     ],
                     creation_time=at,
                     last_modified_time=at,
-                )
+                ),
+                arn,
+                request.get("Tags") or [],
+                "model package",
             )
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ValidationException(
-                    f'Cannot create already existing model package "{arn}".'
-                ) from None
         return {"ModelPackageArn": arn}
 
     def _check(self, request: dict[str, Any]) -> None:
@@ -213,17 +208,13 @@ class ModelPackages:
         arn = self.store.arn("model-package-group", name)
         kept = {k: copy.deepcopy(v) for k, v in request.items() if k != "Tags"}
         with self.store.writers() as session:
-            session.add(
-                ModelPackageGroupRecord(name=name, arn=arn, request=kept, creation_time=now())
+            add_tagged(
+                session,
+                ModelPackageGroupRecord(name=name, arn=arn, request=kept, creation_time=now()),
+                arn,
+                request.get("Tags") or [],
+                "model package group",
             )
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ValidationException(
-                    f'Cannot create already existing model package group "{arn}".'
-                ) from None
         return {"ModelPackageGroupArn": arn}
 
     def group(self, name_or_arn: str) -> ModelPackageGroupRecord:

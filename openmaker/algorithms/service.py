@@ -11,12 +11,11 @@ import copy
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from openmaker.algorithms.checks import check_algorithm
 from openmaker.algorithms.store import Store, find
 from openmaker.jobs.db import AlgorithmRecord, Tag
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.service import add_tagged
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.listing import page
 from openmaker.shapes.errors import ValidationException
@@ -45,15 +44,7 @@ class Algorithms:
             creation_time=now(),
         )
         with self.store.writers() as session:
-            session.add(record)
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ValidationException(
-                    f'Cannot create already existing algorithm "{arn}".'
-                ) from None
+            add_tagged(session, record, arn, request.get("Tags") or [], "algorithm")
         return {"AlgorithmArn": arn}
 
     def get(self, name_or_arn: str, member: str = "AlgorithmName") -> AlgorithmRecord:

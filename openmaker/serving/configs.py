@@ -13,13 +13,12 @@ import copy
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs import capacity
 from openmaker.jobs.db import EndpointConfigRecord, ModelRecord, Tag
 from openmaker.jobs.resource import Instances
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.service import add_tagged
 from openmaker.serving import async_config, capture, serverless
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.listing import page
@@ -60,15 +59,13 @@ class EndpointConfigs:
                     raise ValidationException(
                         f'ProductionVariants.{index}.ModelName: Could not find model "{model_arn}".'
                     )
-            session.add(EndpointConfigRecord(name=name, arn=arn, request=kept, creation_time=now()))
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ValidationException(
-                    f'Cannot create already existing endpoint configuration "{arn}".'
-                ) from None
+            add_tagged(
+                session,
+                EndpointConfigRecord(name=name, arn=arn, request=kept, creation_time=now()),
+                arn,
+                request.get("Tags") or [],
+                "endpoint configuration",
+            )
         return {"EndpointConfigArn": arn}
 
     def get(self, name: str) -> EndpointConfigRecord:

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs import queue
 from openmaker.jobs.db import EndpointRecord, Tag
 from openmaker.jobs.executor import Executor, executor_for
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.service import add_tagged
 from openmaker.runtime.network import remove as remove_network
 from openmaker.serving import pipeline, serverless, status, updates
 from openmaker.serving.clock import as_utc, now
@@ -92,15 +91,7 @@ class Endpoints:
             instances=[],
         )
         with self.writers() as session:
-            session.add(record)
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ValidationException(
-                    f'Cannot create already existing endpoint "{arn}".'
-                ) from None
+            add_tagged(session, record, arn, request.get("Tags") or [], "endpoint")
         try:
             self._start_waiting()
         except Exception as exc:  # the endpoint must not stay Creating with nothing behind it

@@ -13,11 +13,10 @@ import copy
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import ModelRecord, Tag
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.service import add_tagged
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.listing import page
@@ -51,15 +50,13 @@ class Models:
         arn = self.arn(name)
         kept = {k: copy.deepcopy(v) for k, v in request.items() if k != "Tags"}
         with self.writers() as session:
-            session.add(ModelRecord(name=name, arn=arn, request=kept, creation_time=now()))
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ValidationException(
-                    f'Cannot create already existing model "{arn}".'
-                ) from None
+            add_tagged(
+                session,
+                ModelRecord(name=name, arn=arn, request=kept, creation_time=now()),
+                arn,
+                request.get("Tags") or [],
+                "model",
+            )
         return {"ModelArn": arn}
 
     def _with_packages(self, request: dict[str, Any]) -> dict[str, Any]:
