@@ -249,7 +249,7 @@ class TrainingJobs:
             )
             return [
                 LogRecord(e.id, stream, e.timestamp, e.message)
-                for e, stream in session.execute(query).tuples()
+                for e, stream in session.execute(query).all()
             ]
 
     def iter_log_events(self, name: str) -> Iterator[LogRecord]:
