@@ -69,14 +69,9 @@ def nodes(settings: Settings) -> list[Node]:
 
     connect(settings)
     free = state.available_resources_per_node()  # type: ignore[no-untyped-call]
-    running: dict[str, list[str]] = {}
-    # From the cluster's own tables (the state API would need Ray's dashboard).
-    for actor in state.actors(actor_state_name="ALIVE").values():
-        name = actor.get("Name") or ""
-        if name.startswith("openmaker:"):
-            _, job, host = name.split(":", 2)
-            node = (actor.get("Address") or {}).get("NodeID", "")
-            running.setdefault(node, []).append(f"{job}/{host}")
+    from openmaker.training.ray_hosts import running_hosts  # (it imports this module)
+
+    running = running_hosts()
     return [
         Node(
             address=node["NodeManagerAddress"],
