@@ -4,6 +4,7 @@ offer and run (`openmaker cluster`)."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,9 @@ _RAY_OWN = ("node:", "object_store_memory", "accelerator_type:")
 
 def connect(settings: Settings) -> None:
     """Join the cluster as a client process of its own (once per process)."""
+    # Ray's crash handler would also take SIGTERM, ending the process where a job's worker
+    # turns SIGTERM into a stop of its hosts. (Read when Ray loads.)
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     import ray
 
     if ray.is_initialized():

@@ -92,10 +92,10 @@ class RayHosts:
 
     def _ask(self) -> None:
         try:
+            connect(self.settings)  # first: it loads Ray as a job's worker needs
             import ray
             from ray.util.placement_group import placement_group
 
-            connect(self.settings)
             offered = ray.cluster_resources()  # type: ignore[no-untyped-call]
             self.bundle = bundle_for(self.specs[0].instance_type, offered)
             self.group = placement_group([self.bundle] * len(self.specs), strategy="STRICT_SPREAD")
@@ -312,7 +312,7 @@ class RayHost:
 
         left: list[Event] = []
         try:
-            if self._pump is not None and not self.lost:
+            if self.group.keys:  # its session was opened (its node's agent forgets a lost one)
                 left = ray.get(self.agent.close.remote(self.key), timeout=CLOSE_SECONDS)
         except Exception as exc:  # a lost node took the host with it
             print(f"host {self.name} not closed: {exc}")
@@ -356,6 +356,9 @@ class RayHost:
         while not self._closing.is_set():
             try:
                 events = ray.get(self.agent.drain.remote(self.key, POLL_SECONDS))
+            except ray.exceptions.ActorUnavailableError:  # out of reach for a moment
+                self._closing.wait(POLL_SECONDS)
+                continue
             except ray.exceptions.RayError:
                 return  # the session is gone: its node was lost, or the host closed
             for event in events:

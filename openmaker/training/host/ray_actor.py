@@ -61,7 +61,12 @@ class NodeAgent:
             self._owners[key] = owner
         if not self._swept and plain.network is not None and plain.network.overlay_vni is not None:
             self._swept = self._sweep(plain.settings.home)
-        session = HostSession(spec)
+        try:
+            session = HostSession(spec)
+        except BaseException:
+            with self._lock:
+                self._forget(key)
+            raise
         with self._lock:
             self._sessions[key] = session
 
@@ -104,7 +109,11 @@ class NodeAgent:
 
     def close(self, key: str) -> list[Event]:
         """Close the host and forget it; the events it emitted since the last drain."""
-        session = self._session(key)
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:  # never opened, or closed already (its worker gone)
+                self._forget(key)
+                return []
         try:
             session.close()
         finally:
