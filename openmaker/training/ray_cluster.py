@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,15 +16,38 @@ from openmaker.settings import Settings
 _RAY_OWN = ("node:", "object_store_memory", "accelerator_type:")
 
 
+_joining = threading.Lock()
+
+
+def connect_soon(settings: Settings) -> None:
+    """Start loading Ray and joining the cluster (a second or two) in the background: a later
+    `connect` waits for it, or does it if it failed."""
+
+    def join() -> None:
+        try:
+            connect(settings)
+        except Exception as exc:  # told again by the connect that needs it
+            print(f"could not join the Ray cluster yet: {exc}")
+
+    threading.Thread(target=join, name="ray-connect", daemon=True).start()
+
+
 def connect(settings: Settings) -> None:
     """Join the cluster as a client process of its own (once per process)."""
     # Ray's crash handler would also take SIGTERM, ending the process where a job's worker
     # turns SIGTERM into a stop of its hosts. (Read when Ray loads.)
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    with _joining:
+        import ray
+
+        if ray.is_initialized():
+            return
+        _init(settings)
+
+
+def _init(settings: Settings) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
     ray.init(
         address=settings.ray_address or "auto",
         namespace="openmaker",

@@ -34,7 +34,7 @@ from openmaker.training.host.training_host import (
 from openmaker.training.plan import plan_job
 from openmaker.training.recorder import TrainingRecorder
 from openmaker.training.retry import restart_or_fail
-from openmaker.training.runners import HostRunner, host_runners, upload_outputs
+from openmaker.training.runners import HostRunner, host_runners, upload_outputs, warm
 from openmaker.training.status import SecondaryStatus
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ def run_job(
     worker: WorkerRef | None = None,
 ) -> None:
     job_name = request["TrainingJobName"]
+    warm(settings)
     # What an earlier attempt left (its worker killed) must not leak into this one.
     clear_job(settings, job_name)
     recorder = TrainingRecorder(settings, job_name)
