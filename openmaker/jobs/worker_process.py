@@ -32,7 +32,10 @@ def main() -> None:
     from openmaker.settings import from_json
 
     for expected in sys.argv[1:2]:
-        _runner(expected)
+        # The runner's own heavy parts (Ray, under OPENMAKER_EXECUTOR=ray) load meanwhile too.
+        preload = getattr(_runner(expected), "preload", None)
+        if preload is not None:
+            threading.Thread(target=preload, daemon=True).start()
     # The database layer loads meanwhile: a spare worker has it ready when its job comes.
     threading.Thread(target=importlib.import_module, args=("openmaker.jobs.db",)).start()
     data = sys.stdin.read()

@@ -32,11 +32,17 @@ def connect_soon(settings: Settings) -> None:
     threading.Thread(target=join, name="ray-connect", daemon=True).start()
 
 
-def connect(settings: Settings) -> None:
-    """Join the cluster as a client process of its own (once per process)."""
+def load() -> None:
+    """Load Ray (a second or more), as a job's worker needs it."""
     # Ray's crash handler would also take SIGTERM, ending the process where a job's worker
     # turns SIGTERM into a stop of its hosts. (Read when Ray loads.)
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    import ray  # noqa: F401
+
+
+def connect(settings: Settings) -> None:
+    """Join the cluster as a client process of its own (once per process)."""
+    load()
     with _joining:
         import ray
 

@@ -31,6 +31,14 @@ class HostRunner(Protocol):
     def close(self) -> None: ...
 
 
+def load(settings: Settings) -> None:
+    """What the hosts will need, loaded by a spare worker while it waits for its job: Ray."""
+    if settings.executor == "ray":
+        from openmaker.training.ray_cluster import load as load_ray
+
+        load_ray()
+
+
 def warm(settings: Settings) -> None:
     """What the job's hosts will need, started early: under Ray, loading it and joining the
     cluster (seconds), while the worker plans the hosts."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from openmaker.runtime.overlay import node_networks, remove_node_network
+from openmaker.store.location import forget_s3_clients
 from openmaker.training.host.events import Event
 from openmaker.training.host.ray_session import HostSession, Other
 from openmaker.training.host.spec import HostSpec
@@ -129,6 +130,8 @@ class NodeAgent:
         self._sessions.pop(key, None)
         self._names.pop(key, None)
         self._owners.pop(key, None)
+        if not self._names:  # the hosts' store keys go with the last of them
+            forget_s3_clients()
 
     def _watch(self) -> None:
         """Stop and close the sessions whose job's worker has ended."""
