@@ -1,5 +1,6 @@
 """`python -m bench [--quick] [--only PART]` from the repository root (PART: overhead, cli,
-download, local, pipe, fastfile, checkpoints, api, gate, ray, images, invoke)."""
+download, local, pipe, fastfile, checkpoints, api, gate, ray, images, invoke, transform,
+server)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from bench import (
     overhead,
     pipe,
     ray,
+    transform,
 )
+from bench import server as server_jobs
 from bench.download import DataSet, KiB, MiB, s5cmd
 from tests.s3server import S3Server, running_s3_server
 
@@ -64,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "ray",
             "images",
             "invoke",
+            "transform",
+            "server",
         ],
         help="run one part only",
     )
@@ -140,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
                 lines += images.run(args.quick, scratch)
             if args.only in (None, "invoke"):
                 lines += invoke.run(args.quick, scratch)
+            if args.only in (None, "transform"):
+                lines += transform.run(args.quick, scratch)
+            if args.only in (None, "server"):
+                lines += server_jobs.run(args.quick, scratch, f"s3://{BUCKET}/output")
     elapsed = time.perf_counter() - started
     print(f"\nSummary (rclone serve s3 on loopback, MB = 10^6 bytes; {elapsed:.0f} s in all)")
     # Other work on a 2-core machine moves every figure; say how busy it was.

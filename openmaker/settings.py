@@ -30,6 +30,8 @@ DEFAULT_NETWORK_RANGE = "10.213.0.0/16"
 DEFAULT_RAY_WAIT_SECONDS = 600.0
 DEFAULT_INVOCATION_SECONDS = 60.0
 DEFAULT_HEALTH_CHECK_SECONDS = 5.0
+# How long a serverless variant's instance is kept with no invocation before it is stopped.
+DEFAULT_SERVERLESS_IDLE_SECONDS = 300.0
 # What the sandbox shows empty (folders) or as an empty file, unless OPENMAKER_SANDBOX_HIDE
 # says otherwise: the machine's secrets and its users' files. Patterns as glob(7).
 DEFAULT_HIDDEN = (
@@ -166,6 +168,9 @@ class Settings:
     # How often a serving instance is pinged once it has answered its first ping
     # (OPENMAKER_HEALTH_CHECK_SECONDS; serving/health.py).
     health_check_seconds: float = DEFAULT_HEALTH_CHECK_SECONDS
+    # How long a serverless variant's instance stays with no invocation before it is stopped
+    # (OPENMAKER_SERVERLESS_IDLE_SECONDS; serving/serverless.py).
+    serverless_idle_seconds: float = DEFAULT_SERVERLESS_IDLE_SECONDS
 
     @property
     def database_url(self) -> str:
@@ -246,6 +251,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         health_check_seconds=env.number_or(
             "OPENMAKER_HEALTH_CHECK_SECONDS", DEFAULT_HEALTH_CHECK_SECONDS
         ),
+        serverless_idle_seconds=env.number_or(
+            "OPENMAKER_SERVERLESS_IDLE_SECONDS", DEFAULT_SERVERLESS_IDLE_SECONDS
+        ),
     )
 
 
@@ -312,6 +320,7 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "advertise_address": settings.advertise_address,
         "invocation_seconds": settings.invocation_seconds,
         "health_check_seconds": settings.health_check_seconds,
+        "serverless_idle_seconds": settings.serverless_idle_seconds,
     }
 
 

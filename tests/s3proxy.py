@@ -27,6 +27,7 @@ class Seen:
     headers: dict[str, str]  # by lower-case name
     status: int = 0
     body_sent: int = 0  # bytes of the answer's body sent before it ended (or was cut)
+    peer: int = 0  # the client's port: one per connection
 
 
 Matches = Callable[[Seen], bool]
@@ -101,7 +102,7 @@ def _handler(proxy: S3Proxy) -> type[http.server.BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {name.lower(): value for name, value in self.headers.items()}
-            seen = Seen(self.command, self.path, headers)
+            seen = Seen(self.command, self.path, headers, peer=self.client_address[1])
             fault = proxy._fault_for(seen)
             if fault is not None and fault.silent:
                 proxy._released.wait()

@@ -147,6 +147,27 @@ def test_routes_without_a_session_refuse(api_server: ApiServer) -> None:
     assert http_call(api_server, "POST", "/console/token")[0] == 403
 
 
+def test_a_signed_mint_request_mints_once(api_server: ApiServer) -> None:
+    """A signed token request seen on the wire (SigV4 accepts it for 15 minutes) cannot be
+    sent again to mint a second login token."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = base(api_server).rstrip("/") + "/console/token"
+    signed = AWSRequest(method="POST", url=url, data=b"")
+    env = api_server.env
+    credentials = Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+    SigV4Auth(credentials, "sagemaker", env["AWS_REGION"]).add_auth(signed)
+    headers = dict(signed.headers.items())
+    status, _, body = http_call(api_server, "POST", "/console/token", b"", headers)
+    assert status == 200
+    assert json.loads(body)["path"].startswith("/console/login?token=")
+    status, _, body = http_call(api_server, "POST", "/console/token", b"", headers)
+    assert status == 403
+    assert b"used already" in body
+
+
 def test_the_one_time_url_logs_in_once(api_server: ApiServer, fresh: Page, tmp_path: Path) -> None:
     url = console_url(api_server)
     fresh.go(url)

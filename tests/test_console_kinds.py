@@ -17,7 +17,16 @@ from tests.apiserver import ApiServer
 from tests.browser import Page, chromium
 from tests.test_console import XSS, form_login, http_call, logged_in, pytestmark  # noqa: F401
 from tests.test_endpoints import SERVE, Deployer
-from tests.test_processing import image, processing_request, stop_all, unique
+from tests.test_processing import (
+    SLOW_SCRIPT,
+    image,
+    processing_request,
+    s3_output,
+    stop_all,
+    unique,
+    wait_ended,
+)
+from tests.test_transform import Transforms
 
 needs_sandbox = pytest.mark.skipif(
     unavailable_reason() is not None, reason="containers need the bwrap sandbox"
@@ -163,3 +172,54 @@ def test_a_processing_job_in_its_tab_and_on_its_page(
         assert fresh.text("#problem") == ""
     finally:
         stop_all(sagemaker, [name])
+
+
+@needs_sandbox
+def test_stop_buttons_of_processing_and_transform_jobs(
+    api_server: ApiServer, fresh: Page, tmp_path: Path
+) -> None:
+    sagemaker = api_server.client("sagemaker")
+    name = unique("console-stop")
+    transforms = Transforms(api_server, tmp_path)
+    try:
+        api_server.client("s3").create_bucket(Bucket=name)
+        live = s3_output("live", f"s3://{name}/live", "/opt/ml/processing/live")
+        request = processing_request(name, image(tmp_path, SLOW_SCRIPT), outputs=[live])
+        sagemaker.create_processing_job(**request)
+        # The transform job's container holds its `slow` request for ever.
+        transform = transforms.create(transforms.model(), transforms.inputs({"a.csv": "slow\n"}))
+        cookie = form_login(api_server)
+        for path in (
+            f"/console/api/kinds/processing/{name}/stop",
+            f"/console/api/kinds/transform/{transform}/stop",
+        ):
+            # Without the session's CSRF token, or with a guessed one: refused.
+            status, _, _ = http_call(api_server, "POST", path, b"", {"Cookie": cookie})
+            assert status == 403, path
+            headers = {"Cookie": cookie, "X-CSRF-Token": "guessed"}
+            assert http_call(api_server, "POST", path, b"", headers)[0] == 403
+        assert sagemaker.describe_processing_job(ProcessingJobName=name)[
+            "ProcessingJobStatus"
+        ] == "InProgress"
+
+        logged_in(fresh, api_server)
+        for kind, job, noun in (
+            ("processing", name, "processing job"),
+            ("transform", transform, "transform job"),
+        ):
+            fresh.view(f"#/{kind}/{job}")
+            fresh.wait_for("document.querySelector('#stop')?.disabled === false", 120)
+            fresh.accept_dialogs = False
+            fresh.dialogs.clear()
+            fresh.evaluate("document.querySelector('#stop').click(); true")
+            assert fresh.dialogs == [f"Stop {noun} {job}?"]
+            fresh.accept_dialogs = True
+            fresh.evaluate("document.querySelector('#stop').click(); true")
+            shown = "document.querySelector('h1 + .status')?.innerText"
+            fresh.wait_for(f"['Stopping', 'Stopped'].includes({shown})")
+            fresh.screenshot(tmp_path / f"{kind}-stopped.png")
+        assert wait_ended(sagemaker, name)["ProcessingJobStatus"] == "Stopped"
+        assert transforms.wait(transform)["TransformJobStatus"] == "Stopped"
+    finally:
+        stop_all(sagemaker, [name])
+        transforms.stop_all()

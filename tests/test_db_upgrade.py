@@ -1,5 +1,6 @@
 """A database made by the first release (before retries, capacity, tags and metrics) still
-works: the columns added since are added to it, its jobs are described and listed."""
+works: the columns added since are added to it, its jobs are described and listed, its logs
+read."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+from openmaker.jobs.cloudwatch import LogQueries, Window
 from openmaker.jobs.executor import process_start_time
+from openmaker.processing.recorder import ProcessingRecorder
+from openmaker.resources import log_groups
+from openmaker.settings import load_settings
+from openmaker.shapes.paging import encode
 from openmaker.training.service import TrainingJobs
 from tests.helpers import request
 
@@ -111,3 +117,78 @@ def test_a_job_whose_worker_an_earlier_release_recorded_by_pid_is_still_watched(
     finally:
         running.kill()
         running.wait()
+
+
+# The log tables as every release before streams were keyed by (group, name) created them.
+NAME_KEYED_LOG_TABLES = [
+    """
+    CREATE TABLE log_streams (
+        name VARCHAR(512) NOT NULL, "group" VARCHAR(512) NOT NULL, job_name VARCHAR(63) NOT NULL,
+        creation_time BIGINT NOT NULL, PRIMARY KEY (name),
+        FOREIGN KEY(job_name) REFERENCES training_jobs (name)
+    )
+    """,
+    'CREATE INDEX ix_log_streams_group ON log_streams ("group")',
+    "CREATE INDEX ix_log_streams_job_name ON log_streams (job_name)",
+    """
+    CREATE TABLE log_events (
+        id INTEGER NOT NULL, stream VARCHAR(512) NOT NULL, timestamp BIGINT NOT NULL,
+        ingestion_time BIGINT NOT NULL, message TEXT NOT NULL, PRIMARY KEY (id),
+        FOREIGN KEY(stream) REFERENCES log_streams (name)
+    )
+    """,
+    "CREATE INDEX ix_log_events_stream_id ON log_events (stream, id)",
+]
+TRAINING_GROUP = "/aws/sagemaker/TrainingJobs"
+ENDPOINT_GROUP = "/aws/sagemaker/Endpoints/shop"
+
+
+def test_log_streams_named_across_groups_are_keyed_by_group_and_name(home: Path) -> None:
+    """An old home's streams and events survive the upgrade, each event with its id (a client's
+    token names one), and a stream of the same name can then be made in another group."""
+    home.mkdir(parents=True)
+    old = sqlite3.connect(home / "openmaker.db")
+    old.execute(FIRST_RELEASE_TABLE)
+    for statement in NAME_KEYED_LOG_TABLES:
+        old.execute(statement)
+    old.executemany(
+        "INSERT INTO log_streams VALUES (?, ?, ?, 1)",
+        [("job/algo-1-100", TRAINING_GROUP, "job"), ("AllTraffic/i-1", ENDPOINT_GROUP, "shop")],
+    )
+    old.executemany(
+        "INSERT INTO log_events VALUES (?, ?, 1, 1, ?)",
+        [
+            (5, "job/algo-1-100", "first"),
+            (6, "AllTraffic/i-1", "serving"),
+            (9, "job/algo-1-100", "second"),
+        ],
+    )
+    old.commit()
+    old.close()
+
+    jobs = TrainingJobs()  # upgrades
+    assert [(e.id, e.stream, e.message) for e in jobs.iter_log_events("job")] == [
+        (5, "job/algo-1-100", "first"),
+        (9, "job/algo-1-100", "second"),
+    ]
+    logs = LogQueries.of(load_settings(), log_groups())
+    after_first = encode("GetLogEvents", {"after": 5})
+    page = logs.get_log_events(TRAINING_GROUP, "job/algo-1-100", Window(), token=after_first)
+    assert [e["message"] for e in page["events"]] == ["second"]
+    found = logs.filter_log_events(ENDPOINT_GROUP, None, None, Window())
+    assert [(e["logStreamName"], e["message"]) for e in found["events"]] == [
+        ("AllTraffic/i-1", "serving")
+    ]
+
+    recorder = ProcessingRecorder(load_settings(), "job")
+    recorder.lines("algo-1", 100_000, ["processing"], 10)
+    recorder.close()
+    processing = logs.filter_log_events("/aws/sagemaker/ProcessingJobs", None, None, Window())
+    assert [(e["logStreamName"], e["message"]) for e in processing["events"]] == [
+        ("job/algo-1-100", "processing")
+    ]
+    assert [e.message for e in jobs.iter_log_events("job")] == ["first", "second"]
+    tables = {row[0] for row in sqlite3.connect(home / "openmaker.db").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+    )}  # fmt: skip
+    assert not {"old_log_streams", "old_log_events"} & tables

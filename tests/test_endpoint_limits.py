@@ -133,7 +133,7 @@ def test_a_container_flooding_its_output_is_bounded_and_serves(small: Deployer) 
         with sessions(settings)() as session:
             total = session.scalar(
                 select(func.sum(func.length(LogEvent.message)))
-                .join(LogStream, LogStream.name == LogEvent.stream)
+                .join(LogStream, LogStream.id == LogEvent.stream_id)
                 .where(LogStream.group == group)
             )
         return int(total or 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from tests.images_kit import (
     running_registry,
     write_auth_file,
 )
+from tests.process_helpers import wait_until, worker_pid
 
 pytestmark = pytest.mark.skipif(bool(missing_tools()), reason=f"needs {missing_tools()}")
 sandboxed = pytest.mark.skipif(unavailable_reason() is not None, reason="needs the sandbox")
@@ -151,6 +153,35 @@ def test_stop_training_job_during_a_pull_stops_it(
         stop_and_wait(jobs, [name])
     assert description["TrainingJobStatus"] == "Stopped", description.get("FailureReason")
     assert not skopeo_processes(proxy.host)
+
+
+@sandboxed
+def test_a_pull_dies_with_its_worker_killed_with_sigkill(
+    home: Path,
+    tmp_path: Path,
+    registry: Registry,
+    proxy: StallingProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """skopeo runs in a process group of its own: no signal to the worker's group reaches it,
+    yet it must not pull on for a worker that is gone."""
+    access = _access(tmp_path, registry, proxy)
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(access.auth_file))
+    monkeypatch.setenv("OPENMAKER_INSECURE_REGISTRIES", ",".join(access.insecure))
+    jobs = TrainingJobs()
+    name = unique_name("pullkill")
+    try:
+        jobs.create(request(name, f"{proxy.host}/team/algo:1", "s3://out/jobs"))
+        assert proxy.stalled.wait(120), jobs.describe(name)
+        assert skopeo_processes(proxy.host)
+        pid = worker_pid(jobs, name)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not skopeo_processes(proxy.host), "skopeo to die with its worker")
+        described = jobs.describe(name)  # recovery finds the worker lost
+        assert described["TrainingJobStatus"] == "Failed", described
+    finally:
+        stop_and_wait(jobs, [name])
 
 
 @sandboxed

@@ -125,7 +125,7 @@ class _Watch:
 def _stored(jobs: TrainingJobs, name: str) -> tuple[int, int, list[str]]:
     """(events, their volume as counted towards the limit, the last three messages) of a job,
     from the database."""
-    rows = LogEvent.stream.in_(select(LogStream.name).where(LogStream.job_name == name))
+    rows = LogEvent.stream_id.in_(select(LogStream.id).where(LogStream.job_name == name))
     size = func.coalesce(func.sum(func.length(cast(LogEvent.message, LargeBinary))), 0)
     with jobs.sessions() as session:
         count, volume = session.execute(select(func.count(), size).where(rows)).one()

@@ -96,6 +96,23 @@ def test_reads_retry_5xx_answers(
     assert set(statuses[3:]) <= {200, 206} and len(statuses) == (6 if how == "ranged" else 4)
 
 
+def test_a_large_objects_parts_come_on_kept_connections(
+    s3_server: S3Server, proxy: S3Proxy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each stream asks for part after part on its one connection (keep-alive): a connection
+    per part left the streams idle while it was made."""
+    monkeypatch.setattr(ranged, "RANGED_MIN_SIZE", MiB)
+    monkeypatch.setattr(ranged, "PART_SIZE", 256 * 1024)
+    data = os.urandom(4 * MiB)
+    s3_server.client().put_object(Bucket=BUCKET, Key="kept", Body=data)
+    location = resolve(f"s3://{BUCKET}/kept", load_settings().store)
+    target = tmp_path / "kept"
+    asyncio.run(download_all([Download(location.store, location.key, len(data), target)]))
+    assert target.read_bytes() == data
+    gets = proxy.requests(object_get("kept"))
+    assert len(gets) >= 16 and len({s.peer for s in gets}) <= ranged.STREAMS
+
+
 def test_a_single_put_retries_5xx_answers(proxy: S3Proxy, tmp_path: Path) -> None:
     source = tmp_path / "small.bin"
     source.write_bytes(os.urandom(MiB))

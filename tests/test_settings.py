@@ -33,6 +33,11 @@ READERS_ALLOWED = {
     # The toolkit's framework module, run in the job's sandbox: it sets the job's own
     # distribution variables (MASTER_ADDR, TF_CONFIG) as SageMaker's framework containers do.
     "training/host/launcher.py",
+    # The framework serving stand-in, run in an endpoint's sandbox: the container contract
+    # (SAGEMAKER_PROGRAM, SAGEMAKER_BIND_TO_PORT, the toolkits' variables) is its environment.
+    "serving/framework/defaults.py",
+    "serving/framework/handlers.py",
+    "serving/framework/server.py",
 }
 
 

@@ -61,9 +61,9 @@ class Transforms:
         with contextlib.suppress(ClientError):
             self.s3.create_bucket(Bucket="batch")
 
-    def model(self) -> str:
+    def model(self, program: str = SERVE) -> str:
         name = unique_name("summer")
-        image = make_serve_image(self.tmp_path / name, SERVE)
+        image = make_serve_image(self.tmp_path / name, program)
         key = f"{name}/model.tar.gz"
         self.s3.put_object(Bucket="batch", Key=key, Body=model_archive({"m.txt": b"sum"}))
         self.sagemaker.create_model(

@@ -10,6 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from openmaker.algorithms.packages import ModelPackages
+from openmaker.algorithms.service import Algorithms
+from openmaker.algorithms.store import Store, taggable_tables
+from openmaker.algorithms.validation import Validation
+from openmaker.api.algorithms import AlgorithmHandlers, ModelPackageHandlers
 from openmaker.api.processing import ProcessingHandlers
 from openmaker.api.serving import ServingHandlers
 from openmaker.api.transform import TransformHandlers
@@ -68,7 +73,14 @@ class Backend:
         ProcessingHandlers(self.processing).register(self.handlers)
         self.transforms = TransformJobs(settings, self.serving.models, self.jobs.executor)
         TransformHandlers(self.transforms).register(self.handlers)
-        tags = Tags.of(settings, KINDS, taggable())
+        self.algorithms = Algorithms(Store.of(settings), local)
+        packages = ModelPackages(Store.of(settings), self.algorithms)
+        self.validation = Validation(
+            self.algorithms, packages, self.jobs, self.serving.models, self.transforms
+        )
+        AlgorithmHandlers(self.algorithms, self.validation).register(self.handlers)
+        ModelPackageHandlers(packages, self.validation).register(self.handlers)
+        tags = Tags.of(settings, KINDS, {**taggable(), **taggable_tables()})
         TagHandlers(tags).register(self.handlers)
         self.logs = LogQueries.of(settings, log_groups())
         LogHandlers(self.logs).register(self.handlers)
@@ -77,9 +89,11 @@ class Backend:
         """Sweep the jobs now and then: a lost worker is noticed, and waiting jobs start, even
         when no client asks about them."""
         self.jobs.watch(every)
+        self.validation.watch(every)
 
     def close(self) -> None:
         self.jobs.close()
+        self.validation.close()
 
 
 class TrainingJobHandlers:

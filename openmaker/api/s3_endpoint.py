@@ -12,8 +12,9 @@ rclone checks each request's SigV4 signature itself, with the secret its auth pr
 (`openmaker.api.gate_proxy`) gives for the request's access key: the server's key pair sees the
 whole store, a job's key only its own places (see `openmaker.jobs.gate_keys`). No secret is on
 a command line: the proxy gets the server's pair in its environment, which only root reads.
-Its folder listings are cached for one second only: whatever is written into the folder behind
-its back (a job run in a CLI's own process) shows within a second. Not zero: with
+Its folder listings are cached for a tenth of a second only (EMBEDDED_ENDPOINT_LISTING_SECONDS):
+whatever is written into the folder behind its back (a job's artifacts, a job run in a CLI's own
+process) shows within that time. Not zero: with
 `--dir-cache-time 0s` rclone 1.75 deadlocked under a handful of concurrent uploads (its cache
 cleanup timers fire without end and pile up on a folder's lock).
 """

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import shlex
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,9 +13,11 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from openmaker.cli.algorithms import algorithms_app, model_packages_app
 from openmaker.cli.endpoints import endpoints_app
 from openmaker.cli.images import images_app
-from openmaker.cli.output import console, errors, fail, when
+from openmaker.cli.output import console, errors, fail, json_default, when
+from openmaker.cli.process import process_app
 from openmaker.cli.request_builder import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN,
@@ -25,6 +26,7 @@ from openmaker.cli.request_builder import (
     load_request,
 )
 from openmaker.cli.serving_resources import endpoint_configs_app, models_app
+from openmaker.cli.transform import transform_app
 from openmaker.cli.watch import changes_file, follow, print_logs
 from openmaker.connection import (
     DEFAULT_HOST,
@@ -52,6 +54,10 @@ app.add_typer(endpoints_app, name="endpoints")  # openmaker/cli/endpoints.py
 app.add_typer(images_app, name="images")  # openmaker/cli/images.py
 app.add_typer(models_app, name="models")  # openmaker/cli/serving_resources.py
 app.add_typer(endpoint_configs_app, name="endpoint-configs")
+app.add_typer(transform_app, name="transform")  # openmaker/cli/transform.py
+app.add_typer(process_app, name="process")  # openmaker/cli/process.py
+app.add_typer(algorithms_app, name="algorithms")  # openmaker/cli/algorithms.py
+app.add_typer(model_packages_app, name="model-packages")  # openmaker/cli/algorithms.py
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -260,7 +266,7 @@ def describe_job(
     except ServiceError as exc:
         raise fail(str(exc)) from None
     if as_json:
-        print(json.dumps(description, indent=2, default=_json_default))
+        print(json.dumps(description, indent=2, default=json_default))
         return
     # Values fold rather than end in "…": a model URI is copied whole.
     table = Table(Column(no_wrap=True), Column(overflow="fold"), show_header=False, box=None)
@@ -320,6 +326,11 @@ def server(
     ] = DEFAULT_S3_PORT,
 ) -> None:
     """Serve the SageMaker API, CloudWatch Logs and the embedded store's S3 endpoint."""
+    from openmaker.jobs.executor import stop_fork_server, use_fork_server
+    from openmaker.resources import KINDS
+
+    # First, while this process has no thread or socket: the jobs' workers are forked from it.
+    use_fork_server(sorted({kind.runner for kind in KINDS}))
     from openmaker.api.server import serve  # the HTTP stack loads only for this command
 
     def announce(record: ServerRecord, store: StoreSettings) -> None:
@@ -339,6 +350,8 @@ def server(
         serve(_settings(), host, port, s3_port, announce)
     except (OSError, RuntimeError, HomeError) as exc:
         raise fail(f"the server could not start: {exc}") from None
+    finally:
+        stop_fork_server()  # the workers go on
 
 
 @app.command("env")
@@ -424,10 +437,6 @@ def console_url() -> None:
         raise fail(str(exc)) from None
 
 
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
 
 
 def main() -> None:

@@ -25,3 +25,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def when(value: Any) -> str:
     """A time in the machine's zone, to the second; empty for what is not a time."""
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else ""
+
+
+def json_default(value: object) -> str:
+    """`json.dumps`' fallback for what the services answer: times as ISO 8601."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)

@@ -88,7 +88,7 @@ class LogQueries:
         # Each stream's first and last event by its index, not by reading all its events.
         first, last = (
             select(LogEvent.id)
-            .where(LogEvent.stream == LogStream.name)
+            .where(LogEvent.stream_id == LogStream.id)
             .order_by(LogEvent.id.desc() if newest else LogEvent.id)
             .limit(1)
             .scalar_subquery()
@@ -96,7 +96,7 @@ class LogQueries:
         )
         stats = (
             select(
-                LogStream.name.label("stream"),
+                LogStream.id.label("stream"),
                 first.label("first_id"),
                 last.label("last_id"),
             )
@@ -112,7 +112,7 @@ class LogQueries:
                 tail.c.timestamp.label("last"),
                 tail.c.ingestion_time.label("ingested"),
             )
-            .join(stats, stats.c.stream == LogStream.name)
+            .join(stats, stats.c.stream == LogStream.id)
             .outerjoin(head, head.c.id == stats.c.first_id)
             .outerjoin(tail, tail.c.id == stats.c.last_id)
         )
@@ -142,9 +142,10 @@ class LogQueries:
     ) -> dict[str, Any]:
         self._check_group(group)
         with self.sessions() as session:
-            if session.get(LogStream, stream) is None:
-                raise LogsResourceNotFound("The specified log stream does not exist.")
-        query = window.apply(select(LogEvent).where(LogEvent.stream == stream))
+            found = self._stream_ids(session, group, [stream], None)
+        if not found:
+            raise LogsResourceNotFound("The specified log stream does not exist.")
+        query = window.apply(select(LogEvent).where(LogEvent.stream_id.in_(found)))
         forward = from_head
         edge = 0
         if token:
@@ -190,14 +191,14 @@ class LogQueries:
         if token and position is not None:
             after = whole_number(position, "after", LARGEST_ID, pages.invalid(token))
         with self.sessions() as session:
-            names = self._stream_names(session, group, streams, prefix)
-            scan = _Scan(session, names, window, match, limit)
+            names = self._stream_ids(session, group, streams, prefix)
+            scan = _Scan(session, list(names), window, match, limit)
             scan.run(after)
-            more = _next_id(session, names, scan.position) is not None
+            more = _next_id(session, list(names), scan.position) is not None
         result: dict[str, Any] = {
             "events": [
                 {
-                    "logStreamName": row.stream,
+                    "logStreamName": names[row.stream_id],
                     "timestamp": row.timestamp,
                     "message": row.message,
                     "ingestionTime": row.ingestion_time,
@@ -209,17 +210,18 @@ class LogQueries:
         }
         return pages.next_page(result, {"after": scan.position} if more else None)
 
-    def _stream_names(
+    def _stream_ids(
         self, session: Session, group: str, streams: list[str] | None, prefix: str | None
-    ) -> list[str]:
-        """The streams searched: those of `group` only (every kind of job logs in the same
-        tables), named in `streams`, or starting with `prefix`, or all of them."""
-        query = select(LogStream.name).where(LogStream.group == group)
+    ) -> dict[int, str]:
+        """The streams searched, by id: those of `group` only (every kind of job logs in the
+        same tables, and names are unique within a group only), named in `streams`, or starting
+        with `prefix`, or all of them."""
+        query = select(LogStream.id, LogStream.name).where(LogStream.group == group)
         if streams:
             query = query.where(LogStream.name.in_(streams))
         elif prefix:
             query = query.where(LogStream.name.startswith(prefix, autoescape=True))
-        return list(session.scalars(query))
+        return {id: name for id, name in session.execute(query)}
 
     def _check_group(self, group: str) -> None:
         # A kind's group, or one below it (an endpoint's: /aws/sagemaker/Endpoints/<name>).
@@ -250,12 +252,12 @@ class _Scan:
     def __init__(
         self,
         session: Session,
-        names: list[str] | None,
+        streams: list[int] | None,
         window: Window,
         match: Any,
         limit: int,
     ) -> None:
-        self.session, self.names, self.window, self.match = session, names, window, match
+        self.session, self.streams, self.window, self.match = session, streams, window, match
         self.connection = session.connection()
         self.limit = limit
         self.found: list[Any] = []
@@ -266,21 +268,21 @@ class _Scan:
         self.position = after
         examined = scanned = 0
         while examined < SCAN_EVENTS and scanned < SCAN_BYTES:
-            start = _next_id(self.session, self.names, self.position)
+            start = _next_id(self.session, self.streams, self.position)
             if start is None:
                 return
             end = min(start + min(SCAN_STEP, SCAN_EVENTS - examined) - 1, LARGEST_ID)
             query = self.window.apply(
                 select(
                     LogEvent.id,
-                    LogEvent.stream,
+                    LogEvent.stream_id,
                     LogEvent.timestamp,
                     LogEvent.ingestion_time,
                     LogEvent.message,
                 ).where(LogEvent.id.between(start, end))
             )
-            if self.names is not None:
-                query = query.where(LogEvent.stream.in_(self.names))
+            if self.streams is not None:
+                query = query.where(LogEvent.stream_id.in_(self.streams))
             # Core rows, not ORM ones: most of the time of a scan went into building those.
             rows = self.connection.execute(
                 query.order_by(LogEvent.id).execution_options(yield_per=1000)
@@ -308,18 +310,19 @@ class _Scan:
         return True
 
 
-def _next_id(session: Session, names: list[str] | None, after: int) -> int | None:
-    """The first row id after `after` in these streams (all when None), found by index."""
-    if names is None:
+def _next_id(session: Session, streams: list[int] | None, after: int) -> int | None:
+    """The first row id after `after` in these streams (by id; all when None), found by
+    index."""
+    if streams is None:
         return session.scalar(select(func.min(LogEvent.id)).where(LogEvent.id > after))
     first = (
         select(LogEvent.id)
-        .where(LogEvent.stream == LogStream.name, LogEvent.id > after)
+        .where(LogEvent.stream_id == LogStream.id, LogEvent.id > after)
         .order_by(LogEvent.id)
         .limit(1)
         .scalar_subquery()
     )
-    return session.scalar(select(func.min(first)).where(LogStream.name.in_(names)))
+    return session.scalar(select(func.min(first)).where(LogStream.id.in_(streams)))
 
 
 def _capped(events: Iterable[LogEvent], limit: int) -> tuple[list[LogEvent], bool]:

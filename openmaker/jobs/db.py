@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from datetime import datetime
 from functools import cache, partial
 from pathlib import Path
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     inspect,
@@ -79,20 +81,26 @@ class TrainingJob(JobRecord, Base):
 
 
 class LogStream(Base):
-    __tablename__ = "log_streams"
+    """A log stream: named uniquely within its group only, as on CloudWatch (a training job and
+    a processing job of one name may each have `<name>/algo-1-<epoch>`)."""
 
-    name: Mapped[str] = mapped_column(String(512), primary_key=True)
-    group: Mapped[str] = mapped_column(String(512), index=True)
-    job_name: Mapped[str] = mapped_column(ForeignKey("training_jobs.name"), index=True)
+    __tablename__ = "log_streams"
+    __table_args__ = (UniqueConstraint("group", "name", name="uq_log_streams_group_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    group: Mapped[str] = mapped_column(String(512))
+    name: Mapped[str] = mapped_column(String(512))
+    # The job or endpoint whose stream it is, of the kind its group says (so no foreign key).
+    job_name: Mapped[str] = mapped_column(String(63), index=True)
     creation_time: Mapped[int] = mapped_column(BigInteger)
 
 
 class LogEvent(Base):
     __tablename__ = "log_events"
-    __table_args__ = (Index("ix_log_events_stream_id", "stream", "id"),)
+    __table_args__ = (Index("ix_log_events_stream_id", "stream_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    stream: Mapped[str] = mapped_column(ForeignKey("log_streams.name"))
+    stream_id: Mapped[int] = mapped_column(ForeignKey("log_streams.id"))
     timestamp: Mapped[int] = mapped_column(BigInteger)
     ingestion_time: Mapped[int] = mapped_column(BigInteger)
     message: Mapped[str] = mapped_column(Text)
@@ -188,9 +196,40 @@ def engine_for(url: str, busy_seconds: float) -> Engine:
         event.listen(engine, "connect", partial(_tune_sqlite, busy_seconds))
         event.listen(engine, "begin", _begin)
     Base.metadata.create_all(engine)
+    _key_log_streams(engine)
     _add_new_columns(engine)
     _name_old_workers(engine)
     return engine
+
+
+def _key_log_streams(engine: Engine) -> None:
+    """Log streams named uniquely across groups (a database made before streams had an id of
+    their own) are keyed by (group, name) instead: both log tables are made anew and their rows
+    copied, each event keeping its id (tokens clients hold name them)."""
+    if "id" in {c["name"] for c in inspect(engine).get_columns("log_streams")}:
+        return  # read first: mostly there is nothing to do
+    with engine.execution_options(**{_WRITER: True}).begin() as connection:
+        inspector = inspect(connection)
+        if "id" in {c["name"] for c in inspector.get_columns("log_streams")}:
+            return  # another process upgraded it while this one waited for the lock
+        for table in ("log_events", "log_streams"):
+            for index in inspector.get_indexes(table):  # their names are the new tables' too
+                connection.exec_driver_sql(f'DROP INDEX "{index["name"]}"')
+            connection.exec_driver_sql(f'ALTER TABLE "{table}" RENAME TO "old_{table}"')
+        tables = [Base.metadata.tables[name] for name in ("log_streams", "log_events")]
+        Base.metadata.create_all(connection, tables=tables)
+        connection.exec_driver_sql(
+            'INSERT INTO log_streams ("group", name, job_name, creation_time) '
+            'SELECT "group", name, job_name, creation_time FROM old_log_streams ORDER BY name'
+        )
+        # Old stream names were unique across groups: each event joins one stream.
+        connection.exec_driver_sql(
+            "INSERT INTO log_events (id, stream_id, timestamp, ingestion_time, message) "
+            "SELECT e.id, s.id, e.timestamp, e.ingestion_time, e.message "
+            "FROM old_log_events e JOIN log_streams s ON s.name = e.stream ORDER BY e.id"
+        )
+        connection.exec_driver_sql("DROP TABLE old_log_events")
+        connection.exec_driver_sql("DROP TABLE old_log_streams")
 
 
 def _add_new_columns(engine: Engine) -> None:
@@ -288,7 +327,8 @@ def _database(settings: Settings) -> Engine:
 def _create(path: Path) -> None:
     """A new database, made whole under another name and linked into place: another process
     never takes a half-made one, so a database file found empty is never a new one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    # Named by thread too: two threads of one process may each make it.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
     temporary.unlink(missing_ok=True)
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     try:
@@ -385,3 +425,48 @@ class TransformJobRecord(JobRecord, Base):
     model: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     transform_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     transform_end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AlgorithmRecord(Base):
+    """An algorithm (CreateAlgorithm, openmaker/algorithms/): its request, kept as given, and
+    how far the validation of its profiles has gone."""
+
+    __tablename__ = "algorithms"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32))
+    # AlgorithmStatusDetails.ValidationStatuses, as Describe shows them.
+    validation: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ModelPackageGroupRecord(Base):
+    """A model package group (CreateModelPackageGroup): its request, kept as given."""
+
+    __tablename__ = "model_package_groups"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ModelPackageRecord(Base):
+    """A model package (CreateModelPackage): unversioned (`name` is its name), or a version
+    in a group (`name` is "<group>/<version>", as in its ARN)."""
+
+    __tablename__ = "model_packages"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arn: Mapped[str] = mapped_column(String(256))
+    group: Mapped[str | None] = mapped_column(String(63), index=True)
+    version: Mapped[int | None] = mapped_column(Integer)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32))
+    approval: Mapped[str | None] = mapped_column(String(32))
+    # ModelPackageStatusDetails.ValidationStatuses (openmaker/algorithms/validation.py).
+    validation: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_modified_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -8,8 +8,10 @@ same way while it does (`this_process`), so every executor understands local ref
 `local`: a detached worker process on this machine, so that a job outlives the command (or
 request) that created it. A worker spends most of its start importing openmaker (SQLAlchemy
 above all), so a process that submits jobs again and again keeps one worker started ahead,
-waiting on its standard input for the next job. A worker is told the job's kind and the module
-that runs that kind (`ResourceKind.runner`): the executor knows no kind of resource.
+waiting on its standard input for the next job. A server forks its workers from a fork server
+instead (`use_fork_server`, openmaker/jobs/forkserver.py): no Python start per job. A worker is
+told the job's kind and the module that runs that kind (`ResourceKind.runner`): the executor
+knows no kind of resource.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from openmaker.settings import Settings, process_environment, to_json
 
@@ -128,6 +131,76 @@ def local_process(worker: WorkerRef) -> tuple[int, int | None] | None:
     return int(pid), int(started) if started else None
 
 
+class ForkServer:
+    """The submitter's end of a fork server (openmaker/jobs/forkserver.py)."""
+
+    def __init__(self, runners: list[str]) -> None:
+        self.runners = runners
+        self._lock = threading.Lock()  # one request and its answer at a time
+        self._channel, self._process = self._start()
+
+    def _start(self) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            # Fork and exec, as every worker was started: it inherits nothing of this process
+            # but its standard input (close_fds) and a worker's environment.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "openmaker.jobs.forkserver", *self.runners],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                env=process_environment(),
+            )
+        return mine, process
+
+    def fork(self, runner: str) -> tuple[int, IO[bytes]]:
+        """A new worker for `runner`: its PID, and the pipe to write its order to."""
+        with self._lock:
+            try:
+                return self._ask(runner)
+            except OSError:  # it was killed: a new one (once) rather than no job at all
+                self.close()
+                self._channel, self._process = self._start()
+                return self._ask(runner)
+
+    def _ask(self, runner: str) -> tuple[int, IO[bytes]]:
+        self._channel.send(runner.encode())
+        answer, descriptors, _, _ = socket.recv_fds(self._channel, 4096, 1)
+        if not descriptors:
+            if not answer:
+                raise ConnectionError("the fork server ended")
+            raise RuntimeError(f"the fork server refused: {answer.decode()}")
+        return int(answer), os.fdopen(descriptors[0], "wb")
+
+    def close(self) -> None:
+        """The fork server ends (its workers go on)."""
+        self._channel.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=5)
+
+
+# The fork server of this process, once `use_fork_server` started it.
+_fork_server: ForkServer | None = None
+
+
+def use_fork_server(runners: list[str]) -> None:
+    """From now on, every local executor of this process forks its workers from one fork
+    server, which has loaded `runners` (ResourceKind.runner) ahead. For a long-lived submitter:
+    call it early, before threads or listening sockets exist."""
+    global _fork_server
+    if _fork_server is None:
+        _fork_server = ForkServer(runners)
+
+
+def stop_fork_server() -> None:
+    global _fork_server
+    if _fork_server is not None:
+        _fork_server.close()
+        _fork_server = None
+
+
 class LocalExecutor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -143,32 +216,48 @@ class LocalExecutor:
         before_start: Callable[[WorkerRef], None] | None = None,
     ) -> WorkerRef:
         (self.settings.jobs_dir / order.folder).mkdir(parents=True, exist_ok=True)
+        if _fork_server is not None:
+            pid, pipe = _fork_server.fork(order.runner)
+            return self._hand_over(order, settings, before_start, pid, pipe)
         worker = self.spare or _start_worker(order.runner)
         self.spare = None
         assert worker.stdin is not None
-        started = process_reference(worker.pid)
-        order = dataclasses.replace(order, worker=started)
-        # On its standard input, never its command line: the settings may hold the S3
-        # server's credentials.
-        message = {**order.to_json(), "settings": to_json(settings.for_jobs())}
-        try:
-            if before_start is not None:
-                before_start(started)
-            worker.stdin.write(json.dumps(message).encode())
-        finally:
-            worker.stdin.close()  # without an order, the worker ends at once
         self.children.append(worker)
+        started = self._hand_over(order, settings, before_start, worker.pid, worker.stdin)
         self.submitted += 1
         if self.submitted > 1:
             # Likely the next job is of the same kind: the spare loads its runner meanwhile.
             self.spare = _start_worker(order.runner)
         return started
 
+    @staticmethod
+    def _hand_over(
+        order: Order,
+        settings: Settings,
+        before_start: Callable[[WorkerRef], None] | None,
+        pid: int,
+        pipe: IO[bytes],
+    ) -> WorkerRef:
+        """Give worker `pid` its order through `pipe` (its standard input, or the pipe the fork
+        server made) once `before_start` has learnt it."""
+        started = process_reference(pid)
+        order = dataclasses.replace(order, worker=started)
+        # Through a pipe, never its command line: the settings may hold the S3 server's
+        # credentials.
+        message = {**order.to_json(), "settings": to_json(settings.for_jobs())}
+        try:
+            if before_start is not None:
+                before_start(started)
+            pipe.write(json.dumps(message).encode())
+        finally:
+            pipe.close()  # without an order, the worker ends at once
+        return started
+
     def start_ahead(self, runner: str) -> None:
         """Start the worker of the next job (run by `runner`) now, so that its start (Python,
         imports) overlaps what the submitter does before it submits (the CLI's own imports,
         the checks)."""
-        if self.spare is None:
+        if self.spare is None and _fork_server is None:
             self.spare = _start_worker(runner)
 
     def lost(self, worker: WorkerRef) -> bool:

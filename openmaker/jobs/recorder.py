@@ -45,7 +45,7 @@ BATCH_ROWS = 20_000
 METRIC_BYTES = 16
 
 INSERT_LINE = (
-    "INSERT INTO log_events (stream, timestamp, ingestion_time, message) VALUES (?, ?, ?, ?)"
+    "INSERT INTO log_events (stream_id, timestamp, ingestion_time, message) VALUES (?, ?, ?, ?)"
 )
 INSERT_METRIC = (
     "INSERT INTO metric_values (job_name, name, timestamp, value, host) VALUES (?, ?, ?, ?, ?)"
@@ -75,7 +75,7 @@ class JobRecorder(Generic[Row]):
         self.job_name, self.table, self.log_group, self.apply = job_name, table, log_group, apply
         self.queue: queue.Queue[_Item] = queue.Queue()
         self.backlog = _Backlog(BACKLOG_BYTES)
-        self.streams: dict[str, str] = {}
+        self.streams: dict[str, int] = {}  # host: its stream's id
         self.limit = _LogLimit(settings.log_limit_bytes)
         self.thread = threading.Thread(target=self._write, daemon=True)
         self.thread.start()
@@ -128,7 +128,7 @@ class JobRecorder(Generic[Row]):
         self.sessions = writer_sessions(self.settings)
         try:
             with self.sessions() as session:
-                self.limit.start(stored_bytes(session, self.job_name))
+                self.limit.start(stored_bytes(session, self.log_group, self.job_name))
         except Exception:  # counted from zero then: the limit still holds for this attempt
             traceback.print_exc()
         while True:
@@ -157,7 +157,7 @@ class JobRecorder(Generic[Row]):
 
     def _apply_all(self, batch: list[_Item]) -> None:
         assert self.sessions is not None
-        lines: list[tuple[str, int, int, str]] = []
+        lines: list[tuple[int, int, int, str]] = []
         metrics: list[tuple[str, str, int, float, str | None]] = []
         # A host's utilization samples: a few per minute, not counted towards the log limit.
         system: list[tuple[str, str, str, int, float]] = []
@@ -193,7 +193,7 @@ class JobRecorder(Generic[Row]):
         host: str,
         timestamp: int,
         messages: list[str],
-        rows: list[tuple[str, int, int, str]],
+        rows: list[tuple[int, int, int, str]],
     ) -> None:
         """Add the rows of the lines that fit under the job's limit, and the line saying that
         the limit was reached once it is."""
@@ -207,29 +207,32 @@ class JobRecorder(Generic[Row]):
             rows.append((stream, timestamp, ingested, self.limit.marker()))
             self.limit.announced = True
 
-    def _stream(self, session: Session, host: str, timestamp: int) -> str:
+    def _stream(self, session: Session, host: str, timestamp: int) -> int:
+        """The id of the host's stream in the job's group, made at its first line."""
+        from sqlalchemy import select
+
         from openmaker.jobs.db import LogStream
 
-        name = self.streams.get(host)
-        if name is None:
-            name = stream_name(self.job_name, host, timestamp // 1000)
-            self.streams[host] = name
-            # A restarted job's new attempt may start within the same second: one stream.
-            if session.get(LogStream, name) is None:
-                session.add(
-                    LogStream(
-                        name=name,
-                        group=self.log_group,
-                        job_name=self.job_name,
-                        creation_time=timestamp,
-                    )
-                )
-                session.flush()
-        return name
+        known = self.streams.get(host)
+        if known is not None:
+            return known
+        name = stream_name(self.job_name, host, timestamp // 1000)
+        # A restarted job's new attempt may start within the same second: one stream.
+        query = select(LogStream).where(LogStream.group == self.log_group, LogStream.name == name)
+        stream = session.scalars(query).first()
+        if stream is None:
+            stream = LogStream(
+                name=name, group=self.log_group, job_name=self.job_name, creation_time=timestamp
+            )
+            session.add(stream)
+            session.flush()
+        self.streams[host] = stream.id
+        return stream.id
 
 
-def stored_bytes(session: Session, job_name: str) -> int:
-    """What a job's earlier attempts stored, as counted towards its log limit."""
+def stored_bytes(session: Session, group: str, job_name: str) -> int:
+    """What a job's earlier attempts stored (in its kind's log `group`), as counted towards its
+    log limit."""
     from sqlalchemy import cast, func, select
     from sqlalchemy.types import LargeBinary
 
@@ -238,8 +241,8 @@ def stored_bytes(session: Session, job_name: str) -> int:
     size = func.length(cast(LogEvent.message, LargeBinary)) + EVENT_OVERHEAD
     lines = (
         select(func.coalesce(func.sum(size), 0))
-        .join(LogStream, LogStream.name == LogEvent.stream)
-        .where(LogStream.job_name == job_name)
+        .join(LogStream, LogStream.id == LogEvent.stream_id)
+        .where(LogStream.group == group, LogStream.job_name == job_name)
     )
     metrics = select(
         func.coalesce(func.sum(func.length(MetricValue.name) + METRIC_BYTES), 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Protocol
 
 from sqlalchemy import Select, select
 
@@ -20,6 +21,12 @@ from openmaker.jobs.db import JobRecord, sessions, writer_sessions
 from openmaker.jobs.executor import Executor
 from openmaker.jobs.resource import ResourceKind
 from openmaker.settings import Settings
+
+
+class Lock(Protocol):
+    def acquire(self, blocking: bool = ...) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 def sweep(settings: Settings, executor: Executor, kinds: Sequence[ResourceKind]) -> None:
@@ -74,16 +81,25 @@ def check(
     kinds: Sequence[ResourceKind],
     kind: ResourceKind,
     name: str,
+    lock: Lock | None = None,
 ) -> None:
     """The sweep's work for one job (of `kind`, one of `kinds`), when it needs it (its worker
-    gone, or it waits)."""
+    gone, or it waits). With `lock`: the look is taken without it, and the sweep is left out
+    while another thread holds it (that thread starts or sweeps jobs: a describe need not wait
+    for it, and the next look sees what it did)."""
     with sessions(settings)() as session:
         job = session.get(kind.table(), name)
         if job is None or job.status in kind.ended:
             return
         if not kind.lifecycle.needs_worker(job) and not _lost(job, executor):
             return
-    sweep(settings, executor, kinds)
+    if lock is None:
+        sweep(settings, executor, kinds)
+    elif lock.acquire(blocking=False):
+        try:
+            sweep(settings, executor, kinds)
+        finally:
+            lock.release()
 
 
 def _lost(job: JobRecord, executor: Executor) -> bool:

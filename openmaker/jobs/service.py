@@ -43,6 +43,19 @@ def insert(
             raise ResourceInUse(f"{noun} {job.name} already exists") from None
 
 
+def add_tagged(session: Session, record: object, arn: str, tags: list[dict[str, str]],
+               noun: str) -> None:  # fmt: skip
+    """Add `record` (a model, an endpoint, an algorithm: any resource but a job) with its
+    tags, and commit: a name taken is SageMaker's ValidationException for such resources."""
+    session.add(record)
+    try:
+        session.flush()
+        put_tags(session, arn, tags)
+        session.commit()
+    except IntegrityError:
+        raise ValidationException(f'Cannot create already existing {noun} "{arn}".') from None
+
+
 def current(
     sessions: Sessions,
     table: type[Job],

@@ -2,7 +2,9 @@
 
 It reads its order (openmaker/jobs/executor.py) on its standard input and hands it to the
 module that runs the order's kind of job (`run(order, settings, stop_before_start)`). RUNNER is
-the module it expects to need: a spare worker loads it while it waits for its order.
+the module it expects to need: a spare worker loads it while it waits for its order. A worker
+forked by the fork server (openmaker/jobs/forkserver.py) has its modules loaded already and
+runs `run_message` on what it reads.
 
 SIGTERM is caught before anything heavy is imported: a stop asked for while the worker is still
 starting is then never lost, and never kills the worker before it can record the job's end.
@@ -16,7 +18,15 @@ if TYPE_CHECKING:
     from openmaker.jobs.executor import Runner
 
 stop_before_start = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop_before_start.set())
+
+
+def catch_stop() -> None:
+    """A SIGTERM from now on sets `stop_before_start` (the runner answers it once running)."""
+    signal.signal(signal.SIGTERM, lambda *_: stop_before_start.set())
+
+
+if __name__ == "__main__":
+    catch_stop()
 
 # Only openmaker's own modules run orders (the order comes from openmaker's executor).
 RUNNERS_UNDER = "openmaker."
@@ -24,16 +34,11 @@ RUNNERS_UNDER = "openmaker."
 
 def main() -> None:
     import importlib
-    import json
-    import os
     import sys
-
-    from openmaker.jobs.executor import Order
-    from openmaker.settings import from_json
 
     for expected in sys.argv[1:2]:
         # The runner's own heavy parts (Ray, under OPENMAKER_EXECUTOR=ray) load meanwhile too.
-        preload = getattr(_runner(expected), "preload", None)
+        preload = getattr(runner(expected), "preload", None)
         if preload is not None:
             threading.Thread(target=preload, daemon=True).start()
     # The database layer loads meanwhile: a spare worker has it ready when its job comes.
@@ -41,6 +46,17 @@ def main() -> None:
     data = sys.stdin.read()
     if not data:
         return  # a spare nobody needed
+    run_message(data)
+
+
+def run_message(data: str) -> None:
+    """Run the order `data` (its JSON, with the submitter's settings) to its end."""
+    import json
+    import os
+
+    from openmaker.jobs.executor import Order
+    from openmaker.settings import from_json
+
     message = json.loads(data)
     order = Order.from_json(message)
     settings = from_json(message["settings"])
@@ -53,10 +69,10 @@ def main() -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    _runner(order.runner).run(order, settings, stop_before_start)
+    runner(order.runner).run(order, settings, stop_before_start)
 
 
-def _runner(name: str) -> "Runner":
+def runner(name: str) -> "Runner":
     import importlib
 
     if not name.startswith(RUNNERS_UNDER):

@@ -93,9 +93,11 @@ def _input_problems(inputs: list[Mapping[str, Any]]) -> Iterator[str]:
         path = source["LocalPath"]
         found = list(_local_path_problems(path, f"{at}.S3Input.LocalPath"))
         yield from found
-        if not found and (other := _overlap(path, paths)):
+        # One input may lie in another's folder, as SageMaker allows (the SDK's processors put
+        # their code at /opt/ml/processing/input/code, beside data at /opt/ml/processing/input).
+        if not found and (other := paths.get(PurePosixPath(path))):
             yield failure(
-                path, f"{at}.S3Input.LocalPath", f"Member must not overlap the LocalPath of {other}"
+                path, f"{at}.S3Input.LocalPath", f"Member must not be the LocalPath of {other}"
             )
         paths[PurePosixPath(path)] = at
         mode = source.get("S3InputMode") or "File"

@@ -89,17 +89,9 @@ class _Leftovers:
 
     def remove_stale(self, settings: Settings, running: Callable[[list[str]], set[str]]) -> None:
         """Bridges and memory cgroups of processing jobs no worker runs."""
-        from openmaker.training.host.site import (
-            jobs_with_cgroups,
-            jobs_with_networks,
-            remove_job_cgroups,
-            remove_network,
-        )
+        from openmaker.training.host.site import remove_stale_hosts
 
-        for stale in PROCESSING.stale(jobs_with_cgroups(settings.home), running):
-            remove_job_cgroups(settings.home, stale)
-        for stale in PROCESSING.stale(jobs_with_networks(settings.home), running):
-            remove_network(settings.home, stale)
+        remove_stale_hosts(PROCESSING, settings, running)
 
 
 PROCESSING = ResourceKind(

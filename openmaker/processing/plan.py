@@ -98,6 +98,7 @@ def plan_processing(request: Mapping[str, Any], arn: str) -> ProcessingPlan:
         config_dir=CONFIG_DIR,
         failure_file=MESSAGE_FILE,
         folders=tuple(output.folder for output in outputs),
+        program="processing program",
     )
     count = int(cluster["InstanceCount"])
     return ProcessingPlan(name, arn, tuple(f"algo-{i}" for i in range(1, count + 1)), plan, outputs)

@@ -51,7 +51,9 @@ def private_mount_namespace(detach_under: str, keep: str) -> None:
         for line in table:
             point = unescape(line.split()[4])
             inside = point.startswith(detach_under.rstrip("/") + "/")
-            if inside and point != keep and not point.startswith(keep.rstrip("/") + "/"):
+            # What holds `keep` stays too (the volume its owner's folder is on).
+            holds_keep = keep.startswith(point.rstrip("/") + "/")
+            if inside and point != keep and not holds_keep and not point.startswith(keep + "/"):
                 points.append(point)
     for point in sorted(points, reverse=True):
         _libc.umount2(os.fsencode(point), MNT_DETACH)  # gone already with its parent: fine

@@ -53,7 +53,9 @@ def accept(endpoints: Endpoints, name: str, headers: dict[str, str]) -> dict[str
         )
     ttl = _bounded(headers, "X-Amzn-SageMaker-RequestTTLSeconds", "requestTTLSeconds", TTL_SECONDS)
     timeout = _bounded(
-        headers, "X-Amzn-SageMaker-InvocationTimeoutSeconds", "invocationTimeoutSeconds",
+        headers,
+        "X-Amzn-SageMaker-InvocationTimeoutSeconds",
+        "invocationTimeoutSeconds",
         TIMEOUT_SECONDS,
     )
     object_name = str(uuid.uuid4())

@@ -1,9 +1,10 @@
 """Endpoint configurations: CreateEndpointConfig, Describe, List, Delete.
 
 Each production variant names a model that exists, an instance type (against the capacity
-catalog, openmaker/jobs/capacity.py) and a count. What openmaker cannot serve yet (serverless
-variants, shadow variants, explainers) is refused here; AsyncInferenceConfig and
-DataCaptureConfig are checked by serving/async_config.py and serving/capture.py.
+catalog, openmaker/jobs/capacity.py) and a count, or a ServerlessConfig (serving/serverless.py).
+What openmaker cannot serve yet (shadow variants, explainers) is refused here;
+AsyncInferenceConfig and DataCaptureConfig are checked by serving/async_config.py and
+serving/capture.py.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ import copy
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs import capacity
 from openmaker.jobs.db import EndpointConfigRecord, ModelRecord, Tag
 from openmaker.jobs.resource import Instances
-from openmaker.jobs.tags import put as put_tags
-from openmaker.serving import async_config, capture
+from openmaker.jobs.service import add_tagged
+from openmaker.serving import async_config, capture, serverless
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.listing import page
 from openmaker.settings import Settings
 from openmaker.shapes.arn import resource_arn
 from openmaker.shapes.errors import ValidationException
 
+INSTANCE_MEMBERS = ("ModelName", "InstanceType", "InitialInstanceCount")
 NOT_YET = (
     "ShadowProductionVariants",
     "ExplainerConfig",
@@ -58,15 +59,13 @@ class EndpointConfigs:
                     raise ValidationException(
                         f'ProductionVariants.{index}.ModelName: Could not find model "{model_arn}".'
                     )
-            session.add(EndpointConfigRecord(name=name, arn=arn, request=kept, creation_time=now()))
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ValidationException(
-                    f'Cannot create already existing endpoint configuration "{arn}".'
-                ) from None
+            add_tagged(
+                session,
+                EndpointConfigRecord(name=name, arn=arn, request=kept, creation_time=now()),
+                arn,
+                request.get("Tags") or [],
+                "endpoint configuration",
+            )
         return {"EndpointConfigArn": arn}
 
     def get(self, name: str) -> EndpointConfigRecord:
@@ -116,21 +115,20 @@ class EndpointConfigs:
                     "used twice; each variant needs a name of its own"
                 )
             names.add(variant["VariantName"])
-            if variant.get("ServerlessConfig") is not None:
-                raise ValidationException(
-                    f"{member}.ServerlessConfig: serverless variants are not served by "
-                    "openmaker yet"
-                )
-            for required in ("ModelName", "InstanceType", "InitialInstanceCount"):
-                if variant.get(required) is None:
+            serverless_variant = serverless.config_of(variant) is not None
+            if serverless_variant:
+                serverless.check(member, variant)
+            required = ("ModelName",) if serverless_variant else INSTANCE_MEMBERS
+            for wanted in required:
+                if variant.get(wanted) is None:
                     raise ValidationException(
-                        f"Value null at '{member}.{required}' failed to satisfy constraint: "
+                        f"Value null at '{member}.{wanted}' failed to satisfy constraint: "
                         "Member must not be null"
                     )
-            instances = Instances(
-                variant["InstanceType"], int(variant["InitialInstanceCount"]), member
-            )
-            capacity.check_can_fit(instances, machine, "endpoint")
+            instance_type = variant.get("InstanceType", serverless.PLACEMENT_TYPE)
+            count = int(variant.get("InitialInstanceCount", 1))
+            capacity.check_can_fit(Instances(instance_type, count, member), machine, "endpoint")
+        serverless.check_config(request)
 
 
 def _summary(config: EndpointConfigRecord) -> dict[str, Any]:

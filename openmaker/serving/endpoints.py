@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs import queue
 from openmaker.jobs.db import EndpointRecord, Tag
 from openmaker.jobs.executor import Executor, executor_for
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.service import add_tagged
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import pipeline, status, updates
+from openmaker.serving import pipeline, serverless, status, updates
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.configs import EndpointConfigs
 from openmaker.serving.kind import ENDPOINT, fail, network_key
@@ -42,6 +41,7 @@ class Variant:
     addresses: tuple[str, ...]  # host:port of its healthy instances
     streams: tuple[str, ...]  # their log streams, by instance
     model: dict[str, Any] = field(default_factory=dict)  # its model's CreateModel request
+    serverless: dict[str, Any] | None = None  # its ServerlessConfig (serving/serverless.py)
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,7 @@ class Endpoints:
             instances=[],
         )
         with self.writers() as session:
-            session.add(record)
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ValidationException(
-                    f'Cannot create already existing endpoint "{arn}".'
-                ) from None
+            add_tagged(session, record, arn, request.get("Tags") or [], "endpoint")
         try:
             self._start_waiting()
         except Exception as exc:  # the endpoint must not stay Creating with nothing behind it
@@ -219,20 +211,12 @@ class Endpoints:
             row = session.get(EndpointRecord, name)
         if row is None:
             return None
-        variants = []
-        for variant in row.config["ProductionVariants"]:
-            mine = [
-                i for i in row.instances if i["variant"] == variant["VariantName"] and i["healthy"]
-            ]
-            variants.append(
-                Variant(
-                    variant["VariantName"],
-                    float(variant.get("InitialVariantWeight", 1.0)),
-                    tuple(i["address"] for i in mine),
-                    tuple(f"{variant['VariantName']}/{i['id']}" for i in mine),
-                    row.models.get(variant["ModelName"], {}),
-                )
-            )
+        pending = row.pending_update or {}
+        share = float(pending.get("traffic", 0.0))  # the new fleet's, in a canary or linear update
+        variants = _variants(row.config, row.models, row.instances, False, 1.0 - share)
+        if share > 0:
+            new = _variants(pending["config"], pending["models"], row.instances, True, share)
+            variants += new
         return Route(row.status, tuple(variants))
 
     def _checked(self, name: str) -> EndpointRecord:
@@ -266,6 +250,36 @@ class Endpoints:
         return ValidationException(f'Could not find endpoint "{self.arn(name)}".')
 
 
+def _variants(
+    config: dict[str, Any],
+    models: dict[str, Any],
+    instances: builtins.list[dict[str, Any]],
+    green: bool,
+    share: float,
+) -> builtins.list[Variant]:
+    """`config`'s variants, with the healthy instances of the fleet (`green`: the new one of an
+    update under way) and `share` of their weights."""
+    found = []
+    for variant in config["ProductionVariants"]:
+        name = variant["VariantName"]
+        mine = [
+            i
+            for i in instances
+            if i["variant"] == name and i["healthy"] and bool(i.get("green")) == green
+        ]
+        found.append(
+            Variant(
+                name,
+                float(variant.get("InitialVariantWeight", 1.0)) * share,
+                tuple(i["address"] for i in mine),
+                tuple(f"{name}/{i['id']}" for i in mine),
+                models.get(variant["ModelName"], {}),
+                serverless.config_of(variant),
+            )
+        )
+    return found
+
+
 def _variant_summary(
     row: EndpointRecord, variant: dict[str, Any], models: dict[str, Any], pending: bool = False
 ) -> dict[str, Any]:
@@ -273,21 +287,32 @@ def _variant_summary(
     in the route), and those an update under way asks for."""
     name = variant["VariantName"]
     model = models.get(variant["ModelName"], {})
-    healthy = sum(1 for i in row.instances if i["variant"] == name and i["healthy"])
+    healthy = sum(
+        1 for i in row.instances if i["variant"] == name and i["healthy"] and not i.get("green")
+    )
     weight = float(variant.get("InitialVariantWeight", 1.0))
-    count = int(variant["InitialInstanceCount"])
     desired = (row.desired_variants or {}).get(name)
     summary: dict[str, Any] = {
         "VariantName": name,
         "CurrentWeight": weight,
         "DesiredWeight": weight if desired is None else desired["weight"],
-        "CurrentInstanceCount": 0 if pending else healthy,
-        "DesiredInstanceCount": count if desired is None else desired["count"],
     }
+    config = serverless.config_of(variant)
+    if config is not None:  # no instance counts: its instances follow its invocations
+        changed = None if desired is None else desired.get("serverless")
+        summary["DesiredServerlessConfig"] = changed or config
+        if not pending:
+            summary["CurrentServerlessConfig"] = config
+    else:
+        count = int(variant["InitialInstanceCount"])
+        summary["CurrentInstanceCount"] = 0 if pending else healthy
+        summary["DesiredInstanceCount"] = count if desired is None else desired["count"]
     if pending:  # the shape of a pending variant has no current figures
-        summary = {k: summary[k] for k in ("VariantName", "DesiredWeight")}
-        summary["DesiredInstanceCount"] = count
-        summary["InstanceType"] = variant["InstanceType"]
+        summary.pop("CurrentWeight")
+        summary.pop("CurrentInstanceCount", None)
+        if config is None:
+            summary["DesiredInstanceCount"] = int(variant["InitialInstanceCount"])
+            summary["InstanceType"] = variant["InstanceType"]
     images = [c["Image"] for c in pipeline.containers(model) if c.get("Image")]
     if images:  # one per container (an inference pipeline's each)
         summary["DeployedImages"] = [{"SpecifiedImage": i, "ResolvedImage": i} for i in images]

@@ -3,7 +3,8 @@ own on the endpoint's bridge, listening on 8080 as on SageMaker, and its health.
 
 Its folder (`$OPENMAKER_HOME/endpoints/<endpoint>/<instance>`) holds the model data, shown
 read-only at /opt/ml/model, and the container's copy-on-write state; it goes with the instance.
-The container is held to the instance's share of the machine (serving/limits.py).
+The container is held to the instance's share of the machine (serving/limits.py), and with
+`VolumeSizeInGB` the folder is a disk volume of its own (runtime/volume.py).
 
 An inference pipeline's instance runs each of its containers (serving/pipeline.py) in that
 namespace, each on its own port with its own model data and state (`<folder>/<hostname>/`),
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from openmaker.runtime import Bind, Container, ContainerSpec
+from openmaker.runtime import Bind, Container, ContainerSpec, volume
 from openmaker.runtime import limits as runtime_limits
 from openmaker.runtime.images import Cancelled, ImageContainer, never
 from openmaker.runtime.layers import hidden_paths
@@ -33,7 +34,7 @@ from openmaker.runtime.spec import Limits
 from openmaker.serving import limits, multi_model
 from openmaker.serving.framework import standin
 from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage, pull, resolve
-from openmaker.serving.model_data import fetch
+from openmaker.serving.model_data import ModelDataError, fetch
 from openmaker.serving.pipeline import ContainerGroup, Member, members
 from openmaker.serving.placement import Share
 from openmaker.settings import Settings
@@ -58,6 +59,10 @@ class InstancePlan:
     instance_type: str = "ml.local"
     # An inference pipeline's containers (`container` is the first's), each with its image.
     pipeline: tuple[tuple[Member, ServingImage], ...] = ()
+    # Its memory in bytes when not its instance type's (a serverless variant's MemorySizeInMB).
+    memory: int | None = None
+    # A disk volume of its own for its folder, in GB (VolumeSizeInGB; None: openmaker's disk).
+    volume_gb: int | None = None
 
     @property
     def stream(self) -> str:
@@ -94,6 +99,7 @@ class Instance:
         self.ready = False
         self.multi_model = multi_model.is_multi_model(plan.container)
         self.cgroups: list[tuple[str, ...]] = []  # its containers' (released when they stop)
+        self.volume: volume.Volume | None = None
 
     def _parts(self) -> list[_Part]:
         plan = self.plan
@@ -108,6 +114,7 @@ class Instance:
     def prepare(self, cancelled: Cancelled = never) -> None:
         """Fetch the model data (ModelDataError says why it cannot be had) and pull the images
         (ImageError; a pull interrupted once `cancelled()`)."""
+        self._mount_volume()
         if self.multi_model:  # its models come as they are asked for
             (self.folder / multi_model.FOLDER).mkdir(parents=True, exist_ok=True)
         for part in self._parts():
@@ -115,7 +122,17 @@ class Instance:
             for folder in (model, part.folder / "scratch", part.folder / "state"):
                 folder.mkdir(parents=True, exist_ok=True)
             if not self.multi_model:
-                fetch(part.container, model, part.folder / "scratch", self.settings.store)
+                try:
+                    fetch(part.container, model, part.folder / "scratch", self.settings.store)
+                except (ModelDataError, OSError) as exc:
+                    if self.volume is None or not self.volume.mounted:
+                        raise
+                    if not (volume.no_space_left(exc) or volume.is_full(self.volume)):
+                        raise
+                    raise ModelDataError(
+                        "the model data does not fit on the instance's "
+                        f"{self.volume.size_gb} GB volume (VolumeSizeInGB): {exc}"
+                    ) from None
             if part.image.framework is not None:
                 standin.fetch_code(part.container, part.folder, self.settings.store)
             self.pulled[part.name] = pull(part.image, self.settings, cancelled)
@@ -261,7 +278,23 @@ class Instance:
             self.namespace.close()
             self.namespace = None
 
+    def _mount_volume(self) -> None:
+        """Its folder on a volume of its own, when the variant asks for one (VolumeSizeInGB):
+        the model data and what its containers write count against it."""
+        if self.plan.volume_gb is None or self.volume is not None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.volume = volume.mount(
+                self.folder, self.plan.volume_gb, self.settings.home / "endpoints"
+            )
+        except volume.VolumeError as exc:
+            raise ModelDataError(exc.reason) from None
+
     def remove(self) -> None:
+        if self.volume is not None:
+            volume.detach(self.volume)
+            self.volume = None
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import LogEvent, LogStream
@@ -37,7 +38,7 @@ class EndpointLogs:
         self._pending_bytes = 0
         self._dropped: dict[str, int] = {}
         self._stored = 0
-        self._streams: set[str] = set()
+        self._streams: dict[str, int] = {}  # name: id, in the group
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -83,23 +84,24 @@ class EndpointLogs:
         if not batch:
             return
         with self.writers() as session:
-            for stream in {stream for stream, _, _ in batch} - self._streams:
-                if session.get(LogStream, stream) is None:
-                    session.add(
-                        LogStream(
-                            name=stream,
-                            group=self.group,
-                            job_name=self.endpoint,
-                            creation_time=now,
-                        )
-                    )
-                self._streams.add(stream)
-            session.flush()
+            for stream in {stream for stream, _, _ in batch} - self._streams.keys():
+                self._streams[stream] = self._stream_id(session, stream, now)
             session.add_all(
-                LogEvent(stream=s, timestamp=t, ingestion_time=now, message=m) for s, t, m in batch
+                LogEvent(stream_id=self._streams[s], timestamp=t, ingestion_time=now, message=m)
+                for s, t, m in batch
             )
             session.commit()
         self._stored += sum(len(m) for _, _, m in batch)
+
+    def _stream_id(self, session: Session, stream: str, now: int) -> int:
+        query = select(LogStream.id).where(LogStream.group == self.group, LogStream.name == stream)
+        found = session.scalar(query)
+        if found is not None:
+            return found
+        made = LogStream(name=stream, group=self.group, job_name=self.endpoint, creation_time=now)
+        session.add(made)
+        session.flush()
+        return made.id
 
     def close(self) -> None:
         self._closed.set()

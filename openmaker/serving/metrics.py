@@ -7,6 +7,7 @@ Each invocation a variant's container was sent adds to:
   5xx, did not answer at all; else 0);
 - `ModelLatency` (the container's part) and `OverheadLatency` (the rest, from the request's
   arrival to its answer), in microseconds, for those the container answered.
+A serverless variant's cold start adds `ModelSetupTime` (microseconds) once.
 
 The proxy only adds to sums in memory (a lock and a few additions); a thread writes what was
 added as one statistic set per series every FLUSH_SECONDS, all in one transaction, and what is
@@ -37,7 +38,9 @@ ERRORS_4XX = "Invocation4XXErrors"
 ERRORS_5XX = "Invocation5XXErrors"
 MODEL_LATENCY = "ModelLatency"
 OVERHEAD_LATENCY = "OverheadLatency"
-LATENCIES = (MODEL_LATENCY, OVERHEAD_LATENCY)
+# A serverless variant's cold start: from an invocation finding no instance to one answering.
+MODEL_SETUP_TIME = "ModelSetupTime"
+LATENCIES = (MODEL_LATENCY, OVERHEAD_LATENCY, MODEL_SETUP_TIME)
 METRICS = (INVOCATIONS, PER_INSTANCE, ERRORS_4XX, ERRORS_5XX, *LATENCIES)
 FLUSH_SECONDS = 1.0
 
@@ -94,6 +97,13 @@ class InvocationMetrics:
         if model_seconds is not None:
             values.append((MODEL_LATENCY, round(model_seconds * 1e6)))
             values.append((OVERHEAD_LATENCY, round(max(total_seconds - model_seconds, 0) * 1e6)))
+        self._add(endpoint, variant, values)
+
+    def setup(self, endpoint: str, variant: str, seconds: float) -> None:
+        """A serverless variant's instance started for an invocation that waited `seconds`."""
+        self._add(endpoint, variant, [(MODEL_SETUP_TIME, round(seconds * 1e6))])
+
+    def _add(self, endpoint: str, variant: str, values: list[tuple[str, float]]) -> None:
         with self._lock:
             if not self._sums:  # the first since the last write: its period starts now
                 self._since = _now_ms()

@@ -13,11 +13,10 @@ import copy
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import ModelRecord, Tag
-from openmaker.jobs.tags import put as put_tags
+from openmaker.jobs.service import add_tagged
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.listing import page
@@ -45,21 +44,30 @@ class Models:
         return resource_arn("model", name, self.region, self.account_id)
 
     def create(self, request: dict[str, Any]) -> dict[str, str]:
+        request = self._with_packages(request)
         check_model(request, self.local)
         name = request["ModelName"]
         arn = self.arn(name)
         kept = {k: copy.deepcopy(v) for k, v in request.items() if k != "Tags"}
         with self.writers() as session:
-            session.add(ModelRecord(name=name, arn=arn, request=kept, creation_time=now()))
-            try:
-                session.flush()
-                put_tags(session, arn, request.get("Tags") or [])
-                session.commit()
-            except IntegrityError:
-                raise ValidationException(
-                    f'Cannot create already existing model "{arn}".'
-                ) from None
+            add_tagged(
+                session,
+                ModelRecord(name=name, arn=arn, request=kept, creation_time=now()),
+                arn,
+                request.get("Tags") or [],
+                "model",
+            )
         return {"ModelArn": arn}
+
+    def _with_packages(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Containers that name a model package, as the package serves them."""
+        containers = [request.get("PrimaryContainer") or {}, *(request.get("Containers") or [])]
+        if not any(c.get("ModelPackageName") for c in containers):
+            return request
+        from openmaker.algorithms.packages import with_packages
+
+        with self.sessions() as session:
+            return with_packages(session, request)
 
     def get(self, name: str) -> ModelRecord:
         with self.sessions() as session:

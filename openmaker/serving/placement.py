@@ -45,6 +45,7 @@ class Wanted:
     instance: str  # its id
     instance_type: str
     member: str  # the request member asking for it, for messages
+    memory: int | None = None  # bytes, when not the instance type's (a serverless instance)
 
 
 def reserve(
@@ -76,6 +77,8 @@ def reserve(
                 raise InsufficientCapacity(_message(instances, machine, used))
             used.append(placed)
             for want, host in zip(group, placed["hosts"], strict=True):
+                if want.memory is not None:
+                    host["memory"] = want.memory
                 added.append({**host, "instance": want.instance})
         row.placement = {"hosts": mine + added}
         session.commit()

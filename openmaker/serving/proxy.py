@@ -14,12 +14,14 @@ Each invocation is measured for the endpoint's CloudWatch metrics (serving/metri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from openmaker.serving import multi_model, pipeline
+from openmaker.serving import multi_model, pipeline, serverless
 from openmaker.serving.async_exchange import AsyncConnections, ExchangeError
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
@@ -45,6 +47,10 @@ PASSED_HEADERS = (
     "X-Amzn-SageMaker-Target-Container-Hostname",
 )
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+# How long an invocation waits for a serverless variant's instance to start, and how often it
+# looks whether it has.
+COLD_START_SECONDS = 180.0
+COLD_START_POLL_SECONDS = 0.1
 
 
 class InvocationError(Exception):
@@ -78,6 +84,7 @@ class Invoker:
         self.connections = ConnectionPool(self.invocation_seconds)
         self.loop_connections = AsyncConnections(self.invocation_seconds)
         self.metrics = InvocationMetrics(endpoints.sessions)
+        self.serverless = serverless.Gate()
         self.multi_models = multi_model.MultiModels(
             endpoints.settings.store, self.invocation_seconds
         )
@@ -93,6 +100,22 @@ class Invoker:
         """`received`: when the request arrived (time.perf_counter), for OverheadLatency."""
         received = time.perf_counter() if received is None else received
         chosen, address, stream = self._choose(name, target_variant)
+        if chosen.serverless is None:
+            return self._invoke(name, chosen, address, stream, body, headers, received)
+        with self._serverless_held(name, chosen):
+            chosen, address, stream = self._warm(name, chosen, address, stream)
+            return self._invoke(name, chosen, address, stream, body, headers, received)
+
+    def _invoke(
+        self,
+        name: str,
+        chosen: Variant,
+        address: str,
+        stream: str,
+        body: bytes,
+        headers: dict[str, str],
+        received: float,
+    ) -> Answer:
         variant = chosen.name
         try:
             answer = self._dispatch(name, chosen, address, stream, body, headers)
@@ -102,6 +125,55 @@ class Invoker:
         self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
         self._measured(name, variant, 200, answer.model_seconds, received)
         return answer
+
+    @contextlib.contextmanager
+    def _serverless_held(self, name: str, variant: Variant) -> Iterator[None]:
+        """A serverless variant's invocation: within its MaxConcurrency, and marked as asked
+        for as it starts and ends (the worker's idle clock, serving/serverless.py)."""
+        assert variant.serverless is not None
+        most = int(variant.serverless["MaxConcurrency"])
+        demand = serverless.demand_file(self.endpoints.settings, name, variant.name)
+        try:
+            with self.serverless.held(name, variant.name, most):
+                serverless.mark(demand)
+                try:
+                    yield
+                finally:
+                    serverless.mark(demand)
+        except serverless.Throttled as exc:
+            raise InvocationError("ThrottlingException", 429, str(exc)) from None
+
+    def _warm(
+        self, name: str, variant: Variant, address: str, stream: str
+    ) -> tuple[Variant, str, str]:
+        """A serverless variant's instance: one that serves, else one started for this
+        invocation (a cold start; the worker starts it on the demand file's mark)."""
+        if address:
+            return variant, address, stream
+        started = time.perf_counter()
+        demand = serverless.demand_file(self.endpoints.settings, name, variant.name)
+        deadline = time.monotonic() + COLD_START_SECONDS
+        while time.monotonic() < deadline:
+            serverless.mark(demand)
+            route = self.endpoints.route(name)
+            self._routes[name] = (time.monotonic(), route)
+            found = next(
+                (v for v in (route.variants if route else ()) if v.name == variant.name), None
+            )
+            if found is None:
+                break
+            if found.addresses:
+                self.metrics.setup(name, variant.name, time.perf_counter() - started)
+                address = random.choice(found.addresses)
+                return found, address, found.streams[found.addresses.index(address)]
+            time.sleep(COLD_START_POLL_SECONDS)
+        raise InvocationError(
+            "ModelNotReadyException",
+            429,
+            f"The serverless variant {variant.name} of endpoint {name} has no instance ready "
+            f"yet ({COLD_START_SECONDS:g} seconds after this invocation asked for one); try "
+            "again.",
+        )
 
     async def invoke_async(
         self,
@@ -118,10 +190,10 @@ class Invoker:
         if self._route_known(name):
             chosen, address, stream = self._choose(name, target_variant)
         else:
-            chosen, address, stream = await asyncio.to_thread(
-                self._choose, name, target_variant
-            )
-        if not self._single(name, chosen, headers):  # a pipeline, a multi-model endpoint
+            chosen, address, stream = await asyncio.to_thread(self._choose, name, target_variant)
+        if chosen.serverless is not None or not self._single(name, chosen, headers):
+            # A serverless variant (its concurrency and cold start), a pipeline, a multi-model
+            # endpoint.
             return await asyncio.to_thread(
                 self.invoke, name, body, headers, target_variant, received
             )
@@ -198,6 +270,8 @@ class Invoker:
     def pick(self, name: str, target_variant: str | None) -> tuple[str, str, str]:
         """An instance to take an invocation of `name`: its address, log stream, variant."""
         variant, address, stream = self._choose(name, target_variant)
+        if variant.serverless is not None:
+            variant, address, stream = self._warm(name, variant, address, stream)
         return address, stream, variant.name
 
     def _choose(self, name: str, target_variant: str | None) -> tuple[Variant, str, str]:
@@ -207,6 +281,8 @@ class Invoker:
                 "ValidationError", 400, f"Endpoint {name} of account {self.account_id} not found."
             )
         variant = self._variant(name, route, target_variant)
+        if not variant.addresses:  # a serverless variant with no instance now
+            return variant, "", ""
         address = random.choice(variant.addresses)
         return variant, address, variant.streams[variant.addresses.index(address)]
 
@@ -289,10 +365,10 @@ class Invoker:
                     400,
                     f"The variant {target} is not a production variant of endpoint {name}.",
                 )
-            candidates = [v for v in named if v.addresses]
+            candidates = [v for v in named if _can_take(v)]
         else:
-            candidates = [v for v in route.variants if v.addresses and v.weight > 0]
-        if route.status != "InService" and not candidates:
+            candidates = [v for v in route.variants if _can_take(v) and v.weight > 0]
+        if route.status != "InService" and not any(v.addresses for v in candidates):
             raise InvocationError(
                 "ValidationError",
                 400,
@@ -408,3 +484,9 @@ class Invoker:
             OriginalMessage=text[:ORIGINAL_MESSAGE_CHARS],
             LogStreamArn=arn,
         )
+
+
+def _can_take(variant: Variant) -> bool:
+    """Whether invocations may go to the variant: it has an instance in the route, or it is
+    serverless (one is started for them)."""
+    return bool(variant.addresses) or variant.serverless is not None

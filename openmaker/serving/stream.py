@@ -118,4 +118,3 @@ def open_stream(
     attributes = response.getheader(CUSTOM_ATTRIBUTES)
     extra = {CUSTOM_ATTRIBUTES: attributes} if attributes else {}
     return Stream(variant, content_type, extra, connection, response, deadline)
-

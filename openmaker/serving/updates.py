@@ -5,8 +5,7 @@ endpoint to `InService`.
 - UpdateEndpoint: the new configuration and its models as they are now, in `pending_update`.
   `RetainAllVariantProperties` keeps the weights and counts of the variants the new
   configuration shares with the old, but those named in `ExcludeRetainedVariantProperties`.
-  The deployment is blue/green, all at once (the only `DeploymentConfig` taken); there is no
-  baking period or alarm to roll back on.
+  The deployment is blue/green, its `DeploymentConfig` as serving/deployment.py reads it.
 - UpdateEndpointWeightsAndCapacities: each named variant's desired weight and count, in
   `desired_variants`; weights and counts take effect together once the added instances are
   healthy.
@@ -22,7 +21,7 @@ from typing import Any
 from openmaker.jobs import capacity
 from openmaker.jobs.db import EndpointRecord
 from openmaker.jobs.resource import Instances
-from openmaker.serving import status
+from openmaker.serving import deployment, serverless, status
 from openmaker.settings import Settings
 from openmaker.shapes.errors import ValidationException
 
@@ -46,18 +45,6 @@ def pending_update(
     models: dict[str, Any],
 ) -> dict[str, Any]:
     """What the worker is asked to deploy for UpdateEndpoint `request`."""
-    deployment = request.get("DeploymentConfig") or {}
-    if deployment.get("RollingUpdatePolicy") is not None:
-        raise ValidationException(
-            "DeploymentConfig.RollingUpdatePolicy: openmaker updates endpoints blue/green only"
-        )
-    blue_green = deployment.get("BlueGreenUpdatePolicy") or {}
-    routing = (blue_green.get("TrafficRoutingConfiguration") or {}).get("Type", "ALL_AT_ONCE")
-    if routing != "ALL_AT_ONCE":
-        raise ValidationException(
-            "DeploymentConfig.BlueGreenUpdatePolicy.TrafficRoutingConfiguration.Type: openmaker "
-            f"moves traffic ALL_AT_ONCE only, not {routing}"
-        )
     config = copy.deepcopy(config)
     if request.get("RetainAllVariantProperties"):
         excluded = {
@@ -70,12 +57,14 @@ def pending_update(
                 continue
             if "DesiredWeight" not in excluded:
                 variant[WEIGHT] = kept.get(WEIGHT, 1.0)
-            if "DesiredInstanceCount" not in excluded:
+            if "DesiredInstanceCount" not in excluded and COUNT in kept and COUNT in variant:
                 variant[COUNT] = kept[COUNT]
+    steps = deployment.parse(request, row.config, config)
     return {
         "EndpointConfigName": request["EndpointConfigName"],
         "config": config,
         "models": models,
+        "deployment": steps.to_json(),
     }
 
 
@@ -97,9 +86,19 @@ def desired_variants(
             )
         if name in desired:
             raise ValidationException(f"{member}.VariantName: the variant {name} is named twice")
+        weight = float(asked.get("DesiredWeight", variant.get(WEIGHT, 1.0)))
+        if serverless.config_of(variant) is not None:
+            if asked.get("DesiredInstanceCount") is not None:
+                raise ValidationException(
+                    f"{member}.DesiredInstanceCount: the variant {name} is serverless; its "
+                    "instances come and go with its invocations"
+                )
+            changed = serverless.updated(member, variant, asked.get("ServerlessUpdateConfig"))
+            desired[name] = {"weight": weight, "count": None, "serverless": changed}
+            continue
         if asked.get("ServerlessUpdateConfig") is not None:
             raise ValidationException(
-                f"{member}.ServerlessUpdateConfig: serverless variants are not served by openmaker"
+                f"{member}.ServerlessUpdateConfig: the variant {name} is not serverless"
             )
         count = int(asked.get("DesiredInstanceCount", variant[COUNT]))
         if count < 1:
@@ -108,15 +107,19 @@ def desired_variants(
             )
         instances = Instances(variant["InstanceType"], count, member)
         capacity.check_can_fit(instances, machine, "endpoint")
-        desired[name] = {
-            "weight": float(asked.get("DesiredWeight", variant.get(WEIGHT, 1.0))),
-            "count": count,
-        }
+        desired[name] = {"weight": weight, "count": count}
     return desired
 
 
 def counts(config: dict[str, Any]) -> dict[str, int]:
-    return {v["VariantName"]: int(v[COUNT]) for v in config["ProductionVariants"]}
+    """How many instances each variant starts with (a serverless one: those kept warm)."""
+    return {v["VariantName"]: initial_count(v) for v in config["ProductionVariants"]}
+
+
+def initial_count(variant: dict[str, Any]) -> int:
+    if serverless.config_of(variant) is not None:
+        return serverless.warm_count(variant)
+    return int(variant[COUNT])
 
 
 def applied(config: dict[str, Any], desired: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -125,5 +128,9 @@ def applied(config: dict[str, Any], desired: dict[str, dict[str, Any]]) -> dict[
     for variant in config["ProductionVariants"]:
         wanted = desired.get(variant["VariantName"])
         if wanted is not None:
-            variant[WEIGHT], variant[COUNT] = wanted["weight"], wanted["count"]
+            variant[WEIGHT] = wanted["weight"]
+            if wanted["count"] is not None:
+                variant[COUNT] = wanted["count"]
+            if wanted.get("serverless") is not None:
+                variant[serverless.CONFIG] = wanted["serverless"]
     return config

@@ -36,8 +36,18 @@ from openmaker.jobs.executor import Order
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import async_queue, async_runner, health, placement, status, updates
+from openmaker.runtime.volume import unmount_under
+from openmaker.serving import (
+    async_queue,
+    async_runner,
+    health,
+    placement,
+    serverless,
+    status,
+    updates,
+)
 from openmaker.serving.clock import now
+from openmaker.serving.deployment import Deployment
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.instance import (
     DEFAULT_STARTUP_SECONDS,
@@ -84,6 +94,12 @@ class EndpointWorker:
         self.indexes: set[int] = set()  # the instances' indexes on the bridge, in use
         self.async_runner: async_runner.AsyncRunner | None = None
         self.health: health.HealthWatch | None = None
+        # Serverless variants: when each was last found asked for with no instance, or left
+        # with none (time.time()); when each of their instances started.
+        self.cold_handled: dict[str, float] = {}
+        self.started_at: dict[str, float] = {}
+        # A canary or linear update's new fleet while both are in the route (its instance ids).
+        self.green: set[str] = set()
 
     def run(self) -> None:
         try:
@@ -123,6 +139,7 @@ class EndpointWorker:
 
     def _make_network(self) -> None:
         remove_network(self.settings.home, network_key(self.name))  # what a killed worker left
+        unmount_under(self.settings.home / "endpoints" / self.name)
         network = create_network(self.settings, network_key(self.name), [], {})
         self.network = network
         if network.bridge is None:
@@ -144,7 +161,7 @@ class EndpointWorker:
         found: list[Instance] = []
         for variant in config["ProductionVariants"]:
             name = variant["VariantName"]
-            count = int(variant["InitialInstanceCount"]) if counts is None else counts.get(name, 0)
+            count = updates.initial_count(variant) if counts is None else counts.get(name, 0)
             if count == 0:
                 continue
             model = models[variant["ModelName"]]
@@ -166,8 +183,10 @@ class EndpointWorker:
                     container=container,
                     image=image,
                     startup_seconds=int(startup or DEFAULT_STARTUP_SECONDS),
-                    instance_type=variant["InstanceType"],
+                    instance_type=variant.get("InstanceType", serverless.PLACEMENT_TYPE),
                     pipeline=members,
+                    memory=serverless.memory_bytes(variant),
+                    volume_gb=variant.get("VolumeSizeInGB"),
                 )
                 found.append(Instance(self.settings, self.name, plan, network_key(self.name)))
         return found
@@ -184,7 +203,12 @@ class EndpointWorker:
         (the live fleet looked after meanwhile); EndpointFailed says why one did not."""
         self.starting = fleet
         wanted = [
-            placement.Wanted(i.plan.id, i.plan.instance_type, f"ProductionVariant {i.plan.variant}")
+            placement.Wanted(
+                i.plan.id,
+                i.plan.instance_type,
+                f"ProductionVariant {i.plan.variant}",
+                i.plan.memory,
+            )
             for i in fleet
         ]
         try:
@@ -264,6 +288,8 @@ class EndpointWorker:
         while not self.stop.wait(WATCH_SECONDS):
             self._watch_live()
             row = self._read()
+            if row is not None and row.status == status.IN_SERVICE:
+                self._scale_serverless(row)
             if row is None or row.status != status.UPDATING:
                 continue
             if row.pending_update is not None:
@@ -314,17 +340,18 @@ class EndpointWorker:
             self.health.forget(instance)
 
     def _update(self, row: EndpointRecord) -> None:
-        """UpdateEndpoint: blue/green, all at once."""
+        """UpdateEndpoint: blue/green, the traffic moved in the deployment's steps, or rolling."""
         asked = row.pending_update or {}
-        try:
-            fleet = self._fleet(asked["config"], asked["models"], updates.counts(asked["config"]))
-            self._launch(fleet)
-        except EndpointFailed as exc:
-            self._abandon(str(exc), "UpdateEndpoint")
+        plan = Deployment.from_json(asked.get("deployment"))
+        deadline = None if plan.timeout_seconds is None else time.monotonic() + plan.timeout_seconds
+        if plan.batch is not None:
+            done = self._roll(row, asked, plan, deadline)
+        else:
+            done = self._blue_green(asked, plan, deadline)
+        if done is None or self.stop.is_set():
             return
-        if self.stop.is_set():
-            return
-        old, self.live, self.starting = self.live, fleet, []
+        fleet, old = done
+        self.live, self.starting, self.green = fleet, [], set()
 
         def switch(record: EndpointRecord) -> None:
             record.config, record.models = asked["config"], asked["models"]
@@ -333,8 +360,120 @@ class EndpointWorker:
             record.failure_reason = None
 
         self._record(None, change=switch)
+        if plan.termination_wait_seconds > 0:  # TerminationWaitInSeconds: the old fleet kept
+            self._bake(plan.termination_wait_seconds, None)
         self._retire(old)
         self._record(status.IN_SERVICE)
+
+    def _blue_green(
+        self, asked: dict[str, Any], plan: Deployment, deadline: float | None
+    ) -> tuple[list[Instance], list[Instance]] | None:
+        """The new fleet started, then given the traffic step by step: (new fleet, old fleet)
+        once it has all but the final step, None if it failed (the old fleet serving)."""
+        try:
+            fleet = self._fleet(asked["config"], asked["models"], updates.counts(asked["config"]))
+            self._launch(fleet)
+        except EndpointFailed as exc:
+            self._abandon(str(exc), "UpdateEndpoint")
+            return None
+        if self.stop.is_set():
+            return None
+        old = self.live
+        for share in plan.steps[:-1]:  # each step but the last, then its wait
+            self._shift(old, fleet, share)
+            if not self._bake(plan.wait_seconds, deadline):
+                if self.stop.is_set():
+                    return None
+                self.live, self.starting, self.green = old, [], set()
+                self._record(None, change=_no_shift)
+                self._retire(fleet)
+                self._abandon(_timed_out(plan), "UpdateEndpoint")
+                return None
+        return fleet, old
+
+    def _roll(
+        self,
+        row: EndpointRecord,
+        asked: dict[str, Any],
+        plan: Deployment,
+        deadline: float | None,
+    ) -> tuple[list[Instance], list[Instance]] | None:
+        """A rolling update: a batch of new instances healthy and in the route, then as many
+        old ones retired, and so on: (new fleet, old instances left) once all are new, None
+        if it was rolled back."""
+        assert plan.batch is not None
+        (variant,) = asked["config"]["ProductionVariants"]
+        name, total = variant["VariantName"], int(variant["InitialInstanceCount"])
+        old, fleet = list(self.live), list[Instance]()
+        retired = 0
+        while len(fleet) < total:
+            if fleet and not self._bake(plan.wait_seconds, deadline):
+                if self.stop.is_set():
+                    return None
+                self._roll_back(row, old, fleet, retired, _timed_out(plan))
+                return None
+            size = min(plan.batch, total - len(fleet))
+            try:
+                batch = self._fleet(asked["config"], asked["models"], {name: size})
+                self._launch(batch)
+            except EndpointFailed as exc:
+                self._roll_back(row, old, fleet, retired, str(exc))
+                return None
+            if self.stop.is_set():
+                return None
+            fleet += batch
+            leaving, old = old[:size], old[size:]
+            self._shift(old, fleet, len(fleet) / (len(fleet) + len(old)))
+            self._retire(leaving)
+            retired += len(leaving)
+        return fleet, old
+
+    def _roll_back(
+        self,
+        row: EndpointRecord,
+        old: list[Instance],
+        new: list[Instance],
+        retired: int,
+        reason: str,
+    ) -> None:
+        """A rolling update that failed: the new instances go, and the old configuration's
+        retired ones start again."""
+        failed, self.starting = self.starting, []
+        self._stop([i for i in failed if i not in new])
+        self.live, self.green = old, set()
+        self._record(None, change=_no_shift)
+        self._retire(new)
+        if retired:
+            (variant,) = row.config["ProductionVariants"]
+            try:
+                again = self._fleet(row.config, row.models, {variant["VariantName"]: retired})
+                self._launch(again)
+                self.live, self.starting = self.live + again, []
+            except EndpointFailed as exc:
+                reason += f"; {retired} old instances could not start again: {exc}"
+        self._abandon(reason, "UpdateEndpoint")
+
+    def _shift(self, old: list[Instance], new: list[Instance], share: float) -> None:
+        """Both fleets in the route, the new one with `share` of the traffic."""
+        self.live, self.starting = old + new, []
+        self.green = {i.plan.id for i in new}
+
+        def shifted(record: EndpointRecord) -> None:
+            record.pending_update = {**(record.pending_update or {}), "traffic": share}
+
+        self._record(None, change=shifted)
+
+    def _bake(self, seconds: float, deadline: float | None) -> bool:
+        """Wait `seconds`, the instances looked after; False if `deadline` comes first (or
+        the endpoint is deleted)."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if self.stop.wait(min(left, WATCH_SECONDS)):
+                return False
+            self._watch_live()
+        return deadline is None or time.monotonic() < deadline
 
     def _resize(self, row: EndpointRecord) -> None:
         """UpdateEndpointWeightsAndCapacities: instances added (healthy before the new weights
@@ -343,7 +482,11 @@ class EndpointWorker:
         have: dict[str, list[Instance]] = {}
         for instance in self.live:
             have.setdefault(instance.plan.variant, []).append(instance)
-        more = {v: d["count"] - len(have.get(v, [])) for v, d in desired.items()}
+        more = {
+            v: d["count"] - len(have.get(v, []))
+            for v, d in desired.items()
+            if d["count"] is not None
+        }
         try:
             fleet = self._fleet(row.config, row.models, {v: n for v, n in more.items() if n > 0})
             self._launch(fleet)
@@ -364,6 +507,63 @@ class EndpointWorker:
         self._record(None, change=apply)
         self._retire(surplus)
         self._record(status.IN_SERVICE)
+
+    def _scale_serverless(self, row: EndpointRecord) -> None:
+        """A serverless variant asked for with no instance gets one (a cold start); one whose
+        instance has had no invocation for the idle period is left with those kept warm."""
+        for variant in row.config["ProductionVariants"]:
+            if serverless.config_of(variant) is None:
+                continue
+            name = variant["VariantName"]
+            mine = [i for i in self.live if i.plan.variant == name]
+            asked = serverless.last_asked(serverless.demand_file(self.settings, self.name, name))
+            handled = self.cold_handled.get(name)
+            asked_again = asked is not None and asked > (handled or 0.0)
+            # Provisioned concurrency given by an update: its warm instance, tried once.
+            warm = serverless.warm_count(variant) > 0 and handled is None
+            if not mine and (asked_again or warm):
+                self.cold_handled[name] = time.time()
+                self._cold_start(row, name)
+                continue
+            idle = self.settings.serverless_idle_seconds
+            for instance in mine[serverless.warm_count(variant) :]:
+                last = max(asked or 0.0, self.started_at.get(instance.plan.id, 0.0))
+                if time.time() - last >= idle:
+                    self._scale_in(instance, idle)
+
+    def _cold_start(self, row: EndpointRecord, variant: str) -> None:
+        try:
+            fleet = self._fleet(row.config, row.models, {variant: 1})
+            self._launch(fleet)
+        except EndpointFailed as exc:
+            failed, self.starting = self.starting, []
+            self._stop(failed)
+            message = f"A serverless instance of production variant {variant} failed: {exc}"
+
+            def note(record: EndpointRecord) -> None:
+                record.failure_reason = message
+
+            self._record(None, change=note)
+            return
+        if self.stop.is_set():
+            return
+        for instance in fleet:
+            self.started_at[instance.plan.id] = time.time()
+        self.live, self.starting = self.live + fleet, []
+        self._record(None, change=_no_failure)
+
+    def _scale_in(self, instance: Instance, idle: float) -> None:
+        """Out of the route first, then stopped once no invocation can reach it."""
+        self.logs.note(
+            instance.plan.stream,
+            f"[openmaker] no invocation for {idle:g} seconds: the serverless instance "
+            f"{instance.plan.id} stops",
+        )
+        self.cold_handled[instance.plan.variant] = time.time()
+        self.live = [i for i in self.live if i is not instance]
+        self._record(None)
+        self._retire([instance])
+        self.started_at.pop(instance.plan.id, None)
 
     def _abandon(self, reason: str, operation: str) -> None:
         """A new fleet that failed goes; the old one goes on serving, the reason kept."""
@@ -423,7 +623,7 @@ class EndpointWorker:
             else:
                 if new_status is not None and row.status != new_status:
                     row.status, row.last_modified_time = new_status, now()
-                row.instances = [_report(i) for i in self.live]
+                row.instances = [_report(i, self.green) for i in self.live]
             session.commit()
 
     def _close(self) -> None:
@@ -432,6 +632,7 @@ class EndpointWorker:
         if self.async_runner is not None:
             self.async_runner.close()
         self._stop(self.live + self.starting)
+        unmount_under(self.settings.home / "endpoints" / self.name)
         remove_network(self.settings.home, network_key(self.name))
         self.logs.close()
         with self.writers() as session:
@@ -449,7 +650,22 @@ class EndpointWorker:
         _start_waiting_jobs(self.settings)
 
 
-def _report(instance: Instance) -> dict[str, Any]:
+def _timed_out(plan: Deployment) -> str:
+    return (
+        "the deployment went past its MaximumExecutionTimeoutInSeconds "
+        f"({plan.timeout_seconds:g} s); the traffic went back to the old fleet"
+    )
+
+
+def _no_shift(record: EndpointRecord) -> None:
+    record.pending_update = {**(record.pending_update or {}), "traffic": 0.0}
+
+
+def _no_failure(record: EndpointRecord) -> None:
+    record.failure_reason = None
+
+
+def _report(instance: Instance, green: set[str]) -> dict[str, Any]:
     container = instance.container
     alive = container is not None and container.poll() is None
     return {
@@ -457,6 +673,7 @@ def _report(instance: Instance) -> dict[str, Any]:
         "id": instance.plan.id,
         "address": instance.address,
         "healthy": alive and instance.ready,
+        "green": instance.plan.id in green,
     }
 
 

@@ -49,12 +49,13 @@ def _algorithm_problems(request: Mapping[str, Any]) -> Iterator[str]:
     if spec is None:
         yield null_failure("AlgorithmSpecification")
         return
-    if spec.get("AlgorithmName") is not None:
+    # An algorithm's name is replaced by its image before (openmaker/algorithms/training.py).
+    if spec.get("AlgorithmName") is not None and spec.get("TrainingImage") is None:
         yield failure(
             spec["AlgorithmName"],
             "AlgorithmSpecification.AlgorithmName",
-            "AlgorithmName (a marketplace or built-in algorithm) is not supported by openmaker: "
-            "give AlgorithmSpecification.TrainingImage",
+            "openmaker knows no such algorithm (marketplace and built-in algorithms are not "
+            "supported): give AlgorithmSpecification.TrainingImage",
         )
     elif spec.get("TrainingImage") is None:
         yield null_failure("AlgorithmSpecification.TrainingImage")

@@ -44,8 +44,9 @@ class Location:
 
 
 # How long the server's S3 endpoint may keep showing a folder's listing from before a direct
-# write.
-EMBEDDED_ENDPOINT_LISTING_SECONDS = 1
+# write: a job through the server waits this long after writing its artifacts. Short, since
+# every job pays it; not zero (openmaker/api/s3_endpoint.py says why).
+EMBEDDED_ENDPOINT_LISTING_SECONDS = 0.1
 
 
 _CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")

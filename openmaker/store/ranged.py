@@ -10,15 +10,21 @@ A part's body is read straight from its socket, a whole buffer per system call (
 every call into the kernel gives up the GIL and must win it back, and on a busy machine, with
 several parts' threads and the event loop wanting it, those hand-overs (not the bytes) were
 what made a large object slower than a Go client's.
+
+Each of the STREAMS threads keeps its connection open (HTTP keep-alive) and takes the next part
+itself: a part per thread hand-over and a connection per part left the streams idle between
+parts, for as long as a busy machine took to schedule the event loop, then the server's accept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import socket
 import struct
+import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,13 +38,21 @@ from openmaker.store.abort import Abort
 from openmaker.store.location import retry_seconds
 from openmaker.store.retry import Backoff, RefusedAnswer
 
-# Objects from this size up are fetched in parts. Parts are small enough that the parts in
-# flight end close together (the last of a few large ones ran alone, at one stream's speed),
-# and large enough that a request (a new connection) per part costs little.
+# Objects from this size up are fetched in parts. Parts are small enough that the streams end
+# close together (the last of a few large ones ran alone, at one stream's speed), and large
+# enough that a request per part costs little.
 RANGED_MIN_SIZE = 64 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
-PARTS_IN_FLIGHT = 4
+# Parts in flight at once, each on a connection of its own.
+STREAMS = 5
+_TAIL_PART = 1024 * 1024
 _READ_SIZE = 4 * 1024 * 1024
+# What one write puts in the page cache. The kernel sizes the page-cache folios it allocates by
+# the write: a write of megabytes asks for huge ones, which on a machine whose memory is
+# fragmented (a busy one, after a few large downloads) sets it compacting memory, at up to
+# three times the CPU the bytes cost. Writes of 32 KiB (order 3, the largest the allocator
+# treats as cheap) never do.
+_WRITE_SIZE = 32 * 1024
 _URL_LIFETIME = timedelta(hours=1)
 # A connection not made by then is an error (retried); an answer may take longer.
 _CONNECT_SECONDS = 10
@@ -53,8 +67,8 @@ def ranged_store(store: ObjectStore, size: int) -> S3Store | None:
 async def download_ranged(
     store: S3Store, key: str, size: int, destination: Path, on_bytes: Callable[[int], None]
 ) -> None:
-    """Write the object to `destination`, PARTS_IN_FLIGHT parts at a time. However this ends
-    (a part that fails, a cancel), no part's thread is left reading."""
+    """Write the object to `destination`, STREAMS parts at a time. However this ends (a part
+    that fails, a cancel), no stream's thread is left reading."""
     url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
     retry = retry_seconds(store)
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -62,47 +76,94 @@ async def download_ranged(
         os.ftruncate(fd, size)
     finally:
         os.close(fd)
-    gate = asyncio.Semaphore(PARTS_IN_FLIGHT)
+    streams = min(STREAMS, -(-size // PART_SIZE))
+    parts = _Parts(size, streams)
     abort = Abort()
+    loop = asyncio.get_running_loop()
 
-    async def part(start: int) -> None:
-        end = min(size, start + PART_SIZE) - 1
-        async with gate:
-            # Progress is reported here, on the event loop's thread, never from a worker.
-            got = await asyncio.to_thread(_fetch_into, url, destination, start, end, abort, retry)
-            on_bytes(got)
+    def report(count: int) -> None:
+        # Progress is reported on the event loop's thread, never from a stream's. A loop
+        # already closed (the download given up) wants no more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(on_bytes, count)
 
     try:
-        await asyncio.gather(*(part(start) for start in range(0, size, PART_SIZE)))
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(_stream, url, destination, parts, report, abort, retry)
+                for _ in range(streams)
+            )
+        )
     finally:
         abort.abort()
 
 
-def _fetch_into(
-    url: str, destination: Path, start: int, end: int, abort: Abort, retry: float
-) -> int:
-    # A descriptor of the part's own: one shared with the others could be closed (and its
-    # number reused) while a part given up on still writes.
+class _Parts:
+    """The parts of an object, handed out in order to whichever stream asks first. The last
+    parts shrink (to a share of what is left, down to _TAIL_PART), so that the streams end
+    together instead of the last full-size parts running alone."""
+
+    def __init__(self, size: int, streams: int) -> None:
+        self.size = size
+        self.streams = streams
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[int, int] | None:
+        """The first and last byte of the next part, or None when every part is taken."""
+        with self._lock:
+            start = self._next
+            left = self.size - start
+            if left <= 0:
+                return None
+            # A whole number of _TAIL_PART: parts end on page boundaries.
+            share = -(-left // (self.streams * _TAIL_PART)) * _TAIL_PART
+            self._next = start + min(PART_SIZE, share, left)
+            return start, self._next - 1
+
+
+def _stream(
+    url: str,
+    destination: Path,
+    parts: _Parts,
+    report: Callable[[int], None],
+    abort: Abort,
+    retry: float,
+) -> None:
+    # A descriptor of the stream's own: one shared with the others could be closed (and its
+    # number reused) while a stream given up on still writes.
     fd = os.open(destination, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    link = KeptConnection(url, abort)
     try:
-        return fetch_part(url, fd, start, end, retry, abort)
+        while (part := parts.take()) is not None:
+            report(fetch_part(url, fd, *part, retry, abort, link))
     finally:
+        link.close()
         os.close(fd)
 
 
 def fetch_part(
-    url: str, fd: int, start: int, end: int, retry: float, abort: Abort | None = None
+    url: str,
+    fd: int,
+    start: int,
+    end: int,
+    retry: float,
+    abort: Abort | None = None,
+    link: KeptConnection | None = None,
 ) -> int:
     """Write bytes `start`..`end` at their place in `fd`; a part that breaks off is asked for
-    again from the byte it reached (store/retry.py's backoff and time limit), until `abort`."""
+    again from the byte it reached (store/retry.py's backoff and time limit), until `abort`.
+    Through `link`'s connection when given (kept open for the next part)."""
     abort = abort or Abort()
+    link = link or KeptConnection(url, abort, keep=False)
     cursor = [start]  # the next byte to write, kept across attempts
     backoff = Backoff(retry)
     while True:
         try:
-            _write_range(url, fd, cursor, end, abort)
+            _write_range(link, fd, cursor, end)
             return end + 1 - start
         except Exception as exc:
+            link.close()  # a connection that failed is not used again
             if abort.aborted:
                 raise
             backoff.pause_blocking(exc)
@@ -141,22 +202,20 @@ class RangeAnswer:
         return count
 
 
-def open_range(url: str, start: int, end: int, abort: Abort) -> RangeAnswer:
-    """A GET of bytes `start`..`end` whose answer is checked to be exactly that range."""
+def open_range(
+    url: str,
+    start: int,
+    end: int,
+    abort: Abort,
+    connection: http.client.HTTPConnection | None = None,
+) -> RangeAnswer:
+    """A GET of bytes `start`..`end` whose answer is checked to be exactly that range; on
+    `connection` when it is still open (keep-alive), else on a new one."""
     parts = urllib.parse.urlsplit(url)
-    connection_type = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    )
-    connection = connection_type(parts.hostname or "", parts.port, timeout=_CONNECT_SECONDS)
+    if connection is None or connection.sock is None:
+        connection = _connect(parts, abort)
+    sock = connection.sock  # before the answer: one that ends the connection unsets it
     try:
-        connection.connect()
-        sock = connection.sock
-        direct = type(sock) is socket.socket  # not TLS: MSG_WAITALL needs the kernel's socket
-        if direct:
-            _block_with_timeout(sock)
-        elif sock is not None:
-            sock.settimeout(_READ_SECONDS)
-        abort.opened(connection)
         connection.request(
             "GET", f"{parts.path}?{parts.query}", headers={"Range": f"bytes={start}-{end}"}
         )
@@ -179,8 +238,28 @@ def open_range(url: str, start: int, end: int, abort: Abort) -> RangeAnswer:
         raise
     size = end + 1 - start
     # Chunked framing, or a length other than the range's, is http.client's to read.
+    direct = type(sock) is socket.socket  # not TLS: MSG_WAITALL needs the kernel's socket
     plain = direct and not response.chunked and response.length == size
     return RangeAnswer(connection, response, sock if plain else None, size)
+
+
+def _connect(parts: urllib.parse.SplitResult, abort: Abort) -> http.client.HTTPConnection:
+    connection_type = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_type(parts.hostname or "", parts.port, timeout=_CONNECT_SECONDS)
+    try:
+        connection.connect()
+        sock = connection.sock
+        if type(sock) is socket.socket:
+            _block_with_timeout(sock)
+        elif sock is not None:
+            sock.settimeout(_READ_SECONDS)
+        abort.opened(connection)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def _block_with_timeout(sock: socket.socket) -> None:
@@ -198,17 +277,67 @@ def close_range(answer: RangeAnswer, abort: Abort) -> None:
     answer.connection.close()
 
 
-def _write_range(url: str, fd: int, cursor: list[int], end: int, abort: Abort) -> None:
+class KeptConnection:
+    """One stream's connection, kept open from one ranged GET to the next when the server
+    allows it (keep-alive), and counted in `abort` while open."""
+
+    def __init__(self, url: str, abort: Abort, keep: bool = True) -> None:
+        self.url = url
+        self.abort = abort
+        self.keep = keep
+        self._connection: http.client.HTTPConnection | None = None
+        self._buffer: memoryview | None = None
+
+    def buffer(self) -> memoryview:
+        """The stream's read buffer, made once: zeroing a fresh one per part costs a pass."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(_READ_SIZE))
+        return self._buffer
+
+    def open(self, start: int, end: int) -> RangeAnswer:
+        answer = open_range(self.url, start, end, self.abort, self._connection)
+        self._connection = answer.connection
+        return answer
+
+    def done(self, answer: RangeAnswer) -> None:
+        """The answer's body is read: keep the connection for the next GET if it can serve
+        one (the whole body read, the server not closing it), else close it."""
+        reusable = (
+            self.keep
+            and answer.remaining == 0
+            and not answer.response.will_close
+            and answer.connection.sock is not None
+        )
+        answer.response.close()
+        if not reusable:
+            self.close()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self.abort.closed(self._connection)
+            self._connection.close()
+            self._connection = None
+
+
+def _write_range(link: KeptConnection, fd: int, cursor: list[int], end: int) -> None:
     """Write what arrives of bytes `cursor[0]`..`end`, moving the cursor as bytes land."""
     start = cursor[0]
-    answer = open_range(url, start, end, abort)
+    answer = link.open(start, end)
+    view = link.buffer()
     try:
-        buffer = bytearray(min(_READ_SIZE, end + 1 - start))
-        view = memoryview(buffer)
         while count := answer.readinto(view):
-            os.pwrite(fd, view[:count], cursor[0])
-            cursor[0] += count
+            _write_at(fd, view[:count], cursor)
         if cursor[0] != end + 1:
             raise EOFError(f"ranged GET of bytes {start}-{end} ended after {cursor[0] - start}")
-    finally:
-        close_range(answer, abort)
+    except BaseException:
+        answer.response.close()
+        raise
+    link.done(answer)
+
+
+def _write_at(fd: int, data: memoryview, cursor: list[int]) -> None:
+    """Write `data` at `cursor[0]` in pieces of _WRITE_SIZE, moving the cursor."""
+    while data:
+        written = os.pwrite(fd, data[:_WRITE_SIZE], cursor[0])
+        cursor[0] += written
+        data = data[written:]

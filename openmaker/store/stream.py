@@ -19,7 +19,13 @@ from obstore.store import ObjectStore, S3Store
 from openmaker.store.abort import Abort
 from openmaker.store.errors import StoreError, short_message
 from openmaker.store.location import retry_seconds
-from openmaker.store.ranged import RANGED_MIN_SIZE, RangeAnswer, close_range, open_range
+from openmaker.store.ranged import (
+    RANGED_MIN_SIZE,
+    KeptConnection,
+    RangeAnswer,
+    close_range,
+    open_range,
+)
 from openmaker.store.retry import Backoff
 
 CHUNK_SIZE = 1024 * 1024
@@ -100,31 +106,38 @@ async def _attempt(store: ObjectStore, key: str, offset: int, size: int) -> Asyn
 
 
 async def _parallel_parts(store: S3Store, key: str, size: int) -> AsyncIterator[bytearray]:
-    """The object's parts in order, with PARTS_AHEAD of them being fetched at any time."""
+    """The object's parts in order, with PARTS_AHEAD of them being fetched at any time, each
+    on a connection a finished part left open (keep-alive)."""
     url = await obstore.sign_async(store, "GET", key, _URL_LIFETIME)
     retry = retry_seconds(store)
     starts = iter(range(0, size, PART_SIZE))
-    pending: deque[asyncio.Task[bytearray]] = deque()
+    pending: deque[tuple[asyncio.Task[bytearray], KeptConnection]] = deque()
+    idle: list[KeptConnection] = []
     abort = Abort()
 
     def launch() -> None:
         start = next(starts, None)
         if start is not None:
             end = min(size, start + PART_SIZE) - 1
-            read = asyncio.to_thread(_read_range, url, start, end, abort, retry)
-            pending.append(asyncio.create_task(read))
+            link = idle.pop() if idle else KeptConnection(url, abort)
+            read = asyncio.to_thread(_read_range, link, start, end, retry)
+            pending.append((asyncio.create_task(read), link))
 
     for _ in range(PARTS_AHEAD):
         launch()
     try:
         while pending:
-            part = await pending.popleft()
+            task, link = pending.popleft()
+            part = await task
+            idle.append(link)  # its part is read: the connection is free for the next
             launch()
             yield part
     finally:
         abort.abort()  # the parts being read end with their connections
-        for task in pending:
+        for task, _ in pending:
             task.cancel()
+        for link in idle:
+            link.close()
 
 
 def _read_chunk(answer: RangeAnswer) -> bytes:
@@ -133,7 +146,7 @@ def _read_chunk(answer: RangeAnswer) -> bytes:
     return bytes(memoryview(buffer)[:count])
 
 
-def _read_range(url: str, start: int, end: int, abort: Abort, retry: float) -> bytearray:
+def _read_range(link: KeptConnection, start: int, end: int, retry: float) -> bytearray:
     """Bytes `start`..`end`; a GET that breaks off is asked for again from the byte reached."""
     buffer = bytearray(end + 1 - start)
     view = memoryview(buffer)
@@ -141,16 +154,19 @@ def _read_range(url: str, start: int, end: int, abort: Abort, retry: float) -> b
     backoff = Backoff(retry)
     while got < len(buffer):
         try:
-            answer = open_range(url, start + got, end, abort)
+            answer = link.open(start + got, end)
             try:
                 while got < len(buffer) and (count := answer.readinto(view[got:])):
                     got += count
-            finally:
-                close_range(answer, abort)
-            if got < len(buffer):
-                raise EOFError(f"ranged GET of bytes {start}-{end} ended after {got} bytes")
+                if got < len(buffer):
+                    raise EOFError(f"ranged GET of bytes {start}-{end} ended after {got} bytes")
+            except BaseException:
+                answer.response.close()
+                raise
+            link.done(answer)
         except Exception as exc:
-            if abort.aborted:
+            link.close()  # a connection that failed is not used again
+            if link.abort.aborted:
                 raise
             backoff.pause_blocking(exc)
     return buffer

@@ -78,18 +78,9 @@ class _Leftovers:
 
     def remove_stale(self, settings: Settings, running: Callable[[list[str]], set[str]]) -> None:
         """Memory cgroups (a killed worker's, once its code died), bridges and their rules."""
-        from openmaker.training.host.site import (
-            jobs_with_cgroups,
-            jobs_with_networks,
-            remove_job_cgroups,
-            remove_network,
-        )
+        from openmaker.training.host.site import remove_stale_hosts
 
-        # Other kinds' keys are their own (ResourceKind.local_key): their sweeps remove them.
-        for key in TRAINING.stale(jobs_with_cgroups(settings.home), running):
-            remove_job_cgroups(settings.home, key)
-        for key in TRAINING.stale(jobs_with_networks(settings.home), running):
-            remove_network(settings.home, key)
+        remove_stale_hosts(TRAINING, settings, running)
 
 
 TRAINING = ResourceKind(

@@ -63,6 +63,8 @@ class TrainingJobs:
         # The executor keeps one warm worker for the next job: what may start a worker (a
         # create, a stop, a sweep) does so one at a time.
         self._starting = threading.RLock()
+        # A job waits to be started: whoever holds `_starting` starts it before letting go.
+        self._wanted = threading.Event()
         self._closed = threading.Event()
         # Cheap, and the only way a job whose worker died with nobody watching moves on.
         self.sweep()
@@ -71,6 +73,7 @@ class TrainingJobs:
         """Act on jobs whose worker is gone, then start the waiting jobs that fit."""
         with self._starting:
             recovery.sweep(self.settings, self.executor, KINDS)
+        self._start_wanted()
 
     def watch(self, every: float) -> None:
         """Sweep every `every` seconds in a background thread until `close`: a lost worker is
@@ -94,10 +97,18 @@ class TrainingJobs:
         return self.executor.lost(local_reference(pid, started))
 
     def create(self, request: dict[str, Any]) -> dict[str, str]:
-        with self._starting:
-            return self._create(request)
+        created = self._create(request)
+        # Creates at once do not queue behind each other's starts: one thread starts every
+        # job created meanwhile (now, or when capacity frees).
+        self._wanted.set()
+        self._start_wanted()
+        return created
 
     def _create(self, request: dict[str, Any]) -> dict[str, str]:
+        if (request.get("AlgorithmSpecification") or {}).get("AlgorithmName") is not None:
+            from openmaker.algorithms.training import apply_algorithm  # few jobs name one
+
+            request = apply_algorithm(request, self.settings, self.local)
         check_create_training_job(request, self.local)
         _check_supported(request)
         kind = TRAINING
@@ -121,7 +132,6 @@ class TrainingJobs:
         state.enter(job, SecondaryStatus.STARTING)
         insert(self.writers, kind, job, request.get("Tags") or [])
         queue.save_launch(self.settings, TRAINING.local_key(name))
-        queue.start_ready(self.settings, self.executor, KINDS)  # now, or when capacity frees
         return {"TrainingJobArn": arn}
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -186,6 +196,19 @@ class TrainingJobs:
     def _start_waiting(self) -> None:
         with self._starting:  # one at a time
             queue.start_ready(self.settings, self.executor, KINDS)
+        self._start_wanted()
+
+    def _start_wanted(self) -> None:
+        """Start the waiting jobs that fit, if a create asked for it; when another thread is
+        starting jobs, it does so once more before it lets go (it sees `_wanted` after)."""
+        while self._wanted.is_set():
+            if not self._starting.acquire(blocking=False):
+                return
+            try:
+                self._wanted.clear()
+                queue.start_ready(self.settings, self.executor, KINDS)
+            finally:
+                self._starting.release()
 
     def update(self, request: dict[str, Any]) -> str:
         """UpdateTrainingJob: the job's ARN."""
@@ -205,7 +228,9 @@ class TrainingJobs:
     def log_streams(self, name: str) -> builtins.list[str]:
         with self.sessions() as session:
             query = (
-                select(LogStream.name).where(LogStream.job_name == name).order_by(LogStream.name)
+                select(LogStream.name)
+                .where(LogStream.job_name == name, LogStream.group == TRAINING.log_group)
+                .order_by(LogStream.name)
             )
             return list(session.scalars(query))
 
@@ -215,15 +240,16 @@ class TrainingJobs:
         """The job's log lines in the order they were written, after the record `after_id`."""
         with self.sessions() as session:
             query = (
-                select(LogEvent)
-                .join(LogStream, LogStream.name == LogEvent.stream)
+                select(LogEvent, LogStream.name)
+                .join(LogStream, LogStream.id == LogEvent.stream_id)
                 .where(LogStream.job_name == name, LogStream.group == TRAINING.log_group)
                 .where(LogEvent.id > after_id)
                 .order_by(LogEvent.id)
                 .limit(limit)
             )
             return [
-                LogRecord(e.id, e.stream, e.timestamp, e.message) for e in session.scalars(query)
+                LogRecord(e.id, stream, e.timestamp, e.message)
+                for e, stream in session.execute(query).tuples()
             ]
 
     def iter_log_events(self, name: str) -> Iterator[LogRecord]:
@@ -236,8 +262,10 @@ class TrainingJobs:
         return current(self.sessions, TrainingJob, state.TERMINAL, name, _not_found, self._recheck)
 
     def _recheck(self, name: str) -> None:
-        with self._starting:
-            recovery.check(self.settings, self.executor, KINDS, TRAINING, name)
+        # The look is taken without the lock: describes of running jobs do not queue behind
+        # starts; only a sweep, when it is needed, waits for it.
+        recovery.check(self.settings, self.executor, KINDS, TRAINING, name, self._starting)
+        self._start_wanted()
 
 
 def _check_supported(request: dict[str, Any]) -> None:

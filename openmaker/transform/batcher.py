@@ -1,4 +1,4 @@
-"""Packing an object's records into the mini-batches posted to the container.
+"""Packing an object's records into the mini-batches posted to the container, as they are read.
 
 `SingleRecord`: one record a request. `MultiRecord`: as many consecutive records as fit in
 `MaxPayloadInMB`. A mini-batch never spans objects (an object's records are packed alone); a
@@ -8,6 +8,7 @@ chunks).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
@@ -20,15 +21,12 @@ class BatchError(ValueError):
 @dataclass(frozen=True)
 class Batch:
     first: int  # the index of its first record in the object
-    records: list[memoryview]
+    records: list[memoryview]  # what the container gets (after the InputFilter)
+    originals: list[memoryview]  # the records as read (what JoinSource joins to)
 
     @property
     def body(self) -> bytes:
         return b"".join(self.records)
-
-    @property
-    def size(self) -> int:
-        return sum(len(r) for r in self.records)
 
     @property
     def described(self) -> str:
@@ -36,25 +34,26 @@ class Batch:
         return f"record {last}" if len(self.records) == 1 else f"records {self.first + 1}-{last}"
 
 
-def batches(records: list[memoryview], strategy: str, max_payload_mb: int) -> list[Batch]:
+def batches(
+    records: Iterable[tuple[memoryview, memoryview]], strategy: str, max_payload_mb: int
+) -> Iterator[Batch]:
+    """The mini-batches of `records` (each as read and as sent), in order."""
     limit = max_payload_mb * MIB
-    for index, record in enumerate(records):
+    single = strategy != "MultiRecord"
+    current: list[memoryview] = []
+    originals: list[memoryview] = []
+    size = first = 0
+    for index, (original, record) in enumerate(records):
         if limit and len(record) > limit:
             raise BatchError(
                 f"record {index + 1} is {len(record)} bytes, more than MaxPayloadInMB "
                 f"({max_payload_mb} MB)"
             )
-    if strategy != "MultiRecord":
-        return [Batch(i, [r]) for i, r in enumerate(records)]
-    found: list[Batch] = []
-    current: list[memoryview] = []
-    size = first = 0
-    for index, record in enumerate(records):
-        if current and limit and size + len(record) > limit:
-            found.append(Batch(first, current))
-            current, size, first = [], 0, index
+        if current and (single or (limit and size + len(record) > limit)):
+            yield Batch(first, current, originals)
+            current, originals, size, first = [], [], 0, index
         current.append(record)
+        originals.append(original)
         size += len(record)
     if current:
-        found.append(Batch(first, current))
-    return found
+        yield Batch(first, current, originals)

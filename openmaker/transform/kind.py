@@ -1,7 +1,8 @@
 """The TransformJob resource as the shared job machinery (openmaker/jobs/) sees it: it waits in
 the queue for the capacity its `TransformResources` ask for, runs in a worker process through
-the executor (openmaker/transform/worker.py), and a job whose worker vanished fails, saying so
-(a transform is not restarted: its outputs are written object by object)."""
+the executor (openmaker/transform/worker.py). A job whose worker vanished (`kill -9`, the OOM
+killer) starts again, up to MAX_ATTEMPTS times: an object's output is put only once it is whole,
+so transforming every object again leaves the same outputs."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ LOG_GROUP = "/aws/sagemaker/TransformJobs"
 # A transform job's network, cgroups and folder are keyed apart from training jobs' and
 # endpoints' of the same name (ResourceKind.local_key).
 NETWORK_KEY_PREFIX = "transform:"
+# How many workers a job may lose before it fails (its first included).
+MAX_ATTEMPTS = 3
 
 
 def network_key(name: str) -> str:
@@ -85,9 +88,21 @@ class _Lifecycle:
     def lost(self, job: JobRecord, what: str) -> bool:
         if job.status == status.STOPPING:
             finish(job, status.STOPPED, None)
-        else:
-            finish(job, status.FAILED, f"{what}. Create the transform job again.")
-        return False
+            return False
+        attempt = (job.attempts or 1) + 1
+        if attempt > MAX_ATTEMPTS:
+            finish(job, status.FAILED, f"{what}, for the {MAX_ATTEMPTS}th time: the job ended.")
+            return False
+        job.attempts = attempt
+        job.worker, job.worker_ready, job.placement = None, False, None
+        # Back in the queue: it starts again as soon as its share of the machine is free.
+        enter(
+            job,
+            status.STARTING,
+            f"Restarting: {what} (attempt {attempt} of {MAX_ATTEMPTS}; every object is "
+            "transformed again)",
+        )
+        return True
 
 
 def _transform(job: JobRecord) -> TransformJobRecord:

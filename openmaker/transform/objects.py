@@ -9,17 +9,19 @@ instances. The output of the object at `<key relative to the input prefix>` is
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
-
-import obstore
+from pathlib import Path
+from typing import cast
 
 from openmaker.settings import StoreSettings
-from openmaker.store.errors import StoreError, short_message, translate_errors
+from openmaker.store.errors import StoreError
 from openmaker.store.keys import relative_to_prefix
 from openmaker.store.listing import list_prefix
 from openmaker.store.location import Location, resolve
 from openmaker.store.manifest import check_entry, check_reference, manifest_entries, parse_manifest
-from openmaker.store.transfer import read_object
+from openmaker.store.stream import Chunk, stream_object
+from openmaker.store.transfer import read_object, upload_file
 
 
 @dataclass(frozen=True)
@@ -78,18 +80,25 @@ def output_location(output_path: str, relative: str, store: StoreSettings) -> Lo
     return resolve(f"{output_path.rstrip('/')}/{relative}.out", store)
 
 
-def read(item: InputObject) -> bytes:
-    return asyncio.run(read_object(item.location))
-
-
-def write(location: Location, data: bytes) -> None:
-    """Write an object's whole output (it appears whole or not at all)."""
-    asyncio.run(_put(location, data))
-
-
-@translate_errors
-async def _put(location: Location, data: bytes) -> None:
+def chunks(item: InputObject) -> Iterator[Chunk]:
+    """The object's bytes as it is read (memory: a chunk or a few parts, whatever its size)."""
+    loop = asyncio.new_event_loop()
+    # An async generator: closed below, so that its ranged reads end with the object's.
+    stream = cast(
+        AsyncGenerator[Chunk, None],
+        stream_object(item.location.store, item.location.key, item.size),
+    )
     try:
-        await obstore.put_async(location.store, location.key, data)
-    except Exception as exc:  # obstore's errors, for a person
-        raise StoreError(f"cannot upload {location.uri}: {short_message(exc)}") from None
+        while True:
+            try:
+                yield loop.run_until_complete(anext(stream))
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(stream.aclose())
+        loop.close()
+
+
+def upload(path: Path, location: Location) -> None:
+    """Put the finished output file `path` at `location` (it appears whole or not at all)."""
+    asyncio.run(upload_file(path, location))

@@ -9,10 +9,13 @@ job's end: `Completed`, `Failed` naming the objects that failed, or `Stopped` (S
 from __future__ import annotations
 
 import secrets
+import shutil
 import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +72,9 @@ class TransformWorker:
         self.instances: list[Instance] = []
         self.streams: dict[str, str] = {}
         self.network: JobNetwork | None = None
+        # When the last object was done: the job's TransformEndTime (its instances' stop after
+        # is not the transform's).
+        self.transformed_at: datetime | None = None
 
     def run(self) -> None:
         final, reason = status.COMPLETED, None
@@ -78,6 +84,7 @@ class TransformWorker:
                 return
             self._start_instances(row)
             failures = self._transform(row) if not self.stop.is_set() else []
+            self.transformed_at = now()
             if failures:
                 final, reason = status.FAILED, self._failure_reason(failures)
         except JobFailed as exc:
@@ -200,6 +207,7 @@ class TransformWorker:
                 output.get("Accept"),
             ),
             store=self.settings.store,
+            scratch=self._scratch(),
         )
         shares = spread(objects, len(self.instances))
         failures: list[tuple[InputObject, str, str]] = []
@@ -209,18 +217,25 @@ class TransformWorker:
             instance, share = self.instances[index], shares[index]
             stream = self.streams[instance.plan.id]
             transformer = ObjectTransformer(setup, invokers[index], self.stop)
+
+            def one_object(item: InputObject) -> None:
+                if self.stop.is_set():
+                    return
+                try:
+                    why = transformer.transform(item)
+                except Stopped:
+                    return
+                if why is not None:
+                    self.logs.note(stream, f"[openmaker] {item.location.uri}: {why}")
+                    with lock:
+                        failures.append((item, why, stream))
+
             try:
-                for item in share:
-                    if self.stop.is_set():
-                        return
-                    try:
-                        why = transformer.transform(item)
-                    except Stopped:
-                        return
-                    if why is not None:
-                        self.logs.note(stream, f"[openmaker] {item.location.uri}: {why}")
-                        with lock:
-                            failures.append((item, why, stream))
+                # Several objects at once: small objects keep the instance's
+                # MaxConcurrentTransforms requests in flight too (the transformer's pool
+                # bounds them).
+                with ThreadPoolExecutor(parameters.max_concurrent) as objects:
+                    list(objects.map(one_object, share))
             finally:
                 transformer.close()
                 invokers[index].close()
@@ -236,6 +251,12 @@ class TransformWorker:
             done.set()
             watcher.join()
         return sorted(failures, key=lambda f: f[0].location.key)
+
+    def _scratch(self) -> Path:
+        """Where outputs are written until they are whole (removed with the instances)."""
+        folder = instances_dir(self.settings, self.name) / "outputs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def _stop_on_request(self, done: threading.Event) -> None:
         while not done.is_set():
@@ -263,6 +284,7 @@ class TransformWorker:
         remove_network(self.settings.home, network_key(self.name))
         for instance in self.instances:
             instance.remove()
+        shutil.rmtree(instances_dir(self.settings, self.name) / "outputs", ignore_errors=True)
         self.logs.close()
 
     def _record(self, final: str, reason: str | None) -> None:
@@ -270,5 +292,7 @@ class TransformWorker:
             row = session.get(TransformJobRecord, self.name)
             if row is None or row.status in status.ENDED:
                 return
+            if self.transformed_at is not None and row.transform_start_time is not None:
+                row.transform_end_time = self.transformed_at
             finish(row, final, reason)
             session.commit()

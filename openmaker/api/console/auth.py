@@ -26,6 +26,10 @@ SESSION_MAX_SECONDS = 7 * 24 * 3600.0
 # Bounds on what the maps hold, so that a flood of mints or logins cannot fill the memory.
 MAX_TOKENS = 100
 MAX_SESSIONS = 1000
+# A signed mint request is good for SigV4's 15 minutes either side of its date: each is
+# honoured once within that, so one seen on the wire cannot mint another token.
+SIGNATURE_SECONDS = 31 * 60.0
+MAX_SIGNATURES = 1000
 
 
 @dataclass
@@ -40,7 +44,20 @@ class ConsoleAuth:
         self._credentials = credentials
         self._tokens: dict[str, float] = {}  # token -> when it expires
         self._sessions: dict[str, Session] = {}
+        self._signatures: dict[str, float] = {}  # a spent mint request's signature -> expiry
         self._lock = threading.Lock()
+
+    def first_use(self, signature: str) -> bool:
+        """Whether a verified mint request's signature is new (it is then spent). When the
+        map is full of live signatures, no more are taken: only the key's holder can fill it."""
+        now = time.monotonic()
+        with self._lock:
+            for seen in [s for s, expires in self._signatures.items() if expires < now]:
+                del self._signatures[seen]
+            if signature in self._signatures or len(self._signatures) >= MAX_SIGNATURES:
+                return False
+            self._signatures[signature] = now + SIGNATURE_SECONDS
+        return True
 
     def mint_token(self) -> str:
         """A one-time login token (the caller has proved it holds the key pair)."""

@@ -1,6 +1,7 @@
 """The console's pages for processing and batch transform jobs, as JSON-ready data: a table of
 each kind, a job's description and its log tail, read through each kind's own service (what
-ListProcessingJobs, DescribeTransformJob, ... answer from) and the CloudWatch Logs queries."""
+ListProcessingJobs, DescribeTransformJob, ... answer from) and the CloudWatch Logs queries; and
+a job's stop."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class JobKind:
     sorts: tuple[str, ...]
     listing: Listing
     describe: Callable[[str], dict[str, Any]]
+    stop: Callable[[str], None]
 
 
 class KindViews:
@@ -92,6 +94,11 @@ class KindViews:
         described = self.kind.describe(name)
         return {"job": plain(described), "hosts": self._hosts(name)}
 
+    def stop(self, name: str) -> dict[str, Any]:
+        """Stop the job, as Stop*Job does (the page asked the person first)."""
+        self.kind.stop(name)
+        return {"stopping": name}
+
     def logs_of(self, name: str, after: int) -> dict[str, Any]:
         self.kind.describe(name)  # an unknown job is refused, not an empty log
         streams = log_tail.stream_names(self.logs, self.kind.log_group, f"{name}/")
@@ -110,6 +117,7 @@ def processing_kind(jobs: ProcessingJobs) -> JobKind:
         sorts=("CreationTime", "Name", "Status"),
         listing=lambda params: jobs.search(ProcessingQuery.of(params)),
         describe=jobs.describe,
+        stop=jobs.stop,
     )
 
 
@@ -122,7 +130,8 @@ def transform_kind(jobs: TransformJobs) -> JobKind:
         prefix="Transform",
         resources=lambda d: dict(d.get("TransformResources", {})),
         log_group=TRANSFORM_LOGS,
-        sorts=("CreationTime", "Name"),
+        sorts=("CreationTime", "Name", "Status"),
         listing=listing,
         describe=jobs.describe,
+        stop=jobs.stop,
     )

@@ -102,6 +102,10 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
             verify(signed_request(request, body), credentials, region, {"sagemaker"})
         except ServiceError as exc:
             return _error(exc.http_status, exc.code, exc.message)
+        if not auth.first_use(request.headers.get("authorization", "")):
+            return _error(
+                403, "AccessDeniedException", "This signed request was used already: sign anew."
+            )
         return _json({"path": f"{PREFIX}/login?token={auth.mint_token()}"})
 
     def guarded(view: View, changes: bool = False) -> Callable[[Request], Awaitable[Response]]:
@@ -238,6 +242,11 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
             f"{api}/kinds/{{kind}}/{{name}}/logs",
             guarded(answering(lambda r: kind_of(r).logs_of(name(r), after(r)))),
             methods=["GET"],
+        ),
+        Route(
+            f"{api}/kinds/{{kind}}/{{name}}/stop",
+            guarded(answering(lambda r: kind_of(r).stop(name(r))), changes=True),
+            methods=["POST"],
         ),
     ]
 

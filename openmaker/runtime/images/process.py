@@ -1,12 +1,16 @@
 """The image tools (skopeo, umoci) run so that a stop interrupts them: each in a process group
 of its own (with whatever it starts, such as a credential helper), killed as a group once the
 caller's `cancelled` says so (StopTrainingJob, DeleteEndpoint), checked every tenth of a second.
+A group of its own is out of reach of whatever kills the caller's group: the tool is started
+through `setpriv --pdeathsig KILL`, so that it dies with the caller (a job's worker killed with
+SIGKILL) rather than pull on for no one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -45,7 +49,7 @@ def run(
     `stdout`); Interrupted once `cancelled()` turns true."""
     with tempfile.TemporaryFile() as errors:
         popen = subprocess.Popen(
-            argv,
+            _dying_with_caller() + argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=errors,
@@ -78,6 +82,12 @@ def run(
             raise Interrupted(f"{os.path.basename(argv[0])} was stopped")
         errors.seek(0)
         return Finished(code, b"".join(kept), errors.read().decode(errors="replace"))
+
+
+def _dying_with_caller() -> list[str]:
+    # The signal is sent when the thread that started it ends: `run` waits in that thread.
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def _watch(

@@ -140,6 +140,8 @@ class TrainingPlan:
     failure_file: str = "output/failure"
     # Folders made before the code starts, relative to /opt/ml (a processing job's outputs).
     folders: tuple[str, ...] = ()
+    # What failure reasons call the job's code ("the processing program exited ...").
+    program: str = "training program"
 
     def channels_in(self, mode: InputMode) -> list[ChannelPlan]:
         return [channel for channel in self.channels if channel.mode == mode]
@@ -178,4 +180,5 @@ class TrainingPlan:
             config_dir=data.get("config_dir", "input/config"),
             failure_file=data.get("failure_file", "output/failure"),
             folders=tuple(data.get("folders", ())),
+            program=data.get("program", "training program"),
         )

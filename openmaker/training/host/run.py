@@ -147,7 +147,8 @@ def run_code(
     failure = f"ClientError: {input_failure}" if input_failure else None
     if failure is None and result.code != 0 and result.stopped is None:
         failure = script_error.fill(
-            failure_reason(tree, result.code, spec.plan.failure_file), FAILURE_REASON_LIMIT
+            failure_reason(tree, result.code, spec.plan.failure_file, spec.plan.program),
+            FAILURE_REASON_LIMIT,
         )
     return HostResult(result.code, result.stopped, failure)
 
@@ -203,12 +204,17 @@ def _prepare_distribution(spec: HostSpec, tree: HostTree, image: Image) -> None:
     prepare_ssh(spec)
 
 
-def failure_reason(tree: HostTree, code: int, failure_file: str = "output/failure") -> str:
+def failure_reason(
+    tree: HostTree,
+    code: int,
+    failure_file: str = "output/failure",
+    program: str = "training program",
+) -> str:
     # Through the tree's handle: a link the code left there (to a secret, say) is never read.
     text = read_text_head(tree.ml, failure_file, FAILURE_REASON_LIMIT)
     if text and text.strip():
         return "AlgorithmError: " + text
-    return f"AlgorithmError: the training program exited with status {_describe_exit(code)}"
+    return f"AlgorithmError: the {program} exited with status {_describe_exit(code)}"
 
 
 def _describe_exit(code: int) -> str:

@@ -8,12 +8,12 @@ worker was lost). Everything of one host while it lives is its own (training_hos
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from openmaker.runtime.network import JobNetwork, create, jobs_with_networks, shared
 from openmaker.runtime.network import remove as remove_network
 from openmaker.settings import Settings
-from openmaker.training.host.container import sandbox_unavailable_reason
 from openmaker.training.host.limits import jobs_with_cgroups, remove_job_cgroups
 from openmaker.training.host.volume import unmount_under
 
@@ -25,8 +25,26 @@ __all__ = [
     "jobs_with_networks",
     "remove_job_cgroups",
     "remove_network",
+    "remove_stale_hosts",
     "unmount_under",
 ]
+
+
+class Kind(Protocol):
+    """A kind of job, as far as its stale keys go (openmaker/jobs/resource.py's ResourceKind)."""
+
+    def stale(self, keys: Iterable[str], running: Callable[[list[str]], set[str]]) -> list[str]: ...
+
+
+def remove_stale_hosts(
+    kind: Kind, settings: Settings, running: Callable[[list[str]], set[str]]
+) -> None:
+    """The memory cgroups (a killed worker's, once its code died) and bridges of the jobs of
+    `kind` that no worker runs (`running(names)`); other kinds' keys are left to their sweeps."""
+    for key in kind.stale(jobs_with_cgroups(settings.home), running):
+        remove_job_cgroups(settings.home, key)
+    for key in kind.stale(jobs_with_networks(settings.home), running):
+        remove_network(settings.home, key)
 
 
 def job_network(
@@ -34,6 +52,9 @@ def job_network(
 ) -> JobNetwork:
     """The job's bridge (network.py); none for an isolated job (its hosts have loopback
     alone) or where the sandbox will not run (its hosts share the machine's network)."""
+    # Here: the recovery sweep (every command's) needs this module, not the container's.
+    from openmaker.training.host.container import sandbox_unavailable_reason
+
     if isolated:
         return shared(hosts, "network isolation")
     if (reason := sandbox_unavailable_reason(settings)) is not None:

@@ -150,8 +150,8 @@ class TrainingHost:
             return HostResult(code, stopped, full)
         if stopped is None and code in KILLED_EXIT_CODES:
             outside = (
-                f"the training program of host {self.name} was killed (SIGKILL) from outside "
-                "the job, as when an instance fails"
+                f"the {self.spec.plan.program} of host {self.name} was killed (SIGKILL) from "
+                "outside the job, as when an instance fails"
             )
             return HostResult(code, stopped, None, outside)
         return result
@@ -160,9 +160,9 @@ class TrainingHost:
         resources = self.spec.resources
         limit = resources.memory if resources and resources.memory else 0
         return (
-            f"AlgorithmError: the training program of host {self.name} ran out of memory: it "
-            f"was killed at its limit of {limit / 1024**3:.3g} GiB ({self.spec.instance_type}; "
-            "a larger instance type gives it more)"
+            f"AlgorithmError: the {self.spec.plan.program} of host {self.name} ran out of "
+            f"memory: it was killed at its limit of {limit / 1024**3:.3g} GiB "
+            f"({self.spec.instance_type}; a larger instance type gives it more)"
         )
 
 

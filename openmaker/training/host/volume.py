@@ -1,68 +1,41 @@
-"""Each host's disk: a volume of `ResourceConfig.VolumeSizeInGB`, as on a SageMaker instance.
-
-A sparse ext4 image (`volume.img`, in the host's folder) is loop-mounted on the host's folder
-before anything is written there, so that everything the host writes — /opt/ml, the sandbox's
-/tmp, its copy-on-write root, the FastFile cache, the Pipe spool — is held to the volume: a job
-that fills it fails alone, and the disk that holds openmaker's database and logs keeps its
-space. The image costs only what is written. It gets the size the request asks for, less when
-the disk has not that much free beyond a reserve for openmaker (the volumes mounted already
-count for all they may still grow).
-
-The volume is mounted in the machine's mount namespace, where the worker and the sandbox see
-it. A guard process holding a pipe that only the worker writes unmounts it lazily when the
-worker ends, however it ends (as FastFile's mounts are guarded); `unmount_under` removes what a
-lost guard left. Without root or loop devices the host writes to openmaker's disk, as it did
-before volumes, and the job's status message says so.
+"""Each host's disk: a volume of `ResourceConfig.VolumeSizeInGB`, as on a SageMaker instance
+(runtime/volume.py), mounted on the host's folder before anything is written there. Without
+root or loop devices the host writes to openmaker's disk, as it did before volumes, and the
+job's status message says so.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import shutil
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
-from openmaker.runtime.enter import unescape
+from openmaker.runtime.volume import (
+    FULL_BELOW_BYTES,
+    GIB,
+    IMAGE_NAME,
+    RESERVE_BYTES,
+    Volume,
+    VolumeError,
+    detach,
+    mount,
+    mount_points_under,
+    observe,
+    unmount_under,
+)
 from openmaker.training.host.spec import HostSpec
 
-GIB = 1024**3
-IMAGE_NAME = "volume.img"
-# Kept free on openmaker's disk for its database, logs and output archives.
-RESERVE_BYTES = GIB
-# A volume with less free than this when its code ends was filled by it.
-FULL_BELOW_BYTES = 16 * 1024**2
-
-# Waits for the end of its standard input (the worker's pipe), then unmounts lazily.
-_GUARD = 'cat >/dev/null; umount --lazy "$1" 2>/dev/null; exit 0'
-
-
-class VolumeError(Exception):
-    """The host cannot get a volume; `reason` is the job's FailureReason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class Volume:
-    folder: Path
-    size_gb: int
-    # What the job's status message says about it.
-    note: str
-    guard: subprocess.Popen[bytes] | None = None
-    # The worker's end of the guard's standard input; closing it unmounts.
-    control: int | None = None
-    # Latched when the code ended with its volume (nearly) full.
-    was_full: bool = False
-
-    @property
-    def mounted(self) -> bool:
-        return self.guard is not None
+__all__ = [
+    "FULL_BELOW_BYTES",
+    "GIB",
+    "IMAGE_NAME",
+    "RESERVE_BYTES",
+    "Volume",
+    "VolumeError",
+    "attach",
+    "detach",
+    "full_reason",
+    "mount_points_under",
+    "no_space_reason",
+    "observe",
+    "unmount_under",
+]
 
 
 def attach(spec: HostSpec) -> Volume:
@@ -70,37 +43,7 @@ def attach(spec: HostSpec) -> Volume:
     keeps it and detaches it when it ends."""
     folder = spec.work_dir
     folder.mkdir(parents=True, exist_ok=True)
-    reason = _unavailable_reason()
-    if reason is None:
-        return _mount(folder, spec.plan.limits.volume_size_gb, spec.settings.jobs_dir)
-    return Volume(folder, spec.plan.limits.volume_size_gb, _unlimited_note(reason))
-
-
-def detach(volume: Volume) -> None:
-    """Unmount the host's volume; its image goes with the host's folder."""
-    if not volume.mounted:
-        return
-    _lazy_unmount(volume.folder)
-    if volume.control is not None:
-        os.close(volume.control)
-        volume.control = None
-    assert volume.guard is not None
-    try:
-        volume.guard.wait(5)
-    except subprocess.TimeoutExpired:
-        volume.guard.kill()
-        volume.guard.wait()
-    volume.guard = None
-
-
-def observe(volume: Volume) -> None:
-    """Latch whether the volume is full now (called as the host's code ends)."""
-    if not volume.mounted:
-        return
-    with contextlib.suppress(OSError):
-        stat = os.statvfs(volume.folder)
-        if stat.f_bavail * stat.f_frsize < FULL_BELOW_BYTES:
-            volume.was_full = True
+    return mount(folder, spec.plan.limits.volume_size_gb, spec.settings.jobs_dir)
 
 
 def full_reason(volume: Volume) -> str | None:
@@ -113,158 +56,3 @@ def full_reason(volume: Volume) -> str | None:
 
 def no_space_reason(size_gb: int) -> str:
     return f"ClientError: no space left on the job's volume ({size_gb} GB)"
-
-
-def unmount_under(folder: Path) -> None:
-    """Unmount whatever is mounted under `folder` (a job's folder) and detach the loop devices
-    of its images: what a lost worker's guard left, before the folder is removed."""
-    for point in sorted(mount_points_under(folder), reverse=True):
-        _lazy_unmount(point)
-    for device, backing in _loop_devices():
-        if backing.is_relative_to(folder):
-            subprocess.run(["losetup", "--detach", device], capture_output=True, check=False)
-
-
-def mount_points_under(folder: Path) -> list[Path]:
-    found = []
-    with open("/proc/self/mountinfo", "rb") as table:
-        for line in table:
-            point = Path(unescape(line.split()[4]))
-            if point.is_relative_to(folder):
-                found.append(point)
-    return found
-
-
-def _unavailable_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "a volume needs root privileges"
-    for tool, package in (("mkfs.ext4", "e2fsprogs"), ("losetup", "util-linux")):
-        if shutil.which(tool) is None:
-            return f"{tool} ({package}) is not installed"
-    if not Path("/dev/loop-control").exists():
-        return "this machine has no loop devices"
-    return None
-
-
-def _unlimited_note(reason: str) -> str:
-    return f"no volume of its own ({reason}): it writes to openmaker's disk, unlimited"
-
-
-def _mount(folder: Path, requested: int, jobs_dir: Path) -> Volume:
-    image = folder / IMAGE_NAME
-    # One host at a time sizes and mounts its volume: each sees the others' volumes.
-    with _disk_lock(jobs_dir):
-        size_gb, capped = _size_gb(requested, jobs_dir)
-        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.ftruncate(fd, size_gb * GIB)
-        finally:
-            os.close(fd)
-        guard, control = _start_guard(folder)
-        try:
-            _run("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", str(image))
-            _loop_mount(image, folder)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            os.close(control)
-            guard.wait()
-            image.unlink(missing_ok=True)
-            return Volume(folder, requested, _unlimited_note(_why(exc)))
-    note = f"a {size_gb} GB volume"
-    if capped:
-        note += f" ({requested} GB asked; openmaker's disk has no more free beyond its reserve)"
-    return Volume(folder, size_gb, note, guard, control)
-
-
-def _start_guard(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """The guard of the volume about to be mounted on `folder`, and the worker's end of its
-    pipe. It starts first: a worker killed right after mounting leaves no volume behind."""
-    read_end, control = os.pipe()
-    try:
-        guard = subprocess.Popen(
-            ["sh", "-c", _GUARD, "sh", str(folder)],
-            stdin=read_end,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # Its own session: signals meant for the worker's group do not end it.
-            start_new_session=True,
-        )
-    except OSError:
-        os.close(control)
-        raise
-    finally:
-        os.close(read_end)
-    return guard, control
-
-
-def _loop_mount(image: Path, folder: Path) -> None:
-    # Direct I/O: the image's pages are not cached twice; writes ran 15 times faster here.
-    try:
-        device = _run("losetup", "--find", "--show", "--direct-io=on", str(image))
-    except subprocess.CalledProcessError:
-        device = _run("losetup", "--find", "--show", str(image))
-    try:
-        # noinit_itable: no background zeroing of inode tables (it would fill the sparse image).
-        _run("mount", "-t", "ext4", "-o", "nosuid,nodev,noinit_itable", device, str(folder))
-    finally:
-        # Detaches now if the mount failed, else once the volume is unmounted.
-        subprocess.run(["losetup", "--detach", device], capture_output=True, check=False)
-    os.chmod(folder, 0o755)
-
-
-def _size_gb(requested: int, jobs_dir: Path) -> tuple[int, bool]:
-    """The volume's size: what was asked, or what openmaker's disk can give (then True)."""
-    stat = os.statvfs(jobs_dir)
-    free = stat.f_bavail * stat.f_frsize
-    # Each mounted volume may still grow by its own free space.
-    for point in mount_points_under(jobs_dir):
-        if point.parent.parent == jobs_dir:  # jobs/<job>/<host>
-            with contextlib.suppress(OSError):
-                other = os.statvfs(point)
-                if other.f_fsid != stat.f_fsid:
-                    free -= other.f_bfree * other.f_frsize
-    available = (free - RESERVE_BYTES) // GIB
-    if available >= requested:
-        return requested, False
-    if available < 1:
-        raise VolumeError(
-            f"CapacityError: openmaker's disk has no room for a {requested} GB volume: "
-            f"{max(free, 0) / GIB:.1f} GB free, less a reserve of {RESERVE_BYTES // GIB} GB "
-            "for openmaker itself"
-        )
-    return int(available), True
-
-
-@contextlib.contextmanager
-def _disk_lock(jobs_dir: Path) -> Iterator[None]:
-    fd = os.open(jobs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _loop_devices() -> list[tuple[str, Path]]:
-    """(device, backing file) of every loop device in use."""
-    found = []
-    for entry in Path("/sys/block").glob("loop*"):
-        with contextlib.suppress(OSError):
-            backing = (entry / "loop" / "backing_file").read_text().strip()
-            found.append((f"/dev/{entry.name}", Path(backing.removesuffix(" (deleted)"))))
-    return found
-
-
-def _lazy_unmount(point: Path) -> None:
-    subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
-
-
-def _run(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, subprocess.CalledProcessError):
-        lines = (exc.stderr or "").strip().splitlines()
-        return f"{exc.cmd[0]} failed: {lines[-1] if lines else f'status {exc.returncode}'}"
-    return str(exc)

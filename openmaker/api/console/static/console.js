@@ -21,7 +21,7 @@
     processing: {title: "Processing", path: "/kinds/processing", page: "#/processing/",
       sorts: ["Name", "Status", "CreationTime"], create: "CreateProcessingJob"},
     transform: {title: "Batch transform", path: "/kinds/transform", page: "#/transform/",
-      sorts: ["Name", "CreationTime"], create: "CreateTransformJob"},
+      sorts: ["Name", "Status", "CreationTime"], create: "CreateTransformJob"},
   };
   let csrf = null;
   let timer = null;  // the current view's poll
@@ -561,8 +561,18 @@
       const state = JSON.stringify(job);
       if (state === lastState) return;
       lastState = state;
+      const noun = kind === "processing" ? "processing job" : "transform job";
+      const stop = el("button", {type: "button", class: "danger", id: "stop",
+        disabled: job[prefix + "JobStatus"] !== "InProgress",
+        onclick: async () => {
+          if (!window.confirm("Stop " + noun + " " + name + "?")) return;
+          stop.disabled = true;
+          try { await change(path + "/stop"); }
+          catch (error) { problem(error.message); stop.disabled = false; }
+        }}, "Stop");
       head.replaceChildren(el("div", {class: "toolbar"}, el("h1", {}, name),
-        badge(job[prefix + "JobStatus"]), el("span", {class: "muted"}, KINDS[kind].title + " job")),
+        badge(job[prefix + "JobStatus"]), el("span", {class: "muted"}, KINDS[kind].title + " job"),
+        stop),
       kv([["ARN", job[prefix + "JobArn"]]]));
       failure.replaceChildren(...failureBox(job.FailureReason));
       details.replaceChildren(...kindRequest(kind, job), kindTimeline(prefix, job));

@@ -14,12 +14,12 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable, Coroutine
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from openmaker.store import Download, StoreError, download_all, safe_destination
 from openmaker.store.transfer import OBJECTS_IN_FLIGHT
-from openmaker.training.host.channels.local_view import show_view, source_folder
+from openmaker.training.host.channels.local_view import local_source, show_view
 from openmaker.training.host.channels.objects import ChannelError, for_host, list_channel
 from openmaker.training.host.events import Emit
 from openmaker.training.host.plan import ChannelPlan, DataType, InputMode
@@ -93,9 +93,18 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     # What a view shows takes no room on the volume; SageMaker would have downloaded it, and a
     # job whose data cannot fit fails here as it would there.
     room = [_free_bytes(spec.ml_dir)]
+    # A view mounted over a folder would hide another channel's inside it (a processing job's
+    # inputs may nest): such a channel is copied.
+    holders = {
+        c.name
+        for c in channels
+        for other in channels
+        if other is not c and PurePosixPath(other.folder).is_relative_to(c.folder)
+    }
 
     async def fetch(channel: ChannelPlan, plan: list[Download]) -> None:
-        shown = bool(plan) and await asyncio.to_thread(_local_view, spec, channel, plan)
+        viewable = bool(plan) and channel.name not in holders
+        shown = viewable and await asyncio.to_thread(_local_view, spec, channel, plan)
         if shown:
             size = sum(d.size for d in plan)
             room[0] -= size
@@ -122,8 +131,8 @@ def _free_bytes(folder: Path) -> int:
 def _local_view(spec: HostSpec, channel: ChannelPlan, plan: list[Download]) -> bool:
     """Show the channel's objects as a view of their folder on this machine, where it can."""
     root = spec.ml_dir / channel.folder
-    folder = source_folder(plan, root)
-    if folder is None:
+    source = local_source(plan, root)
+    if source is None:
         return False
-    wanted = {d.destination.relative_to(root).as_posix() for d in plan}
+    folder, wanted = source
     return show_view(folder, wanted, root, spec.work_dir / "channel-views" / channel.name)

@@ -1,0 +1,108 @@
+"""Jobs through `openmaker server`, as boto3 sends them: one no-op job from CreateTrainingJob to
+a terminal status seen by DescribeTrainingJob, and 50 created at once from 16 threads (how long
+the creates take, and jobs/s until the last has ended). The peer is the same no-op job in
+this process with a warm worker (TrainingJobs, no HTTP)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.overhead import run_once
+from bench.stats import Timings
+from openmaker.settings import load_settings
+from openmaker.training.service import TrainingJobs
+from tests.apiserver import ApiServer, running_api_server
+from tests.helpers import make_image, request
+
+ONE_JOB_TARGET_SECONDS = 0.5
+JOBS_PER_SECOND_TARGET = 10.0
+MANY_JOBS = 50
+THREADS = 16
+POLL_SECONDS = 0.01
+TERMINAL = ("Completed", "Failed", "Stopped")
+BUCKET = "bench-server"
+# 1 GB, not the tests' 5: fifty volumes at once must fit a small disk's free space.
+RESOURCES = {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}
+
+
+def run(quick: bool, scratch: Path, output: str) -> list[str]:
+    """`output`: where the peer's jobs (this process's settings) put their models."""
+    runs = 3 if quick else 7
+    image = make_image(scratch / "server-noop-image", "#!/bin/sh\nexit 0\n")
+    print(f"jobs through the server ({runs} single jobs, {MANY_JOBS} from {THREADS} threads)")
+    with running_api_server(scratch / "server-home") as server:
+        server.client("s3").create_bucket(Bucket=BUCKET)
+        sagemaker = server.client("sagemaker")
+        for _ in range(2):  # the server's executor keeps a worker ahead after its 2nd job
+            _one_job(sagemaker, image)
+        one = Timings([_one_job(sagemaker, image) for _ in range(runs)])
+        created, finished = _many_jobs(server, image)
+    peer = _in_process(image, output, runs)
+    rate = MANY_JOBS / finished
+    one_ok = "ok" if one.median < ONE_JOB_TARGET_SECONDS else "MISSED"
+    rate_ok = "ok" if rate >= JOBS_PER_SECOND_TARGET else "MISSED"
+    return [
+        f"one no-op job through the server (CreateTrainingJob → terminal status seen): "
+        f"median {one.median:.3f} s; in-process warm peer {peer.median:.3f} s; "
+        f"target < {ONE_JOB_TARGET_SECONDS} s: {one_ok}",
+        f"  server {one.describe()}",
+        f"  peer   {peer.describe()}",
+        f"{MANY_JOBS} no-op jobs from {THREADS} threads: creates took {created:.2f} s, all "
+        f"ended after {finished:.2f} s: {rate:.1f} jobs/s; "
+        f"target >= {JOBS_PER_SECOND_TARGET:.0f} jobs/s: {rate_ok}",
+    ]
+
+
+def _one_job(sagemaker: Any, image: Path) -> float:
+    name = f"bench-one-{secrets.token_hex(4)}"
+    started = time.perf_counter()
+    body = request(name, str(image), f"s3://{BUCKET}/out", ResourceConfig=RESOURCES)
+    sagemaker.create_training_job(**body)
+    _wait_ended(sagemaker, name)
+    return time.perf_counter() - started
+
+
+def _wait_ended(sagemaker: Any, name: str) -> dict[str, Any]:
+    while True:
+        described = sagemaker.describe_training_job(TrainingJobName=name)
+        if described["TrainingJobStatus"] in TERMINAL:
+            if described["TrainingJobStatus"] != "Completed":
+                raise RuntimeError(f"{name}: {described.get('FailureReason')}")
+            return described
+        time.sleep(POLL_SECONDS)
+
+
+def _many_jobs(server: ApiServer, image: Path) -> tuple[float, float]:
+    """(seconds until every create has returned, seconds until every job has ended)."""
+    names = [f"bench-many-{index:02d}-{secrets.token_hex(3)}" for index in range(MANY_JOBS)]
+    clients = [server.client("sagemaker") for _ in range(THREADS)]
+    for client in clients:  # connections and models warm, as in a running pipeline
+        client.list_training_jobs(MaxResults=1)
+
+    def create(index: int) -> None:
+        body = request(names[index], str(image), f"s3://{BUCKET}/many", ResourceConfig=RESOURCES)
+        clients[index % THREADS].create_training_job(**body)
+
+    def wait(index: int) -> None:
+        _wait_ended(clients[index % THREADS], names[index])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(create, range(MANY_JOBS)))
+        created = time.perf_counter() - started
+        list(pool.map(wait, range(MANY_JOBS)))
+    return created, time.perf_counter() - started
+
+
+def _in_process(image: Path, output: str, runs: int) -> Timings:
+    jobs = TrainingJobs(load_settings())
+    try:
+        for _ in range(2):  # a worker kept ahead from the second job on
+            run_once(jobs, image, output)
+        return Timings([run_once(jobs, image, output).seconds for _ in range(runs)])
+    finally:
+        jobs.close()

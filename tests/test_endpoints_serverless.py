@@ -1,0 +1,193 @@
+"""Serverless variants for real: a real `openmaker server` with a short idle period
+(OPENMAKER_SERVERLESS_IDLE_SECONDS), boto3, a sandboxed model server. The endpoint has no
+instance until it is invoked, answers (a cold start, measured as ModelSetupTime), refuses what
+goes over MaxConcurrency, and goes back to no instance once idle."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.apiserver import running_api_server
+from tests.helpers import kill_every_worker, unique_name
+from tests.test_endpoint_metrics import cloudwatch, statistic
+from tests.test_endpoints import Deployer, bridges_of, deployer, pytestmark, wait_until
+
+__all__ = ["deployer", "pytestmark"]  # the fixture, and the skip without a sandbox
+
+# Answers with its model file and the body; `hold` is answered two seconds later, so that an
+# invocation is under way meanwhile.
+SERVE = """#!/usr/bin/env python3
+import http.server, time
+MODEL = open("/opt/ml/model/weights.txt").read().strip()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        self.send_response(200 if self.path == "/ping" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if body == b"hold":
+            time.sleep(2)
+        answer = f"{MODEL} {body.decode()}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+"""
+
+
+@pytest.fixture
+def idle_deployer(tmp_path: Path) -> Iterator[Deployer]:
+    home = tmp_path / "home"
+    with running_api_server(home, OPENMAKER_SERVERLESS_IDLE_SECONDS="1") as server:
+        deploy = Deployer(server, tmp_path)
+        try:
+            yield deploy
+        finally:
+            deploy.delete_all()
+            kill_every_worker(home)
+
+
+def serverless_config(deployer: Deployer, model: str, **config: Any) -> str:
+    name = unique_name("cfg")
+    deployer.sagemaker.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": model,
+                "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 1, **config},
+            }
+        ],
+    )
+    return name
+
+
+def instances_of(endpoint: str) -> int:
+    """Its instances: each has a veth on the endpoint's bridge."""
+    bridges = bridges_of(endpoint)
+    return sum(len(list(Path("/sys/class/net").glob(f"{b}v*"))) for b in bridges)
+
+
+def test_a_serverless_config_is_checked_as_sagemaker_checks_it(deployer: Deployer) -> None:
+    model = deployer.model(SERVE, {"weights.txt": b"w"})
+    refused = {
+        "MemorySizeInMB": ({"MemorySizeInMB": 1536}, "ServerlessConfig.MemorySizeInMB"),
+        "MaxConcurrency": ({"MaxConcurrency": 201}, "ServerlessConfig.MaxConcurrency"),
+        "Provisioned": (
+            {"MaxConcurrency": 2, "ProvisionedConcurrency": 3},
+            "ServerlessConfig.ProvisionedConcurrency",
+        ),
+    }
+    for config, member in refused.values():
+        with pytest.raises(ClientError) as error:
+            serverless_config(deployer, model, **config)
+        assert error.value.response["Error"]["Code"] == "ValidationException"
+        assert member in error.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as both:
+        deployer.sagemaker.create_endpoint_config(
+            EndpointConfigName=unique_name("cfg"),
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": model,
+                    "InstanceType": "ml.m5.large",
+                    "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 1},
+                }
+            ],
+        )
+    assert "ProductionVariants.1.InstanceType" in both.value.response["Error"]["Message"]
+
+
+    # InService with no instance; its concurrency changed in place.
+    name = unique_name("ep")
+    deployer.endpoints.append(name)
+    made = serverless_config(deployer, model)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=made)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    deployer.sagemaker.update_endpoint_weights_and_capacities(
+        EndpointName=name,
+        DesiredWeightsAndCapacities=[
+            {"VariantName": "AllTraffic", "ServerlessUpdateConfig": {"MaxConcurrency": 5}}
+        ],
+    )
+    (variant,) = deployer.wait(name, ("InService",))["ProductionVariants"]
+    changed = {"MemorySizeInMB": 1024, "MaxConcurrency": 5}
+    assert variant["CurrentServerlessConfig"] == variant["DesiredServerlessConfig"] == changed
+    assert instances_of(name) == 0
+
+
+def test_an_instance_comes_with_invocations_and_goes_when_idle(idle_deployer: Deployer) -> None:
+    deployer = idle_deployer
+    model = deployer.model(SERVE, {"weights.txt": b"w1\n"})
+    name = unique_name("ep")
+    deployer.endpoints.append(name)
+    config = serverless_config(deployer, model, MemorySizeInMB=2048)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+    (variant,) = described["ProductionVariants"]
+    shown = {"MemorySizeInMB": 2048, "MaxConcurrency": 1}
+    assert variant["CurrentServerlessConfig"] == variant["DesiredServerlessConfig"] == shown
+    assert "CurrentInstanceCount" not in variant
+    assert instances_of(name) == 0  # nothing runs until it is invoked
+
+    # One attempt per call: botocore would retry a throttled call.
+    runtime = boto3.client(
+        "sagemaker-runtime",
+        region_name=deployer.server.env["AWS_REGION"],
+        aws_access_key_id=deployer.server.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=deployer.server.env["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=deployer.server.env["AWS_ENDPOINT_URL_SAGEMAKER"],
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    answer = runtime.invoke_endpoint(EndpointName=name, Body=b"x")  # a cold start
+    assert answer["Body"].read() == b"w1 x"
+    assert instances_of(name) == 1
+
+    # MaxConcurrency 1: while one invocation is under way, another is throttled.
+    held: list[bytes] = []
+
+    def hold() -> None:  # until it is let in (the other loop's invocations may take the slot)
+        while not held:
+            try:
+                held.append(runtime.invoke_endpoint(EndpointName=name, Body=b"hold")["Body"].read())
+            except ClientError as error:
+                assert error.response["Error"]["Code"] == "ThrottlingException"
+
+    holding = threading.Thread(target=hold)
+    holding.start()
+    throttled: dict[str, Any] = {}
+    try:
+        while holding.is_alive() and not throttled:
+            try:
+                runtime.invoke_endpoint(EndpointName=name, Body=b"y")
+            except ClientError as error:
+                throttled = dict(error.response)
+    finally:
+        holding.join()
+    assert held == [b"w1 hold"]
+    assert throttled["Error"]["Code"] == "ThrottlingException"
+    assert throttled["ResponseMetadata"]["HTTPStatusCode"] == 429
+
+    # Idle for OPENMAKER_SERVERLESS_IDLE_SECONDS: back to no instance; invoked again, one more.
+    wait_until(lambda: instances_of(name) == 0, "the idle instance to stop")
+    assert runtime.invoke_endpoint(EndpointName=name, Body=b"z")["Body"].read() == b"w1 z"
+    watch = cloudwatch(deployer.server)
+    wait_until(
+        lambda: (statistic(watch, name, "ModelSetupTime", "SampleCount") or (0.0, ""))[0] >= 2,
+        "both cold starts measured",
+    )
+    total = statistic(watch, name, "ModelSetupTime", "Sum")
+    assert total is not None and total[0] > 0 and total[1] == "Microseconds"
