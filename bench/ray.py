@@ -2,8 +2,8 @@
 N = 1, 2 and 4 hosts, with the local executor and with OPENMAKER_EXECUTOR=ray on a local
 cluster (`ray.cluster_utils.Cluster`, one node per host, on loopback addresses) on the same
 machine. Each host's code says when it started; the figure is the last of them. One job of each
-executor runs first, untimed (Ray's workers on each node start once). Target: Ray adds under
-1 s for N = 2."""
+executor runs first, untimed (each node's agent starts once, at the first job placed there).
+Target: Ray adds under 1 s for N = 2."""
 
 from __future__ import annotations
 

@@ -37,7 +37,13 @@ from tests.helpers import (
     wait_for,
     wait_for_log,
 )
-from tests.process_helpers import job_processes, kill, processes_mentioning, wait_until
+from tests.process_helpers import (
+    job_processes,
+    kill,
+    processes_mentioning,
+    wait_until,
+    worker_pid,
+)
 
 ray = pytest.importorskip("ray")
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -308,8 +314,45 @@ def test_a_stop_reaches_every_host_on_its_node(on_ray: Path, tmp_path: Path) -> 
     logs = log_text(jobs, name)
     assert "got SIGTERM on algo-1" in logs and "got SIGTERM on algo-2" in logs
     # The job's actors and reservation are given back, and its hosts' bridges on the nodes.
-    assert not any(node.hosts for node in nodes(load_settings()))
+    assert _hosts_running() == set()
     assert node_networks(on_ray) == []
+
+
+def test_a_later_job_runs_in_the_agents_the_first_one_started(on_ray: Path, tmp_path: Path) -> None:
+    """A job's start makes no Ray actor (no Python process) once its nodes have their agent: a
+    second job's hosts run in the agents the first started."""
+    first, second = unique_name("ray-first"), unique_name("ray-second")
+    jobs = start_script(tmp_path, first, TWO_HOSTS, ResourceConfig=_resources(2))
+    try:
+        assert wait_for(jobs, first, timeout=300)["TrainingJobStatus"] == "Completed"
+        made = _actors()
+        start_script(tmp_path, second, TWO_HOSTS, ResourceConfig=_resources(2))
+        description = wait_for(jobs, second, timeout=300)
+    finally:
+        stop_and_wait(jobs, [first, second])
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert _placed(log_text(jobs, second)) == set(NODE_ADDRESSES)
+    assert _actors() == made
+
+
+def test_the_hosts_of_a_killed_worker_are_ended_by_their_agents(
+    on_ray: Path, tmp_path: Path
+) -> None:
+    """The agents outlive every job: a host whose job's worker was killed (so nobody closes it)
+    is stopped and closed by its agent, its code gone, as a local job's is."""
+    name = unique_name("ray-orphan")
+    jobs = start_script(tmp_path, name, WAITS, ResourceConfig=_resources(2))
+    try:
+        wait_for_log(jobs, name, "waiting on algo-1", timeout=240)
+        wait_for_log(jobs, name, "waiting on algo-2", timeout=60)
+        pid = worker_pid(jobs, name)
+        assert pid is not None
+        kill(pid)
+        wait_until(lambda: not job_processes(name), "the hosts' code to end", 60)
+        wait_until(lambda: not _hosts_running(), "the agents to close the hosts", 60)
+        assert node_networks(on_ray) == []  # the hosts' bridges on their nodes, too
+    finally:
+        stop_and_wait(jobs, [name])
 
 
 def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluster: Any) -> None:
@@ -553,6 +596,13 @@ def _placed(logs: str) -> set[str]:
 
 def _hosts_running() -> set[str]:
     return {host for node in nodes(load_settings()) for host in node.hosts}
+
+
+def _actors() -> set[str]:
+    """Every actor the cluster has made, alive or not."""
+    from ray._private import state
+
+    return set(state.actors())
 
 
 def _exists(uri: str) -> bool:

@@ -37,7 +37,10 @@ def main() -> None:
     import sys
 
     for expected in sys.argv[1:2]:
-        runner(expected)
+        # The runner's own heavy parts (Ray, under OPENMAKER_EXECUTOR=ray) load meanwhile too.
+        preload = getattr(runner(expected), "preload", None)
+        if preload is not None:
+            threading.Thread(target=preload, daemon=True).start()
     # The database layer loads meanwhile: a spare worker has it ready when its job comes.
     threading.Thread(target=importlib.import_module, args=("openmaker.jobs.db",)).start()
     data = sys.stdin.read()

@@ -134,6 +134,12 @@ def _embedded_bucket(root: Path, bucket: str) -> LocalStore:
     return LocalStore(root / bucket, mkdir=True)
 
 
+def forget_s3_clients() -> None:
+    """Drop the S3 clients made so far, with the keys they hold: a process that outlives the
+    jobs it served (a Ray node's agent) keeps none of theirs."""
+    _s3_store.cache_clear()
+
+
 @cache
 def _s3_store(endpoint: S3Endpoint, bucket: str, retry_seconds: float) -> S3Store:
     config: S3Config = {

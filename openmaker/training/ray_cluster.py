@@ -4,6 +4,8 @@ offer and run (`openmaker cluster`)."""
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,12 +16,44 @@ from openmaker.settings import Settings
 _RAY_OWN = ("node:", "object_store_memory", "accelerator_type:")
 
 
+_joining = threading.Lock()
+
+
+def connect_soon(settings: Settings) -> None:
+    """Start loading Ray and joining the cluster (a second or two) in the background: a later
+    `connect` waits for it, or does it if it failed."""
+
+    def join() -> None:
+        try:
+            connect(settings)
+        except Exception as exc:  # told again by the connect that needs it
+            print(f"could not join the Ray cluster yet: {exc}")
+
+    threading.Thread(target=join, name="ray-connect", daemon=True).start()
+
+
+def load() -> None:
+    """Load Ray (a second or more), as a job's worker needs it."""
+    # Ray's crash handler would also take SIGTERM, ending the process where a job's worker
+    # turns SIGTERM into a stop of its hosts. (Read when Ray loads.)
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    import ray  # noqa: F401
+
+
 def connect(settings: Settings) -> None:
     """Join the cluster as a client process of its own (once per process)."""
+    load()
+    with _joining:
+        import ray
+
+        if ray.is_initialized():
+            return
+        _init(settings)
+
+
+def _init(settings: Settings) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
     ray.init(
         address=settings.ray_address or "auto",
         namespace="openmaker",
@@ -69,14 +103,9 @@ def nodes(settings: Settings) -> list[Node]:
 
     connect(settings)
     free = state.available_resources_per_node()  # type: ignore[no-untyped-call]
-    running: dict[str, list[str]] = {}
-    # From the cluster's own tables (the state API would need Ray's dashboard).
-    for actor in state.actors(actor_state_name="ALIVE").values():
-        name = actor.get("Name") or ""
-        if name.startswith("openmaker:"):
-            _, job, host = name.split(":", 2)
-            node = (actor.get("Address") or {}).get("NodeID", "")
-            running.setdefault(node, []).append(f"{job}/{host}")
+    from openmaker.training.ray_hosts import running_hosts  # (it imports this module)
+
+    running = running_hosts()
     return [
         Node(
             address=node["NodeManagerAddress"],

@@ -3,26 +3,29 @@
 The job's N hosts are one placement group, `STRICT_SPREAD` (one host per node: an instance is
 a machine), each bundle sized from the instance-type catalog, or one unit of a node's own
 resource named after the type (`ray start --resources '{"ml.m5.xlarge": 1}'`: that node stands
-for one such instance). Each host is a `HostActor` (host/ray_actor.py) in its bundle; `RayHost` is
-its stand-in in the worker, with the shape of a `TrainingHost`, so that the worker drives local
-and remote hosts alike. The group is asked for when the first host prepares: while the cluster
-lacks room the job is `Pending` with what it waits for, and fails after
+for one such instance). Each host runs in a session of its node's agent (host/ray_actor.py, one
+long-lived actor per node, so that a job's start finds openmaker loaded there); `RayHost` is its
+stand-in in the worker, with the shape of a `TrainingHost`, so that the worker drives local and
+remote hosts alike. The group is asked for as soon as the worker makes the hosts: while the
+cluster lacks room the job is `Pending` with what it waits for, and fails after
 `OPENMAKER_RAY_WAIT_SECONDS`.
 
 Each host is on its own node: the job's network spans them (runtime/overlay.py). The hosts
 reach the store through the server's S3 gate with a key of the job's hosts
 (ray_store.py), not this machine's folder.
 
-A node lost mid-job (its actor dies) stops the job's other hosts and ends the job as an
+A node lost mid-job (its agent dies) stops the job's other hosts and ends the job as an
 infrastructure failure naming the node: restarted under its RetryStrategy, or failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +33,7 @@ from openmaker.instances import catalog
 from openmaker.runtime.network import remove as remove_network
 from openmaker.runtime.overlay import overlay
 from openmaker.settings import Settings
-from openmaker.training.host.events import Emit, LogLine, StatusChanged
+from openmaker.training.host.events import Emit, Event, LogLine, StatusChanged
 from openmaker.training.host.spec import HostSpec
 from openmaker.training.host.training_host import (
     Artifacts,
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
 POLL_SECONDS = 0.5
 # A host's actor that does not close within this is killed with its processes.
 CLOSE_SECONDS = 60.0
+# How long `openmaker cluster` waits for an agent to say which hosts it runs.
+ASK_SECONDS = 10.0
 
 
 def bundle_for(instance_type: str, offered: dict[str, float]) -> dict[str, float]:
@@ -67,19 +72,38 @@ def bundle_for(instance_type: str, offered: dict[str, float]) -> dict[str, float
 
 
 class RayHosts:
-    """The job's placement group and actors, shared by its hosts' stand-ins."""
+    """The job's placement group and its hosts' sessions, shared by its hosts' stand-ins."""
 
     def __init__(self, settings: Settings, specs: list[HostSpec], emit: Emit) -> None:
         self.settings, self.specs, self.emit = settings, specs, emit
         self._lock = threading.Lock()
         self._placed: str | None = None  # None: not yet; "": placed; else why it failed
         self.group: PlacementGroup | None = None
-        self.actors: list[Any] = []
+        self.bundle: dict[str, float] = {}
+        self.agents: list[Any] = []  # each host's node's agent
+        self.keys: list[str] = []  # each host's session in it
         self.nodes: list[str] = []  # each host's node (its address)
         self._open = len(specs)
+        # Loading Ray, joining the cluster and asking for the group take seconds: they start
+        # now, while the job's worker does the rest of its start.
+        self._asked: BaseException | None = None
+        self._asking = threading.Thread(target=self._ask, name="ray-group", daemon=True)
+        self._asking.start()
+
+    def _ask(self) -> None:
+        try:
+            connect(self.settings)  # first: it loads Ray as a job's worker needs
+            import ray
+            from ray.util.placement_group import placement_group
+
+            offered = ray.cluster_resources()  # type: ignore[no-untyped-call]
+            self.bundle = bundle_for(self.specs[0].instance_type, offered)
+            self.group = placement_group([self.bundle] * len(self.specs), strategy="STRICT_SPREAD")
+        except BaseException as exc:  # told by place()
+            self._asked = exc
 
     def place(self, stop: StopControl) -> None:
-        """Reserve the job's nodes and start its actors, once (HostFailed)."""
+        """Reserve the job's nodes and open its hosts' sessions, once (HostFailed)."""
         with self._lock:
             if self._placed is None:
                 try:
@@ -93,17 +117,12 @@ class RayHosts:
 
     def _place(self, stop: StopControl) -> str:
         import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from openmaker.training.host.ray_actor import HostActor
-
-        connect(self.settings)
-        instance_type = self.specs[0].instance_type
-        count = len(self.specs)
-        offered = ray.cluster_resources()  # type: ignore[no-untyped-call]
-        bundle = bundle_for(instance_type, offered)
-        self.group = placement_group([bundle] * count, strategy="STRICT_SPREAD")
+        self._asking.join()
+        if self._asked is not None:
+            raise self._asked
+        assert self.group is not None
+        instance_type, count, bundle = self.specs[0].instance_type, len(self.specs), self.bundle
         deadline = time.monotonic() + self.settings.ray_wait_seconds
         waiting = False
         ready = self.group.ready()
@@ -125,20 +144,17 @@ class RayHosts:
             if not waiting:
                 waiting = True
                 self.emit(StatusChanged(SecondaryStatus.PENDING, f"on the Ray cluster: {wants}"))
-        self.nodes = self._bundle_nodes()
+        node_ids, self.nodes = self._bundle_nodes()
         self.specs = across_nodes(self.settings, self.specs, self.nodes)
-        remote = ray.remote(HostActor)
-        for index, spec in enumerate(self.specs):
-            strategy = PlacementGroupSchedulingStrategy(self.group, index)
-            actor = remote.options(
-                num_cpus=0,
-                max_concurrency=8,  # prepare or run, drain, stop, parts: at once
-                max_restarts=0,
-                scheduling_strategy=strategy,
-                name=f"openmaker:{spec.job_name}:{spec.host_name}",
-                namespace="openmaker",
-            ).remote(spec.to_json())
-            self.actors.append(actor)
+        self.agents = [agent_on(node) for node in node_ids]
+        owner = ray.get_runtime_context().get_job_id()
+        self.keys = [f"{spec.job_name}:{spec.host_name}:{uuid.uuid4().hex}" for spec in self.specs]
+        ray.get(
+            [
+                agent.open.remote(key, spec.to_json(), owner)
+                for agent, key, spec in zip(self.agents, self.keys, self.specs, strict=True)
+            ]
+        )
         if waiting:
             self.emit(StatusChanged(SecondaryStatus.STARTING))
         now = int(time.time() * 1000)
@@ -147,26 +163,72 @@ class RayHosts:
             self.emit(LogLine(spec.host_name, now, line))
         return ""
 
-    def _bundle_nodes(self) -> list[str]:
-        """The address of the node each bundle of the (ready) group is on, in order."""
+    def _bundle_nodes(self) -> tuple[list[str], list[str]]:
+        """The node of each bundle of the (ready) group, in order: its id, its address."""
         from ray.util.placement_group import placement_group_table
 
         node_of = {n["NodeID"]: n["NodeManagerAddress"] for n in live_nodes()}
         placed = placement_group_table(self.group)["bundles_to_node_id"]
-        return [node_of.get(placed[index], placed[index]) for index in range(len(self.specs))]
+        ids = [placed[index] for index in range(len(self.specs))]
+        return ids, [node_of.get(node, node) for node in ids]
 
     def released(self) -> None:
         """One host closed; the last one gives the group back."""
         with self._lock:
             self._open -= 1
-            if self._open or self.group is None:
+            if self._open:
                 return
-        import ray
+        self._asking.join()
+        if self.group is None:
+            return
         from ray.util.placement_group import remove_placement_group
 
-        for actor in self.actors:
-            ray.kill(actor)
         remove_placement_group(self.group)
+
+
+def agent_on(node_id: str) -> Any:
+    """The agent of the node (host/ray_actor.py), made by the first job that needs it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from openmaker.training.host.ray_actor import MAX_CONCURRENCY, NAMESPACE, NodeAgent, agent_name
+
+    return (
+        ray.remote(NodeAgent)
+        .options(
+            name=agent_name(node_id),
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=0,
+            max_concurrency=MAX_CONCURRENCY,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        )
+        .remote()
+    )
+
+
+def running_hosts() -> dict[str, list[str]]:
+    """The hosts ("job/host") each node's agent runs, by node id; an agent that does not answer
+    in time (its node lost, not yet seen dead) runs none."""
+    import ray
+
+    from openmaker.training.host.ray_actor import AGENT_PREFIX, NAMESPACE
+
+    asked: dict[Any, str] = {}  # the question to each agent: its node
+    for name in ray.util.list_named_actors():
+        if name.startswith(AGENT_PREFIX):
+            agent = ray.get_actor(name, namespace=NAMESPACE)
+            asked[agent.hosts.remote()] = name.removeprefix(AGENT_PREFIX)
+    running: dict[str, list[str]] = {}
+    if not asked:
+        return running
+    done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=ASK_SECONDS)
+    for ref in done:
+        with contextlib.suppress(ray.exceptions.RayError):
+            running[asked[ref]] = ray.get(ref)
+    return running
 
 
 def across_nodes(settings: Settings, specs: list[HostSpec], nodes: list[str]) -> list[HostSpec]:
@@ -190,7 +252,7 @@ def ray_hosts(settings: Settings, specs: list[HostSpec], emit: Emit) -> list[Ray
 
 
 class RayHost:
-    """A host running in its actor, driven like a `TrainingHost`."""
+    """A host running in its node's agent, driven like a `TrainingHost`."""
 
     def __init__(self, group: RayHosts, index: int) -> None:
         self.group, self.index = group, index
@@ -204,8 +266,12 @@ class RayHost:
         return self.spec.host_name
 
     @property
-    def actor(self) -> Any:
-        return self.group.actors[self.index]
+    def agent(self) -> Any:
+        return self.group.agents[self.index]
+
+    @property
+    def key(self) -> str:
+        return self.group.keys[self.index]
 
     @property
     def node(self) -> str:
@@ -229,7 +295,7 @@ class RayHost:
         value = self._call("run", stop)
         if self.lost or not isinstance(value, HostResult):
             stop.request("Failed")  # the job's other hosts end with it
-            return HostResult(-1, None, None, self.lost or "its actor ended")
+            return HostResult(-1, None, None, self.lost or "its node's agent ended")
         if value.failure:
             stop.request("Failed")
         return value
@@ -244,22 +310,26 @@ class RayHost:
     def close(self) -> None:
         import ray
 
+        left: list[Event] = []
         try:
-            if self._pump is not None and not self.lost:
-                ray.get(self.actor.close.remote(), timeout=CLOSE_SECONDS)
+            if self.group.keys:  # its session was opened (its node's agent forgets a lost one)
+                left = ray.get(self.agent.close.remote(self.key), timeout=CLOSE_SECONDS)
         except Exception as exc:  # a lost node took the host with it
             print(f"host {self.name} not closed: {exc}")
         finally:
             self._closing.set()
             if self._pump is not None:
                 self._pump.join(timeout=CLOSE_SECONDS)
+            for event in left:
+                self.group.emit(event)
             self.group.released()
 
     def _call(self, method: str, stop: StopControl | None) -> Any:
-        """Call the actor, passing on a stop requested meanwhile; None once the node is lost."""
+        """Call the host's session, passing on a stop requested meanwhile; None once the node is
+        lost."""
         import ray
 
-        ref = getattr(self.actor, method).remote()
+        ref = getattr(self.agent, method).remote(self.key)
         relayed = False
         while True:
             done, _ = ray.wait([ref], timeout=POLL_SECONDS)
@@ -271,7 +341,7 @@ class RayHost:
                     return None
             if stop is not None and stop.requested and not relayed:
                 relayed = True
-                self.actor.request_stop.remote(stop.reason or "Stopped")
+                self.agent.request_stop.remote(self.key, stop.reason or "Stopped")
 
     def _lose(self) -> None:
         self.lost = (
@@ -280,14 +350,17 @@ class RayHost:
         )
 
     def _forward(self) -> None:
-        """The actor's events, to the worker's recorder, until the host closes."""
+        """The host's events, to the worker's recorder, until the host closes."""
         import ray
 
         while not self._closing.is_set():
             try:
-                events = ray.get(self.actor.drain.remote(POLL_SECONDS))
+                events = ray.get(self.agent.drain.remote(self.key, POLL_SECONDS))
+            except ray.exceptions.ActorUnavailableError:  # out of reach for a moment
+                self._closing.wait(POLL_SECONDS)
+                continue
             except ray.exceptions.RayError:
-                return  # the actor is gone: its node was lost, or the host closed
+                return  # the session is gone: its node was lost, or the host closed
             for event in events:
                 self.group.emit(event)
 
@@ -297,9 +370,9 @@ def upload_ray_outputs(hosts: list[RayHost], emit: Emit) -> Artifacts:
     import ray
 
     first, others = hosts[0], hosts[1:]
-    parts = [(host.actor, host.spec.to_json()) for host in others]
+    parts = [(host.agent, host.key, host.spec.to_json()) for host in others]
     try:
-        answer = ray.get(first.actor.upload_outputs.remote(parts))
+        answer = ray.get(first.agent.upload_outputs.remote(first.key, parts))
     except ray.exceptions.RayError as exc:
         raise OutputsFailed(f"InternalServerError: could not upload outputs: {exc}") from exc
     if answer[0] != "ok":

@@ -31,6 +31,23 @@ class HostRunner(Protocol):
     def close(self) -> None: ...
 
 
+def load(settings: Settings) -> None:
+    """What the hosts will need, loaded by a spare worker while it waits for its job: Ray."""
+    if settings.executor == "ray":
+        from openmaker.training.ray_cluster import load as load_ray
+
+        load_ray()
+
+
+def warm(settings: Settings) -> None:
+    """What the job's hosts will need, started early: under Ray, loading it and joining the
+    cluster (seconds), while the worker plans the hosts."""
+    if settings.executor == "ray":
+        from openmaker.training.ray_cluster import connect_soon
+
+        connect_soon(settings)
+
+
 def host_runners(settings: Settings, specs: list[HostSpec], emit: Emit) -> list[HostRunner]:
     if settings.executor == "ray":
         from openmaker.training.ray_hosts import ray_hosts  # Ray loads only when used

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from openmaker.jobs import capacity, gate_keys
 from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
-from openmaker.settings import Settings
+from openmaker.settings import Settings, load_settings
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
-from openmaker.training import access, state
+from openmaker.training import access, runners, state
 from openmaker.training.host.events import StatusChanged
 from openmaker.training.host.site import clear_job, job_network
 from openmaker.training.host.spec import HostResources, HostSettings, HostSpec
@@ -34,7 +34,7 @@ from openmaker.training.host.training_host import (
 from openmaker.training.plan import plan_job
 from openmaker.training.recorder import TrainingRecorder
 from openmaker.training.retry import restart_or_fail
-from openmaker.training.runners import HostRunner, host_runners, upload_outputs
+from openmaker.training.runners import HostRunner, host_runners, upload_outputs, warm
 from openmaker.training.status import SecondaryStatus
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ def run_job(
     worker: WorkerRef | None = None,
 ) -> None:
     job_name = request["TrainingJobName"]
+    warm(settings)
     # What an earlier attempt left (its worker killed) must not leak into this one.
     clear_job(settings, job_name)
     recorder = TrainingRecorder(settings, job_name)
@@ -254,6 +255,11 @@ def _after_infrastructure_failure(
         except OutputsFailed as exc:
             print(f"checkpoints of {host.name} not saved: {exc.__cause__ or exc}", file=sys.stderr)
     return lambda j: restart_or_fail(j, what)
+
+
+def preload() -> None:
+    """Run by a spare worker while it waits for its order (jobs/worker_process.py)."""
+    runners.load(load_settings())
 
 
 def run(order: Order, settings: Settings, stop_before_start: threading.Event) -> None:

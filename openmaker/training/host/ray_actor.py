@@ -1,224 +1,200 @@
-"""One training host inside a Ray actor, on the node the job's placement group gave it.
+"""A node's agent: the one Ray actor per node that runs the hosts every job places there.
 
-The actor drives the same `TrainingHost` a local worker drives in a thread, with the node's own
-disk and sandbox. Its events wait in a bounded buffer that the job's worker drains (a flood of
-output blocks the code, as it does locally); a stop comes in through `request_stop`. Methods
-return plain values (a failure reason, a result) rather than raising: what crosses back to the
-worker is data, never a traceback to unpickle.
+Each job's worker is a Ray driver (a Ray job) of its own, and Ray gives no job another job's
+worker processes: an actor per host was a new Python process per host, importing openmaker, at
+every job's start (seconds). The agent is detached and named after its node; the first job that
+needs it makes it, and every later job's hosts open a session (ray_session.py) in its warm
+process. The job's placement group still reserves each host's share of its node; the agent itself
+reserves nothing.
+
+What a job gives its host (the spec: its store key, its network) lives in that host's session
+only and goes when the session closes. A session whose job's worker has ended without closing it
+(the worker killed) is stopped and closed by the agent, as Ray ends the actors of a driver gone.
 
 Imported by Ray's worker processes on every node: it needs openmaker installed there.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import shutil
-import tarfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from openmaker.instances import catalog
-from openmaker.runtime.overlay import node_network, node_networks, remove_node_network
-from openmaker.training.host import jobtree
+from openmaker.runtime.overlay import node_networks, remove_node_network
+from openmaker.store.location import forget_s3_clients
 from openmaker.training.host.events import Event
-from openmaker.training.host.jobtree import HostTree
-from openmaker.training.host.outputs import MODEL, OUTPUT_DATA, pack_folders
-from openmaker.training.host.spec import HostResources, HostSpec
-from openmaker.training.host.training_host import (
-    HostFailed,
-    HostResult,
-    OutputsFailed,
-    StopControl,
-    TrainingHost,
-    upload_outputs,
-)
+from openmaker.training.host.ray_session import HostSession, Other
+from openmaker.training.host.spec import HostSpec
+from openmaker.training.host.training_host import HostResult
 
-# Events kept for the worker at most (bytes, roughly); the host's emit blocks beyond.
-BUFFER_BYTES = 4 * 1024 * 1024
-# A part of the job's outputs crosses between nodes in pieces of this size.
-CHUNK_BYTES = 8 * 1024 * 1024
-PARTS_DIR = "outputs-part"
+AGENT_PREFIX = "openmaker:agent:"
+NAMESPACE = "openmaker"
+# Calls at once: each host has a long one (prepare, run) and a drain in flight, and short ones.
+MAX_CONCURRENCY = 256
+# How often the agent looks for sessions whose job's worker has ended.
+ORPHAN_POLL_SECONDS = 2.0
+# A host stopped because its worker ended gets this long to end before it is closed anyway.
+ORPHAN_GRACE_SECONDS = 120.0
+# How long the sweep asks the other agents which hosts they run.
+ASK_SECONDS = 10.0
 
 
-def _size(event: Event) -> int:
-    return int(getattr(event, "size", 0)) + 256
+def agent_name(node_id: str) -> str:
+    return AGENT_PREFIX + node_id
 
 
-class HostActor:
-    def __init__(self, spec: dict[str, Any]) -> None:
-        import ray
+class NodeAgent:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, HostSession] = {}
+        self._names: dict[str, str] = {}  # key -> "job/host", from before its session exists
+        self._owners: dict[str, str] = {}  # key -> the Ray job id of the worker driving it
+        self._swept = False
+        threading.Thread(target=self._watch, name="orphans", daemon=True).start()
 
+    def open(self, key: str, spec: dict[str, Any], owner: str) -> None:
+        """A session for the host of `spec`, driven by the worker of Ray job `owner`."""
         plain = HostSpec.from_json(spec)
-        # The node's own share: its CPUs, the instance type's memory, the GPUs Ray gave it.
-        known = catalog().get(plain.instance_type)
-        resources = HostResources(
-            cpus=tuple(sorted(os.sched_getaffinity(0))),
-            memory=known.memory if known else None,
-            gpus=tuple(str(int(g)) for g in ray.get_gpu_ids()),
-        )
-        self.spec = dataclasses.replace(plain, resources=resources)
-        # The job's network across its nodes: this node's part (its bridge for this host).
-        self.unplaced: str | None = None
-        network = self.spec.network
-        if network is not None and network.overlay_vni is not None:
-            _sweep_node(plain.settings.home)
-            try:
-                network = node_network(
-                    network, plain.settings.home, plain.job_name, plain.host_name, plain.code_env
-                )
-                self.spec = dataclasses.replace(self.spec, network=network)
-            except OSError as exc:
-                self.unplaced = f"InternalServerError: {exc}"
-        self.stop = StopControl()
-        self._events: list[Event] = []
-        self._bytes = 0
-        self._changed = threading.Condition()
-        self.host = TrainingHost(self.spec, self._emit)
-
-    def node(self) -> str:
-        import ray
-
-        return str(ray.get_runtime_context().get_node_id())
-
-    def _emit(self, event: Event) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: self._bytes < BUFFER_BYTES)
-            self._events.append(event)
-            self._bytes += _size(event)
-            self._changed.notify_all()
-
-    def drain(self, wait: float) -> list[Event]:
-        """The events emitted since the last drain, waiting up to `wait` seconds for one."""
-        with self._changed:
-            self._changed.wait_for(lambda: bool(self._events), timeout=wait)
-            events, self._events, self._bytes = self._events, [], 0
-            self._changed.notify_all()
-            return events
-
-    def request_stop(self, reason: str) -> None:
-        self.stop.request(reason)
-
-    def prepare(self) -> str | None:
-        if self.unplaced is not None:
-            return self.unplaced
+        with self._lock:
+            self._names[key] = f"{plain.job_name}/{plain.host_name}"
+            self._owners[key] = owner
+        if not self._swept and plain.network is not None and plain.network.overlay_vni is not None:
+            self._swept = self._sweep(plain.settings.home)
         try:
-            self.host.prepare(self.stop)
-        except HostFailed as exc:
-            return exc.reason
-        return None
+            session = HostSession(spec)
+        except BaseException:
+            with self._lock:
+                self._forget(key)
+            raise
+        with self._lock:
+            self._sessions[key] = session
 
-    def run(self) -> HostResult:
-        return self.host.run(self.stop)
+    def hosts(self) -> list[str]:
+        """The hosts ("job/host") with a session here, opening ones included."""
+        with self._lock:
+            return sorted(self._names.values())
 
-    def finish(self) -> str | None:
+    def drain(self, key: str, wait: float) -> list[Event]:
+        return self._session(key).drain(wait)
+
+    def request_stop(self, key: str, reason: str) -> None:
+        self._session(key).request_stop(reason)
+
+    def prepare(self, key: str) -> str | None:
+        session = self._session(key)
+        with session.busy():
+            return session.prepare()
+
+    def run(self, key: str) -> HostResult:
+        session = self._session(key)
+        with session.busy():
+            return session.run()
+
+    def finish(self, key: str) -> str | None:
+        session = self._session(key)
+        with session.busy():
+            return session.finish()
+
+    def pack_part(self, key: str) -> list[str]:
+        return self._session(key).pack_part()
+
+    def read_part(self, key: str, relative: str, offset: int) -> bytes:
+        return self._session(key).read_part(relative, offset)
+
+    def upload_outputs(self, key: str, others: Sequence[Other]) -> tuple[str, ...]:
+        session = self._session(key)
+        with session.busy():
+            return session.upload_outputs(others)
+
+    def close(self, key: str) -> list[Event]:
+        """Close the host and forget it; the events it emitted since the last drain."""
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:  # never opened, or closed already (its worker gone)
+                self._forget(key)
+                return []
         try:
-            self.host.finish()
-        except OutputsFailed as exc:
-            return exc.reason
-        return None
-
-    def close(self) -> None:
-        try:
-            self.host.close()
+            session.close()
         finally:
-            network = self.spec.network
-            if network is not None and network.overlay_vni is not None:
-                remove_node_network(
-                    self.spec.settings.home, self.spec.job_name, self.spec.host_name
-                )
+            with self._lock:
+                self._forget(key)
+        return session.drain(0)
 
-    def pack_part(self) -> list[str]:
-        """Pack this host's `/opt/ml/model` and `/opt/ml/output/data` for the first host, which
-        merges every host's into the job's archives; the names of the parts made."""
-        made: list[str] = []
-        tree = self.host.tree
-        if tree is None:
-            return made
-        folder = self.spec.work_dir / PARTS_DIR
-        for relative in (MODEL, OUTPUT_DATA):
-            try:
-                handle = tree.open(relative)
-            except FileNotFoundError:
-                continue
-            except jobtree.NotAFolder as exc:
-                consequence = "nothing in it is uploaded"
-                jobtree.say_ignored(self.spec, self._emit, "/opt/ml", relative, exc, consequence)
+    def _session(self, key: str) -> HostSession:
+        with self._lock:
+            return self._sessions[key]
+
+    def _forget(self, key: str) -> None:
+        self._sessions.pop(key, None)
+        self._names.pop(key, None)
+        self._owners.pop(key, None)
+        if not self._names:  # the hosts' store keys go with the last of them
+            forget_s3_clients()
+
+    def _watch(self) -> None:
+        """Stop and close the sessions whose job's worker has ended."""
+        from ray._private import state
+
+        while True:
+            time.sleep(ORPHAN_POLL_SECONDS)
+            with self._lock:
+                owners = dict(self._owners)
+            if not owners:
                 continue
             try:
-                pack_folders([handle], folder / _part_name(relative))
-            finally:
-                os.close(handle)
-            made.append(relative)
-        return made
+                dead = {job["JobID"] for job in state.jobs() if job["IsDead"]}  # type: ignore[no-untyped-call]
+            except Exception as exc:  # the cluster cannot tell now: the next look will
+                print(f"could not look for ended workers: {exc}")
+                continue
+            for key, owner in owners.items():
+                if owner in dead:
+                    with self._lock:
+                        session = self._sessions.get(key)
+                        self._owners.pop(key, None)
+                    if session is not None:
+                        threading.Thread(target=self._end_orphan, args=(key, session)).start()
 
-    def read_part(self, relative: str, offset: int) -> bytes:
-        with open(self.spec.work_dir / PARTS_DIR / _part_name(relative), "rb") as part:
-            part.seek(offset)
-            return part.read(CHUNK_BYTES)
-
-    def upload_outputs(self, others: Sequence[tuple[Any, dict[str, Any]]]) -> tuple[str, ...]:
-        """The job's outputs, merged here from this host's folders and the parts of the
-        `others` (actor, spec): ("ok", model URI, output URI) or ("failed", reason)."""
-        staging = self.spec.work_dir / PARTS_DIR
-        copies: list[TrainingHost] = []
+    def _end_orphan(self, key: str, session: HostSession) -> None:
+        print(f"host {session.name}: its job's worker ended; stopping it")
+        session.discard()
+        session.request_stop("Stopped")
+        session.wait_idle(ORPHAN_GRACE_SECONDS)
         try:
-            for actor, spec in others:
-                copies.append(self._copy_of(actor, HostSpec.from_json(spec), staging))
-            artifacts = upload_outputs([self.host, *copies], self._emit)
-            return ("ok", artifacts.model_uri, artifacts.output_uri)
-        except OutputsFailed as exc:
-            return ("failed", exc.reason)
-        except Exception as exc:  # a part that could not be fetched or unpacked
-            return ("failed", f"InternalServerError: could not gather the outputs: {exc}")
+            session.close()
         finally:
-            for copy in copies:
-                if copy.tree is not None:
-                    copy.tree.close()
-            shutil.rmtree(staging, ignore_errors=True)
+            with self._lock:
+                self._forget(key)
 
-    def _copy_of(self, actor: Any, spec: HostSpec, staging: Path) -> TrainingHost:
-        """Another host's output folders, fetched into this host's volume, as a host whose
-        tree `upload_outputs` can read."""
+    def _sweep(self, home: Path) -> bool:
+        """Remove the bridges of hosts that no agent runs (lost with their node, which came
+        back): no process on the node outlives them to do it. False: left for the next host."""
         import ray
 
-        work = staging / spec.host_name
-        ml = work / "ml"
-        ml.mkdir(parents=True)
-        for relative in ray.get(actor.pack_part.remote()):
-            archive = staging / f"{spec.host_name}-{_part_name(relative)}"
-            with open(archive, "wb") as out:
-                while chunk := ray.get(actor.read_part.remote(relative, out.tell())):
-                    out.write(chunk)
-            target = ml / relative
-            target.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(archive) as tar:
-                # Links stay links (as the host packed them); nothing lands outside the target.
-                tar.extractall(target, filter="tar")
-            archive.unlink()
-        # No checkpoints of its own: only its output folders are read here.
-        plan = dataclasses.replace(spec.plan, checkpoint=None)
-        copy_spec = dataclasses.replace(spec, plan=plan, work_dir=work)
-        copy = TrainingHost(copy_spec, self._emit)
-        copy.tree = HostTree(copy_spec)
-        return copy
-
-
-def _sweep_node(home: Path) -> None:
-    """Remove the bridges of hosts whose actor is gone (lost with their node, which came back):
-    no node-side process outlives them to do it."""
-    import ray
-
-    for job, host in node_networks(home):
+        mine = agent_name(ray.get_runtime_context().get_node_id())
+        # The bridges first: a host whose bridge is listed was named to its agent before.
+        bridges = node_networks(home)
         try:
-            ray.get_actor(f"openmaker:{job}:{host}", namespace="openmaker")
-        except ValueError:  # no such actor alive in the cluster
-            remove_node_network(home, job, host)
-        except Exception as exc:  # the cluster cannot tell now: the next host's sweep will
-            print(f"the bridge of {job}/{host} is left for now: {exc}")
-
-
-def _part_name(relative: str) -> str:
-    return relative.replace("/", "-") + ".tar.gz"
+            others: list[Any] = [
+                ray.get_actor(name, namespace=NAMESPACE).hosts.remote()
+                for name in ray.util.list_named_actors()
+                if name.startswith(AGENT_PREFIX) and name != mine
+            ]
+            done: list[Any] = []
+            left: list[Any] = []
+            if others:
+                done, left = ray.wait(others, num_returns=len(others), timeout=ASK_SECONDS)
+            running = set(self.hosts())
+            for listed in ray.get(done):
+                running.update(listed)
+        except Exception as exc:  # the cluster cannot tell now: leave them
+            print(f"the node's leftover bridges are left for now: {exc}")
+            return False
+        if left:  # an agent that does not answer may run some of them
+            print("the node's leftover bridges are left for now: an agent did not answer")
+            return False
+        for job, host in bridges:
+            if f"{job}/{host}" not in running:
+                remove_node_network(home, job, host)
+        return True
