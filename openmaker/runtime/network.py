@@ -50,6 +50,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from openmaker.runtime import Bind
@@ -176,7 +177,8 @@ def _create(
     # Held only while the subnet is picked and taken (the bridge's route): two jobs conflict
     # there alone. The rest is the bridge's own, and no host is on it before this returns.
     with _lock():
-        subnet = _free_subnet(whole, avoid)
+        routes = _routes()
+        subnet = _free_subnet(routes, whole, avoid)
         if subnet is None:
             return shared(hosts, f"no /24 of {whole} is free of the machine's routes", conf)
         gateway = str(subnet.network_address + 1)
@@ -193,9 +195,12 @@ def _create(
     try:
         _write(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6", "1")
         _write(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding", "1")
-        _nft(_rules(bridge, subnet, allowed, extra_forward))
-        _forward_from_uplinks()
-        _pass_dropping_forward_chains(bridge)
+        # One nft run: the rules, then what the chains are now (for other tables' forward).
+        chains = _run(
+            ["nft", "-f", "-"], _rules(bridge, subnet, allowed, extra_forward) + "list chains\n"
+        )
+        _forward_from_uplinks(routes)
+        _pass_dropping_forward_chains(bridge, chains)
     except (OSError, NetworkError) as exc:
         _remove_rules(bridge)
         with _lock():
@@ -419,14 +424,23 @@ def _rules(
     )
 
 
+def _routes() -> list[dict[str, Any]]:
+    """The machine's IPv4 routes, of every table."""
+    listed: list[dict[str, Any]] = json.loads(
+        _run(["ip", "-j", "-4", "route", "show", "table", "all"]) or "[]"
+    )
+    return listed
+
+
 def _free_subnet(
-    whole: ipaddress.IPv4Network, avoid: ipaddress.IPv4Network | None = None
+    routes: list[dict[str, Any]],
+    whole: ipaddress.IPv4Network,
+    avoid: ipaddress.IPv4Network | None = None,
 ) -> ipaddress.IPv4Network | None:
-    """The first /24 of the range that overlaps none of the machine's routes (those of other
-    jobs' bridges included), nor `avoid`."""
-    listed = json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"]) or "[]")
+    """The first /24 of the range that overlaps none of `routes` (those of other jobs'
+    bridges included), nor `avoid`."""
     taken = []
-    for route in listed:
+    for route in routes:
         destination = route.get("dst", "default")
         if destination != "default":
             with contextlib.suppress(ValueError):
@@ -441,11 +455,16 @@ def _free_subnet(
     return None
 
 
-def _forward_from_uplinks() -> None:
-    """Replies come back in through the uplinks: they must forward. Where one did not, it does
-    from now on for the jobs' traffic alone (the guard table), until the last bridge goes."""
-    listed = json.loads(_run(["ip", "-j", "-4", "route", "show", "default"]) or "[]")
-    for device in {route["dev"] for route in listed if "dev" in route}:
+def _forward_from_uplinks(routes: list[dict[str, Any]]) -> None:
+    """Replies come back in through the uplinks (the devices of the main table's default
+    routes among `routes`): they must forward. Where one did not, it does from now on for the
+    jobs' traffic alone (the guard table), until the last bridge goes."""
+    uplinks = {
+        route["dev"]
+        for route in routes
+        if route.get("dst") == "default" and route.get("table", "main") == "main" and "dev" in route
+    }
+    for device in uplinks:
         setting = f"/proc/sys/net/ipv4/conf/{device}/forwarding"
         if Path(setting).read_text().strip() == "1":
             continue
@@ -459,16 +478,16 @@ def _forward_from_uplinks() -> None:
         _write(setting, "1")
 
 
-def _pass_dropping_forward_chains(bridge: str) -> None:
+def _pass_dropping_forward_chains(bridge: str, listed: str) -> None:
     """In every other table's forward chain whose policy drops (iptables' FORWARD where Docker
     runs, a firewall's), a rule accepting what comes from or goes to the bridge. Both ends of a
-    job's traffic are the bridge, so the two rules are all a job needs; they carry its name."""
+    job's traffic are the bridge, so the two rules are all a job needs; they carry its name.
+    `listed`: nft's text listing of the chains, to skip the exact (JSON) one where none drops."""
     comment = f"openmaker {bridge}"
-    chains = _dropping_forward_chains()
+    drops = any("hook forward" in line and "policy drop" in line for line in listed.splitlines())
+    chains = _dropping_forward_chains() if drops else []
     tool = _legacy_iptables()
-    legacy = tool is not None and "-P FORWARD DROP" in _run([tool, "-w", "-S", "FORWARD"]).split(
-        "\n"
-    )
+    legacy = tool is not None and "-P FORWARD DROP" in _run([tool, "-w", "-S", "FORWARD"])
     # Written first: removing the bridge then looks at these chains alone, not the ruleset.
     _STATE.mkdir(mode=0o700, exist_ok=True)
     _passed(bridge).write_text(json.dumps({"chains": chains, "legacy": legacy}))
