@@ -94,7 +94,12 @@ class Container:
     def end_fd(self) -> int:
         """A descriptor (pidfd) that turns readable when the first process ends; the caller
         closes it. Call before the end is collected by poll or wait."""
-        return os.pidfd_open(self._started().pid)
+        try:
+            return os.pidfd_open(self._started().pid)
+        except ProcessLookupError:  # already collected: a descriptor readable at once
+            read, write = os.pipe()
+            os.close(write)
+            return read
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the end (None when `timeout` passes first); at the end, what an unsandboxed
