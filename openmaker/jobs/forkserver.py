@@ -37,6 +37,11 @@ def main() -> None:
     channel = socket.socket(fileno=0)
     for name in sys.argv[1:]:
         worker_process.runner(name)
+    # Loaded by a worker's first engine, else: once here instead.
+    import sqlite3  # noqa: F401
+
+    import sqlalchemy.dialects.sqlite  # noqa: F401
+
     import openmaker.jobs.db  # noqa: F401 - every worker records its job through it
 
     # What is loaded now stays shared with every worker: the collector never touches it.

@@ -54,6 +54,12 @@ INSERT_SYSTEM_METRIC = (
     "INSERT INTO system_metric_values (job_name, host, name, timestamp, value) "
     "VALUES (?, ?, ?, ?, ?)"
 )
+# What earlier attempts stored (see stored_bytes): lines as CloudWatch counts their bytes.
+STORED_LINES = (
+    "SELECT COALESCE(SUM(LENGTH(CAST(e.message AS BLOB)) + ?), 0) FROM log_events AS e "
+    'JOIN log_streams AS s ON s.id = e.stream_id WHERE s."group" = ? AND s.job_name = ?'
+)
+STORED_METRICS = "SELECT COALESCE(SUM(LENGTH(name) + ?), 0) FROM metric_values WHERE job_name = ?"
 
 
 class JobRecorder(Generic[Row]):
@@ -232,22 +238,11 @@ class JobRecorder(Generic[Row]):
 
 def stored_bytes(session: Session, group: str, job_name: str) -> int:
     """What a job's earlier attempts stored (in its kind's log `group`), as counted towards its
-    log limit."""
-    from sqlalchemy import cast, func, select
-    from sqlalchemy.types import LargeBinary
-
-    from openmaker.jobs.db import LogEvent, LogStream, MetricValue
-
-    size = func.length(cast(LogEvent.message, LargeBinary)) + EVENT_OVERHEAD
-    lines = (
-        select(func.coalesce(func.sum(size), 0))
-        .join(LogStream, LogStream.id == LogEvent.stream_id)
-        .where(LogStream.group == group, LogStream.job_name == job_name)
-    )
-    metrics = select(
-        func.coalesce(func.sum(func.length(MetricValue.name) + METRIC_BYTES), 0)
-    ).where(MetricValue.job_name == job_name)
-    return int(session.scalar(lines) or 0) + int(session.scalar(metrics) or 0)
+    log limit. In SQL as the inserts are: a fresh worker compiles no statement for it."""
+    connection = session.connection()
+    lines = connection.exec_driver_sql(STORED_LINES, (EVENT_OVERHEAD, group, job_name)).scalar()
+    metrics = connection.exec_driver_sql(STORED_METRICS, (METRIC_BYTES, job_name)).scalar()
+    return int(lines or 0) + int(metrics or 0)
 
 
 class _LogLimit:

@@ -91,6 +91,16 @@ class Container:
         """The exit status once the container's first process has ended, else None."""
         return self._started().poll()
 
+    def end_fd(self) -> int:
+        """A descriptor (pidfd) that turns readable when the first process ends; the caller
+        closes it. Call before the end is collected by poll or wait."""
+        try:
+            return os.pidfd_open(self._started().pid)
+        except ProcessLookupError:  # already collected: a descriptor readable at once
+            read, write = os.pipe()
+            os.close(write)
+            return read
+
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the end (None when `timeout` passes first); at the end, what an unsandboxed
         container left behind is ended and its output read to the last line."""

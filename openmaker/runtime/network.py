@@ -50,6 +50,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from openmaker.runtime import Bind
@@ -173,8 +174,11 @@ def _create(
     relays, allowed = _endpoints(code_env)
     resolvers, local_resolvers = _nameservers(conf or "")
     allowed += [(address, proto, DNS_PORT) for address in local_resolvers for proto in _BOTH]
+    # Held only while the subnet is picked and taken (the bridge's route): two jobs conflict
+    # there alone. The rest is the bridge's own, and no host is on it before this returns.
     with _lock():
-        subnet = _free_subnet(whole, avoid)
+        routes = _routes()
+        subnet = _free_subnet(routes, whole, avoid)
         if subnet is None:
             return shared(hosts, f"no /24 of {whole} is free of the machine's routes", conf)
         gateway = str(subnet.network_address + 1)
@@ -185,14 +189,23 @@ def _create(
                 f"addr add {gateway}/24 dev {bridge}\n"
                 f"link set {bridge} up\n"
             )
-            _write(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6", "1")
-            _write(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding", "1")
-            _nft(_rules(bridge, subnet, allowed, extra_forward))
-            _forward_from_uplinks()
-            _pass_dropping_forward_chains(bridge)
         except NetworkError as exc:
             _remove(bridge)
             return shared(hosts, f"its bridge could not be made: {exc}", conf)
+    try:
+        _write(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6", "1")
+        _write(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding", "1")
+        # One nft run: the rules, then what the chains are now (for other tables' forward).
+        chains = _run(
+            ["nft", "-f", "-"], _rules(bridge, subnet, allowed, extra_forward) + "list chains\n"
+        )
+        _forward_from_uplinks(routes)
+        _pass_dropping_forward_chains(bridge, chains)
+    except (OSError, NetworkError) as exc:
+        _remove_rules(bridge)
+        with _lock():
+            _remove(bridge, rules=False)
+        return shared(hosts, f"its bridge could not be made: {exc}", conf)
     addresses = {name: str(subnet.network_address + 2 + i) for i, name in enumerate(hosts)}
     return JobNetwork(addresses, bridge, gateway, relays, None, conf, resolvers)
 
@@ -201,8 +214,9 @@ def remove(home: Path, job_name: str) -> None:
     """Everything of the job's network that is left (its hosts' veth pairs, table, bridge)."""
     bridge = PREFIX + job_id(home, job_name)
     if (_SYS_NET / bridge).exists():
+        _remove_rules(bridge)  # the bridge's own: no other job's business
         with _lock():
-            _remove(bridge)
+            _remove(bridge, rules=False)
 
 
 def jobs_with_networks(home: Path) -> list[str]:
@@ -217,15 +231,22 @@ def jobs_with_networks(home: Path) -> list[str]:
     return sorted(names)
 
 
-def _remove(bridge: str) -> None:
+def _remove(bridge: str, rules: bool = True) -> None:
+    """The bridge and its veth pairs (and its rules unless `rules` is False: removed before);
+    under the lock, which the last bridge's end (the uplinks restored) needs."""
+    if rules:
+        _remove_rules(bridge)
     commands = [f"link del {link.name}" for link in _SYS_NET.glob(bridge + "v*")]
-    with contextlib.suppress(NetworkError):
-        _nft(f"delete table inet {bridge}\n")
-    _unpass_dropping_forward_chains(bridge)
     with contextlib.suppress(NetworkError):
         _ip("".join(f"{c}\n" for c in [*commands, f"link del {bridge}"]), force=True)
     if not any(_SYS_NET.glob(PREFIX + "*")):
         _restore_uplinks()
+
+
+def _remove_rules(bridge: str) -> None:
+    with contextlib.suppress(NetworkError):
+        _nft(f"delete table inet {bridge}\n")
+    _unpass_dropping_forward_chains(bridge)
 
 
 class HostNamespace:
@@ -403,14 +424,23 @@ def _rules(
     )
 
 
+def _routes() -> list[dict[str, Any]]:
+    """The machine's IPv4 routes, of every table."""
+    listed: list[dict[str, Any]] = json.loads(
+        _run(["ip", "-j", "-4", "route", "show", "table", "all"]) or "[]"
+    )
+    return listed
+
+
 def _free_subnet(
-    whole: ipaddress.IPv4Network, avoid: ipaddress.IPv4Network | None = None
+    routes: list[dict[str, Any]],
+    whole: ipaddress.IPv4Network,
+    avoid: ipaddress.IPv4Network | None = None,
 ) -> ipaddress.IPv4Network | None:
-    """The first /24 of the range that overlaps none of the machine's routes (those of other
-    jobs' bridges included), nor `avoid`."""
-    listed = json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"]) or "[]")
+    """The first /24 of the range that overlaps none of `routes` (those of other jobs'
+    bridges included), nor `avoid`."""
     taken = []
-    for route in listed:
+    for route in routes:
         destination = route.get("dst", "default")
         if destination != "default":
             with contextlib.suppress(ValueError):
@@ -425,11 +455,16 @@ def _free_subnet(
     return None
 
 
-def _forward_from_uplinks() -> None:
-    """Replies come back in through the uplinks: they must forward. Where one did not, it does
-    from now on for the jobs' traffic alone (the guard table), until the last bridge goes."""
-    listed = json.loads(_run(["ip", "-j", "-4", "route", "show", "default"]) or "[]")
-    for device in {route["dev"] for route in listed if "dev" in route}:
+def _forward_from_uplinks(routes: list[dict[str, Any]]) -> None:
+    """Replies come back in through the uplinks (the devices of the main table's default
+    routes among `routes`): they must forward. Where one did not, it does from now on for the
+    jobs' traffic alone (the guard table), until the last bridge goes."""
+    uplinks = {
+        route["dev"]
+        for route in routes
+        if route.get("dst") == "default" and route.get("table", "main") == "main" and "dev" in route
+    }
+    for device in uplinks:
         setting = f"/proc/sys/net/ipv4/conf/{device}/forwarding"
         if Path(setting).read_text().strip() == "1":
             continue
@@ -443,12 +478,20 @@ def _forward_from_uplinks() -> None:
         _write(setting, "1")
 
 
-def _pass_dropping_forward_chains(bridge: str) -> None:
+def _pass_dropping_forward_chains(bridge: str, listed: str) -> None:
     """In every other table's forward chain whose policy drops (iptables' FORWARD where Docker
     runs, a firewall's), a rule accepting what comes from or goes to the bridge. Both ends of a
-    job's traffic are the bridge, so the two rules are all a job needs; they carry its name."""
+    job's traffic are the bridge, so the two rules are all a job needs; they carry its name.
+    `listed`: nft's text listing of the chains, to skip the exact (JSON) one where none drops."""
     comment = f"openmaker {bridge}"
-    for family, table, chain in _dropping_forward_chains():
+    drops = any("hook forward" in line and "policy drop" in line for line in listed.splitlines())
+    chains = _dropping_forward_chains() if drops else []
+    tool = _legacy_iptables()
+    legacy = tool is not None and "-P FORWARD DROP" in _run([tool, "-w", "-S", "FORWARD"])
+    # Written first: removing the bridge then looks at these chains alone, not the ruleset.
+    _STATE.mkdir(mode=0o700, exist_ok=True)
+    _passed(bridge).write_text(json.dumps({"chains": chains, "legacy": legacy}))
+    for family, table, chain in chains:
         # A bridge family's chain sees the bridge's ports as interfaces.
         sides = ("ibrname", "obrname") if family == "bridge" else ("iifname", "oifname")
         _nft(
@@ -458,28 +501,42 @@ def _pass_dropping_forward_chains(bridge: str) -> None:
                 for side in sides
             )
         )
-    tool = _legacy_iptables()
-    if tool is not None and "-P FORWARD DROP" in _run([tool, "-w", "-S", "FORWARD"]).splitlines():
+    if tool is not None and legacy:
         for side in ("-i", "-o"):
             _run([tool, "-w", "-I", "FORWARD", side, bridge, "-j", "ACCEPT"])
 
 
+def _passed(bridge: str) -> Path:
+    """The record of which chains got the bridge's rules (see _pass_dropping_forward_chains)."""
+    return _STATE / f"passed-{bridge}"
+
+
 def _unpass_dropping_forward_chains(bridge: str) -> None:
     comment = f"openmaker {bridge}"
+    try:
+        passed = json.loads(_passed(bridge).read_text())
+        chains, legacy = [tuple(chain) for chain in passed["chains"]], bool(passed["legacy"])
+    except (OSError, ValueError, KeyError, TypeError):  # not recorded (made by an older version)
+        chains, legacy = [], True
+        listing = ["list ruleset"]
+    else:
+        listing = [f"list chain {family} {table} {chain}" for family, table, chain in chains]
     with contextlib.suppress(NetworkError, ValueError):
-        listed = json.loads(_run(["nft", "-j", "-a", "list", "ruleset"]) or "{}")
-        deletions = [
-            f"delete rule {r['family']} {r['table']} {r['chain']} handle {r['handle']}\n"
-            for item in listed.get("nftables", [])
-            if (r := item.get("rule")) and r.get("comment") == comment
-        ]
-        if deletions:
-            _nft("".join(deletions))
-    if (tool := _legacy_iptables()) is not None:
+        for command in listing:
+            listed = json.loads(_run(["nft", "-j", "-a", *command.split()]) or "{}")
+            deletions = [
+                f"delete rule {r['family']} {r['table']} {r['chain']} handle {r['handle']}\n"
+                for item in listed.get("nftables", [])
+                if (r := item.get("rule")) and r.get("comment") == comment
+            ]
+            if deletions:
+                _nft("".join(deletions))
+    if legacy and (tool := _legacy_iptables()) is not None:
         for side in ("-i", "-o"):
             rule = ["FORWARD", side, bridge, "-j", "ACCEPT"]
             while subprocess.run([tool, "-w", "-D", *rule], capture_output=True).returncode == 0:
                 pass
+    _passed(bridge).unlink(missing_ok=True)
 
 
 def _dropping_forward_chains() -> list[tuple[str, str, str]]:

@@ -3,7 +3,11 @@ requests, the exit status."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from openmaker.training.host.container import Launch
@@ -14,6 +18,7 @@ from openmaker.training.host.volume import observe as observe_volume
 # SageMaker gives a stopped container 120 s between SIGTERM and SIGKILL.
 DEFAULT_GRACE_SECONDS = 120.0
 FAILURE_REASON_LIMIT = 1024
+STOP_CHECK_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,13 @@ def supervise(
 
     container.start(on_lines)
     deadline = None if max_runtime is None else time.monotonic() + max_runtime
-    while container.poll() is None:
-        if deadline is not None and time.monotonic() >= deadline:
-            stop.request(StopReason.MAX_RUNTIME_EXCEEDED)
-        if stop.wait(0.05):
-            break
+    # The code's end wakes this at once; a stop request or the time limit within STOP_CHECK.
+    with _closing(container.end_fd()) as ended:
+        while not select.select([ended], [], [], STOP_CHECK_SECONDS)[0]:
+            if deadline is not None and time.monotonic() >= deadline:
+                stop.request(StopReason.MAX_RUNTIME_EXCEEDED)
+            if stop.requested:
+                break
     if container.poll() is None:
         container.stop(grace)
     code = container.wait()
@@ -53,3 +60,11 @@ def supervise(
     if launch.volume is not None:  # now, before anything of the host is cleaned up: full?
         observe_volume(launch.volume)
     return Exit(code, stop.reason if stop.requested else None)
+
+
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
