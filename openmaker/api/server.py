@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import uvicorn
-from uvicorn._types import ASGIApplication
+from starlette.applications import Starlette
 
 from openmaker.api.app import create_app
 from openmaker.api.coalesce import CoalescingHttpToolsProtocol
@@ -61,7 +61,7 @@ def serve(
             remove_record(settings)
 
 
-def http_config(app: ASGIApplication, host: str, port: int) -> uvicorn.Config:
+def http_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
     """uvicorn as the API serves: the head and body of an answer in one write
     (openmaker/api/coalesce.py); no access log; no X-Forwarded-* rewriting (no proxy stands in
     front, and nothing reads the client's address)."""
