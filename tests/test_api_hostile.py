@@ -211,6 +211,27 @@ def test_signatures_dated_too_early_or_too_late(api_server: ApiServer) -> None:
         assert status == 200, (skew, answer)
 
 
+def test_dates_not_in_basic_format_are_refused(api_server: ApiServer) -> None:
+    """X-Amz-Date is read by hand (no strptime): only a real `YYYYMMDDTHHMMSSZ` passes."""
+    body = json.dumps({"MaxResults": 1}).encode()
+    target, url = "SageMaker.ListTrainingJobs", url_of(api_server)
+    headers = sign(api_server, target, body)
+    today = headers["X-Amz-Date"][:8]
+    for date in (
+        f"{today}T240000Z",  # no hour 24
+        f"{today}T126000Z",
+        f"{today[:4]}1301T000000Z",  # no month 13
+        f"{today[:6]}32T000000Z",
+        f"{today}T1200Z",  # a field short
+        f"{today}T12000\u00b2Z",  # a digit, but not an ASCII one
+        f"{today}T120000",
+        f"{today[:4]}-{today[4:6]}-{today[6:]}T12:00:00Z",
+    ):
+        status, answer = raw_post(url, body, {**headers, "X-Amz-Date": date})
+        assert (status, answer["__type"]) == (400, "IncompleteSignatureException"), date
+        assert answer["message"].startswith("Date must be in ISO-8601 'basic format'."), date
+
+
 def test_missing_and_garbled_authorization(api_server: ApiServer) -> None:
     body = json.dumps({"MaxResults": 1}).encode()
     target, url = "SageMaker.ListTrainingJobs", url_of(api_server)

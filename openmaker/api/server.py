@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import uvicorn
+from starlette.applications import Starlette
 
 from openmaker.api.app import create_app
+from openmaker.api.coalesce import CoalescingHttpToolsProtocol
 from openmaker.api.credentials import Credentials, server_credentials
 from openmaker.api.operations import Backend
 from openmaker.api.s3_endpoint import embedded_s3
@@ -47,9 +49,7 @@ def serve(
         backend = Backend(settings)
         backend.watch()
         app = create_app(backend, credentials)
-        server = _Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-        )
+        server = _Server(http_config(app, host, port))
         record = ServerRecord(
             f"http://{host}:{port}", s3_url, os.getpid(), credentials.access_key_id
         )
@@ -59,6 +59,21 @@ def serve(
         finally:
             backend.close()
             remove_record(settings)
+
+
+def http_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+    """uvicorn as the API serves: the head and body of an answer in one write
+    (openmaker/api/coalesce.py); no access log; no X-Forwarded-* rewriting (no proxy stands in
+    front, and nothing reads the client's address)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=CoalescingHttpToolsProtocol,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 def _started(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -100,17 +101,16 @@ def verify(
         raise IncompleteSignature(
             "Authorization header requires existence of a 'X-Amz-Date' header."
         )
-    try:
-        when = datetime.strptime(amz_date, _STAMP).replace(tzinfo=UTC)
-    except ValueError:
+    when = _instant(amz_date)
+    if when is None:
         raise IncompleteSignature(
-            f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'. "
+            f"Date must be in ISO-8601 'basic format'. Got '{amz_date[:40]}'. "
             "See http://en.wikipedia.org/wiki/ISO_8601"
-        ) from None
+        )
     if not hmac.compare_digest(auth.access_key_id.encode(), credentials.access_key_id.encode()):
         raise UnrecognizedClient("The security token included in the request is invalid.")
     _check_scope(auth.scope, amz_date, region, services)
-    _check_clock(amz_date, when, datetime.now(UTC))
+    _check_clock(amz_date, when, time.time())
     if "host" not in auth.signed_headers:
         raise IncompleteSignature("'Host' must be a 'SignedHeader' in the AWS Authorization.")
     canonical = canonical_request(request, auth.signed_headers, payload_hash(request))
@@ -188,17 +188,50 @@ def _check_scope(scope: Scope, amz_date: str, region: str, services: Collection[
         raise InvalidSignature(f"Credential should be scoped to correct service: {wanted}.")
 
 
-def _check_clock(amz_date: str, when: datetime, now: datetime) -> None:
-    if when < now - MAX_CLOCK_SKEW:
+def _check_clock(amz_date: str, when: float, now_seconds: float) -> None:
+    """`when` and `now_seconds`: seconds since the epoch (the stamps in the messages are
+    spelled out only for a refusal)."""
+    skew = MAX_CLOCK_SKEW.total_seconds()
+    if when >= now_seconds - skew and when <= now_seconds + skew:
+        return
+    now = datetime.fromtimestamp(now_seconds, UTC)
+    if when < now_seconds - skew:
         raise InvalidSignature(
             f"Signature expired: {amz_date} is now earlier than "
             f"{now - MAX_CLOCK_SKEW:{_STAMP}} ({now:{_STAMP}} - 15 min.)"
         )
-    if when > now + MAX_CLOCK_SKEW:
-        raise InvalidSignature(
-            f"Signature not yet current: {amz_date} is still later than "
-            f"{now + MAX_CLOCK_SKEW:{_STAMP}} ({now:{_STAMP}} + 15 min.)"
-        )
+    raise InvalidSignature(
+        f"Signature not yet current: {amz_date} is still later than "
+        f"{now + MAX_CLOCK_SKEW:{_STAMP}} ({now:{_STAMP}} + 15 min.)"
+    )
+
+
+def _instant(amz_date: str) -> float | None:
+    """`YYYYMMDDTHHMMSSZ` as seconds since the epoch, None unless it is one (every field its
+    full width, the date a real one). Sliced by hand: strptime costs more than the rest of
+    the header parsing together."""
+    digits = amz_date[:8] + amz_date[9:15]
+    if (
+        len(amz_date) != 16
+        or amz_date[8] != "T"
+        or amz_date[15] != "Z"
+        or not (digits.isascii() and digits.isdigit())
+    ):
+        return None
+    day = _day_start(amz_date[:8])
+    hour, minute, second = int(digits[8:10]), int(digits[10:12]), int(digits[12:14])
+    if day is None or hour > 23 or minute > 59 or second > 61:
+        return None
+    return day + hour * 3600 + minute * 60 + min(second, 59)
+
+
+@functools.lru_cache(maxsize=16)
+def _day_start(date: str) -> float | None:
+    """Midnight (UTC) of `YYYYMMDD` in seconds since the epoch; None: no such day."""
+    try:
+        return datetime(int(date[:4]), int(date[4:6]), int(date[6:8]), tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def _parse_authorization(header: str) -> _Authorization:
