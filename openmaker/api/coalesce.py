@@ -15,6 +15,10 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+# Past this much held, a write goes out at once: an answer produced without ever yielding to the
+# loop must not gather in memory (nor escape uvicorn's flow control) until it ends.
+HOLD_BYTES = 256 * 1024
+
 
 class _Coalescing:
     """A transport that sends what is written in one loop turn at once; anything else is the
@@ -23,6 +27,7 @@ class _Coalescing:
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._held: list[bytes] = []
+        self._held_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -30,10 +35,13 @@ class _Coalescing:
         if not self._held:
             asyncio.get_running_loop().call_soon(self._flush)
         self._held.append(bytes(data))
+        self._held_bytes += len(data)
+        if self._held_bytes >= HOLD_BYTES:
+            self._flush()
 
     def _flush(self) -> None:
         if self._held:
-            held, self._held = self._held, []
+            held, self._held, self._held_bytes = self._held, [], 0
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
