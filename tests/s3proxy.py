@@ -132,8 +132,14 @@ def _handler(proxy: S3Proxy) -> type[http.server.BaseHTTPRequestHandler]:
             if fault is not None and fault.keep is not None:
                 data = data[: fault.keep]
                 self.close_connection = True  # cut: fewer bytes than Content-Length said
-            self.wfile.write(data)
+            # Counted before the write: the client may have read it all and looked at the
+            # record before this thread is scheduled again.
             seen.body_sent = len(data)
+            try:
+                self.wfile.write(data)
+            except OSError:
+                seen.body_sent = 0
+                raise
 
         def _answer_error(self, seen: Seen, status: int) -> None:
             code = "ServiceUnavailable" if status == 503 else "InternalError"
