@@ -146,6 +146,13 @@ def test_credentials_and_launch_files_are_readable_by_their_owner_only(
                 # As openmaker leaves things, `nobody` cannot read them.
                 refused = nobody_reads(path)
                 assert refused.returncode != 0 and "Permission denied" in refused.stderr
+            # The job's worker tightens the home when it opens it: let it end first.
+            deadline = time.monotonic() + 120
+            while sagemaker.describe_training_job(TrainingJobName=name)[
+                "TrainingJobStatus"
+            ] not in ("Completed", "Failed", "Stopped"):
+                assert time.monotonic() < deadline, "the job did not end"
+                time.sleep(0.1)
             # With every folder above opened to passing through, the files' own mode still
             # keeps `nobody` out, while a file others may read beside them is read.
             for folder in (home, home / "jobs", home / "jobs" / name):
