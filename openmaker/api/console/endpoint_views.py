@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from openmaker.api.console import log_tail
+from openmaker.api.console.paging import check_page, list_params
 from openmaker.api.console.shown import ms, plain
 from openmaker.jobs.cloudwatch import LogQueries
 from openmaker.serving import metrics
@@ -21,7 +22,6 @@ from openmaker.serving.proxy import InvocationError, Invoker
 from openmaker.serving.service import Serving
 from openmaker.shapes.errors import ValidationException
 
-MAX_PAGE = 100
 # What of an answer the page is given to show; the rest is counted, not sent.
 ANSWER_CHARS = 64 * 1024
 # What the form may send (the runtime API takes up to 6 MiB; a page's text box far less).
@@ -74,24 +74,8 @@ class EndpointViews:
         token: str | None,
     ) -> dict[str, Any]:
         """One page of the endpoints table, and the token of the next page."""
-        if status and status not in STATUSES:
-            raise ValidationException(f"status must be one of {list(STATUSES)}")
-        if sort not in ("Name", "CreationTime"):
-            raise ValidationException("sort must be one of ['CreationTime', 'Name']")
-        if not 1 <= limit <= MAX_PAGE:
-            raise ValidationException(f"limit must be between 1 and {MAX_PAGE}")
-        params: dict[str, Any] = {
-            "SortBy": sort,
-            "SortOrder": "Descending" if descending else "Ascending",
-            "MaxResults": limit,
-        }
-        for member, value in (
-            ("NameContains", name),
-            ("StatusEquals", status),
-            ("NextToken", token),
-        ):
-            if value:
-                params[member] = value
+        check_page(status, STATUSES, sort, ("CreationTime", "Name"), limit)
+        params = list_params(name, status, sort, descending, limit, token)
         found = self.serving.endpoints.list(params)
         return {
             "endpoints": [self._row(e["EndpointName"]) for e in found["Endpoints"]],

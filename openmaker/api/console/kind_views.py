@@ -10,16 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from openmaker.api.console import log_tail
+from openmaker.api.console.paging import check_page, list_params
 from openmaker.api.console.shown import ms, plain
 from openmaker.jobs.cloudwatch import LogQueries
 from openmaker.processing.kind import LOG_GROUP as PROCESSING_LOGS
 from openmaker.processing.query import ProcessingQuery
 from openmaker.processing.service import ProcessingJobs
-from openmaker.shapes.errors import ValidationException
 from openmaker.transform.kind import LOG_GROUP as TRANSFORM_LOGS
 from openmaker.transform.service import TransformJobs
 
-MAX_PAGE = 100
 STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
 Listing = Callable[[dict[str, Any]], tuple[list[dict[str, Any]], str | None]]
 
@@ -52,24 +51,8 @@ class KindViews:
         token: str | None,
     ) -> dict[str, Any]:
         """One page of the kind's jobs table, and the token of the next page."""
-        if status and status not in STATUSES:
-            raise ValidationException(f"status must be one of {list(STATUSES)}")
-        if sort not in self.kind.sorts:
-            raise ValidationException(f"sort must be one of {sorted(self.kind.sorts)}")
-        if not 1 <= limit <= MAX_PAGE:
-            raise ValidationException(f"limit must be between 1 and {MAX_PAGE}")
-        params: dict[str, Any] = {
-            "SortBy": sort,
-            "SortOrder": "Descending" if descending else "Ascending",
-            "MaxResults": limit,
-        }
-        for member, value in (
-            ("NameContains", name),
-            ("StatusEquals", status),
-            ("NextToken", token),
-        ):
-            if value:
-                params[member] = value
+        check_page(status, STATUSES, sort, self.kind.sorts, limit)
+        params = list_params(name, status, sort, descending, limit, token)
         summaries, following = self.kind.listing(params)
         named = f"{self.kind.prefix}JobName"
         return {"jobs": [self._row(s[named]) for s in summaries], "next": following}

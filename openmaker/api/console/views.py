@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from openmaker.api.console.paging import check_page
 from openmaker.api.console.shown import ms as _ms
 from openmaker.api.console.shown import plain as _plain
 from openmaker.instances import GIB
 from openmaker.jobs.capacity import machine
-from openmaker.shapes.errors import ValidationException
 from openmaker.training.metric_reads import MetricReads
 from openmaker.training.metric_series import HOST_DIMENSION, SYSTEM_METRICS, Series
 from openmaker.training.query import SORT_COLUMNS, JobQuery
 from openmaker.training.service import TrainingJobs
 from openmaker.training.status import TrainingJobStatus
 
-MAX_PAGE = 100
 LOG_BATCH = 1000
 
 
@@ -39,14 +38,8 @@ class ConsoleViews:
         token: str | None,
     ) -> dict[str, Any]:
         """One page of the jobs table: a row per job, and the token of the next page."""
-        if status and status not in {s.value for s in TrainingJobStatus}:
-            raise ValidationException(
-                f"status must be one of {[s.value for s in TrainingJobStatus]}"
-            )
-        if sort not in SORT_COLUMNS:
-            raise ValidationException(f"sort must be one of {sorted(SORT_COLUMNS)}")
-        if not 1 <= limit <= MAX_PAGE:
-            raise ValidationException(f"limit must be between 1 and {MAX_PAGE}")
+        statuses = [s.value for s in TrainingJobStatus]
+        check_page(status, statuses, sort, SORT_COLUMNS, limit)
         query = JobQuery(
             status=status or None,
             name_contains=name or None,
