@@ -58,7 +58,9 @@ def test_a_canary_update_serves_from_both_fleets_then_the_new(deployer: Deployer
     with streaming(deployer, name) as stream:
         wait_until(lambda: b"v1 hello x" in stream.answers, "answers from the old fleet")
         deployer.sagemaker.update_endpoint(
-            EndpointName=name, EndpointConfigName=new_config, DeploymentConfig=canary(1)
+            # A canary phase of several route refreshes (the proxy's route lives 1 s), so that
+            # a loaded machine's slow stream still sees both fleets in it.
+            EndpointName=name, EndpointConfigName=new_config, DeploymentConfig=canary(1, wait=5)
         )
         described = deployer.wait(name, ("InService",))
         seen = len(stream.answers)
