@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import urllib.error
 import urllib.request
 
@@ -22,7 +23,11 @@ class LoginUrlError(Exception):
 
 def login_url(api_url: str, credentials: Credentials, region: str) -> str:
     url = api_url.rstrip("/") + TOKEN_PATH
-    request = AWSRequest(method="POST", url=url, data=b"")
+    # A signed nonce: two requests in one second would otherwise sign alike, and each
+    # signature mints once.
+    request = AWSRequest(
+        method="POST", url=url, data=b"", headers={"X-Openmaker-Nonce": secrets.token_hex(16)}
+    )
     signer = SigV4Auth(
         BotocoreCredentials(credentials.access_key_id, credentials.secret_access_key),
         "sagemaker",
