@@ -96,7 +96,11 @@ def test_a_container_that_dies_while_serving_is_started_again(deployer: Deployer
     group = f"/aws/sagemaker/Endpoints/{name}"
 
     def noted() -> bool:
-        (stream,) = logs.describe_log_streams(logGroupName=group)["logStreams"]
+        # The stream is made with its first batch of lines, half a second after the death.
+        streams = logs.describe_log_streams(logGroupName=group)["logStreams"]
+        if not streams:
+            return False
+        (stream,) = streams
         events = logs.get_log_events(logGroupName=group, logStreamName=stream["logStreamName"])
         return any("exited with status 7" in e["message"] for e in events["events"])
 
