@@ -261,7 +261,6 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-
 def _error(exc: ServiceError, request_id: str) -> Response:
     # ASCII with escapes: a message quoting what the client sent must not fail to encode.
     body = json.dumps(
