@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from openmaker.serving.eventstream import payload_part, stream_error
 from openmaker.serving.proxy import (
@@ -57,6 +58,8 @@ class Stream:
     deadline: float
     sent: Sent
     measured: bool = False
+    # A client that leaves closes the stream from another thread than the one reading it.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def events(self) -> Iterator[bytes]:
         try:
@@ -90,9 +93,10 @@ class Stream:
 
     def _measure(self, status: int | None) -> None:
         """Count the invocation, once: `status` None when the container did not finish."""
-        if self.measured:
-            return
-        self.measured = True
+        with self.lock:
+            if self.measured:
+                return
+            self.measured = True
         sent = self.sent
         model_seconds = time.perf_counter() - sent.sent
         sent.invoker.measure(sent.endpoint, self.variant, status, model_seconds, sent.received)
