@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from openmaker.serving.framework.handlers import DEFAULT_PROGRAM, Handlers
+from openmaker.serving.framework.handlers import Handlers
 
+# The environment variable that makes the container a multi-model one (read by server.py).
 ENABLED = "SAGEMAKER_MULTI_MODEL"
-
-
-def enabled() -> bool:
-    return os.environ.get(ENABLED, "").lower() == "true"
 
 
 @dataclass(frozen=True)
@@ -50,10 +46,11 @@ def _message(status: int, text: str) -> Reply:
 
 
 class Registry:
-    """The models loaded, by name; one load or unload at a time."""
+    """The models loaded, by name; one load or unload at a time. `program`: each model's
+    entry point's file name in its `code/`."""
 
-    def __init__(self, framework: str) -> None:
-        self.framework = framework
+    def __init__(self, framework: str, program: str) -> None:
+        self.framework, self.program = framework, program
         self.models: dict[str, Loaded] = {}
         self.lock = threading.Lock()
 
@@ -69,7 +66,8 @@ class Registry:
             if name in self.models:
                 return _message(409, f'Model "{name}" is already loaded')
             try:
-                handlers = Handlers(self.framework, _module(name, Path(url) / "code"))
+                module = _module(name, Path(url) / "code" / self.program)
+                handlers = Handlers(self.framework, module)
                 handlers.load(url)
             except Exception as exc:
                 print(f"loading model {name} failed: {exc!r}", file=sys.stderr, flush=True)
@@ -100,9 +98,8 @@ class Registry:
         return None if loaded is None else loaded.handlers
 
 
-def _module(name: str, code: Path) -> ModuleType | None:
+def _module(name: str, path: Path) -> ModuleType | None:
     """A model's entry point, as a module of its own (models may share its file name)."""
-    path = code / (os.environ.get("SAGEMAKER_PROGRAM") or DEFAULT_PROGRAM)
     if not path.is_file():
         return None
     spec = importlib.util.spec_from_file_location(f"model_{name}_{path.stem}", path)

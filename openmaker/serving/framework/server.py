@@ -158,14 +158,15 @@ class Request(BaseHTTPRequestHandler):
 
 def main(framework: str) -> int:
     port = int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or PORT)
-    if multi_model.enabled():
+    program = os.environ.get("SAGEMAKER_PROGRAM") or DEFAULT_PROGRAM
+    if os.environ.get(multi_model.ENABLED, "").lower() == "true":
         print(f"{framework} multi-model server (openmaker's stand-in) on {port}", flush=True)
-        Server(None, multi_model.Registry(framework), port).serve_forever()
+        Server(None, multi_model.Registry(framework, program), port).serve_forever()
         return 0
     folder = code_dir()
     try:
         install_requirements(folder)
-        module = load_module(folder, os.environ.get("SAGEMAKER_PROGRAM") or DEFAULT_PROGRAM)
+        module = load_module(folder, program)
         handlers = Handlers(framework, module)
         handlers.load(MODEL_DIR)
     except StartError as exc:
