@@ -269,10 +269,15 @@ class Invoker:
         total = time.perf_counter() - received
         self.metrics.record(name, variant, instances, status, model_seconds, total)
 
-    def pick(self, name: str, target_variant: str | None) -> tuple[str, str, str]:
-        """An instance to take an invocation of `name`: its address, log stream, variant."""
+    def pick(
+        self, name: str, target_variant: str | None, held: contextlib.ExitStack
+    ) -> tuple[str, str, str]:
+        """An instance to take an invocation of `name`: its address, log stream, variant. A
+        serverless variant's invocation is counted against its MaxConcurrency until `held`
+        is closed."""
         variant, address, stream = self._choose(name, target_variant)
         if variant.serverless is not None:
+            held.enter_context(self._serverless_held(name, variant))
             variant, address, stream = self._warm(name, variant, address, stream)
         return address, stream, variant.name
 

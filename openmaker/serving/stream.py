@@ -7,7 +7,8 @@ the stream begins, as for InvokeEndpoint. Once it has begun, a stream that has n
 is cut with a `ModelStreamError` (`ModelInvocationTimeExceeded`); one the container breaks off
 ends with a `ModelStreamError` (`StreamBroken`).
 
-Each stream counts in the endpoint's invocation metrics as an InvokeEndpoint does once it ends:
+A serverless variant's stream counts against its MaxConcurrency until it ends. Each stream
+counts in the endpoint's invocation metrics as an InvokeEndpoint does once it ends:
 its ModelLatency runs from the request sent to the container's last part, as SageMaker defines
 ModelLatency (sending the request and fetching the response); a stream cut or broken off counts
 as a 5xx (the container did not finish its answer), one the client left as answered.
@@ -57,6 +58,7 @@ class Stream:
     response: http.client.HTTPResponse
     deadline: float
     sent: Sent
+    held: contextlib.ExitStack  # a serverless variant's concurrency, given back at the end
     measured: bool = False
     # A client that leaves closes the stream from another thread than the one reading it.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,6 +119,7 @@ class Stream:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self.connection.close()
+        self.held.close()
 
 
 def open_stream(
@@ -131,7 +134,25 @@ def open_stream(
     """Send the request to an instance and read the answer's head (InvocationError: none to
     stream); `received`: when the request arrived (time.perf_counter)."""
     received = time.perf_counter() if received is None else received
-    address, log_stream, variant = invoker.pick(name, target_variant)
+    held = contextlib.ExitStack()
+    try:
+        return _open(invoker, name, body, headers, target_variant, limit, received, held)
+    except BaseException:
+        held.close()
+        raise
+
+
+def _open(
+    invoker: Invoker,
+    name: str,
+    body: bytes,
+    headers: dict[str, str],
+    target_variant: str | None,
+    limit: float,
+    received: float,
+    held: contextlib.ExitStack,
+) -> Stream:
+    address, log_stream, variant = invoker.pick(name, target_variant, held)
     deadline = time.monotonic() + limit
     host, _, port = address.rpartition(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=limit)
@@ -159,4 +180,4 @@ def open_stream(
     attributes = response.getheader(CUSTOM_ATTRIBUTES)
     extra = {CUSTOM_ATTRIBUTES: attributes} if attributes else {}
     sent_to = Sent(invoker, name, received, started)
-    return Stream(variant, content_type, extra, connection, response, deadline, sent_to)
+    return Stream(variant, content_type, extra, connection, response, deadline, sent_to, held)
