@@ -392,16 +392,13 @@ def env_command() -> None:
 def cluster_command() -> None:
     """The nodes of the Ray cluster at RAY_ADDRESS: what each offers, what is free, which
     hosts of which jobs run there."""
-    settings = _settings()
-    try:
-        from openmaker.training.ray_cluster import describe_bundle, nodes  # loads Ray
+    from openmaker.training.cluster_nodes import ClusterUnreachable, cluster_nodes
+    from openmaker.training.ray_cluster import describe_bundle
 
-        found = nodes(settings)
-    except ImportError:
-        raise fail("Ray is not installed here (pip install ray)") from None
-    except Exception as exc:  # Ray's own errors: no cluster there, a refused connection
-        where = settings.ray_address or "auto"
-        raise fail(f"cannot reach the Ray cluster at {where}: {exc}") from None
+    try:
+        found = cluster_nodes(_settings())
+    except ClusterUnreachable as exc:
+        raise fail(str(exc)) from None
     table = Table("Node", "Alive", "Offers", "Free", Column("Hosts", overflow="fold"))
     for node in found:
         table.add_row(
