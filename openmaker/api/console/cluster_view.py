@@ -8,6 +8,7 @@ so. A cluster that cannot be asked is a message on the page, not an error.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as NoAnswerYet
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from openmaker.training.ray_cluster import Node
 
 # What the page shows in columns of their own; the rest (the instance types a node stands for,
-# custom resources) goes in one column as Ray names them.
+# custom resources) goes in one column, as Ray names them.
 _SHOWN = ("CPU", "memory", "GPU")
 # How long a page's request waits for the cluster: Ray retries an address where no cluster
 # answers for minutes, and says nothing meanwhile.
@@ -51,7 +52,7 @@ class ClusterView:
                 "(asking still): is RAY_ADDRESS right, and the cluster up?"
             )
             return shown | {"problem": problem}
-        return shown | {"problem": None, "nodes": [_node(node) for node in found]}
+        return shown | {"problem": None, "nodes": [_node(n) for n in sorted(found, key=_address)]}
 
     def _ask(self) -> Future[list[Node]]:
         with self._lock:
@@ -78,9 +79,23 @@ def _node(node: Node) -> dict[str, Any]:
         "alive": node.alive,
         "offers": _amounts(node.offers),
         "free": _amounts(node.free) if node.alive else None,
-        "other": {k: v for k, v in node.offers.items() if k not in _SHOWN},
+        # The instance types it stands for (what openmaker places hosts by), used of offered.
+        "other": [
+            {"name": k, "offers": v, "free": node.free.get(k, 0) if node.alive else None}
+            for k, v in node.offers.items()
+            if k not in _SHOWN
+        ],
         "hosts": node.hosts,
     }
+
+
+def _address(node: Node) -> tuple[int, int, str]:
+    """Nodes in the order of their addresses, by number."""
+    try:
+        found = ipaddress.ip_address(node.address)
+    except ValueError:
+        return (7, 0, node.address)
+    return (found.version, int(found), "")
 
 
 def _amounts(bundle: dict[str, float]) -> dict[str, float]:

@@ -764,11 +764,14 @@
       el("td", {}, when(row.created))))));
   }
 
-  // "used of offered" for a node that is alive; what it offered once for one that is not.
+  // "used of offered" while a node is alive; what it offered for one that is not.
+  function used(offered, free) {
+    return free === null ? String(offered)
+      : (Math.round((offered - free) * 100) / 100) + " of " + offered;
+  }
+
   function amount(node, key) {
-    const offered = node.offers[key];
-    return node.free ? (Math.round((offered - node.free[key]) * 100) / 100) + " of " + offered
-      : String(offered);
+    return used(node.offers[key], node.free ? node.free[key] : null);
   }
 
   function hostLinks(hosts) {
@@ -781,17 +784,19 @@
   function clusterNodes(data) {
     if (data.problem) return el("p", {class: "problem", role: "alert"}, data.problem);
     if (!data.nodes.length) return empty("The cluster has no nodes.");
-    return el("table", {id: "nodes"}, el("thead", {}, el("tr", {},
-      ["Node", "Alive", "CPUs used", "Memory used (GiB)", "GPUs used", "Stands for", "Hosts"]
-        .map((title) => el("th", {}, title)))),
-    el("tbody", {}, data.nodes.map((node) => el("tr", {"data-node": node.address},
-      el("td", {class: "name"}, node.address, el("div", {class: "muted mono"}, node.nodeId)),
-      el("td", {}, node.alive ? "yes" : "no"),
-      el("td", {class: "cpus"}, amount(node, "cpus")),
-      el("td", {}, amount(node, "memoryGiB")),
-      el("td", {}, amount(node, "gpus")),
-      el("td", {}, Object.entries(node.other).map(([k, v]) => el("div", {}, v + " × " + k))),
-      el("td", {class: "hosts"}, hostLinks(node.hosts))))));
+    const titles = ["Node", "Alive", "CPUs used", "Memory used (GiB)", "GPUs used",
+      "Instance types used", "Hosts"];
+    return el("table", {id: "nodes"},
+      el("thead", {}, el("tr", {}, titles.map((title) => el("th", {}, title)))),
+      el("tbody", {}, data.nodes.map((node) => el("tr", {"data-node": node.address},
+        el("td", {class: "name"}, node.address, el("div", {class: "muted mono"}, node.nodeId)),
+        el("td", {}, node.alive ? "yes" : "no"),
+        el("td", {class: "cpus"}, amount(node, "cpus")),
+        el("td", {}, amount(node, "memoryGiB")),
+        el("td", {}, amount(node, "gpus")),
+        el("td", {class: "types"},
+          node.other.map((o) => el("div", {}, used(o.offers, o.free) + " × " + o.name))),
+        el("td", {class: "hosts"}, hostLinks(node.hosts))))));
   }
 
   function machineView() {
