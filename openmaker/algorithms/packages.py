@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from openmaker.algorithms.checks import additional_sources
 from openmaker.algorithms.digests import Digests, inference_images, pinned
 from openmaker.algorithms.service import Algorithms
 from openmaker.algorithms.store import Store, find
@@ -104,11 +105,13 @@ class ModelPackages:
                 "must not be null (openmaker serves a model package by its containers)"
             )
         else:
-            self._digests(request)
+            self._check_containers(request)
 
-    def _digests(self, request: dict[str, Any]) -> None:
-        """The containers' ImageDigest checked, or filled in (digests.py)."""
-        problems = list(Digests(self.store.settings).fill(inference_images(request)))
+    def _check_containers(self, request: dict[str, Any]) -> None:
+        """No additional data source; each ImageDigest checked, or filled in (digests.py)."""
+        problems = list(additional_sources(request))
+        if not problems:  # last: it may ask a registry
+            problems = list(Digests(self.store.settings).fill(inference_images(request)))
         if problems:
             raise ValidationException(error_message(problems))
 
@@ -191,7 +194,7 @@ class ModelPackages:
                 if params.get(member) is not None:
                     request[member] = copy.deepcopy(params[member])
             if params.get("InferenceSpecification") is not None:
-                self._digests(request)
+                self._check_containers(request)
             package.request, package.last_modified_time = request, now()
             session.commit()
             return {"ModelPackageArn": package.arn}
