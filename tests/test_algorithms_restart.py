@@ -1,90 +1,129 @@
-"""An algorithm's validation under way when `openmaker server` is killed (`kill -9`) is carried
-on by the next server: its training job runs on meanwhile, and the algorithm ends Completed."""
+"""Validation under way when `openmaker server` is killed (`kill -9`) is carried on by the next
+server: an algorithm's training job and a model package's transform job each run on meanwhile,
+and what they validate ends Completed. One test for both: it starts two servers (~20 s)."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from openmaker.runtime import unavailable_reason
 from tests.apiserver import running_api_server
-from tests.helpers import make_image, unique_name
-from tests.process_helpers import (
-    code_process,
-    job_processes,
-    kill,
-    processes_mentioning,
-    wait_until,
-)
+from tests.helpers import kill_every_worker, make_image, unique_name
+from tests.process_helpers import code_process, kill, processes_mentioning, wait_until
 from tests.test_algorithms import algorithm_request, profile
+from tests.test_algorithms_packages import SERVE, inference
+from tests.test_endpoints import make_serve_image, model_archive
 
-# Runs a little while (the server is killed meanwhile), then leaves a model.
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+# Each runs a little while (the server is killed meanwhile), then ends well.
 SLOW_TRAIN = "#!/bin/sh\nsleep 3\necho ok > /opt/ml/model/ok.txt\n"
+SLOW_SERVE = SERVE.replace("sent = self.rfile", "__import__('time').sleep(3); sent = self.rfile")
 
 
-def _status(home: Path, name: str) -> str:
-    """The algorithm's status in the database, read with no server running."""
+def _status(home: Path, table: str, name: str) -> str:
+    """A status in the database, read with no server running."""
     with contextlib.closing(sqlite3.connect(home / "openmaker.db")) as db:
-        (status,) = db.execute("SELECT status FROM algorithms WHERE name = ?", (name,)).fetchone()
+        query = f"SELECT status FROM {table} WHERE name = ?"
+        (status,) = db.execute(query, (name,)).fetchone()
     return str(status)
 
 
+def _package_validation(bucket: str) -> dict[str, Any]:
+    return {
+        "ValidationRole": ROLE,
+        "ValidationProfiles": [{"ProfileName": "transforms", "TransformJobDefinition": {
+            "TransformInput": {"DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": f"s3://{bucket}/in/"
+            }}},
+            "TransformOutput": {"S3OutputPath": f"s3://{bucket}/out"},
+            "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        }}],
+    }  # fmt: skip
+
+
 @pytest.mark.skipif(unavailable_reason() is not None, reason="validation needs the sandbox")
-def test_a_validation_under_way_survives_a_server_restart(tmp_path: Path) -> None:
+def test_validation_under_way_survives_a_server_restart(tmp_path: Path) -> None:
     home, data = tmp_path / "home", tmp_path / "data"
     home.mkdir()
     data.mkdir()
     (data / "a.csv").write_text("1,2\n")
-    image = make_image(tmp_path / "image", SLOW_TRAIN)
-    name = unique_name("restarted")
-    # Data and outputs in folders: the next server's embedded store is on another port.
+    algorithm, package = unique_name("restarted"), unique_name("restarted-pkg")
+    # The training's data and outputs in folders: the next server's embedded store is on
+    # another port, and the job's worker outlives this one.
     trains = profile("trains", "3", data.as_uri(), (tmp_path / "out").as_uri(), transform=False)
-    request = algorithm_request(
-        name,
-        str(image),
-        ValidationSpecification={
-            "ValidationRole": "arn:aws:iam::123456789012:role/SageMakerRole",
-            "ValidationProfiles": [trains],
-        },
-    )
-    job = ""
+    training_job = ""
     try:
         with running_api_server(home) as server:
-            sagemaker = server.client("sagemaker")
-            sagemaker.create_algorithm(**request)
+            sagemaker, s3 = server.client("sagemaker"), server.client("s3")
+            sagemaker.create_algorithm(
+                **algorithm_request(algorithm, str(make_image(tmp_path / "image", SLOW_TRAIN))),
+                ValidationSpecification={"ValidationRole": ROLE, "ValidationProfiles": [trains]},
+            )
+            s3.create_bucket(Bucket=package)
+            archive = model_archive({"m.txt": b"ranker"})
+            s3.put_object(Bucket=package, Key="model.tar.gz", Body=archive)
+            s3.put_object(Bucket=package, Key="in/a.txt", Body=b"x")
+            served = make_serve_image(tmp_path / "served", SLOW_SERVE)
+            sagemaker.create_model_package(
+                ModelPackageName=package,
+                InferenceSpecification=inference(str(served), f"s3://{package}/model.tar.gz"),
+                ValidationSpecification=_package_validation(package),
+            )
 
-            def training() -> bool:
-                nonlocal job
-                sagemaker.describe_algorithm(AlgorithmName=name)  # moves validation on
-                found = sagemaker.list_training_jobs(NameContains=name)["TrainingJobSummaries"]
-                job = found[0]["TrainingJobName"] if found else ""
-                return bool(job) and code_process(job) is not None
+            def both_running() -> bool:
+                nonlocal training_job
+                sagemaker.describe_algorithm(AlgorithmName=algorithm)  # moves validation on
+                sagemaker.describe_model_package(ModelPackageName=package)
+                found = sagemaker.list_training_jobs(NameContains=algorithm)
+                jobs = found["TrainingJobSummaries"]
+                training_job = jobs[0]["TrainingJobName"] if jobs else ""
+                found = sagemaker.list_transform_jobs(NameContains=package)
+                transforms = found["TransformJobSummaries"]
+                return (
+                    bool(training_job)
+                    and code_process(training_job) is not None
+                    and bool(transforms)
+                    and transforms[0]["TransformJobStatus"] == "InProgress"
+                )
 
-            wait_until(training, "the validation's training job to run")
+            wait_until(both_running, "both validations' jobs to run")
             kill(server.process.pid)
             server.process.wait()
-        assert _status(home, name) == "InProgress"
+        assert _status(home, "algorithms", algorithm) == "InProgress"
+        assert _status(home, "model_packages", package) == "InProgress"
         (home / "server.json").unlink()  # kill -9 leaves it behind
 
         with running_api_server(home) as server:
-            sagemaker = server.client("sagemaker")
+            sagemaker, s3 = server.client("sagemaker"), server.client("s3")
 
             def validated() -> bool:
-                described = sagemaker.describe_algorithm(AlgorithmName=name)
-                return described["AlgorithmStatus"] in ("Completed", "Failed")
+                return sagemaker.describe_algorithm(AlgorithmName=algorithm)["AlgorithmStatus"] in (
+                    "Completed",
+                    "Failed",
+                ) and sagemaker.describe_model_package(ModelPackageName=package)[
+                    "ModelPackageStatus"
+                ] in ("Completed", "Failed")
 
-            wait_until(validated, "the validation to end", timeout=120)
-            described = sagemaker.describe_algorithm(AlgorithmName=name)
+            wait_until(validated, "the validations to end", timeout=120)
+            described = sagemaker.describe_algorithm(AlgorithmName=algorithm)
             assert described["AlgorithmStatus"] == "Completed", described
             assert described["AlgorithmStatusDetails"]["ValidationStatuses"] == [
                 {"Name": "trains", "Status": "Completed"}
             ]
-            assert (tmp_path / "out" / job / "output" / "model.tar.gz").is_file()
+            model = tmp_path / "out" / training_job / "output" / "model.tar.gz"
+            assert model.is_file()
+            described = sagemaker.describe_model_package(ModelPackageName=package)
+            assert described["ModelPackageStatus"] == "Completed", described
+            output = s3.get_object(Bucket=package, Key="out/a.txt.out")["Body"].read()
+            assert output == b"ranker:x"
     finally:
-        # What the killed server left (its embedded store's rclone outlives kill -9).
-        for pid in (job_processes(job) if job else []) + processes_mentioning(str(home)):
+        # What the killed server left: the jobs' workers, its embedded store's rclone.
+        kill_every_worker(home)
+        for pid in processes_mentioning(str(home)):
             with contextlib.suppress(ProcessLookupError):
                 kill(pid)

@@ -25,8 +25,9 @@ from openmaker.shapes.framework_images import framework_of
 from openmaker.shapes.locations import image_path
 from openmaker.shapes.validate import failure
 
-# How long a registry may take to say which image a tag names.
-RESOLVE_SECONDS = 60
+# How long a registry may take to say which image a tag names (under boto3's 60 s read
+# timeout, after which it would send the request again).
+RESOLVE_SECONDS = 30
 
 
 @dataclass(frozen=True)
