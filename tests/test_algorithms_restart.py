@@ -102,12 +102,13 @@ def test_validation_under_way_survives_a_server_restart(tmp_path: Path) -> None:
             sagemaker, s3 = server.client("sagemaker"), server.client("s3")
 
             def validated() -> bool:
-                return sagemaker.describe_algorithm(AlgorithmName=algorithm)["AlgorithmStatus"] in (
-                    "Completed",
-                    "Failed",
-                ) and sagemaker.describe_model_package(ModelPackageName=package)[
-                    "ModelPackageStatus"
-                ] in ("Completed", "Failed")
+                statuses = (
+                    sagemaker.describe_algorithm(AlgorithmName=algorithm)["AlgorithmStatus"],
+                    sagemaker.describe_model_package(ModelPackageName=package)[
+                        "ModelPackageStatus"
+                    ],
+                )
+                return all(status in ("Completed", "Failed") for status in statuses)
 
             wait_until(validated, "the validations to end", timeout=120)
             described = sagemaker.describe_algorithm(AlgorithmName=algorithm)
