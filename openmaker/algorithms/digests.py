@@ -46,6 +46,7 @@ class Digests:
 
     def fill(self, images: list[ImageAt]) -> Iterator[str]:
         """Check each image's given digest, fill in those not given; the problems found."""
+        resolved: dict[str, str] = {}  # an image named twice is asked for once
         for at in images:
             image, given = at.holder.get(at.image_member), at.holder.get(at.digest_member)
             if not image:
@@ -59,7 +60,7 @@ class Digests:
             if framework_of(image, "training") or framework_of(image, "inference"):
                 continue  # kept as given (pinned() runs it by that digest)
             try:
-                actual = self._resolve(image)
+                actual = resolved.get(image) or self._resolve(image)
             except (PullError, ReferenceError) as exc:
                 yield failure(image, image_at, f"Member must name an image openmaker can pull: "
                               f"{exc}")  # fmt: skip
@@ -68,7 +69,7 @@ class Digests:
                 yield failure(given, digest_at, f"Member must be the digest of {image_at} "
                               f"({actual}, as its registry serves it now)")  # fmt: skip
                 continue
-            at.holder[at.digest_member] = actual
+            at.holder[at.digest_member] = resolved[image] = actual
 
     def _resolve(self, image: str) -> str:
         reference = parse_reference(image)

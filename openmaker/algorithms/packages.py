@@ -303,7 +303,8 @@ def containers_of(session: Session, container: dict[str, Any], member: str) -> d
         for k, v in first.items()
         if k in ("Image", "ModelDataUrl", "ModelDataSource", "Environment")
     }
-    served["Image"] = pinned(first, "Image", "ImageDigest")  # what the package was made with
+    if first.get("Image"):
+        served["Image"] = pinned(first, "Image", "ImageDigest")  # what the package was made with
     served["Environment"] = {
         **(first.get("Environment") or {}),
         **(container.get("Environment") or {}),
