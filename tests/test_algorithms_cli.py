@@ -16,8 +16,12 @@ from tests.test_algorithms import algorithm_request
 from tests.test_algorithms_packages import inference
 
 
-def _cli(server: ApiServer, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(server: ApiServer, *args: str, local: bool = False) -> subprocess.CompletedProcess[str]:
+    """The command through the server, or (`local`) on the server's home without it."""
     env = {**os.environ, **server.env}
+    if local:
+        env = {k: v for k, v in env.items() if not k.startswith("AWS_ENDPOINT_URL")}
+        env["OPENMAKER_HOME"] = str(server.home)
     return subprocess.run([*openmaker_command(), *args], env=env, capture_output=True, text=True)
 
 
@@ -63,7 +67,13 @@ def test_an_algorithm_is_created_from_a_request_file_and_deleted(
     )
 
     assert f"Deleted {name}" in _ok(api_server, "algorithms", "delete", name)
-    assert f"no algorithm {name}" in _refused(api_server, "algorithms", "delete", name)
+    # On this machine's home, without the server: the server sees it.
+    request["AlgorithmName"] = name
+    request["TrainingSpecification"]["SupportedHyperParameters"][0]["Type"] = "Integer"
+    made = _cli(api_server, "algorithms", "create", "--request", _file(tmp_path, request),
+                local=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert sagemaker.describe_algorithm(AlgorithmName=name)["AlgorithmName"] == name
 
 
 def test_a_group_and_its_version_are_created_and_deleted(
@@ -80,13 +90,14 @@ def test_a_group_and_its_version_are_created_and_deleted(
     printed = _ok(api_server, "model-packages", "create", "--request", _file(tmp_path, request))
     assert f":model-package/{group}/1" in printed
     arn = printed.split()[-1]
-    described = json.loads(_ok(api_server, "model-packages", "describe", arn, "--json"))
-    assert described["ModelPackageVersion"] == 1
+    sagemaker = api_server.client("sagemaker")
+    assert sagemaker.describe_model_package(ModelPackageName=arn)["ModelPackageVersion"] == 1
     said = _refused(api_server, "model-package-groups", "delete", group)
     assert "delete them first" in said
     _ok(api_server, "model-packages", "delete", arn)
     _ok(api_server, "model-package-groups", "delete", group)
-    assert group not in _ok(api_server, "model-package-groups", "list")
+    groups = sagemaker.list_model_package_groups()["ModelPackageGroupSummaryList"]
+    assert group not in [g["ModelPackageGroupName"] for g in groups]
     del request["ModelPackageGroupName"]
     said = _refused(api_server, "model-packages", "create", "--request", _file(tmp_path, request))
     assert "ModelPackageName" in said
