@@ -166,6 +166,12 @@ def test_a_model_package_checks_and_fills_its_containers_digests(
     sagemaker.create_model_package(ModelPackageName=name, InferenceSpecification=spec)
     described = sagemaker.describe_model_package(ModelPackageName=name)
     assert described["InferenceSpecification"]["Containers"][0]["ImageDigest"] == actual
+    spec["Containers"][0]["ImageDigest"] = WRONG
+    arn = described["ModelPackageArn"]
+    message = _refusal(
+        sagemaker.update_model_package, ModelPackageArn=arn, InferenceSpecification=spec
+    )
+    assert "'InferenceSpecification.Containers.1.member.ImageDigest'" in message
     # A model that names the package serves that image, by its digest.
     model = unique_name("pkg-model")
     sagemaker.create_model(
