@@ -14,7 +14,7 @@ import pytest
 from openmaker.runtime import unavailable_reason
 from tests.apiserver import running_api_server
 from tests.helpers import kill_every_worker, make_image, unique_name
-from tests.process_helpers import code_process, kill, processes_mentioning, wait_until
+from tests.process_helpers import kill, processes_mentioning, wait_until
 from tests.test_algorithms import algorithm_request, profile
 from tests.test_algorithms_packages import SERVE, inference
 from tests.test_endpoints import make_serve_image, model_archive
@@ -56,7 +56,6 @@ def test_validation_under_way_survives_a_server_restart(tmp_path: Path) -> None:
     # The training's data and outputs in folders: the next server's embedded store is on
     # another port, and the job's worker outlives this one.
     trains = profile("trains", "3", data.as_uri(), (tmp_path / "out").as_uri(), transform=False)
-    training_job = ""
     try:
         with running_api_server(home) as server:
             sagemaker, s3 = server.client("sagemaker"), server.client("s3")
@@ -76,20 +75,13 @@ def test_validation_under_way_survives_a_server_restart(tmp_path: Path) -> None:
             )
 
             def both_running() -> bool:
-                nonlocal training_job
                 sagemaker.describe_algorithm(AlgorithmName=algorithm)  # moves validation on
                 sagemaker.describe_model_package(ModelPackageName=package)
                 found = sagemaker.list_training_jobs(NameContains=algorithm)
-                jobs = found["TrainingJobSummaries"]
-                training_job = jobs[0]["TrainingJobName"] if jobs else ""
+                statuses = [j["TrainingJobStatus"] for j in found["TrainingJobSummaries"]]
                 found = sagemaker.list_transform_jobs(NameContains=package)
-                transforms = found["TransformJobSummaries"]
-                return (
-                    bool(training_job)
-                    and code_process(training_job) is not None
-                    and bool(transforms)
-                    and transforms[0]["TransformJobStatus"] == "InProgress"
-                )
+                statuses += [j["TransformJobStatus"] for j in found["TransformJobSummaries"]]
+                return statuses == ["InProgress", "InProgress"]
 
             wait_until(both_running, "both validations' jobs to run")
             kill(server.process.pid)
@@ -116,7 +108,8 @@ def test_validation_under_way_survives_a_server_restart(tmp_path: Path) -> None:
             assert described["AlgorithmStatusDetails"]["ValidationStatuses"] == [
                 {"Name": "trains", "Status": "Completed"}
             ]
-            model = tmp_path / "out" / training_job / "output" / "model.tar.gz"
+            (job,) = sagemaker.list_training_jobs(NameContains=algorithm)["TrainingJobSummaries"]
+            model = tmp_path / "out" / job["TrainingJobName"] / "output" / "model.tar.gz"
             assert model.is_file()
             described = sagemaker.describe_model_package(ModelPackageName=package)
             assert described["ModelPackageStatus"] == "Completed", described
