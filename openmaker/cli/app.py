@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from openmaker.cli.algorithms import algorithms_app, model_packages_app
+from openmaker.cli.algorithms import algorithms_app, groups_app, model_packages_app
 from openmaker.cli.endpoints import endpoints_app
 from openmaker.cli.images import images_app
 from openmaker.cli.output import console, errors, fail, json_default, when
@@ -58,6 +58,7 @@ app.add_typer(transform_app, name="transform")  # openmaker/cli/transform.py
 app.add_typer(process_app, name="process")  # openmaker/cli/process.py
 app.add_typer(algorithms_app, name="algorithms")  # openmaker/cli/algorithms.py
 app.add_typer(model_packages_app, name="model-packages")  # openmaker/cli/algorithms.py
+app.add_typer(groups_app, name="model-package-groups")  # openmaker/cli/algorithms.py
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
