@@ -638,6 +638,25 @@ def test_openmaker_cluster_shows_the_nodes(on_ray: Path) -> None:
     assert f"1 × {TYPE}" in shown.stdout  # what the worker nodes stand for
 
 
+def test_openmaker_cluster_says_when_the_cluster_does_not_answer(tmp_path: Path) -> None:
+    """Ray retries an address where nothing listens for minutes: the command gives up after
+    OPENMAKER_RAY_ANSWER_SECONDS and says why, instead of hanging."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "openmaker.cli.app", "cluster"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ
+        | {
+            "OPENMAKER_HOME": str(tmp_path),
+            "RAY_ADDRESS": "127.0.0.1:1",
+            "OPENMAKER_RAY_ANSWER_SECONDS": "2",
+        },
+    )
+    assert shown.returncode == 1
+    assert "the Ray cluster at 127.0.0.1:1 has not answered in 2 seconds" in shown.stderr
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_the_consoles_capacity_page_shows_the_nodes_and_their_hosts(
     on_ray: Path, tmp_path: Path, cluster: Any

@@ -393,11 +393,11 @@ def env_command() -> None:
 def cluster_command() -> None:
     """The nodes of the Ray cluster at RAY_ADDRESS: what each offers, what is free, which
     hosts of which jobs run there."""
-    from openmaker.training.cluster_nodes import ClusterUnreachable, cluster_nodes
+    from openmaker.training.cluster_nodes import ClusterUnreachable, cluster_nodes_within
     from openmaker.training.ray_cluster import describe_bundle
 
     try:
-        found = cluster_nodes(_settings())
+        found = cluster_nodes_within(_settings())
     except ClusterUnreachable as exc:
         raise fail(str(exc)) from None
     table = Table("Node", "Alive", "Offers", "Free", Column("Hosts", overflow="fold"))

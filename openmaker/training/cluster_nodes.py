@@ -4,6 +4,8 @@ Ray loads at the first call (a second or more), never at import."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from openmaker.settings import Settings
@@ -27,3 +29,31 @@ def cluster_nodes(settings: Settings) -> list[Node]:
     except Exception as exc:  # Ray's own errors: no cluster there, a refused connection
         where = settings.ray_address or "auto"
         raise ClusterUnreachable(f"cannot reach the Ray cluster at {where}: {exc}") from None
+
+
+def cluster_nodes_within(settings: Settings) -> list[Node]:
+    """`cluster_nodes`, but ClusterUnreachable once `ray_answer_seconds` pass without an answer
+    (Ray retries an address where nothing answers for minutes, saying nothing)."""
+    asked: Future[list[Node]] = Future()
+    # A daemon thread: one stuck in Ray never holds the process's exit.
+    threading.Thread(target=answer, args=(asked, settings), name="ray-nodes", daemon=True).start()
+    try:
+        return asked.result(timeout=settings.ray_answer_seconds)
+    except TimeoutError:
+        raise ClusterUnreachable(no_answer(settings)) from None
+
+
+def answer(asked: Future[list[Node]], settings: Settings) -> None:
+    """Settle `asked` with the cluster's nodes or the reason there are none."""
+    try:
+        asked.set_result(cluster_nodes(settings))
+    except Exception as exc:  # told to whoever waits for it
+        asked.set_exception(exc)
+
+
+def no_answer(settings: Settings) -> str:
+    where = settings.ray_address or "auto"
+    return (
+        f"the Ray cluster at {where} has not answered in {settings.ray_answer_seconds:g} seconds:"
+        " is RAY_ADDRESS right, and the cluster up?"
+    )

@@ -11,12 +11,11 @@ from __future__ import annotations
 import ipaddress
 import threading
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as NoAnswerYet
 from typing import TYPE_CHECKING, Any
 
 from openmaker.instances import GIB
 from openmaker.settings import Settings
-from openmaker.training.cluster_nodes import ClusterUnreachable, cluster_nodes
+from openmaker.training.cluster_nodes import ClusterUnreachable, answer, no_answer
 
 if TYPE_CHECKING:
     from openmaker.training.ray_cluster import Node
@@ -24,9 +23,6 @@ if TYPE_CHECKING:
 # What the page shows in columns of their own; the rest (the instance types a node stands for,
 # custom resources) goes in one column, as Ray names them.
 _SHOWN = ("CPU", "memory", "GPU")
-# How long a page's request waits for the cluster: Ray retries an address where no cluster
-# answers for minutes, and says nothing meanwhile.
-ANSWER_SECONDS = 20.0
 
 
 class ClusterView:
@@ -43,15 +39,12 @@ class ClusterView:
         where = self.settings.ray_address or "auto"
         shown: dict[str, Any] = {"executor": "ray", "address": where, "nodes": []}
         try:
-            found = self._ask().result(timeout=ANSWER_SECONDS)
+            # Pages polling later wait for the same ask, still under way.
+            found = self._ask().result(timeout=self.settings.ray_answer_seconds)
         except ClusterUnreachable as exc:
             return shown | {"problem": str(exc)}
-        except NoAnswerYet:
-            problem = (
-                f"the Ray cluster at {where} has not answered in {ANSWER_SECONDS:g} seconds "
-                "(asking still): is RAY_ADDRESS right, and the cluster up?"
-            )
-            return shown | {"problem": problem}
+        except TimeoutError:
+            return shown | {"problem": no_answer(self.settings)}
         return shown | {"problem": None, "nodes": [_node(n) for n in sorted(found, key=_address)]}
 
     def _ask(self) -> Future[list[Node]]:
@@ -60,16 +53,9 @@ class ClusterView:
                 self._asked = Future()
                 # A daemon thread: one stuck in Ray never holds the server's exit.
                 threading.Thread(
-                    target=_answer, args=(self._asked, self.settings), name="ray-nodes", daemon=True
+                    target=answer, args=(self._asked, self.settings), name="ray-nodes", daemon=True
                 ).start()
             return self._asked
-
-
-def _answer(asked: Future[list[Node]], settings: Settings) -> None:
-    try:
-        asked.set_result(cluster_nodes(settings))
-    except Exception as exc:  # told to the pages waiting for it
-        asked.set_exception(exc)
 
 
 def _node(node: Node) -> dict[str, Any]:
