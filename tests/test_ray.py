@@ -8,8 +8,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import ipaddress
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -20,6 +23,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+from openmaker.runtime import overlay
 from openmaker.runtime.overlay import node_networks, remove_node_network
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
@@ -633,3 +637,144 @@ def test_openmaker_cluster_shows_the_nodes(on_ray: Path) -> None:
     for address in ("127.0.0.10", *NODE_ADDRESSES):
         assert address in shown.stdout
     assert f"1 × {TYPE}" in shown.stdout  # what the worker nodes stand for
+
+
+# Host algo-1 shows its end of the job's segment and says each datagram it gets on port 9999.
+LISTENS_ON_THE_SEGMENT = f"""#!{sys.executable}
+import json, signal, socket, subprocess, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+config = json.load(open("/opt/ml/input/config/resourceconfig.json"))
+if config["current_host"] != "algo-1":
+    while True:
+        time.sleep(0.2)
+listening = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+listening.bind(("0.0.0.0", 9999))
+for command in ("ip -d -o link show eth1", "ip -4 -o addr show eth1"):
+    shown = subprocess.run(command.split(), capture_output=True, text=True).stdout
+    print(f"SHOWN {{' '.join(shown.split())}}", flush=True)
+print("LISTENING", flush=True)
+while True:
+    print(f"GOT {{listening.recv(100).decode()}}", flush=True)
+"""
+
+
+def _vxlan_frame(vni: int, source: tuple[str, str], target: tuple[str, str], said: bytes) -> bytes:
+    """A VXLAN packet's payload: the frame of an IPv4 UDP datagram to port 9999 of `target`
+    (its MAC, address) from `source`."""
+    udp = struct.pack("!HHHH", 40000, 9999, 8 + len(said), 0) + said
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+        socket.inet_aton(source[1]), socket.inet_aton(target[1]),
+    )  # fmt: skip
+    total = sum(struct.unpack("!10H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+    header = header[:10] + struct.pack("!H", checksum) + header[12:]
+    ethernet = bytes.fromhex((target[0] + source[0]).replace(":", "")) + b"\x08\x00"
+    return struct.pack("!II", 0x08 << 24, vni << 8) + ethernet + header + udp
+
+
+def test_a_hosts_end_of_the_overlay_takes_frames_from_its_jobs_nodes_alone(
+    on_ray: Path, tmp_path: Path
+) -> None:
+    """A frame of the job's VNI sent to a host's node from an address that is not one of the
+    job's other nodes never reaches the host; the same from the other node does. The node's
+    table for it goes with the job."""
+    name = unique_name("ray-inject")
+    jobs = start_script(tmp_path, name, LISTENS_ON_THE_SEGMENT, ResourceConfig=_resources(2))
+    try:
+        wait_for_log(jobs, name, "LISTENING", timeout=240)
+        logs = log_text(jobs, name)
+        link, addresses = [line for line in logs.splitlines() if line.startswith("SHOWN ")]
+        vni = int(link.split("vxlan id ")[1].split()[0])
+        node = link.split(" local ")[1].split()[0]
+        port = int(link.split(" dstport ")[1].split()[0])
+        other = next(address for address in NODE_ADDRESSES if address != node)
+        target = (overlay.mac(vni, 0), addresses.split(" inet ")[1].split("/")[0])
+        peer = (overlay.mac(vni, 1), str(ipaddress.ip_address(target[1]) + 1))
+        # One CPU: the two packets are taken in the order they were sent.
+        cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cpus)})
+        try:
+            for sender, said in ((HEAD_ADDRESS, b"from-stranger"), (other, b"from-member")):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+                    out.bind((sender, 0))
+                    out.sendto(_vxlan_frame(vni, peer, target, said), (node, port))
+        finally:
+            os.sched_setaffinity(0, cpus)
+        wait_for_log(jobs, name, "GOT from-member", timeout=60)
+        assert "GOT from-stranger" not in log_text(jobs, name)
+        jobs.stop(name)
+        wait_for(jobs, name, timeout=120)
+    finally:
+        stop_and_wait(jobs, [name])
+    assert (
+        overlay.GUARD_PREFIX
+        not in subprocess.run(
+            ["nft", "list", "tables"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
+def test_agents_of_other_code_are_retired_and_new_ones_run_the_hosts(
+    on_ray: Path, tmp_path: Path
+) -> None:
+    """A server whose code is not the agents' (an upgrade) has its hosts run in agents of its
+    own code, which end the earlier agents of their nodes once these run no host."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from openmaker.training.host.ray_actor import AGENT_PREFIX, NAMESPACE, agent_name
+    from openmaker.training.ray_cluster import connect
+
+    class EarlierAgent:
+        """An agent of earlier code as this code sees it: named after its node alone, it says
+        which hosts it runs."""
+
+        def hosts(self) -> list[str]:
+            return []
+
+    connect(load_settings())
+    workers = [
+        n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] in NODE_ADDRESSES
+    ]
+
+    def gone(name: str) -> bool:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return True
+        return False
+
+    # This code's agents made by earlier tests are idle: ended, so that the job makes them anew.
+    for node in workers:
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(agent_name(node), namespace=NAMESPACE))
+        wait_until(functools.partial(gone, agent_name(node)), "this code's agent to end", 30)
+    earlier = [AGENT_PREFIX + node for node in workers]
+    for node, old in zip(workers, earlier, strict=True):
+        made = (
+            ray.remote(EarlierAgent)
+            .options(
+                name=old,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+            )
+            .remote()
+        )
+        assert ray.get(made.hosts.remote()) == []
+    name = unique_name("ray-upgraded")
+    jobs = start_script(tmp_path, name, TWO_HOSTS, ResourceConfig=_resources(2))
+    try:
+        description = wait_for(jobs, name, timeout=300)
+        for old in earlier:
+            wait_until(functools.partial(gone, old), "the earlier agents to be retired", 30)
+    finally:
+        stop_and_wait(jobs, [name])
+        for old in earlier:
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(old, namespace=NAMESPACE))
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert all(not gone(agent_name(node)) for node in workers)
