@@ -6,16 +6,19 @@ land on the worker nodes, one per node."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import io
 import ipaddress
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -778,3 +781,137 @@ def test_agents_of_other_code_are_retired_and_new_ones_run_the_hosts(
                 ray.kill(ray.get_actor(old, namespace=NAMESPACE))
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     assert all(not gone(agent_name(node)) for node in workers)
+
+
+# Says whether it reaches its store's endpoint, a port of a node of the cluster, and the same
+# port at another address of that node's machine that is no node's.
+PROBES_THE_NODES = f"""#!{sys.executable}
+import os, socket
+from urllib.parse import urlparse
+
+def reaches(address, port):
+    try:
+        socket.create_connection((address, int(port)), timeout=5).close()
+    except OSError as exc:
+        return f"not reached ({{exc}})"
+    return "reached"
+
+store = urlparse(os.environ["AWS_ENDPOINT_URL_S3"])
+print(f"STORE {{reaches(store.hostname, store.port)}}", flush=True)
+print(f"NOT A NODE {{reaches(os.environ['NOT_A_NODE'], os.environ['NODE_PORT'])}}", flush=True)
+print(f"NODE {{reaches(os.environ['NODE'], os.environ['NODE_PORT'])}}", flush=True)
+"""
+
+# A machine of the cluster's that is not this one: a network namespace behind a veth pair.
+FAR_SUBNET = "198.51.100"
+FAR_NODE, FAR_OTHER = f"{FAR_SUBNET}.2", f"{FAR_SUBNET}.3"
+
+
+@contextlib.contextmanager
+def _far_node(cluster: Any) -> Iterator[tuple[int, socket.socket]]:
+    """A Ray node on another machine (its raylet in a namespace of its own, at FAR_NODE), and a
+    listening socket there standing for a store on that machine: (the raylet's port, it)."""
+    namespace, veth = f"rayfar{os.getpid()}", f"rf{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for where, commands in (
+            ([], f"link add {veth} type veth peer name eth0 netns {namespace}\n"),
+            ([], f"addr add {FAR_SUBNET}.1/24 dev {veth}\nlink set {veth} up\n"),
+            (
+                ["-n", namespace],
+                f"addr add {FAR_NODE}/24 dev eth0\naddr add {FAR_OTHER}/24 dev eth0\n"
+                f"link set eth0 up\nlink set lo up\nroute add default via {FAR_SUBNET}.1\n",
+            ),
+        ):
+            subprocess.run(["ip", *where, "-batch", "-"], input=commands.encode(), check=True)
+        Path(f"/proc/sys/net/ipv4/conf/{veth}/forwarding").write_text("1")
+        gcs_port = cluster.address.rpartition(":")[2]
+        ray_command = str(Path(sys.executable).parent / "ray")
+        started.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", namespace, ray_command, "start", "--block",
+                 f"--address={FAR_SUBNET}.1:{gcs_port}", f"--node-ip-address={FAR_NODE}",
+                 "--num-cpus=0", "--object-store-memory=80000000"],
+                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+
+        def registered() -> dict[str, Any] | None:
+            return next(
+                (n for n in ray.nodes() if n["NodeManagerAddress"] == FAR_NODE and n["Alive"]),
+                None,
+            )
+
+        wait_until(lambda: registered() is not None, "the far node to join", 60)
+        node = registered()
+        assert node is not None
+        with _listening_in(namespace) as store:
+            yield node["NodeManagerPort"], store
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        left = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+        for pid in left.stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+
+
+@contextlib.contextmanager
+def _listening_in(namespace: str) -> Iterator[socket.socket]:
+    """A TCP socket listening on every address of the network namespace."""
+    made: list[socket.socket] = []
+
+    def inside() -> None:  # a thread's namespace is its own; the socket keeps the one it had
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open(f"/run/netns/{namespace}") as handle:
+            assert libc.setns(handle.fileno(), 0x40000000) == 0
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listening.bind(("0.0.0.0", 0))
+        listening.listen(16)
+        made.append(listening)
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    thread.join()
+    try:
+        yield made[0]
+    finally:
+        made[0].close()
+
+
+def test_a_hosts_code_reaches_no_node_of_the_cluster_but_its_store(
+    on_ray: Path, tmp_path: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code on a node reaches neither another node's Ray services (a raylet on another
+    machine) nor anything else at that node's address, but its store's endpoint there; that
+    machine's other addresses (no node's) it does reach."""
+    from openmaker.training.ray_cluster import connect
+
+    connect(load_settings())
+    name = unique_name("ray-probe")
+    with _far_node(cluster) as (raylet_port, store):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{FAR_NODE}:{store.getsockname()[1]}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "probe")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "probe")
+        environment = {"NODE": FAR_NODE, "NOT_A_NODE": FAR_OTHER, "NODE_PORT": str(raylet_port)}
+        jobs = start_script(
+            tmp_path,
+            name,
+            PROBES_THE_NODES,
+            (tmp_path / "out").as_uri(),
+            ResourceConfig=_resources(2),
+            Environment=environment,
+        )
+        try:
+            description = wait_for(jobs, name, timeout=300)
+        finally:
+            stop_and_wait(jobs, [name])
+    logs = log_text(jobs, name)
+    assert description["TrainingJobStatus"] == "Completed", logs
+    assert logs.count("STORE reached") == 2, logs
+    assert logs.count("NOT A NODE reached") == 2, logs
+    assert logs.count("NODE not reached") == 2, logs
