@@ -915,3 +915,67 @@ def test_a_hosts_code_reaches_no_node_of_the_cluster_but_its_store(
     assert logs.count("STORE reached") == 2, logs
     assert logs.count("NOT A NODE reached") == 2, logs
     assert logs.count("NODE not reached") == 2, logs
+
+
+def test_a_jobs_next_attempt_reaches_the_store_where_the_server_started_again_serves_it(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    """A job's worker outlives its server, and the server started again serves the store on
+    another port. A node lost then restarts the job, its worker starting the next attempt: that
+    attempt's hosts restore their checkpoints through the gate served now."""
+    home = tmp_path / "moved"
+    home.mkdir()
+    image = make_image(tmp_path / "image", RESUMES)
+    body = request("ray-moved", str(image), "s3://bkt/out")
+    body["ResourceConfig"] = _resources(2)
+    body["CheckpointConfig"] = {"S3Uri": "s3://bkt/moved-checkpoints"}
+    body["RetryStrategy"] = {"MaximumRetryAttempts": 1}
+    env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": cluster.address}
+    saved = {"moved-checkpoints/algo-1.txt", "moved-checkpoints/algo-2.txt"}
+    replaced = False
+    try:
+        with running_api_server(home, **env) as server:
+            s3 = server.client("s3")
+            s3.create_bucket(Bucket="bkt")
+            server.client("sagemaker").create_training_job(**body)
+
+            def checkpointed() -> bool:
+                listed = s3.list_objects_v2(Bucket="bkt", Prefix="moved-checkpoints/")
+                return {o["Key"] for o in listed.get("Contents", [])} == saved
+
+            wait_until(checkpointed, "both hosts' checkpoints", 240)
+            kill(server.process.pid)
+            server.process.wait()
+        (home / "server.json").unlink()  # kill -9 leaves the server's record behind
+        with running_api_server(home, **env) as server:
+            sagemaker = server.client("sagemaker")
+            victim = next(n for n in cluster.worker_nodes if n.node_ip_address == "127.0.0.3")
+            cluster.remove_node(victim, allow_graceful=False)
+
+            def restarting() -> bool:
+                described = sagemaker.describe_training_job(TrainingJobName="ray-moved")
+                return "Restarting" in _statuses(described)
+
+            wait_until(restarting, "the restart", 60)
+            cluster.add_node(node_ip_address="127.0.0.3", resources=WORKER_RESOURCES, **NODE)
+            replaced = True
+
+            def ended() -> bool:
+                described = sagemaker.describe_training_job(TrainingJobName="ray-moved")
+                return described["TrainingJobStatus"] in ("Completed", "Failed", "Stopped")
+
+            wait_until(ended, "the job to end", 240)
+            described = sagemaker.describe_training_job(TrainingJobName="ray-moved")
+            events = server.client("logs").filter_log_events(
+                logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix="ray-moved/"
+            )["events"]
+            logs = "\n".join(e["message"] for e in events)
+    finally:
+        for pid in job_processes("ray-moved") + processes_mentioning(str(home)):
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid)
+        if not replaced:
+            cluster.add_node(node_ip_address="127.0.0.3", resources=WORKER_RESOURCES, **NODE)
+    assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    assert "resumed on algo-1 from attempt 1 of algo-1" in logs, logs
+    assert "resumed on algo-2 from attempt 1 of algo-2" in logs, logs
