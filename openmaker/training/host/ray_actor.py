@@ -200,7 +200,7 @@ class NodeAgent:
         import ray
 
         node = ray.get_runtime_context().get_node_id()
-        mine = agent_name(node)
+        mine = _own_name()
         try:
             left = [
                 name
@@ -233,7 +233,7 @@ class NodeAgent:
         back): no process on the node outlives them to do it. False: left for the next host."""
         import ray
 
-        mine = agent_name(ray.get_runtime_context().get_node_id())
+        mine = _own_name()
         # The bridges first: a host whose bridge is listed was named to its agent before.
         bridges = node_networks(home)
         try:
@@ -266,3 +266,12 @@ def _node_addresses() -> list[str]:
     import ray
 
     return sorted({node["NodeManagerAddress"] for node in ray.nodes()})  # type: ignore[no-untyped-call]
+
+
+def _own_name() -> str:
+    """This agent's name, as the worker that made it gave it (from the worker's code: this
+    node's may differ)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return context.get_actor_name() or agent_name(context.get_node_id())
