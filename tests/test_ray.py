@@ -12,6 +12,7 @@ import io
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -30,7 +31,8 @@ from openmaker.runtime import overlay
 from openmaker.runtime.overlay import node_networks, remove_node_network
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
-from tests.apiserver import running_api_server
+from tests.apiserver import running_api_server, stop_all
+from tests.browser import chromium
 from tests.helpers import (
     get_object,
     log_text,
@@ -51,6 +53,7 @@ from tests.process_helpers import (
     wait_until,
     worker_pid,
 )
+from tests.test_console import logged_in
 
 ray = pytest.importorskip("ray")
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -936,3 +939,84 @@ def test_a_jobs_next_attempt_reaches_the_store_where_the_server_started_again_se
     # Each host of attempt 2 found the checkpoint its host of attempt 1 wrote.
     assert "resumed on algo-1 from attempt 1 of algo-1" in logs, logs
     assert "resumed on algo-2 from attempt 1 of algo-2" in logs, logs
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_consoles_capacity_page_shows_the_nodes_and_their_hosts(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    """Under OPENMAKER_EXECUTOR=ray the console's capacity page shows every node of the cluster
+    with its CPUs, and a running job's hosts on the worker nodes holding them."""
+    home = tmp_path / "served"
+    home.mkdir()
+    name = unique_name("ray-console")
+    body = request(name, str(make_image(tmp_path / "image", WAITS)), (tmp_path / "out").as_uri())
+    body["ResourceConfig"] = _resources(2)
+    ray_env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": cluster.address}
+    nodes_shown = "[...document.querySelectorAll('#nodes tr[data-node]')]"
+    with running_api_server(home, **ray_env) as server, chromium(tmp_path / "chromium") as page:
+        sagemaker = server.client("sagemaker")
+        try:
+            sagemaker.create_training_job(**body)
+            logged_in(page, server)
+            page.view("#/machine")
+            # The first ask loads Ray in the server and joins the cluster.
+            page.wait_for(f"{nodes_shown}.length === 3", 120)
+            cpus = page.evaluate(
+                f"Object.fromEntries({nodes_shown}.map(r => [r.dataset.node, "
+                "r.querySelector('.cpus').innerText]))"
+            )
+            assert set(cpus) == {HEAD_ADDRESS, *NODE_ADDRESSES}
+            assert all(shown.endswith(" of 1") for shown in cpus.values()), cpus
+            hosts = (
+                f"Object.fromEntries({nodes_shown}.map(r => [r.dataset.node, "
+                "r.querySelector('.hosts').innerText.split('\\n').filter(h => h)]))"
+            )
+            # One host on each worker node, none on the head (it stands for no ml.m5.large).
+            page.wait_for(
+                f"Object.values({hosts}).flat().filter(h => h.startsWith('{name}/')).length === 2",
+                240,
+            )
+            placed = page.evaluate(hosts)
+            assert placed[HEAD_ADDRESS] == []
+            assert sorted(placed[a][0] for a in NODE_ADDRESSES) == [
+                f"{name}/algo-1",
+                f"{name}/algo-2",
+            ], placed
+            # Each worker node's instance is in use, by its host.
+            for address in NODE_ADDRESSES:
+                types = f"#nodes tr[data-node='{address}'] .types"
+                page.wait_for(
+                    f"document.querySelector({json.dumps(types)}).innerText"
+                    f".includes('1 of 1 × {TYPE}')"
+                )
+            assert page.text("#problem") == ""
+            page.screenshot(tmp_path / "cluster.png")
+        finally:
+            stop_all(sagemaker, [name])
+    wait_until(lambda: not _hosts_running(), "the hosts' actors to end", 60)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_consoles_capacity_page_says_when_the_cluster_cannot_be_asked(tmp_path: Path) -> None:
+    """A RAY_ADDRESS Ray refuses: the cluster's part of the page is a message naming it, and the
+    rest of the page is drawn."""
+    home = tmp_path / "served"
+    home.mkdir()
+    ray_env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": "no-port-here"}
+    with (
+        running_api_server(home, **ray_env) as server,
+        chromium(tmp_path / "chromium") as page,
+    ):
+        logged_in(page, server)
+        page.view("#/machine")
+        # Under load, loading Ray may outlast a request's wait: that answer says so, and the
+        # next request waits for the same ask.
+        page.wait_for(
+            "document.querySelector('#cluster .problem')?.innerText"
+            ".startsWith('cannot reach the Ray cluster at no-port-here: ')",
+            120,
+        )
+        assert page.text("#problem") == ""
+        assert "Nothing runs now." in page.text("main")
+        page.screenshot(tmp_path / "cluster-unreachable.png")
