@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from openmaker.jobs import capacity, gate_keys
 from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
+from openmaker.runtime.network import remove as remove_network
 from openmaker.settings import Settings, load_settings
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 from openmaker.training import access, runners, state
@@ -157,8 +158,14 @@ def run_job(
     # next job given its share of the machine) finds them gone.
     try:
         gate_keys.revoke_job(settings.home, job_name)  # its code's key dies with it
-        for host in hosts:
-            host.close()
+        # The job's bridge goes meanwhile (mostly the kernel's wait for its links to go).
+        network_gone = threading.Thread(target=remove_network, args=(settings.home, job_name))
+        network_gone.start()
+        try:
+            for host in hosts:
+                host.close()
+        finally:
+            network_gone.join()
         clear_job(settings, job_name, settings.keep_job_files)
         # The artifacts' listing window runs out meanwhile: mostly no wait is left by now.
         time.sleep(max(0.0, visible_at - time.monotonic()))
