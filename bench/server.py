@@ -65,8 +65,8 @@ def run(quick: bool, scratch: Path, output: str) -> list[str]:
         f"{MANY_JOBS} no-op jobs from {THREADS} threads: creates took {created:.2f} s, all "
         f"ended after {finished:.2f} s: {rate:.1f} jobs/s; "
         f"target >= {JOBS_PER_SECOND_TARGET:.0f} jobs/s: {rate_ok}",
-        f"  CPU per job (the server and every process under it) {cpu:.3f} s: at most "
-        f"{(os.cpu_count() or 1) / cpu:.1f} jobs/s on {os.cpu_count()} CPUs",
+        # Load moves it too (polls, lock waits), less than the rest: ±30% between runs here.
+        f"  CPU per job (the server and every process under it) {cpu:.3f} s",
     ]
 
 
