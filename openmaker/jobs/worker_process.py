@@ -54,12 +54,14 @@ def run_message(data: str) -> None:
     import json
     import os
 
+    from openmaker.jobs import db
     from openmaker.jobs.executor import Order
     from openmaker.settings import from_json
 
     message = json.loads(data)
     order = Order.from_json(message)
     settings = from_json(message["settings"])
+    db.schema_is_current(settings.database_url)  # its submitter's engine checked it
     # The worker's own messages (not the job's logs) go to a file, for post-mortems.
     log = os.open(
         settings.jobs_dir / order.folder / "worker.log",
