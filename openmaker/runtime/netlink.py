@@ -1,8 +1,9 @@
 """The few rtnetlink requests the jobs' networks make on the machine's side (network.py): a
-bridge, a veth end put on it, links deleted, the IPv4 routes listed. Each is what an `ip` command
-does, without starting a process for it (a process costs a job tens of milliseconds on a busy
-machine). Every request is acknowledged before the next one goes: an error raises NetworkError
-with the kernel's errno.
+bridge, a veth end put on it, links deleted, the IPv4 routes listed; and a host's VXLAN device
+with the local bypass off (overlay.py), which iproute2 6.1 cannot ask for. Each is what an `ip`
+command does, without starting a process for it (a process costs a job tens of milliseconds on
+a busy machine). Every request is acknowledged before the next one goes: an error raises
+NetlinkError with the kernel's errno.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ _RTM_GETROUTE = 26
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_MULTI, _NLM_F_ACK = 0x1, 0x2, 0x4
 _NLM_F_DUMP, _NLM_F_EXCL, _NLM_F_CREATE = 0x300, 0x200, 0x400
-_IFLA_IFNAME, _IFLA_MASTER, _IFLA_LINKINFO, _IFLA_IFALIAS = 3, 10, 18, 20
-_IFLA_INFO_KIND = 1
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
+_IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_NET_NS_FD = 18, 20, 28
+_IFLA_INFO_KIND, _IFLA_INFO_DATA = 1, 2
+_NLA_F_NESTED = 0x8000
+_VXLAN_ID, _VXLAN_LOCAL, _VXLAN_LEARNING, _VXLAN_PORT, _VXLAN_LOCALBYPASS = 1, 4, 7, 15, 31
 _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 _RTA_DST, _RTA_OIF, _RTA_TABLE = 1, 4, 15
 _IFF_UP = 0x1
@@ -91,6 +95,48 @@ def delete_links(names: Iterable[str]) -> None:
             except NetlinkError as exc:
                 if exc.errno != errno.ENODEV:
                     raise
+
+
+def route_socket() -> socket.socket:
+    """An rtnetlink socket of the calling thread's network namespace: it stays there after the
+    thread moves to another (a VXLAN device's UDP socket is made in the socket's)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    sock.bind((0, 0))
+    return sock
+
+
+def add_vxlan(
+    sock: socket.socket,
+    name: str,
+    vni: int,
+    local: str,
+    port: int,
+    address: str,
+    mtu: int,
+    netns: int,
+) -> None:
+    """`ip link add NAME address ADDRESS mtu MTU netns NETNS type vxlan id VNI local LOCAL
+    dstport PORT nolearning`, with the kernel's local bypass off (frames for another host on
+    this node go out through UDP too, where the node's firewall sees them), over `sock`."""
+    data = (
+        _attribute(_VXLAN_ID, struct.pack("=I", vni))
+        + _attribute(_VXLAN_LOCAL, socket.inet_aton(local))
+        + _attribute(_VXLAN_PORT, struct.pack("!H", port))
+        + _attribute(_VXLAN_LEARNING, b"\0")
+        + _attribute(_VXLAN_LOCALBYPASS, b"\0")
+    )
+    info = _attribute(_IFLA_INFO_KIND, b"vxlan\0")
+    info += _attribute(_IFLA_INFO_DATA | _NLA_F_NESTED, data)
+    _Rtnl(sock).ask(
+        _RTM_NEWLINK,
+        _NLM_F_CREATE | _NLM_F_EXCL,
+        _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        + _attribute(_IFLA_IFNAME, _name(name))
+        + _attribute(_IFLA_ADDRESS, bytes.fromhex(address.replace(":", "")))
+        + _attribute(_IFLA_MTU, struct.pack("=I", mtu))
+        + _attribute(_IFLA_NET_NS_FD, struct.pack("=I", netns))
+        + _attribute(_IFLA_LINKINFO | _NLA_F_NESTED, info),
+    )
 
 
 def ipv4_routes() -> list[dict[str, Any]]:

@@ -280,7 +280,9 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
     def inside() -> None:
         try:
             # Opened in the node's namespace: the overlay's UDP socket is made there.
-            made["rtnl"] = overlay.rtnetlink().detach() if network.overlay_vni is not None else -1
+            made["rtnl"] = (
+                netlink.route_socket().detach() if network.overlay_vni is not None else -1
+            )
             if _libc.unshare(CLONE_NEWNET) != 0:
                 raise NetworkError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
             made["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
