@@ -10,6 +10,7 @@ import functools
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -20,9 +21,11 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+from openmaker.jobs.executor import stop_fork_server, use_fork_server
 from openmaker.runtime.overlay import node_networks, remove_node_network
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
+from openmaker.training.service import TrainingJobs
 from tests.apiserver import running_api_server
 from tests.helpers import (
     get_object,
@@ -633,3 +636,64 @@ def test_openmaker_cluster_shows_the_nodes(on_ray: Path) -> None:
     for address in ("127.0.0.10", *NODE_ADDRESSES):
         assert address in shown.stdout
     assert f"1 × {TYPE}" in shown.stdout  # what the worker nodes stand for
+
+
+GPU_TYPE = "ml.g4dn.xlarge"  # one GPU per instance
+GPU_NODE = "127.0.0.4"
+SHOWS_ITS_GPUS = """#!/bin/sh
+trap 'exit 0' TERM
+echo "gpus=[$CUDA_VISIBLE_DEVICES]"
+while true; do sleep 0.2; done
+"""
+
+
+def test_each_host_gets_the_gpus_ray_reserved_for_it(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    """Two one-GPU jobs at once on a node of two (declared) GPUs: each host's code is shown the
+    GPU its reservation holds there, and the two are not the same."""
+    node = cluster.add_node(node_ip_address=GPU_NODE, num_gpus=2, resources={GPU_TYPE: 2}, **NODE)
+    names = [unique_name("ray-gpu"), unique_name("ray-gpu")]
+    jobs = TrainingJobs()
+    try:
+        for name in names:
+            gpu = _resources(1, GPU_TYPE)
+            start_script(tmp_path / name, name, SHOWS_ITS_GPUS, ResourceConfig=gpu)
+        for name in names:
+            wait_for_log(jobs, name, "gpus=[", timeout=240)
+        shown = [re.findall(r"gpus=\[(.*)\]", log_text(jobs, name)) for name in names]
+        placed = [_placed(log_text(jobs, name)) for name in names]
+    finally:
+        stop_and_wait(jobs, names)
+        cluster.remove_node(node)
+    assert placed == [{GPU_NODE}, {GPU_NODE}]
+    assert sorted(shown) == [["0"], ["1"]], shown
+
+
+def test_a_job_forked_from_a_fork_server_that_loaded_ray_runs_on_the_cluster(
+    on_ray: Path, tmp_path: Path
+) -> None:
+    """`openmaker server` under OPENMAKER_EXECUTOR=ray forks its workers with Ray loaded: the
+    fork server holds no thread and no file for it, and a worker forked from it joins the
+    cluster and runs its job's hosts."""
+    use_fork_server(["openmaker.training.worker"], "ray")
+    name = unique_name("ray-forked")
+    jobs = TrainingJobs()
+    try:
+        start_script(tmp_path, name, TWO_HOSTS, ResourceConfig=_resources(2))
+        description = wait_for(jobs, name, timeout=300)
+        # The job's worker came from it, so it had loaded Ray by then.
+        (server,) = [
+            pid
+            for pid in processes_mentioning("openmaker.jobs.forkserver")
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            == str(os.getpid())
+        ]
+        assert "_raylet" in Path(f"/proc/{server}/maps").read_text()
+        assert os.listdir(f"/proc/{server}/task") == [str(server)]
+        assert sorted(os.listdir(f"/proc/{server}/fd")) == ["0", "1", "2"]
+    finally:
+        stop_and_wait(jobs, [name])
+        stop_fork_server()
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert _placed(log_text(jobs, name)) == set(NODE_ADDRESSES)
