@@ -3,6 +3,8 @@ offer and run (`openmaker cluster`)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import threading
@@ -17,6 +19,15 @@ _RAY_OWN = ("node:", "object_store_memory", "accelerator_type:")
 
 
 _joining = threading.Lock()
+# What ray.util.serialization_addons.apply imports (Ray 2.60), where installed.
+_FIRST_CALL_MODULES = (
+    "ray.util.serialization_addons",
+    "ray._common.pydantic_compat",
+    "ray._private.arrow_serialization",
+    "pydantic.fields",
+    "pydantic.v1.fields",
+    "starlette.datastructures",
+)
 
 
 def connect_soon(settings: Settings) -> None:
@@ -44,6 +55,11 @@ def load() -> None:
     import ray._private.state
     import ray.util.placement_group
     import ray.util.scheduling_strategies  # noqa: F401
+
+    # What Ray imports at a process's first call (its serializers' add-ons; 0.3 s): here too.
+    for module in _FIRST_CALL_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
 
 
 def connect(settings: Settings) -> None:

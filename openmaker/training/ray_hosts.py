@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 # How often the worker looks at a stop request, a pending group, an actor's events.
 POLL_SECONDS = 0.5
+# How long one look at a pending group waits for it (seconds; Ray answers at once when ready).
+WAIT_SECONDS = 1
 # A host's actor that does not close within this is killed with its processes.
 CLOSE_SECONDS = 60.0
 # How long `openmaker cluster` waits for an agent to say which hosts it runs.
@@ -148,8 +150,7 @@ class RayHosts:
         instance_type, count, bundle = self.specs[0].instance_type, len(self.specs), self.bundle
         deadline = time.monotonic() + self.settings.ray_wait_seconds
         waiting = False
-        ready = self.group.ready()
-        while not ray.wait([ready], timeout=POLL_SECONDS)[0]:
+        while not self.group.wait(WAIT_SECONDS):
             if stop.requested:
                 return ""
             fitting = nodes_fitting(bundle)
