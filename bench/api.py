@@ -6,6 +6,7 @@ work (signature, validation, database) costs on top of boto3 and HTTP."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -43,18 +44,26 @@ def run(quick: bool, scratch: Path) -> list[str]:
         name = _one_real_job(server, scratch)
         _store_jobs(server, name)
         canned = _canned_answers(server, name)
-        with _floor(scratch, canned, server) as floor_factory:
+        with _floor(scratch, canned, server) as (floor_factory, floor_pid):
             ours = [_client_factory(server)() for _ in range(THREADS)]
             floor = [floor_factory() for _ in range(THREADS)]
             # In turns, so that a busy moment of the machine falls on both alike.
-            totals = {"ours": [0, 0.0], "floor": [0, 0.0]}
+            totals = {"ours": [0, 0.0, 0.0], "floor": [0, 0.0, 0.0]}
             for _ in range(ROUNDS):
-                for side, clients in (("ours", ours), ("floor", floor)):
+                for side, clients, pid in (
+                    ("ours", ours, server.process.pid),
+                    ("floor", floor, floor_pid),
+                ):
+                    before = _cpu_seconds(pid)
                     count, took = _describe_count(clients, name, seconds / ROUNDS)
                     totals[side][0] += count
                     totals[side][1] += took
+                    totals[side][2] += _cpu_seconds(pid) - before
             ours_rps = totals["ours"][0] / totals["ours"][1]
             floor_rps = totals["floor"][0] / totals["floor"][1]
+            # The server's own CPU per request: what a loaded machine blurs least.
+            ours_cpu = totals["ours"][2] / totals["ours"][0]
+            floor_cpu = totals["floor"][2] / totals["floor"][0]
             ours_list = _list_latency(_client_factory(server), samples)
             floor_list = _list_latency(floor_factory, samples)
     return [
@@ -62,6 +71,8 @@ def run(quick: bool, scratch: Path) -> list[str]:
         f"{ours_rps:.0f} requests/s; canned peer {floor_rps:.0f}/s; ratio "
         f"{ours_rps / floor_rps:.2f}; target >= {DESCRIBE_TARGET}: "
         f"{'ok' if ours_rps / floor_rps >= DESCRIBE_TARGET else 'MISSED'}",
+        f"  server CPU per describe: openmaker {ours_cpu * 1000:.2f} ms, canned peer "
+        f"{floor_cpu * 1000:.2f} ms (the boto3 client's own work is the rest)",
         f"ListTrainingJobs first page (100 of {STORED_JOBS + 1} jobs, newest first): "
         f"median {ours_list.median * 1000:.1f} ms; canned peer {floor_list.median * 1000:.1f} ms; "
         f"ratio {floor_list.median / ours_list.median:.2f}",
@@ -160,6 +171,12 @@ def _list_latency(make_client: Callable[[], Any], samples: int) -> Timings:
     return Timings(seconds)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` (its own threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def _floor(scratch: Path, canned: dict[str, Any], like: ApiServer) -> Any:
     canned_file = scratch / "canned.json"
@@ -171,12 +188,15 @@ def _floor(scratch: Path, canned: dict[str, Any], like: ApiServer) -> Any:
     try:
         wait_listening(process, "127.0.0.1", port, "the canned peer server")
         url = f"http://127.0.0.1:{port}"
-        yield lambda: boto3.client(
-            "sagemaker",
-            endpoint_url=url,
-            region_name=like.env["AWS_REGION"],
-            aws_access_key_id=like.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=like.env["AWS_SECRET_ACCESS_KEY"],
+        yield (
+            lambda: boto3.client(
+                "sagemaker",
+                endpoint_url=url,
+                region_name=like.env["AWS_REGION"],
+                aws_access_key_id=like.env["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=like.env["AWS_SECRET_ACCESS_KEY"],
+            ),
+            process.pid,
         )
     finally:
         process.terminate()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from openmaker.settings import Settings, client_plugins
@@ -29,6 +29,8 @@ class ServerRecord:
     # The access key ID the server checks signatures against (never the secret), so that
     # `openmaker env` can tell when it cannot know the pair.
     access_key_id: str | None = None
+    # The S3 gate its jobs' code and Ray hosts are given (None: none).
+    gate_url: str | None = None
 
 
 def record_path(settings: Settings) -> Path:
@@ -51,6 +53,16 @@ def read_record(settings: Settings) -> ServerRecord | None:
     except (FileNotFoundError, ValueError, TypeError):
         return None
     return record if Path(f"/proc/{record.pid}").exists() else None
+
+
+def with_current_gate(settings: Settings) -> Settings:
+    """`settings` with the gate of the server running now. A job's next attempt is started by
+    its previous attempt's worker, which may have outlived the server it was started under;
+    the server started since may serve its gate elsewhere (another port or address)."""
+    record = read_record(settings)
+    if record is None or record.gate_url is None or record.gate_url == settings.gate_url:
+        return settings
+    return replace(settings, gate_url=record.gate_url)
 
 
 def remove_record(settings: Settings) -> None:

@@ -28,6 +28,7 @@ DEFAULT_RETRY_SECONDS = 60.0
 DEFAULT_NETWORK_RANGE = "10.213.0.0/16"
 # How long a job waits for room on the Ray cluster before it fails.
 DEFAULT_RAY_WAIT_SECONDS = 600.0
+DEFAULT_RAY_ANSWER_SECONDS = 20.0
 DEFAULT_INVOCATION_SECONDS = 60.0
 DEFAULT_HEALTH_CHECK_SECONDS = 5.0
 # How long a serverless variant's instance is kept with no invocation before it is stopped.
@@ -158,6 +159,9 @@ class Settings:
     # How long a job waits Pending for room on the Ray cluster before it fails
     # (OPENMAKER_RAY_WAIT_SECONDS).
     ray_wait_seconds: float = DEFAULT_RAY_WAIT_SECONDS
+    # How long `openmaker cluster` and the console wait for the Ray cluster to describe itself
+    # (OPENMAKER_RAY_ANSWER_SECONDS): Ray retries an address where nothing answers for minutes.
+    ray_answer_seconds: float = DEFAULT_RAY_ANSWER_SECONDS
     # The address of this machine that the Ray cluster's nodes reach it by
     # (OPENMAKER_ADVERTISE_ADDRESS): the server's embedded S3 endpoint listens there and the
     # jobs' code is given it. None: the server's own address (--host).
@@ -244,6 +248,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         executor=env.choice("OPENMAKER_EXECUTOR", ("local", "ray")),
         ray_address=env.text("RAY_ADDRESS") or None,
         ray_wait_seconds=env.number_or("OPENMAKER_RAY_WAIT_SECONDS", DEFAULT_RAY_WAIT_SECONDS),
+        ray_answer_seconds=env.number_or(
+            "OPENMAKER_RAY_ANSWER_SECONDS", DEFAULT_RAY_ANSWER_SECONDS
+        ),
         advertise_address=env.text("OPENMAKER_ADVERTISE_ADDRESS") or None,
         invocation_seconds=env.number_or(
             "OPENMAKER_INVOCATION_SECONDS", DEFAULT_INVOCATION_SECONDS
@@ -317,6 +324,7 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "executor": settings.executor,
         "ray_address": settings.ray_address,
         "ray_wait_seconds": settings.ray_wait_seconds,
+        "ray_answer_seconds": settings.ray_answer_seconds,
         "advertise_address": settings.advertise_address,
         "invocation_seconds": settings.invocation_seconds,
         "health_check_seconds": settings.health_check_seconds,

@@ -191,3 +191,21 @@ def test_the_cli_lists_and_describes_algorithms_and_packages(
         text=True,
     )
     assert missing.returncode == 1 and "no algorithm nothing-here" in missing.stderr
+
+
+def test_an_additional_data_source_is_refused_not_ignored(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    sagemaker = api_server.client("sagemaker")
+    source = {"S3DataType": "S3Prefix", "S3Uri": "s3://models/extra/"}
+    request = algorithm_request(unique_name("extra"), str(tmp_path))
+    request["TrainingSpecification"]["AdditionalS3DataSource"] = source
+    with pytest.raises(ClientError, match=r"'TrainingSpecification\.AdditionalS3DataSource'"):
+        sagemaker.create_algorithm(**request)
+    spec = inference(str(tmp_path), "s3://models/m.tar.gz")
+    spec["Containers"][0]["AdditionalS3DataSource"] = source
+    member = r"'InferenceSpecification\.Containers\.1\.member\.AdditionalS3DataSource'"
+    with pytest.raises(ClientError, match=member):
+        sagemaker.create_model_package(
+            ModelPackageName=unique_name("extra"), InferenceSpecification=spec
+        )

@@ -111,6 +111,7 @@ def test_routes_without_a_session_refuse(api_server: ApiServer) -> None:
     for path in (
         "/console/api/jobs",
         "/console/api/machine",
+        "/console/api/cluster",
         "/console/api/session",
         "/console/api/jobs/anything",
         "/console/api/jobs/anything/logs",

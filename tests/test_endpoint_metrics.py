@@ -55,16 +55,19 @@ def cloudwatch(server: ApiServer) -> Any:
         return boto3.session.Session().client("cloudwatch")
 
 
-def statistic(client: Any, endpoint: str, metric: str, name: str) -> tuple[float, str] | None:
-    """The metric's statistic over the last hour, in one period, and its unit."""
+def statistic(
+    client: Any, endpoint: str, metric: str, name: str, variant: str | None = "AllTraffic"
+) -> tuple[float, str] | None:
+    """The metric's statistic over the last hour, in one period, and its unit (variant None:
+    the endpoint's own series, dimension EndpointName only)."""
     now = datetime.now(UTC)
+    dimensions = [{"Name": "EndpointName", "Value": endpoint}]
+    if variant is not None:
+        dimensions.append({"Name": "VariantName", "Value": variant})
     answer = client.get_metric_statistics(
         Namespace="AWS/SageMaker",
         MetricName=metric,
-        Dimensions=[
-            {"Name": "EndpointName", "Value": endpoint},
-            {"Name": "VariantName", "Value": "AllTraffic"},
-        ],
+        Dimensions=dimensions,
         StartTime=now - timedelta(minutes=30),
         EndTime=now + timedelta(minutes=30),
         Period=3600,

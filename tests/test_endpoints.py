@@ -249,6 +249,8 @@ def test_a_container_that_ends_before_ping_fails_the_endpoint(deployer: Deployer
     reason = described["FailureReason"]
     assert "production variant AllTraffic did not pass the ping health check" in reason
     assert "instance i-" in reason and "exited with status 3" in reason
+    # What it said last, as a person would look for it in the log.
+    assert 'its last output: "cannot load the model"' in reason
     with pytest.raises(ClientError) as refused:
         deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"x")
     assert refused.value.response["Error"]["Code"] == "ValidationError"

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from openmaker.runtime import unavailable_reason
 from tests.apiserver import ApiServer, running_api_server
 from tests.helpers import unique_name
+from tests.test_endpoint_metrics import cloudwatch, statistic
 from tests.test_endpoints import Deployer, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -177,6 +178,42 @@ def test_async_results_failures_and_notifications(deployer: Deployer, tmp_path: 
     failed = by_id["id-fail"]
     assert failed["invocationStatus"] == "Failed"
     assert failed["responseParameters"]["failureLocation"] == invoked[b"fail"]["FailureLocation"]
+
+    # The metrics SageMaker publishes for asynchronous endpoints, and none of the real-time
+    # ones it does not (Invocations, InvocationsPerInstance, OverheadLatency).
+    client = cloudwatch(deployer.server)
+    wait_until(
+        lambda: statistic(client, name, "InvocationsProcessed", "Sum") == (6.0, "Count"),
+        "the async invocations counted",
+    )
+    assert statistic(client, name, "InvocationFailures", "Sum") == (3.0, "Count")
+    assert statistic(client, name, "RequestDownloadFailures", "Sum") == (2.0, "Count")
+    assert statistic(client, name, "RequestDownloadLatency", "SampleCount") == (
+        4.0, "Microseconds",
+    )  # fmt: skip
+    # The four the container was sent: "fail" was its 500.
+    assert statistic(client, name, "Invocation5XXErrors", "Sum") == (1.0, "None")
+    assert statistic(client, name, "Invocation5XXErrors", "SampleCount") == (4.0, "None")
+    assert statistic(client, name, "ModelLatency", "SampleCount") == (4.0, "Microseconds")
+    assert statistic(client, name, "ResponseUploadLatency", "SampleCount") == (
+        3.0, "Microseconds",
+    )  # fmt: skip
+    assert statistic(client, name, "TimeInBacklog", "SampleCount") == (6.0, "Microseconds")
+    assert statistic(client, name, "TotalProcessingTime", "SampleCount") == (6.0, "Milliseconds")
+    backlog = statistic(client, name, "ApproximateBacklogSize", "Maximum", variant=None)
+    assert backlog is not None and backlog[0] >= 1 and backlog[1] == "Count"
+    oldest = statistic(client, name, "ApproximateAgeOfOldestRequest", "Maximum", variant=None)
+    assert oldest is not None and oldest[1] == "Seconds"
+    assert statistic(client, name, "HasBacklogWithoutCapacity", "Maximum", variant=None) == (
+        0.0, "None",
+    )  # fmt: skip
+    listed = client.list_metrics(
+        Namespace="AWS/SageMaker", Dimensions=[{"Name": "EndpointName", "Value": name}]
+    )["Metrics"]
+    names = {m["MetricName"] for m in listed}
+    assert not names & {"Invocations", "InvocationsPerInstance", "OverheadLatency"}
+    own = [m for m in listed if m["MetricName"] == "ApproximateBacklogSizePerInstance"]
+    assert own and own[0]["Dimensions"] == [{"Name": "EndpointName", "Value": name}]
 
     # Refused at once: an input that is no S3 object, an endpoint without AsyncInferenceConfig.
     with pytest.raises(ClientError) as bad:

@@ -181,6 +181,34 @@ def test_an_instance_comes_with_invocations_and_goes_when_idle(idle_deployer: De
     assert throttled["Error"]["Code"] == "ThrottlingException"
     assert throttled["ResponseMetadata"]["HTTPStatusCode"] == 429
 
+    # A streamed invocation under way counts against MaxConcurrency too.
+    streamed: list[bytes] = []
+
+    def stream() -> None:
+        while not streamed:
+            try:
+                answer = runtime.invoke_endpoint_with_response_stream(
+                    EndpointName=name, Body=b"hold"
+                )
+                streamed.append(b"".join(e["PayloadPart"]["Bytes"] for e in answer["Body"]))
+            except ClientError as error:
+                assert error.response["Error"]["Code"] == "ThrottlingException"
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    throttled = {}
+    try:
+        while streaming.is_alive() and not throttled:
+            try:
+                runtime.invoke_endpoint(EndpointName=name, Body=b"y")
+            except ClientError as error:
+                throttled = dict(error.response)
+    finally:
+        streaming.join()
+    assert streamed == [b"w1 hold"]
+    assert throttled, "no invocation was throttled while the stream was under way"
+    assert throttled["Error"]["Code"] == "ThrottlingException"
+
     # Idle for OPENMAKER_SERVERLESS_IDLE_SECONDS: back to no instance; invoked again, one more.
     wait_until(lambda: instances_of(name) == 0, "the idle instance to stop")
     assert runtime.invoke_endpoint(EndpointName=name, Body=b"z")["Body"].read() == b"w1 z"

@@ -12,7 +12,8 @@ from botocore.exceptions import ClientError, EventStreamError
 
 from openmaker.runtime import unavailable_reason
 from tests.apiserver import ApiServer, running_api_server
-from tests.test_endpoints import Deployer
+from tests.test_endpoint_metrics import cloudwatch, statistic
+from tests.test_endpoints import Deployer, wait_until
 
 pytestmark = pytest.mark.skipif(
     unavailable_reason() is not None, reason="endpoints need the bwrap sandbox"
@@ -111,6 +112,18 @@ def test_parts_reach_the_client_as_the_container_sends_them(deployer: Deployer) 
     assert error["Error"]["Code"] == "ModelError"
     assert error["OriginalStatusCode"] == 400 and error["OriginalMessage"] == "refused"
 
+    # Both count in the endpoint's invocation metrics, as InvokeEndpoint's do.
+    client = cloudwatch(deployer.server)
+    wait_until(
+        lambda: statistic(client, name, "Invocations", "Sum") == (2.0, "None"),
+        "both streamed invocations counted",
+    )
+    assert statistic(client, name, "Invocation4XXErrors", "Sum") == (1.0, "None")
+    assert statistic(client, name, "Invocation5XXErrors", "Sum") == (0.0, "None")
+    model = statistic(client, name, "ModelLatency", "SampleCount")
+    assert model == (2.0, "Microseconds")
+    assert statistic(client, name, "OverheadLatency", "SampleCount") == (2.0, "Microseconds")
+
 
 def test_a_stream_that_never_ends_is_cut_at_the_limit(short_deployer: Deployer) -> None:
     name, _ = deploy(short_deployer)
@@ -125,3 +138,10 @@ def test_a_stream_that_never_ends_is_cut_at_the_limit(short_deployer: Deployer) 
     assert cut.value.response["Error"]["Code"] == "ModelStreamError"
     # (botocore keeps the event's Code and Message; its ErrorCode member is not surfaced.)
     assert "allotted time" in cut.value.response["Error"]["Message"]
+    # A stream cut at the limit did not end as the model should: a 5xx in the metrics.
+    client = cloudwatch(short_deployer.server)
+    wait_until(
+        lambda: statistic(client, name, "Invocation5XXErrors", "Sum") == (1.0, "None"),
+        "the cut stream counted as a 5xx",
+    )
+    assert statistic(client, name, "Invocations", "Sum") == (1.0, "None")

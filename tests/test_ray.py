@@ -6,14 +6,21 @@ land on the worker nodes, one per node."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import io
+import ipaddress
 import json
 import os
 import re
+import shutil
+import signal
+import socket
+import struct
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +29,13 @@ import botocore.exceptions
 import pytest
 
 from openmaker.jobs.executor import stop_fork_server, use_fork_server
+from openmaker.runtime import overlay
 from openmaker.runtime.overlay import node_networks, remove_node_network
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
 from openmaker.training.service import TrainingJobs
-from tests.apiserver import running_api_server
+from tests.apiserver import running_api_server, stop_all
+from tests.browser import chromium
 from tests.helpers import (
     get_object,
     log_text,
@@ -47,6 +56,7 @@ from tests.process_helpers import (
     wait_until,
     worker_pid,
 )
+from tests.test_console import logged_in
 
 ray = pytest.importorskip("ray")
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -377,49 +387,6 @@ def test_a_lost_node_ends_the_job_naming_it(on_ray: Path, tmp_path: Path, cluste
     assert "got SIGTERM on" in log_text(jobs, name)
 
 
-def test_a_lost_node_restarts_the_job_with_its_checkpoints(
-    on_ray: Path, tmp_path: Path, cluster: Any
-) -> None:
-    name = unique_name("ray-retry")
-    checkpoints = f"s3://b/{name}-checkpoints"
-    jobs = start_script(
-        tmp_path,
-        name,
-        RESUMES,
-        ResourceConfig=_resources(2),
-        CheckpointConfig={"S3Uri": checkpoints},
-        RetryStrategy={"MaximumRetryAttempts": 1},
-    )
-    replaced = False
-    try:
-        for host in ("algo-1", "algo-2"):
-            wait_for_log(jobs, name, f"checkpointed on {host}", timeout=240)
-            saved = f"{checkpoints}/{host}.txt"
-            wait_until(functools.partial(_exists, saved), f"{host}'s checkpoint")
-        victim = next(n for n in cluster.worker_nodes if n.node_ip_address == "127.0.0.3")
-        cluster.remove_node(victim, allow_graceful=False)
-        # Attempt 2 waits for room (one node of the type is left), then lands on a new node.
-        wait_until(lambda: "Restarting" in _statuses(jobs.describe(name)), "the restart", 60)
-        cluster.add_node(node_ip_address="127.0.0.3", resources=WORKER_RESOURCES, **NODE)
-        replaced = True
-        description = wait_for(jobs, name, timeout=240)
-    finally:
-        stop_and_wait(jobs, [name])
-        if not replaced:
-            cluster.add_node(node_ip_address="127.0.0.3", resources=WORKER_RESOURCES, **NODE)
-    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
-    restarting = next(
-        t["StatusMessage"]
-        for t in description["SecondaryStatusTransitions"]
-        if t["Status"] == "Restarting"
-    )
-    assert "127.0.0.3" in restarting and "attempt 2 of 2" in restarting, restarting
-    logs = log_text(jobs, name)
-    # Each host of attempt 2 found the checkpoint its host of attempt 1 wrote.
-    assert "resumed on algo-1 from attempt 1 of algo-1" in logs, logs
-    assert "resumed on algo-2 from attempt 1 of algo-2" in logs, logs
-
-
 def test_a_server_killed_and_started_again_finds_its_hosts_running(
     on_ray: Path, tmp_path: Path, cluster: Any
 ) -> None:
@@ -608,14 +575,6 @@ def _actors() -> set[str]:
     return set(state.actors())
 
 
-def _exists(uri: str) -> bool:
-    try:
-        get_object(uri)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def _statuses(description: dict[str, Any]) -> list[str]:
     return [t["Status"] for t in description["SecondaryStatusTransitions"]]
 
@@ -636,6 +595,453 @@ def test_openmaker_cluster_shows_the_nodes(on_ray: Path) -> None:
     for address in ("127.0.0.10", *NODE_ADDRESSES):
         assert address in shown.stdout
     assert f"1 × {TYPE}" in shown.stdout  # what the worker nodes stand for
+
+
+def test_openmaker_cluster_says_when_the_cluster_does_not_answer(tmp_path: Path) -> None:
+    """Ray retries an address where nothing listens for minutes: the command gives up after
+    OPENMAKER_RAY_ANSWER_SECONDS and says why, instead of hanging."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "openmaker.cli.app", "cluster"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ
+        | {
+            "OPENMAKER_HOME": str(tmp_path),
+            "RAY_ADDRESS": "127.0.0.1:1",
+            "OPENMAKER_RAY_ANSWER_SECONDS": "2",
+        },
+    )
+    assert shown.returncode == 1
+    assert "the Ray cluster at 127.0.0.1:1 has not answered in 2 seconds" in shown.stderr
+
+
+# Host algo-1 shows its end of the job's segment and says each datagram it gets on port 9999.
+LISTENS_ON_THE_SEGMENT = f"""#!{sys.executable}
+import json, signal, socket, subprocess, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+config = json.load(open("/opt/ml/input/config/resourceconfig.json"))
+if config["current_host"] != "algo-1":
+    while True:
+        time.sleep(0.2)
+listening = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+listening.bind(("0.0.0.0", 9999))
+for command in ("ip -d -o link show eth1", "ip -4 -o addr show eth1"):
+    shown = subprocess.run(command.split(), capture_output=True, text=True).stdout
+    print(f"SHOWN {{' '.join(shown.split())}}", flush=True)
+print("LISTENING", flush=True)
+while True:
+    print(f"GOT {{listening.recv(100).decode()}}", flush=True)
+"""
+
+
+def _vxlan_frame(vni: int, source: tuple[str, str], target: tuple[str, str], said: bytes) -> bytes:
+    """A VXLAN packet's payload: the frame of an IPv4 UDP datagram to port 9999 of `target`
+    (its MAC, address) from `source`."""
+    udp = struct.pack("!HHHH", 40000, 9999, 8 + len(said), 0) + said
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+        socket.inet_aton(source[1]), socket.inet_aton(target[1]),
+    )  # fmt: skip
+    total = sum(struct.unpack("!10H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+    header = header[:10] + struct.pack("!H", checksum) + header[12:]
+    ethernet = bytes.fromhex((target[0] + source[0]).replace(":", "")) + b"\x08\x00"
+    return struct.pack("!II", 0x08 << 24, vni << 8) + ethernet + header + udp
+
+
+def test_a_hosts_end_of_the_overlay_takes_frames_from_its_jobs_nodes_alone(
+    on_ray: Path, tmp_path: Path
+) -> None:
+    """A frame of the job's VNI sent to a host's node from an address that is not one of the
+    job's other nodes never reaches the host; the same from the other node does. The node's
+    table for it goes with the job."""
+    name = unique_name("ray-inject")
+    jobs = start_script(tmp_path, name, LISTENS_ON_THE_SEGMENT, ResourceConfig=_resources(2))
+    try:
+        wait_for_log(jobs, name, "LISTENING", timeout=240)
+        logs = log_text(jobs, name)
+        link, addresses = [line for line in logs.splitlines() if line.startswith("SHOWN ")]
+        vni = int(link.split("vxlan id ")[1].split()[0])
+        node = link.split(" local ")[1].split()[0]
+        port = int(link.split(" dstport ")[1].split()[0])
+        other = next(address for address in NODE_ADDRESSES if address != node)
+        target = (overlay.mac(vni, 0), addresses.split(" inet ")[1].split("/")[0])
+        peer = (overlay.mac(vni, 1), str(ipaddress.ip_address(target[1]) + 1))
+        # One CPU: the two packets are taken in the order they were sent.
+        cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cpus)})
+        try:
+            for sender, said in ((HEAD_ADDRESS, b"from-stranger"), (other, b"from-member")):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+                    out.bind((sender, 0))
+                    out.sendto(_vxlan_frame(vni, peer, target, said), (node, port))
+        finally:
+            os.sched_setaffinity(0, cpus)
+        wait_for_log(jobs, name, "GOT from-member", timeout=60)
+        assert "GOT from-stranger" not in log_text(jobs, name)
+        jobs.stop(name)
+        wait_for(jobs, name, timeout=120)
+    finally:
+        stop_and_wait(jobs, [name])
+    assert (
+        overlay.GUARD_PREFIX
+        not in subprocess.run(
+            ["nft", "list", "tables"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
+def test_agents_of_other_code_are_retired_and_new_ones_run_the_hosts(
+    on_ray: Path, tmp_path: Path
+) -> None:
+    """A server whose code is not the agents' (an upgrade) has its hosts run in agents of its
+    own code, which end the earlier agents of their nodes once these run no host."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from openmaker.training.host.ray_actor import AGENT_PREFIX, NAMESPACE, agent_name
+    from openmaker.training.ray_cluster import connect
+
+    class EarlierAgent:
+        """An agent of earlier code as this code sees it: named after its node alone, it says
+        which hosts it runs."""
+
+        def hosts(self) -> list[str]:
+            return []
+
+    connect(load_settings())
+    workers = [
+        n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] in NODE_ADDRESSES
+    ]
+
+    def gone(name: str) -> bool:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return True
+        return False
+
+    # This code's agents made by earlier tests are idle: ended, so that the job makes them anew.
+    for node in workers:
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(agent_name(node), namespace=NAMESPACE))
+        wait_until(functools.partial(gone, agent_name(node)), "this code's agent to end", 30)
+    earlier = [AGENT_PREFIX + node for node in workers]
+    for node, old in zip(workers, earlier, strict=True):
+        made = (
+            ray.remote(EarlierAgent)
+            .options(
+                name=old,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+            )
+            .remote()
+        )
+        assert ray.get(made.hosts.remote()) == []
+    name = unique_name("ray-upgraded")
+    jobs = start_script(tmp_path, name, TWO_HOSTS, ResourceConfig=_resources(2))
+    try:
+        description = wait_for(jobs, name, timeout=300)
+        for old in earlier:
+            wait_until(functools.partial(gone, old), "the earlier agents to be retired", 30)
+    finally:
+        stop_and_wait(jobs, [name])
+        for old in earlier:
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(old, namespace=NAMESPACE))
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert all(not gone(agent_name(node)) for node in workers)
+
+
+# Says whether it reaches its store's endpoint, a port of a node of the cluster, and the same
+# port at another address of that node's machine that is no node's.
+PROBES_THE_NODES = f"""#!{sys.executable}
+import os, socket
+from urllib.parse import urlparse
+
+def reaches(address, port):
+    try:
+        socket.create_connection((address, int(port)), timeout=2).close()
+    except OSError as exc:
+        return f"not reached ({{exc}})"
+    return "reached"
+
+store = urlparse(os.environ["AWS_ENDPOINT_URL_S3"])
+print(f"STORE {{reaches(store.hostname, store.port)}}", flush=True)
+print(f"NOT A NODE {{reaches(os.environ['NOT_A_NODE'], os.environ['NODE_PORT'])}}", flush=True)
+print(f"NODE {{reaches(os.environ['NODE'], os.environ['NODE_PORT'])}}", flush=True)
+"""
+
+# A machine of the cluster's that is not this one: a network namespace behind a veth pair.
+FAR_SUBNET = "198.51.100"
+FAR_NODE, FAR_OTHER = f"{FAR_SUBNET}.2", f"{FAR_SUBNET}.3"
+
+
+@contextlib.contextmanager
+def _far_node(cluster: Any) -> Iterator[tuple[int, socket.socket]]:
+    """A Ray node on another machine (its raylet in a namespace of its own, at FAR_NODE), and a
+    listening socket there standing for a store on that machine: (the raylet's port, it)."""
+    namespace, veth = f"rayfar{os.getpid()}", f"rf{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for where, commands in (
+            ([], f"link add {veth} type veth peer name eth0 netns {namespace}\n"),
+            ([], f"addr add {FAR_SUBNET}.1/24 dev {veth}\nlink set {veth} up\n"),
+            (
+                ["-n", namespace],
+                f"addr add {FAR_NODE}/24 dev eth0\naddr add {FAR_OTHER}/24 dev eth0\n"
+                f"link set eth0 up\nlink set lo up\nroute add default via {FAR_SUBNET}.1\n",
+            ),
+        ):
+            subprocess.run(["ip", *where, "-batch", "-"], input=commands.encode(), check=True)
+        Path(f"/proc/sys/net/ipv4/conf/{veth}/forwarding").write_text("1")
+        gcs_port = cluster.address.rpartition(":")[2]
+        ray_command = str(Path(sys.executable).parent / "ray")
+        started.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", namespace, ray_command, "start", "--block",
+                 f"--address={FAR_SUBNET}.1:{gcs_port}", f"--node-ip-address={FAR_NODE}",
+                 "--num-cpus=0", "--object-store-memory=80000000"],
+                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+
+        def registered() -> dict[str, Any] | None:
+            return next(
+                (n for n in ray.nodes() if n["NodeManagerAddress"] == FAR_NODE and n["Alive"]),
+                None,
+            )
+
+        wait_until(lambda: registered() is not None, "the far node to join", 60)
+        node = registered()
+        assert node is not None
+        with _listening_in(namespace) as store:
+            yield node["NodeManagerPort"], store
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        left = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+        for pid in left.stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+
+
+@contextlib.contextmanager
+def _listening_in(namespace: str) -> Iterator[socket.socket]:
+    """A TCP socket listening on every address of the network namespace."""
+    made: list[socket.socket] = []
+
+    def inside() -> None:  # a thread's namespace is its own; the socket keeps the one it had
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open(f"/run/netns/{namespace}") as handle:
+            assert libc.setns(handle.fileno(), 0x40000000) == 0
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listening.bind(("0.0.0.0", 0))
+        listening.listen(16)
+        made.append(listening)
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    thread.join()
+    try:
+        yield made[0]
+    finally:
+        made[0].close()
+
+
+def test_a_hosts_code_reaches_no_node_of_the_cluster_but_its_store(
+    on_ray: Path, tmp_path: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code on a node reaches neither another node's Ray services (a raylet on another
+    machine) nor anything else at that node's address, but its store's endpoint there; that
+    machine's other addresses (no node's) it does reach."""
+    from openmaker.training.ray_cluster import connect
+
+    connect(load_settings())
+    name = unique_name("ray-probe")
+    with _far_node(cluster) as (raylet_port, store):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{FAR_NODE}:{store.getsockname()[1]}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "probe")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "probe")
+        environment = {"NODE": FAR_NODE, "NOT_A_NODE": FAR_OTHER, "NODE_PORT": str(raylet_port)}
+        jobs = start_script(
+            tmp_path,
+            name,
+            PROBES_THE_NODES,
+            (tmp_path / "out").as_uri(),
+            ResourceConfig=_resources(2),
+            Environment=environment,
+        )
+        try:
+            description = wait_for(jobs, name, timeout=300)
+        finally:
+            stop_and_wait(jobs, [name])
+    logs = log_text(jobs, name)
+    assert description["TrainingJobStatus"] == "Completed", logs
+    assert logs.count("STORE reached") == 2, logs
+    assert logs.count("NOT A NODE reached") == 2, logs
+    assert logs.count("NODE not reached") == 2, logs
+
+
+def test_a_jobs_next_attempt_reaches_the_store_where_the_server_started_again_serves_it(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    """A node lost restarts the job with its checkpoints, on a new node once one joins. Here
+    the job's worker has outlived its server, and the server started again serves the store on
+    another port: the next attempt, started by that worker, restores the checkpoints through
+    the gate served now."""
+    home = tmp_path / "moved"
+    home.mkdir()
+    image = make_image(tmp_path / "image", RESUMES)
+    body = request("ray-moved", str(image), "s3://bkt/out")
+    body["ResourceConfig"] = _resources(2)
+    body["CheckpointConfig"] = {"S3Uri": "s3://bkt/moved-checkpoints"}
+    body["RetryStrategy"] = {"MaximumRetryAttempts": 1}
+    env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": cluster.address}
+    saved = {"moved-checkpoints/algo-1.txt", "moved-checkpoints/algo-2.txt"}
+    replaced = False
+    try:
+        with running_api_server(home, **env) as server:
+            s3 = server.client("s3")
+            s3.create_bucket(Bucket="bkt")
+            server.client("sagemaker").create_training_job(**body)
+
+            def checkpointed() -> bool:
+                listed = s3.list_objects_v2(Bucket="bkt", Prefix="moved-checkpoints/")
+                return {o["Key"] for o in listed.get("Contents", [])} == saved
+
+            wait_until(checkpointed, "both hosts' checkpoints", 240)
+            kill(server.process.pid)
+            server.process.wait()
+        (home / "server.json").unlink()  # kill -9 leaves the server's record behind
+        with running_api_server(home, **env) as server:
+            sagemaker = server.client("sagemaker")
+            victim = next(n for n in cluster.worker_nodes if n.node_ip_address == "127.0.0.3")
+            cluster.remove_node(victim, allow_graceful=False)
+
+            def restarting() -> bool:
+                described = sagemaker.describe_training_job(TrainingJobName="ray-moved")
+                return "Restarting" in _statuses(described)
+
+            wait_until(restarting, "the restart", 60)
+            cluster.add_node(node_ip_address="127.0.0.3", resources=WORKER_RESOURCES, **NODE)
+            replaced = True
+
+            def ended() -> bool:
+                described = sagemaker.describe_training_job(TrainingJobName="ray-moved")
+                return described["TrainingJobStatus"] in ("Completed", "Failed", "Stopped")
+
+            wait_until(ended, "the job to end", 240)
+            described = sagemaker.describe_training_job(TrainingJobName="ray-moved")
+            events = server.client("logs").filter_log_events(
+                logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix="ray-moved/"
+            )["events"]
+            logs = "\n".join(e["message"] for e in events)
+    finally:
+        for pid in job_processes("ray-moved") + processes_mentioning(str(home)):
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid)
+        if not replaced:
+            cluster.add_node(node_ip_address="127.0.0.3", resources=WORKER_RESOURCES, **NODE)
+    assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    restart = next(
+        t["StatusMessage"]
+        for t in described["SecondaryStatusTransitions"]
+        if t["Status"] == "Restarting"
+    )
+    assert "127.0.0.3" in restart and "attempt 2 of 2" in restart, restart
+    # Each host of attempt 2 found the checkpoint its host of attempt 1 wrote.
+    assert "resumed on algo-1 from attempt 1 of algo-1" in logs, logs
+    assert "resumed on algo-2 from attempt 1 of algo-2" in logs, logs
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_consoles_capacity_page_shows_the_nodes_and_their_hosts(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    """Under OPENMAKER_EXECUTOR=ray the console's capacity page shows every node of the cluster
+    with its CPUs, and a running job's hosts on the worker nodes holding them."""
+    home = tmp_path / "served"
+    home.mkdir()
+    name = unique_name("ray-console")
+    body = request(name, str(make_image(tmp_path / "image", WAITS)), (tmp_path / "out").as_uri())
+    body["ResourceConfig"] = _resources(2)
+    ray_env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": cluster.address}
+    nodes_shown = "[...document.querySelectorAll('#nodes tr[data-node]')]"
+    with running_api_server(home, **ray_env) as server, chromium(tmp_path / "chromium") as page:
+        sagemaker = server.client("sagemaker")
+        try:
+            sagemaker.create_training_job(**body)
+            logged_in(page, server)
+            page.view("#/machine")
+            # The first ask loads Ray in the server and joins the cluster.
+            page.wait_for(f"{nodes_shown}.length === 3", 120)
+            cpus = page.evaluate(
+                f"Object.fromEntries({nodes_shown}.map(r => [r.dataset.node, "
+                "r.querySelector('.cpus').innerText]))"
+            )
+            assert set(cpus) == {HEAD_ADDRESS, *NODE_ADDRESSES}
+            assert all(shown.endswith(" of 1") for shown in cpus.values()), cpus
+            hosts = (
+                f"Object.fromEntries({nodes_shown}.map(r => [r.dataset.node, "
+                "r.querySelector('.hosts').innerText.split('\\n').filter(h => h)]))"
+            )
+            # One host on each worker node, none on the head (it stands for no ml.m5.large).
+            page.wait_for(
+                f"Object.values({hosts}).flat().filter(h => h.startsWith('{name}/')).length === 2",
+                240,
+            )
+            placed = page.evaluate(hosts)
+            assert placed[HEAD_ADDRESS] == []
+            assert sorted(placed[a][0] for a in NODE_ADDRESSES) == [
+                f"{name}/algo-1",
+                f"{name}/algo-2",
+            ], placed
+            # Each worker node's instance is in use, by its host.
+            for address in NODE_ADDRESSES:
+                types = f"#nodes tr[data-node='{address}'] .types"
+                page.wait_for(
+                    f"document.querySelector({json.dumps(types)}).innerText"
+                    f".includes('1 of 1 × {TYPE}')"
+                )
+            assert page.text("#problem") == ""
+            page.screenshot(tmp_path / "cluster.png")
+        finally:
+            stop_all(sagemaker, [name])
+    wait_until(lambda: not _hosts_running(), "the hosts' actors to end", 60)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_consoles_capacity_page_says_when_the_cluster_cannot_be_asked(tmp_path: Path) -> None:
+    """A RAY_ADDRESS Ray refuses: the cluster's part of the page is a message naming it, and the
+    rest of the page is drawn."""
+    home = tmp_path / "served"
+    home.mkdir()
+    ray_env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": "no-port-here"}
+    with (
+        running_api_server(home, **ray_env) as server,
+        chromium(tmp_path / "chromium") as page,
+    ):
+        logged_in(page, server)
+        page.view("#/machine")
+        # Under load, loading Ray may outlast a request's wait: that answer says so, and the
+        # next request waits for the same ask.
+        page.wait_for(
+            "document.querySelector('#cluster .problem')?.innerText"
+            ".startsWith('cannot reach the Ray cluster at no-port-here: ')",
+            120,
+        )
+        assert page.text("#problem") == ""
+        assert "Nothing runs now." in page.text("main")
+        page.screenshot(tmp_path / "cluster-unreachable.png")
 
 
 GPU_TYPE = "ml.g4dn.xlarge"  # one GPU per instance

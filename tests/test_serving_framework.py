@@ -312,6 +312,10 @@ def test_requirements_that_cannot_be_installed_fail_the_instance(
     described = deployer.wait(name)
     assert described["EndpointStatus"] == "Failed"
     assert "exited with status 1 before it answered /ping" in described["FailureReason"]
+    assert (
+        'its last output: "The model server cannot start: the packages of '
+        '/opt/ml/model/code/requirements.txt could not be installed'
+    ) in described["FailureReason"]
     logs = api_server.client("logs")
     group = f"/aws/sagemaker/Endpoints/{name}"
 
@@ -323,3 +327,49 @@ def test_requirements_that_cannot_be_installed_fail_the_instance(
         lambda: "/opt/ml/model/code/requirements.txt could not be installed" in said(),
         "the instance's log to say why",
     )
+
+
+# Each model of a multi-model endpoint brings its entry point in its own archive.
+SCALER = """
+import os
+
+def model_fn(model_dir):
+    return float(open(os.path.join(model_dir, "factor.txt")).read())
+
+def transform_fn(factor, data, content_type, accept):
+    return ",".join(str(float(v) * factor) for v in data.split(",")), "text/csv"
+"""
+
+
+def test_a_framework_image_serves_a_multi_model_endpoint(
+    deployer: Deployer, api_server: ApiServer
+) -> None:
+    """The stand-in's multi-model API: each TargetModel loaded with its own code/inference.py,
+    both served by one instance."""
+    bucket = new_bucket(api_server)
+    for key, factor in (("a", b"2"), ("b", b"10")):
+        archive = model_archive({"factor.txt": factor, "code/inference.py": SCALER.encode()})
+        deployer.s3.put_object(Bucket=bucket, Key=f"mme/{key}.tar.gz", Body=archive)
+    model = unique_name("mme")
+    deployer.sagemaker.create_model(
+        ModelName=model,
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={
+            "Image": SKLEARN_SERVING_IMAGE,
+            "ModelDataUrl": f"s3://{bucket}/mme/",
+            "Mode": "MultiModel",
+        },
+    )
+    name = deployer.endpoint(model)
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+
+    def invoke(target: str) -> bytes:
+        answer = deployer.runtime.invoke_endpoint(
+            EndpointName=name, TargetModel=target, Body=b"1,2", ContentType="text/csv"
+        )
+        return bytes(answer["Body"].read())
+
+    assert invoke("a.tar.gz") == b"2.0,4.0"
+    assert invoke("b.tar.gz") == b"10.0,20.0"
+    assert invoke("a.tar.gz") == b"2.0,4.0"

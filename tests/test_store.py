@@ -9,7 +9,9 @@ import os
 import threading
 from pathlib import Path
 
+import obstore
 import pytest
+from obstore.store import LocalStore
 
 from openmaker.settings import load_settings
 from openmaker.store import (
@@ -23,6 +25,7 @@ from openmaker.store import (
     safe_destination,
     upload_file,
 )
+from openmaker.store.local_listing import list_local
 from openmaker.store.manifest import parse_manifest
 from openmaker.store.ranged import PART_SIZE, RANGED_MIN_SIZE, fetch_part, ranged_store
 from openmaker.store.transfer import SINGLE_PUT_LIMIT
@@ -92,6 +95,55 @@ def test_listing_has_the_same_semantics_on_the_embedded_store(home: Path) -> Non
     assert [o.key for o in found] == [
         "data/train-a.csv", "data/train/sub/y.csv", "data/train/x.csv", "data/trainz/q",
     ]  # fmt: skip
+
+
+def _obstores_keys(folder: Path, prefix: str) -> list[str]:
+    """What obstore itself lists (the answer the direct listing must give)."""
+    parent = prefix.rpartition("/")[0]
+    store = LocalStore(folder)
+    found = [m["path"] for batch in obstore.list(store, parent or None) for m in batch]
+    return sorted(k for k in found if k.startswith(prefix))
+
+
+def test_a_local_folder_is_listed_directly_with_obstores_answer(tmp_path: Path) -> None:
+    folder = tmp_path / "bucket"
+    for key in KEYS:
+        path = folder / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(key)
+    (folder / "data" / "empty").mkdir()
+    prefixes = ["", "data", "data/", "data/train", "data/train/", "data/train-", "data/x", "no/"]
+    for prefix in prefixes:
+        direct = list_local(folder, prefix)
+        assert direct is not None, prefix
+        assert sorted(key for key, _ in direct) == _obstores_keys(folder, prefix), prefix
+    assert ("data/train/sub/y.csv", len("data/train/sub/y.csv")) in (list_local(folder, "") or [])
+
+
+def test_a_local_folder_with_links_or_odd_names_is_left_to_obstore(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "secret").write_text("not the store's")
+    folder = tmp_path / "bucket"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "x").write_text("x")
+    # A link below the prefix, a link on the prefix's own path, a name obstore skips (its
+    # unfinished uploads), a name it refuses, a fifo: never read here, never followed.
+    (folder / "data" / "link").symlink_to(outside / "deep")
+    assert list_local(folder, "data/") is None
+    (folder / "data" / "link").unlink()
+    assert list_local(folder, "data/") == [("data/x", 1)]
+    (folder / "hop").symlink_to(outside)
+    assert list_local(folder, "hop/deep/") is None
+    for odd in ("part#1", "bell\x07"):
+        (folder / "data" / odd).write_text("o")
+        assert list_local(folder, "data/") is None, odd
+        (folder / "data" / odd).unlink()
+    os.mkfifo(folder / "data" / "fifo")
+    assert list_local(folder, "data/") is None
+    # The listing (which falls back to obstore) still answers.
+    found = asyncio.run(list_prefix(resolve(f"file://{folder}/data/x", load_settings().store)))
+    assert [o.key for o in found] == [f"{str(folder).lstrip('/')}/data/x"]
 
 
 def test_large_upload_and_download_round_trip(tmp_path: Path, home: Path, s3_env: S3Server) -> None:

@@ -18,6 +18,7 @@ def check_algorithm(request: dict[str, Any], local: LocalPaths) -> None:
         *_spec_problems(request[TRAINING]),
         *_image_problems(request, local),
         *_profile_problems(request),
+        *additional_sources(request),
     ]
     if problems:
         raise ValidationException(error_message(problems))
@@ -72,4 +73,21 @@ def _profile_problems(request: dict[str, Any]) -> Iterator[str]:
                 f"{at}.TransformJobDefinition",
                 "Member needs InferenceSpecification.Containers.1.Image (the model it "
                 "transforms with)",
+            )
+
+
+def additional_sources(request: dict[str, Any]) -> Iterator[str]:
+    """`AdditionalS3DataSource` is refused, not kept unused: a container that expects the data
+    would fail with no reason a person could find (openmaker does not fetch it yet)."""
+    holders = [(TRAINING, request.get(TRAINING) or {})]
+    containers = (request.get("InferenceSpecification") or {}).get("Containers") or []
+    holders += [
+        (f"InferenceSpecification.Containers.{i}.member", c) for i, c in enumerate(containers, 1)
+    ]
+    for at, holder in holders:
+        if holder.get("AdditionalS3DataSource") is not None:
+            yield failure(
+                holder["AdditionalS3DataSource"].get("S3Uri"),
+                f"{at}.AdditionalS3DataSource",
+                "Member must be null: openmaker does not fetch additional data sources yet",
             )

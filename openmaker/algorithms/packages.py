@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from openmaker.algorithms.checks import additional_sources
+from openmaker.algorithms.digests import Digests, inference_images, pinned
 from openmaker.algorithms.service import Algorithms
 from openmaker.algorithms.store import Store, find
 from openmaker.jobs.db import ModelPackageGroupRecord, ModelPackageRecord, Tag
@@ -26,6 +28,7 @@ from openmaker.serving.clock import as_utc, now
 from openmaker.serving.listing import page
 from openmaker.shapes.errors import ValidationException
 from openmaker.shapes.model import operation_model
+from openmaker.shapes.validate import error_message
 
 PENDING, IN_PROGRESS, COMPLETED = "Pending", "InProgress", "Completed"
 PENDING_APPROVAL = "PendingManualApproval"
@@ -94,12 +97,23 @@ class ModelPackages:
             )
         source = request.get("SourceAlgorithmSpecification")
         if request.get("InferenceSpecification") is None and source is not None:
+            # Its digests were checked when the algorithm was made.
             request["InferenceSpecification"] = self._from_algorithm(source)
-        if request.get("InferenceSpecification") is None:
+        elif request.get("InferenceSpecification") is None:
             raise ValidationException(
                 "Value null at 'InferenceSpecification' failed to satisfy constraint: Member "
                 "must not be null (openmaker serves a model package by its containers)"
             )
+        else:
+            self._check_containers(request)
+
+    def _check_containers(self, request: dict[str, Any]) -> None:
+        """No additional data source; each ImageDigest checked, or filled in (digests.py)."""
+        problems = list(additional_sources(request))
+        if not problems:  # last: it may ask a registry
+            problems = list(Digests(self.store.settings).fill(inference_images(request)))
+        if problems:
+            raise ValidationException(error_message(problems))
 
     def _from_algorithm(self, source: dict[str, Any]) -> dict[str, Any]:
         """An InferenceSpecification from the source algorithm's, over its model data."""
@@ -179,6 +193,8 @@ class ModelPackages:
             for member in ("ApprovalDescription", "InferenceSpecification", "SourceUri"):
                 if params.get(member) is not None:
                     request[member] = copy.deepcopy(params[member])
+            if params.get("InferenceSpecification") is not None:
+                self._check_containers(request)
             package.request, package.last_modified_time = request, now()
             session.commit()
             return {"ModelPackageArn": package.arn}
@@ -287,6 +303,8 @@ def containers_of(session: Session, container: dict[str, Any], member: str) -> d
         for k, v in first.items()
         if k in ("Image", "ModelDataUrl", "ModelDataSource", "Environment")
     }
+    if first.get("Image"):
+        served["Image"] = pinned(first, "Image", "ImageDigest")  # what the package was made with
     served["Environment"] = {
         **(first.get("Environment") or {}),
         **(container.get("Environment") or {}),

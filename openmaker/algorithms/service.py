@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from openmaker.algorithms.checks import check_algorithm
+from openmaker.algorithms.digests import Digests, inference_images, training_image
 from openmaker.algorithms.store import Store, find
 from openmaker.jobs.db import AlgorithmRecord, Tag
 from openmaker.jobs.service import add_tagged
@@ -20,6 +21,7 @@ from openmaker.serving.clock import as_utc, now
 from openmaker.serving.listing import page
 from openmaker.shapes.errors import ValidationException
 from openmaker.shapes.locations import LocalPaths
+from openmaker.shapes.validate import error_message
 
 PENDING, IN_PROGRESS, COMPLETED, FAILED = "Pending", "InProgress", "Completed", "Failed"
 
@@ -35,6 +37,10 @@ class Algorithms:
         arn = self.store.arn("algorithm", name)
         profiles = (request.get("ValidationSpecification") or {}).get("ValidationProfiles") or []
         kept = {k: copy.deepcopy(v) for k, v in request.items() if k != "Tags"}
+        # Last: it may ask a registry. The kept request gets the digests (Describe shows them).
+        images = [training_image(kept["TrainingSpecification"]), *inference_images(kept)]
+        if problems := list(Digests(self.store.settings).fill(images)):
+            raise ValidationException(error_message(problems))
         record = AlgorithmRecord(
             name=name,
             arn=arn,

@@ -22,11 +22,16 @@ class Store:
     writers: sessionmaker[Session]
     region: str
     account_id: str
+    settings: Settings  # where images are pulled from (digests.py)
 
     @classmethod
     def of(cls, settings: Settings) -> Store:
         return cls(
-            sessions(settings), writer_sessions(settings), settings.region, settings.account_id
+            sessions(settings),
+            writer_sessions(settings),
+            settings.region,
+            settings.account_id,
+            settings,
         )
 
     def arn(self, kind: str, name: str) -> str:

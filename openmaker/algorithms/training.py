@@ -9,6 +9,7 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
+from openmaker.algorithms.digests import pinned
 from openmaker.algorithms.hyperparameters import value_problem
 from openmaker.algorithms.service import Algorithms
 from openmaker.algorithms.store import Store
@@ -55,7 +56,8 @@ def with_algorithm(request: dict[str, Any], algorithms: Algorithms) -> dict[str,
     if problems:
         raise ValidationException(error_message(problems))
     algorithm = request[ALGORITHM]
-    algorithm["TrainingImage"] = spec["TrainingImage"]
+    # The image the algorithm was registered with, by its digest (digests.py).
+    algorithm["TrainingImage"] = pinned(spec, "TrainingImage", "TrainingImageDigest")
     if not algorithm.get("MetricDefinitions") and spec.get("MetricDefinitions"):
         algorithm["MetricDefinitions"] = copy.deepcopy(spec["MetricDefinitions"])
     return request

@@ -22,6 +22,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from openmaker.algorithms import service
+from openmaker.algorithms.digests import pinned
 from openmaker.algorithms.packages import ModelPackages
 from openmaker.algorithms.service import Algorithms
 from openmaker.jobs.db import AlgorithmRecord, ModelPackageRecord
@@ -164,7 +165,8 @@ class Validation:
                     {
                         "ModelName": name,
                         "PrimaryContainer": {
-                            **{k: v for k, v in container.items() if k in ("Image", "Environment")},
+                            **{k: v for k, v in container.items() if k == "Environment"},
+                            "Image": pinned(container, "Image", "ImageDigest"),
                             "ModelDataUrl": artifacts,
                         },
                         "ExecutionRoleArn": algorithm.request["ValidationSpecification"][

@@ -16,7 +16,8 @@ import logging
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,7 +30,8 @@ from openmaker.api import cloudwatch_metrics, iam, query, sagemaker_metrics, sts
 from openmaker.api.cloudwatch_metrics import CloudWatchMetrics
 from openmaker.api.console.routes import console_routes
 from openmaker.api.credentials import Credentials
-from openmaker.api.operations import Backend, Handler
+from openmaker.api.operations import Backend, Handler, QuickHandler
+from openmaker.api.rendered import RenderedAnswers
 from openmaker.api.runtime import runtime_routes
 from openmaker.api.sagemaker_metrics import SageMakerMetrics
 from openmaker.api.signed import signed_request
@@ -43,6 +45,9 @@ JSON_TYPE = "application/x-amz-json-1.1"
 # No SageMaker or Logs request openmaker serves comes near this; a bigger body is refused
 # without being read whole.
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# A request is read and checked on the event loop (for a quick answer) only up to this size:
+# a bigger one could hold the loop; it goes to a worker thread whole.
+QUICK_BODY_BYTES = 4096
 log = logging.getLogger("openmaker.api")
 
 
@@ -59,12 +64,20 @@ class Service:
     content_type: str = JSON_TYPE
     # Checks a request against the model (a service may word its problems its own way).
     validate: Callable[[str, dict[str, Any], str], None] = validate_input
+    # Operations that may be answered on the event loop, without a worker thread's hop.
+    quick: dict[str, QuickHandler] = field(default_factory=dict)
+    rendered: RenderedAnswers = field(default_factory=RenderedAnswers)
 
 
 def create_app(backend: Backend, credentials: Credentials) -> Starlette:
     settings = backend.jobs.settings
     services = {
-        "SageMaker": Service("sagemaker", "sagemaker", backend.handlers.of("sagemaker")),
+        "SageMaker": Service(
+            "sagemaker",
+            "sagemaker",
+            backend.handlers.of("sagemaker"),
+            quick=backend.handlers.quick_of("sagemaker"),
+        ),
         "Logs_20140328": Service("logs", "logs", backend.handlers.of("logs")),
         cloudwatch_metrics.TARGET_PREFIX: Service(
             cloudwatch_metrics.SERVICE,
@@ -165,7 +178,19 @@ async def _serve(
             raise UnknownOperation(
                 f"openmaker does not implement {service.name} operation {operation}"
             )
-        result = await run_in_threadpool(_call, service, operation, handler, body)
+        quick = service.quick.get(operation)
+        if quick is not None and len(body) <= QUICK_BODY_BYTES:
+            params = _params(service, operation, body)
+            if (answer := quick(params)) is not None:
+                content = service.rendered.body(answer, partial(_render, service, operation))
+                return Response(
+                    content,
+                    media_type=service.content_type,
+                    headers={"x-amzn-RequestId": request_id},
+                )
+            result = await run_in_threadpool(_answer, service, operation, handler, params)
+        else:
+            result = await run_in_threadpool(_call, service, operation, handler, body)
     except ServiceError as exc:
         return _error(exc, request_id)
     except Exception:
@@ -179,6 +204,11 @@ async def _serve(
 
 
 def _call(service: Service, operation: str, handler: Handler, body: bytes) -> dict[str, Any]:
+    return _answer(service, operation, handler, _params(service, operation, body))
+
+
+def _params(service: Service, operation: str, body: bytes) -> dict[str, Any]:
+    """The request's members, checked against the operation's input shape."""
     model = operation_model(operation, service.name)
     assert model.input_shape is not None  # every operation served takes a request
     params = from_wire(model.input_shape, parse_document(body))
@@ -186,10 +216,31 @@ def _call(service: Service, operation: str, handler: Handler, body: bytes) -> di
     if too_big:
         raise ValidationException(error_message(too_big))
     service.validate(operation, params, service.name)
+    return params
+
+
+def _answer(
+    service: Service, operation: str, handler: Handler, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The handler's answer, in its wire form."""
     # A busy or full database is a ThrottlingException or ServiceUnavailable by now
     # (openmaker/jobs/db.py).
-    result = handler(params)
+    return _wired(service, operation, handler(params))
+
+
+def _wired(service: Service, operation: str, result: dict[str, Any]) -> dict[str, Any]:
+    model = operation_model(operation, service.name)
     return to_wire(model.output_shape, result) if model.output_shape is not None else {}
+
+
+def _render(service: Service, operation: str, result: dict[str, Any]) -> bytes:
+    # As JSONResponse renders.
+    return json.dumps(
+        _wired(service, operation, result),
+        ensure_ascii=False,
+        allow_nan=False,
+        separators=(",", ":"),
+    ).encode("utf-8")
 
 
 async def _body(request: Request) -> bytes:
@@ -208,7 +259,6 @@ async def _body(request: Request) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
-
 
 
 def _error(exc: ServiceError, request_id: str) -> Response:

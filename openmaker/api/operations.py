@@ -35,6 +35,9 @@ from openmaker.training.service import TrainingJobs
 from openmaker.transform.service import TransformJobs
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# Answers on the server's event loop, without blocking it for long, or returns None to leave
+# the request to the operation's Handler (in a worker thread).
+QuickHandler = Callable[[dict[str, Any]], dict[str, Any] | None]
 SWEEP_SECONDS = 5.0
 
 
@@ -43,6 +46,7 @@ class Handlers:
 
     def __init__(self) -> None:
         self._services: dict[str, dict[str, Handler]] = {}
+        self._quick: dict[str, dict[str, QuickHandler]] = {}
 
     def register(self, service: str, operation: str, handler: Handler) -> None:
         operation_model(operation, service)  # one the model does not name is refused here
@@ -51,8 +55,17 @@ class Handlers:
             raise ValueError(f"{service} operation {operation} has a handler already")
         handlers[operation] = handler
 
+    def register_quick(self, service: str, operation: str, quick: QuickHandler) -> None:
+        """`quick` is tried first for `operation`, which must have its handler already."""
+        if operation not in self._services.get(service, {}):
+            raise ValueError(f"{service} operation {operation} has no handler to fall back on")
+        self._quick.setdefault(service, {})[operation] = quick
+
     def of(self, service: str) -> dict[str, Handler]:
         return dict(self._services.get(service, {}))
+
+    def quick_of(self, service: str) -> dict[str, QuickHandler]:
+        return dict(self._quick.get(service, {}))
 
 
 class Backend:
@@ -110,12 +123,17 @@ class TrainingJobHandlers:
             "Search": self.search,
         }.items():
             handlers.register("sagemaker", operation, handler)
+        # Clients poll Describe most of all; an ended job's answer is kept.
+        handlers.register_quick("sagemaker", "DescribeTrainingJob", self.describe_ended)
 
     def create(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.jobs.create(params)
 
     def describe(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.jobs.describe(params["TrainingJobName"])
+
+    def describe_ended(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        return self.jobs.describe_ended(params["TrainingJobName"])
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
         pages = paginator("ListTrainingJobs")

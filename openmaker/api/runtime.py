@@ -91,6 +91,7 @@ def runtime_routes(
 
     async def invoke_stream(request: Request) -> Response:
         request_id = str(uuid.uuid4())
+        received = time.perf_counter()
         try:
             name, body, headers = await _checked(request, credentials, region, account_id)
             if STREAM_ACCEPT in request.headers:
@@ -103,6 +104,7 @@ def runtime_routes(
                 headers,
                 request.headers.get(TARGET_VARIANT),
                 invoker.invocation_seconds,
+                received,
             )
         except InvocationError as exc:
             return error_response(exc.code, exc.status, exc.message, request_id, exc.extra)

@@ -51,7 +51,11 @@ def serve(
         app = create_app(backend, credentials)
         server = _Server(http_config(app, host, port))
         record = ServerRecord(
-            f"http://{host}:{port}", s3_url, os.getpid(), credentials.access_key_id
+            f"http://{host}:{port}",
+            s3_url,
+            os.getpid(),
+            credentials.access_key_id,
+            settings.gate_url,
         )
         try:
             with _orphan_key_sweeper(settings, backend.jobs.worker_lost):

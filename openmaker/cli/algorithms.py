@@ -1,24 +1,36 @@
-"""`openmaker algorithms list / describe` and `openmaker model-packages list / describe`:
-through the server when AWS_ENDPOINT_URL_SAGEMAKER names one (boto3's sagemaker client), else on
-this machine's own database."""
+"""`openmaker algorithms create / list / describe / delete`, `openmaker model-packages` the same,
+and `openmaker model-package-groups create / list / delete`: through the server when
+AWS_ENDPOINT_URL_SAGEMAKER names one (boto3's sagemaker client), else on this machine's own
+database. A create command takes the Create* request as a JSON file (`--request`, as
+`openmaker train` and `openmaker transform` do)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
+from openmaker.cli.kind_jobs import load_request
 from openmaker.cli.output import console, fail, json_default, when
 from openmaker.cli.sagemaker_calls import CallFailed, Handler, SageMakerCalls
 from openmaker.settings import SettingsError, load_settings
 
-algorithms_app = typer.Typer(no_args_is_help=True, help="Look at algorithms.")
-model_packages_app = typer.Typer(no_args_is_help=True, help="Look at model packages.")
+algorithms_app = typer.Typer(no_args_is_help=True, help="Create, look at, delete algorithms.")
+model_packages_app = typer.Typer(
+    no_args_is_help=True, help="Create, look at, delete model packages."
+)
+groups_app = typer.Typer(no_args_is_help=True, help="Create, list, delete model package groups.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="The Describe operation's shape.")]
+
+
+def request_option(operation: str) -> Any:
+    return typer.Option("--request", help=f"A {operation} request as JSON (a file).")
 
 
 class _Calls(SageMakerCalls):
@@ -33,11 +45,28 @@ class _Calls(SageMakerCalls):
         algorithms = Algorithms(Store.of(self.settings))
         packages = ModelPackages(Store.of(self.settings), algorithms)
         return {
+            "CreateAlgorithm": algorithms.create,
             "ListAlgorithms": algorithms.list,
             "DescribeAlgorithm": lambda p: algorithms.describe(p["AlgorithmName"]),
+            "DeleteAlgorithm": _deleting(algorithms.delete, "AlgorithmName"),
+            "CreateModelPackage": packages.create,
             "ListModelPackages": packages.list,
             "DescribeModelPackage": lambda p: packages.describe(p["ModelPackageName"]),
+            "DeleteModelPackage": _deleting(packages.delete, "ModelPackageName"),
+            "CreateModelPackageGroup": packages.create_group,
+            "ListModelPackageGroups": packages.list_groups,
+            "DeleteModelPackageGroup": _deleting(packages.delete_group, "ModelPackageGroupName"),
         }
+
+
+def _deleting(delete: Callable[[str], None], member: str) -> Handler:
+    """A Delete* handler: the resource named by `member` deleted, nothing answered."""
+
+    def handler(params: dict[str, Any]) -> dict[str, Any]:
+        delete(params[member])
+        return {}
+
+    return handler
 
 
 def _call(operation: str, **params: Any) -> dict[str, Any]:
@@ -63,6 +92,24 @@ def _print(found: dict[str, Any], as_json: bool, rows: list[tuple[str, Any]]) ->
         if value not in (None, ""):
             table.add_row(label, escape(str(value)))
     console.print(table)
+
+
+@algorithms_app.command("create")
+def create_algorithm(
+    request_file: Annotated[Path, request_option("CreateAlgorithm")],
+) -> None:
+    """Register an algorithm from a CreateAlgorithm request; its validation (if it has a
+    ValidationSpecification) runs on the server."""
+    request = load_request(request_file)
+    arn = _call("CreateAlgorithm", **request)["AlgorithmArn"]
+    console.print(f"Created algorithm [bold]{escape(request['AlgorithmName'])}[/bold] ({arn})")
+
+
+@algorithms_app.command("delete")
+def delete_algorithm(name: str) -> None:
+    """Delete an algorithm (jobs trained with it stay)."""
+    _call("DeleteAlgorithm", AlgorithmName=name)
+    console.print(f"Deleted {escape(name)}")
 
 
 @algorithms_app.command("list")
@@ -100,6 +147,23 @@ def describe_algorithm(name: str, as_json: JsonOption = False) -> None:
     _print(found, as_json, rows)
 
 
+@model_packages_app.command("create")
+def create_model_package(
+    request_file: Annotated[Path, request_option("CreateModelPackage")],
+) -> None:
+    """Make a model package (or a group's next version) from a CreateModelPackage request."""
+    request = load_request(request_file)
+    arn = _call("CreateModelPackage", **request)["ModelPackageArn"]
+    console.print(f"Created model package {escape(arn)}")
+
+
+@model_packages_app.command("delete")
+def delete_model_package(name: str) -> None:
+    """Delete a model package (a name, or a version's ARN); models made from it go on."""
+    _call("DeleteModelPackage", ModelPackageName=name)
+    console.print(f"Deleted {escape(name)}")
+
+
 @model_packages_app.command("list")
 def list_model_packages() -> None:
     """The model packages, newest first: name (and version), status, approval, created."""
@@ -130,3 +194,39 @@ def describe_model_package(name: str, as_json: JsonOption = False) -> None:
             ("Created", when(found["CreationTime"])),
         ],
     )
+
+
+@groups_app.command("create")
+def create_group(
+    name: Annotated[str | None, typer.Argument(help="ModelPackageGroupName.")] = None,
+    description: Annotated[str | None, typer.Option(help="Its description.")] = None,
+    request_file: Annotated[Path | None, request_option("CreateModelPackageGroup")] = None,
+) -> None:
+    """Make a model package group, by name or from a CreateModelPackageGroup request."""
+    if (name is None) == (request_file is None):
+        raise fail("give the group's name or --request FILE, one of them")
+    request = load_request(request_file) if request_file else {"ModelPackageGroupName": name}
+    if description is not None:
+        request["ModelPackageGroupDescription"] = description
+    arn = _call("CreateModelPackageGroup", **request)["ModelPackageGroupArn"]
+    console.print(f"Created model package group {escape(arn)}")
+
+
+@groups_app.command("list")
+def list_groups() -> None:
+    """The model package groups: name, description, created."""
+    table = Table("Name", "Description", "Created")
+    for g in _every("ListModelPackageGroups", "ModelPackageGroupSummaryList"):
+        table.add_row(
+            escape(g["ModelPackageGroupName"]),
+            escape(g.get("ModelPackageGroupDescription") or ""),
+            when(g["CreationTime"]),
+        )
+    console.print(table)
+
+
+@groups_app.command("delete")
+def delete_group(name: str) -> None:
+    """Delete a model package group (it must hold no versions)."""
+    _call("DeleteModelPackageGroup", ModelPackageGroupName=name)
+    console.print(f"Deleted {escape(name)}")

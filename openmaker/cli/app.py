@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from openmaker.cli.algorithms import algorithms_app, model_packages_app
+from openmaker.cli.algorithms import algorithms_app, groups_app, model_packages_app
 from openmaker.cli.endpoints import endpoints_app
 from openmaker.cli.images import images_app
 from openmaker.cli.output import console, errors, fail, json_default, when
@@ -58,6 +58,7 @@ app.add_typer(transform_app, name="transform")  # openmaker/cli/transform.py
 app.add_typer(process_app, name="process")  # openmaker/cli/process.py
 app.add_typer(algorithms_app, name="algorithms")  # openmaker/cli/algorithms.py
 app.add_typer(model_packages_app, name="model-packages")  # openmaker/cli/algorithms.py
+app.add_typer(groups_app, name="model-package-groups")  # openmaker/cli/algorithms.py
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -392,16 +393,13 @@ def env_command() -> None:
 def cluster_command() -> None:
     """The nodes of the Ray cluster at RAY_ADDRESS: what each offers, what is free, which
     hosts of which jobs run there."""
-    settings = _settings()
-    try:
-        from openmaker.training.ray_cluster import describe_bundle, nodes  # loads Ray
+    from openmaker.training.cluster_nodes import ClusterUnreachable, cluster_nodes_within
+    from openmaker.training.ray_cluster import describe_bundle
 
-        found = nodes(settings)
-    except ImportError:
-        raise fail("Ray is not installed here (pip install ray)") from None
-    except Exception as exc:  # Ray's own errors: no cluster there, a refused connection
-        where = settings.ray_address or "auto"
-        raise fail(f"cannot reach the Ray cluster at {where}: {exc}") from None
+    try:
+        found = cluster_nodes_within(_settings())
+    except ClusterUnreachable as exc:
+        raise fail(str(exc)) from None
     table = Table("Node", "Alive", "Offers", "Free", Column("Hosts", overflow="fold"))
     for node in found:
         table.add_row(

@@ -103,6 +103,9 @@ class JobNetwork:
     # The range the node takes its bridge's /24 from (the server's OPENMAKER_NETWORK_RANGE).
     overlay_range: str | None = None
     outside: str | None = None
+    # Every node's address in the cluster's node table when the host started: out of the
+    # code's reach (their Ray services), but for the store's endpoint (overlay.py).
+    overlay_cluster: list[str] = field(default_factory=list)
 
     @property
     def note(self) -> str:

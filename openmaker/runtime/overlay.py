@@ -15,8 +15,15 @@ share, so each host gets two interfaces in its namespace:
 Two jobs sharing a node never meet: each job's segment has its own VNI (from its name), and a
 device takes only frames of its VNI. Host i of a job listens on UDP `OVERLAY_PORT + i` of its
 node (distinct ports let the hosts of one job share a kernel, as the test cluster's nodes do;
-the nodes' firewalls must let this range through between them). VXLAN is neither encrypted nor
-authenticated: the network between the nodes must be trusted, as Ray's own is.
+the nodes' firewalls must let this range through between them). Each host's node keeps a table
+of the host's own (`inet omvx<id>`, made and removed with its bridge) that drops the frames of
+its VNI at its port from any address but its job's other nodes: no other machine, and no node
+of another job only, puts a frame on the segment. VXLAN is neither encrypted nor authenticated:
+an address can still be forged on the nodes' network, which must be trusted as Ray's own is.
+
+The code on a node reaches the internet and the store, never the cluster's own services: the
+host's bridge drops what it sends to any node's address of the cluster (Ray's node table when
+the host starts), but the store's endpoint.
 
 The kernel's "local bypass" (a VXLAN destination on this machine is handed over without
 encapsulation) is switched off: iproute2 6.1 cannot, so the device is made over rtnetlink here.
@@ -24,12 +31,15 @@ encapsulation) is switched off: iproute2 6.1 cannot, so the device is made over 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 from openmaker.runtime import network
 from openmaker.runtime.network import PREFIX, JobNetwork, NetworkError
@@ -41,6 +51,8 @@ OVERLAY_DEVICE = "eth1"
 OVERLAY_MTU = 1450
 MAX_HOSTS = 253
 _NODE_MARK = "openmaker-node"
+# A host's table on its node: who may send to its end of the segment (see above).
+GUARD_PREFIX = "omvx"
 
 
 def overlay(
@@ -70,8 +82,6 @@ def node_network(
     # this host is the only one of the job's of this name now.
     remove_node_network(home, job_name, host)
     bridge, alias = _node_bridge(home, job_name, host)
-    last = given.overlay_port + MAX_HOSTS - 1
-    no_overlay = f'    iifname "{bridge}" udp dport {given.overlay_port}-{last} drop\n'
     made = network._create(
         bridge,
         alias,
@@ -80,10 +90,15 @@ def node_network(
         code_env,
         given.resolv_conf,
         avoid=_overlay_subnet(given.overlay_range),
-        extra_forward=no_overlay,
+        extra_forward=_bridge_rules(bridge, given, code_env),
     )
     if made.bridge is None:
         raise NetworkError(f"the network of host {host} could not be made: {made.reason}")
+    try:
+        network._nft(_guard_rules(_guard_table(home, job_name, host), given, host))
+    except NetworkError as exc:
+        remove_node_network(home, job_name, host)
+        raise NetworkError(f"the network of host {host} could not be made: {exc}") from None
     return dataclasses.replace(
         given,
         bridge=made.bridge,
@@ -99,6 +114,61 @@ def remove_node_network(home: Path, job_name: str, host: str) -> None:
     if (Path("/sys/class/net") / bridge).exists():
         with network._lock():
             network._remove(bridge)
+    with contextlib.suppress(NetworkError):  # none where the bridge could not be made
+        network._nft(f"delete table inet {_guard_table(home, job_name, host)}\n")
+
+
+def _bridge_rules(bridge: str, given: JobNetwork, code_env: Mapping[str, str]) -> str:
+    """The host's bridge's forward rules beyond a local job's: nothing into an overlay, nothing
+    to the cluster's nodes but the store's endpoint."""
+    last = given.overlay_port + MAX_HOSTS - 1
+    rules = f'    iifname "{bridge}" udp dport {given.overlay_port}-{last} drop\n'
+    if given.overlay_cluster:
+        nodes = set(given.overlay_cluster)
+        for address, port in _endpoints(code_env):
+            if address in nodes:
+                rules += f'    iifname "{bridge}" ip daddr {address} tcp dport {port} accept\n'
+        rules += f'    iifname "{bridge}" ip daddr {{ {", ".join(sorted(nodes))} }} drop\n'
+    return rules
+
+
+def _endpoints(code_env: Mapping[str, str]) -> list[tuple[str, int]]:
+    """The (address, port) of each endpoint openmaker gives the code."""
+    found = []
+    for name in network.ENDPOINT_VARIABLES:
+        if not (url := code_env.get(name)):
+            continue
+        parsed = urlparse(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        with contextlib.suppress(OSError):
+            found.append((socket.gethostbyname(parsed.hostname or ""), port))
+    return found
+
+
+def _guard_table(home: Path, job_name: str, host: str) -> str:
+    return GUARD_PREFIX + network.job_id(home, f"{job_name}\0{host}")
+
+
+def _guard_rules(table: str, given: JobNetwork, host: str) -> str:
+    """The host's end of the segment takes frames of its VNI from its job's other nodes
+    alone. (Frames of another VNI are another device's, or nobody's: the kernel drops them.)"""
+    assert given.overlay_vni is not None
+    index = list(given.addresses).index(host)
+    mine = given.overlay_nodes[index]
+    peers = sorted({n for i, n in enumerate(given.overlay_nodes) if i != index} - {mine})
+    # The VNI: bits 32-55 of the VXLAN header, after UDP's 8 bytes.
+    frame = f"udp dport {given.overlay_port + index} @th,96,24 {given.overlay_vni}"
+    senders = f" ip saddr != {{ {', '.join(peers)} }}" if peers else ""
+    return (
+        # nft 1.0.6 has no `destroy`: made if missing, so that it can be deleted and remade.
+        f"add table inet {table}\ndelete table inet {table}\n"
+        f"table inet {table} {{\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy accept;\n"
+        f"    {frame}{senders} drop\n"
+        "  }\n"
+        "}\n"
+    )
 
 
 def node_networks(home: Path) -> list[tuple[str, str]]:

@@ -59,6 +59,11 @@ def waiting(queue: Path) -> list[Path]:
     return [queue / n for n in sorted(names) if not n.startswith(".")]
 
 
+def queued_at(entry: Path) -> float:
+    """When the request was put in (seconds since the epoch), from its name."""
+    return int(entry.name[:20]) / 1e9
+
+
 def read(entry: Path) -> AsyncRequest:
     return AsyncRequest(**json.loads(entry.read_text()))
 

@@ -6,7 +6,8 @@ requests in hand. For each: a request older than its RequestTTLSeconds fails; th
 is read from S3 (missing, or over MAX_INPUT_BYTES: a failure); the container's 2xx answer
 (at most MAX_OUTPUT_BYTES, within InvocationTimeoutSeconds) is written to the output location,
 anything else to the failure location. With a NotificationConfig, the notification SageMaker
-would publish to SNS is written to the endpoint's log group, stream NOTIFICATIONS.
+would publish to SNS is written to the endpoint's log group, stream NOTIFICATIONS. Each
+request's outcome and the queue's state go to the endpoint's metrics (serving/async_metrics.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import obstore
+from sqlalchemy.orm import Session, sessionmaker
 
-from openmaker.serving import async_config, async_queue
+from openmaker.serving import async_config, async_metrics, async_queue
+from openmaker.serving.async_metrics import Handled
 from openmaker.serving.async_queue import AsyncRequest
 from openmaker.serving.instance import Instance
 from openmaker.serving.logs import EndpointLogs
+from openmaker.serving.metrics import InvocationMetrics
 from openmaker.settings import Settings
 from openmaker.store.location import resolve
 
@@ -59,9 +63,12 @@ class AsyncRunner:
         config: dict[str, Any],
         instances: Callable[[], list[Instance]],
         logs: EndpointLogs,
+        writers: sessionmaker[Session],
     ) -> None:
         self.settings, self.endpoint, self.config = settings, endpoint, config
         self.instances, self.logs = instances, logs
+        self.metrics = InvocationMetrics(writers)
+        self.backlog = async_metrics.BacklogSampler(self.metrics, endpoint)
         self.queue = async_queue.folder(settings, endpoint)
         self.limit = async_config.concurrency(config)
         self._busy: dict[str, int] = {}
@@ -78,10 +85,14 @@ class AsyncRunner:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        self.metrics.close()
 
     def _loop(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
-            for entry in async_queue.waiting(self.queue):
+            waiting = async_queue.waiting(self.queue)
+            capacity = sum(1 for i in self.instances() if _takes(i))
+            self.backlog.sample(waiting, capacity, time.time(), time.monotonic())
+            for entry in waiting:
                 with self._lock:
                     if entry in self._taken:
                         continue
@@ -96,8 +107,7 @@ class AsyncRunner:
     def _free(self) -> Instance | None:
         found = []
         for instance in self.instances():
-            container = instance.container
-            if container is None or container.poll() is not None or not instance.address:
+            if not _takes(instance):
                 continue
             busy = self._busy.get(instance.plan.id, 0)
             if busy < self.limit:
@@ -108,14 +118,19 @@ class AsyncRunner:
         try:
             request = async_queue.read(entry)
             received = datetime.now(UTC)
+            handled = Handled(instance.plan.variant, request.queued_at, time.time())
             spool = self.queue / f".{entry.stem}"
             try:
-                outcome = self._invoke(request, instance, spool)
+                outcome = self._invoke(request, instance, spool, handled)
             except Refused as exc:
                 outcome = Outcome(False, "text/plain", str(exc))
             finally:
                 Path(f"{spool}.in").unlink(missing_ok=True)
-            self._answer(request, outcome, Path(f"{spool}.out"), received)
+            handled.ok = outcome.ok
+            try:
+                self._answer(request, outcome, Path(f"{spool}.out"), received, handled)
+            finally:
+                async_metrics.record(self.metrics, self.endpoint, handled, time.time())
             Path(f"{spool}.out").unlink(missing_ok=True)
             async_queue.answered(entry)
         except Exception as exc:  # one request's trouble must not stop the others
@@ -126,15 +141,24 @@ class AsyncRunner:
                 self._taken.discard(entry)
                 self._busy[instance.plan.id] -= 1
 
-    def _invoke(self, request: AsyncRequest, instance: Instance, spool: Path) -> Outcome:
+    def _invoke(
+        self, request: AsyncRequest, instance: Instance, spool: Path, handled: Handled
+    ) -> Outcome:
         waited = time.time() - request.queued_at
         if waited > request.ttl_seconds:
+            handled.expired = True
             raise Refused(
                 f"The request expired: it waited {waited:.0f} s in the queue, longer than its "
                 f"RequestTTLSeconds ({request.ttl_seconds})."
             )
         source = Path(f"{spool}.in")
-        size = self._fetch(request.input_location, source)
+        fetching = time.perf_counter()
+        try:
+            size = self._fetch(request.input_location, source)
+        except Refused:
+            handled.download_failed = True
+            raise
+        handled.download_seconds = time.perf_counter() - fetching
         host, _, port = instance.address.rpartition(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=request.timeout_seconds)
         headers = {"Content-Length": str(size)}
@@ -147,6 +171,8 @@ class AsyncRunner:
             if value is not None:
                 headers[name] = value
         deadline = time.monotonic() + request.timeout_seconds
+        handled.sent = True
+        sent = time.perf_counter()
         try:
             with open(source, "rb") as body:
                 connection.request("POST", "/invocations", body=body, headers=headers)
@@ -154,6 +180,7 @@ class AsyncRunner:
                 content_type = response.getheader("Content-Type") or "application/octet-stream"
                 status = response.status
                 written = self._save(response, Path(f"{spool}.out"), deadline)
+            handled.status, handled.model_seconds = status, time.perf_counter() - sent
         except TimeoutError:
             raise Refused(
                 f"The model container did not answer within the request's "
@@ -208,15 +235,27 @@ class AsyncRunner:
         return written
 
     def _answer(
-        self, request: AsyncRequest, outcome: Outcome, output: Path, received: datetime
+        self,
+        request: AsyncRequest,
+        outcome: Outcome,
+        output: Path,
+        received: datetime,
+        handled: Handled,
     ) -> None:
+        uploading = time.perf_counter()
+        try:
+            if outcome.ok:
+                location = resolve(request.output_location, self.settings.store)
+                obstore.put(location.store, location.key, output)
+            elif request.failure_location is not None:
+                location = resolve(request.failure_location, self.settings.store)
+                body = outcome.message.encode()
+                obstore.put(location.store, location.key, body)
+        except Exception:
+            handled.upload_failed, handled.ok = True, False
+            raise
         if outcome.ok:
-            location = resolve(request.output_location, self.settings.store)
-            obstore.put(location.store, location.key, output)
-        elif request.failure_location is not None:
-            location = resolve(request.failure_location, self.settings.store)
-            body = outcome.message.encode()
-            obstore.put(location.store, location.key, body)
+            handled.upload_seconds = time.perf_counter() - uploading
         self._notify(request, outcome, received)
 
     def _notify(self, request: AsyncRequest, outcome: Outcome, received: datetime) -> None:
@@ -249,6 +288,12 @@ class AsyncRunner:
         self.logs.note(NOTIFICATIONS, json.dumps(event, separators=(",", ":")))
 
 
+def _takes(instance: Instance) -> bool:
+    """Whether the instance can take requests: its container runs, at a known address."""
+    container = instance.container
+    return container is not None and container.poll() is None and bool(instance.address)
+
+
 def _iso(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
 
@@ -259,12 +304,13 @@ def start(
     config: dict[str, Any],
     instances: Callable[[], list[Instance]],
     logs: EndpointLogs,
+    writers: sessionmaker[Session],
 ) -> AsyncRunner | None:
     """The hook the endpoint's worker calls once InService: the runner of its asynchronous
     invocations, when its config asks for them."""
     async_settings = config.get("AsyncInferenceConfig")
     if async_settings is None:
         return None
-    runner = AsyncRunner(settings, endpoint, async_settings, instances, logs)
+    runner = AsyncRunner(settings, endpoint, async_settings, instances, logs, writers)
     runner.start()
     return runner

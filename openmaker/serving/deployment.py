@@ -15,8 +15,8 @@ between steps, the wait before the old fleet is stopped, and the time the whole 
   of its instances) new instances started, healthy, put in the route, then as many old ones
   retired, and so on, `WaitIntervalInSeconds` between batches. A batch that fails (or a
   deployment past `MaximumExecutionTimeoutInSeconds`) rolls back: the old configuration's
-  instances retired so far start again (all at once: `RollbackMaximumBatchSize` is not
-  followed), the new ones go.
+  instances retired so far start again, `RollbackMaximumBatchSize` at a time (all at once
+  without it), each batch healthy before as many new instances go.
 - Refused: `AutoRollbackConfiguration.Alarms` (openmaker has no CloudWatch alarms to watch).
 The whole new fleet is started and healthy before any traffic moves (SageMaker starts the
 canary's instances first).
@@ -44,6 +44,8 @@ class Deployment:
     timeout_seconds: float | None  # for the whole update, from the request
     # A rolling update's: instances replaced at a time (None: blue/green).
     batch: int | None = None
+    # A rolling update's rollback: old instances started again at a time (None: all at once).
+    rollback_batch: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +60,7 @@ class Deployment:
             float(data["termination_wait_seconds"]),
             data.get("timeout_seconds"),
             data.get("batch"),
+            data.get("rollback_batch"),
         )
 
 
@@ -140,6 +143,14 @@ def _rolling(config: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -
             f"({count})"
         )
     batch = max(1, math.floor(share * count))
+    rollback = None
+    if policy.get("RollbackMaximumBatchSize") is not None:
+        back = _share(policy, "RollbackMaximumBatchSize", count, ROLLING)
+        if back <= 0:
+            raise ValidationException(
+                f"{ROLLING}.RollbackMaximumBatchSize: a batch must be at least one instance"
+            )
+        rollback = max(1, min(math.floor(back * count), count))
     wait = float(policy["WaitIntervalInSeconds"])
     timeout = policy.get("MaximumExecutionTimeoutInSeconds")
     waiting = wait * math.ceil(count / batch)
@@ -148,7 +159,8 @@ def _rolling(config: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -
             f"{ROLLING}.MaximumExecutionTimeoutInSeconds: {timeout} must be larger than the "
             f"deployment's waits ({waiting:g} seconds)"
         )
-    return Deployment((1.0,), wait, 0.0, None if timeout is None else float(timeout), batch)
+    timeout_seconds = None if timeout is None else float(timeout)
+    return Deployment((1.0,), wait, 0.0, timeout_seconds, batch, rollback)
 
 
 def _share(policy: dict[str, Any], member: str, count: int, prefix: str) -> float:

@@ -35,6 +35,7 @@ from openmaker.serving import limits, multi_model
 from openmaker.serving.framework import standin
 from openmaker.serving.image import PROGRAM_MOUNT, SERVE, ServingImage, pull, resolve
 from openmaker.serving.model_data import ModelDataError, fetch
+from openmaker.serving.output_tail import OutputTail
 from openmaker.serving.pipeline import ContainerGroup, Member, members
 from openmaker.serving.placement import Share
 from openmaker.settings import Settings
@@ -100,6 +101,7 @@ class Instance:
         self.multi_model = multi_model.is_multi_model(plan.container)
         self.cgroups: list[tuple[str, ...]] = []  # its containers' (released when they stop)
         self.volume: volume.Volume | None = None
+        self.tail = OutputTail()  # its containers' last lines, since they last started
 
     def _parts(self) -> list[_Part]:
         plan = self.plan
@@ -149,6 +151,7 @@ class Instance:
         self.namespace = enter_host(network, plan.id, plan.index)
         self.address = f"{network.addresses[plan.id]}:{PORT}"
         self.ready = False
+        self.tail = OutputTail()
         parts = self._parts()
         started: list[Container] = []
         for part in parts:
@@ -162,7 +165,7 @@ class Instance:
             lines = on_lines
             if part.name and receiver is not None:
                 lines = receiver(f"{plan.stream}/{part.name}")
-            container.start(lines)
+            container.start(self.tail.wrap(lines))
             started.append(container)
         self.container = started[0] if len(started) == 1 else ContainerGroup(started)
 
@@ -255,7 +258,7 @@ class Instance:
         while not stop.is_set():
             code = self.container.poll()
             if code is not None:
-                return f"its container exited with status {code} before it answered /ping"
+                return self.exit_reason(code)
             if self.healthy():
                 self.ready = True
                 return None
@@ -266,6 +269,15 @@ class Instance:
                 )
             stop.wait(0.2)
         return "the endpoint was deleted while it started"
+
+    def exit_reason(self, code: int) -> str:
+        """Why it will never answer /ping, its container having ended with `code`: with the
+        last line it wrote."""
+        if isinstance(self.container, Container):
+            self.container.wait(0)  # ended: its output is read to the last line
+        reason = f"its container exited with status {code} before it answered /ping"
+        said = self.tail.last()
+        return f'{reason}; its last output: "{said}"' if said else reason
 
     def stop(self, grace: float) -> None:
         self.ready = False

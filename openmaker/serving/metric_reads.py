@@ -52,7 +52,7 @@ class StatisticSet:
 class EndpointSeries:
     name: str
     endpoint: str
-    variant: str
+    variant: str  # "": a series of the endpoint's own (dimension EndpointName only)
 
     @property
     def unit(self) -> str:
@@ -62,20 +62,23 @@ class EndpointSeries:
     def value(self) -> str:  # what series are sorted by
         return f"{self.endpoint}/{self.variant}"
 
+    def dimensions(self) -> dict[str, str]:
+        found = {ENDPOINT_DIMENSION: self.endpoint}
+        if self.variant:
+            found[VARIANT_DIMENSION] = self.variant
+        return found
+
     def listing(self) -> dict[str, Any]:
         return {
             "Namespace": NAMESPACE,
             "MetricName": self.name,
-            "Dimensions": [
-                {"Name": ENDPOINT_DIMENSION, "Value": self.endpoint},
-                {"Name": VARIANT_DIMENSION, "Value": self.variant},
-            ],
+            "Dimensions": [{"Name": k, "Value": v} for k, v in self.dimensions().items()],
         }
 
     def passes(self, filters: Sequence[dict[str, str]]) -> bool:
         """ListMetrics' dimension filters: each names a dimension it has (and its value, where
         one is given)."""
-        values = {ENDPOINT_DIMENSION: self.endpoint, VARIANT_DIMENSION: self.variant}
+        values = self.dimensions()
         return all(
             f["Name"] in values and f.get("Value", values[f["Name"]]) == values[f["Name"]]
             for f in filters
@@ -84,9 +87,14 @@ class EndpointSeries:
 
 def endpoint_series_of(name: str, dimensions: Sequence[dict[str, str]]) -> EndpointSeries | None:
     """The series `AWS/SageMaker` + `name` + `dimensions` names; None where none is ever
-    published (both dimensions, exactly, as SageMaker publishes them)."""
+    published (the dimensions exactly as SageMaker publishes them: both, or an endpoint's own
+    series' EndpointName alone)."""
     given = {d.get("Name"): d.get("Value", "") for d in dimensions}
-    if len(dimensions) != 2 or set(given) != {ENDPOINT_DIMENSION, VARIANT_DIMENSION}:
+    if len(given) != len(dimensions) or ENDPOINT_DIMENSION not in given:
+        return None
+    if set(given) == {ENDPOINT_DIMENSION}:
+        return EndpointSeries(name, given[ENDPOINT_DIMENSION], "")
+    if set(given) != {ENDPOINT_DIMENSION, VARIANT_DIMENSION} or not given[VARIANT_DIMENSION]:
         return None
     return EndpointSeries(name, given[ENDPOINT_DIMENSION], given[VARIANT_DIMENSION])
 

@@ -7,7 +7,11 @@ Each invocation a variant's container was sent adds to:
   5xx, did not answer at all; else 0);
 - `ModelLatency` (the container's part) and `OverheadLatency` (the rest, from the request's
   arrival to its answer), in microseconds, for those the container answered.
-A serverless variant's cold start adds `ModelSetupTime` (microseconds) once.
+A serverless variant's cold start adds `ModelSetupTime` (microseconds) once. A streamed
+invocation counts as one of these once its stream ends. Asynchronous endpoints publish
+SageMaker's other list instead (serving/async_metrics.py): no Invocations,
+InvocationsPerInstance nor OverheadLatency, and a few series with the `EndpointName`
+dimension only (kept here with the variant "").
 
 The proxy only adds to sums in memory (a lock and a few additions); a thread writes what was
 added as one statistic set per series every FLUSH_SECONDS, all in one transaction, and what is
@@ -40,13 +44,53 @@ MODEL_LATENCY = "ModelLatency"
 OVERHEAD_LATENCY = "OverheadLatency"
 # A serverless variant's cold start: from an invocation finding no instance to one answering.
 MODEL_SETUP_TIME = "ModelSetupTime"
-LATENCIES = (MODEL_LATENCY, OVERHEAD_LATENCY, MODEL_SETUP_TIME)
-METRICS = (INVOCATIONS, PER_INSTANCE, ERRORS_4XX, ERRORS_5XX, *LATENCIES)
+# Asynchronous endpoints': per endpoint (variant ""), then per variant.
+BACKLOG = "ApproximateBacklogSize"
+BACKLOG_PER_INSTANCE = "ApproximateBacklogSizePerInstance"
+OLDEST_AGE = "ApproximateAgeOfOldestRequest"
+BACKLOG_WITHOUT_CAPACITY = "HasBacklogWithoutCapacity"
+PROCESSED = "InvocationsProcessed"
+FAILURES = "InvocationFailures"
+EXPIRED = "ExpiredRequests"
+DOWNLOAD_FAILURES = "RequestDownloadFailures"
+UPLOAD_FAILURES = "ResponseUploadFailures"
+DOWNLOAD_LATENCY = "RequestDownloadLatency"
+UPLOAD_LATENCY = "ResponseUploadLatency"
+TIME_IN_BACKLOG = "TimeInBacklog"
+TOTAL_PROCESSING_TIME = "TotalProcessingTime"
+# The units SageMaker documents; any other metric's is "None".
+UNITS = {
+    **dict.fromkeys(
+        (
+            MODEL_LATENCY,
+            OVERHEAD_LATENCY,
+            MODEL_SETUP_TIME,
+            DOWNLOAD_LATENCY,
+            UPLOAD_LATENCY,
+            TIME_IN_BACKLOG,
+        ),
+        "Microseconds",
+    ),
+    TOTAL_PROCESSING_TIME: "Milliseconds",
+    OLDEST_AGE: "Seconds",
+    **dict.fromkeys(
+        (
+            BACKLOG,
+            BACKLOG_PER_INSTANCE,
+            PROCESSED,
+            FAILURES,
+            EXPIRED,
+            DOWNLOAD_FAILURES,
+            UPLOAD_FAILURES,
+        ),
+        "Count",
+    ),
+}
 FLUSH_SECONDS = 1.0
 
 
 def unit_of(name: str) -> str:
-    return "Microseconds" if name in LATENCIES else "None"
+    return UNITS.get(name, "None")
 
 
 @dataclass
@@ -97,13 +141,14 @@ class InvocationMetrics:
         if model_seconds is not None:
             values.append((MODEL_LATENCY, round(model_seconds * 1e6)))
             values.append((OVERHEAD_LATENCY, round(max(total_seconds - model_seconds, 0) * 1e6)))
-        self._add(endpoint, variant, values)
+        self.add(endpoint, variant, values)
 
     def setup(self, endpoint: str, variant: str, seconds: float) -> None:
         """A serverless variant's instance started for an invocation that waited `seconds`."""
-        self._add(endpoint, variant, [(MODEL_SETUP_TIME, round(seconds * 1e6))])
+        self.add(endpoint, variant, [(MODEL_SETUP_TIME, round(seconds * 1e6))])
 
-    def _add(self, endpoint: str, variant: str, values: list[tuple[str, float]]) -> None:
+    def add(self, endpoint: str, variant: str, values: list[tuple[str, float]]) -> None:
+        """Values of the variant's series (variant "": of the endpoint's), each a sample."""
         with self._lock:
             if not self._sums:  # the first since the last write: its period starts now
                 self._since = _now_ms()

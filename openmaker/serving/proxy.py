@@ -120,10 +120,10 @@ class Invoker:
         try:
             answer = self._dispatch(name, chosen, address, stream, body, headers)
         except InvocationError as exc:
-            self._measured(name, variant, exc.container_status, exc.model_seconds, received)
+            self.measure(name, variant, exc.container_status, exc.model_seconds, received)
             raise
         self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
-        self._measured(name, variant, 200, answer.model_seconds, received)
+        self.measure(name, variant, 200, answer.model_seconds, received)
         return answer
 
     @contextlib.contextmanager
@@ -220,7 +220,7 @@ class Invoker:
                 time.perf_counter() - started,
             )
         except InvocationError as exc:
-            self._measured(name, variant, exc.container_status, exc.model_seconds, received)
+            self.measure(name, variant, exc.container_status, exc.model_seconds, received)
             raise
         if self.capture.known(name):
             self.capture.record(name, variant, body, headers, answer.body, answer.content_type)
@@ -234,7 +234,7 @@ class Invoker:
                 answer.body,
                 answer.content_type,
             )
-        self._measured(name, variant, 200, answer.model_seconds, received)
+        self.measure(name, variant, 200, answer.model_seconds, received)
         return answer
 
     def _single(self, name: str, variant: Variant, headers: dict[str, str]) -> bool:
@@ -251,7 +251,7 @@ class Invoker:
         known = self._routes.get(name)
         return known is not None and time.monotonic() - known[0] < ROUTE_SECONDS
 
-    def _measured(
+    def measure(
         self,
         name: str,
         variant: str,
@@ -259,6 +259,8 @@ class Invoker:
         model_seconds: float | None,
         received: float,
     ) -> None:
+        """One invocation sent to the variant, for its metrics (InvocationMetrics.record);
+        `received`: when it arrived (time.perf_counter)."""
         route = self._routes.get(name)
         found = route[1] if route is not None else None
         instances = next(
@@ -267,10 +269,15 @@ class Invoker:
         total = time.perf_counter() - received
         self.metrics.record(name, variant, instances, status, model_seconds, total)
 
-    def pick(self, name: str, target_variant: str | None) -> tuple[str, str, str]:
-        """An instance to take an invocation of `name`: its address, log stream, variant."""
+    def pick(
+        self, name: str, target_variant: str | None, held: contextlib.ExitStack
+    ) -> tuple[str, str, str]:
+        """An instance to take an invocation of `name`: its address, log stream, variant. A
+        serverless variant's invocation is counted against its MaxConcurrency until `held`
+        is closed."""
         variant, address, stream = self._choose(name, target_variant)
         if variant.serverless is not None:
+            held.enter_context(self._serverless_held(name, variant))
             variant, address, stream = self._warm(name, variant, address, stream)
         return address, stream, variant.name
 

@@ -113,7 +113,7 @@ class EndpointWorker:
             if not self.stop.is_set():
                 self._record(status.IN_SERVICE)
                 self.async_runner = async_runner.start(
-                    self.settings, self.name, row.config, lambda: self.live, self.logs
+                    self.settings, self.name, row.config, lambda: self.live, self.logs, self.writers
                 )
                 every = self.settings.health_check_seconds
                 self.health = health.HealthWatch(every, lambda: self.live).start()
@@ -410,14 +410,14 @@ class EndpointWorker:
             if fleet and not self._bake(plan.wait_seconds, deadline):
                 if self.stop.is_set():
                     return None
-                self._roll_back(row, old, fleet, retired, _timed_out(plan))
+                self._roll_back(row, old, fleet, retired, _timed_out(plan), plan)
                 return None
             size = min(plan.batch, total - len(fleet))
             try:
                 batch = self._fleet(asked["config"], asked["models"], {name: size})
                 self._launch(batch)
             except EndpointFailed as exc:
-                self._roll_back(row, old, fleet, retired, str(exc))
+                self._roll_back(row, old, fleet, retired, str(exc), plan)
                 return None
             if self.stop.is_set():
                 return None
@@ -435,22 +435,33 @@ class EndpointWorker:
         new: list[Instance],
         retired: int,
         reason: str,
+        plan: Deployment,
     ) -> None:
-        """A rolling update that failed: the new instances go, and the old configuration's
-        retired ones start again."""
+        """A rolling update that failed: the old configuration's retired instances start
+        again, `RollbackMaximumBatchSize` at a time (all at once without one), each batch
+        taking the place of as many new instances, which serve until then; the rest go."""
         failed, self.starting = self.starting, []
         self._stop([i for i in failed if i not in new])
+        (variant,) = row.config["ProductionVariants"]
+        kept, left = list(new), retired
+        while left > 0 and not self.stop.is_set():
+            size = min(plan.rollback_batch or left, left)
+            try:
+                again = self._fleet(row.config, row.models, {variant["VariantName"]: size})
+                self._launch(again)
+            except EndpointFailed as exc:
+                reason += f"; {left} old instances could not start again: {exc}"
+                break
+            if self.stop.is_set():
+                return
+            old = old + again
+            leaving, kept = kept[:size], kept[size:]
+            self._shift(old, kept, len(kept) / (len(kept) + len(old)))
+            self._retire(leaving)
+            left -= size
         self.live, self.green = old, set()
         self._record(None, change=_no_shift)
-        self._retire(new)
-        if retired:
-            (variant,) = row.config["ProductionVariants"]
-            try:
-                again = self._fleet(row.config, row.models, {variant["VariantName"]: retired})
-                self._launch(again)
-                self.live, self.starting = self.live + again, []
-            except EndpointFailed as exc:
-                reason += f"; {retired} old instances could not start again: {exc}"
+        self._retire(kept)
         self._abandon(reason, "UpdateEndpoint")
 
     def _shift(self, old: list[Instance], new: list[Instance], share: float) -> None:
@@ -683,7 +694,7 @@ def _ping_once(instance: Instance) -> str | None:
     container = instance.container
     code = container.poll() if container is not None else -1
     if code is not None:
-        return f"its container exited with status {code} before it answered /ping"
+        return instance.exit_reason(code)
     if instance.healthy():
         instance.ready = True
     return None

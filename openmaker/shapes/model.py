@@ -7,14 +7,32 @@ brings the new limits with it.
 from __future__ import annotations
 
 import functools
+import gzip
+import json
+from typing import Any
 
-from botocore.loaders import Loader
+from botocore.loaders import JSONFileLoader, Loader
 from botocore.model import OperationModel, ServiceModel, Shape
+
+
+class _PlainJSONFiles(JSONFileLoader):
+    """botocore's model files read into plain dicts: botocore's own loader builds an
+    OrderedDict for every object, which takes about twice as long for SageMaker's 4 MB model
+    (a dict keeps its order too)."""
+
+    def load_file(self, file_path: str) -> Any:
+        for suffix, opener in ((".json", open), (".json.gz", gzip.open)):
+            try:
+                with opener(file_path + suffix, "rb") as file:
+                    return json.loads(file.read().decode("utf-8"))
+            except FileNotFoundError:
+                continue
+        return None
 
 
 @functools.cache
 def _loader() -> Loader:
-    return Loader()
+    return Loader(file_loader=_PlainJSONFiles())
 
 
 def service_model(name: str = "sagemaker") -> ServiceModel:

@@ -35,6 +35,13 @@ def relative_to_prefix(key: str, prefix: str) -> str:
 
 def safe_destination(root: Path, relative: str) -> Path:
     """`root / relative`, refusing anything that is absolute, empty or climbs out with `..`."""
+    joined = checked_relative(root, relative)
+    return root / joined if joined else root
+
+
+def checked_relative(root: Path, relative: str) -> str:
+    """`relative` as it lands below `root` (empty and `.` segments dropped), refused as
+    `safe_destination` refuses it; no Path made (a listing checks every object)."""
     # Plain string work: this runs for every object of a channel (a Path per segment cost more
     # than the rest of a local channel's setup).
     parts = [part for part in relative.split("/") if part not in ("", ".")]
@@ -44,7 +51,7 @@ def safe_destination(root: Path, relative: str) -> Path:
     encoded = os.fsencode(joined)
     # SageMaker downloads whatever S3 holds; a name Linux cannot hold must fail clearly, not as
     # an error in the middle of the download.
-    if any(len(part) > _NAME_MAX for part in encoded.split(b"/")):
+    if len(encoded) > _NAME_MAX and any(len(p) > _NAME_MAX for p in encoded.split(b"/")):
         raise UnsafeKeyError(
             f"object path {_shown(relative)} has a segment longer than {_NAME_MAX} bytes, "
             "which no file name can be"
@@ -54,7 +61,7 @@ def safe_destination(root: Path, relative: str) -> Path:
             f"object path {_shown(relative)} is too long for a file path "
             f"({_PATH_MAX} bytes at most)"
         )
-    return root / joined if joined else root
+    return joined
 
 
 def _shown(relative: str, limit: int = 100) -> str:

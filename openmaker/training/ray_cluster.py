@@ -113,6 +113,7 @@ def nodes_fitting(bundle: dict[str, float]) -> int:
 @dataclass(frozen=True)
 class Node:
     address: str
+    node_id: str
     alive: bool
     offers: dict[str, float]  # what it has in all
     free: dict[str, float]
@@ -131,6 +132,7 @@ def nodes(settings: Settings) -> list[Node]:
     return [
         Node(
             address=node["NodeManagerAddress"],
+            node_id=node["NodeID"],
             alive=bool(node["Alive"]),
             offers=_own(node["Resources"]),
             free=_own(free.get(node["NodeID"], {})),

@@ -244,20 +244,21 @@ def running_hosts() -> dict[str, list[str]]:
     in time (its node lost, not yet seen dead) runs none."""
     import ray
 
-    from openmaker.training.host.ray_actor import AGENT_PREFIX, NAMESPACE
+    from openmaker.training.host.ray_actor import AGENT_PREFIX, NAMESPACE, agent_node
 
     asked: dict[Any, str] = {}  # the question to each agent: its node
     for name in ray.util.list_named_actors():
         if name.startswith(AGENT_PREFIX):
             agent = ray.get_actor(name, namespace=NAMESPACE)
-            asked[agent.hosts.remote()] = name.removeprefix(AGENT_PREFIX)
+            asked[agent.hosts.remote()] = agent_node(name)
     running: dict[str, list[str]] = {}
     if not asked:
         return running
     done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=ASK_SECONDS)
     for ref in done:
         with contextlib.suppress(ray.exceptions.RayError):
-            running[asked[ref]] = ray.get(ref)
+            # A node may have an agent of other code too, until it retires (ray_actor.py).
+            running.setdefault(asked[ref], []).extend(ray.get(ref))
     return running
 
 

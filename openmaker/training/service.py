@@ -25,6 +25,7 @@ from openmaker.jobs.db import (
     sessions,
     writer_sessions,
 )
+from openmaker.jobs.ended import EndedDescriptions
 from openmaker.jobs.executor import Executor, executor_for, local_reference
 from openmaker.jobs.listing import search
 from openmaker.jobs.logs import LogRecord
@@ -59,6 +60,9 @@ class TrainingJobs:
         self.local = local or LocalPaths.anywhere()
         self.sessions = sessions(self.settings)
         self.writers = writer_sessions(self.settings)
+        self._described = EndedDescriptions(
+            self.settings.database_url, TrainingJob.__tablename__, frozenset(state.TERMINAL)
+        )
         self.executor = executor or executor_for(self.settings)
         # The executor keeps one warm worker for the next job: what may start a worker (a
         # create, a stop, a sweep) does so one at a time.
@@ -139,11 +143,18 @@ class TrainingJobs:
         result = describe(job)
         # Metric values are found by the job's MetricDefinitions alone: without any, there
         # are none to look up (a query that was half of a describe's time).
-        if job.request["AlgorithmSpecification"].get("MetricDefinitions") and (
-            metrics := self.final_metrics(name)
-        ):
-            result["FinalMetricDataList"] = metrics
+        if job.request["AlgorithmSpecification"].get("MetricDefinitions"):
+            if metrics := self.final_metrics(name):
+                result["FinalMetricDataList"] = metrics
+        else:
+            # Kept only without metrics: the recorder's last values may land after the end.
+            self._described.keep(name, job.status, job.last_modified_time, copy.deepcopy(result))
         return result
+
+    def describe_ended(self, name: str) -> dict[str, Any] | None:
+        """What `describe` answered for job `name` once it had ended, while its row still says
+        so; None: ask `describe`. Quick enough to run on a server's event loop."""
+        return self._described.get(name)
 
     def final_metrics(self, name: str) -> list[dict[str, Any]]:
         """The last value of each metric the job's MetricDefinitions found, by name."""

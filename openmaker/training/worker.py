@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
+from openmaker.connection import with_current_gate
 from openmaker.jobs import capacity, gate_keys
 from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
@@ -129,6 +130,7 @@ def run_job(
     worker: WorkerRef | None = None,
 ) -> None:
     job_name = request["TrainingJobName"]
+    settings = with_current_gate(settings)  # this attempt's hosts reach the store there
     warm(settings)
     # What an earlier attempt left (its worker killed) must not leak into this one.
     clear_job(settings, job_name)

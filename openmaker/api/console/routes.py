@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from openmaker.api.console import artifacts, pages
 from openmaker.api.console.auth import COOKIE, CSRF_HEADER, ConsoleAuth, Session, csrf_ok
+from openmaker.api.console.cluster_view import ClusterView
 from openmaker.api.console.endpoint_views import EndpointViews
 from openmaker.api.console.kind_views import KindViews, processing_kind, transform_kind
 from openmaker.api.console.views import ConsoleViews
@@ -40,6 +41,7 @@ View = Callable[[Request, Session], Awaitable[Response]]
 
 def console_routes(backend: Backend, credentials: Credentials, region: str) -> list[Route]:
     views = ConsoleViews(backend.jobs, backend.metrics)
+    cluster = ClusterView(backend.jobs.settings)
     endpoints = EndpointViews(
         backend.serving, backend.invoker, backend.logs, backend.endpoint_metrics
     )
@@ -212,6 +214,7 @@ def console_routes(backend: Backend, credentials: Credentials, region: str) -> l
         ),
         Route(f"{api}/jobs/{{name}}/artifacts/{{kind}}", guarded(artifact), methods=["GET"]),
         Route(f"{api}/machine", guarded(answering(lambda _r: views.machine())), methods=["GET"]),
+        Route(f"{api}/cluster", guarded(answering(lambda _r: cluster.read())), methods=["GET"]),
         Route(
             f"{api}/endpoints",
             guarded(answering(lambda r: endpoints.table(*_table_query(r)))),

@@ -125,6 +125,8 @@ class ConsoleViews:
                 row = self._row(summary)
                 (waiting if row["secondary"] in ("Pending", "Restarting") else running).append(row)
         return {
+            # Under "ray" the page also asks /cluster for the nodes (cluster_view.py).
+            "executor": self.jobs.settings.executor,
             "capacity": {
                 "policy": offered.policy,
                 "cpus": offered.slots,

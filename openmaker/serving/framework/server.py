@@ -12,6 +12,9 @@ start ends the process with the reason in the instance's log. Then:
   the default handlers cannot take is a 415; an exception of a handler a 500 carrying its
   message (the traceback goes to the log).
 - GET /execution-parameters: what a batch transform may send at once.
+With SAGEMAKER_MULTI_MODEL=true (a multi-model endpoint) no model is loaded at start: models
+come and go through the multi-model API (multi_model.py), each invoked at
+`POST /models/<name>/invoke`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from openmaker.serving.framework import codecs
+from openmaker.serving.framework import codecs, multi_model
 from openmaker.serving.framework.handlers import DEFAULT_PROGRAM, Handlers, load_module
 from openmaker.serving.framework.paths import FETCHED_CODE_DIR, MODEL_DIR
 
@@ -70,9 +73,11 @@ def install_requirements(folder: Path) -> None:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, handlers: Handlers, port: int) -> None:
+    def __init__(
+        self, handlers: Handlers | None, registry: multi_model.Registry | None, port: int
+    ) -> None:
         super().__init__(("0.0.0.0", port), Request)
-        self.handlers = handlers
+        self.handlers, self.registry = handlers, registry
         self.lock = threading.Lock()
 
 
@@ -81,17 +86,39 @@ class Request(BaseHTTPRequestHandler):
     server: Server
 
     def do_GET(self) -> None:
+        registry, model = self.server.registry, self._model()
         if self.path == "/ping":
             self._send(200, b"", "text/plain")
         elif self.path == "/execution-parameters":
             self._send(200, json.dumps(EXECUTION_PARAMETERS).encode(), codecs.JSON)
+        elif registry is not None and self.path == "/models":
+            self._reply(registry.listing())
+        elif registry is not None and model is not None and "/" not in model:
+            self._reply(registry.listing(model))
+        else:
+            self._send(404, b"Not Found\n", "text/plain")
+
+    def do_DELETE(self) -> None:
+        registry, model = self.server.registry, self._model()
+        if registry is not None and model is not None and "/" not in model:
+            self._reply(registry.unload(model))
         else:
             self._send(404, b"Not Found\n", "text/plain")
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        if self.path != "/invocations":
+        registry, model = self.server.registry, self._model()
+        handlers = self.server.handlers
+        if registry is not None and self.path == "/models":
+            self._reply(registry.load(body))
+            return
+        if registry is not None and model is not None and model.endswith("/invoke"):
+            handlers = registry.handlers(model.removesuffix("/invoke"))
+            if handlers is None:
+                self._send(404, b"Model not loaded\n", "text/plain")
+                return
+        elif self.path != "/invocations" or handlers is None:
             self._send(404, b"Not Found\n", "text/plain")
             return
         content_type = self.headers.get("Content-Type") or codecs.JSON
@@ -101,7 +128,7 @@ class Request(BaseHTTPRequestHandler):
             accept = os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or codecs.JSON
         try:
             with self.server.lock:
-                answer = self.server.handlers.answer(body, content_type, accept)
+                answer = handlers.answer(body, content_type, accept)
         except codecs.UnsupportedFormat as exc:
             self._send(415, f"{exc}\n".encode(), "text/plain")
         except Exception as exc:
@@ -109,6 +136,14 @@ class Request(BaseHTTPRequestHandler):
             self._send(500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain")
         else:
             self._send(200, answer.body, answer.content_type)
+
+    def _model(self) -> str | None:
+        """What follows `/models/` in the path (None: another path)."""
+        prefix = "/models/"
+        return self.path[len(prefix) :] if self.path.startswith(prefix) else None
+
+    def _reply(self, reply: multi_model.Reply) -> None:
+        self._send(reply.status, reply.body, reply.content_type)
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -122,22 +157,32 @@ class Request(BaseHTTPRequestHandler):
 
 
 def main(framework: str) -> int:
+    port = int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or PORT)
+    program = os.environ.get("SAGEMAKER_PROGRAM") or DEFAULT_PROGRAM
+    if os.environ.get(multi_model.ENABLED, "").lower() == "true":
+        print(f"{framework} multi-model server (openmaker's stand-in) on {port}", flush=True)
+        Server(None, multi_model.Registry(framework, program), port).serve_forever()
+        return 0
     folder = code_dir()
     try:
         install_requirements(folder)
-        module = load_module(folder, os.environ.get("SAGEMAKER_PROGRAM") or DEFAULT_PROGRAM)
+        module = load_module(folder, program)
         handlers = Handlers(framework, module)
         handlers.load(MODEL_DIR)
     except StartError as exc:
         print(f"The model server cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
-    except Exception:
+    except Exception as exc:
         traceback.print_exc()
-        print("The model server cannot start: loading the model failed", file=sys.stderr)
+        # The last line: what the endpoint's FailureReason shows (serving/output_tail.py).
+        print(
+            f"The model server cannot start: loading the model failed: "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return 1
-    port = int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or PORT)
     print(f"{framework} model server (openmaker's stand-in) listening on {port}", flush=True)
-    Server(handlers, port).serve_forever()
+    Server(handlers, None, port).serve_forever()
     return 0
 
 

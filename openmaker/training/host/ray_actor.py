@@ -7,6 +7,10 @@ needs it makes it, and every later job's hosts open a session (ray_session.py) i
 process. The job's placement group still reserves each host's share of its node; the agent itself
 reserves nothing.
 
+An agent keeps the code it loaded: its name carries a digest of openmaker's code
+(`openmaker:agent:<node>:<version>`), so that a server of other code makes agents of its own, and
+each new agent retires the agents it finds on its node of other code once they run no host.
+
 What a job gives its host (the spec: its store key, its network) lives in that host's session
 only and goes when the session closes. A session whose job's worker has ended without closing it
 (the worker killed) is stopped and closed by the agent, as Ray ends the actors of a driver gone.
@@ -16,12 +20,15 @@ Imported by Ray's worker processes on every node: it needs openmaker installed t
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import openmaker
 from openmaker.runtime.overlay import node_networks, remove_node_network
 from openmaker.store.location import forget_s3_clients
 from openmaker.training.host.events import Event
@@ -42,7 +49,23 @@ ASK_SECONDS = 10.0
 
 
 def agent_name(node_id: str) -> str:
-    return AGENT_PREFIX + node_id
+    return f"{AGENT_PREFIX}{node_id}:{code_version()}"
+
+
+def agent_node(name: str) -> str:
+    """The node id in an agent's name (of this version's or an earlier one's, which had none)."""
+    return name.removeprefix(AGENT_PREFIX).split(":")[0]
+
+
+@functools.cache
+def code_version() -> str:
+    """A digest of openmaker's code as this process has it (every module's text): an upgrade, or
+    an edited checkout, changes it."""
+    root = Path(openmaker.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class NodeAgent:
@@ -53,10 +76,14 @@ class NodeAgent:
         self._owners: dict[str, str] = {}  # key -> the Ray job id of the worker driving it
         self._swept = False
         threading.Thread(target=self._watch, name="orphans", daemon=True).start()
+        threading.Thread(target=self._retire_others, name="retire", daemon=True).start()
 
     def open(self, key: str, spec: dict[str, Any], owner: str) -> None:
         """A session for the host of `spec`, driven by the worker of Ray job `owner`."""
         plain = HostSpec.from_json(spec)
+        if plain.network is not None and plain.network.overlay_vni is not None:
+            # Out of its code's reach: every node of the cluster (overlay.py).
+            spec = {**spec, "network": {**spec["network"], "overlay_cluster": _node_addresses()}}
         with self._lock:
             self._names[key] = f"{plain.job_name}/{plain.host_name}"
             self._owners[key] = owner
@@ -167,12 +194,46 @@ class NodeAgent:
             with self._lock:
                 self._forget(key)
 
+    def _retire_others(self) -> None:
+        """End the agents of other code on this node, each once it runs no host. Those made
+        after this one are left alone: this one is then the older."""
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        mine = _own_name()
+        try:
+            left = [
+                name
+                for name in ray.util.list_named_actors()
+                if name.startswith(AGENT_PREFIX) and agent_node(name) == node and name != mine
+            ]
+        except Exception as exc:  # the cluster cannot tell now: the next agent will
+            print(f"could not look for agents of other code: {exc}")
+            return
+        while left:
+            for name in list(left):
+                try:
+                    agent: Any = ray.get_actor(name, namespace=NAMESPACE)
+                    busy: list[str] = ray.get(agent.hosts.remote(), timeout=ASK_SECONDS)
+                    if busy:
+                        continue  # looked at again later
+                    ray.kill(agent)
+                    print(f"retired {name}, an agent of other code")
+                except ValueError:  # gone already
+                    pass
+                except Exception as exc:  # out of reach now
+                    print(f"could not retire {name} now: {exc}")
+                    continue
+                left.remove(name)
+            if left:
+                time.sleep(ORPHAN_POLL_SECONDS)
+
     def _sweep(self, home: Path) -> bool:
         """Remove the bridges of hosts that no agent runs (lost with their node, which came
         back): no process on the node outlives them to do it. False: left for the next host."""
         import ray
 
-        mine = agent_name(ray.get_runtime_context().get_node_id())
+        mine = _own_name()
         # The bridges first: a host whose bridge is listed was named to its agent before.
         bridges = node_networks(home)
         try:
@@ -198,3 +259,19 @@ class NodeAgent:
             if f"{job}/{host}" not in running:
                 remove_node_network(home, job, host)
         return True
+
+
+def _node_addresses() -> list[str]:
+    """The address of every node in the cluster's node table, whether alive or not."""
+    import ray
+
+    return sorted({node["NodeManagerAddress"] for node in ray.nodes()})  # type: ignore[no-untyped-call]
+
+
+def _own_name() -> str:
+    """This agent's name, as the worker that made it gave it (from the worker's code: this
+    node's may differ)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return context.get_actor_name() or agent_name(context.get_node_id())

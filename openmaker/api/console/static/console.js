@@ -764,14 +764,51 @@
       el("td", {}, when(row.created))))));
   }
 
+  // "used of offered" while a node is alive; what it offered for one that is not.
+  function used(offered, free) {
+    return free === null ? String(offered)
+      : (Math.round((offered - free) * 100) / 100) + " of " + offered;
+  }
+
+  function amount(node, key) {
+    return used(node.offers[key], node.free ? node.free[key] : null);
+  }
+
+  function hostLinks(hosts) {
+    return hosts.map((host) => {
+      const at = host.lastIndexOf("/");
+      return el("div", {class: "host"}, jobLink(host.slice(0, at)), host.slice(at));
+    });
+  }
+
+  function clusterNodes(data) {
+    if (data.problem) return el("p", {class: "problem", role: "alert"}, data.problem);
+    if (!data.nodes.length) return empty("The cluster has no nodes.");
+    const titles = ["Node", "Alive", "CPUs used", "Memory used (GiB)", "GPUs used",
+      "Instance types used", "Hosts"];
+    return el("table", {id: "nodes"},
+      el("thead", {}, el("tr", {}, titles.map((title) => el("th", {}, title)))),
+      el("tbody", {}, data.nodes.map((node) => el("tr", {"data-node": node.address},
+        el("td", {class: "name"}, node.address, el("div", {class: "muted mono"}, node.nodeId)),
+        el("td", {}, node.alive ? "yes" : "no"),
+        el("td", {class: "cpus"}, amount(node, "cpus")),
+        el("td", {}, amount(node, "memoryGiB")),
+        el("td", {}, amount(node, "gpus")),
+        el("td", {class: "types"},
+          node.other.map((o) => el("div", {}, used(o.offers, o.free) + " × " + o.name))),
+        el("td", {class: "hosts"}, hostLinks(node.hosts))))));
+  }
+
   function machineView() {
     generation += 1;
     window.clearTimeout(timer);
     const capacity = el("div", {class: "card"});
+    const cluster = el("div", {id: "cluster", hidden: true});
     const running = el("div");
     const pending = el("div");
-    show(el("h1", {}, "Machine"), capacity, el("h2", {}, "Running"), running,
+    show(el("h1", {}, "Machine"), capacity, cluster, el("h2", {}, "Running"), running,
       el("h2", {}, "Waiting (Pending)"), pending);
+    let asking = false;  // the cluster is asked on a poll of its own: it may answer slowly
     poll(async () => {
       const data = await call("/machine");
       const c = data.capacity;
@@ -779,6 +816,17 @@
         ["Memory (GiB)", c.memoryGiB], ["GPUs", c.gpus]]));
       running.replaceChildren(jobRows(data.running, "Nothing runs now."));
       pending.replaceChildren(jobRows(data.pending, "No job waits for capacity."));
+      if (data.executor === "ray" && !asking) {
+        asking = true;
+        cluster.hidden = false;
+        cluster.replaceChildren(el("h2", {}, "Ray cluster"), el("p", {class: "muted"},
+          "Asking the cluster…"));
+        poll(async () => {
+          const nodes = await call("/cluster");
+          cluster.replaceChildren(el("h2", {}, "Ray cluster at " + nodes.address),
+            clusterNodes(nodes));
+        });
+      }
     });
   }
 

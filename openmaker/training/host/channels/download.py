@@ -20,7 +20,12 @@ from typing import Any
 from openmaker.store import Download, StoreError, download_all, safe_destination
 from openmaker.store.transfer import OBJECTS_IN_FLIGHT
 from openmaker.training.host.channels.local_view import local_source, show_view
-from openmaker.training.host.channels.objects import ChannelError, for_host, list_channel
+from openmaker.training.host.channels.objects import (
+    ChannelError,
+    ChannelObject,
+    for_host,
+    list_channel,
+)
 from openmaker.training.host.events import Emit
 from openmaker.training.host.plan import ChannelPlan, DataType, InputMode
 from openmaker.training.host.progress import ProgressMeter
@@ -35,18 +40,18 @@ __all__ = [
 ]
 
 
-async def plan_channel(spec: HostSpec, channel: ChannelPlan) -> list[Download]:
-    """The objects this host gets for `channel`, each with a destination inside its folder."""
+async def plan_channel(spec: HostSpec, channel: ChannelPlan) -> list[ChannelObject]:
+    """The objects this host gets for `channel`, each with its path inside the folder."""
     name = channel.name
     if channel.data_type not in (DataType.PREFIX, DataType.MANIFEST):
         raise ChannelError(
             f"channel {name!r}: S3DataType {channel.data_type} is not supported in File mode"
         )
-    root = spec.ml_dir / channel.folder
-    objects = for_host(spec, channel, await list_channel(spec, channel))
-    return [
-        Download(o.store, o.key, o.size, safe_destination(root, o.relative)) for o in objects
-    ]
+    return for_host(spec, channel, await list_channel(spec, channel))
+
+
+def _downloads(root: Path, objects: list[ChannelObject]) -> list[Download]:
+    return [Download(o.store, o.key, o.size, safe_destination(root, o.relative)) for o in objects]
 
 
 def file_channels(spec: HostSpec) -> list[ChannelPlan]:
@@ -86,7 +91,7 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
     for channel in channels:
         (spec.ml_dir / channel.folder).mkdir(parents=True, exist_ok=True)
     plans = await asyncio.gather(*(plan_channel(spec, c) for c in channels))
-    total = sum(d.size for plan in plans for d in plan)
+    total = sum(o.size for plan in plans for o in plan)
     meter = ProgressMeter("Downloading", total, emit)
     in_flight = max(8, OBJECTS_IN_FLIGHT // max(1, len(channels)))
 
@@ -102,11 +107,11 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
         if other is not c and PurePosixPath(other.folder).is_relative_to(c.folder)
     }
 
-    async def fetch(channel: ChannelPlan, plan: list[Download]) -> None:
+    async def fetch(channel: ChannelPlan, plan: list[ChannelObject]) -> None:
         viewable = bool(plan) and channel.name not in holders
         shown = viewable and await asyncio.to_thread(_local_view, spec, channel, plan)
         if shown:
-            size = sum(d.size for d in plan)
+            size = sum(o.size for o in plan)
             room[0] -= size
             if room[0] < 0:
                 full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -114,7 +119,8 @@ async def _download_channels(spec: HostSpec, emit: Emit) -> int:
             meter.add(size)
             return
         try:
-            await download_all(plan, meter.add, in_flight)
+            downloads = _downloads(spec.ml_dir / channel.folder, plan)
+            await download_all(downloads, meter.add, in_flight)
         except StoreError as exc:
             raise ChannelError(f"channel {channel.name!r}: {exc}") from None
 
@@ -128,11 +134,11 @@ def _free_bytes(folder: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-def _local_view(spec: HostSpec, channel: ChannelPlan, plan: list[Download]) -> bool:
+def _local_view(spec: HostSpec, channel: ChannelPlan, plan: list[ChannelObject]) -> bool:
     """Show the channel's objects as a view of their folder on this machine, where it can."""
-    root = spec.ml_dir / channel.folder
-    source = local_source(plan, root)
+    source = local_source(plan)
     if source is None:
         return False
     folder, wanted = source
+    root = spec.ml_dir / channel.folder
     return show_view(folder, wanted, root, spec.work_dir / "channel-views" / channel.name)

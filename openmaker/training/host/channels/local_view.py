@@ -23,36 +23,34 @@ from pathlib import Path
 
 from obstore.store import LocalStore
 
-from openmaker.store import Download
+from openmaker.training.host.channels.objects import ChannelObject
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def local_source(downloads: Sequence[Download], root: Path) -> tuple[Path, set[str]] | None:
-    """The folder of this machine that holds every download at its path below `root`, and
+def local_source(objects: Sequence[ChannelObject]) -> tuple[Path, set[str]] | None:
+    """The folder of this machine that holds every object at its path in the channel, and
     those paths; None for objects of an S3 server, of several folders, or at other relative
     paths."""
     # Plain string work, once per object: Path operations per object cost more than the
     # overlay itself (2,000 objects: ~0.1 s of relative_to and joins).
-    top = str(root) + "/"
     bases: set[tuple[int, str]] = set()
     stores: dict[int, LocalStore] = {}
     wanted: set[str] = set()
-    for item in downloads:
+    for item in objects:
         store = item.store
         if not isinstance(store, LocalStore):
             return None
-        destination = str(item.destination)
-        if not destination.startswith(top):
-            return None
-        relative = destination[len(top) :]
-        if not item.key.endswith(relative):
+        relative = item.relative
+        if not relative or not item.key.endswith(relative):
             return None
         base = item.key[: len(item.key) - len(relative)]
         if base and not base.endswith("/"):
             return None
         stores[id(store)] = store
         bases.add((id(store), base))
+        # A path that is not plain ("a//b", "./a") matches no scanned path: `_unwanted` then
+        # finds fewer files than wanted and the channel is copied.
         wanted.add(relative)
     if len(bases) != 1:
         return None

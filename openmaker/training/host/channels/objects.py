@@ -22,6 +22,7 @@ from openmaker.store import (
     resolve,
     safe_destination,
 )
+from openmaker.store.keys import checked_relative
 from openmaker.store.manifest import (
     AttributeValue,
     check_entry,
@@ -90,7 +91,7 @@ async def list_channel(spec: HostSpec, channel: ChannelPlan) -> list[ChannelObje
         found = []
         for obj in objects:
             relative = relative_to_prefix(obj.key, location.key)
-            safe_destination(root, relative)
+            checked_relative(root, relative)
             uri = base + obj.key[len(location.key) :]
             found.append(ChannelObject(location.store, obj.key, obj.size, relative, uri))
         return found
