@@ -21,7 +21,7 @@ from openmaker.jobs import capacity, gate_keys
 from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
 from openmaker.runtime.network import remove as remove_network
-from openmaker.settings import Settings, load_settings
+from openmaker.settings import Settings
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 from openmaker.training import access, runners, state
 from openmaker.training.host.events import StatusChanged
@@ -273,9 +273,11 @@ def _after_infrastructure_failure(
     return lambda j: restart_or_fail(j, what)
 
 
-def preload() -> None:
-    """Run by a spare worker while it waits for its order (jobs/worker_process.py)."""
-    runners.load(load_settings())
+def preload(executor: str) -> None:
+    """What the hosts need under `executor` (OPENMAKER_EXECUTOR), loaded ahead: by a spare
+    worker while it waits for its order (jobs/worker_process.py), by the fork server before it
+    forks workers (jobs/forkserver.py; so it starts no thread and opens no file)."""
+    runners.load(executor)
 
 
 def run(order: Order, settings: Settings, stop_before_start: threading.Event) -> None:
