@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from tests.test_endpoints import Deployer, bridges_of, deployer, pytestmark, wai
 
 __all__ = ["deployer", "pytestmark"]  # the fixture, and the skip without a sandbox
 
-# Answers with its model file and the body; `hold` is answered two seconds later, so that an
-# invocation is under way meanwhile.
+# Answers with its model file and the body; `hold` is answered two seconds later (`holdN`: N
+# seconds), so that an invocation is under way meanwhile.
 SERVE = """#!/usr/bin/env python3
 import http.server, time
 MODEL = open("/opt/ml/model/weights.txt").read().strip()
@@ -36,8 +37,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        if body == b"hold":
-            time.sleep(2)
+        if body.startswith(b"hold"):
+            time.sleep(float(body[4:] or 2))
         answer = f"{MODEL} {body.decode()}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))
@@ -108,7 +109,6 @@ def test_a_serverless_config_is_checked_as_sagemaker_checks_it(deployer: Deploye
             ],
         )
     assert "ProductionVariants.1.InstanceType" in both.value.response["Error"]["Message"]
-
 
     # InService with no instance; its concurrency changed in place.
     name = unique_name("ep")
@@ -219,3 +219,60 @@ def test_an_instance_comes_with_invocations_and_goes_when_idle(idle_deployer: De
     )
     total = statistic(watch, name, "ModelSetupTime", "Sum")
     assert total is not None and total[0] > 0 and total[1] == "Microseconds"
+
+
+def test_concurrent_invocations_start_an_instance_each_and_idle_ones_stop(
+    idle_deployer: Deployer,
+) -> None:
+    """Each serverless instance serves one invocation at a time: two at once start two (two
+    cold starts); idle, they stop down to ProvisionedConcurrency."""
+    deployer = idle_deployer
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    cold, warm = unique_name("ep"), unique_name("ep")
+    configs = {
+        cold: serverless_config(deployer, model, MaxConcurrency=2),
+        warm: serverless_config(deployer, model, MaxConcurrency=2, ProvisionedConcurrency=1),
+    }
+    for name, config in configs.items():
+        deployer.endpoints.append(name)
+        deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    for name in configs:
+        described = deployer.wait(name)
+        assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+    assert (instances_of(cold), instances_of(warm)) == (0, 1)
+
+    for name, kept in ((cold, 0), (warm, 1)):
+        # Held long enough for a second instance to start while the first still serves.
+        answers = _at_once(deployer, name, [b"hold4", b"hold4"])
+        assert answers == [b"w hold4", b"w hold4"]
+        _wait_instances(name, 2, "a second instance")
+        _wait_instances(name, kept, "the idle instances to stop")
+    # A cold start each for the first two; the warm endpoint's first took its warm instance.
+    watch = cloudwatch(deployer.server)
+    for name, count in ((cold, 2), (warm, 1)):
+        wait_until(partial(_cold_starts, watch, name, count), f"{name}'s cold starts measured")
+
+
+def _wait_instances(endpoint: str, count: int, what: str) -> None:
+    wait_until(lambda: instances_of(endpoint) == count, f"{endpoint}: {what}")
+
+
+def _cold_starts(watch: Any, endpoint: str, count: int) -> bool:
+    measured = statistic(watch, endpoint, "ModelSetupTime", "SampleCount")
+    return measured is not None and measured[0] == count
+
+
+def _at_once(deployer: Deployer, endpoint: str, bodies: list[bytes]) -> list[bytes]:
+    """The answers to invocations sent at the same time, in order."""
+    answers: dict[int, bytes] = {}
+
+    def send(index: int, body: bytes) -> None:
+        answer = deployer.runtime.invoke_endpoint(EndpointName=endpoint, Body=body)
+        answers[index] = answer["Body"].read()
+
+    threads = [threading.Thread(target=send, args=item) for item in enumerate(bodies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [answers.get(i, b"") for i in range(len(bodies))]
