@@ -50,8 +50,20 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 
 @pytest.fixture
 def idle_deployer(tmp_path: Path) -> Iterator[Deployer]:
+    yield from _deployer(tmp_path, OPENMAKER_SERVERLESS_IDLE_SECONDS="1")
+
+
+@pytest.fixture
+def small_deployer(tmp_path: Path) -> Iterator[Deployer]:
+    """A machine with room for one serverless instance (placed as an ml.t3.medium: 2 vCPUs)."""
+    yield from _deployer(
+        tmp_path, OPENMAKER_CAPACITY="strict", OPENMAKER_CPUS="2", OPENMAKER_MEMORY_GIB="8"
+    )
+
+
+def _deployer(tmp_path: Path, **env: str) -> Iterator[Deployer]:
     home = tmp_path / "home"
-    with running_api_server(home, OPENMAKER_SERVERLESS_IDLE_SECONDS="1") as server:
+    with running_api_server(home, **env) as server:
         deploy = Deployer(server, tmp_path)
         try:
             yield deploy
@@ -73,6 +85,19 @@ def serverless_config(deployer: Deployer, model: str, **config: Any) -> str:
         ],
     )
     return name
+
+
+def one_attempt(deployer: Deployer) -> Any:
+    """A runtime client making one attempt per call: botocore would retry a throttled call."""
+    env = deployer.server.env
+    return boto3.client(
+        "sagemaker-runtime",
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=env["AWS_ENDPOINT_URL_SAGEMAKER"],
+        config=Config(retries={"total_max_attempts": 1}),
+    )
 
 
 def instances_of(endpoint: str) -> int:
@@ -143,15 +168,7 @@ def test_an_instance_comes_with_invocations_and_goes_when_idle(idle_deployer: De
     assert "CurrentInstanceCount" not in variant
     assert instances_of(name) == 0  # nothing runs until it is invoked
 
-    # One attempt per call: botocore would retry a throttled call.
-    runtime = boto3.client(
-        "sagemaker-runtime",
-        region_name=deployer.server.env["AWS_REGION"],
-        aws_access_key_id=deployer.server.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=deployer.server.env["AWS_SECRET_ACCESS_KEY"],
-        endpoint_url=deployer.server.env["AWS_ENDPOINT_URL_SAGEMAKER"],
-        config=Config(retries={"total_max_attempts": 1}),
-    )
+    runtime = one_attempt(deployer)
     answer = runtime.invoke_endpoint(EndpointName=name, Body=b"x")  # a cold start
     assert answer["Body"].read() == b"w1 x"
     assert instances_of(name) == 1
@@ -251,6 +268,39 @@ def test_concurrent_invocations_start_an_instance_each_and_idle_ones_stop(
     watch = cloudwatch(deployer.server)
     for name, count in ((cold, 2), (warm, 1)):
         wait_until(partial(_cold_starts, watch, name, count), f"{name}'s cold starts measured")
+
+
+def test_a_cold_start_that_does_not_fit_throttles_who_waits_for_it(
+    small_deployer: Deployer,
+) -> None:
+    deployer = small_deployer
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    name = unique_name("ep")
+    deployer.endpoints.append(name)
+    config = serverless_config(deployer, model, MaxConcurrency=2)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    runtime = one_attempt(deployer)
+    outcomes: list[tuple[str, str]] = []  # (error code or "", message or answer)
+
+    def send() -> None:
+        try:
+            answer = runtime.invoke_endpoint(EndpointName=name, Body=b"hold4")
+            outcomes.append(("", answer["Body"].read().decode()))
+        except ClientError as error:
+            outcomes.append((error.response["Error"]["Code"], error.response["Error"]["Message"]))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # One instance fits: one invocation is answered, the other throttled, saying why.
+    assert sorted(code for code, _ in outcomes) == ["", "ThrottlingException"], outcomes
+    assert ("", "w hold4") in outcomes
+    (refused,) = [message for code, message in outcomes if code]
+    assert "InsufficientInstanceCapacity" in refused
+    assert instances_of(name) == 1
 
 
 def _wait_instances(endpoint: str, count: int, what: str) -> None:
