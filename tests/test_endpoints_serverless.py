@@ -258,12 +258,18 @@ def test_concurrent_invocations_start_an_instance_each_and_idle_ones_stop(
         assert described["EndpointStatus"] == "InService", described.get("FailureReason")
     assert (instances_of(cold), instances_of(warm)) == (0, 1)
 
-    for name, kept in ((cold, 0), (warm, 1)):
-        # Held long enough for a second instance to start while the first still serves.
-        answers = _at_once(deployer, name, [b"hold4", b"hold4"])
-        assert answers == [b"w hold4", b"w hold4"]
-        _wait_instances(name, 2, "a second instance")
-        _wait_instances(name, kept, "the idle instances to stop")
+    # Two invocations at once of each, held long enough for a second instance to start while
+    # the first still serves.
+    threads, answers = _sent_at_once(deployer, [cold, cold, warm, warm], b"hold4")
+    try:
+        _wait_instances(cold, 2, "a second instance")
+        _wait_instances(warm, 2, "a second instance")
+    finally:
+        for thread in threads:
+            thread.join()
+    assert answers == [b"w hold4"] * 4
+    _wait_instances(cold, 0, "the idle instances to stop")
+    _wait_instances(warm, 1, "the idle instances to stop, but the one kept warm")
     # A cold start each for the first two; the warm endpoint's first took its warm instance.
     watch = cloudwatch(deployer.server)
     for name, count in ((cold, 2), (warm, 1)):
@@ -312,17 +318,18 @@ def _cold_starts(watch: Any, endpoint: str, count: int) -> bool:
     return measured is not None and measured[0] == count
 
 
-def _at_once(deployer: Deployer, endpoint: str, bodies: list[bytes]) -> list[bytes]:
-    """The answers to invocations sent at the same time, in order."""
-    answers: dict[int, bytes] = {}
+def _sent_at_once(
+    deployer: Deployer, endpoints: list[str], body: bytes
+) -> tuple[list[threading.Thread], list[bytes]]:
+    """Invocations of `endpoints` sent at the same time: the threads sending them, and their
+    answers, in order, once the threads have ended."""
+    answers = [b""] * len(endpoints)
 
-    def send(index: int, body: bytes) -> None:
+    def send(index: int, endpoint: str) -> None:
         answer = deployer.runtime.invoke_endpoint(EndpointName=endpoint, Body=body)
         answers[index] = answer["Body"].read()
 
-    threads = [threading.Thread(target=send, args=item) for item in enumerate(bodies)]
+    threads = [threading.Thread(target=send, args=item) for item in enumerate(endpoints)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
-    return [answers.get(i, b"") for i in range(len(bodies))]
+    return threads, answers
