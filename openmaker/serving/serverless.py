@@ -133,7 +133,7 @@ def demand_file(settings: Settings, endpoint: str, variant: str) -> Path:
 
 
 def refusal_file(settings: Settings, endpoint: str, variant: str) -> Path:
-    return demand_file(settings, endpoint, variant).with_suffix(".refused")
+    return demand_file(settings, endpoint, variant).with_name(f"{variant}.refused")
 
 
 @dataclass(frozen=True)
