@@ -2,11 +2,14 @@
 a terminal status seen by DescribeTrainingJob, and 50 created at once from 16 threads (how long
 the creates take, and jobs/s until the last has ended, as one client listing them every 50 ms
 sees it: a DescribeTrainingJob per job every 10 ms from 16 threads, as the single job is
-watched, would be most of the machine's load). The peer is the same no-op job in
-this process with a warm worker (TrainingJobs, no HTTP)."""
+watched, would be most of the machine's load), with the CPU time the server and every process
+under it spent per job meanwhile (what bounds jobs/s on a busy machine: the other figures move
+with its load). The peer is the same no-op job in this process with a warm worker
+(TrainingJobs, no HTTP)."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +30,8 @@ THREADS = 16
 POLL_SECONDS = 0.01
 LIST_POLL_SECONDS = 0.05
 TERMINAL = ("Completed", "Failed", "Stopped")
+# The fork server reaps its ended workers every half second (jobs/forkserver.py).
+REAPED_SECONDS = 1.0
 BUCKET = "bench-server"
 # 1 GB, not the tests' 5: fifty volumes at once must fit a small disk's free space.
 RESOURCES = {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}
@@ -43,7 +48,10 @@ def run(quick: bool, scratch: Path, output: str) -> list[str]:
         for _ in range(2):  # the server's executor keeps a worker ahead after its 2nd job
             _one_job(sagemaker, image)
         one = Timings([_one_job(sagemaker, image) for _ in range(runs)])
+        cpu_before = _cpu_seconds(server.process.pid)
         created, finished = _many_jobs(server, image)
+        time.sleep(REAPED_SECONDS)  # the ended workers' time counts once they are reaped
+        cpu = (_cpu_seconds(server.process.pid) - cpu_before) / MANY_JOBS
     peer = _in_process(image, output, runs)
     rate = MANY_JOBS / finished
     one_ok = "ok" if one.median < ONE_JOB_TARGET_SECONDS else "MISSED"
@@ -57,7 +65,27 @@ def run(quick: bool, scratch: Path, output: str) -> list[str]:
         f"{MANY_JOBS} no-op jobs from {THREADS} threads: creates took {created:.2f} s, all "
         f"ended after {finished:.2f} s: {rate:.1f} jobs/s; "
         f"target >= {JOBS_PER_SECOND_TARGET:.0f} jobs/s: {rate_ok}",
+        # Load moves it too (polls, lock waits), less than the rest: ±30% between runs here.
+        f"  CPU per job (the server and every process under it) {cpu:.3f} s",
     ]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of process `pid` and of every process under it, running or reaped."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:  # ended meanwhile: its time is its parent's now
+        return 0.0
+    # utime, stime, then the reaped children's cutime, cstime.
+    total += sum(int(value) for value in fields[11:15]) / tick
+    return total + sum(_cpu_seconds(child) for child in children)
 
 
 def _one_job(sagemaker: Any, image: Path) -> float:

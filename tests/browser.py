@@ -85,8 +85,16 @@ class Page:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise BrowserError(f"never true: {expression}")
+                raise BrowserError(f"never true: {expression}; the page: {self._shown()}")
             time.sleep(0.1)
+
+    def _shown(self) -> str:
+        """Where the page is and the start of its text, to say why a wait failed."""
+        where = "location.href + ' | ' + (document.body?.innerText ?? '').slice(0, 600)"
+        try:
+            return str(self.evaluate(where))
+        except BrowserError as exc:
+            return f"unreadable ({exc})"
 
     def text(self, selector: str) -> str:
         return str(

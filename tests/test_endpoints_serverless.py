@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from tests.test_endpoints import Deployer, bridges_of, deployer, pytestmark, wai
 
 __all__ = ["deployer", "pytestmark"]  # the fixture, and the skip without a sandbox
 
-# Answers with its model file and the body; `hold` is answered two seconds later, so that an
-# invocation is under way meanwhile.
+# Answers with its model file and the body; `hold` is answered two seconds later (`holdN`: N
+# seconds), so that an invocation is under way meanwhile.
 SERVE = """#!/usr/bin/env python3
 import http.server, time
 MODEL = open("/opt/ml/model/weights.txt").read().strip()
@@ -36,8 +37,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        if body == b"hold":
-            time.sleep(2)
+        if body.startswith(b"hold"):
+            time.sleep(float(body[4:] or 2))
         answer = f"{MODEL} {body.decode()}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))
@@ -49,8 +50,20 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 
 @pytest.fixture
 def idle_deployer(tmp_path: Path) -> Iterator[Deployer]:
+    yield from _deployer(tmp_path, OPENMAKER_SERVERLESS_IDLE_SECONDS="1")
+
+
+@pytest.fixture
+def small_deployer(tmp_path: Path) -> Iterator[Deployer]:
+    """A machine with room for one serverless instance (placed as an ml.t3.medium: 2 vCPUs)."""
+    yield from _deployer(
+        tmp_path, OPENMAKER_CAPACITY="strict", OPENMAKER_CPUS="2", OPENMAKER_MEMORY_GIB="8"
+    )
+
+
+def _deployer(tmp_path: Path, **env: str) -> Iterator[Deployer]:
     home = tmp_path / "home"
-    with running_api_server(home, OPENMAKER_SERVERLESS_IDLE_SECONDS="1") as server:
+    with running_api_server(home, **env) as server:
         deploy = Deployer(server, tmp_path)
         try:
             yield deploy
@@ -72,6 +85,19 @@ def serverless_config(deployer: Deployer, model: str, **config: Any) -> str:
         ],
     )
     return name
+
+
+def one_attempt(deployer: Deployer) -> Any:
+    """A runtime client making one attempt per call: botocore would retry a throttled call."""
+    env = deployer.server.env
+    return boto3.client(
+        "sagemaker-runtime",
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=env["AWS_ENDPOINT_URL_SAGEMAKER"],
+        config=Config(retries={"total_max_attempts": 1}),
+    )
 
 
 def instances_of(endpoint: str) -> int:
@@ -109,7 +135,6 @@ def test_a_serverless_config_is_checked_as_sagemaker_checks_it(deployer: Deploye
         )
     assert "ProductionVariants.1.InstanceType" in both.value.response["Error"]["Message"]
 
-
     # InService with no instance; its concurrency changed in place.
     name = unique_name("ep")
     deployer.endpoints.append(name)
@@ -143,15 +168,7 @@ def test_an_instance_comes_with_invocations_and_goes_when_idle(idle_deployer: De
     assert "CurrentInstanceCount" not in variant
     assert instances_of(name) == 0  # nothing runs until it is invoked
 
-    # One attempt per call: botocore would retry a throttled call.
-    runtime = boto3.client(
-        "sagemaker-runtime",
-        region_name=deployer.server.env["AWS_REGION"],
-        aws_access_key_id=deployer.server.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=deployer.server.env["AWS_SECRET_ACCESS_KEY"],
-        endpoint_url=deployer.server.env["AWS_ENDPOINT_URL_SAGEMAKER"],
-        config=Config(retries={"total_max_attempts": 1}),
-    )
+    runtime = one_attempt(deployer)
     answer = runtime.invoke_endpoint(EndpointName=name, Body=b"x")  # a cold start
     assert answer["Body"].read() == b"w1 x"
     assert instances_of(name) == 1
@@ -219,3 +236,100 @@ def test_an_instance_comes_with_invocations_and_goes_when_idle(idle_deployer: De
     )
     total = statistic(watch, name, "ModelSetupTime", "Sum")
     assert total is not None and total[0] > 0 and total[1] == "Microseconds"
+
+
+def test_concurrent_invocations_start_an_instance_each_and_idle_ones_stop(
+    idle_deployer: Deployer,
+) -> None:
+    """Each serverless instance serves one invocation at a time: two at once start two (two
+    cold starts); idle, they stop down to ProvisionedConcurrency."""
+    deployer = idle_deployer
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    cold, warm = unique_name("ep"), unique_name("ep")
+    configs = {
+        cold: serverless_config(deployer, model, MaxConcurrency=2),
+        warm: serverless_config(deployer, model, MaxConcurrency=2, ProvisionedConcurrency=1),
+    }
+    for name, config in configs.items():
+        deployer.endpoints.append(name)
+        deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    for name in configs:
+        described = deployer.wait(name)
+        assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+    assert (instances_of(cold), instances_of(warm)) == (0, 1)
+
+    # Two invocations at once of each, held long enough for a second instance to start while
+    # the first still serves.
+    threads, answers = _sent_at_once(deployer, [cold, cold, warm, warm], b"hold4")
+    try:
+        _wait_instances(cold, 2, "a second instance")
+        _wait_instances(warm, 2, "a second instance")
+    finally:
+        for thread in threads:
+            thread.join()
+    assert answers == [b"w hold4"] * 4
+    _wait_instances(cold, 0, "the idle instances to stop")
+    _wait_instances(warm, 1, "the idle instances to stop, but the one kept warm")
+    # A cold start each for the first two; the warm endpoint's first took its warm instance.
+    watch = cloudwatch(deployer.server)
+    for name, count in ((cold, 2), (warm, 1)):
+        wait_until(partial(_cold_starts, watch, name, count), f"{name}'s cold starts measured")
+
+
+def test_a_cold_start_that_does_not_fit_throttles_who_waits_for_it(
+    small_deployer: Deployer,
+) -> None:
+    deployer = small_deployer
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    name = unique_name("ep")
+    deployer.endpoints.append(name)
+    config = serverless_config(deployer, model, MaxConcurrency=2)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    runtime = one_attempt(deployer)
+    outcomes: list[tuple[str, str]] = []  # (error code or "", message or answer)
+
+    def send() -> None:
+        try:
+            answer = runtime.invoke_endpoint(EndpointName=name, Body=b"hold4")
+            outcomes.append(("", answer["Body"].read().decode()))
+        except ClientError as error:
+            outcomes.append((error.response["Error"]["Code"], error.response["Error"]["Message"]))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # One instance fits: one invocation is answered, the other throttled, saying why.
+    assert sorted(code for code, _ in outcomes) == ["", "ThrottlingException"], outcomes
+    assert ("", "w hold4") in outcomes
+    (refused,) = [message for code, message in outcomes if code]
+    assert "InsufficientInstanceCapacity" in refused
+    assert instances_of(name) == 1
+
+
+def _wait_instances(endpoint: str, count: int, what: str) -> None:
+    wait_until(lambda: instances_of(endpoint) == count, f"{endpoint}: {what}")
+
+
+def _cold_starts(watch: Any, endpoint: str, count: int) -> bool:
+    measured = statistic(watch, endpoint, "ModelSetupTime", "SampleCount")
+    return measured is not None and measured[0] == count
+
+
+def _sent_at_once(
+    deployer: Deployer, endpoints: list[str], body: bytes
+) -> tuple[list[threading.Thread], list[bytes]]:
+    """Invocations of `endpoints` sent at the same time: the threads sending them, and their
+    answers, in order, once the threads have ended."""
+    answers = [b""] * len(endpoints)
+
+    def send(index: int, endpoint: str) -> None:
+        answer = deployer.runtime.invoke_endpoint(EndpointName=endpoint, Body=body)
+        answers[index] = answer["Body"].read()
+
+    threads = [threading.Thread(target=send, args=item) for item in enumerate(endpoints)]
+    for thread in threads:
+        thread.start()
+    return threads, answers

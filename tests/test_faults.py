@@ -260,7 +260,10 @@ def _model_upload_cut_in_the_middle(
     image = make_image(tmp_path / "image", WRITES_A_KNOWN_MODEL)
     jobs.create(request(name, str(image), f"s3://{BUCKET}/out"))
     key = f"out/{name}/output/model.tar.gz"
-    wait_until(lambda: 0 < _bytes_in_parts(server, key) < MODEL_SIZE, "a part of the archive")
+    # A wait, not a timing: on a loaded machine the job's start alone can take a minute.
+    wait_until(
+        lambda: 0 < _bytes_in_parts(server, key) < MODEL_SIZE, "a part of the archive", 240
+    )
     _freeze(server)
     assert not (server.server.root / BUCKET / key).exists(), "the upload ended before the cut"
     _lose(server)

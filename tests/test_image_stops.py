@@ -178,8 +178,12 @@ def test_a_pull_dies_with_its_worker_killed_with_sigkill(
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not skopeo_processes(proxy.host), "skopeo to die with its worker")
-        described = jobs.describe(name)  # recovery finds the worker lost
-        assert described["TrainingJobStatus"] == "Failed", described
+        # Recovery finds the worker lost: at once, or at the next look when another thread
+        # was sweeping (a describe never waits for a sweep).
+        wait_until(
+            lambda: jobs.describe(name)["TrainingJobStatus"] == "Failed", "the job to be Failed"
+        )
+        assert "ended without finishing it" in jobs.describe(name)["FailureReason"]
     finally:
         stop_and_wait(jobs, [name])
 

@@ -12,6 +12,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,10 +28,12 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+from openmaker.jobs.executor import stop_fork_server, use_fork_server
 from openmaker.runtime import overlay
 from openmaker.runtime.overlay import node_networks, remove_node_network
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
+from openmaker.training.service import TrainingJobs
 from tests.apiserver import running_api_server, stop_all
 from tests.browser import chromium
 from tests.helpers import (
@@ -972,7 +975,11 @@ def test_the_consoles_capacity_page_shows_the_nodes_and_their_hosts(
     body = request(name, str(make_image(tmp_path / "image", WAITS)), (tmp_path / "out").as_uri())
     body["ResourceConfig"] = _resources(2)
     ray_env = {"OPENMAKER_EXECUTOR": "ray", "RAY_ADDRESS": cluster.address}
-    nodes_shown = "[...document.querySelectorAll('#nodes tr[data-node]')]"
+    # The live nodes: a node removed by an earlier test stays listed, not alive.
+    nodes_shown = (
+        "[...document.querySelectorAll('#nodes tr[data-node]')]"
+        ".filter(r => r.children[1].innerText === 'yes')"
+    )
     with running_api_server(home, **ray_env) as server, chromium(tmp_path / "chromium") as page:
         sagemaker = server.client("sagemaker")
         try:
@@ -1004,10 +1011,9 @@ def test_the_consoles_capacity_page_shows_the_nodes_and_their_hosts(
             ], placed
             # Each worker node's instance is in use, by its host.
             for address in NODE_ADDRESSES:
-                types = f"#nodes tr[data-node='{address}'] .types"
                 page.wait_for(
-                    f"document.querySelector({json.dumps(types)}).innerText"
-                    f".includes('1 of 1 × {TYPE}')"
+                    f"{nodes_shown}.some(r => r.dataset.node === '{address}' && "
+                    f"r.querySelector('.types').innerText.includes('1 of 1 × {TYPE}'))"
                 )
             assert page.text("#problem") == ""
             page.screenshot(tmp_path / "cluster.png")
@@ -1039,3 +1045,64 @@ def test_the_consoles_capacity_page_says_when_the_cluster_cannot_be_asked(tmp_pa
         assert page.text("#problem") == ""
         assert "Nothing runs now." in page.text("main")
         page.screenshot(tmp_path / "cluster-unreachable.png")
+
+
+GPU_TYPE = "ml.g4dn.xlarge"  # one GPU per instance
+GPU_NODE = "127.0.0.4"
+SHOWS_ITS_GPUS = """#!/bin/sh
+trap 'exit 0' TERM
+echo "gpus=[$CUDA_VISIBLE_DEVICES]"
+while true; do sleep 0.2; done
+"""
+
+
+def test_each_host_gets_the_gpus_ray_reserved_for_it(
+    on_ray: Path, tmp_path: Path, cluster: Any
+) -> None:
+    """Two one-GPU jobs at once on a node of two (declared) GPUs: each host's code is shown the
+    GPU its reservation holds there, and the two are not the same."""
+    node = cluster.add_node(node_ip_address=GPU_NODE, num_gpus=2, resources={GPU_TYPE: 2}, **NODE)
+    names = [unique_name("ray-gpu"), unique_name("ray-gpu")]
+    jobs = TrainingJobs()
+    try:
+        for name in names:
+            gpu = _resources(1, GPU_TYPE)
+            start_script(tmp_path / name, name, SHOWS_ITS_GPUS, ResourceConfig=gpu)
+        for name in names:
+            wait_for_log(jobs, name, "gpus=[", timeout=240)
+        shown = [re.findall(r"gpus=\[(.*)\]", log_text(jobs, name)) for name in names]
+        placed = [_placed(log_text(jobs, name)) for name in names]
+    finally:
+        stop_and_wait(jobs, names)
+        cluster.remove_node(node)
+    assert placed == [{GPU_NODE}, {GPU_NODE}]
+    assert sorted(shown) == [["0"], ["1"]], shown
+
+
+def test_a_job_forked_from_a_fork_server_that_loaded_ray_runs_on_the_cluster(
+    on_ray: Path, tmp_path: Path
+) -> None:
+    """`openmaker server` under OPENMAKER_EXECUTOR=ray forks its workers with Ray loaded: the
+    fork server holds no thread and no file for it, and a worker forked from it joins the
+    cluster and runs its job's hosts."""
+    use_fork_server(["openmaker.training.worker"], "ray")
+    name = unique_name("ray-forked")
+    jobs = TrainingJobs()
+    try:
+        start_script(tmp_path, name, TWO_HOSTS, ResourceConfig=_resources(2))
+        description = wait_for(jobs, name, timeout=300)
+        # The job's worker came from it, so it had loaded Ray by then.
+        (server,) = [
+            pid
+            for pid in processes_mentioning("openmaker.jobs.forkserver")
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            == str(os.getpid())
+        ]
+        assert "_raylet" in Path(f"/proc/{server}/maps").read_text()
+        assert os.listdir(f"/proc/{server}/task") == [str(server)]
+        assert sorted(os.listdir(f"/proc/{server}/fd")) == ["0", "1", "2"]
+    finally:
+        stop_and_wait(jobs, [name])
+        stop_fork_server()
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    assert _placed(log_text(jobs, name)) == set(NODE_ADDRESSES)

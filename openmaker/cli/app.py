@@ -334,7 +334,7 @@ def server(
     from openmaker.resources import KINDS
 
     # First, while this process has no thread or socket: the jobs' workers are forked from it.
-    use_fork_server(sorted({kind.runner for kind in KINDS}))
+    use_fork_server(sorted({kind.runner for kind in KINDS}), _settings().executor)
     from openmaker.api.server import serve  # the HTTP stack loads only for this command
 
     def announce(record: ServerRecord, store: StoreSettings) -> None:

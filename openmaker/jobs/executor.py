@@ -134,8 +134,8 @@ def local_process(worker: WorkerRef) -> tuple[int, int | None] | None:
 class ForkServer:
     """The submitter's end of a fork server (openmaker/jobs/forkserver.py)."""
 
-    def __init__(self, runners: list[str]) -> None:
-        self.runners = runners
+    def __init__(self, runners: list[str], executor: str = "local") -> None:
+        self.runners, self.executor = runners, executor
         self._lock = threading.Lock()  # one request and its answer at a time
         self._channel, self._process = self._start()
 
@@ -145,7 +145,7 @@ class ForkServer:
             # Fork and exec, as every worker was started: it inherits nothing of this process
             # but its standard input (close_fds) and a worker's environment.
             process = subprocess.Popen(
-                [sys.executable, "-m", "openmaker.jobs.forkserver", *self.runners],
+                [sys.executable, "-m", "openmaker.jobs.forkserver", self.executor, *self.runners],
                 stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -185,13 +185,14 @@ class ForkServer:
 _fork_server: ForkServer | None = None
 
 
-def use_fork_server(runners: list[str]) -> None:
+def use_fork_server(runners: list[str], executor: str = "local") -> None:
     """From now on, every local executor of this process forks its workers from one fork
-    server, which has loaded `runners` (ResourceKind.runner) ahead. For a long-lived submitter:
-    call it early, before threads or listening sockets exist."""
+    server, which has loaded `runners` (ResourceKind.runner) ahead, and what they need under
+    `executor` (OPENMAKER_EXECUTOR). For a long-lived submitter: call it early, before threads
+    or listening sockets exist."""
     global _fork_server
     if _fork_server is None:
-        _fork_server = ForkServer(runners)
+        _fork_server = ForkServer(runners, executor)
 
 
 def stop_fork_server() -> None:
@@ -219,7 +220,7 @@ class LocalExecutor:
         if _fork_server is not None:
             pid, pipe = _fork_server.fork(order.runner)
             return self._hand_over(order, settings, before_start, pid, pipe)
-        worker = self.spare or _start_worker(order.runner)
+        worker = self.spare or _start_worker(order.runner, self.settings.executor)
         self.spare = None
         assert worker.stdin is not None
         self.children.append(worker)
@@ -227,7 +228,7 @@ class LocalExecutor:
         self.submitted += 1
         if self.submitted > 1:
             # Likely the next job is of the same kind: the spare loads its runner meanwhile.
-            self.spare = _start_worker(order.runner)
+            self.spare = _start_worker(order.runner, self.settings.executor)
         return started
 
     @staticmethod
@@ -258,7 +259,7 @@ class LocalExecutor:
         imports) overlaps what the submitter does before it submits (the CLI's own imports,
         the checks)."""
         if self.spare is None and _fork_server is None:
-            self.spare = _start_worker(runner)
+            self.spare = _start_worker(runner, self.settings.executor)
 
     def lost(self, worker: WorkerRef) -> bool:
         process = local_process(worker)
@@ -305,12 +306,13 @@ def _stat_fields(pid: int) -> list[str] | None:
     return stat.rsplit(")", 1)[1].split()
 
 
-def _start_worker(runner: str) -> subprocess.Popen[bytes]:
-    """A worker that loads `runner` (the module that runs a job of its kind) while it waits."""
+def _start_worker(runner: str, executor: str) -> subprocess.Popen[bytes]:
+    """A worker that loads `runner` (the module that runs a job of its kind), and what it needs
+    under `executor`, while it waits."""
     # Its own session: a job goes on when the submitter is interrupted. A spare whose
     # submitter ends sees the end of its input and exits.
     return subprocess.Popen(
-        [sys.executable, "-m", "openmaker.jobs.worker_process", runner],
+        [sys.executable, "-m", "openmaker.jobs.worker_process", runner, executor],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,6 +1,7 @@
 """The fork server: a single-threaded process that has imported what workers run, and forks a
 worker per job, so that a job starts in milliseconds instead of after a Python start and its
-imports (`python -m openmaker.jobs.forkserver RUNNER...`).
+imports (`python -m openmaker.jobs.forkserver EXECUTOR RUNNER...`; under EXECUTOR=ray, Ray is
+among them).
 
 A long-lived submitter (`openmaker server`) starts it before it serves anything, by fork and
 exec, never as a fork of itself: the fork server and its workers hold no thread, no listening
@@ -35,8 +36,13 @@ MESSAGE_BYTES = 4096
 
 def main() -> None:
     channel = socket.socket(fileno=0)
-    for name in sys.argv[1:]:
-        worker_process.runner(name)
+    executor, runners = sys.argv[1], sys.argv[2:]
+    for name in runners:
+        # What its workers need under the executor (Ray's modules), loaded here once: a
+        # runner's `preload` starts no thread and opens no file.
+        preload = getattr(worker_process.runner(name), "preload", None)
+        if preload is not None:
+            preload(executor)
     # Loaded by a worker's first engine, else: once here instead.
     import sqlite3  # noqa: F401
 

@@ -1,8 +1,10 @@
-"""The entry point of a worker process (`python -m openmaker.jobs.worker_process [RUNNER]`).
+"""The entry point of a worker process (`python -m openmaker.jobs.worker_process [RUNNER
+[EXECUTOR]]`).
 
 It reads its order (openmaker/jobs/executor.py) on its standard input and hands it to the
 module that runs the order's kind of job (`run(order, settings, stop_before_start)`). RUNNER is
-the module it expects to need: a spare worker loads it while it waits for its order. A worker
+the module it expects to need: a spare worker loads it while it waits for its order, and what
+the runner needs under EXECUTOR (its `preload(executor)`). A worker
 forked by the fork server (openmaker/jobs/forkserver.py) has its modules loaded already and
 runs `run_message` on what it reads.
 
@@ -39,8 +41,9 @@ def main() -> None:
     for expected in sys.argv[1:2]:
         # The runner's own heavy parts (Ray, under OPENMAKER_EXECUTOR=ray) load meanwhile too.
         preload = getattr(runner(expected), "preload", None)
+        executor = sys.argv[2] if len(sys.argv) > 2 else "local"
         if preload is not None:
-            threading.Thread(target=preload, daemon=True).start()
+            threading.Thread(target=preload, args=(executor,), daemon=True).start()
     # The database layer loads meanwhile: a spare worker has it ready when its job comes.
     threading.Thread(target=importlib.import_module, args=("openmaker.jobs.db",)).start()
     data = sys.stdin.read()
@@ -54,12 +57,14 @@ def run_message(data: str) -> None:
     import json
     import os
 
+    from openmaker.jobs import db
     from openmaker.jobs.executor import Order
     from openmaker.settings import from_json
 
     message = json.loads(data)
     order = Order.from_json(message)
     settings = from_json(message["settings"])
+    db.schema_is_current(settings.database_url)  # its submitter's engine checked it
     # The worker's own messages (not the job's logs) go to a file, for post-mortems.
     log = os.open(
         settings.jobs_dir / order.folder / "worker.log",

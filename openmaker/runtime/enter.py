@@ -1,7 +1,8 @@
 """The steps before bubblewrap that bwrap 0.8 cannot take itself, then bubblewrap.
 
 Run as a program, by path, with the standard library only (it starts in milliseconds):
-`python -I -S enter.py SETUP -- bwrap ...`, SETUP being JSON (see `main`). As root, in order:
+`python -I -S enter.py SETUP... -- bwrap ...`, SETUP being plain arguments (`arguments`; no
+JSON: its import was a third of this program's start). As root, in order:
 1. A private mount namespace, without the mounts under the jobs' folder other than this host's
    own: another job's volume must go away when that job ends, not when this one does.
 2. The copy-on-write root: one overlay per layer, mounted from inside the layer's folder with
@@ -21,7 +22,6 @@ before (its cgroups, its parent-death signal) holds for the sandbox.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import sys
 
@@ -111,18 +111,64 @@ def user_namespace_without_nesting() -> None:
         limit.write("0")
 
 
+class Setup:
+    """What enter.py does before bubblewrap (see the module's description). A plain class:
+    dataclasses' import would cost this program's start more than json's did."""
+
+    def __init__(
+        self,
+        detach_under: str,  # the mounts under it go, but for those of `keep`
+        keep: str,
+        layers: list[tuple[str, str]],  # (folder, its lower folder): an overlay each
+        views: list[tuple[str, str]],  # (source, view): a read-only view each
+        empty: str,  # an empty folder (the views' second lower layer)
+        userns: bool,
+        netns_fd: int | None,
+    ) -> None:
+        self.detach_under, self.keep, self.empty = detach_under, keep, empty
+        self.layers, self.views = layers, views
+        self.userns, self.netns_fd = userns, netns_fd
+
+
+def arguments(setup: Setup) -> list[str]:
+    """`setup` as enter.py's arguments (before its `--`): each pair list after its length."""
+    pairs = [
+        part for given in (setup.layers, setup.views) for part in (str(len(given)), *sum(given, ()))
+    ]
+    fd = "" if setup.netns_fd is None else str(setup.netns_fd)
+    fixed = [setup.detach_under, setup.keep, setup.empty, "1" if setup.userns else "0", fd]
+    return [*fixed, *pairs]
+
+
+def parse(argv: list[str]) -> tuple[Setup, list[str]]:
+    """(the setup, the command after `--`) of enter.py's arguments (`argv[0]` its own name)."""
+    detach_under, keep, empty, userns, fd = argv[1:6]
+    position = 6
+    pairs: list[list[tuple[str, str]]] = []
+    for _ in range(2):
+        count = int(argv[position])
+        given = argv[position + 1 : position + 1 + 2 * count]
+        pairs.append(list(zip(given[::2], given[1::2], strict=True)))
+        position += 1 + 2 * count
+    if argv[position] != "--":
+        raise OSError(f"enter.py: -- expected where {argv[position]!r} is")
+    setup = Setup(
+        detach_under, keep, pairs[0], pairs[1], empty, userns == "1", int(fd) if fd else None
+    )
+    return setup, argv[position + 1 :]
+
+
 def main(argv: list[str]) -> None:
-    setup = json.loads(argv[1])
-    command = argv[argv.index("--") + 1 :]
-    if setup.get("netns_fd") is not None:
-        _check(_libc.setns(setup["netns_fd"], CLONE_NEWNET), "entering the host's network")
-        os.close(setup["netns_fd"])
-    private_mount_namespace(setup["detach_under"], setup["keep"])
-    for folder, lower in setup["layers"]:
+    setup, command = parse(argv)
+    if setup.netns_fd is not None:
+        _check(_libc.setns(setup.netns_fd, CLONE_NEWNET), "entering the host's network")
+        os.close(setup.netns_fd)
+    private_mount_namespace(setup.detach_under, setup.keep)
+    for folder, lower in setup.layers:
         mount_overlay(folder, lower)
-    for source, view in setup["views"]:
-        mount_read_only_view(source, view, setup["empty"])
-    if setup["userns"]:
+    for source, view in setup.views:
+        mount_read_only_view(source, view, setup.empty)
+    if setup.userns:
         user_namespace_without_nesting()
     os.execvp(command[0], command)
 
@@ -143,6 +189,6 @@ def unescape(field: bytes) -> str:
 if __name__ == "__main__":
     try:
         main(sys.argv)
-    except OSError as exc:
+    except (OSError, ValueError, IndexError) as exc:  # ValueError, IndexError: bad arguments
         print(f"openmaker sandbox: {exc}", file=sys.stderr)
         sys.exit(125)

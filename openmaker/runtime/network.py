@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from openmaker.runtime import Bind
+from openmaker.runtime import Bind, netlink
 from openmaker.runtime.relay import Relay
 from openmaker.settings import Settings
 
@@ -186,23 +186,19 @@ def _create(
             return shared(hosts, f"no /24 of {whole} is free of the machine's routes", conf)
         gateway = str(subnet.network_address + 1)
         try:
-            _ip(
-                f"link add {bridge} type bridge\n"
-                f"link set {bridge} alias {alias}\n"
-                f"addr add {gateway}/24 dev {bridge}\n"
-                f"link set {bridge} up\n"
-            )
-        except NetworkError as exc:
+            netlink.add_bridge(bridge, alias, gateway, 24)
+        except OSError as exc:
             _remove(bridge)
             return shared(hosts, f"its bridge could not be made: {exc}", conf)
     try:
         _write(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6", "1")
         _write(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding", "1")
-        # One nft run: the rules, then what the chains are now (for other tables' forward).
-        chains = _run(
-            ["nft", "-f", "-"], _rules(bridge, subnet, allowed, extra_forward) + "list chains\n"
-        )
-        _forward_from_uplinks(routes)
+        # One nft run: the rules (the guard's too, where an uplink must start forwarding), then
+        # what the chains are now (for other tables' forward).
+        uplinks = _uplinks_not_forwarding(routes)
+        rules = _rules(bridge, subnet, allowed, extra_forward) + (_GUARD if uplinks else "")
+        chains = _run(["nft", "-f", "-"], rules + "list chains\n")
+        _forward_from_uplinks(uplinks)
         _pass_dropping_forward_chains(bridge, chains)
     except (OSError, NetworkError) as exc:
         _remove_rules(bridge)
@@ -239,9 +235,10 @@ def _remove(bridge: str, rules: bool = True) -> None:
     under the lock, which the last bridge's end (the uplinks restored) needs."""
     if rules:
         _remove_rules(bridge)
-    commands = [f"link del {link.name}" for link in _SYS_NET.glob(bridge + "v*")]
-    with contextlib.suppress(NetworkError):
-        _ip("".join(f"{c}\n" for c in [*commands, f"link del {bridge}"]), force=True)
+    veths = [link.name for link in _SYS_NET.glob(bridge + "v*")]
+    for name in [*veths, bridge]:  # each on its own: one that fails leaves the others going
+        with contextlib.suppress(OSError):
+            netlink.delete_links([name])
     if not any(_SYS_NET.glob(PREFIX + "*")):
         _restore_uplinks()
 
@@ -263,9 +260,9 @@ class HostNamespace:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if (_SYS_NET / self.veth).exists():  # now, not when the kernel gets to the namespace
-            with contextlib.suppress(NetworkError):
-                _ip(f"link del {self.veth}\n")
+        # Now, not when the kernel gets to the namespace.
+        with contextlib.suppress(OSError):
+            netlink.delete_links([self.veth])
 
 
 def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
@@ -283,7 +280,9 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
     def inside() -> None:
         try:
             # Opened in the node's namespace: the overlay's UDP socket is made there.
-            made["rtnl"] = overlay.rtnetlink().detach() if network.overlay_vni is not None else -1
+            made["rtnl"] = (
+                netlink.route_socket().detach() if network.overlay_vni is not None else -1
+            )
             if _libc.unshare(CLONE_NEWNET) != 0:
                 raise NetworkError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
             made["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -321,7 +320,7 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
     try:
         if failure:
             raise failure[0]
-        _ip(f"link set {veth} master {network.bridge}\nlink set {veth} up\n")
+        netlink.enslave(veth, network.bridge)
         _write(f"/proc/sys/net/ipv6/conf/{veth}/disable_ipv6", "1")
     except (OSError, NetworkError) as exc:
         namespace.close()
@@ -429,10 +428,10 @@ def _rules(
 
 def _routes() -> list[dict[str, Any]]:
     """The machine's IPv4 routes, of every table."""
-    listed: list[dict[str, Any]] = json.loads(
-        _run(["ip", "-j", "-4", "route", "show", "table", "all"]) or "[]"
-    )
-    return listed
+    try:
+        return netlink.ipv4_routes()
+    except OSError as exc:
+        raise NetworkError(f"listing the routes: {exc}") from None
 
 
 def _free_subnet(
@@ -458,27 +457,36 @@ def _free_subnet(
     return None
 
 
-def _forward_from_uplinks(routes: list[dict[str, Any]]) -> None:
-    """Replies come back in through the uplinks (the devices of the main table's default
-    routes among `routes`): they must forward. Where one did not, it does from now on for the
-    jobs' traffic alone (the guard table), until the last bridge goes."""
+# Made (with a job's rules) when an uplink starts forwarding for the jobs: no other forwarding.
+_GUARD = (
+    f"table inet {GUARD_TABLE} {{\n  chain forward {{\n"
+    "    type filter hook forward priority filter; policy accept;\n"
+    f'    iifname != "{PREFIX}*" oifname != "{PREFIX}*" drop\n  }}\n}}\n'
+)
+
+
+def _uplinks_not_forwarding(routes: list[dict[str, Any]]) -> list[str]:
+    """The uplinks (the devices of the main table's default routes among `routes`) that do not
+    forward: replies come back in through them."""
     uplinks = {
         route["dev"]
         for route in routes
         if route.get("dst") == "default" and route.get("table", "main") == "main" and "dev" in route
     }
+    return sorted(
+        device
+        for device in uplinks
+        if Path(f"/proc/sys/net/ipv4/conf/{device}/forwarding").read_text().strip() != "1"
+    )
+
+
+def _forward_from_uplinks(uplinks: list[str]) -> None:
+    """The uplinks that did not forward do from now on, for the jobs' traffic alone (the guard
+    table, made before), until the last bridge goes."""
     for device in uplinks:
-        setting = f"/proc/sys/net/ipv4/conf/{device}/forwarding"
-        if Path(setting).read_text().strip() == "1":
-            continue
         _STATE.mkdir(mode=0o700, exist_ok=True)
-        _nft(
-            f"table inet {GUARD_TABLE} {{\n  chain forward {{\n"
-            "    type filter hook forward priority filter; policy accept;\n"
-            f'    iifname != "{PREFIX}*" oifname != "{PREFIX}*" drop\n  }}\n}}\n'
-        )
         (_STATE / f"forwarding-{device}").touch()
-        _write(setting, "1")
+        _write(f"/proc/sys/net/ipv4/conf/{device}/forwarding", "1")
 
 
 def _pass_dropping_forward_chains(bridge: str, listed: str) -> None:

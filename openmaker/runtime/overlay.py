@@ -26,7 +26,8 @@ host's bridge drops what it sends to any node's address of the cluster (Ray's no
 the host starts), but the store's endpoint.
 
 The kernel's "local bypass" (a VXLAN destination on this machine is handed over without
-encapsulation) is switched off: iproute2 6.1 cannot, so the device is made over rtnetlink here.
+encapsulation) is switched off: iproute2 6.1 cannot, so the device is made over rtnetlink
+(netlink.py).
 """
 
 from __future__ import annotations
@@ -34,14 +35,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-import os
 import socket
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from openmaker.runtime import network
+from openmaker.runtime import netlink, network
 from openmaker.runtime.network import PREFIX, JobNetwork, NetworkError
 
 # Host i of a job: UDP OVERLAY_PORT + i on its node.
@@ -202,16 +201,20 @@ def mac(vni: int, index: int) -> str:
     return f"02:{vni >> 16 & 255:02x}:{vni >> 8 & 255:02x}:{vni & 255:02x}:00:{index + 1:02x}"
 
 
-def rtnetlink() -> socket.socket:
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-
-
 def join(rtnl: socket.socket, given: JobNetwork, index: int, netns: int) -> None:
     """Host `index`'s end of the segment, in the namespace `netns` (run inside it; `rtnl` was
     opened in the node's namespace, where the device's socket goes)."""
     assert given.overlay_vni is not None
     vni, nodes = given.overlay_vni, given.overlay_nodes
-    _add_vxlan(rtnl, vni, nodes[index], given.overlay_port + index, mac(vni, index), netns)
+    local, port = nodes[index], given.overlay_port + index
+    try:
+        netlink.add_vxlan(
+            rtnl, OVERLAY_DEVICE, vni, local, port, mac(vni, index), OVERLAY_MTU, netns
+        )
+    except netlink.NetlinkError as exc:
+        raise NetworkError(
+            exc.errno, f"the job's overlay (VXLAN {vni}, UDP {local}:{port}): {exc.strerror}"
+        ) from None
     hosts = list(given.addresses.values())
     commands = [f"addr add {hosts[index]}/24 dev {OVERLAY_DEVICE}", f"link set {OVERLAY_DEVICE} up"]
     forwarding = []
@@ -228,44 +231,3 @@ def join(rtnl: socket.socket, given: JobNetwork, index: int, netns: int) -> None
     network._ip("".join(f"{c}\n" for c in commands))
     if forwarding:
         network._run(["bridge", "-batch", "-"], "".join(f"{c}\n" for c in forwarding))
-
-
-# rtnetlink's numbers (linux/rtnetlink.h, if_link.h).
-_RTM_NEWLINK = 16
-_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
-_NESTED = 0x8000
-_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINKINFO, _IFLA_NET_NS_FD = 1, 3, 4, 18, 28
-_IFLA_INFO_KIND, _IFLA_INFO_DATA = 1, 2
-_VXLAN_ID, _VXLAN_LOCAL, _VXLAN_LEARNING, _VXLAN_PORT, _VXLAN_LOCALBYPASS = 1, 4, 7, 15, 31
-
-
-def _attribute(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _add_vxlan(
-    rtnl: socket.socket, vni: int, local: str, port: int, address: str, netns: int
-) -> None:
-    data = (
-        _attribute(_VXLAN_ID, struct.pack("=I", vni))
-        + _attribute(_VXLAN_LOCAL, socket.inet_aton(local))
-        + _attribute(_VXLAN_PORT, struct.pack("!H", port))
-        + _attribute(_VXLAN_LEARNING, b"\0")
-        + _attribute(_VXLAN_LOCALBYPASS, b"\0")
-    )
-    info = _attribute(_IFLA_INFO_KIND, b"vxlan\0") + _attribute(_IFLA_INFO_DATA | _NESTED, data)
-    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)
-    body += _attribute(_IFLA_IFNAME, OVERLAY_DEVICE.encode() + b"\0")
-    body += _attribute(_IFLA_ADDRESS, bytes.fromhex(address.replace(":", "")))
-    body += _attribute(_IFLA_MTU, struct.pack("=I", OVERLAY_MTU))
-    body += _attribute(_IFLA_NET_NS_FD, struct.pack("=I", netns))
-    body += _attribute(_IFLA_LINKINFO | _NESTED, info)
-    flags = _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_CREATE | _NLM_F_EXCL
-    rtnl.sendto(struct.pack("=IHHII", 16 + len(body), _RTM_NEWLINK, flags, 1, 0) + body, (0, 0))
-    reply = rtnl.recv(65536)
-    error = -struct.unpack("=i", reply[16:20])[0]
-    if error:
-        raise NetworkError(
-            error, f"the job's overlay (VXLAN {vni}, UDP {local}:{port}): {os.strerror(error)}"
-        )

@@ -12,12 +12,12 @@ the semantics of a container's entrypoint.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+from openmaker.runtime.enter import Setup, arguments
 from openmaker.runtime.layers import cover, layer_folder, make_mount_points
 from openmaker.runtime.spec import Bind, ContainerSpec, User
 from openmaker.runtime.switch_user import user_command
@@ -86,16 +86,16 @@ def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
     if spec.isolate_network:
         options.append(("--unshare-net",))  # loopback alone
     bwrap = ["bwrap", *(part for group in [*binds, *options] for part in group)]
-    setup = {
-        "detach_under": str(spec.detach_mounts_under or state),
-        "keep": str(state),
-        "layers": [[str(folder), lower] for folder, lower in layers],
-        "views": list(views.items()),
-        "empty": str(_empty_folder(spec)),
-        "userns": True,
-        "netns_fd": spec.netns_fd,
-    }
-    enter = [sys.executable, "-I", "-S", str(_ENTER), json.dumps(setup), "--", *bwrap, "--"]
+    setup = Setup(
+        detach_under=str(spec.detach_mounts_under or state),
+        keep=str(state),
+        layers=[(str(folder), lower) for folder, lower in layers],
+        views=list(views.items()),
+        empty=str(_empty_folder(spec)),
+        userns=True,
+        netns_fd=spec.netns_fd,
+    )
+    enter = [sys.executable, "-I", "-S", str(_ENTER), *arguments(setup), "--", *bwrap, "--"]
     return [*enter, *argv]
 
 

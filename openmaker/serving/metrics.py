@@ -144,7 +144,7 @@ class InvocationMetrics:
         self.add(endpoint, variant, values)
 
     def setup(self, endpoint: str, variant: str, seconds: float) -> None:
-        """A serverless variant's instance started for an invocation that waited `seconds`."""
+        """A serverless variant's instance started on demand, in `seconds` (a cold start)."""
         self.add(endpoint, variant, [(MODEL_SETUP_TIME, round(seconds * 1e6))])
 
     def add(self, endpoint: str, variant: str, values: list[tuple[str, float]]) -> None:

@@ -84,7 +84,7 @@ class Invoker:
         self.connections = ConnectionPool(self.invocation_seconds)
         self.loop_connections = AsyncConnections(self.invocation_seconds)
         self.metrics = InvocationMetrics(endpoints.sessions)
-        self.serverless = serverless.Gate()
+        self.serverless = serverless.Gate(endpoints.settings)
         self.multi_models = multi_model.MultiModels(
             endpoints.settings.store, self.invocation_seconds
         )
@@ -102,8 +102,8 @@ class Invoker:
         chosen, address, stream = self._choose(name, target_variant)
         if chosen.serverless is None:
             return self._invoke(name, chosen, address, stream, body, headers, received)
-        with self._serverless_held(name, chosen):
-            chosen, address, stream = self._warm(name, chosen, address, stream)
+        with self._serverless_held(name, chosen) as slot:
+            chosen, address, stream = self._warm(name, chosen, slot)
             return self._invoke(name, chosen, address, stream, body, headers, received)
 
     def _invoke(
@@ -127,46 +127,43 @@ class Invoker:
         return answer
 
     @contextlib.contextmanager
-    def _serverless_held(self, name: str, variant: Variant) -> Iterator[None]:
-        """A serverless variant's invocation: within its MaxConcurrency, and marked as asked
-        for as it starts and ends (the worker's idle clock, serving/serverless.py)."""
+    def _serverless_held(self, name: str, variant: Variant) -> Iterator[serverless.Slot]:
+        """A serverless variant's invocation: within its MaxConcurrency, and counted as under
+        way until it ends (what the worker scales by, serving/serverless.py)."""
         assert variant.serverless is not None
         most = int(variant.serverless["MaxConcurrency"])
-        demand = serverless.demand_file(self.endpoints.settings, name, variant.name)
         try:
-            with self.serverless.held(name, variant.name, most):
-                serverless.mark(demand)
-                try:
-                    yield
-                finally:
-                    serverless.mark(demand)
+            with self.serverless.held(name, variant.name, most) as slot:
+                yield slot
         except serverless.Throttled as exc:
             raise InvocationError("ThrottlingException", 429, str(exc)) from None
 
-    def _warm(
-        self, name: str, variant: Variant, address: str, stream: str
-    ) -> tuple[Variant, str, str]:
-        """A serverless variant's instance: one that serves, else one started for this
-        invocation (a cold start; the worker starts it on the demand file's mark)."""
-        if address:
-            return variant, address, stream
-        started = time.perf_counter()
-        demand = serverless.demand_file(self.endpoints.settings, name, variant.name)
+    def _warm(self, name: str, variant: Variant, slot: serverless.Slot) -> tuple[Variant, str, str]:
+        """A serverless instance serving no other invocation, else one more started for this
+        one (a cold start: the worker starts it on the demand file, serving/serverless.py), or
+        one freed meanwhile by another invocation."""
+        settings = self.endpoints.settings
+        since, waiting = time.time(), False
         deadline = time.monotonic() + COLD_START_SECONDS
-        while time.monotonic() < deadline:
-            serverless.mark(demand)
+        found: Variant | None = variant
+        while found is not None and time.monotonic() < deadline:
+            address = self.serverless.take(slot, found.addresses)
+            if address:
+                return found, address, found.streams[found.addresses.index(address)]
+            if waiting:
+                self.serverless.ask(slot)
+                refused = serverless.refused_since(
+                    serverless.refusal_file(settings, name, variant.name), since
+                )
+                if refused is not None:
+                    raise InvocationError("ThrottlingException", 429, f"Rate exceeded: {refused}")
+                time.sleep(COLD_START_POLL_SECONDS)
             route = self.endpoints.route(name)
             self._routes[name] = (time.monotonic(), route)
             found = next(
                 (v for v in (route.variants if route else ()) if v.name == variant.name), None
             )
-            if found is None:
-                break
-            if found.addresses:
-                self.metrics.setup(name, variant.name, time.perf_counter() - started)
-                address = random.choice(found.addresses)
-                return found, address, found.streams[found.addresses.index(address)]
-            time.sleep(COLD_START_POLL_SECONDS)
+            waiting = True
         raise InvocationError(
             "ModelNotReadyException",
             429,
@@ -277,8 +274,8 @@ class Invoker:
         is closed."""
         variant, address, stream = self._choose(name, target_variant)
         if variant.serverless is not None:
-            held.enter_context(self._serverless_held(name, variant))
-            variant, address, stream = self._warm(name, variant, address, stream)
+            slot = held.enter_context(self._serverless_held(name, variant))
+            variant, address, stream = self._warm(name, variant, slot)
         return address, stream, variant.name
 
     def _choose(self, name: str, target_variant: str | None) -> tuple[Variant, str, str]:

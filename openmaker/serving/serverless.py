@@ -1,24 +1,33 @@
-"""Serverless variants (`ProductionVariants[].ServerlessConfig`): an instance only while there
-are invocations.
+"""Serverless variants (`ProductionVariants[].ServerlessConfig`): instances only while there
+are invocations, each serving one at a time, as SageMaker's serverless workers do.
 
 - CreateEndpointConfig checks the config as SageMaker does (`check`).
-- The endpoint's worker starts a serverless variant with no instance (one if it has
-  `ProvisionedConcurrency`, kept warm). The invocation proxy marks each invocation of the
-  variant on a demand file (`demand_file`, its modification time); the worker starts one
-  instance when it finds the variant asked for and without one (the cold start), and stops it
-  once the file is older than `OPENMAKER_SERVERLESS_IDLE_SECONDS` (serving/worker.py).
-- The proxy holds an invocation that finds no instance until one answers /ping (the time it
-  waited is the `ModelSetupTime` metric), and refuses one over `MaxConcurrency` invocations of
-  the variant under way with a `ThrottlingException` (429), as SageMaker does (`Gate`).
-- The instance's memory is `MemorySizeInMB`; it is placed as a `PLACEMENT_TYPE` for its CPUs.
+- The proxy (in the server) counts each variant's invocations under way and gives each an
+  instance serving no other (`Gate`); one over `MaxConcurrency` under way is refused with a
+  `ThrottlingException` (429). It writes what it counts — invocations under way, instances busy,
+  when each last served — to the variant's demand file (`Demand`), again and again while an
+  invocation waits for an instance.
+- The endpoint's worker reads that file every second (serving/worker.py): while invocations
+  under way outnumber the instances it starts more (a cold start each, up to MaxConcurrency;
+  the proxy's wait for a new one is the `ModelSetupTime` metric); it keeps
+  `ProvisionedConcurrency` instances warm from the start; an instance idle (not busy, not used)
+  for `OPENMAKER_SERVERLESS_IDLE_SECONDS` stops, one at a time, never below what is kept warm
+  nor below the invocations under way.
+- Each instance reserves `MemorySizeInMB` of the machine's memory (and a `PLACEMENT_TYPE`'s
+  CPUs) as other instances reserve theirs (serving/placement.py); as those, it never waits for
+  capacity: a cold start that does not fit starts as many as fit, and when none does the worker
+  notes a refusal (`refuse`) and the invocations waiting get a `ThrottlingException`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +40,9 @@ MAX_CONCURRENCY = 200
 PLACEMENT_TYPE = "ml.t3.medium"
 MIB = 1024 * 1024
 CONFIG = "ServerlessConfig"
+# How long a count of invocations asking for instances holds (those waiting write it every
+# COLD_START_POLL_SECONDS, serving/proxy.py).
+ASKING_SECONDS = 3.0
 
 
 class Throttled(Exception):
@@ -111,43 +123,87 @@ def memory_bytes(variant: dict[str, Any]) -> int | None:
 
 
 def warm_count(variant: dict[str, Any]) -> int:
-    """Instances a serverless variant keeps with no invocation: one when it has provisioned
-    concurrency."""
+    """Instances a serverless variant keeps with no invocation: its ProvisionedConcurrency."""
     config = config_of(variant) or {}
-    return 1 if config.get("ProvisionedConcurrency") else 0
+    return int(config.get("ProvisionedConcurrency") or 0)
 
 
 def demand_file(settings: Settings, endpoint: str, variant: str) -> Path:
     return settings.home / "endpoints" / endpoint / "serverless" / variant
 
 
-def mark(path: Path) -> None:
-    """Note an invocation of the variant now (the file's modification time)."""
-    try:
-        os.utime(path)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+def refusal_file(settings: Settings, endpoint: str, variant: str) -> Path:
+    return demand_file(settings, endpoint, variant).with_name(f"{variant}.refused")
 
 
-def last_asked(path: Path) -> float | None:
-    """When the variant was last invoked (time.time()), None if never."""
+@dataclass(frozen=True)
+class Demand:
+    """What the proxy last wrote of a variant's invocations (`demand_file`)."""
+
+    asking: int  # invocations under way, those waiting for an instance included
+    busy: frozenset[str]  # the instances (host:port) serving one now
+    used: dict[str, float]  # when each instance last served one (time.time())
+    written: float  # when this was written (time.time()); 0.0: never
+
+
+def read_demand(path: Path) -> Demand:
     try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return None
+        written = path.stat().st_mtime
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return Demand(0, frozenset(), {}, 0.0)
+    return Demand(int(data["asking"]), frozenset(data["busy"]), dict(data["used"]), written)
+
+
+def refuse(path: Path, message: str) -> None:
+    """Note that a cold start was refused now (the proxy throttles those waiting for it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(path, message)
+
+
+def refused_since(path: Path, since: float) -> str | None:
+    """Why a cold start was refused at or after `since` (time.time()), if one was."""
+    try:
+        if path.stat().st_mtime >= since:
+            return path.read_text()
+    except OSError:
+        pass
+    return None
+
+
+def _write(path: Path, text: str) -> None:
+    """Whole or not at all, for the other process reading it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+@dataclass
+class Slot:
+    """One invocation of a serverless variant under way; `address`: the instance serving it
+    (empty until it has one)."""
+
+    key: tuple[str, str]
+    demand: Path
+    address: str = ""
 
 
 class Gate:
-    """The proxy's count of each serverless variant's invocations under way."""
+    """The proxy's view of each serverless variant's invocations: how many are under way
+    (against MaxConcurrency) and which instances serve one, each serving one at a time. Every
+    change is written to the variant's demand file for the endpoint's worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self._under_way: dict[tuple[str, str], int] = {}
+        self._busy: dict[tuple[str, str], set[str]] = {}
+        self._used: dict[tuple[str, str], dict[str, float]] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def held(self, endpoint: str, variant: str, most: int) -> Iterator[None]:
+    def held(self, endpoint: str, variant: str, most: int) -> Iterator[Slot]:
         key = (endpoint, variant)
+        slot = Slot(key, demand_file(self.settings, endpoint, variant))
         with self._lock:
             if self._under_way.get(key, 0) >= most:
                 raise Throttled(
@@ -155,8 +211,44 @@ class Gate:
                     f"{most} invocations under way, its MaxConcurrency."
                 )
             self._under_way[key] = self._under_way.get(key, 0) + 1
+            self._publish(slot)
         try:
-            yield
+            yield slot
         finally:
             with self._lock:
                 self._under_way[key] -= 1
+                if slot.address:
+                    self._busy[key].discard(slot.address)
+                    self._used.setdefault(key, {})[slot.address] = time.time()
+                self._publish(slot)
+
+    def take(self, slot: Slot, addresses: Sequence[str]) -> str:
+        """An instance among `addresses` serving no invocation, now serving `slot`'s ('' if
+        none is free). The one that served last is taken, so that the others go idle."""
+        with self._lock:
+            busy = self._busy.setdefault(slot.key, set())
+            used = self._used.setdefault(slot.key, {})
+            for gone in set(used) - set(addresses) - busy:
+                del used[gone]
+            free = [a for a in addresses if a not in busy]
+            if not free:
+                return ""
+            slot.address = max(free, key=lambda a: used.get(a, 0.0))
+            busy.add(slot.address)
+            self._publish(slot)
+            return slot.address
+
+    def ask(self, slot: Slot) -> None:
+        """Say again that `slot` waits for an instance (the worker heeds recent asks only)."""
+        with self._lock:
+            self._publish(slot)
+
+    def _publish(self, slot: Slot) -> None:
+        key = slot.key
+        state = {
+            "asking": self._under_way.get(key, 0),
+            "busy": sorted(self._busy.get(key, ())),
+            "used": self._used.get(key, {}),
+        }
+        slot.demand.parent.mkdir(parents=True, exist_ok=True)
+        _write(slot.demand, json.dumps(state))

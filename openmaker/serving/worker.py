@@ -57,6 +57,7 @@ from openmaker.serving.instance import (
 )
 from openmaker.serving.kind import fail, log_group, network_key
 from openmaker.serving.logs import EndpointLogs
+from openmaker.serving.metrics import InvocationMetrics
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.models import the_container
 from openmaker.serving.proxy import ROUTE_SECONDS
@@ -78,6 +79,10 @@ class EndpointFailed(Exception):
     """The endpoint (or its update) cannot serve; the message is its FailureReason."""
 
 
+class NoCapacity(EndpointFailed):
+    """The instances do not fit on the machine now."""
+
+
 def run(order: Order, settings: Settings, stop: threading.Event) -> None:
     """Run a worker's order (openmaker/jobs/worker_process.py)."""
     EndpointWorker(settings, order.name, stop).run()
@@ -94,10 +99,11 @@ class EndpointWorker:
         self.indexes: set[int] = set()  # the instances' indexes on the bridge, in use
         self.async_runner: async_runner.AsyncRunner | None = None
         self.health: health.HealthWatch | None = None
-        # Serverless variants: when each was last found asked for with no instance, or left
-        # with none (time.time()); when each of their instances started.
-        self.cold_handled: dict[str, float] = {}
+        # Serverless variants: when a cold start of each last failed (time.time()); when each
+        # of their instances started.
+        self.cold_failed: dict[str, float] = {}
         self.started_at: dict[str, float] = {}
+        self.metrics = InvocationMetrics(self.writers)  # their ModelSetupTime
         # A canary or linear update's new fleet while both are in the route (its instance ids).
         self.green: set[str] = set()
 
@@ -214,7 +220,7 @@ class EndpointWorker:
         try:
             shares = placement.reserve(self.settings, self.writers, self.name, wanted)
         except placement.InsufficientCapacity as exc:
-            raise EndpointFailed(str(exc)) from None
+            raise NoCapacity(str(exc)) from None
         for instance in fleet:
             instance.share = shares[instance.plan.id]
             plan = instance.plan
@@ -520,57 +526,85 @@ class EndpointWorker:
         self._record(status.IN_SERVICE)
 
     def _scale_serverless(self, row: EndpointRecord) -> None:
-        """A serverless variant asked for with no instance gets one (a cold start); one whose
-        instance has had no invocation for the idle period is left with those kept warm."""
+        """Each serverless variant gets an instance for each invocation under way (a cold start
+        each, up to its MaxConcurrency), keeps its ProvisionedConcurrency warm, and loses one
+        idle instance at a time (serving/serverless.py)."""
         for variant in row.config["ProductionVariants"]:
-            if serverless.config_of(variant) is None:
+            config = serverless.config_of(variant)
+            if config is None:
                 continue
             name = variant["VariantName"]
             mine = [i for i in self.live if i.plan.variant == name]
-            asked = serverless.last_asked(serverless.demand_file(self.settings, self.name, name))
-            handled = self.cold_handled.get(name)
-            asked_again = asked is not None and asked > (handled or 0.0)
-            # Provisioned concurrency given by an update: its warm instance, tried once.
-            warm = serverless.warm_count(variant) > 0 and handled is None
-            if not mine and (asked_again or warm):
-                self.cold_handled[name] = time.time()
-                self._cold_start(row, name)
-                continue
-            idle = self.settings.serverless_idle_seconds
-            for instance in mine[serverless.warm_count(variant) :]:
-                last = max(asked or 0.0, self.started_at.get(instance.plan.id, 0.0))
-                if time.time() - last >= idle:
-                    self._scale_in(instance, idle)
+            demand = serverless.read_demand(serverless.demand_file(self.settings, self.name, name))
+            # Invocations waiting for an instance say so again and again; a count not written
+            # lately is of invocations that are served, or of a server that is gone.
+            fresh = time.time() - demand.written < serverless.ASKING_SECONDS
+            keep = max(serverless.warm_count(variant), demand.asking if fresh else 0)
+            wanted = min(int(config["MaxConcurrency"]), keep)
+            failed = self.cold_failed.get(name)
+            if len(mine) < wanted and (failed is None or (fresh and demand.written > failed)):
+                self._cold_start(row, name, wanted - len(mine))
+            elif len(mine) > keep:
+                self._scale_in_idle(mine, demand)
 
-    def _cold_start(self, row: EndpointRecord, variant: str) -> None:
-        try:
-            fleet = self._fleet(row.config, row.models, {variant: 1})
-            self._launch(fleet)
-        except EndpointFailed as exc:
-            failed, self.starting = self.starting, []
-            self._stop(failed)
-            message = f"A serverless instance of production variant {variant} failed: {exc}"
-
-            def note(record: EndpointRecord) -> None:
-                record.failure_reason = message
-
-            self._record(None, change=note)
-            return
+    def _cold_start(self, row: EndpointRecord, variant: str, count: int) -> None:
+        """Start `count` instances of the variant, or as many as fit on the machine; when not
+        one does, those waiting are told (serverless.refuse) and throttled by the proxy. The
+        time each took to serve is its ModelSetupTime."""
+        began = time.perf_counter()
+        while True:
+            try:
+                fleet = self._fleet(row.config, row.models, {variant: count})
+                self._launch(fleet)
+                break
+            except EndpointFailed as exc:
+                failed, self.starting = self.starting, []
+                self._stop(failed)
+                if isinstance(exc, NoCapacity) and count > 1:
+                    count -= 1
+                    continue
+                self._cold_start_failed(variant, exc)
+                return
         if self.stop.is_set():
             return
+        self.cold_failed.pop(variant, None)
         for instance in fleet:
             self.started_at[instance.plan.id] = time.time()
+            self.metrics.setup(self.name, variant, time.perf_counter() - began)
+        self.metrics.flush()
         self.live, self.starting = self.live + fleet, []
         self._record(None, change=_no_failure)
 
-    def _scale_in(self, instance: Instance, idle: float) -> None:
-        """Out of the route first, then stopped once no invocation can reach it."""
+    def _cold_start_failed(self, variant: str, exc: EndpointFailed) -> None:
+        if isinstance(exc, NoCapacity):
+            refused = serverless.refusal_file(self.settings, self.name, variant)
+            serverless.refuse(refused, f"no serverless capacity to start: {exc}")
+        self.cold_failed[variant] = time.time()
+        message = f"A serverless instance of production variant {variant} failed: {exc}"
+
+        def note(record: EndpointRecord) -> None:
+            record.failure_reason = message
+
+        self._record(None, change=note)
+
+    def _scale_in_idle(self, mine: list[Instance], demand: serverless.Demand) -> None:
+        """Stop the instance idle longest, once it has been for the idle period."""
+        idle = self.settings.serverless_idle_seconds
+        now = time.time()
+
+        def last(instance: Instance) -> float:
+            used = demand.used.get(instance.address, 0.0)
+            return max(used, self.started_at.get(instance.plan.id, 0.0))
+
+        spare = [i for i in mine if i.address not in demand.busy and now - last(i) >= idle]
+        if not spare:
+            return
+        instance = min(spare, key=last)
         self.logs.note(
             instance.plan.stream,
             f"[openmaker] no invocation for {idle:g} seconds: the serverless instance "
             f"{instance.plan.id} stops",
         )
-        self.cold_handled[instance.plan.variant] = time.time()
         self.live = [i for i in self.live if i is not instance]
         self._record(None)
         self._retire([instance])

@@ -34,7 +34,7 @@ from openmaker.runtime.network import remove as remove_network
 from openmaker.runtime.overlay import overlay
 from openmaker.settings import Settings
 from openmaker.training.host.events import Emit, Event, LogLine, StatusChanged
-from openmaker.training.host.spec import HostSpec
+from openmaker.training.host.spec import HostResources, HostSpec
 from openmaker.training.host.training_host import (
     Artifacts,
     HostFailed,
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 # How often the worker looks at a stop request, a pending group, an actor's events.
 POLL_SECONDS = 0.5
+# How long one look at a pending group waits for it (seconds; Ray answers at once when ready).
+WAIT_SECONDS = 1
 # A host's actor that does not close within this is killed with its processes.
 CLOSE_SECONDS = 60.0
 # How long `openmaker cluster` waits for an agent to say which hosts it runs.
@@ -59,16 +61,39 @@ ASK_SECONDS = 10.0
 
 def bundle_for(instance_type: str, offered: dict[str, float]) -> dict[str, float]:
     """What one host of `instance_type` reserves on its node: one unit of the node resource of
-    that name where nodes advertise it, else the catalog's vCPUs, memory and GPUs."""
-    if offered.get(instance_type):
-        return {instance_type: 1}
+    that name where nodes advertise it, else the catalog's vCPUs and memory; and the catalog's
+    GPUs either way (they are given to the host by their ids: `bundle_gpus`)."""
     known = catalog().get(instance_type)
+    gpus = {"GPU": float(known.gpus)} if known is not None and known.gpus else {}
+    if offered.get(instance_type):
+        return {instance_type: 1, **gpus}
     if known is None:  # ml.local and unknown types: a node of its own, whatever its size
         return {"CPU": 1}
-    wanted = {"CPU": float(known.cpus), "memory": float(known.memory)}
-    if known.gpus:
-        wanted["GPU"] = float(known.gpus)
-    return wanted
+    return {"CPU": float(known.cpus), "memory": float(known.memory), **gpus}
+
+
+def bundle_gpus(
+    group: PlacementGroup, bundle: dict[str, float], count: int
+) -> list[tuple[str, ...]]:
+    """The ids of the GPUs each of the group's `count` bundles holds on its node: Ray gives a
+    task in a bundle the GPUs that bundle reserved, so a task per bundle asks for them all and
+    says which it got (a Ray worker process per host: only for jobs with GPUs)."""
+    if not bundle.get("GPU"):
+        return [()] * count
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    asked = [
+        ray.remote(ray.get_gpu_ids)
+        .options(
+            num_cpus=0,
+            num_gpus=bundle["GPU"],
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, index),
+        )
+        .remote()
+        for index in range(count)
+    ]
+    return [tuple(str(gpu) for gpu in ids) for ids in ray.get(asked)]
 
 
 class RayHosts:
@@ -125,8 +150,7 @@ class RayHosts:
         instance_type, count, bundle = self.specs[0].instance_type, len(self.specs), self.bundle
         deadline = time.monotonic() + self.settings.ray_wait_seconds
         waiting = False
-        ready = self.group.ready()
-        while not ray.wait([ready], timeout=POLL_SECONDS)[0]:
+        while not self.group.wait(WAIT_SECONDS):
             if stop.requested:
                 return ""
             fitting = nodes_fitting(bundle)
@@ -145,7 +169,13 @@ class RayHosts:
                 waiting = True
                 self.emit(StatusChanged(SecondaryStatus.PENDING, f"on the Ray cluster: {wants}"))
         node_ids, self.nodes = self._bundle_nodes()
-        self.specs = across_nodes(self.settings, self.specs, self.nodes)
+        gpus = bundle_gpus(self.group, bundle, count)
+        specs = across_nodes(self.settings, self.specs, self.nodes)
+        self.specs = [
+            # The node's agent gives the host its own CPUs and the type's memory.
+            dataclasses.replace(spec, resources=HostResources(cpus=(), memory=None, gpus=ids))
+            for spec, ids in zip(specs, gpus, strict=True)
+        ]
         self.agents = [agent_on(node) for node in node_ids]
         owner = ray.get_runtime_context().get_job_id()
         self.keys = [f"{spec.job_name}:{spec.host_name}:{uuid.uuid4().hex}" for spec in self.specs]

@@ -31,9 +31,11 @@ class HostRunner(Protocol):
     def close(self) -> None: ...
 
 
-def load(settings: Settings) -> None:
-    """What the hosts will need, loaded by a spare worker while it waits for its job: Ray."""
-    if settings.executor == "ray":
+def load(executor: str) -> None:
+    """What the hosts will need under `executor`, loaded ahead of the job: Ray, and openmaker's
+    side of it. It starts no thread and opens no file (the fork server runs it)."""
+    if executor == "ray":
+        import openmaker.training.ray_hosts  # noqa: F401
         from openmaker.training.ray_cluster import load as load_ray
 
         load_ray()

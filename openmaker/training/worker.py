@@ -20,7 +20,8 @@ from openmaker.connection import with_current_gate
 from openmaker.jobs import capacity, gate_keys
 from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
-from openmaker.settings import Settings, load_settings
+from openmaker.runtime.network import remove as remove_network
+from openmaker.settings import Settings
 from openmaker.store.location import EMBEDDED_ENDPOINT_LISTING_SECONDS
 from openmaker.training import access, runners, state
 from openmaker.training.host.events import StatusChanged
@@ -144,8 +145,9 @@ def run_job(
     mine: Attempt[TrainingJob] = Attempt(
         attempt, stop, worker or this_process(), state.TERMINAL, SecondaryStatus.STOPPED
     )
+    visible_at = 0.0
     try:
-        end = _run(hosts, recorder, stop, mine)
+        end, visible_at = _run(hosts, recorder, stop, mine)
     except Exception:  # the job must end in a state that says what happened
         detail = traceback.format_exc()
         print(detail, file=sys.stderr)
@@ -158,9 +160,17 @@ def run_job(
     # next job given its share of the machine) finds them gone.
     try:
         gate_keys.revoke_job(settings.home, job_name)  # its code's key dies with it
-        for host in hosts:
-            host.close()
+        # The job's bridge goes meanwhile (mostly the kernel's wait for its links to go).
+        network_gone = threading.Thread(target=remove_network, args=(settings.home, job_name))
+        network_gone.start()
+        try:
+            for host in hosts:
+                host.close()
+        finally:
+            network_gone.join()
         clear_job(settings, job_name, settings.keep_job_files)
+        # The artifacts' listing window runs out meanwhile: mostly no wait is left by now.
+        time.sleep(max(0.0, visible_at - time.monotonic()))
         recorder.update(mine.only(end))
     finally:
         recorder.close()
@@ -183,8 +193,9 @@ def _run(
     recorder: TrainingRecorder,
     stop: StopControl,
     mine: Attempt[TrainingJob],
-) -> Callable[[TrainingJob], object]:
-    """Run the attempt; returns how the job ends (recorded once its leftovers are gone)."""
+) -> tuple[Callable[[TrainingJob], object], float]:
+    """Run the attempt; returns how the job ends (recorded once its leftovers are gone), and
+    the `time.monotonic()` before which its end must not be recorded."""
     # The hosts start preparing at once; the claim waits for the database layer to load.
     claimer = threading.Thread(target=recorder.update, args=(mine.claim,))
     claimer.start()
@@ -195,10 +206,10 @@ def _run(
     except HostFailed as exc:
         reason = exc.reason
         claimer.join()
-        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason)
+        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason), 0.0
     if stop.requested:
         claimer.join()
-        return lambda j: state.finish(j, stop.reason or SecondaryStatus.STOPPED, None)
+        return lambda j: state.finish(j, stop.reason or SecondaryStatus.STOPPED, None), 0.0
 
     with ThreadPoolExecutor(len(hosts)) as pool:
         results = list(pool.map(lambda host: host.run(stop), hosts))
@@ -208,7 +219,7 @@ def _run(
 
     claimer.join()  # long done by now; the job's end must not come before its claim
     if not stopped and failure is None and outside is not None:
-        return _after_infrastructure_failure(hosts, outside)
+        return _after_infrastructure_failure(hosts, outside), 0.0
     emit(StatusChanged(SecondaryStatus.UPLOADING))
     try:
         for host in hosts:
@@ -219,12 +230,15 @@ def _run(
         print(f"outputs not uploaded: {exc.__cause__ or exc}", file=sys.stderr)
         # The code's own failure (a full volume, say) is what the job ended with, not its echo.
         reason = failure or exc.reason
-        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason)
+        return lambda j: state.finish(j, SecondaryStatus.FAILED, reason), 0.0
     spec = hosts[0].spec
+    visible_at = 0.0
     if spec.code_env and spec.store.endpoint is None:
         # Written straight into the embedded store's folder: the job ends once the server's
-        # S3 endpoint lists its artifacts too, so that a client that sees it end finds them.
-        time.sleep(EMBEDDED_ENDPOINT_LISTING_SECONDS)
+        # S3 endpoint lists its artifacts too (a listing it read before they were there is
+        # kept this long), so that a client that sees it end finds them. The hosts' leftovers
+        # go meanwhile.
+        visible_at = time.monotonic() + EMBEDDED_ENDPOINT_LISTING_SECONDS
 
     def finish(j: TrainingJob) -> None:
         j.model_artifacts = artifacts.model_uri
@@ -237,7 +251,7 @@ def _run(
         else:
             state.finish(j, SecondaryStatus.COMPLETED, None)
 
-    return finish
+    return finish, visible_at
 
 
 def _failures(results: list[HostResult]) -> tuple[str | None, str | None]:
@@ -259,9 +273,11 @@ def _after_infrastructure_failure(
     return lambda j: restart_or_fail(j, what)
 
 
-def preload() -> None:
-    """Run by a spare worker while it waits for its order (jobs/worker_process.py)."""
-    runners.load(load_settings())
+def preload(executor: str) -> None:
+    """What the hosts need under `executor` (OPENMAKER_EXECUTOR), loaded ahead: by a spare
+    worker while it waits for its order (jobs/worker_process.py), by the fork server before it
+    forks workers (jobs/forkserver.py; so it starts no thread and opens no file)."""
+    runners.load(executor)
 
 
 def run(order: Order, settings: Settings, stop_before_start: threading.Event) -> None:

@@ -52,13 +52,14 @@ def _size(event: Event) -> int:
 class HostSession:
     def __init__(self, spec: dict[str, Any]) -> None:
         plain = HostSpec.from_json(spec)
-        # The node's own share: its CPUs, the instance type's memory. (No GPUs: the bundle's are
-        # not the agent's; GPU hosts are listed under "Not yet" in README's Ray section.)
+        # The node's own share: its CPUs, the instance type's memory, and the GPUs the job's
+        # reservation holds on this node (their ids, found by the job's worker: the agent holds
+        # none of its own).
         known = catalog().get(plain.instance_type)
         resources = HostResources(
             cpus=tuple(sorted(os.sched_getaffinity(0))),
             memory=known.memory if known else None,
-            gpus=(),
+            gpus=plain.resources.gpus if plain.resources is not None else (),
         )
         self.spec = dataclasses.replace(plain, resources=resources)
         # The job's network across its nodes: this node's part (its bridge for this host).

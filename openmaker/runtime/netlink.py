@@ -1,0 +1,236 @@
+"""The few rtnetlink requests the jobs' networks make on the machine's side (network.py): a
+bridge, a veth end put on it, links deleted, the IPv4 routes listed; and a host's VXLAN device
+with the local bypass off (overlay.py), which iproute2 6.1 cannot ask for. Each is what an `ip`
+command does, without starting a process for it (a process costs a job tens of milliseconds on
+a busy machine). Every request is acknowledged before the next one goes: an error raises
+NetlinkError with the kernel's errno.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_RTM_NEWLINK, _RTM_DELLINK = 16, 17
+_RTM_NEWADDR = 20
+_RTM_GETROUTE = 26
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_MULTI, _NLM_F_ACK = 0x1, 0x2, 0x4
+_NLM_F_DUMP, _NLM_F_EXCL, _NLM_F_CREATE = 0x300, 0x200, 0x400
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
+_IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_NET_NS_FD = 18, 20, 28
+_IFLA_INFO_KIND, _IFLA_INFO_DATA = 1, 2
+_NLA_F_NESTED = 0x8000
+_VXLAN_ID, _VXLAN_LOCAL, _VXLAN_LEARNING, _VXLAN_PORT, _VXLAN_LOCALBYPASS = 1, 4, 7, 15, 31
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_RTA_DST, _RTA_OIF, _RTA_TABLE = 1, 4, 15
+_IFF_UP = 0x1
+_RT_TABLE_MAIN = 254
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr
+_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
+_IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg
+_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+
+
+class NetlinkError(OSError):
+    pass
+
+
+def add_bridge(name: str, alias: str, address: str, prefix: int) -> None:
+    """`ip link add NAME type bridge; link set NAME alias ALIAS; addr add ADDRESS/PREFIX dev
+    NAME; link set NAME up`."""
+    kind = _attribute(_IFLA_INFO_KIND, b"bridge")
+    with _socket() as rtnl:
+        rtnl.ask(
+            _RTM_NEWLINK,
+            _NLM_F_CREATE | _NLM_F_EXCL,
+            _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+            + _attribute(_IFLA_IFNAME, _name(name))
+            + _attribute(_IFLA_LINKINFO, kind),
+        )
+        index = socket.if_nametoindex(name)
+        rtnl.ask(
+            _RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+            + _attribute(_IFLA_IFALIAS, alias.encode()),
+        )  # fmt: skip
+        packed = ipaddress.IPv4Address(address).packed
+        rtnl.ask(
+            _RTM_NEWADDR,
+            _NLM_F_CREATE | _NLM_F_EXCL,
+            _IFADDR.pack(socket.AF_INET, prefix, 0, 0, index)
+            + _attribute(_IFA_LOCAL, packed)
+            + _attribute(_IFA_ADDRESS, packed),
+        )
+        rtnl.ask(_RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, _IFF_UP, _IFF_UP))
+
+
+def enslave(name: str, master: str) -> None:
+    """`ip link set NAME master MASTER; ip link set NAME up`."""
+    with _socket() as rtnl:
+        index, bridge = socket.if_nametoindex(name), socket.if_nametoindex(master)
+        rtnl.ask(
+            _RTM_NEWLINK,
+            0,
+            _IFINFO.pack(socket.AF_UNSPEC, 0, index, _IFF_UP, _IFF_UP)
+            + _attribute(_IFLA_MASTER, struct.pack("=I", bridge)),
+        )
+
+
+def delete_links(names: Iterable[str]) -> None:
+    """`ip link del NAME` for each that exists (one that is gone already is no error)."""
+    with _socket() as rtnl:
+        for name in names:
+            try:
+                rtnl.ask(
+                    _RTM_DELLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+                    + _attribute(_IFLA_IFNAME, _name(name)),
+                )  # fmt: skip
+            except NetlinkError as exc:
+                if exc.errno != errno.ENODEV:
+                    raise
+
+
+def route_socket() -> socket.socket:
+    """An rtnetlink socket of the calling thread's network namespace: it stays there after the
+    thread moves to another (a VXLAN device's UDP socket is made in the socket's)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    sock.bind((0, 0))
+    return sock
+
+
+def add_vxlan(
+    sock: socket.socket,
+    name: str,
+    vni: int,
+    local: str,
+    port: int,
+    address: str,
+    mtu: int,
+    netns: int,
+) -> None:
+    """`ip link add NAME address ADDRESS mtu MTU netns NETNS type vxlan id VNI local LOCAL
+    dstport PORT nolearning`, with the kernel's local bypass off (frames for another host on
+    this node go out through UDP too, where the node's firewall sees them), over `sock`."""
+    data = (
+        _attribute(_VXLAN_ID, struct.pack("=I", vni))
+        + _attribute(_VXLAN_LOCAL, socket.inet_aton(local))
+        + _attribute(_VXLAN_PORT, struct.pack("!H", port))
+        + _attribute(_VXLAN_LEARNING, b"\0")
+        + _attribute(_VXLAN_LOCALBYPASS, b"\0")
+    )
+    info = _attribute(_IFLA_INFO_KIND, b"vxlan\0")
+    info += _attribute(_IFLA_INFO_DATA | _NLA_F_NESTED, data)
+    _Rtnl(sock).ask(
+        _RTM_NEWLINK,
+        _NLM_F_CREATE | _NLM_F_EXCL,
+        _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        + _attribute(_IFLA_IFNAME, _name(name))
+        + _attribute(_IFLA_ADDRESS, bytes.fromhex(address.replace(":", "")))
+        + _attribute(_IFLA_MTU, struct.pack("=I", mtu))
+        + _attribute(_IFLA_NET_NS_FD, struct.pack("=I", netns))
+        + _attribute(_IFLA_LINKINFO | _NLA_F_NESTED, info),
+    )
+
+
+def ipv4_routes() -> list[dict[str, Any]]:
+    """The machine's IPv4 routes of every table, as `ip -j -4 route show table all` gives
+    them: `dst` ("default" or an address/length), `table` ("main" or its number), `dev`."""
+    routes = []
+    with _socket() as rtnl:
+        request = _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+        for payload in rtnl.dump(_RTM_GETROUTE, request):
+            family, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(payload)
+            if family != socket.AF_INET:
+                continue
+            attributes = dict(_attributes(payload[_RTMSG.size :]))
+            if _RTA_TABLE in attributes:
+                table = struct.unpack("=I", attributes[_RTA_TABLE][:4])[0]
+            route: dict[str, Any] = {"table": "main" if table == _RT_TABLE_MAIN else str(table)}
+            if dst_len == 0:
+                route["dst"] = "default"
+            else:
+                destination = ipaddress.IPv4Address(attributes.get(_RTA_DST, bytes(4))[:4])
+                route["dst"] = f"{destination}/{dst_len}"
+            if _RTA_OIF in attributes:
+                index = struct.unpack("=I", attributes[_RTA_OIF][:4])[0]
+                with contextlib.suppress(OSError):  # gone since
+                    route["dev"] = socket.if_indextoname(index)
+            routes.append(route)
+    return routes
+
+
+class _Rtnl:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.sequence = sock, 0
+
+    def _send(self, kind: int, flags: int, body: bytes) -> int:
+        self.sequence += 1
+        header = _HEADER.pack(_HEADER.size + len(body), kind, _NLM_F_REQUEST | flags,
+                              self.sequence, 0)  # fmt: skip
+        self.sock.sendto(header + body, (0, 0))
+        return self.sequence
+
+    def ask(self, kind: int, flags: int, body: bytes) -> None:
+        """Send a request; wait for its acknowledgement (NetlinkError on an error)."""
+        sequence = self._send(kind, flags | _NLM_F_ACK, body)
+        for message_kind, payload in self._messages(sequence):
+            if message_kind == _NLMSG_ERROR:
+                code = -struct.unpack_from("=i", payload)[0]
+                if code:
+                    raise NetlinkError(code, os.strerror(code))
+                return
+
+    def dump(self, kind: int, body: bytes) -> Iterator[bytes]:
+        sequence = self._send(kind, _NLM_F_DUMP, body)
+        for message_kind, payload in self._messages(sequence):
+            if message_kind == _NLMSG_DONE:
+                return
+            if message_kind == _NLMSG_ERROR:
+                code = -struct.unpack_from("=i", payload)[0]
+                raise NetlinkError(code, os.strerror(code))
+            yield payload
+
+    def _messages(self, sequence: int) -> Iterator[tuple[int, bytes]]:
+        while True:
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                length, kind, _, number, _ = _HEADER.unpack_from(data, offset)
+                if length < _HEADER.size:
+                    raise NetlinkError(errno.EPROTO, "a malformed netlink answer")
+                if number == sequence:
+                    yield kind, data[offset + _HEADER.size : offset + length]
+                offset += (length + 3) & ~3
+
+
+@contextmanager
+def _socket() -> Iterator[_Rtnl]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0) as sock:
+        sock.bind((0, 0))
+        yield _Rtnl(sock)
+
+
+def _name(name: str) -> bytes:
+    return name.encode() + b"\0"
+
+
+def _attribute(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _attributes(data: bytes) -> Iterator[tuple[int, bytes]]:
+    offset = 0
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            return
+        yield kind & 0x3FFF, data[offset + 4 : offset + length]  # without the nested flags
+        offset += (length + 3) & ~3
