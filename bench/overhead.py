@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -52,6 +53,8 @@ class JobRun:
     seconds: float
     # Seconds spent in each phase of the result's `phases`.
     phases: list[float]
+    # Through the CLI: the command's CPU seconds (user and system).
+    cpu: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,11 @@ class OverheadResult:
         if self.target is not None:
             ok = "ok" if t.median < self.target else "MISSED"
             verdict = f"; target < {self.target:.0f} s: {ok}"
+        cpu = [r.cpu for r in self.runs if r.cpu is not None]
         return (
             f"{self.what}: median {t.median:.2f} s "
             f"(min {t.best:.2f}, max {t.worst:.2f}, n={len(self.runs)}{verdict})"
-        )
+        ) + (f"\n  the command's CPU: {Timings(cpu).describe()}" if cpu else "")
 
     def breakdown(self) -> list[str]:
         lines = ["  median breakdown (from SecondaryStatusTransitions StartTimes):"]
@@ -126,17 +130,21 @@ def run_cli_once(jobs: TrainingJobs, image: Path, output: str, folder: Path) -> 
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL_SAGEMAKER"}
     command = [str(Path(sys.executable).parent / "openmaker"), "train", "--request"]
     started, clock = datetime.now(UTC), time.perf_counter()
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         [*command, str(request_file), "--wait"], env=env, capture_output=True, text=True
     )
     seconds = time.perf_counter() - clock
+    # The job's worker is no child this process waits for: the CLI's own CPU.
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - used.ru_utime + after.ru_stime - used.ru_stime
     exited = datetime.now(UTC)
     if done.returncode != 0:
         raise RuntimeError(f"openmaker train failed ({done.returncode}): {done.stderr[-2000:]}")
     description = jobs.describe(name)
     check_completed(description)
     created = description["CreationTime"]
-    return JobRun(seconds, phase_seconds(description, started, created, exited))
+    return JobRun(seconds, phase_seconds(description, started, created, exited), cpu)
 
 
 def measure(scratch: Path, output: str, runs: int) -> list[OverheadResult]:

@@ -71,7 +71,7 @@ def test_ended_jobs_are_listed_as_the_service_lists_them(home: Path) -> None:
 
 def test_a_job_not_ended_leaves_the_answer_to_the_service(home: Path) -> None:
     settings = load_settings()
-    assert list_view.ended_jobs(settings) is None  # no database yet: the service makes it
+    assert list_view.ended_jobs(settings) == []  # no database yet: no job was ever made
     TrainingJobs(settings).close()
     assert list_view.ended_jobs(settings) == []
     _store(settings, ["Completed", "InProgress"])

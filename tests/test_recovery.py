@@ -132,9 +132,10 @@ def test_a_job_whose_starter_was_killed_is_restarted_or_failed_by_the_next_comma
         assert description["FailureReason"] == f"InternalServerError: {what}"
 
 
-@pytest.mark.parametrize("sandbox", ["bwrap", "none"])
+# The next command: a list, or a submission (which sweeps after its create).
+@pytest.mark.parametrize(("sandbox", "command"), [("bwrap", "list"), ("none", "train")])
 def test_a_worker_killed_with_nobody_watching_is_found_by_the_next_command(
-    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, sandbox: str, command: str
 ) -> None:
     if sandbox == "none":
         monkeypatch.setenv("OPENMAKER_SANDBOX", "none")
@@ -163,7 +164,13 @@ def test_a_worker_killed_with_nobody_watching_is_found_by_the_next_command(
     wait_for_no_processes("lost")
     assert _row(jobs, "lost").status == "InProgress"  # nobody has looked yet
 
-    subprocess.run([*openmaker_command(), "jobs", "list"], check=True, capture_output=True)
+    quick = make_image(tmp_path / "quick", "#!/bin/sh\nexit 0\n")
+    arguments = {
+        "list": ["jobs", "list"],
+        "train": ["train", "--image", str(quick), "--output", "s3://b/out", "--job-name",
+                  "third", "--no-wait"],
+    }[command]  # fmt: skip
+    subprocess.run([*openmaker_command(), *arguments], check=True, capture_output=True)
     lost = _row(jobs, "lost")
     assert lost.status == "Failed"
     assert lost.failure_reason == (
@@ -177,6 +184,9 @@ def test_a_worker_killed_with_nobody_watching_is_found_by_the_next_command(
     # Its share of the machine went to the job that waited.
     description = wait_for(jobs, "next")
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    if command == "train":
+        description = wait_for(jobs, "third")
+        assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
 
 
 def test_a_server_killed_and_started_again_reattaches_and_restarts_its_jobs(

@@ -272,6 +272,8 @@ def run_openmaker(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_an_existing_home_is_tightened(tmp_path: Path) -> None:
     home = tmp_path / "home"
     assert run_openmaker(home, "jobs", "list").returncode == 0
+    # A new home's list makes no database (it has no job to show); a describe makes it.
+    assert "not found" in run_openmaker(home, "jobs", "describe", "none").stderr.lower()
     home.chmod(0o755)
     (home / "openmaker.db").chmod(0o644)
     assert run_openmaker(home, "jobs", "list").returncode == 0

@@ -97,7 +97,8 @@ def _service(settings: Settings, submitting: bool = False) -> TrainingJobs | Rem
     # SQLAlchemy and the job machinery load only when jobs run in this process.
     from openmaker.training.service import TrainingJobs
 
-    return TrainingJobs(settings, executor)
+    # A submission sweeps after its create (`_submit`), while the job's worker starts.
+    return TrainingJobs(settings, executor, sweep=not submitting)
 
 
 @app.command()
@@ -170,6 +171,8 @@ def _submit(
         raise fail(str(exc)) from None
     name = request["TrainingJobName"]
     console.print(f"Created training job [bold]{name}[/bold] ({arn})")
+    # Jobs whose worker died with nobody watching: their capacity frees for waiting ones.
+    service.sweep()
     if not wait:
         console.print(f"Follow it with: openmaker jobs logs {name} --follow")
         return

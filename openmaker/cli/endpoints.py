@@ -44,10 +44,11 @@ class _Endpoints:
 
     def invoke(self, name: str, body: bytes, content_type: str, accept: str | None) -> bytes:
         if self.remote:
-            import boto3
             from botocore.exceptions import BotoCoreError, ClientError
 
-            runtime = boto3.session.Session().client("sagemaker-runtime")
+            from openmaker.cli.remote import client  # boto3 loads only through a server
+
+            runtime = client("sagemaker-runtime")
             extra = {"Accept": accept} if accept else {}
             try:
                 answer = runtime.invoke_endpoint(

@@ -151,14 +151,15 @@ class KindJobs:
 
 
 def _boto3_call(service: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.session.Session().client(service)  # type: ignore[call-overload]
-    method = client.meta.method_to_api_mapping
+    from openmaker.cli.remote import client  # boto3 loads only through a server
+
+    made = client(service)  # one per command: a follower calls every few tenths of a second
+    method = made.meta.method_to_api_mapping
     name = next(python for python, api in method.items() if api == operation)
     try:
-        result: dict[str, Any] = getattr(client, name)(**params)
+        result: dict[str, Any] = getattr(made, name)(**params)
     except ClientError as exc:
         raise Failed(exc.response["Error"].get("Message", str(exc))) from None
     except BotoCoreError as exc:

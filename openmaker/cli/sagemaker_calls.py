@@ -38,11 +38,12 @@ class SageMakerCalls:
     def call(self, operation: str, **params: Any) -> dict[str, Any]:
         """`operation` (CreateModel, ...) with `params`; CallFailed says why not."""
         if self.remote:
-            import boto3
             from botocore import xform_name
             from botocore.exceptions import BotoCoreError, ClientError
 
-            client = boto3.session.Session().client("sagemaker")
+            from openmaker.cli.remote import client as remote_client  # boto3: only here
+
+            client = remote_client("sagemaker")  # one per command
             try:
                 result: dict[str, Any] = getattr(client, xform_name(operation))(**params)
             except ClientError as exc:

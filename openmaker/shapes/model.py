@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import os
 from typing import Any
 
 from botocore.loaders import JSONFileLoader, Loader
@@ -32,7 +33,15 @@ class _PlainJSONFiles(JSONFileLoader):
 
 @functools.cache
 def _loader() -> Loader:
-    return Loader(file_loader=_PlainJSONFiles())
+    return plain_loader()
+
+
+def plain_loader(data_path: str | None = None) -> Loader:
+    """A new loader of botocore's model files into plain dicts, also searching `data_path`
+    (folders separated as in PATH: botocore's `data_path`, AWS_DATA_PATH): for a botocore
+    session of its own, to which boto3 adds its own folder."""
+    folders = [os.path.expanduser(f) for f in (data_path or "").split(os.pathsep) if f]
+    return Loader(extra_search_paths=folders, file_loader=_PlainJSONFiles())
 
 
 def service_model(name: str = "sagemaker") -> ServiceModel:

@@ -3,8 +3,9 @@
 Importing SQLAlchemy and the service alone takes longer than the command may (under 0.3 s).
 This reader answers only when it can answer exactly as `TrainingJobs.list` would: when every
 training job has ended, the sweep that service runs first (openmaker/jobs/recovery.py) can
-change nothing the list shows. Otherwise, or when anything about the database is unusual (no
-file yet, another URL, an older schema, an error), it answers None and the caller takes the
+change nothing the list shows; and when the database does not exist yet (no job was ever
+created: the list is empty). Otherwise, or when anything about the database is unusual (an
+empty file, another URL, an older schema, an error), it answers None and the caller takes the
 service's path, which also says what is wrong. The names below are the columns of
 `openmaker.jobs.db.TrainingJob` (tests/test_list_view.py holds them to that model).
 """
@@ -31,6 +32,8 @@ def ended_jobs(
     """The jobs matching, newest first, as the members of their ListTrainingJobs summaries
     the CLI shows; None when the service must answer (see above)."""
     prepare_home(settings.home)  # private, as every command keeps it (openmaker/home.py)
+    if _database_absent(settings):
+        return []  # no job was ever created in this home (a new machine)
     path = _database_file(settings)
     if path is None:
         return None
@@ -44,6 +47,11 @@ def ended_jobs(
         return None
     finally:
         connection.close()
+
+
+def _database_absent(settings: Settings) -> bool:
+    url = settings.database_url
+    return url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
 
 
 def _database_file(settings: Settings) -> Path | None:

@@ -54,7 +54,10 @@ class TrainingJobs:
         settings: Settings | None = None,
         executor: Executor | None = None,
         local: LocalPaths | None = None,
+        sweep: bool = True,
     ) -> None:
+        """`sweep=False`: the caller sweeps when it chooses (the CLI: after its create, while
+        the job starts, rather than before it)."""
         self.settings = settings or load_settings()
         # Which local paths requests may name: any for the owner's own process (the CLI).
         self.local = local or LocalPaths.anywhere()
@@ -71,7 +74,8 @@ class TrainingJobs:
         self._wanted = threading.Event()
         self._closed = threading.Event()
         # Cheap, and the only way a job whose worker died with nobody watching moves on.
-        self.sweep()
+        if sweep:
+            self.sweep()
 
     def sweep(self) -> None:
         """Act on jobs whose worker is gone, then start the waiting jobs that fit."""
