@@ -22,6 +22,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ class Volume:
     control: int | None = None
     # Latched when the code ended with its volume (nearly) full.
     was_full: bool = False
+    # A handle on the mounted folder: whoever drops the mount's last reference pays its end.
+    hold: int | None = None
 
     @property
     def mounted(self) -> bool:
@@ -67,10 +70,16 @@ class Volume:
 
 
 def detach(volume: Volume) -> None:
-    """Unmount the volume; its image goes with the folder."""
+    """Unmount the volume; its image goes with the folder. The volume is out of the folder at
+    once; the kernel's end of it (writing the filesystem back, releasing the loop device and,
+    once the folder is removed, freeing the image's blocks) runs in a thread of its own, which
+    the process waits for before it exits. Killed meanwhile, its exit finishes it."""
     if not volume.mounted:
         return
     _lazy_unmount(volume.folder)
+    if volume.hold is not None:
+        threading.Thread(target=os.close, args=(volume.hold,), name="volume-end").start()
+        volume.hold = None
     assert volume.guard is not None
     # Unmounted already: the guard's own unmount (a process to start) is not waited for.
     volume.guard.kill()
@@ -174,6 +183,7 @@ def _mount(folder: Path, requested: int, disk_dir: Path) -> Volume:
         try:
             _run("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", str(image))
             _loop_mount(image, folder)
+            hold = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (OSError, subprocess.CalledProcessError) as exc:
             os.close(control)
             guard.wait()
@@ -182,7 +192,7 @@ def _mount(folder: Path, requested: int, disk_dir: Path) -> Volume:
     note = f"a {size_gb} GB volume"
     if capped:
         note += f" ({requested} GB asked; openmaker's disk has no more free beyond its reserve)"
-    return Volume(folder, size_gb, note, guard, control)
+    return Volume(folder, size_gb, note, guard, control, hold=hold)
 
 
 def _start_guard(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
