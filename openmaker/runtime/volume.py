@@ -72,22 +72,29 @@ class Volume:
 def detach(volume: Volume) -> None:
     """Unmount the volume; its image goes with the folder. The volume is out of the folder at
     once; the kernel's end of it (writing the filesystem back, releasing the loop device and,
-    once the folder is removed, freeing the image's blocks) runs in a thread of its own, which
-    the process waits for before it exits. Killed meanwhile, its exit finishes it."""
+    once the folder is removed, freeing the image's blocks) and the guard's end run in a thread
+    of their own, which the process waits for before it exits. Killed meanwhile, its exit
+    finishes them."""
     if not volume.mounted:
         return
     _lazy_unmount(volume.folder)
-    if volume.hold is not None:
-        threading.Thread(target=os.close, args=(volume.hold,), name="volume-end").start()
-        volume.hold = None
     assert volume.guard is not None
     # Unmounted already: the guard's own unmount (a process to start) is not waited for.
     volume.guard.kill()
     if volume.control is not None:
         os.close(volume.control)
-        volume.control = None
-    volume.guard.wait()
-    volume.guard = None
+    ending = threading.Thread(
+        target=_end, args=(volume.hold, volume.guard), name="volume-end", daemon=False
+    )
+    ending.start()
+    volume.guard, volume.control, volume.hold = None, None, None
+
+
+def _end(hold: int | None, guard: subprocess.Popen[bytes]) -> None:
+    # Dropping the last handle on the unmounted volume: its teardown runs in this thread.
+    if hold is not None:
+        os.close(hold)
+    guard.wait()
 
 
 def observe(volume: Volume) -> None:
