@@ -133,7 +133,8 @@ def is_full(volume: Volume) -> bool:
 
 def unmount_under(folder: Path) -> None:
     """Unmount whatever is mounted under `folder` (a job's or an endpoint's) and detach the
-    loop devices of its images: what a lost worker's guard left, before the folder is removed."""
+    loop devices of its images: what a lost worker's guard left, before the folder is removed.
+    A volume's loop device clears itself once unmounted and unused: it is left to that."""
     for point in sorted(mount_points_under(folder), reverse=True):
         _lazy_unmount(point)
     for device, backing in _loop_devices():
@@ -263,10 +264,13 @@ def _disk_lock(disk_dir: Path) -> Iterator[None]:
 
 
 def _loop_devices() -> list[tuple[str, Path]]:
-    """(device, backing file) of every loop device in use."""
+    """(device, backing file) of every loop device in use that will not clear itself once
+    unused (a volume's does: it may still be ending, in its worker's thread)."""
     found = []
     for entry in Path("/sys/block").glob("loop*"):
         with contextlib.suppress(OSError):
+            if (entry / "loop" / "autoclear").read_text().strip() == "1":
+                continue
             backing = (entry / "loop" / "backing_file").read_text().strip()
             found.append((f"/dev/{entry.name}", Path(backing.removesuffix(" (deleted)"))))
     return found
