@@ -182,7 +182,9 @@ def _mount(folder: Path, requested: int, disk_dir: Path) -> Volume:
     # One at a time sizes and mounts its volume: each sees the others' volumes.
     with _disk_lock(disk_dir):
         size_gb, capped = _size_gb(requested, disk_dir)
-        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        # A new file, never an earlier one's (kept files): that may still be ending elsewhere.
+        image.unlink(missing_ok=True)
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.ftruncate(fd, size_gb * GIB)
         finally:
