@@ -77,10 +77,12 @@ def mount_image(image: Path, folder: Path, fstype: str, options: str) -> None:
         os.close(handle)
 
 
-def unmount(point: Path) -> None:
-    """Unmount `point` lazily (gone from the tree now, freed once nothing uses it); not mounted
-    is fine."""
-    _libc.umount2(os.fsencode(point), _MNT_DETACH | _UMOUNT_NOFOLLOW)
+def unmount(point: Path) -> bool:
+    """Unmount `point` lazily (gone from the tree now, freed once nothing uses it); whether
+    it is not mounted now (it was not: fine)."""
+    if _libc.umount2(os.fsencode(point), _MNT_DETACH | _UMOUNT_NOFOLLOW) == 0:
+        return True
+    return ctypes.get_errno() == errno.EINVAL
 
 
 def _attach(backing: int, image: Path) -> tuple[str, int]:

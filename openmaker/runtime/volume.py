@@ -77,10 +77,10 @@ def detach(volume: Volume) -> None:
     finishes them."""
     if not volume.mounted:
         return
-    _lazy_unmount(volume.folder)
     assert volume.guard is not None
-    # Unmounted already: the guard's own unmount (a process to start) is not waited for.
-    volume.guard.kill()
+    if _lazy_unmount(volume.folder):
+        # The guard's own unmount (a process to start) is not needed, nor waited for.
+        volume.guard.kill()
     if volume.control is not None:
         os.close(volume.control)
     ending = threading.Thread(
@@ -278,8 +278,8 @@ def _loop_devices() -> list[tuple[str, Path]]:
     return found
 
 
-def _lazy_unmount(point: Path) -> None:
-    loop.unmount(point)
+def _lazy_unmount(point: Path) -> bool:
+    return loop.unmount(point)
 
 
 def _run(*argv: str) -> str:
