@@ -22,10 +22,12 @@ import fcntl
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from openmaker.runtime import loop
 from openmaker.runtime.enter import unescape
 
 GIB = 1024**3
@@ -35,8 +37,9 @@ RESERVE_BYTES = GIB
 # A volume with less free than this when its code ends was filled by it.
 FULL_BELOW_BYTES = 16 * 1024**2
 
-# Waits for the end of its standard input (the worker's pipe), then unmounts lazily.
-_GUARD = 'cat >/dev/null; umount --lazy "$1" 2>/dev/null; exit 0'
+# Waits for the end of its standard input (the worker's pipe), then unmounts lazily; the
+# shell's own `read`: no other process to start.
+_GUARD = 'while read -r _; do :; done; umount --lazy "$1" 2>/dev/null; exit 0'
 
 
 class VolumeError(Exception):
@@ -58,6 +61,8 @@ class Volume:
     control: int | None = None
     # Latched when the code ended with its volume (nearly) full.
     was_full: bool = False
+    # A handle on the mounted folder: whoever drops the mount's last reference pays its end.
+    hold: int | None = None
 
     @property
     def mounted(self) -> bool:
@@ -65,20 +70,31 @@ class Volume:
 
 
 def detach(volume: Volume) -> None:
-    """Unmount the volume; its image goes with the folder."""
+    """Unmount the volume; its image goes with the folder. The volume is out of the folder at
+    once; the kernel's end of it (writing the filesystem back, releasing the loop device and,
+    once the folder is removed, freeing the image's blocks) and the guard's end run in a thread
+    of their own, which the process waits for before it exits. Killed meanwhile, its exit
+    finishes them."""
     if not volume.mounted:
         return
-    _lazy_unmount(volume.folder)
+    assert volume.guard is not None
+    if _lazy_unmount(volume.folder):
+        # The guard's own unmount (a process to start) is not needed, nor waited for.
+        volume.guard.kill()
     if volume.control is not None:
         os.close(volume.control)
-        volume.control = None
-    assert volume.guard is not None
-    try:
-        volume.guard.wait(5)
-    except subprocess.TimeoutExpired:
-        volume.guard.kill()
-        volume.guard.wait()
-    volume.guard = None
+    ending = threading.Thread(
+        target=_end, args=(volume.hold, volume.guard), name="volume-end", daemon=False
+    )
+    ending.start()
+    volume.guard, volume.control, volume.hold = None, None, None
+
+
+def _end(hold: int | None, guard: subprocess.Popen[bytes]) -> None:
+    # Dropping the last handle on the unmounted volume: its teardown runs in this thread.
+    if hold is not None:
+        os.close(hold)
+    guard.wait()
 
 
 def observe(volume: Volume) -> None:
@@ -117,7 +133,8 @@ def is_full(volume: Volume) -> bool:
 
 def unmount_under(folder: Path) -> None:
     """Unmount whatever is mounted under `folder` (a job's or an endpoint's) and detach the
-    loop devices of its images: what a lost worker's guard left, before the folder is removed."""
+    loop devices of its images: what a lost worker's guard left, before the folder is removed.
+    A volume's loop device clears itself once unmounted and unused: it is left to that."""
     for point in sorted(mount_points_under(folder), reverse=True):
         _lazy_unmount(point)
     for device, backing in _loop_devices():
@@ -165,7 +182,9 @@ def _mount(folder: Path, requested: int, disk_dir: Path) -> Volume:
     # One at a time sizes and mounts its volume: each sees the others' volumes.
     with _disk_lock(disk_dir):
         size_gb, capped = _size_gb(requested, disk_dir)
-        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        # A new file, never an earlier one's (kept files): that may still be ending elsewhere.
+        image.unlink(missing_ok=True)
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.ftruncate(fd, size_gb * GIB)
         finally:
@@ -174,6 +193,7 @@ def _mount(folder: Path, requested: int, disk_dir: Path) -> Volume:
         try:
             _run("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", str(image))
             _loop_mount(image, folder)
+            hold = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (OSError, subprocess.CalledProcessError) as exc:
             os.close(control)
             guard.wait()
@@ -182,7 +202,7 @@ def _mount(folder: Path, requested: int, disk_dir: Path) -> Volume:
     note = f"a {size_gb} GB volume"
     if capped:
         note += f" ({requested} GB asked; openmaker's disk has no more free beyond its reserve)"
-    return Volume(folder, size_gb, note, guard, control)
+    return Volume(folder, size_gb, note, guard, control, hold=hold)
 
 
 def _start_guard(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -207,17 +227,8 @@ def _start_guard(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def _loop_mount(image: Path, folder: Path) -> None:
-    # Direct I/O: the image's pages are not cached twice; writes ran 15 times faster here.
-    try:
-        device = _run("losetup", "--find", "--show", "--direct-io=on", str(image))
-    except subprocess.CalledProcessError:
-        device = _run("losetup", "--find", "--show", str(image))
-    try:
-        # noinit_itable: no background zeroing of inode tables (it would fill the sparse image).
-        _run("mount", "-t", "ext4", "-o", "nosuid,nodev,noinit_itable", device, str(folder))
-    finally:
-        # Detaches now if the mount failed, else once the volume is unmounted.
-        subprocess.run(["losetup", "--detach", device], capture_output=True, check=False)
+    # noinit_itable: no background zeroing of inode tables (it would fill the sparse image).
+    loop.mount_image(image, folder, "ext4", "noinit_itable")
     os.chmod(folder, 0o755)
 
 
@@ -255,17 +266,20 @@ def _disk_lock(disk_dir: Path) -> Iterator[None]:
 
 
 def _loop_devices() -> list[tuple[str, Path]]:
-    """(device, backing file) of every loop device in use."""
+    """(device, backing file) of every loop device in use that will not clear itself once
+    unused (a volume's does: it may still be ending, in its worker's thread)."""
     found = []
     for entry in Path("/sys/block").glob("loop*"):
         with contextlib.suppress(OSError):
+            if (entry / "loop" / "autoclear").read_text().strip() == "1":
+                continue
             backing = (entry / "loop" / "backing_file").read_text().strip()
             found.append((f"/dev/{entry.name}", Path(backing.removesuffix(" (deleted)"))))
     return found
 
 
-def _lazy_unmount(point: Path) -> None:
-    subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
+def _lazy_unmount(point: Path) -> bool:
+    return loop.unmount(point)
 
 
 def _run(*argv: str) -> str:
