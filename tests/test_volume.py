@@ -90,3 +90,21 @@ def test_an_image_that_is_a_link_is_not_followed(tmp_path: Path) -> None:
         loop.mount_image(image, point, "ext4", "noinit_itable")
     assert raised.value.errno == errno.ELOOP
     assert not _looped(tmp_path) and not os.path.ismount(point)
+
+
+def test_a_kernel_without_loop_configure_gets_its_volume_in_two_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before Linux 5.8 there is no LOOP_CONFIGURE: an ioctl this kernel does not know stands
+    in for it, and LOOP_SET_FD + LOOP_SET_STATUS64 mount the volume, which clears itself."""
+    monkeypatch.setattr(loop, "_LOOP_CONFIGURE", 0x4CFF)
+    folder = tmp_path / "job" / "algo-1"
+    folder.mkdir(parents=True)
+    mounted = volume.mount(folder, 1, tmp_path)
+    assert mounted.mounted, mounted.note
+    assert volume.mount_points_under(tmp_path) == [folder]
+    (folder / "written.txt").write_text("on the volume")
+    volume.detach(mounted)
+    assert not volume.mount_points_under(tmp_path)
+    shutil.rmtree(folder)
+    wait_until(lambda: _gone(tmp_path), "the volume's loop device to be released")

@@ -15,7 +15,10 @@ import stat
 from pathlib import Path
 
 # <linux/loop.h>
-_LOOP_CONFIGURE = 0x4C0A
+_LOOP_SET_FD = 0x4C00
+_LOOP_CLR_FD = 0x4C01
+_LOOP_SET_STATUS64 = 0x4C04
+_LOOP_CONFIGURE = 0x4C0A  # Linux 5.8 and later
 _LOOP_CTL_GET_FREE = 0x4C82
 _LO_FLAGS_AUTOCLEAR = 4
 _LO_FLAGS_DIRECT_IO = 16
@@ -127,5 +130,22 @@ def _configure(handle: int, backing: int, image: Path) -> None:
             fcntl.ioctl(handle, _LOOP_CONFIGURE, config)
             return
         except OSError as exc:
-            if exc.errno != errno.EINVAL or not flags & _LO_FLAGS_DIRECT_IO:
+            if exc.errno == errno.ENOTTY or (
+                exc.errno == errno.EINVAL and not flags & _LO_FLAGS_DIRECT_IO
+            ):
+                break  # a kernel before 5.8 (no LOOP_CONFIGURE): the two older calls
+            if exc.errno != errno.EINVAL:
                 raise
+    configure_in_two_steps(handle, backing, config.info)
+
+
+def configure_in_two_steps(handle: int, backing: int, info: _LoopInfo64) -> None:
+    """LOOP_SET_FD, then LOOP_SET_STATUS64 (autoclear, no direct I/O): what kernels before 5.8
+    offer; the device is let go again when the second call fails."""
+    fcntl.ioctl(handle, _LOOP_SET_FD, backing)
+    info.lo_flags = _LO_FLAGS_AUTOCLEAR
+    try:
+        fcntl.ioctl(handle, _LOOP_SET_STATUS64, info)
+    except OSError:
+        fcntl.ioctl(handle, _LOOP_CLR_FD, 0)
+        raise
