@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -126,15 +127,32 @@ def release(cgroup: tuple[str, ...]) -> None:
 
 def remove_when_empty(cgroup: Path) -> None:
     """rmdir a cgroup that no process is in; the kernel refuses it (EBUSY) for a moment after
-    its last process was killed, until that process is gone for good."""
+    its last process was killed, until that process is gone for good. One with cgroups below it
+    stays at once: that refusal lasts (remove_tree_when_empty takes them first)."""
     for _ in range(40):
         try:
             cgroup.rmdir()
             return
         except OSError as exc:
-            if exc.errno != errno.EBUSY or _has_processes(cgroup):
+            if exc.errno != errno.EBUSY or _has_processes(cgroup) or _children(cgroup):
                 return
         time.sleep(0.05)
+
+
+def remove_tree_when_empty(cgroup: Path) -> None:
+    """`remove_when_empty` for `cgroup` and every cgroup below it, the deepest first (an
+    instance's containers of a pipeline, say)."""
+    for child in _children(cgroup):
+        remove_tree_when_empty(child)
+    remove_when_empty(cgroup)
+
+
+def _children(cgroup: Path) -> list[Path]:
+    try:
+        with os.scandir(cgroup) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 def _has_processes(cgroup: Path) -> bool:

@@ -9,12 +9,11 @@ job's: ResourceKind.local_key, apart from a training job of the same name), then
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
 
 from openmaker.runtime import limits as runtime_limits
-from openmaker.runtime.limits import CONTROLLERS, cgroup_root, remove_when_empty
+from openmaker.runtime.limits import CONTROLLERS, cgroup_root, remove_tree_when_empty
 from openmaker.runtime.spec import Limits
 from openmaker.serving.placement import Share
 from openmaker.settings import Settings
@@ -60,10 +59,7 @@ def remove_owner_cgroups(home: Path, owner: str) -> None:
         folder = _home_cgroups(home, controller)
         if folder is None:
             continue
-        mine = folder / owner
-        with contextlib.suppress(OSError):
-            for cgroup in [*(i for i in mine.iterdir() if i.is_dir()), mine]:
-                remove_when_empty(cgroup)
+        remove_tree_when_empty(folder / owner)
 
 
 def _home_key(home: Path) -> str:

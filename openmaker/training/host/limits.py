@@ -4,12 +4,16 @@ and the cgroups of jobs: one folder per openmaker home, one per job, one per hos
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
 
 from openmaker.runtime import limits as runtime_limits
-from openmaker.runtime.limits import CONTROLLERS, cgroup_root, remove_when_empty
+from openmaker.runtime.limits import (
+    CONTROLLERS,
+    cgroup_root,
+    remove_tree_when_empty,
+    remove_when_empty,
+)
 from openmaker.runtime.spec import Limits
 from openmaker.training.host.spec import HostSpec
 
@@ -67,10 +71,8 @@ def remove_job_cgroups(home: Path, job_name: str) -> None:
         folder = _home_cgroups(home, controller)
         if folder is None:
             continue
-        job = folder / job_name
-        with contextlib.suppress(OSError):
-            for cgroup in [*(host for host in job.iterdir() if host.is_dir()), job, folder]:
-                remove_when_empty(cgroup)
+        remove_tree_when_empty(folder / job_name)
+        remove_when_empty(folder)  # stays while other jobs' cgroups are in it
 
 
 def memory_cgroup_root() -> Path | None:
