@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from openmaker.files import replace_whole
 from openmaker.store.location import (
     DEFAULT_RETRY_SECONDS,
     S3Endpoint,
@@ -184,9 +185,7 @@ def mint(
     return key
 
 
-def _write_record(
-    home: Path, key: JobKey, job_name: str, grants: list[Grant], holder: str
-) -> None:
+def _write_record(home: Path, key: JobKey, job_name: str, grants: list[Grant], holder: str) -> None:
     record = {
         "secret_access_key": key.secret_access_key,
         "job": job_name,
@@ -194,7 +193,7 @@ def _write_record(
         "worker": [os.getpid(), _start_time()],
         "grants": [asdict(g) for g in grants],
     }
-    _write_private(record_path(home, key.access_key_id), json.dumps(record))
+    replace_whole(record_path(home, key.access_key_id), json.dumps(record), 0o600)
 
 
 def revoke(home: Path, key_id: str) -> None:
@@ -204,7 +203,7 @@ def revoke(home: Path, key_id: str) -> None:
     if not os.path.lexists(view):
         return
     tombstone = view.with_name(f".{key_id}.tomb")
-    _write_private(tombstone, "revoked\n")
+    replace_whole(tombstone, "revoked\n", 0o600)
     os.replace(tombstone, view)  # a file where the link was: nothing resolves under it
     _remove_tree(view.with_name(f".{key_id}.d"))
 
@@ -241,14 +240,6 @@ def _start_time() -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _write_private(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def _remove_tree(folder: Path) -> None:

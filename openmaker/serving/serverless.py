@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openmaker.files import replace_whole
 from openmaker.settings import Settings
 from openmaker.shapes.errors import ValidationException
 
@@ -158,7 +158,7 @@ def read_demand(path: Path) -> Demand:
 def refuse(path: Path, message: str) -> None:
     """Note that a cold start was refused now (the proxy throttles those waiting for it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write(path, message)
+    replace_whole(path, message)
 
 
 def refused_since(path: Path, since: float) -> str | None:
@@ -169,13 +169,6 @@ def refused_since(path: Path, since: float) -> str | None:
     except OSError:
         pass
     return None
-
-
-def _write(path: Path, text: str) -> None:
-    """Whole or not at all, for the other process reading it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 @dataclass
@@ -251,4 +244,4 @@ class Gate:
             "used": self._used.get(key, {}),
         }
         slot.demand.parent.mkdir(parents=True, exist_ok=True)
-        _write(slot.demand, json.dumps(state))
+        replace_whole(slot.demand, json.dumps(state))

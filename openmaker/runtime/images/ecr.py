@@ -12,7 +12,6 @@ import base64
 import contextlib
 import fcntl
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openmaker.files import replace_whole
 from openmaker.settings import EcrEndpoint
 
 # ACCOUNT.dkr.ecr[-fips].REGION.amazonaws.com[.cn]: the account and region of an ECR host.
@@ -56,7 +56,7 @@ class EcrTokens:
             if cached is not None and cached["expires"] - RENEW_BEFORE_SECONDS > time.time():
                 return str(cached["auth"])
             token, expires = self._fetch(found["account"], found["region"])
-            _write_private(path, {"auth": token, "expires": expires})
+            replace_whole(path, json.dumps({"auth": token, "expires": expires}), 0o600)
         return token
 
     def _fetch(self, account: str, region: str) -> tuple[str, float]:
@@ -104,17 +104,6 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
     ok = isinstance(data, dict) and isinstance(data.get("expires"), float | int)
     return data if ok and isinstance(data.get("auth"), str) else None
-
-
-def _write_private(path: Path, data: dict[str, Any]) -> None:
-    """`data` as `path`, created 0600 and renamed into place (never readable by others)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out)
-    os.replace(temporary, path)
 
 
 @contextlib.contextmanager

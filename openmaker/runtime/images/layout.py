@@ -9,10 +9,11 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from openmaker.files import replace_whole
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -44,7 +45,7 @@ class Layout:
             yield
         except BaseException:
             if before is not None and (not index.exists() or index.read_bytes() != before):
-                _write_atomically(index, before)
+                replace_whole(index, before)
             for leftover in self.folder.glob("oci-put-blob*"):  # skopeo's blob being written
                 leftover.unlink(missing_ok=True)
             raise
@@ -81,7 +82,7 @@ class Layout:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not path.exists():
-            _write_atomically(path, data)
+            replace_whole(path, data)
         return digest
 
     def add_manifest(self, name: str, manifest: dict[str, Any]) -> str:
@@ -98,7 +99,7 @@ class Layout:
         kind = manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json")
         entry = {"mediaType": kind, "digest": digest, "size": len(data)}
         entries.append({**entry, "annotations": {REF_NAME: name}})
-        _write_atomically(index_path, json.dumps({**index, "manifests": entries}).encode())
+        replace_whole(index_path, json.dumps({**index, "manifests": entries}).encode())
         return digest
 
     def remove_names(self, names: set[str]) -> None:
@@ -110,7 +111,7 @@ class Layout:
             for entry in index.get("manifests", [])
             if entry.get("annotations", {}).get(REF_NAME) not in names
         ]
-        _write_atomically(index_path, json.dumps({**index, "manifests": entries}).encode())
+        replace_whole(index_path, json.dumps({**index, "manifests": entries}).encode())
 
     def reachable(self, digest: str) -> set[str]:
         """The blobs of the manifest (or index) `digest`: itself, its config and layers."""
@@ -125,9 +126,3 @@ class Layout:
         for entry in document.get("manifests", []):
             found |= self.reachable(entry["digest"])
         return found
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from openmaker.files import replace_whole
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,7 @@ class Records:
                 record = replace(record, references=(*record.references, reference))
             if used:
                 record = replace(record, used=now)
-            temporary = self.folder / f".{name}.{os.getpid()}.tmp"
-            temporary.write_text(json.dumps(asdict(record)))
-            os.replace(temporary, self._path(name))
+            replace_whole(self._path(name), json.dumps(asdict(record)))
 
     def all(self) -> dict[str, Record]:
         found = (self.get(path.stem) for path in sorted(self.folder.glob("*.json")))
