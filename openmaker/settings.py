@@ -181,6 +181,10 @@ class Settings:
         return f"sqlite:///{self.home / 'openmaker.db'}"
 
     @property
+    def database_file(self) -> Path | None:
+        return sqlite_file(self.database_url)
+
+    @property
     def private_paths(self) -> tuple[Path, ...]:
         """What no job's sandbox may show: openmaker's home (the database, every job's
         files) and the registries' credentials (the Docker auth file)."""
@@ -330,6 +334,14 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "health_check_seconds": settings.health_check_seconds,
         "serverless_idle_seconds": settings.serverless_idle_seconds,
     }
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite:///` URL; None for another database, or one in memory."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix or ":memory:" in url:
+        return None
+    return Path(url.removeprefix(prefix))
 
 
 def from_json(data: Mapping[str, Any]) -> Settings:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from openmaker.jobs.logs import LogRecord
+from openmaker.settings import sqlite_file
 from openmaker.training.state import TERMINAL
 
 if TYPE_CHECKING:
@@ -112,9 +113,8 @@ def follow(
 def changes_file(database_url: str) -> Path | None:
     """SQLite's write-ahead log: every commit of the database (a job's worker's too) changes
     it. None for another database."""
-    if not database_url.startswith("sqlite:///"):
-        return None
-    return Path(database_url.removeprefix("sqlite:///") + "-wal")
+    path = sqlite_file(database_url)
+    return None if path is None else path.with_name(f"{path.name}-wal")
 
 
 def _sleep(seconds: float, wake: Path | None, seen: tuple[int, int]) -> None:

@@ -312,9 +312,9 @@ def _database(settings: Settings) -> Engine:
     """The engine of the home's database, made if the file is missing (only then: an empty or
     unreadable file is a DatabaseError that says what to do)."""
     prepare_home(settings.home)
-    if not settings.database_url.startswith("sqlite:///"):
+    path = settings.database_file
+    if path is None:
         return engine_for(settings.database_url, settings.db_busy_seconds)
-    path = Path(settings.database_url.removeprefix("sqlite:///"))
     if not path.exists():
         _create(path)
     elif path.stat().st_size == 0:

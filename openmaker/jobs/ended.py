@@ -14,8 +14,9 @@ import threading
 import urllib.parse
 from collections import OrderedDict
 from datetime import datetime
-from pathlib import Path
 from typing import Any
+
+from openmaker.settings import sqlite_file
 
 # Descriptions kept (a few KiB each); the least recently used go first.
 KEPT = 1024
@@ -29,7 +30,7 @@ class EndedDescriptions:
     """Descriptions of ended jobs of one table, by job name."""
 
     def __init__(self, database_url: str, table: str, ended: frozenset[str]) -> None:
-        self._path = _sqlite_path(database_url)
+        self._path = sqlite_file(database_url)
         self._query = f"SELECT status, last_modified_time FROM {table} WHERE name = ?"
         self._ended = ended
         self._kept: OrderedDict[str, tuple[_Key, dict[str, Any]]] = OrderedDict()
@@ -69,14 +70,6 @@ class EndedDescriptions:
             connection = sqlite3.connect(uri, uri=True, timeout=BUSY_MS / 1000)
             self._local.connection = connection
         return connection
-
-
-def _sqlite_path(url: str) -> Path | None:
-    """The database file of a `sqlite:///` URL; None for any other database (nothing kept)."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url == prefix or ":memory:" in url:
-        return None
-    return Path(url.removeprefix(prefix))
 
 
 def _parsed(stored: object) -> datetime | None:

@@ -50,15 +50,14 @@ def ended_jobs(
 
 
 def _database_absent(settings: Settings) -> bool:
-    url = settings.database_url
-    return url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
+    path = settings.database_file
+    return path is not None and not path.exists()
 
 
 def _database_file(settings: Settings) -> Path | None:
-    url = settings.database_url
-    if not url.startswith("sqlite:///"):
+    path = settings.database_file
+    if path is None:
         return None
-    path = Path(url.removeprefix("sqlite:///"))
     try:
         if path.stat().st_size == 0:
             return None
