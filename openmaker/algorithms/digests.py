@@ -12,14 +12,13 @@ for here (or pulled only when a job runs): a digest given for one is kept and pi
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from openmaker.runtime.images import PullError, ReferenceError, image_store, parse_reference
-from openmaker.runtime.images.skopeo import PullStopped, inspect_raw
+from openmaker.runtime.images.skopeo import PullStopped, resolve
 from openmaker.settings import Settings
 from openmaker.shapes.framework_images import framework_of
 from openmaker.shapes.locations import image_path
@@ -77,12 +76,12 @@ class Digests:
             return reference.digest  # the registry checks it when the image is pulled
         deadline = time.monotonic() + RESOLVE_SECONDS
         try:
-            raw = inspect_raw(
+            digest, _ = resolve(
                 reference, image_store(self.settings).access, lambda: time.monotonic() > deadline
             )
         except PullStopped:
             raise PullError(f"its registry did not answer within {RESOLVE_SECONDS} s") from None
-        return "sha256:" + hashlib.sha256(raw).hexdigest()
+        return digest
 
 
 def pinned(holder: dict[str, Any], image_member: str, digest_member: str) -> str:

@@ -6,6 +6,7 @@ a setting names, its output turned into progress, and its failures into a senten
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from collections.abc import Callable
@@ -78,6 +79,14 @@ def inspect_raw(
     if done.code != 0:
         raise PullError(explain(reference, done.stderr, access, auth.ecr_problem))
     return done.stdout
+
+
+def resolve(
+    reference: ImageReference, access: RegistryAccess, cancelled: Cancelled = process.never
+) -> tuple[str, bytes]:
+    """The digest the registry serves `reference` by now, and that manifest (`inspect_raw`)."""
+    raw = inspect_raw(reference, access, cancelled)
+    return "sha256:" + hashlib.sha256(raw).hexdigest(), raw
 
 
 def copy(

@@ -90,8 +90,8 @@ class ImageStore:
         if reference.is_registry:
             if reference.digest is None:
                 on_progress(f"resolving {reference}")
-                raw = skopeo.inspect_raw(reference, self.access, cancelled)
-                reference = reference.pinned("sha256:" + hashlib.sha256(raw).hexdigest())
+                digest, raw = skopeo.resolve(reference, self.access, cancelled)
+                reference = reference.pinned(digest)
                 layers = _layer_count(raw)
             name, source = f"r-{reference.digest}".replace(":", "-"), reference.by_digest()
         else:
