@@ -3,13 +3,16 @@ for its execution parameters (`GET /execution-parameters`).
 
 Each thread keeps its own connection to its instance. `ModelClientConfig` says how long a
 request may take and how often one that failed for want of an answer (no connection, a timeout,
-a 5xx) is tried again; a 4xx is the container refusing the input, never retried.
+a 5xx) is tried again; a 4xx is the container refusing the input, never retried. A stop aborts
+every connection: a container killed with its network may never close its end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +28,10 @@ class InvocationError(Exception):
     """A mini-batch could not be transformed; the message says why, for a person."""
 
 
+class Aborted(InvocationError):
+    """The invoker was aborted (the job is stopping): no request goes on."""
+
+
 @dataclass(frozen=True)
 class Invocation:
     content_type: str | None
@@ -38,6 +45,9 @@ class Invoker:
         host, _, port = address.rpartition(":")
         self.host, self.port, self.invocation = host, int(port), invocation
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[http.client.HTTPConnection] = set()
+        self._aborted = False
 
     def invoke(self, body: bytes, chunked: bool = False) -> bytes:
         headers = {}
@@ -49,11 +59,15 @@ class Invoker:
         for _ in range(self.invocation.retries + 1):
             connection = self._connection()
             try:
+                if connection is None:
+                    raise Aborted("the job was stopped")
                 if chunked:
                     chunks = (body[i : i + 1024 * 1024] for i in range(0, len(body), 1024 * 1024))
                     connection.request("POST", "/invocations", chunks, headers, encode_chunked=True)
                 else:
                     connection.request("POST", "/invocations", body, headers)
+                # Connected now: an abort from here on shuts this socket down.
+                self._check_aborted()
                 response = connection.getresponse()
                 answer = response.read()
             except TimeoutError:
@@ -90,18 +104,38 @@ class Invoker:
     def close(self) -> None:
         self._drop()
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def abort(self) -> None:
+        """End every request in flight now, and refuse the next ones (from any thread)."""
+        with self._lock:
+            self._aborted = True
+            for connection in self._open:
+                if connection.sock is not None:
+                    # Wakes a thread blocked reading it; closing is left to that thread.
+                    with contextlib.suppress(OSError):
+                        connection.sock.shutdown(socket.SHUT_RDWR)
+
+    def _check_aborted(self) -> None:
+        with self._lock:
+            if self._aborted:
+                raise Aborted("the job was stopped")
+
+    def _connection(self) -> http.client.HTTPConnection | None:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = http.client.HTTPConnection(
                 self.host, self.port, timeout=self.invocation.timeout
             )
             self._local.connection = connection
-        return connection
+            with self._lock:
+                self._open.add(connection)
+        with self._lock:
+            return None if self._aborted else connection
 
     def _drop(self) -> None:
         connection = getattr(self._local, "connection", None)
         if connection is not None:
+            with self._lock:
+                self._open.discard(connection)
             connection.close()
             self._local.connection = None
 

@@ -241,8 +241,9 @@ class TransformWorker:
                 invokers[index].close()
 
         done = threading.Event()
-        # A stop ends the containers: requests in flight then end at once, not at their timeout.
-        watcher = threading.Thread(target=self._stop_on_request, args=(done,), daemon=True)
+        # A stop ends the containers and aborts the requests in flight: they end at once, not at
+        # their timeout.
+        watcher = threading.Thread(target=self._stop_on_request, args=(done, invokers), daemon=True)
         watcher.start()
         try:
             with ThreadPoolExecutor(len(self.instances)) as pool:
@@ -258,12 +259,15 @@ class TransformWorker:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def _stop_on_request(self, done: threading.Event) -> None:
+    def _stop_on_request(self, done: threading.Event, invokers: list[Invoker]) -> None:
         while not done.is_set():
             if self.stop.wait(0.2):
                 grace = self.settings.stop_grace_seconds
                 for instance in self.instances:
                     instance.stop(grace)
+                # A container killed as its network goes may never close its connections.
+                for invoker in invokers:
+                    invoker.abort()
                 return
 
     def _failure_reason(self, failures: list[tuple[InputObject, str, str]]) -> str:
