@@ -6,6 +6,7 @@ two worker nodes each stand for one ml.m5.large."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,13 @@ with open("/opt/ml/output/message", "w") as message:
 
 # Writes a file of a Continuous output, then waits for its stop.
 WAITS = """
-import signal, socket, sys, time
+import os, signal, socket, sys, time
 host = socket.gethostname()
 def stopped(*_):
     print(f"got SIGTERM on {host}", flush=True)
     sys.exit(0)
 signal.signal(signal.SIGTERM, stopped)
+os.makedirs("/opt/ml/processing/live", exist_ok=True)
 with open(f"/opt/ml/processing/live/{host}.txt", "w") as early:
     early.write("written first")
 print(f"waiting on {host}", flush=True)
@@ -129,6 +131,18 @@ def _log(server: ApiServer, name: str) -> str:
         logGroupName="/aws/sagemaker/ProcessingJobs", logStreamNamePrefix=f"{name}/"
     )["events"]
     return "\n".join(e["message"] for e in events)
+
+
+def _wait_for_log(server: ApiServer, name: str, said: str, count: int = 1) -> None:
+    """Until the job's log says `said` `count` times, the job running all along."""
+    sagemaker = server.client("sagemaker")
+
+    def seen() -> bool:
+        described = sagemaker.describe_processing_job(ProcessingJobName=name)
+        assert described["ProcessingJobStatus"] == "InProgress", described.get("FailureReason")
+        return _log(server, name).count(said) >= count
+
+    wait_until(seen, f"{said!r} in the log", 240)
 
 
 def test_two_hosts_on_two_nodes_read_their_shards_and_upload_their_outputs(
@@ -201,7 +215,9 @@ def test_a_stop_ends_the_job_stopped_on_both_nodes_after_a_continuous_upload(
         stop_all(sagemaker, [name])
     assert described["ProcessingJobStatus"] == "Stopped", described.get("FailureReason")
     wait_until(lambda: "got SIGTERM on algo-2" in _log(server, name), "both hosts' stops", 30)
-    assert "got SIGTERM on algo-1" in _log(server, name)
+    logs = _log(server, name)
+    assert "got SIGTERM on algo-1" in logs
+    assert set(re.findall(r"runs on node (\S+) of the Ray cluster", logs)) == set(NODES), logs
 
 
 def test_a_job_the_cluster_cannot_hold_waits_saying_why_then_fails(
@@ -213,11 +229,7 @@ def test_a_job_the_cluster_cannot_hold_waits_saying_why_then_fails(
     request = processing_request(name, image(tmp_path, WAITS), count=3)
     try:
         sagemaker.create_processing_job(**request)
-        wait_until(lambda: "waits for the Ray cluster" in _log(server, name), "the wait", 120)
-        assert (
-            sagemaker.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"]
-            == "InProgress"
-        )
+        _wait_for_log(server, name, "waits for the Ray cluster")
         described = wait_ended(sagemaker, name)
     finally:
         stop_all(sagemaker, [name])
@@ -237,7 +249,7 @@ def test_a_lost_node_fails_the_job_naming_it(
     request = processing_request(name, image(tmp_path, WAITS), count=2)
     try:
         sagemaker.create_processing_job(**request)
-        wait_until(lambda: _log(server, name).count("waiting on algo-") == 2, "both hosts", 240)
+        _wait_for_log(server, name, "waiting on algo-", 2)
         victim = next(n for n in cluster.worker_nodes if n.node_ip_address == NODES[1])
         cluster.remove_node(victim, allow_graceful=False)  # its raylet killed, as in a crash
         described = wait_ended(sagemaker, name)
