@@ -88,6 +88,16 @@ while True:
     time.sleep(0.1)
 """
 
+# algo-2 fails with a message; algo-1 waits for its stop.
+ONE_FAILS = WAITS.replace(
+    'print(f"waiting on',
+    """if host == "algo-2":
+    with open("/opt/ml/output/message", "w") as message:
+        message.write("algo-2 found no rows")
+    sys.exit(3)
+print(f"waiting on""",
+)
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
@@ -218,6 +228,42 @@ def test_a_stop_ends_the_job_stopped_on_both_nodes_after_a_continuous_upload(
     logs = _log(server, name)
     assert "got SIGTERM on algo-1" in logs
     assert set(re.findall(r"runs on node (\S+) of the Ray cluster", logs)) == set(NODES), logs
+
+
+def test_a_failing_host_fails_the_job_with_its_message_and_stops_the_other(
+    server: ApiServer, tmp_path: Path
+) -> None:
+    sagemaker = server.client("sagemaker")
+    name = unique("rayproc-fails")
+    try:
+        sagemaker.create_processing_job(
+            **processing_request(name, image(tmp_path, ONE_FAILS), count=2)
+        )
+        described = wait_ended(sagemaker, name)
+    finally:
+        stop_all(sagemaker, [name])
+    logs = _log(server, name)
+    assert described["ProcessingJobStatus"] == "Failed", logs
+    assert described["FailureReason"] == "AlgorithmError: algo-2 found no rows"
+    assert described["ExitMessage"] == "algo-2 found no rows"
+    wait_until(lambda: "got SIGTERM on algo-1" in _log(server, name), "algo-1's stop", 30)
+    assert len(set(re.findall(r"runs on node (\S+) of the Ray cluster", logs))) == 2, logs
+
+
+def test_the_time_limit_stops_the_job_on_its_nodes(server: ApiServer, tmp_path: Path) -> None:
+    sagemaker = server.client("sagemaker")
+    name = unique("rayproc-limit")
+    request = processing_request(
+        name, image(tmp_path, WAITS), count=2, StoppingCondition={"MaxRuntimeInSeconds": 2}
+    )
+    try:
+        sagemaker.create_processing_job(**request)
+        described = wait_ended(sagemaker, name)
+    finally:
+        stop_all(sagemaker, [name])
+    logs = _log(server, name)
+    assert described["ProcessingJobStatus"] == "Stopped", (described.get("FailureReason"), logs)
+    assert "MaxRuntimeInSeconds 2" in described["FailureReason"]
 
 
 def test_a_job_the_cluster_cannot_hold_waits_saying_why_then_fails(
