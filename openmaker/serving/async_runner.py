@@ -30,6 +30,7 @@ from openmaker.serving import async_config, async_metrics, async_queue
 from openmaker.serving.async_metrics import Handled
 from openmaker.serving.async_queue import AsyncRequest
 from openmaker.serving.instance import Instance
+from openmaker.serving.liveness import InstanceConnection
 from openmaker.serving.logs import EndpointLogs
 from openmaker.serving.metrics import InvocationMetrics
 from openmaker.settings import Settings
@@ -160,7 +161,7 @@ class AsyncRunner:
             raise
         handled.download_seconds = time.perf_counter() - fetching
         host, _, port = instance.address.rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=request.timeout_seconds)
+        connection = InstanceConnection(host, int(port), timeout=request.timeout_seconds)
         headers = {"Content-Length": str(size)}
         for name, value in (
             ("Content-Type", request.content_type),
