@@ -107,7 +107,7 @@ def test_an_invocation_held_by_an_instance_whose_network_went_ends(patient: Depl
     netlink.delete_links(veths)
     wait_until(held.ended.is_set, "the held invocation to end", timeout=60)
     assert isinstance(held.error, ClientError), held.error
-    error = held.error.response
+    error: Any = held.error.response
     assert error["Error"]["Code"] == "ModelError", error
     assert error["OriginalStatusCode"] == 500
     assert "did not answer" in error["OriginalMessage"]
