@@ -369,11 +369,11 @@ def test_a_serverless_instance_fits_and_is_held_by_its_memory_size(
     report = runtime.invoke_endpoint(EndpointName=name, Body=b"limits")["Body"].read()
     instance = report.decode().removeprefix("w hello ").splitlines()[0]
     key = instance_cgroup(deployer.server.home, f"endpoint:{name}", instance)
-    memory = cgroup_path(key, "memory")
-    assert memory is not None
-    limit_file = memory / "memory.max"
+    cgroup = cgroup_path(key, "memory")
+    assert cgroup is not None
+    limit_file = cgroup / "memory.max"
     if not limit_file.exists():  # cgroup v1
-        limit_file = memory / "memory.limit_in_bytes"
+        limit_file = cgroup / "memory.limit_in_bytes"
     assert int(limit_file.read_text()) == 1024 * 1024**2
     # 2048 MB more do not, while that instance is warm.
     with pytest.raises(ClientError) as refused:
