@@ -406,3 +406,25 @@ def _instances(sagemaker: Any, name: str) -> tuple[int, str]:
     described = sagemaker.describe_endpoint(EndpointName=name)
     (variant,) = described["ProductionVariants"]
     return variant["CurrentInstanceCount"], described["EndpointStatus"]
+
+
+def test_an_async_request_may_carry_its_input_inline(deployer: Deployer, tmp_path: Path) -> None:
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    (tmp_path / model / "go").touch()
+    name = async_endpoint(deployer, model, "inline")
+    runtime = deployer.runtime
+    answer = runtime.invoke_endpoint_async(
+        EndpointName=name, Body=b"inline", ContentType="text/csv"
+    )
+    wait_until(lambda: read_s3(deployer, answer["OutputLocation"]), "the inline request answered")
+    assert read_s3(deployer, answer["OutputLocation"]) == b"1 1 inline"
+    location = put_input(deployer, "in/both.csv", b"both")
+    refused = {
+        "both": {"Body": b"x", "InputLocation": location},
+        "neither": {},
+        "too large": {"Body": b"x" * 128_001},
+    }
+    for why, members in refused.items():
+        with pytest.raises(ClientError) as error:
+            runtime.invoke_endpoint_async(EndpointName=name, **members)
+        assert error.value.response["Error"]["Code"] == "ValidationError", why

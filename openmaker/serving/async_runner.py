@@ -12,6 +12,7 @@ request's outcome and the queue's state go to the endpoint's metrics (serving/as
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import sys
@@ -153,13 +154,16 @@ class AsyncRunner:
                 f"RequestTTLSeconds ({request.ttl_seconds})."
             )
         source = Path(f"{spool}.in")
-        fetching = time.perf_counter()
-        try:
-            size = self._fetch(request.input_location, source)
-        except Refused:
-            handled.download_failed = True
-            raise
-        handled.download_seconds = time.perf_counter() - fetching
+        if request.body is not None:  # given inline: nothing to download
+            size = source.write_bytes(base64.b64decode(request.body))
+        else:
+            fetching = time.perf_counter()
+            try:
+                size = self._fetch(request.input_location, source)
+            except Refused:
+                handled.download_failed = True
+                raise
+            handled.download_seconds = time.perf_counter() - fetching
         host, _, port = instance.address.rpartition(":")
         connection = InstanceConnection(host, int(port), timeout=request.timeout_seconds)
         headers = {"Content-Length": str(size)}
@@ -276,7 +280,6 @@ class AsyncRunner:
             "requestParameters": {
                 "contentType": request.content_type or "application/octet-stream",
                 "endpointName": self.endpoint,
-                "inputLocation": request.input_location,
             },
             "responseParameters": response,
             "inferenceId": request.inference_id,
@@ -284,6 +287,8 @@ class AsyncRunner:
             "eventSource": "aws:sagemaker",
             "eventName": "InferenceResult",
         }
+        if request.body is None:
+            event["requestParameters"]["inputLocation"] = request.input_location
         if not outcome.ok:
             event["failureReason"] = outcome.message[:1024]
         self.logs.note(NOTIFICATIONS, json.dumps(event, separators=(",", ":")))
