@@ -419,7 +419,7 @@ def test_an_async_request_may_carry_its_input_inline(deployer: Deployer, tmp_pat
     wait_until(lambda: read_s3(deployer, answer["OutputLocation"]), "the inline request answered")
     assert read_s3(deployer, answer["OutputLocation"]) == b"1 1 inline"
     location = put_input(deployer, "in/both.csv", b"both")
-    refused = {
+    refused: dict[str, dict[str, Any]] = {
         "both": {"Body": b"x", "InputLocation": location},
         "neither": {},
         "too large": {"Body": b"x" * 128_001},
