@@ -36,7 +36,7 @@ from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 from openmaker.store.errors import StoreError
 from openmaker.store.keys import UnsafeKeyError
-from openmaker.transform import status
+from openmaker.transform import capture, status
 from openmaker.transform.filters import DataProcessing
 from openmaker.transform.invoker import Invocation, Invoker
 from openmaker.transform.kind import (
@@ -75,6 +75,7 @@ class TransformWorker:
         # When the last object was done: the job's TransformEndTime (its instances' stop after
         # is not the transform's).
         self.transformed_at: datetime | None = None
+        self.objects: list[InputObject] = []  # the input objects, once listed
 
     def run(self) -> None:
         final, reason = status.COMPLETED, None
@@ -85,6 +86,7 @@ class TransformWorker:
             self._start_instances(row)
             failures = self._transform(row) if not self.stop.is_set() else []
             self.transformed_at = now()
+            self._capture(row, failures)
             if failures:
                 final, reason = status.FAILED, self._failure_reason(failures)
         except JobFailed as exc:
@@ -186,6 +188,7 @@ class TransformWorker:
             objects = input_objects(source, self.settings.store)
         except (StoreError, UnsafeKeyError) as exc:
             raise JobFailed(f"The input data could not be read: {exc}") from None
+        self.objects = objects
         output = request["TransformOutput"]
         config = request.get("ModelClientConfig") or {}
         invocation = Invocation(
@@ -252,6 +255,22 @@ class TransformWorker:
             done.set()
             watcher.join()
         return sorted(failures, key=lambda f: f[0].location.key)
+
+    def _capture(
+        self, row: TransformJobRecord, failures: list[tuple[InputObject, str, str]]
+    ) -> None:
+        """DataCaptureConfig: the manifests of what was transformed (transform/capture.py)."""
+        config = row.request.get("DataCaptureConfig")
+        if config is None or self.stop.is_set():
+            return
+        failed = {item.location.key for item, _, _ in failures}
+        done = [o for o in self.objects if o.location.key not in failed]
+        started = row.transform_start_time or now()
+        output_path = row.request["TransformOutput"]["S3OutputPath"]
+        try:
+            capture.write(config, self.name, started, done, output_path, self.settings.store)
+        except capture.CaptureError as exc:
+            raise JobFailed(str(exc)) from None
 
     def _scratch(self) -> Path:
         """Where outputs are written until they are whole (removed with the instances)."""
