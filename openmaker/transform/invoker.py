@@ -9,13 +9,13 @@ every connection: a container killed with its network may never close its end.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
+
+from openmaker.store import abort
 
 # SageMaker's defaults for ModelClientConfig.
 DEFAULT_TIMEOUT_SECONDS = 600
@@ -45,9 +45,7 @@ class Invoker:
         host, _, port = address.rpartition(":")
         self.host, self.port, self.invocation = host, int(port), invocation
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: set[http.client.HTTPConnection] = set()
-        self._aborted = False
+        self._abort = abort.Abort()
 
     def invoke(self, body: bytes, chunked: bool = False) -> bytes:
         headers = {}
@@ -59,7 +57,7 @@ class Invoker:
         for _ in range(self.invocation.retries + 1):
             connection = self._connection()
             try:
-                if connection is None:
+                if self._abort.aborted:
                     raise Aborted("the job was stopped")
                 if chunked:
                     chunks = (body[i : i + 1024 * 1024] for i in range(0, len(body), 1024 * 1024))
@@ -67,9 +65,11 @@ class Invoker:
                 else:
                     connection.request("POST", "/invocations", body, headers)
                 # Connected now: an abort from here on shuts this socket down.
-                self._check_aborted()
+                self._abort.opened(connection)
                 response = connection.getresponse()
                 answer = response.read()
+            except abort.Aborted:
+                raise Aborted("the job was stopped") from None
             except TimeoutError:
                 self._drop()
                 why = f"the container did not answer within {self.invocation.timeout:g} seconds"
@@ -106,36 +106,21 @@ class Invoker:
 
     def abort(self) -> None:
         """End every request in flight now, and refuse the next ones (from any thread)."""
-        with self._lock:
-            self._aborted = True
-            for connection in self._open:
-                if connection.sock is not None:
-                    # Wakes a thread blocked reading it; closing is left to that thread.
-                    with contextlib.suppress(OSError):
-                        connection.sock.shutdown(socket.SHUT_RDWR)
+        self._abort.abort()
 
-    def _check_aborted(self) -> None:
-        with self._lock:
-            if self._aborted:
-                raise Aborted("the job was stopped")
-
-    def _connection(self) -> http.client.HTTPConnection | None:
+    def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = http.client.HTTPConnection(
                 self.host, self.port, timeout=self.invocation.timeout
             )
             self._local.connection = connection
-            with self._lock:
-                self._open.add(connection)
-        with self._lock:
-            return None if self._aborted else connection
+        return connection
 
     def _drop(self) -> None:
         connection = getattr(self._local, "connection", None)
         if connection is not None:
-            with self._lock:
-                self._open.discard(connection)
+            self._abort.closed(connection)
             connection.close()
             self._local.connection = None
 

@@ -11,17 +11,15 @@ continuous sync's work.
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from openmaker.store import Location, StoreError, resolve
 from openmaker.training.host.checkpoints.sync import CheckpointSync
-from openmaker.training.host.checkpoints.transfer import Changes, Ledger, push_changes
+from openmaker.training.host.checkpoints.transfer import Changes, Ledger, push_all
 from openmaker.training.host.events import Emit
 from openmaker.training.host.jobtree import HostTree, NotAFolder, say_ignored
 from openmaker.training.host.layout import CONTAINER_ROOT
 from openmaker.training.host.plan import FolderUpload
-from openmaker.training.host.progress import ProgressMeter
 from openmaker.training.host.spec import HostSpec
 
 
@@ -73,14 +71,9 @@ def upload_folders(spec: HostSpec, tree: HostTree, emit: Emit) -> None:
             changes = Changes(folder, ledger, None)
             if not changes.uploads:
                 continue
-            meter = ProgressMeter("Uploading", changes.size, emit)
-            try:
-                # Only uploads: a file the code removed stays where a Continuous sync put it.
-                changes.deletes = []
-                asyncio.run(push_changes(changes, remote(spec, output), ledger, meter.add))
-            finally:
-                ledger.save()
-            meter.finish()
+            # Only uploads: a file the code removed stays where a Continuous sync put it.
+            changes.deletes = []
+            push_all(changes, remote(spec, output), ledger, emit)
         finally:
             if folder is not None:
                 os.close(folder)
