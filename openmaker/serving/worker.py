@@ -630,6 +630,8 @@ class EndpointWorker:
         deadline = time.monotonic() + self.settings.invocation_seconds
         while time.monotonic() < deadline and any(_in_use(i.address) for i in instances):
             self.stop.wait(PING_EVERY_SECONDS)
+        if self.async_runner is not None:
+            async_runner.drain(self.async_runner, instances, self.logs, self.stop)
         self._stop(instances)
 
     def _stop(self, instances: list[Instance]) -> None:
