@@ -99,9 +99,9 @@ class EndpointWorker:
         self.indexes: set[int] = set()  # the instances' indexes on the bridge, in use
         self.async_runner: async_runner.AsyncRunner | None = None
         self.health: health.HealthWatch | None = None
-        # Serverless variants: when a cold start of each last failed (time.time()); when each
-        # of their instances started.
-        self.cold_failed: dict[str, float] = {}
+        # Serverless variants: when a cold start of each last failed (time.time()) and how many
+        # failed in a row; when each of their instances started.
+        self.cold_failed: dict[str, tuple[float, int]] = {}
         self.started_at: dict[str, float] = {}
         self.metrics = InvocationMetrics(self.writers)  # their ModelSetupTime
         # A canary or linear update's new fleet while both are in the route (its instance ids).
@@ -542,7 +542,7 @@ class EndpointWorker:
             keep = max(serverless.warm_count(variant), demand.asking if fresh else 0)
             wanted = min(int(config["MaxConcurrency"]), keep)
             failed = self.cold_failed.get(name)
-            if len(mine) < wanted and (failed is None or (fresh and demand.written > failed)):
+            if len(mine) < wanted and (failed is None or (fresh and _retry_due(*failed))):
                 self._cold_start(row, name, wanted - len(mine))
             elif len(mine) > keep:
                 self._scale_in_idle(mine, demand)
@@ -579,7 +579,11 @@ class EndpointWorker:
         if isinstance(exc, NoCapacity):
             refused = serverless.refusal_file(self.settings, self.name, variant)
             serverless.refuse(refused, f"no serverless capacity to start: {exc}")
-        self.cold_failed[variant] = time.time()
+        else:  # those waiting are told at once (serving/proxy.py), not left to time out
+            failure = serverless.failure_file(self.settings, self.name, variant)
+            serverless.refuse(failure, str(exc))
+        _, failures = self.cold_failed.get(variant, (0.0, 0))
+        self.cold_failed[variant] = (time.time(), failures + 1)
         message = f"A serverless instance of production variant {variant} failed: {exc}"
 
         def note(record: EndpointRecord) -> None:
@@ -695,6 +699,12 @@ class EndpointWorker:
             row.worker = None
             session.commit()
         _start_waiting_jobs(self.settings)
+
+
+def _retry_due(failed_at: float, failures: int) -> bool:
+    """Whether a serverless cold start that failed `failures` times in a row, last at
+    `failed_at`, may be tried again (serving/serverless.py)."""
+    return time.time() >= failed_at + serverless.retry_delay(failures)
 
 
 def _timed_out(plan: Deployment) -> str:
