@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from openmaker.serving import serverless
 from tests.helpers import unique_name
-from tests.test_endpoints import Deployer, deployer, pytestmark
+from tests.test_endpoints import Deployer, deployer, pytestmark, wait_until
 from tests.test_endpoints_serverless import one_attempt, serverless_config
 
 __all__ = ["deployer", "pytestmark"]  # the fixture, and the skip without a sandbox
@@ -37,7 +37,10 @@ def test_a_failing_cold_start_answers_who_waits_and_backs_off(deployer: Deployer
             runtime.invoke_endpoint(EndpointName=name, Body=b"x")
         assert error.value.response["Error"]["Code"] == "ModelNotReadyException"
         assert PING_FAILED in error.value.response["Error"]["Message"]
-    attempts = _attempts(deployer.server.client("logs"), f"/aws/sagemaker/Endpoints/{name}")
+    logs, group = deployer.server.client("logs"), f"/aws/sagemaker/Endpoints/{name}"
+    # The log lines are written about every second.
+    wait_until(lambda: len(_attempts(logs, group)) >= 3, "each cold start's log stream")
+    attempts = _attempts(logs, group)
     assert len(attempts) == 3, attempts
     # Each attempt began at least the backoff delay after the one before failed.
     for failures, (before, after) in enumerate(itertools.pairwise(attempts), 1):
