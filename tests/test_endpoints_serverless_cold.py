@@ -5,6 +5,8 @@ reason when it fails, and the attempts are spaced by a growing delay."""
 from __future__ import annotations
 
 import itertools
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from botocore.exceptions import ClientError
 from openmaker.serving import serverless
 from tests.helpers import unique_name
 from tests.test_endpoints import Deployer, deployer, pytestmark, wait_until
-from tests.test_endpoints_serverless import one_attempt, serverless_config
+from tests.test_endpoints_serverless import SERVE, instances_of, one_attempt, serverless_config
 
 __all__ = ["deployer", "pytestmark"]  # the fixture, and the skip without a sandbox
 
@@ -22,6 +24,43 @@ echo "the model server cannot load its model" >&2
 exit 3
 """
 PING_FAILED = "did not pass the ping health check"
+# SERVE, listening only once the test puts `go` in its image folder (/opt/program).
+SLOW = SERVE.replace(
+    "import http.server, time\n",
+    "import http.server, os, time\n"
+    "while not os.path.exists('/opt/program/go'):\n    time.sleep(0.05)\n",
+    1,
+)
+
+
+def test_an_invocation_arriving_during_a_cold_start_gets_its_own(
+    deployer: Deployer, tmp_path: Path
+) -> None:
+    model = deployer.model(SLOW, {"weights.txt": b"w\n"})
+    name = unique_name("ep")
+    deployer.endpoints.append(name)
+    config = serverless_config(deployer, model, MaxConcurrency=2)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    runtime = one_attempt(deployer)
+    answers: list[bytes] = []
+
+    def send(body: bytes) -> None:
+        answers.append(runtime.invoke_endpoint(EndpointName=name, Body=body)["Body"].read())
+
+    first = threading.Thread(target=send, args=(b"one",))
+    first.start()
+    second = threading.Thread(target=send, args=(b"two",))
+    try:
+        wait_until(lambda: instances_of(name) == 1, "the first cold start")
+        second.start()  # while the first instance does not answer /ping yet
+        wait_until(lambda: instances_of(name) == 2, "a second cold start, the first still on")
+    finally:
+        (tmp_path / model / "go").touch()
+        first.join()
+        if second.ident is not None:
+            second.join()
+    assert sorted(answers) == [b"w one", b"w two"]
 
 
 def test_a_failing_cold_start_answers_who_waits_and_backs_off(deployer: Deployer) -> None:

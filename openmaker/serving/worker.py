@@ -103,6 +103,9 @@ class EndpointWorker:
         # failed in a row; when each of their instances started.
         self.cold_failed: dict[str, tuple[float, int]] = {}
         self.started_at: dict[str, float] = {}
+        # Serverless instances starting (in `live`, not yet in the route): by id, when each
+        # must answer /ping (time.monotonic()) and when its cold start began (perf_counter()).
+        self.cold: dict[str, tuple[float, float]] = {}
         self.metrics = InvocationMetrics(self.writers)  # their ModelSetupTime
         # A canary or linear update's new fleet while both are in the route (its instance ids).
         self.green: set[str] = set()
@@ -207,6 +210,14 @@ class EndpointWorker:
     def _launch(self, fleet: list[Instance]) -> None:
         """Reserve, prepare and start `fleet`, and wait until each instance answers /ping
         (the live fleet looked after meanwhile); EndpointFailed says why one did not."""
+        self._start_fleet(fleet)
+        reasons = self._wait_healthy(fleet)
+        for instance, reason in zip(fleet, reasons, strict=True):
+            if reason is not None and not self.stop.is_set():
+                raise EndpointFailed(self._ping_failure(instance, reason))
+
+    def _start_fleet(self, fleet: list[Instance]) -> None:
+        """Reserve, prepare and start `fleet` (`starting` until it joins `live`)."""
         self.starting = fleet
         wanted = [
             placement.Wanted(
@@ -241,10 +252,6 @@ class EndpointWorker:
                 return
             receiver = self.logs.receiver
             instance.start(self._network_for(instance), receiver(plan.stream), receiver)
-        reasons = self._wait_healthy(fleet)
-        for instance, reason in zip(fleet, reasons, strict=True):
-            if reason is not None and not self.stop.is_set():
-                raise EndpointFailed(self._ping_failure(instance, reason))
 
     def _network_for(self, instance: Instance) -> JobNetwork:
         """The endpoint's network, with the instance's address on it."""
@@ -291,7 +298,7 @@ class EndpointWorker:
 
     def _serve(self) -> None:
         """Until deleted: look after the instances, and carry out the updates asked for."""
-        while not self.stop.wait(WATCH_SECONDS):
+        while not self.stop.wait(PING_EVERY_SECONDS if self.cold else WATCH_SECONDS):
             self._watch_live()
             row = self._read()
             if row is not None and row.status == status.IN_SERVICE:
@@ -308,6 +315,8 @@ class EndpointWorker:
         answers /ping."""
         changed = False
         for instance in self.live:
+            if instance.plan.id in self.cold:
+                continue  # a serverless cold start, looked after by _serverless_started
             container = instance.container
             code = container.poll() if container is not None else None
             if code is not None:
@@ -534,6 +543,7 @@ class EndpointWorker:
             if config is None:
                 continue
             name = variant["VariantName"]
+            self._serverless_started(name)
             mine = [i for i in self.live if i.plan.variant == name]
             demand = serverless.read_demand(serverless.demand_file(self.settings, self.name, name))
             # Invocations waiting for an instance say so again and again; a count not written
@@ -549,13 +559,15 @@ class EndpointWorker:
 
     def _cold_start(self, row: EndpointRecord, variant: str, count: int) -> None:
         """Start `count` instances of the variant, or as many as fit on the machine; when not
-        one does, those waiting are told (serverless.refuse) and throttled by the proxy. The
-        time each took to serve is its ModelSetupTime."""
+        one does, those waiting are told (serverless.refuse) and throttled by the proxy. They
+        join `live` at once but the route only once each answers /ping (_serverless_started):
+        meanwhile invocations arriving get cold starts of their own, not one batch after
+        another."""
         began = time.perf_counter()
         while True:
             try:
                 fleet = self._fleet(row.config, row.models, {variant: count})
-                self._launch(fleet)
+                self._start_fleet(fleet)
                 break
             except EndpointFailed as exc:
                 failed, self.starting = self.starting, []
@@ -567,13 +579,40 @@ class EndpointWorker:
                 return
         if self.stop.is_set():
             return
-        self.cold_failed.pop(variant, None)
         for instance in fleet:
             self.started_at[instance.plan.id] = time.time()
-            self.metrics.setup(self.name, variant, time.perf_counter() - began)
-        self.metrics.flush()
+            self.cold[instance.plan.id] = (time.monotonic() + instance.plan.startup_seconds, began)
         self.live, self.starting = self.live + fleet, []
-        self._record(None, change=_no_failure)
+        self._record(None)
+
+    def _serverless_started(self, variant: str) -> None:
+        """The variant's cold starts that answered /ping go in the route (the time each took
+        is its ModelSetupTime); one whose container ended, or that did not answer in its
+        startup time, is removed and the cold start failed."""
+        for instance in [i for i in self.live if i.plan.id in self.cold]:
+            if instance.plan.variant != variant:
+                continue
+            deadline, began = self.cold[instance.plan.id]
+            reason = _ping_once(instance)
+            if reason is None and not instance.ready and time.monotonic() >= deadline:
+                reason = (
+                    "its container did not answer GET /ping with 200 within "
+                    f"{instance.plan.startup_seconds} seconds"
+                )
+            if instance.ready:
+                del self.cold[instance.plan.id]
+                self.cold_failed.pop(variant, None)
+                self.metrics.setup(self.name, variant, time.perf_counter() - began)
+                self.metrics.flush()
+                self._record(None, change=_no_failure)
+            elif reason is not None:
+                del self.cold[instance.plan.id]
+                self.live = [i for i in self.live if i is not instance]
+                self.started_at.pop(instance.plan.id, None)
+                self._record(None)
+                self._stop([instance])
+                failure = EndpointFailed(self._ping_failure(instance, reason))
+                self._cold_start_failed(variant, failure)
 
     def _cold_start_failed(self, variant: str, exc: EndpointFailed) -> None:
         if isinstance(exc, NoCapacity):
@@ -600,7 +639,9 @@ class EndpointWorker:
             used = demand.used.get(instance.address, 0.0)
             return max(used, self.started_at.get(instance.plan.id, 0.0))
 
-        spare = [i for i in mine if i.address not in demand.busy and now - last(i) >= idle]
+        spare = [
+            i for i in mine if i.ready and i.address not in demand.busy and now - last(i) >= idle
+        ]
         if not spare:
             return
         instance = min(spare, key=last)
