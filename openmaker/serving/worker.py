@@ -9,8 +9,11 @@ namespace of its own, and reports `InService` once every instance answers `GET /
   /ping again); so is one that stays alive but fails its periodic pings (serving/health.py);
 - an update (serving/updates.py) starts a new fleet beside the old one, moves the traffic once
   every new instance is healthy, then retires the old instances: out of the route first, their
-  invocations under way finished, then stopped. A new fleet that fails is removed and the old
-  one goes on serving, the reason in FailureReason.
+  invocations under way finished (asynchronous ones within their own timeout,
+  serving/async_runner.py), then stopped. A new fleet that fails is removed and the old one
+  goes on serving, the reason in FailureReason;
+- a serverless variant's instances start with its invocations, each joining the route once it
+  answers /ping (serving/serverless.py).
 SIGTERM (DeleteEndpoint) stops the containers (SIGTERM, then SIGKILL after the grace), removes
 the bridge, the instances' folders and cgroups, and the endpoint's record.
 """
