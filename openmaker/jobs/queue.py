@@ -159,16 +159,18 @@ def _startable(kind: ResourceKind, job: JobRecord, new: bool) -> bool:
 
 
 def _any_waited(session: Session, kinds: Sequence[ResourceKind]) -> bool:
-    """Whether a job of `kinds` that is not new waits for a worker (a cheap first look)."""
+    """Whether a job of `kinds` that is not new waits for a worker (a cheap first look: in
+    plain SQL, for a worker would compile a statement for it, once, at its end)."""
+    connection = session.connection()
     for kind in kinds:
-        table = kind.table()
+        statuses = sorted(kind.active)
+        table = kind.table().__table__.name  # type: ignore[attr-defined]
         query = (
-            select(table.name)
-            .where(table.status.in_(kind.active), table.worker.is_(None))
-            .where((table.secondary_status != NEW_STATUS) | (table.attempts != 1))
-            .limit(1)
+            f'SELECT 1 FROM "{table}" WHERE worker IS NULL '
+            f"AND status IN ({', '.join('?' * len(statuses))}) "
+            "AND (secondary_status != ? OR attempts != 1) LIMIT 1"
         )
-        if session.scalars(query).first() is not None:
+        if connection.exec_driver_sql(query, (*statuses, NEW_STATUS)).first() is not None:
             return True
     return False
 
