@@ -121,10 +121,11 @@ class JobRecorder(Generic[Row]):
         self.queue.put(None)
         self.thread.join()
 
-    def update(self, change: Callable[[Row], None]) -> Row:
+    def update(self, change: Callable[[Row], None], soon: bool = False) -> Row:
         """Apply `change(job)` to the job row now, after the queued events (in their
-        transaction); returns the row."""
-        update = _Update(threading.Event(), change)
+        transaction); returns the row. `soon`: with the events that come within
+        `LINGER_SECONDS` too, in one transaction."""
+        update = _Update(threading.Event(), change, not soon)
         self._await(update)
         if update.error is not None:
             raise update.error
@@ -372,6 +373,8 @@ class _Change:
 class _Flush:
     """Done once what came before is written."""
 
+    now = True  # written at once, with what came before
+
     def __init__(self, done: threading.Event) -> None:
         self.done = done
 
@@ -379,9 +382,9 @@ class _Flush:
 class _Update(_Flush):
     """A change to the job's row (`change(job)`), written with the events before it."""
 
-    def __init__(self, done: threading.Event, change: Callable[[Any], None]) -> None:
+    def __init__(self, done: threading.Event, change: Callable[[Any], None], now: bool) -> None:
         super().__init__(done)
-        self.change = change
+        self.change, self.now = change, now
         self.row: object | None = None  # the row, changed and written
         self.error: BaseException | None = None
 
@@ -392,7 +395,7 @@ _Item = _Lines | _Metric | _Samples | _Change | _Flush | None
 
 def _now(item: _Item) -> bool:
     """Whether the writer writes at once, not waiting for more events: someone waits for it."""
-    return item is None or isinstance(item, _Flush)
+    return item is None or (isinstance(item, _Flush) and item.now)
 
 
 def _writes(item: _Item) -> bool:

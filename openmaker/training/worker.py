@@ -197,8 +197,9 @@ def _run(
 ) -> tuple[Callable[[TrainingJob], object], float]:
     """Run the attempt; returns how the job ends (recorded once its leftovers are gone), and
     the `time.monotonic()` before which its end must not be recorded."""
-    # The hosts start preparing at once; the claim waits for the database layer to load.
-    claimer = threading.Thread(target=recorder.update, args=(mine.claim,))
+    # The hosts start preparing at once; the claim waits for the database layer to load, and
+    # is written with the first events (Downloading, Training) when they come soon.
+    claimer = threading.Thread(target=recorder.update, args=(mine.claim, True))
     claimer.start()
     emit = recorder.emit
     try:
