@@ -21,6 +21,7 @@ events); the rest is dropped after one line that says so.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -50,8 +51,9 @@ BATCH_ROWS = 20_000
 METRIC_BYTES = 16
 # How long the writer waits for more events before it writes what came (an `update`, a flush
 # or the end writes at once): a job's status changes come close together as it starts and
-# ends, and a transaction for each held the shared write lock as often.
-LINGER_SECONDS = 0.1
+# ends, and a transaction for each held the shared write lock as often. Under load a short
+# job's phases come ~0.1-0.3 s apart; a status or a line is seen this much later at most.
+LINGER_SECONDS = 0.5
 # ... while fewer rows than this wait: a flood's batches are written as soon as taken.
 LINGER_ROWS = 100
 
@@ -121,16 +123,20 @@ class JobRecorder(Generic[Row]):
         self.queue.put(None)
         self.thread.join()
 
-    def update(self, change: Callable[[Row], None], soon: bool = False) -> Row:
+    def update(self, change: Callable[[Row], None]) -> Row:
         """Apply `change(job)` to the job row now, after the queued events (in their
-        transaction); returns the row. `soon`: with the events that come within
-        `LINGER_SECONDS` too, in one transaction."""
-        update = _Update(threading.Event(), change, not soon)
+        transaction); returns the row."""
+        update = _Update(threading.Event(), change, now=True)
         self._await(update)
         if update.error is not None:
             raise update.error
         assert update.row is not None
         return cast(Row, update.row)
+
+    def later(self, change: Callable[[Row], None]) -> None:
+        """Apply `change(job)` after the queued events, with those that come within
+        `LINGER_SECONDS` (one transaction), without waiting for it."""
+        self._put(_Update(threading.Event(), change, now=False))
 
     def flush(self) -> None:
         self._await(_Flush(threading.Event()))
@@ -157,6 +163,8 @@ class JobRecorder(Generic[Row]):
                         item.error = exc  # its caller learns it
             self.backlog.give(sum(_cost(event) for event in batch if event is not None))
             for event in batch:
+                if isinstance(event, _Update) and not event.now and event.error is not None:
+                    print(f"a change to the job was lost: {event.error}", file=sys.stderr)
                 if isinstance(event, _Flush):
                     event.done.set()
             if None in batch:  # closed
