@@ -1,7 +1,8 @@
 """The fork server (openmaker/jobs/forkserver.py): a worker forked from it is a process of its
 own, in a session of its own, holding nothing of its submitter's (no descriptor but its order's
 pipe and the null device, no setting or key in its environment); without an order it ends; a
-module outside openmaker is refused as a runner. Jobs created at once from many threads (as
+module outside openmaker is refused as a runner; given its submitter's database, it compiles
+what workers ask first and keeps no file of it open. Jobs created at once from many threads (as
 through the server) each get a worker by the time every create has returned."""
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from openmaker.jobs.db import TrainingJob
+from openmaker.jobs.db import TrainingJob, engine_for, warm
 from openmaker.jobs.executor import ForkServer, process_lost, stop_fork_server, use_fork_server
+from openmaker.settings import load_settings
 from openmaker.training.service import TrainingJobs
 from openmaker.training.state import TERMINAL
 from tests.helpers import make_image, request, stop_and_wait, wait_for
@@ -88,3 +90,23 @@ def test_creates_at_once_each_get_a_worker(home: Path, tmp_path: Path) -> None:
     finally:
         stop_and_wait(jobs, names)
         stop_fork_server()
+
+
+def test_a_fork_server_given_the_database_keeps_no_file_of_it_open(home: Path) -> None:
+    settings = load_settings()
+    TrainingJobs(settings)  # the submitter makes the database before its first job
+    database = (settings.database_url, settings.db_busy_seconds)
+    # What it does at its first request, here: statements compiled, connections closed.
+    warm(*database)
+    engine = engine_for(*database)
+    assert engine._compiled_cache  # a job's row by its name, compiled
+    server = ForkServer([RUNNER], database=database)
+    try:
+        pid, order = server.fork(RUNNER)
+        order.close()
+        wait_until(lambda: process_lost(pid), "the worker without an order to end")
+        fork_server = server._process.pid
+        opened = {os.readlink(f"/proc/{fork_server}/fd/{fd}") for fd in _descriptors(fork_server)}
+        assert not [path for path in opened if path.startswith(str(settings.home))]
+    finally:
+        server.close()

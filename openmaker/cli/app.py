@@ -334,7 +334,9 @@ def server(
     from openmaker.resources import KINDS
 
     # First, while this process has no thread or socket: the jobs' workers are forked from it.
-    use_fork_server(sorted({kind.runner for kind in KINDS}), _settings().executor)
+    settings = _settings()
+    database = (settings.database_url, settings.db_busy_seconds)
+    use_fork_server(sorted({kind.runner for kind in KINDS}), settings.executor, database)
     from openmaker.api.server import serve  # the HTTP stack loads only for this command
 
     def announce(record: ServerRecord, store: StoreSettings) -> None:

@@ -134,8 +134,13 @@ def local_process(worker: WorkerRef) -> tuple[int, int | None] | None:
 class ForkServer:
     """The submitter's end of a fork server (openmaker/jobs/forkserver.py)."""
 
-    def __init__(self, runners: list[str], executor: str = "local") -> None:
+    def __init__(
+        self, runners: list[str], executor: str = "local", database: tuple[str, float] | None = None
+    ) -> None:
+        """`database`: the submitter's (URL, busy seconds), whose statements the fork server
+        compiles for its workers."""
         self.runners, self.executor = runners, executor
+        self.options = [] if database is None else ["--database", database[0], str(database[1])]
         self._lock = threading.Lock()  # one request and its answer at a time
         self._channel, self._process = self._start()
 
@@ -145,7 +150,14 @@ class ForkServer:
             # Fork and exec, as every worker was started: it inherits nothing of this process
             # but its standard input (close_fds) and a worker's environment.
             process = subprocess.Popen(
-                [sys.executable, "-m", "openmaker.jobs.forkserver", self.executor, *self.runners],
+                [
+                    sys.executable,
+                    "-m",
+                    "openmaker.jobs.forkserver",
+                    self.executor,
+                    *self.options,
+                    *self.runners,
+                ],
                 stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -185,14 +197,16 @@ class ForkServer:
 _fork_server: ForkServer | None = None
 
 
-def use_fork_server(runners: list[str], executor: str = "local") -> None:
+def use_fork_server(
+    runners: list[str], executor: str = "local", database: tuple[str, float] | None = None
+) -> None:
     """From now on, every local executor of this process forks its workers from one fork
     server, which has loaded `runners` (ResourceKind.runner) ahead, and what they need under
     `executor` (OPENMAKER_EXECUTOR). For a long-lived submitter: call it early, before threads
-    or listening sockets exist."""
+    or listening sockets exist. `database`: see ForkServer."""
     global _fork_server
     if _fork_server is None:
-        _fork_server = ForkServer(runners, executor)
+        _fork_server = ForkServer(runners, executor, database)
 
 
 def stop_fork_server() -> None:

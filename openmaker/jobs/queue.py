@@ -57,22 +57,30 @@ def _launch_settings(settings: Settings, key: str) -> Settings:
     return load_settings({**data["env"], "OPENMAKER_HOME": str(settings.home)})
 
 
-def start_ready(settings: Settings, executor: Executor, kinds: Sequence[ResourceKind]) -> None:
+def start_ready(
+    settings: Settings, executor: Executor, kinds: Sequence[ResourceKind], new: bool = True
+) -> None:
     """Start every waiting job that fits now, of every kind of `kinds` (all those that share
-    the machine), oldest first."""
+    the machine), oldest first. `new=False` (a worker that ends, making room): only the jobs
+    that have waited (Pending, or to restart); a job just created is its creator's to start,
+    which does so right after storing it (one gone before that leaves it to the next sweep).
+    Else an ending worker, which has no fork server, would start the jobs a server is creating
+    with a Python start each, outside the server's view."""
     # Read first: most calls (a command starting, a describe polling a Pending job) change
     # nothing, and need not wait for the write lock that workers recording their logs hold.
     with sessions(settings)() as session:
+        if not new and not _any_waited(session, kinds):
+            return  # (without loading every active job: each ending worker asks)
         jobs = _active(session, kinds)
-        if not any(kind.lifecycle.needs_worker(job) for kind, job in jobs):
+        if not any(_startable(kind, job, new) for kind, job in jobs):
             return
         machine = capacity.machine(settings)
-        if not any(_changes(_plan(jobs, machine))):
+        if not any(_changes(_plan(jobs, machine, new))):
             return
     me = this_process()
     chosen: list[tuple[ResourceKind, JobRecord, Placement]] = []
     with writer_sessions(settings)() as session:
-        for kind, job, placement, message in _plan(_active(session, kinds), machine):
+        for kind, job, placement, message in _plan(_active(session, kinds), machine, new):
             if placement is None:
                 kind.lifecycle.waiting(job, message)
                 continue
@@ -105,13 +113,20 @@ def _utc(moment: datetime) -> datetime:
 Plan = list[tuple[ResourceKind, JobRecord, Placement | None, str]]
 
 
-def _plan(jobs: list[tuple[ResourceKind, JobRecord]], machine: capacity.Machine) -> Plan:
-    """For each waiting job: where it starts now, or (None and) what it waits for."""
+def _plan(
+    jobs: list[tuple[ResourceKind, JobRecord]], machine: capacity.Machine, new: bool = True
+) -> Plan:
+    """For each waiting job: where it starts now, or (None and) what it waits for. `new=False`:
+    new jobs are left out (their creators start them), yet jobs behind a waiting one wait."""
     used = [job.placement for _, job in jobs if job.placement is not None]
     blocked_by: str | None = None
     plan: Plan = []
     for kind, job in jobs:
         if not kind.lifecycle.needs_worker(job):
+            continue
+        if not new and _new(job):
+            # Its creator places it: what it takes is not this starter's to give out.
+            blocked_by = blocked_by or f"{kind.noun} {job.name}"
             continue
         instances = kind.instances(job.request)
         placement = None if blocked_by else capacity.place(instances, machine, used)
@@ -127,6 +142,37 @@ def _plan(jobs: list[tuple[ResourceKind, JobRecord]], machine: capacity.Machine)
         blocked_by = blocked_by or f"{kind.noun} {job.name}"
         plan.append((kind, job, None, message))
     return plan
+
+
+# Every kind stores a new job in this secondary status, at its first attempt (a job chosen to
+# start is given its starter as worker; one lost before it ran is restarted or ended).
+NEW_STATUS = "Starting"
+
+
+def _new(job: JobRecord) -> bool:
+    """Whether no starter has seen the job yet (it needs a worker: just created)."""
+    return job.secondary_status == NEW_STATUS and (job.attempts or 1) == 1
+
+
+def _startable(kind: ResourceKind, job: JobRecord, new: bool) -> bool:
+    return kind.lifecycle.needs_worker(job) and (new or not _new(job))
+
+
+def _any_waited(session: Session, kinds: Sequence[ResourceKind]) -> bool:
+    """Whether a job of `kinds` that is not new waits for a worker (a cheap first look: in
+    plain SQL, for a worker would compile a statement for it, once, at its end)."""
+    connection = session.connection()
+    for kind in kinds:
+        statuses = sorted(kind.active)
+        table = kind.table().__table__.name  # type: ignore[attr-defined]
+        query = (
+            f'SELECT 1 FROM "{table}" WHERE worker IS NULL '
+            f"AND status IN ({', '.join('?' * len(statuses))}) "
+            "AND (secondary_status != ? OR attempts != 1) LIMIT 1"
+        )
+        if connection.exec_driver_sql(query, (*statuses, NEW_STATUS)).first() is not None:
+            return True
+    return False
 
 
 def _changes(plan: Plan) -> Iterator[bool]:

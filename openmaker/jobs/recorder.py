@@ -6,6 +6,11 @@ The database layer (SQLAlchemy) is imported by the writer thread, not at start: 
 worker's start-up time, and the hosts can prepare and start the code meanwhile. Their events
 wait in the queue with the times they happened.
 
+Every write takes the database's write lock, which every worker and the server's requests
+share: events are written together (one transaction for what comes within `LINGER_SECONDS`),
+a change to the row asked for with `update` goes in the same transaction as the events before
+it, and nothing is written when there is nothing to write.
+
 Log lines and metric values wait in a bounded backlog: a job that prints faster than the
 database takes its lines is held back (its log reader waits, then its writes to the pipe), so
 the worker's memory stays flat and a status change or the job's end waits behind at most one
@@ -16,13 +21,14 @@ events); the rest is dropped after one line that says so.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from openmaker.jobs.logs import EVENT_OVERHEAD, stream_name
 from openmaker.settings import Settings
@@ -43,6 +49,13 @@ ROW_COST = 64
 BATCH_ROWS = 20_000
 # What a stored metric value counts towards the job's log limit.
 METRIC_BYTES = 16
+# How long the writer waits for more events before it writes what came (an `update`, a flush
+# or the end writes at once): a job's status changes come close together as it starts and
+# ends, and a transaction for each held the shared write lock as often. Under load a short
+# job's phases come ~0.1-0.3 s apart; a status or a line is seen this much later at most.
+LINGER_SECONDS = 0.5
+# ... while fewer rows than this wait: a flood's batches are written as soon as taken.
+LINGER_ROWS = 100
 
 INSERT_LINE = (
     "INSERT INTO log_events (stream_id, timestamp, ingestion_time, message) VALUES (?, ?, ?, ?)"
@@ -83,6 +96,7 @@ class JobRecorder(Generic[Row]):
         self.backlog = _Backlog(BACKLOG_BYTES)
         self.streams: dict[str, int] = {}  # host: its stream's id
         self.limit = _LogLimit(settings.log_limit_bytes)
+        self.counted = False  # whether `limit` knows what earlier attempts stored
         self.thread = threading.Thread(target=self._write, daemon=True)
         self.thread.start()
 
@@ -110,20 +124,26 @@ class JobRecorder(Generic[Row]):
         self.thread.join()
 
     def update(self, change: Callable[[Row], None]) -> Row:
-        """Apply `change(job)` to the job row now, after the queued events; returns the row."""
-        self.flush()
-        assert self.sessions is not None
-        with self.sessions() as session:
-            job = session.get(self.table(), self.job_name)
-            assert job is not None, f"job {self.job_name} is not in the database"
-            change(job)
-            session.commit()
-        return job
+        """Apply `change(job)` to the job row now, after the queued events (in their
+        transaction); returns the row."""
+        update = _Update(threading.Event(), change, now=True)
+        self._await(update)
+        if update.error is not None:
+            raise update.error
+        assert update.row is not None
+        return cast(Row, update.row)
+
+    def later(self, change: Callable[[Row], None]) -> None:
+        """Apply `change(job)` after the queued events, with those that come within
+        `LINGER_SECONDS` (one transaction), without waiting for it."""
+        self._put(_Update(threading.Event(), change, now=False))
 
     def flush(self) -> None:
-        done = threading.Event()
-        self.queue.put(_Flush(done))
-        while not done.wait(0.5):
+        self._await(_Flush(threading.Event()))
+
+    def _await(self, item: _Flush) -> None:
+        self.queue.put(item)
+        while not item.done.wait(0.5):
             if not self.thread.is_alive():
                 # Never wait forever: the worker then ends, and the job is seen as lost.
                 raise RuntimeError("the job's database writer stopped")
@@ -132,19 +152,19 @@ class JobRecorder(Generic[Row]):
         from openmaker.jobs.db import writer_sessions
 
         self.sessions = writer_sessions(self.settings)
-        try:
-            with self.sessions() as session:
-                self.limit.start(stored_bytes(session, self.log_group, self.job_name))
-        except Exception:  # counted from zero then: the limit still holds for this attempt
-            traceback.print_exc()
         while True:
             batch = self._next_batch()
             try:
                 self._apply_all(batch)
-            except Exception:  # a lost batch of events must not stop the job or its end
+            except Exception as exc:  # a lost batch of events must not stop the job or its end
                 traceback.print_exc()
+                for item in batch:
+                    if isinstance(item, _Update):
+                        item.error = exc  # its caller learns it
             self.backlog.give(sum(_cost(event) for event in batch if event is not None))
             for event in batch:
+                if isinstance(event, _Update) and not event.now and event.error is not None:
+                    print(f"a change to the job was lost: {event.error}", file=sys.stderr)
                 if isinstance(event, _Flush):
                     event.done.set()
             if None in batch:  # closed
@@ -153,21 +173,28 @@ class JobRecorder(Generic[Row]):
     def _next_batch(self) -> list[_Item]:
         batch = [self.queue.get()]
         rows = _rows(batch[0])
-        while rows < BATCH_ROWS and batch[-1] is not None:
+        until = time.monotonic() + LINGER_SECONDS
+        while rows < BATCH_ROWS and not _now(batch[-1]):
             try:
-                batch.append(self.queue.get_nowait())
+                # More events that come soon share the transaction; a backlog is taken whole.
+                wait = until - time.monotonic() if rows < LINGER_ROWS else 0.0
+                batch.append(self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait())
             except queue.Empty:
                 break
             rows += _rows(batch[-1])
         return batch
 
     def _apply_all(self, batch: list[_Item]) -> None:
+        if not any(_writes(item) for item in batch):
+            return  # flushes and the end alone: no transaction
         assert self.sessions is not None
         lines: list[tuple[int, int, int, str]] = []
         metrics: list[tuple[str, str, int, float, str | None]] = []
         # A host's utilization samples: a few per minute, not counted towards the log limit.
         system: list[tuple[str, str, str, int, float]] = []
         with self.sessions() as session:
+            if not self.counted and any(isinstance(i, _Lines | _Metric) for i in batch):
+                self._count_stored(session)
             job = session.get(self.table(), self.job_name)
             for item in batch:
                 if isinstance(item, _Lines):
@@ -184,6 +211,12 @@ class JobRecorder(Generic[Row]):
                     )
                 elif job is not None and isinstance(item, _Change):
                     self.apply(job, item.change)
+                elif isinstance(item, _Update):
+                    if job is None:
+                        item.error = LookupError(f"job {self.job_name} is not in the database")
+                    else:
+                        item.change(job)
+                        item.row = job
             connection = session.connection()
             if lines:
                 connection.exec_driver_sql(INSERT_LINE, lines)
@@ -192,6 +225,14 @@ class JobRecorder(Generic[Row]):
             if system:
                 connection.exec_driver_sql(INSERT_SYSTEM_METRIC, system)
             session.commit()
+
+    def _count_stored(self, session: Session) -> None:
+        """What earlier attempts stored, before this one's first line or metric value."""
+        self.counted = True
+        try:
+            self.limit.start(stored_bytes(session, self.log_group, self.job_name))
+        except Exception:  # counted from zero then: the limit still holds for this attempt
+            traceback.print_exc()
 
     def _lines(
         self,
@@ -338,12 +379,36 @@ class _Change:
 
 
 class _Flush:
+    """Done once what came before is written."""
+
+    now = True  # written at once, with what came before
+
     def __init__(self, done: threading.Event) -> None:
         self.done = done
 
 
+class _Update(_Flush):
+    """A change to the job's row (`change(job)`), written with the events before it."""
+
+    def __init__(self, done: threading.Event, change: Callable[[Any], None], now: bool) -> None:
+        super().__init__(done)
+        self.change, self.now = change, now
+        self.row: object | None = None  # the row, changed and written
+        self.error: BaseException | None = None
+
+
 # What waits for the writer; None closes it.
 _Item = _Lines | _Metric | _Samples | _Change | _Flush | None
+
+
+def _now(item: _Item) -> bool:
+    """Whether the writer writes at once, not waiting for more events: someone waits for it."""
+    return item is None or (isinstance(item, _Flush) and item.now)
+
+
+def _writes(item: _Item) -> bool:
+    """Whether the item changes the database (a flush alone does not)."""
+    return item is not None and (not isinstance(item, _Flush) or isinstance(item, _Update))
 
 
 def _cost(item: _Item) -> int:

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from openmaker.runtime import Bind, netlink
+from openmaker.runtime import Bind, netlink, nftables
 from openmaker.runtime.relay import Relay
 from openmaker.settings import Settings
 
@@ -244,8 +244,8 @@ def _remove(bridge: str, rules: bool = True) -> None:
 
 
 def _remove_rules(bridge: str) -> None:
-    with contextlib.suppress(NetworkError):
-        _nft(f"delete table inet {bridge}\n")
+    with contextlib.suppress(OSError):  # gone already, or never made
+        nftables.delete_table("inet", bridge)  # `nft` would read the whole ruleset first
     _unpass_dropping_forward_chains(bridge)
 
 
@@ -580,8 +580,8 @@ def _restore_uplinks() -> None:
             _write(f"/proc/sys/net/ipv4/conf/{device}/forwarding", "0")
         mark.unlink()
     if marks:
-        with contextlib.suppress(NetworkError):
-            _nft(f"delete table inet {GUARD_TABLE}\n")
+        with contextlib.suppress(OSError):
+            nftables.delete_table("inet", GUARD_TABLE)
 
 
 @contextlib.contextmanager

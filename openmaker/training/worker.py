@@ -183,7 +183,8 @@ def _start_waiting_jobs(settings: Settings) -> None:
         from openmaker.jobs.queue import start_ready
         from openmaker.resources import KINDS
 
-        start_ready(settings, executor_for(settings), KINDS)
+        # Only jobs that waited: new ones are their creators' to start (queue.start_ready).
+        start_ready(settings, executor_for(settings), KINDS, new=False)
     except Exception:  # never a reason for this job to end otherwise; the next sweep retries
         traceback.print_exc()
 
@@ -196,19 +197,18 @@ def _run(
 ) -> tuple[Callable[[TrainingJob], object], float]:
     """Run the attempt; returns how the job ends (recorded once its leftovers are gone), and
     the `time.monotonic()` before which its end must not be recorded."""
-    # The hosts start preparing at once; the claim waits for the database layer to load.
-    claimer = threading.Thread(target=recorder.update, args=(mine.claim,))
-    claimer.start()
+    # The hosts start preparing at once; the claim is written with the first events
+    # (Downloading, Training) when they come soon, and always before the job's end (the
+    # recorder writes in order).
+    recorder.later(mine.claim)
     emit = recorder.emit
     try:
         with ThreadPoolExecutor(len(hosts)) as pool:
             list(pool.map(lambda host: host.prepare(stop), hosts))
     except HostFailed as exc:
         reason = exc.reason
-        claimer.join()
         return lambda j: state.finish(j, SecondaryStatus.FAILED, reason), 0.0
     if stop.requested:
-        claimer.join()
         return lambda j: state.finish(j, stop.reason or SecondaryStatus.STOPPED, None), 0.0
 
     with ThreadPoolExecutor(len(hosts)) as pool:
@@ -217,7 +217,6 @@ def _run(
     stopped = stop.stopped
     failure, outside = _failures(results)
 
-    claimer.join()  # long done by now; the job's end must not come before its claim
     if not stopped and failure is None and outside is not None:
         return _after_infrastructure_failure(hosts, outside), 0.0
     emit(StatusChanged(SecondaryStatus.UPLOADING))

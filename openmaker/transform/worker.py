@@ -99,8 +99,9 @@ class TransformWorker:
         if self.stop.is_set():
             final, reason = status.STOPPED, None
         self._record(final, reason)
-        # Its share of the machine is free: the jobs that wait for it may start.
-        queue.start_ready(self.settings, executor_for(self.settings), KINDS)
+        # Its share of the machine is free: the jobs that wait for it may start (new ones are
+        # their creators' to start).
+        queue.start_ready(self.settings, executor_for(self.settings), KINDS, new=False)
 
     def _take_over(self) -> TransformJobRecord | None:
         with self.writers() as session:
