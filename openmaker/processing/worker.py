@@ -188,7 +188,7 @@ def _start_waiting_jobs(settings: Settings) -> None:
         from openmaker.jobs.queue import start_ready
         from openmaker.resources import KINDS
 
-        start_ready(settings, executor_for(settings), KINDS)
+        start_ready(settings, executor_for(settings), KINDS, new=False)
     except Exception:  # never a reason for this job to end otherwise; the next sweep retries
         traceback.print_exc()
 

@@ -811,6 +811,6 @@ def _start_waiting_jobs(settings: Settings) -> None:
         from openmaker.jobs.queue import start_ready
         from openmaker.resources import KINDS
 
-        start_ready(settings, executor_for(settings), KINDS)
+        start_ready(settings, executor_for(settings), KINDS, new=False)
     except Exception:  # never a reason for the endpoint to fail; the next sweep retries
         traceback.print_exc()
