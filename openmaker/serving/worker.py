@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from openmaker.jobs import gate_keys
 from openmaker.jobs.db import EndpointRecord, Tag, writer_sessions
 from openmaker.jobs.executor import Order
 from openmaker.runtime.network import JobNetwork
@@ -42,6 +43,7 @@ from openmaker.serving import (
     async_runner,
     health,
     placement,
+    ray_instances,
     serverless,
     status,
     updates,
@@ -61,6 +63,7 @@ from openmaker.serving.metrics import InvocationMetrics
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.models import the_container
 from openmaker.serving.proxy import ROUTE_SECONDS
+from openmaker.serving.ray_instances import RemoteInstance
 from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 
@@ -165,6 +168,7 @@ class EndpointWorker:
         """New instances for `config`'s variants (`counts`: how many of each, else the
         config's)."""
         found: list[Instance] = []
+        on_ray = self._on_ray(config, models, counts)
         for variant in config["ProductionVariants"]:
             name = variant["VariantName"]
             count = updates.initial_count(variant) if counts is None else counts.get(name, 0)
@@ -194,8 +198,26 @@ class EndpointWorker:
                     memory=serverless.memory_bytes(variant),
                     volume_gb=variant.get("VolumeSizeInGB"),
                 )
-                found.append(Instance(self.settings, self.name, plan, network_key(self.name)))
+                owner = network_key(self.name)
+                if on_ray is not None:
+                    found.append(RemoteInstance(self.settings, on_ray, self.name, plan, owner))
+                else:
+                    found.append(Instance(self.settings, self.name, plan, owner))
         return found
+
+    def _on_ray(
+        self, config: dict[str, Any], models: dict[str, Any], counts: dict[str, int] | None
+    ) -> Settings | None:
+        """Under the Ray executor, the settings the instances' nodes get (a key of the
+        endpoint's own to the model data of the variants started); None on this machine."""
+        if self.settings.executor != "ray":
+            return None
+        containers: list[dict[str, Any]] = []
+        for variant in config["ProductionVariants"]:
+            if counts is None or counts.get(variant["VariantName"]):
+                model = models[variant["ModelName"]]
+                containers += model.get("Containers") or [the_container(model)[1]]
+        return ray_instances.store_key(self.settings, self.name, containers)
 
     def _free_index(self) -> int:
         index = next((i for i in range(MAX_INDEXES) if i not in self.indexes), None)
@@ -217,12 +239,17 @@ class EndpointWorker:
             )
             for i in fleet
         ]
+        remote = [i for i in fleet if isinstance(i, RemoteInstance)]
         try:
-            shares = placement.reserve(self.settings, self.writers, self.name, wanted)
-        except placement.InsufficientCapacity as exc:
+            if remote:
+                ray_instances.place(self.settings, remote, [w.member for w in wanted], self.stop)
+                shares = {}
+            else:
+                shares = placement.reserve(self.settings, self.writers, self.name, wanted)
+        except (placement.InsufficientCapacity, ray_instances.NoRoom) as exc:
             raise NoCapacity(str(exc)) from None
         for instance in fleet:
-            instance.share = shares[instance.plan.id]
+            instance.share = shares.get(instance.plan.id)
             plan = instance.plan
             try:
                 instance.prepare(self.stop.is_set)
@@ -677,6 +704,8 @@ class EndpointWorker:
         if self.async_runner is not None:
             self.async_runner.close()
         self._stop(self.live + self.starting)
+        if self.settings.executor == "ray":
+            gate_keys.revoke_job(self.settings.home, ray_instances.gate_job(self.name))
         unmount_under(self.settings.home / "endpoints" / self.name)
         remove_network(self.settings.home, network_key(self.name))
         self.logs.close()

@@ -1,0 +1,217 @@
+"""Endpoints' instances on a Ray cluster (OPENMAKER_EXECUTOR=ray): the same multi-node cluster
+on this machine as tests/test_ray.py (its fixture, started once for this module), a real
+`openmaker server` on it, boto3. The worker nodes each stand for one ml.m5.large; the head
+for none, so an instance of that type runs on a worker node, reached through its forwarder."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from openmaker.serving.forwarder import SECRET_BYTES, Forwarder, Presenter, new_secret
+from tests.apiserver import ApiServer, running_api_server
+from tests.process_helpers import kill
+from tests.test_endpoints import SERVE, Deployer, wait_until
+from tests.test_ray import NODE_ADDRESSES, TYPE, cluster  # noqa: F401 - the cluster fixture
+
+ray = pytest.importorskip("ray")
+
+
+def _environ_has(marker: bytes) -> list[int]:
+    """The processes whose environment holds `marker` (a container's model Environment)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+    return found
+
+
+def _held() -> dict[str, list[dict[str, str]]]:
+    """The instances each node's serving agent holds, by node id."""
+    from openmaker.serving.ray_agent import AGENT_PREFIX, NAMESPACE
+
+    held: dict[str, list[dict[str, str]]] = {}
+    for name in ray.util.list_named_actors():
+        if name.startswith(AGENT_PREFIX):
+            agent = ray.get_actor(name, namespace=NAMESPACE)
+            node = name.removeprefix(AGENT_PREFIX).split(":")[0]
+            with contextlib.suppress(ray.exceptions.RayError):
+                held.setdefault(node, []).extend(ray.get(agent.instances.remote(), timeout=30))
+    return held
+
+
+def _answer(address: tuple[str, int], sent: bytes) -> bytes:
+    """All a connection to `address` gets back after sending `sent`."""
+    with socket.create_connection(address, timeout=10) as connection:
+        connection.sendall(sent)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while part := connection.recv(65536):
+                received += part
+        return received
+
+
+@pytest.fixture(scope="module")
+def ray_server(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:  # noqa: F811
+    home = tmp_path_factory.mktemp("ray-endpoints") / "home"
+    env = {
+        "OPENMAKER_EXECUTOR": "ray",
+        "RAY_ADDRESS": cluster.address,
+        # A fleet the cluster cannot hold is refused after this.
+        "OPENMAKER_RAY_WAIT_SECONDS": "4",
+    }
+    with running_api_server(home, **env) as server:
+        ray.init(address=cluster.address, namespace="openmaker", log_to_driver=False)
+        try:
+            yield server
+        finally:
+            ray.shutdown()
+    for pid in _environ_has(b"OPENMAKER_HOME=" + str(home).encode()):
+        with contextlib.suppress(ProcessLookupError):
+            kill(pid)
+
+
+@pytest.fixture
+def deployer(ray_server: ApiServer, tmp_path: Path) -> Iterator[Deployer]:
+    # The models' images under the server's file roots (the folder holding its home).
+    images = ray_server.home.parent / tmp_path.name
+    deploy = Deployer(ray_server, images)
+    try:
+        yield deploy
+    finally:
+        deploy.delete_all()
+
+
+def test_an_instance_on_a_worker_node_serves_through_its_forwarder_alone(
+    deployer: Deployer,
+    cluster: Any,  # noqa: F811
+) -> None:
+    marker = f"MARK={deployer.tmp_path.name}"
+    model = deployer.model(SERVE, {"weights.txt": b"w7\n"}, MARK=deployer.tmp_path.name)
+    name = deployer.endpoint(model)
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+
+    # It runs on a worker node, where its node's agent holds it and exposes it.
+    workers = {n["NodeID"] for n in ray.nodes() if n["NodeManagerAddress"] in NODE_ADDRESSES}
+    where = {node: held for node, held in _held().items() if held}
+    ((node, [held]),) = where.items()
+    assert node in workers
+    assert held["instance"].startswith(f"{name}/i-")
+    host, _, port = held["forwarder"].rpartition(":")
+    assert host in NODE_ADDRESSES
+    forwarder = (host, int(port))
+
+    answer = deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"data")
+    assert answer["Body"].read() == b"w7 hello data"
+
+    # Its output is in the endpoint's log group, stream <variant>/<instance>.
+    logs = deployer.server.client("logs")
+    group, stream = (
+        f"/aws/sagemaker/Endpoints/{name}",
+        f"AllTraffic/{held['instance'].split('/')[1]}",
+    )
+
+    def said() -> bool:
+        with contextlib.suppress(ClientError):
+            events = logs.get_log_events(logGroupName=group, logStreamName=stream)["events"]
+            return any("model server up" in e["message"] for e in events)
+        return False
+
+    wait_until(said, "the container's line in its log stream")
+
+    # A client without the secret, or with a wrong one of the right length, gets nothing.
+    ping = b"GET /ping HTTP/1.0\r\n\r\n"
+    assert _answer(forwarder, ping) == b""
+    assert _answer(forwarder, ping.ljust(SECRET_BYTES) + ping) == b""
+    assert _answer(forwarder, new_secret() + ping) == b""
+    assert _environ_has(marker.encode())  # its container runs
+
+    # Deleted: no container, forwarder, instance in an agent or placement group is left.
+    deployer.sagemaker.delete_endpoint(EndpointName=name)
+    wait_until(lambda: deployer.gone(name), "the endpoint to go")
+    assert not _environ_has(marker.encode())
+    assert not any(held for held in _held().values())
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(forwarder, timeout=10).close()
+    groups = ray.util.placement_group_table().values()
+    assert all(g["state"] == "REMOVED" for g in groups), groups
+    links = [p for p in Path("/sys/class/net").glob("omn*") if name in _alias(p)]
+    assert links == []
+
+
+def _alias(link: Path) -> str:
+    try:
+        return (link / "ifalias").read_text()
+    except OSError:
+        return ""
+
+
+def test_a_fleet_the_cluster_cannot_hold_fails_the_endpoint_saying_why(
+    deployer: Deployer,
+) -> None:
+    """Three ml.m5.large on two nodes that stand for one each: refused after the wait."""
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    name = deployer.endpoint(model, count=3)
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "Failed"
+    reason = described["FailureReason"]
+    assert f"3 x {TYPE} for ProductionVariant AllTraffic" in reason, reason
+    assert "Ray cluster" in reason and "OPENMAKER_RAY_WAIT_SECONDS" in reason, reason
+    assert ray.util.placement_group_table() and all(
+        g["state"] == "REMOVED" for g in ray.util.placement_group_table().values()
+    )
+
+
+class _Says(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        said = self.server.said  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(said)))
+        self.end_headers()
+        self.wfile.write(said)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _serving(said: bytes) -> Iterator[tuple[str, int]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Says)
+    server.said = said  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield ("127.0.0.1", server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_forwarder_takes_its_own_instances_secret_alone() -> None:
+    """Two instances' forwarders on one node: each answers its own secret's presenter; one
+    instance's secret gets nothing from the other's container."""
+    first, second = new_secret(), new_secret()
+    with _serving(b"first") as one, _serving(b"second") as two:
+        forwarders = [Forwarder("127.0.0.1", one, first), Forwarder("127.0.0.1", two, second)]
+        presenter = Presenter(forwarders[0].address, first)
+        try:
+            ping = b"GET /ping HTTP/1.0\r\n\r\n"
+            assert _answer(presenter.address, ping).endswith(b"first")
+            assert _answer(forwarders[0].address, first + ping).endswith(b"first")
+            assert _answer(forwarders[1].address, first + ping) == b""
+            assert _answer(forwarders[1].address, second + ping).endswith(b"second")
+            assert _answer(forwarders[1].address, ping) == b""
+        finally:
+            presenter.close()
+            for forwarder in forwarders:
+                forwarder.close()
