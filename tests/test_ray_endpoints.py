@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from botocore.exceptions import ClientError
 from openmaker.serving.forwarder import SECRET_BYTES, Forwarder, Presenter, new_secret
 from tests.apiserver import ApiServer, running_api_server
 from tests.process_helpers import kill
+from tests.test_endpoint_faults import DIES
 from tests.test_endpoints import SERVE, Deployer, wait_until
-from tests.test_ray import NODE_ADDRESSES, TYPE, cluster  # noqa: F401 - the cluster fixture
+from tests.test_ray import NODE, NODE_ADDRESSES, TYPE, WORKER_RESOURCES, cluster  # noqa: F401 - the cluster fixture
 
 ray = pytest.importorskip("ray")
 
@@ -54,6 +56,7 @@ def _answer(address: tuple[str, int], sent: bytes) -> bytes:
     """All a connection to `address` gets back after sending `sent`."""
     with socket.create_connection(address, timeout=10) as connection:
         connection.sendall(sent)
+        connection.shutdown(socket.SHUT_WR)  # all it says: the forwarder need not wait
         received = b""
         with contextlib.suppress(ConnectionResetError):
             while part := connection.recv(65536):
@@ -97,7 +100,7 @@ def test_an_instance_on_a_worker_node_serves_through_its_forwarder_alone(
     cluster: Any,  # noqa: F811
 ) -> None:
     marker = f"MARK={deployer.tmp_path.name}"
-    model = deployer.model(SERVE, {"weights.txt": b"w7\n"}, MARK=deployer.tmp_path.name)
+    model = deployer.model(DIES, {"weights.txt": b"w7\n"}, MARK=deployer.tmp_path.name)
     name = deployer.endpoint(model)
     described = deployer.wait(name)
     assert described["EndpointStatus"] == "InService", described.get("FailureReason")
@@ -122,20 +125,21 @@ def test_an_instance_on_a_worker_node_serves_through_its_forwarder_alone(
         f"AllTraffic/{held['instance'].split('/')[1]}",
     )
 
-    def said() -> bool:
-        with contextlib.suppress(ClientError):
-            events = logs.get_log_events(logGroupName=group, logStreamName=stream)["events"]
-            return any("model server up" in e["message"] for e in events)
-        return False
-
-    wait_until(said, "the container's line in its log stream")
+    wait_until(lambda: _said(logs, group, stream, "model server up"), "its line in its stream")
 
     # A client without the secret, or with a wrong one of the right length, gets nothing.
     ping = b"GET /ping HTTP/1.0\r\n\r\n"
     assert _answer(forwarder, ping) == b""
     assert _answer(forwarder, ping.ljust(SECRET_BYTES) + ping) == b""
     assert _answer(forwarder, new_secret() + ping) == b""
+
+    # Its container dies on its node: started again there, and serving.
     assert _environ_has(marker.encode())  # its container runs
+    with pytest.raises(ClientError):
+        deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"die")
+    wait_until(lambda: _said(logs, group, stream, "exited with status 7"), "the restart noted")
+    wait_until(lambda: _invoked(deployer, name) == b"w7 hello data", "the new container to serve")
+    assert [h["forwarder"] for h in _held()[node]] == [held["forwarder"]]
 
     # Deleted: no container, forwarder, instance in an agent or placement group is left.
     deployer.sagemaker.delete_endpoint(EndpointName=name)
@@ -148,6 +152,23 @@ def test_an_instance_on_a_worker_node_serves_through_its_forwarder_alone(
     assert all(g["state"] == "REMOVED" for g in groups), groups
     links = [p for p in Path("/sys/class/net").glob("omn*") if name in _alias(p)]
     assert links == []
+
+
+def _said(logs: Any, group: str, stream: str, text: str) -> bool:
+    with contextlib.suppress(ClientError):
+        events = logs.get_log_events(logGroupName=group, logStreamName=stream)["events"]
+        return any(text in e["message"] for e in events)
+    return False
+
+
+def _invoked(deployer: Deployer, name: str) -> bytes | None:
+    try:
+        body: bytes = deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"data")[
+            "Body"
+        ].read()
+    except ClientError:
+        return None
+    return body
 
 
 def _alias(link: Path) -> str:
@@ -215,3 +236,47 @@ def test_a_forwarder_takes_its_own_instances_secret_alone() -> None:
             presenter.close()
             for forwarder in forwarders:
                 forwarder.close()
+
+
+def test_an_instance_lost_with_its_node_is_started_on_another(
+    deployer: Deployer,
+    cluster: Any,  # noqa: F811
+) -> None:
+    """Its raylet killed as in a crash: the instance goes out of the route and a new one
+    serves from the other worker node. (Last in the module: the node comes back after.)"""
+    marker = f"MARK={deployer.tmp_path.name}"
+    model = deployer.model(SERVE, {"weights.txt": b"w8\n"}, MARK=deployer.tmp_path.name)
+    name = deployer.endpoint(model)
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+    ((node, [held]),) = ((n, h) for n, h in _held().items() if h)
+    address = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node)
+    first = held["instance"]
+    orphans = _environ_has(marker.encode())
+    victim = next(n for n in cluster.worker_nodes if n.node_ip_address == address)
+    try:
+        cluster.remove_node(victim, allow_graceful=False)
+        for pid in orphans:  # what the node's machine took with it, were it another
+            with contextlib.suppress(ProcessLookupError):
+                kill(pid)
+
+        def elsewhere() -> bool:
+            placed = [h["instance"] for held in _held().values() for h in held]
+            return bool(placed) and first not in placed
+
+        wait_until(elsewhere, "a new instance on the other node", 60)
+        wait_until(lambda: _invoked(deployer, name) == b"w8 hello data", "it to serve", 60)
+        logs = deployer.server.client("logs")
+        stream = f"AllTraffic/{first.split('/')[1]}"
+        events = logs.get_log_events(
+            logGroupName=f"/aws/sagemaker/Endpoints/{name}", logStreamName=stream
+        )["events"]
+        assert any(f"lost with its node {address}" in e["message"] for e in events)
+        (variant,) = deployer.sagemaker.describe_endpoint(EndpointName=name)["ProductionVariants"]
+        assert variant["CurrentInstanceCount"] == 1
+    finally:
+        deployer.delete_all()
+        cluster.add_node(node_ip_address=address, resources=WORKER_RESOURCES, **NODE)
+        for link in Path("/sys/class/net").glob("omn*"):  # the lost node's bridge
+            if name in _alias(link):
+                subprocess.run(["ip", "link", "del", link.name], check=False)

@@ -99,7 +99,9 @@ class InstanceAgent:
         its worker is the Ray job of the caller."""
         import ray
 
-        network_key = f"{owner}:{plan.id}"
+        # Of no kind of job: the recovery sweep of a server on this machine (serving/kind.py,
+        # by the endpoint's own key) never takes it for a leftover of an endpoint of its own.
+        network_key = f"ray-instance:{endpoint}:{plan.id}"
         remove_network(settings.home, network_key)  # left by an agent of a lost node
         network = create_network(settings, network_key, [plan.id], {})
         if network.bridge is None:

@@ -241,7 +241,8 @@ class RemoteInstance(Instance):
                 f"cluster ({type(exc).__name__})"
             )
             return lost
-        except ray.exceptions.RayTaskError:  # closed meanwhile (removed by the worker)
+        except ray.exceptions.RayTaskError as exc:  # closed meanwhile, or failed there
+            print(f"instance {self.plan.id}: {method} failed on node {self.node}: {exc}")
             return lost
 
     def prepare(self, cancelled: Cancelled = never) -> None:

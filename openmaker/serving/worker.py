@@ -322,6 +322,7 @@ class EndpointWorker:
             self._watch_live()
             row = self._read()
             if row is not None and row.status == status.IN_SERVICE:
+                self._replace_lost(row)
                 self._scale_serverless(row)
             if row is None or row.status != status.UPDATING:
                 continue
@@ -337,6 +338,8 @@ class EndpointWorker:
         for instance in self.live:
             container = instance.container
             code = container.poll() if container is not None else None
+            if isinstance(instance, RemoteInstance) and instance.lost:
+                continue  # replaced on another node by the serving loop (_replace_lost)
             if code is not None:
                 why = " (killed for going over its memory limit)" if instance.oom_killed() else ""
                 self.logs.note(
@@ -371,6 +374,33 @@ class EndpointWorker:
         instance.start(self._network_for(instance), receiver(instance.plan.stream), receiver)
         if self.health is not None:
             self.health.forget(instance)
+
+    def _replace_lost(self, row: EndpointRecord) -> None:
+        """An instance lost with its node of the Ray cluster: out of the route, and another
+        started in its place on a node with room (or the endpoint says why not)."""
+        for lost in [i for i in self.live if isinstance(i, RemoteInstance) and i.lost]:
+            self.logs.note(lost.plan.stream, f"[openmaker] {lost.lost}; replacing it")
+            self.live = [i for i in self.live if i is not lost]
+            self._record(None)
+            self._stop([lost])
+            variant = lost.plan.variant
+            try:
+                fleet = self._fleet(row.config, row.models, {variant: 1})
+                self._launch(fleet)
+            except EndpointFailed as exc:
+                failed, self.starting = self.starting, []
+                self._stop(failed)
+                message = f"{lost.lost}, and no instance could take its place: {exc}"
+
+                def note(record: EndpointRecord, message: str = message) -> None:
+                    record.failure_reason = message
+
+                self._record(None, change=note)
+                continue
+            if self.stop.is_set():
+                return
+            self.live, self.starting = self.live + fleet, []
+            self._record(None)
 
     def _update(self, row: EndpointRecord) -> None:
         """UpdateEndpoint: blue/green, the traffic moved in the deployment's steps, or rolling."""
