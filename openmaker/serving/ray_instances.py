@@ -33,6 +33,7 @@ from openmaker.jobs.gate_keys import Place
 from openmaker.runtime.images import Cancelled, never
 from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import JobNetwork
+from openmaker.serving import multi_model
 from openmaker.serving.forwarder import Presenter, new_secret
 from openmaker.serving.image import ImageError
 from openmaker.serving.instance import PING_SECONDS, Instance, InstancePlan
@@ -75,6 +76,13 @@ class _Group:
         from ray.util.placement_group import remove_placement_group
 
         remove_placement_group(self.group)
+
+
+def can_run(plan: InstancePlan) -> bool:
+    """Whether the instance can run on another node: not an inference pipeline (the proxy
+    calls each of its containers on a port of its own) nor a multi-model instance (the proxy
+    fills its models folder on this machine). Those stay on the server's machine."""
+    return not plan.pipeline and not multi_model.is_multi_model(plan.container)
 
 
 def place(

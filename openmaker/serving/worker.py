@@ -18,6 +18,7 @@ the bridge, the instances' folders and cgroups, and the endpoint's record.
 from __future__ import annotations
 
 import ipaddress
+import json
 import secrets
 import socket
 import threading
@@ -107,6 +108,8 @@ class EndpointWorker:
         self.cold_failed: dict[str, float] = {}
         self.started_at: dict[str, float] = {}
         self.metrics = InvocationMetrics(self.writers)  # their ModelSetupTime
+        # Under Ray: the settings the instances' nodes get, by the model data they read.
+        self.node_settings: dict[str, Settings] = {}
         # A canary or linear update's new fleet while both are in the route (its instance ids).
         self.green: set[str] = set()
 
@@ -199,7 +202,7 @@ class EndpointWorker:
                     volume_gb=variant.get("VolumeSizeInGB"),
                 )
                 owner = network_key(self.name)
-                if on_ray is not None:
+                if on_ray is not None and ray_instances.can_run(plan):
                     found.append(RemoteInstance(self.settings, on_ray, self.name, plan, owner))
                 else:
                     found.append(Instance(self.settings, self.name, plan, owner))
@@ -217,7 +220,14 @@ class EndpointWorker:
             if counts is None or counts.get(variant["VariantName"]):
                 model = models[variant["ModelName"]]
                 containers += model.get("Containers") or [the_container(model)[1]]
-        return ray_instances.store_key(self.settings, self.name, containers)
+        # One key per set of model data for the worker's life (revoked when it ends), not one
+        # per instance started (serverless cold starts, replacements).
+        wanted = json.dumps(containers, sort_keys=True)
+        if wanted not in self.node_settings:
+            self.node_settings[wanted] = ray_instances.store_key(
+                self.settings, self.name, containers
+            )
+        return self.node_settings[wanted]
 
     def _free_index(self) -> int:
         index = next((i for i in range(MAX_INDEXES) if i not in self.indexes), None)
@@ -239,13 +249,17 @@ class EndpointWorker:
             )
             for i in fleet
         ]
-        remote = [i for i in fleet if isinstance(i, RemoteInstance)]
+        remote = [
+            (i, w) for i, w in zip(fleet, wanted, strict=True) if isinstance(i, RemoteInstance)
+        ]
+        here = [w for i, w in zip(fleet, wanted, strict=True) if not isinstance(i, RemoteInstance)]
+        shares: dict[str, placement.Share] = {}
         try:
-            if remote:
-                ray_instances.place(self.settings, remote, [w.member for w in wanted], self.stop)
-                shares = {}
-            else:
-                shares = placement.reserve(self.settings, self.writers, self.name, wanted)
+            if remote:  # on the Ray cluster
+                instances, members = [i for i, _ in remote], [w.member for _, w in remote]
+                ray_instances.place(self.settings, instances, members, self.stop)
+            if here or not remote:
+                shares = placement.reserve(self.settings, self.writers, self.name, here)
         except (placement.InsufficientCapacity, ray_instances.NoRoom) as exc:
             raise NoCapacity(str(exc)) from None
         for instance in fleet:
