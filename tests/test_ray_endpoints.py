@@ -194,6 +194,41 @@ def test_a_fleet_the_cluster_cannot_hold_fails_the_endpoint_saying_why(
     )
 
 
+def test_instances_added_to_an_endpoint_are_placed_on_a_node_of_their_own(
+    deployer: Deployer,
+) -> None:
+    """UpdateEndpointWeightsAndCapacities to two instances: the new one on the other worker
+    node, both serving; back to one, the other goes with its placement group."""
+    model = deployer.model(SERVE, {"weights.txt": b"w9\n"})
+    name = deployer.endpoint(model)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    deployer.sagemaker.update_endpoint_weights_and_capacities(
+        EndpointName=name,
+        DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 2}],
+    )
+    wait_until(lambda: deployer.wait(name)["EndpointStatus"] == "InService", "the update")
+    described = deployer.wait(name)
+    assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 2, described.get(
+        "FailureReason"
+    )
+    placed = {node: held for node, held in _held().items() if held}
+    assert [len(held) for held in placed.values()] == [1, 1]
+    assert all(_invoked(deployer, name) == b"w9 hello data" for _ in range(4))
+    assert _live_groups() == 2
+
+    deployer.sagemaker.update_endpoint_weights_and_capacities(
+        EndpointName=name,
+        DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 1}],
+    )
+    wait_until(lambda: sum(len(h) for h in _held().values()) == 1, "one instance left")
+    wait_until(lambda: _live_groups() == 1, "its placement group removed")
+    assert _invoked(deployer, name) == b"w9 hello data"
+
+
+def _live_groups() -> int:
+    return sum(g["state"] != "REMOVED" for g in ray.util.placement_group_table().values())
+
+
 class _Says(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         said = self.server.said  # type: ignore[attr-defined]

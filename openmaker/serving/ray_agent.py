@@ -93,12 +93,16 @@ class InstanceAgent:
         ]
 
     def open(
-        self, key: str, settings: Settings, endpoint: str, owner: str, plan: InstancePlan
+        self,
+        key: str,
+        settings: Settings,
+        endpoint: str,
+        owner: str,
+        plan: InstancePlan,
+        worker: str,
     ) -> None:
-        """Hold an instance of `endpoint` (its cgroups under `owner`), on a bridge of its own;
-        its worker is the Ray job of the caller."""
-        import ray
-
+        """Hold an instance of `endpoint` (its cgroups under `owner`), on a bridge of its own,
+        for the endpoint's worker, Ray job `worker` (the agent's own job is its maker's)."""
         # Of no kind of job: the recovery sweep of a server on this machine (serving/kind.py,
         # by the endpoint's own key) never takes it for a leftover of an endpoint of its own.
         network_key = f"ray-instance:{endpoint}:{plan.id}"
@@ -111,9 +115,8 @@ class InstanceAgent:
             )
         # Alone on its bridge: the first address there.
         instance = Instance(settings, endpoint, dataclasses.replace(plan, index=0), owner)
-        job = ray.get_runtime_context().get_job_id()
         with self._lock:
-            self._held[key] = _Held(instance, network, network_key, job)
+            self._held[key] = _Held(instance, network, network_key, worker)
 
     def prepare(self, key: str) -> str | None:
         """Fetch its model data and pull its images; why not, for a FailureReason."""

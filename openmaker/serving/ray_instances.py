@@ -257,12 +257,11 @@ class RemoteInstance(Instance):
         import ray
 
         assert self.agent is not None, "placed first"
-        ray.get(
-            self.agent.open.remote(
-                self.key, self.node_settings, self.endpoint, self.owner, self.plan
-            ),
-            timeout=CALL_SECONDS,
+        worker = ray.get_runtime_context().get_job_id()
+        opened = self.agent.open.remote(
+            self.key, self.node_settings, self.endpoint, self.owner, self.plan, worker
         )
+        ray.get(opened, timeout=CALL_SECONDS)
         self._opened = True
         # Fetching the model data and pulling the image take as long as they take.
         why = self.call("prepare", lost="lost", seconds=24 * 3600.0)
