@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import socket
 import subprocess
 import threading
@@ -223,6 +224,31 @@ def test_instances_added_to_an_endpoint_are_placed_on_a_node_of_their_own(
     wait_until(lambda: sum(len(h) for h in _held().values()) == 1, "one instance left")
     wait_until(lambda: _live_groups() == 1, "its placement group removed")
     assert _invoked(deployer, name) == b"w9 hello data"
+
+
+def test_the_instances_of_a_killed_worker_are_closed_by_their_agents(
+    deployer: Deployer,
+) -> None:
+    """The endpoint's worker killed (-9): its instance's agent sees its Ray job end and stops
+    the container, the forwarder and the bridge, as a local worker's end would."""
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"}, MARK=deployer.tmp_path.name)
+    name = deployer.endpoint(model)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    ((held,),) = (h for h in _held().values() if h)
+    host, _, port = held["forwarder"].rpartition(":")
+    # The worker's key to the model data names it (jobs/gate_keys.py).
+    keys = deployer.server.home / "gate" / "keys"
+    records = [json.loads(p.read_text()) for p in keys.glob("*.json")]
+    (worker,) = [r["worker"][0] for r in records if r["job"] == f"endpoint/{name}"]
+    kill(worker)
+
+    def closed() -> bool:
+        placed = [h["instance"] for held in _held().values() for h in held]
+        return held["instance"] not in placed
+
+    wait_until(closed, "its agent to close the instance", 60)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=10).close()
 
 
 def _live_groups() -> int:
