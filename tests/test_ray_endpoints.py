@@ -24,6 +24,7 @@ from tests.process_helpers import kill
 from tests.test_endpoint_faults import DIES
 from tests.test_endpoints import SERVE, Deployer, wait_until
 from tests.test_ray import NODE, NODE_ADDRESSES, TYPE, WORKER_RESOURCES, cluster  # noqa: F401 - the cluster fixture
+from tests.test_transform import Transforms, lines, sums
 
 ray = pytest.importorskip("ray")
 
@@ -239,7 +240,7 @@ def test_the_instances_of_a_killed_worker_are_closed_by_their_agents(
     # The worker's key to the model data names it (jobs/gate_keys.py).
     keys = deployer.server.home / "gate" / "keys"
     records = [json.loads(p.read_text()) for p in keys.glob("*.json")]
-    (worker,) = [r["worker"][0] for r in records if r["job"] == f"endpoint/{name}"]
+    (worker,) = [r["worker"][0] for r in records if r["job"] == f"instances/endpoint:{name}"]
     kill(worker)
 
     def closed() -> bool:
@@ -249,6 +250,33 @@ def test_the_instances_of_a_killed_worker_are_closed_by_their_agents(
     wait_until(closed, "its agent to close the instance", 60)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, int(port)), timeout=10).close()
+
+
+def test_a_transform_jobs_instances_run_on_the_cluster(
+    ray_server: ApiServer, tmp_path: Path
+) -> None:
+    transforms = Transforms(ray_server, ray_server.home.parent / tmp_path.name)
+    try:
+        model = transforms.model()
+        prefix = transforms.inputs({"a.csv": lines(5), "b.csv": lines(3, 1)})
+        name = transforms.create(model, prefix, count=2)
+        described = transforms.wait(name)
+        assert described["TransformJobStatus"] == "Completed", described.get("FailureReason")
+        assert transforms.output(name, "a.csv.out") == sums(5)
+        assert transforms.output(name, "b.csv.out") == sums(3, 1)
+        logs = ray_server.client("logs")
+        events = logs.filter_log_events(
+            logGroupName="/aws/sagemaker/TransformJobs", logStreamNamePrefix=f"{name}/"
+        )["events"]
+        placed = {
+            e["message"].split(" runs on node ")[1].split()[0]
+            for e in events
+            if " runs on node " in e["message"]
+        }
+        assert placed == set(NODE_ADDRESSES)  # one instance on each worker node
+        assert _live_groups() == 0
+    finally:
+        transforms.stop_all()
 
 
 def _live_groups() -> int:

@@ -134,16 +134,17 @@ def _no_room(
     )
 
 
-def store_key(settings: Settings, endpoint: str, models: list[dict[str, Any]]) -> Settings:
+def store_key(settings: Settings, owner: str, models: list[dict[str, Any]]) -> Settings:
     """The settings the nodes get: the store through the server's gate, with a new key that
-    reads the model data of `models` (containers) alone; unchanged without a gate."""
+    reads the model data of `models` (containers) alone, recorded for `owner` (the local key
+    of the endpoint or transform job); unchanged without a gate."""
     gate = settings.store.gate_url
     if not gate:
         return settings.for_jobs()
     places = [Place(uri, is_folder=False, write=False) for uri in _model_data(models)]
     key = gate_keys.mint(
         settings.home,
-        gate_job(endpoint),
+        gate_job(owner),
         places,
         settings.store.endpoint,
         settings.store.retry_seconds,
@@ -153,9 +154,10 @@ def store_key(settings: Settings, endpoint: str, models: list[dict[str, Any]]) -
     return dataclasses.replace(settings.for_jobs(), s3_endpoint=through, gate_url=None)
 
 
-def gate_job(endpoint: str) -> str:
-    """The name the endpoint's keys are recorded under (a training job's name has no '/')."""
-    return f"endpoint/{endpoint}"
+def gate_job(owner: str) -> str:
+    """The name the keys of the instances of the endpoint or transform job whose local key is
+    `owner` are recorded under (a training job's name has no '/')."""
+    return f"instances/{owner}"
 
 
 def _model_data(containers: list[dict[str, Any]]) -> list[str]:
@@ -287,6 +289,10 @@ class RemoteInstance(Instance):
             self.address = "{}:{}".format(*self.presenter.address)
         self.container = ContainerGroup([RemoteContainer(self)])
         if self._pump is None:
+            said = (
+                f"[openmaker] instance {self.plan.id} runs on node {self.node} of the Ray cluster"
+            )
+            on_lines(int(time.time() * 1000), [said], len(said))
             self._pump = threading.Thread(target=self._forward_lines, daemon=True)
             self._pump.start()
 

@@ -225,7 +225,7 @@ class EndpointWorker:
         wanted = json.dumps(containers, sort_keys=True)
         if wanted not in self.node_settings:
             self.node_settings[wanted] = ray_instances.store_key(
-                self.settings, self.name, containers
+                self.settings, network_key(self.name), containers
             )
         return self.node_settings[wanted]
 
@@ -749,7 +749,7 @@ class EndpointWorker:
             self.async_runner.close()
         self._stop(self.live + self.starting)
         if self.settings.executor == "ray":
-            gate_keys.revoke_job(self.settings.home, ray_instances.gate_job(self.name))
+            gate_keys.revoke_job(self.settings.home, ray_instances.gate_job(network_key(self.name)))
         unmount_under(self.settings.home / "endpoints" / self.name)
         remove_network(self.settings.home, network_key(self.name))
         self.logs.close()
