@@ -25,8 +25,10 @@ import threading
 
 # The secret: this many bytes (hex digits of 32 random bytes).
 SECRET_BYTES = 64
-# How long a connection has to present the secret before it is closed.
+# How long a connection has to present the secret before it is closed, and how many may be
+# presenting it at once (more are closed at once: a flood holds no more threads than this).
 SECRET_SECONDS = 5.0
+PRESENTING_AT_MOST = 64
 BUFFER = 256 * 1024
 
 
@@ -96,9 +98,23 @@ class Forwarder(_Carrier):
 
     def __init__(self, listen: str, target: tuple[str, int], secret: bytes) -> None:
         self.target, self._secret = target, secret
+        self._presenting = threading.BoundedSemaphore(PRESENTING_AT_MOST)
         super().__init__((listen, 0))
 
     def _peer(self, taken: socket.socket) -> socket.socket | None:
+        if not self._presenting.acquire(blocking=False):
+            return None
+        try:
+            said = self._read_secret(taken)
+        finally:
+            self._presenting.release()
+        if said is None or not hmac.compare_digest(said, self._secret):
+            return None
+        taken.settimeout(None)
+        return socket.create_connection(self.target)
+
+    @staticmethod
+    def _read_secret(taken: socket.socket) -> bytes | None:
         taken.settimeout(SECRET_SECONDS)
         said = b""
         while len(said) < SECRET_BYTES:
@@ -106,10 +122,7 @@ class Forwarder(_Carrier):
             if not part:
                 return None
             said += part
-        if not hmac.compare_digest(said, self._secret):
-            return None
-        taken.settimeout(None)
-        return socket.create_connection(self.target)
+        return said
 
 
 class Presenter(_Carrier):
