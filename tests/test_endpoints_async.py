@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,9 @@ def test_async_results_failures_and_notifications(deployer: Deployer, tmp_path: 
     for body in (b"one", b"two", b"three", b"fail"):
         location = put_input(deployer, f"in/{body.decode()}.csv", body)
         invoked[body] = runtime.invoke_endpoint_async(
-            EndpointName=name, InputLocation=location, ContentType="text/csv",
+            EndpointName=name,
+            InputLocation=location,
+            ContentType="text/csv",
             InferenceId=f"id-{body.decode()}",
         )
     # A missing input object, and one over the 1 GB an async request may have (sparse, in the
@@ -300,14 +303,18 @@ def test_data_capture_writes_what_sagemaker_writes(deployer: Deployer, tmp_path:
     assert [len(p) for p in parts[3:7]] == [4, 2, 2, 2] and parts[7].endswith(".jsonl")
     csv_line = next(c for c in captured() if c["eventMetadata"].get("inferenceId") == "cap-1")
     assert csv_line["captureData"]["endpointInput"] == {
-        "observedContentType": "text/csv", "mode": "INPUT", "data": "1,2,3", "encoding": "CSV",
+        "observedContentType": "text/csv",
+        "mode": "INPUT",
+        "data": "1,2,3",
+        "encoding": "CSV",
     }
     output = csv_line["captureData"]["endpointOutput"]
     assert output["mode"] == "OUTPUT" and output["encoding"] == "CSV"
     assert output["data"].endswith("1,2,3")
     assert csv_line["eventMetadata"]["eventId"] and csv_line["eventMetadata"]["inferenceTime"]
-    raw = next(c for c in captured() if c is not csv_line and "inferenceId" not in
-               c["eventMetadata"])
+    raw = next(
+        c for c in captured() if c is not csv_line and "inferenceId" not in c["eventMetadata"]
+    )
     assert raw["captureData"]["endpointInput"]["encoding"] == "BASE64"
     assert base64.b64decode(raw["captureData"]["endpointInput"]["data"]) == b"\x00\xff"
 
@@ -338,3 +345,86 @@ def test_bad_async_and_capture_configs_name_the_member(deployer: Deployer) -> No
             },
         )
     assert "DestinationS3Uri" in bad_capture.value.response["Error"]["Message"]
+
+
+def test_an_async_endpoint_scaled_to_zero_queues_and_says_it_has_no_capacity(
+    deployer: Deployer, tmp_path: Path
+) -> None:
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    (tmp_path / model / "go").touch()
+    name = async_endpoint(deployer, model, "zero")
+    sagemaker, client = deployer.sagemaker, cloudwatch(deployer.server)
+
+    def scale(count: int) -> None:
+        sagemaker.update_endpoint_weights_and_capacities(
+            EndpointName=name,
+            DesiredWeightsAndCapacities=[
+                {"VariantName": "AllTraffic", "DesiredInstanceCount": count}
+            ],
+        )
+        wait_until(
+            lambda: _instances(sagemaker, name) == (count, "InService"), f"{count} instances"
+        )
+
+    scale(0)  # as Application Auto Scaling does with a MinCapacity of 0
+    location = put_input(deployer, "in/zero.csv", b"queued")
+    answer = deployer.runtime.invoke_endpoint_async(EndpointName=name, InputLocation=location)
+    now = datetime.now(UTC)
+    query = {
+        "Id": "nocapacity",
+        "MetricStat": {
+            "Metric": {
+                "Namespace": "AWS/SageMaker",
+                "MetricName": "HasBacklogWithoutCapacity",
+                "Dimensions": [{"Name": "EndpointName", "Value": name}],
+            },
+            "Period": 60,
+            "Stat": "Maximum",
+        },
+    }
+
+    def without_capacity() -> bool:
+        found = client.get_metric_data(
+            MetricDataQueries=[query],
+            StartTime=now - timedelta(minutes=5),
+            EndTime=now + timedelta(minutes=5),
+        )["MetricDataResults"][0]
+        return 1.0 in found["Values"]
+
+    wait_until(without_capacity, "HasBacklogWithoutCapacity at 1")
+    assert statistic(client, name, "HasBacklogWithoutCapacity", "Maximum", variant=None) == (
+        1.0, "None",
+    )  # fmt: skip
+    assert read_s3(deployer, answer["OutputLocation"]) is None  # it waits
+    # Scaled up again, the request queued meanwhile is answered.
+    scale(1)
+    wait_until(lambda: read_s3(deployer, answer["OutputLocation"]), "the queued request answered")
+    assert read_s3(deployer, answer["OutputLocation"]) == b"1 1 queued"
+
+
+def _instances(sagemaker: Any, name: str) -> tuple[int, str]:
+    described = sagemaker.describe_endpoint(EndpointName=name)
+    (variant,) = described["ProductionVariants"]
+    return variant["CurrentInstanceCount"], described["EndpointStatus"]
+
+
+def test_an_async_request_may_carry_its_input_inline(deployer: Deployer, tmp_path: Path) -> None:
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    (tmp_path / model / "go").touch()
+    name = async_endpoint(deployer, model, "inline")
+    runtime = deployer.runtime
+    answer = runtime.invoke_endpoint_async(
+        EndpointName=name, Body=b"inline", ContentType="text/csv"
+    )
+    wait_until(lambda: read_s3(deployer, answer["OutputLocation"]), "the inline request answered")
+    assert read_s3(deployer, answer["OutputLocation"]) == b"1 1 inline"
+    location = put_input(deployer, "in/both.csv", b"both")
+    refused: dict[str, dict[str, Any]] = {
+        "both": {"Body": b"x", "InputLocation": location},
+        "neither": {},
+        "too large": {"Body": b"x" * 128_001},
+    }
+    for why, members in refused.items():
+        with pytest.raises(ClientError) as error:
+            runtime.invoke_endpoint_async(EndpointName=name, **members)
+        assert error.value.response["Error"]["Code"] == "ValidationError", why

@@ -16,8 +16,11 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from openmaker.runtime.limits import cgroup_path
+from openmaker.serving.limits import instance_cgroup
 from tests.apiserver import running_api_server
 from tests.helpers import kill_every_worker, unique_name
+from tests.test_endpoint_limits import LIMITED
 from tests.test_endpoint_metrics import cloudwatch, statistic
 from tests.test_endpoints import Deployer, bridges_of, deployer, pytestmark, wait_until
 
@@ -333,3 +336,49 @@ def _sent_at_once(
     for thread in threads:
         thread.start()
     return threads, answers
+
+
+@pytest.fixture
+def tight_deployer(tmp_path: Path) -> Iterator[Deployer]:
+    """Room for two serverless instances' CPUs, but 2 GiB: less than an ml.t3.medium's 4."""
+    yield from _deployer(
+        tmp_path, OPENMAKER_CAPACITY="strict", OPENMAKER_CPUS="4", OPENMAKER_MEMORY_GIB="2"
+    )
+
+
+def test_a_serverless_instance_fits_and_is_held_by_its_memory_size(
+    tight_deployer: Deployer,
+) -> None:
+    deployer = tight_deployer
+    model = deployer.model(LIMITED, {"weights.txt": b"w\n"})
+    runtime = one_attempt(deployer)
+    # 3072 MB could never fit in 2 GiB: refused at once.
+    with pytest.raises(ClientError) as never:
+        serverless_config(deployer, model, MemorySizeInMB=3072)
+    assert never.value.response["Error"]["Code"] == "ResourceLimitExceeded"
+    assert "3 GiB memory" in never.value.response["Error"]["Message"]
+    endpoints = {}
+    for memory in (1024, 2048):
+        name = endpoints[memory] = unique_name("ep")
+        deployer.endpoints.append(name)
+        config = serverless_config(deployer, model, MemorySizeInMB=memory)
+        deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
+        assert deployer.wait(name)["EndpointStatus"] == "InService"
+    # 1024 MB fit: the instance starts, its container held to them.
+    name = endpoints[1024]
+    report = runtime.invoke_endpoint(EndpointName=name, Body=b"limits")["Body"].read()
+    instance = report.decode().removeprefix("w hello ").splitlines()[0]
+    key = instance_cgroup(deployer.server.home, f"endpoint:{name}", instance)
+    cgroup = cgroup_path(key, "memory")
+    assert cgroup is not None
+    limit_file = cgroup / "memory.max"
+    if not limit_file.exists():  # cgroup v1
+        limit_file = cgroup / "memory.limit_in_bytes"
+    assert int(limit_file.read_text()) == 1024 * 1024**2
+    # 2048 MB more do not, while that instance is warm.
+    with pytest.raises(ClientError) as refused:
+        runtime.invoke_endpoint(EndpointName=endpoints[2048], Body=b"limits")
+    error = refused.value.response["Error"]
+    assert error["Code"] == "ThrottlingException"
+    assert "InsufficientInstanceCapacity" in error["Message"]
+    assert "ml.t3.medium of 2048 MB" in error["Message"]

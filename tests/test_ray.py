@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,23 +147,29 @@ with open(f"/opt/ml/model/{{socket.gethostname()}}.txt", "w") as said:
 """
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
+@contextlib.contextmanager
+def local_cluster(
+    head: str,
+    workers: tuple[str, ...],
+    head_resources: Mapping[str, float],
+    worker_resources: Mapping[str, float],
+) -> Iterator[Any]:
+    """A Ray cluster of lean nodes on this machine, each on its own loopback address, whose
+    nodes' deaths are seen in about a second."""
     saved = {name: os.environ.get(name) for name in HEALTH}
     os.environ.update(HEALTH)
-    # The head on 127.0.0.10: Ray takes 127.0.0.1 for the machine's own address.
     made = ray_cluster_utils.Cluster(
         initialize_head=True,
         head_node_args={
-            "node_ip_address": HEAD_ADDRESS,
+            "node_ip_address": head,
             "include_dashboard": False,
-            "resources": {WIDE_TYPE: 1},
+            "resources": dict(head_resources),
             **NODE,
         },
     )
     try:
-        for address in NODE_ADDRESSES:
-            made.add_node(node_ip_address=address, resources=WORKER_RESOURCES, **NODE)
+        for address in workers:
+            made.add_node(node_ip_address=address, resources=dict(worker_resources), **NODE)
         made.wait_for_nodes()
         yield made
     finally:
@@ -174,6 +180,13 @@ def cluster() -> Iterator[Any]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    # The head on 127.0.0.10: Ray takes 127.0.0.1 for the machine's own address.
+    with local_cluster(HEAD_ADDRESS, NODE_ADDRESSES, {WIDE_TYPE: 1}, WORKER_RESOURCES) as made:
+        yield made
 
 
 @pytest.fixture

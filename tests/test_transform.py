@@ -5,7 +5,9 @@ numbers of each CSV line it is posted."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +270,29 @@ def test_bad_requests_name_the_member(
     with pytest.raises(ClientError) as missing:
         transforms.sagemaker.describe_transform_job(TransformJobName=name)
     assert missing.value.response["Error"]["Code"] in ("ValidationException", "ResourceNotFound")
+
+
+def test_data_capture_writes_manifests_of_the_inputs_and_outputs(transforms: Transforms) -> None:
+    model = transforms.model()
+    prefix = transforms.inputs({"a.csv": lines(3), "b/c.csv": lines(2, 5)})
+    capture = f"s3://batch/capture-{prefix}"
+    name = transforms.create(
+        model, prefix, DataCaptureConfig={"DestinationS3Uri": capture, "GenerateInferenceId": True}
+    )
+    described = transforms.wait(name)
+    assert described["TransformJobStatus"] == "Completed", described.get("FailureReason")
+    assert described["DataCaptureConfig"]["DestinationS3Uri"] == capture
+    hour = described["TransformStartTime"].astimezone(UTC).strftime("%Y/%m/%d/%H")
+    manifests = {}
+    for folder in ("input", "output"):
+        key = f"capture-{prefix}/{folder}/{hour}/{name}.jsonl"
+        body = transforms.s3.get_object(Bucket="batch", Key=key)["Body"].read()
+        manifests[folder] = json.loads(body)
+    assert manifests["input"] == [{"prefix": f"s3://batch/{prefix}/"}, "a.csv", "b/c.csv"]
+    assert manifests["output"] == [
+        {"prefix": f"s3://batch/out-{name}/"},
+        "a.csv.out",
+        "b/c.csv.out",
+    ]
+    # A manifest names what a transform job (or Model Monitor) reads back.
+    assert transforms.output(name, "b/c.csv.out") == sums(2, 5)

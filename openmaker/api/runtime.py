@@ -34,7 +34,8 @@ SIGNING_NAME = "sagemaker"
 INVOKE = "/endpoints/{name}/invocations"
 INVOKE_ASYNC = "/endpoints/{name}/async-invocations"
 INVOKE_STREAM = "/endpoints/{name}/invocations-response-stream"
-# Headers InvokeEndpointAsync reads (its body is empty: the input is in S3).
+# Headers InvokeEndpointAsync reads (its body is the input given inline, else empty: the input
+# is in S3).
 ASYNC_HEADERS = (
     "X-Amzn-SageMaker-Content-Type",
     "X-Amzn-SageMaker-Accept",
@@ -129,7 +130,7 @@ def runtime_routes(
             name = _endpoint_name(request.path_params["name"], account_id)
             headers = {h: request.headers[h] for h in ASYNC_HEADERS if h in request.headers}
             _check_attributes(headers)
-            answer = await run_in_threadpool(accept, invoker.endpoints, name, headers)
+            answer = await run_in_threadpool(accept, invoker.endpoints, name, headers, body)
         except InvocationError as exc:
             return error_response(exc.code, exc.status, exc.message, request_id, exc.extra)
         except ServiceError as exc:

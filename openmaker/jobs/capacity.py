@@ -90,12 +90,19 @@ def per_host(instance_type: str, machine: Machine) -> Resources:
     return known
 
 
+def _with_memory(need: Resources, memory: int | None) -> Resources:
+    return need if memory is None else Resources(need.cpus, memory, need.gpus)
+
+
 def describe(amount: Resources) -> str:
     return f"{amount.cpus} vCPUs, {amount.memory / GIB:.4g} GiB memory and {amount.gpus} GPUs"
 
 
-def check_can_fit(instances: Instances, machine: Machine, noun: str) -> None:
-    """Refuse, under the strict policy, a job (a `noun`) this machine could never run."""
+def check_can_fit(
+    instances: Instances, machine: Machine, noun: str, memory: int | None = None
+) -> None:
+    """Refuse, under the strict policy, a job (a `noun`) this machine could never run.
+    `memory`: each host's, in bytes, when not its instance type's."""
     # Imported here: a worker uses this module too, and needs no API model.
     from openmaker.shapes.errors import ResourceLimitExceeded
 
@@ -109,7 +116,7 @@ def check_can_fit(instances: Instances, machine: Machine, noun: str) -> None:
         )
     if machine.policy != "strict":
         return
-    need = per_host(instance_type, machine)
+    need = _with_memory(per_host(instance_type, machine), memory)
     has = machine.resources
     if (
         need.cpus * count > has.cpus
@@ -123,11 +130,13 @@ def check_can_fit(instances: Instances, machine: Machine, noun: str) -> None:
         )
 
 
-def place(instances: Instances, machine: Machine, used: Iterable[Placement]) -> Placement | None:
+def place(
+    instances: Instances, machine: Machine, used: Iterable[Placement], memory: int | None = None
+) -> Placement | None:
     """Where the job's hosts run now, given the placements of the jobs running; None when it
-    must wait."""
+    must wait. `memory`: each host's, in bytes, when not its instance type's."""
     used = list(used)
-    need = per_host(instances.instance_type, machine)
+    need = _with_memory(per_host(instances.instance_type, machine), memory)
     cpu_load = Counter(slot for p in used for host in p["hosts"] for slot in host["cpus"])
     busy_gpus = {gpu for p in used for host in p["hosts"] for gpu in host["gpus"]}
     free_memory = machine.memory - sum(host["memory"] for p in used for host in p["hosts"])
@@ -165,10 +174,12 @@ def gpus_per_host(instances: Instances, machine: Machine) -> int:
     return min(need, len(machine.gpu_ids) // max(1, instances.count))
 
 
-def waiting_message(instances: Instances, machine: Machine, used: Iterable[Placement]) -> str:
+def waiting_message(
+    instances: Instances, machine: Machine, used: Iterable[Placement], memory: int | None = None
+) -> str:
     used = list(used)
     instance_type = instances.instance_type
-    need = per_host(instance_type, machine)
+    need = _with_memory(per_host(instance_type, machine), memory)
     if machine.policy == "strict":
         busy = {slot for p in used for host in p["hosts"] for slot in host["cpus"]}
         taken = sum(host["memory"] for p in used for host in p["hosts"])

@@ -1,6 +1,7 @@
 """A CreateProcessingJob request as what its hosts run: the training host's typed plan
 (openmaker/training/host/plan.py) with the inputs at their LocalPath, the config files in
-/opt/ml/config, `/opt/ml/output/message` as the failure file, plus the job's outputs.
+/opt/ml/config, `/opt/ml/output/message` as the failure file, the outputs as the folders each
+host uploads.
 
 The only code that reads the request's members for a host: it comes in validated
 (openmaker/processing/checks.py).
@@ -19,6 +20,7 @@ from openmaker.training.host.plan import (
     ChannelPlan,
     CommandPlan,
     DataType,
+    FolderUpload,
     InputMode,
     LimitsPlan,
     OutputPlan,
@@ -33,24 +35,12 @@ MESSAGE_FILE = "output/message"
 
 
 @dataclass(frozen=True)
-class OutputFolder:
-    """One ProcessingOutput: the folder `folder` (relative to /opt/ml) uploaded to `uri`."""
-
-    name: str
-    folder: str
-    uri: str
-    # S3UploadMode Continuous: uploaded while the code runs, as checkpoints are.
-    continuous: bool = False
-
-
-@dataclass(frozen=True)
 class ProcessingPlan:
     name: str
     arn: str
     hosts: tuple[str, ...]
     # What every host runs; host_plan adds each host's own resourceconfig.json.
     plan: TrainingPlan
-    outputs: tuple[OutputFolder, ...]
 
     def host_plan(self, host: str) -> TrainingPlan:
         resources = {"current_host": host, "hosts": sorted(self.hosts)}
@@ -69,7 +59,7 @@ def plan_processing(request: Mapping[str, Any], arn: str) -> ProcessingPlan:
     app = request["AppSpecification"]
     stopping = request.get("StoppingCondition") or {}
     outputs = tuple(
-        OutputFolder(
+        FolderUpload(
             name=output["OutputName"],
             folder=relative(output["S3Output"]["LocalPath"]),
             uri=output["S3Output"]["S3Uri"],
@@ -99,9 +89,10 @@ def plan_processing(request: Mapping[str, Any], arn: str) -> ProcessingPlan:
         failure_file=MESSAGE_FILE,
         folders=tuple(output.folder for output in outputs),
         program="processing program",
+        uploads=outputs,
     )
     count = int(cluster["InstanceCount"])
-    return ProcessingPlan(name, arn, tuple(f"algo-{i}" for i in range(1, count + 1)), plan, outputs)
+    return ProcessingPlan(name, arn, tuple(f"algo-{i}" for i in range(1, count + 1)), plan)
 
 
 def _input(item: Mapping[str, Any]) -> ChannelPlan:

@@ -1,5 +1,7 @@
-"""The process that runs one processing job: its hosts (one `TrainingHost` each, the training
-host's door, given a processing plan), its output folders, its row in the database.
+"""The process that runs one processing job: its hosts (the training host's door, given a
+processing plan: threads of this process, or sessions on the Ray cluster's nodes under
+OPENMAKER_EXECUTOR=ray, training/runners.py), its row in the database. Each host fetches its
+inputs and uploads its output folders where it runs.
 
 The runner of the ProcessingJob kind (openmaker/jobs/worker_process.py hands it its order).
 SIGTERM asks it to stop the job; the hosts then get SIGTERM, the grace period and SIGKILL.
@@ -16,29 +18,27 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from openmaker.connection import with_current_gate
 from openmaker.jobs import gate_keys
 from openmaker.jobs.attempt import Attempt
 from openmaker.jobs.executor import Order, WorkerRef, this_process
 from openmaker.jobs.gate_keys import Place
 from openmaker.processing import status
 from openmaker.processing.kind import PROCESSING, key
-from openmaker.processing.outputs import start_continuous, upload_outputs
-from openmaker.processing.plan import MESSAGE_FILE, ProcessingPlan, plan_processing
+from openmaker.processing.plan import ProcessingPlan, plan_processing
 from openmaker.processing.recorder import ProcessingRecorder
 from openmaker.processing.status import ProcessingJobStatus
 from openmaker.settings import Settings
-from openmaker.store import StoreError
 from openmaker.training.host.events import StatusChanged
-from openmaker.training.host.jobtree import read_text_head
 from openmaker.training.host.spec import HostSpec
 from openmaker.training.host.stop import StopReason
-from openmaker.training.host.training_host import HostFailed, HostResult, StopControl, TrainingHost
+from openmaker.training.host.training_host import HostFailed, HostResult, OutputsFailed, StopControl
+from openmaker.training.runners import HostRunner, host_runners, warm
 from openmaker.training.worker import job_host_specs
 
 if TYPE_CHECKING:
     from openmaker.jobs.db import ProcessingJobRecord
 
-EXIT_MESSAGE_LIMIT = 1024
 End = Callable[["ProcessingJobRecord"], None]
 
 
@@ -79,6 +79,8 @@ def run_job(
     worker: WorkerRef | None = None,
 ) -> None:
     name = request["ProcessingJobName"]
+    settings = with_current_gate(settings)  # hosts on a Ray cluster reach the store there
+    warm(settings)
     # What an earlier worker left (killed) must not leak into this one.
     PROCESSING.leftovers.remove_lost(dataclasses.replace(settings, keep_job_files=False), name)
     recorder = ProcessingRecorder(settings, name)
@@ -89,13 +91,11 @@ def run_job(
     mine: Attempt[ProcessingJobRecord] = Attempt(
         attempt, stop, worker or this_process(), status.ENDED, StopReason.STOPPED
     )
-    hosts: list[TrainingHost] = []
+    hosts: list[HostRunner] = []
     try:
         job = plan_processing(request, arn)
-        hosts = [
-            TrainingHost(spec, recorder.emit)
-            for spec in host_specs(settings, request, job, placement)
-        ]
+        specs = host_specs(settings, request, job, placement)
+        hosts = host_runners(settings, specs, recorder.emit)
         end = _run(job, hosts, recorder, stop, mine)
     except Exception:  # the job must end in a state that says what happened
         detail = traceback.format_exc()
@@ -118,7 +118,7 @@ def run_job(
 
 def _run(
     job: ProcessingPlan,
-    hosts: list[TrainingHost],
+    hosts: list[HostRunner],
     recorder: ProcessingRecorder,
     stop: StopControl,
     mine: Attempt[ProcessingJobRecord],
@@ -134,28 +134,18 @@ def _run(
     if stop.requested:
         claimer.join()
         return _ended(ProcessingJobStatus.STOPPED, _stop_reason(job, stop))
-    syncs = [
-        sync
-        for host in hosts
-        if host.tree is not None
-        for sync in start_continuous(host.spec, host.tree, job.outputs, recorder.emit)
-    ]
-    try:
-        with ThreadPoolExecutor(len(hosts)) as pool:
-            results = list(pool.map(lambda host: host.run(stop), hosts))
-    finally:
-        for sync in syncs:
-            sync.stop()
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        results = list(pool.map(lambda host: host.run(stop), hosts))
     claimer.join()
     failure = _failure(results)
-    message = _exit_message(hosts)
+    # The first 1 KB of /opt/ml/output/message, of the first host that wrote one.
+    message = next((r.message for r in results if r.message), None)
     recorder.emit(StatusChanged("Uploading"))
-    try:
-        for host in hosts:
-            if host.tree is not None:
-                upload_outputs(host.spec, host.tree, job.outputs, recorder.emit)
-    except (OSError, StoreError, ValueError) as exc:
-        failure = failure or f"InternalServerError: could not upload the outputs: {exc}"
+    for host in hosts:  # each host's output folders, uploaded from where it ran
+        try:
+            host.finish()
+        except OutputsFailed as exc:
+            failure = failure or exc.reason
     stopped = stop.stopped
 
     def finish(j: ProcessingJobRecord) -> None:
@@ -190,17 +180,6 @@ def _failure(results: list[HostResult]) -> str | None:
     failure = next((r.failure for r in results if r.failure), None)
     outside = next((r.outside for r in results if r.outside), None)
     return failure or (outside and f"InternalServerError: {outside}")
-
-
-def _exit_message(hosts: list[TrainingHost]) -> str | None:
-    """The first 1 KB of /opt/ml/output/message, of the first host that wrote one."""
-    for host in hosts:
-        if host.tree is None:
-            continue
-        text = read_text_head(host.tree.ml, MESSAGE_FILE, EXIT_MESSAGE_LIMIT)
-        if text:
-            return text
-    return None
 
 
 def _start_waiting_jobs(settings: Settings) -> None:

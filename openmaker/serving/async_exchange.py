@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import httptools
 
+from openmaker.serving import liveness
 from openmaker.serving.pool import IDLE_SECONDS, KEPT_PER_ADDRESS
 
 
@@ -167,11 +168,14 @@ class AsyncConnections:
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         try:
-            _, protocol = await asyncio.wait_for(
+            transport, protocol = await asyncio.wait_for(
                 loop.create_connection(_Connection, host, int(port)), self.timeout
             )
         except (OSError, TimeoutError) as exc:
             raise ExchangeError(str(exc) or type(exc).__name__) from None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            liveness.watch(sock)
         return protocol
 
     def _give_back(self, address: str, connection: _Connection) -> None:

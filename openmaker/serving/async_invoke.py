@@ -4,6 +4,7 @@ once. The endpoint's worker does the rest (serving/async_runner.py)."""
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from typing import Any
@@ -19,10 +20,16 @@ from openmaker.store.location import split_s3_uri
 TTL_SECONDS = (60, 21600, 21600)
 TIMEOUT_SECONDS = (1, 3600, 900)
 TAKING = ("InService", "Updating", "SystemUpdating")
+INPUT_LOCATION = "X-Amzn-SageMaker-InputLocation"
+# The most an inline Body (instead of an InputLocation) may have.
+MAX_INLINE_BYTES = 128_000
 
 
-def accept(endpoints: Endpoints, name: str, headers: dict[str, str]) -> dict[str, Any]:
-    """Queue the request; its InferenceId, OutputLocation and FailureLocation."""
+def accept(
+    endpoints: Endpoints, name: str, headers: dict[str, str], body: bytes = b""
+) -> dict[str, Any]:
+    """Queue the request (its input at InputLocation, or `body` given inline); its InferenceId,
+    OutputLocation and FailureLocation."""
     with endpoints.sessions() as session:
         row = session.get(EndpointRecord, name)
         found = None if row is None else (row.status, row.config.get("AsyncInferenceConfig"))
@@ -40,17 +47,8 @@ def accept(endpoints: Endpoints, name: str, headers: dict[str, str]) -> dict[str
             f"Endpoint {name} of account {account} is in status {status}; it takes "
             "invocations once InService."
         )
-    input_location = headers.get("X-Amzn-SageMaker-InputLocation", "")
-    try:
-        bucket, key = split_s3_uri(input_location)
-    except StoreError:
-        bucket = key = ""
-    if not bucket or not key:
-        raise _invalid(
-            f"1 validation error detected: Value {input_location[:200]!r} at 'inputLocation' "
-            "failed to satisfy constraint: Member must be an S3 URI of an object "
-            "(s3://bucket/key)"
-        )
+    input_location = headers.get(INPUT_LOCATION, "")
+    _check_input(input_location, body)
     ttl = _bounded(headers, "X-Amzn-SageMaker-RequestTTLSeconds", "requestTTLSeconds", TTL_SECONDS)
     timeout = _bounded(
         headers,
@@ -70,6 +68,7 @@ def accept(endpoints: Endpoints, name: str, headers: dict[str, str]) -> dict[str
         ttl_seconds=ttl,
         timeout_seconds=timeout,
         queued_at=time.time(),
+        body=base64.b64encode(body).decode() if body else None,
     )
     async_queue.put(async_queue.folder(endpoints.settings, name), request)
     answer: dict[str, Any] = {
@@ -79,6 +78,31 @@ def accept(endpoints: Endpoints, name: str, headers: dict[str, str]) -> dict[str
     if request.failure_location is not None:
         answer["FailureLocation"] = request.failure_location
     return answer
+
+
+def _check_input(input_location: str, body: bytes) -> None:
+    """Exactly one of InputLocation (an S3 object) and an inline Body (at most 128,000 bytes)."""
+    if body and input_location:
+        raise _invalid("Body and InputLocation are mutually exclusive: provide exactly one.")
+    if body:
+        if len(body) > MAX_INLINE_BYTES:
+            raise _invalid(
+                f"1 validation error detected: Value at 'body' failed to satisfy constraint: "
+                f"Member must have length less than or equal to {MAX_INLINE_BYTES}"
+            )
+        return
+    if not input_location:
+        raise _invalid("Provide exactly one of Body and InputLocation.")
+    try:
+        bucket, key = split_s3_uri(input_location)
+    except StoreError:
+        bucket = key = ""
+    if not bucket or not key:
+        raise _invalid(
+            f"1 validation error detected: Value {input_location[:200]!r} at 'inputLocation' "
+            "failed to satisfy constraint: Member must be an S3 URI of an object "
+            "(s3://bucket/key)"
+        )
 
 
 def _bounded(

@@ -33,6 +33,8 @@ class AsyncRequest:
     ttl_seconds: int
     timeout_seconds: int
     queued_at: float  # seconds since the epoch
+    # The input given inline (InvokeEndpointAsync's Body, base64) instead of `input_location`.
+    body: str | None = None
 
 
 def folder(settings: Settings, endpoint: str) -> Path:

@@ -12,6 +12,7 @@ request's outcome and the queue's state go to the endpoint's metrics (serving/as
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import sys
@@ -30,6 +31,7 @@ from openmaker.serving import async_config, async_metrics, async_queue
 from openmaker.serving.async_metrics import Handled
 from openmaker.serving.async_queue import AsyncRequest
 from openmaker.serving.instance import Instance
+from openmaker.serving.liveness import InstanceConnection
 from openmaker.serving.logs import EndpointLogs
 from openmaker.serving.metrics import InvocationMetrics
 from openmaker.settings import Settings
@@ -152,15 +154,18 @@ class AsyncRunner:
                 f"RequestTTLSeconds ({request.ttl_seconds})."
             )
         source = Path(f"{spool}.in")
-        fetching = time.perf_counter()
-        try:
-            size = self._fetch(request.input_location, source)
-        except Refused:
-            handled.download_failed = True
-            raise
-        handled.download_seconds = time.perf_counter() - fetching
+        if request.body is not None:  # given inline: nothing to download
+            size = source.write_bytes(base64.b64decode(request.body))
+        else:
+            fetching = time.perf_counter()
+            try:
+                size = self._fetch(request.input_location, source)
+            except Refused:
+                handled.download_failed = True
+                raise
+            handled.download_seconds = time.perf_counter() - fetching
         host, _, port = instance.address.rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=request.timeout_seconds)
+        connection = InstanceConnection(host, int(port), timeout=request.timeout_seconds)
         headers = {"Content-Length": str(size)}
         for name, value in (
             ("Content-Type", request.content_type),
@@ -275,7 +280,6 @@ class AsyncRunner:
             "requestParameters": {
                 "contentType": request.content_type or "application/octet-stream",
                 "endpointName": self.endpoint,
-                "inputLocation": request.input_location,
             },
             "responseParameters": response,
             "inferenceId": request.inference_id,
@@ -283,6 +287,8 @@ class AsyncRunner:
             "eventSource": "aws:sagemaker",
             "eventName": "InferenceResult",
         }
+        if request.body is None:
+            event["requestParameters"]["inputLocation"] = request.input_location
         if not outcome.ok:
             event["failureReason"] = outcome.message[:1024]
         self.logs.note(NOTIFICATIONS, json.dumps(event, separators=(",", ":")))

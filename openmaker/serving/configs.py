@@ -127,7 +127,12 @@ class EndpointConfigs:
                     )
             instance_type = variant.get("InstanceType", serverless.PLACEMENT_TYPE)
             count = int(variant.get("InitialInstanceCount", 1))
-            capacity.check_can_fit(Instances(instance_type, count, member), machine, "endpoint")
+            capacity.check_can_fit(
+                Instances(instance_type, count, member),
+                machine,
+                "endpoint",
+                serverless.memory_bytes(variant),  # a serverless one's is its MemorySizeInMB
+            )
         serverless.check_config(request)
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from openmaker.serving.liveness import InstanceConnection
 from openmaker.serving.model_data import ModelDataError, fetch
 from openmaker.serving.refused import Refused
 from openmaker.settings import StoreSettings
@@ -258,7 +259,7 @@ class MultiModels:
 
     def _call(self, target: Target, method: str, path: str, body: bytes | None) -> tuple[int, str]:
         host, _, port = target.address.rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=self.timeout)
+        connection = InstanceConnection(host, int(port), timeout=self.timeout)
         headers = {TARGET_MODEL: target.target, "Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"

@@ -72,13 +72,13 @@ def reserve(
         added: list[dict[str, Any]] = []
         for group in _by_type(wanted):
             instances = Instances(group[0].instance_type, len(group), group[0].member)
-            placed = capacity.place(instances, machine, used)
+            # A serverless instance fits by its MemorySizeInMB, not its type's memory.
+            memory = group[0].memory
+            placed = capacity.place(instances, machine, used, memory)
             if placed is None:
-                raise InsufficientCapacity(_message(instances, machine, used))
+                raise InsufficientCapacity(_message(instances, machine, used, memory))
             used.append(placed)
             for want, host in zip(group, placed["hosts"], strict=True):
-                if want.memory is not None:
-                    host["memory"] = want.memory
                 added.append({**host, "instance": want.instance})
         row.placement = {"hosts": mine + added}
         session.commit()
@@ -105,16 +105,20 @@ def release(writers: sessionmaker[Session], name: str, instances: Iterable[str])
 
 
 def _by_type(wanted: Sequence[Wanted]) -> list[list[Wanted]]:
-    groups: dict[tuple[str, str], list[Wanted]] = {}
+    groups: dict[tuple[str, str, int | None], list[Wanted]] = {}
     for want in wanted:
-        groups.setdefault((want.instance_type, want.member), []).append(want)
+        groups.setdefault((want.instance_type, want.member, want.memory), []).append(want)
     return list(groups.values())
 
 
-def _message(instances: Instances, machine: capacity.Machine, used: list[Placement]) -> str:
-    free = capacity.waiting_message(instances, machine, used).split("; free now: ", 1)[-1]
+def _message(
+    instances: Instances, machine: capacity.Machine, used: list[Placement], memory: int | None
+) -> str:
+    waiting = capacity.waiting_message(instances, machine, used, memory)
+    free = waiting.split("; free now: ", 1)[-1]
+    size = "" if memory is None else f" of {memory // 2**20} MB"
     return (
         f"Unable to provision the requested ML compute capacity ({instances.count} x "
-        f"{instances.instance_type} for {instances.member}): InsufficientInstanceCapacity on "
+        f"{instances.instance_type}{size} for {instances.member}): InsufficientInstanceCapacity on "
         f"this machine (OPENMAKER_CAPACITY={machine.policy}); free now: {free}"
     )

@@ -15,6 +15,8 @@ import select
 import threading
 import time
 
+from openmaker.serving.liveness import InstanceConnection
+
 # Under the worker's wait before it looks for open connections (ROUTE_CHANGE_SECONDS).
 IDLE_SECONDS = 1.0
 # Idle connections kept per address, at most.
@@ -40,7 +42,7 @@ class ConnectionPool:
                 return connection
             connection.close()
         host, _, port = address.rpartition(":")
-        return http.client.HTTPConnection(host, int(port), timeout=self.timeout)
+        return InstanceConnection(host, int(port), timeout=self.timeout)
 
     def give_back(self, address: str, connection: http.client.HTTPConnection) -> None:
         """Keep a connection whose last answer was read whole, for the next invocation."""

@@ -14,7 +14,8 @@ are invocations, each serving one at a time, as SageMaker's serverless workers d
   for `OPENMAKER_SERVERLESS_IDLE_SECONDS` stops, one at a time, never below what is kept warm
   nor below the invocations under way.
 - Each instance reserves `MemorySizeInMB` of the machine's memory (and a `PLACEMENT_TYPE`'s
-  CPUs) as other instances reserve theirs (serving/placement.py); as those, it never waits for
+  CPUs) as other instances reserve theirs (serving/placement.py), fits by it, and its container
+  is held to it when instances are held to their share; as those, it never waits for
   capacity: a cold start that does not fit starts as many as fit, and when none does the worker
   notes a refusal (`refuse`) and the invocations waiting get a `ThrottlingException`.
 """

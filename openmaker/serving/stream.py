@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from openmaker.serving.eventstream import payload_part, stream_error
+from openmaker.serving.liveness import InstanceConnection
 from openmaker.serving.proxy import (
     CUSTOM_ATTRIBUTES,
     ORIGINAL_MESSAGE_CHARS,
@@ -155,7 +156,7 @@ def _open(
     address, log_stream, variant = invoker.pick(name, target_variant, held)
     deadline = time.monotonic() + limit
     host, _, port = address.rpartition(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=limit)
+    connection = InstanceConnection(host, int(port), timeout=limit)
     started = time.perf_counter()
     try:
         sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}

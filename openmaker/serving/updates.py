@@ -101,9 +101,12 @@ def desired_variants(
                 f"{member}.ServerlessUpdateConfig: the variant {name} is not serverless"
             )
         count = int(asked.get("DesiredInstanceCount", variant[COUNT]))
-        if count < 1:
+        # An asynchronous endpoint may go down to none: its requests wait in its queue.
+        least = 0 if row.config.get("AsyncInferenceConfig") is not None else 1
+        if count < least:
             raise ValidationException(
-                f"{member}.DesiredInstanceCount: a variant keeps at least 1 instance"
+                f"{member}.DesiredInstanceCount: a variant keeps at least 1 instance (only an "
+                "asynchronous endpoint's variants scale to 0)"
             )
         instances = Instances(variant["InstanceType"], count, member)
         capacity.check_can_fit(instances, machine, "endpoint")

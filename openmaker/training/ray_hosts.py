@@ -168,6 +168,11 @@ class RayHosts:
             if not waiting:
                 waiting = True
                 self.emit(StatusChanged(SecondaryStatus.PENDING, f"on the Ray cluster: {wants}"))
+                # Also in the hosts' logs: a processing job's description has no status message.
+                now = int(time.time() * 1000)
+                for spec in self.specs:
+                    line = f"openmaker: host {spec.host_name} waits for the Ray cluster: {wants}"
+                    self.emit(LogLine(spec.host_name, now, line))
         node_ids, self.nodes = self._bundle_nodes()
         gpus = bundle_gpus(self.group, bundle, count)
         specs = across_nodes(self.settings, self.specs, self.nodes)
@@ -269,9 +274,9 @@ def across_nodes(settings: Settings, specs: list[HostSpec], nodes: list[str]) ->
     given = specs[0].network if specs else None
     if given is None or given.bridge is None:
         return specs  # network isolation, or hosts sharing their machine's network
-    remove_network(settings.home, specs[0].job_key or specs[0].job_name)
-    hosts = specs[0].hosts
-    job = overlay(settings.home, specs[0].job_name, hosts, nodes, settings.network_range)
+    key = specs[0].job_key or specs[0].job_name  # its kind's: a training job's may share its name
+    remove_network(settings.home, key)
+    job = overlay(settings.home, key, specs[0].hosts, nodes, settings.network_range)
     job = dataclasses.replace(job, resolv_conf=given.resolv_conf)
     return [dataclasses.replace(spec, network=job) for spec in specs]
 
@@ -329,6 +334,8 @@ class RayHost:
             return HostResult(-1, None, None, self.lost or "its node's agent ended")
         if value.failure:
             stop.request("Failed")
+        elif value.stopped:  # at its time limit, seen on its node: the job's other hosts too
+            stop.request(value.stopped)
         return value
 
     def finish(self) -> None:

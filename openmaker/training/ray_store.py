@@ -40,7 +40,7 @@ NO_FOLDER = Path("/nonexistent/openmaker-store")
 
 def host_places(spec: HostSpec) -> list[Place]:
     """What the job's hosts transfer: channels and the source tarball (read), the job's output
-    folder and its checkpoints (read-write)."""
+    folder, its upload folders and its checkpoints (read-write)."""
     plan, found = spec.plan, []
     for channel in plan.channels:
         if channel.data_type in MANIFESTS:
@@ -53,6 +53,8 @@ def host_places(spec: HostSpec) -> list[Place]:
     if source is not None and source.startswith("s3://"):
         found.append(Place(source, is_folder=False, write=False))
     found.append(Place(plan.output.prefix, is_folder=True, write=True))
+    # A processing job's outputs, uploaded by each host (host/folder_uploads.py).
+    found.extend(Place(upload.uri, is_folder=True, write=True) for upload in plan.uploads)
     if plan.checkpoint is not None:
         found.append(Place(plan.checkpoint.uri, is_folder=True, write=True))
     return found
@@ -67,7 +69,7 @@ def through_the_gate(settings: Settings, specs: list[HostSpec]) -> list[HostSpec
     places = [place for spec in specs for place in host_places(spec)]
     key = gate_keys.mint(
         settings.home,
-        specs[0].job_name,
+        specs[0].job_key or specs[0].job_name,  # revoked by the job's key (its kind's)
         places,
         settings.store.endpoint,
         settings.store.retry_seconds,

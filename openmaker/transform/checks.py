@@ -36,10 +36,14 @@ def check_create_transform_job(request: dict[str, Any]) -> None:
             "TransformInput.DataSource.S3DataSource.S3DataType: AugmentedManifestFile is not "
             "supported by openmaker's batch transform; use S3Prefix or ManifestFile"
         )
-    for member, uri in (
+    uris = [
         ("TransformInput.DataSource.S3DataSource.S3Uri", source["S3Uri"]),
         ("TransformOutput.S3OutputPath", request["TransformOutput"]["S3OutputPath"]),
-    ):
+    ]
+    capture = request.get("DataCaptureConfig")
+    if capture is not None:
+        uris.append(("DataCaptureConfig.DestinationS3Uri", capture["DestinationS3Uri"]))
+    for member, uri in uris:
         if not uri.startswith("s3://"):
             raise ValidationException(f"{member}: {uri!r} is not an s3:// URI")
     if transform_input.get("CompressionType", "None") != "None":

@@ -3,7 +3,8 @@ for its execution parameters (`GET /execution-parameters`).
 
 Each thread keeps its own connection to its instance. `ModelClientConfig` says how long a
 request may take and how often one that failed for want of an answer (no connection, a timeout,
-a 5xx) is tried again; a 4xx is the container refusing the input, never retried.
+a 5xx) is tried again; a 4xx is the container refusing the input, never retried. A stop aborts
+every connection: a container killed with its network may never close its end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from openmaker.store import abort
+
 # SageMaker's defaults for ModelClientConfig.
 DEFAULT_TIMEOUT_SECONDS = 600
 DEFAULT_RETRIES = 3
@@ -23,6 +26,10 @@ _EXCERPT = 300
 
 class InvocationError(Exception):
     """A mini-batch could not be transformed; the message says why, for a person."""
+
+
+class Aborted(InvocationError):
+    """The invoker was aborted (the job is stopping): no request goes on."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class Invoker:
         host, _, port = address.rpartition(":")
         self.host, self.port, self.invocation = host, int(port), invocation
         self._local = threading.local()
+        self._abort = abort.Abort()
 
     def invoke(self, body: bytes, chunked: bool = False) -> bytes:
         headers = {}
@@ -49,13 +57,19 @@ class Invoker:
         for _ in range(self.invocation.retries + 1):
             connection = self._connection()
             try:
+                if self._abort.aborted:
+                    raise Aborted("the job was stopped")
                 if chunked:
                     chunks = (body[i : i + 1024 * 1024] for i in range(0, len(body), 1024 * 1024))
                     connection.request("POST", "/invocations", chunks, headers, encode_chunked=True)
                 else:
                     connection.request("POST", "/invocations", body, headers)
+                # Connected now: an abort from here on shuts this socket down.
+                self._abort.opened(connection)
                 response = connection.getresponse()
                 answer = response.read()
+            except abort.Aborted:
+                raise Aborted("the job was stopped") from None
             except TimeoutError:
                 self._drop()
                 why = f"the container did not answer within {self.invocation.timeout:g} seconds"
@@ -90,6 +104,10 @@ class Invoker:
     def close(self) -> None:
         self._drop()
 
+    def abort(self) -> None:
+        """End every request in flight now, and refuse the next ones (from any thread)."""
+        self._abort.abort()
+
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
@@ -102,6 +120,7 @@ class Invoker:
     def _drop(self) -> None:
         connection = getattr(self._local, "connection", None)
         if connection is not None:
+            self._abort.closed(connection)
             connection.close()
             self._local.connection = None
 

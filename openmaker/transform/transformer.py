@@ -96,6 +96,8 @@ class ObjectTransformer:
         try:
             answer = future.result()
         except InvocationError as exc:
+            if self.stop.is_set():  # it failed because its container was stopped
+                raise Stopped() from None
             raise _BatchFailed(batch, str(exc)) from None
         line = self.setup.assemble_with == "Line"
         for part in self.setup.processing.outputs(batch.originals, answer):

@@ -38,7 +38,7 @@ from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 from openmaker.store.errors import StoreError
 from openmaker.store.keys import UnsafeKeyError
-from openmaker.transform import status
+from openmaker.transform import capture, status
 from openmaker.transform.filters import DataProcessing
 from openmaker.transform.invoker import Invocation, Invoker
 from openmaker.transform.kind import (
@@ -77,6 +77,7 @@ class TransformWorker:
         # When the last object was done: the job's TransformEndTime (its instances' stop after
         # is not the transform's).
         self.transformed_at: datetime | None = None
+        self.objects: list[InputObject] = []  # the input objects, once listed
 
     def run(self) -> None:
         final, reason = status.COMPLETED, None
@@ -87,6 +88,7 @@ class TransformWorker:
             self._start_instances(row)
             failures = self._transform(row) if not self.stop.is_set() else []
             self.transformed_at = now()
+            self._capture(row, failures)
             if failures:
                 final, reason = status.FAILED, self._failure_reason(failures)
         except JobFailed as exc:
@@ -203,6 +205,7 @@ class TransformWorker:
             objects = input_objects(source, self.settings.store)
         except (StoreError, UnsafeKeyError) as exc:
             raise JobFailed(f"The input data could not be read: {exc}") from None
+        self.objects = objects
         output = request["TransformOutput"]
         config = request.get("ModelClientConfig") or {}
         invocation = Invocation(
@@ -258,8 +261,9 @@ class TransformWorker:
                 invokers[index].close()
 
         done = threading.Event()
-        # A stop ends the containers: requests in flight then end at once, not at their timeout.
-        watcher = threading.Thread(target=self._stop_on_request, args=(done,), daemon=True)
+        # A stop ends the containers and aborts the requests in flight: they end at once, not at
+        # their timeout.
+        watcher = threading.Thread(target=self._stop_on_request, args=(done, invokers), daemon=True)
         watcher.start()
         try:
             with ThreadPoolExecutor(len(self.instances)) as pool:
@@ -269,18 +273,37 @@ class TransformWorker:
             watcher.join()
         return sorted(failures, key=lambda f: f[0].location.key)
 
+    def _capture(
+        self, row: TransformJobRecord, failures: list[tuple[InputObject, str, str]]
+    ) -> None:
+        """DataCaptureConfig: the manifests of what was transformed (transform/capture.py)."""
+        config = row.request.get("DataCaptureConfig")
+        if config is None or self.stop.is_set():
+            return
+        failed = {item.location.key for item, _, _ in failures}
+        done = [o for o in self.objects if o.location.key not in failed]
+        started = row.transform_start_time or now()
+        output_path = row.request["TransformOutput"]["S3OutputPath"]
+        try:
+            capture.write(config, self.name, started, done, output_path, self.settings.store)
+        except capture.CaptureError as exc:
+            raise JobFailed(str(exc)) from None
+
     def _scratch(self) -> Path:
         """Where outputs are written until they are whole (removed with the instances)."""
         folder = instances_dir(self.settings, self.name) / "outputs"
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def _stop_on_request(self, done: threading.Event) -> None:
+    def _stop_on_request(self, done: threading.Event, invokers: list[Invoker]) -> None:
         while not done.is_set():
             if self.stop.wait(0.2):
                 grace = self.settings.stop_grace_seconds
                 for instance in self.instances:
                     instance.stop(grace)
+                # A container killed as its network goes may never close its connections.
+                for invoker in invokers:
+                    invoker.abort()
                 return
 
     def _failure_reason(self, failures: list[tuple[InputObject, str, str]]) -> str:

@@ -89,6 +89,18 @@ class OutputPlan:
 
 
 @dataclass(frozen=True)
+class FolderUpload:
+    """A folder of the host uploaded file by file to `uri` (a processing job's output): at the
+    end of the job, or also while the code runs (`continuous`, as checkpoints are)."""
+
+    name: str
+    # Relative to /opt/ml.
+    folder: str
+    uri: str
+    continuous: bool = False
+
+
+@dataclass(frozen=True)
 class MetricDefinition:
     name: str
     regex: str
@@ -142,6 +154,8 @@ class TrainingPlan:
     folders: tuple[str, ...] = ()
     # What failure reasons call the job's code ("the processing program exited ...").
     program: str = "training program"
+    # Folders the host uploads as they are (host/folder_uploads.py): a processing job's outputs.
+    uploads: tuple[FolderUpload, ...] = ()
 
     def channels_in(self, mode: InputMode) -> list[ChannelPlan]:
         return [channel for channel in self.channels if channel.mode == mode]
@@ -181,4 +195,5 @@ class TrainingPlan:
             failure_file=data.get("failure_file", "output/failure"),
             folders=tuple(data.get("folders", ())),
             program=data.get("program", "training program"),
+            uploads=tuple(FolderUpload(**upload) for upload in data.get("uploads", ())),
         )

@@ -85,7 +85,8 @@ class NodeAgent:
             # Out of its code's reach: every node of the cluster (overlay.py).
             spec = {**spec, "network": {**spec["network"], "overlay_cluster": _node_addresses()}}
         with self._lock:
-            self._names[key] = f"{plain.job_name}/{plain.host_name}"
+            # By the job's key, as its bridge here is named (a processing job's has its kind's).
+            self._names[key] = f"{plain.job_key or plain.job_name}/{plain.host_name}"
             self._owners[key] = owner
         if not self._swept and plain.network is not None and plain.network.overlay_vni is not None:
             self._swept = self._sweep(plain.settings.home)

@@ -67,8 +67,9 @@ class HostSession:
         network = self.spec.network
         if network is not None and network.overlay_vni is not None:
             try:
+                key = plain.job_key or plain.job_name  # as the job's worker named its network
                 network = node_network(
-                    network, plain.settings.home, plain.job_name, plain.host_name, plain.code_env
+                    network, plain.settings.home, key, plain.host_name, plain.code_env
                 )
                 self.spec = dataclasses.replace(self.spec, network=network)
             except OSError as exc:
@@ -153,9 +154,8 @@ class HostSession:
         finally:
             network = self.spec.network
             if network is not None and network.overlay_vni is not None:
-                remove_node_network(
-                    self.spec.settings.home, self.spec.job_name, self.spec.host_name
-                )
+                key = self.spec.job_key or self.spec.job_name
+                remove_node_network(self.spec.settings.home, key, self.spec.host_name)
 
     def pack_part(self) -> list[str]:
         """Pack this host's `/opt/ml/model` and `/opt/ml/output/data` for the first host, which

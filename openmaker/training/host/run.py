@@ -68,6 +68,9 @@ class HostResult:
     # What killed the host from outside the job, as when an instance fails (then no failure:
     # the job may be restarted).
     outside: str | None = None
+    # The head of the failure file as the code left it, whatever its exit (a processing job's
+    # ExitMessage).
+    message: str | None = None
 
 
 def prepare_inputs(

@@ -10,7 +10,7 @@ object can run in a local worker's thread or, next, in an actor on another machi
     try:
         host.prepare(stop)         # volume, /opt/ml, source, checkpoints, channels
         result = host.run(stop)    # the code, to its end; the why of a failure
-        host.finish()              # the last checkpoints
+        host.finish()              # the last checkpoints, the upload folders
     finally:
         host.close()               # cgroups, handles, volume, folder
 
@@ -20,6 +20,7 @@ job's, done by `upload_outputs` over hosts of this machine.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 from collections.abc import Sequence
@@ -29,7 +30,8 @@ from openmaker.training.host.channels.inputs import HostInputs
 from openmaker.training.host.checkpoints.transfer import save_checkpoints
 from openmaker.training.host.disk import disk_full_reason
 from openmaker.training.host.events import Emit
-from openmaker.training.host.jobtree import HostTree
+from openmaker.training.host.folder_uploads import start_continuous, upload_folders
+from openmaker.training.host.jobtree import HostTree, read_text_head
 from openmaker.training.host.layout import create_tree
 from openmaker.training.host.limits import oom_killed, release
 from openmaker.training.host.outputs import Artifacts, upload_artifacts
@@ -50,6 +52,9 @@ __all__ = [
     "upload_outputs",
 ]
 
+# How much of the failure file a host reports whatever the code's exit (a processing job's
+# ExitMessage).
+MESSAGE_LIMIT = 1024
 # SIGKILL as a plain process reports it, and as the sandbox (bwrap) reports its code's. The
 # code cannot get it from inside its sandbox, where it is PID 1: it came from outside. (bwrap
 # reports a code that exits with status 137 by itself the same way: taken for a kill too.)
@@ -97,6 +102,7 @@ class TrainingHost:
         the others. The result says why it failed: the code's own failure (out of memory, a
         full volume included) or a kill from outside the job."""
         assert self.tree is not None and self.volume is not None and self.inputs is not None
+        syncs = start_continuous(self.spec, self.tree, self.emit)
         try:
             with sampling(self.spec, self.emit):
                 result = run_code(
@@ -110,17 +116,22 @@ class TrainingHost:
                 )
         except HostFailed as exc:
             result = HostResult(-1, None, exc.reason)
+        finally:
+            for sync in syncs:
+                sync.stop()
         if result.failure:
             stop.request(StopReason.FAILED)  # the other hosts of a failed job are stopped
-        return self._diagnosed(result)
+        message = read_text_head(self.tree.ml, self.spec.plan.failure_file, MESSAGE_LIMIT)
+        return dataclasses.replace(self._diagnosed(result), message=message or None)
 
     def finish(self) -> None:
-        """Once the code has ended: write back the checkpoints the continuous sync has not
-        (OutputsFailed when it cannot)."""
+        """Once the code has ended: write back the checkpoints and the upload folders' files
+        the continuous syncs have not (OutputsFailed when it cannot)."""
         if self.tree is None:
             return
         try:
             save_checkpoints(self.spec, self.tree, self.emit)
+            upload_folders(self.spec, self.tree, self.emit)
         except (OSError, StoreError, ValueError) as exc:
             raise OutputsFailed(_outputs_reason(self, exc)) from exc
 

@@ -188,6 +188,17 @@ async def push_changes(
     return changed
 
 
+def push_all(changes: Changes, remote: Location, ledger: Ledger, emit: Emit) -> None:
+    """Push `changes` at the end of a run, its progress shown; the ledger saved whatever
+    happens."""
+    meter = ProgressMeter("Uploading", changes.size, emit)
+    try:
+        asyncio.run(push_changes(changes, remote, ledger, meter.add))
+    finally:
+        ledger.save()
+    meter.finish()
+
+
 async def _delete(remote: Location, names: list[str]) -> None:
     """Delete the objects; one already gone is fine (another host of the job deleted it)."""
     keys = [remote.child(name).key for name in names]
@@ -243,14 +254,8 @@ def save_checkpoints(spec: HostSpec, tree: HostTree, emit: Emit) -> None:
         remote = checkpoint_remote(spec)
         ledger = Ledger.of(spec)
         changes = Changes(folder, ledger, None)
-        if not changes:
-            return
-        meter = ProgressMeter("Uploading", changes.size, emit)
-        try:
-            asyncio.run(push_changes(changes, remote, ledger, meter.add))
-        finally:
-            ledger.save()
-        meter.finish()
+        if changes:
+            push_all(changes, remote, ledger, emit)
     finally:
         if folder is not None:
             os.close(folder)

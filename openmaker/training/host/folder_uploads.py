@@ -1,4 +1,5 @@
-"""A processing host's output folders, uploaded file by file (uncompressed) to their S3Uri.
+"""A host's upload folders (a processing job's outputs), uploaded file by file (uncompressed) to
+their S3Uri, from the host's own machine (its node on a Ray cluster).
 
 The checkpoint machinery does the work: `Changes` / `push_changes` for the end of the job and
 `CheckpointSync` while the code runs (S3UploadMode Continuous). Every folder is walked from the
@@ -10,20 +11,19 @@ continuous sync's work.
 
 from __future__ import annotations
 
-import asyncio
 import os
 
-from openmaker.processing.plan import CONTAINER_ROOT, OutputFolder
 from openmaker.store import Location, StoreError, resolve
 from openmaker.training.host.checkpoints.sync import CheckpointSync
-from openmaker.training.host.checkpoints.transfer import Changes, Ledger, push_changes
+from openmaker.training.host.checkpoints.transfer import Changes, Ledger, push_all
 from openmaker.training.host.events import Emit
 from openmaker.training.host.jobtree import HostTree, NotAFolder, say_ignored
-from openmaker.training.host.progress import ProgressMeter
+from openmaker.training.host.layout import CONTAINER_ROOT
+from openmaker.training.host.plan import FolderUpload
 from openmaker.training.host.spec import HostSpec
 
 
-def remote(spec: HostSpec, output: OutputFolder) -> Location:
+def remote(spec: HostSpec, output: FolderUpload) -> Location:
     location = resolve(output.uri, spec.store)
     # An output URI names a folder: `s3://b/out` must not write `s3://b/out-old`'s neighbours.
     key = location.key if not location.key or location.key.endswith("/") else location.key + "/"
@@ -34,17 +34,15 @@ def _ledger(spec: HostSpec, index: int) -> Ledger:
     return Ledger.of_path(spec.work_dir / f"output-ledger-{index}.json")
 
 
-def start_continuous(
-    spec: HostSpec, tree: HostTree, outputs: tuple[OutputFolder, ...], emit: Emit
-) -> list[CheckpointSync]:
+def start_continuous(spec: HostSpec, tree: HostTree, emit: Emit) -> list[CheckpointSync]:
     """Watch the Continuous outputs (before the code starts); stop them once it ends."""
     syncs = []
-    for index, output in enumerate(outputs):
+    for index, output in enumerate(spec.plan.uploads):
         if not output.continuous:
             continue
         folder = spec.ml_dir / output.folder
 
-        def opener(output: OutputFolder = output) -> int:
+        def opener(output: FolderUpload = output) -> int:
             return tree.open(output.folder)
 
         try:
@@ -56,12 +54,10 @@ def start_continuous(
     return syncs
 
 
-def upload_outputs(
-    spec: HostSpec, tree: HostTree, outputs: tuple[OutputFolder, ...], emit: Emit
-) -> None:
+def upload_folders(spec: HostSpec, tree: HostTree, emit: Emit) -> None:
     """Upload what each output folder holds and the continuous sync has not (StoreError,
     OSError when it cannot)."""
-    for index, output in enumerate(outputs):
+    for index, output in enumerate(spec.plan.uploads):
         try:
             folder: int | None = tree.open(output.folder)
         except FileNotFoundError:
@@ -75,14 +71,9 @@ def upload_outputs(
             changes = Changes(folder, ledger, None)
             if not changes.uploads:
                 continue
-            meter = ProgressMeter("Uploading", changes.size, emit)
-            try:
-                # Only uploads: a file the code removed stays where a Continuous sync put it.
-                changes.deletes = []
-                asyncio.run(push_changes(changes, remote(spec, output), ledger, meter.add))
-            finally:
-                ledger.save()
-            meter.finish()
+            # Only uploads: a file the code removed stays where a Continuous sync put it.
+            changes.deletes = []
+            push_all(changes, remote(spec, output), ledger, emit)
         finally:
             if folder is not None:
                 os.close(folder)
