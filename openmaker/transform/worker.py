@@ -140,6 +140,8 @@ class TransformWorker:
                 container=batch_container,
                 image=image,
                 startup_seconds=DEFAULT_STARTUP_SECONDS,
+                # What a node of the Ray cluster reserves for it (ray_instances.place).
+                instance_type=request["TransformResources"]["InstanceType"],
             )
             for index in range(count)
         ]
