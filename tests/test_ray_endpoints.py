@@ -119,6 +119,9 @@ def test_an_instance_on_a_worker_node_serves_through_its_forwarder_alone(
 
     answer = deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"data")
     assert answer["Body"].read() == b"w7 hello data"
+    streamed = deployer.runtime.invoke_endpoint_with_response_stream(EndpointName=name, Body=b"s")
+    parts = b"".join(event["PayloadPart"]["Bytes"] for event in streamed["Body"])
+    assert parts == b"w7 hello s"
 
     # Its output is in the endpoint's log group, stream <variant>/<instance>.
     logs = deployer.server.client("logs")
