@@ -134,15 +134,20 @@ def stop_all(sagemaker: Any, names: list[str]) -> None:
             wait_ended(sagemaker, name)
 
 
-@pytest.fixture
-def bucket(api_server: ApiServer) -> str:
-    name = unique("proc")
-    s3 = api_server.client("s3")
+def data_bucket(server: ApiServer, prefix: str) -> str:
+    """A new bucket holding `whole/table.csv` and four shards `shards/part-N.csv`."""
+    name = unique(prefix)
+    s3 = server.client("s3")
     s3.create_bucket(Bucket=name)
     s3.put_object(Bucket=name, Key="whole/table.csv", Body=b"a,b\n1,2\n")
     for part in range(4):
         s3.put_object(Bucket=name, Key=f"shards/part-{part}.csv", Body=f"{part}\n".encode())
     return name
+
+
+@pytest.fixture
+def bucket(api_server: ApiServer) -> str:
+    return data_bucket(api_server, "proc")
 
 
 def keys(api_server: ApiServer, bucket: str, prefix: str) -> list[str]:

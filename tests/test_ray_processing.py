@@ -18,6 +18,7 @@ from tests.apiserver import ApiServer, running_api_server
 from tests.helpers import kill_every_worker
 from tests.process_helpers import wait_until
 from tests.test_processing import (
+    data_bucket,
     image,
     keys,
     processing_request,
@@ -127,13 +128,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, cluster: Any) -> Iterator[A
 
 @pytest.fixture
 def bucket(server: ApiServer) -> str:
-    name = unique("rayproc")
-    s3 = server.client("s3")
-    s3.create_bucket(Bucket=name)
-    s3.put_object(Bucket=name, Key="whole/table.csv", Body=b"a,b\n1,2\n")
-    for part in range(4):
-        s3.put_object(Bucket=name, Key=f"shards/part-{part}.csv", Body=f"{part}\n".encode())
-    return name
+    return data_bucket(server, "rayproc")
 
 
 def _log(server: ApiServer, name: str) -> str:

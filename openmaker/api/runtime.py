@@ -44,6 +44,8 @@ ASYNC_HEADERS = (
     "X-Amzn-SageMaker-InputLocation",
     "X-Amzn-SageMaker-RequestTTLSeconds",
     "X-Amzn-SageMaker-InvocationTimeoutSeconds",
+    "X-Amzn-SageMaker-S3OutputPathExtension",
+    "X-Amzn-SageMaker-Filename",
 )
 # InvokeEndpointWithResponseStream names Accept with SageMaker's prefix.
 STREAM_ACCEPT = "X-Amzn-SageMaker-Accept"

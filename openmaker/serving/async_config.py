@@ -2,7 +2,8 @@
 asynchronous invocation's output and failure objects go.
 
 `OutputConfig.S3OutputPath` is required (s3://), `S3FailurePath` optional; the output is
-`<S3OutputPath>/<id>.out`, a failure `<S3FailurePath>/<id>-error.out`, `<id>` a fresh UUID
+`<S3OutputPath>/<id>.out` (InvokeEndpointAsync's `S3OutputPathExtension` goes between the two,
+its `Filename` replaces `<id>.out`), a failure `<S3FailurePath>/<id>-error.out`, `<id>` a fresh UUID
 per request. `ClientConfig.MaxConcurrentInvocationsPerInstance` defaults to 1 here (SageMaker
 picks its own). `NotificationConfig` is accepted; there is no SNS here: each notification is
 written to the endpoint's log group instead (serving/async_runner.py).
@@ -47,8 +48,16 @@ def concurrency(config: dict[str, Any]) -> int:
     return int(client.get("MaxConcurrentInvocationsPerInstance") or DEFAULT_CONCURRENCY)
 
 
-def output_location(config: dict[str, Any], name: str) -> str:
-    return f"{config['OutputConfig']['S3OutputPath'].rstrip('/')}/{name}.out"
+def output_location(
+    config: dict[str, Any], name: str, extension: str | None = None, filename: str | None = None
+) -> str:
+    """`<S3OutputPath>[/<S3OutputPathExtension>]/<Filename or name.out>` (InvokeEndpointAsync's
+    members, checked by serving/async_invoke.py)."""
+    parts = [config["OutputConfig"]["S3OutputPath"].rstrip("/")]
+    if extension is not None:
+        parts.append(extension.strip("/"))
+    parts.append(filename or f"{name}.out")
+    return "/".join(parts)
 
 
 def failure_location(config: dict[str, Any], name: str) -> str | None:

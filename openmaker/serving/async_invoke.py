@@ -5,6 +5,7 @@ once. The endpoint's worker does the rest (serving/async_runner.py)."""
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
 from typing import Any
@@ -21,6 +22,20 @@ TTL_SECONDS = (60, 21600, 21600)
 TIMEOUT_SECONDS = (1, 3600, 900)
 TAKING = ("InService", "Updating", "SystemUpdating")
 INPUT_LOCATION = "X-Amzn-SageMaker-InputLocation"
+# InvokeEndpointAsync's output members: (header, member, most characters, pattern), as in the
+# service's model.
+EXTENSION = (
+    "X-Amzn-SageMaker-S3OutputPathExtension",
+    "s3OutputPathExtension",
+    512,
+    r"^(?!s3:|https:)[a-zA-Z0-9!_.*'()/-]+$",
+)
+FILENAME = (
+    "X-Amzn-SageMaker-Filename",
+    "filename",
+    32,
+    r"^(?!.*\..*\.)[a-zA-Z0-9][a-zA-Z0-9-_\.]*$",
+)
 # The most an inline Body (instead of an InputLocation) may have.
 MAX_INLINE_BYTES = 128_000
 
@@ -57,10 +72,11 @@ def accept(
         TIMEOUT_SECONDS,
     )
     object_name = str(uuid.uuid4())
+    extension, filename = _member(headers, *EXTENSION), _member(headers, *FILENAME)
     request = async_queue.AsyncRequest(
         inference_id=headers.get("X-Amzn-SageMaker-Inference-Id") or str(uuid.uuid4()),
         input_location=input_location,
-        output_location=async_config.output_location(config, object_name),
+        output_location=async_config.output_location(config, object_name, extension, filename),
         failure_location=async_config.failure_location(config, object_name),
         content_type=headers.get("X-Amzn-SageMaker-Content-Type"),
         accept=headers.get("X-Amzn-SageMaker-Accept"),
@@ -103,6 +119,34 @@ def _check_input(input_location: str, body: bytes) -> None:
             "failed to satisfy constraint: Member must be an S3 URI of an object "
             "(s3://bucket/key)"
         )
+
+
+def _member(
+    headers: dict[str, str], header: str, member: str, most: int, pattern: str
+) -> str | None:
+    """The header's value, refused as SageMaker refuses it; None when not given."""
+    text = headers.get(header)
+    if text is None:
+        return None
+    if not 1 <= len(text) <= most:
+        raise _invalid(
+            f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
+            f"constraint: Member must have length between 1 and {most}"
+        )
+    # `\Z`: `$` would let a trailing line break through.
+    if re.match(pattern.removesuffix("$") + r"\Z", text) is None:
+        raise _invalid(
+            f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
+            f"constraint: Member must satisfy regular expression pattern: {pattern}"
+        )
+    if any(part in ("", ".", "..") for part in text.strip("/").split("/")):
+        # Allowed by the pattern, but the embedded store keeps keys as paths: it would resolve
+        # such a key to another object than the one named.
+        raise _invalid(
+            f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
+            "constraint: Member must not have an empty, '.' or '..' path segment"
+        )
+    return text
 
 
 def _bounded(

@@ -44,6 +44,10 @@ MAX_OUTPUT_BYTES = 1024**3
 POLL_SECONDS = 0.2
 NOTIFICATIONS = "AsyncNotifications"
 READ_BYTES = 1024 * 1024
+# The most a request may take (SageMaker's bound on InvocationTimeoutSeconds), and a margin for
+# reading its input and writing its output around the container's answer.
+TIMEOUT_SECONDS = 3600
+TRANSFER_SECONDS = 60
 
 
 class Refused(Exception):
@@ -74,6 +78,8 @@ class AsyncRunner:
         self.queue = async_queue.folder(settings, endpoint)
         self.limit = async_config.concurrency(config)
         self._busy: dict[str, int] = {}
+        # Each instance's requests in hand: when each must end (time.monotonic()).
+        self._held: dict[str, dict[Path, float]] = {}
         self._taken: set[Path] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -103,6 +109,7 @@ class AsyncRunner:
                         break  # the oldest waiting requests go first
                     self._taken.add(entry)
                     self._busy[instance.plan.id] = self._busy.get(instance.plan.id, 0) + 1
+                    self._held.setdefault(instance.plan.id, {})[entry] = _deadline(entry)
                 worker = threading.Thread(target=self._run, args=(entry, instance), daemon=True)
                 worker.start()
 
@@ -142,6 +149,19 @@ class AsyncRunner:
             with self._lock:
                 self._taken.discard(entry)
                 self._busy[instance.plan.id] -= 1
+                held = self._held.get(instance.plan.id, {})
+                held.pop(entry, None)
+                if not held:
+                    self._held.pop(instance.plan.id, None)
+
+    def held_until(self, ids: set[str]) -> float | None:
+        """When the requests in hand of the instances `ids` end at the latest (monotonic time:
+        a request may take its InvocationTimeoutSeconds, plus time to read and write its
+        objects); None when they hold none. An instance leaving the route is stopped only then
+        (serving/worker.py), so no request in flight is cut short."""
+        with self._lock:
+            ends = [end for i in ids for end in self._held.get(i, {}).values()]
+        return max(ends) if ends else None
 
     def _invoke(
         self, request: AsyncRequest, instance: Instance, spool: Path, handled: Handled
@@ -294,6 +314,14 @@ class AsyncRunner:
         self.logs.note(NOTIFICATIONS, json.dumps(event, separators=(",", ":")))
 
 
+def _deadline(entry: Path) -> float:
+    try:
+        timeout = async_queue.read(entry).timeout_seconds
+    except (OSError, ValueError, TypeError):
+        timeout = TIMEOUT_SECONDS
+    return time.monotonic() + timeout + TRANSFER_SECONDS
+
+
 def _takes(instance: Instance) -> bool:
     """Whether the instance can take requests: its container runs, at a known address."""
     container = instance.container
@@ -320,3 +348,25 @@ def start(
     runner = AsyncRunner(settings, endpoint, async_settings, instances, logs, writers)
     runner.start()
     return runner
+
+
+def drain(
+    runner: AsyncRunner, instances: list[Instance], logs: EndpointLogs, stop: threading.Event
+) -> None:
+    """Wait for the asynchronous requests in hand of `instances` (out of the route, so given no
+    more) to end, each within its own InvocationTimeoutSeconds, rather than cut them short: they
+    are answered by the instance that took them, once (the worker's `stop` ends the wait)."""
+    ids = {i.plan.id for i in instances}
+    if runner.held_until(ids) is None:
+        return
+    for instance in instances:
+        if runner.held_until({instance.plan.id}) is not None:
+            logs.note(
+                instance.plan.stream,
+                f"[openmaker] the instance {instance.plan.id} leaves once its asynchronous "
+                "invocations in hand end (each within its InvocationTimeoutSeconds)",
+            )
+    while True:
+        until = runner.held_until(ids)
+        if until is None or time.monotonic() >= until or stop.wait(POLL_SECONDS):
+            return

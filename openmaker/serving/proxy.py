@@ -157,6 +157,16 @@ class Invoker:
                 )
                 if refused is not None:
                     raise InvocationError("ThrottlingException", 429, f"Rate exceeded: {refused}")
+                failed = serverless.refused_since(
+                    serverless.failure_file(settings, name, variant.name), since
+                )
+                if failed is not None:  # SageMaker's word for resources not provisioned
+                    raise InvocationError(
+                        "ModelNotReadyException",
+                        429,
+                        f"The serverless variant {variant.name} of endpoint {name} could not "
+                        f"start an instance for this invocation: {failed}",
+                    )
                 time.sleep(COLD_START_POLL_SECONDS)
             route = self.endpoints.route(name)
             self._routes[name] = (time.monotonic(), route)

@@ -18,6 +18,10 @@ are invocations, each serving one at a time, as SageMaker's serverless workers d
   is held to it when instances are held to their share; as those, it never waits for
   capacity: a cold start that does not fit starts as many as fit, and when none does the worker
   notes a refusal (`refuse`) and the invocations waiting get a `ThrottlingException`.
+- A cold start that fails otherwise (the model data, the image, `/ping`) is noted too
+  (`failure_file`): the invocations waiting for it get a `ModelNotReadyException` with the
+  reason at once. The next is tried only for invocations asking after `retry_delay` (1 s, then
+  doubling up to 30 s while they keep failing).
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ CONFIG = "ServerlessConfig"
 # How long a count of invocations asking for instances holds (those waiting write it every
 # COLD_START_POLL_SECONDS, serving/proxy.py).
 ASKING_SECONDS = 3.0
+# A cold start that failed is tried again (for invocations asking) after a delay doubling with
+# each failure in a row, from the first to the most.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MOST_SECONDS = 30.0
 
 
 class Throttled(Exception):
@@ -154,6 +162,15 @@ def read_demand(path: Path) -> Demand:
     except (OSError, ValueError):
         return Demand(0, frozenset(), {}, 0.0)
     return Demand(int(data["asking"]), frozenset(data["busy"]), dict(data["used"]), written)
+
+
+def failure_file(settings: Settings, endpoint: str, variant: str) -> Path:
+    return demand_file(settings, endpoint, variant).with_name(f"{variant}.failed")
+
+
+def retry_delay(failures: int) -> float:
+    """How long after its `failures`-th failure in a row a cold start is tried again."""
+    return min(RETRY_FIRST_SECONDS * 2 ** max(failures - 1, 0), RETRY_MOST_SECONDS)
 
 
 def refuse(path: Path, message: str) -> None:

@@ -9,8 +9,11 @@ namespace of its own, and reports `InService` once every instance answers `GET /
   /ping again); so is one that stays alive but fails its periodic pings (serving/health.py);
 - an update (serving/updates.py) starts a new fleet beside the old one, moves the traffic once
   every new instance is healthy, then retires the old instances: out of the route first, their
-  invocations under way finished, then stopped. A new fleet that fails is removed and the old
-  one goes on serving, the reason in FailureReason.
+  invocations under way finished (asynchronous ones within their own timeout,
+  serving/async_runner.py), then stopped. A new fleet that fails is removed and the old one
+  goes on serving, the reason in FailureReason;
+- a serverless variant's instances start with its invocations, each joining the route once it
+  answers /ping (serving/serverless.py).
 SIGTERM (DeleteEndpoint) stops the containers (SIGTERM, then SIGKILL after the grace), removes
 the bridge, the instances' folders and cgroups, and the endpoint's record.
 """
@@ -103,10 +106,13 @@ class EndpointWorker:
         self.indexes: set[int] = set()  # the instances' indexes on the bridge, in use
         self.async_runner: async_runner.AsyncRunner | None = None
         self.health: health.HealthWatch | None = None
-        # Serverless variants: when a cold start of each last failed (time.time()); when each
-        # of their instances started.
-        self.cold_failed: dict[str, float] = {}
+        # Serverless variants: when a cold start of each last failed (time.time()) and how many
+        # failed in a row; when each of their instances started.
+        self.cold_failed: dict[str, tuple[float, int]] = {}
         self.started_at: dict[str, float] = {}
+        # Serverless instances starting (in `live`, not yet in the route): by id, when each
+        # must answer /ping (time.monotonic()) and when its cold start began (perf_counter()).
+        self.cold: dict[str, tuple[float, float]] = {}
         self.metrics = InvocationMetrics(self.writers)  # their ModelSetupTime
         # Under Ray: the settings the instances' nodes get, by the model data they read.
         self.node_settings: dict[str, Settings] = {}
@@ -239,6 +245,14 @@ class EndpointWorker:
     def _launch(self, fleet: list[Instance]) -> None:
         """Reserve, prepare and start `fleet`, and wait until each instance answers /ping
         (the live fleet looked after meanwhile); EndpointFailed says why one did not."""
+        self._start_fleet(fleet)
+        reasons = self._wait_healthy(fleet)
+        for instance, reason in zip(fleet, reasons, strict=True):
+            if reason is not None and not self.stop.is_set():
+                raise EndpointFailed(self._ping_failure(instance, reason))
+
+    def _start_fleet(self, fleet: list[Instance]) -> None:
+        """Reserve, prepare and start `fleet` (`starting` until it joins `live`)."""
         self.starting = fleet
         wanted = [
             placement.Wanted(
@@ -282,10 +296,6 @@ class EndpointWorker:
                 return
             receiver = self.logs.receiver
             instance.start(self._network_for(instance), receiver(plan.stream), receiver)
-        reasons = self._wait_healthy(fleet)
-        for instance, reason in zip(fleet, reasons, strict=True):
-            if reason is not None and not self.stop.is_set():
-                raise EndpointFailed(self._ping_failure(instance, reason))
 
     def _network_for(self, instance: Instance) -> JobNetwork:
         """The endpoint's network, with the instance's address on it."""
@@ -332,7 +342,7 @@ class EndpointWorker:
 
     def _serve(self) -> None:
         """Until deleted: look after the instances, and carry out the updates asked for."""
-        while not self.stop.wait(WATCH_SECONDS):
+        while not self.stop.wait(PING_EVERY_SECONDS if self.cold else WATCH_SECONDS):
             self._watch_live()
             row = self._read()
             if row is not None and row.status == status.IN_SERVICE:
@@ -350,6 +360,8 @@ class EndpointWorker:
         answers /ping."""
         changed = False
         for instance in self.live:
+            if instance.plan.id in self.cold:
+                continue  # a serverless cold start, looked after by _serverless_started
             container = instance.container
             code = container.poll() if container is not None else None
             if isinstance(instance, RemoteInstance) and instance.lost:
@@ -605,6 +617,7 @@ class EndpointWorker:
             if config is None:
                 continue
             name = variant["VariantName"]
+            self._serverless_started(name)
             mine = [i for i in self.live if i.plan.variant == name]
             demand = serverless.read_demand(serverless.demand_file(self.settings, self.name, name))
             # Invocations waiting for an instance say so again and again; a count not written
@@ -613,20 +626,22 @@ class EndpointWorker:
             keep = max(serverless.warm_count(variant), demand.asking if fresh else 0)
             wanted = min(int(config["MaxConcurrency"]), keep)
             failed = self.cold_failed.get(name)
-            if len(mine) < wanted and (failed is None or (fresh and demand.written > failed)):
+            if len(mine) < wanted and (failed is None or (fresh and _retry_due(*failed))):
                 self._cold_start(row, name, wanted - len(mine))
             elif len(mine) > keep:
                 self._scale_in_idle(mine, demand)
 
     def _cold_start(self, row: EndpointRecord, variant: str, count: int) -> None:
         """Start `count` instances of the variant, or as many as fit on the machine; when not
-        one does, those waiting are told (serverless.refuse) and throttled by the proxy. The
-        time each took to serve is its ModelSetupTime."""
+        one does, those waiting are told (serverless.refuse) and throttled by the proxy. They
+        join `live` at once but the route only once each answers /ping (_serverless_started):
+        meanwhile invocations arriving get cold starts of their own, not one batch after
+        another."""
         began = time.perf_counter()
         while True:
             try:
                 fleet = self._fleet(row.config, row.models, {variant: count})
-                self._launch(fleet)
+                self._start_fleet(fleet)
                 break
             except EndpointFailed as exc:
                 failed, self.starting = self.starting, []
@@ -638,19 +653,50 @@ class EndpointWorker:
                 return
         if self.stop.is_set():
             return
-        self.cold_failed.pop(variant, None)
         for instance in fleet:
             self.started_at[instance.plan.id] = time.time()
-            self.metrics.setup(self.name, variant, time.perf_counter() - began)
-        self.metrics.flush()
+            self.cold[instance.plan.id] = (time.monotonic() + instance.plan.startup_seconds, began)
         self.live, self.starting = self.live + fleet, []
-        self._record(None, change=_no_failure)
+        self._record(None)
+
+    def _serverless_started(self, variant: str) -> None:
+        """The variant's cold starts that answered /ping go in the route (the time each took
+        is its ModelSetupTime); one whose container ended, or that did not answer in its
+        startup time, is removed and the cold start failed."""
+        for instance in [i for i in self.live if i.plan.id in self.cold]:
+            if instance.plan.variant != variant:
+                continue
+            deadline, began = self.cold[instance.plan.id]
+            reason = _ping_once(instance)
+            if reason is None and not instance.ready and time.monotonic() >= deadline:
+                reason = (
+                    "its container did not answer GET /ping with 200 within "
+                    f"{instance.plan.startup_seconds} seconds"
+                )
+            if instance.ready:
+                del self.cold[instance.plan.id]
+                self.cold_failed.pop(variant, None)
+                self.metrics.setup(self.name, variant, time.perf_counter() - began)
+                self.metrics.flush()
+                self._record(None, change=_no_failure)
+            elif reason is not None:
+                del self.cold[instance.plan.id]
+                self.live = [i for i in self.live if i is not instance]
+                self.started_at.pop(instance.plan.id, None)
+                self._record(None)
+                self._stop([instance])
+                failure = EndpointFailed(self._ping_failure(instance, reason))
+                self._cold_start_failed(variant, failure)
 
     def _cold_start_failed(self, variant: str, exc: EndpointFailed) -> None:
         if isinstance(exc, NoCapacity):
             refused = serverless.refusal_file(self.settings, self.name, variant)
             serverless.refuse(refused, f"no serverless capacity to start: {exc}")
-        self.cold_failed[variant] = time.time()
+        else:  # those waiting are told at once (serving/proxy.py), not left to time out
+            failure = serverless.failure_file(self.settings, self.name, variant)
+            serverless.refuse(failure, str(exc))
+        _, failures = self.cold_failed.get(variant, (0.0, 0))
+        self.cold_failed[variant] = (time.time(), failures + 1)
         message = f"A serverless instance of production variant {variant} failed: {exc}"
 
         def note(record: EndpointRecord) -> None:
@@ -667,7 +713,9 @@ class EndpointWorker:
             used = demand.used.get(instance.address, 0.0)
             return max(used, self.started_at.get(instance.plan.id, 0.0))
 
-        spare = [i for i in mine if i.address not in demand.busy and now - last(i) >= idle]
+        spare = [
+            i for i in mine if i.ready and i.address not in demand.busy and now - last(i) >= idle
+        ]
         if not spare:
             return
         instance = min(spare, key=last)
@@ -701,6 +749,8 @@ class EndpointWorker:
         deadline = time.monotonic() + self.settings.invocation_seconds
         while time.monotonic() < deadline and any(_in_use(i.address) for i in instances):
             self.stop.wait(PING_EVERY_SECONDS)
+        if self.async_runner is not None:
+            async_runner.drain(self.async_runner, instances, self.logs, self.stop)
         self._stop(instances)
 
     def _stop(self, instances: list[Instance]) -> None:
@@ -766,6 +816,12 @@ class EndpointWorker:
             row.worker = None
             session.commit()
         _start_waiting_jobs(self.settings)
+
+
+def _retry_due(failed_at: float, failures: int) -> bool:
+    """Whether a serverless cold start that failed `failures` times in a row, last at
+    `failed_at`, may be tried again (serving/serverless.py)."""
+    return time.time() >= failed_at + serverless.retry_delay(failures)
 
 
 def _timed_out(plan: Deployment) -> str:
