@@ -38,7 +38,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 
 # Imports that break a rule above and are kept for now: (importing module, imported module)
 # and why. Each entry must still be needed: one that no longer is fails the test.
-ALLOWED: dict[tuple[str, str], str] = {}
+ALLOWED: dict[tuple[str, str], str] = {
+    # The Ray cluster's connection and bundle sizing are training's hosts', shared until they
+    # move to a package of their own.
+    ("openmaker.serving.ray_instances", "openmaker.training"): "Ray: connect, bundle_for",
+    ("openmaker.serving.ray_agent", "openmaker.training"): "Ray: the agents' code digest",
+}
 
 
 def imports(module: str, source: str) -> Iterator[str]:

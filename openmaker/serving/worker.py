@@ -21,6 +21,7 @@ the bridge, the instances' folders and cgroups, and the endpoint's record.
 from __future__ import annotations
 
 import ipaddress
+import json
 import secrets
 import socket
 import threading
@@ -34,6 +35,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from openmaker.jobs import gate_keys
 from openmaker.jobs.db import EndpointRecord, Tag, writer_sessions
 from openmaker.jobs.executor import Order
 from openmaker.runtime.network import JobNetwork
@@ -45,6 +47,7 @@ from openmaker.serving import (
     async_runner,
     health,
     placement,
+    ray_instances,
     serverless,
     status,
     updates,
@@ -64,6 +67,7 @@ from openmaker.serving.metrics import InvocationMetrics
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.models import the_container
 from openmaker.serving.proxy import ROUTE_SECONDS
+from openmaker.serving.ray_instances import RemoteInstance
 from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 
@@ -110,6 +114,8 @@ class EndpointWorker:
         # must answer /ping (time.monotonic()) and when its cold start began (perf_counter()).
         self.cold: dict[str, tuple[float, float]] = {}
         self.metrics = InvocationMetrics(self.writers)  # their ModelSetupTime
+        # Under Ray: the settings the instances' nodes get, by the model data they read.
+        self.node_settings: dict[str, Settings] = {}
         # A canary or linear update's new fleet while both are in the route (its instance ids).
         self.green: set[str] = set()
 
@@ -171,6 +177,7 @@ class EndpointWorker:
         """New instances for `config`'s variants (`counts`: how many of each, else the
         config's)."""
         found: list[Instance] = []
+        on_ray = self._on_ray(config, models, counts)
         for variant in config["ProductionVariants"]:
             name = variant["VariantName"]
             count = updates.initial_count(variant) if counts is None else counts.get(name, 0)
@@ -200,8 +207,33 @@ class EndpointWorker:
                     memory=serverless.memory_bytes(variant),
                     volume_gb=variant.get("VolumeSizeInGB"),
                 )
-                found.append(Instance(self.settings, self.name, plan, network_key(self.name)))
+                owner = network_key(self.name)
+                if on_ray is not None and ray_instances.can_run(plan):
+                    found.append(RemoteInstance(self.settings, on_ray, self.name, plan, owner))
+                else:
+                    found.append(Instance(self.settings, self.name, plan, owner))
         return found
+
+    def _on_ray(
+        self, config: dict[str, Any], models: dict[str, Any], counts: dict[str, int] | None
+    ) -> Settings | None:
+        """Under the Ray executor, the settings the instances' nodes get (a key of the
+        endpoint's own to the model data of the variants started); None on this machine."""
+        if self.settings.executor != "ray":
+            return None
+        containers: list[dict[str, Any]] = []
+        for variant in config["ProductionVariants"]:
+            if counts is None or counts.get(variant["VariantName"]):
+                model = models[variant["ModelName"]]
+                containers += model.get("Containers") or [the_container(model)[1]]
+        # One key per set of model data for the worker's life (revoked when it ends), not one
+        # per instance started (serverless cold starts, replacements).
+        wanted = json.dumps(containers, sort_keys=True)
+        if wanted not in self.node_settings:
+            self.node_settings[wanted] = ray_instances.store_key(
+                self.settings, network_key(self.name), containers
+            )
+        return self.node_settings[wanted]
 
     def _free_index(self) -> int:
         index = next((i for i in range(MAX_INDEXES) if i not in self.indexes), None)
@@ -231,12 +263,21 @@ class EndpointWorker:
             )
             for i in fleet
         ]
+        remote = [
+            (i, w) for i, w in zip(fleet, wanted, strict=True) if isinstance(i, RemoteInstance)
+        ]
+        here = [w for i, w in zip(fleet, wanted, strict=True) if not isinstance(i, RemoteInstance)]
+        shares: dict[str, placement.Share] = {}
         try:
-            shares = placement.reserve(self.settings, self.writers, self.name, wanted)
-        except placement.InsufficientCapacity as exc:
+            if remote:  # on the Ray cluster
+                instances, members = [i for i, _ in remote], [w.member for _, w in remote]
+                ray_instances.place(self.settings, instances, members, self.stop)
+            if here or not remote:
+                shares = placement.reserve(self.settings, self.writers, self.name, here)
+        except (placement.InsufficientCapacity, ray_instances.NoRoom) as exc:
             raise NoCapacity(str(exc)) from None
         for instance in fleet:
-            instance.share = shares[instance.plan.id]
+            instance.share = shares.get(instance.plan.id)
             plan = instance.plan
             try:
                 instance.prepare(self.stop.is_set)
@@ -305,6 +346,7 @@ class EndpointWorker:
             self._watch_live()
             row = self._read()
             if row is not None and row.status == status.IN_SERVICE:
+                self._replace_lost(row)
                 self._scale_serverless(row)
             if row is None or row.status != status.UPDATING:
                 continue
@@ -322,6 +364,8 @@ class EndpointWorker:
                 continue  # a serverless cold start, looked after by _serverless_started
             container = instance.container
             code = container.poll() if container is not None else None
+            if isinstance(instance, RemoteInstance) and instance.lost:
+                continue  # replaced on another node by the serving loop (_replace_lost)
             if code is not None:
                 why = " (killed for going over its memory limit)" if instance.oom_killed() else ""
                 self.logs.note(
@@ -356,6 +400,33 @@ class EndpointWorker:
         instance.start(self._network_for(instance), receiver(instance.plan.stream), receiver)
         if self.health is not None:
             self.health.forget(instance)
+
+    def _replace_lost(self, row: EndpointRecord) -> None:
+        """An instance lost with its node of the Ray cluster: out of the route, and another
+        started in its place on a node with room (or the endpoint says why not)."""
+        for lost in [i for i in self.live if isinstance(i, RemoteInstance) and i.lost]:
+            self.logs.note(lost.plan.stream, f"[openmaker] {lost.lost}; replacing it")
+            self.live = [i for i in self.live if i is not lost]
+            self._record(None)
+            self._stop([lost])
+            variant = lost.plan.variant
+            try:
+                fleet = self._fleet(row.config, row.models, {variant: 1})
+                self._launch(fleet)
+            except EndpointFailed as exc:
+                failed, self.starting = self.starting, []
+                self._stop(failed)
+                message = f"{lost.lost}, and no instance could take its place: {exc}"
+
+                def note(record: EndpointRecord, message: str = message) -> None:
+                    record.failure_reason = message
+
+                self._record(None, change=note)
+                continue
+            if self.stop.is_set():
+                return
+            self.live, self.starting = self.live + fleet, []
+            self._record(None)
 
     def _update(self, row: EndpointRecord) -> None:
         """UpdateEndpoint: blue/green, the traffic moved in the deployment's steps, or rolling."""
@@ -727,6 +798,8 @@ class EndpointWorker:
         if self.async_runner is not None:
             self.async_runner.close()
         self._stop(self.live + self.starting)
+        if self.settings.executor == "ray":
+            gate_keys.revoke_job(self.settings.home, ray_instances.gate_job(network_key(self.name)))
         unmount_under(self.settings.home / "endpoints" / self.name)
         remove_network(self.settings.home, network_key(self.name))
         self.logs.close()

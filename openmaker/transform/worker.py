@@ -19,19 +19,21 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from openmaker.jobs import queue
+from openmaker.jobs import gate_keys, queue
 from openmaker.jobs.db import TransformJobRecord, writer_sessions
 from openmaker.jobs.executor import Order, executor_for
 from openmaker.resources import KINDS
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
+from openmaker.serving import ray_instances
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.instance import DEFAULT_STARTUP_SECONDS, Instance, InstancePlan
 from openmaker.serving.logs import EndpointLogs
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.models import the_container
+from openmaker.serving.ray_instances import RemoteInstance
 from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 from openmaker.store.errors import StoreError
@@ -139,6 +141,8 @@ class TransformWorker:
                 container=batch_container,
                 image=image,
                 startup_seconds=DEFAULT_STARTUP_SECONDS,
+                # What a node of the Ray cluster reserves for it (ray_instances.place).
+                instance_type=request["TransformResources"]["InstanceType"],
             )
             for index in range(count)
         ]
@@ -155,8 +159,15 @@ class TransformWorker:
                 f"cannot be had here: {network.reason}"
             )
         epoch = int(time.time())
-        for plan in plans:
-            instance = Instance(self.settings, self.name, plan, key)
+        remote = self._on_ray(plans, key)
+        if remote:
+            try:
+                members = ["TransformResources"] * len(remote)
+                ray_instances.place(self.settings, remote, members, self.stop)
+            except ray_instances.NoRoom as exc:
+                raise JobFailed(str(exc)) from None
+        for index, plan in enumerate(plans):
+            instance = remote[index] if remote else Instance(self.settings, self.name, plan, key)
             # Under the job's folder, not an endpoint's.
             instance.folder = instances_dir(self.settings, self.name) / plan.id
             self.instances.append(instance)
@@ -180,6 +191,14 @@ class TransformWorker:
                 )
                 self.logs.note(self.streams[instance.plan.id], f"[openmaker] {message}")
                 raise JobFailed(message)
+
+    def _on_ray(self, plans: list[InstancePlan], key: str) -> list[RemoteInstance]:
+        """Under the Ray executor, the job's instances on the cluster, one per node
+        (serving/ray_instances.py); none on this machine."""
+        if self.settings.executor != "ray" or not all(ray_instances.can_run(p) for p in plans):
+            return []
+        nodes = ray_instances.store_key(self.settings, key, [plans[0].container])
+        return [RemoteInstance(self.settings, nodes, self.name, plan, key) for plan in plans]
 
     def _transform(self, row: TransformJobRecord) -> list[tuple[InputObject, str, str]]:
         """Every object through the instances; the objects that failed, why, and where."""
@@ -308,6 +327,8 @@ class TransformWorker:
         remove_network(self.settings.home, network_key(self.name))
         for instance in self.instances:
             instance.remove()
+        if self.settings.executor == "ray":
+            gate_keys.revoke_job(self.settings.home, ray_instances.gate_job(network_key(self.name)))
         shutil.rmtree(instances_dir(self.settings, self.name) / "outputs", ignore_errors=True)
         self.logs.close()
 

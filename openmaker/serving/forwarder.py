@@ -1,0 +1,153 @@
+"""The two ends of the way from the server's proxy to an instance on another node of the Ray
+cluster (serving/ray_instances.py).
+
+On the node, a `Forwarder` listens on the node's address (the one Ray knows it by) and carries a
+connection to the instance's container only once the connection's first bytes are the
+instance's secret; anything else is closed unanswered. The container's port itself is on a
+bridge of the node's own, out of the network's reach.
+
+On the server's machine, a `Presenter` listens on loopback for the proxy (and the endpoint's
+worker, for its pings): it opens a connection to the node's forwarder for each one it takes,
+sends the secret first and then carries the bytes both ways. The proxy thus reaches a remote
+instance at a plain `host:port`, as it reaches a local one, and never learns the secret.
+
+The secret is made by the endpoint's worker (`new_secret`), given to the node's agent in a Ray
+call, and is never in a command line or an environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import secrets
+import socket
+import threading
+
+# The secret: this many bytes (hex digits of 32 random bytes).
+SECRET_BYTES = 64
+# How long a connection has to present the secret before it is closed, and how many may be
+# presenting it at once (more are closed at once: a flood holds no more threads than this).
+SECRET_SECONDS = 5.0
+PRESENTING_AT_MOST = 64
+BUFFER = 256 * 1024
+
+
+def new_secret() -> bytes:
+    return secrets.token_hex(SECRET_BYTES // 2).encode()
+
+
+class _Carrier:
+    """A listener whose connections are each carried to a peer by two threads."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._listener = socket.create_server(address, backlog=128)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, name="forward", daemon=True).start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets = [self._listener, *self._open]
+            self._open.clear()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept or recv
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                taken, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(taken,), daemon=True).start()
+
+    def _serve(self, taken: socket.socket) -> None:
+        try:
+            peer = self._peer(taken)
+        except OSError:
+            peer = None
+        if peer is None:
+            taken.close()
+            return
+        with self._lock:
+            if self._closed:
+                taken.close()
+                peer.close()
+                return
+            self._open.update((taken, peer))
+        back = threading.Thread(target=_copy, args=(peer, taken), daemon=True)
+        back.start()
+        _copy(taken, peer)
+        back.join()
+        with self._lock:
+            self._open.difference_update((taken, peer))
+        taken.close()
+        peer.close()
+
+    def _peer(self, taken: socket.socket) -> socket.socket | None:
+        raise NotImplementedError
+
+
+class Forwarder(_Carrier):
+    """On the instance's node: `listen` (the node's address, any port) to the container's
+    `target`, for connections that present `secret` first."""
+
+    def __init__(self, listen: str, target: tuple[str, int], secret: bytes) -> None:
+        self.target, self._secret = target, secret
+        self._presenting = threading.BoundedSemaphore(PRESENTING_AT_MOST)
+        super().__init__((listen, 0))
+
+    def _peer(self, taken: socket.socket) -> socket.socket | None:
+        if not self._presenting.acquire(blocking=False):
+            return None
+        try:
+            said = self._read_secret(taken)
+        finally:
+            self._presenting.release()
+        if said is None or not hmac.compare_digest(said, self._secret):
+            return None
+        taken.settimeout(None)
+        return socket.create_connection(self.target)
+
+    @staticmethod
+    def _read_secret(taken: socket.socket) -> bytes | None:
+        taken.settimeout(SECRET_SECONDS)
+        said = b""
+        while len(said) < SECRET_BYTES:
+            part = taken.recv(SECRET_BYTES - len(said))
+            if not part:
+                return None
+            said += part
+        return said
+
+
+class Presenter(_Carrier):
+    """On the server's machine: a loopback port whose connections go on to the node's
+    forwarder at `target`, the secret sent first."""
+
+    def __init__(self, target: tuple[str, int], secret: bytes) -> None:
+        self.target, self._secret = target, secret
+        super().__init__(("127.0.0.1", 0))
+
+    def _peer(self, taken: socket.socket) -> socket.socket | None:
+        peer = socket.create_connection(self.target)
+        peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer.sendall(self._secret)
+        return peer
+
+
+def _copy(source: socket.socket, sink: socket.socket) -> None:
+    """Until `source` ends, then pass its end on (a half-close, as HTTP clients may do)."""
+    buffer = bytearray(BUFFER)
+    view = memoryview(buffer)
+    try:
+        while count := source.recv_into(buffer):
+            sink.sendall(view[:count])
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
