@@ -8,6 +8,7 @@ isolation, the embedded S3 endpoint reached from inside, a hostile job, and noth
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from openmaker.runtime import network
 from openmaker.runtime.network import PREFIX, job_id
 from openmaker.settings import load_settings
 from openmaker.training.service import TrainingJobs
@@ -43,10 +45,11 @@ answer = f"{{os.environ['TRAINING_JOB_NAME']}}/{{me}}".encode()
 server = socket.socket()
 server.bind(("0.0.0.0", 5555))
 server.listen()
-served = threading.Event()
+served, peers = threading.Event(), []
 def serve():
     for _ in others:
-        connection, _ = server.accept()
+        connection, peer = server.accept()
+        peers.append(peer[0])
         connection.sendall(answer)
         connection.close()
     served.set()
@@ -70,6 +73,7 @@ for other in others:
 assert served.wait(60)
 pathlib.Path(f"/opt/ml/model/{{me}}.json").write_text(json.dumps({{
     "answers": answers, "netns": os.stat("/proc/self/ns/net").st_ino,
+    "address": socket.gethostbyname(me), "peers": peers,
 }}))
 """
 
@@ -144,6 +148,30 @@ def test_two_hosts_bind_the_same_port_and_reach_each_other_by_name(
     netns = [found[f"algo-{i}.json"]["netns"] for i in (1, 2)]
     assert netns[0] != netns[1]
     wait_clean("pair", netns)  # the job ended: its network went with it
+
+
+def test_hosts_see_each_other_unmasqueraded_whatever_tables_a_lost_bridge_left(
+    tmp_path: Path, jobs: TrainingJobs
+) -> None:
+    """A bridge deleted without its rules (by hand, or a node's machine lost) leaves a table
+    masquerading its subnet; a later job on the same subnet must still see its hosts by their
+    own addresses (MPI refuses a peer whose address it does not know)."""
+    stale = f"{PREFIX}stale{os.getpid():x}"[:15]
+    # The rules openmaker makes for a bridge, as if that bridge's subnet held every job's.
+    rules = network._rules(stale, ipaddress.IPv4Network(load_settings().network_range), [])
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+    try:
+        jobs.create(exchange_job(tmp_path, "unmasked", 2))
+        try:
+            description = wait_for(jobs, "unmasked")
+        finally:
+            stop_and_wait(jobs, ["unmasked"])
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", stale], check=True)
+    assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
+    found = members(description)
+    one, two = found["algo-1.json"], found["algo-2.json"]
+    assert one["peers"] == [two["address"]] and two["peers"] == [one["address"]]
 
 
 def test_two_jobs_at_once_on_the_same_port(

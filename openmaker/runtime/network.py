@@ -420,7 +420,9 @@ def _rules(
         "  }\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
-        f'    ip saddr {subnet} oifname != "{bridge}" masquerade\n'
+        # From this bridge alone: a table its bridge's removal left behind (by hand, or a node
+        # lost) must not masquerade a later job's hosts to each other on the same subnet.
+        f'    iifname "{bridge}" ip saddr {subnet} oifname != "{bridge}" masquerade\n'
         "  }\n"
         "}\n"
     )
