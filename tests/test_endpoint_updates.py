@@ -159,10 +159,14 @@ def test_weights_and_capacities_change_live(deployer: Deployer) -> None:
     assert answers == {b"b hello x"}
     logs = deployer.server.client("logs")
     group = f"/aws/sagemaker/Endpoints/{name}"
-    streams = [
-        s["logStreamName"] for s in logs.describe_log_streams(logGroupName=group)["logStreams"]
-    ]
-    assert sorted(s.split("/")[0] for s in streams) == ["A", "B", "B"]
+
+    def variants_of_streams() -> list[str]:
+        found = logs.describe_log_streams(logGroupName=group)["logStreams"]
+        return sorted(s["logStreamName"].split("/")[0] for s in found)
+
+    # A stream is made with its instance's first batch of lines, which may follow its answers.
+    wait_until(lambda: len(variants_of_streams()) >= 3, "the new instance's log stream")
+    assert variants_of_streams() == ["A", "B", "B"]
 
     # Fewer instances: the one retired leaves the route first.
     sagemaker.update_endpoint_weights_and_capacities(
