@@ -8,9 +8,10 @@ asks for the instance's secret first. Its output lines wait here until the worke
 for the endpoint's log group.
 
 The agent is detached and named after its node and openmaker's code (as the training agent,
-training/host/ray_actor.py): the first endpoint placed on the node makes it. An instance whose
-endpoint's worker has ended without closing it (killed) is closed by the agent, as Ray ends a
-gone driver's actors.
+training/host/ray_actor.py): the first endpoint placed on the node makes it, and it ends the
+node's serving agents of other code (an upgrade's predecessors) once they hold no instance. An
+instance whose endpoint's worker has ended without closing it (killed) is closed by the agent,
+as Ray ends a gone driver's actors.
 
 Imported by Ray's worker processes on every node: it needs openmaker installed there.
 """
@@ -32,7 +33,7 @@ from openmaker.serving.image import ImageError
 from openmaker.serving.instance import PORT, Instance, InstancePlan
 from openmaker.serving.model_data import ModelDataError
 from openmaker.settings import Settings
-from openmaker.training.host.ray_actor import code_version
+from openmaker.training.host.ray_actor import code_version, retire_others
 
 AGENT_PREFIX = "openmaker:instances:"
 NAMESPACE = "openmaker"
@@ -53,8 +54,11 @@ def agent_name(node_id: str) -> str:
 class _Held:
     """One instance on this node: it, its bridge and its forwarder."""
 
-    def __init__(self, instance: Instance, network: JobNetwork, key: str, owner: str) -> None:
+    def __init__(
+        self, instance: Instance, network: JobNetwork, key: str, owner: str, holds: str
+    ) -> None:
         self.instance, self.network, self.network_key, self.owner = instance, network, key, owner
+        self.holds = holds  # what its placement reserves on this node, said for a person
         self.forwarder: Forwarder | None = None
         self.lines: collections.deque[Lines] = collections.deque(maxlen=KEPT_LINES)
         self.arrived = threading.Condition()
@@ -76,17 +80,27 @@ class InstanceAgent:
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
         threading.Thread(target=self._watch, name="orphans", daemon=True).start()
+        # An upgrade's agents end the node's agents of other code once they hold no instance.
+        name = ray.get_runtime_context().get_actor_name() or agent_name(self.node_id)
+        retiring = (AGENT_PREFIX, name, "instances")
+        threading.Thread(target=retire_others, args=retiring, name="retire", daemon=True).start()
 
     def node(self) -> str:
         return self.node_id
 
     def instances(self) -> list[dict[str, str]]:
-        """The instances held here: "endpoint/instance-id", and its forwarder's address."""
+        """The instances held here: "endpoint/instance-id"; whose they are (`kind`: "endpoint"
+        or "transform job", `name`, `variant`, `id`), what they hold, their forwarder's address."""
         with self._lock:
             held = list(self._held.values())
         return [
             {
                 "instance": f"{h.instance.endpoint}/{h.instance.plan.id}",
+                "kind": _kind(h.instance.owner),
+                "name": h.instance.endpoint,
+                "variant": h.instance.plan.variant,
+                "id": h.instance.plan.id,
+                "holds": h.holds,
                 "forwarder": "{}:{}".format(*h.forwarder.address) if h.forwarder else "",
             }
             for h in held
@@ -100,9 +114,11 @@ class InstanceAgent:
         owner: str,
         plan: InstancePlan,
         worker: str,
+        holds: str = "",
     ) -> None:
         """Hold an instance of `endpoint` (its cgroups under `owner`), on a bridge of its own,
-        for the endpoint's worker, Ray job `worker` (the agent's own job is its maker's)."""
+        for the endpoint's worker, Ray job `worker` (the agent's own job is its maker's);
+        `holds`: what its placement reserves here, as `openmaker cluster` shows it."""
         # Of no kind of job: the recovery sweep of a server on this machine (serving/kind.py,
         # by the endpoint's own key) never takes it for a leftover of an endpoint of its own.
         network_key = f"ray-instance:{endpoint}:{plan.id}"
@@ -116,7 +132,7 @@ class InstanceAgent:
         # Alone on its bridge: the first address there.
         instance = Instance(settings, endpoint, dataclasses.replace(plan, index=0), owner)
         with self._lock:
-            self._held[key] = _Held(instance, network, network_key, worker)
+            self._held[key] = _Held(instance, network, network_key, worker, holds)
 
     def prepare(self, key: str) -> str | None:
         """Fetch its model data and pull its images; why not, for a FailureReason."""
@@ -209,3 +225,10 @@ class InstanceAgent:
                         self.close(key, graces[key])
                     except Exception:
                         traceback.print_exc()
+
+
+def _kind(owner: str) -> str:
+    """Whose instance it is, by its owner's local key (ResourceKind.local_key)."""
+    from openmaker.transform.kind import NETWORK_KEY_PREFIX as TRANSFORM
+
+    return "transform job" if owner.startswith(TRANSFORM) else "endpoint"

@@ -20,6 +20,7 @@ reaching its model data alone (read-only), revoked when the worker ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import threading
@@ -53,6 +54,8 @@ WAIT_SECONDS = 1
 CALL_SECONDS = 30.0
 # How long the worker waits for an instance's lines at a time.
 LINES_SECONDS = 0.5
+# How long `running_instances` waits for the agents' answers.
+ASK_SECONDS = 10.0
 # The gate key's holder (gate_keys.mint): the endpoint's instances'.
 HOLDER = "instances"
 
@@ -113,7 +116,7 @@ def place(
     shared = _Group(group, len(fleet))
     for index, instance in enumerate(fleet):
         node = placed[index]
-        instance.placed(shared, node, node_of.get(node, ""))
+        instance.placed(shared, node, node_of.get(node, ""), describe_bundle(bundles[index]))
 
 
 def _no_room(
@@ -197,6 +200,30 @@ def agent_on(node_id: str) -> Any:
     )
 
 
+def running_instances() -> dict[str, list[dict[str, str]]]:
+    """The instances each node's serving agent holds (ray_agent.py `instances`), by node id; an
+    agent that does not answer in time (its node lost, not yet seen dead) holds none."""
+    import ray
+
+    from openmaker.serving.ray_agent import AGENT_PREFIX, NAMESPACE
+
+    asked: dict[Any, str] = {}  # the question to each agent: its node
+    for name in ray.util.list_named_actors():
+        if name.startswith(AGENT_PREFIX):
+            with contextlib.suppress(ValueError):  # gone meanwhile
+                agent = ray.get_actor(name, namespace=NAMESPACE)
+                asked[agent.instances.remote()] = name.removeprefix(AGENT_PREFIX).split(":")[0]
+    held: dict[str, list[dict[str, str]]] = {}
+    if not asked:
+        return held
+    done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=ASK_SECONDS)
+    for ref in done:
+        with contextlib.suppress(ray.exceptions.RayError):
+            # A node may have an agent of other code too, until it retires (ray_agent.py).
+            held.setdefault(asked[ref], []).extend(ray.get(ref))
+    return held
+
+
 class RemoteContainer:
     """The instance's containers on its node, looked after as one process."""
 
@@ -224,7 +251,7 @@ class RemoteInstance(Instance):
         self.key = f"{endpoint}:{plan.id}:{uuid.uuid4().hex}"
         self.secret = new_secret()
         self.group: _Group | None = None
-        self.node_id = self.node = ""
+        self.node_id = self.node = self.holds = ""
         self.agent: Any = None
         self.lost: str | None = None
         self.presenter: Presenter | None = None
@@ -233,8 +260,9 @@ class RemoteInstance(Instance):
         self._closing = threading.Event()
         self._receivers: tuple[OnLines, Callable[[str], OnLines] | None] | None = None
 
-    def placed(self, group: _Group, node_id: str, node: str) -> None:
-        self.group, self.node_id, self.node = group, node_id, node
+    def placed(self, group: _Group, node_id: str, node: str, holds: str = "") -> None:
+        """On node `node_id` (address `node`), its share of `group` (`holds`, for a person)."""
+        self.group, self.node_id, self.node, self.holds = group, node_id, node, holds
         self.agent = agent_on(node_id)
 
     def call(self, method: str, *args: Any, lost: Any, seconds: float = CALL_SECONDS) -> Any:
@@ -261,7 +289,7 @@ class RemoteInstance(Instance):
         assert self.agent is not None, "placed first"
         worker = ray.get_runtime_context().get_job_id()
         opened = self.agent.open.remote(
-            self.key, self.node_settings, self.endpoint, self.owner, self.plan, worker
+            self.key, self.node_settings, self.endpoint, self.owner, self.plan, worker, self.holds
         )
         ray.get(opened, timeout=CALL_SECONDS)
         self._opened = True
