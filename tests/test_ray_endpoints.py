@@ -29,6 +29,7 @@ from tests.apiserver import ApiServer, running_api_server
 from tests.process_helpers import kill
 from tests.test_endpoint_faults import DIES
 from tests.test_endpoints import SERVE, Deployer, wait_until
+from tests.test_endpoints_pipeline import pipeline_model
 from tests.test_ray import NODE, NODE_ADDRESSES, TYPE, WORKER_RESOURCES, cluster  # noqa: F401 - the cluster fixture
 from tests.test_transform import Transforms, lines, sums
 
@@ -430,6 +431,25 @@ def test_serving_agents_of_other_code_are_retired(deployer: Deployer) -> None:
         for old in earlier.values():
             with contextlib.suppress(ValueError):
                 ray.kill(ray.get_actor(old, namespace=NAMESPACE))
+
+
+def test_an_inference_pipeline_runs_on_a_worker_node(deployer: Deployer) -> None:
+    """A Serial pipeline of two containers on a worker node: the proxy reaches each container
+    through a presenter/forwarder pair of its own, each answer passed on as locally."""
+    name = deployer.endpoint(pipeline_model(deployer, "Serial", hostnames=True))
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+    workers = {n["NodeID"] for n in ray.nodes() if n["NodeManagerAddress"] in NODE_ADDRESSES}
+    ((node, [held]),) = ((n, h) for n, h in _held().items() if h)
+    assert node in workers
+
+    answer = deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"x", ContentType="text/csv")
+    assert answer["Body"].read() == b"second[application/x-first](first[text/csv](x))"
+    logs = deployer.server.client("logs")
+    group = f"/aws/sagemaker/Endpoints/{name}"
+    for hostname, said in (("prep", "first up"), ("predict", "second up")):
+        stream = f"AllTraffic/{held['id']}/{hostname}"
+        wait_until(functools.partial(_said, logs, group, stream, said), said)
 
 
 def test_an_instance_lost_with_its_node_is_started_on_another(

@@ -30,7 +30,7 @@ from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
 from openmaker.serving.forwarder import Forwarder
 from openmaker.serving.image import ImageError
-from openmaker.serving.instance import PORT, Instance, InstancePlan
+from openmaker.serving.instance import Instance, InstancePlan
 from openmaker.serving.model_data import ModelDataError
 from openmaker.settings import Settings
 from openmaker.training.host.ray_actor import code_version, retire_others
@@ -59,7 +59,8 @@ class _Held:
     ) -> None:
         self.instance, self.network, self.network_key, self.owner = instance, network, key, owner
         self.holds = holds  # what its placement reserves on this node, said for a person
-        self.forwarder: Forwarder | None = None
+        # One per port of its containers (an inference pipeline's each have one), in order.
+        self.forwarders: list[Forwarder] = []
         self.lines: collections.deque[Lines] = collections.deque(maxlen=KEPT_LINES)
         self.arrived = threading.Condition()
 
@@ -101,7 +102,7 @@ class InstanceAgent:
                 "variant": h.instance.plan.variant,
                 "id": h.instance.plan.id,
                 "holds": h.holds,
-                "forwarder": "{}:{}".format(*h.forwarder.address) if h.forwarder else "",
+                "forwarder": "{}:{}".format(*h.forwarders[0].address) if h.forwarders else "",
             }
             for h in held
         ]
@@ -145,16 +146,16 @@ class InstanceAgent:
             return f"image: {exc}"
         return None
 
-    def start(self, key: str, listen: str, secret: bytes) -> str:
-        """Start its containers; the forwarder's address ("host:port") on `listen`."""
+    def start(self, key: str, listen: str, secret: bytes) -> list[str]:
+        """Start its containers; the addresses ("host:port") on `listen` of the forwarders to
+        its containers' ports (Instance.ports: an inference pipeline's, in order)."""
         held = self._get(key)
         instance = held.instance
         instance.start(held.network, held.receiver(instance.plan.stream), held.receiver)
-        if held.forwarder is None:
+        if not held.forwarders:
             host = instance.address.rpartition(":")[0]
-            held.forwarder = Forwarder(listen, (host, PORT), secret)
-        host, port = held.forwarder.address
-        return f"{host}:{port}"
+            held.forwarders = [Forwarder(listen, (host, p), secret) for p in instance.ports()]
+        return ["{}:{}".format(*forwarder.address) for forwarder in held.forwarders]
 
     def poll(self, key: str) -> int | None:
         container = self._get(key).instance.container
@@ -190,8 +191,8 @@ class InstanceAgent:
         if held is None:
             return []
         try:
-            if held.forwarder is not None:
-                held.forwarder.close()
+            for forwarder in held.forwarders:
+                forwarder.close()
             held.instance.stop(grace)
             held.instance.remove()
         finally:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import http.client
+import ipaddress
+import secrets
 import threading
 import time
 import uuid
@@ -37,7 +38,7 @@ from openmaker.runtime.network import JobNetwork
 from openmaker.serving import multi_model
 from openmaker.serving.forwarder import Presenter, new_secret
 from openmaker.serving.image import ImageError
-from openmaker.serving.instance import PING_SECONDS, Instance, InstancePlan
+from openmaker.serving.instance import Instance, InstancePlan, ping
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.pipeline import ContainerGroup
 from openmaker.settings import Settings
@@ -54,6 +55,11 @@ WAIT_SECONDS = 1
 CALL_SECONDS = 30.0
 # How long the worker waits for an instance's lines at a time.
 LINES_SECONDS = 0.5
+# An inference pipeline's presenters listen at an address of 127.64.0.0/10 (loopback, far from
+# 127.0.0.1), picked at random until its ports are free there.
+LOOPBACK_FROM = int(ipaddress.ip_address("127.64.0.1"))
+LOOPBACK_SPAN = 2**22 - 2
+LOOPBACK_TRIES = 20
 # How long `running_instances` waits for the agents' answers.
 ASK_SECONDS = 10.0
 # The gate key's holder (gate_keys.mint): the endpoint's instances'.
@@ -82,10 +88,9 @@ class _Group:
 
 
 def can_run(plan: InstancePlan) -> bool:
-    """Whether the instance can run on another node: not an inference pipeline (the proxy
-    calls each of its containers on a port of its own) nor a multi-model instance (the proxy
-    fills its models folder on this machine). Those stay on the server's machine."""
-    return not plan.pipeline and not multi_model.is_multi_model(plan.container)
+    """Whether the instance can run on another node: not a multi-model instance (the proxy
+    fills its models folder on this machine), which stays on the server's machine."""
+    return not multi_model.is_multi_model(plan.container)
 
 
 def place(
@@ -254,7 +259,9 @@ class RemoteInstance(Instance):
         self.node_id = self.node = self.holds = ""
         self.agent: Any = None
         self.lost: str | None = None
-        self.presenter: Presenter | None = None
+        # One per port of its containers, as the node's forwarders (an inference pipeline's
+        # containers each have one).
+        self.presenters: list[Presenter] = []
         self._opened = False
         self._pump: threading.Thread | None = None
         self._closing = threading.Event()
@@ -310,11 +317,10 @@ class RemoteInstance(Instance):
         """Start its containers on its node; `network` (the worker's) is not theirs."""
         self.ready = False
         self._receivers = (on_lines, receiver)
-        forwarder = self.call("start", self.node, self.secret, lost="")
-        if self.presenter is None and forwarder:
-            host, _, port = forwarder.rpartition(":")
-            self.presenter = Presenter((host, int(port)), self.secret)
-            self.address = "{}:{}".format(*self.presenter.address)
+        forwarders: list[str] = self.call("start", self.node, self.secret, lost=[])
+        if not self.presenters and forwarders:
+            self.presenters = self._present(forwarders)
+            self.address = "{}:{}".format(*self.presenters[0].address)
         self.container = ContainerGroup([RemoteContainer(self)])
         if self._pump is None:
             said = (
@@ -324,19 +330,32 @@ class RemoteInstance(Instance):
             self._pump = threading.Thread(target=self._forward_lines, daemon=True)
             self._pump.start()
 
+    def _present(self, forwarders: list[str]) -> list[Presenter]:
+        """A presenter per forwarder. An inference pipeline's at an address of its own on
+        loopback, each at its container's own port there: the proxy reaches a pipeline's
+        container at the instance's host and that port (serving/proxy.py), as locally."""
+        targets = [(host, int(port)) for host, _, port in (f.rpartition(":") for f in forwarders)]
+        if not self.plan.pipeline:
+            return [Presenter(target, self.secret) for target in targets]
+        for _ in range(LOOPBACK_TRIES):
+            host = str(ipaddress.ip_address(LOOPBACK_FROM + secrets.randbelow(LOOPBACK_SPAN)))
+            made: list[Presenter] = []
+            try:
+                for target, port in zip(targets, self.ports(), strict=True):
+                    made.append(Presenter(target, self.secret, (host, port)))
+            except OSError:  # a port taken there: another address
+                for presenter in made:
+                    presenter.close()
+                continue
+            return made
+        raise OSError(f"no loopback address with ports {self.ports()} free for its containers")
+
     def healthy(self) -> bool:
-        """Whether `GET /ping` answers 200 through its node's forwarder."""
-        if not self.address:
+        """Whether `GET /ping` answers 200 through its node's forwarders (from each of an
+        inference pipeline's containers)."""
+        if not self.presenters:
             return False
-        host, _, port = self.address.rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=PING_SECONDS)
-        try:
-            connection.request("GET", "/ping")
-            return connection.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            connection.close()
+        return all(ping(*presenter.address) for presenter in self.presenters)
 
     def exit_reason(self, code: int) -> str:
         reason: str = self.call("exit_reason", code, lost="")
@@ -361,8 +380,8 @@ class RemoteInstance(Instance):
         self._closing.set()
         if self._pump is not None:
             self._pump.join(timeout=CALL_SECONDS)
-        if self.presenter is not None:
-            self.presenter.close()
+        for presenter in self.presenters:
+            presenter.close()
         if self.group is not None:
             self.group.released()
             self.group = None
