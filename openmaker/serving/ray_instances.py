@@ -11,7 +11,9 @@ Each instance runs in its node's serving agent (serving/ray_agent.py); `RemoteIn
 for it in the worker with the shape of an `Instance`, so that the worker, its health watch and
 the async runner look after local and remote instances alike. Its `address` is a loopback port
 of a `Presenter` (serving/forwarder.py), which carries each connection to the instance's
-forwarder on its node, the instance's secret sent first: the proxy reaches it unchanged. Its
+forwarder on its node, the instance's secret sent first: the proxy reaches it unchanged. An
+inference pipeline's containers each have a pair of their own, the presenters at the containers'
+ports on a loopback address of the instance's own, where the proxy calls each container. Its
 output comes back line by line to the endpoint's log group.
 
 The node reads the model data through the server's S3 gate with a key of the endpoint's own,
