@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from openmaker.api.console.cluster_view import ClusterView
 from openmaker.serving.forwarder import SECRET_BYTES, Forwarder, Presenter, new_secret
 from openmaker.settings import load_settings
+from openmaker.training.cluster_nodes import instance_label
 from tests.apiserver import ApiServer, running_api_server
 from tests.process_helpers import kill
 from tests.test_endpoint_faults import DIES
@@ -450,6 +451,13 @@ def test_an_inference_pipeline_runs_on_a_worker_node(deployer: Deployer) -> None
     for hostname, said in (("prep", "first up"), ("predict", "second up")):
         stream = f"AllTraffic/{held['id']}/{hostname}"
         wait_until(functools.partial(_said, logs, group, stream, said), said)
+
+
+def test_openmaker_cluster_says_whose_each_instance_is() -> None:
+    endpoint = {"kind": "endpoint", "name": "e", "variant": "v", "id": "i-1", "holds": "(1 CPU)"}
+    assert instance_label(endpoint) == "endpoint e/v/i-1 (1 CPU)"
+    transform = endpoint | {"kind": "transform job", "name": "t", "variant": "t"}
+    assert instance_label(transform) == "transform job t/i-1 (1 CPU)"
 
 
 def test_an_instance_lost_with_its_node_is_started_on_another(

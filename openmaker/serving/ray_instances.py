@@ -227,8 +227,14 @@ def running_instances() -> dict[str, list[dict[str, str]]]:
     for ref in done:
         with contextlib.suppress(ray.exceptions.RayError):
             # A node may have an agent of other code too, until it retires (ray_agent.py).
-            held.setdefault(asked[ref], []).extend(ray.get(ref))
+            held.setdefault(asked[ref], []).extend(_described(i) for i in ray.get(ref))
     return held
+
+
+def _described(held: dict[str, str]) -> dict[str, str]:
+    """An instance as an agent says it; an agent of earlier code says "endpoint/id" alone."""
+    name, _, instance = held["instance"].partition("/")
+    return {"kind": "endpoint", "name": name, "variant": "", "id": instance, "holds": "", **held}
 
 
 class RemoteContainer:

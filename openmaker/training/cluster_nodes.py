@@ -72,7 +72,7 @@ def no_answer(settings: Settings) -> str:
 def instance_label(held: dict[str, str]) -> str:
     """An instance as `openmaker cluster` shows it: whose ("endpoint <name>/<variant>/<id>",
     "transform job <name>/<id>") and what it holds on its node."""
-    if held["kind"] == "endpoint":
+    if held["kind"] == "endpoint" and held["variant"]:
         whose = f"endpoint {held['name']}/{held['variant']}/{held['id']}"
     else:
         whose = f"{held['kind']} {held['name']}/{held['id']}"

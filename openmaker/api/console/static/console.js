@@ -786,7 +786,8 @@
   function instanceLinks(instances) {
     return instances.map((i) => i.kind === "endpoint"
       ? el("div", {class: "host"}, el("a", {href: "#/endpoint/" + encodeURIComponent(i.name)},
-        i.name), "/" + i.variant + "/" + i.id, " ", el("span", {class: "muted"}, i.holds))
+        i.name), (i.variant ? "/" + i.variant : "") + "/" + i.id, " ",
+        el("span", {class: "muted"}, i.holds))
       : el("div", {class: "host"}, jobLink(i.name, "transform"), "/" + i.id, " ",
         el("span", {class: "muted"}, i.holds)));
   }
