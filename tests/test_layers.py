@@ -42,7 +42,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     # The Ray cluster's connection and bundle sizing are training's hosts', shared until they
     # move to a package of their own.
     ("openmaker.serving.ray_instances", "openmaker.training"): "Ray: connect, bundle_for",
-    ("openmaker.serving.ray_agent", "openmaker.training"): "Ray: the agents' code digest",
+    ("openmaker.serving.ray_agent", "openmaker.training"): "Ray: the agents' digest, retiring",
+    # `openmaker cluster` lists the endpoints' instances beside the jobs' hosts.
+    ("openmaker.training.cluster_nodes", "openmaker.serving"): "Ray: the instances per node",
 }
 
 

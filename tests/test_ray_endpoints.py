@@ -6,9 +6,14 @@ for none, so an instance of that type runs on a worker node, reached through its
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import http.server
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +22,16 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from openmaker.api.console.cluster_view import ClusterView
 from openmaker.runtime.network import remove as remove_network
 from openmaker.serving.forwarder import SECRET_BYTES, Forwarder, Presenter, new_secret
+from openmaker.settings import load_settings
+from openmaker.training.cluster_nodes import instance_label
 from tests.apiserver import ApiServer, running_api_server
 from tests.process_helpers import kill
 from tests.test_endpoint_faults import DIES
 from tests.test_endpoints import SERVE, Deployer, wait_until
+from tests.test_endpoints_pipeline import pipeline_model
 from tests.test_ray import NODE, NODE_ADDRESSES, TYPE, WORKER_RESOURCES, cluster  # noqa: F401 - the cluster fixture
 from tests.test_transform import Transforms, lines, sums
 
@@ -330,6 +339,128 @@ def test_a_forwarder_takes_its_own_instances_secret_alone() -> None:
             presenter.close()
             for forwarder in forwarders:
                 forwarder.close()
+
+
+def _cluster_shown(cluster: Any) -> str:  # noqa: F811
+    """What `openmaker cluster` prints, as a user runs it beside the server."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "openmaker.cli.app", "cluster"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"RAY_ADDRESS": cluster.address, "COLUMNS": "400"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+def test_openmaker_cluster_lists_an_endpoints_instance_on_its_node(
+    deployer: Deployer,
+    cluster: Any,  # noqa: F811
+) -> None:
+    """`openmaker cluster` and the console's cluster page name the instance, with what it holds,
+    on the node it runs on; once the endpoint is deleted, nowhere."""
+    model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+    name = deployer.endpoint(model)
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+    ((node, [held]),) = ((n, h) for n, h in _held().items() if h)
+    address = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node)
+    shown = f"endpoint {name}/AllTraffic/{held['id']} (1 × {TYPE})"
+
+    (line,) = [line for line in _cluster_shown(cluster).splitlines() if name in line]
+    assert line.split()[1] == address and shown in line, line
+    page = ClusterView(dataclasses.replace(load_settings(), executor="ray")).read()
+    listed = {n["address"]: [i["id"] for i in n["instances"]] for n in page["nodes"]}
+    assert listed[address] == [held["id"]]
+    assert sum(len(ids) for ids in listed.values()) == 1
+
+    deployer.sagemaker.delete_endpoint(EndpointName=name)
+    wait_until(lambda: deployer.gone(name), "the endpoint to go")
+    assert name not in _cluster_shown(cluster)
+
+
+def test_serving_agents_of_other_code_are_retired(deployer: Deployer) -> None:
+    """A server whose code is not the serving agents' (an upgrade) has its instances run in
+    agents of its own code, which end their node's earlier agents once these hold nothing."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from openmaker.serving.ray_agent import AGENT_PREFIX, NAMESPACE, agent_name
+
+    class EarlierAgent:
+        """A serving agent of other code as this code sees it: it holds no instance."""
+
+        def instances(self) -> list[dict[str, str]]:
+            return []
+
+    def gone(name: str) -> bool:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return True
+        return False
+
+    workers = [
+        n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] in NODE_ADDRESSES
+    ]
+    # This code's agents, idle after the earlier tests, end: the endpoint makes one anew.
+    for node in workers:
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(agent_name(node), namespace=NAMESPACE))
+        wait_until(functools.partial(gone, agent_name(node)), "this code's agent to end")
+    earlier = {node: f"{AGENT_PREFIX}{node}:0123456789ab" for node in workers}
+    try:
+        for node, old in earlier.items():
+            made = (
+                ray.remote(EarlierAgent)
+                .options(
+                    name=old,
+                    namespace=NAMESPACE,
+                    lifetime="detached",
+                    num_cpus=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+                )
+                .remote()
+            )
+            assert ray.get(made.instances.remote()) == []
+        model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+        name = deployer.endpoint(model)
+        assert deployer.wait(name)["EndpointStatus"] == "InService"
+        ((node, _),) = ((n, h) for n, h in _held().items() if h)
+        wait_until(functools.partial(gone, earlier[node]), "the earlier agent to be retired")
+        (other,) = set(workers) - {node}
+        assert not gone(earlier[other])  # no agent of this code there to retire it
+        assert _invoked(deployer, name) == b"w hello data"
+    finally:
+        for old in earlier.values():
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(old, namespace=NAMESPACE))
+
+
+def test_an_inference_pipeline_runs_on_a_worker_node(deployer: Deployer) -> None:
+    """A Serial pipeline of two containers on a worker node: the proxy reaches each container
+    through a presenter/forwarder pair of its own, each answer passed on as locally."""
+    name = deployer.endpoint(pipeline_model(deployer, "Serial", hostnames=True))
+    described = deployer.wait(name)
+    assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+    workers = {n["NodeID"] for n in ray.nodes() if n["NodeManagerAddress"] in NODE_ADDRESSES}
+    ((node, [held]),) = ((n, h) for n, h in _held().items() if h)
+    assert node in workers
+
+    answer = deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"x", ContentType="text/csv")
+    assert answer["Body"].read() == b"second[application/x-first](first[text/csv](x))"
+    logs = deployer.server.client("logs")
+    group = f"/aws/sagemaker/Endpoints/{name}"
+    for hostname, said in (("prep", "first up"), ("predict", "second up")):
+        stream = f"AllTraffic/{held['id']}/{hostname}"
+        wait_until(functools.partial(_said, logs, group, stream, said), said)
+
+
+def test_openmaker_cluster_says_whose_each_instance_is() -> None:
+    endpoint = {"kind": "endpoint", "name": "e", "variant": "v", "id": "i-1", "holds": "(1 CPU)"}
+    assert instance_label(endpoint) == "endpoint e/v/i-1 (1 CPU)"
+    transform = endpoint | {"kind": "transform job", "name": "t", "variant": "t"}
+    assert instance_label(transform) == "transform job t/i-1 (1 CPU)"
 
 
 def test_an_instance_lost_with_its_node_is_started_on_another(

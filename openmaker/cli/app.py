@@ -397,15 +397,26 @@ def env_command() -> None:
 @app.command("cluster")
 def cluster_command() -> None:
     """The nodes of the Ray cluster at RAY_ADDRESS: what each offers, what is free, which
-    hosts of which jobs run there."""
-    from openmaker.training.cluster_nodes import ClusterUnreachable, cluster_nodes_within
+    hosts of which jobs and which instances of which endpoints run there."""
+    from openmaker.training.cluster_nodes import (
+        ClusterUnreachable,
+        cluster_nodes_within,
+        instance_label,
+    )
     from openmaker.training.ray_cluster import describe_bundle
 
     try:
         found = cluster_nodes_within(_settings())
     except ClusterUnreachable as exc:
         raise fail(str(exc)) from None
-    table = Table("Node", "Alive", "Offers", "Free", Column("Hosts", overflow="fold"))
+    table = Table(
+        "Node",
+        "Alive",
+        "Offers",
+        "Free",
+        Column("Hosts", overflow="fold"),
+        Column("Instances", overflow="fold"),
+    )
     for node in found:
         table.add_row(
             node.address,
@@ -413,6 +424,7 @@ def cluster_command() -> None:
             describe_bundle(node.offers).strip("()"),
             describe_bundle(node.free).strip("()") if node.alive else "",
             "\n".join(node.hosts),
+            "\n".join(instance_label(i) for i in node.instances),
         )
     console.print(table)
 

@@ -126,12 +126,14 @@ class Forwarder(_Carrier):
 
 
 class Presenter(_Carrier):
-    """On the server's machine: a loopback port whose connections go on to the node's
-    forwarder at `target`, the secret sent first."""
+    """On the server's machine: a loopback port (`listen`; any free one on 127.0.0.1 unless
+    given) whose connections go on to the node's forwarder at `target`, the secret sent first."""
 
-    def __init__(self, target: tuple[str, int], secret: bytes) -> None:
+    def __init__(
+        self, target: tuple[str, int], secret: bytes, listen: tuple[str, int] = ("127.0.0.1", 0)
+    ) -> None:
         self.target, self._secret = target, secret
-        super().__init__(("127.0.0.1", 0))
+        super().__init__(listen)
 
     def _peer(self, taken: socket.socket) -> socket.socket | None:
         peer = socket.create_connection(self.target)

@@ -249,7 +249,7 @@ class Instance:
         """Whether `GET /ping` answers 200 within PING_SECONDS (from each of a pipeline's
         containers)."""
         host, _, _ = self.address.rpartition(":")
-        return all(_ping(host, port) for port in self.ports())
+        return all(ping(host, port) for port in self.ports())
 
     def wait_healthy(self, stop: threading.Event) -> str | None:
         """None once it answers /ping; else why not, for a FailureReason."""
@@ -310,7 +310,7 @@ class Instance:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _ping(host: str, port: int) -> bool:
+def ping(host: str, port: int) -> bool:
     connection = http.client.HTTPConnection(host, port, timeout=PING_SECONDS)
     try:
         connection.request("GET", "/ping")

@@ -8,9 +8,10 @@ asks for the instance's secret first. Its output lines wait here until the worke
 for the endpoint's log group.
 
 The agent is detached and named after its node and openmaker's code (as the training agent,
-training/host/ray_actor.py): the first endpoint placed on the node makes it. An instance whose
-endpoint's worker has ended without closing it (killed) is closed by the agent, as Ray ends a
-gone driver's actors.
+training/host/ray_actor.py): the first endpoint placed on the node makes it, and it ends the
+node's serving agents of other code (an upgrade's predecessors) once they hold no instance. An
+instance whose endpoint's worker has ended without closing it (killed) is closed by the agent,
+as Ray ends a gone driver's actors.
 
 Imported by Ray's worker processes on every node: it needs openmaker installed there.
 """
@@ -29,10 +30,10 @@ from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
 from openmaker.serving.forwarder import Forwarder
 from openmaker.serving.image import ImageError
-from openmaker.serving.instance import PORT, Instance, InstancePlan
+from openmaker.serving.instance import Instance, InstancePlan
 from openmaker.serving.model_data import ModelDataError
 from openmaker.settings import Settings
-from openmaker.training.host.ray_actor import code_version
+from openmaker.training.host.ray_actor import code_version, retire_others
 
 AGENT_PREFIX = "openmaker:instances:"
 NAMESPACE = "openmaker"
@@ -53,9 +54,13 @@ def agent_name(node_id: str) -> str:
 class _Held:
     """One instance on this node: it, its bridge and its forwarder."""
 
-    def __init__(self, instance: Instance, network: JobNetwork, key: str, owner: str) -> None:
+    def __init__(
+        self, instance: Instance, network: JobNetwork, key: str, owner: str, holds: str
+    ) -> None:
         self.instance, self.network, self.network_key, self.owner = instance, network, key, owner
-        self.forwarder: Forwarder | None = None
+        self.holds = holds  # what its placement reserves on this node, said for a person
+        # One per port of its containers (an inference pipeline's each have one), in order.
+        self.forwarders: list[Forwarder] = []
         self.lines: collections.deque[Lines] = collections.deque(maxlen=KEPT_LINES)
         self.arrived = threading.Condition()
 
@@ -76,18 +81,28 @@ class InstanceAgent:
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
         threading.Thread(target=self._watch, name="orphans", daemon=True).start()
+        # An upgrade's agents end the node's agents of other code once they hold no instance.
+        name = ray.get_runtime_context().get_actor_name() or agent_name(self.node_id)
+        retiring = (AGENT_PREFIX, name, "instances")
+        threading.Thread(target=retire_others, args=retiring, name="retire", daemon=True).start()
 
     def node(self) -> str:
         return self.node_id
 
     def instances(self) -> list[dict[str, str]]:
-        """The instances held here: "endpoint/instance-id", and its forwarder's address."""
+        """The instances held here: "endpoint/instance-id"; whose they are (`kind`: "endpoint"
+        or "transform job", `name`, `variant`, `id`), what they hold, their forwarder's address."""
         with self._lock:
             held = list(self._held.values())
         return [
             {
                 "instance": f"{h.instance.endpoint}/{h.instance.plan.id}",
-                "forwarder": "{}:{}".format(*h.forwarder.address) if h.forwarder else "",
+                "kind": _kind(h.instance.owner),
+                "name": h.instance.endpoint,
+                "variant": h.instance.plan.variant,
+                "id": h.instance.plan.id,
+                "holds": h.holds,
+                "forwarder": "{}:{}".format(*h.forwarders[0].address) if h.forwarders else "",
             }
             for h in held
         ]
@@ -100,9 +115,11 @@ class InstanceAgent:
         owner: str,
         plan: InstancePlan,
         worker: str,
+        holds: str = "",
     ) -> None:
         """Hold an instance of `endpoint` (its cgroups under `owner`), on a bridge of its own,
-        for the endpoint's worker, Ray job `worker` (the agent's own job is its maker's)."""
+        for the endpoint's worker, Ray job `worker` (the agent's own job is its maker's);
+        `holds`: what its placement reserves here, as `openmaker cluster` shows it."""
         # Of no kind of job: the recovery sweep of a server on this machine (serving/kind.py,
         # by the endpoint's own key) never takes it for a leftover of an endpoint of its own.
         network_key = f"ray-instance:{endpoint}:{plan.id}"
@@ -116,7 +133,7 @@ class InstanceAgent:
         # Alone on its bridge: the first address there.
         instance = Instance(settings, endpoint, dataclasses.replace(plan, index=0), owner)
         with self._lock:
-            self._held[key] = _Held(instance, network, network_key, worker)
+            self._held[key] = _Held(instance, network, network_key, worker, holds)
 
     def prepare(self, key: str) -> str | None:
         """Fetch its model data and pull its images; why not, for a FailureReason."""
@@ -129,16 +146,16 @@ class InstanceAgent:
             return f"image: {exc}"
         return None
 
-    def start(self, key: str, listen: str, secret: bytes) -> str:
-        """Start its containers; the forwarder's address ("host:port") on `listen`."""
+    def start(self, key: str, listen: str, secret: bytes) -> list[str]:
+        """Start its containers; the addresses ("host:port") on `listen` of the forwarders to
+        its containers' ports (Instance.ports: an inference pipeline's, in order)."""
         held = self._get(key)
         instance = held.instance
         instance.start(held.network, held.receiver(instance.plan.stream), held.receiver)
-        if held.forwarder is None:
+        if not held.forwarders:
             host = instance.address.rpartition(":")[0]
-            held.forwarder = Forwarder(listen, (host, PORT), secret)
-        host, port = held.forwarder.address
-        return f"{host}:{port}"
+            held.forwarders = [Forwarder(listen, (host, p), secret) for p in instance.ports()]
+        return ["{}:{}".format(*forwarder.address) for forwarder in held.forwarders]
 
     def poll(self, key: str) -> int | None:
         container = self._get(key).instance.container
@@ -174,8 +191,8 @@ class InstanceAgent:
         if held is None:
             return []
         try:
-            if held.forwarder is not None:
-                held.forwarder.close()
+            for forwarder in held.forwarders:
+                forwarder.close()
             held.instance.stop(grace)
             held.instance.remove()
         finally:
@@ -209,3 +226,10 @@ class InstanceAgent:
                         self.close(key, graces[key])
                     except Exception:
                         traceback.print_exc()
+
+
+def _kind(owner: str) -> str:
+    """Whose instance it is, by its owner's local key (ResourceKind.local_key)."""
+    from openmaker.transform.kind import NETWORK_KEY_PREFIX as TRANSFORM
+
+    return "transform job" if owner.startswith(TRANSFORM) else "endpoint"

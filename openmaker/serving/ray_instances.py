@@ -11,7 +11,9 @@ Each instance runs in its node's serving agent (serving/ray_agent.py); `RemoteIn
 for it in the worker with the shape of an `Instance`, so that the worker, its health watch and
 the async runner look after local and remote instances alike. Its `address` is a loopback port
 of a `Presenter` (serving/forwarder.py), which carries each connection to the instance's
-forwarder on its node, the instance's secret sent first: the proxy reaches it unchanged. Its
+forwarder on its node, the instance's secret sent first: the proxy reaches it unchanged. An
+inference pipeline's containers each have a pair of their own, the presenters at the containers'
+ports on a loopback address of the instance's own, where the proxy calls each container. Its
 output comes back line by line to the endpoint's log group.
 
 The node reads the model data through the server's S3 gate with a key of the endpoint's own,
@@ -20,8 +22,10 @@ reaching its model data alone (read-only), revoked when the worker ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import http.client
+import ipaddress
+import secrets
 import threading
 import time
 import uuid
@@ -36,7 +40,7 @@ from openmaker.runtime.network import JobNetwork
 from openmaker.serving import multi_model
 from openmaker.serving.forwarder import Presenter, new_secret
 from openmaker.serving.image import ImageError
-from openmaker.serving.instance import PING_SECONDS, Instance, InstancePlan
+from openmaker.serving.instance import Instance, InstancePlan, ping
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.pipeline import ContainerGroup
 from openmaker.settings import Settings
@@ -53,6 +57,13 @@ WAIT_SECONDS = 1
 CALL_SECONDS = 30.0
 # How long the worker waits for an instance's lines at a time.
 LINES_SECONDS = 0.5
+# An inference pipeline's presenters listen at an address of 127.64.0.0/10 (loopback, far from
+# 127.0.0.1), picked at random until its ports are free there.
+LOOPBACK_FROM = int(ipaddress.ip_address("127.64.0.1"))
+LOOPBACK_SPAN = 2**22 - 2
+LOOPBACK_TRIES = 20
+# How long `running_instances` waits for the agents' answers.
+ASK_SECONDS = 10.0
 # The gate key's holder (gate_keys.mint): the endpoint's instances'.
 HOLDER = "instances"
 
@@ -79,10 +90,9 @@ class _Group:
 
 
 def can_run(plan: InstancePlan) -> bool:
-    """Whether the instance can run on another node: not an inference pipeline (the proxy
-    calls each of its containers on a port of its own) nor a multi-model instance (the proxy
-    fills its models folder on this machine). Those stay on the server's machine."""
-    return not plan.pipeline and not multi_model.is_multi_model(plan.container)
+    """Whether the instance can run on another node: not a multi-model instance (the proxy
+    fills its models folder on this machine), which stays on the server's machine."""
+    return not multi_model.is_multi_model(plan.container)
 
 
 def place(
@@ -113,7 +123,7 @@ def place(
     shared = _Group(group, len(fleet))
     for index, instance in enumerate(fleet):
         node = placed[index]
-        instance.placed(shared, node, node_of.get(node, ""))
+        instance.placed(shared, node, node_of.get(node, ""), describe_bundle(bundles[index]))
 
 
 def _no_room(
@@ -197,6 +207,36 @@ def agent_on(node_id: str) -> Any:
     )
 
 
+def running_instances() -> dict[str, list[dict[str, str]]]:
+    """The instances each node's serving agent holds (ray_agent.py `instances`), by node id; an
+    agent that does not answer in time (its node lost, not yet seen dead) holds none."""
+    import ray
+
+    from openmaker.serving.ray_agent import AGENT_PREFIX, NAMESPACE
+
+    asked: dict[Any, str] = {}  # the question to each agent: its node
+    for name in ray.util.list_named_actors():
+        if name.startswith(AGENT_PREFIX):
+            with contextlib.suppress(ValueError):  # gone meanwhile
+                agent = ray.get_actor(name, namespace=NAMESPACE)
+                asked[agent.instances.remote()] = name.removeprefix(AGENT_PREFIX).split(":")[0]
+    held: dict[str, list[dict[str, str]]] = {}
+    if not asked:
+        return held
+    done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=ASK_SECONDS)
+    for ref in done:
+        with contextlib.suppress(ray.exceptions.RayError):
+            # A node may have an agent of other code too, until it retires (ray_agent.py).
+            held.setdefault(asked[ref], []).extend(_described(i) for i in ray.get(ref))
+    return held
+
+
+def _described(held: dict[str, str]) -> dict[str, str]:
+    """An instance as an agent says it; an agent of earlier code says "endpoint/id" alone."""
+    name, _, instance = held["instance"].partition("/")
+    return {"kind": "endpoint", "name": name, "variant": "", "id": instance, "holds": "", **held}
+
+
 class RemoteContainer:
     """The instance's containers on its node, looked after as one process."""
 
@@ -224,17 +264,20 @@ class RemoteInstance(Instance):
         self.key = f"{endpoint}:{plan.id}:{uuid.uuid4().hex}"
         self.secret = new_secret()
         self.group: _Group | None = None
-        self.node_id = self.node = ""
+        self.node_id = self.node = self.holds = ""
         self.agent: Any = None
         self.lost: str | None = None
-        self.presenter: Presenter | None = None
+        # One per port of its containers, as the node's forwarders (an inference pipeline's
+        # containers each have one).
+        self.presenters: list[Presenter] = []
         self._opened = False
         self._pump: threading.Thread | None = None
         self._closing = threading.Event()
         self._receivers: tuple[OnLines, Callable[[str], OnLines] | None] | None = None
 
-    def placed(self, group: _Group, node_id: str, node: str) -> None:
-        self.group, self.node_id, self.node = group, node_id, node
+    def placed(self, group: _Group, node_id: str, node: str, holds: str = "") -> None:
+        """On node `node_id` (address `node`), its share of `group` (`holds`, for a person)."""
+        self.group, self.node_id, self.node, self.holds = group, node_id, node, holds
         self.agent = agent_on(node_id)
 
     def call(self, method: str, *args: Any, lost: Any, seconds: float = CALL_SECONDS) -> Any:
@@ -261,7 +304,7 @@ class RemoteInstance(Instance):
         assert self.agent is not None, "placed first"
         worker = ray.get_runtime_context().get_job_id()
         opened = self.agent.open.remote(
-            self.key, self.node_settings, self.endpoint, self.owner, self.plan, worker
+            self.key, self.node_settings, self.endpoint, self.owner, self.plan, worker, self.holds
         )
         ray.get(opened, timeout=CALL_SECONDS)
         self._opened = True
@@ -282,11 +325,10 @@ class RemoteInstance(Instance):
         """Start its containers on its node; `network` (the worker's) is not theirs."""
         self.ready = False
         self._receivers = (on_lines, receiver)
-        forwarder = self.call("start", self.node, self.secret, lost="")
-        if self.presenter is None and forwarder:
-            host, _, port = forwarder.rpartition(":")
-            self.presenter = Presenter((host, int(port)), self.secret)
-            self.address = "{}:{}".format(*self.presenter.address)
+        forwarders: list[str] = self.call("start", self.node, self.secret, lost=[])
+        if not self.presenters and forwarders:
+            self.presenters = self._present(forwarders)
+            self.address = "{}:{}".format(*self.presenters[0].address)
         self.container = ContainerGroup([RemoteContainer(self)])
         if self._pump is None:
             said = (
@@ -296,19 +338,32 @@ class RemoteInstance(Instance):
             self._pump = threading.Thread(target=self._forward_lines, daemon=True)
             self._pump.start()
 
+    def _present(self, forwarders: list[str]) -> list[Presenter]:
+        """A presenter per forwarder. An inference pipeline's at an address of its own on
+        loopback, each at its container's own port there: the proxy reaches a pipeline's
+        container at the instance's host and that port (serving/proxy.py), as locally."""
+        targets = [(host, int(port)) for host, _, port in (f.rpartition(":") for f in forwarders)]
+        if not self.plan.pipeline:
+            return [Presenter(target, self.secret) for target in targets]
+        for _ in range(LOOPBACK_TRIES):
+            host = str(ipaddress.ip_address(LOOPBACK_FROM + secrets.randbelow(LOOPBACK_SPAN)))
+            made: list[Presenter] = []
+            try:
+                for target, port in zip(targets, self.ports(), strict=True):
+                    made.append(Presenter(target, self.secret, (host, port)))
+            except OSError:  # a port taken there: another address
+                for presenter in made:
+                    presenter.close()
+                continue
+            return made
+        raise OSError(f"no loopback address with ports {self.ports()} free for its containers")
+
     def healthy(self) -> bool:
-        """Whether `GET /ping` answers 200 through its node's forwarder."""
-        if not self.address:
+        """Whether `GET /ping` answers 200 through its node's forwarders (from each of an
+        inference pipeline's containers)."""
+        if not self.presenters:
             return False
-        host, _, port = self.address.rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=PING_SECONDS)
-        try:
-            connection.request("GET", "/ping")
-            return connection.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            connection.close()
+        return all(ping(*presenter.address) for presenter in self.presenters)
 
     def exit_reason(self, code: int) -> str:
         reason: str = self.call("exit_reason", code, lost="")
@@ -333,8 +388,8 @@ class RemoteInstance(Instance):
         self._closing.set()
         if self._pump is not None:
             self._pump.join(timeout=CALL_SECONDS)
-        if self.presenter is not None:
-            self.presenter.close()
+        for presenter in self.presenters:
+            presenter.close()
         if self.group is not None:
             self.group.released()
             self.group = None

@@ -4,6 +4,7 @@ Ray loads at the first call (a second or more), never at import."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
@@ -19,11 +20,20 @@ class ClusterUnreachable(Exception):
 
 
 def cluster_nodes(settings: Settings) -> list[Node]:
-    """Every node the cluster knows, alive or not, with the openmaker hosts running there."""
+    """Every node the cluster knows, alive or not, with the openmaker hosts and the endpoints'
+    and transform jobs' instances running there."""
     try:
+        from openmaker.serving.ray_instances import running_instances
         from openmaker.training.ray_cluster import nodes  # loads Ray
 
-        return nodes(settings)
+        found = nodes(settings)
+        held = running_instances()
+        return [
+            dataclasses.replace(
+                node, instances=sorted(held.get(node.node_id, []), key=lambda i: i["instance"])
+            )
+            for node in found
+        ]
     except ImportError:
         raise ClusterUnreachable("Ray is not installed here (pip install ray)") from None
     except Exception as exc:  # Ray's own errors: no cluster there, a refused connection
@@ -57,3 +67,13 @@ def no_answer(settings: Settings) -> str:
         f"the Ray cluster at {where} has not answered in {settings.ray_answer_seconds:g} seconds:"
         " is RAY_ADDRESS right, and the cluster up?"
     )
+
+
+def instance_label(held: dict[str, str]) -> str:
+    """An instance as `openmaker cluster` shows it: whose ("endpoint <name>/<variant>/<id>",
+    "transform job <name>/<id>") and what it holds on its node."""
+    if held["kind"] == "endpoint" and held["variant"]:
+        whose = f"endpoint {held['name']}/{held['variant']}/{held['id']}"
+    else:
+        whose = f"{held['kind']} {held['name']}/{held['id']}"
+    return f"{whose} {held['holds']}".strip()

@@ -8,7 +8,7 @@ import importlib
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from openmaker.instances import GIB
@@ -119,6 +119,9 @@ class Node:
     free: dict[str, float]
     # The openmaker hosts running there: "job/algo-N".
     hosts: list[str]
+    # The endpoints' and transform jobs' instances running there (serving/ray_agent.py
+    # `instances`): kind, name, variant, id, holds.
+    instances: list[dict[str, str]] = field(default_factory=list)
 
 
 def nodes(settings: Settings) -> list[Node]:

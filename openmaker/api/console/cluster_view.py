@@ -1,5 +1,6 @@
 """The capacity page's Ray cluster (OPENMAKER_EXECUTOR=ray): each node, what it offers and has
-free, and the hosts it runs, as `openmaker cluster` shows them (training/cluster_nodes.py).
+free, and the hosts and instances it runs, as `openmaker cluster` shows them
+(training/cluster_nodes.py).
 
 Asked in a thread of its own, waited for in the server's thread pool, never on its event loop:
 Ray loads at the first ask (a second or two), and an unreachable cluster can take minutes to say
@@ -72,6 +73,10 @@ def _node(node: Node) -> dict[str, Any]:
             if k not in _SHOWN
         ],
         "hosts": node.hosts,
+        # The endpoints' and transform jobs' instances: kind, name, variant, id, holds.
+        "instances": [
+            {k: i[k] for k in ("kind", "name", "variant", "id", "holds")} for i in node.instances
+        ],
     }
 
 

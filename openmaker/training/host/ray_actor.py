@@ -196,38 +196,7 @@ class NodeAgent:
                 self._forget(key)
 
     def _retire_others(self) -> None:
-        """End the agents of other code on this node, each once it runs no host. Those made
-        after this one are left alone: this one is then the older."""
-        import ray
-
-        node = ray.get_runtime_context().get_node_id()
-        mine = _own_name()
-        try:
-            left = [
-                name
-                for name in ray.util.list_named_actors()
-                if name.startswith(AGENT_PREFIX) and agent_node(name) == node and name != mine
-            ]
-        except Exception as exc:  # the cluster cannot tell now: the next agent will
-            print(f"could not look for agents of other code: {exc}")
-            return
-        while left:
-            for name in list(left):
-                try:
-                    agent: Any = ray.get_actor(name, namespace=NAMESPACE)
-                    busy: list[str] = ray.get(agent.hosts.remote(), timeout=ASK_SECONDS)
-                    if busy:
-                        continue  # looked at again later
-                    ray.kill(agent)
-                    print(f"retired {name}, an agent of other code")
-                except ValueError:  # gone already
-                    pass
-                except Exception as exc:  # out of reach now
-                    print(f"could not retire {name} now: {exc}")
-                    continue
-                left.remove(name)
-            if left:
-                time.sleep(ORPHAN_POLL_SECONDS)
+        retire_others(AGENT_PREFIX, _own_name(), "hosts")
 
     def _sweep(self, home: Path) -> bool:
         """Remove the bridges of hosts that no agent runs (lost with their node, which came
@@ -260,6 +229,43 @@ class NodeAgent:
             if f"{job}/{host}" not in running:
                 remove_node_network(home, job, host)
         return True
+
+
+def retire_others(prefix: str, mine: str, busy: str) -> None:
+    """End the agents named `prefix<node>:<code>` of other code than `mine` (this agent's
+    name) on this node, each once its method `busy` says it runs nothing. Those made after
+    this one are left alone: this one is then the older. (The serving agents' too.)"""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        left = [
+            name
+            for name in ray.util.list_named_actors()
+            if name.startswith(prefix)
+            and name.removeprefix(prefix).split(":")[0] == node
+            and name != mine
+        ]
+    except Exception as exc:  # the cluster cannot tell now: the next agent will
+        print(f"could not look for agents of other code: {exc}")
+        return
+    while left:
+        for name in list(left):
+            try:
+                agent: Any = ray.get_actor(name, namespace=NAMESPACE)
+                running: list[Any] = ray.get(getattr(agent, busy).remote(), timeout=ASK_SECONDS)
+                if running:
+                    continue  # looked at again later
+                ray.kill(agent)
+                print(f"retired {name}, an agent of other code")
+            except ValueError:  # gone already
+                pass
+            except Exception as exc:  # out of reach now
+                print(f"could not retire {name} now: {exc}")
+                continue
+            left.remove(name)
+        if left:
+            time.sleep(ORPHAN_POLL_SECONDS)
 
 
 def _node_addresses() -> list[str]:

@@ -781,11 +781,22 @@
     });
   }
 
+  // An endpoint's instance as "<endpoint>/<variant>/<id>", a transform job's as "<job>/<id>",
+  // each linked to its page, with what it holds on its node.
+  function instanceLinks(instances) {
+    return instances.map((i) => i.kind === "endpoint"
+      ? el("div", {class: "host"}, el("a", {href: "#/endpoint/" + encodeURIComponent(i.name)},
+        i.name), (i.variant ? "/" + i.variant : "") + "/" + i.id, " ",
+        el("span", {class: "muted"}, i.holds))
+      : el("div", {class: "host"}, jobLink(i.name, "transform"), "/" + i.id, " ",
+        el("span", {class: "muted"}, i.holds)));
+  }
+
   function clusterNodes(data) {
     if (data.problem) return el("p", {class: "problem", role: "alert"}, data.problem);
     if (!data.nodes.length) return empty("The cluster has no nodes.");
     const titles = ["Node", "Alive", "CPUs used", "Memory used (GiB)", "GPUs used",
-      "Instance types used", "Hosts"];
+      "Instance types used", "Hosts", "Instances"];
     return el("table", {id: "nodes"},
       el("thead", {}, el("tr", {}, titles.map((title) => el("th", {}, title)))),
       el("tbody", {}, data.nodes.map((node) => el("tr", {"data-node": node.address},
@@ -796,7 +807,8 @@
         el("td", {}, amount(node, "gpus")),
         el("td", {class: "types"},
           node.other.map((o) => el("div", {}, used(o.offers, o.free) + " × " + o.name))),
-        el("td", {class: "hosts"}, hostLinks(node.hosts))))));
+        el("td", {class: "hosts"}, hostLinks(node.hosts)),
+        el("td", {class: "instances"}, instanceLinks(node.instances))))));
   }
 
   function machineView() {
