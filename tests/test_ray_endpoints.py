@@ -25,12 +25,14 @@ from botocore.exceptions import ClientError
 from openmaker.api.console.cluster_view import ClusterView
 from openmaker.runtime.network import remove as remove_network
 from openmaker.serving.forwarder import SECRET_BYTES, Forwarder, Presenter, new_secret
+from openmaker.serving.instance import instance_folder
 from openmaker.settings import load_settings
 from openmaker.training.cluster_nodes import instance_label
 from tests.apiserver import ApiServer, running_api_server
 from tests.process_helpers import kill
 from tests.test_endpoint_faults import DIES
 from tests.test_endpoints import SERVE, Deployer, wait_until
+from tests.test_endpoints_mme import invoke, mme_endpoint
 from tests.test_endpoints_pipeline import pipeline_model
 from tests.test_ray import NODE, NODE_ADDRESSES, TYPE, WORKER_RESOURCES, cluster  # noqa: F401 - the cluster fixture
 from tests.test_transform import Transforms, lines, sums
@@ -454,6 +456,24 @@ def test_an_inference_pipeline_runs_on_a_worker_node(deployer: Deployer) -> None
     for hostname, said in (("prep", "first up"), ("predict", "second up")):
         stream = f"AllTraffic/{held['id']}/{hostname}"
         wait_until(functools.partial(_said, logs, group, stream, said), said)
+
+
+def test_a_multi_model_endpoint_runs_on_a_worker_node(deployer: Deployer) -> None:
+    """Its node's agent fetches each TargetModel into the instance's folder on that node (the
+    nodes share this machine's home here), the proxy loads and invokes it through the
+    presenter/forwarder pair: each model answers with its own weights."""
+    endpoint = mme_endpoint(deployer, capacity=5)
+    workers = {n["NodeID"] for n in ray.nodes() if n["NodeManagerAddress"] in NODE_ADDRESSES}
+    ((node, [held]),) = ((n, h) for n, h in _held().items() if h)
+    assert node in workers
+
+    assert invoke(deployer, endpoint, "model-a.tar.gz", b"1").startswith("wa asked=1 ")
+    assert invoke(deployer, endpoint, "model-b.tar.gz", b"2").startswith("wb asked=1 ")
+    assert invoke(deployer, endpoint, "model-a.tar.gz", b"3").startswith("wa asked=1 ")
+    folder = instance_folder(load_settings({"OPENMAKER_HOME": str(deployer.server.home)}),
+                             endpoint, held["id"])  # fmt: skip
+    weights = sorted(p.read_text() for p in (folder / "models").glob("m-*/model/weights.txt"))
+    assert weights == ["wa", "wb"]
 
 
 def test_openmaker_cluster_says_whose_each_instance_is() -> None:

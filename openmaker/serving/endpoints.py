@@ -42,6 +42,8 @@ class Variant:
     streams: tuple[str, ...]  # their log streams, by instance
     model: dict[str, Any] = field(default_factory=dict)  # its model's CreateModel request
     serverless: dict[str, Any] | None = None  # its ServerlessConfig (serving/serverless.py)
+    # Who holds each instance on another node (Instance.held_by; empty: on this machine).
+    held_by: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,7 @@ def _variants(
                 tuple(f"{name}/{i['id']}" for i in mine),
                 models.get(variant["ModelName"], {}),
                 serverless.config_of(variant),
+                tuple({k: i[k] for k in ("agent", "key") if k in i} for i in mine),
             )
         )
     return found

@@ -245,6 +245,11 @@ class Instance:
     def ports(self) -> list[int]:
         return [m.port for m, _ in self.plan.pipeline] or [PORT]
 
+    def held_by(self) -> dict[str, str]:
+        """Who holds it elsewhere, for the proxy's multi-model fetches (serving/multi_model.py):
+        nobody (its folder is on this machine)."""
+        return {}
+
     def healthy(self) -> bool:
         """Whether `GET /ping` answers 200 within PING_SECONDS (from each of a pipeline's
         containers)."""

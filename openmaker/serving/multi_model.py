@@ -12,8 +12,10 @@ opaque, as on SageMaker (derived from the TargetModel, which the container sees 
 `X-Amzn-SageMaker-Target-Model` header). Requests for a model being loaded wait for that one
 load. A container that started again has lost its models: a 404 from the invoke reloads it once.
 
-This runs in the server, beside the invocation proxy: it writes into the instance's folder, which
-the instance's worker made.
+This runs in the server, beside the invocation proxy. The archive goes into the instance's folder
+(which its worker made) through the instance's `Fetcher`: on this machine `LocalFetcher`; an
+instance on a node of the Ray cluster has its node's serving agent fetch it there
+(serving/ray_instances.py `AgentFetcher`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from openmaker.serving.liveness import InstanceConnection
 from openmaker.serving.model_data import ModelDataError, fetch
@@ -107,14 +109,65 @@ class _Loaded:
     loading: dict[str, threading.Lock] = field(default_factory=dict)
 
 
+class Fetcher(Protocol):
+    """Puts a model's files in an instance's models folder, where its container sees them."""
+
+    def fetch(self, name: str, url: str) -> None:
+        """The archive at `url` extracted into `models/<name>/model`, unless it is there
+        already; ModelDataError says why not."""
+
+    def remove(self, name: str) -> None:
+        """`models/<name>` gone (unloaded)."""
+
+
+def fetch_into(folder: Path, name: str, url: str, store: StoreSettings) -> None:
+    """Fetcher.fetch, into the instance's folder `folder` on this machine."""
+    models = folder / FOLDER
+    final = models / name
+    if (final / "model").is_dir():
+        return
+    partial = models / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "model").mkdir(parents=True)
+    (partial / "scratch").mkdir()
+    try:
+        fetch({"ModelDataUrl": url}, partial / "model", partial / "scratch", store)
+        shutil.rmtree(partial / "scratch")
+        partial.rename(final)
+    except ModelDataError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def remove_from(folder: Path, name: str) -> None:
+    """Fetcher.remove, from the instance's folder `folder` on this machine."""
+    if NAME.fullmatch(name):  # never a path given from elsewhere
+        shutil.rmtree(folder / FOLDER / name, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class LocalFetcher:
+    """An instance on this machine: its folder is here."""
+
+    folder: Path
+    store: StoreSettings
+
+    def fetch(self, name: str, url: str) -> None:
+        fetch_into(self.folder, name, url, self.store)
+
+    def remove(self, name: str) -> None:
+        remove_from(self.folder, name)
+
+
 @dataclass(frozen=True)
 class Target:
     """A TargetModel on one instance."""
 
-    folder: Path  # the instance's folder
+    folder: Path  # the instance's folder (on this machine, or its node's)
     address: str  # its container's host:port
     target: str
     url: str  # the archive's s3:// URI
+    fetcher: Fetcher
 
     @property
     def name(self) -> str:
@@ -127,8 +180,8 @@ AnswerT = TypeVar("AnswerT")
 
 
 class MultiModels:
-    def __init__(self, store: StoreSettings, timeout: float) -> None:
-        self.store, self.timeout = store, timeout
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._instances: dict[Path, _Loaded] = {}
 
@@ -188,21 +241,9 @@ class MultiModels:
             return loaded
 
     def _fetch(self, target: Target) -> None:
-        """The archive extracted into `models/<name>/model`, unless it is there already."""
-        models = target.folder / FOLDER
-        final = models / target.name
-        if (final / "model").is_dir():
-            return
-        partial = models / f".{target.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        (partial / "model").mkdir(parents=True)
-        (partial / "scratch").mkdir()
         try:
-            fetch({"ModelDataUrl": target.url}, partial / "model", partial / "scratch", self.store)
-            shutil.rmtree(partial / "scratch")
-            partial.rename(final)
+            target.fetcher.fetch(target.name, target.url)
         except ModelDataError as exc:
-            shutil.rmtree(partial, ignore_errors=True)
             raise self._download_failed(target, exc) from None
 
     def _download_failed(self, target: Target, exc: ModelDataError) -> Refused:
@@ -255,7 +296,7 @@ class MultiModels:
         with loaded.lock:
             loaded.used.pop(name, None)
         self._call(target, "DELETE", f"/models/{name}", None)
-        shutil.rmtree(target.folder / FOLDER / name, ignore_errors=True)
+        target.fetcher.remove(name)
 
     def _call(self, target: Target, method: str, path: str, body: bytes | None) -> tuple[int, str]:
         host, _, port = target.address.rpartition(":")

@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from openmaker.serving import multi_model, pipeline, serverless
 from openmaker.serving.async_exchange import AsyncConnections, ExchangeError
@@ -29,6 +30,7 @@ from openmaker.serving.instance import instance_folder
 from openmaker.serving.kind import log_group
 from openmaker.serving.metrics import InvocationMetrics
 from openmaker.serving.pool import ConnectionPool
+from openmaker.serving.ray_instances import AgentFetcher
 from openmaker.serving.refused import Refused
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
@@ -85,9 +87,7 @@ class Invoker:
         self.loop_connections = AsyncConnections(self.invocation_seconds)
         self.metrics = InvocationMetrics(endpoints.sessions)
         self.serverless = serverless.Gate(endpoints.settings)
-        self.multi_models = multi_model.MultiModels(
-            endpoints.settings.store, self.invocation_seconds
-        )
+        self.multi_models = multi_model.MultiModels(self.invocation_seconds)
 
     def invoke(
         self,
@@ -317,8 +317,11 @@ class Invoker:
             target = multi_model.target(model, name, headers.get(multi_model.TARGET_MODEL))
             if target is not None:
                 folder = instance_folder(self.endpoints.settings, name, stream.split("/")[-1])
+                fetcher = self._fetcher(variant, address, folder)
                 return self.multi_models.invoke(
-                    multi_model.Target(folder, address, target, multi_model.url(model, target)),
+                    multi_model.Target(
+                        folder, address, target, multi_model.url(model, target), fetcher
+                    ),
                     lambda path: self._loaded_model(
                         name, address, stream, variant.name, body, headers, path
                     ),
@@ -342,6 +345,14 @@ class Invoker:
             body,
             headers,
         )
+
+    def _fetcher(self, variant: Variant, address: str, folder: Path) -> multi_model.Fetcher:
+        """Where a multi-model instance's models are fetched: here, or by its node's agent."""
+        index = variant.addresses.index(address) if address in variant.addresses else -1
+        held_by = variant.held_by[index] if 0 <= index < len(variant.held_by) else {}
+        if held_by:
+            return AgentFetcher(self.endpoints.settings, held_by)
+        return multi_model.LocalFetcher(folder, self.endpoints.settings.store)
 
     def _loaded_model(
         self,

@@ -28,6 +28,7 @@ from typing import Any
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
+from openmaker.serving import multi_model
 from openmaker.serving.forwarder import Forwarder
 from openmaker.serving.image import ImageError
 from openmaker.serving.instance import Instance, InstancePlan
@@ -156,6 +157,20 @@ class InstanceAgent:
             host = instance.address.rpartition(":")[0]
             held.forwarders = [Forwarder(listen, (host, p), secret) for p in instance.ports()]
         return ["{}:{}".format(*forwarder.address) for forwarder in held.forwarders]
+
+    def fetch_model(self, key: str, name: str, url: str) -> str | None:
+        """A multi-model instance's model (serving/multi_model.py), into its folder here,
+        read through the server's gate with its endpoint's key; why not, for the caller."""
+        instance = self._get(key).instance
+        try:
+            multi_model.fetch_into(instance.folder, name, url, instance.settings.store)
+        except ModelDataError as exc:
+            return str(exc)
+        return None
+
+    def remove_model(self, key: str, name: str) -> None:
+        """A multi-model instance's model unloaded: its files go."""
+        multi_model.remove_from(self._get(key).instance.folder, name)
 
     def poll(self, key: str) -> int | None:
         container = self._get(key).instance.container

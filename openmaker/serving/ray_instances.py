@@ -37,7 +37,6 @@ from openmaker.jobs.gate_keys import Place
 from openmaker.runtime.images import Cancelled, never
 from openmaker.runtime.logs import OnLines
 from openmaker.runtime.network import JobNetwork
-from openmaker.serving import multi_model
 from openmaker.serving.forwarder import Presenter, new_secret
 from openmaker.serving.image import ImageError
 from openmaker.serving.instance import Instance, InstancePlan, ping
@@ -90,9 +89,41 @@ class _Group:
 
 
 def can_run(plan: InstancePlan) -> bool:
-    """Whether the instance can run on another node: not a multi-model instance (the proxy
-    fills its models folder on this machine), which stays on the server's machine."""
-    return not multi_model.is_multi_model(plan.container)
+    """Whether the instance can run on another node: each can (a multi-model instance's models
+    are fetched there by its node's agent, `AgentFetcher`)."""
+    return True
+
+
+class AgentFetcher:
+    """A multi-model instance's fetches (serving/multi_model.py `Fetcher`), asked of its node's
+    serving agent from the server's proxy: the model is read on the node, through the server's
+    S3 gate with the endpoint's read-only key, into the instance's folder there."""
+
+    def __init__(self, settings: Settings, held_by: dict[str, str]) -> None:
+        self.settings, self.agent, self.key = settings, held_by["agent"], held_by["key"]
+
+    def fetch(self, name: str, url: str) -> None:
+        why = self._ask("fetch_model", name, url, seconds=24 * 3600.0)
+        if why:
+            raise ModelDataError(str(why))
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(ModelDataError):  # its node lost: its files went with it
+            self._ask("remove_model", name, seconds=CALL_SECONDS)
+
+    def _ask(self, method: str, *args: str, seconds: float) -> Any:
+        import ray
+
+        from openmaker.serving.ray_agent import NAMESPACE
+
+        connect(self.settings)
+        try:
+            agent = ray.get_actor(self.agent, namespace=NAMESPACE)
+            return ray.get(getattr(agent, method).remote(self.key, *args), timeout=seconds)
+        except (ValueError, ray.exceptions.RayError) as exc:
+            raise ModelDataError(
+                f"the instance's node of the Ray cluster did not answer ({type(exc).__name__})"
+            ) from None
 
 
 def place(
@@ -279,6 +310,12 @@ class RemoteInstance(Instance):
         """On node `node_id` (address `node`), its share of `group` (`holds`, for a person)."""
         self.group, self.node_id, self.node, self.holds = group, node_id, node, holds
         self.agent = agent_on(node_id)
+
+    def held_by(self) -> dict[str, str]:
+        """Its node's serving agent (actor name) and its key there (AgentFetcher's)."""
+        from openmaker.serving.ray_agent import agent_name
+
+        return {"agent": agent_name(self.node_id), "key": self.key} if self.node_id else {}
 
     def call(self, method: str, *args: Any, lost: Any, seconds: float = CALL_SECONDS) -> Any:
         """Call the instance in its agent; `lost` once its node is gone (or does not answer)."""

@@ -848,6 +848,7 @@ def _report(instance: Instance, green: set[str]) -> dict[str, Any]:
         "address": instance.address,
         "healthy": alive and instance.ready,
         "green": instance.plan.id in green,
+        **instance.held_by(),
     }
 
 
