@@ -53,7 +53,8 @@ def _environ_has(marker: bytes) -> list[int]:
 
 def _held() -> dict[str, list[dict[str, str]]]:
     """The instances each node's serving agent holds, by node id."""
-    from openmaker.serving.ray_agent import AGENT_PREFIX, NAMESPACE
+    from openmaker.serving.ray_agent import AGENT_PREFIX
+    from openmaker.training.host.ray_actor import NAMESPACE
 
     held: dict[str, list[dict[str, str]]] = {}
     for name in ray.util.list_named_actors():
@@ -387,7 +388,8 @@ def test_serving_agents_of_other_code_are_retired(deployer: Deployer) -> None:
     agents of its own code, which end their node's earlier agents once these hold nothing."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from openmaker.serving.ray_agent import AGENT_PREFIX, NAMESPACE, agent_name
+    from openmaker.serving.ray_agent import AGENT_PREFIX, agent_name
+    from openmaker.training.host.ray_actor import NAMESPACE
 
     class EarlierAgent:
         """A serving agent of other code as this code sees it: it holds no instance."""

@@ -99,10 +99,7 @@ class Relay:
                 outside.close()
                 return
             self._open.update((inside, outside))
-        back = threading.Thread(target=_copy, args=(outside, inside), daemon=True)
-        back.start()
-        _copy(inside, outside)
-        back.join()
+        carry_both_ways(inside, outside)
         with self._lock:
             self._open.difference_update((inside, outside))
         inside.close()
@@ -183,6 +180,15 @@ class Waker:
 
 def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+
+
+def carry_both_ways(one: socket.socket, other: socket.socket) -> None:
+    """Carry each connection's bytes to the other until both ends have ended (a thread for the
+    way back)."""
+    back = threading.Thread(target=_copy, args=(other, one), daemon=True)
+    back.start()
+    _copy(one, other)
+    back.join()
 
 
 def _copy(source: socket.socket, sink: socket.socket) -> None:

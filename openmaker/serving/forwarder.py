@@ -23,13 +23,14 @@ import secrets
 import socket
 import threading
 
+from openmaker.runtime.relay import carry_both_ways
+
 # The secret: this many bytes (hex digits of 32 random bytes).
 SECRET_BYTES = 64
 # How long a connection has to present the secret before it is closed, and how many may be
 # presenting it at once (more are closed at once: a flood holds no more threads than this).
 SECRET_SECONDS = 5.0
 PRESENTING_AT_MOST = 64
-BUFFER = 256 * 1024
 
 
 def new_secret() -> bytes:
@@ -79,10 +80,7 @@ class _Carrier:
                 peer.close()
                 return
             self._open.update((taken, peer))
-        back = threading.Thread(target=_copy, args=(peer, taken), daemon=True)
-        back.start()
-        _copy(taken, peer)
-        back.join()
+        carry_both_ways(taken, peer)
         with self._lock:
             self._open.difference_update((taken, peer))
         taken.close()
@@ -140,16 +138,3 @@ class Presenter(_Carrier):
         peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer.sendall(self._secret)
         return peer
-
-
-def _copy(source: socket.socket, sink: socket.socket) -> None:
-    """Until `source` ends, then pass its end on (a half-close, as HTTP clients may do)."""
-    buffer = bytearray(BUFFER)
-    view = memoryview(buffer)
-    try:
-        while count := source.recv_into(buffer):
-            sink.sendall(view[:count])
-    except OSError:
-        pass
-    with contextlib.suppress(OSError):
-        sink.shutdown(socket.SHUT_WR)

@@ -37,9 +37,6 @@ from openmaker.settings import Settings
 from openmaker.training.host.ray_actor import code_version, retire_others
 
 AGENT_PREFIX = "openmaker:instances:"
-NAMESPACE = "openmaker"
-# Calls at once: each instance has its line drain in flight, a long prepare, and short ones.
-MAX_CONCURRENCY = 256
 # Lines kept per instance for the worker; older ones go first when it does not take them.
 KEPT_LINES = 10_000
 # How often the agent looks for instances whose endpoint's worker has ended.

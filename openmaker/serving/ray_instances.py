@@ -45,7 +45,7 @@ from openmaker.serving.pipeline import ContainerGroup
 from openmaker.settings import Settings
 from openmaker.store.location import S3Endpoint
 from openmaker.training.ray_cluster import connect, describe_bundle, live_nodes, nodes_fitting
-from openmaker.training.ray_hosts import bundle_for
+from openmaker.training.ray_hosts import bundle_for, node_agent
 
 if TYPE_CHECKING:
     from ray.util.placement_group import PlacementGroup
@@ -114,7 +114,7 @@ class AgentFetcher:
     def _ask(self, method: str, *args: str, seconds: float) -> Any:
         import ray
 
-        from openmaker.serving.ray_agent import NAMESPACE
+        from openmaker.training.host.ray_actor import NAMESPACE
 
         connect(self.settings)
         try:
@@ -217,25 +217,9 @@ def _model_data(containers: list[dict[str, Any]]) -> list[str]:
 
 def agent_on(node_id: str) -> Any:
     """The serving agent of the node (serving/ray_agent.py), made by the first that needs it."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from openmaker.serving.ray_agent import InstanceAgent, agent_name
 
-    from openmaker.serving.ray_agent import MAX_CONCURRENCY, NAMESPACE, InstanceAgent, agent_name
-
-    return (
-        ray.remote(InstanceAgent)
-        .options(
-            name=agent_name(node_id),
-            namespace=NAMESPACE,
-            get_if_exists=True,
-            lifetime="detached",
-            num_cpus=0,
-            max_concurrency=MAX_CONCURRENCY,
-            max_restarts=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        )
-        .remote()
-    )
+    return node_agent(InstanceAgent, agent_name(node_id), node_id)
 
 
 def running_instances() -> dict[str, list[dict[str, str]]]:
@@ -243,7 +227,8 @@ def running_instances() -> dict[str, list[dict[str, str]]]:
     agent that does not answer in time (its node lost, not yet seen dead) holds none."""
     import ray
 
-    from openmaker.serving.ray_agent import AGENT_PREFIX, NAMESPACE
+    from openmaker.serving.ray_agent import AGENT_PREFIX
+    from openmaker.training.host.ray_actor import NAMESPACE
 
     asked: dict[Any, str] = {}  # the question to each agent: its node
     for name in ray.util.list_named_actors():

@@ -223,15 +223,23 @@ class RayHosts:
 
 def agent_on(node_id: str) -> Any:
     """The agent of the node (host/ray_actor.py), made by the first job that needs it."""
+    from openmaker.training.host.ray_actor import NodeAgent, agent_name
+
+    return node_agent(NodeAgent, agent_name(node_id), node_id)
+
+
+def node_agent(agent: type, name: str, node_id: str) -> Any:
+    """The detached actor `name` (of class `agent`) held on node `node_id`, made by the first
+    caller that needs it: a node's agent of one kind (training hosts, serving instances)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from openmaker.training.host.ray_actor import MAX_CONCURRENCY, NAMESPACE, NodeAgent, agent_name
+    from openmaker.training.host.ray_actor import MAX_CONCURRENCY, NAMESPACE
 
     return (
-        ray.remote(NodeAgent)
+        ray.remote(agent)
         .options(
-            name=agent_name(node_id),
+            name=name,
             namespace=NAMESPACE,
             get_if_exists=True,
             lifetime="detached",
