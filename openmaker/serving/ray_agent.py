@@ -34,7 +34,7 @@ from openmaker.serving.image import ImageError
 from openmaker.serving.instance import Instance, InstancePlan
 from openmaker.serving.model_data import ModelDataError
 from openmaker.settings import Settings
-from openmaker.training.host.ray_actor import code_version, retire_others
+from openmaker.training.host.ray_actor import code_version, ended_ray_jobs, retire_others
 
 AGENT_PREFIX = "openmaker:instances:"
 # Lines kept per instance for the worker; older ones go first when it does not take them.
@@ -218,19 +218,12 @@ class InstanceAgent:
 
     def _watch(self) -> None:
         """Close the instances whose endpoint's worker has ended (killed: it closed none)."""
-        from ray._private import state
-
         while True:
             time.sleep(ORPHAN_POLL_SECONDS)
             with self._lock:
                 owners = {key: held.owner for key, held in self._held.items()}
                 graces = {k: h.instance.settings.stop_grace_seconds for k, h in self._held.items()}
-            if not owners:
-                continue
-            try:
-                dead = {job["JobID"] for job in state.jobs() if job["IsDead"]}  # type: ignore[no-untyped-call]
-            except Exception as exc:  # the cluster cannot tell now: the next look will
-                print(f"could not look for ended workers: {exc}")
+            if not owners or (dead := ended_ray_jobs()) is None:
                 continue
             for key, owner in owners.items():
                 if owner in dead:

@@ -57,6 +57,18 @@ def agent_node(name: str) -> str:
     return name.removeprefix(AGENT_PREFIX).split(":")[0]
 
 
+def ended_ray_jobs() -> set[str] | None:
+    """The ids of the cluster's Ray jobs that have ended (their workers' drivers gone); None
+    when the cluster cannot tell now (the next look will)."""
+    from ray._private import state
+
+    try:
+        return {job["JobID"] for job in state.jobs() if job["IsDead"]}  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        print(f"could not look for ended workers: {exc}")
+        return None
+
+
 @functools.cache
 def code_version() -> str:
     """A digest of openmaker's code as this process has it (every module's text): an upgrade, or
@@ -163,18 +175,11 @@ class NodeAgent:
 
     def _watch(self) -> None:
         """Stop and close the sessions whose job's worker has ended."""
-        from ray._private import state
-
         while True:
             time.sleep(ORPHAN_POLL_SECONDS)
             with self._lock:
                 owners = dict(self._owners)
-            if not owners:
-                continue
-            try:
-                dead = {job["JobID"] for job in state.jobs() if job["IsDead"]}  # type: ignore[no-untyped-call]
-            except Exception as exc:  # the cluster cannot tell now: the next look will
-                print(f"could not look for ended workers: {exc}")
+            if not owners or (dead := ended_ray_jobs()) is None:
                 continue
             for key, owner in owners.items():
                 if owner in dead:
