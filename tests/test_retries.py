@@ -229,8 +229,14 @@ def test_a_reused_pid_is_not_taken_for_the_worker(tmp_path: Path, home: Path) ->
         stranger.kill()
         stranger.wait()
     wait_for_no_processes("reused-pid")
-    TrainingJobs()  # the next command removes what the dead worker's hosts left
-    assert "reused-pid" not in jobs_with_cgroups(home)
+
+    def swept() -> bool:
+        # A command's sweep removes what the dead worker's hosts left; a cgroup whose last
+        # process the kernel has not yet let go of (a loaded machine) is the next one's.
+        TrainingJobs()
+        return "reused-pid" not in jobs_with_cgroups(home)
+
+    wait_until(swept, "a command to remove the dead worker's cgroups", 30)
     assert not list((home / "jobs" / "reused-pid").glob("algo-*"))
 
 
