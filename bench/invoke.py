@@ -25,6 +25,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from bench import cpu
 from openmaker.jobs.db import EndpointRecord, sessions
 from openmaker.settings import load_settings
 from tests.apiserver import ApiServer, running_api_server
@@ -86,22 +87,40 @@ def run(quick: bool, scratch: Path) -> list[str]:
         try:
             name = deployer.endpoint(deployer.model(ECHO, {"weights.txt": b"w"}))
             assert deployer.wait(name)["EndpointStatus"] == "InService"
-            address = _instance_address(home, name)
+            address, worker = _instance(home, name)
+            processes = Processes(server.process.pid, worker)
             for label, body in PAYLOADS.items():
                 ours, direct = _targets(server, name, address, body)
                 lines += _latency(label, ours, direct, body, calls)
-                lines.append(_throughput(label, ours, direct, body, seconds))
+                lines += _throughput(label, ours, direct, body, seconds, processes)
         finally:
             deployer.delete_all()
             kill_every_worker(home)
     return lines
 
 
-def _instance_address(home: Path, name: str) -> str:
+def _instance(home: Path, name: str) -> tuple[str, int]:
+    """The endpoint's instance's address and its worker's PID (the container runs under it)."""
     with sessions(load_settings({"OPENMAKER_HOME": str(home)}))() as session:
         row = session.get(EndpointRecord, name)
-        assert row is not None and row.instances
-        return str(row.instances[0]["address"])
+        assert row is not None and row.instances and row.worker
+        return str(row.instances[0]["address"]), int(row.worker.split(":")[1])
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Whose CPU a throughput run counts: this process (the clients), the server, the
+    container (every process under the endpoint's worker)."""
+
+    server: int
+    worker: int
+
+    def cpu(self) -> tuple[float, float, float]:
+        return (
+            time.process_time(),
+            cpu.seconds(self.server),
+            cpu.total(cpu.descendants(self.worker)),
+        )
 
 
 def _targets(server: ApiServer, name: str, address: str, body: bytes) -> tuple[Target, Target]:
@@ -154,17 +173,26 @@ def _latency(label: str, ours: Target, direct: Target, body: bytes, calls: int) 
     ]
 
 
-def _throughput(label: str, ours: Target, direct: Target, body: bytes, seconds: float) -> str:
-    direct_rate = _rate(direct, body, seconds)
-    ours_rate = _rate(ours, body, seconds)
-    return (
+def _throughput(
+    label: str, ours: Target, direct: Target, body: bytes, seconds: float, processes: Processes
+) -> list[str]:
+    """The two rates, and the CPU each process spent per invocation in each run (µs)."""
+    direct_rate, direct_cpu = _rate(direct, body, seconds, processes)
+    ours_rate, ours_cpu = _rate(ours, body, seconds, processes)
+    return [
         f"InvokeEndpoint {label}, {CLIENTS} clients: openmaker {ours_rate:.0f}/s, direct "
-        f"{direct_rate:.0f}/s; ratio {ours_rate / direct_rate:.2f} (target >= 0.9)"
-    )
+        f"{direct_rate:.0f}/s; ratio {ours_rate / direct_rate:.2f} (target >= 0.9)",
+        f"  CPU per invocation (µs), client / server / container: through openmaker "
+        f"{' / '.join(f'{c:.0f}' for c in ours_cpu)}; direct "
+        f"{' / '.join(f'{c:.0f}' for c in direct_cpu)}",
+    ]
 
 
-def _rate(target: Target, body: bytes, seconds: float) -> float:
-    """Invocations per second that CLIENTS threads complete, each on its own connection."""
+def _rate(
+    target: Target, body: bytes, seconds: float, processes: Processes
+) -> tuple[float, tuple[float, ...]]:
+    """Invocations per second that CLIENTS threads complete, each on its own connection, and
+    each process's CPU per invocation (µs)."""
     done = [0] * CLIENTS
     stop = threading.Event()
 
@@ -176,6 +204,7 @@ def _rate(target: Target, body: bytes, seconds: float) -> float:
         connection.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    before = processes.cpu()
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -183,7 +212,10 @@ def _rate(target: Target, body: bytes, seconds: float) -> float:
     stop.set()
     for thread in threads:
         thread.join()
-    return sum(done) / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    after = processes.cpu()
+    calls = max(sum(done), 1)
+    return calls / elapsed, tuple((a - b) * 1e6 / calls for a, b in zip(after, before, strict=True))
 
 
 def _sleep_until(done: Callable[[], bool]) -> None:
