@@ -11,11 +11,16 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def seconds(pid: int) -> float:
     """User plus system CPU seconds of `pid` (all its threads); 0 once it is gone."""
+    return sum(split(pid))
+
+
+def split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of `pid` (all its threads); zeros once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+        return 0.0, 0.0
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def descendants(pid: int) -> list[int]:
