@@ -118,3 +118,54 @@ def test_only_posts_to_one_endpoint_s_invocations_are_invocations(api_server: Ap
     assert status == 404
     status, _, _ = post(api_server, "/endpoints/nowhere/invocationsX", b"x")
     assert status == 404
+
+
+def signed_head(server: ApiServer, path: str, body: bytes, extra: dict[str, str]) -> bytes:
+    """A whole signed request (head and body) as bytes, for clients no library models."""
+    url = server.env["AWS_ENDPOINT_URL_SAGEMAKER"] + path
+    request = AWSRequest("POST", url, data=body, headers=extra)
+    keys = Credentials(server.env["AWS_ACCESS_KEY_ID"], server.env["AWS_SECRET_ACCESS_KEY"])
+    SigV4Auth(keys, "sagemaker", server.env["AWS_REGION"]).add_auth(request)
+    host = urlsplit(url).netloc
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in request.headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def read_answers(server: ApiServer, sent: bytes, count: int) -> list[tuple[int, str, bytes]]:
+    """Send `sent` in one write, then read `count` answers off the connection in order."""
+    address = urlsplit(server.env["AWS_ENDPOINT_URL_SAGEMAKER"])
+    assert address.hostname is not None and address.port is not None
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        connection.connect()
+        assert connection.sock is not None
+        connection.sock.sendall(sent)
+        answers = []
+        for _ in range(count):
+            answer = http.client.HTTPResponse(connection.sock, method="POST")
+            answer.begin()
+            answers.append((answer.status, answer.getheader("Connection") or "", answer.read()))
+        return answers
+    finally:
+        connection.close()
+
+
+def test_pipelined_invocations_are_answered_in_order(api_server: ApiServer) -> None:
+    # The first is answered by the protocol itself (openmaker/api/invoke_front.py), the
+    # second waits behind it and goes through uvicorn's path.
+    # The first looks its endpoint up (a thread's hop); the second, unsigned, is refused at
+    # once: answered out of turn, it would come first.
+    first = signed_head(api_server, "/endpoints/first/invocations", b"1", {})
+    second = b"POST /endpoints/second/invocations HTTP/1.1\r\nContent-Length: 1\r\n\r\n2"
+    answers = read_answers(api_server, first + second, 2)
+    assert [a[0] for a in answers] == [400, 403]
+    assert b"Endpoint first of" in answers[0][2]
+    assert b"Missing Authentication Token" in answers[1][2]
+
+
+def test_an_invocation_asking_to_close_is_answered_then_closed(api_server: ApiServer) -> None:
+    closing = signed_head(api_server, "/endpoints/last/invocations", b"x", {"Connection": "close"})
+    ((status, connection, body),) = read_answers(api_server, closing, 1)
+    assert (status, connection) == (400, "close")
+    assert b"Endpoint last of" in body

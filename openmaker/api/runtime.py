@@ -250,33 +250,53 @@ class Invocations:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = time.perf_counter()  # OverheadLatency counts from here
-        request_id = str(uuid.uuid4())
         try:
             body = await _asgi_body(scope, receive)
         except _Disconnected:
             return
         except ServiceError as exc:
-            await _send_error(send, exc.code, exc.http_status, exc.message, request_id, None)
-            return
-        try:
-            signed = _asgi_signed(scope, body)
-            name, headers = checked_invocation(
-                signed,
+            request_id = str(uuid.uuid4())
+            status, head, data = error_parts(exc.code, exc.http_status, exc.message, request_id)
+        else:
+            status, head, data = await self.answer(
+                scope["method"],
+                scope.get("raw_path", b"/"),
+                scope.get("query_string", b""),
+                scope["headers"],
                 scope.get("path_params", {}).get("name") or self.endpoint_of(scope) or "",
-                self.credentials,
-                self.region,
-                self.account_id,
+                body,
+                received,
+            )
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": data})
+
+    async def answer(
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        name: str,
+        body: bytes,
+        received: float,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """An invocation's answer: status, headers (lower-case names; the length among them)
+        and body. `headers`: the request's, lower-case names; `name`: the endpoint its path
+        names; `received`: when it arrived (time.perf_counter)."""
+        request_id = str(uuid.uuid4())
+        try:
+            signed = _signed(method, raw_path, query, headers, body)
+            name, passed = checked_invocation(
+                signed, name, self.credentials, self.region, self.account_id
             )
             target = signed.headers.get(TARGET_VARIANT.lower())
             answer = await self.invoker.invoke_async(
-                name, body, headers, target[0] if target else None, received
+                name, body, passed, target[0] if target else None, received
             )
         except InvocationError as exc:
-            await _send_error(send, exc.code, exc.status, exc.message, request_id, exc.extra)
-            return
+            return error_parts(exc.code, exc.status, exc.message, request_id, exc.extra)
         except ServiceError as exc:
-            await _send_error(send, exc.code, exc.http_status, exc.message, request_id, None)
-            return
+            return error_parts(exc.code, exc.http_status, exc.message, request_id)
         head = [
             (b"content-length", str(len(answer.body)).encode("latin-1")),
             (b"content-type", answer.content_type.encode("latin-1")),
@@ -286,20 +306,21 @@ class Invocations:
         head += [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": head})
-        await send({"type": "http.response.body", "body": answer.body})
+        return 200, head, answer.body
 
 
-def _asgi_signed(scope: Scope, body: bytes) -> SignedRequest:
-    """An ASGI request as SigV4 checks it (as `signed_request` makes a Starlette one)."""
-    headers: dict[str, list[str]] = {}
-    for name, value in scope["headers"]:
-        headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+def _signed(
+    method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+) -> SignedRequest:
+    """A request as SigV4 checks it (as `signed_request` makes a Starlette one)."""
+    named: dict[str, list[str]] = {}
+    for name, value in headers:
+        named.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
     return SignedRequest(
-        method=scope["method"],
-        raw_path=scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0],
-        raw_query=scope.get("query_string", b"").decode("latin-1"),
-        headers=headers,
+        method=method,
+        raw_path=raw_path.decode("latin-1").split("?", 1)[0],
+        raw_query=query.decode("latin-1"),
+        headers=named,
         body=body,
     )
 
@@ -324,14 +345,10 @@ async def _asgi_body(scope: Scope, receive: Receive) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _send_error(
-    send: Send,
-    code: str,
-    status: int,
-    message: str,
-    request_id: str,
-    extra: dict[str, Any] | None,
-) -> None:
+def error_parts(
+    code: str, status: int, message: str, request_id: str, extra: dict[str, Any] | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """`error_response`'s status, headers and body, for the bare handlers."""
     body = _error_body(message, extra)
     head = [
         (b"content-length", str(len(body)).encode("latin-1")),
@@ -339,8 +356,7 @@ async def _send_error(
         (b"x-amzn-requestid", request_id.encode("latin-1")),
         (b"x-amzn-errortype", code.encode("latin-1")),
     ]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
+    return status, head, body
 
 
 def _too_large() -> ValidationError:

@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from openmaker.api.app import create_app
 from openmaker.api.coalesce import CoalescingHttpToolsProtocol
 from openmaker.api.credentials import Credentials, server_credentials
+from openmaker.api.invoke_front import protocol_for
 from openmaker.api.operations import Backend
 from openmaker.api.runtime import Invocations, Receive, Scope, Send
 from openmaker.api.s3_endpoint import embedded_s3
@@ -54,7 +55,7 @@ def serve(
             credentials, settings.region, settings.account_id, backend.invoker
         )
         app = _InvocationsFirst(create_app(backend, credentials), invocations)
-        server = _Server(http_config(app, host, port))
+        server = _Server(http_config(app, host, port, protocol_for(invocations)))
         record = ServerRecord(
             f"http://{host}:{port}",
             s3_url,
@@ -89,15 +90,21 @@ class _InvocationsFirst:
             await self.app(scope, receive, send)
 
 
-def http_config(app: Starlette | _InvocationsFirst, host: str, port: int) -> uvicorn.Config:
+def http_config(
+    app: Starlette | _InvocationsFirst,
+    host: str,
+    port: int,
+    protocol: type[CoalescingHttpToolsProtocol] = CoalescingHttpToolsProtocol,
+) -> uvicorn.Config:
     """uvicorn as the API serves: the head and body of an answer in one write
-    (openmaker/api/coalesce.py); no access log; no X-Forwarded-* rewriting (no proxy stands in
-    front, and nothing reads the client's address)."""
+    (openmaker/api/coalesce.py), plain invocations answered by the protocol itself when it is
+    openmaker/api/invoke_front.py's; no access log; no X-Forwarded-* rewriting (no proxy stands
+    in front, and nothing reads the client's address)."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=CoalescingHttpToolsProtocol,
+        http=protocol,
         log_level="warning",
         access_log=False,
         proxy_headers=False,
