@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -133,22 +134,23 @@ def signed_head(server: ApiServer, path: str, body: bytes, extra: dict[str, str]
 
 
 def read_answers(server: ApiServer, sent: bytes, count: int) -> list[tuple[int, str, bytes]]:
-    """Send `sent` in one write, then read `count` answers off the connection in order."""
+    """Send `sent` in one write, then read `count` answers (status, Connection header, body)
+    off the connection in order, from one buffer (answers may arrive together)."""
     address = urlsplit(server.env["AWS_ENDPOINT_URL_SAGEMAKER"])
     assert address.hostname is not None and address.port is not None
-    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
-    try:
-        connection.connect()
-        assert connection.sock is not None
-        connection.sock.sendall(sent)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(sent)
         answers = []
-        for _ in range(count):
-            answer = http.client.HTTPResponse(connection.sock, method="POST")
-            answer.begin()
-            answers.append((answer.status, answer.getheader("Connection") or "", answer.read()))
+        with sock.makefile("rb") as stream:
+            for _ in range(count):
+                status = int(stream.readline().split()[1])
+                headers = {}
+                while (line := stream.readline().rstrip(b"\r\n")) != b"":
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = stream.read(int(headers["content-length"]))
+                answers.append((status, headers.get("connection", ""), body))
         return answers
-    finally:
-        connection.close()
 
 
 def test_pipelined_invocations_are_answered_in_order(api_server: ApiServer) -> None:
