@@ -25,7 +25,7 @@ import time
 import httptools
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
 
-from openmaker.api.coalesce import CoalescingHttpToolsProtocol
+from openmaker.api.coalesce import CoalescingHttpToolsProtocol, CoalescingTransport
 from openmaker.api.runtime import MAX_BODY_BYTES, Invocations
 
 PREFIX, SUFFIX = b"/endpoints/", b"/invocations"
@@ -161,7 +161,11 @@ def protocol_for(invocations: Invocations) -> type[CoalescingHttpToolsProtocol]:
             if not cycle.keep_alive:
                 lines.append(b"connection: close\r\n")
             lines += (b"\r\n", data)
-            self.transport.write(b"".join(lines))
+            transport = self.transport
+            if isinstance(transport, CoalescingTransport):
+                transport.write_whole(b"".join(lines))
+            else:
+                transport.write(b"".join(lines))
             if not cycle.keep_alive:
                 self.transport.close()
             self.on_response_complete()
