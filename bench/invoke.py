@@ -7,15 +7,25 @@ to openmaker are signed (SigV4) before the clock starts, so the figures are the 
 cost: the HTTP server, the signature check, the route, the proxy's hop to the container and
 the metrics. The model server speaks HTTP/1.1 and keeps connections alive, as production
 model servers do.
+
+The throughput runs take turns in slices (the load of anything else on the machine falls on
+each path alike), count the CPU each process spends per invocation (the clients, the server
+and how much of it in the kernel, the container), and measure a third path beside them: a bare
+relay in Python that checks nothing (bench/relay_floor.py), what any extra hop on the same
+cores leaves of direct's throughput.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,9 +40,12 @@ from openmaker.jobs.db import EndpointRecord, sessions
 from openmaker.settings import load_settings
 from tests.apiserver import ApiServer, running_api_server
 from tests.helpers import kill_every_worker
+from tests.s3server import free_port
 from tests.test_endpoints import Deployer
 
 CLIENTS = 8
+# The throughput runs take turns in this many slices each.
+ROUNDS = 8
 # The model server: /ping, and /invocations answering its request body.
 ECHO = """#!/usr/bin/env python3
 import http.server
@@ -89,14 +102,47 @@ def run(quick: bool, scratch: Path) -> list[str]:
             assert deployer.wait(name)["EndpointStatus"] == "InService"
             address, worker = _instance(home, name)
             processes = Processes(server.process.pid, worker)
-            for label, body in PAYLOADS.items():
-                ours, direct = _targets(server, name, address, body)
-                lines += _latency(label, ours, direct, body, calls)
-                lines += _throughput(label, ours, direct, body, seconds, processes)
+            with _relay_floor(address) as (floor_port, floor_pid):
+                for label, body in PAYLOADS.items():
+                    ours, direct = _targets(server, name, address, body)
+                    lines += _latency(label, ours, direct, body, calls)
+                    floor = Target("127.0.0.1", floor_port, "/invocations", direct.headers)
+                    paths = {
+                        "direct": (direct, processes),
+                        "ours": (ours, processes),
+                        "floor": (floor, Processes(floor_pid, worker)),
+                    }
+                    lines += _throughput(label, paths, body, seconds)
         finally:
             deployer.delete_all()
             kill_every_worker(home)
     return lines
+
+
+@contextlib.contextmanager
+def _relay_floor(address: str) -> Iterator[tuple[int, int]]:
+    """bench/relay_floor.py relaying to the container at `address`: its port and PID."""
+    host, _, port = address.rpartition(":")
+    listen = free_port()
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "bench.relay_floor", str(listen), host, port],
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        _sleep_until(lambda: _listening(listen) or relay.poll() is not None)
+        assert relay.poll() is None, "the relay floor did not start"
+        yield listen, relay.pid
+    finally:
+        relay.kill()
+        relay.wait()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _instance(home: Path, name: str) -> tuple[str, int]:
@@ -178,17 +224,48 @@ def _latency(label: str, ours: Target, direct: Target, body: bytes, calls: int) 
 
 
 def _throughput(
-    label: str, ours: Target, direct: Target, body: bytes, seconds: float, processes: Processes
+    label: str,
+    paths: dict[str, tuple[Target, Processes]],
+    body: bytes,
+    seconds: float,
 ) -> list[str]:
-    """The two rates, and the CPU each process spent per invocation in each run (µs)."""
-    direct_rate, direct_cpu = _rate(direct, body, seconds, processes)
-    ours_rate, ours_cpu = _rate(ours, body, seconds, processes)
+    """The rates of openmaker, direct and the bare relay, and the CPU each process spent per
+    invocation on each (µs). The paths take turns in ROUNDS slices, so that the load of
+    anything else on the machine falls on them alike."""
+    rates = _rates(paths, body, seconds)
+    (ours, ours_cpu), (direct, direct_cpu) = rates["ours"], rates["direct"]
+    floor, floor_cpu = rates["floor"]
     return [
-        f"InvokeEndpoint {label}, {CLIENTS} clients: openmaker {ours_rate:.0f}/s, direct "
-        f"{direct_rate:.0f}/s; ratio {ours_rate / direct_rate:.2f} (target >= 0.9)",
+        f"InvokeEndpoint {label}, {CLIENTS} clients: openmaker {ours:.0f}/s, direct "
+        f"{direct:.0f}/s; ratio {ours / direct:.2f} (target >= 0.9)",
         f"  CPU per invocation (µs), clients / server (of it in the kernel) / container: "
         f"through openmaker {_cpu(ours_cpu)}; direct {_cpu(direct_cpu)}",
+        f"  a bare Python relay (no checks, bench/relay_floor.py): {floor:.0f}/s, ratio "
+        f"{floor / direct:.2f}; CPU per invocation (µs) {_cpu(floor_cpu)}",
     ]
+
+
+def _rates(
+    paths: dict[str, tuple[Target, Processes]], body: bytes, seconds: float
+) -> dict[str, tuple[float, tuple[float, ...]]]:
+    """Each path's invocations per second and each process's CPU per invocation (µs), over
+    ROUNDS turns of `seconds / ROUNDS` each."""
+    calls = dict.fromkeys(paths, 0)
+    elapsed = dict.fromkeys(paths, 0.0)
+    spent = {key: [0.0] * 4 for key in paths}
+    for _ in range(ROUNDS):
+        for key, (target, processes) in paths.items():
+            done, took, cpu_spent = _slice(target, body, seconds / ROUNDS, processes)
+            calls[key] += done
+            elapsed[key] += took
+            spent[key] = [a + b for a, b in zip(spent[key], cpu_spent, strict=True)]
+    return {
+        key: (
+            calls[key] / elapsed[key],
+            tuple(c * 1e6 / max(calls[key], 1) for c in spent[key]),
+        )
+        for key in paths
+    }
 
 
 def _cpu(spent: tuple[float, ...]) -> str:
@@ -196,11 +273,11 @@ def _cpu(spent: tuple[float, ...]) -> str:
     return f"{client:.0f} / {server:.0f} ({kernel:.0f}) / {container:.0f}"
 
 
-def _rate(
+def _slice(
     target: Target, body: bytes, seconds: float, processes: Processes
-) -> tuple[float, tuple[float, ...]]:
-    """Invocations per second that CLIENTS threads complete, each on its own connection, and
-    each process's CPU per invocation (µs)."""
+) -> tuple[int, float, tuple[float, ...]]:
+    """Invocations that CLIENTS threads complete in `seconds`, each on its own connection; the
+    time taken; each process's CPU seconds meanwhile."""
     done = [0] * CLIENTS
     stop = threading.Event()
 
@@ -222,8 +299,7 @@ def _rate(
         thread.join()
     elapsed = time.perf_counter() - started
     after = processes.cpu()
-    calls = max(sum(done), 1)
-    return calls / elapsed, tuple((a - b) * 1e6 / calls for a, b in zip(after, before, strict=True))
+    return sum(done), elapsed, tuple(a - b for a, b in zip(after, before, strict=True))
 
 
 def _sleep_until(done: Callable[[], bool]) -> None:
