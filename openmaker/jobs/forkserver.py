@@ -64,6 +64,10 @@ def main() -> None:
     # its expressions) in every worker, else.
     import encodings.idna  # noqa: F401
 
+    # Read by every job's hosts (their opening notes): the file once, here.
+    from openmaker.instances import catalog
+
+    catalog()
     # What is loaded now stays shared with every worker: the collector never touches it.
     gc.freeze()
     while True:

@@ -175,6 +175,8 @@ def main(argv: list[str]) -> None:
 
 def unescape(field: bytes) -> str:
     """A path as /proc/self/mountinfo writes it (octal escapes for space, tab, newline, \\)."""
+    if b"\\" not in field:  # nearly every path: the loop below is per character
+        return os.fsdecode(field)
     out, i = bytearray(), 0
     while i < len(field):
         if field[i : i + 1] == b"\\" and field[i + 1 : i + 4].isdigit():

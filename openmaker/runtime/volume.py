@@ -144,12 +144,22 @@ def unmount_under(folder: Path) -> None:
 
 def mount_points_under(folder: Path) -> list[Path]:
     found = []
+    # A Path only for the points under it (compared as the table writes them): with many jobs
+    # running, most of hundreds of lines are not, and a job reads the table several times.
+    inside = _escaped(os.fsencode(folder)).rstrip(b"/") + b"/"
     with open("/proc/self/mountinfo", "rb") as table:
         for line in table:
-            point = Path(unescape(line.split()[4]))
-            if point.is_relative_to(folder):
-                found.append(point)
+            field = line.split(maxsplit=5)[4]
+            if field.startswith(inside) or field + b"/" == inside:
+                found.append(Path(unescape(field)))
     return found
+
+
+def _escaped(path: bytes) -> bytes:
+    """`path` as /proc/self/mountinfo writes it (see enter.unescape)."""
+    for char in b"\\ \t\n":  # the backslash first: the others' escapes start with one
+        path = path.replace(bytes([char]), b"\\%03o" % char)
+    return path
 
 
 def unavailable_reason() -> str | None:
