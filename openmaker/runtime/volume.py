@@ -279,13 +279,21 @@ def _loop_devices() -> list[tuple[str, Path]]:
     """(device, backing file) of every loop device in use that will not clear itself once
     unused (a volume's does: it may still be ending, in its worker's thread)."""
     found = []
-    for entry in Path("/sys/block").glob("loop*"):
+    # Plain reads: each job's worker looks twice, with a device per running job.
+    with os.scandir("/sys/block") as entries:
+        names = [entry.name for entry in entries if entry.name.startswith("loop")]
+    for name in names:
         with contextlib.suppress(OSError):
-            if (entry / "loop" / "autoclear").read_text().strip() == "1":
+            if _read(f"/sys/block/{name}/loop/autoclear") == "1":
                 continue
-            backing = (entry / "loop" / "backing_file").read_text().strip()
-            found.append((f"/dev/{entry.name}", Path(backing.removesuffix(" (deleted)"))))
+            backing = _read(f"/sys/block/{name}/loop/backing_file")
+            found.append((f"/dev/{name}", Path(backing.removesuffix(" (deleted)"))))
     return found
+
+
+def _read(path: str) -> str:
+    with open(path) as file:
+        return file.read().strip()
 
 
 def _lazy_unmount(point: Path) -> bool:
