@@ -157,9 +157,7 @@ class Invoker:
                 )
                 if refused is not None:
                     raise InvocationError("ThrottlingException", 429, f"Rate exceeded: {refused}")
-                failed = serverless.refused_since(
-                    serverless.failure_file(settings, name, variant.name), since
-                )
+                failed = self.serverless.failed(slot)
                 if failed is not None:  # SageMaker's word for resources not provisioned
                     raise InvocationError(
                         "ModelNotReadyException",

@@ -19,9 +19,11 @@ are invocations, each serving one at a time, as SageMaker's serverless workers d
   capacity: a cold start that does not fit starts as many as fit, and when none does the worker
   notes a refusal (`refuse`) and the invocations waiting get a `ThrottlingException`.
 - A cold start that fails otherwise (the model data, the image, `/ping`) is noted too
-  (`failure_file`): the invocations waiting for it get a `ModelNotReadyException` with the
-  reason at once. The next is tried only for invocations asking after `retry_delay` (1 s, then
-  doubling up to 30 s while they keep failing).
+  (`note_failure`, one entry per instance that failed): each failure answers one invocation
+  waiting, the one waiting longest, with a `ModelNotReadyException` and the reason at once
+  (`Gate.failed`). The others keep waiting for the instances started for them, and are
+  answered if those start. Another cold start is tried only for invocations asking after
+  `retry_delay` (1 s, then doubling up to 30 s while they keep failing).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,8 @@ ASKING_SECONDS = 3.0
 # each failure in a row, from the first to the most.
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MOST_SECONDS = 30.0
+# The cold start failures a variant's failure file keeps: as many as could be waited on at once.
+KEPT_FAILURES = MAX_CONCURRENCY
 
 
 class Throttled(Exception):
@@ -168,6 +172,39 @@ def failure_file(settings: Settings, endpoint: str, variant: str) -> Path:
     return demand_file(settings, endpoint, variant).with_name(f"{variant}.failed")
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One cold start that failed (`failure_file`): the `seq`-th of the variant's, at `at`
+    (time.time())."""
+
+    seq: int
+    at: float
+    reason: str
+
+
+def note_failure(path: Path, reason: str) -> None:
+    """Note that one cold start failed now (the proxy answers one invocation waiting with it).
+    The file keeps the latest KEPT_FAILURES and how many there were in all."""
+    failures = read_failures(path)
+    count = failures[-1].seq if failures else 0
+    kept = [[f.at, f.reason] for f in failures[-(KEPT_FAILURES - 1) :]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_whole(
+        path, json.dumps({"count": count + 1, "failures": [*kept, [time.time(), reason]]})
+    )
+
+
+def read_failures(path: Path) -> list[Failure]:
+    """The variant's cold starts that failed, oldest first (the latest KEPT_FAILURES)."""
+    try:
+        data = json.loads(path.read_text())
+        count, kept = int(data["count"]), list(data["failures"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    first = count - len(kept) + 1
+    return [Failure(first + i, float(at), str(reason)) for i, (at, reason) in enumerate(kept)]
+
+
 def retry_delay(failures: int) -> float:
     """How long after its `failures`-th failure in a row a cold start is tried again."""
     return min(RETRY_FIRST_SECONDS * 2 ** max(failures - 1, 0), RETRY_MOST_SECONDS)
@@ -197,6 +234,9 @@ class Slot:
     key: tuple[str, str]
     demand: Path
     address: str = ""
+    since: float = field(default_factory=time.time)  # when it came (time.time())
+    # Why the cold start it waited for failed (Gate.failed), if one did.
+    failure: str | None = None
 
 
 class Gate:
@@ -209,6 +249,10 @@ class Gate:
         self._under_way: dict[tuple[str, str], int] = {}
         self._busy: dict[tuple[str, str], set[str]] = {}
         self._used: dict[tuple[str, str], dict[str, float]] = {}
+        # The invocations under way, in the order they came, and the last cold start failure
+        # each variant's were handed.
+        self._slots: dict[tuple[str, str], list[Slot]] = {}
+        self._failures_seen: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -222,12 +266,14 @@ class Gate:
                     f"{most} invocations under way, its MaxConcurrency."
                 )
             self._under_way[key] = self._under_way.get(key, 0) + 1
+            self._slots.setdefault(key, []).append(slot)
             self._publish(slot)
         try:
             yield slot
         finally:
             with self._lock:
                 self._under_way[key] -= 1
+                self._slots[key].remove(slot)
                 if slot.address:
                     self._busy[key].discard(slot.address)
                     self._used.setdefault(key, {})[slot.address] = time.time()
@@ -253,6 +299,27 @@ class Gate:
         """Say again that `slot` waits for an instance (the worker heeds recent asks only)."""
         with self._lock:
             self._publish(slot)
+
+    def failed(self, slot: Slot) -> str | None:
+        """Why a cold start `slot` waited for failed, if one did. Each failure noted answers one
+        invocation: the one waiting longest that came before it, and none if all came after
+        (a start for invocations already gone)."""
+        failures = read_failures(failure_file(self.settings, *slot.key))
+        with self._lock:
+            seen = self._failures_seen.get(slot.key, 0)
+            waiting = [
+                s for s in self._slots.get(slot.key, ()) if not s.address and s.failure is None
+            ]
+            for failure in failures:
+                if failure.seq <= seen:
+                    continue
+                seen = failure.seq
+                taker = next((s for s in waiting if s.since <= failure.at), None)
+                if taker is not None:
+                    taker.failure = failure.reason
+                    waiting.remove(taker)
+            self._failures_seen[slot.key] = seen
+            return slot.failure
 
     def _publish(self, slot: Slot) -> None:
         key = slot.key

@@ -694,7 +694,7 @@ class EndpointWorker:
             serverless.refuse(refused, f"no serverless capacity to start: {exc}")
         else:  # those waiting are told at once (serving/proxy.py), not left to time out
             failure = serverless.failure_file(self.settings, self.name, variant)
-            serverless.refuse(failure, str(exc))
+            serverless.note_failure(failure, str(exc))
         _, failures = self.cold_failed.get(variant, (0.0, 0))
         self.cold_failed[variant] = (time.time(), failures + 1)
         message = f"A serverless instance of production variant {variant} failed: {exc}"
