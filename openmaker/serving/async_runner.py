@@ -4,8 +4,9 @@ Requests are taken from the endpoint's queue (serving/async_queue.py) oldest fir
 instance whose container runs and that has fewer than `MaxConcurrentInvocationsPerInstance`
 requests in hand. For each: a request older than its RequestTTLSeconds fails; the input object
 is read from S3 (missing, or over MAX_INPUT_BYTES: a failure); the container's 2xx answer
-(at most MAX_OUTPUT_BYTES, within InvocationTimeoutSeconds) is written to the output location,
-anything else to the failure location. With a NotificationConfig, the notification SageMaker
+(at most MAX_OUTPUT_BYTES, within InvocationTimeoutSeconds) is written to the output location;
+its error answer is written to the failure location as it is, as SageMaker writes it, and any
+other failure as a sentence saying why. With a NotificationConfig, the notification SageMaker
 would publish to SNS is written to the endpoint's log group, stream NOTIFICATIONS. Each
 request's outcome and the queue's state go to the endpoint's metrics (serving/async_metrics.py).
 """
@@ -58,7 +59,10 @@ class Refused(Exception):
 class Outcome:
     ok: bool
     content_type: str
-    message: str = ""
+    message: str = ""  # why it failed: the failure object, else the notification's reason
+    # The container answered with an error: its answer is the failure object, as SageMaker's
+    # is, and `message` only the notification's failureReason.
+    answered: bool = False
 
 
 class AsyncRunner:
@@ -221,8 +225,14 @@ class AsyncRunner:
                 "asynchronous invocation may answer."
             )
         if not 200 <= status < 300:
-            text = Path(f"{spool}.out").read_bytes()[:2048].decode("utf-8", "replace")
-            return Outcome(False, content_type, f"Received {status} from the model: {text}")
+            kind = "server" if status >= 500 else "client"
+            return Outcome(
+                False,
+                content_type,
+                f"ClientError: Received {kind} error ({status}) from model. See the endpoint's "
+                f"log group /aws/sagemaker/Endpoints/{self.endpoint} for more information.",
+                answered=True,
+            )
         return Outcome(True, content_type)
 
     def _fetch(self, uri: str, target: Path) -> int:
@@ -274,8 +284,8 @@ class AsyncRunner:
                 obstore.put(location.store, location.key, output)
             elif request.failure_location is not None:
                 location = resolve(request.failure_location, self.settings.store)
-                body = outcome.message.encode()
-                obstore.put(location.store, location.key, body)
+                failure = output if outcome.answered else outcome.message.encode()
+                obstore.put(location.store, location.key, failure)
         except Exception:
             handled.upload_failed, handled.ok = True, False
             raise
@@ -297,21 +307,29 @@ class AsyncRunner:
             "eventTime": _iso(datetime.now(UTC)),
             "receivedTime": _iso(received),
             "invocationStatus": "Completed" if outcome.ok else "Failed",
-            "requestParameters": {
-                "contentType": request.content_type or "application/octet-stream",
-                "endpointName": self.endpoint,
-            },
+            "requestParameters": _request_parameters(request, self.endpoint),
             "responseParameters": response,
             "inferenceId": request.inference_id,
             "eventVersion": "1.0",
             "eventSource": "aws:sagemaker",
             "eventName": "InferenceResult",
         }
-        if request.body is None:
-            event["requestParameters"]["inputLocation"] = request.input_location
         if not outcome.ok:
             event["failureReason"] = outcome.message[:1024]
         self.logs.note(NOTIFICATIONS, json.dumps(event, separators=(",", ":")))
+
+
+def _request_parameters(request: AsyncRequest, endpoint: str) -> dict[str, str]:
+    """The request as a notification tells it: only the members the caller gave (SageMaker's
+    carry no contentType for a request without one)."""
+    given = {
+        "accept": request.accept,
+        "contentType": request.content_type,
+        "customAttributes": request.custom_attributes,
+        "endpointName": endpoint,
+        "inputLocation": request.input_location if request.body is None else None,
+    }
+    return {member: value for member, value in given.items() if value is not None}
 
 
 def _deadline(entry: Path) -> float:
