@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 from openmaker.runtime import unavailable_reason
 from openmaker.serving.async_runner import NOTIFICATIONS
 from tests.apiserver import ApiServer, running_api_server
+from tests.test_endpoint_metrics import cloudwatch, statistic
 from tests.test_endpoints import Deployer, wait_until
 from tests.test_endpoints_async import BUCKET, SERVE, async_endpoint, put_input, read_s3
 from tests.test_endpoints_sdk import UUID
@@ -152,6 +153,52 @@ def test_output_and_failure_names_and_what_notifications_say(
                 )
             assert error.value.response["Error"]["Code"] == "ValidationError", bad
             assert "at 'inferenceId'" in str(error.value), bad
+    finally:
+        deployer.delete_all()
+
+
+def test_a_request_past_its_ttl_fails_with_no_instance_to_take_it(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    deployer = Deployer(api_server, tmp_path)
+    with contextlib.suppress(ClientError):
+        deployer.s3.create_bucket(Bucket=BUCKET)
+    try:
+        model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+        name = async_endpoint(deployer, model, "ttl")
+        deployer.sagemaker.update_endpoint_weights_and_capacities(
+            EndpointName=name,
+            DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 0}],
+        )
+        wait_until(lambda: _counts(deployer.sagemaker, name) == (0, "InService"), "no instance")
+        answer = deployer.runtime.invoke_endpoint_async(
+            EndpointName=name,
+            InputLocation=put_input(deployer, "in/ttl.csv", b"ttl"),
+            RequestTTLSeconds=60,
+        )
+        # 60 s is the least RequestTTLSeconds: the queued request is made 61 s old instead of
+        # waited for (its file moved to a name as old, as the queue names them).
+        queue = deployer.server.home / "endpoints" / name / "async-queue"
+        (entry,) = queue.glob("*.json")
+        request = json.loads(entry.read_text())
+        request["queued_at"] -= 61
+        aged = queue / f"{int(request['queued_at'] * 1e9):020d}-aged.json"
+        partial = queue / ".aged.partial"
+        partial.write_text(json.dumps(request))
+        partial.rename(aged)
+        entry.unlink()
+        wait_until(lambda: read_s3(deployer, answer["FailureLocation"]), "the request expired")
+        reason = (read_s3(deployer, answer["FailureLocation"]) or b"").decode()
+        assert "expired" in reason and "RequestTTLSeconds (60)" in reason, reason
+        notes = notifications(deployer, name)
+        wait_until(notes, "its notification")
+        (note,) = notes()
+        assert note["invocationStatus"] == "Failed" and note["failureReason"] == reason
+        client = cloudwatch(deployer.server)
+        wait_until(
+            lambda: statistic(client, name, "ExpiredRequests", "Sum") == (1.0, "Count"),
+            "ExpiredRequests counted",
+        )
     finally:
         deployer.delete_all()
 
