@@ -62,8 +62,13 @@ BUCKET = "async"
 SNS = "arn:aws:sns:us-east-1:000000000000:"
 
 
-def async_endpoint(deployer: Deployer, model: str, prefix: str) -> str:
+def async_endpoint(
+    deployer: Deployer, model: str, prefix: str, topics: tuple[str, ...] = ("ok", "bad")
+) -> str:
+    """An async endpoint of `model`, its objects under `prefix`; `topics`: its SuccessTopic's and
+    ErrorTopic's names, "" for none."""
     name = unique_name("async")
+    success, error = (SNS + t if t else None for t in topics)
     deployer.sagemaker.create_endpoint_config(
         EndpointConfigName=name,
         ProductionVariants=[
@@ -78,7 +83,9 @@ def async_endpoint(deployer: Deployer, model: str, prefix: str) -> str:
             "OutputConfig": {
                 "S3OutputPath": f"s3://{BUCKET}/{prefix}/out",
                 "S3FailurePath": f"s3://{BUCKET}/{prefix}/fail",
-                "NotificationConfig": {"SuccessTopic": SNS + "ok", "ErrorTopic": SNS + "bad"},
+                "NotificationConfig": {
+                    k: v for k, v in (("SuccessTopic", success), ("ErrorTopic", error)) if v
+                },
             },
             "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1},
         },

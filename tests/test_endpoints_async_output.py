@@ -203,6 +203,31 @@ def test_a_request_past_its_ttl_fails_with_no_instance_to_take_it(
         deployer.delete_all()
 
 
+def test_each_notification_goes_only_to_a_topic_given(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    deployer = Deployer(api_server, tmp_path)
+    with contextlib.suppress(ClientError):
+        deployer.s3.create_bucket(Bucket=BUCKET)
+    try:
+        model = deployer.model(SERVE, {"weights.txt": b"w\n"})
+        (tmp_path / model / "go").touch()
+        name = async_endpoint(deployer, model, "topics", topics=("", "bad"))  # no SuccessTopic
+        invoked = [
+            deployer.runtime.invoke_endpoint_async(
+                EndpointName=name, InputLocation=put_input(deployer, f"in/{body.decode()}", body)
+            )
+            for body in (b"fine", b"fail")
+        ]
+        wait_until(lambda: read_s3(deployer, invoked[1]["FailureLocation"]), "both answered")
+        assert read_s3(deployer, invoked[0]["OutputLocation"]) == b"1 1 fine"
+        notes = notifications(deployer, name)
+        wait_until(notes, "the failure's notification")
+        assert [n["invocationStatus"] for n in notes()] == ["Failed"]
+    finally:
+        deployer.delete_all()
+
+
 def notifications(deployer: Deployer, name: str) -> Callable[[], list[dict[str, Any]]]:
     """What the endpoint's notifications say, read again on each call."""
     logs = deployer.server.client("logs")

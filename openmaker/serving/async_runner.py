@@ -3,13 +3,14 @@
 Requests are taken from the endpoint's queue (serving/async_queue.py) oldest first, each by an
 instance whose container runs and that has fewer than `MaxConcurrentInvocationsPerInstance`
 requests in hand. A request older than its RequestTTLSeconds fails, taken or not (an endpoint
-with no instance included). For each taken: the input object
-is read from S3 (missing, or over MAX_INPUT_BYTES: a failure); the container's 2xx answer
-(at most MAX_OUTPUT_BYTES, within InvocationTimeoutSeconds) is written to the output location;
-its error answer is written to the failure location as it is, as SageMaker writes it, and any
-other failure as a sentence saying why. With a NotificationConfig, the notification SageMaker
-would publish to SNS is written to the endpoint's log group, stream NOTIFICATIONS. Each
-request's outcome and the queue's state go to the endpoint's metrics (serving/async_metrics.py).
+with no instance included). For each taken: the input object is read from S3 (missing, or over
+MAX_INPUT_BYTES: a failure); the container's 2xx answer (at most MAX_OUTPUT_BYTES, within
+InvocationTimeoutSeconds) is written to the output location; its error answer is written to
+the failure location as it is, as SageMaker writes it, and any other failure as a sentence
+saying why. With a NotificationConfig, the notification SageMaker would publish to SNS (a
+success with a SuccessTopic, a failure with an ErrorTopic) is written to the endpoint's log
+group, stream NOTIFICATIONS. Each request's outcome and the queue's state go to the endpoint's
+metrics (serving/async_metrics.py).
 """
 
 from __future__ import annotations
@@ -341,8 +342,9 @@ class AsyncRunner:
         self._notify(request, outcome, received)
 
     def _notify(self, request: AsyncRequest, outcome: Outcome, received: datetime) -> None:
-        notification = (self.config.get("OutputConfig") or {}).get("NotificationConfig")
-        if notification is None:
+        notification = (self.config.get("OutputConfig") or {}).get("NotificationConfig") or {}
+        # Each kind goes to its own topic, and none without one (the model's word).
+        if not notification.get("SuccessTopic" if outcome.ok else "ErrorTopic"):
             return
         response: dict[str, Any] = {"contentType": outcome.content_type}
         if outcome.ok:
