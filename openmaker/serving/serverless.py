@@ -16,14 +16,15 @@ are invocations, each serving one at a time, as SageMaker's serverless workers d
 - Each instance reserves `MemorySizeInMB` of the machine's memory (and a `PLACEMENT_TYPE`'s
   CPUs) as other instances reserve theirs (serving/placement.py), fits by it, and its container
   is held to it when instances are held to their share; as those, it never waits for
-  capacity: a cold start that does not fit starts as many as fit, and when none does the worker
-  notes a refusal (`refuse`) and the invocations waiting get a `ThrottlingException`.
-- A cold start that fails otherwise (the model data, the image, `/ping`) is noted too
-  (`note_failure`, one entry per instance that failed): each failure answers one invocation
-  waiting, the one waiting longest, with a `ModelNotReadyException` and the reason at once
-  (`Gate.failed`). The others keep waiting for the instances started for them, and are
-  answered if those start. Another cold start is tried only for invocations asking after
-  `retry_delay` (1 s, then doubling up to 30 s while they keep failing).
+  capacity: a cold start that does not fit starts as many as fit, and for those that do not the
+  worker notes refusals (`note`, `refusal_file`), each answering one invocation waiting, the
+  latest to come, with a `ThrottlingException` (`Gate.outcome`).
+- A cold start that fails otherwise (the model data, the image, `/ping`) is noted too (`note`,
+  `failure_file`, one entry per instance that failed): each failure answers one invocation
+  waiting, the one waiting longest, with a `ModelNotReadyException` and the reason at once.
+  The others keep waiting for the instances started for them, and are answered if those
+  start. Another cold start is tried only for invocations asking after `retry_delay` (1 s, then
+  doubling up to 30 s while they keep failing).
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ ASKING_SECONDS = 3.0
 # each failure in a row, from the first to the most.
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MOST_SECONDS = 30.0
-# The cold start failures a variant's failure file keeps: as many as could be waited on at once.
+# The cold starts a variant's failure or refusal file keeps: as many as could be waited on.
 KEPT_FAILURES = MAX_CONCURRENCY
+# What ended an invocation's wait for a cold start (Gate.outcome).
+FAILED, REFUSED = "failed", "refused"
 
 
 class Throttled(Exception):
@@ -174,28 +177,29 @@ def failure_file(settings: Settings, endpoint: str, variant: str) -> Path:
 
 @dataclass(frozen=True)
 class Failure:
-    """One cold start that failed (`failure_file`): the `seq`-th of the variant's, at `at`
-    (time.time())."""
+    """One cold start that failed or was refused (`failure_file`, `refusal_file`): the
+    `seq`-th the file noted, at `at` (time.time())."""
 
     seq: int
     at: float
     reason: str
 
 
-def note_failure(path: Path, reason: str) -> None:
-    """Note that one cold start failed now (the proxy answers one invocation waiting with it).
-    The file keeps the latest KEPT_FAILURES and how many there were in all."""
+def note(path: Path, reason: str, starts: int = 1) -> None:
+    """Note that `starts` cold starts failed (or were refused) now: the proxy answers one
+    invocation waiting for each. The file keeps the latest KEPT_FAILURES and how many there
+    were in all."""
     failures = read_failures(path)
     count = failures[-1].seq if failures else 0
-    kept = [[f.at, f.reason] for f in failures[-(KEPT_FAILURES - 1) :]]
+    now = time.time()
+    kept = [[f.at, f.reason] for f in failures] + [[now, reason]] * starts
+    data = {"count": count + starts, "failures": kept[-KEPT_FAILURES:]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_whole(
-        path, json.dumps({"count": count + 1, "failures": [*kept, [time.time(), reason]]})
-    )
+    replace_whole(path, json.dumps(data))
 
 
 def read_failures(path: Path) -> list[Failure]:
-    """The variant's cold starts that failed, oldest first (the latest KEPT_FAILURES)."""
+    """The cold starts `path` noted, oldest first (the latest KEPT_FAILURES)."""
     try:
         data = json.loads(path.read_text())
         count, kept = int(data["count"]), list(data["failures"])
@@ -210,22 +214,6 @@ def retry_delay(failures: int) -> float:
     return min(RETRY_FIRST_SECONDS * 2 ** max(failures - 1, 0), RETRY_MOST_SECONDS)
 
 
-def refuse(path: Path, message: str) -> None:
-    """Note that a cold start was refused now (the proxy throttles those waiting for it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replace_whole(path, message)
-
-
-def refused_since(path: Path, since: float) -> str | None:
-    """Why a cold start was refused at or after `since` (time.time()), if one was."""
-    try:
-        if path.stat().st_mtime >= since:
-            return path.read_text()
-    except OSError:
-        pass
-    return None
-
-
 @dataclass
 class Slot:
     """One invocation of a serverless variant under way; `address`: the instance serving it
@@ -235,8 +223,8 @@ class Slot:
     demand: Path
     address: str = ""
     since: float = field(default_factory=time.time)  # when it came (time.time())
-    # Why the cold start it waited for failed (Gate.failed), if one did.
-    failure: str | None = None
+    # What ended its wait for a cold start (Gate.outcome): FAILED or REFUSED, and why.
+    outcome: tuple[str, str] | None = None
 
 
 class Gate:
@@ -252,7 +240,7 @@ class Gate:
         # The invocations under way, in the order they came, and the last cold start failure
         # each variant's were handed.
         self._slots: dict[tuple[str, str], list[Slot]] = {}
-        self._failures_seen: dict[tuple[str, str], int] = {}
+        self._seen: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -300,26 +288,34 @@ class Gate:
         with self._lock:
             self._publish(slot)
 
-    def failed(self, slot: Slot) -> str | None:
-        """Why a cold start `slot` waited for failed, if one did. Each failure noted answers one
-        invocation: the one waiting longest that came before it, and none if all came after
-        (a start for invocations already gone)."""
-        failures = read_failures(failure_file(self.settings, *slot.key))
+    def outcome(self, slot: Slot) -> tuple[str, str] | None:
+        """What ended `slot`'s wait for a cold start, if something did: FAILED or REFUSED, and
+        why. Each cold start noted as failed answers one invocation, the one waiting longest;
+        each refused, the latest to come (the start asked for last); neither answers one that
+        came after it was noted."""
+        noted = [
+            (FAILED, read_failures(failure_file(self.settings, *slot.key))),
+            (REFUSED, read_failures(refusal_file(self.settings, *slot.key))),
+        ]
         with self._lock:
-            seen = self._failures_seen.get(slot.key, 0)
-            waiting = [
-                s for s in self._slots.get(slot.key, ()) if not s.address and s.failure is None
-            ]
-            for failure in failures:
-                if failure.seq <= seen:
-                    continue
-                seen = failure.seq
-                taker = next((s for s in waiting if s.since <= failure.at), None)
-                if taker is not None:
-                    taker.failure = failure.reason
-                    waiting.remove(taker)
-            self._failures_seen[slot.key] = seen
-            return slot.failure
+            for kind, failures in noted:
+                self._hand_out(slot.key, kind, failures)
+            return slot.outcome
+
+    def _hand_out(self, key: tuple[str, str], kind: str, failures: list[Failure]) -> None:
+        seen = self._seen.get((*key, kind), 0)
+        waiting = [s for s in self._slots.get(key, ()) if not s.address and s.outcome is None]
+        if kind == REFUSED:
+            waiting.reverse()
+        for failure in failures:
+            if failure.seq <= seen:
+                continue
+            seen = failure.seq
+            taker = next((s for s in waiting if s.since <= failure.at), None)
+            if taker is not None:
+                taker.outcome = (kind, failure.reason)
+                waiting.remove(taker)
+        self._seen[(*key, kind)] = seen
 
     def _publish(self, slot: Slot) -> None:
         key = slot.key
