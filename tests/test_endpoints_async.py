@@ -63,12 +63,19 @@ SNS = "arn:aws:sns:us-east-1:000000000000:"
 
 
 def async_endpoint(
-    deployer: Deployer, model: str, prefix: str, topics: tuple[str, ...] = ("ok", "bad")
+    deployer: Deployer,
+    model: str,
+    prefix: str,
+    topics: tuple[str, ...] = ("ok", "bad"),
+    failures: bool = True,
 ) -> str:
     """An async endpoint of `model`, its objects under `prefix`; `topics`: its SuccessTopic's and
-    ErrorTopic's names, "" for none."""
+    ErrorTopic's names, "" for none; `failures`: whether it has an S3FailurePath."""
     name = unique_name("async")
     success, error = (SNS + t if t else None for t in topics)
+    output = {"S3OutputPath": f"s3://{BUCKET}/{prefix}/out"}
+    if failures:
+        output["S3FailurePath"] = f"s3://{BUCKET}/{prefix}/fail"
     deployer.sagemaker.create_endpoint_config(
         EndpointConfigName=name,
         ProductionVariants=[
@@ -81,8 +88,7 @@ def async_endpoint(
         ],
         AsyncInferenceConfig={
             "OutputConfig": {
-                "S3OutputPath": f"s3://{BUCKET}/{prefix}/out",
-                "S3FailurePath": f"s3://{BUCKET}/{prefix}/fail",
+                **output,
                 "NotificationConfig": {
                     k: v for k, v in (("SuccessTopic", success), ("ErrorTopic", error)) if v
                 },

@@ -212,18 +212,22 @@ def test_each_notification_goes_only_to_a_topic_given(
     try:
         model = deployer.model(SERVE, {"weights.txt": b"w\n"})
         (tmp_path / model / "go").touch()
-        name = async_endpoint(deployer, model, "topics", topics=("", "bad"))  # no SuccessTopic
+        # No SuccessTopic, no S3FailurePath.
+        name = async_endpoint(deployer, model, "topics", topics=("", "bad"), failures=False)
         invoked = [
             deployer.runtime.invoke_endpoint_async(
                 EndpointName=name, InputLocation=put_input(deployer, f"in/{body.decode()}", body)
             )
             for body in (b"fine", b"fail")
         ]
-        wait_until(lambda: read_s3(deployer, invoked[1]["FailureLocation"]), "both answered")
-        assert read_s3(deployer, invoked[0]["OutputLocation"]) == b"1 1 fine"
+        assert "FailureLocation" not in invoked[1]
         notes = notifications(deployer, name)
         wait_until(notes, "the failure's notification")
-        assert [n["invocationStatus"] for n in notes()] == ["Failed"]
+        assert read_s3(deployer, invoked[0]["OutputLocation"]) == b"1 1 fine"
+        (failed,) = notes()
+        assert failed["invocationStatus"] == "Failed"
+        # Nowhere written, as SageMaker's notification of a failure without a failure path.
+        assert "responseParameters" not in failed
     finally:
         deployer.delete_all()
 

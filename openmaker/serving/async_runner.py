@@ -346,25 +346,32 @@ class AsyncRunner:
         # Each kind goes to its own topic, and none without one (the model's word).
         if not notification.get("SuccessTopic" if outcome.ok else "ErrorTopic"):
             return
-        response: dict[str, Any] = {"contentType": outcome.content_type}
-        if outcome.ok:
-            response["outputLocation"] = request.output_location
-        elif request.failure_location is not None:
-            response["failureLocation"] = request.failure_location
         event: dict[str, Any] = {
             "awsRegion": self.settings.region,
             "eventTime": _iso(datetime.now(UTC)),
             "receivedTime": _iso(received),
             "invocationStatus": "Completed" if outcome.ok else "Failed",
-            "requestParameters": _request_parameters(request, self.endpoint),
-            "responseParameters": response,
-            "inferenceId": request.inference_id,
-            "eventVersion": "1.0",
-            "eventSource": "aws:sagemaker",
-            "eventName": "InferenceResult",
         }
         if not outcome.ok:
             event["failureReason"] = outcome.message[:1024]
+        event["requestParameters"] = _request_parameters(request, self.endpoint)
+        # As SageMaker's: a failure with nowhere to be written has no responseParameters.
+        if outcome.ok:
+            event["responseParameters"] = {
+                "contentType": outcome.content_type,
+                "outputLocation": request.output_location,
+            }
+        elif request.failure_location is not None:
+            event["responseParameters"] = {
+                "contentType": outcome.content_type,
+                "failureLocation": request.failure_location,
+            }
+        event.update(
+            inferenceId=request.inference_id,
+            eventVersion="1.0",
+            eventSource="aws:sagemaker",
+            eventName="InferenceResult",
+        )
         self.logs.note(NOTIFICATIONS, json.dumps(event, separators=(",", ":")))
 
 
