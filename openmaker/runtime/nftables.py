@@ -31,6 +31,9 @@ _FAMILY_NAMES = {number: name for name, number in FAMILIES.items()}
 # Hook numbers: the same for the forward hook of every family that has one (not netdev).
 FORWARD_HOOK = 2
 NF_DROP, NF_ACCEPT = 0, 1
+_BEGIN = 1  # the batch's first sequence number
+# A kernel that never answers fails the job's network, not hangs its start.
+_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def _message(kind: int, sequence: int, body: bytes, flags: int = 0) -> bytes:
 def _socket() -> socket.socket:
     kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
     sock = socket.socket(socket.AF_NETLINK, kind, _NETLINK_NETFILTER)
+    sock.settimeout(_TIMEOUT_SECONDS)
     sock.bind((0, 0))
     return sock
 
@@ -114,16 +118,16 @@ def _send_batch(messages: list[Message]) -> int:
     requests may still be answered 0."""
     # The batch's ends name the subsystem (big-endian) where requests have their resource id.
     edge = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack("!H", _NFNL_SUBSYS_NFTABLES)
-    batch = _message(_NFNL_MSG_BATCH_BEGIN, 1, edge)
-    for sequence, message in enumerate(messages, start=2):
+    batch = _message(_NFNL_MSG_BATCH_BEGIN, _BEGIN, edge)
+    for sequence, message in enumerate(messages, start=_BEGIN + 1):
         head = _NFGEN.pack(message.family, 0, 0)
         kind = (_NFNL_SUBSYS_NFTABLES << 8) | message.kind
         batch += _message(kind, sequence, head + message.body, _NLM_F_ACK | message.flags)
-    end = len(messages) + 2
+    end = _BEGIN + len(messages) + 1
     batch += _message(_NFNL_MSG_BATCH_END, end, edge)
     with _socket() as sock:
         sock.sendto(batch, (0, 0))
-        return _answers(sock, set(range(2, end)))
+        return _answers(sock, set(range(_BEGIN + 1, end)))
 
 
 def _answers(sock: socket.socket, waiting: set[int]) -> int:
@@ -131,9 +135,14 @@ def _answers(sock: socket.socket, waiting: set[int]) -> int:
     while waiting:
         data = sock.recv(1 << 16)
         for kind, number, _, payload in _messages(data):
-            if kind == _NLMSG_ERROR and number in waiting:
+            if kind != _NLMSG_ERROR:
+                continue
+            code = -int(struct.unpack_from("=i", payload)[0])
+            if number == _BEGIN and code:  # the batch itself refused: nothing else is answered
+                return code
+            if number in waiting:
                 waiting.discard(number)
-                failed = failed or -int(struct.unpack_from("=i", payload)[0])
+                failed = failed or code
     return failed
 
 
