@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from openmaker.runtime import network
+from openmaker.runtime import network, nft_rules
 from openmaker.runtime.network import PREFIX, job_id
 from openmaker.settings import load_settings
 from openmaker.training.service import TrainingJobs
@@ -158,7 +158,8 @@ def test_hosts_see_each_other_unmasqueraded_whatever_tables_a_lost_bridge_left(
     own addresses (MPI refuses a peer whose address it does not know)."""
     stale = f"{PREFIX}stale{os.getpid():x}"[:15]
     # The rules openmaker makes for a bridge, as if that bridge's subnet held every job's.
-    rules = network._rules(stale, ipaddress.IPv4Network(load_settings().network_range), [])
+    whole = ipaddress.IPv4Network(load_settings().network_range)
+    rules = nft_rules.text(network._table(stale, whole, []))
     subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
     try:
         jobs.create(exchange_job(tmp_path, "unmasked", 2))
