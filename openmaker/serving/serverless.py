@@ -237,8 +237,8 @@ class Gate:
         self._under_way: dict[tuple[str, str], int] = {}
         self._busy: dict[tuple[str, str], set[str]] = {}
         self._used: dict[tuple[str, str], dict[str, float]] = {}
-        # The invocations under way, in the order they came, and the last cold start failure
-        # each variant's were handed.
+        # The invocations under way, in the order they came; per variant and kind (FAILED,
+        # REFUSED), the last noted cold start already handed out (its Failure.seq).
         self._slots: dict[tuple[str, str], list[Slot]] = {}
         self._seen: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
