@@ -241,6 +241,28 @@ def jobs_with_networks(home: Path) -> list[str]:
     return sorted(names)
 
 
+def remove_orphan_tables() -> None:
+    """Delete openmaker's tables (of any home) whose bridge is gone: left by a bridge deleted
+    without them (by hand, a node's machine lost, an earlier version's rules), such a table
+    would still masquerade its subnet, which a later job may be given. A job's table is made
+    after its bridge and deleted before it, so one without its bridge is nobody's."""
+    try:
+        listed = nftables.chains()
+    except OSError:
+        return  # not root, or no nf_tables: nothing of ours there either
+    tables = {
+        chain.table
+        for chain in listed
+        if chain.family == "inet" and chain.table.startswith(PREFIX) and chain.table != GUARD_TABLE
+    }
+    for table in sorted(tables):
+        # Under the lock that bridges are made under: a bridge of that name made after this
+        # look would be another job's, whose table comes after it.
+        with _lock():
+            if not (_SYS_NET / table).exists():
+                _remove_rules(table)
+
+
 def _remove(bridge: str, rules: bool = True) -> None:
     """The bridge and its veth pairs (and its rules unless `rules` is False: removed before);
     under the lock, which the last bridge's end (the uplinks restored) needs."""
