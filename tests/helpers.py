@@ -186,6 +186,14 @@ def wait_for_secondary_status(
         time.sleep(0.05)
 
 
+def stored_job(jobs: TrainingJobs, name: str) -> TrainingJob:
+    """The stored job, read without describing it (describing would recover it itself)."""
+    with jobs.sessions() as session:
+        job = session.get(TrainingJob, name)
+        assert job is not None
+        return job
+
+
 def log_text(jobs: TrainingJobs, name: str) -> str:
     return "\n".join(record.message for record in jobs.iter_log_events(name))
 

@@ -62,8 +62,20 @@ BUCKET = "async"
 SNS = "arn:aws:sns:us-east-1:000000000000:"
 
 
-def async_endpoint(deployer: Deployer, model: str, prefix: str) -> str:
+def async_endpoint(
+    deployer: Deployer,
+    model: str,
+    prefix: str,
+    topics: tuple[str, ...] = ("ok", "bad"),
+    failures: bool = True,
+) -> str:
+    """An async endpoint of `model`, its objects under `prefix`; `topics`: its SuccessTopic's and
+    ErrorTopic's names, "" for none; `failures`: whether it has an S3FailurePath."""
     name = unique_name("async")
+    success, error = (SNS + t if t else None for t in topics)
+    output = {"S3OutputPath": f"s3://{BUCKET}/{prefix}/out"}
+    if failures:
+        output["S3FailurePath"] = f"s3://{BUCKET}/{prefix}/fail"
     deployer.sagemaker.create_endpoint_config(
         EndpointConfigName=name,
         ProductionVariants=[
@@ -76,9 +88,10 @@ def async_endpoint(deployer: Deployer, model: str, prefix: str) -> str:
         ],
         AsyncInferenceConfig={
             "OutputConfig": {
-                "S3OutputPath": f"s3://{BUCKET}/{prefix}/out",
-                "S3FailurePath": f"s3://{BUCKET}/{prefix}/fail",
-                "NotificationConfig": {"SuccessTopic": SNS + "ok", "ErrorTopic": SNS + "bad"},
+                **output,
+                "NotificationConfig": {
+                    k: v for k, v in (("SuccessTopic", success), ("ErrorTopic", error)) if v
+                },
             },
             "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1},
         },

@@ -3,6 +3,7 @@ then `Predictor.predict`, and an asynchronous endpoint's `AsyncPredictor`."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.skipif(
     unavailable_reason() is not None, reason="endpoints need the bwrap sandbox"
 )
 
+UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 SCRIPT = """
 import os
 import sys
@@ -44,7 +46,8 @@ predictor = model().deploy(initial_instance_count=1, instance_type="ml.m5.large"
                            async_inference_config=config, wait=False)
 session.wait_for_endpoint(predictor.endpoint_name, poll=1)
 try:
-    response = predictor.predict_async(data=b"later")
+    response = predictor.predict_async(data=b"later", inference_id="sdk-request-1")
+    print("NAMED", response.output_path)
     waiter = WaiterConfig(max_attempts=120, delay=1)
     print("ASYNC", response.get_result(waiter).decode())
     print("WAITED", predictor.predict(data=b"again", waiter_config=waiter).decode())
@@ -57,9 +60,7 @@ os._exit(0)
 """
 
 
-def test_sdk_deploys_and_predicts(
-    api_server: ApiServer, tmp_path: Path, no_egress: Egress
-) -> None:
+def test_sdk_deploys_and_predicts(api_server: ApiServer, tmp_path: Path, no_egress: Egress) -> None:
     bucket = new_bucket(api_server)
     s3 = api_server.client("s3")
     s3.put_object(
@@ -83,4 +84,8 @@ def test_sdk_deploys_and_predicts(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "REALTIME w7 hi data" in done.stdout
     assert "ASYNC w7 hi later" in done.stdout
+    # Named by a fresh UUID, not the InferenceId given, as SageMaker names it.
+    assert re.search(rf"NAMED s3://{bucket}/async-out/{UUID}\.out$", done.stdout, re.M), (
+        done.stdout
+    )
     assert "WAITED w7 hi again" in done.stdout

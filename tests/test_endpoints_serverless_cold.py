@@ -63,6 +63,69 @@ def test_an_invocation_arriving_during_a_cold_start_gets_its_own(
     assert sorted(answers) == [b"w one", b"w two"]
 
 
+# SLOW, except that the instance that starts before the test puts `second` in the image folder
+# says so and exits once the test puts `fail` there: its cold start fails, later ones do not.
+FIRST_FAILS = SLOW.replace(
+    "import http.server, os, time\n",
+    "import http.server, os, sys, time\n"
+    "if not os.path.exists('/opt/program/second'):\n"
+    "    print('the first start', file=sys.stderr, flush=True)\n"
+    "    while not os.path.exists('/opt/program/fail'):\n        time.sleep(0.05)\n"
+    "    sys.exit(3)\n"
+    "print('a later start', file=sys.stderr, flush=True)\n",
+    1,
+)
+
+
+def test_a_failing_cold_start_answers_only_the_invocation_waiting_longest(
+    deployer: Deployer, tmp_path: Path
+) -> None:
+    model = deployer.model(FIRST_FAILS, {"weights.txt": b"w\n"})
+    folder = tmp_path / model
+    name = unique_name("ep")
+    deployer.endpoints.append(name)
+    config = serverless_config(deployer, model, MaxConcurrency=2)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    runtime = one_attempt(deployer)
+    logs, group = deployer.server.client("logs"), f"/aws/sagemaker/Endpoints/{name}"
+    answers: dict[bytes, bytes | str] = {}
+
+    def send(body: bytes) -> None:
+        try:
+            answers[body] = runtime.invoke_endpoint(EndpointName=name, Body=body)["Body"].read()
+        except ClientError as exc:
+            answers[body] = exc.response["Error"]["Code"]
+
+    first = threading.Thread(target=send, args=(b"one",))
+    second = threading.Thread(target=send, args=(b"two",))
+    first.start()
+    try:
+        wait_until(lambda: _said(logs, group, "the first start"), "the first cold start")
+        (folder / "second").touch()
+        second.start()
+        wait_until(lambda: _said(logs, group, "a later start"), "a second cold start")
+        (folder / "fail").touch()  # the first start fails; the second still waits for `go`
+        first.join()
+        assert answers[b"one"] == "ModelNotReadyException"
+        assert second.is_alive()  # the old code answered it with the first start's failure
+    finally:
+        (folder / "go").touch()
+        first.join()
+        if second.ident is not None:
+            second.join()
+    assert answers[b"two"] == b"w two"
+
+
+def _said(logs: Any, group: str, text: str) -> bool:
+    """Whether a line of the endpoint's log group holds `text`."""
+    try:
+        found = logs.filter_log_events(logGroupName=group, filterPattern=f'"{text}"')
+    except ClientError:  # the group is made with the first instance's first lines
+        return False
+    return any(text in e["message"] for e in found["events"])
+
+
 def test_a_failing_cold_start_answers_who_waits_and_backs_off(deployer: Deployer) -> None:
     model = deployer.model(CRASH, {"weights.txt": b"w\n"})
     name = unique_name("ep")

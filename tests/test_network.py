@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from openmaker.runtime import network
+from openmaker.runtime import network, nft_rules
 from openmaker.runtime.network import PREFIX, job_id
 from openmaker.settings import load_settings
 from openmaker.training.service import TrainingJobs
@@ -157,8 +157,11 @@ def test_hosts_see_each_other_unmasqueraded_whatever_tables_a_lost_bridge_left(
     masquerading its subnet; a later job on the same subnet must still see its hosts by their
     own addresses (MPI refuses a peer whose address it does not know)."""
     stale = f"{PREFIX}stale{os.getpid():x}"[:15]
-    # The rules openmaker makes for a bridge, as if that bridge's subnet held every job's.
-    rules = network._rules(stale, ipaddress.IPv4Network(load_settings().network_range), [])
+    # The rules openmaker makes for a bridge, as if that bridge's subnet held every job's. A
+    # link of the table's name stands in for the bridge, or the sweep would delete the table.
+    whole = ipaddress.IPv4Network(load_settings().network_range)
+    rules = nft_rules.text(network._table(stale, whole, []))
+    subprocess.run(["ip", "link", "add", stale, "type", "bridge"], check=True)
     subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
     try:
         jobs.create(exchange_job(tmp_path, "unmasked", 2))
@@ -168,10 +171,33 @@ def test_hosts_see_each_other_unmasqueraded_whatever_tables_a_lost_bridge_left(
             stop_and_wait(jobs, ["unmasked"])
     finally:
         subprocess.run(["nft", "delete", "table", "inet", stale], check=True)
+        subprocess.run(["ip", "link", "del", stale], check=True)
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     found = members(description)
     one, two = found["algo-1.json"], found["algo-2.json"]
     assert one["peers"] == [two["address"]] and two["peers"] == [one["address"]]
+
+
+def test_the_sweep_deletes_a_table_whose_bridge_is_gone(home: Path) -> None:
+    """A table left without its bridge (an earlier version's, a node's lost machine's) still
+    masquerades its subnet: a sweep deletes it, and no table whose bridge is there."""
+    whole = ipaddress.IPv4Network(load_settings().network_range)
+    orphan, kept = (f"{PREFIX}{kind}{os.getpid():x}"[:15] for kind in ("orph", "kept"))
+    subprocess.run(["ip", "link", "add", kept, "type", "bridge"], check=True)
+    try:
+        for table in (orphan, kept):
+            rules = nft_rules.text(network._table(table, whole, []))
+            subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+        TrainingJobs(load_settings())  # a command's sweep
+        tables = subprocess.run(
+            ["nft", "list", "tables"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert orphan not in tables
+        assert kept in tables
+    finally:
+        for table in (orphan, kept):
+            subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
+        subprocess.run(["ip", "link", "del", kept], check=True)
 
 
 def test_two_jobs_at_once_on_the_same_port(
@@ -303,7 +329,7 @@ for address, port in targets:
 for command in (["ip", "addr", "add", "10.213.255.7/24", "dev", "eth0"],
                 ["ip", "link", "set", "eth0", "address", "02:00:00:00:00:07"],
                 ["ip", "link", "set", "eth0", "down"],
-                ["ip", "link", "add", "sneak", "type", "dummy"]):
+                ["ip", "link", "add", "sneak", "type", "bridge"]):
     done = subprocess.run(command, capture_output=True)
     tried[" ".join(command)] = "refused" if done.returncode else "done"
 try:

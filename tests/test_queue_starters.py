@@ -8,14 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from openmaker.jobs import queue
-from openmaker.jobs.db import TrainingJob, sessions, writer_sessions
+from openmaker.jobs.db import TrainingJob, writer_sessions
 from openmaker.jobs.executor import Order, WorkerRef
 from openmaker.resources import KINDS
 from openmaker.settings import Settings, load_settings
 from openmaker.training import state
 from openmaker.training.service import TrainingJobs
 from openmaker.training.status import SecondaryStatus
-from tests.helpers import make_image, request
+from tests.helpers import make_image, request, stored_job
 
 
 class Starts:
@@ -53,13 +53,6 @@ class Starts:
         pass
 
 
-def _row(settings: Settings, name: str) -> TrainingJob:
-    with sessions(settings)() as session:
-        job = session.get(TrainingJob, name)
-        assert job is not None
-        return job
-
-
 def test_an_ending_worker_leaves_new_jobs_to_their_creator_and_starts_waiting_ones(
     home: Path, tmp_path: Path
 ) -> None:
@@ -78,14 +71,14 @@ def test_an_ending_worker_leaves_new_jobs_to_their_creator_and_starts_waiting_on
     ending_worker = Starts()
     queue.start_ready(settings, ending_worker, KINDS, new=False)
     assert ending_worker.names == ["q-pending"]
-    new = _row(settings, "q-new")
+    new = stored_job(jobs, "q-new")
     assert (new.worker, new.secondary_status) == (None, SecondaryStatus.STARTING)
-    assert _row(settings, "q-pending").worker == "test:q-pending"
+    assert stored_job(jobs, "q-pending").worker == "test:q-pending"
 
     creator = Starts()
     queue.start_ready(settings, creator, KINDS)
     assert creator.names == ["q-new"]
-    assert _row(settings, "q-new").worker == "test:q-new"
+    assert stored_job(jobs, "q-new").worker == "test:q-new"
 
 
 def test_an_ending_worker_starts_a_job_to_restart(home: Path, tmp_path: Path) -> None:

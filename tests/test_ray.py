@@ -33,6 +33,7 @@ from openmaker.runtime import overlay
 from openmaker.runtime.overlay import node_networks, remove_node_network
 from openmaker.settings import load_settings
 from openmaker.training.ray_cluster import nodes
+from openmaker.training.ray_hosts import node_agent
 from openmaker.training.service import TrainingJobs
 from tests.apiserver import running_api_server, stop_all
 from tests.browser import chromium
@@ -707,13 +708,22 @@ def test_a_hosts_end_of_the_overlay_takes_frames_from_its_jobs_nodes_alone(
     )
 
 
+def actor_gone(name: str) -> bool:
+    """Whether Ray's detached actor `name` (of openmaker's namespace) is no more."""
+    from openmaker.training.host.ray_actor import NAMESPACE
+
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return True
+    return False
+
+
 def test_agents_of_other_code_are_retired_and_new_ones_run_the_hosts(
     on_ray: Path, tmp_path: Path
 ) -> None:
     """A server whose code is not the agents' (an upgrade) has its hosts run in agents of its
     own code, which end the earlier agents of their nodes once these run no host."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     from openmaker.training.host.ray_actor import AGENT_PREFIX, NAMESPACE, agent_name
     from openmaker.training.ray_cluster import connect
 
@@ -729,45 +739,27 @@ def test_agents_of_other_code_are_retired_and_new_ones_run_the_hosts(
         n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] in NODE_ADDRESSES
     ]
 
-    def gone(name: str) -> bool:
-        try:
-            ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            return True
-        return False
-
     # This code's agents made by earlier tests are idle: ended, so that the job makes them anew.
     for node in workers:
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(agent_name(node), namespace=NAMESPACE))
-        wait_until(functools.partial(gone, agent_name(node)), "this code's agent to end", 30)
+        wait_until(functools.partial(actor_gone, agent_name(node)), "this code's agent to end", 30)
     earlier = [AGENT_PREFIX + node for node in workers]
     for node, old in zip(workers, earlier, strict=True):
-        made = (
-            ray.remote(EarlierAgent)
-            .options(
-                name=old,
-                namespace=NAMESPACE,
-                lifetime="detached",
-                num_cpus=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-            )
-            .remote()
-        )
-        assert ray.get(made.hosts.remote()) == []
+        assert ray.get(node_agent(EarlierAgent, old, node).hosts.remote()) == []
     name = unique_name("ray-upgraded")
     jobs = start_script(tmp_path, name, TWO_HOSTS, ResourceConfig=_resources(2))
     try:
         description = wait_for(jobs, name, timeout=300)
         for old in earlier:
-            wait_until(functools.partial(gone, old), "the earlier agents to be retired", 30)
+            wait_until(functools.partial(actor_gone, old), "the earlier agents to be retired", 30)
     finally:
         stop_and_wait(jobs, [name])
         for old in earlier:
             with contextlib.suppress(ValueError):
                 ray.kill(ray.get_actor(old, namespace=NAMESPACE))
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
-    assert all(not gone(agent_name(node)) for node in workers)
+    assert all(not actor_gone(agent_name(node)) for node in workers)
 
 
 # Says whether it reaches its store's endpoint, a port of a node of the cluster, and the same

@@ -28,13 +28,21 @@ from openmaker.serving.forwarder import SECRET_BYTES, Forwarder, Presenter, new_
 from openmaker.serving.instance import instance_folder
 from openmaker.settings import load_settings
 from openmaker.training.cluster_nodes import instance_label
+from openmaker.training.ray_hosts import node_agent
 from tests.apiserver import ApiServer, running_api_server
 from tests.process_helpers import kill
 from tests.test_endpoint_faults import DIES
 from tests.test_endpoints import SERVE, Deployer, wait_until
 from tests.test_endpoints_mme import invoke, mme_endpoint
 from tests.test_endpoints_pipeline import pipeline_model
-from tests.test_ray import NODE, NODE_ADDRESSES, TYPE, WORKER_RESOURCES, cluster  # noqa: F401 - the cluster fixture
+from tests.test_ray import (  # noqa: F401 - the cluster fixture
+    NODE,
+    NODE_ADDRESSES,
+    TYPE,
+    WORKER_RESOURCES,
+    actor_gone,
+    cluster,
+)
 from tests.test_transform import Transforms, lines, sums
 
 ray = pytest.importorskip("ray")
@@ -386,8 +394,6 @@ def test_openmaker_cluster_lists_an_endpoints_instance_on_its_node(
 def test_serving_agents_of_other_code_are_retired(deployer: Deployer) -> None:
     """A server whose code is not the serving agents' (an upgrade) has its instances run in
     agents of its own code, which end their node's earlier agents once these hold nothing."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     from openmaker.serving.ray_agent import AGENT_PREFIX, agent_name
     from openmaker.training.host.ray_actor import NAMESPACE
 
@@ -397,13 +403,6 @@ def test_serving_agents_of_other_code_are_retired(deployer: Deployer) -> None:
         def instances(self) -> list[dict[str, str]]:
             return []
 
-    def gone(name: str) -> bool:
-        try:
-            ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            return True
-        return False
-
     workers = [
         n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] in NODE_ADDRESSES
     ]
@@ -411,29 +410,18 @@ def test_serving_agents_of_other_code_are_retired(deployer: Deployer) -> None:
     for node in workers:
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(agent_name(node), namespace=NAMESPACE))
-        wait_until(functools.partial(gone, agent_name(node)), "this code's agent to end")
+        wait_until(functools.partial(actor_gone, agent_name(node)), "this code's agent to end")
     earlier = {node: f"{AGENT_PREFIX}{node}:0123456789ab" for node in workers}
     try:
         for node, old in earlier.items():
-            made = (
-                ray.remote(EarlierAgent)
-                .options(
-                    name=old,
-                    namespace=NAMESPACE,
-                    lifetime="detached",
-                    num_cpus=0,
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-                )
-                .remote()
-            )
-            assert ray.get(made.instances.remote()) == []
+            assert ray.get(node_agent(EarlierAgent, old, node).instances.remote()) == []
         model = deployer.model(SERVE, {"weights.txt": b"w\n"})
         name = deployer.endpoint(model)
         assert deployer.wait(name)["EndpointStatus"] == "InService"
         ((node, _),) = ((n, h) for n, h in _held().items() if h)
-        wait_until(functools.partial(gone, earlier[node]), "the earlier agent to be retired")
+        wait_until(functools.partial(actor_gone, earlier[node]), "the earlier agent to be retired")
         (other,) = set(workers) - {node}
-        assert not gone(earlier[other])  # no agent of this code there to retire it
+        assert not actor_gone(earlier[other])  # no agent of this code there to retire it
         assert _invoked(deployer, name) == b"w hello data"
     finally:
         for old in earlier.values():

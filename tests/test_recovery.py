@@ -17,7 +17,7 @@ from openmaker.settings import load_settings
 from openmaker.training.host.limits import jobs_with_cgroups, memory_cgroup_root
 from openmaker.training.service import TrainingJobs
 from tests.apiserver import openmaker_command, running_api_server
-from tests.helpers import make_image, request, wait_for
+from tests.helpers import make_image, request, stored_job, wait_for
 from tests.process_helpers import (
     code_process,
     job_processes,
@@ -35,14 +35,6 @@ SHORT = '#!/bin/sh\necho ready\nsleep 3\necho done > "${SAGEMAKER_BASE_DIR:-/opt
 
 def _secondary(jobs: TrainingJobs, name: str) -> str:
     return str(jobs.describe(name)["SecondaryStatus"])
-
-
-def _row(jobs: TrainingJobs, name: str) -> TrainingJob:
-    """The stored job, read without describing it (describing would recover it itself)."""
-    with jobs.sessions() as session:
-        job = session.get(TrainingJob, name)
-        assert job is not None
-        return job
 
 
 def test_the_cli_killed_while_following_a_job_leaves_the_job_running(
@@ -117,8 +109,7 @@ def test_a_job_whose_starter_was_killed_is_restarted_or_failed_by_the_next_comma
     jobs = TrainingJobs()  # what any command does first: the recovery sweep
     description = wait_for(jobs, "orphaned-start")
     what = (
-        f"the openmaker process starting the job (process {starter.pid}) ended without "
-        "finishing it"
+        f"the openmaker process starting the job (process {starter.pid}) ended without finishing it"
     )
     if retries:
         assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
@@ -149,10 +140,10 @@ def test_a_worker_killed_with_nobody_watching_is_found_by_the_next_command(
     jobs.create(request("next", str(make_image(tmp_path / "short", SHORT)), "s3://b/out"))
     program = str(looping / "train") if sandbox == "none" else "/opt/program/train"
     wait_until(
-        lambda: code_process("lost", program) is not None and _row(jobs, "lost").worker_ready,
+        lambda: code_process("lost", program) is not None and stored_job(jobs, "lost").worker_ready,
         "the code to run and its worker to take the job over",
     )
-    assert _row(jobs, "next").secondary_status == "Pending"
+    assert stored_job(jobs, "next").secondary_status == "Pending"
     limited = memory_cgroup_root() is not None
     if limited:
         assert "lost" in jobs_with_cgroups(home)
@@ -162,7 +153,7 @@ def test_a_worker_killed_with_nobody_watching_is_found_by_the_next_command(
     kill(pid)
     # The code dies with its worker, sandboxed or not: nothing of the job goes on running.
     wait_for_no_processes("lost")
-    assert _row(jobs, "lost").status == "InProgress"  # nobody has looked yet
+    assert stored_job(jobs, "lost").status == "InProgress"  # nobody has looked yet
 
     quick = make_image(tmp_path / "quick", "#!/bin/sh\nexit 0\n")
     arguments = {
@@ -171,7 +162,7 @@ def test_a_worker_killed_with_nobody_watching_is_found_by_the_next_command(
                   "third", "--no-wait"],
     }[command]  # fmt: skip
     subprocess.run([*openmaker_command(), *arguments], check=True, capture_output=True)
-    lost = _row(jobs, "lost")
+    lost = stored_job(jobs, "lost")
     assert lost.status == "Failed"
     assert lost.failure_reason == (
         f"InternalServerError: the openmaker worker running the job (process {pid}) ended "
@@ -244,8 +235,10 @@ def _kill_and_restart_the_server(home: Path, body: dict) -> None:
         assert _worker_in(home, "served") not in (None, first_worker)
         client.stop_training_job(TrainingJobName="served")
         wait_until(
-            lambda: client.describe_training_job(TrainingJobName="served")["TrainingJobStatus"]
-            == "Stopped",
+            lambda: (
+                client.describe_training_job(TrainingJobName="served")["TrainingJobStatus"]
+                == "Stopped"
+            ),
             "the job to stop",
         )
 

@@ -108,3 +108,20 @@ def test_a_kernel_without_loop_configure_gets_its_volume_in_two_steps(
     assert not volume.mount_points_under(tmp_path)
     shutil.rmtree(folder)
     wait_until(lambda: _gone(tmp_path), "the volume's loop device to be released")
+
+
+def test_mount_points_under_a_folder_whose_name_the_table_escapes(tmp_path: Path) -> None:
+    # /proc/self/mountinfo writes a space, a tab, a newline and a backslash as octal escapes;
+    # a folder that merely starts with the same name is not under it.
+    folder = tmp_path / "job a\\b\tc\nd"
+    inside, beside = folder / "algo-1", tmp_path / "job a\\b\tc\nd-other"
+    for point in (inside, beside):
+        point.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(point)], check=True)
+    try:
+        assert volume.mount_points_under(folder) == [inside]
+        assert volume.mount_points_under(inside) == [inside]
+    finally:
+        for point in (inside, beside):
+            loop.unmount(point)
+    assert not volume.mount_points_under(tmp_path)

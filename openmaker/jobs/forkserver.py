@@ -19,6 +19,7 @@ submitter does (its socket closes); the workers go on.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import os
@@ -26,7 +27,9 @@ import select
 import signal
 import socket
 import sys
+import threading
 import traceback
+from typing import NoReturn
 
 from openmaker.jobs import worker_process
 
@@ -61,6 +64,10 @@ def main() -> None:
     # its expressions) in every worker, else.
     import encodings.idna  # noqa: F401
 
+    # Read by every job's hosts (their opening notes): the file once, here.
+    from openmaker.instances import catalog
+
+    catalog()
     # What is loaded now stays shared with every worker: the collector never touches it.
     gc.freeze()
     while True:
@@ -79,8 +86,8 @@ def main() -> None:
         except (Exception, SystemExit) as exc:  # a runner refused, a fork failed: reported
             channel.send(f"error {exc}".encode())
             continue
-        if pid == 0:  # the worker: it ends as a Python program does (threads, atexit)
-            sys.exit(_worker(order_pipe, channel))
+        if pid == 0:  # the worker
+            _end_worker(_worker(order_pipe, channel))
         try:
             socket.send_fds(channel, [str(pid).encode()], [order_pipe])
         finally:
@@ -137,6 +144,20 @@ def _worker(order_pipe: int, channel: socket.socket) -> int:
     except Exception:  # in the worker's log (its stderr by now)
         traceback.print_exc()
         return 1
+
+
+def _end_worker(status: int) -> NoReturn:
+    """End the worker as a Python program ends (its threads joined, its atexit functions run,
+    its output flushed), but without the interpreter's finalization, as multiprocessing's
+    forked children end: freeing every object writes to, and so copies, each page the worker
+    shares with the fork server, about a fifth of a no-op job's CPU."""
+    try:
+        threading._shutdown()  # type: ignore[attr-defined] # what sys.exit would wait for
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 def _read_all(descriptor: int) -> bytes:

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from openmaker.jobs import capacity
 from openmaker.jobs.capacity import Placement
@@ -96,13 +96,26 @@ def start_ready(
 def _active(
     session: Session, kinds: Sequence[ResourceKind]
 ) -> list[tuple[ResourceKind, JobRecord]]:
-    """The jobs of every kind with work under way, in creation order."""
+    """The jobs of every kind with work under way, in creation order. Only those without a
+    worker (the only ones a start reads more of, or changes) are loaded whole: with many jobs
+    running, reading each one's request and transitions was most of a start's CPU (each create
+    through the server starts one). Any other column of the others loads when read."""
     found: list[tuple[ResourceKind, JobRecord]] = []
     for kind in kinds:
         table = kind.table()
         query = select(table).where(table.status.in_(kind.active))
-        found += [(kind, job) for job in session.scalars(query)]
+        running = query.where(table.worker.is_not(None)).options(
+            load_only(*(getattr(table, column) for column in _RUNNING_COLUMNS))
+        )
+        found += [(kind, job) for job in session.scalars(running)]
+        found += [(kind, job) for job in session.scalars(query.where(table.worker.is_(None)))]
     return sorted(found, key=lambda pair: (_utc(pair[1].creation_time), pair[1].name))
+
+
+# What a start reads of a job that has a worker: whether it needs one, the share it holds.
+_RUNNING_COLUMNS = (
+    "status", "secondary_status", "worker", "attempts", "placement", "creation_time"
+)
 
 
 def _utc(moment: datetime) -> datetime:

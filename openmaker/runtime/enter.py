@@ -1,8 +1,10 @@
 """The steps before bubblewrap that bwrap 0.8 cannot take itself, then bubblewrap.
 
-Run as a program, by path, with the standard library only (it starts in milliseconds):
-`python -I -S enter.py SETUP... -- bwrap ...`, SETUP being plain arguments (`arguments`; no
-JSON: its import was a third of this program's start). As root, in order:
+Run as a program with the standard library only (it starts in milliseconds):
+`python -I -S -c LOADER FOLDER SETUP... -- bwrap ...` (sandbox.py), SETUP being plain arguments
+(`arguments`; no JSON: its import was a third of this program's start); LOADER imports this
+module from its FOLDER, so that its compiled code is cached (a script given by path is compiled
+at every start). As root, in order:
 1. A private mount namespace, without the mounts under the jobs' folder other than this host's
    own: another job's volume must go away when that job ends, not when this one does.
 2. The copy-on-write root: one overlay per layer, mounted from inside the layer's folder with
@@ -175,6 +177,8 @@ def main(argv: list[str]) -> None:
 
 def unescape(field: bytes) -> str:
     """A path as /proc/self/mountinfo writes it (octal escapes for space, tab, newline, \\)."""
+    if b"\\" not in field:  # nearly every path: the loop below is per character
+        return os.fsdecode(field)
     out, i = bytearray(), 0
     while i < len(field):
         if field[i : i + 1] == b"\\" and field[i + 1 : i + 4].isdigit():
@@ -186,9 +190,14 @@ def unescape(field: bytes) -> str:
     return os.fsdecode(bytes(out))
 
 
-if __name__ == "__main__":
+def run_program() -> None:
+    """The program: `sys.argv` holds the setup, then the command."""
     try:
         main(sys.argv)
     except (OSError, ValueError, IndexError) as exc:  # ValueError, IndexError: bad arguments
         print(f"openmaker sandbox: {exc}", file=sys.stderr)
         sys.exit(125)
+
+
+if __name__ == "__main__":
+    run_program()

@@ -233,8 +233,24 @@ def _hand_down(cgroup: Path, controller: str) -> None:
 _V1_NAMES = {"memory.max": "memory.limit_in_bytes"}
 
 
+# What `_own_cgroup` found, by (process, controller): a job's worker asks a dozen times, and
+# reads the whole mount table each time. Where a process is does not change: `_hand_down`
+# moves it to a child that counts as its cgroup still. "Not found" is asked again.
+_own_cgroups: dict[tuple[int, str], Path] = {}
+
+
 def _own_cgroup(controller: str) -> Path | None:
     """The folder of the cgroup of `controller` this process is in (cgroup v1 or v2)."""
+    key = (os.getpid(), controller)
+    if key not in _own_cgroups:
+        found = _find_own_cgroup(controller)
+        if found is None:
+            return None
+        _own_cgroups[key] = found
+    return _own_cgroups[key]
+
+
+def _find_own_cgroup(controller: str) -> Path | None:
     try:
         memberships = Path("/proc/self/cgroup").read_text().splitlines()
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from openmaker.runtime import netlink, network
+from openmaker.runtime import netlink, network, nft_rules
 from openmaker.runtime.network import PREFIX, JobNetwork, NetworkError
 
 # Host i of a job: UDP OVERLAY_PORT + i on its node.
@@ -117,18 +117,25 @@ def remove_node_network(home: Path, job_name: str, host: str) -> None:
         network._nft(f"delete table inet {_guard_table(home, job_name, host)}\n")
 
 
-def _bridge_rules(bridge: str, given: JobNetwork, code_env: Mapping[str, str]) -> str:
+def _bridge_rules(
+    bridge: str, given: JobNetwork, code_env: Mapping[str, str]
+) -> tuple[nft_rules.Rule, ...]:
     """The host's bridge's forward rules beyond a local job's: nothing into an overlay, nothing
     to the cluster's nodes but the store's endpoint."""
+    into = nft_rules.Interface("iif", bridge)
     last = given.overlay_port + MAX_HOSTS - 1
-    rules = f'    iifname "{bridge}" udp dport {given.overlay_port}-{last} drop\n'
+    rules = [nft_rules.Rule((into, nft_rules.Port("udp", given.overlay_port, last)), "drop")]
     if given.overlay_cluster:
         nodes = set(given.overlay_cluster)
         for address, port in _endpoints(code_env):
             if address in nodes:
-                rules += f'    iifname "{bridge}" ip daddr {address} tcp dport {port} accept\n'
-        rules += f'    iifname "{bridge}" ip daddr {{ {", ".join(sorted(nodes))} }} drop\n'
-    return rules
+                to = nft_rules.Address("daddr", ipaddress.IPv4Network(address))
+                rules.append(nft_rules.Rule((into, to, nft_rules.Port("tcp", port)), "accept"))
+        rules += [  # one rule a node: as a set would, without one
+            nft_rules.Rule((into, nft_rules.Address("daddr", ipaddress.IPv4Network(node))), "drop")
+            for node in sorted(nodes)
+        ]
+    return tuple(rules)
 
 
 def _endpoints(code_env: Mapping[str, str]) -> list[tuple[str, int]]:

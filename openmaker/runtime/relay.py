@@ -27,14 +27,47 @@ ANSWER_SECONDS = 10.0
 WAITING_AT_MOST = 256
 
 
+class Carried:
+    """The pairs of connections being carried, each both ways, until `close` ends them all (and
+    any carried after)."""
+
+    def __init__(self) -> None:
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def carry(self, one: socket.socket, other: socket.socket) -> None:
+        """Carry the pair until both ends have ended (or `close`), then close both."""
+        with self._lock:
+            taken = not self._closed
+            if taken:
+                self._open.update((one, other))
+        if taken:
+            carry_both_ways(one, other)
+            with self._lock:
+                self._open.difference_update((one, other))
+        one.close()
+        other.close()
+
+    def close(self, *more: socket.socket) -> None:
+        """End every pair carried (and close `more`, listeners: in the same sweep)."""
+        with self._lock:
+            self._closed = True
+            sockets = [*more, *self._open]
+            self._open.clear()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept or recv
+            sock.close()
+
+
 class Relay:
     def __init__(self) -> None:
         self._listeners: list[tuple[socket.socket, tuple[str, int]]] = []
         # Each with the pair of sockets that wakes its thread when the relay closes.
         self._datagrams: list[tuple[socket.socket, tuple[str, int], Waker]] = []
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._closed = self._started = False
+        self._carried = Carried()
+        self._started = False
 
     def listen(self, address: tuple[str, int], target: tuple[str, int]) -> None:
         """Listen on `address` in the calling thread's network namespace, for `target`."""
@@ -65,19 +98,13 @@ class Relay:
         self._started = True
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            sockets = [listener for listener, _ in self._listeners] + list(self._open)
         for listener, _, waker in self._datagrams:
             if self._started:
                 waker.wake()  # the thread closes its own sockets
             else:
                 listener.close()
                 waker.close()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept or recv
-            sock.close()
+        self._carried.close(*(listener for listener, _ in self._listeners))
 
     def _accept(self, listener: socket.socket, target: tuple[str, int]) -> None:
         while True:
@@ -93,17 +120,7 @@ class Relay:
         except OSError:
             inside.close()
             return
-        with self._lock:
-            if self._closed:
-                inside.close()
-                outside.close()
-                return
-            self._open.update((inside, outside))
-        carry_both_ways(inside, outside)
-        with self._lock:
-            self._open.difference_update((inside, outside))
-        inside.close()
-        outside.close()
+        self._carried.carry(inside, outside)
 
     def _answer(self, listener: socket.socket, target: tuple[str, int], waker: Waker) -> None:
         """Carry each question to `target` and its answer back, until the relay closes."""

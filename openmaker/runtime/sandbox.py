@@ -22,8 +22,11 @@ from openmaker.runtime.layers import cover, layer_folder, make_mount_points
 from openmaker.runtime.spec import Bind, ContainerSpec, User
 from openmaker.runtime.switch_user import user_command
 
-# The program that prepares the namespaces, then becomes bwrap.
-_ENTER = Path(__file__).with_name("enter.py")
+# The program that prepares the namespaces, then becomes bwrap: enter.py, imported from its
+# folder (given first), which it takes off its arguments. Appended to the path: nothing there
+# stands for a module of the standard library.
+_ENTER_FOLDER = str(Path(__file__).parent)
+_ENTER = "import sys; sys.path.append(sys.argv.pop(1)); import enter; enter.run_program()"
 
 
 def unavailable_reason() -> str | None:
@@ -95,7 +98,8 @@ def sandbox_command(spec: ContainerSpec, info_fd: int) -> list[str]:
         userns=True,
         netns_fd=spec.netns_fd,
     )
-    enter = [sys.executable, "-I", "-S", str(_ENTER), *arguments(setup), "--", *bwrap, "--"]
+    enter = [sys.executable, "-I", "-S", "-c", _ENTER, _ENTER_FOLDER, *arguments(setup), "--"]
+    enter += [*bwrap, "--"]
     return [*enter, *argv]
 
 

@@ -144,12 +144,22 @@ def unmount_under(folder: Path) -> None:
 
 def mount_points_under(folder: Path) -> list[Path]:
     found = []
+    # A Path only for the points under it (compared as the table writes them): with many jobs
+    # running, most of hundreds of lines are not, and a job reads the table several times.
+    inside = _escaped(os.fsencode(folder)).rstrip(b"/") + b"/"
     with open("/proc/self/mountinfo", "rb") as table:
         for line in table:
-            point = Path(unescape(line.split()[4]))
-            if point.is_relative_to(folder):
-                found.append(point)
+            field = line.split(maxsplit=5)[4]
+            if field.startswith(inside) or field + b"/" == inside:
+                found.append(Path(unescape(field)))
     return found
+
+
+def _escaped(path: bytes) -> bytes:
+    """`path` as /proc/self/mountinfo writes it (see enter.unescape)."""
+    for char in b"\\ \t\n":  # the backslash first: the others' escapes start with one
+        path = path.replace(bytes([char]), b"\\%03o" % char)
+    return path
 
 
 def unavailable_reason() -> str | None:
@@ -269,13 +279,21 @@ def _loop_devices() -> list[tuple[str, Path]]:
     """(device, backing file) of every loop device in use that will not clear itself once
     unused (a volume's does: it may still be ending, in its worker's thread)."""
     found = []
-    for entry in Path("/sys/block").glob("loop*"):
+    # Plain reads: each job's worker looks twice, with a device per running job.
+    with os.scandir("/sys/block") as entries:
+        names = [entry.name for entry in entries if entry.name.startswith("loop")]
+    for name in names:
         with contextlib.suppress(OSError):
-            if (entry / "loop" / "autoclear").read_text().strip() == "1":
+            if _read(f"/sys/block/{name}/loop/autoclear") == "1":
                 continue
-            backing = (entry / "loop" / "backing_file").read_text().strip()
-            found.append((f"/dev/{entry.name}", Path(backing.removesuffix(" (deleted)"))))
+            backing = _read(f"/sys/block/{name}/loop/backing_file")
+            found.append((f"/dev/{name}", Path(backing.removesuffix(" (deleted)"))))
     return found
+
+
+def _read(path: str) -> str:
+    with open(path) as file:
+        return file.read().strip()
 
 
 def _lazy_unmount(point: Path) -> bool:

@@ -4,9 +4,10 @@ asynchronous invocation's output and failure objects go.
 `OutputConfig.S3OutputPath` is required (s3://), `S3FailurePath` optional; the output is
 `<S3OutputPath>/<id>.out` (InvokeEndpointAsync's `S3OutputPathExtension` goes between the two,
 its `Filename` replaces `<id>.out`), a failure `<S3FailurePath>/<id>-error.out`, `<id>` a fresh UUID
-per request. `ClientConfig.MaxConcurrentInvocationsPerInstance` defaults to 1 here (SageMaker
-picks its own). `NotificationConfig` is accepted; there is no SNS here: each notification is
-written to the endpoint's log group instead (serving/async_runner.py).
+per request, not its InferenceId (SageMaker's answers show names unrelated to the InferenceId,
+given or generated). `ClientConfig.MaxConcurrentInvocationsPerInstance` defaults to 1 here
+(SageMaker picks its own). `NotificationConfig` is accepted; there is no SNS here: each
+notification is written to the endpoint's log group instead (serving/async_runner.py).
 """
 
 from __future__ import annotations

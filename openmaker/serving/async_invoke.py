@@ -36,6 +36,15 @@ FILENAME = (
     32,
     r"^(?!.*\..*\.)[a-zA-Z0-9][a-zA-Z0-9-_\.]*$",
 )
+# InferenceId: any text without a leading space, in printable ASCII after its first character
+# (the model's `\A\S[\p{Print}]*\z`; Java's \p{Print} is ASCII's).
+INFERENCE_ID = (
+    "X-Amzn-SageMaker-Inference-Id",
+    "inferenceId",
+    64,
+    r"\A\S[\x20-\x7e]*\Z",
+    r"\A\S[\p{Print}]*\z",
+)
 # The most an inline Body (instead of an InputLocation) may have.
 MAX_INLINE_BYTES = 128_000
 
@@ -71,10 +80,14 @@ def accept(
         "invocationTimeoutSeconds",
         TIMEOUT_SECONDS,
     )
+    inference_id = _inference_id(headers)
+    # The output and failure objects share a name of their own, whether the InferenceId was
+    # given or made here, as SageMaker's do: requests given one InferenceId never overwrite
+    # each other's answers.
     object_name = str(uuid.uuid4())
     extension, filename = _member(headers, *EXTENSION), _member(headers, *FILENAME)
     request = async_queue.AsyncRequest(
-        inference_id=headers.get("X-Amzn-SageMaker-Inference-Id") or str(uuid.uuid4()),
+        inference_id=inference_id,
         input_location=input_location,
         output_location=async_config.output_location(config, object_name, extension, filename),
         failure_location=async_config.failure_location(config, object_name),
@@ -145,6 +158,25 @@ def _member(
         raise _invalid(
             f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
             "constraint: Member must not have an empty, '.' or '..' path segment"
+        )
+    return text
+
+
+def _inference_id(headers: dict[str, str]) -> str:
+    """The caller's InferenceId, refused as SageMaker refuses it; else a fresh one."""
+    header, member, most, pattern, shown = INFERENCE_ID
+    text = headers.get(header)
+    if text is None:
+        return str(uuid.uuid4())
+    if not 1 <= len(text) <= most:
+        raise _invalid(
+            f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
+            f"constraint: Member must have length between 1 and {most}"
+        )
+    if re.match(pattern, text) is None:
+        raise _invalid(
+            f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
+            f"constraint: Member must satisfy regular expression pattern: {shown}"
         )
     return text
 

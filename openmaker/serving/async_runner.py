@@ -2,12 +2,15 @@
 
 Requests are taken from the endpoint's queue (serving/async_queue.py) oldest first, each by an
 instance whose container runs and that has fewer than `MaxConcurrentInvocationsPerInstance`
-requests in hand. For each: a request older than its RequestTTLSeconds fails; the input object
-is read from S3 (missing, or over MAX_INPUT_BYTES: a failure); the container's 2xx answer
-(at most MAX_OUTPUT_BYTES, within InvocationTimeoutSeconds) is written to the output location,
-anything else to the failure location. With a NotificationConfig, the notification SageMaker
-would publish to SNS is written to the endpoint's log group, stream NOTIFICATIONS. Each
-request's outcome and the queue's state go to the endpoint's metrics (serving/async_metrics.py).
+requests in hand. A request older than its RequestTTLSeconds fails, taken or not (an endpoint
+with no instance included). For each taken: the input object is read from S3 (missing, or over
+MAX_INPUT_BYTES: a failure); the container's 2xx answer (at most MAX_OUTPUT_BYTES, within
+InvocationTimeoutSeconds) is written to the output location; its error answer is written to
+the failure location as it is, as SageMaker writes it, and any other failure as a sentence
+saying why. With a NotificationConfig, the notification SageMaker would publish to SNS (a
+success with a SuccessTopic, a failure with an ErrorTopic) is written to the endpoint's log
+group, stream NOTIFICATIONS. Each request's outcome and the queue's state go to the endpoint's
+metrics (serving/async_metrics.py).
 """
 
 from __future__ import annotations
@@ -58,7 +61,10 @@ class Refused(Exception):
 class Outcome:
     ok: bool
     content_type: str
-    message: str = ""
+    message: str = ""  # why it failed: the failure object, else the notification's reason
+    # The container answered with an error: its answer is the failure object, as SageMaker's
+    # is, and `message` only the notification's failureReason.
+    answered: bool = False
 
 
 class AsyncRunner:
@@ -70,8 +76,11 @@ class AsyncRunner:
         instances: Callable[[], list[Instance]],
         logs: EndpointLogs,
         writers: sessionmaker[Session],
+        variant: str = "",
     ) -> None:
         self.settings, self.endpoint, self.config = settings, endpoint, config
+        # The variant a request that expires before any instance takes it is counted under.
+        self.variant = variant
         self.instances, self.logs = instances, logs
         self.metrics = InvocationMetrics(writers)
         self.backlog = async_metrics.BacklogSampler(self.metrics, endpoint)
@@ -81,6 +90,8 @@ class AsyncRunner:
         # Each instance's requests in hand: when each must end (time.monotonic()).
         self._held: dict[str, dict[Path, float]] = {}
         self._taken: set[Path] = set()
+        # When each request waiting expires (time.time()): read once from its file.
+        self._expiries: dict[Path, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -100,6 +111,7 @@ class AsyncRunner:
             waiting = async_queue.waiting(self.queue)
             capacity = sum(1 for i in self.instances() if _takes(i))
             self.backlog.sample(waiting, capacity, time.time(), time.monotonic())
+            waiting = self._expire_overdue(waiting, time.time())
             for entry in waiting:
                 with self._lock:
                     if entry in self._taken:
@@ -112,6 +124,50 @@ class AsyncRunner:
                     self._held.setdefault(instance.plan.id, {})[entry] = _deadline(entry)
                 worker = threading.Thread(target=self._run, args=(entry, instance), daemon=True)
                 worker.start()
+
+    def _expire_overdue(self, waiting: list[Path], now: float) -> list[Path]:
+        """Fail the requests not taken whose RequestTTLSeconds has passed, whether or not an
+        instance could take them (an endpoint scaled to zero included); the others."""
+        for gone in set(self._expiries) - set(waiting):
+            del self._expiries[gone]
+        left = []
+        for entry in waiting:
+            with self._lock:
+                if entry in self._taken:
+                    left.append(entry)
+                    continue
+            expires = self._expiries.get(entry)
+            if expires is None:
+                try:
+                    request = async_queue.read(entry)
+                except (OSError, ValueError, TypeError):
+                    left.append(entry)  # being written, or taken meanwhile
+                    continue
+                expires = self._expiries[entry] = request.queued_at + request.ttl_seconds
+            if now <= expires:
+                left.append(entry)
+                continue
+            with self._lock:
+                self._taken.add(entry)
+            self._expire(entry)
+        return left
+
+    def _expire(self, entry: Path) -> None:
+        try:
+            request = async_queue.read(entry)
+            received = datetime.now(UTC)
+            handled = Handled(self.variant, request.queued_at, time.time(), expired=True)
+            outcome = Outcome(False, "text/plain", _expired(request, time.time()))
+            try:
+                self._answer(request, outcome, self.queue / f".{entry.stem}.out", received, handled)
+            finally:
+                async_metrics.record(self.metrics, self.endpoint, handled, time.time())
+        except Exception as exc:  # one request's trouble must not stop the others
+            print(f"openmaker: async invocation {entry.name} failed: {exc!r}", file=sys.stderr)
+        finally:
+            async_queue.answered(entry)
+            with self._lock:
+                self._taken.discard(entry)
 
     def _free(self) -> Instance | None:
         found = []
@@ -166,13 +222,9 @@ class AsyncRunner:
     def _invoke(
         self, request: AsyncRequest, instance: Instance, spool: Path, handled: Handled
     ) -> Outcome:
-        waited = time.time() - request.queued_at
-        if waited > request.ttl_seconds:
+        if time.time() - request.queued_at > request.ttl_seconds:
             handled.expired = True
-            raise Refused(
-                f"The request expired: it waited {waited:.0f} s in the queue, longer than its "
-                f"RequestTTLSeconds ({request.ttl_seconds})."
-            )
+            raise Refused(_expired(request, time.time()))
         source = Path(f"{spool}.in")
         if request.body is not None:  # given inline: nothing to download
             size = source.write_bytes(base64.b64decode(request.body))
@@ -221,8 +273,14 @@ class AsyncRunner:
                 "asynchronous invocation may answer."
             )
         if not 200 <= status < 300:
-            text = Path(f"{spool}.out").read_bytes()[:2048].decode("utf-8", "replace")
-            return Outcome(False, content_type, f"Received {status} from the model: {text}")
+            kind = "server" if status >= 500 else "client"
+            return Outcome(
+                False,
+                content_type,
+                f"ClientError: Received {kind} error ({status}) from model. See the endpoint's "
+                f"log group /aws/sagemaker/Endpoints/{self.endpoint} for more information.",
+                answered=True,
+            )
         return Outcome(True, content_type)
 
     def _fetch(self, uri: str, target: Path) -> int:
@@ -274,8 +332,8 @@ class AsyncRunner:
                 obstore.put(location.store, location.key, output)
             elif request.failure_location is not None:
                 location = resolve(request.failure_location, self.settings.store)
-                body = outcome.message.encode()
-                obstore.put(location.store, location.key, body)
+                failure = output if outcome.answered else outcome.message.encode()
+                obstore.put(location.store, location.key, failure)
         except Exception:
             handled.upload_failed, handled.ok = True, False
             raise
@@ -284,34 +342,57 @@ class AsyncRunner:
         self._notify(request, outcome, received)
 
     def _notify(self, request: AsyncRequest, outcome: Outcome, received: datetime) -> None:
-        notification = (self.config.get("OutputConfig") or {}).get("NotificationConfig")
-        if notification is None:
+        notification = (self.config.get("OutputConfig") or {}).get("NotificationConfig") or {}
+        # Each kind goes to its own topic, and none without one (the model's word).
+        if not notification.get("SuccessTopic" if outcome.ok else "ErrorTopic"):
             return
-        response: dict[str, Any] = {"contentType": outcome.content_type}
-        if outcome.ok:
-            response["outputLocation"] = request.output_location
-        elif request.failure_location is not None:
-            response["failureLocation"] = request.failure_location
         event: dict[str, Any] = {
             "awsRegion": self.settings.region,
             "eventTime": _iso(datetime.now(UTC)),
             "receivedTime": _iso(received),
             "invocationStatus": "Completed" if outcome.ok else "Failed",
-            "requestParameters": {
-                "contentType": request.content_type or "application/octet-stream",
-                "endpointName": self.endpoint,
-            },
-            "responseParameters": response,
-            "inferenceId": request.inference_id,
-            "eventVersion": "1.0",
-            "eventSource": "aws:sagemaker",
-            "eventName": "InferenceResult",
         }
-        if request.body is None:
-            event["requestParameters"]["inputLocation"] = request.input_location
         if not outcome.ok:
             event["failureReason"] = outcome.message[:1024]
+        event["requestParameters"] = _request_parameters(request, self.endpoint)
+        # As SageMaker's: a failure with nowhere to be written has no responseParameters.
+        if outcome.ok:
+            event["responseParameters"] = {
+                "contentType": outcome.content_type,
+                "outputLocation": request.output_location,
+            }
+        elif request.failure_location is not None:
+            event["responseParameters"] = {
+                "contentType": outcome.content_type,
+                "failureLocation": request.failure_location,
+            }
+        event.update(
+            inferenceId=request.inference_id,
+            eventVersion="1.0",
+            eventSource="aws:sagemaker",
+            eventName="InferenceResult",
+        )
         self.logs.note(NOTIFICATIONS, json.dumps(event, separators=(",", ":")))
+
+
+def _expired(request: AsyncRequest, now: float) -> str:
+    return (
+        f"The request expired: it waited {now - request.queued_at:.0f} s in the queue, longer "
+        f"than its RequestTTLSeconds ({request.ttl_seconds})."
+    )
+
+
+def _request_parameters(request: AsyncRequest, endpoint: str) -> dict[str, str]:
+    """The request as a notification tells it: only the members the caller gave (SageMaker's
+    carry no contentType for a request without one)."""
+    given = {
+        "accept": request.accept,
+        "contentType": request.content_type,
+        "customAttributes": request.custom_attributes,
+        "endpointName": endpoint,
+        "inputLocation": request.input_location if request.body is None else None,
+    }
+    return {member: value for member, value in given.items() if value is not None}
 
 
 def _deadline(entry: Path) -> float:
@@ -345,7 +426,9 @@ def start(
     async_settings = config.get("AsyncInferenceConfig")
     if async_settings is None:
         return None
-    runner = AsyncRunner(settings, endpoint, async_settings, instances, logs, writers)
+    variants = config.get("ProductionVariants") or [{}]
+    variant = str(variants[0].get("VariantName", ""))
+    runner = AsyncRunner(settings, endpoint, async_settings, instances, logs, writers, variant)
     runner.start()
     return runner
 

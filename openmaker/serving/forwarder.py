@@ -17,13 +17,12 @@ call, and is never in a command line or an environment.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import secrets
 import socket
 import threading
 
-from openmaker.runtime.relay import carry_both_ways
+from openmaker.runtime.relay import Carried
 
 # The secret: this many bytes (hex digits of 32 random bytes).
 SECRET_BYTES = 64
@@ -43,20 +42,11 @@ class _Carrier:
     def __init__(self, address: tuple[str, int]) -> None:
         self._listener = socket.create_server(address, backlog=128)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._closed = False
+        self._carried = Carried()
         threading.Thread(target=self._accept, name="forward", daemon=True).start()
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            sockets = [self._listener, *self._open]
-            self._open.clear()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept or recv
-            sock.close()
+        self._carried.close(self._listener)
 
     def _accept(self) -> None:
         while True:
@@ -74,17 +64,7 @@ class _Carrier:
         if peer is None:
             taken.close()
             return
-        with self._lock:
-            if self._closed:
-                taken.close()
-                peer.close()
-                return
-            self._open.update((taken, peer))
-        carry_both_ways(taken, peer)
-        with self._lock:
-            self._open.difference_update((taken, peer))
-        taken.close()
-        peer.close()
+        self._carried.carry(taken, peer)
 
     def _peer(self, taken: socket.socket) -> socket.socket | None:
         raise NotImplementedError

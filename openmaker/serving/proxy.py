@@ -142,8 +142,7 @@ class Invoker:
         """A serverless instance serving no other invocation, else one more started for this
         one (a cold start: the worker starts it on the demand file, serving/serverless.py), or
         one freed meanwhile by another invocation."""
-        settings = self.endpoints.settings
-        since, waiting = time.time(), False
+        waiting = False
         deadline = time.monotonic() + COLD_START_SECONDS
         found: Variant | None = variant
         while found is not None and time.monotonic() < deadline:
@@ -152,20 +151,15 @@ class Invoker:
                 return found, address, found.streams[found.addresses.index(address)]
             if waiting:
                 self.serverless.ask(slot)
-                refused = serverless.refused_since(
-                    serverless.refusal_file(settings, name, variant.name), since
-                )
-                if refused is not None:
-                    raise InvocationError("ThrottlingException", 429, f"Rate exceeded: {refused}")
-                failed = serverless.refused_since(
-                    serverless.failure_file(settings, name, variant.name), since
-                )
-                if failed is not None:  # SageMaker's word for resources not provisioned
+                ended = self.serverless.outcome(slot)
+                if ended is not None and ended[0] == serverless.REFUSED:
+                    raise InvocationError("ThrottlingException", 429, f"Rate exceeded: {ended[1]}")
+                if ended is not None:  # SageMaker's word for resources not provisioned
                     raise InvocationError(
                         "ModelNotReadyException",
                         429,
                         f"The serverless variant {variant.name} of endpoint {name} could not "
-                        f"start an instance for this invocation: {failed}",
+                        f"start an instance for this invocation: {ended[1]}",
                     )
                 time.sleep(COLD_START_POLL_SECONDS)
             route = self.endpoints.route(name)

@@ -16,11 +16,14 @@ are invocations, each serving one at a time, as SageMaker's serverless workers d
 - Each instance reserves `MemorySizeInMB` of the machine's memory (and a `PLACEMENT_TYPE`'s
   CPUs) as other instances reserve theirs (serving/placement.py), fits by it, and its container
   is held to it when instances are held to their share; as those, it never waits for
-  capacity: a cold start that does not fit starts as many as fit, and when none does the worker
-  notes a refusal (`refuse`) and the invocations waiting get a `ThrottlingException`.
-- A cold start that fails otherwise (the model data, the image, `/ping`) is noted too
-  (`failure_file`): the invocations waiting for it get a `ModelNotReadyException` with the
-  reason at once. The next is tried only for invocations asking after `retry_delay` (1 s, then
+  capacity: a cold start that does not fit starts as many as fit, and for those that do not the
+  worker notes refusals (`note`, `refusal_file`), each answering one invocation waiting, the
+  latest to come, with a `ThrottlingException` (`Gate.outcome`).
+- A cold start that fails otherwise (the model data, the image, `/ping`) is noted too (`note`,
+  `failure_file`, one entry per instance that failed): each failure answers one invocation
+  waiting, the one waiting longest, with a `ModelNotReadyException` and the reason at once.
+  The others keep waiting for the instances started for them, and are answered if those
+  start. Another cold start is tried only for invocations asking after `retry_delay` (1 s, then
   doubling up to 30 s while they keep failing).
 """
 
@@ -31,7 +34,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,10 @@ ASKING_SECONDS = 3.0
 # each failure in a row, from the first to the most.
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MOST_SECONDS = 30.0
+# The cold starts a variant's failure or refusal file keeps: as many as could be waited on.
+KEPT_FAILURES = MAX_CONCURRENCY
+# What ended an invocation's wait for a cold start (Gate.outcome).
+FAILED, REFUSED = "failed", "refused"
 
 
 class Throttled(Exception):
@@ -168,25 +175,43 @@ def failure_file(settings: Settings, endpoint: str, variant: str) -> Path:
     return demand_file(settings, endpoint, variant).with_name(f"{variant}.failed")
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One cold start that failed or was refused (`failure_file`, `refusal_file`): the
+    `seq`-th the file noted, at `at` (time.time())."""
+
+    seq: int
+    at: float
+    reason: str
+
+
+def note(path: Path, reason: str, starts: int = 1) -> None:
+    """Note that `starts` cold starts failed (or were refused) now: the proxy answers one
+    invocation waiting for each. The file keeps the latest KEPT_FAILURES and how many there
+    were in all."""
+    failures = read_failures(path)
+    count = failures[-1].seq if failures else 0
+    now = time.time()
+    kept = [[f.at, f.reason] for f in failures] + [[now, reason]] * starts
+    data = {"count": count + starts, "failures": kept[-KEPT_FAILURES:]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_whole(path, json.dumps(data))
+
+
+def read_failures(path: Path) -> list[Failure]:
+    """The cold starts `path` noted, oldest first (the latest KEPT_FAILURES)."""
+    try:
+        data = json.loads(path.read_text())
+        count, kept = int(data["count"]), list(data["failures"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    first = count - len(kept) + 1
+    return [Failure(first + i, float(at), str(reason)) for i, (at, reason) in enumerate(kept)]
+
+
 def retry_delay(failures: int) -> float:
     """How long after its `failures`-th failure in a row a cold start is tried again."""
     return min(RETRY_FIRST_SECONDS * 2 ** max(failures - 1, 0), RETRY_MOST_SECONDS)
-
-
-def refuse(path: Path, message: str) -> None:
-    """Note that a cold start was refused now (the proxy throttles those waiting for it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replace_whole(path, message)
-
-
-def refused_since(path: Path, since: float) -> str | None:
-    """Why a cold start was refused at or after `since` (time.time()), if one was."""
-    try:
-        if path.stat().st_mtime >= since:
-            return path.read_text()
-    except OSError:
-        pass
-    return None
 
 
 @dataclass
@@ -197,6 +222,9 @@ class Slot:
     key: tuple[str, str]
     demand: Path
     address: str = ""
+    since: float = field(default_factory=time.time)  # when it came (time.time())
+    # What ended its wait for a cold start (Gate.outcome): FAILED or REFUSED, and why.
+    outcome: tuple[str, str] | None = None
 
 
 class Gate:
@@ -209,6 +237,10 @@ class Gate:
         self._under_way: dict[tuple[str, str], int] = {}
         self._busy: dict[tuple[str, str], set[str]] = {}
         self._used: dict[tuple[str, str], dict[str, float]] = {}
+        # The invocations under way, in the order they came; per variant and kind (FAILED,
+        # REFUSED), the last noted cold start already handed out (its Failure.seq).
+        self._slots: dict[tuple[str, str], list[Slot]] = {}
+        self._seen: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -222,12 +254,14 @@ class Gate:
                     f"{most} invocations under way, its MaxConcurrency."
                 )
             self._under_way[key] = self._under_way.get(key, 0) + 1
+            self._slots.setdefault(key, []).append(slot)
             self._publish(slot)
         try:
             yield slot
         finally:
             with self._lock:
                 self._under_way[key] -= 1
+                self._slots[key].remove(slot)
                 if slot.address:
                     self._busy[key].discard(slot.address)
                     self._used.setdefault(key, {})[slot.address] = time.time()
@@ -253,6 +287,35 @@ class Gate:
         """Say again that `slot` waits for an instance (the worker heeds recent asks only)."""
         with self._lock:
             self._publish(slot)
+
+    def outcome(self, slot: Slot) -> tuple[str, str] | None:
+        """What ended `slot`'s wait for a cold start, if something did: FAILED or REFUSED, and
+        why. Each cold start noted as failed answers one invocation, the one waiting longest;
+        each refused, the latest to come (the start asked for last); neither answers one that
+        came after it was noted."""
+        noted = [
+            (FAILED, read_failures(failure_file(self.settings, *slot.key))),
+            (REFUSED, read_failures(refusal_file(self.settings, *slot.key))),
+        ]
+        with self._lock:
+            for kind, failures in noted:
+                self._hand_out(slot.key, kind, failures)
+            return slot.outcome
+
+    def _hand_out(self, key: tuple[str, str], kind: str, failures: list[Failure]) -> None:
+        seen = self._seen.get((*key, kind), 0)
+        waiting = [s for s in self._slots.get(key, ()) if not s.address and s.outcome is None]
+        if kind == REFUSED:
+            waiting.reverse()
+        for failure in failures:
+            if failure.seq <= seen:
+                continue
+            seen = failure.seq
+            taker = next((s for s in waiting if s.since <= failure.at), None)
+            if taker is not None:
+                taker.outcome = (kind, failure.reason)
+                waiting.remove(taker)
+        self._seen[(*key, kind)] = seen
 
     def _publish(self, slot: Slot) -> None:
         key = slot.key

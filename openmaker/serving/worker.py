@@ -637,7 +637,7 @@ class EndpointWorker:
         join `live` at once but the route only once each answers /ping (_serverless_started):
         meanwhile invocations arriving get cold starts of their own, not one batch after
         another."""
-        began = time.perf_counter()
+        began, asked = time.perf_counter(), count
         while True:
             try:
                 fleet = self._fleet(row.config, row.models, {variant: count})
@@ -649,7 +649,10 @@ class EndpointWorker:
                 if isinstance(exc, NoCapacity) and count > 1:
                     count -= 1
                     continue
-                self._cold_start_failed(variant, exc)
+                # Not one fits: all those asked for are refused; else these `count` failed.
+                self._cold_start_failed(
+                    variant, exc, asked if isinstance(exc, NoCapacity) else count
+                )
                 return
         if self.stop.is_set():
             return
@@ -688,13 +691,15 @@ class EndpointWorker:
                 failure = EndpointFailed(self._ping_failure(instance, reason))
                 self._cold_start_failed(variant, failure)
 
-    def _cold_start_failed(self, variant: str, exc: EndpointFailed) -> None:
+    def _cold_start_failed(self, variant: str, exc: EndpointFailed, starts: int = 1) -> None:
+        """Note `starts` cold starts that failed: as many invocations waiting are told at once
+        (serving/proxy.py), not left to time out."""
         if isinstance(exc, NoCapacity):
             refused = serverless.refusal_file(self.settings, self.name, variant)
-            serverless.refuse(refused, f"no serverless capacity to start: {exc}")
-        else:  # those waiting are told at once (serving/proxy.py), not left to time out
+            serverless.note(refused, f"no serverless capacity to start: {exc}", starts)
+        else:
             failure = serverless.failure_file(self.settings, self.name, variant)
-            serverless.refuse(failure, str(exc))
+            serverless.note(failure, str(exc), starts)
         _, failures = self.cold_failed.get(variant, (0.0, 0))
         self.cold_failed[variant] = (time.time(), failures + 1)
         message = f"A serverless instance of production variant {variant} failed: {exc}"

@@ -11,7 +11,13 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from openmaker.runtime.network import JobNetwork, create, jobs_with_networks, shared
+from openmaker.runtime.network import (
+    JobNetwork,
+    create,
+    jobs_with_networks,
+    remove_orphan_tables,
+    shared,
+)
 from openmaker.runtime.network import remove as remove_network
 from openmaker.settings import Settings
 from openmaker.training.host.limits import jobs_with_cgroups, remove_job_cgroups
@@ -40,11 +46,13 @@ def remove_stale_hosts(
     kind: Kind, settings: Settings, running: Callable[[list[str]], set[str]]
 ) -> None:
     """The memory cgroups (a killed worker's, once its code died) and bridges of the jobs of
-    `kind` that no worker runs (`running(names)`); other kinds' keys are left to their sweeps."""
+    `kind` that no worker runs (`running(names)`); other kinds' keys are left to their sweeps.
+    Then any table of openmaker's whose bridge is gone, whoever left it."""
     for key in kind.stale(jobs_with_cgroups(settings.home), running):
         remove_job_cgroups(settings.home, key)
     for key in kind.stale(jobs_with_networks(settings.home), running):
         remove_network(settings.home, key)
+    remove_orphan_tables()
 
 
 def job_network(

@@ -71,6 +71,10 @@ def download_channels(
 ) -> int:
     """Download every File channel; returns the number of bytes. Raises DownloadStopped as
     soon as `stopped()` says so: a stop must not wait for gigabytes to arrive."""
+    if not file_channels(spec):
+        # Its progress alone, without an event loop (a millisecond of every job's CPU).
+        ProgressMeter("Downloading", 0, emit).finish()
+        return 0
     return asyncio.run(_until_stopped(_download_channels(spec, emit), stopped))
 
 

@@ -301,16 +301,18 @@ def _log_tail(path: Path) -> str:
     return lines[-1][:500] if lines else "rclone mount ended without saying why"
 
 
-def _mount_points() -> list[tuple[Path, str]]:
-    """(mount point, filesystem type) of every mount this process sees."""
+def _mount_points(fstypes: str = "") -> list[tuple[Path, str]]:
+    """(mount point, filesystem type) of every mount this process sees, of a type that starts
+    with `fstypes` (a Path only for those: with many jobs running, the table is long)."""
     found = []
     with open("/proc/self/mountinfo") as table:
         for line in table:
             fields = line.split()
             # Optional fields end at "-"; the filesystem type follows it.
             fstype = fields[fields.index("-") + 1]
-            point = fields[4].encode().decode("unicode_escape")
-            found.append((Path(point), fstype))
+            if fstype.startswith(fstypes):
+                point = fields[4].encode().decode("unicode_escape")
+                found.append((Path(point), fstype))
     return found
 
 
@@ -329,11 +331,7 @@ def lazy_unmount(path: Path) -> None:
 
 def sweep_stale_mounts(folder: Path) -> list[Path]:
     """Unmount every FUSE mount under `folder` (a host's folder): what a lost guard left."""
-    stale = [
-        point
-        for point, fstype in _mount_points()
-        if fstype.startswith("fuse") and point.is_relative_to(folder)
-    ]
+    stale = [point for point, _ in _mount_points("fuse") if point.is_relative_to(folder)]
     for point in sorted(stale, reverse=True):
         lazy_unmount(point)
     return stale

@@ -65,7 +65,8 @@ def start_inputs(spec: HostSpec, tree: HostTree, emit: Emit) -> HostInputs:
         sandboxed = sandbox_unavailable_reason(spec.settings) is None
         inputs.mounts.extend(fastfile.mount_channels(spec, sandboxed))
         channels = pipe_channels(spec)
-        plans = asyncio.run(_plan_all(spec, channels))
+        # No event loop without a Pipe channel: making one is a millisecond of every job's CPU.
+        plans = asyncio.run(_plan_all(spec, channels)) if channels else []
         for plan in plans:
             streamer = PipeStreamer(spec, plan, emit, tree)
             streamer.start()
