@@ -7,15 +7,25 @@ to openmaker are signed (SigV4) before the clock starts, so the figures are the 
 cost: the HTTP server, the signature check, the route, the proxy's hop to the container and
 the metrics. The model server speaks HTTP/1.1 and keeps connections alive, as production
 model servers do.
+
+The throughput runs take turns in slices (the load of anything else on the machine falls on
+each path alike), count the CPU each process spends per invocation (the clients, the server
+and how much of it in the kernel, the container), and measure a third path beside them: a bare
+relay in Python that checks nothing (bench/relay_floor.py), what any extra hop on the same
+cores leaves of direct's throughput.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,13 +35,17 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from bench import cpu
 from openmaker.jobs.db import EndpointRecord, sessions
 from openmaker.settings import load_settings
 from tests.apiserver import ApiServer, running_api_server
 from tests.helpers import kill_every_worker
+from tests.s3server import free_port
 from tests.test_endpoints import Deployer
 
 CLIENTS = 8
+# The throughput runs take turns in this many slices each.
+ROUNDS = 8
 # The model server: /ping, and /invocations answering its request body.
 ECHO = """#!/usr/bin/env python3
 import http.server
@@ -86,22 +100,77 @@ def run(quick: bool, scratch: Path) -> list[str]:
         try:
             name = deployer.endpoint(deployer.model(ECHO, {"weights.txt": b"w"}))
             assert deployer.wait(name)["EndpointStatus"] == "InService"
-            address = _instance_address(home, name)
-            for label, body in PAYLOADS.items():
-                ours, direct = _targets(server, name, address, body)
-                lines += _latency(label, ours, direct, body, calls)
-                lines.append(_throughput(label, ours, direct, body, seconds))
+            address, worker = _instance(home, name)
+            processes = Processes(server.process.pid, worker)
+            with _relay_floor(address) as (floor_port, floor_pid):
+                for label, body in PAYLOADS.items():
+                    ours, direct = _targets(server, name, address, body)
+                    lines += _latency(label, ours, direct, body, calls)
+                    floor = Target("127.0.0.1", floor_port, "/invocations", direct.headers)
+                    paths = {
+                        "direct": (direct, processes),
+                        "ours": (ours, processes),
+                        "floor": (floor, Processes(floor_pid, worker)),
+                    }
+                    lines += _throughput(label, paths, body, seconds)
         finally:
             deployer.delete_all()
             kill_every_worker(home)
     return lines
 
 
-def _instance_address(home: Path, name: str) -> str:
+@contextlib.contextmanager
+def _relay_floor(address: str) -> Iterator[tuple[int, int]]:
+    """bench/relay_floor.py relaying to the container at `address`: its port and PID."""
+    host, _, port = address.rpartition(":")
+    listen = free_port()
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "bench.relay_floor", str(listen), host, port],
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        _sleep_until(lambda: _listening(listen) or relay.poll() is not None)
+        assert relay.poll() is None, "the relay floor did not start"
+        yield listen, relay.pid
+    finally:
+        relay.kill()
+        relay.wait()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _instance(home: Path, name: str) -> tuple[str, int]:
+    """The endpoint's instance's address and its worker's PID (the container runs under it)."""
     with sessions(load_settings({"OPENMAKER_HOME": str(home)}))() as session:
         row = session.get(EndpointRecord, name)
-        assert row is not None and row.instances
-        return str(row.instances[0]["address"])
+        assert row is not None and row.instances and row.worker
+        return str(row.instances[0]["address"]), int(row.worker.split(":")[1])
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Whose CPU a throughput run counts: this process (the clients), the server, the
+    container (every process under the endpoint's worker)."""
+
+    server: int
+    worker: int
+
+    def cpu(self) -> tuple[float, float, float, float]:
+        """CPU seconds so far: the clients', the server's, the server's in the kernel, the
+        container's."""
+        user, system = cpu.split(self.server)
+        return (
+            time.process_time(),
+            user + system,
+            system,
+            cpu.total(cpu.descendants(self.worker)),
+        )
 
 
 def _targets(server: ApiServer, name: str, address: str, body: bytes) -> tuple[Target, Target]:
@@ -154,17 +223,61 @@ def _latency(label: str, ours: Target, direct: Target, body: bytes, calls: int) 
     ]
 
 
-def _throughput(label: str, ours: Target, direct: Target, body: bytes, seconds: float) -> str:
-    direct_rate = _rate(direct, body, seconds)
-    ours_rate = _rate(ours, body, seconds)
-    return (
-        f"InvokeEndpoint {label}, {CLIENTS} clients: openmaker {ours_rate:.0f}/s, direct "
-        f"{direct_rate:.0f}/s; ratio {ours_rate / direct_rate:.2f} (target >= 0.9)"
-    )
+def _throughput(
+    label: str,
+    paths: dict[str, tuple[Target, Processes]],
+    body: bytes,
+    seconds: float,
+) -> list[str]:
+    """The rates of openmaker, direct and the bare relay, and the CPU each process spent per
+    invocation on each (µs). The paths take turns in ROUNDS slices, so that the load of
+    anything else on the machine falls on them alike."""
+    rates = _rates(paths, body, seconds)
+    (ours, ours_cpu), (direct, direct_cpu) = rates["ours"], rates["direct"]
+    floor, floor_cpu = rates["floor"]
+    return [
+        f"InvokeEndpoint {label}, {CLIENTS} clients: openmaker {ours:.0f}/s, direct "
+        f"{direct:.0f}/s; ratio {ours / direct:.2f} (target >= 0.9)",
+        f"  CPU per invocation (µs), clients / server (of it in the kernel) / container: "
+        f"through openmaker {_cpu(ours_cpu)}; direct {_cpu(direct_cpu)}",
+        f"  a bare Python relay (no checks, bench/relay_floor.py): {floor:.0f}/s, ratio "
+        f"{floor / direct:.2f}; CPU per invocation (µs) {_cpu(floor_cpu)}",
+    ]
 
 
-def _rate(target: Target, body: bytes, seconds: float) -> float:
-    """Invocations per second that CLIENTS threads complete, each on its own connection."""
+def _rates(
+    paths: dict[str, tuple[Target, Processes]], body: bytes, seconds: float
+) -> dict[str, tuple[float, tuple[float, ...]]]:
+    """Each path's invocations per second and each process's CPU per invocation (µs), over
+    ROUNDS turns of `seconds / ROUNDS` each."""
+    calls = dict.fromkeys(paths, 0)
+    elapsed = dict.fromkeys(paths, 0.0)
+    spent = {key: [0.0] * 4 for key in paths}
+    for _ in range(ROUNDS):
+        for key, (target, processes) in paths.items():
+            done, took, cpu_spent = _slice(target, body, seconds / ROUNDS, processes)
+            calls[key] += done
+            elapsed[key] += took
+            spent[key] = [a + b for a, b in zip(spent[key], cpu_spent, strict=True)]
+    return {
+        key: (
+            calls[key] / elapsed[key],
+            tuple(c * 1e6 / max(calls[key], 1) for c in spent[key]),
+        )
+        for key in paths
+    }
+
+
+def _cpu(spent: tuple[float, ...]) -> str:
+    client, server, kernel, container = spent
+    return f"{client:.0f} / {server:.0f} ({kernel:.0f}) / {container:.0f}"
+
+
+def _slice(
+    target: Target, body: bytes, seconds: float, processes: Processes
+) -> tuple[int, float, tuple[float, ...]]:
+    """Invocations that CLIENTS threads complete in `seconds`, each on its own connection; the
+    time taken; each process's CPU seconds meanwhile."""
     done = [0] * CLIENTS
     stop = threading.Event()
 
@@ -176,6 +289,7 @@ def _rate(target: Target, body: bytes, seconds: float) -> float:
         connection.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    before = processes.cpu()
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -183,7 +297,9 @@ def _rate(target: Target, body: bytes, seconds: float) -> float:
     stop.set()
     for thread in threads:
         thread.join()
-    return sum(done) / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    after = processes.cpu()
+    return sum(done), elapsed, tuple(a - b for a, b in zip(after, before, strict=True))
 
 
 def _sleep_until(done: Callable[[], bool]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from openmaker.api.coalesce import HOLD_BYTES, _Coalescing
+from openmaker.api.coalesce import HOLD_BYTES, CoalescingTransport
 
 
 class _Recorded:
@@ -26,7 +26,7 @@ class _Recorded:
 def test_one_turns_writes_leave_together_in_order() -> None:
     async def scenario() -> list[bytes]:
         recorded = _Recorded()
-        transport = _Coalescing(cast(asyncio.Transport, recorded))
+        transport = CoalescingTransport(cast(asyncio.Transport, recorded))
         transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
         transport.write(b"body")
         assert recorded.writes == []  # held until the turn ends
@@ -42,7 +42,7 @@ def test_one_turns_writes_leave_together_in_order() -> None:
 def test_an_answer_that_never_yields_is_not_gathered_whole() -> None:
     async def scenario() -> list[bytes]:
         recorded = _Recorded()
-        transport = _Coalescing(cast(asyncio.Transport, recorded))
+        transport = CoalescingTransport(cast(asyncio.Transport, recorded))
         chunk = b"x" * (64 * 1024)
         for _ in range(16):  # 1 MiB in one turn
             transport.write(chunk)

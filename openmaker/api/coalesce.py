@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HOLD_BYTES = 256 * 1024
 
 
-class _Coalescing:
+class CoalescingTransport:
     """A transport that sends what is written in one loop turn at once; anything else is the
     wrapped transport's."""
 
@@ -38,6 +38,11 @@ class _Coalescing:
         self._held_bytes += len(data)
         if self._held_bytes >= HOLD_BYTES:
             self._flush()
+
+    def write_whole(self, data: bytes) -> None:
+        """Write an answer made in one piece now, after anything held (no turn's wait)."""
+        self._flush()
+        self._transport.write(data)
 
     def _flush(self) -> None:
         if self._held:
@@ -58,4 +63,4 @@ class _Coalescing:
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(_Coalescing(transport))  # type: ignore[arg-type]
+        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]

@@ -11,10 +11,11 @@ Errors are AWS's: `ValidationError` (400) for a bad request or an unknown endpoi
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +25,7 @@ from starlette.routing import Route
 
 from openmaker.api.credentials import Credentials
 from openmaker.api.signed import signed_request
-from openmaker.api.sigv4 import verify
+from openmaker.api.sigv4 import SignedRequest, verify
 from openmaker.serving.async_invoke import accept
 from openmaker.serving.proxy import CUSTOM_ATTRIBUTES, PASSED_HEADERS, InvocationError, Invoker
 from openmaker.serving.stream import Stream, open_stream
@@ -69,29 +70,6 @@ class ValidationError(ServiceError):
 def runtime_routes(
     credentials: Credentials, region: str, account_id: str, invoker: Invoker
 ) -> list[Route]:
-    async def invoke(request: Request) -> Response:
-        received = time.perf_counter()  # OverheadLatency counts from here
-        request_id = str(uuid.uuid4())
-        try:
-            name, body, headers = await _checked(request, credentials, region, account_id)
-            answer = await invoker.invoke_async(
-                name, body, headers, request.headers.get(TARGET_VARIANT), received
-            )
-        except InvocationError as exc:
-            return error_response(exc.code, exc.status, exc.message, request_id, exc.extra)
-        except ServiceError as exc:
-            return error_response(exc.code, exc.http_status, exc.message, request_id)
-        return Response(
-            answer.body,
-            media_type=None,
-            headers={
-                "Content-Type": answer.content_type,
-                "x-Amzn-Invoked-Production-Variant": answer.variant,
-                "x-amzn-RequestId": request_id,
-                **answer.headers,
-            },
-        )
-
     async def invoke_stream(request: Request) -> Response:
         request_id = str(uuid.uuid4())
         received = time.perf_counter()
@@ -147,7 +125,7 @@ def runtime_routes(
         )
 
     return [
-        Route(INVOKE, invoke, methods=["POST"]),
+        Route(INVOKE, Invocations(credentials, region, account_id, invoker), methods=["POST"]),
         Route(INVOKE_STREAM, invoke_stream, methods=["POST"]),
         Route(INVOKE_ASYNC, invoke_async, methods=["POST"]),
     ]
@@ -158,16 +136,32 @@ async def _checked(
 ) -> tuple[str, bytes, dict[str, str]]:
     """A signed invocation's endpoint name, body and the headers passed to the container."""
     body = await _body(request)
-    verify(signed_request(request, body), credentials, region, {SIGNING_NAME})
-    name = _endpoint_name(request.path_params["name"], account_id)
-    if len(body) > PAYLOAD_BYTES:
+    signed = signed_request(request, body)
+    name, headers = checked_invocation(
+        signed, request.path_params["name"], credentials, region, account_id
+    )
+    return name, body, headers
+
+
+def checked_invocation(
+    signed: SignedRequest, name: str, credentials: Credentials, region: str, account_id: str
+) -> tuple[str, dict[str, str]]:
+    """A signed invocation's endpoint name and the headers passed to the container (the first
+    value of each); ServiceError: refused."""
+    verify(signed, credentials, region, {SIGNING_NAME})
+    name = _endpoint_name(name, account_id)
+    if len(signed.body) > PAYLOAD_BYTES:
         raise ValidationError(
             f"Received payload is larger than the maximum of {PAYLOAD_BYTES} bytes an "
             "endpoint takes"
         )
-    headers = {h: request.headers[h] for h in PASSED_HEADERS if h in request.headers}
+    headers = {}
+    for header in PASSED_HEADERS:
+        values = signed.headers.get(header.lower())
+        if values:
+            headers[header] = values[0]
     _check_attributes(headers)
-    return name, body, headers
+    return name, headers
 
 
 def _check_attributes(headers: dict[str, str]) -> None:
@@ -209,14 +203,172 @@ def error_response(
 ) -> Response:
     """A rest-json error: the code in `x-amzn-ErrorType`, the message and members in the
     body."""
-    body = json.dumps(
-        {"Message": message, **(extra or {})}, ensure_ascii=True, separators=(",", ":")
-    )
     return Response(
-        body,
+        _error_body(message, extra),
         status_code=status,
         media_type="application/json",
         headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": code},
+    )
+
+
+def _error_body(message: str, extra: dict[str, Any] | None) -> bytes:
+    return json.dumps(
+        {"Message": message, **(extra or {})}, ensure_ascii=True, separators=(",", ":")
+    ).encode("ascii")
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _Disconnected(Exception):
+    """The client went away before its request's body was read whole."""
+
+
+class Invocations:
+    """InvokeEndpoint as a bare ASGI application: the runtime's busiest request skips the
+    framework's routing, middleware and request and response objects, which cost the server
+    more CPU than the rest of the invocation (bench/invoke.py). Its checks are the other
+    routes' (`checked_invocation`), its answers the same bytes."""
+
+    def __init__(
+        self, credentials: Credentials, region: str, account_id: str, invoker: Invoker
+    ) -> None:
+        self.credentials, self.region, self.account_id = credentials, region, account_id
+        self.invoker = invoker
+
+    @staticmethod
+    def endpoint_of(scope: Scope) -> str | None:
+        """The endpoint an `InvokeEndpoint` request names (as its route would match it: one
+        path segment), None unless the request is one."""
+        path: str = scope["path"]
+        if scope["method"] != "POST" or not path.startswith("/endpoints/"):
+            return None
+        name, slash, rest = path[len("/endpoints/") :].partition("/")
+        return name if slash and rest == "invocations" and name else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = time.perf_counter()  # OverheadLatency counts from here
+        try:
+            body = await _asgi_body(scope, receive)
+        except _Disconnected:
+            return
+        except ServiceError as exc:
+            request_id = request_id_now()
+            status, head, data = error_parts(exc.code, exc.http_status, exc.message, request_id)
+        else:
+            status, head, data = await self.answer(
+                scope["method"],
+                scope.get("raw_path", b"/"),
+                scope.get("query_string", b""),
+                scope["headers"],
+                scope.get("path_params", {}).get("name") or self.endpoint_of(scope) or "",
+                body,
+                received,
+            )
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": data})
+
+    async def answer(
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        name: str,
+        body: bytes,
+        received: float,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """An invocation's answer: status, headers (lower-case names; the length among them)
+        and body. `headers`: the request's, lower-case names; `name`: the endpoint its path
+        names; `received`: when it arrived (time.perf_counter)."""
+        request_id = request_id_now()
+        try:
+            signed = _signed(method, raw_path, query, headers, body)
+            name, passed = checked_invocation(
+                signed, name, self.credentials, self.region, self.account_id
+            )
+            target = signed.headers.get(TARGET_VARIANT.lower())
+            answer = await self.invoker.invoke_async(
+                name, body, passed, target[0] if target else None, received
+            )
+        except InvocationError as exc:
+            return error_parts(exc.code, exc.status, exc.message, request_id, exc.extra)
+        except ServiceError as exc:
+            return error_parts(exc.code, exc.http_status, exc.message, request_id)
+        head = [
+            (b"content-length", str(len(answer.body)).encode("latin-1")),
+            (b"content-type", answer.content_type.encode("latin-1")),
+            (b"x-amzn-invoked-production-variant", answer.variant.encode("latin-1")),
+            (b"x-amzn-requestid", request_id.encode("latin-1")),
+        ]
+        head += [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()
+        ]
+        return 200, head, answer.body
+
+
+def request_id_now() -> str:
+    """A request ID in a UUID's form. Not a secret, so not from the system's random source:
+    uuid4's read of it cost several µs of every invocation under load."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+
+
+def _signed(
+    method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+) -> SignedRequest:
+    """A request as SigV4 checks it (as `signed_request` makes a Starlette one)."""
+    named: dict[str, list[str]] = {}
+    for name, value in headers:
+        named.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return SignedRequest(
+        method=method,
+        raw_path=raw_path.decode("latin-1").split("?", 1)[0],
+        raw_query=query.decode("latin-1"),
+        headers=named,
+        body=body,
+    )
+
+
+async def _asgi_body(scope: Scope, receive: Receive) -> bytes:
+    """The request's body; refused once past MAX_BODY_BYTES, or at once when its announced
+    length is (a client announcing a gigabyte is not waited for)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
+            raise _too_large()
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def error_parts(
+    code: str, status: int, message: str, request_id: str, extra: dict[str, Any] | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """`error_response`'s status, headers and body, for the bare handlers."""
+    body = _error_body(message, extra)
+    head = [
+        (b"content-length", str(len(body)).encode("latin-1")),
+        (b"content-type", b"application/json"),
+        (b"x-amzn-requestid", request_id.encode("latin-1")),
+        (b"x-amzn-errortype", code.encode("latin-1")),
+    ]
+    return status, head, body
+
+
+def _too_large() -> ValidationError:
+    return ValidationError(
+        f"Received payload is larger than the maximum of {PAYLOAD_BYTES} bytes an endpoint takes"
     )
 
 
@@ -225,9 +377,6 @@ async def _body(request: Request) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise ValidationError(
-                f"Received payload is larger than the maximum of {PAYLOAD_BYTES} bytes an "
-                "endpoint takes"
-            )
+            raise _too_large()
         chunks.append(chunk)
     return b"".join(chunks)

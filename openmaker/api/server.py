@@ -16,12 +16,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import uvicorn
+import uvloop
 from starlette.applications import Starlette
 
 from openmaker.api.app import create_app
 from openmaker.api.coalesce import CoalescingHttpToolsProtocol
 from openmaker.api.credentials import Credentials, server_credentials
+from openmaker.api.invoke_front import protocol_for
 from openmaker.api.operations import Backend
+from openmaker.api.runtime import Invocations, Receive, Scope, Send
 from openmaker.api.s3_endpoint import embedded_s3
 from openmaker.connection import ServerRecord, remove_record, write_record
 from openmaker.jobs import gate_keys
@@ -48,8 +51,11 @@ def serve(
         # The jobs get the store as the server serves it to them (its gate), in their settings.
         backend = Backend(settings)
         backend.watch()
-        app = create_app(backend, credentials)
-        server = _Server(http_config(app, host, port))
+        invocations = Invocations(
+            credentials, settings.region, settings.account_id, backend.invoker
+        )
+        app = _InvocationsFirst(create_app(backend, credentials), invocations)
+        server = _Server(http_config(app, host, port, protocol_for(invocations)))
         record = ServerRecord(
             f"http://{host}:{port}",
             s3_url,
@@ -58,22 +64,47 @@ def serve(
             settings.gate_url,
         )
         try:
-            with _orphan_key_sweeper(settings, backend.jobs.worker_lost):
-                asyncio.run(_serve(server, lambda: _started(settings, record, announce)))
+            # uvloop: its loop and transports cost a fraction of asyncio's own per request
+            # (bench/invoke.py).
+            with (
+                _orphan_key_sweeper(settings, backend.jobs.worker_lost),
+                asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+            ):
+                runner.run(_serve(server, lambda: _started(settings, record, announce)))
         finally:
             backend.close()
             remove_record(settings)
 
 
-def http_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+class _InvocationsFirst:
+    """The API, with InvokeEndpoint requests taken straight to their handler (the same one the
+    API's route has) before the framework's routing and middleware see them."""
+
+    def __init__(self, app: Starlette, invocations: Invocations) -> None:
+        self.app, self.invocations = app, invocations
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and Invocations.endpoint_of(scope) is not None:
+            await self.invocations(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def http_config(
+    app: Starlette | _InvocationsFirst,
+    host: str,
+    port: int,
+    protocol: type[CoalescingHttpToolsProtocol] = CoalescingHttpToolsProtocol,
+) -> uvicorn.Config:
     """uvicorn as the API serves: the head and body of an answer in one write
-    (openmaker/api/coalesce.py); no access log; no X-Forwarded-* rewriting (no proxy stands in
-    front, and nothing reads the client's address)."""
+    (openmaker/api/coalesce.py), plain invocations answered by the protocol itself when it is
+    openmaker/api/invoke_front.py's; no access log; no X-Forwarded-* rewriting (no proxy stands
+    in front, and nothing reads the client's address)."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=CoalescingHttpToolsProtocol,
+        http=protocol,
         log_level="warning",
         access_log=False,
         proxy_headers=False,

@@ -117,11 +117,11 @@ def verify(
     string_to_sign = "\n".join(
         [ALGORITHM, amz_date, str(auth.scope), hashlib.sha256(canonical.encode()).hexdigest()]
     )
-    expected = hmac.new(
+    expected = hmac.digest(
         _signing_key(credentials.secret_access_key, auth.scope),
         string_to_sign.encode(),
-        hashlib.sha256,
-    ).hexdigest()
+        "sha256",
+    ).hex()
     if not hmac.compare_digest(expected.encode(), auth.signature.encode()):
         raise InvalidSignature(_MISMATCH)
     return auth.scope
@@ -159,13 +159,19 @@ def canonical_request(request: SignedRequest, signed_headers: list[str], payload
     return "\n".join(
         [
             request.method.upper(),
-            quote(request.raw_path or "/", safe="/~"),
+            _quoted_path(request.raw_path or "/"),
             "&".join(f"{key}={value}" for key, value in pairs),
             "\n".join(headers) + "\n",
             ";".join(signed_headers),
             payload,
         ]
     )
+
+
+# A client sends its invocations of an endpoint to one path again and again.
+@functools.lru_cache(maxsize=256)
+def _quoted_path(raw_path: str) -> str:
+    return quote(raw_path, safe="/~")
 
 
 def _check_scope(scope: Scope, amz_date: str, region: str, services: Collection[str]) -> None:
@@ -274,7 +280,7 @@ def _parse_authorization(header: str) -> _Authorization:
 def _signing_key(secret: str, scope: Scope) -> bytes:
     key = ("AWS4" + secret).encode()
     for part in (scope.date, scope.region, scope.service, scope.terminator):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        key = hmac.digest(key, part.encode(), "sha256")
     return key
 
 

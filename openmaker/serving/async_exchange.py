@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 
@@ -56,13 +57,16 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._begin(cap)
         self.parser = httptools.HttpResponseParser(self)
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
         self.transport.write(head + body)
+        # A timer rather than asyncio.wait_for, which wraps the wait in a task of its own (a
+        # cost on every invocation).
+        timer = loop.call_later(timeout, self._fail, f"no answer within {timeout:g} seconds")
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            self.close()
-            raise ExchangeError(f"no answer within {timeout:g} seconds") from None
+            await waiter
+        finally:
+            timer.cancel()
         parser = self.parser
         reply = Reply(parser.get_status_code(), self.headers, b"".join(self.chunks))
         reusable = self.complete and self.keep_alive and not self.lost and self.size <= cap
@@ -76,8 +80,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not a subclass of asyncio's, so no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.parser is None:  # nothing was asked: not a connection to reuse

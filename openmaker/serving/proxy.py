@@ -291,8 +291,8 @@ class Invoker:
         variant = self._variant(name, route, target_variant)
         if not variant.addresses:  # a serverless variant with no instance now
             return variant, "", ""
-        address = random.choice(variant.addresses)
-        return variant, address, variant.streams[variant.addresses.index(address)]
+        index = random.randrange(len(variant.addresses))
+        return variant, variant.addresses[index], variant.streams[index]
 
     def _dispatch(
         self,
@@ -398,6 +398,8 @@ class Invoker:
             raise InvocationError(
                 "ServiceUnavailable", 503, f"No instance of endpoint {name} is healthy now."
             )
+        if len(candidates) == 1:
+            return candidates[0]
         weights = [max(v.weight, 0.0) for v in candidates]
         if sum(weights) <= 0:
             return random.choice(candidates)
