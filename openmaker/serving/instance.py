@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from openmaker.runtime import Bind, Container, ContainerSpec, volume
+from openmaker.runtime import Bind, Container, ContainerSpec, usage, volume
 from openmaker.runtime import limits as runtime_limits
 from openmaker.runtime.images import Cancelled, ImageContainer, never
 from openmaker.runtime.layers import hidden_paths
@@ -241,6 +241,14 @@ class Instance:
 
     def oom_killed(self) -> bool:
         return any(runtime_limits.oom_killed(cgroup) for cgroup in self.cgroups)
+
+    def measured(self) -> usage.Measured | None:
+        """What its utilization is read from (serving/usage.py); None while it has no
+        container, or none in cgroups here (not limited, or on another node)."""
+        if self.container is None or not self.cgroups or self.share is None:
+            return None
+        share = self.share
+        return usage.Measured(tuple(self.cgroups), share.memory, self.folder, share.gpus)
 
     def ports(self) -> list[int]:
         return [m.port for m, _ in self.plan.pipeline] or [PORT]

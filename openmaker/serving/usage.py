@@ -1,0 +1,72 @@
+"""The serving instances' utilization, as SageMaker publishes an endpoint's: namespace
+`/aws/sagemaker/Endpoints`, dimensions `EndpointName` and `VariantName`, metrics
+CPUUtilization, MemoryUtilization, DiskUtilization (and the GPU ones where an instance has
+GPUs), each measured as any instance's is (openmaker/runtime/usage.py).
+
+Every `every` seconds each instance with a container adds one sample to its variant's series
+(serving/metrics.py keeps them), so a period's Average is over the variant's instances. An
+instance on another node (Ray) is not measured here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from openmaker.runtime.usage import UsageSampler
+from openmaker.serving.instance import Instance
+from openmaker.serving.metrics import INSTANCE_NAMESPACE, InvocationMetrics
+
+
+class UsageWatch:
+    def __init__(
+        self,
+        endpoint: str,
+        every: float,
+        instances: Callable[[], list[Instance]],
+        metrics: InvocationMetrics,
+    ) -> None:
+        self.endpoint, self.every, self.instances = endpoint, every, instances
+        self.metrics = metrics
+        self._samplers: dict[str, UsageSampler] = {}  # by instance id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="usage-watch", daemon=True)
+
+    def start(self) -> UsageWatch:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        self.sample()  # the first sample's CPU counts from here
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def sample(self) -> None:
+        seen = set()
+        for instance in list(self.instances()):
+            measured = instance.measured()
+            if measured is None:
+                continue
+            seen.add(instance.plan.id)
+            sampler = self._samplers.get(instance.plan.id)
+            if sampler is None:  # new: its CPU is measured from now
+                self._samplers[instance.plan.id] = sampler = UsageSampler()
+                sampler.start(measured)
+                continue
+            try:
+                values = sampler.sample(measured)
+            except Exception:  # a metric never fails the endpoint it measures
+                continue
+            if values:
+                self.metrics.add(
+                    self.endpoint,
+                    instance.plan.variant,
+                    sorted(values.items()),
+                    INSTANCE_NAMESPACE,
+                )
+        for gone in set(self._samplers) - seen:
+            del self._samplers[gone]
