@@ -230,8 +230,9 @@ class Instance:
         )
 
     def _limits(self, part: _Part, count: int) -> Limits:
-        if self.share is None:
-            return Limits(pids=self.settings.pids_limit)
+        if self.share is None:  # the whole machine; in a cgroup still, to measure its use
+            cgroup = limits.instance_cgroup(self.settings.home, self.owner, self.plan.id)
+            return Limits(pids=self.settings.pids_limit, cgroup=cgroup)
         whole = limits.instance_limits(self.settings, self.owner, self.plan.id, self.share)
         if not part.name:
             return whole
@@ -244,11 +245,12 @@ class Instance:
 
     def measured(self) -> usage.Measured | None:
         """What its utilization is read from (serving/usage.py); None while it has no
-        container, or none in cgroups here (not limited, or on another node)."""
-        if self.container is None or not self.cgroups or self.share is None:
+        container here (none yet, or on another node)."""
+        if self.container is None or not self.cgroups:
             return None
         share = self.share
-        return usage.Measured(tuple(self.cgroups), share.memory, self.folder, share.gpus)
+        memory, gpus = (share.memory, share.gpus) if share is not None else (None, ())
+        return usage.Measured(tuple(self.cgroups), memory, self.folder, gpus)
 
     def ports(self) -> list[int]:
         return [m.port for m, _ in self.plan.pipeline] or [PORT]

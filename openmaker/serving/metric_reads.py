@@ -21,6 +21,8 @@ from openmaker.jobs.db import EndpointMetricValue
 from openmaker.jobs.db import sessions as db_sessions
 from openmaker.serving.metrics import (
     ENDPOINT_DIMENSION,
+    HOST_DIMENSION,
+    HOST_NAMESPACES,
     INSTANCE_NAMESPACE,
     NAMESPACE,
     VARIANT_DIMENSION,
@@ -28,7 +30,7 @@ from openmaker.serving.metrics import (
 )
 from openmaker.settings import Settings
 
-NAMESPACES = (NAMESPACE, INSTANCE_NAMESPACE)
+NAMESPACES = (NAMESPACE, INSTANCE_NAMESPACE, *HOST_NAMESPACES)
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,8 @@ class StatisticSet:
 @dataclass(frozen=True)
 class EndpointSeries:
     name: str
-    endpoint: str
-    variant: str  # "": a series of the endpoint's own (dimension EndpointName only)
+    endpoint: str  # or the job, in HOST_NAMESPACES
+    variant: str  # "": a series of the endpoint's own (dimension EndpointName only); or the host
     namespace: str = NAMESPACE
 
     @property
@@ -68,6 +70,8 @@ class EndpointSeries:
         return f"{self.endpoint}/{self.variant}"
 
     def dimensions(self) -> dict[str, str]:
+        if self.namespace in HOST_NAMESPACES:
+            return {HOST_DIMENSION: self.value}
         found = {ENDPOINT_DIMENSION: self.endpoint}
         if self.variant:
             found[VARIANT_DIMENSION] = self.variant
@@ -94,9 +98,14 @@ def endpoint_series_of(
     name: str, dimensions: Sequence[dict[str, str]], namespace: str = NAMESPACE
 ) -> EndpointSeries | None:
     """The series `namespace` + `name` + `dimensions` names; None where none is ever published
-    (the dimensions exactly as SageMaker publishes them: both, or an endpoint's own invocation
-    series' EndpointName alone)."""
+    (the dimensions exactly as SageMaker publishes them: both, an endpoint's own invocation
+    series' EndpointName alone, or a job's instance's Host)."""
     given = {d.get("Name"): d.get("Value", "") for d in dimensions}
+    if namespace in HOST_NAMESPACES:
+        job, _, host = given.get(HOST_DIMENSION, "").rpartition("/")
+        if len(given) != 1 or not job or not host:
+            return None
+        return EndpointSeries(name, job, host, namespace)
     if len(given) != len(dimensions) or ENDPOINT_DIMENSION not in given:
         return None
     if set(given) == {ENDPOINT_DIMENSION} and namespace == NAMESPACE:

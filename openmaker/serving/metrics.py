@@ -16,6 +16,7 @@ dimension only (kept here with the variant "").
 The instances' utilization (serving/usage.py) is kept here too, in its own namespace
 `/aws/sagemaker/Endpoints`, with the same two dimensions: one sample per instance each time they
 are measured, so that a period's Average is over the variant's instances, as CloudWatch's is.
+So is that of transform and processing jobs' instances, by `Host` (HOST_NAMESPACES).
 
 The proxy only adds to sums in memory (a lock and a few additions); a thread writes what was
 added as one statistic set per series every FLUSH_SECONDS, all in one transaction, and what is
@@ -40,6 +41,12 @@ from openmaker.shapes.errors import ServiceError
 
 NAMESPACE = "AWS/SageMaker"
 INSTANCE_NAMESPACE = "/aws/sagemaker/Endpoints"
+# Jobs' instances, each a series of dimension `Host` = `<job>/<instance>`: kept with the job as
+# the "endpoint" and the instance as the "variant".
+TRANSFORM_NAMESPACE = "/aws/sagemaker/TransformJobs"
+PROCESSING_NAMESPACE = "/aws/sagemaker/ProcessingJobs"
+HOST_NAMESPACES = (TRANSFORM_NAMESPACE, PROCESSING_NAMESPACE)
+HOST_DIMENSION = "Host"
 ENDPOINT_DIMENSION = "EndpointName"
 VARIANT_DIMENSION = "VariantName"
 INVOCATIONS = "Invocations"

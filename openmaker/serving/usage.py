@@ -4,8 +4,10 @@ CPUUtilization, MemoryUtilization, DiskUtilization (and the GPU ones where an in
 GPUs), each measured as any instance's is (openmaker/runtime/usage.py).
 
 Every `every` seconds each instance with a container adds one sample to its variant's series
-(serving/metrics.py keeps them), so a period's Average is over the variant's instances. An
-instance on another node (Ray) is not measured here.
+(serving/metrics.py keeps them), so a period's Average is over the variant's instances. A
+transform job's instances are measured alike, each its own series (namespace
+`/aws/sagemaker/TransformJobs`, dimension `Host` = `<job>/<instance-id>`). An instance on
+another node (Ray) is not measured here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 
 from openmaker.runtime.usage import UsageSampler
 from openmaker.serving.instance import Instance
-from openmaker.serving.metrics import INSTANCE_NAMESPACE, InvocationMetrics
+from openmaker.serving.metrics import HOST_NAMESPACES, INSTANCE_NAMESPACE, InvocationMetrics
 
 
 class UsageWatch:
@@ -25,9 +27,11 @@ class UsageWatch:
         every: float,
         instances: Callable[[], list[Instance]],
         metrics: InvocationMetrics,
+        namespace: str = INSTANCE_NAMESPACE,
     ) -> None:
+        """`endpoint`: the endpoint (or, with a namespace of HOST_NAMESPACES, the job)."""
         self.endpoint, self.every, self.instances = endpoint, every, instances
-        self.metrics = metrics
+        self.metrics, self.namespace = metrics, namespace
         self._samplers: dict[str, UsageSampler] = {}  # by instance id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="usage-watch", daemon=True)
@@ -37,8 +41,10 @@ class UsageWatch:
         return self
 
     def close(self) -> None:
+        """Stop, with a last sample (of what is still running)."""
         self._stop.set()
         self._thread.join(timeout=10)
+        self.sample()
 
     def _loop(self) -> None:
         self.sample()  # the first sample's CPU counts from here
@@ -62,11 +68,8 @@ class UsageWatch:
             except Exception:  # a metric never fails the endpoint it measures
                 continue
             if values:
-                self.metrics.add(
-                    self.endpoint,
-                    instance.plan.variant,
-                    sorted(values.items()),
-                    INSTANCE_NAMESPACE,
-                )
+                plan = instance.plan
+                series = plan.id if self.namespace in HOST_NAMESPACES else plan.variant
+                self.metrics.add(self.endpoint, series, sorted(values.items()), self.namespace)
         for gone in set(self._samplers) - seen:
             del self._samplers[gone]
