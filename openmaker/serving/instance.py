@@ -102,6 +102,7 @@ class Instance:
         self.cgroups: list[tuple[str, ...]] = []  # its containers' (released when they stop)
         self.volume: volume.Volume | None = None
         self.tail = OutputTail()  # its containers' last lines, since they last started
+        self.sampler: usage.UsageSampler | None = None  # its utilization's (serving/usage.py)
 
     def _parts(self) -> list[_Part]:
         plan = self.plan
@@ -251,6 +252,19 @@ class Instance:
         share = self.share
         memory, gpus = (share.memory, share.gpus) if share is not None else (None, ())
         return usage.Measured(tuple(self.cgroups), memory, self.folder, gpus)
+
+    def usage(self) -> dict[str, float] | None:
+        """Its utilization since the last call (None: nothing yet, the first call starts the
+        count; or no container)."""
+        measured = self.measured()
+        if measured is None:
+            self.sampler = None
+            return None
+        if self.sampler is None:
+            self.sampler = usage.UsageSampler()
+            self.sampler.start(measured)
+            return None
+        return self.sampler.sample(measured)
 
     def ports(self) -> list[int]:
         return [m.port for m, _ in self.plan.pipeline] or [PORT]

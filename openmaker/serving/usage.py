@@ -7,7 +7,7 @@ Every `every` seconds each instance with a container adds one sample to its vari
 (serving/metrics.py keeps them), so a period's Average is over the variant's instances. A
 transform job's instances are measured alike, each its own series (namespace
 `/aws/sagemaker/TransformJobs`, dimension `Host` = `<job>/<instance-id>`). An instance on
-another node (Ray) is not measured here.
+another node (Ray) is measured there by its agent, asked each time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from openmaker.runtime.usage import UsageSampler
 from openmaker.serving.instance import Instance
 from openmaker.serving.metrics import HOST_NAMESPACES, INSTANCE_NAMESPACE, InvocationMetrics
 
@@ -32,7 +31,6 @@ class UsageWatch:
         """`endpoint`: the endpoint (or, with a namespace of HOST_NAMESPACES, the job)."""
         self.endpoint, self.every, self.instances = endpoint, every, instances
         self.metrics, self.namespace = metrics, namespace
-        self._samplers: dict[str, UsageSampler] = {}  # by instance id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="usage-watch", daemon=True)
 
@@ -52,24 +50,12 @@ class UsageWatch:
             self.sample()
 
     def sample(self) -> None:
-        seen = set()
         for instance in list(self.instances()):
-            measured = instance.measured()
-            if measured is None:
-                continue
-            seen.add(instance.plan.id)
-            sampler = self._samplers.get(instance.plan.id)
-            if sampler is None:  # new: its CPU is measured from now
-                self._samplers[instance.plan.id] = sampler = UsageSampler()
-                sampler.start(measured)
-                continue
             try:
-                values = sampler.sample(measured)
+                values = instance.usage()
             except Exception:  # a metric never fails the endpoint it measures
                 continue
             if values:
                 plan = instance.plan
                 series = plan.id if self.namespace in HOST_NAMESPACES else plan.variant
                 self.metrics.add(self.endpoint, series, sorted(values.items()), self.namespace)
-        for gone in set(self._samplers) - seen:
-            del self._samplers[gone]
