@@ -69,8 +69,9 @@ def _old_guard(name: str) -> str:
 
 @pytest.fixture
 def name() -> Iterator[str]:
-    """A table's name (deleted after the test)."""
-    made = f"omnt{secrets.token_hex(4)}"
+    """A table's name (deleted after the test); not openmaker's prefix, whose tables without
+    a bridge any command's sweep deletes."""
+    made = f"omtt{secrets.token_hex(4)}"
     try:
         yield made
     finally:
@@ -148,7 +149,7 @@ def test_a_cluster_hosts_rules_and_masked_prefixes_are_what_nft_makes_of_their_t
 
 def test_chains_are_listed_as_nft_lists_them() -> None:
     """A forward chain that drops by default (another family's too) shows as one."""
-    mine = f"omnt{secrets.token_hex(4)}"
+    mine = f"omtt{secrets.token_hex(4)}"
     # Its one rule accepts everything: the machine's other traffic never meets the policy.
     rules = (
         f"table ip {mine} {{\n chain fw {{\n  type filter hook forward priority 0; "
