@@ -20,7 +20,7 @@ from typing import Any
 
 _RTM_NEWLINK, _RTM_DELLINK = 16, 17
 _RTM_NEWADDR = 20
-_RTM_NEWROUTE, _RTM_GETROUTE = 24, 26
+_RTM_NEWROUTE, _RTM_GETROUTE, _RTM_NEWNEIGH = 24, 26, 28
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_MULTI, _NLM_F_ACK = 0x1, 0x2, 0x4
 _NLM_F_DUMP, _NLM_F_EXCL, _NLM_F_CREATE = 0x300, 0x200, 0x400
@@ -36,12 +36,15 @@ _VXLAN_ID, _VXLAN_LOCAL, _VXLAN_LEARNING, _VXLAN_PORT, _VXLAN_LOCALBYPASS = 1, 4
 _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY, _RTA_TABLE = 1, 4, 5, 15
 _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST = 3, 0, 1
+_NDA_DST, _NDA_LLADDR, _NDA_PORT = 1, 2, 6
+_NUD_PERMANENT, _NTF_SELF = 0x80, 0x02
 _IFF_UP = 0x1
 _RT_TABLE_MAIN = 254
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+_NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg
 
 
 class NetlinkError(OSError):
@@ -123,6 +126,56 @@ def add_host_link(veth: str, pid: int, address: str, prefix: int, gateway: str) 
             )  # fmt: skip
 
 
+def configure_overlay(
+    device: str,
+    address: str,
+    prefix: int,
+    neighbours: list[tuple[str, str]],
+    forwarding: list[tuple[str, str, int]],
+) -> None:
+    """From inside a host's namespace, its end of the job's VXLAN segment (overlay.py): `ip
+    addr add ADDRESS/PREFIX dev DEVICE; link set DEVICE up`, for each (address, MAC) of
+    `neighbours` `ip neigh add ADDRESS lladdr MAC dev DEVICE nud permanent`, for each (MAC,
+    node, port) of `forwarding` `bridge fdb add MAC dev DEVICE dst NODE port PORT self
+    permanent`. NetlinkError names the step that failed."""
+    with _socket() as rtnl:
+        index = socket.if_nametoindex(device)
+        packed = ipaddress.IPv4Address(address).packed
+        with _step(f"{device}'s address {address}/{prefix}"):
+            rtnl.ask(
+                _RTM_NEWADDR,
+                _NLM_F_CREATE | _NLM_F_EXCL,
+                _IFADDR.pack(socket.AF_INET, prefix, 0, 0, index)
+                + _attribute(_IFA_LOCAL, packed)
+                + _attribute(_IFA_ADDRESS, packed),
+            )
+        with _step(f"{device} up"):
+            rtnl.ask(_RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, _IFF_UP, _IFF_UP))
+        for neighbour, mac in neighbours:
+            with _step(f"the neighbour {neighbour} ({mac})"):
+                rtnl.ask(
+                    _RTM_NEWNEIGH,
+                    _NLM_F_CREATE | _NLM_F_EXCL,
+                    _NDMSG.pack(socket.AF_INET, index, _NUD_PERMANENT, 0, 0)
+                    + _attribute(_NDA_DST, ipaddress.IPv4Address(neighbour).packed)
+                    + _attribute(_NDA_LLADDR, _mac(mac)),
+                )
+        for mac, node, port in forwarding:
+            with _step(f"the forwarding entry {mac} to {node}:{port}"):
+                rtnl.ask(
+                    _RTM_NEWNEIGH,
+                    _NLM_F_CREATE | _NLM_F_EXCL,
+                    _NDMSG.pack(socket.AF_BRIDGE, index, _NUD_PERMANENT, _NTF_SELF, 0)
+                    + _attribute(_NDA_LLADDR, _mac(mac))
+                    + _attribute(_NDA_DST, ipaddress.IPv4Address(node).packed)
+                    + _attribute(_NDA_PORT, struct.pack("!H", port)),
+                )
+
+
+def _mac(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
 @contextmanager
 def _step(what: str) -> Iterator[None]:
     try:
@@ -202,7 +255,7 @@ def add_vxlan(
         _NLM_F_CREATE | _NLM_F_EXCL,
         _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         + _attribute(_IFLA_IFNAME, _name(name))
-        + _attribute(_IFLA_ADDRESS, bytes.fromhex(address.replace(":", "")))
+        + _attribute(_IFLA_ADDRESS, _mac(address))
         + _attribute(_IFLA_MTU, struct.pack("=I", mtu))
         + _attribute(_IFLA_NET_NS_FD, struct.pack("=I", netns))
         + _attribute(_IFLA_LINKINFO | _NLA_F_NESTED, info),

@@ -633,10 +633,6 @@ def _lock() -> Iterator[None]:
         yield
 
 
-def _ip(commands: str, force: bool = False) -> None:
-    _run(["ip", *(["-force"] if force else []), "-batch", "-"], commands)
-
-
 def _nft(rules: str) -> None:
     _run(["nft", "-f", "-"], rules)
 

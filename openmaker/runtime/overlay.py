@@ -224,18 +224,14 @@ def join(rtnl: socket.socket, given: JobNetwork, index: int, netns: int) -> None
             exc.errno, f"the job's overlay (VXLAN {vni}, UDP {local}:{port}): {exc.strerror}"
         ) from None
     hosts = list(given.addresses.values())
-    commands = [f"addr add {hosts[index]}/24 dev {OVERLAY_DEVICE}", f"link set {OVERLAY_DEVICE} up"]
-    forwarding = []
-    for peer, node in enumerate(nodes):
-        if peer == index:
-            continue
-        commands.append(
-            f"neigh add {hosts[peer]} lladdr {mac(vni, peer)} dev {OVERLAY_DEVICE} nud permanent"
+    peers = [peer for peer in range(len(nodes)) if peer != index]
+    try:
+        netlink.configure_overlay(
+            OVERLAY_DEVICE,
+            hosts[index],
+            24,
+            [(hosts[peer], mac(vni, peer)) for peer in peers],
+            [(mac(vni, peer), nodes[peer], given.overlay_port + peer) for peer in peers],
         )
-        forwarding.append(
-            f"fdb add {mac(vni, peer)} dev {OVERLAY_DEVICE} dst {node} "
-            f"port {given.overlay_port + peer} self permanent"
-        )
-    network._ip("".join(f"{c}\n" for c in commands))
-    if forwarding:
-        network._run(["bridge", "-batch", "-"], "".join(f"{c}\n" for c in forwarding))
+    except netlink.NetlinkError as exc:
+        raise NetworkError(exc.errno, f"the job's overlay (VXLAN {vni}): {exc.strerror}") from None
