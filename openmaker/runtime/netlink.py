@@ -1,9 +1,10 @@
-"""The few rtnetlink requests the jobs' networks make on the machine's side (network.py): a
-bridge, a veth end put on it, links deleted, the IPv4 routes listed; and a host's VXLAN device
-with the local bypass off (overlay.py), which iproute2 6.1 cannot ask for. Each is what an `ip`
-command does, without starting a process for it (a process costs a job tens of milliseconds on
-a busy machine). Every request is acknowledged before the next one goes: an error raises
-NetlinkError with the kernel's errno.
+"""The few rtnetlink requests the jobs' networks make (network.py): on the machine's side a
+bridge (with IPv4 forwarding on), a veth end put on it, links deleted, the IPv4 routes listed;
+inside a host's namespace its veth pair, addresses and default route; and a host's VXLAN device
+with the local bypass off (overlay.py), which iproute2 6.1 cannot ask for, with its neighbours
+and forwarding entries. Each is what an `ip` (or `bridge`) command does, without starting a
+process for it (a process costs a job tens of milliseconds on a busy machine). Every request is
+acknowledged before the next one goes: an error raises NetlinkError with the kernel's errno.
 """
 
 from __future__ import annotations

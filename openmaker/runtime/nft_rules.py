@@ -240,7 +240,7 @@ def _expressions(rule: Rule) -> list[bytes]:
         elif isinstance(match, Address):
             if not ipv4_checked:
                 found += [_meta(_NFT_META_NFPROTO), _cmp(_NFT_CMP_EQ, bytes([_NFPROTO_IPV4]))]
-                ipv4_checked = False
+                ipv4_checked = True
             found += _address(match)
         elif isinstance(match, Port):
             found += [
