@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,3 +165,19 @@ def test_a_refused_request_fails_the_hosts_start_naming_the_step(bridge: str) ->
         assert f"the veth pair eth0/{taken}" in message and "exists" in message
     finally:
         netlink.delete_links([taken])
+
+
+@pytest.mark.skipif(shutil.which("iptables-legacy") is None, reason="needs iptables-legacy")
+@pytest.mark.parametrize("policy", ["ACCEPT", "DROP"])
+def test_the_legacy_forward_policy_is_read_as_iptables_shows_it(policy: str) -> None:
+    """In a network namespace of its own (the machine's policy stays as it is)."""
+    script = (
+        f"iptables-legacy -w -P FORWARD {policy} && iptables-legacy -w -S FORWARD && "
+        f'{sys.executable} -c "from openmaker.runtime import legacy_forward; '
+        'print(legacy_forward.forward_drops())"'
+    )
+    shown = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert shown[0] == f"-P FORWARD {policy}"
+    assert shown[-1] == str(policy == "DROP")
