@@ -12,7 +12,8 @@ command -v unshare >/dev/null || missing+=(util-linux)
 # Each host's volume: a loop-mounted ext4 image.
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 command -v losetup >/dev/null || missing+=(mount)
-# Each host's own network: veth pairs and a bridge per job, its rules (training/host/network.py).
+# Each host's own network (runtime/network.py) speaks rtnetlink itself; the tests compare what
+# it makes with what `ip` shows and makes.
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
 # The tests of the hosts' networks: iptables' FORWARD dropping by default (as with Docker), a

@@ -69,8 +69,9 @@ def _old_guard(name: str) -> str:
 
 @pytest.fixture
 def name() -> Iterator[str]:
-    """A table's name (deleted after the test)."""
-    made = f"omnt{secrets.token_hex(4)}"
+    """A table's name (deleted after the test); not openmaker's prefix, whose tables without
+    a bridge any command's sweep deletes."""
+    made = f"omtt{secrets.token_hex(4)}"
     try:
         yield made
     finally:
@@ -146,9 +147,27 @@ def test_a_cluster_hosts_rules_and_masked_prefixes_are_what_nft_makes_of_their_t
     _made_alike(table, nft_rules.text(table))
 
 
+def test_a_hosts_overlay_guard_over_netlink_is_what_nft_makes_of_its_text(name: str) -> None:
+    """The VNI matched in the VXLAN header (a raw transport-header match), one accept for each
+    other node of the job (not the host's own, nor twice), then the drop."""
+    given = JobNetwork(
+        {"algo-1": "10.213.255.2", "algo-2": "10.213.255.3", "algo-3": "10.213.255.4"},
+        overlay_vni=0x87D612,
+        overlay_nodes=["192.0.2.10", "192.0.2.11", "192.0.2.10"],
+        overlay_port=47890,
+    )
+    table = overlay._guard_rules(name, given, "algo-1")
+    frame = "udp dport 47890 @th,96,24 8902162"
+    assert nft_rules.text(table).splitlines()[3:5] == [
+        f"    {frame} ip saddr 192.0.2.11 accept",
+        f"    {frame} drop",
+    ]
+    _made_alike(table, nft_rules.text(table))
+
+
 def test_chains_are_listed_as_nft_lists_them() -> None:
     """A forward chain that drops by default (another family's too) shows as one."""
-    mine = f"omnt{secrets.token_hex(4)}"
+    mine = f"omtt{secrets.token_hex(4)}"
     # Its one rule accepts everything: the machine's other traffic never meets the policy.
     rules = (
         f"table ip {mine} {{\n chain fw {{\n  type filter hook forward priority 0; "

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from openmaker.runtime import Bind, netlink, nft_rules, nftables
+from openmaker.runtime import Bind, legacy_forward, netlink, nft_rules, nftables
 from openmaker.runtime.nft_rules import (
     Address,
     Chain,
@@ -153,9 +153,10 @@ def unavailable_reason(settings: Settings, hosts: list[str]) -> str | None:
         return "OPENMAKER_NETWORK=shared"
     if os.geteuid() != 0:
         return "openmaker is not root"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
-        if shutil.which(tool) is None:
-            return f"{tool} ({package}) is not installed"
+    # The bridge, links, addresses and routes go over netlink: no `ip` needed. `nft` is for
+    # other tables' forward chains that drop (network._pass_dropping_forward_chains).
+    if shutil.which("nft") is None:
+        return "nft (nftables) is not installed"
     if len(hosts) > 253:
         return "more than 253 hosts"
     return None
@@ -201,8 +202,9 @@ def _create(
             _remove(bridge)
             return shared(hosts, f"its bridge could not be made: {exc}", conf)
     try:
+        # Not settable over netlink (IFLA_INET6_CONF is read-only); forwarding was set with
+        # the bridge (netlink.add_bridge).
         _write(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6", "1")
-        _write(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding", "1")
         # One batch: the rules (the guard's too, where an uplink must start forwarding), over
         # netlink: `nft` would read the whole ruleset first (~0.5 ms a table). Then what the
         # chains are now (for other tables' forward).
@@ -304,7 +306,7 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
     from openmaker.runtime import overlay  # it builds on this module
 
     assert network.bridge is not None and network.gateway is not None
-    veth = f"{network.bridge}v{index + 1}"
+    veth, gateway = f"{network.bridge}v{index + 1}", network.gateway
     relay = Relay()
     made: dict[str, int] = {}
     failure: list[BaseException] = []
@@ -319,22 +321,16 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
             if _libc.unshare(CLONE_NEWNET) != 0:
                 raise NetworkError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
             made["fd"] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            # No IPv6 but loopback's: eth0 never gets even a link-local address.
+            # No IPv6 but loopback's: eth0, made after this, takes it from the default and
+            # never gets even a link-local address. (The default alone takes no lock: cheap.)
             _write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
-            _ip(
-                f"link add eth0 type veth peer name {veth} netns {os.getpid()}\n"
-                "link set lo up\n"
-                f"addr add {outside}/24 dev eth0\n"
-                "link set eth0 up\n"
-                f"route add default via {network.gateway}\n"
-            )
+            netlink.add_host_link(veth, os.getpid(), outside, 24, gateway)
             if made["rtnl"] >= 0:
                 with socket.socket(fileno=made.pop("rtnl")) as rtnl:
                     overlay.join(rtnl, network, index, made["fd"])
             # As in a container: any port may be bound, and ping needs no raw socket.
             _write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
             _write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
-            _write("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1")
             # At the address the code is given (a loopback address, not always 127.0.0.1).
             for port, target in network.relays:
                 relay.listen((target, port), (target, port))
@@ -354,6 +350,7 @@ def enter_host(network: JobNetwork, host: str, index: int) -> HostNamespace:
         if failure:
             raise failure[0]
         netlink.enslave(veth, network.bridge)
+        # Made in this namespace's default (IPv6 on); netlink cannot set it (see _create).
         _write(f"/proc/sys/net/ipv6/conf/{veth}/disable_ipv6", "1")
     except (OSError, NetworkError) as exc:
         namespace.close()
@@ -554,7 +551,7 @@ def _pass_dropping_forward_chains(bridge: str, listed: list[nftables.ChainInfo])
         and not chain.table.startswith(PREFIX)
     ]
     tool = _legacy_iptables()
-    legacy = tool is not None and "-P FORWARD DROP" in _run([tool, "-w", "-S", "FORWARD"])
+    legacy = tool is not None and _legacy_forward_drops(tool)
     # Written first: removing the bridge then looks at these chains alone, not the ruleset.
     _STATE.mkdir(mode=0o700, exist_ok=True)
     _passed(bridge).write_text(json.dumps({"chains": chains, "legacy": legacy}))
@@ -606,6 +603,15 @@ def _unpass_dropping_forward_chains(bridge: str) -> None:
     _passed(bridge).unlink(missing_ok=True)
 
 
+def _legacy_forward_drops(tool: str) -> bool:
+    """Read from the kernel: `tool -S FORWARD` is a process for every job (~2 ms, more forked
+    from a big worker). The tool's answer where the kernel's cannot be read."""
+    try:
+        return legacy_forward.forward_drops()
+    except OSError:
+        return "-P FORWARD DROP" in _run([tool, "-w", "-S", "FORWARD"])
+
+
 def _legacy_iptables() -> str | None:
     """iptables-legacy, where its filter table is in use (nftables does not see it)."""
     try:
@@ -636,10 +642,6 @@ def _lock() -> Iterator[None]:
         yield
 
 
-def _ip(commands: str, force: bool = False) -> None:
-    _run(["ip", *(["-force"] if force else []), "-batch", "-"], commands)
-
-
 def _nft(rules: str) -> None:
     _run(["nft", "-f", "-"], rules)
 
@@ -655,5 +657,9 @@ def _run(argv: list[str], given: str | None = None) -> str:
 
 
 def _write(path: str, value: str) -> None:
-    with open(path, "w") as setting:
-        setting.write(value)
+    """A sysctl: one open and one write, no Python file object."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)

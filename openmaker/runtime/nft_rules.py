@@ -105,11 +105,27 @@ class Port:
 
 
 @dataclass(frozen=True)
+class Raw:
+    """`@th,OFFSET,LENGTH VALUE`: bits of the transport header (its start, UDP's or TCP's),
+    whole bytes only."""
+
+    offset: int
+    length: int
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.offset % 8 or self.length % 8 or not 0 < self.length <= 128:
+            raise ValueError(f"not whole bytes: @th,{self.offset},{self.length}")
+        if not 0 <= self.value < 1 << self.length:
+            raise ValueError(f"{self.value} does not fit {self.length} bits")
+
+
+@dataclass(frozen=True)
 class Established:
     """`ct state established,related`."""
 
 
-Match = Interface | Address | Port | Established
+Match = Interface | Address | Port | Raw | Established
 
 
 @dataclass(frozen=True)
@@ -201,6 +217,8 @@ def _rule_text(rule: Rule) -> str:
         elif isinstance(match, Port):
             ports = f"{match.low}-{match.high}" if match.high is not None else str(match.low)
             words.append(f"{match.protocol} dport {ports}")
+        elif isinstance(match, Raw):
+            words.append(f"@th,{match.offset},{match.length} {match.value}")
         else:
             words.append("ct state established,related")
     return " ".join([*words, rule.verdict])
@@ -222,7 +240,7 @@ def _expressions(rule: Rule) -> list[bytes]:
         elif isinstance(match, Address):
             if not ipv4_checked:
                 found += [_meta(_NFT_META_NFPROTO), _cmp(_NFT_CMP_EQ, bytes([_NFPROTO_IPV4]))]
-                ipv4_checked = False
+                ipv4_checked = True
             found += _address(match)
         elif isinstance(match, Port):
             found += [
@@ -235,6 +253,12 @@ def _expressions(rule: Rule) -> list[bytes]:
             else:
                 found.append(_cmp(_NFT_CMP_GTE, struct.pack("!H", match.low)))
                 found.append(_cmp(_NFT_CMP_LTE, struct.pack("!H", match.high)))
+        elif isinstance(match, Raw):
+            size = match.length // 8
+            found += [
+                _payload(_NFT_PAYLOAD_TRANSPORT_HEADER, match.offset // 8, size),
+                _cmp(_NFT_CMP_EQ, match.value.to_bytes(size, "big")),
+            ]
         else:
             zero = struct.pack("=I", 0)
             mask = struct.pack("=I", _CT_ESTABLISHED_RELATED)  # the kernel's own byte order

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
-from openmaker.runtime import netlink, network, nft_rules
+from openmaker.runtime import netlink, network, nft_rules, nftables
 from openmaker.runtime.network import PREFIX, JobNetwork, NetworkError
 
 # Host i of a job: UDP OVERLAY_PORT + i on its node.
@@ -94,8 +94,9 @@ def node_network(
     if made.bridge is None:
         raise NetworkError(f"the network of host {host} could not be made: {made.reason}")
     try:
-        network._nft(_guard_rules(_guard_table(home, job_name, host), given, host))
-    except NetworkError as exc:
+        guard = _guard_rules(_guard_table(home, job_name, host), given, host)
+        nftables.apply(nft_rules.messages(guard), guard.name)  # `nft` would read the ruleset
+    except (OSError, ValueError) as exc:
         remove_node_network(home, job_name, host)
         raise NetworkError(f"the network of host {host} could not be made: {exc}") from None
     return dataclasses.replace(
@@ -113,8 +114,8 @@ def remove_node_network(home: Path, job_name: str, host: str) -> None:
     if (Path("/sys/class/net") / bridge).exists():
         with network._lock():
             network._remove(bridge)
-    with contextlib.suppress(NetworkError):  # none where the bridge could not be made
-        network._nft(f"delete table inet {_guard_table(home, job_name, host)}\n")
+    with contextlib.suppress(OSError):  # none where the bridge could not be made
+        nftables.delete_table("inet", _guard_table(home, job_name, host))
 
 
 def _bridge_rules(
@@ -155,26 +156,26 @@ def _guard_table(home: Path, job_name: str, host: str) -> str:
     return GUARD_PREFIX + network.job_id(home, f"{job_name}\0{host}")
 
 
-def _guard_rules(table: str, given: JobNetwork, host: str) -> str:
+def _guard_rules(table: str, given: JobNetwork, host: str) -> nft_rules.Table:
     """The host's end of the segment takes frames of its VNI from its job's other nodes
-    alone. (Frames of another VNI are another device's, or nobody's: the kernel drops them.)"""
+    alone. (Frames of another VNI are another device's, or nobody's: the kernel drops them.)
+    One accept a peer node, then the drop: what `ip saddr != { peers } drop` does, without a
+    set (the chain's policy accepts; an accept ends this chain alone)."""
     assert given.overlay_vni is not None
     index = list(given.addresses).index(host)
     mine = given.overlay_nodes[index]
     peers = sorted({n for i, n in enumerate(given.overlay_nodes) if i != index} - {mine})
     # The VNI: bits 32-55 of the VXLAN header, after UDP's 8 bytes.
-    frame = f"udp dport {given.overlay_port + index} @th,96,24 {given.overlay_vni}"
-    senders = f" ip saddr != {{ {', '.join(peers)} }}" if peers else ""
-    return (
-        # nft 1.0.6 has no `destroy`: made if missing, so that it can be deleted and remade.
-        f"add table inet {table}\ndelete table inet {table}\n"
-        f"table inet {table} {{\n"
-        "  chain input {\n"
-        "    type filter hook input priority filter; policy accept;\n"
-        f"    {frame}{senders} drop\n"
-        "  }\n"
-        "}\n"
+    frame = (
+        nft_rules.Port("udp", given.overlay_port + index),
+        nft_rules.Raw(96, 24, given.overlay_vni),
     )
+    rules = [
+        nft_rules.Rule((*frame, nft_rules.Address("saddr", ipaddress.IPv4Network(peer))), "accept")
+        for peer in peers
+    ]
+    rules.append(nft_rules.Rule(frame, "drop"))
+    return nft_rules.Table(table, (nft_rules.Chain("input", "filter", "input", tuple(rules)),))
 
 
 def node_networks(home: Path) -> list[tuple[str, str]]:
@@ -223,18 +224,14 @@ def join(rtnl: socket.socket, given: JobNetwork, index: int, netns: int) -> None
             exc.errno, f"the job's overlay (VXLAN {vni}, UDP {local}:{port}): {exc.strerror}"
         ) from None
     hosts = list(given.addresses.values())
-    commands = [f"addr add {hosts[index]}/24 dev {OVERLAY_DEVICE}", f"link set {OVERLAY_DEVICE} up"]
-    forwarding = []
-    for peer, node in enumerate(nodes):
-        if peer == index:
-            continue
-        commands.append(
-            f"neigh add {hosts[peer]} lladdr {mac(vni, peer)} dev {OVERLAY_DEVICE} nud permanent"
+    peers = [peer for peer in range(len(nodes)) if peer != index]
+    try:
+        netlink.configure_overlay(
+            OVERLAY_DEVICE,
+            hosts[index],
+            24,
+            [(hosts[peer], mac(vni, peer)) for peer in peers],
+            [(mac(vni, peer), nodes[peer], given.overlay_port + peer) for peer in peers],
         )
-        forwarding.append(
-            f"fdb add {mac(vni, peer)} dev {OVERLAY_DEVICE} dst {node} "
-            f"port {given.overlay_port + peer} self permanent"
-        )
-    network._ip("".join(f"{c}\n" for c in commands))
-    if forwarding:
-        network._run(["bridge", "-batch", "-"], "".join(f"{c}\n" for c in forwarding))
+    except netlink.NetlinkError as exc:
+        raise NetworkError(exc.errno, f"the job's overlay (VXLAN {vni}): {exc.strerror}") from None
