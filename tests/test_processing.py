@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 
 from tests.apiserver import ApiServer
 from tests.process_helpers import wait_until
+from tests.test_endpoint_metrics import cloudwatch
 
 ENDED = ("Completed", "Failed", "Stopped")
 
@@ -223,6 +224,19 @@ def test_two_hosts_read_two_inputs_and_write_an_output(
         startFromHead=True,
     )["events"]
     assert any(e["message"].startswith("processed on algo-") for e in events)
+
+    # Each host's utilization, as SageMaker names its host: `<job>/algo-N`.
+    metrics = cloudwatch(api_server)
+
+    def hosts_measured() -> list[str]:
+        listed = metrics.list_metrics(
+            Namespace="/aws/sagemaker/ProcessingJobs", MetricName="MemoryUtilization"
+        )["Metrics"]
+        return sorted(d["Value"] for m in listed for d in m["Dimensions"] if d["Name"] == "Host")
+
+    hosts = [f"{name}/algo-1", f"{name}/algo-2"]
+    wait_until(lambda: [h for h in hosts_measured() if h.startswith(f"{name}/")] == hosts,
+               "the hosts' utilization")  # fmt: skip
 
 
 def test_a_failing_script_fails_the_job_with_its_message(

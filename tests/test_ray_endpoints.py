@@ -32,6 +32,7 @@ from openmaker.training.ray_hosts import node_agent
 from tests.apiserver import ApiServer, running_api_server
 from tests.process_helpers import kill
 from tests.test_endpoint_faults import DIES
+from tests.test_endpoint_metrics import cloudwatch
 from tests.test_endpoints import SERVE, Deployer, wait_until
 from tests.test_endpoints_mme import invoke, mme_endpoint
 from tests.test_endpoints_pipeline import pipeline_model
@@ -153,6 +154,16 @@ def test_an_instance_on_a_worker_node_serves_through_its_forwarder_alone(
     )
 
     wait_until(lambda: _said(logs, group, stream, "model server up"), "its line in its stream")
+    # Its utilization, measured on its node by its agent (its CPU time: an instance on a node
+    # has no memory limit there, so no memory cgroup to read).
+    metrics = cloudwatch(deployer.server)
+    dimensions = [{"Name": "EndpointName", "Value": name}]
+
+    def measured() -> list[str]:
+        listed = metrics.list_metrics(Namespace="/aws/sagemaker/Endpoints", Dimensions=dimensions)
+        return sorted(m["MetricName"] for m in listed["Metrics"])
+
+    wait_until(lambda: "CPUUtilization" in measured(), "its utilization sampled")
 
     # A client without the secret, or with a wrong one of the right length, gets nothing.
     ping = b"GET /ping HTTP/1.0\r\n\r\n"

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from openmaker.runtime import unavailable_reason
 from tests.apiserver import ApiServer
 from tests.helpers import unique_name
+from tests.test_endpoint_metrics import cloudwatch
 from tests.test_endpoints import make_serve_image, model_archive, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -183,6 +184,14 @@ def test_objects_spread_over_two_instances_come_back_in_order(transforms: Transf
     summaries = transforms.sagemaker.list_transform_jobs(NameContains=name)
     (summary,) = summaries["TransformJobSummaries"]
     assert summary["TransformJobStatus"] == "Completed"
+
+    # Each instance's utilization, as SageMaker names its host: `<job>/<instance-id>`.
+    metrics = cloudwatch(transforms.server)
+    listed = metrics.list_metrics(Namespace=group, MetricName="CPUUtilization")["Metrics"]
+    hosts = sorted(d["Value"] for m in listed for d in m["Dimensions"] if d["Name"] == "Host")
+    assert [h for h in hosts if h.startswith(f"{name}/")] == sorted(
+        n.rsplit("-", 1)[0] for n in names
+    )
 
 
 def test_a_refused_record_fails_the_job_naming_its_object(transforms: Transforms) -> None:

@@ -1,6 +1,6 @@
 """CloudWatch's metric reads: GetMetricStatistics, GetMetricData, ListMetrics, over training
-jobs' metrics (`/aws/sagemaker/TrainingJobs`) and endpoints' invocation metrics
-(`AWS/SageMaker`, serving/metrics.py).
+jobs' metrics (`/aws/sagemaker/TrainingJobs`), endpoints' invocation metrics (`AWS/SageMaker`)
+and their instances' utilization (`/aws/sagemaker/Endpoints`; serving/metrics.py).
 
 botocore speaks CloudWatch's JSON protocol (the model lists smithy-rpc-v2-cbor, json and query;
 botocore takes json first): `X-Amz-Target: GraniteServiceVersion20100801.<Operation>`, JSON
@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from openmaker.api.operations import Handler
-from openmaker.serving import metrics as endpoint_metrics
 from openmaker.serving.metric_reads import (
+    NAMESPACES,
     EndpointMetricReads,
     EndpointSeries,
     StatisticSet,
@@ -128,9 +128,7 @@ class CloudWatchMetrics:
                 f"{MAX_DATAPOINTS:,}. You may reduce the datapoints requested by increasing "
                 "Period, or decreasing the time range."
             )
-        series = _series_of(
-            params["Namespace"], params["MetricName"], params.get("Dimensions", [])
-        )
+        series = _series_of(params["Namespace"], params["MetricName"], params.get("Dimensions", []))
         found = self._buckets(series, params.get("Unit"), start, end, period, bool(extended))
         datapoints = []
         for bucket in found:
@@ -201,8 +199,8 @@ class CloudWatchMetrics:
         found: list[AnySeries] = []
         if namespace in (None, NAMESPACE):
             found += self.reads.all_series(since)
-        if namespace in (None, endpoint_metrics.NAMESPACE):
-            found += self.endpoint_reads.all_series(since)
+        if namespace is None or namespace in NAMESPACES:
+            found += self.endpoint_reads.all_series(since, namespace)
         name = params.get("MetricName")
         filters = params.get("Dimensions") or []
         found = [s for s in found if (name is None or s.name == name) and _passes(s, filters)]
@@ -297,8 +295,8 @@ def _aligned(start: int, period: int) -> int:
 
 
 def _series_of(namespace: str, name: str, dimensions: list[dict[str, str]]) -> AnySeries | None:
-    if namespace == endpoint_metrics.NAMESPACE:
-        return endpoint_series_of(name, dimensions)
+    if namespace in NAMESPACES:
+        return endpoint_series_of(name, dimensions, namespace)
     return series_of(namespace, name, dimensions)
 
 

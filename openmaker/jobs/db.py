@@ -263,6 +263,8 @@ def _add_new_columns(engine: Engine) -> None:
             clause = ""
             if isinstance(default, bool | int | float):
                 clause = f" DEFAULT {int(default) if isinstance(default, bool) else default}"
+            elif isinstance(default, str):
+                clause = " DEFAULT '{}'".format(default.replace("'", "''"))
             connection.exec_driver_sql(
                 f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'
             )
@@ -420,6 +422,8 @@ class EndpointMetricValue(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # `AWS/SageMaker` (invocations) or `/aws/sagemaker/Endpoints` (the instances' utilization).
+    namespace: Mapped[str] = mapped_column(String(64), default="AWS/SageMaker")
     endpoint: Mapped[str] = mapped_column(String(63))
     variant: Mapped[str] = mapped_column(String(63))
     name: Mapped[str] = mapped_column(String(64))

@@ -1,14 +1,18 @@
 """A processing job's host events, recorded (openmaker/jobs/recorder.py writes the rows): log
-lines as they are; a host's phase and transfer progress as changes to the job's row."""
+lines as they are; a host's phase and transfer progress as changes to the job's row; a host's
+utilization as SageMaker publishes it (namespace `/aws/sagemaker/ProcessingJobs`, dimension
+`Host` = `<job>/algo-N`), kept with the endpoints' metrics (serving/metrics.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from openmaker.jobs.db import writer_sessions
 from openmaker.jobs.recorder import JobRecorder
 from openmaker.processing import kind, status
 from openmaker.processing.status import ProcessingJobStatus
+from openmaker.serving.metrics import PROCESSING_NAMESPACE, InvocationMetrics
 from openmaker.settings import Settings
 from openmaker.training.host.events import (
     Event,
@@ -29,6 +33,7 @@ _PHASES = {"Training": "Processing"}
 class ProcessingRecorder(JobRecorder["ProcessingJobRecord"]):
     def __init__(self, settings: Settings, job_name: str) -> None:
         super().__init__(settings, job_name, kind.table, kind.LOG_GROUP, _apply)
+        self.usage: InvocationMetrics | None = None  # made at the first sample
 
     def emit(self, event: Event) -> None:
         """Record what a host reports (a host's `emit`)."""
@@ -39,7 +44,15 @@ class ProcessingRecorder(JobRecorder["ProcessingJobRecord"]):
         elif isinstance(event, StatusChanged | TransferProgress):
             self.change(event)
         elif isinstance(event, SystemMetrics):
-            pass  # processing jobs publish no utilization metrics here (yet)
+            if self.usage is None:
+                self.usage = InvocationMetrics(writer_sessions(self.settings))
+            values = sorted(event.values.items())
+            self.usage.add(self.job_name, event.host, values, PROCESSING_NAMESPACE)
+
+    def close(self) -> None:
+        super().close()
+        if self.usage is not None:
+            self.usage.close()
 
 
 def _apply(job: ProcessingJobRecord, event: object) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from openmaker.runtime import Bind, Container, ContainerSpec, volume
+from openmaker.runtime import Bind, Container, ContainerSpec, usage, volume
 from openmaker.runtime import limits as runtime_limits
 from openmaker.runtime.images import Cancelled, ImageContainer, never
 from openmaker.runtime.layers import hidden_paths
@@ -102,6 +102,7 @@ class Instance:
         self.cgroups: list[tuple[str, ...]] = []  # its containers' (released when they stop)
         self.volume: volume.Volume | None = None
         self.tail = OutputTail()  # its containers' last lines, since they last started
+        self.sampler: usage.UsageSampler | None = None  # its utilization's (serving/usage.py)
 
     def _parts(self) -> list[_Part]:
         plan = self.plan
@@ -230,8 +231,9 @@ class Instance:
         )
 
     def _limits(self, part: _Part, count: int) -> Limits:
-        if self.share is None:
-            return Limits(pids=self.settings.pids_limit)
+        if self.share is None:  # the whole machine; in a cgroup still, to measure its use
+            cgroup = limits.instance_cgroup(self.settings.home, self.owner, self.plan.id)
+            return Limits(pids=self.settings.pids_limit, cgroup=cgroup)
         whole = limits.instance_limits(self.settings, self.owner, self.plan.id, self.share)
         if not part.name:
             return whole
@@ -241,6 +243,28 @@ class Instance:
 
     def oom_killed(self) -> bool:
         return any(runtime_limits.oom_killed(cgroup) for cgroup in self.cgroups)
+
+    def measured(self) -> usage.Measured | None:
+        """What its utilization is read from (serving/usage.py); None while it has no
+        container here (none yet, or on another node)."""
+        if self.container is None or not self.cgroups:
+            return None
+        share = self.share
+        memory, gpus = (share.memory, share.gpus) if share is not None else (None, ())
+        return usage.Measured(tuple(self.cgroups), memory, self.folder, gpus)
+
+    def usage(self) -> dict[str, float] | None:
+        """Its utilization since the last call (None: nothing yet, the first call starts the
+        count; or no container)."""
+        measured = self.measured()
+        if measured is None:
+            self.sampler = None
+            return None
+        if self.sampler is None:
+            self.sampler = usage.UsageSampler()
+            self.sampler.start(measured)
+            return None
+        return self.sampler.sample(measured)
 
     def ports(self) -> list[int]:
         return [m.port for m, _ in self.plan.pipeline] or [PORT]

@@ -13,6 +13,11 @@ SageMaker's other list instead (serving/async_metrics.py): no Invocations,
 InvocationsPerInstance nor OverheadLatency, and a few series with the `EndpointName`
 dimension only (kept here with the variant "").
 
+The instances' utilization (serving/usage.py) is kept here too, in its own namespace
+`/aws/sagemaker/Endpoints`, with the same two dimensions: one sample per instance each time they
+are measured, so that a period's Average is over the variant's instances, as CloudWatch's is.
+So is that of transform and processing jobs' instances, by `Host` (HOST_NAMESPACES).
+
 The proxy only adds to sums in memory (a lock and a few additions); a thread writes what was
 added as one statistic set per series every FLUSH_SECONDS, all in one transaction, and what is
 left when the server stops.
@@ -31,9 +36,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmaker.jobs.db import EndpointMetricValue
+from openmaker.runtime import usage
 from openmaker.shapes.errors import ServiceError
 
 NAMESPACE = "AWS/SageMaker"
+INSTANCE_NAMESPACE = "/aws/sagemaker/Endpoints"
+# Jobs' instances, each a series of dimension `Host` = `<job>/<instance>`: kept with the job as
+# the "endpoint" and the instance as the "variant".
+TRANSFORM_NAMESPACE = "/aws/sagemaker/TransformJobs"
+PROCESSING_NAMESPACE = "/aws/sagemaker/ProcessingJobs"
+HOST_NAMESPACES = (TRANSFORM_NAMESPACE, PROCESSING_NAMESPACE)
+HOST_DIMENSION = "Host"
 ENDPOINT_DIMENSION = "EndpointName"
 VARIANT_DIMENSION = "VariantName"
 INVOCATIONS = "Invocations"
@@ -60,6 +73,7 @@ TIME_IN_BACKLOG = "TimeInBacklog"
 TOTAL_PROCESSING_TIME = "TotalProcessingTime"
 # The units SageMaker documents; any other metric's is "None".
 UNITS = {
+    **dict.fromkeys(usage.METRICS, "Percent"),
     **dict.fromkeys(
         (
             MODEL_LATENCY,
@@ -107,7 +121,7 @@ class _Sums:
         self.high = max(self.high, value)
 
 
-Key = tuple[str, str, str]  # endpoint, variant, metric
+Key = tuple[str, str, str, str]  # namespace, endpoint, variant, metric
 
 
 class InvocationMetrics:
@@ -147,13 +161,19 @@ class InvocationMetrics:
         """A serverless variant's instance started on demand, in `seconds` (a cold start)."""
         self.add(endpoint, variant, [(MODEL_SETUP_TIME, round(seconds * 1e6))])
 
-    def add(self, endpoint: str, variant: str, values: list[tuple[str, float]]) -> None:
+    def add(
+        self,
+        endpoint: str,
+        variant: str,
+        values: list[tuple[str, float]],
+        namespace: str = NAMESPACE,
+    ) -> None:
         """Values of the variant's series (variant "": of the endpoint's), each a sample."""
         with self._lock:
             if not self._sums:  # the first since the last write: its period starts now
                 self._since = _now_ms()
             for name, value in values:
-                key = (endpoint, variant, name)
+                key = (namespace, endpoint, variant, name)
                 sums = self._sums.get(key)
                 if sums is None:
                     sums = self._sums[key] = _Sums()
@@ -174,6 +194,7 @@ class InvocationMetrics:
             return
         rows = [
             {
+                "namespace": namespace,
                 "endpoint": endpoint,
                 "variant": variant,
                 "name": name,
@@ -183,7 +204,7 @@ class InvocationMetrics:
                 "low": s.low,
                 "high": s.high,
             }
-            for (endpoint, variant, name), s in sums.items()
+            for (namespace, endpoint, variant, name), s in sums.items()
         ]
         try:
             with self.sessions() as session:

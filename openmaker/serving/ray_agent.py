@@ -182,6 +182,10 @@ class InstanceAgent:
     def oom_killed(self, key: str) -> bool:
         return self._get(key).instance.oom_killed()
 
+    def usage(self, key: str) -> dict[str, float] | None:
+        """Its utilization since the last call (serving/usage.py)."""
+        return self._get(key).instance.usage()
+
     def lines(self, key: str, wait: float) -> list[Lines]:
         """The lines written since the last call (waiting up to `wait` seconds for some)."""
         held = self._get(key)

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 WAIT_SECONDS = 1
 # A call to an agent that takes longer than this is taken for its node's loss.
 CALL_SECONDS = 30.0
+# How long a utilization sample is waited for (serving/usage.py samples every few seconds).
+USAGE_SECONDS = 2.0
 # How long the worker waits for an instance's lines at a time.
 LINES_SECONDS = 0.5
 # An inference pipeline's presenters listen at an address of 127.64.0.0/10 (loopback, far from
@@ -390,6 +392,19 @@ class RemoteInstance(Instance):
     def exit_reason(self, code: int) -> str:
         reason: str = self.call("exit_reason", code, lost="")
         return reason or self.lost or f"its container exited with status {code}"
+
+    def usage(self) -> dict[str, float] | None:
+        """Measured by its agent; an answer that does not come in time is no sample (it never
+        makes the instance lost, as a failed call does)."""
+        import ray
+
+        if self.lost is not None or self.agent is None:
+            return None
+        try:
+            answer = ray.get(self.agent.usage.remote(self.key), timeout=USAGE_SECONDS)
+        except Exception:  # closed meanwhile, lost, or busy: no sample this time
+            return None
+        return dict(answer) if answer else None
 
     def oom_killed(self) -> bool:
         return bool(self.call("oom_killed", lost=False))

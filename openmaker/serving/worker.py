@@ -41,6 +41,7 @@ from openmaker.jobs.executor import Order
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
+from openmaker.runtime.usage import SAMPLE_SECONDS
 from openmaker.runtime.volume import unmount_under
 from openmaker.serving import (
     async_queue,
@@ -51,6 +52,7 @@ from openmaker.serving import (
     serverless,
     status,
     updates,
+    usage,
 )
 from openmaker.serving.clock import now
 from openmaker.serving.deployment import Deployment
@@ -106,6 +108,7 @@ class EndpointWorker:
         self.indexes: set[int] = set()  # the instances' indexes on the bridge, in use
         self.async_runner: async_runner.AsyncRunner | None = None
         self.health: health.HealthWatch | None = None
+        self.usage: usage.UsageWatch | None = None  # the instances' utilization
         # Serverless variants: when a cold start of each last failed (time.time()) and how many
         # failed in a row; when each of their instances started.
         self.cold_failed: dict[str, tuple[float, int]] = {}
@@ -135,6 +138,9 @@ class EndpointWorker:
                 )
                 every = self.settings.health_check_seconds
                 self.health = health.HealthWatch(every, lambda: self.live).start()
+                self.usage = usage.UsageWatch(
+                    self.name, SAMPLE_SECONDS, lambda: self.live, self.metrics
+                ).start()
                 self._serve()
         except EndpointFailed as exc:
             self._record(status.FAILED, str(exc))
@@ -800,6 +806,9 @@ class EndpointWorker:
     def _close(self) -> None:
         if self.health is not None:
             self.health.close()
+        if self.usage is not None:
+            self.usage.close()
+            self.metrics.flush()  # the last samples
         if self.async_runner is not None:
             self.async_runner.close()
         self._stop(self.live + self.starting)

@@ -26,14 +26,17 @@ from openmaker.resources import KINDS
 from openmaker.runtime.network import JobNetwork
 from openmaker.runtime.network import create as create_network
 from openmaker.runtime.network import remove as remove_network
+from openmaker.runtime.usage import SAMPLE_SECONDS
 from openmaker.serving import ray_instances
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
 from openmaker.serving.instance import DEFAULT_STARTUP_SECONDS, Instance, InstancePlan
 from openmaker.serving.logs import EndpointLogs
+from openmaker.serving.metrics import TRANSFORM_NAMESPACE, InvocationMetrics
 from openmaker.serving.model_data import ModelDataError
 from openmaker.serving.models import the_container
 from openmaker.serving.ray_instances import RemoteInstance
+from openmaker.serving.usage import UsageWatch
 from openmaker.settings import Settings
 from openmaker.shapes.locations import LocalPaths
 from openmaker.store.errors import StoreError
@@ -78,6 +81,7 @@ class TransformWorker:
         # is not the transform's).
         self.transformed_at: datetime | None = None
         self.objects: list[InputObject] = []  # the input objects, once listed
+        self.usage: UsageWatch | None = None  # the instances' utilization
 
     def run(self) -> None:
         final, reason = status.COMPLETED, None
@@ -86,6 +90,13 @@ class TransformWorker:
             if row is None:
                 return
             self._start_instances(row)
+            self.usage = UsageWatch(
+                self.name,
+                SAMPLE_SECONDS,
+                lambda: self.instances,
+                InvocationMetrics(self.writers),
+                TRANSFORM_NAMESPACE,
+            ).start()
             failures = self._transform(row) if not self.stop.is_set() else []
             self.transformed_at = now()
             self._capture(row, failures)
@@ -321,6 +332,9 @@ class TransformWorker:
         )
 
     def _close(self) -> None:
+        if self.usage is not None:
+            self.usage.close()
+            self.usage.metrics.flush()
         grace = self.settings.stop_grace_seconds
         with ThreadPoolExecutor(max(1, len(self.instances))) as pool:
             list(pool.map(lambda i: i.stop(grace), self.instances))

@@ -41,7 +41,8 @@ STATUSES = (
 # and statistic, a line per variant.
 CHART_MINUTES = 30
 CHART_PERIOD_SECONDS = 10
-CHARTS = (
+Chart = tuple[str, tuple[str, ...], str]  # title, the metrics it sums, statistic
+CHARTS: tuple[Chart, ...] = (
     (f"Invocations (per {CHART_PERIOD_SECONDS} s)", (metrics.INVOCATIONS,), "Sum"),
     (
         f"Invocation errors, 4XX + 5XX (per {CHART_PERIOD_SECONDS} s)",
@@ -50,6 +51,11 @@ CHARTS = (
     ),
     ("ModelLatency (average, µs)", (metrics.MODEL_LATENCY,), "Average"),
     ("OverheadLatency (average, µs)", (metrics.OVERHEAD_LATENCY,), "Average"),
+)
+# The instances' utilization (`/aws/sagemaker/Endpoints`), averaged over a variant's instances.
+USAGE_CHARTS: tuple[Chart, ...] = (
+    ("CPUUtilization (average over instances, %)", ("CPUUtilization",), "Average"),
+    ("MemoryUtilization (average over instances, %)", ("MemoryUtilization",), "Average"),
 )
 
 
@@ -105,9 +111,16 @@ class EndpointViews:
             "instances": self.serving.endpoints.instances(name),
             "logStreams": log_tail.stream_names(self.logs, log_group(name)),
             "invocationMetrics": self.charts(name, variants),
+            "usageMetrics": self.charts(name, variants, USAGE_CHARTS, metrics.INSTANCE_NAMESPACE),
         }
 
-    def charts(self, name: str, variants: list[str]) -> dict[str, dict[str, list[list[float]]]]:
+    def charts(
+        self,
+        name: str,
+        variants: list[str],
+        charts: tuple[Chart, ...] = CHARTS,
+        namespace: str = metrics.NAMESPACE,
+    ) -> dict[str, dict[str, list[list[float]]]]:
         """{chart title: {variant: [[period start ms, value], ...]}} over the last
         CHART_MINUTES; a chart with no value yet has no line."""
         period = CHART_PERIOD_SECONDS * 1000
@@ -115,12 +128,12 @@ class EndpointViews:
         start = end - CHART_MINUTES * 60_000
         start -= start % period
         found: dict[str, dict[str, list[list[float]]]] = {}
-        for title, names, stat in CHARTS:
+        for title, names, stat in charts:
             lines: dict[str, list[list[float]]] = {}
             for variant in variants:
                 summed: dict[int, float] = {}
                 for metric in names:
-                    series = EndpointSeries(metric, name, variant)
+                    series = EndpointSeries(metric, name, variant, namespace)
                     for bucket in self.metric_reads.buckets(series, start, end, period):
                         value = bucket.statistic(stat) or 0.0
                         summed[bucket.start] = summed.get(bucket.start, 0.0) + value

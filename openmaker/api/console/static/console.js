@@ -720,17 +720,22 @@
     const state = el("div", {class: "grid"});
     const logs = logPanel(path + "/logs");
     const charts = el("div", {class: "grid", id: "invocation-charts"});
+    const usage = el("div", {class: "grid", id: "usage-charts"});
     show(head, failure, state, el("div", {class: "grid"}, invokeCard(name)),
-      el("h2", {}, "Invocations and latency"), charts, logs.nodes);
+      el("h2", {}, "Invocations and latency"), charts,
+      el("h2", {}, "Instance utilization"), usage, logs.nodes);
     let lastState = "", lastCharts = "";
     poll(async () => {
       const [data] = await Promise.all([call(path), logs.step()]);
       if (mine !== generation) return;
       // Charts are drawn again only when their values changed (a redraw ends a zoom).
       const metrics = data.invocationMetrics;
-      const charted = JSON.stringify(metrics);
+      const charted = JSON.stringify([metrics, data.usageMetrics]);
       if (charted !== lastCharts) {
         lastCharts = charted;
+        const used = data.usageMetrics;
+        usage.replaceChildren(...Object.keys(used).filter((t) => Object.keys(used[t]).length)
+          .map((t) => chart(t, used[t])));
         const titles = Object.keys(metrics).filter((t) => Object.keys(metrics[t]).length);
         charts.replaceChildren(...(titles.length
           ? titles.map((t) => chart(t, metrics[t]))
