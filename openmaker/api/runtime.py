@@ -26,7 +26,7 @@ from starlette.routing import Route
 from openmaker.api.credentials import Credentials
 from openmaker.api.signed import signed_request
 from openmaker.api.sigv4 import SignedRequest, verify
-from openmaker.serving.async_invoke import accept
+from openmaker.serving.async_invoke import INFERENCE_ID, accept, checked_inference_id
 from openmaker.serving.proxy import CUSTOM_ATTRIBUTES, PASSED_HEADERS, InvocationError, Invoker
 from openmaker.serving.stream import Stream, open_stream
 from openmaker.shapes.errors import ServiceError
@@ -161,6 +161,9 @@ def checked_invocation(
         if values:
             headers[header] = values[0]
     _check_attributes(headers)
+    inference_id = headers.get(INFERENCE_ID[0])
+    if inference_id is not None:
+        checked_inference_id(inference_id)
     return name, headers
 
 
