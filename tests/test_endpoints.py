@@ -43,6 +43,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             answer, status = b"bad input: fail", 400
         elif body == b"huge":
             answer, status = b"x" * (7 * 1024 * 1024), 200
+        elif body == b"inference-id":
+            answer = (self.headers.get("X-Amzn-SageMaker-Inference-Id") or "none").encode()
+            status = 200
         else:
             answer = f"{MODEL} {os.environ['GREETING']} {body.decode()}".encode()
             status = 200
@@ -207,6 +210,17 @@ def test_an_endpoint_serves_its_model_and_goes_with_its_containers(deployer: Dep
     assert answer["ContentType"] == "text/plain"
     assert answer["InvokedProductionVariant"] == "AllTraffic"
     assert answer["CustomAttributes"] == "seen=trace=1"
+
+    # An InferenceId reaches the container; one the model's constraints refuse does not.
+    answer = deployer.runtime.invoke_endpoint(
+        EndpointName=name, Body=b"inference-id", InferenceId="req 7!"
+    )
+    assert answer["Body"].read() == b"req 7!"
+    for bad in ("x" * 65, "tab\tinside"):
+        with pytest.raises(ClientError) as malformed:
+            deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"data", InferenceId=bad)
+        assert malformed.value.response["Error"]["Code"] == "ValidationError"
+        assert "'inferenceId'" in malformed.value.response["Error"]["Message"]
 
     # The container's 4xx is a ModelError with its status and message.
     with pytest.raises(ClientError) as refused:

@@ -164,10 +164,14 @@ def _member(
 
 def _inference_id(headers: dict[str, str]) -> str:
     """The caller's InferenceId, refused as SageMaker refuses it; else a fresh one."""
-    header, member, most, pattern, shown = INFERENCE_ID
-    text = headers.get(header)
-    if text is None:
-        return str(uuid.uuid4())
+    text = headers.get(INFERENCE_ID[0])
+    return str(uuid.uuid4()) if text is None else checked_inference_id(text)
+
+
+def checked_inference_id(text: str) -> str:
+    """An InferenceId given by the caller (of any invocation), refused unless the model's
+    constraints hold."""
+    _, member, most, pattern, shown = INFERENCE_ID
     if not 1 <= len(text) <= most:
         raise _invalid(
             f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "

@@ -101,6 +101,8 @@ UNITS = {
     ),
 }
 FLUSH_SECONDS = 1.0
+# What each invocation adds to, in `InvocationMetrics.record`'s order.
+RECORDED = (INVOCATIONS, PER_INSTANCE, ERRORS_4XX, ERRORS_5XX, MODEL_LATENCY, OVERHEAD_LATENCY)
 
 
 def unit_of(name: str) -> str:
@@ -117,8 +119,10 @@ class _Sums:
     def add(self, value: float) -> None:
         self.count += 1
         self.total += value
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
+        if value < self.low:
+            self.low = value
+        if value > self.high:
+            self.high = value
 
 
 Key = tuple[str, str, str, str]  # namespace, endpoint, variant, metric
@@ -128,6 +132,9 @@ class InvocationMetrics:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
         self._sums: dict[Key, _Sums] = {}
+        # Each variant's invocation series in `_sums`, in RECORDED's order: found once per
+        # write period rather than by six look-ups an invocation.
+        self._recorded: dict[tuple[str, str], tuple[_Sums, ...]] = {}
         self._since = _now_ms()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -146,16 +153,31 @@ class InvocationMetrics:
         `model_seconds` how long the container took (None: it did not answer)."""
         error_4xx = 1.0 if status is not None and 400 <= status < 500 else 0.0
         error_5xx = 1.0 if status is None or status >= 500 else 0.0
-        values = [
-            (INVOCATIONS, 1.0),
-            (PER_INSTANCE, 1.0 / max(instances, 1)),
-            (ERRORS_4XX, error_4xx),
-            (ERRORS_5XX, error_5xx),
-        ]
-        if model_seconds is not None:
-            values.append((MODEL_LATENCY, round(model_seconds * 1e6)))
-            values.append((OVERHEAD_LATENCY, round(max(total_seconds - model_seconds, 0) * 1e6)))
-        self.add(endpoint, variant, values)
+        with self._lock:
+            series = self._recorded.get((endpoint, variant))
+            if series is None:
+                series = self._recorded[(endpoint, variant)] = self._series(endpoint, variant)
+            invocations, per_instance, errors_4xx, errors_5xx, model, overhead = series
+            invocations.add(1.0)
+            per_instance.add(1.0 / max(instances, 1))
+            errors_4xx.add(error_4xx)
+            errors_5xx.add(error_5xx)
+            if model_seconds is not None:
+                model.add(round(model_seconds * 1e6))
+                overhead.add(round(max(total_seconds - model_seconds, 0) * 1e6))
+
+    def _series(self, endpoint: str, variant: str) -> tuple[_Sums, ...]:
+        """The variant's RECORDED series in this period (made as `add` makes them; ModelLatency
+        and OverheadLatency written only once they have a value). Holding the lock."""
+        if not self._sums:  # the first since the last write: its period starts now
+            self._since = _now_ms()
+        found = tuple(
+            self._sums.get((NAMESPACE, endpoint, variant, n)) or _Sums() for n in RECORDED
+        )
+        for name, sums in zip(RECORDED, found, strict=True):
+            self._sums[(NAMESPACE, endpoint, variant, name)] = sums
+        self._start()
+        return found
 
     def setup(self, endpoint: str, variant: str, seconds: float) -> None:
         """A serverless variant's instance started on demand, in `seconds` (a cold start)."""
@@ -178,17 +200,21 @@ class InvocationMetrics:
                 if sums is None:
                     sums = self._sums[key] = _Sums()
                 sums.add(value)
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write_loop, name="invocation-metrics", daemon=True
-                )
-                self._writer.start()
-                atexit.register(self.close)
+            self._start()
+
+    def _start(self) -> None:
+        """The writer thread, once. Holding the lock."""
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_loop, name="invocation-metrics", daemon=True
+            )
+            self._writer.start()
+            atexit.register(self.close)
 
     def flush(self) -> None:
         """Write what was added since the last write."""
         with self._lock:
-            sums, self._sums = self._sums, {}
+            sums, self._sums, self._recorded = self._sums, {}, {}
             since, self._since = self._since, _now_ms()
         if not sums:
             return
@@ -205,7 +231,10 @@ class InvocationMetrics:
                 "high": s.high,
             }
             for (namespace, endpoint, variant, name), s in sums.items()
+            if s.count  # a latency series made for an invocation the container never answered
         ]
+        if not rows:
+            return
         try:
             with self.sessions() as session:
                 session.execute(insert(EndpointMetricValue), rows)

@@ -83,6 +83,9 @@ class Server(ThreadingHTTPServer):
 
 class Request(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The head and the body go out as two writes: with Nagle's algorithm the body waited for
+    # the client's delayed ACK of the head, 40 ms an answer (bench/invoke.py).
+    disable_nagle_algorithm = True
     server: Server
 
     def do_GET(self) -> None:
