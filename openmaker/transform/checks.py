@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from openmaker.serving import multi_model, pipeline
+from openmaker.serving.models import the_container
 from openmaker.shapes.errors import ValidationException
 from openmaker.transform.filters import parse
 
@@ -75,3 +77,20 @@ def _check_data_processing(request: dict[str, Any]) -> None:
                 "DataProcessing.JoinSource: joining the input needs TransformOutput.AssembleWith "
                 "Line"
             )
+
+
+def check_transform_model(name: str, model: dict[str, Any]) -> None:
+    """The model `name` (CreateModel's request) can run a transform: a transform job has no
+    member naming a multi-model container's model, or a Direct pipeline's container."""
+    member, container = the_container(model)
+    if multi_model.is_multi_model(container):
+        raise ValidationException(
+            f"ModelName: model {name} is a multi-model model ({member}.Mode MultiModel), which "
+            "batch transform does not support: a transform job cannot name its target model"
+        )
+    if pipeline.members(model) and pipeline.mode(model) == pipeline.DIRECT:
+        raise ValidationException(
+            f"ModelName: model {name} is configured for direct invocation "
+            "(InferenceExecutionConfig.Mode Direct), which batch transform does not support: "
+            "a transform job cannot name its target container; use Serial"
+        )

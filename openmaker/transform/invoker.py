@@ -1,6 +1,10 @@
 """Posting mini-batches to an instance's container (`POST /invocations` on 8080), and asking it
 for its execution parameters (`GET /execution-parameters`).
 
+An inference pipeline's instance (Serial) gets each mini-batch through its containers, as an
+endpoint's does (serving/pipeline.py): each one's answer is the next one's request, on its own
+port, and the last one's answer is the output.
+
 Each thread keeps its own connection to its instance. `ModelClientConfig` says how long a
 request may take and how often one that failed for want of an answer (no connection, a timeout,
 a 5xx) is tried again; a 4xx is the container refusing the input, never retried. A stop aborts
@@ -12,9 +16,12 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from openmaker.serving import pipeline
+from openmaker.serving.pipeline import Member
 from openmaker.store import abort
 
 # SageMaker's defaults for ModelClientConfig.
@@ -40,10 +47,18 @@ class Invocation:
     retries: int = DEFAULT_RETRIES
 
 
+@dataclass(frozen=True)
+class _Answer:
+    body: bytes
+    content_type: str
+
+
 class Invoker:
-    def __init__(self, address: str, invocation: Invocation) -> None:
+    def __init__(self, address: str, invocation: Invocation, chain: Sequence[Member] = ()) -> None:
+        """`chain`: an inference pipeline's containers, in order (none: one container)."""
         host, _, port = address.rpartition(":")
         self.host, self.port, self.invocation = host, int(port), invocation
+        self.chain = tuple(chain)
         self._local = threading.local()
         self._abort = abort.Abort()
 
@@ -53,9 +68,24 @@ class Invoker:
             headers["Content-Type"] = self.invocation.content_type
         if self.invocation.accept:
             headers["Accept"] = self.invocation.accept
+        if not self.chain:
+            return self._post(self.port, body, headers, chunked).body
+        first = self.chain[0]
+
+        def forward(member: Member, data: bytes, sent: dict[str, str]) -> _Answer:
+            try:
+                return self._post(member.port, data, sent, chunked and member is first)
+            except Aborted:
+                raise
+            except InvocationError as exc:
+                raise InvocationError(f"container {member.hostname}: {exc}") from None
+
+        return pipeline.run(self.chain, forward, body, headers).body
+
+    def _post(self, port: int, body: bytes, headers: dict[str, str], chunked: bool) -> _Answer:
         why = ""
         for _ in range(self.invocation.retries + 1):
-            connection = self._connection()
+            connection = self._connection(port)
             try:
                 if self._abort.aborted:
                     raise Aborted("the job was stopped")
@@ -71,15 +101,15 @@ class Invoker:
             except abort.Aborted:
                 raise Aborted("the job was stopped") from None
             except TimeoutError:
-                self._drop()
+                self._drop(port)
                 why = f"the container did not answer within {self.invocation.timeout:g} seconds"
                 continue
             except (OSError, http.client.HTTPException) as exc:
-                self._drop()
+                self._drop(port)
                 why = f"the container could not be reached ({exc or type(exc).__name__})"
                 continue
             if response.status == 200:
-                return answer
+                return _Answer(answer, response.getheader("Content-Type") or "")
             why = f"the container answered {response.status}: {_excerpt(answer)}"
             if response.status < 500:
                 break
@@ -102,27 +132,35 @@ class Invoker:
             connection.close()
 
     def close(self) -> None:
-        self._drop()
+        for port in list(self._connections()):
+            self._drop(port)
 
     def abort(self) -> None:
         """End every request in flight now, and refuse the next ones (from any thread)."""
         self._abort.abort()
 
-    def _connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = http.client.HTTPConnection(
-                self.host, self.port, timeout=self.invocation.timeout
-            )
-            self._local.connection = connection
-        return connection
+    def _connections(self) -> dict[int, http.client.HTTPConnection]:
+        """This thread's connections, by port (one per container of a pipeline)."""
+        found: dict[int, http.client.HTTPConnection] | None = getattr(
+            self._local, "connections", None
+        )
+        if found is None:
+            found = self._local.connections = {}
+        return found
 
-    def _drop(self) -> None:
-        connection = getattr(self._local, "connection", None)
+    def _connection(self, port: int) -> http.client.HTTPConnection:
+        connections = self._connections()
+        if port not in connections:
+            connections[port] = http.client.HTTPConnection(
+                self.host, port, timeout=self.invocation.timeout
+            )
+        return connections[port]
+
+    def _drop(self, port: int) -> None:
+        connection = self._connections().pop(port, None)
         if connection is not None:
             self._abort.closed(connection)
             connection.close()
-            self._local.connection = None
 
 
 def _excerpt(answer: bytes) -> str:

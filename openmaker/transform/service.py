@@ -24,7 +24,7 @@ from openmaker.settings import Settings
 from openmaker.shapes.arn import resource_arn
 from openmaker.shapes.errors import ResourceNotFound
 from openmaker.transform import status
-from openmaker.transform.checks import check_create_transform_job
+from openmaker.transform.checks import check_create_transform_job, check_transform_model
 from openmaker.transform.kind import TRANSFORM, enter, finish
 from openmaker.transform.query import PAGES, TransformQuery
 
@@ -65,6 +65,7 @@ class TransformJobs:
     def create(self, request: dict[str, Any]) -> dict[str, str]:
         check_create_transform_job(request)
         model = self.models.get(request["ModelName"]).request
+        check_transform_model(request["ModelName"], model)
         kind = TRANSFORM
         capacity.check_can_fit(kind.instances(request), capacity.machine(self.settings), kind.noun)
         name = request["TransformJobName"]

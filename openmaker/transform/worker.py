@@ -1,9 +1,10 @@
 """The runner of a transform job in its worker process (openmaker/jobs/worker_process.py).
 
 It starts the job's instances — serving containers of its model (openmaker/serving/instance.py)
-with `SAGEMAKER_BATCH=true`, on a bridge of the job's own — waits for each to answer `/ping`,
-spreads the input objects over them, transforms each object (transformer.py) and records the
-job's end: `Completed`, `Failed` naming the objects that failed, or `Stopped` (SIGTERM).
+with `SAGEMAKER_BATCH=true`, on a bridge of the job's own; an inference pipeline's instance runs
+each of its containers (serving/pipeline.py) — waits for each to answer `/ping`, spreads the
+input objects over them, transforms each object (transformer.py) and records the job's end:
+`Completed`, `Failed` naming the objects that failed, or `Stopped` (SIGTERM).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,7 +33,12 @@ from openmaker.runtime.usage import SAMPLE_SECONDS
 from openmaker.serving import ray_instances
 from openmaker.serving.clock import now
 from openmaker.serving.image import ImageError, resolve
-from openmaker.serving.instance import DEFAULT_STARTUP_SECONDS, Instance, InstancePlan
+from openmaker.serving.instance import (
+    DEFAULT_STARTUP_SECONDS,
+    Instance,
+    InstancePlan,
+    pipeline_images,
+)
 from openmaker.serving.logs import EndpointLogs
 from openmaker.serving.metrics import TRANSFORM_NAMESPACE, InvocationMetrics
 from openmaker.serving.model_data import ModelDataError
@@ -134,23 +142,30 @@ class TransformWorker:
         try:
             # The owner's own process: the model was checked against the API's roots already.
             image = resolve(container["Image"], LocalPaths.anywhere())
+            members = pipeline_images(row.model)
         except ImageError as exc:
             raise JobFailed(f"The model's image cannot be served: {exc}") from None
         request = row.request
-        env = {
-            **(container.get("Environment") or {}),
-            **(request.get("Environment") or {}),
-            **environment(request),
-        }
-        batch_container = {**container, "Environment": env}
+
+        def batch(container: dict[str, Any]) -> dict[str, Any]:
+            """The container with the job's environment (each of a pipeline's gets it)."""
+            env = {
+                **(container.get("Environment") or {}),
+                **(request.get("Environment") or {}),
+                **environment(request),
+            }
+            return {**container, "Environment": env}
+
+        pipeline = tuple((replace(m, container=batch(m.container)), i) for m, i in members)
         count = int(request["TransformResources"]["InstanceCount"])
         return [
             InstancePlan(
                 variant=self.name,
                 id=f"i-{secrets.token_hex(8)}{index:x}",
                 index=index,
-                container=batch_container,
+                container=batch(container),
                 image=image,
+                pipeline=pipeline,
                 startup_seconds=DEFAULT_STARTUP_SECONDS,
                 # What a node of the Ray cluster reserves for it (ray_instances.place).
                 instance_type=request["TransformResources"]["InstanceType"],
@@ -208,7 +223,8 @@ class TransformWorker:
         (serving/ray_instances.py); none on this machine."""
         if self.settings.executor != "ray" or not all(ray_instances.can_run(p) for p in plans):
             return []
-        nodes = ray_instances.store_key(self.settings, key, [plans[0].container])
+        containers = [m.container for m, _ in plans[0].pipeline] or [plans[0].container]
+        nodes = ray_instances.store_key(self.settings, key, containers)
         return [RemoteInstance(self.settings, nodes, self.name, plan, key) for plan in plans]
 
     def _transform(self, row: TransformJobRecord) -> list[tuple[InputObject, str, str]]:
@@ -228,7 +244,8 @@ class TransformWorker:
             float(config.get("InvocationsTimeoutInSeconds", 600)),
             int(config.get("InvocationsMaxRetries", 3)),
         )
-        invokers = [Invoker(i.address, invocation) for i in self.instances]
+        chain = [m for m, _ in self.instances[0].plan.pipeline]
+        invokers = [Invoker(i.address, invocation, chain) for i in self.instances]
         parameters = resolve_parameters(request, invokers[0].execution_parameters())
         setup = Setup(
             split_type=request["TransformInput"].get("SplitType", "None"),
