@@ -90,6 +90,17 @@ def serverless_config(deployer: Deployer, model: str, **config: Any) -> str:
     return name
 
 
+def serverless_endpoint(deployer: Deployer, model: str, **config: Any) -> str:
+    """An endpoint of one serverless variant of `model` (`config`: its ServerlessConfig's),
+    InService; deleted with the deployer's."""
+    name = unique_name("ep")
+    deployer.endpoints.append(name)
+    made = serverless_config(deployer, model, **config)
+    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=made)
+    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    return name
+
+
 def one_attempt(deployer: Deployer) -> Any:
     """A runtime client making one attempt per call: botocore would retry a throttled call."""
     env = deployer.server.env
@@ -139,11 +150,7 @@ def test_a_serverless_config_is_checked_as_sagemaker_checks_it(deployer: Deploye
     assert "ProductionVariants.1.InstanceType" in both.value.response["Error"]["Message"]
 
     # InService with no instance; its concurrency changed in place.
-    name = unique_name("ep")
-    deployer.endpoints.append(name)
-    made = serverless_config(deployer, model)
-    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=made)
-    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    name = serverless_endpoint(deployer, model)
     deployer.sagemaker.update_endpoint_weights_and_capacities(
         EndpointName=name,
         DesiredWeightsAndCapacities=[
@@ -284,11 +291,7 @@ def test_a_cold_start_that_does_not_fit_throttles_who_waits_for_it(
 ) -> None:
     deployer = small_deployer
     model = deployer.model(SERVE, {"weights.txt": b"w\n"})
-    name = unique_name("ep")
-    deployer.endpoints.append(name)
-    config = serverless_config(deployer, model, MaxConcurrency=2)
-    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
-    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    name = serverless_endpoint(deployer, model, MaxConcurrency=2)
     runtime = one_attempt(deployer)
     outcomes: list[tuple[str, str]] = []  # (error code or "", message or answer)
 
@@ -359,11 +362,7 @@ def test_a_serverless_instance_fits_and_is_held_by_its_memory_size(
     assert "3 GiB memory" in never.value.response["Error"]["Message"]
     endpoints = {}
     for memory in (1024, 2048):
-        name = endpoints[memory] = unique_name("ep")
-        deployer.endpoints.append(name)
-        config = serverless_config(deployer, model, MemorySizeInMB=memory)
-        deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
-        assert deployer.wait(name)["EndpointStatus"] == "InService"
+        endpoints[memory] = serverless_endpoint(deployer, model, MemorySizeInMB=memory)
     # 1024 MB fit: the instance starts, its container held to them.
     name = endpoints[1024]
     report = runtime.invoke_endpoint(EndpointName=name, Body=b"limits")["Body"].read()

@@ -13,9 +13,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from openmaker.serving import serverless
-from tests.helpers import unique_name
 from tests.test_endpoints import Deployer, deployer, pytestmark, wait_until
-from tests.test_endpoints_serverless import SERVE, instances_of, one_attempt, serverless_config
+from tests.test_endpoints_serverless import (
+    SERVE,
+    instances_of,
+    one_attempt,
+    serverless_endpoint,
+)
 
 __all__ = ["deployer", "pytestmark"]  # the fixture, and the skip without a sandbox
 
@@ -37,11 +41,7 @@ def test_an_invocation_arriving_during_a_cold_start_gets_its_own(
     deployer: Deployer, tmp_path: Path
 ) -> None:
     model = deployer.model(SLOW, {"weights.txt": b"w\n"})
-    name = unique_name("ep")
-    deployer.endpoints.append(name)
-    config = serverless_config(deployer, model, MaxConcurrency=2)
-    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
-    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    name = serverless_endpoint(deployer, model, MaxConcurrency=2)
     runtime = one_attempt(deployer)
     answers: list[bytes] = []
 
@@ -82,11 +82,7 @@ def test_a_failing_cold_start_answers_only_the_invocation_waiting_longest(
 ) -> None:
     model = deployer.model(FIRST_FAILS, {"weights.txt": b"w\n"})
     folder = tmp_path / model
-    name = unique_name("ep")
-    deployer.endpoints.append(name)
-    config = serverless_config(deployer, model, MaxConcurrency=2)
-    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
-    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    name = serverless_endpoint(deployer, model, MaxConcurrency=2)
     runtime = one_attempt(deployer)
     logs, group = deployer.server.client("logs"), f"/aws/sagemaker/Endpoints/{name}"
     answers: dict[bytes, bytes | str] = {}
@@ -128,11 +124,7 @@ def _said(logs: Any, group: str, text: str) -> bool:
 
 def test_a_failing_cold_start_answers_who_waits_and_backs_off(deployer: Deployer) -> None:
     model = deployer.model(CRASH, {"weights.txt": b"w\n"})
-    name = unique_name("ep")
-    deployer.endpoints.append(name)
-    config = serverless_config(deployer, model)
-    deployer.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=config)
-    assert deployer.wait(name)["EndpointStatus"] == "InService"
+    name = serverless_endpoint(deployer, model)
     runtime = one_attempt(deployer)
     for _ in range(3):  # each waits for a cold start of its own (after the delay), which fails
         with pytest.raises(ClientError) as error:

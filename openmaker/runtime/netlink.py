@@ -106,17 +106,7 @@ def add_host_link(veth: str, pid: int, address: str, prefix: int, gateway: str) 
         loopback, eth0 = socket.if_nametoindex("lo"), socket.if_nametoindex("eth0")
         with _step("loopback up"):
             rtnl.ask(_RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, loopback, _IFF_UP, _IFF_UP))
-        packed = ipaddress.IPv4Address(address).packed
-        with _step(f"eth0's address {address}/{prefix}"):
-            rtnl.ask(
-                _RTM_NEWADDR,
-                _NLM_F_CREATE | _NLM_F_EXCL,
-                _IFADDR.pack(socket.AF_INET, prefix, 0, 0, eth0)
-                + _attribute(_IFA_LOCAL, packed)
-                + _attribute(_IFA_ADDRESS, packed),
-            )
-        with _step("eth0 up"):
-            rtnl.ask(_RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, eth0, _IFF_UP, _IFF_UP))
+        _address_and_up(rtnl, "eth0", eth0, address, prefix)
         with _step(f"the default route via {gateway}"):
             rtnl.ask(
                 _RTM_NEWROUTE,
@@ -125,6 +115,21 @@ def add_host_link(veth: str, pid: int, address: str, prefix: int, gateway: str) 
                             _RT_SCOPE_UNIVERSE, _RTN_UNICAST, 0)
                 + _attribute(_RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed),
             )  # fmt: skip
+
+
+def _address_and_up(rtnl: _Rtnl, device: str, index: int, address: str, prefix: int) -> None:
+    """`ip addr add ADDRESS/PREFIX dev DEVICE; ip link set DEVICE up` (`index` its index)."""
+    packed = ipaddress.IPv4Address(address).packed
+    with _step(f"{device}'s address {address}/{prefix}"):
+        rtnl.ask(
+            _RTM_NEWADDR,
+            _NLM_F_CREATE | _NLM_F_EXCL,
+            _IFADDR.pack(socket.AF_INET, prefix, 0, 0, index)
+            + _attribute(_IFA_LOCAL, packed)
+            + _attribute(_IFA_ADDRESS, packed),
+        )
+    with _step(f"{device} up"):
+        rtnl.ask(_RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, _IFF_UP, _IFF_UP))
 
 
 def configure_overlay(
@@ -141,17 +146,7 @@ def configure_overlay(
     permanent`. NetlinkError names the step that failed."""
     with _socket() as rtnl:
         index = socket.if_nametoindex(device)
-        packed = ipaddress.IPv4Address(address).packed
-        with _step(f"{device}'s address {address}/{prefix}"):
-            rtnl.ask(
-                _RTM_NEWADDR,
-                _NLM_F_CREATE | _NLM_F_EXCL,
-                _IFADDR.pack(socket.AF_INET, prefix, 0, 0, index)
-                + _attribute(_IFA_LOCAL, packed)
-                + _attribute(_IFA_ADDRESS, packed),
-            )
-        with _step(f"{device} up"):
-            rtnl.ask(_RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, _IFF_UP, _IFF_UP))
+        _address_and_up(rtnl, device, index, address, prefix)
         for neighbour, mac in neighbours:
             with _step(f"the neighbour {neighbour} ({mac})"):
                 rtnl.ask(
