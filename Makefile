@@ -10,6 +10,7 @@ demo: install
 test:
 	./scripts/install.sh test
 	.venv/bin/ruff check openmaker tests bench
+	.venv/bin/ruff format --check openmaker tests bench
 	.venv/bin/mypy openmaker tests bench
 	.venv/bin/python -m pytest -q -n 3 --dist loadfile --durations=20
 

@@ -102,10 +102,7 @@ class CheckpointResult:
     @property
     def block_ratios(self) -> list[float]:
         pairs = range(0, min(len(self.synced), len(self.unsynced)) - 1, 2)
-        return [
-            sum(self.synced[i : i + 2]) / sum(self.unsynced[i : i + 2])
-            for i in pairs
-        ]
+        return [sum(self.synced[i : i + 2]) / sum(self.unsynced[i : i + 2]) for i in pairs]
 
     @property
     def all_lags(self) -> list[float]:
@@ -203,8 +200,9 @@ def measure(scratch: Path, bucket: str, plan: CheckpointPlan) -> CheckpointResul
         missing += result["missing"]
         synced += result["seconds"]["synced"]
         unsynced += result["seconds"]["unsynced"]
-        s, u = statistics.median(result["seconds"]["synced"]), statistics.median(
-            result["seconds"]["unsynced"]
+        s, u = (
+            statistics.median(result["seconds"]["synced"]),
+            statistics.median(result["seconds"]["unsynced"]),
         )
         print(f"  job {index + 1}/{plan.jobs}: segment medians synced {s:.3f} s, "
               f"unsynced {u:.3f} s; {len(result['lags'])} uploads seen", flush=True)  # fmt: skip

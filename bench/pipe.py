@@ -67,9 +67,7 @@ def openmaker_pipe(uri: str, work_dir: Path, store_env: dict[str, str]) -> int:
 def s5cmd_cat(uri: str, store_env: dict[str, str]) -> None:
     command = [s5cmd_binary(), "--endpoint-url", store_env["AWS_ENDPOINT_URL_S3"]]
     command += ["cat", f"{uri}*"]
-    subprocess.run(
-        command, env={**os.environ, **store_env}, check=True, stdout=subprocess.DEVNULL
-    )
+    subprocess.run(command, env={**os.environ, **store_env}, check=True, stdout=subprocess.DEVNULL)
 
 
 def measure(

@@ -123,9 +123,11 @@ def _container_spans(server: ApiServer, name: str) -> list[tuple[float, float]]:
     for stream in streams["logStreams"]:
         found: dict[str, Any] = {}
         while True:
-            params: dict[str, Any] = {"logGroupName": group,
-                                      "logStreamName": stream["logStreamName"],
-                                      "startFromHead": True}
+            params: dict[str, Any] = {
+                "logGroupName": group,
+                "logStreamName": stream["logStreamName"],
+                "startFromHead": True,
+            }
             if found:
                 params["nextToken"] = found["nextForwardToken"]
             page = logs.get_log_events(**params)
@@ -150,8 +152,9 @@ def _direct_loop(server: ApiServer, image: Path, scratch: Path, expected: bytes)
     """Read the object, post its mini-batches one after the other to the container program
     run directly, write the answers to a file: the seconds that took."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(image / "serve"), str(port)],
-                               stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(image / "serve"), str(port)], stdout=subprocess.DEVNULL
+    )
     s3 = server.client("s3")
     output = scratch / "direct.out"
     try:
@@ -162,8 +165,7 @@ def _direct_loop(server: ApiServer, image: Path, scratch: Path, expected: bytes)
             connection = http.client.HTTPConnection("127.0.0.1", port)
             with output.open("wb") as out:
                 for batch in _mini_batches(data):
-                    connection.request("POST", "/invocations", batch,
-                                       {"Content-Type": "text/csv"})
+                    connection.request("POST", "/invocations", batch, {"Content-Type": "text/csv"})
                     out.write(connection.getresponse().read())
             connection.close()
 

@@ -73,10 +73,10 @@ def test_aws_cli(api_server: ApiServer, tmp_path: Path, no_egress: Egress) -> No
         TrainingJobName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
     )
     described = aws(
-        api_server, no_egress, "sagemaker", "describe-training-job", "--training-job-name", name)
+        api_server, no_egress, "sagemaker", "describe-training-job", "--training-job-name", name
+    )
     assert described["TrainingJobStatus"] == "Completed"
-    listed = aws(
-        api_server, no_egress, "sagemaker", "list-training-jobs", "--name-contains", name)
+    listed = aws(api_server, no_egress, "sagemaker", "list-training-jobs", "--name-contains", name)
     assert [s["TrainingJobName"] for s in listed["TrainingJobSummaries"]] == [name]
 
 
@@ -114,9 +114,7 @@ print(f"script mode read {len(rows)} rows with alpha={args.alpha}")
 
 
 @pytest.mark.parametrize("kind", ["image", "sklearn"])
-def test_sagemaker_sdk(
-    api_server: ApiServer, tmp_path: Path, kind: str, no_egress: Egress
-) -> None:
+def test_sagemaker_sdk(api_server: ApiServer, tmp_path: Path, kind: str, no_egress: Egress) -> None:
     bucket = new_bucket(api_server)
     s3 = api_server.client("s3")
     s3.put_object(Bucket=bucket, Key="data/train/data.csv", Body=b"1,2\n3,4\n5,6\n")

@@ -224,9 +224,7 @@ for _ in range(600):
     assert "seen while running" in log_text(jobs, "live-ckpt")
 
 
-def test_hosts_of_one_job_never_delete_each_others_checkpoints(
-    tmp_path: Path, home: Path
-) -> None:
+def test_hosts_of_one_job_never_delete_each_others_checkpoints(tmp_path: Path, home: Path) -> None:
     script = (
         "#!/bin/sh\nset -e\n"
         'host=$(hostname)\necho "$host" > "/opt/ml/checkpoints/$host.txt"\n'

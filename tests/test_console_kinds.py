@@ -198,9 +198,10 @@ def test_stop_buttons_of_processing_and_transform_jobs(
             assert status == 403, path
             headers = {"Cookie": cookie, "X-CSRF-Token": "guessed"}
             assert http_call(api_server, "POST", path, b"", headers)[0] == 403
-        assert sagemaker.describe_processing_job(ProcessingJobName=name)[
-            "ProcessingJobStatus"
-        ] == "InProgress"
+        assert (
+            sagemaker.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"]
+            == "InProgress"
+        )
 
         logged_in(fresh, api_server)
         for kind, job, noun in (

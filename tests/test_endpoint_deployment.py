@@ -61,7 +61,9 @@ def test_a_canary_update_serves_from_both_fleets_then_the_new(deployer: Deployer
         deployer.sagemaker.update_endpoint(
             # A canary phase of several route refreshes (the proxy's route lives 1 s), so that
             # a loaded machine's slow stream still sees both fleets in it.
-            EndpointName=name, EndpointConfigName=new_config, DeploymentConfig=canary(1, wait=5)
+            EndpointName=name,
+            EndpointConfigName=new_config,
+            DeploymentConfig=canary(1, wait=5),
         )
         described = deployer.wait(name, ("InService",))
         seen = len(stream.answers)
@@ -113,8 +115,7 @@ def test_a_rolling_update_replaces_the_instances_batch_by_batch(deployer: Deploy
 
 # SERVE, once the test has given this instance its verdict: /opt/program/<its host name>.ok
 # (the image folder) lets it serve, .fail ends it with status 3.
-VERDICT = (
-    """#!/usr/bin/env python3
+VERDICT = """#!/usr/bin/env python3
 import os, socket, sys, time
 me = socket.gethostname()
 print("waiting for a verdict", flush=True)
@@ -123,9 +124,7 @@ while not os.path.exists(f"/opt/program/{me}.ok"):
         print("told to fail", flush=True)
         sys.exit(3)
     time.sleep(0.05)
-"""
-    + SERVE.split("\n", 1)[1]
-)
+""" + SERVE.split("\n", 1)[1]
 
 
 class Verdicts:

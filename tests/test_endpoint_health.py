@@ -91,4 +91,3 @@ def test_a_container_that_stops_answering_ping_is_replaced(pinging_deployer: Dep
     described = deployer.sagemaker.describe_endpoint(EndpointName=name)
     assert described["EndpointStatus"] == "InService"
     assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 1
-

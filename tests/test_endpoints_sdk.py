@@ -85,7 +85,5 @@ def test_sdk_deploys_and_predicts(api_server: ApiServer, tmp_path: Path, no_egre
     assert "REALTIME w7 hi data" in done.stdout
     assert "ASYNC w7 hi later" in done.stdout
     # Named by a fresh UUID, not the InferenceId given, as SageMaker names it.
-    assert re.search(rf"NAMED s3://{bucket}/async-out/{UUID}\.out$", done.stdout, re.M), (
-        done.stdout
-    )
+    assert re.search(rf"NAMED s3://{bucket}/async-out/{UUID}\.out$", done.stdout, re.M), done.stdout
     assert "WAITED w7 hi again" in done.stdout

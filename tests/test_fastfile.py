@@ -39,7 +39,9 @@ COUNT = 16
 
 # Lists the channel, reads one file, and tries to write into the channel folder.
 PROBE = (
-    "#!" + sys.executable + """
+    "#!"
+    + sys.executable
+    + """
 import errno, json, os, pathlib, sys
 data = pathlib.Path("/opt/ml/input/data/train")
 seen = {"files": sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file())}
@@ -125,7 +127,11 @@ def test_the_next_file_is_fetched_ahead_only_for_code_reading_in_key_order(
     ahead: int,
 ) -> None:
     script = (
-        "#!" + sys.executable + "\nimport os, pathlib\n" + HOLD + f"""
+        "#!"
+        + sys.executable
+        + "\nimport os, pathlib\n"
+        + HOLD
+        + f"""
 data = pathlib.Path("/opt/ml/input/data/train")
 print("mounted", flush=True)
 {AWAIT_RELEASE}

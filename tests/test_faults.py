@@ -261,9 +261,7 @@ def _model_upload_cut_in_the_middle(
     jobs.create(request(name, str(image), f"s3://{BUCKET}/out"))
     key = f"out/{name}/output/model.tar.gz"
     # A wait, not a timing: on a loaded machine the job's start alone can take a minute.
-    wait_until(
-        lambda: 0 < _bytes_in_parts(server, key) < MODEL_SIZE, "a part of the archive", 240
-    )
+    wait_until(lambda: 0 < _bytes_in_parts(server, key) < MODEL_SIZE, "a part of the archive", 240)
     _freeze(server)
     assert not (server.server.root / BUCKET / key).exists(), "the upload ended before the cut"
     _lose(server)
@@ -342,7 +340,6 @@ def _lose(server: RestartableS3Server) -> int:
     served = served_bytes(server.server.root)
     server.stop()
     return served
-
 
 
 def test_a_disk_without_room_for_a_volume_fails_the_job_before_it_starts(

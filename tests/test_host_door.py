@@ -314,7 +314,9 @@ def test_the_member_scan_sees_subscripts_and_gets() -> None:
         "home = settings.get('home')\n"
     )
     assert sorted(member_lookups(source)) == [
-        (1, "CheckpointConfig"), (1, "S3Uri"), (2, "EnableNetworkIsolation")
+        (1, "CheckpointConfig"),
+        (1, "S3Uri"),
+        (2, "EnableNetworkIsolation"),
     ]
 
 

@@ -21,7 +21,10 @@ PACKAGE = Path(__file__).parent.parent / "openmaker"
 # submodules).
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "api": (
-        "sqlalchemy", "openmaker.jobs.db", "openmaker.jobs.executor", "openmaker.training.host"
+        "sqlalchemy",
+        "openmaker.jobs.db",
+        "openmaker.jobs.executor",
+        "openmaker.training.host",
     ),
     "training/host": ("openmaker.jobs", "openmaker.api"),
     # The shared machinery of every kind of job knows no kind, nor who drives it.
@@ -31,9 +34,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "serving": ("openmaker.training", "openmaker.api", "openmaker.cli"),
     "shapes": ("openmaker.jobs", "openmaker.training", "openmaker.api", "openmaker.store"),
     # The container runtime knows nothing of what runs in its containers.
-    "runtime": (
-        "openmaker.training", "openmaker.serving", "openmaker.jobs", "openmaker.api"
-    ),
+    "runtime": ("openmaker.training", "openmaker.serving", "openmaker.jobs", "openmaker.api"),
 }
 
 # Imports that break a rule above and are kept for now: (importing module, imported module)

@@ -45,7 +45,9 @@ def test_the_job_writes_to_its_input_and_the_store_does_not_change(
         "mounts = pathlib.Path('/proc/self/mountinfo').read_text().splitlines()\n"
         "print('view', [m.split(' - ')[1] for m in mounts if ' /opt/ml/input/data/train ' in m])\n"
     )
-    jobs, description = run_script(tmp_path, name, script, "s3://out/o", {"train": "s3://views/data/"})
+    jobs, description = run_script(
+        tmp_path, name, script, "s3://out/o", {"train": "s3://views/data/"}
+    )
     assert description["TrainingJobStatus"] == "Completed", description.get("FailureReason")
     log = log_text(jobs, name)
     assert "files ['part-0', 'part-1', 'part-2']" in log

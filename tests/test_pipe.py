@@ -25,7 +25,9 @@ OBJECTS["data/train/zz-large.bin"] = bytes(range(256)) * (12 * 1024 + 7)
 # Written the way the SageMaker examples write a Pipe reader: /opt/ml hard-coded, wait for the
 # FIFO of each epoch to appear, read it to EOF. PLAN: [(channel, epochs, epochs closed early)].
 READER = (
-    "#!" + sys.executable + """
+    "#!"
+    + sys.executable
+    + """
 import os, time
 for channel, epochs, close_early in PLAN:
     for epoch in range(epochs):
@@ -97,9 +99,7 @@ def test_a_sagemaker_style_reader_gets_every_byte_of_five_epochs(
         assert files[f"training-{epoch}"] == in_key_order()
 
 
-def test_a_reader_that_closes_early_moves_on_to_the_next_epoch(
-    tmp_path: Path, bucket: str
-) -> None:
+def test_a_reader_that_closes_early_moves_on_to_the_next_epoch(tmp_path: Path, bucket: str) -> None:
     _, description = run_script(
         tmp_path, "pipe-early", reader(("training", 4, (0, 2))), f"{bucket}/out",
         {"training": f"{bucket}/data/train"}, edit=pipe_edit(),

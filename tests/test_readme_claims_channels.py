@@ -83,7 +83,9 @@ def sparse_file(path: Path, size: int) -> None:
 # A slow reader: opens the FIFO when told (SIGUSR1), reads a little, and waits to be told again
 # before it reads on.
 SLOW_READER = (
-    "#!" + sys.executable + """
+    "#!"
+    + sys.executable
+    + """
 import signal
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 print("ready", flush=True)
@@ -169,7 +171,9 @@ def model_text(described: dict[str, object], member: str) -> str:
 
 # Reads every byte of every file of its FastFile channel, one file after the other.
 READ_ALL = (
-    "#!" + sys.executable + """
+    "#!"
+    + sys.executable
+    + """
 import pathlib
 total = 0
 for path in sorted(pathlib.Path("/opt/ml/input/data/train").iterdir()):

@@ -24,7 +24,9 @@ from tests.process_helpers import code_process, wait_until, worker_pid
 
 # Waits, after its first line, for SIGUSR1 from the test; then writes its model and ends.
 RELEASED = (
-    "#!" + sys.executable + """
+    "#!"
+    + sys.executable
+    + """
 import signal
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 print("waiting for the release", flush=True)

@@ -165,8 +165,10 @@ def test_retries_run_out_after_maximum_retry_attempts(tmp_path: Path, home: Path
     # The second attempt resumes after step 3 or later; kill it once it has gone further.
     first = _checkpointed_step(f"{checkpoints}/state.json")
     wait_until(
-        lambda: _checkpointed_step(f"{checkpoints}/state.json") > first
-        and code_process("run-out") is not None,
+        lambda: (
+            _checkpointed_step(f"{checkpoints}/state.json") > first
+            and code_process("run-out") is not None
+        ),
         "the second attempt to checkpoint",
     )
     pid = code_process("run-out")
@@ -221,8 +223,8 @@ def test_a_reused_pid_is_not_taken_for_the_worker(tmp_path: Path, home: Path) ->
             session.commit()
         description = wait_for(jobs, "reused-pid", timeout=30)
         assert description["TrainingJobStatus"] == "Failed"
-        assert f"(process {stranger.pid}) ended without finishing it" in (
-            description["FailureReason"]
+        assert (
+            f"(process {stranger.pid}) ended without finishing it" in (description["FailureReason"])
         )
         assert stranger.poll() is None  # the stranger was left alone
     finally:

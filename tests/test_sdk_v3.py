@@ -165,9 +165,7 @@ print(f"rank {world.Get_rank()} of {world.Get_size()} on {hosts[world.Get_rank()
 """
 
 
-def run_sdk3(
-    server: ApiServer, egress: Egress, tmp_path: Path, script: str, *args: str
-) -> str:
+def run_sdk3(server: ApiServer, egress: Egress, tmp_path: Path, script: str, *args: str) -> str:
     """`script` run by v3's interpreter under the egress hook; its output (it must succeed)."""
     if not SDK3_PYTHON.exists():
         pytest.fail(f"{SDK3_PYTHON} is missing: `scripts/install.sh test` makes it")
@@ -206,8 +204,13 @@ def test_model_trainer_with_a_framework_image_and_source_code(
     (source / "train.py").write_text(TRAIN_PY)
     try:
         output = run_sdk3(
-            api_server, no_egress, tmp_path, SCRIPT_MODE, str(source),
-            f"s3://{bucket}/data/train", ROLE,
+            api_server,
+            no_egress,
+            tmp_path,
+            SCRIPT_MODE,
+            str(source),
+            f"s3://{bucket}/data/train",
+            ROLE,
         )
     finally:
         stop_all(api_server.client("sagemaker"), _started(api_server, "v3-"))
@@ -315,7 +318,9 @@ def test_a_framework_image_runs_its_entrypoint_or_is_refused(
     body = request(name, SKLEARN_IMAGE, output)
     body["AlgorithmSpecification"]["ContainerEntrypoint"] = ["/bin/sh", "-c"]
     body["AlgorithmSpecification"]["ContainerArguments"] = [
-        'command -v python3 > /opt/ml/model/python; echo "$1" > /opt/ml/model/arg', "sh", "hi"
+        'command -v python3 > /opt/ml/model/python; echo "$1" > /opt/ml/model/arg',
+        "sh",
+        "hi",
     ]
     try:
         sagemaker.create_training_job(**body)

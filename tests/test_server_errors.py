@@ -203,4 +203,3 @@ def test_a_stop_ends_a_job_whose_download_waits_on_a_server_that_never_answers(
     finally:
         silent.close()
         server.stop()
-

@@ -161,9 +161,7 @@ def output_fn(prediction, accept):
 """
 
 
-def test_framework_models_deploy(
-    api_server: ApiServer, tmp_path: Path, no_egress: Egress
-) -> None:
+def test_framework_models_deploy(api_server: ApiServer, tmp_path: Path, no_egress: Egress) -> None:
     """SKLearnModel with every handler of its own (an error in one is a ModelError carrying its
     message), and PyTorchModel on PyTorch's default handlers after the SDK's repack."""
     torch = pytest.importorskip("torch")
@@ -314,7 +312,7 @@ def test_requirements_that_cannot_be_installed_fail_the_instance(
     assert "exited with status 1 before it answered /ping" in described["FailureReason"]
     assert (
         'its last output: "The model server cannot start: the packages of '
-        '/opt/ml/model/code/requirements.txt could not be installed'
+        "/opt/ml/model/code/requirements.txt could not be installed"
     ) in described["FailureReason"]
     logs = api_server.client("logs")
     group = f"/aws/sagemaker/Endpoints/{name}"

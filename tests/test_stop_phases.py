@@ -10,11 +10,7 @@ from tests.helpers import get_object, make_image, request, wait_for, wait_for_se
 
 def test_a_stop_while_the_outputs_upload_ends_stopped(tmp_path: Path, home: Path) -> None:
     # Random bytes do not compress: packing 160 MiB keeps the job in Uploading for seconds.
-    script = (
-        "#!/bin/sh\n"
-        "head -c 167772160 /dev/urandom > /opt/ml/model/weights.bin\n"
-        "echo trained\n"
-    )
+    script = "#!/bin/sh\nhead -c 167772160 /dev/urandom > /opt/ml/model/weights.bin\necho trained\n"
     image = make_image(tmp_path / "image", script)
     jobs = TrainingJobs()
     jobs.create(request("stop-uploading", str(image), "s3://b/out"))

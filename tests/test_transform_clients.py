@@ -77,8 +77,12 @@ def test_transform_jobs_through_the_aws_cli_and_openmaker_transform(
     transforms.jobs.append(name)
     (tmp_path / "job.json").write_text(json.dumps(request))
     created = aws(
-        server, no_egress, "sagemaker", "create-transform-job",
-        "--cli-input-json", f"file://{tmp_path / 'job.json'}",
+        server,
+        no_egress,
+        "sagemaker",
+        "create-transform-job",
+        "--cli-input-json",
+        f"file://{tmp_path / 'job.json'}",
     )
     assert created["TransformJobArn"].endswith(f"transform-job/{name}")
     transforms.wait(name)
@@ -95,10 +99,26 @@ def test_transform_jobs_through_the_aws_cli_and_openmaker_transform(
     flagged = "flags-" + prefix
     transforms.jobs.append(flagged)
     ran = _openmaker(
-        server, no_egress, home, "transform", "--model", model, "--input",
-        f"s3://batch/{prefix}/", "--output", f"s3://batch/out-{flagged}", "--content-type",
-        "text/csv", "--split-type", "Line", "--strategy", "MultiRecord", "--assemble-with",
-        "Line", "--job-name", flagged,
+        server,
+        no_egress,
+        home,
+        "transform",
+        "--model",
+        model,
+        "--input",
+        f"s3://batch/{prefix}/",
+        "--output",
+        f"s3://batch/out-{flagged}",
+        "--content-type",
+        "text/csv",
+        "--split-type",
+        "Line",
+        "--strategy",
+        "MultiRecord",
+        "--assemble-with",
+        "Line",
+        "--job-name",
+        flagged,
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "InProgress" in ran.stdout and "Completed." in ran.stdout
@@ -130,16 +150,24 @@ def test_processing_jobs_through_the_aws_cli_and_openmaker_process(
         )
         (tmp_path / "job.json").write_text(json.dumps(request))
         created = aws(
-            api_server, no_egress, "sagemaker", "create-processing-job",
-            "--cli-input-json", f"file://{tmp_path / 'job.json'}",
+            api_server,
+            no_egress,
+            "sagemaker",
+            "create-processing-job",
+            "--cli-input-json",
+            f"file://{tmp_path / 'job.json'}",
         )
         assert created["ProcessingJobArn"].endswith(f"processing-job/{names[0]}")
         sagemaker.get_waiter("processing_job_completed_or_stopped").wait(
             ProcessingJobName=names[0], WaiterConfig={"Delay": 1, "MaxAttempts": 120}
         )
         described = aws(
-            api_server, no_egress, "sagemaker", "describe-processing-job",
-            "--processing-job-name", names[0],
+            api_server,
+            no_egress,
+            "sagemaker",
+            "describe-processing-job",
+            "--processing-job-name",
+            names[0],
         )
         assert described["ProcessingJobStatus"] == "Completed"
         body = s3.get_object(Bucket="proc-clients", Key="aws/count.txt")["Body"].read()
@@ -147,10 +175,19 @@ def test_processing_jobs_through_the_aws_cli_and_openmaker_process(
 
         home = tmp_path / "client-home"
         ran = _openmaker(
-            api_server, no_egress, home, "process", "--image", uri,
+            api_server,
+            no_egress,
+            home,
+            "process",
+            "--image",
+            uri,
             *(f"--entrypoint={word}" for word in entrypoint),
-            "--input", "/opt/ml/processing/in=s3://proc-clients/in",
-            "--output", "/opt/ml/processing/out=s3://proc-clients/om", "--job-name", names[1],
+            "--input",
+            "/opt/ml/processing/in=s3://proc-clients/in",
+            "--output",
+            "/opt/ml/processing/out=s3://proc-clients/om",
+            "--job-name",
+            names[1],
         )
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert "InProgress" in ran.stdout and "Completed." in ran.stdout

@@ -77,8 +77,17 @@ def test_v3_resources_run_a_transform_and_a_processing_job(
     transforms.jobs.append("v3-" + model)
     try:
         output = run_sdk3(
-            api_server, no_egress, tmp_path, NOTEBOOK, model, f"s3://batch/{prefix}/",
-            f"s3://batch/out-v3-{model}", bucket, ROLE, uri, " ".join(entrypoint),
+            api_server,
+            no_egress,
+            tmp_path,
+            NOTEBOOK,
+            model,
+            f"s3://batch/{prefix}/",
+            f"s3://batch/out-v3-{model}",
+            bucket,
+            ROLE,
+            uri,
+            " ".join(entrypoint),
         )
     finally:
         transforms.stop_all()

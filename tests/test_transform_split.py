@@ -21,8 +21,11 @@ def _tfrecord(payload: bytes) -> bytes:
 
 OBJECTS = {
     "Line": b"1,2\n3,4\n\n5,6\r\n7,8",
-    "RecordIO": _recordio(b"abc") + _recordio(b"de", 1) + _recordio(b"fgh", 2)
-    + _recordio(b"i", 3) + _recordio(b"jklmn"),
+    "RecordIO": _recordio(b"abc")
+    + _recordio(b"de", 1)
+    + _recordio(b"fgh", 2)
+    + _recordio(b"i", 3)
+    + _recordio(b"jklmn"),
     "TFRecord": _tfrecord(b"one") + _tfrecord(b"") + _tfrecord(b"three!"),
     "None": b"the whole object",
 }

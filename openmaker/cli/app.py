@@ -439,19 +439,21 @@ def console_url() -> None:
     settings = _settings()
     record = read_record(settings)
     if record is None:
-        raise fail("no openmaker server is running for this OPENMAKER_HOME; start one with "
-                    "'openmaker server'")
+        raise fail(
+            "no openmaker server is running for this OPENMAKER_HOME; start one with "
+            "'openmaker server'"
+        )
     credentials = configured_credentials(settings)
     server_key = record.access_key_id
     if credentials is None or (server_key and credentials.access_key_id != server_key):
-        raise fail("the server's key pair is unknown here: set OPENMAKER_ACCESS_KEY_ID and "
-                    "OPENMAKER_SECRET_ACCESS_KEY as the server has them")
+        raise fail(
+            "the server's key pair is unknown here: set OPENMAKER_ACCESS_KEY_ID and "
+            "OPENMAKER_SECRET_ACCESS_KEY as the server has them"
+        )
     try:
         print(login_url(record.api_url, credentials, settings.region))
     except LoginUrlError as exc:
         raise fail(str(exc)) from None
-
-
 
 
 def main() -> None:

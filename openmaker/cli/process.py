@@ -98,8 +98,10 @@ def process(
         if outputs:
             request["ProcessingOutputConfig"] = {
                 "Outputs": [
-                    {"OutputName": f"output-{index}",
-                     "S3Output": {"S3Uri": uri, "LocalPath": local, "S3UploadMode": "EndOfJob"}}
+                    {
+                        "OutputName": f"output-{index}",
+                        "S3Output": {"S3Uri": uri, "LocalPath": local, "S3UploadMode": "EndOfJob"},
+                    }
                     for index, (local, uri) in enumerate(_pairs(outputs, "--output"), 1)
                 ]
             }

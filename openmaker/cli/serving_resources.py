@@ -105,9 +105,7 @@ def resource_app(kind: Kind) -> typer.Typer:
         table.add_row("Created", when(found["CreationTime"]))
         console.print(table)
 
-    @app.command(
-        "delete", help=f"Delete a {kind.noun} (endpoints made from it go on serving)."
-    )
+    @app.command("delete", help=f"Delete a {kind.noun} (endpoints made from it go on serving).")
     def delete_resource(name: str) -> None:
         try:
             _calls().call(f"Delete{kind.operation}", **{kind.name_member: name})

@@ -114,7 +114,12 @@ def _active(
 
 # What a start reads of a job that has a worker: whether it needs one, the share it holds.
 _RUNNING_COLUMNS = (
-    "status", "secondary_status", "worker", "attempts", "placement", "creation_time"
+    "status",
+    "secondary_status",
+    "worker",
+    "attempts",
+    "placement",
+    "creation_time",
 )
 
 

@@ -22,9 +22,7 @@ from openmaker.shapes.validate import error_message, failure, null_failure, vali
 __all__ = ["check_create_training_job", "default_stopping_condition"]
 
 
-def check_create_training_job(
-    request: Mapping[str, Any], local: LocalPaths | None = None
-) -> None:
+def check_create_training_job(request: Mapping[str, Any], local: LocalPaths | None = None) -> None:
     """Raise ValidationException unless openmaker can run this CreateTrainingJob request.
 
     `local` says which local paths the request may name (see openmaker/shapes/locations.py);

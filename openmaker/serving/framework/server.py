@@ -179,8 +179,7 @@ def main(framework: str) -> int:
         traceback.print_exc()
         # The last line: what the endpoint's FailureReason shows (serving/output_tail.py).
         print(
-            f"The model server cannot start: loading the model failed: "
-            f"{type(exc).__name__}: {exc}",
+            f"The model server cannot start: loading the model failed: {type(exc).__name__}: {exc}",
             file=sys.stderr,
         )
         return 1

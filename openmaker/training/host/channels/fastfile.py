@@ -225,9 +225,7 @@ def _wait_until_mounted(spec: HostSpec, channel: ChannelPlan, mount: Mount) -> N
         if mount.guard.poll() is not None or time.monotonic() > deadline:
             mount.unmount()
             log = _log_tail(spec.work_dir / f"rclone-{name}.log")
-            raise ChannelError(
-                f"channel {name!r}: cannot mount {channel.uri} for FastFile: {log}"
-            )
+            raise ChannelError(f"channel {name!r}: cannot mount {channel.uri} for FastFile: {log}")
         time.sleep(0.01)
     _check_not_empty(channel, mount)
     mount.prefetch = NextFilePrefetch(mount.mountpoint)

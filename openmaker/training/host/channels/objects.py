@@ -125,9 +125,7 @@ def _value(spec: HostSpec, value: AttributeValue) -> ChannelObject | bytes:
     return ChannelObject(location.store, location.key, -1, "", value[1])
 
 
-def for_host(
-    spec: HostSpec, channel: ChannelPlan, items: Sequence[T], epoch: int = 0
-) -> list[T]:
+def for_host(spec: HostSpec, channel: ChannelPlan, items: Sequence[T], epoch: int = 0) -> list[T]:
     """This host's share of `items` (ShardedByS3Key), in this epoch's order (ShuffleConfig).
 
     With a seed the whole list is shuffled first and the shares dealt from that order, so that,

@@ -108,9 +108,7 @@ def epoch_records(spec: HostSpec, plan: PipePlan, epoch: int) -> list[Record]:
 class PipeStreamer:
     """One Pipe channel of one host, streamed epoch after epoch until stop()."""
 
-    def __init__(
-        self, spec: HostSpec, plan: PipePlan, emit: Emit, tree: jobtree.HostTree
-    ) -> None:
+    def __init__(self, spec: HostSpec, plan: PipePlan, emit: Emit, tree: jobtree.HostTree) -> None:
         self.spec = spec
         self.tree = tree  # the host's handles: the FIFOs are made through them
         self.plan = plan

@@ -226,9 +226,7 @@ class CheckpointSync:
         self.thread = threading.Thread(target=self._run, name="checkpoint-sync", daemon=True)
 
     @classmethod
-    def start_for(
-        cls, spec: HostSpec, tree: jobtree.HostTree, emit: Emit
-    ) -> CheckpointSync | None:
+    def start_for(cls, spec: HostSpec, tree: jobtree.HostTree, emit: Emit) -> CheckpointSync | None:
         """Watch the host's checkpoint folder (before the code starts); None without one."""
         folder = checkpoint_dir(spec)
         if folder is None:
