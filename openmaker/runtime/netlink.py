@@ -71,15 +71,7 @@ def add_bridge(name: str, alias: str, address: str, prefix: int) -> None:
             + _attribute(_IFLA_IFALIAS, alias.encode())
             + _ipv4_forwarding(),
         )  # fmt: skip
-        packed = ipaddress.IPv4Address(address).packed
-        rtnl.ask(
-            _RTM_NEWADDR,
-            _NLM_F_CREATE | _NLM_F_EXCL,
-            _IFADDR.pack(socket.AF_INET, prefix, 0, 0, index)
-            + _attribute(_IFA_LOCAL, packed)
-            + _attribute(_IFA_ADDRESS, packed),
-        )
-        rtnl.ask(_RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, _IFF_UP, _IFF_UP))
+        _address_and_up(rtnl, name, index, address, prefix)
 
 
 def add_host_link(veth: str, pid: int, address: str, prefix: int, gateway: str) -> None:
