@@ -16,11 +16,31 @@ def seconds(pid: int) -> float:
 
 def split(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of `pid` (all its threads); zeros once it is gone."""
+    counted = times(pid)
+    return (0.0, 0.0) if counted is None else (counted[0], counted[1])
+
+
+def times(pid: int) -> tuple[float, float, float, float] | None:
+    """utime, stime, then its reaped children's cutime, cstime of `pid`, in seconds; None once
+    it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0, 0.0
-    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+    except OSError:
+        return None
+    utime, stime, cutime, cstime = (int(value) / TICKS for value in fields[11:15])
+    return utime, stime, cutime, cstime
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (OSError once it is gone; a thread of it that ends
+    meanwhile has none)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def descendants(pid: int) -> list[int]:
@@ -28,18 +48,12 @@ def descendants(pid: int) -> list[int]:
     found: list[int] = []
     pending = [pid]
     while pending:
-        parent = pending.pop()
         try:
-            tasks = list(Path(f"/proc/{parent}/task").iterdir())
-        except FileNotFoundError:
+            under = children(pending.pop())
+        except OSError:  # ended meanwhile
             continue
-        for task in tasks:
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except FileNotFoundError:
-                continue
-            found += children
-            pending += children
+        found += under
+        pending += under
     return found
 
 

@@ -9,13 +9,13 @@ with its load). The peer is the same no-op job in this process with a warm worke
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import cpu
 from bench.overhead import run_once
 from bench.stats import Timings
 from openmaker.settings import load_settings
@@ -75,33 +75,19 @@ def run(quick: bool, scratch: Path, output: str) -> list[str]:
 
 def _own_cpu_seconds(pid: int) -> float:
     """CPU time of process `pid` itself (every thread of it), without its children's."""
-    times = _times(pid)
-    return 0.0 if times is None else times[0] + times[1]
+    return cpu.seconds(pid)
 
 
 def _cpu_seconds(pid: int) -> float:
     """CPU time of process `pid` and of every process under it, running or reaped."""
-    times = _times(pid)
+    times = cpu.times(pid)
     try:
-        children = [
-            int(child)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()
-        ]
+        under = cpu.children(pid)
     except OSError:  # ended meanwhile: its time is its parent's now
         return 0.0
     if times is None:
         return 0.0
-    return sum(times) + sum(_cpu_seconds(child) for child in children)
-
-
-def _times(pid: int) -> tuple[float, ...] | None:
-    """utime, stime, then the reaped children's cutime, cstime of process `pid`, in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return tuple(int(value) / os.sysconf("SC_CLK_TCK") for value in fields[11:15])
+    return sum(times) + sum(_cpu_seconds(child) for child in under)
 
 
 def _one_job(sagemaker: Any, image: Path) -> float:
