@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from openmaker.api.credentials import Credentials
-from openmaker.api.signed import signed_request
+from openmaker.api.signed import signed_parts, signed_request
 from openmaker.api.sigv4 import SignedRequest, verify
 from openmaker.serving.async_invoke import INFERENCE_ID, accept, checked_inference_id
 from openmaker.serving.proxy import CUSTOM_ATTRIBUTES, PASSED_HEADERS, InvocationError, Invoker
@@ -152,10 +152,7 @@ def checked_invocation(
     verify(signed, credentials, region, {SIGNING_NAME})
     name = _endpoint_name(name, account_id)
     if len(signed.body) > PAYLOAD_BYTES:
-        raise ValidationError(
-            f"Received payload is larger than the maximum of {PAYLOAD_BYTES} bytes an "
-            "endpoint takes"
-        )
+        raise _too_large()
     headers = {}
     for header in PASSED_HEADERS:
         values = signed.headers.get(header.lower())
@@ -296,7 +293,7 @@ class Invocations:
         names; `received`: when it arrived (time.perf_counter)."""
         request_id = request_id_now()
         try:
-            signed = _signed(method, raw_path, query, headers, body)
+            signed = signed_parts(method, raw_path, query, headers, body)
             name, passed = checked_invocation(
                 signed, name, self.credentials, self.region, self.account_id
             )
@@ -331,27 +328,6 @@ def request_id_now() -> str:
     constructor and str() over 1 µs more: the bits are set and spelled out here)."""
     digits = f"{random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
-
-
-def _signed(
-    method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-) -> SignedRequest:
-    """A request as SigV4 checks it (as `signed_request` makes a Starlette one). The names
-    come lower-case (as ASGI servers give them)."""
-    named: dict[str, list[str]] = {}
-    for name, value in headers:
-        key = name.decode("latin-1")
-        if key in named:
-            named[key].append(value.decode("latin-1"))
-        else:
-            named[key] = [value.decode("latin-1")]
-    return SignedRequest(
-        method=method,
-        raw_path=raw_path.decode("latin-1").split("?", 1)[0],
-        raw_query=query.decode("latin-1"),
-        headers=named,
-        body=body,
-    )
 
 
 async def _asgi_body(scope: Scope, receive: Receive) -> bytes:
