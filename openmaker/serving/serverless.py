@@ -234,7 +234,6 @@ class Gate:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._under_way: dict[tuple[str, str], int] = {}
         self._busy: dict[tuple[str, str], set[str]] = {}
         self._used: dict[tuple[str, str], dict[str, float]] = {}
         # The invocations under way, in the order they came; per variant and kind (FAILED,
@@ -248,19 +247,17 @@ class Gate:
         key = (endpoint, variant)
         slot = Slot(key, demand_file(self.settings, endpoint, variant))
         with self._lock:
-            if self._under_way.get(key, 0) >= most:
+            if len(self._slots.get(key, ())) >= most:
                 raise Throttled(
                     f"Rate exceeded: the serverless variant {variant} of endpoint {endpoint} has "
                     f"{most} invocations under way, its MaxConcurrency."
                 )
-            self._under_way[key] = self._under_way.get(key, 0) + 1
             self._slots.setdefault(key, []).append(slot)
             self._publish(slot)
         try:
             yield slot
         finally:
             with self._lock:
-                self._under_way[key] -= 1
                 self._slots[key].remove(slot)
                 if slot.address:
                     self._busy[key].discard(slot.address)
@@ -320,7 +317,7 @@ class Gate:
     def _publish(self, slot: Slot) -> None:
         key = slot.key
         state = {
-            "asking": self._under_way.get(key, 0),
+            "asking": len(self._slots.get(key, ())),
             "busy": sorted(self._busy.get(key, ())),
             "used": self._used.get(key, {}),
         }
