@@ -141,17 +141,8 @@ def _member(
     text = headers.get(header)
     if text is None:
         return None
-    if not 1 <= len(text) <= most:
-        raise _invalid(
-            f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
-            f"constraint: Member must have length between 1 and {most}"
-        )
     # `\Z`: `$` would let a trailing line break through.
-    if re.match(pattern.removesuffix("$") + r"\Z", text) is None:
-        raise _invalid(
-            f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
-            f"constraint: Member must satisfy regular expression pattern: {pattern}"
-        )
+    _constrained(text, member, most, pattern.removesuffix("$") + r"\Z", pattern)
     if any(part in ("", ".", "..") for part in text.strip("/").split("/")):
         # Allowed by the pattern, but the embedded store keeps keys as paths: it would resolve
         # such a key to another object than the one named.
@@ -172,6 +163,13 @@ def checked_inference_id(text: str) -> str:
     """An InferenceId given by the caller (of any invocation), refused unless the model's
     constraints hold."""
     _, member, most, pattern, shown = INFERENCE_ID
+    _constrained(text, member, most, pattern, shown)
+    return text
+
+
+def _constrained(text: str, member: str, most: int, pattern: str, shown: str) -> None:
+    """Refuse `text` as SageMaker refuses a member (`member`) longer than `most` or not matching
+    `pattern` (the model's spelling of it: `shown`)."""
     if not 1 <= len(text) <= most:
         raise _invalid(
             f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
@@ -182,7 +180,6 @@ def checked_inference_id(text: str) -> str:
             f"1 validation error detected: Value {text[:40]!r} at '{member}' failed to satisfy "
             f"constraint: Member must satisfy regular expression pattern: {shown}"
         )
-    return text
 
 
 def _bounded(
