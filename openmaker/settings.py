@@ -169,6 +169,8 @@ class Settings:
     # How long an endpoint's container has to answer an invocation, streamed or not
     # (OPENMAKER_INVOCATION_SECONDS; SageMaker's 60 s by default).
     invocation_seconds: float = DEFAULT_INVOCATION_SECONDS
+    # InvokeEndpoint's plain case answered in C (openmaker/api/lane.py); off: all in Python.
+    invoke_lane: bool = True
     # How often a serving instance is pinged once it has answered its first ping
     # (OPENMAKER_HEALTH_CHECK_SECONDS; serving/health.py).
     health_check_seconds: float = DEFAULT_HEALTH_CHECK_SECONDS
@@ -259,6 +261,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         invocation_seconds=env.number_or(
             "OPENMAKER_INVOCATION_SECONDS", DEFAULT_INVOCATION_SECONDS
         ),
+        invoke_lane=env.choice("OPENMAKER_INVOKE_LANE", ("on", "off")) == "on",
         health_check_seconds=env.number_or(
             "OPENMAKER_HEALTH_CHECK_SECONDS", DEFAULT_HEALTH_CHECK_SECONDS
         ),
@@ -331,6 +334,7 @@ def to_json(settings: Settings) -> dict[str, Any]:
         "ray_answer_seconds": settings.ray_answer_seconds,
         "advertise_address": settings.advertise_address,
         "invocation_seconds": settings.invocation_seconds,
+        "invoke_lane": settings.invoke_lane,
         "health_check_seconds": settings.health_check_seconds,
         "serverless_idle_seconds": settings.serverless_idle_seconds,
     }

@@ -35,6 +35,12 @@ if [ "$extra" = test ]; then
     command -v htpasswd >/dev/null || missing+=(apache2-utils)
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 fi
+# InvokeEndpoint's lane (openmaker/api/_lane.c) is compiled as openmaker installs: a C compiler,
+# OpenSSL's headers (SigV4) and Python's.
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
+[ -f /usr/include/openssl/hmac.h ] || missing+=(libssl-dev)
+python3 -c 'import os, sysconfig; assert os.path.exists(os.path.join(
+    sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null || missing+=(python3-dev)
 # Debian's own python3 needs python3-venv (and ensurepip) to make a virtual environment.
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 # The web console's tests look at its pages in Debian's headless chromium (tests/browser.py).

@@ -15,17 +15,25 @@ as an ASGI application, which refuses or answers it as before. While an invocati
 here, `_InFlight` stands in for uvicorn's cycle, so that uvicorn's own bookkeeping holds: a
 request pipelined behind it waits for it, shutdown waits for it, a client that goes away is
 noticed.
+
+A connection whose invocation was answered here is offered to the lane (openmaker/api/lane.py),
+which answers the plain invocations that follow in C; one it gives back comes here again with
+what it had read (`pending`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Iterable
+from typing import cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
 
 from openmaker.api.coalesce import CoalescingHttpToolsProtocol, CoalescingTransport
+from openmaker.api.lane import Lane
 from openmaker.api.runtime import MAX_BODY_BYTES, Invocations
 
 PREFIX, SUFFIX = b"/endpoints/", b"/invocations"
@@ -62,13 +70,46 @@ class _Request:
         self.length = length
         self.received = time.perf_counter()  # OverheadLatency counts from here
         self.chunks: list[bytes] = []
+        self.begun = 0  # requests begun on the connection when this one was read whole
 
 
-def protocol_for(invocations: Invocations) -> type[CoalescingHttpToolsProtocol]:
-    """The API's HTTP protocol, with plain invocations answered by `invocations`."""
+def rendered(
+    status: int,
+    head: Iterable[tuple[bytes, bytes]],
+    data: bytes,
+    defaults: Iterable[tuple[bytes, bytes]],
+    keep_alive: bool = True,
+) -> bytes:
+    """An answer's bytes: status line, the server's default headers, `head`, the body."""
+    lines = [STATUS_LINE[status]]
+    for name, value in (*defaults, *head):
+        lines += (name, b": ", value, b"\r\n")
+    if not keep_alive:
+        lines.append(b"connection: close\r\n")
+    lines += (b"\r\n", data)
+    return b"".join(lines)
+
+
+def protocol_for(
+    invocations: Invocations, lane: Lane | None = None
+) -> type[CoalescingHttpToolsProtocol]:
+    """The API's HTTP protocol, with plain invocations answered by `invocations`, and their
+    connections offered to `lane` once answered."""
 
     class InvokingProtocol(CoalescingHttpToolsProtocol):
         _reading: _Request | None = None
+        _begun = 0
+        pending = b""  # what the lane had read of a connection it gave back
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            if self.pending:
+                pending, self.pending = self.pending, b""
+                self.data_received(pending)
+
+        def on_message_begin(self) -> None:
+            self._begun += 1
+            super().on_message_begin()
 
         def on_headers_complete(self) -> None:
             request = self._plain_invocation()
@@ -91,6 +132,7 @@ def protocol_for(invocations: Invocations) -> type[CoalescingHttpToolsProtocol]:
                 super().on_message_complete()
                 return
             self._reading = None
+            request.begun = self._begun
             chunks = request.chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             task = self.loop.create_task(self._answer(request, body, list(self.headers)))
@@ -158,19 +200,25 @@ def protocol_for(invocations: Invocations) -> type[CoalescingHttpToolsProtocol]:
             cycle.response_complete = True
             if cycle.disconnected or self.transport.is_closing():
                 return
-            lines = [STATUS_LINE[status]]
-            for name, value in (*self.server_state.default_headers, *head):
-                lines += (name, b": ", value, b"\r\n")
-            if not cycle.keep_alive:
-                lines.append(b"connection: close\r\n")
-            lines += (b"\r\n", data)
+            answer = rendered(
+                status, head, data, self.server_state.default_headers, cycle.keep_alive
+            )
             transport = self.transport
             if isinstance(transport, CoalescingTransport):
-                transport.write_whole(b"".join(lines))
+                transport.write_whole(answer)
             else:
-                transport.write(b"".join(lines))
+                transport.write(answer)
             if not cycle.keep_alive:
                 self.transport.close()
             self.on_response_complete()
+            if (
+                lane is not None
+                and status == 200
+                and cycle.keep_alive
+                and cast(object, self.cycle) is cycle  # nothing pipelined behind it has begun
+                and not self.pipeline
+                and self._begun == request.begun  # nor begun arriving
+            ):
+                lane.offer(request.name, self)
 
     return InvokingProtocol

@@ -19,10 +19,11 @@ import uvicorn
 import uvloop
 from starlette.applications import Starlette
 
+from openmaker.api import lane
 from openmaker.api.app import create_app
 from openmaker.api.coalesce import CoalescingHttpToolsProtocol
 from openmaker.api.credentials import Credentials, server_credentials
-from openmaker.api.invoke_front import protocol_for
+from openmaker.api.invoke_front import protocol_for, rendered
 from openmaker.api.operations import Backend
 from openmaker.api.runtime import Invocations, Receive, Scope, Send
 from openmaker.api.s3_endpoint import embedded_s3
@@ -55,7 +56,20 @@ def serve(
             credentials, settings.region, settings.account_id, backend.invoker
         )
         app = _InvocationsFirst(create_app(backend, credentials), invocations)
-        server = _Server(http_config(app, host, port, protocol_for(invocations)))
+        config = http_config(app, host, port)
+        fast: lane.Lane | None = None
+        if settings.invoke_lane and lane.available():
+            fast = lane.Lane(
+                backend.invoker,
+                credentials,
+                settings.region,
+                config.timeout_keep_alive,
+                lambda status, head, data: rendered(
+                    status, head, data, server.server_state.default_headers
+                ),
+            )
+        config.http = protocol_for(invocations, fast)
+        server = _Server(config)
         record = ServerRecord(
             f"http://{host}:{port}",
             s3_url,
@@ -72,6 +86,8 @@ def serve(
             ):
                 runner.run(_serve(server, lambda: _started(settings, record, announce)))
         finally:
+            if fast is not None:
+                fast.close()
             backend.close()
             remove_record(settings)
 

@@ -486,6 +486,17 @@ class Invoker:
             connection.close()  # asked to close, or more than the cap left unread
         return response, data
 
+    def single(self, name: str, variant: Variant) -> bool:
+        """Whether the variant's invocations go to one container as they are (the lane takes
+        only those: openmaker/api/lane.py)."""
+        return self._single(name, variant, {})
+
+    def check_answer(
+        self, name: str, stream: str, variant: str, status: int, data: bytes, took: float
+    ) -> None:
+        """InvocationError unless a container's answer may be passed on as it is."""
+        self._answered(name, stream, variant, status, data, None, None, took)
+
     def model_error(
         self, name: str, stream: str, status: int, text: str, variant: str
     ) -> InvocationError:
