@@ -50,6 +50,7 @@ from openmaker.serving import (
     placement,
     ray_instances,
     serverless,
+    shadow,
     status,
     updates,
     usage,
@@ -184,7 +185,7 @@ class EndpointWorker:
         config's)."""
         found: list[Instance] = []
         on_ray = self._on_ray(config, models, counts)
-        for variant in config["ProductionVariants"]:
+        for variant in shadow.every_variant(config):
             name = variant["VariantName"]
             count = updates.initial_count(variant) if counts is None else counts.get(name, 0)
             if count == 0:
@@ -228,7 +229,7 @@ class EndpointWorker:
         if self.settings.executor != "ray":
             return None
         containers: list[dict[str, Any]] = []
-        for variant in config["ProductionVariants"]:
+        for variant in shadow.every_variant(config):
             if counts is None or counts.get(variant["VariantName"]):
                 model = models[variant["ModelName"]]
                 containers += model.get("Containers") or [the_container(model)[1]]
