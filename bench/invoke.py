@@ -10,9 +10,10 @@ model servers do.
 
 The throughput runs take turns in slices (the load of anything else on the machine falls on
 each path alike), count the CPU each process spends per invocation (the clients, the server
-and how much of it in the kernel, the container), and measure a third path beside them: a bare
-relay in Python that checks nothing (bench/relay_floor.py), what any extra hop on the same
-cores leaves of direct's throughput.
+and how much of it in the kernel, the container), and measure two more paths beside them: bare
+relays that check nothing, one in Python (bench/relay_floor.py) and one in C pumping bytes
+(bench/relay_floor.c, built here with `cc`; left out where there is none), what any extra hop
+on the same cores leaves of direct's throughput.
 
 Two containers: an echo server (the worst case: the container costs almost nothing, so the
 hop's cost is all there is to see) and openmaker's own scikit-learn serving stand-in
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import shutil
 import socket
 import statistics
 import subprocess
@@ -137,7 +139,12 @@ def _measure(
     lines = []
     address, worker = _instance(home, name)
     processes = Processes(server.process.pid, worker)
-    with _relay_floor(address) as (floor_port, floor_pid):
+    python_floor = [sys.executable, "-m", "bench.relay_floor"]
+    with contextlib.ExitStack() as floors:
+        floor_port, floor_pid = floors.enter_context(_relay_floor(python_floor, address))
+        native = _native_floor(home.parent)
+        if native is not None:
+            native_port, native_pid = floors.enter_context(_relay_floor([str(native)], address))
         for label, (body, content_type, accept) in payloads.items():
             ours, direct = _targets(server, name, address, body, content_type, accept)
             lines += _latency(label, ours, direct, body, calls)
@@ -147,8 +154,22 @@ def _measure(
                 "ours": (ours, processes),
                 "floor": (floor, Processes(floor_pid, worker)),
             }
+            if native is not None:
+                relay = Target("127.0.0.1", native_port, "/invocations", direct.headers)
+                paths["native floor"] = (relay, Processes(native_pid, worker))
             lines += _throughput(label, paths, body, seconds)
     return lines
+
+
+def _native_floor(scratch: Path) -> Path | None:
+    """bench/relay_floor.c built into `scratch`; None where there is no C compiler."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        return None
+    built = scratch / "relay_floor"
+    source = Path(__file__).with_name("relay_floor.c")
+    subprocess.run([compiler, "-O2", "-o", str(built), str(source)], check=True)
+    return built
 
 
 def _sklearn_model(deployer: Deployer) -> str:
@@ -201,14 +222,12 @@ def _sklearn_payloads() -> Payloads:
 
 
 @contextlib.contextmanager
-def _relay_floor(address: str) -> Iterator[tuple[int, int]]:
-    """bench/relay_floor.py relaying to the container at `address`: its port and PID."""
+def _relay_floor(command: list[str], address: str) -> Iterator[tuple[int, int]]:
+    """A bare relay (`command PORT HOST PORT`) to the container at `address`: its port and
+    PID."""
     host, _, port = address.rpartition(":")
     listen = free_port()
-    relay = subprocess.Popen(
-        [sys.executable, "-m", "bench.relay_floor", str(listen), host, port],
-        cwd=Path(__file__).parent.parent,
-    )
+    relay = subprocess.Popen([*command, str(listen), host, port], cwd=Path(__file__).parent.parent)
     try:
         _sleep_until(lambda: _listening(listen) or relay.poll() is not None)
         assert relay.poll() is None, "the relay floor did not start"
@@ -325,7 +344,7 @@ def _throughput(
     rates = _rates(paths, body, seconds)
     (ours, ours_cpu), (direct, direct_cpu) = rates["ours"], rates["direct"]
     floor, floor_cpu = rates["floor"]
-    return [
+    lines = [
         f"InvokeEndpoint {label}, {CLIENTS} clients: openmaker {ours:.0f}/s, direct "
         f"{direct:.0f}/s; ratio {ours / direct:.2f} (target >= 0.9: "
         f"{_meets(ours / direct >= 0.9)})",
@@ -334,6 +353,13 @@ def _throughput(
         f"  a bare Python relay (no checks, bench/relay_floor.py): {floor:.0f}/s, ratio "
         f"{floor / direct:.2f}; CPU per invocation (µs) {_cpu(floor_cpu)}",
     ]
+    if "native floor" in rates:
+        native, native_cpu = rates["native floor"]
+        lines.append(
+            f"  a bare C relay (bytes pumped, bench/relay_floor.c): {native:.0f}/s, ratio "
+            f"{native / direct:.2f}; CPU per invocation (µs) {_cpu(native_cpu)}"
+        )
+    return lines
 
 
 def _rates(

@@ -216,11 +216,16 @@ def test_an_endpoint_serves_its_model_and_goes_with_its_containers(deployer: Dep
         EndpointName=name, Body=b"inference-id", InferenceId="req 7!"
     )
     assert answer["Body"].read() == b"req 7!"
-    for bad in ("x" * 65, "tab\tinside"):
+    # Non-ASCII (botocore sends it as UTF-8, signed as such) is refused by the pattern, not
+    # by the signature check.
+    for bad in ("x" * 65, "tab\tinside", "日本", "caf\u00e9"):
         with pytest.raises(ClientError) as malformed:
             deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"data", InferenceId=bad)
         assert malformed.value.response["Error"]["Code"] == "ValidationError"
         assert "'inferenceId'" in malformed.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as shown:
+        deployer.runtime.invoke_endpoint(EndpointName=name, Body=b"data", InferenceId="日本")
+    assert "'日本'" in shown.value.response["Error"]["Message"]
 
     # The container's 4xx is a ModelError with its status and message.
     with pytest.raises(ClientError) as refused:

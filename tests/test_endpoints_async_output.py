@@ -149,7 +149,7 @@ def test_output_and_failure_names_and_what_notifications_say(
     assert failed["failureReason"].startswith(
         "ClientError: Received server error (500) from model."
     )
-    for bad in ("tab\tinside", "x" * 65):
+    for bad in ("tab\tinside", "x" * 65, "日本"):
         with pytest.raises(ClientError) as error:
             runtime.invoke_endpoint_async(
                 EndpointName=name, InputLocation=f"s3://{BUCKET}/in/ids.csv", InferenceId=bad

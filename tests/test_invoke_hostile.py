@@ -88,9 +88,11 @@ def test_invocations_are_refused_naming_the_problem(api_server: ApiServer) -> No
     assert (status, code) == (400, "ValidationError")
     assert "endpointName" in message
 
-    status, code, message = refused(post(api_server, path, b"x"))
+    answer = post(api_server, path, b"x")
+    status, code, message = refused(answer)
     assert (status, code) == (400, "ValidationError")
     assert "Endpoint nowhere of account" in message and "not found" in message
+    assert "server" not in answer[1] and answer[1]["date"]  # AWS's answers name no server
 
     attributes = {"X-Amzn-SageMaker-Custom-Attributes": "a" * 1025}
     status, code, message = refused(post(api_server, path, b"x", attributes))

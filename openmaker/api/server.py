@@ -99,7 +99,8 @@ def http_config(
     """uvicorn as the API serves: the head and body of an answer in one write
     (openmaker/api/coalesce.py), plain invocations answered by the protocol itself when it is
     openmaker/api/invoke_front.py's; no access log; no X-Forwarded-* rewriting (no proxy stands
-    in front, and nothing reads the client's address)."""
+    in front, and nothing reads the client's address); no `server` header (AWS's answers name
+    no server, and every client would parse it)."""
     return uvicorn.Config(
         app,
         host=host,
@@ -108,6 +109,7 @@ def http_config(
         log_level="warning",
         access_log=False,
         proxy_headers=False,
+        server_header=False,
     )
 
 

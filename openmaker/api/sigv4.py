@@ -113,7 +113,9 @@ def verify(
     if "host" not in auth.signed_headers:
         raise IncompleteSignature("'Host' must be a 'SignedHeader' in the AWS Authorization.")
     canonical = canonical_request(request, auth.signed_headers, payload_hash(request))
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    # The bytes as sent: every part was read from them one to one (latin-1), and a client
+    # signs what it sends (botocore sends a header's non-ASCII text as UTF-8).
+    digest = hashlib.sha256(canonical.encode("latin-1")).hexdigest()
     string_to_sign = f"{ALGORITHM}\n{amz_date}\n{'/'.join(auth.scope)}\n{digest}"
     expected = hmac.digest(
         _signing_key(credentials.secret_access_key, auth.scope),

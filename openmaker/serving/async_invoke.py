@@ -161,10 +161,18 @@ def _inference_id(headers: dict[str, str]) -> str:
 
 def checked_inference_id(text: str) -> str:
     """An InferenceId given by the caller (of any invocation), refused unless the model's
-    constraints hold."""
+    constraints hold. `text`: the header's value, its bytes read one to one (latin-1)."""
     _, member, most, pattern, shown = INFERENCE_ID
-    _constrained(text, member, most, pattern, shown)
+    _constrained(_as_sent(text), member, most, pattern, shown)
     return text
+
+
+def _as_sent(text: str) -> str:
+    """A header's value as the client wrote it: botocore sends non-ASCII text as UTF-8."""
+    try:
+        return text.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # not read from bytes: already text
+        return text
 
 
 def _constrained(text: str, member: str, most: int, pattern: str, shown: str) -> None:
