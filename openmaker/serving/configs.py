@@ -2,9 +2,10 @@
 
 Each production variant names a model that exists, an instance type (against the capacity
 catalog, openmaker/jobs/capacity.py) and a count, or a ServerlessConfig (serving/serverless.py).
-What openmaker cannot serve yet (shadow variants, explainers) is refused here;
-AsyncInferenceConfig and DataCaptureConfig are checked by serving/async_config.py and
-serving/capture.py.
+What openmaker cannot serve yet (explainers) is refused here; AsyncInferenceConfig,
+DataCaptureConfig and ShadowProductionVariants are checked by serving/async_config.py,
+serving/capture.py and serving/shadow.py. A shadow variant is checked as a production variant
+is (model, instances, a name unique among both lists).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from openmaker.jobs import capacity
 from openmaker.jobs.db import EndpointConfigRecord, ModelRecord, Tag
 from openmaker.jobs.resource import Instances
 from openmaker.jobs.service import add_tagged
-from openmaker.serving import async_config, capture, serverless
+from openmaker.serving import async_config, capture, serverless, shadow
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.listing import page
 from openmaker.settings import Settings
@@ -27,10 +28,7 @@ from openmaker.shapes.arn import resource_arn
 from openmaker.shapes.errors import ValidationException
 
 INSTANCE_MEMBERS = ("ModelName", "InstanceType", "InitialInstanceCount")
-NOT_YET = (
-    "ShadowProductionVariants",
-    "ExplainerConfig",
-)
+NOT_YET = ("ExplainerConfig",)
 
 
 class EndpointConfigs:
@@ -48,8 +46,10 @@ class EndpointConfigs:
         arn = self.arn(name)
         kept = {k: copy.deepcopy(v) for k, v in request.items() if k != "Tags"}
         with self.writers() as session:
-            for index, variant in enumerate(request["ProductionVariants"], start=1):
-                if session.get(ModelRecord, variant["ModelName"]) is None:
+            models: dict[str, dict[str, Any]] = {}
+            for member, variant in shadow.members(request):
+                model = session.get(ModelRecord, variant["ModelName"])
+                if model is None:
                     model_arn = resource_arn(
                         "model",
                         variant["ModelName"],
@@ -57,8 +57,10 @@ class EndpointConfigs:
                         self.settings.account_id,
                     )
                     raise ValidationException(
-                        f'ProductionVariants.{index}.ModelName: Could not find model "{model_arn}".'
+                        f'{member}.ModelName: Could not find model "{model_arn}".'
                     )
+                models[variant["ModelName"]] = model.request
+            shadow.check_models(request, models)
             add_tagged(
                 session,
                 EndpointConfigRecord(name=name, arn=arn, request=kept, creation_time=now()),
@@ -105,10 +107,10 @@ class EndpointConfigs:
                 raise ValidationException(f"{member}: openmaker does not serve this yet")
         async_config.check(request.get("AsyncInferenceConfig"))
         capture.check(request.get("DataCaptureConfig"))
+        shadow.check(request)
         names: set[str] = set()
         machine = capacity.machine(self.settings)
-        for index, variant in enumerate(request["ProductionVariants"], start=1):
-            member = f"ProductionVariants.{index}"
+        for member, variant in shadow.members(request):
             if variant["VariantName"] in names:
                 raise ValidationException(
                     f"{member}.VariantName: the variant name {variant['VariantName']!r} is "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -23,7 +23,7 @@ from openmaker.jobs.db import EndpointRecord, Tag
 from openmaker.jobs.executor import Executor, executor_for
 from openmaker.jobs.service import add_tagged
 from openmaker.runtime.network import remove as remove_network
-from openmaker.serving import pipeline, serverless, status, updates
+from openmaker.serving import pipeline, serverless, shadow, status, updates
 from openmaker.serving.clock import as_utc, now
 from openmaker.serving.configs import EndpointConfigs
 from openmaker.serving.kind import ENDPOINT, fail, network_key
@@ -52,6 +52,8 @@ class Route:
 
     status: str
     variants: tuple[Variant, ...]
+    # Its shadow variant (serving/shadow.py), `weight` the fraction of invocations copied.
+    shadows: tuple[Variant, ...] = ()
 
 
 class Endpoints:
@@ -107,7 +109,7 @@ class Endpoints:
     def _models_of(self, config: dict[str, Any]) -> dict[str, Any]:
         return {
             v["ModelName"]: self.models.get(v["ModelName"]).request
-            for v in config["ProductionVariants"]
+            for v in shadow.every_variant(config)
         }
 
     def _start_waiting(self) -> None:
@@ -123,7 +125,7 @@ class Endpoints:
         name = request["EndpointName"]
         config = self.configs.get(request["EndpointConfigName"])
         models = self._models_of(config.request)
-        self._checked(name)
+        shadow.check_update(self._checked(name).config, config.request, request)
         with self.writers() as session:
             row = session.get(EndpointRecord, name)
             if row is None:
@@ -160,6 +162,10 @@ class Endpoints:
                 _variant_summary(row, v, row.models) for v in row.config["ProductionVariants"]
             ],
         }
+        if shadow.of(row.config):
+            result[shadow.FIELD] = [
+                _variant_summary(row, v, row.models) for v in shadow.of(row.config)
+            ]
         if row.failure_reason:
             result["FailureReason"] = row.failure_reason
         if row.pending_update is not None:
@@ -172,6 +178,11 @@ class Endpoints:
                 ],
                 "StartTime": as_utc(row.last_modified_time),
             }
+            if shadow.of(pending["config"]):
+                result["PendingDeploymentSummary"][shadow.FIELD] = [
+                    _variant_summary(row, v, pending["models"], pending=True)
+                    for v in shadow.of(pending["config"])
+                ]
         return result
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +230,12 @@ class Endpoints:
         if share > 0:
             new = _variants(pending["config"], pending["models"], row.instances, True, share)
             variants += new
-        return Route(row.status, tuple(variants))
+        if not shadow.of(row.config):
+            return Route(row.status, tuple(variants))
+        shadows = _variants(row.config, row.models, row.instances, False, 1.0, shadow.FIELD)
+        fraction = shadow.sampled(row.config)
+        copied = tuple(replace(s, weight=fraction) for s in shadows)
+        return Route(row.status, tuple(variants), copied)
 
     def _checked(self, name: str) -> EndpointRecord:
         """The endpoint's record; one whose worker vanished has failed, saying so."""
@@ -258,11 +274,12 @@ def _variants(
     instances: builtins.list[dict[str, Any]],
     green: bool,
     share: float,
+    member: str = "ProductionVariants",
 ) -> builtins.list[Variant]:
-    """`config`'s variants, with the healthy instances of the fleet (`green`: the new one of an
-    update under way) and `share` of their weights."""
+    """`config`'s variants (`member`: its shadow ones), with the healthy instances of the fleet
+    (`green`: the new one of an update under way) and `share` of their weights."""
     found = []
-    for variant in config["ProductionVariants"]:
+    for variant in config.get(member) or []:
         name = variant["VariantName"]
         mine = [
             i

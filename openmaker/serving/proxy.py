@@ -8,7 +8,9 @@ request goes to its TargetModel (serving/multi_model.py), an inference pipeline'
 containers (serving/pipeline.py). Connections to the instances are kept alive and reused: the
 runtime API's invocations of a single container are exchanged on the server's event loop
 (`invoke_async`, serving/async_exchange.py), others from a thread (`invoke`, serving/pool.py).
-Each invocation is measured for the endpoint's CloudWatch metrics (serving/metrics.py).
+Each invocation is measured for the endpoint's CloudWatch metrics (serving/metrics.py). An
+endpoint with a shadow variant has a sampled copy of each invocation sent to it in the
+background (serving/shadow.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openmaker.serving import multi_model, pipeline, serverless
+from openmaker.serving import multi_model, pipeline, serverless, shadow
 from openmaker.serving.async_exchange import AsyncConnections, ExchangeError
 from openmaker.serving.capture import Capture
 from openmaker.serving.endpoints import Endpoints, Route, Variant
@@ -88,6 +90,7 @@ class Invoker:
         self.metrics = InvocationMetrics(endpoints.sessions)
         self.serverless = serverless.Gate(endpoints.settings)
         self.multi_models = multi_model.MultiModels(self.invocation_seconds)
+        self.shadows = shadow.Replicator(self._shadow_invoke)
 
     def invoke(
         self,
@@ -100,6 +103,7 @@ class Invoker:
         """`received`: when the request arrived (time.perf_counter), for OverheadLatency."""
         received = time.perf_counter() if received is None else received
         chosen, address, stream = self._choose(name, target_variant)
+        self._copy_to_shadow(name, body, headers)
         if chosen.serverless is None:
             return self._invoke(name, chosen, address, stream, body, headers, received)
         with self._serverless_held(name, chosen) as slot:
@@ -198,6 +202,7 @@ class Invoker:
             return await asyncio.to_thread(
                 self.invoke, name, body, headers, target_variant, received
             )
+        self._copy_to_shadow(name, body, headers)
         variant = chosen.name
         sent = {k: v for k, v in headers.items() if k in PASSED_HEADERS}
         started = time.perf_counter()
@@ -238,6 +243,27 @@ class Invoker:
         self.measure(name, variant, 200, answer.model_seconds, received)
         return answer
 
+    def _copy_to_shadow(self, name: str, body: bytes, headers: dict[str, str]) -> None:
+        """A copy of the invocation to the endpoint's shadow, if it has one (the route `_choose`
+        just read)."""
+        route = self._routes[name][1]
+        if route is not None and route.shadows:
+            self.shadows.copy(name, route, body, headers)
+
+    def _shadow_invoke(
+        self,
+        name: str,
+        variant: Variant,
+        address: str,
+        stream: str,
+        body: bytes,
+        headers: dict[str, str],
+        taken: float,
+    ) -> None:
+        """A copy sent to the shadow: measured and captured, its answer discarded."""
+        with contextlib.suppress(InvocationError):
+            self._invoke(name, variant, address, stream, body, headers, taken)
+
     def _single(self, name: str, variant: Variant, headers: dict[str, str]) -> bool:
         """Whether the invocation goes to one container as it is (not through a pipeline nor
         to a multi-model container's model): the event loop's path takes only those."""
@@ -264,9 +290,8 @@ class Invoker:
         `received`: when it arrived (time.perf_counter)."""
         route = self._routes.get(name)
         found = route[1] if route is not None else None
-        instances = next(
-            (len(v.addresses) for v in (found.variants if found else ()) if v.name == variant), 1
-        )
+        variants = found.variants + found.shadows if found else ()
+        instances = next((len(v.addresses) for v in variants if v.name == variant), 1)
         total = time.perf_counter() - received
         self.metrics.record(name, variant, instances, status, model_seconds, total)
 

@@ -21,7 +21,7 @@ from typing import Any
 from openmaker.jobs import capacity
 from openmaker.jobs.db import EndpointRecord
 from openmaker.jobs.resource import Instances
-from openmaker.serving import deployment, serverless, status
+from openmaker.serving import deployment, serverless, shadow, status
 from openmaker.settings import Settings
 from openmaker.shapes.errors import ValidationException
 
@@ -115,8 +115,9 @@ def desired_variants(
 
 
 def counts(config: dict[str, Any]) -> dict[str, int]:
-    """How many instances each variant starts with (a serverless one: those kept warm)."""
-    return {v["VariantName"]: initial_count(v) for v in config["ProductionVariants"]}
+    """How many instances each variant starts with (a serverless one: those kept warm; a
+    shadow one too)."""
+    return {v["VariantName"]: initial_count(v) for v in shadow.every_variant(config)}
 
 
 def initial_count(variant: dict[str, Any]) -> int:

@@ -4,7 +4,9 @@ Started by the queue through the executor (openmaker/jobs/worker_process.py call
 makes the endpoint's bridge, reserves each instance's share of the machine
 (serving/placement.py), fetches its model data, starts its `serve` container in a network
 namespace of its own, and reports `InService` once every instance answers `GET /ping`, or
-`Failed` saying which instance did not and why. While it serves:
+`Failed` saying which instance did not and why. A shadow variant's instances
+(serving/shadow.py) are started, watched and retired as the production variant's are. While it
+serves:
 - a container that ends is started again (its instance out of the rotation until it answers
   /ping again); so is one that stays alive but fails its periodic pings (serving/health.py);
 - an update (serving/updates.py) starts a new fleet beside the old one, moves the traffic once
@@ -50,6 +52,7 @@ from openmaker.serving import (
     placement,
     ray_instances,
     serverless,
+    shadow,
     status,
     updates,
     usage,
@@ -184,7 +187,7 @@ class EndpointWorker:
         config's)."""
         found: list[Instance] = []
         on_ray = self._on_ray(config, models, counts)
-        for variant in config["ProductionVariants"]:
+        for variant in shadow.every_variant(config):
             name = variant["VariantName"]
             count = updates.initial_count(variant) if counts is None else counts.get(name, 0)
             if count == 0:
@@ -228,7 +231,7 @@ class EndpointWorker:
         if self.settings.executor != "ray":
             return None
         containers: list[dict[str, Any]] = []
-        for variant in config["ProductionVariants"]:
+        for variant in shadow.every_variant(config):
             if counts is None or counts.get(variant["VariantName"]):
                 model = models[variant["ModelName"]]
                 containers += model.get("Containers") or [the_container(model)[1]]
