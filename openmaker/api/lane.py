@@ -8,8 +8,9 @@ alive (boto3, the SDKs) sends. The lane gives back to Python, with the connectio
 it does not take whole (see _lane.c), and asks Python for the runtime's error when a container
 does not answer with a 2xx: every refusal and error keeps one spelling, Python's.
 
-Routes: an endpoint is in the lane while it is InService and every variant is one container on
-instances (not serverless, not a pipeline, not multi-model) and it captures no data; its route
+Routes: an endpoint is in the lane while it is InService, every variant is one container on
+instances (not serverless, not a pipeline, not multi-model), it has no shadow variant and it
+captures no data; its route
 is read again every REFRESH_SECONDS, as the Python path reads its own every second. The lane's
 successes are counted in the endpoint's metrics at the same pace.
 """
@@ -220,7 +221,12 @@ class Lane:
         """The endpoint's route as the lane takes it; None: the lane leaves it to Python."""
         invoker = self.invoker
         found = invoker.endpoints.route(endpoint)
-        if found is None or found.status != "InService" or _captures(invoker, endpoint):
+        if (
+            found is None
+            or found.status != "InService"
+            or found.shadows  # copies to a shadow are sent from Python
+            or _captures(invoker, endpoint)
+        ):
             return None
         route: LaneRoute = []
         for variant in found.variants:
