@@ -8,7 +8,7 @@ setup(
         Extension(
             "openmaker.api._lane",
             sources=["openmaker/api/_lane.c"],
-            libraries=["crypto"],
+            libraries=["crypto", "m"],
             extra_compile_args=["-O2", "-Wall", "-Wno-unused-parameter"],
             optional=True,
         )

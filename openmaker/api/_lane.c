@@ -23,6 +23,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/crypto.h>
@@ -184,6 +185,15 @@ typedef struct {
     Variant variants[MAX_VARIANTS];
 } Route;
 
+/* The answered invocations of one variant since Python last took them: what CloudWatch's
+ * statistic sets need (latencies in microseconds, each rounded). */
+typedef struct {
+    char endpoint[NAME_CHARS];
+    char variant[NAME_CHARS];
+    long long count;
+    double model_sum, model_low, model_high, overhead_sum, overhead_low, overhead_high;
+} Tally;
+
 /* What one invocation goes to. */
 typedef struct {
     char endpoint[NAME_CHARS];
@@ -245,13 +255,14 @@ typedef struct {
     int returned_fd;          /* an eventfd Python watches for connections given back */
     pthread_t thread;
     int running;
-    pthread_mutex_t lock;     /* routes, adopted, returned, records */
+    pthread_mutex_t lock;     /* routes, adopted, tallies */
     Route *routes;
     int route_count;
     int *adopted;
     int adopted_count, adopted_cap;
     PyObject *returned;       /* list of (fd, bytes); touched with the GIL held */
-    PyObject *records;        /* list of (endpoint, variant, model_s, total_s) */
+    Tally *tallies;           /* MAX_ROUTES * MAX_VARIANTS of them, under `lock` */
+    int tally_count;
     PyObject *on_error;
     char key_id[128];
     char secret[256];
@@ -1065,6 +1076,36 @@ static void answer_with_body(Lane *lane, Client *c, Upstream *u) {
     client_write(lane, c);
 }
 
+static void tally(Lane *lane, const Target *target, double model, double overhead) {
+    pthread_mutex_lock(&lane->lock);
+    Tally *t = NULL;
+    for (int i = 0; i < lane->tally_count && t == NULL; i++)
+        if (strcmp(lane->tallies[i].endpoint, target->endpoint) == 0 &&
+            strcmp(lane->tallies[i].variant, target->variant) == 0)
+            t = &lane->tallies[i];
+    if (t == NULL && lane->tally_count < MAX_ROUTES * MAX_VARIANTS) {
+        t = &lane->tallies[lane->tally_count++];
+        memcpy(t->endpoint, target->endpoint, NAME_CHARS);
+        memcpy(t->variant, target->variant, NAME_CHARS);
+        t->count = 0;
+    }
+    if (t != NULL) {
+        if (t->count == 0) {
+            t->model_sum = t->overhead_sum = 0;
+            t->model_low = t->model_high = model;
+            t->overhead_low = t->overhead_high = overhead;
+        }
+        t->count++;
+        t->model_sum += model;
+        t->overhead_sum += overhead;
+        if (model < t->model_low) t->model_low = model;
+        if (model > t->model_high) t->model_high = model;
+        if (overhead < t->overhead_low) t->overhead_low = overhead;
+        if (overhead > t->overhead_high) t->overhead_high = overhead;
+    }
+    pthread_mutex_unlock(&lane->lock);
+}
+
 /* The exchange ended (`failure`: how it failed, NULL: it was answered). */
 static void upstream_done(Lane *lane, Upstream *u, const char *failure) {
     Client *c = u->client;
@@ -1073,13 +1114,10 @@ static void upstream_done(Lane *lane, Upstream *u, const char *failure) {
     int ok = failure == NULL && u->status >= 200 && u->status < 300 &&
              buf_size(&u->body) <= PAYLOAD_BYTES && !u->bad_header;
     if (ok) {
-        double now = now_seconds();
-        PyGILState_STATE gil = PyGILState_Ensure();
-        PyObject *record = Py_BuildValue("(ssdd)", u->target.endpoint, u->target.variant,
-                                         now - u->started, now - (c ? c->received : u->started));
-        if (record == NULL || PyList_Append(lane->records, record) != 0) PyErr_Clear();
-        Py_XDECREF(record);
-        PyGILState_Release(gil);
+        double now = now_seconds(), model = now - u->started;
+        double total = now - (c ? c->received : u->started);
+        tally(lane, &u->target, (double)llround(model * 1e6),
+              (double)llround((total > model ? total - model : 0) * 1e6));
         if (c != NULL) answer_with_body(lane, c, u);
     } else {
         if (failure == NULL && u->bad_header) failure = "its answer has a header that cannot be passed on";
@@ -1297,11 +1335,11 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
     Py_INCREF(on_error);
     self->on_error = on_error;
     self->returned = PyList_New(0);
-    self->records = PyList_New(0);
+    self->tallies = calloc(MAX_ROUTES * MAX_VARIANTS, sizeof(Tally));
     self->routes = calloc(MAX_ROUTES, sizeof(Route));
     self->adopted_cap = 64;
     self->adopted = calloc((size_t)self->adopted_cap, sizeof(int));
-    if (!self->returned || !self->records || !self->routes || !self->adopted) {
+    if (!self->returned || !self->tallies || !self->routes || !self->adopted) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1340,11 +1378,11 @@ static void Lane_dealloc(Lane *self) {
     for (int i = 0; i < self->adopted_count; i++) close(self->adopted[i]);
     free(self->adopted);
     free(self->routes);
+    free(self->tallies);
     OPENSSL_cleanse(self->secret, sizeof self->secret);
     OPENSSL_cleanse(self->signing_key, sizeof self->signing_key);
     Py_XDECREF(self->on_error);
     Py_XDECREF(self->returned);
-    Py_XDECREF(self->records);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1445,8 +1483,31 @@ static PyObject *swap_list(PyObject **list) {
     return taken;
 }
 
-/* Both lists are only touched with the GIL held (by this thread or the lane's). */
-static PyObject *Lane_drain(Lane *self, PyObject *unused) { return swap_list(&self->records); }
+/* The tallies since the last call, each (endpoint, variant, count, (model sum, least,
+ * greatest), (overhead sum, least, greatest)); they start again from nothing. */
+static PyObject *Lane_drain(Lane *self, PyObject *unused) {
+    PyObject *list = PyList_New(0);
+    if (list == NULL) return NULL;
+    pthread_mutex_lock(&self->lock);
+    for (int i = 0; i < self->tally_count; i++) {
+        Tally *t = &self->tallies[i];
+        if (t->count == 0) continue;
+        PyObject *item = Py_BuildValue("(ssL(ddd)(ddd))", t->endpoint, t->variant, t->count,
+                                       t->model_sum, t->model_low, t->model_high,
+                                       t->overhead_sum, t->overhead_low, t->overhead_high);
+        if (item == NULL || PyList_Append(list, item) != 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(list);
+            break;
+        }
+        Py_DECREF(item);
+        t->count = 0;
+    }
+    pthread_mutex_unlock(&self->lock);
+    return list;
+}
+
+/* The list is only touched with the GIL held (by this thread or the lane's). */
 
 static PyObject *Lane_returned(Lane *self, PyObject *unused) {
     uint64_t value;
@@ -1470,7 +1531,7 @@ static PyMethodDef Lane_methods[] = {
     {"set_route", (PyCFunction)Lane_set_route, METH_VARARGS,
      "set_route(endpoint, [(variant, weight, [(host, port, stream)])] or None)."},
     {"drain", (PyCFunction)Lane_drain, METH_NOARGS,
-     "The answered invocations since the last call: (endpoint, variant, model_s, total_s)."},
+     "The answered invocations since the last call, summed per variant."},
     {"returned", (PyCFunction)Lane_returned, METH_NOARGS,
      "Connections given back since the last call: (fd, bytes received and not answered)."},
     {"fileno", (PyCFunction)Lane_fileno, METH_NOARGS,

@@ -108,8 +108,13 @@ class Lane:
             return
         transport = protocol.transport
         sock = transport.get_extra_info("socket")
-        if sock is None or transport.is_closing() or transport.get_write_buffer_size():
-            return  # an answer still being written: the lane would write past it
+        if (
+            sock is None
+            or transport.get_extra_info("sslcontext") is not None  # the lane speaks no TLS
+            or transport.is_closing()
+            or transport.get_write_buffer_size()  # the lane would write past the answer
+        ):
+            return
         if self._resume is None:
             made: Callable[..., Any] = type(protocol)
             self._resume = functools.partial(
@@ -190,10 +195,10 @@ class Lane:
         return self.render(code, head, data)
 
     def _drain(self) -> None:
-        record = self.invoker.metrics.record
-        for endpoint, variant, model_seconds, total_seconds in self.native.drain():
+        record = self.invoker.metrics.record_answered
+        for endpoint, variant, count, model, overhead in self.native.drain():
             instances = self._instances.get((endpoint, variant), 1)
-            record(endpoint, variant, instances, 200, model_seconds, total_seconds)
+            record(endpoint, variant, instances, count, model, overhead)
 
     # -- routes ---------------------------------------------------------------------------
 

@@ -124,6 +124,13 @@ class _Sums:
         if value > self.high:
             self.high = value
 
+    def add_set(self, count: int, total: float, low: float, high: float) -> None:
+        """`count` samples summed elsewhere: their sum, least and greatest."""
+        self.count += count
+        self.total += total
+        self.low = min(self.low, low)
+        self.high = max(self.high, high)
+
 
 Key = tuple[str, str, str, str]  # namespace, endpoint, variant, metric
 
@@ -165,6 +172,31 @@ class InvocationMetrics:
             if model_seconds is not None:
                 model.add(round(model_seconds * 1e6))
                 overhead.add(round(max(total_seconds - model_seconds, 0) * 1e6))
+
+    def record_answered(
+        self,
+        endpoint: str,
+        variant: str,
+        instances: int,
+        count: int,
+        model: tuple[float, float, float],
+        overhead: tuple[float, float, float],
+    ) -> None:
+        """`count` invocations the container answered with a 2xx, as `record` would add them
+        one by one: `model` and `overhead` the sum, least and greatest of their latencies in
+        microseconds (each rounded as `record` rounds it). The native lane's (api/lane.py)."""
+        share = 1.0 / max(instances, 1)
+        with self._lock:
+            series = self._recorded.get((endpoint, variant))
+            if series is None:
+                series = self._recorded[(endpoint, variant)] = self._series(endpoint, variant)
+            invocations, per_instance, errors_4xx, errors_5xx, model_sums, overhead_sums = series
+            invocations.add_set(count, float(count), 1.0, 1.0)
+            per_instance.add_set(count, count * share, share, share)
+            errors_4xx.add_set(count, 0.0, 0.0, 0.0)
+            errors_5xx.add_set(count, 0.0, 0.0, 0.0)
+            model_sums.add_set(count, *model)
+            overhead_sums.add_set(count, *overhead)
 
     def _series(self, endpoint: str, variant: str) -> tuple[_Sums, ...]:
         """The variant's RECORDED series in this period (made as `add` makes them; ModelLatency
