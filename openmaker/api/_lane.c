@@ -243,8 +243,7 @@ struct Upstream {
     int head_done, status, chunked, until_close, reusable;
     size_t length, chunk_left;
     int chunk_state; /* 0: size line next; 1: data; 2: CRLF after data; 3: trailers */
-    char content_type[512];
-    char attributes[CUSTOM_ATTRIBUTES_CHARS + 1];
+    char *content_type, *attributes; /* the answer's, as it gave them (NULL: none) */
     int has_content_type, has_attributes, bad_header;
     Upstream *next, *prev;
 };
@@ -661,6 +660,8 @@ static void upstream_free(Lane *lane, Upstream *u) {
     buf_free(&u->out);
     buf_free(&u->in);
     buf_free(&u->body);
+    free(u->content_type);
+    free(u->attributes);
     free(u);
 }
 
@@ -805,6 +806,9 @@ static void dispatch(Lane *lane, Client *c, const Request *r) {
     u->deadline = u->started + lane->timeout;
     u->head_done = u->status = u->chunked = u->until_close = u->reusable = 0;
     u->has_content_type = u->has_attributes = u->bad_header = 0;
+    free(u->content_type);
+    free(u->attributes);
+    u->content_type = u->attributes = NULL;
     u->length = u->chunk_left = 0;
     u->chunk_state = 0;
     buf_free(&u->body);
@@ -914,19 +918,15 @@ static int parse_answer_head(Upstream *u) {
             if (slice_is(v, "close")) keep = 0;
             else if (slice_is(v, "keep-alive")) keep = 1;
         } else if (slice_is(name, "content-type") && !u->has_content_type) {
-            if (!header_value_ok(v) || v.len >= sizeof u->content_type) u->bad_header = 1;
-            else {
-                memcpy(u->content_type, v.at, v.len);
-                u->content_type[v.len] = 0;
+            if (!header_value_ok(v) || (u->content_type = strndup(v.at, v.len)) == NULL)
+                u->bad_header = 1;
+            else
                 u->has_content_type = 1;
-            }
         } else if (slice_is(name, "x-amzn-sagemaker-custom-attributes") && !u->has_attributes) {
-            if (!header_value_ok(v) || v.len >= sizeof u->attributes) u->bad_header = 1;
-            else {
-                memcpy(u->attributes, v.at, v.len);
-                u->attributes[v.len] = 0;
+            if (!header_value_ok(v) || (u->attributes = strndup(v.at, v.len)) == NULL)
+                u->bad_header = 1;
+            else
                 u->has_attributes = v.len > 0;
-            }
         }
         line = stop + 2;
     }
