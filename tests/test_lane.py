@@ -51,6 +51,24 @@ class _Model(http.server.BaseHTTPRequestHandler):
             for piece in (b"one ", b"two ", b"three"):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
+        elif body == b"control":  # a header no answer may carry on
+            self._answer(200, b"c", "text/\x01plain")
+        elif body == b"long head":
+            self.send_response(200)
+            for index in range(400):  # 80 KB: past what the lane reads of a head
+                self.send_header(f"X-Filler-{index}", "f" * 190)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif body == b"endless":  # chunks past the cap, and more
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            piece = b"e" * 65536
+            try:
+                for _ in range(200):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            except OSError:
+                pass  # the lane stopped reading: what a client past the cap gets
         elif body == b"slow":
             time.sleep(3)
             self._answer(200, b"late", "text/plain")
@@ -304,3 +322,22 @@ def test_weights_and_target_variant_choose_the_instance(rig: Rig) -> None:
     finally:
         other.shutdown()
         other.server_close()
+
+
+def test_a_hostile_container_answer_is_refused(rig: Rig) -> None:
+    """The container's code is anyone's: what it answers is checked before it is passed on."""
+    client = rig.connect()
+    for body, failure in (
+        (b"control", "a header that cannot be passed on"),
+        (b"long head", "not HTTP"),
+        (b"endless", None),  # read to just past the cap, then refused as too large
+    ):
+        client.sendall(signed(body))
+        assert read_answer(client)[0] == 424
+        *_, status, answer, why, _, _ = rig.errors[-1]
+        if failure is None:
+            assert status == 200 and PAYLOAD < len(answer) < PAYLOAD + 2 * 65536
+        else:
+            assert failure in why
+    client.sendall(signed(b"still served"))
+    assert read_answer(client)[2] == b"still served"

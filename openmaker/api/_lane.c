@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #define MAX_HEAD 16384                  /* a longer head goes back to Python */
+#define MAX_ANSWER_HEAD 65536           /* a container's longer head is no answer */
 #define MAX_HEADERS 64
 #define PAYLOAD_BYTES (6 * 1024 * 1024) /* SageMaker's cap, each way */
 #define MAX_VARIANTS 10
@@ -878,12 +879,12 @@ static int parse_answer_head(Upstream *u) {
     const char *data = buf_at(&u->in);
     size_t size = buf_size(&u->in);
     const char *end = NULL;
-    for (size_t i = 3; i < size; i++)
+    for (size_t i = 3; i < size && i < MAX_ANSWER_HEAD; i++)
         if (data[i] == '\n' && data[i - 1] == '\r' && data[i - 2] == '\n' && data[i - 3] == '\r') {
             end = data + i + 1;
             break;
         }
-    if (end == NULL) return size > MAX_HEAD ? -1 : 1;
+    if (end == NULL) return size >= MAX_ANSWER_HEAD ? -1 : 1;
     int minor;
     if (size < 12 || memcmp(data, "HTTP/1.", 7) != 0 || (data[7] != '0' && data[7] != '1') ||
         data[8] != ' ')
