@@ -108,6 +108,15 @@ static void buf_free(Buf *b) {
     memset(b, 0, sizeof *b);
 }
 
+#define KEPT_CAPACITY (1024 * 1024)
+
+/* Emptied; its memory kept for the next exchange unless it grew past KEPT_CAPACITY (growing a
+ * buffer again for every answer cost more than the rest of the lane's work). */
+static void buf_clear(Buf *b) {
+    if (b->cap > KEPT_CAPACITY) buf_free(b);
+    else b->start = b->len = 0;
+}
+
 static void hex(const unsigned char *bytes, size_t size, char *out) {
     static const char digits[] = "0123456789abcdef";
     for (size_t i = 0; i < size; i++) {
@@ -723,6 +732,8 @@ static void client_write(Lane *lane, Client *c) {
     }
     c->state = READING;
     c->since = now_seconds();
+    if (buf_size(&c->in) == 0) buf_clear(&c->in);
+    buf_clear(&c->out);
     watch(lane, c->fd, &c->handle, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
     if (buf_size(&c->in) > 0) client_answer(lane, c); /* a request sent behind the last */
 }
@@ -812,7 +823,7 @@ static void dispatch(Lane *lane, Client *c, const Request *r) {
     u->content_type = u->attributes = NULL;
     u->length = u->chunk_left = 0;
     u->chunk_state = 0;
-    buf_free(&u->body);
+    buf_clear(&u->body);
     if (u->state == IDLE) {
         u->state = SENDING;
         watch(lane, u->fd, &u->handle, EPOLLOUT, EPOLL_CTL_MOD);
@@ -1137,7 +1148,9 @@ static void upstream_done(Lane *lane, Upstream *u, const char *failure) {
     }
     u->state = IDLE;
     u->idle_since = now_seconds();
-    buf_free(&u->body);
+    buf_clear(&u->body);
+    buf_clear(&u->out);
+    buf_clear(&u->in);
     watch(lane, u->fd, &u->handle, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD); /* to see it close */
 }
 
