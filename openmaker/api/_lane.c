@@ -220,6 +220,7 @@ typedef struct Upstream Upstream;
 
 typedef struct {
     int kind;
+    uint32_t events; /* what epoll watches it for now (0: not yet added) */
 } Handle;
 
 enum ClientState { READING, WAITING, WRITING };
@@ -286,9 +287,13 @@ typedef struct {
 
 /* ------------------------------------------------------------------ epoll */
 
-static void watch(Lane *lane, int fd, Handle *handle, uint32_t events, int op) {
+/* Watch `fd` for `events`: a system call only when they change (most exchanges change none:
+ * a client and a kept connection to a container are both watched for reading throughout). */
+static void watch(Lane *lane, int fd, Handle *handle, uint32_t events) {
+    if (handle->events == events) return;
     struct epoll_event event = {.events = events, .data.ptr = handle};
-    epoll_ctl(lane->epoll, op, fd, &event);
+    epoll_ctl(lane->epoll, handle->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &event);
+    handle->events = events;
 }
 
 /* ------------------------------------------------------------------ the request */
@@ -723,7 +728,7 @@ static void client_write(Lane *lane, Client *c) {
     }
     if (left > 0) {
         c->state = WRITING;
-        watch(lane, c->fd, &c->handle, EPOLLOUT | EPOLLRDHUP, EPOLL_CTL_MOD);
+        watch(lane, c->fd, &c->handle, EPOLLOUT | EPOLLRDHUP);
         return;
     }
     if (c->close_after) {
@@ -734,7 +739,7 @@ static void client_write(Lane *lane, Client *c) {
     c->since = now_seconds();
     if (buf_size(&c->in) == 0) buf_clear(&c->in);
     buf_clear(&c->out);
-    watch(lane, c->fd, &c->handle, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
+    watch(lane, c->fd, &c->handle, EPOLLIN | EPOLLRDHUP);
     if (buf_size(&c->in) > 0) client_answer(lane, c); /* a request sent behind the last */
 }
 
@@ -770,7 +775,7 @@ static Upstream *upstream_for(Lane *lane, const Instance *instance) {
         upstream_free(lane, u);
         return NULL;
     }
-    watch(lane, fd, &u->handle, EPOLLOUT, EPOLL_CTL_ADD);
+    watch(lane, fd, &u->handle, EPOLLOUT);
     return u;
 }
 
@@ -811,7 +816,6 @@ static void dispatch(Lane *lane, Client *c, const Request *r) {
     c->upstream = u;
     c->state = WAITING;
     c->received = now_seconds();
-    watch(lane, c->fd, &c->handle, EPOLLRDHUP, EPOLL_CTL_MOD);
     u->client = c;
     u->target = target;
     u->started = now_seconds();
@@ -824,10 +828,15 @@ static void dispatch(Lane *lane, Client *c, const Request *r) {
     u->length = u->chunk_left = 0;
     u->chunk_state = 0;
     buf_clear(&u->body);
-    if (u->state == IDLE) {
-        u->state = SENDING;
-        watch(lane, u->fd, &u->handle, EPOLLOUT, EPOLL_CTL_MOD);
-    }
+    if (u->state != IDLE) return; /* a new connection: sent once connected */
+    /* A kept connection: sent now. Only a whole send is taken here; anything else (a part
+     * left, a failure) waits for the loop, so that no answer is written from within this
+     * call (a client's pipelined requests would otherwise recurse). */
+    u->state = SENDING;
+    if (flush(u->fd, &u->out) == 0)
+        u->state = RECEIVING; /* watched for reading already, as it idled */
+    else
+        watch(lane, u->fd, &u->handle, EPOLLOUT);
 }
 
 /* What the client has sent so far: wait, give back, or dispatch. */
@@ -843,8 +852,8 @@ static void client_answer(Lane *lane, Client *c) {
 }
 
 static void client_readable(Lane *lane, Client *c, uint32_t events) {
-    if (c->state == WAITING) { /* only EPOLLRDHUP/HUP/ERR are asked for: the client left */
-        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) client_close(lane, c, 0);
+    if (c->state == WAITING && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+        client_close(lane, c, 0); /* gone before its answer */
         return;
     }
     if (c->state == WRITING) {
@@ -864,7 +873,11 @@ static void client_readable(Lane *lane, Client *c, uint32_t events) {
         if (got > 0) {
             if (buf_size(&c->in) == 0) c->since = now_seconds();
             c->in.len += (size_t)got;
-            if (buf_size(&c->in) > MAX_HEAD + PAYLOAD_BYTES) break; /* it is read below */
+            if (buf_size(&c->in) > MAX_HEAD + PAYLOAD_BYTES) {
+                /* As much as one request may be: read no more until it is answered. */
+                if (c->state == WAITING) watch(lane, c->fd, &c->handle, EPOLLRDHUP);
+                break;
+            }
             continue;
         }
         if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
@@ -872,7 +885,7 @@ static void client_readable(Lane *lane, Client *c, uint32_t events) {
         client_close(lane, c, 0);
         return;
     }
-    client_answer(lane, c);
+    if (c->state == READING) client_answer(lane, c); /* else kept until the answer is written */
 }
 
 /* ------------------------------------------------------------------ the container's answer */
@@ -1151,7 +1164,7 @@ static void upstream_done(Lane *lane, Upstream *u, const char *failure) {
     buf_clear(&u->body);
     buf_clear(&u->out);
     buf_clear(&u->in);
-    watch(lane, u->fd, &u->handle, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD); /* to see it close */
+    watch(lane, u->fd, &u->handle, EPOLLIN | EPOLLRDHUP); /* to see it close */
 }
 
 static void upstream_event(Lane *lane, Upstream *u, uint32_t events) {
@@ -1180,7 +1193,7 @@ static void upstream_event(Lane *lane, Upstream *u, uint32_t events) {
         }
         if (left > 0) return;
         u->state = RECEIVING;
-        watch(lane, u->fd, &u->handle, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
+        watch(lane, u->fd, &u->handle, EPOLLIN | EPOLLRDHUP);
         return;
     }
     for (;;) {
@@ -1247,7 +1260,7 @@ static void adopt_pending(Lane *lane) {
         c->state = READING;
         c->since = now_seconds();
         link_client(lane, c);
-        watch(lane, c->fd, &c->handle, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_ADD);
+        watch(lane, c->fd, &c->handle, EPOLLIN | EPOLLRDHUP);
         client_readable(lane, c, EPOLLIN); /* it may have sent already */
     }
     free(fds);
@@ -1277,8 +1290,8 @@ static void expire(Lane *lane) {
 static void *run(void *argument) {
     Lane *lane = argument;
     struct epoll_event ready[128];
-    Handle wake = {WAKE};
-    watch(lane, lane->wake, &wake, EPOLLIN, EPOLL_CTL_ADD);
+    Handle wake = {WAKE, 0};
+    watch(lane, lane->wake, &wake, EPOLLIN);
     double last = now_seconds();
     while (!lane->stopping) {
         int count = epoll_wait(lane->epoll, ready, 128, 250);
