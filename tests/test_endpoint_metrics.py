@@ -5,6 +5,7 @@ measured through boto3's cloudwatch, as SageMaker publishes them (`AWS/SageMaker
 
 from __future__ import annotations
 
+import itertools
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -149,6 +150,8 @@ def test_invocations_are_counted_timed_and_listed(deployer: Deployer) -> None:
 def test_invocations_reuse_a_kept_connection(deployer: Deployer) -> None:
     endpoint = deployer.endpoint(deployer.model(KEEP_ALIVE, {"weights.txt": b"w"}))
     assert deployer.wait(endpoint)["EndpointStatus"] == "InService"
-    # One after the other: each finds the connection the one before gave back.
-    ports = {invoke(deployer, endpoint, b"x") for _ in range(5)}
-    assert len(ports) == 1, ports
+    # One after the other: each finds the connection the one before gave back, but at the one
+    # switch from the Python path's connections to the native lane's (api/lane.py) once the
+    # lane takes the client's connection.
+    ports = [invoke(deployer, endpoint, b"x") for _ in range(8)]
+    assert sum(a != b for a, b in itertools.pairwise(ports)) <= 1, ports

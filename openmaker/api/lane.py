@@ -29,7 +29,6 @@ from typing import Any, Protocol
 
 from openmaker.api.credentials import Credentials
 from openmaker.api.runtime import error_parts, request_id_now
-from openmaker.jobs.db import EndpointRecord
 from openmaker.serving.pool import IDLE_SECONDS
 from openmaker.serving.proxy import InvocationError, Invoker
 
@@ -230,7 +229,7 @@ class Lane:
             found is None
             or found.status != "InService"
             or found.shadows  # copies to a shadow are sent from Python
-            or _captures(invoker, endpoint)
+            or invoker.capture.enabled(endpoint)
         ):
             return None
         route: LaneRoute = []
@@ -243,10 +242,3 @@ class Lane:
                 instances.append((host, int(port), stream))
             route.append((variant.name, float(variant.weight), instances))
         return route
-
-
-def _captures(invoker: Invoker, endpoint: str) -> bool:
-    with invoker.endpoints.sessions() as session:
-        row = session.get(EndpointRecord, endpoint)
-        config = None if row is None else row.config.get("DataCaptureConfig")
-    return config is not None and bool(config.get("EnableCapture", True))

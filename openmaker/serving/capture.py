@@ -107,6 +107,14 @@ class Capture:
         self._start()
         self._lines.put(_Line(config["DestinationS3Uri"], endpoint, variant, at, text))
 
+    def enabled(self, endpoint: str) -> bool:
+        """Whether the endpoint captures data now, read afresh (the native lane leaves the
+        endpoints that do to the Python path: api/lane.py)."""
+        with self.sessions() as session:
+            row = session.get(EndpointRecord, endpoint)
+            config = None if row is None else row.config.get("DataCaptureConfig")
+        return config is not None and bool(config.get("EnableCapture", True))
+
     def known(self, endpoint: str) -> bool:
         """Whether the endpoint's capture settings were read lately (record reads no
         database then)."""
