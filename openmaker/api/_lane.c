@@ -28,8 +28,8 @@
 #include <netinet/tcp.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/sha.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -39,6 +39,7 @@
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -280,6 +281,9 @@ typedef struct {
     char signing_date[9];
     unsigned char signing_key[32];
     double timeout, keep_alive, idle;
+    EVP_MD_CTX *digest; /* the lane thread's, used again and again */
+    EVP_MAC_CTX *mac;
+    int mac_ready;
     Client *clients;
     Upstream *upstreams; /* every upstream connection, busy or idle */
     volatile int stopping;
@@ -413,17 +417,33 @@ static int parse_request(const char *data, size_t size, Request *r) {
 
 /* ------------------------------------------------------------------ SigV4 */
 
-static int sha256_hex(const void *data, size_t size, char out[65]) {
+/* Fetched once: OpenSSL's one-shot calls look their algorithm up, under a lock, each time. */
+static EVP_MD *sha256;
+static EVP_MAC *hmac;
+
+static int sha256_hex(Lane *lane, const void *data, size_t size, char out[65]) {
     unsigned char digest[32];
-    if (EVP_Digest(data, size, digest, NULL, EVP_sha256(), NULL) != 1) return -1;
+    if (EVP_DigestInit_ex(lane->digest, sha256, NULL) != 1 ||
+        EVP_DigestUpdate(lane->digest, data, size) != 1 ||
+        EVP_DigestFinal_ex(lane->digest, digest, NULL) != 1)
+        return -1;
     hex(digest, 32, out);
     return 0;
 }
 
-static int hmac256(const unsigned char *key, size_t key_size, const void *data, size_t size,
-                   unsigned char out[32]) {
-    unsigned int written = 32;
-    return HMAC(EVP_sha256(), key, (int)key_size, data, size, out, &written) == NULL ? -1 : 0;
+static int hmac256(Lane *lane, const unsigned char *key, size_t key_size, const void *data,
+                   size_t size, unsigned char out[32]) {
+    char name[] = OSSL_DIGEST_NAME_SHA2_256;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, name, 0),
+                           OSSL_PARAM_construct_end()};
+    size_t written = 0;
+    /* The digest is set once; after that the context keeps it. */
+    if (EVP_MAC_init(lane->mac, key, key_size, lane->mac_ready ? NULL : params) != 1 ||
+        EVP_MAC_update(lane->mac, data, size) != 1 ||
+        EVP_MAC_final(lane->mac, out, &written, 32) != 1)
+        return -1;
+    lane->mac_ready = 1;
+    return written == 32 ? 0 : -1;
 }
 
 static int two_digits(const char *at, int *out) {
@@ -514,7 +534,7 @@ static int signed_by_us(Lane *lane, const Request *r, const char *body) {
     Buf canonical = {0};
     char payload[65];
     int ok = 0, has_host = 0;
-    if (sha256_hex(body, r->body_size, payload)) goto done;
+    if (sha256_hex(lane, body, r->body_size, payload)) goto done;
     buf_str(&canonical, "POST\n/endpoints/");
     buf_add(&canonical, r->endpoint.at, r->endpoint.len);
     buf_str(&canonical, "/invocations\n\n");
@@ -568,7 +588,7 @@ static int signed_by_us(Lane *lane, const Request *r, const char *body) {
     buf_add(&canonical, payload, 64);
     buf_free(&listed);
     char digest[65];
-    if (sha256_hex(buf_at(&canonical), buf_size(&canonical), digest)) goto done;
+    if (sha256_hex(lane, buf_at(&canonical), buf_size(&canonical), digest)) goto done;
     char to_sign[512];
     written = snprintf(to_sign, sizeof to_sign, "AWS4-HMAC-SHA256\n%.16s\n%s\n%s", date->value.at,
                        scope, digest);
@@ -577,9 +597,10 @@ static int signed_by_us(Lane *lane, const Request *r, const char *body) {
         unsigned char key[32];
         char seed[300];
         snprintf(seed, sizeof seed, "AWS4%s", lane->secret);
-        if (hmac256((unsigned char *)seed, strlen(seed), date->value.at, 8, key) ||
-            hmac256(key, 32, lane->region, strlen(lane->region), key) ||
-            hmac256(key, 32, "sagemaker", 9, key) || hmac256(key, 32, "aws4_request", 12, key))
+        if (hmac256(lane, (unsigned char *)seed, strlen(seed), date->value.at, 8, key) ||
+            hmac256(lane, key, 32, lane->region, strlen(lane->region), key) ||
+            hmac256(lane, key, 32, "sagemaker", 9, key) ||
+            hmac256(lane, key, 32, "aws4_request", 12, key))
             goto done;
         memcpy(lane->signing_key, key, 32);
         memcpy(lane->signing_date, date->value.at, 8);
@@ -587,7 +608,7 @@ static int signed_by_us(Lane *lane, const Request *r, const char *body) {
     }
     unsigned char mac[32];
     char expected[65];
-    if (hmac256(lane->signing_key, 32, to_sign, (size_t)written, mac)) goto done;
+    if (hmac256(lane, lane->signing_key, 32, to_sign, (size_t)written, mac)) goto done;
     hex(mac, 32, expected);
     ok = CRYPTO_memcmp(expected, signature.at, 64) == 0;
 done:
@@ -720,6 +741,23 @@ static int flush(int fd, Buf *b) {
     return 0;
 }
 
+/* `head` then `extra` in one call, `extra` not copied unless part of it is left: what is not
+ * sent (all of it after EAGAIN) stays in `head`. 0: all sent; 1: some left; -1: failed. */
+static int send_both(int fd, Buf *head, const char *extra, size_t size) {
+    struct iovec parts[2] = {{buf_at(head), buf_size(head)}, {(void *)extra, size}};
+    struct msghdr message = {.msg_iov = parts, .msg_iovlen = 2};
+    ssize_t sent = sendmsg(fd, &message, MSG_NOSIGNAL);
+    if (sent < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        sent = 0;
+    }
+    size_t from_head = (size_t)sent < buf_size(head) ? (size_t)sent : buf_size(head);
+    buf_take(head, from_head);
+    size_t from_extra = (size_t)sent - from_head;
+    if (from_extra < size && buf_add(head, extra + from_extra, size - from_extra)) return -1;
+    return buf_size(head) > 0 ? 1 : 0;
+}
+
 static void client_write(Lane *lane, Client *c) {
     int left = flush(c->fd, &c->out);
     if (left < 0) {
@@ -809,7 +847,16 @@ static void dispatch(Lane *lane, Client *c, const Request *r) {
         buf_str(&u->out, "\r\n");
     }
     buf_str(&u->out, "\r\n");
-    buf_add(&u->out, body, r->body_size);
+    int sending = -2; /* not tried: a new connection, sent from its buffer once connected */
+    if (u->state == IDLE) {
+        /* A kept connection: sent now, the body from where it was read. Only a whole send is
+         * taken here; anything else (a part left, a failure) waits for the loop, so that no
+         * answer is written from within this call (pipelined requests would recurse). */
+        u->state = SENDING;
+        sending = send_both(u->fd, &u->out, body, r->body_size);
+    } else {
+        buf_add(&u->out, body, r->body_size);
+    }
     buf_take(&c->in, r->head_size + r->body_size);
     c->close_after = r->close;
     c->target = target;
@@ -828,14 +875,9 @@ static void dispatch(Lane *lane, Client *c, const Request *r) {
     u->length = u->chunk_left = 0;
     u->chunk_state = 0;
     buf_clear(&u->body);
-    if (u->state != IDLE) return; /* a new connection: sent once connected */
-    /* A kept connection: sent now. Only a whole send is taken here; anything else (a part
-     * left, a failure) waits for the loop, so that no answer is written from within this
-     * call (a client's pipelined requests would otherwise recurse). */
-    u->state = SENDING;
-    if (flush(u->fd, &u->out) == 0)
+    if (sending == 0)
         u->state = RECEIVING; /* watched for reading already, as it idled */
-    else
+    else if (sending != -2)
         watch(lane, u->fd, &u->handle, EPOLLOUT);
 }
 
@@ -1097,8 +1139,11 @@ static void answer_with_body(Lane *lane, Client *c, Upstream *u) {
         buf_str(out, u->attributes);
     }
     buf_str(out, c->close_after ? "\r\nconnection: close\r\n\r\n" : "\r\n\r\n");
-    buf_add(out, buf_at(&u->body), buf_size(&u->body));
-    client_write(lane, c);
+    if (send_both(c->fd, out, buf_at(&u->body), buf_size(&u->body)) < 0) {
+        client_close(lane, c, 0);
+        return;
+    }
+    client_write(lane, c); /* what is left, or the end of the exchange */
 }
 
 static void tally(Lane *lane, const Target *target, double model, double overhead) {
@@ -1371,6 +1416,12 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     if (getrandom(rng, sizeof rng, 0) != sizeof rng) rng[0] = (uint64_t)time(NULL) | 1;
+    self->digest = EVP_MD_CTX_new();
+    self->mac = EVP_MAC_CTX_new(hmac);
+    if (self->digest == NULL || self->mac == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     pthread_mutex_init(&self->lock, NULL);
     self->epoll = epoll_create1(EPOLL_CLOEXEC);
     self->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1406,6 +1457,8 @@ static void Lane_dealloc(Lane *self) {
     free(self->adopted);
     free(self->routes);
     free(self->tallies);
+    EVP_MD_CTX_free(self->digest);
+    EVP_MAC_CTX_free(self->mac);
     OPENSSL_cleanse(self->secret, sizeof self->secret);
     OPENSSL_cleanse(self->signing_key, sizeof self->signing_key);
     Py_XDECREF(self->on_error);
@@ -1581,6 +1634,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lane",
                                     "InvokeEndpoint's plain case, answered in C.", -1, NULL};
 
 PyMODINIT_FUNC PyInit__lane(void) {
+    if (sha256 == NULL) sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (hmac == NULL) hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (sha256 == NULL || hmac == NULL) {
+        PyErr_SetString(PyExc_ImportError, "OpenSSL offers no SHA-256 or HMAC here");
+        return NULL;
+    }
     if (PyType_Ready(&LaneType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
