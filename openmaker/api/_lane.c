@@ -56,7 +56,7 @@
 #define CUSTOM_ATTRIBUTES_CHARS 1024
 #define INFERENCE_ID_CHARS 64
 #define CLOCK_SKEW 900 /* seconds a signature's time may be off, either way */
-#define PARTIAL_SECONDS 60.0 /* a request begun and not finished within this is dropped */
+#define PARTIAL_SECONDS 60.0 /* a request (or answer) begun and not through within this is dropped */
 
 /* ------------------------------------------------------------------ small things */
 
@@ -765,6 +765,7 @@ static void client_write(Lane *lane, Client *c) {
         return;
     }
     if (left > 0) {
+        if (c->state != WRITING) c->since = now_seconds(); /* a client that reads too slowly */
         c->state = WRITING;
         watch(lane, c->fd, &c->handle, EPOLLOUT | EPOLLRDHUP);
         return;
@@ -1315,6 +1316,10 @@ static void expire(Lane *lane) {
     double now = now_seconds();
     for (Client *c = lane->clients, *next; c != NULL; c = next) {
         next = c->next;
+        if (c->state == WRITING && now - c->since > PARTIAL_SECONDS) {
+            client_close(lane, c, 0);
+            continue;
+        }
         if (c->state != READING) continue;
         if (buf_size(&c->in) == 0 && now - c->since > lane->keep_alive) client_close(lane, c, 0);
         else if (buf_size(&c->in) > 0 && now - c->since > PARTIAL_SECONDS) client_close(lane, c, 0);
