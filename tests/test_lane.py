@@ -69,6 +69,9 @@ class _Model(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             except OSError:
                 pass  # the lane stopped reading: what a client past the cap gets
+        elif body == b"pause":
+            time.sleep(1)
+            self._answer(200, b"paused", "text/plain")
         elif body == b"slow":
             time.sleep(3)
             self._answer(200, b"late", "text/plain")
@@ -341,3 +344,14 @@ def test_a_hostile_container_answer_is_refused(rig: Rig) -> None:
             assert failure in why
     client.sendall(signed(b"still served"))
     assert read_answer(client)[2] == b"still served"
+
+
+def test_a_stopping_lane_writes_the_answers_under_way(rig: Rig) -> None:
+    busy, idle = rig.connect(), rig.connect()
+    busy.sendall(signed(b"pause"))
+    deadline = time.monotonic() + 10
+    while not rig.seen() and time.monotonic() < deadline:  # the container has it
+        time.sleep(0.01)
+    rig.lane.close()  # returns once the answer under way is written
+    assert read_answer(busy)[2] == b"paused"
+    assert busy.recv(1) == b"" and idle.recv(1) == b""  # then both are closed

@@ -56,6 +56,7 @@
 #define CUSTOM_ATTRIBUTES_CHARS 1024
 #define INFERENCE_ID_CHARS 64
 #define CLOCK_SKEW 900 /* seconds a signature's time may be off, either way */
+#define DRAIN_SECONDS 30.0   /* how long a stopping lane waits for the exchanges under way */
 #define PARTIAL_SECONDS 60.0 /* a request (or answer) begun and not through within this is dropped */
 
 /* ------------------------------------------------------------------ small things */
@@ -721,7 +722,7 @@ static void give_back(Lane *lane, Client *c) {
 
 static void client_close(Lane *lane, Client *c, int hand_back) {
     if (c->upstream != NULL) c->upstream->client = NULL; /* its answer is dropped */
-    if (hand_back && c->fd >= 0) {
+    if (hand_back && c->fd >= 0 && !lane->stopping) { /* a stopping server takes none back */
         give_back(lane, c);
     } else if (c->fd >= 0) {
         close(c->fd); /* also leaves the epoll set */
@@ -770,7 +771,7 @@ static void client_write(Lane *lane, Client *c) {
         watch(lane, c->fd, &c->handle, EPOLLOUT | EPOLLRDHUP);
         return;
     }
-    if (c->close_after) {
+    if (c->close_after || lane->stopping) {
         client_close(lane, c, 0);
         return;
     }
@@ -884,6 +885,10 @@ static void dispatch(Lane *lane, Client *c, const Request *r) {
 
 /* What the client has sent so far: wait, give back, or dispatch. */
 static void client_answer(Lane *lane, Client *c) {
+    if (lane->stopping) { /* no new exchange once stopping */
+        client_close(lane, c, 0);
+        return;
+    }
     Request r;
     int parsed = parse_request(buf_at(&c->in), buf_size(&c->in), &r);
     if (parsed == GIVE_BACK) {
@@ -1337,13 +1342,27 @@ static void expire(Lane *lane) {
     }
 }
 
+/* Stopping: connections with no exchange under way are closed (as uvicorn closes its idle
+ * ones); whether none is left, or the time to wait for them is up. */
+static int drained(Lane *lane, double deadline) {
+    for (Client *c = lane->clients, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->state == READING) client_close(lane, c, 0);
+    }
+    return lane->clients == NULL || now_seconds() > deadline;
+}
+
 static void *run(void *argument) {
     Lane *lane = argument;
     struct epoll_event ready[128];
     Handle wake = {WAKE, 0};
     watch(lane, lane->wake, &wake, EPOLLIN);
-    double last = now_seconds();
-    while (!lane->stopping) {
+    double last = now_seconds(), deadline = 0;
+    for (;;) {
+        if (lane->stopping) { /* the answers under way are still written */
+            if (deadline == 0) deadline = now_seconds() + DRAIN_SECONDS;
+            if (drained(lane, deadline)) break;
+        }
         int count = epoll_wait(lane->epoll, ready, 128, 250);
         for (int i = 0; i < count; i++) {
             Handle *h = ready[i].data.ptr;
