@@ -349,15 +349,34 @@ static int occurrences(const Request *r, Slice name) {
 
 enum Parsed { MORE = 0, TAKEN = 1, GIVE_BACK = -1 };
 
+/* Where a head (the blank line after it) ends in `data`, looked for in its first `most` bytes;
+ * NULL: not there (yet). */
+static const char *head_end(const char *data, size_t size, size_t most) {
+    for (size_t i = 3; i < size && i < most; i++)
+        if (data[i] == '\n' && data[i - 1] == '\r' && data[i - 2] == '\n' && data[i - 3] == '\r')
+            return data + i + 1;
+    return NULL;
+}
+
+/* The header line at `*line` (before the head's `end`) as a name and its value without the
+ * white space around it; `*line` moves to the next. -1: no `name: value` line. */
+static int header_line(const char **line, const char *end, Header *out) {
+    const char *stop = memchr(*line, '\r', (size_t)(end - *line));
+    if (stop == NULL || stop[1] != '\n') return -1;
+    const char *colon = memchr(*line, ':', (size_t)(stop - *line));
+    if (colon == NULL || colon == *line) return -1;
+    const char *value = colon + 1, *value_end = stop;
+    while (value < value_end && (*value == ' ' || *value == '\t')) value++;
+    while (value_end > value && (value_end[-1] == ' ' || value_end[-1] == '\t')) value_end--;
+    *out = (Header){{*line, (size_t)(colon - *line)}, {value, (size_t)(value_end - value)}};
+    *line = stop + 2;
+    return 0;
+}
+
 /* The head in `data` (`size` bytes held): MORE, GIVE_BACK, or TAKEN with `r` filled in (the
  * body may still be arriving). Only the strict plain case is TAKEN. */
 static int parse_request(const char *data, size_t size, Request *r) {
-    const char *end = NULL;
-    for (size_t i = 3; i < size && i < MAX_HEAD; i++)
-        if (data[i] == '\n' && data[i - 1] == '\r' && data[i - 2] == '\n' && data[i - 3] == '\r') {
-            end = data + i + 1;
-            break;
-        }
+    const char *end = head_end(data, size, MAX_HEAD);
     if (end == NULL) return size >= MAX_HEAD ? GIVE_BACK : MORE;
     memset(r, 0, sizeof *r);
     r->head_size = (size_t)(end - data);
@@ -374,21 +393,15 @@ static int parse_request(const char *data, size_t size, Request *r) {
     if (!endpoint_name(r->endpoint)) return GIVE_BACK;
     const char *line = slash + sizeof suffix - 1;
     while (line < end - 2) {
-        const char *stop = memchr(line, '\r', (size_t)(end - line));
-        if (stop == NULL || stop[1] != '\n' || r->count == MAX_HEADERS) return GIVE_BACK;
-        const char *colon = memchr(line, ':', (size_t)(stop - line));
-        if (colon == NULL || colon == line) return GIVE_BACK;
-        for (const char *c = line; c < colon; c++)
-            if (!token_char(*c)) return GIVE_BACK;
-        const char *value = colon + 1, *value_end = stop;
-        while (value < value_end && (*value == ' ' || *value == '\t')) value++;
-        while (value_end > value && (value_end[-1] == ' ' || value_end[-1] == '\t')) value_end--;
-        for (const char *c = value; c < value_end; c++) /* printable ASCII and tabs only */
-            if ((*c < 0x20 && *c != '\t') || *c == 0x7f || (unsigned char)*c >= 0x80)
-                return GIVE_BACK;
-        r->headers[r->count++] =
-            (Header){{line, (size_t)(colon - line)}, {value, (size_t)(value_end - value)}};
-        line = stop + 2;
+        Header *h = &r->headers[r->count];
+        if (r->count == MAX_HEADERS || header_line(&line, end, h)) return GIVE_BACK;
+        for (size_t i = 0; i < h->name.len; i++)
+            if (!token_char(h->name.at[i])) return GIVE_BACK;
+        for (size_t i = 0; i < h->value.len; i++) { /* printable ASCII and tabs only */
+            char c = h->value.at[i];
+            if ((c < 0x20 && c != '\t') || c == 0x7f || (unsigned char)c >= 0x80) return GIVE_BACK;
+        }
+        r->count++;
     }
     /* Headers that change how the request is read or answered: only their plain forms. */
     for (int i = 0; i < r->count; i++) {
@@ -950,12 +963,7 @@ static int header_value_ok(Slice v) {
 static int parse_answer_head(Upstream *u) {
     const char *data = buf_at(&u->in);
     size_t size = buf_size(&u->in);
-    const char *end = NULL;
-    for (size_t i = 3; i < size && i < MAX_ANSWER_HEAD; i++)
-        if (data[i] == '\n' && data[i - 1] == '\r' && data[i - 2] == '\n' && data[i - 3] == '\r') {
-            end = data + i + 1;
-            break;
-        }
+    const char *end = head_end(data, size, MAX_ANSWER_HEAD);
     if (end == NULL) return size >= MAX_ANSWER_HEAD ? -1 : 1;
     int minor;
     if (size < 12 || memcmp(data, "HTTP/1.", 7) != 0 || (data[7] != '0' && data[7] != '1') ||
@@ -972,15 +980,9 @@ static int parse_answer_head(Upstream *u) {
     int keep = minor == 1, has_length = 0;
     const char *line = memchr(data, '\n', (size_t)(end - data)) + 1;
     while (line < end - 2) {
-        const char *stop = memchr(line, '\r', (size_t)(end - line));
-        if (stop == NULL || stop[1] != '\n') return -1;
-        const char *colon = memchr(line, ':', (size_t)(stop - line));
-        if (colon == NULL) return -1;
-        Slice name = {line, (size_t)(colon - line)};
-        const char *value = colon + 1, *value_end = stop;
-        while (value < value_end && (*value == ' ' || *value == '\t')) value++;
-        while (value_end > value && (value_end[-1] == ' ' || value_end[-1] == '\t')) value_end--;
-        Slice v = {value, (size_t)(value_end - value)};
+        Header h;
+        if (header_line(&line, end, &h)) return -1;
+        Slice name = h.name, v = h.value;
         if (slice_is(name, "content-length")) {
             if (has_length || parse_size(v, (size_t)1 << 40, &u->length)) return -1;
             has_length = 1;
@@ -1001,7 +1003,6 @@ static int parse_answer_head(Upstream *u) {
             else
                 u->has_attributes = v.len > 0;
         }
-        line = stop + 2;
     }
     if (u->chunked && has_length) return -1;
     u->until_close = !u->chunked && !has_length;
