@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import obstore
 from sqlalchemy.orm import Session, sessionmaker
@@ -86,7 +86,7 @@ class Capture:
         answer_type: str,
     ) -> None:
         config = self._config(endpoint)
-        if config is None or not config.get("EnableCapture", True):
+        if not _captures(config):
             return
         if random.random() * 100 >= float(config.get("InitialSamplingPercentage", 0)):
             return
@@ -110,10 +110,7 @@ class Capture:
     def enabled(self, endpoint: str) -> bool:
         """Whether the endpoint captures data now, read afresh (the native lane leaves the
         endpoints that do to the Python path: api/lane.py)."""
-        with self.sessions() as session:
-            row = session.get(EndpointRecord, endpoint)
-            config = None if row is None else row.config.get("DataCaptureConfig")
-        return config is not None and bool(config.get("EnableCapture", True))
+        return _captures(self._read(endpoint))
 
     def known(self, endpoint: str) -> bool:
         """Whether the endpoint's capture settings were read lately (record reads no
@@ -126,11 +123,14 @@ class Capture:
         known = self._configs.get(endpoint)
         if known is not None and now - known[0] < CONFIG_SECONDS:
             return known[1]
+        config = self._configs[endpoint] = (now, self._read(endpoint))
+        return config[1]
+
+    def _read(self, endpoint: str) -> dict[str, Any] | None:
+        """The endpoint's DataCaptureConfig, from the database."""
         with self.sessions() as session:
             row = session.get(EndpointRecord, endpoint)
-            config = None if row is None else row.config.get("DataCaptureConfig")
-        self._configs[endpoint] = (now, config)
-        return config
+            return None if row is None else row.config.get("DataCaptureConfig")
 
     def _start(self) -> None:
         with self._lock:
@@ -205,3 +205,8 @@ def _captured(data: bytes, content_type: str, mode: str, kinds: dict[str, Any]) 
 
 def _iso(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _captures(config: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+    """Whether a DataCaptureConfig captures anything."""
+    return config is not None and bool(config.get("EnableCapture", True))

@@ -161,10 +161,9 @@ class InvocationMetrics:
         error_4xx = 1.0 if status is not None and 400 <= status < 500 else 0.0
         error_5xx = 1.0 if status is None or status >= 500 else 0.0
         with self._lock:
-            series = self._recorded.get((endpoint, variant))
-            if series is None:
-                series = self._recorded[(endpoint, variant)] = self._series(endpoint, variant)
-            invocations, per_instance, errors_4xx, errors_5xx, model, overhead = series
+            invocations, per_instance, errors_4xx, errors_5xx, model, overhead = self._recorded_of(
+                endpoint, variant
+            )
             invocations.add(1.0)
             per_instance.add(1.0 / max(instances, 1))
             errors_4xx.add(error_4xx)
@@ -187,9 +186,7 @@ class InvocationMetrics:
         microseconds (each rounded as `record` rounds it). The native lane's (api/lane.py)."""
         share = 1.0 / max(instances, 1)
         with self._lock:
-            series = self._recorded.get((endpoint, variant))
-            if series is None:
-                series = self._recorded[(endpoint, variant)] = self._series(endpoint, variant)
+            series = self._recorded_of(endpoint, variant)
             invocations, per_instance, errors_4xx, errors_5xx, model_sums, overhead_sums = series
             invocations.add_set(count, float(count), 1.0, 1.0)
             per_instance.add_set(count, count * share, share, share)
@@ -197,6 +194,13 @@ class InvocationMetrics:
             errors_5xx.add_set(count, 0.0, 0.0, 0.0)
             model_sums.add_set(count, *model)
             overhead_sums.add_set(count, *overhead)
+
+    def _recorded_of(self, endpoint: str, variant: str) -> tuple[_Sums, ...]:
+        """The variant's RECORDED series, found once per write period. Holding the lock."""
+        series = self._recorded.get((endpoint, variant))
+        if series is None:
+            series = self._recorded[(endpoint, variant)] = self._series(endpoint, variant)
+        return series
 
     def _series(self, endpoint: str, variant: str) -> tuple[_Sums, ...]:
         """The variant's RECORDED series in this period (made as `add` makes them; ModelLatency
